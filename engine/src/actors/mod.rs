@@ -1,0 +1,129 @@
+//! Wallet actors and their supervisor. See `docs/runtime-semantics.md` for the lifecycle.
+//!
+//! A wallet actor is activated on first use, recovers its state from the store, then handles one
+//! message at a time: decide → append (durable) → apply → reply. The [`WalletRegistry`] is the way in:
+//! it finds or activates the actor for a (tenant, wallet), passivates idle and least recently used
+//! wallets to bound memory, and restarts crashed ones with backoff.
+//!
+//! Architecture Invariant: a reply is sent only after the store acknowledged the events (durable).
+//! Architecture Invariant: at most one live actor per wallet per registry; across registries (nodes),
+//! the store's expected-version check keeps a single writer.
+
+mod registry;
+mod wallet;
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::sync::Arc;
+
+pub use registry::{RegistryConfig, RegistryStats, WalletRegistry};
+
+use crate::codec::CodecError;
+use crate::domain::{Event, ProgramSettings, Rejection, TenantId, WalletId, WalletStatus};
+use crate::store::StoreError;
+
+pub use crate::store::EventMetadata as CommandMeta;
+
+/// Which wallet: the tenant (program) and the wallet within it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct WalletKey {
+    pub tenant: TenantId,
+    pub wallet: WalletId,
+}
+
+impl WalletKey {
+    pub fn new(tenant: TenantId, wallet: WalletId) -> Self {
+        Self { tenant, wallet }
+    }
+}
+
+/// Where program settings come from. Program aggregates will implement this; until then a static map.
+pub trait Programs: Send + Sync + Debug + 'static {
+    /// The tenant's settings, or `None` if no such program exists.
+    fn settings(&self, tenant: &TenantId) -> Option<Arc<ProgramSettings>>;
+}
+
+/// Programs known up front, optionally with a default for any tenant (development, tests).
+#[derive(Debug, Default)]
+pub struct StaticPrograms {
+    tenants: HashMap<TenantId, Arc<ProgramSettings>>,
+    any_tenant: Option<Arc<ProgramSettings>>,
+}
+
+impl StaticPrograms {
+    /// Every tenant exists, with these settings.
+    pub fn open(settings: ProgramSettings) -> Self {
+        Self { tenants: HashMap::new(), any_tenant: Some(Arc::new(settings)) }
+    }
+
+    /// Only the listed tenants exist.
+    pub fn with_tenants(tenants: impl IntoIterator<Item = (TenantId, ProgramSettings)>) -> Self {
+        Self { tenants: tenants.into_iter().map(|(t, s)| (t, Arc::new(s))).collect(), any_tenant: None }
+    }
+}
+
+impl Programs for StaticPrograms {
+    fn settings(&self, tenant: &TenantId) -> Option<Arc<ProgramSettings>> {
+        self.tenants.get(tenant).or(self.any_tenant.as_ref()).cloned()
+    }
+}
+
+/// A wallet event with its place in the log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredWalletEvent {
+    pub version: u64,
+    pub position: u64,
+    pub event: Event,
+}
+
+/// The result of an accepted command (or of its retry, with `replayed` set).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommandOutcome {
+    pub events: Vec<StoredWalletEvent>,
+    /// Balance right after the command.
+    pub balance: i64,
+    /// The wallet's version after the command.
+    pub version: u64,
+    /// Global position of the command's last event.
+    pub position: u64,
+    /// True when this is the recorded outcome of an earlier identical command: nothing was appended.
+    pub replayed: bool,
+}
+
+/// A wallet's current figures, as answered by its actor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalletSummary {
+    pub status: WalletStatus,
+    pub customer_ref: String,
+    pub balance: i64,
+    pub lifetime_earned: i64,
+    pub lifetime_redeemed: i64,
+    pub lifetime_reversed: i64,
+    pub lifetime_adjusted: i64,
+    pub enrolled_at_ms: i64,
+    pub last_activity_ms: i64,
+    pub version: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WalletError {
+    /// The command was refused by the domain; nothing changed.
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+    #[error("unknown tenant {0}")]
+    UnknownTenant(TenantId),
+    /// The store failed; for an append the outcome is unknown, so retry with the same idempotency key.
+    #[error("store error: {0}")]
+    Store(#[from] StoreError),
+    /// A stored event could not be decoded: the wallet cannot be recovered until this is fixed.
+    #[error("wallet history cannot be read: {0}")]
+    Codec(#[from] CodecError),
+    /// The wallet's actor stopped or crashed before answering, `attempts` times in a row.
+    #[error("wallet actor failed {attempts} times while handling this command")]
+    Crashed { attempts: u32 },
+    /// The wallet crashed repeatedly and is refused for a while.
+    #[error("wallet is quarantined after repeated crashes; retry in {retry_after_ms} ms")]
+    Quarantined { retry_after_ms: u64 },
+    #[error("the engine is shutting down")]
+    ShuttingDown,
+}

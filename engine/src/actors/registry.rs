@@ -1,0 +1,448 @@
+//! The wallet registry and its supervisor actor.
+//!
+//! Lookups of live wallets go straight to a sharded map (no hop through an actor). Everything that
+//! changes the set of live wallets — activation, passivation, crash handling — happens inside the
+//! supervisor actor, one message at a time, so two concurrent first calls never create two actors.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use parking_lot::RwLock;
+use ractor::rpc::CallResult;
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use tokio::time::Instant;
+
+use super::wallet::{Deps, WalletActor, WalletArgs, WalletMsg, touch};
+use super::{CommandMeta, CommandOutcome, Programs, WalletError, WalletKey, WalletSummary};
+use crate::clock::Clock;
+use crate::domain::Command;
+use crate::limits::{
+    ACTIVE_WALLETS_DEFAULT_MAX, COMMAND_DELIVERY_ATTEMPTS_MAX, WALLET_CRASH_WINDOW_MS, WALLET_CRASHES_MAX, WALLET_IDLE_DEFAULT_MS,
+    WALLET_RESTART_BACKOFF_MAX_MS, WALLET_RESTART_BACKOFF_MS,
+};
+use crate::store::EventStore;
+
+const SHARDS: usize = 64;
+
+#[derive(Debug, Clone)]
+pub struct RegistryConfig {
+    /// Most wallets resident at once; beyond it the least recently used are passivated.
+    pub active_wallets_max: usize,
+    /// Idle time after which a wallet is passivated, in milliseconds.
+    pub idle_ms: u64,
+    /// How often idle wallets are looked for, in milliseconds.
+    pub sweep_interval_ms: u64,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self { active_wallets_max: ACTIVE_WALLETS_DEFAULT_MAX, idle_ms: WALLET_IDLE_DEFAULT_MS, sweep_interval_ms: 1_000 }
+    }
+}
+
+/// Counters for tests, metrics and `tally` status output.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RegistryStats {
+    pub active: usize,
+    pub activations: u64,
+    pub passivations: u64,
+    pub crashes: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    actor: ActorRef<WalletMsg>,
+    last_used: Arc<AtomicU64>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    shards: Box<[RwLock<HashMap<WalletKey, Entry>>]>,
+    hasher: RandomState,
+    started: Instant,
+    shutting_down: AtomicBool,
+    activations: AtomicU64,
+    passivations: AtomicU64,
+    crashes: AtomicU64,
+}
+
+impl Shared {
+    fn shard(&self, key: &WalletKey) -> &RwLock<HashMap<WalletKey, Entry>> {
+        &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS]
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn lookup(&self, key: &WalletKey) -> Option<Entry> {
+        self.shard(key).read().get(key).cloned()
+    }
+
+    fn active(&self) -> usize {
+        self.shards.iter().map(|s| s.read().len()).sum()
+    }
+}
+
+/// The way into wallets: finds or activates the actor for a wallet and calls it.
+#[derive(Debug, Clone)]
+pub struct WalletRegistry {
+    shared: Arc<Shared>,
+    supervisor: ActorRef<SupervisorMsg>,
+}
+
+impl WalletRegistry {
+    /// Starts the supervisor. `store` is the log every wallet reads and appends to.
+    pub async fn start(
+        config: RegistryConfig,
+        store: Arc<dyn EventStore>,
+        programs: Arc<dyn Programs>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, ractor::SpawnErr> {
+        let shared = Arc::new(Shared {
+            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            hasher: RandomState::new(),
+            started: Instant::now(),
+            shutting_down: AtomicBool::new(false),
+            activations: AtomicU64::new(0),
+            passivations: AtomicU64::new(0),
+            crashes: AtomicU64::new(0),
+        });
+        let deps = Arc::new(Deps { store, programs, clock });
+        let args = SupervisorArgs { shared: Arc::downgrade(&shared), deps, config };
+        let (supervisor, _) = Actor::spawn(None, Supervisor, args).await?;
+        Ok(Self { shared, supervisor })
+    }
+
+    /// Runs `command` on the wallet; the reply comes after its events are durable.
+    pub async fn execute(&self, key: &WalletKey, command: Command, meta: CommandMeta) -> Result<CommandOutcome, WalletError> {
+        self.call(key, |reply| WalletMsg::Execute { command: Box::new((command.clone(), meta.clone())), reply }).await
+    }
+
+    /// The wallet's current figures.
+    pub async fn summary(&self, key: &WalletKey) -> Result<WalletSummary, WalletError> {
+        self.call(key, |reply| WalletMsg::Summary { reply }).await
+    }
+
+    async fn call<T: Send + 'static>(
+        &self,
+        key: &WalletKey,
+        message: impl Fn(RpcReplyPort<Result<T, WalletError>>) -> WalletMsg,
+    ) -> Result<T, WalletError> {
+        let mut stale = None;
+        for _ in 0..COMMAND_DELIVERY_ATTEMPTS_MAX {
+            let entry = match (stale.take(), self.shared.lookup(key)) {
+                (None, Some(entry)) => entry,
+                (stale, _) => self.activate(key, stale).await?,
+            };
+            touch(&entry.last_used, self.shared.now_ms());
+            match entry.actor.call(&message, None).await {
+                Ok(CallResult::Success(result)) => return result,
+                // The actor stopped (passivation) or crashed before answering: the message was not
+                // handled, or handled without a reply because the actor died. Try a fresh actor.
+                Ok(CallResult::SenderError | CallResult::Timeout) | Err(_) => stale = Some(entry.actor.get_id()),
+            }
+            if self.shared.shutting_down.load(Ordering::Acquire) {
+                return Err(WalletError::ShuttingDown);
+            }
+        }
+        Err(WalletError::Crashed { attempts: COMMAND_DELIVERY_ATTEMPTS_MAX })
+    }
+
+    async fn activate(&self, key: &WalletKey, stale: Option<ActorId>) -> Result<Entry, WalletError> {
+        match self.supervisor.call(|reply| SupervisorMsg::Activate { key: key.clone(), stale, reply }, None).await {
+            Ok(CallResult::Success(result)) => result,
+            _ => Err(WalletError::ShuttingDown),
+        }
+    }
+
+    pub fn stats(&self) -> RegistryStats {
+        RegistryStats {
+            active: self.shared.active(),
+            activations: self.shared.activations.load(Ordering::Relaxed),
+            passivations: self.shared.passivations.load(Ordering::Relaxed),
+            crashes: self.shared.crashes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Runs an idle/LRU sweep now instead of waiting for the timer (operators, tests).
+    pub async fn sweep(&self) {
+        let _ = self.supervisor.call(SupervisorMsg::SweepNow, None).await;
+    }
+
+    /// Stops every wallet (each finishes the message in hand) and the supervisor.
+    pub async fn shutdown(&self) {
+        self.shared.shutting_down.store(true, Ordering::Release);
+        let cell = self.supervisor.get_cell();
+        cell.stop_children_and_wait(Some("shutdown".into()), Some(Duration::from_secs(30))).await;
+        let _ = self.supervisor.stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(5))).await;
+    }
+}
+
+#[derive(Debug)]
+enum SupervisorMsg {
+    Activate {
+        key: WalletKey,
+        stale: Option<ActorId>,
+        reply: RpcReplyPort<Result<Entry, WalletError>>,
+    },
+    /// A crashed wallet's restart delay is over.
+    BackoffOver(WalletKey),
+    Sweep,
+    SweepNow(RpcReplyPort<()>),
+}
+
+#[derive(Debug)]
+struct Supervisor;
+
+#[derive(Debug)]
+struct SupervisorArgs {
+    shared: Weak<Shared>,
+    deps: Arc<Deps>,
+    config: RegistryConfig,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Crashes {
+    count: u32,
+    window_start_ms: u64,
+    last_ms: u64,
+}
+
+type Waiter = RpcReplyPort<Result<Entry, WalletError>>;
+
+#[derive(Debug)]
+struct SupervisorState {
+    shared: Weak<Shared>,
+    deps: Arc<Deps>,
+    config: RegistryConfig,
+    by_id: HashMap<ActorId, WalletKey>,
+    /// Wallets whose actor is stopping; activations wait here for its termination.
+    stopping: HashMap<WalletKey, (ActorId, Vec<Waiter>)>,
+    /// Wallets waiting out a restart delay after a crash.
+    delayed: HashMap<WalletKey, Vec<Waiter>>,
+    crashes: HashMap<WalletKey, Crashes>,
+}
+
+fn backoff_ms(crashes: u32) -> u64 {
+    WALLET_RESTART_BACKOFF_MS.saturating_mul(1 << crashes.saturating_sub(1).min(20)).min(WALLET_RESTART_BACKOFF_MAX_MS)
+}
+
+impl Actor for Supervisor {
+    type Msg = SupervisorMsg;
+    type State = SupervisorState;
+    type Arguments = SupervisorArgs;
+
+    async fn pre_start(&self, myself: ActorRef<SupervisorMsg>, args: SupervisorArgs) -> Result<SupervisorState, ActorProcessingErr> {
+        myself.send_interval(Duration::from_millis(args.config.sweep_interval_ms.max(1)), || SupervisorMsg::Sweep);
+        Ok(SupervisorState {
+            shared: args.shared,
+            deps: args.deps,
+            config: args.config,
+            by_id: HashMap::new(),
+            stopping: HashMap::new(),
+            delayed: HashMap::new(),
+            crashes: HashMap::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        message: SupervisorMsg,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        let Some(shared) = state.shared.upgrade() else {
+            myself.stop(Some("registry dropped".into()));
+            return Ok(());
+        };
+        match message {
+            SupervisorMsg::Activate { key, stale, reply } => {
+                if let (Some(stale), Some(entry)) = (stale, shared.lookup(&key))
+                    && entry.actor.get_id() == stale
+                {
+                    // The caller found this actor dead or stopping; unlist it and wait for its end.
+                    shared.shard(&key).write().remove(&key);
+                    state.stopping.entry(key.clone()).or_insert_with(|| (stale, Vec::new()));
+                }
+                state.activate(&myself, &shared, key, reply).await;
+            }
+            SupervisorMsg::BackoffOver(key) => {
+                for waiter in state.delayed.remove(&key).unwrap_or_default() {
+                    state.activate(&myself, &shared, key.clone(), waiter).await;
+                }
+            }
+            SupervisorMsg::Sweep => state.sweep(&shared),
+            SupervisorMsg::SweepNow(reply) => {
+                state.sweep(&shared);
+                let _ = reply.send(());
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        event: SupervisionEvent,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        let Some(shared) = state.shared.upgrade() else {
+            return Ok(());
+        };
+        let (cell, failure) = match event {
+            SupervisionEvent::ActorTerminated(cell, _, _) => (cell, None),
+            SupervisionEvent::ActorFailed(cell, error) => (cell, Some(error)),
+            _ => return Ok(()),
+        };
+        let id = cell.get_id();
+        let Some(key) = state.by_id.remove(&id) else {
+            return Ok(());
+        };
+        {
+            let mut shard = shared.shard(&key).write();
+            if shard.get(&key).is_some_and(|e| e.actor.get_id() == id) {
+                shard.remove(&key);
+            }
+        }
+        if let Some(error) = failure {
+            shared.crashes.fetch_add(1, Ordering::Relaxed);
+            let now = shared.now_ms();
+            let crashes = state.crashes.entry(key.clone()).or_insert(Crashes { count: 0, window_start_ms: now, last_ms: now });
+            if now - crashes.window_start_ms > WALLET_CRASH_WINDOW_MS {
+                *crashes = Crashes { count: 0, window_start_ms: now, last_ms: now };
+            }
+            crashes.count += 1;
+            crashes.last_ms = now;
+            tracing::error!(tenant = %key.tenant, wallet = %key.wallet, crashes = crashes.count, %error, "wallet actor crashed");
+        } else {
+            shared.passivations.fetch_add(1, Ordering::Relaxed);
+        }
+        let waiters = match state.stopping.remove(&key) {
+            Some((stopping_id, waiters)) if stopping_id == id => waiters,
+            Some(other) => {
+                state.stopping.insert(key.clone(), other);
+                Vec::new()
+            }
+            None => Vec::new(),
+        };
+        for waiter in waiters {
+            state.activate(&myself, &shared, key.clone(), waiter).await;
+        }
+        Ok(())
+    }
+}
+
+impl SupervisorState {
+    async fn activate(&mut self, myself: &ActorRef<SupervisorMsg>, shared: &Shared, key: WalletKey, reply: Waiter) {
+        if shared.shutting_down.load(Ordering::Acquire) {
+            let _ = reply.send(Err(WalletError::ShuttingDown));
+            return;
+        }
+        if let Some(entry) = shared.lookup(&key) {
+            let _ = reply.send(Ok(entry));
+            return;
+        }
+        if let Some((_, waiters)) = self.stopping.get_mut(&key) {
+            waiters.push(reply);
+            return;
+        }
+        if let Some(waiters) = self.delayed.get_mut(&key) {
+            waiters.push(reply);
+            return;
+        }
+        let now = shared.now_ms();
+        if let Some(crashes) = self.crashes.get(&key).copied() {
+            let since_window = now.saturating_sub(crashes.window_start_ms);
+            if crashes.count >= WALLET_CRASHES_MAX && since_window <= WALLET_CRASH_WINDOW_MS {
+                let _ = reply.send(Err(WalletError::Quarantined { retry_after_ms: WALLET_CRASH_WINDOW_MS - since_window }));
+                return;
+            }
+            let ready_at = crashes.last_ms + backoff_ms(crashes.count);
+            if since_window <= WALLET_CRASH_WINDOW_MS && now < ready_at {
+                self.delayed.insert(key.clone(), vec![reply]);
+                myself.send_after(Duration::from_millis(ready_at - now), move || SupervisorMsg::BackoffOver(key));
+                return;
+            }
+        }
+        let args = WalletArgs { key: key.clone(), deps: Arc::clone(&self.deps) };
+        match Actor::spawn_linked(None, WalletActor, args, myself.get_cell()).await {
+            Ok((actor, _)) => {
+                let entry = Entry { actor, last_used: Arc::new(AtomicU64::new(now)) };
+                self.by_id.insert(entry.actor.get_id(), key.clone());
+                shared.shard(&key).write().insert(key, entry.clone());
+                shared.activations.fetch_add(1, Ordering::Relaxed);
+                let _ = reply.send(Ok(entry));
+                if self.by_id.len() > self.config.active_wallets_max {
+                    self.evict_least_recently_used(shared);
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, "wallet actor failed to start");
+                let _ = reply.send(Err(WalletError::Crashed { attempts: 1 }));
+            }
+        }
+    }
+
+    /// Passivates wallets idle for longer than the idle time, then enforces the bound on live wallets.
+    fn sweep(&mut self, shared: &Shared) {
+        let now = shared.now_ms();
+        let idle: Vec<(WalletKey, Entry)> = shared
+            .shards
+            .iter()
+            .flat_map(|shard| {
+                shard
+                    .read()
+                    .iter()
+                    .filter(|(_, e)| now.saturating_sub(e.last_used.load(Ordering::Relaxed)) >= self.config.idle_ms)
+                    .map(|(k, e)| (k.clone(), e.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        for (key, entry) in idle {
+            self.passivate(shared, key, &entry);
+        }
+        if shared.active() > self.config.active_wallets_max {
+            self.evict_least_recently_used(shared);
+        }
+        let window_over = |c: &Crashes| now.saturating_sub(c.window_start_ms) > WALLET_CRASH_WINDOW_MS;
+        self.crashes.retain(|_, c| !window_over(c));
+    }
+
+    /// Passivates the least recently used wallets down to 90% of the bound, so eviction is amortised.
+    fn evict_least_recently_used(&mut self, shared: &Shared) {
+        let target = self.config.active_wallets_max - self.config.active_wallets_max / 10;
+        let mut all: Vec<(u64, WalletKey, Entry)> = shared
+            .shards
+            .iter()
+            .flat_map(|shard| {
+                shard.read().iter().map(|(k, e)| (e.last_used.load(Ordering::Relaxed), k.clone(), e.clone())).collect::<Vec<_>>()
+            })
+            .collect();
+        if all.len() <= target {
+            return;
+        }
+        let excess = all.len() - target;
+        all.select_nth_unstable_by_key(excess - 1, |(used, _, _)| *used);
+        for (_, key, entry) in all.into_iter().take(excess) {
+            self.passivate(shared, key, &entry);
+        }
+    }
+
+    fn passivate(&mut self, shared: &Shared, key: WalletKey, entry: &Entry) {
+        let id = entry.actor.get_id();
+        {
+            let mut shard = shared.shard(&key).write();
+            if shard.get(&key).is_none_or(|e| e.actor.get_id() != id) {
+                return;
+            }
+            shard.remove(&key);
+        }
+        self.stopping.insert(key, (id, Vec::new()));
+        // Queued behind any message already sent; callers that race it get a fresh actor.
+        let _ = entry.actor.cast(WalletMsg::Passivate);
+    }
+}

@@ -1,0 +1,207 @@
+//! The wallet actor: thin shell around the pure domain. Handler shape: load → decide → append → apply →
+//! reply.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tracing::Instrument;
+
+use super::{CommandMeta, CommandOutcome, Programs, StoredWalletEvent, WalletError, WalletKey, WalletSummary};
+use crate::clock::Clock;
+use crate::codec;
+use crate::domain::{Command, Context, Decision, Receipt, Rejection, WalletState, WalletStatus, apply, decide};
+use crate::limits::{CONFLICT_RETRIES_MAX, RECOVERY_READ_BATCH_EVENTS};
+use crate::store::{EventStore, ExpectedVersion, StoreError, StreamId};
+
+/// What every wallet actor of a registry shares.
+#[derive(Debug)]
+pub(super) struct Deps {
+    pub(super) store: Arc<dyn EventStore>,
+    pub(super) programs: Arc<dyn Programs>,
+    pub(super) clock: Arc<dyn Clock>,
+}
+
+#[derive(Debug)]
+pub(super) enum WalletMsg {
+    Execute {
+        command: Box<(Command, CommandMeta)>,
+        reply: RpcReplyPort<Result<CommandOutcome, WalletError>>,
+    },
+    Summary {
+        reply: RpcReplyPort<Result<WalletSummary, WalletError>>,
+    },
+    /// Stop after the messages already queued; sent by the supervisor, which has already unlisted us.
+    Passivate,
+}
+
+#[derive(Debug)]
+pub(super) struct WalletActor;
+
+#[derive(Debug)]
+pub(super) struct WalletArgs {
+    pub(super) key: WalletKey,
+    pub(super) deps: Arc<Deps>,
+}
+
+/// The actor's state: the aggregate plus what it needs to stay in step with the store.
+#[derive(Debug)]
+pub(super) struct Wallet {
+    key: WalletKey,
+    stream: StreamId,
+    deps: Arc<Deps>,
+    /// `None` until recovered from the store (recovery runs on the first message, not at spawn, so
+    /// activations never wait on each other).
+    state: Option<WalletState>,
+    /// An append failed with an unknown outcome: catch up from the store before deciding again.
+    stale: bool,
+}
+
+impl Actor for WalletActor {
+    type Msg = WalletMsg;
+    type State = Wallet;
+    type Arguments = WalletArgs;
+
+    async fn pre_start(&self, _myself: ActorRef<WalletMsg>, args: WalletArgs) -> Result<Wallet, ActorProcessingErr> {
+        let stream = codec::wallet_stream(&args.key.tenant, &args.key.wallet);
+        Ok(Wallet { key: args.key, stream, deps: args.deps, state: None, stale: false })
+    }
+
+    async fn handle(&self, myself: ActorRef<WalletMsg>, message: WalletMsg, wallet: &mut Wallet) -> Result<(), ActorProcessingErr> {
+        match message {
+            WalletMsg::Execute { command, reply } => {
+                let (command, meta) = *command;
+                let span =
+                    tracing::info_span!("wallet.command", tenant = %wallet.key.tenant, wallet = %wallet.key.wallet, kind = command.kind());
+                let result = wallet.execute(&command, &meta).instrument(span).await;
+                let _ = reply.send(result);
+            }
+            WalletMsg::Summary { reply } => {
+                let _ = reply.send(wallet.summary().await);
+            }
+            WalletMsg::Passivate => myself.stop(Some("passivated".into())),
+        }
+        Ok(())
+    }
+}
+
+impl Wallet {
+    async fn current(&mut self) -> Result<&mut WalletState, WalletError> {
+        if self.state.is_none() {
+            let started = std::time::Instant::now();
+            let mut state = WalletState::default();
+            self.catch_up(&mut state).await?;
+            tracing::debug!(stream = %self.stream, version = state.version, elapsed_us = started.elapsed().as_micros() as u64, "wallet recovered");
+            self.state = Some(state);
+        } else if self.stale {
+            let mut state = self.state.take().expect("checked above");
+            let result = self.catch_up(&mut state).await;
+            self.state = Some(state);
+            result?;
+        }
+        self.stale = false;
+        Ok(self.state.as_mut().expect("recovered above"))
+    }
+
+    /// Applies every stored event after `state.version`.
+    async fn catch_up(&self, state: &mut WalletState) -> Result<(), WalletError> {
+        loop {
+            let events = self.deps.store.read_stream(&self.stream, state.version + 1, RECOVERY_READ_BATCH_EVENTS).await?;
+            for recorded in &events {
+                assert_eq!(recorded.stream_version, state.version + 1, "store returned a stream out of order");
+                apply(state, &codec::decode(recorded)?);
+            }
+            if events.len() < RECOVERY_READ_BATCH_EVENTS {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn execute(&mut self, command: &Command, meta: &CommandMeta) -> Result<CommandOutcome, WalletError> {
+        let program = self.deps.programs.settings(&self.key.tenant).ok_or_else(|| WalletError::UnknownTenant(self.key.tenant.clone()))?;
+        let mut attempt = 0;
+        loop {
+            let now_ms = self.deps.clock.now_ms();
+            self.current().await?;
+            let state = self.state.as_ref().expect("current() recovered it");
+            let ctx = Context { tenant: &self.key.tenant, wallet: &self.key.wallet, now_ms, program: &program };
+            let events = match decide(state, command, &ctx)? {
+                Decision::Append(events) => events,
+                Decision::AlreadyApplied(receipt) => return self.replay(receipt).await,
+            };
+            let expected = ExpectedVersion::Exact(state.version);
+            let data = events.iter().map(|event| codec::encode(event, meta)).collect();
+            let appended = self.deps.store.append(&self.stream, expected, data).instrument(tracing::debug_span!("store.append")).await;
+            match appended {
+                Ok(outcome) => {
+                    let state = self.state.as_mut().expect("current() recovered it");
+                    for event in &events {
+                        apply(state, event);
+                    }
+                    debug_assert_eq!(state.version, outcome.last_version);
+                    let events = events
+                        .into_iter()
+                        .zip(0..)
+                        .map(|(event, i)| StoredWalletEvent {
+                            version: outcome.first_version + i,
+                            position: outcome.first_position + i,
+                            event,
+                        })
+                        .collect();
+                    return Ok(CommandOutcome {
+                        events,
+                        balance: state.balance,
+                        version: state.version,
+                        position: outcome.last_position,
+                        replayed: false,
+                    });
+                }
+                Err(StoreError::VersionConflict { .. }) if attempt < CONFLICT_RETRIES_MAX => {
+                    // Another writer got there first (a second node, or a stale actor): catch up, decide again.
+                    attempt += 1;
+                    self.stale = true;
+                }
+                Err(error) => {
+                    self.stale = true;
+                    return Err(error.into());
+                }
+            }
+        }
+    }
+
+    /// The recorded outcome of an earlier identical command, read back from the log.
+    async fn replay(&self, receipt: Receipt) -> Result<CommandOutcome, WalletError> {
+        let count = usize::try_from(receipt.last_version - receipt.first_version + 1).unwrap_or(usize::MAX);
+        let recorded = self.deps.store.read_stream(&self.stream, receipt.first_version, count).await?;
+        let mut events = Vec::with_capacity(recorded.len());
+        for r in &recorded {
+            events.push(StoredWalletEvent { version: r.stream_version, position: r.global_position, event: codec::decode(r)? });
+        }
+        let position = events.last().map_or(0, |e| e.position);
+        Ok(CommandOutcome { events, balance: receipt.balance_after, version: receipt.last_version, position, replayed: true })
+    }
+
+    async fn summary(&mut self) -> Result<WalletSummary, WalletError> {
+        let state = self.current().await?;
+        if state.status == WalletStatus::NotEnrolled {
+            return Err(Rejection::WalletNotFound.into());
+        }
+        Ok(WalletSummary {
+            status: state.status,
+            customer_ref: state.customer_ref.clone(),
+            balance: state.balance,
+            lifetime_earned: state.lifetime_earned,
+            lifetime_redeemed: state.lifetime_redeemed,
+            lifetime_reversed: state.lifetime_reversed,
+            lifetime_adjusted: state.lifetime_adjusted,
+            enrolled_at_ms: state.enrolled_at_ms,
+            last_activity_ms: state.last_activity_ms,
+            version: state.version,
+        })
+    }
+}
+
+/// Marks a registry entry as used now (for idle passivation and LRU).
+pub(super) fn touch(last_used: &AtomicU64, now_ms: u64) {
+    last_used.store(now_ms, Ordering::Relaxed);
+}

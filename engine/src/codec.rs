@@ -1,0 +1,82 @@
+//! Between the domain and the store: wallet stream names, and domain events to and from the persisted
+//! envelope (`tally.v1` protobuf payloads).
+
+use prost::Message;
+use tally_proto::v1::{EarnReversed, PointsAdjusted, PointsEarned, PointsRedeemed, WalletClosed, WalletEnrolled};
+
+use crate::domain::{Change, Event, TenantId, WalletId};
+use crate::store::{EventData, EventMetadata, RecordedEvent, StreamId};
+
+/// Schema version written for every wallet event today. Bumping it requires an upcaster in [`decode`].
+pub const WALLET_SCHEMA_VERSION: u32 = 1;
+
+/// The stream of one wallet: `"<tenant>/wallet/<wallet>"`. Ids cannot contain `/`, so this is unambiguous.
+pub fn wallet_stream(tenant: &TenantId, wallet: &WalletId) -> StreamId {
+    StreamId::new(&format!("{tenant}/wallet/{wallet}")).expect("validated ids always make a valid stream id")
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CodecError {
+    #[error("event at position {position} has unknown type {event_type:?}")]
+    UnknownEventType { position: u64, event_type: String },
+    #[error("event at position {position} ({event_type}) has unsupported schema version {schema_version}")]
+    UnsupportedSchemaVersion { position: u64, event_type: String, schema_version: u32 },
+    #[error("event at position {position} ({event_type}) cannot be decoded: {reason}")]
+    Undecodable { position: u64, event_type: String, reason: String },
+}
+
+pub fn encode(event: &Event, metadata: &EventMetadata) -> EventData {
+    let payload = match &event.change {
+        Change::Enrolled(e) => e.encode_to_vec(),
+        Change::Earned(e) => e.encode_to_vec(),
+        Change::Redeemed(e) => e.encode_to_vec(),
+        Change::Adjusted(e) => e.encode_to_vec(),
+        Change::Reversed(e) => e.encode_to_vec(),
+        Change::Closed(e) => e.encode_to_vec(),
+    };
+    EventData {
+        event_type: event.change.event_type().to_owned(),
+        schema_version: WALLET_SCHEMA_VERSION,
+        recorded_at_ms: event.recorded_at_ms,
+        idempotency_key: event.idempotency_key.clone(),
+        command_fingerprint: event.command_fingerprint,
+        metadata: metadata.clone(),
+        payload,
+    }
+}
+
+pub fn decode(recorded: &RecordedEvent) -> Result<Event, CodecError> {
+    let data = &recorded.data;
+    let position = recorded.global_position;
+    if data.schema_version != WALLET_SCHEMA_VERSION {
+        return Err(CodecError::UnsupportedSchemaVersion {
+            position,
+            event_type: data.event_type.clone(),
+            schema_version: data.schema_version,
+        });
+    }
+    fn payload<M: Message + Default>(recorded: &RecordedEvent) -> Result<M, CodecError> {
+        M::decode(recorded.data.payload.as_slice()).map_err(|e| CodecError::Undecodable {
+            position: recorded.global_position,
+            event_type: recorded.data.event_type.clone(),
+            reason: e.to_string(),
+        })
+    }
+    let change = match data.event_type.as_str() {
+        "tally.v1.WalletEnrolled" => Change::Enrolled(payload::<WalletEnrolled>(recorded)?),
+        "tally.v1.PointsEarned" => Change::Earned(payload::<PointsEarned>(recorded)?),
+        "tally.v1.PointsRedeemed" => Change::Redeemed(payload::<PointsRedeemed>(recorded)?),
+        "tally.v1.PointsAdjusted" => Change::Adjusted(payload::<PointsAdjusted>(recorded)?),
+        "tally.v1.EarnReversed" => Change::Reversed(payload::<EarnReversed>(recorded)?),
+        "tally.v1.WalletClosed" => Change::Closed(payload::<WalletClosed>(recorded)?),
+        other => {
+            return Err(CodecError::UnknownEventType { position, event_type: other.to_owned() });
+        }
+    };
+    Ok(Event {
+        idempotency_key: data.idempotency_key.clone(),
+        command_fingerprint: data.command_fingerprint,
+        recorded_at_ms: data.recorded_at_ms,
+        change,
+    })
+}

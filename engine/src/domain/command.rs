@@ -1,0 +1,75 @@
+//! Commands a wallet accepts. Every one that changes state carries an idempotency key.
+
+use super::fingerprint::Fingerprint;
+
+pub use tally_proto::v1::Money;
+
+/// A command for one wallet, with the client's idempotency key (POS transaction id, order id, ...).
+///
+/// A retry with the same key and the same body returns the first outcome and changes nothing; the same
+/// key with another body is rejected with [`super::Rejection::IdempotencyKeyReused`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Command {
+    pub idempotency_key: String,
+    pub body: CommandBody,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum CommandBody {
+    /// Open the wallet for a customer.
+    Enroll { customer_ref: String },
+    /// Credit points, usually for an order (`source_ref` is the order id).
+    Earn { points: i64, reason: String, source_ref: String, order_amount: Option<Money> },
+    /// Spend points on a reward.
+    Redeem { points: i64, reward_ref: String },
+    /// Staff correction, signed.
+    Adjust { points: i64, reason: String, staff_ref: String },
+    /// Take back all (`points: None`) or part of what `source_ref` earned, e.g. on a refund.
+    Reverse { source_ref: String, points: Option<i64>, reason: String },
+    /// Close the wallet; a positive balance is forfeited.
+    Close { reason: String },
+}
+
+impl Command {
+    pub fn new(idempotency_key: impl Into<String>, body: CommandBody) -> Self {
+        Self { idempotency_key: idempotency_key.into(), body }
+    }
+
+    /// The stable fingerprint of the body, persisted with the events so retries can be told apart.
+    pub fn fingerprint(&self) -> u64 {
+        match &self.body {
+            CommandBody::Enroll { customer_ref } => Fingerprint::new(1).str(customer_ref),
+            CommandBody::Earn { points, reason, source_ref, order_amount } => {
+                let fp = Fingerprint::new(2).i64(*points).str(reason).str(source_ref);
+                match order_amount {
+                    None => fp.u64(0),
+                    Some(money) => fp.u64(1).i64(money.amount_minor).str(&money.currency),
+                }
+            }
+            CommandBody::Redeem { points, reward_ref } => Fingerprint::new(3).i64(*points).str(reward_ref),
+            CommandBody::Adjust { points, reason, staff_ref } => Fingerprint::new(4).i64(*points).str(reason).str(staff_ref),
+            CommandBody::Reverse { source_ref, points, reason } => {
+                let fp = Fingerprint::new(5).str(source_ref);
+                let fp = match points {
+                    None => fp.u64(0),
+                    Some(points) => fp.u64(1).i64(*points),
+                };
+                fp.str(reason)
+            }
+            CommandBody::Close { reason } => Fingerprint::new(6).str(reason),
+        }
+        .finish()
+    }
+
+    /// Short name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self.body {
+            CommandBody::Enroll { .. } => "enroll",
+            CommandBody::Earn { .. } => "earn",
+            CommandBody::Redeem { .. } => "redeem",
+            CommandBody::Adjust { .. } => "adjust",
+            CommandBody::Reverse { .. } => "reverse",
+            CommandBody::Close { .. } => "close",
+        }
+    }
+}

@@ -1,0 +1,53 @@
+//! Wallet events as the domain sees them: the persisted payload plus the command facts every event
+//! carries (idempotency key, fingerprint, decision time). The payload types are the `tally.v1` protobuf
+//! messages themselves, so the persisted schema and the domain cannot drift apart.
+
+use tally_proto::v1::{EarnReversed, PointsAdjusted, PointsEarned, PointsRedeemed, WalletClosed, WalletEnrolled};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// Key of the command that produced this event.
+    pub idempotency_key: String,
+    /// [`super::Command::fingerprint`] of that command.
+    pub command_fingerprint: u64,
+    /// When the command was decided, in milliseconds since the Unix epoch.
+    pub recorded_at_ms: i64,
+    pub change: Change,
+}
+
+/// What happened to the wallet.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    Enrolled(WalletEnrolled),
+    Earned(PointsEarned),
+    Redeemed(PointsRedeemed),
+    Adjusted(PointsAdjusted),
+    Reversed(EarnReversed),
+    Closed(WalletClosed),
+}
+
+impl Change {
+    /// The signed effect of this change on the balance. The balance is always the sum of these.
+    pub fn points_delta(&self) -> i64 {
+        match self {
+            Change::Enrolled(_) => 0,
+            Change::Earned(e) => e.points,
+            Change::Redeemed(e) => -e.points,
+            Change::Adjusted(e) => e.points,
+            Change::Reversed(e) => -e.reversed_points,
+            Change::Closed(e) => -e.forfeited_points,
+        }
+    }
+
+    /// Fully qualified protobuf name of the payload, as stored in the envelope's `event_type`.
+    pub fn event_type(&self) -> &'static str {
+        match self {
+            Change::Enrolled(_) => "tally.v1.WalletEnrolled",
+            Change::Earned(_) => "tally.v1.PointsEarned",
+            Change::Redeemed(_) => "tally.v1.PointsRedeemed",
+            Change::Adjusted(_) => "tally.v1.PointsAdjusted",
+            Change::Reversed(_) => "tally.v1.EarnReversed",
+            Change::Closed(_) => "tally.v1.WalletClosed",
+        }
+    }
+}

@@ -1,0 +1,41 @@
+//! Business rejections: the documented, expected ways a command can be refused. They are data, not
+//! errors of the machine; the gateway maps each to a status a client can act on.
+
+use super::ids::FieldError;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    /// A field is malformed (empty, too long, bad currency, ...). Maps to INVALID_ARGUMENT.
+    #[error("invalid {0}")]
+    InvalidField(#[from] FieldError),
+    /// A points amount that must be positive is zero or negative. Maps to INVALID_ARGUMENT.
+    #[error("invalid {field}: must be positive, got {points}")]
+    NonPositivePoints { field: &'static str, points: i64 },
+    /// An adjustment of zero points. Maps to INVALID_ARGUMENT.
+    #[error("invalid points: an adjustment must not be zero")]
+    ZeroAdjustment,
+    /// An amount or the resulting balance would leave the supported range. Maps to INVALID_ARGUMENT.
+    #[error("invalid {field}: {points} is out of range")]
+    PointsOutOfRange { field: &'static str, points: i64 },
+    /// The wallet has not been enrolled. Maps to NOT_FOUND.
+    #[error("wallet not found")]
+    WalletNotFound,
+    /// The wallet is closed and accepts nothing more. Maps to FAILED_PRECONDITION.
+    #[error("wallet is closed")]
+    WalletClosed,
+    /// Enroll on a wallet that already exists (with another idempotency key). Maps to ALREADY_EXISTS.
+    #[error("wallet already enrolled")]
+    AlreadyEnrolled,
+    /// Not enough available points. Maps to FAILED_PRECONDITION.
+    #[error("insufficient points: {available} available, {requested} requested")]
+    InsufficientPoints { available: i64, requested: i64 },
+    /// A reversal names a source that never earned points in this wallet. Maps to NOT_FOUND.
+    #[error("unknown source_ref {source_ref:?}: nothing was earned from it")]
+    UnknownSource { source_ref: String },
+    /// A reversal asks for more than what is left to reverse of that source. Maps to FAILED_PRECONDITION.
+    #[error("reversal of {requested} points exceeds the {reversible} still reversible from {source_ref:?}")]
+    ReversalExceedsEarned { source_ref: String, reversible: i64, requested: i64 },
+    /// The idempotency key was already used for a different command. Maps to ALREADY_EXISTS.
+    #[error("idempotency key {key:?} was already used for a different command")]
+    IdempotencyKeyReused { key: String },
+}

@@ -1,0 +1,12 @@
+//! Tally's engine: the pure wallet domain, the event log (the `EventStore` trait and its backends), and
+//! the supervised wallet actors that decide commands and append their events before replying.
+//!
+//! Layering inside the crate: `domain` ← `codec` ← `store` ← `actors`. The domain knows nothing of the
+//! others; the store knows envelopes and bytes, never wallets.
+
+pub mod actors;
+pub mod clock;
+pub mod codec;
+pub mod domain;
+pub mod limits;
+pub mod store;

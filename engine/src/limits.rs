@@ -1,0 +1,58 @@
+//! Every limit of the engine in one place, each with its unit in the name.
+//!
+//! Inputs beyond a limit are rejected with an error that names it; nothing here is a silent cap.
+
+/// Longest tenant (program) id, in bytes.
+pub const TENANT_ID_BYTES_MAX: usize = 64;
+/// Longest wallet id, in bytes.
+pub const WALLET_ID_BYTES_MAX: usize = 64;
+/// Longest idempotency key, source, reward, staff or customer reference, in bytes.
+pub const REF_BYTES_MAX: usize = 128;
+/// Longest free-text reason, in bytes.
+pub const REASON_BYTES_MAX: usize = 256;
+/// Most points a single command may move (one trillion): far above any real order, far below `i64`.
+pub const POINTS_PER_COMMAND_MAX: i64 = 1_000_000_000_000;
+/// Largest absolute balance or lifetime total a wallet may reach; arithmetic beyond it is rejected.
+pub const BALANCE_ABS_MAX: i64 = 1_000_000_000_000_000;
+/// Largest money amount on an order, in minor units.
+pub const MONEY_MINOR_ABS_MAX: i64 = 1_000_000_000_000_000;
+
+/// Longest stream id, in bytes.
+pub const STREAM_ID_BYTES_MAX: usize = 256;
+/// Largest encoded payload of one event, in bytes.
+pub const EVENT_PAYLOAD_BYTES_MAX: usize = 64 * 1024;
+/// Most events in one atomic append.
+pub const APPEND_EVENTS_MAX: usize = 256;
+/// Largest encoded append (all its events with their envelopes), in bytes.
+pub const APPEND_BYTES_MAX: usize = 1024 * 1024;
+
+/// Size at which the embedded log starts a new segment file, in bytes. A segment may exceed it by at
+/// most one group-commit batch.
+pub const SEGMENT_BYTES_MAX: u64 = 64 * 1024 * 1024;
+/// Most appends that share one fsync in the embedded log.
+pub const GROUP_COMMIT_APPENDS_MAX: usize = 4096;
+/// Most bytes written under one fsync in the embedded log.
+pub const GROUP_COMMIT_BYTES_MAX: usize = 8 * 1024 * 1024;
+/// Appends queued for the embedded log's writer before appenders wait (back-pressure).
+pub const APPEND_QUEUE_DEPTH_MAX: usize = 16 * 1024;
+
+/// Events read from a stream per store call while a wallet recovers.
+pub const RECOVERY_READ_BATCH_EVENTS: usize = 4096;
+
+/// Default bound on wallets resident in memory; least recently used ones are passivated beyond it.
+pub const ACTIVE_WALLETS_DEFAULT_MAX: usize = 100_000;
+/// Default idle time after which a wallet actor is passivated, in milliseconds.
+pub const WALLET_IDLE_DEFAULT_MS: u64 = 5 * 60 * 1000;
+/// Crashes of one wallet within `WALLET_CRASH_WINDOW_MS` after which its commands are refused.
+pub const WALLET_CRASHES_MAX: u32 = 3;
+/// Window over which wallet crashes are counted, in milliseconds.
+pub const WALLET_CRASH_WINDOW_MS: u64 = 60_000;
+/// First restart delay after a wallet crash, in milliseconds; doubles with each further crash.
+pub const WALLET_RESTART_BACKOFF_MS: u64 = 10;
+/// Longest restart delay after repeated crashes, in milliseconds.
+pub const WALLET_RESTART_BACKOFF_MAX_MS: u64 = 5_000;
+/// Times a caller re-sends a command whose wallet actor stopped (passivation) or crashed before
+/// answering, before it gives up.
+pub const COMMAND_DELIVERY_ATTEMPTS_MAX: u32 = 3;
+/// Times a wallet re-decides a command after an optimistic-concurrency conflict on append.
+pub const CONFLICT_RETRIES_MAX: u32 = 2;

@@ -1,0 +1,132 @@
+//! The on-disk record framing of the embedded log and the envelope conversions.
+//!
+//! A record is one atomic append: `u32 magic | u32 length | u32 CRC-32C | LogRecord bytes`, all little
+//! endian. The layout is documented in `proto/tally/v1/events.proto` so an auditor can read the files.
+
+use prost::Message;
+use tally_proto::v1::{EventEnvelope, LogRecord};
+
+use crate::store::{EventData, EventMetadata, RecordedEvent, StreamId};
+
+/// "TLY1" read as a little-endian u32.
+pub(super) const MAGIC: u32 = u32::from_le_bytes(*b"TLY1");
+pub(super) const HEADER_BYTES: usize = 12;
+
+/// Appends one framed record to `buf`; returns its length including the header.
+pub(super) fn frame(buf: &mut Vec<u8>, record: &LogRecord) -> usize {
+    let start = buf.len();
+    let len = record.encoded_len();
+    buf.extend_from_slice(&MAGIC.to_le_bytes());
+    buf.extend_from_slice(&u32::try_from(len).expect("records are bounded by APPEND_BYTES_MAX").to_le_bytes());
+    buf.extend_from_slice(&[0; 4]);
+    record.encode(buf).expect("a Vec grows as needed");
+    let crc = crc32c::crc32c(&buf[start + HEADER_BYTES..]);
+    buf[start + 8..start + HEADER_BYTES].copy_from_slice(&crc.to_le_bytes());
+    buf.len() - start
+}
+
+/// What is at the start of a byte slice.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Frame<'a> {
+    /// A whole record whose checksum matches; `len` includes the header.
+    Valid { body: &'a [u8], len: usize },
+    /// Fewer bytes than the header or the body needs.
+    Incomplete,
+    /// Bad magic or checksum.
+    Invalid(&'static str),
+}
+
+pub(super) fn parse(bytes: &[u8]) -> Frame<'_> {
+    if bytes.len() < HEADER_BYTES {
+        return Frame::Incomplete;
+    }
+    let word = |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+    if word(0) != MAGIC {
+        return Frame::Invalid("bad record magic");
+    }
+    let len = word(4) as usize;
+    let Some(body) = bytes.get(HEADER_BYTES..HEADER_BYTES + len) else {
+        return Frame::Incomplete;
+    };
+    if crc32c::crc32c(body) != word(8) {
+        return Frame::Invalid("record checksum mismatch");
+    }
+    Frame::Valid { body, len: HEADER_BYTES + len }
+}
+
+/// Whether a valid record starts anywhere in `bytes` (used to tell a torn tail from corruption).
+pub(super) fn any_valid_frame(bytes: &[u8]) -> bool {
+    let magic = MAGIC.to_le_bytes();
+    bytes.windows(4).enumerate().any(|(i, w)| w == magic && matches!(parse(&bytes[i..]), Frame::Valid { .. }))
+}
+
+pub(super) fn into_envelope(stream: &StreamId, version: u64, position: u64, data: EventData) -> EventEnvelope {
+    EventEnvelope {
+        stream_id: stream.as_str().to_owned(),
+        stream_version: version,
+        global_position: position,
+        event_type: data.event_type,
+        schema_version: data.schema_version,
+        recorded_at: Some(prost_types::Timestamp {
+            seconds: data.recorded_at_ms.div_euclid(1000),
+            nanos: i32::try_from(data.recorded_at_ms.rem_euclid(1000) * 1_000_000).expect("below 1e9"),
+        }),
+        idempotency_key: data.idempotency_key,
+        command_fingerprint: data.command_fingerprint,
+        causation_id: data.metadata.causation_id,
+        correlation_id: data.metadata.correlation_id,
+        traceparent: data.metadata.traceparent,
+        tracestate: data.metadata.tracestate,
+        payload: data.payload,
+    }
+}
+
+pub(super) fn from_envelope(envelope: EventEnvelope) -> Result<RecordedEvent, String> {
+    let stream_id = StreamId::new(&envelope.stream_id).map_err(|e| e.to_string())?;
+    let recorded_at_ms = envelope.recorded_at.map_or(0, |t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000);
+    Ok(RecordedEvent {
+        stream_id,
+        stream_version: envelope.stream_version,
+        global_position: envelope.global_position,
+        data: EventData {
+            event_type: envelope.event_type,
+            schema_version: envelope.schema_version,
+            recorded_at_ms,
+            idempotency_key: envelope.idempotency_key,
+            command_fingerprint: envelope.command_fingerprint,
+            metadata: EventMetadata {
+                causation_id: envelope.causation_id,
+                correlation_id: envelope.correlation_id,
+                traceparent: envelope.traceparent,
+                tracestate: envelope.tracestate,
+            },
+            payload: envelope.payload,
+        },
+    })
+}
+
+pub(super) fn decode(body: &[u8]) -> Result<LogRecord, String> {
+    LogRecord::decode(body).map_err(|e| format!("undecodable record: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_and_damage_is_detected() {
+        let record = LogRecord { events: vec![EventEnvelope { stream_id: "s".into(), stream_version: 1, ..Default::default() }] };
+        let mut buf = Vec::new();
+        let len = frame(&mut buf, &record);
+        assert_eq!(len, buf.len());
+        let Frame::Valid { body, len: parsed } = parse(&buf) else { panic!("valid frame expected") };
+        assert_eq!(parsed, len);
+        assert_eq!(decode(body).unwrap(), record);
+        assert_eq!(parse(&buf[..len - 1]), Frame::Incomplete);
+        let mut flipped = buf.clone();
+        flipped[len - 1] ^= 0x40;
+        assert_eq!(parse(&flipped), Frame::Invalid("record checksum mismatch"));
+        assert!(any_valid_frame(&[&[0u8; 7][..], &buf].concat()));
+        assert!(!any_valid_frame(&flipped));
+    }
+}

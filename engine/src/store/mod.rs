@@ -1,0 +1,217 @@
+//! The event log: the one source of truth. One narrow [`EventStore`] trait, its backends, and the
+//! conformance suite every backend must pass.
+//!
+//! Architecture Invariant: the store knows envelopes and opaque payload bytes, never wallet semantics.
+//! Architecture Invariant: an append resolves only once its events are durable (fsync'd, committed).
+//! Architecture Invariant: a version conflict is [`StoreError::VersionConflict`] in every backend.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio::sync::watch;
+
+use crate::limits::{APPEND_BYTES_MAX, APPEND_EVENTS_MAX, EVENT_PAYLOAD_BYTES_MAX, STREAM_ID_BYTES_MAX};
+
+#[cfg(any(test, feature = "testing"))]
+pub mod conformance;
+pub mod embedded;
+pub mod memory;
+
+pub use embedded::{EmbeddedOptions, EmbeddedStore, OpenReport, TornTail};
+pub use memory::{FaultPlan, InMemoryStore};
+
+/// Identifies one stream, e.g. `"acme/wallet/c-42"`.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StreamId(Arc<str>);
+
+impl StreamId {
+    pub fn new(id: &str) -> Result<Self, StoreError> {
+        if id.is_empty() || id.len() > STREAM_ID_BYTES_MAX {
+            return Err(StoreError::InvalidStreamId { id: id.chars().take(64).collect() });
+        }
+        Ok(Self(Arc::from(id)))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for StreamId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for StreamId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", &*self.0)
+    }
+}
+
+/// What the appender believes the stream's version is. Versions count events: an empty stream is 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpectedVersion {
+    /// Append whatever the version (no concurrency check).
+    Any,
+    /// The stream must be at exactly this version (0: the stream must not exist yet).
+    Exact(u64),
+}
+
+/// Trace and causality metadata that travels with an event.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventMetadata {
+    pub causation_id: String,
+    pub correlation_id: String,
+    /// W3C `traceparent` of the call that caused the event.
+    pub traceparent: String,
+    pub tracestate: String,
+}
+
+/// An event to append: everything but the positions the store assigns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventData {
+    /// Fully qualified protobuf name of the payload, e.g. `"tally.v1.PointsEarned"`.
+    pub event_type: String,
+    pub schema_version: u32,
+    /// The engine's clock when the command was decided, in milliseconds since the Unix epoch.
+    pub recorded_at_ms: i64,
+    pub idempotency_key: String,
+    pub command_fingerprint: u64,
+    pub metadata: EventMetadata,
+    pub payload: Vec<u8>,
+}
+
+/// An event as stored: with its stream version and global position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedEvent {
+    pub stream_id: StreamId,
+    /// 1-based, dense within the stream.
+    pub stream_version: u64,
+    /// 1-based, dense in the global log.
+    pub global_position: u64,
+    pub data: EventData,
+}
+
+/// Where an append landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendOutcome {
+    pub first_version: u64,
+    pub last_version: u64,
+    pub first_position: u64,
+    pub last_position: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Someone else appended first: re-read and decide again.
+    #[error("version conflict on stream {stream}: expected version {expected}, actual {actual}")]
+    VersionConflict { stream: StreamId, expected: u64, actual: u64 },
+    #[error("invalid stream id {id:?}: must be 1 to {STREAM_ID_BYTES_MAX} bytes")]
+    InvalidStreamId { id: String },
+    #[error("empty append: at least one event is required")]
+    EmptyAppend,
+    #[error("append of {events} events exceeds the limit of {APPEND_EVENTS_MAX}")]
+    TooManyEvents { events: usize },
+    #[error("event payload of {bytes} bytes exceeds the limit of {EVENT_PAYLOAD_BYTES_MAX}")]
+    EventTooLarge { bytes: usize },
+    #[error("append of {bytes} bytes exceeds the limit of {APPEND_BYTES_MAX}")]
+    AppendTooLarge { bytes: usize },
+    /// Stored bytes failed their checksum or could not be decoded. Never skipped.
+    #[error("corrupt log at {file}:{offset}: {reason}")]
+    Corrupt { file: PathBuf, offset: u64, reason: String },
+    #[error("i/o error on {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    /// The store cannot take appends now (closed, failed, or an injected fault). The outcome of an
+    /// append that failed this way is unknown: it may or may not be in the log.
+    #[error("store unavailable: {reason}")]
+    Unavailable { reason: String },
+}
+
+impl StoreError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io { path: path.into(), source }
+    }
+}
+
+/// The event log. Every backend passes [`conformance`]'s suite.
+#[async_trait]
+pub trait EventStore: Send + Sync + fmt::Debug + 'static {
+    /// Appends `events` atomically to `stream` if it is at `expected`; resolves once they are durable.
+    async fn append(&self, stream: &StreamId, expected: ExpectedVersion, events: Vec<EventData>) -> Result<AppendOutcome, StoreError>;
+
+    /// Reads up to `limit` events of `stream` from `from_version` (inclusive, 1-based), in order.
+    async fn read_stream(&self, stream: &StreamId, from_version: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError>;
+
+    /// Reads up to `limit` events of the global log from `from_position` (inclusive, 1-based), in order.
+    /// Only durable events are returned, and never with a gap: a reader that resumes after the last
+    /// position it saw misses nothing.
+    async fn read_all(&self, from_position: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError>;
+
+    /// The stream's current version (0 if it has no events).
+    async fn stream_version(&self, stream: &StreamId) -> Result<u64, StoreError>;
+
+    /// The position of the last durable event (0 for an empty log); changes whenever it advances.
+    fn head(&self) -> watch::Receiver<u64>;
+}
+
+/// Checks an append against the limits; every backend calls it first so they all refuse alike.
+pub(crate) fn check_append(events: &[EventData]) -> Result<(), StoreError> {
+    if events.is_empty() {
+        return Err(StoreError::EmptyAppend);
+    }
+    if events.len() > APPEND_EVENTS_MAX {
+        return Err(StoreError::TooManyEvents { events: events.len() });
+    }
+    let mut total = 0;
+    for event in events {
+        if event.payload.len() > EVENT_PAYLOAD_BYTES_MAX {
+            return Err(StoreError::EventTooLarge { bytes: event.payload.len() });
+        }
+        total += event.payload.len() + event.idempotency_key.len() + event.event_type.len() + 64;
+    }
+    if total > APPEND_BYTES_MAX {
+        return Err(StoreError::AppendTooLarge { bytes: total });
+    }
+    Ok(())
+}
+
+/// Follows the global log from a position: the building block of projections.
+#[derive(Debug)]
+pub struct Follower {
+    store: Arc<dyn EventStore>,
+    next_position: u64,
+    head: watch::Receiver<u64>,
+}
+
+impl Follower {
+    /// Starts after `after_position` (0 follows from the beginning).
+    pub fn new(store: Arc<dyn EventStore>, after_position: u64) -> Self {
+        let head = store.head();
+        Self { store, next_position: after_position + 1, head }
+    }
+
+    /// Returns the next batch of at most `limit` events, waiting until there is at least one.
+    /// Returns `Ok(None)` once the store has shut down and everything was delivered.
+    pub async fn next_batch(&mut self, limit: usize) -> Result<Option<Vec<RecordedEvent>>, StoreError> {
+        loop {
+            if *self.head.borrow_and_update() >= self.next_position {
+                let events = self.store.read_all(self.next_position, limit).await?;
+                if let Some(last) = events.last() {
+                    self.next_position = last.global_position + 1;
+                    return Ok(Some(events));
+                }
+            }
+            if self.head.changed().await.is_err() && *self.head.borrow() < self.next_position {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// The position the next batch starts at.
+    pub fn next_position(&self) -> u64 {
+        self.next_position
+    }
+}

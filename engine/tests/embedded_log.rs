@@ -1,0 +1,168 @@
+//! Behaviour specific to the embedded log: durability across reopen, torn tails, corruption, segments.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use tally_engine::store::conformance::{event, stream};
+use tally_engine::store::{EmbeddedOptions, EmbeddedStore, EventStore, ExpectedVersion, StoreError};
+
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = fs::read_dir(dir.join("log")).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    files
+}
+
+async fn fill(store: &EmbeddedStore, streams: usize, per_stream: u64) {
+    for n in 0..per_stream {
+        for s in 0..streams {
+            let events = vec![event(&format!("{s}-{n}-a")), event(&format!("{s}-{n}-b"))];
+            store.append(&stream(&format!("t/wallet/{s}")), ExpectedVersion::Exact(n * 2), events).await.unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn events_survive_a_reopen_and_the_index_is_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    let before = {
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        fill(&store, 5, 10).await;
+        store.close().await;
+        store.read_all(1, usize::MAX).await.unwrap()
+    };
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let report = store.report().clone();
+    assert_eq!((report.events, report.streams, report.torn_tail), (100, 5, None));
+    assert_eq!(store.read_all(1, usize::MAX).await.unwrap(), before);
+    assert_eq!(store.stream_version(&stream("t/wallet/3")).await.unwrap(), 20);
+    assert_eq!(*store.head().borrow(), 100);
+    // Appends continue where the log left off.
+    let outcome = store.append(&stream("t/wallet/3"), ExpectedVersion::Exact(20), vec![event("next")]).await.unwrap();
+    assert_eq!((outcome.first_version, outcome.first_position), (21, 101));
+}
+
+#[tokio::test]
+async fn a_second_process_cannot_open_the_same_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = EmbeddedStore::open(dir.path()).unwrap();
+    let second = EmbeddedStore::open(dir.path());
+    assert!(matches!(&second, Err(StoreError::Unavailable { reason }) if reason.contains("locked")), "{second:?}");
+}
+
+#[tokio::test]
+async fn a_torn_tail_is_truncated_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        fill(&store, 3, 4).await;
+        store.close().await;
+    }
+    let last = segments(dir.path()).pop().unwrap();
+    let intact_len = fs::metadata(&last).unwrap().len();
+    // A crash mid-write leaves the start of a record (header and part of its body) at the end.
+    let mut file = OpenOptions::new().append(true).open(&last).unwrap();
+    file.write_all(&[0x54, 0x4c, 0x59, 0x31, 200, 0, 0, 0, 1, 2, 3, 4, 9, 9, 9]).unwrap();
+    drop(file);
+
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let torn = store.report().torn_tail.clone().expect("the torn tail is reported");
+    assert_eq!((torn.file, torn.offset, torn.bytes_dropped), (last.clone(), intact_len, 15));
+    assert_eq!(fs::metadata(&last).unwrap().len(), intact_len, "the file is cut back to its last whole record");
+    assert_eq!(store.report().events, 24, "every whole record is kept");
+    store.append(&stream("t/wallet/0"), ExpectedVersion::Exact(8), vec![event("after-crash")]).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_tail_of_zeros_counts_as_torn() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        fill(&store, 1, 3).await;
+        store.close().await;
+    }
+    let last = segments(dir.path()).pop().unwrap();
+    OpenOptions::new().append(true).open(&last).unwrap().write_all(&[0; 4096]).unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    assert_eq!(store.report().torn_tail.as_ref().unwrap().bytes_dropped, 4096);
+    assert_eq!(store.report().events, 6);
+}
+
+#[tokio::test]
+async fn corruption_before_the_tail_stops_start_up_naming_file_and_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        fill(&store, 2, 5).await;
+        store.close().await;
+    }
+    let last = segments(dir.path()).pop().unwrap();
+    let mut bytes = fs::read(&last).unwrap();
+    // Damage the first record's body: whole records follow it, so this is not a torn write.
+    bytes[20] ^= 0xff;
+    fs::write(&last, &bytes).unwrap();
+    match EmbeddedStore::open(dir.path()) {
+        Err(StoreError::Corrupt { file, offset, reason }) => {
+            assert_eq!((file, offset), (last, 0));
+            assert!(reason.contains("checksum"), "{reason}");
+        }
+        other => panic!("expected corruption to stop start-up, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn corruption_is_reported_on_read_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    fill(&store, 2, 5).await;
+    let last = segments(dir.path()).pop().unwrap();
+    let mut bytes = fs::read(&last).unwrap();
+    bytes[20] ^= 0xff;
+    fs::write(&last, &bytes).unwrap();
+    let read = store.read_stream(&stream("t/wallet/0"), 1, 10).await;
+    assert!(matches!(&read, Err(StoreError::Corrupt { offset: 0, .. })), "{read:?}");
+}
+
+#[tokio::test]
+async fn the_log_rolls_into_segments_and_reads_across_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = EmbeddedOptions { segment_bytes_max: 4 * 1024 };
+    {
+        let store = EmbeddedStore::open_with(dir.path(), options.clone()).unwrap();
+        fill(&store, 4, 25).await;
+        store.close().await;
+    }
+    let files = segments(dir.path());
+    assert!(files.len() > 5, "expected several segments, got {}", files.len());
+    let store = EmbeddedStore::open_with(dir.path(), options).unwrap();
+    assert_eq!(store.report().segments, files.len());
+    let all = store.read_all(1, usize::MAX).await.unwrap();
+    assert_eq!(all.len(), 200);
+    assert!(all.iter().enumerate().all(|(i, e)| e.global_position == i as u64 + 1));
+    let one = store.read_stream(&stream("t/wallet/2"), 1, usize::MAX).await.unwrap();
+    assert_eq!(one.len(), 50);
+    assert_eq!(one[49].data.payload, b"2-24-b");
+}
+
+#[tokio::test]
+async fn a_missing_segment_in_the_middle_is_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = EmbeddedStore::open_with(dir.path(), EmbeddedOptions { segment_bytes_max: 2 * 1024 }).unwrap();
+        fill(&store, 4, 20).await;
+        store.close().await;
+    }
+    let files = segments(dir.path());
+    fs::remove_file(&files[1]).unwrap();
+    let result = EmbeddedStore::open(dir.path());
+    assert!(matches!(&result, Err(StoreError::Corrupt { file, .. }) if *file == files[2]), "{result:?}");
+}
+
+#[tokio::test]
+async fn appends_after_close_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    store.close().await;
+    let result = store.append(&stream("t/wallet/x"), ExpectedVersion::Any, vec![event("late")]).await;
+    assert!(matches!(result, Err(StoreError::Unavailable { .. })));
+}

@@ -1,0 +1,313 @@
+//! Given/when/then tests of the wallet domain: every command and every rejection.
+
+use tally_engine::domain::{
+    Change, Command, CommandBody, Context, Decision, Event, FieldError, Money, ProgramSettings, Rejection, ReturnPolicy, TenantId,
+    WalletId, WalletState, WalletStatus, apply, decide,
+};
+use tally_proto::v1::{EarnReversed, PointsAdjusted, PointsEarned, PointsRedeemed, WalletClosed, WalletEnrolled};
+
+const NOW: i64 = 1_767_225_600_000;
+
+/// A wallet built from past commands, ready for the command under test.
+struct Scenario {
+    tenant: TenantId,
+    wallet: WalletId,
+    program: ProgramSettings,
+    state: WalletState,
+}
+
+fn given(commands: &[Command]) -> Scenario {
+    given_with(ProgramSettings::default(), commands)
+}
+
+fn given_with(program: ProgramSettings, commands: &[Command]) -> Scenario {
+    let mut scenario = Scenario {
+        tenant: TenantId::parse("acme").unwrap(),
+        wallet: WalletId::parse("c-1").unwrap(),
+        program,
+        state: WalletState::default(),
+    };
+    for command in commands {
+        match scenario.decide(command) {
+            Ok(Decision::Append(events)) => events.iter().for_each(|e| apply(&mut scenario.state, e)),
+            other => panic!("setup command {command:?} was not accepted: {other:?}"),
+        }
+    }
+    scenario
+}
+
+impl Scenario {
+    fn decide(&self, command: &Command) -> Result<Decision, Rejection> {
+        let ctx = Context { tenant: &self.tenant, wallet: &self.wallet, now_ms: NOW, program: &self.program };
+        decide(&self.state, command, &ctx)
+    }
+
+    /// Asserts the command is accepted with exactly these changes; returns the state after them.
+    fn then_changes(mut self, command: Command, expected: &[Change]) -> WalletState {
+        let Ok(Decision::Append(events)) = self.decide(&command) else {
+            panic!("{command:?} was not accepted: {:?}", self.decide(&command))
+        };
+        let changes: Vec<Change> = events.iter().map(|e| e.change.clone()).collect();
+        assert_eq!(changes, expected);
+        for event in &events {
+            assert_eq!(event.idempotency_key, command.idempotency_key);
+            assert_eq!(event.command_fingerprint, command.fingerprint());
+            assert_eq!(event.recorded_at_ms, NOW);
+            apply(&mut self.state, event);
+        }
+        self.state
+    }
+
+    fn then_rejects(self, command: Command, expected: Rejection) {
+        assert_eq!(self.decide(&command), Err(expected));
+    }
+}
+
+fn cmd(key: &str, body: CommandBody) -> Command {
+    Command::new(key, body)
+}
+fn enroll() -> Command {
+    cmd("enroll-1", CommandBody::Enroll { customer_ref: "crm-77".into() })
+}
+fn earn(key: &str, points: i64, source: &str) -> Command {
+    cmd(key, CommandBody::Earn { points, reason: "order".into(), source_ref: source.into(), order_amount: None })
+}
+fn redeem(key: &str, points: i64) -> Command {
+    cmd(key, CommandBody::Redeem { points, reward_ref: "coffee".into() })
+}
+fn reverse(key: &str, source: &str, points: Option<i64>) -> Command {
+    cmd(key, CommandBody::Reverse { source_ref: source.into(), points, reason: "refund".into() })
+}
+fn adjust(key: &str, points: i64) -> Command {
+    cmd(key, CommandBody::Adjust { points, reason: "goodwill".into(), staff_ref: "staff-9".into() })
+}
+fn field(field: &'static str, reason: &str) -> Rejection {
+    Rejection::InvalidField(FieldError::new(field, reason))
+}
+
+#[test]
+fn enroll_opens_the_wallet() {
+    let state = given(&[]).then_changes(
+        enroll(),
+        &[Change::Enrolled(WalletEnrolled { tenant_id: "acme".into(), wallet_id: "c-1".into(), customer_ref: "crm-77".into() })],
+    );
+    assert_eq!((state.status, state.version, state.enrolled_at_ms), (WalletStatus::Active, 1, NOW));
+}
+
+#[test]
+fn enroll_twice_with_another_key_is_already_enrolled() {
+    given(&[enroll()]).then_rejects(cmd("enroll-2", CommandBody::Enroll { customer_ref: "crm-77".into() }), Rejection::AlreadyEnrolled);
+}
+
+#[test]
+fn earn_credits_points_and_remembers_the_source() {
+    let money = Money { amount_minor: 12_345, currency: "EUR".into() };
+    let command = cmd(
+        "o-1",
+        CommandBody::Earn { points: 120, reason: "order".into(), source_ref: "order-1".into(), order_amount: Some(money.clone()) },
+    );
+    let state = given(&[enroll()]).then_changes(
+        command,
+        &[Change::Earned(PointsEarned { points: 120, reason: "order".into(), source_ref: "order-1".into(), order_amount: Some(money) })],
+    );
+    assert_eq!((state.balance, state.lifetime_earned), (120, 120));
+    assert_eq!(state.source("order-1").unwrap().reversible(), 120);
+}
+
+#[test]
+fn commands_on_a_wallet_that_does_not_exist_are_not_found() {
+    given(&[]).then_rejects(earn("o-1", 10, "order-1"), Rejection::WalletNotFound);
+    given(&[]).then_rejects(redeem("r-1", 10), Rejection::WalletNotFound);
+}
+
+#[test]
+fn amounts_must_be_positive_and_in_range() {
+    given(&[enroll()]).then_rejects(earn("o-1", 0, "order-1"), Rejection::NonPositivePoints { field: "points", points: 0 });
+    given(&[enroll()]).then_rejects(earn("o-1", -5, "order-1"), Rejection::NonPositivePoints { field: "points", points: -5 });
+    given(&[enroll()]).then_rejects(redeem("r-1", -1), Rejection::NonPositivePoints { field: "points", points: -1 });
+    given(&[enroll()]).then_rejects(earn("o-1", i64::MAX, "order-1"), Rejection::PointsOutOfRange { field: "points", points: i64::MAX });
+    given(&[enroll()]).then_rejects(adjust("a-1", 0), Rejection::ZeroAdjustment);
+    given(&[enroll()]).then_rejects(adjust("a-1", i64::MIN), Rejection::PointsOutOfRange { field: "points", points: i64::MIN });
+}
+
+#[test]
+fn fields_are_validated_by_name() {
+    given(&[enroll()]).then_rejects(earn("", 10, "order-1"), field("idempotency_key", "must not be empty"));
+    given(&[enroll()]).then_rejects(earn("o-1", 10, ""), field("source_ref", "must not be empty"));
+    given(&[enroll()]).then_rejects(earn(&"k".repeat(129), 10, "o"), field("idempotency_key", "must be at most 128 bytes"));
+    given(&[]).then_rejects(
+        cmd("e", CommandBody::Enroll { customer_ref: "a\nb".into() }),
+        field("customer_ref", "must not contain control characters"),
+    );
+    let bad_currency = CommandBody::Earn {
+        points: 1,
+        reason: String::new(),
+        source_ref: "o".into(),
+        order_amount: Some(Money { amount_minor: 1, currency: "eur".into() }),
+    };
+    given(&[enroll()]).then_rejects(cmd("o", bad_currency), field("order_amount.currency", "must be an ISO 4217 code such as EUR"));
+    let long_reason = CommandBody::Close { reason: "x".repeat(257) };
+    given(&[enroll()]).then_rejects(cmd("c", long_reason), field("reason", "must be at most 256 bytes"));
+}
+
+#[test]
+fn redeem_spends_points() {
+    let state = given(&[enroll(), earn("o-1", 100, "order-1")])
+        .then_changes(redeem("r-1", 60), &[Change::Redeemed(PointsRedeemed { points: 60, reward_ref: "coffee".into() })]);
+    assert_eq!((state.balance, state.lifetime_redeemed), (40, 60));
+}
+
+#[test]
+fn redeem_beyond_the_balance_is_insufficient_points() {
+    given(&[enroll(), earn("o-1", 100, "order-1")])
+        .then_rejects(redeem("r-1", 101), Rejection::InsufficientPoints { available: 100, requested: 101 });
+}
+
+#[test]
+fn adjust_moves_points_either_way_but_never_into_debt() {
+    let state = given(&[enroll()]).then_changes(
+        adjust("a-1", 25),
+        &[Change::Adjusted(PointsAdjusted { points: 25, reason: "goodwill".into(), staff_ref: "staff-9".into() })],
+    );
+    assert_eq!(state.balance, 25);
+    given(&[enroll(), adjust("a-1", 25)]).then_changes(
+        adjust("a-2", -25),
+        &[Change::Adjusted(PointsAdjusted { points: -25, reason: "goodwill".into(), staff_ref: "staff-9".into() })],
+    );
+    given(&[enroll(), adjust("a-1", 25)]).then_rejects(adjust("a-2", -26), Rejection::InsufficientPoints { available: 25, requested: 26 });
+}
+
+#[test]
+fn reverse_takes_back_part_then_the_rest_of_a_source() {
+    let scenario = given(&[enroll(), earn("o-1", 100, "order-1")]);
+    let reversed = |requested, reversed| {
+        Change::Reversed(EarnReversed {
+            source_ref: "order-1".into(),
+            requested_points: requested,
+            reversed_points: reversed,
+            shortfall_points: requested - reversed,
+            reason: "refund".into(),
+            policy: ReturnPolicy::AllowNegative as i32,
+        })
+    };
+    let state = scenario.then_changes(reverse("ref-1", "order-1", Some(30)), &[reversed(30, 30)]);
+    assert_eq!(state.balance, 70);
+    let scenario = given(&[enroll(), earn("o-1", 100, "order-1"), reverse("ref-1", "order-1", Some(30))]);
+    let state = scenario.then_changes(reverse("ref-2", "order-1", None), &[reversed(70, 70)]);
+    assert_eq!((state.balance, state.lifetime_reversed), (0, 100));
+}
+
+#[test]
+fn reverse_rejections() {
+    let scenario = || given(&[enroll(), earn("o-1", 100, "order-1"), reverse("ref-1", "order-1", Some(30))]);
+    scenario().then_rejects(reverse("ref-2", "order-9", None), Rejection::UnknownSource { source_ref: "order-9".into() });
+    scenario().then_rejects(
+        reverse("ref-2", "order-1", Some(71)),
+        Rejection::ReversalExceedsEarned { source_ref: "order-1".into(), reversible: 70, requested: 71 },
+    );
+    let fully = given(&[enroll(), earn("o-1", 100, "order-1"), reverse("ref-1", "order-1", None)]);
+    fully.then_rejects(
+        reverse("ref-2", "order-1", None),
+        Rejection::ReversalExceedsEarned { source_ref: "order-1".into(), reversible: 0, requested: 0 },
+    );
+}
+
+#[test]
+fn reversal_after_spending_goes_negative_by_default() {
+    let state = given(&[enroll(), earn("o-1", 100, "order-1"), redeem("r-1", 80)]).then_changes(
+        reverse("ref-1", "order-1", None),
+        &[Change::Reversed(EarnReversed {
+            source_ref: "order-1".into(),
+            requested_points: 100,
+            reversed_points: 100,
+            shortfall_points: 0,
+            reason: "refund".into(),
+            policy: ReturnPolicy::AllowNegative as i32,
+        })],
+    );
+    assert_eq!(state.balance, -80);
+}
+
+#[test]
+fn reversal_after_spending_stops_at_zero_under_cap_at_zero_and_records_the_shortfall() {
+    let program = ProgramSettings { return_policy: ReturnPolicy::CapAtZero };
+    let state = given_with(program, &[enroll(), earn("o-1", 100, "order-1"), redeem("r-1", 80)]).then_changes(
+        reverse("ref-1", "order-1", None),
+        &[Change::Reversed(EarnReversed {
+            source_ref: "order-1".into(),
+            requested_points: 100,
+            reversed_points: 20,
+            shortfall_points: 80,
+            reason: "refund".into(),
+            policy: ReturnPolicy::CapAtZero as i32,
+        })],
+    );
+    assert_eq!(state.balance, 0);
+    assert_eq!(state.source("order-1").unwrap().reversible(), 0, "the refund is settled even though points were short");
+}
+
+#[test]
+fn close_forfeits_the_balance_and_refuses_everything_after() {
+    let state = given(&[enroll(), earn("o-1", 40, "order-1")]).then_changes(
+        cmd("close-1", CommandBody::Close { reason: "gdpr".into() }),
+        &[Change::Closed(WalletClosed { reason: "gdpr".into(), forfeited_points: 40 })],
+    );
+    assert_eq!((state.status, state.balance), (WalletStatus::Closed, 0));
+    let closed = || given(&[enroll(), earn("o-1", 40, "order-1"), cmd("close-1", CommandBody::Close { reason: "gdpr".into() })]);
+    closed().then_rejects(earn("o-2", 1, "order-2"), Rejection::WalletClosed);
+    closed().then_rejects(cmd("enroll-9", CommandBody::Enroll { customer_ref: "x".into() }), Rejection::WalletClosed);
+}
+
+#[test]
+fn a_retry_returns_the_first_outcome_and_changes_nothing() {
+    let scenario = given(&[enroll(), earn("o-1", 100, "order-1"), redeem("r-1", 30)]);
+    let first = *scenario.state.receipt("o-1").unwrap();
+    assert_eq!((first.first_version, first.last_version, first.balance_after), (2, 2, 100));
+    assert_eq!(scenario.decide(&earn("o-1", 100, "order-1")), Ok(Decision::AlreadyApplied(first)));
+    // Even a command that would now be refused returns its first outcome on retry.
+    let closed = given(&[enroll(), cmd("close-1", CommandBody::Close { reason: String::new() })]);
+    assert!(matches!(closed.decide(&cmd("close-1", CommandBody::Close { reason: String::new() })), Ok(Decision::AlreadyApplied(_))));
+}
+
+#[test]
+fn the_same_key_with_another_payload_is_a_conflict() {
+    given(&[enroll(), earn("o-1", 100, "order-1")])
+        .then_rejects(earn("o-1", 101, "order-1"), Rejection::IdempotencyKeyReused { key: "o-1".into() });
+    given(&[enroll(), earn("o-1", 100, "order-1")]).then_rejects(redeem("o-1", 100), Rejection::IdempotencyKeyReused { key: "o-1".into() });
+}
+
+#[test]
+fn fingerprints_tell_every_field_apart() {
+    let base = earn("k", 10, "order-1");
+    let variants = [
+        earn("k", 11, "order-1"),
+        earn("k", 10, "order-2"),
+        cmd("k", CommandBody::Earn { points: 10, reason: "other".into(), source_ref: "order-1".into(), order_amount: None }),
+        cmd(
+            "k",
+            CommandBody::Earn {
+                points: 10,
+                reason: "order".into(),
+                source_ref: "order-1".into(),
+                order_amount: Some(Money { amount_minor: 0, currency: "EUR".into() }),
+            },
+        ),
+        redeem("k", 10),
+        adjust("k", 10),
+    ];
+    for variant in variants {
+        assert_ne!(base.fingerprint(), variant.fingerprint(), "{variant:?}");
+    }
+    assert_eq!(base.fingerprint(), earn("other-key", 10, "order-1").fingerprint(), "the key is not part of the payload");
+    // Golden value: fingerprints are persisted, so their layout must never change.
+    assert_eq!(base.fingerprint(), 0x5cec_17bc_9ba8_566d, "fingerprint layout changed: {:#x}", base.fingerprint());
+}
+
+#[test]
+fn apply_is_only_bookkeeping() {
+    // An event the current rules would refuse still applies exactly as recorded: history is history.
+    let mut state = WalletState::default();
+    let event = |change| Event { idempotency_key: "k".into(), command_fingerprint: 1, recorded_at_ms: NOW, change };
+    apply(&mut state, &event(Change::Redeemed(PointsRedeemed { points: 5, reward_ref: String::new() })));
+    assert_eq!((state.balance, state.version), (-5, 1));
+}
