@@ -1,0 +1,199 @@
+//! Wallet actors through the registry: activation, recovery, idempotent retries, passivation, the LRU
+//! bound, crash handling, and two registries (nodes) writing one wallet.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tally_engine::actors::{CommandMeta, Programs, RegistryConfig, StaticPrograms, WalletError, WalletKey, WalletRegistry};
+use tally_engine::clock::{Clock, ManualClock};
+use tally_engine::domain::{Command, CommandBody, ProgramSettings, Rejection, TenantId, WalletId, WalletStatus};
+use tally_engine::store::{EmbeddedStore, EventStore, FaultPlan, InMemoryStore, StoreError};
+
+fn key(tenant: &str, wallet: &str) -> WalletKey {
+    WalletKey::new(TenantId::parse(tenant).unwrap(), WalletId::parse(wallet).unwrap())
+}
+fn enroll() -> Command {
+    Command::new("enroll", CommandBody::Enroll { customer_ref: "crm".into() })
+}
+fn earn(k: &str, points: i64) -> Command {
+    Command::new(k, CommandBody::Earn { points, reason: "order".into(), source_ref: k.into(), order_amount: None })
+}
+fn redeem(k: &str, points: i64) -> Command {
+    Command::new(k, CommandBody::Redeem { points, reward_ref: "coffee".into() })
+}
+
+async fn registry(store: Arc<dyn EventStore>, config: RegistryConfig) -> WalletRegistry {
+    let programs = Arc::new(StaticPrograms::open(ProgramSettings::default()));
+    WalletRegistry::start(config, store, programs, Arc::new(ManualClock::new(1_000))).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_are_durable_and_a_new_registry_recovers_the_wallet() {
+    let dir = tempfile::tempdir().unwrap();
+    let wallet = key("acme", "c-1");
+    {
+        let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+        let registry = registry(store.clone(), RegistryConfig::default()).await;
+        registry.execute(&wallet, enroll(), CommandMeta::default()).await.unwrap();
+        let earned = registry.execute(&wallet, earn("order-1", 120), CommandMeta::default()).await.unwrap();
+        assert_eq!((earned.balance, earned.version, earned.position, earned.replayed), (120, 2, 2, false));
+        let redeemed = registry.execute(&wallet, redeem("r-1", 20), CommandMeta::default()).await.unwrap();
+        assert_eq!(redeemed.balance, 100);
+        let refused = registry.execute(&wallet, redeem("r-2", 101), CommandMeta::default()).await;
+        assert!(matches!(refused, Err(WalletError::Rejected(Rejection::InsufficientPoints { available: 100, requested: 101 }))));
+        registry.shutdown().await;
+        store.close().await;
+    }
+    let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+    let registry = registry(store, RegistryConfig::default()).await;
+    let summary = registry.summary(&wallet).await.unwrap();
+    assert_eq!((summary.status, summary.balance, summary.lifetime_earned, summary.version), (WalletStatus::Active, 100, 120, 3));
+    let missing = registry.summary(&key("acme", "nobody")).await;
+    assert!(matches!(missing, Err(WalletError::Rejected(Rejection::WalletNotFound))), "{missing:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_returns_the_first_outcome_and_appends_nothing() {
+    let store = InMemoryStore::new();
+    let registry = registry(store.clone(), RegistryConfig::default()).await;
+    let wallet = key("acme", "c-1");
+    registry.execute(&wallet, enroll(), CommandMeta::default()).await.unwrap();
+    let first = registry.execute(&wallet, earn("order-1", 50), CommandMeta::default()).await.unwrap();
+    registry.execute(&wallet, earn("order-2", 7), CommandMeta::default()).await.unwrap();
+    let retry = registry.execute(&wallet, earn("order-1", 50), CommandMeta::default()).await.unwrap();
+    assert!(retry.replayed);
+    assert_eq!((retry.events.clone(), retry.balance, retry.version, retry.position), (first.events.clone(), 50, 2, 2));
+    assert_eq!(store.all_events().len(), 3, "the retry appended nothing");
+    let reused = registry.execute(&wallet, earn("order-1", 51), CommandMeta::default()).await;
+    assert!(matches!(reused, Err(WalletError::Rejected(Rejection::IdempotencyKeyReused { .. }))), "{reused:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_first_calls_create_one_actor() {
+    let registry = registry(InMemoryStore::new(), RegistryConfig::default()).await;
+    let wallet = key("acme", "busy");
+    registry.execute(&key("acme", "other"), enroll(), CommandMeta::default()).await.unwrap();
+    let calls: Vec<_> = (0..64)
+        .map(|i| {
+            let registry = registry.clone();
+            let wallet = wallet.clone();
+            tokio::spawn(async move {
+                if i == 0 {
+                    registry.execute(&wallet, enroll(), CommandMeta::default()).await.map(|_| ())
+                } else {
+                    registry.summary(&wallet).await.map(|_| ())
+                }
+            })
+        })
+        .collect();
+    for call in calls {
+        let _ = call.await.unwrap();
+    }
+    assert_eq!(registry.stats().activations, 2, "one actor for 'busy', one for 'other'");
+    assert_eq!(registry.stats().active, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_wallets_are_passivated_and_come_back_intact() {
+    let config = RegistryConfig { idle_ms: 60_000, sweep_interval_ms: 24 * 3_600_000, ..RegistryConfig::default() };
+    let registry = registry(InMemoryStore::new(), config).await;
+    let wallet = key("acme", "c-1");
+    registry.execute(&wallet, enroll(), CommandMeta::default()).await.unwrap();
+    registry.execute(&wallet, earn("order-1", 42), CommandMeta::default()).await.unwrap();
+
+    tokio::time::advance(Duration::from_secs(30)).await;
+    registry.sweep().await;
+    assert_eq!(registry.stats().active, 1, "not idle long enough");
+
+    tokio::time::advance(Duration::from_secs(31)).await;
+    registry.sweep().await;
+    assert_eq!(registry.stats().active, 0, "idle for over a minute");
+
+    let summary = registry.summary(&wallet).await.unwrap();
+    assert_eq!((summary.balance, summary.version), (42, 2), "reactivation recovers from the log");
+    let stats = registry.stats();
+    assert_eq!((stats.activations, stats.passivations, stats.active), (2, 1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_number_of_live_wallets_is_bounded() {
+    let config = RegistryConfig { active_wallets_max: 10, ..RegistryConfig::default() };
+    let registry = registry(InMemoryStore::new(), config).await;
+    for i in 0..25 {
+        let wallet = key("acme", &format!("c-{i}"));
+        registry.execute(&wallet, enroll(), CommandMeta::default()).await.unwrap();
+        registry.execute(&wallet, earn("o", i + 1), CommandMeta::default()).await.unwrap();
+        assert!(registry.stats().active <= 10, "active {} after wallet {i}", registry.stats().active);
+    }
+    for i in 0..25 {
+        assert_eq!(registry.summary(&key("acme", &format!("c-{i}"))).await.unwrap().balance, i + 1);
+    }
+    assert!(registry.stats().passivations >= 15);
+}
+
+/// Programs whose lookup panics for one tenant: a stand-in for a bug that crashes a wallet.
+#[derive(Debug)]
+struct PoisonedPrograms;
+
+impl Programs for PoisonedPrograms {
+    fn settings(&self, tenant: &TenantId) -> Option<Arc<ProgramSettings>> {
+        assert_ne!(tenant.as_str(), "poison", "simulated bug in a wallet handler");
+        Some(Arc::new(ProgramSettings::default()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_that_keeps_crashing_its_wallet_gets_an_error_and_the_wallet_is_quarantined() {
+    let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(0));
+    let registry = WalletRegistry::start(RegistryConfig::default(), InMemoryStore::new(), Arc::new(PoisonedPrograms), clock).await.unwrap();
+    let poisoned = key("poison", "c-1");
+    let result = registry.execute(&poisoned, enroll(), CommandMeta::default()).await;
+    assert!(matches!(result, Err(WalletError::Crashed { attempts: 3 })), "{result:?}");
+    let again = registry.execute(&poisoned, enroll(), CommandMeta::default()).await;
+    assert!(matches!(again, Err(WalletError::Quarantined { .. })), "{again:?}");
+    assert_eq!(registry.stats().crashes, 3, "restarted with backoff after each crash, then gave up");
+    // Other wallets are unaffected; the supervisor survives its children's crashes.
+    let healthy = key("fine", "c-1");
+    assert_eq!(registry.execute(&healthy, enroll(), CommandMeta::default()).await.unwrap().version, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_registries_on_one_store_never_lose_a_write() {
+    // Two nodes that both believe they own the wallet: the store's version check keeps one writer per
+    // version, and the loser catches up and decides again.
+    let store = InMemoryStore::new();
+    let node_a = registry(store.clone(), RegistryConfig::default()).await;
+    let node_b = registry(store.clone(), RegistryConfig::default()).await;
+    let wallet = key("acme", "shared");
+    node_a.execute(&wallet, enroll(), CommandMeta::default()).await.unwrap();
+    node_b.summary(&wallet).await.unwrap(); // node B now holds version 1 in memory
+    node_a.execute(&wallet, earn("o-1", 10), CommandMeta::default()).await.unwrap();
+    let from_b = node_b.execute(&wallet, earn("o-2", 5), CommandMeta::default()).await.unwrap();
+    assert_eq!((from_b.balance, from_b.version), (15, 3), "B caught up past A's write before deciding");
+    let versions: Vec<u64> = store.all_events().iter().map(|e| e.stream_version).collect();
+    assert_eq!(versions, vec![1, 2, 3]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_whose_outcome_is_unknown_is_settled_by_retrying_with_the_same_key() {
+    let faults = FaultPlan { seed: 7, fail_before_write_per_mille: 0, fail_after_write_per_mille: 1000 };
+    let store = Arc::new(InMemoryStore::with_faults(faults));
+    let registry = registry(store.clone(), RegistryConfig::default()).await;
+    let wallet = key("acme", "c-1");
+    let lost_ack = registry.execute(&wallet, enroll(), CommandMeta::default()).await;
+    assert!(matches!(lost_ack, Err(WalletError::Store(StoreError::Unavailable { .. }))), "{lost_ack:?}");
+    // The event did land; the retry finds it and answers with the first outcome.
+    let retry = registry.execute(&wallet, enroll(), CommandMeta::default()).await.unwrap();
+    assert!(retry.replayed);
+    assert_eq!(store.all_events().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_tenants_are_refused() {
+    let programs = Arc::new(StaticPrograms::with_tenants([(TenantId::parse("acme").unwrap(), ProgramSettings::default())]));
+    let registry =
+        WalletRegistry::start(RegistryConfig::default(), InMemoryStore::new(), programs, Arc::new(ManualClock::new(0))).await.unwrap();
+    let result = registry.execute(&key("nope", "c-1"), enroll(), CommandMeta::default()).await;
+    assert!(matches!(&result, Err(WalletError::UnknownTenant(t)) if t.as_str() == "nope"), "{result:?}");
+    registry.execute(&key("acme", "c-1"), enroll(), CommandMeta::default()).await.unwrap();
+}
