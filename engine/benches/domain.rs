@@ -1,1 +1,70 @@
+//! decide + apply per command, the functional core's cost. Target: ≤ 1 µs.
 
+// The allocator the `tally` binary uses, so the figures are the product's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use std::hint::black_box;
+use tally_engine::domain::{Command, CommandBody, Context, Decision, ProgramSettings, TenantId, WalletId, WalletState, apply, decide};
+
+fn enrolled(history: usize) -> WalletState {
+    let tenant = TenantId::parse("acme").unwrap();
+    let wallet = WalletId::parse("c-1").unwrap();
+    let program = ProgramSettings::default();
+    let ctx = Context { tenant: &tenant, wallet: &wallet, now_ms: 1, program: &program };
+    let mut state = WalletState::default();
+    let mut commands = vec![Command::new("enroll", CommandBody::Enroll { customer_ref: "crm".into() })];
+    commands.extend((0..history).map(|i| earn(&format!("h-{i}"), 10)));
+    for command in commands {
+        let Ok(Decision::Append(events)) = decide(&state, &command, &ctx) else { panic!("setup refused") };
+        events.iter().for_each(|e| apply(&mut state, e));
+    }
+    state
+}
+
+fn earn(key: &str, points: i64) -> Command {
+    Command::new(key, CommandBody::Earn { points, reason: "order".into(), source_ref: key.into(), order_amount: None })
+}
+
+fn bench(c: &mut Criterion) {
+    let tenant = TenantId::parse("acme").unwrap();
+    let wallet = WalletId::parse("c-1").unwrap();
+    let program = ProgramSettings::default();
+    let ctx = Context { tenant: &tenant, wallet: &wallet, now_ms: 2, program: &program };
+    let commands: Vec<Command> = (0..1_000).map(|i| earn(&format!("order-{i}"), 25)).collect();
+
+    let mut group = c.benchmark_group("domain");
+    group.bench_function("decide+apply earn (wallet with 1k-2k past commands)", |b| {
+        b.iter_custom(|iters| {
+            // Fresh wallets of 1,000 past commands, each taking up to 1,000 new ones: timed is only
+            // decide + apply, on a warm state of realistic size.
+            let mut total = std::time::Duration::ZERO;
+            let mut done = 0;
+            while done < iters {
+                let mut state = enrolled(1_000);
+                let n = (iters - done).min(1_000) as usize;
+                let batch = &commands[..n];
+                let started = std::time::Instant::now();
+                for command in batch {
+                    if let Ok(Decision::Append(events)) = decide(&state, black_box(command), &ctx) {
+                        events.iter().for_each(|e| apply(&mut state, e));
+                    }
+                }
+                total += started.elapsed();
+                black_box(&state);
+                done += n as u64;
+            }
+            total
+        })
+    });
+    let redeem = Command::new("r", CommandBody::Redeem { points: 5, reward_ref: "coffee".into() });
+    let rich = enrolled(1_000);
+    group.bench_function("decide redeem (no apply)", |b| b.iter(|| decide(black_box(&rich), black_box(&redeem), &ctx)));
+    let retry = earn("h-500", 10);
+    group.bench_function("decide retried command", |b| b.iter(|| decide(black_box(&rich), black_box(&retry), &ctx)));
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

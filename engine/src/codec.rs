@@ -45,38 +45,22 @@ pub fn encode(event: &Event, metadata: &EventMetadata) -> EventData {
     }
 }
 
-pub fn decode(recorded: &RecordedEvent) -> Result<Event, CodecError> {
-    let data = &recorded.data;
-    let position = recorded.global_position;
+/// Decodes a stored wallet event, taking it apart without copying its strings.
+pub fn decode(recorded: RecordedEvent) -> Result<Event, CodecError> {
+    let RecordedEvent { global_position: position, data, .. } = recorded;
     if data.schema_version != WALLET_SCHEMA_VERSION {
-        return Err(CodecError::UnsupportedSchemaVersion {
-            position,
-            event_type: data.event_type.clone(),
-            schema_version: data.schema_version,
-        });
+        return Err(CodecError::UnsupportedSchemaVersion { position, event_type: data.event_type, schema_version: data.schema_version });
     }
-    fn payload<M: Message + Default>(recorded: &RecordedEvent) -> Result<M, CodecError> {
-        M::decode(recorded.data.payload.as_slice()).map_err(|e| CodecError::Undecodable {
-            position: recorded.global_position,
-            event_type: recorded.data.event_type.clone(),
-            reason: e.to_string(),
-        })
-    }
+    let payload = data.payload.as_slice();
+    let undecodable = |e: prost::DecodeError| CodecError::Undecodable { position, event_type: data.event_type.clone(), reason: e.to_string() };
     let change = match data.event_type.as_str() {
-        "tally.v1.WalletEnrolled" => Change::Enrolled(payload::<WalletEnrolled>(recorded)?),
-        "tally.v1.PointsEarned" => Change::Earned(payload::<PointsEarned>(recorded)?),
-        "tally.v1.PointsRedeemed" => Change::Redeemed(payload::<PointsRedeemed>(recorded)?),
-        "tally.v1.PointsAdjusted" => Change::Adjusted(payload::<PointsAdjusted>(recorded)?),
-        "tally.v1.EarnReversed" => Change::Reversed(payload::<EarnReversed>(recorded)?),
-        "tally.v1.WalletClosed" => Change::Closed(payload::<WalletClosed>(recorded)?),
-        other => {
-            return Err(CodecError::UnknownEventType { position, event_type: other.to_owned() });
-        }
+        "tally.v1.WalletEnrolled" => Change::Enrolled(WalletEnrolled::decode(payload).map_err(undecodable)?),
+        "tally.v1.PointsEarned" => Change::Earned(PointsEarned::decode(payload).map_err(undecodable)?),
+        "tally.v1.PointsRedeemed" => Change::Redeemed(PointsRedeemed::decode(payload).map_err(undecodable)?),
+        "tally.v1.PointsAdjusted" => Change::Adjusted(PointsAdjusted::decode(payload).map_err(undecodable)?),
+        "tally.v1.EarnReversed" => Change::Reversed(EarnReversed::decode(payload).map_err(undecodable)?),
+        "tally.v1.WalletClosed" => Change::Closed(WalletClosed::decode(payload).map_err(undecodable)?),
+        _ => return Err(CodecError::UnknownEventType { position, event_type: data.event_type }),
     };
-    Ok(Event {
-        idempotency_key: data.idempotency_key.clone(),
-        command_fingerprint: data.command_fingerprint,
-        recorded_at_ms: data.recorded_at_ms,
-        change,
-    })
+    Ok(Event { idempotency_key: data.idempotency_key, command_fingerprint: data.command_fingerprint, recorded_at_ms: data.recorded_at_ms, change })
 }

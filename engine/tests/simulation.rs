@@ -136,7 +136,7 @@ async fn run(seed: u64) {
         let stream = recorded.stream_id.as_str().to_owned();
         let state = folded.entry(stream.clone()).or_default();
         assert_eq!(recorded.stream_version, state.version + 1, "seed {seed}: dense stream {stream}");
-        let event = codec::decode(recorded).unwrap();
+        let event = codec::decode(recorded.clone()).unwrap();
         let first_of_command = keys_seen.entry(stream.clone()).or_default().insert(event.idempotency_key.clone());
         assert!(first_of_command, "seed {seed}: key {} appended twice to {stream}: a retry was applied again", event.idempotency_key);
         *deltas.entry(stream.clone()).or_default() += event.change.points_delta();

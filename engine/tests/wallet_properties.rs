@@ -119,7 +119,7 @@ proptest! {
                 global_position: i as u64 + 1,
                 data: codec::encode(event, &EventMetadata::default()),
             };
-            let decoded = codec::decode(&recorded).unwrap();
+            let decoded = codec::decode(recorded).unwrap();
             prop_assert_eq!(&decoded, event);
             apply(&mut replayed, &decoded);
         }

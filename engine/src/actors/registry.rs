@@ -5,7 +5,7 @@
 //! supervisor actor, one message at a time, so two concurrent first calls never create two actors.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -17,6 +17,7 @@ use tokio::time::Instant;
 
 use super::wallet::{Deps, WalletActor, WalletArgs, WalletMsg, touch};
 use super::{CommandMeta, CommandOutcome, Programs, WalletError, WalletKey, WalletSummary};
+use crate::FastMap;
 use crate::clock::Clock;
 use crate::domain::Command;
 use crate::limits::{
@@ -60,8 +61,8 @@ struct Entry {
 
 #[derive(Debug)]
 struct Shared {
-    shards: Box<[RwLock<HashMap<WalletKey, Entry>>]>,
-    hasher: RandomState,
+    shards: Box<[RwLock<FastMap<WalletKey, Entry>>]>,
+    hasher: foldhash::fast::RandomState,
     started: Instant,
     shutting_down: AtomicBool,
     activations: AtomicU64,
@@ -70,7 +71,7 @@ struct Shared {
 }
 
 impl Shared {
-    fn shard(&self, key: &WalletKey) -> &RwLock<HashMap<WalletKey, Entry>> {
+    fn shard(&self, key: &WalletKey) -> &RwLock<FastMap<WalletKey, Entry>> {
         &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS]
     }
 
@@ -103,8 +104,8 @@ impl WalletRegistry {
         clock: Arc<dyn Clock>,
     ) -> Result<Self, ractor::SpawnErr> {
         let shared = Arc::new(Shared {
-            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
-            hasher: RandomState::new(),
+            shards: (0..SHARDS).map(|_| RwLock::new(FastMap::default())).collect(),
+            hasher: foldhash::fast::RandomState::default(),
             started: Instant::now(),
             shutting_down: AtomicBool::new(false),
             activations: AtomicU64::new(0),
@@ -119,7 +120,9 @@ impl WalletRegistry {
 
     /// Runs `command` on the wallet; the reply comes after its events are durable.
     pub async fn execute(&self, key: &WalletKey, command: Command, meta: CommandMeta) -> Result<CommandOutcome, WalletError> {
-        self.call(key, |reply| WalletMsg::Execute { command: Box::new((command.clone(), meta.clone())), reply }).await
+        // Shared rather than cloned: a re-delivery after a passivation race sends the same allocation.
+        let command = Arc::new((command, meta));
+        self.call(key, |reply| WalletMsg::Execute { command: Arc::clone(&command), reply }).await
     }
 
     /// The wallet's current figures.

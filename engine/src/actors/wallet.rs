@@ -25,7 +25,7 @@ pub(super) struct Deps {
 #[derive(Debug)]
 pub(super) enum WalletMsg {
     Execute {
-        command: Box<(Command, CommandMeta)>,
+        command: Arc<(Command, CommandMeta)>,
         reply: RpcReplyPort<Result<CommandOutcome, WalletError>>,
     },
     Summary {
@@ -70,10 +70,10 @@ impl Actor for WalletActor {
     async fn handle(&self, myself: ActorRef<WalletMsg>, message: WalletMsg, wallet: &mut Wallet) -> Result<(), ActorProcessingErr> {
         match message {
             WalletMsg::Execute { command, reply } => {
-                let (command, meta) = *command;
+                let (command, meta) = &*command;
                 let span =
                     tracing::info_span!("wallet.command", tenant = %wallet.key.tenant, wallet = %wallet.key.wallet, kind = command.kind());
-                let result = wallet.execute(&command, &meta).instrument(span).await;
+                let result = wallet.execute(command, meta).instrument(span).await;
                 let _ = reply.send(result);
             }
             WalletMsg::Summary { reply } => {
@@ -107,11 +107,12 @@ impl Wallet {
     async fn catch_up(&self, state: &mut WalletState) -> Result<(), WalletError> {
         loop {
             let events = self.deps.store.read_stream(&self.stream, state.version + 1, RECOVERY_READ_BATCH_EVENTS).await?;
-            for recorded in &events {
+            let complete = events.len() < RECOVERY_READ_BATCH_EVENTS;
+            for recorded in events {
                 assert_eq!(recorded.stream_version, state.version + 1, "store returned a stream out of order");
                 apply(state, &codec::decode(recorded)?);
             }
-            if events.len() < RECOVERY_READ_BATCH_EVENTS {
+            if complete {
                 return Ok(());
             }
         }
@@ -174,8 +175,9 @@ impl Wallet {
         let count = usize::try_from(receipt.last_version - receipt.first_version + 1).unwrap_or(usize::MAX);
         let recorded = self.deps.store.read_stream(&self.stream, receipt.first_version, count).await?;
         let mut events = Vec::with_capacity(recorded.len());
-        for r in &recorded {
-            events.push(StoredWalletEvent { version: r.stream_version, position: r.global_position, event: codec::decode(r)? });
+        for r in recorded {
+            let (version, position) = (r.stream_version, r.global_position);
+            events.push(StoredWalletEvent { version, position, event: codec::decode(r)? });
         }
         let position = events.last().map_or(0, |e| e.position);
         Ok(CommandOutcome { events, balance: receipt.balance_after, version: receipt.last_version, position, replayed: true })

@@ -1,6 +1,6 @@
 //! The wallet aggregate's state: a fold of its events, nothing more.
 
-use std::collections::HashMap;
+use crate::FastMap;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum WalletStatus {
@@ -51,8 +51,8 @@ pub struct WalletState {
     pub last_activity_ms: i64,
     /// Number of events applied: the stream version this state reflects.
     pub version: u64,
-    pub(crate) sources: HashMap<String, SourceLedger>,
-    pub(crate) receipts: HashMap<String, Receipt>,
+    pub(crate) sources: FastMap<String, SourceLedger>,
+    pub(crate) receipts: FastMap<String, Receipt>,
 }
 
 impl WalletState {

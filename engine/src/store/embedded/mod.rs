@@ -12,7 +12,6 @@
 mod record;
 mod writer;
 
-use std::collections::HashMap;
 use std::fs::{self, File};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -26,6 +25,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use self::record::Frame;
 use self::writer::{AppendRequest, Writer};
 use super::{AppendOutcome, EventData, EventStore, ExpectedVersion, RecordedEvent, StoreError, StreamId, check_append};
+use crate::FastMap;
 use crate::limits::{APPEND_QUEUE_DEPTH_MAX, SEGMENT_BYTES_MAX};
 
 #[derive(Debug, Clone)]
@@ -70,7 +70,7 @@ pub(super) struct Index {
     /// Global position - 1 → the record holding that event.
     locs: Vec<Loc>,
     /// Stream → global positions of its events, in version order.
-    streams: HashMap<StreamId, Vec<u64>>,
+    streams: FastMap<StreamId, Vec<u64>>,
 }
 
 impl Index {

@@ -4,7 +4,6 @@
 //! appends at the same version exactly one wins), writes them all, calls fsync once, and only then
 //! publishes them to readers and acknowledges them. While it waits on fsync, the next batch queues up.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -14,6 +13,7 @@ use tally_proto::v1::LogRecord;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{EmbeddedOptions, Loc, Segment, Shared, record, segment_path};
+use crate::FastMap;
 use crate::limits::{GROUP_COMMIT_APPENDS_MAX, GROUP_COMMIT_BYTES_MAX};
 use crate::store::{AppendOutcome, EventData, ExpectedVersion, StoreError, StreamId};
 
@@ -95,7 +95,7 @@ impl Writer {
         let _span = tracing::debug_span!("group_commit", appends = batch.len()).entered();
         self.buf.clear();
         let mut staged = Vec::with_capacity(batch.len());
-        let mut batch_versions: HashMap<StreamId, u64> = HashMap::new();
+        let mut batch_versions: FastMap<StreamId, u64> = FastMap::default();
         let mut position = self.next_position;
         {
             let index = self.shared.index.read();
