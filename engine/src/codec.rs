@@ -52,7 +52,8 @@ pub fn decode(recorded: RecordedEvent) -> Result<Event, CodecError> {
         return Err(CodecError::UnsupportedSchemaVersion { position, event_type: data.event_type, schema_version: data.schema_version });
     }
     let payload = data.payload.as_slice();
-    let undecodable = |e: prost::DecodeError| CodecError::Undecodable { position, event_type: data.event_type.clone(), reason: e.to_string() };
+    let undecodable =
+        |e: prost::DecodeError| CodecError::Undecodable { position, event_type: data.event_type.clone(), reason: e.to_string() };
     let change = match data.event_type.as_str() {
         "tally.v1.WalletEnrolled" => Change::Enrolled(WalletEnrolled::decode(payload).map_err(undecodable)?),
         "tally.v1.PointsEarned" => Change::Earned(PointsEarned::decode(payload).map_err(undecodable)?),
@@ -62,5 +63,10 @@ pub fn decode(recorded: RecordedEvent) -> Result<Event, CodecError> {
         "tally.v1.WalletClosed" => Change::Closed(WalletClosed::decode(payload).map_err(undecodable)?),
         _ => return Err(CodecError::UnknownEventType { position, event_type: data.event_type }),
     };
-    Ok(Event { idempotency_key: data.idempotency_key, command_fingerprint: data.command_fingerprint, recorded_at_ms: data.recorded_at_ms, change })
+    Ok(Event {
+        idempotency_key: data.idempotency_key,
+        command_fingerprint: data.command_fingerprint,
+        recorded_at_ms: data.recorded_at_ms,
+        change,
+    })
 }
