@@ -1,8 +1,11 @@
-//! Compiles the `.proto` files. Uses the `protoc` shipped inside the `protoc-bin-vendored` crate, so a
-//! fresh machine needs nothing installed; set `PROTOC` to use another compiler.
+//! Compiles the `.proto` files: messages, tonic clients and servers, and a file descriptor set for gRPC
+//! reflection. Uses the `protoc` shipped inside the `protoc-bin-vendored` crate, so a fresh machine needs
+//! nothing installed; set `PROTOC` to use another compiler.
+
+use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["tally/v1/events.proto"];
+    let protos = ["tally/v1/events.proto", "tally/v1/wallet.proto"];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }
@@ -11,6 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if std::env::var_os("PROTOC").is_none() {
         config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
     }
-    config.compile_protos(&protos, &["."])?;
+    let descriptors = PathBuf::from(std::env::var("OUT_DIR")?).join("tally_descriptor.bin");
+    tonic_prost_build::configure().file_descriptor_set_path(descriptors).compile_with_config(config, &protos, &["."])?;
     Ok(())
 }

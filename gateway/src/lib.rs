@@ -1,3 +1,14 @@
-//! The gRPC edge of Tally: tonic services for storefronts and POS terminals, the mapping from domain
-//! errors to gRPC status codes, and the `tally` binary that wires concrete backends together. Nothing is
-//! built here yet; see the engine crate for the wallet API the services will call.
+//! The gRPC edge of Tally: tonic services for storefronts and POS terminals, the one mapping from engine
+//! errors to gRPC status codes, the command-line client and load tool, and the settings of the `tally`
+//! binary, which is the one place that wires concrete backends together.
+//!
+//! Architecture Invariant: only this crate knows tonic, `Status` and the generated API types.
+
+pub mod bench;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod limits;
+pub mod server;
+pub mod service;
+pub mod status;

@@ -88,6 +88,8 @@ pub struct CommandOutcome {
     pub position: u64,
     /// True when this is the recorded outcome of an earlier identical command: nothing was appended.
     pub replayed: bool,
+    /// The wallet as it is now (for a replayed command: now, not right after the first one).
+    pub wallet: WalletSummary,
 }
 
 /// A wallet's current figures, as answered by its actor.

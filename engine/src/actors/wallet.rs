@@ -155,6 +155,7 @@ impl Wallet {
                         version: state.version,
                         position: outcome.last_position,
                         replayed: false,
+                        wallet: summarize(state),
                     });
                 }
                 Err(StoreError::VersionConflict { .. }) if attempt < CONFLICT_RETRIES_MAX => {
@@ -180,7 +181,8 @@ impl Wallet {
             events.push(StoredWalletEvent { version, position, event: codec::decode(r)? });
         }
         let position = events.last().map_or(0, |e| e.position);
-        Ok(CommandOutcome { events, balance: receipt.balance_after, version: receipt.last_version, position, replayed: true })
+        let wallet = summarize(self.state.as_ref().expect("a receipt comes from a recovered state"));
+        Ok(CommandOutcome { events, balance: receipt.balance_after, version: receipt.last_version, position, replayed: true, wallet })
     }
 
     async fn summary(&mut self) -> Result<WalletSummary, WalletError> {
@@ -188,18 +190,22 @@ impl Wallet {
         if state.status == WalletStatus::NotEnrolled {
             return Err(Rejection::WalletNotFound.into());
         }
-        Ok(WalletSummary {
-            status: state.status,
-            customer_ref: state.customer_ref.clone(),
-            balance: state.balance,
-            lifetime_earned: state.lifetime_earned,
-            lifetime_redeemed: state.lifetime_redeemed,
-            lifetime_reversed: state.lifetime_reversed,
-            lifetime_adjusted: state.lifetime_adjusted,
-            enrolled_at_ms: state.enrolled_at_ms,
-            last_activity_ms: state.last_activity_ms,
-            version: state.version,
-        })
+        Ok(summarize(state))
+    }
+}
+
+fn summarize(state: &WalletState) -> WalletSummary {
+    WalletSummary {
+        status: state.status,
+        customer_ref: state.customer_ref.clone(),
+        balance: state.balance,
+        lifetime_earned: state.lifetime_earned,
+        lifetime_redeemed: state.lifetime_redeemed,
+        lifetime_reversed: state.lifetime_reversed,
+        lifetime_adjusted: state.lifetime_adjusted,
+        enrolled_at_ms: state.enrolled_at_ms,
+        last_activity_ms: state.last_activity_ms,
+        version: state.version,
     }
 }
 

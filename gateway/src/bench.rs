@@ -1,0 +1,206 @@
+//! `tally bench`: drives concurrent gRPC callers against one server with a realistic mix (earns,
+//! redeems and reads over many wallets, a few of them hot) for a fixed time or number of calls, then
+//! reports throughput and latency percentiles. It only ever contacts the server it is given.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use tally_proto::v1::wallet_service_client::WalletServiceClient;
+use tally_proto::v1::{EarnRequest, EnrollRequest, GetWalletRequest, RedeemRequest};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::cli::BenchArgs;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("invalid server URL {0:?}")]
+    Url(String),
+    #[error("cannot reach {server}: {source}")]
+    Connect { server: String, source: tonic::transport::Error },
+    #[error("setting up wallets failed: {0}")]
+    Setup(tonic::Status),
+    #[error("invalid settings: {0}")]
+    Settings(&'static str),
+}
+
+/// What a run measured.
+#[derive(Debug)]
+pub struct BenchReport {
+    pub elapsed: Duration,
+    pub mutations: Histogram<u64>,
+    pub reads: Histogram<u64>,
+    /// Failed calls by gRPC code name.
+    pub errors: BTreeMap<String, u64>,
+}
+
+impl BenchReport {
+    pub fn mutations_per_sec(&self) -> f64 {
+        self.mutations.len() as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+fn percentiles(h: &Histogram<u64>) -> String {
+    if h.is_empty() {
+        return "no calls".into();
+    }
+    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    format!("p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms", ms(0.5), ms(0.99), ms(0.999), h.max() as f64 / 1000.0)
+}
+
+impl fmt::Display for BenchReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secs = self.elapsed.as_secs_f64();
+        let total = self.mutations.len() + self.reads.len();
+        writeln!(f, "{total} calls in {secs:.1} s: {:.0} calls/s", total as f64 / secs)?;
+        writeln!(
+            f,
+            "  mutating {:>8} ({:.0}/s, durable before reply): {}",
+            self.mutations.len(),
+            self.mutations_per_sec(),
+            percentiles(&self.mutations)
+        )?;
+        write!(f, "  reads    {:>8} ({:.0}/s): {}", self.reads.len(), self.reads.len() as f64 / secs, percentiles(&self.reads))?;
+        for (code, count) in &self.errors {
+            write!(f, "\n  errors   {count:>8} {code}")?;
+        }
+        Ok(())
+    }
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+async fn channels(args: &BenchArgs) -> Result<Vec<WalletServiceClient<Channel>>, BenchError> {
+    let endpoint = Endpoint::from_shared(args.server.clone()).map_err(|_| BenchError::Url(args.server.clone()))?.tcp_nodelay(true);
+    let mut clients = Vec::new();
+    for _ in 0..args.connections.max(1) {
+        let channel = endpoint.connect().await.map_err(|source| BenchError::Connect { server: args.server.clone(), source })?;
+        clients.push(WalletServiceClient::new(channel));
+    }
+    Ok(clients)
+}
+
+fn wallet_id(i: usize) -> String {
+    format!("bench-{i}")
+}
+
+/// Enrolls every wallet and gives it points to spend. Idempotent: a second run reuses them.
+async fn setup(args: &BenchArgs, clients: &[WalletServiceClient<Channel>]) -> Result<(), BenchError> {
+    let tasks: Vec<_> = (0..args.concurrency.clamp(1, 256))
+        .map(|t| {
+            let mut client = clients[t % clients.len()].clone();
+            let (tenant, wallets, step) = (args.tenant.clone(), args.wallets, args.concurrency.clamp(1, 256));
+            tokio::spawn(async move {
+                for i in (t..wallets).step_by(step) {
+                    let wallet = wallet_id(i);
+                    let enroll = EnrollRequest {
+                        tenant_id: tenant.clone(),
+                        wallet_id: wallet.clone(),
+                        idempotency_key: "bench-enroll".into(),
+                        customer_ref: wallet.clone(),
+                    };
+                    client.enroll(enroll).await?;
+                    let seed = EarnRequest {
+                        tenant_id: tenant.clone(),
+                        wallet_id: wallet,
+                        idempotency_key: "bench-seed".into(),
+                        points: 1_000_000_000,
+                        reason: "bench seed".into(),
+                        source_ref: "bench-seed".into(),
+                        order_amount: None,
+                    };
+                    client.earn(seed).await?;
+                }
+                Ok::<(), tonic::Status>(())
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.map_err(|e| BenchError::Setup(tonic::Status::internal(e.to_string())))?.map_err(BenchError::Setup)?;
+    }
+    Ok(())
+}
+
+pub async fn run(args: BenchArgs) -> Result<BenchReport, BenchError> {
+    if args.wallets == 0 || args.hot_wallets > args.wallets || args.concurrency == 0 {
+        return Err(BenchError::Settings("need wallets > 0, hot-wallets <= wallets, concurrency > 0"));
+    }
+    let clients = channels(&args).await?;
+    setup(&args, &clients).await?;
+    let run_id = uuid::Uuid::new_v4().simple().to_string();
+    let deadline = Instant::now() + Duration::from_secs(args.duration_secs);
+    let budget = args.requests.map(|r| r.div_ceil(args.concurrency as u64));
+    let started = Instant::now();
+    let callers: Vec<_> = (0..args.concurrency)
+        .map(|caller| {
+            let mut client = clients[caller % clients.len()].clone();
+            let args = args.clone();
+            let run_id = run_id.clone();
+            tokio::spawn(async move {
+                let mut rng = SmallRng::seed_from_u64(caller as u64);
+                let (mut mutations, mut reads) = (histogram(), histogram());
+                let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+                let mut n = 0u64;
+                while Instant::now() < deadline && budget.is_none_or(|b| n < b) {
+                    n += 1;
+                    let wallet = if args.hot_wallets > 0 && rng.random_range(0..100) < args.hot_percent {
+                        wallet_id(rng.random_range(0..args.hot_wallets))
+                    } else {
+                        wallet_id(rng.random_range(0..args.wallets))
+                    };
+                    let key = format!("{run_id}-{caller}-{n}");
+                    let roll = rng.random_range(0..100);
+                    let call_started = Instant::now();
+                    let (result, histogram) = if roll < args.read_percent {
+                        (
+                            client.get_wallet(GetWalletRequest { tenant_id: args.tenant.clone(), wallet_id: wallet }).await.map(drop),
+                            &mut reads,
+                        )
+                    } else if rng.random_range(0..7) < 5 {
+                        let request = EarnRequest {
+                            tenant_id: args.tenant.clone(),
+                            wallet_id: wallet,
+                            idempotency_key: key.clone(),
+                            points: rng.random_range(1..500),
+                            reason: "order".into(),
+                            source_ref: key,
+                            order_amount: None,
+                        };
+                        (client.earn(request).await.map(drop), &mut mutations)
+                    } else {
+                        let request = RedeemRequest {
+                            tenant_id: args.tenant.clone(),
+                            wallet_id: wallet,
+                            idempotency_key: key,
+                            points: rng.random_range(1..200),
+                            reward_ref: "reward".into(),
+                        };
+                        (client.redeem(request).await.map(drop), &mut mutations)
+                    };
+                    let micros = u64::try_from(call_started.elapsed().as_micros()).unwrap_or(u64::MAX).max(1);
+                    match result {
+                        Ok(()) => histogram.saturating_record(micros),
+                        Err(status) => *errors.entry(format!("{:?}", status.code())).or_default() += 1,
+                    }
+                }
+                (mutations, reads, errors)
+            })
+        })
+        .collect();
+    let mut report = BenchReport { elapsed: Duration::ZERO, mutations: histogram(), reads: histogram(), errors: BTreeMap::new() };
+    for caller in callers {
+        let Ok((mutations, reads, errors)) = caller.await else { continue };
+        report.mutations.add(&mutations).expect("same bounds");
+        report.reads.add(&reads).expect("same bounds");
+        for (code, count) in errors {
+            *report.errors.entry(code).or_default() += count;
+        }
+    }
+    report.elapsed = started.elapsed();
+    Ok(report)
+}

@@ -1,0 +1,238 @@
+//! The `tally` command line: every subcommand and flag, with the help a person reads.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tally",
+    version,
+    about = "Tally: an event-sourced loyalty engine",
+    long_about = "Tally keeps loyalty wallets as supervised actors over a durable, append-only event log.\n\n\
+                  Start a server with `tally serve`, then drive wallets with `tally wallet ...` or any gRPC client \
+                  (the server has reflection, so `grpcurl -plaintext 127.0.0.1:50051 list` works).\n\n\
+                  Settings come from flags, then TALLY_* environment variables, then the --config file."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the engine and its gRPC API on the embedded event log.
+    Serve(ServeArgs),
+    /// Drive a wallet on a running server.
+    #[command(subcommand)]
+    Wallet(WalletCommand),
+    /// Load-test a running server with a realistic mix of calls; stops by itself.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// TOML file with settings; flags and TALLY_* variables override it.
+    #[arg(long, env = "TALLY_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Directory of the event log [default: ./data].
+    #[arg(long, env = "TALLY_DATA", value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// Address to listen on; port 0 picks a free one [default: 127.0.0.1:50051].
+    #[arg(long, env = "TALLY_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Programs served, as NAME or NAME:POLICY with POLICY allow-negative (the default) or cap-at-zero.
+    /// Repeat the flag or separate with commas [default: demo].
+    #[arg(long = "tenant", env = "TALLY_TENANTS", value_delimiter = ',', value_name = "NAME[:POLICY]")]
+    pub tenants: Vec<String>,
+    /// Most wallets kept in memory; the least recently used beyond it are passivated [default: 100000].
+    #[arg(long, env = "TALLY_ACTIVE_WALLETS_MAX", value_name = "N")]
+    pub active_wallets_max: Option<usize>,
+    /// Seconds without a call after which a wallet leaves memory [default: 300].
+    #[arg(long, env = "TALLY_WALLET_IDLE_SECS", value_name = "SECS")]
+    pub wallet_idle_secs: Option<u64>,
+}
+
+/// Where to send a client call.
+#[derive(Debug, Clone, Args)]
+pub struct Target {
+    /// Server URL.
+    #[arg(long, env = "TALLY_SERVER", default_value = "http://127.0.0.1:50051")]
+    pub server: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Which wallet.
+#[derive(Debug, Clone, Args)]
+pub struct WalletRef {
+    /// Program (tenant) id.
+    #[arg(long, env = "TALLY_TENANT", default_value = "demo")]
+    pub tenant: String,
+    /// Wallet id (usually the customer id).
+    #[arg(long)]
+    pub wallet: String,
+}
+
+/// The idempotency key of a change. Re-running a command with the same key changes nothing.
+#[derive(Debug, Clone, Args)]
+pub struct Key {
+    /// Idempotency key (POS transaction id, order id...) [default: a new UUID, printed].
+    #[arg(long)]
+    pub key: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WalletCommand {
+    /// Open a wallet for a customer.
+    Enroll {
+        #[command(flatten)]
+        wallet: WalletRef,
+        #[command(flatten)]
+        key: Key,
+        /// The shop's own id for the customer (an id, not an e-mail address).
+        #[arg(long, default_value = "")]
+        customer: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Credit points, usually for an order.
+    Earn {
+        #[command(flatten)]
+        wallet: WalletRef,
+        #[command(flatten)]
+        key: Key,
+        /// Points to credit (positive).
+        #[arg(long, allow_hyphen_values = true)]
+        points: i64,
+        /// What earned them, e.g. the order id; refunds refer to it [default: the key].
+        #[arg(long)]
+        source: Option<String>,
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// Order amount in minor units (cents), with --currency.
+        #[arg(long, requires = "currency")]
+        amount_minor: Option<i64>,
+        /// ISO 4217 currency of --amount-minor, e.g. EUR.
+        #[arg(long, requires = "amount_minor")]
+        currency: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Spend points on a reward.
+    Redeem {
+        #[command(flatten)]
+        wallet: WalletRef,
+        #[command(flatten)]
+        key: Key,
+        /// Points to spend (positive).
+        #[arg(long, allow_hyphen_values = true)]
+        points: i64,
+        /// The reward, e.g. a catalogue id.
+        #[arg(long, default_value = "")]
+        reward: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Correct the balance by hand (signed).
+    Adjust {
+        #[command(flatten)]
+        wallet: WalletRef,
+        #[command(flatten)]
+        key: Key,
+        /// Points to add (or, negative, remove).
+        #[arg(long, allow_hyphen_values = true)]
+        points: i64,
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// Who made the correction.
+        #[arg(long)]
+        staff: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Take back all or part of an earlier earn (a refund).
+    Reverse {
+        #[command(flatten)]
+        wallet: WalletRef,
+        #[command(flatten)]
+        key: Key,
+        /// The source of the earn to take back from.
+        #[arg(long)]
+        source: String,
+        /// Points to take back [default: all that is left of that source].
+        #[arg(long, allow_hyphen_values = true)]
+        points: Option<i64>,
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Close the wallet; a positive balance is forfeited.
+    Close {
+        #[command(flatten)]
+        wallet: WalletRef,
+        #[command(flatten)]
+        key: Key,
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Show the balance and totals.
+    Show {
+        #[command(flatten)]
+        wallet: WalletRef,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// List movements, newest first.
+    History {
+        #[command(flatten)]
+        wallet: WalletRef,
+        /// Movements per page (at most 500).
+        #[arg(long, default_value_t = 20)]
+        page_size: u32,
+        /// Token printed by the previous page.
+        #[arg(long, default_value = "")]
+        page_token: String,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Server URL to load; nothing else is contacted.
+    #[arg(long, env = "TALLY_SERVER", default_value = "http://127.0.0.1:50051")]
+    pub server: String,
+    /// Program (tenant) whose wallets are used.
+    #[arg(long, env = "TALLY_TENANT", default_value = "demo")]
+    pub tenant: String,
+    /// How long to run, in seconds.
+    #[arg(long, default_value_t = 10)]
+    pub duration_secs: u64,
+    /// Stop after this many calls, if sooner.
+    #[arg(long)]
+    pub requests: Option<u64>,
+    /// Concurrent callers.
+    #[arg(long, default_value_t = 256)]
+    pub concurrency: usize,
+    /// HTTP/2 connections shared by the callers.
+    #[arg(long, default_value_t = 4)]
+    pub connections: usize,
+    /// Distinct wallets.
+    #[arg(long, default_value_t = 10_000)]
+    pub wallets: usize,
+    /// Wallets that get a disproportionate share of calls.
+    #[arg(long, default_value_t = 10)]
+    pub hot_wallets: usize,
+    /// Percentage of calls that go to the hot wallets.
+    #[arg(long, default_value_t = 20)]
+    pub hot_percent: u32,
+    /// Percentage of calls that are reads (GetWallet); the rest are earns and redeems (5:2).
+    #[arg(long, default_value_t = 30)]
+    pub read_percent: u32,
+}

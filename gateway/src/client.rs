@@ -1,0 +1,303 @@
+//! `tally wallet ...`: a gRPC client for a person at a terminal, with readable text or `--json`.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+use tally_proto::v1::wallet_service_client::WalletServiceClient;
+use tally_proto::v1::{
+    AdjustRequest, CloseRequest, EarnRequest, EnrollRequest, GetWalletRequest, ListTransactionsRequest, Money, RedeemRequest,
+    ReverseRequest, Transaction, TransactionKind, Wallet, WalletMutation, WalletStatus,
+};
+use tonic::transport::Channel;
+
+use crate::cli::{Key, Target, WalletCommand};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach {server}: {source}")]
+    Connect { server: String, source: tonic::transport::Error },
+    #[error("{}: {}", code_name(.0.code()), .0.message())]
+    Call(tonic::Status),
+}
+
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        InvalidArgument => "INVALID_ARGUMENT",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        Unavailable => "UNAVAILABLE",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        DataLoss => "DATA_LOSS",
+        Internal => "INTERNAL",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Cancelled => "CANCELLED",
+        _ => "ERROR",
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct WalletView {
+    tenant_id: String,
+    wallet_id: String,
+    status: &'static str,
+    customer_ref: String,
+    balance: i64,
+    lifetime_earned: i64,
+    lifetime_redeemed: i64,
+    lifetime_reversed: i64,
+    lifetime_adjusted: i64,
+    enrolled_at: Option<String>,
+    last_activity_at: Option<String>,
+    version: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct TransactionView {
+    version: u64,
+    position: u64,
+    recorded_at: Option<String>,
+    kind: &'static str,
+    points: i64,
+    reason: String,
+    reference: String,
+    idempotency_key: String,
+    shortfall_points: i64,
+    order_amount: Option<MoneyView>,
+}
+
+#[derive(Debug, Serialize)]
+struct MoneyView {
+    amount_minor: i64,
+    currency: String,
+}
+
+#[derive(Debug, Serialize)]
+struct MutationView {
+    idempotency_key: String,
+    replayed: bool,
+    balance: i64,
+    version: u64,
+    position: u64,
+    transactions: Vec<TransactionView>,
+    wallet: Option<WalletView>,
+}
+
+#[derive(Debug, Serialize)]
+struct HistoryView {
+    transactions: Vec<TransactionView>,
+    next_page_token: String,
+}
+
+fn status_name(status: i32) -> &'static str {
+    match WalletStatus::try_from(status) {
+        Ok(WalletStatus::Active) => "active",
+        Ok(WalletStatus::Closed) => "closed",
+        _ => "unknown",
+    }
+}
+
+fn kind_name(kind: i32) -> &'static str {
+    match TransactionKind::try_from(kind) {
+        Ok(TransactionKind::Enrolled) => "enrolled",
+        Ok(TransactionKind::Earned) => "earned",
+        Ok(TransactionKind::Redeemed) => "redeemed",
+        Ok(TransactionKind::Adjusted) => "adjusted",
+        Ok(TransactionKind::Reversed) => "reversed",
+        Ok(TransactionKind::Closed) => "closed",
+        _ => "unknown",
+    }
+}
+
+fn wallet_view(w: Wallet) -> WalletView {
+    WalletView {
+        tenant_id: w.tenant_id,
+        wallet_id: w.wallet_id,
+        status: status_name(w.status),
+        customer_ref: w.customer_ref,
+        balance: w.balance,
+        lifetime_earned: w.lifetime_earned,
+        lifetime_redeemed: w.lifetime_redeemed,
+        lifetime_reversed: w.lifetime_reversed,
+        lifetime_adjusted: w.lifetime_adjusted,
+        enrolled_at: w.enrolled_at.map(|t| t.to_string()),
+        last_activity_at: w.last_activity_at.map(|t| t.to_string()),
+        version: w.version,
+    }
+}
+
+fn transaction_view(t: Transaction) -> TransactionView {
+    TransactionView {
+        version: t.version,
+        position: t.position,
+        recorded_at: t.recorded_at.map(|t| t.to_string()),
+        kind: kind_name(t.kind),
+        points: t.points,
+        reason: t.reason,
+        reference: t.reference,
+        idempotency_key: t.idempotency_key,
+        shortfall_points: t.shortfall_points,
+        order_amount: t.order_amount.map(|m| MoneyView { amount_minor: m.amount_minor, currency: m.currency }),
+    }
+}
+
+fn render_wallet(w: &WalletView) -> String {
+    format!(
+        "{}/{} ({}, customer {:?})\n  balance   {}\n  earned    {}\n  redeemed  {}\n  reversed  {}\n  adjusted  {}\n  enrolled  {}\n  last move {}\n  version   {}",
+        w.tenant_id,
+        w.wallet_id,
+        w.status,
+        w.customer_ref,
+        w.balance,
+        w.lifetime_earned,
+        w.lifetime_redeemed,
+        w.lifetime_reversed,
+        w.lifetime_adjusted,
+        w.enrolled_at.as_deref().unwrap_or("-"),
+        w.last_activity_at.as_deref().unwrap_or("-"),
+        w.version
+    )
+}
+
+fn render_transaction(t: &TransactionView) -> String {
+    let mut line =
+        format!("v{:<5} {:<24} {:<9} {:>+8}  {}", t.version, t.recorded_at.as_deref().unwrap_or("-"), t.kind, t.points, t.reference);
+    if !t.reason.is_empty() {
+        let _ = write!(line, "  ({})", t.reason);
+    }
+    if t.shortfall_points != 0 {
+        let _ = write!(line, "  shortfall {}", t.shortfall_points);
+    }
+    line
+}
+
+fn render_mutation(m: &MutationView) -> String {
+    let what: Vec<String> = m.transactions.iter().map(|t| format!("{} {:+}", t.kind, t.points)).collect();
+    let mut out =
+        format!("{} -> balance {} (version {}, position {}, key {})", what.join(", "), m.balance, m.version, m.position, m.idempotency_key);
+    if m.replayed {
+        out.push_str("\nalready done with this key: nothing changed, this is the first outcome");
+    }
+    out
+}
+
+fn output<T: Serialize>(json: bool, value: &T, text: impl FnOnce(&T) -> String) -> String {
+    if json { serde_json::to_string_pretty(value).expect("views serialize") } else { text(value) }
+}
+
+async fn connect(target: &Target) -> Result<WalletServiceClient<Channel>, ClientError> {
+    WalletServiceClient::connect(target.server.clone())
+        .await
+        .map_err(|source| ClientError::Connect { server: target.server.clone(), source })
+}
+
+fn key(key: Key) -> String {
+    key.key.unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+}
+
+fn mutation_output(json: bool, key: String, m: WalletMutation) -> String {
+    let view = MutationView {
+        idempotency_key: key,
+        replayed: m.replayed,
+        balance: m.balance,
+        version: m.version,
+        position: m.position,
+        transactions: m.transactions.into_iter().map(transaction_view).collect(),
+        wallet: m.wallet.map(wallet_view),
+    };
+    output(json, &view, render_mutation)
+}
+
+/// Runs one `tally wallet` subcommand; returns what to print.
+pub async fn run(command: WalletCommand) -> Result<String, ClientError> {
+    match command {
+        WalletCommand::Enroll { wallet, key: k, customer, target } => {
+            let key = key(k);
+            let request =
+                EnrollRequest { tenant_id: wallet.tenant, wallet_id: wallet.wallet, idempotency_key: key.clone(), customer_ref: customer };
+            let reply = connect(&target).await?.enroll(request).await.map_err(ClientError::Call)?;
+            Ok(mutation_output(target.json, key, reply.into_inner()))
+        }
+        WalletCommand::Earn { wallet, key: k, points, source, reason, amount_minor, currency, target } => {
+            let key = key(k);
+            let order_amount = amount_minor.zip(currency).map(|(amount_minor, currency)| Money { amount_minor, currency });
+            let request = EarnRequest {
+                tenant_id: wallet.tenant,
+                wallet_id: wallet.wallet,
+                idempotency_key: key.clone(),
+                points,
+                reason,
+                source_ref: source.unwrap_or_else(|| key.clone()),
+                order_amount,
+            };
+            let reply = connect(&target).await?.earn(request).await.map_err(ClientError::Call)?;
+            Ok(mutation_output(target.json, key, reply.into_inner()))
+        }
+        WalletCommand::Redeem { wallet, key: k, points, reward, target } => {
+            let key = key(k);
+            let request = RedeemRequest {
+                tenant_id: wallet.tenant,
+                wallet_id: wallet.wallet,
+                idempotency_key: key.clone(),
+                points,
+                reward_ref: reward,
+            };
+            let reply = connect(&target).await?.redeem(request).await.map_err(ClientError::Call)?;
+            Ok(mutation_output(target.json, key, reply.into_inner()))
+        }
+        WalletCommand::Adjust { wallet, key: k, points, reason, staff, target } => {
+            let key = key(k);
+            let request = AdjustRequest {
+                tenant_id: wallet.tenant,
+                wallet_id: wallet.wallet,
+                idempotency_key: key.clone(),
+                points,
+                reason,
+                staff_ref: staff,
+            };
+            let reply = connect(&target).await?.adjust(request).await.map_err(ClientError::Call)?;
+            Ok(mutation_output(target.json, key, reply.into_inner()))
+        }
+        WalletCommand::Reverse { wallet, key: k, source, points, reason, target } => {
+            let key = key(k);
+            let request = ReverseRequest {
+                tenant_id: wallet.tenant,
+                wallet_id: wallet.wallet,
+                idempotency_key: key.clone(),
+                source_ref: source,
+                points,
+                reason,
+            };
+            let reply = connect(&target).await?.reverse(request).await.map_err(ClientError::Call)?;
+            Ok(mutation_output(target.json, key, reply.into_inner()))
+        }
+        WalletCommand::Close { wallet, key: k, reason, target } => {
+            let key = key(k);
+            let request = CloseRequest { tenant_id: wallet.tenant, wallet_id: wallet.wallet, idempotency_key: key.clone(), reason };
+            let reply = connect(&target).await?.close(request).await.map_err(ClientError::Call)?;
+            Ok(mutation_output(target.json, key, reply.into_inner()))
+        }
+        WalletCommand::Show { wallet, target } => {
+            let request = GetWalletRequest { tenant_id: wallet.tenant, wallet_id: wallet.wallet };
+            let reply = connect(&target).await?.get_wallet(request).await.map_err(ClientError::Call)?;
+            Ok(output(target.json, &wallet_view(reply.into_inner()), render_wallet))
+        }
+        WalletCommand::History { wallet, page_size, page_token, target } => {
+            let request = ListTransactionsRequest { tenant_id: wallet.tenant, wallet_id: wallet.wallet, page_size, page_token };
+            let reply = connect(&target).await?.list_transactions(request).await.map_err(ClientError::Call)?.into_inner();
+            let view = HistoryView {
+                transactions: reply.transactions.into_iter().map(transaction_view).collect(),
+                next_page_token: reply.next_page_token,
+            };
+            Ok(output(target.json, &view, |v| {
+                let mut text: Vec<String> = v.transactions.iter().map(render_transaction).collect();
+                if !v.next_page_token.is_empty() {
+                    text.push(format!("more: --page-token {}", v.next_page_token));
+                }
+                text.join("\n")
+            }))
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! Every limit of the gRPC edge in one place, each with its unit in the name.
+
+/// Largest request or response message, in bytes.
+pub const MESSAGE_BYTES_MAX: usize = 64 * 1024;
+/// Requests handled at once across all connections; beyond it calls get RESOURCE_EXHAUSTED at once
+/// instead of queueing without bound.
+pub const REQUESTS_IN_FLIGHT_MAX: usize = 16 * 1024;
+/// Concurrent streams one HTTP/2 connection may open.
+pub const STREAMS_PER_CONNECTION_MAX: u32 = 1024;
+/// Longest a request may take before it is cancelled, in milliseconds.
+pub const REQUEST_TIMEOUT_MS: u64 = 10_000;
+/// Default and largest page of `ListTransactions`.
+pub const PAGE_SIZE_DEFAULT: u32 = 50;
+pub const PAGE_SIZE_MAX: u32 = 500;
+/// Longest a graceful shutdown waits for in-flight calls, in milliseconds.
+pub const SHUTDOWN_GRACE_MS: u64 = 30_000;

@@ -1,0 +1,235 @@
+//! `WalletService`: the gRPC face of the wallet actors. Validates at the edge, routes each call to the
+//! wallet's actor through the registry, and turns outcomes into wire messages.
+
+use std::sync::Arc;
+
+use tally_engine::actors::{CommandMeta, CommandOutcome, Programs, StoredWalletEvent, WalletKey, WalletRegistry, WalletSummary};
+use tally_engine::codec;
+use tally_engine::domain::{Change, Command, CommandBody, Event, Rejection, TenantId, WalletId, WalletStatus};
+use tally_engine::store::EventStore;
+use tally_proto::v1::wallet_service_server::WalletService;
+use tally_proto::v1::{
+    AdjustRequest, CloseRequest, EarnRequest, EnrollRequest, GetWalletRequest, ListTransactionsRequest, ListTransactionsResponse,
+    RedeemRequest, ReverseRequest, Transaction, TransactionKind, Wallet, WalletMutation,
+};
+use tokio::sync::Semaphore;
+use tonic::metadata::MetadataMap;
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+
+use crate::limits::{PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX, REQUESTS_IN_FLIGHT_MAX};
+use crate::status;
+
+/// What the services need from the engine.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    pub registry: WalletRegistry,
+    pub store: Arc<dyn EventStore>,
+    pub programs: Arc<dyn Programs>,
+}
+
+#[derive(Debug, Clone)]
+pub struct WalletApi {
+    engine: Engine,
+    in_flight: Arc<Semaphore>,
+}
+
+impl WalletApi {
+    pub fn new(engine: Engine) -> Self {
+        Self { engine, in_flight: Arc::new(Semaphore::new(REQUESTS_IN_FLIGHT_MAX)) }
+    }
+
+    fn admit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, Status> {
+        self.in_flight
+            .try_acquire()
+            .map_err(|_| Status::resource_exhausted(format!("more than {REQUESTS_IN_FLIGHT_MAX} requests in flight; retry with backoff")))
+    }
+
+    /// Validates the ids and that the tenant exists, before anything reaches an actor.
+    fn wallet_key(&self, tenant_id: &str, wallet_id: &str) -> Result<WalletKey, Status> {
+        let tenant = TenantId::parse(tenant_id).map_err(|e| status::from_field_error(&e))?;
+        let wallet = WalletId::parse(wallet_id).map_err(|e| status::from_field_error(&e))?;
+        if self.engine.programs.settings(&tenant).is_none() {
+            return Err(status::unknown_tenant(tenant_id));
+        }
+        Ok(WalletKey::new(tenant, wallet))
+    }
+
+    async fn mutate(&self, metadata: &MetadataMap, key: WalletKey, command: Command) -> Result<Response<WalletMutation>, Status> {
+        let _permit = self.admit()?;
+        let span = tracing::info_span!("grpc.mutate", tenant = %key.tenant, wallet = %key.wallet, kind = command.kind());
+        let outcome = self
+            .engine
+            .registry
+            .execute(&key, command, command_meta(metadata))
+            .instrument(span)
+            .await
+            .map_err(|e| status::from_wallet_error(&e))?;
+        Ok(Response::new(mutation(&key, outcome)))
+    }
+}
+
+/// Trace and causality ids from the call's metadata.
+fn command_meta(metadata: &MetadataMap) -> CommandMeta {
+    let get = |name: &str| metadata.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    CommandMeta {
+        causation_id: get("x-request-id"),
+        correlation_id: get("x-correlation-id"),
+        traceparent: get("traceparent"),
+        tracestate: get("tracestate"),
+    }
+}
+
+fn timestamp(ms: i64) -> Option<prost_types::Timestamp> {
+    (ms != 0).then(|| prost_types::Timestamp { seconds: ms.div_euclid(1000), nanos: (ms.rem_euclid(1000) * 1_000_000) as i32 })
+}
+
+fn wallet(key: &WalletKey, summary: &WalletSummary) -> Wallet {
+    let status = match summary.status {
+        WalletStatus::Active => tally_proto::v1::WalletStatus::Active,
+        WalletStatus::Closed => tally_proto::v1::WalletStatus::Closed,
+        WalletStatus::NotEnrolled => tally_proto::v1::WalletStatus::Unspecified,
+    };
+    Wallet {
+        tenant_id: key.tenant.to_string(),
+        wallet_id: key.wallet.to_string(),
+        status: status as i32,
+        customer_ref: summary.customer_ref.clone(),
+        balance: summary.balance,
+        lifetime_earned: summary.lifetime_earned,
+        lifetime_redeemed: summary.lifetime_redeemed,
+        lifetime_reversed: summary.lifetime_reversed,
+        lifetime_adjusted: summary.lifetime_adjusted,
+        enrolled_at: timestamp(summary.enrolled_at_ms),
+        last_activity_at: timestamp(summary.last_activity_ms),
+        version: summary.version,
+    }
+}
+
+fn mutation(key: &WalletKey, outcome: CommandOutcome) -> WalletMutation {
+    WalletMutation {
+        wallet: Some(wallet(key, &outcome.wallet)),
+        version: outcome.version,
+        position: outcome.position,
+        replayed: outcome.replayed,
+        transactions: outcome.events.iter().map(transaction).collect(),
+        balance: outcome.balance,
+    }
+}
+
+pub(crate) fn transaction(stored: &StoredWalletEvent) -> Transaction {
+    let Event { idempotency_key, recorded_at_ms, change, .. } = &stored.event;
+    let (kind, reason, reference, shortfall, order_amount) = match change {
+        Change::Enrolled(e) => (TransactionKind::Enrolled, "", e.customer_ref.as_str(), 0, None),
+        Change::Earned(e) => (TransactionKind::Earned, e.reason.as_str(), e.source_ref.as_str(), 0, e.order_amount.clone()),
+        Change::Redeemed(e) => (TransactionKind::Redeemed, "", e.reward_ref.as_str(), 0, None),
+        Change::Adjusted(e) => (TransactionKind::Adjusted, e.reason.as_str(), e.staff_ref.as_str(), 0, None),
+        Change::Reversed(e) => (TransactionKind::Reversed, e.reason.as_str(), e.source_ref.as_str(), e.shortfall_points, None),
+        Change::Closed(e) => (TransactionKind::Closed, e.reason.as_str(), "", 0, None),
+    };
+    Transaction {
+        version: stored.version,
+        position: stored.position,
+        recorded_at: timestamp(*recorded_at_ms),
+        kind: kind as i32,
+        points: change.points_delta(),
+        reason: reason.to_owned(),
+        reference: reference.to_owned(),
+        idempotency_key: idempotency_key.clone(),
+        shortfall_points: shortfall,
+        order_amount,
+    }
+}
+
+/// Page tokens are `v<version>`: the page holds the events below that version.
+fn parse_page_token(token: &str) -> Result<Option<u64>, Status> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    token
+        .strip_prefix('v')
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|v| *v > 1)
+        .map(Some)
+        .ok_or_else(|| status::invalid("page_token", "not a token from a previous response"))
+}
+
+#[tonic::async_trait]
+impl WalletService for WalletApi {
+    async fn enroll(&self, request: Request<EnrollRequest>) -> Result<Response<WalletMutation>, Status> {
+        let (metadata, _, r) = request.into_parts();
+        let key = self.wallet_key(&r.tenant_id, &r.wallet_id)?;
+        self.mutate(&metadata, key, Command::new(r.idempotency_key, CommandBody::Enroll { customer_ref: r.customer_ref })).await
+    }
+
+    async fn earn(&self, request: Request<EarnRequest>) -> Result<Response<WalletMutation>, Status> {
+        let (metadata, _, r) = request.into_parts();
+        let key = self.wallet_key(&r.tenant_id, &r.wallet_id)?;
+        let body = CommandBody::Earn { points: r.points, reason: r.reason, source_ref: r.source_ref, order_amount: r.order_amount };
+        self.mutate(&metadata, key, Command::new(r.idempotency_key, body)).await
+    }
+
+    async fn redeem(&self, request: Request<RedeemRequest>) -> Result<Response<WalletMutation>, Status> {
+        let (metadata, _, r) = request.into_parts();
+        let key = self.wallet_key(&r.tenant_id, &r.wallet_id)?;
+        let body = CommandBody::Redeem { points: r.points, reward_ref: r.reward_ref };
+        self.mutate(&metadata, key, Command::new(r.idempotency_key, body)).await
+    }
+
+    async fn adjust(&self, request: Request<AdjustRequest>) -> Result<Response<WalletMutation>, Status> {
+        let (metadata, _, r) = request.into_parts();
+        let key = self.wallet_key(&r.tenant_id, &r.wallet_id)?;
+        let body = CommandBody::Adjust { points: r.points, reason: r.reason, staff_ref: r.staff_ref };
+        self.mutate(&metadata, key, Command::new(r.idempotency_key, body)).await
+    }
+
+    async fn reverse(&self, request: Request<ReverseRequest>) -> Result<Response<WalletMutation>, Status> {
+        let (metadata, _, r) = request.into_parts();
+        let key = self.wallet_key(&r.tenant_id, &r.wallet_id)?;
+        let body = CommandBody::Reverse { source_ref: r.source_ref, points: r.points, reason: r.reason };
+        self.mutate(&metadata, key, Command::new(r.idempotency_key, body)).await
+    }
+
+    async fn close(&self, request: Request<CloseRequest>) -> Result<Response<WalletMutation>, Status> {
+        let (metadata, _, r) = request.into_parts();
+        let key = self.wallet_key(&r.tenant_id, &r.wallet_id)?;
+        self.mutate(&metadata, key, Command::new(r.idempotency_key, CommandBody::Close { reason: r.reason })).await
+    }
+
+    async fn get_wallet(&self, request: Request<GetWalletRequest>) -> Result<Response<Wallet>, Status> {
+        let _permit = self.admit()?;
+        let r = request.into_inner();
+        let key = self.wallet_key(&r.tenant_id, &r.wallet_id)?;
+        let summary = self.engine.registry.summary(&key).await.map_err(|e| status::from_wallet_error(&e))?;
+        Ok(Response::new(wallet(&key, &summary)))
+    }
+
+    async fn list_transactions(&self, request: Request<ListTransactionsRequest>) -> Result<Response<ListTransactionsResponse>, Status> {
+        let _permit = self.admit()?;
+        let r = request.into_inner();
+        let key = self.wallet_key(&r.tenant_id, &r.wallet_id)?;
+        let page_size = match r.page_size {
+            0 => PAGE_SIZE_DEFAULT,
+            n => n.min(PAGE_SIZE_MAX),
+        };
+        let before = parse_page_token(&r.page_token)?;
+        // The log is the source of truth for history: read the stream directly, newest first.
+        let stream = codec::wallet_stream(&key.tenant, &key.wallet);
+        let head = self.engine.store.stream_version(&stream).await.map_err(|e| status::from_store_error(&e))?;
+        if head == 0 {
+            return Err(status::from_rejection(&Rejection::WalletNotFound));
+        }
+        let end = before.map_or(head + 1, |b| b.min(head + 1)); // exclusive
+        let start = end.saturating_sub(u64::from(page_size)).max(1);
+        let recorded =
+            self.engine.store.read_stream(&stream, start, (end - start) as usize).await.map_err(|e| status::from_store_error(&e))?;
+        let mut transactions = Vec::with_capacity(recorded.len());
+        for r in recorded.into_iter().rev() {
+            let (version, position) = (r.stream_version, r.global_position);
+            let event = codec::decode(r).map_err(|e| Status::data_loss(e.to_string()))?;
+            transactions.push(transaction(&StoredWalletEvent { version, position, event }));
+        }
+        let next_page_token = if start > 1 { format!("v{start}") } else { String::new() };
+        Ok(Response::new(ListTransactionsResponse { transactions, next_page_token }))
+    }
+}

@@ -1,0 +1,92 @@
+//! The one mapping from engine errors to gRPC statuses. Every code here is one a client can act on;
+//! INVALID_ARGUMENT always names the field, in the message and in a `google.rpc.BadRequest` detail.
+
+use tally_engine::actors::WalletError;
+use tally_engine::domain::{FieldError, Rejection};
+use tally_engine::store::StoreError;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// INVALID_ARGUMENT naming `field`.
+pub fn invalid(field: &str, reason: &str) -> Status {
+    Status::with_error_details(
+        Code::InvalidArgument,
+        format!("invalid {field}: {reason}"),
+        ErrorDetails::with_bad_request_violation(field, reason),
+    )
+}
+
+pub fn from_field_error(error: &FieldError) -> Status {
+    invalid(error.field, &error.reason)
+}
+
+fn precondition(kind: &str, subject: &str, message: String) -> Status {
+    Status::with_error_details(
+        Code::FailedPrecondition,
+        message.clone(),
+        ErrorDetails::with_precondition_failure_violation(kind, subject, message),
+    )
+}
+
+pub fn from_rejection(rejection: &Rejection) -> Status {
+    let message = rejection.to_string();
+    match rejection {
+        Rejection::InvalidField(field) => from_field_error(field),
+        Rejection::NonPositivePoints { field, points } => invalid(field, &format!("must be positive, got {points}")),
+        Rejection::ZeroAdjustment => invalid("points", "an adjustment must not be zero"),
+        Rejection::PointsOutOfRange { field, points } => invalid(field, &format!("{points} is out of range")),
+        Rejection::WalletNotFound => Status::not_found(message),
+        Rejection::UnknownSource { .. } => {
+            Status::with_error_details(Code::NotFound, message.clone(), ErrorDetails::with_bad_request_violation("source_ref", message))
+        }
+        Rejection::WalletClosed => precondition("WALLET_CLOSED", "wallet", message),
+        Rejection::AlreadyEnrolled => Status::already_exists(message),
+        Rejection::InsufficientPoints { .. } => precondition("INSUFFICIENT_POINTS", "balance", message),
+        Rejection::ReversalExceedsEarned { .. } => precondition("REVERSAL_EXCEEDS_EARNED", "source_ref", message),
+        Rejection::IdempotencyKeyReused { .. } => Status::already_exists(message),
+    }
+}
+
+pub fn from_wallet_error(error: &WalletError) -> Status {
+    match error {
+        WalletError::Rejected(rejection) => from_rejection(rejection),
+        WalletError::UnknownTenant(tenant) => unknown_tenant(tenant.as_str()),
+        WalletError::Store(store) => from_store_error(store),
+        WalletError::Codec(codec) => {
+            tracing::error!(error = %codec, "stored event cannot be decoded");
+            Status::data_loss(format!("wallet history cannot be read: {codec}"))
+        }
+        WalletError::Crashed { .. } => {
+            tracing::error!(%error, "wallet crashed while handling a call");
+            Status::internal(error.to_string())
+        }
+        WalletError::Quarantined { .. } | WalletError::ShuttingDown => Status::unavailable(error.to_string()),
+    }
+}
+
+pub fn from_store_error(error: &StoreError) -> Status {
+    match error {
+        StoreError::VersionConflict { .. } => Status::aborted(format!("{error}; retry with the same idempotency key")),
+        StoreError::Unavailable { .. } => Status::unavailable(format!("{error}; retry with the same idempotency key")),
+        StoreError::Corrupt { .. } => {
+            tracing::error!(%error, "event log corruption");
+            Status::data_loss(error.to_string())
+        }
+        StoreError::Io { .. } => {
+            tracing::error!(%error, "event log i/o error");
+            Status::unavailable(format!("{error}; retry with the same idempotency key"))
+        }
+        StoreError::EventTooLarge { .. } | StoreError::AppendTooLarge { .. } | StoreError::TooManyEvents { .. } => {
+            Status::invalid_argument(error.to_string())
+        }
+        StoreError::InvalidStreamId { .. } | StoreError::EmptyAppend => Status::internal(error.to_string()),
+    }
+}
+
+pub fn unknown_tenant(tenant: &str) -> Status {
+    Status::with_error_details(
+        Code::NotFound,
+        format!("unknown tenant_id {tenant:?}"),
+        ErrorDetails::with_bad_request_violation("tenant_id", "no such program"),
+    )
+}
