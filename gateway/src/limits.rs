@@ -14,3 +14,5 @@ pub const PAGE_SIZE_DEFAULT: u32 = 50;
 pub const PAGE_SIZE_MAX: u32 = 500;
 /// Longest a graceful shutdown waits for in-flight calls, in milliseconds.
 pub const SHUTDOWN_GRACE_MS: u64 = 30_000;
+/// After the last call finished, how long shutdown waits for responses to reach clients, in milliseconds.
+pub const RESPONSE_FLUSH_MS: u64 = 1_000;

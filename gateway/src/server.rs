@@ -2,15 +2,17 @@
 //! Takes the world as arguments (listener, engine, shutdown signal) so tests and the binary wire it alike.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tally_proto::v1::wallet_service_server::WalletServiceServer;
 use tokio::net::TcpListener;
+use tokio::sync::oneshot;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
-use crate::limits::{MESSAGE_BYTES_MAX, REQUEST_TIMEOUT_MS, STREAMS_PER_CONNECTION_MAX};
-use crate::service::{Engine, WalletApi};
+use crate::limits::{MESSAGE_BYTES_MAX, REQUEST_TIMEOUT_MS, RESPONSE_FLUSH_MS, SHUTDOWN_GRACE_MS, STREAMS_PER_CONNECTION_MAX};
+use crate::service::{Engine, Gate, WalletApi};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -20,7 +22,8 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
-/// Serves until `shutdown` resolves, then stops accepting, lets in-flight calls finish, and returns.
+/// Serves until `shutdown` resolves; then refuses new calls (UNAVAILABLE), stops accepting connections,
+/// waits up to `SHUTDOWN_GRACE_MS` for the calls in flight to finish, and returns.
 pub async fn run(listener: TcpListener, engine: Engine, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServeError> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<WalletServiceServer<WalletApi>>().await;
@@ -28,22 +31,36 @@ pub async fn run(listener: TcpListener, engine: Engine, shutdown: impl Future<Ou
         .register_encoded_file_descriptor_set(tally_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let wallets = WalletServiceServer::new(WalletApi::new(engine))
+    let gate = Arc::new(Gate::default());
+    let wallets = WalletServiceServer::new(WalletApi::new(engine, Arc::clone(&gate)))
         .max_decoding_message_size(MESSAGE_BYTES_MAX)
         .max_encoding_message_size(MESSAGE_BYTES_MAX);
-    let shutdown = async move {
-        shutdown.await;
-        tracing::info!("shutting down: refusing new calls, finishing the ones in flight");
-        health.set_not_serving::<WalletServiceServer<WalletApi>>().await;
-    };
-    Server::builder()
+    let (stop_accepting, stopped) = oneshot::channel::<()>();
+    let serve = Server::builder()
         .timeout(Duration::from_millis(REQUEST_TIMEOUT_MS))
         .max_concurrent_streams(Some(STREAMS_PER_CONNECTION_MAX))
         .tcp_nodelay(true)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(wallets)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await?;
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            let _ = stopped.await;
+        });
+    tokio::pin!(serve);
+    tokio::select! {
+        result = &mut serve => return result.map_err(Into::into),
+        () = shutdown => {}
+    }
+    tracing::info!("shutting down: refusing new calls, finishing the ones in flight");
+    gate.close();
+    health.set_not_serving::<WalletServiceServer<WalletApi>>().await;
+    let _ = stop_accepting.send(());
+    if tokio::time::timeout(Duration::from_millis(SHUTDOWN_GRACE_MS), gate.drained()).await.is_err() {
+        tracing::warn!(grace_ms = SHUTDOWN_GRACE_MS, "calls still in flight after the grace period; closing anyway");
+    }
+    // Let the last responses reach their clients; idle client connections do not hold us up.
+    if let Ok(result) = tokio::time::timeout(Duration::from_millis(RESPONSE_FLUSH_MS), &mut serve).await {
+        result?;
+    }
     Ok(())
 }

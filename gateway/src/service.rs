@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use tally_engine::actors::{CommandMeta, CommandOutcome, Programs, StoredWalletEvent, WalletKey, WalletRegistry, WalletSummary};
 use tally_engine::codec;
 use tally_engine::domain::{Change, Command, CommandBody, Event, Rejection, TenantId, WalletId, WalletStatus};
@@ -12,7 +13,8 @@ use tally_proto::v1::{
     AdjustRequest, CloseRequest, EarnRequest, EnrollRequest, GetWalletRequest, ListTransactionsRequest, ListTransactionsResponse,
     RedeemRequest, ReverseRequest, Transaction, TransactionKind, Wallet, WalletMutation,
 };
-use tokio::sync::Semaphore;
+
+use tokio::sync::{Semaphore, SemaphorePermit};
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
@@ -28,21 +30,56 @@ pub struct Engine {
     pub programs: Arc<dyn Programs>,
 }
 
-#[derive(Debug, Clone)]
-pub struct WalletApi {
-    engine: Engine,
-    in_flight: Arc<Semaphore>,
+/// Admission to the wallet service: bounds the calls in flight and lets shutdown wait for them.
+#[derive(Debug)]
+pub struct Gate {
+    in_flight: Semaphore,
+    closed: AtomicBool,
 }
 
-impl WalletApi {
-    pub fn new(engine: Engine) -> Self {
-        Self { engine, in_flight: Arc::new(Semaphore::new(REQUESTS_IN_FLIGHT_MAX)) }
+impl Default for Gate {
+    fn default() -> Self {
+        Self { in_flight: Semaphore::new(REQUESTS_IN_FLIGHT_MAX), closed: AtomicBool::new(false) }
     }
+}
 
-    fn admit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, Status> {
+impl Gate {
+    fn admit(&self) -> Result<SemaphorePermit<'_>, Status> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Status::unavailable("the server is shutting down; retry on another node or later"));
+        }
         self.in_flight
             .try_acquire()
             .map_err(|_| Status::resource_exhausted(format!("more than {REQUESTS_IN_FLIGHT_MAX} requests in flight; retry with backoff")))
+    }
+
+    /// Refuses new calls from now on.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+    }
+
+    /// Resolves once no call is in flight.
+    pub async fn drained(&self) {
+        let all = u32::try_from(REQUESTS_IN_FLIGHT_MAX).expect("limit fits u32");
+        if let Ok(permits) = self.in_flight.acquire_many(all).await {
+            drop(permits);
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct WalletApi {
+    engine: Engine,
+    gate: Arc<Gate>,
+}
+
+impl WalletApi {
+    pub fn new(engine: Engine, gate: Arc<Gate>) -> Self {
+        Self { engine, gate }
+    }
+
+    fn admit(&self) -> Result<SemaphorePermit<'_>, Status> {
+        self.gate.admit()
     }
 
     /// Validates the ids and that the tenant exists, before anything reaches an actor.

@@ -1,10 +1,102 @@
 //! Black-box tests of Tally: real processes, real clients, crashes. The tests live in `tests/`; this
 //! library holds what they share, and `src/bin/` the helper processes they start and kill.
 
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use tally_proto::v1::wallet_service_client::WalletServiceClient;
+use tonic::transport::Channel;
+
 /// Events per append in the crash appender: a crash must never leave part of one visible.
 pub const CRASH_EVENTS_PER_APPEND: u64 = 3;
 
 /// The payload the crash appender writes for a stream version, so a reader can check every byte.
 pub fn crash_payload(stream: &str, version: u64) -> Vec<u8> {
     format!("{stream}:{version}").into_bytes()
+}
+
+/// The real `tally` binary, built (once per test process) by cargo exactly as a user would build it.
+pub fn tally_binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        let run = escargot::CargoBuild::new()
+            .package("tally-gateway")
+            .bin("tally")
+            .current_release()
+            .run()
+            .unwrap_or_else(|e| panic!("building the tally binary failed: {e}"));
+        run.path().to_owned()
+    })
+}
+
+/// A `tally serve` process on a free loopback port. Killed (SIGKILL) when dropped.
+#[derive(Debug)]
+pub struct TallyServer {
+    child: Option<Child>,
+    pub url: String,
+    pub data: PathBuf,
+}
+
+impl TallyServer {
+    /// Starts `tally serve` on `data` and waits until it listens.
+    pub fn start(data: &Path, extra: &[&str]) -> Self {
+        let mut child = Command::new(tally_binary())
+            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg(data)
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("tally serve starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(rest) = line.strip_prefix("tally listening on ") {
+                    let url = rest.split_whitespace().next().unwrap_or_default().to_owned();
+                    let _ = tx.send(url);
+                }
+            }
+        });
+        let url = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| {
+            let _ = child.kill();
+            panic!("tally serve did not report its address within 60 s")
+        });
+        Self { child: Some(child), url, data: data.to_owned() }
+    }
+
+    pub async fn client(&self) -> WalletServiceClient<Channel> {
+        WalletServiceClient::connect(self.url.clone()).await.expect("connect to tally")
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.url.clone()).expect("valid url").connect().await.expect("connect to tally")
+    }
+
+    /// SIGKILL: the process gets no chance to flush or clean up.
+    pub fn kill_9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("SIGKILL");
+            child.wait().expect("reaped");
+        }
+    }
+
+    /// SIGTERM, then waits for the process to exit by itself.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("server running");
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid fits i32"));
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM sent");
+        child.wait().expect("tally exits after SIGTERM")
+    }
+}
+
+impl Drop for TallyServer {
+    fn drop(&mut self) {
+        self.kill_9();
+    }
 }
