@@ -110,6 +110,7 @@ pub enum WalletCommand {
         /// What earned them, e.g. the order id; refunds refer to it [default: the key].
         #[arg(long)]
         source: Option<String>,
+        /// Why, as shown in the customer's history.
         #[arg(long, default_value = "")]
         reason: String,
         /// Order amount in minor units (cents), with --currency.
