@@ -19,8 +19,8 @@ use std::sync::Arc;
 pub use registry::{RegistryConfig, RegistryStats, WalletRegistry};
 
 use crate::codec::CodecError;
-use crate::domain::{Event, ProgramSettings, Rejection, TenantId, WalletId, WalletStatus};
-use crate::store::StoreError;
+use crate::domain::{Event, ProgramSettings, Rejection, TenantId, WalletId, WalletState, WalletStatus};
+use crate::store::{StoreError, StreamId};
 
 pub use crate::store::EventMetadata as CommandMeta;
 
@@ -66,6 +66,38 @@ impl Programs for StaticPrograms {
     fn settings(&self, tenant: &TenantId) -> Option<Arc<ProgramSettings>> {
         self.tenants.get(tenant).or(self.any_tenant.as_ref()).cloned()
     }
+}
+
+/// Snapshots as wallet actors see them: the engine owns only this port; `tally-snapshots` implements it
+/// (stores, format, policy). Snapshots are derived data: `latest` returns `None` rather than anything
+/// doubtful, and the wallet then replays its whole stream.
+#[async_trait::async_trait]
+pub trait Snapshots: Send + Sync + Debug + 'static {
+    /// The latest usable snapshot of `stream`, or `None` (none stored, or unusable: the implementation
+    /// reports why).
+    async fn latest(&self, stream: &StreamId) -> Option<WalletState>;
+    /// Whether to take a snapshot now, `since` events after the last one; `passivating` when the wallet
+    /// is about to leave memory.
+    fn due(&self, since: u64, passivating: bool) -> bool;
+    /// Stores a snapshot of `state` in the background: never delays the caller.
+    fn save(&self, stream: &StreamId, state: &WalletState);
+}
+
+/// No snapshots: every activation replays the whole stream.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoSnapshots;
+
+#[async_trait::async_trait]
+impl Snapshots for NoSnapshots {
+    async fn latest(&self, _stream: &StreamId) -> Option<WalletState> {
+        None
+    }
+
+    fn due(&self, _since: u64, _passivating: bool) -> bool {
+        false
+    }
+
+    fn save(&self, _stream: &StreamId, _state: &WalletState) {}
 }
 
 /// A wallet event with its place in the log.

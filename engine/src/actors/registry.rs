@@ -16,7 +16,7 @@ use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, Supervi
 use tokio::time::Instant;
 
 use super::wallet::{Deps, WalletActor, WalletArgs, WalletMsg, touch};
-use super::{CommandMeta, CommandOutcome, Programs, WalletError, WalletKey, WalletSummary};
+use super::{CommandMeta, CommandOutcome, NoSnapshots, Programs, Snapshots, WalletError, WalletKey, WalletSummary};
 use crate::FastMap;
 use crate::clock::Clock;
 use crate::domain::Command;
@@ -96,12 +96,23 @@ pub struct WalletRegistry {
 }
 
 impl WalletRegistry {
-    /// Starts the supervisor. `store` is the log every wallet reads and appends to.
+    /// Starts the supervisor, without snapshots. `store` is the log every wallet reads and appends to.
     pub async fn start(
         config: RegistryConfig,
         store: Arc<dyn EventStore>,
         programs: Arc<dyn Programs>,
         clock: Arc<dyn Clock>,
+    ) -> Result<Self, ractor::SpawnErr> {
+        Self::start_with_snapshots(config, store, programs, clock, Arc::new(NoSnapshots)).await
+    }
+
+    /// Starts the supervisor; wallets recover from `snapshots` plus the events after them.
+    pub async fn start_with_snapshots(
+        config: RegistryConfig,
+        store: Arc<dyn EventStore>,
+        programs: Arc<dyn Programs>,
+        clock: Arc<dyn Clock>,
+        snapshots: Arc<dyn Snapshots>,
     ) -> Result<Self, ractor::SpawnErr> {
         let shared = Arc::new(Shared {
             shards: (0..SHARDS).map(|_| RwLock::new(FastMap::default())).collect(),
@@ -112,7 +123,7 @@ impl WalletRegistry {
             passivations: AtomicU64::new(0),
             crashes: AtomicU64::new(0),
         });
-        let deps = Arc::new(Deps { store, programs, clock });
+        let deps = Arc::new(Deps { store, programs, clock, snapshots });
         let args = SupervisorArgs { shared: Arc::downgrade(&shared), deps, config };
         let (supervisor, _) = Actor::spawn(None, Supervisor, args).await?;
         Ok(Self { shared, supervisor })

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::Instrument;
 
-use super::{CommandMeta, CommandOutcome, Programs, StoredWalletEvent, WalletError, WalletKey, WalletSummary};
+use super::{CommandMeta, CommandOutcome, Programs, Snapshots, StoredWalletEvent, WalletError, WalletKey, WalletSummary};
 use crate::clock::Clock;
 use crate::codec;
 use crate::domain::{Command, Context, Decision, Receipt, Rejection, WalletState, WalletStatus, apply, decide};
@@ -20,6 +20,7 @@ pub(super) struct Deps {
     pub(super) store: Arc<dyn EventStore>,
     pub(super) programs: Arc<dyn Programs>,
     pub(super) clock: Arc<dyn Clock>,
+    pub(super) snapshots: Arc<dyn Snapshots>,
 }
 
 #[derive(Debug)]
@@ -55,6 +56,8 @@ pub(super) struct Wallet {
     state: Option<WalletState>,
     /// An append failed with an unknown outcome: catch up from the store before deciding again.
     stale: bool,
+    /// Stream version of the last snapshot loaded or saved.
+    snapshot_version: u64,
 }
 
 impl Actor for WalletActor {
@@ -64,7 +67,7 @@ impl Actor for WalletActor {
 
     async fn pre_start(&self, _myself: ActorRef<WalletMsg>, args: WalletArgs) -> Result<Wallet, ActorProcessingErr> {
         let stream = codec::wallet_stream(&args.key.tenant, &args.key.wallet);
-        Ok(Wallet { key: args.key, stream, deps: args.deps, state: None, stale: false })
+        Ok(Wallet { key: args.key, stream, deps: args.deps, state: None, stale: false, snapshot_version: 0 })
     }
 
     async fn handle(&self, myself: ActorRef<WalletMsg>, message: WalletMsg, wallet: &mut Wallet) -> Result<(), ActorProcessingErr> {
@@ -75,11 +78,15 @@ impl Actor for WalletActor {
                     tracing::info_span!("wallet.command", tenant = %wallet.key.tenant, wallet = %wallet.key.wallet, kind = command.kind());
                 let result = wallet.execute(command, meta).instrument(span).await;
                 let _ = reply.send(result);
+                wallet.snapshot_if_due(false);
             }
             WalletMsg::Summary { reply } => {
                 let _ = reply.send(wallet.summary().await);
             }
-            WalletMsg::Passivate => myself.stop(Some("passivated".into())),
+            WalletMsg::Passivate => {
+                wallet.snapshot_if_due(true);
+                myself.stop(Some("passivated".into()));
+            }
         }
         Ok(())
     }
@@ -89,7 +96,7 @@ impl Wallet {
     async fn current(&mut self) -> Result<&mut WalletState, WalletError> {
         if self.state.is_none() {
             let started = std::time::Instant::now();
-            let mut state = WalletState::default();
+            let mut state = self.from_snapshot().await?;
             self.catch_up(&mut state).await?;
             tracing::debug!(stream = %self.stream, version = state.version, elapsed_us = started.elapsed().as_micros() as u64, "wallet recovered");
             self.state = Some(state);
@@ -101,6 +108,28 @@ impl Wallet {
         }
         self.stale = false;
         Ok(self.state.as_mut().expect("recovered above"))
+    }
+
+    /// The latest snapshot if it is consistent with the log, else an empty state (full replay).
+    async fn from_snapshot(&mut self) -> Result<WalletState, WalletError> {
+        let Some(snapshot) = self.deps.snapshots.latest(&self.stream).await else { return Ok(WalletState::default()) };
+        let logged = self.deps.store.stream_version(&self.stream).await?;
+        if snapshot.version > logged {
+            tracing::warn!(stream = %self.stream, snapshot = snapshot.version, log = logged, "snapshot is ahead of the log; replaying instead");
+            return Ok(WalletState::default());
+        }
+        self.snapshot_version = snapshot.version;
+        Ok(snapshot)
+    }
+
+    /// Hands a snapshot to the store when the policy says so. Runs after the reply was sent.
+    fn snapshot_if_due(&mut self, passivating: bool) {
+        let Some(state) = self.state.as_ref().filter(|_| !self.stale) else { return };
+        let since = state.version - self.snapshot_version.min(state.version);
+        if since > 0 && self.deps.snapshots.due(since, passivating) {
+            self.deps.snapshots.save(&self.stream, state);
+            self.snapshot_version = state.version;
+        }
     }
 
     /// Applies every stored event after `state.version`.

@@ -1,8 +1,18 @@
 //! The wallet aggregate's state: a fold of its events, nothing more.
 
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize, Serializer};
+
 use crate::FastMap;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Serializes a map in key order, so equal states always encode to equal bytes (snapshots compare
+/// byte for byte).
+fn sorted<S: Serializer, V: Serialize>(map: &FastMap<String, V>, serializer: S) -> Result<S::Ok, S::Error> {
+    map.iter().collect::<BTreeMap<_, _>>().serialize(serializer)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum WalletStatus {
     /// No `WalletEnrolled` yet: the wallet does not exist.
     #[default]
@@ -12,7 +22,7 @@ pub enum WalletStatus {
 }
 
 /// What one source (an order) earned in this wallet and how much of it was reversed since.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct SourceLedger {
     pub earned: i64,
     /// Points refunds asked to take back (including any shortfall the policy could not take).
@@ -26,7 +36,7 @@ impl SourceLedger {
 }
 
 /// The recorded outcome of an accepted command, found again by its idempotency key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Receipt {
     pub command_fingerprint: u64,
     /// Stream versions of the first and last event the command produced.
@@ -36,7 +46,8 @@ pub struct Receipt {
     pub balance_after: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// Serializable for snapshots (the `tally-snapshots` crate owns the format and its version).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct WalletState {
     pub status: WalletStatus,
     pub customer_ref: String,
@@ -51,7 +62,9 @@ pub struct WalletState {
     pub last_activity_ms: i64,
     /// Number of events applied: the stream version this state reflects.
     pub version: u64,
+    #[serde(serialize_with = "sorted")]
     pub(crate) sources: FastMap<String, SourceLedger>,
+    #[serde(serialize_with = "sorted")]
     pub(crate) receipts: FastMap<String, Receipt>,
 }
 

@@ -1,0 +1,56 @@
+//! The snapshot encoding: `u16 format version | u64 stream version | u32 CRC-32C of the body | body`,
+//! little endian, the body being the postcard encoding of `WalletState`.
+//!
+//! Bump [`FORMAT_VERSION`] whenever `WalletState`'s shape changes: every older snapshot is then ignored
+//! and rebuilt lazily from the log. `tests/golden/` holds the bytes of each version so an accidental
+//! change fails a test.
+
+use tally_engine::domain::WalletState;
+
+pub const FORMAT_VERSION: u16 = 1;
+const HEADER_BYTES: usize = 2 + 8 + 4;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FormatError {
+    #[error("snapshot of {0} bytes is shorter than its header")]
+    Truncated(usize),
+    #[error("unknown snapshot format version {0} (this build reads {FORMAT_VERSION})")]
+    UnknownVersion(u16),
+    #[error("snapshot checksum mismatch")]
+    Checksum,
+    #[error("snapshot body does not decode: {0}")]
+    Decode(String),
+    #[error("snapshot header says version {header} but the state is at version {state}")]
+    VersionMismatch { header: u64, state: u64 },
+}
+
+pub fn encode(state: &WalletState) -> Vec<u8> {
+    let body = postcard::to_stdvec(state).expect("wallet state always serializes");
+    let mut bytes = Vec::with_capacity(HEADER_BYTES + body.len());
+    bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    bytes.extend_from_slice(&state.version.to_le_bytes());
+    bytes.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+    bytes.extend_from_slice(&body);
+    bytes
+}
+
+pub fn decode(bytes: &[u8]) -> Result<WalletState, FormatError> {
+    if bytes.len() < HEADER_BYTES {
+        return Err(FormatError::Truncated(bytes.len()));
+    }
+    let version = u16::from_le_bytes([bytes[0], bytes[1]]);
+    if version != FORMAT_VERSION {
+        return Err(FormatError::UnknownVersion(version));
+    }
+    let header_version = u64::from_le_bytes(bytes[2..10].try_into().expect("8 bytes"));
+    let crc = u32::from_le_bytes(bytes[10..14].try_into().expect("4 bytes"));
+    let body = &bytes[HEADER_BYTES..];
+    if crc32c::crc32c(body) != crc {
+        return Err(FormatError::Checksum);
+    }
+    let state: WalletState = postcard::from_bytes(body).map_err(|e| FormatError::Decode(e.to_string()))?;
+    if state.version != header_version {
+        return Err(FormatError::VersionMismatch { header: header_version, state: state.version });
+    }
+    Ok(state)
+}

@@ -1,0 +1,99 @@
+//! The snapshot format: golden bytes, round trips, and refusal of anything damaged.
+
+use proptest::prelude::*;
+use tally_engine::domain::{
+    Command, CommandBody, Context, Decision, Event, ProgramSettings, TenantId, WalletId, WalletState, apply, decide,
+};
+use tally_snapshots::format::{self, FORMAT_VERSION, FormatError};
+
+fn history(bodies: &[CommandBody]) -> Vec<Event> {
+    let tenant = TenantId::parse("acme").unwrap();
+    let wallet = WalletId::parse("c-1").unwrap();
+    let program = ProgramSettings::default();
+    let mut state = WalletState::default();
+    let mut events = Vec::new();
+    let enroll = CommandBody::Enroll { customer_ref: "crm-1".into() };
+    for (i, body) in std::iter::once(&enroll).chain(bodies).enumerate() {
+        let ctx = Context { tenant: &tenant, wallet: &wallet, now_ms: 1_767_225_600_000 + i as i64, program: &program };
+        if let Ok(Decision::Append(new)) = decide(&state, &Command::new(format!("k-{i}"), body.clone()), &ctx) {
+            new.iter().for_each(|e| apply(&mut state, e));
+            events.extend(new);
+        }
+    }
+    events
+}
+
+fn fold(events: &[Event]) -> WalletState {
+    let mut state = WalletState::default();
+    events.iter().for_each(|e| apply(&mut state, e));
+    state
+}
+
+fn golden_history() -> Vec<Event> {
+    let earn = |points, source: &str| CommandBody::Earn { points, reason: "order".into(), source_ref: source.into(), order_amount: None };
+    history(&[
+        earn(120, "order-1"),
+        earn(80, "order-2"),
+        CommandBody::Redeem { points: 50, reward_ref: "mug".into() },
+        CommandBody::Reverse { source_ref: "order-1".into(), points: Some(20), reason: "refund".into() },
+        CommandBody::Adjust { points: -5, reason: "fix".into(), staff_ref: "staff-1".into() },
+    ])
+}
+
+#[test]
+fn the_format_matches_its_golden_file() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/wallet_state_v1.bin");
+    let bytes = format::encode(&fold(&golden_history()));
+    if std::env::var_os("TALLY_UPDATE_GOLDEN").is_some() {
+        std::fs::write(path, &bytes).unwrap();
+    }
+    let golden = std::fs::read(path).expect("golden file present (TALLY_UPDATE_GOLDEN=1 writes it, for a new FORMAT_VERSION only)");
+    assert_eq!(bytes, golden, "the snapshot format changed: bump FORMAT_VERSION and add a new golden file");
+    assert_eq!(format::decode(&golden).unwrap(), fold(&golden_history()));
+}
+
+#[test]
+fn damage_is_refused_not_trusted() {
+    let bytes = format::encode(&fold(&golden_history()));
+    for at in [14, bytes.len() / 2, bytes.len() - 1] {
+        let mut flipped = bytes.clone();
+        flipped[at] ^= 0x10;
+        assert_eq!(format::decode(&flipped), Err(FormatError::Checksum), "flip at {at}");
+    }
+    assert_eq!(format::decode(&bytes[..bytes.len() - 3]), Err(FormatError::Checksum));
+    assert_eq!(format::decode(&bytes[..5]), Err(FormatError::Truncated(5)));
+    let mut future = bytes.clone();
+    future[..2].copy_from_slice(&(FORMAT_VERSION + 1).to_le_bytes());
+    assert_eq!(format::decode(&future), Err(FormatError::UnknownVersion(FORMAT_VERSION + 1)));
+    let mut wrong_version = bytes;
+    wrong_version[2] ^= 1;
+    assert!(matches!(format::decode(&wrong_version), Err(FormatError::VersionMismatch { .. })));
+}
+
+fn body() -> impl Strategy<Value = CommandBody> {
+    let source = (0..5u8).prop_map(|s| format!("order-{s}"));
+    prop_oneof![
+        5 => (1..1000i64, source.clone()).prop_map(|(points, source_ref)| CommandBody::Earn { points, reason: "o".into(), source_ref, order_amount: None }),
+        3 => (1..500i64).prop_map(|points| CommandBody::Redeem { points, reward_ref: "r".into() }),
+        1 => (-100..100i64).prop_map(|points| CommandBody::Adjust { points, reason: "a".into(), staff_ref: "s".into() }),
+        2 => (source, proptest::option::of(1..200i64)).prop_map(|(source_ref, points)| CommandBody::Reverse { source_ref, points, reason: "r".into() }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Snapshot at any point + the events after it == full replay, byte for byte after encoding.
+    #[test]
+    fn snapshot_plus_tail_equals_full_replay(bodies in prop::collection::vec(body(), 0..120), cut in any::<prop::sample::Index>()) {
+        let events = history(&bodies);
+        let at = cut.index(events.len() + 1);
+        let snapshot = format::encode(&fold(&events[..at]));
+        let mut state = format::decode(&snapshot).unwrap();
+        prop_assert_eq!(state.version, at as u64);
+        events[at..].iter().for_each(|e| apply(&mut state, e));
+        let full = fold(&events);
+        prop_assert_eq!(format::encode(&state), format::encode(&full));
+        prop_assert_eq!(state, full);
+    }
+}
