@@ -96,7 +96,7 @@ impl Wallet {
     async fn current(&mut self) -> Result<&mut WalletState, WalletError> {
         if self.state.is_none() {
             let started = std::time::Instant::now();
-            let mut state = self.from_snapshot().await?;
+            let mut state = self.start_state().await?;
             self.catch_up(&mut state).await?;
             tracing::debug!(stream = %self.stream, version = state.version, elapsed_us = started.elapsed().as_micros() as u64, "wallet recovered");
             self.state = Some(state);
@@ -111,7 +111,7 @@ impl Wallet {
     }
 
     /// The latest snapshot if it is consistent with the log, else an empty state (full replay).
-    async fn from_snapshot(&mut self) -> Result<WalletState, WalletError> {
+    async fn start_state(&mut self) -> Result<WalletState, WalletError> {
         let Some(snapshot) = self.deps.snapshots.latest(&self.stream).await else { return Ok(WalletState::default()) };
         let logged = self.deps.store.stream_version(&self.stream).await?;
         if snapshot.version > logged {
