@@ -29,6 +29,26 @@ pub enum Command {
     Wallet(WalletCommand),
     /// Load-test a running server with a realistic mix of calls; stops by itself.
     Bench(BenchArgs),
+    /// Inspect or purge wallet snapshots (run while the server is stopped).
+    #[command(subcommand)]
+    Snapshots(SnapshotsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotsCommand {
+    /// Count, total size and age of the stored snapshots.
+    Stats {
+        /// Data directory of the server [default: ./data].
+        #[arg(long, env = "TALLY_DATA", default_value = "./data")]
+        data: PathBuf,
+    },
+    /// Delete every snapshot; wallets rebuild them from the log as they are used. Use it after a change of
+    /// the state format, or if snapshots are suspected to be wrong: nothing is lost, the log is the truth.
+    Purge {
+        /// Data directory of the server [default: ./data].
+        #[arg(long, env = "TALLY_DATA", default_value = "./data")]
+        data: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -52,6 +72,12 @@ pub struct ServeArgs {
     /// Seconds without a call after which a wallet leaves memory [default: 300].
     #[arg(long, env = "TALLY_WALLET_IDLE_SECS", value_name = "SECS")]
     pub wallet_idle_secs: Option<u64>,
+    /// Snapshot a wallet every N events (and when it leaves memory); 0 turns snapshots off [default: 500].
+    #[arg(long, env = "TALLY_SNAPSHOT_EVERY_EVENTS", value_name = "N")]
+    pub snapshot_every_events: Option<u64>,
+    /// Snapshots kept per wallet [default: 2].
+    #[arg(long, env = "TALLY_SNAPSHOT_KEEP", value_name = "K")]
+    pub snapshot_keep: Option<usize>,
 }
 
 /// Where to send a client call.

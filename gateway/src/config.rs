@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use tally_engine::actors::RegistryConfig;
 use tally_engine::domain::{ProgramSettings, ReturnPolicy, TenantId};
+use tally_snapshots::SnapshotPolicy;
 
 use crate::cli::ServeArgs;
 
@@ -33,6 +34,8 @@ struct FileConfig {
     listen: Option<SocketAddr>,
     active_wallets_max: Option<usize>,
     wallet_idle_secs: Option<u64>,
+    snapshot_every_events: Option<u64>,
+    snapshot_keep: Option<usize>,
     #[serde(default)]
     tenants: BTreeMap<String, TenantConfig>,
 }
@@ -49,6 +52,8 @@ pub struct ServeSettings {
     pub listen: SocketAddr,
     pub tenants: Vec<(TenantId, ProgramSettings)>,
     pub registry: RegistryConfig,
+    /// `None` when snapshots are off.
+    pub snapshots: Option<SnapshotPolicy>,
 }
 
 fn policy(value: &str, name: &str) -> Result<ReturnPolicy, ConfigError> {
@@ -96,7 +101,11 @@ impl ServeSettings {
             vec![tenant(TENANT_DEFAULT, TENANT_DEFAULT, None)?]
         };
         let defaults = RegistryConfig::default();
+        let policy = SnapshotPolicy::default();
+        let every_events = args.snapshot_every_events.or(file.snapshot_every_events).unwrap_or(policy.every_events);
+        let keep_last = args.snapshot_keep.or(file.snapshot_keep).unwrap_or(policy.keep_last).max(1);
         Ok(Self {
+            snapshots: (every_events > 0).then_some(SnapshotPolicy { every_events, keep_last, ..policy }),
             data: args.data.clone().or(file.data).unwrap_or_else(|| PathBuf::from(DATA_DIR_DEFAULT)),
             listen: args.listen.or(file.listen).unwrap_or_else(|| LISTEN_DEFAULT.parse().expect("valid default address")),
             tenants,

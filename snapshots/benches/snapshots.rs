@@ -14,7 +14,9 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use tally_engine::actors::{NoSnapshots, RegistryConfig, Snapshots, StaticPrograms, WalletKey, WalletRegistry};
 use tally_engine::clock::ManualClock;
 use tally_engine::codec;
-use tally_engine::domain::{Command, CommandBody, Context, Decision, Event, ProgramSettings, TenantId, WalletId, WalletState, apply, decide};
+use tally_engine::domain::{
+    Command, CommandBody, Context, Decision, Event, ProgramSettings, TenantId, WalletId, WalletState, apply, decide,
+};
 use tally_engine::store::{EmbeddedStore, EventMetadata, EventStore, ExpectedVersion};
 use tally_snapshots::{SledSnapshotStore, SnapshotPolicy, SnapshotStore, Snapshotter, StoredSnapshot, format};
 

@@ -153,7 +153,7 @@ fn checked_balance(value: Option<i64>, field: &'static str, points: i64) -> Resu
 
 fn validate(body: &CommandBody) -> Result<(), Rejection> {
     match body {
-        CommandBody::Enroll { customer_ref } => check_ref("customer_ref", customer_ref, true),
+        CommandBody::Enroll { customer_ref } => check_ref("customer_ref", customer_ref, false),
         CommandBody::Earn { points, reason, source_ref, order_amount } => {
             check_positive("points", *points)?;
             check_reason(reason)?;
