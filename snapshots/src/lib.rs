@@ -3,7 +3,8 @@
 //!
 //! - [`format`]: the encoding (postcard, leading format version, stream version, CRC-32C).
 //! - [`SnapshotStore`]: where encoded snapshots live; [`SledSnapshotStore`] beside the embedded log,
-//!   [`InMemorySnapshotStore`] for tests; one [`conformance`] suite for all.
+//!   [`PostgresSnapshotStore`] for multi-node deployments, [`InMemorySnapshotStore`] for tests; one
+//!   [`conformance`] suite for all.
 //! - [`Snapshotter`]: the engine's `Snapshots` port: policy (every N events, on passivation, keep K),
 //!   background writes, and refusal of anything doubtful.
 //!
@@ -15,6 +16,7 @@
 pub mod conformance;
 pub mod format;
 mod memory;
+mod postgres;
 mod sled_store;
 mod snapshotter;
 
@@ -22,6 +24,7 @@ use async_trait::async_trait;
 use tally_engine::store::StreamId;
 
 pub use memory::InMemorySnapshotStore;
+pub use postgres::PostgresSnapshotStore;
 pub use sled_store::SledSnapshotStore;
 pub use snapshotter::{SnapshotCounters, SnapshotPolicy, Snapshotter};
 
@@ -48,6 +51,12 @@ pub struct SnapshotStats {
 pub enum SnapshotStoreError {
     #[error("snapshot store error: {0}")]
     Sled(#[from] sled::Error),
+    #[error("postgres snapshot store error: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("postgres connection pool error: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("snapshot schema migration failed: {0}")]
+    Migration(String),
     #[error("snapshot store holds a malformed entry: {0}")]
     Malformed(String),
 }

@@ -100,3 +100,82 @@ impl Drop for TallyServer {
         self.kill_9();
     }
 }
+
+/// Where tests find PostgreSQL: a superuser connection to an existing database, from which each test
+/// creates its own throwaway database. `.ci/run` starts the installed server if it is down.
+pub const TEST_PG_URL_VAR: &str = "TALLY_TEST_PG_URL";
+pub const TEST_PG_URL_DEFAULT: &str = "host=/var/run/postgresql user=root dbname=postgres";
+
+/// A database of its own for one test, dropped afterwards.
+#[derive(Debug)]
+pub struct TestDatabase {
+    /// Connection string for the new database.
+    pub url: String,
+    name: String,
+    admin_url: String,
+}
+
+impl TestDatabase {
+    /// Creates `tally_test_<uuid>`. Fails the test with a clear message if no server can be reached.
+    pub async fn create() -> Self {
+        let admin_url = std::env::var(TEST_PG_URL_VAR).unwrap_or_else(|_| TEST_PG_URL_DEFAULT.to_owned());
+        let admin = connect(&admin_url).await;
+        let name = format!("tally_test_{}", uuid::Uuid::new_v4().simple());
+        admin.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap_or_else(|e| panic!("cannot create database {name}: {e}"));
+        let mut config: tokio_postgres::Config = admin_url.parse().expect("valid admin url");
+        config.dbname(&name);
+        let url = pg_config_string(&config);
+        Self { url, name, admin_url }
+    }
+}
+
+async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap_or_else(|e| {
+        panic!(
+            "PostgreSQL is not reachable at {url:?}: {e}. Start it (`bash .ci/run` does: pg_ctlcluster <version> main start) \
+             or point {TEST_PG_URL_VAR} at a server where this user may create databases."
+        )
+    });
+    tokio::spawn(connection);
+    client
+}
+
+/// Renders a config back into `key=value` form (tokio-postgres has no Display for it).
+fn pg_config_string(config: &tokio_postgres::Config) -> String {
+    let mut parts = Vec::new();
+    for host in config.get_hosts() {
+        match host {
+            tokio_postgres::config::Host::Tcp(h) => parts.push(format!("host={h}")),
+            tokio_postgres::config::Host::Unix(path) => parts.push(format!("host={}", path.display())),
+        }
+    }
+    if let Some(port) = config.get_ports().first() {
+        parts.push(format!("port={port}"));
+    }
+    if let Some(user) = config.get_user() {
+        parts.push(format!("user={user}"));
+    }
+    if let Some(password) = config.get_password() {
+        parts.push(format!("password={}", String::from_utf8_lossy(password)));
+    }
+    if let Some(db) = config.get_dbname() {
+        parts.push(format!("dbname={db}"));
+    }
+    parts.join(" ")
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
+        // Dropping needs its own runtime: Drop may run inside or outside one.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            runtime.block_on(async {
+                let (client, connection) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls).await.ok()?;
+                tokio::spawn(connection);
+                client.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await.ok()
+            })
+        })
+        .join();
+    }
+}
