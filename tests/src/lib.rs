@@ -104,7 +104,12 @@ impl Drop for TallyServer {
 /// Where tests find PostgreSQL: a superuser connection to an existing database, from which each test
 /// creates its own throwaway database. `.ci/run` starts the installed server if it is down.
 pub const TEST_PG_URL_VAR: &str = "TALLY_TEST_PG_URL";
-pub const TEST_PG_URL_DEFAULT: &str = "host=/var/run/postgresql user=root dbname=postgres";
+
+/// `host=/var/run/postgresql user=$USER dbname=postgres` (user `root` when `USER` is unset).
+pub fn test_pg_url_default() -> String {
+    let user = std::env::var("USER").unwrap_or_else(|_| "root".to_owned());
+    format!("host=/var/run/postgresql user={user} dbname=postgres")
+}
 
 /// A database of its own for one test, dropped afterwards.
 #[derive(Debug)]
@@ -118,7 +123,7 @@ pub struct TestDatabase {
 impl TestDatabase {
     /// Creates `tally_test_<uuid>`. Fails the test with a clear message if no server can be reached.
     pub async fn create() -> Self {
-        let admin_url = std::env::var(TEST_PG_URL_VAR).unwrap_or_else(|_| TEST_PG_URL_DEFAULT.to_owned());
+        let admin_url = std::env::var(TEST_PG_URL_VAR).unwrap_or_else(|_| test_pg_url_default());
         let admin = connect(&admin_url).await;
         let name = format!("tally_test_{}", uuid::Uuid::new_v4().simple());
         admin.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap_or_else(|e| panic!("cannot create database {name}: {e}"));
