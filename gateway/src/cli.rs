@@ -245,7 +245,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub requests: Option<u64>,
     /// Concurrent callers.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
     /// HTTP/2 connections shared by the callers.
     #[arg(long, default_value_t = 4)]
