@@ -18,9 +18,13 @@ use crate::limits::{APPEND_BYTES_MAX, APPEND_EVENTS_MAX, EVENT_PAYLOAD_BYTES_MAX
 pub mod conformance;
 pub mod embedded;
 pub mod memory;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 
 pub use embedded::{EmbeddedOptions, EmbeddedStore, OpenReport, TornTail};
 pub use memory::{FaultPlan, InMemoryStore};
+#[cfg(feature = "postgres")]
+pub use postgres::PostgresStore;
 
 /// Identifies one stream, e.g. `"acme/wallet/c-42"`.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -1,0 +1,134 @@
+//! The PostgreSQL event store against a real server: the shared conformance suite, the gap problem
+//! (a naive sequence-based log loses events for a follower; ours does not), and two stores (two nodes,
+//! separate connection pools) appending to one log.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tally_engine::store::conformance::{self, event, stream};
+use tally_engine::store::{EventStore, ExpectedVersion, PostgresStore, StoreError};
+use tally_tests::TestDatabase;
+
+async fn store(database: &TestDatabase) -> Arc<PostgresStore> {
+    Arc::new(PostgresStore::connect(&database.url).await.unwrap())
+}
+
+async fn client(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_store_conforms() {
+    let databases = std::sync::Mutex::new(Vec::new());
+    conformance::run_all(|| async {
+        let database = TestDatabase::create().await;
+        let store = store(&database).await as Arc<dyn EventStore>;
+        databases.lock().unwrap().push(database);
+        store
+    })
+    .await;
+}
+
+/// The classic gap: positions from a sequence commit out of order, and a follower that remembers "I have
+/// read up to N" skips the event that commits late.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_naive_sequence_log_loses_a_late_commit_for_followers() {
+    let database = TestDatabase::create().await;
+    let setup = client(&database.url).await;
+    setup.batch_execute("CREATE TABLE naive (position BIGSERIAL PRIMARY KEY, body TEXT NOT NULL)").await.unwrap();
+    let slow = client(&database.url).await;
+    let fast = client(&database.url).await;
+    slow.batch_execute("BEGIN; INSERT INTO naive (body) VALUES ('slow')").await.unwrap(); // takes position 1, stays open
+    fast.batch_execute("INSERT INTO naive (body) VALUES ('fast')").await.unwrap(); // position 2, committed
+    let follower = client(&database.url).await;
+    let seen: Vec<i64> = follower
+        .query("SELECT position FROM naive WHERE position > 0 ORDER BY position", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(seen, vec![2], "the follower sees 2 and checkpoints it");
+    slow.batch_execute("COMMIT").await.unwrap();
+    let next: Vec<i64> = follower
+        .query("SELECT position FROM naive WHERE position > 2 ORDER BY position", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(next.is_empty(), "position 1 committed late and the follower, past 2, never sees it");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_transaction_cannot_make_a_follower_skip_an_event() {
+    let database = TestDatabase::create().await;
+    let store = store(&database).await;
+    // Another node's append, slow to commit: it holds the head lock with position 1 uncommitted.
+    let slow = client(&database.url).await;
+    slow.batch_execute(
+        "BEGIN;
+         SELECT position FROM tally_log_head FOR UPDATE;
+         INSERT INTO tally_events (stream_id, stream_version, global_position, event_type, schema_version, recorded_at_ms,
+           idempotency_key, command_fingerprint, causation_id, correlation_id, traceparent, tracestate, payload)
+         VALUES ('t/wallet/slow', 1, 1, 'tally.test.Event', 1, 0, 'slow', 0, '', '', '', '', '\\x00');
+         UPDATE tally_log_head SET position = 1;",
+    )
+    .await
+    .unwrap();
+    let appender = {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move { store.append(&stream("t/wallet/fast"), ExpectedVersion::Exact(0), vec![event("fast")]).await })
+    };
+    // The fast append waits for the slow one instead of overtaking it.
+    assert!(tokio::time::timeout(Duration::from_millis(300), store.read_all(1, 10)).await.unwrap().unwrap().is_empty());
+    assert!(!appender.is_finished(), "the second append waits for the first to commit");
+    slow.batch_execute("COMMIT").await.unwrap();
+    let outcome = appender.await.unwrap().unwrap();
+    assert_eq!(outcome.first_position, 2);
+    let positions: Vec<u64> = store.read_all(1, 10).await.unwrap().iter().map(|e| e.global_position).collect();
+    assert_eq!(positions, vec![1, 2], "a follower sees 1 before 2, always");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_appending_to_one_stream_never_both_win() {
+    let database = TestDatabase::create().await;
+    let (a, b) = (store(&database).await, store(&database).await);
+    let s = stream("t/wallet/shared");
+    let mut tasks = Vec::new();
+    for node in [a.clone(), b.clone()] {
+        for writer in 0..4 {
+            let (node, s) = (node.clone(), s.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut won = 0;
+                for n in 0..15 {
+                    loop {
+                        let version = node.stream_version(&s).await.unwrap();
+                        match node.append(&s, ExpectedVersion::Exact(version), vec![event(&format!("{writer}-{n}"))]).await {
+                            Ok(_) => {
+                                won += 1;
+                                break;
+                            }
+                            Err(StoreError::VersionConflict { .. }) => continue,
+                            Err(other) => panic!("{other}"),
+                        }
+                    }
+                }
+                won
+            }));
+        }
+    }
+    let mut total = 0;
+    for task in tasks {
+        total += task.await.unwrap();
+    }
+    assert_eq!(total, 120);
+    let events = a.read_stream(&s, 1, 1000).await.unwrap();
+    assert_eq!(events.len(), 120);
+    assert!(events.iter().enumerate().all(|(i, e)| e.stream_version == i as u64 + 1 && e.global_position == i as u64 + 1));
+    // Node B's follower hears about node A's appends (LISTEN/NOTIFY or polling).
+    let mut head = b.head();
+    tokio::time::timeout(Duration::from_secs(5), head.wait_for(|h| *h >= 120)).await.unwrap().unwrap();
+}
