@@ -88,7 +88,8 @@ impl PostgresStore {
 
     async fn query(&self, sql: &str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]) -> Result<Vec<RecordedEvent>, StoreError> {
         let client = self.pool.get().await.map_err(pg)?;
-        let rows = client.query(sql, params).await.map_err(pg)?;
+        let statement = client.prepare_cached(sql).await.map_err(pg)?;
+        let rows = client.query(&statement, params).await.map_err(pg)?;
         rows.iter().map(recorded).collect()
     }
 }
@@ -170,13 +171,22 @@ async fn commit(pool: &Pool, batch: &mut Vec<AppendRequest>, head: &watch::Sende
         let mut client = pool.get().await.map_err(pg)?;
         let tx = client.transaction().await.map_err(pg)?;
         // Taking this row lock first serialises appenders across every process sharing the log.
-        let last: i64 = tx.query_one("SELECT position FROM tally_log_head FOR UPDATE", &[]).await.map_err(pg)?.get(0);
+        // Statements are prepared once per pooled connection, not parsed again for every batch.
+        let lock_head = tx.prepare_cached("SELECT position FROM tally_log_head FOR UPDATE").await.map_err(pg)?;
+        let last: i64 = tx.query_one(&lock_head, &[]).await.map_err(pg)?.get(0);
         let streams: Vec<&str> = batch.iter().map(|r| r.stream.as_str()).collect();
-        let rows = tx
-            .query("SELECT stream_id, max(stream_version) FROM tally_events WHERE stream_id = ANY($1) GROUP BY stream_id", &[&streams])
+        let current = tx
+            // One index probe per stream (the unique (stream_id, stream_version) index, read backwards),
+            // whatever plan the prepared statement settles on.
+            .prepare_cached(
+                "SELECT s.id, (SELECT e.stream_version FROM tally_events e WHERE e.stream_id = s.id ORDER BY e.stream_version DESC LIMIT 1)
+                 FROM unnest($1::text[]) AS s(id)",
+            )
             .await
             .map_err(pg)?;
-        let mut versions: HashMap<String, u64> = rows.iter().map(|r| (r.get::<_, String>(0), to_u64(r.get(1)))).collect();
+        let rows = tx.query(&current, &[&streams]).await.map_err(pg)?;
+        let mut versions: HashMap<String, u64> =
+            rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, Option<i64>>(1).map_or(0, to_u64))).collect();
         let mut position = to_u64(last);
         let mut columns = Columns::default();
         for request in batch.drain(..) {
@@ -205,11 +215,15 @@ async fn commit(pool: &Pool, batch: &mut Vec<AppendRequest>, head: &watch::Sende
             return Ok(to_u64(last));
         }
         let c = &columns;
-        tx.execute(
-            &format!(
+        let insert = tx
+            .prepare_cached(&format!(
                 "INSERT INTO tally_events ({COLUMNS}) SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::int[], \
                  $6::bigint[], $7::text[], $8::bigint[], $9::text[], $10::text[], $11::text[], $12::text[], $13::bytea[])"
-            ),
+            ))
+            .await
+            .map_err(pg)?;
+        tx.execute(
+            &insert,
             &[
                 &c.stream_id,
                 &c.stream_version,
@@ -229,8 +243,11 @@ async fn commit(pool: &Pool, batch: &mut Vec<AppendRequest>, head: &watch::Sende
         .await
         .map_err(pg)?;
         let new_head = to_i64(position);
-        tx.execute("UPDATE tally_log_head SET position = $1", &[&new_head]).await.map_err(pg)?;
-        tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &new_head.to_string()]).await.map_err(pg)?;
+        let advance = tx.prepare_cached("UPDATE tally_log_head SET position = $1").await.map_err(pg)?;
+        tx.execute(&advance, &[&new_head]).await.map_err(pg)?;
+        // Delivered to every listener when (and only if) the transaction commits.
+        let notify = tx.prepare_cached("SELECT pg_notify($1, $2)").await.map_err(pg)?;
+        tx.execute(&notify, &[&CHANNEL, &new_head.to_string()]).await.map_err(pg)?;
         tx.commit().await.map_err(pg)?;
         Ok(position)
     }
