@@ -59,6 +59,10 @@ pub struct ServeArgs {
     /// Directory of the event log [default: ./data].
     #[arg(long, env = "TALLY_DATA", value_name = "DIR")]
     pub data: Option<PathBuf>,
+    /// Where the event log lives: file://DIR (the embedded log; default file://<data>) or
+    /// postgres://USER@HOST/DB (shared by several nodes; snapshots then live there too).
+    #[arg(long, env = "TALLY_STORE", value_name = "URL")]
+    pub store: Option<String>,
     /// Address to listen on; port 0 picks a free one [default: 127.0.0.1:50051].
     #[arg(long, env = "TALLY_LISTEN", value_name = "ADDR")]
     pub listen: Option<SocketAddr>,

@@ -24,6 +24,33 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("invalid tenant {value:?}: {reason}")]
     Tenant { value: String, reason: String },
+    #[error("invalid store URL {url:?}: {reason}")]
+    Store { url: String, reason: String },
+}
+
+/// Where the event log lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreUrl {
+    /// The embedded log in this directory.
+    Embedded(PathBuf),
+    /// A PostgreSQL database, by connection URL.
+    Postgres(String),
+}
+
+impl StoreUrl {
+    pub fn parse(url: &str) -> Result<Self, ConfigError> {
+        let error = |reason: &str| ConfigError::Store { url: url.to_owned(), reason: reason.to_owned() };
+        match url.split_once("://") {
+            Some(("file", path)) if !path.is_empty() => Ok(Self::Embedded(PathBuf::from(path))),
+            Some(("file", _)) => Err(error("file:// needs a directory, e.g. file://./data")),
+            Some(("postgres" | "postgresql", _)) => Ok(Self::Postgres(url.to_owned())),
+            Some(("esdb" | "kurrentdb" | "esdb+discover" | "kurrentdb+discover", _)) => {
+                Err(error("the EventStoreDB/KurrentDB backend is not built yet; use file:// or postgres://"))
+            }
+            Some((scheme, _)) => Err(error(&format!("unknown scheme {scheme:?}; use file:// or postgres://"))),
+            None => Err(error("expected a URL such as file://./data or postgres://user@host/db")),
+        }
+    }
 }
 
 /// The TOML file. Unknown keys are errors, so a typo is never silently ignored.
@@ -31,6 +58,7 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     data: Option<PathBuf>,
+    store: Option<String>,
     listen: Option<SocketAddr>,
     active_wallets_max: Option<usize>,
     wallet_idle_secs: Option<u64>,
@@ -49,6 +77,7 @@ struct TenantConfig {
 #[derive(Debug, Clone)]
 pub struct ServeSettings {
     pub data: PathBuf,
+    pub store: StoreUrl,
     pub listen: SocketAddr,
     pub tenants: Vec<(TenantId, ProgramSettings)>,
     pub registry: RegistryConfig,
@@ -104,9 +133,15 @@ impl ServeSettings {
         let policy = SnapshotPolicy::default();
         let every_events = args.snapshot_every_events.or(file.snapshot_every_events).unwrap_or(policy.every_events);
         let keep_last = args.snapshot_keep.or(file.snapshot_keep).unwrap_or(policy.keep_last).max(1);
+        let data = args.data.clone().or(file.data).unwrap_or_else(|| PathBuf::from(DATA_DIR_DEFAULT));
+        let store = match args.store.clone().or(file.store) {
+            Some(url) => StoreUrl::parse(&url)?,
+            None => StoreUrl::Embedded(data.clone()),
+        };
         Ok(Self {
+            store,
             snapshots: (every_events > 0).then_some(SnapshotPolicy { every_events, keep_last, ..policy }),
-            data: args.data.clone().or(file.data).unwrap_or_else(|| PathBuf::from(DATA_DIR_DEFAULT)),
+            data,
             listen: args.listen.or(file.listen).unwrap_or_else(|| LISTEN_DEFAULT.parse().expect("valid default address")),
             tenants,
             registry: RegistryConfig {
@@ -149,6 +184,18 @@ mod tests {
         );
         assert_eq!(s.data, PathBuf::from(DATA_DIR_DEFAULT));
         assert_eq!(s.tenants.len(), 2);
+    }
+
+    #[test]
+    fn store_urls() {
+        assert_eq!(StoreUrl::parse("file:///var/lib/tally").unwrap(), StoreUrl::Embedded(PathBuf::from("/var/lib/tally")));
+        assert_eq!(StoreUrl::parse("postgres://tally@db/tally").unwrap(), StoreUrl::Postgres("postgres://tally@db/tally".into()));
+        for (url, says) in [("esdb://localhost:2113", "not built yet"), ("mysql://x", "unknown scheme"), ("./data", "expected a URL")] {
+            let err = StoreUrl::parse(url).unwrap_err().to_string();
+            assert!(err.contains(says), "{url}: {err}");
+        }
+        let s = ServeSettings::resolve(&serve_args(&["tally", "serve", "--data", "/d"])).unwrap();
+        assert_eq!(s.store, StoreUrl::Embedded(PathBuf::from("/d")), "the default store is the embedded log in --data");
     }
 
     #[test]

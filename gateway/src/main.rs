@@ -14,11 +14,11 @@ use std::path::Path;
 
 use tally_engine::actors::{NoSnapshots, Snapshots, StaticPrograms, WalletRegistry};
 use tally_engine::clock::SystemClock;
-use tally_engine::store::{EmbeddedStore, EventStore};
+use tally_engine::store::{EmbeddedStore, EventStore, PostgresStore};
 use tally_gateway::cli::{Cli, Command, SnapshotsCommand};
-use tally_gateway::config::ServeSettings;
+use tally_gateway::config::{ServeSettings, StoreUrl};
 use tally_gateway::service::Engine;
-use tally_snapshots::{SledSnapshotStore, SnapshotStore, Snapshotter};
+use tally_snapshots::{PostgresSnapshotStore, SledSnapshotStore, SnapshotStore, Snapshotter};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -58,39 +58,91 @@ fn main() -> ExitCode {
     }
 }
 
+/// The concrete backends `tally serve` runs on, closed in order at shutdown.
+enum Backends {
+    Embedded { log: Arc<EmbeddedStore>, snapshots: Option<Arc<SledSnapshotStore>> },
+    Postgres { log: Arc<PostgresStore> },
+}
+
+impl Backends {
+    async fn open(settings: &ServeSettings) -> Result<(Self, Arc<dyn EventStore>, Arc<dyn Snapshots>), Box<dyn std::error::Error>> {
+        match &settings.store {
+            StoreUrl::Embedded(dir) => {
+                let log = Arc::new(EmbeddedStore::open(dir)?);
+                let report = log.report();
+                tracing::info!(data = %dir.display(), events = report.events, streams = report.streams, "embedded event log ready");
+                let (snapshots, port): (Option<Arc<SledSnapshotStore>>, Arc<dyn Snapshots>) = match settings.snapshots {
+                    Some(policy) => {
+                        let store = Arc::new(open_snapshots(dir)?);
+                        (Some(store.clone()), Arc::new(Snapshotter::new(store, policy)))
+                    }
+                    None => (None, Arc::new(NoSnapshots)),
+                };
+                Ok((Self::Embedded { log: log.clone(), snapshots }, log, port))
+            }
+            StoreUrl::Postgres(url) => {
+                let log =
+                    Arc::new(PostgresStore::connect(url).await.map_err(|e| format!("cannot use the event log at {}: {e}", redact(url)))?);
+                tracing::info!(store = %redact(url), head = *log.head().borrow(), "postgres event log ready");
+                let port: Arc<dyn Snapshots> = match settings.snapshots {
+                    Some(policy) => Arc::new(Snapshotter::new(Arc::new(PostgresSnapshotStore::connect(url).await?), policy)),
+                    None => Arc::new(NoSnapshots),
+                };
+                Ok((Self::Postgres { log: log.clone() }, log, port))
+            }
+        }
+    }
+
+    async fn close(self) {
+        match self {
+            Self::Embedded { log, snapshots } => {
+                log.close().await;
+                if let Some(snapshots) = snapshots
+                    && let Err(error) = snapshots.flush().await
+                {
+                    tracing::warn!(%error, "snapshots not flushed; wallets will rebuild them from the log");
+                }
+            }
+            Self::Postgres { log } => log.close(),
+        }
+    }
+}
+
+/// A connection URL without its password, for logs and errors.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
 async fn serve(settings: ServeSettings) -> Result<(), Box<dyn std::error::Error>> {
-    let store = Arc::new(EmbeddedStore::open(&settings.data)?);
-    let report = store.report();
-    tracing::info!(data = %settings.data.display(), events = report.events, streams = report.streams, "event log ready");
+    let (backends, store, snapshots) = Backends::open(&settings).await?;
     let tenants: Vec<String> = settings.tenants.iter().map(|(t, _)| t.to_string()).collect();
     let programs = Arc::new(StaticPrograms::with_tenants(settings.tenants.clone()));
-    let dyn_store: Arc<dyn EventStore> = store.clone();
-    let snapshot_store = match settings.snapshots {
-        Some(_) => Some(Arc::new(open_snapshots(&settings.data)?)),
-        None => None,
-    };
-    let snapshots: Arc<dyn Snapshots> = match (&snapshot_store, settings.snapshots) {
-        (Some(store), Some(policy)) => Arc::new(Snapshotter::new(store.clone(), policy)),
-        _ => Arc::new(NoSnapshots),
-    };
     let clock = Arc::new(SystemClock);
     let registry =
-        WalletRegistry::start_with_snapshots(settings.registry.clone(), Arc::clone(&dyn_store), programs.clone(), clock, snapshots).await?;
+        WalletRegistry::start_with_snapshots(settings.registry.clone(), Arc::clone(&store), programs.clone(), clock, snapshots).await?;
     let listener =
         tokio::net::TcpListener::bind(settings.listen).await.map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;
     let address = listener.local_addr()?;
     tracing::info!(%address, tenants = ?tenants, "serving gRPC");
-    println!("tally listening on http://{address} (data in {}, tenants: {})", settings.data.display(), tenants.join(", "));
-    let engine = Engine { registry: registry.clone(), store: dyn_store, programs };
+    let log = match &settings.store {
+        StoreUrl::Embedded(dir) => format!("data in {}", dir.display()),
+        StoreUrl::Postgres(url) => format!("log in {}", redact(url)),
+    };
+    println!("tally listening on http://{address} ({log}, tenants: {})", tenants.join(", "));
+    let engine = Engine { registry: registry.clone(), store, programs };
     tally_gateway::server::run(listener, engine, shutdown_signal()).await?;
     registry.shutdown().await;
-    store.close().await;
-    if let Some(snapshot_store) = snapshot_store
-        && let Err(error) = snapshot_store.flush().await
-    {
-        tracing::warn!(%error, "snapshots not flushed; wallets will rebuild them from the log");
-    }
-    tracing::info!("stopped cleanly: every acknowledged call is on disk");
+    backends.close().await;
+    tracing::info!("stopped cleanly: every acknowledged call is durable");
     Ok(())
 }
 

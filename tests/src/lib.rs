@@ -114,8 +114,10 @@ pub fn test_pg_url_default() -> String {
 /// A database of its own for one test, dropped afterwards.
 #[derive(Debug)]
 pub struct TestDatabase {
-    /// Connection string for the new database.
+    /// Connection string for the new database (`key=value` form).
     pub url: String,
+    /// The same as a `postgresql://` URL, as `tally serve --store` takes it.
+    pub postgres_url: String,
     name: String,
     admin_url: String,
 }
@@ -130,7 +132,8 @@ impl TestDatabase {
         let mut config: tokio_postgres::Config = admin_url.parse().expect("valid admin url");
         config.dbname(&name);
         let url = pg_config_string(&config);
-        Self { url, name, admin_url }
+        let postgres_url = pg_url(&config);
+        Self { url, postgres_url, name, admin_url }
     }
 }
 
@@ -167,6 +170,19 @@ fn pg_config_string(config: &tokio_postgres::Config) -> String {
         parts.push(format!("dbname={db}"));
     }
     parts.join(" ")
+}
+
+/// Renders a config as a `postgresql://` URL (Unix-socket hosts go in the query string).
+fn pg_url(config: &tokio_postgres::Config) -> String {
+    let user = config.get_user().unwrap_or("postgres");
+    let db = config.get_dbname().unwrap_or("postgres");
+    let password = config.get_password().map(|p| format!(":{}", String::from_utf8_lossy(p))).unwrap_or_default();
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Unix(path)) => format!("postgresql:///{db}?host={}&user={user}&port={port}", path.display()),
+        Some(tokio_postgres::config::Host::Tcp(host)) => format!("postgresql://{user}{password}@{host}:{port}/{db}"),
+        None => format!("postgresql://{user}{password}@localhost:{port}/{db}"),
+    }
 }
 
 impl Drop for TestDatabase {

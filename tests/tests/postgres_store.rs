@@ -132,3 +132,57 @@ async fn two_nodes_appending_to_one_stream_never_both_win() {
     let mut head = b.head();
     tokio::time::timeout(Duration::from_secs(5), head.wait_for(|h| *h >= 120)).await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tally_serve_runs_on_postgres_and_loses_nothing_to_kill_9() {
+    use tally_proto::v1::{EarnRequest, EnrollRequest, GetWalletRequest};
+    let database = TestDatabase::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("--store={}", database.postgres_url);
+    let mut server = tally_tests::TallyServer::start(dir.path(), &[&store]);
+    let mut client = server.client().await;
+    client
+        .enroll(EnrollRequest {
+            tenant_id: "demo".into(),
+            wallet_id: "c-1".into(),
+            idempotency_key: "e".into(),
+            customer_ref: String::new(),
+        })
+        .await
+        .unwrap();
+    for n in 0..10 {
+        let earn = EarnRequest {
+            tenant_id: "demo".into(),
+            wallet_id: "c-1".into(),
+            idempotency_key: format!("o-{n}"),
+            points: 7,
+            reason: String::new(),
+            source_ref: format!("o-{n}"),
+            order_amount: None,
+        };
+        client.earn(earn).await.unwrap();
+    }
+    server.kill_9();
+    let server = tally_tests::TallyServer::start(dir.path(), &[&store]);
+    let wallet = server.client().await.get_wallet(GetWalletRequest { tenant_id: "demo".into(), wallet_id: "c-1".into() }).await.unwrap();
+    assert_eq!((wallet.get_ref().balance, wallet.get_ref().version), (70, 11));
+    assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none(), "nothing was written to the local data directory");
+}
+
+#[test]
+fn a_bad_store_url_fails_start_up_with_a_clear_message() {
+    let output = std::process::Command::new(tally_tests::tally_binary())
+        .args(["serve", "--listen", "127.0.0.1:0", "--store", "esdb://localhost:2113"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("invalid store URL") && stderr.contains("not built yet"), "{stderr}");
+    let output = std::process::Command::new(tally_tests::tally_binary())
+        .args(["serve", "--listen", "127.0.0.1:0", "--store", "postgresql://nobody@127.0.0.1:1/none"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("cannot use the event log at postgresql://nobody@127.0.0.1:1/none"), "{stderr}");
+}
