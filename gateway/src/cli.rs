@@ -37,18 +37,21 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum SnapshotsCommand {
     /// Count, total size and age of the stored snapshots.
-    Stats {
-        /// Data directory of the server [default: ./data].
-        #[arg(long, env = "TALLY_DATA", default_value = "./data")]
-        data: PathBuf,
-    },
+    Stats(SnapshotsTarget),
     /// Delete every snapshot; wallets rebuild them from the log as they are used. Use it after a change of
     /// the state format, or if snapshots are suspected to be wrong: nothing is lost, the log is the truth.
-    Purge {
-        /// Data directory of the server [default: ./data].
-        #[arg(long, env = "TALLY_DATA", default_value = "./data")]
-        data: PathBuf,
-    },
+    Purge(SnapshotsTarget),
+}
+
+/// Where the server keeps its snapshots: beside the embedded log in `--data`, or in the `--store` database.
+#[derive(Debug, Args)]
+pub struct SnapshotsTarget {
+    /// Data directory of the server.
+    #[arg(long, env = "TALLY_DATA", default_value = "./data")]
+    pub data: PathBuf,
+    /// The server's store URL, when it is postgres://… (snapshots then live in that database).
+    #[arg(long, env = "TALLY_STORE", value_name = "URL")]
+    pub store: Option<String>,
 }
 
 #[derive(Debug, Args)]

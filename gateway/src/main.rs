@@ -15,7 +15,7 @@ use std::path::Path;
 use tally_engine::actors::{NoSnapshots, Snapshots, StaticPrograms, WalletRegistry};
 use tally_engine::clock::SystemClock;
 use tally_engine::store::{EmbeddedStore, EventStore, PostgresStore};
-use tally_gateway::cli::{Cli, Command, SnapshotsCommand};
+use tally_gateway::cli::{Cli, Command, SnapshotsCommand, SnapshotsTarget};
 use tally_gateway::config::{ServeSettings, StoreUrl};
 use tally_gateway::service::Engine;
 use tally_snapshots::{PostgresSnapshotStore, SledSnapshotStore, SnapshotStore, Snapshotter};
@@ -152,10 +152,19 @@ fn open_snapshots(data: &Path) -> Result<SledSnapshotStore, String> {
         .map_err(|e| format!("cannot open snapshots in {}: {e} (is a server running on this data directory?)", dir.display()))
 }
 
+async fn snapshot_store(target: &SnapshotsTarget) -> Result<Box<dyn SnapshotStore>, Box<dyn std::error::Error>> {
+    let store = target.store.as_deref().map(StoreUrl::parse).transpose()?;
+    Ok(match store {
+        Some(StoreUrl::Postgres(url)) => Box::new(PostgresSnapshotStore::connect(&url).await?),
+        Some(StoreUrl::Embedded(dir)) => Box::new(open_snapshots(&dir)?),
+        None => Box::new(open_snapshots(&target.data)?),
+    })
+}
+
 async fn snapshots(command: SnapshotsCommand) -> Result<(), Box<dyn std::error::Error>> {
     match command {
-        SnapshotsCommand::Stats { data } => {
-            let stats = open_snapshots(&data)?.stats().await?;
+        SnapshotsCommand::Stats(target) => {
+            let stats = snapshot_store(&target).await?.stats().await?;
             let oldest = stats
                 .oldest_saved_at_ms
                 .map_or_else(|| "-".to_owned(), |ms| prost_types::Timestamp { seconds: ms.div_euclid(1000), nanos: 0 }.to_string());
@@ -167,8 +176,8 @@ async fn snapshots(command: SnapshotsCommand) -> Result<(), Box<dyn std::error::
                 tally_snapshots::format::FORMAT_VERSION
             );
         }
-        SnapshotsCommand::Purge { data } => {
-            let purged = open_snapshots(&data)?.purge().await?;
+        SnapshotsCommand::Purge(target) => {
+            let purged = snapshot_store(&target).await?.purge().await?;
             println!("deleted {purged} snapshots; wallets rebuild them from the log as they are used");
         }
     }
