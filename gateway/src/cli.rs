@@ -32,6 +32,23 @@ pub enum Command {
     /// Inspect or purge wallet snapshots (run while the server is stopped).
     #[command(subcommand)]
     Snapshots(SnapshotsCommand),
+    /// Work on whole event logs (run while no server uses them).
+    #[command(subcommand)]
+    Store(StoreCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Copy a whole log to another store, keeping every stream version and the global order. Resumes where
+    /// an interrupted copy stopped, and verifies count and checksum on both sides at the end.
+    Copy {
+        /// Source store URL (file://DIR or postgres://...).
+        #[arg(long)]
+        from: String,
+        /// Destination store URL (file://DIR or postgres://...); empty, or a prefix of the source.
+        #[arg(long)]
+        to: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

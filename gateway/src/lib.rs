@@ -8,6 +8,7 @@ pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod copy;
 pub mod limits;
 pub mod server;
 pub mod service;

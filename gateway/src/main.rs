@@ -15,7 +15,7 @@ use std::path::Path;
 use tally_engine::actors::{NoSnapshots, Snapshots, StaticPrograms, WalletRegistry};
 use tally_engine::clock::SystemClock;
 use tally_engine::store::{EmbeddedStore, EventStore, PostgresStore};
-use tally_gateway::cli::{Cli, Command, SnapshotsCommand, SnapshotsTarget};
+use tally_gateway::cli::{Cli, Command, SnapshotsCommand, SnapshotsTarget, StoreCommand};
 use tally_gateway::config::{ServeSettings, StoreUrl};
 use tally_gateway::service::Engine;
 use tally_snapshots::{PostgresSnapshotStore, SledSnapshotStore, SnapshotStore, Snapshotter};
@@ -47,6 +47,7 @@ fn main() -> ExitCode {
                 Ok(())
             }
             Command::Snapshots(command) => snapshots(command).await,
+            Command::Store(StoreCommand::Copy { from, to }) => store_copy(&from, &to).await,
         }
     });
     match result {
@@ -150,6 +151,30 @@ fn open_snapshots(data: &Path) -> Result<SledSnapshotStore, String> {
     let dir = data.join("snapshots");
     SledSnapshotStore::open(&dir)
         .map_err(|e| format!("cannot open snapshots in {}: {e} (is a server running on this data directory?)", dir.display()))
+}
+
+/// Opens an event log by URL, for offline tools.
+async fn open_store(url: &str) -> Result<Arc<dyn EventStore>, Box<dyn std::error::Error>> {
+    Ok(match StoreUrl::parse(url)? {
+        StoreUrl::Embedded(dir) => Arc::new(EmbeddedStore::open(&dir).map_err(|e| format!("cannot open {url}: {e}"))?),
+        StoreUrl::Postgres(url) => Arc::new(PostgresStore::connect(&url).await.map_err(|e| format!("cannot open {}: {e}", redact(&url)))?),
+    })
+}
+
+async fn store_copy(from: &str, to: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let (source, destination) = (open_store(from).await?, open_store(to).await?);
+    let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let report = tally_gateway::copy::copy(source, destination, progress).await?;
+    println!(
+        "copied {} events ({} were already there) in {:.1} s ({:.0} events/s); verified {} events on both sides, checksum {:08x}",
+        report.copied,
+        report.resumed_after,
+        report.seconds,
+        report.copied as f64 / report.seconds.max(1e-9),
+        report.total,
+        report.checksum
+    );
+    Ok(())
 }
 
 async fn snapshot_store(target: &SnapshotsTarget) -> Result<Box<dyn SnapshotStore>, Box<dyn std::error::Error>> {

@@ -190,3 +190,58 @@ fn a_bad_store_url_fails_start_up_with_a_clear_message() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("cannot use the event log at postgresql://nobody@127.0.0.1:1/none"), "{stderr}");
 }
+
+fn tally_copy(from: &str, to: &str) -> (bool, String) {
+    let output =
+        std::process::Command::new(tally_tests::tally_binary()).args(["store", "copy", "--from", from, "--to", to]).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    (output.status.success(), text)
+}
+
+async fn fill_embedded(dir: &std::path::Path, from_round: u64, rounds: u64) {
+    let log = tally_engine::store::EmbeddedStore::open(dir).unwrap();
+    for round in from_round..from_round + rounds {
+        for s in 0..5u64 {
+            // Interleaved streams, some appends with several events.
+            let events = (0..=(s % 3)).map(|i| event(&format!("{s}-{round}-{i}"))).collect::<Vec<_>>();
+            let version = log.stream_version(&stream(&format!("t/wallet/{s}"))).await.unwrap();
+            log.append(&stream(&format!("t/wallet/{s}")), ExpectedVersion::Exact(version), events).await.unwrap();
+        }
+    }
+    log.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_copy_moves_a_log_exactly_resumes_and_refuses_a_diverged_destination() {
+    let source = tempfile::tempdir().unwrap();
+    fill_embedded(source.path(), 0, 20).await;
+    let database = TestDatabase::create().await;
+    let from = format!("file://{}", source.path().display());
+
+    let (ok, out) = tally_copy(&from, &database.postgres_url);
+    assert!(ok, "{out}");
+    assert!(out.contains("copied 180 events (0 were already there)") && out.contains("verified 180 events"), "{out}");
+
+    // More events in the source: a second run copies only what is new (as after an interruption).
+    fill_embedded(source.path(), 20, 2).await;
+    let (ok, out) = tally_copy(&from, &database.postgres_url);
+    assert!(ok, "{out}");
+    assert!(out.contains("copied 18 events (180 were already there)") && out.contains("verified 198 events"), "{out}");
+
+    // And back into a fresh embedded log: the same events, versions and positions (same checksum).
+    let back = tempfile::tempdir().unwrap();
+    let (ok, back_out) = tally_copy(&database.postgres_url, &format!("file://{}", back.path().display()));
+    assert!(ok, "{back_out}");
+    let checksum = |text: &str| text.split("checksum ").nth(1).unwrap()[..8].to_owned();
+    assert_eq!(checksum(&back_out), checksum(&out));
+
+    // A destination that is not a prefix of the source is refused.
+    let other = tempfile::tempdir().unwrap();
+    {
+        let log = tally_engine::store::EmbeddedStore::open(other.path()).unwrap();
+        log.append(&stream("t/wallet/other"), ExpectedVersion::Exact(0), vec![event("x")]).await.unwrap();
+        log.close().await;
+    }
+    let (ok, out) = tally_copy(&from, &format!("file://{}", other.path().display()));
+    assert!(!ok && out.contains("not a prefix of the source"), "{out}");
+}

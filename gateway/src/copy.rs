@@ -1,0 +1,118 @@
+//! `tally store copy`: moves a whole log between stores, keeping stream versions and global order.
+//!
+//! Resumable: the destination must be empty or hold a prefix of the source (checked at its last event);
+//! copying continues after it. Appends go in source order, consecutive events of one stream together, each
+//! with its exact expected version, and each outcome must land at the source's positions — anything else
+//! stops the copy with the position named. At the end both logs are read in full and their event counts
+//! and CRC-32C checksums compared.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use tally_engine::store::{EventStore, ExpectedVersion, RecordedEvent, StoreError};
+
+/// Events read from the source per round.
+const COPY_READ_BATCH_EVENTS: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the destination is not a prefix of the source: at position {position} {reason}")]
+    Diverged { position: u64, reason: String },
+    #[error(
+        "verification failed: source has {source_events} events (checksum {source_crc:08x}), destination {destination_events} ({destination_crc:08x})"
+    )]
+    Verification { source_events: u64, source_crc: u32, destination_events: u64, destination_crc: u32 },
+}
+
+/// What a copy did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CopyReport {
+    /// Events already in the destination when the copy started (a resumed copy).
+    pub resumed_after: u64,
+    pub copied: u64,
+    pub total: u64,
+    pub checksum: u32,
+    pub seconds: f64,
+}
+
+fn same_event(a: &RecordedEvent, b: &RecordedEvent) -> bool {
+    a.stream_id == b.stream_id && a.stream_version == b.stream_version && a.global_position == b.global_position && a.data == b.data
+}
+
+/// Count and CRC-32C over every event's position, stream, version, type and payload, in global order.
+async fn checksum(store: &dyn EventStore) -> Result<(u64, u32), StoreError> {
+    let (mut count, mut crc, mut from) = (0u64, 0u32, 1u64);
+    loop {
+        let events = store.read_all(from, COPY_READ_BATCH_EVENTS).await?;
+        let Some(last) = events.last() else { return Ok((count, crc)) };
+        from = last.global_position + 1;
+        for e in &events {
+            crc = crc32c::crc32c_append(crc, &e.global_position.to_le_bytes());
+            crc = crc32c::crc32c_append(crc, e.stream_id.as_str().as_bytes());
+            crc = crc32c::crc32c_append(crc, &e.stream_version.to_le_bytes());
+            crc = crc32c::crc32c_append(crc, e.data.event_type.as_bytes());
+            crc = crc32c::crc32c_append(crc, &e.data.payload);
+            count += 1;
+        }
+    }
+}
+
+pub async fn copy(source: Arc<dyn EventStore>, destination: Arc<dyn EventStore>, progress: bool) -> Result<CopyReport, CopyError> {
+    let started = Instant::now();
+    let total = *source.head().borrow();
+    let resumed_after = *destination.head().borrow();
+    if resumed_after > 0 {
+        let theirs = destination.read_all(resumed_after, 1).await?;
+        let ours = source.read_all(resumed_after, 1).await?;
+        match (theirs.first(), ours.first()) {
+            (Some(d), Some(s)) if same_event(d, s) => {}
+            (_, None) => return Err(CopyError::Diverged { position: resumed_after, reason: "the source has no such event".into() }),
+            _ => return Err(CopyError::Diverged { position: resumed_after, reason: "the events differ".into() }),
+        }
+    }
+    let bar = if progress { ProgressBar::new(total) } else { ProgressBar::hidden() };
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} events  {per_sec}  eta {eta}").unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_position(resumed_after);
+    let mut next = resumed_after + 1;
+    let mut copied = 0u64;
+    loop {
+        let events = source.read_all(next, COPY_READ_BATCH_EVENTS).await?;
+        if events.is_empty() {
+            break;
+        }
+        let mut i = 0;
+        while i < events.len() {
+            // Consecutive events of one stream go in one atomic append.
+            let mut j = i + 1;
+            while j < events.len() && events[j].stream_id == events[i].stream_id {
+                j += 1;
+            }
+            let run = &events[i..j];
+            let first = &run[0];
+            let expected = ExpectedVersion::Exact(first.stream_version - 1);
+            let outcome = destination.append(&first.stream_id, expected, run.iter().map(|e| e.data.clone()).collect()).await?;
+            if outcome.first_position != first.global_position {
+                return Err(CopyError::Diverged {
+                    position: first.global_position,
+                    reason: format!("the destination placed it at position {}", outcome.first_position),
+                });
+            }
+            copied += run.len() as u64;
+            bar.inc(run.len() as u64);
+            i = j;
+        }
+        next = events.last().map_or(next, |e| e.global_position + 1);
+    }
+    bar.finish_and_clear();
+    let (source_events, source_crc) = checksum(source.as_ref()).await?;
+    let (destination_events, destination_crc) = checksum(destination.as_ref()).await?;
+    if (source_events, source_crc) != (destination_events, destination_crc) {
+        return Err(CopyError::Verification { source_events, source_crc, destination_events, destination_crc });
+    }
+    Ok(CopyReport { resumed_after, copied, total: source_events, checksum: source_crc, seconds: started.elapsed().as_secs_f64() })
+}
