@@ -1,3 +1,112 @@
-//! Projection workers: follow the global event log from a checkpoint and build CQRS read models in
-//! PostgreSQL and sled, storing each checkpoint atomically with the writes it covers. Nothing is built
-//! here yet; the engine's `EventStore::follow` is the entry point these workers will use.
+//! Projection workers: follow the global event log from a checkpoint and build CQRS read models, storing
+//! each checkpoint atomically with the writes it covers, so a crash anywhere leaves a read model exactly
+//! at a checkpoint and a replayed batch is never counted twice.
+//!
+//! - [`movement`]: wallet events decoded once into flat movements (a poison event stops the projection).
+//! - [`model`]: what the read models mean, as pure folds; the stores and the tests share them.
+//! - [`runner`]: the follow loop, retries, lag figures, and blue/green rebuilds.
+//! - [`sled_model`]: wallet summaries and movement history, local and fast.
+//! - [`postgres_model`]: the reporting tables any BI tool can read.
+//!
+//! Architecture Invariant: a read model is derived data; every one can be dropped and rebuilt from the log.
+//! Architecture Invariant: a read model's checkpoint moves in the same atomic write as the rows it covers.
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tally_engine::store::StoreError;
+
+pub mod model;
+pub mod movement;
+pub mod postgres_model;
+pub mod runner;
+pub mod sled_model;
+
+pub use movement::{Movement, MovementKind};
+pub use postgres_model::PostgresReadModel;
+pub use runner::{Projection, ProjectionStatus, RebuildPhase, RebuildProgress, RunState, RunnerOptions};
+pub use sled_model::SledReadModel;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectionError {
+    /// A wallet event the projection cannot understand. Never skipped: the projection stops here.
+    #[error("poison event at position {position} (stream {stream}, type {event_type}): {reason}")]
+    Poison { position: u64, stream: String, event_type: String, reason: String },
+    /// Someone else (another node's runner) moved this generation's checkpoint.
+    #[error("checkpoint of generation {generation} moved: expected {expected}, found {actual}")]
+    CheckpointMoved { generation: u64, expected: u64, actual: u64 },
+    /// Stored read-model bytes that do not decode. The read model must be rebuilt.
+    #[error("corrupt read model entry {key}: {reason}")]
+    Corrupt { key: String, reason: String },
+    #[error("no generation {generation} of read model {model}")]
+    NoSuchGeneration { model: &'static str, generation: u64 },
+    #[error("a rebuild of {model} is already running")]
+    RebuildRunning { model: &'static str },
+    #[error("projection {model} has stopped")]
+    Stopped { model: &'static str },
+    #[error("event log: {0}")]
+    Store(#[from] StoreError),
+    #[error("postgres: {}", postgres_detail(.0))]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("postgres pool: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("read model schema migration failed: {0}")]
+    Migration(String),
+    #[error("sled: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("invalid setting: {0}")]
+    Invalid(String),
+}
+
+/// tokio-postgres shows a server error as just "db error"; say what the server said.
+fn postgres_detail(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => error.to_string(),
+    }
+}
+
+impl ProjectionError {
+    /// Errors that retrying cannot fix: the projection stops and says why.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, Self::Poison { .. } | Self::Corrupt { .. } | Self::NoSuchGeneration { .. } | Self::Migration(_) | Self::Invalid(_))
+    }
+}
+
+/// The live generation of a read model and the position it has applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Generation {
+    pub id: u64,
+    pub checkpoint: u64,
+}
+
+/// A read model a [`Projection`] drives. It keeps generations of its data: one live (read by queries)
+/// and, during a rebuild, one being built, which [`ReadModel::promote`] swaps in atomically.
+#[async_trait]
+pub trait ReadModel: Send + Sync + fmt::Debug + 'static {
+    fn name(&self) -> &'static str;
+
+    /// The live generation and its checkpoint.
+    async fn live(&self) -> Result<Generation, ProjectionError>;
+
+    /// Applies `movements` (the wallet events among log positions `from + 1 ..= through`) to
+    /// `generation` and moves its checkpoint from `from` to `through`, all in one atomic write.
+    /// Fails with [`ProjectionError::CheckpointMoved`], changing nothing, if the checkpoint is not `from`.
+    async fn apply(&self, generation: u64, from: u64, through: u64, movements: Arc<[Movement]>) -> Result<(), ProjectionError>;
+
+    /// Creates a new, empty generation (dropping what interrupted rebuilds left) and returns its id.
+    async fn create_generation(&self) -> Result<u64, ProjectionError>;
+
+    /// Atomically makes `generation` the one queries read, then drops the previous one.
+    async fn promote(&self, generation: u64) -> Result<(), ProjectionError>;
+
+    /// Drops a generation that is not live (an abandoned rebuild).
+    async fn drop_generation(&self, generation: u64) -> Result<(), ProjectionError>;
+
+    /// Makes everything applied so far durable (at shutdown). Stores that commit each batch durably
+    /// need nothing here.
+    async fn flush(&self) -> Result<(), ProjectionError> {
+        Ok(())
+    }
+}

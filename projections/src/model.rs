@@ -1,0 +1,188 @@
+//! The read models' meaning, as pure folds over movements. Both stores compute their rows with these
+//! functions, and tests compare what the stores hold with a [`Fold`] of the whole log.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::movement::{Movement, MovementKind};
+
+const MS_PER_DAY: i64 = 86_400_000;
+
+/// The UTC day of a timestamp, as days since 1970-01-01.
+pub fn day_of(ms: i64) -> i64 {
+    ms.div_euclid(MS_PER_DAY)
+}
+
+/// One wallet's figures. Applied to `Default`, the same type is the delta a batch adds to a stored row.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WalletSummary {
+    pub customer_ref: String,
+    pub closed: bool,
+    pub balance: i64,
+    pub lifetime_earned: i64,
+    pub lifetime_redeemed: i64,
+    pub lifetime_reversed: i64,
+    /// Sum of adjustments, signed.
+    pub lifetime_adjusted: i64,
+    /// Points forfeited when the wallet was closed.
+    pub forfeited: i64,
+    /// Events applied (the wallet stream's version once complete).
+    pub events: u64,
+    /// Set by the enrolment (in a delta: only if the batch holds it).
+    pub enrolled_at_ms: Option<i64>,
+    /// Time of the wallet's latest event.
+    pub last_activity_ms: i64,
+    pub last_position: u64,
+}
+
+impl WalletSummary {
+    pub fn apply(&mut self, movement: &Movement) {
+        let points = movement.points;
+        match movement.kind {
+            MovementKind::Enroll => {
+                self.customer_ref.clone_from(&movement.reference);
+                self.enrolled_at_ms = Some(movement.recorded_at_ms);
+            }
+            MovementKind::Earn => self.lifetime_earned += points,
+            MovementKind::Redeem => self.lifetime_redeemed -= points,
+            MovementKind::Adjust => self.lifetime_adjusted += points,
+            MovementKind::Reverse => self.lifetime_reversed -= points,
+            MovementKind::Close => {
+                self.closed = true;
+                self.forfeited -= points;
+            }
+        }
+        self.balance += points;
+        self.events += 1;
+        self.last_activity_ms = movement.recorded_at_ms;
+        self.last_position = movement.position;
+    }
+
+    /// Adds a batch's delta (a summary folded from `Default`) to this stored row.
+    pub fn add(&mut self, delta: &WalletSummary) {
+        if delta.enrolled_at_ms.is_some() {
+            self.customer_ref.clone_from(&delta.customer_ref);
+            self.enrolled_at_ms = delta.enrolled_at_ms;
+        }
+        self.closed |= delta.closed;
+        self.balance += delta.balance;
+        self.lifetime_earned += delta.lifetime_earned;
+        self.lifetime_redeemed += delta.lifetime_redeemed;
+        self.lifetime_reversed += delta.lifetime_reversed;
+        self.lifetime_adjusted += delta.lifetime_adjusted;
+        self.forfeited += delta.forfeited;
+        self.events += delta.events;
+        self.last_activity_ms = delta.last_activity_ms;
+        self.last_position = delta.last_position;
+    }
+}
+
+/// One tenant's activity on one UTC day.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DayStats {
+    pub points_issued: i64,
+    pub points_redeemed: i64,
+    /// Points actually taken back by refunds.
+    pub points_reversed: i64,
+    /// Net of adjustments, signed.
+    pub points_adjusted: i64,
+    pub points_forfeited: i64,
+    pub enrolments: i64,
+    /// Wallets with at least one event that day.
+    pub active_wallets: i64,
+}
+
+impl DayStats {
+    /// Adds the movement's points; `active_wallets` is counted by the caller, who knows which wallets
+    /// were already active that day.
+    pub fn apply(&mut self, movement: &Movement) {
+        let points = movement.points;
+        match movement.kind {
+            MovementKind::Enroll => self.enrolments += 1,
+            MovementKind::Earn => self.points_issued += points,
+            MovementKind::Redeem => self.points_redeemed -= points,
+            MovementKind::Adjust => self.points_adjusted += points,
+            MovementKind::Reverse => self.points_reversed -= points,
+            MovementKind::Close => self.points_forfeited -= points,
+        }
+    }
+
+    pub fn add(&mut self, other: &DayStats) {
+        self.points_issued += other.points_issued;
+        self.points_redeemed += other.points_redeemed;
+        self.points_reversed += other.points_reversed;
+        self.points_adjusted += other.points_adjusted;
+        self.points_forfeited += other.points_forfeited;
+        self.enrolments += other.enrolments;
+        self.active_wallets += other.active_wallets;
+    }
+
+    /// The net change of all balances these figures describe.
+    pub fn net_points(&self) -> i64 {
+        self.points_issued - self.points_redeemed - self.points_reversed + self.points_adjusted - self.points_forfeited
+    }
+}
+
+/// Points a tenant owes its customers: what finance reports as the program's liability.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Liability {
+    /// Sum of positive balances.
+    pub outstanding_points: i64,
+    /// Sum of negative balances (refunds of spent points under ALLOW_NEGATIVE), as a negative number.
+    pub negative_points: i64,
+    pub wallets: i64,
+}
+
+impl Liability {
+    /// Accounts for one wallet's balance moving from `before` to `after`.
+    pub fn shift(&mut self, before: Option<i64>, after: i64) {
+        let before_value = before.unwrap_or(0);
+        self.outstanding_points += after.max(0) - before_value.max(0);
+        self.negative_points += after.min(0) - before_value.min(0);
+        self.wallets += i64::from(before.is_none());
+    }
+}
+
+/// Every read model computed in memory from a sequence of movements: the reference the stores are
+/// tested against.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Fold {
+    pub position: u64,
+    pub wallets: BTreeMap<(String, String), WalletSummary>,
+    /// Every movement but enrolments, in log order.
+    pub ledger: Vec<Movement>,
+    pub days: BTreeMap<(String, i64), DayStats>,
+    pub liability: BTreeMap<String, Liability>,
+    active: BTreeSet<(String, i64, String)>,
+}
+
+impl Fold {
+    pub fn apply(&mut self, movement: &Movement) {
+        let (tenant, wallet) = (movement.tenant.to_string(), movement.wallet.to_string());
+        let day = day_of(movement.recorded_at_ms);
+        let stats = self.days.entry((tenant.clone(), day)).or_default();
+        stats.apply(movement);
+        if self.active.insert((tenant.clone(), day, wallet.clone())) {
+            stats.active_wallets += 1;
+        }
+        let row = self.wallets.entry((tenant.clone(), wallet)).or_default();
+        let before = (row.events > 0).then_some(row.balance);
+        row.apply(movement);
+        self.liability.entry(tenant).or_default().shift(before, row.balance);
+        if movement.kind != MovementKind::Enroll {
+            self.ledger.push(movement.clone());
+        }
+        self.position = movement.position;
+    }
+
+    /// Distinct wallets active in a tenant between two days (inclusive).
+    pub fn active_between(&self, tenant: &str, from_day: i64, to_day: i64) -> usize {
+        self.active
+            .iter()
+            .filter(|(t, day, _)| t == tenant && (from_day..=to_day).contains(day))
+            .map(|(_, _, wallet)| wallet)
+            .collect::<BTreeSet<_>>()
+            .len()
+    }
+}

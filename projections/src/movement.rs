@@ -1,0 +1,126 @@
+//! What read models see of the log: each wallet event decoded once into a flat [`Movement`]. Events of
+//! other streams are not wallet movements and are passed over; a wallet event that cannot be decoded is
+//! a poison event and stops the projection.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tally_engine::codec;
+use tally_engine::domain::Change;
+use tally_engine::store::RecordedEvent;
+
+use crate::ProjectionError;
+
+/// What a movement did to the wallet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum MovementKind {
+    /// The wallet was opened; no points move.
+    Enroll,
+    Earn,
+    Redeem,
+    /// A signed manual correction.
+    Adjust,
+    /// Points of an earlier earn taken back (a refund).
+    Reverse,
+    /// The wallet was closed; a positive balance is forfeited.
+    Close,
+}
+
+impl MovementKind {
+    /// The name used in read models (`ledger_entries.kind`, history pages).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Enroll => "enroll",
+            Self::Earn => "earn",
+            Self::Redeem => "redeem",
+            Self::Adjust => "adjust",
+            Self::Reverse => "reverse",
+            Self::Close => "close",
+        }
+    }
+}
+
+/// One wallet event, flattened for read models.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Movement {
+    pub position: u64,
+    pub stream_version: u64,
+    pub tenant: Arc<str>,
+    pub wallet: Arc<str>,
+    pub recorded_at_ms: i64,
+    pub kind: MovementKind,
+    /// Signed effect on the balance (the balance is the sum of these).
+    pub points: i64,
+    pub reason: String,
+    /// What the movement refers to: the order (earn, reverse), the reward (redeem), the staff member
+    /// (adjust) or the shop's customer reference (enroll).
+    pub reference: String,
+    pub idempotency_key: String,
+}
+
+/// Splits `"<tenant>/wallet/<wallet>"`; `None` for any other stream.
+pub fn parse_wallet_stream(stream: &str) -> Option<(&str, &str)> {
+    let (tenant, rest) = stream.split_once('/')?;
+    let wallet = rest.strip_prefix("wallet/")?;
+    (!tenant.is_empty() && !wallet.is_empty() && !wallet.contains('/')).then_some((tenant, wallet))
+}
+
+/// Decodes a batch read from the log. Non-wallet events are skipped; a wallet event that does not
+/// decode is [`ProjectionError::Poison`], naming its position, stream and type.
+pub fn decode_batch(events: Vec<RecordedEvent>) -> Result<Vec<Movement>, ProjectionError> {
+    let mut movements = Vec::with_capacity(events.len());
+    let mut names: Option<(Arc<str>, Arc<str>, tally_engine::store::StreamId)> = None;
+    for recorded in events {
+        let Some((tenant, wallet)) = parse_wallet_stream(recorded.stream_id.as_str()) else { continue };
+        // Consecutive events of one stream (one append) share their name strings.
+        let (tenant, wallet) = match &names {
+            Some((t, w, stream)) if *stream == recorded.stream_id => (t.clone(), w.clone()),
+            _ => {
+                let (t, w): (Arc<str>, Arc<str>) = (Arc::from(tenant), Arc::from(wallet));
+                names = Some((t.clone(), w.clone(), recorded.stream_id.clone()));
+                (t, w)
+            }
+        };
+        let (position, stream_version) = (recorded.global_position, recorded.stream_version);
+        let stream = recorded.stream_id.clone();
+        let event_type = recorded.data.event_type.clone();
+        let event = codec::decode(recorded)
+            .map_err(|error| ProjectionError::Poison { position, stream: stream.to_string(), event_type, reason: error.to_string() })?;
+        let points = event.change.points_delta();
+        let (kind, reason, reference) = match event.change {
+            Change::Enrolled(e) => (MovementKind::Enroll, String::new(), e.customer_ref),
+            Change::Earned(e) => (MovementKind::Earn, e.reason, e.source_ref),
+            Change::Redeemed(e) => (MovementKind::Redeem, String::new(), e.reward_ref),
+            Change::Adjusted(e) => (MovementKind::Adjust, e.reason, e.staff_ref),
+            Change::Reversed(e) => (MovementKind::Reverse, e.reason, e.source_ref),
+            Change::Closed(e) => (MovementKind::Close, e.reason, String::new()),
+        };
+        movements.push(Movement {
+            position,
+            stream_version,
+            tenant,
+            wallet,
+            recorded_at_ms: event.recorded_at_ms,
+            kind,
+            points,
+            reason,
+            reference,
+            idempotency_key: event.idempotency_key,
+        });
+    }
+    Ok(movements)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_wallet_streams_are_wallet_streams() {
+        assert_eq!(parse_wallet_stream("acme/wallet/c-1"), Some(("acme", "c-1")));
+        assert_eq!(parse_wallet_stream("acme/program"), None);
+        assert_eq!(parse_wallet_stream("acme/wallet/"), None);
+        assert_eq!(parse_wallet_stream("/wallet/c"), None);
+        assert_eq!(parse_wallet_stream("acme/wallet/a/b"), None);
+    }
+}

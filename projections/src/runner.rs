@@ -1,0 +1,547 @@
+//! The projection runner: one task per read model that follows the log from the live generation's
+//! checkpoint and applies it in batches.
+//!
+//! - Back-pressure is by construction: the next batch is read only once the previous one is committed.
+//! - Transient failures (database down, store hiccup) are retried with backoff from the same batch;
+//!   a fatal one (a poison event, corrupt read-model data) stops the projection and names the cause.
+//! - A rebuild replays the log into a new generation beside the live one, which keeps serving reads;
+//!   once the new one has caught up, the runner brings it to the live checkpoint and swaps it in.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hdrhistogram::Histogram;
+use tally_engine::store::{EventStore, Follower, RecordedEvent};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::movement::{Movement, decode_batch};
+use crate::{ProjectionError, ReadModel};
+
+#[derive(Debug, Clone, Copy)]
+pub struct RunnerOptions {
+    /// Most log events applied in one atomic write.
+    pub batch_size: usize,
+    /// Longest wait between retries of a failing batch.
+    pub retry_max: Duration,
+}
+
+impl Default for RunnerOptions {
+    fn default() -> Self {
+        Self { batch_size: 2_000, retry_max: Duration::from_secs(5) }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunState {
+    Starting,
+    Running,
+    /// A batch failed and is being retried.
+    Retrying { error: String },
+    /// Stopped on an error retrying cannot fix; the read model stays at its last checkpoint.
+    Failed { error: String },
+    Stopped,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RebuildPhase {
+    /// Replaying the log into the new generation.
+    Replaying,
+    /// Caught up; bringing it to the live checkpoint and swapping it in.
+    Swapping,
+    Done,
+    /// Nothing was swapped: the live read model is untouched.
+    Failed { error: String },
+    Cancelled,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RebuildProgress {
+    pub generation: u64,
+    pub checkpoint: u64,
+    /// The log head when this progress was reported.
+    pub head: u64,
+    pub events_per_second: f64,
+    pub phase: RebuildPhase,
+}
+
+impl RebuildProgress {
+    pub fn is_finished(&self) -> bool {
+        matches!(self.phase, RebuildPhase::Done | RebuildPhase::Failed { .. } | RebuildPhase::Cancelled)
+    }
+}
+
+/// What `tally projections status` shows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProjectionStatus {
+    pub name: &'static str,
+    pub generation: u64,
+    pub checkpoint: u64,
+    pub head: u64,
+    pub state: RunState,
+    /// Recorded time of the oldest event not yet applied; `None` when caught up.
+    pub behind_since_ms: Option<i64>,
+    pub events_applied: u64,
+    /// Lag from an event's recorded time to its commit in the read model, over events written since
+    /// the runner started (so start-up catch-up does not count).
+    pub lag_p50_ms: Option<u64>,
+    pub lag_p99_ms: Option<u64>,
+    pub rebuild: Option<RebuildProgress>,
+}
+
+impl ProjectionStatus {
+    pub fn lag_events(&self) -> u64 {
+        self.head.saturating_sub(self.checkpoint)
+    }
+
+    /// How far behind the read model is in time, at `now_ms`.
+    pub fn lag_ms(&self, now_ms: i64) -> u64 {
+        self.behind_since_ms.map_or(0, |since| u64::try_from(now_ms - since).unwrap_or(0))
+    }
+}
+
+enum Control {
+    Rebuild(oneshot::Sender<Result<watch::Receiver<RebuildProgress>, ProjectionError>>),
+    Swap { generation: u64, checkpoint: u64, reply: oneshot::Sender<Result<(), ProjectionError>> },
+    Stop,
+}
+
+/// A running projection: its status, and the handle to rebuild or stop it.
+#[derive(Debug)]
+pub struct Projection {
+    name: &'static str,
+    status: watch::Receiver<ProjectionStatus>,
+    control: mpsc::Sender<Control>,
+    task: parking_lot::Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Control::Rebuild(_) => "Rebuild",
+            Control::Swap { .. } => "Swap",
+            Control::Stop => "Stop",
+        })
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+impl Projection {
+    /// Starts following `store` into `model`.
+    pub fn spawn(store: Arc<dyn EventStore>, model: Arc<dyn ReadModel>, options: RunnerOptions) -> Self {
+        let name = model.name();
+        let head = *store.head().borrow();
+        let (status_tx, status) = watch::channel(ProjectionStatus {
+            name,
+            generation: 0,
+            checkpoint: 0,
+            head,
+            state: RunState::Starting,
+            behind_since_ms: None,
+            events_applied: 0,
+            lag_p50_ms: None,
+            lag_p99_ms: None,
+            rebuild: None,
+        });
+        let (control, control_rx) = mpsc::channel(16);
+        let runner = Runner {
+            store,
+            model,
+            options,
+            status: status_tx,
+            control_tx: control.clone(),
+            control: control_rx,
+            lag: Histogram::new_with_bounds(1, 3_600_000, 2).expect("valid histogram bounds"),
+            started_at_ms: now_ms(),
+            rebuild_task: None,
+        };
+        let task = tokio::spawn(runner.run());
+        Self { name, status, control, task: parking_lot::Mutex::new(Some(task)) }
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    pub fn status(&self) -> ProjectionStatus {
+        self.status.borrow().clone()
+    }
+
+    pub fn watch(&self) -> watch::Receiver<ProjectionStatus> {
+        self.status.clone()
+    }
+
+    /// Waits until the live read model has applied the log up to `position`.
+    pub async fn wait_for(&self, position: u64) -> Result<(), ProjectionError> {
+        let mut status = self.status.clone();
+        let result = status
+            .wait_for(|s| s.checkpoint >= position || matches!(s.state, RunState::Failed { .. } | RunState::Stopped))
+            .await
+            .map_err(|_| ProjectionError::Stopped { model: self.name })?;
+        match &result.state {
+            _ if result.checkpoint >= position => Ok(()),
+            RunState::Failed { error } => Err(ProjectionError::Invalid(error.clone())),
+            _ => Err(ProjectionError::Stopped { model: self.name }),
+        }
+    }
+
+    /// Starts a blue/green rebuild; progress ends in `Done`, `Failed` or `Cancelled`. Dropping every
+    /// receiver of the progress cancels the rebuild and leaves the live read model untouched.
+    pub async fn rebuild(&self) -> Result<watch::Receiver<RebuildProgress>, ProjectionError> {
+        let (reply, answer) = oneshot::channel();
+        self.control.send(Control::Rebuild(reply)).await.map_err(|_| ProjectionError::Stopped { model: self.name })?;
+        answer.await.map_err(|_| ProjectionError::Stopped { model: self.name })?
+    }
+
+    /// Stops after the batch in flight (an abandoned rebuild is dropped at the next rebuild or start).
+    pub async fn stop(&self) {
+        let _ = self.control.send(Control::Stop).await;
+        let task = self.task.lock().take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+}
+
+struct Runner {
+    store: Arc<dyn EventStore>,
+    model: Arc<dyn ReadModel>,
+    options: RunnerOptions,
+    status: watch::Sender<ProjectionStatus>,
+    control_tx: mpsc::Sender<Control>,
+    control: mpsc::Receiver<Control>,
+    lag: Histogram<u64>,
+    started_at_ms: i64,
+    rebuild_task: Option<JoinHandle<()>>,
+}
+
+/// What ended a phase of the runner.
+enum Exit {
+    Stop,
+    /// Re-read the live generation and follow again from its checkpoint.
+    Restart,
+    Fail(ProjectionError),
+}
+
+impl Runner {
+    async fn run(mut self) {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let exit = match self.model.live().await {
+                Ok(live) => {
+                    self.status.send_modify(|s| {
+                        s.generation = live.id;
+                        s.checkpoint = live.checkpoint;
+                        s.state = RunState::Running;
+                    });
+                    backoff = Duration::from_millis(50);
+                    self.follow(live.checkpoint).await
+                }
+                Err(error) if error.is_fatal() => Exit::Fail(error),
+                Err(error) => {
+                    tracing::warn!(projection = self.model.name(), %error, "cannot read the live generation; retrying");
+                    self.status.send_modify(|s| s.state = RunState::Retrying { error: error.to_string() });
+                    if self.pause(&mut backoff).await {
+                        Exit::Stop
+                    } else {
+                        Exit::Restart
+                    }
+                }
+            };
+            match exit {
+                Exit::Restart => continue,
+                Exit::Stop => break,
+                Exit::Fail(error) => {
+                    tracing::error!(projection = self.model.name(), %error, "projection stopped");
+                    self.status.send_modify(|s| s.state = RunState::Failed { error: error.to_string() });
+                    // Parked: keeps answering control messages until told to stop.
+                    while let Some(message) = self.control.recv().await {
+                        match message {
+                            Control::Stop => break,
+                            Control::Rebuild(reply) => {
+                                let _ = reply.send(Err(ProjectionError::Stopped { model: self.model.name() }));
+                            }
+                            Control::Swap { reply, .. } => {
+                                let _ = reply.send(Err(ProjectionError::Stopped { model: self.model.name() }));
+                            }
+                        }
+                    }
+                    break;
+                }
+            }
+        }
+        if let Some(task) = self.rebuild_task.take() {
+            task.abort();
+        }
+        if let Err(error) = self.model.flush().await {
+            tracing::warn!(projection = self.model.name(), %error, "read model not flushed; it will re-apply the last batches from the log");
+        }
+        self.status.send_modify(|s| {
+            if !matches!(s.state, RunState::Failed { .. }) {
+                s.state = RunState::Stopped;
+            }
+        });
+    }
+
+    /// Sleeps for the backoff (doubling it) unless told to stop; returns true if told to stop.
+    async fn pause(&mut self, backoff: &mut Duration) -> bool {
+        let sleep = tokio::time::sleep(*backoff);
+        *backoff = (*backoff * 2).min(self.options.retry_max);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                () = &mut sleep => return false,
+                message = self.control.recv() => match message {
+                    None | Some(Control::Stop) => return true,
+                    Some(other) => self.handle_control_while_busy(other),
+                },
+            }
+        }
+    }
+
+    fn handle_control_while_busy(&mut self, message: Control) {
+        let busy = || ProjectionError::Invalid("the projection is retrying a failed batch; try again once it runs".to_owned());
+        match message {
+            Control::Rebuild(reply) => {
+                let _ = reply.send(Err(busy()));
+            }
+            Control::Swap { reply, .. } => {
+                let _ = reply.send(Err(busy()));
+            }
+            Control::Stop => {}
+        }
+    }
+
+    async fn follow(&mut self, checkpoint: u64) -> Exit {
+        let mut follower = Follower::new(Arc::clone(&self.store), checkpoint);
+        let mut head = self.store.head();
+        let mut head_open = true;
+        loop {
+            tokio::select! {
+                biased;
+                message = self.control.recv() => match message {
+                    None | Some(Control::Stop) => return Exit::Stop,
+                    Some(Control::Rebuild(reply)) => self.start_rebuild(reply),
+                    Some(Control::Swap { generation, checkpoint, reply }) => match self.swap(generation, checkpoint).await {
+                        Ok(live_checkpoint) => {
+                            let _ = reply.send(Ok(()));
+                            follower = Follower::new(Arc::clone(&self.store), live_checkpoint);
+                        }
+                        Err(error) => {
+                            let _ = reply.send(Err(error));
+                        }
+                    },
+                },
+                changed = head.changed(), if head_open => match changed {
+                    Ok(()) => {
+                        let position = *head.borrow_and_update();
+                        self.status.send_modify(|s| s.head = position);
+                    }
+                    Err(_) => head_open = false,
+                },
+                batch = follower.next_batch(self.options.batch_size) => match batch {
+                    Ok(Some(events)) => {
+                        if let Some(exit) = self.apply_live(events).await {
+                            return exit;
+                        }
+                    }
+                    Ok(None) => return Exit::Stop,
+                    Err(error) => {
+                        tracing::warn!(projection = self.model.name(), %error, "cannot read the log; retrying");
+                        self.status.send_modify(|s| s.state = RunState::Retrying { error: error.to_string() });
+                        let mut backoff = Duration::from_millis(100);
+                        if self.pause(&mut backoff).await {
+                            return Exit::Stop;
+                        }
+                        return Exit::Restart;
+                    }
+                },
+            }
+        }
+    }
+
+    /// Applies one batch to the live generation, retrying transient failures. `Some` ends following.
+    async fn apply_live(&mut self, events: Vec<RecordedEvent>) -> Option<Exit> {
+        let (Some(first), Some(last)) = (events.first(), events.last()) else { return None };
+        let through = last.global_position;
+        let from = first.global_position - 1;
+        let first_recorded = first.data.recorded_at_ms;
+        self.status.send_modify(|s| s.behind_since_ms = Some(first_recorded));
+        let movements: Arc<[Movement]> = match decode_batch(events) {
+            Ok(movements) => movements.into(),
+            Err(error) => return Some(Exit::Fail(error)),
+        };
+        let generation = self.status.borrow().generation;
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match self.model.apply(generation, from, through, Arc::clone(&movements)).await {
+                Ok(()) => break,
+                Err(error @ ProjectionError::CheckpointMoved { .. }) => {
+                    tracing::info!(projection = self.model.name(), %error, "another runner moved the checkpoint; following from there");
+                    return Some(Exit::Restart);
+                }
+                Err(error) if error.is_fatal() => return Some(Exit::Fail(error)),
+                Err(error) => {
+                    tracing::warn!(projection = self.model.name(), %error, through, "batch failed; retrying");
+                    self.status.send_modify(|s| s.state = RunState::Retrying { error: error.to_string() });
+                    if self.pause(&mut backoff).await {
+                        return Some(Exit::Stop);
+                    }
+                }
+            }
+        }
+        let now = now_ms();
+        for movement in movements.iter() {
+            if movement.recorded_at_ms >= self.started_at_ms {
+                let _ = self.lag.record(u64::try_from(now - movement.recorded_at_ms).unwrap_or(0).max(1));
+            }
+        }
+        let applied = through - from;
+        let name = self.model.name();
+        metrics::counter!("tally_projection_events_total", "projection" => name).increment(applied);
+        metrics::gauge!("tally_projection_checkpoint", "projection" => name).set(through as f64);
+        let (lag_p50, lag_p99) = if self.lag.is_empty() {
+            (None, None)
+        } else {
+            (Some(self.lag.value_at_quantile(0.5)), Some(self.lag.value_at_quantile(0.99)))
+        };
+        self.status.send_modify(|s| {
+            s.checkpoint = through;
+            s.head = s.head.max(through);
+            s.state = RunState::Running;
+            s.events_applied += applied;
+            s.lag_p50_ms = lag_p50;
+            s.lag_p99_ms = lag_p99;
+            if s.head <= through {
+                s.behind_since_ms = None;
+            }
+            metrics::gauge!("tally_projection_lag_events", "projection" => name).set(s.lag_events() as f64);
+            metrics::gauge!("tally_projection_lag_seconds", "projection" => name).set(s.lag_ms(now) as f64 / 1000.0);
+        });
+        None
+    }
+
+    fn start_rebuild(&mut self, reply: oneshot::Sender<Result<watch::Receiver<RebuildProgress>, ProjectionError>>) {
+        if self.rebuild_task.as_ref().is_some_and(|task| !task.is_finished()) {
+            let _ = reply.send(Err(ProjectionError::RebuildRunning { model: self.model.name() }));
+            return;
+        }
+        let head = *self.store.head().borrow();
+        let (progress_tx, progress) = watch::channel(RebuildProgress {
+            generation: 0,
+            checkpoint: 0,
+            head,
+            events_per_second: 0.0,
+            phase: RebuildPhase::Replaying,
+        });
+        let rebuild = Rebuild {
+            store: Arc::clone(&self.store),
+            model: Arc::clone(&self.model),
+            batch_size: self.options.batch_size,
+            control: self.control_tx.clone(),
+            status: self.status.clone(),
+            progress: progress_tx,
+        };
+        self.rebuild_task = Some(tokio::spawn(rebuild.run()));
+        let _ = reply.send(Ok(progress));
+    }
+
+    /// Brings `generation` from `checkpoint` to the live checkpoint, promotes it, and returns the
+    /// checkpoint live following resumes from.
+    async fn swap(&mut self, generation: u64, checkpoint: u64) -> Result<u64, ProjectionError> {
+        let live_checkpoint = self.status.borrow().checkpoint;
+        let mut position = checkpoint;
+        while position < live_checkpoint {
+            let limit = usize::try_from(live_checkpoint - position).unwrap_or(usize::MAX).min(self.options.batch_size);
+            let events = self.store.read_all(position + 1, limit).await?;
+            let Some(through) = events.last().map(|e| e.global_position) else { break };
+            self.model.apply(generation, position, through, decode_batch(events)?.into()).await?;
+            position = through;
+        }
+        self.model.promote(generation).await?;
+        tracing::info!(projection = self.model.name(), generation, checkpoint = position, "rebuilt generation swapped in");
+        self.status.send_modify(|s| {
+            s.generation = generation;
+            s.checkpoint = position;
+        });
+        Ok(position)
+    }
+}
+
+struct Rebuild {
+    store: Arc<dyn EventStore>,
+    model: Arc<dyn ReadModel>,
+    batch_size: usize,
+    control: mpsc::Sender<Control>,
+    status: watch::Sender<ProjectionStatus>,
+    progress: watch::Sender<RebuildProgress>,
+}
+
+impl Rebuild {
+    async fn run(self) {
+        let phase = match self.replay_and_swap().await {
+            Ok(phase) => phase,
+            Err((generation, error)) => {
+                tracing::error!(projection = self.model.name(), %error, "rebuild failed; the live read model is untouched");
+                if let Some(generation) = generation
+                    && let Err(error) = self.model.drop_generation(generation).await
+                {
+                    tracing::warn!(projection = self.model.name(), %error, generation, "cannot drop the abandoned generation");
+                }
+                RebuildPhase::Failed { error: error.to_string() }
+            }
+        };
+        self.report(|p| p.phase = phase);
+    }
+
+    fn report(&self, change: impl FnOnce(&mut RebuildProgress)) {
+        self.progress.send_modify(change);
+        let progress = self.progress.borrow().clone();
+        self.status.send_modify(|s| s.rebuild = Some(progress));
+    }
+
+    async fn replay_and_swap(&self) -> Result<RebuildPhase, (Option<u64>, ProjectionError)> {
+        let generation = self.model.create_generation().await.map_err(|e| (None, e))?;
+        let fail = |error: ProjectionError| (Some(generation), error);
+        tracing::info!(projection = self.model.name(), generation, "rebuild started");
+        self.report(|p| p.generation = generation);
+        let started = tokio::time::Instant::now();
+        let mut checkpoint = 0;
+        loop {
+            if self.progress.is_closed() {
+                self.model.drop_generation(generation).await.map_err(fail)?;
+                tracing::info!(projection = self.model.name(), generation, "rebuild cancelled; the live read model is untouched");
+                return Ok(RebuildPhase::Cancelled);
+            }
+            let head = *self.store.head().borrow();
+            if checkpoint >= head {
+                break;
+            }
+            let events = self.store.read_all(checkpoint + 1, self.batch_size).await.map_err(|e| fail(e.into()))?;
+            let Some(through) = events.last().map(|e| e.global_position) else { break };
+            let movements = decode_batch(events).map_err(fail)?;
+            self.model.apply(generation, checkpoint, through, movements.into()).await.map_err(fail)?;
+            checkpoint = through;
+            let rate = checkpoint as f64 / started.elapsed().as_secs_f64().max(1e-9);
+            self.report(|p| {
+                p.checkpoint = checkpoint;
+                p.head = head;
+                p.events_per_second = rate;
+            });
+        }
+        self.report(|p| p.phase = RebuildPhase::Swapping);
+        let (reply, answer) = oneshot::channel();
+        let stopped = || fail(ProjectionError::Stopped { model: self.model.name() });
+        self.control.send(Control::Swap { generation, checkpoint, reply }).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?.map_err(fail)?;
+        let live = *self.store.head().borrow();
+        self.report(|p| {
+            p.checkpoint = p.checkpoint.max(checkpoint);
+            p.head = live;
+        });
+        Ok(RebuildPhase::Done)
+    }
+}

@@ -1,0 +1,283 @@
+//! The local read model in sled: each wallet's summary and its movement history, for fast reads and
+//! history paging on the node itself.
+//!
+//! Each generation is one tree; its keys are
+//! - `checkpoint` → the last log position applied (u64, big endian),
+//! - `w/<tenant>/<wallet>` → [`WalletSummary`],
+//! - `m/<tenant>/<wallet>/<position (u64, big endian)>` → [`HistoryEntry`],
+//!
+//! and values are `format version (u8) | postcard`. A batch's rows and its checkpoint go in one sled
+//! batch, which sled applies atomically, also across a crash. Writes are not flushed one by one: sled
+//! flushes on its own every half second, and a crash that loses the last few batches loses their
+//! checkpoint with them, so the projection simply applies them again. Ids never contain `/`.
+//! The `meta` tree names the live generation.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+use serde::de::DeserializeOwned;
+
+use crate::model::WalletSummary;
+use crate::movement::{Movement, MovementKind};
+use crate::{Generation, ProjectionError, ReadModel};
+
+/// The projection's name, in status output and metrics.
+pub const NAME: &str = "wallet_activity";
+const FORMAT_VERSION: u8 = 1;
+const TREE_PREFIX: &str = "wallet_activity.g";
+const LIVE_KEY: &[u8] = b"live";
+const CHECKPOINT_KEY: &[u8] = b"checkpoint";
+
+/// One line of a wallet's history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub position: u64,
+    pub stream_version: u64,
+    pub kind: MovementKind,
+    pub points: i64,
+    pub balance_after: i64,
+    pub reason: String,
+    pub reference: String,
+    pub idempotency_key: String,
+    pub recorded_at_ms: i64,
+}
+
+/// A page of history, newest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryPage {
+    pub entries: Vec<HistoryEntry>,
+    /// The read model had applied at least the log up to here when the page was read.
+    pub as_of_position: u64,
+}
+
+#[derive(Debug)]
+pub struct SledReadModel {
+    db: sled::Db,
+    meta: sled::Tree,
+    live: RwLock<(u64, sled::Tree)>,
+    building: Mutex<Option<(u64, sled::Tree)>>,
+}
+
+fn tree_name(generation: u64) -> String {
+    format!("{TREE_PREFIX}{generation}")
+}
+
+fn wallet_key(tenant: &str, wallet: &str) -> Vec<u8> {
+    format!("w/{tenant}/{wallet}").into_bytes()
+}
+
+fn history_prefix(tenant: &str, wallet: &str) -> Vec<u8> {
+    format!("m/{tenant}/{wallet}/").into_bytes()
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    let bytes = vec![FORMAT_VERSION];
+    postcard::to_extend(value, bytes).expect("serializing to a Vec cannot fail")
+}
+
+fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, ProjectionError> {
+    let corrupt = |reason: String| ProjectionError::Corrupt { key: String::from_utf8_lossy(key).into_owned(), reason };
+    match bytes.split_first() {
+        Some((&FORMAT_VERSION, rest)) => postcard::from_bytes(rest).map_err(|e| corrupt(e.to_string())),
+        Some((version, _)) => Err(corrupt(format!("unknown format version {version}; rebuild the read model"))),
+        None => Err(corrupt("empty value".to_owned())),
+    }
+}
+
+fn read_u64(tree: &sled::Tree, key: &[u8]) -> Result<Option<u64>, ProjectionError> {
+    tree.get(key)?
+        .map(|value| {
+            <[u8; 8]>::try_from(value.as_ref()).map(u64::from_be_bytes).map_err(|_| ProjectionError::Corrupt {
+                key: String::from_utf8_lossy(key).into_owned(),
+                reason: format!("{} bytes, expected 8", value.len()),
+            })
+        })
+        .transpose()
+}
+
+impl SledReadModel {
+    /// Opens (or creates) the read model in `dir`, dropping generations an interrupted rebuild left.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self, ProjectionError> {
+        let db = sled::open(dir)?;
+        let meta = db.open_tree("meta")?;
+        let live = match read_u64(&meta, LIVE_KEY)? {
+            Some(generation) => generation,
+            None => {
+                meta.insert(LIVE_KEY, &1u64.to_be_bytes())?;
+                1
+            }
+        };
+        for name in db.tree_names() {
+            let name = String::from_utf8_lossy(&name).into_owned();
+            if let Some(generation) = name.strip_prefix(TREE_PREFIX).and_then(|g| g.parse::<u64>().ok())
+                && generation != live
+            {
+                tracing::info!(generation, "dropping a read-model generation left by an interrupted rebuild");
+                db.drop_tree(name.as_bytes())?;
+            }
+        }
+        let tree = db.open_tree(tree_name(live))?;
+        Ok(Self { db, meta, live: RwLock::new((live, tree)), building: Mutex::new(None) })
+    }
+
+    fn tree(&self, generation: u64) -> Result<sled::Tree, ProjectionError> {
+        let live = self.live.read();
+        if live.0 == generation {
+            return Ok(live.1.clone());
+        }
+        match &*self.building.lock() {
+            Some((id, tree)) if *id == generation => Ok(tree.clone()),
+            _ => Err(ProjectionError::NoSuchGeneration { model: NAME, generation }),
+        }
+    }
+
+    fn live_tree(&self) -> sled::Tree {
+        self.live.read().1.clone()
+    }
+
+    /// A wallet's summary from the live generation, and the position it reflects at least.
+    pub fn wallet(&self, tenant: &str, wallet: &str) -> Result<(Option<WalletSummary>, u64), ProjectionError> {
+        let tree = self.live_tree();
+        let as_of = read_u64(&tree, CHECKPOINT_KEY)?.unwrap_or(0);
+        let key = wallet_key(tenant, wallet);
+        let summary = tree.get(&key)?.map(|value| decode(&key, &value)).transpose()?;
+        Ok((summary, as_of))
+    }
+
+    /// Up to `limit` movements of a wallet, newest first, before `before_position` if given.
+    pub fn history(&self, tenant: &str, wallet: &str, before_position: Option<u64>, limit: usize) -> Result<HistoryPage, ProjectionError> {
+        let tree = self.live_tree();
+        let as_of_position = read_u64(&tree, CHECKPOINT_KEY)?.unwrap_or(0);
+        let prefix = history_prefix(tenant, wallet);
+        let mut end = prefix.clone();
+        match before_position {
+            Some(position) => end.extend_from_slice(&position.to_be_bytes()),
+            None => end.extend_from_slice(&[0xff; 9]),
+        }
+        let mut entries = Vec::with_capacity(limit.min(1024));
+        for item in tree.range(prefix.clone()..end).rev().take(limit) {
+            let (key, value) = item?;
+            entries.push(decode(&key, &value)?);
+        }
+        Ok(HistoryPage { entries, as_of_position })
+    }
+
+}
+
+fn apply_batch(tree: &sled::Tree, from: u64, through: u64, movements: &[Movement]) -> Result<(), ProjectionError> {
+    let current = read_u64(tree, CHECKPOINT_KEY)?.unwrap_or(0);
+    if current != from {
+        return Err(ProjectionError::CheckpointMoved { generation: 0, expected: from, actual: current });
+    }
+    let mut summaries: HashMap<Vec<u8>, WalletSummary> = HashMap::new();
+    let mut batch = sled::Batch::default();
+    for movement in movements {
+        let key = wallet_key(&movement.tenant, &movement.wallet);
+        let summary = match summaries.get_mut(&key) {
+            Some(summary) => summary,
+            None => {
+                let stored = tree.get(&key)?.map(|value| decode(&key, &value)).transpose()?.unwrap_or_default();
+                summaries.entry(key).or_insert(stored)
+            }
+        };
+        summary.apply(movement);
+        let mut history_key = history_prefix(&movement.tenant, &movement.wallet);
+        history_key.extend_from_slice(&movement.position.to_be_bytes());
+        let entry = HistoryEntry {
+            position: movement.position,
+            stream_version: movement.stream_version,
+            kind: movement.kind,
+            points: movement.points,
+            balance_after: summary.balance,
+            reason: movement.reason.clone(),
+            reference: movement.reference.clone(),
+            idempotency_key: movement.idempotency_key.clone(),
+            recorded_at_ms: movement.recorded_at_ms,
+        };
+        batch.insert(history_key, encode(&entry));
+    }
+    for (key, summary) in summaries {
+        batch.insert(key, encode(&summary));
+    }
+    batch.insert(CHECKPOINT_KEY, &through.to_be_bytes());
+    tree.apply_batch(batch)?;
+    Ok(())
+}
+
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T, ProjectionError> + Send + 'static) -> Result<T, ProjectionError> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| ProjectionError::Invalid(format!("read-model task failed: {e}")))?
+}
+
+#[async_trait]
+impl ReadModel for SledReadModel {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    async fn live(&self) -> Result<Generation, ProjectionError> {
+        let (id, tree) = self.live.read().clone();
+        Ok(Generation { id, checkpoint: read_u64(&tree, CHECKPOINT_KEY)?.unwrap_or(0) })
+    }
+
+    async fn apply(&self, generation: u64, from: u64, through: u64, movements: Arc<[Movement]>) -> Result<(), ProjectionError> {
+        let tree = self.tree(generation)?;
+        blocking(move || {
+            apply_batch(&tree, from, through, &movements).map_err(|error| match error {
+                ProjectionError::CheckpointMoved { expected, actual, .. } => ProjectionError::CheckpointMoved { generation, expected, actual },
+                other => other,
+            })
+        })
+        .await
+    }
+
+    async fn create_generation(&self) -> Result<u64, ProjectionError> {
+        let mut building = self.building.lock();
+        let live = self.live.read().0;
+        let next = building.as_ref().map_or(live, |(id, _)| (*id).max(live)) + 1;
+        if let Some((old, _)) = building.take() {
+            self.db.drop_tree(tree_name(old).as_bytes())?;
+        }
+        self.db.drop_tree(tree_name(next).as_bytes())?;
+        let tree = self.db.open_tree(tree_name(next))?;
+        *building = Some((next, tree));
+        Ok(next)
+    }
+
+    async fn promote(&self, generation: u64) -> Result<(), ProjectionError> {
+        let tree = {
+            let mut building = self.building.lock();
+            match building.take() {
+                Some((id, tree)) if id == generation => tree,
+                other => {
+                    *building = other;
+                    return Err(ProjectionError::NoSuchGeneration { model: NAME, generation });
+                }
+            }
+        };
+        // The new tree reaches disk before the pointer to it does.
+        tree.flush_async().await?;
+        self.meta.insert(LIVE_KEY, &generation.to_be_bytes())?;
+        self.meta.flush_async().await?;
+        let old = std::mem::replace(&mut *self.live.write(), (generation, tree)).0;
+        self.db.drop_tree(tree_name(old).as_bytes())?;
+        Ok(())
+    }
+
+    async fn flush(&self) -> Result<(), ProjectionError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    async fn drop_generation(&self, generation: u64) -> Result<(), ProjectionError> {
+        let mut building = self.building.lock();
+        if building.as_ref().is_some_and(|(id, _)| *id == generation) {
+            building.take();
+            self.db.drop_tree(tree_name(generation).as_bytes())?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,126 @@
+//! Shared by the projection tests and benchmarks: a seeded workload written straight through the
+//! domain into a log, and the reference fold of a whole log.
+
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tally_engine::codec;
+use tally_engine::domain::{Command, CommandBody, Context, Decision, ProgramSettings, ReturnPolicy, TenantId, WalletId, WalletState, apply, decide};
+use tally_engine::store::{EventMetadata, EventStore, ExpectedVersion};
+use tally_projections::model::Fold;
+use tally_projections::movement::decode_batch;
+
+/// 2026-01-01T00:00:00Z.
+pub const START_MS: i64 = 1_767_225_600_000;
+
+struct Wallet {
+    tenant: TenantId,
+    id: WalletId,
+    state: WalletState,
+    sources: Vec<String>,
+}
+
+/// Random wallet commands over a few tenants, with time moving on by up to two hours a command so
+/// the activity spans many days.
+pub struct Workload {
+    rng: StdRng,
+    wallets: Vec<Wallet>,
+    now_ms: i64,
+    programs: [ProgramSettings; 2],
+    commands: u64,
+}
+
+impl Workload {
+    pub fn new(seed: u64, wallets: usize) -> Self {
+        let tenants = [TenantId::parse("acme").unwrap(), TenantId::parse("globex").unwrap()];
+        let wallets = (0..wallets)
+            .map(|i| Wallet {
+                tenant: tenants[i % 2].clone(),
+                id: WalletId::parse(&format!("w-{i}")).unwrap(),
+                state: WalletState::default(),
+                sources: Vec::new(),
+            })
+            .collect();
+        Self {
+            rng: StdRng::seed_from_u64(seed),
+            wallets,
+            now_ms: START_MS,
+            programs: [ProgramSettings::default(), ProgramSettings { return_policy: ReturnPolicy::CapAtZero }],
+            commands: 0,
+        }
+    }
+
+    fn command(&mut self, index: usize) -> Command {
+        self.commands += 1;
+        let key = format!("k-{}", self.commands);
+        let rng = &mut self.rng;
+        let wallet = &self.wallets[index];
+        let body = if wallet.state.version == 0 {
+            CommandBody::Enroll { customer_ref: format!("cust-{index}") }
+        } else {
+            match rng.random_range(0..100) {
+                0..50 => CommandBody::Earn {
+                    points: rng.random_range(1..500),
+                    reason: "order".to_owned(),
+                    source_ref: format!("order-{}", self.commands),
+                    order_amount: None,
+                },
+                50..70 => CommandBody::Redeem { points: rng.random_range(1..300), reward_ref: "coffee".to_owned() },
+                70..80 => CommandBody::Adjust {
+                    points: rng.random_range(-50..=50i64).max(1) * if rng.random_bool(0.3) { -1 } else { 1 },
+                    reason: "goodwill".to_owned(),
+                    staff_ref: "staff-1".to_owned(),
+                },
+                80..99 if !wallet.sources.is_empty() => CommandBody::Reverse {
+                    source_ref: wallet.sources[rng.random_range(0..wallet.sources.len())].clone(),
+                    points: rng.random_bool(0.5).then(|| rng.random_range(1..200)),
+                    reason: "refund".to_owned(),
+                },
+                99 => CommandBody::Close { reason: "customer asked".to_owned() },
+                _ => CommandBody::Earn { points: 10, reason: "visit".to_owned(), source_ref: format!("visit-{}", self.commands), order_amount: None },
+            }
+        };
+        Command::new(key, body)
+    }
+
+    /// Runs `count` commands (rejected ones included) and appends what they decide.
+    pub async fn run(&mut self, store: &dyn EventStore, count: usize) {
+        for _ in 0..count {
+            self.now_ms += self.rng.random_range(0..7_200_000);
+            let index = self.rng.random_range(0..self.wallets.len());
+            let command = self.command(index);
+            let wallet = &mut self.wallets[index];
+            let program = &self.programs[usize::from(wallet.tenant.as_str() == "globex")];
+            let ctx = Context { tenant: &wallet.tenant, wallet: &wallet.id, now_ms: self.now_ms, program };
+            let Ok(Decision::Append(events)) = decide(&wallet.state, &command, &ctx) else { continue };
+            let data = events.iter().map(|e| codec::encode(e, &EventMetadata::default())).collect();
+            let stream = codec::wallet_stream(&wallet.tenant, &wallet.id);
+            store.append(&stream, ExpectedVersion::Exact(wallet.state.version), data).await.expect("append");
+            for event in &events {
+                apply(&mut wallet.state, event);
+            }
+            if let CommandBody::Earn { source_ref, .. } = &command.body {
+                wallet.sources.push(source_ref.clone());
+            }
+        }
+    }
+}
+
+/// The reference: every read model computed in memory from the whole log.
+pub async fn fold_log(store: &Arc<dyn EventStore>) -> Fold {
+    let mut fold = Fold::default();
+    let mut position = 1;
+    loop {
+        let events = store.read_all(position, 10_000).await.expect("read log");
+        let Some(last) = events.last().map(|e| e.global_position) else { break };
+        for movement in decode_batch(events).expect("decodable log") {
+            fold.apply(&movement);
+        }
+        fold.position = last;
+        position = last + 1;
+    }
+    fold
+}
