@@ -35,6 +35,23 @@ pub enum Command {
     /// Work on whole event logs (run while no server uses them).
     #[command(subcommand)]
     Store(StoreCommand),
+    /// Inspect and rebuild the read models of a running server.
+    #[command(subcommand)]
+    Projections(ProjectionsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProjectionsCommand {
+    /// Each projection's checkpoint, the log head, and the lag in events and time.
+    Status(Target),
+    /// Replay the whole log into a fresh copy of a read model while the live one keeps serving, then swap
+    /// it in. Shows progress; Ctrl-C abandons the rebuild and leaves the live read model untouched.
+    Rebuild {
+        /// Projection name, as `tally projections status` shows it (wallet_activity, reporting).
+        name: String,
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -102,6 +119,16 @@ pub struct ServeArgs {
     /// Snapshots kept per wallet [default: 2].
     #[arg(long, env = "TALLY_SNAPSHOT_KEEP", value_name = "K")]
     pub snapshot_keep: Option<usize>,
+    /// PostgreSQL database for the reporting read model (wallets, ledger, daily stats, liability) behind
+    /// the ReportingService; without it that service answers FAILED_PRECONDITION.
+    #[arg(long, env = "TALLY_REPORTING_DB", value_name = "URL")]
+    pub reporting_db: Option<String>,
+    /// Keep the local wallet-activity read model (sled, in <data>/read-models) [default: true].
+    #[arg(long, env = "TALLY_LOCAL_READ_MODEL", value_name = "BOOL")]
+    pub local_read_model: Option<bool>,
+    /// Serve Prometheus metrics over HTTP on this address (GET /metrics) [default: off].
+    #[arg(long, env = "TALLY_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Where to send a client call.

@@ -64,6 +64,9 @@ struct FileConfig {
     wallet_idle_secs: Option<u64>,
     snapshot_every_events: Option<u64>,
     snapshot_keep: Option<usize>,
+    reporting_db: Option<String>,
+    local_read_model: Option<bool>,
+    metrics_listen: Option<SocketAddr>,
     #[serde(default)]
     tenants: BTreeMap<String, TenantConfig>,
 }
@@ -83,6 +86,11 @@ pub struct ServeSettings {
     pub registry: RegistryConfig,
     /// `None` when snapshots are off.
     pub snapshots: Option<SnapshotPolicy>,
+    /// Connection URL of the reporting read model's database.
+    pub reporting_db: Option<String>,
+    /// Whether to keep the sled wallet-activity read model in `<data>/read-models`.
+    pub local_read_model: bool,
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 fn policy(value: &str, name: &str) -> Result<ReturnPolicy, ConfigError> {
@@ -144,6 +152,9 @@ impl ServeSettings {
             data,
             listen: args.listen.or(file.listen).unwrap_or_else(|| LISTEN_DEFAULT.parse().expect("valid default address")),
             tenants,
+            reporting_db: args.reporting_db.clone().or(file.reporting_db),
+            local_read_model: args.local_read_model.or(file.local_read_model).unwrap_or(true),
+            metrics_listen: args.metrics_listen.or(file.metrics_listen),
             registry: RegistryConfig {
                 active_wallets_max: args.active_wallets_max.or(file.active_wallets_max).unwrap_or(defaults.active_wallets_max),
                 idle_ms: args.wallet_idle_secs.or(file.wallet_idle_secs).map_or(defaults.idle_ms, |s| s.saturating_mul(1000)),

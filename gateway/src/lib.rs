@@ -10,6 +10,8 @@ pub mod client;
 pub mod config;
 pub mod copy;
 pub mod limits;
+pub mod ops;
+pub mod reporting;
 pub mod server;
 pub mod service;
 pub mod status;

@@ -16,3 +16,8 @@ pub const PAGE_SIZE_MAX: u32 = 500;
 pub const SHUTDOWN_GRACE_MS: u64 = 30_000;
 /// After the last call finished, how long shutdown waits for responses to reach clients, in milliseconds.
 pub const RESPONSE_FLUSH_MS: u64 = 1_000;
+/// Default and largest page of `ListWallets` (a page must fit in one message).
+pub const WALLET_PAGE_SIZE_DEFAULT: u32 = 100;
+pub const WALLET_PAGE_SIZE_MAX: u32 = 200;
+/// Longest date range of one `ProgramStats` call, in days (the answer must fit in one message).
+pub const STATS_DAYS_MAX: i64 = 366;

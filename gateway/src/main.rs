@@ -15,9 +15,11 @@ use std::path::Path;
 use tally_engine::actors::{NoSnapshots, Snapshots, StaticPrograms, WalletRegistry};
 use tally_engine::clock::SystemClock;
 use tally_engine::store::{EmbeddedStore, EventStore, PostgresStore};
-use tally_gateway::cli::{Cli, Command, SnapshotsCommand, SnapshotsTarget, StoreCommand};
+use tally_gateway::cli::{Cli, Command, ProjectionsCommand, SnapshotsCommand, SnapshotsTarget, StoreCommand};
 use tally_gateway::config::{ServeSettings, StoreUrl};
+use tally_gateway::reporting::ReadSide;
 use tally_gateway::service::Engine;
+use tally_projections::{PostgresReadModel, Projection, RunnerOptions, SledReadModel};
 use tally_snapshots::{PostgresSnapshotStore, SledSnapshotStore, SnapshotStore, Snapshotter};
 use tracing_subscriber::EnvFilter;
 
@@ -48,6 +50,14 @@ fn main() -> ExitCode {
             }
             Command::Snapshots(command) => snapshots(command).await,
             Command::Store(StoreCommand::Copy { from, to }) => store_copy(&from, &to).await,
+            Command::Projections(ProjectionsCommand::Status(target)) => {
+                println!("{}", tally_gateway::ops::status(target).await?);
+                Ok(())
+            }
+            Command::Projections(ProjectionsCommand::Rebuild { name, target }) => {
+                println!("{}", tally_gateway::ops::rebuild(name, target).await?);
+                Ok(())
+            }
         }
     });
     match result {
@@ -123,8 +133,37 @@ fn redact(url: &str) -> String {
     }
 }
 
+/// Starts the projections the settings ask for, each following the log into its read model.
+async fn start_read_side(settings: &ServeSettings, store: &Arc<dyn EventStore>) -> Result<ReadSide, Box<dyn std::error::Error>> {
+    let mut read = ReadSide::default();
+    if settings.local_read_model {
+        let dir = settings.data.join("read-models");
+        let model = SledReadModel::open(&dir).map_err(|e| {
+            format!("cannot open the local read model in {}: {e} (is a server running on this data directory?)", dir.display())
+        })?;
+        read.projections.push(Arc::new(Projection::spawn(Arc::clone(store), Arc::new(model), RunnerOptions::default())));
+    }
+    if let Some(url) = &settings.reporting_db {
+        let model = Arc::new(
+            PostgresReadModel::connect(url).await.map_err(|e| format!("cannot use the reporting database at {}: {e}", redact(url)))?,
+        );
+        tracing::info!(database = %redact(url), "reporting read model ready");
+        read.reporting = Some(Arc::clone(&model));
+        read.projections.push(Arc::new(Projection::spawn(Arc::clone(store), model, RunnerOptions::default())));
+    }
+    Ok(read)
+}
+
 async fn serve(settings: ServeSettings) -> Result<(), Box<dyn std::error::Error>> {
+    if let Some(address) = settings.metrics_listen {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_http_listener(address)
+            .install()
+            .map_err(|e| format!("cannot serve metrics on {address}: {e}"))?;
+        tracing::info!(%address, "serving Prometheus metrics at /metrics");
+    }
     let (backends, store, snapshots) = Backends::open(&settings).await?;
+    let read = start_read_side(&settings, &store).await?;
     let tenants: Vec<String> = settings.tenants.iter().map(|(t, _)| t.to_string()).collect();
     let programs = Arc::new(StaticPrograms::with_tenants(settings.tenants.clone()));
     let clock = Arc::new(SystemClock);
@@ -140,8 +179,11 @@ async fn serve(settings: ServeSettings) -> Result<(), Box<dyn std::error::Error>
     };
     println!("tally listening on http://{address} ({log}, tenants: {})", tenants.join(", "));
     let engine = Engine { registry: registry.clone(), store, programs };
-    tally_gateway::server::run(listener, engine, shutdown_signal()).await?;
+    tally_gateway::server::run(listener, engine, read.clone(), shutdown_signal()).await?;
     registry.shutdown().await;
+    for projection in &read.projections {
+        projection.stop().await;
+    }
     backends.close().await;
     tracing::info!("stopped cleanly: every acknowledged call is durable");
     Ok(())

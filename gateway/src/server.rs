@@ -5,6 +5,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tally_proto::v1::projections_service_server::ProjectionsServiceServer;
+use tally_proto::v1::reporting_service_server::ReportingServiceServer;
 use tally_proto::v1::wallet_service_server::WalletServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -12,6 +14,7 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
 use crate::limits::{MESSAGE_BYTES_MAX, REQUEST_TIMEOUT_MS, RESPONSE_FLUSH_MS, SHUTDOWN_GRACE_MS, STREAMS_PER_CONNECTION_MAX};
+use crate::reporting::{ProjectionsApi, ReadSide, ReportingApi};
 use crate::service::{Engine, Gate, WalletApi};
 
 #[derive(Debug, thiserror::Error)]
@@ -24,14 +27,24 @@ pub enum ServeError {
 
 /// Serves until `shutdown` resolves; then refuses new calls (UNAVAILABLE), stops accepting connections,
 /// waits up to `SHUTDOWN_GRACE_MS` for the calls in flight to finish, and returns.
-pub async fn run(listener: TcpListener, engine: Engine, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServeError> {
+pub async fn run(
+    listener: TcpListener,
+    engine: Engine,
+    read: ReadSide,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<WalletServiceServer<WalletApi>>().await;
+    health.set_serving::<ReportingServiceServer<ReportingApi>>().await;
+    health.set_serving::<ProjectionsServiceServer<ProjectionsApi>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(tally_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let gate = Arc::new(Gate::default());
+    let reporting = ReportingServiceServer::new(ReportingApi::new(read.clone(), Arc::clone(&engine.programs)))
+        .max_encoding_message_size(MESSAGE_BYTES_MAX);
+    let projections = ProjectionsServiceServer::new(ProjectionsApi::new(&read));
     let wallets = WalletServiceServer::new(WalletApi::new(engine, Arc::clone(&gate)))
         .max_decoding_message_size(MESSAGE_BYTES_MAX)
         .max_encoding_message_size(MESSAGE_BYTES_MAX);
@@ -42,6 +55,8 @@ pub async fn run(listener: TcpListener, engine: Engine, shutdown: impl Future<Ou
         .add_service(health_service)
         .add_service(reflection)
         .add_service(wallets)
+        .add_service(reporting)
+        .add_service(projections)
         // Without TCP_NODELAY on accepted sockets, small replies wait for delayed ACKs (~40 ms).
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async {
             let _ = stopped.await;

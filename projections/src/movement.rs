@@ -84,8 +84,12 @@ pub fn decode_batch(events: Vec<RecordedEvent>) -> Result<Vec<Movement>, Project
         let (position, stream_version) = (recorded.global_position, recorded.stream_version);
         let stream = recorded.stream_id.clone();
         let event_type = recorded.data.event_type.clone();
-        let event = codec::decode(recorded)
-            .map_err(|error| ProjectionError::Poison { position, stream: stream.to_string(), event_type, reason: error.to_string() })?;
+        let event = codec::decode(recorded).map_err(|error| ProjectionError::Poison {
+            position,
+            stream: stream.to_string(),
+            event_type,
+            reason: error.to_string(),
+        })?;
         let points = event.change.points_delta();
         let (kind, reason, reference) = match event.change {
             Change::Enrolled(e) => (MovementKind::Enroll, String::new(), e.customer_ref),

@@ -116,7 +116,8 @@ impl PostgresReadModel {
     /// creates the first generation if there is none.
     pub async fn connect(url: &str) -> Result<Self, ProjectionError> {
         let config: tokio_postgres::Config = url.parse()?;
-        let manager = Manager::from_config(config.clone(), tokio_postgres::NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let manager =
+            Manager::from_config(config.clone(), tokio_postgres::NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager).max_size(POOL_SIZE_MAX).build().map_err(|e| ProjectionError::Invalid(e.to_string()))?;
         let model = Self { pool, config };
         let mut admin = model.admin().await?;
@@ -135,12 +136,16 @@ impl PostgresReadModel {
                     Err(error) => Err(error),
                 }
             }
-            None => async {
-                admin.execute("INSERT INTO tally_read_generations (generation, live, promoted_at) VALUES (1, TRUE, now())", &[]).await?;
-                migrate_generation(&mut admin, 1).await?;
-                replace_views(&admin, 1).await
+            None => {
+                async {
+                    admin
+                        .execute("INSERT INTO tally_read_generations (generation, live, promoted_at) VALUES (1, TRUE, now())", &[])
+                        .await?;
+                    migrate_generation(&mut admin, 1).await?;
+                    replace_views(&admin, 1).await
+                }
+                .await
             }
-            .await,
         };
         admin.execute("SELECT pg_advisory_unlock($1)", &[&GENERATIONS_LOCK]).await?;
         result?;
@@ -287,7 +292,10 @@ impl PostgresReadModel {
         let tx = client.build_transaction().isolation_level(tokio_postgres::IsolationLevel::RepeatableRead).read_only(true).start().await?;
         let as_of: i64 = tx.query_one("SELECT position FROM tally_read.checkpoint", &[]).await?.get(0);
         let row = tx
-            .query_opt("SELECT outstanding_points, negative_points, wallets FROM tally_read.tenant_liability WHERE tenant_id = $1", &[&tenant])
+            .query_opt(
+                "SELECT outstanding_points, negative_points, wallets FROM tally_read.tenant_liability WHERE tenant_id = $1",
+                &[&tenant],
+            )
             .await?;
         tx.commit().await?;
         let liability = row.map_or_else(Liability::default, |row| Liability {
@@ -348,7 +356,8 @@ async fn write_ledger(tx: &deadpool_postgres::Transaction<'_>, schema: &str, mov
              idempotency_key, recorded_at) FROM STDIN BINARY"
         ))
         .await?;
-    let types = [Type::INT8, Type::TEXT, Type::TEXT, Type::INT8, Type::TEXT, Type::INT8, Type::TEXT, Type::TEXT, Type::TEXT, Type::TIMESTAMPTZ];
+    let types =
+        [Type::INT8, Type::TEXT, Type::TEXT, Type::INT8, Type::TEXT, Type::INT8, Type::TEXT, Type::TEXT, Type::TEXT, Type::TIMESTAMPTZ];
     let writer = BinaryCopyInWriter::new(sink, &types);
     pin_mut!(writer);
     for m in movements.iter().filter(|m| m.kind != MovementKind::Enroll) {
@@ -380,7 +389,8 @@ async fn write_wallets(
     delta: &BatchDelta<'_>,
 ) -> Result<BTreeMap<String, Liability>, ProjectionError> {
     let n = delta.wallets.len();
-    let (mut tenants, mut wallets, mut refs, mut statuses) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut tenants, mut wallets, mut refs, mut statuses) =
+        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
     let mut figures: [Vec<i64>; 8] = Default::default();
     let (mut enrolled, mut last_activity) = (Vec::with_capacity(n), Vec::with_capacity(n));
     for ((tenant, wallet), d) in &delta.wallets {
@@ -430,7 +440,22 @@ async fn write_wallets(
     let rows = tx
         .query(
             &statement,
-            &[&tenants, &wallets, &refs, &statuses, balance, earned, redeemed, reversed, adjusted, forfeited, events, positions, &enrolled, &last_activity],
+            &[
+                &tenants,
+                &wallets,
+                &refs,
+                &statuses,
+                balance,
+                earned,
+                redeemed,
+                reversed,
+                adjusted,
+                forfeited,
+                events,
+                positions,
+                &enrolled,
+                &last_activity,
+            ],
         )
         .await?;
     let mut liability: BTreeMap<String, Liability> = BTreeMap::new();
@@ -609,7 +634,8 @@ impl ReadModel for PostgresReadModel {
         let id = i32::try_from(generation).map_err(|_| ProjectionError::NoSuchGeneration { model: NAME, generation })?;
         admin.execute("SELECT pg_advisory_lock($1)", &[&GENERATIONS_LOCK]).await?;
         let result = async {
-            let old: Option<i32> = admin.query_opt("SELECT generation FROM tally_read_generations WHERE live", &[]).await?.map(|r| r.get(0));
+            let old: Option<i32> =
+                admin.query_opt("SELECT generation FROM tally_read_generations WHERE live", &[]).await?.map(|r| r.get(0));
             if admin.query_opt("SELECT 1 FROM tally_read_generations WHERE generation = $1", &[&id]).await?.is_none() {
                 return Err(ProjectionError::NoSuchGeneration { model: NAME, generation });
             }
@@ -619,7 +645,11 @@ impl ReadModel for PostgresReadModel {
                  UPDATE tally_read_generations SET live = TRUE, promoted_at = now() WHERE generation = {id};"
             );
             for view in VIEWS {
-                let _ = write!(sql, "DROP VIEW IF EXISTS tally_read.{view}; CREATE VIEW tally_read.{view} AS SELECT * FROM {}.{view};", schema(generation));
+                let _ = write!(
+                    sql,
+                    "DROP VIEW IF EXISTS tally_read.{view}; CREATE VIEW tally_read.{view} AS SELECT * FROM {}.{view};",
+                    schema(generation)
+                );
             }
             sql.push_str("COMMIT;");
             admin.batch_execute(&sql).await?;

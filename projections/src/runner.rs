@@ -37,9 +37,13 @@ pub enum RunState {
     Starting,
     Running,
     /// A batch failed and is being retried.
-    Retrying { error: String },
+    Retrying {
+        error: String,
+    },
     /// Stopped on an error retrying cannot fix; the read model stays at its last checkpoint.
-    Failed { error: String },
+    Failed {
+        error: String,
+    },
     Stopped,
 }
 
@@ -51,7 +55,9 @@ pub enum RebuildPhase {
     Swapping,
     Done,
     /// Nothing was swapped: the live read model is untouched.
-    Failed { error: String },
+    Failed {
+        error: String,
+    },
     Cancelled,
 }
 
@@ -244,11 +250,7 @@ impl Runner {
                 Err(error) => {
                     tracing::warn!(projection = self.model.name(), %error, "cannot read the live generation; retrying");
                     self.status.send_modify(|s| s.state = RunState::Retrying { error: error.to_string() });
-                    if self.pause(&mut backoff).await {
-                        Exit::Stop
-                    } else {
-                        Exit::Restart
-                    }
+                    if self.pause(&mut backoff).await { Exit::Stop } else { Exit::Restart }
                 }
             };
             match exit {
@@ -430,13 +432,8 @@ impl Runner {
             return;
         }
         let head = *self.store.head().borrow();
-        let (progress_tx, progress) = watch::channel(RebuildProgress {
-            generation: 0,
-            checkpoint: 0,
-            head,
-            events_per_second: 0.0,
-            phase: RebuildPhase::Replaying,
-        });
+        let (progress_tx, progress) =
+            watch::channel(RebuildProgress { generation: 0, checkpoint: 0, head, events_per_second: 0.0, phase: RebuildPhase::Replaying });
         let rebuild = Rebuild {
             store: Arc::clone(&self.store),
             model: Arc::clone(&self.model),

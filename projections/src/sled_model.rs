@@ -18,8 +18,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use parking_lot::{Mutex, RwLock};
-use serde::{Deserialize, Serialize};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use crate::model::WalletSummary;
 use crate::movement::{Movement, MovementKind};
@@ -165,7 +165,6 @@ impl SledReadModel {
         }
         Ok(HistoryPage { entries, as_of_position })
     }
-
 }
 
 fn apply_batch(tree: &sled::Tree, from: u64, through: u64, movements: &[Movement]) -> Result<(), ProjectionError> {
@@ -227,7 +226,9 @@ impl ReadModel for SledReadModel {
         let tree = self.tree(generation)?;
         blocking(move || {
             apply_batch(&tree, from, through, &movements).map_err(|error| match error {
-                ProjectionError::CheckpointMoved { expected, actual, .. } => ProjectionError::CheckpointMoved { generation, expected, actual },
+                ProjectionError::CheckpointMoved { expected, actual, .. } => {
+                    ProjectionError::CheckpointMoved { generation, expected, actual }
+                }
                 other => other,
             })
         })

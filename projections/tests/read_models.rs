@@ -213,7 +213,8 @@ async fn a_batch_that_fails_midway_is_rolled_back_and_retried_without_counting_t
         .unwrap();
     let projection = Projection::spawn(Arc::clone(&store), model.clone(), options(50));
     let mut status = projection.watch();
-    let stuck = tokio::time::timeout(WAIT, status.wait_for(|s| matches!(s.state, RunState::Retrying { .. }))).await.unwrap().unwrap().clone();
+    let stuck =
+        tokio::time::timeout(WAIT, status.wait_for(|s| matches!(s.state, RunState::Retrying { .. }))).await.unwrap().unwrap().clone();
     assert!(matches!(&stuck.state, RunState::Retrying { error } if error.contains("injected failure")), "{stuck:?}");
     assert!(model.checkpoint().await.unwrap() < poison_at as u64);
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -347,9 +348,13 @@ async fn a_poison_event_stops_the_projection_and_names_the_event() {
     let model = Arc::new(SledReadModel::open(dir.path()).unwrap());
     let projection = Projection::spawn(Arc::clone(&store), model.clone(), options(1_000));
     let mut status = projection.watch();
-    let failed = tokio::time::timeout(WAIT, status.wait_for(|s| matches!(s.state, RunState::Failed { .. }))).await.unwrap().unwrap().clone();
+    let failed =
+        tokio::time::timeout(WAIT, status.wait_for(|s| matches!(s.state, RunState::Failed { .. }))).await.unwrap().unwrap().clone();
     let RunState::Failed { error } = &failed.state else { unreachable!() };
-    assert!(error.contains(&format!("position {at}")) && error.contains("acme/wallet/poisoned") && error.contains("tally.v1.PointsTeleported"), "{error}");
+    assert!(
+        error.contains(&format!("position {at}")) && error.contains("acme/wallet/poisoned") && error.contains("tally.v1.PointsTeleported"),
+        "{error}"
+    );
     assert!(failed.checkpoint < at, "nothing at or after the poison event was applied");
     assert!(projection.wait_for(at).await.is_err());
     let fold_before = {

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tally_engine::codec;
-use tally_engine::domain::{Command, CommandBody, Context, Decision, ProgramSettings, ReturnPolicy, TenantId, WalletId, WalletState, apply, decide};
+use tally_engine::domain::{
+    Command, CommandBody, Context, Decision, ProgramSettings, ReturnPolicy, TenantId, WalletId, WalletState, apply, decide,
+};
 use tally_engine::store::{EventMetadata, EventStore, ExpectedVersion};
 use tally_projections::model::Fold;
 use tally_projections::movement::decode_batch;
@@ -80,7 +82,12 @@ impl Workload {
                     reason: "refund".to_owned(),
                 },
                 99 => CommandBody::Close { reason: "customer asked".to_owned() },
-                _ => CommandBody::Earn { points: 10, reason: "visit".to_owned(), source_ref: format!("visit-{}", self.commands), order_amount: None },
+                _ => CommandBody::Earn {
+                    points: 10,
+                    reason: "visit".to_owned(),
+                    source_ref: format!("visit-{}", self.commands),
+                    order_amount: None,
+                },
             }
         };
         Command::new(key, body)
