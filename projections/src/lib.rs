@@ -39,10 +39,16 @@ pub enum ProjectionError {
     /// Stored read-model bytes that do not decode. The read model must be rebuilt.
     #[error("corrupt read model entry {key}: {reason}")]
     Corrupt { key: String, reason: String },
+    /// A rebuilt generation is behind the live one (another node moved it on): catch up, then retry.
+    #[error("generation {generation} is at {checkpoint}, behind the live generation at {live}")]
+    Behind { generation: u64, checkpoint: u64, live: u64 },
     #[error("no generation {generation} of read model {model}")]
     NoSuchGeneration { model: &'static str, generation: u64 },
     #[error("a rebuild of {model} is already running")]
     RebuildRunning { model: &'static str },
+    /// The runner is retrying a failed batch and cannot take a rebuilt generation now.
+    #[error("projection {model} is retrying a failed batch; try again once it runs")]
+    Busy { model: &'static str },
     #[error("projection {model} has stopped")]
     Stopped { model: &'static str },
     #[error("event log: {0}")]
@@ -70,7 +76,7 @@ fn postgres_detail(error: &tokio_postgres::Error) -> String {
 impl ProjectionError {
     /// Errors that retrying cannot fix: the projection stops and says why.
     pub fn is_fatal(&self) -> bool {
-        matches!(self, Self::Poison { .. } | Self::Corrupt { .. } | Self::NoSuchGeneration { .. } | Self::Migration(_) | Self::Invalid(_))
+        matches!(self, Self::Poison { .. } | Self::Corrupt { .. } | Self::Migration(_) | Self::Invalid(_))
     }
 }
 

@@ -186,3 +186,69 @@ impl Fold {
             .len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn movement(position: u64, wallet: &str, day: i64, kind: MovementKind, points: i64) -> Movement {
+        Movement {
+            position,
+            stream_version: position,
+            tenant: Arc::from("acme"),
+            wallet: Arc::from(wallet),
+            recorded_at_ms: day * MS_PER_DAY + 1_000,
+            kind,
+            points,
+            reason: String::new(),
+            reference: format!("ref-{position}"),
+            idempotency_key: format!("k-{position}"),
+        }
+    }
+
+    /// Worked by hand, so the folds' meaning is checked by something other than themselves.
+    #[test]
+    fn a_small_history_worked_by_hand() {
+        let mut fold = Fold::default();
+        for m in [
+            movement(1, "a", 10, MovementKind::Enroll, 0),
+            movement(2, "a", 10, MovementKind::Earn, 100),
+            movement(3, "b", 10, MovementKind::Enroll, 0),
+            movement(4, "a", 11, MovementKind::Redeem, -30),
+            movement(5, "b", 11, MovementKind::Earn, 20),
+            movement(6, "b", 11, MovementKind::Redeem, -20),
+            movement(7, "b", 11, MovementKind::Reverse, -20), // refund after spending: b goes to -20
+            movement(8, "a", 11, MovementKind::Adjust, -5),
+            movement(9, "a", 12, MovementKind::Close, -65),
+        ] {
+            fold.apply(&m);
+        }
+        let a = &fold.wallets[&("acme".to_owned(), "a".to_owned())];
+        assert_eq!(
+            (a.balance, a.lifetime_earned, a.lifetime_redeemed, a.lifetime_adjusted, a.forfeited, a.closed),
+            (0, 100, 30, -5, 65, true)
+        );
+        let b = &fold.wallets[&("acme".to_owned(), "b".to_owned())];
+        assert_eq!((b.balance, b.lifetime_reversed, b.events), (-20, 20, 4));
+        let day = |d: i64| fold.days[&("acme".to_owned(), d)];
+        assert_eq!(day(10), DayStats { points_issued: 100, enrolments: 2, active_wallets: 2, ..DayStats::default() });
+        assert_eq!(
+            day(11),
+            DayStats {
+                points_issued: 20,
+                points_redeemed: 50,
+                points_reversed: 20,
+                points_adjusted: -5,
+                active_wallets: 2,
+                ..DayStats::default()
+            }
+        );
+        assert_eq!(day(12), DayStats { points_forfeited: 65, active_wallets: 1, ..DayStats::default() });
+        assert_eq!(fold.liability["acme"], Liability { outstanding_points: 0, negative_points: -20, wallets: 2 });
+        assert_eq!(fold.ledger.len(), 7, "enrolments are not ledger entries");
+        assert_eq!(fold.active_between("acme", 10, 12), 2);
+        assert_eq!(day_of(-1), -1, "before 1970 is the day before, not day 0");
+    }
+}

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use tally_engine::codec;
 use tally_engine::domain::Change;
+use tally_engine::limits::BALANCE_ABS_MAX;
 use tally_engine::store::RecordedEvent;
 
 use crate::ProjectionError;
@@ -58,6 +59,9 @@ pub struct Movement {
     pub idempotency_key: String,
 }
 
+/// 9999-12-31T23:59:59.999Z: read models keep calendar dates, which end there.
+const RECORDED_AT_MS_MAX: i64 = 253_402_300_799_999;
+
 /// Splits `"<tenant>/wallet/<wallet>"`; `None` for any other stream.
 pub fn parse_wallet_stream(stream: &str) -> Option<(&str, &str)> {
     let (tenant, rest) = stream.split_once('/')?;
@@ -90,7 +94,20 @@ pub fn decode_batch(events: Vec<RecordedEvent>) -> Result<Vec<Movement>, Project
             event_type,
             reason: error.to_string(),
         })?;
+        let out_of_range = |what: String| ProjectionError::Poison {
+            position,
+            stream: stream.to_string(),
+            event_type: event.change.event_type().to_owned(),
+            reason: what,
+        };
+        // The domain never writes these; a log that holds them was written by something else.
+        if !(0..=RECORDED_AT_MS_MAX).contains(&event.recorded_at_ms) {
+            return Err(out_of_range(format!("recorded time {} ms is outside 1970..9999", event.recorded_at_ms)));
+        }
         let points = event.change.points_delta();
+        if points.checked_abs().is_none_or(|p| p > BALANCE_ABS_MAX) {
+            return Err(out_of_range(format!("{points} points is outside the ledger's range")));
+        }
         let (kind, reason, reference) = match event.change {
             Change::Enrolled(e) => (MovementKind::Enroll, String::new(), e.customer_ref),
             Change::Earned(e) => (MovementKind::Earn, e.reason, e.source_ref),

@@ -121,33 +121,10 @@ impl PostgresReadModel {
         let pool = Pool::builder(manager).max_size(POOL_SIZE_MAX).build().map_err(|e| ProjectionError::Invalid(e.to_string()))?;
         let model = Self { pool, config };
         let mut admin = model.admin().await?;
-        meta::migrations::runner()
-            .set_migration_table_name("tally_read_migrations")
-            .run_async(&mut admin)
-            .await
-            .map_err(|e| ProjectionError::Migration(e.to_string()))?;
+        // Nodes starting together take turns, migrations included.
         admin.execute("SELECT pg_advisory_lock($1)", &[&GENERATIONS_LOCK]).await?;
-        let live: Option<i32> = admin.query_opt("SELECT generation FROM tally_read_generations WHERE live", &[]).await?.map(|r| r.get(0));
-        let result = match live {
-            Some(live) => {
-                let live = u64::try_from(live).unwrap_or(0);
-                match migrate_generation(&mut admin, live).await {
-                    Ok(()) => replace_views(&admin, live).await,
-                    Err(error) => Err(error),
-                }
-            }
-            None => {
-                async {
-                    admin
-                        .execute("INSERT INTO tally_read_generations (generation, live, promoted_at) VALUES (1, TRUE, now())", &[])
-                        .await?;
-                    migrate_generation(&mut admin, 1).await?;
-                    replace_views(&admin, 1).await
-                }
-                .await
-            }
-        };
-        admin.execute("SELECT pg_advisory_unlock($1)", &[&GENERATIONS_LOCK]).await?;
+        let result = set_up(&mut admin).await;
+        let _ = admin.execute("SELECT pg_advisory_unlock($1)", &[&GENERATIONS_LOCK]).await;
         result?;
         Ok(model)
     }
@@ -307,6 +284,31 @@ impl PostgresReadModel {
     }
 }
 
+/// Applies pending migrations, creating the first generation if there is none.
+async fn set_up(admin: &mut tokio_postgres::Client) -> Result<(), ProjectionError> {
+    meta::migrations::runner()
+        .set_migration_table_name("tally_read_migrations")
+        .run_async(admin)
+        .await
+        .map_err(|e| ProjectionError::Migration(e.to_string()))?;
+    let live: Option<i32> = admin.query_opt("SELECT generation FROM tally_read_generations WHERE live", &[]).await?.map(|r| r.get(0));
+    let live = match live {
+        Some(live) => live,
+        None => admin
+            .query_one(
+                "INSERT INTO tally_read_generations (generation, live, promoted_at)
+                     VALUES (nextval('tally_read_generation_ids'), TRUE, now()) RETURNING generation",
+                &[],
+            )
+            .await?
+            .get(0),
+    };
+    let live = u64::try_from(live).unwrap_or(0);
+    migrate_generation(admin, live).await?;
+    admin.batch_execute(&views_sql(live)).await?;
+    Ok(())
+}
+
 async fn migrate_generation(admin: &mut tokio_postgres::Client, generation: u64) -> Result<(), ProjectionError> {
     let schema = schema(generation);
     admin.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}; SET search_path TO {schema}")).await?;
@@ -315,16 +317,15 @@ async fn migrate_generation(admin: &mut tokio_postgres::Client, generation: u64)
     result.map(|_| ()).map_err(|e| ProjectionError::Migration(format!("{schema}: {e}")))
 }
 
-/// Points the `tally_read` views at `generation`, in one transaction.
-async fn replace_views(client: &tokio_postgres::Client, generation: u64) -> Result<(), ProjectionError> {
+/// Points the `tally_read` views at `generation`. The columns are the same in every generation (one
+/// set of migrations), so the views are replaced in place and keep their grants.
+fn views_sql(generation: u64) -> String {
     let schema = schema(generation);
-    let mut sql = String::from("BEGIN;");
+    let mut sql = String::new();
     for view in VIEWS {
-        let _ = write!(sql, "DROP VIEW IF EXISTS tally_read.{view}; CREATE VIEW tally_read.{view} AS SELECT * FROM {schema}.{view};");
+        let _ = write!(sql, "CREATE OR REPLACE VIEW tally_read.{view} AS SELECT * FROM {schema}.{view};");
     }
-    sql.push_str("COMMIT;");
-    client.batch_execute(&sql).await?;
-    Ok(())
+    sql
 }
 
 /// What one batch adds to the aggregates, keyed in a fixed order so concurrent writers lock rows alike.
@@ -609,73 +610,92 @@ impl ReadModel for PostgresReadModel {
     async fn create_generation(&self) -> Result<u64, ProjectionError> {
         let mut admin = self.admin().await?;
         admin.execute("SELECT pg_advisory_lock($1)", &[&GENERATIONS_LOCK]).await?;
-        let result = async {
-            let leftovers = admin.query("DELETE FROM tally_read_generations WHERE NOT live RETURNING generation", &[]).await?;
-            for row in leftovers {
-                let generation = u64::try_from(row.get::<_, i32>(0)).unwrap_or(0);
-                tracing::info!(generation, "dropping a reporting generation left by an interrupted rebuild");
-                admin.batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", schema(generation))).await?;
-            }
-            let next: i32 = admin
-                .query_one("INSERT INTO tally_read_generations (generation) SELECT coalesce(max(generation), 0) + 1 FROM tally_read_generations RETURNING generation", &[])
-                .await?
-                .get(0);
-            let next = u64::try_from(next).unwrap_or(0);
-            migrate_generation(&mut admin, next).await?;
-            Ok(next)
-        }
-        .await;
-        admin.execute("SELECT pg_advisory_unlock($1)", &[&GENERATIONS_LOCK]).await?;
+        let result = new_generation(&mut admin).await;
+        let _ = admin.execute("SELECT pg_advisory_unlock($1)", &[&GENERATIONS_LOCK]).await;
         result
     }
 
     async fn promote(&self, generation: u64) -> Result<(), ProjectionError> {
-        let admin = self.admin().await?;
+        let mut admin = self.admin().await?;
         let id = i32::try_from(generation).map_err(|_| ProjectionError::NoSuchGeneration { model: NAME, generation })?;
-        admin.execute("SELECT pg_advisory_lock($1)", &[&GENERATIONS_LOCK]).await?;
-        let result = async {
-            let old: Option<i32> =
-                admin.query_opt("SELECT generation FROM tally_read_generations WHERE live", &[]).await?.map(|r| r.get(0));
-            if admin.query_opt("SELECT 1 FROM tally_read_generations WHERE generation = $1", &[&id]).await?.is_none() {
-                return Err(ProjectionError::NoSuchGeneration { model: NAME, generation });
-            }
-            // One transaction: the views and the live flag switch together.
-            let mut sql = format!(
-                "BEGIN; UPDATE tally_read_generations SET live = FALSE WHERE live;
-                 UPDATE tally_read_generations SET live = TRUE, promoted_at = now() WHERE generation = {id};"
-            );
-            for view in VIEWS {
-                let _ = write!(
-                    sql,
-                    "DROP VIEW IF EXISTS tally_read.{view}; CREATE VIEW tally_read.{view} AS SELECT * FROM {}.{view};",
-                    schema(generation)
-                );
-            }
-            sql.push_str("COMMIT;");
-            admin.batch_execute(&sql).await?;
-            if let Some(old) = old.filter(|old| *old != id) {
-                admin.execute("DELETE FROM tally_read_generations WHERE generation = $1", &[&old]).await?;
-                admin.batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", schema(u64::try_from(old).unwrap_or(0)))).await?;
-            }
-            Ok(())
+        let tx = admin.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&GENERATIONS_LOCK]).await?;
+        let old: Option<i32> = tx.query_opt("SELECT generation FROM tally_read_generations WHERE live", &[]).await?.map(|r| r.get(0));
+        if tx.query_opt("SELECT 1 FROM tally_read_generations WHERE generation = $1 AND NOT live", &[&id]).await?.is_none() {
+            return Err(ProjectionError::NoSuchGeneration { model: NAME, generation });
         }
-        .await;
-        admin.execute("SELECT pg_advisory_unlock($1)", &[&GENERATIONS_LOCK]).await?;
-        result
+        let checkpoint = |g: i32| format!("SELECT position FROM {}.checkpoint", schema(u64::try_from(g).unwrap_or(0)));
+        let new_position: i64 = tx.query_one(&checkpoint(id), &[]).await?.get(0);
+        if let Some(old) = old {
+            let live_position: i64 = tx.query_one(&checkpoint(old), &[]).await?.get(0);
+            if new_position < live_position {
+                return Err(ProjectionError::Behind {
+                    generation,
+                    checkpoint: unsigned(new_position, "checkpoint")?,
+                    live: unsigned(live_position, "checkpoint")?,
+                });
+            }
+        }
+        tx.execute("UPDATE tally_read_generations SET live = FALSE WHERE live", &[]).await?;
+        tx.execute("UPDATE tally_read_generations SET live = TRUE, promoted_at = now() WHERE generation = $1", &[&id]).await?;
+        tx.batch_execute(&views_sql(generation)).await?;
+        tx.commit().await?;
+        // Promoted. Dropping the old generation is housekeeping: if it fails, the next rebuild does it.
+        if let Some(old) = old
+            && let Err(error) = drop_abandoned(&mut admin, old).await
+        {
+            tracing::warn!(%error, generation = old, "cannot drop the previous reporting generation; the next rebuild will");
+        }
+        Ok(())
     }
 
     async fn drop_generation(&self, generation: u64) -> Result<(), ProjectionError> {
-        let admin = self.admin().await?;
+        let mut admin = self.admin().await?;
         let id = i32::try_from(generation).map_err(|_| ProjectionError::NoSuchGeneration { model: NAME, generation })?;
-        admin.execute("SELECT pg_advisory_lock($1)", &[&GENERATIONS_LOCK]).await?;
-        let result = async {
-            if admin.execute("DELETE FROM tally_read_generations WHERE generation = $1 AND NOT live", &[&id]).await? > 0 {
-                admin.batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", schema(generation))).await?;
-            }
-            Ok(())
-        }
-        .await;
-        admin.execute("SELECT pg_advisory_unlock($1)", &[&GENERATIONS_LOCK]).await?;
-        result
+        drop_abandoned(&mut admin, id).await
     }
+}
+
+/// How recently a generation that is not live must have applied a batch to count as a rebuild in
+/// progress (on this node or another) rather than one a crash abandoned.
+const REBUILD_ALIVE_SECS: f64 = 60.0;
+
+async fn new_generation(admin: &mut tokio_postgres::Client) -> Result<u64, ProjectionError> {
+    let others: Vec<i32> =
+        admin.query("SELECT generation FROM tally_read_generations WHERE NOT live", &[]).await?.iter().map(|r| r.get(0)).collect();
+    for other in others {
+        let sql =
+            format!("SELECT extract(epoch FROM now() - updated_at)::float8 FROM {}.checkpoint", schema(u64::try_from(other).unwrap_or(0)));
+        let idle: Option<f64> = match admin.query_one(&sql, &[]).await {
+            Ok(row) => Some(row.get(0)),
+            Err(error) if missing_generation(&error) => None,
+            Err(error) => return Err(error.into()),
+        };
+        if idle.is_some_and(|secs| secs < REBUILD_ALIVE_SECS) {
+            return Err(ProjectionError::RebuildRunning { model: NAME });
+        }
+        tracing::info!(generation = other, "dropping a reporting generation left by an interrupted rebuild");
+        drop_abandoned(admin, other).await?;
+    }
+    let next: i32 = admin
+        .query_one(
+            "INSERT INTO tally_read_generations (generation) VALUES (nextval('tally_read_generation_ids')) RETURNING generation",
+            &[],
+        )
+        .await?
+        .get(0);
+    let next = u64::try_from(next).unwrap_or(0);
+    migrate_generation(admin, next).await?;
+    Ok(next)
+}
+
+/// Drops a generation that is not live: its row and its schema, together.
+async fn drop_abandoned(admin: &mut tokio_postgres::Client, generation: i32) -> Result<(), ProjectionError> {
+    let tx = admin.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&GENERATIONS_LOCK]).await?;
+    if tx.execute("DELETE FROM tally_read_generations WHERE generation = $1 AND NOT live", &[&generation]).await? > 0 {
+        tx.batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", schema(u64::try_from(generation).unwrap_or(0)))).await?;
+    }
+    tx.commit().await?;
+    Ok(())
 }

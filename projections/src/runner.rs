@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
-use tally_engine::store::{EventStore, Follower, RecordedEvent};
+use tally_engine::store::{EventStore, Follower, RecordedEvent, StoreError};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
@@ -158,7 +158,7 @@ impl Projection {
             model,
             options,
             status: status_tx,
-            control_tx: control.clone(),
+            control_tx: control.downgrade(),
             control: control_rx,
             lag: Histogram::new_with_bounds(1, 3_600_000, 2).expect("valid histogram bounds"),
             started_at_ms: now_ms(),
@@ -173,7 +173,13 @@ impl Projection {
     }
 
     pub fn status(&self) -> ProjectionStatus {
-        self.status.borrow().clone()
+        let mut status = self.status.borrow().clone();
+        // The runner only lets go of its status when its task ends; if it ended without saying why, it
+        // panicked (and logged it).
+        if self.status.has_changed().is_err() && !matches!(status.state, RunState::Failed { .. } | RunState::Stopped) {
+            status.state = RunState::Failed { error: "the projection task ended unexpectedly; see the server log".to_owned() };
+        }
+        status
     }
 
     pub fn watch(&self) -> watch::Receiver<ProjectionStatus> {
@@ -202,7 +208,8 @@ impl Projection {
         answer.await.map_err(|_| ProjectionError::Stopped { model: self.name })?
     }
 
-    /// Stops after the batch in flight (an abandoned rebuild is dropped at the next rebuild or start).
+    /// Stops after the batch in flight. A rebuild in progress is abandoned; the next rebuild (or, for
+    /// sled, the next start) drops what it left.
     pub async fn stop(&self) {
         let _ = self.control.send(Control::Stop).await;
         let task = self.task.lock().take();
@@ -217,7 +224,8 @@ struct Runner {
     model: Arc<dyn ReadModel>,
     options: RunnerOptions,
     status: watch::Sender<ProjectionStatus>,
-    control_tx: mpsc::Sender<Control>,
+    /// Weak, so dropping every [`Projection`] handle ends the runner.
+    control_tx: mpsc::WeakSender<Control>,
     control: mpsc::Receiver<Control>,
     lag: Histogram<u64>,
     started_at_ms: i64,
@@ -305,7 +313,7 @@ impl Runner {
     }
 
     fn handle_control_while_busy(&mut self, message: Control) {
-        let busy = || ProjectionError::Invalid("the projection is retrying a failed batch; try again once it runs".to_owned());
+        let busy = || ProjectionError::Busy { model: self.model.name() };
         match message {
             Control::Rebuild(reply) => {
                 let _ = reply.send(Err(busy()));
@@ -318,7 +326,7 @@ impl Runner {
     }
 
     async fn follow(&mut self, checkpoint: u64) -> Exit {
-        let mut follower = Follower::new(Arc::clone(&self.store), checkpoint);
+        let mut reader = Reader::spawn(Arc::clone(&self.store), checkpoint, self.options.batch_size);
         let mut head = self.store.head();
         let mut head_open = true;
         loop {
@@ -330,10 +338,12 @@ impl Runner {
                     Some(Control::Swap { generation, checkpoint, reply }) => match self.swap(generation, checkpoint).await {
                         Ok(live_checkpoint) => {
                             let _ = reply.send(Ok(()));
-                            follower = Follower::new(Arc::clone(&self.store), live_checkpoint);
+                            reader = Reader::spawn(Arc::clone(&self.store), live_checkpoint, self.options.batch_size);
                         }
                         Err(error) => {
+                            // Whatever happened, the live generation is what the model says it is now.
                             let _ = reply.send(Err(error));
+                            return Exit::Restart;
                         }
                     },
                 },
@@ -344,7 +354,7 @@ impl Runner {
                     }
                     Err(_) => head_open = false,
                 },
-                batch = follower.next_batch(self.options.batch_size) => match batch {
+                batch = reader.batches.recv() => match batch.unwrap_or(Ok(None)) {
                     Ok(Some(events)) => {
                         if let Some(exit) = self.apply_live(events).await {
                             return exit;
@@ -381,8 +391,8 @@ impl Runner {
         loop {
             match self.model.apply(generation, from, through, Arc::clone(&movements)).await {
                 Ok(()) => break,
-                Err(error @ ProjectionError::CheckpointMoved { .. }) => {
-                    tracing::info!(projection = self.model.name(), %error, "another runner moved the checkpoint; following from there");
+                Err(error @ (ProjectionError::CheckpointMoved { .. } | ProjectionError::NoSuchGeneration { .. })) => {
+                    tracing::info!(projection = self.model.name(), %error, "another runner moved on; following the live generation from its checkpoint");
                     return Some(Exit::Restart);
                 }
                 Err(error) if error.is_fatal() => return Some(Exit::Fail(error)),
@@ -449,16 +459,24 @@ impl Runner {
     /// Brings `generation` from `checkpoint` to the live checkpoint, promotes it, and returns the
     /// checkpoint live following resumes from.
     async fn swap(&mut self, generation: u64, checkpoint: u64) -> Result<u64, ProjectionError> {
-        let live_checkpoint = self.status.borrow().checkpoint;
         let mut position = checkpoint;
-        while position < live_checkpoint {
-            let limit = usize::try_from(live_checkpoint - position).unwrap_or(usize::MAX).min(self.options.batch_size);
-            let events = self.store.read_all(position + 1, limit).await?;
-            let Some(through) = events.last().map(|e| e.global_position) else { break };
-            self.model.apply(generation, position, through, decode_batch(events)?.into()).await?;
-            position = through;
+        loop {
+            // Another node may have taken the live generation further than this runner knows.
+            let known = self.status.borrow().checkpoint;
+            let live_checkpoint = known.max(self.model.live().await?.checkpoint);
+            while position < live_checkpoint {
+                let limit = usize::try_from(live_checkpoint - position).unwrap_or(usize::MAX).min(self.options.batch_size);
+                let events = self.store.read_all(position + 1, limit).await?;
+                let Some(through) = events.last().map(|e| e.global_position) else { break };
+                self.model.apply(generation, position, through, decode_batch(events)?.into()).await?;
+                position = through;
+            }
+            match self.model.promote(generation).await {
+                Ok(()) => break,
+                Err(ProjectionError::Behind { .. }) => continue,
+                Err(error) => return Err(error),
+            }
         }
-        self.model.promote(generation).await?;
         tracing::info!(projection = self.model.name(), generation, checkpoint = position, "rebuilt generation swapped in");
         self.status.send_modify(|s| {
             s.generation = generation;
@@ -468,11 +486,41 @@ impl Runner {
     }
 }
 
+/// Reads batches ahead of the runner on a task of its own, one batch at a time (the channel holds one),
+/// so a read in flight is never abandoned when the runner wakes up for something else.
+struct Reader {
+    batches: mpsc::Receiver<Result<Option<Vec<RecordedEvent>>, StoreError>>,
+    task: JoinHandle<()>,
+}
+
+impl Reader {
+    fn spawn(store: Arc<dyn EventStore>, after: u64, batch_size: usize) -> Self {
+        let (sender, batches) = mpsc::channel(1);
+        let task = tokio::spawn(async move {
+            let mut follower = Follower::new(store, after);
+            loop {
+                let batch = follower.next_batch(batch_size).await;
+                let more = matches!(batch, Ok(Some(_)));
+                if sender.send(batch).await.is_err() || !more {
+                    return;
+                }
+            }
+        });
+        Self { batches, task }
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 struct Rebuild {
     store: Arc<dyn EventStore>,
     model: Arc<dyn ReadModel>,
     batch_size: usize,
-    control: mpsc::Sender<Control>,
+    control: mpsc::WeakSender<Control>,
     status: watch::Sender<ProjectionStatus>,
     progress: watch::Sender<RebuildProgress>,
 }
@@ -500,6 +548,30 @@ impl Rebuild {
         self.status.send_modify(|s| s.rebuild = Some(progress));
     }
 
+    /// Replays the batch after `checkpoint` into `generation`, retrying transient failures a few times
+    /// (a replay can be long; one network blip should not throw it away). `None` if there was nothing.
+    async fn replay_batch(&self, generation: u64, checkpoint: u64) -> Result<Option<u64>, ProjectionError> {
+        let mut backoff = Duration::from_millis(100);
+        let mut attempts = 0;
+        loop {
+            let attempt = async {
+                let events = self.store.read_all(checkpoint + 1, self.batch_size).await?;
+                let Some(through) = events.last().map(|e| e.global_position) else { return Ok::<_, ProjectionError>(None) };
+                self.model.apply(generation, checkpoint, through, decode_batch(events)?.into()).await?;
+                Ok(Some(through))
+            };
+            match attempt.await {
+                Err(error) if !error.is_fatal() && !matches!(error, ProjectionError::NoSuchGeneration { .. }) && attempts < 8 => {
+                    attempts += 1;
+                    tracing::warn!(projection = self.model.name(), %error, generation, attempts, "rebuild batch failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                result => return result,
+            }
+        }
+    }
+
     async fn replay_and_swap(&self) -> Result<RebuildPhase, (Option<u64>, ProjectionError)> {
         let generation = self.model.create_generation().await.map_err(|e| (None, e))?;
         let fail = |error: ProjectionError| (Some(generation), error);
@@ -517,10 +589,8 @@ impl Rebuild {
             if checkpoint >= head {
                 break;
             }
-            let events = self.store.read_all(checkpoint + 1, self.batch_size).await.map_err(|e| fail(e.into()))?;
-            let Some(through) = events.last().map(|e| e.global_position) else { break };
-            let movements = decode_batch(events).map_err(fail)?;
-            self.model.apply(generation, checkpoint, through, movements.into()).await.map_err(fail)?;
+            let through = self.replay_batch(generation, checkpoint).await.map_err(fail)?;
+            let Some(through) = through else { break };
             checkpoint = through;
             let rate = checkpoint as f64 / started.elapsed().as_secs_f64().max(1e-9);
             self.report(|p| {
@@ -530,10 +600,23 @@ impl Rebuild {
             });
         }
         self.report(|p| p.phase = RebuildPhase::Swapping);
-        let (reply, answer) = oneshot::channel();
         let stopped = || fail(ProjectionError::Stopped { model: self.model.name() });
-        self.control.send(Control::Swap { generation, checkpoint, reply }).await.map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?.map_err(fail)?;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let (reply, answer) = oneshot::channel();
+            let control = self.control.upgrade().ok_or_else(stopped)?;
+            control.send(Control::Swap { generation, checkpoint, reply }).await.map_err(|_| stopped())?;
+            drop(control);
+            match answer.await.map_err(|_| stopped())? {
+                Ok(()) => break,
+                // The runner is retrying a failed batch: the rebuilt generation waits for it.
+                Err(ProjectionError::Busy { .. }) => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                Err(error) => return Err(fail(error)),
+            }
+        }
         let live = *self.store.head().borrow();
         self.report(|p| {
             p.checkpoint = p.checkpoint.max(checkpoint);

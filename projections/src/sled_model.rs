@@ -125,9 +125,11 @@ impl SledReadModel {
     }
 
     fn tree(&self, generation: u64) -> Result<sled::Tree, ProjectionError> {
-        let live = self.live.read();
-        if live.0 == generation {
-            return Ok(live.1.clone());
+        {
+            let live = self.live.read();
+            if live.0 == generation {
+                return Ok(live.1.clone());
+            }
         }
         match &*self.building.lock() {
             Some((id, tree)) if *id == generation => Ok(tree.clone()),
@@ -249,22 +251,20 @@ impl ReadModel for SledReadModel {
     }
 
     async fn promote(&self, generation: u64) -> Result<(), ProjectionError> {
-        let tree = {
-            let mut building = self.building.lock();
-            match building.take() {
-                Some((id, tree)) if id == generation => tree,
-                other => {
-                    *building = other;
-                    return Err(ProjectionError::NoSuchGeneration { model: NAME, generation });
-                }
-            }
-        };
+        let tree = self.tree(generation)?;
+        if self.live.read().0 == generation {
+            return Ok(());
+        }
         // The new tree reaches disk before the pointer to it does.
         tree.flush_async().await?;
         self.meta.insert(LIVE_KEY, &generation.to_be_bytes())?;
         self.meta.flush_async().await?;
+        self.building.lock().take();
         let old = std::mem::replace(&mut *self.live.write(), (generation, tree)).0;
-        self.db.drop_tree(tree_name(old).as_bytes())?;
+        // Housekeeping: a tree left behind is dropped at the next start.
+        if let Err(error) = self.db.drop_tree(tree_name(old).as_bytes()) {
+            tracing::warn!(%error, generation = old, "cannot drop the previous read-model generation; the next start will");
+        }
         Ok(())
     }
 

@@ -12,10 +12,10 @@ use common::{Workload, fold_log};
 use tally_engine::codec;
 use tally_engine::domain::{TenantId, WalletId};
 use tally_engine::store::{EventData, EventMetadata, EventStore, ExpectedVersion, InMemoryStore};
-use tally_projections::model::{DayStats, Fold, day_of};
+use tally_projections::model::{DayStats, Fold};
 use tally_projections::postgres_model::{WalletCursor, WalletOrder, date_of_day};
 use tally_projections::runner::{RebuildPhase, RunState};
-use tally_projections::{MovementKind, PostgresReadModel, Projection, ReadModel, RunnerOptions, SledReadModel};
+use tally_projections::{PostgresReadModel, Projection, ReadModel, RunnerOptions, SledReadModel};
 use tally_tests::TestDatabase;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -328,12 +328,12 @@ async fn an_interrupted_rebuild_leaves_the_live_model_untouched() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_event_stops_the_projection_and_names_the_event() {
+    let db = TestDatabase::create().await;
     let dir = tempfile::tempdir().unwrap();
     let store = store();
     let mut workload = Workload::new(5, 10);
     workload.run(&*store, 100).await;
     let stream = codec::wallet_stream(&TenantId::parse("acme").unwrap(), &WalletId::parse("poisoned").unwrap());
-    let version = store.stream_version(&stream).await.unwrap();
     let poison = EventData {
         event_type: "tally.v1.PointsTeleported".to_owned(),
         schema_version: 1,
@@ -343,32 +343,76 @@ async fn a_poison_event_stops_the_projection_and_names_the_event() {
         metadata: EventMetadata::default(),
         payload: vec![1, 2, 3],
     };
-    let at = store.append(&stream, ExpectedVersion::Exact(version), vec![poison]).await.unwrap().first_position;
+    let at = store.append(&stream, ExpectedVersion::Exact(0), vec![poison]).await.unwrap().first_position;
     workload.run(&*store, 100).await;
-    let model = Arc::new(SledReadModel::open(dir.path()).unwrap());
-    let projection = Projection::spawn(Arc::clone(&store), model.clone(), options(1_000));
-    let mut status = projection.watch();
-    let failed =
-        tokio::time::timeout(WAIT, status.wait_for(|s| matches!(s.state, RunState::Failed { .. }))).await.unwrap().unwrap().clone();
-    let RunState::Failed { error } = &failed.state else { unreachable!() };
-    assert!(
-        error.contains(&format!("position {at}")) && error.contains("acme/wallet/poisoned") && error.contains("tally.v1.PointsTeleported"),
-        "{error}"
-    );
-    assert!(failed.checkpoint < at, "nothing at or after the poison event was applied");
-    assert!(projection.wait_for(at).await.is_err());
-    let fold_before = {
-        let mut fold = Fold::default();
-        let events = store.read_all(1, (at - 1) as usize).await.unwrap();
-        for m in tally_projections::movement::decode_batch(events).unwrap() {
-            fold.apply(&m);
-        }
-        fold
-    };
-    if failed.checkpoint == at - 1 {
-        assert_sled_matches(&model, &fold_before);
+    let mut fold_before = Fold::default();
+    for m in tally_projections::movement::decode_batch(store.read_all(1, (at - 1) as usize).await.unwrap()).unwrap() {
+        fold_before.apply(&m);
     }
+    let sled = Arc::new(SledReadModel::open(dir.path()).unwrap());
+    let postgres = Arc::new(PostgresReadModel::connect(&db.url).await.unwrap());
+    for model in [sled.clone() as Arc<dyn ReadModel>, postgres.clone()] {
+        // One event a batch: everything before the poison event is applied, nothing from it on.
+        let projection = Projection::spawn(Arc::clone(&store), model, options(1));
+        let mut status = projection.watch();
+        let failed =
+            tokio::time::timeout(WAIT, status.wait_for(|s| matches!(s.state, RunState::Failed { .. }))).await.unwrap().unwrap().clone();
+        let RunState::Failed { error } = &failed.state else { unreachable!() };
+        assert!(
+            error.contains(&format!("position {at}"))
+                && error.contains("acme/wallet/poisoned")
+                && error.contains("tally.v1.PointsTeleported"),
+            "{error}"
+        );
+        assert_eq!(failed.checkpoint, at - 1, "everything before the poison event is applied, nothing after");
+        assert!(projection.wait_for(at).await.is_err());
+        projection.stop().await;
+    }
+    assert_sled_matches(&sled, &fold_before);
+    assert_eq!(postgres.checkpoint().await.unwrap(), at - 1);
+    assert_eq!(postgres.liability("acme").await.unwrap(), (fold_before.liability["acme"], at - 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_runners_on_one_reporting_database_never_count_twice() {
+    let db = TestDatabase::create().await;
+    let store = store();
+    let mut workload = Workload::new(21, 40);
+    workload.run(&*store, 300).await;
+    // Two nodes, each with its own runner, writing to the same read model.
+    let first = Arc::new(PostgresReadModel::connect(&db.url).await.unwrap());
+    let second = Arc::new(PostgresReadModel::connect(&db.url).await.unwrap());
+    let a = Projection::spawn(Arc::clone(&store), first.clone(), options(17));
+    let b = Projection::spawn(Arc::clone(&store), second, options(29));
+    for _ in 0..10 {
+        workload.run(&*store, 100).await;
+        tokio::task::yield_now().await;
+    }
+    caught_up(&a, &store).await;
+    caught_up(&b, &store).await;
+    assert_postgres_matches(&first, &db, &fold_log(&store).await).await;
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn following_a_postgres_log_under_steady_writes_keeps_up() {
+    let db = TestDatabase::create().await;
+    let store: Arc<dyn EventStore> = Arc::new(tally_engine::store::PostgresStore::connect(&db.url).await.unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let model = Arc::new(SledReadModel::open(dir.path()).unwrap());
+    let projection = Projection::spawn(Arc::clone(&store), model.clone(), options(100));
+    let writer = {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move {
+            let mut workload = Workload::new(31, 30);
+            for _ in 0..40 {
+                workload.run(&*store, 20).await;
+            }
+        })
+    };
+    writer.await.unwrap();
+    caught_up(&projection, &store).await;
+    assert_sled_matches(&model, &fold_log(&store).await);
     projection.stop().await;
-    assert!(fold_before.ledger.iter().all(|m| m.kind != MovementKind::Enroll));
-    assert!(day_of(common::START_MS) > 0);
 }

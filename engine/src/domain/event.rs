@@ -32,10 +32,11 @@ impl Change {
         match self {
             Change::Enrolled(_) => 0,
             Change::Earned(e) => e.points,
-            Change::Redeemed(e) => -e.points,
+            // Saturating: a forged log must not panic a reader (the projections reject such amounts).
+            Change::Redeemed(e) => e.points.saturating_neg(),
             Change::Adjusted(e) => e.points,
-            Change::Reversed(e) => -e.reversed_points,
-            Change::Closed(e) => -e.forfeited_points,
+            Change::Reversed(e) => e.reversed_points.saturating_neg(),
+            Change::Closed(e) => e.forfeited_points.saturating_neg(),
         }
     }
 

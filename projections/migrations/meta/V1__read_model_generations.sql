@@ -2,6 +2,9 @@
 -- views in schema tally_read point at the live one, so BI tools read stable names across rebuilds.
 CREATE SCHEMA IF NOT EXISTS tally_read;
 
+-- Generation ids are never reused, so a dropped generation's id cannot be mistaken for a new one.
+CREATE SEQUENCE tally_read_generation_ids;
+
 CREATE TABLE tally_read_generations (
     generation  INTEGER PRIMARY KEY,
     live        BOOLEAN NOT NULL DEFAULT FALSE,
