@@ -20,15 +20,17 @@ use crate::{ProjectionError, ReadModel};
 
 #[derive(Debug, Clone, Copy)]
 pub struct RunnerOptions {
-    /// Most log events applied in one atomic write.
+    /// Most log events applied in one atomic write while following.
     pub batch_size: usize,
+    /// The same during a rebuild's replay: larger batches fold more events into each row write.
+    pub rebuild_batch_size: usize,
     /// Longest wait between retries of a failing batch.
     pub retry_max: Duration,
 }
 
 impl Default for RunnerOptions {
     fn default() -> Self {
-        Self { batch_size: 2_000, retry_max: Duration::from_secs(5) }
+        Self { batch_size: 2_000, rebuild_batch_size: 50_000, retry_max: Duration::from_secs(5) }
     }
 }
 
@@ -447,7 +449,7 @@ impl Runner {
         let rebuild = Rebuild {
             store: Arc::clone(&self.store),
             model: Arc::clone(&self.model),
-            batch_size: self.options.batch_size,
+            batch_size: self.options.rebuild_batch_size,
             control: self.control_tx.clone(),
             status: self.status.clone(),
             progress: progress_tx,

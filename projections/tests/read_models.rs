@@ -36,7 +36,7 @@ async fn reopen(dir: &std::path::Path) -> SledReadModel {
 }
 
 fn options(batch_size: usize) -> RunnerOptions {
-    RunnerOptions { batch_size, retry_max: Duration::from_millis(100) }
+    RunnerOptions { batch_size, rebuild_batch_size: batch_size * 3, retry_max: Duration::from_millis(100) }
 }
 
 async fn caught_up(projection: &Projection, store: &Arc<dyn EventStore>) {

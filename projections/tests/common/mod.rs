@@ -37,11 +37,16 @@ pub struct Workload {
 
 impl Workload {
     pub fn new(seed: u64, wallets: usize) -> Self {
+        Self::named(seed, wallets, "w")
+    }
+
+    /// Wallets named `<prefix>-<n>`, so several workloads can write to one log side by side.
+    pub fn named(seed: u64, wallets: usize, prefix: &str) -> Self {
         let tenants = [TenantId::parse("acme").unwrap(), TenantId::parse("globex").unwrap()];
         let wallets = (0..wallets)
             .map(|i| Wallet {
                 tenant: tenants[i % 2].clone(),
-                id: WalletId::parse(&format!("w-{i}")).unwrap(),
+                id: WalletId::parse(&format!("{prefix}-{i}")).unwrap(),
                 state: WalletState::default(),
                 sources: Vec::new(),
             })
