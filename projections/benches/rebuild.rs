@@ -4,6 +4,10 @@
 //! `cargo bench -p tally-projections --bench rebuild`; `TALLY_BENCH_EVENTS` sets the log size
 //! (default 200,000). The PostgreSQL part uses `TALLY_TEST_PG_URL` like the tests.
 
+// The allocator the `tally` binary uses.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[path = "../tests/common/mod.rs"]
 mod common;
 
