@@ -123,7 +123,8 @@ pub struct ServeArgs {
     /// the ReportingService; without it that service answers FAILED_PRECONDITION.
     #[arg(long, env = "TALLY_REPORTING_DB", value_name = "URL")]
     pub reporting_db: Option<String>,
-    /// Keep the local wallet-activity read model (sled, in <data>/read-models) [default: true].
+    /// Keep the local wallet-activity read model (sled, in <data>/read-models) [default: true on the
+    /// embedded log, false on a postgres:// log, so nodes sharing a log keep nothing locally].
     #[arg(long, env = "TALLY_LOCAL_READ_MODEL", value_name = "BOOL")]
     pub local_read_model: Option<bool>,
     /// Serve Prometheus metrics over HTTP on this address (GET /metrics) [default: off].

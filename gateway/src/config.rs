@@ -147,13 +147,14 @@ impl ServeSettings {
             None => StoreUrl::Embedded(data.clone()),
         };
         Ok(Self {
-            store,
+            store: store.clone(),
             snapshots: (every_events > 0).then_some(SnapshotPolicy { every_events, keep_last, ..policy }),
             data,
             listen: args.listen.or(file.listen).unwrap_or_else(|| LISTEN_DEFAULT.parse().expect("valid default address")),
             tenants,
             reporting_db: args.reporting_db.clone().or(file.reporting_db),
-            local_read_model: args.local_read_model.or(file.local_read_model).unwrap_or(true),
+            // Nodes on a shared log keep nothing locally unless asked to.
+            local_read_model: args.local_read_model.or(file.local_read_model).unwrap_or(matches!(store, StoreUrl::Embedded(_))),
             metrics_listen: args.metrics_listen.or(file.metrics_listen),
             registry: RegistryConfig {
                 active_wallets_max: args.active_wallets_max.or(file.active_wallets_max).unwrap_or(defaults.active_wallets_max),

@@ -85,7 +85,7 @@ async fn caught_up(projections: &mut ProjectionsServiceClient<Channel>, position
     for _ in 0..600 {
         let list = projections.list_projections(ListProjectionsRequest {}).await.unwrap().into_inner().projections;
         assert_eq!(list.len(), 2, "{list:?}");
-        assert!(list.iter().all(|p| p.state == "running"), "{list:?}");
+        assert!(list.iter().all(|p| p.state == "running" || p.state == "starting"), "{list:?}");
         if list.iter().all(|p| p.checkpoint >= position && p.checkpoint == p.log_head) {
             return list[0].log_head;
         }
