@@ -80,11 +80,11 @@ async fn load(channel: Channel, callers: usize, acked: Arc<AtomicU64>) {
     }
 }
 
-/// Waits until every projection has applied the log up to `position` and returns the log head.
-async fn caught_up(projections: &mut ProjectionsServiceClient<Channel>, position: u64) -> u64 {
+/// Waits until each of the `expected` projections has applied the log up to `position`; returns the head.
+async fn caught_up(projections: &mut ProjectionsServiceClient<Channel>, position: u64, expected: usize) -> u64 {
     for _ in 0..600 {
         let list = projections.list_projections(ListProjectionsRequest {}).await.unwrap().into_inner().projections;
-        assert_eq!(list.len(), 2, "{list:?}");
+        assert_eq!(list.len(), expected, "{list:?}");
         assert!(list.iter().all(|p| p.state == "running" || p.state == "starting"), "{list:?}");
         if list.iter().all(|p| p.checkpoint >= position && p.checkpoint == p.log_head) {
             return list[0].log_head;
@@ -147,7 +147,7 @@ async fn read_models_survive_kill_9_mid_load_and_a_rebuild_over_grpc() {
     let channel = server.channel().await;
     let mut projections = ProjectionsServiceClient::new(channel.clone());
     let mut reporting = ReportingServiceClient::new(channel.clone());
-    let head = caught_up(&mut projections, acked).await;
+    let head = caught_up(&mut projections, acked, 2).await;
 
     let before_rebuild = all_wallets(&mut reporting).await;
     let liability = reporting.liability(LiabilityRequest { tenant_id: TENANT.into() }).await.unwrap().into_inner();
@@ -214,4 +214,33 @@ async fn without_a_reporting_database_reporting_says_how_to_get_one() {
     assert!(status.message().contains("--reporting-db"), "{status:?}");
     let list = ProjectionsServiceClient::new(channel).list_projections(ListProjectionsRequest {}).await.unwrap().into_inner();
     assert!(list.projections.is_empty());
+}
+
+/// A free loopback port (bound, then released for the server to take).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[tokio::test]
+async fn projection_lag_is_a_prometheus_metric() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let server = TallyServer::start(dir.path(), &["--metrics-listen", &metrics]);
+    let mut client = server.client().await;
+    let enroll =
+        EnrollRequest { tenant_id: "demo".into(), wallet_id: "m-1".into(), idempotency_key: "e".into(), customer_ref: String::new() };
+    let position = client.enroll(enroll).await.unwrap().into_inner().position;
+    caught_up(&mut ProjectionsServiceClient::new(server.channel().await), position, 1).await;
+    let mut body = String::new();
+    let mut stream = tokio::net::TcpStream::connect(&metrics).await.unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: tally\r\nConnection: close\r\n\r\n").await.unwrap();
+    stream.read_to_string(&mut body).await.unwrap();
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    for metric in
+        ["tally_projection_lag_events{projection=\"wallet_activity\"} 0", "tally_projection_checkpoint{projection=\"wallet_activity\"} 1"]
+    {
+        assert!(body.contains(metric), "{metric} missing from\n{body}");
+    }
+    assert!(body.contains("tally_projection_lag_seconds{projection=\"wallet_activity\"}"), "{body}");
 }
