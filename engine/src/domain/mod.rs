@@ -14,6 +14,7 @@ mod event;
 mod fingerprint;
 mod ids;
 mod rejection;
+pub mod rules;
 mod state;
 
 pub use command::{Command, CommandBody, Money};
