@@ -65,7 +65,7 @@ pub async fn stats_and_purge(store: Arc<dyn SnapshotStore>) {
     store.save(&stream("t/wallet/y"), snapshot(1, 300)).await.unwrap();
     let stats = store.stats().await.unwrap();
     assert_eq!((stats.snapshots, stats.streams, stats.oldest_saved_at_ms), (3, 2, Some(300)));
-    assert_eq!(stats.bytes, ["state@1", "state@2", "state@1"].iter().map(|s| s.len() as u64).sum());
+    assert_eq!(stats.bytes, ["state@1", "state@2", "state@1"].iter().map(|s| s.len() as u64).sum::<u64>());
     assert_eq!(store.purge().await.unwrap(), 3);
     assert_eq!(store.stats().await.unwrap().snapshots, 0);
     assert_eq!(store.latest(&stream("t/wallet/x")).await.unwrap(), None);
