@@ -2,8 +2,11 @@
 //! envelope (`tally.v1` protobuf payloads).
 
 use prost::Message;
-use tally_proto::v1::{EarnReversed, PointsAdjusted, PointsEarned, PointsRedeemed, WalletClosed, WalletEnrolled};
+use tally_proto::v1::{
+    EarnReversed, PointsAdjusted, PointsEarned, PointsRedeemed, ProgramCreated, RulesPublished, WalletClosed, WalletEnrolled,
+};
 
+use crate::domain::program::{ProgramChange, ProgramEvent};
 use crate::domain::{Change, Event, TenantId, WalletId};
 use crate::store::{EventData, EventMetadata, RecordedEvent, StreamId};
 
@@ -13,6 +16,52 @@ pub const WALLET_SCHEMA_VERSION: u32 = 1;
 /// The stream of one wallet: `"<tenant>/wallet/<wallet>"`. Ids cannot contain `/`, so this is unambiguous.
 pub fn wallet_stream(tenant: &TenantId, wallet: &WalletId) -> StreamId {
     StreamId::new(&format!("{tenant}/wallet/{wallet}")).expect("validated ids always make a valid stream id")
+}
+
+/// The stream of a tenant's program: `"<tenant>/program"`.
+pub fn program_stream(tenant: &TenantId) -> StreamId {
+    StreamId::new(&format!("{tenant}/program")).expect("validated ids always make a valid stream id")
+}
+
+/// Schema version written for every program event today.
+pub const PROGRAM_SCHEMA_VERSION: u32 = 1;
+
+pub fn encode_program(event: &ProgramEvent, metadata: &EventMetadata) -> EventData {
+    let payload = match &event.change {
+        ProgramChange::Created(e) => e.encode_to_vec(),
+        ProgramChange::RulesPublished(e) => e.encode_to_vec(),
+    };
+    EventData {
+        event_type: event.change.event_type().to_owned(),
+        schema_version: PROGRAM_SCHEMA_VERSION,
+        recorded_at_ms: event.recorded_at_ms,
+        idempotency_key: event.idempotency_key.clone(),
+        command_fingerprint: event.command_fingerprint,
+        metadata: metadata.clone(),
+        payload,
+    }
+}
+
+/// Decodes a stored program event.
+pub fn decode_program(recorded: RecordedEvent) -> Result<ProgramEvent, CodecError> {
+    let RecordedEvent { global_position: position, data, .. } = recorded;
+    if data.schema_version != PROGRAM_SCHEMA_VERSION {
+        return Err(CodecError::UnsupportedSchemaVersion { position, event_type: data.event_type, schema_version: data.schema_version });
+    }
+    let undecodable =
+        |e: prost::DecodeError| CodecError::Undecodable { position, event_type: data.event_type.clone(), reason: e.to_string() };
+    let payload = data.payload.as_slice();
+    let change = match data.event_type.as_str() {
+        "tally.v1.ProgramCreated" => ProgramChange::Created(ProgramCreated::decode(payload).map_err(undecodable)?),
+        "tally.v1.RulesPublished" => ProgramChange::RulesPublished(RulesPublished::decode(payload).map_err(undecodable)?),
+        _ => return Err(CodecError::UnknownEventType { position, event_type: data.event_type }),
+    };
+    Ok(ProgramEvent {
+        idempotency_key: data.idempotency_key,
+        command_fingerprint: data.command_fingerprint,
+        recorded_at_ms: data.recorded_at_ms,
+        change,
+    })
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -13,6 +13,7 @@ mod decide;
 mod event;
 mod fingerprint;
 mod ids;
+pub mod program;
 mod rejection;
 pub mod rules;
 mod state;

@@ -1,0 +1,223 @@
+//! The program aggregate: a tenant's loyalty program, event-sourced like wallets, so "which rules were in
+//! force on 3 March" has an exact answer. Pure: `decide_program` and `apply_program`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use tally_proto::v1::{ProgramCreated, RulesPublished};
+
+use super::ReturnPolicy;
+use super::fingerprint::Fingerprint;
+use super::ids::{FieldError, TenantId};
+use super::rules::{Rule, RuleError, parse_rules};
+use crate::limits::{REASON_BYTES_MAX, REF_BYTES_MAX};
+
+/// Largest rules document, in bytes.
+pub const RULES_JSON_BYTES_MAX: usize = 256 * 1024;
+/// Time zones span UTC-12:00 to UTC+14:00.
+const UTC_OFFSET_MINUTES: std::ops::RangeInclusive<i32> = -720..=840;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ProgramCommandBody {
+    Create {
+        name: String,
+        utc_offset_minutes: i32,
+        return_policy: ReturnPolicy,
+    },
+    /// Validates and publishes a new version of the earn rules.
+    PublishRules {
+        rules_json: String,
+        published_by: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProgramCommand {
+    pub idempotency_key: String,
+    pub body: ProgramCommandBody,
+}
+
+impl ProgramCommand {
+    pub fn fingerprint(&self) -> u64 {
+        match &self.body {
+            ProgramCommandBody::Create { name, utc_offset_minutes, return_policy } => {
+                Fingerprint::new(101).str(name).i64(i64::from(*utc_offset_minutes)).i64(i64::from(*return_policy as i32))
+            }
+            ProgramCommandBody::PublishRules { rules_json, published_by } => Fingerprint::new(102).str(rules_json).str(published_by),
+        }
+        .finish()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ProgramChange {
+    Created(ProgramCreated),
+    RulesPublished(RulesPublished),
+}
+
+impl ProgramChange {
+    pub fn event_type(&self) -> &'static str {
+        match self {
+            ProgramChange::Created(_) => "tally.v1.ProgramCreated",
+            ProgramChange::RulesPublished(_) => "tally.v1.RulesPublished",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProgramEvent {
+    pub idempotency_key: String,
+    pub command_fingerprint: u64,
+    pub recorded_at_ms: i64,
+    pub change: ProgramChange,
+}
+
+/// One published version of the rules.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuleVersion {
+    pub version: u32,
+    /// In force from this instant until the next version's.
+    pub effective_from_ms: i64,
+    pub published_by: String,
+    pub rules_json: Arc<str>,
+    /// The parsed rules; an error only if a stored document no longer reads (a format change that was
+    /// not additive), in which case evaluating this version must fail rather than guess.
+    pub rules: Result<Arc<[Rule]>, RuleError>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProgramState {
+    /// Events applied.
+    pub version: u64,
+    pub created: bool,
+    pub name: String,
+    pub utc_offset_minutes: i32,
+    pub return_policy: ReturnPolicy,
+    /// Every version, oldest first.
+    pub rule_versions: Vec<RuleVersion>,
+    /// Idempotency keys of accepted commands and their fingerprints.
+    receipts: BTreeMap<String, u64>,
+}
+
+impl ProgramState {
+    /// The rules in force at `at_ms`: the last version published at or before it.
+    pub fn rules_at(&self, at_ms: i64) -> Option<&RuleVersion> {
+        let published = self.rule_versions.partition_point(|v| v.effective_from_ms <= at_ms);
+        published.checked_sub(1).map(|i| &self.rule_versions[i])
+    }
+
+    pub fn current_rules(&self) -> Option<&RuleVersion> {
+        self.rule_versions.last()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProgramRejection {
+    #[error("invalid {0}")]
+    InvalidField(#[from] FieldError),
+    /// The rules document is wrong; the error names the path in it.
+    #[error("invalid rules_json: {0}")]
+    InvalidRules(RuleError),
+    #[error("no program for this tenant yet")]
+    NotCreated,
+    #[error("the program already exists")]
+    AlreadyCreated,
+    #[error("idempotency key {key:?} was already used for a different command")]
+    IdempotencyKeyReused { key: String },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ProgramDecision {
+    Append(Vec<ProgramEvent>),
+    /// The same command was accepted before; nothing to append.
+    AlreadyApplied,
+}
+
+fn check_text(field: &'static str, value: &str, max: usize) -> Result<(), FieldError> {
+    if value.len() > max {
+        return Err(FieldError::new(field, format!("must be at most {max} bytes")));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(FieldError::new(field, "must not contain control characters"));
+    }
+    Ok(())
+}
+
+/// Decides a program command at `now_ms`. Pure.
+pub fn decide_program(
+    state: &ProgramState,
+    tenant: &TenantId,
+    command: &ProgramCommand,
+    now_ms: i64,
+) -> Result<ProgramDecision, ProgramRejection> {
+    if command.idempotency_key.is_empty() || command.idempotency_key.len() > REF_BYTES_MAX {
+        return Err(FieldError::new("idempotency_key", format!("must be 1 to {REF_BYTES_MAX} bytes")).into());
+    }
+    let fingerprint = command.fingerprint();
+    if let Some(seen) = state.receipts.get(&command.idempotency_key) {
+        return if *seen == fingerprint {
+            Ok(ProgramDecision::AlreadyApplied)
+        } else {
+            Err(ProgramRejection::IdempotencyKeyReused { key: command.idempotency_key.clone() })
+        };
+    }
+    let change = match &command.body {
+        ProgramCommandBody::Create { name, utc_offset_minutes, return_policy } => {
+            if state.created {
+                return Err(ProgramRejection::AlreadyCreated);
+            }
+            check_text("name", name, REASON_BYTES_MAX)?;
+            if !UTC_OFFSET_MINUTES.contains(utc_offset_minutes) {
+                return Err(FieldError::new("utc_offset_minutes", "must be between -720 and 840").into());
+            }
+            if *return_policy == ReturnPolicy::Unspecified {
+                return Err(FieldError::new("return_policy", "must be ALLOW_NEGATIVE or CAP_AT_ZERO").into());
+            }
+            ProgramChange::Created(ProgramCreated {
+                tenant_id: tenant.as_str().to_owned(),
+                name: name.clone(),
+                utc_offset_minutes: *utc_offset_minutes,
+                return_policy: *return_policy as i32,
+            })
+        }
+        ProgramCommandBody::PublishRules { rules_json, published_by } => {
+            if !state.created {
+                return Err(ProgramRejection::NotCreated);
+            }
+            if rules_json.len() > RULES_JSON_BYTES_MAX {
+                return Err(FieldError::new("rules_json", format!("must be at most {RULES_JSON_BYTES_MAX} bytes")).into());
+            }
+            check_text("published_by", published_by, REF_BYTES_MAX)?;
+            parse_rules(rules_json).map_err(ProgramRejection::InvalidRules)?;
+            let version = u32::try_from(state.rule_versions.len() + 1).unwrap_or(u32::MAX);
+            ProgramChange::RulesPublished(RulesPublished { version, rules_json: rules_json.clone(), published_by: published_by.clone() })
+        }
+    };
+    Ok(ProgramDecision::Append(vec![ProgramEvent {
+        idempotency_key: command.idempotency_key.clone(),
+        command_fingerprint: fingerprint,
+        recorded_at_ms: now_ms,
+        change,
+    }]))
+}
+
+/// Folds one event into the program. Holds no business rule: it records what was decided.
+pub fn apply_program(state: &mut ProgramState, event: &ProgramEvent) {
+    match &event.change {
+        ProgramChange::Created(e) => {
+            state.created = true;
+            state.name.clone_from(&e.name);
+            state.utc_offset_minutes = e.utc_offset_minutes;
+            state.return_policy = ReturnPolicy::try_from(e.return_policy).unwrap_or(ReturnPolicy::AllowNegative);
+        }
+        ProgramChange::RulesPublished(e) => state.rule_versions.push(RuleVersion {
+            version: e.version,
+            effective_from_ms: event.recorded_at_ms,
+            published_by: e.published_by.clone(),
+            rules_json: Arc::from(e.rules_json.as_str()),
+            rules: parse_rules(&e.rules_json).map(Arc::from),
+        }),
+    }
+    state.version += 1;
+    state.receipts.insert(event.idempotency_key.clone(), event.command_fingerprint);
+}

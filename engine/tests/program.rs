@@ -1,0 +1,124 @@
+//! The program aggregate: rules are versioned by events, so the rules in force at any instant are
+//! known exactly, and the persisted form replays to the same program.
+
+use tally_engine::codec;
+use tally_engine::domain::program::{
+    ProgramCommand, ProgramCommandBody, ProgramDecision, ProgramRejection, ProgramState, apply_program, decide_program,
+};
+use tally_engine::domain::rules::{Customer, Order, Period, Rule, evaluate};
+use tally_engine::domain::{ReturnPolicy, TenantId};
+use tally_engine::store::{EventMetadata, EventStore, ExpectedVersion, InMemoryStore};
+
+const MARCH_1: i64 = 1_772_323_200_000;
+const DAY_MS: i64 = 86_400_000;
+
+fn create(key: &str) -> ProgramCommand {
+    ProgramCommand {
+        idempotency_key: key.into(),
+        body: ProgramCommandBody::Create {
+            name: "Acme Rewards".into(),
+            utc_offset_minutes: 60,
+            return_policy: ReturnPolicy::AllowNegative,
+        },
+    }
+}
+
+fn publish(key: &str, points_per_euro: i64) -> ProgramCommand {
+    let rules_json =
+        format!(r#"[{{"id":"base","actions":[{{"type":"points_per_currency_unit","points":{points_per_euro},"unit_minor":100}}]}}]"#);
+    ProgramCommand { idempotency_key: key.into(), body: ProgramCommandBody::PublishRules { rules_json, published_by: "ops".into() } }
+}
+
+/// Decides and applies; returns the events appended.
+fn run(
+    state: &mut ProgramState,
+    command: &ProgramCommand,
+    now_ms: i64,
+) -> Result<Vec<tally_engine::domain::program::ProgramEvent>, ProgramRejection> {
+    let tenant = TenantId::parse("acme").unwrap();
+    match decide_program(state, &tenant, command, now_ms)? {
+        ProgramDecision::Append(events) => {
+            events.iter().for_each(|e| apply_program(state, e));
+            Ok(events)
+        }
+        ProgramDecision::AlreadyApplied => Ok(Vec::new()),
+    }
+}
+
+fn points_on(state: &ProgramState, at_ms: i64) -> Option<i64> {
+    let version = state.rules_at(at_ms)?;
+    let rules = version.rules.as_ref().unwrap();
+    let order = Order {
+        order_id: "o".into(),
+        total_minor: 1_000,
+        currency: "EUR".into(),
+        channel: "web".into(),
+        store: "s".into(),
+        lines: Vec::new(),
+        placed_at_ms: at_ms,
+    };
+    let none = |_: &Rule, _: Period| 0;
+    let customer = Customer { tier: None, previous_orders: 0, rule_points_in_period: &none };
+    Some(evaluate(rules, &order, &customer, state.utc_offset_minutes).unwrap().total_points)
+}
+
+#[test]
+fn the_rules_in_force_at_any_instant_are_known_exactly() {
+    let mut program = ProgramState::default();
+    run(&mut program, &create("c"), MARCH_1).unwrap();
+    run(&mut program, &publish("v1", 1), MARCH_1 + DAY_MS).unwrap();
+    run(&mut program, &publish("v2", 2), MARCH_1 + 10 * DAY_MS).unwrap();
+    assert_eq!(points_on(&program, MARCH_1), None, "no rules before the first version");
+    assert_eq!(points_on(&program, MARCH_1 + DAY_MS), Some(10), "a version is in force from its own instant");
+    assert_eq!(points_on(&program, MARCH_1 + 10 * DAY_MS - 1), Some(10));
+    assert_eq!(points_on(&program, MARCH_1 + 10 * DAY_MS), Some(20));
+    assert_eq!(program.current_rules().map(|v| (v.version, v.published_by.as_str())), Some((2, "ops")));
+    assert_eq!((program.name.as_str(), program.utc_offset_minutes, program.version), ("Acme Rewards", 60, 3));
+}
+
+#[test]
+fn program_commands_are_refused_with_reasons() {
+    let mut program = ProgramState::default();
+    assert_eq!(run(&mut program, &publish("v1", 1), MARCH_1), Err(ProgramRejection::NotCreated));
+    run(&mut program, &create("c"), MARCH_1).unwrap();
+    assert!(run(&mut program, &create("c"), MARCH_1).unwrap().is_empty(), "a retry changes nothing");
+    assert_eq!(run(&mut program, &create("c2"), MARCH_1), Err(ProgramRejection::AlreadyCreated));
+    assert!(matches!(run(&mut program, &publish("c", 1), MARCH_1), Err(ProgramRejection::IdempotencyKeyReused { .. })));
+    let bad = ProgramCommand {
+        idempotency_key: "bad".into(),
+        body: ProgramCommandBody::PublishRules {
+            rules_json: r#"[{"id":"r","actions":[{"type":"points","amount":-1}]}]"#.into(),
+            published_by: "ops".into(),
+        },
+    };
+    let Err(ProgramRejection::InvalidRules(error)) = run(&mut program, &bad, MARCH_1) else { panic!("invalid rules accepted") };
+    assert_eq!(error.path, "[0].actions[0].amount");
+    let far_east = ProgramCommand {
+        idempotency_key: "tz".into(),
+        body: ProgramCommandBody::Create { name: "x".into(), utc_offset_minutes: 900, return_policy: ReturnPolicy::CapAtZero },
+    };
+    let Err(ProgramRejection::InvalidField(field)) = run(&mut ProgramState::default(), &far_east, MARCH_1) else {
+        panic!("bad offset accepted")
+    };
+    assert_eq!(field.field, "utc_offset_minutes");
+    assert_eq!(program.version, 1, "nothing refused was applied");
+}
+
+#[tokio::test]
+async fn the_persisted_program_replays_to_the_same_state() {
+    let store = InMemoryStore::new();
+    let tenant = TenantId::parse("acme").unwrap();
+    let stream = codec::program_stream(&tenant);
+    let mut live = ProgramState::default();
+    for (command, at) in [(create("c"), MARCH_1), (publish("v1", 1), MARCH_1 + DAY_MS), (publish("v2", 3), MARCH_1 + 2 * DAY_MS)] {
+        let events = run(&mut live, &command, at).unwrap();
+        let data = events.iter().map(|e| codec::encode_program(e, &EventMetadata::default())).collect();
+        store.append(&stream, ExpectedVersion::Exact(live.version - events.len() as u64), data).await.unwrap();
+    }
+    let mut replayed = ProgramState::default();
+    for recorded in store.read_stream(&stream, 1, 100).await.unwrap() {
+        apply_program(&mut replayed, &codec::decode_program(recorded).unwrap());
+    }
+    assert_eq!(replayed, live);
+    assert_eq!(stream.as_str(), "acme/program");
+}
