@@ -21,3 +21,5 @@ pub const WALLET_PAGE_SIZE_DEFAULT: u32 = 100;
 pub const WALLET_PAGE_SIZE_MAX: u32 = 200;
 /// Longest date range of one `ProgramStats` call, in days (the answer must fit in one message).
 pub const STATS_DAYS_MAX: i64 = 366;
+/// Largest `AdminService` request (a rules document is up to 256 KiB), in bytes.
+pub const ADMIN_MESSAGE_BYTES_MAX: usize = 512 * 1024;

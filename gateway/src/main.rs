@@ -12,7 +12,7 @@ use std::sync::Arc;
 use clap::Parser;
 use std::path::Path;
 
-use tally_engine::actors::{NoSnapshots, Snapshots, StaticPrograms, WalletRegistry};
+use tally_engine::actors::{NoSnapshots, ProgramBook, Snapshots, StaticPrograms, WalletRegistry};
 use tally_engine::clock::SystemClock;
 use tally_engine::store::{EmbeddedStore, EventStore, PostgresStore};
 use tally_gateway::cli::{Cli, Command, ProjectionsCommand, SnapshotsCommand, SnapshotsTarget, StoreCommand};
@@ -167,6 +167,7 @@ async fn serve(settings: ServeSettings) -> Result<(), Box<dyn std::error::Error>
     let tenants: Vec<String> = settings.tenants.iter().map(|(t, _)| t.to_string()).collect();
     let programs = Arc::new(StaticPrograms::with_tenants(settings.tenants.clone()));
     let clock = Arc::new(SystemClock);
+    let program_book = Arc::new(ProgramBook::new(Arc::clone(&store), clock.clone()));
     let registry =
         WalletRegistry::start_with_snapshots(settings.registry.clone(), Arc::clone(&store), programs.clone(), clock, snapshots).await?;
     let listener =
@@ -178,7 +179,7 @@ async fn serve(settings: ServeSettings) -> Result<(), Box<dyn std::error::Error>
         StoreUrl::Postgres(url) => format!("log in {}", redact(url)),
     };
     println!("tally listening on http://{address} ({log}, tenants: {})", tenants.join(", "));
-    let engine = Engine { registry: registry.clone(), store, programs };
+    let engine = Engine { registry: registry.clone(), store, programs, program_book };
     tally_gateway::server::run(listener, engine, read.clone(), shutdown_signal()).await?;
     registry.shutdown().await;
     for projection in &read.projections {

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tally_proto::v1::admin_service_server::AdminServiceServer;
 use tally_proto::v1::projections_service_server::ProjectionsServiceServer;
 use tally_proto::v1::reporting_service_server::ReportingServiceServer;
 use tally_proto::v1::wallet_service_server::WalletServiceServer;
@@ -13,7 +14,10 @@ use tokio::sync::oneshot;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
-use crate::limits::{MESSAGE_BYTES_MAX, REQUEST_TIMEOUT_MS, RESPONSE_FLUSH_MS, SHUTDOWN_GRACE_MS, STREAMS_PER_CONNECTION_MAX};
+use crate::admin::AdminApi;
+use crate::limits::{
+    ADMIN_MESSAGE_BYTES_MAX, MESSAGE_BYTES_MAX, REQUEST_TIMEOUT_MS, RESPONSE_FLUSH_MS, SHUTDOWN_GRACE_MS, STREAMS_PER_CONNECTION_MAX,
+};
 use crate::reporting::{ProjectionsApi, ReadSide, ReportingApi};
 use crate::service::{Engine, Gate, WalletApi};
 
@@ -37,6 +41,7 @@ pub async fn run(
     health.set_serving::<WalletServiceServer<WalletApi>>().await;
     health.set_serving::<ReportingServiceServer<ReportingApi>>().await;
     health.set_serving::<ProjectionsServiceServer<ProjectionsApi>>().await;
+    health.set_serving::<AdminServiceServer<AdminApi>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(tally_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -45,6 +50,9 @@ pub async fn run(
     let reporting = ReportingServiceServer::new(ReportingApi::new(read.clone(), Arc::clone(&engine.programs)))
         .max_encoding_message_size(MESSAGE_BYTES_MAX);
     let projections = ProjectionsServiceServer::new(ProjectionsApi::new(&read));
+    let admin = AdminServiceServer::new(AdminApi::new(Arc::clone(&engine.program_book)))
+        .max_decoding_message_size(ADMIN_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(ADMIN_MESSAGE_BYTES_MAX);
     let wallets = WalletServiceServer::new(WalletApi::new(engine, Arc::clone(&gate)))
         .max_decoding_message_size(MESSAGE_BYTES_MAX)
         .max_encoding_message_size(MESSAGE_BYTES_MAX);
@@ -57,6 +65,7 @@ pub async fn run(
         .add_service(wallets)
         .add_service(reporting)
         .add_service(projections)
+        .add_service(admin)
         // Without TCP_NODELAY on accepted sockets, small replies wait for delayed ACKs (~40 ms).
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async {
             let _ = stopped.await;

@@ -4,7 +4,9 @@
 use std::sync::Arc;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use tally_engine::actors::{CommandMeta, CommandOutcome, Programs, StoredWalletEvent, WalletKey, WalletRegistry, WalletSummary};
+use tally_engine::actors::{
+    CommandMeta, CommandOutcome, ProgramBook, Programs, StoredWalletEvent, WalletKey, WalletRegistry, WalletSummary,
+};
 use tally_engine::codec;
 use tally_engine::domain::{Change, Command, CommandBody, Event, Rejection, TenantId, WalletId, WalletStatus};
 use tally_engine::store::EventStore;
@@ -28,6 +30,8 @@ pub struct Engine {
     pub registry: WalletRegistry,
     pub store: Arc<dyn EventStore>,
     pub programs: Arc<dyn Programs>,
+    /// The event-sourced programs behind `AdminService`.
+    pub program_book: Arc<ProgramBook>,
 }
 
 /// Admission to the wallet service: bounds the calls in flight and lets shutdown wait for them.

@@ -9,6 +9,7 @@
 //! Architecture Invariant: at most one live actor per wallet per registry; across registries (nodes),
 //! the store's expected-version check keeps a single writer.
 
+mod programs;
 mod registry;
 mod wallet;
 
@@ -16,6 +17,7 @@ use std::collections::HashMap;
 use std::fmt::Debug;
 use std::sync::Arc;
 
+pub use programs::{ProgramBook, ProgramError, ProgramOutcome};
 pub use registry::{RegistryConfig, RegistryStats, WalletRegistry};
 
 use crate::codec::CodecError;

@@ -1,0 +1,227 @@
+//! `AdminService`: programs and their rules over gRPC, and `SimulateOrder`, which runs an order through
+//! the rules in force when it was placed without touching any wallet.
+
+use std::sync::Arc;
+
+use tally_engine::actors::{CommandMeta, ProgramBook, ProgramError, ProgramOutcome};
+use tally_engine::domain::program::{ProgramCommand, ProgramCommandBody, ProgramRejection, ProgramState};
+use tally_engine::domain::rules::{self, Customer, Period, Rule};
+use tally_engine::domain::{ReturnPolicy, TenantId};
+use tally_engine::limits::{MONEY_MINOR_ABS_MAX, REF_BYTES_MAX};
+use tally_proto::v1 as pb;
+use tally_proto::v1::admin_service_server::AdminService;
+use tonic::{Code, Request, Response, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::status;
+
+/// Most lines in a simulated order.
+pub const ORDER_LINES_MAX: usize = 200;
+
+#[derive(Debug, Clone)]
+pub struct AdminApi {
+    programs: Arc<ProgramBook>,
+}
+
+impl AdminApi {
+    pub fn new(programs: Arc<ProgramBook>) -> Self {
+        Self { programs }
+    }
+}
+
+fn tenant(value: &str) -> Result<TenantId, Status> {
+    TenantId::parse(value).map_err(|e| status::from_field_error(&e))
+}
+
+fn from_program_error(error: &ProgramError) -> Status {
+    match error {
+        ProgramError::Rejected(rejection) => match rejection {
+            ProgramRejection::InvalidField(field) => status::from_field_error(field),
+            ProgramRejection::InvalidRules(rule) => Status::with_error_details(
+                Code::InvalidArgument,
+                format!("invalid rules_json: {rule}"),
+                ErrorDetails::with_bad_request_violation("rules_json", rule.to_string()),
+            ),
+            ProgramRejection::NotCreated => Status::not_found("no program for this tenant; create it with CreateProgram"),
+            ProgramRejection::AlreadyCreated | ProgramRejection::IdempotencyKeyReused { .. } => {
+                Status::already_exists(rejection.to_string())
+            }
+        },
+        ProgramError::Store(store) => status::from_store_error(store),
+        ProgramError::Codec(codec) => {
+            tracing::error!(error = %codec, "stored program event cannot be decoded");
+            Status::data_loss(format!("program history cannot be read: {codec}"))
+        }
+    }
+}
+
+fn response(tenant: &TenantId, state: &ProgramState, replayed: bool) -> pb::ProgramResponse {
+    pb::ProgramResponse {
+        tenant_id: tenant.as_str().to_owned(),
+        name: state.name.clone(),
+        utc_offset_minutes: state.utc_offset_minutes,
+        return_policy: state.return_policy.into(),
+        rules_version: state.current_rules().map_or(0, |v| v.version),
+        replayed,
+    }
+}
+
+fn timestamp(ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds: ms.div_euclid(1000), nanos: i32::try_from(ms.rem_euclid(1000) * 1_000_000).unwrap_or(0) }
+}
+
+fn millis(field: &str, at: &prost_types::Timestamp) -> Result<i64, Status> {
+    at.seconds
+        .checked_mul(1000)
+        .and_then(|ms| ms.checked_add(i64::from(at.nanos / 1_000_000)))
+        .filter(|ms| (0..=253_402_300_799_999).contains(ms) && (0..1_000_000_000).contains(&at.nanos))
+        .ok_or_else(|| status::invalid(field, "must be a valid time between 1970 and 9999"))
+}
+
+fn order(order: Option<pb::Order>, now_ms: i64) -> Result<rules::Order, Status> {
+    let order = order.ok_or_else(|| status::invalid("order", "is required"))?;
+    if order.order_id.is_empty() || order.order_id.len() > REF_BYTES_MAX {
+        return Err(status::invalid("order.order_id", &format!("must be 1 to {REF_BYTES_MAX} bytes")));
+    }
+    let total = order.total.ok_or_else(|| status::invalid("order.total", "is required"))?;
+    if total.currency.len() != 3 || !total.currency.bytes().all(|b| b.is_ascii_uppercase()) {
+        return Err(status::invalid("order.total.currency", "must be an ISO 4217 code such as EUR"));
+    }
+    if !(0..=MONEY_MINOR_ABS_MAX).contains(&total.amount_minor) {
+        return Err(status::invalid("order.total.amount_minor", &format!("must be within 0..={MONEY_MINOR_ABS_MAX}")));
+    }
+    if order.lines.len() > ORDER_LINES_MAX {
+        return Err(status::invalid("order.lines", &format!("at most {ORDER_LINES_MAX} lines")));
+    }
+    let mut lines = Vec::with_capacity(order.lines.len());
+    for (i, line) in order.lines.into_iter().enumerate() {
+        if !(1..=1_000_000).contains(&line.quantity) {
+            return Err(status::invalid(&format!("order.lines[{i}].quantity"), "must be within 1..=1000000"));
+        }
+        if !(0..=MONEY_MINOR_ABS_MAX).contains(&line.amount_minor) {
+            return Err(status::invalid(&format!("order.lines[{i}].amount_minor"), &format!("must be within 0..={MONEY_MINOR_ABS_MAX}")));
+        }
+        if line.sku.len() > REF_BYTES_MAX || line.category.len() > REF_BYTES_MAX {
+            return Err(status::invalid(&format!("order.lines[{i}]"), &format!("sku and category are at most {REF_BYTES_MAX} bytes")));
+        }
+        lines.push(rules::OrderLine { sku: line.sku, category: line.category, quantity: line.quantity, amount_minor: line.amount_minor });
+    }
+    let placed_at_ms = order.placed_at.as_ref().map(|at| millis("order.placed_at", at)).transpose()?.unwrap_or(now_ms);
+    Ok(rules::Order {
+        order_id: order.order_id,
+        total_minor: total.amount_minor,
+        currency: total.currency,
+        channel: order.channel,
+        store: order.store,
+        lines,
+        placed_at_ms,
+    })
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+impl AdminApi {
+    async fn execute(&self, tenant_id: &str, key: String, body: ProgramCommandBody) -> Result<Response<pb::ProgramResponse>, Status> {
+        let tenant = tenant(tenant_id)?;
+        let command = ProgramCommand { idempotency_key: key, body };
+        let ProgramOutcome { state, replayed } =
+            self.programs.execute(&tenant, &command, &CommandMeta::default()).await.map_err(|e| from_program_error(&e))?;
+        Ok(Response::new(response(&tenant, &state, replayed)))
+    }
+
+    async fn existing(&self, tenant_id: &str) -> Result<(TenantId, ProgramState), Status> {
+        let tenant = tenant(tenant_id)?;
+        let state = self.programs.get(&tenant).await.map_err(|e| from_program_error(&e))?;
+        if !state.created {
+            return Err(from_program_error(&ProgramError::Rejected(ProgramRejection::NotCreated)));
+        }
+        Ok((tenant, state))
+    }
+}
+
+#[tonic::async_trait]
+impl AdminService for AdminApi {
+    async fn create_program(&self, request: Request<pb::CreateProgramRequest>) -> Result<Response<pb::ProgramResponse>, Status> {
+        let r = request.into_inner();
+        let return_policy = ReturnPolicy::try_from(r.return_policy).map_err(|_| status::invalid("return_policy", "unknown policy"))?;
+        self.execute(
+            &r.tenant_id,
+            r.idempotency_key,
+            ProgramCommandBody::Create { name: r.name, utc_offset_minutes: r.utc_offset_minutes, return_policy },
+        )
+        .await
+    }
+
+    async fn publish_rules(&self, request: Request<pb::PublishRulesRequest>) -> Result<Response<pb::ProgramResponse>, Status> {
+        let r = request.into_inner();
+        self.execute(
+            &r.tenant_id,
+            r.idempotency_key,
+            ProgramCommandBody::PublishRules { rules_json: r.rules_json, published_by: r.published_by },
+        )
+        .await
+    }
+
+    async fn get_program(&self, request: Request<pb::GetProgramRequest>) -> Result<Response<pb::ProgramResponse>, Status> {
+        let (tenant, state) = self.existing(&request.into_inner().tenant_id).await?;
+        Ok(Response::new(response(&tenant, &state, false)))
+    }
+
+    async fn list_rule_versions(
+        &self,
+        request: Request<pb::ListRuleVersionsRequest>,
+    ) -> Result<Response<pb::ListRuleVersionsResponse>, Status> {
+        let (_, state) = self.existing(&request.into_inner().tenant_id).await?;
+        let versions = state
+            .rule_versions
+            .iter()
+            .map(|v| pb::RuleVersion {
+                version: v.version,
+                effective_from: Some(timestamp(v.effective_from_ms)),
+                published_by: v.published_by.clone(),
+                rules_json: v.rules_json.to_string(),
+            })
+            .collect();
+        Ok(Response::new(pb::ListRuleVersionsResponse { versions }))
+    }
+
+    async fn simulate_order(&self, request: Request<pb::SimulateOrderRequest>) -> Result<Response<pb::SimulateOrderResponse>, Status> {
+        let r = request.into_inner();
+        let (_, state) = self.existing(&r.tenant_id).await?;
+        let order = order(r.order, now_ms())?;
+        let Some(version) = state.rules_at(order.placed_at_ms) else {
+            return Ok(Response::new(pb::SimulateOrderResponse { awards: Vec::new(), total_points: 0, rules_version: 0 }));
+        };
+        let rules = version.rules.as_ref().map_err(|e| {
+            tracing::error!(version = version.version, error = %e, "a stored rules version no longer reads");
+            Status::data_loss(format!("rules version {} cannot be read: {e}", version.version))
+        })?;
+        let nothing_earlier = |_: &Rule, _: Period| 0;
+        let tier = (!r.customer_tier.is_empty()).then_some(r.customer_tier.as_str());
+        let customer = Customer { tier, previous_orders: r.previous_orders, rule_points_in_period: &nothing_earlier };
+        let breakdown = rules::evaluate(rules, &order, &customer, state.utc_offset_minutes).map_err(|e| {
+            Status::with_error_details(
+                Code::InvalidArgument,
+                e.to_string(),
+                ErrorDetails::with_bad_request_violation("order", e.to_string()),
+            )
+        })?;
+        Ok(Response::new(pb::SimulateOrderResponse {
+            awards: breakdown
+                .awards
+                .into_iter()
+                .map(|a| pb::RuleAward {
+                    rule_id: a.rule_id.to_string(),
+                    points: a.points,
+                    capped_points: a.capped_points,
+                    reason: a.reason.to_string(),
+                    stamps: a.stamps.into_iter().map(|(card, count)| pb::StampAward { card: card.to_string(), count }).collect(),
+                })
+                .collect(),
+            total_points: breakdown.total_points,
+            rules_version: version.version,
+        }))
+    }
+}
