@@ -243,4 +243,21 @@ async fn projection_lag_is_a_prometheus_metric() {
         assert!(body.contains(metric), "{metric} missing from\n{body}");
     }
     assert!(body.contains("tally_projection_lag_seconds{projection=\"wallet_activity\"}"), "{body}");
+
+    // The operator's commands.
+    let tally = |args: &[&str]| {
+        let output = std::process::Command::new(tally_tests::tally_binary()).args(args).output().unwrap();
+        assert!(output.status.success(), "tally {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let status = tally(&["projections", "status", "--server", &server.url]);
+    assert!(status.contains("wallet_activity") && status.contains("running"), "{status}");
+    let rebuilt = tally(&["projections", "rebuild", "wallet_activity", "--server", &server.url]);
+    assert!(rebuilt.starts_with("rebuilt wallet_activity: generation 2 is live"), "{rebuilt}");
+    let output = std::process::Command::new(tally_tests::tally_binary())
+        .args(["projections", "rebuild", "nope", "--server", &server.url])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("NOT_FOUND: no projection \"nope\""), "{output:?}");
 }
