@@ -41,7 +41,7 @@ fn run(
             events.iter().for_each(|e| apply_program(state, e));
             Ok(events)
         }
-        ProgramDecision::AlreadyApplied => Ok(Vec::new()),
+        ProgramDecision::AlreadyApplied { .. } => Ok(Vec::new()),
     }
 }
 
@@ -102,6 +102,19 @@ fn program_commands_are_refused_with_reasons() {
     };
     assert_eq!(field.field, "utc_offset_minutes");
     assert_eq!(program.version, 1, "nothing refused was applied");
+}
+
+#[test]
+fn a_retry_answers_with_its_first_outcome_and_versions_stay_in_time_order() {
+    let tenant = TenantId::parse("acme").unwrap();
+    let mut program = ProgramState::default();
+    run(&mut program, &create("c"), MARCH_1).unwrap();
+    run(&mut program, &publish("v1", 1), MARCH_1 + DAY_MS).unwrap();
+    // A node whose clock is behind publishes the next version "earlier": it still comes after v1.
+    run(&mut program, &publish("v2", 2), MARCH_1).unwrap();
+    assert_eq!(program.rule_versions[1].effective_from_ms, MARCH_1 + DAY_MS);
+    assert_eq!(points_on(&program, MARCH_1 + DAY_MS), Some(20));
+    assert_eq!(decide_program(&program, &tenant, &publish("v1", 1), MARCH_1), Ok(ProgramDecision::AlreadyApplied { rules_version: 1 }));
 }
 
 #[tokio::test]

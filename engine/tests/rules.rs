@@ -64,6 +64,7 @@ fn each_condition_matches_what_it_says() {
         (r#"{"type":"time_window","from":"14:00","to":"17:00"}"#, 10),
         (r#"{"type":"time_window","from":"15:01","to":"15:00"}"#, 0),
         (r#"{"type":"time_window","from":"22:00","to":"15:01"}"#, 10),
+        (r#"{"type":"time_window","from":"15:00","to":"24:00"}"#, 10),
         (r#"{"type":"date_range","from":"2026-03-01","to":"2026-03-04"}"#, 10),
         (r#"{"type":"date_range","from":"2026-03-05","to":"2026-12-31"}"#, 0),
         (r#"{"type":"first_order"}"#, 10),
@@ -148,6 +149,11 @@ fn an_award_beyond_the_ledger_limit_is_an_error_not_an_overflow() {
     let rules = parse_rules(&format!("[{doc}]")).unwrap();
     let error = evaluate(&rules, &order(1_000_000_000_000_000), &customer(), 0).unwrap_err();
     assert!(matches!(error, EvalError::AwardTooLarge { .. }), "{error}");
+    // A cap brings a huge award back into range: that is an award, not an error.
+    let capped = r#"{"id":"r","actions":[{"type":"points_per_currency_unit","points":1000000,"unit_minor":1}],"caps":{"per_order":1000}}"#;
+    let rules = parse_rules(&format!("[{capped}]")).unwrap();
+    let breakdown = evaluate(&rules, &order(1_000_000_000_000_000), &customer(), 0).unwrap();
+    assert_eq!((breakdown.total_points, breakdown.awards[0].capped_points), (1_000, 1_000_000_000_000));
 }
 
 #[test]
@@ -231,6 +237,23 @@ fn bad_rule_documents_are_refused_naming_the_path() {
             "expected day, week",
         ),
         ("[".into(), "", "not JSON"),
+        (
+            r#"[{"id":"r","actions":[{"type":"points","amount":5},{"type":"multiplier","percent":200}]}]"#.into(),
+            "[0].actions",
+            "multiplier must be the rule's only action",
+        ),
+        (
+            format!(r#"[{{"id":"r","actions":{ok_action},"conditions":{{"type":"currency","value":["EUR","eur"]}}}}]"#),
+            "[0].conditions.value[1]",
+            "ISO 4217",
+        ),
+        (
+            format!(r#"[{{"id":"r","actions":{ok_action},"conditions":{{"type":"time_window","from":"+1:00","to":"10:00"}}}}]"#),
+            "[0].conditions.from",
+            "HH:MM",
+        ),
+        (r#"[{"id":"r","actions":[{"type":"stamps","card":"","count":1}]}]"#.into(), "[0].actions[0].card", "must not be empty"),
+        (r#"[{"id":"r","actions":[{"type":"points","amount":18446744073709551615}]}]"#.into(), "[0].actions[0].amount", "out of range"),
     ];
     for (doc, path, says) in cases {
         let error = parse_rules(&doc).expect_err(&doc);

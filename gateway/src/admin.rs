@@ -55,14 +55,15 @@ fn from_program_error(error: &ProgramError) -> Status {
     }
 }
 
-fn response(tenant: &TenantId, state: &ProgramState, replayed: bool) -> pb::ProgramResponse {
+fn response(tenant: &TenantId, state: &ProgramState, replayed: Option<u32>) -> pb::ProgramResponse {
     pb::ProgramResponse {
         tenant_id: tenant.as_str().to_owned(),
         name: state.name.clone(),
         utc_offset_minutes: state.utc_offset_minutes,
         return_policy: state.return_policy.into(),
-        rules_version: state.current_rules().map_or(0, |v| v.version),
-        replayed,
+        // A replay answers with what the first call left.
+        rules_version: replayed.unwrap_or_else(|| state.current_rules().map_or(0, |v| v.version)),
+        replayed: replayed.is_some(),
     }
 }
 
@@ -166,7 +167,7 @@ impl AdminService for AdminApi {
 
     async fn get_program(&self, request: Request<pb::GetProgramRequest>) -> Result<Response<pb::ProgramResponse>, Status> {
         let (tenant, state) = self.existing(&request.into_inner().tenant_id).await?;
-        Ok(Response::new(response(&tenant, &state, false)))
+        Ok(Response::new(response(&tenant, &state, None)))
     }
 
     async fn list_rule_versions(

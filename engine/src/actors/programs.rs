@@ -30,8 +30,9 @@ pub enum ProgramError {
 #[derive(Debug, Clone)]
 pub struct ProgramOutcome {
     pub state: ProgramState,
-    /// True if the same command had already been applied.
-    pub replayed: bool,
+    /// `Some(rules version the command left)` if the same command had already been applied: its first
+    /// outcome, whatever happened since.
+    pub replayed: Option<u32>,
 }
 
 #[derive(Debug)]
@@ -68,6 +69,10 @@ impl ProgramBook {
         let slot = self.slot(tenant);
         let mut state = slot.lock().await;
         self.catch_up(tenant, &mut state).await?;
+        if !state.created {
+            // Asking about a program that does not exist leaves nothing behind.
+            self.programs.lock().remove(tenant);
+        }
         Ok(state.clone())
     }
 
@@ -81,14 +86,16 @@ impl ProgramBook {
             attempt += 1;
             self.catch_up(tenant, &mut state).await?;
             let events = match decide_program(&state, tenant, command, self.clock.now_ms())? {
-                ProgramDecision::AlreadyApplied => return Ok(ProgramOutcome { state: state.clone(), replayed: true }),
+                ProgramDecision::AlreadyApplied { rules_version } => {
+                    return Ok(ProgramOutcome { state: state.clone(), replayed: Some(rules_version) });
+                }
                 ProgramDecision::Append(events) => events,
             };
             let data = events.iter().map(|e| codec::encode_program(e, meta)).collect();
             match self.store.append(&stream, ExpectedVersion::Exact(state.version), data).await {
                 Ok(_) => {
                     events.iter().for_each(|e| apply_program(&mut state, e));
-                    return Ok(ProgramOutcome { state: state.clone(), replayed: false });
+                    return Ok(ProgramOutcome { state: state.clone(), replayed: None });
                 }
                 Err(StoreError::VersionConflict { .. }) if attempt < CONFLICT_ATTEMPTS => continue,
                 Err(error) => return Err(error.into()),

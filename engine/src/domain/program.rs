@@ -95,8 +95,8 @@ pub struct ProgramState {
     pub return_policy: ReturnPolicy,
     /// Every version, oldest first.
     pub rule_versions: Vec<RuleVersion>,
-    /// Idempotency keys of accepted commands and their fingerprints.
-    receipts: BTreeMap<String, u64>,
+    /// Idempotency keys of accepted commands: their fingerprint and the rules version after them.
+    receipts: BTreeMap<String, (u64, u32)>,
 }
 
 impl ProgramState {
@@ -129,8 +129,10 @@ pub enum ProgramRejection {
 #[derive(Debug, Clone, PartialEq)]
 pub enum ProgramDecision {
     Append(Vec<ProgramEvent>),
-    /// The same command was accepted before; nothing to append.
-    AlreadyApplied,
+    /// The same command was accepted before; nothing to append. Carries the rules version it left.
+    AlreadyApplied {
+        rules_version: u32,
+    },
 }
 
 fn check_text(field: &'static str, value: &str, max: usize) -> Result<(), FieldError> {
@@ -154,9 +156,9 @@ pub fn decide_program(
         return Err(FieldError::new("idempotency_key", format!("must be 1 to {REF_BYTES_MAX} bytes")).into());
     }
     let fingerprint = command.fingerprint();
-    if let Some(seen) = state.receipts.get(&command.idempotency_key) {
+    if let Some((seen, rules_version)) = state.receipts.get(&command.idempotency_key) {
         return if *seen == fingerprint {
-            Ok(ProgramDecision::AlreadyApplied)
+            Ok(ProgramDecision::AlreadyApplied { rules_version: *rules_version })
         } else {
             Err(ProgramRejection::IdempotencyKeyReused { key: command.idempotency_key.clone() })
         };
@@ -208,16 +210,19 @@ pub fn apply_program(state: &mut ProgramState, event: &ProgramEvent) {
             state.created = true;
             state.name.clone_from(&e.name);
             state.utc_offset_minutes = e.utc_offset_minutes;
-            state.return_policy = ReturnPolicy::try_from(e.return_policy).unwrap_or(ReturnPolicy::AllowNegative);
+            // Kept as stored; an unknown value stays unspecified rather than guessed.
+            state.return_policy = ReturnPolicy::try_from(e.return_policy).unwrap_or(ReturnPolicy::Unspecified);
         }
         ProgramChange::RulesPublished(e) => state.rule_versions.push(RuleVersion {
             version: e.version,
-            effective_from_ms: event.recorded_at_ms,
+            // Versions stay in order even if a node's clock stepped back.
+            effective_from_ms: state.rule_versions.last().map_or(event.recorded_at_ms, |v| v.effective_from_ms.max(event.recorded_at_ms)),
             published_by: e.published_by.clone(),
             rules_json: Arc::from(e.rules_json.as_str()),
             rules: parse_rules(&e.rules_json).map(Arc::from),
         }),
     }
     state.version += 1;
-    state.receipts.insert(event.idempotency_key.clone(), event.command_fingerprint);
+    let rules_version = state.current_rules().map_or(0, |v| v.version);
+    state.receipts.insert(event.idempotency_key.clone(), (event.command_fingerprint, rules_version));
 }

@@ -122,8 +122,8 @@ pub enum Action {
         matching_lines_only: bool,
         reason: Option<Arc<str>>,
     },
-    /// Adds `percent - 100`% of the points the other rules' earn actions gave (multipliers add up: two
-    /// 200% promotions triple the base).
+    /// Adds `percent - 100`% of the points the earn actions of all matching rules gave, after their caps
+    /// (multipliers add up: two 200% promotions triple the base). A multiplier is a rule's only action.
     Multiplier {
         percent: i64,
         reason: Option<Arc<str>>,
@@ -320,6 +320,7 @@ pub fn evaluate(rules: &[Rule], order: &Order, customer: &Customer<'_>, utc_offs
         let mut points: i128 = 0;
         let mut stamps = Vec::new();
         let mut reason = None;
+        let mut matching_lines_amount = None;
         for action in &rule.actions {
             match action {
                 Action::Points { amount, reason: r } => {
@@ -328,12 +329,14 @@ pub fn evaluate(rules: &[Rule], order: &Order, customer: &Customer<'_>, utc_offs
                 }
                 Action::PerCurrencyUnit { points: per, unit_minor, rounding, matching_lines_only, reason: r } => {
                     let amount = if *matching_lines_only {
-                        order
-                            .lines
-                            .iter()
-                            .filter(|l| line_counts(rule.conditions.as_ref(), l))
-                            .map(|l| l.amount_minor)
-                            .fold(0i64, i64::saturating_add)
+                        *matching_lines_amount.get_or_insert_with(|| {
+                            order
+                                .lines
+                                .iter()
+                                .filter(|l| line_counts(rule.conditions.as_ref(), l))
+                                .map(|l| l.amount_minor)
+                                .fold(0i64, i64::saturating_add)
+                        })
                     } else {
                         order.total_minor
                     };
@@ -366,6 +369,8 @@ pub fn evaluate(rules: &[Rule], order: &Order, customer: &Customer<'_>, utc_offs
 }
 
 fn award(rule: &Rule, points: i128, cut: i128, stamps: Vec<(Arc<str>, i64)>, reason: Arc<str>) -> Result<Award, EvalError> {
-    let fit = |v: i128| i64::try_from(v).ok().filter(|p| *p <= POINTS_PER_COMMAND_MAX).ok_or(EvalError::AwardTooLarge { points: v });
-    Ok(Award { rule_id: rule.id.clone(), points: fit(points)?, stamps, reason, capped_points: fit(cut)? })
+    let points = i64::try_from(points).ok().filter(|p| *p <= POINTS_PER_COMMAND_MAX).ok_or(EvalError::AwardTooLarge { points })?;
+    // What the caps took off is information only: reported up to the limit, never an error.
+    let capped_points = i64::try_from(cut.min(i128::from(POINTS_PER_COMMAND_MAX))).unwrap_or(POINTS_PER_COMMAND_MAX);
+    Ok(Award { rule_id: rule.id.clone(), points, stamps, reason, capped_points })
 }

@@ -10,7 +10,7 @@ use crate::limits::{POINTS_PER_COMMAND_MAX, REASON_BYTES_MAX, REF_BYTES_MAX};
 
 /// What is wrong with a rule document, and where.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{path}: {message}")]
+#[error("{}{message}", if path.is_empty() { String::new() } else { format!("{path}: ") })]
 pub struct RuleError {
     /// Where in the document, e.g. `actions[0].amount`; empty for the document itself.
     pub path: String,
@@ -21,6 +21,9 @@ pub struct RuleError {
 pub const RULES_MAX: usize = 500;
 pub const CONDITIONS_MAX: usize = 64;
 pub const CONDITION_DEPTH_MAX: usize = 8;
+/// Most actions in one rule, and values in one list condition.
+pub const ACTIONS_MAX: usize = 16;
+pub const LIST_VALUES_MAX: usize = 1_000;
 /// Largest multiplier, in percent (20x).
 pub const MULTIPLIER_PERCENT_MAX: i64 = 2_000;
 
@@ -96,6 +99,7 @@ fn integer(path: &str, value: &Value, min: i64, max: i64) -> Result<i64, RuleErr
     match value.as_i64() {
         Some(n) if (min..=max).contains(&n) => Ok(n),
         Some(n) => Err(error(path, format!("{n} is out of range {min}..={max}"))),
+        None if value.is_u64() => Err(error(path, format!("out of range {min}..={max}"))),
         None if value.is_number() => Err(error(path, "expected a whole number (amounts are integers: points, minor units)")),
         None => Err(error(path, "expected a number")),
     }
@@ -104,6 +108,7 @@ fn integer(path: &str, value: &Value, min: i64, max: i64) -> Result<i64, RuleErr
 fn strings(path: &str, value: &Value) -> Result<Vec<String>, RuleError> {
     match value {
         Value::String(s) => Ok(vec![string(path, &Value::String(s.clone()), REF_BYTES_MAX)?]),
+        Value::Array(items) if items.len() > LIST_VALUES_MAX => Err(error(path, format!("more than {LIST_VALUES_MAX} values"))),
         Value::Array(items) if !items.is_empty() => {
             items.iter().enumerate().map(|(i, v)| string(&format!("{path}[{i}]"), v, REF_BYTES_MAX)).collect()
         }
@@ -115,9 +120,11 @@ fn strings(path: &str, value: &Value) -> Result<Vec<String>, RuleError> {
 /// `"HH:MM"` → minutes after midnight.
 fn clock(path: &str, value: &Value) -> Result<u16, RuleError> {
     let text = string(path, value, 5)?;
+    let digits = |part: &str| (part.len() == 2 && part.bytes().all(|b| b.is_ascii_digit())).then(|| part.parse::<u16>().ok()).flatten();
     let parsed = text.split_once(':').and_then(|(h, m)| {
-        let (h, m) = (h.parse::<u16>().ok()?, m.parse::<u16>().ok()?);
-        (h < 24 && m < 60 && text.len() == 5).then_some(h * 60 + m)
+        let (h, m) = (digits(h)?, digits(m)?);
+        // 24:00 is the end of the day, for windows that run to midnight.
+        (h < 24 && m < 60 || h == 24 && m == 0).then(|| h * 60 + m)
     });
     parsed.ok_or_else(|| error(path, "expected a time of day as HH:MM"))
 }
@@ -210,6 +217,11 @@ fn leaf(o: &mut Object<'_>) -> Result<Condition, RuleError> {
         }
         "currency" => {
             let (op, values) = set(o)?;
+            if let Some(i) = values.iter().position(|c| c.len() != 3 || !c.bytes().all(|b| b.is_ascii_uppercase())) {
+                let path =
+                    if o.map.get("value").is_some_and(Value::is_array) { format!("{}.value[{i}]", o.path) } else { join(&o.path, "value") };
+                return Err(error(&path.trim_start_matches('.'), "expected an ISO 4217 code such as EUR"));
+            }
             Condition::Currency(op, values)
         }
         "channel" => {
@@ -315,7 +327,13 @@ fn action(path: &str, value: &Value) -> Result<Action, RuleError> {
             percent: o.integer("percent", 101, MULTIPLIER_PERCENT_MAX)?,
             reason: o.optional_string("reason", REASON_BYTES_MAX)?.map(Arc::from),
         },
-        Some("stamps") => Action::Stamps { card: Arc::from(o.string("card", REF_BYTES_MAX)?), count: o.integer("count", 1, 100)? },
+        Some("stamps") => {
+            let card = o.string("card", REF_BYTES_MAX)?;
+            if card.is_empty() {
+                return Err(error(&join(path, "card"), "must not be empty"));
+            }
+            Action::Stamps { card: Arc::from(card), count: o.integer("count", 1, 100)? }
+        }
         Some(other) => {
             return Err(error(
                 &type_path,
@@ -368,7 +386,14 @@ pub fn parse_rule(document: &Value) -> Result<Rule, RuleError> {
     if items.is_empty() {
         return Err(error(&actions_path, "expected at least one action"));
     }
+    if items.len() > ACTIONS_MAX {
+        return Err(error(&actions_path, format!("more than {ACTIONS_MAX} actions")));
+    }
     let actions = items.iter().enumerate().map(|(i, v)| action(&format!("{actions_path}[{i}]"), v)).collect::<Result<Vec<_>, _>>()?;
+    // A multiplier scales what the other rules earned; it is a rule of its own, and one per rule.
+    if actions.len() > 1 && actions.iter().any(|a| matches!(a, Action::Multiplier { .. })) {
+        return Err(error(&actions_path, "a multiplier must be the rule's only action"));
+    }
     let caps = o.optional("caps").map(|(path, v)| caps(&path, v)).transpose()?.unwrap_or_default();
     o.finish()?;
     Ok(Rule { id: Arc::from(id), name: Arc::from(name), conditions, actions, caps })
