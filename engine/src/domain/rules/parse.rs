@@ -220,7 +220,7 @@ fn leaf(o: &mut Object<'_>) -> Result<Condition, RuleError> {
             if let Some(i) = values.iter().position(|c| c.len() != 3 || !c.bytes().all(|b| b.is_ascii_uppercase())) {
                 let path =
                     if o.map.get("value").is_some_and(Value::is_array) { format!("{}.value[{i}]", o.path) } else { join(&o.path, "value") };
-                return Err(error(&path.trim_start_matches('.'), "expected an ISO 4217 code such as EUR"));
+                return Err(error(path.trim_start_matches('.'), "expected an ISO 4217 code such as EUR"));
             }
             Condition::Currency(op, values)
         }
