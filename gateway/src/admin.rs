@@ -14,6 +14,7 @@ use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::status;
+use tally_engine::clock::{Clock, SystemClock};
 
 /// Most lines in a simulated order.
 pub const ORDER_LINES_MAX: usize = 200;
@@ -67,10 +68,6 @@ fn response(tenant: &TenantId, state: &ProgramState, replayed: Option<u32>) -> p
     }
 }
 
-fn timestamp(ms: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: ms.div_euclid(1000), nanos: i32::try_from(ms.rem_euclid(1000) * 1_000_000).unwrap_or(0) }
-}
-
 fn millis(field: &str, at: &prost_types::Timestamp) -> Result<i64, Status> {
     at.seconds
         .checked_mul(1000)
@@ -117,10 +114,6 @@ fn order(order: Option<pb::Order>, now_ms: i64) -> Result<rules::Order, Status> 
         lines,
         placed_at_ms,
     })
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 impl AdminApi {
@@ -180,7 +173,7 @@ impl AdminService for AdminApi {
             .iter()
             .map(|v| pb::RuleVersion {
                 version: v.version,
-                effective_from: Some(timestamp(v.effective_from_ms)),
+                effective_from: Some(status::timestamp(v.effective_from_ms)),
                 published_by: v.published_by.clone(),
                 rules_json: v.rules_json.to_string(),
             })
@@ -191,7 +184,7 @@ impl AdminService for AdminApi {
     async fn simulate_order(&self, request: Request<pb::SimulateOrderRequest>) -> Result<Response<pb::SimulateOrderResponse>, Status> {
         let r = request.into_inner();
         let (_, state) = self.existing(&r.tenant_id).await?;
-        let order = order(r.order, now_ms())?;
+        let order = order(r.order, SystemClock.now_ms())?;
         let Some(version) = state.rules_at(order.placed_at_ms) else {
             return Ok(Response::new(pb::SimulateOrderResponse { awards: Vec::new(), total_points: 0, rules_version: 0 }));
         };

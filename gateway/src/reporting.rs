@@ -19,6 +19,7 @@ use tonic::{Request, Response, Status};
 
 use crate::limits::{STATS_DAYS_MAX, WALLET_PAGE_SIZE_DEFAULT, WALLET_PAGE_SIZE_MAX};
 use crate::status;
+use tally_engine::clock::{Clock, SystemClock};
 
 /// The read models a server runs.
 #[derive(Debug, Clone, Default)]
@@ -72,10 +73,6 @@ fn from_projection_error(error: &ProjectionError) -> Status {
             Status::internal(error.to_string())
         }
     }
-}
-
-fn timestamp(ms: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: ms.div_euclid(1000), nanos: i32::try_from(ms.rem_euclid(1000) * 1_000_000).unwrap_or(0) }
 }
 
 /// Page tokens are `<order letter>:<sort value>:<wallet id>`; wallet ids may contain `:` but come last.
@@ -159,8 +156,8 @@ impl ReportingService for ReportingApi {
                         lifetime_reversed: s.lifetime_reversed,
                         lifetime_adjusted: s.lifetime_adjusted,
                         forfeited: s.forfeited,
-                        enrolled_at: s.enrolled_at_ms.map(timestamp),
-                        last_activity_at: Some(timestamp(s.last_activity_ms)),
+                        enrolled_at: s.enrolled_at_ms.map(status::timestamp),
+                        last_activity_at: Some(status::timestamp(s.last_activity_ms)),
                         events: s.events,
                     }
                 })
@@ -213,10 +210,6 @@ impl ProjectionsApi {
     }
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
 fn progress_message(name: &str, progress: &RebuildProgress) -> pb::RebuildProgress {
     let (phase, error) = match &progress.phase {
         RebuildPhase::Replaying => ("replaying", String::new()),
@@ -241,7 +234,7 @@ type ProgressStream = Pin<Box<dyn Stream<Item = Result<pb::RebuildProgress, Stat
 #[tonic::async_trait]
 impl ProjectionsService for ProjectionsApi {
     async fn list_projections(&self, _: Request<pb::ListProjectionsRequest>) -> Result<Response<pb::ListProjectionsResponse>, Status> {
-        let now = now_ms();
+        let now = SystemClock.now_ms();
         let projections = self
             .projections
             .iter()

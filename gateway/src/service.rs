@@ -122,7 +122,7 @@ fn command_meta(metadata: &MetadataMap) -> CommandMeta {
 }
 
 fn timestamp(ms: i64) -> Option<prost_types::Timestamp> {
-    (ms != 0).then(|| prost_types::Timestamp { seconds: ms.div_euclid(1000), nanos: (ms.rem_euclid(1000) * 1_000_000) as i32 })
+    (ms != 0).then(|| status::timestamp(ms))
 }
 
 fn wallet(key: &WalletKey, summary: &WalletSummary) -> Wallet {

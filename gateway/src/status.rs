@@ -90,3 +90,8 @@ pub fn unknown_tenant(tenant: &str) -> Status {
         ErrorDetails::with_bad_request_violation("tenant_id", "no such program"),
     )
 }
+
+/// Milliseconds since the Unix epoch as a protobuf `Timestamp`.
+pub fn timestamp(ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds: ms.div_euclid(1000), nanos: i32::try_from(ms.rem_euclid(1000) * 1_000_000).unwrap_or(0) }
+}
