@@ -31,15 +31,8 @@ pub fn encode_program(event: &ProgramEvent, metadata: &EventMetadata) -> EventDa
         ProgramChange::Created(e) => e.encode_to_vec(),
         ProgramChange::RulesPublished(e) => e.encode_to_vec(),
     };
-    EventData {
-        event_type: event.change.event_type().to_owned(),
-        schema_version: PROGRAM_SCHEMA_VERSION,
-        recorded_at_ms: event.recorded_at_ms,
-        idempotency_key: event.idempotency_key.clone(),
-        command_fingerprint: event.command_fingerprint,
-        metadata: metadata.clone(),
-        payload,
-    }
+    let facts = CommandFacts { key: &event.idempotency_key, fingerprint: event.command_fingerprint, recorded_at_ms: event.recorded_at_ms };
+    envelope(event.change.event_type(), PROGRAM_SCHEMA_VERSION, facts, metadata, payload)
 }
 
 /// Decodes a stored program event.
@@ -83,12 +76,25 @@ pub fn encode(event: &Event, metadata: &EventMetadata) -> EventData {
         Change::Reversed(e) => e.encode_to_vec(),
         Change::Closed(e) => e.encode_to_vec(),
     };
+    let facts = CommandFacts { key: &event.idempotency_key, fingerprint: event.command_fingerprint, recorded_at_ms: event.recorded_at_ms };
+    envelope(event.change.event_type(), WALLET_SCHEMA_VERSION, facts, metadata, payload)
+}
+
+/// What every event carries of the command that produced it.
+struct CommandFacts<'a> {
+    key: &'a str,
+    fingerprint: u64,
+    recorded_at_ms: i64,
+}
+
+/// The envelope around an encoded payload, for any aggregate's events.
+fn envelope(event_type: &str, schema_version: u32, facts: CommandFacts<'_>, metadata: &EventMetadata, payload: Vec<u8>) -> EventData {
     EventData {
-        event_type: event.change.event_type().to_owned(),
-        schema_version: WALLET_SCHEMA_VERSION,
-        recorded_at_ms: event.recorded_at_ms,
-        idempotency_key: event.idempotency_key.clone(),
-        command_fingerprint: event.command_fingerprint,
+        event_type: event_type.to_owned(),
+        schema_version,
+        recorded_at_ms: facts.recorded_at_ms,
+        idempotency_key: facts.key.to_owned(),
+        command_fingerprint: facts.fingerprint,
         metadata: metadata.clone(),
         payload,
     }

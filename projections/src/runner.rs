@@ -8,9 +8,10 @@
 //!   once the new one has caught up, the runner brings it to the live checkpoint and swaps it in.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use hdrhistogram::Histogram;
+use tally_engine::clock::{Clock, SystemClock};
 use tally_engine::store::{EventStore, Follower, RecordedEvent, StoreError};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -133,10 +134,6 @@ impl std::fmt::Debug for Control {
     }
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
 impl Projection {
     /// Starts following `store` into `model`.
     pub fn spawn(store: Arc<dyn EventStore>, model: Arc<dyn ReadModel>, options: RunnerOptions) -> Self {
@@ -163,7 +160,7 @@ impl Projection {
             control_tx: control.downgrade(),
             control: control_rx,
             lag: Histogram::new_with_bounds(1, 3_600_000, 2).expect("valid histogram bounds"),
-            started_at_ms: now_ms(),
+            started_at_ms: SystemClock.now_ms(),
             rebuild_task: None,
         };
         let task = tokio::spawn(runner.run());
@@ -407,7 +404,7 @@ impl Runner {
                 }
             }
         }
-        let now = now_ms();
+        let now = SystemClock.now_ms();
         for movement in movements.iter() {
             if movement.recorded_at_ms >= self.started_at_ms {
                 let _ = self.lag.record(u64::try_from(now - movement.recorded_at_ms).unwrap_or(0).max(1));

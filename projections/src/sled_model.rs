@@ -37,32 +37,19 @@ const CHECKPOINT_KEY: &[u8] = b"checkpoint";
 /// Most history entries in one stored chunk, so paging never decodes much more than a page.
 pub const CHUNK_ENTRIES_MAX: usize = 64;
 
-/// One line of a wallet's history.
+/// One line of a wallet's history. Written with borrowed strings (`HistoryEntry<&str>`, no copies),
+/// read back owned; the encoding is the same.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HistoryEntry {
+pub struct HistoryEntry<S = String> {
     pub position: u64,
     pub stream_version: u64,
     pub kind: MovementKind,
     pub points: i64,
     pub balance_after: i64,
-    pub reason: String,
-    pub reference: String,
-    pub idempotency_key: String,
+    pub reason: S,
+    pub reference: S,
+    pub idempotency_key: S,
     pub recorded_at_ms: i64,
-}
-
-/// [`HistoryEntry`] borrowing its strings from the movement: the same encoding, without the copies.
-#[derive(Serialize)]
-struct HistoryEntryRef<'a> {
-    position: u64,
-    stream_version: u64,
-    kind: MovementKind,
-    points: i64,
-    balance_after: i64,
-    reason: &'a str,
-    reference: &'a str,
-    idempotency_key: &'a str,
-    recorded_at_ms: i64,
 }
 
 /// A page of history, newest first.
@@ -211,13 +198,16 @@ impl SledReadModel {
     }
 }
 
+/// One wallet's part of a batch: its summary, its history key prefix, and its new entries.
+type WalletBatch<'a> = (WalletSummary, Vec<u8>, Vec<HistoryEntry<&'a str>>);
+
 fn apply_batch(tree: &sled::Tree, from: u64, through: u64, movements: &[Movement]) -> Result<(), ProjectionError> {
     let current = read_u64(tree, CHECKPOINT_KEY)?.unwrap_or(0);
     if current != from {
         return Err(ProjectionError::CheckpointMoved { generation: 0, expected: from, actual: current });
     }
     // Per wallet: its summary and this batch's history entries, in log order.
-    let mut wallets: HashMap<Vec<u8>, (WalletSummary, Vec<u8>, Vec<HistoryEntryRef<'_>>)> = HashMap::new();
+    let mut wallets: HashMap<Vec<u8>, WalletBatch<'_>> = HashMap::new();
     for movement in movements {
         let key = wallet_key(&movement.tenant, &movement.wallet);
         let (summary, _, history) = match wallets.get_mut(&key) {
@@ -228,15 +218,15 @@ fn apply_batch(tree: &sled::Tree, from: u64, through: u64, movements: &[Movement
             }
         };
         summary.apply(movement);
-        history.push(HistoryEntryRef {
+        history.push(HistoryEntry {
             position: movement.position,
             stream_version: movement.stream_version,
             kind: movement.kind,
             points: movement.points,
             balance_after: summary.balance,
-            reason: &movement.reason,
-            reference: &movement.reference,
-            idempotency_key: &movement.idempotency_key,
+            reason: movement.reason.as_str(),
+            reference: movement.reference.as_str(),
+            idempotency_key: movement.idempotency_key.as_str(),
             recorded_at_ms: movement.recorded_at_ms,
         });
     }
