@@ -5,7 +5,8 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["tally/v1/events.proto", "tally/v1/wallet.proto", "tally/v1/reporting.proto", "tally/v1/admin.proto"];
+    let protos =
+        ["tally/v1/events.proto", "tally/v1/orders.proto", "tally/v1/wallet.proto", "tally/v1/reporting.proto", "tally/v1/admin.proto"];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }

@@ -56,3 +56,20 @@ pub const WALLET_RESTART_BACKOFF_MAX_MS: u64 = 5_000;
 pub const COMMAND_DELIVERY_ATTEMPTS_MAX: u32 = 3;
 /// Times a wallet re-decides a command after an optimistic-concurrency conflict on append.
 pub const CONFLICT_RETRIES_MAX: u32 = 2;
+
+/// Most lines in one order.
+pub const ORDER_LINES_MAX: usize = 200;
+/// Largest quantity on one order line.
+pub const ORDER_LINE_QUANTITY_MAX: i64 = 1_000_000;
+/// How far in the past an order may have been placed when it earns (a POS that was offline), in
+/// milliseconds.
+pub const ORDER_BACKDATE_MAX_MS: i64 = 7 * 86_400_000;
+/// How far ahead of the engine's clock an order's placement time may be (clock skew), in milliseconds.
+pub const ORDER_CLOCK_SKEW_MAX_MS: i64 = 5 * 60_000;
+/// Periods a wallet remembers per capped rule (the cap's current period and the ones a backdated order
+/// can still fall in): a day cap needs today plus the seven days an order may be backdated.
+pub const RULE_USAGE_PERIODS_MAX: usize = 8;
+
+/// How old a node's cached program settings may get before wallets re-read them from the log, in
+/// milliseconds: what another node sharing the log publishes takes effect here within this time.
+pub const PROGRAM_SETTINGS_REFRESH_MS: u64 = 1_000;

@@ -55,11 +55,11 @@ fn points_on(state: &ProgramState, at_ms: i64) -> Option<i64> {
         channel: "web".into(),
         store: "s".into(),
         lines: Vec::new(),
-        placed_at_ms: at_ms,
+        placed_at_ms: Some(at_ms),
     };
     let none = |_: &Rule, _: Period| 0;
     let customer = Customer { tier: None, previous_orders: 0, rule_points_in_period: &none };
-    Some(evaluate(rules, &order, &customer, state.utc_offset_minutes).unwrap().total_points)
+    Some(evaluate(rules, &order, &customer, at_ms, state.utc_offset_minutes).unwrap().total_points)
 }
 
 #[test]
@@ -134,4 +134,68 @@ async fn the_persisted_program_replays_to_the_same_state() {
     }
     assert_eq!(replayed, live);
     assert_eq!(stream.as_str(), "acme/program");
+}
+
+fn order_command(id: &str, total_minor: i64) -> tally_engine::domain::Command {
+    let order = Order {
+        order_id: id.into(),
+        total_minor,
+        currency: "EUR".into(),
+        channel: String::new(),
+        store: String::new(),
+        lines: Vec::new(),
+        placed_at_ms: None,
+    };
+    tally_engine::domain::Command::new(id, tally_engine::domain::CommandBody::EarnForOrder { order })
+}
+
+/// Wallets take their settings from the programs in the log: at once on the node that published, within
+/// the refresh interval on another node sharing the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wallets_earn_by_the_rules_their_program_publishes() {
+    use std::sync::Arc;
+    use std::time::Duration;
+    use tally_engine::actors::{CommandMeta, ProgramBook, RegistryConfig, WalletError, WalletKey, WalletRegistry};
+    use tally_engine::clock::{Clock, ManualClock};
+    use tally_engine::domain::{Command, CommandBody, WalletId};
+
+    let store = InMemoryStore::new();
+    let clock = Arc::new(ManualClock::new(MARCH_1));
+    let book = Arc::new(ProgramBook::new(store.clone(), clock.clone() as Arc<dyn Clock>, Duration::from_secs(3600)));
+    let registry = WalletRegistry::start(RegistryConfig::default(), store.clone(), book.clone(), clock.clone()).await.unwrap();
+    let key = WalletKey::new(TenantId::parse("acme").unwrap(), WalletId::parse("c-1").unwrap());
+    let enroll = Command::new("enroll", CommandBody::Enroll { customer_ref: String::new() });
+    let tenant = key.tenant.clone();
+    let meta = EventMetadata::default();
+
+    let unknown = registry.execute(&key, enroll.clone(), CommandMeta::default()).await;
+    assert!(matches!(unknown, Err(WalletError::UnknownTenant(_))), "no program yet: {unknown:?}");
+    book.execute(&tenant, &create("c"), &meta).await.unwrap();
+    registry.execute(&key, enroll, CommandMeta::default()).await.unwrap();
+    let earned = |outcome: tally_engine::actors::CommandOutcome| outcome.events[0].event.change.points_delta();
+
+    assert_eq!(earned(registry.execute(&key, order_command("o-1", 1_000), CommandMeta::default()).await.unwrap()), 0, "no rules yet");
+    clock.advance_ms(60_000);
+    book.execute(&tenant, &publish("v1", 2), &meta).await.unwrap();
+    clock.advance_ms(60_000);
+    assert_eq!(earned(registry.execute(&key, order_command("o-2", 1_000), CommandMeta::default()).await.unwrap()), 20, "seen at once");
+
+    // Another node sharing the log: what it publishes, the first node (refreshing hourly) does not see yet;
+    // what the first publishes, it sees once its cache is older than its refresh interval.
+    let other = Arc::new(ProgramBook::new(store.clone(), clock.clone() as Arc<dyn Clock>, Duration::from_millis(50)));
+    let other_registry = WalletRegistry::start(RegistryConfig::default(), store.clone(), other.clone(), clock.clone()).await.unwrap();
+    let key2 = WalletKey::new(tenant.clone(), WalletId::parse("c-2").unwrap());
+    let enroll2 = Command::new("enroll", CommandBody::Enroll { customer_ref: String::new() });
+    other_registry.execute(&key2, enroll2, CommandMeta::default()).await.unwrap();
+    other.execute(&tenant, &publish("v2", 5), &meta).await.unwrap();
+    clock.advance_ms(60_000);
+    assert_eq!(earned(other_registry.execute(&key2, order_command("o-4", 1_000), CommandMeta::default()).await.unwrap()), 50);
+    let stale = registry.execute(&key, order_command("o-3", 1_000), CommandMeta::default()).await.unwrap();
+    assert_eq!(earned(stale), 20, "cached for an hour");
+    book.execute(&tenant, &publish("v3", 7), &meta).await.unwrap();
+    clock.advance_ms(60_000);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(earned(other_registry.execute(&key2, order_command("o-5", 1_000), CommandMeta::default()).await.unwrap()), 70);
+    registry.shutdown().await;
+    other_registry.shutdown().await;
 }

@@ -17,7 +17,7 @@ fn order(total_minor: i64) -> Order {
             OrderLine { sku: "latte".into(), category: "coffee".into(), quantity: 2, amount_minor: 800 },
             OrderLine { sku: "bagel".into(), category: "food".into(), quantity: 1, amount_minor: 450 },
         ],
-        placed_at_ms: WEDNESDAY_15H,
+        placed_at_ms: None,
     }
 }
 
@@ -32,7 +32,7 @@ fn customer() -> Customer<'static> {
 /// Points the single rule `doc` gives `order` (0 if it does not match).
 fn points(doc: &str, order: &Order, customer: &Customer<'_>) -> i64 {
     let rules = parse_rules(&format!("[{doc}]")).unwrap_or_else(|e| panic!("{doc}: {e}"));
-    evaluate(&rules, order, customer, 0).unwrap().total_points
+    evaluate(&rules, order, customer, WEDNESDAY_15H, 0).unwrap().total_points
 }
 
 fn when(condition: &str) -> String {
@@ -84,10 +84,10 @@ fn time_conditions_use_the_programs_time_zone() {
     let rules = parse_rules(&format!("[{}]", when(r#"{"type":"time_window","from":"23:00","to":"23:59"}"#))).unwrap();
     let o = order(100);
     // 15:00 UTC is 23:00 in UTC+8 and still Wednesday; in UTC it is outside the window.
-    assert_eq!(evaluate(&rules, &o, &customer(), 8 * 60).unwrap().total_points, 10);
-    assert_eq!(evaluate(&rules, &o, &customer(), 0).unwrap().total_points, 0);
+    assert_eq!(evaluate(&rules, &o, &customer(), WEDNESDAY_15H, 8 * 60).unwrap().total_points, 10);
+    assert_eq!(evaluate(&rules, &o, &customer(), WEDNESDAY_15H, 0).unwrap().total_points, 0);
     let thursday = parse_rules(&format!("[{}]", when(r#"{"type":"day_of_week","value":[4]}"#))).unwrap();
-    assert_eq!(evaluate(&thursday, &o, &customer(), 10 * 60).unwrap().total_points, 10, "01:00 Thursday in UTC+10");
+    assert_eq!(evaluate(&thursday, &o, &customer(), WEDNESDAY_15H, 10 * 60).unwrap().total_points, 10, "01:00 Thursday in UTC+10");
 }
 
 #[test]
@@ -117,7 +117,7 @@ fn each_action_awards_what_it_says() {
             {"id":"card","actions":[{"type":"stamps","card":"coffee","count":2}]}]"#,
     )
     .unwrap();
-    let breakdown = evaluate(&rules, &order(1_250), &c, 0).unwrap();
+    let breakdown = evaluate(&rules, &order(1_250), &c, WEDNESDAY_15H, 0).unwrap();
     let by_rule: Vec<(&str, i64, &str)> = breakdown.awards.iter().map(|a| (&*a.rule_id, a.points, &*a.reason)).collect();
     // Base 12 + 50 = 62; multipliers add 100% and 50% of it, each as its own line.
     assert_eq!(
@@ -133,26 +133,26 @@ fn caps_limit_a_rule_per_order_and_per_customer_period() {
     let doc = r#"{"id":"r","actions":[{"type":"points_per_currency_unit","points":1,"unit_minor":1}],
         "caps":{"per_order":1000,"per_customer":{"points":1500,"period":"month"}}}"#;
     let rules = parse_rules(&format!("[{doc}]")).unwrap();
-    let fresh = evaluate(&rules, &order(5_000), &customer(), 0).unwrap();
+    let fresh = evaluate(&rules, &order(5_000), &customer(), WEDNESDAY_15H, 0).unwrap();
     assert_eq!((fresh.total_points, fresh.awards[0].capped_points), (1_000, 4_000));
     let used = |_: &Rule, period: Period| if period == Period::Month { 1_200 } else { 0 };
     let later = Customer { rule_points_in_period: &used, ..customer() };
-    assert_eq!(evaluate(&rules, &order(5_000), &later, 0).unwrap().total_points, 300);
+    assert_eq!(evaluate(&rules, &order(5_000), &later, WEDNESDAY_15H, 0).unwrap().total_points, 300);
     let spent = |_: &Rule, _: Period| 5_000;
     let done = Customer { rule_points_in_period: &spent, ..customer() };
-    assert_eq!(evaluate(&rules, &order(5_000), &done, 0).unwrap().total_points, 0, "never negative");
+    assert_eq!(evaluate(&rules, &order(5_000), &done, WEDNESDAY_15H, 0).unwrap().total_points, 0, "never negative");
 }
 
 #[test]
 fn an_award_beyond_the_ledger_limit_is_an_error_not_an_overflow() {
     let doc = r#"{"id":"r","actions":[{"type":"points_per_currency_unit","points":1000000,"unit_minor":1}]}"#;
     let rules = parse_rules(&format!("[{doc}]")).unwrap();
-    let error = evaluate(&rules, &order(1_000_000_000_000_000), &customer(), 0).unwrap_err();
+    let error = evaluate(&rules, &order(1_000_000_000_000_000), &customer(), WEDNESDAY_15H, 0).unwrap_err();
     assert!(matches!(error, EvalError::AwardTooLarge { .. }), "{error}");
     // A cap brings a huge award back into range: that is an award, not an error.
     let capped = r#"{"id":"r","actions":[{"type":"points_per_currency_unit","points":1000000,"unit_minor":1}],"caps":{"per_order":1000}}"#;
     let rules = parse_rules(&format!("[{capped}]")).unwrap();
-    let breakdown = evaluate(&rules, &order(1_000_000_000_000_000), &customer(), 0).unwrap();
+    let breakdown = evaluate(&rules, &order(1_000_000_000_000_000), &customer(), WEDNESDAY_15H, 0).unwrap();
     assert_eq!((breakdown.total_points, breakdown.awards[0].capped_points), (1_000, 1_000_000_000_000));
 }
 

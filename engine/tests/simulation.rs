@@ -41,8 +41,8 @@ fn random_command(rng: &mut StdRng, key: String, sources: &[String]) -> Command 
 
 fn programs() -> Arc<StaticPrograms> {
     Arc::new(StaticPrograms::with_tenants([
-        (TenantId::parse("lenient").unwrap(), ProgramSettings { return_policy: ReturnPolicy::AllowNegative }),
-        (TenantId::parse("strict").unwrap(), ProgramSettings { return_policy: ReturnPolicy::CapAtZero }),
+        (TenantId::parse("lenient").unwrap(), ProgramSettings { return_policy: ReturnPolicy::AllowNegative, ..ProgramSettings::default() }),
+        (TenantId::parse("strict").unwrap(), ProgramSettings { return_policy: ReturnPolicy::CapAtZero, ..ProgramSettings::default() }),
     ]))
 }
 

@@ -135,10 +135,11 @@ async fn the_number_of_live_wallets_is_bounded() {
 #[derive(Debug)]
 struct PoisonedPrograms;
 
+#[async_trait::async_trait]
 impl Programs for PoisonedPrograms {
-    fn settings(&self, tenant: &TenantId) -> Option<Arc<ProgramSettings>> {
+    async fn settings(&self, tenant: &TenantId) -> Result<Option<Arc<ProgramSettings>>, WalletError> {
         assert_ne!(tenant.as_str(), "poison", "simulated bug in a wallet handler");
-        Some(Arc::new(ProgramSettings::default()))
+        Ok(Some(Arc::new(ProgramSettings::default())))
     }
 }
 

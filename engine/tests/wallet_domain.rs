@@ -108,7 +108,13 @@ fn earn_credits_points_and_remembers_the_source() {
     );
     let state = given(&[enroll()]).then_changes(
         command,
-        &[Change::Earned(PointsEarned { points: 120, reason: "order".into(), source_ref: "order-1".into(), order_amount: Some(money) })],
+        &[Change::Earned(PointsEarned {
+            points: 120,
+            reason: "order".into(),
+            source_ref: "order-1".into(),
+            order_amount: Some(money),
+            order: None,
+        })],
     );
     assert_eq!((state.balance, state.lifetime_earned), (120, 120));
     assert_eq!(state.source("order-1").unwrap().reversible(), 120);
@@ -188,6 +194,7 @@ fn reverse_takes_back_part_then_the_rest_of_a_source() {
             shortfall_points: requested - reversed,
             reason: "refund".into(),
             policy: ReturnPolicy::AllowNegative as i32,
+            refund_amount_minor: 0,
         })
     };
     let state = scenario.then_changes(reverse("ref-1", "order-1", Some(30)), &[reversed(30, 30)]);
@@ -223,6 +230,7 @@ fn reversal_after_spending_goes_negative_by_default() {
             shortfall_points: 0,
             reason: "refund".into(),
             policy: ReturnPolicy::AllowNegative as i32,
+            refund_amount_minor: 0,
         })],
     );
     assert_eq!(state.balance, -80);
@@ -230,7 +238,7 @@ fn reversal_after_spending_goes_negative_by_default() {
 
 #[test]
 fn reversal_after_spending_stops_at_zero_under_cap_at_zero_and_records_the_shortfall() {
-    let program = ProgramSettings { return_policy: ReturnPolicy::CapAtZero };
+    let program = ProgramSettings { return_policy: ReturnPolicy::CapAtZero, ..ProgramSettings::default() };
     let state = given_with(program, &[enroll(), earn("o-1", 100, "order-1"), redeem("r-1", 80)]).then_changes(
         reverse("ref-1", "order-1", None),
         &[Change::Reversed(EarnReversed {
@@ -240,6 +248,7 @@ fn reversal_after_spending_stops_at_zero_under_cap_at_zero_and_records_the_short
             shortfall_points: 80,
             reason: "refund".into(),
             policy: ReturnPolicy::CapAtZero as i32,
+            refund_amount_minor: 0,
         })],
     );
     assert_eq!(state.balance, 0);

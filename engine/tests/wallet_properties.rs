@@ -48,7 +48,7 @@ proptest! {
     fn random_histories_keep_every_invariant(steps in steps(), policy in policy()) {
         let tenant = TenantId::parse("t").unwrap();
         let wallet = WalletId::parse("w").unwrap();
-        let program = ProgramSettings { return_policy: policy };
+        let program = ProgramSettings { return_policy: policy, ..ProgramSettings::default() };
         let mut state = WalletState::default();
         let mut log: Vec<Event> = Vec::new();
         let mut accepted: Vec<(Command, WalletState)> = Vec::new();

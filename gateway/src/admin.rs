@@ -7,17 +7,13 @@ use tally_engine::actors::{CommandMeta, ProgramBook, ProgramError, ProgramOutcom
 use tally_engine::domain::program::{ProgramCommand, ProgramCommandBody, ProgramRejection, ProgramState};
 use tally_engine::domain::rules::{self, Customer, Period, Rule};
 use tally_engine::domain::{ReturnPolicy, TenantId};
-use tally_engine::limits::{MONEY_MINOR_ABS_MAX, REF_BYTES_MAX};
 use tally_proto::v1 as pb;
 use tally_proto::v1::admin_service_server::AdminService;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::status;
+use crate::{orders, status};
 use tally_engine::clock::{Clock, SystemClock};
-
-/// Most lines in a simulated order.
-pub const ORDER_LINES_MAX: usize = 200;
 
 #[derive(Debug, Clone)]
 pub struct AdminApi {
@@ -66,54 +62,6 @@ fn response(tenant: &TenantId, state: &ProgramState, replayed: Option<u32>) -> p
         rules_version: replayed.unwrap_or_else(|| state.current_rules().map_or(0, |v| v.version)),
         replayed: replayed.is_some(),
     }
-}
-
-fn millis(field: &str, at: &prost_types::Timestamp) -> Result<i64, Status> {
-    at.seconds
-        .checked_mul(1000)
-        .and_then(|ms| ms.checked_add(i64::from(at.nanos / 1_000_000)))
-        .filter(|ms| (0..=253_402_300_799_999).contains(ms) && (0..1_000_000_000).contains(&at.nanos))
-        .ok_or_else(|| status::invalid(field, "must be a valid time between 1970 and 9999"))
-}
-
-fn order(order: Option<pb::Order>, now_ms: i64) -> Result<rules::Order, Status> {
-    let order = order.ok_or_else(|| status::invalid("order", "is required"))?;
-    if order.order_id.is_empty() || order.order_id.len() > REF_BYTES_MAX {
-        return Err(status::invalid("order.order_id", &format!("must be 1 to {REF_BYTES_MAX} bytes")));
-    }
-    let total = order.total.ok_or_else(|| status::invalid("order.total", "is required"))?;
-    if total.currency.len() != 3 || !total.currency.bytes().all(|b| b.is_ascii_uppercase()) {
-        return Err(status::invalid("order.total.currency", "must be an ISO 4217 code such as EUR"));
-    }
-    if !(0..=MONEY_MINOR_ABS_MAX).contains(&total.amount_minor) {
-        return Err(status::invalid("order.total.amount_minor", &format!("must be within 0..={MONEY_MINOR_ABS_MAX}")));
-    }
-    if order.lines.len() > ORDER_LINES_MAX {
-        return Err(status::invalid("order.lines", &format!("at most {ORDER_LINES_MAX} lines")));
-    }
-    let mut lines = Vec::with_capacity(order.lines.len());
-    for (i, line) in order.lines.into_iter().enumerate() {
-        if !(1..=1_000_000).contains(&line.quantity) {
-            return Err(status::invalid(&format!("order.lines[{i}].quantity"), "must be within 1..=1000000"));
-        }
-        if !(0..=MONEY_MINOR_ABS_MAX).contains(&line.amount_minor) {
-            return Err(status::invalid(&format!("order.lines[{i}].amount_minor"), &format!("must be within 0..={MONEY_MINOR_ABS_MAX}")));
-        }
-        if line.sku.len() > REF_BYTES_MAX || line.category.len() > REF_BYTES_MAX {
-            return Err(status::invalid(&format!("order.lines[{i}]"), &format!("sku and category are at most {REF_BYTES_MAX} bytes")));
-        }
-        lines.push(rules::OrderLine { sku: line.sku, category: line.category, quantity: line.quantity, amount_minor: line.amount_minor });
-    }
-    let placed_at_ms = order.placed_at.as_ref().map(|at| millis("order.placed_at", at)).transpose()?.unwrap_or(now_ms);
-    Ok(rules::Order {
-        order_id: order.order_id,
-        total_minor: total.amount_minor,
-        currency: total.currency,
-        channel: order.channel,
-        store: order.store,
-        lines,
-        placed_at_ms,
-    })
 }
 
 impl AdminApi {
@@ -184,8 +132,9 @@ impl AdminService for AdminApi {
     async fn simulate_order(&self, request: Request<pb::SimulateOrderRequest>) -> Result<Response<pb::SimulateOrderResponse>, Status> {
         let r = request.into_inner();
         let (_, state) = self.existing(&r.tenant_id).await?;
-        let order = order(r.order, SystemClock.now_ms())?;
-        let Some(version) = state.rules_at(order.placed_at_ms) else {
+        let order = orders::from_wire(r.order)?;
+        let placed_at_ms = order.placed_at_ms.unwrap_or_else(|| SystemClock.now_ms());
+        let Some(version) = state.rules_at(placed_at_ms) else {
             return Ok(Response::new(pb::SimulateOrderResponse { awards: Vec::new(), total_points: 0, rules_version: 0 }));
         };
         let rules = version.rules.as_ref().map_err(|e| {
@@ -195,7 +144,7 @@ impl AdminService for AdminApi {
         let nothing_earlier = |_: &Rule, _: Period| 0;
         let tier = (!r.customer_tier.is_empty()).then_some(r.customer_tier.as_str());
         let customer = Customer { tier, previous_orders: r.previous_orders, rule_points_in_period: &nothing_earlier };
-        let breakdown = rules::evaluate(rules, &order, &customer, state.utc_offset_minutes).map_err(|e| {
+        let breakdown = rules::evaluate(rules, &order, &customer, placed_at_ms, state.utc_offset_minutes).map_err(|e| {
             Status::with_error_details(
                 Code::InvalidArgument,
                 e.to_string(),

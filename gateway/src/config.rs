@@ -107,7 +107,7 @@ fn policy(value: &str, name: &str) -> Result<ReturnPolicy, ConfigError> {
 fn tenant(value: &str, name: &str, policy_name: Option<&str>) -> Result<(TenantId, ProgramSettings), ConfigError> {
     let id = TenantId::parse(name).map_err(|e| ConfigError::Tenant { value: value.to_owned(), reason: e.to_string() })?;
     let return_policy = policy_name.map(|p| policy(value, p)).transpose()?.unwrap_or(ReturnPolicy::AllowNegative);
-    Ok((id, ProgramSettings { return_policy }))
+    Ok((id, ProgramSettings { return_policy, ..ProgramSettings::default() }))
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {

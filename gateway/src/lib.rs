@@ -12,6 +12,7 @@ pub mod config;
 pub mod copy;
 pub mod limits;
 pub mod ops;
+pub mod orders;
 pub mod reporting;
 pub mod server;
 pub mod service;

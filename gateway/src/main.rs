@@ -8,12 +8,16 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
 use std::path::Path;
 
-use tally_engine::actors::{NoSnapshots, ProgramBook, Snapshots, StaticPrograms, WalletRegistry};
+use tally_engine::actors::{CommandMeta, NoSnapshots, ProgramBook, Programs, Snapshots, WalletRegistry};
 use tally_engine::clock::SystemClock;
+use tally_engine::domain::program::{ProgramCommand, ProgramCommandBody};
+use tally_engine::domain::{ProgramSettings, TenantId};
+use tally_engine::limits::PROGRAM_SETTINGS_REFRESH_MS;
 use tally_engine::store::{EmbeddedStore, EventStore, PostgresStore};
 use tally_gateway::cli::{Cli, Command, ProjectionsCommand, SnapshotsCommand, SnapshotsTarget, StoreCommand};
 use tally_gateway::config::{ServeSettings, StoreUrl};
@@ -165,9 +169,11 @@ async fn serve(settings: ServeSettings) -> Result<(), Box<dyn std::error::Error>
     let (backends, store, snapshots) = Backends::open(&settings).await?;
     let read = start_read_side(&settings, &store).await?;
     let tenants: Vec<String> = settings.tenants.iter().map(|(t, _)| t.to_string()).collect();
-    let programs = Arc::new(StaticPrograms::with_tenants(settings.tenants.clone()));
     let clock = Arc::new(SystemClock);
-    let program_book = Arc::new(ProgramBook::new(Arc::clone(&store), clock.clone()));
+    let refresh = Duration::from_millis(PROGRAM_SETTINGS_REFRESH_MS);
+    let program_book = Arc::new(ProgramBook::new(Arc::clone(&store), clock.clone(), refresh));
+    bootstrap_programs(&program_book, &settings.tenants).await?;
+    let programs: Arc<dyn Programs> = program_book.clone();
     let registry =
         WalletRegistry::start_with_snapshots(settings.registry.clone(), Arc::clone(&store), programs.clone(), clock, snapshots).await?;
     let listener =
@@ -187,6 +193,28 @@ async fn serve(settings: ServeSettings) -> Result<(), Box<dyn std::error::Error>
     }
     backends.close().await;
     tracing::info!("stopped cleanly: every acknowledged call is durable");
+    Ok(())
+}
+
+/// Creates the programs named by `--tenant` that the log does not have yet. One that exists is left as
+/// it is (AdminService changes programs); a different return policy in the settings is reported.
+async fn bootstrap_programs(book: &ProgramBook, tenants: &[(TenantId, ProgramSettings)]) -> Result<(), Box<dyn std::error::Error>> {
+    for (tenant, wanted) in tenants {
+        let state = book.get(tenant).await.map_err(|e| format!("cannot read program {tenant}: {e}"))?;
+        if state.created {
+            if state.return_policy != wanted.return_policy {
+                tracing::warn!(%tenant, stored = ?state.return_policy, configured = ?wanted.return_policy,
+                    "the program exists with another return policy; the stored one applies (programs change through AdminService)");
+            }
+            continue;
+        }
+        let command = ProgramCommand {
+            idempotency_key: "tally-serve-bootstrap".to_owned(),
+            body: ProgramCommandBody::Create { name: tenant.to_string(), utc_offset_minutes: 0, return_policy: wanted.return_policy },
+        };
+        book.execute(tenant, &command, &CommandMeta::default()).await.map_err(|e| format!("cannot create program {tenant}: {e}"))?;
+        tracing::info!(%tenant, policy = ?wanted.return_policy, "created program");
+    }
     Ok(())
 }
 

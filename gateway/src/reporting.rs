@@ -47,9 +47,9 @@ impl ReportingApi {
         })
     }
 
-    fn tenant(&self, tenant: &str) -> Result<TenantId, Status> {
+    async fn tenant(&self, tenant: &str) -> Result<TenantId, Status> {
         let id = TenantId::parse(tenant).map_err(|e| status::from_field_error(&e))?;
-        if self.programs.settings(&id).is_none() {
+        if self.programs.settings(&id).await.map_err(|e| status::from_wallet_error(&e))?.is_none() {
             return Err(status::unknown_tenant(tenant));
         }
         Ok(id)
@@ -126,7 +126,7 @@ fn day_stats(day: String, s: &tally_projections::model::DayStats) -> pb::DayStat
 impl ReportingService for ReportingApi {
     async fn list_wallets(&self, request: Request<pb::ListWalletsRequest>) -> Result<Response<pb::ListWalletsResponse>, Status> {
         let request = request.into_inner();
-        let tenant = self.tenant(&request.tenant_id)?;
+        let tenant = self.tenant(&request.tenant_id).await?;
         let order = match pb::WalletOrder::try_from(request.order_by) {
             Ok(pb::WalletOrder::Unspecified | pb::WalletOrder::Balance) => WalletOrder::Balance,
             Ok(pb::WalletOrder::LastActivity) => WalletOrder::LastActivity,
@@ -169,7 +169,7 @@ impl ReportingService for ReportingApi {
 
     async fn program_stats(&self, request: Request<pb::ProgramStatsRequest>) -> Result<Response<pb::ProgramStatsResponse>, Status> {
         let request = request.into_inner();
-        let tenant = self.tenant(&request.tenant_id)?;
+        let tenant = self.tenant(&request.tenant_id).await?;
         let from = parse_day("from_day", &request.from_day)?;
         let to = parse_day("to_day", &request.to_day)?;
         if to < from {
@@ -188,7 +188,7 @@ impl ReportingService for ReportingApi {
     }
 
     async fn liability(&self, request: Request<pb::LiabilityRequest>) -> Result<Response<pb::LiabilityResponse>, Status> {
-        let tenant = self.tenant(&request.into_inner().tenant_id)?;
+        let tenant = self.tenant(&request.into_inner().tenant_id).await?;
         let (liability, as_of_position) = self.model()?.liability(tenant.as_str()).await.map_err(|e| from_projection_error(&e))?;
         Ok(Response::new(pb::LiabilityResponse {
             outstanding_points: liability.outstanding_points,

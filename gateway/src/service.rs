@@ -12,8 +12,8 @@ use tally_engine::domain::{Change, Command, CommandBody, Event, Rejection, Tenan
 use tally_engine::store::EventStore;
 use tally_proto::v1::wallet_service_server::WalletService;
 use tally_proto::v1::{
-    AdjustRequest, CloseRequest, EarnRequest, EnrollRequest, GetWalletRequest, ListTransactionsRequest, ListTransactionsResponse,
-    RedeemRequest, ReverseRequest, Transaction, TransactionKind, Wallet, WalletMutation,
+    AdjustRequest, CloseRequest, EarnForOrderRequest, EarnRequest, EnrollRequest, GetWalletRequest, ListTransactionsRequest,
+    ListTransactionsResponse, RedeemRequest, RefundOrderRequest, ReverseRequest, Transaction, TransactionKind, Wallet, WalletMutation,
 };
 
 use tokio::sync::{Semaphore, SemaphorePermit};
@@ -22,7 +22,7 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use crate::limits::{PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX, REQUESTS_IN_FLIGHT_MAX};
-use crate::status;
+use crate::{orders, status};
 
 /// What the services need from the engine.
 #[derive(Debug, Clone)]
@@ -87,10 +87,10 @@ impl WalletApi {
     }
 
     /// Validates the ids and that the tenant exists, before anything reaches an actor.
-    fn wallet_key(&self, tenant_id: &str, wallet_id: &str) -> Result<WalletKey, Status> {
+    async fn wallet_key(&self, tenant_id: &str, wallet_id: &str) -> Result<WalletKey, Status> {
         let tenant = TenantId::parse(tenant_id).map_err(|e| status::from_field_error(&e))?;
         let wallet = WalletId::parse(wallet_id).map_err(|e| status::from_field_error(&e))?;
-        if self.engine.programs.settings(&tenant).is_none() {
+        if self.engine.programs.settings(&tenant).await.map_err(|e| status::from_wallet_error(&e))?.is_none() {
             return Err(status::unknown_tenant(tenant_id));
         }
         Ok(WalletKey::new(tenant, wallet))
@@ -168,7 +168,17 @@ pub(crate) fn transaction(stored: &StoredWalletEvent) -> Transaction {
         Change::Reversed(e) => (TransactionKind::Reversed, e.reason.as_str(), e.source_ref.as_str(), e.shortfall_points, None),
         Change::Closed(e) => (TransactionKind::Closed, e.reason.as_str(), "", 0, None),
     };
+    let order = match change {
+        Change::Earned(e) => e.order.as_ref(),
+        _ => None,
+    };
     Transaction {
+        rules_version: order.map_or(0, |o| o.rules_version),
+        awards: order.map(|o| o.awards.iter().map(orders::award).collect()).unwrap_or_default(),
+        refund_amount_minor: match change {
+            Change::Reversed(e) => e.refund_amount_minor,
+            _ => 0,
+        },
         version: stored.version,
         position: stored.position,
         recorded_at: timestamp(*recorded_at_ms),
@@ -199,48 +209,62 @@ fn parse_page_token(token: &str) -> Result<Option<u64>, Status> {
 impl WalletService for WalletApi {
     async fn enroll(&self, request: Request<EnrollRequest>) -> Result<Response<WalletMutation>, Status> {
         let (metadata, _, r) = request.into_parts();
-        let key = self.wallet_key(&r.tenant_id, &r.wallet_id)?;
+        let key = self.wallet_key(&r.tenant_id, &r.wallet_id).await?;
         self.mutate(&metadata, key, Command::new(r.idempotency_key, CommandBody::Enroll { customer_ref: r.customer_ref })).await
     }
 
     async fn earn(&self, request: Request<EarnRequest>) -> Result<Response<WalletMutation>, Status> {
         let (metadata, _, r) = request.into_parts();
-        let key = self.wallet_key(&r.tenant_id, &r.wallet_id)?;
+        let key = self.wallet_key(&r.tenant_id, &r.wallet_id).await?;
         let body = CommandBody::Earn { points: r.points, reason: r.reason, source_ref: r.source_ref, order_amount: r.order_amount };
         self.mutate(&metadata, key, Command::new(r.idempotency_key, body)).await
     }
 
     async fn redeem(&self, request: Request<RedeemRequest>) -> Result<Response<WalletMutation>, Status> {
         let (metadata, _, r) = request.into_parts();
-        let key = self.wallet_key(&r.tenant_id, &r.wallet_id)?;
+        let key = self.wallet_key(&r.tenant_id, &r.wallet_id).await?;
         let body = CommandBody::Redeem { points: r.points, reward_ref: r.reward_ref };
         self.mutate(&metadata, key, Command::new(r.idempotency_key, body)).await
     }
 
     async fn adjust(&self, request: Request<AdjustRequest>) -> Result<Response<WalletMutation>, Status> {
         let (metadata, _, r) = request.into_parts();
-        let key = self.wallet_key(&r.tenant_id, &r.wallet_id)?;
+        let key = self.wallet_key(&r.tenant_id, &r.wallet_id).await?;
         let body = CommandBody::Adjust { points: r.points, reason: r.reason, staff_ref: r.staff_ref };
         self.mutate(&metadata, key, Command::new(r.idempotency_key, body)).await
     }
 
     async fn reverse(&self, request: Request<ReverseRequest>) -> Result<Response<WalletMutation>, Status> {
         let (metadata, _, r) = request.into_parts();
-        let key = self.wallet_key(&r.tenant_id, &r.wallet_id)?;
+        let key = self.wallet_key(&r.tenant_id, &r.wallet_id).await?;
         let body = CommandBody::Reverse { source_ref: r.source_ref, points: r.points, reason: r.reason };
+        self.mutate(&metadata, key, Command::new(r.idempotency_key, body)).await
+    }
+
+    async fn earn_for_order(&self, request: Request<EarnForOrderRequest>) -> Result<Response<WalletMutation>, Status> {
+        let (metadata, _, r) = request.into_parts();
+        let key = self.wallet_key(&r.tenant_id, &r.wallet_id).await?;
+        let order = orders::from_wire(r.order)?;
+        self.mutate(&metadata, key, Command::new(order.order_id.clone(), CommandBody::EarnForOrder { order })).await
+    }
+
+    async fn refund_order(&self, request: Request<RefundOrderRequest>) -> Result<Response<WalletMutation>, Status> {
+        let (metadata, _, r) = request.into_parts();
+        let key = self.wallet_key(&r.tenant_id, &r.wallet_id).await?;
+        let body = CommandBody::RefundOrder { order_id: r.order_id, amount_minor: r.amount_minor, reason: r.reason };
         self.mutate(&metadata, key, Command::new(r.idempotency_key, body)).await
     }
 
     async fn close(&self, request: Request<CloseRequest>) -> Result<Response<WalletMutation>, Status> {
         let (metadata, _, r) = request.into_parts();
-        let key = self.wallet_key(&r.tenant_id, &r.wallet_id)?;
+        let key = self.wallet_key(&r.tenant_id, &r.wallet_id).await?;
         self.mutate(&metadata, key, Command::new(r.idempotency_key, CommandBody::Close { reason: r.reason })).await
     }
 
     async fn get_wallet(&self, request: Request<GetWalletRequest>) -> Result<Response<Wallet>, Status> {
         let _permit = self.admit()?;
         let r = request.into_inner();
-        let key = self.wallet_key(&r.tenant_id, &r.wallet_id)?;
+        let key = self.wallet_key(&r.tenant_id, &r.wallet_id).await?;
         let summary = self.engine.registry.summary(&key).await.map_err(|e| status::from_wallet_error(&e))?;
         Ok(Response::new(wallet(&key, &summary)))
     }
@@ -248,7 +272,7 @@ impl WalletService for WalletApi {
     async fn list_transactions(&self, request: Request<ListTransactionsRequest>) -> Result<Response<ListTransactionsResponse>, Status> {
         let _permit = self.admit()?;
         let r = request.into_inner();
-        let key = self.wallet_key(&r.tenant_id, &r.wallet_id)?;
+        let key = self.wallet_key(&r.tenant_id, &r.wallet_id).await?;
         let page_size = match r.page_size {
             0 => PAGE_SIZE_DEFAULT,
             n => n.min(PAGE_SIZE_MAX),

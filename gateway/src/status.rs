@@ -17,7 +17,7 @@ pub fn invalid(field: &str, reason: &str) -> Status {
 }
 
 pub fn from_field_error(error: &FieldError) -> Status {
-    invalid(error.field, &error.reason)
+    invalid(&error.field, &error.reason)
 }
 
 fn precondition(kind: &str, subject: &str, message: String) -> Status {
@@ -44,6 +44,12 @@ pub fn from_rejection(rejection: &Rejection) -> Status {
         Rejection::InsufficientPoints { .. } => precondition("INSUFFICIENT_POINTS", "balance", message),
         Rejection::ReversalExceedsEarned { .. } => precondition("REVERSAL_EXCEEDS_EARNED", "source_ref", message),
         Rejection::IdempotencyKeyReused { .. } => Status::already_exists(message),
+        Rejection::NotAnOrder { .. } => precondition("NOT_AN_ORDER", "order_id", message),
+        Rejection::RefundExceedsOrder { .. } => precondition("REFUND_EXCEEDS_ORDER", "amount_minor", message),
+        Rejection::RulesUnreadable { .. } => {
+            tracing::error!(%rejection, "a stored rules version no longer reads");
+            Status::data_loss(message)
+        }
     }
 }
 

@@ -7,7 +7,8 @@
 
 use tally_engine::domain::WalletState;
 
-pub const FORMAT_VERSION: u16 = 1;
+/// 2: wallets remember orders (counts, refunded amounts) and capped rules' usage (EarnForOrder).
+pub const FORMAT_VERSION: u16 = 2;
 const HEADER_BYTES: usize = 2 + 8 + 4;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -1,6 +1,10 @@
 //! The snapshot format: golden bytes, round trips, and refusal of anything damaged.
 
 use proptest::prelude::*;
+use std::sync::Arc;
+
+use tally_engine::domain::program::RuleVersion;
+use tally_engine::domain::rules::{Order, OrderLine, parse_rules};
 use tally_engine::domain::{
     Command, CommandBody, Context, Decision, Event, ProgramSettings, TenantId, WalletId, WalletState, apply, decide,
 };
@@ -9,18 +13,47 @@ use tally_snapshots::format::{self, FORMAT_VERSION, FormatError};
 fn history(bodies: &[CommandBody]) -> Vec<Event> {
     let tenant = TenantId::parse("acme").unwrap();
     let wallet = WalletId::parse("c-1").unwrap();
-    let program = ProgramSettings::default();
+    let program = program();
     let mut state = WalletState::default();
     let mut events = Vec::new();
     let enroll = CommandBody::Enroll { customer_ref: "crm-1".into() };
     for (i, body) in std::iter::once(&enroll).chain(bodies).enumerate() {
         let ctx = Context { tenant: &tenant, wallet: &wallet, now_ms: 1_767_225_600_000 + i as i64, program: &program };
-        if let Ok(Decision::Append(new)) = decide(&state, &Command::new(format!("k-{i}"), body.clone()), &ctx) {
+        let key = match body {
+            CommandBody::EarnForOrder { order } => order.order_id.clone(),
+            _ => format!("k-{i}"),
+        };
+        if let Ok(Decision::Append(new)) = decide(&state, &Command::new(key, body.clone()), &ctx) {
             new.iter().for_each(|e| apply(&mut state, e));
             events.extend(new);
         }
     }
     events
+}
+
+/// A program with a per-customer capped rule, so snapshots carry rule usage too.
+fn program() -> ProgramSettings {
+    let json = r#"[{"id":"base","actions":[{"type":"points_per_currency_unit","points":1,"unit_minor":100}]},
+        {"id":"weekly","actions":[{"type":"points","amount":50}],"caps":{"per_customer":{"points":80,"period":"week"}}}]"#;
+    let rules = parse_rules(json).unwrap();
+    let version =
+        RuleVersion { version: 1, effective_from_ms: 0, published_by: "test".into(), rules_json: json.into(), rules: Ok(rules.into()) };
+    ProgramSettings { rule_versions: Arc::new([version]), ..ProgramSettings::default() }
+}
+
+fn order(id: &str, total_minor: i64) -> CommandBody {
+    let line = OrderLine { sku: "latte".into(), category: "drinks".into(), quantity: 1, amount_minor: total_minor };
+    CommandBody::EarnForOrder {
+        order: Order {
+            order_id: id.into(),
+            total_minor,
+            currency: "EUR".into(),
+            channel: "pos".into(),
+            store: "s-1".into(),
+            lines: vec![line],
+            placed_at_ms: None,
+        },
+    }
 }
 
 fn fold(events: &[Event]) -> WalletState {
@@ -37,19 +70,38 @@ fn golden_history() -> Vec<Event> {
         CommandBody::Redeem { points: 50, reward_ref: "mug".into() },
         CommandBody::Reverse { source_ref: "order-1".into(), points: Some(20), reason: "refund".into() },
         CommandBody::Adjust { points: -5, reason: "fix".into(), staff_ref: "staff-1".into() },
+        order("order-3", 2_550),
+        order("order-4", 1_000),
+        CommandBody::RefundOrder { order_id: "order-3".into(), amount_minor: Some(1_000), reason: "returned".into() },
     ])
 }
 
 #[test]
 fn the_format_matches_its_golden_file() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/wallet_state_v1.bin");
-    let bytes = format::encode(&fold(&golden_history()));
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/wallet_state_v2.bin");
+    let state = fold(&golden_history());
+    assert_eq!((state.orders_placed, state.source("order-3").unwrap().refunded_minor), (2, 1_000), "every command was accepted");
+    assert_eq!(
+        state.rule_points(
+            "weekly",
+            2,
+            tally_engine::domain::rules::period_key(tally_engine::domain::rules::Period::Week, 1_767_225_600_000, 0)
+        ),
+        80
+    );
+    let bytes = format::encode(&state);
     if std::env::var_os("TALLY_UPDATE_GOLDEN").is_some() {
         std::fs::write(path, &bytes).unwrap();
     }
     let golden = std::fs::read(path).expect("golden file present (TALLY_UPDATE_GOLDEN=1 writes it, for a new FORMAT_VERSION only)");
     assert_eq!(bytes, golden, "the snapshot format changed: bump FORMAT_VERSION and add a new golden file");
     assert_eq!(format::decode(&golden).unwrap(), fold(&golden_history()));
+}
+
+#[test]
+fn snapshots_of_an_older_format_are_refused() {
+    let v1 = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/wallet_state_v1.bin")).unwrap();
+    assert_eq!(format::decode(&v1), Err(FormatError::UnknownVersion(1)), "the wallet then replays its stream");
 }
 
 #[test]

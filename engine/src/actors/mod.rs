@@ -39,10 +39,12 @@ impl WalletKey {
     }
 }
 
-/// Where program settings come from. Program aggregates will implement this; until then a static map.
+/// Where wallets get their program's settings: [`ProgramBook`] (the program aggregates in the log) in the
+/// product, [`StaticPrograms`] in tests.
+#[async_trait::async_trait]
 pub trait Programs: Send + Sync + Debug + 'static {
     /// The tenant's settings, or `None` if no such program exists.
-    fn settings(&self, tenant: &TenantId) -> Option<Arc<ProgramSettings>>;
+    async fn settings(&self, tenant: &TenantId) -> Result<Option<Arc<ProgramSettings>>, WalletError>;
 }
 
 /// Programs known up front, optionally with a default for any tenant (development, tests).
@@ -64,9 +66,10 @@ impl StaticPrograms {
     }
 }
 
+#[async_trait::async_trait]
 impl Programs for StaticPrograms {
-    fn settings(&self, tenant: &TenantId) -> Option<Arc<ProgramSettings>> {
-        self.tenants.get(tenant).or(self.any_tenant.as_ref()).cloned()
+    async fn settings(&self, tenant: &TenantId) -> Result<Option<Arc<ProgramSettings>>, WalletError> {
+        Ok(self.tenants.get(tenant).or(self.any_tenant.as_ref()).cloned())
     }
 }
 

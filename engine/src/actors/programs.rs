@@ -4,11 +4,13 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use super::{Programs, WalletError};
 use crate::clock::Clock;
 use crate::codec::{self, CodecError};
-use crate::domain::TenantId;
 use crate::domain::program::{ProgramCommand, ProgramDecision, ProgramRejection, ProgramState, apply_program, decide_program};
+use crate::domain::{ProgramSettings, TenantId};
 use crate::store::{EventMetadata, EventStore, ExpectedVersion, StoreError};
 
 /// Events read per call while catching a program up.
@@ -35,16 +37,43 @@ pub struct ProgramOutcome {
     pub replayed: Option<u32>,
 }
 
+/// The programs of every tenant, from their streams in the log. Serves [`Programs`] to wallets from a
+/// cache of settings that its own commands update at once and that is refreshed from the log when older
+/// than `refresh` (what another node sharing the log published is seen within that time).
 #[derive(Debug)]
 pub struct ProgramBook {
     store: Arc<dyn EventStore>,
     clock: Arc<dyn Clock>,
     programs: parking_lot::Mutex<HashMap<TenantId, Arc<tokio::sync::Mutex<ProgramState>>>>,
+    settings: parking_lot::RwLock<HashMap<TenantId, (Arc<ProgramSettings>, Instant)>>,
+    refresh: Duration,
 }
 
 impl ProgramBook {
-    pub fn new(store: Arc<dyn EventStore>, clock: Arc<dyn Clock>) -> Self {
-        Self { store, clock, programs: parking_lot::Mutex::new(HashMap::new()) }
+    pub fn new(store: Arc<dyn EventStore>, clock: Arc<dyn Clock>, refresh: Duration) -> Self {
+        Self {
+            store,
+            clock,
+            programs: parking_lot::Mutex::new(HashMap::new()),
+            settings: parking_lot::RwLock::new(HashMap::new()),
+            refresh,
+        }
+    }
+
+    /// The cached settings of `tenant` if younger than the refresh interval.
+    fn fresh(&self, tenant: &TenantId) -> Option<Arc<ProgramSettings>> {
+        let cache = self.settings.read();
+        cache.get(tenant).filter(|(_, fetched)| fetched.elapsed() < self.refresh).map(|(settings, _)| Arc::clone(settings))
+    }
+
+    /// Caches what wallets need of `state`, if the program exists.
+    fn publish(&self, tenant: &TenantId, state: &ProgramState) -> Option<Arc<ProgramSettings>> {
+        if !state.created {
+            return None;
+        }
+        let settings = Arc::new(state.settings());
+        self.settings.write().insert(tenant.clone(), (Arc::clone(&settings), Instant::now()));
+        Some(settings)
     }
 
     fn slot(&self, tenant: &TenantId) -> Arc<tokio::sync::Mutex<ProgramState>> {
@@ -73,6 +102,7 @@ impl ProgramBook {
             // Asking about a program that does not exist leaves nothing behind.
             self.programs.lock().remove(tenant);
         }
+        self.publish(tenant, &state);
         Ok(state.clone())
     }
 
@@ -95,11 +125,37 @@ impl ProgramBook {
             match self.store.append(&stream, ExpectedVersion::Exact(state.version), data).await {
                 Ok(_) => {
                     events.iter().for_each(|e| apply_program(&mut state, e));
+                    self.publish(tenant, &state);
                     return Ok(ProgramOutcome { state: state.clone(), replayed: None });
                 }
                 Err(StoreError::VersionConflict { .. }) if attempt < CONFLICT_ATTEMPTS => continue,
                 Err(error) => return Err(error.into()),
             }
         }
+    }
+}
+
+#[async_trait::async_trait]
+impl Programs for ProgramBook {
+    async fn settings(&self, tenant: &TenantId) -> Result<Option<Arc<ProgramSettings>>, WalletError> {
+        if let Some(settings) = self.fresh(tenant) {
+            return Ok(Some(settings));
+        }
+        let slot = self.slot(tenant);
+        let mut state = slot.lock().await;
+        // Whoever held the lock before us may have refreshed it: one read of the log per refresh.
+        if let Some(settings) = self.fresh(tenant) {
+            return Ok(Some(settings));
+        }
+        self.catch_up(tenant, &mut state).await.map_err(|error| match error {
+            ProgramError::Store(store) => WalletError::Store(store),
+            ProgramError::Codec(codec) => WalletError::Codec(codec),
+            // Catching up decides nothing, so nothing is rejected; were it, the wallet cannot go on.
+            ProgramError::Rejected(_) => WalletError::UnknownTenant(tenant.clone()),
+        })?;
+        if !state.created {
+            self.programs.lock().remove(tenant);
+        }
+        Ok(self.publish(tenant, &state))
     }
 }

@@ -148,7 +148,8 @@ impl Wallet {
     }
 
     async fn execute(&mut self, command: &Command, meta: &CommandMeta) -> Result<CommandOutcome, WalletError> {
-        let program = self.deps.programs.settings(&self.key.tenant).ok_or_else(|| WalletError::UnknownTenant(self.key.tenant.clone()))?;
+        let program =
+            self.deps.programs.settings(&self.key.tenant).await?.ok_or_else(|| WalletError::UnknownTenant(self.key.tenant.clone()))?;
         let mut attempt = 0;
         loop {
             let now_ms = self.deps.clock.now_ms();

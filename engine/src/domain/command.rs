@@ -1,6 +1,7 @@
 //! Commands a wallet accepts. Every one that changes state carries an idempotency key.
 
 use super::fingerprint::Fingerprint;
+use super::rules::Order;
 
 pub use tally_proto::v1::Money;
 
@@ -28,6 +29,12 @@ pub enum CommandBody {
     Reverse { source_ref: String, points: Option<i64>, reason: String },
     /// Close the wallet; a positive balance is forfeited.
     Close { reason: String },
+    /// Apply the program's rules to an order and credit what they award. The command's idempotency key
+    /// is the order id.
+    EarnForOrder { order: Order },
+    /// Refund `amount_minor` of an order (`None`: whatever is left of it) and take back the order's
+    /// points in proportion, never more than it earned.
+    RefundOrder { order_id: String, amount_minor: Option<i64>, reason: String },
 }
 
 impl Command {
@@ -57,6 +64,28 @@ impl Command {
                 fp.str(reason)
             }
             CommandBody::Close { reason } => Fingerprint::new(6).str(reason),
+            CommandBody::EarnForOrder { order } => {
+                let fp = Fingerprint::new(7)
+                    .str(&order.order_id)
+                    .i64(order.total_minor)
+                    .str(&order.currency)
+                    .str(&order.channel)
+                    .str(&order.store)
+                    .u64(order.lines.len() as u64);
+                let fp = order.lines.iter().fold(fp, |fp, l| fp.str(&l.sku).str(&l.category).i64(l.quantity).i64(l.amount_minor));
+                match order.placed_at_ms {
+                    None => fp.u64(0),
+                    Some(at) => fp.u64(1).i64(at),
+                }
+            }
+            CommandBody::RefundOrder { order_id, amount_minor, reason } => {
+                let fp = Fingerprint::new(8).str(order_id);
+                let fp = match amount_minor {
+                    None => fp.u64(0),
+                    Some(amount) => fp.u64(1).i64(*amount),
+                };
+                fp.str(reason)
+            }
         }
         .finish()
     }
@@ -70,6 +99,8 @@ impl Command {
             CommandBody::Adjust { .. } => "adjust",
             CommandBody::Reverse { .. } => "reverse",
             CommandBody::Close { .. } => "close",
+            CommandBody::EarnForOrder { .. } => "earn_for_order",
+            CommandBody::RefundOrder { .. } => "refund_order",
         }
     }
 }

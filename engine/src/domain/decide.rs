@@ -1,14 +1,21 @@
 //! `decide` and `apply`: the functional core of a wallet.
 
-use tally_proto::v1::{EarnReversed, PointsAdjusted, PointsEarned, PointsRedeemed, ReturnPolicy, WalletClosed, WalletEnrolled};
+use tally_proto::v1::{
+    CapPeriod, EarnReversed, EarnedByRule, OrderEarning, PointsAdjusted, PointsEarned, PointsRedeemed, ReturnPolicy, StampAward,
+    WalletClosed, WalletEnrolled,
+};
 
 use super::Context;
 use super::command::{Command, CommandBody, Money};
 use super::event::{Change, Event};
 use super::ids::FieldError;
 use super::rejection::Rejection;
-use super::state::{Receipt, WalletState, WalletStatus};
-use crate::limits::{BALANCE_ABS_MAX, MONEY_MINOR_ABS_MAX, POINTS_PER_COMMAND_MAX, REASON_BYTES_MAX, REF_BYTES_MAX};
+use super::rules::{self, Customer, Order, Period, Rule};
+use super::state::{Receipt, RuleUsage, SourceLedger, WalletState, WalletStatus};
+use crate::limits::{
+    BALANCE_ABS_MAX, MONEY_MINOR_ABS_MAX, ORDER_BACKDATE_MAX_MS, ORDER_CLOCK_SKEW_MAX_MS, POINTS_PER_COMMAND_MAX, REASON_BYTES_MAX,
+    REF_BYTES_MAX, RULE_USAGE_PERIODS_MAX,
+};
 
 /// What `decide` concluded for a command that was not rejected.
 #[derive(Debug, Clone, PartialEq)]
@@ -22,6 +29,11 @@ pub enum Decision {
 /// Decides `command` against `state`. Pure: the same inputs always give the same answer.
 pub fn decide(state: &WalletState, command: &Command, ctx: &Context<'_>) -> Result<Decision, Rejection> {
     check_ref("idempotency_key", &command.idempotency_key, true)?;
+    if let CommandBody::EarnForOrder { order } = &command.body
+        && order.order_id != command.idempotency_key
+    {
+        return Err(FieldError::new("idempotency_key", "must be the order id: an order earns once").into());
+    }
     let fingerprint = command.fingerprint();
     if let Some(receipt) = state.receipts.get(&command.idempotency_key) {
         if receipt.command_fingerprint == fingerprint {
@@ -57,6 +69,7 @@ fn decide_change(state: &WalletState, body: &CommandBody, ctx: &Context<'_>) -> 
                 reason: reason.clone(),
                 source_ref: source_ref.clone(),
                 order_amount: order_amount.clone(),
+                order: None,
             }))
         }
         (WalletStatus::Active, CommandBody::Redeem { points, reward_ref }) => {
@@ -80,28 +93,132 @@ fn decide_change(state: &WalletState, body: &CommandBody, ctx: &Context<'_>) -> 
             if requested > reversible || requested <= 0 {
                 return Err(Rejection::ReversalExceedsEarned { source_ref: source_ref.clone(), reversible, requested });
             }
-            let policy = ctx.program.return_policy;
-            let reversed = match policy {
-                ReturnPolicy::CapAtZero => requested.min(state.balance.max(0)),
-                ReturnPolicy::AllowNegative | ReturnPolicy::Unspecified => requested,
-            };
-            checked_balance(state.balance.checked_sub(reversed), "points", requested)?;
-            Ok(Change::Reversed(EarnReversed {
-                source_ref: source_ref.clone(),
-                requested_points: requested,
-                reversed_points: reversed,
-                shortfall_points: requested - reversed,
-                reason: reason.clone(),
-                policy: match policy {
-                    ReturnPolicy::CapAtZero => ReturnPolicy::CapAtZero,
-                    _ => ReturnPolicy::AllowNegative,
-                } as i32,
-            }))
+            reversal(state, ctx, source_ref, requested, reason, 0)
         }
         (WalletStatus::Active, CommandBody::Close { reason }) => {
             Ok(Change::Closed(WalletClosed { reason: reason.clone(), forfeited_points: state.balance.max(0) }))
         }
+        (WalletStatus::Active, CommandBody::EarnForOrder { order }) => earn_for_order(state, order, ctx),
+        (WalletStatus::Active, CommandBody::RefundOrder { order_id, amount_minor, reason }) => {
+            let ledger = state.sources.get(order_id).ok_or_else(|| Rejection::UnknownSource { source_ref: order_id.clone() })?;
+            let order_minor = ledger.order_minor.ok_or_else(|| Rejection::NotAnOrder { source_ref: order_id.clone() })?;
+            let refundable = order_minor - ledger.refunded_minor;
+            let amount = amount_minor.unwrap_or(refundable);
+            if amount <= 0 || amount > refundable {
+                return Err(Rejection::RefundExceedsOrder {
+                    order_id: order_id.clone(),
+                    refundable_minor: refundable,
+                    requested_minor: amount,
+                });
+            }
+            let requested = proportional_reversal(ledger, amount, order_minor);
+            reversal(state, ctx, order_id, requested, reason, amount)
+        }
     }
+}
+
+/// Points a refund of `amount` more of an order takes back: the order's earnings in proportion to
+/// everything refunded so far (rounded down, all of them once the whole amount is refunded), less what
+/// was already taken back from it.
+fn proportional_reversal(ledger: &SourceLedger, amount: i64, order_minor: i64) -> i64 {
+    let refunded = i128::from(ledger.refunded_minor) + i128::from(amount);
+    let due = if refunded >= i128::from(order_minor) {
+        i128::from(ledger.earned)
+    } else {
+        i128::from(ledger.earned) * refunded / i128::from(order_minor)
+    };
+    let due = i64::try_from(due).unwrap_or(ledger.earned);
+    (due - ledger.reversed).clamp(0, ledger.reversible().max(0))
+}
+
+/// Takes back `requested` points of `source_ref` under the program's return policy.
+fn reversal(
+    state: &WalletState,
+    ctx: &Context<'_>,
+    source_ref: &str,
+    requested: i64,
+    reason: &str,
+    refund_amount_minor: i64,
+) -> Result<Change, Rejection> {
+    let policy = ctx.program.return_policy;
+    let reversed = match policy {
+        ReturnPolicy::CapAtZero => requested.min(state.balance.max(0)),
+        ReturnPolicy::AllowNegative | ReturnPolicy::Unspecified => requested,
+    };
+    checked_balance(state.balance.checked_sub(reversed), "points", requested)?;
+    Ok(Change::Reversed(EarnReversed {
+        source_ref: source_ref.to_owned(),
+        requested_points: requested,
+        reversed_points: reversed,
+        shortfall_points: requested - reversed,
+        reason: reason.to_owned(),
+        policy: match policy {
+            ReturnPolicy::CapAtZero => ReturnPolicy::CapAtZero,
+            _ => ReturnPolicy::AllowNegative,
+        } as i32,
+        refund_amount_minor,
+    }))
+}
+
+fn cap_period(period: Period) -> CapPeriod {
+    match period {
+        Period::Day => CapPeriod::Day,
+        Period::Week => CapPeriod::Week,
+        Period::Month => CapPeriod::Month,
+        Period::Year => CapPeriod::Year,
+        Period::Lifetime => CapPeriod::Lifetime,
+    }
+}
+
+/// Runs the rules in force when the order was placed and records what each gave.
+fn earn_for_order(state: &WalletState, order: &Order, ctx: &Context<'_>) -> Result<Change, Rejection> {
+    let placed_at_ms = order.placed_at_ms.unwrap_or(ctx.now_ms);
+    if placed_at_ms > ctx.now_ms.saturating_add(ORDER_CLOCK_SKEW_MAX_MS) {
+        return Err(FieldError::new("order.placed_at", "is in the future").into());
+    }
+    if placed_at_ms < ctx.now_ms.saturating_sub(ORDER_BACKDATE_MAX_MS) {
+        return Err(FieldError::new("order.placed_at", format!("is more than {} days ago", ORDER_BACKDATE_MAX_MS / 86_400_000)).into());
+    }
+    let offset = ctx.program.utc_offset_minutes;
+    let (rules_version, breakdown) = match ctx.program.rules_at(placed_at_ms) {
+        None => (0, rules::Breakdown::default()),
+        Some(version) => {
+            let rules =
+                version.rules.as_ref().map_err(|e| Rejection::RulesUnreadable { version: version.version, reason: e.to_string() })?;
+            let used = |rule: &Rule, period: Period| {
+                state.rule_points(&rule.id, cap_period(period) as i32, rules::period_key(period, placed_at_ms, offset))
+            };
+            let customer = Customer { tier: None, previous_orders: state.orders_placed, rule_points_in_period: &used };
+            let breakdown =
+                rules::evaluate(rules, order, &customer, placed_at_ms, offset).map_err(|rules::EvalError::AwardTooLarge { points }| {
+                    Rejection::PointsOutOfRange { field: "order", points: i64::try_from(points).unwrap_or(i64::MAX) }
+                })?;
+            (version.version, breakdown)
+        }
+    };
+    let points = breakdown.total_points;
+    checked_balance(state.balance.checked_add(points), "order", points)?;
+    checked_balance(state.lifetime_earned.checked_add(points), "order", points)?;
+    let awards = breakdown
+        .awards
+        .into_iter()
+        .map(|a| EarnedByRule {
+            rule_id: a.rule_id.to_string(),
+            points: a.points,
+            capped_points: a.capped_points,
+            reason: a.reason.to_string(),
+            stamps: a.stamps.into_iter().map(|(card, count)| StampAward { card: card.to_string(), count }).collect(),
+            cap_period: a.cap_period.map_or(CapPeriod::Unspecified, cap_period) as i32,
+            cap_period_key: a.cap_period.map_or(0, |p| rules::period_key(p, placed_at_ms, offset)),
+        })
+        .collect();
+    Ok(Change::Earned(PointsEarned {
+        points,
+        reason: "order".to_owned(),
+        source_ref: order.order_id.clone(),
+        order_amount: Some(Money { amount_minor: order.total_minor, currency: order.currency.clone() }),
+        order: Some(OrderEarning { rules_version, awards, placed_at_ms, channel: order.channel.clone(), store: order.store.clone() }),
+    }))
 }
 
 /// Folds one event into the state. Holds no business rule: every amount comes from the event.
@@ -114,13 +231,23 @@ pub fn apply(state: &mut WalletState, event: &Event) {
         }
         Change::Earned(e) => {
             state.lifetime_earned += e.points;
-            state.sources.entry(e.source_ref.clone()).or_default().earned += e.points;
+            let source = state.sources.entry(e.source_ref.clone()).or_default();
+            source.earned += e.points;
+            if let Some(order) = &e.order {
+                state.orders_placed += 1;
+                source.order_minor = Some(e.order_amount.as_ref().map_or(0, |m| m.amount_minor));
+                for award in order.awards.iter().filter(|a| a.cap_period != CapPeriod::Unspecified as i32 && a.points != 0) {
+                    count_usage(state.rule_usage.entry(award.rule_id.clone()).or_default(), award);
+                }
+            }
         }
         Change::Redeemed(e) => state.lifetime_redeemed += e.points,
         Change::Adjusted(e) => state.lifetime_adjusted += e.points,
         Change::Reversed(e) => {
             state.lifetime_reversed += e.reversed_points;
-            state.sources.entry(e.source_ref.clone()).or_default().reversed += e.requested_points;
+            let source = state.sources.entry(e.source_ref.clone()).or_default();
+            source.reversed += e.requested_points;
+            source.refunded_minor += e.refund_amount_minor;
         }
         Change::Closed(_) => state.status = WalletStatus::Closed,
     }
@@ -142,6 +269,20 @@ pub fn apply(state: &mut WalletState, event: &Event) {
             last_version: version,
             balance_after: balance,
         });
+}
+
+/// Adds an award to its rule's count for the award's cap period, keeping the most recent periods.
+fn count_usage(usage: &mut RuleUsage, award: &EarnedByRule) {
+    if usage.period != award.cap_period {
+        *usage = RuleUsage { period: award.cap_period, points: Vec::new() };
+    }
+    match usage.points.binary_search_by_key(&award.cap_period_key, |(key, _)| *key) {
+        Ok(i) => usage.points[i].1 += award.points,
+        Err(i) => usage.points.insert(i, (award.cap_period_key, award.points)),
+    }
+    if usage.points.len() > RULE_USAGE_PERIODS_MAX {
+        usage.points.remove(0);
+    }
 }
 
 fn checked_balance(value: Option<i64>, field: &'static str, points: i64) -> Result<i64, Rejection> {
@@ -182,6 +323,16 @@ fn validate(body: &CommandBody) -> Result<(), Rejection> {
             check_reason(reason)
         }
         CommandBody::Close { reason } => check_reason(reason),
+        CommandBody::EarnForOrder { order } => Ok(order.validate()?),
+        CommandBody::RefundOrder { order_id, amount_minor, reason } => {
+            check_ref("order_id", order_id, true)?;
+            if let Some(amount) = amount_minor
+                && !(1..=MONEY_MINOR_ABS_MAX).contains(amount)
+            {
+                return Err(FieldError::new("amount_minor", format!("must be within 1..={MONEY_MINOR_ABS_MAX}")).into());
+            }
+            check_reason(reason)
+        }
     }
 }
 

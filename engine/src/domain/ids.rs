@@ -1,5 +1,6 @@
 //! Validated identifiers: tenants (programs) and wallets.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
@@ -9,13 +10,14 @@ use crate::limits::{TENANT_ID_BYTES_MAX, WALLET_ID_BYTES_MAX};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {reason}")]
 pub struct FieldError {
-    pub field: &'static str,
+    /// The field's path, e.g. `customer_ref` or `order.lines[3].quantity`.
+    pub field: Cow<'static, str>,
     pub reason: String,
 }
 
 impl FieldError {
-    pub fn new(field: &'static str, reason: impl Into<String>) -> Self {
-        Self { field, reason: reason.into() }
+    pub fn new(field: impl Into<Cow<'static, str>>, reason: impl Into<String>) -> Self {
+        Self { field: field.into(), reason: reason.into() }
     }
 }
 

@@ -23,22 +23,32 @@ pub use decide::{Decision, apply, decide};
 pub use event::{Change, Event};
 pub use ids::{FieldError, TenantId, WalletId};
 pub use rejection::Rejection;
-pub use state::{Receipt, SourceLedger, WalletState, WalletStatus};
+pub use state::{Receipt, RuleUsage, SourceLedger, WalletState, WalletStatus};
 pub use tally_proto::v1::ReturnPolicy;
 
-/// Program settings that the wallet domain needs. Issue-level program features (rules, tiers, expiry)
-/// will grow this; today it carries the return policy.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What the wallet domain needs of its tenant's program (see [`program::ProgramState::settings`]).
+#[derive(Debug, Clone, PartialEq)]
 pub struct ProgramSettings {
     /// What a reversal does when the points were already spent.
     pub return_policy: ReturnPolicy,
+    /// The program's clock for rule days, weekdays, time windows and cap periods: minutes east of UTC.
+    pub utc_offset_minutes: i32,
+    /// Every published version of the earn rules, oldest first.
+    pub rule_versions: std::sync::Arc<[program::RuleVersion]>,
+}
+
+impl ProgramSettings {
+    /// The rules in force at `at_ms`: the last version published at or before it.
+    pub fn rules_at(&self, at_ms: i64) -> Option<&program::RuleVersion> {
+        program::version_at(&self.rule_versions, at_ms)
+    }
 }
 
 impl Default for ProgramSettings {
     fn default() -> Self {
         // Allowing a negative balance is the default: capping at zero would let a customer earn, spend
         // and then refund the order while keeping the reward.
-        Self { return_policy: ReturnPolicy::AllowNegative }
+        Self { return_policy: ReturnPolicy::AllowNegative, utc_offset_minutes: 0, rule_versions: std::sync::Arc::new([]) }
     }
 }
 

@@ -102,13 +102,27 @@ pub struct ProgramState {
 impl ProgramState {
     /// The rules in force at `at_ms`: the last version published at or before it.
     pub fn rules_at(&self, at_ms: i64) -> Option<&RuleVersion> {
-        let published = self.rule_versions.partition_point(|v| v.effective_from_ms <= at_ms);
-        published.checked_sub(1).map(|i| &self.rule_versions[i])
+        version_at(&self.rule_versions, at_ms)
+    }
+
+    /// What wallets of this program decide with.
+    pub fn settings(&self) -> super::ProgramSettings {
+        super::ProgramSettings {
+            return_policy: self.return_policy,
+            utc_offset_minutes: self.utc_offset_minutes,
+            rule_versions: self.rule_versions.clone().into(),
+        }
     }
 
     pub fn current_rules(&self) -> Option<&RuleVersion> {
         self.rule_versions.last()
     }
+}
+
+/// The last of `versions` (oldest first) in force at `at_ms`.
+pub(super) fn version_at(versions: &[RuleVersion], at_ms: i64) -> Option<&RuleVersion> {
+    let published = versions.partition_point(|v| v.effective_from_ms <= at_ms);
+    published.checked_sub(1).map(|i| &versions[i])
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -35,6 +35,17 @@ pub enum Rejection {
     /// A reversal asks for more than what is left to reverse of that source. Maps to FAILED_PRECONDITION.
     #[error("reversal of {requested} points exceeds the {reversible} still reversible from {source_ref:?}")]
     ReversalExceedsEarned { source_ref: String, reversible: i64, requested: i64 },
+    /// A refund names a source that was not earned by `EarnForOrder`, so it has no order amount to refund
+    /// against. Maps to FAILED_PRECONDITION.
+    #[error("{source_ref:?} is not an order earned with EarnForOrder; use Reverse to take points back")]
+    NotAnOrder { source_ref: String },
+    /// A refund of more than what is left to refund of the order. Maps to FAILED_PRECONDITION.
+    #[error("refund of {requested_minor} exceeds the {refundable_minor} still refundable of order {order_id:?}")]
+    RefundExceedsOrder { order_id: String, refundable_minor: i64, requested_minor: i64 },
+    /// The rules version in force for the order is stored but no longer reads. Maps to DATA_LOSS (an
+    /// operator must fix the program; earning would otherwise guess).
+    #[error("rules version {version} of the program cannot be read: {reason}")]
+    RulesUnreadable { version: u32, reason: String },
     /// The idempotency key was already used for a different command. Maps to ALREADY_EXISTS.
     #[error("idempotency key {key:?} was already used for a different command")]
     IdempotencyKeyReused { key: String },

@@ -27,11 +27,33 @@ pub struct SourceLedger {
     pub earned: i64,
     /// Points refunds asked to take back (including any shortfall the policy could not take).
     pub reversed: i64,
+    /// The order's total in minor units, if the source is an order earned with `EarnForOrder`.
+    pub order_minor: Option<i64>,
+    /// How much of that total was refunded so far.
+    pub refunded_minor: i64,
 }
 
 impl SourceLedger {
     pub fn reversible(&self) -> i64 {
         self.earned - self.reversed
+    }
+}
+
+/// Points one capped rule gave this customer in its cap's recent periods.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct RuleUsage {
+    /// The cap's period (`tally.v1.CapPeriod`); a rule whose cap changes period starts counting anew.
+    pub period: i32,
+    /// `(period key, points)`, oldest first, at most `RULE_USAGE_PERIODS_MAX`.
+    pub points: Vec<(i64, i64)>,
+}
+
+impl RuleUsage {
+    pub fn points_in(&self, period: i32, key: i64) -> i64 {
+        if self.period != period {
+            return 0;
+        }
+        self.points.iter().find(|(k, _)| *k == key).map_or(0, |(_, points)| *points)
     }
 }
 
@@ -62,8 +84,13 @@ pub struct WalletState {
     pub last_activity_ms: i64,
     /// Number of events applied: the stream version this state reflects.
     pub version: u64,
+    /// Orders earned with `EarnForOrder` (for first-order and n-th-order rules).
+    pub orders_placed: u64,
     #[serde(serialize_with = "sorted")]
     pub(crate) sources: FastMap<String, SourceLedger>,
+    /// Per rule id, for rules with a per-customer cap.
+    #[serde(serialize_with = "sorted")]
+    pub(crate) rule_usage: FastMap<String, RuleUsage>,
     #[serde(serialize_with = "sorted")]
     pub(crate) receipts: FastMap<String, Receipt>,
 }
@@ -75,6 +102,11 @@ impl WalletState {
 
     pub fn receipt(&self, idempotency_key: &str) -> Option<&Receipt> {
         self.receipts.get(idempotency_key)
+    }
+
+    /// Points `rule_id` gave this wallet in the cap period `(period, key)`.
+    pub fn rule_points(&self, rule_id: &str, period: i32, key: i64) -> i64 {
+        self.rule_usage.get(rule_id).map_or(0, |usage| usage.points_in(period, key))
     }
 
     /// Number of accepted commands remembered for idempotency.

@@ -55,7 +55,10 @@ impl Workload {
             rng: StdRng::seed_from_u64(seed),
             wallets,
             now_ms: START_MS,
-            programs: [ProgramSettings::default(), ProgramSettings { return_policy: ReturnPolicy::CapAtZero }],
+            programs: [
+                ProgramSettings::default(),
+                ProgramSettings { return_policy: ReturnPolicy::CapAtZero, ..ProgramSettings::default() },
+            ],
             commands: 0,
         }
     }

@@ -9,7 +9,8 @@ pub use parse::{RuleError, parse_rule, parse_rules};
 
 use std::sync::Arc;
 
-use crate::limits::POINTS_PER_COMMAND_MAX;
+use super::ids::FieldError;
+use crate::limits::{MONEY_MINOR_ABS_MAX, ORDER_LINE_QUANTITY_MAX, ORDER_LINES_MAX, POINTS_PER_COMMAND_MAX, REF_BYTES_MAX};
 
 const MS_PER_DAY: i64 = 86_400_000;
 
@@ -168,7 +169,82 @@ pub struct Order {
     pub channel: String,
     pub store: String,
     pub lines: Vec<OrderLine>,
-    pub placed_at_ms: i64,
+    /// When the order was placed, if the client said; `None` means when it is decided.
+    pub placed_at_ms: Option<i64>,
+}
+
+impl Order {
+    /// Checks every field against the engine's limits; the error names the field's path
+    /// (`order.lines[3].quantity`).
+    pub fn validate(&self) -> Result<(), FieldError> {
+        fn text(field: impl Fn() -> String, value: &str, required: bool) -> Result<(), FieldError> {
+            if required && value.is_empty() {
+                return Err(FieldError::new(field(), "must not be empty"));
+            }
+            if value.len() > REF_BYTES_MAX {
+                return Err(FieldError::new(field(), format!("must be at most {REF_BYTES_MAX} bytes")));
+            }
+            if value.chars().any(char::is_control) {
+                return Err(FieldError::new(field(), "must not contain control characters"));
+            }
+            Ok(())
+        }
+        fn amount(field: impl Fn() -> String, value: i64) -> Result<(), FieldError> {
+            if !(0..=MONEY_MINOR_ABS_MAX).contains(&value) {
+                return Err(FieldError::new(field(), format!("must be within 0..={MONEY_MINOR_ABS_MAX}")));
+            }
+            Ok(())
+        }
+        text(|| "order.order_id".into(), &self.order_id, true)?;
+        if self.currency.len() != 3 || !self.currency.bytes().all(|b| b.is_ascii_uppercase()) {
+            return Err(FieldError::new("order.total.currency", "must be an ISO 4217 code such as EUR"));
+        }
+        amount(|| "order.total.amount_minor".into(), self.total_minor)?;
+        text(|| "order.channel".into(), &self.channel, false)?;
+        text(|| "order.store".into(), &self.store, false)?;
+        if self.lines.len() > ORDER_LINES_MAX {
+            return Err(FieldError::new("order.lines", format!("must have at most {ORDER_LINES_MAX} lines")));
+        }
+        for (i, line) in self.lines.iter().enumerate() {
+            if !(1..=ORDER_LINE_QUANTITY_MAX).contains(&line.quantity) {
+                return Err(FieldError::new(format!("order.lines[{i}].quantity"), format!("must be within 1..={ORDER_LINE_QUANTITY_MAX}")));
+            }
+            amount(|| format!("order.lines[{i}].amount_minor"), line.amount_minor)?;
+            text(|| format!("order.lines[{i}].sku"), &line.sku, false)?;
+            text(|| format!("order.lines[{i}].category"), &line.category, false)?;
+        }
+        Ok(())
+    }
+}
+
+/// Which `period` contains `at_ms` in a program `utc_offset_minutes` east of UTC, as a number: the
+/// local day, the ISO week (Monday to Sunday) or the month since 1970, the year, or 0 for `Lifetime`.
+pub fn period_key(period: Period, at_ms: i64, utc_offset_minutes: i32) -> i64 {
+    let day = When::of(at_ms, utc_offset_minutes).day;
+    // 1970-01-01 was a Thursday: Monday 1969-12-29 starts week 0.
+    let week = (day + 3).div_euclid(7);
+    let (year, month) = civil(day);
+    match period {
+        Period::Day => day,
+        Period::Week => week,
+        Period::Month => (year - 1970) * 12 + month - 1,
+        Period::Year => year,
+        Period::Lifetime => 0,
+    }
+}
+
+/// Year and month (1–12) of a day counted from 1970-01-01 (proleptic Gregorian; Howard Hinnant's
+/// `civil_from_days`).
+fn civil(day: i64) -> (i64, i64) {
+    let z = day + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month)
 }
 
 /// What the rules may know about the customer, as of the order.
@@ -198,6 +274,8 @@ pub struct Award {
     pub reason: Arc<str>,
     /// Points the rule's caps took off.
     pub capped_points: i64,
+    /// The period of the rule's per-customer cap, if it has one: the wallet keeps count of it.
+    pub cap_period: Option<Period>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -305,10 +383,16 @@ fn capped(rule: &Rule, customer: &Customer<'_>, points: i128) -> (i128, i128) {
     (allowed, points - allowed)
 }
 
-/// Applies `rules` to `order`. The program's clock for day, weekday and time-window conditions is UTC
-/// shifted by `utc_offset_minutes`.
-pub fn evaluate(rules: &[Rule], order: &Order, customer: &Customer<'_>, utc_offset_minutes: i32) -> Result<Breakdown, EvalError> {
-    let when = When::of(order.placed_at_ms, utc_offset_minutes);
+/// Applies `rules` to `order`, placed at `placed_at_ms` (`order.placed_at_ms` or, without one, now). The
+/// program's clock for day, weekday and time-window conditions is UTC shifted by `utc_offset_minutes`.
+pub fn evaluate(
+    rules: &[Rule],
+    order: &Order,
+    customer: &Customer<'_>,
+    placed_at_ms: i64,
+    utc_offset_minutes: i32,
+) -> Result<Breakdown, EvalError> {
+    let when = When::of(placed_at_ms, utc_offset_minutes);
     let mut breakdown = Breakdown::default();
     let mut base: i128 = 0;
     let mut multipliers: Vec<(&Rule, i64, Arc<str>)> = Vec::new();
@@ -372,5 +456,5 @@ fn award(rule: &Rule, points: i128, cut: i128, stamps: Vec<(Arc<str>, i64)>, rea
     let points = i64::try_from(points).ok().filter(|p| *p <= POINTS_PER_COMMAND_MAX).ok_or(EvalError::AwardTooLarge { points })?;
     // What the caps took off is information only: reported up to the limit, never an error.
     let capped_points = i64::try_from(cut.min(i128::from(POINTS_PER_COMMAND_MAX))).unwrap_or(POINTS_PER_COMMAND_MAX);
-    Ok(Award { rule_id: rule.id.clone(), points, stamps, reason, capped_points })
+    Ok(Award { rule_id: rule.id.clone(), points, stamps, reason, capped_points, cap_period: rule.caps.per_customer.map(|(_, p)| p) })
 }
