@@ -95,7 +95,8 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("actors");
     group.throughput(Throughput::Elements(1)).measurement_time(Duration::from_secs(10)).sample_size(20);
     let mut round = 0u64;
-    let cases: [(&str, usize, fn(String) -> Command); 3] = [("earn", 64, earn), ("earn", 1024, earn), ("earn_for_order", 64, order)];
+    type Case = (&'static str, usize, fn(String) -> Command);
+    let cases: [Case; 3] = [("earn", 64, earn), ("earn", 1024, earn), ("earn_for_order", 64, order)];
     for (name, callers, command) in cases {
         group.bench_function(format!("{name}, 10k wallets, {callers} callers, durable"), |b| {
             b.iter_custom(|iters| {

@@ -3,7 +3,8 @@
 
 use prost::Message;
 use tally_proto::v1::{
-    EarnReversed, PointsAdjusted, PointsEarned, PointsRedeemed, ProgramCreated, RulesPublished, WalletClosed, WalletEnrolled,
+    EarnReversed, HoldCaptured, HoldReleased, PointsAdjusted, PointsEarned, PointsHeld, PointsRedeemed, ProgramCreated, RulesPublished,
+    WalletClosed, WalletEnrolled,
 };
 
 use crate::domain::program::{ProgramChange, ProgramEvent};
@@ -16,6 +17,13 @@ pub const WALLET_SCHEMA_VERSION: u32 = 1;
 /// The stream of one wallet: `"<tenant>/wallet/<wallet>"`. Ids cannot contain `/`, so this is unambiguous.
 pub fn wallet_stream(tenant: &TenantId, wallet: &WalletId) -> StreamId {
     StreamId::new(&format!("{tenant}/wallet/{wallet}")).expect("validated ids always make a valid stream id")
+}
+
+/// The wallet a stream belongs to, if it is a wallet stream with valid ids.
+pub fn wallet_of(stream: &str) -> Option<(TenantId, WalletId)> {
+    let (tenant, rest) = stream.split_once('/')?;
+    let wallet = rest.strip_prefix("wallet/")?;
+    Some((TenantId::parse(tenant).ok()?, WalletId::parse(wallet).ok()?))
 }
 
 /// The stream of a tenant's program: `"<tenant>/program"`.
@@ -75,6 +83,9 @@ pub fn encode(event: &Event, metadata: &EventMetadata) -> EventData {
         Change::Adjusted(e) => e.encode_to_vec(),
         Change::Reversed(e) => e.encode_to_vec(),
         Change::Closed(e) => e.encode_to_vec(),
+        Change::Held(e) => e.encode_to_vec(),
+        Change::Captured(e) => e.encode_to_vec(),
+        Change::Released(e) => e.encode_to_vec(),
     };
     let facts = CommandFacts { key: &event.idempotency_key, fingerprint: event.command_fingerprint, recorded_at_ms: event.recorded_at_ms };
     envelope(event.change.event_type(), WALLET_SCHEMA_VERSION, facts, metadata, payload)
@@ -116,6 +127,9 @@ pub fn decode(recorded: RecordedEvent) -> Result<Event, CodecError> {
         "tally.v1.PointsAdjusted" => Change::Adjusted(PointsAdjusted::decode(payload).map_err(undecodable)?),
         "tally.v1.EarnReversed" => Change::Reversed(EarnReversed::decode(payload).map_err(undecodable)?),
         "tally.v1.WalletClosed" => Change::Closed(WalletClosed::decode(payload).map_err(undecodable)?),
+        "tally.v1.PointsHeld" => Change::Held(PointsHeld::decode(payload).map_err(undecodable)?),
+        "tally.v1.HoldCaptured" => Change::Captured(HoldCaptured::decode(payload).map_err(undecodable)?),
+        "tally.v1.HoldReleased" => Change::Released(HoldReleased::decode(payload).map_err(undecodable)?),
         _ => return Err(CodecError::UnknownEventType { position, event_type: data.event_type }),
     };
     Ok(Event {

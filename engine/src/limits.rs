@@ -73,3 +73,11 @@ pub const RULE_USAGE_PERIODS_MAX: usize = 8;
 /// How old a node's cached program settings may get before wallets re-read them from the log, in
 /// milliseconds: what another node sharing the log publishes takes effect here within this time.
 pub const PROGRAM_SETTINGS_REFRESH_MS: u64 = 1_000;
+
+/// Longest POS hold (authorization) id, in bytes: it is the authorization's idempotency key, and the
+/// capture's and void's keys extend it.
+pub const HOLD_ID_BYTES_MAX: usize = 100;
+/// How long a POS hold waits for its capture unless the request says, in milliseconds.
+pub const HOLD_TIMEOUT_DEFAULT_MS: i64 = 15 * 60_000;
+/// Longest a POS hold may wait for its capture, in milliseconds.
+pub const HOLD_TIMEOUT_MAX_MS: i64 = 7 * 86_400_000;

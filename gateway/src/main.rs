@@ -13,7 +13,7 @@ use std::time::Duration;
 use clap::Parser;
 use std::path::Path;
 
-use tally_engine::actors::{CommandMeta, NoSnapshots, ProgramBook, Programs, Snapshots, WalletRegistry};
+use tally_engine::actors::{CommandMeta, HoldTimers, NoSnapshots, ProgramBook, Programs, Snapshots, WalletRegistry};
 use tally_engine::clock::SystemClock;
 use tally_engine::domain::program::{ProgramCommand, ProgramCommandBody};
 use tally_engine::domain::{ProgramSettings, TenantId};
@@ -175,7 +175,9 @@ async fn serve(settings: ServeSettings) -> Result<(), Box<dyn std::error::Error>
     bootstrap_programs(&program_book, &settings.tenants).await?;
     let programs: Arc<dyn Programs> = program_book.clone();
     let registry =
-        WalletRegistry::start_with_snapshots(settings.registry.clone(), Arc::clone(&store), programs.clone(), clock, snapshots).await?;
+        WalletRegistry::start_with_snapshots(settings.registry.clone(), Arc::clone(&store), programs.clone(), clock.clone(), snapshots)
+            .await?;
+    let timers = HoldTimers::spawn(Arc::clone(&store), registry.clone(), clock);
     let listener =
         tokio::net::TcpListener::bind(settings.listen).await.map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;
     let address = listener.local_addr()?;
@@ -187,6 +189,7 @@ async fn serve(settings: ServeSettings) -> Result<(), Box<dyn std::error::Error>
     println!("tally listening on http://{address} ({log}, tenants: {})", tenants.join(", "));
     let engine = Engine { registry: registry.clone(), store, programs, program_book };
     tally_gateway::server::run(listener, engine, read.clone(), shutdown_signal()).await?;
+    timers.stop();
     registry.shutdown().await;
     for projection in &read.projections {
         projection.stop().await;

@@ -12,8 +12,9 @@ use tally_engine::domain::{Change, Command, CommandBody, Event, Rejection, Tenan
 use tally_engine::store::EventStore;
 use tally_proto::v1::wallet_service_server::WalletService;
 use tally_proto::v1::{
-    AdjustRequest, CloseRequest, EarnForOrderRequest, EarnRequest, EnrollRequest, GetWalletRequest, ListTransactionsRequest,
-    ListTransactionsResponse, RedeemRequest, RefundOrderRequest, ReverseRequest, Transaction, TransactionKind, Wallet, WalletMutation,
+    AdjustRequest, AuthorizeRedemptionRequest, CaptureRedemptionRequest, CloseRequest, EarnForOrderRequest, EarnRequest, EnrollRequest,
+    GetWalletRequest, ListTransactionsRequest, ListTransactionsResponse, RedeemRequest, RefundOrderRequest, ReverseRequest, Transaction,
+    TransactionKind, VoidRedemptionRequest, Wallet, WalletMutation,
 };
 
 use tokio::sync::{Semaphore, SemaphorePermit};
@@ -23,6 +24,7 @@ use tracing::Instrument;
 
 use crate::limits::{PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX, REQUESTS_IN_FLIGHT_MAX};
 use crate::{orders, status};
+use tally_engine::limits::HOLD_TIMEOUT_DEFAULT_MS;
 
 /// What the services need from the engine.
 #[derive(Debug, Clone)]
@@ -144,6 +146,8 @@ fn wallet(key: &WalletKey, summary: &WalletSummary) -> Wallet {
         enrolled_at: timestamp(summary.enrolled_at_ms),
         last_activity_at: timestamp(summary.last_activity_ms),
         version: summary.version,
+        held_points: summary.held_points,
+        available_points: (summary.balance - summary.held_points).max(0),
     }
 }
 
@@ -167,6 +171,15 @@ pub(crate) fn transaction(stored: &StoredWalletEvent) -> Transaction {
         Change::Adjusted(e) => (TransactionKind::Adjusted, e.reason.as_str(), e.staff_ref.as_str(), 0, None),
         Change::Reversed(e) => (TransactionKind::Reversed, e.reason.as_str(), e.source_ref.as_str(), e.shortfall_points, None),
         Change::Closed(e) => (TransactionKind::Closed, e.reason.as_str(), "", 0, None),
+        Change::Held(e) => (TransactionKind::Held, "", e.hold_id.as_str(), 0, None),
+        Change::Captured(e) => (TransactionKind::Captured, "", e.hold_id.as_str(), 0, None),
+        Change::Released(e) => (TransactionKind::Released, "", e.hold_id.as_str(), 0, None),
+    };
+    let held_points = match change {
+        Change::Held(e) => e.points,
+        Change::Captured(e) => e.points + e.released_points,
+        Change::Released(e) => e.points,
+        _ => 0,
     };
     let order = match change {
         Change::Earned(e) => e.order.as_ref(),
@@ -175,6 +188,7 @@ pub(crate) fn transaction(stored: &StoredWalletEvent) -> Transaction {
     Transaction {
         rules_version: order.map_or(0, |o| o.rules_version),
         awards: order.map(|o| o.awards.iter().map(orders::award).collect()).unwrap_or_default(),
+        held_points,
         refund_amount_minor: match change {
             Change::Reversed(e) => e.refund_amount_minor,
             _ => 0,
@@ -253,6 +267,32 @@ impl WalletService for WalletApi {
         let key = self.wallet_key(&r.tenant_id, &r.wallet_id).await?;
         let body = CommandBody::RefundOrder { order_id: r.order_id, amount_minor: r.amount_minor, reason: r.reason };
         self.mutate(&metadata, key, Command::new(r.idempotency_key, body)).await
+    }
+
+    async fn authorize_redemption(&self, request: Request<AuthorizeRedemptionRequest>) -> Result<Response<WalletMutation>, Status> {
+        let (metadata, _, r) = request.into_parts();
+        let key = self.wallet_key(&r.tenant_id, &r.wallet_id).await?;
+        let timeout_ms = match r.timeout_seconds {
+            0 => HOLD_TIMEOUT_DEFAULT_MS,
+            seconds => i64::from(seconds) * 1_000,
+        };
+        let body = CommandBody::AuthorizeRedemption { hold_id: r.hold_id.clone(), points: r.points, reward_ref: r.reward_ref, timeout_ms };
+        self.mutate(&metadata, key, Command::new(r.hold_id, body)).await
+    }
+
+    async fn capture_redemption(&self, request: Request<CaptureRedemptionRequest>) -> Result<Response<WalletMutation>, Status> {
+        let (metadata, _, r) = request.into_parts();
+        let key = self.wallet_key(&r.tenant_id, &r.wallet_id).await?;
+        let command =
+            Command::new(format!("{}/capture", r.hold_id), CommandBody::CaptureRedemption { hold_id: r.hold_id, points: r.points });
+        self.mutate(&metadata, key, command).await
+    }
+
+    async fn void_redemption(&self, request: Request<VoidRedemptionRequest>) -> Result<Response<WalletMutation>, Status> {
+        let (metadata, _, r) = request.into_parts();
+        let key = self.wallet_key(&r.tenant_id, &r.wallet_id).await?;
+        let command = Command::new(format!("{}/void", r.hold_id), CommandBody::VoidRedemption { hold_id: r.hold_id });
+        self.mutate(&metadata, key, command).await
     }
 
     async fn close(&self, request: Request<CloseRequest>) -> Result<Response<WalletMutation>, Status> {

@@ -44,6 +44,10 @@ pub fn from_rejection(rejection: &Rejection) -> Status {
         Rejection::InsufficientPoints { .. } => precondition("INSUFFICIENT_POINTS", "balance", message),
         Rejection::ReversalExceedsEarned { .. } => precondition("REVERSAL_EXCEEDS_EARNED", "source_ref", message),
         Rejection::IdempotencyKeyReused { .. } => Status::already_exists(message),
+        Rejection::NoOpenHold { .. } => precondition("HOLD_NOT_OPEN", "hold_id", message),
+        Rejection::HoldExpired { .. } => precondition("HOLD_EXPIRED", "hold_id", message),
+        Rejection::CaptureExceedsHold { .. } => precondition("CAPTURE_EXCEEDS_HOLD", "points", message),
+        Rejection::HoldNotDue { .. } => precondition("HOLD_NOT_DUE", "hold_id", message),
         Rejection::NotAnOrder { .. } => precondition("NOT_AN_ORDER", "order_id", message),
         Rejection::RefundExceedsOrder { .. } => precondition("REFUND_EXCEEDS_ORDER", "amount_minor", message),
         Rejection::RulesUnreadable { .. } => {

@@ -52,6 +52,7 @@ impl WalletSummary {
                 self.closed = true;
                 self.forfeited -= points;
             }
+            MovementKind::Hold | MovementKind::Release => {}
         }
         self.balance += points;
         self.events += 1;
@@ -105,6 +106,7 @@ impl DayStats {
             MovementKind::Adjust => self.points_adjusted += points,
             MovementKind::Reverse => self.points_reversed -= points,
             MovementKind::Close => self.points_forfeited -= points,
+            MovementKind::Hold | MovementKind::Release => {}
         }
     }
 

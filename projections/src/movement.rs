@@ -25,6 +25,10 @@ pub enum MovementKind {
     Reverse,
     /// The wallet was closed; a positive balance is forfeited.
     Close,
+    /// Points set aside for a POS redemption; the balance is unchanged.
+    Hold,
+    /// A hold released unspent (voided, expired, wallet closed); the balance is unchanged.
+    Release,
 }
 
 impl MovementKind {
@@ -37,6 +41,8 @@ impl MovementKind {
             Self::Adjust => "adjust",
             Self::Reverse => "reverse",
             Self::Close => "close",
+            Self::Hold => "hold",
+            Self::Release => "release",
         }
     }
 }
@@ -115,6 +121,10 @@ pub fn decode_batch(events: Vec<RecordedEvent>) -> Result<Vec<Movement>, Project
             Change::Adjusted(e) => (MovementKind::Adjust, e.reason, e.staff_ref),
             Change::Reversed(e) => (MovementKind::Reverse, e.reason, e.source_ref),
             Change::Closed(e) => (MovementKind::Close, e.reason, String::new()),
+            Change::Held(e) => (MovementKind::Hold, String::new(), e.hold_id),
+            // A captured hold is a redemption: finance sees it as one.
+            Change::Captured(e) => (MovementKind::Redeem, String::new(), e.reward_ref),
+            Change::Released(e) => (MovementKind::Release, String::new(), e.hold_id),
         };
         movements.push(Movement {
             position,

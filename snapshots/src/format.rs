@@ -7,7 +7,8 @@
 
 use tally_engine::domain::WalletState;
 
-/// 2: wallets remember orders (counts, refunded amounts) and capped rules' usage (EarnForOrder).
+/// 2: wallets remember orders (counts, refunded amounts), capped rules' usage (EarnForOrder) and open POS
+/// holds.
 pub const FORMAT_VERSION: u16 = 2;
 const HEADER_BYTES: usize = 2 + 8 + 4;
 

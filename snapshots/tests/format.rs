@@ -21,6 +21,7 @@ fn history(bodies: &[CommandBody]) -> Vec<Event> {
         let ctx = Context { tenant: &tenant, wallet: &wallet, now_ms: 1_767_225_600_000 + i as i64, program: &program };
         let key = match body {
             CommandBody::EarnForOrder { order } => order.order_id.clone(),
+            CommandBody::AuthorizeRedemption { hold_id, .. } => hold_id.clone(),
             _ => format!("k-{i}"),
         };
         if let Ok(Decision::Append(new)) = decide(&state, &Command::new(key, body.clone()), &ctx) {
@@ -73,6 +74,7 @@ fn golden_history() -> Vec<Event> {
         order("order-3", 2_550),
         order("order-4", 1_000),
         CommandBody::RefundOrder { order_id: "order-3".into(), amount_minor: Some(1_000), reason: "returned".into() },
+        CommandBody::AuthorizeRedemption { hold_id: "pos-1".into(), points: 20, reward_ref: "cake".into(), timeout_ms: 60_000 },
     ])
 }
 
@@ -81,6 +83,7 @@ fn the_format_matches_its_golden_file() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/wallet_state_v2.bin");
     let state = fold(&golden_history());
     assert_eq!((state.orders_placed, state.source("order-3").unwrap().refunded_minor), (2, 1_000), "every command was accepted");
+    assert_eq!(state.held_points, 20);
     assert_eq!(
         state.rule_points(
             "weekly",

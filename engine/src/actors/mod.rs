@@ -11,6 +11,7 @@
 
 mod programs;
 mod registry;
+mod timers;
 mod wallet;
 
 use std::collections::HashMap;
@@ -19,6 +20,7 @@ use std::sync::Arc;
 
 pub use programs::{ProgramBook, ProgramError, ProgramOutcome};
 pub use registry::{RegistryConfig, RegistryStats, WalletRegistry};
+pub use timers::HoldTimers;
 
 use crate::codec::CodecError;
 use crate::domain::{Event, ProgramSettings, Rejection, TenantId, WalletId, WalletState, WalletStatus};
@@ -27,7 +29,7 @@ use crate::store::{StoreError, StreamId};
 pub use crate::store::EventMetadata as CommandMeta;
 
 /// Which wallet: the tenant (program) and the wallet within it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct WalletKey {
     pub tenant: TenantId,
     pub wallet: WalletId,
@@ -142,6 +144,8 @@ pub struct WalletSummary {
     pub enrolled_at_ms: i64,
     pub last_activity_ms: i64,
     pub version: u64,
+    /// Points held by open POS holds (until released, expired ones too).
+    pub held_points: i64,
 }
 
 #[derive(Debug, thiserror::Error)]

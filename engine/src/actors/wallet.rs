@@ -236,6 +236,7 @@ fn summarize(state: &WalletState) -> WalletSummary {
         enrolled_at_ms: state.enrolled_at_ms,
         last_activity_ms: state.last_activity_ms,
         version: state.version,
+        held_points: state.held_points,
     }
 }
 

@@ -35,6 +35,15 @@ pub enum CommandBody {
     /// Refund `amount_minor` of an order (`None`: whatever is left of it) and take back the order's
     /// points in proportion, never more than it earned.
     RefundOrder { order_id: String, amount_minor: Option<i64>, reason: String },
+    /// POS two-phase redemption, step 1: set `points` aside for `timeout_ms`. The command's idempotency
+    /// key is the hold id.
+    AuthorizeRedemption { hold_id: String, points: i64, reward_ref: String, timeout_ms: i64 },
+    /// Spend a hold's points (`None`: all of them; the rest is released).
+    CaptureRedemption { hold_id: String, points: Option<i64> },
+    /// Release a hold.
+    VoidRedemption { hold_id: String },
+    /// Release a hold whose timeout passed (sent by the engine's timers).
+    ExpireHold { hold_id: String },
 }
 
 impl Command {
@@ -86,6 +95,18 @@ impl Command {
                 };
                 fp.str(reason)
             }
+            CommandBody::AuthorizeRedemption { hold_id, points, reward_ref, timeout_ms } => {
+                Fingerprint::new(9).str(hold_id).i64(*points).str(reward_ref).i64(*timeout_ms)
+            }
+            CommandBody::CaptureRedemption { hold_id, points } => {
+                let fp = Fingerprint::new(10).str(hold_id);
+                match points {
+                    None => fp.u64(0),
+                    Some(points) => fp.u64(1).i64(*points),
+                }
+            }
+            CommandBody::VoidRedemption { hold_id } => Fingerprint::new(11).str(hold_id),
+            CommandBody::ExpireHold { hold_id } => Fingerprint::new(12).str(hold_id),
         }
         .finish()
     }
@@ -101,6 +122,10 @@ impl Command {
             CommandBody::Close { .. } => "close",
             CommandBody::EarnForOrder { .. } => "earn_for_order",
             CommandBody::RefundOrder { .. } => "refund_order",
+            CommandBody::AuthorizeRedemption { .. } => "authorize_redemption",
+            CommandBody::CaptureRedemption { .. } => "capture_redemption",
+            CommandBody::VoidRedemption { .. } => "void_redemption",
+            CommandBody::ExpireHold { .. } => "expire_hold",
         }
     }
 }

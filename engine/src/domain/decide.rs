@@ -1,8 +1,8 @@
 //! `decide` and `apply`: the functional core of a wallet.
 
 use tally_proto::v1::{
-    CapPeriod, EarnReversed, EarnedByRule, OrderEarning, PointsAdjusted, PointsEarned, PointsRedeemed, ReturnPolicy, StampAward,
-    WalletClosed, WalletEnrolled,
+    CapPeriod, EarnReversed, EarnedByRule, HoldCaptured, HoldEnd, HoldReleased, OrderEarning, PointsAdjusted, PointsEarned, PointsHeld,
+    PointsRedeemed, ReturnPolicy, StampAward, WalletClosed, WalletEnrolled,
 };
 
 use super::Context;
@@ -11,10 +11,10 @@ use super::event::{Change, Event};
 use super::ids::FieldError;
 use super::rejection::Rejection;
 use super::rules::{self, Customer, Order, Period, Rule};
-use super::state::{Receipt, RuleUsage, SourceLedger, WalletState, WalletStatus};
+use super::state::{Hold, Receipt, RuleUsage, SourceLedger, WalletState, WalletStatus};
 use crate::limits::{
-    BALANCE_ABS_MAX, MONEY_MINOR_ABS_MAX, ORDER_BACKDATE_MAX_MS, ORDER_CLOCK_SKEW_MAX_MS, POINTS_PER_COMMAND_MAX, REASON_BYTES_MAX,
-    REF_BYTES_MAX, RULE_USAGE_PERIODS_MAX,
+    BALANCE_ABS_MAX, HOLD_ID_BYTES_MAX, HOLD_TIMEOUT_MAX_MS, MONEY_MINOR_ABS_MAX, ORDER_BACKDATE_MAX_MS, ORDER_CLOCK_SKEW_MAX_MS,
+    POINTS_PER_COMMAND_MAX, REASON_BYTES_MAX, REF_BYTES_MAX, RULE_USAGE_PERIODS_MAX,
 };
 
 /// What `decide` concluded for a command that was not rejected.
@@ -34,6 +34,11 @@ pub fn decide(state: &WalletState, command: &Command, ctx: &Context<'_>) -> Resu
     {
         return Err(FieldError::new("idempotency_key", "must be the order id: an order earns once").into());
     }
+    if let CommandBody::AuthorizeRedemption { hold_id, .. } = &command.body
+        && *hold_id != command.idempotency_key
+    {
+        return Err(FieldError::new("idempotency_key", "must be the hold id: a hold is authorized once").into());
+    }
     let fingerprint = command.fingerprint();
     if let Some(receipt) = state.receipts.get(&command.idempotency_key) {
         if receipt.command_fingerprint == fingerprint {
@@ -41,17 +46,38 @@ pub fn decide(state: &WalletState, command: &Command, ctx: &Context<'_>) -> Resu
         }
         return Err(Rejection::IdempotencyKeyReused { key: command.idempotency_key.clone() });
     }
-    let change = decide_change(state, &command.body, ctx)?;
-    Ok(Decision::Append(vec![Event {
+    validate(&command.body)?;
+    let changes = match (state.status, &command.body) {
+        (WalletStatus::Active, CommandBody::Close { reason }) => close(state, reason),
+        (_, body) => vec![decide_change(state, body, ctx)?],
+    };
+    let event = |change| Event {
         idempotency_key: command.idempotency_key.clone(),
         command_fingerprint: fingerprint,
         recorded_at_ms: ctx.now_ms,
         change,
-    }]))
+    };
+    Ok(Decision::Append(changes.into_iter().map(event).collect()))
+}
+
+/// Closing releases the open holds (in hold id order), then forfeits a positive balance.
+fn close(state: &WalletState, reason: &str) -> Vec<Change> {
+    let mut holds: Vec<(&str, &Hold)> = state.holds().collect();
+    holds.sort_unstable_by_key(|(id, _)| *id);
+    let released = holds.into_iter().map(|(id, hold)| {
+        Change::Released(HoldReleased { hold_id: id.to_owned(), points: hold.points, reason: HoldEnd::WalletClosed as i32 })
+    });
+    let closed = Change::Closed(WalletClosed { reason: reason.to_owned(), forfeited_points: state.balance.max(0) });
+    released.chain(std::iter::once(closed)).collect()
+}
+
+/// The open hold `hold_id`.
+fn open_hold<'s>(state: &'s WalletState, hold_id: &str) -> Result<&'s Hold, Rejection> {
+    state.holds.get(hold_id).ok_or_else(|| Rejection::NoOpenHold { hold_id: hold_id.to_owned() })
 }
 
 fn decide_change(state: &WalletState, body: &CommandBody, ctx: &Context<'_>) -> Result<Change, Rejection> {
-    validate(body)?;
+    let available = state.available_at(ctx.now_ms);
     match (state.status, body) {
         (WalletStatus::NotEnrolled, CommandBody::Enroll { customer_ref }) => Ok(Change::Enrolled(WalletEnrolled {
             tenant_id: ctx.tenant.as_str().to_owned(),
@@ -73,16 +99,17 @@ fn decide_change(state: &WalletState, body: &CommandBody, ctx: &Context<'_>) -> 
             }))
         }
         (WalletStatus::Active, CommandBody::Redeem { points, reward_ref }) => {
-            if *points > state.balance {
-                return Err(Rejection::InsufficientPoints { available: state.balance.max(0), requested: *points });
+            if *points > available {
+                return Err(Rejection::InsufficientPoints { available: available.max(0), requested: *points });
             }
             Ok(Change::Redeemed(PointsRedeemed { points: *points, reward_ref: reward_ref.clone() }))
         }
         (WalletStatus::Active, CommandBody::Adjust { points, reason, staff_ref }) => {
             let after = checked_balance(state.balance.checked_add(*points), "points", *points)?;
-            // A manual correction never creates a debt: debts only come from refunds, by policy.
-            if after < 0 && *points < 0 {
-                return Err(Rejection::InsufficientPoints { available: state.balance.max(0), requested: -*points });
+            // A manual correction never creates a debt nor takes held points: debts only come from
+            // refunds, by policy.
+            if *points < 0 && (after < 0 || available + *points < 0) {
+                return Err(Rejection::InsufficientPoints { available: available.max(0), requested: -*points });
             }
             Ok(Change::Adjusted(PointsAdjusted { points: *points, reason: reason.clone(), staff_ref: staff_ref.clone() }))
         }
@@ -97,6 +124,45 @@ fn decide_change(state: &WalletState, body: &CommandBody, ctx: &Context<'_>) -> 
         }
         (WalletStatus::Active, CommandBody::Close { reason }) => {
             Ok(Change::Closed(WalletClosed { reason: reason.clone(), forfeited_points: state.balance.max(0) }))
+        }
+        (WalletStatus::Active, CommandBody::AuthorizeRedemption { hold_id, points, reward_ref, timeout_ms }) => {
+            if *points > available {
+                return Err(Rejection::InsufficientPoints { available: available.max(0), requested: *points });
+            }
+            Ok(Change::Held(PointsHeld {
+                hold_id: hold_id.clone(),
+                points: *points,
+                reward_ref: reward_ref.clone(),
+                expires_at_ms: ctx.now_ms.saturating_add(*timeout_ms),
+            }))
+        }
+        (WalletStatus::Active, CommandBody::CaptureRedemption { hold_id, points }) => {
+            let hold = open_hold(state, hold_id)?;
+            if hold.expires_at_ms <= ctx.now_ms {
+                return Err(Rejection::HoldExpired { hold_id: hold_id.clone() });
+            }
+            let captured = points.unwrap_or(hold.points);
+            if captured > hold.points {
+                return Err(Rejection::CaptureExceedsHold { hold_id: hold_id.clone(), held: hold.points, requested: captured });
+            }
+            checked_balance(state.balance.checked_sub(captured), "points", captured)?;
+            Ok(Change::Captured(HoldCaptured {
+                hold_id: hold_id.clone(),
+                points: captured,
+                released_points: hold.points - captured,
+                reward_ref: hold.reward_ref.clone(),
+            }))
+        }
+        (WalletStatus::Active, CommandBody::VoidRedemption { hold_id }) => {
+            let hold = open_hold(state, hold_id)?;
+            Ok(Change::Released(HoldReleased { hold_id: hold_id.clone(), points: hold.points, reason: HoldEnd::Voided as i32 }))
+        }
+        (WalletStatus::Active, CommandBody::ExpireHold { hold_id }) => {
+            let hold = open_hold(state, hold_id)?;
+            if hold.expires_at_ms > ctx.now_ms {
+                return Err(Rejection::HoldNotDue { hold_id: hold_id.clone(), expires_at_ms: hold.expires_at_ms });
+            }
+            Ok(Change::Released(HoldReleased { hold_id: hold_id.clone(), points: hold.points, reason: HoldEnd::Expired as i32 }))
         }
         (WalletStatus::Active, CommandBody::EarnForOrder { order }) => earn_for_order(state, order, ctx),
         (WalletStatus::Active, CommandBody::RefundOrder { order_id, amount_minor, reason }) => {
@@ -142,7 +208,8 @@ fn reversal(
 ) -> Result<Change, Rejection> {
     let policy = ctx.program.return_policy;
     let reversed = match policy {
-        ReturnPolicy::CapAtZero => requested.min(state.balance.max(0)),
+        // Held points stay held: the cap is what is available.
+        ReturnPolicy::CapAtZero => requested.min(state.available_at(ctx.now_ms).max(0)),
         ReturnPolicy::AllowNegative | ReturnPolicy::Unspecified => requested,
     };
     checked_balance(state.balance.checked_sub(reversed), "points", requested)?;
@@ -250,6 +317,21 @@ pub fn apply(state: &mut WalletState, event: &Event) {
             source.refunded_minor += e.refund_amount_minor;
         }
         Change::Closed(_) => state.status = WalletStatus::Closed,
+        Change::Held(e) => {
+            state.held_points += e.points;
+            state
+                .holds
+                .insert(e.hold_id.clone(), Hold { points: e.points, reward_ref: e.reward_ref.clone(), expires_at_ms: e.expires_at_ms });
+        }
+        Change::Captured(e) => {
+            state.lifetime_redeemed += e.points;
+            state.held_points -= e.points + e.released_points;
+            state.holds.remove(&e.hold_id);
+        }
+        Change::Released(e) => {
+            state.held_points -= e.points;
+            state.holds.remove(&e.hold_id);
+        }
     }
     state.balance += event.change.points_delta();
     state.last_activity_ms = event.recorded_at_ms;
@@ -324,6 +406,20 @@ fn validate(body: &CommandBody) -> Result<(), Rejection> {
         }
         CommandBody::Close { reason } => check_reason(reason),
         CommandBody::EarnForOrder { order } => Ok(order.validate()?),
+        CommandBody::AuthorizeRedemption { hold_id, points, reward_ref, timeout_ms } => {
+            check_hold_id(hold_id)?;
+            check_positive("points", *points)?;
+            check_ref("reward_ref", reward_ref, false)?;
+            if !(1_000..=HOLD_TIMEOUT_MAX_MS).contains(timeout_ms) {
+                return Err(FieldError::new("timeout_seconds", format!("must be within 1..={}", HOLD_TIMEOUT_MAX_MS / 1_000)).into());
+            }
+            Ok(())
+        }
+        CommandBody::CaptureRedemption { hold_id, points } => {
+            check_hold_id(hold_id)?;
+            points.map_or(Ok(()), |points| check_positive("points", points))
+        }
+        CommandBody::VoidRedemption { hold_id } | CommandBody::ExpireHold { hold_id } => check_hold_id(hold_id),
         CommandBody::RefundOrder { order_id, amount_minor, reason } => {
             check_ref("order_id", order_id, true)?;
             if let Some(amount) = amount_minor
@@ -357,6 +453,13 @@ fn check_ref(field: &'static str, value: &str, required: bool) -> Result<(), Rej
         return Err(FieldError::new(field, "must not contain control characters").into());
     }
     Ok(())
+}
+
+fn check_hold_id(hold_id: &str) -> Result<(), Rejection> {
+    if hold_id.len() > HOLD_ID_BYTES_MAX {
+        return Err(FieldError::new("hold_id", format!("must be at most {HOLD_ID_BYTES_MAX} bytes")).into());
+    }
+    check_ref("hold_id", hold_id, true)
 }
 
 fn check_reason(reason: &str) -> Result<(), Rejection> {

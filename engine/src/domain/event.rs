@@ -2,7 +2,9 @@
 //! carries (idempotency key, fingerprint, decision time). The payload types are the `tally.v1` protobuf
 //! messages themselves, so the persisted schema and the domain cannot drift apart.
 
-use tally_proto::v1::{EarnReversed, PointsAdjusted, PointsEarned, PointsRedeemed, WalletClosed, WalletEnrolled};
+use tally_proto::v1::{
+    EarnReversed, HoldCaptured, HoldReleased, PointsAdjusted, PointsEarned, PointsHeld, PointsRedeemed, WalletClosed, WalletEnrolled,
+};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
@@ -24,6 +26,12 @@ pub enum Change {
     Adjusted(PointsAdjusted),
     Reversed(EarnReversed),
     Closed(WalletClosed),
+    /// Points set aside for a POS redemption: the balance is unchanged, the available points drop.
+    Held(PointsHeld),
+    /// A hold spent: its points leave the wallet.
+    Captured(HoldCaptured),
+    /// A hold ended unspent.
+    Released(HoldReleased),
 }
 
 impl Change {
@@ -37,6 +45,8 @@ impl Change {
             Change::Adjusted(e) => e.points,
             Change::Reversed(e) => e.reversed_points.saturating_neg(),
             Change::Closed(e) => e.forfeited_points.saturating_neg(),
+            Change::Held(_) | Change::Released(_) => 0,
+            Change::Captured(e) => e.points.saturating_neg(),
         }
     }
 
@@ -49,6 +59,9 @@ impl Change {
             Change::Adjusted(_) => "tally.v1.PointsAdjusted",
             Change::Reversed(_) => "tally.v1.EarnReversed",
             Change::Closed(_) => "tally.v1.WalletClosed",
+            Change::Held(_) => "tally.v1.PointsHeld",
+            Change::Captured(_) => "tally.v1.HoldCaptured",
+            Change::Released(_) => "tally.v1.HoldReleased",
         }
     }
 }

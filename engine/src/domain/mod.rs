@@ -23,7 +23,7 @@ pub use decide::{Decision, apply, decide};
 pub use event::{Change, Event};
 pub use ids::{FieldError, TenantId, WalletId};
 pub use rejection::Rejection;
-pub use state::{Receipt, RuleUsage, SourceLedger, WalletState, WalletStatus};
+pub use state::{Hold, Receipt, RuleUsage, SourceLedger, WalletState, WalletStatus};
 pub use tally_proto::v1::ReturnPolicy;
 
 /// What the wallet domain needs of its tenant's program (see [`program::ProgramState::settings`]).

@@ -46,6 +46,19 @@ pub enum Rejection {
     /// operator must fix the program; earning would otherwise guess).
     #[error("rules version {version} of the program cannot be read: {reason}")]
     RulesUnreadable { version: u32, reason: String },
+    /// No open hold with this id (never authorized, or already captured, voided or expired). Maps to
+    /// FAILED_PRECONDITION.
+    #[error("no open hold {hold_id:?}")]
+    NoOpenHold { hold_id: String },
+    /// The hold's timeout passed: it cannot be captured. Maps to FAILED_PRECONDITION.
+    #[error("hold {hold_id:?} expired")]
+    HoldExpired { hold_id: String },
+    /// A capture of more points than the hold holds. Maps to FAILED_PRECONDITION.
+    #[error("capture of {requested} points exceeds the {held} held by {hold_id:?}")]
+    CaptureExceedsHold { hold_id: String, held: i64, requested: i64 },
+    /// An expiry before the hold's time (another node's clock is ahead). Maps to FAILED_PRECONDITION.
+    #[error("hold {hold_id:?} does not expire before {expires_at_ms} ms")]
+    HoldNotDue { hold_id: String, expires_at_ms: i64 },
     /// The idempotency key was already used for a different command. Maps to ALREADY_EXISTS.
     #[error("idempotency key {key:?} was already used for a different command")]
     IdempotencyKeyReused { key: String },

@@ -57,6 +57,14 @@ impl RuleUsage {
     }
 }
 
+/// An open POS hold.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Hold {
+    pub points: i64,
+    pub reward_ref: String,
+    pub expires_at_ms: i64,
+}
+
 /// The recorded outcome of an accepted command, found again by its idempotency key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Receipt {
@@ -86,6 +94,11 @@ pub struct WalletState {
     pub version: u64,
     /// Orders earned with `EarnForOrder` (for first-order and n-th-order rules).
     pub orders_placed: u64,
+    /// Points held by open holds (expired ones included until they are released).
+    pub held_points: i64,
+    /// Open POS holds by hold id.
+    #[serde(serialize_with = "sorted")]
+    pub(crate) holds: FastMap<String, Hold>,
     #[serde(serialize_with = "sorted")]
     pub(crate) sources: FastMap<String, SourceLedger>,
     /// Per rule id, for rules with a per-customer cap.
@@ -107,6 +120,21 @@ impl WalletState {
     /// Points `rule_id` gave this wallet in the cap period `(period, key)`.
     pub fn rule_points(&self, rule_id: &str, period: i32, key: i64) -> i64 {
         self.rule_usage.get(rule_id).map_or(0, |usage| usage.points_in(period, key))
+    }
+
+    pub fn hold(&self, hold_id: &str) -> Option<&Hold> {
+        self.holds.get(hold_id)
+    }
+
+    /// Open holds, in no particular order.
+    pub fn holds(&self) -> impl Iterator<Item = (&str, &Hold)> {
+        self.holds.iter().map(|(id, hold)| (id.as_str(), hold))
+    }
+
+    /// Points that can be spent at `now_ms`: the balance less the holds still in force.
+    pub fn available_at(&self, now_ms: i64) -> i64 {
+        let held: i64 = self.holds.values().filter(|h| h.expires_at_ms > now_ms).map(|h| h.points).sum();
+        self.balance - held
     }
 
     /// Number of accepted commands remembered for idempotency.

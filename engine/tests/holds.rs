@@ -1,0 +1,194 @@
+//! POS two-phase redemption, given/when/then: a hold takes points out of the available balance, a
+//! capture spends them (all or part), a void or an expiry gives them back, and closing the wallet
+//! releases what is still held. Then the engine's timers expiring a hold on their own.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tally_engine::actors::{CommandMeta, HoldTimers, RegistryConfig, StaticPrograms, WalletKey, WalletRegistry};
+use tally_engine::clock::{Clock, ManualClock};
+use tally_engine::domain::{
+    Change, Command, CommandBody, Context, Decision, FieldError, ProgramSettings, Rejection, TenantId, WalletId, WalletState, apply, decide,
+};
+use tally_engine::store::InMemoryStore;
+use tally_proto::v1::{HoldCaptured, HoldEnd, HoldReleased, PointsHeld, WalletClosed};
+
+const NOW: i64 = 1_772_636_400_000;
+const MINUTE: i64 = 60_000;
+
+struct Wallet {
+    tenant: TenantId,
+    wallet: WalletId,
+    program: ProgramSettings,
+    state: WalletState,
+    now: i64,
+}
+
+impl Wallet {
+    /// Enrolled, with 100 points.
+    fn new() -> Self {
+        let mut wallet = Self {
+            tenant: TenantId::parse("acme").unwrap(),
+            wallet: WalletId::parse("c-1").unwrap(),
+            program: ProgramSettings::default(),
+            state: WalletState::default(),
+            now: NOW,
+        };
+        wallet.run(Command::new("enroll", CommandBody::Enroll { customer_ref: String::new() })).unwrap();
+        let earn = CommandBody::Earn { points: 100, reason: String::new(), source_ref: "o-1".into(), order_amount: None };
+        wallet.run(Command::new("earn", earn)).unwrap();
+        wallet
+    }
+
+    fn decide(&self, command: &Command) -> Result<Decision, Rejection> {
+        let ctx = Context { tenant: &self.tenant, wallet: &self.wallet, now_ms: self.now, program: &self.program };
+        decide(&self.state, command, &ctx)
+    }
+
+    fn run(&mut self, command: Command) -> Result<Vec<Change>, Rejection> {
+        match self.decide(&command)? {
+            Decision::Append(events) => {
+                events.iter().for_each(|e| apply(&mut self.state, e));
+                Ok(events.into_iter().map(|e| e.change).collect())
+            }
+            Decision::AlreadyApplied(receipt) => panic!("{command:?} was already applied: {receipt:?}"),
+        }
+    }
+}
+
+fn authorize(hold: &str, points: i64) -> Command {
+    Command::new(
+        hold,
+        CommandBody::AuthorizeRedemption { hold_id: hold.into(), points, reward_ref: "coffee".into(), timeout_ms: 15 * MINUTE },
+    )
+}
+fn capture(hold: &str, points: Option<i64>) -> Command {
+    Command::new(format!("{hold}/capture"), CommandBody::CaptureRedemption { hold_id: hold.into(), points })
+}
+fn void(hold: &str) -> Command {
+    Command::new(format!("{hold}/void"), CommandBody::VoidRedemption { hold_id: hold.into() })
+}
+fn expire(hold: &str) -> Command {
+    Command::new(format!("{hold}/expire"), CommandBody::ExpireHold { hold_id: hold.into() })
+}
+fn redeem(key: &str, points: i64) -> Command {
+    Command::new(key, CommandBody::Redeem { points, reward_ref: "mug".into() })
+}
+fn released(hold: &str, points: i64, reason: HoldEnd) -> Change {
+    Change::Released(HoldReleased { hold_id: hold.into(), points, reason: reason as i32 })
+}
+
+#[test]
+fn a_hold_takes_points_out_of_the_available_balance_and_a_capture_spends_them() {
+    let mut wallet = Wallet::new();
+    let held = wallet.run(authorize("pos-1", 60)).unwrap();
+    let expected = PointsHeld { hold_id: "pos-1".into(), points: 60, reward_ref: "coffee".into(), expires_at_ms: NOW + 15 * MINUTE };
+    assert_eq!(held, [Change::Held(expected)]);
+    assert_eq!((wallet.state.balance, wallet.state.held_points, wallet.state.available_at(NOW)), (100, 60, 40));
+    assert_eq!(wallet.decide(&redeem("r-1", 41)), Err(Rejection::InsufficientPoints { available: 40, requested: 41 }));
+    assert_eq!(wallet.decide(&authorize("pos-2", 41)), Err(Rejection::InsufficientPoints { available: 40, requested: 41 }));
+
+    let captured = wallet.run(capture("pos-1", Some(50))).unwrap();
+    let expected = HoldCaptured { hold_id: "pos-1".into(), points: 50, released_points: 10, reward_ref: "coffee".into() };
+    assert_eq!(captured, [Change::Captured(expected)]);
+    assert_eq!((wallet.state.balance, wallet.state.held_points, wallet.state.lifetime_redeemed), (50, 0, 50));
+    assert!(matches!(wallet.decide(&capture("pos-1", Some(50))), Ok(Decision::AlreadyApplied(_))), "a repeated capture");
+    assert_eq!(wallet.decide(&void("pos-1")), Err(Rejection::NoOpenHold { hold_id: "pos-1".into() }), "captured already");
+}
+
+#[test]
+fn a_void_or_an_expiry_gives_the_points_back() {
+    let mut wallet = Wallet::new();
+    wallet.run(authorize("pos-1", 30)).unwrap();
+    wallet.run(authorize("pos-2", 30)).unwrap();
+    assert_eq!(wallet.run(void("pos-1")).unwrap(), [released("pos-1", 30, HoldEnd::Voided)]);
+    assert!(matches!(wallet.decide(&void("pos-1")), Ok(Decision::AlreadyApplied(_))), "a repeated void");
+
+    assert_eq!(wallet.decide(&expire("pos-2")), Err(Rejection::HoldNotDue { hold_id: "pos-2".into(), expires_at_ms: NOW + 15 * MINUTE }));
+    wallet.now += 15 * MINUTE;
+    // Once its time has passed, the hold no longer counts and cannot be captured, even before the
+    // timers record its expiry.
+    assert_eq!(wallet.state.available_at(wallet.now), 100);
+    assert_eq!(wallet.decide(&capture("pos-2", None)), Err(Rejection::HoldExpired { hold_id: "pos-2".into() }));
+    assert_eq!(wallet.run(expire("pos-2")).unwrap(), [released("pos-2", 30, HoldEnd::Expired)]);
+    assert_eq!((wallet.state.balance, wallet.state.held_points), (100, 0));
+}
+
+#[test]
+fn holds_are_checked_and_keyed_by_their_id() {
+    let wallet = Wallet::new();
+    assert_eq!(wallet.decide(&capture("nope", None)), Err(Rejection::NoOpenHold { hold_id: "nope".into() }));
+    let keyed_otherwise = Command::new(
+        "k",
+        CommandBody::AuthorizeRedemption { hold_id: "pos-1".into(), points: 1, reward_ref: String::new(), timeout_ms: MINUTE },
+    );
+    assert_eq!(
+        wallet.decide(&keyed_otherwise),
+        Err(Rejection::InvalidField(FieldError::new("idempotency_key", "must be the hold id: a hold is authorized once")))
+    );
+    let forever = Command::new(
+        "pos-1",
+        CommandBody::AuthorizeRedemption { hold_id: "pos-1".into(), points: 1, reward_ref: String::new(), timeout_ms: 8 * 86_400_000 },
+    );
+    assert_eq!(wallet.decide(&forever), Err(Rejection::InvalidField(FieldError::new("timeout_seconds", "must be within 1..=604800"))));
+    let mut held = Wallet::new();
+    held.run(authorize("pos-1", 10)).unwrap();
+    assert_eq!(
+        held.decide(&capture("pos-1", Some(11))),
+        Err(Rejection::CaptureExceedsHold { hold_id: "pos-1".into(), held: 10, requested: 11 })
+    );
+    let adjust = Command::new("a", CommandBody::Adjust { points: -95, reason: String::new(), staff_ref: "s".into() });
+    assert_eq!(held.decide(&adjust), Err(Rejection::InsufficientPoints { available: 90, requested: 95 }), "staff cannot take held points");
+}
+
+#[test]
+fn closing_the_wallet_releases_open_holds_first() {
+    let mut wallet = Wallet::new();
+    wallet.run(authorize("pos-b", 20)).unwrap();
+    wallet.run(authorize("pos-a", 10)).unwrap();
+    let changes = wallet.run(Command::new("close", CommandBody::Close { reason: "gdpr".into() })).unwrap();
+    assert_eq!(
+        changes,
+        [
+            released("pos-a", 10, HoldEnd::WalletClosed),
+            released("pos-b", 20, HoldEnd::WalletClosed),
+            Change::Closed(WalletClosed { reason: "gdpr".into(), forfeited_points: 100 }),
+        ]
+    );
+    assert_eq!((wallet.state.held_points, wallet.state.balance, wallet.state.version), (0, 0, 7));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_timers_expire_an_uncaptured_hold_on_their_own_and_after_a_restart() {
+    let store = InMemoryStore::new();
+    let clock = Arc::new(ManualClock::new(NOW));
+    let programs = Arc::new(StaticPrograms::open(ProgramSettings::default()));
+    let registry = WalletRegistry::start(RegistryConfig::default(), store.clone(), programs.clone(), clock.clone()).await.unwrap();
+    let key = WalletKey::new(TenantId::parse("acme").unwrap(), WalletId::parse("c-1").unwrap());
+    let meta = CommandMeta::default;
+    registry.execute(&key, Command::new("e", CommandBody::Enroll { customer_ref: String::new() }), meta()).await.unwrap();
+    let earn = CommandBody::Earn { points: 100, reason: String::new(), source_ref: "o".into(), order_amount: None };
+    registry.execute(&key, Command::new("o", earn), meta()).await.unwrap();
+    registry.execute(&key, authorize("pos-1", 40), meta()).await.unwrap();
+    registry.execute(&key, authorize("pos-2", 40), meta()).await.unwrap();
+    registry.execute(&key, capture("pos-2", None), meta()).await.unwrap();
+
+    // A node that went down with the hold open: new timers rebuild the index from the log.
+    let timers = HoldTimers::spawn(store.clone(), registry.clone(), clock.clone() as Arc<dyn Clock>);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(registry.summary(&key).await.unwrap().held_points, 40, "not due yet");
+    clock.advance_ms(15 * MINUTE);
+    let mut held = 40;
+    for _ in 0..50 {
+        held = registry.summary(&key).await.unwrap().held_points;
+        if held == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(held, 0, "expired within the timers' second");
+    let summary = registry.summary(&key).await.unwrap();
+    assert_eq!((summary.balance, summary.version), (60, 6), "one release, nothing else");
+    timers.stop();
+    registry.shutdown().await;
+}
