@@ -2,58 +2,26 @@
 //! capture spends them (all or part), a void or an expiry gives them back, and closing the wallet
 //! releases what is still held. Then the engine's timers expiring a hold on their own.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::{NOW, Wallet};
 use tally_engine::actors::{CommandMeta, HoldTimers, RegistryConfig, StaticPrograms, WalletKey, WalletRegistry};
 use tally_engine::clock::{Clock, ManualClock};
-use tally_engine::domain::{
-    Change, Command, CommandBody, Context, Decision, FieldError, ProgramSettings, Rejection, TenantId, WalletId, WalletState, apply, decide,
-};
+use tally_engine::domain::{Change, Command, CommandBody, Decision, FieldError, ProgramSettings, Rejection, TenantId, WalletId};
 use tally_engine::store::InMemoryStore;
 use tally_proto::v1::{HoldCaptured, HoldEnd, HoldReleased, PointsHeld, WalletClosed};
 
-const NOW: i64 = 1_772_636_400_000;
 const MINUTE: i64 = 60_000;
 
-struct Wallet {
-    tenant: TenantId,
-    wallet: WalletId,
-    program: ProgramSettings,
-    state: WalletState,
-    now: i64,
-}
-
-impl Wallet {
-    /// Enrolled, with 100 points.
-    fn new() -> Self {
-        let mut wallet = Self {
-            tenant: TenantId::parse("acme").unwrap(),
-            wallet: WalletId::parse("c-1").unwrap(),
-            program: ProgramSettings::default(),
-            state: WalletState::default(),
-            now: NOW,
-        };
-        wallet.run(Command::new("enroll", CommandBody::Enroll { customer_ref: String::new() })).unwrap();
-        let earn = CommandBody::Earn { points: 100, reason: String::new(), source_ref: "o-1".into(), order_amount: None };
-        wallet.run(Command::new("earn", earn)).unwrap();
-        wallet
-    }
-
-    fn decide(&self, command: &Command) -> Result<Decision, Rejection> {
-        let ctx = Context { tenant: &self.tenant, wallet: &self.wallet, now_ms: self.now, program: &self.program };
-        decide(&self.state, command, &ctx)
-    }
-
-    fn run(&mut self, command: Command) -> Result<Vec<Change>, Rejection> {
-        match self.decide(&command)? {
-            Decision::Append(events) => {
-                events.iter().for_each(|e| apply(&mut self.state, e));
-                Ok(events.into_iter().map(|e| e.change).collect())
-            }
-            Decision::AlreadyApplied(receipt) => panic!("{command:?} was already applied: {receipt:?}"),
-        }
-    }
+/// Enrolled, with 100 points.
+fn funded() -> Wallet {
+    let mut wallet = Wallet::enrolled(ProgramSettings::default());
+    let earn = CommandBody::Earn { points: 100, reason: String::new(), source_ref: "o-1".into(), order_amount: None };
+    wallet.run(Command::new("earn", earn)).unwrap();
+    wallet
 }
 
 fn authorize(hold: &str, points: i64) -> Command {
@@ -80,7 +48,7 @@ fn released(hold: &str, points: i64, reason: HoldEnd) -> Change {
 
 #[test]
 fn a_hold_takes_points_out_of_the_available_balance_and_a_capture_spends_them() {
-    let mut wallet = Wallet::new();
+    let mut wallet = funded();
     let held = wallet.run(authorize("pos-1", 60)).unwrap();
     let expected = PointsHeld { hold_id: "pos-1".into(), points: 60, reward_ref: "coffee".into(), expires_at_ms: NOW + 15 * MINUTE };
     assert_eq!(held, [Change::Held(expected)]);
@@ -98,7 +66,7 @@ fn a_hold_takes_points_out_of_the_available_balance_and_a_capture_spends_them() 
 
 #[test]
 fn a_void_or_an_expiry_gives_the_points_back() {
-    let mut wallet = Wallet::new();
+    let mut wallet = funded();
     wallet.run(authorize("pos-1", 30)).unwrap();
     wallet.run(authorize("pos-2", 30)).unwrap();
     assert_eq!(wallet.run(void("pos-1")).unwrap(), [released("pos-1", 30, HoldEnd::Voided)]);
@@ -116,7 +84,7 @@ fn a_void_or_an_expiry_gives_the_points_back() {
 
 #[test]
 fn holds_are_checked_and_keyed_by_their_id() {
-    let wallet = Wallet::new();
+    let wallet = funded();
     assert_eq!(wallet.decide(&capture("nope", None)), Err(Rejection::NoOpenHold { hold_id: "nope".into() }));
     let keyed_otherwise = Command::new(
         "k",
@@ -131,7 +99,7 @@ fn holds_are_checked_and_keyed_by_their_id() {
         CommandBody::AuthorizeRedemption { hold_id: "pos-1".into(), points: 1, reward_ref: String::new(), timeout_ms: 8 * 86_400_000 },
     );
     assert_eq!(wallet.decide(&forever), Err(Rejection::InvalidField(FieldError::new("timeout_seconds", "must be within 1..=604800"))));
-    let mut held = Wallet::new();
+    let mut held = funded();
     held.run(authorize("pos-1", 10)).unwrap();
     assert_eq!(
         held.decide(&capture("pos-1", Some(11))),
@@ -143,7 +111,7 @@ fn holds_are_checked_and_keyed_by_their_id() {
 
 #[test]
 fn closing_the_wallet_releases_open_holds_first() {
-    let mut wallet = Wallet::new();
+    let mut wallet = funded();
     wallet.run(authorize("pos-b", 20)).unwrap();
     wallet.run(authorize("pos-a", 10)).unwrap();
     let changes = wallet.run(Command::new("close", CommandBody::Close { reason: "gdpr".into() })).unwrap();

@@ -2,16 +2,14 @@
 //! (`RefundOrder`): breakdowns, rules versions, caps across orders, idempotency by order id, placement
 //! times, and proportional refunds that never take back more than the order earned.
 
+mod common;
+
+use common::{NOW, Wallet};
 use tally_engine::domain::program::RuleVersion;
 use tally_engine::domain::rules::{Order, OrderLine, Period, RuleError, parse_rules, period_key};
-use tally_engine::domain::{
-    Change, Command, CommandBody, Context, Decision, FieldError, ProgramSettings, Rejection, ReturnPolicy, TenantId, WalletId, WalletState,
-    apply, decide,
-};
+use tally_engine::domain::{Change, Command, CommandBody, Decision, FieldError, ProgramSettings, Rejection, ReturnPolicy};
 use tally_proto::v1::{CapPeriod, EarnReversed, EarnedByRule, PointsEarned};
 
-/// 2026-03-04, a Wednesday, 15:00 UTC.
-const NOW: i64 = 1_772_636_400_000;
 const HOUR: i64 = 3_600_000;
 const DAY: i64 = 24 * HOUR;
 
@@ -59,54 +57,22 @@ fn refund(key: &str, order_id: &str, amount_minor: Option<i64>) -> Command {
     Command::new(key, CommandBody::RefundOrder { order_id: order_id.into(), amount_minor, reason: "returned".into() })
 }
 
-/// An enrolled wallet of a program, with a clock the test moves.
-struct Wallet {
-    tenant: TenantId,
-    wallet: WalletId,
-    program: ProgramSettings,
-    state: WalletState,
-    now: i64,
+/// The tests' own views of what a wallet did.
+trait Outcomes {
+    fn earned(&mut self, order: Order) -> PointsEarned;
+    fn refunded(&mut self, command: Command) -> EarnReversed;
 }
 
-impl Wallet {
-    fn new(program: ProgramSettings) -> Self {
-        let mut wallet = Self {
-            tenant: TenantId::parse("acme").unwrap(),
-            wallet: WalletId::parse("c-1").unwrap(),
-            program,
-            state: WalletState::default(),
-            now: NOW,
-        };
-        wallet.run(Command::new("enroll", CommandBody::Enroll { customer_ref: "crm-1".into() })).unwrap();
-        wallet
-    }
-
-    fn decide(&self, command: &Command) -> Result<Decision, Rejection> {
-        let ctx = Context { tenant: &self.tenant, wallet: &self.wallet, now_ms: self.now, program: &self.program };
-        decide(&self.state, command, &ctx)
-    }
-
-    /// Decides and applies; the single change, or the rejection.
-    fn run(&mut self, command: Command) -> Result<Change, Rejection> {
-        match self.decide(&command)? {
-            Decision::Append(events) => {
-                assert_eq!(events.len(), 1);
-                apply(&mut self.state, &events[0]);
-                Ok(events[0].change.clone())
-            }
-            Decision::AlreadyApplied(receipt) => panic!("{command:?} was already applied: {receipt:?}"),
-        }
-    }
-
+impl Outcomes for Wallet {
     fn earned(&mut self, order: Order) -> PointsEarned {
-        match self.run(earn(order)) {
+        match self.run_one(earn(order)) {
             Ok(Change::Earned(e)) => e,
             other => panic!("not an earn: {other:?}"),
         }
     }
 
     fn refunded(&mut self, command: Command) -> EarnReversed {
-        match self.run(command) {
+        match self.run_one(command) {
             Ok(Change::Reversed(e)) => e,
             other => panic!("not a reversal: {other:?}"),
         }
@@ -119,7 +85,7 @@ fn field(field: &'static str, reason: &str) -> Rejection {
 
 #[test]
 fn an_order_earns_what_the_rules_award_with_the_breakdown_recorded() {
-    let mut wallet = Wallet::new(rules(&[BASE, WELCOME]));
+    let mut wallet = Wallet::enrolled(rules(&[BASE, WELCOME]));
     let earned = wallet.earned(order("order-1", 2_599));
     assert_eq!((earned.points, earned.source_ref.as_str()), (125, "order-1"));
     assert_eq!(earned.order_amount.as_ref().map(|m| (m.amount_minor, m.currency.as_str())), Some((2_599, "EUR")));
@@ -144,7 +110,7 @@ fn an_order_earns_what_the_rules_award_with_the_breakdown_recorded() {
 
 #[test]
 fn an_order_no_rule_rewards_is_still_recorded_and_counted() {
-    let mut wallet = Wallet::new(ProgramSettings::default());
+    let mut wallet = Wallet::enrolled(ProgramSettings::default());
     let earned = wallet.earned(order("order-1", 5_000));
     assert_eq!((earned.points, earned.order.as_ref().map(|o| o.rules_version)), (0, Some(0)), "no rules in force");
     let mut wallet = Wallet { program: rules(&[WELCOME]), ..wallet };
@@ -153,7 +119,7 @@ fn an_order_no_rule_rewards_is_still_recorded_and_counted() {
 
 #[test]
 fn the_same_order_earns_once() {
-    let mut wallet = Wallet::new(rules(&[BASE]));
+    let mut wallet = Wallet::enrolled(rules(&[BASE]));
     wallet.earned(order("order-1", 1_000));
     assert!(matches!(wallet.decide(&earn(order("order-1", 1_000))), Ok(Decision::AlreadyApplied(r)) if r.balance_after == 10));
     assert_eq!(
@@ -167,7 +133,7 @@ fn the_same_order_earns_once() {
 
 #[test]
 fn per_customer_caps_count_across_orders_and_reset_with_the_period() {
-    let mut wallet = Wallet::new(rules(&[DAILY_COFFEE]));
+    let mut wallet = Wallet::enrolled(rules(&[DAILY_COFFEE]));
     let first = wallet.earned(order("o-1", 400));
     assert_eq!(first.points, 20);
     let award = &first.order.unwrap().awards[0];
@@ -186,7 +152,7 @@ fn per_customer_caps_count_across_orders_and_reset_with_the_period() {
 fn placement_time_picks_the_rules_version_and_is_bounded() {
     let v1 = version(1, 0, &format!("[{BASE}]"));
     let v2 = version(2, NOW - HOUR, r#"[{"id":"double","actions":[{"type":"points_per_currency_unit","points":2,"unit_minor":100}]}]"#);
-    let mut wallet = Wallet::new(program(vec![v1, v2]));
+    let mut wallet = Wallet::enrolled(program(vec![v1, v2]));
     let earlier = wallet.earned(Order { placed_at_ms: Some(NOW - 2 * HOUR), ..order("o-1", 1_000) });
     assert_eq!((earlier.points, earlier.order.unwrap().rules_version), (10, 1), "placed before version 2");
     let now = wallet.earned(order("o-2", 1_000));
@@ -202,13 +168,13 @@ fn placement_time_picks_the_rules_version_and_is_bounded() {
 #[test]
 fn a_rules_version_that_no_longer_reads_stops_earning_rather_than_guessing() {
     let broken = RuleVersion { rules: Err(RuleError { path: "[0]".into(), message: "gone".into() }), ..version(1, 0, "[]") };
-    let wallet = Wallet::new(program(vec![broken]));
+    let wallet = Wallet::enrolled(program(vec![broken]));
     assert_eq!(wallet.decide(&earn(order("o-1", 1_000))), Err(Rejection::RulesUnreadable { version: 1, reason: "[0]: gone".into() }));
 }
 
 #[test]
 fn orders_are_validated_with_the_path_of_the_bad_field() {
-    let wallet = Wallet::new(rules(&[BASE]));
+    let wallet = Wallet::enrolled(rules(&[BASE]));
     let mut bad_line = order("o-1", 100);
     bad_line.lines.push(OrderLine { sku: "x".into(), category: String::new(), quantity: 0, amount_minor: 1 });
     let cases = [
@@ -228,7 +194,7 @@ fn orders_are_validated_with_the_path_of_the_bad_field() {
 
 #[test]
 fn refunds_take_back_in_proportion_and_exactly_all_at_the_end() {
-    let mut wallet = Wallet::new(rules(&[r#"{"id":"flat","actions":[{"type":"points","amount":10}]}"#]));
+    let mut wallet = Wallet::enrolled(rules(&[r#"{"id":"flat","actions":[{"type":"points","amount":10}]}"#]));
     wallet.earned(order("order-1", 300));
     let first = wallet.refunded(refund("r-1", "order-1", Some(100)));
     assert_eq!((first.requested_points, first.reversed_points, first.refund_amount_minor), (3, 3, 100), "10 × 100/300, rounded down");
@@ -243,7 +209,7 @@ fn refunds_take_back_in_proportion_and_exactly_all_at_the_end() {
 
 #[test]
 fn refunds_never_take_back_more_than_the_order_earned_even_after_manual_reversals() {
-    let mut wallet = Wallet::new(rules(&[BASE]));
+    let mut wallet = Wallet::enrolled(rules(&[BASE]));
     wallet.earned(order("order-1", 10_000));
     let manual = Command::new("rev-1", CommandBody::Reverse { source_ref: "order-1".into(), points: Some(80), reason: "staff".into() });
     wallet.run(manual).unwrap();
@@ -255,7 +221,7 @@ fn refunds_never_take_back_more_than_the_order_earned_even_after_manual_reversal
 #[test]
 fn refunds_follow_the_return_policy_and_name_what_is_wrong() {
     let program = ProgramSettings { return_policy: ReturnPolicy::CapAtZero, ..rules(&[BASE]) };
-    let mut wallet = Wallet::new(program);
+    let mut wallet = Wallet::enrolled(program);
     wallet.earned(order("order-1", 10_000));
     wallet.run(Command::new("spend", CommandBody::Redeem { points: 90, reward_ref: "mug".into() })).unwrap();
     let refund_all = wallet.refunded(refund("r-1", "order-1", None));
