@@ -4,10 +4,41 @@ use std::collections::HashMap;
 
 use proptest::prelude::*;
 use tally_engine::codec;
+use tally_engine::domain::program::RuleVersion;
+use tally_engine::domain::rules::{Order, OrderLine, parse_rules};
 use tally_engine::domain::{
     Change, Command, CommandBody, Context, Decision, Event, ProgramSettings, ReturnPolicy, TenantId, WalletId, WalletState, WalletStatus,
     apply, decide,
 };
+
+const MINUTE: i64 = 60_000;
+
+/// A program whose rules pay per euro, a capped daily bonus and a first-order bonus.
+fn program(return_policy: ReturnPolicy) -> ProgramSettings {
+    let json = r#"[{"id":"base","actions":[{"type":"points_per_currency_unit","points":1,"unit_minor":100}]},
+        {"id":"daily","actions":[{"type":"points","amount":40}],"caps":{"per_customer":{"points":100,"period":"day"}}},
+        {"id":"welcome","conditions":{"type":"first_order"},"actions":[{"type":"points","amount":25}]}]"#;
+    let version = RuleVersion {
+        version: 1,
+        effective_from_ms: 0,
+        published_by: "p".into(),
+        rules_json: json.into(),
+        rules: parse_rules(json).map(Into::into),
+    };
+    ProgramSettings { return_policy, utc_offset_minutes: 0, rule_versions: std::sync::Arc::new([version]) }
+}
+
+fn order(id: u8, total_minor: i64) -> Order {
+    Order {
+        order_id: format!("order-{id}"),
+        total_minor,
+        currency: "EUR".into(),
+        channel: "web".into(),
+        store: String::new(),
+        lines: vec![OrderLine { sku: "x".into(), category: "y".into(), quantity: 1, amount_minor: total_minor }],
+        placed_at_ms: None,
+    }
+}
 use tally_engine::store::{EventMetadata, RecordedEvent, StreamId};
 
 fn body() -> impl Strategy<Value = CommandBody> {
@@ -28,7 +59,33 @@ fn body() -> impl Strategy<Value = CommandBody> {
             reason: "refund".into()
         }),
         1 => Just(CommandBody::Close { reason: "bye".into() }),
+        4 => (0..4u8, 0..20_000i64).prop_map(|(id, total)| CommandBody::EarnForOrder { order: order(id, total) }),
+        3 => (0..4u8, proptest::option::of(1..8_000i64)).prop_map(|(id, amount_minor)| CommandBody::RefundOrder {
+            order_id: format!("order-{id}"),
+            amount_minor,
+            reason: "returned".into()
+        }),
+        3 => (0..4u8, 1..300i64, 1..10i64).prop_map(|(id, points, minutes)| CommandBody::AuthorizeRedemption {
+            hold_id: format!("hold-{id}"),
+            points,
+            reward_ref: "r".into(),
+            timeout_ms: minutes * MINUTE
+        }),
+        2 => (0..4u8, proptest::option::of(1..300i64)).prop_map(|(id, points)| CommandBody::CaptureRedemption { hold_id: format!("hold-{id}"), points }),
+        1 => (0..4u8).prop_map(|id| CommandBody::VoidRedemption { hold_id: format!("hold-{id}") }),
+        1 => (0..4u8).prop_map(|id| CommandBody::ExpireHold { hold_id: format!("hold-{id}") }),
     ]
+}
+
+/// Orders are keyed by their id and holds by theirs; everything else by the step's key.
+fn command(key: u8, body: CommandBody) -> Command {
+    let key = match &body {
+        CommandBody::EarnForOrder { order } => order.order_id.clone(),
+        CommandBody::AuthorizeRedemption { hold_id, .. } => hold_id.clone(),
+        CommandBody::CaptureRedemption { hold_id, .. } => format!("{hold_id}/capture/{key}"),
+        _ => format!("k{key}"),
+    };
+    Command::new(key, body)
 }
 
 /// Keys come from a small pool so that retries (same key, same body) and reuse (same key, other body)
@@ -48,7 +105,7 @@ proptest! {
     fn random_histories_keep_every_invariant(steps in steps(), policy in policy()) {
         let tenant = TenantId::parse("t").unwrap();
         let wallet = WalletId::parse("w").unwrap();
-        let program = ProgramSettings { return_policy: policy, ..ProgramSettings::default() };
+        let program = program(policy);
         let mut state = WalletState::default();
         let mut log: Vec<Event> = Vec::new();
         let mut accepted: Vec<(Command, WalletState)> = Vec::new();
@@ -57,12 +114,13 @@ proptest! {
         for (resend, key, body) in steps {
             let command = match resend {
                 Some(i) if !accepted.is_empty() => accepted[i % accepted.len()].0.clone(),
-                _ => Command::new(format!("k{key}"), body),
+                _ => command(key, body),
             };
             sent.push(command);
         }
         for (step, command) in sent.iter().enumerate() {
-            let ctx = Context { tenant: &tenant, wallet: &wallet, now_ms: 1_000 + step as i64, program: &program };
+            // A minute per step: holds expire, daily caps roll over.
+            let ctx = Context { tenant: &tenant, wallet: &wallet, now_ms: 1_772_636_400_000 + step as i64 * MINUTE, program: &program };
             match decide(&state, command, &ctx) {
                 Ok(Decision::Append(events)) => {
                     for event in &events {
@@ -105,7 +163,44 @@ proptest! {
         for (source, (earned, reversed)) in per_source {
             prop_assert!(reversed <= earned, "{source}: reversed {reversed} of {earned}");
         }
+        // Refunds never exceed an order's total.
+        let mut refunded: HashMap<&str, (i64, i64)> = HashMap::new();
+        for event in &log {
+            match &event.change {
+                Change::Earned(e) if e.order.is_some() => {
+                    refunded.entry(&e.source_ref).or_default().0 = e.order_amount.as_ref().map_or(0, |m| m.amount_minor);
+                }
+                Change::Reversed(r) => refunded.entry(&r.source_ref).or_default().1 += r.refund_amount_minor,
+                _ => {}
+            }
+        }
+        for (order, (total, refunds)) in refunded {
+            prop_assert!(refunds <= total, "{order}: refunded {refunds} of {total}");
+        }
+        // Held points are the open holds, and follow from the log; spent holds count as redeemed.
+        let open: i64 = state.holds().map(|(_, h)| h.points).sum();
+        prop_assert_eq!(state.held_points, open);
+        let held_by_log: i64 = log
+            .iter()
+            .map(|e| match &e.change {
+                Change::Held(h) => h.points,
+                Change::Captured(c) => -(c.points + c.released_points),
+                Change::Released(r) => -r.points,
+                _ => 0,
+            })
+            .sum();
+        prop_assert_eq!(state.held_points, held_by_log);
+        let redeemed: i64 = log
+            .iter()
+            .map(|e| match &e.change {
+                Change::Redeemed(r) => r.points,
+                Change::Captured(c) => c.points,
+                _ => 0,
+            })
+            .sum();
+        prop_assert_eq!(state.lifetime_redeemed, redeemed);
         if state.status == WalletStatus::Closed {
+            prop_assert_eq!(state.held_points, 0, "closing releases every hold");
             prop_assert!(matches!(log.last().map(|e| &e.change), Some(Change::Closed(_))), "nothing after close");
         }
 
