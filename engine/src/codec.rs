@@ -3,8 +3,8 @@
 
 use prost::Message;
 use tally_proto::v1::{
-    EarnReversed, HoldCaptured, HoldReleased, PointsAdjusted, PointsEarned, PointsHeld, PointsRedeemed, ProgramCreated, RulesPublished,
-    WalletClosed, WalletEnrolled,
+    CreditPackageDefined, EarnReversed, HoldCaptured, HoldReleased, PointsAdjusted, PointsEarned, PointsHeld, PointsPurchased,
+    PointsRedeemed, ProgramCreated, RulesPublished, WalletClosed, WalletEnrolled,
 };
 
 use crate::domain::program::{ProgramChange, ProgramEvent};
@@ -38,6 +38,7 @@ pub fn encode_program(event: &ProgramEvent, metadata: &EventMetadata) -> EventDa
     let payload = match &event.change {
         ProgramChange::Created(e) => e.encode_to_vec(),
         ProgramChange::RulesPublished(e) => e.encode_to_vec(),
+        ProgramChange::PackageDefined(e) => e.encode_to_vec(),
     };
     let facts = CommandFacts { key: &event.idempotency_key, fingerprint: event.command_fingerprint, recorded_at_ms: event.recorded_at_ms };
     envelope(event.change.event_type(), PROGRAM_SCHEMA_VERSION, facts, metadata, payload)
@@ -55,6 +56,7 @@ pub fn decode_program(recorded: RecordedEvent) -> Result<ProgramEvent, CodecErro
     let change = match data.event_type.as_str() {
         "tally.v1.ProgramCreated" => ProgramChange::Created(ProgramCreated::decode(payload).map_err(undecodable)?),
         "tally.v1.RulesPublished" => ProgramChange::RulesPublished(RulesPublished::decode(payload).map_err(undecodable)?),
+        "tally.v1.CreditPackageDefined" => ProgramChange::PackageDefined(CreditPackageDefined::decode(payload).map_err(undecodable)?),
         _ => return Err(CodecError::UnknownEventType { position, event_type: data.event_type }),
     };
     Ok(ProgramEvent {
@@ -86,6 +88,7 @@ pub fn encode(event: &Event, metadata: &EventMetadata) -> EventData {
         Change::Held(e) => e.encode_to_vec(),
         Change::Captured(e) => e.encode_to_vec(),
         Change::Released(e) => e.encode_to_vec(),
+        Change::Purchased(e) => e.encode_to_vec(),
     };
     let facts = CommandFacts { key: &event.idempotency_key, fingerprint: event.command_fingerprint, recorded_at_ms: event.recorded_at_ms };
     envelope(event.change.event_type(), WALLET_SCHEMA_VERSION, facts, metadata, payload)
@@ -130,6 +133,7 @@ pub fn decode(recorded: RecordedEvent) -> Result<Event, CodecError> {
         "tally.v1.PointsHeld" => Change::Held(PointsHeld::decode(payload).map_err(undecodable)?),
         "tally.v1.HoldCaptured" => Change::Captured(HoldCaptured::decode(payload).map_err(undecodable)?),
         "tally.v1.HoldReleased" => Change::Released(HoldReleased::decode(payload).map_err(undecodable)?),
+        "tally.v1.PointsPurchased" => Change::Purchased(PointsPurchased::decode(payload).map_err(undecodable)?),
         _ => return Err(CodecError::UnknownEventType { position, event_type: data.event_type }),
     };
     Ok(Event {

@@ -25,7 +25,20 @@ fn program(return_policy: ReturnPolicy) -> ProgramSettings {
         rules_json: json.into(),
         rules: parse_rules(json).map(Into::into),
     };
-    ProgramSettings { return_policy, utc_offset_minutes: 0, rule_versions: std::sync::Arc::new([version]) }
+    let package = |id: &str, active| CreditPackageDefined {
+        package_id: id.into(),
+        name: id.into(),
+        price: Some(tally_engine::domain::Money { amount_minor: 999, currency: "EUR".into() }),
+        points: 150,
+        active,
+    };
+    let packages = [("p-on".to_owned(), package("p-on", true)), ("p-off".to_owned(), package("p-off", false))].into_iter().collect();
+    ProgramSettings {
+        return_policy,
+        utc_offset_minutes: 0,
+        rule_versions: std::sync::Arc::new([version]),
+        packages: std::sync::Arc::new(packages),
+    }
 }
 
 fn order(id: u8, total_minor: i64) -> Order {
@@ -40,6 +53,7 @@ fn order(id: u8, total_minor: i64) -> Order {
     }
 }
 use tally_engine::store::{EventMetadata, RecordedEvent, StreamId};
+use tally_proto::v1::CreditPackageDefined;
 
 fn body() -> impl Strategy<Value = CommandBody> {
     let source = (0..4u8).prop_map(|s| format!("order-{s}"));
@@ -74,6 +88,10 @@ fn body() -> impl Strategy<Value = CommandBody> {
         2 => (0..4u8, proptest::option::of(1..300i64)).prop_map(|(id, points)| CommandBody::CaptureRedemption { hold_id: format!("hold-{id}"), points }),
         1 => (0..4u8).prop_map(|id| CommandBody::VoidRedemption { hold_id: format!("hold-{id}") }),
         1 => (0..4u8).prop_map(|id| CommandBody::ExpireHold { hold_id: format!("hold-{id}") }),
+        2 => (0..6u8, prop_oneof![Just("p-on"), Just("p-off"), Just("p-none")]).prop_map(|(id, package)| CommandBody::PurchaseCredits {
+            purchase_id: format!("pay-{id}"),
+            package_id: package.into()
+        }),
     ]
 }
 
@@ -82,6 +100,7 @@ fn command(key: u8, body: CommandBody) -> Command {
     let key = match &body {
         CommandBody::EarnForOrder { order } => order.order_id.clone(),
         CommandBody::AuthorizeRedemption { hold_id, .. } => hold_id.clone(),
+        CommandBody::PurchaseCredits { purchase_id, .. } => purchase_id.clone(),
         CommandBody::CaptureRedemption { hold_id, .. } => format!("{hold_id}/capture/{key}"),
         _ => format!("k{key}"),
     };
@@ -199,6 +218,10 @@ proptest! {
             })
             .sum();
         prop_assert_eq!(state.lifetime_redeemed, redeemed);
+        // Purchases: only active packages, at their points, and kept apart from earnings.
+        let purchased: Vec<_> = log.iter().filter_map(|e| if let Change::Purchased(p) = &e.change { Some(p) } else { None }).collect();
+        prop_assert!(purchased.iter().all(|p| p.package_id == "p-on" && p.points == 150));
+        prop_assert_eq!(state.lifetime_purchased, purchased.iter().map(|p| p.points).sum::<i64>());
         if state.status == WalletStatus::Closed {
             prop_assert_eq!(state.held_points, 0, "closing releases every hold");
             prop_assert!(matches!(log.last().map(|e| &e.change), Some(Change::Closed(_))), "nothing after close");

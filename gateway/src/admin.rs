@@ -61,6 +61,17 @@ fn response(tenant: &TenantId, state: &ProgramState, replayed: Option<u32>) -> p
         // A replay answers with what the first call left.
         rules_version: replayed.unwrap_or_else(|| state.current_rules().map_or(0, |v| v.version)),
         replayed: replayed.is_some(),
+        credit_packages: state
+            .packages
+            .values()
+            .map(|p| pb::CreditPackage {
+                package_id: p.package_id.clone(),
+                name: p.name.clone(),
+                price: p.price.clone(),
+                points: p.points,
+                active: p.active,
+            })
+            .collect(),
     }
 }
 
@@ -104,6 +115,23 @@ impl AdminService for AdminApi {
             ProgramCommandBody::PublishRules { rules_json: r.rules_json, published_by: r.published_by },
         )
         .await
+    }
+
+    async fn define_credit_package(
+        &self,
+        request: Request<pb::DefineCreditPackageRequest>,
+    ) -> Result<Response<pb::ProgramResponse>, Status> {
+        let r = request.into_inner();
+        let package = r.package.ok_or_else(|| status::invalid("package", "is required"))?;
+        let price = package.price.ok_or_else(|| status::invalid("package.price", "is required"))?;
+        let body = ProgramCommandBody::DefinePackage {
+            package_id: package.package_id,
+            name: package.name,
+            price,
+            points: package.points,
+            active: package.active,
+        };
+        self.execute(&r.tenant_id, r.idempotency_key, body).await
     }
 
     async fn get_program(&self, request: Request<pb::GetProgramRequest>) -> Result<Response<pb::ProgramResponse>, Status> {

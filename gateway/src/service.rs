@@ -13,8 +13,8 @@ use tally_engine::store::EventStore;
 use tally_proto::v1::wallet_service_server::WalletService;
 use tally_proto::v1::{
     AdjustRequest, AuthorizeRedemptionRequest, CaptureRedemptionRequest, CloseRequest, EarnForOrderRequest, EarnRequest, EnrollRequest,
-    GetWalletRequest, ListTransactionsRequest, ListTransactionsResponse, RedeemRequest, RefundOrderRequest, ReverseRequest, Transaction,
-    TransactionKind, VoidRedemptionRequest, Wallet, WalletMutation,
+    GetWalletRequest, ListTransactionsRequest, ListTransactionsResponse, PurchaseCreditsRequest, RedeemRequest, RefundOrderRequest,
+    ReverseRequest, Transaction, TransactionKind, VoidRedemptionRequest, Wallet, WalletMutation,
 };
 
 use tokio::sync::{Semaphore, SemaphorePermit};
@@ -148,6 +148,7 @@ fn wallet(key: &WalletKey, summary: &WalletSummary) -> Wallet {
         version: summary.version,
         held_points: summary.held_points,
         available_points: (summary.balance - summary.held_points).max(0),
+        lifetime_purchased: summary.lifetime_purchased,
     }
 }
 
@@ -174,6 +175,7 @@ pub(crate) fn transaction(stored: &StoredWalletEvent) -> Transaction {
         Change::Held(e) => (TransactionKind::Held, "", e.hold_id.as_str(), 0, None),
         Change::Captured(e) => (TransactionKind::Captured, "", e.hold_id.as_str(), 0, None),
         Change::Released(e) => (TransactionKind::Released, "", e.hold_id.as_str(), 0, None),
+        Change::Purchased(e) => (TransactionKind::Purchased, e.package_id.as_str(), e.purchase_id.as_str(), 0, e.price.clone()),
     };
     let held_points = match change {
         Change::Held(e) => e.points,
@@ -293,6 +295,13 @@ impl WalletService for WalletApi {
         let key = self.wallet_key(&r.tenant_id, &r.wallet_id).await?;
         let command = Command::new(format!("{}/void", r.hold_id), CommandBody::VoidRedemption { hold_id: r.hold_id });
         self.mutate(&metadata, key, command).await
+    }
+
+    async fn purchase_credits(&self, request: Request<PurchaseCreditsRequest>) -> Result<Response<WalletMutation>, Status> {
+        let (metadata, _, r) = request.into_parts();
+        let key = self.wallet_key(&r.tenant_id, &r.wallet_id).await?;
+        let body = CommandBody::PurchaseCredits { purchase_id: r.purchase_id.clone(), package_id: r.package_id };
+        self.mutate(&metadata, key, Command::new(r.purchase_id, body)).await
     }
 
     async fn close(&self, request: Request<CloseRequest>) -> Result<Response<WalletMutation>, Status> {

@@ -48,6 +48,10 @@ pub fn from_rejection(rejection: &Rejection) -> Status {
         Rejection::HoldExpired { .. } => precondition("HOLD_EXPIRED", "hold_id", message),
         Rejection::CaptureExceedsHold { .. } => precondition("CAPTURE_EXCEEDS_HOLD", "points", message),
         Rejection::HoldNotDue { .. } => precondition("HOLD_NOT_DUE", "hold_id", message),
+        Rejection::UnknownPackage { .. } => {
+            Status::with_error_details(Code::NotFound, message.clone(), ErrorDetails::with_bad_request_violation("package_id", message))
+        }
+        Rejection::PackageInactive { .. } => precondition("PACKAGE_INACTIVE", "package_id", message),
         Rejection::NotAnOrder { .. } => precondition("NOT_AN_ORDER", "order_id", message),
         Rejection::RefundExceedsOrder { .. } => precondition("REFUND_EXCEEDS_ORDER", "amount_minor", message),
         Rejection::RulesUnreadable { .. } => {

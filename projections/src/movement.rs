@@ -29,6 +29,8 @@ pub enum MovementKind {
     Hold,
     /// A hold released unspent (voided, expired, wallet closed); the balance is unchanged.
     Release,
+    /// Points bought with a credit package: purchased, not earned.
+    Purchase,
 }
 
 impl MovementKind {
@@ -43,6 +45,7 @@ impl MovementKind {
             Self::Close => "close",
             Self::Hold => "hold",
             Self::Release => "release",
+            Self::Purchase => "purchase",
         }
     }
 }
@@ -125,6 +128,7 @@ pub fn decode_batch(events: Vec<RecordedEvent>) -> Result<Vec<Movement>, Project
             // A captured hold is a redemption: finance sees it as one.
             Change::Captured(e) => (MovementKind::Redeem, String::new(), e.reward_ref),
             Change::Released(e) => (MovementKind::Release, String::new(), e.hold_id),
+            Change::Purchased(e) => (MovementKind::Purchase, e.package_id, e.purchase_id),
         };
         movements.push(Movement {
             position,

@@ -7,8 +7,8 @@
 
 use tally_engine::domain::WalletState;
 
-/// 2: wallets remember orders (counts, refunded amounts), capped rules' usage (EarnForOrder) and open POS
-/// holds.
+/// 2: wallets remember orders (counts, refunded amounts), capped rules' usage (EarnForOrder), open POS
+/// holds and purchased points.
 pub const FORMAT_VERSION: u16 = 2;
 const HEADER_BYTES: usize = 2 + 8 + 4;
 

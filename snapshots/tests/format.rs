@@ -22,6 +22,7 @@ fn history(bodies: &[CommandBody]) -> Vec<Event> {
         let key = match body {
             CommandBody::EarnForOrder { order } => order.order_id.clone(),
             CommandBody::AuthorizeRedemption { hold_id, .. } => hold_id.clone(),
+            CommandBody::PurchaseCredits { purchase_id, .. } => purchase_id.clone(),
             _ => format!("k-{i}"),
         };
         if let Ok(Decision::Append(new)) = decide(&state, &Command::new(key, body.clone()), &ctx) {
@@ -39,7 +40,15 @@ fn program() -> ProgramSettings {
     let rules = parse_rules(json).unwrap();
     let version =
         RuleVersion { version: 1, effective_from_ms: 0, published_by: "test".into(), rules_json: json.into(), rules: Ok(rules.into()) };
-    ProgramSettings { rule_versions: Arc::new([version]), ..ProgramSettings::default() }
+    let package = tally_engine::domain::CreditPackageDefined {
+        package_id: "p-500".into(),
+        name: "500 points".into(),
+        price: Some(tally_engine::domain::Money { amount_minor: 499, currency: "EUR".into() }),
+        points: 500,
+        active: true,
+    };
+    let packages = Arc::new([("p-500".to_owned(), package)].into_iter().collect());
+    ProgramSettings { rule_versions: Arc::new([version]), packages, ..ProgramSettings::default() }
 }
 
 fn order(id: &str, total_minor: i64) -> CommandBody {
@@ -75,6 +84,7 @@ fn golden_history() -> Vec<Event> {
         order("order-4", 1_000),
         CommandBody::RefundOrder { order_id: "order-3".into(), amount_minor: Some(1_000), reason: "returned".into() },
         CommandBody::AuthorizeRedemption { hold_id: "pos-1".into(), points: 20, reward_ref: "cake".into(), timeout_ms: 60_000 },
+        CommandBody::PurchaseCredits { purchase_id: "pay-1".into(), package_id: "p-500".into() },
     ])
 }
 
@@ -83,7 +93,7 @@ fn the_format_matches_its_golden_file() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/wallet_state_v2.bin");
     let state = fold(&golden_history());
     assert_eq!((state.orders_placed, state.source("order-3").unwrap().refunded_minor), (2, 1_000), "every command was accepted");
-    assert_eq!(state.held_points, 20);
+    assert_eq!((state.held_points, state.lifetime_purchased), (20, 500));
     assert_eq!(
         state.rule_points(
             "weekly",

@@ -6,8 +6,9 @@
 use tally_proto::v1::admin_service_client::AdminServiceClient;
 use tally_proto::v1::wallet_service_client::WalletServiceClient;
 use tally_proto::v1::{
-    CreateProgramRequest, EarnForOrderRequest, EnrollRequest, GetProgramRequest, GetWalletRequest, ListTransactionsRequest, Money, Order,
-    OrderLine, PublishRulesRequest, RefundOrderRequest, ReturnPolicy, TransactionKind,
+    CreateProgramRequest, CreditPackage, DefineCreditPackageRequest, EarnForOrderRequest, EnrollRequest, GetProgramRequest,
+    GetWalletRequest, ListTransactionsRequest, Money, Order, OrderLine, PublishRulesRequest, PurchaseCreditsRequest, RefundOrderRequest,
+    ReturnPolicy, TransactionKind,
 };
 use tally_tests::TallyServer;
 use tonic::Code;
@@ -138,4 +139,48 @@ async fn tenant_settings_create_missing_programs_and_never_override_stored_ones(
     assert_eq!(program.return_policy, ReturnPolicy::CapAtZero as i32, "the stored program applies");
     let other = admin.get_program(GetProgramRequest { tenant_id: "other".into() }).await.unwrap().into_inner();
     assert_eq!(other.return_policy, ReturnPolicy::AllowNegative as i32);
+}
+
+#[tokio::test]
+async fn credit_packages_are_bought_at_the_programs_definition() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TallyServer::start(dir.path(), &["--tenant", "acme"]);
+    let channel = server.channel().await;
+    let mut admin = AdminServiceClient::new(channel.clone());
+    let mut wallets = WalletServiceClient::new(channel);
+    let package = CreditPackage {
+        package_id: "p-1000".into(),
+        name: "1,000 points".into(),
+        price: Some(Money { amount_minor: 899, currency: "EUR".into() }),
+        points: 1_000,
+        active: true,
+    };
+    let define = DefineCreditPackageRequest { tenant_id: "acme".into(), idempotency_key: "d1".into(), package: Some(package.clone()) };
+    let program = admin.define_credit_package(define).await.unwrap().into_inner();
+    assert_eq!(program.credit_packages, std::slice::from_ref(&package));
+    let bad = DefineCreditPackageRequest {
+        tenant_id: "acme".into(),
+        idempotency_key: "d2".into(),
+        package: Some(CreditPackage { points: 0, ..package }),
+    };
+    let status = admin.define_credit_package(bad).await.unwrap_err();
+    assert_eq!(status.get_details_bad_request().unwrap().field_violations[0].field, "package.points");
+
+    let enroll =
+        EnrollRequest { tenant_id: "acme".into(), wallet_id: "c-1".into(), idempotency_key: "e".into(), customer_ref: String::new() };
+    wallets.enroll(enroll).await.unwrap();
+    let buy = |purchase: &str, package: &str| PurchaseCreditsRequest {
+        tenant_id: "acme".into(),
+        wallet_id: "c-1".into(),
+        purchase_id: purchase.into(),
+        package_id: package.into(),
+    };
+    let bought = wallets.purchase_credits(buy("pay-1", "p-1000")).await.unwrap().into_inner();
+    let tx = &bought.transactions[0];
+    assert_eq!((tx.kind, tx.points, tx.reference.as_str()), (TransactionKind::Purchased as i32, 1_000, "pay-1"));
+    assert_eq!(tx.order_amount.as_ref().map(|m| m.amount_minor), Some(899), "the price paid");
+    let w = bought.wallet.unwrap();
+    assert_eq!((w.balance, w.lifetime_purchased, w.lifetime_earned), (1_000, 1_000, 0));
+    assert!(wallets.purchase_credits(buy("pay-1", "p-1000")).await.unwrap().into_inner().replayed);
+    assert_eq!(wallets.purchase_credits(buy("pay-2", "nope")).await.unwrap_err().code(), Code::NotFound);
 }

@@ -146,6 +146,7 @@ pub struct WalletSummary {
     pub version: u64,
     /// Points held by open POS holds (until released, expired ones too).
     pub held_points: i64,
+    pub lifetime_purchased: i64,
 }
 
 #[derive(Debug, thiserror::Error)]

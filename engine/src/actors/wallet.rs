@@ -237,6 +237,7 @@ fn summarize(state: &WalletState) -> WalletSummary {
         last_activity_ms: state.last_activity_ms,
         version: state.version,
         held_points: state.held_points,
+        lifetime_purchased: state.lifetime_purchased,
     }
 }
 

@@ -44,6 +44,9 @@ pub enum CommandBody {
     VoidRedemption { hold_id: String },
     /// Release a hold whose timeout passed (sent by the engine's timers).
     ExpireHold { hold_id: String },
+    /// Buy the points of one of the program's credit packages (paid elsewhere). The command's idempotency
+    /// key is the purchase id.
+    PurchaseCredits { purchase_id: String, package_id: String },
 }
 
 impl Command {
@@ -107,6 +110,7 @@ impl Command {
             }
             CommandBody::VoidRedemption { hold_id } => Fingerprint::new(11).str(hold_id),
             CommandBody::ExpireHold { hold_id } => Fingerprint::new(12).str(hold_id),
+            CommandBody::PurchaseCredits { purchase_id, package_id } => Fingerprint::new(13).str(purchase_id).str(package_id),
         }
         .finish()
     }
@@ -126,6 +130,7 @@ impl Command {
             CommandBody::CaptureRedemption { .. } => "capture_redemption",
             CommandBody::VoidRedemption { .. } => "void_redemption",
             CommandBody::ExpireHold { .. } => "expire_hold",
+            CommandBody::PurchaseCredits { .. } => "purchase_credits",
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use tally_proto::v1::{
     CapPeriod, EarnReversed, EarnedByRule, HoldCaptured, HoldEnd, HoldReleased, OrderEarning, PointsAdjusted, PointsEarned, PointsHeld,
-    PointsRedeemed, ReturnPolicy, StampAward, WalletClosed, WalletEnrolled,
+    PointsPurchased, PointsRedeemed, ReturnPolicy, StampAward, WalletClosed, WalletEnrolled,
 };
 
 use super::Context;
@@ -38,6 +38,11 @@ pub fn decide(state: &WalletState, command: &Command, ctx: &Context<'_>) -> Resu
         && *hold_id != command.idempotency_key
     {
         return Err(FieldError::new("idempotency_key", "must be the hold id: a hold is authorized once").into());
+    }
+    if let CommandBody::PurchaseCredits { purchase_id, .. } = &command.body
+        && *purchase_id != command.idempotency_key
+    {
+        return Err(FieldError::new("idempotency_key", "must be the purchase id: a purchase credits once").into());
     }
     let fingerprint = command.fingerprint();
     if let Some(receipt) = state.receipts.get(&command.idempotency_key) {
@@ -156,6 +161,21 @@ fn decide_change(state: &WalletState, body: &CommandBody, ctx: &Context<'_>) -> 
         (WalletStatus::Active, CommandBody::VoidRedemption { hold_id }) => {
             let hold = open_hold(state, hold_id)?;
             Ok(Change::Released(HoldReleased { hold_id: hold_id.clone(), points: hold.points, reason: HoldEnd::Voided as i32 }))
+        }
+        (WalletStatus::Active, CommandBody::PurchaseCredits { purchase_id, package_id }) => {
+            let package =
+                ctx.program.packages.get(package_id).ok_or_else(|| Rejection::UnknownPackage { package_id: package_id.clone() })?;
+            if !package.active {
+                return Err(Rejection::PackageInactive { package_id: package_id.clone() });
+            }
+            checked_balance(state.balance.checked_add(package.points), "points", package.points)?;
+            checked_balance(state.lifetime_purchased.checked_add(package.points), "points", package.points)?;
+            Ok(Change::Purchased(PointsPurchased {
+                purchase_id: purchase_id.clone(),
+                package_id: package_id.clone(),
+                points: package.points,
+                price: package.price.clone(),
+            }))
         }
         (WalletStatus::Active, CommandBody::ExpireHold { hold_id }) => {
             let hold = open_hold(state, hold_id)?;
@@ -332,6 +352,7 @@ pub fn apply(state: &mut WalletState, event: &Event) {
             state.held_points -= e.points;
             state.holds.remove(&e.hold_id);
         }
+        Change::Purchased(e) => state.lifetime_purchased += e.points,
     }
     state.balance += event.change.points_delta();
     state.last_activity_ms = event.recorded_at_ms;
@@ -420,6 +441,10 @@ fn validate(body: &CommandBody) -> Result<(), Rejection> {
             points.map_or(Ok(()), |points| check_positive("points", points))
         }
         CommandBody::VoidRedemption { hold_id } | CommandBody::ExpireHold { hold_id } => check_hold_id(hold_id),
+        CommandBody::PurchaseCredits { purchase_id, package_id } => {
+            check_ref("purchase_id", purchase_id, true)?;
+            check_ref("package_id", package_id, true)
+        }
         CommandBody::RefundOrder { order_id, amount_minor, reason } => {
             check_ref("order_id", order_id, true)?;
             if let Some(amount) = amount_minor

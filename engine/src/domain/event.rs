@@ -3,7 +3,8 @@
 //! messages themselves, so the persisted schema and the domain cannot drift apart.
 
 use tally_proto::v1::{
-    EarnReversed, HoldCaptured, HoldReleased, PointsAdjusted, PointsEarned, PointsHeld, PointsRedeemed, WalletClosed, WalletEnrolled,
+    EarnReversed, HoldCaptured, HoldReleased, PointsAdjusted, PointsEarned, PointsHeld, PointsPurchased, PointsRedeemed, WalletClosed,
+    WalletEnrolled,
 };
 
 #[derive(Debug, Clone, PartialEq)]
@@ -32,6 +33,8 @@ pub enum Change {
     Captured(HoldCaptured),
     /// A hold ended unspent.
     Released(HoldReleased),
+    /// Points bought with a credit package.
+    Purchased(PointsPurchased),
 }
 
 impl Change {
@@ -47,6 +50,7 @@ impl Change {
             Change::Closed(e) => e.forfeited_points.saturating_neg(),
             Change::Held(_) | Change::Released(_) => 0,
             Change::Captured(e) => e.points.saturating_neg(),
+            Change::Purchased(e) => e.points,
         }
     }
 
@@ -62,6 +66,7 @@ impl Change {
             Change::Held(_) => "tally.v1.PointsHeld",
             Change::Captured(_) => "tally.v1.HoldCaptured",
             Change::Released(_) => "tally.v1.HoldReleased",
+            Change::Purchased(_) => "tally.v1.PointsPurchased",
         }
     }
 }

@@ -24,7 +24,7 @@ pub use event::{Change, Event};
 pub use ids::{FieldError, TenantId, WalletId};
 pub use rejection::Rejection;
 pub use state::{Hold, Receipt, RuleUsage, SourceLedger, WalletState, WalletStatus};
-pub use tally_proto::v1::ReturnPolicy;
+pub use tally_proto::v1::{CreditPackageDefined, ReturnPolicy};
 
 /// What the wallet domain needs of its tenant's program (see [`program::ProgramState::settings`]).
 #[derive(Debug, Clone, PartialEq)]
@@ -35,6 +35,8 @@ pub struct ProgramSettings {
     pub utc_offset_minutes: i32,
     /// Every published version of the earn rules, oldest first.
     pub rule_versions: std::sync::Arc<[program::RuleVersion]>,
+    /// Credit packages by id, as last defined.
+    pub packages: std::sync::Arc<std::collections::BTreeMap<String, CreditPackageDefined>>,
 }
 
 impl ProgramSettings {
@@ -48,7 +50,12 @@ impl Default for ProgramSettings {
     fn default() -> Self {
         // Allowing a negative balance is the default: capping at zero would let a customer earn, spend
         // and then refund the order while keeping the reward.
-        Self { return_policy: ReturnPolicy::AllowNegative, utc_offset_minutes: 0, rule_versions: std::sync::Arc::new([]) }
+        Self {
+            return_policy: ReturnPolicy::AllowNegative,
+            utc_offset_minutes: 0,
+            rule_versions: std::sync::Arc::new([]),
+            packages: std::sync::Arc::default(),
+        }
     }
 }
 

@@ -4,13 +4,13 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use tally_proto::v1::{ProgramCreated, RulesPublished};
+use tally_proto::v1::{CreditPackageDefined, Money, ProgramCreated, RulesPublished};
 
 use super::ReturnPolicy;
 use super::fingerprint::Fingerprint;
 use super::ids::{FieldError, TenantId};
 use super::rules::{Rule, RuleError, parse_rules};
-use crate::limits::{REASON_BYTES_MAX, REF_BYTES_MAX};
+use crate::limits::{MONEY_MINOR_ABS_MAX, POINTS_PER_COMMAND_MAX, REASON_BYTES_MAX, REF_BYTES_MAX};
 
 /// Largest rules document, in bytes.
 pub const RULES_JSON_BYTES_MAX: usize = 256 * 1024;
@@ -29,6 +29,14 @@ pub enum ProgramCommandBody {
         rules_json: String,
         published_by: String,
     },
+    /// Defines a credit package, or replaces its definition.
+    DefinePackage {
+        package_id: String,
+        name: String,
+        price: Money,
+        points: i64,
+        active: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -44,6 +52,13 @@ impl ProgramCommand {
                 Fingerprint::new(101).str(name).i64(i64::from(*utc_offset_minutes)).i64(i64::from(*return_policy as i32))
             }
             ProgramCommandBody::PublishRules { rules_json, published_by } => Fingerprint::new(102).str(rules_json).str(published_by),
+            ProgramCommandBody::DefinePackage { package_id, name, price, points, active } => Fingerprint::new(103)
+                .str(package_id)
+                .str(name)
+                .i64(price.amount_minor)
+                .str(&price.currency)
+                .i64(*points)
+                .u64(u64::from(*active)),
         }
         .finish()
     }
@@ -53,6 +68,7 @@ impl ProgramCommand {
 pub enum ProgramChange {
     Created(ProgramCreated),
     RulesPublished(RulesPublished),
+    PackageDefined(CreditPackageDefined),
 }
 
 impl ProgramChange {
@@ -60,6 +76,7 @@ impl ProgramChange {
         match self {
             ProgramChange::Created(_) => "tally.v1.ProgramCreated",
             ProgramChange::RulesPublished(_) => "tally.v1.RulesPublished",
+            ProgramChange::PackageDefined(_) => "tally.v1.CreditPackageDefined",
         }
     }
 }
@@ -95,6 +112,8 @@ pub struct ProgramState {
     pub return_policy: ReturnPolicy,
     /// Every version, oldest first.
     pub rule_versions: Vec<RuleVersion>,
+    /// Credit packages by id, as last defined.
+    pub packages: BTreeMap<String, CreditPackageDefined>,
     /// Idempotency keys of accepted commands: their fingerprint and the rules version after them.
     receipts: BTreeMap<String, (u64, u32)>,
 }
@@ -111,6 +130,7 @@ impl ProgramState {
             return_policy: self.return_policy,
             utc_offset_minutes: self.utc_offset_minutes,
             rule_versions: self.rule_versions.clone().into(),
+            packages: Arc::new(self.packages.clone()),
         }
     }
 
@@ -147,6 +167,14 @@ pub enum ProgramDecision {
     AlreadyApplied {
         rules_version: u32,
     },
+}
+
+fn check_package_id(id: &str) -> Result<(), FieldError> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':');
+    if id.is_empty() || id.len() > 64 || !id.chars().all(allowed) {
+        return Err(FieldError::new("package.package_id", "must be 1 to 64 bytes of A-Z a-z 0-9 - _ . :"));
+    }
+    Ok(())
 }
 
 fn check_text(field: &'static str, value: &str, max: usize) -> Result<(), FieldError> {
@@ -208,6 +236,29 @@ pub fn decide_program(
             let version = u32::try_from(state.rule_versions.len() + 1).unwrap_or(u32::MAX);
             ProgramChange::RulesPublished(RulesPublished { version, rules_json: rules_json.clone(), published_by: published_by.clone() })
         }
+        ProgramCommandBody::DefinePackage { package_id, name, price, points, active } => {
+            if !state.created {
+                return Err(ProgramRejection::NotCreated);
+            }
+            check_package_id(package_id)?;
+            check_text("package.name", name, REASON_BYTES_MAX)?;
+            if price.currency.len() != 3 || !price.currency.bytes().all(|b| b.is_ascii_uppercase()) {
+                return Err(FieldError::new("package.price.currency", "must be an ISO 4217 code such as EUR").into());
+            }
+            if !(1..=MONEY_MINOR_ABS_MAX).contains(&price.amount_minor) {
+                return Err(FieldError::new("package.price.amount_minor", format!("must be within 1..={MONEY_MINOR_ABS_MAX}")).into());
+            }
+            if !(1..=POINTS_PER_COMMAND_MAX).contains(points) {
+                return Err(FieldError::new("package.points", format!("must be within 1..={POINTS_PER_COMMAND_MAX}")).into());
+            }
+            ProgramChange::PackageDefined(CreditPackageDefined {
+                package_id: package_id.clone(),
+                name: name.clone(),
+                price: Some(price.clone()),
+                points: *points,
+                active: *active,
+            })
+        }
     };
     Ok(ProgramDecision::Append(vec![ProgramEvent {
         idempotency_key: command.idempotency_key.clone(),
@@ -235,6 +286,9 @@ pub fn apply_program(state: &mut ProgramState, event: &ProgramEvent) {
             rules_json: Arc::from(e.rules_json.as_str()),
             rules: parse_rules(&e.rules_json).map(Arc::from),
         }),
+        ProgramChange::PackageDefined(e) => {
+            state.packages.insert(e.package_id.clone(), e.clone());
+        }
     }
     state.version += 1;
     let rules_version = state.current_rules().map_or(0, |v| v.version);

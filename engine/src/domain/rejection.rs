@@ -59,6 +59,12 @@ pub enum Rejection {
     /// An expiry before the hold's time (another node's clock is ahead). Maps to FAILED_PRECONDITION.
     #[error("hold {hold_id:?} does not expire before {expires_at_ms} ms")]
     HoldNotDue { hold_id: String, expires_at_ms: i64 },
+    /// The program has no credit package with this id. Maps to NOT_FOUND.
+    #[error("no credit package {package_id:?} in this program")]
+    UnknownPackage { package_id: String },
+    /// The credit package is not for sale. Maps to FAILED_PRECONDITION.
+    #[error("credit package {package_id:?} is inactive")]
+    PackageInactive { package_id: String },
     /// The idempotency key was already used for a different command. Maps to ALREADY_EXISTS.
     #[error("idempotency key {key:?} was already used for a different command")]
     IdempotencyKeyReused { key: String },

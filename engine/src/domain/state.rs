@@ -88,6 +88,8 @@ pub struct WalletState {
     pub lifetime_reversed: i64,
     /// Sum of all adjustments, signed.
     pub lifetime_adjusted: i64,
+    /// Points bought with credit packages (not in `lifetime_earned`).
+    pub lifetime_purchased: i64,
     pub enrolled_at_ms: i64,
     pub last_activity_ms: i64,
     /// Number of events applied: the stream version this state reflects.
