@@ -20,8 +20,11 @@ use crate::store::{EventStore, Follower, RecordedEvent};
 
 /// Events read per batch while following the log.
 const READ_BATCH_EVENTS: usize = 4_096;
-/// Longest sleep between looks at the index, and the wait after a failed expiry before trying again.
+/// Longest sleep between looks at the index.
 const IDLE_MS: i64 = 1_000;
+/// How long a hold whose expiry failed (store unavailable, wallet quarantined) waits before another try;
+/// the other holds do not wait for it.
+const RETRY_MS: i64 = 5_000;
 
 /// What the reader tells the timer loop.
 enum Due {
@@ -125,6 +128,12 @@ impl Index {
         }
     }
 
+    /// Moves a hold's due time to `at_ms`.
+    fn postpone(&mut self, key: WalletKey, hold_id: String, at_ms: i64) {
+        self.remove(key.clone(), hold_id.clone());
+        self.apply(Due::Open { key, hold_id, at_ms });
+    }
+
     fn next_due(&self) -> Option<i64> {
         self.by_time.first().map(|(at, _, _)| *at)
     }
@@ -139,28 +148,24 @@ async fn run(mut rx: mpsc::Receiver<Due>, registry: WalletRegistry, clock: Arc<d
                 Some(due) => index.apply(due),
                 None => return,
             },
-            () = tokio::time::sleep(Duration::from_millis(wait_ms as u64)) => {
-                if !expire_due(&mut index, &registry, clock.now_ms()).await {
-                    tokio::time::sleep(Duration::from_millis(IDLE_MS as u64)).await;
-                }
-            }
+            () = tokio::time::sleep(Duration::from_millis(wait_ms as u64)) => expire_due(&mut index, &registry, clock.now_ms()).await,
         }
     }
 }
 
-/// Expires every hold due by `now_ms`. False if one failed for a reason that may pass (it stays due).
-async fn expire_due(index: &mut Index, registry: &WalletRegistry, now_ms: i64) -> bool {
+/// Expires every hold due by `now_ms`; one that fails for a reason that may pass is tried again later.
+async fn expire_due(index: &mut Index, registry: &WalletRegistry, now_ms: i64) {
     let due: Vec<(i64, WalletKey, String)> = index.by_time.iter().take_while(|(at, _, _)| *at <= now_ms).cloned().collect();
     for (_, key, hold_id) in due {
         let command = Command::new(format!("{hold_id}/expire"), CommandBody::ExpireHold { hold_id: hold_id.clone() });
         match registry.execute(&key, command, CommandMeta::default()).await {
             Ok(_) | Err(WalletError::Rejected(Rejection::NoOpenHold { .. } | Rejection::WalletClosed)) => index.remove(key, hold_id),
-            Err(WalletError::Rejected(Rejection::HoldNotDue { .. })) => return false,
+            // The wallet's clock disagrees by a hair: look again when it agrees.
+            Err(WalletError::Rejected(Rejection::HoldNotDue { expires_at_ms, .. })) => index.postpone(key, hold_id, expires_at_ms + 1),
             Err(error) => {
                 tracing::warn!(tenant = %key.tenant, wallet = %key.wallet, %hold_id, %error, "cannot expire a hold yet; retrying");
-                return false;
+                index.postpone(key, hold_id, now_ms + RETRY_MS);
             }
         }
     }
-    true
 }
