@@ -109,3 +109,27 @@ async fn holds_are_captured_voided_or_expire_even_across_a_kill_9() {
         .transactions;
     assert_eq!((history[0].kind, history[0].reference.as_str(), history[0].points), (TransactionKind::Released as i32, "pos-5", 0));
 }
+
+#[tokio::test]
+async fn the_wallet_command_line_shows_holds_and_names_every_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TallyServer::start(dir.path(), &[]);
+    let mut client = server.client().await;
+    let tally = |args: &[&str]| {
+        let output = std::process::Command::new(tally_tests::tally_binary()).args(args).args(["--server", &server.url]).output().unwrap();
+        assert!(output.status.success(), "tally {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap()
+    };
+    tally(&["wallet", "enroll", "--wallet", "cli-1", "--key", "e-1"]);
+    tally(&["wallet", "earn", "--wallet", "cli-1", "--key", "o-1", "--points", "80"]);
+    let hold = AuthorizeRedemptionRequest { wallet_id: "cli-1".into(), ..authorize("pos-1", 30, 0) };
+    client.authorize_redemption(hold).await.unwrap();
+    let shown: serde_json::Value = serde_json::from_str(&tally(&["wallet", "show", "--wallet", "cli-1", "--json"])).unwrap();
+    assert_eq!(
+        (shown["balance"].as_i64(), shown["held_points"].as_i64(), shown["available_points"].as_i64()),
+        (Some(80), Some(30), Some(50))
+    );
+    let history = tally(&["wallet", "history", "--wallet", "cli-1"]);
+    assert!(history.lines().next().unwrap().contains("held"), "{history}");
+    assert!(!history.contains("unknown"), "{history}");
+}
