@@ -3,8 +3,8 @@
 
 use prost::Message;
 use tally_proto::v1::{
-    CreditPackageDefined, EarnReversed, HoldCaptured, HoldReleased, PointsAdjusted, PointsEarned, PointsHeld, PointsPurchased,
-    PointsRedeemed, ProgramCreated, RulesPublished, WalletClosed, WalletEnrolled,
+    CreditPackageDefined, EarnReversed, ExpiryPolicySet, HoldCaptured, HoldReleased, PointsAdjusted, PointsEarned, PointsExpired,
+    PointsHeld, PointsPurchased, PointsRedeemed, ProgramCreated, RulesPublished, WalletClosed, WalletEnrolled,
 };
 
 use crate::domain::program::{ProgramChange, ProgramEvent};
@@ -39,6 +39,7 @@ pub fn encode_program(event: &ProgramEvent, metadata: &EventMetadata) -> EventDa
         ProgramChange::Created(e) => e.encode_to_vec(),
         ProgramChange::RulesPublished(e) => e.encode_to_vec(),
         ProgramChange::PackageDefined(e) => e.encode_to_vec(),
+        ProgramChange::ExpiryPolicySet(e) => e.encode_to_vec(),
     };
     let facts = CommandFacts { key: &event.idempotency_key, fingerprint: event.command_fingerprint, recorded_at_ms: event.recorded_at_ms };
     envelope(event.change.event_type(), PROGRAM_SCHEMA_VERSION, facts, metadata, payload)
@@ -57,6 +58,7 @@ pub fn decode_program(recorded: RecordedEvent) -> Result<ProgramEvent, CodecErro
         "tally.v1.ProgramCreated" => ProgramChange::Created(ProgramCreated::decode(payload).map_err(undecodable)?),
         "tally.v1.RulesPublished" => ProgramChange::RulesPublished(RulesPublished::decode(payload).map_err(undecodable)?),
         "tally.v1.CreditPackageDefined" => ProgramChange::PackageDefined(CreditPackageDefined::decode(payload).map_err(undecodable)?),
+        "tally.v1.ExpiryPolicySet" => ProgramChange::ExpiryPolicySet(ExpiryPolicySet::decode(payload).map_err(undecodable)?),
         _ => return Err(CodecError::UnknownEventType { position, event_type: data.event_type }),
     };
     Ok(ProgramEvent {
@@ -89,6 +91,7 @@ pub fn encode(event: &Event, metadata: &EventMetadata) -> EventData {
         Change::Captured(e) => e.encode_to_vec(),
         Change::Released(e) => e.encode_to_vec(),
         Change::Purchased(e) => e.encode_to_vec(),
+        Change::Expired(e) => e.encode_to_vec(),
     };
     let facts = CommandFacts { key: &event.idempotency_key, fingerprint: event.command_fingerprint, recorded_at_ms: event.recorded_at_ms };
     envelope(event.change.event_type(), WALLET_SCHEMA_VERSION, facts, metadata, payload)
@@ -134,6 +137,7 @@ pub fn decode(recorded: RecordedEvent) -> Result<Event, CodecError> {
         "tally.v1.HoldCaptured" => Change::Captured(HoldCaptured::decode(payload).map_err(undecodable)?),
         "tally.v1.HoldReleased" => Change::Released(HoldReleased::decode(payload).map_err(undecodable)?),
         "tally.v1.PointsPurchased" => Change::Purchased(PointsPurchased::decode(payload).map_err(undecodable)?),
+        "tally.v1.PointsExpired" => Change::Expired(PointsExpired::decode(payload).map_err(undecodable)?),
         _ => return Err(CodecError::UnknownEventType { position, event_type: data.event_type }),
     };
     Ok(Event {

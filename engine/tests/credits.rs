@@ -11,7 +11,7 @@ use tally_engine::domain::program::{
     ProgramCommand, ProgramCommandBody, ProgramDecision, ProgramRejection, ProgramState, apply_program, decide_program,
 };
 use tally_engine::domain::{Change, Command, CommandBody, Decision, FieldError, Money, ProgramSettings, Rejection, TenantId};
-use tally_proto::v1::PointsPurchased;
+use tally_proto::v1::{LotOpened, PointsPurchased};
 
 fn define(key: &str, id: &str, points: i64, active: bool) -> ProgramCommand {
     ProgramCommand {
@@ -62,6 +62,8 @@ fn a_purchase_credits_the_packages_points_as_purchased() {
         package_id: "p-500".into(),
         points: 550,
         price: Some(Money { amount_minor: 999, currency: "EUR".into() }),
+        // Prepaid value never expires.
+        lot: Some(LotOpened { points: 550, expires_at_ms: 0, lot: 2 }),
     };
     assert_eq!(changes, [Change::Purchased(expected)]);
     assert_eq!((wallet.state.balance, wallet.state.lifetime_purchased, wallet.state.lifetime_earned), (550, 550, 0));

@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{NOW, Wallet};
-use tally_engine::actors::{CommandMeta, HoldTimers, RegistryConfig, StaticPrograms, WalletKey, WalletRegistry};
+use tally_engine::actors::{CommandMeta, RegistryConfig, StaticPrograms, WalletKey, WalletRegistry, WalletTimers};
 use tally_engine::clock::{Clock, ManualClock};
 use tally_engine::domain::{Change, Command, CommandBody, Decision, FieldError, ProgramSettings, Rejection, TenantId, WalletId};
 use tally_engine::store::InMemoryStore;
-use tally_proto::v1::{HoldCaptured, HoldEnd, HoldReleased, PointsHeld, WalletClosed};
+use tally_proto::v1::{HoldCaptured, HoldEnd, HoldReleased, LotPoints, PointsHeld, PointsRedeemed, WalletClosed};
 
 const MINUTE: i64 = 60_000;
 
@@ -36,28 +36,41 @@ fn capture(hold: &str, points: Option<i64>) -> Command {
 fn void(hold: &str) -> Command {
     Command::new(format!("{hold}/void"), CommandBody::VoidRedemption { hold_id: hold.into() })
 }
-fn expire(hold: &str) -> Command {
-    Command::new(format!("{hold}/expire"), CommandBody::ExpireHold { hold_id: hold.into() })
+/// What the timers send: record whatever is due.
+fn run_due(key: &str) -> Command {
+    Command::new(key, CommandBody::RunDue)
 }
 fn redeem(key: &str, points: i64) -> Command {
     Command::new(key, CommandBody::Redeem { points, reward_ref: "mug".into() })
 }
+/// `points` of lot 2: the funding earn's.
+fn lot2(points: i64) -> Vec<LotPoints> {
+    vec![LotPoints { lot: 2, points }]
+}
 fn released(hold: &str, points: i64, reason: HoldEnd) -> Change {
-    Change::Released(HoldReleased { hold_id: hold.into(), points, reason: reason as i32 })
+    Change::Released(HoldReleased { hold_id: hold.into(), points, reason: reason as i32, lots: lot2(points) })
 }
 
 #[test]
 fn a_hold_takes_points_out_of_the_available_balance_and_a_capture_spends_them() {
     let mut wallet = funded();
     let held = wallet.run(authorize("pos-1", 60)).unwrap();
-    let expected = PointsHeld { hold_id: "pos-1".into(), points: 60, reward_ref: "coffee".into(), expires_at_ms: NOW + 15 * MINUTE };
+    let expected =
+        PointsHeld { hold_id: "pos-1".into(), points: 60, reward_ref: "coffee".into(), expires_at_ms: NOW + 15 * MINUTE, lots: lot2(60) };
     assert_eq!(held, [Change::Held(expected)]);
     assert_eq!((wallet.state.balance, wallet.state.held_points, wallet.state.available_at(NOW)), (100, 60, 40));
     assert_eq!(wallet.decide(&redeem("r-1", 41)), Err(Rejection::InsufficientPoints { available: 40, requested: 41 }));
     assert_eq!(wallet.decide(&authorize("pos-2", 41)), Err(Rejection::InsufficientPoints { available: 40, requested: 41 }));
 
     let captured = wallet.run(capture("pos-1", Some(50))).unwrap();
-    let expected = HoldCaptured { hold_id: "pos-1".into(), points: 50, released_points: 10, reward_ref: "coffee".into() };
+    let expected = HoldCaptured {
+        hold_id: "pos-1".into(),
+        points: 50,
+        released_points: 10,
+        reward_ref: "coffee".into(),
+        lots: lot2(50),
+        released_lots: lot2(10),
+    };
     assert_eq!(captured, [Change::Captured(expected)]);
     assert_eq!((wallet.state.balance, wallet.state.held_points, wallet.state.lifetime_redeemed), (50, 0, 50));
     assert!(matches!(wallet.decide(&capture("pos-1", Some(50))), Ok(Decision::AlreadyApplied(_))), "a repeated capture");
@@ -72,14 +85,26 @@ fn a_void_or_an_expiry_gives_the_points_back() {
     assert_eq!(wallet.run(void("pos-1")).unwrap(), [released("pos-1", 30, HoldEnd::Voided)]);
     assert!(matches!(wallet.decide(&void("pos-1")), Ok(Decision::AlreadyApplied(_))), "a repeated void");
 
-    assert_eq!(wallet.decide(&expire("pos-2")), Err(Rejection::HoldNotDue { hold_id: "pos-2".into(), expires_at_ms: NOW + 15 * MINUTE }));
+    assert_eq!(wallet.decide(&run_due("due/1")), Err(Rejection::NothingDue { next_due_ms: Some(NOW + 15 * MINUTE) }));
     wallet.now += 15 * MINUTE;
     // Once its time has passed, the hold no longer counts and cannot be captured, even before the
     // timers record its expiry.
     assert_eq!(wallet.state.available_at(wallet.now), 100);
     assert_eq!(wallet.decide(&capture("pos-2", None)), Err(Rejection::HoldExpired { hold_id: "pos-2".into() }));
-    assert_eq!(wallet.run(expire("pos-2")).unwrap(), [released("pos-2", 30, HoldEnd::Expired)]);
+    assert_eq!(wallet.run(run_due("due/2")).unwrap(), [released("pos-2", 30, HoldEnd::Expired)]);
     assert_eq!((wallet.state.balance, wallet.state.held_points), (100, 0));
+    assert_eq!(wallet.decide(&run_due("due/3")), Err(Rejection::NothingDue { next_due_ms: None }));
+}
+
+#[test]
+fn any_command_records_an_expired_hold_first() {
+    let mut wallet = funded();
+    wallet.run(authorize("pos-1", 30)).unwrap();
+    wallet.now += 15 * MINUTE;
+    let changes = wallet.run(redeem("r-1", 100)).unwrap();
+    let redeemed = Change::Redeemed(PointsRedeemed { points: 100, reward_ref: "mug".into(), lots: lot2(100) });
+    assert_eq!(changes, [released("pos-1", 30, HoldEnd::Expired), redeemed]);
+    assert_eq!((wallet.state.balance, wallet.state.held_points), (0, 0));
 }
 
 #[test]
@@ -120,7 +145,7 @@ fn closing_the_wallet_releases_open_holds_first() {
         [
             released("pos-a", 10, HoldEnd::WalletClosed),
             released("pos-b", 20, HoldEnd::WalletClosed),
-            Change::Closed(WalletClosed { reason: "gdpr".into(), forfeited_points: 100 }),
+            Change::Closed(WalletClosed { reason: "gdpr".into(), forfeited_points: 100, lots: lot2(100) }),
         ]
     );
     assert_eq!((wallet.state.held_points, wallet.state.balance, wallet.state.version), (0, 0, 7));
@@ -142,7 +167,7 @@ async fn the_timers_expire_an_uncaptured_hold_on_their_own_and_after_a_restart()
     registry.execute(&key, capture("pos-2", None), meta()).await.unwrap();
 
     // A node that went down with the hold open: new timers rebuild the index from the log.
-    let timers = HoldTimers::spawn(store.clone(), registry.clone(), clock.clone() as Arc<dyn Clock>);
+    let timers = WalletTimers::spawn(store.clone(), registry.clone(), clock.clone() as Arc<dyn Clock>);
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(registry.summary(&key).await.unwrap().held_points, 40, "not due yet");
     clock.advance_ms(15 * MINUTE);

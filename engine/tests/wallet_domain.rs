@@ -4,7 +4,7 @@ use tally_engine::domain::{
     Change, Command, CommandBody, Context, Decision, Event, FieldError, Money, ProgramSettings, Rejection, ReturnPolicy, TenantId,
     WalletId, WalletState, WalletStatus, apply, decide,
 };
-use tally_proto::v1::{EarnReversed, PointsAdjusted, PointsEarned, PointsRedeemed, WalletClosed, WalletEnrolled};
+use tally_proto::v1::{EarnReversed, LotOpened, LotPoints, PointsAdjusted, PointsEarned, PointsRedeemed, WalletClosed, WalletEnrolled};
 
 const NOW: i64 = 1_767_225_600_000;
 
@@ -81,6 +81,13 @@ fn reverse(key: &str, source: &str, points: Option<i64>) -> Command {
 fn adjust(key: &str, points: i64) -> Command {
     cmd(key, CommandBody::Adjust { points, reason: "goodwill".into(), staff_ref: "staff-9".into() })
 }
+/// `points` from lot `lot` (no expiry policy: a wallet's points are all one lot, the first credit's).
+fn from_lot(lot: u64, points: i64) -> Vec<LotPoints> {
+    vec![LotPoints { lot, points }]
+}
+fn new_lot(lot: u64, points: i64) -> Option<LotOpened> {
+    Some(LotOpened { points, expires_at_ms: 0, lot })
+}
 fn field(field: &'static str, reason: &str) -> Rejection {
     Rejection::InvalidField(FieldError::new(field, reason))
 }
@@ -114,6 +121,7 @@ fn earn_credits_points_and_remembers_the_source() {
             source_ref: "order-1".into(),
             order_amount: Some(money),
             order: None,
+            lot: new_lot(2, 120),
         })],
     );
     assert_eq!((state.balance, state.lifetime_earned), (120, 120));
@@ -158,8 +166,10 @@ fn fields_are_validated_by_name() {
 
 #[test]
 fn redeem_spends_points() {
-    let state = given(&[enroll(), earn("o-1", 100, "order-1")])
-        .then_changes(redeem("r-1", 60), &[Change::Redeemed(PointsRedeemed { points: 60, reward_ref: "coffee".into() })]);
+    let state = given(&[enroll(), earn("o-1", 100, "order-1")]).then_changes(
+        redeem("r-1", 60),
+        &[Change::Redeemed(PointsRedeemed { points: 60, reward_ref: "coffee".into(), lots: from_lot(2, 60) })],
+    );
     assert_eq!((state.balance, state.lifetime_redeemed), (40, 60));
 }
 
@@ -173,12 +183,24 @@ fn redeem_beyond_the_balance_is_insufficient_points() {
 fn adjust_moves_points_either_way_but_never_into_debt() {
     let state = given(&[enroll()]).then_changes(
         adjust("a-1", 25),
-        &[Change::Adjusted(PointsAdjusted { points: 25, reason: "goodwill".into(), staff_ref: "staff-9".into() })],
+        &[Change::Adjusted(PointsAdjusted {
+            points: 25,
+            reason: "goodwill".into(),
+            staff_ref: "staff-9".into(),
+            lot: new_lot(2, 25),
+            lots: vec![],
+        })],
     );
     assert_eq!(state.balance, 25);
     given(&[enroll(), adjust("a-1", 25)]).then_changes(
         adjust("a-2", -25),
-        &[Change::Adjusted(PointsAdjusted { points: -25, reason: "goodwill".into(), staff_ref: "staff-9".into() })],
+        &[Change::Adjusted(PointsAdjusted {
+            points: -25,
+            reason: "goodwill".into(),
+            staff_ref: "staff-9".into(),
+            lot: None,
+            lots: from_lot(2, 25),
+        })],
     );
     given(&[enroll(), adjust("a-1", 25)]).then_rejects(adjust("a-2", -26), Rejection::InsufficientPoints { available: 25, requested: 26 });
 }
@@ -195,6 +217,7 @@ fn reverse_takes_back_part_then_the_rest_of_a_source() {
             reason: "refund".into(),
             policy: ReturnPolicy::AllowNegative as i32,
             refund_amount_minor: 0,
+            lots: from_lot(2, reversed),
         })
     };
     let state = scenario.then_changes(reverse("ref-1", "order-1", Some(30)), &[reversed(30, 30)]);
@@ -231,9 +254,11 @@ fn reversal_after_spending_goes_negative_by_default() {
             reason: "refund".into(),
             policy: ReturnPolicy::AllowNegative as i32,
             refund_amount_minor: 0,
+            // The 20 left in the lot; the other 80 become a debt.
+            lots: from_lot(2, 20),
         })],
     );
-    assert_eq!(state.balance, -80);
+    assert_eq!((state.balance, state.debt), (-80, 80));
 }
 
 #[test]
@@ -249,6 +274,7 @@ fn reversal_after_spending_stops_at_zero_under_cap_at_zero_and_records_the_short
             reason: "refund".into(),
             policy: ReturnPolicy::CapAtZero as i32,
             refund_amount_minor: 0,
+            lots: from_lot(2, 20),
         })],
     );
     assert_eq!(state.balance, 0);
@@ -259,7 +285,7 @@ fn reversal_after_spending_stops_at_zero_under_cap_at_zero_and_records_the_short
 fn close_forfeits_the_balance_and_refuses_everything_after() {
     let state = given(&[enroll(), earn("o-1", 40, "order-1")]).then_changes(
         cmd("close-1", CommandBody::Close { reason: "gdpr".into() }),
-        &[Change::Closed(WalletClosed { reason: "gdpr".into(), forfeited_points: 40 })],
+        &[Change::Closed(WalletClosed { reason: "gdpr".into(), forfeited_points: 40, lots: from_lot(2, 40) })],
     );
     assert_eq!((state.status, state.balance), (WalletStatus::Closed, 0));
     let closed = || given(&[enroll(), earn("o-1", 40, "order-1"), cmd("close-1", CommandBody::Close { reason: "gdpr".into() })]);
@@ -317,6 +343,6 @@ fn apply_is_only_bookkeeping() {
     // An event the current rules would refuse still applies exactly as recorded: history is history.
     let mut state = WalletState::default();
     let event = |change| Event { idempotency_key: "k".into(), command_fingerprint: 1, recorded_at_ms: NOW, change };
-    apply(&mut state, &event(Change::Redeemed(PointsRedeemed { points: 5, reward_ref: String::new() })));
+    apply(&mut state, &event(Change::Redeemed(PointsRedeemed { points: 5, reward_ref: String::new(), lots: vec![] })));
     assert_eq!((state.balance, state.version), (-5, 1));
 }

@@ -12,9 +12,10 @@ use tally_engine::domain::{
 };
 
 const MINUTE: i64 = 60_000;
+const DAY: i64 = 24 * 60 * MINUTE;
 
 /// A program whose rules pay per euro, a capped daily bonus and a first-order bonus.
-fn program(return_policy: ReturnPolicy) -> ProgramSettings {
+fn program(return_policy: ReturnPolicy, expiry: ExpiryPolicy) -> ProgramSettings {
     let json = r#"[{"id":"base","actions":[{"type":"points_per_currency_unit","points":1,"unit_minor":100}]},
         {"id":"daily","actions":[{"type":"points","amount":40}],"caps":{"per_customer":{"points":100,"period":"day"}}},
         {"id":"welcome","conditions":{"type":"first_order"},"actions":[{"type":"points","amount":25}]}]"#;
@@ -38,6 +39,7 @@ fn program(return_policy: ReturnPolicy) -> ProgramSettings {
         utc_offset_minutes: 0,
         rule_versions: std::sync::Arc::new([version]),
         packages: std::sync::Arc::new(packages),
+        expiry,
     }
 }
 
@@ -53,7 +55,10 @@ fn order(id: u8, total_minor: i64) -> Order {
     }
 }
 use tally_engine::store::{EventMetadata, RecordedEvent, StreamId};
-use tally_proto::v1::CreditPackageDefined;
+use tally_proto::v1::expiry_policy::Rule;
+use tally_proto::v1::{
+    CreditPackageDefined, ExpireAfter, ExpireOnDate, ExpiryPolicy, LotPoints, PointsAdjusted, PointsEarned, PointsPurchased,
+};
 
 fn body() -> impl Strategy<Value = CommandBody> {
     let source = (0..4u8).prop_map(|s| format!("order-{s}"));
@@ -87,7 +92,7 @@ fn body() -> impl Strategy<Value = CommandBody> {
         }),
         2 => (0..4u8, proptest::option::of(1..300i64)).prop_map(|(id, points)| CommandBody::CaptureRedemption { hold_id: format!("hold-{id}"), points }),
         1 => (0..4u8).prop_map(|id| CommandBody::VoidRedemption { hold_id: format!("hold-{id}") }),
-        1 => (0..4u8).prop_map(|id| CommandBody::ExpireHold { hold_id: format!("hold-{id}") }),
+        1 => Just(CommandBody::RunDue),
         2 => (0..6u8, prop_oneof![Just("p-on"), Just("p-off"), Just("p-none")]).prop_map(|(id, package)| CommandBody::PurchaseCredits {
             purchase_id: format!("pay-{id}"),
             package_id: package.into()
@@ -117,14 +122,50 @@ fn policy() -> impl Strategy<Value = ReturnPolicy> {
     prop_oneof![Just(ReturnPolicy::AllowNegative), Just(ReturnPolicy::CapAtZero)]
 }
 
+fn expiry() -> impl Strategy<Value = ExpiryPolicy> {
+    let after = |months, days, at_month_end| ExpiryPolicy { rule: Some(Rule::After(ExpireAfter { months, days, at_month_end })) };
+    prop_oneof![
+        Just(ExpiryPolicy::default()),
+        Just(after(0, 2, false)),
+        Just(after(0, 5, false)),
+        Just(after(0, 0, true)),
+        Just(ExpiryPolicy { rule: Some(Rule::OnDate(ExpireOnDate { month: 3, day: 10, years_later: 0 })) }),
+    ]
+}
+
+/// How far the clock moves before each step: holds time out after minutes, lots expire after days.
+fn ticks() -> impl Strategy<Value = Vec<i64>> {
+    prop::collection::vec(prop_oneof![Just(MINUTE), Just(60 * MINUTE), Just(DAY), Just(3 * DAY)], 81)
+}
+
+/// The lots a debit of `points` must take: unheld points, soonest expiry first (never-expiring last),
+/// then oldest first — written out again here as the oracle.
+fn soonest_first(state: &WalletState, points: i64) -> Vec<LotPoints> {
+    let mut lots: Vec<(i64, u64, i64)> =
+        state.lots().filter(|(_, lot)| lot.points > 0).map(|(id, lot)| (lot.expires_at_ms.unwrap_or(i64::MAX), id, lot.points)).collect();
+    lots.sort_unstable();
+    let mut left = points;
+    let mut taken = Vec::new();
+    for (_, lot, available) in lots {
+        if left == 0 {
+            break;
+        }
+        taken.push(LotPoints { lot, points: available.min(left) });
+        left -= available.min(left);
+    }
+    taken
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
     #[test]
-    fn random_histories_keep_every_invariant(steps in steps(), policy in policy()) {
+    fn random_histories_keep_every_invariant(steps in steps(), policy in policy(), expiry in expiry(), ticks in ticks()) {
         let tenant = TenantId::parse("t").unwrap();
         let wallet = WalletId::parse("w").unwrap();
-        let program = program(policy);
+        let program = program(policy, expiry);
+        let mut lot_expiry: HashMap<u64, i64> = HashMap::new();
+        let mut now_ms = 1_772_636_400_000;
         let mut state = WalletState::default();
         let mut log: Vec<Event> = Vec::new();
         let mut accepted: Vec<(Command, WalletState)> = Vec::new();
@@ -138,12 +179,39 @@ proptest! {
             sent.push(command);
         }
         for (step, command) in sent.iter().enumerate() {
-            // A minute per step: holds expire, daily caps roll over.
-            let ctx = Context { tenant: &tenant, wallet: &wallet, now_ms: 1_772_636_400_000 + step as i64 * MINUTE, program: &program };
+            now_ms += ticks[step];
+            let ctx = Context { tenant: &tenant, wallet: &wallet, now_ms, program: &program };
             match decide(&state, command, &ctx) {
                 Ok(Decision::Append(events)) => {
                     for event in &events {
+                        // Debits take unheld points soonest expiry first (a reversal its own order's first).
+                        match &event.change {
+                            Change::Redeemed(e) => prop_assert_eq!(&e.lots, &soonest_first(&state, e.points)),
+                            Change::Held(e) => prop_assert_eq!(&e.lots, &soonest_first(&state, e.points)),
+                            Change::Adjusted(e) if e.points < 0 => prop_assert_eq!(&e.lots, &soonest_first(&state, -e.points)),
+                            _ => {}
+                        }
                         apply(&mut state, event);
+                        match &event.change {
+                            Change::Earned(PointsEarned { lot: Some(lot), .. })
+                            | Change::Adjusted(PointsAdjusted { lot: Some(lot), .. })
+                            | Change::Purchased(PointsPurchased { lot: Some(lot), .. }) if lot.points > 0 => {
+                                let expires = *lot_expiry.entry(lot.lot).or_insert(lot.expires_at_ms);
+                                prop_assert_eq!(expires, lot.expires_at_ms, "points join only a lot that expires with them");
+                                prop_assert!(lot.expires_at_ms == 0 || lot.expires_at_ms > now_ms);
+                            }
+                            // Nothing expires early, and each expiry names its lot's own time.
+                            Change::Expired(e) => {
+                                prop_assert_eq!(Some(&e.expired_at_ms), lot_expiry.get(&e.lot));
+                                prop_assert!(e.expired_at_ms <= now_ms);
+                            }
+                            _ => {}
+                        }
+                        // The balance is always its lots (held ones included) less the debt.
+                        let lots: i64 = state.lots().map(|(_, lot)| lot.points + lot.held).sum();
+                        prop_assert_eq!(state.balance, lots - state.debt, "{:?}", state);
+                        prop_assert!(state.debt >= 0 && state.lots().all(|(_, lot)| lot.points >= 0 && lot.held >= 0));
+                        prop_assert_eq!(state.held_points, state.lots().map(|(_, lot)| lot.held).sum::<i64>());
                         prop_assert!(policy != ReturnPolicy::CapAtZero || state.balance >= 0, "cap-at-zero went negative: {state:?}");
                         if let Change::Reversed(r) = &event.change {
                             prop_assert_eq!(r.requested_points, r.reversed_points + r.shortfall_points);
@@ -152,6 +220,10 @@ proptest! {
                     }
                     log.extend(events);
                     accepted.push((command.clone(), state.clone()));
+                    // Nothing expires late: once a command is decided, no lot past its expiry keeps points,
+                    // and no hold past its timeout stays open.
+                    prop_assert!(state.lots().all(|(_, lot)| lot.points == 0 || lot.expires_at_ms.is_none_or(|at| at > now_ms)));
+                    prop_assert!(state.holds().all(|(_, hold)| hold.expires_at_ms > now_ms));
                     // An immediate retry returns the outcome just recorded and changes nothing.
                     let retry = decide(&state, command, &ctx);
                     let Ok(Decision::AlreadyApplied(receipt)) = retry else { panic!("retry of {command:?} gave {retry:?}") };
@@ -222,6 +294,8 @@ proptest! {
         let purchased: Vec<_> = log.iter().filter_map(|e| if let Change::Purchased(p) = &e.change { Some(p) } else { None }).collect();
         prop_assert!(purchased.iter().all(|p| p.package_id == "p-on" && p.points == 150));
         prop_assert_eq!(state.lifetime_purchased, purchased.iter().map(|p| p.points).sum::<i64>());
+        let expired: i64 = log.iter().map(|e| if let Change::Expired(x) = &e.change { x.points } else { 0 }).sum();
+        prop_assert_eq!(state.lifetime_expired, expired);
         if state.status == WalletStatus::Closed {
             prop_assert_eq!(state.held_points, 0, "closing releases every hold");
             prop_assert!(matches!(log.last().map(|e| &e.change), Some(Change::Closed(_))), "nothing after close");

@@ -72,6 +72,7 @@ fn response(tenant: &TenantId, state: &ProgramState, replayed: Option<u32>) -> p
                 active: p.active,
             })
             .collect(),
+        expiry_policy: Some(state.expiry),
     }
 }
 
@@ -131,6 +132,12 @@ impl AdminService for AdminApi {
             points: package.points,
             active: package.active,
         };
+        self.execute(&r.tenant_id, r.idempotency_key, body).await
+    }
+
+    async fn set_expiry_policy(&self, request: Request<pb::SetExpiryPolicyRequest>) -> Result<Response<pb::ProgramResponse>, Status> {
+        let r = request.into_inner();
+        let body = ProgramCommandBody::SetExpiryPolicy { policy: r.policy.unwrap_or_default(), set_by: r.set_by };
         self.execute(&r.tenant_id, r.idempotency_key, body).await
     }
 

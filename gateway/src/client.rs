@@ -52,9 +52,17 @@ struct WalletView {
     lifetime_redeemed: i64,
     lifetime_reversed: i64,
     lifetime_adjusted: i64,
+    lifetime_expired: i64,
+    upcoming_expiries: Vec<ExpiryView>,
     enrolled_at: Option<String>,
     last_activity_at: Option<String>,
     version: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct ExpiryView {
+    expires_at: Option<String>,
+    points: i64,
 }
 
 #[derive(Debug, Serialize)]
@@ -69,6 +77,8 @@ struct TransactionView {
     idempotency_key: String,
     shortfall_points: i64,
     order_amount: Option<MoneyView>,
+    /// For credits: when the lot they opened expires.
+    expires_at: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -114,6 +124,7 @@ fn kind_name(kind: i32) -> &'static str {
         Ok(TransactionKind::Captured) => "captured",
         Ok(TransactionKind::Released) => "released",
         Ok(TransactionKind::Purchased) => "purchased",
+        Ok(TransactionKind::Expired) => "expired",
         _ => "unknown",
     }
 }
@@ -132,6 +143,12 @@ fn wallet_view(w: Wallet) -> WalletView {
         lifetime_redeemed: w.lifetime_redeemed,
         lifetime_reversed: w.lifetime_reversed,
         lifetime_adjusted: w.lifetime_adjusted,
+        lifetime_expired: w.lifetime_expired,
+        upcoming_expiries: w
+            .upcoming_expiries
+            .into_iter()
+            .map(|e| ExpiryView { expires_at: e.expires_at.map(|t| t.to_string()), points: e.points })
+            .collect(),
         enrolled_at: w.enrolled_at.map(|t| t.to_string()),
         last_activity_at: w.last_activity_at.map(|t| t.to_string()),
         version: w.version,
@@ -150,12 +167,13 @@ fn transaction_view(t: Transaction) -> TransactionView {
         idempotency_key: t.idempotency_key,
         shortfall_points: t.shortfall_points,
         order_amount: t.order_amount.map(|m| MoneyView { amount_minor: m.amount_minor, currency: m.currency }),
+        expires_at: t.expires_at.map(|t| t.to_string()),
     }
 }
 
 fn render_wallet(w: &WalletView) -> String {
-    format!(
-        "{}/{} ({}, customer {:?})\n  balance   {}\n  held      {}\n  available {}\n  earned    {}\n  purchased {}\n  redeemed  {}\n  reversed  {}\n  adjusted  {}\n  enrolled  {}\n  last move {}\n  version   {}",
+    let mut out = format!(
+        "{}/{} ({}, customer {:?})\n  balance   {}\n  held      {}\n  available {}\n  earned    {}\n  purchased {}\n  redeemed  {}\n  reversed  {}\n  adjusted  {}\n  expired   {}\n  enrolled  {}\n  last move {}\n  version   {}",
         w.tenant_id,
         w.wallet_id,
         w.status,
@@ -168,10 +186,15 @@ fn render_wallet(w: &WalletView) -> String {
         w.lifetime_redeemed,
         w.lifetime_reversed,
         w.lifetime_adjusted,
+        w.lifetime_expired,
         w.enrolled_at.as_deref().unwrap_or("-"),
         w.last_activity_at.as_deref().unwrap_or("-"),
         w.version
-    )
+    );
+    for expiry in &w.upcoming_expiries {
+        let _ = write!(out, "\n  expiring  {} on {}", expiry.points, expiry.expires_at.as_deref().unwrap_or("-"));
+    }
+    out
 }
 
 fn render_transaction(t: &TransactionView) -> String {
@@ -182,6 +205,9 @@ fn render_transaction(t: &TransactionView) -> String {
     }
     if t.shortfall_points != 0 {
         let _ = write!(line, "  shortfall {}", t.shortfall_points);
+    }
+    if let Some(at) = &t.expires_at {
+        let _ = write!(line, "  expires {at}");
     }
     line
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use clap::Parser;
 use std::path::Path;
 
-use tally_engine::actors::{CommandMeta, HoldTimers, NoSnapshots, ProgramBook, Programs, Snapshots, WalletRegistry};
+use tally_engine::actors::{CommandMeta, NoSnapshots, ProgramBook, Programs, Snapshots, WalletRegistry, WalletTimers};
 use tally_engine::clock::SystemClock;
 use tally_engine::domain::program::{ProgramCommand, ProgramCommandBody};
 use tally_engine::domain::{ProgramSettings, TenantId};
@@ -177,7 +177,7 @@ async fn serve(settings: ServeSettings) -> Result<(), Box<dyn std::error::Error>
     let registry =
         WalletRegistry::start_with_snapshots(settings.registry.clone(), Arc::clone(&store), programs.clone(), clock.clone(), snapshots)
             .await?;
-    let timers = HoldTimers::spawn(Arc::clone(&store), registry.clone(), clock);
+    let timers = WalletTimers::spawn(Arc::clone(&store), registry.clone(), clock);
     let listener =
         tokio::net::TcpListener::bind(settings.listen).await.map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;
     let address = listener.local_addr()?;

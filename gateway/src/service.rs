@@ -147,8 +147,14 @@ fn wallet(key: &WalletKey, summary: &WalletSummary) -> Wallet {
         last_activity_at: timestamp(summary.last_activity_ms),
         version: summary.version,
         held_points: summary.held_points,
-        available_points: (summary.balance - summary.held_points).max(0),
+        available_points: summary.available_points,
         lifetime_purchased: summary.lifetime_purchased,
+        lifetime_expired: summary.lifetime_expired,
+        upcoming_expiries: summary
+            .upcoming_expiries
+            .iter()
+            .map(|(at, points)| tally_proto::v1::UpcomingExpiry { expires_at: timestamp(*at), points: *points })
+            .collect(),
     }
 }
 
@@ -176,6 +182,24 @@ pub(crate) fn transaction(stored: &StoredWalletEvent) -> Transaction {
         Change::Captured(e) => (TransactionKind::Captured, "", e.hold_id.as_str(), 0, None),
         Change::Released(e) => (TransactionKind::Released, "", e.hold_id.as_str(), 0, None),
         Change::Purchased(e) => (TransactionKind::Purchased, e.package_id.as_str(), e.purchase_id.as_str(), 0, e.price.clone()),
+        Change::Expired(_) => (TransactionKind::Expired, "", "", 0, None),
+    };
+    let opened = match change {
+        Change::Earned(e) => e.lot.as_ref(),
+        Change::Adjusted(e) => e.lot.as_ref(),
+        Change::Purchased(e) => e.lot.as_ref(),
+        _ => None,
+    };
+    let lots = match change {
+        Change::Redeemed(e) => e.lots.clone(),
+        Change::Adjusted(e) => e.lots.clone(),
+        Change::Reversed(e) => e.lots.clone(),
+        Change::Closed(e) => e.lots.clone(),
+        Change::Held(e) => e.lots.clone(),
+        Change::Captured(e) => e.lots.clone(),
+        Change::Released(e) => e.lots.clone(),
+        Change::Expired(e) => vec![tally_proto::v1::LotPoints { lot: e.lot, points: e.points }],
+        Change::Enrolled(_) | Change::Earned(_) | Change::Purchased(_) => Vec::new(),
     };
     let held_points = match change {
         Change::Held(e) => e.points,
@@ -205,6 +229,8 @@ pub(crate) fn transaction(stored: &StoredWalletEvent) -> Transaction {
         idempotency_key: idempotency_key.clone(),
         shortfall_points: shortfall,
         order_amount,
+        expires_at: opened.and_then(|lot| timestamp(lot.expires_at_ms)),
+        lots,
     }
 }
 

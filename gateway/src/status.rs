@@ -47,7 +47,8 @@ pub fn from_rejection(rejection: &Rejection) -> Status {
         Rejection::NoOpenHold { .. } => precondition("HOLD_NOT_OPEN", "hold_id", message),
         Rejection::HoldExpired { .. } => precondition("HOLD_EXPIRED", "hold_id", message),
         Rejection::CaptureExceedsHold { .. } => precondition("CAPTURE_EXCEEDS_HOLD", "points", message),
-        Rejection::HoldNotDue { .. } => precondition("HOLD_NOT_DUE", "hold_id", message),
+        // Only the engine's own timers send RunDue.
+        Rejection::NothingDue { .. } => precondition("NOTHING_DUE", "wallet_id", message),
         Rejection::UnknownPackage { .. } => {
             Status::with_error_details(Code::NotFound, message.clone(), ErrorDetails::with_bad_request_violation("package_id", message))
         }

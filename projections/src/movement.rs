@@ -31,6 +31,8 @@ pub enum MovementKind {
     Release,
     /// Points bought with a credit package: purchased, not earned.
     Purchase,
+    /// What was left of a lot of points expired.
+    Expire,
 }
 
 impl MovementKind {
@@ -46,6 +48,7 @@ impl MovementKind {
             Self::Hold => "hold",
             Self::Release => "release",
             Self::Purchase => "purchase",
+            Self::Expire => "expire",
         }
     }
 }
@@ -129,6 +132,8 @@ pub fn decode_batch(events: Vec<RecordedEvent>) -> Result<Vec<Movement>, Project
             Change::Captured(e) => (MovementKind::Redeem, String::new(), e.reward_ref),
             Change::Released(e) => (MovementKind::Release, String::new(), e.hold_id),
             Change::Purchased(e) => (MovementKind::Purchase, e.package_id, e.purchase_id),
+            // The reference names the lot: the stream version of the event that opened it.
+            Change::Expired(e) => (MovementKind::Expire, String::new(), format!("lot:{}", e.lot)),
         };
         movements.push(Movement {
             position,

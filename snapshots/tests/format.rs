@@ -33,7 +33,8 @@ fn history(bodies: &[CommandBody]) -> Vec<Event> {
     events
 }
 
-/// A program with a per-customer capped rule, so snapshots carry rule usage too.
+/// A program with a per-customer capped rule and points that expire at the end of the month, so
+/// snapshots carry rule usage and lots with an expiry too.
 fn program() -> ProgramSettings {
     let json = r#"[{"id":"base","actions":[{"type":"points_per_currency_unit","points":1,"unit_minor":100}]},
         {"id":"weekly","actions":[{"type":"points","amount":50}],"caps":{"per_customer":{"points":80,"period":"week"}}}]"#;
@@ -48,7 +49,10 @@ fn program() -> ProgramSettings {
         active: true,
     };
     let packages = Arc::new([("p-500".to_owned(), package)].into_iter().collect());
-    ProgramSettings { rule_versions: Arc::new([version]), packages, ..ProgramSettings::default() }
+    let expiry = tally_engine::domain::ExpiryPolicy {
+        rule: Some(tally_proto::v1::expiry_policy::Rule::After(tally_proto::v1::ExpireAfter { months: 0, days: 0, at_month_end: true })),
+    };
+    ProgramSettings { rule_versions: Arc::new([version]), packages, expiry, ..ProgramSettings::default() }
 }
 
 fn order(id: &str, total_minor: i64) -> CommandBody {
@@ -90,8 +94,10 @@ fn golden_history() -> Vec<Event> {
 
 #[test]
 fn the_format_matches_its_golden_file() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/wallet_state_v2.bin");
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/wallet_state_v3.bin");
     let state = fold(&golden_history());
+    // Lots: January's earnings (month end), the purchase (never), part of January's held.
+    assert_eq!(state.lots().map(|(_, lot)| (lot.expires_at_ms, lot.held)).collect::<Vec<_>>(), [(Some(1_769_904_000_000), 20), (None, 0)]);
     assert_eq!((state.orders_placed, state.source("order-3").unwrap().refunded_minor), (2, 1_000), "every command was accepted");
     assert_eq!((state.held_points, state.lifetime_purchased), (20, 500));
     assert_eq!(
@@ -113,8 +119,10 @@ fn the_format_matches_its_golden_file() {
 
 #[test]
 fn snapshots_of_an_older_format_are_refused() {
-    let v1 = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/wallet_state_v1.bin")).unwrap();
-    assert_eq!(format::decode(&v1), Err(FormatError::UnknownVersion(1)), "the wallet then replays its stream");
+    for (version, file) in [(1, "wallet_state_v1.bin"), (2, "wallet_state_v2.bin")] {
+        let old = std::fs::read(format!("{}/tests/golden/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        assert_eq!(format::decode(&old), Err(FormatError::UnknownVersion(version)), "the wallet then replays its stream");
+    }
 }
 
 #[test]

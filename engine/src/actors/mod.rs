@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 pub use programs::{ProgramBook, ProgramError, ProgramOutcome};
 pub use registry::{RegistryConfig, RegistryStats, WalletRegistry};
-pub use timers::HoldTimers;
+pub use timers::WalletTimers;
 
 use crate::codec::CodecError;
 use crate::domain::{Event, ProgramSettings, Rejection, TenantId, WalletId, WalletState, WalletStatus};
@@ -146,7 +146,12 @@ pub struct WalletSummary {
     pub version: u64,
     /// Points held by open POS holds (until released, expired ones too).
     pub held_points: i64,
+    /// What can be spent now (never below zero).
+    pub available_points: i64,
     pub lifetime_purchased: i64,
+    pub lifetime_expired: i64,
+    /// `(when, points)` of the soonest expiries, at most five.
+    pub upcoming_expiries: Vec<(i64, i64)>,
 }
 
 #[derive(Debug, thiserror::Error)]

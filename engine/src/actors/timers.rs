@@ -1,14 +1,17 @@
 //! Time-driven wallet transitions: a due-time index derived from the log, not a scan of all wallets.
 //!
-//! A reader task follows the log and keeps, for every open POS hold, when it expires (`PointsHeld` adds
-//! it, `HoldCaptured` / `HoldReleased` remove it). The timer loop sleeps until the earliest due time and
-//! then sends the wallet an `ExpireHold` command with a key derived from the hold id, so a repeat — a
-//! restart, or another node doing the same — changes nothing. The index is rebuilt from the log at start.
+//! A reader task follows the log and folds, per wallet, what can come due by itself: open POS holds
+//! (until their timeout) and lots of points with an expiry (their unheld points). Every event a wallet
+//! records moves that wallet's next due time in the index. The timer loop sleeps until the earliest one
+//! and sends the wallet `RunDue`, which records whatever is due then (holds released, lots expired); a
+//! repeat — a restart, another node, a stale index — finds nothing due and says when the next thing is.
+//! The index is rebuilt from the log at start.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tally_proto::v1::{LotOpened, LotPoints};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -22,25 +25,26 @@ use crate::store::{EventStore, Follower, RecordedEvent};
 const READ_BATCH_EVENTS: usize = 4_096;
 /// Longest sleep between looks at the index.
 const IDLE_MS: i64 = 1_000;
-/// How long a hold whose expiry failed (store unavailable, wallet quarantined) waits before another try;
-/// the other holds do not wait for it.
+/// How long a wallet whose transitions failed (store unavailable, wallet quarantined) waits before
+/// another try; the other wallets do not wait for it.
 const RETRY_MS: i64 = 5_000;
 
-/// What the reader tells the timer loop.
-enum Due {
-    Open { key: WalletKey, hold_id: String, at_ms: i64 },
-    Closed { key: WalletKey, hold_id: String },
+/// What the reader tells the timer loop: when `key` next has something due (`None`: nothing).
+struct Due {
+    key: WalletKey,
+    at_ms: Option<i64>,
 }
 
 /// The running timers; dropping this stops them.
 #[derive(Debug)]
-pub struct HoldTimers {
+pub struct WalletTimers {
     reader: JoinHandle<()>,
     timer: JoinHandle<()>,
 }
 
-impl HoldTimers {
-    /// Follows `store` from its beginning and expires holds through `registry` when their time comes.
+impl WalletTimers {
+    /// Follows `store` from its beginning and runs wallets' due transitions through `registry` when their
+    /// time comes.
     pub fn spawn(store: Arc<dyn EventStore>, registry: WalletRegistry, clock: Arc<dyn Clock>) -> Self {
         let (tx, rx) = mpsc::channel(READ_BATCH_EVENTS);
         let reader = tokio::spawn(read(store, tx));
@@ -48,48 +52,124 @@ impl HoldTimers {
         Self { reader, timer }
     }
 
-    /// Stops both tasks. An expiry in flight is abandoned; it is idempotent, so whoever runs next redoes it.
+    /// Stops both tasks. A transition in flight is abandoned; whoever runs next redoes it.
     pub fn stop(&self) {
         self.reader.abort();
         self.timer.abort();
     }
 }
 
-impl Drop for HoldTimers {
+impl Drop for WalletTimers {
     fn drop(&mut self) {
         self.stop();
     }
 }
 
-fn hold_event(recorded: RecordedEvent) -> Option<Due> {
-    let kind = recorded.data.event_type.as_str();
-    if !matches!(kind, "tally.v1.PointsHeld" | "tally.v1.HoldCaptured" | "tally.v1.HoldReleased") {
+/// What of one wallet can come due by itself.
+#[derive(Default)]
+struct Schedule {
+    /// Open holds' timeouts.
+    holds: HashMap<String, i64>,
+    /// Lots with an expiry: `(unheld points, held points, expires at)`.
+    lots: BTreeMap<u64, (i64, i64, i64)>,
+}
+
+impl Schedule {
+    fn due(&self) -> Option<i64> {
+        let holds = self.holds.values().copied();
+        let lots = self.lots.values().filter(|(points, _, _)| *points > 0).map(|(_, _, at)| *at);
+        holds.chain(lots).min()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.holds.is_empty() && self.lots.is_empty()
+    }
+
+    fn open(&mut self, lot: Option<&LotOpened>) {
+        if let Some(lot) = lot.filter(|lot| lot.points > 0 && lot.expires_at_ms != 0) {
+            self.lots.entry(lot.lot).or_insert((0, 0, lot.expires_at_ms)).0 += lot.points;
+        }
+    }
+
+    /// Moves points of tracked lots: `unheld` and `held` are added to each lot's counts times the lot's
+    /// points.
+    fn shift(&mut self, lots: &[LotPoints], unheld: i64, held: i64) {
+        for moved in lots {
+            if let Some(lot) = self.lots.get_mut(&moved.lot) {
+                lot.0 += unheld * moved.points;
+                lot.1 += held * moved.points;
+                if lot.0 <= 0 && lot.1 <= 0 {
+                    self.lots.remove(&moved.lot);
+                }
+            }
+        }
+    }
+
+    /// Folds one event; false once the wallet is closed.
+    fn fold(&mut self, change: &Change) -> bool {
+        match change {
+            Change::Enrolled(_) => {}
+            Change::Earned(e) => self.open(e.lot.as_ref()),
+            Change::Adjusted(e) => {
+                self.open(e.lot.as_ref());
+                self.shift(&e.lots, -1, 0);
+            }
+            Change::Purchased(e) => self.open(e.lot.as_ref()),
+            Change::Redeemed(e) => self.shift(&e.lots, -1, 0),
+            Change::Reversed(e) => self.shift(&e.lots, -1, 0),
+            Change::Expired(e) => self.shift(&[LotPoints { lot: e.lot, points: e.points }], -1, 0),
+            Change::Held(e) => {
+                self.holds.insert(e.hold_id.clone(), e.expires_at_ms);
+                self.shift(&e.lots, -1, 1);
+            }
+            Change::Captured(e) => {
+                self.holds.remove(&e.hold_id);
+                self.shift(&e.lots, 0, -1);
+                self.shift(&e.released_lots, 1, -1);
+            }
+            Change::Released(e) => {
+                self.holds.remove(&e.hold_id);
+                self.shift(&e.lots, 1, -1);
+            }
+            Change::Closed(_) => return false,
+        }
+        true
+    }
+}
+
+/// Folds one recorded event into its wallet's schedule; the wallet's new due time if it may have moved.
+fn fold(schedules: &mut HashMap<WalletKey, Schedule>, recorded: RecordedEvent) -> Option<Due> {
+    if recorded.data.event_type == "tally.v1.WalletEnrolled" {
         return None;
     }
     let (tenant, wallet) = codec::wallet_of(recorded.stream_id.as_str())?;
     let key = WalletKey::new(tenant, wallet);
     let stream = recorded.stream_id.clone();
-    match codec::decode(recorded) {
-        Ok(event) => match event.change {
-            Change::Held(e) => Some(Due::Open { key, hold_id: e.hold_id, at_ms: e.expires_at_ms }),
-            Change::Captured(e) => Some(Due::Closed { key, hold_id: e.hold_id }),
-            Change::Released(e) => Some(Due::Closed { key, hold_id: e.hold_id }),
-            _ => None,
-        },
+    let event = match codec::decode(recorded) {
+        Ok(event) => event,
         Err(error) => {
-            // The wallet itself refuses to load such a history, so nothing can be expired there anyway.
-            tracing::error!(%stream, %error, "hold timers cannot read an event; its hold will not expire");
-            None
+            // The wallet itself refuses to load such a history, so nothing can happen there anyway.
+            tracing::error!(%stream, %error, "wallet timers cannot read an event; the wallet's transitions wait for a repair");
+            return None;
         }
+    };
+    let schedule = schedules.entry(key.clone()).or_default();
+    let before = schedule.due();
+    let open = schedule.fold(&event.change);
+    let at_ms = if open { schedule.due() } else { None };
+    if !open || schedule.is_empty() {
+        schedules.remove(&key);
     }
+    (at_ms != before || !open).then_some(Due { key, at_ms })
 }
 
 async fn read(store: Arc<dyn EventStore>, tx: mpsc::Sender<Due>) {
     let mut follower = Follower::new(store, 0);
+    let mut schedules = HashMap::new();
     loop {
         match follower.next_batch(READ_BATCH_EVENTS).await {
             Ok(Some(events)) => {
-                for due in events.into_iter().filter_map(hold_event) {
+                for due in events.into_iter().filter_map(|event| fold(&mut schedules, event)) {
                     if tx.send(due).await.is_err() {
                         return;
                     }
@@ -97,45 +177,34 @@ async fn read(store: Arc<dyn EventStore>, tx: mpsc::Sender<Due>) {
             }
             Ok(None) => return,
             Err(error) => {
-                tracing::warn!(%error, at = follower.next_position(), "hold timers cannot read the log; retrying");
+                tracing::warn!(%error, at = follower.next_position(), "wallet timers cannot read the log; retrying");
                 tokio::time::sleep(Duration::from_millis(IDLE_MS as u64)).await;
             }
         }
     }
 }
 
-/// Open holds by due time, and the due time of each.
+/// Wallets by next due time.
 #[derive(Default)]
 struct Index {
-    by_time: BTreeSet<(i64, WalletKey, String)>,
-    by_hold: HashMap<(WalletKey, String), i64>,
+    by_time: BTreeSet<(i64, WalletKey)>,
+    by_wallet: HashMap<WalletKey, i64>,
 }
 
 impl Index {
-    fn apply(&mut self, due: Due) {
-        match due {
-            Due::Open { key, hold_id, at_ms } => {
-                self.by_time.insert((at_ms, key.clone(), hold_id.clone()));
-                self.by_hold.insert((key, hold_id), at_ms);
-            }
-            Due::Closed { key, hold_id } => self.remove(key, hold_id),
+    /// Sets when `key` is next due (`None`: never).
+    fn set(&mut self, key: WalletKey, at_ms: Option<i64>) {
+        if let Some(old) = self.by_wallet.remove(&key) {
+            self.by_time.remove(&(old, key.clone()));
         }
-    }
-
-    fn remove(&mut self, key: WalletKey, hold_id: String) {
-        if let Some(at_ms) = self.by_hold.remove(&(key.clone(), hold_id.clone())) {
-            self.by_time.remove(&(at_ms, key, hold_id));
+        if let Some(at_ms) = at_ms {
+            self.by_time.insert((at_ms, key.clone()));
+            self.by_wallet.insert(key, at_ms);
         }
-    }
-
-    /// Moves a hold's due time to `at_ms`.
-    fn postpone(&mut self, key: WalletKey, hold_id: String, at_ms: i64) {
-        self.remove(key.clone(), hold_id.clone());
-        self.apply(Due::Open { key, hold_id, at_ms });
     }
 
     fn next_due(&self) -> Option<i64> {
-        self.by_time.first().map(|(at, _, _)| *at)
+        self.by_time.first().map(|(at, _)| *at)
     }
 }
 
@@ -145,26 +214,29 @@ async fn run(mut rx: mpsc::Receiver<Due>, registry: WalletRegistry, clock: Arc<d
         let wait_ms = index.next_due().map_or(IDLE_MS, |at| (at - clock.now_ms()).clamp(0, IDLE_MS));
         tokio::select! {
             due = rx.recv() => match due {
-                Some(due) => index.apply(due),
+                Some(Due { key, at_ms }) => index.set(key, at_ms),
                 None => return,
             },
-            () = tokio::time::sleep(Duration::from_millis(wait_ms as u64)) => expire_due(&mut index, &registry, clock.now_ms()).await,
+            () = tokio::time::sleep(Duration::from_millis(wait_ms as u64)) => run_due(&mut index, &registry, clock.now_ms()).await,
         }
     }
 }
 
-/// Expires every hold due by `now_ms`; one that fails for a reason that may pass is tried again later.
-async fn expire_due(index: &mut Index, registry: &WalletRegistry, now_ms: i64) {
-    let due: Vec<(i64, WalletKey, String)> = index.by_time.iter().take_while(|(at, _, _)| *at <= now_ms).cloned().collect();
-    for (_, key, hold_id) in due {
-        let command = Command::new(format!("{hold_id}/expire"), CommandBody::ExpireHold { hold_id: hold_id.clone() });
+/// Runs the transitions of every wallet due by `now_ms`; one that fails for a reason that may pass is
+/// tried again later.
+async fn run_due(index: &mut Index, registry: &WalletRegistry, now_ms: i64) {
+    let due: Vec<WalletKey> = index.by_time.iter().take_while(|(at, _)| *at <= now_ms).map(|(_, key)| key.clone()).collect();
+    for key in due {
+        // Any key works: a wallet with nothing due records nothing. This one tells the log who acted.
+        let command = Command::new(format!("due/{now_ms}"), CommandBody::RunDue);
         match registry.execute(&key, command, CommandMeta::default()).await {
-            Ok(_) | Err(WalletError::Rejected(Rejection::NoOpenHold { .. } | Rejection::WalletClosed)) => index.remove(key, hold_id),
-            // The wallet's clock disagrees by a hair: look again when it agrees.
-            Err(WalletError::Rejected(Rejection::HoldNotDue { expires_at_ms, .. })) => index.postpone(key, hold_id, expires_at_ms + 1),
+            // The events it recorded bring the wallet's next due time through the reader.
+            Ok(_) | Err(WalletError::Rejected(Rejection::WalletClosed | Rejection::WalletNotFound)) => index.set(key, None),
+            // The index was stale, or the wallet's clock is a hair behind: look again when it says.
+            Err(WalletError::Rejected(Rejection::NothingDue { next_due_ms })) => index.set(key, next_due_ms.map(|at| at.max(now_ms + 1))),
             Err(error) => {
-                tracing::warn!(tenant = %key.tenant, wallet = %key.wallet, %hold_id, %error, "cannot expire a hold yet; retrying");
-                index.postpone(key, hold_id, now_ms + RETRY_MS);
+                tracing::warn!(tenant = %key.tenant, wallet = %key.wallet, %error, "cannot run a wallet's due transitions yet; retrying");
+                index.set(key, Some(now_ms + RETRY_MS));
             }
         }
     }

@@ -185,7 +185,7 @@ impl Wallet {
                         version: state.version,
                         position: outcome.last_position,
                         replayed: false,
-                        wallet: summarize(state),
+                        wallet: summarize(state, now_ms),
                     });
                 }
                 Err(StoreError::VersionConflict { .. }) if attempt < CONFLICT_RETRIES_MAX => {
@@ -211,20 +211,26 @@ impl Wallet {
             events.push(StoredWalletEvent { version, position, event: codec::decode(r)? });
         }
         let position = events.last().map_or(0, |e| e.position);
-        let wallet = summarize(self.state.as_ref().expect("a receipt comes from a recovered state"));
+        let wallet = summarize(self.state.as_ref().expect("a receipt comes from a recovered state"), self.deps.clock.now_ms());
         Ok(CommandOutcome { events, balance: receipt.balance_after, version: receipt.last_version, position, replayed: true, wallet })
     }
 
     async fn summary(&mut self) -> Result<WalletSummary, WalletError> {
+        let now_ms = self.deps.clock.now_ms();
         let state = self.current().await?;
         if state.status == WalletStatus::NotEnrolled {
             return Err(Rejection::WalletNotFound.into());
         }
-        Ok(summarize(state))
+        Ok(summarize(state, now_ms))
     }
 }
 
-fn summarize(state: &WalletState) -> WalletSummary {
+/// How many upcoming expiries a summary lists.
+const UPCOMING_EXPIRIES: usize = 5;
+
+/// The wallet's figures as of `now_ms` (holds past their timeout and lots past their expiry no longer
+/// count as available, even before their events are recorded).
+fn summarize(state: &WalletState, now_ms: i64) -> WalletSummary {
     WalletSummary {
         status: state.status,
         customer_ref: state.customer_ref.clone(),
@@ -237,7 +243,10 @@ fn summarize(state: &WalletState) -> WalletSummary {
         last_activity_ms: state.last_activity_ms,
         version: state.version,
         held_points: state.held_points,
+        available_points: state.available_at(now_ms).max(0),
         lifetime_purchased: state.lifetime_purchased,
+        lifetime_expired: state.lifetime_expired,
+        upcoming_expiries: state.upcoming_expiries(now_ms, UPCOMING_EXPIRIES),
     }
 }
 

@@ -42,8 +42,9 @@ pub enum CommandBody {
     CaptureRedemption { hold_id: String, points: Option<i64> },
     /// Release a hold.
     VoidRedemption { hold_id: String },
-    /// Release a hold whose timeout passed (sent by the engine's timers).
-    ExpireHold { hold_id: String },
+    /// Record what time brought — holds past their timeout released, lots past their expiry expired —
+    /// and nothing else (sent by the engine's timers; every other command does the same first).
+    RunDue,
     /// Buy the points of one of the program's credit packages (paid elsewhere). The command's idempotency
     /// key is the purchase id.
     PurchaseCredits { purchase_id: String, package_id: String },
@@ -109,7 +110,7 @@ impl Command {
                 }
             }
             CommandBody::VoidRedemption { hold_id } => Fingerprint::new(11).str(hold_id),
-            CommandBody::ExpireHold { hold_id } => Fingerprint::new(12).str(hold_id),
+            CommandBody::RunDue => Fingerprint::new(14),
             CommandBody::PurchaseCredits { purchase_id, package_id } => Fingerprint::new(13).str(purchase_id).str(package_id),
         }
         .finish()
@@ -129,7 +130,7 @@ impl Command {
             CommandBody::AuthorizeRedemption { .. } => "authorize_redemption",
             CommandBody::CaptureRedemption { .. } => "capture_redemption",
             CommandBody::VoidRedemption { .. } => "void_redemption",
-            CommandBody::ExpireHold { .. } => "expire_hold",
+            CommandBody::RunDue => "run_due",
             CommandBody::PurchaseCredits { .. } => "purchase_credits",
         }
     }

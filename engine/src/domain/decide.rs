@@ -1,8 +1,10 @@
 //! `decide` and `apply`: the functional core of a wallet.
 
+use std::collections::BTreeMap;
+
 use tally_proto::v1::{
-    CapPeriod, EarnReversed, EarnedByRule, HoldCaptured, HoldEnd, HoldReleased, OrderEarning, PointsAdjusted, PointsEarned, PointsHeld,
-    PointsPurchased, PointsRedeemed, ReturnPolicy, StampAward, WalletClosed, WalletEnrolled,
+    CapPeriod, EarnReversed, EarnedByRule, HoldCaptured, HoldEnd, HoldReleased, LotOpened, LotPoints, OrderEarning, PointsAdjusted,
+    PointsEarned, PointsExpired, PointsHeld, PointsPurchased, PointsRedeemed, ReturnPolicy, StampAward, WalletClosed, WalletEnrolled,
 };
 
 use super::Context;
@@ -11,7 +13,7 @@ use super::event::{Change, Event};
 use super::ids::FieldError;
 use super::rejection::Rejection;
 use super::rules::{self, Customer, Order, Period, Rule};
-use super::state::{Hold, Receipt, RuleUsage, SourceLedger, WalletState, WalletStatus};
+use super::state::{Hold, Lot, Receipt, RuleUsage, SourceLedger, WalletState, WalletStatus};
 use crate::limits::{
     BALANCE_ABS_MAX, HOLD_ID_BYTES_MAX, HOLD_TIMEOUT_MAX_MS, MONEY_MINOR_ABS_MAX, ORDER_BACKDATE_MAX_MS, ORDER_CLOCK_SKEW_MAX_MS,
     POINTS_PER_COMMAND_MAX, REASON_BYTES_MAX, REF_BYTES_MAX, RULE_USAGE_PERIODS_MAX,
@@ -52,27 +54,110 @@ pub fn decide(state: &WalletState, command: &Command, ctx: &Context<'_>) -> Resu
         return Err(Rejection::IdempotencyKeyReused { key: command.idempotency_key.clone() });
     }
     validate(&command.body)?;
-    let changes = match (state.status, &command.body) {
-        (WalletStatus::Active, CommandBody::Close { reason }) => close(state, reason),
-        (_, body) => vec![decide_change(state, body, ctx)?],
-    };
     let event = |change| Event {
         idempotency_key: command.idempotency_key.clone(),
         command_fingerprint: fingerprint,
         recorded_at_ms: ctx.now_ms,
         change,
     };
-    Ok(Decision::Append(changes.into_iter().map(event).collect()))
+    if let CommandBody::CaptureRedemption { hold_id, .. } = &command.body
+        && state.holds.get(hold_id).is_some_and(|hold| hold.expires_at_ms <= ctx.now_ms)
+    {
+        return Err(Rejection::HoldExpired { hold_id: hold_id.clone() });
+    }
+    // What time brought since the last event comes first, so the command sees the wallet as it is now.
+    let due = due_changes(state, ctx.now_ms);
+    let caught_up;
+    let current = if due.is_empty() {
+        state
+    } else {
+        let mut after = state.clone();
+        for change in &due {
+            apply(&mut after, &event(change.clone()));
+        }
+        caught_up = after;
+        &caught_up
+    };
+    let changes = match (current.status, &command.body) {
+        (_, CommandBody::RunDue) if due.is_empty() => return Err(Rejection::NothingDue { next_due_ms: state.next_due_ms() }),
+        (_, CommandBody::RunDue) => Vec::new(),
+        (WalletStatus::Active, CommandBody::Close { reason }) => close(current, reason),
+        (_, body) => vec![decide_change(current, body, ctx)?],
+    };
+    Ok(Decision::Append(due.into_iter().chain(changes).map(event).collect()))
 }
 
-/// Closing releases the open holds (in hold id order), then forfeits a positive balance.
+/// What happened by itself up to `now_ms`: holds past their timeout are released (by expiry, then hold
+/// id), then lots past their expiry expire (by expiry, then lot), points given back by those holds
+/// included.
+fn due_changes(state: &WalletState, now_ms: i64) -> Vec<Change> {
+    if state.status != WalletStatus::Active || state.next_due_ms().is_none_or(|due| due > now_ms) {
+        return Vec::new();
+    }
+    let mut holds: Vec<(&str, &Hold)> = state.holds().filter(|(_, hold)| hold.expires_at_ms <= now_ms).collect();
+    holds.sort_unstable_by_key(|(id, hold)| (hold.expires_at_ms, *id));
+    let mut returned: BTreeMap<u64, i64> = BTreeMap::new();
+    for (lot, points) in holds.iter().flat_map(|(_, hold)| &hold.lots) {
+        *returned.entry(*lot).or_default() += points;
+    }
+    let released = holds.into_iter().map(|(id, hold)| release(id, hold, HoldEnd::Expired));
+    let mut expired: Vec<(i64, u64, i64)> = state
+        .expired_lots(now_ms)
+        .map(|(id, lot)| (lot.expires_at_ms.unwrap_or(i64::MAX), id, lot.points + returned.get(&id).copied().unwrap_or(0)))
+        .filter(|(_, _, points)| *points > 0)
+        .collect();
+    expired.sort_unstable();
+    let expired = expired.into_iter().map(|(at, lot, points)| Change::Expired(PointsExpired { lot, points, expired_at_ms: at }));
+    released.chain(expired).collect()
+}
+
+/// A hold ends unspent: all its points go back to their lots.
+fn release(hold_id: &str, hold: &Hold, reason: HoldEnd) -> Change {
+    Change::Released(HoldReleased { hold_id: hold_id.to_owned(), points: hold.points, reason: reason as i32, lots: lot_points(&hold.lots) })
+}
+
+fn lot_points(lots: &[(u64, i64)]) -> Vec<LotPoints> {
+    lots.iter().map(|(lot, points)| LotPoints { lot: *lot, points: *points }).collect()
+}
+
+/// Takes `points` from the unheld points of the lots: `first` ones first (a source's own lots), then
+/// soonest expiry first. Returns the lots and what they could not cover.
+fn take_lots(state: &WalletState, points: i64, first: &[u64]) -> (Vec<LotPoints>, i64) {
+    let mut lots: Vec<(u64, &Lot)> = state.lots().filter(|(_, lot)| lot.points > 0).collect();
+    lots.sort_unstable_by_key(|(id, lot)| (!first.contains(id), lot.spending_order(*id)));
+    let mut left = points;
+    let mut taken = Vec::new();
+    for (id, lot) in lots {
+        if left <= 0 {
+            break;
+        }
+        let take = lot.points.min(left);
+        taken.push(LotPoints { lot: id, points: take });
+        left -= take;
+    }
+    (taken, left)
+}
+
+/// The lot a credit of `points` at stream version `version` opens: what is left after paying back the
+/// debt, joining an open lot with the same expiry if there is one.
+fn open_lot(state: &WalletState, points: i64, expires_at_ms: Option<i64>) -> LotOpened {
+    let into_lot = points - points.min(state.debt.max(0));
+    let lot = state.lots().find(|(_, lot)| lot.expires_at_ms == expires_at_ms).map_or(state.version + 1, |(id, _)| id);
+    LotOpened { points: into_lot.max(0), expires_at_ms: expires_at_ms.unwrap_or(0), lot }
+}
+
+/// When points earned now expire under the program's policy.
+fn earned_expiry(ctx: &Context<'_>) -> Option<i64> {
+    super::expiry::expires_at(&ctx.program.expiry, ctx.now_ms, ctx.program.utc_offset_minutes)
+}
+
+/// Closing releases the open holds (in hold id order), then forfeits a positive balance and every lot.
 fn close(state: &WalletState, reason: &str) -> Vec<Change> {
     let mut holds: Vec<(&str, &Hold)> = state.holds().collect();
     holds.sort_unstable_by_key(|(id, _)| *id);
-    let released = holds.into_iter().map(|(id, hold)| {
-        Change::Released(HoldReleased { hold_id: id.to_owned(), points: hold.points, reason: HoldEnd::WalletClosed as i32 })
-    });
-    let closed = Change::Closed(WalletClosed { reason: reason.to_owned(), forfeited_points: state.balance.max(0) });
+    let released = holds.into_iter().map(|(id, hold)| release(id, hold, HoldEnd::WalletClosed));
+    let lots = state.lots().map(|(id, lot)| LotPoints { lot: id, points: lot.points + lot.held }).filter(|l| l.points > 0).collect();
+    let closed = Change::Closed(WalletClosed { reason: reason.to_owned(), forfeited_points: state.balance.max(0), lots });
     released.chain(std::iter::once(closed)).collect()
 }
 
@@ -101,13 +186,15 @@ fn decide_change(state: &WalletState, body: &CommandBody, ctx: &Context<'_>) -> 
                 source_ref: source_ref.clone(),
                 order_amount: order_amount.clone(),
                 order: None,
+                lot: Some(open_lot(state, *points, earned_expiry(ctx))),
             }))
         }
         (WalletStatus::Active, CommandBody::Redeem { points, reward_ref }) => {
             if *points > available {
                 return Err(Rejection::InsufficientPoints { available: available.max(0), requested: *points });
             }
-            Ok(Change::Redeemed(PointsRedeemed { points: *points, reward_ref: reward_ref.clone() }))
+            let (lots, _) = take_lots(state, *points, &[]);
+            Ok(Change::Redeemed(PointsRedeemed { points: *points, reward_ref: reward_ref.clone(), lots }))
         }
         (WalletStatus::Active, CommandBody::Adjust { points, reason, staff_ref }) => {
             let after = checked_balance(state.balance.checked_add(*points), "points", *points)?;
@@ -116,7 +203,12 @@ fn decide_change(state: &WalletState, body: &CommandBody, ctx: &Context<'_>) -> 
             if *points < 0 && (after < 0 || available + *points < 0) {
                 return Err(Rejection::InsufficientPoints { available: available.max(0), requested: -*points });
             }
-            Ok(Change::Adjusted(PointsAdjusted { points: *points, reason: reason.clone(), staff_ref: staff_ref.clone() }))
+            let (lot, lots) = if *points > 0 {
+                (Some(open_lot(state, *points, earned_expiry(ctx))), Vec::new())
+            } else {
+                (None, take_lots(state, -*points, &[]).0)
+            };
+            Ok(Change::Adjusted(PointsAdjusted { points: *points, reason: reason.clone(), staff_ref: staff_ref.clone(), lot, lots }))
         }
         (WalletStatus::Active, CommandBody::Reverse { source_ref, points, reason }) => {
             let ledger = state.sources.get(source_ref).ok_or_else(|| Rejection::UnknownSource { source_ref: source_ref.clone() })?;
@@ -127,9 +219,12 @@ fn decide_change(state: &WalletState, body: &CommandBody, ctx: &Context<'_>) -> 
             }
             reversal(state, ctx, source_ref, requested, reason, 0)
         }
+        // `decide` closes through `close` and runs due transitions itself; these answers are theirs.
         (WalletStatus::Active, CommandBody::Close { reason }) => {
-            Ok(Change::Closed(WalletClosed { reason: reason.clone(), forfeited_points: state.balance.max(0) }))
+            let mut changes = close(state, reason);
+            Ok(changes.pop().unwrap_or_else(|| Change::Closed(WalletClosed { reason: reason.clone(), ..WalletClosed::default() })))
         }
+        (WalletStatus::Active, CommandBody::RunDue) => Err(Rejection::NothingDue { next_due_ms: state.next_due_ms() }),
         (WalletStatus::Active, CommandBody::AuthorizeRedemption { hold_id, points, reward_ref, timeout_ms }) => {
             if *points > available {
                 return Err(Rejection::InsufficientPoints { available: available.max(0), requested: *points });
@@ -139,6 +234,7 @@ fn decide_change(state: &WalletState, body: &CommandBody, ctx: &Context<'_>) -> 
                 points: *points,
                 reward_ref: reward_ref.clone(),
                 expires_at_ms: ctx.now_ms.saturating_add(*timeout_ms),
+                lots: take_lots(state, *points, &[]).0,
             }))
         }
         (WalletStatus::Active, CommandBody::CaptureRedemption { hold_id, points }) => {
@@ -151,16 +247,28 @@ fn decide_change(state: &WalletState, body: &CommandBody, ctx: &Context<'_>) -> 
                 return Err(Rejection::CaptureExceedsHold { hold_id: hold_id.clone(), held: hold.points, requested: captured });
             }
             checked_balance(state.balance.checked_sub(captured), "points", captured)?;
+            let (mut spent, mut released, mut left) = (Vec::new(), Vec::new(), captured);
+            for (lot, points) in &hold.lots {
+                let take = (*points).min(left);
+                left -= take;
+                if take > 0 {
+                    spent.push(LotPoints { lot: *lot, points: take });
+                }
+                if points - take > 0 {
+                    released.push(LotPoints { lot: *lot, points: points - take });
+                }
+            }
             Ok(Change::Captured(HoldCaptured {
                 hold_id: hold_id.clone(),
                 points: captured,
                 released_points: hold.points - captured,
                 reward_ref: hold.reward_ref.clone(),
+                lots: spent,
+                released_lots: released,
             }))
         }
         (WalletStatus::Active, CommandBody::VoidRedemption { hold_id }) => {
-            let hold = open_hold(state, hold_id)?;
-            Ok(Change::Released(HoldReleased { hold_id: hold_id.clone(), points: hold.points, reason: HoldEnd::Voided as i32 }))
+            Ok(release(hold_id, open_hold(state, hold_id)?, HoldEnd::Voided))
         }
         (WalletStatus::Active, CommandBody::PurchaseCredits { purchase_id, package_id }) => {
             let package =
@@ -175,14 +283,9 @@ fn decide_change(state: &WalletState, body: &CommandBody, ctx: &Context<'_>) -> 
                 package_id: package_id.clone(),
                 points: package.points,
                 price: package.price.clone(),
+                // Prepaid value: it does not expire.
+                lot: Some(open_lot(state, package.points, None)),
             }))
-        }
-        (WalletStatus::Active, CommandBody::ExpireHold { hold_id }) => {
-            let hold = open_hold(state, hold_id)?;
-            if hold.expires_at_ms > ctx.now_ms {
-                return Err(Rejection::HoldNotDue { hold_id: hold_id.clone(), expires_at_ms: hold.expires_at_ms });
-            }
-            Ok(Change::Released(HoldReleased { hold_id: hold_id.clone(), points: hold.points, reason: HoldEnd::Expired as i32 }))
         }
         (WalletStatus::Active, CommandBody::EarnForOrder { order }) => earn_for_order(state, order, ctx),
         (WalletStatus::Active, CommandBody::RefundOrder { order_id, amount_minor, reason }) => {
@@ -233,6 +336,8 @@ fn reversal(
         ReturnPolicy::AllowNegative | ReturnPolicy::Unspecified => requested,
     };
     checked_balance(state.balance.checked_sub(reversed), "points", requested)?;
+    let own = state.sources.get(source_ref).map_or(&[][..], |ledger| ledger.lots.as_slice());
+    let (lots, _) = take_lots(state, reversed, own);
     Ok(Change::Reversed(EarnReversed {
         source_ref: source_ref.to_owned(),
         requested_points: requested,
@@ -244,6 +349,7 @@ fn reversal(
             _ => ReturnPolicy::AllowNegative,
         } as i32,
         refund_amount_minor,
+        lots,
     }))
 }
 
@@ -305,6 +411,7 @@ fn earn_for_order(state: &WalletState, order: &Order, ctx: &Context<'_>) -> Resu
         source_ref: order.order_id.clone(),
         order_amount: Some(Money { amount_minor: order.total_minor, currency: order.currency.clone() }),
         order: Some(OrderEarning { rules_version, awards, placed_at_ms, channel: order.channel.clone(), store: order.store.clone() }),
+        lot: Some(open_lot(state, points, earned_expiry(ctx))),
     }))
 }
 
@@ -318,8 +425,14 @@ pub fn apply(state: &mut WalletState, event: &Event) {
         }
         Change::Earned(e) => {
             state.lifetime_earned += e.points;
+            credit(state, e.points, e.lot.as_ref());
             let source = state.sources.entry(e.source_ref.clone()).or_default();
             source.earned += e.points;
+            if let Some(lot) = e.lot.as_ref().filter(|lot| lot.points > 0)
+                && !source.lots.contains(&lot.lot)
+            {
+                source.lots.push(lot.lot);
+            }
             if let Some(order) = &e.order {
                 state.orders_placed += 1;
                 source.order_minor = Some(e.order_amount.as_ref().map_or(0, |m| m.amount_minor));
@@ -328,31 +441,62 @@ pub fn apply(state: &mut WalletState, event: &Event) {
                 }
             }
         }
-        Change::Redeemed(e) => state.lifetime_redeemed += e.points,
-        Change::Adjusted(e) => state.lifetime_adjusted += e.points,
+        Change::Redeemed(e) => {
+            state.lifetime_redeemed += e.points;
+            debit(state, e.points, &e.lots);
+        }
+        Change::Adjusted(e) => {
+            state.lifetime_adjusted += e.points;
+            if e.points > 0 {
+                credit(state, e.points, e.lot.as_ref());
+            } else {
+                debit(state, -e.points, &e.lots);
+            }
+        }
         Change::Reversed(e) => {
             state.lifetime_reversed += e.reversed_points;
+            debit(state, e.reversed_points, &e.lots);
             let source = state.sources.entry(e.source_ref.clone()).or_default();
             source.reversed += e.requested_points;
             source.refunded_minor += e.refund_amount_minor;
         }
-        Change::Closed(_) => state.status = WalletStatus::Closed,
+        Change::Closed(e) => {
+            state.status = WalletStatus::Closed;
+            debit(state, e.forfeited_points, &e.lots);
+        }
         Change::Held(e) => {
             state.held_points += e.points;
-            state
-                .holds
-                .insert(e.hold_id.clone(), Hold { points: e.points, reward_ref: e.reward_ref.clone(), expires_at_ms: e.expires_at_ms });
+            for taken in &e.lots {
+                let lot = state.lots.entry(taken.lot).or_default();
+                lot.points -= taken.points;
+                lot.held += taken.points;
+            }
+            let lots = e.lots.iter().map(|l| (l.lot, l.points)).collect();
+            state.holds.insert(
+                e.hold_id.clone(),
+                Hold { points: e.points, reward_ref: e.reward_ref.clone(), expires_at_ms: e.expires_at_ms, lots },
+            );
         }
         Change::Captured(e) => {
             state.lifetime_redeemed += e.points;
             state.held_points -= e.points + e.released_points;
             state.holds.remove(&e.hold_id);
+            unhold(state, &e.lots, false);
+            unhold(state, &e.released_lots, true);
         }
         Change::Released(e) => {
             state.held_points -= e.points;
             state.holds.remove(&e.hold_id);
+            unhold(state, &e.lots, true);
         }
-        Change::Purchased(e) => state.lifetime_purchased += e.points,
+        Change::Purchased(e) => {
+            state.lifetime_purchased += e.points;
+            credit(state, e.points, e.lot.as_ref());
+        }
+        Change::Expired(e) => {
+            state.lifetime_expired += e.points;
+            debit(state, e.points, std::slice::from_ref(&LotPoints { lot: e.lot, points: e.points }));
+        }
     }
     state.balance += event.change.points_delta();
     state.last_activity_ms = event.recorded_at_ms;
@@ -372,6 +516,47 @@ pub fn apply(state: &mut WalletState, event: &Event) {
             last_version: version,
             balance_after: balance,
         });
+}
+
+/// A credit of `points`: what the lot did not take paid back the debt.
+fn credit(state: &mut WalletState, points: i64, opened: Option<&LotOpened>) {
+    let Some(opened) = opened else { return };
+    state.debt -= points - opened.points;
+    if opened.points > 0 {
+        let expires_at_ms = (opened.expires_at_ms != 0).then_some(opened.expires_at_ms);
+        state.lots.entry(opened.lot).or_insert(Lot { points: 0, held: 0, expires_at_ms }).points += opened.points;
+    }
+}
+
+/// A debit of `points` taken from `lots`; what they did not cover is owed (for a closure, what they held
+/// beyond the forfeit paid the debt).
+fn debit(state: &mut WalletState, points: i64, lots: &[LotPoints]) {
+    let mut covered = 0;
+    for taken in lots {
+        covered += taken.points;
+        let lot = state.lots.entry(taken.lot).or_default();
+        lot.points -= taken.points;
+        drop_if_empty(state, taken.lot);
+    }
+    state.debt += points - covered;
+}
+
+/// Held points leave their lots: spent, or given back to them.
+fn unhold(state: &mut WalletState, lots: &[LotPoints], give_back: bool) {
+    for taken in lots {
+        let lot = state.lots.entry(taken.lot).or_default();
+        lot.held -= taken.points;
+        if give_back {
+            lot.points += taken.points;
+        }
+        drop_if_empty(state, taken.lot);
+    }
+}
+
+fn drop_if_empty(state: &mut WalletState, id: u64) {
+    if state.lots.get(&id).is_some_and(|lot| lot.points == 0 && lot.held == 0) {
+        state.lots.remove(&id);
+    }
 }
 
 /// Adds an award to its rule's count for the award's cap period, keeping the most recent periods.
@@ -440,7 +625,8 @@ fn validate(body: &CommandBody) -> Result<(), Rejection> {
             check_hold_id(hold_id)?;
             points.map_or(Ok(()), |points| check_positive("points", points))
         }
-        CommandBody::VoidRedemption { hold_id } | CommandBody::ExpireHold { hold_id } => check_hold_id(hold_id),
+        CommandBody::VoidRedemption { hold_id } => check_hold_id(hold_id),
+        CommandBody::RunDue => Ok(()),
         CommandBody::PurchaseCredits { purchase_id, package_id } => {
             check_ref("purchase_id", purchase_id, true)?;
             check_ref("package_id", package_id, true)

@@ -3,8 +3,8 @@
 //! messages themselves, so the persisted schema and the domain cannot drift apart.
 
 use tally_proto::v1::{
-    EarnReversed, HoldCaptured, HoldReleased, PointsAdjusted, PointsEarned, PointsHeld, PointsPurchased, PointsRedeemed, WalletClosed,
-    WalletEnrolled,
+    EarnReversed, HoldCaptured, HoldReleased, PointsAdjusted, PointsEarned, PointsExpired, PointsHeld, PointsPurchased, PointsRedeemed,
+    WalletClosed, WalletEnrolled,
 };
 
 #[derive(Debug, Clone, PartialEq)]
@@ -35,6 +35,8 @@ pub enum Change {
     Released(HoldReleased),
     /// Points bought with a credit package.
     Purchased(PointsPurchased),
+    /// What was left of a lot expired.
+    Expired(PointsExpired),
 }
 
 impl Change {
@@ -51,6 +53,7 @@ impl Change {
             Change::Held(_) | Change::Released(_) => 0,
             Change::Captured(e) => e.points.saturating_neg(),
             Change::Purchased(e) => e.points,
+            Change::Expired(e) => e.points.saturating_neg(),
         }
     }
 
@@ -67,6 +70,7 @@ impl Change {
             Change::Captured(_) => "tally.v1.HoldCaptured",
             Change::Released(_) => "tally.v1.HoldReleased",
             Change::Purchased(_) => "tally.v1.PointsPurchased",
+            Change::Expired(_) => "tally.v1.PointsExpired",
         }
     }
 }

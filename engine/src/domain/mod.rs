@@ -11,6 +11,7 @@
 mod command;
 mod decide;
 mod event;
+pub mod expiry;
 mod fingerprint;
 mod ids;
 pub mod program;
@@ -23,8 +24,8 @@ pub use decide::{Decision, apply, decide};
 pub use event::{Change, Event};
 pub use ids::{FieldError, TenantId, WalletId};
 pub use rejection::Rejection;
-pub use state::{Hold, Receipt, RuleUsage, SourceLedger, WalletState, WalletStatus};
-pub use tally_proto::v1::{CreditPackageDefined, ReturnPolicy};
+pub use state::{Hold, Lot, Receipt, RuleUsage, SourceLedger, WalletState, WalletStatus};
+pub use tally_proto::v1::{CreditPackageDefined, ExpiryPolicy, ReturnPolicy};
 
 /// What the wallet domain needs of its tenant's program (see [`program::ProgramState::settings`]).
 #[derive(Debug, Clone, PartialEq)]
@@ -37,6 +38,8 @@ pub struct ProgramSettings {
     pub rule_versions: std::sync::Arc<[program::RuleVersion]>,
     /// Credit packages by id, as last defined.
     pub packages: std::sync::Arc<std::collections::BTreeMap<String, CreditPackageDefined>>,
+    /// When earned points expire (no rule: never).
+    pub expiry: ExpiryPolicy,
 }
 
 impl ProgramSettings {
@@ -55,6 +58,7 @@ impl Default for ProgramSettings {
             utc_offset_minutes: 0,
             rule_versions: std::sync::Arc::new([]),
             packages: std::sync::Arc::default(),
+            expiry: ExpiryPolicy::default(),
         }
     }
 }

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use tally_proto::v1::{CreditPackageDefined, Money, ProgramCreated, RulesPublished};
+use tally_proto::v1::{CreditPackageDefined, ExpiryPolicy, ExpiryPolicySet, Money, ProgramCreated, RulesPublished};
 
 use super::ReturnPolicy;
 use super::fingerprint::Fingerprint;
@@ -37,6 +37,11 @@ pub enum ProgramCommandBody {
         points: i64,
         active: bool,
     },
+    /// Sets when earned points expire, for points credited from then on.
+    SetExpiryPolicy {
+        policy: ExpiryPolicy,
+        set_by: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -59,6 +64,19 @@ impl ProgramCommand {
                 .str(&price.currency)
                 .i64(*points)
                 .u64(u64::from(*active)),
+            ProgramCommandBody::SetExpiryPolicy { policy, set_by } => {
+                use tally_proto::v1::expiry_policy::Rule;
+                let fp = match &policy.rule {
+                    None => Fingerprint::new(104).u64(0),
+                    Some(Rule::After(a)) => {
+                        Fingerprint::new(104).u64(1).u64(u64::from(a.months)).u64(u64::from(a.days)).u64(u64::from(a.at_month_end))
+                    }
+                    Some(Rule::OnDate(d)) => {
+                        Fingerprint::new(104).u64(2).u64(u64::from(d.month)).u64(u64::from(d.day)).u64(u64::from(d.years_later))
+                    }
+                };
+                fp.str(set_by)
+            }
         }
         .finish()
     }
@@ -69,6 +87,7 @@ pub enum ProgramChange {
     Created(ProgramCreated),
     RulesPublished(RulesPublished),
     PackageDefined(CreditPackageDefined),
+    ExpiryPolicySet(ExpiryPolicySet),
 }
 
 impl ProgramChange {
@@ -77,6 +96,7 @@ impl ProgramChange {
             ProgramChange::Created(_) => "tally.v1.ProgramCreated",
             ProgramChange::RulesPublished(_) => "tally.v1.RulesPublished",
             ProgramChange::PackageDefined(_) => "tally.v1.CreditPackageDefined",
+            ProgramChange::ExpiryPolicySet(_) => "tally.v1.ExpiryPolicySet",
         }
     }
 }
@@ -114,6 +134,8 @@ pub struct ProgramState {
     pub rule_versions: Vec<RuleVersion>,
     /// Credit packages by id, as last defined.
     pub packages: BTreeMap<String, CreditPackageDefined>,
+    /// When earned points expire (no rule: never).
+    pub expiry: ExpiryPolicy,
     /// Idempotency keys of accepted commands: their fingerprint and the rules version after them.
     receipts: BTreeMap<String, (u64, u32)>,
 }
@@ -131,6 +153,7 @@ impl ProgramState {
             utc_offset_minutes: self.utc_offset_minutes,
             rule_versions: self.rule_versions.clone().into(),
             packages: Arc::new(self.packages.clone()),
+            expiry: self.expiry,
         }
     }
 
@@ -259,6 +282,14 @@ pub fn decide_program(
                 active: *active,
             })
         }
+        ProgramCommandBody::SetExpiryPolicy { policy, set_by } => {
+            if !state.created {
+                return Err(ProgramRejection::NotCreated);
+            }
+            super::expiry::validate(policy)?;
+            check_text("set_by", set_by, REF_BYTES_MAX)?;
+            ProgramChange::ExpiryPolicySet(ExpiryPolicySet { policy: Some(*policy), set_by: set_by.clone() })
+        }
     };
     Ok(ProgramDecision::Append(vec![ProgramEvent {
         idempotency_key: command.idempotency_key.clone(),
@@ -289,6 +320,7 @@ pub fn apply_program(state: &mut ProgramState, event: &ProgramEvent) {
         ProgramChange::PackageDefined(e) => {
             state.packages.insert(e.package_id.clone(), e.clone());
         }
+        ProgramChange::ExpiryPolicySet(e) => state.expiry = e.policy.unwrap_or_default(),
     }
     state.version += 1;
     let rules_version = state.current_rules().map_or(0, |v| v.version);

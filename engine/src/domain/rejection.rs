@@ -56,9 +56,10 @@ pub enum Rejection {
     /// A capture of more points than the hold holds. Maps to FAILED_PRECONDITION.
     #[error("capture of {requested} points exceeds the {held} held by {hold_id:?}")]
     CaptureExceedsHold { hold_id: String, held: i64, requested: i64 },
-    /// An expiry before the hold's time (another node's clock is ahead). Maps to FAILED_PRECONDITION.
-    #[error("hold {hold_id:?} does not expire before {expires_at_ms} ms")]
-    HoldNotDue { hold_id: String, expires_at_ms: i64 },
+    /// `RunDue` found nothing due (the timers' view was stale, or another node's clock is ahead): nothing
+    /// happens to this wallet by itself before `next_due_ms` (`None`: nothing is scheduled).
+    #[error("nothing is due in this wallet yet")]
+    NothingDue { next_due_ms: Option<i64> },
     /// The program has no credit package with this id. Maps to NOT_FOUND.
     #[error("no credit package {package_id:?} in this program")]
     UnknownPackage { package_id: String },

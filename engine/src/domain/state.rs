@@ -22,7 +22,7 @@ pub enum WalletStatus {
 }
 
 /// What one source (an order) earned in this wallet and how much of it was reversed since.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct SourceLedger {
     pub earned: i64,
     /// Points refunds asked to take back (including any shortfall the policy could not take).
@@ -31,6 +31,8 @@ pub struct SourceLedger {
     pub order_minor: Option<i64>,
     /// How much of that total was refunded so far.
     pub refunded_minor: i64,
+    /// The lots its points went into: a reversal takes from these first.
+    pub lots: Vec<u64>,
 }
 
 impl SourceLedger {
@@ -63,6 +65,26 @@ pub struct Hold {
     pub points: i64,
     pub reward_ref: String,
     pub expires_at_ms: i64,
+    /// `(lot, points)`: where the held points came from, soonest expiry first.
+    pub lots: Vec<(u64, i64)>,
+}
+
+/// Points credited together that expire together (see `tally.v1.LotOpened`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Lot {
+    /// Points in the lot that are not held.
+    pub points: i64,
+    /// Points of the lot set aside by open holds.
+    pub held: i64,
+    /// `None`: never.
+    pub expires_at_ms: Option<i64>,
+}
+
+impl Lot {
+    /// The order lots are spent in: soonest expiry first, never-expiring last, then oldest first.
+    pub fn spending_order(&self, id: u64) -> (i64, u64) {
+        (self.expires_at_ms.unwrap_or(i64::MAX), id)
+    }
 }
 
 /// The recorded outcome of an accepted command, found again by its idempotency key.
@@ -90,6 +112,11 @@ pub struct WalletState {
     pub lifetime_adjusted: i64,
     /// Points bought with credit packages (not in `lifetime_earned`).
     pub lifetime_purchased: i64,
+    /// Points that expired.
+    pub lifetime_expired: i64,
+    /// Points owed: a reversal took more than the lots held (ALLOW_NEGATIVE). Credits pay it back first.
+    /// `balance == Σ lot.points + Σ lot.held - debt`.
+    pub debt: i64,
     pub enrolled_at_ms: i64,
     pub last_activity_ms: i64,
     /// Number of events applied: the stream version this state reflects.
@@ -101,6 +128,8 @@ pub struct WalletState {
     /// Open POS holds by hold id.
     #[serde(serialize_with = "sorted")]
     pub(crate) holds: FastMap<String, Hold>,
+    /// Open lots by id (the stream version of the event that opened them).
+    pub(crate) lots: BTreeMap<u64, Lot>,
     #[serde(serialize_with = "sorted")]
     pub(crate) sources: FastMap<String, SourceLedger>,
     /// Per rule id, for rules with a per-customer cap.
@@ -133,10 +162,47 @@ impl WalletState {
         self.holds.iter().map(|(id, hold)| (id.as_str(), hold))
     }
 
-    /// Points that can be spent at `now_ms`: the balance less the holds still in force.
+    /// Points that can be spent at `now_ms`: the balance less the holds still in force and the points
+    /// of lots whose expiry has passed (not yet recorded as expired).
     pub fn available_at(&self, now_ms: i64) -> i64 {
         let held: i64 = self.holds.values().filter(|h| h.expires_at_ms > now_ms).map(|h| h.points).sum();
-        self.balance - held
+        let expired_held = |id: u64| -> i64 {
+            let returned = self.holds.values().filter(|h| h.expires_at_ms <= now_ms).flat_map(|h| &h.lots);
+            returned.filter(|(lot, _)| *lot == id).map(|(_, points)| points).sum()
+        };
+        let expired: i64 =
+            self.expired_lots(now_ms).map(|(id, lot)| lot.points + if self.holds.is_empty() { 0 } else { expired_held(id) }).sum();
+        self.balance - held - expired
+    }
+
+    /// Lots whose expiry is at or before `now_ms`.
+    pub(crate) fn expired_lots(&self, now_ms: i64) -> impl Iterator<Item = (u64, &Lot)> {
+        self.lots.iter().filter(move |(_, lot)| lot.expires_at_ms.is_some_and(|at| at <= now_ms)).map(|(id, lot)| (*id, lot))
+    }
+
+    /// Open lots by id.
+    pub fn lots(&self) -> impl Iterator<Item = (u64, &Lot)> {
+        self.lots.iter().map(|(id, lot)| (*id, lot))
+    }
+
+    /// The next instant something happens to this wallet by itself: a hold times out or a lot expires.
+    pub fn next_due_ms(&self) -> Option<i64> {
+        let holds = self.holds.values().map(|h| h.expires_at_ms);
+        let lots = self.lots.values().filter(|lot| lot.points > 0).filter_map(|lot| lot.expires_at_ms);
+        holds.chain(lots).min()
+    }
+
+    /// `(when, points)` of the soonest expiries after `now_ms`, held points included, at most `n`.
+    pub fn upcoming_expiries(&self, now_ms: i64, n: usize) -> Vec<(i64, i64)> {
+        let mut expiring: Vec<(i64, i64)> = self
+            .lots
+            .values()
+            .filter_map(|lot| Some((lot.expires_at_ms?, lot.points + lot.held)))
+            .filter(|(at, points)| *at > now_ms && *points > 0)
+            .collect();
+        expiring.sort_unstable();
+        expiring.truncate(n);
+        expiring
     }
 
     /// Number of accepted commands remembered for idempotency.
