@@ -3,8 +3,9 @@
 
 use prost::Message;
 use tally_proto::v1::{
-    CreditPackageDefined, EarnReversed, ExpiryPolicySet, HoldCaptured, HoldReleased, PointsAdjusted, PointsEarned, PointsExpired,
-    PointsHeld, PointsPurchased, PointsRedeemed, ProgramCreated, RulesPublished, WalletClosed, WalletEnrolled,
+    CreditPackageDefined, EarnReversed, ExpiryPolicySet, HoldCaptured, HoldReleased, PendingPeriodSet, PointsAdjusted, PointsEarned,
+    PointsExpired, PointsHeld, PointsMatured, PointsPurchased, PointsRedeemed, ProgramCreated, RulesPublished, WalletClosed,
+    WalletEnrolled,
 };
 
 use crate::domain::program::{ProgramChange, ProgramEvent};
@@ -40,6 +41,7 @@ pub fn encode_program(event: &ProgramEvent, metadata: &EventMetadata) -> EventDa
         ProgramChange::RulesPublished(e) => e.encode_to_vec(),
         ProgramChange::PackageDefined(e) => e.encode_to_vec(),
         ProgramChange::ExpiryPolicySet(e) => e.encode_to_vec(),
+        ProgramChange::PendingPeriodSet(e) => e.encode_to_vec(),
     };
     let facts = CommandFacts { key: &event.idempotency_key, fingerprint: event.command_fingerprint, recorded_at_ms: event.recorded_at_ms };
     envelope(event.change.event_type(), PROGRAM_SCHEMA_VERSION, facts, metadata, payload)
@@ -59,6 +61,7 @@ pub fn decode_program(recorded: RecordedEvent) -> Result<ProgramEvent, CodecErro
         "tally.v1.RulesPublished" => ProgramChange::RulesPublished(RulesPublished::decode(payload).map_err(undecodable)?),
         "tally.v1.CreditPackageDefined" => ProgramChange::PackageDefined(CreditPackageDefined::decode(payload).map_err(undecodable)?),
         "tally.v1.ExpiryPolicySet" => ProgramChange::ExpiryPolicySet(ExpiryPolicySet::decode(payload).map_err(undecodable)?),
+        "tally.v1.PendingPeriodSet" => ProgramChange::PendingPeriodSet(PendingPeriodSet::decode(payload).map_err(undecodable)?),
         _ => return Err(CodecError::UnknownEventType { position, event_type: data.event_type }),
     };
     Ok(ProgramEvent {
@@ -92,6 +95,7 @@ pub fn encode(event: &Event, metadata: &EventMetadata) -> EventData {
         Change::Released(e) => e.encode_to_vec(),
         Change::Purchased(e) => e.encode_to_vec(),
         Change::Expired(e) => e.encode_to_vec(),
+        Change::Matured(e) => e.encode_to_vec(),
     };
     let facts = CommandFacts { key: &event.idempotency_key, fingerprint: event.command_fingerprint, recorded_at_ms: event.recorded_at_ms };
     envelope(event.change.event_type(), WALLET_SCHEMA_VERSION, facts, metadata, payload)
@@ -138,6 +142,7 @@ pub fn decode(recorded: RecordedEvent) -> Result<Event, CodecError> {
         "tally.v1.HoldReleased" => Change::Released(HoldReleased::decode(payload).map_err(undecodable)?),
         "tally.v1.PointsPurchased" => Change::Purchased(PointsPurchased::decode(payload).map_err(undecodable)?),
         "tally.v1.PointsExpired" => Change::Expired(PointsExpired::decode(payload).map_err(undecodable)?),
+        "tally.v1.PointsMatured" => Change::Matured(PointsMatured::decode(payload).map_err(undecodable)?),
         _ => return Err(CodecError::UnknownEventType { position, event_type: data.event_type }),
     };
     Ok(Event {

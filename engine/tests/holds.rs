@@ -145,7 +145,7 @@ fn closing_the_wallet_releases_open_holds_first() {
         [
             released("pos-a", 10, HoldEnd::WalletClosed),
             released("pos-b", 20, HoldEnd::WalletClosed),
-            Change::Closed(WalletClosed { reason: "gdpr".into(), forfeited_points: 100, lots: lot2(100) }),
+            Change::Closed(WalletClosed { reason: "gdpr".into(), forfeited_points: 100, lots: lot2(100), pending: vec![] }),
         ]
     );
     assert_eq!((wallet.state.held_points, wallet.state.balance, wallet.state.version), (0, 0, 7));

@@ -122,6 +122,7 @@ fn earn_credits_points_and_remembers_the_source() {
             order_amount: Some(money),
             order: None,
             lot: new_lot(2, 120),
+            pending: None,
         })],
     );
     assert_eq!((state.balance, state.lifetime_earned), (120, 120));
@@ -218,6 +219,7 @@ fn reverse_takes_back_part_then_the_rest_of_a_source() {
             policy: ReturnPolicy::AllowNegative as i32,
             refund_amount_minor: 0,
             lots: from_lot(2, reversed),
+            pending: vec![],
         })
     };
     let state = scenario.then_changes(reverse("ref-1", "order-1", Some(30)), &[reversed(30, 30)]);
@@ -256,6 +258,7 @@ fn reversal_after_spending_goes_negative_by_default() {
             refund_amount_minor: 0,
             // The 20 left in the lot; the other 80 become a debt.
             lots: from_lot(2, 20),
+            pending: vec![],
         })],
     );
     assert_eq!((state.balance, state.debt), (-80, 80));
@@ -275,6 +278,7 @@ fn reversal_after_spending_stops_at_zero_under_cap_at_zero_and_records_the_short
             policy: ReturnPolicy::CapAtZero as i32,
             refund_amount_minor: 0,
             lots: from_lot(2, 20),
+            pending: vec![],
         })],
     );
     assert_eq!(state.balance, 0);
@@ -285,7 +289,7 @@ fn reversal_after_spending_stops_at_zero_under_cap_at_zero_and_records_the_short
 fn close_forfeits_the_balance_and_refuses_everything_after() {
     let state = given(&[enroll(), earn("o-1", 40, "order-1")]).then_changes(
         cmd("close-1", CommandBody::Close { reason: "gdpr".into() }),
-        &[Change::Closed(WalletClosed { reason: "gdpr".into(), forfeited_points: 40, lots: from_lot(2, 40) })],
+        &[Change::Closed(WalletClosed { reason: "gdpr".into(), forfeited_points: 40, lots: from_lot(2, 40), pending: vec![] })],
     );
     assert_eq!((state.status, state.balance), (WalletStatus::Closed, 0));
     let closed = || given(&[enroll(), earn("o-1", 40, "order-1"), cmd("close-1", CommandBody::Close { reason: "gdpr".into() })]);

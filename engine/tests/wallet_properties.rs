@@ -15,7 +15,7 @@ const MINUTE: i64 = 60_000;
 const DAY: i64 = 24 * 60 * MINUTE;
 
 /// A program whose rules pay per euro, a capped daily bonus and a first-order bonus.
-fn program(return_policy: ReturnPolicy, expiry: ExpiryPolicy) -> ProgramSettings {
+fn program(return_policy: ReturnPolicy, expiry: ExpiryPolicy, pending_days: u32) -> ProgramSettings {
     let json = r#"[{"id":"base","actions":[{"type":"points_per_currency_unit","points":1,"unit_minor":100}]},
         {"id":"daily","actions":[{"type":"points","amount":40}],"caps":{"per_customer":{"points":100,"period":"day"}}},
         {"id":"welcome","conditions":{"type":"first_order"},"actions":[{"type":"points","amount":25}]}]"#;
@@ -40,6 +40,7 @@ fn program(return_policy: ReturnPolicy, expiry: ExpiryPolicy) -> ProgramSettings
         rule_versions: std::sync::Arc::new([version]),
         packages: std::sync::Arc::new(packages),
         expiry,
+        pending_days,
     }
 }
 
@@ -160,10 +161,13 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
     #[test]
-    fn random_histories_keep_every_invariant(steps in steps(), policy in policy(), expiry in expiry(), ticks in ticks()) {
+    fn random_histories_keep_every_invariant(
+        steps in steps(), policy in policy(), expiry in expiry(), pending_days in prop_oneof![Just(0u32), Just(2), Just(10)], ticks in ticks()
+    ) {
         let tenant = TenantId::parse("t").unwrap();
         let wallet = WalletId::parse("w").unwrap();
-        let program = program(policy, expiry);
+        let program = program(policy, expiry, pending_days);
+        let mut pending_credits: HashMap<u64, (String, i64)> = HashMap::new();
         let mut lot_expiry: HashMap<u64, i64> = HashMap::new();
         let mut now_ms = 1_772_636_400_000;
         let mut state = WalletState::default();
@@ -200,6 +204,26 @@ proptest! {
                                 prop_assert_eq!(expires, lot.expires_at_ms, "points join only a lot that expires with them");
                                 prop_assert!(lot.expires_at_ms == 0 || lot.expires_at_ms > now_ms);
                             }
+                            Change::Earned(PointsEarned { pending: Some(p), source_ref, .. }) if p.points > 0 => {
+                                prop_assert!(p.available_at_ms > now_ms, "pending only while the window is open");
+                                pending_credits.insert(state.version, (source_ref.clone(), p.available_at_ms));
+                            }
+                            // Nothing matures early, and only what was pending.
+                            Change::Matured(m) => {
+                                let (source, at) = pending_credits.get(&m.pending).expect("a pending credit matures");
+                                prop_assert_eq!((source, *at), (&m.source_ref, m.available_at_ms));
+                                prop_assert!(m.available_at_ms <= now_ms);
+                                if let Some(lot) = &m.lot {
+                                    let expires = *lot_expiry.entry(lot.lot).or_insert(lot.expires_at_ms);
+                                    prop_assert_eq!(expires, lot.expires_at_ms);
+                                }
+                            }
+                            // A refund takes only its own order's pending points.
+                            Change::Reversed(r) => {
+                                for taken in &r.pending {
+                                    prop_assert_eq!(&pending_credits[&taken.lot].0, &r.source_ref);
+                                }
+                            }
                             // Nothing expires early, and each expiry names its lot's own time.
                             Change::Expired(e) => {
                                 prop_assert_eq!(Some(&e.expired_at_ms), lot_expiry.get(&e.lot));
@@ -209,7 +233,8 @@ proptest! {
                         }
                         // The balance is always its lots (held ones included) less the debt.
                         let lots: i64 = state.lots().map(|(_, lot)| lot.points + lot.held).sum();
-                        prop_assert_eq!(state.balance, lots - state.debt, "{:?}", state);
+                        prop_assert_eq!(state.balance, lots + state.pending_points - state.debt, "{:?}", state);
+                        prop_assert_eq!(state.pending_points, state.pending().map(|(_, p)| p.points).sum::<i64>());
                         prop_assert!(state.debt >= 0 && state.lots().all(|(_, lot)| lot.points >= 0 && lot.held >= 0));
                         prop_assert_eq!(state.held_points, state.lots().map(|(_, lot)| lot.held).sum::<i64>());
                         prop_assert!(policy != ReturnPolicy::CapAtZero || state.balance >= 0, "cap-at-zero went negative: {state:?}");
@@ -224,6 +249,7 @@ proptest! {
                     // and no hold past its timeout stays open.
                     prop_assert!(state.lots().all(|(_, lot)| lot.points == 0 || lot.expires_at_ms.is_none_or(|at| at > now_ms)));
                     prop_assert!(state.holds().all(|(_, hold)| hold.expires_at_ms > now_ms));
+                    prop_assert!(state.pending().all(|(_, p)| p.available_at_ms > now_ms));
                     // An immediate retry returns the outcome just recorded and changes nothing.
                     let retry = decide(&state, command, &ctx);
                     let Ok(Decision::AlreadyApplied(receipt)) = retry else { panic!("retry of {command:?} gave {retry:?}") };

@@ -73,6 +73,7 @@ fn response(tenant: &TenantId, state: &ProgramState, replayed: Option<u32>) -> p
             })
             .collect(),
         expiry_policy: Some(state.expiry),
+        pending_days: state.pending_days,
     }
 }
 
@@ -139,6 +140,11 @@ impl AdminService for AdminApi {
         let r = request.into_inner();
         let body = ProgramCommandBody::SetExpiryPolicy { policy: r.policy.unwrap_or_default(), set_by: r.set_by };
         self.execute(&r.tenant_id, r.idempotency_key, body).await
+    }
+
+    async fn set_pending_period(&self, request: Request<pb::SetPendingPeriodRequest>) -> Result<Response<pb::ProgramResponse>, Status> {
+        let r = request.into_inner();
+        self.execute(&r.tenant_id, r.idempotency_key, ProgramCommandBody::SetPendingPeriod { days: r.days, set_by: r.set_by }).await
     }
 
     async fn get_program(&self, request: Request<pb::GetProgramRequest>) -> Result<Response<pb::ProgramResponse>, Status> {

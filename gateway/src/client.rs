@@ -46,6 +46,7 @@ struct WalletView {
     customer_ref: String,
     balance: i64,
     held_points: i64,
+    pending_points: i64,
     available_points: i64,
     lifetime_earned: i64,
     lifetime_purchased: i64,
@@ -125,6 +126,7 @@ fn kind_name(kind: i32) -> &'static str {
         Ok(TransactionKind::Released) => "released",
         Ok(TransactionKind::Purchased) => "purchased",
         Ok(TransactionKind::Expired) => "expired",
+        Ok(TransactionKind::Matured) => "matured",
         _ => "unknown",
     }
 }
@@ -137,6 +139,7 @@ fn wallet_view(w: Wallet) -> WalletView {
         customer_ref: w.customer_ref,
         balance: w.balance,
         held_points: w.held_points,
+        pending_points: w.pending_points,
         available_points: w.available_points,
         lifetime_earned: w.lifetime_earned,
         lifetime_purchased: w.lifetime_purchased,
@@ -173,13 +176,14 @@ fn transaction_view(t: Transaction) -> TransactionView {
 
 fn render_wallet(w: &WalletView) -> String {
     let mut out = format!(
-        "{}/{} ({}, customer {:?})\n  balance   {}\n  held      {}\n  available {}\n  earned    {}\n  purchased {}\n  redeemed  {}\n  reversed  {}\n  adjusted  {}\n  expired   {}\n  enrolled  {}\n  last move {}\n  version   {}",
+        "{}/{} ({}, customer {:?})\n  balance   {}\n  held      {}\n  pending   {}\n  available {}\n  earned    {}\n  purchased {}\n  redeemed  {}\n  reversed  {}\n  adjusted  {}\n  expired   {}\n  enrolled  {}\n  last move {}\n  version   {}",
         w.tenant_id,
         w.wallet_id,
         w.status,
         w.customer_ref,
         w.balance,
         w.held_points,
+        w.pending_points,
         w.available_points,
         w.lifetime_earned,
         w.lifetime_purchased,

@@ -150,6 +150,7 @@ fn wallet(key: &WalletKey, summary: &WalletSummary) -> Wallet {
         available_points: summary.available_points,
         lifetime_purchased: summary.lifetime_purchased,
         lifetime_expired: summary.lifetime_expired,
+        pending_points: summary.pending_points,
         upcoming_expiries: summary
             .upcoming_expiries
             .iter()
@@ -183,11 +184,17 @@ pub(crate) fn transaction(stored: &StoredWalletEvent) -> Transaction {
         Change::Released(e) => (TransactionKind::Released, "", e.hold_id.as_str(), 0, None),
         Change::Purchased(e) => (TransactionKind::Purchased, e.package_id.as_str(), e.purchase_id.as_str(), 0, e.price.clone()),
         Change::Expired(_) => (TransactionKind::Expired, "", "", 0, None),
+        Change::Matured(e) => (TransactionKind::Matured, "", e.source_ref.as_str(), 0, None),
     };
     let opened = match change {
         Change::Earned(e) => e.lot.as_ref(),
+        Change::Matured(e) => e.lot.as_ref(),
         Change::Adjusted(e) => e.lot.as_ref(),
         Change::Purchased(e) => e.lot.as_ref(),
+        _ => None,
+    };
+    let pending = match change {
+        Change::Earned(e) => e.pending.as_ref(),
         _ => None,
     };
     let lots = match change {
@@ -199,6 +206,7 @@ pub(crate) fn transaction(stored: &StoredWalletEvent) -> Transaction {
         Change::Captured(e) => e.lots.clone(),
         Change::Released(e) => e.lots.clone(),
         Change::Expired(e) => vec![tally_proto::v1::LotPoints { lot: e.lot, points: e.points }],
+        Change::Matured(e) => e.lot.iter().map(|lot| tally_proto::v1::LotPoints { lot: lot.lot, points: lot.points }).collect(),
         Change::Enrolled(_) | Change::Earned(_) | Change::Purchased(_) => Vec::new(),
     };
     let held_points = match change {
@@ -229,7 +237,8 @@ pub(crate) fn transaction(stored: &StoredWalletEvent) -> Transaction {
         idempotency_key: idempotency_key.clone(),
         shortfall_points: shortfall,
         order_amount,
-        expires_at: opened.and_then(|lot| timestamp(lot.expires_at_ms)),
+        expires_at: opened.and_then(|lot| timestamp(lot.expires_at_ms)).or_else(|| pending.and_then(|p| timestamp(p.expires_at_ms))),
+        available_at: pending.and_then(|p| timestamp(p.available_at_ms)),
         lots,
     }
 }

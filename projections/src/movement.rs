@@ -33,6 +33,8 @@ pub enum MovementKind {
     Purchase,
     /// What was left of a lot of points expired.
     Expire,
+    /// Pending points became available; the balance is unchanged.
+    Mature,
 }
 
 impl MovementKind {
@@ -49,6 +51,7 @@ impl MovementKind {
             Self::Release => "release",
             Self::Purchase => "purchase",
             Self::Expire => "expire",
+            Self::Mature => "mature",
         }
     }
 }
@@ -134,6 +137,7 @@ pub fn decode_batch(events: Vec<RecordedEvent>) -> Result<Vec<Movement>, Project
             Change::Purchased(e) => (MovementKind::Purchase, e.package_id, e.purchase_id),
             // The reference names the lot: the stream version of the event that opened it.
             Change::Expired(e) => (MovementKind::Expire, String::new(), format!("lot:{}", e.lot)),
+            Change::Matured(e) => (MovementKind::Mature, String::new(), e.source_ref),
         };
         movements.push(Movement {
             position,

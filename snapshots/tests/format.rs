@@ -33,8 +33,8 @@ fn history(bodies: &[CommandBody]) -> Vec<Event> {
     events
 }
 
-/// A program with a per-customer capped rule and points that expire at the end of the month, so
-/// snapshots carry rule usage and lots with an expiry too.
+/// A program with a per-customer capped rule, points that expire at the end of the month and a return
+/// window, so snapshots carry rule usage, lots with an expiry and pending points too.
 fn program() -> ProgramSettings {
     let json = r#"[{"id":"base","actions":[{"type":"points_per_currency_unit","points":1,"unit_minor":100}]},
         {"id":"weekly","actions":[{"type":"points","amount":50}],"caps":{"per_customer":{"points":80,"period":"week"}}}]"#;
@@ -52,7 +52,7 @@ fn program() -> ProgramSettings {
     let expiry = tally_engine::domain::ExpiryPolicy {
         rule: Some(tally_proto::v1::expiry_policy::Rule::After(tally_proto::v1::ExpireAfter { months: 0, days: 0, at_month_end: true })),
     };
-    ProgramSettings { rule_versions: Arc::new([version]), packages, expiry, ..ProgramSettings::default() }
+    ProgramSettings { rule_versions: Arc::new([version]), packages, expiry, pending_days: 30, ..ProgramSettings::default() }
 }
 
 fn order(id: &str, total_minor: i64) -> CommandBody {
@@ -98,6 +98,8 @@ fn the_format_matches_its_golden_file() {
     let state = fold(&golden_history());
     // Lots: January's earnings (month end), the purchase (never), part of January's held.
     assert_eq!(state.lots().map(|(_, lot)| (lot.expires_at_ms, lot.held)).collect::<Vec<_>>(), [(Some(1_769_904_000_000), 20), (None, 0)]);
+    // The orders' points wait out the return window (order-3 less its refund).
+    assert_eq!(state.pending().map(|(_, p)| p.points).collect::<Vec<_>>(), [46, 40]);
     assert_eq!((state.orders_placed, state.source("order-3").unwrap().refunded_minor), (2, 1_000), "every command was accepted");
     assert_eq!((state.held_points, state.lifetime_purchased), (20, 500));
     assert_eq!(

@@ -150,6 +150,8 @@ pub struct WalletSummary {
     pub available_points: i64,
     pub lifetime_purchased: i64,
     pub lifetime_expired: i64,
+    /// Points not spendable yet (included in `balance`).
+    pub pending_points: i64,
     /// `(when, points)` of the soonest expiries, at most five.
     pub upcoming_expiries: Vec<(i64, i64)>,
 }

@@ -1,7 +1,8 @@
 //! Time-driven wallet transitions: a due-time index derived from the log, not a scan of all wallets.
 //!
 //! A reader task follows the log and folds, per wallet, what can come due by itself: open POS holds
-//! (until their timeout) and lots of points with an expiry (their unheld points). Every event a wallet
+//! (until their timeout), pending points (until they mature) and lots of points with an expiry (their
+//! unheld points). Every event a wallet
 //! records moves that wallet's next due time in the index. The timer loop sleeps until the earliest one
 //! and sends the wallet `RunDue`, which records whatever is due then (holds released, lots expired); a
 //! repeat — a restart, another node, a stale index — finds nothing due and says when the next thing is.
@@ -72,17 +73,31 @@ struct Schedule {
     holds: HashMap<String, i64>,
     /// Lots with an expiry: `(unheld points, held points, expires at)`.
     lots: BTreeMap<u64, (i64, i64, i64)>,
+    /// Pending credits by the version that made them: `(points, available at)`.
+    pending: BTreeMap<u64, (i64, i64)>,
 }
 
 impl Schedule {
     fn due(&self) -> Option<i64> {
         let holds = self.holds.values().copied();
         let lots = self.lots.values().filter(|(points, _, _)| *points > 0).map(|(_, _, at)| *at);
-        holds.chain(lots).min()
+        let pending = self.pending.values().map(|(_, at)| *at);
+        holds.chain(lots).chain(pending).min()
     }
 
     fn is_empty(&self) -> bool {
-        self.holds.is_empty() && self.lots.is_empty()
+        self.holds.is_empty() && self.lots.is_empty() && self.pending.is_empty()
+    }
+
+    fn take_pending(&mut self, taken: &[LotPoints]) {
+        for t in taken {
+            if let Some(pending) = self.pending.get_mut(&t.lot) {
+                pending.0 -= t.points;
+                if pending.0 <= 0 {
+                    self.pending.remove(&t.lot);
+                }
+            }
+        }
     }
 
     fn open(&mut self, lot: Option<&LotOpened>) {
@@ -105,18 +120,30 @@ impl Schedule {
         }
     }
 
-    /// Folds one event; false once the wallet is closed.
-    fn fold(&mut self, change: &Change) -> bool {
+    /// Folds the event at stream `version`; false once the wallet is closed.
+    fn fold(&mut self, change: &Change, version: u64) -> bool {
         match change {
             Change::Enrolled(_) => {}
-            Change::Earned(e) => self.open(e.lot.as_ref()),
+            Change::Earned(e) => {
+                self.open(e.lot.as_ref());
+                if let Some(pending) = e.pending.as_ref().filter(|p| p.points > 0) {
+                    self.pending.insert(version, (pending.points, pending.available_at_ms));
+                }
+            }
+            Change::Matured(e) => {
+                self.pending.remove(&e.pending);
+                self.open(e.lot.as_ref());
+            }
             Change::Adjusted(e) => {
                 self.open(e.lot.as_ref());
                 self.shift(&e.lots, -1, 0);
             }
             Change::Purchased(e) => self.open(e.lot.as_ref()),
             Change::Redeemed(e) => self.shift(&e.lots, -1, 0),
-            Change::Reversed(e) => self.shift(&e.lots, -1, 0),
+            Change::Reversed(e) => {
+                self.take_pending(&e.pending);
+                self.shift(&e.lots, -1, 0);
+            }
             Change::Expired(e) => self.shift(&[LotPoints { lot: e.lot, points: e.points }], -1, 0),
             Change::Held(e) => {
                 self.holds.insert(e.hold_id.clone(), e.expires_at_ms);
@@ -145,6 +172,7 @@ fn fold(schedules: &mut HashMap<WalletKey, Schedule>, recorded: RecordedEvent) -
     let (tenant, wallet) = codec::wallet_of(recorded.stream_id.as_str())?;
     let key = WalletKey::new(tenant, wallet);
     let stream = recorded.stream_id.clone();
+    let version = recorded.stream_version;
     let event = match codec::decode(recorded) {
         Ok(event) => event,
         Err(error) => {
@@ -155,7 +183,7 @@ fn fold(schedules: &mut HashMap<WalletKey, Schedule>, recorded: RecordedEvent) -
     };
     let schedule = schedules.entry(key.clone()).or_default();
     let before = schedule.due();
-    let open = schedule.fold(&event.change);
+    let open = schedule.fold(&event.change, version);
     let at_ms = if open { schedule.due() } else { None };
     if !open || schedule.is_empty() {
         schedules.remove(&key);

@@ -246,6 +246,7 @@ fn summarize(state: &WalletState, now_ms: i64) -> WalletSummary {
         available_points: state.available_at(now_ms).max(0),
         lifetime_purchased: state.lifetime_purchased,
         lifetime_expired: state.lifetime_expired,
+        pending_points: state.pending_points,
         upcoming_expiries: state.upcoming_expiries(now_ms, UPCOMING_EXPIRIES),
     }
 }

@@ -1,10 +1,9 @@
 //! `decide` and `apply`: the functional core of a wallet.
 
-use std::collections::BTreeMap;
-
 use tally_proto::v1::{
-    CapPeriod, EarnReversed, EarnedByRule, HoldCaptured, HoldEnd, HoldReleased, LotOpened, LotPoints, OrderEarning, PointsAdjusted,
-    PointsEarned, PointsExpired, PointsHeld, PointsPurchased, PointsRedeemed, ReturnPolicy, StampAward, WalletClosed, WalletEnrolled,
+    CapPeriod, EarnReversed, EarnedByRule, HoldCaptured, HoldEnd, HoldReleased, LotOpened, LotPoints, OrderEarning, PendingPoints,
+    PointsAdjusted, PointsEarned, PointsExpired, PointsHeld, PointsMatured, PointsPurchased, PointsRedeemed, ReturnPolicy, StampAward,
+    WalletClosed, WalletEnrolled,
 };
 
 use super::Context;
@@ -13,7 +12,7 @@ use super::event::{Change, Event};
 use super::ids::FieldError;
 use super::rejection::Rejection;
 use super::rules::{self, Customer, Order, Period, Rule};
-use super::state::{Hold, Lot, Receipt, RuleUsage, SourceLedger, WalletState, WalletStatus};
+use super::state::{Hold, Lot, Pending, Receipt, RuleUsage, SourceLedger, WalletState, WalletStatus};
 use crate::limits::{
     BALANCE_ABS_MAX, HOLD_ID_BYTES_MAX, HOLD_TIMEOUT_MAX_MS, MONEY_MINOR_ABS_MAX, ORDER_BACKDATE_MAX_MS, ORDER_CLOCK_SKEW_MAX_MS,
     POINTS_PER_COMMAND_MAX, REASON_BYTES_MAX, REF_BYTES_MAX, RULE_USAGE_PERIODS_MAX,
@@ -66,18 +65,8 @@ pub fn decide(state: &WalletState, command: &Command, ctx: &Context<'_>) -> Resu
         return Err(Rejection::HoldExpired { hold_id: hold_id.clone() });
     }
     // What time brought since the last event comes first, so the command sees the wallet as it is now.
-    let due = due_changes(state, ctx.now_ms);
-    let caught_up;
-    let current = if due.is_empty() {
-        state
-    } else {
-        let mut after = state.clone();
-        for change in &due {
-            apply(&mut after, &event(change.clone()));
-        }
-        caught_up = after;
-        &caught_up
-    };
+    let (due, caught_up) = catch_up(state, ctx.now_ms, &event);
+    let current = caught_up.as_ref().unwrap_or(state);
     let changes = match (current.status, &command.body) {
         (_, CommandBody::RunDue) if due.is_empty() => return Err(Rejection::NothingDue { next_due_ms: state.next_due_ms() }),
         (_, CommandBody::RunDue) => Vec::new(),
@@ -87,28 +76,41 @@ pub fn decide(state: &WalletState, command: &Command, ctx: &Context<'_>) -> Resu
     Ok(Decision::Append(due.into_iter().chain(changes).map(event).collect()))
 }
 
-/// What happened by itself up to `now_ms`: holds past their timeout are released (by expiry, then hold
-/// id), then lots past their expiry expire (by expiry, then lot), points given back by those holds
-/// included.
-fn due_changes(state: &WalletState, now_ms: i64) -> Vec<Change> {
+/// What happened by itself up to `now_ms`, one transition at a time, each seeing the ones before: holds
+/// past their timeout are released (by timeout, then hold id), pending points past their time mature
+/// (by time, then credit), then lots past their expiry expire (by expiry, then lot) — points given back
+/// or matured included. The changes, and the state after them if there were any.
+fn catch_up(state: &WalletState, now_ms: i64, event: &dyn Fn(Change) -> Event) -> (Vec<Change>, Option<WalletState>) {
     if state.status != WalletStatus::Active || state.next_due_ms().is_none_or(|due| due > now_ms) {
-        return Vec::new();
+        return (Vec::new(), None);
     }
-    let mut holds: Vec<(&str, &Hold)> = state.holds().filter(|(_, hold)| hold.expires_at_ms <= now_ms).collect();
-    holds.sort_unstable_by_key(|(id, hold)| (hold.expires_at_ms, *id));
-    let mut returned: BTreeMap<u64, i64> = BTreeMap::new();
-    for (lot, points) in holds.iter().flat_map(|(_, hold)| &hold.lots) {
-        *returned.entry(*lot).or_default() += points;
+    let mut current = state.clone();
+    let mut changes = Vec::new();
+    while let Some(change) = next_transition(&current, now_ms) {
+        apply(&mut current, &event(change.clone()));
+        changes.push(change);
     }
-    let released = holds.into_iter().map(|(id, hold)| release(id, hold, HoldEnd::Expired));
-    let mut expired: Vec<(i64, u64, i64)> = state
-        .expired_lots(now_ms)
-        .map(|(id, lot)| (lot.expires_at_ms.unwrap_or(i64::MAX), id, lot.points + returned.get(&id).copied().unwrap_or(0)))
-        .filter(|(_, _, points)| *points > 0)
-        .collect();
-    expired.sort_unstable();
-    let expired = expired.into_iter().map(|(at, lot, points)| Change::Expired(PointsExpired { lot, points, expired_at_ms: at }));
-    released.chain(expired).collect()
+    (changes, Some(current))
+}
+
+/// The first transition due by `now_ms`, in the order [`catch_up`] records them.
+fn next_transition(state: &WalletState, now_ms: i64) -> Option<Change> {
+    let hold = state.holds().filter(|(_, hold)| hold.expires_at_ms <= now_ms).min_by_key(|(id, hold)| (hold.expires_at_ms, *id));
+    if let Some((id, hold)) = hold {
+        return Some(release(id, hold, HoldEnd::Expired));
+    }
+    let pending = state.pending().filter(|(_, p)| p.available_at_ms <= now_ms).min_by_key(|(id, p)| (p.available_at_ms, *id));
+    if let Some((id, pending)) = pending {
+        return Some(Change::Matured(PointsMatured {
+            pending: id,
+            source_ref: pending.source_ref.clone(),
+            points: pending.points,
+            available_at_ms: pending.available_at_ms,
+            lot: Some(open_lot(state, pending.points, pending.expires_at_ms)),
+        }));
+    }
+    let lot = state.expired_lots(now_ms).filter(|(_, lot)| lot.points > 0).min_by_key(|(id, lot)| lot.spending_order(*id));
+    lot.map(|(id, lot)| Change::Expired(PointsExpired { lot: id, points: lot.points, expired_at_ms: lot.expires_at_ms.unwrap_or(now_ms) }))
 }
 
 /// A hold ends unspent: all its points go back to their lots.
@@ -146,6 +148,8 @@ fn open_lot(state: &WalletState, points: i64, expires_at_ms: Option<i64>) -> Lot
     LotOpened { points: into_lot.max(0), expires_at_ms: expires_at_ms.unwrap_or(0), lot }
 }
 
+const DAY_MS: i64 = 86_400_000;
+
 /// When points earned now expire under the program's policy.
 fn earned_expiry(ctx: &Context<'_>) -> Option<i64> {
     super::expiry::expires_at(&ctx.program.expiry, ctx.now_ms, ctx.program.utc_offset_minutes)
@@ -157,7 +161,8 @@ fn close(state: &WalletState, reason: &str) -> Vec<Change> {
     holds.sort_unstable_by_key(|(id, _)| *id);
     let released = holds.into_iter().map(|(id, hold)| release(id, hold, HoldEnd::WalletClosed));
     let lots = state.lots().map(|(id, lot)| LotPoints { lot: id, points: lot.points + lot.held }).filter(|l| l.points > 0).collect();
-    let closed = Change::Closed(WalletClosed { reason: reason.to_owned(), forfeited_points: state.balance.max(0), lots });
+    let pending = state.pending().map(|(id, p)| LotPoints { lot: id, points: p.points }).collect();
+    let closed = Change::Closed(WalletClosed { reason: reason.to_owned(), forfeited_points: state.balance.max(0), lots, pending });
     released.chain(std::iter::once(closed)).collect()
 }
 
@@ -187,6 +192,7 @@ fn decide_change(state: &WalletState, body: &CommandBody, ctx: &Context<'_>) -> 
                 order_amount: order_amount.clone(),
                 order: None,
                 lot: Some(open_lot(state, *points, earned_expiry(ctx))),
+                pending: None,
             }))
         }
         (WalletStatus::Active, CommandBody::Redeem { points, reward_ref }) => {
@@ -330,14 +336,28 @@ fn reversal(
     refund_amount_minor: i64,
 ) -> Result<Change, Rejection> {
     let policy = ctx.program.return_policy;
+    // The order's own pending points go first: a refund inside the return window cancels them.
+    let mut own_pending: Vec<(u64, i64)> =
+        state.pending().filter(|(_, p)| p.source_ref == source_ref).map(|(id, p)| (id, p.points)).collect();
+    own_pending.sort_unstable();
+    let own_pending_points: i64 = own_pending.iter().map(|(_, points)| points).sum();
     let reversed = match policy {
-        // Held points stay held: the cap is what is available.
-        ReturnPolicy::CapAtZero => requested.min(state.available_at(ctx.now_ms).max(0)),
+        // Held points stay held: the cap is what is available, and the order's pending points.
+        ReturnPolicy::CapAtZero => requested.min(state.available_at(ctx.now_ms).max(0) + own_pending_points),
         ReturnPolicy::AllowNegative | ReturnPolicy::Unspecified => requested,
     };
     checked_balance(state.balance.checked_sub(reversed), "points", requested)?;
+    let mut left = reversed;
+    let mut pending = Vec::new();
+    for (id, points) in own_pending {
+        let take = points.min(left);
+        if take > 0 {
+            pending.push(LotPoints { lot: id, points: take });
+            left -= take;
+        }
+    }
     let own = state.sources.get(source_ref).map_or(&[][..], |ledger| ledger.lots.as_slice());
-    let (lots, _) = take_lots(state, reversed, own);
+    let (lots, _) = take_lots(state, left, own);
     Ok(Change::Reversed(EarnReversed {
         source_ref: source_ref.to_owned(),
         requested_points: requested,
@@ -350,6 +370,7 @@ fn reversal(
         } as i32,
         refund_amount_minor,
         lots,
+        pending,
     }))
 }
 
@@ -392,6 +413,10 @@ fn earn_for_order(state: &WalletState, order: &Order, ctx: &Context<'_>) -> Resu
     let points = breakdown.total_points;
     checked_balance(state.balance.checked_add(points), "order", points)?;
     checked_balance(state.lifetime_earned.checked_add(points), "order", points)?;
+    // The return window runs from when the order was placed.
+    let available_at_ms = placed_at_ms.saturating_add(i64::from(ctx.program.pending_days) * DAY_MS);
+    let pending = points > 0 && available_at_ms > ctx.now_ms;
+    let expires_at_ms = earned_expiry(ctx);
     let awards = breakdown
         .awards
         .into_iter()
@@ -411,7 +436,8 @@ fn earn_for_order(state: &WalletState, order: &Order, ctx: &Context<'_>) -> Resu
         source_ref: order.order_id.clone(),
         order_amount: Some(Money { amount_minor: order.total_minor, currency: order.currency.clone() }),
         order: Some(OrderEarning { rules_version, awards, placed_at_ms, channel: order.channel.clone(), store: order.store.clone() }),
-        lot: Some(open_lot(state, points, earned_expiry(ctx))),
+        lot: (!pending).then(|| open_lot(state, points, expires_at_ms)),
+        pending: pending.then(|| PendingPoints { points, available_at_ms, expires_at_ms: expires_at_ms.unwrap_or(0) }),
     }))
 }
 
@@ -426,13 +452,16 @@ pub fn apply(state: &mut WalletState, event: &Event) {
         Change::Earned(e) => {
             state.lifetime_earned += e.points;
             credit(state, e.points, e.lot.as_ref());
+            if let Some(pending) = e.pending.as_ref().filter(|p| p.points > 0) {
+                state.pending_points += pending.points;
+                let expires_at_ms = (pending.expires_at_ms != 0).then_some(pending.expires_at_ms);
+                let available_at_ms = pending.available_at_ms;
+                let source_ref = e.source_ref.clone();
+                state.pending.insert(state.version + 1, Pending { points: pending.points, source_ref, available_at_ms, expires_at_ms });
+            }
             let source = state.sources.entry(e.source_ref.clone()).or_default();
             source.earned += e.points;
-            if let Some(lot) = e.lot.as_ref().filter(|lot| lot.points > 0)
-                && !source.lots.contains(&lot.lot)
-            {
-                source.lots.push(lot.lot);
-            }
+            remember_lot(source, e.lot.as_ref());
             if let Some(order) = &e.order {
                 state.orders_placed += 1;
                 source.order_minor = Some(e.order_amount.as_ref().map_or(0, |m| m.amount_minor));
@@ -455,14 +484,16 @@ pub fn apply(state: &mut WalletState, event: &Event) {
         }
         Change::Reversed(e) => {
             state.lifetime_reversed += e.reversed_points;
-            debit(state, e.reversed_points, &e.lots);
+            let from_pending = take_pending(state, &e.pending);
+            debit(state, e.reversed_points - from_pending, &e.lots);
             let source = state.sources.entry(e.source_ref.clone()).or_default();
             source.reversed += e.requested_points;
             source.refunded_minor += e.refund_amount_minor;
         }
         Change::Closed(e) => {
             state.status = WalletStatus::Closed;
-            debit(state, e.forfeited_points, &e.lots);
+            let from_pending = take_pending(state, &e.pending);
+            debit(state, e.forfeited_points - from_pending, &e.lots);
         }
         Change::Held(e) => {
             state.held_points += e.points;
@@ -493,6 +524,11 @@ pub fn apply(state: &mut WalletState, event: &Event) {
             state.lifetime_purchased += e.points;
             credit(state, e.points, e.lot.as_ref());
         }
+        Change::Matured(e) => {
+            take_pending(state, &[LotPoints { lot: e.pending, points: e.points }]);
+            credit(state, e.points, e.lot.as_ref());
+            remember_lot(state.sources.entry(e.source_ref.clone()).or_default(), e.lot.as_ref());
+        }
         Change::Expired(e) => {
             state.lifetime_expired += e.points;
             debit(state, e.points, std::slice::from_ref(&LotPoints { lot: e.lot, points: e.points }));
@@ -516,6 +552,31 @@ pub fn apply(state: &mut WalletState, event: &Event) {
             last_version: version,
             balance_after: balance,
         });
+}
+
+/// A source's points went into `lot`: a reversal of the source takes from it first.
+fn remember_lot(source: &mut SourceLedger, lot: Option<&LotOpened>) {
+    if let Some(lot) = lot.filter(|lot| lot.points > 0)
+        && !source.lots.contains(&lot.lot)
+    {
+        source.lots.push(lot.lot);
+    }
+}
+
+/// Takes points out of pending credits; how many.
+fn take_pending(state: &mut WalletState, taken: &[LotPoints]) -> i64 {
+    let mut total = 0;
+    for t in taken {
+        total += t.points;
+        state.pending_points -= t.points;
+        if let Some(pending) = state.pending.get_mut(&t.lot) {
+            pending.points -= t.points;
+            if pending.points <= 0 {
+                state.pending.remove(&t.lot);
+            }
+        }
+    }
+    total
 }
 
 /// A credit of `points`: what the lot did not take paid back the debt.

@@ -3,8 +3,8 @@
 //! messages themselves, so the persisted schema and the domain cannot drift apart.
 
 use tally_proto::v1::{
-    EarnReversed, HoldCaptured, HoldReleased, PointsAdjusted, PointsEarned, PointsExpired, PointsHeld, PointsPurchased, PointsRedeemed,
-    WalletClosed, WalletEnrolled,
+    EarnReversed, HoldCaptured, HoldReleased, PointsAdjusted, PointsEarned, PointsExpired, PointsHeld, PointsMatured, PointsPurchased,
+    PointsRedeemed, WalletClosed, WalletEnrolled,
 };
 
 #[derive(Debug, Clone, PartialEq)]
@@ -37,6 +37,8 @@ pub enum Change {
     Purchased(PointsPurchased),
     /// What was left of a lot expired.
     Expired(PointsExpired),
+    /// Pending points became available.
+    Matured(PointsMatured),
 }
 
 impl Change {
@@ -54,6 +56,7 @@ impl Change {
             Change::Captured(e) => e.points.saturating_neg(),
             Change::Purchased(e) => e.points,
             Change::Expired(e) => e.points.saturating_neg(),
+            Change::Matured(_) => 0,
         }
     }
 
@@ -71,6 +74,7 @@ impl Change {
             Change::Released(_) => "tally.v1.HoldReleased",
             Change::Purchased(_) => "tally.v1.PointsPurchased",
             Change::Expired(_) => "tally.v1.PointsExpired",
+            Change::Matured(_) => "tally.v1.PointsMatured",
         }
     }
 }

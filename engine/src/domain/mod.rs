@@ -24,7 +24,7 @@ pub use decide::{Decision, apply, decide};
 pub use event::{Change, Event};
 pub use ids::{FieldError, TenantId, WalletId};
 pub use rejection::Rejection;
-pub use state::{Hold, Lot, Receipt, RuleUsage, SourceLedger, WalletState, WalletStatus};
+pub use state::{Hold, Lot, Pending, Receipt, RuleUsage, SourceLedger, WalletState, WalletStatus};
 pub use tally_proto::v1::{CreditPackageDefined, ExpiryPolicy, ReturnPolicy};
 
 /// What the wallet domain needs of its tenant's program (see [`program::ProgramState::settings`]).
@@ -40,6 +40,8 @@ pub struct ProgramSettings {
     pub packages: std::sync::Arc<std::collections::BTreeMap<String, CreditPackageDefined>>,
     /// When earned points expire (no rule: never).
     pub expiry: ExpiryPolicy,
+    /// Days after an order was placed before the points it earned can be spent (0: at once).
+    pub pending_days: u32,
 }
 
 impl ProgramSettings {
@@ -59,6 +61,7 @@ impl Default for ProgramSettings {
             rule_versions: std::sync::Arc::new([]),
             packages: std::sync::Arc::default(),
             expiry: ExpiryPolicy::default(),
+            pending_days: 0,
         }
     }
 }

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use tally_proto::v1::{CreditPackageDefined, ExpiryPolicy, ExpiryPolicySet, Money, ProgramCreated, RulesPublished};
+use tally_proto::v1::{CreditPackageDefined, ExpiryPolicy, ExpiryPolicySet, Money, PendingPeriodSet, ProgramCreated, RulesPublished};
 
 use super::ReturnPolicy;
 use super::fingerprint::Fingerprint;
@@ -14,6 +14,8 @@ use crate::limits::{MONEY_MINOR_ABS_MAX, POINTS_PER_COMMAND_MAX, REASON_BYTES_MA
 
 /// Largest rules document, in bytes.
 pub const RULES_JSON_BYTES_MAX: usize = 256 * 1024;
+/// Longest pending period: a year.
+pub const PENDING_DAYS_MAX: u32 = 365;
 /// Time zones span UTC-12:00 to UTC+14:00.
 const UTC_OFFSET_MINUTES: std::ops::RangeInclusive<i32> = -720..=840;
 
@@ -40,6 +42,11 @@ pub enum ProgramCommandBody {
     /// Sets when earned points expire, for points credited from then on.
     SetExpiryPolicy {
         policy: ExpiryPolicy,
+        set_by: String,
+    },
+    /// Sets how long points earned for orders wait before they can be spent.
+    SetPendingPeriod {
+        days: u32,
         set_by: String,
     },
 }
@@ -77,6 +84,7 @@ impl ProgramCommand {
                 };
                 fp.str(set_by)
             }
+            ProgramCommandBody::SetPendingPeriod { days, set_by } => Fingerprint::new(105).u64(u64::from(*days)).str(set_by),
         }
         .finish()
     }
@@ -88,6 +96,7 @@ pub enum ProgramChange {
     RulesPublished(RulesPublished),
     PackageDefined(CreditPackageDefined),
     ExpiryPolicySet(ExpiryPolicySet),
+    PendingPeriodSet(PendingPeriodSet),
 }
 
 impl ProgramChange {
@@ -97,6 +106,7 @@ impl ProgramChange {
             ProgramChange::RulesPublished(_) => "tally.v1.RulesPublished",
             ProgramChange::PackageDefined(_) => "tally.v1.CreditPackageDefined",
             ProgramChange::ExpiryPolicySet(_) => "tally.v1.ExpiryPolicySet",
+            ProgramChange::PendingPeriodSet(_) => "tally.v1.PendingPeriodSet",
         }
     }
 }
@@ -136,6 +146,8 @@ pub struct ProgramState {
     pub packages: BTreeMap<String, CreditPackageDefined>,
     /// When earned points expire (no rule: never).
     pub expiry: ExpiryPolicy,
+    /// Days points earned for orders wait before they can be spent.
+    pub pending_days: u32,
     /// Idempotency keys of accepted commands: their fingerprint and the rules version after them.
     receipts: BTreeMap<String, (u64, u32)>,
 }
@@ -154,6 +166,7 @@ impl ProgramState {
             rule_versions: self.rule_versions.clone().into(),
             packages: Arc::new(self.packages.clone()),
             expiry: self.expiry,
+            pending_days: self.pending_days,
         }
     }
 
@@ -290,6 +303,16 @@ pub fn decide_program(
             check_text("set_by", set_by, REF_BYTES_MAX)?;
             ProgramChange::ExpiryPolicySet(ExpiryPolicySet { policy: Some(*policy), set_by: set_by.clone() })
         }
+        ProgramCommandBody::SetPendingPeriod { days, set_by } => {
+            if !state.created {
+                return Err(ProgramRejection::NotCreated);
+            }
+            if *days > PENDING_DAYS_MAX {
+                return Err(FieldError::new("days", format!("must be at most {PENDING_DAYS_MAX}")).into());
+            }
+            check_text("set_by", set_by, REF_BYTES_MAX)?;
+            ProgramChange::PendingPeriodSet(PendingPeriodSet { days: *days, set_by: set_by.clone() })
+        }
     };
     Ok(ProgramDecision::Append(vec![ProgramEvent {
         idempotency_key: command.idempotency_key.clone(),
@@ -321,6 +344,7 @@ pub fn apply_program(state: &mut ProgramState, event: &ProgramEvent) {
             state.packages.insert(e.package_id.clone(), e.clone());
         }
         ProgramChange::ExpiryPolicySet(e) => state.expiry = e.policy.unwrap_or_default(),
+        ProgramChange::PendingPeriodSet(e) => state.pending_days = e.days,
     }
     state.version += 1;
     let rules_version = state.current_rules().map_or(0, |v| v.version);

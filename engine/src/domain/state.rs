@@ -80,6 +80,16 @@ pub struct Lot {
     pub expires_at_ms: Option<i64>,
 }
 
+/// Points credited for an order that wait out the program's pending period.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Pending {
+    pub points: i64,
+    pub source_ref: String,
+    pub available_at_ms: i64,
+    /// The expiry their lot gets; `None`: never.
+    pub expires_at_ms: Option<i64>,
+}
+
 impl Lot {
     /// The order lots are spent in: soonest expiry first, never-expiring last, then oldest first.
     pub fn spending_order(&self, id: u64) -> (i64, u64) {
@@ -115,8 +125,10 @@ pub struct WalletState {
     /// Points that expired.
     pub lifetime_expired: i64,
     /// Points owed: a reversal took more than the lots held (ALLOW_NEGATIVE). Credits pay it back first.
-    /// `balance == Σ lot.points + Σ lot.held - debt`.
+    /// `balance == Σ lot.points + Σ lot.held + pending_points - debt`.
     pub debt: i64,
+    /// Points not spendable yet (in `balance`).
+    pub pending_points: i64,
     pub enrolled_at_ms: i64,
     pub last_activity_ms: i64,
     /// Number of events applied: the stream version this state reflects.
@@ -130,6 +142,8 @@ pub struct WalletState {
     pub(crate) holds: FastMap<String, Hold>,
     /// Open lots by id (the stream version of the event that opened them).
     pub(crate) lots: BTreeMap<u64, Lot>,
+    /// Pending credits by the stream version of the `PointsEarned` that made them.
+    pub(crate) pending: BTreeMap<u64, Pending>,
     #[serde(serialize_with = "sorted")]
     pub(crate) sources: FastMap<String, SourceLedger>,
     /// Per rule id, for rules with a per-customer cap.
@@ -172,7 +186,19 @@ impl WalletState {
         };
         let expired: i64 =
             self.expired_lots(now_ms).map(|(id, lot)| lot.points + if self.holds.is_empty() { 0 } else { expired_held(id) }).sum();
-        self.balance - held - expired
+        // Pending points due by now are available, unless their lot has expired too.
+        let pending: i64 = self
+            .pending
+            .values()
+            .filter(|p| p.available_at_ms > now_ms || p.expires_at_ms.is_some_and(|at| at <= now_ms))
+            .map(|p| p.points)
+            .sum();
+        self.balance - held - expired - pending
+    }
+
+    /// Pending credits by the stream version that made them.
+    pub fn pending(&self) -> impl Iterator<Item = (u64, &Pending)> {
+        self.pending.iter().map(|(id, p)| (*id, p))
     }
 
     /// Lots whose expiry is at or before `now_ms`.
@@ -185,24 +211,25 @@ impl WalletState {
         self.lots.iter().map(|(id, lot)| (*id, lot))
     }
 
-    /// The next instant something happens to this wallet by itself: a hold times out or a lot expires.
+    /// The next instant something happens to this wallet by itself: a hold times out, pending points
+    /// mature or a lot expires.
     pub fn next_due_ms(&self) -> Option<i64> {
         let holds = self.holds.values().map(|h| h.expires_at_ms);
+        let pending = self.pending.values().map(|p| p.available_at_ms);
         let lots = self.lots.values().filter(|lot| lot.points > 0).filter_map(|lot| lot.expires_at_ms);
-        holds.chain(lots).min()
+        holds.chain(pending).chain(lots).min()
     }
 
-    /// `(when, points)` of the soonest expiries after `now_ms`, held points included, at most `n`.
+    /// `(when, points)` of the soonest expiries after `now_ms`, held and pending points included, at most
+    /// `n`.
     pub fn upcoming_expiries(&self, now_ms: i64, n: usize) -> Vec<(i64, i64)> {
-        let mut expiring: Vec<(i64, i64)> = self
-            .lots
-            .values()
-            .filter_map(|lot| Some((lot.expires_at_ms?, lot.points + lot.held)))
-            .filter(|(at, points)| *at > now_ms && *points > 0)
-            .collect();
-        expiring.sort_unstable();
-        expiring.truncate(n);
-        expiring
+        let mut expiring: BTreeMap<i64, i64> = BTreeMap::new();
+        let lots = self.lots.values().filter_map(|lot| Some((lot.expires_at_ms?, lot.points + lot.held)));
+        let pending = self.pending.values().filter_map(|p| Some((p.expires_at_ms?, p.points)));
+        for (at, points) in lots.chain(pending).filter(|(at, points)| *at > now_ms && *points > 0) {
+            *expiring.entry(at).or_default() += points;
+        }
+        expiring.into_iter().take(n).collect()
     }
 
     /// Number of accepted commands remembered for idempotency.
