@@ -4,8 +4,8 @@
 use prost::Message;
 use tally_proto::v1::{
     CreditPackageDefined, EarnReversed, ExpiryPolicySet, HoldCaptured, HoldReleased, PendingPeriodSet, PointsAdjusted, PointsEarned,
-    PointsExpired, PointsHeld, PointsMatured, PointsPurchased, PointsRedeemed, ProgramCreated, RulesPublished, WalletClosed,
-    WalletEnrolled,
+    PointsExpired, PointsHeld, PointsMatured, PointsPurchased, PointsRedeemed, ProgramCreated, RulesPublished, TierChanged, TierReviewed,
+    TiersDefined, WalletClosed, WalletEnrolled,
 };
 
 use crate::domain::program::{ProgramChange, ProgramEvent};
@@ -42,6 +42,7 @@ pub fn encode_program(event: &ProgramEvent, metadata: &EventMetadata) -> EventDa
         ProgramChange::PackageDefined(e) => e.encode_to_vec(),
         ProgramChange::ExpiryPolicySet(e) => e.encode_to_vec(),
         ProgramChange::PendingPeriodSet(e) => e.encode_to_vec(),
+        ProgramChange::TiersDefined(e) => e.encode_to_vec(),
     };
     let facts = CommandFacts { key: &event.idempotency_key, fingerprint: event.command_fingerprint, recorded_at_ms: event.recorded_at_ms };
     envelope(event.change.event_type(), PROGRAM_SCHEMA_VERSION, facts, metadata, payload)
@@ -62,6 +63,7 @@ pub fn decode_program(recorded: RecordedEvent) -> Result<ProgramEvent, CodecErro
         "tally.v1.CreditPackageDefined" => ProgramChange::PackageDefined(CreditPackageDefined::decode(payload).map_err(undecodable)?),
         "tally.v1.ExpiryPolicySet" => ProgramChange::ExpiryPolicySet(ExpiryPolicySet::decode(payload).map_err(undecodable)?),
         "tally.v1.PendingPeriodSet" => ProgramChange::PendingPeriodSet(PendingPeriodSet::decode(payload).map_err(undecodable)?),
+        "tally.v1.TiersDefined" => ProgramChange::TiersDefined(TiersDefined::decode(payload).map_err(undecodable)?),
         _ => return Err(CodecError::UnknownEventType { position, event_type: data.event_type }),
     };
     Ok(ProgramEvent {
@@ -96,6 +98,8 @@ pub fn encode(event: &Event, metadata: &EventMetadata) -> EventData {
         Change::Purchased(e) => e.encode_to_vec(),
         Change::Expired(e) => e.encode_to_vec(),
         Change::Matured(e) => e.encode_to_vec(),
+        Change::TierChanged(e) => e.encode_to_vec(),
+        Change::TierReviewed(e) => e.encode_to_vec(),
     };
     let facts = CommandFacts { key: &event.idempotency_key, fingerprint: event.command_fingerprint, recorded_at_ms: event.recorded_at_ms };
     envelope(event.change.event_type(), WALLET_SCHEMA_VERSION, facts, metadata, payload)
@@ -143,6 +147,8 @@ pub fn decode(recorded: RecordedEvent) -> Result<Event, CodecError> {
         "tally.v1.PointsPurchased" => Change::Purchased(PointsPurchased::decode(payload).map_err(undecodable)?),
         "tally.v1.PointsExpired" => Change::Expired(PointsExpired::decode(payload).map_err(undecodable)?),
         "tally.v1.PointsMatured" => Change::Matured(PointsMatured::decode(payload).map_err(undecodable)?),
+        "tally.v1.TierChanged" => Change::TierChanged(TierChanged::decode(payload).map_err(undecodable)?),
+        "tally.v1.TierReviewed" => Change::TierReviewed(TierReviewed::decode(payload).map_err(undecodable)?),
         _ => return Err(CodecError::UnknownEventType { position, event_type: data.event_type }),
     };
     Ok(Event {

@@ -81,3 +81,10 @@ pub const HOLD_ID_BYTES_MAX: usize = 100;
 pub const HOLD_TIMEOUT_DEFAULT_MS: i64 = 15 * 60_000;
 /// Longest a POS hold may wait for its capture, in milliseconds.
 pub const HOLD_TIMEOUT_MAX_MS: i64 = 7 * 86_400_000;
+
+/// Most tiers a program defines.
+pub const TIERS_MAX: usize = 16;
+/// Longest grace period before a tier downgrade, in days.
+pub const TIER_GRACE_DAYS_MAX: u32 = 365;
+/// Months of qualifying points a wallet keeps: two calendar years covers every tier window.
+pub const QUALIFYING_MONTHS_MAX: usize = 24;

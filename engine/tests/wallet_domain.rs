@@ -123,6 +123,8 @@ fn earn_credits_points_and_remembers_the_source() {
             order: None,
             lot: new_lot(2, 120),
             pending: None,
+            // January 2026: months since January 1970.
+            qualifying_month: 672,
         })],
     );
     assert_eq!((state.balance, state.lifetime_earned), (120, 120));

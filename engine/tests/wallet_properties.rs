@@ -15,7 +15,7 @@ const MINUTE: i64 = 60_000;
 const DAY: i64 = 24 * 60 * MINUTE;
 
 /// A program whose rules pay per euro, a capped daily bonus and a first-order bonus.
-fn program(return_policy: ReturnPolicy, expiry: ExpiryPolicy, pending_days: u32) -> ProgramSettings {
+fn program(return_policy: ReturnPolicy, expiry: ExpiryPolicy, pending_days: u32, tiers: Tiers) -> ProgramSettings {
     let json = r#"[{"id":"base","actions":[{"type":"points_per_currency_unit","points":1,"unit_minor":100}]},
         {"id":"daily","actions":[{"type":"points","amount":40}],"caps":{"per_customer":{"points":100,"period":"day"}}},
         {"id":"welcome","conditions":{"type":"first_order"},"actions":[{"type":"points","amount":25}]}]"#;
@@ -41,7 +41,26 @@ fn program(return_policy: ReturnPolicy, expiry: ExpiryPolicy, pending_days: u32)
         packages: std::sync::Arc::new(packages),
         expiry,
         pending_days,
+        tiers,
     }
+}
+
+/// No tiers, or silver and gold (with a multiplier) over either window.
+fn tiers() -> impl Strategy<Value = Tiers> {
+    let levels = || -> std::sync::Arc<[TierDefinition]> {
+        let tier = |id: &str, min, pct| TierDefinition {
+            tier_id: id.into(),
+            name: id.into(),
+            min_qualifying_points: min,
+            earn_multiplier_percent: pct,
+        };
+        std::sync::Arc::new([tier("silver", 300, 0), tier("gold", 1_500, 150)])
+    };
+    prop_oneof![
+        Just(Tiers::default()),
+        (0..20u32).prop_map(move |grace_days| Tiers { levels: levels(), window: TierWindow::Rolling12Months, grace_days }),
+        (0..40u32).prop_map(move |grace_days| Tiers { levels: levels(), window: TierWindow::CalendarYear, grace_days }),
+    ]
 }
 
 fn order(id: u8, total_minor: i64) -> Order {
@@ -55,11 +74,13 @@ fn order(id: u8, total_minor: i64) -> Order {
         placed_at_ms: None,
     }
 }
+use tally_engine::domain::tiers::Tiers;
 use tally_engine::store::{EventMetadata, RecordedEvent, StreamId};
 use tally_proto::v1::expiry_policy::Rule;
 use tally_proto::v1::{
     CreditPackageDefined, ExpireAfter, ExpireOnDate, ExpiryPolicy, LotPoints, PointsAdjusted, PointsEarned, PointsPurchased,
 };
+use tally_proto::v1::{TierDefinition, TierMove, TierWindow};
 
 fn body() -> impl Strategy<Value = CommandBody> {
     let source = (0..4u8).prop_map(|s| format!("order-{s}"));
@@ -162,11 +183,13 @@ proptest! {
 
     #[test]
     fn random_histories_keep_every_invariant(
-        steps in steps(), policy in policy(), expiry in expiry(), pending_days in prop_oneof![Just(0u32), Just(2), Just(10)], ticks in ticks()
+        steps in steps(), policy in policy(), expiry in expiry(), pending_days in prop_oneof![Just(0u32), Just(2), Just(10)], ticks in ticks(),
+        tiers in tiers()
     ) {
         let tenant = TenantId::parse("t").unwrap();
         let wallet = WalletId::parse("w").unwrap();
-        let program = program(policy, expiry, pending_days);
+        let program = program(policy, expiry, pending_days, tiers);
+        let level = |state: &WalletState| state.tier.as_ref().and_then(|t| program.tiers.find(&t.tier_id)).map_or(0, |(level, _)| level);
         let mut pending_credits: HashMap<u64, (String, i64)> = HashMap::new();
         let mut lot_expiry: HashMap<u64, i64> = HashMap::new();
         let mut now_ms = 1_772_636_400_000;
@@ -195,6 +218,7 @@ proptest! {
                             Change::Adjusted(e) if e.points < 0 => prop_assert_eq!(&e.lots, &soonest_first(&state, -e.points)),
                             _ => {}
                         }
+                        let before_tier = state.tier.clone();
                         apply(&mut state, event);
                         match &event.change {
                             Change::Earned(PointsEarned { lot: Some(lot), .. })
@@ -217,6 +241,10 @@ proptest! {
                                     let expires = *lot_expiry.entry(lot.lot).or_insert(lot.expires_at_ms);
                                     prop_assert_eq!(expires, lot.expires_at_ms);
                                 }
+                            }
+                            // Tiers go down only at a review that was due.
+                            Change::TierChanged(t) if t.r#move == TierMove::Down as i32 => {
+                                prop_assert!(before_tier.as_ref().is_some_and(|b| b.next_review_at_ms != 0 && b.next_review_at_ms <= now_ms));
                             }
                             // A refund takes only its own order's pending points.
                             Change::Reversed(r) => {
@@ -250,6 +278,10 @@ proptest! {
                     prop_assert!(state.lots().all(|(_, lot)| lot.points == 0 || lot.expires_at_ms.is_none_or(|at| at > now_ms)));
                     prop_assert!(state.holds().all(|(_, hold)| hold.expires_at_ms > now_ms));
                     prop_assert!(state.pending().all(|(_, p)| p.available_at_ms > now_ms));
+                    prop_assert!(state.tier.as_ref().is_none_or(|t| t.next_review_at_ms == 0 || t.next_review_at_ms > now_ms));
+                    // Upgrades are immediate: the tier is never below what the window's points reach.
+                    let reached = program.tiers.reached(program.tiers.qualifying_points(&state, now_ms, 0)).map_or(0, |(level, _)| level);
+                    prop_assert!(level(&state) >= reached, "tier {:?} below level {reached}", state.tier);
                     // An immediate retry returns the outcome just recorded and changes nothing.
                     let retry = decide(&state, command, &ctx);
                     let Ok(Decision::AlreadyApplied(receipt)) = retry else { panic!("retry of {command:?} gave {retry:?}") };

@@ -74,6 +74,9 @@ fn response(tenant: &TenantId, state: &ProgramState, replayed: Option<u32>) -> p
             .collect(),
         expiry_policy: Some(state.expiry),
         pending_days: state.pending_days,
+        tiers: state.tiers.levels.to_vec(),
+        tier_window: state.tiers.window as i32,
+        tier_grace_days: state.tiers.grace_days,
     }
 }
 
@@ -145,6 +148,13 @@ impl AdminService for AdminApi {
     async fn set_pending_period(&self, request: Request<pb::SetPendingPeriodRequest>) -> Result<Response<pb::ProgramResponse>, Status> {
         let r = request.into_inner();
         self.execute(&r.tenant_id, r.idempotency_key, ProgramCommandBody::SetPendingPeriod { days: r.days, set_by: r.set_by }).await
+    }
+
+    async fn define_tiers(&self, request: Request<pb::DefineTiersRequest>) -> Result<Response<pb::ProgramResponse>, Status> {
+        let r = request.into_inner();
+        let window = pb::TierWindow::try_from(r.window).map_err(|_| status::invalid("window", "unknown window"))?;
+        let body = ProgramCommandBody::DefineTiers { tiers: r.tiers, window, grace_days: r.grace_days, set_by: r.set_by };
+        self.execute(&r.tenant_id, r.idempotency_key, body).await
     }
 
     async fn get_program(&self, request: Request<pb::GetProgramRequest>) -> Result<Response<pb::ProgramResponse>, Status> {

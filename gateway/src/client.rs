@@ -127,6 +127,8 @@ fn kind_name(kind: i32) -> &'static str {
         Ok(TransactionKind::Purchased) => "purchased",
         Ok(TransactionKind::Expired) => "expired",
         Ok(TransactionKind::Matured) => "matured",
+        Ok(TransactionKind::TierChanged) => "tier",
+        Ok(TransactionKind::TierReviewed) => "tier kept",
         _ => "unknown",
     }
 }

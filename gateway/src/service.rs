@@ -151,6 +151,17 @@ fn wallet(key: &WalletKey, summary: &WalletSummary) -> Wallet {
         lifetime_purchased: summary.lifetime_purchased,
         lifetime_expired: summary.lifetime_expired,
         pending_points: summary.pending_points,
+        tier: summary.tier.as_ref().map(|t| tally_proto::v1::TierStatus {
+            tier_id: t.tier_id.clone(),
+            name: t.name.clone(),
+            level: t.level,
+            qualifying_points: t.qualifying_points,
+            next_tier_id: t.next.as_ref().map(|n| n.0.clone()).unwrap_or_default(),
+            next_tier_name: t.next.as_ref().map(|n| n.1.clone()).unwrap_or_default(),
+            next_tier_min_points: t.next.as_ref().map_or(0, |n| n.2),
+            progress_percent: t.progress_percent,
+            next_review_at: timestamp(t.next_review_at_ms),
+        }),
         upcoming_expiries: summary
             .upcoming_expiries
             .iter()
@@ -185,6 +196,11 @@ pub(crate) fn transaction(stored: &StoredWalletEvent) -> Transaction {
         Change::Purchased(e) => (TransactionKind::Purchased, e.package_id.as_str(), e.purchase_id.as_str(), 0, e.price.clone()),
         Change::Expired(_) => (TransactionKind::Expired, "", "", 0, None),
         Change::Matured(e) => (TransactionKind::Matured, "", e.source_ref.as_str(), 0, None),
+        Change::TierChanged(e) => {
+            let how = if e.r#move == tally_proto::v1::TierMove::Down as i32 { "down" } else { "up" };
+            (TransactionKind::TierChanged, how, e.to_tier.as_str(), 0, None)
+        }
+        Change::TierReviewed(e) => (TransactionKind::TierReviewed, "kept", e.tier.as_str(), 0, None),
     };
     let opened = match change {
         Change::Earned(e) => e.lot.as_ref(),
@@ -207,7 +223,7 @@ pub(crate) fn transaction(stored: &StoredWalletEvent) -> Transaction {
         Change::Released(e) => e.lots.clone(),
         Change::Expired(e) => vec![tally_proto::v1::LotPoints { lot: e.lot, points: e.points }],
         Change::Matured(e) => e.lot.iter().map(|lot| tally_proto::v1::LotPoints { lot: lot.lot, points: lot.points }).collect(),
-        Change::Enrolled(_) | Change::Earned(_) | Change::Purchased(_) => Vec::new(),
+        Change::Enrolled(_) | Change::Earned(_) | Change::Purchased(_) | Change::TierChanged(_) | Change::TierReviewed(_) => Vec::new(),
     };
     let held_points = match change {
         Change::Held(e) => e.points,

@@ -54,7 +54,12 @@ impl WalletSummary {
             }
             // Purchases and expiries move the balance (and the liability) but are no earnings nor
             // redemptions; ledger_entries keeps them apart by kind.
-            MovementKind::Hold | MovementKind::Release | MovementKind::Purchase | MovementKind::Expire | MovementKind::Mature => {}
+            MovementKind::Hold
+            | MovementKind::Release
+            | MovementKind::Purchase
+            | MovementKind::Expire
+            | MovementKind::Mature
+            | MovementKind::Tier => {}
         }
         self.balance += points;
         self.events += 1;
@@ -108,7 +113,12 @@ impl DayStats {
             MovementKind::Adjust => self.points_adjusted += points,
             MovementKind::Reverse => self.points_reversed -= points,
             MovementKind::Close => self.points_forfeited -= points,
-            MovementKind::Hold | MovementKind::Release | MovementKind::Purchase | MovementKind::Expire | MovementKind::Mature => {}
+            MovementKind::Hold
+            | MovementKind::Release
+            | MovementKind::Purchase
+            | MovementKind::Expire
+            | MovementKind::Mature
+            | MovementKind::Tier => {}
         }
     }
 

@@ -35,6 +35,8 @@ pub enum MovementKind {
     Expire,
     /// Pending points became available; the balance is unchanged.
     Mature,
+    /// The customer's tier changed or was kept at a review (the reference is the tier); no points move.
+    Tier,
 }
 
 impl MovementKind {
@@ -52,6 +54,7 @@ impl MovementKind {
             Self::Purchase => "purchase",
             Self::Expire => "expire",
             Self::Mature => "mature",
+            Self::Tier => "tier",
         }
     }
 }
@@ -138,6 +141,12 @@ pub fn decode_batch(events: Vec<RecordedEvent>) -> Result<Vec<Movement>, Project
             // The reference names the lot: the stream version of the event that opened it.
             Change::Expired(e) => (MovementKind::Expire, String::new(), format!("lot:{}", e.lot)),
             Change::Matured(e) => (MovementKind::Mature, String::new(), e.source_ref),
+            Change::TierChanged(e) => (
+                MovementKind::Tier,
+                if e.r#move == tally_engine::domain::TierMove::Down as i32 { "down" } else { "up" }.to_owned(),
+                e.to_tier,
+            ),
+            Change::TierReviewed(e) => (MovementKind::Tier, "kept".to_owned(), e.tier),
         };
         movements.push(Movement {
             position,

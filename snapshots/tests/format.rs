@@ -33,8 +33,8 @@ fn history(bodies: &[CommandBody]) -> Vec<Event> {
     events
 }
 
-/// A program with a per-customer capped rule, points that expire at the end of the month and a return
-/// window, so snapshots carry rule usage, lots with an expiry and pending points too.
+/// A program with a per-customer capped rule, points that expire at the end of the month, a return
+/// window and a tier, so snapshots carry rule usage, lots with an expiry, pending points and the tier.
 fn program() -> ProgramSettings {
     let json = r#"[{"id":"base","actions":[{"type":"points_per_currency_unit","points":1,"unit_minor":100}]},
         {"id":"weekly","actions":[{"type":"points","amount":50}],"caps":{"per_customer":{"points":80,"period":"week"}}}]"#;
@@ -52,7 +52,18 @@ fn program() -> ProgramSettings {
     let expiry = tally_engine::domain::ExpiryPolicy {
         rule: Some(tally_proto::v1::expiry_policy::Rule::After(tally_proto::v1::ExpireAfter { months: 0, days: 0, at_month_end: true })),
     };
-    ProgramSettings { rule_versions: Arc::new([version]), packages, expiry, pending_days: 30, ..ProgramSettings::default() }
+    let silver = tally_proto::v1::TierDefinition {
+        tier_id: "silver".into(),
+        name: "Silver".into(),
+        min_qualifying_points: 100,
+        earn_multiplier_percent: 120,
+    };
+    let tiers = tally_engine::domain::tiers::Tiers {
+        levels: Arc::new([silver]),
+        window: tally_proto::v1::TierWindow::CalendarYear,
+        grace_days: 30,
+    };
+    ProgramSettings { rule_versions: Arc::new([version]), packages, expiry, pending_days: 30, tiers, ..ProgramSettings::default() }
 }
 
 fn order(id: &str, total_minor: i64) -> CommandBody {
@@ -99,7 +110,8 @@ fn the_format_matches_its_golden_file() {
     // Lots: January's earnings (month end), the purchase (never), part of January's held.
     assert_eq!(state.lots().map(|(_, lot)| (lot.expires_at_ms, lot.held)).collect::<Vec<_>>(), [(Some(1_769_904_000_000), 20), (None, 0)]);
     // The orders' points wait out the return window (order-3 less its refund).
-    assert_eq!(state.pending().map(|(_, p)| p.points).collect::<Vec<_>>(), [46, 40]);
+    assert_eq!(state.pending().map(|(_, p)| p.points).collect::<Vec<_>>(), [55, 48]);
+    assert_eq!(state.tier.as_ref().map(|t| t.tier_id.as_str()), Some("silver"));
     assert_eq!((state.orders_placed, state.source("order-3").unwrap().refunded_minor), (2, 1_000), "every command was accepted");
     assert_eq!((state.held_points, state.lifetime_purchased), (20, 500));
     assert_eq!(

@@ -154,6 +154,8 @@ pub struct WalletSummary {
     pub pending_points: i64,
     /// `(when, points)` of the soonest expiries, at most five.
     pub upcoming_expiries: Vec<(i64, i64)>,
+    /// Where the customer stands in the program's tiers; `None` if it has none.
+    pub tier: Option<crate::domain::tiers::TierView>,
 }
 
 #[derive(Debug, thiserror::Error)]

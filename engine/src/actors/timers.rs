@@ -1,8 +1,8 @@
 //! Time-driven wallet transitions: a due-time index derived from the log, not a scan of all wallets.
 //!
 //! A reader task follows the log and folds, per wallet, what can come due by itself: open POS holds
-//! (until their timeout), pending points (until they mature) and lots of points with an expiry (their
-//! unheld points). Every event a wallet
+//! (until their timeout), pending points (until they mature), lots of points with an expiry (their
+//! unheld points) and tier reviews. Every event a wallet
 //! records moves that wallet's next due time in the index. The timer loop sleeps until the earliest one
 //! and sends the wallet `RunDue`, which records whatever is due then (holds released, lots expired); a
 //! repeat — a restart, another node, a stale index — finds nothing due and says when the next thing is.
@@ -75,6 +75,8 @@ struct Schedule {
     lots: BTreeMap<u64, (i64, i64, i64)>,
     /// Pending credits by the version that made them: `(points, available at)`.
     pending: BTreeMap<u64, (i64, i64)>,
+    /// When the customer's tier is reviewed next.
+    review: Option<i64>,
 }
 
 impl Schedule {
@@ -82,11 +84,11 @@ impl Schedule {
         let holds = self.holds.values().copied();
         let lots = self.lots.values().filter(|(points, _, _)| *points > 0).map(|(_, _, at)| *at);
         let pending = self.pending.values().map(|(_, at)| *at);
-        holds.chain(lots).chain(pending).min()
+        holds.chain(lots).chain(pending).chain(self.review).min()
     }
 
     fn is_empty(&self) -> bool {
-        self.holds.is_empty() && self.lots.is_empty() && self.pending.is_empty()
+        self.holds.is_empty() && self.lots.is_empty() && self.pending.is_empty() && self.review.is_none()
     }
 
     fn take_pending(&mut self, taken: &[LotPoints]) {
@@ -158,6 +160,8 @@ impl Schedule {
                 self.holds.remove(&e.hold_id);
                 self.shift(&e.lots, 1, -1);
             }
+            Change::TierChanged(e) => self.review = (e.next_review_at_ms != 0).then_some(e.next_review_at_ms),
+            Change::TierReviewed(e) => self.review = (e.next_review_at_ms != 0).then_some(e.next_review_at_ms),
             Change::Closed(_) => return false,
         }
         true

@@ -10,7 +10,7 @@ use tracing::Instrument;
 use super::{CommandMeta, CommandOutcome, Programs, Snapshots, StoredWalletEvent, WalletError, WalletKey, WalletSummary};
 use crate::clock::Clock;
 use crate::codec;
-use crate::domain::{Command, Context, Decision, Receipt, Rejection, WalletState, WalletStatus, apply, decide};
+use crate::domain::{Command, Context, Decision, ProgramSettings, Receipt, Rejection, WalletState, WalletStatus, apply, decide, tiers};
 use crate::limits::{CONFLICT_RETRIES_MAX, RECOVERY_READ_BATCH_EVENTS};
 use crate::store::{EventStore, ExpectedVersion, StoreError, StreamId};
 
@@ -158,7 +158,7 @@ impl Wallet {
             let ctx = Context { tenant: &self.key.tenant, wallet: &self.key.wallet, now_ms, program: &program };
             let events = match decide(state, command, &ctx)? {
                 Decision::Append(events) => events,
-                Decision::AlreadyApplied(receipt) => return self.replay(receipt).await,
+                Decision::AlreadyApplied(receipt) => return self.replay(receipt, &program).await,
             };
             let expected = ExpectedVersion::Exact(state.version);
             let data = events.iter().map(|event| codec::encode(event, meta)).collect();
@@ -185,7 +185,7 @@ impl Wallet {
                         version: state.version,
                         position: outcome.last_position,
                         replayed: false,
-                        wallet: summarize(state, now_ms),
+                        wallet: summarize(state, now_ms, &program),
                     });
                 }
                 Err(StoreError::VersionConflict { .. }) if attempt < CONFLICT_RETRIES_MAX => {
@@ -202,7 +202,7 @@ impl Wallet {
     }
 
     /// The recorded outcome of an earlier identical command, read back from the log.
-    async fn replay(&self, receipt: Receipt) -> Result<CommandOutcome, WalletError> {
+    async fn replay(&self, receipt: Receipt, program: &ProgramSettings) -> Result<CommandOutcome, WalletError> {
         let count = usize::try_from(receipt.last_version - receipt.first_version + 1).unwrap_or(usize::MAX);
         let recorded = self.deps.store.read_stream(&self.stream, receipt.first_version, count).await?;
         let mut events = Vec::with_capacity(recorded.len());
@@ -211,17 +211,18 @@ impl Wallet {
             events.push(StoredWalletEvent { version, position, event: codec::decode(r)? });
         }
         let position = events.last().map_or(0, |e| e.position);
-        let wallet = summarize(self.state.as_ref().expect("a receipt comes from a recovered state"), self.deps.clock.now_ms());
+        let wallet = summarize(self.state.as_ref().expect("a receipt comes from a recovered state"), self.deps.clock.now_ms(), program);
         Ok(CommandOutcome { events, balance: receipt.balance_after, version: receipt.last_version, position, replayed: true, wallet })
     }
 
     async fn summary(&mut self) -> Result<WalletSummary, WalletError> {
+        let program = self.deps.programs.settings(&self.key.tenant).await?.unwrap_or_default();
         let now_ms = self.deps.clock.now_ms();
         let state = self.current().await?;
         if state.status == WalletStatus::NotEnrolled {
             return Err(Rejection::WalletNotFound.into());
         }
-        Ok(summarize(state, now_ms))
+        Ok(summarize(state, now_ms, &program))
     }
 }
 
@@ -230,7 +231,7 @@ const UPCOMING_EXPIRIES: usize = 5;
 
 /// The wallet's figures as of `now_ms` (holds past their timeout and lots past their expiry no longer
 /// count as available, even before their events are recorded).
-fn summarize(state: &WalletState, now_ms: i64) -> WalletSummary {
+fn summarize(state: &WalletState, now_ms: i64, program: &ProgramSettings) -> WalletSummary {
     WalletSummary {
         status: state.status,
         customer_ref: state.customer_ref.clone(),
@@ -248,6 +249,7 @@ fn summarize(state: &WalletState, now_ms: i64) -> WalletSummary {
         lifetime_expired: state.lifetime_expired,
         pending_points: state.pending_points,
         upcoming_expiries: state.upcoming_expiries(now_ms, UPCOMING_EXPIRIES),
+        tier: tiers::view(state, &program.tiers, now_ms, program.utc_offset_minutes),
     }
 }
 

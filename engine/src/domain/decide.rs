@@ -3,7 +3,7 @@
 use tally_proto::v1::{
     CapPeriod, EarnReversed, EarnedByRule, HoldCaptured, HoldEnd, HoldReleased, LotOpened, LotPoints, OrderEarning, PendingPoints,
     PointsAdjusted, PointsEarned, PointsExpired, PointsHeld, PointsMatured, PointsPurchased, PointsRedeemed, ReturnPolicy, StampAward,
-    WalletClosed, WalletEnrolled,
+    TierChanged, TierMove, TierReviewed, WalletClosed, WalletEnrolled,
 };
 
 use super::Context;
@@ -12,10 +12,10 @@ use super::event::{Change, Event};
 use super::ids::FieldError;
 use super::rejection::Rejection;
 use super::rules::{self, Customer, Order, Period, Rule};
-use super::state::{Hold, Lot, Pending, Receipt, RuleUsage, SourceLedger, WalletState, WalletStatus};
+use super::state::{Hold, Lot, Pending, Receipt, RuleUsage, SourceLedger, TierState, WalletState, WalletStatus};
 use crate::limits::{
     BALANCE_ABS_MAX, HOLD_ID_BYTES_MAX, HOLD_TIMEOUT_MAX_MS, MONEY_MINOR_ABS_MAX, ORDER_BACKDATE_MAX_MS, ORDER_CLOCK_SKEW_MAX_MS,
-    POINTS_PER_COMMAND_MAX, REASON_BYTES_MAX, REF_BYTES_MAX, RULE_USAGE_PERIODS_MAX,
+    POINTS_PER_COMMAND_MAX, QUALIFYING_MONTHS_MAX, REASON_BYTES_MAX, REF_BYTES_MAX, RULE_USAGE_PERIODS_MAX,
 };
 
 /// What `decide` concluded for a command that was not rejected.
@@ -65,13 +65,17 @@ pub fn decide(state: &WalletState, command: &Command, ctx: &Context<'_>) -> Resu
         return Err(Rejection::HoldExpired { hold_id: hold_id.clone() });
     }
     // What time brought since the last event comes first, so the command sees the wallet as it is now.
-    let (due, caught_up) = catch_up(state, ctx.now_ms, &event);
+    let (due, caught_up) = catch_up(state, ctx, &event);
     let current = caught_up.as_ref().unwrap_or(state);
     let changes = match (current.status, &command.body) {
         (_, CommandBody::RunDue) if due.is_empty() => return Err(Rejection::NothingDue { next_due_ms: state.next_due_ms() }),
         (_, CommandBody::RunDue) => Vec::new(),
         (WalletStatus::Active, CommandBody::Close { reason }) => close(current, reason),
-        (_, body) => vec![decide_change(current, body, ctx)?],
+        (_, body) => {
+            let change = decide_change(current, body, ctx)?;
+            let upgrade = tier_upgrade(current, &change, ctx);
+            std::iter::once(change).chain(upgrade).collect()
+        }
     };
     Ok(Decision::Append(due.into_iter().chain(changes).map(event).collect()))
 }
@@ -80,21 +84,23 @@ pub fn decide(state: &WalletState, command: &Command, ctx: &Context<'_>) -> Resu
 /// past their timeout are released (by timeout, then hold id), pending points past their time mature
 /// (by time, then credit), then lots past their expiry expire (by expiry, then lot) — points given back
 /// or matured included. The changes, and the state after them if there were any.
-fn catch_up(state: &WalletState, now_ms: i64, event: &dyn Fn(Change) -> Event) -> (Vec<Change>, Option<WalletState>) {
+fn catch_up(state: &WalletState, ctx: &Context<'_>, event: &dyn Fn(Change) -> Event) -> (Vec<Change>, Option<WalletState>) {
+    let now_ms = ctx.now_ms;
     if state.status != WalletStatus::Active || state.next_due_ms().is_none_or(|due| due > now_ms) {
         return (Vec::new(), None);
     }
     let mut current = state.clone();
     let mut changes = Vec::new();
-    while let Some(change) = next_transition(&current, now_ms) {
+    while let Some(change) = next_transition(&current, ctx) {
         apply(&mut current, &event(change.clone()));
         changes.push(change);
     }
     (changes, Some(current))
 }
 
-/// The first transition due by `now_ms`, in the order [`catch_up`] records them.
-fn next_transition(state: &WalletState, now_ms: i64) -> Option<Change> {
+/// The first transition due by `ctx.now_ms`, in the order [`catch_up`] records them.
+fn next_transition(state: &WalletState, ctx: &Context<'_>) -> Option<Change> {
+    let now_ms = ctx.now_ms;
     let hold = state.holds().filter(|(_, hold)| hold.expires_at_ms <= now_ms).min_by_key(|(id, hold)| (hold.expires_at_ms, *id));
     if let Some((id, hold)) = hold {
         return Some(release(id, hold, HoldEnd::Expired));
@@ -110,7 +116,62 @@ fn next_transition(state: &WalletState, now_ms: i64) -> Option<Change> {
         }));
     }
     let lot = state.expired_lots(now_ms).filter(|(_, lot)| lot.points > 0).min_by_key(|(id, lot)| lot.spending_order(*id));
-    lot.map(|(id, lot)| Change::Expired(PointsExpired { lot: id, points: lot.points, expired_at_ms: lot.expires_at_ms.unwrap_or(now_ms) }))
+    if let Some((id, lot)) = lot {
+        return Some(Change::Expired(PointsExpired { lot: id, points: lot.points, expired_at_ms: lot.expires_at_ms.unwrap_or(now_ms) }));
+    }
+    state.tier.as_ref().filter(|t| t.next_review_at_ms != 0 && t.next_review_at_ms <= now_ms).map(|t| tier_review(state, t, ctx))
+}
+
+/// A review of the customer's tier, as of when it was due: kept, or moved to what the points reach.
+fn tier_review(state: &WalletState, held: &TierState, ctx: &Context<'_>) -> Change {
+    let tiers = &ctx.program.tiers;
+    let offset = ctx.program.utc_offset_minutes;
+    let at = held.next_review_at_ms;
+    let points = tiers.review_points(state, at, offset);
+    let reached = tiers.reached(points);
+    match reached {
+        Some((_, tier)) if tier.tier_id == held.tier_id => Change::TierReviewed(TierReviewed {
+            tier: held.tier_id.clone(),
+            qualifying_points: points,
+            next_review_at_ms: tiers.next_review_ms(at, offset),
+        }),
+        _ => {
+            let from_level = tiers.find(&held.tier_id).map_or(usize::MAX, |(level, _)| level);
+            let to_level = reached.map_or(0, |(level, _)| level);
+            Change::TierChanged(TierChanged {
+                from_tier: held.tier_id.clone(),
+                to_tier: reached.map(|(_, t)| t.tier_id.clone()).unwrap_or_default(),
+                r#move: if to_level > from_level { TierMove::Up } else { TierMove::Down } as i32,
+                qualifying_points: points,
+                next_review_at_ms: if reached.is_some() { tiers.next_review_ms(at, offset) } else { 0 },
+            })
+        }
+    }
+}
+
+/// An earn that lifts the customer's qualifying points to a higher tier moves them up at once.
+fn tier_upgrade(state: &WalletState, change: &Change, ctx: &Context<'_>) -> Option<Change> {
+    let Change::Earned(earned) = change else { return None };
+    let tiers = &ctx.program.tiers;
+    if tiers.levels.is_empty() || earned.points <= 0 {
+        return None;
+    }
+    let offset = ctx.program.utc_offset_minutes;
+    let (first, last) = tiers.window_months(ctx.now_ms, offset);
+    let counted = if (first..=last).contains(&earned.qualifying_month) { earned.points } else { 0 };
+    let points = state.qualifying_in(first, last) + counted;
+    let (to_level, to) = tiers.reached(points)?;
+    let current = state.tier.as_ref();
+    let from_level = current.and_then(|t| tiers.find(&t.tier_id)).map_or(0, |(level, _)| level);
+    (to_level > from_level).then(|| {
+        Change::TierChanged(TierChanged {
+            from_tier: current.map(|t| t.tier_id.clone()).unwrap_or_default(),
+            to_tier: to.tier_id.clone(),
+            r#move: TierMove::Up as i32,
+            qualifying_points: points,
+            next_review_at_ms: tiers.next_review_ms(ctx.now_ms, offset),
+        })
+    })
 }
 
 /// A hold ends unspent: all its points go back to their lots.
@@ -193,6 +254,7 @@ fn decide_change(state: &WalletState, body: &CommandBody, ctx: &Context<'_>) -> 
                 order: None,
                 lot: Some(open_lot(state, *points, earned_expiry(ctx))),
                 pending: None,
+                qualifying_month: rules::period_key(Period::Month, ctx.now_ms, ctx.program.utc_offset_minutes),
             }))
         }
         (WalletStatus::Active, CommandBody::Redeem { points, reward_ref }) => {
@@ -402,7 +464,8 @@ fn earn_for_order(state: &WalletState, order: &Order, ctx: &Context<'_>) -> Resu
             let used = |rule: &Rule, period: Period| {
                 state.rule_points(&rule.id, cap_period(period) as i32, rules::period_key(period, placed_at_ms, offset))
             };
-            let customer = Customer { tier: None, previous_orders: state.orders_placed, rule_points_in_period: &used };
+            let tier = state.tier.as_ref().map(|t| t.tier_id.as_str());
+            let customer = Customer { tier, previous_orders: state.orders_placed, rule_points_in_period: &used };
             let breakdown =
                 rules::evaluate(rules, order, &customer, placed_at_ms, offset).map_err(|rules::EvalError::AwardTooLarge { points }| {
                     Rejection::PointsOutOfRange { field: "order", points: i64::try_from(points).unwrap_or(i64::MAX) }
@@ -410,14 +473,7 @@ fn earn_for_order(state: &WalletState, order: &Order, ctx: &Context<'_>) -> Resu
             (version.version, breakdown)
         }
     };
-    let points = breakdown.total_points;
-    checked_balance(state.balance.checked_add(points), "order", points)?;
-    checked_balance(state.lifetime_earned.checked_add(points), "order", points)?;
-    // The return window runs from when the order was placed.
-    let available_at_ms = placed_at_ms.saturating_add(i64::from(ctx.program.pending_days) * DAY_MS);
-    let pending = points > 0 && available_at_ms > ctx.now_ms;
-    let expires_at_ms = earned_expiry(ctx);
-    let awards = breakdown
+    let mut awards: Vec<EarnedByRule> = breakdown
         .awards
         .into_iter()
         .map(|a| EarnedByRule {
@@ -430,6 +486,25 @@ fn earn_for_order(state: &WalletState, order: &Order, ctx: &Context<'_>) -> Resu
             cap_period_key: a.cap_period.map_or(0, |p| rules::period_key(p, placed_at_ms, offset)),
         })
         .collect();
+    let mut points = breakdown.total_points;
+    // The tier's benefit: a multiplier on what the rules gave, as its own award.
+    let tier = state.tier.as_ref().and_then(|t| ctx.program.tiers.find(&t.tier_id)).map(|(_, tier)| tier);
+    if let Some(tier) = tier.filter(|t| t.earn_multiplier_percent > 100 && points > 0) {
+        let extra = i64::try_from(i128::from(points) * i128::from(tier.earn_multiplier_percent - 100) / 100).unwrap_or(i64::MAX);
+        points = points.checked_add(extra).ok_or(Rejection::PointsOutOfRange { field: "order", points: extra })?;
+        awards.push(EarnedByRule {
+            rule_id: format!("tier:{}", tier.tier_id),
+            points: extra,
+            reason: format!("{} x{}.{:02}", tier.name, tier.earn_multiplier_percent / 100, tier.earn_multiplier_percent % 100),
+            ..EarnedByRule::default()
+        });
+    }
+    checked_balance(state.balance.checked_add(points), "order", points)?;
+    checked_balance(state.lifetime_earned.checked_add(points), "order", points)?;
+    // The return window runs from when the order was placed.
+    let available_at_ms = placed_at_ms.saturating_add(i64::from(ctx.program.pending_days) * DAY_MS);
+    let pending = points > 0 && available_at_ms > ctx.now_ms;
+    let expires_at_ms = earned_expiry(ctx);
     Ok(Change::Earned(PointsEarned {
         points,
         reason: "order".to_owned(),
@@ -438,6 +513,8 @@ fn earn_for_order(state: &WalletState, order: &Order, ctx: &Context<'_>) -> Resu
         order: Some(OrderEarning { rules_version, awards, placed_at_ms, channel: order.channel.clone(), store: order.store.clone() }),
         lot: (!pending).then(|| open_lot(state, points, expires_at_ms)),
         pending: pending.then(|| PendingPoints { points, available_at_ms, expires_at_ms: expires_at_ms.unwrap_or(0) }),
+        // Orders qualify in the month they were placed.
+        qualifying_month: rules::period_key(Period::Month, placed_at_ms, offset),
     }))
 }
 
@@ -459,8 +536,10 @@ pub fn apply(state: &mut WalletState, event: &Event) {
                 let source_ref = e.source_ref.clone();
                 state.pending.insert(state.version + 1, Pending { points: pending.points, source_ref, available_at_ms, expires_at_ms });
             }
+            count_qualifying(state, e.qualifying_month, e.points);
             let source = state.sources.entry(e.source_ref.clone()).or_default();
             source.earned += e.points;
+            source.qualifying_month = Some(e.qualifying_month);
             remember_lot(source, e.lot.as_ref());
             if let Some(order) = &e.order {
                 state.orders_placed += 1;
@@ -489,6 +568,9 @@ pub fn apply(state: &mut WalletState, event: &Event) {
             let source = state.sources.entry(e.source_ref.clone()).or_default();
             source.reversed += e.requested_points;
             source.refunded_minor += e.refund_amount_minor;
+            if let Some(month) = source.qualifying_month {
+                count_qualifying(state, month, -e.requested_points);
+            }
         }
         Change::Closed(e) => {
             state.status = WalletStatus::Closed;
@@ -524,6 +606,14 @@ pub fn apply(state: &mut WalletState, event: &Event) {
             state.lifetime_purchased += e.points;
             credit(state, e.points, e.lot.as_ref());
         }
+        Change::TierChanged(e) => {
+            state.tier = (!e.to_tier.is_empty()).then(|| TierState { tier_id: e.to_tier.clone(), next_review_at_ms: e.next_review_at_ms });
+        }
+        Change::TierReviewed(e) => {
+            if let Some(tier) = state.tier.as_mut() {
+                tier.next_review_at_ms = e.next_review_at_ms;
+            }
+        }
         Change::Matured(e) => {
             take_pending(state, &[LotPoints { lot: e.pending, points: e.points }]);
             credit(state, e.points, e.lot.as_ref());
@@ -552,6 +642,19 @@ pub fn apply(state: &mut WalletState, event: &Event) {
             last_version: version,
             balance_after: balance,
         });
+}
+
+/// Adds `points` to the qualifying points of `month`, keeping the most recent months.
+fn count_qualifying(state: &mut WalletState, month: i64, points: i64) {
+    match state.qualifying.binary_search_by_key(&month, |(m, _)| *m) {
+        Ok(i) => state.qualifying[i].1 += points,
+        // A refund of points from a month no longer kept changes nothing.
+        Err(0) if state.qualifying.len() >= QUALIFYING_MONTHS_MAX => {}
+        Err(i) => state.qualifying.insert(i, (month, points)),
+    }
+    if state.qualifying.len() > QUALIFYING_MONTHS_MAX {
+        state.qualifying.remove(0);
+    }
 }
 
 /// A source's points went into `lot`: a reversal of the source takes from it first.

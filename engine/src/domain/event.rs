@@ -4,7 +4,7 @@
 
 use tally_proto::v1::{
     EarnReversed, HoldCaptured, HoldReleased, PointsAdjusted, PointsEarned, PointsExpired, PointsHeld, PointsMatured, PointsPurchased,
-    PointsRedeemed, WalletClosed, WalletEnrolled,
+    PointsRedeemed, TierChanged, TierReviewed, WalletClosed, WalletEnrolled,
 };
 
 #[derive(Debug, Clone, PartialEq)]
@@ -39,6 +39,10 @@ pub enum Change {
     Expired(PointsExpired),
     /// Pending points became available.
     Matured(PointsMatured),
+    /// The customer moved to another tier.
+    TierChanged(TierChanged),
+    /// A review kept the tier.
+    TierReviewed(TierReviewed),
 }
 
 impl Change {
@@ -56,7 +60,7 @@ impl Change {
             Change::Captured(e) => e.points.saturating_neg(),
             Change::Purchased(e) => e.points,
             Change::Expired(e) => e.points.saturating_neg(),
-            Change::Matured(_) => 0,
+            Change::Matured(_) | Change::TierChanged(_) | Change::TierReviewed(_) => 0,
         }
     }
 
@@ -75,6 +79,8 @@ impl Change {
             Change::Purchased(_) => "tally.v1.PointsPurchased",
             Change::Expired(_) => "tally.v1.PointsExpired",
             Change::Matured(_) => "tally.v1.PointsMatured",
+            Change::TierChanged(_) => "tally.v1.TierChanged",
+            Change::TierReviewed(_) => "tally.v1.TierReviewed",
         }
     }
 }

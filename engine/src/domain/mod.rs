@@ -18,14 +18,15 @@ pub mod program;
 mod rejection;
 pub mod rules;
 mod state;
+pub mod tiers;
 
 pub use command::{Command, CommandBody, Money};
 pub use decide::{Decision, apply, decide};
 pub use event::{Change, Event};
 pub use ids::{FieldError, TenantId, WalletId};
 pub use rejection::Rejection;
-pub use state::{Hold, Lot, Pending, Receipt, RuleUsage, SourceLedger, WalletState, WalletStatus};
-pub use tally_proto::v1::{CreditPackageDefined, ExpiryPolicy, ReturnPolicy};
+pub use state::{Hold, Lot, Pending, Receipt, RuleUsage, SourceLedger, TierState, WalletState, WalletStatus};
+pub use tally_proto::v1::{CreditPackageDefined, ExpiryPolicy, ReturnPolicy, TierMove};
 
 /// What the wallet domain needs of its tenant's program (see [`program::ProgramState::settings`]).
 #[derive(Debug, Clone, PartialEq)]
@@ -42,6 +43,8 @@ pub struct ProgramSettings {
     pub expiry: ExpiryPolicy,
     /// Days after an order was placed before the points it earned can be spent (0: at once).
     pub pending_days: u32,
+    /// The program's tiers (none: no levels).
+    pub tiers: tiers::Tiers,
 }
 
 impl ProgramSettings {
@@ -62,6 +65,7 @@ impl Default for ProgramSettings {
             packages: std::sync::Arc::default(),
             expiry: ExpiryPolicy::default(),
             pending_days: 0,
+            tiers: tiers::Tiers::default(),
         }
     }
 }

@@ -4,7 +4,10 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use tally_proto::v1::{CreditPackageDefined, ExpiryPolicy, ExpiryPolicySet, Money, PendingPeriodSet, ProgramCreated, RulesPublished};
+use tally_proto::v1::{
+    CreditPackageDefined, ExpiryPolicy, ExpiryPolicySet, Money, PendingPeriodSet, ProgramCreated, RulesPublished, TierDefinition,
+    TierWindow, TiersDefined,
+};
 
 use super::ReturnPolicy;
 use super::fingerprint::Fingerprint;
@@ -49,6 +52,13 @@ pub enum ProgramCommandBody {
         days: u32,
         set_by: String,
     },
+    /// Defines the tiers (the whole set).
+    DefineTiers {
+        tiers: Vec<TierDefinition>,
+        window: TierWindow,
+        grace_days: u32,
+        set_by: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -85,6 +95,13 @@ impl ProgramCommand {
                 fp.str(set_by)
             }
             ProgramCommandBody::SetPendingPeriod { days, set_by } => Fingerprint::new(105).u64(u64::from(*days)).str(set_by),
+            ProgramCommandBody::DefineTiers { tiers, window, grace_days, set_by } => {
+                let fp = Fingerprint::new(106).u64(tiers.len() as u64);
+                let fp = tiers.iter().fold(fp, |fp, t| {
+                    fp.str(&t.tier_id).str(&t.name).i64(t.min_qualifying_points).u64(u64::from(t.earn_multiplier_percent))
+                });
+                fp.i64(i64::from(*window as i32)).u64(u64::from(*grace_days)).str(set_by)
+            }
         }
         .finish()
     }
@@ -97,6 +114,7 @@ pub enum ProgramChange {
     PackageDefined(CreditPackageDefined),
     ExpiryPolicySet(ExpiryPolicySet),
     PendingPeriodSet(PendingPeriodSet),
+    TiersDefined(TiersDefined),
 }
 
 impl ProgramChange {
@@ -107,6 +125,7 @@ impl ProgramChange {
             ProgramChange::PackageDefined(_) => "tally.v1.CreditPackageDefined",
             ProgramChange::ExpiryPolicySet(_) => "tally.v1.ExpiryPolicySet",
             ProgramChange::PendingPeriodSet(_) => "tally.v1.PendingPeriodSet",
+            ProgramChange::TiersDefined(_) => "tally.v1.TiersDefined",
         }
     }
 }
@@ -148,6 +167,8 @@ pub struct ProgramState {
     pub expiry: ExpiryPolicy,
     /// Days points earned for orders wait before they can be spent.
     pub pending_days: u32,
+    /// The tiers, lowest first, and how they are measured.
+    pub tiers: super::tiers::Tiers,
     /// Idempotency keys of accepted commands: their fingerprint and the rules version after them.
     receipts: BTreeMap<String, (u64, u32)>,
 }
@@ -167,6 +188,7 @@ impl ProgramState {
             packages: Arc::new(self.packages.clone()),
             expiry: self.expiry,
             pending_days: self.pending_days,
+            tiers: self.tiers.clone(),
         }
     }
 
@@ -313,6 +335,19 @@ pub fn decide_program(
             check_text("set_by", set_by, REF_BYTES_MAX)?;
             ProgramChange::PendingPeriodSet(PendingPeriodSet { days: *days, set_by: set_by.clone() })
         }
+        ProgramCommandBody::DefineTiers { tiers, window, grace_days, set_by } => {
+            if !state.created {
+                return Err(ProgramRejection::NotCreated);
+            }
+            super::tiers::validate(tiers, *window, *grace_days)?;
+            check_text("set_by", set_by, REF_BYTES_MAX)?;
+            ProgramChange::TiersDefined(TiersDefined {
+                tiers: tiers.clone(),
+                window: *window as i32,
+                grace_days: *grace_days,
+                set_by: set_by.clone(),
+            })
+        }
     };
     Ok(ProgramDecision::Append(vec![ProgramEvent {
         idempotency_key: command.idempotency_key.clone(),
@@ -345,6 +380,13 @@ pub fn apply_program(state: &mut ProgramState, event: &ProgramEvent) {
         }
         ProgramChange::ExpiryPolicySet(e) => state.expiry = e.policy.unwrap_or_default(),
         ProgramChange::PendingPeriodSet(e) => state.pending_days = e.days,
+        ProgramChange::TiersDefined(e) => {
+            state.tiers = super::tiers::Tiers {
+                levels: e.tiers.clone().into(),
+                window: TierWindow::try_from(e.window).unwrap_or(TierWindow::Unspecified),
+                grace_days: e.grace_days,
+            };
+        }
     }
     state.version += 1;
     let rules_version = state.current_rules().map_or(0, |v| v.version);

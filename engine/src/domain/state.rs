@@ -33,6 +33,8 @@ pub struct SourceLedger {
     pub refunded_minor: i64,
     /// The lots its points went into: a reversal takes from these first.
     pub lots: Vec<u64>,
+    /// The month its points qualified in for tiers; a reversal takes them back from there.
+    pub qualifying_month: Option<i64>,
 }
 
 impl SourceLedger {
@@ -90,6 +92,14 @@ pub struct Pending {
     pub expires_at_ms: Option<i64>,
 }
 
+/// The customer's tier.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct TierState {
+    pub tier_id: String,
+    /// When it is reviewed next (a downgrade can only happen then); 0: never.
+    pub next_review_at_ms: i64,
+}
+
 impl Lot {
     /// The order lots are spent in: soonest expiry first, never-expiring last, then oldest first.
     pub fn spending_order(&self, id: u64) -> (i64, u64) {
@@ -144,6 +154,10 @@ pub struct WalletState {
     pub(crate) lots: BTreeMap<u64, Lot>,
     /// Pending credits by the stream version of the `PointsEarned` that made them.
     pub(crate) pending: BTreeMap<u64, Pending>,
+    /// `(month, points)` earned less refunds, oldest first, the last `QUALIFYING_MONTHS_MAX` months.
+    pub(crate) qualifying: Vec<(i64, i64)>,
+    /// `None`: no tier.
+    pub tier: Option<TierState>,
     #[serde(serialize_with = "sorted")]
     pub(crate) sources: FastMap<String, SourceLedger>,
     /// Per rule id, for rules with a per-customer cap.
@@ -196,6 +210,11 @@ impl WalletState {
         self.balance - held - expired - pending
     }
 
+    /// Qualifying points earned in months `first..=last`.
+    pub fn qualifying_in(&self, first: i64, last: i64) -> i64 {
+        self.qualifying.iter().filter(|(month, _)| (first..=last).contains(month)).map(|(_, points)| points).sum()
+    }
+
     /// Pending credits by the stream version that made them.
     pub fn pending(&self) -> impl Iterator<Item = (u64, &Pending)> {
         self.pending.iter().map(|(id, p)| (*id, p))
@@ -217,7 +236,8 @@ impl WalletState {
         let holds = self.holds.values().map(|h| h.expires_at_ms);
         let pending = self.pending.values().map(|p| p.available_at_ms);
         let lots = self.lots.values().filter(|lot| lot.points > 0).filter_map(|lot| lot.expires_at_ms);
-        holds.chain(pending).chain(lots).min()
+        let review = self.tier.as_ref().map(|t| t.next_review_at_ms).filter(|at| *at != 0);
+        holds.chain(pending).chain(lots).chain(review).min()
     }
 
     /// `(when, points)` of the soonest expiries after `now_ms`, held and pending points included, at most

@@ -1,0 +1,73 @@
+//! Tiers in the real `tally` process: defined over AdminService and kept in the log, an earn past a
+//! threshold moves the customer up at once (a transaction of its own), and `GetWallet` shows the tier,
+//! the next one and the progress, after a SIGKILL too. Bad definitions are refused by field.
+
+use tally_proto::v1::admin_service_client::AdminServiceClient;
+use tally_proto::v1::{
+    DefineTiersRequest, EarnRequest, EnrollRequest, GetProgramRequest, GetWalletRequest, TierDefinition, TierWindow, TransactionKind,
+};
+use tally_tests::TallyServer;
+use tonic::Code;
+use tonic_types::StatusExt;
+
+fn tier(id: &str, name: &str, min: i64, pct: u32) -> TierDefinition {
+    TierDefinition { tier_id: id.into(), name: name.into(), min_qualifying_points: min, earn_multiplier_percent: pct }
+}
+
+fn define(key: &str, tiers: Vec<TierDefinition>) -> DefineTiersRequest {
+    DefineTiersRequest {
+        tenant_id: "demo".into(),
+        idempotency_key: key.into(),
+        tiers,
+        window: TierWindow::CalendarYear as i32,
+        grace_days: 30,
+        set_by: "ops".into(),
+    }
+}
+
+#[tokio::test]
+async fn customers_climb_tiers_and_see_their_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = TallyServer::start(dir.path(), &[]);
+    let mut admin = AdminServiceClient::new(server.channel().await);
+    let mut wallets = server.client().await;
+
+    let status =
+        admin.define_tiers(define("t0", vec![tier("gold", "Gold", 1_000, 0), tier("silver", "Silver", 500, 0)])).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(status.get_details_bad_request().unwrap().field_violations[0].field, "tiers[1].min_qualifying_points");
+    let tiers = vec![tier("silver", "Silver", 500, 0), tier("gold", "Gold", 1_000, 150)];
+    let program = admin.define_tiers(define("t1", tiers.clone())).await.unwrap().into_inner();
+    assert_eq!((program.tiers, program.tier_window, program.tier_grace_days), (tiers, TierWindow::CalendarYear as i32, 30));
+
+    let enroll =
+        EnrollRequest { tenant_id: "demo".into(), wallet_id: "c-1".into(), idempotency_key: "e".into(), customer_ref: String::new() };
+    wallets.enroll(enroll).await.unwrap();
+    let earn = |key: &str, points| EarnRequest {
+        tenant_id: "demo".into(),
+        wallet_id: "c-1".into(),
+        idempotency_key: key.into(),
+        points,
+        reason: "order".into(),
+        source_ref: key.into(),
+        order_amount: None,
+    };
+    let first = wallets.earn(earn("o-1", 200)).await.unwrap().into_inner();
+    let tier_status = first.wallet.unwrap().tier.unwrap();
+    assert_eq!((tier_status.level, tier_status.next_tier_name.as_str(), tier_status.progress_percent), (0, "Silver", 40));
+    let second = wallets.earn(earn("o-2", 400)).await.unwrap().into_inner();
+    let kinds: Vec<i32> = second.transactions.iter().map(|t| t.kind).collect();
+    assert_eq!(kinds, [TransactionKind::Earned as i32, TransactionKind::TierChanged as i32]);
+    assert_eq!((second.transactions[1].reference.as_str(), second.transactions[1].reason.as_str()), ("silver", "up"));
+
+    server.kill_9();
+    let server = TallyServer::start(dir.path(), &[]);
+    let mut admin = AdminServiceClient::new(server.channel().await);
+    assert_eq!(admin.get_program(GetProgramRequest { tenant_id: "demo".into() }).await.unwrap().into_inner().tiers.len(), 2);
+    let mut wallets = server.client().await;
+    let wallet = wallets.get_wallet(GetWalletRequest { tenant_id: "demo".into(), wallet_id: "c-1".into() }).await.unwrap().into_inner();
+    let t = wallet.tier.unwrap();
+    assert_eq!((t.tier_id.as_str(), t.name.as_str(), t.level, t.qualifying_points), ("silver", "Silver", 1, 600));
+    assert_eq!((t.next_tier_id.as_str(), t.next_tier_min_points, t.progress_percent), ("gold", 1_000, 20));
+    assert!(t.next_review_at.is_some(), "reviewed after the year ends");
+}
