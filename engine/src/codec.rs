@@ -4,8 +4,8 @@
 use prost::Message;
 use tally_proto::v1::{
     CreditPackageDefined, EarnReversed, ExpiryPolicySet, HoldCaptured, HoldReleased, PendingPeriodSet, PointsAdjusted, PointsEarned,
-    PointsExpired, PointsHeld, PointsMatured, PointsPurchased, PointsRedeemed, ProgramCreated, RulesPublished, TierChanged, TierReviewed,
-    TiersDefined, WalletClosed, WalletEnrolled,
+    PointsExpired, PointsHeld, PointsMatured, PointsPurchased, PointsRedeemed, ProgramCreated, RulesPublished, StampCardCompleted,
+    StampCardDefined, StampsAdded, TierChanged, TierReviewed, TiersDefined, WalletClosed, WalletEnrolled,
 };
 
 use crate::domain::program::{ProgramChange, ProgramEvent};
@@ -43,6 +43,7 @@ pub fn encode_program(event: &ProgramEvent, metadata: &EventMetadata) -> EventDa
         ProgramChange::ExpiryPolicySet(e) => e.encode_to_vec(),
         ProgramChange::PendingPeriodSet(e) => e.encode_to_vec(),
         ProgramChange::TiersDefined(e) => e.encode_to_vec(),
+        ProgramChange::StampCardDefined(e) => e.encode_to_vec(),
     };
     let facts = CommandFacts { key: &event.idempotency_key, fingerprint: event.command_fingerprint, recorded_at_ms: event.recorded_at_ms };
     envelope(event.change.event_type(), PROGRAM_SCHEMA_VERSION, facts, metadata, payload)
@@ -64,6 +65,7 @@ pub fn decode_program(recorded: RecordedEvent) -> Result<ProgramEvent, CodecErro
         "tally.v1.ExpiryPolicySet" => ProgramChange::ExpiryPolicySet(ExpiryPolicySet::decode(payload).map_err(undecodable)?),
         "tally.v1.PendingPeriodSet" => ProgramChange::PendingPeriodSet(PendingPeriodSet::decode(payload).map_err(undecodable)?),
         "tally.v1.TiersDefined" => ProgramChange::TiersDefined(TiersDefined::decode(payload).map_err(undecodable)?),
+        "tally.v1.StampCardDefined" => ProgramChange::StampCardDefined(StampCardDefined::decode(payload).map_err(undecodable)?),
         _ => return Err(CodecError::UnknownEventType { position, event_type: data.event_type }),
     };
     Ok(ProgramEvent {
@@ -100,6 +102,8 @@ pub fn encode(event: &Event, metadata: &EventMetadata) -> EventData {
         Change::Matured(e) => e.encode_to_vec(),
         Change::TierChanged(e) => e.encode_to_vec(),
         Change::TierReviewed(e) => e.encode_to_vec(),
+        Change::Stamped(e) => e.encode_to_vec(),
+        Change::CardCompleted(e) => e.encode_to_vec(),
     };
     let facts = CommandFacts { key: &event.idempotency_key, fingerprint: event.command_fingerprint, recorded_at_ms: event.recorded_at_ms };
     envelope(event.change.event_type(), WALLET_SCHEMA_VERSION, facts, metadata, payload)
@@ -149,6 +153,8 @@ pub fn decode(recorded: RecordedEvent) -> Result<Event, CodecError> {
         "tally.v1.PointsMatured" => Change::Matured(PointsMatured::decode(payload).map_err(undecodable)?),
         "tally.v1.TierChanged" => Change::TierChanged(TierChanged::decode(payload).map_err(undecodable)?),
         "tally.v1.TierReviewed" => Change::TierReviewed(TierReviewed::decode(payload).map_err(undecodable)?),
+        "tally.v1.StampsAdded" => Change::Stamped(StampsAdded::decode(payload).map_err(undecodable)?),
+        "tally.v1.StampCardCompleted" => Change::CardCompleted(StampCardCompleted::decode(payload).map_err(undecodable)?),
         _ => return Err(CodecError::UnknownEventType { position, event_type: data.event_type }),
     };
     Ok(Event {

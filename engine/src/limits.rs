@@ -88,3 +88,5 @@ pub const TIERS_MAX: usize = 16;
 pub const TIER_GRACE_DAYS_MAX: u32 = 365;
 /// Months of qualifying points a wallet keeps: two calendar years covers every tier window.
 pub const QUALIFYING_MONTHS_MAX: usize = 24;
+/// Most stamps a card needs, and most stamps given at once.
+pub const STAMPS_PER_CARD_MAX: i64 = 1_000;

@@ -14,11 +14,13 @@ use tally_engine::domain::{
 const MINUTE: i64 = 60_000;
 const DAY: i64 = 24 * 60 * MINUTE;
 
-/// A program whose rules pay per euro, a capped daily bonus and a first-order bonus.
+/// A program whose rules pay per euro, a capped daily bonus, a first-order bonus and a stamp per order
+/// on a five-stamp coffee card.
 fn program(return_policy: ReturnPolicy, expiry: ExpiryPolicy, pending_days: u32, tiers: Tiers) -> ProgramSettings {
     let json = r#"[{"id":"base","actions":[{"type":"points_per_currency_unit","points":1,"unit_minor":100}]},
         {"id":"daily","actions":[{"type":"points","amount":40}],"caps":{"per_customer":{"points":100,"period":"day"}}},
-        {"id":"welcome","conditions":{"type":"first_order"},"actions":[{"type":"points","amount":25}]}]"#;
+        {"id":"welcome","conditions":{"type":"first_order"},"actions":[{"type":"points","amount":25}]},
+        {"id":"stamp","actions":[{"type":"stamps","card":"coffee","count":1}]}]"#;
     let version = RuleVersion {
         version: 1,
         effective_from_ms: 0,
@@ -42,6 +44,18 @@ fn program(return_policy: ReturnPolicy, expiry: ExpiryPolicy, pending_days: u32,
         expiry,
         pending_days,
         tiers,
+        stamp_cards: std::sync::Arc::new([("coffee".to_owned(), coffee_card())].into_iter().collect()),
+    }
+}
+
+fn coffee_card() -> StampCardDefined {
+    StampCardDefined {
+        card_id: "coffee".into(),
+        name: "Coffee".into(),
+        stamps_required: 5,
+        reward_ref: "free-coffee".into(),
+        reward_points: 50,
+        active: true,
     }
 }
 
@@ -74,13 +88,14 @@ fn order(id: u8, total_minor: i64) -> Order {
         placed_at_ms: None,
     }
 }
+use tally_engine::domain::StampCard;
 use tally_engine::domain::tiers::Tiers;
 use tally_engine::store::{EventMetadata, RecordedEvent, StreamId};
 use tally_proto::v1::expiry_policy::Rule;
 use tally_proto::v1::{
     CreditPackageDefined, ExpireAfter, ExpireOnDate, ExpiryPolicy, LotPoints, PointsAdjusted, PointsEarned, PointsPurchased,
 };
-use tally_proto::v1::{TierDefinition, TierMove, TierWindow};
+use tally_proto::v1::{StampCardCompleted, StampCardDefined, TierDefinition, TierMove, TierWindow};
 
 fn body() -> impl Strategy<Value = CommandBody> {
     let source = (0..4u8).prop_map(|s| format!("order-{s}"));
@@ -115,6 +130,7 @@ fn body() -> impl Strategy<Value = CommandBody> {
         2 => (0..4u8, proptest::option::of(1..300i64)).prop_map(|(id, points)| CommandBody::CaptureRedemption { hold_id: format!("hold-{id}"), points }),
         1 => (0..4u8).prop_map(|id| CommandBody::VoidRedemption { hold_id: format!("hold-{id}") }),
         1 => Just(CommandBody::RunDue),
+        2 => (1..12i64).prop_map(|count| CommandBody::AddStamps { card_id: "coffee".into(), count, reason: "pos".into() }),
         2 => (0..6u8, prop_oneof![Just("p-on"), Just("p-off"), Just("p-none")]).prop_map(|(id, package)| CommandBody::PurchaseCredits {
             purchase_id: format!("pay-{id}"),
             package_id: package.into()
@@ -223,7 +239,10 @@ proptest! {
                         match &event.change {
                             Change::Earned(PointsEarned { lot: Some(lot), .. })
                             | Change::Adjusted(PointsAdjusted { lot: Some(lot), .. })
-                            | Change::Purchased(PointsPurchased { lot: Some(lot), .. }) if lot.points > 0 => {
+                            | Change::Purchased(PointsPurchased { lot: Some(lot), .. })
+                            | Change::CardCompleted(StampCardCompleted { lot: Some(lot), .. })
+                                if lot.points > 0 =>
+                            {
                                 let expires = *lot_expiry.entry(lot.lot).or_insert(lot.expires_at_ms);
                                 prop_assert_eq!(expires, lot.expires_at_ms, "points join only a lot that expires with them");
                                 prop_assert!(lot.expires_at_ms == 0 || lot.expires_at_ms > now_ms);
@@ -352,6 +371,20 @@ proptest! {
         let purchased: Vec<_> = log.iter().filter_map(|e| if let Change::Purchased(p) = &e.change { Some(p) } else { None }).collect();
         prop_assert!(purchased.iter().all(|p| p.package_id == "p-on" && p.points == 150));
         prop_assert_eq!(state.lifetime_purchased, purchased.iter().map(|p| p.points).sum::<i64>());
+        // Every stamp is on the current card or on a completed one, and each completed card paid its reward.
+        let given: i64 = log
+            .iter()
+            .map(|e| match &e.change {
+                Change::Stamped(s) => s.count,
+                Change::Earned(PointsEarned { order: Some(o), .. }) => o.awards.iter().flat_map(|a| &a.stamps).map(|s| s.count).sum(),
+                _ => 0,
+            })
+            .sum();
+        let card = state.stamp_cards().find(|(id, _)| *id == "coffee").map_or(StampCard::default(), |(_, c)| *c);
+        prop_assert!((0..5).contains(&card.stamps), "{card:?}");
+        prop_assert_eq!(card.stamps + 5 * card.completed, given);
+        let rewarded: i64 = log.iter().map(|e| if let Change::CardCompleted(c) = &e.change { c.reward_points } else { 0 }).sum();
+        prop_assert_eq!(rewarded, 50 * card.completed);
         let expired: i64 = log.iter().map(|e| if let Change::Expired(x) = &e.change { x.points } else { 0 }).sum();
         prop_assert_eq!(state.lifetime_expired, expired);
         if state.status == WalletStatus::Closed {

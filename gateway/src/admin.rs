@@ -77,6 +77,7 @@ fn response(tenant: &TenantId, state: &ProgramState, replayed: Option<u32>) -> p
         tiers: state.tiers.levels.to_vec(),
         tier_window: state.tiers.window as i32,
         tier_grace_days: state.tiers.grace_days,
+        stamp_cards: state.stamp_cards.values().cloned().collect(),
     }
 }
 
@@ -155,6 +156,12 @@ impl AdminService for AdminApi {
         let window = pb::TierWindow::try_from(r.window).map_err(|_| status::invalid("window", "unknown window"))?;
         let body = ProgramCommandBody::DefineTiers { tiers: r.tiers, window, grace_days: r.grace_days, set_by: r.set_by };
         self.execute(&r.tenant_id, r.idempotency_key, body).await
+    }
+
+    async fn define_stamp_card(&self, request: Request<pb::DefineStampCardRequest>) -> Result<Response<pb::ProgramResponse>, Status> {
+        let r = request.into_inner();
+        let card = r.card.ok_or_else(|| status::invalid("card", "is required"))?;
+        self.execute(&r.tenant_id, r.idempotency_key, ProgramCommandBody::DefineStampCard { card }).await
     }
 
     async fn get_program(&self, request: Request<pb::GetProgramRequest>) -> Result<Response<pb::ProgramResponse>, Status> {

@@ -129,6 +129,8 @@ fn kind_name(kind: i32) -> &'static str {
         Ok(TransactionKind::Matured) => "matured",
         Ok(TransactionKind::TierChanged) => "tier",
         Ok(TransactionKind::TierReviewed) => "tier kept",
+        Ok(TransactionKind::Stamped) => "stamped",
+        Ok(TransactionKind::CardCompleted) => "card full",
         _ => "unknown",
     }
 }

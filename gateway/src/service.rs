@@ -151,6 +151,16 @@ fn wallet(key: &WalletKey, summary: &WalletSummary) -> Wallet {
         lifetime_purchased: summary.lifetime_purchased,
         lifetime_expired: summary.lifetime_expired,
         pending_points: summary.pending_points,
+        stamp_cards: summary
+            .stamp_cards
+            .iter()
+            .map(|(card_id, stamps, stamps_required, completed)| tally_proto::v1::StampCardStatus {
+                card_id: card_id.clone(),
+                stamps: *stamps,
+                stamps_required: *stamps_required,
+                completed: *completed,
+            })
+            .collect(),
         tier: summary.tier.as_ref().map(|t| tally_proto::v1::TierStatus {
             tier_id: t.tier_id.clone(),
             name: t.name.clone(),
@@ -201,10 +211,13 @@ pub(crate) fn transaction(stored: &StoredWalletEvent) -> Transaction {
             (TransactionKind::TierChanged, how, e.to_tier.as_str(), 0, None)
         }
         Change::TierReviewed(e) => (TransactionKind::TierReviewed, "kept", e.tier.as_str(), 0, None),
+        Change::Stamped(e) => (TransactionKind::Stamped, e.reason.as_str(), e.card_id.as_str(), 0, None),
+        Change::CardCompleted(e) => (TransactionKind::CardCompleted, e.reward_ref.as_str(), e.card_id.as_str(), 0, None),
     };
     let opened = match change {
         Change::Earned(e) => e.lot.as_ref(),
         Change::Matured(e) => e.lot.as_ref(),
+        Change::CardCompleted(e) => e.lot.as_ref(),
         Change::Adjusted(e) => e.lot.as_ref(),
         Change::Purchased(e) => e.lot.as_ref(),
         _ => None,
@@ -223,7 +236,13 @@ pub(crate) fn transaction(stored: &StoredWalletEvent) -> Transaction {
         Change::Released(e) => e.lots.clone(),
         Change::Expired(e) => vec![tally_proto::v1::LotPoints { lot: e.lot, points: e.points }],
         Change::Matured(e) => e.lot.iter().map(|lot| tally_proto::v1::LotPoints { lot: lot.lot, points: lot.points }).collect(),
-        Change::Enrolled(_) | Change::Earned(_) | Change::Purchased(_) | Change::TierChanged(_) | Change::TierReviewed(_) => Vec::new(),
+        Change::Enrolled(_)
+        | Change::Earned(_)
+        | Change::Purchased(_)
+        | Change::TierChanged(_)
+        | Change::TierReviewed(_)
+        | Change::Stamped(_)
+        | Change::CardCompleted(_) => Vec::new(),
     };
     let held_points = match change {
         Change::Held(e) => e.points,
@@ -255,6 +274,11 @@ pub(crate) fn transaction(stored: &StoredWalletEvent) -> Transaction {
         order_amount,
         expires_at: opened.and_then(|lot| timestamp(lot.expires_at_ms)).or_else(|| pending.and_then(|p| timestamp(p.expires_at_ms))),
         available_at: pending.and_then(|p| timestamp(p.available_at_ms)),
+        stamps: match change {
+            Change::Stamped(e) => vec![tally_proto::v1::StampAward { card: e.card_id.clone(), count: e.count }],
+            Change::Earned(e) => e.order.iter().flat_map(|o| &o.awards).flat_map(|a| a.stamps.clone()).collect(),
+            _ => Vec::new(),
+        },
         lots,
     }
 }
@@ -305,6 +329,13 @@ impl WalletService for WalletApi {
         let (metadata, _, r) = request.into_parts();
         let key = self.wallet_key(&r.tenant_id, &r.wallet_id).await?;
         let body = CommandBody::Reverse { source_ref: r.source_ref, points: r.points, reason: r.reason };
+        self.mutate(&metadata, key, Command::new(r.idempotency_key, body)).await
+    }
+
+    async fn add_stamps(&self, request: Request<tally_proto::v1::AddStampsRequest>) -> Result<Response<WalletMutation>, Status> {
+        let (metadata, _, r) = request.into_parts();
+        let key = self.wallet_key(&r.tenant_id, &r.wallet_id).await?;
+        let body = CommandBody::AddStamps { card_id: r.card_id, count: r.count, reason: r.reason };
         self.mutate(&metadata, key, Command::new(r.idempotency_key, body)).await
     }
 

@@ -53,6 +53,10 @@ pub fn from_rejection(rejection: &Rejection) -> Status {
             Status::with_error_details(Code::NotFound, message.clone(), ErrorDetails::with_bad_request_violation("package_id", message))
         }
         Rejection::PackageInactive { .. } => precondition("PACKAGE_INACTIVE", "package_id", message),
+        Rejection::UnknownStampCard { .. } => {
+            Status::with_error_details(Code::NotFound, message.clone(), ErrorDetails::with_bad_request_violation("card_id", message))
+        }
+        Rejection::StampCardInactive { .. } => precondition("STAMP_CARD_INACTIVE", "card_id", message),
         Rejection::NotAnOrder { .. } => precondition("NOT_AN_ORDER", "order_id", message),
         Rejection::RefundExceedsOrder { .. } => precondition("REFUND_EXCEEDS_ORDER", "amount_minor", message),
         Rejection::RulesUnreadable { .. } => {

@@ -59,7 +59,8 @@ impl WalletSummary {
             | MovementKind::Purchase
             | MovementKind::Expire
             | MovementKind::Mature
-            | MovementKind::Tier => {}
+            | MovementKind::Tier
+            | MovementKind::Stamp => {}
         }
         self.balance += points;
         self.events += 1;
@@ -118,7 +119,8 @@ impl DayStats {
             | MovementKind::Purchase
             | MovementKind::Expire
             | MovementKind::Mature
-            | MovementKind::Tier => {}
+            | MovementKind::Tier
+            | MovementKind::Stamp => {}
         }
     }
 

@@ -37,6 +37,8 @@ pub enum MovementKind {
     Mature,
     /// The customer's tier changed or was kept at a review (the reference is the tier); no points move.
     Tier,
+    /// Stamps given by hand (the reference is the card); no points move.
+    Stamp,
 }
 
 impl MovementKind {
@@ -55,6 +57,7 @@ impl MovementKind {
             Self::Expire => "expire",
             Self::Mature => "mature",
             Self::Tier => "tier",
+            Self::Stamp => "stamp",
         }
     }
 }
@@ -147,6 +150,9 @@ pub fn decode_batch(events: Vec<RecordedEvent>) -> Result<Vec<Movement>, Project
                 e.to_tier,
             ),
             Change::TierReviewed(e) => (MovementKind::Tier, "kept".to_owned(), e.tier),
+            Change::Stamped(e) => (MovementKind::Stamp, e.reason, e.card_id),
+            // A full card's reward points are earned points.
+            Change::CardCompleted(e) => (MovementKind::Earn, e.reward_ref, format!("card:{}", e.card_id)),
         };
         movements.push(Movement {
             position,

@@ -9,7 +9,7 @@ use tally_engine::domain::WalletState;
 
 /// 2: wallets remember orders (counts, refunded amounts), capped rules' usage (EarnForOrder), open POS
 /// holds and purchased points. 3: lots of points (with their expiry and held points), holds' lots, debt,
-/// expired points, pending points, qualifying points and the tier.
+/// expired points, pending points, qualifying points, the tier and stamp cards.
 pub const FORMAT_VERSION: u16 = 3;
 const HEADER_BYTES: usize = 2 + 8 + 4;
 

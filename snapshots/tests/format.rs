@@ -63,7 +63,24 @@ fn program() -> ProgramSettings {
         window: tally_proto::v1::TierWindow::CalendarYear,
         grace_days: 30,
     };
-    ProgramSettings { rule_versions: Arc::new([version]), packages, expiry, pending_days: 30, tiers, ..ProgramSettings::default() }
+    let coffee = tally_engine::domain::StampCardDefined {
+        card_id: "coffee".into(),
+        name: "Coffee".into(),
+        stamps_required: 5,
+        reward_ref: "free-coffee".into(),
+        reward_points: 0,
+        active: true,
+    };
+    let stamp_cards = Arc::new([("coffee".to_owned(), coffee)].into_iter().collect());
+    ProgramSettings {
+        rule_versions: Arc::new([version]),
+        packages,
+        expiry,
+        pending_days: 30,
+        tiers,
+        stamp_cards,
+        ..ProgramSettings::default()
+    }
 }
 
 fn order(id: &str, total_minor: i64) -> CommandBody {
@@ -100,6 +117,7 @@ fn golden_history() -> Vec<Event> {
         CommandBody::RefundOrder { order_id: "order-3".into(), amount_minor: Some(1_000), reason: "returned".into() },
         CommandBody::AuthorizeRedemption { hold_id: "pos-1".into(), points: 20, reward_ref: "cake".into(), timeout_ms: 60_000 },
         CommandBody::PurchaseCredits { purchase_id: "pay-1".into(), package_id: "p-500".into() },
+        CommandBody::AddStamps { card_id: "coffee".into(), count: 7, reason: "pos".into() },
     ])
 }
 
@@ -112,6 +130,7 @@ fn the_format_matches_its_golden_file() {
     // The orders' points wait out the return window (order-3 less its refund).
     assert_eq!(state.pending().map(|(_, p)| p.points).collect::<Vec<_>>(), [55, 48]);
     assert_eq!(state.tier.as_ref().map(|t| t.tier_id.as_str()), Some("silver"));
+    assert_eq!(state.stamp_cards().map(|(id, c)| (id, c.stamps, c.completed)).collect::<Vec<_>>(), [("coffee", 2, 1)]);
     assert_eq!((state.orders_placed, state.source("order-3").unwrap().refunded_minor), (2, 1_000), "every command was accepted");
     assert_eq!((state.held_points, state.lifetime_purchased), (20, 500));
     assert_eq!(

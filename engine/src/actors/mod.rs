@@ -154,6 +154,8 @@ pub struct WalletSummary {
     pub pending_points: i64,
     /// `(when, points)` of the soonest expiries, at most five.
     pub upcoming_expiries: Vec<(i64, i64)>,
+    /// `(card id, stamps on the current card, stamps required (0: no longer defined), cards completed)`.
+    pub stamp_cards: Vec<(String, i64, i64, i64)>,
     /// Where the customer stands in the program's tiers; `None` if it has none.
     pub tier: Option<crate::domain::tiers::TierView>,
 }

@@ -141,6 +141,8 @@ impl Schedule {
                 self.shift(&e.lots, -1, 0);
             }
             Change::Purchased(e) => self.open(e.lot.as_ref()),
+            Change::CardCompleted(e) => self.open(e.lot.as_ref()),
+            Change::Stamped(_) => {}
             Change::Redeemed(e) => self.shift(&e.lots, -1, 0),
             Change::Reversed(e) => {
                 self.take_pending(&e.pending);

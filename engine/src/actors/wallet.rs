@@ -250,6 +250,13 @@ fn summarize(state: &WalletState, now_ms: i64, program: &ProgramSettings) -> Wal
         pending_points: state.pending_points,
         upcoming_expiries: state.upcoming_expiries(now_ms, UPCOMING_EXPIRIES),
         tier: tiers::view(state, &program.tiers, now_ms, program.utc_offset_minutes),
+        stamp_cards: state
+            .stamp_cards()
+            .map(|(id, card)| {
+                let required = program.stamp_cards.get(id).map_or(0, |def| def.stamps_required);
+                (id.to_owned(), card.stamps, required, card.completed)
+            })
+            .collect(),
     }
 }
 

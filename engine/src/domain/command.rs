@@ -48,6 +48,8 @@ pub enum CommandBody {
     /// Buy the points of one of the program's credit packages (paid elsewhere). The command's idempotency
     /// key is the purchase id.
     PurchaseCredits { purchase_id: String, package_id: String },
+    /// Give `count` stamps on the program's stamp card `card_id` (by hand, at a POS).
+    AddStamps { card_id: String, count: i64, reason: String },
 }
 
 impl Command {
@@ -111,6 +113,7 @@ impl Command {
             }
             CommandBody::VoidRedemption { hold_id } => Fingerprint::new(11).str(hold_id),
             CommandBody::RunDue => Fingerprint::new(14),
+            CommandBody::AddStamps { card_id, count, reason } => Fingerprint::new(15).str(card_id).i64(*count).str(reason),
             CommandBody::PurchaseCredits { purchase_id, package_id } => Fingerprint::new(13).str(purchase_id).str(package_id),
         }
         .finish()
@@ -131,6 +134,7 @@ impl Command {
             CommandBody::CaptureRedemption { .. } => "capture_redemption",
             CommandBody::VoidRedemption { .. } => "void_redemption",
             CommandBody::RunDue => "run_due",
+            CommandBody::AddStamps { .. } => "add_stamps",
             CommandBody::PurchaseCredits { .. } => "purchase_credits",
         }
     }

@@ -3,7 +3,7 @@
 use tally_proto::v1::{
     CapPeriod, EarnReversed, EarnedByRule, HoldCaptured, HoldEnd, HoldReleased, LotOpened, LotPoints, OrderEarning, PendingPoints,
     PointsAdjusted, PointsEarned, PointsExpired, PointsHeld, PointsMatured, PointsPurchased, PointsRedeemed, ReturnPolicy, StampAward,
-    TierChanged, TierMove, TierReviewed, WalletClosed, WalletEnrolled,
+    StampCardCompleted, StampCardDefined, StampsAdded, TierChanged, TierMove, TierReviewed, WalletClosed, WalletEnrolled,
 };
 
 use super::Context;
@@ -15,7 +15,7 @@ use super::rules::{self, Customer, Order, Period, Rule};
 use super::state::{Hold, Lot, Pending, Receipt, RuleUsage, SourceLedger, TierState, WalletState, WalletStatus};
 use crate::limits::{
     BALANCE_ABS_MAX, HOLD_ID_BYTES_MAX, HOLD_TIMEOUT_MAX_MS, MONEY_MINOR_ABS_MAX, ORDER_BACKDATE_MAX_MS, ORDER_CLOCK_SKEW_MAX_MS,
-    POINTS_PER_COMMAND_MAX, QUALIFYING_MONTHS_MAX, REASON_BYTES_MAX, REF_BYTES_MAX, RULE_USAGE_PERIODS_MAX,
+    POINTS_PER_COMMAND_MAX, QUALIFYING_MONTHS_MAX, REASON_BYTES_MAX, REF_BYTES_MAX, RULE_USAGE_PERIODS_MAX, STAMPS_PER_CARD_MAX,
 };
 
 /// What `decide` concluded for a command that was not rejected.
@@ -73,8 +73,7 @@ pub fn decide(state: &WalletState, command: &Command, ctx: &Context<'_>) -> Resu
         (WalletStatus::Active, CommandBody::Close { reason }) => close(current, reason),
         (_, body) => {
             let change = decide_change(current, body, ctx)?;
-            let upgrade = tier_upgrade(current, &change, ctx);
-            std::iter::once(change).chain(upgrade).collect()
+            with_follow_ups(current, change, ctx, &event)?
         }
     };
     Ok(Decision::Append(due.into_iter().chain(changes).map(event).collect()))
@@ -147,6 +146,68 @@ fn tier_review(state: &WalletState, held: &TierState, ctx: &Context<'_>) -> Chan
             })
         }
     }
+}
+
+/// A change and what follows from it in the same command: stamp cards it filled, then a tier it reached.
+fn with_follow_ups(
+    state: &WalletState,
+    change: Change,
+    ctx: &Context<'_>,
+    event: &dyn Fn(Change) -> Event,
+) -> Result<Vec<Change>, Rejection> {
+    let added = stamps_added(&change);
+    let filled: Vec<&StampCardDefined> = ctx
+        .program
+        .stamp_cards
+        .values()
+        .filter(|card| card.active && card.stamps_required > 0)
+        .filter(|card| {
+            let before = state.stamp_cards.get(&card.card_id).map_or(0, |c| c.stamps);
+            let more: i64 = added.iter().filter(|(id, _)| *id == card.card_id).map(|(_, n)| n).sum();
+            more > 0 && before + more >= card.stamps_required
+        })
+        .collect();
+    let upgrade = tier_upgrade(state, &change, ctx);
+    let mut changes = vec![change];
+    if !filled.is_empty() {
+        let mut after = state.clone();
+        apply(&mut after, &event(changes[0].clone()));
+        for card in filled {
+            let completed = card_completed(&after, card, ctx)?;
+            apply(&mut after, &event(completed.clone()));
+            changes.push(completed);
+        }
+    }
+    changes.extend(upgrade);
+    Ok(changes)
+}
+
+/// `(card id, stamps)` a change gives.
+fn stamps_added(change: &Change) -> Vec<(&str, i64)> {
+    match change {
+        Change::Stamped(e) => vec![(e.card_id.as_str(), e.count)],
+        Change::Earned(PointsEarned { order: Some(order), .. }) => {
+            order.awards.iter().flat_map(|a| &a.stamps).map(|s| (s.card.as_str(), s.count)).collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// A full card (or several): the reward as the card is defined now, and a new card with what is left.
+fn card_completed(state: &WalletState, card: &StampCardDefined, ctx: &Context<'_>) -> Result<Change, Rejection> {
+    let stamps = state.stamp_cards.get(&card.card_id).map_or(0, |c| c.stamps);
+    let cards = stamps / card.stamps_required;
+    let points = cards.checked_mul(card.reward_points).ok_or(Rejection::PointsOutOfRange { field: "stamps", points: i64::MAX })?;
+    checked_balance(state.balance.checked_add(points), "stamps", points)?;
+    checked_balance(state.lifetime_earned.checked_add(points), "stamps", points)?;
+    Ok(Change::CardCompleted(StampCardCompleted {
+        card_id: card.card_id.clone(),
+        cards,
+        stamps_left: stamps % card.stamps_required,
+        reward_ref: card.reward_ref.clone(),
+        reward_points: points,
+        lot: (points > 0).then(|| open_lot(state, points, earned_expiry(ctx))),
+    }))
 }
 
 /// An earn that lifts the customer's qualifying points to a higher tier moves them up at once.
@@ -356,6 +417,13 @@ fn decide_change(state: &WalletState, body: &CommandBody, ctx: &Context<'_>) -> 
             }))
         }
         (WalletStatus::Active, CommandBody::EarnForOrder { order }) => earn_for_order(state, order, ctx),
+        (WalletStatus::Active, CommandBody::AddStamps { card_id, count, reason }) => {
+            let card = ctx.program.stamp_cards.get(card_id).ok_or_else(|| Rejection::UnknownStampCard { card_id: card_id.clone() })?;
+            if !card.active {
+                return Err(Rejection::StampCardInactive { card_id: card_id.clone() });
+            }
+            Ok(Change::Stamped(StampsAdded { card_id: card_id.clone(), count: *count, reason: reason.clone() }))
+        }
         (WalletStatus::Active, CommandBody::RefundOrder { order_id, amount_minor, reason }) => {
             let ledger = state.sources.get(order_id).ok_or_else(|| Rejection::UnknownSource { source_ref: order_id.clone() })?;
             let order_minor = ledger.order_minor.ok_or_else(|| Rejection::NotAnOrder { source_ref: order_id.clone() })?;
@@ -537,6 +605,9 @@ pub fn apply(state: &mut WalletState, event: &Event) {
                 state.pending.insert(state.version + 1, Pending { points: pending.points, source_ref, available_at_ms, expires_at_ms });
             }
             count_qualifying(state, e.qualifying_month, e.points);
+            for stamp in e.order.iter().flat_map(|o| &o.awards).flat_map(|a| &a.stamps) {
+                state.stamp_cards.entry(stamp.card.clone()).or_default().stamps += stamp.count;
+            }
             let source = state.sources.entry(e.source_ref.clone()).or_default();
             source.earned += e.points;
             source.qualifying_month = Some(e.qualifying_month);
@@ -605,6 +676,14 @@ pub fn apply(state: &mut WalletState, event: &Event) {
         Change::Purchased(e) => {
             state.lifetime_purchased += e.points;
             credit(state, e.points, e.lot.as_ref());
+        }
+        Change::Stamped(e) => state.stamp_cards.entry(e.card_id.clone()).or_default().stamps += e.count,
+        Change::CardCompleted(e) => {
+            let card = state.stamp_cards.entry(e.card_id.clone()).or_default();
+            card.stamps = e.stamps_left;
+            card.completed += e.cards;
+            state.lifetime_earned += e.reward_points;
+            credit(state, e.reward_points, e.lot.as_ref());
         }
         Change::TierChanged(e) => {
             state.tier = (!e.to_tier.is_empty()).then(|| TierState { tier_id: e.to_tier.clone(), next_review_at_ms: e.next_review_at_ms });
@@ -791,6 +870,13 @@ fn validate(body: &CommandBody) -> Result<(), Rejection> {
         }
         CommandBody::VoidRedemption { hold_id } => check_hold_id(hold_id),
         CommandBody::RunDue => Ok(()),
+        CommandBody::AddStamps { card_id, count, reason } => {
+            super::program::check_id("card_id", card_id)?;
+            if !(1..=STAMPS_PER_CARD_MAX).contains(count) {
+                return Err(FieldError::new("count", format!("must be within 1..={STAMPS_PER_CARD_MAX}")).into());
+            }
+            check_reason(reason)
+        }
         CommandBody::PurchaseCredits { purchase_id, package_id } => {
             check_ref("purchase_id", purchase_id, true)?;
             check_ref("package_id", package_id, true)

@@ -4,7 +4,7 @@
 
 use tally_proto::v1::{
     EarnReversed, HoldCaptured, HoldReleased, PointsAdjusted, PointsEarned, PointsExpired, PointsHeld, PointsMatured, PointsPurchased,
-    PointsRedeemed, TierChanged, TierReviewed, WalletClosed, WalletEnrolled,
+    PointsRedeemed, StampCardCompleted, StampsAdded, TierChanged, TierReviewed, WalletClosed, WalletEnrolled,
 };
 
 #[derive(Debug, Clone, PartialEq)]
@@ -43,6 +43,10 @@ pub enum Change {
     TierChanged(TierChanged),
     /// A review kept the tier.
     TierReviewed(TierReviewed),
+    /// Stamps given by hand.
+    Stamped(StampsAdded),
+    /// A stamp card filled up; its reward points are credited.
+    CardCompleted(StampCardCompleted),
 }
 
 impl Change {
@@ -60,7 +64,8 @@ impl Change {
             Change::Captured(e) => e.points.saturating_neg(),
             Change::Purchased(e) => e.points,
             Change::Expired(e) => e.points.saturating_neg(),
-            Change::Matured(_) | Change::TierChanged(_) | Change::TierReviewed(_) => 0,
+            Change::Matured(_) | Change::TierChanged(_) | Change::TierReviewed(_) | Change::Stamped(_) => 0,
+            Change::CardCompleted(e) => e.reward_points,
         }
     }
 
@@ -81,6 +86,8 @@ impl Change {
             Change::Matured(_) => "tally.v1.PointsMatured",
             Change::TierChanged(_) => "tally.v1.TierChanged",
             Change::TierReviewed(_) => "tally.v1.TierReviewed",
+            Change::Stamped(_) => "tally.v1.StampsAdded",
+            Change::CardCompleted(_) => "tally.v1.StampCardCompleted",
         }
     }
 }

@@ -25,8 +25,8 @@ pub use decide::{Decision, apply, decide};
 pub use event::{Change, Event};
 pub use ids::{FieldError, TenantId, WalletId};
 pub use rejection::Rejection;
-pub use state::{Hold, Lot, Pending, Receipt, RuleUsage, SourceLedger, TierState, WalletState, WalletStatus};
-pub use tally_proto::v1::{CreditPackageDefined, ExpiryPolicy, ReturnPolicy, TierMove};
+pub use state::{Hold, Lot, Pending, Receipt, RuleUsage, SourceLedger, StampCard, TierState, WalletState, WalletStatus};
+pub use tally_proto::v1::{CreditPackageDefined, ExpiryPolicy, ReturnPolicy, StampCardDefined, TierMove};
 
 /// What the wallet domain needs of its tenant's program (see [`program::ProgramState::settings`]).
 #[derive(Debug, Clone, PartialEq)]
@@ -45,6 +45,8 @@ pub struct ProgramSettings {
     pub pending_days: u32,
     /// The program's tiers (none: no levels).
     pub tiers: tiers::Tiers,
+    /// Stamp cards by id, as last defined.
+    pub stamp_cards: std::sync::Arc<std::collections::BTreeMap<String, StampCardDefined>>,
 }
 
 impl ProgramSettings {
@@ -66,6 +68,7 @@ impl Default for ProgramSettings {
             expiry: ExpiryPolicy::default(),
             pending_days: 0,
             tiers: tiers::Tiers::default(),
+            stamp_cards: std::sync::Arc::default(),
         }
     }
 }

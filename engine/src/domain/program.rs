@@ -5,15 +5,15 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use tally_proto::v1::{
-    CreditPackageDefined, ExpiryPolicy, ExpiryPolicySet, Money, PendingPeriodSet, ProgramCreated, RulesPublished, TierDefinition,
-    TierWindow, TiersDefined,
+    CreditPackageDefined, ExpiryPolicy, ExpiryPolicySet, Money, PendingPeriodSet, ProgramCreated, RulesPublished, StampCardDefined,
+    TierDefinition, TierWindow, TiersDefined,
 };
 
 use super::ReturnPolicy;
 use super::fingerprint::Fingerprint;
 use super::ids::{FieldError, TenantId};
 use super::rules::{Rule, RuleError, parse_rules};
-use crate::limits::{MONEY_MINOR_ABS_MAX, POINTS_PER_COMMAND_MAX, REASON_BYTES_MAX, REF_BYTES_MAX};
+use crate::limits::{MONEY_MINOR_ABS_MAX, POINTS_PER_COMMAND_MAX, REASON_BYTES_MAX, REF_BYTES_MAX, STAMPS_PER_CARD_MAX};
 
 /// Largest rules document, in bytes.
 pub const RULES_JSON_BYTES_MAX: usize = 256 * 1024;
@@ -51,6 +51,10 @@ pub enum ProgramCommandBody {
     SetPendingPeriod {
         days: u32,
         set_by: String,
+    },
+    /// Defines a stamp card, or replaces its definition.
+    DefineStampCard {
+        card: StampCardDefined,
     },
     /// Defines the tiers (the whole set).
     DefineTiers {
@@ -95,6 +99,13 @@ impl ProgramCommand {
                 fp.str(set_by)
             }
             ProgramCommandBody::SetPendingPeriod { days, set_by } => Fingerprint::new(105).u64(u64::from(*days)).str(set_by),
+            ProgramCommandBody::DefineStampCard { card } => Fingerprint::new(107)
+                .str(&card.card_id)
+                .str(&card.name)
+                .i64(card.stamps_required)
+                .str(&card.reward_ref)
+                .i64(card.reward_points)
+                .u64(u64::from(card.active)),
             ProgramCommandBody::DefineTiers { tiers, window, grace_days, set_by } => {
                 let fp = Fingerprint::new(106).u64(tiers.len() as u64);
                 let fp = tiers.iter().fold(fp, |fp, t| {
@@ -115,6 +126,7 @@ pub enum ProgramChange {
     ExpiryPolicySet(ExpiryPolicySet),
     PendingPeriodSet(PendingPeriodSet),
     TiersDefined(TiersDefined),
+    StampCardDefined(StampCardDefined),
 }
 
 impl ProgramChange {
@@ -126,6 +138,7 @@ impl ProgramChange {
             ProgramChange::ExpiryPolicySet(_) => "tally.v1.ExpiryPolicySet",
             ProgramChange::PendingPeriodSet(_) => "tally.v1.PendingPeriodSet",
             ProgramChange::TiersDefined(_) => "tally.v1.TiersDefined",
+            ProgramChange::StampCardDefined(_) => "tally.v1.StampCardDefined",
         }
     }
 }
@@ -169,6 +182,8 @@ pub struct ProgramState {
     pub pending_days: u32,
     /// The tiers, lowest first, and how they are measured.
     pub tiers: super::tiers::Tiers,
+    /// Stamp cards by id, as last defined.
+    pub stamp_cards: BTreeMap<String, StampCardDefined>,
     /// Idempotency keys of accepted commands: their fingerprint and the rules version after them.
     receipts: BTreeMap<String, (u64, u32)>,
 }
@@ -189,6 +204,7 @@ impl ProgramState {
             expiry: self.expiry,
             pending_days: self.pending_days,
             tiers: self.tiers.clone(),
+            stamp_cards: Arc::new(self.stamp_cards.clone()),
         }
     }
 
@@ -228,9 +244,14 @@ pub enum ProgramDecision {
 }
 
 fn check_package_id(id: &str) -> Result<(), FieldError> {
+    check_id("package.package_id", id)
+}
+
+/// Ids of things a program defines (packages, stamp cards): 1 to 64 bytes of A-Z a-z 0-9 - _ . :
+pub(crate) fn check_id(field: &'static str, id: &str) -> Result<(), FieldError> {
     let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':');
     if id.is_empty() || id.len() > 64 || !id.chars().all(allowed) {
-        return Err(FieldError::new("package.package_id", "must be 1 to 64 bytes of A-Z a-z 0-9 - _ . :"));
+        return Err(FieldError::new(field, "must be 1 to 64 bytes of A-Z a-z 0-9 - _ . :"));
     }
     Ok(())
 }
@@ -335,6 +356,24 @@ pub fn decide_program(
             check_text("set_by", set_by, REF_BYTES_MAX)?;
             ProgramChange::PendingPeriodSet(PendingPeriodSet { days: *days, set_by: set_by.clone() })
         }
+        ProgramCommandBody::DefineStampCard { card } => {
+            if !state.created {
+                return Err(ProgramRejection::NotCreated);
+            }
+            check_id("card.card_id", &card.card_id)?;
+            check_text("card.name", &card.name, REASON_BYTES_MAX)?;
+            check_text("card.reward_ref", &card.reward_ref, REF_BYTES_MAX)?;
+            if !(1..=STAMPS_PER_CARD_MAX).contains(&card.stamps_required) {
+                return Err(FieldError::new("card.stamps_required", format!("must be within 1..={STAMPS_PER_CARD_MAX}")).into());
+            }
+            if !(0..=POINTS_PER_COMMAND_MAX).contains(&card.reward_points) {
+                return Err(FieldError::new("card.reward_points", format!("must be within 0..={POINTS_PER_COMMAND_MAX}")).into());
+            }
+            if card.reward_ref.is_empty() && card.reward_points == 0 {
+                return Err(FieldError::new("card.reward_ref", "a card needs a reward: reward_ref, reward_points or both").into());
+            }
+            ProgramChange::StampCardDefined(card.clone())
+        }
         ProgramCommandBody::DefineTiers { tiers, window, grace_days, set_by } => {
             if !state.created {
                 return Err(ProgramRejection::NotCreated);
@@ -380,6 +419,9 @@ pub fn apply_program(state: &mut ProgramState, event: &ProgramEvent) {
         }
         ProgramChange::ExpiryPolicySet(e) => state.expiry = e.policy.unwrap_or_default(),
         ProgramChange::PendingPeriodSet(e) => state.pending_days = e.days,
+        ProgramChange::StampCardDefined(e) => {
+            state.stamp_cards.insert(e.card_id.clone(), e.clone());
+        }
         ProgramChange::TiersDefined(e) => {
             state.tiers = super::tiers::Tiers {
                 levels: e.tiers.clone().into(),

@@ -66,6 +66,12 @@ pub enum Rejection {
     /// The credit package is not for sale. Maps to FAILED_PRECONDITION.
     #[error("credit package {package_id:?} is inactive")]
     PackageInactive { package_id: String },
+    /// The program has no stamp card with this id. Maps to NOT_FOUND.
+    #[error("no stamp card {card_id:?} in this program")]
+    UnknownStampCard { card_id: String },
+    /// The stamp card is not in use. Maps to FAILED_PRECONDITION.
+    #[error("stamp card {card_id:?} is inactive")]
+    StampCardInactive { card_id: String },
     /// The idempotency key was already used for a different command. Maps to ALREADY_EXISTS.
     #[error("idempotency key {key:?} was already used for a different command")]
     IdempotencyKeyReused { key: String },

@@ -92,6 +92,15 @@ pub struct Pending {
     pub expires_at_ms: Option<i64>,
 }
 
+/// Stamps on one of the program's stamp cards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct StampCard {
+    /// On the current card.
+    pub stamps: i64,
+    /// Cards filled so far.
+    pub completed: i64,
+}
+
 /// The customer's tier.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct TierState {
@@ -158,6 +167,8 @@ pub struct WalletState {
     pub(crate) qualifying: Vec<(i64, i64)>,
     /// `None`: no tier.
     pub tier: Option<TierState>,
+    /// Stamp cards by card id.
+    pub(crate) stamp_cards: BTreeMap<String, StampCard>,
     #[serde(serialize_with = "sorted")]
     pub(crate) sources: FastMap<String, SourceLedger>,
     /// Per rule id, for rules with a per-customer cap.
@@ -213,6 +224,11 @@ impl WalletState {
     /// Qualifying points earned in months `first..=last`.
     pub fn qualifying_in(&self, first: i64, last: i64) -> i64 {
         self.qualifying.iter().filter(|(month, _)| (first..=last).contains(month)).map(|(_, points)| points).sum()
+    }
+
+    /// Stamp cards with stamps or completions, by card id.
+    pub fn stamp_cards(&self) -> impl Iterator<Item = (&str, &StampCard)> {
+        self.stamp_cards.iter().map(|(id, card)| (id.as_str(), card))
     }
 
     /// Pending credits by the stream version that made them.

@@ -1,10 +1,12 @@
-//! Tiers in the real `tally` process: defined over AdminService and kept in the log, an earn past a
-//! threshold moves the customer up at once (a transaction of its own), and `GetWallet` shows the tier,
-//! the next one and the progress, after a SIGKILL too. Bad definitions are refused by field.
+//! Tiers and stamp cards in the real `tally` process. Tiers: defined over AdminService and kept in the
+//! log, an earn past a threshold moves the customer up at once (a transaction of its own), and
+//! `GetWallet` shows the tier, the next one and the progress, after a SIGKILL too. Stamp cards: a POS
+//! stamps by hand, a full card issues its reward in the same call. Bad input is refused by field.
 
 use tally_proto::v1::admin_service_client::AdminServiceClient;
 use tally_proto::v1::{
-    DefineTiersRequest, EarnRequest, EnrollRequest, GetProgramRequest, GetWalletRequest, TierDefinition, TierWindow, TransactionKind,
+    AddStampsRequest, DefineStampCardRequest, DefineTiersRequest, EarnRequest, EnrollRequest, GetProgramRequest, GetWalletRequest,
+    StampCardDefined, StampCardStatus, TierDefinition, TierWindow, TransactionKind,
 };
 use tally_tests::TallyServer;
 use tonic::Code;
@@ -70,4 +72,44 @@ async fn customers_climb_tiers_and_see_their_progress() {
     assert_eq!((t.tier_id.as_str(), t.name.as_str(), t.level, t.qualifying_points), ("silver", "Silver", 1, 600));
     assert_eq!((t.next_tier_id.as_str(), t.next_tier_min_points, t.progress_percent), ("gold", 1_000, 20));
     assert!(t.next_review_at.is_some(), "reviewed after the year ends");
+}
+
+#[tokio::test]
+async fn a_pos_stamps_a_card_and_a_full_card_pays_its_reward() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TallyServer::start(dir.path(), &[]);
+    let mut admin = AdminServiceClient::new(server.channel().await);
+    let mut wallets = server.client().await;
+    let card = StampCardDefined {
+        card_id: "coffee".into(),
+        name: "Coffee card".into(),
+        stamps_required: 5,
+        reward_ref: "free-coffee".into(),
+        reward_points: 25,
+        active: true,
+    };
+    let define = DefineStampCardRequest { tenant_id: "demo".into(), idempotency_key: "c1".into(), card: Some(card.clone()) };
+    assert_eq!(admin.define_stamp_card(define).await.unwrap().into_inner().stamp_cards, [card]);
+
+    let enroll =
+        EnrollRequest { tenant_id: "demo".into(), wallet_id: "c-9".into(), idempotency_key: "e".into(), customer_ref: String::new() };
+    wallets.enroll(enroll).await.unwrap();
+    let stamp = |key: &str, card: &str, count| AddStampsRequest {
+        tenant_id: "demo".into(),
+        wallet_id: "c-9".into(),
+        idempotency_key: key.into(),
+        card_id: card.into(),
+        count,
+        reason: "till 3".into(),
+    };
+    let status = wallets.add_stamps(stamp("s0", "tea", 1)).await.unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    assert_eq!(status.get_details_bad_request().unwrap().field_violations[0].field, "card_id");
+    let stamped = wallets.add_stamps(stamp("s1", "coffee", 6)).await.unwrap().into_inner();
+    let kinds: Vec<(i32, i64, &str)> = stamped.transactions.iter().map(|t| (t.kind, t.points, t.reason.as_str())).collect();
+    assert_eq!(kinds, [(TransactionKind::Stamped as i32, 0, "till 3"), (TransactionKind::CardCompleted as i32, 25, "free-coffee")]);
+    let w = stamped.wallet.unwrap();
+    assert_eq!(w.balance, 25);
+    assert_eq!(w.stamp_cards, [StampCardStatus { card_id: "coffee".into(), stamps: 1, stamps_required: 5, completed: 1 }]);
+    assert!(wallets.add_stamps(stamp("s1", "coffee", 6)).await.unwrap().into_inner().replayed, "stamps count once per key");
 }
