@@ -142,13 +142,12 @@ fn held_points_wait_for_their_hold_and_expire_if_it_is_released_too_late() {
     assert_eq!((wallet.state.balance, wallet.state.held_points), (130, 80));
     wallet.now = NOW + 31 * DAY;
     assert_eq!(wallet.run(run_due("due/2")).unwrap(), [expired(3, 50, NOW + 31 * DAY)]);
-    // Voided after its lot's time: the points go back to lot 2, past its time, so not available; their
-    // expiry is recorded by the next decision.
+    // Voided after its lot's time: the points go back to lot 2, past its time, and expire in the same
+    // command.
     let changes = wallet.run(Command::new("pos-1/void", CommandBody::VoidRedemption { hold_id: "pos-1".into() })).unwrap();
     let voided = HoldReleased { hold_id: "pos-1".into(), points: 80, reason: HoldEnd::Voided as i32, lots: vec![lot(2, 80)] };
-    assert_eq!(changes, [Change::Released(voided)]);
-    assert_eq!(wallet.state.available_at(wallet.now), 0);
-    assert_eq!(wallet.run(run_due("due/3")).unwrap(), [expired(2, 80, NOW + 30 * DAY)]);
+    assert_eq!(changes, [Change::Released(voided), expired(2, 80, NOW + 30 * DAY)]);
+    assert_eq!(wallet.decide(&run_due("due/3")), Err(Rejection::NothingDue { next_due_ms: None }));
     assert_eq!((wallet.state.balance, wallet.state.lifetime_expired, wallet.state.lots().count()), (0, 150, 0));
 }
 

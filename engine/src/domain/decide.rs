@@ -76,7 +76,17 @@ pub fn decide(state: &WalletState, command: &Command, ctx: &Context<'_>) -> Resu
             with_follow_ups(current, change, ctx, &event)?
         }
     };
-    Ok(Decision::Append(due.into_iter().chain(changes).map(event).collect()))
+    // Points a hold gives back to a lot whose time has passed expire with the command that gave them back.
+    let returns_points =
+        changes.iter().any(|c| matches!(c, Change::Released(_) | Change::Captured(HoldCaptured { released_points: 1.., .. })));
+    let after = if returns_points {
+        let mut after = current.clone();
+        changes.iter().for_each(|c| apply(&mut after, &event(c.clone())));
+        catch_up(&after, ctx, &event).0
+    } else {
+        Vec::new()
+    };
+    Ok(Decision::Append(due.into_iter().chain(changes).chain(after).map(event).collect()))
 }
 
 /// What happened by itself up to `now_ms`, one transition at a time, each seeing the ones before: holds

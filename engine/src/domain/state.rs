@@ -249,6 +249,10 @@ impl WalletState {
     /// The next instant something happens to this wallet by itself: a hold times out, pending points
     /// mature or a lot expires.
     pub fn next_due_ms(&self) -> Option<i64> {
+        // A closed wallet keeps its history, and nothing more happens to it.
+        if self.status != WalletStatus::Active {
+            return None;
+        }
         let holds = self.holds.values().map(|h| h.expires_at_ms);
         let pending = self.pending.values().map(|p| p.available_at_ms);
         let lots = self.lots.values().filter(|lot| lot.points > 0).filter_map(|lot| lot.expires_at_ms);
