@@ -4,8 +4,8 @@
 use prost::Message;
 use tally_proto::v1::{
     CreditPackageDefined, EarnReversed, ExpiryPolicySet, HoldCaptured, HoldReleased, PendingPeriodSet, PointsAdjusted, PointsEarned,
-    PointsExpired, PointsHeld, PointsMatured, PointsPurchased, PointsRedeemed, ProgramCreated, RulesPublished, StampCardCompleted,
-    StampCardDefined, StampsAdded, TierChanged, TierReviewed, TiersDefined, WalletClosed, WalletEnrolled,
+    PointsExpired, PointsExpiringSoon, PointsHeld, PointsMatured, PointsPurchased, PointsRedeemed, ProgramCreated, RulesPublished,
+    StampCardCompleted, StampCardDefined, StampsAdded, TierChanged, TierReviewed, TiersDefined, WalletClosed, WalletEnrolled,
 };
 
 use crate::domain::program::{ProgramChange, ProgramEvent};
@@ -103,6 +103,7 @@ pub fn encode(event: &Event, metadata: &EventMetadata) -> EventData {
         Change::TierChanged(e) => e.encode_to_vec(),
         Change::TierReviewed(e) => e.encode_to_vec(),
         Change::Stamped(e) => e.encode_to_vec(),
+        Change::ExpiringSoon(e) => e.encode_to_vec(),
         Change::CardCompleted(e) => e.encode_to_vec(),
     };
     let facts = CommandFacts { key: &event.idempotency_key, fingerprint: event.command_fingerprint, recorded_at_ms: event.recorded_at_ms };
@@ -154,6 +155,7 @@ pub fn decode(recorded: RecordedEvent) -> Result<Event, CodecError> {
         "tally.v1.TierChanged" => Change::TierChanged(TierChanged::decode(payload).map_err(undecodable)?),
         "tally.v1.TierReviewed" => Change::TierReviewed(TierReviewed::decode(payload).map_err(undecodable)?),
         "tally.v1.StampsAdded" => Change::Stamped(StampsAdded::decode(payload).map_err(undecodable)?),
+        "tally.v1.PointsExpiringSoon" => Change::ExpiringSoon(PointsExpiringSoon::decode(payload).map_err(undecodable)?),
         "tally.v1.StampCardCompleted" => Change::CardCompleted(StampCardCompleted::decode(payload).map_err(undecodable)?),
         _ => return Err(CodecError::UnknownEventType { position, event_type: data.event_type }),
     };

@@ -63,7 +63,7 @@ fn a_purchase_credits_the_packages_points_as_purchased() {
         points: 550,
         price: Some(Money { amount_minor: 999, currency: "EUR".into() }),
         // Prepaid value never expires.
-        lot: Some(LotOpened { points: 550, expires_at_ms: 0, lot: 2 }),
+        lot: Some(LotOpened { points: 550, expires_at_ms: 0, lot: 2, notify_at_ms: 0 }),
     };
     assert_eq!(changes, [Change::Purchased(expected)]);
     assert_eq!((wallet.state.balance, wallet.state.lifetime_purchased, wallet.state.lifetime_earned), (550, 550, 0));

@@ -18,7 +18,8 @@ use tally_engine::domain::{Change, Command, CommandBody, FieldError, ProgramSett
 use tally_engine::store::InMemoryStore;
 use tally_proto::v1::expiry_policy::Rule;
 use tally_proto::v1::{
-    ExpireAfter, ExpireOnDate, ExpiryPolicy, HoldEnd, HoldReleased, LotOpened, LotPoints, PointsEarned, PointsExpired, PointsRedeemed,
+    ExpireAfter, ExpireOnDate, ExpiryPolicy, HoldEnd, HoldReleased, LotOpened, LotPoints, PointsEarned, PointsExpired, PointsExpiringSoon,
+    PointsRedeemed,
 };
 
 const MINUTE: i64 = 60_000;
@@ -26,7 +27,7 @@ const DAY: i64 = 1_440 * MINUTE;
 
 /// Earned points expire 30 days after they are credited.
 fn thirty_days() -> ProgramSettings {
-    let expiry = ExpiryPolicy { rule: Some(Rule::After(ExpireAfter { months: 0, days: 30, at_month_end: false })) };
+    let expiry = ExpiryPolicy { notice_days: 0, rule: Some(Rule::After(ExpireAfter { months: 0, days: 30, at_month_end: false })) };
     ProgramSettings { expiry, ..ProgramSettings::default() }
 }
 
@@ -61,21 +62,25 @@ fn each_credit_opens_a_lot_with_the_policys_expiry() {
     let mut wallet = Wallet::enrolled(thirty_days());
     let changes = wallet.run(earn("o-1", 100)).unwrap();
     let Change::Earned(PointsEarned { lot: Some(opened), .. }) = &changes[0] else { panic!("{changes:?}") };
-    assert_eq!(*opened, LotOpened { points: 100, expires_at_ms: NOW + 30 * DAY, lot: 2 });
+    assert_eq!(*opened, LotOpened { points: 100, expires_at_ms: NOW + 30 * DAY, lot: 2, notify_at_ms: 0 });
     assert_eq!(wallet.state.upcoming_expiries(wallet.now, 5), [(NOW + 30 * DAY, 100)]);
     // No policy: points never expire, and they all go into one lot.
     let mut forever = Wallet::enrolled(ProgramSettings::default());
     forever.run(earn("o-1", 10)).unwrap();
     let changes = forever.run(earn("o-2", 20)).unwrap();
     let Change::Earned(PointsEarned { lot: Some(opened), .. }) = &changes[0] else { panic!("{changes:?}") };
-    assert_eq!(*opened, LotOpened { points: 20, expires_at_ms: 0, lot: 2 }, "joins the open lot that never expires either");
+    assert_eq!(
+        *opened,
+        LotOpened { points: 20, expires_at_ms: 0, lot: 2, notify_at_ms: 0 },
+        "joins the open lot that never expires either"
+    );
     assert_eq!(forever.state.lots().count(), 1);
     assert!(forever.state.upcoming_expiries(NOW, 5).is_empty());
 }
 
 #[test]
 fn points_that_expire_together_share_a_lot() {
-    let month_end = ExpiryPolicy { rule: Some(Rule::After(ExpireAfter { months: 0, days: 0, at_month_end: true })) };
+    let month_end = ExpiryPolicy { notice_days: 0, rule: Some(Rule::After(ExpireAfter { months: 0, days: 0, at_month_end: true })) };
     let mut wallet = Wallet::enrolled(ProgramSettings { expiry: month_end, ..ProgramSettings::default() });
     wallet.run(earn("o-1", 10)).unwrap();
     wallet.now += DAY;
@@ -211,7 +216,7 @@ fn program(commands: &[ProgramCommandBody]) -> Result<ProgramState, ProgramRejec
 
 #[test]
 fn the_program_sets_the_policy_for_points_credited_from_then_on() {
-    let on_date = ExpiryPolicy { rule: Some(Rule::OnDate(ExpireOnDate { month: 12, day: 31, years_later: 1 })) };
+    let on_date = ExpiryPolicy { notice_days: 0, rule: Some(Rule::OnDate(ExpireOnDate { month: 12, day: 31, years_later: 1 })) };
     let set = |policy: ExpiryPolicy| ProgramCommandBody::SetExpiryPolicy { policy, set_by: "ops".into() };
     let state = program(&[set(on_date)]).unwrap();
     assert_eq!(state.settings().expiry, on_date);
@@ -223,7 +228,7 @@ fn the_program_sets_the_policy_for_points_credited_from_then_on() {
     wallet.program = program(&[set(on_date), set(ExpiryPolicy::default())]).unwrap().settings();
     wallet.run(earn("o-2", 5)).unwrap();
     assert_eq!(wallet.state.upcoming_expiries(wallet.now, 5), [(1_830_294_000_000, 10)]);
-    let bad = ExpiryPolicy { rule: Some(Rule::OnDate(ExpireOnDate { month: 2, day: 30, years_later: 11 })) };
+    let bad = ExpiryPolicy { notice_days: 0, rule: Some(Rule::OnDate(ExpireOnDate { month: 2, day: 30, years_later: 11 })) };
     assert_eq!(
         program(&[set(bad)]),
         Err(ProgramRejection::InvalidField(FieldError::new("policy.on_date.years_later", "must be at most 10")))
@@ -275,4 +280,31 @@ async fn the_timers_expire_a_lot_on_their_own_and_after_a_restart() {
     assert_eq!(registry.summary(&key).await.unwrap().version, 6, "nothing more is due: the timers stay quiet");
     timers.stop();
     registry.shutdown().await;
+}
+
+#[test]
+fn the_customer_is_told_before_points_expire_once_per_lot() {
+    let mut program = thirty_days();
+    program.expiry.notice_days = 7;
+    let mut wallet = Wallet::enrolled(program);
+    let changes = wallet.run(earn("o-1", 100)).unwrap();
+    let Change::Earned(PointsEarned { lot: Some(opened), .. }) = &changes[0] else { panic!("{changes:?}") };
+    assert_eq!(opened.notify_at_ms, NOW + 23 * DAY);
+    assert_eq!(wallet.state.next_due_ms(), Some(NOW + 23 * DAY), "the notice comes before the expiry");
+    wallet.now = NOW + 23 * DAY;
+    let notice = Change::ExpiringSoon(PointsExpiringSoon { lot: 2, points: 100, expires_at_ms: NOW + 30 * DAY });
+    assert_eq!(wallet.run(run_due("due/1")).unwrap(), [notice]);
+    assert_eq!((wallet.state.balance, wallet.state.next_due_ms()), (100, Some(NOW + 30 * DAY)), "told once; nothing else changes");
+    // A later credit opens a lot of its own, with its own notice.
+    wallet.now = NOW + 25 * DAY;
+    let changes = wallet.run(earn("o-2", 5)).unwrap();
+    let Change::Earned(PointsEarned { lot: Some(opened), .. }) = &changes[0] else { panic!("{changes:?}") };
+    assert_eq!((opened.lot, opened.notify_at_ms), (4, NOW + 48 * DAY));
+    // Credited inside the notice period already (points expire at the end of 10 March, NOW is 4 March):
+    // no notice for that lot.
+    let soon = ExpiryPolicy { notice_days: 7, rule: Some(Rule::OnDate(ExpireOnDate { month: 3, day: 10, years_later: 0 })) };
+    let mut wallet = Wallet::enrolled(ProgramSettings { expiry: soon, ..ProgramSettings::default() });
+    let changes = wallet.run(earn("o-1", 10)).unwrap();
+    let Change::Earned(PointsEarned { lot: Some(opened), .. }) = &changes[0] else { panic!("{changes:?}") };
+    assert_eq!(opened.notify_at_ms, 0);
 }

@@ -74,7 +74,7 @@ fn program() -> ProgramSettings {
         utc_offset_minutes: 60,
         rule_versions: Arc::new([rules]),
         packages: Arc::new([("p-1000".to_owned(), package)].into_iter().collect()),
-        expiry: ExpiryPolicy { rule: Some(Rule::After(ExpireAfter { months: 12, days: 0, at_month_end: true })) },
+        expiry: ExpiryPolicy { notice_days: 30, rule: Some(Rule::After(ExpireAfter { months: 12, days: 0, at_month_end: true })) },
         pending_days: 14,
         tiers: Tiers {
             levels: Arc::new([tier("silver", 1_000, 0), tier("gold", 4_000, 125)]),
@@ -186,6 +186,16 @@ fn run(life: &mut Life, wallet: &WalletId, command: &Command, now_ms: i64, progr
                 let lot = before.lots().find(|(id, _)| *id == e.lot).map(|(_, lot)| *lot).expect("an open lot expires");
                 assert_eq!(lot.expires_at_ms, Some(e.expired_at_ms), "a lot expires at its own time");
             }
+            Change::ExpiringSoon(e) => {
+                stats.notices += 1;
+                let lot = before.lots().find(|(id, _)| *id == e.lot).map(|(_, lot)| *lot).expect("an open lot is noticed");
+                let notify_at = lot.notify_at_ms.expect("told once");
+                assert!(
+                    notify_at <= now_ms && now_ms - notify_at <= TICK_MAX && now_ms < e.expires_at_ms,
+                    "notice due {notify_at}, run {now_ms}"
+                );
+                assert_eq!(e.expires_at_ms, notify_at + 30 * DAY);
+            }
             Change::Matured(e) => {
                 stats.matured += 1;
                 assert!(e.available_at_ms <= now_ms && now_ms - e.available_at_ms <= TICK_MAX);
@@ -230,6 +240,7 @@ struct Stats {
     expired: usize,
     matured: usize,
     released: usize,
+    notices: usize,
     tier_up: usize,
     tier_down: usize,
     cards: i64,
@@ -306,6 +317,7 @@ fn simulate(seed: u64) {
     // The simulation must exercise what it checks.
     assert!(
         stats.expired > 100
+            && stats.notices > 100
             && stats.matured > 1_000
             && stats.tier_up > 50
             && stats.tier_down > 10

@@ -75,7 +75,7 @@ fn the_fifth_coffee_fills_the_card_and_issues_its_reward_at_once() {
         stamps_left: 0,
         reward_ref: "free-coffee".into(),
         reward_points: 20,
-        lot: Some(LotOpened { points: 20, expires_at_ms: 0, lot: 7 }),
+        lot: Some(LotOpened { points: 20, expires_at_ms: 0, lot: 7, notify_at_ms: 0 }),
     };
     assert_eq!(changes[1..], [Change::CardCompleted(completed)]);
     assert_eq!(on_card(&wallet, "coffee"), StampCard { stamps: 0, completed: 1 });

@@ -86,7 +86,7 @@ fn from_lot(lot: u64, points: i64) -> Vec<LotPoints> {
     vec![LotPoints { lot, points }]
 }
 fn new_lot(lot: u64, points: i64) -> Option<LotOpened> {
-    Some(LotOpened { points, expires_at_ms: 0, lot })
+    Some(LotOpened { points, expires_at_ms: 0, lot, notify_at_ms: 0 })
 }
 fn field(field: &'static str, reason: &str) -> Rejection {
     Rejection::InvalidField(FieldError::new(field, reason))

@@ -161,13 +161,14 @@ fn policy() -> impl Strategy<Value = ReturnPolicy> {
 }
 
 fn expiry() -> impl Strategy<Value = ExpiryPolicy> {
-    let after = |months, days, at_month_end| ExpiryPolicy { rule: Some(Rule::After(ExpireAfter { months, days, at_month_end })) };
+    let after =
+        |months, days, at_month_end| ExpiryPolicy { notice_days: 0, rule: Some(Rule::After(ExpireAfter { months, days, at_month_end })) };
     prop_oneof![
         Just(ExpiryPolicy::default()),
         Just(after(0, 2, false)),
-        Just(after(0, 5, false)),
-        Just(after(0, 0, true)),
-        Just(ExpiryPolicy { rule: Some(Rule::OnDate(ExpireOnDate { month: 3, day: 10, years_later: 0 })) }),
+        Just(ExpiryPolicy { notice_days: 2, ..after(0, 5, false) }),
+        Just(ExpiryPolicy { notice_days: 10, ..after(0, 0, true) }),
+        Just(ExpiryPolicy { notice_days: 0, rule: Some(Rule::OnDate(ExpireOnDate { month: 3, day: 10, years_later: 0 })) }),
     ]
 }
 

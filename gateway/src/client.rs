@@ -131,6 +131,7 @@ fn kind_name(kind: i32) -> &'static str {
         Ok(TransactionKind::TierReviewed) => "tier kept",
         Ok(TransactionKind::Stamped) => "stamped",
         Ok(TransactionKind::CardCompleted) => "card full",
+        Ok(TransactionKind::ExpiringSoon) => "expiring",
         _ => "unknown",
     }
 }

@@ -212,6 +212,7 @@ pub(crate) fn transaction(stored: &StoredWalletEvent) -> Transaction {
         }
         Change::TierReviewed(e) => (TransactionKind::TierReviewed, "kept", e.tier.as_str(), 0, None),
         Change::Stamped(e) => (TransactionKind::Stamped, e.reason.as_str(), e.card_id.as_str(), 0, None),
+        Change::ExpiringSoon(_) => (TransactionKind::ExpiringSoon, "", "", 0, None),
         Change::CardCompleted(e) => (TransactionKind::CardCompleted, e.reward_ref.as_str(), e.card_id.as_str(), 0, None),
     };
     let opened = match change {
@@ -235,6 +236,7 @@ pub(crate) fn transaction(stored: &StoredWalletEvent) -> Transaction {
         Change::Captured(e) => e.lots.clone(),
         Change::Released(e) => e.lots.clone(),
         Change::Expired(e) => vec![tally_proto::v1::LotPoints { lot: e.lot, points: e.points }],
+        Change::ExpiringSoon(e) => vec![tally_proto::v1::LotPoints { lot: e.lot, points: e.points }],
         Change::Matured(e) => e.lot.iter().map(|lot| tally_proto::v1::LotPoints { lot: lot.lot, points: lot.points }).collect(),
         Change::Enrolled(_)
         | Change::Earned(_)

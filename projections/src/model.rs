@@ -60,7 +60,8 @@ impl WalletSummary {
             | MovementKind::Expire
             | MovementKind::Mature
             | MovementKind::Tier
-            | MovementKind::Stamp => {}
+            | MovementKind::Stamp
+            | MovementKind::Notice => {}
         }
         self.balance += points;
         self.events += 1;
@@ -120,7 +121,8 @@ impl DayStats {
             | MovementKind::Expire
             | MovementKind::Mature
             | MovementKind::Tier
-            | MovementKind::Stamp => {}
+            | MovementKind::Stamp
+            | MovementKind::Notice => {}
         }
     }
 

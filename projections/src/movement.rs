@@ -39,6 +39,8 @@ pub enum MovementKind {
     Tier,
     /// Stamps given by hand (the reference is the card); no points move.
     Stamp,
+    /// A lot's points expire soon (the reference is the lot); no points move.
+    Notice,
 }
 
 impl MovementKind {
@@ -58,6 +60,7 @@ impl MovementKind {
             Self::Mature => "mature",
             Self::Tier => "tier",
             Self::Stamp => "stamp",
+            Self::Notice => "notice",
         }
     }
 }
@@ -151,6 +154,7 @@ pub fn decode_batch(events: Vec<RecordedEvent>) -> Result<Vec<Movement>, Project
             ),
             Change::TierReviewed(e) => (MovementKind::Tier, "kept".to_owned(), e.tier),
             Change::Stamped(e) => (MovementKind::Stamp, e.reason, e.card_id),
+            Change::ExpiringSoon(e) => (MovementKind::Notice, format!("{} points expire soon", e.points), format!("lot:{}", e.lot)),
             // A full card's reward points are earned points.
             Change::CardCompleted(e) => (MovementKind::Earn, e.reward_ref, format!("card:{}", e.card_id)),
         };

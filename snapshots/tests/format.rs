@@ -51,6 +51,7 @@ fn program() -> ProgramSettings {
     let packages = Arc::new([("p-500".to_owned(), package)].into_iter().collect());
     let expiry = tally_engine::domain::ExpiryPolicy {
         rule: Some(tally_proto::v1::expiry_policy::Rule::After(tally_proto::v1::ExpireAfter { months: 0, days: 0, at_month_end: true })),
+        notice_days: 7,
     };
     let silver = tally_proto::v1::TierDefinition {
         tier_id: "silver".into(),

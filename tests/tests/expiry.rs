@@ -32,12 +32,12 @@ async fn the_programs_expiry_policy_dates_every_credit_and_survives_a_restart() 
     let mut admin = AdminServiceClient::new(channel.clone());
     let mut wallets = server.client().await;
 
-    let bad = ExpiryPolicy { rule: Some(Rule::After(ExpireAfter { months: 0, days: 0, at_month_end: false })) };
+    let bad = ExpiryPolicy { notice_days: 0, rule: Some(Rule::After(ExpireAfter { months: 0, days: 0, at_month_end: false })) };
     let status = admin.set_expiry_policy(set("x0", bad)).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     assert_eq!(status.get_details_bad_request().unwrap().field_violations[0].field, "policy.after");
 
-    let policy = ExpiryPolicy { rule: Some(Rule::OnDate(ExpireOnDate { month: 12, day: 31, years_later: 1 })) };
+    let policy = ExpiryPolicy { notice_days: 0, rule: Some(Rule::OnDate(ExpireOnDate { month: 12, day: 31, years_later: 1 })) };
     let program = admin.set_expiry_policy(set("x1", policy)).await.unwrap().into_inner();
     assert_eq!(program.expiry_policy.as_ref(), Some(&policy));
 

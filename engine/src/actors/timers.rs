@@ -71,18 +71,29 @@ impl Drop for WalletTimers {
 struct Schedule {
     /// Open holds' timeouts.
     holds: HashMap<String, i64>,
-    /// Lots with an expiry: `(unheld points, held points, expires at)`.
-    lots: BTreeMap<u64, (i64, i64, i64)>,
+    /// Lots with an expiry.
+    lots: BTreeMap<u64, LotTimes>,
     /// Pending credits by the version that made them: `(points, available at)`.
     pending: BTreeMap<u64, (i64, i64)>,
     /// When the customer's tier is reviewed next.
     review: Option<i64>,
 }
 
+/// What the timers know of a lot.
+struct LotTimes {
+    unheld: i64,
+    held: i64,
+    expires_at_ms: i64,
+    /// 0: no notice due.
+    notify_at_ms: i64,
+}
+
 impl Schedule {
     fn due(&self) -> Option<i64> {
         let holds = self.holds.values().copied();
-        let lots = self.lots.values().filter(|(points, _, _)| *points > 0).map(|(_, _, at)| *at);
+        let expiries = self.lots.values().filter(|lot| lot.unheld > 0).map(|lot| lot.expires_at_ms);
+        let notices = self.lots.values().filter(|lot| lot.notify_at_ms != 0 && lot.unheld + lot.held > 0).map(|lot| lot.notify_at_ms);
+        let lots = expiries.chain(notices);
         let pending = self.pending.values().map(|(_, at)| *at);
         holds.chain(lots).chain(pending).chain(self.review).min()
     }
@@ -104,7 +115,8 @@ impl Schedule {
 
     fn open(&mut self, lot: Option<&LotOpened>) {
         if let Some(lot) = lot.filter(|lot| lot.points > 0 && lot.expires_at_ms != 0) {
-            self.lots.entry(lot.lot).or_insert((0, 0, lot.expires_at_ms)).0 += lot.points;
+            let times = LotTimes { unheld: 0, held: 0, expires_at_ms: lot.expires_at_ms, notify_at_ms: lot.notify_at_ms };
+            self.lots.entry(lot.lot).or_insert(times).unheld += lot.points;
         }
     }
 
@@ -113,9 +125,9 @@ impl Schedule {
     fn shift(&mut self, lots: &[LotPoints], unheld: i64, held: i64) {
         for moved in lots {
             if let Some(lot) = self.lots.get_mut(&moved.lot) {
-                lot.0 += unheld * moved.points;
-                lot.1 += held * moved.points;
-                if lot.0 <= 0 && lot.1 <= 0 {
+                lot.unheld += unheld * moved.points;
+                lot.held += held * moved.points;
+                if lot.unheld <= 0 && lot.held <= 0 {
                     self.lots.remove(&moved.lot);
                 }
             }
@@ -143,6 +155,11 @@ impl Schedule {
             Change::Purchased(e) => self.open(e.lot.as_ref()),
             Change::CardCompleted(e) => self.open(e.lot.as_ref()),
             Change::Stamped(_) => {}
+            Change::ExpiringSoon(e) => {
+                if let Some(lot) = self.lots.get_mut(&e.lot) {
+                    lot.notify_at_ms = 0;
+                }
+            }
             Change::Redeemed(e) => self.shift(&e.lots, -1, 0),
             Change::Reversed(e) => {
                 self.take_pending(&e.pending);

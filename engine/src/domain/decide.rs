@@ -2,8 +2,9 @@
 
 use tally_proto::v1::{
     CapPeriod, EarnReversed, EarnedByRule, HoldCaptured, HoldEnd, HoldReleased, LotOpened, LotPoints, OrderEarning, PendingPoints,
-    PointsAdjusted, PointsEarned, PointsExpired, PointsHeld, PointsMatured, PointsPurchased, PointsRedeemed, ReturnPolicy, StampAward,
-    StampCardCompleted, StampCardDefined, StampsAdded, TierChanged, TierMove, TierReviewed, WalletClosed, WalletEnrolled,
+    PointsAdjusted, PointsEarned, PointsExpired, PointsExpiringSoon, PointsHeld, PointsMatured, PointsPurchased, PointsRedeemed,
+    ReturnPolicy, StampAward, StampCardCompleted, StampCardDefined, StampsAdded, TierChanged, TierMove, TierReviewed, WalletClosed,
+    WalletEnrolled,
 };
 
 use super::Context;
@@ -121,12 +122,23 @@ fn next_transition(state: &WalletState, ctx: &Context<'_>) -> Option<Change> {
             source_ref: pending.source_ref.clone(),
             points: pending.points,
             available_at_ms: pending.available_at_ms,
-            lot: Some(open_lot(state, pending.points, pending.expires_at_ms)),
+            lot: Some(open_lot(state, pending.points, pending.expires_at_ms, ctx)),
         }));
     }
     let lot = state.expired_lots(now_ms).filter(|(_, lot)| lot.points > 0).min_by_key(|(id, lot)| lot.spending_order(*id));
     if let Some((id, lot)) = lot {
         return Some(Change::Expired(PointsExpired { lot: id, points: lot.points, expired_at_ms: lot.expires_at_ms.unwrap_or(now_ms) }));
+    }
+    let notice = state
+        .lots()
+        .filter(|(_, lot)| lot.notify_at_ms.is_some_and(|at| at <= now_ms) && lot.points + lot.held > 0)
+        .min_by_key(|(id, lot)| (lot.notify_at_ms, *id));
+    if let Some((id, lot)) = notice {
+        return Some(Change::ExpiringSoon(PointsExpiringSoon {
+            lot: id,
+            points: lot.points + lot.held,
+            expires_at_ms: lot.expires_at_ms.unwrap_or(0),
+        }));
     }
     state.tier.as_ref().filter(|t| t.next_review_at_ms != 0 && t.next_review_at_ms <= now_ms).map(|t| tier_review(state, t, ctx))
 }
@@ -216,7 +228,7 @@ fn card_completed(state: &WalletState, card: &StampCardDefined, ctx: &Context<'_
         stamps_left: stamps % card.stamps_required,
         reward_ref: card.reward_ref.clone(),
         reward_points: points,
-        lot: (points > 0).then(|| open_lot(state, points, earned_expiry(ctx))),
+        lot: (points > 0).then(|| open_lot(state, points, earned_expiry(ctx), ctx)),
     }))
 }
 
@@ -274,10 +286,18 @@ fn take_lots(state: &WalletState, points: i64, first: &[u64]) -> (Vec<LotPoints>
 
 /// The lot a credit of `points` at stream version `version` opens: what is left after paying back the
 /// debt, joining an open lot with the same expiry if there is one.
-fn open_lot(state: &WalletState, points: i64, expires_at_ms: Option<i64>) -> LotOpened {
+fn open_lot(state: &WalletState, points: i64, expires_at_ms: Option<i64>, ctx: &Context<'_>) -> LotOpened {
     let into_lot = points - points.min(state.debt.max(0));
-    let lot = state.lots().find(|(_, lot)| lot.expires_at_ms == expires_at_ms).map_or(state.version + 1, |(id, _)| id);
-    LotOpened { points: into_lot.max(0), expires_at_ms: expires_at_ms.unwrap_or(0), lot }
+    let open = state.lots().find(|(_, lot)| lot.expires_at_ms == expires_at_ms);
+    let lot = open.map_or(state.version + 1, |(id, _)| id);
+    // A lot credited already inside its notice period gets no notice.
+    let notice_ms = i64::from(ctx.program.expiry.notice_days) * DAY_MS;
+    let notify_at_ms = match (open, expires_at_ms) {
+        (Some((_, open)), _) => open.notify_at_ms.unwrap_or(0),
+        (None, Some(at)) if notice_ms > 0 && at - notice_ms > ctx.now_ms => at - notice_ms,
+        _ => 0,
+    };
+    LotOpened { points: into_lot.max(0), expires_at_ms: expires_at_ms.unwrap_or(0), lot, notify_at_ms }
 }
 
 const DAY_MS: i64 = 86_400_000;
@@ -323,7 +343,7 @@ fn decide_change(state: &WalletState, body: &CommandBody, ctx: &Context<'_>) -> 
                 source_ref: source_ref.clone(),
                 order_amount: order_amount.clone(),
                 order: None,
-                lot: Some(open_lot(state, *points, earned_expiry(ctx))),
+                lot: Some(open_lot(state, *points, earned_expiry(ctx), ctx)),
                 pending: None,
                 qualifying_month: rules::period_key(Period::Month, ctx.now_ms, ctx.program.utc_offset_minutes),
             }))
@@ -343,7 +363,7 @@ fn decide_change(state: &WalletState, body: &CommandBody, ctx: &Context<'_>) -> 
                 return Err(Rejection::InsufficientPoints { available: available.max(0), requested: -*points });
             }
             let (lot, lots) = if *points > 0 {
-                (Some(open_lot(state, *points, earned_expiry(ctx))), Vec::new())
+                (Some(open_lot(state, *points, earned_expiry(ctx), ctx)), Vec::new())
             } else {
                 (None, take_lots(state, -*points, &[]).0)
             };
@@ -423,7 +443,7 @@ fn decide_change(state: &WalletState, body: &CommandBody, ctx: &Context<'_>) -> 
                 points: package.points,
                 price: package.price.clone(),
                 // Prepaid value: it does not expire.
-                lot: Some(open_lot(state, package.points, None)),
+                lot: Some(open_lot(state, package.points, None, ctx)),
             }))
         }
         (WalletStatus::Active, CommandBody::EarnForOrder { order }) => earn_for_order(state, order, ctx),
@@ -589,7 +609,7 @@ fn earn_for_order(state: &WalletState, order: &Order, ctx: &Context<'_>) -> Resu
         source_ref: order.order_id.clone(),
         order_amount: Some(Money { amount_minor: order.total_minor, currency: order.currency.clone() }),
         order: Some(OrderEarning { rules_version, awards, placed_at_ms, channel: order.channel.clone(), store: order.store.clone() }),
-        lot: (!pending).then(|| open_lot(state, points, expires_at_ms)),
+        lot: (!pending).then(|| open_lot(state, points, expires_at_ms, ctx)),
         pending: pending.then(|| PendingPoints { points, available_at_ms, expires_at_ms: expires_at_ms.unwrap_or(0) }),
         // Orders qualify in the month they were placed.
         qualifying_month: rules::period_key(Period::Month, placed_at_ms, offset),
@@ -687,6 +707,11 @@ pub fn apply(state: &mut WalletState, event: &Event) {
             state.lifetime_purchased += e.points;
             credit(state, e.points, e.lot.as_ref());
         }
+        Change::ExpiringSoon(e) => {
+            if let Some(lot) = state.lots.get_mut(&e.lot) {
+                lot.notify_at_ms = None;
+            }
+        }
         Change::Stamped(e) => state.stamp_cards.entry(e.card_id.clone()).or_default().stamps += e.count,
         Change::CardCompleted(e) => {
             let card = state.stamp_cards.entry(e.card_id.clone()).or_default();
@@ -777,7 +802,8 @@ fn credit(state: &mut WalletState, points: i64, opened: Option<&LotOpened>) {
     state.debt -= points - opened.points;
     if opened.points > 0 {
         let expires_at_ms = (opened.expires_at_ms != 0).then_some(opened.expires_at_ms);
-        state.lots.entry(opened.lot).or_insert(Lot { points: 0, held: 0, expires_at_ms }).points += opened.points;
+        let notify_at_ms = (opened.notify_at_ms != 0).then_some(opened.notify_at_ms);
+        state.lots.entry(opened.lot).or_insert(Lot { points: 0, held: 0, expires_at_ms, notify_at_ms }).points += opened.points;
     }
 }
 

@@ -3,8 +3,8 @@
 //! messages themselves, so the persisted schema and the domain cannot drift apart.
 
 use tally_proto::v1::{
-    EarnReversed, HoldCaptured, HoldReleased, PointsAdjusted, PointsEarned, PointsExpired, PointsHeld, PointsMatured, PointsPurchased,
-    PointsRedeemed, StampCardCompleted, StampsAdded, TierChanged, TierReviewed, WalletClosed, WalletEnrolled,
+    EarnReversed, HoldCaptured, HoldReleased, PointsAdjusted, PointsEarned, PointsExpired, PointsExpiringSoon, PointsHeld, PointsMatured,
+    PointsPurchased, PointsRedeemed, StampCardCompleted, StampsAdded, TierChanged, TierReviewed, WalletClosed, WalletEnrolled,
 };
 
 #[derive(Debug, Clone, PartialEq)]
@@ -43,6 +43,8 @@ pub enum Change {
     TierChanged(TierChanged),
     /// A review kept the tier.
     TierReviewed(TierReviewed),
+    /// A lot's points expire soon: the customer is to be told.
+    ExpiringSoon(PointsExpiringSoon),
     /// Stamps given by hand.
     Stamped(StampsAdded),
     /// A stamp card filled up; its reward points are credited.
@@ -64,7 +66,7 @@ impl Change {
             Change::Captured(e) => e.points.saturating_neg(),
             Change::Purchased(e) => e.points,
             Change::Expired(e) => e.points.saturating_neg(),
-            Change::Matured(_) | Change::TierChanged(_) | Change::TierReviewed(_) | Change::Stamped(_) => 0,
+            Change::Matured(_) | Change::TierChanged(_) | Change::TierReviewed(_) | Change::Stamped(_) | Change::ExpiringSoon(_) => 0,
             Change::CardCompleted(e) => e.reward_points,
         }
     }
@@ -87,6 +89,7 @@ impl Change {
             Change::TierChanged(_) => "tally.v1.TierChanged",
             Change::TierReviewed(_) => "tally.v1.TierReviewed",
             Change::Stamped(_) => "tally.v1.StampsAdded",
+            Change::ExpiringSoon(_) => "tally.v1.PointsExpiringSoon",
             Change::CardCompleted(_) => "tally.v1.StampCardCompleted",
         }
     }

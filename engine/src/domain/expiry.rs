@@ -11,9 +11,13 @@ use super::ids::FieldError;
 const MONTHS_MAX: u32 = 120;
 const DAYS_MAX: u32 = 3_660;
 const YEARS_LATER_MAX: u32 = 10;
+const NOTICE_DAYS_MAX: u32 = 365;
 
 /// Checks a policy before it is recorded; the error names the field.
 pub fn validate(policy: &ExpiryPolicy) -> Result<(), FieldError> {
+    if policy.notice_days > NOTICE_DAYS_MAX {
+        return Err(FieldError::new("policy.notice_days", format!("must be at most {NOTICE_DAYS_MAX}")));
+    }
     match &policy.rule {
         None => Ok(()),
         Some(Rule::After(after)) => {
@@ -101,11 +105,11 @@ mod tests {
     }
 
     fn after(months: u32, days: u32, at_month_end: bool) -> ExpiryPolicy {
-        ExpiryPolicy { rule: Some(Rule::After(ExpireAfter { months, days, at_month_end })) }
+        ExpiryPolicy { notice_days: 0, rule: Some(Rule::After(ExpireAfter { months, days, at_month_end })) }
     }
 
     fn on(month: u32, day: u32, years_later: u32) -> ExpiryPolicy {
-        ExpiryPolicy { rule: Some(Rule::OnDate(ExpireOnDate { month, day, years_later })) }
+        ExpiryPolicy { notice_days: 0, rule: Some(Rule::OnDate(ExpireOnDate { month, day, years_later })) }
     }
 
     #[test]

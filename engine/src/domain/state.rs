@@ -80,6 +80,8 @@ pub struct Lot {
     pub held: i64,
     /// `None`: never.
     pub expires_at_ms: Option<i64>,
+    /// When the customer is to be told it expires soon; `None` once told, or if never.
+    pub notify_at_ms: Option<i64>,
 }
 
 /// Points credited for an order that wait out the program's pending period.
@@ -256,6 +258,8 @@ impl WalletState {
         let holds = self.holds.values().map(|h| h.expires_at_ms);
         let pending = self.pending.values().map(|p| p.available_at_ms);
         let lots = self.lots.values().filter(|lot| lot.points > 0).filter_map(|lot| lot.expires_at_ms);
+        let notices = self.lots.values().filter(|lot| lot.points + lot.held > 0).filter_map(|lot| lot.notify_at_ms);
+        let lots = lots.chain(notices);
         let review = self.tier.as_ref().map(|t| t.next_review_at_ms).filter(|at| *at != 0);
         holds.chain(pending).chain(lots).chain(review).min()
     }
