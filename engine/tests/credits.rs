@@ -58,12 +58,13 @@ fn a_purchase_credits_the_packages_points_as_purchased() {
     let mut wallet = Wallet::enrolled(state.settings());
     let changes = wallet.run(purchase("pay-1", "p-500")).unwrap();
     let expected = PointsPurchased {
+        inactivity_expires_at_ms: 0,
         purchase_id: "pay-1".into(),
         package_id: "p-500".into(),
         points: 550,
         price: Some(Money { amount_minor: 999, currency: "EUR".into() }),
         // Prepaid value never expires.
-        lot: Some(LotOpened { points: 550, expires_at_ms: 0, lot: 2, notify_at_ms: 0 }),
+        lot: Some(LotOpened { points: 550, expires_at_ms: 0, lot: 2, notify_at_ms: 0, on_inactivity: false }),
     };
     assert_eq!(changes, [Change::Purchased(expected)]);
     assert_eq!((wallet.state.balance, wallet.state.lifetime_purchased, wallet.state.lifetime_earned), (550, 550, 0));

@@ -18,8 +18,8 @@ use tally_engine::domain::{Change, Command, CommandBody, FieldError, ProgramSett
 use tally_engine::store::InMemoryStore;
 use tally_proto::v1::expiry_policy::Rule;
 use tally_proto::v1::{
-    ExpireAfter, ExpireOnDate, ExpiryPolicy, HoldEnd, HoldReleased, LotOpened, LotPoints, PointsEarned, PointsExpired, PointsExpiringSoon,
-    PointsRedeemed,
+    ExpireAfter, ExpireAfterInactivity, ExpireOnDate, ExpiryPolicy, HoldEnd, HoldReleased, LotOpened, LotPoints, PointsEarned,
+    PointsExpired, PointsExpiringSoon, PointsRedeemed,
 };
 
 const MINUTE: i64 = 60_000;
@@ -62,7 +62,7 @@ fn each_credit_opens_a_lot_with_the_policys_expiry() {
     let mut wallet = Wallet::enrolled(thirty_days());
     let changes = wallet.run(earn("o-1", 100)).unwrap();
     let Change::Earned(PointsEarned { lot: Some(opened), .. }) = &changes[0] else { panic!("{changes:?}") };
-    assert_eq!(*opened, LotOpened { points: 100, expires_at_ms: NOW + 30 * DAY, lot: 2, notify_at_ms: 0 });
+    assert_eq!(*opened, LotOpened { points: 100, expires_at_ms: NOW + 30 * DAY, lot: 2, notify_at_ms: 0, on_inactivity: false });
     assert_eq!(wallet.state.upcoming_expiries(wallet.now, 5), [(NOW + 30 * DAY, 100)]);
     // No policy: points never expire, and they all go into one lot.
     let mut forever = Wallet::enrolled(ProgramSettings::default());
@@ -71,7 +71,7 @@ fn each_credit_opens_a_lot_with_the_policys_expiry() {
     let Change::Earned(PointsEarned { lot: Some(opened), .. }) = &changes[0] else { panic!("{changes:?}") };
     assert_eq!(
         *opened,
-        LotOpened { points: 20, expires_at_ms: 0, lot: 2, notify_at_ms: 0 },
+        LotOpened { points: 20, expires_at_ms: 0, lot: 2, notify_at_ms: 0, on_inactivity: false },
         "joins the open lot that never expires either"
     );
     assert_eq!(forever.state.lots().count(), 1);
@@ -95,7 +95,15 @@ fn points_that_expire_together_share_a_lot() {
 fn redemptions_spend_the_soonest_expiring_points_first() {
     let mut wallet = two_lots();
     let changes = wallet.run(redeem("r-1", 120)).unwrap();
-    assert_eq!(changes, [Change::Redeemed(PointsRedeemed { points: 120, reward_ref: "mug".into(), lots: vec![lot(2, 100), lot(3, 20)] })]);
+    assert_eq!(
+        changes,
+        [Change::Redeemed(PointsRedeemed {
+            inactivity_expires_at_ms: 0,
+            points: 120,
+            reward_ref: "mug".into(),
+            lots: vec![lot(2, 100), lot(3, 20)]
+        })]
+    );
     assert_eq!(wallet.state.lots().map(|(id, l)| (id, l.points)).collect::<Vec<_>>(), [(3, 30)], "an emptied lot is gone");
 }
 
@@ -186,7 +194,15 @@ fn purchased_points_never_expire_and_are_spent_last() {
     wallet.run(Command::new("pay-1", CommandBody::PurchaseCredits { purchase_id: "pay-1".into(), package_id: "p".into() })).unwrap();
     wallet.run(earn("o-1", 10)).unwrap();
     let changes = wallet.run(redeem("r-1", 15)).unwrap();
-    assert_eq!(changes, [Change::Redeemed(PointsRedeemed { points: 15, reward_ref: "mug".into(), lots: vec![lot(3, 10), lot(2, 5)] })]);
+    assert_eq!(
+        changes,
+        [Change::Redeemed(PointsRedeemed {
+            inactivity_expires_at_ms: 0,
+            points: 15,
+            reward_ref: "mug".into(),
+            lots: vec![lot(3, 10), lot(2, 5)]
+        })]
+    );
     wallet.now += 3_650 * DAY;
     assert_eq!(wallet.decide(&run_due("due/1")), Err(Rejection::NothingDue { next_due_ms: None }));
     assert_eq!(wallet.state.available_at(wallet.now), 35);
@@ -307,4 +323,41 @@ fn the_customer_is_told_before_points_expire_once_per_lot() {
     let changes = wallet.run(earn("o-1", 10)).unwrap();
     let Change::Earned(PointsEarned { lot: Some(opened), .. }) = &changes[0] else { panic!("{changes:?}") };
     assert_eq!(opened.notify_at_ms, 0);
+}
+
+#[test]
+fn under_an_inactivity_policy_everything_expires_once_the_customer_stops() {
+    let inactivity = ExpiryPolicy { notice_days: 0, rule: Some(Rule::Inactivity(ExpireAfterInactivity { months: 6 })) };
+    let package = tally_engine::domain::CreditPackageDefined {
+        package_id: "p".into(),
+        name: "p".into(),
+        price: Some(tally_engine::domain::Money { amount_minor: 500, currency: "EUR".into() }),
+        points: 40,
+        active: true,
+    };
+    let packages = Arc::new([("p".to_owned(), package)].into_iter().collect());
+    let mut wallet = Wallet::enrolled(ProgramSettings { expiry: inactivity, packages, ..ProgramSettings::default() });
+    let changes = wallet.run(earn("o-1", 100)).unwrap();
+    let Change::Earned(earned) = &changes[0] else { panic!("{changes:?}") };
+    // 2026-03-04T15:00Z plus six months.
+    let september = 1_788_534_000_000;
+    assert_eq!((earned.inactivity_expires_at_ms, earned.lot.map(|l| (l.expires_at_ms, l.on_inactivity))), (september, Some((0, true))));
+    wallet.run(Command::new("pay-1", CommandBody::PurchaseCredits { purchase_id: "pay-1".into(), package_id: "p".into() })).unwrap();
+    // Three months on, a redemption is activity: the deadline moves; a staff adjustment is not.
+    wallet.now = NOW + 92 * DAY;
+    let changes = wallet.run(redeem("r-1", 10)).unwrap();
+    let Change::Redeemed(redeemed) = &changes[0] else { panic!("{changes:?}") };
+    let december = 1_796_396_400_000;
+    assert_eq!(redeemed.inactivity_expires_at_ms, december, "2026-12-04T15:00Z");
+    wallet.now = NOW + 100 * DAY;
+    wallet.run(Command::new("a-1", CommandBody::Adjust { points: 5, reason: String::new(), staff_ref: "s".into() })).unwrap();
+    assert_eq!(wallet.state.upcoming_expiries(wallet.now, 5), [(december, 95)]);
+    wallet.now = december - 1;
+    assert_eq!(wallet.decide(&run_due("due/1")), Err(Rejection::NothingDue { next_due_ms: Some(december) }));
+    wallet.now = december;
+    let changes = wallet.run(run_due("due/2")).unwrap();
+    assert_eq!(changes, [expired(2, 95, december)], "the earned lot (the adjustment joined it); the purchase stays");
+    assert_eq!((wallet.state.balance, wallet.state.next_due_ms()), (40, None));
+    let bad = ExpiryPolicy { notice_days: 0, rule: Some(Rule::Inactivity(ExpireAfterInactivity { months: 0 })) };
+    assert_eq!(tally_engine::domain::expiry::validate(&bad).unwrap_err().field, "policy.inactivity.months");
 }

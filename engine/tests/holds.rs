@@ -64,6 +64,7 @@ fn a_hold_takes_points_out_of_the_available_balance_and_a_capture_spends_them() 
 
     let captured = wallet.run(capture("pos-1", Some(50))).unwrap();
     let expected = HoldCaptured {
+        inactivity_expires_at_ms: 0,
         hold_id: "pos-1".into(),
         points: 50,
         released_points: 10,
@@ -102,7 +103,7 @@ fn any_command_records_an_expired_hold_first() {
     wallet.run(authorize("pos-1", 30)).unwrap();
     wallet.now += 15 * MINUTE;
     let changes = wallet.run(redeem("r-1", 100)).unwrap();
-    let redeemed = Change::Redeemed(PointsRedeemed { points: 100, reward_ref: "mug".into(), lots: lot2(100) });
+    let redeemed = Change::Redeemed(PointsRedeemed { inactivity_expires_at_ms: 0, points: 100, reward_ref: "mug".into(), lots: lot2(100) });
     assert_eq!(changes, [released("pos-1", 30, HoldEnd::Expired), redeemed]);
     assert_eq!((wallet.state.balance, wallet.state.held_points), (0, 0));
 }

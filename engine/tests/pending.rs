@@ -90,7 +90,7 @@ fn points_from_an_order_are_pending_until_the_return_window_closes() {
         points: 100,
         available_at_ms: NOW + 14 * DAY,
         // Joins the gift's lot: neither expires.
-        lot: Some(LotOpened { points: 100, expires_at_ms: 0, lot: 3, notify_at_ms: 0 }),
+        lot: Some(LotOpened { points: 100, expires_at_ms: 0, lot: 3, notify_at_ms: 0, on_inactivity: false }),
     };
     assert_eq!(matured, [Change::Matured(expected)]);
     assert_eq!((wallet.state.balance, wallet.state.pending_points, wallet.state.available_at(wallet.now)), (105, 0, 105));

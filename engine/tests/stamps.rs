@@ -75,7 +75,7 @@ fn the_fifth_coffee_fills_the_card_and_issues_its_reward_at_once() {
         stamps_left: 0,
         reward_ref: "free-coffee".into(),
         reward_points: 20,
-        lot: Some(LotOpened { points: 20, expires_at_ms: 0, lot: 7, notify_at_ms: 0 }),
+        lot: Some(LotOpened { points: 20, expires_at_ms: 0, lot: 7, notify_at_ms: 0, on_inactivity: false }),
     };
     assert_eq!(changes[1..], [Change::CardCompleted(completed)]);
     assert_eq!(on_card(&wallet, "coffee"), StampCard { stamps: 0, completed: 1 });
@@ -87,7 +87,10 @@ fn a_pos_stamps_by_hand_and_many_stamps_fill_many_cards() {
     let mut wallet = Wallet::enrolled(program());
     wallet.run(coffee("o-1")).unwrap();
     let changes = wallet.run(stamp("pos-1", "coffee", 11)).unwrap();
-    assert_eq!(changes[0], Change::Stamped(StampsAdded { card_id: "coffee".into(), count: 11, reason: "pos".into() }));
+    assert_eq!(
+        changes[0],
+        Change::Stamped(StampsAdded { card_id: "coffee".into(), count: 11, reason: "pos".into(), inactivity_expires_at_ms: 0 })
+    );
     let [_, Change::CardCompleted(completed)] = changes.as_slice() else { panic!("{changes:?}") };
     assert_eq!((completed.cards, completed.stamps_left, completed.reward_points), (2, 2, 40));
     assert_eq!(on_card(&wallet, "coffee"), StampCard { stamps: 2, completed: 2 });

@@ -86,7 +86,7 @@ fn from_lot(lot: u64, points: i64) -> Vec<LotPoints> {
     vec![LotPoints { lot, points }]
 }
 fn new_lot(lot: u64, points: i64) -> Option<LotOpened> {
-    Some(LotOpened { points, expires_at_ms: 0, lot, notify_at_ms: 0 })
+    Some(LotOpened { points, expires_at_ms: 0, lot, notify_at_ms: 0, on_inactivity: false })
 }
 fn field(field: &'static str, reason: &str) -> Rejection {
     Rejection::InvalidField(FieldError::new(field, reason))
@@ -116,6 +116,7 @@ fn earn_credits_points_and_remembers_the_source() {
     let state = given(&[enroll()]).then_changes(
         command,
         &[Change::Earned(PointsEarned {
+            inactivity_expires_at_ms: 0,
             points: 120,
             reason: "order".into(),
             source_ref: "order-1".into(),
@@ -171,7 +172,7 @@ fn fields_are_validated_by_name() {
 fn redeem_spends_points() {
     let state = given(&[enroll(), earn("o-1", 100, "order-1")]).then_changes(
         redeem("r-1", 60),
-        &[Change::Redeemed(PointsRedeemed { points: 60, reward_ref: "coffee".into(), lots: from_lot(2, 60) })],
+        &[Change::Redeemed(PointsRedeemed { inactivity_expires_at_ms: 0, points: 60, reward_ref: "coffee".into(), lots: from_lot(2, 60) })],
     );
     assert_eq!((state.balance, state.lifetime_redeemed), (40, 60));
 }
@@ -349,6 +350,9 @@ fn apply_is_only_bookkeeping() {
     // An event the current rules would refuse still applies exactly as recorded: history is history.
     let mut state = WalletState::default();
     let event = |change| Event { idempotency_key: "k".into(), command_fingerprint: 1, recorded_at_ms: NOW, change };
-    apply(&mut state, &event(Change::Redeemed(PointsRedeemed { points: 5, reward_ref: String::new(), lots: vec![] })));
+    apply(
+        &mut state,
+        &event(Change::Redeemed(PointsRedeemed { inactivity_expires_at_ms: 0, points: 5, reward_ref: String::new(), lots: vec![] })),
+    );
     assert_eq!((state.balance, state.version), (-5, 1));
 }

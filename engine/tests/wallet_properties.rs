@@ -93,7 +93,8 @@ use tally_engine::domain::tiers::Tiers;
 use tally_engine::store::{EventMetadata, RecordedEvent, StreamId};
 use tally_proto::v1::expiry_policy::Rule;
 use tally_proto::v1::{
-    CreditPackageDefined, ExpireAfter, ExpireOnDate, ExpiryPolicy, LotPoints, PointsAdjusted, PointsEarned, PointsPurchased,
+    CreditPackageDefined, ExpireAfter, ExpireAfterInactivity, ExpireOnDate, ExpiryPolicy, LotPoints, PointsAdjusted, PointsEarned,
+    PointsPurchased,
 };
 use tally_proto::v1::{StampCardCompleted, StampCardDefined, TierDefinition, TierMove, TierWindow};
 
@@ -168,6 +169,7 @@ fn expiry() -> impl Strategy<Value = ExpiryPolicy> {
         Just(after(0, 2, false)),
         Just(ExpiryPolicy { notice_days: 2, ..after(0, 5, false) }),
         Just(ExpiryPolicy { notice_days: 10, ..after(0, 0, true) }),
+        Just(ExpiryPolicy { notice_days: 0, rule: Some(Rule::Inactivity(ExpireAfterInactivity { months: 1 })) }),
         Just(ExpiryPolicy { notice_days: 0, rule: Some(Rule::OnDate(ExpireOnDate { month: 3, day: 10, years_later: 0 })) }),
     ]
 }
@@ -177,11 +179,16 @@ fn ticks() -> impl Strategy<Value = Vec<i64>> {
     prop::collection::vec(prop_oneof![Just(MINUTE), Just(60 * MINUTE), Just(DAY), Just(3 * DAY)], 81)
 }
 
-/// The lots a debit of `points` must take: unheld points, soonest expiry first (never-expiring last),
+/// The lots a debit of `points` must take: unheld points, soonest expiry first (undated ones last),
 /// then oldest first — written out again here as the oracle.
 fn soonest_first(state: &WalletState, points: i64) -> Vec<LotPoints> {
-    let mut lots: Vec<(i64, u64, i64)> =
-        state.lots().filter(|(_, lot)| lot.points > 0).map(|(id, lot)| (lot.expires_at_ms.unwrap_or(i64::MAX), id, lot.points)).collect();
+    // Dated lots first, then those that expire with the wallet's inactivity, then never-expiring ones.
+    let undated = |on_inactivity: bool| if on_inactivity { i64::MAX - 1 } else { i64::MAX };
+    let mut lots: Vec<(i64, u64, i64)> = state
+        .lots()
+        .filter(|(_, lot)| lot.points > 0)
+        .map(|(id, lot)| (lot.expires_at_ms.unwrap_or(undated(lot.on_inactivity)), id, lot.points))
+        .collect();
     lots.sort_unstable();
     let mut left = points;
     let mut taken = Vec::new();
@@ -236,6 +243,7 @@ proptest! {
                             _ => {}
                         }
                         let before_tier = state.tier.clone();
+                        let before_deadline = state.inactivity_expires_at_ms;
                         apply(&mut state, event);
                         match &event.change {
                             Change::Earned(PointsEarned { lot: Some(lot), .. })
@@ -274,7 +282,11 @@ proptest! {
                             }
                             // Nothing expires early, and each expiry names its lot's own time.
                             Change::Expired(e) => {
-                                prop_assert_eq!(Some(&e.expired_at_ms), lot_expiry.get(&e.lot));
+                                match lot_expiry.get(&e.lot) {
+                                    // A lot without a date expires at the wallet's inactivity deadline.
+                                    Some(0) => prop_assert_eq!(Some(e.expired_at_ms), before_deadline),
+                                    expires => prop_assert_eq!(Some(&e.expired_at_ms), expires),
+                                }
                                 prop_assert!(e.expired_at_ms <= now_ms);
                             }
                             _ => {}
@@ -295,7 +307,7 @@ proptest! {
                     accepted.push((command.clone(), state.clone()));
                     // Nothing expires late: once a command is decided, no lot past its expiry keeps points,
                     // and no hold past its timeout stays open.
-                    prop_assert!(state.lots().all(|(_, lot)| lot.points == 0 || lot.expires_at_ms.is_none_or(|at| at > now_ms)));
+                    prop_assert!(state.lots().all(|(_, lot)| lot.points == 0 || state.lot_expiry(lot).is_none_or(|at| at > now_ms)));
                     prop_assert!(state.holds().all(|(_, hold)| hold.expires_at_ms > now_ms));
                     prop_assert!(state.pending().all(|(_, p)| p.available_at_ms > now_ms));
                     prop_assert!(state.tier.as_ref().is_none_or(|t| t.next_review_at_ms == 0 || t.next_review_at_ms > now_ms));

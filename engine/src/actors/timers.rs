@@ -77,6 +77,8 @@ struct Schedule {
     pending: BTreeMap<u64, (i64, i64)>,
     /// When the customer's tier is reviewed next.
     review: Option<i64>,
+    /// Under an inactivity policy: when lots `on_inactivity` expire.
+    inactivity: Option<i64>,
 }
 
 /// What the timers know of a lot.
@@ -86,12 +88,18 @@ struct LotTimes {
     expires_at_ms: i64,
     /// 0: no notice due.
     notify_at_ms: i64,
+    /// No date of its own: expires at the wallet's inactivity deadline.
+    on_inactivity: bool,
 }
 
 impl Schedule {
     fn due(&self) -> Option<i64> {
         let holds = self.holds.values().copied();
-        let expiries = self.lots.values().filter(|lot| lot.unheld > 0).map(|lot| lot.expires_at_ms);
+        let expiries = self
+            .lots
+            .values()
+            .filter(|lot| lot.unheld > 0)
+            .filter_map(|lot| if lot.on_inactivity { self.inactivity } else { Some(lot.expires_at_ms) });
         let notices = self.lots.values().filter(|lot| lot.notify_at_ms != 0 && lot.unheld + lot.held > 0).map(|lot| lot.notify_at_ms);
         let lots = expiries.chain(notices);
         let pending = self.pending.values().map(|(_, at)| *at);
@@ -99,7 +107,11 @@ impl Schedule {
     }
 
     fn is_empty(&self) -> bool {
-        self.holds.is_empty() && self.lots.is_empty() && self.pending.is_empty() && self.review.is_none()
+        self.holds.is_empty() && self.lots.is_empty() && self.pending.is_empty() && self.review.is_none() && self.inactivity.is_none()
+    }
+
+    fn active(&mut self, inactivity_expires_at_ms: i64) {
+        self.inactivity = (inactivity_expires_at_ms != 0).then_some(inactivity_expires_at_ms);
     }
 
     fn take_pending(&mut self, taken: &[LotPoints]) {
@@ -114,8 +126,14 @@ impl Schedule {
     }
 
     fn open(&mut self, lot: Option<&LotOpened>) {
-        if let Some(lot) = lot.filter(|lot| lot.points > 0 && lot.expires_at_ms != 0) {
-            let times = LotTimes { unheld: 0, held: 0, expires_at_ms: lot.expires_at_ms, notify_at_ms: lot.notify_at_ms };
+        if let Some(lot) = lot.filter(|lot| lot.points > 0 && (lot.expires_at_ms != 0 || lot.on_inactivity)) {
+            let times = LotTimes {
+                unheld: 0,
+                held: 0,
+                expires_at_ms: lot.expires_at_ms,
+                notify_at_ms: lot.notify_at_ms,
+                on_inactivity: lot.on_inactivity,
+            };
             self.lots.entry(lot.lot).or_insert(times).unheld += lot.points;
         }
     }
@@ -139,6 +157,7 @@ impl Schedule {
         match change {
             Change::Enrolled(_) => {}
             Change::Earned(e) => {
+                self.active(e.inactivity_expires_at_ms);
                 self.open(e.lot.as_ref());
                 if let Some(pending) = e.pending.as_ref().filter(|p| p.points > 0) {
                     self.pending.insert(version, (pending.points, pending.available_at_ms));
@@ -152,15 +171,21 @@ impl Schedule {
                 self.open(e.lot.as_ref());
                 self.shift(&e.lots, -1, 0);
             }
-            Change::Purchased(e) => self.open(e.lot.as_ref()),
+            Change::Purchased(e) => {
+                self.active(e.inactivity_expires_at_ms);
+                self.open(e.lot.as_ref());
+            }
             Change::CardCompleted(e) => self.open(e.lot.as_ref()),
-            Change::Stamped(_) => {}
+            Change::Stamped(e) => self.active(e.inactivity_expires_at_ms),
             Change::ExpiringSoon(e) => {
                 if let Some(lot) = self.lots.get_mut(&e.lot) {
                     lot.notify_at_ms = 0;
                 }
             }
-            Change::Redeemed(e) => self.shift(&e.lots, -1, 0),
+            Change::Redeemed(e) => {
+                self.active(e.inactivity_expires_at_ms);
+                self.shift(&e.lots, -1, 0);
+            }
             Change::Reversed(e) => {
                 self.take_pending(&e.pending);
                 self.shift(&e.lots, -1, 0);
@@ -171,6 +196,7 @@ impl Schedule {
                 self.shift(&e.lots, -1, 1);
             }
             Change::Captured(e) => {
+                self.active(e.inactivity_expires_at_ms);
                 self.holds.remove(&e.hold_id);
                 self.shift(&e.lots, 0, -1);
                 self.shift(&e.released_lots, 1, -1);

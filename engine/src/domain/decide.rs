@@ -122,12 +122,13 @@ fn next_transition(state: &WalletState, ctx: &Context<'_>) -> Option<Change> {
             source_ref: pending.source_ref.clone(),
             points: pending.points,
             available_at_ms: pending.available_at_ms,
-            lot: Some(open_lot(state, pending.points, pending.expires_at_ms, ctx)),
+            lot: Some(open_lot(state, pending.points, pending.expires_at_ms, true, ctx)),
         }));
     }
     let lot = state.expired_lots(now_ms).filter(|(_, lot)| lot.points > 0).min_by_key(|(id, lot)| lot.spending_order(*id));
     if let Some((id, lot)) = lot {
-        return Some(Change::Expired(PointsExpired { lot: id, points: lot.points, expired_at_ms: lot.expires_at_ms.unwrap_or(now_ms) }));
+        let expired_at_ms = state.lot_expiry(lot).unwrap_or(now_ms);
+        return Some(Change::Expired(PointsExpired { lot: id, points: lot.points, expired_at_ms }));
     }
     let notice = state
         .lots()
@@ -228,7 +229,7 @@ fn card_completed(state: &WalletState, card: &StampCardDefined, ctx: &Context<'_
         stamps_left: stamps % card.stamps_required,
         reward_ref: card.reward_ref.clone(),
         reward_points: points,
-        lot: (points > 0).then(|| open_lot(state, points, earned_expiry(ctx), ctx)),
+        lot: (points > 0).then(|| open_lot(state, points, earned_expiry(ctx), true, ctx)),
     }))
 }
 
@@ -284,11 +285,13 @@ fn take_lots(state: &WalletState, points: i64, first: &[u64]) -> (Vec<LotPoints>
     (taken, left)
 }
 
-/// The lot a credit of `points` at stream version `version` opens: what is left after paying back the
-/// debt, joining an open lot with the same expiry if there is one.
-fn open_lot(state: &WalletState, points: i64, expires_at_ms: Option<i64>, ctx: &Context<'_>) -> LotOpened {
+/// The lot a credit of `points` opens: what is left after paying back the debt, joining an open lot
+/// that expires with it if there is one. Earned points without a date expire with the wallet's
+/// inactivity under such a policy; purchased ones never.
+fn open_lot(state: &WalletState, points: i64, expires_at_ms: Option<i64>, earned: bool, ctx: &Context<'_>) -> LotOpened {
     let into_lot = points - points.min(state.debt.max(0));
-    let open = state.lots().find(|(_, lot)| lot.expires_at_ms == expires_at_ms);
+    let on_inactivity = earned && expires_at_ms.is_none() && super::expiry::on_inactivity(&ctx.program.expiry);
+    let open = state.lots().find(|(_, lot)| lot.expires_at_ms == expires_at_ms && lot.on_inactivity == on_inactivity);
     let lot = open.map_or(state.version + 1, |(id, _)| id);
     // A lot credited already inside its notice period gets no notice.
     let notice_ms = i64::from(ctx.program.expiry.notice_days) * DAY_MS;
@@ -297,7 +300,12 @@ fn open_lot(state: &WalletState, points: i64, expires_at_ms: Option<i64>, ctx: &
         (None, Some(at)) if notice_ms > 0 && at - notice_ms > ctx.now_ms => at - notice_ms,
         _ => 0,
     };
-    LotOpened { points: into_lot.max(0), expires_at_ms: expires_at_ms.unwrap_or(0), lot, notify_at_ms }
+    LotOpened { points: into_lot.max(0), expires_at_ms: expires_at_ms.unwrap_or(0), lot, notify_at_ms, on_inactivity }
+}
+
+/// What a customer's activity records under an inactivity policy: the wallet's new deadline (0: none).
+fn inactivity_deadline(ctx: &Context<'_>) -> i64 {
+    super::expiry::inactivity_deadline(&ctx.program.expiry, ctx.now_ms, ctx.program.utc_offset_minutes).unwrap_or(0)
 }
 
 const DAY_MS: i64 = 86_400_000;
@@ -343,9 +351,10 @@ fn decide_change(state: &WalletState, body: &CommandBody, ctx: &Context<'_>) -> 
                 source_ref: source_ref.clone(),
                 order_amount: order_amount.clone(),
                 order: None,
-                lot: Some(open_lot(state, *points, earned_expiry(ctx), ctx)),
+                lot: Some(open_lot(state, *points, earned_expiry(ctx), true, ctx)),
                 pending: None,
                 qualifying_month: rules::period_key(Period::Month, ctx.now_ms, ctx.program.utc_offset_minutes),
+                inactivity_expires_at_ms: inactivity_deadline(ctx),
             }))
         }
         (WalletStatus::Active, CommandBody::Redeem { points, reward_ref }) => {
@@ -353,7 +362,8 @@ fn decide_change(state: &WalletState, body: &CommandBody, ctx: &Context<'_>) -> 
                 return Err(Rejection::InsufficientPoints { available: available.max(0), requested: *points });
             }
             let (lots, _) = take_lots(state, *points, &[]);
-            Ok(Change::Redeemed(PointsRedeemed { points: *points, reward_ref: reward_ref.clone(), lots }))
+            let inactivity_expires_at_ms = inactivity_deadline(ctx);
+            Ok(Change::Redeemed(PointsRedeemed { points: *points, reward_ref: reward_ref.clone(), lots, inactivity_expires_at_ms }))
         }
         (WalletStatus::Active, CommandBody::Adjust { points, reason, staff_ref }) => {
             let after = checked_balance(state.balance.checked_add(*points), "points", *points)?;
@@ -363,7 +373,7 @@ fn decide_change(state: &WalletState, body: &CommandBody, ctx: &Context<'_>) -> 
                 return Err(Rejection::InsufficientPoints { available: available.max(0), requested: -*points });
             }
             let (lot, lots) = if *points > 0 {
-                (Some(open_lot(state, *points, earned_expiry(ctx), ctx)), Vec::new())
+                (Some(open_lot(state, *points, earned_expiry(ctx), true, ctx)), Vec::new())
             } else {
                 (None, take_lots(state, -*points, &[]).0)
             };
@@ -424,6 +434,7 @@ fn decide_change(state: &WalletState, body: &CommandBody, ctx: &Context<'_>) -> 
                 reward_ref: hold.reward_ref.clone(),
                 lots: spent,
                 released_lots: released,
+                inactivity_expires_at_ms: inactivity_deadline(ctx),
             }))
         }
         (WalletStatus::Active, CommandBody::VoidRedemption { hold_id }) => {
@@ -443,7 +454,8 @@ fn decide_change(state: &WalletState, body: &CommandBody, ctx: &Context<'_>) -> 
                 points: package.points,
                 price: package.price.clone(),
                 // Prepaid value: it does not expire.
-                lot: Some(open_lot(state, package.points, None, ctx)),
+                lot: Some(open_lot(state, package.points, None, false, ctx)),
+                inactivity_expires_at_ms: inactivity_deadline(ctx),
             }))
         }
         (WalletStatus::Active, CommandBody::EarnForOrder { order }) => earn_for_order(state, order, ctx),
@@ -452,7 +464,12 @@ fn decide_change(state: &WalletState, body: &CommandBody, ctx: &Context<'_>) -> 
             if !card.active {
                 return Err(Rejection::StampCardInactive { card_id: card_id.clone() });
             }
-            Ok(Change::Stamped(StampsAdded { card_id: card_id.clone(), count: *count, reason: reason.clone() }))
+            Ok(Change::Stamped(StampsAdded {
+                card_id: card_id.clone(),
+                count: *count,
+                reason: reason.clone(),
+                inactivity_expires_at_ms: inactivity_deadline(ctx),
+            }))
         }
         (WalletStatus::Active, CommandBody::RefundOrder { order_id, amount_minor, reason }) => {
             let ledger = state.sources.get(order_id).ok_or_else(|| Rejection::UnknownSource { source_ref: order_id.clone() })?;
@@ -609,10 +626,11 @@ fn earn_for_order(state: &WalletState, order: &Order, ctx: &Context<'_>) -> Resu
         source_ref: order.order_id.clone(),
         order_amount: Some(Money { amount_minor: order.total_minor, currency: order.currency.clone() }),
         order: Some(OrderEarning { rules_version, awards, placed_at_ms, channel: order.channel.clone(), store: order.store.clone() }),
-        lot: (!pending).then(|| open_lot(state, points, expires_at_ms, ctx)),
+        lot: (!pending).then(|| open_lot(state, points, expires_at_ms, true, ctx)),
         pending: pending.then(|| PendingPoints { points, available_at_ms, expires_at_ms: expires_at_ms.unwrap_or(0) }),
         // Orders qualify in the month they were placed.
         qualifying_month: rules::period_key(Period::Month, placed_at_ms, offset),
+        inactivity_expires_at_ms: inactivity_deadline(ctx),
     }))
 }
 
@@ -625,6 +643,7 @@ pub fn apply(state: &mut WalletState, event: &Event) {
             state.enrolled_at_ms = event.recorded_at_ms;
         }
         Change::Earned(e) => {
+            active(state, e.inactivity_expires_at_ms);
             state.lifetime_earned += e.points;
             credit(state, e.points, e.lot.as_ref());
             if let Some(pending) = e.pending.as_ref().filter(|p| p.points > 0) {
@@ -651,6 +670,7 @@ pub fn apply(state: &mut WalletState, event: &Event) {
             }
         }
         Change::Redeemed(e) => {
+            active(state, e.inactivity_expires_at_ms);
             state.lifetime_redeemed += e.points;
             debit(state, e.points, &e.lots);
         }
@@ -692,6 +712,7 @@ pub fn apply(state: &mut WalletState, event: &Event) {
             );
         }
         Change::Captured(e) => {
+            active(state, e.inactivity_expires_at_ms);
             state.lifetime_redeemed += e.points;
             state.held_points -= e.points + e.released_points;
             state.holds.remove(&e.hold_id);
@@ -704,6 +725,7 @@ pub fn apply(state: &mut WalletState, event: &Event) {
             unhold(state, &e.lots, true);
         }
         Change::Purchased(e) => {
+            active(state, e.inactivity_expires_at_ms);
             state.lifetime_purchased += e.points;
             credit(state, e.points, e.lot.as_ref());
         }
@@ -712,7 +734,10 @@ pub fn apply(state: &mut WalletState, event: &Event) {
                 lot.notify_at_ms = None;
             }
         }
-        Change::Stamped(e) => state.stamp_cards.entry(e.card_id.clone()).or_default().stamps += e.count,
+        Change::Stamped(e) => {
+            active(state, e.inactivity_expires_at_ms);
+            state.stamp_cards.entry(e.card_id.clone()).or_default().stamps += e.count;
+        }
         Change::CardCompleted(e) => {
             let card = state.stamp_cards.entry(e.card_id.clone()).or_default();
             card.stamps = e.stamps_left;
@@ -771,6 +796,11 @@ fn count_qualifying(state: &mut WalletState, month: i64, points: i64) {
     }
 }
 
+/// The customer did something: under an inactivity policy, the event carries the wallet's new deadline.
+fn active(state: &mut WalletState, inactivity_expires_at_ms: i64) {
+    state.inactivity_expires_at_ms = (inactivity_expires_at_ms != 0).then_some(inactivity_expires_at_ms);
+}
+
 /// A source's points went into `lot`: a reversal of the source takes from it first.
 fn remember_lot(source: &mut SourceLedger, lot: Option<&LotOpened>) {
     if let Some(lot) = lot.filter(|lot| lot.points > 0)
@@ -803,7 +833,8 @@ fn credit(state: &mut WalletState, points: i64, opened: Option<&LotOpened>) {
     if opened.points > 0 {
         let expires_at_ms = (opened.expires_at_ms != 0).then_some(opened.expires_at_ms);
         let notify_at_ms = (opened.notify_at_ms != 0).then_some(opened.notify_at_ms);
-        state.lots.entry(opened.lot).or_insert(Lot { points: 0, held: 0, expires_at_ms, notify_at_ms }).points += opened.points;
+        let new = Lot { points: 0, held: 0, expires_at_ms, notify_at_ms, on_inactivity: opened.on_inactivity };
+        state.lots.entry(opened.lot).or_insert(new).points += opened.points;
     }
 }
 

@@ -32,6 +32,12 @@ pub fn validate(policy: &ExpiryPolicy) -> Result<(), FieldError> {
             }
             Ok(())
         }
+        Some(Rule::Inactivity(inactivity)) => {
+            if !(1..=MONTHS_MAX).contains(&inactivity.months) {
+                return Err(FieldError::new("policy.inactivity.months", format!("must be within 1..={MONTHS_MAX}")));
+            }
+            Ok(())
+        }
         Some(Rule::OnDate(on)) => {
             if !(1..=12).contains(&on.month) {
                 return Err(FieldError::new("policy.on_date.month", "must be within 1..=12"));
@@ -58,9 +64,24 @@ pub fn expires_at(policy: &ExpiryPolicy, credited_at_ms: i64, utc_offset_minutes
     let expiry = match policy.rule.as_ref()? {
         Rule::After(after) => after_period(after, local)?,
         Rule::OnDate(on) => on_date(on, local.date())?,
+        // Lots have no date of their own: see `inactivity_deadline`.
+        Rule::Inactivity(_) => return None,
     };
     let nanos = expiry.assume_offset(offset).unix_timestamp_nanos();
     i64::try_from(nanos / 1_000_000).ok()
+}
+
+/// Under an inactivity policy, when the wallet's points expire if the customer does nothing after
+/// `active_at_ms`; `None` under any other policy.
+pub fn inactivity_deadline(policy: &ExpiryPolicy, active_at_ms: i64, utc_offset_minutes: i32) -> Option<i64> {
+    let Some(Rule::Inactivity(inactivity)) = &policy.rule else { return None };
+    let after = ExpireAfter { months: inactivity.months, days: 0, at_month_end: false };
+    expires_at(&ExpiryPolicy { rule: Some(Rule::After(after)), notice_days: 0 }, active_at_ms, utc_offset_minutes)
+}
+
+/// Whether earned points expire with the wallet's inactivity rather than on a date.
+pub fn on_inactivity(policy: &ExpiryPolicy) -> bool {
+    matches!(policy.rule, Some(Rule::Inactivity(_)))
 }
 
 fn after_period(after: &ExpireAfter, local: PrimitiveDateTime) -> Option<PrimitiveDateTime> {

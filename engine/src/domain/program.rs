@@ -95,8 +95,9 @@ impl ProgramCommand {
                     Some(Rule::OnDate(d)) => {
                         Fingerprint::new(104).u64(2).u64(u64::from(d.month)).u64(u64::from(d.day)).u64(u64::from(d.years_later))
                     }
+                    Some(Rule::Inactivity(i)) => Fingerprint::new(104).u64(3).u64(u64::from(i.months)),
                 };
-                fp.str(set_by)
+                fp.u64(u64::from(policy.notice_days)).str(set_by)
             }
             ProgramCommandBody::SetPendingPeriod { days, set_by } => Fingerprint::new(105).u64(u64::from(*days)).str(set_by),
             ProgramCommandBody::DefineStampCard { card } => Fingerprint::new(107)

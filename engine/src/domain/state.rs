@@ -82,6 +82,8 @@ pub struct Lot {
     pub expires_at_ms: Option<i64>,
     /// When the customer is to be told it expires soon; `None` once told, or if never.
     pub notify_at_ms: Option<i64>,
+    /// No date: it expires when the wallet has been inactive too long.
+    pub on_inactivity: bool,
 }
 
 /// Points credited for an order that wait out the program's pending period.
@@ -114,7 +116,8 @@ pub struct TierState {
 impl Lot {
     /// The order lots are spent in: soonest expiry first, never-expiring last, then oldest first.
     pub fn spending_order(&self, id: u64) -> (i64, u64) {
-        (self.expires_at_ms.unwrap_or(i64::MAX), id)
+        let undated = if self.on_inactivity { i64::MAX - 1 } else { i64::MAX };
+        (self.expires_at_ms.unwrap_or(undated), id)
     }
 }
 
@@ -150,6 +153,8 @@ pub struct WalletState {
     pub debt: i64,
     /// Points not spendable yet (in `balance`).
     pub pending_points: i64,
+    /// Under an inactivity policy: when lots `on_inactivity` expire unless the customer acts first.
+    pub inactivity_expires_at_ms: Option<i64>,
     pub enrolled_at_ms: i64,
     pub last_activity_ms: i64,
     /// Number of events applied: the stream version this state reflects.
@@ -238,9 +243,14 @@ impl WalletState {
         self.pending.iter().map(|(id, p)| (*id, p))
     }
 
-    /// Lots whose expiry is at or before `now_ms`.
+    /// Lots whose expiry is at or before `now_ms`: their own date, or the wallet's inactivity deadline.
     pub(crate) fn expired_lots(&self, now_ms: i64) -> impl Iterator<Item = (u64, &Lot)> {
-        self.lots.iter().filter(move |(_, lot)| lot.expires_at_ms.is_some_and(|at| at <= now_ms)).map(|(id, lot)| (*id, lot))
+        self.lots.iter().filter(move |(_, lot)| self.lot_expiry(lot).is_some_and(|at| at <= now_ms)).map(|(id, lot)| (*id, lot))
+    }
+
+    /// When `lot` expires: its own date, or the wallet's inactivity deadline.
+    pub fn lot_expiry(&self, lot: &Lot) -> Option<i64> {
+        if lot.on_inactivity { self.inactivity_expires_at_ms } else { lot.expires_at_ms }
     }
 
     /// Open lots by id.
@@ -257,7 +267,7 @@ impl WalletState {
         }
         let holds = self.holds.values().map(|h| h.expires_at_ms);
         let pending = self.pending.values().map(|p| p.available_at_ms);
-        let lots = self.lots.values().filter(|lot| lot.points > 0).filter_map(|lot| lot.expires_at_ms);
+        let lots = self.lots.values().filter(|lot| lot.points > 0).filter_map(|lot| self.lot_expiry(lot));
         let notices = self.lots.values().filter(|lot| lot.points + lot.held > 0).filter_map(|lot| lot.notify_at_ms);
         let lots = lots.chain(notices);
         let review = self.tier.as_ref().map(|t| t.next_review_at_ms).filter(|at| *at != 0);
@@ -268,7 +278,7 @@ impl WalletState {
     /// `n`.
     pub fn upcoming_expiries(&self, now_ms: i64, n: usize) -> Vec<(i64, i64)> {
         let mut expiring: BTreeMap<i64, i64> = BTreeMap::new();
-        let lots = self.lots.values().filter_map(|lot| Some((lot.expires_at_ms?, lot.points + lot.held)));
+        let lots = self.lots.values().filter_map(|lot| Some((self.lot_expiry(lot)?, lot.points + lot.held)));
         let pending = self.pending.values().filter_map(|p| Some((p.expires_at_ms?, p.points)));
         for (at, points) in lots.chain(pending).filter(|(at, points)| *at > now_ms && *points > 0) {
             *expiring.entry(at).or_default() += points;
