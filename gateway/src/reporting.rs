@@ -119,6 +119,8 @@ fn day_stats(day: String, s: &tally_projections::model::DayStats) -> pb::DayStat
         points_forfeited: s.points_forfeited,
         enrolments: s.enrolments,
         active_wallets: s.active_wallets,
+        points_purchased: s.points_purchased,
+        points_expired: s.points_expired,
     }
 }
 

@@ -98,6 +98,10 @@ pub struct DayStats {
     /// Net of adjustments, signed.
     pub points_adjusted: i64,
     pub points_forfeited: i64,
+    /// Points bought with credit packages.
+    pub points_purchased: i64,
+    /// Points that expired.
+    pub points_expired: i64,
     pub enrolments: i64,
     /// Wallets with at least one event that day.
     pub active_wallets: i64,
@@ -115,10 +119,10 @@ impl DayStats {
             MovementKind::Adjust => self.points_adjusted += points,
             MovementKind::Reverse => self.points_reversed -= points,
             MovementKind::Close => self.points_forfeited -= points,
+            MovementKind::Purchase => self.points_purchased += points,
+            MovementKind::Expire => self.points_expired -= points,
             MovementKind::Hold
             | MovementKind::Release
-            | MovementKind::Purchase
-            | MovementKind::Expire
             | MovementKind::Mature
             | MovementKind::Tier
             | MovementKind::Stamp
@@ -132,13 +136,17 @@ impl DayStats {
         self.points_reversed += other.points_reversed;
         self.points_adjusted += other.points_adjusted;
         self.points_forfeited += other.points_forfeited;
+        self.points_purchased += other.points_purchased;
+        self.points_expired += other.points_expired;
         self.enrolments += other.enrolments;
         self.active_wallets += other.active_wallets;
     }
 
     /// The net change of all balances these figures describe.
     pub fn net_points(&self) -> i64 {
-        self.points_issued - self.points_redeemed - self.points_reversed + self.points_adjusted - self.points_forfeited
+        self.points_issued + self.points_purchased - self.points_redeemed - self.points_reversed + self.points_adjusted
+            - self.points_forfeited
+            - self.points_expired
     }
 }
 

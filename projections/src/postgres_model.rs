@@ -229,7 +229,8 @@ impl PostgresReadModel {
         let as_of: i64 = tx.query_one("SELECT position FROM tally_read.checkpoint", &[]).await?.get(0);
         let rows = tx
             .query(
-                "SELECT day, points_issued, points_redeemed, points_reversed, points_adjusted, points_forfeited, enrolments, active_wallets
+                "SELECT day, points_issued, points_redeemed, points_reversed, points_adjusted, points_forfeited, enrolments, active_wallets,
+                        points_purchased, points_expired
                  FROM tally_read.program_daily_stats WHERE tenant_id = $1 AND day BETWEEN $2 AND $3 ORDER BY day",
                 &[&tenant, &from, &to],
             )
@@ -254,6 +255,8 @@ impl PostgresReadModel {
                     points_forfeited: row.get(5),
                     enrolments: row.get(6),
                     active_wallets: row.get(7),
+                    points_purchased: row.get(8),
+                    points_expired: row.get(9),
                 };
                 totals.add(&stats);
                 (row.get::<_, Date>(0), stats)
@@ -496,7 +499,7 @@ async fn write_days(
     days: &BTreeMap<(String, Date), DayStats>,
 ) -> Result<(), ProjectionError> {
     let (mut tenants, mut dates) = (Vec::new(), Vec::new());
-    let mut columns: [Vec<i64>; 7] = Default::default();
+    let mut columns: [Vec<i64>; 9] = Default::default();
     for ((tenant, day), s) in days {
         tenants.push(tenant.as_str());
         dates.push(*day);
@@ -508,14 +511,17 @@ async fn write_days(
             s.points_forfeited,
             s.enrolments,
             s.active_wallets,
+            s.points_purchased,
+            s.points_expired,
         ]) {
             column.push(value);
         }
     }
     let sql = format!(
         "INSERT INTO {schema}.program_daily_stats AS d (tenant_id, day, points_issued, points_redeemed, points_reversed,
-             points_adjusted, points_forfeited, enrolments, active_wallets)
-         SELECT * FROM unnest($1::text[], $2::date[], $3::int8[], $4::int8[], $5::int8[], $6::int8[], $7::int8[], $8::int8[], $9::int8[])
+             points_adjusted, points_forfeited, enrolments, active_wallets, points_purchased, points_expired)
+         SELECT * FROM unnest($1::text[], $2::date[], $3::int8[], $4::int8[], $5::int8[], $6::int8[], $7::int8[], $8::int8[], $9::int8[],
+                              $10::int8[], $11::int8[])
          ON CONFLICT (tenant_id, day) DO UPDATE SET
              points_issued = d.points_issued + EXCLUDED.points_issued,
              points_redeemed = d.points_redeemed + EXCLUDED.points_redeemed,
@@ -523,11 +529,14 @@ async fn write_days(
              points_adjusted = d.points_adjusted + EXCLUDED.points_adjusted,
              points_forfeited = d.points_forfeited + EXCLUDED.points_forfeited,
              enrolments = d.enrolments + EXCLUDED.enrolments,
-             active_wallets = d.active_wallets + EXCLUDED.active_wallets"
+             active_wallets = d.active_wallets + EXCLUDED.active_wallets,
+             points_purchased = d.points_purchased + EXCLUDED.points_purchased,
+             points_expired = d.points_expired + EXCLUDED.points_expired"
     );
     let statement = tx.prepare_cached(&sql).await?;
-    let [issued, redeemed, reversed, adjusted, forfeited, enrolments, active] = &columns;
-    tx.execute(&statement, &[&tenants, &dates, issued, redeemed, reversed, adjusted, forfeited, enrolments, active]).await?;
+    let [issued, redeemed, reversed, adjusted, forfeited, enrolments, active, purchased, expired] = &columns;
+    tx.execute(&statement, &[&tenants, &dates, issued, redeemed, reversed, adjusted, forfeited, enrolments, active, purchased, expired])
+        .await?;
     Ok(())
 }
 

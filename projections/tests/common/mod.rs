@@ -9,11 +9,13 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tally_engine::codec;
 use tally_engine::domain::{
-    Command, CommandBody, Context, Decision, ProgramSettings, ReturnPolicy, TenantId, WalletId, WalletState, apply, decide,
+    Command, CommandBody, Context, CreditPackageDefined, Decision, ExpiryPolicy, Money, ProgramSettings, ReturnPolicy, TenantId, WalletId,
+    WalletState, apply, decide,
 };
 use tally_engine::store::{EventMetadata, EventStore, ExpectedVersion};
 use tally_projections::model::Fold;
 use tally_projections::movement::decode_batch;
+use tally_proto::v1::{ExpireAfter, expiry_policy};
 
 /// 2026-01-01T00:00:00Z.
 pub const START_MS: i64 = 1_767_225_600_000;
@@ -27,6 +29,24 @@ struct Wallet {
 
 /// Random wallet commands over a few tenants, with time moving on by up to two hours a command so
 /// the activity spans many days.
+/// Points expire three days after they are credited; a 100-point credit package is on sale.
+fn program(return_policy: ReturnPolicy) -> ProgramSettings {
+    let package = CreditPackageDefined {
+        package_id: "p-100".to_owned(),
+        name: "100 points".to_owned(),
+        price: Some(Money { amount_minor: 199, currency: "EUR".to_owned() }),
+        points: 100,
+        active: true,
+    };
+    let after = ExpireAfter { months: 0, days: 3, at_month_end: false };
+    ProgramSettings {
+        return_policy,
+        packages: Arc::new([("p-100".to_owned(), package)].into_iter().collect()),
+        expiry: ExpiryPolicy { rule: Some(expiry_policy::Rule::After(after)), notice_days: 0 },
+        ..ProgramSettings::default()
+    }
+}
+
 pub struct Workload {
     rng: StdRng,
     wallets: Vec<Wallet>,
@@ -55,10 +75,7 @@ impl Workload {
             rng: StdRng::seed_from_u64(seed),
             wallets,
             now_ms: START_MS,
-            programs: [
-                ProgramSettings::default(),
-                ProgramSettings { return_policy: ReturnPolicy::CapAtZero, ..ProgramSettings::default() },
-            ],
+            programs: [program(ReturnPolicy::AllowNegative), program(ReturnPolicy::CapAtZero)],
             commands: 0,
         }
     }
@@ -84,11 +101,14 @@ impl Workload {
                     reason: "goodwill".to_owned(),
                     staff_ref: "staff-1".to_owned(),
                 },
-                80..99 if !wallet.sources.is_empty() => CommandBody::Reverse {
+                80..94 if !wallet.sources.is_empty() => CommandBody::Reverse {
                     source_ref: wallet.sources[rng.random_range(0..wallet.sources.len())].clone(),
                     points: rng.random_bool(0.5).then(|| rng.random_range(1..200)),
                     reason: "refund".to_owned(),
                 },
+                94..96 => CommandBody::PurchaseCredits { purchase_id: key.clone(), package_id: "p-100".to_owned() },
+                // What the engine's timers do: record what came due (here, expired points).
+                96..99 => CommandBody::RunDue,
                 99 => CommandBody::Close { reason: "customer asked".to_owned() },
                 _ => CommandBody::Earn {
                     points: 10,
