@@ -209,20 +209,23 @@ impl AdminService for AdminApi {
                 ErrorDetails::with_bad_request_violation("order", e.to_string()),
             )
         })?;
-        Ok(Response::new(pb::SimulateOrderResponse {
-            awards: breakdown
-                .awards
-                .into_iter()
-                .map(|a| pb::RuleAward {
-                    rule_id: a.rule_id.to_string(),
-                    points: a.points,
-                    capped_points: a.capped_points,
-                    reason: a.reason.to_string(),
-                    stamps: a.stamps.into_iter().map(|(card, count)| pb::StampAward { card: card.to_string(), count }).collect(),
-                })
-                .collect(),
-            total_points: breakdown.total_points,
-            rules_version: version.version,
-        }))
+        let mut awards: Vec<pb::RuleAward> = breakdown
+            .awards
+            .into_iter()
+            .map(|a| pb::RuleAward {
+                rule_id: a.rule_id.to_string(),
+                points: a.points,
+                capped_points: a.capped_points,
+                reason: a.reason.to_string(),
+                stamps: a.stamps.into_iter().map(|(card, count)| pb::StampAward { card: card.to_string(), count }).collect(),
+            })
+            .collect();
+        let mut total_points = breakdown.total_points;
+        // The customer's tier multiplies what the rules gave, as EarnForOrder does.
+        if let Some(award) = tier.and_then(|tier| state.tiers.multiplier_award(tier, total_points)) {
+            total_points = total_points.saturating_add(award.points);
+            awards.push(orders::award(&award));
+        }
+        Ok(Response::new(pb::SimulateOrderResponse { awards, total_points, rules_version: version.version }))
     }
 }

@@ -5,8 +5,9 @@
 
 use tally_proto::v1::admin_service_client::AdminServiceClient;
 use tally_proto::v1::{
-    AddStampsRequest, DefineStampCardRequest, DefineTiersRequest, EarnRequest, EnrollRequest, GetProgramRequest, GetWalletRequest,
-    StampCardDefined, StampCardStatus, TierDefinition, TierWindow, TransactionKind,
+    AddStampsRequest, DefineStampCardRequest, DefineTiersRequest, EarnRequest, EnrollRequest, GetProgramRequest, GetWalletRequest, Money,
+    Order, OrderLine, PublishRulesRequest, SimulateOrderRequest, StampCardDefined, StampCardStatus, TierDefinition, TierWindow,
+    TransactionKind,
 };
 use tally_tests::TallyServer;
 use tonic::Code;
@@ -72,6 +73,28 @@ async fn customers_climb_tiers_and_see_their_progress() {
     assert_eq!((t.tier_id.as_str(), t.name.as_str(), t.level, t.qualifying_points), ("silver", "Silver", 1, 600));
     assert_eq!((t.next_tier_id.as_str(), t.next_tier_min_points, t.progress_percent), ("gold", 1_000, 20));
     assert!(t.next_review_at.is_some(), "reviewed after the year ends");
+
+    // SimulateOrder applies a tier's multiplier as EarnForOrder does.
+    let rules = r#"[{"id":"base","actions":[{"type":"points_per_currency_unit","points":1,"unit_minor":100}]}]"#;
+    let publish = PublishRulesRequest {
+        tenant_id: "demo".into(),
+        idempotency_key: "r1".into(),
+        rules_json: rules.into(),
+        published_by: "ops".into(),
+    };
+    admin.publish_rules(publish).await.unwrap();
+    let order = Order {
+        order_id: "sim-1".into(),
+        total: Some(Money { amount_minor: 4_000, currency: "EUR".into() }),
+        channel: "web".into(),
+        store: String::new(),
+        lines: vec![OrderLine { sku: "mug".into(), category: "home".into(), quantity: 1, amount_minor: 4_000 }],
+        placed_at: None,
+    };
+    let simulate = SimulateOrderRequest { tenant_id: "demo".into(), order: Some(order), customer_tier: "gold".into(), previous_orders: 3 };
+    let simulated = admin.simulate_order(simulate).await.unwrap().into_inner();
+    let awards: Vec<(&str, i64)> = simulated.awards.iter().map(|a| (a.rule_id.as_str(), a.points)).collect();
+    assert_eq!((awards, simulated.total_points), (vec![("base", 40), ("tier:gold", 20)], 60));
 }
 
 #[tokio::test]

@@ -603,16 +603,9 @@ fn earn_for_order(state: &WalletState, order: &Order, ctx: &Context<'_>) -> Resu
         .collect();
     let mut points = breakdown.total_points;
     // The tier's benefit: a multiplier on what the rules gave, as its own award.
-    let tier = state.tier.as_ref().and_then(|t| ctx.program.tiers.find(&t.tier_id)).map(|(_, tier)| tier);
-    if let Some(tier) = tier.filter(|t| t.earn_multiplier_percent > 100 && points > 0) {
-        let extra = i64::try_from(i128::from(points) * i128::from(tier.earn_multiplier_percent - 100) / 100).unwrap_or(i64::MAX);
-        points = points.checked_add(extra).ok_or(Rejection::PointsOutOfRange { field: "order", points: extra })?;
-        awards.push(EarnedByRule {
-            rule_id: format!("tier:{}", tier.tier_id),
-            points: extra,
-            reason: format!("{} x{}.{:02}", tier.name, tier.earn_multiplier_percent / 100, tier.earn_multiplier_percent % 100),
-            ..EarnedByRule::default()
-        });
+    if let Some(award) = state.tier.as_ref().and_then(|t| ctx.program.tiers.multiplier_award(&t.tier_id, points)) {
+        points = points.checked_add(award.points).ok_or(Rejection::PointsOutOfRange { field: "order", points: award.points })?;
+        awards.push(award);
     }
     checked_balance(state.balance.checked_add(points), "order", points)?;
     checked_balance(state.lifetime_earned.checked_add(points), "order", points)?;

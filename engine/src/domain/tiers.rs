@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use tally_proto::v1::{TierDefinition, TierWindow};
+use tally_proto::v1::{EarnedByRule, TierDefinition, TierWindow};
 use time::{Date, Month, OffsetDateTime, UtcOffset};
 
 use super::ids::FieldError;
@@ -72,6 +72,22 @@ impl Tiers {
     /// The highest tier `points` reach, with its level (from 1).
     pub fn reached(&self, points: i64) -> Option<(usize, &TierDefinition)> {
         self.levels.iter().enumerate().rev().find(|(_, t)| points >= t.min_qualifying_points).map(|(i, t)| (i + 1, t))
+    }
+
+    /// The extra points tier `tier_id`'s multiplier adds to `points` the rules gave, as an award of its
+    /// own (rule id `tier:<id>`); `None` if the tier has no multiplier (or is unknown).
+    pub fn multiplier_award(&self, tier_id: &str, points: i64) -> Option<EarnedByRule> {
+        let (_, tier) = self.find(tier_id)?;
+        if tier.earn_multiplier_percent <= 100 || points <= 0 {
+            return None;
+        }
+        let extra = i128::from(points) * i128::from(tier.earn_multiplier_percent - 100) / 100;
+        Some(EarnedByRule {
+            rule_id: format!("tier:{}", tier.tier_id),
+            points: i64::try_from(extra).unwrap_or(i64::MAX),
+            reason: format!("{} x{}.{:02}", tier.name, tier.earn_multiplier_percent / 100, tier.earn_multiplier_percent % 100),
+            ..EarnedByRule::default()
+        })
     }
 
     /// The tier `tier_id`, with its level.
