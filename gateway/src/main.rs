@@ -187,7 +187,7 @@ async fn serve(settings: ServeSettings) -> Result<(), Box<dyn std::error::Error>
         StoreUrl::Postgres(url) => format!("log in {}", redact(url)),
     };
     println!("tally listening on http://{address} ({log}, tenants: {})", tenants.join(", "));
-    let engine = Engine { registry: registry.clone(), store, programs, program_book };
+    let engine = Engine { registry: registry.clone(), store, programs: program_book };
     tally_gateway::server::run(listener, engine, read.clone(), shutdown_signal()).await?;
     timers.stop();
     registry.shutdown().await;

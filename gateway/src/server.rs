@@ -47,10 +47,13 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let gate = Arc::new(Gate::default());
-    let reporting = ReportingServiceServer::new(ReportingApi::new(read.clone(), Arc::clone(&engine.programs)))
-        .max_encoding_message_size(MESSAGE_BYTES_MAX);
+    let reporting = ReportingServiceServer::new(ReportingApi::new(
+        read.clone(),
+        Arc::clone(&engine.programs) as Arc<dyn tally_engine::actors::Programs>,
+    ))
+    .max_encoding_message_size(MESSAGE_BYTES_MAX);
     let projections = ProjectionsServiceServer::new(ProjectionsApi::new(&read));
-    let admin = AdminServiceServer::new(AdminApi::new(Arc::clone(&engine.program_book)))
+    let admin = AdminServiceServer::new(AdminApi::new(Arc::clone(&engine.programs)))
         .max_decoding_message_size(ADMIN_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(ADMIN_MESSAGE_BYTES_MAX);
     let wallets = WalletServiceServer::new(WalletApi::new(engine, Arc::clone(&gate)))

@@ -31,9 +31,8 @@ use tally_engine::limits::HOLD_TIMEOUT_DEFAULT_MS;
 pub struct Engine {
     pub registry: WalletRegistry,
     pub store: Arc<dyn EventStore>,
-    pub programs: Arc<dyn Programs>,
-    /// The event-sourced programs behind `AdminService`.
-    pub program_book: Arc<ProgramBook>,
+    /// The event-sourced programs: what wallets decide with (`Programs`) and what `AdminService` changes.
+    pub programs: Arc<ProgramBook>,
 }
 
 /// Admission to the wallet service: bounds the calls in flight and lets shutdown wait for them.
