@@ -8,16 +8,13 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{NOW, Wallet};
+use common::{NOW, POINT_PER_EURO, Wallet, order, rules};
 use tally_engine::actors::{CommandMeta, RegistryConfig, StaticPrograms, WalletKey, WalletRegistry, WalletTimers};
 use tally_engine::clock::{Clock, ManualClock};
 use tally_engine::domain::program::{
     ProgramCommand, ProgramCommandBody, ProgramDecision, ProgramRejection, ProgramState, apply_program, decide_program,
 };
-use tally_engine::domain::rules::{Order, OrderLine, parse_rules};
-use tally_engine::domain::{
-    Change, Command, CommandBody, FieldError, ProgramSettings, Rejection, ReturnPolicy, TenantId, WalletId, program::RuleVersion,
-};
+use tally_engine::domain::{Change, Command, CommandBody, FieldError, ProgramSettings, Rejection, ReturnPolicy, TenantId, WalletId};
 use tally_engine::store::InMemoryStore;
 use tally_proto::v1::{LotOpened, LotPoints, PendingPoints, PointsEarned, PointsMatured};
 
@@ -25,31 +22,9 @@ const DAY: i64 = 86_400_000;
 
 /// One point per euro; points from orders wait 14 days.
 fn program() -> ProgramSettings {
-    let json = r#"[{"id":"base","actions":[{"type":"points_per_currency_unit","points":1,"unit_minor":100}]}]"#;
-    let version = RuleVersion {
-        version: 1,
-        effective_from_ms: 0,
-        published_by: "t".into(),
-        rules_json: json.into(),
-        rules: parse_rules(json).map(Into::into),
-    };
-    ProgramSettings { rule_versions: Arc::new([version]), pending_days: 14, ..ProgramSettings::default() }
+    ProgramSettings { rule_versions: rules(POINT_PER_EURO), pending_days: 14, ..ProgramSettings::default() }
 }
 
-fn order(id: &str, euros: i64, placed_at_ms: Option<i64>) -> Command {
-    let total_minor = euros * 100;
-    let lines = vec![OrderLine { sku: "mug".into(), category: "home".into(), quantity: 1, amount_minor: total_minor }];
-    let order = Order {
-        order_id: id.into(),
-        total_minor,
-        currency: "EUR".into(),
-        channel: "web".into(),
-        store: String::new(),
-        lines,
-        placed_at_ms,
-    };
-    Command::new(id, CommandBody::EarnForOrder { order })
-}
 fn refund(key: &str, order_id: &str, euros: Option<i64>) -> Command {
     Command::new(key, CommandBody::RefundOrder { order_id: order_id.into(), amount_minor: euros.map(|e| e * 100), reason: String::new() })
 }
@@ -66,7 +41,7 @@ fn earned(changes: &[Change]) -> &PointsEarned {
 #[test]
 fn points_from_an_order_are_pending_until_the_return_window_closes() {
     let mut wallet = Wallet::enrolled(program());
-    let changes = wallet.run(order("o-1", 100, None)).unwrap();
+    let changes = wallet.run(order("o-1", 100, "home", None)).unwrap();
     let e = earned(&changes);
     assert_eq!(
         (e.lot.as_ref(), e.pending.as_ref()),
@@ -99,14 +74,14 @@ fn points_from_an_order_are_pending_until_the_return_window_closes() {
 #[test]
 fn a_refund_inside_the_window_cancels_pending_points_first() {
     let mut wallet = Wallet::enrolled(program());
-    wallet.run(order("o-1", 100, None)).unwrap();
+    wallet.run(order("o-1", 100, "home", None)).unwrap();
     let changes = wallet.run(refund("ref-1", "o-1", Some(30))).unwrap();
     let [Change::Reversed(reversed)] = changes.as_slice() else { panic!("{changes:?}") };
     assert_eq!((reversed.reversed_points, &reversed.pending, &reversed.lots), (30, &vec![LotPoints { lot: 2, points: 30 }], &vec![]));
     assert_eq!((wallet.state.balance, wallet.state.pending_points), (70, 70));
     // Under CAP_AT_ZERO too: the order's own pending points can always be taken back.
     let mut capped = Wallet::enrolled(ProgramSettings { return_policy: ReturnPolicy::CapAtZero, ..program() });
-    capped.run(order("o-1", 100, None)).unwrap();
+    capped.run(order("o-1", 100, "home", None)).unwrap();
     let changes = capped.run(refund("ref-1", "o-1", None)).unwrap();
     let [Change::Reversed(reversed)] = changes.as_slice() else { panic!("{changes:?}") };
     assert_eq!((reversed.reversed_points, reversed.shortfall_points), (100, 0));
@@ -116,10 +91,10 @@ fn a_refund_inside_the_window_cancels_pending_points_first() {
 #[test]
 fn the_window_counts_from_when_the_order_was_placed() {
     let mut wallet = Wallet::enrolled(ProgramSettings { pending_days: 2, ..program() });
-    let changes = wallet.run(order("o-1", 10, Some(NOW - 3 * DAY))).unwrap();
+    let changes = wallet.run(order("o-1", 10, "home", Some(NOW - 3 * DAY))).unwrap();
     assert!(earned(&changes).pending.is_none(), "an offline order whose window already closed: available at once");
     assert_eq!(wallet.state.available_at(NOW), 10);
-    let changes = wallet.run(order("o-2", 10, Some(NOW - DAY))).unwrap();
+    let changes = wallet.run(order("o-2", 10, "home", Some(NOW - DAY))).unwrap();
     assert_eq!(earned(&changes).pending.as_ref().map(|p| p.available_at_ms), Some(NOW + DAY));
 }
 
@@ -132,7 +107,7 @@ fn matured_points_pay_a_debt_first_and_a_command_records_the_maturity_first() {
     let reverse = CommandBody::Reverse { source_ref: "gift".into(), points: None, reason: String::new() };
     wallet.run(Command::new("rev", reverse)).unwrap();
     assert_eq!(wallet.state.debt, 50);
-    wallet.run(order("o-1", 80, None)).unwrap();
+    wallet.run(order("o-1", 80, "home", None)).unwrap();
     wallet.now += 15 * DAY;
     let changes = wallet.run(redeem("r-2", 30)).unwrap();
     let Change::Matured(matured) = &changes[0] else { panic!("{changes:?}") };
@@ -172,7 +147,7 @@ async fn the_timers_mature_pending_points_on_their_own() {
     let registry = WalletRegistry::start(RegistryConfig::default(), store.clone(), programs.clone(), clock.clone()).await.unwrap();
     let key = WalletKey::new(TenantId::parse("acme").unwrap(), WalletId::parse("c-1").unwrap());
     registry.execute(&key, Command::new("e", CommandBody::Enroll { customer_ref: String::new() }), CommandMeta::default()).await.unwrap();
-    registry.execute(&key, order("o-1", 40, None), CommandMeta::default()).await.unwrap();
+    registry.execute(&key, order("o-1", 40, "home", None), CommandMeta::default()).await.unwrap();
     let timers = WalletTimers::spawn(store.clone(), registry.clone(), clock.clone() as Arc<dyn Clock>);
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(registry.summary(&key).await.unwrap().pending_points, 40, "not due yet");

@@ -5,14 +5,12 @@ mod common;
 
 use std::sync::Arc;
 
-use common::Wallet;
+use common::{Wallet, order, rules};
 use tally_engine::domain::program::{
     ProgramCommand, ProgramCommandBody, ProgramDecision, ProgramRejection, ProgramState, apply_program, decide_program,
 };
-use tally_engine::domain::rules::{Order, OrderLine, parse_rules};
 use tally_engine::domain::{
     Change, Command, CommandBody, FieldError, ProgramSettings, Rejection, ReturnPolicy, StampCard, StampCardDefined, TenantId,
-    program::RuleVersion,
 };
 use tally_proto::v1::{LotOpened, StampCardCompleted, StampsAdded};
 
@@ -30,29 +28,12 @@ fn card(id: &str, required: i64, reward_ref: &str, reward_points: i64, active: b
 /// A coffee card of 5 stamps (a free coffee and 20 points); one stamp per coffee bought.
 fn program() -> ProgramSettings {
     let json = r#"[{"id":"coffee-stamp","conditions":{"type":"category","value":"coffee"},"actions":[{"type":"stamps","card":"coffee","count":1}]}]"#;
-    let version = RuleVersion {
-        version: 1,
-        effective_from_ms: 0,
-        published_by: "t".into(),
-        rules_json: json.into(),
-        rules: parse_rules(json).map(Into::into),
-    };
     let cards = [("coffee".to_owned(), card("coffee", 5, "free-coffee", 20, true)), ("old".to_owned(), card("old", 3, "mug", 0, false))];
-    ProgramSettings { rule_versions: Arc::new([version]), stamp_cards: Arc::new(cards.into_iter().collect()), ..ProgramSettings::default() }
+    ProgramSettings { rule_versions: rules(json), stamp_cards: Arc::new(cards.into_iter().collect()), ..ProgramSettings::default() }
 }
 
 fn coffee(id: &str) -> Command {
-    let line = OrderLine { sku: "latte".into(), category: "coffee".into(), quantity: 1, amount_minor: 350 };
-    let order = Order {
-        order_id: id.into(),
-        total_minor: 350,
-        currency: "EUR".into(),
-        channel: "pos".into(),
-        store: "s-1".into(),
-        lines: vec![line],
-        placed_at_ms: None,
-    };
-    Command::new(id, CommandBody::EarnForOrder { order })
+    order(id, 4, "coffee", None)
 }
 fn stamp(key: &str, card: &str, count: i64) -> Command {
     Command::new(key, CommandBody::AddStamps { card_id: card.into(), count, reason: "pos".into() })

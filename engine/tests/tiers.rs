@@ -6,15 +6,12 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{NOW, Wallet};
+use common::{NOW, POINT_PER_EURO, Wallet, order, rules};
 use tally_engine::domain::program::{
     ProgramCommand, ProgramCommandBody, ProgramDecision, ProgramRejection, ProgramState, apply_program, decide_program,
 };
-use tally_engine::domain::rules::{Order, OrderLine, parse_rules};
 use tally_engine::domain::tiers::{TierView, Tiers, view};
-use tally_engine::domain::{
-    Change, Command, CommandBody, FieldError, ProgramSettings, Rejection, ReturnPolicy, TenantId, program::RuleVersion,
-};
+use tally_engine::domain::{Change, Command, CommandBody, FieldError, ProgramSettings, Rejection, ReturnPolicy, TenantId};
 use tally_proto::v1::{TierChanged, TierDefinition, TierMove, TierReviewed, TierWindow};
 
 const DAY: i64 = 86_400_000;
@@ -30,34 +27,12 @@ fn tier(id: &str, min: i64, pct: u32) -> TierDefinition {
 
 /// Silver from 500 qualifying points, gold (earning 1.5x) from 2,000; one point per euro.
 fn program(window: TierWindow, grace_days: u32) -> ProgramSettings {
-    let json = r#"[{"id":"base","actions":[{"type":"points_per_currency_unit","points":1,"unit_minor":100}]}]"#;
-    let version = RuleVersion {
-        version: 1,
-        effective_from_ms: 0,
-        published_by: "t".into(),
-        rules_json: json.into(),
-        rules: parse_rules(json).map(Into::into),
-    };
     let tiers = Tiers { levels: Arc::new([tier("silver", 500, 0), tier("gold", 2_000, 150)]), window, grace_days };
-    ProgramSettings { rule_versions: Arc::new([version]), tiers, ..ProgramSettings::default() }
+    ProgramSettings { rule_versions: rules(POINT_PER_EURO), tiers, ..ProgramSettings::default() }
 }
 
 fn earn(key: &str, points: i64) -> Command {
     Command::new(key, CommandBody::Earn { points, reason: String::new(), source_ref: key.into(), order_amount: None })
-}
-fn order(id: &str, euros: i64) -> Command {
-    let total_minor = euros * 100;
-    let lines = vec![OrderLine { sku: "x".into(), category: "y".into(), quantity: 1, amount_minor: total_minor }];
-    let order = Order {
-        order_id: id.into(),
-        total_minor,
-        currency: "EUR".into(),
-        channel: "web".into(),
-        store: String::new(),
-        lines,
-        placed_at_ms: None,
-    };
-    Command::new(id, CommandBody::EarnForOrder { order })
 }
 fn run_due(key: &str) -> Command {
     Command::new(key, CommandBody::RunDue)
@@ -140,21 +115,15 @@ fn refunds_take_qualifying_points_back_but_only_a_review_moves_down() {
 fn gold_earns_its_multiplier_as_an_award_of_its_own_and_rules_see_the_tier() {
     let mut wallet = Wallet::enrolled(program(TierWindow::Rolling12Months, 0));
     wallet.run(earn("o-1", 2_000)).unwrap();
-    let changes = wallet.run(order("order-1", 40)).unwrap();
+    let changes = wallet.run(order("order-1", 40, "home", None)).unwrap();
     let Change::Earned(earned) = &changes[0] else { panic!("{changes:?}") };
     let awards: Vec<(&str, i64)> = earned.order.as_ref().unwrap().awards.iter().map(|a| (a.rule_id.as_str(), a.points)).collect();
     assert_eq!(awards, [("base", 40), ("tier:gold", 20)]);
     assert_eq!(earned.points, 60);
     // Rules' customer_tier conditions see the customer's tier id.
     let json = r#"[{"id":"gold-bonus","conditions":{"type":"customer_tier","value":["gold"]},"actions":[{"type":"points","amount":7}]}]"#;
-    wallet.program.rule_versions = Arc::new([RuleVersion {
-        version: 2,
-        effective_from_ms: 0,
-        published_by: "t".into(),
-        rules_json: json.into(),
-        rules: parse_rules(json).map(Into::into),
-    }]);
-    let changes = wallet.run(order("order-2", 1)).unwrap();
+    wallet.program.rule_versions = rules(json);
+    let changes = wallet.run(order("order-2", 1, "home", None)).unwrap();
     let Change::Earned(earned) = &changes[0] else { panic!("{changes:?}") };
     assert_eq!(earned.order.as_ref().unwrap().awards[0].rule_id, "gold-bonus");
 }

@@ -55,3 +55,35 @@ impl Wallet {
         Ok(changes.remove(0))
     }
 }
+
+/// The rules `json` as the only version, in force since 1970.
+pub fn rules(json: &str) -> std::sync::Arc<[tally_engine::domain::program::RuleVersion]> {
+    let version = tally_engine::domain::program::RuleVersion {
+        version: 1,
+        effective_from_ms: 0,
+        published_by: "test".into(),
+        rules_json: json.into(),
+        rules: tally_engine::domain::rules::parse_rules(json).map(Into::into),
+    };
+    std::sync::Arc::new([version])
+}
+
+/// One point per euro.
+pub const POINT_PER_EURO: &str = r#"[{"id":"base","actions":[{"type":"points_per_currency_unit","points":1,"unit_minor":100}]}]"#;
+
+/// `EarnForOrder` for a one-line order of `euros` in `category`, keyed by its id.
+pub fn order(id: &str, euros: i64, category: &str, placed_at_ms: Option<i64>) -> Command {
+    use tally_engine::domain::rules::{Order, OrderLine};
+    let total_minor = euros * 100;
+    let lines = vec![OrderLine { sku: "sku-1".into(), category: category.into(), quantity: 1, amount_minor: total_minor }];
+    let order = Order {
+        order_id: id.into(),
+        total_minor,
+        currency: "EUR".into(),
+        channel: "web".into(),
+        store: String::new(),
+        lines,
+        placed_at_ms,
+    };
+    Command::new(id, CommandBody::EarnForOrder { order })
+}
