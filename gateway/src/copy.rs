@@ -2,15 +2,17 @@
 //!
 //! Resumable: the destination must be empty or hold a prefix of the source (checked at its last event);
 //! copying continues after it. Appends go in source order, consecutive events of one stream together, each
-//! with its exact expected version, and each outcome must land at the source's positions — anything else
-//! stops the copy with the position named. At the end both logs are read in full and their event counts
-//! and CRC-32C checksums compared.
+//! with its exact expected version, a read batch at a time through `append_in_order` (so the destination
+//! commits many appends per fsync or transaction), and each outcome must land at the source's positions —
+//! anything else stops the copy with the position named. Nothing else may write to the destination
+//! meanwhile. At the end both logs are read in full and their event counts and CRC-32C checksums compared.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use tally_engine::store::{EventStore, ExpectedVersion, RecordedEvent, StoreError};
+use tally_engine::limits::{APPEND_BYTES_MAX, APPEND_EVENTS_MAX};
+use tally_engine::store::{Append, EventStore, ExpectedVersion, RecordedEvent, StoreError, append_bytes};
 
 /// Events read from the source per round.
 const COPY_READ_BATCH_EVENTS: usize = 4096;
@@ -60,6 +62,25 @@ async fn checksum(store: &dyn EventStore) -> Result<(u64, u32), StoreError> {
     }
 }
 
+/// Consecutive events of one stream, each run one atomic append: cut where the stream changes or an
+/// append would pass the store's limits.
+fn runs(events: &[RecordedEvent]) -> Vec<&[RecordedEvent]> {
+    let mut runs = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, event) in events.iter().enumerate() {
+        let size = append_bytes(&event.data);
+        if i > start && (event.stream_id != events[start].stream_id || i - start == APPEND_EVENTS_MAX || bytes + size > APPEND_BYTES_MAX) {
+            runs.push(&events[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += size;
+    }
+    if start < events.len() {
+        runs.push(&events[start..]);
+    }
+    runs
+}
+
 pub async fn copy(source: Arc<dyn EventStore>, destination: Arc<dyn EventStore>, progress: bool) -> Result<CopyReport, CopyError> {
     let started = Instant::now();
     let total = *source.head().borrow();
@@ -85,17 +106,19 @@ pub async fn copy(source: Arc<dyn EventStore>, destination: Arc<dyn EventStore>,
         if events.is_empty() {
             break;
         }
-        let mut i = 0;
-        while i < events.len() {
-            // Consecutive events of one stream go in one atomic append.
-            let mut j = i + 1;
-            while j < events.len() && events[j].stream_id == events[i].stream_id {
-                j += 1;
-            }
-            let run = &events[i..j];
+        let runs = runs(&events);
+        let appends = runs
+            .iter()
+            .map(|run| Append {
+                stream: run[0].stream_id.clone(),
+                expected: ExpectedVersion::Exact(run[0].stream_version - 1),
+                events: run.iter().map(|e| e.data.clone()).collect(),
+            })
+            .collect();
+        let outcomes = destination.append_in_order(appends).await;
+        for (run, outcome) in runs.iter().zip(outcomes) {
             let first = &run[0];
-            let expected = ExpectedVersion::Exact(first.stream_version - 1);
-            let outcome = destination.append(&first.stream_id, expected, run.iter().map(|e| e.data.clone()).collect()).await?;
+            let outcome = outcome?;
             if outcome.first_position != first.global_position {
                 return Err(CopyError::Diverged {
                     position: first.global_position,
@@ -103,9 +126,8 @@ pub async fn copy(source: Arc<dyn EventStore>, destination: Arc<dyn EventStore>,
                 });
             }
             copied += run.len() as u64;
-            bar.inc(run.len() as u64);
-            i = j;
         }
+        bar.inc(events.len() as u64);
         next = events.last().map_or(next, |e| e.global_position + 1);
     }
     bar.finish_and_clear();

@@ -215,18 +215,27 @@ async fn fill_embedded(dir: &std::path::Path, from_round: u64, rounds: u64) {
 async fn store_copy_moves_a_log_exactly_resumes_and_refuses_a_diverged_destination() {
     let source = tempfile::tempdir().unwrap();
     fill_embedded(source.path(), 0, 20).await;
+    {
+        // 300 consecutive events of one stream: more than one append may carry.
+        let log = tally_engine::store::EmbeddedStore::open(source.path()).unwrap();
+        for half in 0..2u64 {
+            let events = (0..150).map(|i| event(&format!("long-{half}-{i}"))).collect();
+            log.append(&stream("t/wallet/long"), ExpectedVersion::Exact(half * 150), events).await.unwrap();
+        }
+        log.close().await;
+    }
     let database = TestDatabase::create().await;
     let from = format!("file://{}", source.path().display());
 
     let (ok, out) = tally_copy(&from, &database.postgres_url);
     assert!(ok, "{out}");
-    assert!(out.contains("copied 180 events (0 were already there)") && out.contains("verified 180 events"), "{out}");
+    assert!(out.contains("copied 480 events (0 were already there)") && out.contains("verified 480 events"), "{out}");
 
     // More events in the source: a second run copies only what is new (as after an interruption).
     fill_embedded(source.path(), 20, 2).await;
     let (ok, out) = tally_copy(&from, &database.postgres_url);
     assert!(ok, "{out}");
-    assert!(out.contains("copied 18 events (180 were already there)") && out.contains("verified 198 events"), "{out}");
+    assert!(out.contains("copied 18 events (480 were already there)") && out.contains("verified 498 events"), "{out}");
 
     // And back into a fresh embedded log: the same events, versions and positions (same checksum).
     let back = tempfile::tempdir().unwrap();

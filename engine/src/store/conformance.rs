@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 
-use super::{EventData, EventMetadata, EventStore, ExpectedVersion, Follower, StoreError, StreamId};
+use super::{Append, EventData, EventMetadata, EventStore, ExpectedVersion, Follower, StoreError, StreamId};
 use crate::limits::{APPEND_EVENTS_MAX, EVENT_PAYLOAD_BYTES_MAX};
 
 /// A small event whose payload says which stream and sequence number it came from.
@@ -44,6 +44,37 @@ where
     follower_sees_no_gaps(make().await).await;
     size_limits(make().await).await;
     thousands_of_streams(make().await).await;
+    appends_in_order_land_in_order(make().await).await;
+}
+
+pub async fn appends_in_order_land_in_order(store: Arc<dyn EventStore>) {
+    let s = |i: usize| stream(&format!("t/wallet/bulk-{}", i % 7));
+    store.append(&s(3), ExpectedVersion::Exact(0), vec![event("first")]).await.unwrap();
+    let mut versions = [0u64; 7];
+    versions[3] = 1;
+    let mut appends = Vec::new();
+    for i in 0..500 {
+        let events: Vec<EventData> = (0..1 + i % 3).map(|k| event(&format!("bulk-{i}-{k}"))).collect();
+        appends.push(Append { stream: s(i), expected: ExpectedVersion::Exact(versions[i % 7]), events: events.clone() });
+        versions[i % 7] += events.len() as u64;
+    }
+    // One stale expectation in the middle: only that append is refused.
+    appends.insert(250, Append { stream: s(3), expected: ExpectedVersion::Exact(0), events: vec![event("stale")] });
+    let outcomes = store.append_in_order(appends.clone()).await;
+    assert_eq!(outcomes.len(), 501);
+    let mut position = 1;
+    for (i, (append, outcome)) in appends.iter().zip(&outcomes).enumerate() {
+        if i == 250 {
+            assert!(matches!(outcome, Err(StoreError::VersionConflict { expected: 0, .. })), "{outcome:?}");
+            continue;
+        }
+        let outcome = outcome.as_ref().unwrap_or_else(|e| panic!("append {i}: {e}"));
+        assert_eq!(outcome.first_position, position + 1, "append {i} lands in the order given");
+        position = outcome.last_position;
+        let read = store.read_all(outcome.first_position, append.events.len()).await.unwrap();
+        assert_eq!(read.iter().map(|e| &e.data).collect::<Vec<_>>(), append.events.iter().collect::<Vec<_>>());
+    }
+    assert_eq!(*store.head().borrow(), position);
 }
 
 pub async fn append_and_read_back(store: Arc<dyn EventStore>) {

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::limits::{APPEND_BYTES_MAX, APPEND_EVENTS_MAX, EVENT_PAYLOAD_BYTES_MAX, STREAM_ID_BYTES_MAX};
 
@@ -159,9 +159,92 @@ pub trait EventStore: Send + Sync + fmt::Debug + 'static {
 
     /// The position of the last durable event (0 for an empty log); changes whenever it advances.
     fn head(&self) -> watch::Receiver<u64>;
+
+    /// Appends each of `appends` as [`EventStore::append`] would — atomically, with its own version
+    /// check — in the order given, and lets the store commit them together (one fsync or transaction
+    /// for many): positions follow that order as long as nothing else appends meanwhile. One outcome
+    /// per append, in order. For bulk work such as `tally store copy`; the default appends one at a time.
+    async fn append_in_order(&self, appends: Vec<Append>) -> Vec<Result<AppendOutcome, StoreError>> {
+        let mut outcomes = Vec::with_capacity(appends.len());
+        for append in appends {
+            outcomes.push(self.append(&append.stream, append.expected, append.events).await);
+        }
+        outcomes
+    }
+}
+
+/// One append of a batch given to [`EventStore::append_in_order`].
+#[derive(Debug, Clone)]
+pub struct Append {
+    pub stream: StreamId,
+    pub expected: ExpectedVersion,
+    pub events: Vec<EventData>,
+}
+
+/// An append queued for a backend's single writer task (embedded log, PostgreSQL), which commits
+/// whatever is queued together and answers each on `reply`.
+#[derive(Debug)]
+pub(crate) struct AppendRequest {
+    pub(crate) stream: StreamId,
+    pub(crate) expected: ExpectedVersion,
+    pub(crate) events: Vec<EventData>,
+    pub(crate) reply: oneshot::Sender<Result<AppendOutcome, StoreError>>,
+}
+
+/// The writer's queue, as a backend holds it: `None` once the log is closed.
+pub(crate) type WriterQueue = parking_lot::Mutex<Option<mpsc::Sender<AppendRequest>>>;
+
+fn writer(queue: &WriterQueue) -> Result<mpsc::Sender<AppendRequest>, StoreError> {
+    queue.lock().clone().ok_or_else(|| StoreError::Unavailable { reason: "the log is closed".into() })
+}
+
+async fn enqueue(
+    sender: &mpsc::Sender<AppendRequest>,
+    append: Append,
+) -> Result<oneshot::Receiver<Result<AppendOutcome, StoreError>>, StoreError> {
+    check_append(&append.events)?;
+    let (reply, outcome) = oneshot::channel();
+    let request = AppendRequest { stream: append.stream, expected: append.expected, events: append.events, reply };
+    sender.send(request).await.map_err(|_| StoreError::Unavailable { reason: "the log writer has stopped".into() })?;
+    Ok(outcome)
+}
+
+async fn answer(outcome: oneshot::Receiver<Result<AppendOutcome, StoreError>>) -> Result<AppendOutcome, StoreError> {
+    outcome.await.map_err(|_| StoreError::Unavailable { reason: "the log writer stopped before answering".into() })?
+}
+
+/// [`EventStore::append`] through a writer queue.
+pub(crate) async fn queued_append(queue: &WriterQueue, append: Append) -> Result<AppendOutcome, StoreError> {
+    answer(enqueue(&writer(queue)?, append).await?).await
+}
+
+/// [`EventStore::append_in_order`] through a writer queue: every append is queued, in order, before any
+/// answer is awaited, so the writer commits them together.
+pub(crate) async fn queued_in_order(queue: &WriterQueue, appends: Vec<Append>) -> Vec<Result<AppendOutcome, StoreError>> {
+    let sender = match writer(queue) {
+        Ok(sender) => sender,
+        Err(error) => return appends.iter().map(|_| Err(StoreError::Unavailable { reason: error.to_string() })).collect(),
+    };
+    let mut queued = Vec::with_capacity(appends.len());
+    for append in appends {
+        queued.push(enqueue(&sender, append).await);
+    }
+    let mut outcomes = Vec::with_capacity(queued.len());
+    for outcome in queued {
+        outcomes.push(match outcome {
+            Ok(outcome) => answer(outcome).await,
+            Err(error) => Err(error),
+        });
+    }
+    outcomes
 }
 
 /// Checks an append against the limits; every backend calls it first so they all refuse alike.
+/// What `event` counts for against `APPEND_BYTES_MAX`.
+pub fn append_bytes(event: &EventData) -> usize {
+    event.payload.len() + event.idempotency_key.len() + event.event_type.len() + 64
+}
+
 pub(crate) fn check_append(events: &[EventData]) -> Result<(), StoreError> {
     if events.is_empty() {
         return Err(StoreError::EmptyAppend);
@@ -174,7 +257,7 @@ pub(crate) fn check_append(events: &[EventData]) -> Result<(), StoreError> {
         if event.payload.len() > EVENT_PAYLOAD_BYTES_MAX {
             return Err(StoreError::EventTooLarge { bytes: event.payload.len() });
         }
-        total += event.payload.len() + event.idempotency_key.len() + event.event_type.len() + 64;
+        total += append_bytes(event);
     }
     if total > APPEND_BYTES_MAX {
         return Err(StoreError::AppendTooLarge { bytes: total });

@@ -18,7 +18,10 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_postgres::{AsyncMessage, NoTls, Row};
 
-use super::{AppendOutcome, EventData, EventMetadata, EventStore, ExpectedVersion, RecordedEvent, StoreError, StreamId, check_append};
+use super::{
+    Append, AppendOutcome, AppendRequest, EventData, EventMetadata, EventStore, ExpectedVersion, RecordedEvent, StoreError, StreamId,
+    WriterQueue,
+};
 use crate::limits::{APPEND_QUEUE_DEPTH_MAX, GROUP_COMMIT_APPENDS_MAX};
 
 mod embedded {
@@ -46,17 +49,9 @@ fn to_u64(value: i64) -> u64 {
 }
 
 #[derive(Debug)]
-struct AppendRequest {
-    stream: StreamId,
-    expected: ExpectedVersion,
-    events: Vec<EventData>,
-    reply: oneshot::Sender<Result<AppendOutcome, StoreError>>,
-}
-
-#[derive(Debug)]
 pub struct PostgresStore {
     pool: Pool,
-    sender: Mutex<Option<mpsc::Sender<AppendRequest>>>,
+    sender: WriterQueue,
     head_rx: watch::Receiver<u64>,
 }
 
@@ -326,14 +321,11 @@ async fn poll_loop(pool: Pool, head: std::sync::Weak<watch::Sender<u64>>) {
 #[async_trait]
 impl EventStore for PostgresStore {
     async fn append(&self, stream: &StreamId, expected: ExpectedVersion, events: Vec<EventData>) -> Result<AppendOutcome, StoreError> {
-        check_append(&events)?;
-        let sender = self.sender.lock().clone().ok_or_else(|| StoreError::Unavailable { reason: "the log is closed".into() })?;
-        let (reply, outcome) = oneshot::channel();
-        sender
-            .send(AppendRequest { stream: stream.clone(), expected, events, reply })
-            .await
-            .map_err(|_| StoreError::Unavailable { reason: "the log writer has stopped".into() })?;
-        outcome.await.map_err(|_| StoreError::Unavailable { reason: "the log writer stopped before answering".into() })?
+        super::queued_append(&self.sender, Append { stream: stream.clone(), expected, events }).await
+    }
+
+    async fn append_in_order(&self, appends: Vec<Append>) -> Vec<Result<AppendOutcome, StoreError>> {
+        super::queued_in_order(&self.sender, appends).await
     }
 
     async fn read_stream(&self, stream: &StreamId, from_version: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {

@@ -20,11 +20,11 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use parking_lot::{Mutex, RwLock};
 use tally_proto::v1::EventEnvelope;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 
 use self::record::Frame;
-use self::writer::{AppendRequest, Writer};
-use super::{AppendOutcome, EventData, EventStore, ExpectedVersion, RecordedEvent, StoreError, StreamId, check_append};
+use self::writer::Writer;
+use super::{Append, AppendOutcome, EventData, EventStore, ExpectedVersion, RecordedEvent, StoreError, StreamId, WriterQueue};
 use crate::FastMap;
 use crate::limits::{APPEND_QUEUE_DEPTH_MAX, SEGMENT_BYTES_MAX};
 
@@ -94,7 +94,7 @@ pub(super) struct Shared {
 #[derive(Debug)]
 pub struct EmbeddedStore {
     shared: Arc<Shared>,
-    sender: Mutex<Option<mpsc::Sender<AppendRequest>>>,
+    sender: WriterQueue,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     head_rx: watch::Receiver<u64>,
     report: OpenReport,
@@ -292,12 +292,11 @@ fn scan_segment(path: &Path, segment: u32, is_last: bool, index: &mut Index) -> 
 #[async_trait]
 impl EventStore for EmbeddedStore {
     async fn append(&self, stream: &StreamId, expected: ExpectedVersion, events: Vec<EventData>) -> Result<AppendOutcome, StoreError> {
-        check_append(&events)?;
-        let sender = self.sender.lock().clone().ok_or_else(|| StoreError::Unavailable { reason: "the log is closed".into() })?;
-        let (reply, outcome) = oneshot::channel();
-        let request = AppendRequest { stream: stream.clone(), expected, events, reply };
-        sender.send(request).await.map_err(|_| StoreError::Unavailable { reason: "the log writer has stopped".into() })?;
-        outcome.await.map_err(|_| StoreError::Unavailable { reason: "the log writer stopped before answering".into() })?
+        super::queued_append(&self.sender, Append { stream: stream.clone(), expected, events }).await
+    }
+
+    async fn append_in_order(&self, appends: Vec<Append>) -> Vec<Result<AppendOutcome, StoreError>> {
+        super::queued_in_order(&self.sender, appends).await
     }
 
     async fn read_stream(&self, stream: &StreamId, from_version: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {

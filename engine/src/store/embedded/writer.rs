@@ -15,15 +15,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::{EmbeddedOptions, Loc, Segment, Shared, record, segment_path};
 use crate::FastMap;
 use crate::limits::{GROUP_COMMIT_APPENDS_MAX, GROUP_COMMIT_BYTES_MAX};
-use crate::store::{AppendOutcome, EventData, ExpectedVersion, StoreError, StreamId};
-
-#[derive(Debug)]
-pub(super) struct AppendRequest {
-    pub(super) stream: StreamId,
-    pub(super) expected: ExpectedVersion,
-    pub(super) events: Vec<EventData>,
-    pub(super) reply: oneshot::Sender<Result<AppendOutcome, StoreError>>,
-}
+use crate::store::{AppendOutcome, AppendRequest, ExpectedVersion, StoreError, StreamId};
 
 /// An append written into the batch buffer, waiting for the fsync.
 #[derive(Debug)]
