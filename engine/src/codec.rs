@@ -4,8 +4,9 @@
 use prost::Message;
 use tally_proto::v1::{
     CreditPackageDefined, EarnReversed, ExpiryPolicySet, HoldCaptured, HoldReleased, PendingPeriodSet, PointsAdjusted, PointsEarned,
-    PointsExpired, PointsExpiringSoon, PointsHeld, PointsMatured, PointsPurchased, PointsRedeemed, ProgramCreated, RulesPublished,
-    StampCardCompleted, StampCardDefined, StampsAdded, TierChanged, TierReviewed, TiersDefined, WalletClosed, WalletEnrolled,
+    PointsExpired, PointsExpiringSoon, PointsHeld, PointsMatured, PointsPurchased, PointsRedeemed, ProgramCreated, RefundWindowSet,
+    RulesPublished, StampCardCompleted, StampCardDefined, StampsAdded, TierChanged, TierReviewed, TiersDefined, WalletClosed,
+    WalletEnrolled,
 };
 
 use crate::domain::program::{ProgramChange, ProgramEvent};
@@ -42,6 +43,7 @@ pub fn encode_program(event: &ProgramEvent, metadata: &EventMetadata) -> EventDa
         ProgramChange::PackageDefined(e) => e.encode_to_vec(),
         ProgramChange::ExpiryPolicySet(e) => e.encode_to_vec(),
         ProgramChange::PendingPeriodSet(e) => e.encode_to_vec(),
+        ProgramChange::RefundWindowSet(e) => e.encode_to_vec(),
         ProgramChange::TiersDefined(e) => e.encode_to_vec(),
         ProgramChange::StampCardDefined(e) => e.encode_to_vec(),
     };
@@ -64,6 +66,7 @@ pub fn decode_program(recorded: RecordedEvent) -> Result<ProgramEvent, CodecErro
         "tally.v1.CreditPackageDefined" => ProgramChange::PackageDefined(CreditPackageDefined::decode(payload).map_err(undecodable)?),
         "tally.v1.ExpiryPolicySet" => ProgramChange::ExpiryPolicySet(ExpiryPolicySet::decode(payload).map_err(undecodable)?),
         "tally.v1.PendingPeriodSet" => ProgramChange::PendingPeriodSet(PendingPeriodSet::decode(payload).map_err(undecodable)?),
+        "tally.v1.RefundWindowSet" => ProgramChange::RefundWindowSet(RefundWindowSet::decode(payload).map_err(undecodable)?),
         "tally.v1.TiersDefined" => ProgramChange::TiersDefined(TiersDefined::decode(payload).map_err(undecodable)?),
         "tally.v1.StampCardDefined" => ProgramChange::StampCardDefined(StampCardDefined::decode(payload).map_err(undecodable)?),
         _ => return Err(CodecError::UnknownEventType { position, event_type: data.event_type }),

@@ -82,6 +82,17 @@ pub const HOLD_TIMEOUT_DEFAULT_MS: i64 = 15 * 60_000;
 /// Longest a POS hold may wait for its capture, in milliseconds.
 pub const HOLD_TIMEOUT_MAX_MS: i64 = 7 * 86_400_000;
 
+/// How long a wallet remembers an accepted command's idempotency key, from when it was decided, in
+/// milliseconds: a retry within it gets the first outcome; after it the key is forgotten (as payment
+/// APIs do), which bounds a long-lived wallet's state. It outlasts every other window a retry can fall
+/// in (a backdated order, a POS hold), so an order id is never earned twice.
+pub const RECEIPT_RETENTION_MS: i64 = 30 * 86_400_000;
+/// How often (in recorded time) a wallet forgets receipts and sources past their time, in milliseconds;
+/// they may outlive their time by up to this much.
+pub const RETENTION_SWEEP_INTERVAL_MS: i64 = 86_400_000;
+const _: () = assert!(RECEIPT_RETENTION_MS > ORDER_BACKDATE_MAX_MS + ORDER_CLOCK_SKEW_MAX_MS + RETENTION_SWEEP_INTERVAL_MS);
+const _: () = assert!(RECEIPT_RETENTION_MS > HOLD_TIMEOUT_MAX_MS);
+
 /// Most tiers a program defines.
 pub const TIERS_MAX: usize = 16;
 /// Longest grace period before a tier downgrade, in days.

@@ -358,6 +358,15 @@ fn under_an_inactivity_policy_everything_expires_once_the_customer_stops() {
     let changes = wallet.run(run_due("due/2")).unwrap();
     assert_eq!(changes, [expired(2, 95, december)], "the earned lot (the adjustment joined it); the purchase stays");
     assert_eq!((wallet.state.balance, wallet.state.next_due_ms()), (40, None));
+    // A goodwill credit to the lapsed wallet restarts its clock: it is spendable, for six months.
+    wallet.now = december + 10 * DAY;
+    let changes =
+        wallet.run(Command::new("a-2", CommandBody::Adjust { points: 30, reason: String::new(), staff_ref: "s".into() })).unwrap();
+    let Change::Adjusted(adjusted) = &changes[0] else { panic!("{changes:?}") };
+    let june = 1_812_985_200_000;
+    assert_eq!(adjusted.inactivity_expires_at_ms, june, "2027-06-14T15:00Z");
+    assert_eq!(wallet.state.available_at(wallet.now), 40 + 30);
+    assert_eq!(wallet.state.upcoming_expiries(wallet.now, 5), [(june, 30)]);
     let bad = ExpiryPolicy { notice_days: 0, rule: Some(Rule::Inactivity(ExpireAfterInactivity { months: 0 })) };
     assert_eq!(tally_engine::domain::expiry::validate(&bad).unwrap_err().field, "policy.inactivity.months");
 }

@@ -9,7 +9,7 @@
 //! A failure prints its seed; replay it with `TALLY_YEARS_SEED=<seed> cargo test -p tally-engine --test loyalty_years`
 //! (`TALLY_YEARS_DEBUG=1` prints every refused command).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -20,9 +20,10 @@ use tally_engine::domain::program::RuleVersion;
 use tally_engine::domain::rules::{Order, OrderLine, parse_rules};
 use tally_engine::domain::tiers::Tiers;
 use tally_engine::domain::{
-    Change, Command, CommandBody, Context, CreditPackageDefined, Decision, Event, Money, ProgramSettings, ReturnPolicy, StampCardDefined,
-    TenantId, TierMove, WalletId, WalletState, WalletStatus, apply, decide,
+    Change, Command, CommandBody, Context, CreditPackageDefined, Decision, Event, Money, ProgramSettings, Rejection, ReturnPolicy,
+    StampCardDefined, TenantId, TierMove, WalletId, WalletState, WalletStatus, apply, decide,
 };
+use tally_engine::limits::{RECEIPT_RETENTION_MS, RETENTION_SWEEP_INTERVAL_MS};
 use tally_engine::store::{EventMetadata, RecordedEvent, StreamId};
 use tally_proto::v1::expiry_policy::Rule;
 use tally_proto::v1::{ExpireAfter, ExpiryPolicy, TierDefinition, TierWindow};
@@ -76,6 +77,7 @@ fn program() -> ProgramSettings {
         packages: Arc::new([("p-1000".to_owned(), package)].into_iter().collect()),
         expiry: ExpiryPolicy { notice_days: 30, rule: Some(Rule::After(ExpireAfter { months: 12, days: 0, at_month_end: true })) },
         pending_days: 14,
+        refund_window_days: 60,
         tiers: Tiers {
             levels: Arc::new([tier("silver", 1_000, 0), tier("gold", 4_000, 125)]),
             window: TierWindow::Rolling12Months,
@@ -172,6 +174,11 @@ fn run(life: &mut Life, wallet: &WalletId, command: &Command, now_ms: i64, progr
     if std::env::var_os("TALLY_YEARS_DEBUG").is_some() && !matches!(decision, Ok(Decision::Append(_))) {
         eprintln!("{} -> {decision:?}", command.kind());
     }
+    match &decision {
+        Err(Rejection::RefundWindowClosed { .. }) => stats.refunds_too_late += 1,
+        Err(Rejection::UnknownSource { .. }) => stats.refunds_forgotten += 1,
+        _ => {}
+    }
     let Ok(Decision::Append(events)) = decision else { return false };
     let earned_in_command = events.iter().any(|e| matches!(e.change, Change::Earned(_)));
     for event in &events {
@@ -244,6 +251,9 @@ struct Stats {
     tier_up: usize,
     tier_down: usize,
     cards: i64,
+    /// Refunds after the order's refund window, while the wallet still knew the order, and after.
+    refunds_too_late: usize,
+    refunds_forgotten: usize,
 }
 
 fn simulate(seed: u64) {
@@ -312,6 +322,25 @@ fn simulate(seed: u64) {
             apply(&mut replayed, &codec::decode(recorded).unwrap());
         }
         assert!(replayed == life.state, "wallet {w} replays to another state");
+        // The state keeps only the recent past: receipts of the last 30 days, sources still refundable.
+        let last = life.log.last().map_or(0, |e| e.recorded_at_ms);
+        let swept_since = last - RETENTION_SWEEP_INTERVAL_MS;
+        let recent: HashSet<&str> = life
+            .log
+            .iter()
+            .filter(|e| e.recorded_at_ms >= swept_since - RECEIPT_RETENTION_MS)
+            .map(|e| e.idempotency_key.as_str())
+            .collect();
+        assert!(life.state.receipt_count() <= recent.len(), "wallet {w} keeps old receipts");
+        let refundable: HashSet<&str> = life
+            .log
+            .iter()
+            .filter_map(|e| match &e.change {
+                Change::Earned(x) if x.refundable_until_ms >= swept_since => Some(x.source_ref.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert!(life.state.source_count() <= refundable.len(), "wallet {w} keeps sources past their refund window");
     }
     eprintln!("seed {seed}: {YEARS} years, {WALLETS} wallets, {ticks} ticks, {stats:?}, in {:.1?}", started.elapsed());
     // The simulation must exercise what it checks.
@@ -323,6 +352,8 @@ fn simulate(seed: u64) {
             && stats.tier_down > 10
             && stats.cards > 50
             && stats.released > 100
+            && stats.refunds_too_late > 10
+            && stats.refunds_forgotten > 100
     );
 }
 

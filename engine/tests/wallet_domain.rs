@@ -126,6 +126,8 @@ fn earn_credits_points_and_remembers_the_source() {
             pending: None,
             // January 2026: months since January 1970.
             qualifying_month: 672,
+            // The default refund window: a year.
+            refundable_until_ms: NOW + 365 * 86_400_000,
         })],
     );
     assert_eq!((state.balance, state.lifetime_earned), (120, 120));
@@ -193,6 +195,7 @@ fn adjust_moves_points_either_way_but_never_into_debt() {
             staff_ref: "staff-9".into(),
             lot: new_lot(2, 25),
             lots: vec![],
+            inactivity_expires_at_ms: 0,
         })],
     );
     assert_eq!(state.balance, 25);
@@ -204,6 +207,7 @@ fn adjust_moves_points_either_way_but_never_into_debt() {
             staff_ref: "staff-9".into(),
             lot: None,
             lots: from_lot(2, 25),
+            inactivity_expires_at_ms: 0,
         })],
     );
     given(&[enroll(), adjust("a-1", 25)]).then_rejects(adjust("a-2", -26), Rejection::InsufficientPoints { available: 25, requested: 26 });

@@ -10,13 +10,14 @@ use tally_engine::domain::{
     Change, Command, CommandBody, Context, Decision, Event, ProgramSettings, ReturnPolicy, TenantId, WalletId, WalletState, WalletStatus,
     apply, decide,
 };
+use tally_engine::limits::RECEIPT_RETENTION_MS;
 
 const MINUTE: i64 = 60_000;
 const DAY: i64 = 24 * 60 * MINUTE;
 
 /// A program whose rules pay per euro, a capped daily bonus, a first-order bonus and a stamp per order
 /// on a five-stamp coffee card.
-fn program(return_policy: ReturnPolicy, expiry: ExpiryPolicy, pending_days: u32, tiers: Tiers) -> ProgramSettings {
+fn program(return_policy: ReturnPolicy, expiry: ExpiryPolicy, pending_days: u32, refund_window_days: u32, tiers: Tiers) -> ProgramSettings {
     let json = r#"[{"id":"base","actions":[{"type":"points_per_currency_unit","points":1,"unit_minor":100}]},
         {"id":"daily","actions":[{"type":"points","amount":40}],"caps":{"per_customer":{"points":100,"period":"day"}}},
         {"id":"welcome","conditions":{"type":"first_order"},"actions":[{"type":"points","amount":25}]},
@@ -43,6 +44,7 @@ fn program(return_policy: ReturnPolicy, expiry: ExpiryPolicy, pending_days: u32,
         packages: std::sync::Arc::new(packages),
         expiry,
         pending_days,
+        refund_window_days,
         tiers,
         stamp_cards: std::sync::Arc::new([("coffee".to_owned(), coffee_card())].into_iter().collect()),
     }
@@ -174,9 +176,13 @@ fn expiry() -> impl Strategy<Value = ExpiryPolicy> {
     ]
 }
 
-/// How far the clock moves before each step: holds time out after minutes, lots expire after days.
+/// How far the clock moves before each step: holds time out after minutes, lots expire after days,
+/// receipts are forgotten after a month.
 fn ticks() -> impl Strategy<Value = Vec<i64>> {
-    prop::collection::vec(prop_oneof![Just(MINUTE), Just(60 * MINUTE), Just(DAY), Just(3 * DAY)], 81)
+    prop::collection::vec(
+        prop_oneof![4 => Just(MINUTE), 4 => Just(60 * MINUTE), 4 => Just(DAY), 4 => Just(3 * DAY), 1 => Just(20 * DAY)],
+        81,
+    )
 }
 
 /// The lots a debit of `points` must take: unheld points, soonest expiry first (undated ones last),
@@ -208,18 +214,18 @@ proptest! {
     #[test]
     fn random_histories_keep_every_invariant(
         steps in steps(), policy in policy(), expiry in expiry(), pending_days in prop_oneof![Just(0u32), Just(2), Just(10)], ticks in ticks(),
-        tiers in tiers()
+        tiers in tiers(), refund_window_days in prop_oneof![Just(1u32), Just(5), Just(365)]
     ) {
         let tenant = TenantId::parse("t").unwrap();
         let wallet = WalletId::parse("w").unwrap();
-        let program = program(policy, expiry, pending_days, tiers);
+        let program = program(policy, expiry, pending_days, refund_window_days, tiers);
         let level = |state: &WalletState| state.tier.as_ref().and_then(|t| program.tiers.find(&t.tier_id)).map_or(0, |(level, _)| level);
         let mut pending_credits: HashMap<u64, (String, i64)> = HashMap::new();
         let mut lot_expiry: HashMap<u64, i64> = HashMap::new();
         let mut now_ms = 1_772_636_400_000;
         let mut state = WalletState::default();
         let mut log: Vec<Event> = Vec::new();
-        let mut accepted: Vec<(Command, WalletState)> = Vec::new();
+        let mut accepted: Vec<(Command, WalletState, i64)> = Vec::new();
         let enrolled_first = Command::new("enroll", CommandBody::Enroll { customer_ref: "crm-1".into() });
         let mut sent = vec![enrolled_first];
         for (resend, key, body) in steps {
@@ -234,6 +240,10 @@ proptest! {
             let ctx = Context { tenant: &tenant, wallet: &wallet, now_ms, program: &program };
             match decide(&state, command, &ctx) {
                 Ok(Decision::Append(events)) => {
+                    // A retry is answered from its receipt for as long as the receipt is kept.
+                    if let Some((_, _, at)) = accepted.iter().rev().find(|(c, _, _)| c == command) {
+                        prop_assert!(now_ms - at > RECEIPT_RETENTION_MS, "a retry {} ms after was decided again", now_ms - at);
+                    }
                     for event in &events {
                         // Debits take unheld points soonest expiry first (a reversal its own order's first).
                         match &event.change {
@@ -274,8 +284,13 @@ proptest! {
                             Change::TierChanged(t) if t.r#move == TierMove::Down as i32 => {
                                 prop_assert!(before_tier.as_ref().is_some_and(|b| b.next_review_at_ms != 0 && b.next_review_at_ms <= now_ms));
                             }
-                            // A refund takes only its own order's pending points.
+                            // A refund takes only its own order's pending points, within the refund window.
                             Change::Reversed(r) => {
+                                let earned = log.iter().filter_map(|e| match &e.change {
+                                    Change::Earned(x) if x.source_ref == r.source_ref => Some(x.refundable_until_ms),
+                                    _ => None,
+                                });
+                                prop_assert!(earned.max().is_some_and(|until| until >= now_ms), "refund after the window");
                                 for taken in &r.pending {
                                     prop_assert_eq!(&pending_credits[&taken.lot].0, &r.source_ref);
                                 }
@@ -304,7 +319,7 @@ proptest! {
                         }
                     }
                     log.extend(events);
-                    accepted.push((command.clone(), state.clone()));
+                    accepted.push((command.clone(), state.clone(), now_ms));
                     // Nothing expires late: once a command is decided, no lot past its expiry keeps points,
                     // and no hold past its timeout stays open.
                     prop_assert!(state.lots().all(|(_, lot)| lot.points == 0 || state.lot_expiry(lot).is_none_or(|at| at > now_ms)));
@@ -322,7 +337,7 @@ proptest! {
                 }
                 Ok(Decision::AlreadyApplied(receipt)) => {
                     // A later retry returns the first outcome, not the current balance.
-                    let (_, after) = accepted.iter().find(|(c, _)| c == command).expect("only accepted commands are replayed");
+                    let (_, after, _) = accepted.iter().rev().find(|(c, _, _)| c == command).expect("only accepted commands are replayed");
                     prop_assert_eq!(receipt.balance_after, after.balance);
                     prop_assert_eq!(receipt.last_version, after.version);
                 }
@@ -344,12 +359,18 @@ proptest! {
         for (source, (earned, reversed)) in per_source {
             prop_assert!(reversed <= earned, "{source}: reversed {reversed} of {earned}");
         }
-        // Refunds never exceed an order's total.
+        // Refunds never exceed an order's total. An order id earns again only once the wallet forgot
+        // both its receipt and its source; refunds then count against the new order.
         let mut refunded: HashMap<&str, (i64, i64)> = HashMap::new();
+        let mut earned_orders: HashMap<&str, (i64, i64)> = HashMap::new();
         for event in &log {
             match &event.change {
                 Change::Earned(e) if e.order.is_some() => {
-                    refunded.entry(&e.source_ref).or_default().0 = e.order_amount.as_ref().map_or(0, |m| m.amount_minor);
+                    let at = event.recorded_at_ms;
+                    if let Some((earned_at, until)) = earned_orders.insert(&e.source_ref, (at, e.refundable_until_ms)) {
+                        prop_assert!(at > until && at - earned_at > RECEIPT_RETENTION_MS, "{} earned again at {at}", e.source_ref);
+                    }
+                    refunded.insert(&e.source_ref, (e.order_amount.as_ref().map_or(0, |m| m.amount_minor), 0));
                 }
                 Change::Reversed(r) => refunded.entry(&r.source_ref).or_default().1 += r.refund_amount_minor,
                 _ => {}

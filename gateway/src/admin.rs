@@ -74,6 +74,7 @@ fn response(tenant: &TenantId, state: &ProgramState, replayed: Option<u32>) -> p
             .collect(),
         expiry_policy: Some(state.expiry),
         pending_days: state.pending_days,
+        refund_window_days: state.refund_window_days(),
         tiers: state.tiers.levels.to_vec(),
         tier_window: state.tiers.window as i32,
         tier_grace_days: state.tiers.grace_days,
@@ -149,6 +150,11 @@ impl AdminService for AdminApi {
     async fn set_pending_period(&self, request: Request<pb::SetPendingPeriodRequest>) -> Result<Response<pb::ProgramResponse>, Status> {
         let r = request.into_inner();
         self.execute(&r.tenant_id, r.idempotency_key, ProgramCommandBody::SetPendingPeriod { days: r.days, set_by: r.set_by }).await
+    }
+
+    async fn set_refund_window(&self, request: Request<pb::SetRefundWindowRequest>) -> Result<Response<pb::ProgramResponse>, Status> {
+        let r = request.into_inner();
+        self.execute(&r.tenant_id, r.idempotency_key, ProgramCommandBody::SetRefundWindow { days: r.days, set_by: r.set_by }).await
     }
 
     async fn define_tiers(&self, request: Request<pb::DefineTiersRequest>) -> Result<Response<pb::ProgramResponse>, Status> {

@@ -58,6 +58,8 @@ pub fn from_rejection(rejection: &Rejection) -> Status {
         }
         Rejection::StampCardInactive { .. } => precondition("STAMP_CARD_INACTIVE", "card_id", message),
         Rejection::NotAnOrder { .. } => precondition("NOT_AN_ORDER", "order_id", message),
+        Rejection::RefundWindowClosed { .. } => precondition("REFUND_WINDOW_CLOSED", "source_ref", message),
+        Rejection::OrderAlreadyEarned { .. } => Status::already_exists(message),
         Rejection::RefundExceedsOrder { .. } => precondition("REFUND_EXCEEDS_ORDER", "amount_minor", message),
         Rejection::RulesUnreadable { .. } => {
             tracing::error!(%rejection, "a stored rules version no longer reads");

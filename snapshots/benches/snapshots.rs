@@ -1,5 +1,9 @@
 //! Snapshot costs: encode + decode of a typical wallet, and activation of a wallet with 100,000 events
 //! with a snapshot (target ≤ 1 ms) and without one (full replay), on the embedded log.
+//!
+//! The big wallet lived five years (an event every 26 minutes: three earns, each from its own source,
+//! then a redemption), under a program with a 90-day refund window: its state holds the last 30 days'
+//! receipts and the last 90 days' sources, as the engine's retention keeps them.
 
 #![allow(clippy::print_stderr)]
 
@@ -20,10 +24,18 @@ use tally_engine::domain::{
 use tally_engine::store::{EmbeddedStore, EventMetadata, EventStore, ExpectedVersion};
 use tally_snapshots::{SledSnapshotStore, SnapshotPolicy, SnapshotStore, Snapshotter, StoredSnapshot, format};
 
-fn history(events: usize) -> (Vec<Event>, WalletState) {
+/// Five years.
+const LIFETIME_MS: i64 = 5 * 365 * 86_400_000;
+
+fn program() -> ProgramSettings {
+    ProgramSettings { refund_window_days: 90, ..ProgramSettings::default() }
+}
+
+/// `events` events over `lifetime_ms`, under `program`.
+fn history(events: usize, lifetime_ms: i64, program: &ProgramSettings) -> (Vec<Event>, WalletState) {
     let tenant = TenantId::parse("acme").unwrap();
     let wallet = WalletId::parse("big").unwrap();
-    let program = ProgramSettings::default();
+    let every_ms = lifetime_ms / events as i64;
     let mut state = WalletState::default();
     let mut log = Vec::with_capacity(events);
     let mut n = 0;
@@ -33,7 +45,7 @@ fn history(events: usize) -> (Vec<Event>, WalletState) {
             n if n % 4 == 3 => CommandBody::Redeem { points: 5, reward_ref: "coffee".into() },
             n => CommandBody::Earn { points: 10, reason: "order".into(), source_ref: format!("order-{n}"), order_amount: None },
         };
-        let ctx = Context { tenant: &tenant, wallet: &wallet, now_ms: 1_767_225_600_000 + n as i64, program: &program };
+        let ctx = Context { tenant: &tenant, wallet: &wallet, now_ms: 1_767_225_600_000 + n as i64 * every_ms, program };
         if let Ok(Decision::Append(new)) = decide(&state, &Command::new(format!("k-{n}"), body), &ctx) {
             new.iter().for_each(|e| apply(&mut state, e));
             log.extend(new);
@@ -44,9 +56,15 @@ fn history(events: usize) -> (Vec<Event>, WalletState) {
 }
 
 fn bench(c: &mut Criterion) {
-    let (_, typical) = history(200);
+    // A regular customer: 200 events in the last year, under the default (one-year) refund window.
+    let (_, typical) = history(200, 365 * 86_400_000, &ProgramSettings::default());
     let bytes = format::encode(&typical);
-    eprintln!("typical wallet (200 events, {} receipts): snapshot of {} bytes", typical.receipt_count(), bytes.len());
+    eprintln!(
+        "typical wallet (200 events in a year: {} receipts, {} sources): snapshot of {} bytes",
+        typical.receipt_count(),
+        typical.source_count(),
+        bytes.len()
+    );
     let mut group = c.benchmark_group("snapshot_format");
     group.bench_function("encode typical wallet (200 events)", |b| b.iter(|| format::encode(std::hint::black_box(&typical))));
     group.bench_function("decode typical wallet (200 events)", |b| b.iter(|| format::decode(std::hint::black_box(&bytes)).unwrap()));
@@ -58,14 +76,19 @@ fn bench(c: &mut Criterion) {
     let snapshots = Arc::new(SledSnapshotStore::open(dir.path().join("snapshots")).unwrap());
     let key = WalletKey::new(TenantId::parse("acme").unwrap(), WalletId::parse("big").unwrap());
     let stream = codec::wallet_stream(&key.tenant, &key.wallet);
-    let (log, state) = history(100_000);
+    let (log, state) = history(100_000, LIFETIME_MS, &program());
     runtime.block_on(async {
         for (i, chunk) in log.chunks(256).enumerate() {
             let data = chunk.iter().map(|e| codec::encode(e, &EventMetadata::default())).collect();
             store.append(&stream, ExpectedVersion::Exact(i as u64 * 256), data).await.unwrap();
         }
         let snapshot = StoredSnapshot { version: state.version, bytes: format::encode(&state), saved_at_ms: 0 };
-        eprintln!("wallet of 100,000 events: snapshot of {} bytes", snapshot.bytes.len());
+        eprintln!(
+            "wallet of 100,000 events over five years: {} receipts, {} sources, snapshot of {} bytes",
+            state.receipt_count(),
+            state.source_count(),
+            snapshot.bytes.len()
+        );
         snapshots.save(&stream, snapshot).await.unwrap();
     });
 
@@ -73,7 +96,7 @@ fn bench(c: &mut Criterion) {
         runtime.block_on(async {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
-                let programs = Arc::new(StaticPrograms::open(ProgramSettings::default()));
+                let programs = Arc::new(StaticPrograms::open(program()));
                 let clock = Arc::new(ManualClock::new(0));
                 let registry =
                     WalletRegistry::start_with_snapshots(RegistryConfig::default(), Arc::clone(&store), programs, clock, Arc::clone(&port))

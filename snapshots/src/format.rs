@@ -9,8 +9,10 @@ use tally_engine::domain::WalletState;
 
 /// 2: wallets remember orders (counts, refunded amounts), capped rules' usage (EarnForOrder), open POS
 /// holds and purchased points. 3: lots of points (with their expiry and held points), holds' lots, debt,
-/// expired points, pending points, qualifying points, the tier and stamp cards.
-pub const FORMAT_VERSION: u16 = 3;
+/// expired points, pending points, qualifying points, the tier and stamp cards. 4: retention — receipts
+/// and sources carry their time (`recorded_at_ms`, `refundable_until_ms`) and the state when it last
+/// forgot the old ones (`swept_at_ms`).
+pub const FORMAT_VERSION: u16 = 4;
 const HEADER_BYTES: usize = 2 + 8 + 4;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -8,7 +8,7 @@ use tally_proto::v1::wallet_service_client::WalletServiceClient;
 use tally_proto::v1::{
     CreateProgramRequest, CreditPackage, DefineCreditPackageRequest, EarnForOrderRequest, EnrollRequest, GetProgramRequest,
     GetWalletRequest, ListTransactionsRequest, Money, Order, OrderLine, PublishRulesRequest, PurchaseCreditsRequest, RefundOrderRequest,
-    ReturnPolicy, TransactionKind,
+    ReturnPolicy, SetRefundWindowRequest, TransactionKind,
 };
 use tally_tests::TallyServer;
 use tonic::Code;
@@ -183,4 +183,51 @@ async fn credit_packages_are_bought_at_the_programs_definition() {
     assert_eq!((w.balance, w.lifetime_purchased, w.lifetime_earned), (1_000, 1_000, 0));
     assert!(wallets.purchase_credits(buy("pay-1", "p-1000")).await.unwrap().into_inner().replayed);
     assert_eq!(wallets.purchase_credits(buy("pay-2", "nope")).await.unwrap_err().code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn refunds_after_the_programs_refund_window_are_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TallyServer::start(dir.path(), &[]);
+    let channel = server.channel().await;
+    let mut admin = AdminServiceClient::new(channel.clone());
+    let mut wallets = WalletServiceClient::new(channel);
+    let create = CreateProgramRequest {
+        tenant_id: "acme".into(),
+        idempotency_key: "create".into(),
+        name: "Acme".into(),
+        utc_offset_minutes: 0,
+        return_policy: ReturnPolicy::AllowNegative.into(),
+    };
+    admin.create_program(create).await.unwrap();
+    let publish = PublishRulesRequest {
+        tenant_id: "acme".into(),
+        idempotency_key: "v1".into(),
+        rules_json: RULES.into(),
+        published_by: "ops".into(),
+    };
+    admin.publish_rules(publish).await.unwrap();
+    let window =
+        |key: &str, days| SetRefundWindowRequest { tenant_id: "acme".into(), idempotency_key: key.into(), days, set_by: "ops".into() };
+    let status = admin.set_refund_window(window("w0", 0)).await.unwrap_err();
+    assert_eq!(status.get_details_bad_request().unwrap().field_violations[0].field, "days");
+    assert_eq!(admin.set_refund_window(window("w1", 2)).await.unwrap().into_inner().refund_window_days, 2);
+    let program = admin.get_program(GetProgramRequest { tenant_id: "acme".into() }).await.unwrap().into_inner();
+    assert_eq!(program.refund_window_days, 2);
+
+    let enroll =
+        EnrollRequest { tenant_id: "acme".into(), wallet_id: "c-1".into(), idempotency_key: "e".into(), customer_ref: "crm".into() };
+    wallets.enroll(enroll).await.unwrap();
+    // Placed by an offline POS three days ago: earned, but its two-day refund window has closed.
+    let mut old = order("order-old", 2_000);
+    let three_days_ago = time::OffsetDateTime::now_utc().unix_timestamp() - 3 * 86_400;
+    old.placed_at = Some(prost_types::Timestamp { seconds: three_days_ago, nanos: 0 });
+    wallets.earn_for_order(earn(old)).await.unwrap();
+    wallets.earn_for_order(earn(order("order-new", 1_000))).await.unwrap();
+    let status = wallets.refund_order(refund("r-1", "order-old", None)).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    let violation = &status.get_details_precondition_failure().unwrap().violations[0];
+    assert_eq!((violation.r#type.as_str(), violation.subject.as_str()), ("REFUND_WINDOW_CLOSED", "source_ref"));
+    let refunded = wallets.refund_order(refund("r-2", "order-new", None)).await.unwrap().into_inner();
+    assert_eq!(refunded.transactions[0].points, -10, "within the window");
 }

@@ -168,6 +168,9 @@ impl Schedule {
                 self.open(e.lot.as_ref());
             }
             Change::Adjusted(e) => {
+                if e.inactivity_expires_at_ms != 0 {
+                    self.active(e.inactivity_expires_at_ms);
+                }
                 self.open(e.lot.as_ref());
                 self.shift(&e.lots, -1, 0);
             }

@@ -7,6 +7,8 @@ use tally_proto::v1::{
     WalletEnrolled,
 };
 
+use std::collections::hash_map::Entry;
+
 use super::Context;
 use super::command::{Command, CommandBody, Money};
 use super::event::{Change, Event};
@@ -16,7 +18,8 @@ use super::rules::{self, Customer, Order, Period, Rule};
 use super::state::{Hold, Lot, Pending, Receipt, RuleUsage, SourceLedger, TierState, WalletState, WalletStatus};
 use crate::limits::{
     BALANCE_ABS_MAX, HOLD_ID_BYTES_MAX, HOLD_TIMEOUT_MAX_MS, MONEY_MINOR_ABS_MAX, ORDER_BACKDATE_MAX_MS, ORDER_CLOCK_SKEW_MAX_MS,
-    POINTS_PER_COMMAND_MAX, QUALIFYING_MONTHS_MAX, REASON_BYTES_MAX, REF_BYTES_MAX, RULE_USAGE_PERIODS_MAX, STAMPS_PER_CARD_MAX,
+    POINTS_PER_COMMAND_MAX, QUALIFYING_MONTHS_MAX, REASON_BYTES_MAX, RECEIPT_RETENTION_MS, REF_BYTES_MAX, RETENTION_SWEEP_INTERVAL_MS,
+    RULE_USAGE_PERIODS_MAX, STAMPS_PER_CARD_MAX,
 };
 
 /// What `decide` concluded for a command that was not rejected.
@@ -355,6 +358,7 @@ fn decide_change(state: &WalletState, body: &CommandBody, ctx: &Context<'_>) -> 
                 pending: None,
                 qualifying_month: rules::period_key(Period::Month, ctx.now_ms, ctx.program.utc_offset_minutes),
                 inactivity_expires_at_ms: inactivity_deadline(ctx),
+                refundable_until_ms: refund_deadline(ctx, ctx.now_ms),
             }))
         }
         (WalletStatus::Active, CommandBody::Redeem { points, reward_ref }) => {
@@ -372,15 +376,26 @@ fn decide_change(state: &WalletState, body: &CommandBody, ctx: &Context<'_>) -> 
             if *points < 0 && (after < 0 || available + *points < 0) {
                 return Err(Rejection::InsufficientPoints { available: available.max(0), requested: -*points });
             }
-            let (lot, lots) = if *points > 0 {
-                (Some(open_lot(state, *points, earned_expiry(ctx), true, ctx)), Vec::new())
+            let (lot, lots, inactivity_expires_at_ms) = if *points > 0 {
+                // Staff credits are not the customer's activity, but a credit to a wallet that has
+                // lapsed restarts its clock: the points must not be past their time already.
+                let lapsed = state.inactivity_expires_at_ms.is_some_and(|at| at <= ctx.now_ms);
+                let deadline = if lapsed { inactivity_deadline(ctx) } else { 0 };
+                (Some(open_lot(state, *points, earned_expiry(ctx), true, ctx)), Vec::new(), deadline)
             } else {
-                (None, take_lots(state, -*points, &[]).0)
+                (None, take_lots(state, -*points, &[]).0, 0)
             };
-            Ok(Change::Adjusted(PointsAdjusted { points: *points, reason: reason.clone(), staff_ref: staff_ref.clone(), lot, lots }))
+            Ok(Change::Adjusted(PointsAdjusted {
+                points: *points,
+                reason: reason.clone(),
+                staff_ref: staff_ref.clone(),
+                lot,
+                lots,
+                inactivity_expires_at_ms,
+            }))
         }
         (WalletStatus::Active, CommandBody::Reverse { source_ref, points, reason }) => {
-            let ledger = state.sources.get(source_ref).ok_or_else(|| Rejection::UnknownSource { source_ref: source_ref.clone() })?;
+            let ledger = refundable_source(state, source_ref, ctx)?;
             let reversible = ledger.reversible();
             let requested = points.unwrap_or(reversible);
             if requested > reversible || requested <= 0 {
@@ -472,7 +487,7 @@ fn decide_change(state: &WalletState, body: &CommandBody, ctx: &Context<'_>) -> 
             }))
         }
         (WalletStatus::Active, CommandBody::RefundOrder { order_id, amount_minor, reason }) => {
-            let ledger = state.sources.get(order_id).ok_or_else(|| Rejection::UnknownSource { source_ref: order_id.clone() })?;
+            let ledger = refundable_source(state, order_id, ctx)?;
             let order_minor = ledger.order_minor.ok_or_else(|| Rejection::NotAnOrder { source_ref: order_id.clone() })?;
             let refundable = order_minor - ledger.refunded_minor;
             let amount = amount_minor.unwrap_or(refundable);
@@ -487,6 +502,20 @@ fn decide_change(state: &WalletState, body: &CommandBody, ctx: &Context<'_>) -> 
             reversal(state, ctx, order_id, requested, reason, amount)
         }
     }
+}
+
+/// The source a refund or reversal takes points back from, if its refund window is still open.
+fn refundable_source<'s>(state: &'s WalletState, source_ref: &str, ctx: &Context<'_>) -> Result<&'s SourceLedger, Rejection> {
+    let ledger = state.sources.get(source_ref).ok_or_else(|| Rejection::UnknownSource { source_ref: source_ref.to_owned() })?;
+    if ledger.refundable_until_ms != 0 && ledger.refundable_until_ms < ctx.now_ms {
+        return Err(Rejection::RefundWindowClosed { source_ref: source_ref.to_owned(), closed_at_ms: ledger.refundable_until_ms });
+    }
+    Ok(ledger)
+}
+
+/// Until when points earned from something that happened at `at_ms` can be taken back.
+fn refund_deadline(ctx: &Context<'_>, at_ms: i64) -> i64 {
+    at_ms.saturating_add(i64::from(ctx.program.refund_window_days) * DAY_MS)
 }
 
 /// Points a refund of `amount` more of an order takes back: the order's earnings in proportion to
@@ -563,6 +592,11 @@ fn cap_period(period: Period) -> CapPeriod {
 
 /// Runs the rules in force when the order was placed and records what each gave.
 fn earn_for_order(state: &WalletState, order: &Order, ctx: &Context<'_>) -> Result<Change, Rejection> {
+    // The receipt (the order id is the key) answers a retry; once it is forgotten, the order's source
+    // still refuses a second earn while its refund window lasts.
+    if state.sources.get(&order.order_id).is_some_and(|ledger| ledger.order_minor.is_some()) {
+        return Err(Rejection::OrderAlreadyEarned { order_id: order.order_id.clone() });
+    }
     let placed_at_ms = order.placed_at_ms.unwrap_or(ctx.now_ms);
     if placed_at_ms > ctx.now_ms.saturating_add(ORDER_CLOCK_SKEW_MAX_MS) {
         return Err(FieldError::new("order.placed_at", "is in the future").into());
@@ -624,6 +658,8 @@ fn earn_for_order(state: &WalletState, order: &Order, ctx: &Context<'_>) -> Resu
         // Orders qualify in the month they were placed.
         qualifying_month: rules::period_key(Period::Month, placed_at_ms, offset),
         inactivity_expires_at_ms: inactivity_deadline(ctx),
+        // Pending points can always be cancelled by a refund until they mature.
+        refundable_until_ms: refund_deadline(ctx, placed_at_ms).max(available_at_ms),
     }))
 }
 
@@ -650,7 +686,16 @@ pub fn apply(state: &mut WalletState, event: &Event) {
             for stamp in e.order.iter().flat_map(|o| &o.awards).flat_map(|a| &a.stamps) {
                 state.stamp_cards.entry(stamp.card.clone()).or_default().stamps += stamp.count;
             }
-            let source = state.sources.entry(e.source_ref.clone()).or_default();
+            let source = match state.sources.entry(e.source_ref.clone()) {
+                Entry::Occupied(known) => {
+                    let source = known.into_mut();
+                    // 0 is "for good" (an event from before refund windows).
+                    let (kept, now) = (source.refundable_until_ms, e.refundable_until_ms);
+                    source.refundable_until_ms = if kept == 0 || now == 0 { 0 } else { kept.max(now) };
+                    source
+                }
+                Entry::Vacant(new) => new.insert(SourceLedger { refundable_until_ms: e.refundable_until_ms, ..SourceLedger::default() }),
+            };
             source.earned += e.points;
             source.qualifying_month = Some(e.qualifying_month);
             remember_lot(source, e.lot.as_ref());
@@ -668,6 +713,9 @@ pub fn apply(state: &mut WalletState, event: &Event) {
             debit(state, e.points, &e.lots);
         }
         Change::Adjusted(e) => {
+            if e.inactivity_expires_at_ms != 0 {
+                active(state, e.inactivity_expires_at_ms);
+            }
             state.lifetime_adjusted += e.points;
             if e.points > 0 {
                 credit(state, e.points, e.lot.as_ref());
@@ -679,11 +727,14 @@ pub fn apply(state: &mut WalletState, event: &Event) {
             state.lifetime_reversed += e.reversed_points;
             let from_pending = take_pending(state, &e.pending);
             debit(state, e.reversed_points - from_pending, &e.lots);
-            let source = state.sources.entry(e.source_ref.clone()).or_default();
-            source.reversed += e.requested_points;
-            source.refunded_minor += e.refund_amount_minor;
-            if let Some(month) = source.qualifying_month {
-                count_qualifying(state, month, -e.requested_points);
+            // Refunds are refused after the window: the source is there (an event of an older build
+            // that outlived it changes only the balance and lots).
+            if let Some(source) = state.sources.get_mut(&e.source_ref) {
+                source.reversed += e.requested_points;
+                source.refunded_minor += e.refund_amount_minor;
+                if let Some(month) = source.qualifying_month {
+                    count_qualifying(state, month, -e.requested_points);
+                }
             }
         }
         Change::Closed(e) => {
@@ -749,7 +800,10 @@ pub fn apply(state: &mut WalletState, event: &Event) {
         Change::Matured(e) => {
             take_pending(state, &[LotPoints { lot: e.pending, points: e.points }]);
             credit(state, e.points, e.lot.as_ref());
-            remember_lot(state.sources.entry(e.source_ref.clone()).or_default(), e.lot.as_ref());
+            // A source forgotten after its refund window needs no lots.
+            if let Some(source) = state.sources.get_mut(&e.source_ref) {
+                remember_lot(source, e.lot.as_ref());
+            }
         }
         Change::Expired(e) => {
             state.lifetime_expired += e.points;
@@ -773,7 +827,22 @@ pub fn apply(state: &mut WalletState, event: &Event) {
             first_version: version,
             last_version: version,
             balance_after: balance,
+            recorded_at_ms: event.recorded_at_ms,
         });
+    forget_past(state, event.recorded_at_ms);
+}
+
+/// Forgets receipts older than `RECEIPT_RETENTION_MS` and sources past their refund window, at most
+/// once per `RETENTION_SWEEP_INTERVAL_MS` of recorded time: a wallet's state stays the size of its recent
+/// past however long it lives. Driven by event times only, so a replay forgets exactly the same.
+fn forget_past(state: &mut WalletState, now_ms: i64) {
+    if now_ms < state.swept_at_ms.saturating_add(RETENTION_SWEEP_INTERVAL_MS) {
+        return;
+    }
+    state.swept_at_ms = now_ms;
+    let receipts_from = now_ms.saturating_sub(RECEIPT_RETENTION_MS);
+    state.receipts.retain(|_, receipt| receipt.recorded_at_ms >= receipts_from);
+    state.sources.retain(|_, source| source.refundable_until_ms == 0 || source.refundable_until_ms >= now_ms);
 }
 
 /// Adds `points` to the qualifying points of `month`, keeping the most recent months.

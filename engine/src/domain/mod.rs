@@ -43,6 +43,8 @@ pub struct ProgramSettings {
     pub expiry: ExpiryPolicy,
     /// Days after an order was placed before the points it earned can be spent (0: at once).
     pub pending_days: u32,
+    /// Days after an order was placed (after a plain earn) its points can be taken back.
+    pub refund_window_days: u32,
     /// The program's tiers (none: no levels).
     pub tiers: tiers::Tiers,
     /// Stamp cards by id, as last defined.
@@ -67,6 +69,7 @@ impl Default for ProgramSettings {
             packages: std::sync::Arc::default(),
             expiry: ExpiryPolicy::default(),
             pending_days: 0,
+            refund_window_days: program::REFUND_WINDOW_DEFAULT_DAYS,
             tiers: tiers::Tiers::default(),
             stamp_cards: std::sync::Arc::default(),
         }

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use tally_proto::v1::{
-    CreditPackageDefined, ExpiryPolicy, ExpiryPolicySet, Money, PendingPeriodSet, ProgramCreated, RulesPublished, StampCardDefined,
-    TierDefinition, TierWindow, TiersDefined,
+    CreditPackageDefined, ExpiryPolicy, ExpiryPolicySet, Money, PendingPeriodSet, ProgramCreated, RefundWindowSet, RulesPublished,
+    StampCardDefined, TierDefinition, TierWindow, TiersDefined,
 };
 
 use super::ReturnPolicy;
@@ -19,6 +19,10 @@ use crate::limits::{MONEY_MINOR_ABS_MAX, POINTS_PER_COMMAND_MAX, REASON_BYTES_MA
 pub const RULES_JSON_BYTES_MAX: usize = 256 * 1024;
 /// Longest pending period: a year.
 pub const PENDING_DAYS_MAX: u32 = 365;
+/// Longest refund window: ten years.
+pub const REFUND_WINDOW_DAYS_MAX: u32 = 3_650;
+/// The refund window of a program that never set one: a year.
+pub const REFUND_WINDOW_DEFAULT_DAYS: u32 = 365;
 /// Time zones span UTC-12:00 to UTC+14:00.
 const UTC_OFFSET_MINUTES: std::ops::RangeInclusive<i32> = -720..=840;
 
@@ -49,6 +53,11 @@ pub enum ProgramCommandBody {
     },
     /// Sets how long points earned for orders wait before they can be spent.
     SetPendingPeriod {
+        days: u32,
+        set_by: String,
+    },
+    /// Sets how long after an order its points can be taken back by refunds and reversals.
+    SetRefundWindow {
         days: u32,
         set_by: String,
     },
@@ -100,6 +109,7 @@ impl ProgramCommand {
                 fp.u64(u64::from(policy.notice_days)).str(set_by)
             }
             ProgramCommandBody::SetPendingPeriod { days, set_by } => Fingerprint::new(105).u64(u64::from(*days)).str(set_by),
+            ProgramCommandBody::SetRefundWindow { days, set_by } => Fingerprint::new(108).u64(u64::from(*days)).str(set_by),
             ProgramCommandBody::DefineStampCard { card } => Fingerprint::new(107)
                 .str(&card.card_id)
                 .str(&card.name)
@@ -126,6 +136,7 @@ pub enum ProgramChange {
     PackageDefined(CreditPackageDefined),
     ExpiryPolicySet(ExpiryPolicySet),
     PendingPeriodSet(PendingPeriodSet),
+    RefundWindowSet(RefundWindowSet),
     TiersDefined(TiersDefined),
     StampCardDefined(StampCardDefined),
 }
@@ -138,6 +149,7 @@ impl ProgramChange {
             ProgramChange::PackageDefined(_) => "tally.v1.CreditPackageDefined",
             ProgramChange::ExpiryPolicySet(_) => "tally.v1.ExpiryPolicySet",
             ProgramChange::PendingPeriodSet(_) => "tally.v1.PendingPeriodSet",
+            ProgramChange::RefundWindowSet(_) => "tally.v1.RefundWindowSet",
             ProgramChange::TiersDefined(_) => "tally.v1.TiersDefined",
             ProgramChange::StampCardDefined(_) => "tally.v1.StampCardDefined",
         }
@@ -181,6 +193,8 @@ pub struct ProgramState {
     pub expiry: ExpiryPolicy,
     /// Days points earned for orders wait before they can be spent.
     pub pending_days: u32,
+    /// Days after an order its points can be taken back; 0: never set (the default applies).
+    pub refund_window_days: u32,
     /// The tiers, lowest first, and how they are measured.
     pub tiers: super::tiers::Tiers,
     /// Stamp cards by id, as last defined.
@@ -204,9 +218,15 @@ impl ProgramState {
             packages: Arc::new(self.packages.clone()),
             expiry: self.expiry,
             pending_days: self.pending_days,
+            refund_window_days: self.refund_window_days(),
             tiers: self.tiers.clone(),
             stamp_cards: Arc::new(self.stamp_cards.clone()),
         }
+    }
+
+    /// The refund window in force, in days.
+    pub fn refund_window_days(&self) -> u32 {
+        if self.refund_window_days == 0 { REFUND_WINDOW_DEFAULT_DAYS } else { self.refund_window_days }
     }
 
     pub fn current_rules(&self) -> Option<&RuleVersion> {
@@ -357,6 +377,16 @@ pub fn decide_program(
             check_text("set_by", set_by, REF_BYTES_MAX)?;
             ProgramChange::PendingPeriodSet(PendingPeriodSet { days: *days, set_by: set_by.clone() })
         }
+        ProgramCommandBody::SetRefundWindow { days, set_by } => {
+            if !state.created {
+                return Err(ProgramRejection::NotCreated);
+            }
+            if !(1..=REFUND_WINDOW_DAYS_MAX).contains(days) {
+                return Err(FieldError::new("days", format!("must be 1 to {REFUND_WINDOW_DAYS_MAX}")).into());
+            }
+            check_text("set_by", set_by, REF_BYTES_MAX)?;
+            ProgramChange::RefundWindowSet(RefundWindowSet { days: *days, set_by: set_by.clone() })
+        }
         ProgramCommandBody::DefineStampCard { card } => {
             if !state.created {
                 return Err(ProgramRejection::NotCreated);
@@ -420,6 +450,7 @@ pub fn apply_program(state: &mut ProgramState, event: &ProgramEvent) {
         }
         ProgramChange::ExpiryPolicySet(e) => state.expiry = e.policy.unwrap_or_default(),
         ProgramChange::PendingPeriodSet(e) => state.pending_days = e.days,
+        ProgramChange::RefundWindowSet(e) => state.refund_window_days = e.days,
         ProgramChange::StampCardDefined(e) => {
             state.stamp_cards.insert(e.card_id.clone(), e.clone());
         }

@@ -29,9 +29,17 @@ pub enum Rejection {
     /// Not enough available points. Maps to FAILED_PRECONDITION.
     #[error("insufficient points: {available} available, {requested} requested")]
     InsufficientPoints { available: i64, requested: i64 },
-    /// A reversal names a source that never earned points in this wallet. Maps to NOT_FOUND.
-    #[error("unknown source_ref {source_ref:?}: nothing was earned from it")]
+    /// A reversal names a source that never earned points in this wallet, or one whose refund window
+    /// closed long enough ago that the wallet forgot it. Maps to NOT_FOUND.
+    #[error("unknown source_ref {source_ref:?}: nothing was earned from it, or its refund window has closed")]
     UnknownSource { source_ref: String },
+    /// A refund or reversal after the source's refund window. Maps to FAILED_PRECONDITION.
+    #[error("the refund window of {source_ref:?} closed at {closed_at_ms} (ms since the Unix epoch)")]
+    RefundWindowClosed { source_ref: String, closed_at_ms: i64 },
+    /// `EarnForOrder` for an order this wallet already earned for, after its idempotency receipt was
+    /// forgotten. Maps to ALREADY_EXISTS.
+    #[error("order {order_id:?} already earned points in this wallet")]
+    OrderAlreadyEarned { order_id: String },
     /// A reversal asks for more than what is left to reverse of that source. Maps to FAILED_PRECONDITION.
     #[error("reversal of {requested} points exceeds the {reversible} still reversible from {source_ref:?}")]
     ReversalExceedsEarned { source_ref: String, reversible: i64, requested: i64 },

@@ -35,6 +35,8 @@ pub struct SourceLedger {
     pub lots: Vec<u64>,
     /// The month its points qualified in for tiers; a reversal takes them back from there.
     pub qualifying_month: Option<i64>,
+    /// Until when its points can be taken back; the wallet forgets the source after it. 0: kept for good.
+    pub refundable_until_ms: i64,
 }
 
 impl SourceLedger {
@@ -130,6 +132,8 @@ pub struct Receipt {
     pub last_version: u64,
     /// The balance right after the command.
     pub balance_after: i64,
+    /// When the command was decided: the receipt is forgotten `RECEIPT_RETENTION_MS` after it.
+    pub recorded_at_ms: i64,
 }
 
 /// Serializable for snapshots (the `tally-snapshots` crate owns the format and its version).
@@ -183,6 +187,8 @@ pub struct WalletState {
     pub(crate) rule_usage: FastMap<String, RuleUsage>,
     #[serde(serialize_with = "sorted")]
     pub(crate) receipts: FastMap<String, Receipt>,
+    /// The recorded time receipts and sources past their time were last forgotten at.
+    pub(crate) swept_at_ms: i64,
 }
 
 impl WalletState {
@@ -289,5 +295,10 @@ impl WalletState {
     /// Number of accepted commands remembered for idempotency.
     pub fn receipt_count(&self) -> usize {
         self.receipts.len()
+    }
+
+    /// Number of sources (orders, earns) remembered for refunds and reversals.
+    pub fn source_count(&self) -> usize {
+        self.sources.len()
     }
 }
