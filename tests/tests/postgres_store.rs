@@ -254,3 +254,99 @@ async fn store_copy_moves_a_log_exactly_resumes_and_refuses_a_diverged_destinati
     let (ok, out) = tally_copy(&from, &format!("file://{}", other.path().display()));
     assert!(!ok && out.contains("not a prefix of the source"), "{out}");
 }
+
+/// Appends per child process: one event to its own stream and one to a stream every child contends for.
+const CHILD_ROUNDS: u64 = 150;
+const CHILDREN: u64 = 4;
+
+/// One appender process of [`several_processes_share_one_log`]: it prints each acknowledged append as
+/// `APPENDED <tag> <stream> <version> <position>`. Not a test on its own (it needs the parent's database).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a child process of several_processes_share_one_log"]
+async fn appender_process() {
+    let url = std::env::var("TALLY_APPENDER_URL").expect("run by several_processes_share_one_log");
+    let me = std::env::var("TALLY_APPENDER_ID").expect("run by several_processes_share_one_log");
+    let store = PostgresStore::connect(&url).await.unwrap();
+    let own = stream(&format!("t/wallet/own-{me}"));
+    // After the harness's "test appender_process ... ", which ends no line.
+    let mut out = String::from("\n");
+    for n in 0..CHILD_ROUNDS {
+        let tag = format!("{me}-own-{n}");
+        let done = store.append(&own, ExpectedVersion::Exact(n), vec![event(&tag)]).await.unwrap();
+        out += &format!("APPENDED {tag} {own} {} {}\n", done.first_version, done.first_position);
+        // Every child contends for the same three streams: a lost race is a conflict, then a retry.
+        let shared = stream(&format!("t/wallet/shared-{}", n % 3));
+        let tag = format!("{me}-shared-{n}");
+        loop {
+            let version = store.stream_version(&shared).await.unwrap();
+            match store.append(&shared, ExpectedVersion::Exact(version), vec![event(&tag)]).await {
+                Ok(done) => {
+                    out += &format!("APPENDED {tag} {shared} {} {}\n", done.first_version, done.first_position);
+                    break;
+                }
+                Err(StoreError::VersionConflict { .. }) => {}
+                Err(other) => panic!("{other}"),
+            }
+        }
+    }
+    store.close();
+    // Printed at the end, in one piece, so the harness's own lines cannot interleave.
+    std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes()).unwrap();
+}
+
+/// The conformance properties across OS processes: several processes append to one PostgreSQL log at
+/// once (each its own stream, and all of them three shared streams) while a follower in this process
+/// reads it. Every acknowledged append is in the log exactly once, where its process was told; stream
+/// versions and global positions are dense; the follower saw every position in order, none skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_processes_share_one_log() {
+    let database = TestDatabase::create().await;
+    // Migrated here first, so the children find the schema in place.
+    let log = store(&database).await;
+    let children: Vec<std::process::Child> = (0..CHILDREN)
+        .map(|id| {
+            std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--ignored", "--exact", "appender_process", "--nocapture", "--test-threads", "1"])
+                .env("TALLY_APPENDER_URL", &database.url)
+                .env("TALLY_APPENDER_ID", id.to_string())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let total = CHILDREN * CHILD_ROUNDS * 2;
+    let mut follower = tally_engine::store::Follower::new(Arc::clone(&log) as Arc<dyn EventStore>, 0);
+    let mut seen = Vec::new();
+    while (seen.len() as u64) < total {
+        let batch = tokio::time::timeout(Duration::from_secs(60), follower.next_batch(100)).await.expect("the log grows").unwrap().unwrap();
+        seen.extend(batch);
+    }
+    let positions: Vec<u64> = seen.iter().map(|e| e.global_position).collect();
+    assert_eq!(positions, (1..=total).collect::<Vec<_>>(), "the follower saw every position, in order");
+
+    let mut told = std::collections::HashMap::new();
+    for child in children {
+        let output = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+        for line in stdout.lines().filter_map(|l| l.strip_prefix("APPENDED ")) {
+            let [tag, stream, version, position] = line.split(' ').collect::<Vec<_>>()[..] else { panic!("{line}") };
+            let place = (stream.to_owned(), version.parse::<u64>().unwrap(), position.parse::<u64>().unwrap());
+            assert!(told.insert(tag.to_owned(), place).is_none(), "{tag} acknowledged twice");
+        }
+    }
+    assert_eq!(told.len() as u64, total, "every append was acknowledged once");
+    let everything = log.read_all(1, total as usize + 10).await.unwrap();
+    assert_eq!(everything.len() as u64, total, "nothing more in the log than was acknowledged");
+    let mut versions: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
+    for event in &everything {
+        let tag = String::from_utf8(event.data.payload.clone()).unwrap();
+        let place = (event.stream_id.to_string(), event.stream_version, event.global_position);
+        assert_eq!(told.get(&tag), Some(&place), "{tag} is where its process was told");
+        let version = versions.entry(event.stream_id.as_str()).or_default();
+        *version += 1;
+        assert_eq!(event.stream_version, *version, "{} has dense versions", event.stream_id);
+    }
+    assert_eq!(versions.len() as u64, CHILDREN + 3);
+}
