@@ -20,6 +20,7 @@ use tally_engine::store::StoreError;
 pub mod model;
 pub mod movement;
 pub mod postgres_model;
+pub mod replay;
 pub mod runner;
 pub mod sled_model;
 

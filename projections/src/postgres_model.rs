@@ -8,13 +8,14 @@
 //! position the batch starts from (so two runners on two nodes cannot both apply it), then the ledger
 //! rows go in by binary COPY and the aggregates by `unnest` upserts, then the checkpoint moves.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use futures::pin_mut;
+use parking_lot::Mutex;
 use time::{Date, OffsetDateTime};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::error::SqlState;
@@ -42,6 +43,38 @@ mod generation {
 pub struct PostgresReadModel {
     pool: Pool,
     config: tokio_postgres::Config,
+    /// Generations this process fills from their first batch (a rebuild's replay), with each wallet's
+    /// latest active day so far: activity on a later day is certainly a new `wallet_active_days` row.
+    replaying: Arc<Mutex<HashMap<u64, ActiveDays>>>,
+}
+
+/// Wallets known to a generation being replayed, by tenant, and the latest day each was active on.
+#[derive(Debug, Default)]
+struct ActiveDays {
+    latest: HashMap<Arc<str>, HashMap<Arc<str>, i64>>,
+    wallets: usize,
+}
+
+/// Most wallets a replay remembers the latest active day of; beyond it, the replay checks every day
+/// against the table as following does (slower, same result).
+const REPLAY_WALLETS_MAX: usize = 500_000;
+
+impl ActiveDays {
+    /// Whether `wallet` was certainly not yet active on `day`, or any later day.
+    fn certainly_new(&self, tenant: &str, wallet: &str, day: i64) -> bool {
+        self.latest.get(tenant).and_then(|wallets| wallets.get(wallet)).is_none_or(|latest| day > *latest)
+    }
+
+    fn record(&mut self, tenant: &Arc<str>, wallet: &Arc<str>, day: i64) {
+        let wallets = self.latest.entry(Arc::clone(tenant)).or_default();
+        match wallets.get_mut(&**wallet) {
+            Some(latest) => *latest = (*latest).max(day),
+            None => {
+                wallets.insert(Arc::clone(wallet), day);
+                self.wallets += 1;
+            }
+        }
+    }
 }
 
 /// How `ListWallets` orders wallets (largest first).
@@ -119,7 +152,7 @@ impl PostgresReadModel {
         let manager =
             Manager::from_config(config.clone(), tokio_postgres::NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager).max_size(POOL_SIZE_MAX).build().map_err(|e| ProjectionError::Invalid(e.to_string()))?;
-        let model = Self { pool, config };
+        let model = Self { pool, config, replaying: Arc::default() };
         let mut admin = model.admin().await?;
         // Nodes starting together take turns, migrations included.
         admin.execute("SELECT pg_advisory_lock($1)", &[&GENERATIONS_LOCK]).await?;
@@ -336,7 +369,7 @@ fn views_sql(generation: u64) -> String {
 struct BatchDelta<'a> {
     wallets: BTreeMap<(&'a str, &'a str), WalletSummary>,
     days: BTreeMap<(&'a str, i64), DayStats>,
-    active: BTreeSet<(&'a str, i64, &'a str)>,
+    active: BTreeMap<(&'a str, i64, &'a str), &'a Movement>,
 }
 
 impl<'a> BatchDelta<'a> {
@@ -347,7 +380,7 @@ impl<'a> BatchDelta<'a> {
             let day = day_of(movement.recorded_at_ms);
             delta.wallets.entry((tenant, wallet)).or_default().apply(movement);
             delta.days.entry((tenant, day)).or_default().apply(movement);
-            delta.active.insert((tenant, day, wallet));
+            delta.active.entry((tenant, day, wallet)).or_insert(movement);
         }
         delta
     }
@@ -473,24 +506,39 @@ async fn write_wallets(
 }
 
 /// Records which wallets were active on which days and returns the (tenant, day) pairs that gained one.
+/// Rows `known` says are certainly new go in by binary COPY; the others are checked against the table.
 async fn write_active_days(
     tx: &deadpool_postgres::Transaction<'_>,
     schema: &str,
     delta: &BatchDelta<'_>,
+    known: Option<&ActiveDays>,
 ) -> Result<Vec<(String, Date)>, ProjectionError> {
-    let (mut tenants, mut days, mut wallets) = (Vec::new(), Vec::new(), Vec::new());
-    for (tenant, day, wallet) in &delta.active {
-        tenants.push(*tenant);
-        days.push(date_of_day(*day));
-        wallets.push(*wallet);
+    let (new, maybe): (Vec<_>, Vec<_>) =
+        delta.active.keys().partition(|(tenant, day, wallet)| known.is_some_and(|known| known.certainly_new(tenant, wallet, *day)));
+    let mut gained = Vec::with_capacity(new.len());
+    if !new.is_empty() {
+        let copy = format!("COPY {schema}.wallet_active_days (tenant_id, day, wallet_id) FROM STDIN BINARY");
+        let writer = BinaryCopyInWriter::new(tx.copy_in(&copy).await?, &[Type::TEXT, Type::DATE, Type::TEXT]);
+        pin_mut!(writer);
+        for &&(tenant, day, wallet) in &new {
+            writer.as_mut().write(&[&tenant, &date_of_day(day), &wallet]).await?;
+            gained.push((tenant.to_owned(), date_of_day(day)));
+        }
+        writer.finish().await?;
     }
-    let sql = format!(
-        "INSERT INTO {schema}.wallet_active_days (tenant_id, day, wallet_id)
-         SELECT * FROM unnest($1::text[], $2::date[], $3::text[]) ON CONFLICT DO NOTHING RETURNING tenant_id, day"
-    );
-    let statement = tx.prepare_cached(&sql).await?;
-    let rows = tx.query(&statement, &[&tenants, &days, &wallets]).await?;
-    Ok(rows.into_iter().map(|row| (row.get(0), row.get(1))).collect())
+    if !maybe.is_empty() {
+        let tenants: Vec<&str> = maybe.iter().map(|(tenant, _, _)| *tenant).collect();
+        let days: Vec<Date> = maybe.iter().map(|(_, day, _)| date_of_day(*day)).collect();
+        let wallets: Vec<&str> = maybe.iter().map(|(_, _, wallet)| *wallet).collect();
+        let sql = format!(
+            "INSERT INTO {schema}.wallet_active_days (tenant_id, day, wallet_id)
+             SELECT * FROM unnest($1::text[], $2::date[], $3::text[]) ON CONFLICT DO NOTHING RETURNING tenant_id, day"
+        );
+        let statement = tx.prepare_cached(&sql).await?;
+        let rows = tx.query(&statement, &[&tenants, &days, &wallets]).await?;
+        gained.extend(rows.into_iter().map(|row| (row.get(0), row.get(1))));
+    }
+    Ok(gained)
 }
 
 async fn write_days(
@@ -572,13 +620,16 @@ impl PostgresReadModel {
         if actual != int(from, "position")? {
             return Err(ProjectionError::CheckpointMoved { generation, expected: from, actual: unsigned(actual, "checkpoint")? });
         }
+        // A replay's own generation: what it knows of active days is taken out while the batch runs
+        // and put back, with the batch's days, only once the batch has committed.
+        let mut known = self.replaying.lock().remove(&generation);
+        let delta = BatchDelta::of(movements);
         if !movements.is_empty() {
-            let delta = BatchDelta::of(movements);
             write_ledger(&tx, &schema, movements).await?;
             let liability = write_wallets(&tx, &schema, &delta).await?;
             let mut days: BTreeMap<(String, Date), DayStats> =
                 delta.days.iter().map(|((tenant, day), stats)| (((*tenant).to_owned(), date_of_day(*day)), *stats)).collect();
-            for key in write_active_days(&tx, &schema, &delta).await? {
+            for key in write_active_days(&tx, &schema, &delta, known.as_ref()).await? {
                 days.entry(key).or_default().active_wallets += 1;
             }
             write_days(&tx, &schema, &days).await?;
@@ -587,6 +638,14 @@ impl PostgresReadModel {
         let advance = tx.prepare_cached(&format!("UPDATE {schema}.checkpoint SET position = $1, updated_at = now()")).await?;
         tx.execute(&advance, &[&int(through, "position")?]).await?;
         tx.commit().await?;
+        if let Some(mut known) = known.take() {
+            for ((_, day, _), movement) in &delta.active {
+                known.record(&movement.tenant, &movement.wallet, *day);
+            }
+            if known.wallets <= REPLAY_WALLETS_MAX {
+                self.replaying.lock().insert(generation, known);
+            }
+        }
         Ok(())
     }
 }
@@ -621,10 +680,16 @@ impl ReadModel for PostgresReadModel {
         admin.execute("SELECT pg_advisory_lock($1)", &[&GENERATIONS_LOCK]).await?;
         let result = new_generation(&mut admin).await;
         let _ = admin.execute("SELECT pg_advisory_unlock($1)", &[&GENERATIONS_LOCK]).await;
+        // Empty, and only this process writes it until it is promoted.
+        if let Ok(generation) = result {
+            self.replaying.lock().insert(generation, ActiveDays::default());
+        }
         result
     }
 
     async fn promote(&self, generation: u64) -> Result<(), ProjectionError> {
+        // Once live, runners on other nodes may write it too.
+        self.replaying.lock().remove(&generation);
         let mut admin = self.admin().await?;
         let id = i32::try_from(generation).map_err(|_| ProjectionError::NoSuchGeneration { model: NAME, generation })?;
         let tx = admin.transaction().await?;
@@ -645,6 +710,7 @@ impl ReadModel for PostgresReadModel {
                 });
             }
         }
+        build_deferred_indexes(&tx, generation).await?;
         tx.execute("UPDATE tally_read_generations SET live = FALSE WHERE live", &[]).await?;
         tx.execute("UPDATE tally_read_generations SET live = TRUE, promoted_at = now() WHERE generation = $1", &[&id]).await?;
         tx.batch_execute(&views_sql(generation)).await?;
@@ -659,6 +725,7 @@ impl ReadModel for PostgresReadModel {
     }
 
     async fn drop_generation(&self, generation: u64) -> Result<(), ProjectionError> {
+        self.replaying.lock().remove(&generation);
         let mut admin = self.admin().await?;
         let id = i32::try_from(generation).map_err(|_| ProjectionError::NoSuchGeneration { model: NAME, generation })?;
         drop_abandoned(&mut admin, id).await
@@ -695,7 +762,49 @@ async fn new_generation(admin: &mut tokio_postgres::Client) -> Result<u64, Proje
         .get(0);
     let next = u64::try_from(next).unwrap_or(0);
     migrate_generation(admin, next).await?;
+    defer_indexes(admin, next).await?;
     Ok(next)
+}
+
+/// A new generation is filled by a replay before anyone reads it: its secondary indexes (those no
+/// upsert needs) are dropped, and their definitions kept in `deferred_indexes`, so the replay does not
+/// maintain them row by row; [`build_deferred_indexes`] builds each once, in bulk, when it is promoted.
+async fn defer_indexes(admin: &mut tokio_postgres::Client, generation: u64) -> Result<(), ProjectionError> {
+    let schema = schema(generation);
+    let tx = admin.transaction().await?;
+    let indexes: Vec<(String, String)> = tx
+        .query(
+            "SELECT c.relname::text, pg_get_indexdef(i.indexrelid) FROM pg_index i
+                 JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = $1 AND NOT i.indisprimary AND NOT i.indisunique",
+            &[&schema],
+        )
+        .await?
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    tx.batch_execute(&format!("CREATE TABLE {schema}.deferred_indexes (name TEXT PRIMARY KEY, definition TEXT NOT NULL)")).await?;
+    for (name, definition) in &indexes {
+        tx.execute(&format!("INSERT INTO {schema}.deferred_indexes VALUES ($1, $2)"), &[name, definition]).await?;
+        tx.batch_execute(&format!("DROP INDEX {schema}.{name}")).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Builds the indexes [`defer_indexes`] put off, inside the promotion's transaction.
+async fn build_deferred_indexes(tx: &tokio_postgres::Transaction<'_>, generation: u64) -> Result<(), ProjectionError> {
+    let schema = schema(generation);
+    let table = format!("{schema}.deferred_indexes");
+    let deferred: Option<String> = tx.query_one("SELECT to_regclass($1)::text", &[&table]).await?.get(0);
+    if deferred.is_none() {
+        return Ok(());
+    }
+    for row in tx.query(&format!("SELECT definition FROM {table} ORDER BY name"), &[]).await? {
+        tx.batch_execute(row.get(0)).await?;
+    }
+    tx.batch_execute(&format!("DROP TABLE {table}")).await?;
+    Ok(())
 }
 
 /// Drops a generation that is not live: its row and its schema, together.

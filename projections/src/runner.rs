@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::movement::{Movement, decode_batch};
+use crate::replay::{DecodedBatch, Replay};
 use crate::{ProjectionError, ReadModel};
 
 #[derive(Debug, Clone, Copy)]
@@ -547,19 +548,13 @@ impl Rebuild {
         self.status.send_modify(|s| s.rebuild = Some(progress));
     }
 
-    /// Replays the batch after `checkpoint` into `generation`, retrying transient failures a few times
-    /// (a replay can be long; one network blip should not throw it away). `None` if there was nothing.
-    async fn replay_batch(&self, generation: u64, checkpoint: u64) -> Result<Option<u64>, ProjectionError> {
+    /// Applies `batch` after `checkpoint` to `generation`, retrying transient failures a few times (a
+    /// replay can be long; one network blip should not throw it away).
+    async fn apply_batch(&self, generation: u64, checkpoint: u64, batch: &DecodedBatch) -> Result<(), ProjectionError> {
         let mut backoff = Duration::from_millis(100);
         let mut attempts = 0;
         loop {
-            let attempt = async {
-                let events = self.store.read_all(checkpoint + 1, self.batch_size).await?;
-                let Some(through) = events.last().map(|e| e.global_position) else { return Ok::<_, ProjectionError>(None) };
-                self.model.apply(generation, checkpoint, through, decode_batch(events)?.into()).await?;
-                Ok(Some(through))
-            };
-            match attempt.await {
+            match self.model.apply(generation, checkpoint, batch.through, Arc::clone(&batch.movements)).await {
                 Err(error) if !error.is_fatal() && !matches!(error, ProjectionError::NoSuchGeneration { .. }) && attempts < 8 => {
                     attempts += 1;
                     tracing::warn!(projection = self.model.name(), %error, generation, attempts, "rebuild batch failed; retrying");
@@ -578,19 +573,18 @@ impl Rebuild {
         self.report(|p| p.generation = generation);
         let started = tokio::time::Instant::now();
         let mut checkpoint = 0;
+        let mut replay = Replay::spawn(Arc::clone(&self.store), checkpoint, self.batch_size);
         loop {
             if self.progress.is_closed() {
                 self.model.drop_generation(generation).await.map_err(fail)?;
                 tracing::info!(projection = self.model.name(), generation, "rebuild cancelled; the live read model is untouched");
                 return Ok(RebuildPhase::Cancelled);
             }
+            let Some(batch) = replay.next().await else { break };
+            let batch = batch.map_err(fail)?;
             let head = *self.store.head().borrow();
-            if checkpoint >= head {
-                break;
-            }
-            let through = self.replay_batch(generation, checkpoint).await.map_err(fail)?;
-            let Some(through) = through else { break };
-            checkpoint = through;
+            self.apply_batch(generation, checkpoint, &batch).await.map_err(fail)?;
+            checkpoint = batch.through;
             let rate = checkpoint as f64 / started.elapsed().as_secs_f64().max(1e-9);
             self.report(|p| {
                 p.checkpoint = checkpoint;

@@ -291,6 +291,20 @@ async fn postgres_rebuild_while_writes_continue_swaps_in_a_complete_model() {
         .map(|r| r.get(0))
         .collect();
     assert_eq!(schemas, ["tally_read_g2"], "the old generation is dropped after the swap");
+    // The replay went in without the secondary indexes; the promotion built them.
+    let indexes = |schema: &'static str| {
+        let client = &client;
+        async move {
+            let sql = "SELECT indexname::text FROM pg_indexes WHERE schemaname = $1 ORDER BY 1";
+            client.query(sql, &[&schema]).await.unwrap().iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>()
+        }
+    };
+    let rebuilt = indexes("tally_read_g2").await;
+    for index in ["ledger_entries_by_wallet", "wallets_by_activity", "wallets_by_balance"] {
+        assert!(rebuilt.iter().any(|i| i == index), "{index} missing: {rebuilt:?}");
+    }
+    let tables: i64 = client.query_one("SELECT count(*) FROM pg_tables WHERE tablename = 'deferred_indexes'", &[]).await.unwrap().get(0);
+    assert_eq!(tables, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
