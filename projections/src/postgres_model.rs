@@ -7,6 +7,12 @@
 //! model. A batch is one transaction: the checkpoint row is locked first and must still hold the
 //! position the batch starts from (so two runners on two nodes cannot both apply it), then the ledger
 //! rows go in by binary COPY and the aggregates by `unnest` upserts, then the checkpoint moves.
+//!
+//! A rebuild's replay into a new generation, which only this process writes until it is promoted, is a
+//! bulk load: the generation's secondary indexes are put off until the promotion, the wallets' rows are
+//! kept in memory and written once by COPY in the promotion's transaction (with the liability), and
+//! active days known to be new go in by COPY. Nobody reads a generation before it is promoted, and the
+//! promotion is atomic, so readers never see the difference.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -43,38 +49,65 @@ mod generation {
 pub struct PostgresReadModel {
     pool: Pool,
     config: tokio_postgres::Config,
-    /// Generations this process fills from their first batch (a rebuild's replay), with each wallet's
-    /// latest active day so far: activity on a later day is certainly a new `wallet_active_days` row.
-    replaying: Arc<Mutex<HashMap<u64, ActiveDays>>>,
+    /// Generations this process fills from their first batch (a rebuild's replay) and what it holds of
+    /// them in memory until they are promoted.
+    replaying: Arc<Mutex<HashMap<u64, Replaying>>>,
+    replay_wallets_max: usize,
 }
 
-/// Wallets known to a generation being replayed, by tenant, and the latest day each was active on.
+/// A generation being replayed by this process, which alone writes it until it is promoted: every
+/// wallet's summary so far, written once by COPY (with the liability they add up to) when the
+/// generation is promoted instead of upserted batch after batch; and each wallet's latest active day,
+/// so activity on a later day is certainly a new `wallet_active_days` row.
 #[derive(Debug, Default)]
-struct ActiveDays {
-    latest: HashMap<Arc<str>, HashMap<Arc<str>, i64>>,
-    wallets: usize,
+struct Replaying {
+    wallets: HashMap<Arc<str>, HashMap<Arc<str>, ReplayedWallet>>,
+    count: usize,
 }
 
-/// Most wallets a replay remembers the latest active day of; beyond it, the replay checks every day
-/// against the table as following does (slower, same result).
-const REPLAY_WALLETS_MAX: usize = 500_000;
+#[derive(Debug, Default)]
+struct ReplayedWallet {
+    summary: WalletSummary,
+    latest_active_day: i64,
+}
 
-impl ActiveDays {
+/// Most wallets a replay keeps in memory (about 200 bytes each) unless set otherwise; beyond it, their
+/// rows are written out and the replay goes on as following does (slower, same result).
+pub const REPLAY_WALLETS_DEFAULT_MAX: usize = 500_000;
+
+impl Replaying {
     /// Whether `wallet` was certainly not yet active on `day`, or any later day.
     fn certainly_new(&self, tenant: &str, wallet: &str, day: i64) -> bool {
-        self.latest.get(tenant).and_then(|wallets| wallets.get(wallet)).is_none_or(|latest| day > *latest)
+        self.wallets.get(tenant).and_then(|wallets| wallets.get(wallet)).is_none_or(|w| day > w.latest_active_day)
     }
 
-    fn record(&mut self, tenant: &Arc<str>, wallet: &Arc<str>, day: i64) {
-        let wallets = self.latest.entry(Arc::clone(tenant)).or_default();
-        match wallets.get_mut(&**wallet) {
-            Some(latest) => *latest = (*latest).max(day),
-            None => {
-                wallets.insert(Arc::clone(wallet), day);
-                self.wallets += 1;
-            }
+    /// Folds a committed batch in.
+    fn record(&mut self, movements: &[Movement]) {
+        for movement in movements {
+            let wallets = self.wallets.entry(Arc::clone(&movement.tenant)).or_default();
+            let day = day_of(movement.recorded_at_ms);
+            let wallet = match wallets.get_mut(&*movement.wallet) {
+                Some(wallet) => wallet,
+                None => {
+                    self.count += 1;
+                    wallets.entry(Arc::clone(&movement.wallet)).or_insert(ReplayedWallet { latest_active_day: day, ..Default::default() })
+                }
+            };
+            wallet.summary.apply(movement);
+            wallet.latest_active_day = wallet.latest_active_day.max(day);
         }
     }
+}
+
+/// How a batch treats the wallets' rows.
+#[derive(Debug, Clone, Copy)]
+enum Wallets<'r> {
+    /// Upserted with the batch.
+    Upsert,
+    /// Kept in memory by a replay (`Replaying`): not written now.
+    Replayed(&'r Replaying),
+    /// The replay's wallets are written out first, then upserted with the batch as following does.
+    WriteOut(&'r Replaying),
 }
 
 /// How `ListWallets` orders wallets (largest first).
@@ -152,7 +185,7 @@ impl PostgresReadModel {
         let manager =
             Manager::from_config(config.clone(), tokio_postgres::NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager).max_size(POOL_SIZE_MAX).build().map_err(|e| ProjectionError::Invalid(e.to_string()))?;
-        let model = Self { pool, config, replaying: Arc::default() };
+        let model = Self { pool, config, replaying: Arc::default(), replay_wallets_max: REPLAY_WALLETS_DEFAULT_MAX };
         let mut admin = model.admin().await?;
         // Nodes starting together take turns, migrations included.
         admin.execute("SELECT pg_advisory_lock($1)", &[&GENERATIONS_LOCK]).await?;
@@ -160,6 +193,12 @@ impl PostgresReadModel {
         let _ = admin.execute("SELECT pg_advisory_unlock($1)", &[&GENERATIONS_LOCK]).await;
         result?;
         Ok(model)
+    }
+
+    /// Sets how many wallets a rebuild's replay keeps in memory before it writes them out.
+    pub fn with_replay_wallets_max(mut self, wallets: usize) -> Self {
+        self.replay_wallets_max = wallets;
+        self
     }
 
     /// A connection of its own, outside the pool, for schema changes (migrations set `search_path`).
@@ -511,7 +550,7 @@ async fn write_active_days(
     tx: &deadpool_postgres::Transaction<'_>,
     schema: &str,
     delta: &BatchDelta<'_>,
-    known: Option<&ActiveDays>,
+    known: Option<&Replaying>,
 ) -> Result<Vec<(String, Date)>, ProjectionError> {
     let (new, maybe): (Vec<_>, Vec<_>) =
         delta.active.keys().partition(|(tenant, day, wallet)| known.is_some_and(|known| known.certainly_new(tenant, wallet, *day)));
@@ -589,7 +628,7 @@ async fn write_days(
 }
 
 async fn write_liability(
-    tx: &deadpool_postgres::Transaction<'_>,
+    tx: &tokio_postgres::Transaction<'_>,
     schema: &str,
     liability: &BTreeMap<String, Liability>,
 ) -> Result<(), ProjectionError> {
@@ -605,13 +644,90 @@ async fn write_liability(
              negative_points = l.negative_points + EXCLUDED.negative_points,
              wallets = l.wallets + EXCLUDED.wallets"
     );
-    let statement = tx.prepare_cached(&sql).await?;
+    let statement = tx.prepare(&sql).await?;
     tx.execute(&statement, &[&tenants, &outstanding, &negative, &wallets]).await?;
     Ok(())
 }
 
+/// Writes out a replay's wallets (the table holds none of them yet) and the liability they add up to.
+async fn write_out(tx: &tokio_postgres::Transaction<'_>, schema: &str, replaying: &Replaying) -> Result<(), ProjectionError> {
+    let copy = format!(
+        "COPY {schema}.wallets (tenant_id, wallet_id, customer_ref, status, balance, lifetime_earned, lifetime_redeemed,
+             lifetime_reversed, lifetime_adjusted, forfeited, events, last_position, enrolled_at, last_activity_at) FROM STDIN BINARY"
+    );
+    let mut types = vec![Type::TEXT; 4];
+    types.extend([Type::INT8; 8]);
+    types.extend([Type::TIMESTAMPTZ; 2]);
+    let writer = BinaryCopyInWriter::new(tx.copy_in(&copy).await?, &types);
+    pin_mut!(writer);
+    let mut liability: BTreeMap<String, Liability> = BTreeMap::new();
+    for (tenant, wallets) in &replaying.wallets {
+        let owed = liability.entry(tenant.to_string()).or_default();
+        for (wallet, replayed) in wallets {
+            let s = &replayed.summary;
+            owed.shift(None, s.balance);
+            let status = if s.closed { "closed" } else { "active" };
+            let (events, position) = (int(s.events, "events")?, int(s.last_position, "position")?);
+            writer
+                .as_mut()
+                .write(&[
+                    &&**tenant,
+                    &&**wallet,
+                    &s.customer_ref,
+                    &status,
+                    &s.balance,
+                    &s.lifetime_earned,
+                    &s.lifetime_redeemed,
+                    &s.lifetime_reversed,
+                    &s.lifetime_adjusted,
+                    &s.forfeited,
+                    &events,
+                    &position,
+                    &s.enrolled_at_ms.map(timestamp),
+                    &timestamp(s.last_activity_ms),
+                ])
+                .await?;
+        }
+    }
+    writer.finish().await?;
+    write_liability(tx, schema, &liability).await
+}
+
 impl PostgresReadModel {
     async fn apply_batch(&self, generation: u64, from: u64, through: u64, movements: &[Movement]) -> Result<(), ProjectionError> {
+        // A replay's own generation: what it holds is taken out while the batch runs, put back as it was
+        // if the batch fails, and with the batch folded in once it has committed.
+        let replaying = self.replaying.lock().remove(&generation);
+        let wallets = match &replaying {
+            None => Wallets::Upsert,
+            Some(r) if r.count > self.replay_wallets_max => Wallets::WriteOut(r),
+            Some(r) => Wallets::Replayed(r),
+        };
+        let written_out = matches!(wallets, Wallets::WriteOut(_));
+        let result = self.write_batch(generation, from, through, movements, wallets).await;
+        if let Some(mut replaying) = replaying {
+            match &result {
+                Ok(()) if written_out => {}
+                Ok(()) => {
+                    replaying.record(movements);
+                    self.replaying.lock().insert(generation, replaying);
+                }
+                Err(_) => {
+                    self.replaying.lock().insert(generation, replaying);
+                }
+            }
+        }
+        result
+    }
+
+    async fn write_batch(
+        &self,
+        generation: u64,
+        from: u64,
+        through: u64,
+        movements: &[Movement],
+        wallets: Wallets<'_>,
+    ) -> Result<(), ProjectionError> {
         let schema = schema(generation);
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
@@ -620,31 +736,72 @@ impl PostgresReadModel {
         if actual != int(from, "position")? {
             return Err(ProjectionError::CheckpointMoved { generation, expected: from, actual: unsigned(actual, "checkpoint")? });
         }
-        // A replay's own generation: what it knows of active days is taken out while the batch runs
-        // and put back, with the batch's days, only once the batch has committed.
-        let mut known = self.replaying.lock().remove(&generation);
-        let delta = BatchDelta::of(movements);
+        let known = match wallets {
+            Wallets::Upsert => None,
+            Wallets::Replayed(replaying) => Some(replaying),
+            Wallets::WriteOut(replaying) => {
+                write_out(&tx, &schema, replaying).await?;
+                Some(replaying)
+            }
+        };
         if !movements.is_empty() {
+            let delta = BatchDelta::of(movements);
             write_ledger(&tx, &schema, movements).await?;
-            let liability = write_wallets(&tx, &schema, &delta).await?;
+            let liability = match wallets {
+                Wallets::Replayed(_) => None,
+                Wallets::Upsert | Wallets::WriteOut(_) => Some(write_wallets(&tx, &schema, &delta).await?),
+            };
             let mut days: BTreeMap<(String, Date), DayStats> =
                 delta.days.iter().map(|((tenant, day), stats)| (((*tenant).to_owned(), date_of_day(*day)), *stats)).collect();
-            for key in write_active_days(&tx, &schema, &delta, known.as_ref()).await? {
+            for key in write_active_days(&tx, &schema, &delta, known).await? {
                 days.entry(key).or_default().active_wallets += 1;
             }
             write_days(&tx, &schema, &days).await?;
-            write_liability(&tx, &schema, &liability).await?;
+            if let Some(liability) = liability {
+                write_liability(&tx, &schema, &liability).await?;
+            }
         }
         let advance = tx.prepare_cached(&format!("UPDATE {schema}.checkpoint SET position = $1, updated_at = now()")).await?;
         tx.execute(&advance, &[&int(through, "position")?]).await?;
         tx.commit().await?;
-        if let Some(mut known) = known.take() {
-            for ((_, day, _), movement) in &delta.active {
-                known.record(&movement.tenant, &movement.wallet, *day);
+        Ok(())
+    }
+
+    /// Makes `generation` live, first writing out what a replay of it holds in memory.
+    async fn promote_with(&self, generation: u64, replaying: Option<&Replaying>) -> Result<(), ProjectionError> {
+        let mut admin = self.admin().await?;
+        let id = i32::try_from(generation).map_err(|_| ProjectionError::NoSuchGeneration { model: NAME, generation })?;
+        let tx = admin.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&GENERATIONS_LOCK]).await?;
+        let old: Option<i32> = tx.query_opt("SELECT generation FROM tally_read_generations WHERE live", &[]).await?.map(|r| r.get(0));
+        if tx.query_opt("SELECT 1 FROM tally_read_generations WHERE generation = $1 AND NOT live", &[&id]).await?.is_none() {
+            return Err(ProjectionError::NoSuchGeneration { model: NAME, generation });
+        }
+        let checkpoint = |g: i32| format!("SELECT position FROM {}.checkpoint", schema(u64::try_from(g).unwrap_or(0)));
+        let new_position: i64 = tx.query_one(&checkpoint(id), &[]).await?.get(0);
+        if let Some(old) = old {
+            let live_position: i64 = tx.query_one(&checkpoint(old), &[]).await?.get(0);
+            if new_position < live_position {
+                return Err(ProjectionError::Behind {
+                    generation,
+                    checkpoint: unsigned(new_position, "checkpoint")?,
+                    live: unsigned(live_position, "checkpoint")?,
+                });
             }
-            if known.wallets <= REPLAY_WALLETS_MAX {
-                self.replaying.lock().insert(generation, known);
-            }
+        }
+        if let Some(replaying) = replaying {
+            write_out(&tx, &schema(generation), replaying).await?;
+        }
+        build_deferred_indexes(&tx, generation).await?;
+        tx.execute("UPDATE tally_read_generations SET live = FALSE WHERE live", &[]).await?;
+        tx.execute("UPDATE tally_read_generations SET live = TRUE, promoted_at = now() WHERE generation = $1", &[&id]).await?;
+        tx.batch_execute(&views_sql(generation)).await?;
+        tx.commit().await?;
+        // Promoted. Dropping the old generation is housekeeping: if it fails, the next rebuild does it.
+        if let Some(old) = old
+            && let Err(error) = drop_abandoned(&mut admin, old).await
+        {
+            tracing::warn!(%error, generation = old, "cannot drop the previous reporting generation; the next rebuild will");
         }
         Ok(())
     }
@@ -682,46 +839,20 @@ impl ReadModel for PostgresReadModel {
         let _ = admin.execute("SELECT pg_advisory_unlock($1)", &[&GENERATIONS_LOCK]).await;
         // Empty, and only this process writes it until it is promoted.
         if let Ok(generation) = result {
-            self.replaying.lock().insert(generation, ActiveDays::default());
+            self.replaying.lock().insert(generation, Replaying::default());
         }
         result
     }
 
     async fn promote(&self, generation: u64) -> Result<(), ProjectionError> {
-        // Once live, runners on other nodes may write it too.
-        self.replaying.lock().remove(&generation);
-        let mut admin = self.admin().await?;
-        let id = i32::try_from(generation).map_err(|_| ProjectionError::NoSuchGeneration { model: NAME, generation })?;
-        let tx = admin.transaction().await?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&GENERATIONS_LOCK]).await?;
-        let old: Option<i32> = tx.query_opt("SELECT generation FROM tally_read_generations WHERE live", &[]).await?.map(|r| r.get(0));
-        if tx.query_opt("SELECT 1 FROM tally_read_generations WHERE generation = $1 AND NOT live", &[&id]).await?.is_none() {
-            return Err(ProjectionError::NoSuchGeneration { model: NAME, generation });
+        // Once live, runners on other nodes may write it too: what the replay holds is written out now,
+        // or kept for the next attempt if the promotion fails.
+        let replaying = self.replaying.lock().remove(&generation);
+        let result = self.promote_with(generation, replaying.as_ref()).await;
+        if let (Err(_), Some(replaying)) = (&result, replaying) {
+            self.replaying.lock().insert(generation, replaying);
         }
-        let checkpoint = |g: i32| format!("SELECT position FROM {}.checkpoint", schema(u64::try_from(g).unwrap_or(0)));
-        let new_position: i64 = tx.query_one(&checkpoint(id), &[]).await?.get(0);
-        if let Some(old) = old {
-            let live_position: i64 = tx.query_one(&checkpoint(old), &[]).await?.get(0);
-            if new_position < live_position {
-                return Err(ProjectionError::Behind {
-                    generation,
-                    checkpoint: unsigned(new_position, "checkpoint")?,
-                    live: unsigned(live_position, "checkpoint")?,
-                });
-            }
-        }
-        build_deferred_indexes(&tx, generation).await?;
-        tx.execute("UPDATE tally_read_generations SET live = FALSE WHERE live", &[]).await?;
-        tx.execute("UPDATE tally_read_generations SET live = TRUE, promoted_at = now() WHERE generation = $1", &[&id]).await?;
-        tx.batch_execute(&views_sql(generation)).await?;
-        tx.commit().await?;
-        // Promoted. Dropping the old generation is housekeeping: if it fails, the next rebuild does it.
-        if let Some(old) = old
-            && let Err(error) = drop_abandoned(&mut admin, old).await
-        {
-            tracing::warn!(%error, generation = old, "cannot drop the previous reporting generation; the next rebuild will");
-        }
-        Ok(())
+        result
     }
 
     async fn drop_generation(&self, generation: u64) -> Result<(), ProjectionError> {

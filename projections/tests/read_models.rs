@@ -233,6 +233,45 @@ async fn a_batch_that_fails_midway_is_rolled_back_and_retried_without_counting_t
     projection.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_batch_that_fails_is_retried_without_losing_what_the_replay_holds() {
+    let db = TestDatabase::create().await;
+    let store = store();
+    let mut workload = Workload::new(8, 20);
+    workload.run(&*store, 400).await;
+    let head = *store.head().borrow();
+    let (client, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let model = Arc::new(PostgresReadModel::connect(&db.url).await.unwrap());
+    let generation = model.create_generation().await.unwrap();
+    // The first insert of this ledger row fails, once (a sequence is not rolled back with it).
+    client
+        .batch_execute(&format!(
+            "CREATE SEQUENCE tally_read_g{generation}.failures;
+             CREATE FUNCTION tally_read_g{generation}.fail_once() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN IF NEW.position = {} AND nextval('tally_read_g{generation}.failures') = 1 THEN
+                 RAISE EXCEPTION 'injected failure at %', NEW.position; END IF; RETURN NEW; END $$;
+             CREATE TRIGGER fail_once BEFORE INSERT ON tally_read_g{generation}.ledger_entries
+                 FOR EACH ROW EXECUTE FUNCTION tally_read_g{generation}.fail_once();",
+            head / 2
+        ))
+        .await
+        .unwrap();
+    let mut replay = tally_projections::replay::Replay::spawn(Arc::clone(&store), 0, 100);
+    let (mut checkpoint, mut failures) = (0, 0);
+    while let Some(batch) = replay.next().await {
+        let batch = batch.unwrap();
+        while let Err(error) = model.apply(generation, checkpoint, batch.through, Arc::clone(&batch.movements)).await {
+            assert!(error.to_string().contains("injected failure"), "{error}");
+            failures += 1;
+        }
+        checkpoint = batch.through;
+    }
+    assert_eq!(failures, 1);
+    model.promote(generation).await.unwrap();
+    assert_postgres_matches(&model, &db, &fold_log(&store).await).await;
+}
+
 async fn rebuild_with_writes_going_on(model: Arc<dyn ReadModel>, store: Arc<dyn EventStore>, workload: Workload) -> Workload {
     let projection = Projection::spawn(Arc::clone(&store), model, options(200));
     caught_up(&projection, &store).await;
@@ -305,6 +344,18 @@ async fn postgres_rebuild_while_writes_continue_swaps_in_a_complete_model() {
     }
     let tables: i64 = client.query_one("SELECT count(*) FROM pg_tables WHERE tablename = 'deferred_indexes'", &[]).await.unwrap().get(0);
     assert_eq!(tables, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_holding_more_wallets_than_it_may_keep_writes_them_out_and_goes_on() {
+    let db = TestDatabase::create().await;
+    let store = store();
+    let mut workload = Workload::new(14, 50);
+    workload.run(&*store, 3_000).await;
+    // 50 wallets, of which a replay may keep 10 in memory: written out after the first batch.
+    let model = Arc::new(PostgresReadModel::connect(&db.url).await.unwrap().with_replay_wallets_max(10));
+    rebuild_with_writes_going_on(model.clone(), Arc::clone(&store), workload).await;
+    assert_postgres_matches(&model, &db, &fold_log(&store).await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
