@@ -35,6 +35,8 @@ pub enum StoreUrl {
     Embedded(PathBuf),
     /// A PostgreSQL database, by connection URL.
     Postgres(String),
+    /// An EventStoreDB / KurrentDB server, by connection string (`esdb://`, `kurrentdb://`, `+discover`).
+    Kurrent(String),
 }
 
 impl StoreUrl {
@@ -44,10 +46,8 @@ impl StoreUrl {
             Some(("file", path)) if !path.is_empty() => Ok(Self::Embedded(PathBuf::from(path))),
             Some(("file", _)) => Err(error("file:// needs a directory, e.g. file://./data")),
             Some(("postgres" | "postgresql", _)) => Ok(Self::Postgres(url.to_owned())),
-            Some(("esdb" | "kurrentdb" | "esdb+discover" | "kurrentdb+discover", _)) => {
-                Err(error("the EventStoreDB/KurrentDB backend is not built yet; use file:// or postgres://"))
-            }
-            Some((scheme, _)) => Err(error(&format!("unknown scheme {scheme:?}; use file:// or postgres://"))),
+            Some(("esdb" | "kurrentdb" | "esdb+discover" | "kurrentdb+discover", _)) => Ok(Self::Kurrent(url.to_owned())),
+            Some((scheme, _)) => Err(error(&format!("unknown scheme {scheme:?}; use file://, postgres:// or kurrentdb://"))),
             None => Err(error("expected a URL such as file://./data or postgres://user@host/db")),
         }
     }
@@ -202,7 +202,11 @@ mod tests {
     fn store_urls() {
         assert_eq!(StoreUrl::parse("file:///var/lib/tally").unwrap(), StoreUrl::Embedded(PathBuf::from("/var/lib/tally")));
         assert_eq!(StoreUrl::parse("postgres://tally@db/tally").unwrap(), StoreUrl::Postgres("postgres://tally@db/tally".into()));
-        for (url, says) in [("esdb://localhost:2113", "not built yet"), ("mysql://x", "unknown scheme"), ("./data", "expected a URL")] {
+        assert_eq!(
+            StoreUrl::parse("esdb://localhost:2113?tls=false").unwrap(),
+            StoreUrl::Kurrent("esdb://localhost:2113?tls=false".into())
+        );
+        for (url, says) in [("mysql://x", "unknown scheme"), ("./data", "expected a URL"), ("file://", "needs a directory")] {
             let err = StoreUrl::parse(url).unwrap_err().to_string();
             assert!(err.contains(says), "{url}: {err}");
         }

@@ -75,8 +75,18 @@ fn main() -> ExitCode {
 
 /// The concrete backends `tally serve` runs on, closed in order at shutdown.
 enum Backends {
-    Embedded { log: Arc<EmbeddedStore>, snapshots: Option<Arc<SledSnapshotStore>> },
-    Postgres { log: Arc<PostgresStore> },
+    Embedded {
+        log: Arc<EmbeddedStore>,
+        snapshots: Option<Arc<SledSnapshotStore>>,
+    },
+    Postgres {
+        log: Arc<PostgresStore>,
+    },
+    /// A KurrentDB log, with this node's snapshots in sled beside its data directory.
+    #[cfg(feature = "kurrentdb")]
+    Kurrent {
+        snapshots: Option<Arc<SledSnapshotStore>>,
+    },
 }
 
 impl Backends {
@@ -105,7 +115,35 @@ impl Backends {
                 };
                 Ok((Self::Postgres { log: log.clone() }, log, port))
             }
+            StoreUrl::Kurrent(url) => Self::open_kurrent(url, settings).await,
         }
+    }
+
+    #[cfg(feature = "kurrentdb")]
+    async fn open_kurrent(
+        url: &str,
+        settings: &ServeSettings,
+    ) -> Result<(Self, Arc<dyn EventStore>, Arc<dyn Snapshots>), Box<dyn std::error::Error>> {
+        let log = tally_engine::store::KurrentStore::connect(url)
+            .await
+            .map_err(|e| format!("cannot use the event log at {}: {e}", redact(url)))?;
+        tracing::info!(store = %redact(url), head = *log.head().borrow(), "kurrentdb event log ready");
+        let (snapshots, port): (Option<Arc<SledSnapshotStore>>, Arc<dyn Snapshots>) = match settings.snapshots {
+            Some(policy) => {
+                let store = Arc::new(open_snapshots(&settings.data)?);
+                (Some(store.clone()), Arc::new(Snapshotter::new(store, policy)))
+            }
+            None => (None, Arc::new(NoSnapshots)),
+        };
+        Ok((Self::Kurrent { snapshots }, Arc::new(log), port))
+    }
+
+    #[cfg(not(feature = "kurrentdb"))]
+    async fn open_kurrent(
+        url: &str,
+        _: &ServeSettings,
+    ) -> Result<(Self, Arc<dyn EventStore>, Arc<dyn Snapshots>), Box<dyn std::error::Error>> {
+        Err(kurrent_not_built(url).into())
     }
 
     async fn close(self) {
@@ -119,8 +157,24 @@ impl Backends {
                 }
             }
             Self::Postgres { log } => log.close(),
+            #[cfg(feature = "kurrentdb")]
+            Self::Kurrent { snapshots } => {
+                if let Some(snapshots) = snapshots
+                    && let Err(error) = snapshots.flush().await
+                {
+                    tracing::warn!(%error, "snapshots not flushed; wallets will rebuild them from the log");
+                }
+            }
         }
     }
+}
+
+#[cfg(not(feature = "kurrentdb"))]
+fn kurrent_not_built(url: &str) -> String {
+    format!(
+        "cannot use the event log at {}: this tally was built without KurrentDB support (cargo build --features kurrentdb)",
+        redact(url)
+    )
 }
 
 /// A connection URL without its password, for logs and errors.
@@ -184,7 +238,7 @@ async fn serve(settings: ServeSettings) -> Result<(), Box<dyn std::error::Error>
     tracing::info!(%address, tenants = ?tenants, "serving gRPC");
     let log = match &settings.store {
         StoreUrl::Embedded(dir) => format!("data in {}", dir.display()),
-        StoreUrl::Postgres(url) => format!("log in {}", redact(url)),
+        StoreUrl::Postgres(url) | StoreUrl::Kurrent(url) => format!("log in {}", redact(url)),
     };
     println!("tally listening on http://{address} ({log}, tenants: {})", tenants.join(", "));
     let engine = Engine { registry: registry.clone(), store, programs: program_book };
@@ -232,6 +286,12 @@ async fn open_store(url: &str) -> Result<Arc<dyn EventStore>, Box<dyn std::error
     Ok(match StoreUrl::parse(url)? {
         StoreUrl::Embedded(dir) => Arc::new(EmbeddedStore::open(&dir).map_err(|e| format!("cannot open {url}: {e}"))?),
         StoreUrl::Postgres(url) => Arc::new(PostgresStore::connect(&url).await.map_err(|e| format!("cannot open {}: {e}", redact(&url)))?),
+        #[cfg(feature = "kurrentdb")]
+        StoreUrl::Kurrent(url) => {
+            Arc::new(tally_engine::store::KurrentStore::connect(&url).await.map_err(|e| format!("cannot open {}: {e}", redact(&url)))?)
+        }
+        #[cfg(not(feature = "kurrentdb"))]
+        StoreUrl::Kurrent(url) => return Err(kurrent_not_built(&url).into()),
     })
 }
 
@@ -256,7 +316,8 @@ async fn snapshot_store(target: &SnapshotsTarget) -> Result<Box<dyn SnapshotStor
     Ok(match store {
         Some(StoreUrl::Postgres(url)) => Box::new(PostgresSnapshotStore::connect(&url).await?),
         Some(StoreUrl::Embedded(dir)) => Box::new(open_snapshots(&dir)?),
-        None => Box::new(open_snapshots(&target.data)?),
+        // A KurrentDB log keeps each node's snapshots in its data directory.
+        Some(StoreUrl::Kurrent(_)) | None => Box::new(open_snapshots(&target.data)?),
     })
 }
 

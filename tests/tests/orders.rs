@@ -45,6 +45,27 @@ fn refund(key: &str, order_id: &str, amount_minor: Option<i64>) -> RefundOrderRe
     }
 }
 
+async fn create_acme(admin: &mut AdminServiceClient<tonic::transport::Channel>) {
+    let create = CreateProgramRequest {
+        tenant_id: "acme".into(),
+        idempotency_key: "create".into(),
+        name: "Acme".into(),
+        utc_offset_minutes: 0,
+        return_policy: ReturnPolicy::AllowNegative.into(),
+    };
+    admin.create_program(create).await.unwrap();
+}
+
+async fn publish_rules(admin: &mut AdminServiceClient<tonic::transport::Channel>) {
+    let publish = PublishRulesRequest {
+        tenant_id: "acme".into(),
+        idempotency_key: "v1".into(),
+        rules_json: RULES.into(),
+        published_by: "ops".into(),
+    };
+    admin.publish_rules(publish).await.unwrap();
+}
+
 #[tokio::test]
 async fn orders_earn_by_the_rules_and_refunds_take_back_in_proportion() {
     let dir = tempfile::tempdir().unwrap();
@@ -57,22 +78,9 @@ async fn orders_earn_by_the_rules_and_refunds_take_back_in_proportion() {
     let enroll =
         EnrollRequest { tenant_id: "acme".into(), wallet_id: "c-1".into(), idempotency_key: "e".into(), customer_ref: "crm".into() };
     assert_eq!(wallets.enroll(enroll.clone()).await.unwrap_err().code(), Code::NotFound);
-    let create = CreateProgramRequest {
-        tenant_id: "acme".into(),
-        idempotency_key: "create".into(),
-        name: "Acme".into(),
-        utc_offset_minutes: 0,
-        return_policy: ReturnPolicy::AllowNegative.into(),
-    };
-    admin.create_program(create).await.unwrap();
+    create_acme(&mut admin).await;
     wallets.enroll(enroll).await.unwrap();
-    let publish = PublishRulesRequest {
-        tenant_id: "acme".into(),
-        idempotency_key: "v1".into(),
-        rules_json: RULES.into(),
-        published_by: "ops".into(),
-    };
-    admin.publish_rules(publish).await.unwrap();
+    publish_rules(&mut admin).await;
 
     let earned = wallets.earn_for_order(earn(order("order-1", 3_000))).await.unwrap().into_inner();
     assert_eq!((earned.balance, earned.replayed), (130, false));
@@ -192,21 +200,8 @@ async fn refunds_after_the_programs_refund_window_are_refused_with_the_reason() 
     let channel = server.channel().await;
     let mut admin = AdminServiceClient::new(channel.clone());
     let mut wallets = WalletServiceClient::new(channel);
-    let create = CreateProgramRequest {
-        tenant_id: "acme".into(),
-        idempotency_key: "create".into(),
-        name: "Acme".into(),
-        utc_offset_minutes: 0,
-        return_policy: ReturnPolicy::AllowNegative.into(),
-    };
-    admin.create_program(create).await.unwrap();
-    let publish = PublishRulesRequest {
-        tenant_id: "acme".into(),
-        idempotency_key: "v1".into(),
-        rules_json: RULES.into(),
-        published_by: "ops".into(),
-    };
-    admin.publish_rules(publish).await.unwrap();
+    create_acme(&mut admin).await;
+    publish_rules(&mut admin).await;
     let window =
         |key: &str, days| SetRefundWindowRequest { tenant_id: "acme".into(), idempotency_key: key.into(), days, set_by: "ops".into() };
     let status = admin.set_refund_window(window("w0", 0)).await.unwrap_err();

@@ -181,7 +181,7 @@ fn a_bad_store_url_fails_start_up_with_a_clear_message() {
         .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("invalid store URL") && stderr.contains("not built yet"), "{stderr}");
+    assert!(stderr.contains("built without KurrentDB support") && stderr.contains("--features kurrentdb"), "{stderr}");
     let output = std::process::Command::new(tally_tests::tally_binary())
         .args(["serve", "--listen", "127.0.0.1:0", "--store", "postgresql://nobody@127.0.0.1:1/none"])
         .output()

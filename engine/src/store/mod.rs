@@ -17,11 +17,15 @@ use crate::limits::{APPEND_BYTES_MAX, APPEND_EVENTS_MAX, EVENT_PAYLOAD_BYTES_MAX
 #[cfg(any(test, feature = "testing"))]
 pub mod conformance;
 pub mod embedded;
+#[cfg(feature = "kurrentdb")]
+pub mod kurrentdb;
 pub mod memory;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 
 pub use embedded::{EmbeddedOptions, EmbeddedStore, OpenReport, TornTail};
+#[cfg(feature = "kurrentdb")]
+pub use kurrentdb::KurrentStore;
 pub use memory::{FaultPlan, InMemoryStore};
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresStore;

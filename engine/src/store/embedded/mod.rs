@@ -9,7 +9,7 @@
 //! reported; any other damage stops start-up with the file and offset.
 //! Architecture Invariant: the index is derived from the log alone.
 
-mod record;
+pub(in crate::store) mod record;
 mod writer;
 
 use std::fs::{self, File};

@@ -60,7 +60,7 @@ pub(super) fn any_valid_frame(bytes: &[u8]) -> bool {
     bytes.windows(4).enumerate().any(|(i, w)| w == magic && matches!(parse(&bytes[i..]), Frame::Valid { .. }))
 }
 
-pub(super) fn into_envelope(stream: &StreamId, version: u64, position: u64, data: EventData) -> EventEnvelope {
+pub(in crate::store) fn into_envelope(stream: &StreamId, version: u64, position: u64, data: EventData) -> EventEnvelope {
     EventEnvelope {
         stream_id: stream.as_str().to_owned(),
         stream_version: version,
@@ -81,7 +81,7 @@ pub(super) fn into_envelope(stream: &StreamId, version: u64, position: u64, data
     }
 }
 
-pub(super) fn from_envelope(envelope: EventEnvelope) -> Result<RecordedEvent, String> {
+pub(in crate::store) fn from_envelope(envelope: EventEnvelope) -> Result<RecordedEvent, String> {
     let stream_id = StreamId::new(&envelope.stream_id).map_err(|e| e.to_string())?;
     let recorded_at_ms = envelope.recorded_at.map_or(0, |t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000);
     Ok(RecordedEvent {
