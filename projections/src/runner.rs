@@ -354,7 +354,7 @@ impl Runner {
                     }
                     Err(_) => head_open = false,
                 },
-                batch = reader.batches.recv() => match batch.unwrap_or(Ok(None)) {
+                batch = reader.next() => match batch {
                     Ok(Some(events)) => {
                         if let Some(exit) = self.apply_live(events).await {
                             return exit;
@@ -486,27 +486,84 @@ impl Runner {
     }
 }
 
-/// Reads batches ahead of the runner on a task of its own, one batch at a time (the channel holds one),
-/// so a read in flight is never abandoned when the runner wakes up for something else.
+/// Reads the log ahead of the runner on a task of its own, into a buffer of at most one batch that the
+/// runner empties whole when it is ready: a batch it applies holds everything read up to that moment,
+/// so its events wait for one apply at most (not for a batch queued behind the one being applied). A
+/// read in flight is never abandoned when the runner wakes up for something else.
 struct Reader {
-    batches: mpsc::Receiver<Result<Option<Vec<RecordedEvent>>, StoreError>>,
+    shared: Arc<ReadAhead>,
     task: JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct ReadAhead {
+    state: parking_lot::Mutex<ReadState>,
+    /// Events (or the end) arrived.
+    ready: tokio::sync::Notify,
+    /// The runner took the buffer.
+    taken: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct ReadState {
+    events: Vec<RecordedEvent>,
+    /// Set once the reader stopped: `Ok(None)` at the end of the log, or the error it stopped on.
+    end: Option<Result<Option<Vec<RecordedEvent>>, StoreError>>,
 }
 
 impl Reader {
     fn spawn(store: Arc<dyn EventStore>, after: u64, batch_size: usize) -> Self {
-        let (sender, batches) = mpsc::channel(1);
+        let shared = Arc::new(ReadAhead::default());
+        let ahead = Arc::clone(&shared);
         let task = tokio::spawn(async move {
             let mut follower = Follower::new(store, after);
             loop {
-                let batch = follower.next_batch(batch_size).await;
-                let more = matches!(batch, Ok(Some(_)));
-                if sender.send(batch).await.is_err() || !more {
+                let room = batch_size.saturating_sub(ahead.state.lock().events.len());
+                if room == 0 {
+                    let taken = ahead.taken.notified();
+                    if ahead.state.lock().events.len() >= batch_size {
+                        taken.await;
+                    }
+                    continue;
+                }
+                let batch = follower.next_batch(room).await;
+                let mut state = ahead.state.lock();
+                match batch {
+                    Ok(Some(events)) => state.events.extend(events),
+                    other => state.end = Some(other),
+                }
+                let stopped = state.end.is_some();
+                drop(state);
+                ahead.ready.notify_one();
+                if stopped {
                     return;
                 }
             }
         });
-        Self { batches, task }
+        Self { shared, task }
+    }
+
+    /// Everything read so far, waiting for at least one event; then the end (`Ok(None)`) or the error
+    /// the reader stopped on. Cancel safe.
+    async fn next(&self) -> Result<Option<Vec<RecordedEvent>>, StoreError> {
+        loop {
+            let ready = self.shared.ready.notified();
+            {
+                let mut state = self.shared.state.lock();
+                if !state.events.is_empty() {
+                    let events = std::mem::take(&mut state.events);
+                    drop(state);
+                    self.shared.taken.notify_one();
+                    return Ok(Some(events));
+                }
+                if let Some(end) = state.end.take() {
+                    // Answered once; the reader has stopped for good.
+                    state.end = Some(Ok(None));
+                    return end;
+                }
+            }
+            ready.await;
+        }
     }
 }
 
