@@ -50,6 +50,39 @@ fn corrupt(at: Position, reason: String) -> StoreError {
     StoreError::Corrupt { file: "kurrentdb $all".into(), offset: at.commit, reason }
 }
 
+/// The client, made anew when it has given up: after a failed connect the `kurrentdb` client stops
+/// for good and answers `ConnectionClosed` to everything (losing a cluster's leader can do that).
+struct Connection {
+    settings: ClientSettings,
+    client: RwLock<Client>,
+}
+
+impl Connection {
+    fn get(&self) -> Client {
+        self.client.read().clone()
+    }
+
+    /// Makes a new client if `error` says this one is closed; the caller's call still fails (its outcome
+    /// may be unknown), the next one uses the new client.
+    fn recover(&self, error: &kurrentdb::Error) {
+        if matches!(error, kurrentdb::Error::ConnectionClosed) {
+            match Client::new(self.settings.clone()) {
+                Ok(client) => {
+                    tracing::warn!("kurrentdb client closed; connecting anew");
+                    *self.client.write() = client;
+                }
+                Err(error) => tracing::warn!(%error, "kurrentdb client closed and cannot be made anew"),
+            }
+        }
+    }
+
+    /// `error` as a store error, after [`Connection::recover`].
+    fn failed(&self, error: kurrentdb::Error) -> StoreError {
+        self.recover(&error);
+        unavailable(error)
+    }
+}
+
 #[derive(Debug)]
 struct Index {
     /// `$all` position of every tally event, in log order.
@@ -99,7 +132,7 @@ fn at_or_before(a: Position, b: Position) -> bool {
 }
 
 pub struct KurrentStore {
-    client: Client,
+    client: Arc<Connection>,
     prefix: Arc<str>,
     index: Arc<Index>,
     head_rx: watch::Receiver<u64>,
@@ -131,16 +164,15 @@ impl KurrentStore {
             return Err(StoreError::Unavailable { reason: format!("invalid KurrentDB stream prefix {prefix:?}") });
         }
         let prefix: Arc<str> = prefix.into();
-        // The client knows both schemes under their `kurrentdb` names.
-        let url = url.replacen("esdb://", "kurrentdb://", 1).replacen("esdb+discover://", "kurrentdb+discover://", 1);
         let settings: ClientSettings =
             url.parse().map_err(|e| StoreError::Unavailable { reason: format!("invalid KurrentDB URL: {e}") })?;
-        let client = Client::new(settings).map_err(|e| StoreError::Unavailable { reason: format!("KurrentDB client: {e}") })?;
+        let client = Client::new(settings.clone()).map_err(|e| StoreError::Unavailable { reason: format!("KurrentDB client: {e}") })?;
+        let client = Arc::new(Connection { settings, client: RwLock::new(client) });
         // The last tally event now: the index must reach it before the store serves.
         let last = last_position(&client, &prefix).await?;
         let (head, head_rx) = watch::channel(0);
         let index = Arc::new(Index { positions: RwLock::new(Vec::new()), head });
-        let indexer = tokio::spawn(follow_all(client.clone(), Arc::clone(&prefix), Arc::clone(&index)));
+        let indexer = tokio::spawn(follow_all(Arc::clone(&client), Arc::clone(&prefix), Arc::clone(&index)));
         if let Some(last) = last {
             index.number_eventually(last).await?;
             tracing::info!(events = *index.head.borrow(), "kurrentdb log numbered");
@@ -150,22 +182,30 @@ impl KurrentStore {
 
     /// Reads events of one KurrentDB stream from `revision` and numbers them.
     async fn read_numbered(&self, stream: &StreamId, revision: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
-        let options = ReadStreamOptions::default().forwards().position(StreamPosition::Position(revision)).max_count(limit);
-        let mut read = match self.client.read_stream(self.name(stream), &options).await {
+        // From the leader: an append's read-back must see what was just written.
+        let options =
+            ReadStreamOptions::default().forwards().position(StreamPosition::Position(revision)).max_count(limit).requires_leader(true);
+        let mut read = match self.client.get().read_stream(self.name(stream), &options).await {
             Ok(read) => read,
             Err(kurrentdb::Error::ResourceNotFound) => return Ok(Vec::new()),
-            Err(error) => return Err(unavailable(error)),
+            Err(error) => return Err(self.client.failed(error)),
         };
         let mut events = Vec::new();
         loop {
             match read.next().await {
                 Ok(Some(resolved)) => {
                     let event = resolved.get_original_event();
+                    if event.position.commit == u64::MAX {
+                        // Servers before 22.6 leave stream reads without their `$all` position.
+                        return Err(unavailable(
+                            "the server does not report $all positions on stream reads (KurrentDB 22.6 or later needed)",
+                        ));
+                    }
                     let position = self.index.number(event.position).await?;
                     events.push(recorded(event, &self.prefix, position)?);
                 }
                 Ok(None) | Err(kurrentdb::Error::ResourceNotFound) => return Ok(events),
-                Err(error) => return Err(unavailable(error)),
+                Err(error) => return Err(self.client.failed(error)),
             }
         }
     }
@@ -182,24 +222,25 @@ fn tally_filter(prefix: &str) -> SubscriptionFilter {
 }
 
 /// The `$all` position of the last tally event, if any.
-async fn last_position(client: &Client, prefix: &str) -> Result<Option<Position>, StoreError> {
-    let options = ReadAllOptions::default().backwards().position(StreamPosition::End).filter(tally_filter(prefix)).max_count(1);
-    let mut read = client.read_all(&options).await.map_err(unavailable)?;
+async fn last_position(client: &Connection, prefix: &str) -> Result<Option<Position>, StoreError> {
+    let options =
+        ReadAllOptions::default().backwards().position(StreamPosition::End).filter(tally_filter(prefix)).max_count(1).requires_leader(true);
+    let mut read = client.get().read_all(&options).await.map_err(|e| client.failed(e))?;
     match read.next().await {
         Ok(Some(resolved)) => Ok(Some(resolved.get_original_event().position)),
         Ok(None) => Ok(None),
-        Err(error) => Err(unavailable(error)),
+        Err(error) => Err(client.failed(error)),
     }
 }
 
 /// Numbers every tally event in `$all` order, for as long as the store lives; subscribes again from
 /// the last numbered event when the connection drops.
-async fn follow_all(client: Client, prefix: Arc<str>, index: Arc<Index>) {
+async fn follow_all(client: Arc<Connection>, prefix: Arc<str>, index: Arc<Index>) {
     let mut backoff = Duration::from_millis(100);
     loop {
         let from = index.positions.read().last().copied().map_or(StreamPosition::Start, StreamPosition::Position);
         let options = SubscribeToAllOptions::default().position(from).filter(tally_filter(&prefix));
-        let mut subscription = client.subscribe_to_all(&options).await;
+        let mut subscription = client.get().subscribe_to_all(&options).await;
         loop {
             match subscription.next_subscription_event().await {
                 Ok(SubscriptionEvent::EventAppeared(resolved)) => {
@@ -222,6 +263,7 @@ async fn follow_all(client: Client, prefix: Arc<str>, index: Arc<Index>) {
                 Ok(_) => {}
                 Err(error) => {
                     tracing::warn!(%error, "kurrentdb $all subscription lost; subscribing again");
+                    client.recover(&error);
                     break;
                 }
             }
@@ -267,7 +309,7 @@ impl EventStore for KurrentStore {
             })
             .collect();
         let options = AppendToStreamOptions::default().stream_state(state);
-        let written = match self.client.append_to_stream(self.name(stream), &options, data).await {
+        let written = match self.client.get().append_to_stream(self.name(stream), &options, data).await {
             Ok(written) => written,
             Err(kurrentdb::Error::WrongExpectedVersion { current, .. }) => {
                 let actual = match current {
@@ -280,15 +322,22 @@ impl EventStore for KurrentStore {
                 };
                 return Err(StoreError::VersionConflict { stream: stream.clone(), expected, actual });
             }
-            Err(error) => return Err(unavailable(format!("{error}; the outcome is unknown"))),
+            Err(error) => {
+                self.client.recover(&error);
+                return Err(unavailable(format!("{error}; the outcome is unknown")));
+            }
         };
         let last_version = written.next_expected_version + 1;
         let first_version = last_version + 1 - count;
         // Numbered by the index: the positions every follower will see them at.
         let numbered = self.read_numbered(stream, first_version - 1, count as usize).await?;
+        let revisions: Vec<u64> = numbered.iter().map(|e| e.stream_version).collect();
         let (Some(first), Some(last)) = (numbered.first(), numbered.last()) else {
-            return Err(unavailable("the appended events cannot be read back"));
+            return Err(unavailable("the appended events cannot be read back; the outcome is unknown"));
         };
+        if revisions != (first_version..=last_version).collect::<Vec<_>>() {
+            return Err(unavailable(format!("read back versions {revisions:?} of an append of {first_version}..={last_version}")));
+        }
         Ok(AppendOutcome { first_version, last_version, first_position: first.global_position, last_position: last.global_position })
     }
 
@@ -318,7 +367,7 @@ impl EventStore for KurrentStore {
         }
         let from = after.map_or(StreamPosition::Start, StreamPosition::Position);
         let options = ReadAllOptions::default().forwards().position(from).filter(tally_filter(&self.prefix)).max_count(limit + 1);
-        let mut read = self.client.read_all(&options).await.map_err(unavailable)?;
+        let mut read = self.client.get().read_all(&options).await.map_err(|e| self.client.failed(e))?;
         let mut events = Vec::with_capacity(limit);
         while events.len() < limit {
             match read.next().await {
@@ -338,23 +387,23 @@ impl EventStore for KurrentStore {
                     events.push(recorded(event, &self.prefix, position)?);
                 }
                 Ok(None) => break,
-                Err(error) => return Err(unavailable(error)),
+                Err(error) => return Err(self.client.failed(error)),
             }
         }
         Ok(events)
     }
 
     async fn stream_version(&self, stream: &StreamId) -> Result<u64, StoreError> {
-        let options = ReadStreamOptions::default().backwards().position(StreamPosition::End).max_count(1);
-        let mut read = match self.client.read_stream(self.name(stream), &options).await {
+        let options = ReadStreamOptions::default().backwards().position(StreamPosition::End).max_count(1).requires_leader(true);
+        let mut read = match self.client.get().read_stream(self.name(stream), &options).await {
             Ok(read) => read,
             Err(kurrentdb::Error::ResourceNotFound) => return Ok(0),
-            Err(error) => return Err(unavailable(error)),
+            Err(error) => return Err(self.client.failed(error)),
         };
         match read.next().await {
             Ok(Some(resolved)) => Ok(resolved.get_original_event().revision + 1),
             Ok(None) | Err(kurrentdb::Error::ResourceNotFound) => Ok(0),
-            Err(error) => Err(unavailable(error)),
+            Err(error) => Err(self.client.failed(error)),
         }
     }
 
