@@ -92,8 +92,9 @@ pub struct ProjectionStatus {
     /// Recorded time of the oldest event not yet applied; `None` when caught up.
     pub behind_since_ms: Option<i64>,
     pub events_applied: u64,
-    /// Lag from an event's recorded time to its commit in the read model, over events written since
-    /// the runner started (so start-up catch-up does not count).
+    /// Lag from an event's recorded time to its commit in the read model, over the events of the last
+    /// one to two minutes written since the runner started (start-up catch-up does not count, and an
+    /// old spike does not hide how it is doing now).
     pub lag_p50_ms: Option<u64>,
     pub lag_p99_ms: Option<u64>,
     pub rebuild: Option<RebuildProgress>,
@@ -160,7 +161,7 @@ impl Projection {
             status: status_tx,
             control_tx: control.downgrade(),
             control: control_rx,
-            lag: Histogram::new_with_bounds(1, 3_600_000, 2).expect("valid histogram bounds"),
+            lag: LagWindow::new(SystemClock.now_ms()),
             started_at_ms: SystemClock.now_ms(),
             rebuild_task: None,
         };
@@ -227,9 +228,46 @@ struct Runner {
     /// Weak, so dropping every [`Projection`] handle ends the runner.
     control_tx: mpsc::WeakSender<Control>,
     control: mpsc::Receiver<Control>,
-    lag: Histogram<u64>,
+    lag: LagWindow,
     started_at_ms: i64,
     rebuild_task: Option<JoinHandle<()>>,
+}
+
+/// How long each of the two lag histograms covers.
+const LAG_WINDOW_MS: i64 = 60_000;
+
+/// Lag samples of the current minute and of the one before: quantiles cover the last one to two minutes.
+struct LagWindow {
+    current: Histogram<u64>,
+    previous: Histogram<u64>,
+    current_since_ms: i64,
+}
+
+impl LagWindow {
+    fn new(now_ms: i64) -> Self {
+        let empty = Histogram::new_with_bounds(1, 3_600_000, 2).expect("valid histogram bounds");
+        Self { current: empty.clone(), previous: empty, current_since_ms: now_ms }
+    }
+
+    fn record(&mut self, now_ms: i64, lag_ms: u64) {
+        if now_ms - self.current_since_ms >= LAG_WINDOW_MS {
+            std::mem::swap(&mut self.current, &mut self.previous);
+            self.current.reset();
+            // A quiet stretch of more than a window leaves nothing older behind.
+            if now_ms - self.current_since_ms >= 2 * LAG_WINDOW_MS {
+                self.previous.reset();
+            }
+            self.current_since_ms = now_ms;
+        }
+        let _ = self.current.record(lag_ms.max(1));
+    }
+
+    /// `(p50, p99)` in ms, if there are samples.
+    fn quantiles(&self) -> (Option<u64>, Option<u64>) {
+        let mut both = self.current.clone();
+        let _ = both.add(&self.previous);
+        if both.is_empty() { (None, None) } else { (Some(both.value_at_quantile(0.5)), Some(both.value_at_quantile(0.99))) }
+    }
 }
 
 /// What ended a phase of the runner.
@@ -408,18 +446,14 @@ impl Runner {
         let now = SystemClock.now_ms();
         for movement in movements.iter() {
             if movement.recorded_at_ms >= self.started_at_ms {
-                let _ = self.lag.record(u64::try_from(now - movement.recorded_at_ms).unwrap_or(0).max(1));
+                self.lag.record(now, u64::try_from(now - movement.recorded_at_ms).unwrap_or(0));
             }
         }
         let applied = through - from;
         let name = self.model.name();
         metrics::counter!("tally_projection_events_total", "projection" => name).increment(applied);
         metrics::gauge!("tally_projection_checkpoint", "projection" => name).set(through as f64);
-        let (lag_p50, lag_p99) = if self.lag.is_empty() {
-            (None, None)
-        } else {
-            (Some(self.lag.value_at_quantile(0.5)), Some(self.lag.value_at_quantile(0.99)))
-        };
+        let (lag_p50, lag_p99) = self.lag.quantiles();
         self.status.send_modify(|s| {
             s.checkpoint = through;
             s.head = s.head.max(through);
@@ -673,5 +707,30 @@ impl Rebuild {
             p.head = live;
         });
         Ok(RebuildPhase::Done)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{LAG_WINDOW_MS, LagWindow};
+
+    #[test]
+    fn lag_quantiles_cover_the_last_one_to_two_minutes() {
+        let mut lag = LagWindow::new(0);
+        assert_eq!(lag.quantiles(), (None, None));
+        // A start-up spike, then steady small lags.
+        lag.record(1_000, 5_000);
+        for at in (2_000..LAG_WINDOW_MS).step_by(10) {
+            lag.record(at, 20);
+        }
+        assert!(lag.quantiles().1.is_some_and(|p99| p99 >= 20));
+        lag.record(LAG_WINDOW_MS + 1, 20);
+        assert!(lag.quantiles().1.is_some_and(|p99| p99 < 5_000), "still within two minutes, but 1 sample in 5,800");
+        lag.record(2 * LAG_WINDOW_MS + 2, 30);
+        let (p50, p99) = lag.quantiles();
+        assert_eq!((p50, p99.map(|p| p < 40)), (Some(20), Some(true)), "the spike's minute is gone");
+        // A long quiet stretch forgets everything before it.
+        lag.record(10 * LAG_WINDOW_MS, 7);
+        assert_eq!(lag.quantiles(), (Some(7), Some(7)));
     }
 }
