@@ -84,8 +84,10 @@ pub const HOLD_TIMEOUT_MAX_MS: i64 = 7 * 86_400_000;
 
 /// How long a wallet remembers an accepted command's idempotency key, from when it was decided, in
 /// milliseconds: a retry within it gets the first outcome; after it the key is forgotten (as payment
-/// APIs do), which bounds a long-lived wallet's state. It outlasts every other window a retry can fall
-/// in (a backdated order, a POS hold), so an order id is never earned twice.
+/// APIs do), which bounds a long-lived wallet's state. It outlasts the other windows a retry can fall in
+/// (a backdated order, a POS hold): an order re-sent with its placement time is refused as too old once
+/// its receipt is gone; one re-sent without it is refused while its source is kept (the refund window),
+/// and is a new order after both.
 pub const RECEIPT_RETENTION_MS: i64 = 30 * 86_400_000;
 /// How often (in recorded time) a wallet forgets receipts and sources past their time, in milliseconds;
 /// they may outlive their time by up to this much.

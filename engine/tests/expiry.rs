@@ -367,6 +367,11 @@ fn under_an_inactivity_policy_everything_expires_once_the_customer_stops() {
     assert_eq!(adjusted.inactivity_expires_at_ms, june, "2027-06-14T15:00Z");
     assert_eq!(wallet.state.available_at(wallet.now), 40 + 30);
     assert_eq!(wallet.state.upcoming_expiries(wallet.now, 5), [(june, 30)]);
+    // A wallet that never did anything yet has no deadline: a staff credit starts its clock too.
+    let mut quiet = Wallet::enrolled(ProgramSettings { expiry: inactivity, ..ProgramSettings::default() });
+    let changes = quiet.run(Command::new("a-1", CommandBody::Adjust { points: 30, reason: String::new(), staff_ref: "s".into() })).unwrap();
+    let Change::Adjusted(adjusted) = &changes[0] else { panic!("{changes:?}") };
+    assert_eq!(adjusted.inactivity_expires_at_ms, september);
     let bad = ExpiryPolicy { notice_days: 0, rule: Some(Rule::Inactivity(ExpireAfterInactivity { months: 0 })) };
     assert_eq!(tally_engine::domain::expiry::validate(&bad).unwrap_err().field, "policy.inactivity.months");
 }

@@ -157,3 +157,39 @@ fn the_refund_window_is_a_program_setting() {
         assert!(matches!(&refused, Err(e) if e.to_string().contains("days")), "{refused:?}");
     }
 }
+
+#[test]
+fn a_hold_id_used_again_after_its_receipt_is_forgotten_is_a_new_hold_to_capture() {
+    let mut wallet = Wallet::enrolled(program(30));
+    wallet.run(earn("e-1", 100, "promo")).unwrap();
+    let authorize = || {
+        let body = CommandBody::AuthorizeRedemption { hold_id: "pos-1".into(), points: 10, reward_ref: "cake".into(), timeout_ms: 7 * DAY };
+        Command::new("pos-1", body)
+    };
+    let capture = || Command::new("pos-1/capture", CommandBody::CaptureRedemption { hold_id: "pos-1".into(), points: None });
+    wallet.run(authorize()).unwrap();
+    // Captured six days later: its receipt outlives the authorization's by six days.
+    wallet.now += 6 * DAY;
+    wallet.run(capture()).unwrap();
+    wallet.now = NOW + RECEIPT_RETENTION_MS + RETENTION_SWEEP_INTERVAL_MS;
+    wallet.run(earn("e-2", 1, "promo-2")).unwrap();
+    assert!(wallet.state.receipt("pos-1").is_none() && wallet.state.receipt("pos-1/capture").is_some());
+    // The POS uses the id again: a new hold, whose capture is decided, not answered from the old one.
+    wallet.run(authorize()).unwrap();
+    let changes = wallet.run(capture()).unwrap();
+    assert!(matches!(&changes[..], [Change::Captured(c)] if c.points == 10), "{changes:?}");
+    assert_eq!((wallet.state.balance, wallet.state.held_points), (100 + 1 - 20, 0));
+}
+
+#[test]
+fn an_earn_from_a_source_past_its_window_starts_it_afresh() {
+    let mut wallet = Wallet::enrolled(program(1));
+    wallet.run(earn("e-1", 10, "promo")).unwrap();
+    // Past the window, in the same command that would forget the source: the old earn stays closed.
+    wallet.now += DAY + 1;
+    wallet.run(earn("e-2", 5, "promo")).unwrap();
+    let source = wallet.state.source("promo").unwrap();
+    assert_eq!((source.earned, source.reversible(), source.refundable_until_ms), (5, 5, NOW + 2 * DAY + 1));
+    let reverse = Command::new("r-1", CommandBody::Reverse { source_ref: "promo".into(), points: Some(10), reason: "fraud".into() });
+    assert!(matches!(wallet.run(reverse), Err(Rejection::ReversalExceedsEarned { reversible: 5, .. })));
+}

@@ -365,12 +365,14 @@ fn decide_change(state: &WalletState, body: &CommandBody, ctx: &Context<'_>) -> 
             if *points > available {
                 return Err(Rejection::InsufficientPoints { available: available.max(0), requested: *points });
             }
+            checked_balance(state.lifetime_redeemed.checked_add(*points), "points", *points)?;
             let (lots, _) = take_lots(state, *points, &[]);
             let inactivity_expires_at_ms = inactivity_deadline(ctx);
             Ok(Change::Redeemed(PointsRedeemed { points: *points, reward_ref: reward_ref.clone(), lots, inactivity_expires_at_ms }))
         }
         (WalletStatus::Active, CommandBody::Adjust { points, reason, staff_ref }) => {
             let after = checked_balance(state.balance.checked_add(*points), "points", *points)?;
+            checked_balance(state.lifetime_adjusted.checked_add(*points), "points", *points)?;
             // A manual correction never creates a debt nor takes held points: debts only come from
             // refunds, by policy.
             if *points < 0 && (after < 0 || available + *points < 0) {
@@ -379,7 +381,7 @@ fn decide_change(state: &WalletState, body: &CommandBody, ctx: &Context<'_>) -> 
             let (lot, lots, inactivity_expires_at_ms) = if *points > 0 {
                 // Staff credits are not the customer's activity, but a credit to a wallet that has
                 // lapsed restarts its clock: the points must not be past their time already.
-                let lapsed = state.inactivity_expires_at_ms.is_some_and(|at| at <= ctx.now_ms);
+                let lapsed = state.inactivity_expires_at_ms.is_none_or(|at| at <= ctx.now_ms);
                 let deadline = if lapsed { inactivity_deadline(ctx) } else { 0 };
                 (Some(open_lot(state, *points, earned_expiry(ctx), true, ctx)), Vec::new(), deadline)
             } else {
@@ -431,6 +433,7 @@ fn decide_change(state: &WalletState, body: &CommandBody, ctx: &Context<'_>) -> 
                 return Err(Rejection::CaptureExceedsHold { hold_id: hold_id.clone(), held: hold.points, requested: captured });
             }
             checked_balance(state.balance.checked_sub(captured), "points", captured)?;
+            checked_balance(state.lifetime_redeemed.checked_add(captured), "points", captured)?;
             let (mut spent, mut released, mut left) = (Vec::new(), Vec::new(), captured);
             for (lot, points) in &hold.lots {
                 let take = (*points).min(left);
@@ -594,7 +597,8 @@ fn cap_period(period: Period) -> CapPeriod {
 fn earn_for_order(state: &WalletState, order: &Order, ctx: &Context<'_>) -> Result<Change, Rejection> {
     // The receipt (the order id is the key) answers a retry; once it is forgotten, the order's source
     // still refuses a second earn while its refund window lasts.
-    if state.sources.get(&order.order_id).is_some_and(|ledger| ledger.order_minor.is_some()) {
+    let known = state.sources.get(&order.order_id).filter(|l| l.refundable_until_ms == 0 || l.refundable_until_ms >= ctx.now_ms);
+    if known.is_some_and(|ledger| ledger.order_minor.is_some()) {
         return Err(Rejection::OrderAlreadyEarned { order_id: order.order_id.clone() });
     }
     let placed_at_ms = order.placed_at_ms.unwrap_or(ctx.now_ms);
@@ -689,9 +693,14 @@ pub fn apply(state: &mut WalletState, event: &Event) {
             let source = match state.sources.entry(e.source_ref.clone()) {
                 Entry::Occupied(known) => {
                     let source = known.into_mut();
-                    // 0 is "for good" (an event from before refund windows).
                     let (kept, now) = (source.refundable_until_ms, e.refundable_until_ms);
-                    source.refundable_until_ms = if kept == 0 || now == 0 { 0 } else { kept.max(now) };
+                    if kept != 0 && kept < event.recorded_at_ms {
+                        // Past its window (only not swept yet): what it earned before stays closed.
+                        *source = SourceLedger { refundable_until_ms: now, ..SourceLedger::default() };
+                    } else {
+                        // 0 is "for good" (an event from before refund windows).
+                        source.refundable_until_ms = if kept == 0 || now == 0 { 0 } else { kept.max(now) };
+                    }
                     source
                 }
                 Entry::Vacant(new) => new.insert(SourceLedger { refundable_until_ms: e.refundable_until_ms, ..SourceLedger::default() }),
@@ -743,6 +752,10 @@ pub fn apply(state: &mut WalletState, event: &Event) {
             debit(state, e.forfeited_points - from_pending, &e.lots);
         }
         Change::Held(e) => {
+            // A hold id used again once its authorization's receipt is forgotten: the old hold's capture
+            // and void receipts (keys that extend the hold id) must not answer for the new one.
+            let previous = format!("{}/", e.hold_id);
+            state.receipts.retain(|key, _| !key.starts_with(&previous));
             state.held_points += e.points;
             for taken in &e.lots {
                 let lot = state.lots.entry(taken.lot).or_default();
