@@ -64,6 +64,10 @@ pub enum ProjectionError {
     Sled(#[from] sled::Error),
     #[error("invalid setting: {0}")]
     Invalid(String),
+    /// A batch of a generation being rebuilt was cut short (its task aborted) and took what the rebuild
+    /// held in memory with it: that generation cannot be completed; rebuild again.
+    #[error("the rebuild of generation {generation} lost a batch in flight; start the rebuild again")]
+    ReplayLost { generation: u64 },
 }
 
 /// tokio-postgres shows a server error as just "db error"; say what the server said.
@@ -77,7 +81,7 @@ fn postgres_detail(error: &tokio_postgres::Error) -> String {
 impl ProjectionError {
     /// Errors that retrying cannot fix: the projection stops and says why.
     pub fn is_fatal(&self) -> bool {
-        matches!(self, Self::Poison { .. } | Self::Corrupt { .. } | Self::Migration(_) | Self::Invalid(_))
+        matches!(self, Self::Poison { .. } | Self::Corrupt { .. } | Self::Migration(_) | Self::Invalid(_) | Self::ReplayLost { .. })
     }
 }
 

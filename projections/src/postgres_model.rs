@@ -49,9 +49,9 @@ mod generation {
 pub struct PostgresReadModel {
     pool: Pool,
     config: tokio_postgres::Config,
-    /// Generations this process fills from their first batch (a rebuild's replay) and what it holds of
-    /// them in memory until they are promoted.
-    replaying: Arc<Mutex<HashMap<u64, Replaying>>>,
+    /// Generations this process is rebuilding (it alone writes them until they are promoted) and what
+    /// it holds of them in memory.
+    rebuilding: Arc<Mutex<HashMap<u64, Owned>>>,
     replay_wallets_max: usize,
 }
 
@@ -97,6 +97,25 @@ impl Replaying {
             wallet.latest_active_day = wallet.latest_active_day.max(day);
         }
     }
+}
+
+/// A generation this process is rebuilding.
+#[derive(Debug)]
+enum Owned {
+    /// Its wallets are kept in memory.
+    Holding(Replaying),
+    /// A batch or the promotion has them right now; a batch that finds this was cut short before.
+    InFlight,
+    /// Written out at the bound: batches upsert wallets from then on.
+    WrittenOut,
+}
+
+/// What a batch or the promotion took of an [`Owned`] generation.
+#[derive(Debug)]
+enum Taken {
+    NotOwned,
+    Holding(Replaying),
+    WrittenOut,
 }
 
 /// How a batch treats the wallets' rows.
@@ -185,7 +204,7 @@ impl PostgresReadModel {
         let manager =
             Manager::from_config(config.clone(), tokio_postgres::NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager).max_size(POOL_SIZE_MAX).build().map_err(|e| ProjectionError::Invalid(e.to_string()))?;
-        let model = Self { pool, config, replaying: Arc::default(), replay_wallets_max: REPLAY_WALLETS_DEFAULT_MAX };
+        let model = Self { pool, config, rebuilding: Arc::default(), replay_wallets_max: REPLAY_WALLETS_DEFAULT_MAX };
         let mut admin = model.admin().await?;
         // Nodes starting together take turns, migrations included.
         admin.execute("SELECT pg_advisory_lock($1)", &[&GENERATIONS_LOCK]).await?;
@@ -694,27 +713,44 @@ async fn write_out(tx: &tokio_postgres::Transaction<'_>, schema: &str, replaying
 }
 
 impl PostgresReadModel {
+    /// Takes what this process holds of `generation` for a batch or the promotion, leaving it in flight.
+    fn take(&self, generation: u64) -> Result<Taken, ProjectionError> {
+        let mut rebuilding = self.rebuilding.lock();
+        let Some(owned) = rebuilding.get_mut(&generation) else { return Ok(Taken::NotOwned) };
+        match std::mem::replace(owned, Owned::InFlight) {
+            Owned::Holding(replaying) => Ok(Taken::Holding(replaying)),
+            Owned::WrittenOut => {
+                *owned = Owned::WrittenOut;
+                Ok(Taken::WrittenOut)
+            }
+            Owned::InFlight => Err(ProjectionError::ReplayLost { generation }),
+        }
+    }
+
+    fn put_back(&self, generation: u64, owned: Owned) {
+        self.rebuilding.lock().insert(generation, owned);
+    }
+
     async fn apply_batch(&self, generation: u64, from: u64, through: u64, movements: &[Movement]) -> Result<(), ProjectionError> {
-        // A replay's own generation: what it holds is taken out while the batch runs, put back as it was
-        // if the batch fails, and with the batch folded in once it has committed.
-        let replaying = self.replaying.lock().remove(&generation);
-        let wallets = match &replaying {
-            None => Wallets::Upsert,
-            Some(r) if r.count > self.replay_wallets_max => Wallets::WriteOut(r),
-            Some(r) => Wallets::Replayed(r),
+        // A rebuilt generation: what the replay holds is taken out while the batch runs, put back as it
+        // was if the batch fails, and with the batch folded in once it has committed.
+        let taken = self.take(generation)?;
+        let wallets = match &taken {
+            Taken::NotOwned | Taken::WrittenOut => Wallets::Upsert,
+            Taken::Holding(r) if r.count > self.replay_wallets_max => Wallets::WriteOut(r),
+            Taken::Holding(r) => Wallets::Replayed(r),
         };
         let written_out = matches!(wallets, Wallets::WriteOut(_));
-        let result = self.write_batch(generation, from, through, movements, wallets).await;
-        if let Some(mut replaying) = replaying {
+        let owned = !matches!(taken, Taken::NotOwned);
+        let result = self.write_batch(generation, from, through, movements, wallets, owned).await;
+        if let Taken::Holding(mut replaying) = taken {
             match &result {
-                Ok(()) if written_out => {}
+                Ok(()) if written_out => self.put_back(generation, Owned::WrittenOut),
                 Ok(()) => {
                     replaying.record(movements);
-                    self.replaying.lock().insert(generation, replaying);
+                    self.put_back(generation, Owned::Holding(replaying));
                 }
-                Err(_) => {
-                    self.replaying.lock().insert(generation, replaying);
-                }
+                Err(_) => self.put_back(generation, Owned::Holding(replaying)),
             }
         }
         result
@@ -727,10 +763,20 @@ impl PostgresReadModel {
         through: u64,
         movements: &[Movement],
         wallets: Wallets<'_>,
+        owned: bool,
     ) -> Result<(), ProjectionError> {
         let schema = schema(generation);
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
+        if !owned {
+            // Only the live generation is followed: once another node promoted a new one, this batch must
+            // not land in the old one (the promotion waits for batches holding this lock).
+            let id = i32::try_from(generation).map_err(|_| ProjectionError::NoSuchGeneration { model: NAME, generation })?;
+            let live = tx.prepare_cached("SELECT live FROM tally_read_generations WHERE generation = $1 FOR SHARE").await?;
+            if !tx.query_opt(&live, &[&id]).await?.is_some_and(|row| row.get::<_, bool>(0)) {
+                return Err(ProjectionError::NoSuchGeneration { model: NAME, generation });
+            }
+        }
         let lock = tx.prepare_cached(&format!("SELECT position FROM {schema}.checkpoint FOR UPDATE")).await?;
         let actual: i64 = tx.query_one(&lock, &[]).await?.get(0);
         if actual != int(from, "position")? {
@@ -777,6 +823,8 @@ impl PostgresReadModel {
         if tx.query_opt("SELECT 1 FROM tally_read_generations WHERE generation = $1 AND NOT live", &[&id]).await?.is_none() {
             return Err(ProjectionError::NoSuchGeneration { model: NAME, generation });
         }
+        // Waits for the batches in flight on the live generation; none lands there after it.
+        tx.execute("UPDATE tally_read_generations SET live = FALSE WHERE live", &[]).await?;
         let checkpoint = |g: i32| format!("SELECT position FROM {}.checkpoint", schema(u64::try_from(g).unwrap_or(0)));
         let new_position: i64 = tx.query_one(&checkpoint(id), &[]).await?.get(0);
         if let Some(old) = old {
@@ -793,7 +841,6 @@ impl PostgresReadModel {
             write_out(&tx, &schema(generation), replaying).await?;
         }
         build_deferred_indexes(&tx, generation).await?;
-        tx.execute("UPDATE tally_read_generations SET live = FALSE WHERE live", &[]).await?;
         tx.execute("UPDATE tally_read_generations SET live = TRUE, promoted_at = now() WHERE generation = $1", &[&id]).await?;
         tx.batch_execute(&views_sql(generation)).await?;
         tx.commit().await?;
@@ -839,7 +886,7 @@ impl ReadModel for PostgresReadModel {
         let _ = admin.execute("SELECT pg_advisory_unlock($1)", &[&GENERATIONS_LOCK]).await;
         // Empty, and only this process writes it until it is promoted.
         if let Ok(generation) = result {
-            self.replaying.lock().insert(generation, Replaying::default());
+            self.put_back(generation, Owned::Holding(Replaying::default()));
         }
         result
     }
@@ -847,16 +894,27 @@ impl ReadModel for PostgresReadModel {
     async fn promote(&self, generation: u64) -> Result<(), ProjectionError> {
         // Once live, runners on other nodes may write it too: what the replay holds is written out now,
         // or kept for the next attempt if the promotion fails.
-        let replaying = self.replaying.lock().remove(&generation);
-        let result = self.promote_with(generation, replaying.as_ref()).await;
-        if let (Err(_), Some(replaying)) = (&result, replaying) {
-            self.replaying.lock().insert(generation, replaying);
+        let taken = self.take(generation)?;
+        let holding = match &taken {
+            Taken::Holding(replaying) => Some(replaying),
+            Taken::NotOwned | Taken::WrittenOut => None,
+        };
+        let result = self.promote_with(generation, holding).await;
+        match (&result, taken) {
+            // Behind the live one: the runner catches it up and promotes it again.
+            (Err(ProjectionError::Behind { .. }), Taken::Holding(replaying)) => self.put_back(generation, Owned::Holding(replaying)),
+            (Err(ProjectionError::Behind { .. }), Taken::WrittenOut) => self.put_back(generation, Owned::WrittenOut),
+            // Promoted, or failed in a way that ends the rebuild (a commit whose answer was lost may even
+            // have made it live): this process no longer owns it.
+            _ => {
+                self.rebuilding.lock().remove(&generation);
+            }
         }
         result
     }
 
     async fn drop_generation(&self, generation: u64) -> Result<(), ProjectionError> {
-        self.replaying.lock().remove(&generation);
+        self.rebuilding.lock().remove(&generation);
         let mut admin = self.admin().await?;
         let id = i32::try_from(generation).map_err(|_| ProjectionError::NoSuchGeneration { model: NAME, generation })?;
         drop_abandoned(&mut admin, id).await

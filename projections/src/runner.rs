@@ -250,16 +250,19 @@ impl LagWindow {
     }
 
     fn record(&mut self, now_ms: i64, lag_ms: u64) {
-        if now_ms - self.current_since_ms >= LAG_WINDOW_MS {
+        let elapsed = now_ms - self.current_since_ms;
+        if elapsed >= LAG_WINDOW_MS {
             std::mem::swap(&mut self.current, &mut self.previous);
             self.current.reset();
             // A quiet stretch of more than a window leaves nothing older behind.
-            if now_ms - self.current_since_ms >= 2 * LAG_WINDOW_MS {
+            if elapsed >= 2 * LAG_WINDOW_MS {
                 self.previous.reset();
             }
-            self.current_since_ms = now_ms;
+            // Windows stay aligned, so the two cover at most the last two minutes.
+            self.current_since_ms += elapsed - elapsed % LAG_WINDOW_MS;
         }
-        let _ = self.current.record(lag_ms.max(1));
+        // Beyond the histogram's hour it counts as an hour, not as nothing.
+        self.current.saturating_record(lag_ms.max(1));
     }
 
     /// `(p50, p99)` in ms, if there are samples.

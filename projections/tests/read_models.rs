@@ -467,6 +467,50 @@ async fn two_runners_on_one_reporting_database_never_count_twice() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_following_the_old_generation_moves_to_the_one_another_node_promoted() {
+    let db = TestDatabase::create().await;
+    let store = store();
+    let mut workload = Workload::new(22, 40);
+    workload.run(&*store, 300).await;
+    let first = Arc::new(PostgresReadModel::connect(&db.url).await.unwrap());
+    let second = Arc::new(PostgresReadModel::connect(&db.url).await.unwrap());
+    let b = Projection::spawn(Arc::clone(&store), second.clone(), options(29));
+    caught_up(&b, &store).await;
+    let old = b.status().generation;
+    // The first node rebuilds and promotes while the second follows the old generation under writes.
+    let generation = first.create_generation().await.unwrap();
+    let mut replay = tally_projections::replay::Replay::spawn(Arc::clone(&store), 0, 97);
+    let mut checkpoint = 0;
+    while let Some(batch) = replay.next().await {
+        let batch = batch.unwrap();
+        first.apply(generation, checkpoint, batch.through, batch.movements).await.unwrap();
+        checkpoint = batch.through;
+    }
+    // Catch up what the second node applied meanwhile, then promote (as the runner's swap does).
+    loop {
+        match first.promote(generation).await {
+            Ok(()) => break,
+            Err(tally_projections::ProjectionError::Behind { .. }) => {
+                let events = store.read_all(checkpoint + 1, 1_000).await.unwrap();
+                let through = events.last().unwrap().global_position;
+                let movements = tally_projections::movement::decode_batch(events).unwrap().into();
+                first.apply(generation, checkpoint, through, movements).await.unwrap();
+                checkpoint = through;
+            }
+            Err(other) => panic!("{other}"),
+        }
+    }
+    for _ in 0..5 {
+        workload.run(&*store, 100).await;
+        tokio::task::yield_now().await;
+    }
+    caught_up(&b, &store).await;
+    assert!(b.status().generation > old, "the second node follows the promoted generation");
+    assert_postgres_matches(&second, &db, &fold_log(&store).await).await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn following_a_postgres_log_under_steady_writes_keeps_up() {
     let db = TestDatabase::create().await;
     let store: Arc<dyn EventStore> = Arc::new(tally_engine::store::PostgresStore::connect(&db.url).await.unwrap());
