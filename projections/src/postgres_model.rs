@@ -52,6 +52,8 @@ pub struct PostgresReadModel {
     /// Generations this process is rebuilding (it alone writes them until they are promoted) and what
     /// it holds of them in memory.
     rebuilding: Arc<Mutex<HashMap<u64, Owned>>>,
+    /// Per generation this process rebuilds, the session holding its rebuild lock.
+    owners: Arc<Mutex<HashMap<u64, tokio_postgres::Client>>>,
     replay_wallets_max: usize,
 }
 
@@ -204,7 +206,8 @@ impl PostgresReadModel {
         let manager =
             Manager::from_config(config.clone(), tokio_postgres::NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager).max_size(POOL_SIZE_MAX).build().map_err(|e| ProjectionError::Invalid(e.to_string()))?;
-        let model = Self { pool, config, rebuilding: Arc::default(), replay_wallets_max: REPLAY_WALLETS_DEFAULT_MAX };
+        let model =
+            Self { pool, config, rebuilding: Arc::default(), owners: Arc::default(), replay_wallets_max: REPLAY_WALLETS_DEFAULT_MAX };
         let mut admin = model.admin().await?;
         // Nodes starting together take turns, migrations included.
         admin.execute("SELECT pg_advisory_lock($1)", &[&GENERATIONS_LOCK]).await?;
@@ -731,6 +734,13 @@ impl PostgresReadModel {
         self.rebuilding.lock().insert(generation, owned);
     }
 
+    /// This process no longer rebuilds `generation`: what it held goes, and so does its lock (the
+    /// session that holds it closes).
+    fn let_go(&self, generation: u64) {
+        self.rebuilding.lock().remove(&generation);
+        self.owners.lock().remove(&generation);
+    }
+
     async fn apply_batch(&self, generation: u64, from: u64, through: u64, movements: &[Movement]) -> Result<(), ProjectionError> {
         // A rebuilt generation: what the replay holds is taken out while the batch runs, put back as it
         // was if the batch fails, and with the batch folded in once it has committed.
@@ -881,12 +891,21 @@ impl ReadModel for PostgresReadModel {
 
     async fn create_generation(&self) -> Result<u64, ProjectionError> {
         let mut admin = self.admin().await?;
+        // Its session holds the rebuild's lock on the new generation for as long as this process owns it.
+        let owner = self.admin().await?;
         admin.execute("SELECT pg_advisory_lock($1)", &[&GENERATIONS_LOCK]).await?;
-        let result = new_generation(&mut admin).await;
+        let result = async {
+            let generation = new_generation(&mut admin).await?;
+            let id = i32::try_from(generation).map_err(|_| ProjectionError::NoSuchGeneration { model: NAME, generation })?;
+            owner.execute("SELECT pg_advisory_lock($1, $2)", &[&REBUILD_LOCK_CLASS, &id]).await?;
+            Ok(generation)
+        }
+        .await;
         let _ = admin.execute("SELECT pg_advisory_unlock($1)", &[&GENERATIONS_LOCK]).await;
         // Empty, and only this process writes it until it is promoted.
         if let Ok(generation) = result {
             self.put_back(generation, Owned::Holding(Replaying::default()));
+            self.owners.lock().insert(generation, owner);
         }
         result
     }
@@ -906,39 +925,34 @@ impl ReadModel for PostgresReadModel {
             (Err(ProjectionError::Behind { .. }), Taken::WrittenOut) => self.put_back(generation, Owned::WrittenOut),
             // Promoted, or failed in a way that ends the rebuild (a commit whose answer was lost may even
             // have made it live): this process no longer owns it.
-            _ => {
-                self.rebuilding.lock().remove(&generation);
-            }
+            _ => self.let_go(generation),
         }
         result
     }
 
     async fn drop_generation(&self, generation: u64) -> Result<(), ProjectionError> {
-        self.rebuilding.lock().remove(&generation);
+        self.let_go(generation);
         let mut admin = self.admin().await?;
         let id = i32::try_from(generation).map_err(|_| ProjectionError::NoSuchGeneration { model: NAME, generation })?;
         drop_abandoned(&mut admin, id).await
     }
 }
 
-/// How recently a generation that is not live must have applied a batch to count as a rebuild in
-/// progress (on this node or another) rather than one a crash abandoned.
-const REBUILD_ALIVE_SECS: f64 = 60.0;
+/// The first key of the session advisory lock a rebuilding process holds on its generation (the second
+/// is the generation): it is released when the process lets go of the generation or its session ends,
+/// crash included.
+const REBUILD_LOCK_CLASS: i32 = 0x7461_6c6c;
 
 async fn new_generation(admin: &mut tokio_postgres::Client) -> Result<u64, ProjectionError> {
     let others: Vec<i32> =
         admin.query("SELECT generation FROM tally_read_generations WHERE NOT live", &[]).await?.iter().map(|r| r.get(0)).collect();
     for other in others {
-        let sql =
-            format!("SELECT extract(epoch FROM now() - updated_at)::float8 FROM {}.checkpoint", schema(u64::try_from(other).unwrap_or(0)));
-        let idle: Option<f64> = match admin.query_one(&sql, &[]).await {
-            Ok(row) => Some(row.get(0)),
-            Err(error) if missing_generation(&error) => None,
-            Err(error) => return Err(error.into()),
-        };
-        if idle.is_some_and(|secs| secs < REBUILD_ALIVE_SECS) {
+        // Held by its rebuilding process while it lives: a rebuild is running (here or on another node).
+        let free: bool = admin.query_one("SELECT pg_try_advisory_lock($1, $2)", &[&REBUILD_LOCK_CLASS, &other]).await?.get(0);
+        if !free {
             return Err(ProjectionError::RebuildRunning { model: NAME });
         }
+        admin.execute("SELECT pg_advisory_unlock($1, $2)", &[&REBUILD_LOCK_CLASS, &other]).await?;
         tracing::info!(generation = other, "dropping a reporting generation left by an interrupted rebuild");
         drop_abandoned(admin, other).await?;
     }

@@ -511,6 +511,37 @@ async fn a_node_following_the_old_generation_moves_to_the_one_another_node_promo
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_running_on_one_node_is_not_taken_for_abandoned_by_another_until_its_process_is_gone() {
+    let db = TestDatabase::create().await;
+    let first = PostgresReadModel::connect(&db.url).await.unwrap();
+    let second = PostgresReadModel::connect(&db.url).await.unwrap();
+    let rebuilding = first.create_generation().await.unwrap();
+    // However long it has been idle, the first node still rebuilds it.
+    assert!(matches!(second.create_generation().await, Err(tally_projections::ProjectionError::RebuildRunning { .. })));
+    // The first node's process goes (its sessions close): the generation is abandoned, and dropped.
+    drop(first);
+    let started = std::time::Instant::now();
+    let generation = loop {
+        match second.create_generation().await {
+            Ok(generation) => break generation,
+            Err(tally_projections::ProjectionError::RebuildRunning { .. }) if started.elapsed() < WAIT => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(other) => panic!("{other}"),
+        }
+    };
+    assert!(generation > rebuilding);
+    let (client, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let left: i64 = client
+        .query_one("SELECT count(*) FROM tally_read_generations WHERE generation = $1", &[&i32::try_from(rebuilding).unwrap()])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0, "the abandoned generation was dropped");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn following_a_postgres_log_under_steady_writes_keeps_up() {
     let db = TestDatabase::create().await;
     let store: Arc<dyn EventStore> = Arc::new(tally_engine::store::PostgresStore::connect(&db.url).await.unwrap());
