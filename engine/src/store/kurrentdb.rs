@@ -40,6 +40,9 @@ pub const STREAM_PREFIX: &str = "tally-";
 const INDEX_WAIT: Duration = Duration::from_secs(30);
 /// Longest pause before the index subscribes again after losing the server.
 const RESUBSCRIBE_MAX: Duration = Duration::from_secs(5);
+/// After this long without a message, the index asks the server whether it missed anything (a stream
+/// the server ended without an error would otherwise stall it unseen).
+const SUBSCRIPTION_QUIET: Duration = Duration::from_secs(30);
 
 fn unavailable(error: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable { reason: format!("kurrentdb: {error}") }
@@ -242,7 +245,20 @@ async fn follow_all(client: Arc<Connection>, prefix: Arc<str>, index: Arc<Index>
         let options = SubscribeToAllOptions::default().position(from).filter(tally_filter(&prefix));
         let mut subscription = client.get().subscribe_to_all(&options).await;
         loop {
-            match subscription.next_subscription_event().await {
+            let Ok(message) = tokio::time::timeout(SUBSCRIPTION_QUIET, subscription.next_subscription_event()).await else {
+                match last_position(&client, &prefix).await {
+                    Ok(Some(last)) if index.positions.read().last().is_none_or(|numbered| !at_or_before(last, *numbered)) => {
+                        tracing::warn!("kurrentdb $all subscription went quiet with events unnumbered; subscribing again");
+                        break;
+                    }
+                    Ok(_) => continue,
+                    Err(error) => {
+                        tracing::warn!(%error, "kurrentdb unreachable while the $all subscription is quiet; subscribing again");
+                        break;
+                    }
+                }
+            };
+            match message {
                 Ok(SubscriptionEvent::EventAppeared(resolved)) => {
                     backoff = Duration::from_millis(100);
                     let at = resolved.get_original_event().position;
