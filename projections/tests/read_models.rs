@@ -40,6 +40,13 @@ fn options(batch_size: usize) -> RunnerOptions {
     RunnerOptions { batch_size, rebuild_batch_size: batch_size * 3, retry_max: Duration::from_millis(100) }
 }
 
+/// A plain connection to the test database, to look at (or tamper with) what the read model wrote.
+async fn sql(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    client
+}
+
 async fn caught_up(projection: &Projection, store: &Arc<dyn EventStore>) {
     let head = *store.head().borrow();
     tokio::time::timeout(WAIT, projection.wait_for(head)).await.expect("projection caught up in time").expect("projection runs");
@@ -73,8 +80,7 @@ fn assert_sled_matches(model: &SledReadModel, fold: &Fold) {
 }
 
 async fn assert_postgres_matches(model: &PostgresReadModel, db: &TestDatabase, fold: &Fold) {
-    let (client, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(connection);
+    let client = sql(&db.url).await;
     assert_eq!(model.checkpoint().await.unwrap(), fold.position);
 
     // wallets, paged both ways.
@@ -203,8 +209,7 @@ async fn a_batch_that_fails_midway_is_rolled_back_and_retried_without_counting_t
     let mut workload = Workload::new(7, 20);
     workload.run(&*store, 400).await;
     let head = *store.head().borrow();
-    let (client, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(connection);
+    let client = sql(&db.url).await;
     let model = Arc::new(PostgresReadModel::connect(&db.url).await.unwrap());
     // The ledger rows of the batch go in first; refuse one in the middle of the log, so every later
     // write of that batch (wallets, stats, checkpoint) must roll back with it.
@@ -240,8 +245,7 @@ async fn a_replay_batch_that_fails_is_retried_without_losing_what_the_replay_hol
     let mut workload = Workload::new(8, 20);
     workload.run(&*store, 400).await;
     let head = *store.head().borrow();
-    let (client, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(connection);
+    let client = sql(&db.url).await;
     let model = Arc::new(PostgresReadModel::connect(&db.url).await.unwrap());
     let generation = model.create_generation().await.unwrap();
     // The first insert of this ledger row fails, once (a sequence is not rolled back with it).
@@ -320,8 +324,7 @@ async fn postgres_rebuild_while_writes_continue_swaps_in_a_complete_model() {
     let model = Arc::new(PostgresReadModel::connect(&db.url).await.unwrap());
     rebuild_with_writes_going_on(model.clone(), Arc::clone(&store), workload).await;
     assert_postgres_matches(&model, &db, &fold_log(&store).await).await;
-    let (client, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(connection);
+    let client = sql(&db.url).await;
     let schemas: Vec<String> = client
         .query("SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 'tally_read_g%' ORDER BY 1", &[])
         .await
@@ -531,8 +534,7 @@ async fn a_rebuild_running_on_one_node_is_not_taken_for_abandoned_by_another_unt
         }
     };
     assert!(generation > rebuilding);
-    let (client, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(connection);
+    let client = sql(&db.url).await;
     let left: i64 = client
         .query_one("SELECT count(*) FROM tally_read_generations WHERE generation = $1", &[&i32::try_from(rebuilding).unwrap()])
         .await
