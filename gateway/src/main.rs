@@ -96,13 +96,7 @@ impl Backends {
                 let log = Arc::new(EmbeddedStore::open(dir)?);
                 let report = log.report();
                 tracing::info!(data = %dir.display(), events = report.events, streams = report.streams, "embedded event log ready");
-                let (snapshots, port): (Option<Arc<SledSnapshotStore>>, Arc<dyn Snapshots>) = match settings.snapshots {
-                    Some(policy) => {
-                        let store = Arc::new(open_snapshots(dir)?);
-                        (Some(store.clone()), Arc::new(Snapshotter::new(store, policy)))
-                    }
-                    None => (None, Arc::new(NoSnapshots)),
-                };
+                let (snapshots, port) = local_snapshots(dir, settings)?;
                 Ok((Self::Embedded { log: log.clone(), snapshots }, log, port))
             }
             StoreUrl::Postgres(url) => {
@@ -128,13 +122,7 @@ impl Backends {
             .await
             .map_err(|e| format!("cannot use the event log at {}: {e}", redact(url)))?;
         tracing::info!(store = %redact(url), head = *log.head().borrow(), "kurrentdb event log ready");
-        let (snapshots, port): (Option<Arc<SledSnapshotStore>>, Arc<dyn Snapshots>) = match settings.snapshots {
-            Some(policy) => {
-                let store = Arc::new(open_snapshots(&settings.data)?);
-                (Some(store.clone()), Arc::new(Snapshotter::new(store, policy)))
-            }
-            None => (None, Arc::new(NoSnapshots)),
-        };
+        let (snapshots, port) = local_snapshots(&settings.data, settings)?;
         Ok((Self::Kurrent { snapshots }, Arc::new(log), port))
     }
 
@@ -150,22 +138,34 @@ impl Backends {
         match self {
             Self::Embedded { log, snapshots } => {
                 log.close().await;
-                if let Some(snapshots) = snapshots
-                    && let Err(error) = snapshots.flush().await
-                {
-                    tracing::warn!(%error, "snapshots not flushed; wallets will rebuild them from the log");
-                }
+                flush_snapshots(snapshots).await;
             }
             Self::Postgres { log } => log.close(),
             #[cfg(feature = "kurrentdb")]
-            Self::Kurrent { snapshots } => {
-                if let Some(snapshots) = snapshots
-                    && let Err(error) = snapshots.flush().await
-                {
-                    tracing::warn!(%error, "snapshots not flushed; wallets will rebuild them from the log");
-                }
-            }
+            Self::Kurrent { snapshots } => flush_snapshots(snapshots).await,
         }
+    }
+}
+
+/// The sled snapshot store a node keeps itself (to flush at shutdown), and the port wallets use.
+type LocalSnapshots = (Option<Arc<SledSnapshotStore>>, Arc<dyn Snapshots>);
+
+/// Snapshots in sled under `dir` (when the settings keep any).
+fn local_snapshots(dir: &Path, settings: &ServeSettings) -> Result<LocalSnapshots, Box<dyn std::error::Error>> {
+    Ok(match settings.snapshots {
+        Some(policy) => {
+            let store = Arc::new(open_snapshots(dir)?);
+            (Some(store.clone()), Arc::new(Snapshotter::new(store, policy)))
+        }
+        None => (None, Arc::new(NoSnapshots)),
+    })
+}
+
+async fn flush_snapshots(snapshots: Option<Arc<SledSnapshotStore>>) {
+    if let Some(snapshots) = snapshots
+        && let Err(error) = snapshots.flush().await
+    {
+        tracing::warn!(%error, "snapshots not flushed; wallets will rebuild them from the log");
     }
 }
 

@@ -510,7 +510,7 @@ fn decide_change(state: &WalletState, body: &CommandBody, ctx: &Context<'_>) -> 
 /// The source a refund or reversal takes points back from, if its refund window is still open.
 fn refundable_source<'s>(state: &'s WalletState, source_ref: &str, ctx: &Context<'_>) -> Result<&'s SourceLedger, Rejection> {
     let ledger = state.sources.get(source_ref).ok_or_else(|| Rejection::UnknownSource { source_ref: source_ref.to_owned() })?;
-    if ledger.refundable_until_ms != 0 && ledger.refundable_until_ms < ctx.now_ms {
+    if !ledger.refundable_at(ctx.now_ms) {
         return Err(Rejection::RefundWindowClosed { source_ref: source_ref.to_owned(), closed_at_ms: ledger.refundable_until_ms });
     }
     Ok(ledger)
@@ -597,8 +597,7 @@ fn cap_period(period: Period) -> CapPeriod {
 fn earn_for_order(state: &WalletState, order: &Order, ctx: &Context<'_>) -> Result<Change, Rejection> {
     // The receipt (the order id is the key) answers a retry; once it is forgotten, the order's source
     // still refuses a second earn while its refund window lasts.
-    let known = state.sources.get(&order.order_id).filter(|l| l.refundable_until_ms == 0 || l.refundable_until_ms >= ctx.now_ms);
-    if known.is_some_and(|ledger| ledger.order_minor.is_some()) {
+    if state.sources.get(&order.order_id).is_some_and(|ledger| ledger.order_minor.is_some() && ledger.refundable_at(ctx.now_ms)) {
         return Err(Rejection::OrderAlreadyEarned { order_id: order.order_id.clone() });
     }
     let placed_at_ms = order.placed_at_ms.unwrap_or(ctx.now_ms);
@@ -694,7 +693,7 @@ pub fn apply(state: &mut WalletState, event: &Event) {
                 Entry::Occupied(known) => {
                     let source = known.into_mut();
                     let (kept, now) = (source.refundable_until_ms, e.refundable_until_ms);
-                    if kept != 0 && kept < event.recorded_at_ms {
+                    if !source.refundable_at(event.recorded_at_ms) {
                         // Past its window (only not swept yet): what it earned before stays closed.
                         *source = SourceLedger { refundable_until_ms: now, ..SourceLedger::default() };
                     } else {
@@ -855,7 +854,7 @@ fn forget_past(state: &mut WalletState, now_ms: i64) {
     state.swept_at_ms = now_ms;
     let receipts_from = now_ms.saturating_sub(RECEIPT_RETENTION_MS);
     state.receipts.retain(|_, receipt| receipt.recorded_at_ms >= receipts_from);
-    state.sources.retain(|_, source| source.refundable_until_ms == 0 || source.refundable_until_ms >= now_ms);
+    state.sources.retain(|_, source| source.refundable_at(now_ms));
 }
 
 /// Adds `points` to the qualifying points of `month`, keeping the most recent months.

@@ -43,6 +43,11 @@ impl SourceLedger {
     pub fn reversible(&self) -> i64 {
         self.earned - self.reversed
     }
+
+    /// Whether its points can still be taken back at `now_ms` (after that the wallet forgets it).
+    pub fn refundable_at(&self, now_ms: i64) -> bool {
+        self.refundable_until_ms == 0 || self.refundable_until_ms >= now_ms
+    }
 }
 
 /// Points one capped rule gave this customer in its cap's recent periods.
