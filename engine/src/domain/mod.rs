@@ -9,7 +9,6 @@
 #![deny(clippy::float_arithmetic)]
 
 mod command;
-mod decide;
 mod event;
 pub mod expiry;
 mod fingerprint;
@@ -19,14 +18,15 @@ mod rejection;
 pub mod rules;
 mod state;
 pub mod tiers;
+mod wallet;
 
 pub use command::{Command, CommandBody, Money};
-pub use decide::{Decision, apply, decide};
 pub use event::{Change, Event};
 pub use ids::{FieldError, TenantId, WalletId};
 pub use rejection::Rejection;
 pub use state::{Hold, Lot, Pending, Receipt, RuleUsage, SourceLedger, StampCard, TierState, WalletState, WalletStatus};
 pub use tally_proto::v1::{CreditPackageDefined, ExpiryPolicy, ReturnPolicy, StampCardDefined, TierMove};
+pub use wallet::{Decision, apply, decide};
 
 /// What the wallet domain needs of its tenant's program (see [`program::ProgramState::settings`]).
 #[derive(Debug, Clone, PartialEq)]

@@ -1,0 +1,154 @@
+//! Input checks: what a command must look like before it is decided, and the ledger's range check.
+
+use crate::domain::command::{Command, CommandBody, Money};
+use crate::domain::ids::FieldError;
+use crate::domain::rejection::Rejection;
+use crate::limits::{
+    BALANCE_ABS_MAX, HOLD_ID_BYTES_MAX, HOLD_TIMEOUT_MAX_MS, MONEY_MINOR_ABS_MAX, POINTS_PER_COMMAND_MAX, REASON_BYTES_MAX, REF_BYTES_MAX,
+    STAMPS_PER_CARD_MAX,
+};
+
+/// The idempotency key, and for commands whose own id is the key, that the two agree.
+pub(super) fn check_key(command: &Command) -> Result<(), Rejection> {
+    check_ref("idempotency_key", &command.idempotency_key, true)?;
+    if let CommandBody::EarnForOrder { order } = &command.body
+        && order.order_id != command.idempotency_key
+    {
+        return Err(FieldError::new("idempotency_key", "must be the order id: an order earns once").into());
+    }
+    if let CommandBody::AuthorizeRedemption { hold_id, .. } = &command.body
+        && *hold_id != command.idempotency_key
+    {
+        return Err(FieldError::new("idempotency_key", "must be the hold id: a hold is authorized once").into());
+    }
+    if let CommandBody::PurchaseCredits { purchase_id, .. } = &command.body
+        && *purchase_id != command.idempotency_key
+    {
+        return Err(FieldError::new("idempotency_key", "must be the purchase id: a purchase credits once").into());
+    }
+    Ok(())
+}
+
+pub(super) fn checked_balance(value: Option<i64>, field: &'static str, points: i64) -> Result<i64, Rejection> {
+    match value {
+        Some(v) if v.abs() <= BALANCE_ABS_MAX => Ok(v),
+        _ => Err(Rejection::PointsOutOfRange { field, points }),
+    }
+}
+
+pub(super) fn validate(body: &CommandBody) -> Result<(), Rejection> {
+    match body {
+        CommandBody::Enroll { customer_ref } => check_ref("customer_ref", customer_ref, false),
+        CommandBody::Earn { points, reason, source_ref, order_amount } => {
+            check_positive("points", *points)?;
+            check_reason(reason)?;
+            check_ref("source_ref", source_ref, true)?;
+            order_amount.as_ref().map_or(Ok(()), check_money)
+        }
+        CommandBody::Redeem { points, reward_ref } => {
+            check_positive("points", *points)?;
+            check_ref("reward_ref", reward_ref, true)
+        }
+        CommandBody::Adjust { points, reason, staff_ref } => {
+            if *points == 0 {
+                return Err(Rejection::ZeroAdjustment);
+            }
+            if points.checked_abs().is_none_or(|p| p > POINTS_PER_COMMAND_MAX) {
+                return Err(Rejection::PointsOutOfRange { field: "points", points: *points });
+            }
+            check_reason(reason)?;
+            check_ref("staff_ref", staff_ref, true)
+        }
+        CommandBody::Reverse { source_ref, points, reason } => {
+            if let Some(points) = points {
+                check_positive("points", *points)?;
+            }
+            check_ref("source_ref", source_ref, true)?;
+            check_reason(reason)
+        }
+        CommandBody::Close { reason } => check_reason(reason),
+        CommandBody::EarnForOrder { order } => Ok(order.validate()?),
+        CommandBody::AuthorizeRedemption { hold_id, points, reward_ref, timeout_ms } => {
+            check_hold_id(hold_id)?;
+            check_positive("points", *points)?;
+            check_ref("reward_ref", reward_ref, false)?;
+            if !(1_000..=HOLD_TIMEOUT_MAX_MS).contains(timeout_ms) {
+                return Err(FieldError::new("timeout_seconds", format!("must be within 1..={}", HOLD_TIMEOUT_MAX_MS / 1_000)).into());
+            }
+            Ok(())
+        }
+        CommandBody::CaptureRedemption { hold_id, points } => {
+            check_hold_id(hold_id)?;
+            points.map_or(Ok(()), |points| check_positive("points", points))
+        }
+        CommandBody::VoidRedemption { hold_id } => check_hold_id(hold_id),
+        CommandBody::RunDue => Ok(()),
+        CommandBody::AddStamps { card_id, count, reason } => {
+            crate::domain::program::check_id("card_id", card_id)?;
+            if !(1..=STAMPS_PER_CARD_MAX).contains(count) {
+                return Err(FieldError::new("count", format!("must be within 1..={STAMPS_PER_CARD_MAX}")).into());
+            }
+            check_reason(reason)
+        }
+        CommandBody::PurchaseCredits { purchase_id, package_id } => {
+            check_ref("purchase_id", purchase_id, true)?;
+            check_ref("package_id", package_id, true)
+        }
+        CommandBody::RefundOrder { order_id, amount_minor, reason } => {
+            check_ref("order_id", order_id, true)?;
+            if let Some(amount) = amount_minor
+                && !(1..=MONEY_MINOR_ABS_MAX).contains(amount)
+            {
+                return Err(FieldError::new("amount_minor", format!("must be within 1..={MONEY_MINOR_ABS_MAX}")).into());
+            }
+            check_reason(reason)
+        }
+    }
+}
+
+pub(super) fn check_positive(field: &'static str, points: i64) -> Result<(), Rejection> {
+    if points <= 0 {
+        return Err(Rejection::NonPositivePoints { field, points });
+    }
+    if points > POINTS_PER_COMMAND_MAX {
+        return Err(Rejection::PointsOutOfRange { field, points });
+    }
+    Ok(())
+}
+
+pub(super) fn check_ref(field: &'static str, value: &str, required: bool) -> Result<(), Rejection> {
+    if required && value.is_empty() {
+        return Err(FieldError::new(field, "must not be empty").into());
+    }
+    if value.len() > REF_BYTES_MAX {
+        return Err(FieldError::new(field, format!("must be at most {REF_BYTES_MAX} bytes")).into());
+    }
+    if value.chars().any(char::is_control) {
+        return Err(FieldError::new(field, "must not contain control characters").into());
+    }
+    Ok(())
+}
+
+pub(super) fn check_hold_id(hold_id: &str) -> Result<(), Rejection> {
+    if hold_id.len() > HOLD_ID_BYTES_MAX {
+        return Err(FieldError::new("hold_id", format!("must be at most {HOLD_ID_BYTES_MAX} bytes")).into());
+    }
+    check_ref("hold_id", hold_id, true)
+}
+
+pub(super) fn check_reason(reason: &str) -> Result<(), Rejection> {
+    if reason.len() > REASON_BYTES_MAX {
+        return Err(FieldError::new("reason", format!("must be at most {REASON_BYTES_MAX} bytes")).into());
+    }
+    Ok(())
+}
+
+pub(super) fn check_money(money: &Money) -> Result<(), Rejection> {
+    if money.currency.len() != 3 || !money.currency.bytes().all(|b| b.is_ascii_uppercase()) {
+        return Err(FieldError::new("order_amount.currency", "must be an ISO 4217 code such as EUR").into());
+    }
+    if money.amount_minor < 0 || money.amount_minor > MONEY_MINOR_ABS_MAX {
+        return Err(FieldError::new("order_amount.amount_minor", format!("must be within 0..={MONEY_MINOR_ABS_MAX}")).into());
+    }
+    Ok(())
+}

@@ -1,0 +1,105 @@
+//! What time brings by itself: holds past their timeout released, pending points matured, lots expired,
+//! expiry notices, tier reviews. `decide` records these before any command (`catch_up`); `RunDue` is
+//! that step alone.
+
+use tally_proto::v1::{HoldCaptured, HoldEnd, LotPoints, PointsExpired, PointsExpiringSoon, PointsMatured};
+
+use super::apply;
+use super::holds::release;
+use super::lots::{credit, debit, open_lot, remember_lot, take_pending};
+use super::tier::tier_review;
+use crate::domain::Context;
+use crate::domain::event::{Change, Event};
+use crate::domain::state::{WalletState, WalletStatus};
+
+/// What happened by itself up to `now_ms`, one transition at a time, each seeing the ones before: holds
+/// past their timeout are released (by timeout, then hold id), pending points past their time mature
+/// (by time, then credit), then lots past their expiry expire (by expiry, then lot) — points given back
+/// or matured included. The changes, and the state after them if there were any.
+pub(super) fn catch_up(state: &WalletState, ctx: &Context<'_>, event: &dyn Fn(Change) -> Event) -> (Vec<Change>, Option<WalletState>) {
+    let now_ms = ctx.now_ms;
+    if state.status != WalletStatus::Active || state.next_due_ms().is_none_or(|due| due > now_ms) {
+        return (Vec::new(), None);
+    }
+    let mut current = state.clone();
+    let mut changes = Vec::new();
+    while let Some(change) = next_transition(&current, ctx) {
+        apply(&mut current, &event(change.clone()));
+        changes.push(change);
+    }
+    (changes, Some(current))
+}
+
+/// The first transition due by `ctx.now_ms`, in the order [`catch_up`] records them.
+pub(super) fn next_transition(state: &WalletState, ctx: &Context<'_>) -> Option<Change> {
+    let now_ms = ctx.now_ms;
+    let hold = state.holds().filter(|(_, hold)| hold.expires_at_ms <= now_ms).min_by_key(|(id, hold)| (hold.expires_at_ms, *id));
+    if let Some((id, hold)) = hold {
+        return Some(release(id, hold, HoldEnd::Expired));
+    }
+    let pending = state.pending().filter(|(_, p)| p.available_at_ms <= now_ms).min_by_key(|(id, p)| (p.available_at_ms, *id));
+    if let Some((id, pending)) = pending {
+        return Some(Change::Matured(PointsMatured {
+            pending: id,
+            source_ref: pending.source_ref.clone(),
+            points: pending.points,
+            available_at_ms: pending.available_at_ms,
+            lot: Some(open_lot(state, pending.points, pending.expires_at_ms, true, ctx)),
+        }));
+    }
+    let lot = state.expired_lots(now_ms).filter(|(_, lot)| lot.points > 0).min_by_key(|(id, lot)| lot.spending_order(*id));
+    if let Some((id, lot)) = lot {
+        let expired_at_ms = state.lot_expiry(lot).unwrap_or(now_ms);
+        return Some(Change::Expired(PointsExpired { lot: id, points: lot.points, expired_at_ms }));
+    }
+    let notice = state
+        .lots()
+        .filter(|(_, lot)| lot.notify_at_ms.is_some_and(|at| at <= now_ms) && lot.points + lot.held > 0)
+        .min_by_key(|(id, lot)| (lot.notify_at_ms, *id));
+    if let Some((id, lot)) = notice {
+        return Some(Change::ExpiringSoon(PointsExpiringSoon {
+            lot: id,
+            points: lot.points + lot.held,
+            expires_at_ms: lot.expires_at_ms.unwrap_or(0),
+        }));
+    }
+    state.tier.as_ref().filter(|t| t.next_review_at_ms != 0 && t.next_review_at_ms <= now_ms).map(|t| tier_review(state, t, ctx))
+}
+
+/// Points a hold gives back to a lot whose time has passed expire with the command that gave them back.
+pub(super) fn expire_returned(
+    current: &WalletState,
+    changes: &[Change],
+    ctx: &Context<'_>,
+    event: &dyn Fn(Change) -> Event,
+) -> Vec<Change> {
+    let returns_points =
+        changes.iter().any(|c| matches!(c, Change::Released(_) | Change::Captured(HoldCaptured { released_points: 1.., .. })));
+    if returns_points {
+        let mut after = current.clone();
+        changes.iter().for_each(|c| apply(&mut after, &event(c.clone())));
+        catch_up(&after, ctx, event).0
+    } else {
+        Vec::new()
+    }
+}
+
+pub(super) fn apply_expiring_soon(state: &mut WalletState, e: &PointsExpiringSoon) {
+    if let Some(lot) = state.lots.get_mut(&e.lot) {
+        lot.notify_at_ms = None;
+    }
+}
+
+pub(super) fn apply_matured(state: &mut WalletState, e: &PointsMatured) {
+    take_pending(state, &[LotPoints { lot: e.pending, points: e.points }]);
+    credit(state, e.points, e.lot.as_ref());
+    // A source forgotten after its refund window needs no lots.
+    if let Some(source) = state.sources.get_mut(&e.source_ref) {
+        remember_lot(source, e.lot.as_ref());
+    }
+}
+
+pub(super) fn apply_expired(state: &mut WalletState, e: &PointsExpired) {
+    state.lifetime_expired += e.points;
+    debit(state, e.points, std::slice::from_ref(&LotPoints { lot: e.lot, points: e.points }));
+}

@@ -1,0 +1,144 @@
+//! The wallet aggregate's behaviour: `decide` turns a command into events, `apply` folds an event into
+//! the state. Both only dispatch; each command family has a room of its own:
+//!
+//! | room | decides | applies |
+//! |---|---|---|
+//! | [`ledger`] | `Enroll`, `Earn`, `Redeem`, `Adjust`, `Reverse`, `Close` | enrolled, earned, redeemed, adjusted, reversed, closed |
+//! | [`orders`] | `EarnForOrder`, `RefundOrder` | (orders earn and reverse through the ledger's events) |
+//! | [`holds`] | `AuthorizeRedemption`, `CaptureRedemption`, `VoidRedemption` | held, captured, released |
+//! | [`credits`] | `PurchaseCredits` | purchased |
+//! | [`stamps`] | `AddStamps`, and the cards a change fills | stamped, card completed |
+//! | [`tier`] | the tier an earn reaches, a due review | tier changed, tier reviewed |
+//! | [`due`] | `RunDue`, and what time brought before any command | matured, expired, expiring soon |
+//!
+//! Shared by the rooms: [`checks`] (input validation), [`lots`] (where points sit, debt), [`receipts`]
+//! (idempotency and what a wallet forgets).
+
+mod checks;
+mod credits;
+mod due;
+mod holds;
+mod ledger;
+mod lots;
+mod orders;
+mod receipts;
+mod stamps;
+mod tier;
+
+use super::Context;
+use super::command::{Command, CommandBody};
+use super::event::{Change, Event};
+use super::rejection::Rejection;
+use super::state::{Receipt, WalletState, WalletStatus};
+
+/// What `decide` concluded for a command that was not rejected.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// New events to append, then apply.
+    Append(Vec<Event>),
+    /// The same command (same key, same body) was already accepted: here is its outcome; append nothing.
+    AlreadyApplied(Receipt),
+}
+
+/// Decides `command` against `state`. Pure: the same inputs always give the same answer.
+pub fn decide(state: &WalletState, command: &Command, ctx: &Context<'_>) -> Result<Decision, Rejection> {
+    checks::check_key(command)?;
+    let fingerprint = command.fingerprint();
+    if let Some(receipt) = state.receipts.get(&command.idempotency_key) {
+        if receipt.command_fingerprint == fingerprint {
+            return Ok(Decision::AlreadyApplied(*receipt));
+        }
+        return Err(Rejection::IdempotencyKeyReused { key: command.idempotency_key.clone() });
+    }
+    checks::validate(&command.body)?;
+    let event = |change| Event {
+        idempotency_key: command.idempotency_key.clone(),
+        command_fingerprint: fingerprint,
+        recorded_at_ms: ctx.now_ms,
+        change,
+    };
+    if let CommandBody::CaptureRedemption { hold_id, .. } = &command.body
+        && state.holds.get(hold_id).is_some_and(|hold| hold.expires_at_ms <= ctx.now_ms)
+    {
+        return Err(Rejection::HoldExpired { hold_id: hold_id.clone() });
+    }
+    // What time brought since the last event comes first, so the command sees the wallet as it is now.
+    let (due, caught_up) = due::catch_up(state, ctx, &event);
+    let current = caught_up.as_ref().unwrap_or(state);
+    let changes = match (current.status, &command.body) {
+        (_, CommandBody::RunDue) if due.is_empty() => return Err(Rejection::NothingDue { next_due_ms: state.next_due_ms() }),
+        (_, CommandBody::RunDue) => Vec::new(),
+        (WalletStatus::Active, CommandBody::Close { reason }) => ledger::close(current, reason),
+        (_, body) => {
+            let change = decide_change(current, body, ctx)?;
+            stamps::with_follow_ups(current, change, ctx, &event)?
+        }
+    };
+    let after = due::expire_returned(current, &changes, ctx, &event);
+    Ok(Decision::Append(due.into_iter().chain(changes).chain(after).map(event).collect()))
+}
+
+/// The one change a command makes, by family.
+fn decide_change(state: &WalletState, body: &CommandBody, ctx: &Context<'_>) -> Result<Change, Rejection> {
+    use CommandBody as C;
+    match (state.status, body) {
+        (WalletStatus::NotEnrolled, C::Enroll { customer_ref }) => Ok(ledger::enroll(customer_ref, ctx)),
+        (WalletStatus::NotEnrolled, _) => Err(Rejection::WalletNotFound),
+        (WalletStatus::Closed, _) => Err(Rejection::WalletClosed),
+        (WalletStatus::Active, body) => match body {
+            C::Enroll { .. } => Err(Rejection::AlreadyEnrolled),
+            C::Earn { points, reason, source_ref, order_amount } => {
+                ledger::earn(state, ctx, *points, reason, source_ref, order_amount.as_ref())
+            }
+            C::Redeem { points, reward_ref } => ledger::redeem(state, ctx, *points, reward_ref),
+            C::Adjust { points, reason, staff_ref } => ledger::adjust(state, ctx, *points, reason, staff_ref),
+            C::Reverse { source_ref, points, reason } => ledger::reverse(state, ctx, source_ref, *points, reason),
+            // `decide` closes through `ledger::close` and runs due transitions itself; these answers are theirs.
+            C::Close { reason } => {
+                let mut changes = ledger::close(state, reason);
+                Ok(changes
+                    .pop()
+                    .unwrap_or_else(|| Change::Closed(tally_proto::v1::WalletClosed { reason: reason.clone(), ..Default::default() })))
+            }
+            C::RunDue => Err(Rejection::NothingDue { next_due_ms: state.next_due_ms() }),
+            C::AuthorizeRedemption { hold_id, points, reward_ref, timeout_ms } => {
+                holds::authorize(state, ctx, hold_id, *points, reward_ref, *timeout_ms)
+            }
+            C::CaptureRedemption { hold_id, points } => holds::capture(state, ctx, hold_id, *points),
+            C::VoidRedemption { hold_id } => holds::void(state, hold_id),
+            C::PurchaseCredits { purchase_id, package_id } => credits::purchase(state, ctx, purchase_id, package_id),
+            C::EarnForOrder { order } => orders::earn_for_order(state, order, ctx),
+            C::AddStamps { card_id, count, reason } => stamps::add(ctx, card_id, *count, reason),
+            C::RefundOrder { order_id, amount_minor, reason } => orders::refund(state, ctx, order_id, *amount_minor, reason),
+        },
+    }
+}
+
+/// Folds one event into the state. Holds no business rule: every amount comes from the event.
+pub fn apply(state: &mut WalletState, event: &Event) {
+    let at_ms = event.recorded_at_ms;
+    match &event.change {
+        Change::Enrolled(e) => ledger::apply_enrolled(state, e, at_ms),
+        Change::Earned(e) => ledger::apply_earned(state, e, at_ms),
+        Change::Redeemed(e) => ledger::apply_redeemed(state, e),
+        Change::Adjusted(e) => ledger::apply_adjusted(state, e),
+        Change::Reversed(e) => ledger::apply_reversed(state, e),
+        Change::Closed(e) => ledger::apply_closed(state, e),
+        Change::Held(e) => holds::apply_held(state, e),
+        Change::Captured(e) => holds::apply_captured(state, e),
+        Change::Released(e) => holds::apply_released(state, e),
+        Change::Purchased(e) => credits::apply_purchased(state, e),
+        Change::ExpiringSoon(e) => due::apply_expiring_soon(state, e),
+        Change::Matured(e) => due::apply_matured(state, e),
+        Change::Expired(e) => due::apply_expired(state, e),
+        Change::Stamped(e) => stamps::apply_stamped(state, e),
+        Change::CardCompleted(e) => stamps::apply_card_completed(state, e),
+        Change::TierChanged(e) => tier::apply_tier_changed(state, e),
+        Change::TierReviewed(e) => tier::apply_tier_reviewed(state, e),
+    }
+    state.balance += event.change.points_delta();
+    state.last_activity_ms = event.recorded_at_ms;
+    state.version += 1;
+    receipts::record(state, event);
+    receipts::forget_past(state, event.recorded_at_ms);
+}
