@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use tally_engine::actors::{CommandMeta, ProgramBook, ProgramError, ProgramOutcome};
 use tally_engine::domain::program::{ProgramCommand, ProgramCommandBody, ProgramRejection, ProgramState};
-use tally_engine::domain::rules::{self, Customer, Period, Rule};
 use tally_engine::domain::{ReturnPolicy, TenantId};
 use tally_proto::v1 as pb;
 use tally_proto::v1::admin_service_server::AdminService;
@@ -13,7 +12,6 @@ use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::{orders, status};
-use tally_engine::clock::{Clock, SystemClock};
 
 #[derive(Debug, Clone)]
 pub struct AdminApi {
@@ -45,6 +43,7 @@ fn from_program_error(error: &ProgramError) -> Status {
             }
         },
         ProgramError::Store(store) => status::from_store_error(store),
+        ProgramError::Order(rejection) => status::from_rejection(rejection),
         ProgramError::Codec(codec) => {
             tracing::error!(error = %codec, "stored program event cannot be decoded");
             Status::data_loss(format!("program history cannot be read: {codec}"))
@@ -195,43 +194,11 @@ impl AdminService for AdminApi {
 
     async fn simulate_order(&self, request: Request<pb::SimulateOrderRequest>) -> Result<Response<pb::SimulateOrderResponse>, Status> {
         let r = request.into_inner();
-        let (_, state) = self.existing(&r.tenant_id).await?;
+        let tenant = tenant(&r.tenant_id)?;
         let order = orders::from_wire(r.order)?;
-        let placed_at_ms = order.placed_at_ms.unwrap_or_else(|| SystemClock.now_ms());
-        let Some(version) = state.rules_at(placed_at_ms) else {
-            return Ok(Response::new(pb::SimulateOrderResponse { awards: Vec::new(), total_points: 0, rules_version: 0 }));
-        };
-        let rules = version.rules.as_ref().map_err(|e| {
-            tracing::error!(version = version.version, error = %e, "a stored rules version no longer reads");
-            Status::data_loss(format!("rules version {} cannot be read: {e}", version.version))
-        })?;
-        let nothing_earlier = |_: &Rule, _: Period| 0;
         let tier = (!r.customer_tier.is_empty()).then_some(r.customer_tier.as_str());
-        let customer = Customer { tier, previous_orders: r.previous_orders, rule_points_in_period: &nothing_earlier };
-        let breakdown = rules::evaluate(rules, &order, &customer, placed_at_ms, state.utc_offset_minutes).map_err(|e| {
-            Status::with_error_details(
-                Code::InvalidArgument,
-                e.to_string(),
-                ErrorDetails::with_bad_request_violation("order", e.to_string()),
-            )
-        })?;
-        let mut awards: Vec<pb::RuleAward> = breakdown
-            .awards
-            .into_iter()
-            .map(|a| pb::RuleAward {
-                rule_id: a.rule_id.to_string(),
-                points: a.points,
-                capped_points: a.capped_points,
-                reason: a.reason.to_string(),
-                stamps: a.stamps.into_iter().map(|(card, count)| pb::StampAward { card: card.to_string(), count }).collect(),
-            })
-            .collect();
-        let mut total_points = breakdown.total_points;
-        // The customer's tier multiplies what the rules gave, as EarnForOrder does.
-        if let Some(award) = tier.and_then(|tier| state.tiers.multiplier_award(tier, total_points)) {
-            total_points = total_points.saturating_add(award.points);
-            awards.push(orders::award(&award));
-        }
-        Ok(Response::new(pb::SimulateOrderResponse { awards, total_points, rules_version: version.version }))
+        let quote = self.programs.quote_order(&tenant, &order, tier, r.previous_orders).await.map_err(|e| from_program_error(&e))?;
+        let awards = quote.awards.iter().map(orders::award).collect();
+        Ok(Response::new(pb::SimulateOrderResponse { awards, total_points: quote.points, rules_version: quote.rules_version }))
     }
 }

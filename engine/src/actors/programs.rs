@@ -10,7 +10,8 @@ use super::{Programs, WalletError};
 use crate::clock::Clock;
 use crate::codec::{self, CodecError};
 use crate::domain::program::{ProgramCommand, ProgramDecision, ProgramRejection, ProgramState, apply_program, decide_program};
-use crate::domain::{ProgramSettings, TenantId};
+use crate::domain::rules::{Customer, Order, Period, Rule};
+use crate::domain::{OrderQuote, ProgramSettings, Rejection, TenantId, quote_order};
 use crate::store::{EventMetadata, EventStore, ExpectedVersion, StoreError};
 
 /// Events read per call while catching a program up.
@@ -26,6 +27,9 @@ pub enum ProgramError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Codec(#[from] CodecError),
+    /// An order the program's rules cannot quote (a rules version that no longer reads, an award out of range).
+    #[error(transparent)]
+    Order(#[from] Rejection),
 }
 
 /// What a program command did.
@@ -133,11 +137,25 @@ impl ProgramBook {
             }
         }
     }
-}
 
-#[async_trait::async_trait]
-impl Programs for ProgramBook {
-    async fn settings(&self, tenant: &TenantId) -> Result<Option<Arc<ProgramSettings>>, WalletError> {
+    /// What `order` earns a customer of `tenant` in `tier` (none: no tier) after `previous_orders` orders,
+    /// with no capped points used yet, placed when it says or now: what `EarnForOrder` would record.
+    pub async fn quote_order(
+        &self,
+        tenant: &TenantId,
+        order: &Order,
+        tier: Option<&str>,
+        previous_orders: u64,
+    ) -> Result<OrderQuote, ProgramError> {
+        let settings = self.cached_settings(tenant).await?.ok_or(ProgramRejection::NotCreated)?;
+        let nothing_used = |_: &Rule, _: Period| 0;
+        let customer = Customer { tier, previous_orders, rule_points_in_period: &nothing_used };
+        let placed_at_ms = order.placed_at_ms.unwrap_or_else(|| self.clock.now_ms());
+        Ok(quote_order(&settings, order, &customer, placed_at_ms)?)
+    }
+
+    /// What wallets of `tenant` decide with (`None`: no such program), from the cache while it is fresh.
+    async fn cached_settings(&self, tenant: &TenantId) -> Result<Option<Arc<ProgramSettings>>, ProgramError> {
         if let Some(settings) = self.fresh(tenant) {
             return Ok(Some(settings));
         }
@@ -147,15 +165,22 @@ impl Programs for ProgramBook {
         if let Some(settings) = self.fresh(tenant) {
             return Ok(Some(settings));
         }
-        self.catch_up(tenant, &mut state).await.map_err(|error| match error {
-            ProgramError::Store(store) => WalletError::Store(store),
-            ProgramError::Codec(codec) => WalletError::Codec(codec),
-            // Catching up decides nothing, so nothing is rejected; were it, the wallet cannot go on.
-            ProgramError::Rejected(_) => WalletError::UnknownTenant(tenant.clone()),
-        })?;
+        self.catch_up(tenant, &mut state).await?;
         if !state.created {
             self.programs.lock().remove(tenant);
         }
         Ok(self.publish(tenant, &state))
+    }
+}
+
+#[async_trait::async_trait]
+impl Programs for ProgramBook {
+    async fn settings(&self, tenant: &TenantId) -> Result<Option<Arc<ProgramSettings>>, WalletError> {
+        self.cached_settings(tenant).await.map_err(|error| match error {
+            ProgramError::Store(store) => WalletError::Store(store),
+            ProgramError::Codec(codec) => WalletError::Codec(codec),
+            // Catching up decides nothing, so nothing is rejected; were it, the wallet cannot go on.
+            ProgramError::Rejected(_) | ProgramError::Order(_) => WalletError::UnknownTenant(tenant.clone()),
+        })
     }
 }

@@ -25,6 +25,8 @@ mod receipts;
 mod stamps;
 mod tier;
 
+pub use orders::{OrderQuote, quote_order};
+
 use super::Context;
 use super::command::{Command, CommandBody};
 use super::event::{Change, Event};

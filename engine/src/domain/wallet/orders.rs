@@ -6,47 +6,36 @@ use tally_proto::v1::{CapPeriod, EarnedByRule, OrderEarning, PendingPoints, Poin
 use super::checks::checked_balance;
 use super::ledger::{refund_deadline, refundable_source, reversal};
 use super::lots::{DAY_MS, earned_expiry, inactivity_deadline, open_lot};
-use crate::domain::Context;
 use crate::domain::command::Money;
 use crate::domain::event::Change;
 use crate::domain::ids::FieldError;
 use crate::domain::rejection::Rejection;
 use crate::domain::rules::{self, Customer, Order, Period, Rule};
 use crate::domain::state::{RuleUsage, SourceLedger, WalletState};
+use crate::domain::{Context, ProgramSettings};
 use crate::limits::{ORDER_BACKDATE_MAX_MS, ORDER_CLOCK_SKEW_MAX_MS, RULE_USAGE_PERIODS_MAX};
 
 /// Runs the rules in force when the order was placed and records what each gave.
-pub(super) fn earn_for_order(state: &WalletState, order: &Order, ctx: &Context<'_>) -> Result<Change, Rejection> {
-    // The receipt (the order id is the key) answers a retry; once it is forgotten, the order's source
-    // still refuses a second earn while its refund window lasts.
-    if state.sources.get(&order.order_id).is_some_and(|ledger| ledger.order_minor.is_some() && ledger.refundable_at(ctx.now_ms)) {
-        return Err(Rejection::OrderAlreadyEarned { order_id: order.order_id.clone() });
-    }
-    let placed_at_ms = order.placed_at_ms.unwrap_or(ctx.now_ms);
-    if placed_at_ms > ctx.now_ms.saturating_add(ORDER_CLOCK_SKEW_MAX_MS) {
-        return Err(FieldError::new("order.placed_at", "is in the future").into());
-    }
-    if placed_at_ms < ctx.now_ms.saturating_sub(ORDER_BACKDATE_MAX_MS) {
-        return Err(FieldError::new("order.placed_at", format!("is more than {} days ago", ORDER_BACKDATE_MAX_MS / 86_400_000)).into());
-    }
-    let offset = ctx.program.utc_offset_minutes;
-    let (rules_version, breakdown) = match ctx.program.rules_at(placed_at_ms) {
-        None => (0, rules::Breakdown::default()),
-        Some(version) => {
-            let rules =
-                version.rules.as_ref().map_err(|e| Rejection::RulesUnreadable { version: version.version, reason: e.to_string() })?;
-            let used = |rule: &Rule, period: Period| {
-                state.rule_points(&rule.id, cap_period(period) as i32, rules::period_key(period, placed_at_ms, offset))
-            };
-            let tier = state.tier.as_ref().map(|t| t.tier_id.as_str());
-            let customer = Customer { tier, previous_orders: state.orders_placed, rule_points_in_period: &used };
-            let breakdown =
-                rules::evaluate(rules, order, &customer, placed_at_ms, offset).map_err(|rules::EvalError::AwardTooLarge { points }| {
-                    Rejection::PointsOutOfRange { field: "order", points: i64::try_from(points).unwrap_or(i64::MAX) }
-                })?;
-            (version.version, breakdown)
-        }
-    };
+/// What an order earns: the rules version in force when it was placed, each rule's award (the tier's
+/// multiplier as an award of its own, rule id `tier:<id>`) and their sum. `EarnForOrder` records it;
+/// `SimulateOrder` shows it for a customer that does not exist.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct OrderQuote {
+    /// 0: no rules were in force.
+    pub rules_version: u32,
+    pub awards: Vec<EarnedByRule>,
+    pub points: i64,
+}
+
+/// Runs the rules in force at `placed_at_ms` for `customer`, then the customer's tier multiplier.
+pub fn quote_order(program: &ProgramSettings, order: &Order, customer: &Customer<'_>, placed_at_ms: i64) -> Result<OrderQuote, Rejection> {
+    let Some(version) = program.rules_at(placed_at_ms) else { return Ok(OrderQuote::default()) };
+    let rules = version.rules.as_ref().map_err(|e| Rejection::RulesUnreadable { version: version.version, reason: e.to_string() })?;
+    let offset = program.utc_offset_minutes;
+    let breakdown =
+        rules::evaluate(rules, order, customer, placed_at_ms, offset).map_err(|rules::EvalError::AwardTooLarge { points }| {
+            Rejection::PointsOutOfRange { field: "order", points: i64::try_from(points).unwrap_or(i64::MAX) }
+        })?;
     let mut awards: Vec<EarnedByRule> = breakdown
         .awards
         .into_iter()
@@ -62,10 +51,33 @@ pub(super) fn earn_for_order(state: &WalletState, order: &Order, ctx: &Context<'
         .collect();
     let mut points = breakdown.total_points;
     // The tier's benefit: a multiplier on what the rules gave, as its own award.
-    if let Some(award) = state.tier.as_ref().and_then(|t| ctx.program.tiers.multiplier_award(&t.tier_id, points)) {
+    if let Some(award) = customer.tier.and_then(|tier| program.tiers.multiplier_award(tier, points)) {
         points = points.checked_add(award.points).ok_or(Rejection::PointsOutOfRange { field: "order", points: award.points })?;
         awards.push(award);
     }
+    Ok(OrderQuote { rules_version: version.version, awards, points })
+}
+
+pub(super) fn earn_for_order(state: &WalletState, order: &Order, ctx: &Context<'_>) -> Result<Change, Rejection> {
+    // The receipt (the order id is the key) answers a retry; once it is forgotten, the order's source
+    // still refuses a second earn while its refund window lasts.
+    if state.sources.get(&order.order_id).is_some_and(|ledger| ledger.order_minor.is_some() && ledger.refundable_at(ctx.now_ms)) {
+        return Err(Rejection::OrderAlreadyEarned { order_id: order.order_id.clone() });
+    }
+    let placed_at_ms = order.placed_at_ms.unwrap_or(ctx.now_ms);
+    if placed_at_ms > ctx.now_ms.saturating_add(ORDER_CLOCK_SKEW_MAX_MS) {
+        return Err(FieldError::new("order.placed_at", "is in the future").into());
+    }
+    if placed_at_ms < ctx.now_ms.saturating_sub(ORDER_BACKDATE_MAX_MS) {
+        return Err(FieldError::new("order.placed_at", format!("is more than {} days ago", ORDER_BACKDATE_MAX_MS / 86_400_000)).into());
+    }
+    let offset = ctx.program.utc_offset_minutes;
+    let used = |rule: &Rule, period: Period| {
+        state.rule_points(&rule.id, cap_period(period) as i32, rules::period_key(period, placed_at_ms, offset))
+    };
+    let tier = state.tier.as_ref().map(|t| t.tier_id.as_str());
+    let customer = Customer { tier, previous_orders: state.orders_placed, rule_points_in_period: &used };
+    let OrderQuote { rules_version, awards, points } = quote_order(ctx.program, order, &customer, placed_at_ms)?;
     checked_balance(state.balance.checked_add(points), "order", points)?;
     checked_balance(state.lifetime_earned.checked_add(points), "order", points)?;
     // The return window runs from when the order was placed.
