@@ -1,14 +1,6 @@
 //! Between the domain and the store: wallet stream names, and domain events to and from the persisted
 //! envelope (`tally.v1` protobuf payloads).
 
-use prost::Message;
-use tally_proto::v1::{
-    CreditPackageDefined, EarnReversed, ExpiryPolicySet, HoldCaptured, HoldReleased, PendingPeriodSet, PointsAdjusted, PointsEarned,
-    PointsExpired, PointsExpiringSoon, PointsHeld, PointsMatured, PointsPurchased, PointsRedeemed, ProgramCreated, RefundWindowSet,
-    RulesPublished, StampCardCompleted, StampCardDefined, StampsAdded, TierChanged, TierReviewed, TiersDefined, WalletClosed,
-    WalletEnrolled,
-};
-
 use crate::domain::program::{ProgramChange, ProgramEvent};
 use crate::domain::{Change, Event, TenantId, WalletId};
 use crate::store::{EventData, EventMetadata, RecordedEvent, StreamId};
@@ -37,16 +29,7 @@ pub fn program_stream(tenant: &TenantId) -> StreamId {
 pub const PROGRAM_SCHEMA_VERSION: u32 = 1;
 
 pub fn encode_program(event: &ProgramEvent, metadata: &EventMetadata) -> EventData {
-    let payload = match &event.change {
-        ProgramChange::Created(e) => e.encode_to_vec(),
-        ProgramChange::RulesPublished(e) => e.encode_to_vec(),
-        ProgramChange::PackageDefined(e) => e.encode_to_vec(),
-        ProgramChange::ExpiryPolicySet(e) => e.encode_to_vec(),
-        ProgramChange::PendingPeriodSet(e) => e.encode_to_vec(),
-        ProgramChange::RefundWindowSet(e) => e.encode_to_vec(),
-        ProgramChange::TiersDefined(e) => e.encode_to_vec(),
-        ProgramChange::StampCardDefined(e) => e.encode_to_vec(),
-    };
+    let payload = event.change.encode_payload();
     let facts = CommandFacts { key: &event.idempotency_key, fingerprint: event.command_fingerprint, recorded_at_ms: event.recorded_at_ms };
     envelope(event.change.event_type(), PROGRAM_SCHEMA_VERSION, facts, metadata, payload)
 }
@@ -57,26 +40,26 @@ pub fn decode_program(recorded: RecordedEvent) -> Result<ProgramEvent, CodecErro
     if data.schema_version != PROGRAM_SCHEMA_VERSION {
         return Err(CodecError::UnsupportedSchemaVersion { position, event_type: data.event_type, schema_version: data.schema_version });
     }
-    let undecodable =
-        |e: prost::DecodeError| CodecError::Undecodable { position, event_type: data.event_type.clone(), reason: e.to_string() };
-    let payload = data.payload.as_slice();
-    let change = match data.event_type.as_str() {
-        "tally.v1.ProgramCreated" => ProgramChange::Created(ProgramCreated::decode(payload).map_err(undecodable)?),
-        "tally.v1.RulesPublished" => ProgramChange::RulesPublished(RulesPublished::decode(payload).map_err(undecodable)?),
-        "tally.v1.CreditPackageDefined" => ProgramChange::PackageDefined(CreditPackageDefined::decode(payload).map_err(undecodable)?),
-        "tally.v1.ExpiryPolicySet" => ProgramChange::ExpiryPolicySet(ExpiryPolicySet::decode(payload).map_err(undecodable)?),
-        "tally.v1.PendingPeriodSet" => ProgramChange::PendingPeriodSet(PendingPeriodSet::decode(payload).map_err(undecodable)?),
-        "tally.v1.RefundWindowSet" => ProgramChange::RefundWindowSet(RefundWindowSet::decode(payload).map_err(undecodable)?),
-        "tally.v1.TiersDefined" => ProgramChange::TiersDefined(TiersDefined::decode(payload).map_err(undecodable)?),
-        "tally.v1.StampCardDefined" => ProgramChange::StampCardDefined(StampCardDefined::decode(payload).map_err(undecodable)?),
-        _ => return Err(CodecError::UnknownEventType { position, event_type: data.event_type }),
-    };
+    let change = payload(position, &data, ProgramChange::decode_payload)?;
     Ok(ProgramEvent {
         idempotency_key: data.idempotency_key,
         command_fingerprint: data.command_fingerprint,
         recorded_at_ms: data.recorded_at_ms,
         change,
     })
+}
+
+/// An event table's decoder (`Change::decode_payload`, `ProgramChange::decode_payload`).
+type DecodePayload<C> = fn(&str, &[u8]) -> Option<Result<C, prost::DecodeError>>;
+
+/// The payload of `data` through an event table's decoder.
+fn payload<C>(position: u64, data: &EventData, decode: DecodePayload<C>) -> Result<C, CodecError> {
+    let event_type = || data.event_type.clone();
+    match decode(&data.event_type, &data.payload) {
+        Some(Ok(change)) => Ok(change),
+        Some(Err(e)) => Err(CodecError::Undecodable { position, event_type: event_type(), reason: e.to_string() }),
+        None => Err(CodecError::UnknownEventType { position, event_type: event_type() }),
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -90,25 +73,7 @@ pub enum CodecError {
 }
 
 pub fn encode(event: &Event, metadata: &EventMetadata) -> EventData {
-    let payload = match &event.change {
-        Change::Enrolled(e) => e.encode_to_vec(),
-        Change::Earned(e) => e.encode_to_vec(),
-        Change::Redeemed(e) => e.encode_to_vec(),
-        Change::Adjusted(e) => e.encode_to_vec(),
-        Change::Reversed(e) => e.encode_to_vec(),
-        Change::Closed(e) => e.encode_to_vec(),
-        Change::Held(e) => e.encode_to_vec(),
-        Change::Captured(e) => e.encode_to_vec(),
-        Change::Released(e) => e.encode_to_vec(),
-        Change::Purchased(e) => e.encode_to_vec(),
-        Change::Expired(e) => e.encode_to_vec(),
-        Change::Matured(e) => e.encode_to_vec(),
-        Change::TierChanged(e) => e.encode_to_vec(),
-        Change::TierReviewed(e) => e.encode_to_vec(),
-        Change::Stamped(e) => e.encode_to_vec(),
-        Change::ExpiringSoon(e) => e.encode_to_vec(),
-        Change::CardCompleted(e) => e.encode_to_vec(),
-    };
+    let payload = event.change.encode_payload();
     let facts = CommandFacts { key: &event.idempotency_key, fingerprint: event.command_fingerprint, recorded_at_ms: event.recorded_at_ms };
     envelope(event.change.event_type(), WALLET_SCHEMA_VERSION, facts, metadata, payload)
 }
@@ -139,29 +104,7 @@ pub fn decode(recorded: RecordedEvent) -> Result<Event, CodecError> {
     if data.schema_version != WALLET_SCHEMA_VERSION {
         return Err(CodecError::UnsupportedSchemaVersion { position, event_type: data.event_type, schema_version: data.schema_version });
     }
-    let payload = data.payload.as_slice();
-    let undecodable =
-        |e: prost::DecodeError| CodecError::Undecodable { position, event_type: data.event_type.clone(), reason: e.to_string() };
-    let change = match data.event_type.as_str() {
-        "tally.v1.WalletEnrolled" => Change::Enrolled(WalletEnrolled::decode(payload).map_err(undecodable)?),
-        "tally.v1.PointsEarned" => Change::Earned(PointsEarned::decode(payload).map_err(undecodable)?),
-        "tally.v1.PointsRedeemed" => Change::Redeemed(PointsRedeemed::decode(payload).map_err(undecodable)?),
-        "tally.v1.PointsAdjusted" => Change::Adjusted(PointsAdjusted::decode(payload).map_err(undecodable)?),
-        "tally.v1.EarnReversed" => Change::Reversed(EarnReversed::decode(payload).map_err(undecodable)?),
-        "tally.v1.WalletClosed" => Change::Closed(WalletClosed::decode(payload).map_err(undecodable)?),
-        "tally.v1.PointsHeld" => Change::Held(PointsHeld::decode(payload).map_err(undecodable)?),
-        "tally.v1.HoldCaptured" => Change::Captured(HoldCaptured::decode(payload).map_err(undecodable)?),
-        "tally.v1.HoldReleased" => Change::Released(HoldReleased::decode(payload).map_err(undecodable)?),
-        "tally.v1.PointsPurchased" => Change::Purchased(PointsPurchased::decode(payload).map_err(undecodable)?),
-        "tally.v1.PointsExpired" => Change::Expired(PointsExpired::decode(payload).map_err(undecodable)?),
-        "tally.v1.PointsMatured" => Change::Matured(PointsMatured::decode(payload).map_err(undecodable)?),
-        "tally.v1.TierChanged" => Change::TierChanged(TierChanged::decode(payload).map_err(undecodable)?),
-        "tally.v1.TierReviewed" => Change::TierReviewed(TierReviewed::decode(payload).map_err(undecodable)?),
-        "tally.v1.StampsAdded" => Change::Stamped(StampsAdded::decode(payload).map_err(undecodable)?),
-        "tally.v1.PointsExpiringSoon" => Change::ExpiringSoon(PointsExpiringSoon::decode(payload).map_err(undecodable)?),
-        "tally.v1.StampCardCompleted" => Change::CardCompleted(StampCardCompleted::decode(payload).map_err(undecodable)?),
-        _ => return Err(CodecError::UnknownEventType { position, event_type: data.event_type }),
-    };
+    let change = payload(position, &data, Change::decode_payload)?;
     Ok(Event {
         idempotency_key: data.idempotency_key,
         command_fingerprint: data.command_fingerprint,

@@ -17,3 +17,4 @@ pub mod reporting;
 pub mod server;
 pub mod service;
 pub mod status;
+mod transactions;

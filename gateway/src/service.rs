@@ -8,13 +8,13 @@ use tally_engine::actors::{
     CommandMeta, CommandOutcome, ProgramBook, Programs, StoredWalletEvent, WalletKey, WalletRegistry, WalletSummary,
 };
 use tally_engine::codec;
-use tally_engine::domain::{Change, Command, CommandBody, Event, Rejection, TenantId, WalletId, WalletStatus};
+use tally_engine::domain::{Command, CommandBody, Rejection, TenantId, WalletId, WalletStatus};
 use tally_engine::store::EventStore;
 use tally_proto::v1::wallet_service_server::WalletService;
 use tally_proto::v1::{
     AdjustRequest, AuthorizeRedemptionRequest, CaptureRedemptionRequest, CloseRequest, EarnForOrderRequest, EarnRequest, EnrollRequest,
     GetWalletRequest, ListTransactionsRequest, ListTransactionsResponse, PurchaseCreditsRequest, RedeemRequest, RefundOrderRequest,
-    ReverseRequest, Transaction, TransactionKind, VoidRedemptionRequest, Wallet, WalletMutation,
+    ReverseRequest, VoidRedemptionRequest, Wallet, WalletMutation,
 };
 
 use tokio::sync::{Semaphore, SemaphorePermit};
@@ -23,6 +23,7 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use crate::limits::{PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX, REQUESTS_IN_FLIGHT_MAX};
+use crate::transactions::transaction;
 use crate::{orders, status};
 use tally_engine::limits::HOLD_TIMEOUT_DEFAULT_MS;
 
@@ -122,7 +123,7 @@ fn command_meta(metadata: &MetadataMap) -> CommandMeta {
     }
 }
 
-fn timestamp(ms: i64) -> Option<prost_types::Timestamp> {
+pub(crate) fn timestamp(ms: i64) -> Option<prost_types::Timestamp> {
     (ms != 0).then(|| status::timestamp(ms))
 }
 
@@ -187,100 +188,6 @@ fn mutation(key: &WalletKey, outcome: CommandOutcome) -> WalletMutation {
         replayed: outcome.replayed,
         transactions: outcome.events.iter().map(transaction).collect(),
         balance: outcome.balance,
-    }
-}
-
-pub(crate) fn transaction(stored: &StoredWalletEvent) -> Transaction {
-    let Event { idempotency_key, recorded_at_ms, change, .. } = &stored.event;
-    let (kind, reason, reference, shortfall, order_amount) = match change {
-        Change::Enrolled(e) => (TransactionKind::Enrolled, "", e.customer_ref.as_str(), 0, None),
-        Change::Earned(e) => (TransactionKind::Earned, e.reason.as_str(), e.source_ref.as_str(), 0, e.order_amount.clone()),
-        Change::Redeemed(e) => (TransactionKind::Redeemed, "", e.reward_ref.as_str(), 0, None),
-        Change::Adjusted(e) => (TransactionKind::Adjusted, e.reason.as_str(), e.staff_ref.as_str(), 0, None),
-        Change::Reversed(e) => (TransactionKind::Reversed, e.reason.as_str(), e.source_ref.as_str(), e.shortfall_points, None),
-        Change::Closed(e) => (TransactionKind::Closed, e.reason.as_str(), "", 0, None),
-        Change::Held(e) => (TransactionKind::Held, "", e.hold_id.as_str(), 0, None),
-        Change::Captured(e) => (TransactionKind::Captured, "", e.hold_id.as_str(), 0, None),
-        Change::Released(e) => (TransactionKind::Released, "", e.hold_id.as_str(), 0, None),
-        Change::Purchased(e) => (TransactionKind::Purchased, e.package_id.as_str(), e.purchase_id.as_str(), 0, e.price.clone()),
-        Change::Expired(_) => (TransactionKind::Expired, "", "", 0, None),
-        Change::Matured(e) => (TransactionKind::Matured, "", e.source_ref.as_str(), 0, None),
-        Change::TierChanged(e) => {
-            let how = if e.r#move == tally_proto::v1::TierMove::Down as i32 { "down" } else { "up" };
-            (TransactionKind::TierChanged, how, e.to_tier.as_str(), 0, None)
-        }
-        Change::TierReviewed(e) => (TransactionKind::TierReviewed, "kept", e.tier.as_str(), 0, None),
-        Change::Stamped(e) => (TransactionKind::Stamped, e.reason.as_str(), e.card_id.as_str(), 0, None),
-        Change::ExpiringSoon(_) => (TransactionKind::ExpiringSoon, "", "", 0, None),
-        Change::CardCompleted(e) => (TransactionKind::CardCompleted, e.reward_ref.as_str(), e.card_id.as_str(), 0, None),
-    };
-    let opened = match change {
-        Change::Earned(e) => e.lot.as_ref(),
-        Change::Matured(e) => e.lot.as_ref(),
-        Change::CardCompleted(e) => e.lot.as_ref(),
-        Change::Adjusted(e) => e.lot.as_ref(),
-        Change::Purchased(e) => e.lot.as_ref(),
-        _ => None,
-    };
-    let pending = match change {
-        Change::Earned(e) => e.pending.as_ref(),
-        _ => None,
-    };
-    let lots = match change {
-        Change::Redeemed(e) => e.lots.clone(),
-        Change::Adjusted(e) => e.lots.clone(),
-        Change::Reversed(e) => e.lots.clone(),
-        Change::Closed(e) => e.lots.clone(),
-        Change::Held(e) => e.lots.clone(),
-        Change::Captured(e) => e.lots.clone(),
-        Change::Released(e) => e.lots.clone(),
-        Change::Expired(e) => vec![tally_proto::v1::LotPoints { lot: e.lot, points: e.points }],
-        Change::ExpiringSoon(e) => vec![tally_proto::v1::LotPoints { lot: e.lot, points: e.points }],
-        Change::Matured(e) => e.lot.iter().map(|lot| tally_proto::v1::LotPoints { lot: lot.lot, points: lot.points }).collect(),
-        Change::Enrolled(_)
-        | Change::Earned(_)
-        | Change::Purchased(_)
-        | Change::TierChanged(_)
-        | Change::TierReviewed(_)
-        | Change::Stamped(_)
-        | Change::CardCompleted(_) => Vec::new(),
-    };
-    let held_points = match change {
-        Change::Held(e) => e.points,
-        Change::Captured(e) => e.points + e.released_points,
-        Change::Released(e) => e.points,
-        _ => 0,
-    };
-    let order = match change {
-        Change::Earned(e) => e.order.as_ref(),
-        _ => None,
-    };
-    Transaction {
-        rules_version: order.map_or(0, |o| o.rules_version),
-        awards: order.map(|o| o.awards.iter().map(orders::award).collect()).unwrap_or_default(),
-        held_points,
-        refund_amount_minor: match change {
-            Change::Reversed(e) => e.refund_amount_minor,
-            _ => 0,
-        },
-        version: stored.version,
-        position: stored.position,
-        recorded_at: timestamp(*recorded_at_ms),
-        kind: kind as i32,
-        points: change.points_delta(),
-        reason: reason.to_owned(),
-        reference: reference.to_owned(),
-        idempotency_key: idempotency_key.clone(),
-        shortfall_points: shortfall,
-        order_amount,
-        expires_at: opened.and_then(|lot| timestamp(lot.expires_at_ms)).or_else(|| pending.and_then(|p| timestamp(p.expires_at_ms))),
-        available_at: pending.and_then(|p| timestamp(p.available_at_ms)),
-        stamps: match change {
-            Change::Stamped(e) => vec![tally_proto::v1::StampAward { card: e.card_id.clone(), count: e.count }],
-            Change::Earned(e) => e.order.iter().flat_map(|o| &o.awards).flat_map(|a| a.stamps.clone()).collect(),
-            _ => Vec::new(),
-        },
-        lots,
     }
 }
 

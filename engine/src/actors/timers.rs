@@ -218,7 +218,7 @@ impl Schedule {
 
 /// Folds one recorded event into its wallet's schedule; the wallet's new due time if it may have moved.
 fn fold(schedules: &mut HashMap<WalletKey, Schedule>, recorded: RecordedEvent) -> Option<Due> {
-    if recorded.data.event_type == "tally.v1.WalletEnrolled" {
+    if recorded.data.event_type == Change::Enrolled(Default::default()).event_type() {
         return None;
     }
     let (tenant, wallet) = codec::wallet_of(recorded.stream_id.as_str())?;

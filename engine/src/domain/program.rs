@@ -129,30 +129,17 @@ impl ProgramCommand {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub enum ProgramChange {
-    Created(ProgramCreated),
-    RulesPublished(RulesPublished),
-    PackageDefined(CreditPackageDefined),
-    ExpiryPolicySet(ExpiryPolicySet),
-    PendingPeriodSet(PendingPeriodSet),
-    RefundWindowSet(RefundWindowSet),
-    TiersDefined(TiersDefined),
-    StampCardDefined(StampCardDefined),
-}
-
-impl ProgramChange {
-    pub fn event_type(&self) -> &'static str {
-        match self {
-            ProgramChange::Created(_) => "tally.v1.ProgramCreated",
-            ProgramChange::RulesPublished(_) => "tally.v1.RulesPublished",
-            ProgramChange::PackageDefined(_) => "tally.v1.CreditPackageDefined",
-            ProgramChange::ExpiryPolicySet(_) => "tally.v1.ExpiryPolicySet",
-            ProgramChange::PendingPeriodSet(_) => "tally.v1.PendingPeriodSet",
-            ProgramChange::RefundWindowSet(_) => "tally.v1.RefundWindowSet",
-            ProgramChange::TiersDefined(_) => "tally.v1.TiersDefined",
-            ProgramChange::StampCardDefined(_) => "tally.v1.StampCardDefined",
-        }
+super::event::event_table! {
+    /// What happened to a program.
+    ProgramChange {
+        Created(ProgramCreated),
+        RulesPublished(RulesPublished),
+        PackageDefined(CreditPackageDefined),
+        ExpiryPolicySet(ExpiryPolicySet),
+        PendingPeriodSet(PendingPeriodSet),
+        RefundWindowSet(RefundWindowSet),
+        TiersDefined(TiersDefined),
+        StampCardDefined(StampCardDefined),
     }
 }
 

@@ -1,0 +1,127 @@
+//! One wallet event as the wire's `Transaction`: one arm per event kind, so a new kind is one arm here.
+
+use tally_engine::actors::StoredWalletEvent;
+use tally_engine::domain::{Change, Event};
+use tally_proto::v1::{LotOpened, LotPoints, StampAward, TierMove, Transaction, TransactionKind};
+
+use crate::orders;
+use crate::service::timestamp;
+
+pub(crate) fn transaction(stored: &StoredWalletEvent) -> Transaction {
+    let Event { idempotency_key, recorded_at_ms, change, .. } = &stored.event;
+    let base = Transaction {
+        version: stored.version,
+        position: stored.position,
+        recorded_at: timestamp(*recorded_at_ms),
+        points: change.points_delta(),
+        idempotency_key: idempotency_key.clone(),
+        ..Transaction::default()
+    };
+    let kind = |kind: TransactionKind| kind as i32;
+    let expires = |lot: Option<&LotOpened>| lot.and_then(|lot| timestamp(lot.expires_at_ms));
+    match change {
+        Change::Enrolled(e) => Transaction { kind: kind(TransactionKind::Enrolled), reference: e.customer_ref.clone(), ..base },
+        Change::Earned(e) => {
+            let pending = e.pending.as_ref();
+            let order = e.order.as_ref();
+            Transaction {
+                kind: kind(TransactionKind::Earned),
+                reason: e.reason.clone(),
+                reference: e.source_ref.clone(),
+                order_amount: e.order_amount.clone(),
+                expires_at: expires(e.lot.as_ref()).or_else(|| pending.and_then(|p| timestamp(p.expires_at_ms))),
+                available_at: pending.and_then(|p| timestamp(p.available_at_ms)),
+                rules_version: order.map_or(0, |o| o.rules_version),
+                awards: order.map(|o| o.awards.iter().map(orders::award).collect()).unwrap_or_default(),
+                stamps: order.iter().flat_map(|o| &o.awards).flat_map(|a| a.stamps.clone()).collect(),
+                ..base
+            }
+        }
+        Change::Redeemed(e) => {
+            Transaction { kind: kind(TransactionKind::Redeemed), reference: e.reward_ref.clone(), lots: e.lots.clone(), ..base }
+        }
+        Change::Adjusted(e) => Transaction {
+            kind: kind(TransactionKind::Adjusted),
+            reason: e.reason.clone(),
+            reference: e.staff_ref.clone(),
+            expires_at: expires(e.lot.as_ref()),
+            lots: e.lots.clone(),
+            ..base
+        },
+        Change::Reversed(e) => Transaction {
+            kind: kind(TransactionKind::Reversed),
+            reason: e.reason.clone(),
+            reference: e.source_ref.clone(),
+            shortfall_points: e.shortfall_points,
+            refund_amount_minor: e.refund_amount_minor,
+            lots: e.lots.clone(),
+            ..base
+        },
+        Change::Closed(e) => Transaction { kind: kind(TransactionKind::Closed), reason: e.reason.clone(), lots: e.lots.clone(), ..base },
+        Change::Held(e) => Transaction {
+            kind: kind(TransactionKind::Held),
+            reference: e.hold_id.clone(),
+            held_points: e.points,
+            lots: e.lots.clone(),
+            ..base
+        },
+        Change::Captured(e) => Transaction {
+            kind: kind(TransactionKind::Captured),
+            reference: e.hold_id.clone(),
+            held_points: e.points + e.released_points,
+            lots: e.lots.clone(),
+            ..base
+        },
+        Change::Released(e) => Transaction {
+            kind: kind(TransactionKind::Released),
+            reference: e.hold_id.clone(),
+            held_points: e.points,
+            lots: e.lots.clone(),
+            ..base
+        },
+        Change::Purchased(e) => Transaction {
+            kind: kind(TransactionKind::Purchased),
+            reason: e.package_id.clone(),
+            reference: e.purchase_id.clone(),
+            order_amount: e.price.clone(),
+            expires_at: expires(e.lot.as_ref()),
+            ..base
+        },
+        Change::Expired(e) => {
+            Transaction { kind: kind(TransactionKind::Expired), lots: vec![LotPoints { lot: e.lot, points: e.points }], ..base }
+        }
+        Change::Matured(e) => Transaction {
+            kind: kind(TransactionKind::Matured),
+            reference: e.source_ref.clone(),
+            expires_at: expires(e.lot.as_ref()),
+            lots: e.lot.iter().map(|lot| LotPoints { lot: lot.lot, points: lot.points }).collect(),
+            ..base
+        },
+        Change::TierChanged(e) => Transaction {
+            kind: kind(TransactionKind::TierChanged),
+            reason: if e.r#move == TierMove::Down as i32 { "down" } else { "up" }.to_owned(),
+            reference: e.to_tier.clone(),
+            ..base
+        },
+        Change::TierReviewed(e) => {
+            Transaction { kind: kind(TransactionKind::TierReviewed), reason: "kept".to_owned(), reference: e.tier.clone(), ..base }
+        }
+        Change::Stamped(e) => Transaction {
+            kind: kind(TransactionKind::Stamped),
+            reason: e.reason.clone(),
+            reference: e.card_id.clone(),
+            stamps: vec![StampAward { card: e.card_id.clone(), count: e.count }],
+            ..base
+        },
+        Change::ExpiringSoon(e) => {
+            Transaction { kind: kind(TransactionKind::ExpiringSoon), lots: vec![LotPoints { lot: e.lot, points: e.points }], ..base }
+        }
+        Change::CardCompleted(e) => Transaction {
+            kind: kind(TransactionKind::CardCompleted),
+            reason: e.reward_ref.clone(),
+            reference: e.card_id.clone(),
+            expires_at: expires(e.lot.as_ref()),
+            ..base
+        },
+    }
+}
