@@ -5,6 +5,7 @@
 //! - [`movement`]: wallet events decoded once into flat movements (a poison event stops the projection).
 //! - [`model`]: what the read models mean, as pure folds; the stores and the tests share them.
 //! - [`runner`]: the follow loop, retries, lag figures, and blue/green rebuilds.
+//! - [`replay`]: the log read and decoded ahead of whoever applies it (following, or a rebuild's replay).
 //! - [`sled_model`]: wallet summaries and movement history, local and fast.
 //! - [`postgres`]: the reporting tables any BI tool can read.
 //!
@@ -17,6 +18,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tally_engine::store::StoreError;
 
+mod backoff;
 pub mod model;
 pub mod movement;
 pub mod postgres;
