@@ -7,7 +7,7 @@ use std::sync::Arc;
 use futures::Stream;
 use tally_engine::actors::Programs;
 use tally_engine::domain::TenantId;
-use tally_projections::postgres_model::{ProgramStats, WalletCursor, WalletOrder};
+use tally_projections::postgres::{ProgramStats, WalletCursor, WalletOrder};
 use tally_projections::runner::RunState;
 use tally_projections::{PostgresReadModel, Projection, ProjectionError, RebuildPhase, RebuildProgress};
 use tally_proto::v1 as pb;

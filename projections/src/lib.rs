@@ -5,8 +5,9 @@
 //! - [`movement`]: wallet events decoded once into flat movements (a poison event stops the projection).
 //! - [`model`]: what the read models mean, as pure folds; the stores and the tests share them.
 //! - [`runner`]: the follow loop, retries, lag figures, and blue/green rebuilds.
+//! - [`replay`]: the log read and decoded ahead of whoever applies it (following, or a rebuild's replay).
 //! - [`sled_model`]: wallet summaries and movement history, local and fast.
-//! - [`postgres_model`]: the reporting tables any BI tool can read.
+//! - [`postgres`]: the reporting tables any BI tool can read.
 //!
 //! Architecture Invariant: a read model is derived data; every one can be dropped and rebuilt from the log.
 //! Architecture Invariant: a read model's checkpoint moves in the same atomic write as the rows it covers.
@@ -17,15 +18,16 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tally_engine::store::StoreError;
 
+mod backoff;
 pub mod model;
 pub mod movement;
-pub mod postgres_model;
+pub mod postgres;
 pub mod replay;
 pub mod runner;
 pub mod sled_model;
 
 pub use movement::{Movement, MovementKind};
-pub use postgres_model::PostgresReadModel;
+pub use postgres::PostgresReadModel;
 pub use runner::{Projection, ProjectionStatus, RebuildPhase, RebuildProgress, RunState, RunnerOptions};
 pub use sled_model::SledReadModel;
 

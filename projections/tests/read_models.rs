@@ -14,7 +14,7 @@ use tally_engine::domain::{TenantId, WalletId};
 use tally_engine::store::{EventData, EventMetadata, EventStore, ExpectedVersion, InMemoryStore};
 use tally_projections::model::{DayStats, Fold};
 use tally_projections::movement::MovementKind;
-use tally_projections::postgres_model::{WalletCursor, WalletOrder, date_of_day};
+use tally_projections::postgres::{WalletCursor, WalletOrder, date_of_day};
 use tally_projections::runner::{RebuildPhase, RunState};
 use tally_projections::{PostgresReadModel, Projection, ReadModel, RunnerOptions, SledReadModel};
 use tally_tests::TestDatabase;

@@ -1,0 +1,286 @@
+//! One batch in one transaction: the checkpoint row is locked and compared first, then the ledger rows
+//! go in by binary COPY and the aggregates (wallets, daily figures, active days, liability) by `unnest`
+//! upserts of what the batch adds, keyed in a fixed order; then the checkpoint moves.
+
+use std::collections::BTreeMap;
+
+use futures::pin_mut;
+use time::Date;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::Type;
+
+use super::bulk::{Owned, Replaying, Taken, Wallets, write_out};
+use super::wallets::{WalletArrays, WalletColumns, upsert_sql};
+use super::{NAME, PostgresReadModel, date_of_day, generation_id, int, schema, timestamp, unsigned};
+use crate::ProjectionError;
+use crate::model::{DayStats, Liability, WalletSummary, day_of};
+use crate::movement::{Movement, MovementKind};
+
+impl PostgresReadModel {
+    pub(super) async fn apply_batch(
+        &self,
+        generation: u64,
+        from: u64,
+        through: u64,
+        movements: &[Movement],
+    ) -> Result<(), ProjectionError> {
+        // A rebuilt generation: what the replay holds is taken out while the batch runs, put back as it
+        // was if the batch fails, and with the batch folded in once it has committed.
+        let taken = self.take(generation)?;
+        let wallets = self.wallets_for(&taken);
+        let written_out = matches!(wallets, Wallets::WriteOut(_));
+        let owned = !matches!(taken, Taken::NotOwned);
+        let result = self.write_batch(generation, from, through, movements, wallets, owned).await;
+        if let Taken::Holding(mut replaying) = taken {
+            match &result {
+                Ok(()) if written_out => self.put_back(generation, Owned::WrittenOut),
+                Ok(()) => {
+                    replaying.record(movements);
+                    self.put_back(generation, Owned::Holding(replaying));
+                }
+                Err(_) => self.put_back(generation, Owned::Holding(replaying)),
+            }
+        }
+        result
+    }
+
+    async fn write_batch(
+        &self,
+        generation: u64,
+        from: u64,
+        through: u64,
+        movements: &[Movement],
+        wallets: Wallets<'_>,
+        owned: bool,
+    ) -> Result<(), ProjectionError> {
+        let schema = schema(generation);
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        if !owned {
+            // Only the live generation is followed: once another node promoted a new one, this batch must
+            // not land in the old one (the promotion waits for batches holding this lock).
+            let id = generation_id(generation)?;
+            let live = tx.prepare_cached("SELECT live FROM tally_read_generations WHERE generation = $1 FOR SHARE").await?;
+            if !tx.query_opt(&live, &[&id]).await?.is_some_and(|row| row.get::<_, bool>(0)) {
+                return Err(ProjectionError::NoSuchGeneration { model: NAME, generation });
+            }
+        }
+        let lock = tx.prepare_cached(&format!("SELECT position FROM {schema}.checkpoint FOR UPDATE")).await?;
+        let actual: i64 = tx.query_one(&lock, &[]).await?.get(0);
+        if actual != int(from, "position")? {
+            return Err(ProjectionError::CheckpointMoved { generation, expected: from, actual: unsigned(actual, "checkpoint")? });
+        }
+        let known = match wallets {
+            Wallets::Upsert => None,
+            Wallets::Replayed(replaying) => Some(replaying),
+            Wallets::WriteOut(replaying) => {
+                write_out(&tx, &schema, replaying).await?;
+                Some(replaying)
+            }
+        };
+        if !movements.is_empty() {
+            let delta = BatchDelta::of(movements);
+            write_ledger(&tx, &schema, movements).await?;
+            let liability = match wallets {
+                Wallets::Replayed(_) => None,
+                Wallets::Upsert | Wallets::WriteOut(_) => Some(write_wallets(&tx, &schema, &delta).await?),
+            };
+            let mut days: BTreeMap<(String, Date), DayStats> =
+                delta.days.iter().map(|((tenant, day), stats)| (((*tenant).to_owned(), date_of_day(*day)), *stats)).collect();
+            for key in write_active_days(&tx, &schema, &delta, known).await? {
+                days.entry(key).or_default().active_wallets += 1;
+            }
+            write_days(&tx, &schema, &days).await?;
+            if let Some(liability) = liability {
+                write_liability(&tx, &schema, &liability).await?;
+            }
+        }
+        let advance = tx.prepare_cached(&format!("UPDATE {schema}.checkpoint SET position = $1, updated_at = now()")).await?;
+        tx.execute(&advance, &[&int(through, "position")?]).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// What one batch adds to the aggregates, keyed in a fixed order so concurrent writers lock rows alike.
+#[derive(Default)]
+struct BatchDelta<'a> {
+    wallets: BTreeMap<(&'a str, &'a str), WalletSummary>,
+    days: BTreeMap<(&'a str, i64), DayStats>,
+    active: BTreeMap<(&'a str, i64, &'a str), &'a Movement>,
+}
+
+impl<'a> BatchDelta<'a> {
+    fn of(movements: &'a [Movement]) -> Self {
+        let mut delta = Self::default();
+        for movement in movements {
+            let (tenant, wallet) = (&*movement.tenant, &*movement.wallet);
+            let day = day_of(movement.recorded_at_ms);
+            delta.wallets.entry((tenant, wallet)).or_default().apply(movement);
+            delta.days.entry((tenant, day)).or_default().apply(movement);
+            delta.active.entry((tenant, day, wallet)).or_insert(movement);
+        }
+        delta
+    }
+}
+
+async fn write_ledger(tx: &deadpool_postgres::Transaction<'_>, schema: &str, movements: &[Movement]) -> Result<(), ProjectionError> {
+    let sink = tx
+        .copy_in(&format!(
+            "COPY {schema}.ledger_entries (position, tenant_id, wallet_id, stream_version, kind, points, reason, reference, \
+             idempotency_key, recorded_at) FROM STDIN BINARY"
+        ))
+        .await?;
+    let types =
+        [Type::INT8, Type::TEXT, Type::TEXT, Type::INT8, Type::TEXT, Type::INT8, Type::TEXT, Type::TEXT, Type::TEXT, Type::TIMESTAMPTZ];
+    let writer = BinaryCopyInWriter::new(sink, &types);
+    pin_mut!(writer);
+    for m in movements.iter().filter(|m| m.kind != MovementKind::Enroll) {
+        let (position, version) = (int(m.position, "position")?, int(m.stream_version, "stream version")?);
+        writer
+            .as_mut()
+            .write(&[
+                &position,
+                &&*m.tenant,
+                &&*m.wallet,
+                &version,
+                &m.kind.as_str(),
+                &m.points,
+                &m.reason,
+                &m.reference,
+                &m.idempotency_key,
+                &timestamp(m.recorded_at_ms),
+            ])
+            .await?;
+    }
+    writer.finish().await?;
+    Ok(())
+}
+
+/// Upserts the wallets' deltas and returns how each tenant's liability moved.
+async fn write_wallets(
+    tx: &deadpool_postgres::Transaction<'_>,
+    schema: &str,
+    delta: &BatchDelta<'_>,
+) -> Result<BTreeMap<String, Liability>, ProjectionError> {
+    let mut arrays = WalletArrays::default();
+    for ((tenant, wallet), d) in &delta.wallets {
+        arrays.push(WalletColumns::of(tenant, wallet, d)?);
+    }
+    let statement = tx.prepare_cached(&upsert_sql(schema)).await?;
+    let rows = tx.query(&statement, &arrays.params()).await?;
+    let mut liability: BTreeMap<String, Liability> = BTreeMap::new();
+    for row in rows {
+        let (tenant, wallet, after, inserted): (&str, &str, i64, bool) = (row.get(0), row.get(1), row.get(2), row.get(3));
+        let change = delta.wallets.get(&(tenant, wallet)).map_or(0, |d| d.balance);
+        let before = (!inserted).then_some(after - change);
+        liability.entry(tenant.to_owned()).or_default().shift(before, after);
+    }
+    Ok(liability)
+}
+
+/// Records which wallets were active on which days and returns the (tenant, day) pairs that gained one.
+/// Rows `known` says are certainly new go in by binary COPY; the others are checked against the table.
+async fn write_active_days(
+    tx: &deadpool_postgres::Transaction<'_>,
+    schema: &str,
+    delta: &BatchDelta<'_>,
+    known: Option<&Replaying>,
+) -> Result<Vec<(String, Date)>, ProjectionError> {
+    let (new, maybe): (Vec<_>, Vec<_>) =
+        delta.active.keys().partition(|(tenant, day, wallet)| known.is_some_and(|known| known.certainly_new(tenant, wallet, *day)));
+    let mut gained = Vec::with_capacity(new.len());
+    if !new.is_empty() {
+        let copy = format!("COPY {schema}.wallet_active_days (tenant_id, day, wallet_id) FROM STDIN BINARY");
+        let writer = BinaryCopyInWriter::new(tx.copy_in(&copy).await?, &[Type::TEXT, Type::DATE, Type::TEXT]);
+        pin_mut!(writer);
+        for &&(tenant, day, wallet) in &new {
+            writer.as_mut().write(&[&tenant, &date_of_day(day), &wallet]).await?;
+            gained.push((tenant.to_owned(), date_of_day(day)));
+        }
+        writer.finish().await?;
+    }
+    if !maybe.is_empty() {
+        let tenants: Vec<&str> = maybe.iter().map(|(tenant, _, _)| *tenant).collect();
+        let days: Vec<Date> = maybe.iter().map(|(_, day, _)| date_of_day(*day)).collect();
+        let wallets: Vec<&str> = maybe.iter().map(|(_, _, wallet)| *wallet).collect();
+        let sql = format!(
+            "INSERT INTO {schema}.wallet_active_days (tenant_id, day, wallet_id)
+             SELECT * FROM unnest($1::text[], $2::date[], $3::text[]) ON CONFLICT DO NOTHING RETURNING tenant_id, day"
+        );
+        let statement = tx.prepare_cached(&sql).await?;
+        let rows = tx.query(&statement, &[&tenants, &days, &wallets]).await?;
+        gained.extend(rows.into_iter().map(|row| (row.get(0), row.get(1))));
+    }
+    Ok(gained)
+}
+
+async fn write_days(
+    tx: &deadpool_postgres::Transaction<'_>,
+    schema: &str,
+    days: &BTreeMap<(String, Date), DayStats>,
+) -> Result<(), ProjectionError> {
+    let (mut tenants, mut dates) = (Vec::new(), Vec::new());
+    let mut columns: [Vec<i64>; 9] = Default::default();
+    for ((tenant, day), s) in days {
+        tenants.push(tenant.as_str());
+        dates.push(*day);
+        for (column, value) in columns.iter_mut().zip([
+            s.points_issued,
+            s.points_redeemed,
+            s.points_reversed,
+            s.points_adjusted,
+            s.points_forfeited,
+            s.enrolments,
+            s.active_wallets,
+            s.points_purchased,
+            s.points_expired,
+        ]) {
+            column.push(value);
+        }
+    }
+    let sql = format!(
+        "INSERT INTO {schema}.program_daily_stats AS d (tenant_id, day, points_issued, points_redeemed, points_reversed,
+             points_adjusted, points_forfeited, enrolments, active_wallets, points_purchased, points_expired)
+         SELECT * FROM unnest($1::text[], $2::date[], $3::int8[], $4::int8[], $5::int8[], $6::int8[], $7::int8[], $8::int8[], $9::int8[],
+                              $10::int8[], $11::int8[])
+         ON CONFLICT (tenant_id, day) DO UPDATE SET
+             points_issued = d.points_issued + EXCLUDED.points_issued,
+             points_redeemed = d.points_redeemed + EXCLUDED.points_redeemed,
+             points_reversed = d.points_reversed + EXCLUDED.points_reversed,
+             points_adjusted = d.points_adjusted + EXCLUDED.points_adjusted,
+             points_forfeited = d.points_forfeited + EXCLUDED.points_forfeited,
+             enrolments = d.enrolments + EXCLUDED.enrolments,
+             active_wallets = d.active_wallets + EXCLUDED.active_wallets,
+             points_purchased = d.points_purchased + EXCLUDED.points_purchased,
+             points_expired = d.points_expired + EXCLUDED.points_expired"
+    );
+    let statement = tx.prepare_cached(&sql).await?;
+    let [issued, redeemed, reversed, adjusted, forfeited, enrolments, active, purchased, expired] = &columns;
+    tx.execute(&statement, &[&tenants, &dates, issued, redeemed, reversed, adjusted, forfeited, enrolments, active, purchased, expired])
+        .await?;
+    Ok(())
+}
+
+/// Adds to each tenant's liability.
+pub(super) async fn write_liability(
+    tx: &tokio_postgres::Transaction<'_>,
+    schema: &str,
+    liability: &BTreeMap<String, Liability>,
+) -> Result<(), ProjectionError> {
+    let tenants: Vec<&str> = liability.keys().map(String::as_str).collect();
+    let outstanding: Vec<i64> = liability.values().map(|l| l.outstanding_points).collect();
+    let negative: Vec<i64> = liability.values().map(|l| l.negative_points).collect();
+    let wallets: Vec<i64> = liability.values().map(|l| l.wallets).collect();
+    let sql = format!(
+        "INSERT INTO {schema}.tenant_liability AS l (tenant_id, outstanding_points, negative_points, wallets)
+         SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[], $4::int8[])
+         ON CONFLICT (tenant_id) DO UPDATE SET
+             outstanding_points = l.outstanding_points + EXCLUDED.outstanding_points,
+             negative_points = l.negative_points + EXCLUDED.negative_points,
+             wallets = l.wallets + EXCLUDED.wallets"
+    );
+    let statement = tx.prepare(&sql).await?;
+    tx.execute(&statement, &[&tenants, &outstanding, &negative, &wallets]).await?;
+    Ok(())
+}

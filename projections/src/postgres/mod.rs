@@ -1,0 +1,158 @@
+//! The reporting read model in PostgreSQL: `wallets`, `ledger_entries`, `program_daily_stats`,
+//! `wallet_active_days` and `tenant_liability`, read by the `ReportingService` and by any BI tool.
+//!
+//! Each generation lives in its own schema `tally_read_g<N>`, created by the versioned migrations in
+//! `migrations/generation` (refinery). Views in schema `tally_read` point at the live generation; a
+//! promotion replaces them in one transaction, so readers switch atomically and never see a half-built
+//! model. A batch is one transaction: the checkpoint row is locked first and must still hold the
+//! position the batch starts from (so two runners on two nodes cannot both apply it), then the ledger
+//! rows go in by binary COPY and the aggregates by `unnest` upserts, then the checkpoint moves.
+//!
+//! A rebuild's replay into a new generation, which only this process writes until it is promoted, is a
+//! bulk load: the generation's secondary indexes are put off until the promotion, the wallets' rows are
+//! kept in memory and written once by COPY in the promotion's transaction (with the liability), and
+//! active days known to be new go in by COPY. Nobody reads a generation before it is promoted, and the
+//! promotion is atomic, so readers never see the difference.
+//!
+//! - `queries`: what the `ReportingService` reads (wallet pages, daily figures, liability).
+//! - `batch`: one batch and its checkpoint in one transaction.
+//! - `generations`: the schema per generation, creating, promoting and dropping one, and the locks
+//!   that keep nodes from stepping on each other.
+//! - `bulk`: a rebuild's replay as a bulk load (`Replaying`, COPY, deferred indexes).
+//! - `wallets`: the `wallets` row, written once for the upsert, the COPY and the reads.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use parking_lot::Mutex;
+use time::{Date, OffsetDateTime};
+use tokio_postgres::error::SqlState;
+
+use crate::movement::Movement;
+use crate::{Generation, ProjectionError, ReadModel};
+
+mod batch;
+mod bulk;
+mod generations;
+mod queries;
+mod wallets;
+
+pub use bulk::REPLAY_WALLETS_DEFAULT_MAX;
+pub use queries::{ProgramStats, WalletCursor, WalletOrder, WalletPage, WalletRow};
+
+/// The projection's name, in status output and metrics.
+pub const NAME: &str = "reporting";
+const POOL_SIZE_MAX: usize = 4;
+
+#[derive(Debug, Clone)]
+pub struct PostgresReadModel {
+    pool: Pool,
+    config: tokio_postgres::Config,
+    /// Generations this process is rebuilding (it alone writes them until they are promoted) and what
+    /// it holds of them in memory.
+    rebuilding: Arc<Mutex<HashMap<u64, bulk::Owned>>>,
+    /// Per generation this process rebuilds, the session holding its rebuild lock.
+    owners: Arc<Mutex<HashMap<u64, tokio_postgres::Client>>>,
+    replay_wallets_max: usize,
+}
+
+impl PostgresReadModel {
+    /// Connects (`postgres://...` URL or `host=... user=...` string), applies pending migrations, and
+    /// creates the first generation if there is none.
+    pub async fn connect(url: &str) -> Result<Self, ProjectionError> {
+        let config: tokio_postgres::Config = url.parse()?;
+        let manager =
+            Manager::from_config(config.clone(), tokio_postgres::NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(manager).max_size(POOL_SIZE_MAX).build().map_err(|e| ProjectionError::Invalid(e.to_string()))?;
+        let model =
+            Self { pool, config, rebuilding: Arc::default(), owners: Arc::default(), replay_wallets_max: REPLAY_WALLETS_DEFAULT_MAX };
+        model.set_up().await?;
+        Ok(model)
+    }
+
+    /// Sets how many wallets a rebuild's replay keeps in memory before it writes them out.
+    pub fn with_replay_wallets_max(mut self, wallets: usize) -> Self {
+        self.replay_wallets_max = wallets;
+        self
+    }
+
+    /// A connection of its own, outside the pool, for schema changes (migrations set `search_path`).
+    async fn admin(&self) -> Result<tokio_postgres::Client, ProjectionError> {
+        let (client, connection) = self.config.connect(tokio_postgres::NoTls).await?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "read-model admin connection closed");
+            }
+        });
+        Ok(client)
+    }
+}
+
+#[async_trait]
+impl ReadModel for PostgresReadModel {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    async fn live(&self) -> Result<Generation, ProjectionError> {
+        self.live_generation().await
+    }
+
+    async fn apply(&self, generation: u64, from: u64, through: u64, movements: Arc<[Movement]>) -> Result<(), ProjectionError> {
+        self.apply_batch(generation, from, through, &movements).await.map_err(|error| match error {
+            ProjectionError::Postgres(e) if missing_generation(&e) => ProjectionError::NoSuchGeneration { model: NAME, generation },
+            other => other,
+        })
+    }
+
+    async fn create_generation(&self) -> Result<u64, ProjectionError> {
+        self.create_owned_generation().await
+    }
+
+    async fn promote(&self, generation: u64) -> Result<(), ProjectionError> {
+        self.promote_owned(generation).await
+    }
+
+    async fn drop_generation(&self, generation: u64) -> Result<(), ProjectionError> {
+        self.let_go(generation);
+        let mut admin = self.admin().await?;
+        generations::drop_abandoned(&mut admin, generation_id(generation)?).await
+    }
+}
+
+fn schema(generation: u64) -> String {
+    format!("tally_read_g{generation}")
+}
+
+/// A generation's id as the `tally_read_generations` table keeps it.
+fn generation_id(generation: u64) -> Result<i32, ProjectionError> {
+    i32::try_from(generation).map_err(|_| ProjectionError::NoSuchGeneration { model: NAME, generation })
+}
+
+fn int(value: u64, what: &str) -> Result<i64, ProjectionError> {
+    i64::try_from(value).map_err(|_| ProjectionError::Invalid(format!("{what} {value} exceeds the range of BIGINT")))
+}
+
+fn unsigned(value: i64, what: &str) -> Result<u64, ProjectionError> {
+    u64::try_from(value).map_err(|_| ProjectionError::Corrupt { key: what.to_owned(), reason: format!("negative value {value}") })
+}
+
+fn timestamp(ms: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+fn millis(at: OffsetDateTime) -> i64 {
+    i64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+}
+
+/// The calendar date of a day number (days since 1970-01-01).
+pub fn date_of_day(day: i64) -> Date {
+    OffsetDateTime::UNIX_EPOCH.date() + time::Duration::days(day)
+}
+
+/// An undefined schema or table means the generation was dropped under us.
+fn missing_generation(error: &tokio_postgres::Error) -> bool {
+    matches!(error.code(), Some(code) if *code == SqlState::INVALID_SCHEMA_NAME || *code == SqlState::UNDEFINED_TABLE)
+}

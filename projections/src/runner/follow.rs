@@ -1,0 +1,285 @@
+//! The runner's task: follows the live generation from its checkpoint (batches read and decoded ahead
+//! by a [`Replay`]), retries failed batches with backoff, stops on fatal errors, records lag, and swaps in
+//! a rebuilt generation once it is ready.
+
+use std::sync::Arc;
+
+use tally_engine::clock::{Clock, SystemClock};
+use tally_engine::store::EventStore;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use super::lag::LagWindow;
+use super::rebuild::Rebuild;
+use super::{Control, FOLLOW_RETRY_FIRST, LOG_READ_RETRY, ProjectionStatus, RebuildPhase, RebuildProgress, RunState, RunnerOptions};
+use crate::backoff::Backoff;
+use crate::movement::decode_batch;
+use crate::replay::{DecodedBatch, Replay};
+use crate::{ProjectionError, ReadModel};
+
+/// One task per read model; [`super::Projection`] is its handle.
+pub(super) struct Runner {
+    pub(super) store: Arc<dyn EventStore>,
+    pub(super) model: Arc<dyn ReadModel>,
+    pub(super) options: RunnerOptions,
+    pub(super) status: watch::Sender<ProjectionStatus>,
+    /// Weak, so dropping every `Projection` handle ends the runner.
+    pub(super) control_tx: mpsc::WeakSender<Control>,
+    pub(super) control: mpsc::Receiver<Control>,
+    pub(super) lag: LagWindow,
+    pub(super) started_at_ms: i64,
+    pub(super) rebuild_task: Option<JoinHandle<()>>,
+}
+
+/// What ended a phase of the runner.
+enum Exit {
+    Stop,
+    /// Re-read the live generation and follow again from its checkpoint.
+    Restart,
+    Fail(ProjectionError),
+}
+
+impl Runner {
+    pub(super) async fn run(mut self) {
+        let mut backoff = self.backoff();
+        loop {
+            let exit = match self.model.live().await {
+                Ok(live) => {
+                    self.status.send_modify(|s| {
+                        s.generation = live.id;
+                        s.checkpoint = live.checkpoint;
+                        s.state = RunState::Running;
+                    });
+                    backoff = self.backoff();
+                    self.follow(live.checkpoint).await
+                }
+                Err(error) if error.is_fatal() => Exit::Fail(error),
+                Err(error) => {
+                    tracing::warn!(projection = self.model.name(), %error, "cannot read the live generation; retrying");
+                    self.status.send_modify(|s| s.state = RunState::Retrying { error: error.to_string() });
+                    if self.pause(&mut backoff).await { Exit::Stop } else { Exit::Restart }
+                }
+            };
+            match exit {
+                Exit::Restart => continue,
+                Exit::Stop => break,
+                Exit::Fail(error) => {
+                    tracing::error!(projection = self.model.name(), %error, "projection stopped");
+                    self.status.send_modify(|s| s.state = RunState::Failed { error: error.to_string() });
+                    // Parked: keeps answering control messages until told to stop.
+                    while let Some(message) = self.control.recv().await {
+                        match message {
+                            Control::Stop => break,
+                            Control::Rebuild(reply) => {
+                                let _ = reply.send(Err(ProjectionError::Stopped { model: self.model.name() }));
+                            }
+                            Control::Swap { reply, .. } => {
+                                let _ = reply.send(Err(ProjectionError::Stopped { model: self.model.name() }));
+                            }
+                        }
+                    }
+                    break;
+                }
+            }
+        }
+        if let Some(task) = self.rebuild_task.take() {
+            task.abort();
+        }
+        if let Err(error) = self.model.flush().await {
+            tracing::warn!(projection = self.model.name(), %error, "read model not flushed; it will re-apply the last batches from the log");
+        }
+        self.status.send_modify(|s| {
+            if !matches!(s.state, RunState::Failed { .. }) {
+                s.state = RunState::Stopped;
+            }
+        });
+    }
+
+    /// How a follower retries: from [`FOLLOW_RETRY_FIRST`] up to `retry_max`, for as long as it takes.
+    fn backoff(&self) -> Backoff {
+        Backoff::new(FOLLOW_RETRY_FIRST, self.options.retry_max)
+    }
+
+    /// Sleeps for the backoff's next wait unless told to stop; returns true if told to stop.
+    async fn pause(&mut self, backoff: &mut Backoff) -> bool {
+        let sleep = tokio::time::sleep(backoff.wait());
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                () = &mut sleep => return false,
+                message = self.control.recv() => match message {
+                    None | Some(Control::Stop) => return true,
+                    Some(other) => self.handle_control_while_busy(other),
+                },
+            }
+        }
+    }
+
+    fn handle_control_while_busy(&mut self, message: Control) {
+        let busy = || ProjectionError::Busy { model: self.model.name() };
+        match message {
+            Control::Rebuild(reply) => {
+                let _ = reply.send(Err(busy()));
+            }
+            Control::Swap { reply, .. } => {
+                let _ = reply.send(Err(busy()));
+            }
+            Control::Stop => {}
+        }
+    }
+
+    async fn follow(&mut self, checkpoint: u64) -> Exit {
+        let mut reader = Replay::follow(Arc::clone(&self.store), checkpoint, self.options.batch_size);
+        let mut head = self.store.head();
+        let mut head_open = true;
+        loop {
+            tokio::select! {
+                biased;
+                message = self.control.recv() => match message {
+                    None | Some(Control::Stop) => return Exit::Stop,
+                    Some(Control::Rebuild(reply)) => self.start_rebuild(reply),
+                    Some(Control::Swap { generation, checkpoint, reply }) => match self.swap(generation, checkpoint).await {
+                        Ok(live_checkpoint) => {
+                            let _ = reply.send(Ok(()));
+                            reader = Replay::follow(Arc::clone(&self.store), live_checkpoint, self.options.batch_size);
+                        }
+                        Err(error) => {
+                            // Whatever happened, the live generation is what the model says it is now.
+                            let _ = reply.send(Err(error));
+                            return Exit::Restart;
+                        }
+                    },
+                },
+                changed = head.changed(), if head_open => match changed {
+                    Ok(()) => {
+                        let position = *head.borrow_and_update();
+                        self.status.send_modify(|s| s.head = position);
+                    }
+                    Err(_) => head_open = false,
+                },
+                batch = reader.next() => match batch {
+                    Some(Ok(batch)) => {
+                        if let Some(exit) = self.apply_live(batch).await {
+                            return exit;
+                        }
+                    }
+                    None => return Exit::Stop,
+                    // A poison event, met while decoding ahead.
+                    Some(Err(error)) if error.is_fatal() => return Exit::Fail(error),
+                    Some(Err(error)) => {
+                        // Shown in the store's own words, as before the reader decoded too.
+                        let error = match error {
+                            ProjectionError::Store(error) => error.to_string(),
+                            other => other.to_string(),
+                        };
+                        tracing::warn!(projection = self.model.name(), %error, "cannot read the log; retrying");
+                        self.status.send_modify(|s| s.state = RunState::Retrying { error });
+                        if self.pause(&mut Backoff::new(LOG_READ_RETRY, LOG_READ_RETRY)).await {
+                            return Exit::Stop;
+                        }
+                        return Exit::Restart;
+                    }
+                },
+            }
+        }
+    }
+
+    /// Applies one batch to the live generation, retrying transient failures. `Some` ends following.
+    async fn apply_live(&mut self, batch: DecodedBatch) -> Option<Exit> {
+        let DecodedBatch { from, through, first_recorded_ms, movements } = batch;
+        self.status.send_modify(|s| s.behind_since_ms = Some(first_recorded_ms));
+        let generation = self.status.borrow().generation;
+        let mut backoff = self.backoff();
+        loop {
+            match self.model.apply(generation, from, through, Arc::clone(&movements)).await {
+                Ok(()) => break,
+                Err(error @ (ProjectionError::CheckpointMoved { .. } | ProjectionError::NoSuchGeneration { .. })) => {
+                    tracing::info!(projection = self.model.name(), %error, "another runner moved on; following the live generation from its checkpoint");
+                    return Some(Exit::Restart);
+                }
+                Err(error) if error.is_fatal() => return Some(Exit::Fail(error)),
+                Err(error) => {
+                    tracing::warn!(projection = self.model.name(), %error, through, "batch failed; retrying");
+                    self.status.send_modify(|s| s.state = RunState::Retrying { error: error.to_string() });
+                    if self.pause(&mut backoff).await {
+                        return Some(Exit::Stop);
+                    }
+                }
+            }
+        }
+        let now = SystemClock.now_ms();
+        for movement in movements.iter() {
+            if movement.recorded_at_ms >= self.started_at_ms {
+                self.lag.record(now, u64::try_from(now - movement.recorded_at_ms).unwrap_or(0));
+            }
+        }
+        let applied = through - from;
+        let name = self.model.name();
+        metrics::counter!("tally_projection_events_total", "projection" => name).increment(applied);
+        metrics::gauge!("tally_projection_checkpoint", "projection" => name).set(through as f64);
+        let (lag_p50, lag_p99) = self.lag.quantiles();
+        self.status.send_modify(|s| {
+            s.checkpoint = through;
+            s.head = s.head.max(through);
+            s.state = RunState::Running;
+            s.events_applied += applied;
+            s.lag_p50_ms = lag_p50;
+            s.lag_p99_ms = lag_p99;
+            if s.head <= through {
+                s.behind_since_ms = None;
+            }
+            metrics::gauge!("tally_projection_lag_events", "projection" => name).set(s.lag_events() as f64);
+            metrics::gauge!("tally_projection_lag_seconds", "projection" => name).set(s.lag_ms(now) as f64 / 1000.0);
+        });
+        None
+    }
+
+    fn start_rebuild(&mut self, reply: oneshot::Sender<Result<watch::Receiver<RebuildProgress>, ProjectionError>>) {
+        if self.rebuild_task.as_ref().is_some_and(|task| !task.is_finished()) {
+            let _ = reply.send(Err(ProjectionError::RebuildRunning { model: self.model.name() }));
+            return;
+        }
+        let head = *self.store.head().borrow();
+        let (progress_tx, progress) =
+            watch::channel(RebuildProgress { generation: 0, checkpoint: 0, head, events_per_second: 0.0, phase: RebuildPhase::Replaying });
+        let rebuild = Rebuild {
+            store: Arc::clone(&self.store),
+            model: Arc::clone(&self.model),
+            batch_size: self.options.rebuild_batch_size,
+            control: self.control_tx.clone(),
+            status: self.status.clone(),
+            progress: progress_tx,
+        };
+        self.rebuild_task = Some(tokio::spawn(rebuild.run()));
+        let _ = reply.send(Ok(progress));
+    }
+
+    /// Brings `generation` from `checkpoint` to the live checkpoint, promotes it, and returns the
+    /// checkpoint live following resumes from.
+    async fn swap(&mut self, generation: u64, checkpoint: u64) -> Result<u64, ProjectionError> {
+        let mut position = checkpoint;
+        loop {
+            // Another node may have taken the live generation further than this runner knows.
+            let known = self.status.borrow().checkpoint;
+            let live_checkpoint = known.max(self.model.live().await?.checkpoint);
+            while position < live_checkpoint {
+                let limit = usize::try_from(live_checkpoint - position).unwrap_or(usize::MAX).min(self.options.batch_size);
+                let events = self.store.read_all(position + 1, limit).await?;
+                let Some(through) = events.last().map(|e| e.global_position) else { break };
+                self.model.apply(generation, position, through, decode_batch(events)?.into()).await?;
+                position = through;
+            }
+            match self.model.promote(generation).await {
+                Ok(()) => break,
+                Err(ProjectionError::Behind { .. }) => continue,
+                Err(error) => return Err(error),
+            }
+        }
+        tracing::info!(projection = self.model.name(), generation, checkpoint = position, "rebuilt generation swapped in");
+        self.status.send_modify(|s| {
+            s.generation = generation;
+            s.checkpoint = position;
+        });
+        Ok(position)
+    }
+}
