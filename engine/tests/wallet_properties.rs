@@ -7,8 +7,8 @@ use tally_engine::codec;
 use tally_engine::domain::program::RuleVersion;
 use tally_engine::domain::rules::{Order, OrderLine, parse_rules};
 use tally_engine::domain::{
-    Change, Command, CommandBody, Context, Decision, Event, ProgramSettings, ReturnPolicy, TenantId, WalletId, WalletState, WalletStatus,
-    apply, decide,
+    Change, Command, CommandBody, Context, Decision, DueView, Event, ProgramSettings, ReturnPolicy, TenantId, WalletId, WalletState,
+    WalletStatus, apply, decide,
 };
 use tally_engine::limits::RECEIPT_RETENTION_MS;
 
@@ -224,6 +224,8 @@ proptest! {
         let mut lot_expiry: HashMap<u64, i64> = HashMap::new();
         let mut now_ms = 1_772_636_400_000;
         let mut state = WalletState::default();
+        // What the timers keep of this wallet (dropped whenever it is idle, as they do).
+        let mut due_view: Option<DueView> = None;
         let mut log: Vec<Event> = Vec::new();
         let mut accepted: Vec<(Command, WalletState, i64)> = Vec::new();
         let enrolled_first = Command::new("enroll", CommandBody::Enroll { customer_ref: "crm-1".into() });
@@ -255,6 +257,13 @@ proptest! {
                         let before_tier = state.tier.clone();
                         let before_deadline = state.inactivity_expires_at_ms;
                         apply(&mut state, event);
+                        let view = due_view.get_or_insert_with(DueView::default);
+                        view.apply(event, state.version);
+                        prop_assert_eq!(view.next_due_ms(), state.next_due_ms(), "the timers' due time is the wallet's: {:?}", event);
+                        if view.is_idle() {
+                            prop_assert_eq!(state.next_due_ms(), None);
+                            due_view = None;
+                        }
                         match &event.change {
                             Change::Earned(PointsEarned { lot: Some(lot), .. })
                             | Change::Adjusted(PointsAdjusted { lot: Some(lot), .. })

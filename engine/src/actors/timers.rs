@@ -1,25 +1,25 @@
 //! Time-driven wallet transitions: a due-time index derived from the log, not a scan of all wallets.
 //!
-//! A reader task follows the log and folds, per wallet, what can come due by itself: open POS holds
-//! (until their timeout), pending points (until they mature), lots of points with an expiry (their
-//! unheld points) and tier reviews. Every event a wallet
-//! records moves that wallet's next due time in the index. The timer loop sleeps until the earliest one
+//! A reader task follows the log and folds each wallet's events into a [`DueView`]: the wallet as the
+//! domain's own `apply` leaves it, less what no due time depends on, so the index holds exactly the time
+//! `WalletState::next_due_ms` would give (open holds' timeouts, pending points maturing, lots expiring
+//! and their notices, tier reviews). A wallet with nothing that can come due is not kept. Every event
+//! a wallet records moves that wallet's next due time in the index. The timer loop sleeps until the earliest one
 //! and sends the wallet `RunDue`, which records whatever is due then (holds released, lots expired); a
 //! repeat — a restart, another node, a stale index — finds nothing due and says when the next thing is.
 //! The index is rebuilt from the log at start.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tally_proto::v1::{LotOpened, LotPoints};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::{CommandMeta, WalletError, WalletKey, WalletRegistry};
 use crate::clock::Clock;
 use crate::codec;
-use crate::domain::{Change, Command, CommandBody, Rejection};
+use crate::domain::{Command, CommandBody, DueView, Rejection};
 use crate::store::{EventStore, Follower, RecordedEvent};
 
 /// Events read per batch while following the log.
@@ -66,161 +66,8 @@ impl Drop for WalletTimers {
     }
 }
 
-/// What of one wallet can come due by itself.
-#[derive(Default)]
-struct Schedule {
-    /// Open holds' timeouts.
-    holds: HashMap<String, i64>,
-    /// Lots with an expiry.
-    lots: BTreeMap<u64, LotTimes>,
-    /// Pending credits by the version that made them: `(points, available at)`.
-    pending: BTreeMap<u64, (i64, i64)>,
-    /// When the customer's tier is reviewed next.
-    review: Option<i64>,
-    /// Under an inactivity policy: when lots `on_inactivity` expire.
-    inactivity: Option<i64>,
-}
-
-/// What the timers know of a lot.
-struct LotTimes {
-    unheld: i64,
-    held: i64,
-    expires_at_ms: i64,
-    /// 0: no notice due.
-    notify_at_ms: i64,
-    /// No date of its own: expires at the wallet's inactivity deadline.
-    on_inactivity: bool,
-}
-
-impl Schedule {
-    fn due(&self) -> Option<i64> {
-        let holds = self.holds.values().copied();
-        let expiries = self
-            .lots
-            .values()
-            .filter(|lot| lot.unheld > 0)
-            .filter_map(|lot| if lot.on_inactivity { self.inactivity } else { Some(lot.expires_at_ms) });
-        let notices = self.lots.values().filter(|lot| lot.notify_at_ms != 0 && lot.unheld + lot.held > 0).map(|lot| lot.notify_at_ms);
-        let lots = expiries.chain(notices);
-        let pending = self.pending.values().map(|(_, at)| *at);
-        holds.chain(lots).chain(pending).chain(self.review).min()
-    }
-
-    fn is_empty(&self) -> bool {
-        self.holds.is_empty() && self.lots.is_empty() && self.pending.is_empty() && self.review.is_none() && self.inactivity.is_none()
-    }
-
-    fn active(&mut self, inactivity_expires_at_ms: i64) {
-        self.inactivity = (inactivity_expires_at_ms != 0).then_some(inactivity_expires_at_ms);
-    }
-
-    fn take_pending(&mut self, taken: &[LotPoints]) {
-        for t in taken {
-            if let Some(pending) = self.pending.get_mut(&t.lot) {
-                pending.0 -= t.points;
-                if pending.0 <= 0 {
-                    self.pending.remove(&t.lot);
-                }
-            }
-        }
-    }
-
-    fn open(&mut self, lot: Option<&LotOpened>) {
-        if let Some(lot) = lot.filter(|lot| lot.points > 0 && (lot.expires_at_ms != 0 || lot.on_inactivity)) {
-            let times = LotTimes {
-                unheld: 0,
-                held: 0,
-                expires_at_ms: lot.expires_at_ms,
-                notify_at_ms: lot.notify_at_ms,
-                on_inactivity: lot.on_inactivity,
-            };
-            self.lots.entry(lot.lot).or_insert(times).unheld += lot.points;
-        }
-    }
-
-    /// Moves points of tracked lots: `unheld` and `held` are added to each lot's counts times the lot's
-    /// points.
-    fn shift(&mut self, lots: &[LotPoints], unheld: i64, held: i64) {
-        for moved in lots {
-            if let Some(lot) = self.lots.get_mut(&moved.lot) {
-                lot.unheld += unheld * moved.points;
-                lot.held += held * moved.points;
-                if lot.unheld <= 0 && lot.held <= 0 {
-                    self.lots.remove(&moved.lot);
-                }
-            }
-        }
-    }
-
-    /// Folds the event at stream `version`; false once the wallet is closed.
-    fn fold(&mut self, change: &Change, version: u64) -> bool {
-        match change {
-            Change::Enrolled(_) => {}
-            Change::Earned(e) => {
-                self.active(e.inactivity_expires_at_ms);
-                self.open(e.lot.as_ref());
-                if let Some(pending) = e.pending.as_ref().filter(|p| p.points > 0) {
-                    self.pending.insert(version, (pending.points, pending.available_at_ms));
-                }
-            }
-            Change::Matured(e) => {
-                self.pending.remove(&e.pending);
-                self.open(e.lot.as_ref());
-            }
-            Change::Adjusted(e) => {
-                if e.inactivity_expires_at_ms != 0 {
-                    self.active(e.inactivity_expires_at_ms);
-                }
-                self.open(e.lot.as_ref());
-                self.shift(&e.lots, -1, 0);
-            }
-            Change::Purchased(e) => {
-                self.active(e.inactivity_expires_at_ms);
-                self.open(e.lot.as_ref());
-            }
-            Change::CardCompleted(e) => self.open(e.lot.as_ref()),
-            Change::Stamped(e) => self.active(e.inactivity_expires_at_ms),
-            Change::ExpiringSoon(e) => {
-                if let Some(lot) = self.lots.get_mut(&e.lot) {
-                    lot.notify_at_ms = 0;
-                }
-            }
-            Change::Redeemed(e) => {
-                self.active(e.inactivity_expires_at_ms);
-                self.shift(&e.lots, -1, 0);
-            }
-            Change::Reversed(e) => {
-                self.take_pending(&e.pending);
-                self.shift(&e.lots, -1, 0);
-            }
-            Change::Expired(e) => self.shift(&[LotPoints { lot: e.lot, points: e.points }], -1, 0),
-            Change::Held(e) => {
-                self.holds.insert(e.hold_id.clone(), e.expires_at_ms);
-                self.shift(&e.lots, -1, 1);
-            }
-            Change::Captured(e) => {
-                self.active(e.inactivity_expires_at_ms);
-                self.holds.remove(&e.hold_id);
-                self.shift(&e.lots, 0, -1);
-                self.shift(&e.released_lots, 1, -1);
-            }
-            Change::Released(e) => {
-                self.holds.remove(&e.hold_id);
-                self.shift(&e.lots, 1, -1);
-            }
-            Change::TierChanged(e) => self.review = (e.next_review_at_ms != 0).then_some(e.next_review_at_ms),
-            Change::TierReviewed(e) => self.review = (e.next_review_at_ms != 0).then_some(e.next_review_at_ms),
-            Change::Closed(_) => return false,
-        }
-        true
-    }
-}
-
-/// Folds one recorded event into its wallet's schedule; the wallet's new due time if it may have moved.
-fn fold(schedules: &mut HashMap<WalletKey, Schedule>, recorded: RecordedEvent) -> Option<Due> {
-    if recorded.data.event_type == Change::Enrolled(Default::default()).event_type() {
-        return None;
-    }
+/// Folds one recorded event into its wallet's view; the wallet's new due time if it moved.
+fn fold(views: &mut HashMap<WalletKey, DueView>, recorded: RecordedEvent) -> Option<Due> {
     let (tenant, wallet) = codec::wallet_of(recorded.stream_id.as_str())?;
     let key = WalletKey::new(tenant, wallet);
     let stream = recorded.stream_id.clone();
@@ -233,23 +80,23 @@ fn fold(schedules: &mut HashMap<WalletKey, Schedule>, recorded: RecordedEvent) -
             return None;
         }
     };
-    let schedule = schedules.entry(key.clone()).or_default();
-    let before = schedule.due();
-    let open = schedule.fold(&event.change, version);
-    let at_ms = if open { schedule.due() } else { None };
-    if !open || schedule.is_empty() {
-        schedules.remove(&key);
+    let view = views.entry(key.clone()).or_default();
+    let before = view.next_due_ms();
+    view.apply(&event, version);
+    let at_ms = view.next_due_ms();
+    if view.is_idle() {
+        views.remove(&key);
     }
-    (at_ms != before || !open).then_some(Due { key, at_ms })
+    (at_ms != before).then_some(Due { key, at_ms })
 }
 
 async fn read(store: Arc<dyn EventStore>, tx: mpsc::Sender<Due>) {
     let mut follower = Follower::new(store, 0);
-    let mut schedules = HashMap::new();
+    let mut views = HashMap::new();
     loop {
         match follower.next_batch(READ_BATCH_EVENTS).await {
             Ok(Some(events)) => {
-                for due in events.into_iter().filter_map(|event| fold(&mut schedules, event)) {
+                for due in events.into_iter().filter_map(|event| fold(&mut views, event)) {
                     if tx.send(due).await.is_err() {
                         return;
                     }

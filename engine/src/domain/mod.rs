@@ -26,7 +26,7 @@ pub use ids::{FieldError, TenantId, WalletId};
 pub use rejection::Rejection;
 pub use state::{Hold, Lot, Pending, Receipt, RuleUsage, SourceLedger, StampCard, TierState, WalletState, WalletStatus};
 pub use tally_proto::v1::{CreditPackageDefined, ExpiryPolicy, ReturnPolicy, StampCardDefined, TierMove};
-pub use wallet::{Decision, OrderQuote, apply, decide, quote_order};
+pub use wallet::{Decision, DueView, OrderQuote, apply, decide, quote_order};
 
 /// What the wallet domain needs of its tenant's program (see [`program::ProgramState::settings`]).
 #[derive(Debug, Clone, PartialEq)]

@@ -12,6 +12,60 @@ use crate::domain::Context;
 use crate::domain::event::{Change, Event};
 use crate::domain::state::{WalletState, WalletStatus};
 
+/// A wallet as the timers see it: folded by the wallet's own [`apply`], keeping only what
+/// [`WalletState::next_due_ms`] reads (lots that can expire, open holds, pending points, the tier, the
+/// inactivity deadline), so the timers' due time is the wallet's own rather than a second accounting of it.
+///
+/// Nothing that moves those fields reads what the view forgets (receipts, sources, rule usage,
+/// qualifying months, stamp cards, lots that never expire): the property test compares the two due
+/// times after every event of random histories.
+#[derive(Debug, Clone)]
+pub struct DueView(WalletState);
+
+impl Default for DueView {
+    /// An enrolled wallet with nothing that can come due: where a view starts, at enrolment or at the
+    /// first event after the wallet was last [idle](DueView::is_idle).
+    fn default() -> Self {
+        Self(WalletState { status: WalletStatus::Active, ..WalletState::default() })
+    }
+}
+
+impl DueView {
+    /// Folds the wallet's event at stream `version` (its first event is version 1).
+    pub fn apply(&mut self, event: &Event, version: u64) {
+        let state = &mut self.0;
+        // Lots and pending credits are numbered by stream version; a view may start mid-stream.
+        state.version = version.saturating_sub(1);
+        apply(state, event);
+        state.customer_ref = String::new();
+        state.receipts = Default::default();
+        state.sources = Default::default();
+        state.rule_usage = Default::default();
+        state.qualifying = Vec::new();
+        state.stamp_cards = Default::default();
+        // A lot that never expires never comes due (nor gets a notice); what later events take from
+        // it shows up here as a fresh undated lot, dropped again.
+        state.lots.retain(|_, lot| lot.expires_at_ms.is_some() || lot.on_inactivity);
+    }
+
+    /// When the wallet next has something due (see [`WalletState::next_due_ms`]).
+    pub fn next_due_ms(&self) -> Option<i64> {
+        self.0.next_due_ms()
+    }
+
+    /// Nothing in it can come due until more events arrive, whatever they are: it can be dropped, and a
+    /// default one started at the wallet's next event gives the same due times.
+    pub fn is_idle(&self) -> bool {
+        let state = &self.0;
+        state.status != WalletStatus::Active
+            || (state.holds.is_empty()
+                && state.lots.is_empty()
+                && state.pending.is_empty()
+                && state.tier.is_none()
+                && state.inactivity_expires_at_ms.is_none())
+    }
+}
+
 /// What happened by itself up to `now_ms`, one transition at a time, each seeing the ones before: holds
 /// past their timeout are released (by timeout, then hold id), pending points past their time mature
 /// (by time, then credit), then lots past their expiry expire (by expiry, then lot) — points given back

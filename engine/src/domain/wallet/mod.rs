@@ -25,6 +25,7 @@ mod receipts;
 mod stamps;
 mod tier;
 
+pub use due::DueView;
 pub use orders::{OrderQuote, quote_order};
 
 use super::Context;
