@@ -403,6 +403,172 @@ mod tests {
         assert!(err.to_string().contains("unknown field `listn`"), "{err}");
     }
 
+    /// `tally serve` with `--config` pointing at a new file holding `toml`.
+    fn with_file(toml: &str, argv: &[&str]) -> (ServeArgs, PathBuf) {
+        let file = tempfile_dir().join("tally.toml");
+        std::fs::write(&file, toml).unwrap();
+        let mut full = vec!["tally", "serve", "--config", file.to_str().unwrap()];
+        full.extend_from_slice(argv);
+        (serve_args(&full), file)
+    }
+
+    /// The resolved settings the precedence tests look at, in one comparable line.
+    fn summary(s: &ServeSettings) -> String {
+        let tenants = s.tenants.iter().map(|(t, p)| format!("{}:{:?}", t.as_str(), p.return_policy)).collect::<Vec<_>>();
+        format!(
+            "listen={} data={} tenants={} active_wallets_max={} idle_ms={} snapshot_keep={:?} reporting_db={:?}",
+            s.listen,
+            s.data.display(),
+            tenants.join(","),
+            s.registry.active_wallets_max,
+            s.registry.idle_ms,
+            s.snapshots.map(|p| p.keep_last),
+            s.reporting_db
+        )
+    }
+
+    #[test]
+    fn without_any_setting_the_defaults_are_the_engines() {
+        let s = ServeSettings::resolve(&serve_args(&["tally", "serve"])).unwrap();
+        let (registry, policy) = (RegistryConfig::default(), SnapshotPolicy::default());
+        assert_eq!(s.listen, LISTEN_DEFAULT.parse().unwrap());
+        assert_eq!(s.data, PathBuf::from(DATA_DIR_DEFAULT));
+        assert_eq!(s.store, StoreUrl::Embedded(PathBuf::from(DATA_DIR_DEFAULT)));
+        assert_eq!(s.tenants.iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>(), vec![TENANT_DEFAULT]);
+        assert_eq!((s.registry.active_wallets_max, s.registry.idle_ms), (registry.active_wallets_max, registry.idle_ms));
+        assert_eq!(s.snapshots.map(|p| (p.every_events, p.keep_last)), Some((policy.every_events, policy.keep_last)));
+        assert!(s.local_read_model, "the embedded log keeps its local read model by default");
+        assert_eq!((s.reporting_db, s.metrics_listen), (None, None));
+    }
+
+    #[test]
+    fn a_flag_beats_the_file_and_the_file_beats_the_default() {
+        let toml = "listen = \"127.0.0.1:7001\"\nactive_wallets_max = 10\nwallet_idle_secs = 7\n\
+                    reporting_db = \"postgres://file\"\n[tenants.from-file]\nreturn_policy = \"cap-at-zero\"\n";
+        let (args, _) = with_file(toml, &["--listen", "127.0.0.1:7003", "--tenant", "from-flag", "--active-wallets-max", "20"]);
+        assert_eq!(
+            summary(&ServeSettings::resolve(&args).unwrap()),
+            "listen=127.0.0.1:7003 data=./data tenants=from-flag:AllowNegative active_wallets_max=20 idle_ms=7000 \
+             snapshot_keep=Some(2) reporting_db=Some(\"postgres://file\")"
+        );
+        // The file's tenants, all of them, when no flag names any.
+        let (args, _) = with_file(toml, &[]);
+        assert!(summary(&ServeSettings::resolve(&args).unwrap()).contains(" tenants=from-file:CapAtZero "));
+    }
+
+    /// Set for the child process of `a_variable_sits_between_flag_and_file`: the arguments, joined by
+    /// U+001F, whose resolved settings it prints. A child because the variables are the process's own,
+    /// and a test may not change those of the process running the others.
+    const CHILD_ARGV: &str = "TALLY_TEST_CHILD_SERVE_ARGV";
+
+    #[test]
+    #[ignore = "run as a child process by a_variable_sits_between_flag_and_file"]
+    fn child_prints_resolved_settings() {
+        let Ok(argv) = std::env::var(CHILD_ARGV) else { return };
+        let s = ServeSettings::resolve(&serve_args(&argv.split('\u{1f}').collect::<Vec<_>>())).unwrap();
+        #[allow(clippy::print_stdout)]
+        {
+            println!("resolved: {}", summary(&s));
+        }
+    }
+
+    #[test]
+    fn a_variable_sits_between_flag_and_file() {
+        let file = tempfile_dir().join("tally.toml");
+        std::fs::write(&file, "listen = \"127.0.0.1:7001\"\ndata = \"/file\"\nwallet_idle_secs = 7\n[tenants.from-file]\n").unwrap();
+        let argv = ["tally", "serve", "--config", file.to_str().unwrap(), "--listen", "127.0.0.1:7003"].join("\u{1f}");
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap());
+        child.args(["config::tests::child_prints_resolved_settings", "--exact", "--ignored", "--nocapture"]);
+        // Only the variables set below count, whatever the environment running the tests holds.
+        let command = ServeArgs::augment_args(clap::Command::new("serve"));
+        for variable in command.get_arguments().filter_map(clap::Arg::get_env) {
+            child.env_remove(variable);
+        }
+        let output = child
+            .env(CHILD_ARGV, argv)
+            .env("TALLY_LISTEN", "127.0.0.1:7002") // under the flag
+            .env("TALLY_DATA", "/env") // over the file
+            .env("TALLY_TENANTS", "from-env:cap-at-zero") // over the file
+            .env("TALLY_ACTIVE_WALLETS_MAX", "30") // over the default
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let resolved = stdout.lines().find_map(|line| line.strip_prefix("resolved: "));
+        assert_eq!(
+            resolved,
+            Some(
+                "listen=127.0.0.1:7003 data=/env tenants=from-env:CapAtZero active_wallets_max=30 idle_ms=7000 \
+                 snapshot_keep=Some(2) reporting_db=None"
+            ),
+            "child said:\n{stdout}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    #[test]
+    fn unknown_file_keys_are_refused_by_name() {
+        for (toml, key) in [
+            ("snapshot_kept = 3\n", "snapshot_kept"),
+            ("[tenants.acme]\npolicy = \"cap-at-zero\"\n", "policy"),
+            // `--config` is a flag, not a setting a file could hold.
+            ("config = \"other.toml\"\n", "config"),
+        ] {
+            let (args, file) = with_file(toml, &[]);
+            let err = ServeSettings::resolve(&args).unwrap_err().to_string();
+            assert!(err.contains(&format!("unknown field `{key}`")) && err.contains(&file.display().to_string()), "{toml}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_wrong_value_names_the_layer_it_came_from() {
+        let (args, file) = with_file("store = \"mysql://file\"\n[tenants.acme]\nreturn_policy = \"lenient\"\n", &[]);
+        let err = ServeSettings::resolve(&args).unwrap_err().to_string();
+        assert!(err.ends_with(&format!("(set by tenants in {})", file.display())), "{err}");
+        let (args, file) = with_file("store = \"mysql://file\"\n", &[]);
+        let err = ServeSettings::resolve(&args).unwrap_err().to_string();
+        assert!(err.contains("\"mysql://file\"") && err.ends_with(&format!("(set by store in {})", file.display())), "{err}");
+        let (args, _) = with_file("store = \"mysql://file\"\n", &["--store", "mysql://flag"]);
+        let err = ServeSettings::resolve(&args).unwrap_err().to_string();
+        assert!(err.contains("\"mysql://flag\"") && err.ends_with("(set by --store)"), "{err}");
+    }
+
+    /// Flags, variables and file keys are a public interface: scripts and deployments spell them.
+    #[test]
+    fn every_setting_keeps_its_flag_variable_and_key_and_is_in_the_help() {
+        let spellings = [
+            ("data", "--data", "TALLY_DATA"),
+            ("store", "--store", "TALLY_STORE"),
+            ("listen", "--listen", "TALLY_LISTEN"),
+            ("tenants", "--tenant", "TALLY_TENANTS"),
+            ("active_wallets_max", "--active-wallets-max", "TALLY_ACTIVE_WALLETS_MAX"),
+            ("wallet_idle_secs", "--wallet-idle-secs", "TALLY_WALLET_IDLE_SECS"),
+            ("snapshot_every_events", "--snapshot-every-events", "TALLY_SNAPSHOT_EVERY_EVENTS"),
+            ("snapshot_keep", "--snapshot-keep", "TALLY_SNAPSHOT_KEEP"),
+            ("reporting_db", "--reporting-db", "TALLY_REPORTING_DB"),
+            ("local_read_model", "--local-read-model", "TALLY_LOCAL_READ_MODEL"),
+            ("metrics_listen", "--metrics-listen", "TALLY_METRICS_LISTEN"),
+        ];
+        assert_eq!(ServeOptions::NAMES, spellings.map(|(key, _, _)| key));
+        let mut cli = <crate::cli::Cli as clap::CommandFactory>::command();
+        let serve = cli.find_subcommand_mut("serve").unwrap();
+        let help = serve.render_help().to_string();
+        for (key, flag, variable) in spellings {
+            let arg = serve.get_arguments().find(|arg| arg.get_id() == key).unwrap();
+            assert_eq!((arg.get_long().map(|long| format!("--{long}")).as_deref(), arg.get_env()), (Some(flag), Some(variable.as_ref())));
+            assert!(help.contains(&format!("{flag} ")) && help.contains(&format!("[env: {variable}=]")), "{key} in:\n{help}");
+        }
+    }
+
+    #[test]
+    fn the_readme_example_file_is_valid() {
+        let readme = include_str!("../../README.md");
+        let example = readme.split("```toml\n").nth(1).and_then(|rest| rest.split("```").next()).expect("a toml example in README.md");
+        let (args, _) = with_file(example, &[]);
+        let s = ServeSettings::resolve(&args).unwrap();
+        assert_eq!(s.data, PathBuf::from("/var/lib/tally"));
+        assert_eq!(s.tenants.iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>(), vec!["acme", "corner-shop"]);
+    }
+
     fn tempfile_dir() -> PathBuf {
         let dir = std::env::temp_dir().join(format!("tally-config-test-{}-{}", std::process::id(), uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
