@@ -1,9 +1,11 @@
-//! The `tally` command line: every subcommand and flag, with the help a person reads.
+//! The `tally` command line: every subcommand and flag, with the help a person reads (the settings of
+//! `tally serve`, which the TOML file shares, are declared in `config.rs`).
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+
+use crate::config::{DATA_DIR_DEFAULT, ServeArgs};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -23,7 +25,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the engine and its gRPC API on the embedded event log.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Drive a wallet on a running server.
     #[command(subcommand)]
     Wallet(WalletCommand),
@@ -81,55 +83,11 @@ pub enum SnapshotsCommand {
 #[derive(Debug, Args)]
 pub struct SnapshotsTarget {
     /// Data directory of the server.
-    #[arg(long, env = "TALLY_DATA", default_value = "./data")]
+    #[arg(long, env = "TALLY_DATA", default_value = DATA_DIR_DEFAULT)]
     pub data: PathBuf,
     /// The server's store URL, when it is postgres://… (snapshots then live in that database).
     #[arg(long, env = "TALLY_STORE", value_name = "URL")]
     pub store: Option<String>,
-}
-
-#[derive(Debug, Args)]
-pub struct ServeArgs {
-    /// TOML file with settings; flags and TALLY_* variables override it.
-    #[arg(long, env = "TALLY_CONFIG", value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Directory of the event log [default: ./data].
-    #[arg(long, env = "TALLY_DATA", value_name = "DIR")]
-    pub data: Option<PathBuf>,
-    /// Where the event log lives: file://DIR (the embedded log; default file://<data>) or
-    /// postgres://USER@HOST/DB (shared by several nodes; snapshots then live there too).
-    #[arg(long, env = "TALLY_STORE", value_name = "URL")]
-    pub store: Option<String>,
-    /// Address to listen on; port 0 picks a free one [default: 127.0.0.1:50051].
-    #[arg(long, env = "TALLY_LISTEN", value_name = "ADDR")]
-    pub listen: Option<SocketAddr>,
-    /// Programs served, as NAME or NAME:POLICY with POLICY allow-negative (the default) or cap-at-zero.
-    /// Repeat the flag or separate with commas [default: demo].
-    #[arg(long = "tenant", env = "TALLY_TENANTS", value_delimiter = ',', value_name = "NAME[:POLICY]")]
-    pub tenants: Vec<String>,
-    /// Most wallets kept in memory; the least recently used beyond it are passivated [default: 100000].
-    #[arg(long, env = "TALLY_ACTIVE_WALLETS_MAX", value_name = "N")]
-    pub active_wallets_max: Option<usize>,
-    /// Seconds without a call after which a wallet leaves memory [default: 300].
-    #[arg(long, env = "TALLY_WALLET_IDLE_SECS", value_name = "SECS")]
-    pub wallet_idle_secs: Option<u64>,
-    /// Snapshot a wallet every N events (and when it leaves memory); 0 turns snapshots off [default: 500].
-    #[arg(long, env = "TALLY_SNAPSHOT_EVERY_EVENTS", value_name = "N")]
-    pub snapshot_every_events: Option<u64>,
-    /// Snapshots kept per wallet [default: 2].
-    #[arg(long, env = "TALLY_SNAPSHOT_KEEP", value_name = "K")]
-    pub snapshot_keep: Option<usize>,
-    /// PostgreSQL database for the reporting read model (wallets, ledger, daily stats, liability) behind
-    /// the ReportingService; without it that service answers FAILED_PRECONDITION.
-    #[arg(long, env = "TALLY_REPORTING_DB", value_name = "URL")]
-    pub reporting_db: Option<String>,
-    /// Keep the local wallet-activity read model (sled, in <data>/read-models) [default: true on the
-    /// embedded log, false on a postgres:// log, so nodes sharing a log keep nothing locally].
-    #[arg(long, env = "TALLY_LOCAL_READ_MODEL", value_name = "BOOL")]
-    pub local_read_model: Option<bool>,
-    /// Serve Prometheus metrics over HTTP on this address (GET /metrics) [default: off].
-    #[arg(long, env = "TALLY_METRICS_LISTEN", value_name = "ADDR")]
-    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Where to send a client call.

@@ -1,16 +1,18 @@
-//! Settings of `tally serve`: flags, then `TALLY_*` environment variables (both through clap), then the
-//! optional TOML file, then defaults.
+//! Settings of `tally serve`, each declared once in [`ServeOptions`] — flag, `TALLY_*` variable, help and
+//! default for clap, TOML key for serde — then layered: flags, variables, the `--config` file, defaults.
 
 use std::collections::BTreeMap;
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
-use serde::Deserialize;
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, FromArgMatches};
+use serde::{Deserialize, Deserializer};
 use tally_engine::actors::RegistryConfig;
 use tally_engine::domain::{ProgramSettings, ReturnPolicy, TenantId};
 use tally_snapshots::SnapshotPolicy;
-
-use crate::cli::ServeArgs;
 
 pub const DATA_DIR_DEFAULT: &str = "./data";
 pub const LISTEN_DEFAULT: &str = "127.0.0.1:50051";
@@ -26,6 +28,10 @@ pub enum ConfigError {
     Tenant { value: String, reason: String },
     #[error("invalid store URL {url:?}: {reason}")]
     Store { url: String, reason: String },
+    /// A setting's value is wrong; `origin` says where it was written (`--store`, `TALLY_STORE`, `store in
+    /// FILE`), since with four layers the value alone does not tell a person where to fix it.
+    #[error("{error} (set by {origin})")]
+    Setting { origin: String, error: Box<ConfigError> },
 }
 
 /// Where the event log lives.
@@ -53,28 +59,211 @@ impl StoreUrl {
     }
 }
 
-/// The TOML file. Unknown keys are errors, so a typo is never silently ignored.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    data: Option<PathBuf>,
-    store: Option<String>,
-    listen: Option<SocketAddr>,
-    active_wallets_max: Option<usize>,
-    wallet_idle_secs: Option<u64>,
-    snapshot_every_events: Option<u64>,
-    snapshot_keep: Option<usize>,
-    reporting_db: Option<String>,
-    local_read_model: Option<bool>,
-    metrics_listen: Option<SocketAddr>,
-    #[serde(default)]
-    tenants: BTreeMap<String, TenantConfig>,
+/// Declares the settings struct and the generic operations on its layers, from the one list of fields, so
+/// that adding a setting is adding a field: flags, variable, TOML key, default and merge all follow.
+macro_rules! serve_options {
+    ($(#[$outer:meta])* pub struct $name:ident { $($(#[$inner:meta])* pub $field:ident: Option<$ty:ty>,)* }) => {
+        $(#[$outer])*
+        pub struct $name {
+            $($(#[$inner])* pub $field: Option<$ty>,)*
+        }
+
+        impl $name {
+            /// Every setting by field name, which is also its clap id and its TOML key.
+            pub const NAMES: &'static [&'static str] = &[$(stringify!($field)),*];
+
+            /// Each setting from `self`, or from `lower` where `self` has none: the one merge of two layers.
+            #[must_use]
+            pub fn or(self, lower: Self) -> Self {
+                Self { $($field: self.$field.or(lower.$field)),* }
+            }
+
+            /// Whether this layer has a value for the setting `name`.
+            pub fn sets(&self, name: &str) -> bool {
+                match name {
+                    $(stringify!($field) => self.$field.is_some(),)*
+                    _ => false,
+                }
+            }
+
+            /// Moves into a layer of their own the values clap took from `source` (clap reads flags,
+            /// variables and defaults in one pass; the file has to go between the last two).
+            fn take_from(&mut self, matches: &ArgMatches, source: ValueSource) -> Self {
+                let mut taken = Self::default();
+                $(
+                    if matches.value_source(stringify!($field)) == Some(source) {
+                        taken.$field = self.$field.take();
+                    }
+                )*
+                taken
+            }
+        }
+    };
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TenantConfig {
-    return_policy: Option<String>,
+/// A default taken from where it is defined (the engine's `RegistryConfig`, `SnapshotPolicy`) as the
+/// `&'static str` clap wants: its `default_value_t` would type the value as the field's `Option`.
+macro_rules! text {
+    ($value:expr) => {{
+        static TEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        TEXT.get_or_init(|| $value.to_string()).as_str()
+    }};
+}
+
+serve_options! {
+    /// Every setting of `tally serve`. A value of this struct is one layer — what the flags say, what the
+    /// `TALLY_*` variables say, what the TOML file says, or the defaults — so every field is optional.
+    /// The file's keys are the field names; unknown keys are errors, so a typo is never silently ignored.
+    /// A default lives in its `default_value`, which clap also shows in `--help`; settings whose default
+    /// depends on another (`store`, `local_read_model`) have none here and get it in [`ServeSettings::resolve`].
+    #[derive(Debug, Clone, Default, Args, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct ServeOptions {
+        /// Directory of the event log.
+        #[arg(long, env = "TALLY_DATA", value_name = "DIR", default_value = DATA_DIR_DEFAULT)]
+        pub data: Option<PathBuf>,
+        /// Where the event log lives: file://DIR (the embedded log; default file://<data>) or
+        /// postgres://USER@HOST/DB (shared by several nodes; snapshots then live there too).
+        #[arg(long, env = "TALLY_STORE", value_name = "URL")]
+        pub store: Option<String>,
+        /// Address to listen on; port 0 picks a free one.
+        #[arg(long, env = "TALLY_LISTEN", value_name = "ADDR", default_value = LISTEN_DEFAULT)]
+        pub listen: Option<SocketAddr>,
+        /// Programs served, as NAME or NAME:POLICY with POLICY allow-negative (the default) or cap-at-zero.
+        /// Repeat the flag or separate with commas. In the file: a [tenants.NAME] table per program, with
+        /// an optional return_policy.
+        #[arg(
+            long = "tenant",
+            env = "TALLY_TENANTS",
+            value_delimiter = ',',
+            value_name = "NAME[:POLICY]",
+            default_value = TENANT_DEFAULT
+        )]
+        #[serde(default, deserialize_with = "tenant_tables")]
+        pub tenants: Option<Vec<TenantArg>>,
+        /// Most wallets kept in memory; the least recently used beyond it are passivated.
+        #[arg(long, env = "TALLY_ACTIVE_WALLETS_MAX", value_name = "N",
+              default_value = text!(RegistryConfig::default().active_wallets_max))]
+        pub active_wallets_max: Option<usize>,
+        /// Seconds without a call after which a wallet leaves memory.
+        #[arg(long, env = "TALLY_WALLET_IDLE_SECS", value_name = "SECS",
+              default_value = text!(RegistryConfig::default().idle_ms / 1000))]
+        pub wallet_idle_secs: Option<u64>,
+        /// Snapshot a wallet every N events (and when it leaves memory); 0 turns snapshots off.
+        #[arg(long, env = "TALLY_SNAPSHOT_EVERY_EVENTS", value_name = "N",
+              default_value = text!(SnapshotPolicy::default().every_events))]
+        pub snapshot_every_events: Option<u64>,
+        /// Snapshots kept per wallet.
+        #[arg(long, env = "TALLY_SNAPSHOT_KEEP", value_name = "K", default_value = text!(SnapshotPolicy::default().keep_last))]
+        pub snapshot_keep: Option<usize>,
+        /// PostgreSQL database for the reporting read model (wallets, ledger, daily stats, liability) behind
+        /// the ReportingService; without it that service answers FAILED_PRECONDITION.
+        #[arg(long, env = "TALLY_REPORTING_DB", value_name = "URL")]
+        pub reporting_db: Option<String>,
+        /// Keep the local wallet-activity read model (sled, in <data>/read-models) [default: true on the
+        /// embedded log, false on a postgres:// log, so nodes sharing a log keep nothing locally].
+        #[arg(long, env = "TALLY_LOCAL_READ_MODEL", value_name = "BOOL")]
+        pub local_read_model: Option<bool>,
+        /// Serve Prometheus metrics over HTTP on this address (GET /metrics) [default: off].
+        #[arg(long, env = "TALLY_METRICS_LISTEN", value_name = "ADDR")]
+        pub metrics_listen: Option<SocketAddr>,
+    }
+}
+
+/// One program to serve as it was written: `NAME` or `NAME:POLICY` in a flag or variable, a
+/// `[tenants.NAME]` table in the file. Checked in [`ServeSettings::resolve`], not by clap, so that the
+/// error can say which layer the mistake is in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantArg {
+    /// The text as written, for errors.
+    pub written: String,
+    pub name: String,
+    pub return_policy: Option<String>,
+}
+
+impl FromStr for TenantArg {
+    type Err = Infallible;
+
+    fn from_str(value: &str) -> Result<Self, Infallible> {
+        let (name, policy) = match value.split_once(':') {
+            Some((name, policy)) => (name, Some(policy.trim().to_owned())),
+            None => (value, None),
+        };
+        Ok(Self { written: value.to_owned(), name: name.trim().to_owned(), return_policy: policy })
+    }
+}
+
+/// The file's `[tenants.NAME]` tables; none at all leaves the setting to the layer below.
+fn tenant_tables<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Vec<TenantArg>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Table {
+        return_policy: Option<String>,
+    }
+    let tables = BTreeMap::<String, Table>::deserialize(deserializer)?;
+    Ok((!tables.is_empty()).then(|| {
+        tables.into_iter().map(|(name, table)| TenantArg { written: name.clone(), name, return_policy: table.return_policy }).collect()
+    }))
+}
+
+/// The `--config` flag, the one argument of `tally serve` that is not a setting of the file.
+#[derive(Debug, Args)]
+struct ConfigFile {
+    /// TOML file with settings; flags and TALLY_* variables override it.
+    #[arg(long, env = "TALLY_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+/// What `tally serve` was given: the settings file, and clap's reading of [`ServeOptions`] split by where
+/// each value came from, ready to be layered around the file.
+#[derive(Debug, Clone)]
+pub struct ServeArgs {
+    pub config: Option<PathBuf>,
+    flags: ServeOptions,
+    env: ServeOptions,
+    defaults: ServeOptions,
+}
+
+impl Args for ServeArgs {
+    fn augment_args(command: clap::Command) -> clap::Command {
+        ServeOptions::augment_args(ConfigFile::augment_args(command))
+    }
+
+    fn augment_args_for_update(command: clap::Command) -> clap::Command {
+        Self::augment_args(command)
+    }
+}
+
+impl FromArgMatches for ServeArgs {
+    fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
+        let ConfigFile { config } = ConfigFile::from_arg_matches(matches)?;
+        let mut flags = ServeOptions::from_arg_matches(matches)?;
+        let env = flags.take_from(matches, ValueSource::EnvVariable);
+        let defaults = flags.take_from(matches, ValueSource::DefaultValue);
+        Ok(Self { config, flags, env, defaults })
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(matches)?;
+        Ok(())
+    }
+}
+
+impl ServeArgs {
+    /// Where the value of setting `name` came from, spelled as a person would look for it: `--store`,
+    /// `TALLY_STORE`, `store in FILE`, or the default of `--store`.
+    fn origin(&self, name: &str, file: &ServeOptions) -> String {
+        let command = ServeOptions::augment_args(clap::Command::new("serve"));
+        let arg = command.get_arguments().find(|arg| arg.get_id() == name);
+        let flag = format!("--{}", arg.and_then(clap::Arg::get_long).unwrap_or(name));
+        let env = arg.and_then(clap::Arg::get_env).map(|env| env.to_string_lossy().into_owned());
+        match (&self.config, env) {
+            _ if self.flags.sets(name) => flag,
+            (_, Some(env)) if self.env.sets(name) => env,
+            (Some(path), _) if file.sets(name) => format!("{name} in {}", path.display()),
+            _ => format!("the default of {flag}"),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -104,62 +293,51 @@ fn policy(value: &str, name: &str) -> Result<ReturnPolicy, ConfigError> {
     }
 }
 
-fn tenant(value: &str, name: &str, policy_name: Option<&str>) -> Result<(TenantId, ProgramSettings), ConfigError> {
-    let id = TenantId::parse(name).map_err(|e| ConfigError::Tenant { value: value.to_owned(), reason: e.to_string() })?;
-    let return_policy = policy_name.map(|p| policy(value, p)).transpose()?.unwrap_or(ReturnPolicy::AllowNegative);
+fn tenant(arg: &TenantArg) -> Result<(TenantId, ProgramSettings), ConfigError> {
+    let id = TenantId::parse(&arg.name).map_err(|e| ConfigError::Tenant { value: arg.written.clone(), reason: e.to_string() })?;
+    let return_policy = arg.return_policy.as_deref().map(|p| policy(&arg.written, p)).transpose()?.unwrap_or(ReturnPolicy::AllowNegative);
     Ok((id, ProgramSettings { return_policy, ..ProgramSettings::default() }))
 }
 
-fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+fn read_file(path: &Path) -> Result<ServeOptions, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
     toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string() })
 }
+
+/// A setting that has a `default_value` in [`ServeOptions`] always has a value once the layers are merged.
+const DEFAULTED: &str = "the setting has a default_value in ServeOptions";
 
 impl ServeSettings {
     pub fn resolve(args: &ServeArgs) -> Result<Self, ConfigError> {
         let file = match &args.config {
             Some(path) => read_file(path)?,
-            None => FileConfig::default(),
+            None => ServeOptions::default(),
         };
-        let tenants = if !args.tenants.is_empty() {
-            args.tenants
-                .iter()
-                .map(|value| {
-                    let (name, policy) = match value.split_once(':') {
-                        Some((name, policy)) => (name, Some(policy)),
-                        None => (value.as_str(), None),
-                    };
-                    tenant(value, name.trim(), policy.map(str::trim))
-                })
-                .collect::<Result<Vec<_>, _>>()?
-        } else if !file.tenants.is_empty() {
-            file.tenants.iter().map(|(name, t)| tenant(name, name, t.return_policy.as_deref())).collect::<Result<Vec<_>, _>>()?
-        } else {
-            vec![tenant(TENANT_DEFAULT, TENANT_DEFAULT, None)?]
-        };
-        let defaults = RegistryConfig::default();
-        let policy = SnapshotPolicy::default();
-        let every_events = args.snapshot_every_events.or(file.snapshot_every_events).unwrap_or(policy.every_events);
-        let keep_last = args.snapshot_keep.or(file.snapshot_keep).unwrap_or(policy.keep_last).max(1);
-        let data = args.data.clone().or(file.data).unwrap_or_else(|| PathBuf::from(DATA_DIR_DEFAULT));
-        let store = match args.store.clone().or(file.store) {
-            Some(url) => StoreUrl::parse(&url)?,
+        let set = args.flags.clone().or(args.env.clone()).or(file.clone()).or(args.defaults.clone());
+        let file = &file;
+        let at = |name: &'static str| move |error| ConfigError::Setting { origin: args.origin(name, file), error: Box::new(error) };
+        let tenants = set.tenants.expect(DEFAULTED).iter().map(tenant).collect::<Result<Vec<_>, _>>().map_err(at("tenants"))?;
+        let data = set.data.expect(DEFAULTED);
+        let store = match set.store {
+            Some(url) => StoreUrl::parse(&url).map_err(at("store"))?,
             None => StoreUrl::Embedded(data.clone()),
         };
+        let every_events = set.snapshot_every_events.expect(DEFAULTED);
+        let keep_last = set.snapshot_keep.expect(DEFAULTED).max(1);
         Ok(Self {
-            store: store.clone(),
-            snapshots: (every_events > 0).then_some(SnapshotPolicy { every_events, keep_last, ..policy }),
+            snapshots: (every_events > 0).then_some(SnapshotPolicy { every_events, keep_last, ..SnapshotPolicy::default() }),
             data,
-            listen: args.listen.or(file.listen).unwrap_or_else(|| LISTEN_DEFAULT.parse().expect("valid default address")),
+            listen: set.listen.expect(DEFAULTED),
             tenants,
-            reporting_db: args.reporting_db.clone().or(file.reporting_db),
+            reporting_db: set.reporting_db,
             // Nodes on a shared log keep nothing locally unless asked to.
-            local_read_model: args.local_read_model.or(file.local_read_model).unwrap_or(matches!(store, StoreUrl::Embedded(_))),
-            metrics_listen: args.metrics_listen.or(file.metrics_listen),
+            local_read_model: set.local_read_model.unwrap_or(matches!(store, StoreUrl::Embedded(_))),
+            store,
+            metrics_listen: set.metrics_listen,
             registry: RegistryConfig {
-                active_wallets_max: args.active_wallets_max.or(file.active_wallets_max).unwrap_or(defaults.active_wallets_max),
-                idle_ms: args.wallet_idle_secs.or(file.wallet_idle_secs).map_or(defaults.idle_ms, |s| s.saturating_mul(1000)),
-                ..defaults
+                active_wallets_max: set.active_wallets_max.expect(DEFAULTED),
+                idle_ms: set.wallet_idle_secs.expect(DEFAULTED).saturating_mul(1000),
+                ..RegistryConfig::default()
             },
         })
     }
@@ -172,7 +350,7 @@ mod tests {
 
     fn serve_args(argv: &[&str]) -> ServeArgs {
         match crate::cli::Cli::parse_from(argv).command {
-            crate::cli::Command::Serve(args) => args,
+            crate::cli::Command::Serve(args) => *args,
             other => panic!("not serve: {other:?}"),
         }
     }
@@ -223,6 +401,172 @@ mod tests {
         std::fs::write(&file, "listn = \"x\"\n").unwrap();
         let err = ServeSettings::resolve(&serve_args(&["tally", "serve", "--config", file.to_str().unwrap()])).unwrap_err();
         assert!(err.to_string().contains("unknown field `listn`"), "{err}");
+    }
+
+    /// `tally serve` with `--config` pointing at a new file holding `toml`.
+    fn with_file(toml: &str, argv: &[&str]) -> (ServeArgs, PathBuf) {
+        let file = tempfile_dir().join("tally.toml");
+        std::fs::write(&file, toml).unwrap();
+        let mut full = vec!["tally", "serve", "--config", file.to_str().unwrap()];
+        full.extend_from_slice(argv);
+        (serve_args(&full), file)
+    }
+
+    /// The resolved settings the precedence tests look at, in one comparable line.
+    fn summary(s: &ServeSettings) -> String {
+        let tenants = s.tenants.iter().map(|(t, p)| format!("{}:{:?}", t.as_str(), p.return_policy)).collect::<Vec<_>>();
+        format!(
+            "listen={} data={} tenants={} active_wallets_max={} idle_ms={} snapshot_keep={:?} reporting_db={:?}",
+            s.listen,
+            s.data.display(),
+            tenants.join(","),
+            s.registry.active_wallets_max,
+            s.registry.idle_ms,
+            s.snapshots.map(|p| p.keep_last),
+            s.reporting_db
+        )
+    }
+
+    #[test]
+    fn without_any_setting_the_defaults_are_the_engines() {
+        let s = ServeSettings::resolve(&serve_args(&["tally", "serve"])).unwrap();
+        let (registry, policy) = (RegistryConfig::default(), SnapshotPolicy::default());
+        assert_eq!(s.listen, LISTEN_DEFAULT.parse().unwrap());
+        assert_eq!(s.data, PathBuf::from(DATA_DIR_DEFAULT));
+        assert_eq!(s.store, StoreUrl::Embedded(PathBuf::from(DATA_DIR_DEFAULT)));
+        assert_eq!(s.tenants.iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>(), vec![TENANT_DEFAULT]);
+        assert_eq!((s.registry.active_wallets_max, s.registry.idle_ms), (registry.active_wallets_max, registry.idle_ms));
+        assert_eq!(s.snapshots.map(|p| (p.every_events, p.keep_last)), Some((policy.every_events, policy.keep_last)));
+        assert!(s.local_read_model, "the embedded log keeps its local read model by default");
+        assert_eq!((s.reporting_db, s.metrics_listen), (None, None));
+    }
+
+    #[test]
+    fn a_flag_beats_the_file_and_the_file_beats_the_default() {
+        let toml = "listen = \"127.0.0.1:7001\"\nactive_wallets_max = 10\nwallet_idle_secs = 7\n\
+                    reporting_db = \"postgres://file\"\n[tenants.from-file]\nreturn_policy = \"cap-at-zero\"\n";
+        let (args, _) = with_file(toml, &["--listen", "127.0.0.1:7003", "--tenant", "from-flag", "--active-wallets-max", "20"]);
+        assert_eq!(
+            summary(&ServeSettings::resolve(&args).unwrap()),
+            "listen=127.0.0.1:7003 data=./data tenants=from-flag:AllowNegative active_wallets_max=20 idle_ms=7000 \
+             snapshot_keep=Some(2) reporting_db=Some(\"postgres://file\")"
+        );
+        // The file's tenants, all of them, when no flag names any.
+        let (args, _) = with_file(toml, &[]);
+        assert!(summary(&ServeSettings::resolve(&args).unwrap()).contains(" tenants=from-file:CapAtZero "));
+    }
+
+    /// Set for the child process of `a_variable_sits_between_flag_and_file`: the arguments, joined by
+    /// U+001F, whose resolved settings it prints. A child because the variables are the process's own,
+    /// and a test may not change those of the process running the others.
+    const CHILD_ARGV: &str = "TALLY_TEST_CHILD_SERVE_ARGV";
+
+    #[test]
+    #[ignore = "run as a child process by a_variable_sits_between_flag_and_file"]
+    fn child_prints_resolved_settings() {
+        let Ok(argv) = std::env::var(CHILD_ARGV) else { return };
+        let s = ServeSettings::resolve(&serve_args(&argv.split('\u{1f}').collect::<Vec<_>>())).unwrap();
+        #[allow(clippy::print_stdout)]
+        {
+            println!("resolved: {}", summary(&s));
+        }
+    }
+
+    #[test]
+    fn a_variable_sits_between_flag_and_file() {
+        let file = tempfile_dir().join("tally.toml");
+        std::fs::write(&file, "listen = \"127.0.0.1:7001\"\ndata = \"/file\"\nwallet_idle_secs = 7\n[tenants.from-file]\n").unwrap();
+        let argv = ["tally", "serve", "--config", file.to_str().unwrap(), "--listen", "127.0.0.1:7003"].join("\u{1f}");
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap());
+        child.args(["config::tests::child_prints_resolved_settings", "--exact", "--ignored", "--nocapture"]);
+        // Only the variables set below count, whatever the environment running the tests holds.
+        let command = ServeArgs::augment_args(clap::Command::new("serve"));
+        for variable in command.get_arguments().filter_map(clap::Arg::get_env) {
+            child.env_remove(variable);
+        }
+        let output = child
+            .env(CHILD_ARGV, argv)
+            .env("TALLY_LISTEN", "127.0.0.1:7002") // under the flag
+            .env("TALLY_DATA", "/env") // over the file
+            .env("TALLY_TENANTS", "from-env:cap-at-zero") // over the file
+            .env("TALLY_ACTIVE_WALLETS_MAX", "30") // over the default
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let resolved = stdout.lines().find_map(|line| line.strip_prefix("resolved: "));
+        assert_eq!(
+            resolved,
+            Some(
+                "listen=127.0.0.1:7003 data=/env tenants=from-env:CapAtZero active_wallets_max=30 idle_ms=7000 \
+                 snapshot_keep=Some(2) reporting_db=None"
+            ),
+            "child said:\n{stdout}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    #[test]
+    fn unknown_file_keys_are_refused_by_name() {
+        for (toml, key) in [
+            ("snapshot_kept = 3\n", "snapshot_kept"),
+            ("[tenants.acme]\npolicy = \"cap-at-zero\"\n", "policy"),
+            // `--config` is a flag, not a setting a file could hold.
+            ("config = \"other.toml\"\n", "config"),
+        ] {
+            let (args, file) = with_file(toml, &[]);
+            let err = ServeSettings::resolve(&args).unwrap_err().to_string();
+            assert!(err.contains(&format!("unknown field `{key}`")) && err.contains(&file.display().to_string()), "{toml}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_wrong_value_names_the_layer_it_came_from() {
+        let (args, file) = with_file("store = \"mysql://file\"\n[tenants.acme]\nreturn_policy = \"lenient\"\n", &[]);
+        let err = ServeSettings::resolve(&args).unwrap_err().to_string();
+        assert!(err.ends_with(&format!("(set by tenants in {})", file.display())), "{err}");
+        let (args, file) = with_file("store = \"mysql://file\"\n", &[]);
+        let err = ServeSettings::resolve(&args).unwrap_err().to_string();
+        assert!(err.contains("\"mysql://file\"") && err.ends_with(&format!("(set by store in {})", file.display())), "{err}");
+        let (args, _) = with_file("store = \"mysql://file\"\n", &["--store", "mysql://flag"]);
+        let err = ServeSettings::resolve(&args).unwrap_err().to_string();
+        assert!(err.contains("\"mysql://flag\"") && err.ends_with("(set by --store)"), "{err}");
+    }
+
+    /// Flags, variables and file keys are a public interface: scripts and deployments spell them.
+    #[test]
+    fn every_setting_keeps_its_flag_variable_and_key_and_is_in_the_help() {
+        let spellings = [
+            ("data", "--data", "TALLY_DATA"),
+            ("store", "--store", "TALLY_STORE"),
+            ("listen", "--listen", "TALLY_LISTEN"),
+            ("tenants", "--tenant", "TALLY_TENANTS"),
+            ("active_wallets_max", "--active-wallets-max", "TALLY_ACTIVE_WALLETS_MAX"),
+            ("wallet_idle_secs", "--wallet-idle-secs", "TALLY_WALLET_IDLE_SECS"),
+            ("snapshot_every_events", "--snapshot-every-events", "TALLY_SNAPSHOT_EVERY_EVENTS"),
+            ("snapshot_keep", "--snapshot-keep", "TALLY_SNAPSHOT_KEEP"),
+            ("reporting_db", "--reporting-db", "TALLY_REPORTING_DB"),
+            ("local_read_model", "--local-read-model", "TALLY_LOCAL_READ_MODEL"),
+            ("metrics_listen", "--metrics-listen", "TALLY_METRICS_LISTEN"),
+        ];
+        assert_eq!(ServeOptions::NAMES, spellings.map(|(key, _, _)| key));
+        let mut cli = <crate::cli::Cli as clap::CommandFactory>::command();
+        let serve = cli.find_subcommand_mut("serve").unwrap();
+        let help = serve.render_help().to_string();
+        for (key, flag, variable) in spellings {
+            let arg = serve.get_arguments().find(|arg| arg.get_id() == key).unwrap();
+            assert_eq!((arg.get_long().map(|long| format!("--{long}")).as_deref(), arg.get_env()), (Some(flag), Some(variable.as_ref())));
+            assert!(help.contains(&format!("{flag} ")) && help.contains(&format!("[env: {variable}=]")), "{key} in:\n{help}");
+        }
+    }
+
+    #[test]
+    fn the_readme_example_file_is_valid() {
+        let readme = include_str!("../../README.md");
+        let example = readme.split("```toml\n").nth(1).and_then(|rest| rest.split("```").next()).expect("a toml example in README.md");
+        let (args, _) = with_file(example, &[]);
+        let s = ServeSettings::resolve(&args).unwrap();
+        assert_eq!(s.data, PathBuf::from("/var/lib/tally"));
+        assert_eq!(s.tenants.iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>(), vec!["acme", "corner-shop"]);
     }
 
     fn tempfile_dir() -> PathBuf {
