@@ -389,10 +389,12 @@ impl SupervisorState {
                 self.by_id.insert(entry.actor.get_id(), key.clone());
                 shared.shard(&key).write().insert(key, entry.clone());
                 shared.activations.fetch_add(1, Ordering::Relaxed);
-                let _ = reply.send(Ok(entry));
+                // The bound holds by the time anyone sees the new wallet (replying first let a caller
+                // find one wallet too many live).
                 if self.by_id.len() > self.config.active_wallets_max {
                     self.evict_least_recently_used(shared);
                 }
+                let _ = reply.send(Ok(entry));
             }
             Err(error) => {
                 tracing::error!(%error, "wallet actor failed to start");
