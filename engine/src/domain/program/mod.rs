@@ -1,5 +1,6 @@
 //! The program aggregate: a tenant's loyalty program, event-sourced like wallets, so "which rules were in
-//! force on 3 March" has an exact answer. Pure: `decide_program` and `apply_program`.
+//! force on 3 March" has an exact answer. Pure: `decide_program` (in `decide.rs`, a function per command)
+//! and `apply_program`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -9,11 +10,14 @@ use tally_proto::v1::{
     StampCardDefined, TierDefinition, TierWindow, TiersDefined,
 };
 
-use super::ReturnPolicy;
-use super::fingerprint::Fingerprint;
-use super::ids::{FieldError, TenantId};
-use super::rules::{Rule, RuleError, parse_rules};
-use crate::limits::{MONEY_MINOR_ABS_MAX, POINTS_PER_COMMAND_MAX, REASON_BYTES_MAX, REF_BYTES_MAX, STAMPS_PER_CARD_MAX};
+mod decide;
+
+pub use decide::decide_program;
+
+use crate::domain::ReturnPolicy;
+use crate::domain::fingerprint::Fingerprint;
+use crate::domain::ids::FieldError;
+use crate::domain::rules::{Rule, RuleError, parse_rules};
 
 /// Largest rules document, in bytes.
 pub const RULES_JSON_BYTES_MAX: usize = 256 * 1024;
@@ -24,7 +28,7 @@ pub const REFUND_WINDOW_DAYS_MAX: u32 = 3_650;
 /// The refund window of a program that never set one: a year.
 pub const REFUND_WINDOW_DEFAULT_DAYS: u32 = 365;
 /// Time zones span UTC-12:00 to UTC+14:00.
-const UTC_OFFSET_MINUTES: std::ops::RangeInclusive<i32> = -720..=840;
+pub(super) const UTC_OFFSET_MINUTES: std::ops::RangeInclusive<i32> = -720..=840;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum ProgramCommandBody {
@@ -129,7 +133,7 @@ impl ProgramCommand {
     }
 }
 
-super::event::event_table! {
+crate::domain::event::event_table! {
     /// What happened to a program.
     ProgramChange {
         Created(ProgramCreated),
@@ -183,7 +187,7 @@ pub struct ProgramState {
     /// Days after an order its points can be taken back; 0: never set (the default applies).
     pub refund_window_days: u32,
     /// The tiers, lowest first, and how they are measured.
-    pub tiers: super::tiers::Tiers,
+    pub tiers: crate::domain::tiers::Tiers,
     /// Stamp cards by id, as last defined.
     pub stamp_cards: BTreeMap<String, StampCardDefined>,
     /// Idempotency keys of accepted commands: their fingerprint and the rules version after them.
@@ -197,8 +201,8 @@ impl ProgramState {
     }
 
     /// What wallets of this program decide with.
-    pub fn settings(&self) -> super::ProgramSettings {
-        super::ProgramSettings {
+    pub fn settings(&self) -> crate::domain::ProgramSettings {
+        crate::domain::ProgramSettings {
             return_policy: self.return_policy,
             utc_offset_minutes: self.utc_offset_minutes,
             rule_versions: self.rule_versions.clone().into(),
@@ -251,7 +255,7 @@ pub enum ProgramDecision {
     },
 }
 
-fn check_package_id(id: &str) -> Result<(), FieldError> {
+pub(super) fn check_package_id(id: &str) -> Result<(), FieldError> {
     check_id("package.package_id", id)
 }
 
@@ -264,7 +268,7 @@ pub(crate) fn check_id(field: &'static str, id: &str) -> Result<(), FieldError> 
     Ok(())
 }
 
-fn check_text(field: &'static str, value: &str, max: usize) -> Result<(), FieldError> {
+pub(super) fn check_text(field: &'static str, value: &str, max: usize) -> Result<(), FieldError> {
     if value.len() > max {
         return Err(FieldError::new(field, format!("must be at most {max} bytes")));
     }
@@ -272,146 +276,6 @@ fn check_text(field: &'static str, value: &str, max: usize) -> Result<(), FieldE
         return Err(FieldError::new(field, "must not contain control characters"));
     }
     Ok(())
-}
-
-/// Decides a program command at `now_ms`. Pure.
-pub fn decide_program(
-    state: &ProgramState,
-    tenant: &TenantId,
-    command: &ProgramCommand,
-    now_ms: i64,
-) -> Result<ProgramDecision, ProgramRejection> {
-    if command.idempotency_key.is_empty() || command.idempotency_key.len() > REF_BYTES_MAX {
-        return Err(FieldError::new("idempotency_key", format!("must be 1 to {REF_BYTES_MAX} bytes")).into());
-    }
-    let fingerprint = command.fingerprint();
-    if let Some((seen, rules_version)) = state.receipts.get(&command.idempotency_key) {
-        return if *seen == fingerprint {
-            Ok(ProgramDecision::AlreadyApplied { rules_version: *rules_version })
-        } else {
-            Err(ProgramRejection::IdempotencyKeyReused { key: command.idempotency_key.clone() })
-        };
-    }
-    let change = match &command.body {
-        ProgramCommandBody::Create { name, utc_offset_minutes, return_policy } => {
-            if state.created {
-                return Err(ProgramRejection::AlreadyCreated);
-            }
-            check_text("name", name, REASON_BYTES_MAX)?;
-            if !UTC_OFFSET_MINUTES.contains(utc_offset_minutes) {
-                return Err(FieldError::new("utc_offset_minutes", "must be between -720 and 840").into());
-            }
-            if *return_policy == ReturnPolicy::Unspecified {
-                return Err(FieldError::new("return_policy", "must be ALLOW_NEGATIVE or CAP_AT_ZERO").into());
-            }
-            ProgramChange::Created(ProgramCreated {
-                tenant_id: tenant.as_str().to_owned(),
-                name: name.clone(),
-                utc_offset_minutes: *utc_offset_minutes,
-                return_policy: *return_policy as i32,
-            })
-        }
-        ProgramCommandBody::PublishRules { rules_json, published_by } => {
-            if !state.created {
-                return Err(ProgramRejection::NotCreated);
-            }
-            if rules_json.len() > RULES_JSON_BYTES_MAX {
-                return Err(FieldError::new("rules_json", format!("must be at most {RULES_JSON_BYTES_MAX} bytes")).into());
-            }
-            check_text("published_by", published_by, REF_BYTES_MAX)?;
-            parse_rules(rules_json).map_err(ProgramRejection::InvalidRules)?;
-            let version = u32::try_from(state.rule_versions.len() + 1).unwrap_or(u32::MAX);
-            ProgramChange::RulesPublished(RulesPublished { version, rules_json: rules_json.clone(), published_by: published_by.clone() })
-        }
-        ProgramCommandBody::DefinePackage { package_id, name, price, points, active } => {
-            if !state.created {
-                return Err(ProgramRejection::NotCreated);
-            }
-            check_package_id(package_id)?;
-            check_text("package.name", name, REASON_BYTES_MAX)?;
-            if price.currency.len() != 3 || !price.currency.bytes().all(|b| b.is_ascii_uppercase()) {
-                return Err(FieldError::new("package.price.currency", "must be an ISO 4217 code such as EUR").into());
-            }
-            if !(1..=MONEY_MINOR_ABS_MAX).contains(&price.amount_minor) {
-                return Err(FieldError::new("package.price.amount_minor", format!("must be within 1..={MONEY_MINOR_ABS_MAX}")).into());
-            }
-            if !(1..=POINTS_PER_COMMAND_MAX).contains(points) {
-                return Err(FieldError::new("package.points", format!("must be within 1..={POINTS_PER_COMMAND_MAX}")).into());
-            }
-            ProgramChange::PackageDefined(CreditPackageDefined {
-                package_id: package_id.clone(),
-                name: name.clone(),
-                price: Some(price.clone()),
-                points: *points,
-                active: *active,
-            })
-        }
-        ProgramCommandBody::SetExpiryPolicy { policy, set_by } => {
-            if !state.created {
-                return Err(ProgramRejection::NotCreated);
-            }
-            super::expiry::validate(policy)?;
-            check_text("set_by", set_by, REF_BYTES_MAX)?;
-            ProgramChange::ExpiryPolicySet(ExpiryPolicySet { policy: Some(*policy), set_by: set_by.clone() })
-        }
-        ProgramCommandBody::SetPendingPeriod { days, set_by } => {
-            if !state.created {
-                return Err(ProgramRejection::NotCreated);
-            }
-            if *days > PENDING_DAYS_MAX {
-                return Err(FieldError::new("days", format!("must be at most {PENDING_DAYS_MAX}")).into());
-            }
-            check_text("set_by", set_by, REF_BYTES_MAX)?;
-            ProgramChange::PendingPeriodSet(PendingPeriodSet { days: *days, set_by: set_by.clone() })
-        }
-        ProgramCommandBody::SetRefundWindow { days, set_by } => {
-            if !state.created {
-                return Err(ProgramRejection::NotCreated);
-            }
-            if !(1..=REFUND_WINDOW_DAYS_MAX).contains(days) {
-                return Err(FieldError::new("days", format!("must be 1 to {REFUND_WINDOW_DAYS_MAX}")).into());
-            }
-            check_text("set_by", set_by, REF_BYTES_MAX)?;
-            ProgramChange::RefundWindowSet(RefundWindowSet { days: *days, set_by: set_by.clone() })
-        }
-        ProgramCommandBody::DefineStampCard { card } => {
-            if !state.created {
-                return Err(ProgramRejection::NotCreated);
-            }
-            check_id("card.card_id", &card.card_id)?;
-            check_text("card.name", &card.name, REASON_BYTES_MAX)?;
-            check_text("card.reward_ref", &card.reward_ref, REF_BYTES_MAX)?;
-            if !(1..=STAMPS_PER_CARD_MAX).contains(&card.stamps_required) {
-                return Err(FieldError::new("card.stamps_required", format!("must be within 1..={STAMPS_PER_CARD_MAX}")).into());
-            }
-            if !(0..=POINTS_PER_COMMAND_MAX).contains(&card.reward_points) {
-                return Err(FieldError::new("card.reward_points", format!("must be within 0..={POINTS_PER_COMMAND_MAX}")).into());
-            }
-            if card.reward_ref.is_empty() && card.reward_points == 0 {
-                return Err(FieldError::new("card.reward_ref", "a card needs a reward: reward_ref, reward_points or both").into());
-            }
-            ProgramChange::StampCardDefined(card.clone())
-        }
-        ProgramCommandBody::DefineTiers { tiers, window, grace_days, set_by } => {
-            if !state.created {
-                return Err(ProgramRejection::NotCreated);
-            }
-            super::tiers::validate(tiers, *window, *grace_days)?;
-            check_text("set_by", set_by, REF_BYTES_MAX)?;
-            ProgramChange::TiersDefined(TiersDefined {
-                tiers: tiers.clone(),
-                window: *window as i32,
-                grace_days: *grace_days,
-                set_by: set_by.clone(),
-            })
-        }
-    };
-    Ok(ProgramDecision::Append(vec![ProgramEvent {
-        idempotency_key: command.idempotency_key.clone(),
-        command_fingerprint: fingerprint,
-        recorded_at_ms: now_ms,
-        change,
-    }]))
 }
 
 /// Folds one event into the program. Holds no business rule: it records what was decided.
@@ -442,7 +306,7 @@ pub fn apply_program(state: &mut ProgramState, event: &ProgramEvent) {
             state.stamp_cards.insert(e.card_id.clone(), e.clone());
         }
         ProgramChange::TiersDefined(e) => {
-            state.tiers = super::tiers::Tiers {
+            state.tiers = crate::domain::tiers::Tiers {
                 levels: e.tiers.clone().into(),
                 window: TierWindow::try_from(e.window).unwrap_or(TierWindow::Unspecified),
                 grace_days: e.grace_days,

@@ -5,7 +5,11 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use super::{Action, Caps, Cmp, Condition, Period, Rounding, Rule, SetOp};
+mod condition;
+
+use condition::condition;
+
+use super::{Action, Caps, Period, Rounding, Rule};
 use crate::limits::{POINTS_PER_COMMAND_MAX, REASON_BYTES_MAX, REF_BYTES_MAX};
 
 /// What is wrong with a rule document, and where.
@@ -28,21 +32,21 @@ pub const LIST_VALUES_MAX: usize = 1_000;
 pub const MULTIPLIER_PERCENT_MAX: i64 = 2_000;
 
 /// A JSON object being read, which remembers where it is and which keys were used.
-struct Object<'a> {
-    path: String,
-    map: &'a Map<String, Value>,
+pub(super) struct Object<'a> {
+    pub(super) path: String,
+    pub(super) map: &'a Map<String, Value>,
     known: Vec<&'static str>,
 }
 
-fn error(path: &str, message: impl Into<String>) -> RuleError {
+pub(super) fn error(path: &str, message: impl Into<String>) -> RuleError {
     RuleError { path: path.to_owned(), message: message.into() }
 }
 
-fn join(path: &str, key: &str) -> String {
+pub(super) fn join(path: &str, key: &str) -> String {
     if path.is_empty() { key.to_owned() } else { format!("{path}.{key}") }
 }
 
-fn object<'a>(path: &str, value: &'a Value) -> Result<Object<'a>, RuleError> {
+pub(super) fn object<'a>(path: &str, value: &'a Value) -> Result<Object<'a>, RuleError> {
     match value {
         Value::Object(map) => Ok(Object { path: path.to_owned(), map, known: Vec::new() }),
         _ => Err(error(path, "expected an object")),
@@ -50,12 +54,12 @@ fn object<'a>(path: &str, value: &'a Value) -> Result<Object<'a>, RuleError> {
 }
 
 impl<'a> Object<'a> {
-    fn optional(&mut self, key: &'static str) -> Option<(String, &'a Value)> {
+    pub(super) fn optional(&mut self, key: &'static str) -> Option<(String, &'a Value)> {
         self.known.push(key);
         self.map.get(key).filter(|v| !v.is_null()).map(|v| (join(&self.path, key), v))
     }
 
-    fn required(&mut self, key: &'static str) -> Result<(String, &'a Value), RuleError> {
+    pub(super) fn required(&mut self, key: &'static str) -> Result<(String, &'a Value), RuleError> {
         let path = self.path.clone();
         self.optional(key).ok_or_else(|| error(&join(&path, key), "is required"))
     }
@@ -69,17 +73,17 @@ impl<'a> Object<'a> {
         self.optional(key).map(|(path, value)| string(&path, value, max)).transpose()
     }
 
-    fn integer(&mut self, key: &'static str, min: i64, max: i64) -> Result<i64, RuleError> {
+    pub(super) fn integer(&mut self, key: &'static str, min: i64, max: i64) -> Result<i64, RuleError> {
         let (path, value) = self.required(key)?;
         integer(&path, value, min, max)
     }
 
-    fn optional_integer(&mut self, key: &'static str, min: i64, max: i64) -> Result<Option<i64>, RuleError> {
+    pub(super) fn optional_integer(&mut self, key: &'static str, min: i64, max: i64) -> Result<Option<i64>, RuleError> {
         self.optional(key).map(|(path, value)| integer(&path, value, min, max)).transpose()
     }
 
     /// Fails on any key that was not asked for.
-    fn finish(self) -> Result<(), RuleError> {
+    pub(super) fn finish(self) -> Result<(), RuleError> {
         match self.map.keys().find(|k| !self.known.contains(&k.as_str())) {
             Some(key) => Err(error(&join(&self.path, key), format!("unknown field; expected one of {}", self.known.join(", ")))),
             None => Ok(()),
@@ -87,7 +91,7 @@ impl<'a> Object<'a> {
     }
 }
 
-fn string(path: &str, value: &Value, max: usize) -> Result<String, RuleError> {
+pub(super) fn string(path: &str, value: &Value, max: usize) -> Result<String, RuleError> {
     match value {
         Value::String(s) if s.len() <= max => Ok(s.clone()),
         Value::String(_) => Err(error(path, format!("longer than {max} bytes"))),
@@ -95,7 +99,7 @@ fn string(path: &str, value: &Value, max: usize) -> Result<String, RuleError> {
     }
 }
 
-fn integer(path: &str, value: &Value, min: i64, max: i64) -> Result<i64, RuleError> {
+pub(super) fn integer(path: &str, value: &Value, min: i64, max: i64) -> Result<i64, RuleError> {
     match value.as_i64() {
         Some(n) if (min..=max).contains(&n) => Ok(n),
         Some(n) => Err(error(path, format!("{n} is out of range {min}..={max}"))),
@@ -105,7 +109,7 @@ fn integer(path: &str, value: &Value, min: i64, max: i64) -> Result<i64, RuleErr
     }
 }
 
-fn strings(path: &str, value: &Value) -> Result<Vec<String>, RuleError> {
+pub(super) fn strings(path: &str, value: &Value) -> Result<Vec<String>, RuleError> {
     match value {
         Value::String(s) => Ok(vec![string(path, &Value::String(s.clone()), REF_BYTES_MAX)?]),
         Value::Array(items) if items.len() > LIST_VALUES_MAX => Err(error(path, format!("more than {LIST_VALUES_MAX} values"))),
@@ -115,175 +119,6 @@ fn strings(path: &str, value: &Value) -> Result<Vec<String>, RuleError> {
         Value::Array(_) => Err(error(path, "expected at least one value")),
         _ => Err(error(path, "expected a string or an array of strings")),
     }
-}
-
-/// `"HH:MM"` → minutes after midnight.
-fn clock(path: &str, value: &Value) -> Result<u16, RuleError> {
-    let text = string(path, value, 5)?;
-    let digits = |part: &str| (part.len() == 2 && part.bytes().all(|b| b.is_ascii_digit())).then(|| part.parse::<u16>().ok()).flatten();
-    let parsed = text.split_once(':').and_then(|(h, m)| {
-        let (h, m) = (digits(h)?, digits(m)?);
-        // 24:00 is the end of the day, for windows that run to midnight.
-        (h < 24 && m < 60 || h == 24 && m == 0).then(|| h * 60 + m)
-    });
-    parsed.ok_or_else(|| error(path, "expected a time of day as HH:MM"))
-}
-
-/// `"YYYY-MM-DD"` → days since 1970-01-01.
-fn date(path: &str, value: &Value) -> Result<i64, RuleError> {
-    let text = string(path, value, 10)?;
-    let format = time::macros::format_description!("[year]-[month]-[day]");
-    let date = time::Date::parse(&text, format).map_err(|_| error(path, "expected a date as YYYY-MM-DD"))?;
-    Ok(i64::from(date.to_julian_day()) - i64::from(time::Date::from_ordinal_date(1970, 1).map_or(2_440_588, |d| d.to_julian_day())))
-}
-
-fn comparison(path: &str, value: &Value) -> Result<Cmp, RuleError> {
-    match value.as_str() {
-        Some(">=") => Ok(Cmp::Ge),
-        Some(">") => Ok(Cmp::Gt),
-        Some("<=") => Ok(Cmp::Le),
-        Some("<") => Ok(Cmp::Lt),
-        Some("==") => Ok(Cmp::Eq),
-        Some("!=") => Ok(Cmp::Ne),
-        Some(other) => Err(error(path, format!("unknown operator {other:?}; expected one of >=, >, <=, <, ==, !="))),
-        None => Err(error(path, "expected an operator string")),
-    }
-}
-
-fn set_op(path: &str, value: Option<&Value>) -> Result<SetOp, RuleError> {
-    match value.map(Value::as_str) {
-        None | Some(Some("in")) => Ok(SetOp::In),
-        Some(Some("not_in")) => Ok(SetOp::NotIn),
-        Some(Some(other)) => Err(error(path, format!("unknown operator {other:?}; expected in or not_in"))),
-        Some(None) => Err(error(path, "expected an operator string")),
-    }
-}
-
-fn condition(path: &str, value: &Value, depth: usize, count: &mut usize) -> Result<Condition, RuleError> {
-    *count += 1;
-    if *count > CONDITIONS_MAX {
-        return Err(error(path, format!("more than {CONDITIONS_MAX} conditions in one rule")));
-    }
-    if depth > CONDITION_DEPTH_MAX {
-        return Err(error(path, format!("conditions nest deeper than {CONDITION_DEPTH_MAX}")));
-    }
-    let mut o = object(path, value)?;
-    let parsed = if o.map.contains_key("type") {
-        leaf(&mut o)?
-    } else {
-        let (op_path, op) = o.required("operator")?;
-        match op.as_str() {
-            Some(kind @ ("and" | "or")) => {
-                let (list_path, list) = o.required("conditions")?;
-                let Value::Array(items) = list else { return Err(error(&list_path, "expected an array of conditions")) };
-                if items.is_empty() {
-                    return Err(error(&list_path, "expected at least one condition"));
-                }
-                let parsed = items
-                    .iter()
-                    .enumerate()
-                    .map(|(i, item)| condition(&format!("{list_path}[{i}]"), item, depth + 1, count))
-                    .collect::<Result<Vec<_>, _>>()?;
-                if kind == "and" { Condition::All(parsed) } else { Condition::Any(parsed) }
-            }
-            Some("not") => {
-                let (inner_path, inner) = o.required("condition")?;
-                Condition::Not(Box::new(condition(&inner_path, inner, depth + 1, count)?))
-            }
-            Some(other) => {
-                return Err(error(&op_path, format!("unknown operator {other:?}; expected and, or or not (or give a \"type\")")));
-            }
-            None => return Err(error(&op_path, "expected an operator string")),
-        }
-    };
-    o.finish()?;
-    Ok(parsed)
-}
-
-fn leaf(o: &mut Object<'_>) -> Result<Condition, RuleError> {
-    let (type_path, kind) = o.required("type")?;
-    let kind = kind.as_str().ok_or_else(|| error(&type_path, "expected a string"))?;
-    let set = |o: &mut Object<'_>| -> Result<(SetOp, Vec<String>), RuleError> {
-        let op_path = join(&o.path, "operator");
-        let op = o.optional("operator").map(|(_, v)| v);
-        let op = set_op(&op_path, op)?;
-        let (path, value) = o.required("value")?;
-        Ok((op, strings(&path, value)?))
-    };
-    Ok(match kind {
-        "order_total" => {
-            let (op_path, op) = o.required("operator")?;
-            Condition::OrderTotal(comparison(&op_path, op)?, o.integer("value", 0, crate::limits::MONEY_MINOR_ABS_MAX)?)
-        }
-        "currency" => {
-            let (op, values) = set(o)?;
-            if let Some(i) = values.iter().position(|c| c.len() != 3 || !c.bytes().all(|b| b.is_ascii_uppercase())) {
-                let path =
-                    if o.map.get("value").is_some_and(Value::is_array) { format!("{}.value[{i}]", o.path) } else { join(&o.path, "value") };
-                return Err(error(path.trim_start_matches('.'), "expected an ISO 4217 code such as EUR"));
-            }
-            Condition::Currency(op, values)
-        }
-        "channel" => {
-            let (op, values) = set(o)?;
-            Condition::Channel(op, values)
-        }
-        "store" => {
-            let (op, values) = set(o)?;
-            Condition::Store(op, values)
-        }
-        "customer_tier" => {
-            let (op, values) = set(o)?;
-            Condition::CustomerTier(op, values)
-        }
-        "sku" | "category" => {
-            let (path, value) = o.required("value")?;
-            let values = strings(&path, value)?;
-            let min_quantity = o.optional_integer("min_quantity", 1, 1_000_000)?.unwrap_or(1);
-            if kind == "sku" { Condition::Sku { values, min_quantity } } else { Condition::Category { values, min_quantity } }
-        }
-        "day_of_week" => {
-            let (path, value) = o.required("value")?;
-            let Value::Array(days) = value else { return Err(error(&path, "expected an array of days, 1 (Monday) to 7 (Sunday)")) };
-            let mut mask = 0u8;
-            for (i, day) in days.iter().enumerate() {
-                mask |= 1 << integer(&format!("{path}[{i}]"), day, 1, 7)?;
-            }
-            if mask == 0 {
-                return Err(error(&path, "expected at least one day"));
-            }
-            Condition::DayOfWeek(mask)
-        }
-        "time_window" => {
-            let (from_path, from) = o.required("from")?;
-            let (to_path, to) = o.required("to")?;
-            let (from, to) = (clock(&from_path, from)?, clock(&to_path, to)?);
-            if from == to {
-                return Err(error(&to_path, "must differ from `from` (a window may wrap past midnight)"));
-            }
-            Condition::TimeWindow { from, to }
-        }
-        "date_range" => {
-            let (from_path, from) = o.required("from")?;
-            let (to_path, to) = o.required("to")?;
-            let (from, to) = (date(&from_path, from)?, date(&to_path, to)?);
-            if to < from {
-                return Err(error(&to_path, "is before `from`"));
-            }
-            Condition::DateRange { from_day: from, to_day: to }
-        }
-        "first_order" => Condition::NthOrder(1),
-        "nth_order" => Condition::NthOrder(u64::try_from(o.integer("value", 1, 1_000_000)?).unwrap_or(1)),
-        other => {
-            return Err(error(
-                &type_path,
-                format!(
-                    "unknown condition type {other:?}; expected one of order_total, currency, channel, store, customer_tier, sku, \
-                     category, day_of_week, time_window, date_range, first_order, nth_order"
-                ),
-            ));
-        }
-    })
 }
 
 fn action(path: &str, value: &Value) -> Result<Action, RuleError> {
