@@ -387,12 +387,12 @@ impl SupervisorState {
             Ok((actor, _)) => {
                 let entry = Entry { actor, last_used: Arc::new(AtomicU64::new(now)) };
                 self.by_id.insert(entry.actor.get_id(), key.clone());
-                shared.shard(&key).write().insert(key, entry.clone());
+                shared.shard(&key).write().insert(key.clone(), entry.clone());
                 shared.activations.fetch_add(1, Ordering::Relaxed);
                 // The bound holds by the time anyone sees the new wallet (replying first let a caller
                 // find one wallet too many live).
                 if self.by_id.len() > self.config.active_wallets_max {
-                    self.evict_least_recently_used(shared);
+                    self.evict_least_recently_used(shared, Some(&key));
                 }
                 let _ = reply.send(Ok(entry));
             }
@@ -422,26 +422,32 @@ impl SupervisorState {
             self.passivate(shared, key, &entry);
         }
         if shared.active() > self.config.active_wallets_max {
-            self.evict_least_recently_used(shared);
+            self.evict_least_recently_used(shared, None);
         }
         let window_over = |c: &Crashes| now.saturating_sub(c.window_start_ms) > WALLET_CRASH_WINDOW_MS;
         self.crashes.retain(|_, c| !window_over(c));
     }
 
-    /// Passivates the least recently used wallets down to 90% of the bound, so eviction is amortised.
-    fn evict_least_recently_used(&mut self, shared: &Shared) {
+    /// Passivates the least recently used wallets down to 90% of the bound, so eviction is amortised;
+    /// never `keep`, the wallet just activated for a caller (its last use can tie with others').
+    fn evict_least_recently_used(&mut self, shared: &Shared, keep: Option<&WalletKey>) {
         let target = self.config.active_wallets_max - self.config.active_wallets_max / 10;
         let mut all: Vec<(u64, WalletKey, Entry)> = shared
             .shards
             .iter()
             .flat_map(|shard| {
-                shard.read().iter().map(|(k, e)| (e.last_used.load(Ordering::Relaxed), k.clone(), e.clone())).collect::<Vec<_>>()
+                shard
+                    .read()
+                    .iter()
+                    .filter(|(k, _)| Some(*k) != keep)
+                    .map(|(k, e)| (e.last_used.load(Ordering::Relaxed), k.clone(), e.clone()))
+                    .collect::<Vec<_>>()
             })
             .collect();
-        if all.len() <= target {
+        let excess = (all.len() + usize::from(keep.is_some())).saturating_sub(target).min(all.len());
+        if excess == 0 {
             return;
         }
-        let excess = all.len() - target;
         all.select_nth_unstable_by_key(excess - 1, |(used, _, _)| *used);
         for (_, key, entry) in all.into_iter().take(excess) {
             self.passivate(shared, key, &entry);

@@ -46,6 +46,18 @@ impl DueView {
         // A lot that never expires never comes due (nor gets a notice); what later events take from
         // it shows up here as a fresh undated lot, dropped again.
         state.lots.retain(|_, lot| lot.expires_at_ms.is_some() || lot.on_inactivity);
+        // Only their times count: what a hold is for and where its points came from, whose order
+        // pending points are, the tier's name.
+        for hold in state.holds.values_mut() {
+            hold.reward_ref = String::new();
+            hold.lots = Vec::new();
+        }
+        for pending in state.pending.values_mut() {
+            pending.source_ref = String::new();
+        }
+        if let Some(tier) = state.tier.as_mut() {
+            tier.tier_id = String::new();
+        }
     }
 
     /// When the wallet next has something due (see [`WalletState::next_due_ms`]).
