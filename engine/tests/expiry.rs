@@ -112,12 +112,12 @@ fn a_lot_expires_at_its_time_not_a_millisecond_before() {
     let mut wallet = two_lots();
     wallet.run(redeem("r-1", 40)).unwrap();
     wallet.now = NOW + 30 * DAY - 1;
-    assert_eq!(wallet.decide(&run_due("due/1")), Err(Rejection::NothingDue { next_due_ms: Some(NOW + 30 * DAY) }));
+    assert_eq!(wallet.decide(&run_due("tally:due:1")), Err(Rejection::NothingDue { next_due_ms: Some(NOW + 30 * DAY) }));
     assert_eq!(wallet.state.available_at(wallet.now), 110);
     wallet.now += 1;
     // Due but not yet recorded: no longer available, whoever asks.
     assert_eq!(wallet.state.available_at(wallet.now), 50);
-    assert_eq!(wallet.run(run_due("due/2")).unwrap(), [expired(2, 60, NOW + 30 * DAY)]);
+    assert_eq!(wallet.run(run_due("tally:due:2")).unwrap(), [expired(2, 60, NOW + 30 * DAY)]);
     assert_eq!((wallet.state.balance, wallet.state.lifetime_expired), (50, 60));
     assert_eq!(wallet.state.next_due_ms(), Some(NOW + 31 * DAY));
 }
@@ -151,16 +151,16 @@ fn held_points_wait_for_their_hold_and_expire_if_it_is_released_too_late() {
     assert_eq!(wallet.state.hold("pos-1").unwrap().lots, [(2, 80)]);
     wallet.now = NOW + 30 * DAY;
     // Only the unheld 20 of lot 2 expire; the 80 held stay with the hold.
-    assert_eq!(wallet.run(run_due("due/1")).unwrap(), [expired(2, 20, NOW + 30 * DAY)]);
+    assert_eq!(wallet.run(run_due("tally:due:1")).unwrap(), [expired(2, 20, NOW + 30 * DAY)]);
     assert_eq!((wallet.state.balance, wallet.state.held_points), (130, 80));
     wallet.now = NOW + 31 * DAY;
-    assert_eq!(wallet.run(run_due("due/2")).unwrap(), [expired(3, 50, NOW + 31 * DAY)]);
+    assert_eq!(wallet.run(run_due("tally:due:2")).unwrap(), [expired(3, 50, NOW + 31 * DAY)]);
     // Voided after its lot's time: the points go back to lot 2, past its time, and expire in the same
     // command.
-    let changes = wallet.run(Command::new("pos-1/void", CommandBody::VoidRedemption { hold_id: "pos-1".into() })).unwrap();
+    let changes = wallet.run(Command::void_redemption("pos-1")).unwrap();
     let voided = HoldReleased { hold_id: "pos-1".into(), points: 80, reason: HoldEnd::Voided as i32, lots: vec![lot(2, 80)] };
     assert_eq!(changes, [Change::Released(voided), expired(2, 80, NOW + 30 * DAY)]);
-    assert_eq!(wallet.decide(&run_due("due/3")), Err(Rejection::NothingDue { next_due_ms: None }));
+    assert_eq!(wallet.decide(&run_due("tally:due:3")), Err(Rejection::NothingDue { next_due_ms: None }));
     assert_eq!((wallet.state.balance, wallet.state.lifetime_expired, wallet.state.lots().count()), (0, 150, 0));
 }
 
@@ -204,7 +204,7 @@ fn purchased_points_never_expire_and_are_spent_last() {
         })]
     );
     wallet.now += 3_650 * DAY;
-    assert_eq!(wallet.decide(&run_due("due/1")), Err(Rejection::NothingDue { next_due_ms: None }));
+    assert_eq!(wallet.decide(&run_due("tally:due:1")), Err(Rejection::NothingDue { next_due_ms: None }));
     assert_eq!(wallet.state.available_at(wallet.now), 35);
 }
 
@@ -309,7 +309,7 @@ fn the_customer_is_told_before_points_expire_once_per_lot() {
     assert_eq!(wallet.state.next_due_ms(), Some(NOW + 23 * DAY), "the notice comes before the expiry");
     wallet.now = NOW + 23 * DAY;
     let notice = Change::ExpiringSoon(PointsExpiringSoon { lot: 2, points: 100, expires_at_ms: NOW + 30 * DAY });
-    assert_eq!(wallet.run(run_due("due/1")).unwrap(), [notice]);
+    assert_eq!(wallet.run(run_due("tally:due:1")).unwrap(), [notice]);
     assert_eq!((wallet.state.balance, wallet.state.next_due_ms()), (100, Some(NOW + 30 * DAY)), "told once; nothing else changes");
     // A later credit opens a lot of its own, with its own notice.
     wallet.now = NOW + 25 * DAY;
@@ -353,9 +353,9 @@ fn under_an_inactivity_policy_everything_expires_once_the_customer_stops() {
     wallet.run(Command::new("a-1", CommandBody::Adjust { points: 5, reason: String::new(), staff_ref: "s".into() })).unwrap();
     assert_eq!(wallet.state.upcoming_expiries(wallet.now, 5), [(december, 95)]);
     wallet.now = december - 1;
-    assert_eq!(wallet.decide(&run_due("due/1")), Err(Rejection::NothingDue { next_due_ms: Some(december) }));
+    assert_eq!(wallet.decide(&run_due("tally:due:1")), Err(Rejection::NothingDue { next_due_ms: Some(december) }));
     wallet.now = december;
-    let changes = wallet.run(run_due("due/2")).unwrap();
+    let changes = wallet.run(run_due("tally:due:2")).unwrap();
     assert_eq!(changes, [expired(2, 95, december)], "the earned lot (the adjustment joined it); the purchase stays");
     assert_eq!((wallet.state.balance, wallet.state.next_due_ms()), (40, None));
     // A goodwill credit to the lapsed wallet restarts its clock: it is spendable, for six months.

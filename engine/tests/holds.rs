@@ -31,10 +31,10 @@ fn authorize(hold: &str, points: i64) -> Command {
     )
 }
 fn capture(hold: &str, points: Option<i64>) -> Command {
-    Command::new(format!("{hold}/capture"), CommandBody::CaptureRedemption { hold_id: hold.into(), points })
+    Command::capture_redemption(hold, points)
 }
 fn void(hold: &str) -> Command {
-    Command::new(format!("{hold}/void"), CommandBody::VoidRedemption { hold_id: hold.into() })
+    Command::void_redemption(hold)
 }
 /// What the timers send: record whatever is due.
 fn run_due(key: &str) -> Command {
@@ -86,15 +86,15 @@ fn a_void_or_an_expiry_gives_the_points_back() {
     assert_eq!(wallet.run(void("pos-1")).unwrap(), [released("pos-1", 30, HoldEnd::Voided)]);
     assert!(matches!(wallet.decide(&void("pos-1")), Ok(Decision::AlreadyApplied(_))), "a repeated void");
 
-    assert_eq!(wallet.decide(&run_due("due/1")), Err(Rejection::NothingDue { next_due_ms: Some(NOW + 15 * MINUTE) }));
+    assert_eq!(wallet.decide(&run_due("tally:due:1")), Err(Rejection::NothingDue { next_due_ms: Some(NOW + 15 * MINUTE) }));
     wallet.now += 15 * MINUTE;
     // Once its time has passed, the hold no longer counts and cannot be captured, even before the
     // timers record its expiry.
     assert_eq!(wallet.state.available_at(wallet.now), 100);
     assert_eq!(wallet.decide(&capture("pos-2", None)), Err(Rejection::HoldExpired { hold_id: "pos-2".into() }));
-    assert_eq!(wallet.run(run_due("due/2")).unwrap(), [released("pos-2", 30, HoldEnd::Expired)]);
+    assert_eq!(wallet.run(run_due("tally:due:2")).unwrap(), [released("pos-2", 30, HoldEnd::Expired)]);
     assert_eq!((wallet.state.balance, wallet.state.held_points), (100, 0));
-    assert_eq!(wallet.decide(&run_due("due/3")), Err(Rejection::NothingDue { next_due_ms: None }));
+    assert_eq!(wallet.decide(&run_due("tally:due:3")), Err(Rejection::NothingDue { next_due_ms: None }));
 }
 
 #[test]
@@ -185,4 +185,42 @@ async fn the_timers_expire_an_uncaptured_hold_on_their_own_and_after_a_restart()
     assert_eq!((summary.balance, summary.version), (60, 6), "one release, nothing else");
     timers.stop();
     registry.shutdown().await;
+}
+
+/// Issue 15, item 1: a retry after a hold whose id prefixes the retried key is still a retry.
+#[test]
+fn a_hold_forgets_no_receipt_but_its_own_capture_and_void() {
+    let mut wallet = Wallet::enrolled(ProgramSettings::default());
+    let earn = Command::new(
+        "basket-1/earn",
+        CommandBody::Earn { points: 100, reason: "order".into(), source_ref: "basket-1/earn".into(), order_amount: None },
+    );
+    wallet.run(earn.clone()).unwrap();
+    wallet.run(authorize("basket-1", 10)).unwrap();
+    assert!(matches!(wallet.decide(&earn), Ok(Decision::AlreadyApplied(_))), "the earn's retry is answered from its receipt");
+    assert_eq!(wallet.state.balance, 100);
+}
+
+/// Issue 15, item 1: client keys and the keys the engine makes never share a space.
+#[test]
+fn client_keys_and_engine_keys_never_meet() {
+    let mut wallet = funded();
+    let key_error = |message: &str| Err(Rejection::InvalidField(FieldError::new("idempotency_key", message)));
+    let earn =
+        |key: &str| Command::new(key, CommandBody::Earn { points: 5, reason: String::new(), source_ref: "s".into(), order_amount: None });
+    let reserved = "must not start with \"tally:\": such keys are the engine's";
+    assert_eq!(wallet.decide(&earn("tally:capture:pos-1")), key_error(reserved));
+    assert_eq!(wallet.decide(&earn("tally:due:1")), key_error(reserved));
+    // A capture, a void and the timers' step take only the engine's keys.
+    let client_keyed = Command::new("pos-1/capture", CommandBody::CaptureRedemption { hold_id: "pos-1".into(), points: None });
+    assert_eq!(wallet.decide(&client_keyed), key_error("must be \"tally:capture:pos-1\""));
+    let void = Command::new("tally:capture:pos-1", CommandBody::VoidRedemption { hold_id: "pos-1".into() });
+    assert_eq!(wallet.decide(&void), key_error("must be \"tally:void:pos-1\""));
+    assert_eq!(wallet.decide(&Command::new("k", CommandBody::RunDue)), key_error("must be an engine key for due transitions"));
+    // Keys that only look like the engine's are a client's like any other.
+    wallet.run(earn("pos-1/capture")).unwrap();
+    wallet.run(authorize("pos-1", 10)).unwrap();
+    assert!(matches!(wallet.decide(&earn("pos-1/capture")), Ok(Decision::AlreadyApplied(_))));
+    wallet.run(capture("pos-1", None)).unwrap();
+    assert!(matches!(wallet.decide(&capture("pos-1", None)), Ok(Decision::AlreadyApplied(_))));
 }

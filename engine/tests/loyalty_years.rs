@@ -276,7 +276,7 @@ fn simulate(seed: u64) {
             due.remove(&(at, w));
             due_of.remove(&w);
             lives[w].keys += 1;
-            let command = Command::new(format!("due/{now}"), CommandBody::RunDue);
+            let command = Command::run_due(now);
             // The wallet's own next due time is exact: the timers never wake it for nothing.
             assert!(run(&mut lives[w], &ids[w], &command, now, &program, &mut stats), "wallet {w} woken at {now} for nothing");
             touched.push(w);

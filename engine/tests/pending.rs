@@ -55,10 +55,10 @@ fn points_from_an_order_are_pending_until_the_return_window_closes() {
     assert_eq!(wallet.state.available_at(NOW), 5);
 
     wallet.now = NOW + 14 * DAY - 1;
-    assert_eq!(wallet.decide(&run_due("due/1")), Err(Rejection::NothingDue { next_due_ms: Some(NOW + 14 * DAY) }));
+    assert_eq!(wallet.decide(&run_due("tally:due:1")), Err(Rejection::NothingDue { next_due_ms: Some(NOW + 14 * DAY) }));
     wallet.now += 1;
     assert_eq!(wallet.state.available_at(wallet.now), 105, "available from that instant, recorded or not");
-    let matured = wallet.run(run_due("due/2")).unwrap();
+    let matured = wallet.run(run_due("tally:due:2")).unwrap();
     let expected = PointsMatured {
         pending: 2,
         source_ref: "o-1".into(),

@@ -6,6 +6,7 @@
 mod common;
 
 use common::{NOW, POINT_PER_EURO, Wallet, order, rules};
+use tally_engine::domain::capture_key;
 use tally_engine::domain::program::{ProgramCommand, ProgramCommandBody, ProgramDecision, ProgramState, apply_program, decide_program};
 use tally_engine::domain::{Change, Command, CommandBody, Decision, FieldError, ProgramSettings, Rejection, ReturnPolicy, TenantId};
 use tally_engine::limits::{RECEIPT_RETENTION_MS, RETENTION_SWEEP_INTERVAL_MS};
@@ -166,14 +167,14 @@ fn a_hold_id_used_again_after_its_receipt_is_forgotten_is_a_new_hold_to_capture(
         let body = CommandBody::AuthorizeRedemption { hold_id: "pos-1".into(), points: 10, reward_ref: "cake".into(), timeout_ms: 7 * DAY };
         Command::new("pos-1", body)
     };
-    let capture = || Command::new("pos-1/capture", CommandBody::CaptureRedemption { hold_id: "pos-1".into(), points: None });
+    let capture = || Command::capture_redemption("pos-1", None);
     wallet.run(authorize()).unwrap();
     // Captured six days later: its receipt outlives the authorization's by six days.
     wallet.now += 6 * DAY;
     wallet.run(capture()).unwrap();
     wallet.now = NOW + RECEIPT_RETENTION_MS + RETENTION_SWEEP_INTERVAL_MS;
     wallet.run(earn("e-2", 1, "promo-2")).unwrap();
-    assert!(wallet.state.receipt("pos-1").is_none() && wallet.state.receipt("pos-1/capture").is_some());
+    assert!(wallet.state.receipt("pos-1").is_none() && wallet.state.receipt(&capture_key("pos-1")).is_some());
     // The POS uses the id again: a new hold, whose capture is decided, not answered from the old one.
     wallet.run(authorize()).unwrap();
     let changes = wallet.run(capture()).unwrap();

@@ -64,13 +64,13 @@ fn a_rolling_tier_is_reviewed_every_month_and_drops_when_its_points_leave_the_wi
     wallet.run(earn("o-1", 600)).unwrap();
     assert_eq!(wallet.state.tier.as_ref().map(|t| t.next_review_at_ms), Some(APRIL + 10 * DAY), "month end plus grace");
     wallet.now = APRIL + 10 * DAY - 1;
-    assert_eq!(wallet.decide(&run_due("due/1")), Err(Rejection::NothingDue { next_due_ms: Some(APRIL + 10 * DAY) }));
+    assert_eq!(wallet.decide(&run_due("tally:due:1")), Err(Rejection::NothingDue { next_due_ms: Some(APRIL + 10 * DAY) }));
     wallet.now += 1;
     let kept = Change::TierReviewed(TierReviewed { tier: "silver".into(), qualifying_points: 600, next_review_at_ms: MAY + 10 * DAY });
-    assert_eq!(wallet.run(run_due("due/2")).unwrap(), [kept]);
+    assert_eq!(wallet.run(run_due("tally:due:2")).unwrap(), [kept]);
     // March 2026's points count until the end of February 2027; the review in March 2027 moves down.
     wallet.now = NOW + 365 * DAY + 20 * DAY;
-    let changes = wallet.run(run_due("due/3")).unwrap();
+    let changes = wallet.run(run_due("tally:due:3")).unwrap();
     let down = changes.iter().find(|c| matches!(c, Change::TierChanged(_))).expect("a downgrade");
     let Change::TierChanged(down) = down else { unreachable!() };
     assert_eq!(
@@ -89,11 +89,11 @@ fn a_calendar_year_tier_holds_through_the_next_year() {
     // Reviewed after the grace period in 2027 against 2026's points: kept.
     wallet.now = Y2027 + 30 * DAY;
     let kept = Change::TierReviewed(TierReviewed { tier: "gold".into(), qualifying_points: 2_500, next_review_at_ms: Y2028 + 30 * DAY });
-    assert_eq!(wallet.run(run_due("due/1")).unwrap(), [kept]);
+    assert_eq!(wallet.run(run_due("tally:due:1")).unwrap(), [kept]);
     // 2027 brought 600: the 2028 review moves down to silver.
     wallet.run(earn("o-2", 600)).unwrap();
     wallet.now = Y2028 + 30 * DAY;
-    let changes = wallet.run(run_due("due/2")).unwrap();
+    let changes = wallet.run(run_due("tally:due:2")).unwrap();
     let [Change::TierChanged(down)] = changes.as_slice() else { panic!("{changes:?}") };
     assert_eq!((down.to_tier.as_str(), down.r#move, down.qualifying_points), ("silver", TierMove::Down as i32, 600));
 }
@@ -106,7 +106,7 @@ fn refunds_take_qualifying_points_back_but_only_a_review_moves_down() {
     assert_eq!(wallet.run(Command::new("rev", reverse)).unwrap().len(), 1);
     assert_eq!(wallet.state.tier.as_ref().map(|t| t.tier_id.as_str()), Some("silver"));
     wallet.now = APRIL;
-    let changes = wallet.run(run_due("due/1")).unwrap();
+    let changes = wallet.run(run_due("tally:due:1")).unwrap();
     let [Change::TierChanged(down)] = changes.as_slice() else { panic!("{changes:?}") };
     assert_eq!((down.to_tier.as_str(), down.qualifying_points), ("", 400));
 }

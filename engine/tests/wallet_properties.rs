@@ -10,6 +10,7 @@ use tally_engine::domain::{
     Change, Command, CommandBody, Context, Decision, DueView, Event, ProgramSettings, ReturnPolicy, TenantId, WalletId, WalletState,
     WalletStatus, apply, decide,
 };
+use tally_engine::domain::{capture_key, due_key, void_key};
 use tally_engine::limits::RECEIPT_RETENTION_MS;
 
 const MINUTE: i64 = 60_000;
@@ -147,7 +148,9 @@ fn command(key: u8, body: CommandBody) -> Command {
         CommandBody::EarnForOrder { order } => order.order_id.clone(),
         CommandBody::AuthorizeRedemption { hold_id, .. } => hold_id.clone(),
         CommandBody::PurchaseCredits { purchase_id, .. } => purchase_id.clone(),
-        CommandBody::CaptureRedemption { hold_id, .. } => format!("{hold_id}/capture/{key}"),
+        CommandBody::CaptureRedemption { hold_id, .. } => capture_key(hold_id),
+        CommandBody::VoidRedemption { hold_id } => void_key(hold_id),
+        CommandBody::RunDue => due_key(i64::from(key)),
         _ => format!("k{key}"),
     };
     Command::new(key, body)

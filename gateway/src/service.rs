@@ -275,15 +275,14 @@ impl WalletService for WalletApi {
     async fn capture_redemption(&self, request: Request<CaptureRedemptionRequest>) -> Result<Response<WalletMutation>, Status> {
         let (metadata, _, r) = request.into_parts();
         let key = self.wallet_key(&r.tenant_id, &r.wallet_id).await?;
-        let command =
-            Command::new(format!("{}/capture", r.hold_id), CommandBody::CaptureRedemption { hold_id: r.hold_id, points: r.points });
+        let command = Command::capture_redemption(r.hold_id, r.points);
         self.mutate(&metadata, key, command).await
     }
 
     async fn void_redemption(&self, request: Request<VoidRedemptionRequest>) -> Result<Response<WalletMutation>, Status> {
         let (metadata, _, r) = request.into_parts();
         let key = self.wallet_key(&r.tenant_id, &r.wallet_id).await?;
-        let command = Command::new(format!("{}/void", r.hold_id), CommandBody::VoidRedemption { hold_id: r.hold_id });
+        let command = Command::void_redemption(r.hold_id);
         self.mutate(&metadata, key, command).await
     }
 

@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use super::{CommandMeta, WalletError, WalletKey, WalletRegistry};
 use crate::clock::Clock;
 use crate::codec;
-use crate::domain::{Command, CommandBody, DueView, Rejection};
+use crate::domain::{Command, DueView, Rejection};
 use crate::store::{EventStore, Follower, RecordedEvent};
 
 /// Events read per batch while following the log.
@@ -154,8 +154,8 @@ async fn run(mut rx: mpsc::Receiver<Due>, registry: WalletRegistry, clock: Arc<d
 async fn run_due(index: &mut Index, registry: &WalletRegistry, now_ms: i64) {
     let due: Vec<WalletKey> = index.by_time.iter().take_while(|(at, _)| *at <= now_ms).map(|(_, key)| key.clone()).collect();
     for key in due {
-        // Any key works: a wallet with nothing due records nothing. This one tells the log who acted.
-        let command = Command::new(format!("due/{now_ms}"), CommandBody::RunDue);
+        // A wallet with nothing due records nothing; the key tells the log which clock acted.
+        let command = Command::run_due(now_ms);
         match registry.execute(&key, command, CommandMeta::default()).await {
             // The events it recorded bring the wallet's next due time through the reader.
             Ok(_) | Err(WalletError::Rejected(Rejection::WalletClosed | Rejection::WalletNotFound)) => index.set(key, None),

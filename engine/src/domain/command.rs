@@ -52,9 +52,49 @@ pub enum CommandBody {
     AddStamps { card_id: String, count: i64, reason: String },
 }
 
+/// Keys the engine makes itself start with this; a client's key may not, so the two never meet.
+pub const ENGINE_KEY_PREFIX: &str = "tally:";
+
+/// The key of the capture of hold `hold_id`: one per hold, so a retried capture finds its outcome.
+pub fn capture_key(hold_id: &str) -> String {
+    format!("{ENGINE_KEY_PREFIX}capture:{hold_id}")
+}
+
+/// The key of the void of hold `hold_id`.
+pub fn void_key(hold_id: &str) -> String {
+    format!("{ENGINE_KEY_PREFIX}void:{hold_id}")
+}
+
+/// The key of a `RunDue` sent at `now_ms` (the log shows which clock acted).
+pub fn due_key(now_ms: i64) -> String {
+    format!("{ENGINE_KEY_PREFIX}due:{now_ms}")
+}
+
+/// Whether `key` is one [`due_key`] makes.
+pub fn is_due_key(key: &str) -> bool {
+    key.strip_prefix(ENGINE_KEY_PREFIX).is_some_and(|rest| rest.starts_with("due:"))
+}
+
 impl Command {
     pub fn new(idempotency_key: impl Into<String>, body: CommandBody) -> Self {
         Self { idempotency_key: idempotency_key.into(), body }
+    }
+
+    /// Captures `points` of hold `hold_id` (all of it when `None`), under the hold's capture key.
+    pub fn capture_redemption(hold_id: impl Into<String>, points: Option<i64>) -> Self {
+        let hold_id = hold_id.into();
+        Self::new(capture_key(&hold_id), CommandBody::CaptureRedemption { hold_id, points })
+    }
+
+    /// Voids hold `hold_id`, under the hold's void key.
+    pub fn void_redemption(hold_id: impl Into<String>) -> Self {
+        let hold_id = hold_id.into();
+        Self::new(void_key(&hold_id), CommandBody::VoidRedemption { hold_id })
+    }
+
+    /// Records what is due at `now_ms`, under an engine key.
+    pub fn run_due(now_ms: i64) -> Self {
+        Self::new(due_key(now_ms), CommandBody::RunDue)
     }
 
     /// The stable fingerprint of the body, persisted with the events so retries can be told apart.

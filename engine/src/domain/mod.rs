@@ -20,7 +20,7 @@ mod state;
 pub mod tiers;
 mod wallet;
 
-pub use command::{Command, CommandBody, Money};
+pub use command::{Command, CommandBody, ENGINE_KEY_PREFIX, Money, capture_key, due_key, void_key};
 pub use event::{Change, Event};
 pub use ids::{FieldError, TenantId, WalletId};
 pub use rejection::Rejection;

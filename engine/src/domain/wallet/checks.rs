@@ -1,6 +1,6 @@
 //! Input checks: what a command must look like before it is decided, and the ledger's range check.
 
-use crate::domain::command::{Command, CommandBody, Money};
+use crate::domain::command::{Command, CommandBody, ENGINE_KEY_PREFIX, Money, capture_key, is_due_key, void_key};
 use crate::domain::ids::FieldError;
 use crate::domain::rejection::Rejection;
 use crate::limits::{
@@ -26,7 +26,27 @@ pub(super) fn check_key(command: &Command) -> Result<(), Rejection> {
     {
         return Err(FieldError::new("idempotency_key", "must be the purchase id: a purchase credits once").into());
     }
-    Ok(())
+    // Client keys and the keys the engine makes never share a space, so no command can be answered
+    // from (or forget) another's receipt.
+    let engine_key = match &command.body {
+        CommandBody::CaptureRedemption { hold_id, .. } => Some(capture_key(hold_id)),
+        CommandBody::VoidRedemption { hold_id } => Some(void_key(hold_id)),
+        CommandBody::RunDue => None,
+        _ if command.idempotency_key.starts_with(ENGINE_KEY_PREFIX) => {
+            return Err(FieldError::new(
+                "idempotency_key",
+                format!("must not start with {ENGINE_KEY_PREFIX:?}: such keys are the engine's"),
+            )
+            .into());
+        }
+        _ => return Ok(()),
+    };
+    let key = &command.idempotency_key;
+    match engine_key {
+        Some(expected) if *key != expected => Err(FieldError::new("idempotency_key", format!("must be {expected:?}")).into()),
+        None if !is_due_key(key) => Err(FieldError::new("idempotency_key", "must be an engine key for due transitions").into()),
+        _ => Ok(()),
+    }
 }
 
 pub(super) fn checked_balance(value: Option<i64>, field: &'static str, points: i64) -> Result<i64, Rejection> {

@@ -6,6 +6,7 @@ use tally_proto::v1::{HoldCaptured, HoldEnd, HoldReleased, LotPoints, PointsHeld
 use super::checks::checked_balance;
 use super::lots::{active, inactivity_deadline, lot_points, take_lots, unhold};
 use crate::domain::Context;
+use crate::domain::command::{capture_key, void_key};
 use crate::domain::event::Change;
 use crate::domain::rejection::Rejection;
 use crate::domain::state::{Hold, WalletState};
@@ -80,9 +81,9 @@ pub(super) fn open_hold<'s>(state: &'s WalletState, hold_id: &str) -> Result<&'s
 
 pub(super) fn apply_held(state: &mut WalletState, e: &PointsHeld) {
     // A hold id used again once its authorization's receipt is forgotten: the old hold's capture
-    // and void receipts (keys that extend the hold id) must not answer for the new one.
-    let previous = format!("{}/", e.hold_id);
-    state.receipts.retain(|key, _| !key.starts_with(&previous));
+    // and void receipts must not answer for the new one. Exactly those two keys: the engine made them.
+    state.receipts.remove(&capture_key(&e.hold_id));
+    state.receipts.remove(&void_key(&e.hold_id));
     state.held_points += e.points;
     for taken in &e.lots {
         let lot = state.lots.entry(taken.lot).or_default();
