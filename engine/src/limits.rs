@@ -81,6 +81,11 @@ pub const HOLD_ID_BYTES_MAX: usize = 100;
 pub const HOLD_TIMEOUT_DEFAULT_MS: i64 = 15 * 60_000;
 /// Longest a POS hold may wait for its capture, in milliseconds.
 pub const HOLD_TIMEOUT_MAX_MS: i64 = 7 * 86_400_000;
+/// Most open holds a wallet may have at once: closing releases them all in one append.
+pub const HOLDS_PER_WALLET_MAX: usize = 100;
+/// Most transitions time brought (holds released, points matured or expired, notices, a review) that
+/// one append records; more are recorded a chunk at a time before the command is decided.
+pub const DUE_EVENTS_PER_APPEND_MAX: usize = 128;
 
 /// How long a wallet remembers an accepted command's idempotency key, from when it was decided, in
 /// milliseconds: a retry within it gets the first outcome; after it the key is forgotten (as payment
@@ -103,3 +108,4 @@ pub const TIER_GRACE_DAYS_MAX: u32 = 365;
 pub const QUALIFYING_MONTHS_MAX: usize = 24;
 /// Most stamps a card needs, and most stamps given at once.
 pub const STAMPS_PER_CARD_MAX: i64 = 1_000;
+const _: () = assert!(DUE_EVENTS_PER_APPEND_MAX + HOLDS_PER_WALLET_MAX + 16 < APPEND_EVENTS_MAX);

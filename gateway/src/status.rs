@@ -47,6 +47,8 @@ pub fn from_rejection(rejection: &Rejection) -> Status {
         Rejection::NoOpenHold { .. } => precondition("HOLD_NOT_OPEN", "hold_id", message),
         Rejection::HoldExpired { .. } => precondition("HOLD_EXPIRED", "hold_id", message),
         Rejection::CaptureExceedsHold { .. } => precondition("CAPTURE_EXCEEDS_HOLD", "points", message),
+        Rejection::TooManyOpenHolds { .. } => precondition("TOO_MANY_OPEN_HOLDS", "hold_id", message),
+        Rejection::CommandTooLarge { .. } => precondition("COMMAND_TOO_LARGE", "wallet_id", message),
         // Only the engine's own timers send RunDue.
         Rejection::NothingDue { .. } => precondition("NOTHING_DUE", "wallet_id", message),
         Rejection::UnknownPackage { .. } => {

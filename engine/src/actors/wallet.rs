@@ -10,7 +10,9 @@ use tracing::Instrument;
 use super::{CommandMeta, CommandOutcome, Programs, Snapshots, StoredWalletEvent, WalletError, WalletKey, WalletSummary};
 use crate::clock::Clock;
 use crate::codec;
-use crate::domain::{Command, Context, Decision, ProgramSettings, Receipt, Rejection, WalletState, WalletStatus, apply, decide, tiers};
+use crate::domain::{
+    Command, Context, Decision, Event, ProgramSettings, Receipt, Rejection, WalletState, WalletStatus, apply, decide, tiers,
+};
 use crate::limits::{CONFLICT_RETRIES_MAX, RECOVERY_READ_BATCH_EVENTS};
 use crate::store::{EventStore, ExpectedVersion, StoreError, StreamId};
 
@@ -159,6 +161,21 @@ impl Wallet {
             let events = match decide(state, command, &ctx)? {
                 Decision::Append(events) => events,
                 Decision::AlreadyApplied(receipt) => return self.replay(receipt, &program).await,
+                Decision::CatchUp(events) => {
+                    // Each chunk records at least one transition, so this ends; then the command.
+                    match self.record_catch_up(events, meta).await {
+                        Ok(()) => continue,
+                        Err(StoreError::VersionConflict { .. }) if attempt < CONFLICT_RETRIES_MAX => {
+                            attempt += 1;
+                            self.stale = true;
+                            continue;
+                        }
+                        Err(error) => {
+                            self.stale = true;
+                            return Err(error.into());
+                        }
+                    }
+                }
             };
             let expected = ExpectedVersion::Exact(state.version);
             let data = events.iter().map(|event| codec::encode(event, meta)).collect();
@@ -199,6 +216,16 @@ impl Wallet {
                 }
             }
         }
+    }
+
+    /// Appends and applies a chunk of what time brought, ahead of a command.
+    async fn record_catch_up(&mut self, events: Vec<Event>, meta: &CommandMeta) -> Result<(), StoreError> {
+        let state = self.state.as_mut().expect("current() recovered it");
+        let data = events.iter().map(|event| codec::encode(event, meta)).collect();
+        let expected = ExpectedVersion::Exact(state.version);
+        self.deps.store.append(&self.stream, expected, data).instrument(tracing::debug_span!("store.append.catch_up")).await?;
+        events.iter().for_each(|event| apply(state, event));
+        Ok(())
     }
 
     /// The recorded outcome of an earlier identical command, read back from the log.

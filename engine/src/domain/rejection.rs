@@ -80,6 +80,13 @@ pub enum Rejection {
     /// The stamp card is not in use. Maps to FAILED_PRECONDITION.
     #[error("stamp card {card_id:?} is inactive")]
     StampCardInactive { card_id: String },
+    /// A wallet may have `max` holds open at once; capture or void one first. Maps to FAILED_PRECONDITION.
+    #[error("the wallet has {open} open holds, the most it may have; capture or void one first")]
+    TooManyOpenHolds { open: usize, max: usize },
+    /// The command would record more events than one append holds (a wallet with more open holds than
+    /// it may have now, from before the limit, being closed). Maps to FAILED_PRECONDITION.
+    #[error("the command would record {events} events, more than the {max} one append holds; void open holds first")]
+    CommandTooLarge { events: usize, max: usize },
     /// The idempotency key was already used for a different command. Maps to ALREADY_EXISTS.
     #[error("idempotency key {key:?} was already used for a different command")]
     IdempotencyKeyReused { key: String },

@@ -45,6 +45,12 @@ impl Wallet {
                 Ok(events.into_iter().map(|e| e.change).collect())
             }
             Decision::AlreadyApplied(receipt) => panic!("{command:?} was already applied: {receipt:?}"),
+            // What time brought, a chunk at a time, then the command.
+            Decision::CatchUp(events) => {
+                events.iter().for_each(|e| apply(&mut self.state, e));
+                let caught_up = events.into_iter().map(|e| e.change);
+                Ok(caught_up.chain(self.run(command)?).collect())
+            }
         }
     }
 

@@ -4,13 +4,15 @@
 
 use tally_proto::v1::{HoldCaptured, HoldEnd, LotPoints, PointsExpired, PointsExpiringSoon, PointsMatured};
 
-use super::apply;
 use super::holds::release;
 use super::lots::{credit, debit, open_lot, remember_lot, take_pending};
 use super::tier::tier_review;
+use super::{Decision, apply};
 use crate::domain::Context;
+use crate::domain::command::{Command, CommandBody};
 use crate::domain::event::{Change, Event};
 use crate::domain::state::{WalletState, WalletStatus};
+use crate::limits::DUE_EVENTS_PER_APPEND_MAX;
 
 /// A wallet as the timers see it: folded by the wallet's own [`apply`], keeping only what
 /// [`WalletState::next_due_ms`] reads (lots that can expire, open holds, pending points, the tier, the
@@ -82,14 +84,21 @@ impl DueView {
 /// past their timeout are released (by timeout, then hold id), pending points past their time mature
 /// (by time, then credit), then lots past their expiry expire (by expiry, then lot) — points given back
 /// or matured included. The changes, and the state after them if there were any.
-pub(super) fn catch_up(state: &WalletState, ctx: &Context<'_>, event: &dyn Fn(Change) -> Event) -> (Vec<Change>, Option<WalletState>) {
+pub(super) fn catch_up(
+    state: &WalletState,
+    ctx: &Context<'_>,
+    event: &dyn Fn(Change) -> Event,
+    limit: usize,
+) -> (Vec<Change>, Option<WalletState>) {
     let now_ms = ctx.now_ms;
     if state.status != WalletStatus::Active || state.next_due_ms().is_none_or(|due| due > now_ms) {
         return (Vec::new(), None);
     }
     let mut current = state.clone();
     let mut changes = Vec::new();
-    while let Some(change) = next_transition(&current, ctx) {
+    while changes.len() < limit
+        && let Some(change) = next_transition(&current, ctx)
+    {
         apply(&mut current, &event(change.clone()));
         changes.push(change);
     }
@@ -132,6 +141,24 @@ pub(super) fn next_transition(state: &WalletState, ctx: &Context<'_>) -> Option<
     state.tier.as_ref().filter(|t| t.next_review_at_ms != 0 && t.next_review_at_ms <= now_ms).map(|t| tier_review(state, t, ctx))
 }
 
+/// More transitions are due than one append records: the first chunk of them, as `RunDue`'s own events
+/// (the timers come back at once), or, before any other command, as a catch-up under the engine's key.
+pub(super) fn in_chunks(mut due: Vec<Change>, command: &Command, ctx: &Context<'_>, event: &dyn Fn(Change) -> Event) -> Decision {
+    due.truncate(DUE_EVENTS_PER_APPEND_MAX);
+    if command.body == CommandBody::RunDue {
+        return Decision::Append(due.into_iter().map(event).collect());
+    }
+    let catch_up = Command::run_due(ctx.now_ms);
+    let fingerprint = catch_up.fingerprint();
+    let event = |change| Event {
+        idempotency_key: catch_up.idempotency_key.clone(),
+        command_fingerprint: fingerprint,
+        recorded_at_ms: ctx.now_ms,
+        change,
+    };
+    Decision::CatchUp(due.into_iter().map(event).collect())
+}
+
 /// Points a hold gives back to a lot whose time has passed expire with the command that gave them back.
 pub(super) fn expire_returned(
     current: &WalletState,
@@ -144,7 +171,7 @@ pub(super) fn expire_returned(
     if returns_points {
         let mut after = current.clone();
         changes.iter().for_each(|c| apply(&mut after, &event(c.clone())));
-        catch_up(&after, ctx, event).0
+        catch_up(&after, ctx, event, usize::MAX).0
     } else {
         Vec::new()
     }

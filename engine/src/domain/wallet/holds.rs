@@ -10,6 +10,7 @@ use crate::domain::command::{capture_key, void_key};
 use crate::domain::event::Change;
 use crate::domain::rejection::Rejection;
 use crate::domain::state::{Hold, WalletState};
+use crate::limits::HOLDS_PER_WALLET_MAX;
 
 pub(super) fn authorize(
     state: &WalletState,
@@ -19,6 +20,9 @@ pub(super) fn authorize(
     reward_ref: &str,
     timeout_ms: i64,
 ) -> Result<Change, Rejection> {
+    if state.holds.len() >= HOLDS_PER_WALLET_MAX {
+        return Err(Rejection::TooManyOpenHolds { open: state.holds.len(), max: HOLDS_PER_WALLET_MAX });
+    }
     let available = state.available_at(ctx.now_ms);
     if points > available {
         return Err(Rejection::InsufficientPoints { available: available.max(0), requested: points });

@@ -33,6 +33,7 @@ use super::command::{Command, CommandBody};
 use super::event::{Change, Event};
 use super::rejection::Rejection;
 use super::state::{Receipt, WalletState, WalletStatus};
+use crate::limits::{APPEND_EVENTS_MAX, DUE_EVENTS_PER_APPEND_MAX};
 
 /// What `decide` concluded for a command that was not rejected.
 #[derive(Debug, Clone, PartialEq)]
@@ -41,6 +42,9 @@ pub enum Decision {
     Append(Vec<Event>),
     /// The same command (same key, same body) was already accepted: here is its outcome; append nothing.
     AlreadyApplied(Receipt),
+    /// Time brought more transitions than one append records beside a command: append these (the
+    /// engine's, under a [`super::due_key`]), apply them, then decide the command again.
+    CatchUp(Vec<Event>),
 }
 
 /// Decides `command` against `state`. Pure: the same inputs always give the same answer.
@@ -66,7 +70,10 @@ pub fn decide(state: &WalletState, command: &Command, ctx: &Context<'_>) -> Resu
         return Err(Rejection::HoldExpired { hold_id: hold_id.clone() });
     }
     // What time brought since the last event comes first, so the command sees the wallet as it is now.
-    let (due, caught_up) = due::catch_up(state, ctx, &event);
+    let (due, caught_up) = due::catch_up(state, ctx, &event, DUE_EVENTS_PER_APPEND_MAX + 1);
+    if due.len() > DUE_EVENTS_PER_APPEND_MAX {
+        return Ok(due::in_chunks(due, command, ctx, &event));
+    }
     let current = caught_up.as_ref().unwrap_or(state);
     let changes = match (current.status, &command.body) {
         (_, CommandBody::RunDue) if due.is_empty() => return Err(Rejection::NothingDue { next_due_ms: state.next_due_ms() }),
@@ -78,7 +85,13 @@ pub fn decide(state: &WalletState, command: &Command, ctx: &Context<'_>) -> Resu
         }
     };
     let after = due::expire_returned(current, &changes, ctx, &event);
-    Ok(Decision::Append(due.into_iter().chain(changes).chain(after).map(event).collect()))
+    let events: Vec<Event> = due.into_iter().chain(changes).chain(after).map(event).collect();
+    // Bounded by construction (due in chunks, holds per wallet); this keeps a store's limit from ever
+    // reaching a caller as a malformed request.
+    if events.len() > APPEND_EVENTS_MAX {
+        return Err(Rejection::CommandTooLarge { events: events.len(), max: APPEND_EVENTS_MAX });
+    }
+    Ok(Decision::Append(events))
 }
 
 /// The one change a command makes, by family.
