@@ -116,3 +116,26 @@ fn card_definitions_are_checked_field_by_field() {
     let state = define(card("c", 5, "", 10, true)).unwrap();
     assert_eq!(state.settings().stamp_cards["c"].reward_points, 10);
 }
+
+/// Issue 15, item 3b: a card's reward times the cards one command fills stays within the per-command
+/// cap (1,000 stamps on a one-stamp card of 10^12 points once minted 10^15 points at once).
+#[test]
+fn the_cards_one_command_fills_credit_no_more_than_the_per_command_cap() {
+    let cards = [("big".to_owned(), card("big", 1, "", tally_engine::limits::POINTS_PER_COMMAND_MAX, true))];
+    let mut wallet = Wallet::enrolled(ProgramSettings { stamp_cards: Arc::new(cards.into_iter().collect()), ..ProgramSettings::default() });
+    let points = 1_000 * tally_engine::limits::POINTS_PER_COMMAND_MAX;
+    assert_eq!(wallet.run(stamp("s-1", "big", 1_000)), Err(Rejection::PointsOutOfRange { field: "stamps", points }));
+    assert_eq!(wallet.state.balance, 0);
+    wallet.run(stamp("s-2", "big", 1)).unwrap();
+    assert_eq!(wallet.state.balance, tally_engine::limits::POINTS_PER_COMMAND_MAX);
+}
+
+/// Issue 15, item 3a: control characters never reach the log through a reason.
+#[test]
+fn a_reason_with_control_characters_is_refused() {
+    let mut wallet = Wallet::enrolled(program());
+    for reason in ["nul\0", "two\nlines", "esc\u{1b}[31m"] {
+        let command = Command::new("s", CommandBody::AddStamps { card_id: "coffee".into(), count: 1, reason: reason.into() });
+        assert_eq!(wallet.run(command), Err(FieldError::new("reason", "must not contain control characters").into()), "{reason:?}");
+    }
+}

@@ -156,11 +156,25 @@ pub(super) fn check_hold_id(hold_id: &str) -> Result<(), Rejection> {
     check_ref("hold_id", hold_id, true)
 }
 
+/// Free text (a reason) fits its limit and holds no control character (NUL, CR, LF, ESC, …): it is shown
+/// to staff and customers and stored in every read model, where such bytes corrupt or are refused.
 pub(super) fn check_reason(reason: &str) -> Result<(), Rejection> {
     if reason.len() > REASON_BYTES_MAX {
         return Err(FieldError::new("reason", format!("must be at most {REASON_BYTES_MAX} bytes")).into());
     }
+    if reason.chars().any(char::is_control) {
+        return Err(FieldError::new("reason", "must not contain control characters").into());
+    }
     Ok(())
+}
+
+/// What one command credits stays within the per-command cap, however it is made up (an order's rules
+/// and tier multiplier, a stamp card's reward times the cards filled).
+pub(super) fn check_credit(field: &'static str, points: i64) -> Result<i64, Rejection> {
+    if !(0..=POINTS_PER_COMMAND_MAX).contains(&points) {
+        return Err(Rejection::PointsOutOfRange { field, points });
+    }
+    Ok(points)
 }
 
 pub(super) fn check_money(money: &Money) -> Result<(), Rejection> {

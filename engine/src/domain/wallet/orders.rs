@@ -3,7 +3,7 @@
 
 use tally_proto::v1::{CapPeriod, EarnedByRule, OrderEarning, PendingPoints, PointsEarned, StampAward};
 
-use super::checks::checked_balance;
+use super::checks::{check_credit, checked_balance};
 use super::ledger::{refund_deadline, refundable_source, reversal};
 use super::lots::{DAY_MS, earned_expiry, inactivity_deadline, open_lot};
 use crate::domain::command::Money;
@@ -55,7 +55,7 @@ pub fn quote_order(program: &ProgramSettings, order: &Order, customer: &Customer
         points = points.checked_add(award.points).ok_or(Rejection::PointsOutOfRange { field: "order", points: award.points })?;
         awards.push(award);
     }
-    Ok(OrderQuote { rules_version: version.version, awards, points })
+    Ok(OrderQuote { rules_version: version.version, awards, points: check_credit("order", points)? })
 }
 
 pub(super) fn earn_for_order(state: &WalletState, order: &Order, ctx: &Context<'_>) -> Result<Change, Rejection> {

@@ -4,7 +4,7 @@
 use tally_proto::v1::{PointsEarned, StampCardCompleted, StampCardDefined, StampsAdded};
 
 use super::apply;
-use super::checks::checked_balance;
+use super::checks::{check_credit, checked_balance};
 use super::lots::{active, credit, earned_expiry, inactivity_deadline, open_lot};
 use super::tier::tier_upgrade;
 use crate::domain::Context;
@@ -75,6 +75,7 @@ pub(super) fn card_completed(state: &WalletState, card: &StampCardDefined, ctx: 
     let stamps = state.stamp_cards.get(&card.card_id).map_or(0, |c| c.stamps);
     let cards = stamps / card.stamps_required;
     let points = cards.checked_mul(card.reward_points).ok_or(Rejection::PointsOutOfRange { field: "stamps", points: i64::MAX })?;
+    let points = check_credit("stamps", points)?;
     checked_balance(state.balance.checked_add(points), "stamps", points)?;
     checked_balance(state.lifetime_earned.checked_add(points), "stamps", points)?;
     Ok(Change::CardCompleted(StampCardCompleted {
