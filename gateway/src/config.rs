@@ -47,7 +47,7 @@ pub enum StoreUrl {
 
 impl StoreUrl {
     pub fn parse(url: &str) -> Result<Self, ConfigError> {
-        let error = |reason: &str| ConfigError::Store { url: url.to_owned(), reason: reason.to_owned() };
+        let error = |reason: &str| ConfigError::Store { url: crate::redact::redact(url), reason: reason.to_owned() };
         match url.split_once("://") {
             Some(("file", path)) if !path.is_empty() => Ok(Self::Embedded(PathBuf::from(path))),
             Some(("file", _)) => Err(error("file:// needs a directory, e.g. file://./data")),

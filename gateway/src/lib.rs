@@ -13,6 +13,7 @@ pub mod copy;
 pub mod limits;
 pub mod ops;
 pub mod orders;
+pub mod redact;
 pub mod reporting;
 pub mod server;
 pub mod service;

@@ -21,6 +21,7 @@ use tally_engine::limits::PROGRAM_SETTINGS_REFRESH_MS;
 use tally_engine::store::{EmbeddedStore, EventStore, PostgresStore};
 use tally_gateway::cli::{Cli, Command, ProjectionsCommand, SnapshotsCommand, SnapshotsTarget, StoreCommand};
 use tally_gateway::config::{ServeSettings, StoreUrl};
+use tally_gateway::redact::redact;
 use tally_gateway::reporting::ReadSide;
 use tally_gateway::service::Engine;
 use tally_projections::{PostgresReadModel, Projection, RunnerOptions, SledReadModel};
@@ -175,20 +176,6 @@ fn kurrent_not_built(url: &str) -> String {
         "cannot use the event log at {}: this tally was built without KurrentDB support (cargo build --features kurrentdb)",
         redact(url)
     )
-}
-
-/// A connection URL without its password, for logs and errors.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let credentials = &url[scheme + 3..at];
-            match credentials.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
 }
 
 /// Starts the projections the settings ask for, each following the log into its read model.

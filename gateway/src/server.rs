@@ -42,10 +42,13 @@ pub async fn run(
     health.set_serving::<ReportingServiceServer<ReportingApi>>().await;
     health.set_serving::<ProjectionsServiceServer<ProjectionsApi>>().await;
     health.set_serving::<AdminServiceServer<AdminApi>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(tally_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    // Both reflection versions: older grpcurl and Python's grpcio-reflection speak only v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(tally_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let (reflection, reflection_v1alpha) = (reflection().build_v1()?, reflection().build_v1alpha()?);
     let gate = Arc::new(Gate::default());
     let reporting = ReportingServiceServer::new(ReportingApi::new(
         read.clone(),
@@ -65,6 +68,7 @@ pub async fn run(
         .max_concurrent_streams(Some(STREAMS_PER_CONNECTION_MAX))
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(wallets)
         .add_service(reporting)
         .add_service(projections)

@@ -155,6 +155,12 @@ async fn bad_calls_get_a_status_naming_the_problem() {
     let mut long = earn("c-1", "long", 1);
     long.reason = "x".repeat(1000);
     assert_field_error(&client.earn(long).await.unwrap_err(), Code::InvalidArgument, "reason");
+    // Issue 15: a NUL in a reason never reaches the log (it stalled the PostgreSQL read model), and the
+    // engine's key space is not a client's.
+    let mut nul = earn("c-1", "nul", 1);
+    nul.reason = "a\0b".into();
+    assert_field_error(&client.earn(nul).await.unwrap_err(), Code::InvalidArgument, "reason");
+    assert_field_error(&client.earn(earn("c-1", "tally:capture:pos-1", 1)).await.unwrap_err(), Code::InvalidArgument, "idempotency_key");
 }
 
 #[tokio::test]
@@ -184,6 +190,20 @@ async fn health_is_serving_and_reflection_lists_the_services() {
     for expected in ["tally.v1.WalletService", "grpc.health.v1.Health"] {
         assert!(names.iter().any(|n| n == expected), "{expected} missing from {names:?}");
     }
+
+    // Clients that speak only the older v1alpha reflection (older grpcurl, grpcio-reflection) too.
+    use tonic_reflection::pb::v1alpha;
+    let mut reflection = v1alpha::server_reflection_client::ServerReflectionClient::new(server.channel().await);
+    let request = v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1alpha::server_reflection_request::MessageRequest::ListServices(String::new())),
+    };
+    let mut replies = reflection.server_reflection_info(tokio_stream::iter([request])).await.unwrap().into_inner();
+    let reply = replies.message().await.unwrap().expect("one reply");
+    let Some(v1alpha::server_reflection_response::MessageResponse::ListServicesResponse(list)) = reply.message_response else {
+        panic!("unexpected {reply:?}")
+    };
+    assert!(list.service.iter().any(|s| s.name == "tally.v1.WalletService"), "{list:?}");
 }
 
 type Acked = Arc<Mutex<HashMap<String, (String, u64)>>>;
