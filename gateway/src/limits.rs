@@ -23,3 +23,7 @@ pub const WALLET_PAGE_SIZE_MAX: u32 = 200;
 pub const STATS_DAYS_MAX: i64 = 366;
 /// Largest `AdminService` request (a rules document is up to 256 KiB), in bytes.
 pub const ADMIN_MESSAGE_BYTES_MAX: usize = 512 * 1024;
+/// Longest `x-request-id` / `x-correlation-id` a call may carry (stored in every event it records), in bytes.
+pub const REQUEST_ID_BYTES_MAX: usize = 128;
+/// Longest W3C `tracestate` kept (the W3C limit), in bytes; a longer one is dropped, like a malformed one.
+pub const TRACESTATE_BYTES_MAX: usize = 512;

@@ -22,7 +22,7 @@ use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
-use crate::limits::{PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX, REQUESTS_IN_FLIGHT_MAX};
+use crate::limits::{PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX, REQUEST_ID_BYTES_MAX, REQUESTS_IN_FLIGHT_MAX, TRACESTATE_BYTES_MAX};
 use crate::transactions::transaction;
 use crate::{orders, status};
 use tally_engine::limits::HOLD_TIMEOUT_DEFAULT_MS;
@@ -104,7 +104,7 @@ impl WalletApi {
         let outcome = self
             .engine
             .registry
-            .execute(&key, command, command_meta(metadata))
+            .execute(&key, command, command_meta(metadata)?)
             .instrument(span)
             .await
             .map_err(|e| status::from_wallet_error(&e))?;
@@ -112,15 +112,41 @@ impl WalletApi {
     }
 }
 
-/// Trace and causality ids from the call's metadata.
-fn command_meta(metadata: &MetadataMap) -> CommandMeta {
-    let get = |name: &str| metadata.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
-    CommandMeta {
-        causation_id: get("x-request-id"),
-        correlation_id: get("x-correlation-id"),
-        traceparent: get("traceparent"),
-        tracestate: get("tracestate"),
-    }
+/// Trace and causality ids from the call's metadata, bounded: they are stored in every event the call
+/// records. A request or correlation id that is too long or not printable ASCII is the caller's error; a
+/// malformed `traceparent` (or an oversized `tracestate`) is dropped, as W3C Trace Context asks.
+fn command_meta(metadata: &MetadataMap) -> Result<CommandMeta, Status> {
+    let get = |name: &str| metadata.get(name).map(|v| v.to_str().unwrap_or("\u{fffd}")).unwrap_or_default();
+    let id = |name: &'static str| {
+        let value = get(name);
+        if value.len() > REQUEST_ID_BYTES_MAX || !value.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(status::invalid(name, &format!("must be at most {REQUEST_ID_BYTES_MAX} printable ASCII characters")));
+        }
+        Ok(value.to_owned())
+    };
+    let traceparent = Some(get("traceparent")).filter(|t| is_traceparent(t)).unwrap_or_default();
+    let tracestate = Some(get("tracestate")).filter(|t| !traceparent.is_empty() && t.len() <= TRACESTATE_BYTES_MAX && t.is_ascii());
+    Ok(CommandMeta {
+        causation_id: id("x-request-id")?,
+        correlation_id: id("x-correlation-id")?,
+        traceparent: traceparent.to_owned(),
+        tracestate: tracestate.unwrap_or_default().to_owned(),
+    })
+}
+
+/// A W3C `traceparent`: `version-trace_id-parent_id-flags`, 55 bytes of lowercase hex and dashes.
+fn is_traceparent(value: &str) -> bool {
+    let parts: Vec<&str> = value.split('-').collect();
+    let hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    value.len() == 55
+        && parts.len() == 4
+        && hex(parts[0], 2)
+        && parts[0] != "ff"
+        && hex(parts[1], 32)
+        && parts[1] != "0".repeat(32)
+        && hex(parts[2], 16)
+        && parts[2] != "0".repeat(16)
+        && hex(parts[3], 2)
 }
 
 pub(crate) fn timestamp(ms: i64) -> Option<prost_types::Timestamp> {

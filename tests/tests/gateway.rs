@@ -161,6 +161,13 @@ async fn bad_calls_get_a_status_naming_the_problem() {
     nul.reason = "a\0b".into();
     assert_field_error(&client.earn(nul).await.unwrap_err(), Code::InvalidArgument, "reason");
     assert_field_error(&client.earn(earn("c-1", "tally:capture:pos-1", 1)).await.unwrap_err(), Code::InvalidArgument, "idempotency_key");
+    // Request metadata is stored in every event: bounded, and a malformed traceparent is dropped.
+    let mut request = tonic::Request::new(earn("c-1", "big-id", 1));
+    request.metadata_mut().insert("x-request-id", "r".repeat(15_000).parse().unwrap());
+    assert_field_error(&client.earn(request).await.unwrap_err(), Code::InvalidArgument, "x-request-id");
+    let mut request = tonic::Request::new(earn("c-1", "odd-trace", 1));
+    request.metadata_mut().insert("traceparent", "t".repeat(15_000).parse().unwrap());
+    assert_eq!(client.earn(request).await.unwrap().into_inner().balance, 11);
 }
 
 #[tokio::test]

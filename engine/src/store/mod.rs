@@ -243,12 +243,14 @@ pub(crate) async fn queued_in_order(queue: &WriterQueue, appends: Vec<Append>) -
     outcomes
 }
 
-/// Checks an append against the limits; every backend calls it first so they all refuse alike.
-/// What `event` counts for against `APPEND_BYTES_MAX`.
+/// What `event` counts for against `APPEND_BYTES_MAX`: everything it stores, its metadata included.
 pub fn append_bytes(event: &EventData) -> usize {
-    event.payload.len() + event.idempotency_key.len() + event.event_type.len() + 64
+    let m = &event.metadata;
+    let metadata = m.causation_id.len() + m.correlation_id.len() + m.traceparent.len() + m.tracestate.len();
+    event.payload.len() + event.idempotency_key.len() + event.event_type.len() + metadata + 64
 }
 
+/// Checks an append against the limits; every backend calls it first so they all refuse alike.
 pub(crate) fn check_append(events: &[EventData]) -> Result<(), StoreError> {
     if events.is_empty() {
         return Err(StoreError::EmptyAppend);
