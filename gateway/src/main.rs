@@ -219,6 +219,8 @@ async fn serve(settings: ServeSettings) -> Result<(), Box<dyn std::error::Error>
         WalletRegistry::start_with_snapshots(settings.registry.clone(), Arc::clone(&store), programs.clone(), clock.clone(), snapshots)
             .await?;
     let timers = WalletTimers::spawn(Arc::clone(&store), registry.clone(), clock);
+    // Before the port is bound and readiness printed: from then on a SIGTERM means an orderly shutdown.
+    let shutdown = shutdown_signal()?;
     let listener =
         tokio::net::TcpListener::bind(settings.listen).await.map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;
     let address = listener.local_addr()?;
@@ -229,7 +231,7 @@ async fn serve(settings: ServeSettings) -> Result<(), Box<dyn std::error::Error>
     };
     println!("tally listening on http://{address} ({log}, tenants: {})", tenants.join(", "));
     let engine = Engine { registry: registry.clone(), store, programs: program_book };
-    tally_gateway::server::run(listener, engine, read.clone(), shutdown_signal()).await?;
+    tally_gateway::server::run(listener, engine, read.clone(), shutdown).await?;
     timers.stop();
     registry.shutdown().await;
     for projection in &read.projections {
@@ -331,18 +333,22 @@ async fn snapshots(command: SnapshotsCommand) -> Result<(), Box<dyn std::error::
     Ok(())
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(signal) => signal,
-        Err(error) => {
-            tracing::error!(%error, "cannot listen for SIGTERM; only Ctrl-C will stop the server");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+/// Listens for SIGINT and SIGTERM from the moment it returns; the future resolves on the first of them.
+///
+/// The handlers are installed here, eagerly, not when the future is first polled: `tally serve` calls this
+/// before it binds its port and says it is listening, so a SIGTERM sent as soon as it is ready takes the
+/// orderly way out (a signal that comes before the future is polled is not lost). Installed lazily, they
+/// were only in place once the server's first poll got to them, and a SIGTERM before that found the
+/// default action: the process died by the signal, without draining, stopping wallets or flushing.
+fn shutdown_signal() -> Result<impl Future<Output = ()> + Send + 'static, String> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let listen = |kind: SignalKind, name: &str| signal(kind).map_err(|e| format!("cannot listen for {name}: {e}"));
+    let mut interrupt = listen(SignalKind::interrupt(), "SIGINT")?;
+    let mut terminate = listen(SignalKind::terminate(), "SIGTERM")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => tracing::info!("received SIGINT"),
+            _ = terminate.recv() => tracing::info!("received SIGTERM"),
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("received SIGINT"),
-        _ = terminate.recv() => tracing::info!("received SIGTERM"),
-    }
+    })
 }

@@ -4,8 +4,9 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::OnceLock;
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use tally_proto::v1::wallet_service_client::WalletServiceClient;
@@ -39,20 +40,38 @@ pub struct TallyServer {
     child: Option<Child>,
     pub url: String,
     pub data: PathBuf,
+    /// Everything the process wrote to stderr so far (also echoed to the test's stderr as it comes).
+    stderr: Arc<Mutex<String>>,
+    /// The thread copying stderr; it ends when the process (and so its end of the pipe) is gone.
+    stderr_reader: Option<JoinHandle<()>>,
 }
 
 impl TallyServer {
-    /// Starts `tally serve` on `data` and waits until it listens.
+    /// Starts `tally serve` on `data` and waits until it listens. The server logs at `warn` (or as
+    /// `TALLY_TEST_SERVE_LOG` says, e.g. `info,tally_engine=debug`); its stderr shows with a failing test.
     pub fn start(data: &Path, extra: &[&str]) -> Self {
         let mut child = Command::new(tally_binary())
             .args(["serve", "--listen", "127.0.0.1:0", "--data"])
             .arg(data)
             .args(extra)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", std::env::var("TALLY_TEST_SERVE_LOG").unwrap_or_else(|_| "warn".to_owned()))
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("tally serve starts");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let stderr_reader = {
+            let (pipe, stderr) = (child.stderr.take().expect("piped stderr"), Arc::clone(&stderr));
+            // Spawned threads inherit the test's output capture: the lines show with a failing test.
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    eprintln!("[tally serve] {line}");
+                    let mut all = stderr.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    all.push_str(&line);
+                    all.push('\n');
+                }
+            })
+        };
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -63,11 +82,19 @@ impl TallyServer {
                 }
             }
         });
-        let url = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| {
+        let Ok(url) = rx.recv_timeout(Duration::from_secs(60)) else {
             let _ = child.kill();
-            panic!("tally serve did not report its address within 60 s")
-        });
-        Self { child: Some(child), url, data: data.to_owned() }
+            let status = child.wait().map_or_else(|e| format!("unknown ({e})"), describe);
+            let _ = stderr_reader.join();
+            let stderr = stderr.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            panic!("tally serve did not report its address within 60 s (exit status: {status}); its stderr:\n{stderr}")
+        };
+        Self { child: Some(child), url, data: data.to_owned(), stderr, stderr_reader: Some(stderr_reader) }
+    }
+
+    /// What the process wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     pub async fn client(&self) -> WalletServiceClient<Channel> {
@@ -86,12 +113,34 @@ impl TallyServer {
         }
     }
 
-    /// SIGTERM, then waits for the process to exit by itself.
+    /// SIGTERM, then waits for the process to exit by itself. When it does not exit with status 0, the
+    /// status (exit code or killing signal) and the process's whole stderr are printed, so a failing
+    /// test says why.
     pub fn terminate(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("server running");
         let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid fits i32"));
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM sent");
-        child.wait().expect("tally exits after SIGTERM")
+        let status = child.wait().expect("tally exits after SIGTERM");
+        if let Some(reader) = self.stderr_reader.take() {
+            let _ = reader.join();
+        }
+        if !status.success() {
+            eprintln!("tally serve (pid {pid}) did not exit cleanly after SIGTERM: {}; its stderr:\n{}", describe(status), self.stderr());
+        }
+        status
+    }
+}
+
+/// An exit status in words: the exit code, or the signal that ended the process.
+pub fn describe(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit code {code}"),
+        (None, Some(signal)) => {
+            let name = nix::sys::signal::Signal::try_from(signal).map_or_else(|_| "unknown".to_owned(), |s| s.as_str().to_owned());
+            format!("killed by signal {signal} ({name}){}", if status.core_dumped() { ", core dumped" } else { "" })
+        }
+        (None, None) => format!("{status:?}"),
     }
 }
 

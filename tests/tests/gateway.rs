@@ -300,3 +300,15 @@ async fn sigterm_exits_cleanly_with_everything_on_disk() {
     let wallet = client.get_wallet(GetWalletRequest { tenant_id: TENANT.into(), wallet_id: "c-1".into() }).await.unwrap().into_inner();
     assert_eq!((wallet.balance, wallet.version), (100, 21));
 }
+
+/// A server is ready to be stopped as soon as it says it listens: SIGTERM right after the readiness line
+/// (nothing served yet) must still take the orderly way out and exit 0, not kill the process.
+#[tokio::test]
+async fn sigterm_right_after_the_readiness_line_exits_cleanly() {
+    for attempt in 0..5 {
+        let dir = tempfile::tempdir().unwrap();
+        let mut server = TallyServer::start(dir.path(), &[]);
+        let status = server.terminate();
+        assert!(status.success(), "attempt {attempt}: tally exits 0 after SIGTERM: {}", tally_tests::describe(status));
+    }
+}
