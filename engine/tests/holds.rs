@@ -224,3 +224,41 @@ fn client_keys_and_engine_keys_never_meet() {
     wallet.run(capture("pos-1", None)).unwrap();
     assert!(matches!(wallet.decide(&capture("pos-1", None)), Ok(Decision::AlreadyApplied(_))));
 }
+
+/// Issue 15, item 8: a refund takes back what its source funded, held points included: the hold ends
+/// first (reason REFUNDED), so the POS cannot capture what was refunded (it once kept both).
+#[test]
+fn a_refund_ends_the_holds_that_keep_its_points_and_the_capture_is_refused() {
+    for policy in [tally_engine::domain::ReturnPolicy::CapAtZero, tally_engine::domain::ReturnPolicy::AllowNegative] {
+        let mut wallet = Wallet::enrolled(ProgramSettings { return_policy: policy, ..ProgramSettings::default() });
+        let earn = |key: &str, points| {
+            Command::new(key, CommandBody::Earn { points, reason: "order".into(), source_ref: key.into(), order_amount: None })
+        };
+        wallet.run(earn("order-1", 100)).unwrap();
+        wallet.run(earn("order-2", 30)).unwrap();
+        wallet.run(authorize("pos-1", 100)).unwrap();
+        let refund =
+            Command::new("refund-1", CommandBody::Reverse { source_ref: "order-1".into(), points: None, reason: "returned".into() });
+        let changes = wallet.run(refund).unwrap();
+        assert!(
+            matches!(&changes[0], Change::Released(HoldReleased { hold_id, points: 100, reason, .. })
+                if hold_id == "pos-1" && *reason == HoldEnd::Refunded as i32),
+            "{policy:?}: {changes:?}"
+        );
+        let Change::Reversed(reversed) = &changes[1] else { panic!("{changes:?}") };
+        assert_eq!((reversed.reversed_points, reversed.shortfall_points), (100, 0), "{policy:?}");
+        assert_eq!(wallet.run(capture("pos-1", None)), Err(Rejection::NoOpenHold { hold_id: "pos-1".into() }));
+        assert_eq!((wallet.state.balance, wallet.state.held_points), (30, 0), "{policy:?}");
+    }
+}
+
+/// A refund that what is available covers leaves the holds alone.
+#[test]
+fn a_refund_that_available_points_cover_leaves_holds_alone() {
+    let mut wallet = funded();
+    wallet.run(authorize("pos-1", 10)).unwrap();
+    let reverse = Command::new("r", CommandBody::Reverse { source_ref: "o-1".into(), points: Some(5), reason: String::new() });
+    let changes = wallet.run(reverse).unwrap();
+    assert!(matches!(changes.as_slice(), [Change::Reversed(_)]), "{changes:?}");
+    assert!(wallet.state.hold("pos-1").is_some());
+}

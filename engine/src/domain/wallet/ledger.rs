@@ -95,14 +95,37 @@ pub(super) fn reverse(
     source_ref: &str,
     points: Option<i64>,
     reason: &str,
-) -> Result<Change, Rejection> {
+) -> Result<(Vec<Change>, Change), Rejection> {
     let ledger = refundable_source(state, source_ref, ctx)?;
     let reversible = ledger.reversible();
     let requested = points.unwrap_or(reversible);
     if requested > reversible || requested <= 0 {
         return Err(Rejection::ReversalExceedsEarned { source_ref: source_ref.to_owned(), reversible, requested });
     }
-    reversal(state, ctx, source_ref, requested, reason, 0)
+    take_back(state, ctx, source_ref, requested, reason, 0)
+}
+
+/// A refund or reversal of `requested` points: the holds it must end first, then the reversal on the
+/// wallet as those leave it.
+pub(super) fn take_back(
+    state: &WalletState,
+    ctx: &Context<'_>,
+    source_ref: &str,
+    requested: i64,
+    reason: &str,
+    refund_amount_minor: i64,
+) -> Result<(Vec<Change>, Change), Rejection> {
+    let ended = holds_a_refund_ends(state, ctx, source_ref, requested);
+    if ended.is_empty() {
+        return Ok((ended, reversal(state, ctx, source_ref, requested, reason, refund_amount_minor)?));
+    }
+    let mut after = state.clone();
+    for change in &ended {
+        if let Change::Released(e) = change {
+            super::holds::apply_released(&mut after, e);
+        }
+    }
+    Ok((ended, reversal(&after, ctx, source_ref, requested, reason, refund_amount_minor)?))
 }
 
 /// The source a refund or reversal takes points back from, if its refund window is still open.
@@ -176,6 +199,30 @@ pub(super) fn close(state: &WalletState, reason: &str) -> Vec<Change> {
     let pending = state.pending().map(|(id, p)| LotPoints { lot: id, points: p.points }).collect();
     let closed = Change::Closed(WalletClosed { reason: reason.to_owned(), forfeited_points: state.balance.max(0), lots, pending });
     released.chain(std::iter::once(closed)).collect()
+}
+
+/// The holds a refund of `requested` points of `source_ref` must end first: when what is available (and
+/// the source's own pending points) cannot cover it, holds give their points back — those holding the
+/// source's own points first, then by hold id — until it can, so a POS cannot capture points that were
+/// refunded (refund, then capture, once kept both the refund and the reward).
+pub(super) fn holds_a_refund_ends(state: &WalletState, ctx: &Context<'_>, source_ref: &str, requested: i64) -> Vec<Change> {
+    let own_pending: i64 = state.pending().filter(|(_, p)| p.source_ref == source_ref).map(|(_, p)| p.points).sum();
+    let mut short = requested - state.available_at(ctx.now_ms).max(0) - own_pending;
+    if short <= 0 {
+        return Vec::new();
+    }
+    let own_lots = state.sources.get(source_ref).map_or(&[][..], |ledger| ledger.lots.as_slice());
+    let mut holds: Vec<(&str, &Hold)> = state.holds().filter(|(_, hold)| hold.expires_at_ms > ctx.now_ms).collect();
+    holds.sort_unstable_by_key(|(id, hold)| (!hold.lots.iter().any(|(lot, _)| own_lots.contains(lot)), *id));
+    let mut ended = Vec::new();
+    for (id, hold) in holds {
+        if short <= 0 {
+            break;
+        }
+        short -= hold.points;
+        ended.push(release(id, hold, HoldEnd::Refunded));
+    }
+    ended
 }
 
 pub(super) fn apply_enrolled(state: &mut WalletState, e: &WalletEnrolled, at_ms: i64) {

@@ -80,8 +80,9 @@ pub fn decide(state: &WalletState, command: &Command, ctx: &Context<'_>) -> Resu
         (_, CommandBody::RunDue) => Vec::new(),
         (WalletStatus::Active, CommandBody::Close { reason }) => ledger::close(current, reason),
         (_, body) => {
-            let change = decide_change(current, body, ctx)?;
-            stamps::with_follow_ups(current, change, ctx, &event)?
+            let (mut changes, change) = decide_change(current, body, ctx)?;
+            changes.extend(stamps::with_follow_ups(current, change, ctx, &event)?);
+            changes
         }
     };
     let after = due::expire_returned(current, &changes, ctx, &event);
@@ -94,37 +95,39 @@ pub fn decide(state: &WalletState, command: &Command, ctx: &Context<'_>) -> Resu
     Ok(Decision::Append(events))
 }
 
-/// The one change a command makes, by family.
-fn decide_change(state: &WalletState, body: &CommandBody, ctx: &Context<'_>) -> Result<Change, Rejection> {
+/// The change a command makes, by family, and what must be recorded before it (the holds a refund ends).
+fn decide_change(state: &WalletState, body: &CommandBody, ctx: &Context<'_>) -> Result<(Vec<Change>, Change), Rejection> {
     use CommandBody as C;
+    let alone = |change: Result<Change, Rejection>| change.map(|change| (Vec::new(), change));
     match (state.status, body) {
-        (WalletStatus::NotEnrolled, C::Enroll { customer_ref }) => Ok(ledger::enroll(customer_ref, ctx)),
+        (WalletStatus::NotEnrolled, C::Enroll { customer_ref }) => Ok((Vec::new(), ledger::enroll(customer_ref, ctx))),
         (WalletStatus::NotEnrolled, _) => Err(Rejection::WalletNotFound),
         (WalletStatus::Closed, _) => Err(Rejection::WalletClosed),
         (WalletStatus::Active, body) => match body {
             C::Enroll { .. } => Err(Rejection::AlreadyEnrolled),
             C::Earn { points, reason, source_ref, order_amount } => {
-                ledger::earn(state, ctx, *points, reason, source_ref, order_amount.as_ref())
+                alone(ledger::earn(state, ctx, *points, reason, source_ref, order_amount.as_ref()))
             }
-            C::Redeem { points, reward_ref } => ledger::redeem(state, ctx, *points, reward_ref),
-            C::Adjust { points, reason, staff_ref } => ledger::adjust(state, ctx, *points, reason, staff_ref),
+            C::Redeem { points, reward_ref } => alone(ledger::redeem(state, ctx, *points, reward_ref)),
+            C::Adjust { points, reason, staff_ref } => alone(ledger::adjust(state, ctx, *points, reason, staff_ref)),
             C::Reverse { source_ref, points, reason } => ledger::reverse(state, ctx, source_ref, *points, reason),
             // `decide` closes through `ledger::close` and runs due transitions itself; these answers are theirs.
             C::Close { reason } => {
                 let mut changes = ledger::close(state, reason);
-                Ok(changes
+                let closed = changes
                     .pop()
-                    .unwrap_or_else(|| Change::Closed(tally_proto::v1::WalletClosed { reason: reason.clone(), ..Default::default() })))
+                    .unwrap_or_else(|| Change::Closed(tally_proto::v1::WalletClosed { reason: reason.clone(), ..Default::default() }));
+                Ok((Vec::new(), closed))
             }
             C::RunDue => Err(Rejection::NothingDue { next_due_ms: state.next_due_ms() }),
             C::AuthorizeRedemption { hold_id, points, reward_ref, timeout_ms } => {
-                holds::authorize(state, ctx, hold_id, *points, reward_ref, *timeout_ms)
+                alone(holds::authorize(state, ctx, hold_id, *points, reward_ref, *timeout_ms))
             }
-            C::CaptureRedemption { hold_id, points } => holds::capture(state, ctx, hold_id, *points),
-            C::VoidRedemption { hold_id } => holds::void(state, hold_id),
-            C::PurchaseCredits { purchase_id, package_id } => credits::purchase(state, ctx, purchase_id, package_id),
-            C::EarnForOrder { order } => orders::earn_for_order(state, order, ctx),
-            C::AddStamps { card_id, count, reason } => stamps::add(ctx, card_id, *count, reason),
+            C::CaptureRedemption { hold_id, points } => alone(holds::capture(state, ctx, hold_id, *points)),
+            C::VoidRedemption { hold_id } => alone(holds::void(state, hold_id)),
+            C::PurchaseCredits { purchase_id, package_id } => alone(credits::purchase(state, ctx, purchase_id, package_id)),
+            C::EarnForOrder { order } => alone(orders::earn_for_order(state, order, ctx)),
+            C::AddStamps { card_id, count, reason } => alone(stamps::add(ctx, card_id, *count, reason)),
             C::RefundOrder { order_id, amount_minor, reason } => orders::refund(state, ctx, order_id, *amount_minor, reason),
         },
     }

@@ -4,7 +4,7 @@
 use tally_proto::v1::{CapPeriod, EarnedByRule, OrderEarning, PendingPoints, PointsEarned, StampAward};
 
 use super::checks::{check_credit, checked_balance};
-use super::ledger::{refund_deadline, refundable_source, reversal};
+use super::ledger::{refund_deadline, refundable_source, take_back};
 use super::lots::{DAY_MS, earned_expiry, inactivity_deadline, open_lot};
 use crate::domain::command::Money;
 use crate::domain::event::Change;
@@ -106,7 +106,7 @@ pub(super) fn refund(
     order_id: &str,
     amount_minor: Option<i64>,
     reason: &str,
-) -> Result<Change, Rejection> {
+) -> Result<(Vec<Change>, Change), Rejection> {
     let ledger = refundable_source(state, order_id, ctx)?;
     let order_minor = ledger.order_minor.ok_or_else(|| Rejection::NotAnOrder { source_ref: order_id.to_owned() })?;
     let refundable = order_minor - ledger.refunded_minor;
@@ -115,7 +115,7 @@ pub(super) fn refund(
         return Err(Rejection::RefundExceedsOrder { order_id: order_id.to_owned(), refundable_minor: refundable, requested_minor: amount });
     }
     let requested = proportional_reversal(ledger, amount, order_minor);
-    reversal(state, ctx, order_id, requested, reason, amount)
+    take_back(state, ctx, order_id, requested, reason, amount)
 }
 
 /// Points a refund of `amount` more of an order takes back: the order's earnings in proportion to
