@@ -16,6 +16,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
     }
     let descriptors = PathBuf::from(std::env::var("OUT_DIR")?).join("tally_descriptor.bin");
-    tonic_prost_build::configure().file_descriptor_set_path(descriptors).compile_with_config(config, &protos, &["."])?;
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(descriptors)
+        // Decode errors are the caller's: INVALID_ARGUMENT (see src/codec.rs).
+        .codec_path("crate::codec::WireCodec")
+        .compile_with_config(config, &protos, &["."])?;
     Ok(())
 }

@@ -3,6 +3,8 @@
 //! `tally.v1` holds the persisted event schema (what the log stores, forever) and the gRPC APIs
 //! (`WalletService`). The `.proto` files are the source of truth; this crate only compiles them.
 
+pub mod codec;
+
 /// Package `tally.v1`.
 pub mod v1 {
     #![allow(missing_docs, clippy::doc_markdown, unused_qualifications, missing_debug_implementations, rust_2018_idioms)]

@@ -312,3 +312,26 @@ async fn sigterm_right_after_the_readiness_line_exits_cleanly() {
         assert!(status.success(), "attempt {attempt}: tally exits 0 after SIGTERM: {}", tally_tests::describe(status));
     }
 }
+
+/// Issue 15, item 21: bytes that are not the expected message are the caller's mistake.
+#[tokio::test]
+async fn undecodable_requests_are_invalid_argument() {
+    /// EarnRequest's wire shape, but `tenant_id` (field 1) as bytes: it can carry what a string cannot.
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct RawEarn {
+        #[prost(bytes = "vec", tag = "1")]
+        tenant_id: Vec<u8>,
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = TallyServer::start(dir.path(), &[]);
+    let mut grpc = tonic::client::Grpc::new(server.channel().await);
+    grpc.ready().await.unwrap();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/tally.v1.WalletService/Earn");
+    let codec = tonic_prost::ProstCodec::<RawEarn, WalletMutation>::default();
+    let not_utf8 = RawEarn { tenant_id: vec![0xff, 0xfe, 0x00] };
+    let status = grpc.unary(tonic::Request::new(not_utf8), path, codec).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    // The server goes on serving.
+    let mut client = server.client().await;
+    client.enroll(enroll("c-1")).await.unwrap();
+}
