@@ -1,6 +1,7 @@
 //! `tally wallet ...`: a gRPC client for a person at a terminal, with readable text or `--json`.
 
 use std::fmt::Write as _;
+use std::time::Duration;
 
 use serde::Serialize;
 use tally_proto::v1::wallet_service_client::WalletServiceClient;
@@ -18,6 +19,46 @@ pub enum ClientError {
     Connect { server: String, source: tonic::transport::Error },
     #[error("{}: {}", code_name(.0.code()), .0.message())]
     Call(tonic::Status),
+    /// A change that may or may not have been applied: sending it again with the same key is safe.
+    #[error("{}: {} (idempotency key {key}; to try again: --key {key})", code_name(.status.code()), .status.message())]
+    Change { status: tonic::Status, key: String },
+    #[error("cannot reach {server}: {source} (nothing was sent; idempotency key {key})")]
+    ChangeNotSent { server: String, source: tonic::transport::Error, key: String },
+}
+
+/// Attempts at a change that meets UNAVAILABLE or ABORTED (or no server), with the same key each time.
+const CHANGE_ATTEMPTS: u32 = 5;
+
+/// Sends a change, retrying UNAVAILABLE and ABORTED (and a server that cannot be reached) with the same
+/// idempotency key: a retry is answered with the first outcome, so a change never applies twice.
+async fn change<F, Fut>(target: &Target, key: &str, call: F) -> Result<WalletMutation, ClientError>
+where
+    F: Fn(WalletServiceClient<Channel>) -> Fut,
+    Fut: Future<Output = Result<tonic::Response<WalletMutation>, tonic::Status>>,
+{
+    let mut schedule = exponential_backoff::Backoff::new(CHANGE_ATTEMPTS, Duration::from_millis(200), Duration::from_secs(3));
+    schedule.set_jitter(0.0);
+    let mut waits = schedule.into_iter();
+    loop {
+        let error = match WalletServiceClient::connect(target.server.clone()).await {
+            Err(source) => ClientError::ChangeNotSent { server: target.server.clone(), source, key: key.to_owned() },
+            Ok(client) => match call(client).await {
+                Ok(reply) => return Ok(reply.into_inner()),
+                Err(status) => ClientError::Change { status, key: key.to_owned() },
+            },
+        };
+        let retryable = match &error {
+            ClientError::Change { status, .. } => matches!(status.code(), tonic::Code::Unavailable | tonic::Code::Aborted),
+            _ => true,
+        };
+        match waits.next().flatten() {
+            Some(wait) if retryable => {
+                eprintln!("{error}; retrying in {wait:?} with the same key");
+                tokio::time::sleep(wait).await;
+            }
+            _ => return Err(error),
+        }
+    }
 }
 
 fn code_name(code: tonic::Code) -> &'static str {
@@ -241,8 +282,14 @@ async fn connect(target: &Target) -> Result<WalletServiceClient<Channel>, Client
         .map_err(|source| ClientError::Connect { server: target.server.clone(), source })
 }
 
+/// The change's idempotency key; one made up here is printed before the change is sent, so a person
+/// can send it again with the same key whatever happens.
 fn key(key: Key) -> String {
-    key.key.unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+    key.key.unwrap_or_else(|| {
+        let key = uuid::Uuid::new_v4().to_string();
+        eprintln!("idempotency key {key}");
+        key
+    })
 }
 
 fn mutation_output(json: bool, key: String, m: WalletMutation) -> String {
@@ -265,8 +312,12 @@ pub async fn run(command: WalletCommand) -> Result<String, ClientError> {
             let key = key(k);
             let request =
                 EnrollRequest { tenant_id: wallet.tenant, wallet_id: wallet.wallet, idempotency_key: key.clone(), customer_ref: customer };
-            let reply = connect(&target).await?.enroll(request).await.map_err(ClientError::Call)?;
-            Ok(mutation_output(target.json, key, reply.into_inner()))
+            let reply = change(&target, &key, |mut client| {
+                let request = request.clone();
+                async move { client.enroll(request).await }
+            })
+            .await?;
+            Ok(mutation_output(target.json, key, reply))
         }
         WalletCommand::Earn { wallet, key: k, points, source, reason, amount_minor, currency, target } => {
             let key = key(k);
@@ -280,8 +331,12 @@ pub async fn run(command: WalletCommand) -> Result<String, ClientError> {
                 source_ref: source.unwrap_or_else(|| key.clone()),
                 order_amount,
             };
-            let reply = connect(&target).await?.earn(request).await.map_err(ClientError::Call)?;
-            Ok(mutation_output(target.json, key, reply.into_inner()))
+            let reply = change(&target, &key, |mut client| {
+                let request = request.clone();
+                async move { client.earn(request).await }
+            })
+            .await?;
+            Ok(mutation_output(target.json, key, reply))
         }
         WalletCommand::Redeem { wallet, key: k, points, reward, target } => {
             let key = key(k);
@@ -292,8 +347,12 @@ pub async fn run(command: WalletCommand) -> Result<String, ClientError> {
                 points,
                 reward_ref: reward,
             };
-            let reply = connect(&target).await?.redeem(request).await.map_err(ClientError::Call)?;
-            Ok(mutation_output(target.json, key, reply.into_inner()))
+            let reply = change(&target, &key, |mut client| {
+                let request = request.clone();
+                async move { client.redeem(request).await }
+            })
+            .await?;
+            Ok(mutation_output(target.json, key, reply))
         }
         WalletCommand::Adjust { wallet, key: k, points, reason, staff, target } => {
             let key = key(k);
@@ -305,8 +364,12 @@ pub async fn run(command: WalletCommand) -> Result<String, ClientError> {
                 reason,
                 staff_ref: staff,
             };
-            let reply = connect(&target).await?.adjust(request).await.map_err(ClientError::Call)?;
-            Ok(mutation_output(target.json, key, reply.into_inner()))
+            let reply = change(&target, &key, |mut client| {
+                let request = request.clone();
+                async move { client.adjust(request).await }
+            })
+            .await?;
+            Ok(mutation_output(target.json, key, reply))
         }
         WalletCommand::Reverse { wallet, key: k, source, points, reason, target } => {
             let key = key(k);
@@ -318,14 +381,22 @@ pub async fn run(command: WalletCommand) -> Result<String, ClientError> {
                 points,
                 reason,
             };
-            let reply = connect(&target).await?.reverse(request).await.map_err(ClientError::Call)?;
-            Ok(mutation_output(target.json, key, reply.into_inner()))
+            let reply = change(&target, &key, |mut client| {
+                let request = request.clone();
+                async move { client.reverse(request).await }
+            })
+            .await?;
+            Ok(mutation_output(target.json, key, reply))
         }
         WalletCommand::Close { wallet, key: k, reason, target } => {
             let key = key(k);
             let request = CloseRequest { tenant_id: wallet.tenant, wallet_id: wallet.wallet, idempotency_key: key.clone(), reason };
-            let reply = connect(&target).await?.close(request).await.map_err(ClientError::Call)?;
-            Ok(mutation_output(target.json, key, reply.into_inner()))
+            let reply = change(&target, &key, |mut client| {
+                let request = request.clone();
+                async move { client.close(request).await }
+            })
+            .await?;
+            Ok(mutation_output(target.json, key, reply))
         }
         WalletCommand::Show { wallet, target } => {
             let request = GetWalletRequest { tenant_id: wallet.tenant, wallet_id: wallet.wallet };

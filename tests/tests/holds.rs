@@ -133,3 +133,19 @@ async fn the_wallet_command_line_shows_holds_and_names_every_kind() {
     assert!(history.lines().next().unwrap().contains("held"), "{history}");
     assert!(!history.contains("unknown"), "{history}");
 }
+
+/// Issue 15, item 17: the command line prints the key it made up before sending, and when the server
+/// cannot be reached it retries with that same key and says which key to send again.
+#[test]
+fn the_command_line_names_its_key_and_retries_with_it() {
+    let unreachable = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let output = std::process::Command::new(tally_tests::tally_binary())
+        .args(["wallet", "earn", "--wallet", "w-1", "--points", "5", "--server", &format!("http://{unreachable}")])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let key = stderr.lines().find_map(|line| line.strip_prefix("idempotency key ")).expect("the key, before anything else");
+    assert_eq!(stderr.matches("retrying in").count(), 4, "{stderr}");
+    assert!(stderr.contains(&format!("idempotency key {key})")), "the last error names the key: {stderr}");
+}
