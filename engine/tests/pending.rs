@@ -1,5 +1,5 @@
 //! Pending points, given/when/then: points an order earns wait out the program's pending period (its
-//! return window, counted from when the order was placed) before they can be spent; a refund meanwhile
+//! return window, counted from when the order reached the engine) before they can be spent; a refund meanwhile
 //! cancels them; they mature at their time — recorded by the timers or before any later command — into
 //! a lot, paying any debt first. Then the engine's timers maturing them on their own.
 
@@ -88,14 +88,16 @@ fn a_refund_inside_the_window_cancels_pending_points_first() {
     assert_eq!((capped.state.balance, capped.state.pending_points, capped.state.next_due_ms()), (0, 0, None), "nothing left to mature");
 }
 
+/// Issue 15, item 16: a backdated `placed_at` (any caller may send one, up to 7 days back) chooses the
+/// rules version and cap periods, never a shorter wait: the window runs from when the order arrived.
 #[test]
-fn the_window_counts_from_when_the_order_was_placed() {
+fn the_window_counts_from_when_the_order_reached_the_engine() {
     let mut wallet = Wallet::enrolled(ProgramSettings { pending_days: 2, ..program() });
     let changes = wallet.run(order("o-1", 10, "home", Some(NOW - 3 * DAY))).unwrap();
-    assert!(earned(&changes).pending.is_none(), "an offline order whose window already closed: available at once");
-    assert_eq!(wallet.state.available_at(NOW), 10);
+    assert_eq!(earned(&changes).pending.as_ref().map(|p| p.available_at_ms), Some(NOW + 2 * DAY), "backdating skips no wait");
+    assert_eq!(wallet.state.available_at(NOW), 0);
     let changes = wallet.run(order("o-2", 10, "home", Some(NOW - DAY))).unwrap();
-    assert_eq!(earned(&changes).pending.as_ref().map(|p| p.available_at_ms), Some(NOW + DAY));
+    assert_eq!(earned(&changes).pending.as_ref().map(|p| p.available_at_ms), Some(NOW + 2 * DAY));
 }
 
 #[test]

@@ -94,13 +94,14 @@ fn refunds_are_taken_within_the_window_and_refused_after_it() {
 }
 
 #[test]
-fn the_window_runs_from_when_the_order_was_placed_and_covers_pending_points() {
-    // A 7-day window, but points wait 14 days: refunds are taken until they mature.
+fn the_window_runs_from_when_the_order_arrived_and_covers_pending_points() {
+    // A 7-day window, but points wait 14 days: refunds are taken until they mature. Both run from when
+    // the order reached the engine, whatever its (backdated) placed_at says (issue 15, item 16).
     let mut wallet = Wallet::enrolled(ProgramSettings { pending_days: 14, ..program(7) });
     wallet.run(order("o-1", 20, "shop", Some(NOW - 3 * DAY))).unwrap();
-    assert_eq!(wallet.state.source("o-1").unwrap().refundable_until_ms, NOW + 11 * DAY, "placed + 14 days of pending");
+    assert_eq!(wallet.state.source("o-1").unwrap().refundable_until_ms, NOW + 14 * DAY, "arrived + 14 days of pending");
     wallet.run(order("o-2", 20, "shop", Some(NOW - 3 * DAY))).unwrap();
-    wallet.now += 11 * DAY - 1;
+    wallet.now += 14 * DAY - 1;
     let changes = wallet.run(refund("r-1", "o-1")).unwrap();
     assert!(matches!(&changes[..], [Change::Reversed(r)] if r.pending.iter().map(|p| p.points).sum::<i64>() == 20), "{changes:?}");
     wallet.now += 2;

@@ -80,8 +80,9 @@ pub(super) fn earn_for_order(state: &WalletState, order: &Order, ctx: &Context<'
     let OrderQuote { rules_version, awards, points } = quote_order(ctx.program, order, &customer, placed_at_ms)?;
     checked_balance(state.balance.checked_add(points), "order", points)?;
     checked_balance(state.lifetime_earned.checked_add(points), "order", points)?;
-    // The return window runs from when the order was placed.
-    let available_at_ms = placed_at_ms.saturating_add(i64::from(ctx.program.pending_days) * DAY_MS);
+    // The return window runs from when the order reached the engine: a backdated `placed_at` chooses the
+    // rules and cap periods, never a shorter wait or an earlier end to refunds.
+    let available_at_ms = ctx.now_ms.saturating_add(i64::from(ctx.program.pending_days) * DAY_MS);
     let pending = points > 0 && available_at_ms > ctx.now_ms;
     let expires_at_ms = earned_expiry(ctx);
     Ok(Change::Earned(PointsEarned {
@@ -96,7 +97,7 @@ pub(super) fn earn_for_order(state: &WalletState, order: &Order, ctx: &Context<'
         qualifying_month: rules::period_key(Period::Month, placed_at_ms, offset),
         inactivity_expires_at_ms: inactivity_deadline(ctx),
         // Pending points can always be cancelled by a refund until they mature.
-        refundable_until_ms: refund_deadline(ctx, placed_at_ms).max(available_at_ms),
+        refundable_until_ms: refund_deadline(ctx, ctx.now_ms).max(available_at_ms),
     }))
 }
 
