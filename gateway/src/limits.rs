@@ -1,7 +1,16 @@
 //! Every limit of the gRPC edge in one place, each with its unit in the name.
 
-/// Largest request or response message, in bytes.
+/// Largest request message, in bytes.
 pub const MESSAGE_BYTES_MAX: usize = 64 * 1024;
+/// Largest response message of `WalletService`, in bytes: more than any reply the server can make (a
+/// command records at most `APPEND_EVENTS_MAX` events of at most `EVENT_PAYLOAD_BYTES_MAX` each, and a
+/// page stops at `PAGE_BYTES_MAX`), so an applied command is never answered with an encoding error.
+pub const REPLY_BYTES_MAX: usize = 20 * 1024 * 1024;
+const _: () = assert!(
+    REPLY_BYTES_MAX > tally_engine::limits::APPEND_EVENTS_MAX * (tally_engine::limits::EVENT_PAYLOAD_BYTES_MAX + 4 * 1024) + 64 * 1024
+);
+/// A `ListTransactions` page stops once its transactions pass this many bytes (at least one is sent).
+pub const PAGE_BYTES_MAX: usize = 1024 * 1024;
 /// Requests handled at once across all connections; beyond it calls get RESOURCE_EXHAUSTED at once
 /// instead of queueing without bound.
 pub const REQUESTS_IN_FLIGHT_MAX: usize = 16 * 1024;

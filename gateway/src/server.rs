@@ -16,7 +16,8 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::admin::AdminApi;
 use crate::limits::{
-    ADMIN_MESSAGE_BYTES_MAX, MESSAGE_BYTES_MAX, REQUEST_TIMEOUT_MS, RESPONSE_FLUSH_MS, SHUTDOWN_GRACE_MS, STREAMS_PER_CONNECTION_MAX,
+    ADMIN_MESSAGE_BYTES_MAX, MESSAGE_BYTES_MAX, REPLY_BYTES_MAX, REQUEST_TIMEOUT_MS, RESPONSE_FLUSH_MS, SHUTDOWN_GRACE_MS,
+    STREAMS_PER_CONNECTION_MAX,
 };
 use crate::reporting::{ProjectionsApi, ReadSide, ReportingApi};
 use crate::service::{Engine, Gate, WalletApi};
@@ -61,7 +62,7 @@ pub async fn run(
         .max_encoding_message_size(ADMIN_MESSAGE_BYTES_MAX);
     let wallets = WalletServiceServer::new(WalletApi::new(engine, Arc::clone(&gate)))
         .max_decoding_message_size(MESSAGE_BYTES_MAX)
-        .max_encoding_message_size(MESSAGE_BYTES_MAX);
+        .max_encoding_message_size(REPLY_BYTES_MAX);
     let (stop_accepting, stopped) = oneshot::channel::<()>();
     let serve = Server::builder()
         .timeout(Duration::from_millis(REQUEST_TIMEOUT_MS))

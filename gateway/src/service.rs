@@ -22,7 +22,7 @@ use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
-use crate::limits::{PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX, REQUEST_ID_BYTES_MAX, REQUESTS_IN_FLIGHT_MAX, TRACESTATE_BYTES_MAX};
+use crate::limits::{PAGE_BYTES_MAX, PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX, REQUEST_ID_BYTES_MAX, REQUESTS_IN_FLIGHT_MAX, TRACESTATE_BYTES_MAX};
 use crate::transactions::transaction;
 use crate::{orders, status};
 use tally_engine::limits::HOLD_TIMEOUT_DEFAULT_MS;
@@ -352,13 +352,21 @@ impl WalletService for WalletApi {
         let start = end.saturating_sub(u64::from(page_size)).max(1);
         let recorded =
             self.engine.store.read_stream(&stream, start, (end - start) as usize).await.map_err(|e| status::from_store_error(&e))?;
+        // A page is bounded by bytes as well as by count: transactions with many awards are large.
         let mut transactions = Vec::with_capacity(recorded.len());
+        let (mut bytes, mut next) = (0, start);
         for r in recorded.into_iter().rev() {
             let (version, position) = (r.stream_version, r.global_position);
             let event = codec::decode(r).map_err(|e| Status::data_loss(e.to_string()))?;
-            transactions.push(transaction(&StoredWalletEvent { version, position, event }));
+            let transaction = transaction(&StoredWalletEvent { version, position, event });
+            bytes += prost::Message::encoded_len(&transaction);
+            if bytes > PAGE_BYTES_MAX && !transactions.is_empty() {
+                next = version + 1;
+                break;
+            }
+            transactions.push(transaction);
         }
-        let next_page_token = if start > 1 { format!("v{start}") } else { String::new() };
+        let next_page_token = if next > 1 { format!("v{next}") } else { String::new() };
         Ok(Response::new(ListTransactionsResponse { transactions, next_page_token }))
     }
 }

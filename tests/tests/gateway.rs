@@ -335,3 +335,22 @@ async fn undecodable_requests_are_invalid_argument() {
     let mut client = server.client().await;
     client.enroll(enroll("c-1")).await.unwrap();
 }
+
+/// Issue 15, item 5: a page of 500 transactions with long reasons (over 64 KiB encoded) is sent, not
+/// answered OUT_OF_RANGE; replies are bounded by construction, not by the encoder's refusal.
+#[tokio::test]
+async fn a_full_page_of_long_transactions_is_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TallyServer::start(dir.path(), &[]);
+    let mut client = server.client().await;
+    client.enroll(enroll("c-1")).await.unwrap();
+    for n in 0..320 {
+        let mut request = earn("c-1", &format!("order-{n}"), 1);
+        request.reason = "r".repeat(256);
+        client.earn(request).await.unwrap();
+    }
+    let page = client.list_transactions(history("c-1", 500, "")).await.unwrap().into_inner();
+    assert_eq!(page.transactions.len(), 321);
+    assert!(prost::Message::encoded_len(&page) > 64 * 1024, "the page is larger than a request may be");
+    assert!(page.next_page_token.is_empty());
+}
