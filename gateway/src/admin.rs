@@ -11,6 +11,7 @@ use tally_proto::v1::admin_service_server::AdminService;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use crate::limits::RULE_VERSIONS_PAGE_BYTES_MAX;
 use crate::{orders, status};
 
 #[derive(Debug, Clone)]
@@ -178,18 +179,33 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::ListRuleVersionsRequest>,
     ) -> Result<Response<pb::ListRuleVersionsResponse>, Status> {
-        let (_, state) = self.existing(&request.into_inner().tenant_id).await?;
-        let versions = state
-            .rule_versions
-            .iter()
-            .map(|v| pb::RuleVersion {
+        let r = request.into_inner();
+        let (_, state) = self.existing(&r.tenant_id).await?;
+        let from = match r.page_token.as_str() {
+            "" => 1,
+            token => token
+                .strip_prefix('v')
+                .and_then(|v| v.parse::<u32>().ok())
+                .filter(|v| *v >= 1)
+                .ok_or_else(|| status::invalid("page_token", "not a token from a previous response"))?,
+        };
+        let page_size = if r.page_size == 0 { usize::MAX } else { r.page_size as usize };
+        let (mut versions, mut bytes, mut next_page_token) = (Vec::new(), 0, String::new());
+        for v in state.rule_versions.iter().filter(|v| v.version >= from) {
+            let version = pb::RuleVersion {
                 version: v.version,
                 effective_from: Some(status::timestamp(v.effective_from_ms)),
                 published_by: v.published_by.clone(),
                 rules_json: v.rules_json.to_string(),
-            })
-            .collect();
-        Ok(Response::new(pb::ListRuleVersionsResponse { versions }))
+            };
+            bytes += prost::Message::encoded_len(&version);
+            if versions.len() == page_size || (bytes > RULE_VERSIONS_PAGE_BYTES_MAX && !versions.is_empty()) {
+                next_page_token = format!("v{}", v.version);
+                break;
+            }
+            versions.push(version);
+        }
+        Ok(Response::new(pb::ListRuleVersionsResponse { versions, next_page_token }))
     }
 
     async fn simulate_order(&self, request: Request<pb::SimulateOrderRequest>) -> Result<Response<pb::SimulateOrderResponse>, Status> {

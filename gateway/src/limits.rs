@@ -30,9 +30,13 @@ pub const WALLET_PAGE_SIZE_DEFAULT: u32 = 100;
 pub const WALLET_PAGE_SIZE_MAX: u32 = 200;
 /// Longest date range of one `ProgramStats` call, in days (the answer must fit in one message).
 pub const STATS_DAYS_MAX: i64 = 366;
-/// Largest `AdminService` request (a rules document is up to 256 KiB), in bytes.
+/// Largest `AdminService` request or reply (a rules document is up to 60 KiB), in bytes.
 pub const ADMIN_MESSAGE_BYTES_MAX: usize = 512 * 1024;
 /// Longest `x-request-id` / `x-correlation-id` a call may carry (stored in every event it records), in bytes.
 pub const REQUEST_ID_BYTES_MAX: usize = 128;
 /// Longest W3C `tracestate` kept (the W3C limit), in bytes; a longer one is dropped, like a malformed one.
 pub const TRACESTATE_BYTES_MAX: usize = 512;
+/// A `ListRuleVersions` page stops before this many bytes of versions (at least one is sent), well
+/// inside `ADMIN_MESSAGE_BYTES_MAX`.
+pub const RULE_VERSIONS_PAGE_BYTES_MAX: usize = 448 * 1024;
+const _: () = assert!(RULE_VERSIONS_PAGE_BYTES_MAX + 64 * 1024 <= ADMIN_MESSAGE_BYTES_MAX);

@@ -106,9 +106,63 @@ async fn programs_rules_and_simulated_orders_over_grpc() {
     server.kill_9();
     let server = TallyServer::start(dir.path(), &[]);
     let mut admin = AdminServiceClient::new(server.channel().await);
-    let versions = admin.list_rule_versions(ListRuleVersionsRequest { tenant_id: "acme".into() }).await.unwrap().into_inner().versions;
+    let versions = admin
+        .list_rule_versions(ListRuleVersionsRequest { tenant_id: "acme".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .versions;
     assert_eq!(versions.len(), 1);
     assert_eq!((versions[0].version, versions[0].published_by.as_str(), versions[0].rules_json.as_str()), (1, "ops", RULES_V1));
     let program = admin.get_program(GetProgramRequest { tenant_id: "acme".into() }).await.unwrap().into_inner();
     assert_eq!((program.utc_offset_minutes, program.rules_version), (60, 1));
+}
+
+/// Issue 15, item 11: rules documents up to the limit can be published, and every version can be listed
+/// however large they are (a page stops before the reply's limit; it once broke after ~9 large ones).
+#[tokio::test]
+async fn large_rule_versions_are_published_and_listed_page_by_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TallyServer::start(dir.path(), &[]);
+    let mut admin = AdminServiceClient::new(server.channel().await);
+    let create = CreateProgramRequest {
+        tenant_id: "big".into(),
+        idempotency_key: "create".into(),
+        name: "Big".into(),
+        utc_offset_minutes: 0,
+        return_policy: ReturnPolicy::AllowNegative.into(),
+    };
+    admin.create_program(create).await.unwrap();
+    // A thousand SKUs of 55 characters: about 58 KB, just inside the 60 KiB limit.
+    let skus: Vec<String> = (0..1_000).map(|i| format!("\"sku-{i:0>50}\"")).collect();
+    let rules = format!(
+        r#"[{{"id":"skus","conditions":{{"type":"sku","value":[{}]}},"actions":[{{"type":"points","amount":1}}]}}]"#,
+        skus.join(",")
+    );
+    assert!(rules.len() > 55_000 && rules.len() <= 60 * 1024, "{}", rules.len());
+    for n in 0..12 {
+        let publish = PublishRulesRequest {
+            tenant_id: "big".into(),
+            idempotency_key: format!("v{n}"),
+            rules_json: rules.clone(),
+            published_by: "ops".into(),
+        };
+        admin.publish_rules(publish).await.unwrap();
+    }
+    let (mut listed, mut pages, mut token) = (Vec::new(), 0, String::new());
+    loop {
+        let request = ListRuleVersionsRequest { tenant_id: "big".into(), page_size: 0, page_token: token };
+        let page = admin.list_rule_versions(request).await.unwrap().into_inner();
+        listed.extend(page.versions.iter().map(|v| v.version));
+        pages += 1;
+        token = page.next_page_token;
+        if token.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(listed, (1..=12).collect::<Vec<u32>>());
+    assert!(pages > 1, "twelve 58 KB versions do not fit one reply");
+    let two = admin.list_rule_versions(ListRuleVersionsRequest { tenant_id: "big".into(), page_size: 2, page_token: String::new() });
+    let two = two.await.unwrap().into_inner();
+    assert_eq!((two.versions.len(), two.next_page_token.as_str()), (2, "v3"));
 }

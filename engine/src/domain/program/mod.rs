@@ -19,8 +19,10 @@ use crate::domain::fingerprint::Fingerprint;
 use crate::domain::ids::FieldError;
 use crate::domain::rules::{Rule, RuleError, parse_rules};
 
-/// Largest rules document, in bytes.
-pub const RULES_JSON_BYTES_MAX: usize = 256 * 1024;
+/// Largest rules document, in bytes: its `RulesPublished` event (the document, a version number and who
+/// published it) must fit the log's largest event.
+pub const RULES_JSON_BYTES_MAX: usize = 60 * 1024;
+const _: () = assert!(RULES_JSON_BYTES_MAX + 1024 <= crate::limits::EVENT_PAYLOAD_BYTES_MAX);
 /// Longest pending period: a year.
 pub const PENDING_DAYS_MAX: u32 = 365;
 /// Longest refund window: ten years.

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::{Action, Condition, Customer, Order, OrderLine, Period, Rounding, Rule, When};
+use super::{Action, Condition, Customer, Order, OrderLine, Period, Rounding, Rule, When, in_sorted};
 use crate::limits::POINTS_PER_COMMAND_MAX;
 
 /// What one rule gave.
@@ -48,8 +48,8 @@ fn holds(condition: &Condition, order: &Order, customer: &Customer<'_>, when: &W
         Condition::Channel(op, set) => op.holds(Some(&order.channel), set),
         Condition::Store(op, set) => op.holds(Some(&order.store), set),
         Condition::CustomerTier(op, set) => op.holds(customer.tier, set),
-        Condition::Sku { values, min_quantity } => quantity_of(order, |l| values.contains(&l.sku)) >= *min_quantity,
-        Condition::Category { values, min_quantity } => quantity_of(order, |l| values.contains(&l.category)) >= *min_quantity,
+        Condition::Sku { values, min_quantity } => quantity_of(order, |l| in_sorted(values, &l.sku)) >= *min_quantity,
+        Condition::Category { values, min_quantity } => quantity_of(order, |l| in_sorted(values, &l.category)) >= *min_quantity,
         Condition::DayOfWeek(mask) => mask & (1 << when.weekday) != 0,
         Condition::TimeWindow { from, to } => {
             if from < to {
@@ -72,11 +72,11 @@ fn line_counts(condition: Option<&Condition>, line: &OrderLine) -> bool {
             Condition::All(cs) | Condition::Any(cs) => cs.iter().any(|c| visit(c, line, seen)),
             Condition::Sku { values, .. } => {
                 *seen = true;
-                values.contains(&line.sku)
+                in_sorted(values, &line.sku)
             }
             Condition::Category { values, .. } => {
                 *seen = true;
-                values.contains(&line.category)
+                in_sorted(values, &line.category)
             }
             _ => false,
         }

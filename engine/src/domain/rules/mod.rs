@@ -49,6 +49,12 @@ impl Cmp {
     }
 }
 
+/// Whether `value` is in `set`, sorted and without repeats (as every list in a parsed rule is): a rule of
+/// a thousand SKUs costs a binary search per order line, not a scan.
+pub(super) fn in_sorted(set: &[String], value: &str) -> bool {
+    set.binary_search_by(|s| s.as_str().cmp(value)).is_ok()
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SetOp {
     In,
@@ -56,8 +62,9 @@ pub enum SetOp {
 }
 
 impl SetOp {
+    /// Whether `value` is in (or not in) `set`, which the parser sorted.
     fn holds(self, value: Option<&str>, set: &[String]) -> bool {
-        let found = value.is_some_and(|v| set.iter().any(|s| s == v));
+        let found = value.is_some_and(|v| in_sorted(set, v));
         match self {
             SetOp::In => found,
             SetOp::NotIn => !found,
@@ -76,7 +83,8 @@ pub enum Condition {
     Channel(SetOp, Vec<String>),
     Store(SetOp, Vec<String>),
     CustomerTier(SetOp, Vec<String>),
-    /// Some line has one of these SKUs, with at least this quantity over all such lines.
+    /// Some line has one of these SKUs, with at least this quantity over all such lines. Every list of
+    /// values in a condition is sorted and without repeats.
     Sku {
         values: Vec<String>,
         min_quantity: i64,

@@ -107,23 +107,23 @@ fn leaf(o: &mut Object<'_>) -> Result<Condition, RuleError> {
         "currency" => {
             let (op, values) = set(o)?;
             check_currencies(o, &values)?;
-            Condition::Currency(op, values)
+            Condition::Currency(op, sorted(values))
         }
         "channel" => {
             let (op, values) = set(o)?;
-            Condition::Channel(op, values)
+            Condition::Channel(op, sorted(values))
         }
         "store" => {
             let (op, values) = set(o)?;
-            Condition::Store(op, values)
+            Condition::Store(op, sorted(values))
         }
         "customer_tier" => {
             let (op, values) = set(o)?;
-            Condition::CustomerTier(op, values)
+            Condition::CustomerTier(op, sorted(values))
         }
         "sku" | "category" => {
             let (path, value) = o.required("value")?;
-            let values = strings(&path, value)?;
+            let values = sorted(strings(&path, value)?);
             let min_quantity = o.optional_integer("min_quantity", 1, 1_000_000)?.unwrap_or(1);
             if kind == "sku" { Condition::Sku { values, min_quantity } } else { Condition::Category { values, min_quantity } }
         }
@@ -185,4 +185,11 @@ fn date_range(o: &mut Object<'_>) -> Result<Condition, RuleError> {
         return Err(error(&to_path, "is before `from`"));
     }
     Ok(Condition::DateRange { from_day: from, to_day: to })
+}
+
+/// A condition's list as evaluation searches it: sorted, without repeats.
+fn sorted(mut values: Vec<String>) -> Vec<String> {
+    values.sort_unstable();
+    values.dedup();
+    values
 }
