@@ -10,6 +10,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod copy;
+pub mod derived;
 pub mod limits;
 pub mod ops;
 pub mod orders;

@@ -21,6 +21,7 @@ use tally_engine::limits::PROGRAM_SETTINGS_REFRESH_MS;
 use tally_engine::store::{EmbeddedStore, EventStore, PostgresStore};
 use tally_gateway::cli::{Cli, Command, ProjectionsCommand, SnapshotsCommand, SnapshotsTarget, StoreCommand};
 use tally_gateway::config::{ServeSettings, StoreUrl};
+use tally_gateway::derived::{self, DerivedError};
 use tally_gateway::redact::redact;
 use tally_gateway::reporting::ReadSide;
 use tally_gateway::service::Engine;
@@ -183,9 +184,7 @@ async fn start_read_side(settings: &ServeSettings, store: &Arc<dyn EventStore>) 
     let mut read = ReadSide::default();
     if settings.local_read_model {
         let dir = settings.data.join("read-models");
-        let model = SledReadModel::open(&dir).map_err(|e| {
-            format!("cannot open the local read model in {}: {e} (is a server running on this data directory?)", dir.display())
-        })?;
+        let model = derived::open_or_reset("the local read model", &dir, |d| SledReadModel::open(d))?;
         read.projections.push(Arc::new(Projection::spawn(Arc::clone(store), Arc::new(model), RunnerOptions::default())));
     }
     if let Some(url) = &settings.reporting_db {
@@ -264,10 +263,9 @@ async fn bootstrap_programs(book: &ProgramBook, tenants: &[(TenantId, ProgramSet
     Ok(())
 }
 
-fn open_snapshots(data: &Path) -> Result<SledSnapshotStore, String> {
-    let dir = data.join("snapshots");
-    SledSnapshotStore::open(&dir)
-        .map_err(|e| format!("cannot open snapshots in {}: {e} (is a server running on this data directory?)", dir.display()))
+/// The node's snapshot store, set aside and started afresh if it cannot be opened (it is derived).
+fn open_snapshots(data: &Path) -> Result<SledSnapshotStore, DerivedError> {
+    derived::open_or_reset("snapshots", &data.join("snapshots"), |d| SledSnapshotStore::open(d))
 }
 
 /// Opens an event log by URL, for offline tools.
@@ -326,6 +324,18 @@ async fn snapshots(command: SnapshotsCommand) -> Result<(), Box<dyn std::error::
             );
         }
         SnapshotsCommand::Purge(target) => {
+            // A damaged local store is deleted whole, without opening it.
+            let local = match target.store.as_deref().map(StoreUrl::parse).transpose()? {
+                Some(StoreUrl::Postgres(_)) => None,
+                Some(StoreUrl::Embedded(dir)) => Some(dir.join("snapshots")),
+                Some(StoreUrl::Kurrent(_)) | None => Some(target.data.join("snapshots")),
+            };
+            if let Some(dir) = local
+                && derived::delete_if_unopenable("snapshots", &dir, |d| SledSnapshotStore::open(d))?.is_none()
+            {
+                println!("deleted the snapshot store; wallets rebuild their snapshots from the log as they are used");
+                return Ok(());
+            }
             let purged = snapshot_store(&target).await?.purge().await?;
             println!("deleted {purged} snapshots; wallets rebuild them from the log as they are used");
         }

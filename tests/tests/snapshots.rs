@@ -49,3 +49,57 @@ async fn snapshots_are_taken_used_and_purged_without_losing_anything() {
     let wallet = server.client().await.get_wallet(get).await.unwrap().into_inner();
     assert_eq!((wallet.balance, wallet.version), (66, 23), "recovered by full replay");
 }
+
+/// Issue 15, item 12: derived stores are not the truth. Snapshots or a local read model that cannot be
+/// opened (here: eight bytes of 0xff over sled's `conf`) are moved aside and rebuilt from the log with a
+/// warning; the server serves, and `tally snapshots purge` works on a damaged store without opening it.
+#[tokio::test]
+async fn damaged_derived_stores_are_set_aside_and_the_server_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let mut server = TallyServer::start(dir.path(), &["--snapshot-every-events", "5"]);
+    let mut client = server.client().await;
+    let enroll =
+        EnrollRequest { tenant_id: "demo".into(), wallet_id: "c-1".into(), idempotency_key: "e".into(), customer_ref: String::new() };
+    client.enroll(enroll).await.unwrap();
+    for n in 0..12 {
+        let key = format!("o-{n}");
+        let earn = EarnRequest {
+            tenant_id: "demo".into(),
+            wallet_id: "c-1".into(),
+            idempotency_key: key.clone(),
+            points: 2,
+            reason: String::new(),
+            source_ref: key,
+            order_amount: None,
+        };
+        client.earn(earn).await.unwrap();
+    }
+    assert!(server.terminate().success());
+    let damage = |store: &str| {
+        let conf = dir.path().join(store).join("conf");
+        let mut bytes = std::fs::read(&conf).unwrap();
+        bytes[..8].copy_from_slice(&[0xff; 8]);
+        std::fs::write(&conf, bytes).unwrap();
+    };
+    damage("snapshots");
+    damage("read-models");
+
+    let mut server = TallyServer::start(dir.path(), &["--snapshot-every-events", "5"]);
+    let get = GetWalletRequest { tenant_id: "demo".into(), wallet_id: "c-1".into() };
+    let wallet = server.client().await.get_wallet(get.clone()).await.unwrap().into_inner();
+    assert_eq!((wallet.balance, wallet.version), (24, 13), "served from the log");
+    assert!(server.terminate().success());
+    let stderr = server.stderr();
+    assert!(stderr.contains("moved aside"), "{stderr}");
+    let aside = std::fs::read_dir(dir.path()).unwrap().filter_map(|e| e.unwrap().file_name().into_string().ok());
+    let aside: Vec<String> = aside.filter(|name| name.contains(".damaged-")).collect();
+    assert_eq!(aside.len(), 2, "{aside:?}");
+
+    damage("snapshots");
+    let purged = tally(&["snapshots", "purge", "--data", data]);
+    assert!(purged.starts_with("deleted the snapshot store"), "{purged}");
+    let server = TallyServer::start(dir.path(), &[]);
+    let wallet = server.client().await.get_wallet(get).await.unwrap().into_inner();
+    assert_eq!(wallet.balance, 24);
+}
