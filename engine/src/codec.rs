@@ -1,6 +1,8 @@
 //! Between the domain and the store: wallet stream names, and domain events to and from the persisted
 //! envelope (`tally.v1` protobuf payloads).
 
+use tally_proto::v1::OrderClaimed;
+
 use crate::domain::program::{ProgramChange, ProgramEvent};
 use crate::domain::{Change, Event, TenantId, WalletId};
 use crate::store::{EventData, EventMetadata, RecordedEvent, StreamId};
@@ -24,6 +26,36 @@ pub fn wallet_of(stream: &str) -> Option<(TenantId, WalletId)> {
 pub fn program_stream(tenant: &TenantId) -> StreamId {
     StreamId::new(&format!("{tenant}/program")).expect("validated ids always make a valid stream id")
 }
+
+/// The stream that claims order `order_id` for one wallet of `tenant`: `"<tenant>/order/<order id>"`.
+pub fn order_stream(tenant: &TenantId, order_id: &str) -> Result<StreamId, crate::store::StoreError> {
+    StreamId::new(&format!("{tenant}/order/{order_id}"))
+}
+
+/// The claim of an order id by a wallet, under the command that earned for it.
+pub fn encode_claim(claim: &OrderClaimed, command: &crate::domain::Command, recorded_at_ms: i64, metadata: &EventMetadata) -> EventData {
+    let facts = CommandFacts { key: &command.idempotency_key, fingerprint: command.fingerprint(), recorded_at_ms };
+    envelope(CLAIM_EVENT_TYPE, CLAIM_SCHEMA_VERSION, facts, metadata, prost::Message::encode_to_vec(claim))
+}
+
+/// A stored order claim.
+pub fn decode_claim(recorded: RecordedEvent) -> Result<OrderClaimed, CodecError> {
+    let RecordedEvent { global_position: position, data, .. } = recorded;
+    if data.event_type != CLAIM_EVENT_TYPE {
+        return Err(CodecError::UnknownEventType { position, event_type: data.event_type });
+    }
+    if data.schema_version != CLAIM_SCHEMA_VERSION {
+        return Err(CodecError::UnsupportedSchemaVersion { position, event_type: data.event_type, schema_version: data.schema_version });
+    }
+    <OrderClaimed as prost::Message>::decode(data.payload.as_slice()).map_err(|e| CodecError::Undecodable {
+        position,
+        event_type: data.event_type,
+        reason: e.to_string(),
+    })
+}
+
+const CLAIM_EVENT_TYPE: &str = "tally.v1.OrderClaimed";
+const CLAIM_SCHEMA_VERSION: u32 = 1;
 
 /// Schema version written for every program event today.
 pub const PROGRAM_SCHEMA_VERSION: u32 = 1;

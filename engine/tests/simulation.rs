@@ -41,7 +41,7 @@ use tally_engine::domain::{
 use tally_engine::limits::RECEIPT_RETENTION_MS;
 use tally_engine::store::{FaultPlan, InMemoryStore, StreamId};
 use tally_proto::v1::expiry_policy::Rule;
-use tally_proto::v1::{ExpireAfter, ExpireAfterInactivity, ExpiryPolicy, HoldEnd, TierDefinition, TierWindow};
+use tally_proto::v1::{ExpireAfter, ExpireAfterInactivity, ExpiryPolicy, HoldEnd, PointsEarned, TierDefinition, TierWindow};
 
 const WALLETS: usize = 60;
 const CLIENTS: usize = 8;
@@ -583,13 +583,25 @@ async fn run(seed: u64) -> Stats {
     // Per stream: each key's last command, and the version each hold id was last authorized at.
     let mut appended: HashMap<String, HashMap<String, Appended>> = HashMap::new();
     let mut authorized: HashMap<String, HashMap<String, u64>> = HashMap::new();
+    let mut claims: HashMap<(TenantId, String), String> = HashMap::new();
     for (i, recorded) in log.iter().enumerate() {
         assert_eq!(recorded.global_position, i as u64 + 1, "seed {seed}: dense global log");
         let stream = recorded.stream_id.as_str().to_owned();
         let tenant = TenantId::parse(stream.split('/').next().unwrap()).unwrap();
+        // An order id's claim: once, on its own stream, before the wallet's earn.
+        let Some((_, wallet_id)) = codec::wallet_of(&stream) else {
+            let claim = codec::decode_claim(recorded.clone()).unwrap();
+            assert_eq!(recorded.stream_version, 1, "seed {seed}: an order is claimed once: {stream}");
+            claims.insert((tenant, claim.order_id), claim.wallet_id);
+            continue;
+        };
         let state = folded.entry(stream.clone()).or_default();
         assert_eq!(recorded.stream_version, state.version + 1, "seed {seed}: dense stream {stream}");
         let event = codec::decode(recorded.clone()).unwrap();
+        if let Change::Earned(PointsEarned { order: Some(_), source_ref, .. }) = &event.change {
+            let holder = claims.get(&(tenant.clone(), source_ref.clone()));
+            assert_eq!(holder.map(String::as_str), Some(wallet_id.as_str()), "seed {seed}: {stream} earned for an order claimed elsewhere");
+        }
         let stream_events = events.entry(stream.clone()).or_default();
         let first_of_command = stream_events
             .last()

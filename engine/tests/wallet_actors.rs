@@ -198,3 +198,42 @@ async fn unknown_tenants_are_refused() {
     assert!(matches!(&result, Err(WalletError::UnknownTenant(t)) if t.as_str() == "nope"), "{result:?}");
     registry.execute(&key("acme", "c-1"), enroll(), CommandMeta::default()).await.unwrap();
 }
+
+/// Issue 15, item 9: an order id earns in one wallet of a tenant. Its claim is appended on the order's own
+/// stream where none exists (the log's uniqueness); another wallet is told which wallet has it; the
+/// same wallet's retry is answered as before; another tenant's order of that id is its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_id_earns_in_one_wallet_of_a_tenant() {
+    use tally_engine::domain::rules::{Order, OrderLine};
+    let order = |id: &str| {
+        let lines = vec![OrderLine { sku: "sku-1".into(), category: "food".into(), quantity: 1, amount_minor: 1_000 }];
+        let order = Order {
+            order_id: id.into(),
+            total_minor: 1_000,
+            currency: "EUR".into(),
+            channel: "web".into(),
+            store: String::new(),
+            lines,
+            placed_at_ms: None,
+        };
+        Command::new(id, CommandBody::EarnForOrder { order })
+    };
+    let store = InMemoryStore::new();
+    let registry = registry(store.clone(), RegistryConfig::default()).await;
+    let (a, b, elsewhere) = (key("acme", "a"), key("acme", "b"), key("other", "a"));
+    for wallet in [&a, &b, &elsewhere] {
+        registry.execute(wallet, enroll(), CommandMeta::default()).await.unwrap();
+    }
+    registry.execute(&a, order("receipt-1234"), CommandMeta::default()).await.unwrap();
+    let refused = registry.execute(&b, order("receipt-1234"), CommandMeta::default()).await;
+    assert!(
+        matches!(&refused, Err(WalletError::Rejected(Rejection::OrderEarnedElsewhere { order_id, wallet_id }))
+            if order_id == "receipt-1234" && wallet_id == "a"),
+        "{refused:?}"
+    );
+    assert!(registry.execute(&a, order("receipt-1234"), CommandMeta::default()).await.unwrap().replayed);
+    registry.execute(&elsewhere, order("receipt-1234"), CommandMeta::default()).await.unwrap();
+    // The claim is in the log, on the order's stream.
+    let claims = store.read_stream(&tally_engine::codec::order_stream(&a.tenant, "receipt-1234").unwrap(), 1, 10).await.unwrap();
+    assert_eq!(claims.len(), 1);
+}

@@ -61,7 +61,7 @@ pub fn from_rejection(rejection: &Rejection) -> Status {
         Rejection::StampCardInactive { .. } => precondition("STAMP_CARD_INACTIVE", "card_id", message),
         Rejection::NotAnOrder { .. } => precondition("NOT_AN_ORDER", "order_id", message),
         Rejection::RefundWindowClosed { .. } => precondition("REFUND_WINDOW_CLOSED", "source_ref", message),
-        Rejection::OrderAlreadyEarned { .. } => Status::already_exists(message),
+        Rejection::OrderAlreadyEarned { .. } | Rejection::OrderEarnedElsewhere { .. } => Status::already_exists(message),
         Rejection::RefundExceedsOrder { .. } => precondition("REFUND_EXCEEDS_ORDER", "amount_minor", message),
         Rejection::RulesUnreadable { .. } => {
             tracing::error!(%rejection, "a stored rules version no longer reads");
@@ -117,4 +117,21 @@ pub fn unknown_tenant(tenant: &str) -> Status {
 /// Milliseconds since the Unix epoch as a protobuf `Timestamp`.
 pub fn timestamp(ms: i64) -> prost_types::Timestamp {
     prost_types::Timestamp { seconds: ms.div_euclid(1000), nanos: i32::try_from(ms.rem_euclid(1000) * 1_000_000).unwrap_or(0) }
+}
+
+#[cfg(test)]
+mod tests {
+    use tally_engine::domain::Rejection;
+    use tonic::Code;
+    use tonic_types::StatusExt;
+
+    use super::from_rejection;
+
+    #[test]
+    fn a_closed_refund_window_is_a_failed_precondition_naming_its_reason() {
+        let status = from_rejection(&Rejection::RefundWindowClosed { source_ref: "order-1".into(), closed_at_ms: 1 });
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        let violation = &status.get_details_precondition_failure().unwrap().violations[0];
+        assert_eq!((violation.r#type.as_str(), violation.subject.as_str()), ("REFUND_WINDOW_CLOSED", "source_ref"));
+    }
 }

@@ -5,13 +5,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tally_proto::v1::OrderClaimed;
 use tracing::Instrument;
 
 use super::{CommandMeta, CommandOutcome, Programs, Snapshots, StoredWalletEvent, WalletError, WalletKey, WalletSummary};
 use crate::clock::Clock;
 use crate::codec;
 use crate::domain::{
-    Command, Context, Decision, Event, ProgramSettings, Receipt, Rejection, WalletState, WalletStatus, apply, decide, tiers,
+    Command, CommandBody, Context, Decision, Event, ProgramSettings, Receipt, Rejection, WalletState, WalletStatus, apply, decide, tiers,
 };
 use crate::limits::{CONFLICT_RETRIES_MAX, RECOVERY_READ_BATCH_EVENTS};
 use crate::store::{EventStore, ExpectedVersion, StoreError, StreamId};
@@ -177,6 +178,10 @@ impl Wallet {
                     }
                 }
             };
+            if let CommandBody::EarnForOrder { order } = &command.body {
+                self.claim_order(&order.order_id, command, now_ms, meta).await?;
+            }
+            let state = self.state.as_ref().expect("current() recovered it");
             let expected = ExpectedVersion::Exact(state.version);
             let data = events.iter().map(|event| codec::encode(event, meta)).collect();
             let appended = self.deps.store.append(&self.stream, expected, data).instrument(tracing::debug_span!("store.append")).await;
@@ -215,6 +220,32 @@ impl Wallet {
                     return Err(error.into());
                 }
             }
+        }
+    }
+
+    /// Claims `order_id` for this wallet on the order's own stream, appended only where it does not exist
+    /// yet, so an order earns in one wallet of the tenant. A claim this wallet made before (a retry after
+    /// a lost reply, a crash between the claim and the earn) is this wallet's to use.
+    async fn claim_order(&self, order_id: &str, command: &Command, now_ms: i64, meta: &CommandMeta) -> Result<(), WalletError> {
+        let stream = codec::order_stream(&self.key.tenant, order_id)?;
+        let claim = OrderClaimed {
+            tenant_id: self.key.tenant.as_str().to_owned(),
+            order_id: order_id.to_owned(),
+            wallet_id: self.key.wallet.as_str().to_owned(),
+        };
+        let data = vec![codec::encode_claim(&claim, command, now_ms, meta)];
+        match self.deps.store.append(&stream, ExpectedVersion::Exact(0), data).instrument(tracing::debug_span!("store.claim")).await {
+            Ok(_) => Ok(()),
+            Err(StoreError::VersionConflict { .. }) => {
+                let first = self.deps.store.read_stream(&stream, 1, 1).await?.into_iter().next();
+                let holder = first.map(codec::decode_claim).transpose()?.map(|claim| claim.wallet_id).unwrap_or_default();
+                if holder == claim.wallet_id {
+                    Ok(())
+                } else {
+                    Err(Rejection::OrderEarnedElsewhere { order_id: order_id.to_owned(), wallet_id: holder }.into())
+                }
+            }
+            Err(error) => Err(error.into()),
         }
     }
 

@@ -40,6 +40,10 @@ pub enum Rejection {
     /// forgotten. Maps to ALREADY_EXISTS.
     #[error("order {order_id:?} already earned points in this wallet")]
     OrderAlreadyEarned { order_id: String },
+    /// `EarnForOrder` for an order id another wallet of the tenant already earned for. Maps to
+    /// ALREADY_EXISTS.
+    #[error("order {order_id:?} already earned points in wallet {wallet_id:?}")]
+    OrderEarnedElsewhere { order_id: String, wallet_id: String },
     /// A reversal asks for more than what is left to reverse of that source. Maps to FAILED_PRECONDITION.
     #[error("reversal of {requested} points exceeds the {reversible} still reversible from {source_ref:?}")]
     ReversalExceedsEarned { source_ref: String, reversible: i64, requested: i64 },
