@@ -3,8 +3,8 @@
 //! upserts of what the batch adds, keyed in a fixed order; then the checkpoint moves.
 //!
 //! Isolated, a batch's rows are written in a savepoint, and if the database refuses them for their data
-//! (a NUL byte, a figure out of range), again one movement at a time, each in a savepoint of its own: a
-//! movement that is refused leaves no row at all (ledger, wallet, daily figures, liability) and goes
+//! (a NUL byte, a figure out of range), each half again in a savepoint of its own, down to single
+//! movements (bisection): a movement that is refused leaves no row at all (ledger, wallet, daily figures, liability) and goes
 //! into `quarantined_events`, with the poison events the batch came with, before the checkpoint moves.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -145,38 +145,42 @@ impl Rows<'_> {
         Ok(())
     }
 
-    /// Writes the rows of `movements` in a savepoint; if the database refuses them for their data, again
-    /// each movement in a savepoint of its own. Returns the movements refused, quarantined.
+    /// Writes the rows of `movements` in a savepoint; if the database refuses them for their data, each
+    /// half again in a savepoint of its own, down to single movements (so a few bad movements among
+    /// many cost a few attempts each, not one per movement). Ranges go in log order. Returns the
+    /// movements refused, quarantined.
     async fn write_isolated(
         self,
         tx: &deadpool_postgres::Transaction<'_>,
         schema: &str,
         movements: &[Movement],
     ) -> Result<Vec<QuarantinedEvent>, ProjectionError> {
-        tx.batch_execute("SAVEPOINT batch").await?;
-        match self.write(tx, schema, movements).await {
-            Ok(()) => {
-                tx.batch_execute("RELEASE SAVEPOINT batch").await?;
-                return Ok(Vec::new());
-            }
-            Err(error) if error.is_data_error() => tx.batch_execute("ROLLBACK TO SAVEPOINT batch").await?,
-            Err(error) => return Err(error),
-        }
         let mut quarantined = Vec::new();
-        // One movement at a time, each seeing the rows of the ones before (so nothing is known new).
-        let one_by_one = Rows { known: None, ..self };
-        for movement in movements {
-            tx.batch_execute("SAVEPOINT movement").await?;
-            match one_by_one.write(tx, schema, std::slice::from_ref(movement)).await {
-                Ok(()) => tx.batch_execute("RELEASE SAVEPOINT movement").await?,
+        let mut rows = self;
+        // Ranges still to write, the next one last.
+        let mut ranges = vec![movements];
+        while let Some(range) = ranges.pop() {
+            if range.is_empty() {
+                continue;
+            }
+            tx.batch_execute("SAVEPOINT isolated").await?;
+            match rows.write(tx, schema, range).await {
+                Ok(()) => tx.batch_execute("RELEASE SAVEPOINT isolated").await?,
                 Err(error) if error.is_data_error() => {
-                    tx.batch_execute("ROLLBACK TO SAVEPOINT movement").await?;
-                    quarantined.push(QuarantinedEvent::of(movement, error.to_string()));
+                    tx.batch_execute("ROLLBACK TO SAVEPOINT isolated; RELEASE SAVEPOINT isolated").await?;
+                    if let [movement] = range {
+                        quarantined.push(QuarantinedEvent::of(movement, error.to_string()));
+                    } else {
+                        let (first, second) = range.split_at(range.len() / 2);
+                        ranges.extend([second, first]);
+                    }
                 }
                 Err(error) => return Err(error),
             }
+            // What a replay knows holds before the batch only: a range after another may repeat an
+            // active day.
+            rows.known = None;
         }
-        tx.batch_execute("RELEASE SAVEPOINT batch").await?;
         Ok(quarantined)
     }
 }
