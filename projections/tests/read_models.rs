@@ -706,3 +706,57 @@ async fn following_a_postgres_log_under_steady_writes_keeps_up() {
     assert_sled_matches(&model, &fold_log(&store).await);
     projection.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_generation_from_before_numeric_sums_is_migrated_and_its_views_keep_their_grants() {
+    let db = TestDatabase::create().await;
+    let store = store();
+    Workload::new(13, 10).run(&*store, 200).await;
+    let model = Arc::new(PostgresReadModel::connect(&db.url).await.unwrap());
+    let projection = Projection::spawn(Arc::clone(&store), model.clone(), options(50));
+    caught_up(&projection, &store).await;
+    projection.stop().await;
+    // Back to what version 2 left: BIGINT sums, no quarantine table, views over them, a reader's grant.
+    let client = sql(&db.url).await;
+    // Roles are the server's, not the database's: one of this process's own, dropped at the end.
+    let reader = format!("tally_bi_reader_{}", std::process::id());
+    client
+        .batch_execute(&format!(
+            "DROP VIEW tally_read.program_daily_stats, tally_read.tenant_liability, tally_read.quarantined_events;
+             ALTER TABLE tally_read_g1.program_daily_stats ALTER COLUMN points_issued TYPE BIGINT, ALTER COLUMN points_expired TYPE BIGINT;
+             ALTER TABLE tally_read_g1.tenant_liability ALTER COLUMN outstanding_points TYPE BIGINT;
+             DROP TABLE tally_read_g1.quarantined_events;
+             DELETE FROM tally_read_g1.reporting_migrations WHERE version = 3;
+             CREATE VIEW tally_read.program_daily_stats AS SELECT * FROM tally_read_g1.program_daily_stats;
+             CREATE VIEW tally_read.tenant_liability AS SELECT * FROM tally_read_g1.tenant_liability;
+             CREATE ROLE {reader};
+             GRANT SELECT ON tally_read.tenant_liability, tally_read.wallets TO {reader};"
+        ))
+        .await
+        .unwrap();
+    let model = Arc::new(PostgresReadModel::connect(&db.url).await.unwrap());
+    let projection = Projection::spawn(Arc::clone(&store), model.clone(), options(50));
+    Workload::named(14, 10, "later").run(&*store, 100).await;
+    caught_up(&projection, &store).await;
+    assert_eq!(projection.status().quarantined, 0);
+    projection.stop().await;
+    assert_postgres_matches(&model, &db, &fold_log(&store).await).await;
+    let types: Vec<String> = client
+        .query(
+            "SELECT data_type::text FROM information_schema.columns WHERE table_schema = 'tally_read'
+             AND (table_name, column_name) IN (('program_daily_stats', 'points_issued'), ('tenant_liability', 'outstanding_points'))",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(types, ["numeric", "numeric"]);
+    for view in ["tenant_liability", "wallets"] {
+        let granted: bool =
+            client.query_one(&format!("SELECT has_table_privilege('{reader}', 'tally_read.{view}', 'SELECT')"), &[]).await.unwrap().get(0);
+        assert!(granted, "the grant on tally_read.{view} is kept");
+    }
+    client.batch_execute(&format!("DROP OWNED BY {reader}; DROP ROLE {reader}")).await.unwrap();
+}
