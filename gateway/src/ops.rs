@@ -1,4 +1,5 @@
-//! `tally projections status|rebuild`: the operator's view of a running server's read models.
+//! `tally projections status|rebuild`: the operator's view of a running server's read models, the events
+//! they quarantined included.
 
 use std::fmt::Write as _;
 
@@ -30,6 +31,16 @@ struct StatusView {
     lag_p50_ms: u64,
     lag_p99_ms: u64,
     events_applied: u64,
+    quarantined_events: u64,
+    recent_quarantined: Vec<QuarantinedView>,
+}
+
+#[derive(Debug, Serialize)]
+struct QuarantinedView {
+    position: u64,
+    stream: String,
+    event_type: String,
+    reason: String,
 }
 
 fn view(s: ProjectionStatus) -> StatusView {
@@ -45,6 +56,12 @@ fn view(s: ProjectionStatus) -> StatusView {
         lag_p50_ms: s.lag_p50_ms,
         lag_p99_ms: s.lag_p99_ms,
         events_applied: s.events_applied,
+        quarantined_events: s.quarantined_events,
+        recent_quarantined: s
+            .recent_quarantined
+            .into_iter()
+            .map(|q| QuarantinedView { position: q.position, stream: q.stream, event_type: q.event_type, reason: q.reason })
+            .collect(),
     }
 }
 
@@ -70,6 +87,20 @@ pub async fn status(target: Target) -> Result<String, ClientError> {
         );
         if !v.error.is_empty() {
             let _ = write!(out, "\n  {}", v.error);
+        }
+        if v.quarantined_events > 0 {
+            let _ = write!(out, "\n  {} events quarantined (skipped; fix the cause and rebuild); latest:", v.quarantined_events);
+            for q in &v.recent_quarantined {
+                // Stored text may hold anything a log held: shown escaped, never as terminal controls.
+                let _ = write!(
+                    out,
+                    "\n    position {} {} {}: {}",
+                    q.position,
+                    q.stream.escape_debug(),
+                    q.event_type.escape_debug(),
+                    q.reason.escape_debug()
+                );
+            }
         }
     }
     Ok(out)

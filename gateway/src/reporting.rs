@@ -67,6 +67,7 @@ fn from_projection_error(error: &ProjectionError) -> Status {
             Status::data_loss(format!("{error}; rebuild it with `tally projections rebuild`"))
         }
         ProjectionError::RebuildRunning { .. } => Status::failed_precondition(error.to_string()),
+        ProjectionError::OutOfRange(_) => Status::out_of_range(error.to_string()),
         ProjectionError::Stopped { .. } => Status::unavailable(error.to_string()),
         _ => {
             tracing::error!(%error, "read side failed");
@@ -262,6 +263,17 @@ impl ProjectionsService for ProjectionsApi {
                     lag_p50_ms: s.lag_p50_ms.unwrap_or(0),
                     lag_p99_ms: s.lag_p99_ms.unwrap_or(0),
                     rebuild: s.rebuild.as_ref().map(|p| progress_message(s.name, p)),
+                    quarantined_events: s.quarantined,
+                    recent_quarantined: s
+                        .recent_quarantined
+                        .iter()
+                        .map(|q| pb::QuarantinedEvent {
+                            position: q.position,
+                            stream: q.stream.clone(),
+                            event_type: q.event_type.clone(),
+                            reason: q.reason.clone(),
+                        })
+                        .collect(),
                 }
             })
             .collect();

@@ -2,7 +2,9 @@
 //! each checkpoint atomically with the writes it covers, so a crash anywhere leaves a read model exactly
 //! at a checkpoint and a replayed batch is never counted twice.
 //!
-//! - [`movement`]: wallet events decoded once into flat movements (a poison event stops the projection).
+//! - [`movement`]: wallet events decoded once into flat movements.
+//! - [`quarantine`]: which failures are the data's own, and the events set aside for them (a poison
+//!   event is quarantined, never retried forever).
 //! - [`model`]: what the read models mean, as pure folds; the stores and the tests share them.
 //! - [`runner`]: the follow loop, retries, lag figures, and blue/green rebuilds.
 //! - [`replay`]: the log read and decoded ahead of whoever applies it (following, or a rebuild's replay).
@@ -22,18 +24,21 @@ mod backoff;
 pub mod model;
 pub mod movement;
 pub mod postgres;
+pub mod quarantine;
 pub mod replay;
 pub mod runner;
 pub mod sled_model;
 
 pub use movement::{Movement, MovementKind};
 pub use postgres::PostgresReadModel;
+pub use quarantine::{QuarantineSummary, QuarantinedEvent};
 pub use runner::{Projection, ProjectionStatus, RebuildPhase, RebuildProgress, RunState, RunnerOptions};
 pub use sled_model::SledReadModel;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProjectionError {
-    /// A wallet event the projection cannot understand. Never skipped: the projection stops here.
+    /// A wallet event the projection cannot understand (decoding a batch strictly); the runner
+    /// quarantines such events instead.
     #[error("poison event at position {position} (stream {stream}, type {event_type}): {reason}")]
     Poison { position: u64, stream: String, event_type: String, reason: String },
     /// Someone else (another node's runner) moved this generation's checkpoint.
@@ -64,6 +69,9 @@ pub enum ProjectionError {
     Migration(String),
     #[error("sled: {0}")]
     Sled(#[from] sled::Error),
+    /// A figure a query reads back exceeds the range of its answer (a sum beyond `i64`).
+    #[error("{0} is beyond the range of a 64-bit integer")]
+    OutOfRange(String),
     #[error("invalid setting: {0}")]
     Invalid(String),
     /// A batch of a generation being rebuilt was cut short (its task aborted) and took what the rebuild
@@ -107,6 +115,22 @@ pub trait ReadModel: Send + Sync + fmt::Debug + 'static {
     /// `generation` and moves its checkpoint from `from` to `through`, all in one atomic write.
     /// Fails with [`ProjectionError::CheckpointMoved`], changing nothing, if the checkpoint is not `from`.
     async fn apply(&self, generation: u64, from: u64, through: u64, movements: Arc<[Movement]>) -> Result<(), ProjectionError>;
+
+    /// Like [`ReadModel::apply`], but each movement on its own: those that fail with a data error
+    /// ([`ProjectionError::is_data_error`]) leave no rows and are quarantined together with `poisoned`
+    /// (events known bad while decoding), in the same atomic write as the rows of the others and the
+    /// checkpoint. Returns the events quarantined, in log order.
+    async fn apply_isolated(
+        &self,
+        generation: u64,
+        from: u64,
+        through: u64,
+        movements: Arc<[Movement]>,
+        poisoned: Arc<[QuarantinedEvent]>,
+    ) -> Result<Vec<QuarantinedEvent>, ProjectionError>;
+
+    /// How many events `generation` holds in quarantine, and the latest of them.
+    async fn quarantine(&self, generation: u64) -> Result<QuarantineSummary, ProjectionError>;
 
     /// Creates a new, empty generation (dropping what interrupted rebuilds left) and returns its id.
     async fn create_generation(&self) -> Result<u64, ProjectionError>;

@@ -227,6 +227,7 @@ mod tests {
             wallet: Arc::from(wallet),
             recorded_at_ms: day * MS_PER_DAY + 1_000,
             kind,
+            event_type: "tally.v1.Test",
             points,
             reason: String::new(),
             reference: format!("ref-{position}"),

@@ -1,7 +1,14 @@
 //! What read models see of the log: each wallet event decoded once into a flat [`Movement`]. Events of
-//! other streams are not wallet movements and are passed over; a wallet event that cannot be decoded is
-//! a poison event and stops the projection.
+//! other streams are not wallet movements and are passed over; a wallet event that cannot be decoded
+//! (or holds amounts or times outside the read models' range) is a poison event, which the runner
+//! quarantines ([`crate::quarantine`]).
+//!
+//! Free text (reasons, references, idempotency keys) reaches the read models with control characters
+//! (U+0000..U+001F, U+007F) replaced by U+FFFD: PostgreSQL cannot store a NUL in `text`, logs written
+//! before the domain refused them may hold some, and every read model shows the same text. Ids are not
+//! rewritten (two ids must not become one): an id PostgreSQL cannot store quarantines its event there.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -11,6 +18,7 @@ use tally_engine::limits::BALANCE_ABS_MAX;
 use tally_engine::store::RecordedEvent;
 
 use crate::ProjectionError;
+use crate::quarantine::QuarantinedEvent;
 
 /// What a movement did to the wallet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -74,6 +82,8 @@ pub struct Movement {
     pub wallet: Arc<str>,
     pub recorded_at_ms: i64,
     pub kind: MovementKind,
+    /// The event's persisted type name (`tally.v1.PointsEarned`…).
+    pub event_type: &'static str,
     /// Signed effect on the balance (the balance is the sum of these).
     pub points: i64,
     pub reason: String,
@@ -93,10 +103,43 @@ pub fn parse_wallet_stream(stream: &str) -> Option<(&str, &str)> {
     (!tenant.is_empty() && !wallet.is_empty() && !wallet.contains('/')).then_some((tenant, wallet))
 }
 
+/// Text as read models store it: control characters replaced by U+FFFD (see the module's note).
+pub fn storable_text(text: &str) -> Cow<'_, str> {
+    let control = |c: char| c.is_ascii_control();
+    if text.contains(control) { Cow::Owned(text.replace(control, "\u{fffd}")) } else { Cow::Borrowed(text) }
+}
+
+fn into_storable(text: String) -> String {
+    match storable_text(&text) {
+        Cow::Borrowed(_) => text,
+        Cow::Owned(clean) => clean,
+    }
+}
+
+/// A batch of the log, decoded: the wallet movements, and the poison events among them.
+#[derive(Debug, Default)]
+pub struct Decoded {
+    pub movements: Vec<Movement>,
+    pub poisoned: Vec<QuarantinedEvent>,
+}
+
 /// Decodes a batch read from the log. Non-wallet events are skipped; a wallet event that does not
 /// decode is [`ProjectionError::Poison`], naming its position, stream and type.
 pub fn decode_batch(events: Vec<RecordedEvent>) -> Result<Vec<Movement>, ProjectionError> {
-    let mut movements = Vec::with_capacity(events.len());
+    let decoded = decode_events(events);
+    match decoded.poisoned.into_iter().next() {
+        Some(QuarantinedEvent { position, stream, event_type, reason }) => {
+            Err(ProjectionError::Poison { position, stream, event_type, reason })
+        }
+        None => Ok(decoded.movements),
+    }
+}
+
+/// Decodes a batch read from the log. Non-wallet events are skipped; a wallet event that does not
+/// decode, or holds out-of-range figures, is listed among the poisoned, naming its position, stream
+/// and type.
+pub fn decode_events(events: Vec<RecordedEvent>) -> Decoded {
+    let mut decoded = Decoded { movements: Vec::with_capacity(events.len()), poisoned: Vec::new() };
     let mut names: Option<(Arc<str>, Arc<str>, tally_engine::store::StreamId)> = None;
     for recorded in events {
         let Some((tenant, wallet)) = parse_wallet_stream(recorded.stream_id.as_str()) else { continue };
@@ -109,74 +152,88 @@ pub fn decode_batch(events: Vec<RecordedEvent>) -> Result<Vec<Movement>, Project
                 (t, w)
             }
         };
-        let (position, stream_version) = (recorded.global_position, recorded.stream_version);
-        let stream = recorded.stream_id.clone();
-        let event_type = recorded.data.event_type.clone();
-        let event = codec::decode(recorded).map_err(|error| ProjectionError::Poison {
-            position,
-            stream: stream.to_string(),
-            event_type,
-            reason: error.to_string(),
-        })?;
-        let out_of_range = |what: String| ProjectionError::Poison {
-            position,
-            stream: stream.to_string(),
-            event_type: event.change.event_type().to_owned(),
-            reason: what,
-        };
-        // The domain never writes these; a log that holds them was written by something else.
-        if !(0..=RECORDED_AT_MS_MAX).contains(&event.recorded_at_ms) {
-            return Err(out_of_range(format!("recorded time {} ms is outside 1970..9999", event.recorded_at_ms)));
+        match decode_one(recorded, tenant, wallet) {
+            Ok(movement) => decoded.movements.push(movement),
+            Err(poisoned) => decoded.poisoned.push(poisoned),
         }
-        let points = event.change.points_delta();
-        if points.checked_abs().is_none_or(|p| p > BALANCE_ABS_MAX) {
-            return Err(out_of_range(format!("{points} points is outside the ledger's range")));
-        }
-        let (kind, reason, reference) = match event.change {
-            Change::Enrolled(e) => (MovementKind::Enroll, String::new(), e.customer_ref),
-            Change::Earned(e) => (MovementKind::Earn, e.reason, e.source_ref),
-            Change::Redeemed(e) => (MovementKind::Redeem, String::new(), e.reward_ref),
-            Change::Adjusted(e) => (MovementKind::Adjust, e.reason, e.staff_ref),
-            Change::Reversed(e) => (MovementKind::Reverse, e.reason, e.source_ref),
-            Change::Closed(e) => (MovementKind::Close, e.reason, String::new()),
-            Change::Held(e) => (MovementKind::Hold, String::new(), e.hold_id),
-            // A captured hold is a redemption: finance sees it as one.
-            Change::Captured(e) => (MovementKind::Redeem, String::new(), e.reward_ref),
-            Change::Released(e) => (MovementKind::Release, String::new(), e.hold_id),
-            Change::Purchased(e) => (MovementKind::Purchase, e.package_id, e.purchase_id),
-            // The reference names the lot: the stream version of the event that opened it.
-            Change::Expired(e) => (MovementKind::Expire, String::new(), format!("lot:{}", e.lot)),
-            Change::Matured(e) => (MovementKind::Mature, String::new(), e.source_ref),
-            Change::TierChanged(e) => (
-                MovementKind::Tier,
-                if e.r#move == tally_engine::domain::TierMove::Down as i32 { "down" } else { "up" }.to_owned(),
-                e.to_tier,
-            ),
-            Change::TierReviewed(e) => (MovementKind::Tier, "kept".to_owned(), e.tier),
-            Change::Stamped(e) => (MovementKind::Stamp, e.reason, e.card_id),
-            Change::ExpiringSoon(e) => (MovementKind::Notice, format!("{} points expire soon", e.points), format!("lot:{}", e.lot)),
-            // A full card's reward points are earned points.
-            Change::CardCompleted(e) => (MovementKind::Earn, e.reward_ref, format!("card:{}", e.card_id)),
-        };
-        movements.push(Movement {
-            position,
-            stream_version,
-            tenant,
-            wallet,
-            recorded_at_ms: event.recorded_at_ms,
-            kind,
-            points,
-            reason,
-            reference,
-            idempotency_key: event.idempotency_key,
-        });
     }
-    Ok(movements)
+    decoded
+}
+
+/// Decodes one wallet event of `tenant`'s `wallet`.
+fn decode_one(recorded: RecordedEvent, tenant: Arc<str>, wallet: Arc<str>) -> Result<Movement, QuarantinedEvent> {
+    let (position, stream_version) = (recorded.global_position, recorded.stream_version);
+    let stream = recorded.stream_id.clone();
+    let event_type = recorded.data.event_type.clone();
+    let event = codec::decode(recorded).map_err(|error| QuarantinedEvent {
+        position,
+        stream: stream.to_string(),
+        event_type,
+        reason: error.to_string(),
+    })?;
+    let out_of_range = |what: String| QuarantinedEvent {
+        position,
+        stream: stream.to_string(),
+        event_type: event.change.event_type().to_owned(),
+        reason: what,
+    };
+    // The domain never writes these; a log that holds them was written by something else.
+    if !(0..=RECORDED_AT_MS_MAX).contains(&event.recorded_at_ms) {
+        return Err(out_of_range(format!("recorded time {} ms is outside 1970..9999", event.recorded_at_ms)));
+    }
+    let points = event.change.points_delta();
+    if points.checked_abs().is_none_or(|p| p > BALANCE_ABS_MAX) {
+        return Err(out_of_range(format!("{points} points is outside the ledger's range")));
+    }
+    let event_type = event.change.event_type();
+    let (kind, reason, reference) = match event.change {
+        Change::Enrolled(e) => (MovementKind::Enroll, String::new(), e.customer_ref),
+        Change::Earned(e) => (MovementKind::Earn, e.reason, e.source_ref),
+        Change::Redeemed(e) => (MovementKind::Redeem, String::new(), e.reward_ref),
+        Change::Adjusted(e) => (MovementKind::Adjust, e.reason, e.staff_ref),
+        Change::Reversed(e) => (MovementKind::Reverse, e.reason, e.source_ref),
+        Change::Closed(e) => (MovementKind::Close, e.reason, String::new()),
+        Change::Held(e) => (MovementKind::Hold, String::new(), e.hold_id),
+        // A captured hold is a redemption: finance sees it as one.
+        Change::Captured(e) => (MovementKind::Redeem, String::new(), e.reward_ref),
+        Change::Released(e) => (MovementKind::Release, String::new(), e.hold_id),
+        Change::Purchased(e) => (MovementKind::Purchase, e.package_id, e.purchase_id),
+        // The reference names the lot: the stream version of the event that opened it.
+        Change::Expired(e) => (MovementKind::Expire, String::new(), format!("lot:{}", e.lot)),
+        Change::Matured(e) => (MovementKind::Mature, String::new(), e.source_ref),
+        Change::TierChanged(e) => {
+            (MovementKind::Tier, if e.r#move == tally_engine::domain::TierMove::Down as i32 { "down" } else { "up" }.to_owned(), e.to_tier)
+        }
+        Change::TierReviewed(e) => (MovementKind::Tier, "kept".to_owned(), e.tier),
+        Change::Stamped(e) => (MovementKind::Stamp, e.reason, e.card_id),
+        Change::ExpiringSoon(e) => (MovementKind::Notice, format!("{} points expire soon", e.points), format!("lot:{}", e.lot)),
+        // A full card's reward points are earned points.
+        Change::CardCompleted(e) => (MovementKind::Earn, e.reward_ref, format!("card:{}", e.card_id)),
+    };
+    Ok(Movement {
+        position,
+        stream_version,
+        tenant,
+        wallet,
+        recorded_at_ms: event.recorded_at_ms,
+        kind,
+        event_type,
+        points,
+        reason: into_storable(reason),
+        reference: into_storable(reference),
+        idempotency_key: into_storable(event.idempotency_key),
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_in_text_are_replaced_and_clean_text_is_not_copied() {
+        assert_eq!(storable_text("a\0b\u{7}c\u{7f}"), "a\u{fffd}b\u{fffd}c\u{fffd}");
+        assert!(matches!(storable_text("plain text, é"), Cow::Borrowed(_)));
+    }
 
     #[test]
     fn only_wallet_streams_are_wallet_streams() {

@@ -20,7 +20,8 @@ use tokio::task::JoinHandle;
 
 use crate::ProjectionError;
 use crate::backoff::Backoff;
-use crate::movement::{Movement, decode_batch};
+use crate::movement::{Movement, decode_events};
+use crate::quarantine::QuarantinedEvent;
 
 /// Attempts at a replay's read before it gives up: a replay can be long, and one network blip should
 /// not throw it away.
@@ -36,6 +37,8 @@ pub struct DecodedBatch {
     /// When its first event (of any stream) was recorded.
     pub first_recorded_ms: i64,
     pub movements: Arc<[Movement]>,
+    /// Its poison events (undecodable, or with out-of-range figures): quarantined when it is applied.
+    pub poisoned: Arc<[QuarantinedEvent]>,
 }
 
 /// The log after a position, read and decoded ahead of whoever consumes it.
@@ -168,6 +171,7 @@ struct Pending {
     first_recorded_ms: i64,
     events: usize,
     movements: Movements,
+    poisoned: Vec<QuarantinedEvent>,
 }
 
 enum Movements {
@@ -183,7 +187,13 @@ impl Pending {
             Movements::Sealed(movements) => movements,
             Movements::Open(movements) => movements.into(),
         };
-        DecodedBatch { from: self.from, through: self.through, first_recorded_ms: self.first_recorded_ms, movements }
+        DecodedBatch {
+            from: self.from,
+            through: self.through,
+            first_recorded_ms: self.first_recorded_ms,
+            movements,
+            poisoned: self.poisoned.into(),
+        }
     }
 }
 
@@ -206,6 +216,7 @@ impl State {
             && let Movements::Open(more) = read.movements
         {
             open.extend(more);
+            back.poisoned.extend(read.poisoned);
             back.through = read.through;
             back.events += read.events;
         } else {
@@ -248,13 +259,13 @@ async fn decode(events: Vec<RecordedEvent>, batch_size: usize) -> Result<Pending
     let (from, through, first_recorded_ms, count) =
         (first.global_position - 1, last.global_position, first.data.recorded_at_ms, events.len());
     let decoded = tokio::task::spawn_blocking(move || {
-        decode_batch(events)
-            .map(|movements| if count >= batch_size { Movements::Sealed(movements.into()) } else { Movements::Open(movements) })
+        let decoded = decode_events(events);
+        let movements = if count >= batch_size { Movements::Sealed(decoded.movements.into()) } else { Movements::Open(decoded.movements) };
+        (movements, decoded.poisoned)
     })
     .await;
     match decoded {
-        Ok(Ok(movements)) => Ok(Pending { from, through, first_recorded_ms, events: count, movements }),
-        Ok(Err(error)) => Err(End::Failed(error)),
+        Ok((movements, poisoned)) => Ok(Pending { from, through, first_recorded_ms, events: count, movements, poisoned }),
         Err(failed) if failed.is_panic() => Err(End::Panicked(failed.into_panic())),
         Err(_) => Err(End::Failed(ProjectionError::Stopped { model: "replay" })),
     }

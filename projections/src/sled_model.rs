@@ -4,6 +4,8 @@
 //! Each generation is one tree; its keys are
 //! - `checkpoint` → the last log position applied (u64, big endian),
 //! - `w/<tenant>/<wallet>` → [`WalletSummary`],
+//! - `q/<position (u64, big endian)>` → a [`QuarantinedEvent`]: a poison event the generation skipped,
+//!   written in the batch that moves the checkpoint past it,
 //! - `m/<tenant>/<wallet>/<position (u64, big endian)>` → a chunk of up to [`CHUNK_ENTRIES_MAX`]
 //!   [`HistoryEntry`]s of one batch, oldest first, keyed by the position of its newest entry (sled pays
 //!   per insert, so a rebuild writing one chunk per wallet and batch is several times faster than one
@@ -26,6 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::WalletSummary;
 use crate::movement::{Movement, MovementKind};
+use crate::quarantine::{QuarantineSummary, QuarantinedEvent, RECENT_QUARANTINED_MAX};
 use crate::{Generation, ProjectionError, ReadModel};
 
 /// The projection's name, in status output and metrics.
@@ -34,6 +37,7 @@ const FORMAT_VERSION: u8 = 1;
 const TREE_PREFIX: &str = "wallet_activity.g";
 const LIVE_KEY: &[u8] = b"live";
 const CHECKPOINT_KEY: &[u8] = b"checkpoint";
+const QUARANTINE_PREFIX: &[u8] = b"q/";
 /// Most history entries in one stored chunk, so paging never decodes much more than a page.
 pub const CHUNK_ENTRIES_MAX: usize = 64;
 
@@ -201,7 +205,33 @@ impl SledReadModel {
 /// One wallet's part of a batch: its summary, its history key prefix, and its new entries.
 type WalletBatch<'a> = (WalletSummary, Vec<u8>, Vec<HistoryEntry<&'a str>>);
 
-fn apply_batch(tree: &sled::Tree, from: u64, through: u64, movements: &[Movement]) -> Result<(), ProjectionError> {
+fn quarantine_key(position: u64) -> Vec<u8> {
+    let mut key = QUARANTINE_PREFIX.to_vec();
+    key.extend_from_slice(&position.to_be_bytes());
+    key
+}
+
+fn quarantine_of(tree: &sled::Tree) -> Result<QuarantineSummary, ProjectionError> {
+    let mut summary = QuarantineSummary::default();
+    for item in tree.scan_prefix(QUARANTINE_PREFIX).rev() {
+        let (key, value) = item?;
+        summary.count += 1;
+        if summary.recent.len() < RECENT_QUARANTINED_MAX {
+            summary.recent.push(decode(&key, &value)?);
+        }
+    }
+    Ok(summary)
+}
+
+/// Applies a batch and records `poisoned` as quarantined, in one sled batch with the checkpoint. Nothing
+/// sled stores can fail on the data itself, so only poison events are quarantined here.
+fn apply_batch(
+    tree: &sled::Tree,
+    from: u64,
+    through: u64,
+    movements: &[Movement],
+    poisoned: &[QuarantinedEvent],
+) -> Result<(), ProjectionError> {
     let current = read_u64(tree, CHECKPOINT_KEY)?.unwrap_or(0);
     if current != from {
         return Err(ProjectionError::CheckpointMoved { generation: 0, expected: from, actual: current });
@@ -239,6 +269,9 @@ fn apply_batch(tree: &sled::Tree, from: u64, through: u64, movements: &[Movement
         }
         batch.insert(key, encode(&summary));
     }
+    for event in poisoned {
+        batch.insert(quarantine_key(event.position), encode(event));
+    }
     batch.insert(CHECKPOINT_KEY, &through.to_be_bytes());
     tree.apply_batch(batch)?;
     Ok(())
@@ -260,16 +293,33 @@ impl ReadModel for SledReadModel {
     }
 
     async fn apply(&self, generation: u64, from: u64, through: u64, movements: Arc<[Movement]>) -> Result<(), ProjectionError> {
+        self.apply_isolated(generation, from, through, movements, Arc::new([])).await.map(drop)
+    }
+
+    async fn apply_isolated(
+        &self,
+        generation: u64,
+        from: u64,
+        through: u64,
+        movements: Arc<[Movement]>,
+        poisoned: Arc<[QuarantinedEvent]>,
+    ) -> Result<Vec<QuarantinedEvent>, ProjectionError> {
         let tree = self.tree(generation)?;
         blocking(move || {
-            apply_batch(&tree, from, through, &movements).map_err(|error| match error {
+            apply_batch(&tree, from, through, &movements, &poisoned).map_err(|error| match error {
                 ProjectionError::CheckpointMoved { expected, actual, .. } => {
                     ProjectionError::CheckpointMoved { generation, expected, actual }
                 }
                 other => other,
-            })
+            })?;
+            Ok(poisoned.to_vec())
         })
         .await
+    }
+
+    async fn quarantine(&self, generation: u64) -> Result<QuarantineSummary, ProjectionError> {
+        let tree = self.tree(generation)?;
+        blocking(move || quarantine_of(&tree)).await
     }
 
     async fn create_generation(&self) -> Result<u64, ProjectionError> {

@@ -1,5 +1,5 @@
 //! The read models against a direct fold of the log: after seeded random workloads, after failed
-//! batches, across rebuilds with writes going on, and on a poison event. PostgreSQL tests use a real
+//! batches, across rebuilds with writes going on, and with events they must quarantine. PostgreSQL tests use a real
 //! server (`TALLY_TEST_PG_URL`, one throwaway database per test).
 
 mod common;
@@ -10,13 +10,15 @@ use std::time::Duration;
 
 use common::{Workload, fold_log};
 use tally_engine::codec;
-use tally_engine::domain::{TenantId, WalletId};
-use tally_engine::store::{EventData, EventMetadata, EventStore, ExpectedVersion, InMemoryStore};
+use tally_engine::domain::{Change, Event, TenantId, WalletId};
+use tally_engine::limits::BALANCE_ABS_MAX;
+use tally_engine::store::{EventData, EventMetadata, EventStore, ExpectedVersion, InMemoryStore, StreamId};
 use tally_projections::model::{DayStats, Fold};
 use tally_projections::movement::MovementKind;
 use tally_projections::postgres::{WalletCursor, WalletOrder, date_of_day};
 use tally_projections::runner::{RebuildPhase, RunState};
 use tally_projections::{PostgresReadModel, Projection, ReadModel, RunnerOptions, SledReadModel};
+use tally_proto::v1::{PointsEarned, WalletEnrolled};
 use tally_tests::TestDatabase;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -401,7 +403,7 @@ async fn an_interrupted_rebuild_leaves_the_live_model_untouched() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_poison_event_stops_the_projection_and_names_the_event() {
+async fn a_poison_event_is_quarantined_named_in_the_status_and_the_rest_applied() {
     let db = TestDatabase::create().await;
     let dir = tempfile::tempdir().unwrap();
     let store = store();
@@ -419,32 +421,172 @@ async fn a_poison_event_stops_the_projection_and_names_the_event() {
     };
     let at = store.append(&stream, ExpectedVersion::Exact(0), vec![poison]).await.unwrap().first_position;
     workload.run(&*store, 100).await;
-    let mut fold_before = Fold::default();
-    for m in tally_projections::movement::decode_batch(store.read_all(1, (at - 1) as usize).await.unwrap()).unwrap() {
-        fold_before.apply(&m);
-    }
+    // The reference: the log without the poison event.
+    let fold = fold_skipping(&store, &[]).await;
     let sled = Arc::new(SledReadModel::open(dir.path()).unwrap());
     let postgres = Arc::new(PostgresReadModel::connect(&db.url).await.unwrap());
     for model in [sled.clone() as Arc<dyn ReadModel>, postgres.clone()] {
-        // One event a batch: everything before the poison event is applied, nothing from it on.
         let projection = Projection::spawn(Arc::clone(&store), model, options(1));
-        let mut status = projection.watch();
-        let failed =
-            tokio::time::timeout(WAIT, status.wait_for(|s| matches!(s.state, RunState::Failed { .. }))).await.unwrap().unwrap().clone();
-        let RunState::Failed { error } = &failed.state else { unreachable!() };
-        assert!(
-            error.contains(&format!("position {at}"))
-                && error.contains("acme/wallet/poisoned")
-                && error.contains("tally.v1.PointsTeleported"),
-            "{error}"
+        caught_up(&projection, &store).await;
+        let status = projection.status();
+        assert_eq!(status.state, RunState::Running);
+        assert_eq!(status.quarantined, 1, "{status:?}");
+        let quarantined = &status.recent_quarantined[0];
+        assert_eq!(
+            (quarantined.position, quarantined.stream.as_str(), quarantined.event_type.as_str()),
+            (at, "acme/wallet/poisoned", "tally.v1.PointsTeleported")
         );
-        assert_eq!(failed.checkpoint, at - 1, "everything before the poison event is applied, nothing after");
-        assert!(projection.wait_for(at).await.is_err());
+        // A rebuild quarantines it again, and says so.
+        rebuilt(&projection).await;
+        caught_up(&projection, &store).await;
+        let status = projection.status();
+        assert_eq!((status.quarantined, status.recent_quarantined[0].position), (1, at), "{status:?}");
         projection.stop().await;
     }
-    assert_sled_matches(&sled, &fold_before);
-    assert_eq!(postgres.checkpoint().await.unwrap(), at - 1);
-    assert_eq!(postgres.liability("acme").await.unwrap(), (fold_before.liability["acme"], at - 1));
+    assert_sled_matches(&sled, &fold);
+    assert_postgres_matches(&postgres, &db, &fold).await;
+}
+
+/// The log's fold without the poison events and the events at `skipped` (those a read model quarantined).
+async fn fold_skipping(store: &Arc<dyn EventStore>, skipped: &[u64]) -> Fold {
+    fold_skipping_tenant(store, skipped, "").await
+}
+
+/// Rebuilds through the runner and waits for the swap.
+async fn rebuilt(projection: &Projection) {
+    let mut progress = projection.rebuild().await.unwrap();
+    let done = tokio::time::timeout(WAIT, progress.wait_for(|p| p.is_finished())).await.unwrap().unwrap().clone();
+    assert_eq!(done.phase, RebuildPhase::Done, "{done:?}");
+}
+
+/// An event written straight to the log, past the domain.
+fn raw(key: &str, change: Change, recorded_at_ms: i64) -> EventData {
+    let event = Event { idempotency_key: key.to_owned(), command_fingerprint: 0, recorded_at_ms, change };
+    codec::encode(&event, &EventMetadata::default())
+}
+
+fn enrolled(key: &str) -> Change {
+    Change::Enrolled(WalletEnrolled { customer_ref: format!("cust-{key}"), ..WalletEnrolled::default() })
+}
+
+fn earned(points: i64, reason: &str) -> Change {
+    Change::Earned(PointsEarned { points, reason: reason.to_owned(), source_ref: "order".to_owned(), ..PointsEarned::default() })
+}
+
+/// Issue 15 item 3: a tenant's events that cannot be stored, or sums past `i64`, among other tenants'.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_tenants_unstorable_events_are_quarantined_and_other_tenants_keep_following() {
+    const MEGA_WALLETS: usize = 9_300;
+    let db = TestDatabase::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = store();
+    let mut workload = Workload::new(11, 20);
+    let at = common::START_MS;
+    let append = |stream: &str, events: Vec<EventData>| {
+        let store = Arc::clone(&store);
+        let stream = StreamId::new(stream).unwrap();
+        async move { store.append(&stream, ExpectedVersion::Any, events).await.unwrap().first_position }
+    };
+    workload.run(&*store, 150).await;
+    // Written before the domain refused control characters: stored with U+FFFD, not quarantined.
+    append("rogue/wallet/nul-reason", vec![raw("r1", enrolled("r1"), at), raw("r2", earned(40, "bad\0reason"), at)]).await;
+    // An id PostgreSQL cannot store (sled can): both events quarantined there.
+    let nul_id = append("rogue/wallet/a\0b", vec![raw("r3", enrolled("r3"), at), raw("r4", earned(5, "x"), at)]).await;
+    workload.run(&*store, 150).await;
+    // More than a wallet may ever hold: poison for every read model.
+    let too_big = append("rogue/wallet/huge", vec![raw("r5", earned(2 * BALANCE_ABS_MAX, "x"), at)]).await;
+    // Each wallet at the largest balance: the tenant's sums pass i64.
+    for i in 0..MEGA_WALLETS {
+        let key = format!("m{i}");
+        append(
+            &format!("mega/wallet/m-{i}"),
+            vec![raw(&key, enrolled(&key), at), raw(&format!("{key}e"), earned(BALANCE_ABS_MAX, "x"), at)],
+        )
+        .await;
+        if i % 1_000 == 0 {
+            workload.run(&*store, 10).await;
+        }
+    }
+    workload.run(&*store, 150).await;
+
+    let postgres = Arc::new(PostgresReadModel::connect(&db.url).await.unwrap());
+    let sled = Arc::new(SledReadModel::open(dir.path()).unwrap());
+    // Large rebuild batches, so a batch's in-memory sums would pass i64 too.
+    let options = RunnerOptions { batch_size: 500, rebuild_batch_size: 50_000, retry_max: Duration::from_millis(100) };
+    for (model, quarantined) in [(postgres.clone() as Arc<dyn ReadModel>, vec![nul_id, nul_id + 1, too_big]), (sled.clone(), vec![too_big])]
+    {
+        let projection = Projection::spawn(Arc::clone(&store), model, options);
+        for rebuild in [false, true] {
+            if rebuild {
+                rebuilt(&projection).await;
+            }
+            caught_up(&projection, &store).await;
+            let status = projection.status();
+            assert_eq!(status.state, RunState::Running, "{status:?}");
+            assert_eq!(status.quarantined, quarantined.len() as u64, "{status:?}");
+            let mut listed: Vec<u64> = status.recent_quarantined.iter().map(|q| q.position).collect();
+            listed.reverse();
+            assert_eq!(listed, quarantined, "newest first: {status:?}");
+        }
+        projection.stop().await;
+    }
+
+    // Every other tenant's figures equal the fold, in both read models; the rogue tenant's too, without
+    // the quarantined events (and its text made storable).
+    let fold = fold_skipping_tenant(&store, &[nul_id, nul_id + 1], "mega").await;
+    assert_postgres_matches(&postgres, &db, &fold).await;
+    let rogue = postgres.list_wallets("rogue", WalletOrder::Balance, 10, None).await.unwrap();
+    let rogue: Vec<_> = rogue.wallets.iter().map(|w| (w.wallet_id.as_str(), w.summary.balance)).collect();
+    assert_eq!(rogue, [("nul-reason", 40)], "the NUL id's wallet and the poison event left no row");
+    let client = sql(&db.url).await;
+    let reason: String =
+        client.query_one("SELECT reason FROM tally_read.ledger_entries WHERE wallet_id = 'nul-reason'", &[]).await.unwrap().get(0);
+    assert_eq!(reason, "bad\u{fffd}reason");
+    let listed: Vec<(i64, String)> = client
+        .query("SELECT position, stream FROM tally_read.quarantined_events ORDER BY position", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    assert_eq!(listed[0], (nul_id as i64, "rogue/wallet/a\u{fffd}b".to_owned()));
+    assert_eq!(listed.len(), 3);
+
+    // The mega tenant: every wallet there, its sum stored exactly, and a clear answer where it does not fit.
+    let sums: (String, i64) = client
+        .query_one("SELECT outstanding_points::text, wallets FROM tally_read.tenant_liability WHERE tenant_id = 'mega'", &[])
+        .await
+        .map(|row| (row.get(0), row.get(1)))
+        .unwrap();
+    assert_eq!(sums, ((i128::from(BALANCE_ABS_MAX) * MEGA_WALLETS as i128).to_string(), MEGA_WALLETS as i64));
+    let error = postgres.liability("mega").await.unwrap_err();
+    assert!(matches!(error, tally_projections::ProjectionError::OutOfRange(_)), "{error}");
+    let day = date_of_day(tally_projections::model::day_of(at));
+    let error = postgres.program_stats("mega", day, day).await.unwrap_err();
+    assert!(matches!(error, tally_projections::ProjectionError::OutOfRange(_)), "{error}");
+    let top = postgres.list_wallets("mega", WalletOrder::Balance, 1, None).await.unwrap();
+    assert_eq!(top.wallets[0].summary.balance, BALANCE_ABS_MAX);
+
+    // sled keeps the NUL id's wallet; only the poison event is missing.
+    let fold = fold_skipping_tenant(&store, &[], "mega").await;
+    assert_sled_matches(&sled, &fold);
+    assert_eq!(sled.wallet("mega", "m-9").unwrap().0.unwrap().balance, BALANCE_ABS_MAX);
+}
+
+/// [`fold_skipping`], but `tenant` (whose sums a fold in `i64` cannot hold) only in the ledger.
+async fn fold_skipping_tenant(store: &Arc<dyn EventStore>, skipped: &[u64], tenant: &str) -> Fold {
+    let events = store.read_all(1, usize::MAX).await.unwrap();
+    let last = events.last().map_or(0, |e| e.global_position);
+    let mut fold = Fold::default();
+    for m in tally_projections::movement::decode_events(events).movements.iter().filter(|m| !skipped.contains(&m.position)) {
+        if &*m.tenant != tenant {
+            fold.apply(m);
+        } else if m.kind != MovementKind::Enroll {
+            fold.ledger.push(m.clone());
+        }
+    }
+    fold.position = last;
+    fold
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -563,4 +705,58 @@ async fn following_a_postgres_log_under_steady_writes_keeps_up() {
     caught_up(&projection, &store).await;
     assert_sled_matches(&model, &fold_log(&store).await);
     projection.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_generation_from_before_numeric_sums_is_migrated_and_its_views_keep_their_grants() {
+    let db = TestDatabase::create().await;
+    let store = store();
+    Workload::new(13, 10).run(&*store, 200).await;
+    let model = Arc::new(PostgresReadModel::connect(&db.url).await.unwrap());
+    let projection = Projection::spawn(Arc::clone(&store), model.clone(), options(50));
+    caught_up(&projection, &store).await;
+    projection.stop().await;
+    // Back to what version 2 left: BIGINT sums, no quarantine table, views over them, a reader's grant.
+    let client = sql(&db.url).await;
+    // Roles are the server's, not the database's: one of this process's own, dropped at the end.
+    let reader = format!("tally_bi_reader_{}", std::process::id());
+    client
+        .batch_execute(&format!(
+            "DROP VIEW tally_read.program_daily_stats, tally_read.tenant_liability, tally_read.quarantined_events;
+             ALTER TABLE tally_read_g1.program_daily_stats ALTER COLUMN points_issued TYPE BIGINT, ALTER COLUMN points_expired TYPE BIGINT;
+             ALTER TABLE tally_read_g1.tenant_liability ALTER COLUMN outstanding_points TYPE BIGINT;
+             DROP TABLE tally_read_g1.quarantined_events;
+             DELETE FROM tally_read_g1.reporting_migrations WHERE version = 3;
+             CREATE VIEW tally_read.program_daily_stats AS SELECT * FROM tally_read_g1.program_daily_stats;
+             CREATE VIEW tally_read.tenant_liability AS SELECT * FROM tally_read_g1.tenant_liability;
+             CREATE ROLE {reader};
+             GRANT SELECT ON tally_read.tenant_liability, tally_read.wallets TO {reader};"
+        ))
+        .await
+        .unwrap();
+    let model = Arc::new(PostgresReadModel::connect(&db.url).await.unwrap());
+    let projection = Projection::spawn(Arc::clone(&store), model.clone(), options(50));
+    Workload::named(14, 10, "later").run(&*store, 100).await;
+    caught_up(&projection, &store).await;
+    assert_eq!(projection.status().quarantined, 0);
+    projection.stop().await;
+    assert_postgres_matches(&model, &db, &fold_log(&store).await).await;
+    let types: Vec<String> = client
+        .query(
+            "SELECT data_type::text FROM information_schema.columns WHERE table_schema = 'tally_read'
+             AND (table_name, column_name) IN (('program_daily_stats', 'points_issued'), ('tenant_liability', 'outstanding_points'))",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(types, ["numeric", "numeric"]);
+    for view in ["tenant_liability", "wallets"] {
+        let granted: bool =
+            client.query_one(&format!("SELECT has_table_privilege('{reader}', 'tally_read.{view}', 'SELECT')"), &[]).await.unwrap().get(0);
+        assert!(granted, "the grant on tally_read.{view} is kept");
+    }
+    client.batch_execute(&format!("DROP OWNED BY {reader}; DROP ROLE {reader}")).await.unwrap();
 }

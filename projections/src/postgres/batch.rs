@@ -1,8 +1,13 @@
 //! One batch in one transaction: the checkpoint row is locked and compared first, then the ledger rows
 //! go in by binary COPY and the aggregates (wallets, daily figures, active days, liability) by `unnest`
 //! upserts of what the batch adds, keyed in a fixed order; then the checkpoint moves.
+//!
+//! Isolated, a batch's rows are written in a savepoint, and if the database refuses them for their data
+//! (a NUL byte, a figure out of range), each half again in a savepoint of its own, down to single
+//! movements (bisection): a movement that is refused leaves no row at all (ledger, wallet, daily figures, liability) and goes
+//! into `quarantined_events`, with the poison events the batch came with, before the checkpoint moves.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use futures::pin_mut;
 use time::Date;
@@ -14,28 +19,46 @@ use super::wallets::{WalletArrays, WalletColumns, upsert_sql};
 use super::{NAME, PostgresReadModel, date_of_day, generation_id, int, schema, timestamp, unsigned};
 use crate::ProjectionError;
 use crate::model::{DayStats, Liability, WalletSummary, day_of};
-use crate::movement::{Movement, MovementKind};
+use crate::movement::{Movement, MovementKind, storable_text};
+use crate::quarantine::QuarantinedEvent;
+
+/// Whether a batch is written whole, or with its refused movements quarantined.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Mode<'p> {
+    Whole,
+    /// Quarantining what is refused, with these poison events.
+    Isolated(&'p [QuarantinedEvent]),
+}
 
 impl PostgresReadModel {
+    /// Applies a batch; returns the events quarantined (none when `mode` is whole: then any error fails
+    /// the batch).
     pub(super) async fn apply_batch(
         &self,
         generation: u64,
         from: u64,
         through: u64,
         movements: &[Movement],
-    ) -> Result<(), ProjectionError> {
+        mode: Mode<'_>,
+    ) -> Result<Vec<QuarantinedEvent>, ProjectionError> {
         // A rebuilt generation: what the replay holds is taken out while the batch runs, put back as it
         // was if the batch fails, and with the batch folded in once it has committed.
         let taken = self.take(generation)?;
         let wallets = self.wallets_for(&taken);
         let written_out = matches!(wallets, Wallets::WriteOut(_));
         let owned = !matches!(taken, Taken::NotOwned);
-        let result = self.write_batch(generation, from, through, movements, wallets, owned).await;
+        let result = self.write_batch(generation, from, through, movements, wallets, owned, mode).await;
         if let Taken::Holding(mut replaying) = taken {
             match &result {
-                Ok(()) if written_out => self.put_back(generation, Owned::WrittenOut),
-                Ok(()) => {
+                Ok(_) if written_out => self.put_back(generation, Owned::WrittenOut),
+                Ok(quarantined) if quarantined.is_empty() => {
                     replaying.record(movements);
+                    self.put_back(generation, Owned::Holding(replaying));
+                }
+                Ok(quarantined) => {
+                    let skipped: BTreeSet<u64> = quarantined.iter().map(|q| q.position).collect();
+                    let applied: Vec<Movement> = movements.iter().filter(|m| !skipped.contains(&m.position)).cloned().collect();
+                    replaying.record(&applied);
                     self.put_back(generation, Owned::Holding(replaying));
                 }
                 Err(_) => self.put_back(generation, Owned::Holding(replaying)),
@@ -44,6 +67,7 @@ impl PostgresReadModel {
         result
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn write_batch(
         &self,
         generation: u64,
@@ -52,7 +76,8 @@ impl PostgresReadModel {
         movements: &[Movement],
         wallets: Wallets<'_>,
         owned: bool,
-    ) -> Result<(), ProjectionError> {
+        mode: Mode<'_>,
+    ) -> Result<Vec<QuarantinedEvent>, ProjectionError> {
         let schema = schema(generation);
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
@@ -70,36 +95,162 @@ impl PostgresReadModel {
         if actual != int(from, "position")? {
             return Err(ProjectionError::CheckpointMoved { generation, expected: from, actual: unsigned(actual, "checkpoint")? });
         }
-        let known = match wallets {
-            Wallets::Upsert => None,
-            Wallets::Replayed(replaying) => Some(replaying),
+        let rows = match wallets {
+            Wallets::Upsert => Rows { upsert_wallets: true, known: None },
+            Wallets::Replayed(replaying) => Rows { upsert_wallets: false, known: Some(replaying) },
             Wallets::WriteOut(replaying) => {
                 write_out(&tx, &schema, replaying).await?;
-                Some(replaying)
+                Rows { upsert_wallets: true, known: Some(replaying) }
             }
         };
-        if !movements.is_empty() {
-            let delta = BatchDelta::of(movements);
-            write_ledger(&tx, &schema, movements).await?;
-            let liability = match wallets {
-                Wallets::Replayed(_) => None,
-                Wallets::Upsert | Wallets::WriteOut(_) => Some(write_wallets(&tx, &schema, &delta).await?),
-            };
-            let mut days: BTreeMap<(String, Date), DayStats> =
-                delta.days.iter().map(|((tenant, day), stats)| (((*tenant).to_owned(), date_of_day(*day)), *stats)).collect();
-            for key in write_active_days(&tx, &schema, &delta, known).await? {
-                days.entry(key).or_default().active_wallets += 1;
+        let quarantined = match mode {
+            Mode::Whole => {
+                rows.write(&tx, &schema, movements).await?;
+                Vec::new()
             }
-            write_days(&tx, &schema, &days).await?;
-            if let Some(liability) = liability {
-                write_liability(&tx, &schema, &liability).await?;
+            Mode::Isolated(poisoned) => {
+                let mut quarantined = poisoned.to_vec();
+                quarantined.extend(rows.write_isolated(&tx, &schema, movements).await?);
+                quarantined.sort_by_key(|q| q.position);
+                write_quarantined(&tx, &schema, &quarantined).await?;
+                quarantined
             }
-        }
+        };
         let advance = tx.prepare_cached(&format!("UPDATE {schema}.checkpoint SET position = $1, updated_at = now()")).await?;
         tx.execute(&advance, &[&int(through, "position")?]).await?;
         tx.commit().await?;
+        Ok(quarantined)
+    }
+}
+
+/// How a batch's movements become rows.
+#[derive(Debug, Clone, Copy)]
+struct Rows<'r> {
+    /// Whether the wallets' rows (and the liability) are upserted; a replay keeps them in memory.
+    upsert_wallets: bool,
+    /// What a replay knows of its wallets' active days, so certainly new ones go in by COPY.
+    known: Option<&'r Replaying>,
+}
+
+impl Rows<'_> {
+    /// Writes the rows of `movements`, in parts whose sums cannot leave `i64` on the way to the
+    /// database (which adds them up as NUMERIC).
+    async fn write(self, tx: &deadpool_postgres::Transaction<'_>, schema: &str, movements: &[Movement]) -> Result<(), ProjectionError> {
+        let parts = parts_within_i64(movements);
+        // What a replay knows holds before the batch only: a second part may repeat an active day.
+        let known = if parts.len() == 1 { self.known } else { None };
+        for part in parts {
+            write_rows(tx, schema, part, self.upsert_wallets, known).await?;
+        }
         Ok(())
     }
+
+    /// Writes the rows of `movements` in a savepoint; if the database refuses them for their data, each
+    /// half again in a savepoint of its own, down to single movements (so a few bad movements among
+    /// many cost a few attempts each, not one per movement). Ranges go in log order. Returns the
+    /// movements refused, quarantined.
+    async fn write_isolated(
+        self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        schema: &str,
+        movements: &[Movement],
+    ) -> Result<Vec<QuarantinedEvent>, ProjectionError> {
+        let mut quarantined = Vec::new();
+        let mut rows = self;
+        // Ranges still to write, the next one last.
+        let mut ranges = vec![movements];
+        while let Some(range) = ranges.pop() {
+            if range.is_empty() {
+                continue;
+            }
+            tx.batch_execute("SAVEPOINT isolated").await?;
+            match rows.write(tx, schema, range).await {
+                Ok(()) => tx.batch_execute("RELEASE SAVEPOINT isolated").await?,
+                Err(error) if error.is_data_error() => {
+                    tx.batch_execute("ROLLBACK TO SAVEPOINT isolated; RELEASE SAVEPOINT isolated").await?;
+                    if let [movement] = range {
+                        quarantined.push(QuarantinedEvent::of(movement, error.to_string()));
+                    } else {
+                        let (first, second) = range.split_at(range.len() / 2);
+                        ranges.extend([second, first]);
+                    }
+                }
+                Err(error) => return Err(error),
+            }
+            // What a replay knows holds before the batch only: a range after another may repeat an
+            // active day.
+            rows.known = None;
+        }
+        Ok(quarantined)
+    }
+}
+
+/// Splits `movements` where the sum of their points' magnitudes would pass `i64::MAX`, so no figure a
+/// part adds up in memory can overflow (one movement holds at most `BALANCE_ABS_MAX`). Nearly always
+/// one part.
+fn parts_within_i64(movements: &[Movement]) -> Vec<&[Movement]> {
+    let mut parts = Vec::with_capacity(1);
+    let (mut start, mut sum) = (0, 0i128);
+    for (i, movement) in movements.iter().enumerate() {
+        let points = i128::from(movement.points).abs();
+        if sum + points > i128::from(i64::MAX) {
+            parts.push(&movements[start..i]);
+            (start, sum) = (i, 0);
+        }
+        sum += points;
+    }
+    parts.push(&movements[start..]);
+    parts
+}
+
+/// The rows of `movements`, added to the tables.
+async fn write_rows(
+    tx: &deadpool_postgres::Transaction<'_>,
+    schema: &str,
+    movements: &[Movement],
+    upsert_wallets: bool,
+    known: Option<&Replaying>,
+) -> Result<(), ProjectionError> {
+    if movements.is_empty() {
+        return Ok(());
+    }
+    let delta = BatchDelta::of(movements);
+    write_ledger(tx, schema, movements).await?;
+    let liability = if upsert_wallets { Some(write_wallets(tx, schema, &delta).await?) } else { None };
+    let mut days: BTreeMap<(String, Date), DayStats> =
+        delta.days.iter().map(|((tenant, day), stats)| (((*tenant).to_owned(), date_of_day(*day)), *stats)).collect();
+    for key in write_active_days(tx, schema, &delta, known).await? {
+        days.entry(key).or_default().active_wallets += 1;
+    }
+    write_days(tx, schema, &days).await?;
+    if let Some(liability) = liability {
+        write_liability(tx, schema, &liability).await?;
+    }
+    Ok(())
+}
+
+/// Records quarantined events (their text made storable).
+async fn write_quarantined(
+    tx: &deadpool_postgres::Transaction<'_>,
+    schema: &str,
+    quarantined: &[QuarantinedEvent],
+) -> Result<(), ProjectionError> {
+    if quarantined.is_empty() {
+        return Ok(());
+    }
+    let mut positions = Vec::with_capacity(quarantined.len());
+    for q in quarantined {
+        positions.push(int(q.position, "position")?);
+    }
+    let streams: Vec<String> = quarantined.iter().map(|q| storable_text(&q.stream).into_owned()).collect();
+    let types: Vec<String> = quarantined.iter().map(|q| storable_text(&q.event_type).into_owned()).collect();
+    let reasons: Vec<String> = quarantined.iter().map(|q| storable_text(&q.reason).into_owned()).collect();
+    let sql = format!(
+        "INSERT INTO {schema}.quarantined_events (position, stream, event_type, reason)
+         SELECT * FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[]) ON CONFLICT (position) DO NOTHING"
+    );
+    tx.execute(&sql, &[&positions, &streams, &types, &reasons]).await?;
+    Ok(())
 }
 
 /// What one batch adds to the aggregates, keyed in a fixed order so concurrent writers lock rows alike.
@@ -263,7 +414,7 @@ async fn write_days(
 }
 
 /// Adds to each tenant's liability.
-pub(super) async fn write_liability(
+async fn write_liability(
     tx: &tokio_postgres::Transaction<'_>,
     schema: &str,
     liability: &BTreeMap<String, Liability>,

@@ -3,17 +3,16 @@
 //! promotion, every wallet's row is kept in memory (`Replaying`) and written once by COPY, with the
 //! liability it adds up to, and an active day known to be new goes in by COPY.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures::pin_mut;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 
-use super::batch::write_liability;
 use super::wallets::{WalletColumns, copy_sql, copy_types};
 use super::{PostgresReadModel, schema};
 use crate::ProjectionError;
-use crate::model::{Liability, WalletSummary, day_of};
+use crate::model::{WalletSummary, day_of};
 use crate::movement::Movement;
 
 /// Most wallets a replay keeps in memory (about 200 bytes each) unless set otherwise; beyond it, their
@@ -126,21 +125,33 @@ impl PostgresReadModel {
     }
 }
 
-/// Writes out a replay's wallets (the table holds none of them yet) and the liability they add up to.
+/// Writes out a replay's wallets and the liability they add up to. A replayed generation's wallets and
+/// liability are written here first, once (batches before kept them in memory): the tables hold no
+/// rows yet, so the liability is summed from the rows just written, by the database, as NUMERIC (a
+/// tenant's sum may exceed `i64`).
 pub(super) async fn write_out(tx: &tokio_postgres::Transaction<'_>, schema: &str, replaying: &Replaying) -> Result<(), ProjectionError> {
     let writer = BinaryCopyInWriter::new(tx.copy_in(&copy_sql(schema)).await?, &copy_types());
     pin_mut!(writer);
-    let mut liability: BTreeMap<String, Liability> = BTreeMap::new();
     for (tenant, wallets) in &replaying.wallets {
-        let owed = liability.entry(tenant.to_string()).or_default();
         for (wallet, replayed) in wallets {
-            owed.shift(None, replayed.summary.balance);
             let row = WalletColumns::of(tenant, wallet, &replayed.summary)?;
             writer.as_mut().write(&row.values()).await?;
         }
     }
     writer.finish().await?;
-    write_liability(tx, schema, &liability).await
+    tx.execute(
+        &format!(
+            "INSERT INTO {schema}.tenant_liability AS l (tenant_id, outstanding_points, negative_points, wallets)
+             SELECT tenant_id, sum(greatest(balance, 0)), sum(least(balance, 0)), count(*) FROM {schema}.wallets GROUP BY tenant_id
+             ON CONFLICT (tenant_id) DO UPDATE SET
+                 outstanding_points = l.outstanding_points + EXCLUDED.outstanding_points,
+                 negative_points = l.negative_points + EXCLUDED.negative_points,
+                 wallets = l.wallets + EXCLUDED.wallets"
+        ),
+        &[],
+    )
+    .await?;
+    Ok(())
 }
 
 /// A new generation is filled by a replay before anyone reads it: its secondary indexes (those no

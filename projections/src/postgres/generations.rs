@@ -16,7 +16,8 @@ const GENERATIONS_LOCK: i64 = 0x7461_6c6c_7972_6d00;
 /// crash included.
 const REBUILD_LOCK_CLASS: i32 = 0x7461_6c6c;
 
-const VIEWS: [&str; 6] = ["checkpoint", "wallets", "ledger_entries", "program_daily_stats", "wallet_active_days", "tenant_liability"];
+const VIEWS: [&str; 7] =
+    ["checkpoint", "wallets", "ledger_entries", "program_daily_stats", "wallet_active_days", "tenant_liability", "quarantined_events"];
 
 mod meta {
     refinery::embed_migrations!("migrations/meta");
@@ -151,9 +152,45 @@ async fn set_up(admin: &mut tokio_postgres::Client) -> Result<(), ProjectionErro
             .get(0),
     };
     let live = u64::try_from(live).unwrap_or(0);
+    // A migration may change a column's type, which a view over it forbids: the views go while the live
+    // generation is migrated, and come back with the grants they had.
+    let grants = if pending_migrations(admin, live).await? { drop_views(admin).await? } else { Vec::new() };
     migrate_generation(admin, live).await?;
     admin.batch_execute(&views_sql(live)).await?;
+    for grant in grants {
+        admin.batch_execute(&grant).await?;
+    }
     Ok(())
+}
+
+/// Whether `generation` lacks migrations this build has.
+async fn pending_migrations(admin: &tokio_postgres::Client, generation: u64) -> Result<bool, ProjectionError> {
+    let latest = generation::migrations::runner().get_migrations().iter().map(|m| i64::from(m.version())).max().unwrap_or(0);
+    let table = format!("{}.reporting_migrations", schema(generation));
+    if admin.query_one("SELECT to_regclass($1) IS NULL", &[&table]).await?.get::<_, bool>(0) {
+        return Ok(true);
+    }
+    let applied: Option<i64> = admin.query_one(&format!("SELECT max(version)::int8 FROM {table}"), &[]).await?.get(0);
+    Ok(applied.unwrap_or(0) < latest)
+}
+
+/// Drops the `tally_read` views, returning the GRANT statements that give back what was granted on them.
+async fn drop_views(admin: &tokio_postgres::Client) -> Result<Vec<String>, ProjectionError> {
+    let grants = admin
+        .query(
+            "SELECT format('GRANT %s ON tally_read.%I TO %s', a.privilege_type, c.relname,
+                           CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END)
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace, aclexplode(c.relacl) a
+             WHERE n.nspname = 'tally_read' AND c.relkind = 'v' AND a.grantee <> c.relowner",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let views: Vec<String> = VIEWS.iter().map(|view| format!("tally_read.{view}")).collect();
+    admin.batch_execute(&format!("DROP VIEW IF EXISTS {}", views.join(", "))).await?;
+    Ok(grants)
 }
 
 async fn migrate_generation(admin: &mut tokio_postgres::Client, generation: u64) -> Result<(), ProjectionError> {

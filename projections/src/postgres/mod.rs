@@ -14,6 +14,11 @@
 //! active days known to be new go in by COPY. Nobody reads a generation before it is promoted, and the
 //! promotion is atomic, so readers never see the difference.
 //!
+//! Sums across wallets (daily figures, liability) are NUMERIC, so no number of wallets can overflow
+//! them; a query reading one back that exceeds `i64` answers [`ProjectionError::OutOfRange`]. A batch
+//! the database refuses for its data is applied again movement by movement, and the movements refused
+//! are quarantined (`quarantined_events`), see [`crate::quarantine`].
+//!
 //! - `queries`: what the `ReportingService` reads (wallet pages, daily figures, liability).
 //! - `batch`: one batch and its checkpoint in one transaction.
 //! - `generations`: the schema per generation, creating, promoting and dropping one, and the locks
@@ -30,7 +35,9 @@ use parking_lot::Mutex;
 use time::{Date, OffsetDateTime};
 use tokio_postgres::error::SqlState;
 
+use self::batch::Mode;
 use crate::movement::Movement;
+use crate::quarantine::{QuarantineSummary, QuarantinedEvent, RECENT_QUARANTINED_MAX};
 use crate::{Generation, ProjectionError, ReadModel};
 
 mod batch;
@@ -101,10 +108,41 @@ impl ReadModel for PostgresReadModel {
     }
 
     async fn apply(&self, generation: u64, from: u64, through: u64, movements: Arc<[Movement]>) -> Result<(), ProjectionError> {
-        self.apply_batch(generation, from, through, &movements).await.map_err(|error| match error {
-            ProjectionError::Postgres(e) if missing_generation(&e) => ProjectionError::NoSuchGeneration { model: NAME, generation },
-            other => other,
-        })
+        self.apply_batch(generation, from, through, &movements, Mode::Whole).await.map(drop).map_err(|e| no_such(e, generation))
+    }
+
+    async fn apply_isolated(
+        &self,
+        generation: u64,
+        from: u64,
+        through: u64,
+        movements: Arc<[Movement]>,
+        poisoned: Arc<[QuarantinedEvent]>,
+    ) -> Result<Vec<QuarantinedEvent>, ProjectionError> {
+        self.apply_batch(generation, from, through, &movements, Mode::Isolated(&poisoned)).await.map_err(|e| no_such(e, generation))
+    }
+
+    async fn quarantine(&self, generation: u64) -> Result<QuarantineSummary, ProjectionError> {
+        let schema = schema(generation);
+        let client = self.pool.get().await?;
+        let count: i64 = client.query_one(&format!("SELECT count(*) FROM {schema}.quarantined_events"), &[]).await?.get(0);
+        let recent = client
+            .query(
+                &format!("SELECT position, stream, event_type, reason FROM {schema}.quarantined_events ORDER BY position DESC LIMIT $1"),
+                &[&int(RECENT_QUARANTINED_MAX as u64, "limit")?],
+            )
+            .await?
+            .iter()
+            .map(|row| {
+                Ok(QuarantinedEvent {
+                    position: unsigned(row.get(0), "quarantined_events.position")?,
+                    stream: row.get(1),
+                    event_type: row.get(2),
+                    reason: row.get(3),
+                })
+            })
+            .collect::<Result<_, ProjectionError>>()?;
+        Ok(QuarantineSummary { count: unsigned(count, "quarantined_events")?, recent })
     }
 
     async fn create_generation(&self) -> Result<u64, ProjectionError> {
@@ -150,6 +188,14 @@ fn millis(at: OffsetDateTime) -> i64 {
 /// The calendar date of a day number (days since 1970-01-01).
 pub fn date_of_day(day: i64) -> Date {
     OffsetDateTime::UNIX_EPOCH.date() + time::Duration::days(day)
+}
+
+/// A generation dropped under a batch.
+fn no_such(error: ProjectionError, generation: u64) -> ProjectionError {
+    match error {
+        ProjectionError::Postgres(e) if missing_generation(&e) => ProjectionError::NoSuchGeneration { model: NAME, generation },
+        other => other,
+    }
 }
 
 /// An undefined schema or table means the generation was dropped under us.

@@ -1,9 +1,13 @@
 //! What the `ReportingService` reads: pages of wallets, a tenant's daily figures and its liability, each
 //! in one read-only snapshot of the live generation (through the `tally_read` views) with the position
 //! it reflects.
+//!
+//! The sums are NUMERIC in the tables and `i64` in the answers: one that does not fit is
+//! [`ProjectionError::OutOfRange`] for that query, naming the tenant and the figure.
 
 use time::{Date, OffsetDateTime};
 use tokio_postgres::IsolationLevel;
+use tokio_postgres::error::SqlState;
 
 use super::wallets::{read as read_wallet, select_columns};
 use super::{PostgresReadModel, int, timestamp, unsigned};
@@ -119,12 +123,13 @@ impl PostgresReadModel {
         let as_of: i64 = tx.query_one("SELECT position FROM tally_read.checkpoint", &[]).await?.get(0);
         let rows = tx
             .query(
-                "SELECT day, points_issued, points_redeemed, points_reversed, points_adjusted, points_forfeited, enrolments, active_wallets,
-                        points_purchased, points_expired
+                "SELECT day, points_issued::int8, points_redeemed::int8, points_reversed::int8, points_adjusted::int8,
+                        points_forfeited::int8, enrolments, active_wallets, points_purchased::int8, points_expired::int8
                  FROM tally_read.program_daily_stats WHERE tenant_id = $1 AND day BETWEEN $2 AND $3 ORDER BY day",
                 &[&tenant, &from, &to],
             )
-            .await?;
+            .await
+            .map_err(|e| out_of_range(e, &format!("a daily figure of tenant {tenant}")))?;
         let active: i64 = tx
             .query_one(
                 "SELECT count(DISTINCT wallet_id) FROM tally_read.wallet_active_days WHERE tenant_id = $1 AND day BETWEEN $2 AND $3",
@@ -148,10 +153,11 @@ impl PostgresReadModel {
                     points_purchased: row.get(8),
                     points_expired: row.get(9),
                 };
-                totals.add(&stats);
-                (row.get::<_, Date>(0), stats)
+                totals = checked_sum(&totals, &stats)
+                    .ok_or_else(|| ProjectionError::OutOfRange(format!("a total of tenant {tenant} from {from} to {to}")))?;
+                Ok((row.get::<_, Date>(0), stats))
             })
-            .collect();
+            .collect::<Result<_, ProjectionError>>()?;
         totals.active_wallets = active;
         Ok(ProgramStats { days, totals, as_of_position: unsigned(as_of, "checkpoint")? })
     }
@@ -163,10 +169,11 @@ impl PostgresReadModel {
         let as_of: i64 = tx.query_one("SELECT position FROM tally_read.checkpoint", &[]).await?.get(0);
         let row = tx
             .query_opt(
-                "SELECT outstanding_points, negative_points, wallets FROM tally_read.tenant_liability WHERE tenant_id = $1",
+                "SELECT outstanding_points::int8, negative_points::int8, wallets FROM tally_read.tenant_liability WHERE tenant_id = $1",
                 &[&tenant],
             )
-            .await?;
+            .await
+            .map_err(|e| out_of_range(e, &format!("the liability of tenant {tenant}")))?;
         tx.commit().await?;
         let liability = row.map_or_else(Liability::default, |row| Liability {
             outstanding_points: row.get(0),
@@ -175,4 +182,24 @@ impl PostgresReadModel {
         });
         Ok((liability, unsigned(as_of, "checkpoint")?))
     }
+}
+
+/// A NUMERIC sum read back as `i64` that does not fit: [`ProjectionError::OutOfRange`].
+fn out_of_range(error: tokio_postgres::Error, what: &str) -> ProjectionError {
+    if error.code() == Some(&SqlState::NUMERIC_VALUE_OUT_OF_RANGE) { ProjectionError::OutOfRange(what.to_owned()) } else { error.into() }
+}
+
+/// `a + b`, figure by figure; `None` if one leaves `i64`.
+fn checked_sum(a: &DayStats, b: &DayStats) -> Option<DayStats> {
+    Some(DayStats {
+        points_issued: a.points_issued.checked_add(b.points_issued)?,
+        points_redeemed: a.points_redeemed.checked_add(b.points_redeemed)?,
+        points_reversed: a.points_reversed.checked_add(b.points_reversed)?,
+        points_adjusted: a.points_adjusted.checked_add(b.points_adjusted)?,
+        points_forfeited: a.points_forfeited.checked_add(b.points_forfeited)?,
+        points_purchased: a.points_purchased.checked_add(b.points_purchased)?,
+        points_expired: a.points_expired.checked_add(b.points_expired)?,
+        enrolments: a.enrolments.checked_add(b.enrolments)?,
+        active_wallets: a.active_wallets.checked_add(b.active_wallets)?,
+    })
 }

@@ -1,6 +1,7 @@
 //! The runner's task: follows the live generation from its checkpoint (batches read and decoded ahead
-//! by a [`Replay`]), retries failed batches with backoff, stops on fatal errors, records lag, and swaps in
-//! a rebuilt generation once it is ready.
+//! by a [`Replay`]), retries failed batches with backoff, quarantines the events of a batch that its
+//! read model refuses, stops on fatal errors, records lag, and swaps in a rebuilt generation once it is
+//! ready.
 
 use std::sync::Arc;
 
@@ -13,7 +14,8 @@ use super::lag::LagWindow;
 use super::rebuild::Rebuild;
 use super::{Control, FOLLOW_RETRY_FIRST, LOG_READ_RETRY, ProjectionStatus, RebuildPhase, RebuildProgress, RunState, RunnerOptions};
 use crate::backoff::Backoff;
-use crate::movement::decode_batch;
+use crate::movement::decode_events;
+use crate::quarantine::{QuarantineSummary, QuarantinedEvent, apply_quarantining};
 use crate::replay::{DecodedBatch, Replay};
 use crate::{ProjectionError, ReadModel};
 
@@ -43,13 +45,18 @@ impl Runner {
     pub(super) async fn run(mut self) {
         let mut backoff = self.backoff();
         loop {
-            let exit = match self.model.live().await {
-                Ok(live) => {
+            let live = match self.model.live().await {
+                Ok(live) => self.model.quarantine(live.id).await.map(|quarantine| (live, quarantine)),
+                Err(error) => Err(error),
+            };
+            let exit = match live {
+                Ok((live, quarantine)) => {
                     self.status.send_modify(|s| {
                         s.generation = live.id;
                         s.checkpoint = live.checkpoint;
                         s.state = RunState::Running;
                     });
+                    self.show_quarantine(quarantine);
                     backoff = self.backoff();
                     self.follow(live.checkpoint).await
                 }
@@ -93,6 +100,29 @@ impl Runner {
                 s.state = RunState::Stopped;
             }
         });
+    }
+
+    /// Shows what the live generation holds in quarantine, in the status and the metrics.
+    fn show_quarantine(&self, quarantine: QuarantineSummary) {
+        metrics::gauge!("tally_projection_quarantined_events", "projection" => self.model.name()).set(quarantine.count as f64);
+        self.status.send_modify(|s| {
+            s.quarantined = quarantine.count;
+            s.recent_quarantined = quarantine.recent;
+        });
+    }
+
+    /// Adds events just quarantined in the live generation to the status and the metrics.
+    fn quarantined(&self, events: &[QuarantinedEvent]) {
+        if events.is_empty() {
+            return;
+        }
+        let mut summary = {
+            let status = self.status.borrow();
+            QuarantineSummary { count: status.quarantined, recent: status.recent_quarantined.clone() }
+        };
+        summary.add(events);
+        metrics::counter!("tally_projection_quarantined_events_total", "projection" => self.model.name()).increment(events.len() as u64);
+        self.show_quarantine(summary);
     }
 
     /// How a follower retries: from [`FOLLOW_RETRY_FIRST`] up to `retry_max`, for as long as it takes.
@@ -164,7 +194,6 @@ impl Runner {
                         }
                     }
                     None => return Exit::Stop,
-                    // A poison event, met while decoding ahead.
                     Some(Err(error)) if error.is_fatal() => return Exit::Fail(error),
                     Some(Err(error)) => {
                         // Shown in the store's own words, as before the reader decoded too.
@@ -186,13 +215,16 @@ impl Runner {
 
     /// Applies one batch to the live generation, retrying transient failures. `Some` ends following.
     async fn apply_live(&mut self, batch: DecodedBatch) -> Option<Exit> {
-        let DecodedBatch { from, through, first_recorded_ms, movements } = batch;
+        let DecodedBatch { from, through, first_recorded_ms, movements, poisoned } = batch;
         self.status.send_modify(|s| s.behind_since_ms = Some(first_recorded_ms));
         let generation = self.status.borrow().generation;
         let mut backoff = self.backoff();
         loop {
-            match self.model.apply(generation, from, through, Arc::clone(&movements)).await {
-                Ok(()) => break,
+            match apply_quarantining(&*self.model, generation, from, through, &movements, &poisoned).await {
+                Ok(quarantined) => {
+                    self.quarantined(&quarantined);
+                    break;
+                }
                 Err(error @ (ProjectionError::CheckpointMoved { .. } | ProjectionError::NoSuchGeneration { .. })) => {
                     tracing::info!(projection = self.model.name(), %error, "another runner moved on; following the live generation from its checkpoint");
                     return Some(Exit::Restart);
@@ -266,7 +298,9 @@ impl Runner {
                 let limit = usize::try_from(live_checkpoint - position).unwrap_or(usize::MAX).min(self.options.batch_size);
                 let events = self.store.read_all(position + 1, limit).await?;
                 let Some(through) = events.last().map(|e| e.global_position) else { break };
-                self.model.apply(generation, position, through, decode_batch(events)?.into()).await?;
+                let decoded = decode_events(events);
+                let (movements, poisoned) = (decoded.movements.into(), decoded.poisoned.into());
+                apply_quarantining(&*self.model, generation, position, through, &movements, &poisoned).await?;
                 position = through;
             }
             match self.model.promote(generation).await {
@@ -280,6 +314,10 @@ impl Runner {
             s.generation = generation;
             s.checkpoint = position;
         });
+        match self.model.quarantine(generation).await {
+            Ok(quarantine) => self.show_quarantine(quarantine),
+            Err(error) => tracing::warn!(projection = self.model.name(), %error, "cannot read the rebuilt generation's quarantine"),
+        }
         Ok(position)
     }
 }

@@ -3,7 +3,9 @@
 //!
 //! - Back-pressure is by construction: the next batch is read only once the previous one is committed.
 //! - Transient failures (database down, store hiccup) are retried with backoff from the same batch;
-//!   a fatal one (a poison event, corrupt read-model data) stops the projection and names the cause.
+//!   a fatal one (corrupt read-model data, a failed migration) stops the projection and names the cause.
+//! - Data errors (an event the read model cannot store, a poison event) are no reason to stop or retry:
+//!   the events at fault are quarantined, the rest of the batch applied ([`crate::quarantine`]).
 //! - A rebuild replays the log into a new generation beside the live one, which keeps serving reads;
 //!   once the new one has caught up, the runner brings it to the live checkpoint and swaps it in.
 //!
@@ -20,6 +22,7 @@ use tokio::task::JoinHandle;
 
 use self::follow::Runner;
 use self::lag::LagWindow;
+use crate::quarantine::QuarantinedEvent;
 use crate::{ProjectionError, ReadModel};
 
 mod follow;
@@ -110,6 +113,10 @@ pub struct ProjectionStatus {
     pub lag_p50_ms: Option<u64>,
     pub lag_p99_ms: Option<u64>,
     pub rebuild: Option<RebuildProgress>,
+    /// Events the live generation holds in quarantine (skipped: no rows of theirs).
+    pub quarantined: u64,
+    /// The latest of them, newest first (at most [`crate::quarantine::RECENT_QUARANTINED_MAX`]).
+    pub recent_quarantined: Vec<QuarantinedEvent>,
 }
 
 impl ProjectionStatus {
@@ -164,6 +171,8 @@ impl Projection {
             lag_p50_ms: None,
             lag_p99_ms: None,
             rebuild: None,
+            quarantined: 0,
+            recent_quarantined: Vec::new(),
         });
         let (control, control_rx) = mpsc::channel(16);
         let runner = Runner {

@@ -9,6 +9,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{Control, ProjectionStatus, RebuildPhase, RebuildProgress};
 use crate::backoff::Backoff;
+use crate::quarantine::apply_quarantining;
 use crate::replay::{DecodedBatch, Replay};
 use crate::{ProjectionError, ReadModel};
 
@@ -54,14 +55,14 @@ impl Rebuild {
         let mut backoff = Backoff::rebuilding(BATCH_ATTEMPTS_MAX);
         let mut attempts = 0;
         loop {
-            match self.model.apply(generation, checkpoint, batch.through, Arc::clone(&batch.movements)).await {
+            match apply_quarantining(&*self.model, generation, checkpoint, batch.through, &batch.movements, &batch.poisoned).await {
                 Err(error) if !error.is_fatal() && !matches!(error, ProjectionError::NoSuchGeneration { .. }) => {
                     let Some(wait) = backoff.next_wait() else { return Err(error) };
                     attempts += 1;
                     tracing::warn!(projection = self.model.name(), %error, generation, attempts, "rebuild batch failed; retrying");
                     tokio::time::sleep(wait).await;
                 }
-                result => return result,
+                result => return result.map(drop),
             }
         }
     }
