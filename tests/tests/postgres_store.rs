@@ -188,7 +188,8 @@ fn a_bad_store_url_fails_start_up_with_a_clear_message() {
         .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("cannot use the event log at postgresql://nobody@127.0.0.1:1/none"), "{stderr}");
+    // Where and as whom, never a password (issue 15, item 14).
+    assert!(stderr.contains("cannot use the event log at postgres host=127.0.0.1 port=1 user=nobody dbname=none"), "{stderr}");
 }
 
 fn tally_copy(from: &str, to: &str) -> (bool, String) {
