@@ -51,9 +51,13 @@ pub const WALLET_CRASH_WINDOW_MS: u64 = 60_000;
 pub const WALLET_RESTART_BACKOFF_MS: u64 = 10;
 /// Longest restart delay after repeated crashes, in milliseconds.
 pub const WALLET_RESTART_BACKOFF_MAX_MS: u64 = 5_000;
-/// Times a caller re-sends a command whose wallet actor stopped (passivation) or crashed before
-/// answering, before it gives up.
+/// Times a caller sends a command whose wallet actor died (crashed) before answering, before it gives
+/// up. Passivation never counts: an actor stops only when no caller holds a ticket to it.
 pub const COMMAND_DELIVERY_ATTEMPTS_MAX: u32 = 3;
+/// Calls queued for one wallet's actor (sent and not yet taken up) beyond which further calls are
+/// refused at once (`WalletError::Busy`) rather than queued: mailboxes are otherwise unbounded, and a
+/// queue this deep already waits longer than a caller's deadline on a slow log.
+pub const WALLET_QUEUE_MESSAGES_MAX: u64 = 1_024;
 /// Times a wallet re-decides a command after an optimistic-concurrency conflict on append.
 pub const CONFLICT_RETRIES_MAX: u32 = 2;
 

@@ -237,3 +237,214 @@ async fn an_order_id_earns_in_one_wallet_of_a_tenant() {
     let claims = store.read_stream(&tally_engine::codec::order_stream(&a.tenant, "receipt-1234").unwrap(), 1, 10).await.unwrap();
     assert_eq!(claims.len(), 1);
 }
+
+/// Snapshots kept in memory, taken every 50 events and on passivation (the policy of issue 15's run).
+#[derive(Debug, Default)]
+struct MemorySnapshots(parking_lot::Mutex<std::collections::HashMap<String, tally_engine::domain::WalletState>>);
+
+#[async_trait::async_trait]
+impl tally_engine::actors::Snapshots for MemorySnapshots {
+    async fn latest(&self, stream: &tally_engine::store::StreamId) -> Option<tally_engine::domain::WalletState> {
+        self.0.lock().get(&stream.to_string()).cloned()
+    }
+    fn due(&self, since: u64, passivating: bool) -> bool {
+        passivating || since >= 50
+    }
+    fn save(&self, stream: &tally_engine::store::StreamId, state: &tally_engine::domain::WalletState) {
+        self.0.lock().insert(stream.to_string(), state.clone());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn churn_beyond_the_active_bound_costs_latency_never_errors() {
+    // More wallets busy than may be resident: every activation passivates another wallet, often one a
+    // caller has just looked up or been handed.
+    const WALLETS: usize = 24;
+    const CALLERS: usize = 16;
+    const CALLS_PER_CALLER: usize = 400;
+    let store = InMemoryStore::new();
+    let config = RegistryConfig { active_wallets_max: 6, idle_ms: 1, sweep_interval_ms: 1, ..RegistryConfig::default() };
+    let programs = Arc::new(StaticPrograms::open(ProgramSettings::default()));
+    let registry = WalletRegistry::start_with_snapshots(
+        config,
+        store.clone(),
+        programs,
+        Arc::new(ManualClock::new(1_000)),
+        Arc::new(MemorySnapshots::default()),
+    )
+    .await
+    .unwrap();
+    for w in 0..WALLETS {
+        registry.execute(&key("acme", &format!("w-{w}")), enroll(), CommandMeta::default()).await.unwrap();
+    }
+    let callers: Vec<_> = (0..CALLERS)
+        .map(|c| {
+            let registry = registry.clone();
+            tokio::spawn(async move {
+                let mut failures = Vec::new();
+                for i in 0..CALLS_PER_CALLER {
+                    let wallet = key("acme", &format!("w-{}", (c * 7 + i * 5) % WALLETS));
+                    let result = tokio::time::timeout(Duration::from_secs(20), async {
+                        if i % 4 == 3 {
+                            registry.summary(&wallet).await.map(|_| ())
+                        } else {
+                            registry.execute(&wallet, earn(&format!("c{c}-{i}"), 1), CommandMeta::default()).await.map(|_| ())
+                        }
+                    })
+                    .await
+                    .unwrap_or_else(|_| panic!("a call hung: caller {c} call {i} on {wallet:?}; {:?}", registry.stats()));
+                    if let Err(error) = result {
+                        failures.push(error.to_string());
+                    }
+                }
+                failures
+            })
+        })
+        .collect();
+    let mut failures = Vec::new();
+    for caller in callers {
+        failures.extend(caller.await.unwrap());
+    }
+    assert!(failures.is_empty(), "{} calls failed, e.g. {:?}; {:?}", failures.len(), &failures[..failures.len().min(3)], registry.stats());
+    let mut total = 0;
+    for w in 0..WALLETS {
+        total += registry.summary(&key("acme", &format!("w-{w}"))).await.unwrap().balance;
+    }
+    assert_eq!(total, (CALLERS * CALLS_PER_CALLER * 3 / 4) as i64, "every earn applied once");
+    assert!(registry.stats().passivations > 100, "the test churned: {:?}", registry.stats());
+    assert_eq!(registry.stats().crashes, 0);
+}
+
+/// Programs whose lookup, once armed, waits for `release`: holds a wallet's actor inside a command so
+/// that others queue behind it.
+#[derive(Debug)]
+struct GatedPrograms {
+    armed: std::sync::atomic::AtomicBool,
+    entered: tokio::sync::Notify,
+    gate: tokio::sync::Semaphore,
+}
+
+impl Default for GatedPrograms {
+    fn default() -> Self {
+        Self { armed: Default::default(), entered: Default::default(), gate: tokio::sync::Semaphore::new(0) }
+    }
+}
+
+impl GatedPrograms {
+    fn release(&self) {
+        self.armed.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.gate.add_permits(1_000);
+    }
+}
+
+#[async_trait::async_trait]
+impl Programs for GatedPrograms {
+    async fn settings(&self, _tenant: &TenantId) -> Result<Option<Arc<ProgramSettings>>, WalletError> {
+        if self.armed.load(std::sync::atomic::Ordering::SeqCst) {
+            self.entered.notify_one();
+            self.gate.acquire().await.unwrap().forget();
+        }
+        Ok(Some(Arc::new(ProgramSettings::default())))
+    }
+}
+
+/// A registry whose wallet "c-1" is enrolled and then held busy inside an earn (`order-1`) until the
+/// programs are released; returns the held call.
+async fn held_wallet(
+    config: RegistryConfig,
+) -> (WalletRegistry, Arc<InMemoryStore>, Arc<GatedPrograms>, tokio::task::JoinHandle<Result<u64, WalletError>>) {
+    let store = InMemoryStore::new();
+    let programs = Arc::new(GatedPrograms::default());
+    let registry = WalletRegistry::start(config, store.clone(), programs.clone(), Arc::new(ManualClock::new(1_000))).await.unwrap();
+    registry.execute(&key("acme", "c-1"), enroll(), CommandMeta::default()).await.unwrap();
+    programs.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let held = tokio::spawn({
+        let registry = registry.clone();
+        async move { registry.execute(&key("acme", "c-1"), earn("order-1", 1), CommandMeta::default()).await.map(|o| o.version) }
+    });
+    programs.entered.notified().await;
+    (registry, store, programs, held)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_queued_command_whose_caller_gave_up_is_skipped_not_applied() {
+    let (registry, store, programs, held) = held_wallet(RegistryConfig::default()).await;
+    let wallet = key("acme", "c-1");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    let timed = tokio::spawn({
+        let (registry, wallet) = (registry.clone(), wallet.clone());
+        async move { registry.execute_before(&wallet, earn("order-2", 10), CommandMeta::default(), Some(deadline)).await }
+    });
+    let cancelled = tokio::spawn({
+        let (registry, wallet) = (registry.clone(), wallet.clone());
+        async move { registry.execute(&wallet, earn("order-3", 100), CommandMeta::default()).await }
+    });
+    let on_time = tokio::spawn({
+        let (registry, wallet) = (registry.clone(), wallet.clone());
+        let deadline = deadline + Duration::from_secs(60);
+        async move { registry.execute_before(&wallet, earn("order-4", 1_000), CommandMeta::default(), Some(deadline)).await }
+    });
+    // One turn of the (single-threaded) runtime queues all three behind the held command.
+    tokio::task::yield_now().await;
+    cancelled.abort();
+    assert!(cancelled.await.unwrap_err().is_cancelled());
+    tokio::time::advance(Duration::from_secs(2)).await;
+    programs.release();
+
+    assert_eq!(held.await.unwrap().unwrap(), 2);
+    let timed = timed.await.unwrap();
+    assert!(matches!(timed, Err(WalletError::DeadlineExceeded)), "{timed:?}");
+    assert_eq!(on_time.await.unwrap().unwrap().balance, 1_001, "order-1 and order-4 only");
+    assert_eq!(store.all_events().len(), 3, "enroll, order-1, order-4: the skipped commands appended nothing");
+    // A retry with the same key after the deadline is a fresh decision: applied once.
+    let retry = registry.execute(&wallet, earn("order-2", 10), CommandMeta::default()).await.unwrap();
+    assert_eq!((retry.replayed, retry.balance), (false, 1_011));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_wallet_with_a_full_queue_refuses_more_calls_at_once() {
+    let config = RegistryConfig { wallet_queue_max: 1, ..RegistryConfig::default() };
+    let (registry, store, programs, held) = held_wallet(config).await;
+    let wallet = key("acme", "c-1");
+    let queued = tokio::spawn({
+        let (registry, wallet) = (registry.clone(), wallet.clone());
+        async move { registry.execute(&wallet, earn("order-2", 10), CommandMeta::default()).await }
+    });
+    tokio::task::yield_now().await;
+    let refused = registry.execute(&wallet, earn("order-3", 100), CommandMeta::default()).await;
+    assert!(matches!(refused, Err(WalletError::Busy { queued_max: 1 })), "{refused:?}");
+    assert!(refused.unwrap_err().to_string().contains("retry with the same idempotency key"));
+    let read = registry.summary(&wallet).await;
+    assert!(matches!(read, Err(WalletError::Busy { .. })), "reads queue in the same mailbox: {read:?}");
+    programs.release();
+    assert_eq!(held.await.unwrap().unwrap(), 2);
+    assert_eq!(queued.await.unwrap().unwrap().balance, 11);
+    assert_eq!(store.all_events().len(), 3, "the refused call was never queued");
+    let retry = registry.execute(&wallet, earn("order-3", 100), CommandMeta::default()).await.unwrap();
+    assert_eq!(retry.balance, 111);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wallets_that_do_not_exist_are_answered_without_an_actor() {
+    let config = RegistryConfig { active_wallets_max: 4, ..RegistryConfig::default() };
+    let registry = registry(InMemoryStore::new(), config).await;
+    let hot = key("acme", "hot");
+    registry.execute(&hot, enroll(), CommandMeta::default()).await.unwrap();
+    for i in 0..500 {
+        let ghost = key("acme", &format!("ghost-{i}"));
+        let read = registry.summary(&ghost).await;
+        assert!(matches!(read, Err(WalletError::Rejected(Rejection::WalletNotFound))), "{read:?}");
+        let earned = registry.execute(&ghost, earn("o-1", 5), CommandMeta::default()).await;
+        assert!(matches!(earned, Err(WalletError::Rejected(Rejection::WalletNotFound))), "{earned:?}");
+    }
+    // Input errors come first, as an actor would answer them.
+    let invalid = registry.execute(&key("acme", "ghost-0"), earn("o-1", 0), CommandMeta::default()).await;
+    assert!(matches!(invalid, Err(WalletError::Rejected(Rejection::NonPositivePoints { .. }))), "{invalid:?}");
+    let stats = registry.stats();
+    assert_eq!((stats.activations, stats.active, stats.passivations), (1, 1, 0), "only the real wallet has an actor");
+    assert_eq!(stats.answered_without_actor, 1_001);
+    // A wallet that comes into existence is found from then on.
+    registry.execute(&key("acme", "ghost-7"), enroll(), CommandMeta::default()).await.unwrap();
+    assert_eq!(registry.execute(&key("acme", "ghost-7"), earn("o-1", 5), CommandMeta::default()).await.unwrap().balance, 5);
+    assert_eq!(registry.summary(&hot).await.unwrap().balance, 0);
+}

@@ -5,6 +5,7 @@
 //! Architecture Invariant: only this crate knows tonic, `Status` and the generated API types.
 
 pub mod admin;
+pub mod admission;
 pub mod bench;
 pub mod cli;
 pub mod client;

@@ -14,9 +14,16 @@ pub const PAGE_BYTES_MAX: usize = 1024 * 1024;
 /// Requests handled at once across all connections; beyond it calls get RESOURCE_EXHAUSTED at once
 /// instead of queueing without bound.
 pub const REQUESTS_IN_FLIGHT_MAX: usize = 16 * 1024;
+/// `AdminService` calls handled at once (each may read and append a program's log); beyond it
+/// RESOURCE_EXHAUSTED.
+pub const ADMIN_REQUESTS_IN_FLIGHT_MAX: usize = 64;
+/// `ReportingService` and `ProjectionsService` calls handled at once (each is a read-model query);
+/// beyond it RESOURCE_EXHAUSTED.
+pub const REPORTING_REQUESTS_IN_FLIGHT_MAX: usize = 256;
 /// Concurrent streams one HTTP/2 connection may open.
 pub const STREAMS_PER_CONNECTION_MAX: u32 = 1024;
-/// Longest a request may take before it is cancelled, in milliseconds.
+/// Longest a request may take, in milliseconds: then it is answered DEADLINE_EXCEEDED (sooner if the
+/// client's `grpc-timeout` says so), and a command still queued for its wallet is skipped.
 pub const REQUEST_TIMEOUT_MS: u64 = 10_000;
 /// Default and largest page of `ListTransactions`.
 pub const PAGE_SIZE_DEFAULT: u32 = 50;

@@ -15,9 +15,10 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
 use crate::admin::AdminApi;
+use crate::admission::{Admitted, DeadlineLayer};
 use crate::limits::{
-    ADMIN_MESSAGE_BYTES_MAX, MESSAGE_BYTES_MAX, REPLY_BYTES_MAX, REQUEST_TIMEOUT_MS, RESPONSE_FLUSH_MS, SHUTDOWN_GRACE_MS,
-    STREAMS_PER_CONNECTION_MAX,
+    ADMIN_MESSAGE_BYTES_MAX, ADMIN_REQUESTS_IN_FLIGHT_MAX, MESSAGE_BYTES_MAX, REPLY_BYTES_MAX, REPORTING_REQUESTS_IN_FLIGHT_MAX,
+    RESPONSE_FLUSH_MS, SHUTDOWN_GRACE_MS, STREAMS_PER_CONNECTION_MAX,
 };
 use crate::reporting::{ProjectionsApi, ReadSide, ReportingApi};
 use crate::service::{Engine, Gate, WalletApi};
@@ -51,21 +52,26 @@ pub async fn run(
     };
     let (reflection, reflection_v1alpha) = (reflection().build_v1()?, reflection().build_v1alpha()?);
     let gate = Arc::new(Gate::default());
+    let reporting_gate = Arc::new(Gate::new(REPORTING_REQUESTS_IN_FLIGHT_MAX));
+    let admin_gate = Arc::new(Gate::new(ADMIN_REQUESTS_IN_FLIGHT_MAX));
     let reporting = ReportingServiceServer::new(ReportingApi::new(
         read.clone(),
         Arc::clone(&engine.programs) as Arc<dyn tally_engine::actors::Programs>,
     ))
     .max_encoding_message_size(MESSAGE_BYTES_MAX);
-    let projections = ProjectionsServiceServer::new(ProjectionsApi::new(&read));
+    let reporting = Admitted::new(reporting, Arc::clone(&reporting_gate));
+    let projections = Admitted::new(ProjectionsServiceServer::new(ProjectionsApi::new(&read)), Arc::clone(&reporting_gate));
     let admin = AdminServiceServer::new(AdminApi::new(Arc::clone(&engine.programs)))
         .max_decoding_message_size(ADMIN_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(ADMIN_MESSAGE_BYTES_MAX);
+    let admin = Admitted::new(admin, Arc::clone(&admin_gate));
     let wallets = WalletServiceServer::new(WalletApi::new(engine, Arc::clone(&gate)))
         .max_decoding_message_size(MESSAGE_BYTES_MAX)
         .max_encoding_message_size(REPLY_BYTES_MAX);
     let (stop_accepting, stopped) = oneshot::channel::<()>();
     let serve = Server::builder()
-        .timeout(Duration::from_millis(REQUEST_TIMEOUT_MS))
+        // Deadlines are ours (DEADLINE_EXCEEDED, carried into the wallets), not `Server::timeout`'s.
+        .layer(DeadlineLayer)
         .max_concurrent_streams(Some(STREAMS_PER_CONNECTION_MAX))
         .add_service(health_service)
         .add_service(reflection)
@@ -84,10 +90,13 @@ pub async fn run(
         () = shutdown => {}
     }
     tracing::info!("shutting down: refusing new calls, finishing the ones in flight");
-    gate.close();
+    for gate in [&gate, &reporting_gate, &admin_gate] {
+        gate.close();
+    }
     health.set_not_serving::<WalletServiceServer<WalletApi>>().await;
     let _ = stop_accepting.send(());
-    if tokio::time::timeout(Duration::from_millis(SHUTDOWN_GRACE_MS), gate.drained()).await.is_err() {
+    let drained = async { tokio::join!(gate.drained(), reporting_gate.drained(), admin_gate.drained()) };
+    if tokio::time::timeout(Duration::from_millis(SHUTDOWN_GRACE_MS), drained).await.is_err() {
         tracing::warn!(grace_ms = SHUTDOWN_GRACE_MS, "calls still in flight after the grace period; closing anyway");
     }
     // Let the last responses reach their clients; idle client connections do not hold us up.

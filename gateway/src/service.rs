@@ -18,10 +18,12 @@ use tally_proto::v1::{
 };
 
 use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::time::Instant;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
+use crate::admission::deadline;
 use crate::limits::{PAGE_BYTES_MAX, PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX, REQUEST_ID_BYTES_MAX, REQUESTS_IN_FLIGHT_MAX, TRACESTATE_BYTES_MAX};
 use crate::transactions::transaction;
 use crate::{orders, status};
@@ -36,27 +38,37 @@ pub struct Engine {
     pub programs: Arc<ProgramBook>,
 }
 
-/// Admission to the wallet service: bounds the calls in flight and lets shutdown wait for them.
+/// Admission to a service: bounds the calls in flight and lets shutdown wait for them.
 #[derive(Debug)]
 pub struct Gate {
     in_flight: Semaphore,
+    limit: usize,
     closed: AtomicBool,
 }
 
 impl Default for Gate {
+    /// The wallet service's gate.
     fn default() -> Self {
-        Self { in_flight: Semaphore::new(REQUESTS_IN_FLIGHT_MAX), closed: AtomicBool::new(false) }
+        Self::new(REQUESTS_IN_FLIGHT_MAX)
     }
 }
 
 impl Gate {
-    fn admit(&self) -> Result<SemaphorePermit<'_>, Status> {
+    /// A gate admitting at most `limit` calls at once.
+    pub fn new(limit: usize) -> Self {
+        Self { in_flight: Semaphore::new(limit), limit, closed: AtomicBool::new(false) }
+    }
+
+    pub(crate) fn admit(&self) -> Result<SemaphorePermit<'_>, Status> {
         if self.closed.load(Ordering::Acquire) {
             return Err(Status::unavailable("the server is shutting down; retry on another node or later"));
         }
-        self.in_flight
-            .try_acquire()
-            .map_err(|_| Status::resource_exhausted(format!("more than {REQUESTS_IN_FLIGHT_MAX} requests in flight; retry with backoff")))
+        let limit = self.limit;
+        self.in_flight.try_acquire().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "more than {limit} requests in flight; nothing was applied, retry with the same idempotency key after a backoff"
+            ))
+        })
     }
 
     /// Refuses new calls from now on.
@@ -66,7 +78,7 @@ impl Gate {
 
     /// Resolves once no call is in flight.
     pub async fn drained(&self) {
-        let all = u32::try_from(REQUESTS_IN_FLIGHT_MAX).expect("limit fits u32");
+        let all = u32::try_from(self.limit).expect("limit fits u32");
         if let Ok(permits) = self.in_flight.acquire_many(all).await {
             drop(permits);
         }
@@ -98,13 +110,18 @@ impl WalletApi {
         Ok(WalletKey::new(tenant, wallet))
     }
 
-    async fn mutate(&self, metadata: &MetadataMap, key: WalletKey, command: Command) -> Result<Response<WalletMutation>, Status> {
+    async fn mutate(
+        &self,
+        (metadata, deadline): (&MetadataMap, Option<Instant>),
+        key: WalletKey,
+        command: Command,
+    ) -> Result<Response<WalletMutation>, Status> {
         let _permit = self.admit()?;
         let span = tracing::info_span!("grpc.mutate", tenant = %key.tenant, wallet = %key.wallet, kind = command.kind());
         let outcome = self
             .engine
             .registry
-            .execute(&key, command, command_meta(metadata)?)
+            .execute_before(&key, command, command_meta(metadata)?, deadline)
             .instrument(span)
             .await
             .map_err(|e| status::from_wallet_error(&e))?;
@@ -233,61 +250,70 @@ fn parse_page_token(token: &str) -> Result<Option<u64>, Status> {
 #[tonic::async_trait]
 impl WalletService for WalletApi {
     async fn enroll(&self, request: Request<EnrollRequest>) -> Result<Response<WalletMutation>, Status> {
+        let deadline = deadline(&request);
         let (metadata, _, r) = request.into_parts();
         let key = self.wallet_key(&r.tenant_id, &r.wallet_id).await?;
-        self.mutate(&metadata, key, Command::new(r.idempotency_key, CommandBody::Enroll { customer_ref: r.customer_ref })).await
+        self.mutate((&metadata, deadline), key, Command::new(r.idempotency_key, CommandBody::Enroll { customer_ref: r.customer_ref })).await
     }
 
     async fn earn(&self, request: Request<EarnRequest>) -> Result<Response<WalletMutation>, Status> {
+        let deadline = deadline(&request);
         let (metadata, _, r) = request.into_parts();
         let key = self.wallet_key(&r.tenant_id, &r.wallet_id).await?;
         let body = CommandBody::Earn { points: r.points, reason: r.reason, source_ref: r.source_ref, order_amount: r.order_amount };
-        self.mutate(&metadata, key, Command::new(r.idempotency_key, body)).await
+        self.mutate((&metadata, deadline), key, Command::new(r.idempotency_key, body)).await
     }
 
     async fn redeem(&self, request: Request<RedeemRequest>) -> Result<Response<WalletMutation>, Status> {
+        let deadline = deadline(&request);
         let (metadata, _, r) = request.into_parts();
         let key = self.wallet_key(&r.tenant_id, &r.wallet_id).await?;
         let body = CommandBody::Redeem { points: r.points, reward_ref: r.reward_ref };
-        self.mutate(&metadata, key, Command::new(r.idempotency_key, body)).await
+        self.mutate((&metadata, deadline), key, Command::new(r.idempotency_key, body)).await
     }
 
     async fn adjust(&self, request: Request<AdjustRequest>) -> Result<Response<WalletMutation>, Status> {
+        let deadline = deadline(&request);
         let (metadata, _, r) = request.into_parts();
         let key = self.wallet_key(&r.tenant_id, &r.wallet_id).await?;
         let body = CommandBody::Adjust { points: r.points, reason: r.reason, staff_ref: r.staff_ref };
-        self.mutate(&metadata, key, Command::new(r.idempotency_key, body)).await
+        self.mutate((&metadata, deadline), key, Command::new(r.idempotency_key, body)).await
     }
 
     async fn reverse(&self, request: Request<ReverseRequest>) -> Result<Response<WalletMutation>, Status> {
+        let deadline = deadline(&request);
         let (metadata, _, r) = request.into_parts();
         let key = self.wallet_key(&r.tenant_id, &r.wallet_id).await?;
         let body = CommandBody::Reverse { source_ref: r.source_ref, points: r.points, reason: r.reason };
-        self.mutate(&metadata, key, Command::new(r.idempotency_key, body)).await
+        self.mutate((&metadata, deadline), key, Command::new(r.idempotency_key, body)).await
     }
 
     async fn add_stamps(&self, request: Request<tally_proto::v1::AddStampsRequest>) -> Result<Response<WalletMutation>, Status> {
+        let deadline = deadline(&request);
         let (metadata, _, r) = request.into_parts();
         let key = self.wallet_key(&r.tenant_id, &r.wallet_id).await?;
         let body = CommandBody::AddStamps { card_id: r.card_id, count: r.count, reason: r.reason };
-        self.mutate(&metadata, key, Command::new(r.idempotency_key, body)).await
+        self.mutate((&metadata, deadline), key, Command::new(r.idempotency_key, body)).await
     }
 
     async fn earn_for_order(&self, request: Request<EarnForOrderRequest>) -> Result<Response<WalletMutation>, Status> {
+        let deadline = deadline(&request);
         let (metadata, _, r) = request.into_parts();
         let key = self.wallet_key(&r.tenant_id, &r.wallet_id).await?;
         let order = orders::from_wire(r.order)?;
-        self.mutate(&metadata, key, Command::new(order.order_id.clone(), CommandBody::EarnForOrder { order })).await
+        self.mutate((&metadata, deadline), key, Command::new(order.order_id.clone(), CommandBody::EarnForOrder { order })).await
     }
 
     async fn refund_order(&self, request: Request<RefundOrderRequest>) -> Result<Response<WalletMutation>, Status> {
+        let deadline = deadline(&request);
         let (metadata, _, r) = request.into_parts();
         let key = self.wallet_key(&r.tenant_id, &r.wallet_id).await?;
         let body = CommandBody::RefundOrder { order_id: r.order_id, amount_minor: r.amount_minor, reason: r.reason };
-        self.mutate(&metadata, key, Command::new(r.idempotency_key, body)).await
+        self.mutate((&metadata, deadline), key, Command::new(r.idempotency_key, body)).await
     }
 
     async fn authorize_redemption(&self, request: Request<AuthorizeRedemptionRequest>) -> Result<Response<WalletMutation>, Status> {
+        let deadline = deadline(&request);
         let (metadata, _, r) = request.into_parts();
         let key = self.wallet_key(&r.tenant_id, &r.wallet_id).await?;
         let timeout_ms = match r.timeout_seconds {
@@ -295,34 +321,38 @@ impl WalletService for WalletApi {
             seconds => i64::from(seconds) * 1_000,
         };
         let body = CommandBody::AuthorizeRedemption { hold_id: r.hold_id.clone(), points: r.points, reward_ref: r.reward_ref, timeout_ms };
-        self.mutate(&metadata, key, Command::new(r.hold_id, body)).await
+        self.mutate((&metadata, deadline), key, Command::new(r.hold_id, body)).await
     }
 
     async fn capture_redemption(&self, request: Request<CaptureRedemptionRequest>) -> Result<Response<WalletMutation>, Status> {
+        let deadline = deadline(&request);
         let (metadata, _, r) = request.into_parts();
         let key = self.wallet_key(&r.tenant_id, &r.wallet_id).await?;
         let command = Command::capture_redemption(r.hold_id, r.points);
-        self.mutate(&metadata, key, command).await
+        self.mutate((&metadata, deadline), key, command).await
     }
 
     async fn void_redemption(&self, request: Request<VoidRedemptionRequest>) -> Result<Response<WalletMutation>, Status> {
+        let deadline = deadline(&request);
         let (metadata, _, r) = request.into_parts();
         let key = self.wallet_key(&r.tenant_id, &r.wallet_id).await?;
         let command = Command::void_redemption(r.hold_id);
-        self.mutate(&metadata, key, command).await
+        self.mutate((&metadata, deadline), key, command).await
     }
 
     async fn purchase_credits(&self, request: Request<PurchaseCreditsRequest>) -> Result<Response<WalletMutation>, Status> {
+        let deadline = deadline(&request);
         let (metadata, _, r) = request.into_parts();
         let key = self.wallet_key(&r.tenant_id, &r.wallet_id).await?;
         let body = CommandBody::PurchaseCredits { purchase_id: r.purchase_id.clone(), package_id: r.package_id };
-        self.mutate(&metadata, key, Command::new(r.purchase_id, body)).await
+        self.mutate((&metadata, deadline), key, Command::new(r.purchase_id, body)).await
     }
 
     async fn close(&self, request: Request<CloseRequest>) -> Result<Response<WalletMutation>, Status> {
+        let deadline = deadline(&request);
         let (metadata, _, r) = request.into_parts();
         let key = self.wallet_key(&r.tenant_id, &r.wallet_id).await?;
-        self.mutate(&metadata, key, Command::new(r.idempotency_key, CommandBody::Close { reason: r.reason })).await
+        self.mutate((&metadata, deadline), key, Command::new(r.idempotency_key, CommandBody::Close { reason: r.reason })).await
     }
 
     async fn get_wallet(&self, request: Request<GetWalletRequest>) -> Result<Response<Wallet>, Status> {

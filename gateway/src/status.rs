@@ -79,11 +79,15 @@ pub fn from_wallet_error(error: &WalletError) -> Status {
             tracing::error!(error = %codec, "stored event cannot be decoded");
             Status::data_loss(format!("wallet history cannot be read: {codec}"))
         }
+        // The actor died with the command queued or in hand: it may have been decided before, so the
+        // same key answers a retry with the first outcome.
         WalletError::Crashed { .. } => {
             tracing::error!(%error, "wallet crashed while handling a call");
-            Status::internal(error.to_string())
+            Status::unavailable(format!("{error}; retry with the same idempotency key"))
         }
         WalletError::Quarantined { .. } | WalletError::ShuttingDown => Status::unavailable(error.to_string()),
+        WalletError::Busy { .. } => Status::resource_exhausted(error.to_string()),
+        WalletError::DeadlineExceeded => Status::deadline_exceeded(error.to_string()),
     }
 }
 

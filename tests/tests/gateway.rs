@@ -354,3 +354,21 @@ async fn a_full_page_of_long_transactions_is_sent() {
     assert!(prost::Message::encoded_len(&page) > 64 * 1024, "the page is larger than a request may be");
     assert!(page.next_page_token.is_empty());
 }
+
+#[tokio::test]
+async fn wallets_that_do_not_exist_are_not_found_for_reads_and_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TallyServer::start(dir.path(), &[]);
+    let mut client = server.client().await;
+    for i in 0..50 {
+        let ghost = format!("ghost-{i}");
+        let read = client.get_wallet(GetWalletRequest { tenant_id: TENANT.into(), wallet_id: ghost.clone() }).await.unwrap_err();
+        assert_eq!(read.code(), Code::NotFound, "{read:?}");
+        let earned = client.earn(earn(&ghost, "k", 1)).await.unwrap_err();
+        assert_eq!(earned.code(), Code::NotFound, "{earned:?}");
+    }
+    // Input errors still come first, as before.
+    assert_field_error(&client.earn(earn("ghost-1", "k", -5)).await.unwrap_err(), Code::InvalidArgument, "points");
+    client.enroll(enroll("ghost-1")).await.unwrap();
+    assert_eq!(client.earn(earn("ghost-1", "k", 3)).await.unwrap().into_inner().balance, 3);
+}

@@ -181,4 +181,11 @@ pub enum WalletError {
     Quarantined { retry_after_ms: u64 },
     #[error("the engine is shutting down")]
     ShuttingDown,
+    /// The caller's deadline passed (or the caller went away) before the wallet decided the command:
+    /// nothing was applied.
+    #[error("the deadline passed before the wallet decided the command; nothing was applied")]
+    DeadlineExceeded,
+    /// The wallet has `queued_max` calls queued already; this one was refused without being queued.
+    #[error("wallet has {queued_max} calls queued; nothing was applied, retry with the same idempotency key after a backoff")]
+    Busy { queued_max: u64 },
 }

@@ -15,14 +15,15 @@ use ractor::rpc::CallResult;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tokio::time::Instant;
 
-use super::wallet::{Deps, WalletActor, WalletArgs, WalletMsg, touch};
+use super::wallet::{Deps, Handle, Mailbox, Refused, Ticket, WalletActor, WalletArgs, WalletMsg, touch};
 use super::{CommandMeta, CommandOutcome, NoSnapshots, Programs, Snapshots, WalletError, WalletKey, WalletSummary};
 use crate::FastMap;
 use crate::clock::Clock;
-use crate::domain::Command;
+use crate::codec;
+use crate::domain::{Command, CommandBody, Context, Rejection, WalletState, decide};
 use crate::limits::{
     ACTIVE_WALLETS_DEFAULT_MAX, COMMAND_DELIVERY_ATTEMPTS_MAX, WALLET_CRASH_WINDOW_MS, WALLET_CRASHES_MAX, WALLET_IDLE_DEFAULT_MS,
-    WALLET_RESTART_BACKOFF_MAX_MS, WALLET_RESTART_BACKOFF_MS,
+    WALLET_QUEUE_MESSAGES_MAX, WALLET_RESTART_BACKOFF_MAX_MS, WALLET_RESTART_BACKOFF_MS,
 };
 use crate::store::EventStore;
 
@@ -36,11 +37,18 @@ pub struct RegistryConfig {
     pub idle_ms: u64,
     /// How often idle wallets are looked for, in milliseconds.
     pub sweep_interval_ms: u64,
+    /// Calls queued for one wallet beyond which more are refused (`WalletError::Busy`).
+    pub wallet_queue_max: u64,
 }
 
 impl Default for RegistryConfig {
     fn default() -> Self {
-        Self { active_wallets_max: ACTIVE_WALLETS_DEFAULT_MAX, idle_ms: WALLET_IDLE_DEFAULT_MS, sweep_interval_ms: 1_000 }
+        Self {
+            active_wallets_max: ACTIVE_WALLETS_DEFAULT_MAX,
+            idle_ms: WALLET_IDLE_DEFAULT_MS,
+            sweep_interval_ms: 1_000,
+            wallet_queue_max: WALLET_QUEUE_MESSAGES_MAX,
+        }
     }
 }
 
@@ -51,11 +59,13 @@ pub struct RegistryStats {
     pub activations: u64,
     pub passivations: u64,
     pub crashes: u64,
+    /// Calls answered without an actor: reads and commands for wallets whose stream is empty.
+    pub answered_without_actor: u64,
 }
 
 #[derive(Debug, Clone)]
 struct Entry {
-    actor: ActorRef<WalletMsg>,
+    handle: Handle,
     last_used: Arc<AtomicU64>,
 }
 
@@ -68,6 +78,8 @@ struct Shared {
     activations: AtomicU64,
     passivations: AtomicU64,
     crashes: AtomicU64,
+    answered_without_actor: AtomicU64,
+    wallet_queue_max: u64,
 }
 
 impl Shared {
@@ -92,6 +104,7 @@ impl Shared {
 #[derive(Debug, Clone)]
 pub struct WalletRegistry {
     shared: Arc<Shared>,
+    deps: Arc<Deps>,
     supervisor: ActorRef<SupervisorMsg>,
 }
 
@@ -122,51 +135,121 @@ impl WalletRegistry {
             activations: AtomicU64::new(0),
             passivations: AtomicU64::new(0),
             crashes: AtomicU64::new(0),
+            answered_without_actor: AtomicU64::new(0),
+            wallet_queue_max: config.wallet_queue_max,
         });
         let deps = Arc::new(Deps { store, programs, clock, snapshots });
-        let args = SupervisorArgs { shared: Arc::downgrade(&shared), deps, config };
+        let args = SupervisorArgs { shared: Arc::downgrade(&shared), deps: Arc::clone(&deps), config };
         let (supervisor, _) = Actor::spawn(None, Supervisor, args).await?;
-        Ok(Self { shared, supervisor })
+        Ok(Self { shared, deps, supervisor })
     }
 
     /// Runs `command` on the wallet; the reply comes after its events are durable.
     pub async fn execute(&self, key: &WalletKey, command: Command, meta: CommandMeta) -> Result<CommandOutcome, WalletError> {
-        // Shared rather than cloned: a re-delivery after a passivation race sends the same allocation.
+        self.execute_before(key, command, meta, None).await
+    }
+
+    /// Runs `command` on the wallet unless `deadline` passes (or this call is dropped) before the wallet
+    /// decides it: then it is skipped, provably not applied, and the answer is
+    /// `WalletError::DeadlineExceeded`. A command decided before the deadline runs to the end.
+    pub async fn execute_before(
+        &self,
+        key: &WalletKey,
+        command: Command,
+        meta: CommandMeta,
+        deadline: Option<Instant>,
+    ) -> Result<CommandOutcome, WalletError> {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Err(WalletError::DeadlineExceeded);
+        }
+        if self.shared.lookup(key).is_none() && !matches!(command.body, CommandBody::Enroll { .. }) {
+            self.refuse_without_actor(key, &command).await?;
+        }
+        // Shared rather than cloned: a re-delivery after a crash sends the same allocation.
         let command = Arc::new((command, meta));
-        self.call(key, |reply| WalletMsg::Execute { command: Arc::clone(&command), reply }).await
+        self.call(key, |reply| WalletMsg::Execute { command: Arc::clone(&command), deadline, reply }).await
     }
 
     /// The wallet's current figures.
     pub async fn summary(&self, key: &WalletKey) -> Result<WalletSummary, WalletError> {
+        if self.shared.lookup(key).is_none() && self.stream_is_empty(key).await? {
+            return Err(Rejection::WalletNotFound.into());
+        }
         self.call(key, |reply| WalletMsg::Summary { reply }).await
     }
 
+    /// Whether the wallet's stream holds nothing, from the log's index: a wallet that does not exist is
+    /// answered without activating an actor (ids that do not exist must not fill memory or push real
+    /// wallets out of it). An Enroll racing this read lands after it, which is a valid order.
+    async fn stream_is_empty(&self, key: &WalletKey) -> Result<bool, WalletError> {
+        let stream = codec::wallet_stream(&key.tenant, &key.wallet);
+        let empty = self.deps.store.stream_version(&stream).await? == 0;
+        if empty {
+            self.shared.answered_without_actor.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(empty)
+    }
+
+    /// For a wallet with no live actor and an empty stream, `command` is decided on the empty state
+    /// here, exactly as an actor would decide it (input errors first, then `WalletNotFound`); only a
+    /// command the empty wallet would accept goes on to an actor.
+    async fn refuse_without_actor(&self, key: &WalletKey, command: &Command) -> Result<(), WalletError> {
+        if !self.stream_is_empty(key).await? {
+            return Ok(());
+        }
+        let program = self.deps.programs.settings(&key.tenant).await?.ok_or_else(|| WalletError::UnknownTenant(key.tenant.clone()))?;
+        let ctx = Context { tenant: &key.tenant, wallet: &key.wallet, now_ms: self.deps.clock.now_ms(), program: &program };
+        decide(&WalletState::default(), command, &ctx).map(|_| ()).map_err(Into::into)
+    }
+
+    /// Sends one message to the wallet's actor and waits for the answer. Every message goes under a
+    /// ticket (a reserved place in the actor's queue), so a passivating actor handles it before it stops:
+    /// passivation never drops a call. A caller that finds the listed actor already closed goes to the
+    /// supervisor, which hands it a ticket for a fresh one; only an actor dying with the message in
+    /// its queue (a crash, or shutdown) counts as a failed delivery.
     async fn call<T: Send + 'static>(
         &self,
         key: &WalletKey,
         message: impl Fn(RpcReplyPort<Result<T, WalletError>>) -> WalletMsg,
     ) -> Result<T, WalletError> {
         let mut stale = None;
-        for _ in 0..COMMAND_DELIVERY_ATTEMPTS_MAX {
-            let entry = match (stale.take(), self.shared.lookup(key)) {
-                (None, Some(entry)) => entry,
+        let mut failures = 0;
+        loop {
+            let ticket = match (stale.take(), self.shared.lookup(key)) {
+                (None, Some(entry)) => match entry.handle.reserve(self.shared.wallet_queue_max) {
+                    Ok(ticket) => {
+                        touch(&entry.last_used, self.shared.now_ms());
+                        ticket
+                    }
+                    Err(Refused::Full) => return Err(WalletError::Busy { queued_max: self.shared.wallet_queue_max }),
+                    Err(Refused::Closed) => {
+                        // Passivated between our lookup and our reservation: not a failure.
+                        stale = Some(entry.handle.actor.get_id());
+                        continue;
+                    }
+                },
                 (stale, _) => self.activate(key, stale).await?,
             };
-            touch(&entry.last_used, self.shared.now_ms());
-            match entry.actor.call(&message, None).await {
-                Ok(CallResult::Success(result)) => return result,
-                // The actor stopped (passivation) or crashed before answering: the message was not
-                // handled, or handled without a reply because the actor died. Try a fresh actor.
-                Ok(CallResult::SenderError | CallResult::Timeout) | Err(_) => stale = Some(entry.actor.get_id()),
+            let id = ticket.actor().get_id();
+            let (tx, rx) = ractor::concurrency::oneshot();
+            if ticket.send(message(tx.into())).is_ok()
+                && let Ok(result) = rx.await
+            {
+                return result;
             }
+            // The actor died (crashed, or is shutting down) with our message queued or in hand.
+            failures += 1;
+            stale = Some(id);
             if self.shared.shutting_down.load(Ordering::Acquire) {
                 return Err(WalletError::ShuttingDown);
             }
+            if failures >= COMMAND_DELIVERY_ATTEMPTS_MAX {
+                return Err(WalletError::Crashed { attempts: failures });
+            }
         }
-        Err(WalletError::Crashed { attempts: COMMAND_DELIVERY_ATTEMPTS_MAX })
     }
 
-    async fn activate(&self, key: &WalletKey, stale: Option<ActorId>) -> Result<Entry, WalletError> {
+    async fn activate(&self, key: &WalletKey, stale: Option<ActorId>) -> Result<Ticket, WalletError> {
         match self.supervisor.call(|reply| SupervisorMsg::Activate { key: key.clone(), stale, reply }, None).await {
             Ok(CallResult::Success(result)) => result,
             _ => Err(WalletError::ShuttingDown),
@@ -179,6 +262,7 @@ impl WalletRegistry {
             activations: self.shared.activations.load(Ordering::Relaxed),
             passivations: self.shared.passivations.load(Ordering::Relaxed),
             crashes: self.shared.crashes.load(Ordering::Relaxed),
+            answered_without_actor: self.shared.answered_without_actor.load(Ordering::Relaxed),
         }
     }
 
@@ -201,7 +285,7 @@ enum SupervisorMsg {
     Activate {
         key: WalletKey,
         stale: Option<ActorId>,
-        reply: RpcReplyPort<Result<Entry, WalletError>>,
+        reply: RpcReplyPort<Result<Ticket, WalletError>>,
     },
     /// A crashed wallet's restart delay is over.
     BackoffOver(WalletKey),
@@ -226,7 +310,8 @@ struct Crashes {
     last_ms: u64,
 }
 
-type Waiter = RpcReplyPort<Result<Entry, WalletError>>;
+/// A caller waiting for a ticket to its wallet's (fresh) actor.
+type Waiter = RpcReplyPort<Result<Ticket, WalletError>>;
 
 #[derive(Debug)]
 struct SupervisorState {
@@ -276,7 +361,7 @@ impl Actor for Supervisor {
         match message {
             SupervisorMsg::Activate { key, stale, reply } => {
                 if let (Some(stale), Some(entry)) = (stale, shared.lookup(&key))
-                    && entry.actor.get_id() == stale
+                    && entry.handle.actor.get_id() == stale
                 {
                     // The caller found this actor dead or stopping; unlist it and wait for its end.
                     shared.shard(&key).write().remove(&key);
@@ -318,7 +403,7 @@ impl Actor for Supervisor {
         };
         {
             let mut shard = shared.shard(&key).write();
-            if shard.get(&key).is_some_and(|e| e.actor.get_id() == id) {
+            if shard.get(&key).is_some_and(|e| e.handle.actor.get_id() == id) {
                 shard.remove(&key);
             }
         }
@@ -357,7 +442,8 @@ impl SupervisorState {
             return;
         }
         if let Some(entry) = shared.lookup(&key) {
-            let _ = reply.send(Ok(entry));
+            touch(&entry.last_used, shared.now_ms());
+            let _ = reply.send(ticket(shared, &entry));
             return;
         }
         if let Some((_, waiters)) = self.stopping.get_mut(&key) {
@@ -382,19 +468,23 @@ impl SupervisorState {
                 return;
             }
         }
-        let args = WalletArgs { key: key.clone(), deps: Arc::clone(&self.deps) };
+        let mailbox = Arc::new(Mailbox::default());
+        let args = WalletArgs { key: key.clone(), deps: Arc::clone(&self.deps), mailbox: Arc::clone(&mailbox) };
         match Actor::spawn_linked(None, WalletActor, args, myself.get_cell()).await {
             Ok((actor, _)) => {
-                let entry = Entry { actor, last_used: Arc::new(AtomicU64::new(now)) };
-                self.by_id.insert(entry.actor.get_id(), key.clone());
+                let entry = Entry { handle: Handle { actor, mailbox }, last_used: Arc::new(AtomicU64::new(now)) };
+                self.by_id.insert(entry.handle.actor.get_id(), key.clone());
                 shared.shard(&key).write().insert(key.clone(), entry.clone());
                 shared.activations.fetch_add(1, Ordering::Relaxed);
                 // The bound holds by the time anyone sees the new wallet (replying first let a caller
                 // find one wallet too many live).
+                // The caller's ticket is taken before anything can passivate the new wallet, so its
+                // message is handled even if the wallet is evicted before the message is sent.
+                let ticket = ticket(shared, &entry);
                 if self.by_id.len() > self.config.active_wallets_max {
                     self.evict_least_recently_used(shared, Some(&key));
                 }
-                let _ = reply.send(Ok(entry));
+                let _ = reply.send(ticket);
             }
             Err(error) => {
                 tracing::error!(%error, "wallet actor failed to start");
@@ -455,16 +545,25 @@ impl SupervisorState {
     }
 
     fn passivate(&mut self, shared: &Shared, key: WalletKey, entry: &Entry) {
-        let id = entry.actor.get_id();
+        let id = entry.handle.actor.get_id();
         {
             let mut shard = shared.shard(&key).write();
-            if shard.get(&key).is_none_or(|e| e.actor.get_id() != id) {
+            if shard.get(&key).is_none_or(|e| e.handle.actor.get_id() != id) {
                 return;
             }
             shard.remove(&key);
         }
         self.stopping.insert(key, (id, Vec::new()));
-        // Queued behind any message already sent; callers that race it get a fresh actor.
-        let _ = entry.actor.cast(WalletMsg::Passivate);
+        // The actor stops once every ticket to it is used; later callers wait for a fresh actor.
+        let _ = entry.handle.actor.cast(WalletMsg::Passivate);
     }
+}
+
+/// A ticket to a listed wallet for a caller the supervisor answers. A listed actor is never closed
+/// (it closes only after `Passivate`, which follows its unlisting), so the only refusal is a full queue.
+fn ticket(shared: &Shared, entry: &Entry) -> Result<Ticket, WalletError> {
+    entry.handle.reserve(shared.wallet_queue_max).map_err(|refused| match refused {
+        Refused::Full => WalletError::Busy { queued_max: shared.wallet_queue_max },
+        Refused::Closed => unreachable!("a listed wallet actor is never closed"),
+    })
 }

@@ -4,8 +4,9 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorProcessingErr, ActorRef, MessagingErr, RpcReplyPort};
 use tally_proto::v1::OrderClaimed;
+use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::{CommandMeta, CommandOutcome, Programs, Snapshots, StoredWalletEvent, WalletError, WalletKey, WalletSummary};
@@ -30,13 +31,112 @@ pub(super) struct Deps {
 pub(super) enum WalletMsg {
     Execute {
         command: Arc<(Command, CommandMeta)>,
+        /// When the caller stops waiting: a command still queued then is skipped, never decided.
+        deadline: Option<Instant>,
         reply: RpcReplyPort<Result<CommandOutcome, WalletError>>,
     },
     Summary {
         reply: RpcReplyPort<Result<WalletSummary, WalletError>>,
     },
-    /// Stop after the messages already queued; sent by the supervisor, which has already unlisted us.
+    /// A [`Ticket`] was given up without a message: the place it held in the queue is free.
+    Release,
+    /// Stop once no caller holds a ticket; sent by the supervisor, which has already unlisted us.
     Passivate,
+}
+
+/// The count of messages callers have been admitted to send a wallet actor and it has not yet taken up,
+/// with a bit set once the actor has stopped admitting (it is passivating and nothing was queued).
+///
+/// Every caller reserves a place before it sends (a [`Ticket`]) and the actor gives the place back as it
+/// takes the message up, so a passivating actor knows whether anyone is still coming: it stops only
+/// when the count is zero, and closes the count in the same atomic step, so a caller either gets a
+/// place (and its message is handled) or learns the actor is gone before sending anything.
+#[derive(Debug, Default)]
+pub(super) struct Mailbox {
+    state: AtomicU64,
+}
+
+const MAILBOX_CLOSED: u64 = 1 << 63;
+
+/// Why a place in a wallet's queue was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Refused {
+    /// The actor has stopped admitting (passivated): go through the supervisor for a fresh one.
+    Closed,
+    /// `WALLET_QUEUE_MESSAGES_MAX` messages are queued already.
+    Full,
+}
+
+impl Mailbox {
+    fn reserve(&self, queued_max: u64) -> Result<(), Refused> {
+        let mut state = self.state.load(Ordering::Acquire);
+        loop {
+            if state & MAILBOX_CLOSED != 0 {
+                return Err(Refused::Closed);
+            }
+            if state >= queued_max {
+                return Err(Refused::Full);
+            }
+            match self.state.compare_exchange_weak(state, state + 1, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return Ok(()),
+                Err(observed) => state = observed,
+            }
+        }
+    }
+
+    /// The actor took up a message sent under a ticket.
+    fn take(&self) {
+        let before = self.state.fetch_sub(1, Ordering::AcqRel);
+        debug_assert!(before & !MAILBOX_CLOSED > 0, "a message taken up without a ticket");
+    }
+
+    /// Closes admission if nothing is queued or promised.
+    fn try_close(&self) -> bool {
+        self.state.compare_exchange(0, MAILBOX_CLOSED, Ordering::AcqRel, Ordering::Acquire).is_ok()
+    }
+}
+
+/// A wallet actor and its queue count, as the registry lists it.
+#[derive(Debug, Clone)]
+pub(super) struct Handle {
+    pub(super) actor: ActorRef<WalletMsg>,
+    pub(super) mailbox: Arc<Mailbox>,
+}
+
+impl Handle {
+    /// A place in this actor's queue, or why not.
+    pub(super) fn reserve(&self, queued_max: u64) -> Result<Ticket, Refused> {
+        self.mailbox.reserve(queued_max)?;
+        Ok(Ticket { handle: Some(self.clone()) })
+    }
+}
+
+/// A reserved place in a wallet actor's queue: sending through it is the only way messages that carry
+/// a reply reach a wallet. Dropped unused (a caller cancelled), it gives the place back.
+#[derive(Debug)]
+pub(super) struct Ticket {
+    handle: Option<Handle>,
+}
+
+impl Ticket {
+    pub(super) fn actor(&self) -> &ActorRef<WalletMsg> {
+        &self.handle.as_ref().expect("a ticket is used once").actor
+    }
+
+    /// Sends under the reservation; fails only if the actor has died (crashed or shut down).
+    pub(super) fn send(mut self, message: WalletMsg) -> Result<(), MessagingErr<WalletMsg>> {
+        let handle = self.handle.take().expect("a ticket is used once");
+        handle.actor.send_message(message)
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if let Some(handle) = self.handle.take() {
+            // The actor gives the place back when it takes this up; if it is gone, nothing waits on it.
+            let _ = handle.actor.send_message(WalletMsg::Release);
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -46,6 +146,7 @@ pub(super) struct WalletActor;
 pub(super) struct WalletArgs {
     pub(super) key: WalletKey,
     pub(super) deps: Arc<Deps>,
+    pub(super) mailbox: Arc<Mailbox>,
 }
 
 /// The actor's state: the aggregate plus what it needs to stay in step with the store.
@@ -61,6 +162,9 @@ pub(super) struct Wallet {
     stale: bool,
     /// Stream version of the last snapshot loaded or saved.
     snapshot_version: u64,
+    mailbox: Arc<Mailbox>,
+    /// Unlisted by the supervisor: stop as soon as no caller holds a ticket.
+    passivating: bool,
 }
 
 impl Actor for WalletActor {
@@ -70,26 +174,47 @@ impl Actor for WalletActor {
 
     async fn pre_start(&self, _myself: ActorRef<WalletMsg>, args: WalletArgs) -> Result<Wallet, ActorProcessingErr> {
         let stream = codec::wallet_stream(&args.key.tenant, &args.key.wallet);
-        Ok(Wallet { key: args.key, stream, deps: args.deps, state: None, stale: false, snapshot_version: 0 })
+        Ok(Wallet {
+            key: args.key,
+            stream,
+            deps: args.deps,
+            state: None,
+            stale: false,
+            snapshot_version: 0,
+            mailbox: args.mailbox,
+            passivating: false,
+        })
     }
 
     async fn handle(&self, myself: ActorRef<WalletMsg>, message: WalletMsg, wallet: &mut Wallet) -> Result<(), ActorProcessingErr> {
         match message {
-            WalletMsg::Execute { command, reply } => {
+            WalletMsg::Execute { command, deadline, reply } => {
+                wallet.mailbox.take();
                 let (command, meta) = &*command;
                 let span =
                     tracing::info_span!("wallet.command", tenant = %wallet.key.tenant, wallet = %wallet.key.wallet, kind = command.kind());
-                let result = wallet.execute(command, meta).instrument(span).await;
+                // A caller that stopped waiting (its reply port closed: cancelled, or its server deadline
+                // passed) gets no decision: the command is skipped before `decide`, so it is not applied.
+                let abandoned = || reply.is_closed() || deadline.is_some_and(|d| Instant::now() >= d);
+                let result = wallet.execute(command, meta, &abandoned).instrument(span).await;
                 let _ = reply.send(result);
                 wallet.snapshot_if_due(false);
             }
             WalletMsg::Summary { reply } => {
-                let _ = reply.send(wallet.summary().await);
+                wallet.mailbox.take();
+                if !reply.is_closed() {
+                    let _ = reply.send(wallet.summary().await);
+                }
             }
-            WalletMsg::Passivate => {
-                wallet.snapshot_if_due(true);
-                myself.stop(Some("passivated".into()));
-            }
+            WalletMsg::Release => wallet.mailbox.take(),
+            WalletMsg::Passivate => wallet.passivating = true,
+        }
+        // Messages sent under tickets may still be on their way (a caller looked us up just before the
+        // supervisor unlisted us, or was handed us by an activation): stop only once none is, so no
+        // caller's message is ever dropped by a passivation.
+        if wallet.passivating && wallet.mailbox.try_close() {
+            wallet.snapshot_if_due(true);
+            myself.stop(Some("passivated".into()));
         }
         Ok(())
     }
@@ -150,7 +275,14 @@ impl Wallet {
         }
     }
 
-    async fn execute(&mut self, command: &Command, meta: &CommandMeta) -> Result<CommandOutcome, WalletError> {
+    /// Decides and records `command`, unless `abandoned` says its caller stopped waiting before it was
+    /// decided: checked before every `decide`, so a skipped command has appended nothing of its own.
+    async fn execute(
+        &mut self,
+        command: &Command,
+        meta: &CommandMeta,
+        abandoned: &(dyn Fn() -> bool + Sync),
+    ) -> Result<CommandOutcome, WalletError> {
         let program =
             self.deps.programs.settings(&self.key.tenant).await?.ok_or_else(|| WalletError::UnknownTenant(self.key.tenant.clone()))?;
         let mut attempt = 0;
@@ -158,6 +290,10 @@ impl Wallet {
             let now_ms = self.deps.clock.now_ms();
             self.current().await?;
             let state = self.state.as_ref().expect("current() recovered it");
+            if abandoned() {
+                tracing::debug!(stream = %self.stream, kind = command.kind(), "caller gone or deadline passed; command skipped, not decided");
+                return Err(WalletError::DeadlineExceeded);
+            }
             let ctx = Context { tenant: &self.key.tenant, wallet: &self.key.wallet, now_ms, program: &program };
             let events = match decide(state, command, &ctx)? {
                 Decision::Append(events) => events,
