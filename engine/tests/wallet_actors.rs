@@ -448,3 +448,20 @@ async fn wallets_that_do_not_exist_are_answered_without_an_actor() {
     assert_eq!(registry.execute(&key("acme", "ghost-7"), earn("o-1", 5), CommandMeta::default()).await.unwrap().balance, 5);
     assert_eq!(registry.summary(&hot).await.unwrap().balance, 0);
 }
+
+/// Issue 15, item 4: event times never go backwards within a stream, whatever the clock says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_times_never_go_backwards_within_a_wallet() {
+    let store = InMemoryStore::new();
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let programs = Arc::new(StaticPrograms::open(ProgramSettings::default()));
+    let registry = WalletRegistry::start(RegistryConfig::default(), store.clone(), programs, clock.clone()).await.unwrap();
+    let wallet = key("acme", "c-1");
+    registry.execute(&wallet, enroll(), CommandMeta::default()).await.unwrap();
+    registry.execute(&wallet, earn("o-1", 5), CommandMeta::default()).await.unwrap();
+    clock.advance_ms(-500_000);
+    registry.execute(&wallet, earn("o-2", 5), CommandMeta::default()).await.unwrap();
+    let stream = tally_engine::codec::wallet_stream(&wallet.tenant, &wallet.wallet);
+    let times: Vec<i64> = store.read_stream(&stream, 1, 10).await.unwrap().iter().map(|e| e.data.recorded_at_ms).collect();
+    assert_eq!(times, [1_000_000, 1_000_000, 1_000_000], "the stepped-back clock recorded nothing earlier");
+}

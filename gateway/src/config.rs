@@ -167,6 +167,15 @@ serve_options! {
         /// Serve Prometheus metrics over HTTP on this address (GET /metrics) [default: off].
         #[arg(long, env = "TALLY_METRICS_LISTEN", value_name = "ADDR")]
         pub metrics_listen: Option<SocketAddr>,
+        /// Largest gap, in hours, between the system clock at start and the log's latest event; beyond it
+        /// (or with the clock behind the log) the server does not start, since points would expire and
+        /// holds time out by a wrong clock — unless --accept-clock-jump confirms the clock is right.
+        #[arg(long, env = "TALLY_CLOCK_JUMP_MAX_HOURS", value_name = "HOURS", default_value = "168")]
+        pub clock_jump_max_hours: Option<u64>,
+        /// Start although the system clock disagrees with the log (see --clock-jump-max-hours): the
+        /// operator confirms the clock is right (a node stopped that long, a log that was quiet).
+        #[arg(long, env = "TALLY_ACCEPT_CLOCK_JUMP", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+        pub accept_clock_jump: Option<bool>,
     }
 }
 
@@ -280,6 +289,10 @@ pub struct ServeSettings {
     /// Whether to keep the sled wallet-activity read model in `<data>/read-models`.
     pub local_read_model: bool,
     pub metrics_listen: Option<SocketAddr>,
+    /// Largest gap between the system clock at start and the log's latest event, in milliseconds.
+    pub clock_jump_max_ms: i64,
+    /// The operator confirmed the clock is right although it disagrees with the log.
+    pub accept_clock_jump: bool,
 }
 
 fn policy(value: &str, name: &str) -> Result<ReturnPolicy, ConfigError> {
@@ -334,6 +347,8 @@ impl ServeSettings {
             local_read_model: set.local_read_model.unwrap_or(matches!(store, StoreUrl::Embedded(_))),
             store,
             metrics_listen: set.metrics_listen,
+            clock_jump_max_ms: i64::try_from(set.clock_jump_max_hours.expect(DEFAULTED)).unwrap_or(i64::MAX).saturating_mul(3_600_000),
+            accept_clock_jump: set.accept_clock_jump.unwrap_or(false),
             registry: RegistryConfig {
                 active_wallets_max: set.active_wallets_max.expect(DEFAULTED),
                 idle_ms: set.wallet_idle_secs.expect(DEFAULTED).saturating_mul(1000),
@@ -547,6 +562,8 @@ mod tests {
             ("reporting_db", "--reporting-db", "TALLY_REPORTING_DB"),
             ("local_read_model", "--local-read-model", "TALLY_LOCAL_READ_MODEL"),
             ("metrics_listen", "--metrics-listen", "TALLY_METRICS_LISTEN"),
+            ("clock_jump_max_hours", "--clock-jump-max-hours", "TALLY_CLOCK_JUMP_MAX_HOURS"),
+            ("accept_clock_jump", "--accept-clock-jump", "TALLY_ACCEPT_CLOCK_JUMP"),
         ];
         assert_eq!(ServeOptions::NAMES, spellings.map(|(key, _, _)| key));
         let mut cli = <crate::cli::Cli as clap::CommandFactory>::command();

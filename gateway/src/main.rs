@@ -14,7 +14,7 @@ use clap::Parser;
 use std::path::Path;
 
 use tally_engine::actors::{CommandMeta, NoSnapshots, ProgramBook, Programs, Snapshots, WalletRegistry, WalletTimers};
-use tally_engine::clock::SystemClock;
+use tally_engine::clock::{Clock, SteadyClock, SystemClock};
 use tally_engine::domain::program::{ProgramCommand, ProgramCommandBody};
 use tally_engine::domain::{ProgramSettings, TenantId};
 use tally_engine::limits::PROGRAM_SETTINGS_REFRESH_MS;
@@ -209,7 +209,7 @@ async fn serve(settings: ServeSettings) -> Result<(), Box<dyn std::error::Error>
     let (backends, store, snapshots) = Backends::open(&settings).await?;
     let read = start_read_side(&settings, &store).await?;
     let tenants: Vec<String> = settings.tenants.iter().map(|(t, _)| t.to_string()).collect();
-    let clock = Arc::new(SystemClock);
+    let clock = steady_clock(&store, &settings).await?;
     let refresh = Duration::from_millis(PROGRAM_SETTINGS_REFRESH_MS);
     let program_book = Arc::new(ProgramBook::new(Arc::clone(&store), clock.clone(), refresh));
     bootstrap_programs(&program_book, &settings.tenants).await?;
@@ -239,6 +239,70 @@ async fn serve(settings: ServeSettings) -> Result<(), Box<dyn std::error::Error>
     backends.close().await;
     tracing::info!("stopped cleanly: every acknowledged call is durable");
     Ok(())
+}
+
+/// How far the wall clock may drift from the engine's before it counts as a step (NTP slews far less).
+const CLOCK_TOLERANCE_MS: i64 = 5_000;
+
+/// The engine's clock: the system clock checked against the log's latest event at start, then moved by
+/// the monotonic clock (ADR 0008). A system clock behind the log, or further ahead of it than
+/// `--clock-jump-max-hours`, stops the start unless the operator confirms it with `--accept-clock-jump`;
+/// a step while running is reported (log and `tally_clock_step_ms`) and not followed.
+async fn steady_clock(store: &Arc<dyn EventStore>, settings: &ServeSettings) -> Result<Arc<SteadyClock>, Box<dyn std::error::Error>> {
+    let wall = SystemClock.now_ms();
+    let head = *store.head().borrow();
+    let latest = if head == 0 { None } else { store.read_all(head, 1).await?.first().map(|e| e.data.recorded_at_ms) };
+    let mut start = wall;
+    if let Some(latest) = latest {
+        let hours = |ms: i64| ms as f64 / 3_600_000.0;
+        if wall < latest - CLOCK_TOLERANCE_MS {
+            let problem = format!("the system clock is {:.1} hours behind the log's latest event", hours(latest - wall));
+            if !settings.accept_clock_jump {
+                return Err(format!(
+                    "{problem}: event times would go back and what is due would wait. Fix the clock, or start with --accept-clock-jump to \
+                     go on from the log's time"
+                )
+                .into());
+            }
+            tracing::warn!("{problem}; accepted (--accept-clock-jump): the engine goes on from the log's time");
+            start = latest;
+        } else if wall - latest > settings.clock_jump_max_ms {
+            let problem = format!("the system clock is {:.1} hours ahead of the log's latest event", hours(wall - latest));
+            if !settings.accept_clock_jump {
+                return Err(format!(
+                    "{problem} (more than --clock-jump-max-hours): on a wrong clock points would expire and holds time out for good. \
+                     If the clock is right (this node was stopped that long, or the log was quiet), start with --accept-clock-jump"
+                )
+                .into());
+            }
+            tracing::warn!("{problem}; accepted (--accept-clock-jump)");
+        }
+    }
+    let clock = Arc::new(SteadyClock::new(Arc::new(SystemClock), start, CLOCK_TOLERANCE_MS));
+    let watched = Arc::clone(&clock);
+    tokio::spawn(async move {
+        let mut stepped = false;
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let off = watched.check();
+            metrics::gauge!("tally_clock_step_ms").set(off.unwrap_or(0) as f64);
+            match off {
+                Some(off) if !stepped => {
+                    tracing::error!(
+                        off_ms = off,
+                        "the system clock stepped; the engine keeps its own time (restart with a right clock to follow it)"
+                    );
+                    stepped = true;
+                }
+                None if stepped => {
+                    tracing::info!("the system clock agrees with the engine's again");
+                    stepped = false;
+                }
+                _ => {}
+            }
+        }
+    });
+    Ok(clock)
 }
 
 /// Creates the programs named by `--tenant` that the log does not have yet. One that exists is left as

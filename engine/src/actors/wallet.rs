@@ -287,9 +287,10 @@ impl Wallet {
             self.deps.programs.settings(&self.key.tenant).await?.ok_or_else(|| WalletError::UnknownTenant(self.key.tenant.clone()))?;
         let mut attempt = 0;
         loop {
-            let now_ms = self.deps.clock.now_ms();
             self.current().await?;
             let state = self.state.as_ref().expect("current() recovered it");
+            // Event times never go backwards within a stream, whatever a clock says (invariant 10).
+            let now_ms = self.deps.clock.now_ms().max(state.last_activity_ms);
             if abandoned() {
                 tracing::debug!(stream = %self.stream, kind = command.kind(), "caller gone or deadline passed; command skipped, not decided");
                 return Err(WalletError::DeadlineExceeded);
