@@ -229,6 +229,22 @@ async fn serve(settings: ServeSettings) -> Result<(), Box<dyn std::error::Error>
         StoreUrl::Postgres(url) | StoreUrl::Kurrent(url) => format!("log in {}", redact(url)),
     };
     println!("tally listening on http://{address} ({log}, tenants: {})", tenants.join(", "));
+    // A log that can no longer be written stops the server as a signal would: health goes NOT_SERVING,
+    // calls in flight finish, and the process exits non-zero instead of serving reads beside dead writes.
+    let broken = Arc::new(std::sync::Mutex::new(None::<String>));
+    let shutdown = {
+        let (store, broken) = (Arc::clone(&store), Arc::clone(&broken));
+        async move {
+            tokio::select! {
+                () = shutdown => {}
+                reason = log_broken(store) => {
+                    tracing::error!(%reason, "the event log can no longer be written; stopping");
+                    metrics::gauge!("tally_log_broken").set(1.0);
+                    *broken.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(reason);
+                }
+            }
+        }
+    };
     let engine = Engine { registry: registry.clone(), store, programs: program_book };
     tally_gateway::server::run(listener, engine, read.clone(), shutdown).await?;
     timers.stop();
@@ -237,8 +253,25 @@ async fn serve(settings: ServeSettings) -> Result<(), Box<dyn std::error::Error>
         projection.stop().await;
     }
     backends.close().await;
+    if let Some(reason) = broken.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
+        return Err(format!(
+            "stopped: the event log can no longer be written ({reason}); every call acknowledged before that is durable, none after \
+             it was acknowledged. Free the disk or fix the device, then start again (the log is verified on open)"
+        )
+        .into());
+    }
     tracing::info!("stopped cleanly: every acknowledged call is durable");
     Ok(())
+}
+
+/// Resolves with the reason once `store` can no longer append.
+async fn log_broken(store: Arc<dyn EventStore>) -> String {
+    loop {
+        if let Some(reason) = store.broken() {
+            return reason;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// How far the wall clock may drift from the engine's before it counts as a step (NTP slews far less).

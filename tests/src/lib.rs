@@ -105,6 +105,25 @@ impl TallyServer {
         Channel::from_shared(self.url.clone()).expect("valid url").connect().await.expect("connect to tally")
     }
 
+    /// Waits up to `limit` for the process to exit by itself; its status, or `None` if it still runs.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let started = std::time::Instant::now();
+        let child = self.child.as_mut().expect("server running");
+        loop {
+            if let Some(status) = child.try_wait().expect("process status") {
+                self.child = None;
+                if let Some(reader) = self.stderr_reader.take() {
+                    let _ = reader.join();
+                }
+                return Some(status);
+            }
+            if started.elapsed() > limit {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// SIGKILL: the process gets no chance to flush or clean up.
     pub fn kill_9(&mut self) {
         if let Some(mut child) = self.child.take() {

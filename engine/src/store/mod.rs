@@ -164,6 +164,12 @@ pub trait EventStore: Send + Sync + fmt::Debug + 'static {
     /// The position of the last durable event (0 for an empty log); changes whenever it advances.
     fn head(&self) -> watch::Receiver<u64>;
 
+    /// Why this store can no longer append until it is reopened (a failed write or fsync leaves the
+    /// tail unknown), or `None` while it can. The server stops serving when it says so.
+    fn broken(&self) -> Option<String> {
+        None
+    }
+
     /// Appends each of `appends` as [`EventStore::append`] would — atomically, with its own version
     /// check — in the order given, and lets the store commit them together (one fsync or transaction
     /// for many): positions follow that order as long as nothing else appends meanwhile. One outcome

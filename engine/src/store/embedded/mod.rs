@@ -89,6 +89,8 @@ pub(super) struct Segment {
 pub(super) struct Shared {
     index: RwLock<Index>,
     segments: RwLock<Vec<Arc<Segment>>>,
+    /// Why the writer refuses appends since a failed write or fsync.
+    broken: Mutex<Option<String>>,
 }
 
 #[derive(Debug)]
@@ -169,7 +171,7 @@ impl EmbeddedStore {
         let (head_tx, head_rx) = watch::channel(head);
         let active = Arc::clone(segments.last().expect("at least one segment"));
         let active_len = active.file.metadata().map_err(|e| StoreError::io(&active.path, e))?.len();
-        let shared = Arc::new(Shared { index: RwLock::new(index), segments: RwLock::new(segments) });
+        let shared = Arc::new(Shared { index: RwLock::new(index), segments: RwLock::new(segments), broken: Mutex::new(None) });
         let (sender, receiver) = mpsc::channel(APPEND_QUEUE_DEPTH_MAX);
         let writer = Writer::new(Arc::clone(&shared), log_dir, active, active_len, head + 1, head_tx, options);
         let handle = std::thread::Builder::new()
@@ -291,6 +293,10 @@ fn scan_segment(path: &Path, segment: u32, is_last: bool, index: &mut Index) -> 
 
 #[async_trait]
 impl EventStore for EmbeddedStore {
+    fn broken(&self) -> Option<String> {
+        self.shared.broken.lock().clone()
+    }
+
     async fn append(&self, stream: &StreamId, expected: ExpectedVersion, events: Vec<EventData>) -> Result<AppendOutcome, StoreError> {
         super::queued_append(&self.sender, Append { stream: stream.clone(), expected, events }).await
     }

@@ -131,6 +131,7 @@ impl Writer {
             for s in staged {
                 let _ = s.reply.send(Err(StoreError::Unavailable { reason: reason.clone() }));
             }
+            *self.shared.broken.lock() = Some(reason.clone());
             self.failed = Some(reason);
             return;
         }
