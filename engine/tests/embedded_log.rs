@@ -110,6 +110,31 @@ async fn corruption_before_the_tail_stops_start_up_naming_file_and_offset() {
     }
 }
 
+/// Issue 15, item 15: a whole last record with a bad checksum was cut off as a "torn tail", though it had
+/// been acknowledged. The writer notes how far it acknowledged; damage below that stops the open.
+#[tokio::test]
+async fn damage_to_the_last_acknowledged_record_is_corruption_not_a_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        fill(&store, 2, 5).await;
+        store.close().await;
+    }
+    let last = segments(dir.path()).pop().unwrap();
+    let mut bytes = fs::read(&last).unwrap();
+    let end = bytes.len();
+    bytes[end - 3] ^= 0xff;
+    fs::write(&last, &bytes).unwrap();
+    match EmbeddedStore::open(dir.path()) {
+        Err(StoreError::Corrupt { file, reason, .. }) => {
+            assert_eq!(file, last);
+            assert!(reason.contains("acknowledged"), "{reason}");
+        }
+        other => panic!("expected acknowledged damage to stop start-up, got {other:?}"),
+    }
+    assert_eq!(fs::read(&last).unwrap().len(), end, "nothing was cut off");
+}
+
 #[tokio::test]
 async fn corruption_is_reported_on_read_too() {
     let dir = tempfile::tempdir().unwrap();

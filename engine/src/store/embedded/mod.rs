@@ -138,6 +138,7 @@ impl EmbeddedStore {
         }
         names.sort();
 
+        let acknowledged = Acknowledged::read(dir);
         let mut index = Index::default();
         let mut segments = Vec::new();
         let mut report = OpenReport::default();
@@ -151,7 +152,9 @@ impl EmbeddedStore {
                 });
             }
             let segment_no = u32::try_from(i).map_err(|_| StoreError::Unavailable { reason: "too many segments".into() })?;
-            let torn = scan_segment(path, segment_no, Some(i) == last, &mut index)?;
+            // The writer noted how far it acknowledged: a tail cut below that is damage, not a torn write.
+            let tail = (Some(i) == last).then(|| acknowledged.filter(|a| a.first_position == *first).map_or(0, |a| a.bytes));
+            let torn = scan_segment(path, segment_no, tail, &mut index)?;
             if let Some(torn) = torn {
                 tracing::warn!(file = %torn.file.display(), offset = torn.offset, bytes = torn.bytes_dropped, "truncated a torn tail left by a crash");
                 report.torn_tail = Some(torn);
@@ -173,7 +176,10 @@ impl EmbeddedStore {
         let active_len = active.file.metadata().map_err(|e| StoreError::io(&active.path, e))?.len();
         let shared = Arc::new(Shared { index: RwLock::new(index), segments: RwLock::new(segments), broken: Mutex::new(None) });
         let (sender, receiver) = mpsc::channel(APPEND_QUEUE_DEPTH_MAX);
-        let writer = Writer::new(Arc::clone(&shared), log_dir, active, active_len, head + 1, head_tx, options);
+        let active_first = names.last().map_or(1, |(first, _)| *first);
+        let note_path = dir.join(Acknowledged::FILE);
+        let note = File::options().create(true).truncate(false).write(true).open(&note_path).map_err(|e| StoreError::io(&note_path, e))?;
+        let writer = Writer::new(Arc::clone(&shared), log_dir, active, active_len, head + 1, head_tx, options, active_first, note);
         let handle = std::thread::Builder::new()
             .name("tally-log-writer".into())
             .spawn(move || writer.run(receiver))
@@ -244,8 +250,37 @@ impl Drop for EmbeddedStore {
     }
 }
 
-/// Verifies one segment and adds its records to the index. Returns the torn tail it cut, if any.
-fn scan_segment(path: &Path, segment: u32, is_last: bool, index: &mut Index) -> Result<Option<TornTail>, StoreError> {
+/// How far the writer acknowledged appends: bytes of the segment that starts at `first_position`. Written
+/// after each fsync without one of its own: after a crash it may be behind what was acknowledged, never
+/// ahead of what is durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Acknowledged {
+    pub(super) first_position: u64,
+    pub(super) bytes: u64,
+}
+
+impl Acknowledged {
+    /// Beside the `log/` directory (which holds only segments).
+    pub(super) const FILE: &'static str = "log.acknowledged";
+
+    fn read(dir: &Path) -> Option<Self> {
+        let bytes = fs::read(dir.join(Self::FILE)).ok()?;
+        let word = |i: usize| bytes.get(i..i + 8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes);
+        Some(Self { first_position: word(0)?, bytes: word(8)? })
+    }
+
+    pub(super) fn encode(self) -> [u8; 16] {
+        let mut out = [0; 16];
+        out[..8].copy_from_slice(&self.first_position.to_le_bytes());
+        out[8..].copy_from_slice(&self.bytes.to_le_bytes());
+        out
+    }
+}
+
+/// Verifies one segment and adds its records to the index. For the last segment, `tail` is how many of
+/// its bytes were acknowledged: damage after that is a torn write and is cut off (returned); damage before
+/// it is corruption of acknowledged data and stops the open.
+fn scan_segment(path: &Path, segment: u32, tail: Option<u64>, index: &mut Index) -> Result<Option<TornTail>, StoreError> {
     let bytes = fs::read(path).map_err(|e| StoreError::io(path, e))?;
     let mut offset = 0usize;
     while offset < bytes.len() {
@@ -276,7 +311,15 @@ fn scan_segment(path: &Path, segment: u32, is_last: bool, index: &mut Index) -> 
                 }
                 offset += len;
             }
-            Frame::Incomplete | Frame::Invalid(_) if is_last && !record::any_valid_frame(&bytes[offset + 1..]) => {
+            Frame::Incomplete | Frame::Invalid(_)
+                if tail.is_some_and(|acknowledged| acknowledged > offset as u64) && !record::any_valid_frame(&bytes[offset + 1..]) =>
+            {
+                return Err(corrupt(format!(
+                    "a record the log acknowledged (up to byte {}) is damaged: not a torn write, so it is not cut off",
+                    tail.unwrap_or_default()
+                )));
+            }
+            Frame::Incomplete | Frame::Invalid(_) if tail.is_some() && !record::any_valid_frame(&bytes[offset + 1..]) => {
                 // Only the last write can be torn, and it was never acknowledged: cut it off.
                 let file = File::options().write(true).open(path).map_err(|e| StoreError::io(path, e))?;
                 file.set_len(offset as u64).and_then(|()| file.sync_all()).map_err(|e| StoreError::io(path, e))?;

@@ -6,13 +6,14 @@
 
 use std::fs::File;
 use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tally_proto::v1::LogRecord;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::{EmbeddedOptions, Loc, Segment, Shared, record, segment_path};
+use super::{Acknowledged, EmbeddedOptions, Loc, Segment, Shared, record, segment_path};
 use crate::FastMap;
 use crate::limits::{GROUP_COMMIT_APPENDS_MAX, GROUP_COMMIT_BYTES_MAX};
 use crate::store::{AppendOutcome, AppendRequest, ExpectedVersion, StoreError, StreamId};
@@ -47,9 +48,13 @@ pub(super) struct Writer {
     /// until a restart re-verifies the log.
     failed: Option<String>,
     buf: Vec<u8>,
+    /// The first position of the active segment (its name), and the note of how far it is acknowledged.
+    active_first: u64,
+    acknowledged: File,
 }
 
 impl Writer {
+    #[expect(clippy::too_many_arguments, reason = "the writer's whole state, handed over once by `open`")]
     pub(super) fn new(
         shared: Arc<Shared>,
         log_dir: PathBuf,
@@ -58,8 +63,22 @@ impl Writer {
         next_position: u64,
         head_tx: watch::Sender<u64>,
         options: EmbeddedOptions,
+        active_first: u64,
+        acknowledged: File,
     ) -> Self {
-        Self { shared, log_dir, active, active_len, next_position, head_tx, options, failed: None, buf: Vec::new() }
+        Self {
+            shared,
+            log_dir,
+            active,
+            active_len,
+            next_position,
+            head_tx,
+            options,
+            failed: None,
+            buf: Vec::new(),
+            active_first,
+            acknowledged,
+        }
     }
 
     pub(super) fn run(mut self, mut queue: mpsc::Receiver<AppendRequest>) {
@@ -170,6 +189,10 @@ impl Writer {
         (&self.active.file).write_all(&self.buf).map_err(|e| StoreError::io(path, e))?;
         self.active_len += self.buf.len() as u64;
         self.active.file.sync_data().map_err(|e| StoreError::io(path, e))?;
+        // How far appends are acknowledged, so an open can tell a torn write from damage to acknowledged
+        // data. No fsync of its own: a stale note only makes the open as lenient as it was without one.
+        let note = Acknowledged { first_position: self.active_first, bytes: self.active_len };
+        self.acknowledged.write_all_at(&note.encode(), 0).map_err(|e| StoreError::io(self.log_dir.with_file_name(Acknowledged::FILE), e))?;
         Ok(())
     }
 
@@ -181,6 +204,7 @@ impl Writer {
         self.shared.segments.write().push(Arc::clone(&segment));
         self.active = segment;
         self.active_len = 0;
+        self.active_first = self.next_position;
         tracing::info!(file = %path.display(), "started a new log segment");
         Ok(())
     }
