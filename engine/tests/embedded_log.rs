@@ -191,3 +191,21 @@ async fn appends_after_close_are_refused() {
     let result = store.append(&stream("t/wallet/x"), ExpectedVersion::Any, vec![event("late")]).await;
     assert!(matches!(result, Err(StoreError::Unavailable { .. })));
 }
+
+/// Issue 15, item 20: a log's identity is made once and kept in the log: the same after a reopen.
+#[tokio::test]
+async fn a_log_keeps_its_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = {
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let id = tally_engine::store::log_identity(&store, 1_000).await.unwrap();
+        assert_eq!(tally_engine::store::log_identity(&store, 2_000).await.unwrap(), id);
+        store.close().await;
+        id
+    };
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    assert_eq!(tally_engine::store::log_identity(&store, 3_000).await.unwrap(), first);
+    let other = tempfile::tempdir().unwrap();
+    let another = EmbeddedStore::open(other.path()).unwrap();
+    assert_ne!(tally_engine::store::log_identity(&another, 1_000).await.unwrap(), first, "each log its own");
+}

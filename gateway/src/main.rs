@@ -18,14 +18,14 @@ use tally_engine::clock::{Clock, SteadyClock, SystemClock};
 use tally_engine::domain::program::{ProgramCommand, ProgramCommandBody};
 use tally_engine::domain::{ProgramSettings, TenantId};
 use tally_engine::limits::PROGRAM_SETTINGS_REFRESH_MS;
-use tally_engine::store::{EmbeddedStore, EventStore, PostgresStore};
+use tally_engine::store::{EmbeddedStore, EventStore, PostgresStore, log_identity};
 use tally_gateway::cli::{Cli, Command, ProjectionsCommand, SnapshotsCommand, SnapshotsTarget, StoreCommand};
 use tally_gateway::config::{ServeSettings, StoreUrl};
 use tally_gateway::derived::{self, DerivedError};
 use tally_gateway::redact::redact;
 use tally_gateway::reporting::ReadSide;
 use tally_gateway::service::Engine;
-use tally_projections::{PostgresReadModel, Projection, RunnerOptions, SledReadModel};
+use tally_projections::{PostgresReadModel, Projection, ReadModel, RunnerOptions, SledReadModel};
 use tally_snapshots::{PostgresSnapshotStore, SledSnapshotStore, SnapshotStore, Snapshotter};
 use tracing_subscriber::EnvFilter;
 
@@ -180,17 +180,23 @@ fn kurrent_not_built(url: &str) -> String {
 }
 
 /// Starts the projections the settings ask for, each following the log into its read model.
-async fn start_read_side(settings: &ServeSettings, store: &Arc<dyn EventStore>) -> Result<ReadSide, Box<dyn std::error::Error>> {
+async fn start_read_side(
+    settings: &ServeSettings,
+    store: &Arc<dyn EventStore>,
+    log_id: &str,
+) -> Result<ReadSide, Box<dyn std::error::Error>> {
     let mut read = ReadSide::default();
     if settings.local_read_model {
         let dir = settings.data.join("read-models");
         let model = derived::open_or_reset("the local read model", &dir, |d| SledReadModel::open(d))?;
+        follow_this_log(&model, "the local read model", log_id, store).await?;
         read.projections.push(Arc::new(Projection::spawn(Arc::clone(store), Arc::new(model), RunnerOptions::default())));
     }
     if let Some(url) = &settings.reporting_db {
         let model = Arc::new(
             PostgresReadModel::connect(url).await.map_err(|e| format!("cannot use the reporting database at {}: {e}", redact(url)))?,
         );
+        follow_this_log(model.as_ref(), "the reporting read model", log_id, store).await?;
         tracing::info!(database = %redact(url), "reporting read model ready");
         read.reporting = Some(Arc::clone(&model));
         read.projections.push(Arc::new(Projection::spawn(Arc::clone(store), model, RunnerOptions::default())));
@@ -207,9 +213,10 @@ async fn serve(settings: ServeSettings) -> Result<(), Box<dyn std::error::Error>
         tracing::info!(%address, "serving Prometheus metrics at /metrics");
     }
     let (backends, store, snapshots) = Backends::open(&settings).await?;
-    let read = start_read_side(&settings, &store).await?;
-    let tenants: Vec<String> = settings.tenants.iter().map(|(t, _)| t.to_string()).collect();
     let clock = steady_clock(&store, &settings).await?;
+    let log_id = log_identity(store.as_ref(), clock.now_ms()).await.map_err(|e| format!("cannot read the log's identity: {e}"))?;
+    let read = start_read_side(&settings, &store, &log_id).await?;
+    let tenants: Vec<String> = settings.tenants.iter().map(|(t, _)| t.to_string()).collect();
     let refresh = Duration::from_millis(PROGRAM_SETTINGS_REFRESH_MS);
     let program_book = Arc::new(ProgramBook::new(Arc::clone(&store), clock.clone(), refresh));
     bootstrap_programs(&program_book, &settings.tenants).await?;
@@ -271,6 +278,27 @@ async fn log_broken(store: Arc<dyn EventStore>) -> String {
             return reason;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Checks that `model` follows this log (`log_id`), recording it if the model has not recorded any. A
+/// model built from another log would report that log's figures as this one's: refused.
+async fn follow_this_log(model: &dyn ReadModel, what: &str, log_id: &str, store: &Arc<dyn EventStore>) -> Result<(), String> {
+    let fail = |e: tally_projections::ProjectionError| format!("cannot check which log {what} follows: {e}");
+    let advice = "give it an empty database (or delete its directory) and it is rebuilt from this log";
+    match model.followed_log().await.map_err(fail)? {
+        Some(followed) if followed == log_id => Ok(()),
+        Some(followed) => Err(format!("{what} was built from another log ({followed}), not this one ({log_id}); {advice}")),
+        None => {
+            // From before logs had identities: adopted, unless it has read more than this log holds.
+            let (read, head) = (model.live().await.map_err(fail)?.checkpoint, *store.head().borrow());
+            if read > head {
+                return Err(format!(
+                    "{what} has read {read} events, more than this log holds ({head}): it was built from another log; {advice}"
+                ));
+            }
+            model.follow_log(log_id).await.map_err(fail)
+        }
     }
 }
 

@@ -111,6 +111,12 @@ pub trait ReadModel: Send + Sync + fmt::Debug + 'static {
     /// The live generation and its checkpoint.
     async fn live(&self) -> Result<Generation, ProjectionError>;
 
+    /// The log this read model follows (`tally_engine::store::log_identity`), if it recorded one.
+    async fn followed_log(&self) -> Result<Option<String>, ProjectionError>;
+
+    /// Records that this read model follows the log `log_id` from now on.
+    async fn follow_log(&self, log_id: &str) -> Result<(), ProjectionError>;
+
     /// Applies `movements` (the wallet events among log positions `from + 1 ..= through`) to
     /// `generation` and moves its checkpoint from `from` to `through`, all in one atomic write.
     /// Fails with [`ProjectionError::CheckpointMoved`], changing nothing, if the checkpoint is not `from`.

@@ -36,6 +36,8 @@ pub const NAME: &str = "wallet_activity";
 const FORMAT_VERSION: u8 = 1;
 const TREE_PREFIX: &str = "wallet_activity.g";
 const LIVE_KEY: &[u8] = b"live";
+/// The log the model follows (its identity).
+const LOG_KEY: &[u8] = b"log";
 const CHECKPOINT_KEY: &[u8] = b"checkpoint";
 const QUARANTINE_PREFIX: &[u8] = b"q/";
 /// Most history entries in one stored chunk, so paging never decodes much more than a page.
@@ -285,6 +287,16 @@ async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T, Projection
 impl ReadModel for SledReadModel {
     fn name(&self) -> &'static str {
         NAME
+    }
+
+    async fn followed_log(&self) -> Result<Option<String>, ProjectionError> {
+        Ok(self.meta.get(LOG_KEY)?.map(|id| String::from_utf8_lossy(&id).into_owned()))
+    }
+
+    async fn follow_log(&self, log_id: &str) -> Result<(), ProjectionError> {
+        self.meta.insert(LOG_KEY, log_id.as_bytes())?;
+        self.meta.flush_async().await?;
+        Ok(())
     }
 
     async fn live(&self) -> Result<Generation, ProjectionError> {

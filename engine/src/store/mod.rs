@@ -256,6 +256,46 @@ pub fn append_bytes(event: &EventData) -> usize {
     event.payload.len() + event.idempotency_key.len() + event.event_type.len() + metadata + 64
 }
 
+/// The stream holding the log's identity (no tenant id can contain `$`).
+pub const LOG_STREAM: &str = "$log";
+
+/// This log's identity: made (a random id) by the first process that asks, kept in the log itself, so
+/// every node sharing the log, and every copy of it, has the same. Read models and snapshot stores record
+/// it and refuse to follow another log.
+pub async fn log_identity(store: &dyn EventStore, now_ms: i64) -> Result<String, StoreError> {
+    use prost::Message;
+    let stream = StreamId::new(LOG_STREAM)?;
+    let existing = |events: Vec<RecordedEvent>| {
+        events.into_iter().next().map(|e| {
+            tally_proto::v1::LogCreated::decode(e.data.payload.as_slice()).map(|c| c.log_id).map_err(|error| StoreError::Corrupt {
+                file: LOG_STREAM.into(),
+                offset: e.global_position,
+                reason: format!("the log's identity cannot be read: {error}"),
+            })
+        })
+    };
+    if let Some(id) = existing(store.read_stream(&stream, 1, 1).await?) {
+        return id;
+    }
+    let log_id = uuid::Uuid::new_v4().to_string();
+    let event = EventData {
+        event_type: "tally.v1.LogCreated".into(),
+        schema_version: 1,
+        recorded_at_ms: now_ms,
+        idempotency_key: "tally:log".into(),
+        command_fingerprint: 0,
+        metadata: EventMetadata::default(),
+        payload: tally_proto::v1::LogCreated { log_id: log_id.clone() }.encode_to_vec(),
+    };
+    match store.append(&stream, ExpectedVersion::Exact(0), vec![event]).await {
+        Ok(_) => Ok(log_id),
+        // Another process made it first: theirs is the log's.
+        Err(StoreError::VersionConflict { .. }) => existing(store.read_stream(&stream, 1, 1).await?)
+            .unwrap_or_else(|| Err(StoreError::Unavailable { reason: "the log's identity vanished".into() })),
+        Err(error) => Err(error),
+    }
+}
+
 /// Checks an append against the limits; every backend calls it first so they all refuse alike.
 pub(crate) fn check_append(events: &[EventData]) -> Result<(), StoreError> {
     if events.is_empty() {

@@ -107,6 +107,19 @@ impl ReadModel for PostgresReadModel {
         self.live_generation().await
     }
 
+    async fn followed_log(&self) -> Result<Option<String>, ProjectionError> {
+        let client = self.pool.get().await?;
+        let row = client.query_opt("SELECT log_id FROM tally_read_log", &[]).await?;
+        Ok(row.map(|row| row.get(0)))
+    }
+
+    async fn follow_log(&self, log_id: &str) -> Result<(), ProjectionError> {
+        let client = self.pool.get().await?;
+        let sql = "INSERT INTO tally_read_log (log_id) VALUES ($1) ON CONFLICT (one) DO UPDATE SET log_id = $1, bound_at = now()";
+        client.execute(sql, &[&log_id]).await?;
+        Ok(())
+    }
+
     async fn apply(&self, generation: u64, from: u64, through: u64, movements: Arc<[Movement]>) -> Result<(), ProjectionError> {
         self.apply_batch(generation, from, through, &movements, Mode::Whole).await.map(drop).map_err(|e| no_such(e, generation))
     }

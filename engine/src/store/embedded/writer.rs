@@ -192,7 +192,9 @@ impl Writer {
         // How far appends are acknowledged, so an open can tell a torn write from damage to acknowledged
         // data. No fsync of its own: a stale note only makes the open as lenient as it was without one.
         let note = Acknowledged { first_position: self.active_first, bytes: self.active_len };
-        self.acknowledged.write_all_at(&note.encode(), 0).map_err(|e| StoreError::io(self.log_dir.with_file_name(Acknowledged::FILE), e))?;
+        self.acknowledged
+            .write_all_at(&note.encode(), 0)
+            .map_err(|e| StoreError::io(self.log_dir.with_file_name(Acknowledged::FILE), e))?;
         Ok(())
     }
 
