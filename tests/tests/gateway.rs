@@ -372,3 +372,137 @@ async fn wallets_that_do_not_exist_are_not_found_for_reads_and_commands() {
     client.enroll(enroll("ghost-1")).await.unwrap();
     assert_eq!(client.earn(earn("ghost-1", "k", 3)).await.unwrap().into_inner().balance, 3);
 }
+
+/// Issue 15 (fuzzing): random protobuf messages — valid framing, random fields and values — sent to
+/// every RPC of a real server are answered with a status a client can act on, never INTERNAL or UNKNOWN,
+/// and the server keeps serving. `TALLY_FUZZ_CALLS` sets the calls per RPC (a long run: 10000).
+#[tokio::test]
+async fn random_requests_to_every_rpc_get_an_actionable_status() {
+    use rand::{Rng, SeedableRng};
+    use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+
+    /// Sends bytes as they are; reads the reply's bytes and throws them away.
+    #[derive(Default)]
+    struct Raw;
+    struct RawEncoder;
+    struct RawDecoder;
+    impl Encoder for RawEncoder {
+        type Item = Vec<u8>;
+        type Error = tonic::Status;
+        fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+            bytes::BufMut::put_slice(dst, &item);
+            Ok(())
+        }
+    }
+    impl Decoder for RawDecoder {
+        type Item = ();
+        type Error = tonic::Status;
+        fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<()>, tonic::Status> {
+            let n = bytes::Buf::remaining(src);
+            bytes::Buf::advance(src, n);
+            Ok(Some(()))
+        }
+    }
+    impl Codec for Raw {
+        type Encode = Vec<u8>;
+        type Decode = ();
+        type Encoder = RawEncoder;
+        type Decoder = RawDecoder;
+        fn encoder(&mut self) -> RawEncoder {
+            RawEncoder
+        }
+        fn decoder(&mut self) -> RawDecoder {
+            RawDecoder
+        }
+    }
+
+    fn varint(out: &mut Vec<u8>, mut v: u64) {
+        while v >= 0x80 {
+            out.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+    /// A message of random fields 1–10: varints (small, large, negative) and length-delimited values
+    /// (ids from a small set, random text, random bytes).
+    fn message(rng: &mut rand::rngs::StdRng, depth: u32) -> Vec<u8> {
+        let mut out = Vec::new();
+        for _ in 0..rng.random_range(0..8) {
+            let field = rng.random_range(1..=10u64);
+            if rng.random_bool(0.4) {
+                varint(&mut out, field << 3);
+                let value = match rng.random_range(0..4) {
+                    0 => rng.random_range(0..5),
+                    1 => rng.random_range(0..2_000_000),
+                    2 => u64::MAX - rng.random_range(0..1_000),
+                    _ => rng.random(),
+                };
+                varint(&mut out, value);
+            } else {
+                varint(&mut out, (field << 3) | 2);
+                let value: Vec<u8> = match rng.random_range(0..4) {
+                    0 => ["demo", "c-1", "acme", "", "pos-1", "order-1"][rng.random_range(0..6)].as_bytes().to_vec(),
+                    1 => (0..rng.random_range(0..40)).map(|_| rng.random_range(b' '..=b'~')).collect(),
+                    2 if depth < 2 => message(rng, depth + 1),
+                    _ => (0..rng.random_range(0..40)).map(|_| rng.random()).collect(),
+                };
+                varint(&mut out, value.len() as u64);
+                out.extend(value);
+            }
+        }
+        out
+    }
+
+    let rpcs = [
+        "tally.v1.WalletService/Enroll",
+        "tally.v1.WalletService/Earn",
+        "tally.v1.WalletService/Redeem",
+        "tally.v1.WalletService/Adjust",
+        "tally.v1.WalletService/Reverse",
+        "tally.v1.WalletService/EarnForOrder",
+        "tally.v1.WalletService/RefundOrder",
+        "tally.v1.WalletService/AuthorizeRedemption",
+        "tally.v1.WalletService/CaptureRedemption",
+        "tally.v1.WalletService/VoidRedemption",
+        "tally.v1.WalletService/PurchaseCredits",
+        "tally.v1.WalletService/AddStamps",
+        "tally.v1.WalletService/Close",
+        "tally.v1.WalletService/GetWallet",
+        "tally.v1.WalletService/ListTransactions",
+        "tally.v1.AdminService/CreateProgram",
+        "tally.v1.AdminService/PublishRules",
+        "tally.v1.AdminService/GetProgram",
+        "tally.v1.AdminService/ListRuleVersions",
+        "tally.v1.AdminService/DefineCreditPackage",
+        "tally.v1.AdminService/SetExpiryPolicy",
+        "tally.v1.AdminService/SetPendingPeriod",
+        "tally.v1.AdminService/SetRefundWindow",
+        "tally.v1.AdminService/DefineTiers",
+        "tally.v1.AdminService/DefineStampCard",
+        "tally.v1.AdminService/SimulateOrder",
+        "tally.v1.ReportingService/ListWallets",
+        "tally.v1.ReportingService/ProgramStats",
+        "tally.v1.ReportingService/Liability",
+        "tally.v1.ProjectionsService/ListProjections",
+    ];
+    let calls: usize = std::env::var("TALLY_FUZZ_CALLS").ok().and_then(|n| n.parse().ok()).unwrap_or(20);
+    let dir = tempfile::tempdir().unwrap();
+    let server = TallyServer::start(dir.path(), &[]);
+    let mut grpc = tonic::client::Grpc::new(server.channel().await);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(15);
+    for rpc in rpcs {
+        for _ in 0..calls {
+            let body = message(&mut rng, 0);
+            grpc.ready().await.unwrap();
+            let path = tonic::codegen::http::uri::PathAndQuery::from_maybe_shared(format!("/{rpc}")).unwrap();
+            if let Err(status) = grpc.unary(tonic::Request::new(body.clone()), path, Raw).await {
+                assert!(
+                    !matches!(status.code(), Code::Internal | Code::Unknown | Code::DataLoss),
+                    "{rpc} answered {status:?} to {body:02x?}"
+                );
+            }
+        }
+    }
+    let mut client = server.client().await;
+    client.enroll(enroll("after-fuzz")).await.unwrap();
+}
