@@ -92,6 +92,16 @@ enum Backends {
 }
 
 impl Backends {
+    /// The node's own snapshot store beside its data directory, if it keeps one.
+    fn local_snapshots(&self) -> Option<&Arc<SledSnapshotStore>> {
+        match self {
+            Self::Embedded { snapshots, .. } => snapshots.as_ref(),
+            Self::Postgres { .. } => None,
+            #[cfg(feature = "kurrentdb")]
+            Self::Kurrent { snapshots } => snapshots.as_ref(),
+        }
+    }
+
     async fn open(settings: &ServeSettings) -> Result<(Self, Arc<dyn EventStore>, Arc<dyn Snapshots>), Box<dyn std::error::Error>> {
         match &settings.store {
             StoreUrl::Embedded(dir) => {
@@ -215,6 +225,9 @@ async fn serve(settings: ServeSettings) -> Result<(), Box<dyn std::error::Error>
     let (backends, store, snapshots) = Backends::open(&settings).await?;
     let clock = steady_clock(&store, &settings).await?;
     let log_id = log_identity(store.as_ref(), clock.now_ms()).await.map_err(|e| format!("cannot read the log's identity: {e}"))?;
+    if let Some(local) = backends.local_snapshots() {
+        snapshots_follow_this_log(local, &settings.data, &log_id).await?;
+    }
     let read = start_read_side(&settings, &store, &log_id).await?;
     let tenants: Vec<String> = settings.tenants.iter().map(|(t, _)| t.to_string()).collect();
     let refresh = Duration::from_millis(PROGRAM_SETTINGS_REFRESH_MS);
@@ -300,6 +313,30 @@ async fn follow_this_log(model: &dyn ReadModel, what: &str, log_id: &str, store:
             model.follow_log(log_id).await.map_err(fail)
         }
     }
+}
+
+/// Snapshots kept beside the data directory are of one log (a node's data directory pointed at another
+/// KurrentDB, a restored directory): those of another log could be trusted for streams of the same name,
+/// so they are purged — they are derived — and the snapshot store notes the log it now follows.
+async fn snapshots_follow_this_log(store: &SledSnapshotStore, data: &Path, log_id: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let note = data.join("snapshots.log");
+    match std::fs::read_to_string(&note) {
+        Ok(followed) if followed.trim() == log_id => return Ok(()),
+        Ok(followed) => {
+            let purged = store.purge().await?;
+            tracing::warn!(
+                followed = followed.trim(),
+                log = log_id,
+                purged,
+                "the snapshots were of another log; purged, they are rebuilt from this one"
+            );
+        }
+        // From before snapshot stores noted their log, or a new one: adopted.
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(format!("cannot read {}: {error}", note.display()).into()),
+    }
+    std::fs::write(&note, log_id).map_err(|e| format!("cannot write {}: {e}", note.display()))?;
+    Ok(())
 }
 
 /// How far the wall clock may drift from the engine's before it counts as a step (NTP slews far less).

@@ -103,3 +103,50 @@ async fn damaged_derived_stores_are_set_aside_and_the_server_serves() {
     let wallet = server.client().await.get_wallet(get).await.unwrap().into_inner();
     assert_eq!(wallet.balance, 24);
 }
+
+/// Issue 15, item 20: snapshots follow one log. A node's snapshots of another log (its data directory
+/// pointed at another log, a restored directory) could be trusted for a stream of the same name; they
+/// are purged at start and the wallet is what its own log says.
+#[tokio::test]
+async fn snapshots_of_another_log_are_purged_at_start() {
+    async fn fill(server: &TallyServer, earns: u32, points: i64) {
+        let mut client = server.client().await;
+        let enroll =
+            EnrollRequest { tenant_id: "demo".into(), wallet_id: "c-1".into(), idempotency_key: "e".into(), customer_ref: String::new() };
+        client.enroll(enroll).await.unwrap();
+        for n in 0..earns {
+            let key = format!("o-{n}");
+            let earn = EarnRequest {
+                tenant_id: "demo".into(),
+                wallet_id: "c-1".into(),
+                idempotency_key: key.clone(),
+                points,
+                reason: String::new(),
+                source_ref: key,
+                order_amount: None,
+            };
+            client.earn(earn).await.unwrap();
+        }
+    }
+    let args = ["--snapshot-every-events", "5"];
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut server = TallyServer::start(a.path(), &args);
+    fill(&server, 12, 3).await;
+    assert!(server.terminate().success());
+    let mut server = TallyServer::start(b.path(), &args);
+    fill(&server, 15, 7).await;
+    assert!(server.terminate().success());
+
+    // b's data directory gets a's snapshots (and the note of the log they follow).
+    std::fs::remove_dir_all(b.path().join("snapshots")).unwrap();
+    let copy = Command::new("cp").arg("-r").arg(a.path().join("snapshots")).arg(b.path()).status().unwrap();
+    assert!(copy.success());
+    std::fs::copy(a.path().join("snapshots.log"), b.path().join("snapshots.log")).unwrap();
+
+    let mut server = TallyServer::start(b.path(), &args);
+    let get = GetWalletRequest { tenant_id: "demo".into(), wallet_id: "c-1".into() };
+    let wallet = server.client().await.get_wallet(get).await.unwrap().into_inner();
+    assert_eq!((wallet.balance, wallet.version), (105, 16), "b's own log, not a's snapshot plus b's tail");
+    assert!(server.terminate().success());
+    assert!(server.stderr().contains("snapshots were of another log"), "{}", server.stderr());
+}
