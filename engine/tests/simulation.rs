@@ -33,7 +33,7 @@ use tally_engine::clock::{Clock, ManualClock};
 use tally_engine::codec;
 use tally_engine::domain::program::RuleVersion;
 use tally_engine::domain::rules::parse_rules;
-use tally_engine::domain::tiers::{self, Tiers};
+use tally_engine::domain::tiers::Tiers;
 use tally_engine::domain::{
     Change, Command, CommandBody, CreditPackageDefined, Event, Money, ProgramSettings, ReturnPolicy, StampCardDefined, TenantId, WalletId,
     WalletState, WalletStatus, apply,
@@ -417,33 +417,10 @@ impl Snapshots for SimSnapshots {
     }
 }
 
-/// What the wallet's actor must answer, from the fold of its log, at `now_ms`.
+/// What the wallet's actor must answer, from the fold of its log, at `now_ms`: the actor's own summary
+/// of the folded state (the states are what is compared).
 fn expected_summary(state: &WalletState, now_ms: i64, program: &ProgramSettings) -> WalletSummary {
-    WalletSummary {
-        status: state.status,
-        customer_ref: state.customer_ref.clone(),
-        balance: state.balance,
-        lifetime_earned: state.lifetime_earned,
-        lifetime_redeemed: state.lifetime_redeemed,
-        lifetime_reversed: state.lifetime_reversed,
-        lifetime_adjusted: state.lifetime_adjusted,
-        enrolled_at_ms: state.enrolled_at_ms,
-        last_activity_ms: state.last_activity_ms,
-        version: state.version,
-        held_points: state.held_points,
-        available_points: state.available_at(now_ms).max(0),
-        lifetime_purchased: state.lifetime_purchased,
-        lifetime_expired: state.lifetime_expired,
-        pending_points: state.pending_points,
-        upcoming_expiries: state.upcoming_expiries(now_ms, 5),
-        stamp_cards: state
-            .stamp_cards()
-            .map(|(id, card)| {
-                (id.to_owned(), card.stamps, program.stamp_cards.get(id).map_or(0, |def| def.stamps_required), card.completed)
-            })
-            .collect(),
-        tier: tiers::view(state, &program.tiers, now_ms, program.utc_offset_minutes),
-    }
+    WalletSummary::of(state, now_ms, program)
 }
 
 async fn check_views(seed: u64, registry: &WalletRegistry, wallets: &[WalletKey], folded: &HashMap<String, WalletState>, now_ms: i64) {

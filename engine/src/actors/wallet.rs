@@ -344,7 +344,7 @@ impl Wallet {
                         version: state.version,
                         position: outcome.last_position,
                         replayed: false,
-                        wallet: summarize(state, now_ms, &program),
+                        wallet: WalletSummary::of(state, now_ms, &program),
                     });
                 }
                 Err(StoreError::VersionConflict { .. }) if attempt < CONFLICT_RETRIES_MAX => {
@@ -406,7 +406,8 @@ impl Wallet {
             events.push(StoredWalletEvent { version, position, event: codec::decode(r)? });
         }
         let position = events.last().map_or(0, |e| e.position);
-        let wallet = summarize(self.state.as_ref().expect("a receipt comes from a recovered state"), self.deps.clock.now_ms(), program);
+        let wallet =
+            WalletSummary::of(self.state.as_ref().expect("a receipt comes from a recovered state"), self.deps.clock.now_ms(), program);
         Ok(CommandOutcome { events, balance: receipt.balance_after, version: receipt.last_version, position, replayed: true, wallet })
     }
 
@@ -417,41 +418,43 @@ impl Wallet {
         if state.status == WalletStatus::NotEnrolled {
             return Err(Rejection::WalletNotFound.into());
         }
-        Ok(summarize(state, now_ms, &program))
+        Ok(WalletSummary::of(state, now_ms, &program))
     }
 }
 
 /// How many upcoming expiries a summary lists.
 const UPCOMING_EXPIRIES: usize = 5;
 
-/// The wallet's figures as of `now_ms` (holds past their timeout and lots past their expiry no longer
-/// count as available, even before their events are recorded).
-fn summarize(state: &WalletState, now_ms: i64, program: &ProgramSettings) -> WalletSummary {
-    WalletSummary {
-        status: state.status,
-        customer_ref: state.customer_ref.clone(),
-        balance: state.balance,
-        lifetime_earned: state.lifetime_earned,
-        lifetime_redeemed: state.lifetime_redeemed,
-        lifetime_reversed: state.lifetime_reversed,
-        lifetime_adjusted: state.lifetime_adjusted,
-        enrolled_at_ms: state.enrolled_at_ms,
-        last_activity_ms: state.last_activity_ms,
-        version: state.version,
-        held_points: state.held_points,
-        available_points: state.available_at(now_ms).max(0),
-        lifetime_purchased: state.lifetime_purchased,
-        lifetime_expired: state.lifetime_expired,
-        pending_points: state.pending_points,
-        upcoming_expiries: state.upcoming_expiries(now_ms, UPCOMING_EXPIRIES),
-        tier: tiers::view(state, &program.tiers, now_ms, program.utc_offset_minutes),
-        stamp_cards: state
-            .stamp_cards()
-            .map(|(id, card)| {
-                let required = program.stamp_cards.get(id).map_or(0, |def| def.stamps_required);
-                (id.to_owned(), card.stamps, required, card.completed)
-            })
-            .collect(),
+impl WalletSummary {
+    /// The wallet's figures as of `now_ms` (holds past their timeout and lots past their expiry no longer
+    /// count as available, even before their events are recorded).
+    pub fn of(state: &WalletState, now_ms: i64, program: &ProgramSettings) -> Self {
+        Self {
+            status: state.status,
+            customer_ref: state.customer_ref.clone(),
+            balance: state.balance,
+            lifetime_earned: state.lifetime_earned,
+            lifetime_redeemed: state.lifetime_redeemed,
+            lifetime_reversed: state.lifetime_reversed,
+            lifetime_adjusted: state.lifetime_adjusted,
+            enrolled_at_ms: state.enrolled_at_ms,
+            last_activity_ms: state.last_activity_ms,
+            version: state.version,
+            held_points: state.held_points,
+            available_points: state.available_at(now_ms).max(0),
+            lifetime_purchased: state.lifetime_purchased,
+            lifetime_expired: state.lifetime_expired,
+            pending_points: state.pending_points,
+            upcoming_expiries: state.upcoming_expiries(now_ms, UPCOMING_EXPIRIES),
+            tier: tiers::view(state, &program.tiers, now_ms, program.utc_offset_minutes),
+            stamp_cards: state
+                .stamp_cards()
+                .map(|(id, card)| {
+                    let required = program.stamp_cards.get(id).map_or(0, |def| def.stamps_required);
+                    (id.to_owned(), card.stamps, required, card.completed)
+                })
+                .collect(),
+        }
     }
 }
 
