@@ -5,8 +5,14 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos =
-        ["tally/v1/events.proto", "tally/v1/orders.proto", "tally/v1/wallet.proto", "tally/v1/reporting.proto", "tally/v1/admin.proto"];
+    let protos = [
+        "tally/v1/events.proto",
+        "tally/v1/orders.proto",
+        "tally/v1/wallet.proto",
+        "tally/v1/reporting.proto",
+        "tally/v1/admin.proto",
+        "tally/v1/keys.proto",
+    ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }

@@ -3,6 +3,7 @@
 
 use tally_proto::v1::OrderClaimed;
 
+use crate::domain::access::{KEYS_STREAM, KeyChange};
 use crate::domain::program::{ProgramChange, ProgramEvent};
 use crate::domain::{Change, Event, TenantId, WalletId};
 use crate::store::{EventData, EventMetadata, RecordedEvent, StreamId};
@@ -79,6 +80,33 @@ pub fn decode_program(recorded: RecordedEvent) -> Result<ProgramEvent, CodecErro
         recorded_at_ms: data.recorded_at_ms,
         change,
     })
+}
+
+/// The log's stream of access keys, `$keys`.
+pub fn keys_stream() -> StreamId {
+    StreamId::new(KEYS_STREAM).expect("a valid stream id")
+}
+
+/// Schema version written for every key event today.
+pub const KEY_SCHEMA_VERSION: u32 = 1;
+
+/// A key event, recorded at `recorded_at_ms`.
+pub fn encode_key(change: &KeyChange, recorded_at_ms: i64, metadata: &EventMetadata) -> EventData {
+    let key = match change {
+        KeyChange::Created(c) => format!("tally:key:{}:created", c.key_id),
+        KeyChange::Revoked(r) => format!("tally:key:{}:revoked", r.key_id),
+    };
+    let facts = CommandFacts { key: &key, fingerprint: 0, recorded_at_ms };
+    envelope(change.event_type(), KEY_SCHEMA_VERSION, facts, metadata, change.encode_payload())
+}
+
+/// A stored key event and when it was recorded.
+pub fn decode_key(recorded: RecordedEvent) -> Result<(KeyChange, i64), CodecError> {
+    let RecordedEvent { global_position: position, data, .. } = recorded;
+    if data.schema_version != KEY_SCHEMA_VERSION {
+        return Err(CodecError::UnsupportedSchemaVersion { position, event_type: data.event_type, schema_version: data.schema_version });
+    }
+    Ok((payload(position, &data, KeyChange::decode_payload)?, data.recorded_at_ms))
 }
 
 /// An event table's decoder (`Change::decode_payload`, `ProgramChange::decode_payload`).

@@ -113,3 +113,11 @@ pub const QUALIFYING_MONTHS_MAX: usize = 24;
 /// Most stamps a card needs, and most stamps given at once.
 pub const STAMPS_PER_CARD_MAX: i64 = 1_000;
 const _: () = assert!(DUE_EVENTS_PER_APPEND_MAX + HOLDS_PER_WALLET_MAX + 16 < APPEND_EVENTS_MAX);
+
+/// Longest label, reason or author of an API key, in bytes.
+pub const KEY_LABEL_BYTES_MAX: usize = 128;
+/// Most keys not revoked nor expired per tenant (and for the platform).
+pub const KEYS_ACTIVE_PER_SCOPE_MAX: usize = 1_000;
+/// How often a node re-reads the log's keys: a key created or revoked on another node works, or stops
+/// working, here within this bound.
+pub const KEYS_REFRESH_MS: u64 = 1_000;

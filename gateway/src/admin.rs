@@ -12,7 +12,7 @@ use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::limits::RULE_VERSIONS_PAGE_BYTES_MAX;
-use crate::{orders, status};
+use crate::{access, orders, status};
 
 #[derive(Debug, Clone)]
 pub struct AdminApi {
@@ -23,10 +23,6 @@ impl AdminApi {
     pub fn new(programs: Arc<ProgramBook>) -> Self {
         Self { programs }
     }
-}
-
-fn tenant(value: &str) -> Result<TenantId, Status> {
-    TenantId::parse(value).map_err(|e| status::from_field_error(&e))
 }
 
 fn from_program_error(error: &ProgramError) -> Status {
@@ -83,16 +79,14 @@ fn response(tenant: &TenantId, state: &ProgramState, replayed: Option<u32>) -> p
 }
 
 impl AdminApi {
-    async fn execute(&self, tenant_id: &str, key: String, body: ProgramCommandBody) -> Result<Response<pb::ProgramResponse>, Status> {
-        let tenant = tenant(tenant_id)?;
+    async fn execute(&self, tenant: TenantId, key: String, body: ProgramCommandBody) -> Result<Response<pb::ProgramResponse>, Status> {
         let command = ProgramCommand { idempotency_key: key, body };
         let ProgramOutcome { state, replayed } =
             self.programs.execute(&tenant, &command, &CommandMeta::default()).await.map_err(|e| from_program_error(&e))?;
         Ok(Response::new(response(&tenant, &state, replayed)))
     }
 
-    async fn existing(&self, tenant_id: &str) -> Result<(TenantId, ProgramState), Status> {
-        let tenant = tenant(tenant_id)?;
+    async fn existing(&self, tenant: TenantId) -> Result<(TenantId, ProgramState), Status> {
         let state = self.programs.get(&tenant).await.map_err(|e| from_program_error(&e))?;
         if !state.created {
             return Err(from_program_error(&ProgramError::Rejected(ProgramRejection::NotCreated)));
@@ -104,10 +98,11 @@ impl AdminApi {
 #[tonic::async_trait]
 impl AdminService for AdminApi {
     async fn create_program(&self, request: Request<pb::CreateProgramRequest>) -> Result<Response<pb::ProgramResponse>, Status> {
-        let r = request.into_inner();
+        let (_, extensions, r) = request.into_parts();
+        let tenant = access::acting_tenant(&extensions, &r.tenant_id)?;
         let return_policy = ReturnPolicy::try_from(r.return_policy).map_err(|_| status::invalid("return_policy", "unknown policy"))?;
         self.execute(
-            &r.tenant_id,
+            tenant,
             r.idempotency_key,
             ProgramCommandBody::Create { name: r.name, utc_offset_minutes: r.utc_offset_minutes, return_policy },
         )
@@ -115,20 +110,18 @@ impl AdminService for AdminApi {
     }
 
     async fn publish_rules(&self, request: Request<pb::PublishRulesRequest>) -> Result<Response<pb::ProgramResponse>, Status> {
-        let r = request.into_inner();
-        self.execute(
-            &r.tenant_id,
-            r.idempotency_key,
-            ProgramCommandBody::PublishRules { rules_json: r.rules_json, published_by: r.published_by },
-        )
-        .await
+        let (_, extensions, r) = request.into_parts();
+        let tenant = access::acting_tenant(&extensions, &r.tenant_id)?;
+        self.execute(tenant, r.idempotency_key, ProgramCommandBody::PublishRules { rules_json: r.rules_json, published_by: r.published_by })
+            .await
     }
 
     async fn define_credit_package(
         &self,
         request: Request<pb::DefineCreditPackageRequest>,
     ) -> Result<Response<pb::ProgramResponse>, Status> {
-        let r = request.into_inner();
+        let (_, extensions, r) = request.into_parts();
+        let tenant = access::acting_tenant(&extensions, &r.tenant_id)?;
         let package = r.package.ok_or_else(|| status::invalid("package", "is required"))?;
         let price = package.price.ok_or_else(|| status::invalid("package.price", "is required"))?;
         let body = ProgramCommandBody::DefinePackage {
@@ -138,40 +131,46 @@ impl AdminService for AdminApi {
             points: package.points,
             active: package.active,
         };
-        self.execute(&r.tenant_id, r.idempotency_key, body).await
+        self.execute(tenant, r.idempotency_key, body).await
     }
 
     async fn set_expiry_policy(&self, request: Request<pb::SetExpiryPolicyRequest>) -> Result<Response<pb::ProgramResponse>, Status> {
-        let r = request.into_inner();
+        let (_, extensions, r) = request.into_parts();
+        let tenant = access::acting_tenant(&extensions, &r.tenant_id)?;
         let body = ProgramCommandBody::SetExpiryPolicy { policy: r.policy.unwrap_or_default(), set_by: r.set_by };
-        self.execute(&r.tenant_id, r.idempotency_key, body).await
+        self.execute(tenant, r.idempotency_key, body).await
     }
 
     async fn set_pending_period(&self, request: Request<pb::SetPendingPeriodRequest>) -> Result<Response<pb::ProgramResponse>, Status> {
-        let r = request.into_inner();
-        self.execute(&r.tenant_id, r.idempotency_key, ProgramCommandBody::SetPendingPeriod { days: r.days, set_by: r.set_by }).await
+        let (_, extensions, r) = request.into_parts();
+        let tenant = access::acting_tenant(&extensions, &r.tenant_id)?;
+        self.execute(tenant, r.idempotency_key, ProgramCommandBody::SetPendingPeriod { days: r.days, set_by: r.set_by }).await
     }
 
     async fn set_refund_window(&self, request: Request<pb::SetRefundWindowRequest>) -> Result<Response<pb::ProgramResponse>, Status> {
-        let r = request.into_inner();
-        self.execute(&r.tenant_id, r.idempotency_key, ProgramCommandBody::SetRefundWindow { days: r.days, set_by: r.set_by }).await
+        let (_, extensions, r) = request.into_parts();
+        let tenant = access::acting_tenant(&extensions, &r.tenant_id)?;
+        self.execute(tenant, r.idempotency_key, ProgramCommandBody::SetRefundWindow { days: r.days, set_by: r.set_by }).await
     }
 
     async fn define_tiers(&self, request: Request<pb::DefineTiersRequest>) -> Result<Response<pb::ProgramResponse>, Status> {
-        let r = request.into_inner();
+        let (_, extensions, r) = request.into_parts();
+        let tenant = access::acting_tenant(&extensions, &r.tenant_id)?;
         let window = pb::TierWindow::try_from(r.window).map_err(|_| status::invalid("window", "unknown window"))?;
         let body = ProgramCommandBody::DefineTiers { tiers: r.tiers, window, grace_days: r.grace_days, set_by: r.set_by };
-        self.execute(&r.tenant_id, r.idempotency_key, body).await
+        self.execute(tenant, r.idempotency_key, body).await
     }
 
     async fn define_stamp_card(&self, request: Request<pb::DefineStampCardRequest>) -> Result<Response<pb::ProgramResponse>, Status> {
-        let r = request.into_inner();
+        let (_, extensions, r) = request.into_parts();
+        let tenant = access::acting_tenant(&extensions, &r.tenant_id)?;
         let card = r.card.ok_or_else(|| status::invalid("card", "is required"))?;
-        self.execute(&r.tenant_id, r.idempotency_key, ProgramCommandBody::DefineStampCard { card }).await
+        self.execute(tenant, r.idempotency_key, ProgramCommandBody::DefineStampCard { card }).await
     }
 
     async fn get_program(&self, request: Request<pb::GetProgramRequest>) -> Result<Response<pb::ProgramResponse>, Status> {
-        let (tenant, state) = self.existing(&request.into_inner().tenant_id).await?;
+        let (_, extensions, r) = request.into_parts();
+        let (tenant, state) = self.existing(access::acting_tenant(&extensions, &r.tenant_id)?).await?;
         Ok(Response::new(response(&tenant, &state, None)))
     }
 
@@ -179,8 +178,9 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::ListRuleVersionsRequest>,
     ) -> Result<Response<pb::ListRuleVersionsResponse>, Status> {
-        let r = request.into_inner();
-        let (_, state) = self.existing(&r.tenant_id).await?;
+        let (_, extensions, r) = request.into_parts();
+        let tenant = access::acting_tenant(&extensions, &r.tenant_id)?;
+        let (_, state) = self.existing(tenant).await?;
         let from = match r.page_token.as_str() {
             "" => 1,
             token => token
@@ -209,8 +209,8 @@ impl AdminService for AdminApi {
     }
 
     async fn simulate_order(&self, request: Request<pb::SimulateOrderRequest>) -> Result<Response<pb::SimulateOrderResponse>, Status> {
-        let r = request.into_inner();
-        let tenant = tenant(&r.tenant_id)?;
+        let (_, extensions, r) = request.into_parts();
+        let tenant = access::acting_tenant(&extensions, &r.tenant_id)?;
         let order = orders::from_wire(r.order)?;
         let tier = (!r.customer_tier.is_empty()).then_some(r.customer_tier.as_str());
         let quote = self.programs.quote_order(&tenant, &order, tier, r.previous_orders).await.map_err(|e| from_program_error(&e))?;

@@ -11,9 +11,10 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tally_proto::v1::wallet_service_client::WalletServiceClient;
 use tally_proto::v1::{EarnRequest, EnrollRequest, GetWalletRequest, RedeemRequest};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 
 use crate::cli::BenchArgs;
+use crate::credentials::{Authed, CredentialError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
@@ -21,6 +22,8 @@ pub enum BenchError {
     Url(String),
     #[error("cannot reach {server}: {source}")]
     Connect { server: String, source: tonic::transport::Error },
+    #[error(transparent)]
+    Credential(#[from] CredentialError),
     #[error("setting up wallets failed: {0}")]
     Setup(tonic::Status),
     #[error("invalid settings: {0}")]
@@ -75,12 +78,13 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
 }
 
-async fn channels(args: &BenchArgs) -> Result<Vec<WalletServiceClient<Channel>>, BenchError> {
+async fn channels(args: &BenchArgs) -> Result<Vec<WalletServiceClient<Authed>>, BenchError> {
     let endpoint = Endpoint::from_shared(args.server.clone()).map_err(|_| BenchError::Url(args.server.clone()))?.tcp_nodelay(true);
+    let bearer = args.key.bearer()?;
     let mut clients = Vec::new();
     for _ in 0..args.connections.max(1) {
         let channel = endpoint.connect().await.map_err(|source| BenchError::Connect { server: args.server.clone(), source })?;
-        clients.push(WalletServiceClient::new(channel));
+        clients.push(WalletServiceClient::with_interceptor(channel, bearer.clone()));
     }
     Ok(clients)
 }
@@ -90,7 +94,7 @@ fn wallet_id(i: usize) -> String {
 }
 
 /// Enrolls every wallet and gives it points to spend. Idempotent: a second run reuses them.
-async fn setup(args: &BenchArgs, clients: &[WalletServiceClient<Channel>]) -> Result<(), BenchError> {
+async fn setup(args: &BenchArgs, clients: &[WalletServiceClient<Authed>]) -> Result<(), BenchError> {
     let tasks: Vec<_> = (0..args.concurrency.clamp(1, 256))
         .map(|t| {
             let mut client = clients[t % clients.len()].clone();

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{DATA_DIR_DEFAULT, ServeArgs};
+use crate::credentials::KeySource;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -40,6 +41,48 @@ pub enum Command {
     /// Inspect and rebuild the read models of a running server.
     #[command(subcommand)]
     Projections(ProjectionsCommand),
+    /// Create, list and revoke API keys on a running server (with a platform or operator key).
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key and print its token, once: the server keeps only a hash of it.
+    Create {
+        /// Tenant the key acts for (leave out for a platform key).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Its roles: pos, storefront, staff, operator, auditor, or platform alone (repeat or separate
+        /// with commas). The README's table "Who may call what" says what each may call.
+        #[arg(long = "role", value_delimiter = ',', required = true, value_name = "ROLE")]
+        roles: Vec<String>,
+        /// What the key is for, e.g. "till 3, Main Street".
+        #[arg(long, default_value = "")]
+        label: String,
+        /// Days until the key stops working [default: never].
+        #[arg(long, value_name = "DAYS")]
+        expires_in_days: Option<u32>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// List keys (never their tokens): a tenant's, or with a platform key and no --tenant, all.
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Revoke a key: it stops working on every node sharing the log within seconds.
+    Revoke {
+        /// The key's id (the 16 hex digits after `tally_`).
+        key_id: String,
+        /// Why, kept in the log.
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -99,6 +142,8 @@ pub struct Target {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub key: KeySource,
 }
 
 /// Which wallet.
@@ -245,6 +290,8 @@ pub struct BenchArgs {
     /// Server URL to load; nothing else is contacted.
     #[arg(long, env = "TALLY_SERVER", default_value = "http://127.0.0.1:50051")]
     pub server: String,
+    #[command(flatten)]
+    pub key: KeySource,
     /// Program (tenant) whose wallets are used.
     #[arg(long, env = "TALLY_TENANT", default_value = "demo")]
     pub tenant: String,

@@ -3,20 +3,21 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use crate::cli::{Key, Target, WalletCommand};
+use crate::credentials::{self, Authed, CredentialError};
 use serde::Serialize;
 use tally_proto::v1::wallet_service_client::WalletServiceClient;
 use tally_proto::v1::{
     AdjustRequest, CloseRequest, EarnRequest, EnrollRequest, GetWalletRequest, ListTransactionsRequest, Money, RedeemRequest,
     ReverseRequest, Transaction, TransactionKind, Wallet, WalletMutation, WalletStatus,
 };
-use tonic::transport::Channel;
-
-use crate::cli::{Key, Target, WalletCommand};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("cannot reach {server}: {source}")]
     Connect { server: String, source: tonic::transport::Error },
+    #[error(transparent)]
+    Credential(#[from] CredentialError),
     #[error("{}: {}", code_name(.0.code()), .0.message())]
     Call(tonic::Status),
     /// A change that may or may not have been applied: sending it again with the same key is safe.
@@ -33,16 +34,17 @@ const CHANGE_ATTEMPTS: u32 = 5;
 /// idempotency key: a retry is answered with the first outcome, so a change never applies twice.
 async fn change<F, Fut>(target: &Target, key: &str, call: F) -> Result<WalletMutation, ClientError>
 where
-    F: Fn(WalletServiceClient<Channel>) -> Fut,
+    F: Fn(WalletServiceClient<Authed>) -> Fut,
     Fut: Future<Output = Result<tonic::Response<WalletMutation>, tonic::Status>>,
 {
     let mut schedule = exponential_backoff::Backoff::new(CHANGE_ATTEMPTS, Duration::from_millis(200), Duration::from_secs(3));
     schedule.set_jitter(0.0);
     let mut waits = schedule.into_iter();
+    let bearer = target.key.bearer()?;
     loop {
-        let error = match WalletServiceClient::connect(target.server.clone()).await {
+        let error = match credentials::connect(&target.server, bearer.clone()).await {
             Err(source) => ClientError::ChangeNotSent { server: target.server.clone(), source, key: key.to_owned() },
-            Ok(client) => match call(client).await {
+            Ok(channel) => match call(WalletServiceClient::new(channel)).await {
                 Ok(reply) => return Ok(reply.into_inner()),
                 Err(status) => ClientError::Change { status, key: key.to_owned() },
             },
@@ -276,9 +278,10 @@ fn output<T: Serialize>(json: bool, value: &T, text: impl FnOnce(&T) -> String) 
     if json { serde_json::to_string_pretty(value).expect("views serialize") } else { text(value) }
 }
 
-async fn connect(target: &Target) -> Result<WalletServiceClient<Channel>, ClientError> {
-    WalletServiceClient::connect(target.server.clone())
+async fn connect(target: &Target) -> Result<WalletServiceClient<Authed>, ClientError> {
+    credentials::connect(&target.server, target.key.bearer()?)
         .await
+        .map(WalletServiceClient::new)
         .map_err(|source| ClientError::Connect { server: target.server.clone(), source })
 }
 

@@ -28,6 +28,9 @@ pub enum ConfigError {
     Tenant { value: String, reason: String },
     #[error("invalid store URL {url:?}: {reason}")]
     Store { url: String, reason: String },
+    /// A combination of settings that would expose the server.
+    #[error("{0}")]
+    Unsafe(String),
     /// A setting's value is wrong; `origin` says where it was written (`--store`, `TALLY_STORE`, `store in
     /// FILE`), since with four layers the value alone does not tell a person where to fix it.
     #[error("{error} (set by {origin})")]
@@ -176,6 +179,11 @@ serve_options! {
         /// operator confirms the clock is right (a node stopped that long, a log that was quiet).
         #[arg(long, env = "TALLY_ACCEPT_CLOCK_JUMP", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
         pub accept_clock_jump: Option<bool>,
+        /// Serve without API keys: every caller is the platform operator, with every right over every
+        /// tenant. For measurements and experiments on one machine: refused unless --listen is a loopback
+        /// address.
+        #[arg(long, env = "TALLY_INSECURE_NO_AUTH", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+        pub insecure_no_auth: Option<bool>,
     }
 }
 
@@ -293,6 +301,8 @@ pub struct ServeSettings {
     pub clock_jump_max_ms: i64,
     /// The operator confirmed the clock is right although it disagrees with the log.
     pub accept_clock_jump: bool,
+    /// Calls need no API key (loopback only).
+    pub insecure_no_auth: bool,
 }
 
 fn policy(value: &str, name: &str) -> Result<ReturnPolicy, ConfigError> {
@@ -335,12 +345,21 @@ impl ServeSettings {
             Some(url) => StoreUrl::parse(&url).map_err(at("store"))?,
             None => StoreUrl::Embedded(data.clone()),
         };
+        let listen = set.listen.expect(DEFAULTED);
+        let insecure_no_auth = set.insecure_no_auth.unwrap_or(false);
+        if insecure_no_auth && !listen.ip().is_loopback() {
+            let reason = format!(
+                "serving without API keys on {listen}, which is not a loopback address, would let anyone reach every tenant; \
+                 use --insecure-no-auth only with --listen 127.0.0.1:PORT"
+            );
+            return Err(at("insecure_no_auth")(ConfigError::Unsafe(reason)));
+        }
         let every_events = set.snapshot_every_events.expect(DEFAULTED);
         let keep_last = set.snapshot_keep.expect(DEFAULTED).max(1);
         Ok(Self {
             snapshots: (every_events > 0).then_some(SnapshotPolicy { every_events, keep_last, ..SnapshotPolicy::default() }),
             data,
-            listen: set.listen.expect(DEFAULTED),
+            listen,
             tenants,
             reporting_db: set.reporting_db,
             // Nodes on a shared log keep nothing locally unless asked to.
@@ -349,6 +368,7 @@ impl ServeSettings {
             metrics_listen: set.metrics_listen,
             clock_jump_max_ms: i64::try_from(set.clock_jump_max_hours.expect(DEFAULTED)).unwrap_or(i64::MAX).saturating_mul(3_600_000),
             accept_clock_jump: set.accept_clock_jump.unwrap_or(false),
+            insecure_no_auth,
             registry: RegistryConfig {
                 active_wallets_max: set.active_wallets_max.expect(DEFAULTED),
                 idle_ms: set.wallet_idle_secs.expect(DEFAULTED).saturating_mul(1000),
@@ -547,6 +567,17 @@ mod tests {
         assert!(err.contains("\"mysql://flag\"") && err.ends_with("(set by --store)"), "{err}");
     }
 
+    #[test]
+    fn no_auth_is_for_loopback_only() {
+        let s = ServeSettings::resolve(&serve_args(&["tally", "serve", "--insecure-no-auth", "--listen", "127.0.0.1:0"])).unwrap();
+        assert!(s.insecure_no_auth);
+        let s = ServeSettings::resolve(&serve_args(&["tally", "serve", "--insecure-no-auth", "--listen", "[::1]:0"])).unwrap();
+        assert!(s.insecure_no_auth);
+        let err = ServeSettings::resolve(&serve_args(&["tally", "serve", "--insecure-no-auth", "--listen", "0.0.0.0:50051"])).unwrap_err();
+        assert!(err.to_string().contains("not a loopback address") && err.to_string().ends_with("(set by --insecure-no-auth)"), "{err}");
+        assert!(!ServeSettings::resolve(&serve_args(&["tally", "serve"])).unwrap().insecure_no_auth, "keys unless told otherwise");
+    }
+
     /// Flags, variables and file keys are a public interface: scripts and deployments spell them.
     #[test]
     fn every_setting_keeps_its_flag_variable_and_key_and_is_in_the_help() {
@@ -564,6 +595,7 @@ mod tests {
             ("metrics_listen", "--metrics-listen", "TALLY_METRICS_LISTEN"),
             ("clock_jump_max_hours", "--clock-jump-max-hours", "TALLY_CLOCK_JUMP_MAX_HOURS"),
             ("accept_clock_jump", "--accept-clock-jump", "TALLY_ACCEPT_CLOCK_JUMP"),
+            ("insecure_no_auth", "--insecure-no-auth", "TALLY_INSECURE_NO_AUTH"),
         ];
         assert_eq!(ServeOptions::NAMES, spellings.map(|(key, _, _)| key));
         let mut cli = <crate::cli::Cli as clap::CommandFactory>::command();

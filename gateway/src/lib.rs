@@ -4,6 +4,7 @@
 //!
 //! Architecture Invariant: only this crate knows tonic, `Status` and the generated API types.
 
+pub mod access;
 pub mod admin;
 pub mod admission;
 pub mod bench;
@@ -11,7 +12,10 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod copy;
+pub mod credentials;
 pub mod derived;
+pub mod keyctl;
+pub mod keys;
 pub mod limits;
 pub mod ops;
 pub mod orders;

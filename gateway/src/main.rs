@@ -13,15 +13,17 @@ use std::time::Duration;
 use clap::Parser;
 use std::path::Path;
 
-use tally_engine::actors::{CommandMeta, NoSnapshots, ProgramBook, Programs, Snapshots, WalletRegistry, WalletTimers};
+use tally_engine::actors::{CommandMeta, KeyBook, NoSnapshots, ProgramBook, Programs, Snapshots, WalletRegistry, WalletTimers};
 use tally_engine::clock::{Clock, SteadyClock, SystemClock};
 use tally_engine::domain::program::{ProgramCommand, ProgramCommandBody};
 use tally_engine::domain::{ProgramSettings, TenantId};
-use tally_engine::limits::PROGRAM_SETTINGS_REFRESH_MS;
+use tally_engine::limits::{KEYS_REFRESH_MS, PROGRAM_SETTINGS_REFRESH_MS};
 use tally_engine::store::{EmbeddedStore, EventStore, PostgresStore, log_identity};
+use tally_gateway::access::Access;
 use tally_gateway::cli::{Cli, Command, ProjectionsCommand, SnapshotsCommand, SnapshotsTarget, StoreCommand};
 use tally_gateway::config::{ServeSettings, StoreUrl};
 use tally_gateway::derived::{self, DerivedError};
+use tally_gateway::keys::PLATFORM_KEY_FILE;
 use tally_gateway::redact::redact;
 use tally_gateway::reporting::ReadSide;
 use tally_gateway::service::Engine;
@@ -62,6 +64,10 @@ fn main() -> ExitCode {
             }
             Command::Projections(ProjectionsCommand::Rebuild { name, target }) => {
                 println!("{}", tally_gateway::ops::rebuild(name, target).await?);
+                Ok(())
+            }
+            Command::Keys(command) => {
+                println!("{}", tally_gateway::keyctl::run(command).await?);
                 Ok(())
             }
         }
@@ -237,6 +243,9 @@ async fn serve(settings: ServeSettings) -> Result<(), Box<dyn std::error::Error>
     let registry =
         WalletRegistry::start_with_snapshots(settings.registry.clone(), Arc::clone(&store), programs.clone(), clock.clone(), snapshots)
             .await?;
+    let keys = KeyBook::open(Arc::clone(&store), clock.clone()).await.map_err(|e| format!("cannot read the log's API keys: {e}"))?;
+    let access = access(&settings, &keys).await?;
+    let keys_refresher = keys.spawn_refresher(Duration::from_millis(KEYS_REFRESH_MS));
     let timers = WalletTimers::spawn(Arc::clone(&store), registry.clone(), clock);
     // Before the port is bound and readiness printed: from then on a SIGTERM means an orderly shutdown.
     let shutdown = shutdown_signal()?;
@@ -265,8 +274,9 @@ async fn serve(settings: ServeSettings) -> Result<(), Box<dyn std::error::Error>
             }
         }
     };
-    let engine = Engine { registry: registry.clone(), store, programs: program_book };
-    tally_gateway::server::run(listener, engine, read.clone(), shutdown).await?;
+    let engine = Engine { registry: registry.clone(), store, programs: program_book, keys };
+    tally_gateway::server::run(listener, engine, read.clone(), access, shutdown).await?;
+    keys_refresher.abort();
     timers.stop();
     registry.shutdown().await;
     for projection in &read.projections {
@@ -282,6 +292,22 @@ async fn serve(settings: ServeSettings) -> Result<(), Box<dyn std::error::Error>
     }
     tracing::info!("stopped cleanly: every acknowledged call is durable");
     Ok(())
+}
+
+/// How calls are authenticated: by the log's keys, the first of which this start makes if there is none
+/// (its token written to `<data>/platform.key`), or not at all if the settings say so.
+async fn access(settings: &ServeSettings, keys: &Arc<KeyBook>) -> Result<Access, Box<dyn std::error::Error>> {
+    if settings.insecure_no_auth {
+        tracing::warn!("serving WITHOUT API keys (--insecure-no-auth): every caller is the platform operator");
+        return Ok(Access::Open);
+    }
+    std::fs::create_dir_all(&settings.data).map_err(|e| format!("cannot create {}: {e}", settings.data.display()))?;
+    let path = settings.data.join(PLATFORM_KEY_FILE);
+    if let Some(key_id) = tally_gateway::keys::bootstrap(keys, &path).await.map_err(|e| format!("cannot create the first API key: {e}"))? {
+        tracing::info!(key_id, path = %path.display(), "created the platform API key");
+        println!("created the platform API key {key_id}; its token is in {} (mode 0600), where the tally CLI finds it", path.display());
+    }
+    Ok(Access::Keys(Arc::clone(keys)))
 }
 
 /// Resolves with the reason once `store` can no longer append.

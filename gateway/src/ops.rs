@@ -3,18 +3,19 @@
 
 use std::fmt::Write as _;
 
+use crate::credentials::{self, Authed};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use tally_proto::v1::projections_service_client::ProjectionsServiceClient;
 use tally_proto::v1::{ListProjectionsRequest, ProjectionStatus, RebuildProjectionRequest};
-use tonic::transport::Channel;
 
 use crate::cli::Target;
 use crate::client::ClientError;
 
-async fn connect(target: &Target) -> Result<ProjectionsServiceClient<Channel>, ClientError> {
-    ProjectionsServiceClient::connect(target.server.clone())
+async fn connect(target: &Target) -> Result<ProjectionsServiceClient<Authed>, ClientError> {
+    credentials::connect(&target.server, target.key.bearer()?)
         .await
+        .map(ProjectionsServiceClient::new)
         .map_err(|source| ClientError::Connect { server: target.server.clone(), source })
 }
 

@@ -18,7 +18,7 @@ use time::macros::format_description;
 use tonic::{Request, Response, Status};
 
 use crate::limits::{STATS_DAYS_MAX, WALLET_PAGE_SIZE_DEFAULT, WALLET_PAGE_SIZE_MAX};
-use crate::status;
+use crate::{access, status};
 use tally_engine::clock::{Clock, SystemClock};
 
 /// The read models a server runs.
@@ -47,10 +47,11 @@ impl ReportingApi {
         })
     }
 
-    async fn tenant(&self, tenant: &str) -> Result<TenantId, Status> {
-        let id = TenantId::parse(tenant).map_err(|e| status::from_field_error(&e))?;
+    /// The tenant the call acts on (see `access::acting_tenant`), if its program exists.
+    async fn tenant(&self, extensions: &tonic::Extensions, named: &str) -> Result<TenantId, Status> {
+        let id = access::acting_tenant(extensions, named)?;
         if self.programs.settings(&id).await.map_err(|e| status::from_wallet_error(&e))?.is_none() {
-            return Err(status::unknown_tenant(tenant));
+            return Err(status::unknown_tenant(id.as_str()));
         }
         Ok(id)
     }
@@ -128,8 +129,8 @@ fn day_stats(day: String, s: &tally_projections::model::DayStats) -> pb::DayStat
 #[tonic::async_trait]
 impl ReportingService for ReportingApi {
     async fn list_wallets(&self, request: Request<pb::ListWalletsRequest>) -> Result<Response<pb::ListWalletsResponse>, Status> {
-        let request = request.into_inner();
-        let tenant = self.tenant(&request.tenant_id).await?;
+        let (_, extensions, request) = request.into_parts();
+        let tenant = self.tenant(&extensions, &request.tenant_id).await?;
         let order = match pb::WalletOrder::try_from(request.order_by) {
             Ok(pb::WalletOrder::Unspecified | pb::WalletOrder::Balance) => WalletOrder::Balance,
             Ok(pb::WalletOrder::LastActivity) => WalletOrder::LastActivity,
@@ -171,8 +172,8 @@ impl ReportingService for ReportingApi {
     }
 
     async fn program_stats(&self, request: Request<pb::ProgramStatsRequest>) -> Result<Response<pb::ProgramStatsResponse>, Status> {
-        let request = request.into_inner();
-        let tenant = self.tenant(&request.tenant_id).await?;
+        let (_, extensions, request) = request.into_parts();
+        let tenant = self.tenant(&extensions, &request.tenant_id).await?;
         let from = parse_day("from_day", &request.from_day)?;
         let to = parse_day("to_day", &request.to_day)?;
         if to < from {
@@ -191,7 +192,8 @@ impl ReportingService for ReportingApi {
     }
 
     async fn liability(&self, request: Request<pb::LiabilityRequest>) -> Result<Response<pb::LiabilityResponse>, Status> {
-        let tenant = self.tenant(&request.into_inner().tenant_id).await?;
+        let (_, extensions, request) = request.into_parts();
+        let tenant = self.tenant(&extensions, &request.tenant_id).await?;
         let (liability, as_of_position) = self.model()?.liability(tenant.as_str()).await.map_err(|e| from_projection_error(&e))?;
         Ok(Response::new(pb::LiabilityResponse {
             outstanding_points: liability.outstanding_points,

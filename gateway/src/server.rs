@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tally_proto::v1::admin_service_server::AdminServiceServer;
+use tally_proto::v1::keys_service_server::KeysServiceServer;
 use tally_proto::v1::projections_service_server::ProjectionsServiceServer;
 use tally_proto::v1::reporting_service_server::ReportingServiceServer;
 use tally_proto::v1::wallet_service_server::WalletServiceServer;
@@ -14,8 +15,10 @@ use tokio::sync::oneshot;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
+use crate::access::{Access, AuthLayer};
 use crate::admin::AdminApi;
 use crate::admission::{Admitted, DeadlineLayer};
+use crate::keys::KeysApi;
 use crate::limits::{
     ADMIN_MESSAGE_BYTES_MAX, ADMIN_REQUESTS_IN_FLIGHT_MAX, MESSAGE_BYTES_MAX, REPLY_BYTES_MAX, REPORTING_REQUESTS_IN_FLIGHT_MAX,
     RESPONSE_FLUSH_MS, SHUTDOWN_GRACE_MS, STREAMS_PER_CONNECTION_MAX,
@@ -37,6 +40,7 @@ pub async fn run(
     listener: TcpListener,
     engine: Engine,
     read: ReadSide,
+    access: Access,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -44,6 +48,7 @@ pub async fn run(
     health.set_serving::<ReportingServiceServer<ReportingApi>>().await;
     health.set_serving::<ProjectionsServiceServer<ProjectionsApi>>().await;
     health.set_serving::<AdminServiceServer<AdminApi>>().await;
+    health.set_serving::<KeysServiceServer<KeysApi>>().await;
     // Both reflection versions: older grpcurl and Python's grpcio-reflection speak only v1alpha.
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -65,6 +70,7 @@ pub async fn run(
         .max_decoding_message_size(ADMIN_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(ADMIN_MESSAGE_BYTES_MAX);
     let admin = Admitted::new(admin, Arc::clone(&admin_gate));
+    let keys = Admitted::new(KeysServiceServer::new(KeysApi::new(Arc::clone(&engine.keys))), Arc::clone(&admin_gate));
     let wallets = WalletServiceServer::new(WalletApi::new(engine, Arc::clone(&gate)))
         .max_decoding_message_size(MESSAGE_BYTES_MAX)
         .max_encoding_message_size(REPLY_BYTES_MAX);
@@ -72,6 +78,8 @@ pub async fn run(
     let serve = Server::builder()
         // Deadlines are ours (DEADLINE_EXCEEDED, carried into the wallets), not `Server::timeout`'s.
         .layer(DeadlineLayer)
+        // Who is calling, before anything else is done for the call.
+        .layer(AuthLayer::new(access))
         .max_concurrent_streams(Some(STREAMS_PER_CONNECTION_MAX))
         .add_service(health_service)
         .add_service(reflection)
@@ -80,6 +88,7 @@ pub async fn run(
         .add_service(reporting)
         .add_service(projections)
         .add_service(admin)
+        .add_service(keys)
         // Without TCP_NODELAY on accepted sockets, small replies wait for delayed ACKs (~40 ms).
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async {
             let _ = stopped.await;

@@ -5,10 +5,10 @@ use std::sync::Arc;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use tally_engine::actors::{
-    CommandMeta, CommandOutcome, ProgramBook, Programs, StoredWalletEvent, WalletKey, WalletRegistry, WalletSummary,
+    CommandMeta, CommandOutcome, KeyBook, ProgramBook, Programs, StoredWalletEvent, WalletKey, WalletRegistry, WalletSummary,
 };
 use tally_engine::codec;
-use tally_engine::domain::{Command, CommandBody, Rejection, TenantId, WalletId, WalletStatus};
+use tally_engine::domain::{Command, CommandBody, Rejection, WalletId, WalletStatus};
 use tally_engine::store::EventStore;
 use tally_proto::v1::wallet_service_server::WalletService;
 use tally_proto::v1::{
@@ -19,10 +19,12 @@ use tally_proto::v1::{
 
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::time::Instant;
+use tonic::Extensions;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
+use crate::access;
 use crate::admission::deadline;
 use crate::limits::{PAGE_BYTES_MAX, PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX, REQUEST_ID_BYTES_MAX, REQUESTS_IN_FLIGHT_MAX, TRACESTATE_BYTES_MAX};
 use crate::transactions::transaction;
@@ -36,6 +38,8 @@ pub struct Engine {
     pub store: Arc<dyn EventStore>,
     /// The event-sourced programs: what wallets decide with (`Programs`) and what `AdminService` changes.
     pub programs: Arc<ProgramBook>,
+    /// The log's API keys: what `KeysService` changes.
+    pub keys: Arc<KeyBook>,
 }
 
 /// Admission to a service: bounds the calls in flight and lets shutdown wait for them.
@@ -101,11 +105,11 @@ impl WalletApi {
     }
 
     /// Validates the ids and that the tenant exists, before anything reaches an actor.
-    async fn wallet_key(&self, tenant_id: &str, wallet_id: &str) -> Result<WalletKey, Status> {
-        let tenant = TenantId::parse(tenant_id).map_err(|e| status::from_field_error(&e))?;
+    async fn wallet_key(&self, extensions: &Extensions, tenant_id: &str, wallet_id: &str) -> Result<WalletKey, Status> {
+        let tenant = access::acting_tenant(extensions, tenant_id)?;
         let wallet = WalletId::parse(wallet_id).map_err(|e| status::from_field_error(&e))?;
         if self.engine.programs.settings(&tenant).await.map_err(|e| status::from_wallet_error(&e))?.is_none() {
-            return Err(status::unknown_tenant(tenant_id));
+            return Err(status::unknown_tenant(tenant.as_str()));
         }
         Ok(WalletKey::new(tenant, wallet))
     }
@@ -251,71 +255,71 @@ fn parse_page_token(token: &str) -> Result<Option<u64>, Status> {
 impl WalletService for WalletApi {
     async fn enroll(&self, request: Request<EnrollRequest>) -> Result<Response<WalletMutation>, Status> {
         let deadline = deadline(&request);
-        let (metadata, _, r) = request.into_parts();
-        let key = self.wallet_key(&r.tenant_id, &r.wallet_id).await?;
+        let (metadata, extensions, r) = request.into_parts();
+        let key = self.wallet_key(&extensions, &r.tenant_id, &r.wallet_id).await?;
         self.mutate((&metadata, deadline), key, Command::new(r.idempotency_key, CommandBody::Enroll { customer_ref: r.customer_ref })).await
     }
 
     async fn earn(&self, request: Request<EarnRequest>) -> Result<Response<WalletMutation>, Status> {
         let deadline = deadline(&request);
-        let (metadata, _, r) = request.into_parts();
-        let key = self.wallet_key(&r.tenant_id, &r.wallet_id).await?;
+        let (metadata, extensions, r) = request.into_parts();
+        let key = self.wallet_key(&extensions, &r.tenant_id, &r.wallet_id).await?;
         let body = CommandBody::Earn { points: r.points, reason: r.reason, source_ref: r.source_ref, order_amount: r.order_amount };
         self.mutate((&metadata, deadline), key, Command::new(r.idempotency_key, body)).await
     }
 
     async fn redeem(&self, request: Request<RedeemRequest>) -> Result<Response<WalletMutation>, Status> {
         let deadline = deadline(&request);
-        let (metadata, _, r) = request.into_parts();
-        let key = self.wallet_key(&r.tenant_id, &r.wallet_id).await?;
+        let (metadata, extensions, r) = request.into_parts();
+        let key = self.wallet_key(&extensions, &r.tenant_id, &r.wallet_id).await?;
         let body = CommandBody::Redeem { points: r.points, reward_ref: r.reward_ref };
         self.mutate((&metadata, deadline), key, Command::new(r.idempotency_key, body)).await
     }
 
     async fn adjust(&self, request: Request<AdjustRequest>) -> Result<Response<WalletMutation>, Status> {
         let deadline = deadline(&request);
-        let (metadata, _, r) = request.into_parts();
-        let key = self.wallet_key(&r.tenant_id, &r.wallet_id).await?;
+        let (metadata, extensions, r) = request.into_parts();
+        let key = self.wallet_key(&extensions, &r.tenant_id, &r.wallet_id).await?;
         let body = CommandBody::Adjust { points: r.points, reason: r.reason, staff_ref: r.staff_ref };
         self.mutate((&metadata, deadline), key, Command::new(r.idempotency_key, body)).await
     }
 
     async fn reverse(&self, request: Request<ReverseRequest>) -> Result<Response<WalletMutation>, Status> {
         let deadline = deadline(&request);
-        let (metadata, _, r) = request.into_parts();
-        let key = self.wallet_key(&r.tenant_id, &r.wallet_id).await?;
+        let (metadata, extensions, r) = request.into_parts();
+        let key = self.wallet_key(&extensions, &r.tenant_id, &r.wallet_id).await?;
         let body = CommandBody::Reverse { source_ref: r.source_ref, points: r.points, reason: r.reason };
         self.mutate((&metadata, deadline), key, Command::new(r.idempotency_key, body)).await
     }
 
     async fn add_stamps(&self, request: Request<tally_proto::v1::AddStampsRequest>) -> Result<Response<WalletMutation>, Status> {
         let deadline = deadline(&request);
-        let (metadata, _, r) = request.into_parts();
-        let key = self.wallet_key(&r.tenant_id, &r.wallet_id).await?;
+        let (metadata, extensions, r) = request.into_parts();
+        let key = self.wallet_key(&extensions, &r.tenant_id, &r.wallet_id).await?;
         let body = CommandBody::AddStamps { card_id: r.card_id, count: r.count, reason: r.reason };
         self.mutate((&metadata, deadline), key, Command::new(r.idempotency_key, body)).await
     }
 
     async fn earn_for_order(&self, request: Request<EarnForOrderRequest>) -> Result<Response<WalletMutation>, Status> {
         let deadline = deadline(&request);
-        let (metadata, _, r) = request.into_parts();
-        let key = self.wallet_key(&r.tenant_id, &r.wallet_id).await?;
+        let (metadata, extensions, r) = request.into_parts();
+        let key = self.wallet_key(&extensions, &r.tenant_id, &r.wallet_id).await?;
         let order = orders::from_wire(r.order)?;
         self.mutate((&metadata, deadline), key, Command::new(order.order_id.clone(), CommandBody::EarnForOrder { order })).await
     }
 
     async fn refund_order(&self, request: Request<RefundOrderRequest>) -> Result<Response<WalletMutation>, Status> {
         let deadline = deadline(&request);
-        let (metadata, _, r) = request.into_parts();
-        let key = self.wallet_key(&r.tenant_id, &r.wallet_id).await?;
+        let (metadata, extensions, r) = request.into_parts();
+        let key = self.wallet_key(&extensions, &r.tenant_id, &r.wallet_id).await?;
         let body = CommandBody::RefundOrder { order_id: r.order_id, amount_minor: r.amount_minor, reason: r.reason };
         self.mutate((&metadata, deadline), key, Command::new(r.idempotency_key, body)).await
     }
 
     async fn authorize_redemption(&self, request: Request<AuthorizeRedemptionRequest>) -> Result<Response<WalletMutation>, Status> {
         let deadline = deadline(&request);
-        let (metadata, _, r) = request.into_parts();
-        let key = self.wallet_key(&r.tenant_id, &r.wallet_id).await?;
+        let (metadata, extensions, r) = request.into_parts();
+        let key = self.wallet_key(&extensions, &r.tenant_id, &r.wallet_id).await?;
         let timeout_ms = match r.timeout_seconds {
             0 => HOLD_TIMEOUT_DEFAULT_MS,
             seconds => i64::from(seconds) * 1_000,
@@ -326,47 +330,47 @@ impl WalletService for WalletApi {
 
     async fn capture_redemption(&self, request: Request<CaptureRedemptionRequest>) -> Result<Response<WalletMutation>, Status> {
         let deadline = deadline(&request);
-        let (metadata, _, r) = request.into_parts();
-        let key = self.wallet_key(&r.tenant_id, &r.wallet_id).await?;
+        let (metadata, extensions, r) = request.into_parts();
+        let key = self.wallet_key(&extensions, &r.tenant_id, &r.wallet_id).await?;
         let command = Command::capture_redemption(r.hold_id, r.points);
         self.mutate((&metadata, deadline), key, command).await
     }
 
     async fn void_redemption(&self, request: Request<VoidRedemptionRequest>) -> Result<Response<WalletMutation>, Status> {
         let deadline = deadline(&request);
-        let (metadata, _, r) = request.into_parts();
-        let key = self.wallet_key(&r.tenant_id, &r.wallet_id).await?;
+        let (metadata, extensions, r) = request.into_parts();
+        let key = self.wallet_key(&extensions, &r.tenant_id, &r.wallet_id).await?;
         let command = Command::void_redemption(r.hold_id);
         self.mutate((&metadata, deadline), key, command).await
     }
 
     async fn purchase_credits(&self, request: Request<PurchaseCreditsRequest>) -> Result<Response<WalletMutation>, Status> {
         let deadline = deadline(&request);
-        let (metadata, _, r) = request.into_parts();
-        let key = self.wallet_key(&r.tenant_id, &r.wallet_id).await?;
+        let (metadata, extensions, r) = request.into_parts();
+        let key = self.wallet_key(&extensions, &r.tenant_id, &r.wallet_id).await?;
         let body = CommandBody::PurchaseCredits { purchase_id: r.purchase_id.clone(), package_id: r.package_id };
         self.mutate((&metadata, deadline), key, Command::new(r.purchase_id, body)).await
     }
 
     async fn close(&self, request: Request<CloseRequest>) -> Result<Response<WalletMutation>, Status> {
         let deadline = deadline(&request);
-        let (metadata, _, r) = request.into_parts();
-        let key = self.wallet_key(&r.tenant_id, &r.wallet_id).await?;
+        let (metadata, extensions, r) = request.into_parts();
+        let key = self.wallet_key(&extensions, &r.tenant_id, &r.wallet_id).await?;
         self.mutate((&metadata, deadline), key, Command::new(r.idempotency_key, CommandBody::Close { reason: r.reason })).await
     }
 
     async fn get_wallet(&self, request: Request<GetWalletRequest>) -> Result<Response<Wallet>, Status> {
         let _permit = self.admit()?;
-        let r = request.into_inner();
-        let key = self.wallet_key(&r.tenant_id, &r.wallet_id).await?;
+        let (_, extensions, r) = request.into_parts();
+        let key = self.wallet_key(&extensions, &r.tenant_id, &r.wallet_id).await?;
         let summary = self.engine.registry.summary(&key).await.map_err(|e| status::from_wallet_error(&e))?;
         Ok(Response::new(wallet(&key, &summary)))
     }
 
     async fn list_transactions(&self, request: Request<ListTransactionsRequest>) -> Result<Response<ListTransactionsResponse>, Status> {
         let _permit = self.admit()?;
-        let r = request.into_inner();
-        let key = self.wallet_key(&r.tenant_id, &r.wallet_id).await?;
+        let (_, extensions, r) = request.into_parts();
+        let key = self.wallet_key(&extensions, &r.tenant_id, &r.wallet_id).await?;
         let page_size = match r.page_size {
             0 => PAGE_SIZE_DEFAULT,
             n => n.min(PAGE_SIZE_MAX),

@@ -10,7 +10,37 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use tally_proto::v1::wallet_service_client::WalletServiceClient;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
+
+/// Sends `authorization: Bearer <token>` with every call (nothing without a token).
+#[derive(Debug, Clone, Default)]
+pub struct Key(Option<MetadataValue<Ascii>>);
+
+impl Key {
+    pub fn new(token: &str) -> Self {
+        Self(Some(format!("Bearer {token}").parse().expect("a token is ASCII")))
+    }
+
+    /// No key at all.
+    pub fn none() -> Self {
+        Self(None)
+    }
+}
+
+impl Interceptor for Key {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request.metadata_mut().insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A connection to `tally serve` that sends a key with every call.
+pub type Authed = InterceptedService<Channel, Key>;
 
 /// Events per append in the crash appender: a crash must never leave part of one visible.
 pub const CRASH_EVENTS_PER_APPEND: u64 = 3;
@@ -97,12 +127,37 @@ impl TallyServer {
         self.stderr.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
-    pub async fn client(&self) -> WalletServiceClient<Channel> {
-        WalletServiceClient::connect(self.url.clone()).await.expect("connect to tally")
+    /// A wallet client with the platform key.
+    pub async fn client(&self) -> WalletServiceClient<Authed> {
+        WalletServiceClient::new(self.channel().await)
     }
 
-    pub async fn channel(&self) -> Channel {
+    /// A connection with the platform key the first start wrote to `<data>/platform.key`.
+    pub async fn channel(&self) -> Authed {
+        self.channel_with(Key::new(&self.platform_key())).await
+    }
+
+    /// A connection sending `key`.
+    pub async fn channel_with(&self, key: Key) -> Authed {
+        InterceptedService::new(self.raw_channel().await, key)
+    }
+
+    /// A connection without any key.
+    pub async fn raw_channel(&self) -> Channel {
         Channel::from_shared(self.url.clone()).expect("valid url").connect().await.expect("connect to tally")
+    }
+
+    /// The `tally` command line, sending the platform key (`TALLY_KEY_FILE`).
+    pub fn cli(&self) -> Command {
+        let mut command = Command::new(tally_binary());
+        command.env("TALLY_KEY_FILE", self.data.join("platform.key"));
+        command
+    }
+
+    /// The platform key's token, as the first start wrote it.
+    pub fn platform_key(&self) -> String {
+        let path = self.data.join("platform.key");
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display())).trim().to_owned()
     }
 
     /// Waits up to `limit` for the process to exit by itself; its status, or `None` if it still runs.
@@ -267,4 +322,62 @@ impl Drop for TestDatabase {
         })
         .join();
     }
+}
+
+/// A codec that sends bytes as they are and throws the reply's bytes away: calls any RPC with any body.
+#[derive(Debug, Default)]
+pub struct Raw;
+
+#[derive(Debug)]
+pub struct RawEncoder;
+
+#[derive(Debug)]
+pub struct RawDecoder;
+
+impl tonic::codec::Encoder for RawEncoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Vec<u8>, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawDecoder {
+    type Item = ();
+    type Error = tonic::Status;
+
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<()>, tonic::Status> {
+        let n = bytes::Buf::remaining(src);
+        bytes::Buf::advance(src, n);
+        Ok(Some(()))
+    }
+}
+
+impl tonic::codec::Codec for Raw {
+    type Encode = Vec<u8>;
+    type Decode = ();
+    type Encoder = RawEncoder;
+    type Decoder = RawDecoder;
+
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+
+    fn decoder(&mut self) -> RawDecoder {
+        RawDecoder
+    }
+}
+
+/// Calls `rpc` (`package.Service/Method`) with `body` as its encoded request; the reply's status.
+pub async fn raw_call<T>(grpc: &mut tonic::client::Grpc<T>, rpc: &str, body: Vec<u8>) -> Result<(), tonic::Status>
+where
+    T: tonic::client::GrpcService<tonic::body::Body>,
+    T::ResponseBody: tonic::codegen::Body<Data = bytes::Bytes> + Send + 'static,
+    <T::ResponseBody as tonic::codegen::Body>::Error: Into<tonic::codegen::StdError> + Send,
+{
+    grpc.ready().await.map_err(|e| tonic::Status::unavailable(e.into().to_string()))?;
+    let path = tonic::codegen::http::uri::PathAndQuery::from_maybe_shared(format!("/{rpc}")).expect("a valid path");
+    grpc.unary(tonic::Request::new(body), path, Raw).await.map(|_| ())
 }

@@ -82,10 +82,7 @@ async fn the_programs_expiry_policy_dates_every_credit_and_survives_a_restart() 
     assert_eq!((wallet.upcoming_expiries[0].expires_at, wallet.upcoming_expiries[0].points), (Some(expires), 100));
     assert_eq!((wallet.balance, wallet.available_points, wallet.lifetime_expired), (100, 100, 0));
 
-    let output = std::process::Command::new(tally_tests::tally_binary())
-        .args(["wallet", "show", "--wallet", "c-1", "--server", &server.url])
-        .output()
-        .unwrap();
+    let output = server.cli().args(["wallet", "show", "--wallet", "c-1", "--server", &server.url]).output().unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let shown = String::from_utf8(output.stdout).unwrap();
     assert!(shown.lines().any(|l| l.trim_start().starts_with("expiring  100 on ")), "{shown}");

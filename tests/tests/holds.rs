@@ -8,9 +8,8 @@ use tally_proto::v1::{
     AuthorizeRedemptionRequest, CaptureRedemptionRequest, EarnRequest, EnrollRequest, GetWalletRequest, ListTransactionsRequest,
     TransactionKind, VoidRedemptionRequest, Wallet,
 };
-use tally_tests::TallyServer;
+use tally_tests::{Authed, TallyServer};
 use tonic::Code;
-use tonic::transport::Channel;
 use tonic_types::StatusExt;
 
 fn authorize(hold: &str, points: i64, timeout_seconds: u32) -> AuthorizeRedemptionRequest {
@@ -28,12 +27,12 @@ fn capture(hold: &str, points: Option<i64>) -> CaptureRedemptionRequest {
     CaptureRedemptionRequest { tenant_id: "demo".into(), wallet_id: "c-1".into(), hold_id: hold.into(), points }
 }
 
-async fn wallet(client: &mut WalletServiceClient<Channel>) -> Wallet {
+async fn wallet(client: &mut WalletServiceClient<Authed>) -> Wallet {
     client.get_wallet(GetWalletRequest { tenant_id: "demo".into(), wallet_id: "c-1".into() }).await.unwrap().into_inner()
 }
 
 /// Waits until the wallet holds nothing (the timers run once a second).
-async fn released(client: &mut WalletServiceClient<Channel>) -> Wallet {
+async fn released(client: &mut WalletServiceClient<Authed>) -> Wallet {
     for _ in 0..100 {
         let w = wallet(client).await;
         if w.held_points == 0 {
@@ -116,7 +115,7 @@ async fn the_wallet_command_line_shows_holds_and_names_every_kind() {
     let server = TallyServer::start(dir.path(), &[]);
     let mut client = server.client().await;
     let tally = |args: &[&str]| {
-        let output = std::process::Command::new(tally_tests::tally_binary()).args(args).args(["--server", &server.url]).output().unwrap();
+        let output = server.cli().args(args).args(["--server", &server.url]).output().unwrap();
         assert!(output.status.success(), "tally {args:?}: {}", String::from_utf8_lossy(&output.stderr));
         String::from_utf8(output.stdout).unwrap()
     };

@@ -45,7 +45,7 @@ fn refund(key: &str, order_id: &str, amount_minor: Option<i64>) -> RefundOrderRe
     }
 }
 
-async fn create_acme(admin: &mut AdminServiceClient<tonic::transport::Channel>) {
+async fn create_acme(admin: &mut AdminServiceClient<tally_tests::Authed>) {
     let create = CreateProgramRequest {
         tenant_id: "acme".into(),
         idempotency_key: "create".into(),
@@ -56,7 +56,7 @@ async fn create_acme(admin: &mut AdminServiceClient<tonic::transport::Channel>) 
     admin.create_program(create).await.unwrap();
 }
 
-async fn publish_rules(admin: &mut AdminServiceClient<tonic::transport::Channel>) {
+async fn publish_rules(admin: &mut AdminServiceClient<tally_tests::Authed>) {
     let publish = PublishRulesRequest {
         tenant_id: "acme".into(),
         idempotency_key: "v1".into(),

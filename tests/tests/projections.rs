@@ -17,16 +17,15 @@ use tally_proto::v1::{
     EarnRequest, EnrollRequest, LiabilityRequest, ListProjectionsRequest, ListWalletsRequest, ProgramStatsRequest,
     RebuildProjectionRequest, RedeemRequest, WalletOrder,
 };
-use tally_tests::{TallyServer, TestDatabase};
+use tally_tests::{Authed, TallyServer, TestDatabase};
 use tonic::Code;
-use tonic::transport::Channel;
 use tonic_types::StatusExt;
 
 const TENANT: &str = "acme";
 
 /// Enrolls and earns (now and then redeems) on `callers` wallets until the server dies; returns the
 /// highest log position any call was acknowledged at.
-async fn load(channel: Channel, callers: usize, acked: Arc<AtomicU64>) {
+async fn load(channel: Authed, callers: usize, acked: Arc<AtomicU64>) {
     let tasks: Vec<_> = (0..callers)
         .map(|c| {
             let mut client = tally_proto::v1::wallet_service_client::WalletServiceClient::new(channel.clone());
@@ -81,7 +80,7 @@ async fn load(channel: Channel, callers: usize, acked: Arc<AtomicU64>) {
 }
 
 /// Waits until each of the `expected` projections has applied the log up to `position`; returns the head.
-async fn caught_up(projections: &mut ProjectionsServiceClient<Channel>, position: u64, expected: usize) -> u64 {
+async fn caught_up(projections: &mut ProjectionsServiceClient<Authed>, position: u64, expected: usize) -> u64 {
     for _ in 0..600 {
         let list = projections.list_projections(ListProjectionsRequest {}).await.unwrap().into_inner().projections;
         assert_eq!(list.len(), expected, "{list:?}");
@@ -94,7 +93,7 @@ async fn caught_up(projections: &mut ProjectionsServiceClient<Channel>, position
     panic!("projections did not catch up with position {position} in 60 s");
 }
 
-async fn all_wallets(reporting: &mut ReportingServiceClient<Channel>) -> BTreeMap<String, (i64, i64, u64)> {
+async fn all_wallets(reporting: &mut ReportingServiceClient<Authed>) -> BTreeMap<String, (i64, i64, u64)> {
     let mut wallets = BTreeMap::new();
     let mut page_token = String::new();
     loop {
@@ -248,7 +247,7 @@ async fn projection_lag_is_a_prometheus_metric() {
 
     // The operator's commands.
     let tally = |args: &[&str]| {
-        let output = std::process::Command::new(tally_tests::tally_binary()).args(args).output().unwrap();
+        let output = server.cli().args(args).output().unwrap();
         assert!(output.status.success(), "tally {args:?}: {}", String::from_utf8_lossy(&output.stderr));
         String::from_utf8(output.stdout).unwrap()
     };
@@ -256,10 +255,7 @@ async fn projection_lag_is_a_prometheus_metric() {
     assert!(status.contains("wallet_activity") && status.contains("running"), "{status}");
     let rebuilt = tally(&["projections", "rebuild", "wallet_activity", "--server", &server.url]);
     assert!(rebuilt.starts_with("rebuilt wallet_activity: generation 2 is live"), "{rebuilt}");
-    let output = std::process::Command::new(tally_tests::tally_binary())
-        .args(["projections", "rebuild", "nope", "--server", &server.url])
-        .output()
-        .unwrap();
+    let output = server.cli().args(["projections", "rebuild", "nope", "--server", &server.url]).output().unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("NOT_FOUND: no projection \"nope\""), "{output:?}");
 }

@@ -9,6 +9,7 @@
 //! Architecture Invariant: at most one live actor per wallet per registry; across registries (nodes),
 //! the store's expected-version check keeps a single writer.
 
+mod keys;
 mod programs;
 mod registry;
 mod timers;
@@ -18,6 +19,7 @@ use std::collections::HashMap;
 use std::fmt::Debug;
 use std::sync::Arc;
 
+pub use keys::{KeyBook, KeysError, Unauthenticated};
 pub use programs::{ProgramBook, ProgramError, ProgramOutcome};
 pub use registry::{RegistryConfig, RegistryStats, WalletRegistry};
 pub use timers::WalletTimers;

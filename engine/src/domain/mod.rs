@@ -8,6 +8,7 @@
 //! Architecture Invariant: `apply` holds no business rule; every decision is recorded in the event.
 #![deny(clippy::float_arithmetic)]
 
+pub mod access;
 mod command;
 mod event;
 pub mod expiry;

@@ -1,0 +1,201 @@
+//! `KeysService`: API keys over gRPC, and the first start's platform key.
+//!
+//! A token is made here (the engine stays free of randomness): 8 random bytes of key id and 32 of
+//! secret from the thread's CSPRNG, written as hex; the log keeps only the secret's SHA-256.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+
+use rand::RngCore;
+use tally_engine::actors::{CommandMeta, KeyBook, KeysError};
+use tally_engine::domain::access::{
+    KEY_ID_HEX_DIGITS, KEY_SECRET_HEX_DIGITS, KeyCommand, KeyRecord, KeyRejection, Principal, Role, Roles, Scope, secret_sha256, token,
+};
+use tally_proto::v1 as pb;
+use tally_proto::v1::keys_service_server::KeysService;
+use tonic::{Request, Response, Status};
+
+use crate::{access, status};
+
+/// The file in the data directory where the first start writes the platform key's token.
+pub const PLATFORM_KEY_FILE: &str = "platform.key";
+
+/// A new key id and secret, as lowercase hex.
+fn new_secret() -> (String, String) {
+    let hex = |n: usize| {
+        let mut bytes = vec![0u8; n / 2];
+        rand::rng().fill_bytes(&mut bytes);
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
+    (hex(KEY_ID_HEX_DIGITS), hex(KEY_SECRET_HEX_DIGITS))
+}
+
+fn from_keys_error(error: &KeysError) -> Status {
+    match error {
+        KeysError::Rejected(KeyRejection::InvalidField(field)) => status::from_field_error(field),
+        KeysError::Rejected(rejection @ KeyRejection::DuplicateId(_)) => Status::aborted(format!("{rejection}; retry")),
+        KeysError::Rejected(rejection @ KeyRejection::NotFound(_)) => Status::not_found(rejection.to_string()),
+        KeysError::Rejected(rejection @ KeyRejection::TooManyKeys { .. }) => Status::resource_exhausted(rejection.to_string()),
+        KeysError::Store(store) => status::from_store_error(store),
+        KeysError::Codec(_) | KeysError::Damaged(_) => {
+            tracing::error!(%error, "the log's keys cannot be read");
+            Status::data_loss(format!("the log's keys cannot be read: {error}"))
+        }
+    }
+}
+
+fn role(role: Role) -> pb::Role {
+    match role {
+        Role::Pos => pb::Role::Pos,
+        Role::Storefront => pb::Role::Storefront,
+        Role::Staff => pb::Role::Staff,
+        Role::Operator => pb::Role::Operator,
+        Role::Auditor => pb::Role::Auditor,
+        Role::Platform => pb::Role::Platform,
+    }
+}
+
+fn from_wire_role(value: i32) -> Result<Role, Status> {
+    Ok(match pb::Role::try_from(value) {
+        Ok(pb::Role::Pos) => Role::Pos,
+        Ok(pb::Role::Storefront) => Role::Storefront,
+        Ok(pb::Role::Staff) => Role::Staff,
+        Ok(pb::Role::Operator) => Role::Operator,
+        Ok(pb::Role::Auditor) => Role::Auditor,
+        Ok(pb::Role::Platform) => Role::Platform,
+        Ok(pb::Role::Unspecified) | Err(_) => return Err(status::invalid("roles", &format!("{value} is not a role"))),
+    })
+}
+
+fn api_key(key: &KeyRecord) -> pb::ApiKey {
+    let at = |ms: i64| Some(status::timestamp(ms));
+    pb::ApiKey {
+        key_id: key.key_id.clone(),
+        tenant_id: key.scope.tenant_str().to_owned(),
+        roles: key.roles.iter().map(|r| role(r) as i32).collect(),
+        label: key.label.clone(),
+        created_at: at(key.created_at_ms),
+        created_by: key.created_by.clone(),
+        expires_at: key.expires_at_ms.and_then(at),
+        revoked_at: key.revoked.as_ref().and_then(|r| at(r.at_ms)),
+        revoked_by: key.revoked.as_ref().map(|r| r.by.clone()).unwrap_or_default(),
+    }
+}
+
+/// Whether `principal` may see and manage `key`: platform keys all, operators their tenant's.
+fn manages(principal: &Principal, key: &KeyRecord) -> bool {
+    principal.scope == Scope::Platform || principal.scope == key.scope
+}
+
+#[derive(Debug, Clone)]
+pub struct KeysApi {
+    keys: Arc<KeyBook>,
+}
+
+impl KeysApi {
+    pub fn new(keys: Arc<KeyBook>) -> Self {
+        Self { keys }
+    }
+}
+
+#[tonic::async_trait]
+impl KeysService for KeysApi {
+    async fn create_key(&self, request: Request<pb::CreateKeyRequest>) -> Result<Response<pb::CreateKeyResponse>, Status> {
+        let (_, extensions, r) = request.into_parts();
+        let principal = access::principal(&extensions)?;
+        let roles = r.roles.iter().map(|r| from_wire_role(*r)).collect::<Result<Roles, _>>()?;
+        let scope = if roles.contains(Role::Platform) && r.tenant_id.is_empty() {
+            if principal.scope != Scope::Platform {
+                return Err(Status::permission_denied("only a platform key may create platform keys"));
+            }
+            Scope::Platform
+        } else {
+            Scope::Tenant(access::acting_tenant(&extensions, &r.tenant_id)?)
+        };
+        let expires_at_ms = r.expires_at.map(|t| t.seconds.saturating_mul(1_000).saturating_add(i64::from(t.nanos / 1_000_000)));
+        let (key_id, secret) = new_secret();
+        let command = KeyCommand::Create {
+            key_id: key_id.clone(),
+            secret_sha256: secret_sha256(&secret),
+            scope,
+            roles,
+            label: r.label,
+            expires_at_ms,
+            created_by: principal.key_id.clone(),
+        };
+        self.keys.execute(&command, &CommandMeta::default()).await.map_err(|e| from_keys_error(&e))?;
+        let ring = self.keys.ring();
+        let key = ring.get(&key_id).ok_or_else(|| Status::internal("the key just created is not in the ring"))?;
+        tracing::info!(key_id, by = principal.key_id, "API key created");
+        Ok(Response::new(pb::CreateKeyResponse { key: Some(api_key(key)), token: token(&key_id, &secret) }))
+    }
+
+    async fn list_keys(&self, request: Request<pb::ListKeysRequest>) -> Result<Response<pb::ListKeysResponse>, Status> {
+        let (_, extensions, r) = request.into_parts();
+        let principal = access::principal(&extensions)?;
+        let scope = match (&principal.scope, r.tenant_id.is_empty()) {
+            (Scope::Platform, true) => None,
+            _ => Some(Scope::Tenant(access::acting_tenant(&extensions, &r.tenant_id)?)),
+        };
+        let ring = self.keys.ring();
+        let mut keys: Vec<&KeyRecord> = ring.keys().filter(|k| scope.as_ref().is_none_or(|s| &k.scope == s)).collect();
+        keys.sort_by(|a, b| b.created_at_ms.cmp(&a.created_at_ms).then_with(|| a.key_id.cmp(&b.key_id)));
+        Ok(Response::new(pb::ListKeysResponse { keys: keys.into_iter().map(api_key).collect() }))
+    }
+
+    async fn revoke_key(&self, request: Request<pb::RevokeKeyRequest>) -> Result<Response<pb::ApiKey>, Status> {
+        let (_, extensions, r) = request.into_parts();
+        let principal = access::principal(&extensions)?;
+        let not_found = || Status::not_found(format!("no key with id {:?}", r.key_id));
+        if !self.keys.ring().get(&r.key_id).is_some_and(|k| manages(principal, k)) {
+            return Err(not_found());
+        }
+        let command = KeyCommand::Revoke { key_id: r.key_id.clone(), revoked_by: principal.key_id.clone(), reason: r.reason };
+        self.keys.execute(&command, &CommandMeta::default()).await.map_err(|e| from_keys_error(&e))?;
+        tracing::info!(key_id = r.key_id, by = principal.key_id, "API key revoked");
+        let ring = self.keys.ring();
+        Ok(Response::new(api_key(ring.get(&r.key_id).ok_or_else(not_found)?)))
+    }
+}
+
+/// On a log without keys, creates the platform key and writes its token to `path` (mode 0600), so the
+/// first start gives a working setup; answers the new key's id. A log with keys is left as it is.
+pub async fn bootstrap(keys: &KeyBook, path: &Path) -> Result<Option<String>, Box<dyn std::error::Error>> {
+    if !keys.ring().is_empty() {
+        return Ok(None);
+    }
+    let (key_id, secret) = new_secret();
+    let command = KeyCommand::Create {
+        key_id: key_id.clone(),
+        secret_sha256: secret_sha256(&secret),
+        scope: Scope::Platform,
+        roles: [Role::Platform].into_iter().collect(),
+        label: "created at the first start".into(),
+        expires_at_ms: None,
+        created_by: "bootstrap".into(),
+    };
+    // Written before the key exists: a key whose token was lost would be a key nobody can use.
+    write_secret_file(path, &token(&key_id, &secret))?;
+    if !keys.create_first(&command, &CommandMeta::default()).await? {
+        // Another node sharing the log made the first key meanwhile.
+        std::fs::remove_file(path)?;
+        return Ok(None);
+    }
+    Ok(Some(key_id))
+}
+
+/// Writes `contents` to `path`, readable by its owner only, replacing it atomically.
+fn write_secret_file(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let temporary = path.with_extension("key.tmp");
+    let _ = std::fs::remove_file(&temporary);
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&temporary)?;
+    file.write_all(format!("{contents}\n").as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}

@@ -1,0 +1,225 @@
+//! Issue 16: who may call what, against the real `tally` process. The expectations come from the README's
+//! table "Who may call what", so the documentation and the server cannot drift apart.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use tally_proto::v1::keys_service_client::KeysServiceClient;
+use tally_proto::v1::wallet_service_client::WalletServiceClient;
+use tally_proto::v1::{CreateKeyRequest, EarnRequest, EnrollRequest, GetWalletRequest, ListKeysRequest, RevokeKeyRequest, Role};
+use tally_tests::{Key, TallyServer, TestDatabase};
+use tonic::Code;
+
+/// The README's table: each RPC (`package.Service/Method`) and the roles with a ✓.
+fn readme_table() -> BTreeMap<String, Vec<String>> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let mut lines = readme.lines().skip_while(|l| !l.starts_with("| RPC | pos |"));
+    let header: Vec<String> = lines.next().expect("the README has the table").split('|').map(|c| c.trim().to_owned()).collect();
+    let mut table = BTreeMap::new();
+    for line in lines.skip(1).take_while(|l| l.starts_with('|')) {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        let roles = (2..header.len() - 1).filter(|&i| cells[i] == "✓").map(|i| header[i].clone()).collect();
+        table.insert(format!("tally.v1.{}", cells[1].replacen('.', "/", 1)), roles);
+    }
+    table
+}
+
+/// An encoded request whose field 1 is `tenant` (every request's `tenant_id` is field 1, but
+/// CreateKey's, which is field 1 too, and the few without a tenant).
+fn request(tenant: &str) -> Vec<u8> {
+    let mut body = vec![0x0a, u8::try_from(tenant.len()).unwrap()];
+    body.extend_from_slice(tenant.as_bytes());
+    body
+}
+
+/// RPCs that name no tenant in field 1.
+const NO_TENANT: &[&str] =
+    &["tally.v1.ProjectionsService/ListProjections", "tally.v1.ProjectionsService/RebuildProjection", "tally.v1.KeysService/RevokeKey"];
+
+async fn create_key(
+    keys: &mut KeysServiceClient<tally_tests::Authed>,
+    tenant: &str,
+    roles: &[Role],
+    expires_in: Option<Duration>,
+) -> String {
+    let expires_at = expires_in.map(|d| prost_types::Timestamp::from(std::time::SystemTime::now() + d));
+    let request =
+        CreateKeyRequest { tenant_id: tenant.into(), roles: roles.iter().map(|r| *r as i32).collect(), label: "test".into(), expires_at };
+    keys.create_key(request).await.unwrap().into_inner().token
+}
+
+fn code(result: &Result<(), tonic::Status>) -> Code {
+    result.as_ref().err().map_or(Code::Ok, tonic::Status::code)
+}
+
+#[tokio::test]
+async fn every_rpc_answers_every_role_as_the_readme_says() {
+    let table = readme_table();
+    assert_eq!(table.len(), 34, "every RPC of the protos is in the README's table");
+    let dir = tempfile::tempdir().unwrap();
+    let server = TallyServer::start(dir.path(), &["--tenant", "acme,globex"]);
+    // A wallet in the other tenant, so that "it exists" could leak if anything were read first.
+    let mut platform = server.client().await;
+    let enroll = EnrollRequest { tenant_id: "globex".into(), wallet_id: "c-1".into(), idempotency_key: "e".into(), ..Default::default() };
+    platform.enroll(enroll).await.unwrap();
+
+    let mut keys = KeysServiceClient::new(server.channel().await);
+    let mut principals: Vec<(String, Key)> = Vec::new();
+    for (name, role) in [
+        ("pos", Role::Pos),
+        ("storefront", Role::Storefront),
+        ("staff", Role::Staff),
+        ("operator", Role::Operator),
+        ("auditor", Role::Auditor),
+    ] {
+        principals.push((name.into(), Key::new(&create_key(&mut keys, "acme", &[role], None).await)));
+    }
+    principals.push(("platform".into(), Key::new(&server.platform_key())));
+    let revoked = create_key(&mut keys, "acme", &[Role::Pos], None).await;
+    let revoked_id = revoked.split('_').nth(1).unwrap().to_owned();
+    keys.revoke_key(RevokeKeyRequest { key_id: revoked_id, reason: "test".into() }).await.unwrap();
+    let expired = create_key(&mut keys, "acme", &[Role::Pos], Some(Duration::from_millis(1_500))).await;
+    let mut wrong_secret = server.platform_key();
+    let last = wrong_secret.pop().unwrap();
+    wrong_secret.push(if last == '0' { '1' } else { '0' });
+    tokio::time::sleep(Duration::from_millis(1_600)).await;
+    let refused = [
+        ("no key", Key::none()),
+        ("revoked", Key::new(&revoked)),
+        ("expired", Key::new(&expired)),
+        ("wrong secret", Key::new(&wrong_secret)),
+    ];
+
+    let mut failures = Vec::new();
+    let mut calls = 0;
+    for (rpc, allowed) in &table {
+        for (who, key) in principals.iter().chain(refused.iter().map(|(w, k)| (w.to_string(), k.clone())).collect::<Vec<_>>().iter()) {
+            let mut grpc = tonic::client::Grpc::new(server.channel_with(key.clone()).await);
+            for tenant in ["acme", "globex"] {
+                let got = code(&tally_tests::raw_call(&mut grpc, rpc, request(tenant)).await);
+                calls += 1;
+                let authenticated = principals.iter().any(|(w, _)| w == who);
+                let role_allowed = allowed.contains(who);
+                let other_tenant = tenant == "globex" && who != "platform" && !NO_TENANT.contains(&rpc.as_str());
+                let ok = match (authenticated, role_allowed, other_tenant) {
+                    (false, _, _) => got == Code::Unauthenticated,
+                    (true, false, _) | (true, true, true) => got == Code::PermissionDenied,
+                    (true, true, false) => !matches!(got, Code::PermissionDenied | Code::Unauthenticated),
+                };
+                if !ok {
+                    failures.push(format!("{rpc} by {who} for {tenant}: {got:?}"));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{} of {calls} calls answered against the README's table:\n{}", failures.len(), failures.join("\n"));
+    // An RPC the table does not list is for nobody, the platform included.
+    let mut grpc = tonic::client::Grpc::new(server.channel().await);
+    let got = tally_tests::raw_call(&mut grpc, "tally.v1.WalletService/Teleport", request("acme")).await;
+    assert_eq!(code(&got), Code::PermissionDenied);
+    // Health and reflection need no key.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(server.raw_channel().await);
+    health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_tenant_key_acts_for_its_tenant_only_and_operators_manage_their_own_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TallyServer::start(dir.path(), &["--tenant", "acme,globex"]);
+    let mut keys = KeysServiceClient::new(server.channel().await);
+    let pos = create_key(&mut keys, "acme", &[Role::Pos], None).await;
+    let mut till = WalletServiceClient::new(server.channel_with(Key::new(&pos)).await);
+    // The tenant may be left out: it comes from the key.
+    let enroll = EnrollRequest { wallet_id: "c-1".into(), idempotency_key: "e".into(), ..Default::default() };
+    let wallet = till.enroll(enroll).await.unwrap().into_inner().wallet.unwrap();
+    assert_eq!(wallet.tenant_id, "acme");
+    let earn = EarnRequest {
+        tenant_id: "acme".into(),
+        wallet_id: "c-1".into(),
+        idempotency_key: "o-1".into(),
+        points: 10,
+        source_ref: "o-1".into(),
+        ..Default::default()
+    };
+    assert_eq!(till.earn(earn).await.unwrap().into_inner().balance, 10);
+    let other = GetWalletRequest { tenant_id: "globex".into(), wallet_id: "c-1".into() };
+    assert_eq!(till.get_wallet(other).await.unwrap_err().code(), Code::PermissionDenied);
+    // A platform key must say which tenant.
+    let mut platform = server.client().await;
+    let unnamed = GetWalletRequest { tenant_id: String::new(), wallet_id: "c-1".into() };
+    assert_eq!(platform.get_wallet(unnamed).await.unwrap_err().code(), Code::InvalidArgument);
+
+    let operator = create_key(&mut keys, "acme", &[Role::Operator], None).await;
+    let mut acme_keys = KeysServiceClient::new(server.channel_with(Key::new(&operator)).await);
+    let cashier = create_key(&mut acme_keys, "", &[Role::Pos], None).await;
+    assert!(cashier.starts_with("tally_"));
+    let listed = acme_keys.list_keys(ListKeysRequest::default()).await.unwrap().into_inner().keys;
+    assert_eq!(listed.len(), 3, "the acme keys: pos, operator, the cashier's");
+    assert!(listed.iter().all(|k| k.tenant_id == "acme"));
+    let platform_key_id = server.platform_key().split('_').nth(1).unwrap().to_owned();
+    let revoke = RevokeKeyRequest { key_id: platform_key_id, reason: "takeover".into() };
+    assert_eq!(acme_keys.revoke_key(revoke).await.unwrap_err().code(), Code::NotFound, "another scope's key is not there");
+    let escalate = CreateKeyRequest { roles: vec![Role::Platform as i32], ..Default::default() };
+    assert_eq!(acme_keys.create_key(escalate).await.unwrap_err().code(), Code::PermissionDenied);
+    let foreign = CreateKeyRequest { tenant_id: "globex".into(), roles: vec![Role::Pos as i32], ..Default::default() };
+    assert_eq!(acme_keys.create_key(foreign).await.unwrap_err().code(), Code::PermissionDenied);
+    let listed_by_platform = keys.list_keys(ListKeysRequest::default()).await.unwrap().into_inner().keys;
+    assert_eq!(listed_by_platform.len(), 4, "every key, the platform's own included");
+
+    // Revoked on this node: refused at once.
+    let cashier_id = cashier.split('_').nth(1).unwrap().to_owned();
+    let revoked = acme_keys.revoke_key(RevokeKeyRequest { key_id: cashier_id.clone(), reason: "left".into() }).await.unwrap().into_inner();
+    assert!(revoked.revoked_at.is_some());
+    let mut gone = WalletServiceClient::new(server.channel_with(Key::new(&cashier)).await);
+    let read = GetWalletRequest { tenant_id: "acme".into(), wallet_id: "c-1".into() };
+    assert_eq!(gone.get_wallet(read).await.unwrap_err().code(), Code::Unauthenticated);
+
+    // Secrets never reach the server's log.
+    let log = server.stderr();
+    for token in [&pos, &operator, &cashier, &server.platform_key()] {
+        let secret = token.rsplit('_').next().unwrap();
+        assert!(!log.contains(secret), "a key's secret is in the server's log");
+    }
+}
+
+/// Two nodes on one PostgreSQL log: a key made on one works on the other, and a key revoked on one stops
+/// working on the other, each within the refresh bound (1 s; asserted with room for a slow machine).
+#[tokio::test]
+async fn a_key_revoked_on_one_node_stops_working_on_another_within_the_bound() {
+    let database = TestDatabase::create().await;
+    let store = format!("--store={}", database.postgres_url);
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = TallyServer::start(dir_a.path(), &[&store]);
+    let b = TallyServer::start(dir_b.path(), &[&store]);
+    assert!(!dir_b.path().join("platform.key").exists(), "the second node finds the log's keys and makes none");
+    let mut keys = KeysServiceClient::new(a.channel().await);
+    let token = create_key(&mut keys, "demo", &[Role::Auditor], None).await;
+    let enroll = EnrollRequest { tenant_id: "demo".into(), wallet_id: "c-1".into(), idempotency_key: "e".into(), ..Default::default() };
+    WalletServiceClient::new(a.channel().await).enroll(enroll).await.unwrap();
+    let mut on_b = WalletServiceClient::new(b.channel_with(Key::new(&token)).await);
+    let read = GetWalletRequest { tenant_id: "demo".into(), wallet_id: "c-1".into() };
+    let until = |want: Code| {
+        let mut on_b = on_b.clone();
+        let read = read.clone();
+        async move {
+            let started = Instant::now();
+            loop {
+                let got = on_b.get_wallet(read.clone()).await.map_or_else(|s| s.code(), |_| Code::Ok);
+                if got == want || started.elapsed() > Duration::from_secs(10) {
+                    return (got, started.elapsed());
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let (got, took) = until(Code::Ok).await;
+    assert_eq!(got, Code::Ok);
+    assert!(took < Duration::from_secs(5), "a new key worked on the other node after {took:?}");
+    let key_id = token.split('_').nth(1).unwrap().to_owned();
+    keys.revoke_key(RevokeKeyRequest { key_id, reason: "test".into() }).await.unwrap();
+    let (got, took) = until(Code::Unauthenticated).await;
+    assert_eq!(got, Code::Unauthenticated);
+    assert!(took < Duration::from_secs(5), "a revoked key still worked on the other node after {took:?}");
+    eprintln!("revocation reached the other node in {took:?}");
+    assert_eq!(on_b.get_wallet(read).await.unwrap_err().code(), Code::Unauthenticated);
+}
