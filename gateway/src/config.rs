@@ -184,6 +184,21 @@ serve_options! {
         /// address.
         #[arg(long, env = "TALLY_INSECURE_NO_AUTH", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
         pub insecure_no_auth: Option<bool>,
+        /// PEM certificate chain to serve TLS with (with --tls-key). Without TLS the server listens only
+        /// on loopback addresses unless --insecure-plaintext says otherwise.
+        #[arg(long, env = "TALLY_TLS_CERT", value_name = "FILE")]
+        pub tls_cert: Option<PathBuf>,
+        /// PEM private key of --tls-cert.
+        #[arg(long, env = "TALLY_TLS_KEY", value_name = "FILE")]
+        pub tls_key: Option<PathBuf>,
+        /// PEM certificate(s) of the CA that signs client certificates: every client must then present
+        /// one (mutual TLS) besides its API key.
+        #[arg(long, env = "TALLY_TLS_CLIENT_CA", value_name = "FILE")]
+        pub tls_client_ca: Option<PathBuf>,
+        /// Serve plaintext on a non-loopback address (API keys then cross the network in clear): only
+        /// behind a proxy or mesh that terminates TLS.
+        #[arg(long, env = "TALLY_INSECURE_PLAINTEXT", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+        pub insecure_plaintext: Option<bool>,
     }
 }
 
@@ -303,6 +318,17 @@ pub struct ServeSettings {
     pub accept_clock_jump: bool,
     /// Calls need no API key (loopback only).
     pub insecure_no_auth: bool,
+    /// TLS, if served.
+    pub tls: Option<TlsFiles>,
+}
+
+/// The files TLS is served with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Client certificates must be signed by this CA (mutual TLS).
+    pub client_ca: Option<PathBuf>,
 }
 
 fn policy(value: &str, name: &str) -> Result<ReturnPolicy, ConfigError> {
@@ -354,6 +380,23 @@ impl ServeSettings {
             );
             return Err(at("insecure_no_auth")(ConfigError::Unsafe(reason)));
         }
+        let tls = match (set.tls_cert, set.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key, client_ca: set.tls_client_ca }),
+            (None, None) if set.tls_client_ca.is_some() => {
+                let reason = "--tls-client-ca needs --tls-cert and --tls-key: client certificates are asked for over TLS";
+                return Err(at("tls_client_ca")(ConfigError::Unsafe(reason.into())));
+            }
+            (None, None) => None,
+            (Some(_), None) => return Err(at("tls_cert")(ConfigError::Unsafe("--tls-cert needs --tls-key".into()))),
+            (None, Some(_)) => return Err(at("tls_key")(ConfigError::Unsafe("--tls-key needs --tls-cert".into()))),
+        };
+        if tls.is_none() && !listen.ip().is_loopback() && !set.insecure_plaintext.unwrap_or(false) {
+            let reason = format!(
+                "serving plaintext on {listen}, which is not a loopback address, would send API keys and customer data \
+                 in clear; give --tls-cert and --tls-key, or --insecure-plaintext if a proxy in front of it terminates TLS"
+            );
+            return Err(at("listen")(ConfigError::Unsafe(reason)));
+        }
         let every_events = set.snapshot_every_events.expect(DEFAULTED);
         let keep_last = set.snapshot_keep.expect(DEFAULTED).max(1);
         Ok(Self {
@@ -369,6 +412,7 @@ impl ServeSettings {
             clock_jump_max_ms: i64::try_from(set.clock_jump_max_hours.expect(DEFAULTED)).unwrap_or(i64::MAX).saturating_mul(3_600_000),
             accept_clock_jump: set.accept_clock_jump.unwrap_or(false),
             insecure_no_auth,
+            tls,
             registry: RegistryConfig {
                 active_wallets_max: set.active_wallets_max.expect(DEFAULTED),
                 idle_ms: set.wallet_idle_secs.expect(DEFAULTED).saturating_mul(1000),
@@ -578,6 +622,19 @@ mod tests {
         assert!(!ServeSettings::resolve(&serve_args(&["tally", "serve"])).unwrap().insecure_no_auth, "keys unless told otherwise");
     }
 
+    #[test]
+    fn plaintext_is_for_loopback_unless_told_and_tls_needs_both_files() {
+        let resolve = |argv: &[&str]| ServeSettings::resolve(&serve_args(&[&["tally", "serve"], argv].concat()));
+        let err = resolve(&["--listen", "0.0.0.0:50051"]).unwrap_err().to_string();
+        assert!(err.contains("plaintext on 0.0.0.0:50051") && err.ends_with("(set by --listen)"), "{err}");
+        assert!(resolve(&["--listen", "0.0.0.0:50051", "--insecure-plaintext"]).unwrap().tls.is_none());
+        let tls = resolve(&["--listen", "0.0.0.0:50051", "--tls-cert", "c.pem", "--tls-key", "k.pem"]).unwrap().tls.unwrap();
+        assert_eq!((tls.cert.to_str(), tls.key.to_str(), tls.client_ca), (Some("c.pem"), Some("k.pem"), None));
+        assert!(resolve(&["--tls-cert", "c.pem"]).unwrap_err().to_string().contains("--tls-cert needs --tls-key"));
+        assert!(resolve(&["--tls-key", "k.pem"]).unwrap_err().to_string().contains("--tls-key needs --tls-cert"));
+        assert!(resolve(&["--tls-client-ca", "ca.pem"]).unwrap_err().to_string().contains("needs --tls-cert"));
+    }
+
     /// Flags, variables and file keys are a public interface: scripts and deployments spell them.
     #[test]
     fn every_setting_keeps_its_flag_variable_and_key_and_is_in_the_help() {
@@ -596,6 +653,10 @@ mod tests {
             ("clock_jump_max_hours", "--clock-jump-max-hours", "TALLY_CLOCK_JUMP_MAX_HOURS"),
             ("accept_clock_jump", "--accept-clock-jump", "TALLY_ACCEPT_CLOCK_JUMP"),
             ("insecure_no_auth", "--insecure-no-auth", "TALLY_INSECURE_NO_AUTH"),
+            ("tls_cert", "--tls-cert", "TALLY_TLS_CERT"),
+            ("tls_key", "--tls-key", "TALLY_TLS_KEY"),
+            ("tls_client_ca", "--tls-client-ca", "TALLY_TLS_CLIENT_CA"),
+            ("insecure_plaintext", "--insecure-plaintext", "TALLY_INSECURE_PLAINTEXT"),
         ];
         assert_eq!(ServeOptions::NAMES, spellings.map(|(key, _, _)| key));
         let mut cli = <crate::cli::Cli as clap::CommandFactory>::command();

@@ -21,7 +21,7 @@ use tally_engine::limits::{KEYS_REFRESH_MS, PROGRAM_SETTINGS_REFRESH_MS};
 use tally_engine::store::{EmbeddedStore, EventStore, PostgresStore, log_identity};
 use tally_gateway::access::Access;
 use tally_gateway::cli::{Cli, Command, ProjectionsCommand, SnapshotsCommand, SnapshotsTarget, StoreCommand};
-use tally_gateway::config::{ServeSettings, StoreUrl};
+use tally_gateway::config::{ServeSettings, StoreUrl, TlsFiles};
 use tally_gateway::derived::{self, DerivedError};
 use tally_gateway::keys::PLATFORM_KEY_FILE;
 use tally_gateway::redact::redact;
@@ -29,6 +29,7 @@ use tally_gateway::reporting::ReadSide;
 use tally_gateway::service::Engine;
 use tally_projections::{PostgresReadModel, Projection, ReadModel, RunnerOptions, SledReadModel};
 use tally_snapshots::{PostgresSnapshotStore, SledSnapshotStore, SnapshotStore, Snapshotter};
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -243,6 +244,7 @@ async fn serve(settings: ServeSettings) -> Result<(), Box<dyn std::error::Error>
     let registry =
         WalletRegistry::start_with_snapshots(settings.registry.clone(), Arc::clone(&store), programs.clone(), clock.clone(), snapshots)
             .await?;
+    let tls = settings.tls.as_ref().map(tls_config).transpose()?;
     let keys = KeyBook::open(Arc::clone(&store), clock.clone()).await.map_err(|e| format!("cannot read the log's API keys: {e}"))?;
     let access = access(&settings, &keys).await?;
     let keys_refresher = keys.spawn_refresher(Duration::from_millis(KEYS_REFRESH_MS));
@@ -257,7 +259,8 @@ async fn serve(settings: ServeSettings) -> Result<(), Box<dyn std::error::Error>
         StoreUrl::Embedded(dir) => format!("data in {}", dir.display()),
         StoreUrl::Postgres(url) | StoreUrl::Kurrent(url) => format!("log in {}", redact(url)),
     };
-    println!("tally listening on http://{address} ({log}, tenants: {})", tenants.join(", "));
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    println!("tally listening on {scheme}://{address} ({log}, tenants: {})", tenants.join(", "));
     // A log that can no longer be written stops the server as a signal would: health goes NOT_SERVING,
     // calls in flight finish, and the process exits non-zero instead of serving reads beside dead writes.
     let broken = Arc::new(std::sync::Mutex::new(None::<String>));
@@ -275,7 +278,7 @@ async fn serve(settings: ServeSettings) -> Result<(), Box<dyn std::error::Error>
         }
     };
     let engine = Engine { registry: registry.clone(), store, programs: program_book, keys };
-    tally_gateway::server::run(listener, engine, read.clone(), access, shutdown).await?;
+    tally_gateway::server::run(listener, engine, read.clone(), access, tls, shutdown).await?;
     keys_refresher.abort();
     timers.stop();
     registry.shutdown().await;
@@ -292,6 +295,17 @@ async fn serve(settings: ServeSettings) -> Result<(), Box<dyn std::error::Error>
     }
     tracing::info!("stopped cleanly: every acknowledged call is durable");
     Ok(())
+}
+
+/// The server's TLS settings from its files: a file that cannot be read stops the start, naming it.
+fn tls_config(files: &TlsFiles) -> Result<ServerTlsConfig, String> {
+    let read = |path: &Path, flag: &str| std::fs::read(path).map_err(|e| format!("cannot read {flag} {}: {e}", path.display()));
+    let identity = Identity::from_pem(read(&files.cert, "--tls-cert")?, read(&files.key, "--tls-key")?);
+    let mut config = ServerTlsConfig::new().identity(identity);
+    if let Some(ca) = &files.client_ca {
+        config = config.client_ca_root(Certificate::from_pem(read(ca, "--tls-client-ca")?));
+    }
+    Ok(config)
 }
 
 /// How calls are authenticated: by the log's keys, the first of which this start makes if there is none

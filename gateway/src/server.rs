@@ -12,8 +12,8 @@ use tally_proto::v1::reporting_service_server::ReportingServiceServer;
 use tally_proto::v1::wallet_service_server::WalletServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Server, ServerTlsConfig};
 
 use crate::access::{Access, AuthLayer};
 use crate::admin::AdminApi;
@@ -41,6 +41,7 @@ pub async fn run(
     engine: Engine,
     read: ReadSide,
     access: Access,
+    tls: Option<ServerTlsConfig>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -75,7 +76,11 @@ pub async fn run(
         .max_decoding_message_size(MESSAGE_BYTES_MAX)
         .max_encoding_message_size(REPLY_BYTES_MAX);
     let (stop_accepting, stopped) = oneshot::channel::<()>();
-    let serve = Server::builder()
+    let mut server = Server::builder();
+    if let Some(tls) = tls {
+        server = server.tls_config(tls)?;
+    }
+    let serve = server
         // Deadlines are ours (DEADLINE_EXCEEDED, carried into the wallets), not `Server::timeout`'s.
         .layer(DeadlineLayer)
         // Who is calling, before anything else is done for the call.

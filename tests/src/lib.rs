@@ -54,7 +54,21 @@ pub fn crash_payload(stream: &str, version: u64) -> Vec<u8> {
 pub fn tally_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY.get_or_init(|| {
-        let run = escargot::CargoBuild::new()
+        // Build as a person's `cargo build` would: the variables cargo set for this test (its package's
+        // name, version and directory) would make ring's build script, which watches them, rebuild the
+        // TLS stack — and so the binary — on every test run.
+        let ours = |name: &str| {
+            ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_CRATE_", "CARGO_BIN_", "CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR"]
+                .iter()
+                .any(|prefix| name.starts_with(prefix))
+        };
+        let mut build = escargot::CargoBuild::new();
+        for (name, _) in std::env::vars_os() {
+            if name.to_str().is_some_and(ours) {
+                build = build.env_remove(name);
+            }
+        }
+        let run = build
             .package("tally-gateway")
             .bin("tally")
             .current_release()
