@@ -125,6 +125,7 @@ fn envelope(event_type: &str, schema_version: u32, facts: CommandFacts<'_>, meta
         recorded_at_ms: facts.recorded_at_ms,
         idempotency_key: facts.key.to_owned(),
         command_fingerprint: facts.fingerprint,
+        command_digest: None,
         metadata: metadata.clone(),
         payload,
     }

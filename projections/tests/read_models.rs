@@ -416,6 +416,7 @@ async fn a_poison_event_is_quarantined_named_in_the_status_and_the_rest_applied(
         recorded_at_ms: common::START_MS,
         idempotency_key: "x".to_owned(),
         command_fingerprint: 0,
+        command_digest: None,
         metadata: EventMetadata::default(),
         payload: vec![1, 2, 3],
     };
