@@ -17,7 +17,9 @@ fn event(n: u64) -> EventData {
         schema_version: 1,
         recorded_at_ms: 1_767_225_600_000,
         idempotency_key: format!("order-{n}"),
-        command_fingerprint: n,
+        // As new events carry it: 0 in the old field and a 16-byte digest.
+        command_fingerprint: 0,
+        command_digest: Some(std::array::from_fn(|i| (n >> (i % 8 * 8)) as u8)),
         metadata: EventMetadata::default(),
         payload: vec![0x2a; 48], // a typical PointsEarned is ~30-60 bytes
     }

@@ -5,7 +5,7 @@ use tally_proto::v1::OrderClaimed;
 
 use crate::domain::access::{KEYS_STREAM, KeyChange};
 use crate::domain::program::{ProgramChange, ProgramEvent};
-use crate::domain::{Change, Event, TenantId, WalletId};
+use crate::domain::{Change, CommandFingerprint, Event, TenantId, WalletId};
 use crate::store::{EventData, EventMetadata, RecordedEvent, StreamId};
 
 /// Schema version written for every wallet event today. Bumping it requires an upcaster in [`decode`].
@@ -75,8 +75,8 @@ pub fn decode_program(recorded: RecordedEvent) -> Result<ProgramEvent, CodecErro
     }
     let change = payload(position, &data, ProgramChange::decode_payload)?;
     Ok(ProgramEvent {
+        command_fingerprint: fingerprint(&data),
         idempotency_key: data.idempotency_key,
-        command_fingerprint: data.command_fingerprint,
         recorded_at_ms: data.recorded_at_ms,
         change,
     })
@@ -96,7 +96,8 @@ pub fn encode_key(change: &KeyChange, recorded_at_ms: i64, metadata: &EventMetad
         KeyChange::Created(c) => format!("tally:key:{}:created", c.key_id),
         KeyChange::Revoked(r) => format!("tally:key:{}:revoked", r.key_id),
     };
-    let facts = CommandFacts { key: &key, fingerprint: 0, recorded_at_ms };
+    // No command made it: key events have no retries to tell apart.
+    let facts = CommandFacts { key: &key, fingerprint: CommandFingerprint::Fnv64(0), recorded_at_ms };
     envelope(change.event_type(), KEY_SCHEMA_VERSION, facts, metadata, change.encode_payload())
 }
 
@@ -141,21 +142,37 @@ pub fn encode(event: &Event, metadata: &EventMetadata) -> EventData {
 /// What every event carries of the command that produced it.
 struct CommandFacts<'a> {
     key: &'a str,
-    fingerprint: u64,
+    fingerprint: CommandFingerprint,
     recorded_at_ms: i64,
 }
 
 /// The envelope around an encoded payload, for any aggregate's events.
+///
+/// A digest goes in `command_digest` with 0 in the old 64-bit field: the log then holds no weak
+/// fingerprint of a new command for anything to trust, and a build from before the digest, reading it,
+/// refuses that command's retries as another payload's rather than answering them (it never applies
+/// one twice). An old event's FNV-1a (a copy or re-encoding of one) goes back where it came from.
 fn envelope(event_type: &str, schema_version: u32, facts: CommandFacts<'_>, metadata: &EventMetadata, payload: Vec<u8>) -> EventData {
+    let (command_fingerprint, command_digest) = match facts.fingerprint {
+        CommandFingerprint::Blake3(digest) => (0, Some(digest)),
+        CommandFingerprint::Fnv64(fnv) => (fnv, None),
+    };
     EventData {
         event_type: event_type.to_owned(),
         schema_version,
         recorded_at_ms: facts.recorded_at_ms,
         idempotency_key: facts.key.to_owned(),
-        command_fingerprint: facts.fingerprint,
+        command_fingerprint,
+        command_digest,
         metadata: metadata.clone(),
         payload,
     }
+}
+
+/// The fingerprint a stored event recorded: its digest when it has one (the only one compared then),
+/// otherwise the 64-bit FNV-1a of an event written before the digest.
+fn fingerprint(data: &EventData) -> CommandFingerprint {
+    data.command_digest.map_or(CommandFingerprint::Fnv64(data.command_fingerprint), CommandFingerprint::Blake3)
 }
 
 /// Decodes a stored wallet event, taking it apart without copying its strings.
@@ -166,8 +183,8 @@ pub fn decode(recorded: RecordedEvent) -> Result<Event, CodecError> {
     }
     let change = payload(position, &data, Change::decode_payload)?;
     Ok(Event {
+        command_fingerprint: fingerprint(&data),
         idempotency_key: data.idempotency_key,
-        command_fingerprint: data.command_fingerprint,
         recorded_at_ms: data.recorded_at_ms,
         change,
     })

@@ -25,6 +25,9 @@ pub const EVENT_PAYLOAD_BYTES_MAX: usize = 64 * 1024;
 pub const APPEND_EVENTS_MAX: usize = 256;
 /// Largest encoded append (all its events with their envelopes), in bytes.
 pub const APPEND_BYTES_MAX: usize = 1024 * 1024;
+/// Length of a command digest, in bytes: BLAKE3 of the command's payload truncated to 128 bits (a
+/// collision costs about 2^64 work, a second preimage 2^128). A persisted format, not a tunable.
+pub const COMMAND_DIGEST_BYTES: usize = 16;
 
 /// Size at which the embedded log starts a new segment file, in bytes. A segment may exceed it by at
 /// most one group-commit batch.

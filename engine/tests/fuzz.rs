@@ -34,6 +34,7 @@ fn recorded(event_type: String, schema_version: u32, payload: Vec<u8>) -> Record
             recorded_at_ms: 0,
             idempotency_key: "k".into(),
             command_fingerprint: 0,
+            command_digest: None,
             metadata: EventMetadata::default(),
             payload,
         },

@@ -3,11 +3,11 @@
 
 use tally_engine::codec;
 use tally_engine::domain::program::{
-    ProgramCommand, ProgramCommandBody, ProgramDecision, ProgramRejection, ProgramState, apply_program, decide_program,
+    ProgramCommand, ProgramCommandBody, ProgramDecision, ProgramEvent, ProgramRejection, ProgramState, apply_program, decide_program,
 };
 use tally_engine::domain::rules::{Customer, Order, Period, Rule, evaluate};
-use tally_engine::domain::{ReturnPolicy, TenantId};
-use tally_engine::store::{EventMetadata, EventStore, ExpectedVersion, InMemoryStore};
+use tally_engine::domain::{CommandFingerprint, ReturnPolicy, TenantId};
+use tally_engine::store::{EventMetadata, EventStore, ExpectedVersion, InMemoryStore, RecordedEvent};
 
 const MARCH_1: i64 = 1_772_323_200_000;
 const DAY_MS: i64 = 86_400_000;
@@ -30,11 +30,7 @@ fn publish(key: &str, points_per_euro: i64) -> ProgramCommand {
 }
 
 /// Decides and applies; returns the events appended.
-fn run(
-    state: &mut ProgramState,
-    command: &ProgramCommand,
-    now_ms: i64,
-) -> Result<Vec<tally_engine::domain::program::ProgramEvent>, ProgramRejection> {
+fn run(state: &mut ProgramState, command: &ProgramCommand, now_ms: i64) -> Result<Vec<ProgramEvent>, ProgramRejection> {
     let tenant = TenantId::parse("acme").unwrap();
     match decide_program(state, &tenant, command, now_ms)? {
         ProgramDecision::Append(events) => {
@@ -115,6 +111,72 @@ fn a_retry_answers_with_its_first_outcome_and_versions_stay_in_time_order() {
     assert_eq!(program.rule_versions[1].effective_from_ms, MARCH_1 + DAY_MS);
     assert_eq!(points_on(&program, MARCH_1 + DAY_MS), Some(20));
     assert_eq!(decide_program(&program, &tenant, &publish("v1", 1), MARCH_1), Ok(ProgramDecision::AlreadyApplied { rules_version: 1 }));
+}
+
+/// `event` stored with `fnv64` in the envelope's old field and `digest` beside it (none: as a build before
+/// the 128-bit digest wrote it), read back through the codec.
+fn stored(event: &ProgramEvent, fnv64: u64, digest: Option<[u8; 16]>) -> ProgramEvent {
+    let mut data = codec::encode_program(event, &EventMetadata::default());
+    (data.command_fingerprint, data.command_digest) = (fnv64, digest);
+    let stream_id = codec::program_stream(&TenantId::parse("acme").unwrap());
+    codec::decode_program(RecordedEvent { stream_id, stream_version: 1, global_position: 1, data }).unwrap()
+}
+
+/// What a build before the digest recorded for `create(_)`: FNV-1a 64 of its layout.
+const CREATE_FNV64: u64 = 0x9d3e_5467_029a_7823;
+
+#[test]
+fn program_fingerprint_layouts_never_change() {
+    // Golden values computed outside this code (the layout by hand, `b3sum --length 16`).
+    let digest = [0x8a, 0xa8, 0x09, 0xe8, 0x41, 0x97, 0x20, 0x59, 0x53, 0x7b, 0x48, 0x71, 0x84, 0xf2, 0x90, 0x6d];
+    assert_eq!(create("c").fingerprint(), CommandFingerprint::Blake3(digest));
+    assert_eq!(create("c").legacy_fingerprint(), CommandFingerprint::Fnv64(CREATE_FNV64));
+}
+
+#[test]
+fn a_program_receipt_from_before_the_digest_is_still_compared_by_its_64_bits() {
+    let tenant = TenantId::parse("acme").unwrap();
+    let ProgramDecision::Append(events) = decide_program(&ProgramState::default(), &tenant, &create("c"), MARCH_1).unwrap() else {
+        panic!("create accepted")
+    };
+    let mut program = ProgramState::default();
+    for event in &events {
+        let old = stored(event, CREATE_FNV64, None);
+        assert_eq!(old.command_fingerprint, CommandFingerprint::Fnv64(CREATE_FNV64));
+        apply_program(&mut program, &old);
+    }
+    assert_eq!(decide_program(&program, &tenant, &create("c"), MARCH_1), Ok(ProgramDecision::AlreadyApplied { rules_version: 0 }));
+    let other = ProgramCommand { idempotency_key: "c".into(), ..publish("x", 1) };
+    assert_eq!(decide_program(&program, &tenant, &other, MARCH_1), Err(ProgramRejection::IdempotencyKeyReused { key: "c".into() }));
+    // A new command records the digest.
+    let events = run(&mut program, &publish("v1", 1), MARCH_1).unwrap();
+    assert_eq!(events[0].command_fingerprint, publish("v1", 1).fingerprint());
+    assert!(matches!(events[0].command_fingerprint, CommandFingerprint::Blake3(_)));
+}
+
+#[test]
+fn a_new_program_receipt_is_compared_by_all_128_bits_of_its_digest() {
+    let tenant = TenantId::parse("acme").unwrap();
+    let ProgramDecision::Append(events) = decide_program(&ProgramState::default(), &tenant, &create("c"), MARCH_1).unwrap() else {
+        panic!("create accepted")
+    };
+    let CommandFingerprint::Blake3(digest) = events[0].command_fingerprint else { panic!("new events record the digest") };
+    let mut honest = ProgramState::default();
+    apply_program(&mut honest, &stored(&events[0], 0, Some(digest)));
+    assert_eq!(decide_program(&honest, &tenant, &create("c"), MARCH_1), Ok(ProgramDecision::AlreadyApplied { rules_version: 0 }));
+    // A log whose digest differs from the retry's in one half only (bytes 0..8 or 8..16), with the retry's
+    // true FNV-1a beside it: the digest is the one compared.
+    for byte in [0, 7, 8, 15] {
+        let mut forged = digest;
+        forged[byte] ^= 0x80;
+        let mut program = ProgramState::default();
+        apply_program(&mut program, &stored(&events[0], CREATE_FNV64, Some(forged)));
+        assert_eq!(
+            decide_program(&program, &tenant, &create("c"), MARCH_1),
+            Err(ProgramRejection::IdempotencyKeyReused { key: "c".into() }),
+            "byte {byte}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -1,9 +1,12 @@
 //! Given/when/then tests of the wallet domain: every command and every rejection.
 
+use tally_engine::codec;
+use tally_engine::domain::rules::{Order, OrderLine};
 use tally_engine::domain::{
-    Change, Command, CommandBody, Context, Decision, Event, FieldError, Money, ProgramSettings, Rejection, ReturnPolicy, TenantId,
-    WalletId, WalletState, WalletStatus, apply, decide,
+    Change, Command, CommandBody, CommandFingerprint, Context, Decision, Event, FieldError, Money, ProgramSettings, Rejection,
+    ReturnPolicy, TenantId, WalletId, WalletState, WalletStatus, apply, decide,
 };
+use tally_engine::store::{EventMetadata, RecordedEvent};
 use tally_proto::v1::{EarnReversed, LotOpened, LotPoints, PointsAdjusted, PointsEarned, PointsRedeemed, WalletClosed, WalletEnrolled};
 
 const NOW: i64 = 1_767_225_600_000;
@@ -341,19 +344,122 @@ fn fingerprints_tell_every_field_apart() {
         redeem("k", 10),
         adjust("k", 10),
     ];
-    for variant in variants {
+    for variant in &variants {
         assert_ne!(base.fingerprint(), variant.fingerprint(), "{variant:?}");
     }
+    for variant in &variants {
+        assert_ne!(base.legacy_fingerprint(), variant.legacy_fingerprint(), "{variant:?}");
+    }
     assert_eq!(base.fingerprint(), earn("other-key", 10, "order-1").fingerprint(), "the key is not part of the payload");
-    // Golden value: fingerprints are persisted, so their layout must never change.
-    assert_eq!(base.fingerprint(), 0x5cec_17bc_9ba8_566d, "fingerprint layout changed: {:#x}", base.fingerprint());
+}
+
+/// `CommandFingerprint::Blake3` from its hex digits.
+fn digest(hex: &str) -> CommandFingerprint {
+    let bytes: Vec<u8> = (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
+    CommandFingerprint::Blake3(bytes.try_into().unwrap())
+}
+
+/// What a build before the digest recorded for `earn(_, 10, "order-1")`: FNV-1a 64 of its layout.
+const EARN_10_ORDER_1_FNV64: u64 = 0x5cec_17bc_9ba8_566d;
+
+#[test]
+fn fingerprint_layouts_never_change() {
+    // Golden values: fingerprints are persisted, so the layout (and the hash over it) must never change.
+    // The digests were computed outside this code: the layout written out by hand, hashed with `b3sum
+    // --length 16`.
+    let base = earn("k", 10, "order-1");
+    assert_eq!(base.fingerprint(), digest("5dafa053687741441c954ca74a0e96d4"), "{:x?}", base.fingerprint());
+    assert_eq!(base.legacy_fingerprint(), CommandFingerprint::Fnv64(EARN_10_ORDER_1_FNV64));
+    let lines = vec![
+        OrderLine { sku: "latte".into(), category: "drinks".into(), quantity: 1, amount_minor: 450 },
+        OrderLine { sku: "bagel".into(), category: "food".into(), quantity: 2, amount_minor: 1_050 },
+    ];
+    let order = Order {
+        order_id: "order-42".into(),
+        total_minor: 2_550,
+        currency: "EUR".into(),
+        channel: "pos".into(),
+        store: "s-1".into(),
+        lines,
+        placed_at_ms: Some(NOW),
+    };
+    let for_order = cmd("order-42", CommandBody::EarnForOrder { order });
+    assert_eq!(for_order.fingerprint(), digest("f096f12f2c02e186d40d0bcaf89fa622"), "{:x?}", for_order.fingerprint());
+    assert_eq!(for_order.legacy_fingerprint(), CommandFingerprint::Fnv64(0x65d7_747a_fb67_d7f3));
+}
+
+/// `events` as a build before the 128-bit digest stored them: `fnv64` in the envelope's old field, no
+/// digest; read back through the codec as the engine reads the log.
+fn stored_before_the_digest(events: Vec<Event>, fnv64: u64) -> Vec<Event> {
+    let stream = codec::wallet_stream(&TenantId::parse("acme").unwrap(), &WalletId::parse("c-1").unwrap());
+    events
+        .into_iter()
+        .map(|event| {
+            let mut data = codec::encode(&event, &EventMetadata::default());
+            (data.command_fingerprint, data.command_digest) = (fnv64, None);
+            codec::decode(RecordedEvent { stream_id: stream.clone(), stream_version: 1, global_position: 1, data }).unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn a_receipt_from_before_the_digest_is_still_compared_by_its_64_bits() {
+    let mut scenario = given(&[enroll()]);
+    let old = earn("o-1", 10, "order-1");
+    let Ok(Decision::Append(events)) = scenario.decide(&old) else { panic!("earn accepted") };
+    for event in stored_before_the_digest(events, EARN_10_ORDER_1_FNV64) {
+        assert_eq!(event.command_fingerprint, CommandFingerprint::Fnv64(EARN_10_ORDER_1_FNV64));
+        apply(&mut scenario.state, &event);
+    }
+    let receipt = *scenario.state.receipt("o-1").unwrap();
+    assert_eq!(receipt.command_fingerprint, CommandFingerprint::Fnv64(EARN_10_ORDER_1_FNV64));
+    // The old command's retry keeps its first answer; another payload under its key is still refused.
+    assert_eq!(scenario.decide(&old), Ok(Decision::AlreadyApplied(receipt)));
+    assert_eq!(scenario.decide(&earn("o-1", 11, "order-1")), Err(Rejection::IdempotencyKeyReused { key: "o-1".into() }));
+    // A new command on the same wallet records the digest, and the old receipt keeps answering.
+    let next = adjust("a-1", 5);
+    let Ok(Decision::Append(events)) = scenario.decide(&next) else { panic!("adjust accepted") };
+    events.iter().for_each(|e| apply(&mut scenario.state, e));
+    assert!(matches!(scenario.state.receipt("a-1").unwrap().command_fingerprint, CommandFingerprint::Blake3(_)));
+    assert_eq!(scenario.state.receipt("a-1").unwrap().command_fingerprint, next.fingerprint());
+    assert_eq!(scenario.decide(&old), Ok(Decision::AlreadyApplied(receipt)));
+}
+
+#[test]
+fn a_new_receipt_is_compared_by_all_128_bits_of_its_digest() {
+    let command = earn("o-1", 10, "order-1");
+    let scenario = given(&[enroll(), command.clone()]);
+    let receipt = *scenario.state.receipt("o-1").unwrap();
+    assert_eq!(receipt.command_fingerprint, command.fingerprint(), "new events record the digest");
+    assert_eq!(scenario.decide(&command), Ok(Decision::AlreadyApplied(receipt)));
+    let CommandFingerprint::Blake3(digest) = command.fingerprint() else { panic!("a digest") };
+    // Two payloads whose digests agree in 64 bits cannot be found cheaply, so the log is forged instead:
+    // the earn's events recorded a digest that differs from the retry's in one half only (bytes 0..8 or
+    // 8..16). With the retry's true FNV-1a in the old field beside it: a digest, when present, is the
+    // only one compared.
+    for byte in [0, 7, 8, 15] {
+        let mut forged = digest;
+        forged[byte] ^= 0x80;
+        let mut forged_log = given(&[enroll()]);
+        let Ok(Decision::Append(events)) = forged_log.decide(&command) else { panic!("earn accepted") };
+        let stream = codec::wallet_stream(&forged_log.tenant, &forged_log.wallet);
+        for event in events {
+            let mut data = codec::encode(&event, &EventMetadata::default());
+            (data.command_fingerprint, data.command_digest) = (EARN_10_ORDER_1_FNV64, Some(forged));
+            let event = codec::decode(RecordedEvent { stream_id: stream.clone(), stream_version: 1, global_position: 1, data }).unwrap();
+            apply(&mut forged_log.state, &event);
+        }
+        assert_eq!(forged_log.state.receipt("o-1").unwrap().command_fingerprint, CommandFingerprint::Blake3(forged));
+        forged_log.then_rejects(command.clone(), Rejection::IdempotencyKeyReused { key: "o-1".into() });
+    }
 }
 
 #[test]
 fn apply_is_only_bookkeeping() {
     // An event the current rules would refuse still applies exactly as recorded: history is history.
     let mut state = WalletState::default();
-    let event = |change| Event { idempotency_key: "k".into(), command_fingerprint: 1, recorded_at_ms: NOW, change };
+    let event =
+        |change| Event { idempotency_key: "k".into(), command_fingerprint: CommandFingerprint::Fnv64(1), recorded_at_ms: NOW, change };
     apply(
         &mut state,
         &event(Change::Redeemed(PointsRedeemed { inactivity_expires_at_ms: 0, points: 5, reward_ref: String::new(), lots: vec![] })),

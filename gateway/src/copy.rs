@@ -44,7 +44,9 @@ fn same_event(a: &RecordedEvent, b: &RecordedEvent) -> bool {
     a.stream_id == b.stream_id && a.stream_version == b.stream_version && a.global_position == b.global_position && a.data == b.data
 }
 
-/// Count and CRC-32C over every event's position, stream, version, type and payload, in global order.
+/// Count and CRC-32C over every event in global order: its position, stream and version and every field
+/// of its envelope (the command's key, fingerprint and digest included), so a copy that dropped or
+/// changed any of them fails verification.
 async fn checksum(store: &dyn EventStore) -> Result<(u64, u32), StoreError> {
     let (mut count, mut crc, mut from) = (0u64, 0u32, 1u64);
     loop {
@@ -52,14 +54,38 @@ async fn checksum(store: &dyn EventStore) -> Result<(u64, u32), StoreError> {
         let Some(last) = events.last() else { return Ok((count, crc)) };
         from = last.global_position + 1;
         for e in &events {
-            crc = crc32c::crc32c_append(crc, &e.global_position.to_le_bytes());
-            crc = crc32c::crc32c_append(crc, e.stream_id.as_str().as_bytes());
-            crc = crc32c::crc32c_append(crc, &e.stream_version.to_le_bytes());
-            crc = crc32c::crc32c_append(crc, e.data.event_type.as_bytes());
-            crc = crc32c::crc32c_append(crc, &e.data.payload);
+            crc = event_checksum(crc, e);
             count += 1;
         }
     }
+}
+
+/// `crc` extended by one event. Every variable-length field goes in after its length, and the digest after
+/// a byte saying whether there is one, so no two different events feed the same bytes.
+fn event_checksum(mut crc: u32, e: &RecordedEvent) -> u32 {
+    let mut bytes = |field: &[u8]| {
+        crc = crc32c::crc32c_append(crc, &(field.len() as u64).to_le_bytes());
+        crc = crc32c::crc32c_append(crc, field);
+    };
+    let d = &e.data;
+    bytes(&e.global_position.to_le_bytes());
+    bytes(e.stream_id.as_str().as_bytes());
+    bytes(&e.stream_version.to_le_bytes());
+    bytes(d.event_type.as_bytes());
+    bytes(&d.schema_version.to_le_bytes());
+    bytes(&d.recorded_at_ms.to_le_bytes());
+    bytes(d.idempotency_key.as_bytes());
+    bytes(&d.command_fingerprint.to_le_bytes());
+    match &d.command_digest {
+        None => bytes(&[0]),
+        Some(digest) => bytes(&[&[1][..], digest].concat()),
+    }
+    let m = &d.metadata;
+    for text in [&m.causation_id, &m.correlation_id, &m.traceparent, &m.tracestate] {
+        bytes(text.as_bytes());
+    }
+    bytes(&d.payload);
+    crc
 }
 
 /// Consecutive events of one stream, each run one atomic append: cut where the stream changes or an
@@ -137,4 +163,58 @@ pub async fn copy(source: Arc<dyn EventStore>, destination: Arc<dyn EventStore>,
         return Err(CopyError::Verification { source_events, source_crc, destination_events, destination_crc });
     }
     Ok(CopyReport { resumed_after, copied, total: source_events, checksum: source_crc, seconds: started.elapsed().as_secs_f64() })
+}
+
+#[cfg(test)]
+mod tests {
+    use tally_engine::store::{EventData, EventMetadata, RecordedEvent, StreamId};
+
+    use super::event_checksum;
+
+    #[test]
+    fn the_checksum_covers_every_field_the_digest_included() {
+        let metadata = EventMetadata { causation_id: "cause".into(), correlation_id: "corr".into(), ..EventMetadata::default() };
+        let base = RecordedEvent {
+            stream_id: StreamId::new("t/wallet/c-1").unwrap(),
+            stream_version: 1,
+            global_position: 1,
+            data: EventData {
+                event_type: "tally.v1.PointsEarned".into(),
+                schema_version: 1,
+                recorded_at_ms: 1_767_225_600_000,
+                idempotency_key: "o-1".into(),
+                command_fingerprint: 0,
+                command_digest: Some([7; 16]),
+                metadata,
+                payload: vec![1, 2, 3],
+            },
+        };
+        let sum = |e: &RecordedEvent| event_checksum(0, e);
+        type Change = fn(&mut RecordedEvent);
+        fn flip(e: &mut RecordedEvent, byte: usize) {
+            e.data.command_digest.as_mut().expect("a digest")[byte] ^= 1;
+        }
+        let changed: [(&str, Change); 10] = [
+            ("digest dropped", |e| e.data.command_digest = None),
+            ("digest's first byte", |e| flip(e, 0)),
+            ("digest's last byte", |e| flip(e, 15)),
+            ("fingerprint", |e| e.data.command_fingerprint ^= 1),
+            ("key", |e| e.data.idempotency_key.push('x')),
+            ("recorded at", |e| e.data.recorded_at_ms += 1),
+            ("schema version", |e| e.data.schema_version += 1),
+            ("metadata", |e| e.data.metadata.tracestate.push('x')),
+            ("payload", |e| e.data.payload.push(0)),
+            ("version", |e| e.stream_version += 1),
+        ];
+        for (what, change) in changed {
+            let mut other = base.clone();
+            change(&mut other);
+            assert_ne!(sum(&other), sum(&base), "{what}");
+        }
+        // A field's bytes moved into the next one is another event, not the same bytes.
+        let mut shifted = base.clone();
+        shifted.data.metadata.causation_id = "caus".into();
+        shifted.data.metadata.correlation_id = "ecorr".into();
+        assert_ne!(sum(&shifted), sum(&base));
+    }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::{Workload, fold_log};
 use tally_engine::codec;
-use tally_engine::domain::{Change, Event, TenantId, WalletId};
+use tally_engine::domain::{Change, CommandFingerprint, Event, TenantId, WalletId};
 use tally_engine::limits::BALANCE_ABS_MAX;
 use tally_engine::store::{EventData, EventMetadata, EventStore, ExpectedVersion, InMemoryStore, StreamId};
 use tally_projections::model::{DayStats, Fold};
@@ -416,6 +416,7 @@ async fn a_poison_event_is_quarantined_named_in_the_status_and_the_rest_applied(
         recorded_at_ms: common::START_MS,
         idempotency_key: "x".to_owned(),
         command_fingerprint: 0,
+        command_digest: None,
         metadata: EventMetadata::default(),
         payload: vec![1, 2, 3],
     };
@@ -461,7 +462,7 @@ async fn rebuilt(projection: &Projection) {
 
 /// An event written straight to the log, past the domain.
 fn raw(key: &str, change: Change, recorded_at_ms: i64) -> EventData {
-    let event = Event { idempotency_key: key.to_owned(), command_fingerprint: 0, recorded_at_ms, change };
+    let event = Event { idempotency_key: key.to_owned(), command_fingerprint: CommandFingerprint::Blake3([0; 16]), recorded_at_ms, change };
     codec::encode(&event, &EventMetadata::default())
 }
 

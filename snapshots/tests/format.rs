@@ -124,7 +124,7 @@ fn golden_history() -> Vec<Event> {
 
 #[test]
 fn the_format_matches_its_golden_file() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/wallet_state_v4.bin");
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/wallet_state_v5.bin");
     let state = fold(&golden_history());
     // Lots: January's earnings (month end), the purchase (never), part of January's held.
     assert_eq!(state.lots().map(|(_, lot)| (lot.expires_at_ms, lot.held)).collect::<Vec<_>>(), [(Some(1_769_904_000_000), 20), (None, 0)]);
@@ -153,7 +153,8 @@ fn the_format_matches_its_golden_file() {
 
 #[test]
 fn snapshots_of_an_older_format_are_refused() {
-    for (version, file) in [(1, "wallet_state_v1.bin"), (2, "wallet_state_v2.bin"), (3, "wallet_state_v3.bin")] {
+    let files = [(1, "wallet_state_v1.bin"), (2, "wallet_state_v2.bin"), (3, "wallet_state_v3.bin"), (4, "wallet_state_v4.bin")];
+    for (version, file) in files {
         let old = std::fs::read(format!("{}/tests/golden/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap();
         assert_eq!(format::decode(&old), Err(FormatError::UnknownVersion(version)), "the wallet then replays its stream");
     }

@@ -6,7 +6,7 @@
 use std::process::Command;
 
 use tally_engine::codec;
-use tally_engine::domain::{Change, Event, TenantId, WalletId};
+use tally_engine::domain::{Change, CommandFingerprint, Event, TenantId, WalletId};
 use tally_engine::store::{EmbeddedStore, EventMetadata, EventStore, ExpectedVersion};
 use tally_proto::v1::{GetWalletRequest, WalletEnrolled};
 use tally_tests::{TallyServer, tally_binary};
@@ -20,8 +20,12 @@ async fn log_recorded_at(offset_ms: i64) -> tempfile::TempDir {
     let store = EmbeddedStore::open(dir.path()).unwrap();
     let (tenant, wallet) = (TenantId::parse("demo").unwrap(), WalletId::parse("c-1").unwrap());
     let enrolled = WalletEnrolled { tenant_id: "demo".into(), wallet_id: "c-1".into(), customer_ref: String::new() };
-    let event =
-        Event { idempotency_key: "e".into(), command_fingerprint: 1, recorded_at_ms: now + offset_ms, change: Change::Enrolled(enrolled) };
+    let event = Event {
+        idempotency_key: "e".into(),
+        command_fingerprint: CommandFingerprint::Fnv64(1),
+        recorded_at_ms: now + offset_ms,
+        change: Change::Enrolled(enrolled),
+    };
     let data = vec![codec::encode(&event, &EventMetadata::default())];
     store.append(&codec::wallet_stream(&tenant, &wallet), ExpectedVersion::Exact(0), data).await.unwrap();
     store.close().await;

@@ -200,12 +200,19 @@ fn tally_copy(from: &str, to: &str) -> (bool, String) {
     (output.status.success(), text)
 }
 
+/// A test event, with a digest made from its tag when `digest`.
+fn with_digest_if(digest: bool, tag: &str) -> tally_engine::store::EventData {
+    let made = std::array::from_fn(|i| tag.as_bytes().get(i).copied().unwrap_or(0xd1));
+    tally_engine::store::EventData { command_fingerprint: 0, command_digest: digest.then_some(made), ..event(tag) }
+}
+
 async fn fill_embedded(dir: &std::path::Path, from_round: u64, rounds: u64) {
     let log = tally_engine::store::EmbeddedStore::open(dir).unwrap();
     for round in from_round..from_round + rounds {
         for s in 0..5u64 {
             // Interleaved streams, some appends with several events.
-            let events = (0..=(s % 3)).map(|i| event(&format!("{s}-{round}-{i}"))).collect::<Vec<_>>();
+            // Every other event carries a command digest (as new events do), the rest none (as old ones).
+            let events = (0..=(s % 3)).map(|i| with_digest_if(i % 2 == 0, &format!("{s}-{round}-{i}"))).collect::<Vec<_>>();
             let version = log.stream_version(&stream(&format!("t/wallet/{s}"))).await.unwrap();
             log.append(&stream(&format!("t/wallet/{s}")), ExpectedVersion::Exact(version), events).await.unwrap();
         }
@@ -245,6 +252,17 @@ async fn store_copy_moves_a_log_exactly_resumes_and_refuses_a_diverged_destinati
     assert!(ok, "{back_out}");
     let checksum = |text: &str| text.split("checksum ").nth(1).unwrap()[..8].to_owned();
     assert_eq!(checksum(&back_out), checksum(&out));
+    // Every field came through PostgreSQL and back, digests (and their absence) byte for byte.
+    let read_all = |dir: std::path::PathBuf| async move {
+        let log = tally_engine::store::EmbeddedStore::open(&dir).unwrap();
+        let events = log.read_all(1, usize::MAX).await.unwrap();
+        log.close().await;
+        events
+    };
+    let (original, copied) = (read_all(source.path().to_owned()).await, read_all(back.path().to_owned()).await);
+    assert_eq!(copied, original);
+    let with_digests = original.iter().filter(|e| e.data.command_digest.is_some()).count();
+    assert!(with_digests > 100 && with_digests < original.len(), "{with_digests} of {} events have a digest", original.len());
 
     // A destination that is not a prefix of the source is refused.
     let other = tempfile::tempdir().unwrap();

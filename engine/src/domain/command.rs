@@ -1,6 +1,6 @@
 //! Commands a wallet accepts. Every one that changes state carries an idempotency key.
 
-use super::fingerprint::Fingerprint;
+use super::fingerprint::{CommandFingerprint, Layout};
 use super::rules::Order;
 
 pub use tally_proto::v1::Money;
@@ -97,66 +97,83 @@ impl Command {
         Self::new(due_key(now_ms), CommandBody::RunDue)
     }
 
-    /// The stable fingerprint of the body, persisted with the events so retries can be told apart.
-    pub fn fingerprint(&self) -> u64 {
+    /// The fingerprint of the body that new events record (BLAKE3-128 of its layout), so a retry under
+    /// the same key can be told from another payload.
+    pub fn fingerprint(&self) -> CommandFingerprint {
+        self.layout().fingerprint()
+    }
+
+    /// The 64-bit FNV-1a fingerprint events recorded before the digest: what a receipt such an event
+    /// left is compared with. Never recorded anew.
+    pub fn legacy_fingerprint(&self) -> CommandFingerprint {
+        self.layout().legacy_fingerprint()
+    }
+
+    /// Whether a receipt's fingerprint is this command's payload, by the function that recorded it.
+    pub fn matches(&self, recorded: &CommandFingerprint) -> bool {
+        self.layout().matches(recorded)
+    }
+
+    /// The body's bytes as the fingerprints read them; a permanent format (see `fingerprint.rs`).
+    fn layout(&self) -> Layout {
         match &self.body {
-            CommandBody::Enroll { customer_ref } => Fingerprint::new(1).str(customer_ref),
+            CommandBody::Enroll { customer_ref } => Layout::new(1).str(customer_ref),
             CommandBody::Earn { points, reason, source_ref, order_amount } => {
-                let fp = Fingerprint::new(2).i64(*points).str(reason).str(source_ref);
+                let layout = Layout::new(2).i64(*points).str(reason).str(source_ref);
                 match order_amount {
-                    None => fp.u64(0),
-                    Some(money) => fp.u64(1).i64(money.amount_minor).str(&money.currency),
+                    None => layout.u64(0),
+                    Some(money) => layout.u64(1).i64(money.amount_minor).str(&money.currency),
                 }
             }
-            CommandBody::Redeem { points, reward_ref } => Fingerprint::new(3).i64(*points).str(reward_ref),
-            CommandBody::Adjust { points, reason, staff_ref } => Fingerprint::new(4).i64(*points).str(reason).str(staff_ref),
+            CommandBody::Redeem { points, reward_ref } => Layout::new(3).i64(*points).str(reward_ref),
+            CommandBody::Adjust { points, reason, staff_ref } => Layout::new(4).i64(*points).str(reason).str(staff_ref),
             CommandBody::Reverse { source_ref, points, reason } => {
-                let fp = Fingerprint::new(5).str(source_ref);
-                let fp = match points {
-                    None => fp.u64(0),
-                    Some(points) => fp.u64(1).i64(*points),
+                let layout = Layout::new(5).str(source_ref);
+                let layout = match points {
+                    None => layout.u64(0),
+                    Some(points) => layout.u64(1).i64(*points),
                 };
-                fp.str(reason)
+                layout.str(reason)
             }
-            CommandBody::Close { reason } => Fingerprint::new(6).str(reason),
+            CommandBody::Close { reason } => Layout::new(6).str(reason),
             CommandBody::EarnForOrder { order } => {
-                let fp = Fingerprint::new(7)
+                let layout = Layout::new(7)
                     .str(&order.order_id)
                     .i64(order.total_minor)
                     .str(&order.currency)
                     .str(&order.channel)
                     .str(&order.store)
                     .u64(order.lines.len() as u64);
-                let fp = order.lines.iter().fold(fp, |fp, l| fp.str(&l.sku).str(&l.category).i64(l.quantity).i64(l.amount_minor));
+                let layout =
+                    order.lines.iter().fold(layout, |layout, l| layout.str(&l.sku).str(&l.category).i64(l.quantity).i64(l.amount_minor));
                 match order.placed_at_ms {
-                    None => fp.u64(0),
-                    Some(at) => fp.u64(1).i64(at),
+                    None => layout.u64(0),
+                    Some(at) => layout.u64(1).i64(at),
                 }
             }
             CommandBody::RefundOrder { order_id, amount_minor, reason } => {
-                let fp = Fingerprint::new(8).str(order_id);
-                let fp = match amount_minor {
-                    None => fp.u64(0),
-                    Some(amount) => fp.u64(1).i64(*amount),
+                let layout = Layout::new(8).str(order_id);
+                let layout = match amount_minor {
+                    None => layout.u64(0),
+                    Some(amount) => layout.u64(1).i64(*amount),
                 };
-                fp.str(reason)
+                layout.str(reason)
             }
             CommandBody::AuthorizeRedemption { hold_id, points, reward_ref, timeout_ms } => {
-                Fingerprint::new(9).str(hold_id).i64(*points).str(reward_ref).i64(*timeout_ms)
+                Layout::new(9).str(hold_id).i64(*points).str(reward_ref).i64(*timeout_ms)
             }
             CommandBody::CaptureRedemption { hold_id, points } => {
-                let fp = Fingerprint::new(10).str(hold_id);
+                let layout = Layout::new(10).str(hold_id);
                 match points {
-                    None => fp.u64(0),
-                    Some(points) => fp.u64(1).i64(*points),
+                    None => layout.u64(0),
+                    Some(points) => layout.u64(1).i64(*points),
                 }
             }
-            CommandBody::VoidRedemption { hold_id } => Fingerprint::new(11).str(hold_id),
-            CommandBody::RunDue => Fingerprint::new(14),
-            CommandBody::AddStamps { card_id, count, reason } => Fingerprint::new(15).str(card_id).i64(*count).str(reason),
-            CommandBody::PurchaseCredits { purchase_id, package_id } => Fingerprint::new(13).str(purchase_id).str(package_id),
+            CommandBody::VoidRedemption { hold_id } => Layout::new(11).str(hold_id),
+            CommandBody::RunDue => Layout::new(14),
+            CommandBody::AddStamps { card_id, count, reason } => Layout::new(15).str(card_id).i64(*count).str(reason),
+            CommandBody::PurchaseCredits { purchase_id, package_id } => Layout::new(13).str(purchase_id).str(package_id),
         }
-        .finish()
     }
 
     /// Short name for logs and metrics.

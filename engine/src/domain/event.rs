@@ -11,8 +11,8 @@ use tally_proto::v1::{
 pub struct Event {
     /// Key of the command that produced this event.
     pub idempotency_key: String,
-    /// [`super::Command::fingerprint`] of that command.
-    pub command_fingerprint: u64,
+    /// [`super::Command::fingerprint`] of that command (an event written before the digest: its FNV-1a).
+    pub command_fingerprint: super::CommandFingerprint,
     /// When the command was decided, in milliseconds since the Unix epoch.
     pub recorded_at_ms: i64,
     pub change: Change,

@@ -23,6 +23,7 @@ mod wallet;
 
 pub use command::{Command, CommandBody, ENGINE_KEY_PREFIX, Money, capture_key, due_key, void_key};
 pub use event::{Change, Event};
+pub use fingerprint::CommandFingerprint;
 pub use ids::{FieldError, TenantId, WalletId};
 pub use rejection::Rejection;
 pub use state::{Hold, Lot, Pending, Receipt, RuleUsage, SourceLedger, StampCard, TierState, WalletState, WalletStatus};

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::FastMap;
+use crate::domain::CommandFingerprint;
 
 /// Serializes a map in key order, so equal states always encode to equal bytes (snapshots compare
 /// byte for byte).
@@ -131,7 +132,8 @@ impl Lot {
 /// The recorded outcome of an accepted command, found again by its idempotency key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Receipt {
-    pub command_fingerprint: u64,
+    /// The fingerprint its first event recorded: a digest, or an old event's FNV-1a.
+    pub command_fingerprint: CommandFingerprint,
     /// Stream versions of the first and last event the command produced.
     pub first_version: u64,
     pub last_version: u64,

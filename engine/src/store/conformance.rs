@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 
-use super::{Append, EventData, EventMetadata, EventStore, ExpectedVersion, Follower, StoreError, StreamId};
-use crate::limits::{APPEND_EVENTS_MAX, EVENT_PAYLOAD_BYTES_MAX};
+use super::{Append, CommandDigest, EventData, EventMetadata, EventStore, ExpectedVersion, Follower, StoreError, StreamId};
+use crate::limits::{APPEND_EVENTS_MAX, COMMAND_DIGEST_BYTES, EVENT_PAYLOAD_BYTES_MAX};
 
 /// A small event whose payload says which stream and sequence number it came from.
 pub fn event(tag: &str) -> EventData {
@@ -16,6 +16,7 @@ pub fn event(tag: &str) -> EventData {
         recorded_at_ms: 1_700_000_000_123,
         idempotency_key: format!("key-{tag}"),
         command_fingerprint: 0xfeed_f00d,
+        command_digest: None,
         metadata: EventMetadata {
             causation_id: "cause".into(),
             correlation_id: "corr".into(),
@@ -37,6 +38,7 @@ where
     Fut: Future<Output = Arc<dyn EventStore>>,
 {
     append_and_read_back(make().await).await;
+    command_digests_round_trip(make().await).await;
     one_winner_per_version(make().await).await;
     concurrent_appenders_build_a_dense_stream(make().await).await;
     multi_event_appends_are_atomic(make().await).await;
@@ -95,6 +97,37 @@ pub async fn append_and_read_back(store: Arc<dyn EventStore>) {
     assert_eq!(tail[0].data.payload, b"b");
     assert_eq!(store.read_all(2, 10).await.unwrap().iter().map(|e| e.global_position).collect::<Vec<_>>(), vec![2, 3]);
     assert_eq!(store.stream_version(&s).await.unwrap(), 3);
+}
+
+/// The 128-bit command digest comes back byte for byte where an event has one and stays absent where it
+/// has none, beside each other in one append and across appends committed together.
+pub async fn command_digests_round_trip(store: Arc<dyn EventStore>) {
+    let s = stream("t/wallet/digests");
+    let with = |tag: &str, digest: CommandDigest| EventData { command_fingerprint: 0, command_digest: Some(digest), ..event(tag) };
+    // All zeros (not "none"), all ones, every position distinct, and a single trailing bit: nothing is
+    // trimmed, padded, or read as absent.
+    let mut last_bit = [0; COMMAND_DIGEST_BYTES];
+    last_bit[COMMAND_DIGEST_BYTES - 1] = 1;
+    let digests: [CommandDigest; 4] =
+        [[0; COMMAND_DIGEST_BYTES], [0xff; COMMAND_DIGEST_BYTES], std::array::from_fn(|i| (i as u8) * 17), last_bit];
+    let first = vec![with("d0", digests[0]), event("none"), with("d1", digests[1])];
+    store.append(&s, ExpectedVersion::Exact(0), first.clone()).await.unwrap();
+    let together = vec![
+        Append { stream: s.clone(), expected: ExpectedVersion::Exact(3), events: vec![with("d2", digests[2])] },
+        Append {
+            stream: stream("t/wallet/digests-2"),
+            expected: ExpectedVersion::Exact(0),
+            events: vec![event("none-2"), with("d3", digests[3])],
+        },
+    ];
+    for outcome in store.append_in_order(together.clone()).await {
+        outcome.unwrap();
+    }
+    let expected: Vec<EventData> = first.into_iter().chain(together.into_iter().flat_map(|a| a.events)).collect();
+    let all = store.read_all(1, 100).await.unwrap();
+    assert_eq!(all.into_iter().map(|e| e.data).collect::<Vec<_>>(), expected, "every field, the digest included, survives");
+    let digests_read: Vec<_> = store.read_stream(&s, 1, 10).await.unwrap().into_iter().map(|e| e.data.command_digest).collect();
+    assert_eq!(digests_read, [Some(digests[0]), None, Some(digests[1]), Some(digests[2])]);
 }
 
 pub async fn one_winner_per_version(store: Arc<dyn EventStore>) {

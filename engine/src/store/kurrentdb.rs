@@ -15,8 +15,9 @@
 //! serves.
 //!
 //! The envelope fields tally keeps beside a payload (schema version, recorded time, idempotency key,
-//! fingerprint, trace context) travel as the event's custom metadata: a `tally.v1.EventEnvelope`
-//! without payload. The payload is the event's data; its type the event's type.
+//! fingerprint and command digest, trace context) travel as the event's custom metadata: a
+//! `tally.v1.EventEnvelope` without payload, so a field added to the envelope travels with it. The
+//! payload is the event's data; its type the event's type.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::limits::{APPEND_BYTES_MAX, APPEND_EVENTS_MAX, EVENT_PAYLOAD_BYTES_MAX, STREAM_ID_BYTES_MAX};
+use crate::limits::{APPEND_BYTES_MAX, APPEND_EVENTS_MAX, COMMAND_DIGEST_BYTES, EVENT_PAYLOAD_BYTES_MAX, STREAM_ID_BYTES_MAX};
 
 #[cfg(any(test, feature = "testing"))]
 pub mod conformance;
@@ -78,6 +78,18 @@ pub struct EventMetadata {
     pub tracestate: String,
 }
 
+/// A command digest as the envelope carries it (`tally.v1.EventEnvelope.command_digest`).
+pub type CommandDigest = [u8; COMMAND_DIGEST_BYTES];
+
+/// What a stored digest field holds: empty (an event written before digests) or exactly one digest.
+pub(crate) fn command_digest(bytes: &[u8]) -> Result<Option<CommandDigest>, String> {
+    match bytes.len() {
+        0 => Ok(None),
+        COMMAND_DIGEST_BYTES => Ok(Some(bytes.try_into().expect("length checked"))),
+        other => Err(format!("command digest of {other} bytes (expected {COMMAND_DIGEST_BYTES}, or none)")),
+    }
+}
+
 /// An event to append: everything but the positions the store assigns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventData {
@@ -87,7 +99,11 @@ pub struct EventData {
     /// The engine's clock when the command was decided, in milliseconds since the Unix epoch.
     pub recorded_at_ms: i64,
     pub idempotency_key: String,
+    /// The 64-bit FNV-1a fingerprint of the command's payload that events written before
+    /// `command_digest` carry; 0 beside a digest.
     pub command_fingerprint: u64,
+    /// BLAKE3 of the command's payload, 128 bits; `None` on events written before it.
+    pub command_digest: Option<CommandDigest>,
     pub metadata: EventMetadata,
     pub payload: Vec<u8>,
 }
@@ -253,7 +269,8 @@ pub(crate) async fn queued_in_order(queue: &WriterQueue, appends: Vec<Append>) -
 pub fn append_bytes(event: &EventData) -> usize {
     let m = &event.metadata;
     let metadata = m.causation_id.len() + m.correlation_id.len() + m.traceparent.len() + m.tracestate.len();
-    event.payload.len() + event.idempotency_key.len() + event.event_type.len() + metadata + 64
+    let digest = event.command_digest.map_or(0, |d| d.len());
+    event.payload.len() + event.idempotency_key.len() + event.event_type.len() + metadata + digest + 64
 }
 
 /// The stream holding the log's identity (no tenant id can contain `$`).
@@ -284,6 +301,7 @@ pub async fn log_identity(store: &dyn EventStore, now_ms: i64) -> Result<String,
         recorded_at_ms: now_ms,
         idempotency_key: "tally:log".into(),
         command_fingerprint: 0,
+        command_digest: None,
         metadata: EventMetadata::default(),
         payload: tally_proto::v1::LogCreated { log_id: log_id.clone() }.encode_to_vec(),
     };

@@ -20,7 +20,7 @@ use tokio_postgres::{AsyncMessage, NoTls, Row};
 
 use super::{
     Append, AppendOutcome, AppendRequest, EventData, EventMetadata, EventStore, ExpectedVersion, RecordedEvent, StoreError, StreamId,
-    WriterQueue,
+    WriterQueue, command_digest,
 };
 use crate::limits::{APPEND_QUEUE_DEPTH_MAX, GROUP_COMMIT_APPENDS_MAX};
 
@@ -34,7 +34,7 @@ const POOL_SIZE_MAX: usize = 16;
 /// How often the head is polled in case a notification was missed, in milliseconds.
 const HEAD_POLL_MS: u64 = 500;
 const COLUMNS: &str = "stream_id, stream_version, global_position, event_type, schema_version, recorded_at_ms, idempotency_key, \
-                       command_fingerprint, causation_id, correlation_id, traceparent, tracestate, payload";
+                       command_fingerprint, causation_id, correlation_id, traceparent, tracestate, payload, command_digest";
 
 fn pg(error: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable { reason: format!("postgres: {error}") }
@@ -90,16 +90,24 @@ impl PostgresStore {
 }
 
 fn recorded(row: &Row) -> Result<RecordedEvent, StoreError> {
+    let global_position = to_u64(row.get(2));
+    // The column's CHECK keeps other lengths out; a row that has one anyway is not guessed at.
+    let command_digest = command_digest(row.get::<_, Option<&[u8]>>(13).unwrap_or_default()).map_err(|reason| StoreError::Corrupt {
+        file: "tally_events".into(),
+        offset: global_position,
+        reason,
+    })?;
     Ok(RecordedEvent {
         stream_id: StreamId::new(row.get(0))?,
         stream_version: to_u64(row.get(1)),
-        global_position: to_u64(row.get(2)),
+        global_position,
         data: EventData {
             event_type: row.get(3),
             schema_version: u32::try_from(row.get::<_, i32>(4)).unwrap_or(0),
             recorded_at_ms: row.get(5),
             idempotency_key: row.get(6),
             command_fingerprint: u64::from_ne_bytes(row.get::<_, i64>(7).to_ne_bytes()),
+            command_digest,
             metadata: EventMetadata {
                 causation_id: row.get(8),
                 correlation_id: row.get(9),
@@ -127,6 +135,7 @@ struct Columns {
     traceparent: Vec<String>,
     tracestate: Vec<String>,
     payload: Vec<Vec<u8>>,
+    command_digest: Vec<Option<Vec<u8>>>,
 }
 
 impl Columns {
@@ -144,6 +153,7 @@ impl Columns {
         self.traceparent.push(event.metadata.traceparent);
         self.tracestate.push(event.metadata.tracestate);
         self.payload.push(event.payload);
+        self.command_digest.push(event.command_digest.map(Vec::from));
     }
 }
 
@@ -213,7 +223,7 @@ async fn commit(pool: &Pool, batch: &mut Vec<AppendRequest>, head: &watch::Sende
         let insert = tx
             .prepare_cached(&format!(
                 "INSERT INTO tally_events ({COLUMNS}) SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::int[], \
-                 $6::bigint[], $7::text[], $8::bigint[], $9::text[], $10::text[], $11::text[], $12::text[], $13::bytea[])"
+                 $6::bigint[], $7::text[], $8::bigint[], $9::text[], $10::text[], $11::text[], $12::text[], $13::bytea[], $14::bytea[])"
             ))
             .await
             .map_err(pg)?;
@@ -233,6 +243,7 @@ async fn commit(pool: &Pool, batch: &mut Vec<AppendRequest>, head: &watch::Sende
                 &c.traceparent,
                 &c.tracestate,
                 &c.payload,
+                &c.command_digest,
             ],
         )
         .await

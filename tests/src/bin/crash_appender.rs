@@ -16,7 +16,8 @@ fn event(stream: &str, version: u64) -> EventData {
         schema_version: 1,
         recorded_at_ms: 0,
         idempotency_key: format!("{stream}:{version}"),
-        command_fingerprint: version,
+        command_fingerprint: 0,
+        command_digest: Some([version.to_le_bytes(), version.to_be_bytes()].concat().try_into().expect("16 bytes")),
         metadata: Default::default(),
         payload: crash_payload(stream, version),
     }

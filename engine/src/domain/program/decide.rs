@@ -24,9 +24,8 @@ pub fn decide_program(
     if command.idempotency_key.is_empty() || command.idempotency_key.len() > REF_BYTES_MAX {
         return Err(FieldError::new("idempotency_key", format!("must be 1 to {REF_BYTES_MAX} bytes")).into());
     }
-    let fingerprint = command.fingerprint();
     if let Some((seen, rules_version)) = state.receipts.get(&command.idempotency_key) {
-        return if *seen == fingerprint {
+        return if command.matches(seen) {
             Ok(ProgramDecision::AlreadyApplied { rules_version: *rules_version })
         } else {
             Err(ProgramRejection::IdempotencyKeyReused { key: command.idempotency_key.clone() })
@@ -46,7 +45,7 @@ pub fn decide_program(
     };
     Ok(ProgramDecision::Append(vec![ProgramEvent {
         idempotency_key: command.idempotency_key.clone(),
-        command_fingerprint: fingerprint,
+        command_fingerprint: command.fingerprint(),
         recorded_at_ms: now_ms,
         change,
     }]))

@@ -15,7 +15,7 @@ mod decide;
 pub use decide::decide_program;
 
 use crate::domain::ReturnPolicy;
-use crate::domain::fingerprint::Fingerprint;
+use crate::domain::fingerprint::{CommandFingerprint, Layout};
 use crate::domain::ids::FieldError;
 use crate::domain::rules::{Rule, RuleError, parse_rules};
 
@@ -87,36 +87,48 @@ pub struct ProgramCommand {
 }
 
 impl ProgramCommand {
-    pub fn fingerprint(&self) -> u64 {
+    /// The fingerprint of the body that new events record (BLAKE3-128 of its layout).
+    pub fn fingerprint(&self) -> CommandFingerprint {
+        self.layout().fingerprint()
+    }
+
+    /// The 64-bit FNV-1a fingerprint events recorded before the digest; only compared, never recorded.
+    pub fn legacy_fingerprint(&self) -> CommandFingerprint {
+        self.layout().legacy_fingerprint()
+    }
+
+    /// Whether a receipt's fingerprint is this command's payload, by the function that recorded it.
+    pub fn matches(&self, recorded: &CommandFingerprint) -> bool {
+        self.layout().matches(recorded)
+    }
+
+    /// The body's bytes as the fingerprints read them; a permanent format (see `fingerprint.rs`).
+    fn layout(&self) -> Layout {
         match &self.body {
             ProgramCommandBody::Create { name, utc_offset_minutes, return_policy } => {
-                Fingerprint::new(101).str(name).i64(i64::from(*utc_offset_minutes)).i64(i64::from(*return_policy as i32))
+                Layout::new(101).str(name).i64(i64::from(*utc_offset_minutes)).i64(i64::from(*return_policy as i32))
             }
-            ProgramCommandBody::PublishRules { rules_json, published_by } => Fingerprint::new(102).str(rules_json).str(published_by),
-            ProgramCommandBody::DefinePackage { package_id, name, price, points, active } => Fingerprint::new(103)
-                .str(package_id)
-                .str(name)
-                .i64(price.amount_minor)
-                .str(&price.currency)
-                .i64(*points)
-                .u64(u64::from(*active)),
+            ProgramCommandBody::PublishRules { rules_json, published_by } => Layout::new(102).str(rules_json).str(published_by),
+            ProgramCommandBody::DefinePackage { package_id, name, price, points, active } => {
+                Layout::new(103).str(package_id).str(name).i64(price.amount_minor).str(&price.currency).i64(*points).u64(u64::from(*active))
+            }
             ProgramCommandBody::SetExpiryPolicy { policy, set_by } => {
                 use tally_proto::v1::expiry_policy::Rule;
-                let fp = match &policy.rule {
-                    None => Fingerprint::new(104).u64(0),
+                let layout = match &policy.rule {
+                    None => Layout::new(104).u64(0),
                     Some(Rule::After(a)) => {
-                        Fingerprint::new(104).u64(1).u64(u64::from(a.months)).u64(u64::from(a.days)).u64(u64::from(a.at_month_end))
+                        Layout::new(104).u64(1).u64(u64::from(a.months)).u64(u64::from(a.days)).u64(u64::from(a.at_month_end))
                     }
                     Some(Rule::OnDate(d)) => {
-                        Fingerprint::new(104).u64(2).u64(u64::from(d.month)).u64(u64::from(d.day)).u64(u64::from(d.years_later))
+                        Layout::new(104).u64(2).u64(u64::from(d.month)).u64(u64::from(d.day)).u64(u64::from(d.years_later))
                     }
-                    Some(Rule::Inactivity(i)) => Fingerprint::new(104).u64(3).u64(u64::from(i.months)),
+                    Some(Rule::Inactivity(i)) => Layout::new(104).u64(3).u64(u64::from(i.months)),
                 };
-                fp.u64(u64::from(policy.notice_days)).str(set_by)
+                layout.u64(u64::from(policy.notice_days)).str(set_by)
             }
-            ProgramCommandBody::SetPendingPeriod { days, set_by } => Fingerprint::new(105).u64(u64::from(*days)).str(set_by),
-            ProgramCommandBody::SetRefundWindow { days, set_by } => Fingerprint::new(108).u64(u64::from(*days)).str(set_by),
-            ProgramCommandBody::DefineStampCard { card } => Fingerprint::new(107)
+            ProgramCommandBody::SetPendingPeriod { days, set_by } => Layout::new(105).u64(u64::from(*days)).str(set_by),
+            ProgramCommandBody::SetRefundWindow { days, set_by } => Layout::new(108).u64(u64::from(*days)).str(set_by),
+            ProgramCommandBody::DefineStampCard { card } => Layout::new(107)
                 .str(&card.card_id)
                 .str(&card.name)
                 .i64(card.stamps_required)
@@ -124,14 +136,13 @@ impl ProgramCommand {
                 .i64(card.reward_points)
                 .u64(u64::from(card.active)),
             ProgramCommandBody::DefineTiers { tiers, window, grace_days, set_by } => {
-                let fp = Fingerprint::new(106).u64(tiers.len() as u64);
-                let fp = tiers.iter().fold(fp, |fp, t| {
-                    fp.str(&t.tier_id).str(&t.name).i64(t.min_qualifying_points).u64(u64::from(t.earn_multiplier_percent))
+                let layout = Layout::new(106).u64(tiers.len() as u64);
+                let layout = tiers.iter().fold(layout, |layout, t| {
+                    layout.str(&t.tier_id).str(&t.name).i64(t.min_qualifying_points).u64(u64::from(t.earn_multiplier_percent))
                 });
-                fp.i64(i64::from(*window as i32)).u64(u64::from(*grace_days)).str(set_by)
+                layout.i64(i64::from(*window as i32)).u64(u64::from(*grace_days)).str(set_by)
             }
         }
-        .finish()
     }
 }
 
@@ -152,7 +163,8 @@ crate::domain::event::event_table! {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProgramEvent {
     pub idempotency_key: String,
-    pub command_fingerprint: u64,
+    /// [`ProgramCommand::fingerprint`] of the command that produced it (an old event's: the FNV-1a).
+    pub command_fingerprint: CommandFingerprint,
     pub recorded_at_ms: i64,
     pub change: ProgramChange,
 }
@@ -193,7 +205,7 @@ pub struct ProgramState {
     /// Stamp cards by id, as last defined.
     pub stamp_cards: BTreeMap<String, StampCardDefined>,
     /// Idempotency keys of accepted commands: their fingerprint and the rules version after them.
-    receipts: BTreeMap<String, (u64, u32)>,
+    receipts: BTreeMap<String, (CommandFingerprint, u32)>,
 }
 
 impl ProgramState {

@@ -50,14 +50,14 @@ pub enum Decision {
 /// Decides `command` against `state`. Pure: the same inputs always give the same answer.
 pub fn decide(state: &WalletState, command: &Command, ctx: &Context<'_>) -> Result<Decision, Rejection> {
     checks::check_key(command)?;
-    let fingerprint = command.fingerprint();
     if let Some(receipt) = state.receipts.get(&command.idempotency_key) {
-        if receipt.command_fingerprint == fingerprint {
+        if command.matches(&receipt.command_fingerprint) {
             return Ok(Decision::AlreadyApplied(*receipt));
         }
         return Err(Rejection::IdempotencyKeyReused { key: command.idempotency_key.clone() });
     }
     checks::validate(&command.body)?;
+    let fingerprint = command.fingerprint();
     let event = |change| Event {
         idempotency_key: command.idempotency_key.clone(),
         command_fingerprint: fingerprint,

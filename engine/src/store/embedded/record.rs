@@ -6,7 +6,7 @@
 use prost::Message;
 use tally_proto::v1::{EventEnvelope, LogRecord};
 
-use crate::store::{EventData, EventMetadata, RecordedEvent, StreamId};
+use crate::store::{EventData, EventMetadata, RecordedEvent, StreamId, command_digest};
 
 /// "TLY1" read as a little-endian u32.
 pub(super) const MAGIC: u32 = u32::from_le_bytes(*b"TLY1");
@@ -73,6 +73,7 @@ pub(in crate::store) fn into_envelope(stream: &StreamId, version: u64, position:
         }),
         idempotency_key: data.idempotency_key,
         command_fingerprint: data.command_fingerprint,
+        command_digest: data.command_digest.map(Vec::from).unwrap_or_default(),
         causation_id: data.metadata.causation_id,
         correlation_id: data.metadata.correlation_id,
         traceparent: data.metadata.traceparent,
@@ -84,6 +85,7 @@ pub(in crate::store) fn into_envelope(stream: &StreamId, version: u64, position:
 pub(in crate::store) fn from_envelope(envelope: EventEnvelope) -> Result<RecordedEvent, String> {
     let stream_id = StreamId::new(&envelope.stream_id).map_err(|e| e.to_string())?;
     let recorded_at_ms = envelope.recorded_at.map_or(0, |t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000);
+    let command_digest = command_digest(&envelope.command_digest)?;
     Ok(RecordedEvent {
         stream_id,
         stream_version: envelope.stream_version,
@@ -94,6 +96,7 @@ pub(in crate::store) fn from_envelope(envelope: EventEnvelope) -> Result<Recorde
             recorded_at_ms,
             idempotency_key: envelope.idempotency_key,
             command_fingerprint: envelope.command_fingerprint,
+            command_digest,
             metadata: EventMetadata {
                 causation_id: envelope.causation_id,
                 correlation_id: envelope.correlation_id,
@@ -128,5 +131,20 @@ mod tests {
         assert_eq!(parse(&flipped), Frame::Invalid("record checksum mismatch"));
         assert!(any_valid_frame(&[&[0u8; 7][..], &buf].concat()));
         assert!(!any_valid_frame(&flipped));
+    }
+
+    #[test]
+    fn a_command_digest_is_sixteen_bytes_or_none() {
+        let mut data = crate::store::conformance::event("d");
+        let stream = StreamId::new("t/wallet/d").unwrap();
+        for digest in [None, Some([0xa5; 16])] {
+            data.command_digest = digest;
+            let envelope = into_envelope(&stream, 1, 1, data.clone());
+            assert_eq!(envelope.command_digest.len(), digest.map_or(0, |d| d.len()));
+            assert_eq!(from_envelope(envelope).unwrap().data, data);
+        }
+        let mut envelope = into_envelope(&stream, 1, 1, data);
+        envelope.command_digest.truncate(8);
+        assert_eq!(from_envelope(envelope).unwrap_err(), "command digest of 8 bytes (expected 16, or none)");
     }
 }
