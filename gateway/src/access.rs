@@ -81,9 +81,12 @@ pub enum Access {
     Open,
 }
 
+/// The key id of every caller of a server run without keys (no key has it: ids are hex).
+const OPEN_PRINCIPAL: &str = "none";
+
 /// The principal of an unauthenticated server (`Access::Open`).
 fn anyone() -> Principal {
-    Principal { key_id: "none".into(), scope: Scope::Platform, roles: [Platform].into_iter().collect() }
+    Principal { key_id: OPEN_PRINCIPAL.into(), scope: Scope::Platform, roles: [Platform].into_iter().collect() }
 }
 
 #[derive(Debug, Clone)]
@@ -192,6 +195,17 @@ where
 /// some other way lets nobody in).
 pub fn principal(extensions: &tonic::Extensions) -> Result<&Principal, Status> {
     extensions.get::<Principal>().ok_or_else(|| Status::unauthenticated("an API key is required"))
+}
+
+/// The principal as events record it (`principal`, `principal_roles` of their metadata); empty fields
+/// for a server run without keys.
+pub fn recorded_principal(extensions: &tonic::Extensions) -> tally_engine::store::EventMetadata {
+    let mut meta = tally_engine::store::EventMetadata::default();
+    if let Some(principal) = extensions.get::<Principal>().filter(|p| p.key_id != OPEN_PRINCIPAL) {
+        meta.principal = principal.key_id.clone();
+        meta.principal_roles = role_names(principal.roles).replace(", ", ",");
+    }
+    meta
 }
 
 /// The tenant a call acts on: its key's tenant (a request may leave `tenant_id` empty or name that

@@ -3,15 +3,17 @@
 
 use std::sync::Arc;
 
-use tally_engine::actors::{CommandMeta, ProgramBook, ProgramError, ProgramOutcome};
+use tally_engine::actors::{ProgramBook, ProgramError, ProgramOutcome};
 use tally_engine::domain::program::{ProgramCommand, ProgramCommandBody, ProgramRejection, ProgramState};
 use tally_engine::domain::{ReturnPolicy, TenantId};
 use tally_proto::v1 as pb;
 use tally_proto::v1::admin_service_server::AdminService;
-use tonic::{Code, Request, Response, Status};
+use tonic::metadata::MetadataMap;
+use tonic::{Code, Extensions, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::limits::RULE_VERSIONS_PAGE_BYTES_MAX;
+use crate::service::command_meta;
 use crate::{access, orders, status};
 
 #[derive(Debug, Clone)]
@@ -79,10 +81,16 @@ fn response(tenant: &TenantId, state: &ProgramState, replayed: Option<u32>) -> p
 }
 
 impl AdminApi {
-    async fn execute(&self, tenant: TenantId, key: String, body: ProgramCommandBody) -> Result<Response<pb::ProgramResponse>, Status> {
+    async fn execute(
+        &self,
+        (tenant, metadata, extensions): (TenantId, &MetadataMap, &Extensions),
+        key: String,
+        body: ProgramCommandBody,
+    ) -> Result<Response<pb::ProgramResponse>, Status> {
+        let meta = command_meta(metadata, extensions)?;
         let command = ProgramCommand { idempotency_key: key, body };
         let ProgramOutcome { state, replayed } =
-            self.programs.execute(&tenant, &command, &CommandMeta::default()).await.map_err(|e| from_program_error(&e))?;
+            self.programs.execute(&tenant, &command, &meta).await.map_err(|e| from_program_error(&e))?;
         Ok(Response::new(response(&tenant, &state, replayed)))
     }
 
@@ -98,11 +106,11 @@ impl AdminApi {
 #[tonic::async_trait]
 impl AdminService for AdminApi {
     async fn create_program(&self, request: Request<pb::CreateProgramRequest>) -> Result<Response<pb::ProgramResponse>, Status> {
-        let (_, extensions, r) = request.into_parts();
+        let (metadata, extensions, r) = request.into_parts();
         let tenant = access::acting_tenant(&extensions, &r.tenant_id)?;
         let return_policy = ReturnPolicy::try_from(r.return_policy).map_err(|_| status::invalid("return_policy", "unknown policy"))?;
         self.execute(
-            tenant,
+            (tenant, &metadata, &extensions),
             r.idempotency_key,
             ProgramCommandBody::Create { name: r.name, utc_offset_minutes: r.utc_offset_minutes, return_policy },
         )
@@ -110,17 +118,21 @@ impl AdminService for AdminApi {
     }
 
     async fn publish_rules(&self, request: Request<pb::PublishRulesRequest>) -> Result<Response<pb::ProgramResponse>, Status> {
-        let (_, extensions, r) = request.into_parts();
+        let (metadata, extensions, r) = request.into_parts();
         let tenant = access::acting_tenant(&extensions, &r.tenant_id)?;
-        self.execute(tenant, r.idempotency_key, ProgramCommandBody::PublishRules { rules_json: r.rules_json, published_by: r.published_by })
-            .await
+        self.execute(
+            (tenant, &metadata, &extensions),
+            r.idempotency_key,
+            ProgramCommandBody::PublishRules { rules_json: r.rules_json, published_by: r.published_by },
+        )
+        .await
     }
 
     async fn define_credit_package(
         &self,
         request: Request<pb::DefineCreditPackageRequest>,
     ) -> Result<Response<pb::ProgramResponse>, Status> {
-        let (_, extensions, r) = request.into_parts();
+        let (metadata, extensions, r) = request.into_parts();
         let tenant = access::acting_tenant(&extensions, &r.tenant_id)?;
         let package = r.package.ok_or_else(|| status::invalid("package", "is required"))?;
         let price = package.price.ok_or_else(|| status::invalid("package.price", "is required"))?;
@@ -131,41 +143,51 @@ impl AdminService for AdminApi {
             points: package.points,
             active: package.active,
         };
-        self.execute(tenant, r.idempotency_key, body).await
+        self.execute((tenant, &metadata, &extensions), r.idempotency_key, body).await
     }
 
     async fn set_expiry_policy(&self, request: Request<pb::SetExpiryPolicyRequest>) -> Result<Response<pb::ProgramResponse>, Status> {
-        let (_, extensions, r) = request.into_parts();
+        let (metadata, extensions, r) = request.into_parts();
         let tenant = access::acting_tenant(&extensions, &r.tenant_id)?;
         let body = ProgramCommandBody::SetExpiryPolicy { policy: r.policy.unwrap_or_default(), set_by: r.set_by };
-        self.execute(tenant, r.idempotency_key, body).await
+        self.execute((tenant, &metadata, &extensions), r.idempotency_key, body).await
     }
 
     async fn set_pending_period(&self, request: Request<pb::SetPendingPeriodRequest>) -> Result<Response<pb::ProgramResponse>, Status> {
-        let (_, extensions, r) = request.into_parts();
+        let (metadata, extensions, r) = request.into_parts();
         let tenant = access::acting_tenant(&extensions, &r.tenant_id)?;
-        self.execute(tenant, r.idempotency_key, ProgramCommandBody::SetPendingPeriod { days: r.days, set_by: r.set_by }).await
+        self.execute(
+            (tenant, &metadata, &extensions),
+            r.idempotency_key,
+            ProgramCommandBody::SetPendingPeriod { days: r.days, set_by: r.set_by },
+        )
+        .await
     }
 
     async fn set_refund_window(&self, request: Request<pb::SetRefundWindowRequest>) -> Result<Response<pb::ProgramResponse>, Status> {
-        let (_, extensions, r) = request.into_parts();
+        let (metadata, extensions, r) = request.into_parts();
         let tenant = access::acting_tenant(&extensions, &r.tenant_id)?;
-        self.execute(tenant, r.idempotency_key, ProgramCommandBody::SetRefundWindow { days: r.days, set_by: r.set_by }).await
+        self.execute(
+            (tenant, &metadata, &extensions),
+            r.idempotency_key,
+            ProgramCommandBody::SetRefundWindow { days: r.days, set_by: r.set_by },
+        )
+        .await
     }
 
     async fn define_tiers(&self, request: Request<pb::DefineTiersRequest>) -> Result<Response<pb::ProgramResponse>, Status> {
-        let (_, extensions, r) = request.into_parts();
+        let (metadata, extensions, r) = request.into_parts();
         let tenant = access::acting_tenant(&extensions, &r.tenant_id)?;
         let window = pb::TierWindow::try_from(r.window).map_err(|_| status::invalid("window", "unknown window"))?;
         let body = ProgramCommandBody::DefineTiers { tiers: r.tiers, window, grace_days: r.grace_days, set_by: r.set_by };
-        self.execute(tenant, r.idempotency_key, body).await
+        self.execute((tenant, &metadata, &extensions), r.idempotency_key, body).await
     }
 
     async fn define_stamp_card(&self, request: Request<pb::DefineStampCardRequest>) -> Result<Response<pb::ProgramResponse>, Status> {
-        let (_, extensions, r) = request.into_parts();
+        let (metadata, extensions, r) = request.into_parts();
         let tenant = access::acting_tenant(&extensions, &r.tenant_id)?;
         let card = r.card.ok_or_else(|| status::invalid("card", "is required"))?;
-        self.execute(tenant, r.idempotency_key, ProgramCommandBody::DefineStampCard { card }).await
+        self.execute((tenant, &metadata, &extensions), r.idempotency_key, ProgramCommandBody::DefineStampCard { card }).await
     }
 
     async fn get_program(&self, request: Request<pb::GetProgramRequest>) -> Result<Response<pb::ProgramResponse>, Status> {

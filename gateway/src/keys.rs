@@ -16,6 +16,7 @@ use tally_proto::v1 as pb;
 use tally_proto::v1::keys_service_server::KeysService;
 use tonic::{Request, Response, Status};
 
+use crate::service::command_meta;
 use crate::{access, status};
 
 /// The file in the data directory where the first start writes the platform key's token.
@@ -102,8 +103,9 @@ impl KeysApi {
 #[tonic::async_trait]
 impl KeysService for KeysApi {
     async fn create_key(&self, request: Request<pb::CreateKeyRequest>) -> Result<Response<pb::CreateKeyResponse>, Status> {
-        let (_, extensions, r) = request.into_parts();
+        let (metadata, extensions, r) = request.into_parts();
         let principal = access::principal(&extensions)?;
+        let meta = command_meta(&metadata, &extensions)?;
         let roles = r.roles.iter().map(|r| from_wire_role(*r)).collect::<Result<Roles, _>>()?;
         let scope = if roles.contains(Role::Platform) && r.tenant_id.is_empty() {
             if principal.scope != Scope::Platform {
@@ -124,7 +126,7 @@ impl KeysService for KeysApi {
             expires_at_ms,
             created_by: principal.key_id.clone(),
         };
-        self.keys.execute(&command, &CommandMeta::default()).await.map_err(|e| from_keys_error(&e))?;
+        self.keys.execute(&command, &meta).await.map_err(|e| from_keys_error(&e))?;
         let ring = self.keys.ring();
         let key = ring.get(&key_id).ok_or_else(|| Status::internal("the key just created is not in the ring"))?;
         tracing::info!(key_id, by = principal.key_id, "API key created");
@@ -145,14 +147,15 @@ impl KeysService for KeysApi {
     }
 
     async fn revoke_key(&self, request: Request<pb::RevokeKeyRequest>) -> Result<Response<pb::ApiKey>, Status> {
-        let (_, extensions, r) = request.into_parts();
+        let (metadata, extensions, r) = request.into_parts();
         let principal = access::principal(&extensions)?;
+        let meta = command_meta(&metadata, &extensions)?;
         let not_found = || Status::not_found(format!("no key with id {:?}", r.key_id));
         if !self.keys.ring().get(&r.key_id).is_some_and(|k| manages(principal, k)) {
             return Err(not_found());
         }
         let command = KeyCommand::Revoke { key_id: r.key_id.clone(), revoked_by: principal.key_id.clone(), reason: r.reason };
-        self.keys.execute(&command, &CommandMeta::default()).await.map_err(|e| from_keys_error(&e))?;
+        self.keys.execute(&command, &meta).await.map_err(|e| from_keys_error(&e))?;
         tracing::info!(key_id = r.key_id, by = principal.key_id, "API key revoked");
         let ring = self.keys.ring();
         Ok(Response::new(api_key(ring.get(&r.key_id).ok_or_else(not_found)?)))

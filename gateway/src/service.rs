@@ -116,7 +116,7 @@ impl WalletApi {
 
     async fn mutate(
         &self,
-        (metadata, deadline): (&MetadataMap, Option<Instant>),
+        (metadata, extensions, deadline): (&MetadataMap, &Extensions, Option<Instant>),
         key: WalletKey,
         command: Command,
     ) -> Result<Response<WalletMutation>, Status> {
@@ -125,7 +125,7 @@ impl WalletApi {
         let outcome = self
             .engine
             .registry
-            .execute_before(&key, command, command_meta(metadata)?, deadline)
+            .execute_before(&key, command, command_meta(metadata, extensions)?, deadline)
             .instrument(span)
             .await
             .map_err(|e| status::from_wallet_error(&e))?;
@@ -133,10 +133,10 @@ impl WalletApi {
     }
 }
 
-/// Trace and causality ids from the call's metadata, bounded: they are stored in every event the call
-/// records. A request or correlation id that is too long or not printable ASCII is the caller's error; a
+/// Who made the call (its key), and trace and causality ids from the call's metadata, bounded: they are
+/// stored in every event the call records. A request or correlation id that is too long or not printable ASCII is the caller's error; a
 /// malformed `traceparent` (or an oversized `tracestate`) is dropped, as W3C Trace Context asks.
-fn command_meta(metadata: &MetadataMap) -> Result<CommandMeta, Status> {
+pub(crate) fn command_meta(metadata: &MetadataMap, extensions: &Extensions) -> Result<CommandMeta, Status> {
     let get = |name: &str| metadata.get(name).map(|v| v.to_str().unwrap_or("\u{fffd}")).unwrap_or_default();
     let id = |name: &'static str| {
         let value = get(name);
@@ -152,6 +152,7 @@ fn command_meta(metadata: &MetadataMap) -> Result<CommandMeta, Status> {
         correlation_id: id("x-correlation-id")?,
         traceparent: traceparent.to_owned(),
         tracestate: tracestate.unwrap_or_default().to_owned(),
+        ..access::recorded_principal(extensions)
     })
 }
 
@@ -257,7 +258,12 @@ impl WalletService for WalletApi {
         let deadline = deadline(&request);
         let (metadata, extensions, r) = request.into_parts();
         let key = self.wallet_key(&extensions, &r.tenant_id, &r.wallet_id).await?;
-        self.mutate((&metadata, deadline), key, Command::new(r.idempotency_key, CommandBody::Enroll { customer_ref: r.customer_ref })).await
+        self.mutate(
+            (&metadata, &extensions, deadline),
+            key,
+            Command::new(r.idempotency_key, CommandBody::Enroll { customer_ref: r.customer_ref }),
+        )
+        .await
     }
 
     async fn earn(&self, request: Request<EarnRequest>) -> Result<Response<WalletMutation>, Status> {
@@ -265,7 +271,7 @@ impl WalletService for WalletApi {
         let (metadata, extensions, r) = request.into_parts();
         let key = self.wallet_key(&extensions, &r.tenant_id, &r.wallet_id).await?;
         let body = CommandBody::Earn { points: r.points, reason: r.reason, source_ref: r.source_ref, order_amount: r.order_amount };
-        self.mutate((&metadata, deadline), key, Command::new(r.idempotency_key, body)).await
+        self.mutate((&metadata, &extensions, deadline), key, Command::new(r.idempotency_key, body)).await
     }
 
     async fn redeem(&self, request: Request<RedeemRequest>) -> Result<Response<WalletMutation>, Status> {
@@ -273,7 +279,7 @@ impl WalletService for WalletApi {
         let (metadata, extensions, r) = request.into_parts();
         let key = self.wallet_key(&extensions, &r.tenant_id, &r.wallet_id).await?;
         let body = CommandBody::Redeem { points: r.points, reward_ref: r.reward_ref };
-        self.mutate((&metadata, deadline), key, Command::new(r.idempotency_key, body)).await
+        self.mutate((&metadata, &extensions, deadline), key, Command::new(r.idempotency_key, body)).await
     }
 
     async fn adjust(&self, request: Request<AdjustRequest>) -> Result<Response<WalletMutation>, Status> {
@@ -281,7 +287,7 @@ impl WalletService for WalletApi {
         let (metadata, extensions, r) = request.into_parts();
         let key = self.wallet_key(&extensions, &r.tenant_id, &r.wallet_id).await?;
         let body = CommandBody::Adjust { points: r.points, reason: r.reason, staff_ref: r.staff_ref };
-        self.mutate((&metadata, deadline), key, Command::new(r.idempotency_key, body)).await
+        self.mutate((&metadata, &extensions, deadline), key, Command::new(r.idempotency_key, body)).await
     }
 
     async fn reverse(&self, request: Request<ReverseRequest>) -> Result<Response<WalletMutation>, Status> {
@@ -289,7 +295,7 @@ impl WalletService for WalletApi {
         let (metadata, extensions, r) = request.into_parts();
         let key = self.wallet_key(&extensions, &r.tenant_id, &r.wallet_id).await?;
         let body = CommandBody::Reverse { source_ref: r.source_ref, points: r.points, reason: r.reason };
-        self.mutate((&metadata, deadline), key, Command::new(r.idempotency_key, body)).await
+        self.mutate((&metadata, &extensions, deadline), key, Command::new(r.idempotency_key, body)).await
     }
 
     async fn add_stamps(&self, request: Request<tally_proto::v1::AddStampsRequest>) -> Result<Response<WalletMutation>, Status> {
@@ -297,7 +303,7 @@ impl WalletService for WalletApi {
         let (metadata, extensions, r) = request.into_parts();
         let key = self.wallet_key(&extensions, &r.tenant_id, &r.wallet_id).await?;
         let body = CommandBody::AddStamps { card_id: r.card_id, count: r.count, reason: r.reason };
-        self.mutate((&metadata, deadline), key, Command::new(r.idempotency_key, body)).await
+        self.mutate((&metadata, &extensions, deadline), key, Command::new(r.idempotency_key, body)).await
     }
 
     async fn earn_for_order(&self, request: Request<EarnForOrderRequest>) -> Result<Response<WalletMutation>, Status> {
@@ -305,7 +311,8 @@ impl WalletService for WalletApi {
         let (metadata, extensions, r) = request.into_parts();
         let key = self.wallet_key(&extensions, &r.tenant_id, &r.wallet_id).await?;
         let order = orders::from_wire(r.order)?;
-        self.mutate((&metadata, deadline), key, Command::new(order.order_id.clone(), CommandBody::EarnForOrder { order })).await
+        self.mutate((&metadata, &extensions, deadline), key, Command::new(order.order_id.clone(), CommandBody::EarnForOrder { order }))
+            .await
     }
 
     async fn refund_order(&self, request: Request<RefundOrderRequest>) -> Result<Response<WalletMutation>, Status> {
@@ -313,7 +320,7 @@ impl WalletService for WalletApi {
         let (metadata, extensions, r) = request.into_parts();
         let key = self.wallet_key(&extensions, &r.tenant_id, &r.wallet_id).await?;
         let body = CommandBody::RefundOrder { order_id: r.order_id, amount_minor: r.amount_minor, reason: r.reason };
-        self.mutate((&metadata, deadline), key, Command::new(r.idempotency_key, body)).await
+        self.mutate((&metadata, &extensions, deadline), key, Command::new(r.idempotency_key, body)).await
     }
 
     async fn authorize_redemption(&self, request: Request<AuthorizeRedemptionRequest>) -> Result<Response<WalletMutation>, Status> {
@@ -325,7 +332,7 @@ impl WalletService for WalletApi {
             seconds => i64::from(seconds) * 1_000,
         };
         let body = CommandBody::AuthorizeRedemption { hold_id: r.hold_id.clone(), points: r.points, reward_ref: r.reward_ref, timeout_ms };
-        self.mutate((&metadata, deadline), key, Command::new(r.hold_id, body)).await
+        self.mutate((&metadata, &extensions, deadline), key, Command::new(r.hold_id, body)).await
     }
 
     async fn capture_redemption(&self, request: Request<CaptureRedemptionRequest>) -> Result<Response<WalletMutation>, Status> {
@@ -333,7 +340,7 @@ impl WalletService for WalletApi {
         let (metadata, extensions, r) = request.into_parts();
         let key = self.wallet_key(&extensions, &r.tenant_id, &r.wallet_id).await?;
         let command = Command::capture_redemption(r.hold_id, r.points);
-        self.mutate((&metadata, deadline), key, command).await
+        self.mutate((&metadata, &extensions, deadline), key, command).await
     }
 
     async fn void_redemption(&self, request: Request<VoidRedemptionRequest>) -> Result<Response<WalletMutation>, Status> {
@@ -341,7 +348,7 @@ impl WalletService for WalletApi {
         let (metadata, extensions, r) = request.into_parts();
         let key = self.wallet_key(&extensions, &r.tenant_id, &r.wallet_id).await?;
         let command = Command::void_redemption(r.hold_id);
-        self.mutate((&metadata, deadline), key, command).await
+        self.mutate((&metadata, &extensions, deadline), key, command).await
     }
 
     async fn purchase_credits(&self, request: Request<PurchaseCreditsRequest>) -> Result<Response<WalletMutation>, Status> {
@@ -349,14 +356,14 @@ impl WalletService for WalletApi {
         let (metadata, extensions, r) = request.into_parts();
         let key = self.wallet_key(&extensions, &r.tenant_id, &r.wallet_id).await?;
         let body = CommandBody::PurchaseCredits { purchase_id: r.purchase_id.clone(), package_id: r.package_id };
-        self.mutate((&metadata, deadline), key, Command::new(r.purchase_id, body)).await
+        self.mutate((&metadata, &extensions, deadline), key, Command::new(r.purchase_id, body)).await
     }
 
     async fn close(&self, request: Request<CloseRequest>) -> Result<Response<WalletMutation>, Status> {
         let deadline = deadline(&request);
         let (metadata, extensions, r) = request.into_parts();
         let key = self.wallet_key(&extensions, &r.tenant_id, &r.wallet_id).await?;
-        self.mutate((&metadata, deadline), key, Command::new(r.idempotency_key, CommandBody::Close { reason: r.reason })).await
+        self.mutate((&metadata, &extensions, deadline), key, Command::new(r.idempotency_key, CommandBody::Close { reason: r.reason })).await
     }
 
     async fn get_wallet(&self, request: Request<GetWalletRequest>) -> Result<Response<Wallet>, Status> {

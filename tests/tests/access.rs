@@ -223,3 +223,54 @@ async fn a_key_revoked_on_one_node_stops_working_on_another_within_the_bound() {
     eprintln!("revocation reached the other node in {took:?}");
     assert_eq!(on_b.get_wallet(read).await.unwrap_err().code(), Code::Unauthenticated);
 }
+
+/// Every change records the key that made it and its roles, beside the free-text notes; what the engine
+/// does by itself records none.
+#[tokio::test]
+async fn the_log_records_which_key_made_each_change() {
+    let database = TestDatabase::create().await;
+    let store = format!("--store={}", database.postgres_url);
+    let dir = tempfile::tempdir().unwrap();
+    let server = TallyServer::start(dir.path(), &[&store, "--tenant", "acme"]);
+    let mut keys = KeysServiceClient::new(server.channel().await);
+    let pos = create_key(&mut keys, "acme", &[Role::Pos], None).await;
+    let operator = create_key(&mut keys, "acme", &[Role::Operator, Role::Auditor], None).await;
+    let id = |token: &str| token.split('_').nth(1).unwrap().to_owned();
+    let mut till = WalletServiceClient::new(server.channel_with(Key::new(&pos)).await);
+    till.enroll(EnrollRequest { wallet_id: "c-1".into(), idempotency_key: "e".into(), ..Default::default() }).await.unwrap();
+    let earn =
+        EarnRequest { wallet_id: "c-1".into(), idempotency_key: "o-1".into(), points: 5, source_ref: "o-1".into(), ..Default::default() };
+    till.earn(earn).await.unwrap();
+    let mut admin = tally_proto::v1::admin_service_client::AdminServiceClient::new(server.channel_with(Key::new(&operator)).await);
+    let rules = r#"[{"id":"base","actions":[{"type":"points_per_currency_unit","points":1,"unit_minor":100}]}]"#;
+    let publish = tally_proto::v1::PublishRulesRequest {
+        idempotency_key: "r-1".into(),
+        rules_json: rules.into(),
+        published_by: "says Alice".into(),
+        ..Default::default()
+    };
+    admin.publish_rules(publish).await.unwrap();
+
+    let (client, connection) = tokio_postgres::connect(&database.url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let rows = client
+        .query("SELECT stream_id, event_type, principal, principal_roles FROM tally_events ORDER BY global_position", &[])
+        .await
+        .unwrap();
+    let recorded: Vec<(String, String, String, String)> = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))).collect();
+    let platform = id(&server.platform_key());
+    let by = |stream: &str, event_type: &str| {
+        recorded
+            .iter()
+            .find(|r| r.0 == stream && r.1 == event_type)
+            .map(|r| (r.2.clone(), r.3.clone()))
+            .unwrap_or_else(|| panic!("{stream} {event_type} in {recorded:?}"))
+    };
+    assert_eq!(by("acme/wallet/c-1", "tally.v1.WalletEnrolled"), (id(&pos), "pos".to_owned()));
+    assert_eq!(by("acme/wallet/c-1", "tally.v1.PointsEarned"), (id(&pos), "pos".to_owned()));
+    assert_eq!(by("acme/program", "tally.v1.RulesPublished"), (id(&operator), "operator,auditor".to_owned()));
+    assert_eq!(by("$keys", "tally.v1.KeyCreated"), (String::new(), String::new()), "the first key, made by the start itself");
+    let made_by_platform = recorded.iter().filter(|r| r.0 == "$keys" && r.2 == platform).count();
+    assert_eq!(made_by_platform, 2, "the two keys the platform key made: {recorded:?}");
+    assert_eq!(by("acme/program", "tally.v1.ProgramCreated"), (String::new(), String::new()), "the start's own program");
+}

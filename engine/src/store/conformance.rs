@@ -22,6 +22,8 @@ pub fn event(tag: &str) -> EventData {
             correlation_id: "corr".into(),
             traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
             tracestate: String::new(),
+            principal: "0123456789abcdef".into(),
+            principal_roles: "pos,staff".into(),
         },
         payload: tag.as_bytes().to_vec(),
     }

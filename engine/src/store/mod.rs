@@ -76,6 +76,10 @@ pub struct EventMetadata {
     /// W3C `traceparent` of the call that caused the event.
     pub traceparent: String,
     pub tracestate: String,
+    /// The API key that made the change (its id), empty when the engine acted by itself.
+    pub principal: String,
+    /// That key's roles, comma-separated.
+    pub principal_roles: String,
 }
 
 /// A command digest as the envelope carries it (`tally.v1.EventEnvelope.command_digest`).
@@ -268,7 +272,12 @@ pub(crate) async fn queued_in_order(queue: &WriterQueue, appends: Vec<Append>) -
 /// What `event` counts for against `APPEND_BYTES_MAX`: everything it stores, its metadata included.
 pub fn append_bytes(event: &EventData) -> usize {
     let m = &event.metadata;
-    let metadata = m.causation_id.len() + m.correlation_id.len() + m.traceparent.len() + m.tracestate.len();
+    let metadata = m.causation_id.len()
+        + m.correlation_id.len()
+        + m.traceparent.len()
+        + m.tracestate.len()
+        + m.principal.len()
+        + m.principal_roles.len();
     let digest = event.command_digest.map_or(0, |d| d.len());
     event.payload.len() + event.idempotency_key.len() + event.event_type.len() + metadata + digest + 64
 }

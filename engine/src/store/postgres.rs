@@ -34,7 +34,8 @@ const POOL_SIZE_MAX: usize = 16;
 /// How often the head is polled in case a notification was missed, in milliseconds.
 const HEAD_POLL_MS: u64 = 500;
 const COLUMNS: &str = "stream_id, stream_version, global_position, event_type, schema_version, recorded_at_ms, idempotency_key, \
-                       command_fingerprint, causation_id, correlation_id, traceparent, tracestate, payload, command_digest";
+                       command_fingerprint, causation_id, correlation_id, traceparent, tracestate, payload, command_digest, \
+                       principal, principal_roles";
 
 fn pg(error: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable { reason: format!("postgres: {error}") }
@@ -113,6 +114,8 @@ fn recorded(row: &Row) -> Result<RecordedEvent, StoreError> {
                 correlation_id: row.get(9),
                 traceparent: row.get(10),
                 tracestate: row.get(11),
+                principal: row.get(14),
+                principal_roles: row.get(15),
             },
             payload: row.get(12),
         },
@@ -136,6 +139,8 @@ struct Columns {
     tracestate: Vec<String>,
     payload: Vec<Vec<u8>>,
     command_digest: Vec<Option<Vec<u8>>>,
+    principal: Vec<String>,
+    principal_roles: Vec<String>,
 }
 
 impl Columns {
@@ -152,6 +157,8 @@ impl Columns {
         self.correlation_id.push(event.metadata.correlation_id);
         self.traceparent.push(event.metadata.traceparent);
         self.tracestate.push(event.metadata.tracestate);
+        self.principal.push(event.metadata.principal);
+        self.principal_roles.push(event.metadata.principal_roles);
         self.payload.push(event.payload);
         self.command_digest.push(event.command_digest.map(Vec::from));
     }
@@ -223,7 +230,8 @@ async fn commit(pool: &Pool, batch: &mut Vec<AppendRequest>, head: &watch::Sende
         let insert = tx
             .prepare_cached(&format!(
                 "INSERT INTO tally_events ({COLUMNS}) SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::int[], \
-                 $6::bigint[], $7::text[], $8::bigint[], $9::text[], $10::text[], $11::text[], $12::text[], $13::bytea[], $14::bytea[])"
+                 $6::bigint[], $7::text[], $8::bigint[], $9::text[], $10::text[], $11::text[], $12::text[], $13::bytea[], $14::bytea[], $15::text[], \
+                 $16::text[])"
             ))
             .await
             .map_err(pg)?;
@@ -244,6 +252,8 @@ async fn commit(pool: &Pool, batch: &mut Vec<AppendRequest>, head: &watch::Sende
                 &c.tracestate,
                 &c.payload,
                 &c.command_digest,
+                &c.principal,
+                &c.principal_roles,
             ],
         )
         .await

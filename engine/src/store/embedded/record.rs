@@ -78,6 +78,8 @@ pub(in crate::store) fn into_envelope(stream: &StreamId, version: u64, position:
         correlation_id: data.metadata.correlation_id,
         traceparent: data.metadata.traceparent,
         tracestate: data.metadata.tracestate,
+        principal: data.metadata.principal,
+        principal_roles: data.metadata.principal_roles,
         payload: data.payload,
     }
 }
@@ -102,6 +104,8 @@ pub(in crate::store) fn from_envelope(envelope: EventEnvelope) -> Result<Recorde
                 correlation_id: envelope.correlation_id,
                 traceparent: envelope.traceparent,
                 tracestate: envelope.tracestate,
+                principal: envelope.principal,
+                principal_roles: envelope.principal_roles,
             },
             payload: envelope.payload,
         },
