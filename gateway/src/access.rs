@@ -16,6 +16,7 @@ use std::task::{Context, Poll};
 use tally_engine::actors::{KeyBook, Unauthenticated};
 use tally_engine::domain::TenantId;
 use tally_engine::domain::access::{Principal, Role, Roles, Scope};
+use tally_engine::limits::ORDER_CLOCK_SKEW_MAX_MS;
 use tonic::Status;
 use tonic::body::Body;
 use tonic::codegen::{Service, http};
@@ -206,6 +207,26 @@ pub fn recorded_principal(extensions: &tonic::Extensions) -> tally_engine::store
         meta.principal_roles = role_names(principal.roles).replace(", ", ",");
     }
     meta
+}
+
+/// Whether the caller may send an order placed at `placed_at_ms`: a till that was offline sends its
+/// orders late, so POS keys (and the platform) may backdate one as far as the engine allows (7 days);
+/// any other key may send a placement time only within `ORDER_CLOCK_SKEW_MAX_MS` of now (by the system
+/// clock), since the time chooses the rules in force and the cap periods an order counts in.
+pub fn may_place_at(extensions: &tonic::Extensions, placed_at_ms: Option<i64>) -> Result<(), Status> {
+    let roles = principal(extensions)?.roles;
+    let Some(placed_at_ms) = placed_at_ms.filter(|_| !roles.any(&[Pos, Platform])) else {
+        return Ok(());
+    };
+    let now_ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    if placed_at_ms < now_ms.saturating_sub(ORDER_CLOCK_SKEW_MAX_MS) {
+        let skew = ORDER_CLOCK_SKEW_MAX_MS / 60_000;
+        return Err(Status::permission_denied(format!(
+            "order.placed_at: only a POS key may backdate an order; this key's orders must be placed within {skew} minutes of now"
+        )));
+    }
+    Ok(())
 }
 
 /// The tenant a call acts on: its key's tenant (a request may leave `tenant_id` empty or name that

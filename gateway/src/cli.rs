@@ -64,12 +64,16 @@ pub enum KeysCommand {
         #[arg(long, value_name = "DAYS")]
         expires_in_days: Option<u32>,
         #[command(flatten)]
+        direct: Direct,
+        #[command(flatten)]
         target: Target,
     },
     /// List keys (never their tokens): a tenant's, or with a platform key and no --tenant, all.
     List {
         #[arg(long)]
         tenant: Option<String>,
+        #[command(flatten)]
+        direct: Direct,
         #[command(flatten)]
         target: Target,
     },
@@ -81,8 +85,30 @@ pub enum KeysCommand {
         #[arg(long, default_value = "")]
         reason: String,
         #[command(flatten)]
+        direct: Direct,
+        #[command(flatten)]
         target: Target,
     },
+}
+
+/// Working on the log itself rather than through a server: to make a platform key when none is left.
+#[derive(Debug, Clone, Args)]
+pub struct Direct {
+    /// Work on this event log directly instead of through --server: file://DIR (the embedded log; stop
+    /// the server first) or postgres://… (any time). The log records the change as made "offline".
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
+}
+
+impl KeysCommand {
+    /// The log to work on directly, if the command names one.
+    pub fn store(&self) -> Option<&str> {
+        match self {
+            KeysCommand::Create { direct, .. } | KeysCommand::List { direct, .. } | KeysCommand::Revoke { direct, .. } => {
+                direct.store.as_deref()
+            }
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]

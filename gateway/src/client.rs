@@ -18,6 +18,9 @@ pub enum ClientError {
     Connect { server: String, source: tonic::transport::Error },
     #[error(transparent)]
     Credential(#[from] CredentialError),
+    /// Work done on the log directly (`--store`) that failed.
+    #[error("{0}")]
+    Direct(String),
     #[error("{}: {}", code_name(.0.code()), .0.message())]
     Call(tonic::Status),
     /// A change that may or may not have been applied: sending it again with the same key is safe.

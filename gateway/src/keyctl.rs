@@ -6,9 +6,14 @@ use serde::Serialize;
 use tally_proto::v1 as pb;
 use tally_proto::v1::keys_service_client::KeysServiceClient;
 
+use tally_engine::actors::{CommandMeta, KeyBook};
+use tally_engine::domain::TenantId;
+use tally_engine::domain::access::{KeyCommand, Roles, Scope};
+
 use crate::cli::{KeysCommand, Target};
 use crate::client::ClientError;
 use crate::credentials::{self, Authed};
+use crate::keys;
 
 async fn connect(target: &Target) -> Result<KeysServiceClient<Authed>, ClientError> {
     credentials::connect(&target.server, target.key.bearer()?)
@@ -78,40 +83,82 @@ fn wire_role(name: &str) -> Result<i32, ClientError> {
         })
 }
 
-pub async fn run(command: KeysCommand) -> Result<String, ClientError> {
+/// Runs a key command through `--server`, or on `direct`, the log itself, when the command names one
+/// (`--store`; the binary opens it).
+pub async fn run(command: KeysCommand, direct: Option<&KeyBook>) -> Result<String, ClientError> {
+    let json = match &command {
+        KeysCommand::Create { target, .. } | KeysCommand::List { target, .. } | KeysCommand::Revoke { target, .. } => target.json,
+    };
+    let failed = |e: tally_engine::actors::KeysError| ClientError::Direct(format!("on the log: {e}"));
     match command {
-        KeysCommand::Create { tenant, roles, label, expires_in_days, target } => {
+        KeysCommand::Create { tenant, roles, label, expires_in_days, target, .. } => {
             let roles = roles.iter().map(|r| wire_role(r)).collect::<Result<Vec<_>, _>>()?;
             let expires_at = expires_in_days.map(|days| {
                 let at = std::time::SystemTime::now() + std::time::Duration::from_secs(u64::from(days) * 86_400);
                 prost_types::Timestamp::from(at)
             });
-            let request = pb::CreateKeyRequest { tenant_id: tenant.unwrap_or_default(), roles, label, expires_at };
-            let reply = connect(&target).await?.create_key(request).await.map_err(ClientError::Call)?.into_inner();
-            let key = view(reply.key.unwrap_or_default());
-            if target.json {
+            let created = match direct {
+                Some(book) => {
+                    let names: Roles = roles.iter().filter_map(|r| pb::Role::try_from(*r).ok()).filter_map(keys::engine_role).collect();
+                    let scope = match &tenant {
+                        None => Scope::Platform,
+                        Some(t) => Scope::Tenant(TenantId::parse(t).map_err(|e| ClientError::Direct(format!("--tenant: {e}")))?),
+                    };
+                    let expires_at_ms = expires_at.map(|t| t.seconds.saturating_mul(1_000));
+                    let spec = keys::NewKey { scope, roles: names, label, expires_at_ms };
+                    keys::create(book, spec, "offline", &CommandMeta::default()).await.map_err(failed)?
+                }
+                None => {
+                    let request = pb::CreateKeyRequest { tenant_id: tenant.unwrap_or_default(), roles, label, expires_at };
+                    connect(&target).await?.create_key(request).await.map_err(ClientError::Call)?.into_inner()
+                }
+            };
+            let key = view(created.key.unwrap_or_default());
+            if json {
                 #[derive(Serialize)]
                 struct Created {
                     key: KeyView,
                     token: String,
                 }
-                return Ok(serde_json::to_string_pretty(&Created { key, token: reply.token }).expect("views serialize"));
+                return Ok(serde_json::to_string_pretty(&Created { key, token: created.token }).expect("views serialize"));
             }
-            Ok(format!("{}\ntoken (shown this once; send it as `authorization: Bearer <token>`):\n{}", line(&key), reply.token))
+            Ok(format!("{}\ntoken (shown this once; send it as `authorization: Bearer <token>`):\n{}", line(&key), created.token))
         }
-        KeysCommand::List { tenant, target } => {
-            let request = pb::ListKeysRequest { tenant_id: tenant.unwrap_or_default() };
-            let reply = connect(&target).await?.list_keys(request).await.map_err(ClientError::Call)?.into_inner();
-            let keys: Vec<KeyView> = reply.keys.into_iter().map(view).collect();
-            if target.json {
+        KeysCommand::List { tenant, target, .. } => {
+            let listed = match direct {
+                Some(book) => {
+                    let ring = book.ring();
+                    let mut keys: Vec<_> = ring.keys().filter(|k| tenant.as_deref().is_none_or(|t| k.scope.tenant_str() == t)).collect();
+                    keys.sort_by(|a, b| b.created_at_ms.cmp(&a.created_at_ms).then_with(|| a.key_id.cmp(&b.key_id)));
+                    keys.into_iter().map(keys::api_key).collect()
+                }
+                None => {
+                    let request = pb::ListKeysRequest { tenant_id: tenant.unwrap_or_default() };
+                    connect(&target).await?.list_keys(request).await.map_err(ClientError::Call)?.into_inner().keys
+                }
+            };
+            let keys: Vec<KeyView> = listed.into_iter().map(view).collect();
+            if json {
                 return Ok(serde_json::to_string_pretty(&keys).expect("views serialize"));
             }
             Ok(if keys.is_empty() { "no keys".to_owned() } else { keys.iter().map(line).collect::<Vec<_>>().join("\n") })
         }
-        KeysCommand::Revoke { key_id, reason, target } => {
-            let reply = connect(&target).await?.revoke_key(pb::RevokeKeyRequest { key_id, reason }).await.map_err(ClientError::Call)?;
-            let key = view(reply.into_inner());
-            if target.json {
+        KeysCommand::Revoke { key_id, reason, target, .. } => {
+            let revoked = match direct {
+                Some(book) => {
+                    let command = KeyCommand::Revoke { key_id: key_id.clone(), revoked_by: "offline".into(), reason };
+                    book.execute(&command, &CommandMeta::default()).await.map_err(failed)?;
+                    book.ring().get(&key_id).map(keys::api_key).unwrap_or_default()
+                }
+                None => connect(&target)
+                    .await?
+                    .revoke_key(pb::RevokeKeyRequest { key_id, reason })
+                    .await
+                    .map_err(ClientError::Call)?
+                    .into_inner(),
+            };
+            let key = view(revoked);
+            if json {
                 return Ok(serde_json::to_string_pretty(&key).expect("views serialize"));
             }
             Ok(line(&key))

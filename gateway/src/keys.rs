@@ -57,19 +57,24 @@ fn role(role: Role) -> pb::Role {
     }
 }
 
-fn from_wire_role(value: i32) -> Result<Role, Status> {
-    Ok(match pb::Role::try_from(value) {
-        Ok(pb::Role::Pos) => Role::Pos,
-        Ok(pb::Role::Storefront) => Role::Storefront,
-        Ok(pb::Role::Staff) => Role::Staff,
-        Ok(pb::Role::Operator) => Role::Operator,
-        Ok(pb::Role::Auditor) => Role::Auditor,
-        Ok(pb::Role::Platform) => Role::Platform,
-        Ok(pb::Role::Unspecified) | Err(_) => return Err(status::invalid("roles", &format!("{value} is not a role"))),
+/// The engine's role of a wire role (none for ROLE_UNSPECIFIED).
+pub fn engine_role(role: pb::Role) -> Option<Role> {
+    Some(match role {
+        pb::Role::Pos => Role::Pos,
+        pb::Role::Storefront => Role::Storefront,
+        pb::Role::Staff => Role::Staff,
+        pb::Role::Operator => Role::Operator,
+        pb::Role::Auditor => Role::Auditor,
+        pb::Role::Platform => Role::Platform,
+        pb::Role::Unspecified => return None,
     })
 }
 
-fn api_key(key: &KeyRecord) -> pb::ApiKey {
+fn from_wire_role(value: i32) -> Result<Role, Status> {
+    pb::Role::try_from(value).ok().and_then(engine_role).ok_or_else(|| status::invalid("roles", &format!("{value} is not a role")))
+}
+
+pub fn api_key(key: &KeyRecord) -> pb::ApiKey {
     let at = |ms: i64| Some(status::timestamp(ms));
     pb::ApiKey {
         key_id: key.key_id.clone(),
@@ -116,21 +121,9 @@ impl KeysService for KeysApi {
             Scope::Tenant(access::acting_tenant(&extensions, &r.tenant_id)?)
         };
         let expires_at_ms = r.expires_at.map(|t| t.seconds.saturating_mul(1_000).saturating_add(i64::from(t.nanos / 1_000_000)));
-        let (key_id, secret) = new_secret();
-        let command = KeyCommand::Create {
-            key_id: key_id.clone(),
-            secret_sha256: secret_sha256(&secret),
-            scope,
-            roles,
-            label: r.label,
-            expires_at_ms,
-            created_by: principal.key_id.clone(),
-        };
-        self.keys.execute(&command, &meta).await.map_err(|e| from_keys_error(&e))?;
-        let ring = self.keys.ring();
-        let key = ring.get(&key_id).ok_or_else(|| Status::internal("the key just created is not in the ring"))?;
-        tracing::info!(key_id, by = principal.key_id, "API key created");
-        Ok(Response::new(pb::CreateKeyResponse { key: Some(api_key(key)), token: token(&key_id, &secret) }))
+        let spec = NewKey { scope, roles, label: r.label, expires_at_ms };
+        let created = create(&self.keys, spec, &principal.key_id, &meta).await.map_err(|e| from_keys_error(&e))?;
+        Ok(Response::new(created))
     }
 
     async fn list_keys(&self, request: Request<pb::ListKeysRequest>) -> Result<Response<pb::ListKeysResponse>, Status> {
@@ -160,6 +153,33 @@ impl KeysService for KeysApi {
         let ring = self.keys.ring();
         Ok(Response::new(api_key(ring.get(&r.key_id).ok_or_else(not_found)?)))
     }
+}
+
+/// A key to make.
+#[derive(Debug, Clone)]
+pub struct NewKey {
+    pub scope: Scope,
+    pub roles: Roles,
+    pub label: String,
+    pub expires_at_ms: Option<i64>,
+}
+
+/// Makes a key, by `created_by` (a key id, or "offline"); its listing and its token.
+pub async fn create(keys: &KeyBook, spec: NewKey, created_by: &str, meta: &CommandMeta) -> Result<pb::CreateKeyResponse, KeysError> {
+    let (key_id, secret) = new_secret();
+    let command = KeyCommand::Create {
+        key_id: key_id.clone(),
+        secret_sha256: secret_sha256(&secret),
+        scope: spec.scope,
+        roles: spec.roles,
+        label: spec.label,
+        expires_at_ms: spec.expires_at_ms,
+        created_by: created_by.to_owned(),
+    };
+    keys.execute(&command, meta).await?;
+    let key = keys.ring().get(&key_id).map(api_key);
+    tracing::info!(key_id, by = created_by, "API key created");
+    Ok(pb::CreateKeyResponse { key, token: token(&key_id, &secret) })
 }
 
 /// On a log without keys, creates the platform key and writes its token to `path` (mode 0600), so the

@@ -68,7 +68,11 @@ fn main() -> ExitCode {
                 Ok(())
             }
             Command::Keys(command) => {
-                println!("{}", tally_gateway::keyctl::run(command).await?);
+                let direct = match command.store() {
+                    Some(url) => Some(KeyBook::open(open_store(url).await?, Arc::new(SystemClock)).await?),
+                    None => None,
+                };
+                println!("{}", tally_gateway::keyctl::run(command, direct.as_deref()).await?);
                 Ok(())
             }
         }

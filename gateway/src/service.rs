@@ -311,6 +311,7 @@ impl WalletService for WalletApi {
         let (metadata, extensions, r) = request.into_parts();
         let key = self.wallet_key(&extensions, &r.tenant_id, &r.wallet_id).await?;
         let order = orders::from_wire(r.order)?;
+        access::may_place_at(&extensions, order.placed_at_ms)?;
         self.mutate((&metadata, &extensions, deadline), key, Command::new(order.order_id.clone(), CommandBody::EarnForOrder { order }))
             .await
     }

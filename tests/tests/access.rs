@@ -274,3 +274,94 @@ async fn the_log_records_which_key_made_each_change() {
     assert_eq!(made_by_platform, 2, "the two keys the platform key made: {recorded:?}");
     assert_eq!(by("acme/program", "tally.v1.ProgramCreated"), (String::new(), String::new()), "the start's own program");
 }
+
+/// Issue 16 item 8: an order's placement time chooses its rules and cap periods, so only a till (which may
+/// have been offline) backdates one; a storefront sends orders placed now.
+#[tokio::test]
+async fn only_a_pos_key_backdates_an_order() {
+    use tally_proto::v1::{EarnForOrderRequest, Money, Order, OrderLine};
+    let dir = tempfile::tempdir().unwrap();
+    let server = TallyServer::start(dir.path(), &["--tenant", "acme"]);
+    let mut admin = tally_proto::v1::admin_service_client::AdminServiceClient::new(server.channel().await);
+    let rules = r#"[{"id":"base","actions":[{"type":"points_per_currency_unit","points":1,"unit_minor":100}]}]"#;
+    let publish = tally_proto::v1::PublishRulesRequest {
+        tenant_id: "acme".into(),
+        idempotency_key: "r-1".into(),
+        rules_json: rules.into(),
+        published_by: "ops".into(),
+    };
+    admin.publish_rules(publish).await.unwrap();
+    let mut keys = KeysServiceClient::new(server.channel().await);
+    let (pos, shop) =
+        (create_key(&mut keys, "acme", &[Role::Pos], None).await, create_key(&mut keys, "acme", &[Role::Storefront], None).await);
+    let mut platform = server.client().await;
+    platform
+        .enroll(EnrollRequest { tenant_id: "acme".into(), wallet_id: "c-1".into(), idempotency_key: "e".into(), ..Default::default() })
+        .await
+        .unwrap();
+    let order = |id: &str, ago: Duration| EarnForOrderRequest {
+        tenant_id: "acme".into(),
+        wallet_id: "c-1".into(),
+        order: Some(Order {
+            order_id: id.into(),
+            total: Some(Money { amount_minor: 1_000, currency: "EUR".into() }),
+            lines: vec![OrderLine { sku: "mug".into(), category: "home".into(), quantity: 1, amount_minor: 1_000 }],
+            placed_at: Some(prost_types::Timestamp::from(std::time::SystemTime::now() - ago)),
+            ..Default::default()
+        }),
+    };
+    let mut shop = WalletServiceClient::new(server.channel_with(Key::new(&shop)).await);
+    let refused = shop.earn_for_order(order("web-1", Duration::from_secs(3_600))).await.unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    assert!(refused.message().contains("order.placed_at"), "{}", refused.message());
+    // Placed after the rules were published (they choose what an order earns), within the skew allowed.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(shop.earn_for_order(order("web-2", Duration::from_secs(1))).await.unwrap().into_inner().balance, 10);
+    let mut till = WalletServiceClient::new(server.channel_with(Key::new(&pos)).await);
+    let offline = till.earn_for_order(order("pos-1", Duration::from_secs(2 * 86_400))).await.unwrap().into_inner();
+    assert_eq!((offline.balance, offline.transactions.len()), (10, 1), "accepted; no rules were in force two days ago");
+}
+
+/// `tally keys` through a server, and on the log itself when the platform key is lost: a new platform key
+/// made offline works once the server is back, and the lost one, revoked offline, no longer does.
+#[tokio::test]
+async fn the_cli_manages_keys_through_the_server_and_on_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = TallyServer::start(dir.path(), &[]);
+    let run = |command: &mut std::process::Command| {
+        let output = command.output().unwrap();
+        assert!(output.status.success(), "{command:?}: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let created =
+        run(server.cli().args(["keys", "create", "--tenant", "demo", "--role", "pos", "--label", "till 3", "--server", &server.url]));
+    let pos = created.lines().last().unwrap().to_owned();
+    assert!(pos.starts_with("tally_") && created.contains("till 3"), "{created}");
+    let shown = std::process::Command::new(tally_tests::tally_binary())
+        .args(["wallet", "show", "--wallet", "nobody", "--server", &server.url])
+        .env("TALLY_API_KEY", &pos)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&shown.stderr).contains("NOT_FOUND"), "the till's key reads wallets: {shown:?}");
+    let listed = run(server.cli().args(["keys", "list", "--server", &server.url]));
+    assert_eq!(listed.lines().count(), 2, "{listed}");
+
+    let lost = server.platform_key();
+    server.terminate();
+    let store = format!("file://{}", dir.path().display());
+    let made =
+        run(std::process::Command::new(tally_tests::tally_binary()).args(["keys", "create", "--role", "platform", "--store", &store]));
+    let fresh = made.lines().last().unwrap().to_owned();
+    let lost_id = lost.split('_').nth(1).unwrap();
+    run(std::process::Command::new(tally_tests::tally_binary()).args(["keys", "revoke", lost_id, "--reason", "lost", "--store", &store]));
+    let listed = run(std::process::Command::new(tally_tests::tally_binary()).args(["keys", "list", "--store", &store]));
+    assert!(listed.lines().any(|l| l.contains("(platform)") && l.contains("by offline") && !l.contains("REVOKED")), "{listed}");
+    assert!(listed.lines().any(|l| l.starts_with(lost_id) && l.contains("REVOKED") && l.contains("by offline")), "{listed}");
+
+    let server = TallyServer::start(dir.path(), &[]);
+    let read = GetWalletRequest { tenant_id: "demo".into(), wallet_id: "nobody".into() };
+    let mut with_fresh = WalletServiceClient::new(server.channel_with(Key::new(&fresh)).await);
+    assert_eq!(with_fresh.get_wallet(read.clone()).await.unwrap_err().code(), Code::NotFound);
+    let mut with_lost = WalletServiceClient::new(server.channel_with(Key::new(&lost)).await);
+    assert_eq!(with_lost.get_wallet(read).await.unwrap_err().code(), Code::Unauthenticated);
+}
