@@ -124,3 +124,9 @@ pub const KEYS_ACTIVE_PER_SCOPE_MAX: usize = 1_000;
 /// How often a node re-reads the log's keys: a key created or revoked on another node works, or stops
 /// working, here within this bound.
 pub const KEYS_REFRESH_MS: u64 = 1_000;
+/// Refresh intervals after which keys not re-read from the log let nobody in (a node cut off from the
+/// log cannot learn of revocations): 5 s with `KEYS_REFRESH_MS`.
+pub const KEYS_STALE_AFTER_REFRESHES: u32 = 5;
+/// Most keys per tenant (and for the platform), revoked ones included: the log keeps them all and every
+/// node holds them in memory.
+pub const KEYS_PER_SCOPE_MAX: usize = 10_000;

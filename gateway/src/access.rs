@@ -138,7 +138,7 @@ impl<S> Authenticated<S> {
                     Ok(principal) => principal,
                     Err(Unauthenticated::Refused(failure)) => {
                         refused("bad_key");
-                        tracing::info!(rpc, %failure, "call refused: its API key does not authenticate");
+                        tracing::debug!(rpc, %failure, "call refused: its API key does not authenticate");
                         return Err(Status::unauthenticated("the API key is unknown, revoked or expired"));
                     }
                     Err(Unauthenticated::KeysUnavailable(reason)) => {
@@ -198,15 +198,20 @@ pub fn principal(extensions: &tonic::Extensions) -> Result<&Principal, Status> {
     extensions.get::<Principal>().ok_or_else(|| Status::unauthenticated("an API key is required"))
 }
 
-/// The principal as events record it (`principal`, `principal_roles` of their metadata); empty fields
-/// for a server run without keys.
+/// The principal as events record it (`principal`, `principal_roles` of their metadata): the key id, or
+/// "none" on a server run without keys (`--insecure-no-auth`).
 pub fn recorded_principal(extensions: &tonic::Extensions) -> tally_engine::store::EventMetadata {
     let mut meta = tally_engine::store::EventMetadata::default();
-    if let Some(principal) = extensions.get::<Principal>().filter(|p| p.key_id != OPEN_PRINCIPAL) {
+    if let Some(principal) = extensions.get::<Principal>() {
         meta.principal = principal.key_id.clone();
         meta.principal_roles = role_names(principal.roles).replace(", ", ",");
     }
     meta
+}
+
+/// Whether the caller is anyone at all, on a server run without keys.
+pub fn is_open(principal: &Principal) -> bool {
+    principal.key_id == OPEN_PRINCIPAL
 }
 
 /// Whether the caller may send an order placed at `placed_at_ms`: a till that was offline sends its

@@ -80,7 +80,7 @@ fn histogram() -> Histogram<u64> {
 
 async fn channels(args: &BenchArgs) -> Result<Vec<WalletServiceClient<Authed>>, BenchError> {
     let endpoint = Endpoint::from_shared(args.server.clone()).map_err(|_| BenchError::Url(args.server.clone()))?.tcp_nodelay(true);
-    let bearer = args.key.bearer()?;
+    let bearer = args.key.bearer_for(&args.server)?;
     let mut clients = Vec::new();
     for _ in 0..args.connections.max(1) {
         let channel = endpoint.connect().await.map_err(|source| BenchError::Connect { server: args.server.clone(), source })?;

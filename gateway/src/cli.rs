@@ -96,7 +96,7 @@ pub enum KeysCommand {
 pub struct Direct {
     /// Work on this event log directly instead of through --server: file://DIR (the embedded log; stop
     /// the server first) or postgres://… (any time). The log records the change as made "offline".
-    #[arg(long, value_name = "URL")]
+    #[arg(long, env = "TALLY_KEYS_STORE", value_name = "URL")]
     pub store: Option<String>,
 }
 

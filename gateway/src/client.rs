@@ -43,7 +43,7 @@ where
     let mut schedule = exponential_backoff::Backoff::new(CHANGE_ATTEMPTS, Duration::from_millis(200), Duration::from_secs(3));
     schedule.set_jitter(0.0);
     let mut waits = schedule.into_iter();
-    let bearer = target.key.bearer()?;
+    let bearer = target.key.bearer_for(&target.server)?;
     loop {
         let error = match credentials::connect(&target.server, bearer.clone()).await {
             Err(source) => ClientError::ChangeNotSent { server: target.server.clone(), source, key: key.to_owned() },
@@ -282,7 +282,7 @@ fn output<T: Serialize>(json: bool, value: &T, text: impl FnOnce(&T) -> String) 
 }
 
 async fn connect(target: &Target) -> Result<WalletServiceClient<Authed>, ClientError> {
-    credentials::connect(&target.server, target.key.bearer()?)
+    credentials::connect(&target.server, target.key.bearer_for(&target.server)?)
         .await
         .map(WalletServiceClient::new)
         .map_err(|source| ClientError::Connect { server: target.server.clone(), source })

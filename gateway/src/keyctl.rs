@@ -16,7 +16,7 @@ use crate::credentials::{self, Authed};
 use crate::keys;
 
 async fn connect(target: &Target) -> Result<KeysServiceClient<Authed>, ClientError> {
-    credentials::connect(&target.server, target.key.bearer()?)
+    credentials::connect(&target.server, target.key.bearer_for(&target.server)?)
         .await
         .map(KeysServiceClient::new)
         .map_err(|source| ClientError::Connect { server: target.server.clone(), source })
@@ -83,6 +83,13 @@ fn wire_role(name: &str) -> Result<i32, ClientError> {
         })
 }
 
+/// Who made a change on the log directly, in the change and in its event's metadata.
+const OFFLINE: &str = "offline";
+
+fn offline_meta() -> CommandMeta {
+    CommandMeta { principal: OFFLINE.into(), ..CommandMeta::default() }
+}
+
 /// Runs a key command through `--server`, or on `direct`, the log itself, when the command names one
 /// (`--store`; the binary opens it).
 pub async fn run(command: KeysCommand, direct: Option<&KeyBook>) -> Result<String, ClientError> {
@@ -106,7 +113,7 @@ pub async fn run(command: KeysCommand, direct: Option<&KeyBook>) -> Result<Strin
                     };
                     let expires_at_ms = expires_at.map(|t| t.seconds.saturating_mul(1_000));
                     let spec = keys::NewKey { scope, roles: names, label, expires_at_ms };
-                    keys::create(book, spec, "offline", &CommandMeta::default()).await.map_err(failed)?
+                    keys::create(book, spec, OFFLINE, &offline_meta()).await.map_err(failed)?
                 }
                 None => {
                     let request = pb::CreateKeyRequest { tenant_id: tenant.unwrap_or_default(), roles, label, expires_at };
@@ -146,8 +153,8 @@ pub async fn run(command: KeysCommand, direct: Option<&KeyBook>) -> Result<Strin
         KeysCommand::Revoke { key_id, reason, target, .. } => {
             let revoked = match direct {
                 Some(book) => {
-                    let command = KeyCommand::Revoke { key_id: key_id.clone(), revoked_by: "offline".into(), reason };
-                    book.execute(&command, &CommandMeta::default()).await.map_err(failed)?;
+                    let command = KeyCommand::Revoke { key_id: key_id.clone(), revoked_by: OFFLINE.into(), reason };
+                    book.execute(&command, &offline_meta()).await.map_err(failed)?;
                     book.ring().get(&key_id).map(keys::api_key).unwrap_or_default()
                 }
                 None => connect(&target)

@@ -89,9 +89,30 @@ pub fn api_key(key: &KeyRecord) -> pb::ApiKey {
     }
 }
 
-/// Whether `principal` may see and manage `key`: platform keys all, operators their tenant's.
+/// The roles a tenant's operator may give the keys it creates: its tenant's devices, staff and auditors.
+/// Operator keys come from the platform, so a stolen operator key can neither copy itself nor lock the
+/// tenant's other operators out.
+const OPERATOR_GRANTS: &[Role] = &[Role::Pos, Role::Storefront, Role::Staff, Role::Auditor];
+
+fn grantable_by_operator(roles: Roles) -> bool {
+    roles.iter().all(|r| OPERATOR_GRANTS.contains(&r))
+}
+
+/// Whether `principal` may revoke `key`: platform keys any, operators their tenant's keys of the roles
+/// they may grant.
 fn manages(principal: &Principal, key: &KeyRecord) -> bool {
-    principal.scope == Scope::Platform || principal.scope == key.scope
+    principal.scope == Scope::Platform || (principal.scope == key.scope && grantable_by_operator(key.roles))
+}
+
+/// Keys are not made or revoked on a server run without keys: anyone could make themselves a platform key
+/// that would outlive the experiment.
+fn refuse_when_open(principal: &Principal) -> Result<(), Status> {
+    if access::is_open(principal) {
+        return Err(Status::failed_precondition(
+            "this server runs without API keys (--insecure-no-auth): keys are made and revoked only on servers that check them",
+        ));
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone)]
@@ -111,6 +132,7 @@ impl KeysService for KeysApi {
         let (metadata, extensions, r) = request.into_parts();
         let principal = access::principal(&extensions)?;
         let meta = command_meta(&metadata, &extensions)?;
+        refuse_when_open(principal)?;
         let roles = r.roles.iter().map(|r| from_wire_role(*r)).collect::<Result<Roles, _>>()?;
         let scope = if roles.contains(Role::Platform) && r.tenant_id.is_empty() {
             if principal.scope != Scope::Platform {
@@ -120,7 +142,18 @@ impl KeysService for KeysApi {
         } else {
             Scope::Tenant(access::acting_tenant(&extensions, &r.tenant_id)?)
         };
-        let expires_at_ms = r.expires_at.map(|t| t.seconds.saturating_mul(1_000).saturating_add(i64::from(t.nanos / 1_000_000)));
+        let mut expires_at_ms = r.expires_at.map(|t| t.seconds.saturating_mul(1_000).saturating_add(i64::from(t.nanos / 1_000_000)));
+        if principal.scope != Scope::Platform {
+            if !grantable_by_operator(roles) {
+                return Err(Status::permission_denied(
+                    "an operator key may create pos, storefront, staff and auditor keys of its tenant; operator keys come from the platform",
+                ));
+            }
+            // A key lives no longer than the key that made it.
+            if let Some(limit) = self.keys.ring().get(&principal.key_id).and_then(|k| k.expires_at_ms) {
+                expires_at_ms = Some(expires_at_ms.map_or(limit, |at| at.min(limit)));
+            }
+        }
         let spec = NewKey { scope, roles, label: r.label, expires_at_ms };
         let created = create(&self.keys, spec, &principal.key_id, &meta).await.map_err(|e| from_keys_error(&e))?;
         Ok(Response::new(created))
@@ -143,6 +176,7 @@ impl KeysService for KeysApi {
         let (metadata, extensions, r) = request.into_parts();
         let principal = access::principal(&extensions)?;
         let meta = command_meta(&metadata, &extensions)?;
+        refuse_when_open(principal)?;
         let not_found = || Status::not_found(format!("no key with id {:?}", r.key_id));
         if !self.keys.ring().get(&r.key_id).is_some_and(|k| manages(principal, k)) {
             return Err(not_found());
@@ -198,27 +232,26 @@ pub async fn bootstrap(keys: &KeyBook, path: &Path) -> Result<Option<String>, Bo
         expires_at_ms: None,
         created_by: "bootstrap".into(),
     };
-    // Written before the key exists: a key whose token was lost would be a key nobody can use.
-    write_secret_file(path, &token(&key_id, &secret))?;
+    // The token is on disk (a file of this start's own) before the key exists, so a crash in between
+    // leaves it findable; it becomes `path` only once this node's key is the log's first.
+    let pending = path.with_file_name(format!("{PLATFORM_KEY_FILE}.{key_id}.tmp"));
+    write_secret_file(&pending, &token(&key_id, &secret))?;
     if !keys.create_first(&command, &CommandMeta::default()).await? {
-        // Another node sharing the log made the first key meanwhile.
-        std::fs::remove_file(path)?;
+        // Another node sharing the log made the first key meanwhile: its file, if any, is left alone.
+        std::fs::remove_file(&pending)?;
         return Ok(None);
+    }
+    std::fs::rename(&pending, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
     }
     Ok(Some(key_id))
 }
 
-/// Writes `contents` to `path`, readable by its owner only, replacing it atomically.
+/// Writes `contents` to a new file at `path`, readable by its owner only.
 fn write_secret_file(path: &Path, contents: &str) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
-    let temporary = path.with_extension("key.tmp");
-    let _ = std::fs::remove_file(&temporary);
-    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&temporary)?;
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
     file.write_all(format!("{contents}\n").as_bytes())?;
-    file.sync_all()?;
-    std::fs::rename(&temporary, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
+    file.sync_all()
 }

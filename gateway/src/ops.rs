@@ -13,7 +13,7 @@ use crate::cli::Target;
 use crate::client::ClientError;
 
 async fn connect(target: &Target) -> Result<ProjectionsServiceClient<Authed>, ClientError> {
-    credentials::connect(&target.server, target.key.bearer()?)
+    credentials::connect(&target.server, target.key.bearer_for(&target.server)?)
         .await
         .map(ProjectionsServiceClient::new)
         .map_err(|source| ClientError::Connect { server: target.server.clone(), source })

@@ -163,8 +163,27 @@ async fn a_tenant_key_acts_for_its_tenant_only_and_operators_manage_their_own_ke
     assert_eq!(acme_keys.create_key(escalate).await.unwrap_err().code(), Code::PermissionDenied);
     let foreign = CreateKeyRequest { tenant_id: "globex".into(), roles: vec![Role::Pos as i32], ..Default::default() };
     assert_eq!(acme_keys.create_key(foreign).await.unwrap_err().code(), Code::PermissionDenied);
+    // Operator keys come from the platform: a stolen one can neither copy itself nor lock others out.
+    let copy = CreateKeyRequest { roles: vec![Role::Operator as i32], ..Default::default() };
+    assert_eq!(acme_keys.create_key(copy).await.unwrap_err().code(), Code::PermissionDenied);
+    let operator_id = operator.split('_').nth(1).unwrap().to_owned();
+    let lock_out = RevokeKeyRequest { key_id: operator_id, reason: "takeover".into() };
+    assert_eq!(acme_keys.revoke_key(lock_out).await.unwrap_err().code(), Code::NotFound);
+    // A key made by an expiring key expires with it at the latest.
+    let short = create_key(&mut keys, "acme", &[Role::Operator], Some(Duration::from_secs(3_600))).await;
+    let mut short_keys = KeysServiceClient::new(server.channel_with(Key::new(&short)).await);
+    let child = short_keys
+        .create_key(CreateKeyRequest { roles: vec![Role::Pos as i32], ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .key
+        .unwrap();
+    let parent_expiry = keys.list_keys(ListKeysRequest::default()).await.unwrap().into_inner().keys;
+    let parent_expiry = parent_expiry.iter().find(|k| short.contains(&k.key_id)).unwrap().expires_at;
+    assert_eq!(child.expires_at, parent_expiry, "the child of an expiring key expires with it");
     let listed_by_platform = keys.list_keys(ListKeysRequest::default()).await.unwrap().into_inner().keys;
-    assert_eq!(listed_by_platform.len(), 4, "every key, the platform's own included");
+    assert_eq!(listed_by_platform.len(), 6, "every key, the platform's own included");
 
     // Revoked on this node: refused at once.
     let cashier_id = cashier.split('_').nth(1).unwrap().to_owned();
@@ -364,4 +383,19 @@ async fn the_cli_manages_keys_through_the_server_and_on_the_log() {
     assert_eq!(with_fresh.get_wallet(read.clone()).await.unwrap_err().code(), Code::NotFound);
     let mut with_lost = WalletServiceClient::new(server.channel_with(Key::new(&lost)).await);
     assert_eq!(with_lost.get_wallet(read).await.unwrap_err().code(), Code::Unauthenticated);
+}
+
+/// A server run without keys serves every caller as the platform, but makes and revokes no keys: one made
+/// there would outlive the experiment.
+#[tokio::test]
+async fn a_server_without_keys_makes_no_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TallyServer::start(dir.path(), &["--insecure-no-auth"]);
+    assert!(!dir.path().join("platform.key").exists(), "no key is made for a server that checks none");
+    let mut anyone = WalletServiceClient::new(server.raw_channel().await);
+    let enroll = EnrollRequest { tenant_id: "demo".into(), wallet_id: "c-1".into(), idempotency_key: "e".into(), ..Default::default() };
+    anyone.enroll(enroll).await.unwrap();
+    let mut keys = KeysServiceClient::new(server.raw_channel().await);
+    let request = CreateKeyRequest { roles: vec![Role::Platform as i32], ..Default::default() };
+    assert_eq!(keys.create_key(request).await.unwrap_err().code(), Code::FailedPrecondition);
 }

@@ -4,14 +4,16 @@
 //! Every node follows the stream (`spawn_refresher`, every `KEYS_REFRESH_MS`), so a key created or revoked
 //! on one node works, or stops working, on all of them within that bound; a node's own key commands are
 //! applied at once. A key event that cannot be read stops all authentication on this node (fail closed:
-//! skipping it could let a revoked key in) until the log is repaired.
+//! skipping it could let a revoked key in) until the log is repaired; so do keys not refreshed for
+//! `KEYS_STALE_AFTER_REFRESHES` intervals (a node cut off from the log cannot learn of revocations).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::clock::Clock;
 use crate::codec::{self, CodecError};
 use crate::domain::access::{AuthFailure, KeyChange, KeyCommand, KeyEventError, KeyRejection, KeyRing, Principal, apply_key, decide_keys};
+use crate::limits::KEYS_STALE_AFTER_REFRESHES;
 use crate::store::{EventMetadata, EventStore, ExpectedVersion, StoreError};
 
 /// Key events read per store call.
@@ -41,11 +43,21 @@ pub enum Unauthenticated {
     KeysUnavailable(String),
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Ring {
     ring: Arc<KeyRing>,
     /// Why the keys cannot be trusted, if a stored key event could not be read.
     damaged: Option<String>,
+    /// When the keys were last known to be the log's.
+    refreshed: Instant,
+    /// How old they may be before nobody is let in (set by `spawn_refresher`; none without one).
+    stale_after: Option<Duration>,
+}
+
+impl Default for Ring {
+    fn default() -> Self {
+        Self { ring: Arc::default(), damaged: None, refreshed: Instant::now(), stale_after: None }
+    }
 }
 
 /// The log's keys, kept up to date.
@@ -83,6 +95,11 @@ impl KeyBook {
         }
     }
 
+    /// Whether the log has key events this node has not applied (a read, no copy of the keys).
+    async fn behind(&self, version: u64) -> Result<bool, KeysError> {
+        Ok(self.store.stream_version(&codec::keys_stream()).await? > version)
+    }
+
     /// Reads what other nodes appended since. On damage, nobody is let in until a refresh succeeds.
     pub async fn refresh(&self) -> Result<(), KeysError> {
         let _writer = self.writer.lock().await;
@@ -90,12 +107,21 @@ impl KeyBook {
     }
 
     async fn refresh_locked(&self) -> Result<(), KeysError> {
-        let current = KeyRing::clone(&self.ring.read().ring);
-        match self.caught_up(current).await {
+        let started = Instant::now();
+        let current = self.ring();
+        let result = match self.behind(current.version).await {
+            Ok(false) => Ok(None),
+            Ok(true) => self.caught_up(KeyRing::clone(&current)).await.map(Some),
+            Err(error) => Err(error),
+        };
+        match result {
             Ok(ring) => {
                 let mut slot = self.ring.write();
-                slot.ring = Arc::new(ring);
+                if let Some(ring) = ring {
+                    slot.ring = Arc::new(ring);
+                }
                 slot.damaged = None;
+                slot.refreshed = started;
                 Ok(())
             }
             Err(error @ (KeysError::Codec(_) | KeysError::Damaged(_))) => {
@@ -107,15 +133,25 @@ impl KeyBook {
     }
 
     /// Refreshes every `every` until the returned task is aborted.
+    /// From then on, keys not refreshed for `KEYS_STALE_AFTER_REFRESHES` × `every` let nobody in.
     pub fn spawn_refresher(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
         let book = Arc::clone(self);
+        let stale_after = every * KEYS_STALE_AFTER_REFRESHES;
+        {
+            let mut slot = self.ring.write();
+            slot.stale_after = Some(stale_after);
+            slot.refreshed = Instant::now();
+        }
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                if let Err(error) = book.refresh().await {
-                    tracing::error!(%error, "cannot refresh the log's keys");
+                // A read that hangs must not keep the keys' age from showing.
+                match tokio::time::timeout(stale_after, book.refresh()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => tracing::error!(%error, "cannot refresh the log's keys"),
+                    Err(_) => tracing::error!(?stale_after, "refreshing the log's keys timed out"),
                 }
             }
         })
@@ -126,6 +162,12 @@ impl KeyBook {
         let slot = self.ring.read();
         if let Some(reason) = &slot.damaged {
             return Err(Unauthenticated::KeysUnavailable(reason.clone()));
+        }
+        if let Some(stale_after) = slot.stale_after.filter(|limit| slot.refreshed.elapsed() > *limit) {
+            return Err(Unauthenticated::KeysUnavailable(format!(
+                "the keys were last read from the log {:?} ago (more than {stale_after:?}): revocations may be missing",
+                slot.refreshed.elapsed()
+            )));
         }
         Ok(slot.ring.authenticate(token, self.clock.now_ms())?)
     }
@@ -191,5 +233,86 @@ impl KeyBook {
                 Err(error) => return Err(error.into()),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+    use crate::clock::SystemClock;
+    use crate::domain::access::{AuthFailure, Role, Scope, secret_sha256, token};
+    use crate::store::{AppendOutcome, InMemoryStore, RecordedEvent, StreamId};
+
+    /// The in-memory log, whose reads can be cut off.
+    #[derive(Debug, Default)]
+    struct CutOff {
+        log: InMemoryStore,
+        cut: AtomicBool,
+    }
+
+    #[async_trait::async_trait]
+    impl EventStore for CutOff {
+        async fn append(
+            &self,
+            stream: &StreamId,
+            expected: ExpectedVersion,
+            events: Vec<crate::store::EventData>,
+        ) -> Result<AppendOutcome, StoreError> {
+            self.log.append(stream, expected, events).await
+        }
+
+        async fn read_stream(&self, stream: &StreamId, from_version: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+            if self.cut.load(Ordering::SeqCst) {
+                return Err(StoreError::Unavailable { reason: "cut off".into() });
+            }
+            self.log.read_stream(stream, from_version, limit).await
+        }
+
+        async fn read_all(&self, from_position: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+            self.log.read_all(from_position, limit).await
+        }
+
+        async fn stream_version(&self, stream: &StreamId) -> Result<u64, StoreError> {
+            if self.cut.load(Ordering::SeqCst) {
+                return Err(StoreError::Unavailable { reason: "cut off".into() });
+            }
+            self.log.stream_version(stream).await
+        }
+
+        fn head(&self) -> tokio::sync::watch::Receiver<u64> {
+            self.log.head()
+        }
+    }
+
+    const SECRET: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+
+    #[tokio::test]
+    async fn keys_not_refreshed_for_a_while_let_nobody_in_until_they_are() {
+        let store = Arc::new(CutOff::default());
+        let book = KeyBook::open(store.clone(), Arc::new(SystemClock)).await.unwrap();
+        let create = KeyCommand::Create {
+            key_id: "0123456789abcdef".into(),
+            secret_sha256: secret_sha256(SECRET),
+            scope: Scope::Platform,
+            roles: [Role::Platform].into_iter().collect(),
+            label: String::new(),
+            expires_at_ms: None,
+            created_by: "test".into(),
+        };
+        book.execute(&create, &EventMetadata::default()).await.unwrap();
+        let every = Duration::from_millis(20);
+        let refresher = book.spawn_refresher(every);
+        let key = token("0123456789abcdef", SECRET);
+        assert!(book.authenticate(&key).is_ok());
+        store.cut.store(true, Ordering::SeqCst);
+        tokio::time::sleep(every * (KEYS_STALE_AFTER_REFRESHES + 3)).await;
+        assert!(matches!(book.authenticate(&key), Err(Unauthenticated::KeysUnavailable(_))), "a node cut off from the log lets nobody in");
+        store.cut.store(false, Ordering::SeqCst);
+        tokio::time::sleep(every * 3).await;
+        assert!(book.authenticate(&key).is_ok(), "and lets keys in again once it reads the log");
+        assert_eq!(book.authenticate("tally_x"), Err(Unauthenticated::Refused(AuthFailure::Malformed)));
+        refresher.abort();
     }
 }

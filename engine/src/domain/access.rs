@@ -15,7 +15,7 @@ use subtle::ConstantTimeEq;
 use tally_proto::v1::{KeyCreated, KeyRevoked};
 
 use super::ids::{FieldError, TenantId};
-use crate::limits::{KEY_LABEL_BYTES_MAX, KEYS_ACTIVE_PER_SCOPE_MAX};
+use crate::limits::{KEY_LABEL_BYTES_MAX, KEYS_ACTIVE_PER_SCOPE_MAX, KEYS_PER_SCOPE_MAX};
 
 /// The log's stream of key events (no tenant id can contain `$`).
 pub const KEYS_STREAM: &str = "$keys";
@@ -231,7 +231,7 @@ pub enum KeyRejection {
     DuplicateId(String),
     #[error("no key with id {0}")]
     NotFound(String),
-    #[error("{scope} has {KEYS_ACTIVE_PER_SCOPE_MAX} active keys already; revoke some first")]
+    #[error("{scope} has {KEYS_ACTIVE_PER_SCOPE_MAX} active keys (or {KEYS_PER_SCOPE_MAX} in all) already")]
     TooManyKeys { scope: String },
 }
 
@@ -281,8 +281,9 @@ impl KeyRing {
         Ok(Principal { key_id: key.key_id.clone(), scope: key.scope.clone(), roles: key.roles })
     }
 
-    fn active_in(&self, scope: &Scope, now_ms: i64) -> usize {
-        self.keys.values().filter(|k| &k.scope == scope && k.active(now_ms)).count()
+    /// Keys of `scope`: (active at `now_ms`, all).
+    fn count_in(&self, scope: &Scope, now_ms: i64) -> (usize, usize) {
+        self.keys.values().filter(|k| &k.scope == scope).fold((0, 0), |(active, all), k| (active + usize::from(k.active(now_ms)), all + 1))
     }
 }
 
@@ -302,6 +303,19 @@ pub fn token(key_id: &str, secret: &str) -> String {
 /// The stored hash of a secret.
 pub fn secret_sha256(secret: &str) -> [u8; 32] {
     Sha256::digest(secret.as_bytes()).into()
+}
+
+/// The platform role alone without a tenant; the other roles with one.
+fn roles_fit(scope: &Scope, roles: Roles) -> Result<(), FieldError> {
+    match scope {
+        Scope::Platform if roles != [Role::Platform].into_iter().collect() => {
+            Err(FieldError::new("roles", "a key without a tenant holds the platform role alone"))
+        }
+        Scope::Tenant(_) if roles.contains(Role::Platform) => {
+            Err(FieldError::new("roles", "the platform role is for keys without a tenant"))
+        }
+        _ => Ok(()),
+    }
 }
 
 fn check_text(field: &'static str, value: &str) -> Result<(), FieldError> {
@@ -324,15 +338,7 @@ pub fn decide_keys(ring: &KeyRing, command: &KeyCommand, now_ms: i64) -> Result<
             if roles.is_empty() {
                 return Err(FieldError::new("roles", "at least one role is required").into());
             }
-            match scope {
-                Scope::Platform if *roles != [Role::Platform].into_iter().collect() => {
-                    return Err(FieldError::new("roles", "a key without a tenant holds the platform role alone").into());
-                }
-                Scope::Tenant(_) if roles.contains(Role::Platform) => {
-                    return Err(FieldError::new("roles", "the platform role is for keys without a tenant").into());
-                }
-                _ => {}
-            }
+            roles_fit(scope, *roles)?;
             check_text("label", label)?;
             check_text("created_by", created_by)?;
             if expires_at_ms.is_some_and(|at| at <= now_ms) {
@@ -341,7 +347,8 @@ pub fn decide_keys(ring: &KeyRing, command: &KeyCommand, now_ms: i64) -> Result<
             if ring.keys.contains_key(key_id) {
                 return Err(KeyRejection::DuplicateId(key_id.clone()));
             }
-            if ring.active_in(scope, now_ms) >= KEYS_ACTIVE_PER_SCOPE_MAX {
+            let (active, all) = ring.count_in(scope, now_ms);
+            if active >= KEYS_ACTIVE_PER_SCOPE_MAX || all >= KEYS_PER_SCOPE_MAX {
                 let scope = match scope {
                     Scope::Platform => "the platform".to_owned(),
                     Scope::Tenant(t) => format!("tenant {t}"),
@@ -386,6 +393,12 @@ pub fn apply_key(ring: &mut KeyRing, change: &KeyChange, recorded_at_ms: i64) ->
                 "" => Scope::Platform,
                 tenant => Scope::Tenant(TenantId::parse(tenant).map_err(|e| error(e.to_string()))?),
             };
+            // What decide refuses is refused here too: a key written into the log by other means gets
+            // no more than one made through the API could have.
+            if roles.is_empty() {
+                return Err(error("no roles".into()));
+            }
+            roles_fit(&scope, roles).map_err(|e| error(e.to_string()))?;
             let record = KeyRecord {
                 key_id: c.key_id.clone(),
                 secret_sha256,
@@ -526,6 +539,10 @@ mod tests {
         assert!(apply_key(&mut ring, &KeyChange::Created(created.clone()), NOW).is_err(), "a short hash");
         created.secret_sha256 = vec![0; 32];
         created.roles = vec!["cashier".into()];
-        assert!(apply_key(&mut ring, &KeyChange::Created(created), NOW).is_err(), "an unknown role");
+        assert!(apply_key(&mut ring, &KeyChange::Created(created.clone()), NOW).is_err(), "an unknown role");
+        created.roles = vec!["platform".into()];
+        assert!(apply_key(&mut ring, &KeyChange::Created(created.clone()), NOW).is_err(), "a tenant key with the platform role");
+        created.roles = vec![];
+        assert!(apply_key(&mut ring, &KeyChange::Created(created), NOW).is_err(), "a key without roles");
     }
 }
