@@ -1,13 +1,15 @@
 //! Issue 16 item 7: request rates and quotas against the real `tally` process. A key or tenant over its
 //! rate gets RESOURCE_EXHAUSTED with `retry-after` and recovers after waiting; one tenant being throttled
-//! throttles no other; and calls without a valid key cost the server nothing that grows — its memory
-//! stays flat and the log is neither read nor written for them.
+//! throttles no other; a tenant publishes at most 100 rules versions a rolling day; and calls without a
+//! valid key cost the server nothing that grows — its memory stays flat and the log is neither read nor
+//! written for them.
 
 use std::time::{Duration, Instant};
 
+use tally_proto::v1::admin_service_client::AdminServiceClient;
 use tally_proto::v1::keys_service_client::KeysServiceClient;
 use tally_proto::v1::wallet_service_client::WalletServiceClient;
-use tally_proto::v1::{CreateKeyRequest, EnrollRequest, GetWalletRequest, Role};
+use tally_proto::v1::{CreateKeyRequest, EnrollRequest, GetWalletRequest, PublishRulesRequest, Role};
 use tally_tests::{Authed, Key, TallyServer, TestDatabase};
 use tonic::Code;
 use tonic_types::StatusExt;
@@ -107,6 +109,30 @@ async fn a_tenant_over_its_rate_refuses_all_its_keys_and_no_other_tenant() {
 
     tokio::time::sleep(exact).await;
     second.get_wallet(read("acme", "c-1")).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_tenant_publishes_at_most_a_hundred_rules_versions_a_day() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TallyServer::start(dir.path(), &["--tenant", "acme,globex"]);
+    let mut admin = AdminServiceClient::new(server.channel().await);
+    let publish = |tenant: &str, key: String| PublishRulesRequest {
+        tenant_id: tenant.into(),
+        idempotency_key: key,
+        rules_json: r#"[{"id":"base","actions":[{"type":"points","amount":1}]}]"#.into(),
+        published_by: "ops".into(),
+    };
+    for n in 0..100 {
+        admin.publish_rules(publish("acme", format!("v{n}"))).await.unwrap();
+    }
+    let refused = admin.publish_rules(publish("acme", "v100".into())).await.unwrap_err();
+    assert!(refused.message().contains("100 rules versions were published in the last 24 hours"), "{refused:?}");
+    let (seconds, exact) = retry_after(&refused);
+    assert!(exact > Duration::from_secs(86_000) && exact <= Duration::from_secs(86_400), "a day after the first: {exact:?}");
+    assert_eq!(seconds, exact.as_secs() + u64::from(exact.subsec_nanos() > 0));
+    // A retry of a version already published is still answered; another tenant is not counted.
+    assert_eq!(admin.publish_rules(publish("acme", "v99".into())).await.unwrap().into_inner().rules_version, 100);
+    assert_eq!(admin.publish_rules(publish("globex", "v0".into())).await.unwrap().into_inner().rules_version, 1);
 }
 
 /// Resident memory of process `pid`, in KiB.
