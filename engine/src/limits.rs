@@ -77,6 +77,13 @@ pub const ORDER_CLOCK_SKEW_MAX_MS: i64 = 5 * 60_000;
 /// can still fall in): a day cap needs today plus the seven days an order may be backdated.
 pub const RULE_USAGE_PERIODS_MAX: usize = 8;
 
+/// Most rules versions a program may publish within `RULES_VERSIONS_WINDOW_MS` (a rolling day): far
+/// more than any release process needs, few enough that a runaway script cannot bloat the program's
+/// stream, which every node reads and every wallet's settings carry.
+pub const RULES_VERSIONS_PER_WINDOW_MAX: usize = 100;
+/// The window `RULES_VERSIONS_PER_WINDOW_MAX` counts over, in milliseconds of recorded time.
+pub const RULES_VERSIONS_WINDOW_MS: i64 = 86_400_000;
+
 /// How old a node's cached program settings may get before wallets re-read them from the log, in
 /// milliseconds: what another node sharing the log publishes takes effect here within this time.
 pub const PROGRAM_SETTINGS_REFRESH_MS: u64 = 1_000;

@@ -261,3 +261,35 @@ async fn wallets_earn_by_the_rules_their_program_publishes() {
     registry.shutdown().await;
     other_registry.shutdown().await;
 }
+
+#[test]
+fn at_most_a_hundred_rules_versions_a_day_counted_on_recorded_times() {
+    use tally_engine::limits::{RULES_VERSIONS_PER_WINDOW_MAX, RULES_VERSIONS_WINDOW_MS};
+    let mut program = ProgramState::default();
+    run(&mut program, &create("c"), MARCH_1).unwrap();
+    // One version a minute, from MARCH_1 on.
+    let minute = 60_000;
+    for n in 0..RULES_VERSIONS_PER_WINDOW_MAX {
+        let at = MARCH_1 + i64::try_from(n).unwrap() * minute;
+        run(&mut program, &publish(&format!("v{n}"), 1), at).unwrap();
+    }
+    let later = MARCH_1 + 20 * 60 * minute;
+    let refused = run(&mut program, &publish("one-more", 1), later).unwrap_err();
+    // Room again when the first version leaves the rolling day.
+    let retry_after_ms = MARCH_1 + RULES_VERSIONS_WINDOW_MS - later;
+    assert_eq!(refused, ProgramRejection::TooManyRulesVersions { max: 100, window_ms: RULES_VERSIONS_WINDOW_MS, retry_after_ms },);
+    assert_eq!(
+        refused.to_string(),
+        "100 rules versions were published in the last 24 hours, the most allowed; the next may be published in 14400 s"
+    );
+    assert!(run(&mut program, &publish("v0", 1), later).unwrap().is_empty(), "a retry of an accepted publish is still answered");
+    assert!(run(&mut program, &publish("one-more", 1), later + retry_after_ms - 1).is_err());
+    run(&mut program, &publish("one-more", 1), later + retry_after_ms).unwrap();
+    assert!(run(&mut program, &publish("and-another", 1), later + retry_after_ms).is_err(), "the second left a minute later");
+    run(&mut program, &publish("and-another", 1), later + retry_after_ms + minute).unwrap();
+    // Other program commands are not counted.
+    let pending =
+        ProgramCommand { idempotency_key: "p".into(), body: ProgramCommandBody::SetPendingPeriod { days: 3, set_by: "ops".into() } };
+    run(&mut program, &pending, later + retry_after_ms + minute).unwrap();
+    assert_eq!(program.rule_versions.len(), RULES_VERSIONS_PER_WINDOW_MAX + 2);
+}

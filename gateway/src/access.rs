@@ -21,6 +21,7 @@ use tonic::Status;
 use tonic::body::Body;
 use tonic::codegen::{Service, http};
 
+use crate::quota::Quotas;
 use crate::status;
 
 use Role::{Auditor, Operator, Platform, Pos, Staff, Storefront};
@@ -93,11 +94,13 @@ fn anyone() -> Principal {
 #[derive(Debug, Clone)]
 pub struct AuthLayer {
     access: Access,
+    quotas: Arc<Quotas>,
 }
 
 impl AuthLayer {
-    pub fn new(access: Access) -> Self {
-        Self { access }
+    /// Authenticates by `access`, then holds each admitted principal to its rates in `quotas`.
+    pub fn new(access: Access, quotas: Arc<Quotas>) -> Self {
+        Self { access, quotas }
     }
 }
 
@@ -105,7 +108,7 @@ impl<S> tower_layer::Layer<S> for AuthLayer {
     type Service = Authenticated<S>;
 
     fn layer(&self, inner: S) -> Authenticated<S> {
-        Authenticated { inner, access: self.access.clone() }
+        Authenticated { inner, access: self.access.clone(), quotas: Arc::clone(&self.quotas) }
     }
 }
 
@@ -113,6 +116,7 @@ impl<S> tower_layer::Layer<S> for AuthLayer {
 pub struct Authenticated<S> {
     inner: S,
     access: Access,
+    quotas: Arc<Quotas>,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -178,7 +182,7 @@ where
         let rpc = request.uri().path().trim_start_matches('/');
         let service = rpc.split_once('/').map_or(rpc, |(service, _)| service);
         if !OPEN_SERVICES.contains(&service) {
-            match self.admit(rpc, &request) {
+            match self.admit(rpc, &request).and_then(|principal| self.quotas.admit(&principal).map(|()| principal)) {
                 Ok(principal) => {
                     request.extensions_mut().insert(principal);
                 }

@@ -40,6 +40,11 @@ fn from_program_error(error: &ProgramError) -> Status {
             ProgramRejection::AlreadyCreated | ProgramRejection::IdempotencyKeyReused { .. } => {
                 Status::already_exists(rejection.to_string())
             }
+            ProgramRejection::TooManyRulesVersions { retry_after_ms, .. } => status::quota_exhausted(
+                rejection.to_string(),
+                "rules versions",
+                std::time::Duration::from_millis(retry_after_ms.unsigned_abs()),
+            ),
         },
         ProgramError::Store(store) => status::from_store_error(store),
         ProgramError::Order(rejection) => status::from_rejection(rejection),

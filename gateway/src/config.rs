@@ -14,6 +14,9 @@ use tally_engine::actors::RegistryConfig;
 use tally_engine::domain::{ProgramSettings, ReturnPolicy, TenantId};
 use tally_snapshots::SnapshotPolicy;
 
+use crate::limits::{KEY_REQUESTS_BURST_DEFAULT, KEY_REQUESTS_PER_S_DEFAULT, TENANT_REQUESTS_BURST_DEFAULT, TENANT_REQUESTS_PER_S_DEFAULT};
+use crate::quota::{RateLimit, RateLimits};
+
 pub const DATA_DIR_DEFAULT: &str = "./data";
 pub const LISTEN_DEFAULT: &str = "127.0.0.1:50051";
 pub const TENANT_DEFAULT: &str = "demo";
@@ -199,6 +202,20 @@ serve_options! {
         /// behind a proxy or mesh that terminates TLS.
         #[arg(long, env = "TALLY_INSECURE_PLAINTEXT", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
         pub insecure_plaintext: Option<bool>,
+        /// Requests per second each tenant API key may make, as RATE or RATE:BURST (BURST: calls at once
+        /// after a quiet spell; one second's worth unless given), or off. Beyond it: RESOURCE_EXHAUSTED
+        /// with retry-after. Counted per node.
+        #[arg(long, env = "TALLY_RATE_PER_KEY", value_name = "RATE[:BURST]",
+              default_value = text!(RateLimit::limited(KEY_REQUESTS_PER_S_DEFAULT, KEY_REQUESTS_BURST_DEFAULT)))]
+        pub rate_per_key: Option<RateLimit>,
+        /// Requests per second all keys of one tenant may make together, as RATE, RATE:BURST or off.
+        #[arg(long, env = "TALLY_RATE_PER_TENANT", value_name = "RATE[:BURST]",
+              default_value = text!(RateLimit::limited(TENANT_REQUESTS_PER_S_DEFAULT, TENANT_REQUESTS_BURST_DEFAULT)))]
+        pub rate_per_tenant: Option<RateLimit>,
+        /// Requests per second each platform key may make, as RATE, RATE:BURST or off; platform keys
+        /// count against no tenant's rate.
+        #[arg(long, env = "TALLY_RATE_PER_PLATFORM_KEY", value_name = "RATE[:BURST]", default_value = "off")]
+        pub rate_per_platform_key: Option<RateLimit>,
     }
 }
 
@@ -320,6 +337,8 @@ pub struct ServeSettings {
     pub insecure_no_auth: bool,
     /// TLS, if served.
     pub tls: Option<TlsFiles>,
+    /// Request rates per key and per tenant.
+    pub rates: RateLimits,
 }
 
 /// The files TLS is served with.
@@ -413,6 +432,11 @@ impl ServeSettings {
             accept_clock_jump: set.accept_clock_jump.unwrap_or(false),
             insecure_no_auth,
             tls,
+            rates: RateLimits {
+                per_key: set.rate_per_key.expect(DEFAULTED).rate(),
+                per_tenant: set.rate_per_tenant.expect(DEFAULTED).rate(),
+                per_platform_key: set.rate_per_platform_key.expect(DEFAULTED).rate(),
+            },
             registry: RegistryConfig {
                 active_wallets_max: set.active_wallets_max.expect(DEFAULTED),
                 idle_ms: set.wallet_idle_secs.expect(DEFAULTED).saturating_mul(1000),
@@ -518,6 +542,28 @@ mod tests {
         assert_eq!(s.snapshots.map(|p| (p.every_events, p.keep_last)), Some((policy.every_events, policy.keep_last)));
         assert!(s.local_read_model, "the embedded log keeps its local read model by default");
         assert_eq!((s.reporting_db, s.metrics_listen), (None, None));
+        assert_eq!(
+            s.rates,
+            RateLimits {
+                per_key: RateLimit::limited(KEY_REQUESTS_PER_S_DEFAULT, KEY_REQUESTS_BURST_DEFAULT).rate(),
+                per_tenant: RateLimit::limited(TENANT_REQUESTS_PER_S_DEFAULT, TENANT_REQUESTS_BURST_DEFAULT).rate(),
+                per_platform_key: None,
+            }
+        );
+    }
+
+    #[test]
+    fn rates_are_numbers_or_strings_in_the_file_and_a_bad_one_is_named() {
+        let (args, _) = with_file("rate_per_key = 50\nrate_per_tenant = \"200:400\"\nrate_per_platform_key = \"off\"\n", &[]);
+        let rates = ServeSettings::resolve(&args).unwrap().rates;
+        assert_eq!(rates.per_key, RateLimit::limited(50, 50).rate());
+        assert_eq!(rates.per_tenant, RateLimit::limited(200, 400).rate());
+        assert_eq!(rates.per_platform_key, None);
+        let (args, _) = with_file("rate_per_key = \"fast\"\n", &[]);
+        let err = ServeSettings::resolve(&args).unwrap_err().to_string();
+        assert!(err.contains("invalid rate \"fast\"") && err.contains("rate_per_key"), "{err}");
+        let err = crate::cli::Cli::try_parse_from(["tally", "serve", "--rate-per-tenant", "0"]).unwrap_err().to_string();
+        assert!(err.contains("--rate-per-tenant") && err.contains("RATE:BURST"), "{err}");
     }
 
     #[test]
@@ -657,6 +703,9 @@ mod tests {
             ("tls_key", "--tls-key", "TALLY_TLS_KEY"),
             ("tls_client_ca", "--tls-client-ca", "TALLY_TLS_CLIENT_CA"),
             ("insecure_plaintext", "--insecure-plaintext", "TALLY_INSECURE_PLAINTEXT"),
+            ("rate_per_key", "--rate-per-key", "TALLY_RATE_PER_KEY"),
+            ("rate_per_tenant", "--rate-per-tenant", "TALLY_RATE_PER_TENANT"),
+            ("rate_per_platform_key", "--rate-per-platform-key", "TALLY_RATE_PER_PLATFORM_KEY"),
         ];
         assert_eq!(ServeOptions::NAMES, spellings.map(|(key, _, _)| key));
         let mut cli = <crate::cli::Cli as clap::CommandFactory>::command();

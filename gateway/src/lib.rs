@@ -19,6 +19,7 @@ pub mod keys;
 pub mod limits;
 pub mod ops;
 pub mod orders;
+pub mod quota;
 pub mod redact;
 pub mod reporting;
 pub mod server;

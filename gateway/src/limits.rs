@@ -47,3 +47,16 @@ pub const TRACESTATE_BYTES_MAX: usize = 512;
 /// inside `ADMIN_MESSAGE_BYTES_MAX`.
 pub const RULE_VERSIONS_PAGE_BYTES_MAX: usize = 448 * 1024;
 const _: () = assert!(RULE_VERSIONS_PAGE_BYTES_MAX + 64 * 1024 <= ADMIN_MESSAGE_BYTES_MAX);
+
+/// Requests per second a tenant's API key may make by default, and how many it may make at once after
+/// a quiet spell (the burst): a till sends a few calls per sale, a storefront's backend shares one key
+/// across its traffic, so both fit well inside it. `--rate-per-key`.
+pub const KEY_REQUESTS_PER_S_DEFAULT: u32 = 1_000;
+pub const KEY_REQUESTS_BURST_DEFAULT: u32 = 2_000;
+/// Requests per second all of one tenant's keys together may make by default, and their burst: a fleet
+/// of 10,000 tills at a busy hour sends a few hundred a second. `--rate-per-tenant`.
+pub const TENANT_REQUESTS_PER_S_DEFAULT: u32 = 5_000;
+pub const TENANT_REQUESTS_BURST_DEFAULT: u32 = 10_000;
+/// How often the rate limiters forget keys and tenants whose buckets are full again (idle), in
+/// milliseconds: between two sweeps they hold at most the keys that called since the last one.
+pub const RATE_LIMITER_SWEEP_MS: u64 = 60_000;

@@ -282,7 +282,7 @@ async fn serve(settings: ServeSettings) -> Result<(), Box<dyn std::error::Error>
         }
     };
     let engine = Engine { registry: registry.clone(), store, programs: program_book, keys };
-    tally_gateway::server::run(listener, engine, read.clone(), access, tls, shutdown).await?;
+    tally_gateway::server::run(listener, engine, read.clone(), access, settings.rates, tls, shutdown).await?;
     keys_refresher.abort();
     timers.stop();
     registry.shutdown().await;

@@ -20,9 +20,10 @@ use crate::admin::AdminApi;
 use crate::admission::{Admitted, DeadlineLayer};
 use crate::keys::KeysApi;
 use crate::limits::{
-    ADMIN_MESSAGE_BYTES_MAX, ADMIN_REQUESTS_IN_FLIGHT_MAX, MESSAGE_BYTES_MAX, REPLY_BYTES_MAX, REPORTING_REQUESTS_IN_FLIGHT_MAX,
-    RESPONSE_FLUSH_MS, SHUTDOWN_GRACE_MS, STREAMS_PER_CONNECTION_MAX,
+    ADMIN_MESSAGE_BYTES_MAX, ADMIN_REQUESTS_IN_FLIGHT_MAX, MESSAGE_BYTES_MAX, RATE_LIMITER_SWEEP_MS, REPLY_BYTES_MAX,
+    REPORTING_REQUESTS_IN_FLIGHT_MAX, RESPONSE_FLUSH_MS, SHUTDOWN_GRACE_MS, STREAMS_PER_CONNECTION_MAX,
 };
+use crate::quota::{Quotas, RateLimits};
 use crate::reporting::{ProjectionsApi, ReadSide, ReportingApi};
 use crate::service::{Engine, Gate, WalletApi};
 
@@ -41,6 +42,7 @@ pub async fn run(
     engine: Engine,
     read: ReadSide,
     access: Access,
+    rates: RateLimits,
     tls: Option<ServerTlsConfig>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
@@ -75,6 +77,8 @@ pub async fn run(
     let wallets = WalletServiceServer::new(WalletApi::new(engine, Arc::clone(&gate)))
         .max_decoding_message_size(MESSAGE_BYTES_MAX)
         .max_encoding_message_size(REPLY_BYTES_MAX);
+    let quotas = Arc::new(Quotas::new(rates));
+    let sweeper = spawn_sweeper(Arc::clone(&quotas));
     let (stop_accepting, stopped) = oneshot::channel::<()>();
     let mut server = Server::builder();
     if let Some(tls) = tls {
@@ -83,8 +87,8 @@ pub async fn run(
     let serve = server
         // Deadlines are ours (DEADLINE_EXCEEDED, carried into the wallets), not `Server::timeout`'s.
         .layer(DeadlineLayer)
-        // Who is calling, before anything else is done for the call.
-        .layer(AuthLayer::new(access))
+        // Who is calling and whether it is within its rates, before anything else is done for the call.
+        .layer(AuthLayer::new(access, Arc::clone(&quotas)))
         .max_concurrent_streams(Some(STREAMS_PER_CONNECTION_MAX))
         .add_service(health_service)
         .add_service(reflection)
@@ -99,6 +103,8 @@ pub async fn run(
             let _ = stopped.await;
         });
     tokio::pin!(serve);
+    // The sweeper stops with this function, however it returns.
+    let _sweeper = AbortOnDrop(sweeper);
     tokio::select! {
         result = &mut serve => return result.map_err(Into::into),
         () = shutdown => {}
@@ -118,4 +124,24 @@ pub async fn run(
         result?;
     }
     Ok(())
+}
+
+/// Forgets idle keys and tenants from the rate limiters every `RATE_LIMITER_SWEEP_MS`.
+fn spawn_sweeper(quotas: Arc<Quotas>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(RATE_LIMITER_SWEEP_MS));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            quotas.sweep();
+        }
+    })
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

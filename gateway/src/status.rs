@@ -1,9 +1,12 @@
 //! The one mapping from engine errors to gRPC statuses. Every code here is one a client can act on;
 //! INVALID_ARGUMENT always names the field, in the message and in a `google.rpc.BadRequest` detail.
 
+use std::time::Duration;
+
 use tally_engine::actors::WalletError;
 use tally_engine::domain::{FieldError, Rejection};
 use tally_engine::store::StoreError;
+use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
@@ -26,6 +29,17 @@ fn precondition(kind: &str, subject: &str, message: String) -> Status {
         message.clone(),
         ErrorDetails::with_precondition_failure_violation(kind, subject, message),
     )
+}
+
+/// RESOURCE_EXHAUSTED for a quota `subject` is over: `retry-after` metadata in whole seconds (rounded up,
+/// at least 1), a `google.rpc.RetryInfo` with the exact wait and a `QuotaFailure` naming the subject.
+pub fn quota_exhausted(message: String, subject: &str, retry_after: Duration) -> Status {
+    let mut details = ErrorDetails::with_retry_info(Some(retry_after));
+    details.add_quota_failure_violation(subject, message.clone());
+    let mut status = Status::with_error_details(Code::ResourceExhausted, message, details);
+    let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+    status.metadata_mut().insert("retry-after", MetadataValue::from(seconds.max(1)));
+    status
 }
 
 pub fn from_rejection(rejection: &Rejection) -> Status {

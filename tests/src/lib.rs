@@ -136,6 +136,11 @@ impl TallyServer {
         Self { child: Some(child), url, data: data.to_owned(), stderr, stderr_reader: Some(stderr_reader) }
     }
 
+    /// The process id of the running server.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("server running").id()
+    }
+
     /// What the process wrote to stderr so far.
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()

@@ -12,7 +12,10 @@ use super::{
 use crate::domain::ReturnPolicy;
 use crate::domain::ids::{FieldError, TenantId};
 use crate::domain::rules::parse_rules;
-use crate::limits::{MONEY_MINOR_ABS_MAX, POINTS_PER_COMMAND_MAX, REASON_BYTES_MAX, REF_BYTES_MAX, STAMPS_PER_CARD_MAX};
+use crate::limits::{
+    MONEY_MINOR_ABS_MAX, POINTS_PER_COMMAND_MAX, REASON_BYTES_MAX, REF_BYTES_MAX, RULES_VERSIONS_PER_WINDOW_MAX, RULES_VERSIONS_WINDOW_MS,
+    STAMPS_PER_CARD_MAX,
+};
 
 /// Decides a program command at `now_ms`. Pure.
 pub fn decide_program(
@@ -35,7 +38,7 @@ pub fn decide_program(
     let change = match &command.body {
         C::Create { name, utc_offset_minutes, return_policy } => create(state, tenant, name, *utc_offset_minutes, *return_policy)?,
         _ if !state.created => return Err(ProgramRejection::NotCreated),
-        C::PublishRules { rules_json, published_by } => publish_rules(state, rules_json, published_by)?,
+        C::PublishRules { rules_json, published_by } => publish_rules(state, rules_json, published_by, now_ms)?,
         C::DefinePackage { package_id, name, price, points, active } => define_package(package_id, name, price, *points, *active)?,
         C::SetExpiryPolicy { policy, set_by } => set_expiry_policy(policy, set_by)?,
         C::SetPendingPeriod { days, set_by } => set_pending_period(*days, set_by)?,
@@ -76,7 +79,19 @@ fn create(
     }))
 }
 
-fn publish_rules(state: &ProgramState, rules_json: &str, published_by: &str) -> Result<ProgramChange, ProgramRejection> {
+fn publish_rules(state: &ProgramState, rules_json: &str, published_by: &str, now_ms: i64) -> Result<ProgramChange, ProgramRejection> {
+    // The versions in force from within the last window: they are in order of that time.
+    let window_start_ms = now_ms.saturating_sub(RULES_VERSIONS_WINDOW_MS);
+    let recent = &state.rule_versions[state.rule_versions.partition_point(|v| v.effective_from_ms <= window_start_ms)..];
+    if recent.len() >= RULES_VERSIONS_PER_WINDOW_MAX {
+        // The window has room again once the oldest version that would still count leaves it.
+        let leaves_ms = recent[recent.len() - RULES_VERSIONS_PER_WINDOW_MAX].effective_from_ms + RULES_VERSIONS_WINDOW_MS;
+        return Err(ProgramRejection::TooManyRulesVersions {
+            max: RULES_VERSIONS_PER_WINDOW_MAX,
+            window_ms: RULES_VERSIONS_WINDOW_MS,
+            retry_after_ms: (leaves_ms - now_ms).max(1),
+        });
+    }
     if rules_json.len() > RULES_JSON_BYTES_MAX {
         return Err(FieldError::new("rules_json", format!("must be at most {RULES_JSON_BYTES_MAX} bytes")).into());
     }

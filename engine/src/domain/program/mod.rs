@@ -258,6 +258,10 @@ pub enum ProgramRejection {
     AlreadyCreated,
     #[error("idempotency key {key:?} was already used for a different command")]
     IdempotencyKeyReused { key: String },
+    /// `max` rules versions were published within the last `window_ms`; the next may be in
+    /// `retry_after_ms`. Counted on the versions' recorded times, so every node decides alike.
+    #[error("{max} rules versions were published in the last {} hours, the most allowed; the next may be published in {} s", window_ms / 3_600_000, (retry_after_ms + 999) / 1000)]
+    TooManyRulesVersions { max: usize, window_ms: i64, retry_after_ms: i64 },
 }
 
 #[derive(Debug, Clone, PartialEq)]
