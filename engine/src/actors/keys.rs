@@ -95,9 +95,18 @@ impl KeyBook {
         }
     }
 
-    /// Whether the log has key events this node has not applied (a read, no copy of the keys).
-    async fn behind(&self, version: u64) -> Result<bool, KeysError> {
-        Ok(self.store.stream_version(&codec::keys_stream()).await? > version)
+    /// `ring` caught up with the log, or `None` if the log has nothing new (no copy of the keys made).
+    async fn newer(&self, ring: &KeyRing) -> Result<Option<KeyRing>, KeysError> {
+        let first = self.store.read_stream(&codec::keys_stream(), ring.version + 1, READ_BATCH_EVENTS).await?;
+        if first.is_empty() {
+            return Ok(None);
+        }
+        let mut next = ring.clone();
+        for recorded in first {
+            let (change, at_ms) = codec::decode_key(recorded)?;
+            apply_key(&mut next, &change, at_ms)?;
+        }
+        self.caught_up(next).await.map(Some)
     }
 
     /// Reads what other nodes appended since. On damage, nobody is let in until a refresh succeeds.
@@ -109,12 +118,7 @@ impl KeyBook {
     async fn refresh_locked(&self) -> Result<(), KeysError> {
         let started = Instant::now();
         let current = self.ring();
-        let result = match self.behind(current.version).await {
-            Ok(false) => Ok(None),
-            Ok(true) => self.caught_up(KeyRing::clone(&current)).await.map(Some),
-            Err(error) => Err(error),
-        };
-        match result {
+        match self.newer(&current).await {
             Ok(ring) => {
                 let mut slot = self.ring.write();
                 if let Some(ring) = ring {
