@@ -76,7 +76,7 @@ fn authenticate(c: &mut Criterion) {
         let create = KeyCommand::Create {
             key_id: format!("{n:016x}"),
             secret_sha256: secret_sha256(&secret(n)),
-            scope: Scope::Tenant(tally_engine::domain::TenantId::parse(&format!("t-{}", n % 50)).unwrap()),
+            scope: Scope::Tenant(TenantId::parse(&format!("t-{}", n % 50)).unwrap()),
             roles: [Role::Pos].into_iter().collect(),
             label: String::new(),
             expires_at_ms: None,
@@ -88,7 +88,7 @@ fn authenticate(c: &mut Criterion) {
     }
     let presented = token(&format!("{:016x}", 500), &secret(500));
     c.bench_function("authenticate an API key (1,000 keys)", |b| {
-        b.iter(|| std::hint::black_box(ring.authenticate(std::hint::black_box(&presented), 1)).unwrap())
+        b.iter(|| black_box(ring.authenticate(black_box(&presented), 1)).unwrap())
     });
 }
 
