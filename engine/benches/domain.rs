@@ -81,6 +81,7 @@ fn authenticate(c: &mut Criterion) {
             label: String::new(),
             expires_at_ms: None,
             created_by: "bench".into(),
+            client_cert_sha256: None,
         };
         for change in decide_keys(&ring, &create, 0).unwrap() {
             apply_key(&mut ring, &change, 0).unwrap();

@@ -20,6 +20,7 @@ use tally_engine::limits::ORDER_CLOCK_SKEW_MAX_MS;
 use tonic::Status;
 use tonic::body::Body;
 use tonic::codegen::{Service, http};
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
 use crate::quota::Quotas;
 use crate::status;
@@ -134,11 +135,22 @@ impl<S> Authenticated<S> {
             Access::Keys(keys) => {
                 let header = request.headers().get(http::header::AUTHORIZATION);
                 let token = header.and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-                let Some(token) = token else {
-                    refused("no_key");
-                    return Err(Status::unauthenticated("an API key is required: metadata `authorization: Bearer tally_…`"));
+                // Without a token, a client certificate bound to a key (mutual TLS) speaks for it.
+                let certificate = || {
+                    let info = request.extensions().get::<TlsConnectInfo<TcpConnectInfo>>()?;
+                    info.peer_certs().and_then(|certs| certs.first().map(|c| keys.authenticate_certificate(c.as_ref())))
                 };
-                match keys.authenticate(token.trim()) {
+                let outcome = match token {
+                    Some(token) => keys.authenticate(token.trim()),
+                    None => match certificate() {
+                        Some(outcome) => outcome,
+                        None => {
+                            refused("no_key");
+                            return Err(Status::unauthenticated("an API key is required: metadata `authorization: Bearer tally_…`"));
+                        }
+                    },
+                };
+                match outcome {
                     Ok(principal) => principal,
                     Err(Unauthenticated::Refused(failure)) => {
                         refused("bad_key");

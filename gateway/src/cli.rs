@@ -63,6 +63,10 @@ pub enum KeysCommand {
         /// Days until the key stops working [default: never].
         #[arg(long, value_name = "DAYS")]
         expires_in_days: Option<u32>,
+        /// A client certificate (PEM file) that authenticates as the key over mutual TLS, without the
+        /// token (the server needs --tls-client-ca).
+        #[arg(long, value_name = "FILE")]
+        client_cert: Option<PathBuf>,
         #[command(flatten)]
         direct: Direct,
         #[command(flatten)]

@@ -98,7 +98,12 @@ pub async fn run(command: KeysCommand, direct: Option<&KeyBook>) -> Result<Strin
     };
     let failed = |e: tally_engine::actors::KeysError| ClientError::Direct(format!("on the log: {e}"));
     match command {
-        KeysCommand::Create { tenant, roles, label, expires_in_days, target, .. } => {
+        KeysCommand::Create { tenant, roles, label, expires_in_days, client_cert, target, .. } => {
+            let client_cert_pem = match &client_cert {
+                Some(path) => std::fs::read_to_string(path)
+                    .map_err(|e| ClientError::Direct(format!("cannot read --client-cert {}: {e}", path.display())))?,
+                None => String::new(),
+            };
             let roles = roles.iter().map(|r| wire_role(r)).collect::<Result<Vec<_>, _>>()?;
             let expires_at = expires_in_days.map(|days| {
                 let at = std::time::SystemTime::now() + std::time::Duration::from_secs(u64::from(days) * 86_400);
@@ -112,11 +117,15 @@ pub async fn run(command: KeysCommand, direct: Option<&KeyBook>) -> Result<Strin
                         Some(t) => Scope::Tenant(TenantId::parse(t).map_err(|e| ClientError::Direct(format!("--tenant: {e}")))?),
                     };
                     let expires_at_ms = expires_at.map(|t| t.seconds.saturating_mul(1_000));
-                    let spec = keys::NewKey { scope, roles: names, label, expires_at_ms };
+                    let client_cert_sha256 = match client_cert_pem.as_str() {
+                        "" => None,
+                        pem => Some(keys::client_certificate(pem, "--client-cert").map_err(ClientError::Direct)?),
+                    };
+                    let spec = keys::NewKey { scope, roles: names, label, expires_at_ms, client_cert_sha256 };
                     keys::create(book, spec, OFFLINE, &offline_meta()).await.map_err(failed)?
                 }
                 None => {
-                    let request = pb::CreateKeyRequest { tenant_id: tenant.unwrap_or_default(), roles, label, expires_at };
+                    let request = pb::CreateKeyRequest { tenant_id: tenant.unwrap_or_default(), roles, label, expires_at, client_cert_pem };
                     connect(&target).await?.create_key(request).await.map_err(ClientError::Call)?.into_inner()
                 }
             };

@@ -37,6 +37,7 @@ fn from_keys_error(error: &KeysError) -> Status {
         KeysError::Rejected(KeyRejection::InvalidField(field)) => status::from_field_error(field),
         KeysError::Rejected(rejection @ KeyRejection::DuplicateId(_)) => Status::aborted(format!("{rejection}; retry")),
         KeysError::Rejected(rejection @ KeyRejection::NotFound(_)) => Status::not_found(rejection.to_string()),
+        KeysError::Rejected(rejection @ KeyRejection::CertificateTaken(_)) => Status::already_exists(rejection.to_string()),
         KeysError::Rejected(rejection @ KeyRejection::TooManyKeys { .. }) => Status::resource_exhausted(rejection.to_string()),
         KeysError::Store(store) => status::from_store_error(store),
         KeysError::Codec(_) | KeysError::Damaged(_) => {
@@ -86,6 +87,7 @@ pub fn api_key(key: &KeyRecord) -> pb::ApiKey {
         expires_at: key.expires_at_ms.and_then(at),
         revoked_at: key.revoked.as_ref().and_then(|r| at(r.at_ms)),
         revoked_by: key.revoked.as_ref().map(|r| r.by.clone()).unwrap_or_default(),
+        client_cert_sha256: key.client_cert_sha256.map(|h| h.iter().map(|b| format!("{b:02x}")).collect()).unwrap_or_default(),
     }
 }
 
@@ -154,7 +156,11 @@ impl KeysService for KeysApi {
                 expires_at_ms = Some(expires_at_ms.map_or(limit, |at| at.min(limit)));
             }
         }
-        let spec = NewKey { scope, roles, label: r.label, expires_at_ms };
+        let client_cert_sha256 = match r.client_cert_pem.as_str() {
+            "" => None,
+            pem => Some(client_certificate(pem, "client_cert_pem").map_err(|e| status::invalid("client_cert_pem", &e))?),
+        };
+        let spec = NewKey { scope, roles, label: r.label, expires_at_ms, client_cert_sha256 };
         let created = create(&self.keys, spec, &principal.key_id, &meta).await.map_err(|e| from_keys_error(&e))?;
         Ok(Response::new(created))
     }
@@ -196,6 +202,16 @@ pub struct NewKey {
     pub roles: Roles,
     pub label: String,
     pub expires_at_ms: Option<i64>,
+    /// A client certificate (SHA-256 of its DER) that authenticates as the key too.
+    pub client_cert_sha256: Option<[u8; 32]>,
+}
+
+/// The SHA-256 of the first certificate in `pem`; `field` names it in the error.
+pub fn client_certificate(pem: &str, field: &str) -> Result<[u8; 32], String> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let der = CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|e| format!("{field}: not a PEM certificate ({e})"))?;
+    Ok(tally_engine::domain::access::certificate_sha256(&der))
 }
 
 /// Makes a key, by `created_by` (a key id, or "offline"); its listing and its token.
@@ -209,6 +225,7 @@ pub async fn create(keys: &KeyBook, spec: NewKey, created_by: &str, meta: &Comma
         label: spec.label,
         expires_at_ms: spec.expires_at_ms,
         created_by: created_by.to_owned(),
+        client_cert_sha256: spec.client_cert_sha256,
     };
     keys.execute(&command, meta).await?;
     let key = keys.ring().get(&key_id).map(api_key);
@@ -231,6 +248,7 @@ pub async fn bootstrap(keys: &KeyBook, path: &Path) -> Result<Option<String>, Bo
         label: "created at the first start".into(),
         expires_at_ms: None,
         created_by: "bootstrap".into(),
+        client_cert_sha256: None,
     };
     // The token is on disk (a file of this start's own) before the key exists, so a crash in between
     // leaves it findable; it becomes `path` only once this node's key is the log's first.

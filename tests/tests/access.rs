@@ -43,8 +43,13 @@ async fn create_key(
     expires_in: Option<Duration>,
 ) -> String {
     let expires_at = expires_in.map(|d| prost_types::Timestamp::from(std::time::SystemTime::now() + d));
-    let request =
-        CreateKeyRequest { tenant_id: tenant.into(), roles: roles.iter().map(|r| *r as i32).collect(), label: "test".into(), expires_at };
+    let request = CreateKeyRequest {
+        tenant_id: tenant.into(),
+        roles: roles.iter().map(|r| *r as i32).collect(),
+        label: "test".into(),
+        expires_at,
+        ..Default::default()
+    };
     keys.create_key(request).await.unwrap().into_inner().token
 }
 

@@ -16,7 +16,7 @@ use tonic_types::StatusExt;
 
 async fn create_key(server: &TallyServer, tenant: &str) -> String {
     let mut keys = KeysServiceClient::new(server.channel().await);
-    let request = CreateKeyRequest { tenant_id: tenant.into(), roles: vec![Role::Pos as i32], label: "till".into(), expires_at: None };
+    let request = CreateKeyRequest { tenant_id: tenant.into(), roles: vec![Role::Pos as i32], label: "till".into(), ..Default::default() };
     keys.create_key(request).await.unwrap().into_inner().token
 }
 

@@ -14,6 +14,8 @@ struct Pki {
     ca: String,
     server: (String, String),
     client: (String, String),
+    /// Signed by the same CA, bound to no key.
+    colleague: (String, String),
     stranger: (String, String),
 }
 
@@ -33,6 +35,7 @@ fn pki() -> Pki {
         ca: ca.pem(),
         server: leaf(vec!["localhost".into(), "127.0.0.1".into()], &ca),
         client: leaf(vec!["till-3.acme".into()], &ca),
+        colleague: leaf(vec!["till-4.acme".into()], &ca),
         stranger: leaf(vec!["till-3.acme".into()], &other_ca),
     }
 }
@@ -81,6 +84,28 @@ async fn tls_and_mutual_tls_handshakes() {
     let server = TallyServer::start(dir.path(), &["--tls-cert", &cert, "--tls-key", &key, "--tls-client-ca", &ca]);
     let channel = connect(&server.url, &pki.ca, Some(&pki.client)).await.unwrap();
     assert_eq!(read(channel, &server).await, tonic::Code::NotFound, "a client with a certificate of the CA is served");
+    // A certificate bound to a key authenticates as that key, without a token; one bound to none does not.
+    let mut keys = tally_proto::v1::keys_service_client::KeysServiceClient::with_interceptor(
+        connect(&server.url, &pki.ca, Some(&pki.client)).await.unwrap(),
+        Key::new(&server.platform_key()),
+    );
+    let bind = tally_proto::v1::CreateKeyRequest {
+        tenant_id: "demo".into(),
+        roles: vec![tally_proto::v1::Role::Pos as i32],
+        label: "till 3".into(),
+        client_cert_pem: pki.client.0.clone(),
+        ..Default::default()
+    };
+    let bound = keys.create_key(bind.clone()).await.unwrap().into_inner().key.unwrap();
+    assert_eq!(bound.client_cert_sha256.len(), 64);
+    assert_eq!(keys.create_key(bind).await.unwrap_err().code(), tonic::Code::AlreadyExists, "one certificate, one key");
+    let request = || GetWalletRequest { tenant_id: "demo".into(), wallet_id: "c-1".into() };
+    let mut till = WalletServiceClient::new(connect(&server.url, &pki.ca, Some(&pki.client)).await.unwrap());
+    assert_eq!(till.get_wallet(request()).await.unwrap_err().code(), tonic::Code::NotFound, "authenticated as the till's key");
+    let mut other = WalletServiceClient::new(connect(&server.url, &pki.ca, Some(&pki.colleague)).await.unwrap());
+    assert_eq!(other.get_wallet(request()).await.unwrap_err().code(), tonic::Code::Unauthenticated);
+    keys.revoke_key(tally_proto::v1::RevokeKeyRequest { key_id: bound.key_id, reason: "till stolen".into() }).await.unwrap();
+    assert_eq!(till.get_wallet(request()).await.unwrap_err().code(), tonic::Code::Unauthenticated, "revoked with its key");
     for (who, identity) in [("no certificate", None), ("another CA's certificate", Some(&pki.stranger))] {
         let served = match connect(&server.url, &pki.ca, identity).await {
             Err(_) => false,

@@ -163,6 +163,17 @@ impl KeyBook {
 
     /// Who `token` is, now.
     pub fn authenticate(&self, token: &str) -> Result<Principal, Unauthenticated> {
+        self.with_fresh_ring(|ring, now_ms| ring.authenticate(token, now_ms))
+    }
+
+    /// Who presents the client certificate `der` (its DER encoding), now.
+    pub fn authenticate_certificate(&self, der: &[u8]) -> Result<Principal, Unauthenticated> {
+        let hash = crate::domain::access::certificate_sha256(der);
+        self.with_fresh_ring(|ring, now_ms| ring.authenticate_certificate(&hash, now_ms))
+    }
+
+    /// `check` on the keys, if they can be trusted (read, and not stale).
+    fn with_fresh_ring(&self, check: impl FnOnce(&KeyRing, i64) -> Result<Principal, AuthFailure>) -> Result<Principal, Unauthenticated> {
         let slot = self.ring.read();
         if let Some(reason) = &slot.damaged {
             return Err(Unauthenticated::KeysUnavailable(reason.clone()));
@@ -173,7 +184,7 @@ impl KeyBook {
                 slot.refreshed.elapsed()
             )));
         }
-        Ok(slot.ring.authenticate(token, self.clock.now_ms())?)
+        Ok(check(&slot.ring, self.clock.now_ms())?)
     }
 
     /// Every key, as this node knows them now.
@@ -304,6 +315,7 @@ mod tests {
             label: String::new(),
             expires_at_ms: None,
             created_by: "test".into(),
+            client_cert_sha256: None,
         };
         book.execute(&create, &EventMetadata::default()).await.unwrap();
         let every = Duration::from_millis(20);

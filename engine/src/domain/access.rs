@@ -131,6 +131,8 @@ pub struct Principal {
 pub struct KeyRecord {
     pub key_id: String,
     secret_sha256: [u8; 32],
+    /// The client certificate (SHA-256 of its DER) that authenticates as this key, if any.
+    pub client_cert_sha256: Option<[u8; 32]>,
     pub scope: Scope,
     pub roles: Roles,
     pub label: String,
@@ -180,6 +182,8 @@ pub enum KeyCommand {
         label: String,
         expires_at_ms: Option<i64>,
         created_by: String,
+        /// A client certificate that authenticates as the key too (SHA-256 of its DER).
+        client_cert_sha256: Option<[u8; 32]>,
     },
     Revoke {
         key_id: String,
@@ -231,6 +235,8 @@ pub enum KeyRejection {
     DuplicateId(String),
     #[error("no key with id {0}")]
     NotFound(String),
+    #[error("key {0} already holds that client certificate")]
+    CertificateTaken(String),
     #[error("{scope} has {KEYS_ACTIVE_PER_SCOPE_MAX} active keys (or {KEYS_PER_SCOPE_MAX} in all) already")]
     TooManyKeys { scope: String },
 }
@@ -248,6 +254,8 @@ pub struct KeyEventError {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KeyRing {
     keys: BTreeMap<String, KeyRecord>,
+    /// Keys by the client certificate bound to them.
+    by_certificate: BTreeMap<[u8; 32], String>,
     /// Events folded: the version of `$keys` this ring is at.
     pub version: u64,
 }
@@ -281,6 +289,18 @@ impl KeyRing {
         Ok(Principal { key_id: key.key_id.clone(), scope: key.scope.clone(), roles: key.roles })
     }
 
+    /// Who presents the client certificate whose DER hashes to `cert_sha256`, at `now_ms`.
+    pub fn authenticate_certificate(&self, cert_sha256: &[u8; 32], now_ms: i64) -> Result<Principal, AuthFailure> {
+        let key = self.by_certificate.get(cert_sha256).and_then(|id| self.keys.get(id)).ok_or(AuthFailure::UnknownKey)?;
+        if key.revoked.is_some() {
+            return Err(AuthFailure::Revoked);
+        }
+        if key.expires_at_ms.is_some_and(|at| now_ms >= at) {
+            return Err(AuthFailure::Expired);
+        }
+        Ok(Principal { key_id: key.key_id.clone(), scope: key.scope.clone(), roles: key.roles })
+    }
+
     /// Keys of `scope`: (active at `now_ms`, all).
     fn count_in(&self, scope: &Scope, now_ms: i64) -> (usize, usize) {
         self.keys.values().filter(|k| &k.scope == scope).fold((0, 0), |(active, all), k| (active + usize::from(k.active(now_ms)), all + 1))
@@ -298,6 +318,11 @@ pub fn token_parts(token: &str) -> Option<(&str, &str)> {
 /// The token of a key id and secret (both lowercase hex of the right length).
 pub fn token(key_id: &str, secret: &str) -> String {
     format!("{TOKEN_PREFIX}{key_id}_{secret}")
+}
+
+/// The stored hash of a client certificate (its DER encoding).
+pub fn certificate_sha256(der: &[u8]) -> [u8; 32] {
+    Sha256::digest(der).into()
 }
 
 /// The stored hash of a secret.
@@ -331,7 +356,7 @@ fn check_text(field: &'static str, value: &str) -> Result<(), FieldError> {
 /// Decides a key command at `now_ms`.
 pub fn decide_keys(ring: &KeyRing, command: &KeyCommand, now_ms: i64) -> Result<Vec<KeyChange>, KeyRejection> {
     match command {
-        KeyCommand::Create { key_id, secret_sha256, scope, roles, label, expires_at_ms, created_by } => {
+        KeyCommand::Create { key_id, secret_sha256, scope, roles, label, expires_at_ms, created_by, client_cert_sha256 } => {
             if !key_id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) || key_id.len() != KEY_ID_HEX_DIGITS {
                 return Err(FieldError::new("key_id", format!("must be {KEY_ID_HEX_DIGITS} lowercase hex digits")).into());
             }
@@ -346,6 +371,10 @@ pub fn decide_keys(ring: &KeyRing, command: &KeyCommand, now_ms: i64) -> Result<
             }
             if ring.keys.contains_key(key_id) {
                 return Err(KeyRejection::DuplicateId(key_id.clone()));
+            }
+            // One certificate, one key: a certificate bound to a revoked key stays retired with it.
+            if let Some(holder) = client_cert_sha256.as_ref().and_then(|c| ring.by_certificate.get(c)) {
+                return Err(KeyRejection::CertificateTaken(holder.clone()));
             }
             let (active, all) = ring.count_in(scope, now_ms);
             if active >= KEYS_ACTIVE_PER_SCOPE_MAX || all >= KEYS_PER_SCOPE_MAX {
@@ -363,6 +392,7 @@ pub fn decide_keys(ring: &KeyRing, command: &KeyCommand, now_ms: i64) -> Result<
                 expires_at_ms: expires_at_ms.unwrap_or(0),
                 label: label.clone(),
                 created_by: created_by.clone(),
+                client_cert_sha256: client_cert_sha256.map(|c| c.to_vec()).unwrap_or_default(),
             })])
         }
         KeyCommand::Revoke { key_id, revoked_by, reason } => {
@@ -399,9 +429,19 @@ pub fn apply_key(ring: &mut KeyRing, change: &KeyChange, recorded_at_ms: i64) ->
                 return Err(error("no roles".into()));
             }
             roles_fit(&scope, roles).map_err(|e| error(e.to_string()))?;
+            let client_cert_sha256 = match c.client_cert_sha256.as_slice() {
+                [] => None,
+                bytes => Some(<[u8; 32]>::try_from(bytes).map_err(|_| error(format!("a certificate hash of {} bytes", bytes.len())))?),
+            };
+            if let Some(cert) = client_cert_sha256
+                && ring.by_certificate.insert(cert, c.key_id.clone()).is_some()
+            {
+                return Err(error("a certificate another key holds".into()));
+            }
             let record = KeyRecord {
                 key_id: c.key_id.clone(),
                 secret_sha256,
+                client_cert_sha256,
                 scope,
                 roles,
                 label: c.label.clone(),
@@ -439,6 +479,7 @@ mod tests {
             label: "till 3".into(),
             expires_at_ms: None,
             created_by: "bootstrap".into(),
+            client_cert_sha256: None,
         }
     }
 
@@ -472,6 +513,30 @@ mod tests {
         assert_eq!(ring.authenticate(&token(ID, SECRET), NOW + 2), Err(AuthFailure::Revoked));
         assert!(decide_keys(&ring, &revoke, NOW + 3).unwrap().is_empty(), "revoking twice changes nothing");
         assert_eq!(ring.get(ID).unwrap().revoked.as_ref().unwrap().at_ms, NOW + 1);
+    }
+
+    #[test]
+    fn a_client_certificate_authenticates_as_its_key_alone() {
+        let acme = Scope::Tenant(TenantId::parse("acme").unwrap());
+        let cert = certificate_sha256(b"a DER certificate");
+        let mut ring = KeyRing::default();
+        let mut command = create(ID, SECRET, acme.clone(), &[Role::Pos]);
+        if let KeyCommand::Create { client_cert_sha256, .. } = &mut command {
+            *client_cert_sha256 = Some(cert);
+        }
+        run(&mut ring, &command, NOW).unwrap();
+        assert_eq!(ring.authenticate_certificate(&cert, NOW).unwrap().key_id, ID);
+        assert_eq!(ring.authenticate(&token(ID, SECRET), NOW).unwrap().key_id, ID, "the token works too");
+        assert_eq!(ring.authenticate_certificate(&certificate_sha256(b"another"), NOW), Err(AuthFailure::UnknownKey));
+        let mut second = create("fedcba9876543210", SECRET, acme, &[Role::Staff]);
+        if let KeyCommand::Create { client_cert_sha256, .. } = &mut second {
+            *client_cert_sha256 = Some(cert);
+        }
+        assert_eq!(decide_keys(&ring, &second, NOW), Err(KeyRejection::CertificateTaken(ID.into())));
+        let revoke = KeyCommand::Revoke { key_id: ID.into(), revoked_by: "x".into(), reason: String::new() };
+        run(&mut ring, &revoke, NOW).unwrap();
+        assert_eq!(ring.authenticate_certificate(&cert, NOW), Err(AuthFailure::Revoked));
+        assert_eq!(decide_keys(&ring, &second, NOW), Err(KeyRejection::CertificateTaken(ID.into())), "retired with its key");
     }
 
     #[test]
