@@ -26,8 +26,8 @@ fn version_i64(version: u64) -> Result<i64, SnapshotStoreError> {
 impl PostgresSnapshotStore {
     /// Connects (`postgres://...` URL or `host=... user=...` string) and applies pending migrations.
     pub async fn connect(url: &str) -> Result<Self, SnapshotStoreError> {
-        let config: tokio_postgres::Config = url.parse()?;
-        let manager = Manager::from_config(config, tokio_postgres::NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let connection = tally_engine::store::pg_tls::pg_connection(url).map_err(SnapshotStoreError::Malformed)?;
+        let manager = Manager::from_config(connection.config, connection.tls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager).max_size(POOL_SIZE_MAX).build().map_err(|e| SnapshotStoreError::Malformed(e.to_string()))?;
         let mut client = pool.get().await?;
         embedded::migrations::runner()

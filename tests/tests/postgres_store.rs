@@ -370,3 +370,36 @@ async fn several_processes_share_one_log() {
     }
     assert_eq!(versions.len() as u64, CHILDREN + 3);
 }
+
+/// Issue 16 item 6: `sslmode=require` encrypts the log's connections and verifies the server against
+/// `sslrootcert` (this machine's PostgreSQL serves TLS with Debian's snakeoil certificate for localhost);
+/// a root that did not sign the server's certificate is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_connects_over_verified_tls_when_the_url_requires_it() {
+    const SERVER_CERT: &str = "/etc/ssl/certs/ssl-cert-snakeoil.pem";
+    assert!(std::path::Path::new(SERVER_CERT).exists(), "the local PostgreSQL's certificate {SERVER_CERT} is needed");
+    let database = TestDatabase::create().await;
+    let over_tcp = database.url.replace("host=/var/run/postgresql", "host=localhost port=5432");
+    let tls = PostgresStore::connect(&format!("{over_tcp} sslmode=require sslrootcert={SERVER_CERT}")).await.unwrap();
+    tls.append(&stream("tls"), ExpectedVersion::Exact(0), vec![event("over TLS")]).await.unwrap();
+    assert_eq!(tls.read_stream(&stream("tls"), 1, 10).await.unwrap().len(), 1);
+    let admin = client(&database.url).await;
+    let encrypted: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) WHERE ssl AND datname = current_database() \
+             AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(encrypted > 0, "the store's connections are encrypted");
+
+    let dir = tempfile::tempdir().unwrap();
+    let stranger =
+        rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap().self_signed(&rcgen::KeyPair::generate().unwrap()).unwrap();
+    let wrong_root = dir.path().join("other-ca.pem");
+    std::fs::write(&wrong_root, stranger.pem()).unwrap();
+    let refused = PostgresStore::connect(&format!("{over_tcp} sslmode=require sslrootcert={}", wrong_root.display())).await.unwrap_err();
+    assert!(refused.to_string().to_lowercase().contains("certificate"), "{refused}");
+}

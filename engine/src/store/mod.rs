@@ -21,6 +21,8 @@ pub mod embedded;
 pub mod kurrentdb;
 pub mod memory;
 #[cfg(feature = "postgres")]
+pub mod pg_tls;
+#[cfg(feature = "postgres")]
 pub mod postgres;
 
 pub use embedded::{EmbeddedOptions, EmbeddedStore, OpenReport, TornTail};

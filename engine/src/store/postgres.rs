@@ -16,7 +16,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use futures::StreamExt;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio_postgres::{AsyncMessage, NoTls, Row};
+use tokio_postgres::{AsyncMessage, Row};
 
 use super::{
     Append, AppendOutcome, AppendRequest, EventData, EventMetadata, EventStore, ExpectedVersion, RecordedEvent, StoreError, StreamId,
@@ -37,8 +37,19 @@ const COLUMNS: &str = "stream_id, stream_version, global_position, event_type, s
                        command_fingerprint, causation_id, correlation_id, traceparent, tracestate, payload, command_digest, \
                        principal, principal_roles";
 
-fn pg(error: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable { reason: format!("postgres: {error}") }
+/// The error with its causes (a pool's "error performing TLS handshake" says why only in its source).
+fn pg(error: impl std::error::Error) -> StoreError {
+    let mut reason = format!("postgres: {error}");
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !reason.ends_with(&cause_text) {
+            reason.push_str(": ");
+            reason.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    StoreError::Unavailable { reason }
 }
 
 fn to_i64(value: u64) -> i64 {
@@ -60,9 +71,12 @@ impl PostgresStore {
     /// Connects (`postgres://…` URL or `host=… user=…` string), applies pending migrations, and starts the
     /// writer and the head watcher. Fails with a clear error if the server cannot be reached.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let config: tokio_postgres::Config =
-            url.parse().map_err(|e| StoreError::Unavailable { reason: format!("invalid postgres url: {e}") })?;
-        let manager = Manager::from_config(config.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let connection = super::pg_tls::pg_connection(url).map_err(|reason| StoreError::Unavailable { reason })?;
+        let manager = Manager::from_config(
+            connection.config.clone(),
+            connection.tls.clone(),
+            ManagerConfig { recycling_method: RecyclingMethod::Fast },
+        );
         let pool = Pool::builder(manager).max_size(POOL_SIZE_MAX).build().map_err(pg)?;
         let mut client = pool.get().await.map_err(pg)?;
         embedded::migrations::runner().set_migration_table_name("tally_event_log_migrations").run_async(&mut **client).await.map_err(pg)?;
@@ -72,7 +86,7 @@ impl PostgresStore {
         let head_tx = Arc::new(head_tx);
         let (sender, receiver) = mpsc::channel(APPEND_QUEUE_DEPTH_MAX);
         tokio::spawn(write_loop(pool.clone(), receiver, Arc::clone(&head_tx)));
-        tokio::spawn(listen_loop(config, Arc::downgrade(&head_tx)));
+        tokio::spawn(listen_loop(connection, Arc::downgrade(&head_tx)));
         tokio::spawn(poll_loop(pool.clone(), Arc::downgrade(&head_tx)));
         Ok(Self { pool, sender: Mutex::new(Some(sender)), head_rx })
     }
@@ -289,9 +303,9 @@ async fn commit(pool: &Pool, batch: &mut Vec<AppendRequest>, head: &watch::Sende
 }
 
 /// Wakes followers on `NOTIFY tally_events` from any process; reconnects when the connection drops.
-async fn listen_loop(config: tokio_postgres::Config, head: std::sync::Weak<watch::Sender<u64>>) {
+async fn listen_loop(connection: super::pg_tls::PgConnection, head: std::sync::Weak<watch::Sender<u64>>) {
     while head.strong_count() > 0 {
-        match config.connect(NoTls).await {
+        match connection.config.connect(connection.tls.clone()).await {
             Ok((client, mut connection)) => {
                 let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
                 let statement = format!("LISTEN {CHANNEL}");

@@ -56,7 +56,7 @@ const POOL_SIZE_MAX: usize = 4;
 #[derive(Debug, Clone)]
 pub struct PostgresReadModel {
     pool: Pool,
-    config: tokio_postgres::Config,
+    config: tally_engine::store::pg_tls::PgConnection,
     /// Generations this process is rebuilding (it alone writes them until they are promoted) and what
     /// it holds of them in memory.
     rebuilding: Arc<Mutex<HashMap<u64, bulk::Owned>>>,
@@ -69,12 +69,20 @@ impl PostgresReadModel {
     /// Connects (`postgres://...` URL or `host=... user=...` string), applies pending migrations, and
     /// creates the first generation if there is none.
     pub async fn connect(url: &str) -> Result<Self, ProjectionError> {
-        let config: tokio_postgres::Config = url.parse()?;
-        let manager =
-            Manager::from_config(config.clone(), tokio_postgres::NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let connection = tally_engine::store::pg_tls::pg_connection(url).map_err(ProjectionError::Invalid)?;
+        let manager = Manager::from_config(
+            connection.config.clone(),
+            connection.tls.clone(),
+            ManagerConfig { recycling_method: RecyclingMethod::Fast },
+        );
         let pool = Pool::builder(manager).max_size(POOL_SIZE_MAX).build().map_err(|e| ProjectionError::Invalid(e.to_string()))?;
-        let model =
-            Self { pool, config, rebuilding: Arc::default(), owners: Arc::default(), replay_wallets_max: REPLAY_WALLETS_DEFAULT_MAX };
+        let model = Self {
+            pool,
+            config: connection,
+            rebuilding: Arc::default(),
+            owners: Arc::default(),
+            replay_wallets_max: REPLAY_WALLETS_DEFAULT_MAX,
+        };
         model.set_up().await?;
         Ok(model)
     }
@@ -87,7 +95,7 @@ impl PostgresReadModel {
 
     /// A connection of its own, outside the pool, for schema changes (migrations set `search_path`).
     async fn admin(&self) -> Result<tokio_postgres::Client, ProjectionError> {
-        let (client, connection) = self.config.connect(tokio_postgres::NoTls).await?;
+        let (client, connection) = self.config.config.connect(self.config.tls.clone()).await?;
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(%error, "read-model admin connection closed");
