@@ -225,6 +225,16 @@ pub fn recorded_principal(extensions: &tonic::Extensions) -> tally_engine::store
     meta
 }
 
+/// A staff key's changes name the staff member who made them (metadata `x-staff-id`, or Adjust's
+/// `staff_ref`): the key says which counter, the id says who stood at it.
+pub fn staff_named(extensions: &tonic::Extensions, staff_id: &str) -> Result<(), Status> {
+    let roles = principal(extensions)?.roles;
+    if roles.contains(Staff) && !roles.contains(Platform) && staff_id.is_empty() {
+        return Err(status::invalid("x-staff-id", "a staff key's changes name the staff member: metadata x-staff-id (or staff_ref)"));
+    }
+    Ok(())
+}
+
 /// Whether the caller is anyone at all, on a server run without keys.
 pub fn is_open(principal: &Principal) -> bool {
     principal.key_id == OPEN_PRINCIPAL

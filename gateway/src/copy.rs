@@ -81,7 +81,7 @@ fn event_checksum(mut crc: u32, e: &RecordedEvent) -> u32 {
         Some(digest) => bytes(&[&[1][..], digest].concat()),
     }
     let m = &d.metadata;
-    for text in [&m.causation_id, &m.correlation_id, &m.traceparent, &m.tracestate, &m.principal, &m.principal_roles] {
+    for text in [&m.causation_id, &m.correlation_id, &m.traceparent, &m.tracestate, &m.principal, &m.principal_roles, &m.staff_id] {
         bytes(text.as_bytes());
     }
     bytes(&d.payload);
@@ -194,7 +194,7 @@ mod tests {
         fn flip(e: &mut RecordedEvent, byte: usize) {
             e.data.command_digest.as_mut().expect("a digest")[byte] ^= 1;
         }
-        let changed: [(&str, Change); 11] = [
+        let changed: [(&str, Change); 12] = [
             ("digest dropped", |e| e.data.command_digest = None),
             ("digest's first byte", |e| flip(e, 0)),
             ("digest's last byte", |e| flip(e, 15)),
@@ -204,6 +204,7 @@ mod tests {
             ("schema version", |e| e.data.schema_version += 1),
             ("metadata", |e| e.data.metadata.tracestate.push('x')),
             ("principal", |e| e.data.metadata.principal.push('x')),
+            ("staff", |e| e.data.metadata.staff_id.push('x')),
             ("payload", |e| e.data.payload.push(0)),
             ("version", |e| e.stream_version += 1),
         ];

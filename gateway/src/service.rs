@@ -120,12 +120,20 @@ impl WalletApi {
         key: WalletKey,
         command: Command,
     ) -> Result<Response<WalletMutation>, Status> {
+        let mut meta = command_meta(metadata, extensions)?;
+        // An adjustment names its staff member in the request itself.
+        if let CommandBody::Adjust { staff_ref, .. } = &command.body
+            && meta.staff_id.is_empty()
+        {
+            meta.staff_id.clone_from(staff_ref);
+        }
+        access::staff_named(extensions, &meta.staff_id)?;
         let _permit = self.admit()?;
         let span = tracing::info_span!("grpc.mutate", tenant = %key.tenant, wallet = %key.wallet, kind = command.kind());
         let outcome = self
             .engine
             .registry
-            .execute_before(&key, command, command_meta(metadata, extensions)?, deadline)
+            .execute_before(&key, command, meta, deadline)
             .instrument(span)
             .await
             .map_err(|e| status::from_wallet_error(&e))?;
@@ -152,6 +160,7 @@ pub(crate) fn command_meta(metadata: &MetadataMap, extensions: &Extensions) -> R
         correlation_id: id("x-correlation-id")?,
         traceparent: traceparent.to_owned(),
         tracestate: tracestate.unwrap_or_default().to_owned(),
+        staff_id: id("x-staff-id")?,
         ..access::recorded_principal(extensions)
     })
 }

@@ -275,8 +275,42 @@ async fn the_log_records_which_key_made_each_change() {
     };
     admin.publish_rules(publish).await.unwrap();
 
+    // A staff key's changes name the staff member: in the request (Adjust's staff_ref) or as x-staff-id.
+    let staff = create_key(&mut keys, "acme", &[Role::Staff], None).await;
+    let mut counter = WalletServiceClient::new(server.channel_with(Key::new(&staff)).await);
+    let adjust = |key: &str, staff_ref: &str| tally_proto::v1::AdjustRequest {
+        wallet_id: "c-1".into(),
+        idempotency_key: key.into(),
+        points: 3,
+        reason: "goodwill".into(),
+        staff_ref: staff_ref.into(),
+        ..Default::default()
+    };
+    let unnamed = counter.adjust(adjust("a-1", "")).await.unwrap_err();
+    assert_eq!(unnamed.code(), Code::InvalidArgument);
+    assert!(unnamed.message().contains("x-staff-id"), "{}", unnamed.message());
+    counter.adjust(adjust("a-2", "s-7")).await.unwrap();
+    let mut close = tonic::Request::new(tally_proto::v1::CloseRequest {
+        wallet_id: "c-1".into(),
+        idempotency_key: "close".into(),
+        reason: "customer asked".into(),
+        ..Default::default()
+    });
+    close.metadata_mut().insert("x-staff-id", "s-9".parse().unwrap());
+    counter.close(close).await.unwrap();
+
     let (client, connection) = tokio_postgres::connect(&database.url, tokio_postgres::NoTls).await.unwrap();
     tokio::spawn(connection);
+    let staffed = client
+        .query("SELECT event_type, staff_id FROM tally_events WHERE principal = $1 ORDER BY global_position", &[&id(&staff)])
+        .await
+        .unwrap();
+    let staffed: Vec<(String, String)> = staffed.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(
+        staffed,
+        [("tally.v1.PointsAdjusted".to_owned(), "s-7".to_owned()), ("tally.v1.WalletClosed".to_owned(), "s-9".to_owned())],
+        "each change names its staff member"
+    );
     let rows = client
         .query("SELECT stream_id, event_type, principal, principal_roles FROM tally_events ORDER BY global_position", &[])
         .await
@@ -295,7 +329,7 @@ async fn the_log_records_which_key_made_each_change() {
     assert_eq!(by("acme/program", "tally.v1.RulesPublished"), (id(&operator), "operator,auditor".to_owned()));
     assert_eq!(by("$keys", "tally.v1.KeyCreated"), (String::new(), String::new()), "the first key, made by the start itself");
     let made_by_platform = recorded.iter().filter(|r| r.0 == "$keys" && r.2 == platform).count();
-    assert_eq!(made_by_platform, 2, "the two keys the platform key made: {recorded:?}");
+    assert_eq!(made_by_platform, 3, "the three keys the platform key made: {recorded:?}");
     assert_eq!(by("acme/program", "tally.v1.ProgramCreated"), (String::new(), String::new()), "the start's own program");
 }
 

@@ -24,6 +24,7 @@ pub fn event(tag: &str) -> EventData {
             tracestate: String::new(),
             principal: "0123456789abcdef".into(),
             principal_roles: "pos,staff".into(),
+            staff_id: "s-42".into(),
         },
         payload: tag.as_bytes().to_vec(),
     }

@@ -82,6 +82,8 @@ pub struct EventMetadata {
     pub principal: String,
     /// That key's roles, comma-separated.
     pub principal_roles: String,
+    /// The staff member who made the change (named by the call), if any.
+    pub staff_id: String,
 }
 
 /// A command digest as the envelope carries it (`tally.v1.EventEnvelope.command_digest`).
@@ -279,7 +281,8 @@ pub fn append_bytes(event: &EventData) -> usize {
         + m.traceparent.len()
         + m.tracestate.len()
         + m.principal.len()
-        + m.principal_roles.len();
+        + m.principal_roles.len()
+        + m.staff_id.len();
     let digest = event.command_digest.map_or(0, |d| d.len());
     event.payload.len() + event.idempotency_key.len() + event.event_type.len() + metadata + digest + 64
 }

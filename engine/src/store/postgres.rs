@@ -35,7 +35,7 @@ const POOL_SIZE_MAX: usize = 16;
 const HEAD_POLL_MS: u64 = 500;
 const COLUMNS: &str = "stream_id, stream_version, global_position, event_type, schema_version, recorded_at_ms, idempotency_key, \
                        command_fingerprint, causation_id, correlation_id, traceparent, tracestate, payload, command_digest, \
-                       principal, principal_roles";
+                       principal, principal_roles, staff_id";
 
 /// The error with its causes (a pool's "error performing TLS handshake" says why only in its source).
 fn pg(error: impl std::error::Error) -> StoreError {
@@ -130,6 +130,7 @@ fn recorded(row: &Row) -> Result<RecordedEvent, StoreError> {
                 tracestate: row.get(11),
                 principal: row.get(14),
                 principal_roles: row.get(15),
+                staff_id: row.get(16),
             },
             payload: row.get(12),
         },
@@ -155,6 +156,7 @@ struct Columns {
     command_digest: Vec<Option<Vec<u8>>>,
     principal: Vec<String>,
     principal_roles: Vec<String>,
+    staff_id: Vec<String>,
 }
 
 impl Columns {
@@ -173,6 +175,7 @@ impl Columns {
         self.tracestate.push(event.metadata.tracestate);
         self.principal.push(event.metadata.principal);
         self.principal_roles.push(event.metadata.principal_roles);
+        self.staff_id.push(event.metadata.staff_id);
         self.payload.push(event.payload);
         self.command_digest.push(event.command_digest.map(Vec::from));
     }
@@ -245,7 +248,7 @@ async fn commit(pool: &Pool, batch: &mut Vec<AppendRequest>, head: &watch::Sende
             .prepare_cached(&format!(
                 "INSERT INTO tally_events ({COLUMNS}) SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::int[], \
                  $6::bigint[], $7::text[], $8::bigint[], $9::text[], $10::text[], $11::text[], $12::text[], $13::bytea[], $14::bytea[], $15::text[], \
-                 $16::text[])"
+                 $16::text[], $17::text[])"
             ))
             .await
             .map_err(pg)?;
@@ -268,6 +271,7 @@ async fn commit(pool: &Pool, batch: &mut Vec<AppendRequest>, head: &watch::Sende
                 &c.command_digest,
                 &c.principal,
                 &c.principal_roles,
+                &c.staff_id,
             ],
         )
         .await

@@ -80,6 +80,7 @@ pub(in crate::store) fn into_envelope(stream: &StreamId, version: u64, position:
         tracestate: data.metadata.tracestate,
         principal: data.metadata.principal,
         principal_roles: data.metadata.principal_roles,
+        staff_id: data.metadata.staff_id,
         payload: data.payload,
     }
 }
@@ -106,6 +107,7 @@ pub(in crate::store) fn from_envelope(envelope: EventEnvelope) -> Result<Recorde
                 tracestate: envelope.tracestate,
                 principal: envelope.principal,
                 principal_roles: envelope.principal_roles,
+                staff_id: envelope.staff_id,
             },
             payload: envelope.payload,
         },
