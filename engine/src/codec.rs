@@ -82,6 +82,33 @@ pub fn decode_program(recorded: RecordedEvent) -> Result<ProgramEvent, CodecErro
     })
 }
 
+/// The platform's stream of tenants, `$tenants`: one `TenantRegistered` per tenant.
+pub fn tenants_stream() -> StreamId {
+    StreamId::new("$tenants").expect("a valid stream id")
+}
+
+const TENANT_EVENT_TYPE: &str = "tally.v1.TenantRegistered";
+
+/// A tenant's registration, recorded at `recorded_at_ms`.
+pub fn encode_tenant(tenant: &TenantId, recorded_at_ms: i64, metadata: &EventMetadata) -> EventData {
+    let key = format!("tally:tenant:{tenant}");
+    let facts = CommandFacts { key: &key, fingerprint: CommandFingerprint::Fnv64(0), recorded_at_ms };
+    let payload = prost::Message::encode_to_vec(&tally_proto::v1::TenantRegistered { tenant_id: tenant.to_string() });
+    envelope(TENANT_EVENT_TYPE, 1, facts, metadata, payload)
+}
+
+/// The tenant a stored registration names.
+pub fn decode_tenant(recorded: RecordedEvent) -> Result<TenantId, CodecError> {
+    let RecordedEvent { global_position: position, data, .. } = recorded;
+    if data.event_type != TENANT_EVENT_TYPE {
+        return Err(CodecError::UnknownEventType { position, event_type: data.event_type });
+    }
+    let undecodable = |reason: String| CodecError::Undecodable { position, event_type: TENANT_EVENT_TYPE.into(), reason };
+    let registered =
+        <tally_proto::v1::TenantRegistered as prost::Message>::decode(data.payload.as_slice()).map_err(|e| undecodable(e.to_string()))?;
+    TenantId::parse(&registered.tenant_id).map_err(|e| undecodable(e.to_string()))
+}
+
 /// The log's stream of access keys, `$keys`.
 pub fn keys_stream() -> StreamId {
     StreamId::new(KEYS_STREAM).expect("a valid stream id")

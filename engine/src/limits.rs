@@ -124,6 +124,9 @@ pub const QUALIFYING_MONTHS_MAX: usize = 24;
 pub const STAMPS_PER_CARD_MAX: i64 = 1_000;
 const _: () = assert!(DUE_EVENTS_PER_APPEND_MAX + HOLDS_PER_WALLET_MAX + 16 < APPEND_EVENTS_MAX);
 
+/// Most tenants on the platform unless `tally serve --tenants-max` says otherwise.
+pub const TENANTS_DEFAULT_MAX: usize = 10_000;
+
 /// Longest label, reason or author of an API key, in bytes.
 pub const KEY_LABEL_BYTES_MAX: usize = 128;
 /// Most keys not revoked nor expired per tenant (and for the platform).

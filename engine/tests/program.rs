@@ -293,3 +293,35 @@ fn at_most_a_hundred_rules_versions_a_day_counted_on_recorded_times() {
     run(&mut program, &pending, later + retry_after_ms + minute).unwrap();
     assert_eq!(program.rule_versions.len(), RULES_VERSIONS_PER_WINDOW_MAX + 2);
 }
+
+/// Issue 16 item 7: the platform's tenants are counted on `$tenants` with expected versions, so nodes
+/// sharing a log never create more than the bound between them; a program created again is not counted
+/// twice.
+#[tokio::test]
+async fn nodes_sharing_a_log_create_no_more_tenants_than_the_bound() {
+    use std::sync::Arc;
+    use std::time::Duration;
+    use tally_engine::actors::{ProgramBook, ProgramError};
+    use tally_engine::clock::{Clock, ManualClock};
+
+    let store = InMemoryStore::new();
+    let clock = Arc::new(ManualClock::new(MARCH_1)) as Arc<dyn Clock>;
+    let node = |max| ProgramBook::new(store.clone(), clock.clone(), Duration::from_secs(1)).with_tenants_max(max);
+    let (one, two) = (node(2), node(2));
+    let meta = EventMetadata::default();
+    let tenant = |name: &str| TenantId::parse(name).unwrap();
+    one.execute(&tenant("acme"), &create("c"), &meta).await.unwrap();
+    two.execute(&tenant("globex"), &create("c"), &meta).await.unwrap();
+    let refused = one.execute(&tenant("initech"), &create("c"), &meta).await.unwrap_err();
+    assert!(matches!(refused, ProgramError::Rejected(ProgramRejection::TooManyTenants { max: 2 })), "{refused:?}");
+    assert!(matches!(
+        two.execute(&tenant("initech"), &create("c"), &meta).await,
+        Err(ProgramError::Rejected(ProgramRejection::TooManyTenants { .. }))
+    ));
+    // Existing tenants go on: a retry of a creation, and their other commands.
+    assert!(one.execute(&tenant("globex"), &create("c"), &meta).await.unwrap().replayed.is_some());
+    one.execute(&tenant("acme"), &publish("v1", 2), &meta).await.unwrap();
+    assert_eq!(store.read_stream(&codec::tenants_stream(), 1, 10).await.unwrap().len(), 2, "each tenant once");
+    let larger = node(3);
+    larger.execute(&tenant("initech"), &create("c"), &meta).await.unwrap();
+}

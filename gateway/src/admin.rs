@@ -40,6 +40,7 @@ fn from_program_error(error: &ProgramError) -> Status {
             ProgramRejection::AlreadyCreated | ProgramRejection::IdempotencyKeyReused { .. } => {
                 Status::already_exists(rejection.to_string())
             }
+            ProgramRejection::TooManyTenants { .. } => Status::resource_exhausted(rejection.to_string()),
             ProgramRejection::TooManyRulesVersions { retry_after_ms, .. } => status::quota_exhausted(
                 rejection.to_string(),
                 "rules versions",

@@ -216,6 +216,10 @@ serve_options! {
         /// count against no tenant's rate.
         #[arg(long, env = "TALLY_RATE_PER_PLATFORM_KEY", value_name = "RATE[:BURST]", default_value = "off")]
         pub rate_per_platform_key: Option<RateLimit>,
+        /// Most tenants (programs) the platform may have, counted on the log's stream `$tenants` by every
+        /// node sharing it; CreateProgram beyond it is RESOURCE_EXHAUSTED.
+        #[arg(long, env = "TALLY_TENANTS_MAX", value_name = "N", default_value = text!(tally_engine::limits::TENANTS_DEFAULT_MAX))]
+        pub tenants_max: Option<usize>,
     }
 }
 
@@ -339,6 +343,8 @@ pub struct ServeSettings {
     pub tls: Option<TlsFiles>,
     /// Request rates per key and per tenant.
     pub rates: RateLimits,
+    /// Most tenants on the platform.
+    pub tenants_max: usize,
 }
 
 /// The files TLS is served with.
@@ -437,6 +443,7 @@ impl ServeSettings {
                 per_tenant: set.rate_per_tenant.expect(DEFAULTED).rate(),
                 per_platform_key: set.rate_per_platform_key.expect(DEFAULTED).rate(),
             },
+            tenants_max: set.tenants_max.expect(DEFAULTED),
             registry: RegistryConfig {
                 active_wallets_max: set.active_wallets_max.expect(DEFAULTED),
                 idle_ms: set.wallet_idle_secs.expect(DEFAULTED).saturating_mul(1000),
@@ -706,6 +713,7 @@ mod tests {
             ("rate_per_key", "--rate-per-key", "TALLY_RATE_PER_KEY"),
             ("rate_per_tenant", "--rate-per-tenant", "TALLY_RATE_PER_TENANT"),
             ("rate_per_platform_key", "--rate-per-platform-key", "TALLY_RATE_PER_PLATFORM_KEY"),
+            ("tenants_max", "--tenants-max", "TALLY_TENANTS_MAX"),
         ];
         assert_eq!(ServeOptions::NAMES, spellings.map(|(key, _, _)| key));
         let mut cli = <crate::cli::Cli as clap::CommandFactory>::command();

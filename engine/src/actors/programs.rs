@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use super::{Programs, WalletError};
 use crate::clock::Clock;
 use crate::codec::{self, CodecError};
-use crate::domain::program::{ProgramCommand, ProgramDecision, ProgramRejection, ProgramState, apply_program, decide_program};
+use crate::domain::program::{
+    ProgramCommand, ProgramCommandBody, ProgramDecision, ProgramRejection, ProgramState, apply_program, decide_program,
+};
 use crate::domain::rules::{Customer, Order, Period, Rule};
 use crate::domain::{OrderQuote, ProgramSettings, Rejection, TenantId, quote_order};
 use crate::store::{EventMetadata, EventStore, ExpectedVersion, StoreError};
@@ -51,6 +53,16 @@ pub struct ProgramBook {
     programs: parking_lot::Mutex<HashMap<TenantId, Arc<tokio::sync::Mutex<ProgramState>>>>,
     settings: parking_lot::RwLock<HashMap<TenantId, (Arc<ProgramSettings>, Instant)>>,
     refresh: Duration,
+    /// The platform's tenants as stream `$tenants` has them, and how many it may have.
+    tenants: tokio::sync::Mutex<TenantRoll>,
+    tenants_max: usize,
+}
+
+/// Tenants registered on `$tenants`, and the stream's version they were read to.
+#[derive(Debug, Default)]
+struct TenantRoll {
+    names: std::collections::HashSet<TenantId>,
+    version: u64,
 }
 
 impl ProgramBook {
@@ -61,6 +73,51 @@ impl ProgramBook {
             programs: parking_lot::Mutex::new(HashMap::new()),
             settings: parking_lot::RwLock::new(HashMap::new()),
             refresh,
+            tenants: tokio::sync::Mutex::default(),
+            tenants_max: crate::limits::TENANTS_DEFAULT_MAX,
+        }
+    }
+
+    /// At most `max` tenants on the platform (those registered on `$tenants`).
+    pub fn with_tenants_max(mut self, max: usize) -> Self {
+        self.tenants_max = max;
+        self
+    }
+
+    /// Registers `tenant` on `$tenants` unless it is there, refusing a tenant beyond the bound; with the
+    /// expected version, so nodes sharing the log never register more than the bound between them.
+    async fn register(&self, tenant: &TenantId, meta: &EventMetadata) -> Result<(), ProgramError> {
+        let stream = codec::tenants_stream();
+        let mut roll = self.tenants.lock().await;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            loop {
+                let events = self.store.read_stream(&stream, roll.version + 1, READ_BATCH_EVENTS).await?;
+                if events.is_empty() {
+                    break;
+                }
+                for recorded in events {
+                    roll.names.insert(codec::decode_tenant(recorded)?);
+                    roll.version += 1;
+                }
+            }
+            if roll.names.contains(tenant) {
+                return Ok(());
+            }
+            if roll.names.len() >= self.tenants_max {
+                return Err(ProgramRejection::TooManyTenants { max: self.tenants_max }.into());
+            }
+            let event = codec::encode_tenant(tenant, self.clock.now_ms(), meta);
+            match self.store.append(&stream, ExpectedVersion::Exact(roll.version), vec![event]).await {
+                Ok(_) => {
+                    roll.names.insert(tenant.clone());
+                    roll.version += 1;
+                    return Ok(());
+                }
+                Err(StoreError::VersionConflict { .. }) if attempt < CONFLICT_ATTEMPTS => continue,
+                Err(error) => return Err(error.into()),
+            }
         }
     }
 
@@ -119,6 +176,11 @@ impl ProgramBook {
         loop {
             attempt += 1;
             self.catch_up(tenant, &mut state).await?;
+            // A new program is a new tenant of the platform: counted (and bounded) first. A crash between
+            // the two appends leaves the tenant counted, and creating its program again goes on from there.
+            if !state.created && matches!(command.body, ProgramCommandBody::Create { .. }) {
+                self.register(tenant, meta).await?;
+            }
             let events = match decide_program(&state, tenant, command, self.clock.now_ms())? {
                 ProgramDecision::AlreadyApplied { rules_version } => {
                     return Ok(ProgramOutcome { state: state.clone(), replayed: Some(rules_version) });

@@ -262,6 +262,9 @@ pub enum ProgramRejection {
     /// `retry_after_ms`. Counted on the versions' recorded times, so every node decides alike.
     #[error("{max} rules versions were published in the last {} hours, the most allowed; the next may be published in {} s", window_ms / 3_600_000, (retry_after_ms + 999) / 1000)]
     TooManyRulesVersions { max: usize, window_ms: i64, retry_after_ms: i64 },
+    /// The platform has `max` tenants already (the length of stream `$tenants`).
+    #[error("the platform has {max} tenants, the most it allows (tally serve --tenants-max)")]
+    TooManyTenants { max: usize },
 }
 
 #[derive(Debug, Clone, PartialEq)]
