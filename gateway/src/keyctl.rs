@@ -90,6 +90,22 @@ fn offline_meta() -> CommandMeta {
     CommandMeta { principal: OFFLINE.into(), ..CommandMeta::default() }
 }
 
+/// Makes the key `request` describes on the log itself (`--store`), as "offline".
+async fn create_on_log(book: &KeyBook, request: pb::CreateKeyRequest) -> Result<pb::CreateKeyResponse, ClientError> {
+    let roles: Roles = request.roles.iter().filter_map(|r| pb::Role::try_from(*r).ok()).filter_map(keys::engine_role).collect();
+    let scope = match request.tenant_id.as_str() {
+        "" => Scope::Platform,
+        t => Scope::Tenant(TenantId::parse(t).map_err(|e| ClientError::Direct(format!("--tenant: {e}")))?),
+    };
+    let client_cert_sha256 = match request.client_cert_pem.as_str() {
+        "" => None,
+        pem => Some(keys::client_certificate(pem, "--client-cert").map_err(ClientError::Direct)?),
+    };
+    let expires_at_ms = request.expires_at.map(|t| t.seconds.saturating_mul(1_000));
+    let spec = keys::NewKey { scope, roles, label: request.label, expires_at_ms, client_cert_sha256 };
+    keys::create(book, spec, OFFLINE, &offline_meta()).await.map_err(|e| ClientError::Direct(format!("on the log: {e}")))
+}
+
 /// Runs a key command through `--server`, or on `direct`, the log itself, when the command names one
 /// (`--store`; the binary opens it).
 pub async fn run(command: KeysCommand, direct: Option<&KeyBook>) -> Result<String, ClientError> {
@@ -109,25 +125,10 @@ pub async fn run(command: KeysCommand, direct: Option<&KeyBook>) -> Result<Strin
                 let at = std::time::SystemTime::now() + std::time::Duration::from_secs(u64::from(days) * 86_400);
                 prost_types::Timestamp::from(at)
             });
+            let request = pb::CreateKeyRequest { tenant_id: tenant.unwrap_or_default(), roles, label, expires_at, client_cert_pem };
             let created = match direct {
-                Some(book) => {
-                    let names: Roles = roles.iter().filter_map(|r| pb::Role::try_from(*r).ok()).filter_map(keys::engine_role).collect();
-                    let scope = match &tenant {
-                        None => Scope::Platform,
-                        Some(t) => Scope::Tenant(TenantId::parse(t).map_err(|e| ClientError::Direct(format!("--tenant: {e}")))?),
-                    };
-                    let expires_at_ms = expires_at.map(|t| t.seconds.saturating_mul(1_000));
-                    let client_cert_sha256 = match client_cert_pem.as_str() {
-                        "" => None,
-                        pem => Some(keys::client_certificate(pem, "--client-cert").map_err(ClientError::Direct)?),
-                    };
-                    let spec = keys::NewKey { scope, roles: names, label, expires_at_ms, client_cert_sha256 };
-                    keys::create(book, spec, OFFLINE, &offline_meta()).await.map_err(failed)?
-                }
-                None => {
-                    let request = pb::CreateKeyRequest { tenant_id: tenant.unwrap_or_default(), roles, label, expires_at, client_cert_pem };
-                    connect(&target).await?.create_key(request).await.map_err(ClientError::Call)?.into_inner()
-                }
+                Some(book) => create_on_log(book, request).await?,
+                None => connect(&target).await?.create_key(request).await.map_err(ClientError::Call)?.into_inner(),
             };
             let key = view(created.key.unwrap_or_default());
             if json {
