@@ -174,7 +174,7 @@ impl<S> Authenticated<S> {
 }
 
 fn role_names(roles: Roles) -> String {
-    roles.iter().map(Role::name).collect::<Vec<_>>().join(", ")
+    roles.iter().map(Role::name).collect::<Vec<_>>().join(",")
 }
 
 impl<S, B> Service<http::Request<B>> for Authenticated<S>
@@ -220,7 +220,7 @@ pub fn recorded_principal(extensions: &tonic::Extensions) -> tally_engine::store
     let mut meta = tally_engine::store::EventMetadata::default();
     if let Some(principal) = extensions.get::<Principal>() {
         meta.principal = principal.key_id.clone();
-        meta.principal_roles = role_names(principal.roles).replace(", ", ",");
+        meta.principal_roles = role_names(principal.roles);
     }
     meta
 }

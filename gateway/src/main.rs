@@ -282,7 +282,8 @@ async fn serve(settings: ServeSettings) -> Result<(), Box<dyn std::error::Error>
         }
     };
     let engine = Engine { registry: registry.clone(), store, programs: program_book, keys };
-    tally_gateway::server::run(listener, engine, read.clone(), access, settings.rates, tls, shutdown).await?;
+    let edge = tally_gateway::server::Edge { access, rates: settings.rates, tls };
+    tally_gateway::server::run(listener, engine, read.clone(), edge, shutdown).await?;
     keys_refresher.abort();
     timers.stop();
     registry.shutdown().await;

@@ -35,15 +35,21 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
+/// How the edge treats callers: who they are, how fast they may call, over what.
+#[derive(Debug)]
+pub struct Edge {
+    pub access: Access,
+    pub rates: RateLimits,
+    pub tls: Option<ServerTlsConfig>,
+}
+
 /// Serves until `shutdown` resolves; then refuses new calls (UNAVAILABLE), stops accepting connections,
 /// waits up to `SHUTDOWN_GRACE_MS` for the calls in flight to finish, and returns.
 pub async fn run(
     listener: TcpListener,
     engine: Engine,
     read: ReadSide,
-    access: Access,
-    rates: RateLimits,
-    tls: Option<ServerTlsConfig>,
+    Edge { access, rates, tls }: Edge,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -110,20 +116,26 @@ pub async fn run(
         () = shutdown => {}
     }
     tracing::info!("shutting down: refusing new calls, finishing the ones in flight");
-    for gate in [&gate, &reporting_gate, &admin_gate] {
-        gate.close();
-    }
     health.set_not_serving::<WalletServiceServer<WalletApi>>().await;
-    let _ = stop_accepting.send(());
-    let drained = async { tokio::join!(gate.drained(), reporting_gate.drained(), admin_gate.drained()) };
-    if tokio::time::timeout(Duration::from_millis(SHUTDOWN_GRACE_MS), drained).await.is_err() {
-        tracing::warn!(grace_ms = SHUTDOWN_GRACE_MS, "calls still in flight after the grace period; closing anyway");
-    }
+    drain([&gate, &reporting_gate, &admin_gate], stop_accepting).await;
     // Let the last responses reach their clients; idle client connections do not hold us up.
     if let Ok(result) = tokio::time::timeout(Duration::from_millis(RESPONSE_FLUSH_MS), &mut serve).await {
         result?;
     }
     Ok(())
+}
+
+/// Closes the gates, stops accepting connections, and waits up to `SHUTDOWN_GRACE_MS` for the calls in
+/// flight.
+async fn drain(gates: [&Gate; 3], stop_accepting: oneshot::Sender<()>) {
+    for gate in gates {
+        gate.close();
+    }
+    let _ = stop_accepting.send(());
+    let drained = futures::future::join_all(gates.map(Gate::drained));
+    if tokio::time::timeout(Duration::from_millis(SHUTDOWN_GRACE_MS), drained).await.is_err() {
+        tracing::warn!(grace_ms = SHUTDOWN_GRACE_MS, "calls still in flight after the grace period; closing anyway");
+    }
 }
 
 /// Forgets idle keys and tenants from the rate limiters every `RATE_LIMITER_SWEEP_MS`.

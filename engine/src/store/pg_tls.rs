@@ -66,35 +66,26 @@ pub fn pg_connection(url: &str) -> Result<PgConnection, String> {
 /// `url` without its `sslrootcert` setting and with `verify-ca`/`verify-full` read as `require`; the
 /// setting's value.
 fn take_root_cert(url: &str) -> (String, Option<String>) {
-    let verifying = |value: &str| if matches!(value, "verify-ca" | "verify-full") { "require" } else { value }.to_owned();
     let mut root_cert = None;
-    if let Some((base, query)) = url.split_once('?').filter(|_| url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-        let kept: Vec<String> = query
-            .split('&')
-            .filter_map(|pair| match pair.split_once('=') {
-                Some(("sslrootcert", value)) => {
-                    root_cert = Some(value.to_owned());
-                    None
-                }
-                Some(("sslmode", value)) => Some(format!("sslmode={}", verifying(value))),
-                _ => Some(pair.to_owned()),
-            })
-            .collect();
-        let rest = if kept.is_empty() { base.to_owned() } else { format!("{base}?{}", kept.join("&")) };
-        return (rest, root_cert);
-    }
-    let kept: Vec<String> = url
-        .split_whitespace()
-        .filter_map(|pair| match pair.split_once('=') {
-            Some(("sslrootcert", value)) => {
-                root_cert = Some(value.to_owned());
-                None
-            }
-            Some(("sslmode", value)) => Some(format!("sslmode={}", verifying(value))),
-            _ => Some(pair.to_owned()),
-        })
-        .collect();
-    (kept.join(" "), root_cert)
+    // One setting as written (`key=value`): dropped if it is `sslrootcert`, rewritten if a verifying mode.
+    let mut keep = |pair: &str| match pair.split_once('=') {
+        Some(("sslrootcert", value)) => {
+            root_cert = Some(value.to_owned());
+            None
+        }
+        Some(("sslmode", "verify-ca" | "verify-full")) => Some("sslmode=require".to_owned()),
+        _ => Some(pair.to_owned()),
+    };
+    let is_url = url.starts_with("postgres://") || url.starts_with("postgresql://");
+    let rest = match url.split_once('?').filter(|_| is_url) {
+        Some((base, query)) => {
+            let kept: Vec<String> = query.split('&').filter_map(&mut keep).collect();
+            if kept.is_empty() { base.to_owned() } else { format!("{base}?{}", kept.join("&")) }
+        }
+        None if is_url => url.to_owned(),
+        None => url.split_whitespace().filter_map(&mut keep).collect::<Vec<_>>().join(" "),
+    };
+    (rest, root_cert)
 }
 
 #[cfg(test)]
