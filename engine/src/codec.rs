@@ -109,6 +109,22 @@ pub fn decode_tenant(recorded: RecordedEvent) -> Result<TenantId, CodecError> {
     TenantId::parse(&registered.tenant_id).map_err(|e| undecodable(e.to_string()))
 }
 
+/// The stream counting a tenant's wallets: `"<tenant>/wallets"`, one `WalletAdmitted` per wallet opened.
+pub fn wallets_stream(tenant: &TenantId) -> StreamId {
+    StreamId::new(&format!("{tenant}/wallets")).expect("validated ids always make a valid stream id")
+}
+
+/// The event type counting one wallet on [`wallets_stream`].
+pub const WALLET_ADMITTED_EVENT_TYPE: &str = "tally.v1.WalletAdmitted";
+
+/// One wallet of a tenant counted, recorded at `recorded_at_ms` under the enrollment's metadata.
+pub fn encode_wallet_admitted(wallet: &WalletId, recorded_at_ms: i64, metadata: &EventMetadata) -> EventData {
+    let key = format!("tally:wallet:{wallet}");
+    let facts = CommandFacts { key: &key, fingerprint: CommandFingerprint::Fnv64(0), recorded_at_ms };
+    let payload = prost::Message::encode_to_vec(&tally_proto::v1::WalletAdmitted { wallet_id: wallet.to_string() });
+    envelope(WALLET_ADMITTED_EVENT_TYPE, 1, facts, metadata, payload)
+}
+
 /// The log's stream of access keys, `$keys`.
 pub fn keys_stream() -> StreamId {
     StreamId::new(KEYS_STREAM).expect("a valid stream id")

@@ -127,6 +127,10 @@ const _: () = assert!(DUE_EVENTS_PER_APPEND_MAX + HOLDS_PER_WALLET_MAX + 16 < AP
 /// Most tenants on the platform unless `tally serve --tenants-max` says otherwise.
 pub const TENANTS_DEFAULT_MAX: usize = 10_000;
 
+/// Most wallets one tenant may open unless `tally serve --wallets-max` says otherwise (closed ones count:
+/// their history stays in the log).
+pub const WALLETS_PER_TENANT_DEFAULT_MAX: u64 = 10_000_000;
+
 /// Longest label, reason or author of an API key, in bytes.
 pub const KEY_LABEL_BYTES_MAX: usize = 128;
 /// Most keys not revoked nor expired per tenant (and for the platform).

@@ -325,3 +325,126 @@ async fn nodes_sharing_a_log_create_no_more_tenants_than_the_bound() {
     let larger = node(3);
     larger.execute(&tenant("initech"), &create("c"), &meta).await.unwrap();
 }
+
+/// Issue 16 item 7: a tenant's wallets are counted on `<tenant>/wallets` with expected versions, so two
+/// nodes enrolling at once never open more than the bound between them; a retried or repeated enrollment
+/// is not counted again, and a burst is counted in few appends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_sharing_a_log_open_no_more_wallets_than_the_bound() {
+    use std::sync::Arc;
+    use std::time::Duration;
+    use tally_engine::actors::{CommandMeta, ProgramBook, RegistryConfig, WalletError, WalletKey, WalletRegistry};
+    use tally_engine::clock::{Clock, ManualClock};
+    use tally_engine::domain::{Command, CommandBody, Rejection, WalletId};
+
+    const MAX: u64 = 40;
+    let store = InMemoryStore::new();
+    let clock = Arc::new(ManualClock::new(MARCH_1)) as Arc<dyn Clock>;
+    let acme = TenantId::parse("acme").unwrap();
+    let node = || async {
+        let book = Arc::new(ProgramBook::new(store.clone(), clock.clone(), Duration::from_secs(1)).with_wallets_max(MAX));
+        WalletRegistry::start(RegistryConfig::default(), store.clone(), book.clone(), clock.clone()).await.unwrap()
+    };
+    let (one, two) = (node().await, node().await);
+    ProgramBook::new(store.clone(), clock.clone(), Duration::from_secs(1))
+        .execute(&acme, &create("c"), &EventMetadata::default())
+        .await
+        .unwrap();
+    let enroll = |registry: WalletRegistry, tenant: &TenantId, i: usize| {
+        let key = WalletKey::new(tenant.clone(), WalletId::parse(&format!("c-{i}")).unwrap());
+        let command = Command::new(format!("enroll-{i}"), CommandBody::Enroll { customer_ref: String::new() });
+        async move { registry.execute(&key, command, CommandMeta::default()).await }
+    };
+
+    // 60 wallets at once, each enrolled on both nodes (a client retrying on another node, or two clients).
+    let calls = (0..60).flat_map(|i| [enroll(one.clone(), &acme, i), enroll(two.clone(), &acme, i)]);
+    let results = futures::future::join_all(calls).await;
+    let (mut opened, mut refused) = (std::collections::HashSet::new(), 0);
+    for (i, result) in results.iter().enumerate() {
+        match result {
+            Ok(_) => {
+                opened.insert(i / 2);
+            }
+            Err(WalletError::TooManyWallets { max: MAX }) => refused += 1,
+            // The same wallet enrolled by the other node first: a retry under the same key is answered.
+            Err(WalletError::Rejected(Rejection::AlreadyEnrolled)) => {
+                opened.insert(i / 2);
+            }
+            Err(other) => panic!("call {i}: {other:?}"),
+        }
+    }
+    let counted = store.stream_version(&codec::wallets_stream(&acme)).await.unwrap();
+    assert!(counted <= MAX, "{counted} counted");
+    assert!(opened.len() as u64 <= counted, "{} wallets opened, {counted} counted", opened.len());
+    assert!(refused > 0);
+    let enrolled = (0..60).filter(|i| opened.contains(i)).count();
+    assert!(enrolled >= 30, "two nodes racing for one wallet count it at most twice: {enrolled}");
+
+    // At the bound, nothing more opens, on either node, but enrolled wallets are answered again.
+    let extra = || enroll(one.clone(), &acme, 1_000);
+    let first = *opened.iter().next().unwrap();
+    if counted == MAX {
+        assert!(matches!(extra().await, Err(WalletError::TooManyWallets { max: MAX })));
+    }
+    let again = enroll(two.clone(), &acme, first).await;
+    assert!(
+        matches!(again, Ok(_) | Err(WalletError::Rejected(Rejection::AlreadyEnrolled))),
+        "an enrolled wallet is answered, not counted: {again:?}"
+    );
+    assert_eq!(store.stream_version(&codec::wallets_stream(&acme)).await.unwrap(), counted, "nothing counted again");
+
+    // Another tenant has its own count.
+    let globex = TenantId::parse("globex").unwrap();
+    ProgramBook::new(store.clone(), clock.clone(), Duration::from_secs(1))
+        .execute(&globex, &create("c"), &EventMetadata::default())
+        .await
+        .unwrap();
+    enroll(two.clone(), &globex, 0).await.unwrap();
+    assert_eq!(store.stream_version(&codec::wallets_stream(&globex)).await.unwrap(), 1);
+    one.shutdown().await;
+    two.shutdown().await;
+}
+
+/// A burst of enrollments on one node is counted in one append per round trip of the log (a real fsync
+/// here), not one each, and each event names its wallet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_enrollments_is_counted_in_few_appends() {
+    use std::sync::Arc;
+    use std::time::Duration;
+    use tally_engine::actors::{CommandMeta, ProgramBook, RegistryConfig, WalletKey, WalletRegistry};
+    use tally_engine::clock::{Clock, ManualClock};
+    use tally_engine::domain::{Command, CommandBody, WalletId};
+    use tally_engine::store::EmbeddedStore;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn EventStore> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+    let clock = Arc::new(ManualClock::new(MARCH_1)) as Arc<dyn Clock>;
+    let acme = TenantId::parse("acme").unwrap();
+    let book = Arc::new(ProgramBook::new(store.clone(), clock.clone(), Duration::from_secs(1)));
+    book.execute(&acme, &create("c"), &EventMetadata::default()).await.unwrap();
+    let registry = WalletRegistry::start(RegistryConfig::default(), store.clone(), book.clone(), clock.clone()).await.unwrap();
+    let calls = (0..500).map(|i| {
+        let key = WalletKey::new(acme.clone(), WalletId::parse(&format!("c-{i}")).unwrap());
+        let command = Command::new("enroll", CommandBody::Enroll { customer_ref: String::new() });
+        let registry = registry.clone();
+        async move { registry.execute(&key, command, CommandMeta::default()).await }
+    });
+    for result in futures::future::join_all(calls).await {
+        result.unwrap();
+    }
+    let counted = store.read_stream(&codec::wallets_stream(&acme), 1, 1_000).await.unwrap();
+    assert_eq!(counted.len(), 500);
+    let mut named: Vec<_> = counted
+        .iter()
+        .map(|e| {
+            assert_eq!(e.data.event_type, codec::WALLET_ADMITTED_EVENT_TYPE);
+            <tally_proto::v1::WalletAdmitted as prost::Message>::decode(e.data.payload.as_slice()).unwrap().wallet_id
+        })
+        .collect();
+    named.sort();
+    named.dedup();
+    assert_eq!(named.len(), 500, "each wallet once");
+    let appends = counted.windows(2).filter(|w| w[0].global_position + 1 != w[1].global_position).count() + 1;
+    assert!(appends < 250, "{appends} appends for 500 wallets");
+    registry.shutdown().await;
+}

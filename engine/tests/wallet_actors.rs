@@ -141,6 +141,10 @@ impl Programs for PoisonedPrograms {
         assert_ne!(tenant.as_str(), "poison", "simulated bug in a wallet handler");
         Ok(Some(Arc::new(ProgramSettings::default())))
     }
+
+    async fn admit_wallet(&self, _tenant: &TenantId, _wallet: &WalletId, _meta: &CommandMeta) -> Result<(), WalletError> {
+        Ok(())
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -345,6 +349,10 @@ impl Programs for GatedPrograms {
             self.gate.acquire().await.unwrap().forget();
         }
         Ok(Some(Arc::new(ProgramSettings::default())))
+    }
+
+    async fn admit_wallet(&self, _tenant: &TenantId, _wallet: &WalletId, _meta: &CommandMeta) -> Result<(), WalletError> {
+        Ok(())
     }
 }
 

@@ -220,6 +220,11 @@ serve_options! {
         /// node sharing it; CreateProgram beyond it is RESOURCE_EXHAUSTED.
         #[arg(long, env = "TALLY_TENANTS_MAX", value_name = "N", default_value = text!(tally_engine::limits::TENANTS_DEFAULT_MAX))]
         pub tenants_max: Option<usize>,
+        /// Most wallets each tenant may open (closed ones count), counted on the log's stream
+        /// `<tenant>/wallets` by every node sharing it; Enroll beyond it is RESOURCE_EXHAUSTED.
+        #[arg(long, env = "TALLY_WALLETS_MAX", value_name = "N",
+              default_value = text!(tally_engine::limits::WALLETS_PER_TENANT_DEFAULT_MAX))]
+        pub wallets_max: Option<u64>,
     }
 }
 
@@ -345,6 +350,8 @@ pub struct ServeSettings {
     pub rates: RateLimits,
     /// Most tenants on the platform.
     pub tenants_max: usize,
+    /// Most wallets a tenant may open.
+    pub wallets_max: u64,
 }
 
 /// The files TLS is served with.
@@ -444,6 +451,7 @@ impl ServeSettings {
                 per_platform_key: set.rate_per_platform_key.expect(DEFAULTED).rate(),
             },
             tenants_max: set.tenants_max.expect(DEFAULTED),
+            wallets_max: set.wallets_max.expect(DEFAULTED),
             registry: RegistryConfig {
                 active_wallets_max: set.active_wallets_max.expect(DEFAULTED),
                 idle_ms: set.wallet_idle_secs.expect(DEFAULTED).saturating_mul(1000),
@@ -714,6 +722,7 @@ mod tests {
             ("rate_per_tenant", "--rate-per-tenant", "TALLY_RATE_PER_TENANT"),
             ("rate_per_platform_key", "--rate-per-platform-key", "TALLY_RATE_PER_PLATFORM_KEY"),
             ("tenants_max", "--tenants-max", "TALLY_TENANTS_MAX"),
+            ("wallets_max", "--wallets-max", "TALLY_WALLETS_MAX"),
         ];
         assert_eq!(ServeOptions::NAMES, spellings.map(|(key, _, _)| key));
         let mut cli = <crate::cli::Cli as clap::CommandFactory>::command();

@@ -242,7 +242,11 @@ async fn serve(settings: ServeSettings) -> Result<(), Box<dyn std::error::Error>
     let read = start_read_side(&settings, &store, &log_id).await?;
     let tenants: Vec<String> = settings.tenants.iter().map(|(t, _)| t.to_string()).collect();
     let refresh = Duration::from_millis(PROGRAM_SETTINGS_REFRESH_MS);
-    let program_book = Arc::new(ProgramBook::new(Arc::clone(&store), clock.clone(), refresh).with_tenants_max(settings.tenants_max));
+    let program_book = Arc::new(
+        ProgramBook::new(Arc::clone(&store), clock.clone(), refresh)
+            .with_tenants_max(settings.tenants_max)
+            .with_wallets_max(settings.wallets_max),
+    );
     bootstrap_programs(&program_book, &settings.tenants).await?;
     let programs: Arc<dyn Programs> = program_book.clone();
     let registry =

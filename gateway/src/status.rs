@@ -101,6 +101,12 @@ pub fn from_wallet_error(error: &WalletError) -> Status {
         }
         WalletError::Quarantined { .. } | WalletError::ShuttingDown => Status::unavailable(error.to_string()),
         WalletError::Busy { .. } => Status::resource_exhausted(error.to_string()),
+        // Not a rate: waiting frees nothing, so no retry-after; the platform operator raises the bound.
+        WalletError::TooManyWallets { max } => Status::with_error_details(
+            Code::ResourceExhausted,
+            format!("{error}; the platform operator can raise tally serve --wallets-max"),
+            ErrorDetails::with_quota_failure_violation("wallets-per-tenant", format!("at most {max} wallets per tenant")),
+        ),
         WalletError::DeadlineExceeded => Status::deadline_exceeded(error.to_string()),
     }
 }

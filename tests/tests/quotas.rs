@@ -135,6 +135,36 @@ async fn a_tenant_publishes_at_most_a_hundred_rules_versions_a_day() {
     assert_eq!(admin.publish_rules(publish("globex", "v0".into())).await.unwrap().into_inner().rules_version, 1);
 }
 
+/// A tenant opens at most `--wallets-max` wallets, counted in the log: across a restart too; an enrolled
+/// wallet's retry is still answered and another tenant has its own count.
+#[tokio::test]
+async fn a_tenant_opens_at_most_its_bound_of_wallets() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--tenant", "acme,globex", "--wallets-max", "2"];
+    let mut server = TallyServer::start(dir.path(), &args);
+    enroll(&server, "acme", "c-1").await;
+    enroll(&server, "acme", "c-2").await;
+    let third = || EnrollRequest { tenant_id: "acme".into(), wallet_id: "c-3".into(), idempotency_key: "e".into(), ..Default::default() };
+    let refused = server.client().await.enroll(third()).await.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.message().contains("the tenant has opened 2 wallets, as many as it may"), "{refused:?}");
+    assert!(refused.message().contains("--wallets-max"), "says what raises it: {refused:?}");
+    let violation = &refused.get_details_quota_failure().expect("a QuotaFailure detail").violations[0];
+    assert_eq!(violation.subject, "wallets-per-tenant");
+    assert!(refused.metadata().get("retry-after").is_none(), "waiting frees nothing");
+    enroll(&server, "acme", "c-1").await;
+    enroll(&server, "globex", "c-1").await;
+    let missing = server.client().await.get_wallet(read("acme", "c-3")).await.unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound, "the refused wallet was not opened");
+
+    server.terminate();
+    let server = TallyServer::start(dir.path(), &args);
+    assert_eq!(server.client().await.enroll(third()).await.unwrap_err().code(), Code::ResourceExhausted, "counted in the log");
+    drop(server);
+    let raised = TallyServer::start(dir.path(), &["--tenant", "acme,globex", "--wallets-max", "3"]);
+    raised.client().await.enroll(third()).await.unwrap();
+}
+
 /// Resident memory of process `pid`, in KiB.
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

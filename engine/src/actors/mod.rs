@@ -14,6 +14,7 @@ mod programs;
 mod registry;
 mod timers;
 mod wallet;
+mod wallet_roll;
 
 use std::collections::HashMap;
 use std::fmt::Debug;
@@ -49,6 +50,9 @@ impl WalletKey {
 pub trait Programs: Send + Sync + Debug + 'static {
     /// The tenant's settings, or `None` if no such program exists.
     async fn settings(&self, tenant: &TenantId) -> Result<Option<Arc<ProgramSettings>>, WalletError>;
+    /// Counts `wallet` as one more of `tenant`'s before its first event, or refuses it
+    /// ([`WalletError::TooManyWallets`]) when the tenant has opened as many as it may.
+    async fn admit_wallet(&self, tenant: &TenantId, wallet: &WalletId, meta: &CommandMeta) -> Result<(), WalletError>;
 }
 
 /// Programs known up front, optionally with a default for any tenant (development, tests).
@@ -74,6 +78,11 @@ impl StaticPrograms {
 impl Programs for StaticPrograms {
     async fn settings(&self, tenant: &TenantId) -> Result<Option<Arc<ProgramSettings>>, WalletError> {
         Ok(self.tenants.get(tenant).or(self.any_tenant.as_ref()).cloned())
+    }
+
+    /// Programs known up front bound no tenant's wallets.
+    async fn admit_wallet(&self, _tenant: &TenantId, _wallet: &WalletId, _meta: &CommandMeta) -> Result<(), WalletError> {
+        Ok(())
     }
 }
 
@@ -190,4 +199,7 @@ pub enum WalletError {
     /// The wallet has `queued_max` calls queued already; this one was refused without being queued.
     #[error("wallet has {queued_max} calls queued; nothing was applied, retry with the same idempotency key after a backoff")]
     Busy { queued_max: u64 },
+    /// The tenant has opened as many wallets as it may (`tally serve --wallets-max`); nothing was applied.
+    #[error("the tenant has opened {max} wallets, as many as it may; nothing was applied")]
+    TooManyWallets { max: u64 },
 }

@@ -6,14 +6,15 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Programs, WalletError};
+use super::wallet_roll::WalletRolls;
+use super::{CommandMeta, Programs, WalletError};
 use crate::clock::Clock;
 use crate::codec::{self, CodecError};
 use crate::domain::program::{
     ProgramCommand, ProgramCommandBody, ProgramDecision, ProgramRejection, ProgramState, apply_program, decide_program,
 };
 use crate::domain::rules::{Customer, Order, Period, Rule};
-use crate::domain::{OrderQuote, ProgramSettings, Rejection, TenantId, quote_order};
+use crate::domain::{OrderQuote, ProgramSettings, Rejection, TenantId, WalletId, quote_order};
 use crate::store::{EventMetadata, EventStore, ExpectedVersion, StoreError};
 
 /// Events read per call while catching a program up.
@@ -56,6 +57,8 @@ pub struct ProgramBook {
     /// The platform's tenants as stream `$tenants` has them, and how many it may have.
     tenants: tokio::sync::Mutex<TenantRoll>,
     tenants_max: usize,
+    /// Each tenant's wallets as streams `<tenant>/wallets` count them, and how many it may open.
+    wallets: WalletRolls,
 }
 
 /// Tenants registered on `$tenants`, and the stream's version they were read to.
@@ -68,19 +71,26 @@ struct TenantRoll {
 impl ProgramBook {
     pub fn new(store: Arc<dyn EventStore>, clock: Arc<dyn Clock>, refresh: Duration) -> Self {
         Self {
-            store,
-            clock,
             programs: parking_lot::Mutex::new(HashMap::new()),
             settings: parking_lot::RwLock::new(HashMap::new()),
             refresh,
             tenants: tokio::sync::Mutex::default(),
             tenants_max: crate::limits::TENANTS_DEFAULT_MAX,
+            wallets: WalletRolls::new(Arc::clone(&store), Arc::clone(&clock), crate::limits::WALLETS_PER_TENANT_DEFAULT_MAX),
+            store,
+            clock,
         }
     }
 
     /// At most `max` tenants on the platform (those registered on `$tenants`).
     pub fn with_tenants_max(mut self, max: usize) -> Self {
         self.tenants_max = max;
+        self
+    }
+
+    /// At most `max` wallets opened per tenant (those counted on `<tenant>/wallets`).
+    pub fn with_wallets_max(mut self, max: u64) -> Self {
+        self.wallets = WalletRolls::new(Arc::clone(&self.store), Arc::clone(&self.clock), max);
         self
     }
 
@@ -244,5 +254,9 @@ impl Programs for ProgramBook {
             // Catching up decides nothing, so nothing is rejected; were it, the wallet cannot go on.
             ProgramError::Rejected(_) | ProgramError::Order(_) => WalletError::UnknownTenant(tenant.clone()),
         })
+    }
+
+    async fn admit_wallet(&self, tenant: &TenantId, wallet: &WalletId, meta: &CommandMeta) -> Result<(), WalletError> {
+        self.wallets.admit(tenant, wallet, meta).await
     }
 }

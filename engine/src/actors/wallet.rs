@@ -318,6 +318,10 @@ impl Wallet {
             if let CommandBody::EarnForOrder { order } = &command.body {
                 self.claim_order(&order.order_id, command, now_ms, meta).await?;
             }
+            // A new wallet is one more of its tenant's: counted (and bounded) before its first event.
+            if state.version == 0 && matches!(command.body, CommandBody::Enroll { .. }) {
+                self.deps.programs.admit_wallet(&self.key.tenant, &self.key.wallet, meta).await?;
+            }
             let state = self.state.as_ref().expect("current() recovered it");
             let expected = ExpectedVersion::Exact(state.version);
             let data = events.iter().map(|event| codec::encode(event, meta)).collect();
