@@ -1,3 +1,10 @@
-//! Cluster membership on ractor_cluster, shard placement of wallets over live nodes, routing of wallet
-//! calls to their owner, and hand-off when membership changes. Nothing is built here yet; a single node
-//! routes through the engine's local wallet registry.
+//! Several nodes sharing one log: who is up ([`membership`], on chitchat's gossip), where each wallet
+//! lives ([`placement`]: fixed shards over the ready members by rendezvous hashing), and which node a
+//! wallet's call goes to ([`Router`]). Pure placement, no I/O but the gossip socket and peer channels;
+//! the gateway forwards calls and the engine is never told about other nodes (ADR 0009).
+
+pub mod membership;
+pub mod placement;
+mod router;
+
+pub use router::{Peer, Route, Router};

@@ -225,6 +225,22 @@ serve_options! {
         #[arg(long, env = "TALLY_WALLETS_MAX", value_name = "N",
               default_value = text!(tally_engine::limits::WALLETS_PER_TENANT_DEFAULT_MAX))]
         pub wallets_max: Option<u64>,
+        /// This node's name in a cluster, stable across restarts (a restarted node takes back its wallets):
+        /// 1–64 of A-Z a-z 0-9 - _ . With it the node joins a cluster; it needs --cluster-listen and a
+        /// shared log (postgres:// or kurrentdb://).
+        #[arg(long, env = "TALLY_NODE_ID", value_name = "ID")]
+        pub node_id: Option<String>,
+        /// Where this node gossips with the others about who is up (UDP; keep it on the cluster's private
+        /// network: gossip is not authenticated). A fixed port.
+        #[arg(long, env = "TALLY_CLUSTER_LISTEN", value_name = "ADDR")]
+        pub cluster_listen: Option<SocketAddr>,
+        /// Gossip addresses of nodes already in the cluster (HOST:PORT, comma-separated); none for the first.
+        #[arg(long, env = "TALLY_JOIN", value_delimiter = ',', value_name = "ADDR,...")]
+        pub join: Option<Vec<String>>,
+        /// The address (IP) other nodes reach this one at, for gossip and forwarded calls; default the
+        /// address of --listen, which must then not be 0.0.0.0.
+        #[arg(long, env = "TALLY_ADVERTISE", value_name = "IP")]
+        pub advertise: Option<std::net::IpAddr>,
     }
 }
 
@@ -352,6 +368,20 @@ pub struct ServeSettings {
     pub tenants_max: usize,
     /// Most wallets a tenant may open.
     pub wallets_max: u64,
+    /// The cluster this node is part of, if any.
+    pub cluster: Option<ClusterSettings>,
+}
+
+/// How a node takes part in a cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterSettings {
+    pub node_id: String,
+    /// Where it gossips.
+    pub listen: SocketAddr,
+    /// The IP other nodes reach it at (gossip and gRPC).
+    pub advertise: std::net::IpAddr,
+    /// Gossip addresses of nodes to join through.
+    pub seeds: Vec<String>,
 }
 
 /// The files TLS is served with.
@@ -380,6 +410,48 @@ fn tenant(arg: &TenantArg) -> Result<(TenantId, ProgramSettings), ConfigError> {
     Ok((id, ProgramSettings { return_policy, ..ProgramSettings::default() }))
 }
 
+/// The cluster settings, checked together: which setting is wrong, and why.
+fn cluster(
+    set: &ServeOptions,
+    store: &StoreUrl,
+    listen: SocketAddr,
+    tls: bool,
+) -> Result<Option<ClusterSettings>, (&'static str, ConfigError)> {
+    let unsafe_ = |reason: &str| ConfigError::Unsafe(reason.to_owned());
+    let Some(node_id) = set.node_id.clone() else {
+        if set.cluster_listen.is_some() || set.join.as_ref().is_some_and(|j| !j.is_empty()) {
+            return Err(("node_id", unsafe_("--cluster-listen and --join need --node-id: the name this node has in the cluster")));
+        }
+        return Ok(None);
+    };
+    let valid = (1..=64).contains(&node_id.len()) && node_id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if !valid {
+        return Err(("node_id", unsafe_(&format!("node id {node_id:?}: use 1-64 of A-Z a-z 0-9 - _ ."))));
+    }
+    if let StoreUrl::Embedded(dir) = store {
+        let reason = format!(
+            "a cluster needs a log its nodes share: --store postgres://… or kurrentdb://…; the embedded log in {} is one node's own",
+            dir.display()
+        );
+        return Err(("store", ConfigError::Unsafe(reason)));
+    }
+    if tls {
+        // Peers would have to trust the node's certificate to forward calls: not built yet.
+        return Err(("node_id", unsafe_("a cluster with --tls-cert is not supported yet; terminate TLS in front of each node")));
+    }
+    let Some(gossip) = set.cluster_listen else {
+        return Err(("cluster_listen", unsafe_("--node-id needs --cluster-listen ADDR: where this node gossips with the others")));
+    };
+    if gossip.port() == 0 {
+        return Err(("cluster_listen", unsafe_("--cluster-listen needs a fixed port: the others find this node by it")));
+    }
+    let advertise = set.advertise.unwrap_or(listen.ip());
+    if advertise.is_unspecified() {
+        return Err(("advertise", unsafe_(&format!("other nodes cannot reach {advertise}; give --advertise IP"))));
+    }
+    Ok(Some(ClusterSettings { node_id, listen: gossip, advertise, seeds: set.join.clone().unwrap_or_default() }))
+}
+
 fn read_file(path: &Path) -> Result<ServeOptions, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
     toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string() })
@@ -398,6 +470,13 @@ impl ServeSettings {
         let file = &file;
         let at = |name: &'static str| move |error| ConfigError::Setting { origin: args.origin(name, file), error: Box::new(error) };
         let tenants = set.tenants.expect(DEFAULTED).iter().map(tenant).collect::<Result<Vec<_>, _>>().map_err(at("tenants"))?;
+        let cluster_set = ServeOptions {
+            node_id: set.node_id.clone(),
+            cluster_listen: set.cluster_listen,
+            join: set.join.clone(),
+            advertise: set.advertise,
+            ..ServeOptions::default()
+        };
         let data = set.data.expect(DEFAULTED);
         let store = match set.store {
             Some(url) => StoreUrl::parse(&url).map_err(at("store"))?,
@@ -412,6 +491,8 @@ impl ServeSettings {
             );
             return Err(at("insecure_no_auth")(ConfigError::Unsafe(reason)));
         }
+        let serves_tls = set.tls_cert.is_some() || set.tls_key.is_some();
+        let cluster = cluster(&cluster_set, &store, listen, serves_tls).map_err(|(name, error)| at(name)(error))?;
         let tls = match (set.tls_cert, set.tls_key) {
             (Some(cert), Some(key)) => Some(TlsFiles { cert, key, client_ca: set.tls_client_ca }),
             (None, None) if set.tls_client_ca.is_some() => {
@@ -452,6 +533,7 @@ impl ServeSettings {
             },
             tenants_max: set.tenants_max.expect(DEFAULTED),
             wallets_max: set.wallets_max.expect(DEFAULTED),
+            cluster,
             registry: RegistryConfig {
                 active_wallets_max: set.active_wallets_max.expect(DEFAULTED),
                 idle_ms: set.wallet_idle_secs.expect(DEFAULTED).saturating_mul(1000),
@@ -723,6 +805,10 @@ mod tests {
             ("rate_per_platform_key", "--rate-per-platform-key", "TALLY_RATE_PER_PLATFORM_KEY"),
             ("tenants_max", "--tenants-max", "TALLY_TENANTS_MAX"),
             ("wallets_max", "--wallets-max", "TALLY_WALLETS_MAX"),
+            ("node_id", "--node-id", "TALLY_NODE_ID"),
+            ("cluster_listen", "--cluster-listen", "TALLY_CLUSTER_LISTEN"),
+            ("join", "--join", "TALLY_JOIN"),
+            ("advertise", "--advertise", "TALLY_ADVERTISE"),
         ];
         assert_eq!(ServeOptions::NAMES, spellings.map(|(key, _, _)| key));
         let mut cli = <crate::cli::Cli as clap::CommandFactory>::command();

@@ -22,6 +22,7 @@ pub mod orders;
 pub mod quota;
 pub mod redact;
 pub mod reporting;
+pub mod routing;
 pub mod server;
 pub mod service;
 pub mod status;

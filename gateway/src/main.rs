@@ -6,6 +6,7 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +14,11 @@ use std::time::Duration;
 use clap::Parser;
 use std::path::Path;
 
-use tally_engine::actors::{CommandMeta, KeyBook, NoSnapshots, ProgramBook, Programs, Snapshots, WalletRegistry, WalletTimers};
+use tally_cluster::membership::{GOSSIP_INTERVAL, Membership, MembershipConfig};
+use tally_cluster::{Route, Router};
+use tally_engine::actors::{
+    CommandMeta, KeyBook, NoSnapshots, Owns, ProgramBook, Programs, Snapshots, WalletKey, WalletRegistry, WalletTimers,
+};
 use tally_engine::clock::{Clock, SteadyClock, SystemClock};
 use tally_engine::domain::program::{ProgramCommand, ProgramCommandBody};
 use tally_engine::domain::{ProgramSettings, TenantId};
@@ -21,11 +26,12 @@ use tally_engine::limits::{KEYS_REFRESH_MS, PROGRAM_SETTINGS_REFRESH_MS};
 use tally_engine::store::{EmbeddedStore, EventStore, PostgresStore, log_identity};
 use tally_gateway::access::Access;
 use tally_gateway::cli::{Cli, Command, ProjectionsCommand, SnapshotsCommand, SnapshotsTarget, StoreCommand};
-use tally_gateway::config::{ServeSettings, StoreUrl, TlsFiles};
+use tally_gateway::config::{ClusterSettings, ServeSettings, StoreUrl, TlsFiles};
 use tally_gateway::derived::{self, DerivedError};
 use tally_gateway::keys::PLATFORM_KEY_FILE;
 use tally_gateway::redact::redact;
 use tally_gateway::reporting::ReadSide;
+use tally_gateway::routing;
 use tally_gateway::service::Engine;
 use tally_projections::{PostgresReadModel, Projection, ReadModel, RunnerOptions, SledReadModel};
 use tally_snapshots::{PostgresSnapshotStore, SledSnapshotStore, SnapshotStore, Snapshotter};
@@ -256,17 +262,32 @@ async fn serve(settings: ServeSettings) -> Result<(), Box<dyn std::error::Error>
     let keys = KeyBook::open(Arc::clone(&store), clock.clone()).await.map_err(|e| format!("cannot read the log's API keys: {e}"))?;
     let access = access(&settings, &keys).await?;
     let keys_refresher = keys.spawn_refresher(Duration::from_millis(KEYS_REFRESH_MS));
-    let timers = WalletTimers::spawn(Arc::clone(&store), registry.clone(), clock);
     // Before the port is bound and readiness printed: from then on a SIGTERM means an orderly shutdown.
     let shutdown = shutdown_signal()?;
     let listener =
         tokio::net::TcpListener::bind(settings.listen).await.map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;
     let address = listener.local_addr()?;
+    let cluster = match &settings.cluster {
+        Some(cluster) => Some(join_cluster(cluster, address).await?),
+        None => None,
+    };
+    let timers = match &cluster {
+        Some((_, router)) => {
+            let router = Arc::clone(router);
+            let owns: Owns =
+                Arc::new(move |key: &WalletKey| matches!(router.route(key.tenant.as_str(), key.wallet.as_str()), Route::Local));
+            WalletTimers::spawn_for(Arc::clone(&store), registry.clone(), clock, owns)
+        }
+        None => WalletTimers::spawn(Arc::clone(&store), registry.clone(), clock),
+    };
     tracing::info!(%address, tenants = ?tenants, "serving gRPC");
     let log = match &settings.store {
         StoreUrl::Embedded(dir) => format!("data in {}", dir.display()),
         StoreUrl::Postgres(url) | StoreUrl::Kurrent(url) => format!("log in {}", redact(url)),
     };
+    if let Some((membership, _)) = &cluster {
+        membership.become_ready().await;
+    }
     let scheme = if tls.is_some() { "https" } else { "http" };
     println!("tally listening on {scheme}://{address} ({log}, tenants: {})", tenants.join(", "));
     // A log that can no longer be written stops the server as a signal would: health goes NOT_SERVING,
@@ -274,6 +295,7 @@ async fn serve(settings: ServeSettings) -> Result<(), Box<dyn std::error::Error>
     let broken = Arc::new(std::sync::Mutex::new(None::<String>));
     let shutdown = {
         let (store, broken) = (Arc::clone(&store), Arc::clone(&broken));
+        let membership = cluster.as_ref().map(|(membership, _)| Arc::clone(membership));
         async move {
             tokio::select! {
                 () = shutdown => {}
@@ -283,14 +305,30 @@ async fn serve(settings: ServeSettings) -> Result<(), Box<dyn std::error::Error>
                     *broken.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(reason);
                 }
             }
+            // A graceful leave: the others route this node's wallets elsewhere before it stops serving.
+            if let Some(membership) = membership {
+                tracing::info!("leaving the cluster: peers take over this node's wallets");
+                membership.announce_leaving().await;
+            }
         }
     };
     let engine = Engine { registry: registry.clone(), store, programs: program_book, keys };
-    let edge = tally_gateway::server::Edge { access, rates: settings.rates, tls };
+    let router = cluster.as_ref().map(|(_, router)| Arc::clone(router));
+    let hand_off =
+        cluster.as_ref().map(|(membership, router)| routing::spawn_hand_off(membership.view(), Arc::clone(router), registry.clone()));
+    let edge = tally_gateway::server::Edge { access, rates: settings.rates, tls, cluster: router };
     tally_gateway::server::run(listener, engine, read.clone(), edge, shutdown).await?;
     keys_refresher.abort();
     timers.stop();
+    if let Some(hand_off) = hand_off {
+        hand_off.abort();
+    }
     registry.shutdown().await;
+    if let Some((membership, _)) = cluster
+        && let Ok(membership) = Arc::try_unwrap(membership)
+    {
+        membership.stop().await;
+    }
     for projection in &read.projections {
         projection.stop().await;
     }
@@ -304,6 +342,27 @@ async fn serve(settings: ServeSettings) -> Result<(), Box<dyn std::error::Error>
     }
     tracing::info!("stopped cleanly: every acknowledged call is durable");
     Ok(())
+}
+
+/// Starts gossiping as `cluster` says, this node serving gRPC at `address`: its membership (status
+/// `joining` until it serves) and the router wallet calls go through.
+async fn join_cluster(
+    cluster: &ClusterSettings,
+    address: SocketAddr,
+) -> Result<(Arc<Membership>, Arc<Router>), Box<dyn std::error::Error>> {
+    let config = MembershipConfig {
+        node_id: cluster.node_id.clone(),
+        cluster_id: CLUSTER_ID.into(),
+        listen: cluster.listen,
+        advertise: SocketAddr::new(cluster.advertise, cluster.listen.port()),
+        seeds: cluster.seeds.clone(),
+        grpc_url: format!("http://{}", SocketAddr::new(cluster.advertise, address.port())),
+        gossip_interval: GOSSIP_INTERVAL,
+    };
+    let membership = Membership::start(config).await?;
+    let router = Arc::new(Router::new(cluster.node_id.clone(), membership.view()));
+    tracing::info!(node = %cluster.node_id, gossip = %cluster.listen, seeds = ?cluster.seeds, "joined the cluster's gossip");
+    Ok((Arc::new(membership), router))
 }
 
 /// The server's TLS settings from its files: a file that cannot be read stops the start, naming it.
@@ -390,6 +449,8 @@ async fn snapshots_follow_this_log(store: &SledSnapshotStore, data: &Path, log_i
 
 /// How far the wall clock may drift from the engine's before it counts as a step (NTP slews far less).
 const CLOCK_TOLERANCE_MS: i64 = 5_000;
+/// Nodes gossip only with nodes of the same cluster id.
+const CLUSTER_ID: &str = "tally";
 
 /// The engine's clock: the system clock checked against the log's latest event at start, then moved by
 /// the monotonic clock (ADR 0008). A system clock behind the log, or further ahead of it than

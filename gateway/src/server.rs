@@ -5,6 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tally_cluster::Router;
 use tally_proto::v1::admin_service_server::AdminServiceServer;
 use tally_proto::v1::keys_service_server::KeysServiceServer;
 use tally_proto::v1::projections_service_server::ProjectionsServiceServer;
@@ -25,6 +26,7 @@ use crate::limits::{
 };
 use crate::quota::{Quotas, RateLimits};
 use crate::reporting::{ProjectionsApi, ReadSide, ReportingApi};
+use crate::routing::RoutedWallets;
 use crate::service::{Engine, Gate, WalletApi};
 
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +43,8 @@ pub struct Edge {
     pub access: Access,
     pub rates: RateLimits,
     pub tls: Option<ServerTlsConfig>,
+    /// The cluster this node routes wallet calls through; `None`: one node serves every wallet.
+    pub cluster: Option<Arc<Router>>,
 }
 
 /// Serves until `shutdown` resolves; then refuses new calls (UNAVAILABLE), stops accepting connections,
@@ -49,11 +53,11 @@ pub async fn run(
     listener: TcpListener,
     engine: Engine,
     read: ReadSide,
-    Edge { access, rates, tls }: Edge,
+    Edge { access, rates, tls, cluster }: Edge,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<WalletServiceServer<WalletApi>>().await;
+    health.set_serving::<WalletServiceServer<RoutedWallets>>().await;
     health.set_serving::<ReportingServiceServer<ReportingApi>>().await;
     health.set_serving::<ProjectionsServiceServer<ProjectionsApi>>().await;
     health.set_serving::<AdminServiceServer<AdminApi>>().await;
@@ -80,7 +84,7 @@ pub async fn run(
         .max_encoding_message_size(ADMIN_MESSAGE_BYTES_MAX);
     let admin = Admitted::new(admin, Arc::clone(&admin_gate));
     let keys = Admitted::new(KeysServiceServer::new(KeysApi::new(Arc::clone(&engine.keys))), Arc::clone(&admin_gate));
-    let wallets = WalletServiceServer::new(WalletApi::new(engine, Arc::clone(&gate)))
+    let wallets = WalletServiceServer::new(RoutedWallets::new(WalletApi::new(engine, Arc::clone(&gate)), cluster))
         .max_decoding_message_size(MESSAGE_BYTES_MAX)
         .max_encoding_message_size(REPLY_BYTES_MAX);
     let quotas = Arc::new(Quotas::new(rates));
@@ -116,7 +120,7 @@ pub async fn run(
         () = shutdown => {}
     }
     tracing::info!("shutting down: refusing new calls, finishing the ones in flight");
-    health.set_not_serving::<WalletServiceServer<WalletApi>>().await;
+    health.set_not_serving::<WalletServiceServer<RoutedWallets>>().await;
     drain([&gate, &reporting_gate, &admin_gate], stop_accepting).await;
     // Let the last responses reach their clients; idle client connections do not hold us up.
     if let Ok(result) = tokio::time::timeout(Duration::from_millis(RESPONSE_FLUSH_MS), &mut serve).await {

@@ -23,7 +23,7 @@ use std::sync::Arc;
 pub use keys::{KeyBook, KeysError, Unauthenticated};
 pub use programs::{ProgramBook, ProgramError, ProgramOutcome};
 pub use registry::{RegistryConfig, RegistryStats, WalletRegistry};
-pub use timers::WalletTimers;
+pub use timers::{Owns, WalletTimers};
 
 use crate::codec::CodecError;
 use crate::domain::{Event, ProgramSettings, Rejection, TenantId, WalletId, WalletState, WalletStatus};

@@ -16,7 +16,7 @@ use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, Supervi
 use tokio::time::Instant;
 
 use super::wallet::{Deps, Handle, Mailbox, Refused, Ticket, WalletActor, WalletArgs, WalletMsg, touch};
-use super::{CommandMeta, CommandOutcome, NoSnapshots, Programs, Snapshots, WalletError, WalletKey, WalletSummary};
+use super::{CommandMeta, CommandOutcome, NoSnapshots, Owns, Programs, Snapshots, WalletError, WalletKey, WalletSummary};
 use crate::FastMap;
 use crate::clock::Clock;
 use crate::codec;
@@ -271,6 +271,17 @@ impl WalletRegistry {
         let _ = self.supervisor.call(SupervisorMsg::SweepNow, None).await;
     }
 
+    /// Passivates every live wallet `leave` picks (each offered a snapshot, its queued calls answered
+    /// first): a cluster node that lost a shard gives its wallets up, so that if the shard comes back the
+    /// wallets are recovered from the log, not served from a state another node has since moved past.
+    /// How many were passivated.
+    pub async fn passivate_where(&self, leave: Owns) -> usize {
+        match self.supervisor.call(|reply| SupervisorMsg::PassivateWhere(Picked(leave), reply), None).await {
+            Ok(CallResult::Success(count)) => count,
+            _ => 0,
+        }
+    }
+
     /// Stops every wallet (each finishes the message in hand) and the supervisor.
     pub async fn shutdown(&self) {
         self.shared.shutting_down.store(true, Ordering::Release);
@@ -291,6 +302,16 @@ enum SupervisorMsg {
     BackoffOver(WalletKey),
     Sweep,
     SweepNow(RpcReplyPort<()>),
+    PassivateWhere(Picked, RpcReplyPort<usize>),
+}
+
+/// Which wallets a [`SupervisorMsg::PassivateWhere`] gives up.
+struct Picked(Owns);
+
+impl std::fmt::Debug for Picked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Picked(..)")
+    }
 }
 
 #[derive(Debug)]
@@ -378,6 +399,9 @@ impl Actor for Supervisor {
             SupervisorMsg::SweepNow(reply) => {
                 state.sweep(&shared);
                 let _ = reply.send(());
+            }
+            SupervisorMsg::PassivateWhere(Picked(leave), reply) => {
+                let _ = reply.send(state.passivate_where(&shared, &leave));
             }
         }
         Ok(())
@@ -542,6 +566,19 @@ impl SupervisorState {
         for (_, key, entry) in all.into_iter().take(excess) {
             self.passivate(shared, key, &entry);
         }
+    }
+
+    fn passivate_where(&mut self, shared: &Shared, leave: &Owns) -> usize {
+        let picked: Vec<(WalletKey, Entry)> = shared
+            .shards
+            .iter()
+            .flat_map(|shard| shard.read().iter().filter(|(k, _)| leave(k)).map(|(k, e)| (k.clone(), e.clone())).collect::<Vec<_>>())
+            .collect();
+        let count = picked.len();
+        for (key, entry) in picked {
+            self.passivate(shared, key, &entry);
+        }
+        count
     }
 
     fn passivate(&mut self, shared: &Shared, key: WalletKey, entry: &Entry) {

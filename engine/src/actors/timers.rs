@@ -36,6 +36,9 @@ struct Due {
     at_ms: Option<i64>,
 }
 
+/// Whether this node runs a wallet's transitions.
+pub type Owns = Arc<dyn Fn(&WalletKey) -> bool + Send + Sync>;
+
 /// The running timers; dropping this stops them.
 #[derive(Debug)]
 pub struct WalletTimers {
@@ -47,9 +50,16 @@ impl WalletTimers {
     /// Follows `store` from its beginning and runs wallets' due transitions through `registry` when their
     /// time comes.
     pub fn spawn(store: Arc<dyn EventStore>, registry: WalletRegistry, clock: Arc<dyn Clock>) -> Self {
+        Self::spawn_for(store, registry, clock, Arc::new(|_: &WalletKey| true))
+    }
+
+    /// As [`Self::spawn`], running only the wallets `owns` says are this node's (a cluster: the owner of
+    /// each wallet's shard). The others stay in the index and are asked about again every `RETRY_MS`, so
+    /// a wallet whose owner changed to this node (a node left or died) has its transitions run here.
+    pub fn spawn_for(store: Arc<dyn EventStore>, registry: WalletRegistry, clock: Arc<dyn Clock>, owns: Owns) -> Self {
         let (tx, rx) = mpsc::channel(READ_BATCH_EVENTS);
         let reader = tokio::spawn(read(store, tx));
-        let timer = tokio::spawn(run(rx, registry, clock));
+        let timer = tokio::spawn(run(rx, registry, clock, owns));
         Self { reader, timer }
     }
 
@@ -135,7 +145,7 @@ impl Index {
     }
 }
 
-async fn run(mut rx: mpsc::Receiver<Due>, registry: WalletRegistry, clock: Arc<dyn Clock>) {
+async fn run(mut rx: mpsc::Receiver<Due>, registry: WalletRegistry, clock: Arc<dyn Clock>, owns: Owns) {
     let mut index = Index::default();
     loop {
         let wait_ms = index.next_due().map_or(IDLE_MS, |at| (at - clock.now_ms()).clamp(0, IDLE_MS));
@@ -144,16 +154,20 @@ async fn run(mut rx: mpsc::Receiver<Due>, registry: WalletRegistry, clock: Arc<d
                 Some(Due { key, at_ms }) => index.set(key, at_ms),
                 None => return,
             },
-            () = tokio::time::sleep(Duration::from_millis(wait_ms as u64)) => run_due(&mut index, &registry, clock.now_ms()).await,
+            () = tokio::time::sleep(Duration::from_millis(wait_ms as u64)) => run_due(&mut index, &registry, clock.now_ms(), &owns).await,
         }
     }
 }
 
 /// Runs the transitions of every wallet due by `now_ms`; one that fails for a reason that may pass is
 /// tried again later.
-async fn run_due(index: &mut Index, registry: &WalletRegistry, now_ms: i64) {
+async fn run_due(index: &mut Index, registry: &WalletRegistry, now_ms: i64, owns: &Owns) {
     let due: Vec<WalletKey> = index.by_time.iter().take_while(|(at, _)| *at <= now_ms).map(|(_, key)| key.clone()).collect();
     for key in due {
+        if !owns(&key) {
+            index.set(key, Some(now_ms + RETRY_MS));
+            continue;
+        }
         // A wallet with nothing due records nothing; the key tells the log which clock acted.
         let command = Command::run_due(now_ms);
         match registry.execute(&key, command, CommandMeta::default()).await {

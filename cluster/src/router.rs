@@ -1,0 +1,92 @@
+//! Which node serves a wallet's call: this one, or a peer reached over a cached gRPC channel.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::membership::View;
+
+/// Where a wallet's call goes.
+#[derive(Debug, Clone)]
+pub enum Route {
+    /// This node owns the wallet.
+    Local,
+    /// Another node does.
+    Remote(Peer),
+    /// No node is ready to own anything yet.
+    Unplaced,
+}
+
+/// A node calls are forwarded to.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub node_id: String,
+    pub channel: Channel,
+}
+
+/// Routes wallet calls by the view this node has of the cluster.
+#[derive(Debug)]
+pub struct Router {
+    node_id: String,
+    view: watch::Receiver<View>,
+    /// One lazily connected channel per peer address.
+    channels: parking_lot::Mutex<HashMap<String, Channel>>,
+}
+
+/// How long a forwarded call may take to connect to its peer.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl Router {
+    pub fn new(node_id: impl Into<String>, view: watch::Receiver<View>) -> Self {
+        Self { node_id: node_id.into(), view, channels: parking_lot::Mutex::default() }
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// The view routes are taken from now.
+    pub fn view(&self) -> View {
+        self.view.borrow().clone()
+    }
+
+    /// Where a call for tenant `tenant`'s wallet `wallet` goes.
+    pub fn route(&self, tenant: &str, wallet: &str) -> Route {
+        let view = self.view.borrow();
+        let Some(owner) = view.placement.owner_of(tenant, wallet) else { return Route::Unplaced };
+        if owner == self.node_id {
+            return Route::Local;
+        }
+        let Some(member) = view.member(owner) else { return Route::Unplaced };
+        match self.channel(&member.grpc_url) {
+            Some(channel) => Route::Remote(Peer { node_id: owner.to_string(), channel }),
+            None => Route::Unplaced,
+        }
+    }
+
+    /// Waits until the view changes, at most `limit`: after a peer said it does not own a wallet.
+    pub async fn changed(&self, limit: Duration) {
+        let mut view = self.view.clone();
+        view.mark_unchanged();
+        let _ = tokio::time::timeout(limit, view.changed()).await;
+    }
+
+    fn channel(&self, url: &str) -> Option<Channel> {
+        let mut channels = self.channels.lock();
+        if let Some(channel) = channels.get(url) {
+            return Some(channel.clone());
+        }
+        let endpoint = match Endpoint::from_shared(url.to_string()) {
+            Ok(endpoint) => endpoint.connect_timeout(CONNECT_TIMEOUT).tcp_nodelay(true),
+            Err(error) => {
+                tracing::error!(%url, %error, "a peer gossips an address that is not a URL; its wallets cannot be reached");
+                return None;
+            }
+        };
+        let channel = endpoint.connect_lazy();
+        channels.insert(url.to_string(), channel.clone());
+        Some(channel)
+    }
+}

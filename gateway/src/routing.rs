@@ -1,0 +1,203 @@
+//! `WalletService` as a cluster serves it: each call goes to the node that owns its wallet (ADR 0009).
+//! A call this node owns is served here; another is forwarded, as received, to its owner — the caller's
+//! metadata and API key, the idempotency key, the remaining deadline — and the owner's answer returned as
+//! it is. Every answer names the node that decided it in `x-tally-node`. Without a cluster, every call is
+//! served here.
+
+use std::sync::Arc;
+
+use tally_cluster::membership::{GOSSIP_INTERVAL, View};
+use tally_cluster::placement::Placement;
+use tally_cluster::{Route, Router};
+use tally_engine::actors::{Owns, WalletKey, WalletRegistry};
+use tally_proto::v1::wallet_service_client::WalletServiceClient;
+use tally_proto::v1::wallet_service_server::WalletService;
+use tally_proto::v1::*;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::{Request, Response, Status};
+
+use crate::access;
+use crate::admission::deadline;
+use crate::service::WalletApi;
+
+/// On every answer: the node that decided the call.
+pub const NODE_HEADER: &str = "x-tally-node";
+/// On a forwarded call: the node that forwarded it (a node serves such a call only if it owns the wallet).
+pub const FORWARDED_HEADER: &str = "x-tally-forwarded-by";
+/// On an UNAVAILABLE answer: the node does not own the wallet by its view; try again on the owner.
+pub const NOT_OWNER_HEADER: &str = "x-tally-not-owner";
+
+/// The wallet service of this node: its own wallets, and the way to the others'.
+#[derive(Debug, Clone)]
+pub struct RoutedWallets {
+    local: WalletApi,
+    cluster: Option<Arc<Router>>,
+}
+
+impl RoutedWallets {
+    pub fn new(local: WalletApi, cluster: Option<Arc<Router>>) -> Self {
+        Self { local, cluster }
+    }
+}
+
+/// Where a call for `tenant`'s wallet `wallet_id` goes; a call another node forwarded is served only by
+/// the wallet's owner (this node's view), so no node activates a wallet it does not own.
+fn route(router: &Router, tenant: &str, wallet_id: &str, forwarded: bool) -> Result<Route, Status> {
+    match router.route(tenant, wallet_id) {
+        Route::Local => Ok(Route::Local),
+        Route::Remote(_) | Route::Unplaced if forwarded => Err(not_owner(router)),
+        Route::Remote(peer) => Ok(Route::Remote(peer)),
+        Route::Unplaced => Err(Status::unavailable("no node of the cluster is ready to serve wallets yet; retry shortly")),
+    }
+}
+
+fn not_owner(router: &Router) -> Status {
+    let mut status =
+        Status::unavailable(format!("node {} does not own this wallet; retry with the same idempotency key", router.node_id()));
+    status.metadata_mut().insert(NOT_OWNER_HEADER, MetadataValue::from_static("1"));
+    status
+}
+
+fn is_not_owner(status: &Status) -> bool {
+    status.code() == tonic::Code::Unavailable && status.metadata().contains_key(NOT_OWNER_HEADER)
+}
+
+/// The call as it goes to the owner: the caller's metadata (its key included) less what the transport
+/// sets, marked as forwarded, with what is left of the caller's deadline.
+fn hop<T: Clone>(metadata: &MetadataMap, message: &T, deadline: Option<Instant>, node_id: &str) -> Result<Request<T>, Status> {
+    let mut request = Request::new(message.clone());
+    *request.metadata_mut() = metadata.clone();
+    request.metadata_mut().remove("grpc-timeout");
+    let node = MetadataValue::try_from(node_id).map_err(|_| Status::internal("node id is not a header value"))?;
+    request.metadata_mut().insert(FORWARDED_HEADER, node);
+    if let Some(deadline) = deadline {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Status::deadline_exceeded("the deadline passed before the call reached its wallet's node; nothing was applied"));
+        }
+        request.set_timeout(left);
+    }
+    Ok(request)
+}
+
+/// Names `node_id` as the node that decided, unless the owner already did.
+fn stamp<T>(answer: Result<Response<T>, Status>, node_id: &str) -> Result<Response<T>, Status> {
+    let Ok(node) = MetadataValue::try_from(node_id) else { return answer };
+    match answer {
+        Ok(mut response) => {
+            if !response.metadata().contains_key(NODE_HEADER) {
+                response.metadata_mut().insert(NODE_HEADER, node);
+            }
+            Ok(response)
+        }
+        Err(mut status) => {
+            if !status.metadata().contains_key(NODE_HEADER) {
+                status.metadata_mut().insert(NODE_HEADER, node);
+            }
+            Err(status)
+        }
+    }
+}
+
+fn record_forward(started: Instant, answer: &Result<impl Sized, Status>) {
+    let outcome = match answer {
+        Ok(_) => "ok",
+        Err(status) if is_not_owner(status) => "not_owner",
+        Err(_) => "error",
+    };
+    metrics::counter!("tally_cluster_forwarded_total", "outcome" => outcome).increment(1);
+    metrics::histogram!("tally_cluster_forward_seconds").record(started.elapsed().as_secs_f64());
+}
+
+/// Each RPC: served here, or forwarded to its owner and, if the owner had just lost it, once more to the
+/// owner after the view changed.
+macro_rules! routed {
+    ($($method:ident($request:ty) -> $response:ty;)*) => {
+        #[tonic::async_trait]
+        impl WalletService for RoutedWallets {
+            $(
+                async fn $method(&self, request: Request<$request>) -> Result<Response<$response>, Status> {
+                    let Some(router) = &self.cluster else { return self.local.$method(request).await };
+                    let answer: Result<Response<$response>, Status> = async {
+                        let deadline = deadline(&request);
+                        // The tenant as the caller's key allows it: refused here exactly as the local call would.
+                        let tenant = access::acting_tenant(request.extensions(), &request.get_ref().tenant_id)?;
+                        let wallet_id = request.get_ref().wallet_id.clone();
+                        let forwarded = request.metadata().contains_key(FORWARDED_HEADER);
+                        let mut route = route(router, tenant.as_str(), &wallet_id, forwarded)?;
+                        let (metadata, extensions, message) = request.into_parts();
+                        for attempt in 0..2 {
+                            let Route::Remote(peer) = route else { break };
+                            let started = Instant::now();
+                            let call = hop(&metadata, &message, deadline, router.node_id())?;
+                            let answer = WalletServiceClient::new(peer.channel).$method(call).await;
+                            record_forward(started, &answer);
+                            match answer {
+                                Err(status) if is_not_owner(&status) && attempt == 0 => {
+                                    router.changed(GOSSIP_INTERVAL * 2).await;
+                                    route = self::route(router, tenant.as_str(), &wallet_id, forwarded)?;
+                                }
+                                answer => return answer,
+                            }
+                        }
+                        match route {
+                            Route::Local => self.local.$method(Request::from_parts(metadata, extensions, message)).await,
+                            _ => Err(Status::unavailable("the wallet's node changed while the call was on its way; retry with the same idempotency key")),
+                        }
+                    }.await;
+                    stamp(answer, router.node_id())
+                }
+            )*
+        }
+    };
+}
+
+routed! {
+    enroll(EnrollRequest) -> WalletMutation;
+    earn(EarnRequest) -> WalletMutation;
+    redeem(RedeemRequest) -> WalletMutation;
+    adjust(AdjustRequest) -> WalletMutation;
+    reverse(ReverseRequest) -> WalletMutation;
+    add_stamps(AddStampsRequest) -> WalletMutation;
+    earn_for_order(EarnForOrderRequest) -> WalletMutation;
+    refund_order(RefundOrderRequest) -> WalletMutation;
+    authorize_redemption(AuthorizeRedemptionRequest) -> WalletMutation;
+    capture_redemption(CaptureRedemptionRequest) -> WalletMutation;
+    void_redemption(VoidRedemptionRequest) -> WalletMutation;
+    purchase_credits(PurchaseCreditsRequest) -> WalletMutation;
+    close(CloseRequest) -> WalletMutation;
+    get_wallet(GetWalletRequest) -> Wallet;
+    list_transactions(ListTransactionsRequest) -> ListTransactionsResponse;
+}
+
+/// Follows the cluster's view: on every change, gives up the live wallets this node no longer owns
+/// (passivated, each offered a snapshot, so a shard that comes back is recovered from the log, never
+/// served from a state another node has moved past), and reports members, shards owned and shards moved.
+pub fn spawn_hand_off(mut view: watch::Receiver<View>, router: Arc<Router>, registry: WalletRegistry) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut before = Arc::clone(&view.borrow_and_update().placement);
+        report(&view.borrow(), router.node_id(), None);
+        while view.changed().await.is_ok() {
+            let now = view.borrow_and_update().clone();
+            report(&now, router.node_id(), Some(&before));
+            let routes = Arc::clone(&router);
+            let lost: Owns =
+                Arc::new(move |key: &WalletKey| !matches!(routes.route(key.tenant.as_str(), key.wallet.as_str()), Route::Local));
+            let passivated = registry.passivate_where(lost).await;
+            tracing::info!(passivated, "wallets of shards this node no longer owns given up");
+            before = now.placement;
+        }
+    })
+}
+
+fn report(view: &View, node_id: &str, before: Option<&Placement>) {
+    metrics::gauge!("tally_cluster_members").set(view.members.len() as f64);
+    let placement = &view.placement;
+    let owned = placement.members().iter().position(|m| m == node_id).map_or(0, |i| placement.shards_per_member()[i]);
+    metrics::gauge!("tally_cluster_shards_owned").set(f64::from(owned));
+    if let Some(before) = before {
+        metrics::counter!("tally_cluster_shards_moved_total").increment(u64::from(before.moved(placement)));
+    }
+}
