@@ -21,6 +21,12 @@ pub const GOSSIP_INTERVAL: Duration = Duration::from_millis(500);
 /// A dead node's state is forgotten after this (it may come back with a new generation before).
 const DEAD_NODE_GRACE: Duration = Duration::from_secs(15 * 60);
 
+/// Changes that arrive together are published as one view.
+const COALESCE: Duration = Duration::from_millis(100);
+/// Gossip rounds a leaving node waits, still forwarding, so that every peer has heard it (a peer updates
+/// its live nodes at its own next round; beyond a few nodes a change spreads over several rounds).
+const LEAVE_ROUNDS: u32 = 4;
+
 const KEY_GRPC: &str = "grpc";
 const KEY_STATUS: &str = "status";
 
@@ -161,7 +167,18 @@ impl Membership {
             .map_err(|e| MembershipError(format!("cannot gossip on {}: {e:#}", config.listen)))?;
         let live = handle.chitchat().lock().await.live_nodes_watcher();
         let (publish, view) = watch::channel(View::of(members_of(&live.borrow())));
-        tokio::spawn(follow(live, publish, config.gossip_interval));
+        let publish = Arc::new(publish);
+        tokio::spawn(follow(live, Arc::clone(&publish), config.node_id.clone()));
+        // Gossip that stopped by itself (a socket error) leaves this node blind: it would go on owning
+        // shards the others gave away. It owns nothing from then on, and says so.
+        let stopped = handle.termination_watcher();
+        tokio::spawn(async move {
+            let outcome = stopped.await;
+            if !publish.is_closed() {
+                tracing::error!(?outcome, "cluster gossip stopped; this node now owns no wallets and forwards nothing");
+                let _ = publish.send(View::of(Vec::new()));
+            }
+        });
         Ok(Self { handle, view, node_id: config.node_id, gossip_interval: config.gossip_interval })
     }
 
@@ -198,11 +215,12 @@ impl Membership {
             .await
     }
 
-    /// The first half of a graceful leave: says `Leaving` and waits two gossip rounds, so every peer has
-    /// heard it and routes this node's wallets elsewhere; this node keeps serving (forwarding) meanwhile.
+    /// The first half of a graceful leave: says `Leaving` and waits `LEAVE_ROUNDS` gossip rounds, so
+    /// every peer has heard it and routes this node's wallets elsewhere; this node keeps serving
+    /// (forwarding) meanwhile.
     pub async fn announce_leaving(&self) {
         self.set_status(NodeStatus::Leaving).await;
-        tokio::time::sleep(self.gossip_interval * 2).await;
+        tokio::time::sleep(self.gossip_interval * LEAVE_ROUNDS).await;
     }
 
     /// Stops gossiping: peers then see this node leave at once (it said so) or, if it did not announce
@@ -214,13 +232,21 @@ impl Membership {
     }
 }
 
-/// Republishes the view when the live nodes change, at most once a gossip round (changes come in bursts).
-async fn follow(mut live: watch::Receiver<BTreeMap<ChitchatId, NodeState>>, publish: watch::Sender<View>, debounce: Duration) {
+/// Republishes the view when the live nodes change, gathering the changes of the next 100 ms (they come
+/// in bursts); the placement is computed off the async workers (~100 ms for 100 nodes).
+async fn follow(mut live: watch::Receiver<BTreeMap<ChitchatId, NodeState>>, publish: Arc<watch::Sender<View>>, me: String) {
     while live.changed().await.is_ok() {
-        tokio::time::sleep(debounce / 5).await;
-        let members = members_of(&live.borrow_and_update());
+        tokio::time::sleep(COALESCE).await;
+        let members = {
+            let live = live.borrow_and_update();
+            let mine = live.keys().filter(|id| *id.node_id == *me).count();
+            if mine > 1 {
+                tracing::error!(node = %me, generations = mine, "another process gossips with this node's id: they would own the same wallets");
+            }
+            members_of(&live)
+        };
         if publish.borrow().members != members {
-            let view = View::of(members);
+            let Ok(view) = tokio::task::spawn_blocking(move || View::of(members)).await else { return };
             tracing::info!(
                 members = ?view.members.iter().map(|m| (m.node_id.as_str(), m.status.as_str())).collect::<Vec<_>>(),
                 "cluster view changed"

@@ -1,12 +1,14 @@
 //! Which node serves a wallet's call: this one, or a peer reached over a cached gRPC channel.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::membership::View;
+use crate::placement::Placement;
 
 /// Where a wallet's call goes.
 #[derive(Debug, Clone)]
@@ -66,11 +68,17 @@ impl Router {
         }
     }
 
-    /// Waits until the view changes, at most `limit`: after a peer said it does not own a wallet.
-    pub async fn changed(&self, limit: Duration) {
+    /// The placement routes are taken from now.
+    pub fn placement(&self) -> Arc<Placement> {
+        Arc::clone(&self.view.borrow().placement)
+    }
+
+    /// Waits until the placement is no longer `seen`, at most `limit`: after a peer said it does not own a
+    /// wallet `seen` placed there. Returns at once if it changed already.
+    pub async fn changed_since(&self, seen: &Arc<Placement>, limit: Duration) {
         let mut view = self.view.clone();
-        view.mark_unchanged();
-        let _ = tokio::time::timeout(limit, view.changed()).await;
+        let moved_on = |v: &View| !Arc::ptr_eq(&v.placement, seen);
+        let _ = tokio::time::timeout(limit, view.wait_for(moved_on)).await;
     }
 
     fn channel(&self, url: &str) -> Option<Channel> {

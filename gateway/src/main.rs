@@ -268,7 +268,7 @@ async fn serve(settings: ServeSettings) -> Result<(), Box<dyn std::error::Error>
         tokio::net::TcpListener::bind(settings.listen).await.map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;
     let address = listener.local_addr()?;
     let cluster = match &settings.cluster {
-        Some(cluster) => Some(join_cluster(cluster, address).await?),
+        Some(cluster) => Some(join_cluster(cluster, address, &log_id).await?),
         None => None,
     };
     let timers = match &cluster {
@@ -344,15 +344,17 @@ async fn serve(settings: ServeSettings) -> Result<(), Box<dyn std::error::Error>
     Ok(())
 }
 
-/// Starts gossiping as `cluster` says, this node serving gRPC at `address`: its membership (status
+/// Starts gossiping as `cluster` says, this node serving gRPC at `address` on the log `log_id`: its membership (status
 /// `joining` until it serves) and the router wallet calls go through.
 async fn join_cluster(
     cluster: &ClusterSettings,
     address: SocketAddr,
+    log_id: &str,
 ) -> Result<(Arc<Membership>, Arc<Router>), Box<dyn std::error::Error>> {
     let config = MembershipConfig {
         node_id: cluster.node_id.clone(),
-        cluster_id: CLUSTER_ID.into(),
+        // Nodes gossip only with nodes on the same log: two clusters on one network never merge.
+        cluster_id: format!("tally-{log_id}"),
         listen: cluster.listen,
         advertise: SocketAddr::new(cluster.advertise, cluster.listen.port()),
         seeds: cluster.seeds.clone(),
@@ -449,8 +451,6 @@ async fn snapshots_follow_this_log(store: &SledSnapshotStore, data: &Path, log_i
 
 /// How far the wall clock may drift from the engine's before it counts as a step (NTP slews far less).
 const CLOCK_TOLERANCE_MS: i64 = 5_000;
-/// Nodes gossip only with nodes of the same cluster id.
-const CLUSTER_ID: &str = "tally";
 
 /// The engine's clock: the system clock checked against the log's latest event at start, then moved by
 /// the monotonic clock (ADR 0008). A system clock behind the log, or further ahead of it than

@@ -1,8 +1,9 @@
 //! `WalletService` as a cluster serves it: each call goes to the node that owns its wallet (ADR 0009).
-//! A call this node owns is served here; another is forwarded, as received, to its owner — the caller's
-//! metadata and API key, the idempotency key, the remaining deadline — and the owner's answer returned as
-//! it is. Every answer names the node that decided it in `x-tally-node`. Without a cluster, every call is
-//! served here.
+//! A call this node owns is served here; another is forwarded to its owner — the request, the caller's
+//! key and the metadata the engine records ([`FORWARDED_METADATA`]), the remaining deadline — and the
+//! owner's answer returned as it is. Every answer names the node that decided it in `x-tally-node`.
+//! Forwarded calls take a place at this node's gate like local ones, so a draining node waits for them.
+//! Without a cluster, every call is served here.
 
 use std::sync::Arc;
 
@@ -20,7 +21,8 @@ use tonic::{Request, Response, Status};
 
 use crate::access;
 use crate::admission::deadline;
-use crate::service::WalletApi;
+use crate::limits::{MESSAGE_BYTES_MAX, REPLY_BYTES_MAX};
+use crate::service::{Gate, WalletApi};
 
 /// On every answer: the node that decided the call.
 pub const NODE_HEADER: &str = "x-tally-node";
@@ -34,13 +36,18 @@ pub const NOT_OWNER_HEADER: &str = "x-tally-not-owner";
 pub struct RoutedWallets {
     local: WalletApi,
     cluster: Option<Arc<Router>>,
+    gate: Arc<Gate>,
 }
 
 impl RoutedWallets {
-    pub fn new(local: WalletApi, cluster: Option<Arc<Router>>) -> Self {
-        Self { local, cluster }
+    pub fn new(local: WalletApi, cluster: Option<Arc<Router>>, gate: Arc<Gate>) -> Self {
+        Self { local, cluster, gate }
     }
 }
+
+/// The caller's metadata a forwarded call carries: its key, and what the owner records in its events.
+/// Nothing else — transport headers (`content-length`, `grpc-encoding`, …) are the new call's own.
+pub const FORWARDED_METADATA: &[&str] = &["authorization", "x-request-id", "x-correlation-id", "traceparent", "tracestate", "x-staff-id"];
 
 /// Where a call for `tenant`'s wallet `wallet_id` goes; a call another node forwarded is served only by
 /// the wallet's owner (this node's view), so no node activates a wallet it does not own.
@@ -64,12 +71,15 @@ fn is_not_owner(status: &Status) -> bool {
     status.code() == tonic::Code::Unavailable && status.metadata().contains_key(NOT_OWNER_HEADER)
 }
 
-/// The call as it goes to the owner: the caller's metadata (its key included) less what the transport
-/// sets, marked as forwarded, with what is left of the caller's deadline.
+/// The call as it goes to the owner: the caller's key and recorded metadata, marked as forwarded, with
+/// what is left of the caller's deadline.
 fn hop<T: Clone>(metadata: &MetadataMap, message: &T, deadline: Option<Instant>, node_id: &str) -> Result<Request<T>, Status> {
     let mut request = Request::new(message.clone());
-    *request.metadata_mut() = metadata.clone();
-    request.metadata_mut().remove("grpc-timeout");
+    for name in FORWARDED_METADATA {
+        for value in metadata.get_all(*name) {
+            request.metadata_mut().append(*name, value.clone());
+        }
+    }
     let node = MetadataValue::try_from(node_id).map_err(|_| Status::internal("node id is not a header value"))?;
     request.metadata_mut().insert(FORWARDED_HEADER, node);
     if let Some(deadline) = deadline {
@@ -126,17 +136,28 @@ macro_rules! routed {
                         let tenant = access::acting_tenant(request.extensions(), &request.get_ref().tenant_id)?;
                         let wallet_id = request.get_ref().wallet_id.clone();
                         let forwarded = request.metadata().contains_key(FORWARDED_HEADER);
+                        let placement = router.placement();
                         let mut route = route(router, tenant.as_str(), &wallet_id, forwarded)?;
+                        // A forwarded call holds a place at this node's gate too: bounded, and waited for
+                        // when the node drains (the local path takes its own place in `WalletApi`).
+                        let _permit = match route {
+                            Route::Remote(_) => Some(self.gate.admit()?),
+                            _ => None,
+                        };
                         let (metadata, extensions, message) = request.into_parts();
                         for attempt in 0..2 {
                             let Route::Remote(peer) = route else { break };
                             let started = Instant::now();
                             let call = hop(&metadata, &message, deadline, router.node_id())?;
-                            let answer = WalletServiceClient::new(peer.channel).$method(call).await;
+                            let answer = WalletServiceClient::new(peer.channel)
+                            .max_decoding_message_size(REPLY_BYTES_MAX)
+                            .max_encoding_message_size(MESSAGE_BYTES_MAX)
+                            .$method(call)
+                            .await;
                             record_forward(started, &answer);
                             match answer {
                                 Err(status) if is_not_owner(&status) && attempt == 0 => {
-                                    router.changed(GOSSIP_INTERVAL * 2).await;
+                                    router.changed_since(&placement, GOSSIP_INTERVAL * 2).await;
                                     route = self::route(router, tenant.as_str(), &wallet_id, forwarded)?;
                                 }
                                 answer => return answer,
@@ -182,11 +203,15 @@ pub fn spawn_hand_off(mut view: watch::Receiver<View>, router: Arc<Router>, regi
         while view.changed().await.is_ok() {
             let now = view.borrow_and_update().clone();
             report(&now, router.node_id(), Some(&before));
-            let routes = Arc::clone(&router);
-            let lost: Owns =
-                Arc::new(move |key: &WalletKey| !matches!(routes.route(key.tenant.as_str(), key.wallet.as_str()), Route::Local));
-            let passivated = registry.passivate_where(lost).await;
-            tracing::info!(passivated, "wallets of shards this node no longer owns given up");
+            // Lost shards, and gained ones too: a wallet still live here from before a shard left (or
+            // started by a call that raced the change) would serve a state the other owner moved past.
+            let (me, was, is) = (router.node_id().to_owned(), Arc::clone(&before), Arc::clone(&now.placement));
+            let moved: Owns = Arc::new(move |key: &WalletKey| {
+                let (tenant, wallet) = (key.tenant.as_str(), key.wallet.as_str());
+                is.owner_of(tenant, wallet) != Some(me.as_str()) || was.owner_of(tenant, wallet) != Some(me.as_str())
+            });
+            let passivated = registry.passivate_where(moved).await;
+            tracing::info!(passivated, "wallets of shards that moved given up; their owner recovers them from the log");
             before = now.placement;
         }
     })

@@ -84,7 +84,7 @@ pub async fn run(
         .max_encoding_message_size(ADMIN_MESSAGE_BYTES_MAX);
     let admin = Admitted::new(admin, Arc::clone(&admin_gate));
     let keys = Admitted::new(KeysServiceServer::new(KeysApi::new(Arc::clone(&engine.keys))), Arc::clone(&admin_gate));
-    let wallets = WalletServiceServer::new(RoutedWallets::new(WalletApi::new(engine, Arc::clone(&gate)), cluster))
+    let wallets = WalletServiceServer::new(RoutedWallets::new(WalletApi::new(engine, Arc::clone(&gate)), cluster, Arc::clone(&gate)))
         .max_decoding_message_size(MESSAGE_BYTES_MAX)
         .max_encoding_message_size(REPLY_BYTES_MAX);
     let quotas = Arc::new(Quotas::new(rates));

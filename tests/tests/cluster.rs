@@ -101,6 +101,10 @@ async fn calls_to_any_node_are_decided_by_the_wallets_owner_once() {
             deciders.entry(wallet.clone()).or_default().insert(decided_by(&answer));
             answer.unwrap();
         }
+        // What the engine records of a call's metadata reaches the owner: its request id.
+        let mut traced = tonic::Request::new(earn(&wallet, "traced", 1));
+        traced.metadata_mut().insert("x-request-id", format!("req-{w}").parse().unwrap());
+        clients[(w + 2) % 3].earn(traced).await.unwrap();
         // A retry of an earn on another node is answered from the first outcome, not applied again.
         let retried = clients[(w + 1) % 3].earn(earn(&wallet, "earn-0", 10)).await.unwrap().into_inner();
         assert!(retried.replayed, "a retry on another node is a replay");
@@ -112,10 +116,10 @@ async fn calls_to_any_node_are_decided_by_the_wallets_owner_once() {
     assert_eq!(used.len(), 3, "wallets spread over the three nodes: {used:?}");
     for w in 0..30 {
         let wallet = clients[(w + 2) % 3].get_wallet(read(&format!("c-{w}"))).await.unwrap().into_inner();
-        assert_eq!(wallet.balance, 60, "c-{w}");
+        assert_eq!(wallet.balance, 61, "c-{w}");
     }
 
-    // The log: each wallet's stream has its enrollment and six earns, at versions 1..=7, no more.
+    // The log: each wallet's stream has its enrollment and seven earns, at versions 1..=8, no more.
     let (pg, connection) = tokio_postgres::connect(&database.url, tokio_postgres::NoTls).await.unwrap();
     tokio::spawn(connection);
     let rows = pg
@@ -129,7 +133,16 @@ async fn calls_to_any_node_are_decided_by_the_wallets_owner_once() {
     assert_eq!(rows.len(), 30);
     for row in rows {
         let (stream, events, versions, last): (String, i64, i64, i64) = (row.get(0), row.get(1), row.get(2), row.get(3));
-        assert_eq!((events, versions, last), (7, 7, 7), "{stream}");
+        assert_eq!((events, versions, last), (8, 8, 8), "{stream}");
+    }
+    let traced = pg
+        .query("SELECT stream_id, causation_id FROM tally_events WHERE idempotency_key = 'traced' ORDER BY stream_id", &[])
+        .await
+        .unwrap();
+    assert_eq!(traced.len(), 30);
+    for row in traced {
+        let (stream, request_id): (String, String) = (row.get(0), row.get(1));
+        assert_eq!(stream.replace("acme/wallet/c-", "req-"), request_id, "the request id travels with a forwarded call");
     }
 }
 
