@@ -111,6 +111,22 @@ fn stamp<T>(answer: Result<Response<T>, Status>, node_id: &str) -> Result<Respon
     }
 }
 
+/// An answer the owner's wallet service did not give (it stamps every answer it gives): the connection
+/// failed or broke, so whether the call was applied is unknown — UNAVAILABLE, which clients retry with
+/// the same idempotency key, never UNKNOWN. Refusals by the owner's edge (keys, rates, deadline) pass as
+/// they are.
+fn unreachable(status: Status, node_id: &str) -> Status {
+    use tonic::Code::{Cancelled, Internal, Unavailable, Unknown};
+    if status.metadata().contains_key(NODE_HEADER) || !matches!(status.code(), Unknown | Unavailable | Cancelled | Internal) {
+        return status;
+    }
+    Status::unavailable(format!(
+        "the wallet's node {node_id} could not be reached or went away during the call ({}); it may or may not have \
+         been applied: retry with the same idempotency key",
+        status.message()
+    ))
+}
+
 fn record_forward(started: Instant, answer: &Result<impl Sized, Status>) {
     let outcome = match answer {
         Ok(_) => "ok",
@@ -155,7 +171,7 @@ macro_rules! routed {
                             .$method(call)
                             .await;
                             record_forward(started, &answer);
-                            match answer {
+                            match answer.map_err(|status| unreachable(status, &peer.node_id)) {
                                 Err(status) if is_not_owner(&status) && attempt == 0 => {
                                     router.changed_since(&placement, GOSSIP_INTERVAL * 2).await;
                                     route = self::route(router, tenant.as_str(), &wallet_id, forwarded)?;
