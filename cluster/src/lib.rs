@@ -8,3 +8,12 @@ pub mod placement;
 mod router;
 
 pub use router::{Peer, Route, Router};
+
+use std::sync::Arc;
+
+/// This node's part in a cluster: its membership, and the router that follows its view.
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub membership: Arc<membership::Membership>,
+    pub router: Arc<Router>,
+}

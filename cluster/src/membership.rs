@@ -205,6 +205,15 @@ impl Membership {
         let _ = tokio::time::timeout(self.gossip_interval * 4, view.wait_for(me_ready)).await;
     }
 
+    /// Nodes the failure detector declared dead and has not forgotten yet, by id.
+    pub async fn unreachable(&self) -> Vec<String> {
+        let mut dead: Vec<String> =
+            self.handle.with_chitchat(|chitchat| chitchat.dead_nodes().map(|id| id.node_id.to_string()).collect()).await;
+        dead.sort();
+        dead.dedup();
+        dead
+    }
+
     /// How long without a heartbeat before `node_id` would be declared dead, as the detector has learnt.
     pub async fn detection_timeout(&self, node_id: &str) -> Option<Duration> {
         self.handle

@@ -63,6 +63,7 @@ pub const POLICY: &[(&str, &[Role])] = &[
     ("tally.v1.KeysService/CreateKey", &[Operator, Platform]),
     ("tally.v1.KeysService/ListKeys", &[Operator, Platform]),
     ("tally.v1.KeysService/RevokeKey", &[Operator, Platform]),
+    ("tally.v1.ClusterService/GetClusterStatus", &[Platform]),
 ];
 
 /// Services anyone may call: load balancers' health checks, and reflection (the schema is public).

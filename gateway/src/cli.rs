@@ -44,6 +44,21 @@ pub enum Command {
     /// Create, list and revoke API keys on a running server (with a platform or operator key).
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// The cluster as a node sees it (with a platform key).
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Members, their state and shards, nodes declared dead, and with --wallet where that wallet lives.
+    Status {
+        /// A wallet to place, as TENANT/WALLET.
+        #[arg(long, value_name = "TENANT/WALLET")]
+        wallet: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -10,6 +10,8 @@ pub mod admission;
 pub mod bench;
 pub mod cli;
 pub mod client;
+pub mod cluster_status;
+pub mod clusterctl;
 pub mod config;
 pub mod copy;
 pub mod credentials;

@@ -15,7 +15,7 @@ use clap::Parser;
 use std::path::Path;
 
 use tally_cluster::membership::{GOSSIP_INTERVAL, Membership, MembershipConfig};
-use tally_cluster::{Route, Router};
+use tally_cluster::{Node, Route, Router};
 use tally_engine::actors::{
     CommandMeta, KeyBook, NoSnapshots, Owns, ProgramBook, Programs, Snapshots, WalletKey, WalletRegistry, WalletTimers,
 };
@@ -25,7 +25,7 @@ use tally_engine::domain::{ProgramSettings, TenantId};
 use tally_engine::limits::{KEYS_REFRESH_MS, PROGRAM_SETTINGS_REFRESH_MS};
 use tally_engine::store::{EmbeddedStore, EventStore, PostgresStore, log_identity};
 use tally_gateway::access::Access;
-use tally_gateway::cli::{Cli, Command, ProjectionsCommand, SnapshotsCommand, SnapshotsTarget, StoreCommand};
+use tally_gateway::cli::{Cli, ClusterCommand, Command, ProjectionsCommand, SnapshotsCommand, SnapshotsTarget, StoreCommand};
 use tally_gateway::config::{ClusterSettings, ServeSettings, StoreUrl, TlsFiles};
 use tally_gateway::derived::{self, DerivedError};
 use tally_gateway::keys::PLATFORM_KEY_FILE;
@@ -71,6 +71,10 @@ fn main() -> ExitCode {
             }
             Command::Projections(ProjectionsCommand::Rebuild { name, target }) => {
                 println!("{}", tally_gateway::ops::rebuild(name, target).await?);
+                Ok(())
+            }
+            Command::Cluster(ClusterCommand::Status { wallet, target }) => {
+                println!("{}", tally_gateway::clusterctl::status(wallet.as_deref(), target).await?);
                 Ok(())
             }
             Command::Keys(command) => {
@@ -272,8 +276,8 @@ async fn serve(settings: ServeSettings) -> Result<(), Box<dyn std::error::Error>
         None => None,
     };
     let timers = match &cluster {
-        Some((_, router)) => {
-            let router = Arc::clone(router);
+        Some(node) => {
+            let router = Arc::clone(&node.router);
             let owns: Owns =
                 Arc::new(move |key: &WalletKey| matches!(router.route(key.tenant.as_str(), key.wallet.as_str()), Route::Local));
             WalletTimers::spawn_for(Arc::clone(&store), registry.clone(), clock, owns)
@@ -285,8 +289,8 @@ async fn serve(settings: ServeSettings) -> Result<(), Box<dyn std::error::Error>
         StoreUrl::Embedded(dir) => format!("data in {}", dir.display()),
         StoreUrl::Postgres(url) | StoreUrl::Kurrent(url) => format!("log in {}", redact(url)),
     };
-    if let Some((membership, _)) = &cluster {
-        membership.become_ready().await;
+    if let Some(node) = &cluster {
+        node.membership.become_ready().await;
     }
     let scheme = if tls.is_some() { "https" } else { "http" };
     println!("tally listening on {scheme}://{address} ({log}, tenants: {})", tenants.join(", "));
@@ -295,7 +299,7 @@ async fn serve(settings: ServeSettings) -> Result<(), Box<dyn std::error::Error>
     let broken = Arc::new(std::sync::Mutex::new(None::<String>));
     let shutdown = {
         let (store, broken) = (Arc::clone(&store), Arc::clone(&broken));
-        let membership = cluster.as_ref().map(|(membership, _)| Arc::clone(membership));
+        let membership = cluster.as_ref().map(|node| Arc::clone(&node.membership));
         async move {
             tokio::select! {
                 () = shutdown => {}
@@ -313,10 +317,8 @@ async fn serve(settings: ServeSettings) -> Result<(), Box<dyn std::error::Error>
         }
     };
     let engine = Engine { registry: registry.clone(), store, programs: program_book, keys };
-    let router = cluster.as_ref().map(|(_, router)| Arc::clone(router));
-    let hand_off =
-        cluster.as_ref().map(|(membership, router)| routing::spawn_hand_off(membership.view(), Arc::clone(router), registry.clone()));
-    let edge = tally_gateway::server::Edge { access, rates: settings.rates, tls, cluster: router };
+    let hand_off = cluster.as_ref().map(|node| routing::spawn_hand_off(node.membership.view(), Arc::clone(&node.router), registry.clone()));
+    let edge = tally_gateway::server::Edge { access, rates: settings.rates, tls, cluster: cluster.clone() };
     tally_gateway::server::run(listener, engine, read.clone(), edge, shutdown).await?;
     keys_refresher.abort();
     timers.stop();
@@ -324,8 +326,8 @@ async fn serve(settings: ServeSettings) -> Result<(), Box<dyn std::error::Error>
         hand_off.abort();
     }
     registry.shutdown().await;
-    if let Some((membership, _)) = cluster
-        && let Ok(membership) = Arc::try_unwrap(membership)
+    if let Some(node) = cluster
+        && let Ok(membership) = Arc::try_unwrap(node.membership)
     {
         membership.stop().await;
     }
@@ -346,11 +348,7 @@ async fn serve(settings: ServeSettings) -> Result<(), Box<dyn std::error::Error>
 
 /// Starts gossiping as `cluster` says, this node serving gRPC at `address` on the log `log_id`: its membership (status
 /// `joining` until it serves) and the router wallet calls go through.
-async fn join_cluster(
-    cluster: &ClusterSettings,
-    address: SocketAddr,
-    log_id: &str,
-) -> Result<(Arc<Membership>, Arc<Router>), Box<dyn std::error::Error>> {
+async fn join_cluster(cluster: &ClusterSettings, address: SocketAddr, log_id: &str) -> Result<Node, Box<dyn std::error::Error>> {
     let config = MembershipConfig {
         node_id: cluster.node_id.clone(),
         // Nodes gossip only with nodes on the same log: two clusters on one network never merge.
@@ -364,7 +362,7 @@ async fn join_cluster(
     let membership = Membership::start(config).await?;
     let router = Arc::new(Router::new(cluster.node_id.clone(), membership.view()));
     tracing::info!(node = %cluster.node_id, gossip = %cluster.listen, seeds = ?cluster.seeds, "joined the cluster's gossip");
-    Ok((Arc::new(membership), router))
+    Ok(Node { membership: Arc::new(membership), router })
 }
 
 /// The server's TLS settings from its files: a file that cannot be read stops the start, naming it.

@@ -5,8 +5,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tally_cluster::Router;
+use tally_cluster::Node;
 use tally_proto::v1::admin_service_server::AdminServiceServer;
+use tally_proto::v1::cluster_service_server::ClusterServiceServer;
 use tally_proto::v1::keys_service_server::KeysServiceServer;
 use tally_proto::v1::projections_service_server::ProjectionsServiceServer;
 use tally_proto::v1::reporting_service_server::ReportingServiceServer;
@@ -19,6 +20,7 @@ use tonic::transport::{Server, ServerTlsConfig};
 use crate::access::{Access, AuthLayer};
 use crate::admin::AdminApi;
 use crate::admission::{Admitted, DeadlineLayer};
+use crate::cluster_status::ClusterApi;
 use crate::keys::KeysApi;
 use crate::limits::{
     ADMIN_MESSAGE_BYTES_MAX, ADMIN_REQUESTS_IN_FLIGHT_MAX, MESSAGE_BYTES_MAX, RATE_LIMITER_SWEEP_MS, REPLY_BYTES_MAX,
@@ -44,7 +46,7 @@ pub struct Edge {
     pub rates: RateLimits,
     pub tls: Option<ServerTlsConfig>,
     /// The cluster this node routes wallet calls through; `None`: one node serves every wallet.
-    pub cluster: Option<Arc<Router>>,
+    pub cluster: Option<Node>,
 }
 
 /// Serves until `shutdown` resolves; then refuses new calls (UNAVAILABLE), stops accepting connections,
@@ -62,6 +64,7 @@ pub async fn run(
     health.set_serving::<ProjectionsServiceServer<ProjectionsApi>>().await;
     health.set_serving::<AdminServiceServer<AdminApi>>().await;
     health.set_serving::<KeysServiceServer<KeysApi>>().await;
+    health.set_serving::<ClusterServiceServer<ClusterApi>>().await;
     // Both reflection versions: older grpcurl and Python's grpcio-reflection speak only v1alpha.
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -84,9 +87,14 @@ pub async fn run(
         .max_encoding_message_size(ADMIN_MESSAGE_BYTES_MAX);
     let admin = Admitted::new(admin, Arc::clone(&admin_gate));
     let keys = Admitted::new(KeysServiceServer::new(KeysApi::new(Arc::clone(&engine.keys))), Arc::clone(&admin_gate));
-    let wallets = WalletServiceServer::new(RoutedWallets::new(WalletApi::new(engine, Arc::clone(&gate)), cluster, Arc::clone(&gate)))
-        .max_decoding_message_size(MESSAGE_BYTES_MAX)
-        .max_encoding_message_size(REPLY_BYTES_MAX);
+    let wallets = WalletServiceServer::new(RoutedWallets::new(
+        WalletApi::new(engine, Arc::clone(&gate)),
+        cluster.as_ref().map(|node| Arc::clone(&node.router)),
+        Arc::clone(&gate),
+    ))
+    .max_decoding_message_size(MESSAGE_BYTES_MAX)
+    .max_encoding_message_size(REPLY_BYTES_MAX);
+    let cluster_status = Admitted::new(ClusterServiceServer::new(ClusterApi::new(cluster)), Arc::clone(&admin_gate));
     let quotas = Arc::new(Quotas::new(rates));
     let sweeper = spawn_sweeper(Arc::clone(&quotas));
     let (stop_accepting, stopped) = oneshot::channel::<()>();
@@ -108,6 +116,7 @@ pub async fn run(
         .add_service(projections)
         .add_service(admin)
         .add_service(keys)
+        .add_service(cluster_status)
         // Without TCP_NODELAY on accepted sockets, small replies wait for delayed ACKs (~40 ms).
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async {
             let _ = stopped.await;

@@ -112,6 +112,20 @@ async fn calls_to_any_node_are_decided_by_the_wallets_owner_once() {
     for (wallet, nodes) in &deciders {
         assert_eq!(nodes.len(), 1, "{wallet} was decided on {nodes:?}");
     }
+    // `tally cluster status`, asked of node two: the members, their shards, and where c-7 lives.
+    let output = one.cli().args(["cluster", "status", "--json", "--wallet", "acme/c-7", "--server", &two.url]).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let status: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(status["node_id"], "two");
+    let members = status["members"].as_array().unwrap();
+    assert_eq!(members.iter().map(|m| m["node_id"].as_str().unwrap()).collect::<Vec<_>>(), ["one", "three", "two"]);
+    assert!(members.iter().all(|m| m["status"] == "ready"));
+    let shards: u64 = members.iter().map(|m| m["shards_owned"].as_u64().unwrap()).sum();
+    assert_eq!(shards, status["shards"].as_u64().unwrap(), "every shard has one owner");
+    assert_eq!(status["wallet"]["owner"].as_str().unwrap(), deciders["c-7"].first().unwrap(), "the owner shown decided its calls");
+    let text = one.cli().args(["cluster", "status", "--server", &one.url]).output().unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("as node one sees it: 3 members, 262144 shards"), "{text}");
     let used: BTreeSet<_> = deciders.values().flatten().collect();
     assert_eq!(used.len(), 3, "wallets spread over the three nodes: {used:?}");
     for w in 0..30 {
@@ -203,6 +217,16 @@ async fn a_node_that_joins_and_leaves_under_load_hands_wallets_over_and_no_call_
         total += answer.unwrap().into_inner().balance;
     }
     assert_eq!(total, 3_000 + 150 + 20 * 5, "every earn applied once, and no wallet served from a state older than its log");
+}
+
+#[tokio::test]
+async fn a_node_outside_a_cluster_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TallyServer::start(dir.path(), &[]);
+    let output = server.cli().args(["cluster", "status", "--server", &server.url]).output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("FAILED_PRECONDITION: this node is not part of a cluster"), "{stderr}");
 }
 
 #[test]
