@@ -248,6 +248,7 @@ impl ProjectionsService for ProjectionsApi {
                 let (state, error) = match &s.state {
                     RunState::Starting => ("starting", String::new()),
                     RunState::Running => ("running", String::new()),
+                    RunState::Standby => ("standby", String::new()),
                     RunState::Retrying { error } => ("retrying", error.clone()),
                     RunState::Failed { error } => ("failed", error.clone()),
                     RunState::Stopped => ("stopped", String::new()),

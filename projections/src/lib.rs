@@ -111,6 +111,15 @@ pub trait ReadModel: Send + Sync + fmt::Debug + 'static {
     /// The live generation and its checkpoint.
     async fn live(&self) -> Result<Generation, ProjectionError>;
 
+    /// Whether this process may follow the log into the read model now. A read model several nodes share
+    /// has one runner at a time, the holder of its lease; the others stand by and take over once the
+    /// holder's lease ends (its process or session gone). A model only this process writes always may.
+    async fn lease(&self) -> Result<bool, ProjectionError>;
+
+    /// Gives the lease up, if held: a runner that stops hands over at once rather than when its process
+    /// ends.
+    async fn end_lease(&self);
+
     /// The log this read model follows (`tally_engine::store::log_identity`), if it recorded one.
     async fn followed_log(&self) -> Result<Option<String>, ProjectionError>;
 

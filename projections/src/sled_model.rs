@@ -285,6 +285,13 @@ async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T, Projection
 
 #[async_trait]
 impl ReadModel for SledReadModel {
+    /// This node's own files: no other process writes them.
+    async fn lease(&self) -> Result<bool, ProjectionError> {
+        Ok(true)
+    }
+
+    async fn end_lease(&self) {}
+
     fn name(&self) -> &'static str {
         NAME
     }

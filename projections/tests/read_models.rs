@@ -761,3 +761,34 @@ async fn a_live_generation_from_before_numeric_sums_is_migrated_and_its_views_ke
     }
     client.batch_execute(&format!("DROP OWNED BY {reader}; DROP ROLE {reader}")).await.unwrap();
 }
+
+/// Issue 17: a read model several nodes share has one runner at a time. The second stands by, showing
+/// the holder's checkpoint; when the first stops (or its process dies: its session ends), the second
+/// takes over within the lease poll and the read model keeps following the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_runner_at_a_time_follows_a_shared_read_model_and_another_takes_over() {
+    use tally_projections::RunState;
+    let db = TestDatabase::create().await;
+    let store = store();
+    Workload::new(21, 10).run(&*store, 100).await;
+    let first_model = Arc::new(PostgresReadModel::connect(&db.url).await.unwrap());
+    let first = Projection::spawn(Arc::clone(&store), first_model, options(50));
+    caught_up(&first, &store).await;
+    let second_model = Arc::new(PostgresReadModel::connect(&db.url).await.unwrap());
+    let second = Projection::spawn(Arc::clone(&store), second_model.clone(), options(50));
+    let mut watch = second.watch();
+    tokio::time::timeout(WAIT, watch.wait_for(|s| s.state == RunState::Standby)).await.expect("stands by").unwrap();
+    Workload::named(22, 10, "while-first").run(&*store, 100).await;
+    caught_up(&first, &store).await;
+    assert_eq!(second.status().state, RunState::Standby, "one runner at a time");
+    assert_eq!(second.status().events_applied, 0, "the standby applied nothing");
+
+    let handed_over = std::time::Instant::now();
+    first.stop().await;
+    Workload::named(23, 10, "after-first").run(&*store, 100).await;
+    caught_up(&second, &store).await;
+    eprintln!("the standby took over and caught up {:?} after the runner stopped", handed_over.elapsed());
+    assert_eq!(second.status().state, RunState::Running);
+    second.stop().await;
+    assert_postgres_matches(&second_model, &db, &fold_log(&store).await).await;
+}

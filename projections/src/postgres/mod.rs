@@ -28,6 +28,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -53,6 +54,17 @@ pub use queries::{ProgramStats, WalletCursor, WalletOrder, WalletPage, WalletRow
 pub const NAME: &str = "reporting";
 const POOL_SIZE_MAX: usize = 4;
 
+/// The advisory lock a runner of this read model holds: (class, key), distinct from the generation locks.
+const LEASE_LOCK_CLASS: i32 = 0x7461_6c6d;
+const LEASE_LOCK_KEY: i32 = 1;
+
+/// A session and whether it holds the lease.
+#[derive(Debug, Default)]
+struct Lease {
+    session: Option<tokio_postgres::Client>,
+    held: bool,
+}
+
 #[derive(Debug, Clone)]
 pub struct PostgresReadModel {
     pool: Pool,
@@ -62,6 +74,8 @@ pub struct PostgresReadModel {
     rebuilding: Arc<Mutex<HashMap<u64, bulk::Owned>>>,
     /// Per generation this process rebuilds, the session holding its rebuild lock.
     owners: Arc<Mutex<HashMap<u64, tokio_postgres::Client>>>,
+    /// The session asking for (and, once granted, holding) the lease to run this read model.
+    lease: Arc<tokio::sync::Mutex<Lease>>,
     replay_wallets_max: usize,
 }
 
@@ -81,6 +95,7 @@ impl PostgresReadModel {
             config: connection,
             rebuilding: Arc::default(),
             owners: Arc::default(),
+            lease: Arc::default(),
             replay_wallets_max: REPLAY_WALLETS_DEFAULT_MAX,
         };
         model.set_up().await?;
@@ -107,6 +122,39 @@ impl PostgresReadModel {
 
 #[async_trait]
 impl ReadModel for PostgresReadModel {
+    /// A session-level advisory lock, on a session of its own with short TCP keepalives: released by
+    /// PostgreSQL as soon as the holder's session ends — its process exits or is killed, or its network
+    /// stays silent for ~8 s.
+    async fn lease(&self) -> Result<bool, ProjectionError> {
+        let mut lease = self.lease.lock().await;
+        if lease.session.as_ref().is_none_or(tokio_postgres::Client::is_closed) {
+            *lease = Lease::default();
+            let mut config = self.config.config.clone();
+            config
+                .keepalives(true)
+                .keepalives_idle(Duration::from_secs(5))
+                .keepalives_interval(Duration::from_secs(1))
+                .keepalives_retries(3);
+            let (client, connection) = config.connect(self.config.tls.clone()).await?;
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::warn!(%error, "read-model lease session ended; another node may take the lease");
+                }
+            });
+            lease.session = Some(client);
+        }
+        if !lease.held {
+            let session = lease.session.as_ref().expect("connected above");
+            lease.held = session.query_one("SELECT pg_try_advisory_lock($1, $2)", &[&LEASE_LOCK_CLASS, &LEASE_LOCK_KEY]).await?.get(0);
+        }
+        Ok(lease.held)
+    }
+
+    /// Ends the lease's session: PostgreSQL releases the lock with it.
+    async fn end_lease(&self) {
+        *self.lease.lock().await = Lease::default();
+    }
+
     fn name(&self) -> &'static str {
         NAME
     }

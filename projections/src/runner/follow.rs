@@ -12,7 +12,9 @@ use tokio::task::JoinHandle;
 
 use super::lag::LagWindow;
 use super::rebuild::Rebuild;
-use super::{Control, FOLLOW_RETRY_FIRST, LOG_READ_RETRY, ProjectionStatus, RebuildPhase, RebuildProgress, RunState, RunnerOptions};
+use super::{
+    Control, FOLLOW_RETRY_FIRST, LEASE_POLL, LOG_READ_RETRY, ProjectionStatus, RebuildPhase, RebuildProgress, RunState, RunnerOptions,
+};
 use crate::backoff::Backoff;
 use crate::movement::decode_events;
 use crate::quarantine::{QuarantineSummary, QuarantinedEvent, apply_quarantining};
@@ -45,6 +47,9 @@ impl Runner {
     pub(super) async fn run(mut self) {
         let mut backoff = self.backoff();
         loop {
+            if !self.await_lease().await {
+                break;
+            }
             let live = match self.model.live().await {
                 Ok(live) => self.model.quarantine(live.id).await.map(|quarantine| (live, quarantine)),
                 Err(error) => Err(error),
@@ -95,11 +100,38 @@ impl Runner {
         if let Err(error) = self.model.flush().await {
             tracing::warn!(projection = self.model.name(), %error, "read model not flushed; it will re-apply the last batches from the log");
         }
+        self.model.end_lease().await;
         self.status.send_modify(|s| {
             if !matches!(s.state, RunState::Failed { .. }) {
                 s.state = RunState::Stopped;
             }
         });
+    }
+
+    /// Waits until this process holds the read model's lease, standing by meanwhile (the checkpoint shown
+    /// is the holder's); false if told to stop.
+    async fn await_lease(&mut self) -> bool {
+        loop {
+            match self.model.lease().await {
+                Ok(true) => return true,
+                Ok(false) => {
+                    let live = self.model.live().await.ok();
+                    self.status.send_modify(|s| {
+                        s.state = RunState::Standby;
+                        if let Some(live) = live {
+                            (s.generation, s.checkpoint) = (live.id, live.checkpoint);
+                        }
+                    });
+                }
+                Err(error) => {
+                    tracing::warn!(projection = self.model.name(), %error, "cannot ask for the read model's lease; retrying");
+                    self.status.send_modify(|s| s.state = RunState::Retrying { error: error.to_string() });
+                }
+            }
+            if self.pause(&mut Backoff::new(LEASE_POLL, LEASE_POLL)).await {
+                return false;
+            }
+        }
     }
 
     /// Shows what the live generation holds in quarantine, in the status and the metrics.
@@ -162,6 +194,7 @@ impl Runner {
         let mut reader = Replay::follow(Arc::clone(&self.store), checkpoint, self.options.batch_size);
         let mut head = self.store.head();
         let mut head_open = true;
+        let mut lease_check = tokio::time::interval(LEASE_POLL);
         loop {
             tokio::select! {
                 biased;
@@ -187,6 +220,12 @@ impl Runner {
                     }
                     Err(_) => head_open = false,
                 },
+                _ = lease_check.tick() => {
+                    if !matches!(self.model.lease().await, Ok(true)) {
+                        tracing::warn!(projection = self.model.name(), "lost the read model's lease; standing by");
+                        return Exit::Restart;
+                    }
+                }
                 batch = reader.next() => match batch {
                     Some(Ok(batch)) => {
                         if let Some(exit) = self.apply_live(batch).await {

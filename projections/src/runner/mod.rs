@@ -34,6 +34,9 @@ mod rebuild;
 const FOLLOW_RETRY_FIRST: Duration = Duration::from_millis(50);
 /// The wait before following again after a read of the log failed.
 const LOG_READ_RETRY: Duration = Duration::from_millis(100);
+/// How often a standing-by runner asks for the read model's lease, and a running one checks it still
+/// holds it: a node takes over within this of the holder's lease ending.
+const LEASE_POLL: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Copy)]
 pub struct RunnerOptions {
@@ -55,6 +58,8 @@ impl Default for RunnerOptions {
 pub enum RunState {
     Starting,
     Running,
+    /// Another process holds the read model's lease and runs it; this one takes over when it ends.
+    Standby,
     /// A batch failed and is being retried.
     Retrying {
         error: String,
