@@ -205,10 +205,13 @@ impl Membership {
         let _ = tokio::time::timeout(self.gossip_interval * 4, view.wait_for(me_ready)).await;
     }
 
-    /// Nodes the failure detector declared dead and has not forgotten yet, by id.
+    /// Nodes the failure detector declared dead and has not forgotten yet, by id — less those live again
+    /// (a restarted node's old generation stays "dead" for a while).
     pub async fn unreachable(&self) -> Vec<String> {
         let mut dead: Vec<String> =
             self.handle.with_chitchat(|chitchat| chitchat.dead_nodes().map(|id| id.node_id.to_string()).collect()).await;
+        let view = self.view.borrow().clone();
+        dead.retain(|id| view.member(id).is_none());
         dead.sort();
         dead.dedup();
         dead

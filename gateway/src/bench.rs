@@ -38,6 +38,10 @@ pub struct BenchReport {
     pub reads: Histogram<u64>,
     /// Failed calls by gRPC code name.
     pub errors: BTreeMap<String, u64>,
+    /// Calls (mutating and reads) by the node that decided them (`x-tally-node`; a cluster only): against
+    /// one node of a cluster, the others' are the forwarded calls, so the difference of the medians is
+    /// what a forward adds.
+    pub by_node: BTreeMap<String, Histogram<u64>>,
 }
 
 impl BenchReport {
@@ -70,6 +74,9 @@ impl fmt::Display for BenchReport {
         for (code, count) in &self.errors {
             write!(f, "\n  errors   {count:>8} {code}")?;
         }
+        for (node, calls) in &self.by_node {
+            write!(f, "\n  decided by node {node}: {:>8} calls: {}", calls.len(), percentiles(calls))?;
+        }
         Ok(())
     }
 }
@@ -87,6 +94,11 @@ async fn channels(args: &BenchArgs) -> Result<Vec<WalletServiceClient<Authed>>, 
         clients.push(WalletServiceClient::with_interceptor(channel, bearer.clone()));
     }
     Ok(clients)
+}
+
+/// The node that decided a call, as a cluster says on every answer.
+fn decided_by<T>(response: tonic::Response<T>) -> Option<String> {
+    response.metadata().get("x-tally-node").and_then(|v| v.to_str().ok()).map(str::to_owned)
 }
 
 fn wallet_id(i: usize) -> String {
@@ -148,6 +160,7 @@ pub async fn run(args: BenchArgs) -> Result<BenchReport, BenchError> {
             tokio::spawn(async move {
                 let mut rng = SmallRng::seed_from_u64(caller as u64);
                 let (mut mutations, mut reads) = (histogram(), histogram());
+                let mut by_node: BTreeMap<String, Histogram<u64>> = BTreeMap::new();
                 let mut errors: BTreeMap<String, u64> = BTreeMap::new();
                 let mut n = 0u64;
                 while Instant::now() < deadline && budget.is_none_or(|b| n < b) {
@@ -162,7 +175,7 @@ pub async fn run(args: BenchArgs) -> Result<BenchReport, BenchError> {
                     let call_started = Instant::now();
                     let (result, histogram) = if roll < args.read_percent {
                         (
-                            client.get_wallet(GetWalletRequest { tenant_id: args.tenant.clone(), wallet_id: wallet }).await.map(drop),
+                            client.get_wallet(GetWalletRequest { tenant_id: args.tenant.clone(), wallet_id: wallet }).await.map(decided_by),
                             &mut reads,
                         )
                     } else if rng.random_range(0..7) < 5 {
@@ -175,7 +188,7 @@ pub async fn run(args: BenchArgs) -> Result<BenchReport, BenchError> {
                             source_ref: key,
                             order_amount: None,
                         };
-                        (client.earn(request).await.map(drop), &mut mutations)
+                        (client.earn(request).await.map(decided_by), &mut mutations)
                     } else {
                         let request = RedeemRequest {
                             tenant_id: args.tenant.clone(),
@@ -184,21 +197,35 @@ pub async fn run(args: BenchArgs) -> Result<BenchReport, BenchError> {
                             points: rng.random_range(1..200),
                             reward_ref: "reward".into(),
                         };
-                        (client.redeem(request).await.map(drop), &mut mutations)
+                        (client.redeem(request).await.map(decided_by), &mut mutations)
                     };
                     let micros = u64::try_from(call_started.elapsed().as_micros()).unwrap_or(u64::MAX).max(1);
                     match result {
-                        Ok(()) => histogram.saturating_record(micros),
+                        Ok(node) => {
+                            histogram.saturating_record(micros);
+                            if let Some(node) = node {
+                                by_node.entry(node).or_insert_with(self::histogram).saturating_record(micros);
+                            }
+                        }
                         Err(status) => *errors.entry(format!("{:?}", status.code())).or_default() += 1,
                     }
                 }
-                (mutations, reads, errors)
+                (mutations, reads, errors, by_node)
             })
         })
         .collect();
-    let mut report = BenchReport { elapsed: Duration::ZERO, mutations: histogram(), reads: histogram(), errors: BTreeMap::new() };
+    let mut report = BenchReport {
+        elapsed: Duration::ZERO,
+        mutations: histogram(),
+        reads: histogram(),
+        errors: BTreeMap::new(),
+        by_node: BTreeMap::new(),
+    };
     for caller in callers {
-        let Ok((mutations, reads, errors)) = caller.await else { continue };
+        let Ok((mutations, reads, errors, by_node)) = caller.await else { continue };
+        for (node, calls) in by_node {
+            report.by_node.entry(node).or_insert_with(histogram).add(&calls).expect("same bounds");
+        }
         report.mutations.add(&mutations).expect("same bounds");
         report.reads.add(&reads).expect("same bounds");
         for (code, count) in errors {

@@ -67,7 +67,7 @@ fn from_projection_error(error: &ProjectionError) -> Status {
             tracing::error!(%error, "read model corrupt");
             Status::data_loss(format!("{error}; rebuild it with `tally projections rebuild`"))
         }
-        ProjectionError::RebuildRunning { .. } => Status::failed_precondition(error.to_string()),
+        ProjectionError::RebuildRunning { .. } | ProjectionError::Standby { .. } => Status::failed_precondition(error.to_string()),
         ProjectionError::OutOfRange(_) => Status::out_of_range(error.to_string()),
         ProjectionError::Stopped { .. } => Status::unavailable(error.to_string()),
         _ => {

@@ -59,6 +59,11 @@ pub enum ProjectionError {
     Busy { model: &'static str },
     #[error("projection {model} has stopped")]
     Stopped { model: &'static str },
+    /// Another node holds the read model's lease and runs it; this one stands by.
+    #[error(
+        "read model {model} is run by another node (this one stands by); ask the node that runs it (`tally projections status` shows `running` there)"
+    )]
+    Standby { model: &'static str },
     #[error("event log: {0}")]
     Store(#[from] StoreError),
     #[error("postgres: {}", postgres_detail(.0))]

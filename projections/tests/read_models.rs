@@ -782,6 +782,8 @@ async fn one_runner_at_a_time_follows_a_shared_read_model_and_another_takes_over
     caught_up(&first, &store).await;
     assert_eq!(second.status().state, RunState::Standby, "one runner at a time");
     assert_eq!(second.status().events_applied, 0, "the standby applied nothing");
+    let refused = second.rebuild().await.map(drop).unwrap_err();
+    assert!(matches!(refused, tally_projections::ProjectionError::Standby { .. }), "a rebuild is the running node's: {refused:?}");
 
     let handed_over = std::time::Instant::now();
     first.stop().await;

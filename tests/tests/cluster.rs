@@ -344,3 +344,79 @@ async fn a_node_killed_under_load_loses_nothing_and_its_wallets_come_back() {
         .unwrap();
     assert_eq!(gaps.get::<_, i64>(0), 0, "every stream's versions are 1..=n");
 }
+
+/// A hold's timeout runs once cluster-wide — on the wallet's owner only — also when the owner was
+/// killed before the timeout came: the node that takes its shards over runs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_times_out_exactly_once_even_when_its_owner_died() {
+    use tally_proto::v1::AuthorizeRedemptionRequest;
+    let dir = tempfile::tempdir().unwrap();
+    let database = TestDatabase::create().await;
+    let gossip = [free_udp_port(), free_udp_port(), free_udp_port()];
+    let one = node(dir.path(), &database, "one", gossip[0], None);
+    let two = node(dir.path(), &database, "two", gossip[1], Some(gossip[0]));
+    let mut three = node(dir.path(), &database, "three", gossip[2], Some(gossip[0]));
+    let key = one.platform_key();
+    let mut clients = Vec::new();
+    for server in [&one, &two, &three] {
+        clients.push(WalletServiceClient::new(server.channel_with(Key::new(&key)).await));
+    }
+    until_converged(&mut clients, 3).await;
+    let mut owned_by_three = 0;
+    for w in 0..24 {
+        let wallet = format!("h-{w}");
+        let enroll =
+            EnrollRequest { tenant_id: "acme".into(), wallet_id: wallet.clone(), idempotency_key: "e".into(), ..Default::default() };
+        clients[0].enroll(enroll).await.unwrap();
+        clients[0].earn(earn(&wallet, "seed", 100)).await.unwrap();
+        let hold = AuthorizeRedemptionRequest {
+            tenant_id: "acme".into(),
+            wallet_id: wallet.clone(),
+            hold_id: "hold-1".into(),
+            points: 10,
+            timeout_seconds: 2,
+            ..Default::default()
+        };
+        let answer = clients[1].authorize_redemption(hold).await;
+        owned_by_three += usize::from(decided_by(&answer) == "three");
+        answer.unwrap();
+    }
+    assert!(owned_by_three > 0, "node three owns some of the held wallets");
+    three.kill_9();
+
+    let (pg, connection) = tokio_postgres::connect(&database.url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let started = Instant::now();
+    loop {
+        let released: i64 = pg
+            .query_one(
+                "SELECT count(*) FROM tally_events WHERE event_type = 'tally.v1.HoldReleased' AND stream_id LIKE 'acme/wallet/h-%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if released >= 24 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "{released} of 24 holds released after 30 s");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    eprintln!("every hold released {:?} after its owner was killed ({owned_by_three} were its)", started.elapsed());
+    // A little longer: nothing releases a hold twice (another node's timers, a stale index).
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let rows = pg
+        .query(
+            "SELECT stream_id, count(*) FROM tally_events WHERE event_type = 'tally.v1.HoldReleased' \
+             AND stream_id LIKE 'acme/wallet/h-%' GROUP BY stream_id",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 24);
+    assert!(rows.iter().all(|r| r.get::<_, i64>(1) == 1), "a hold released twice");
+    for w in 0..24 {
+        let wallet = clients[0].get_wallet(read(&format!("h-{w}"))).await.unwrap().into_inner();
+        assert_eq!((wallet.held_points, wallet.available_points), (0, 100), "h-{w}");
+    }
+}

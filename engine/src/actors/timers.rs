@@ -30,6 +30,10 @@ const IDLE_MS: i64 = 1_000;
 /// another try; the other wallets do not wait for it.
 const RETRY_MS: i64 = 5_000;
 
+/// How soon a due wallet another node owns is looked at again: if its owner died, this node may own it
+/// by then. Its owner's transitions reach this node's index through the log and move it on meanwhile.
+const NOT_OWNED_RECHECK_MS: i64 = 1_000;
+
 /// What the reader tells the timer loop: when `key` next has something due (`None`: nothing).
 struct Due {
     key: WalletKey,
@@ -54,7 +58,8 @@ impl WalletTimers {
     }
 
     /// As [`Self::spawn`], running only the wallets `owns` says are this node's (a cluster: the owner of
-    /// each wallet's shard). The others stay in the index and are asked about again every `RETRY_MS`, so
+    /// each wallet's shard). The others stay in the index and are asked about again every
+    /// `NOT_OWNED_RECHECK_MS`, so
     /// a wallet whose owner changed to this node (a node left or died) has its transitions run here.
     pub fn spawn_for(store: Arc<dyn EventStore>, registry: WalletRegistry, clock: Arc<dyn Clock>, owns: Owns) -> Self {
         let (tx, rx) = mpsc::channel(READ_BATCH_EVENTS);
@@ -165,7 +170,7 @@ async fn run_due(index: &mut Index, registry: &WalletRegistry, now_ms: i64, owns
     let due: Vec<WalletKey> = index.by_time.iter().take_while(|(at, _)| *at <= now_ms).map(|(_, key)| key.clone()).collect();
     for key in due {
         if !owns(&key) {
-            index.set(key, Some(now_ms + RETRY_MS));
+            index.set(key, Some(now_ms + NOT_OWNED_RECHECK_MS));
             continue;
         }
         // A wallet with nothing due records nothing; the key tells the log which clock acted.

@@ -57,6 +57,9 @@ const POOL_SIZE_MAX: usize = 4;
 /// The advisory lock a runner of this read model holds: (class, key), distinct from the generation locks.
 const LEASE_LOCK_CLASS: i32 = 0x7461_6c6d;
 const LEASE_LOCK_KEY: i32 = 1;
+/// Longest wait for the lease's session to connect: a runner standing by is not held up by a server that
+/// does not answer.
+const LEASE_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A session and whether it holds the lease.
 #[derive(Debug, Default)]
@@ -122,9 +125,11 @@ impl PostgresReadModel {
 
 #[async_trait]
 impl ReadModel for PostgresReadModel {
-    /// A session-level advisory lock, on a session of its own with short TCP keepalives: released by
-    /// PostgreSQL as soon as the holder's session ends — its process exits or is killed, or its network
-    /// stays silent for ~8 s.
+    /// A session-level advisory lock, on a session of its own whose server side probes the client every
+    /// second after 5 s of silence and gives up after ~8 s (`tcp_keepalives_*`, `tcp_user_timeout`):
+    /// released by PostgreSQL as soon as the holder's session ends — its process exits or is killed — or
+    /// within ~8 s of its host going silent (power loss, a network cut). Session locks mean nothing behind
+    /// a transaction-pooling PgBouncer: point `--reporting-db` at PostgreSQL itself.
     async fn lease(&self) -> Result<bool, ProjectionError> {
         let mut lease = self.lease.lock().await;
         if lease.session.as_ref().is_none_or(tokio_postgres::Client::is_closed) {
@@ -134,7 +139,9 @@ impl ReadModel for PostgresReadModel {
                 .keepalives(true)
                 .keepalives_idle(Duration::from_secs(5))
                 .keepalives_interval(Duration::from_secs(1))
-                .keepalives_retries(3);
+                .keepalives_retries(3)
+                .connect_timeout(LEASE_CONNECT_TIMEOUT)
+                .options("-c tcp_keepalives_idle=5 -c tcp_keepalives_interval=1 -c tcp_keepalives_count=3 -c tcp_user_timeout=8000");
             let (client, connection) = config.connect(self.config.tls.clone()).await?;
             tokio::spawn(async move {
                 if let Err(error) = connection.await {

@@ -4,6 +4,7 @@
 //! ready.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tally_engine::clock::{Clock, SystemClock};
 use tally_engine::store::EventStore;
@@ -77,6 +78,8 @@ impl Runner {
                 Exit::Stop => break,
                 Exit::Fail(error) => {
                     tracing::error!(projection = self.model.name(), %error, "projection stopped");
+                    // Another node may be able to go on (a newer build): it must not wait for this one.
+                    self.model.end_lease().await;
                     self.status.send_modify(|s| s.state = RunState::Failed { error: error.to_string() });
                     // Parked: keeps answering control messages until told to stop.
                     while let Some(message) = self.control.recv().await {
@@ -128,8 +131,30 @@ impl Runner {
                     self.status.send_modify(|s| s.state = RunState::Retrying { error: error.to_string() });
                 }
             }
-            if self.pause(&mut Backoff::new(LEASE_POLL, LEASE_POLL)).await {
+            if self.stand_by(LEASE_POLL).await {
                 return false;
+            }
+        }
+    }
+
+    /// Waits `wait` while another node runs the read model, answering control messages: a rebuild is
+    /// refused as the other node's to run; true if told to stop.
+    async fn stand_by(&mut self, wait: Duration) -> bool {
+        let sleep = tokio::time::sleep(wait);
+        tokio::pin!(sleep);
+        let standby = || ProjectionError::Standby { model: self.model.name() };
+        loop {
+            tokio::select! {
+                () = &mut sleep => return false,
+                message = self.control.recv() => match message {
+                    None | Some(Control::Stop) => return true,
+                    Some(Control::Rebuild(reply)) => {
+                        let _ = reply.send(Err(standby()));
+                    }
+                    Some(Control::Swap { reply, .. }) => {
+                        let _ = reply.send(Err(standby()));
+                    }
+                },
             }
         }
     }
@@ -223,6 +248,10 @@ impl Runner {
                 _ = lease_check.tick() => {
                     if !matches!(self.model.lease().await, Ok(true)) {
                         tracing::warn!(projection = self.model.name(), "lost the read model's lease; standing by");
+                        // A rebuild of ours could never be swapped in by another node's runner: given up.
+                        if let Some(task) = self.rebuild_task.take() {
+                            task.abort();
+                        }
                         return Exit::Restart;
                     }
                 }
