@@ -448,3 +448,45 @@ async fn a_burst_of_enrollments_is_counted_in_few_appends() {
     assert!(appends < 250, "{appends} appends for 500 wallets");
     registry.shutdown().await;
 }
+
+/// In a cluster every node enrolls some of a tenant's wallets (their owners differ), so a sign-up burst
+/// makes the nodes race for `<tenant>/wallets`: each still gets its wallets counted, none refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_enrolling_one_tenants_wallets_at_once_all_get_counted() {
+    use std::sync::Arc;
+    use std::time::Duration;
+    use tally_engine::actors::{CommandMeta, ProgramBook, RegistryConfig, WalletKey, WalletRegistry};
+    use tally_engine::clock::{Clock, ManualClock};
+    use tally_engine::domain::{Command, CommandBody, WalletId};
+    use tally_engine::store::EmbeddedStore;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn EventStore> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+    let clock = Arc::new(ManualClock::new(MARCH_1)) as Arc<dyn Clock>;
+    let acme = TenantId::parse("acme").unwrap();
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        let book = Arc::new(ProgramBook::new(store.clone(), clock.clone(), Duration::from_secs(1)));
+        nodes.push(WalletRegistry::start(RegistryConfig::default(), store.clone(), book, clock.clone()).await.unwrap());
+    }
+    ProgramBook::new(store.clone(), clock.clone(), Duration::from_secs(1))
+        .execute(&acme, &create("c"), &EventMetadata::default())
+        .await
+        .unwrap();
+    let calls = (0..600).map(|i| {
+        let key = WalletKey::new(acme.clone(), WalletId::parse(&format!("c-{i}")).unwrap());
+        let registry = nodes[i % 3].clone();
+        async move {
+            registry
+                .execute(&key, Command::new("enroll", CommandBody::Enroll { customer_ref: String::new() }), CommandMeta::default())
+                .await
+        }
+    });
+    for (i, result) in futures::future::join_all(calls).await.into_iter().enumerate() {
+        result.unwrap_or_else(|e| panic!("c-{i}: {e}"));
+    }
+    assert_eq!(store.stream_version(&codec::wallets_stream(&acme)).await.unwrap(), 600);
+    for node in nodes {
+        node.shutdown().await;
+    }
+}

@@ -18,8 +18,12 @@ use crate::domain::{TenantId, WalletId};
 use crate::limits::APPEND_EVENTS_MAX;
 use crate::store::{EventStore, ExpectedVersion, StoreError};
 
-/// Attempts at one batch when another node counts the same tenant's wallets concurrently.
-const CONFLICT_ATTEMPTS: usize = 5;
+/// Attempts at one batch when other nodes count the same tenant's wallets concurrently: in a cluster
+/// every node enrolls some of a tenant's wallets (their owners differ), so a sign-up burst contends here.
+/// Each attempt after a conflict starts from the version the conflict reported, after a random wait of up
+/// to `CONFLICT_WAIT_MAX_MS` (doubling), so the nodes fall out of step.
+const CONFLICT_ATTEMPTS: u32 = 64;
+const CONFLICT_WAIT_MAX_MS: u64 = 32;
 
 /// The wallet counts of every tenant this node has enrolled wallets for.
 #[derive(Debug)]
@@ -79,11 +83,15 @@ impl WalletRolls {
     async fn serve(&self, tenant: &TenantId, counted: &mut u64, batch: Vec<Waiter>) {
         let stream = codec::wallets_stream(tenant);
         let mut attempt = 0;
+        let mut known = None;
         let result = loop {
             attempt += 1;
-            match self.store.stream_version(&stream).await {
-                Ok(version) => *counted = version,
-                Err(error) => break Err(error),
+            match known.take() {
+                Some(version) => *counted = version,
+                None => match self.store.stream_version(&stream).await {
+                    Ok(version) => *counted = version,
+                    Err(error) => break Err(error),
+                },
             }
             let room = usize::try_from(self.max.saturating_sub(*counted)).unwrap_or(usize::MAX);
             let admitted = batch.len().min(room);
@@ -97,7 +105,12 @@ impl WalletRolls {
                     *counted = outcome.last_version;
                     break Ok(admitted);
                 }
-                Err(StoreError::VersionConflict { .. }) if attempt < CONFLICT_ATTEMPTS => continue,
+                Err(StoreError::VersionConflict { actual, .. }) if attempt < CONFLICT_ATTEMPTS => {
+                    known = Some(actual);
+                    let ceiling = CONFLICT_WAIT_MAX_MS.min(1 << attempt.min(6));
+                    let wait = std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), attempt) % (ceiling + 1);
+                    tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+                }
                 Err(error) => break Err(error),
             }
         };
