@@ -56,25 +56,25 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => serve(ServeSettings::resolve(&args)?).await,
             Command::Wallet(command) => {
-                println!("{}", tally_gateway::client::run(command).await?);
+                emit(&tally_gateway::client::run(command).await?.to_string());
                 Ok(())
             }
             Command::Bench(args) => {
-                println!("{}", tally_gateway::bench::run(args).await?);
+                emit(&tally_gateway::bench::run(args).await?.to_string());
                 Ok(())
             }
             Command::Snapshots(command) => snapshots(command).await,
             Command::Store(StoreCommand::Copy { from, to }) => store_copy(&from, &to).await,
             Command::Projections(ProjectionsCommand::Status(target)) => {
-                println!("{}", tally_gateway::ops::status(target).await?);
+                emit(&tally_gateway::ops::status(target).await?.to_string());
                 Ok(())
             }
             Command::Projections(ProjectionsCommand::Rebuild { name, target }) => {
-                println!("{}", tally_gateway::ops::rebuild(name, target).await?);
+                emit(&tally_gateway::ops::rebuild(name, target).await?.to_string());
                 Ok(())
             }
             Command::Cluster(ClusterCommand::Status { wallet, target }) => {
-                println!("{}", tally_gateway::clusterctl::status(wallet.as_deref(), target).await?);
+                emit(&tally_gateway::clusterctl::status(wallet.as_deref(), target).await?.to_string());
                 Ok(())
             }
             Command::Keys(command) => {
@@ -82,7 +82,7 @@ fn main() -> ExitCode {
                     Some(url) => Some(KeyBook::open(open_store(url).await?, Arc::new(SystemClock)).await?),
                     None => None,
                 };
-                println!("{}", tally_gateway::keyctl::run(command, direct.as_deref()).await?);
+                emit(&tally_gateway::keyctl::run(command, direct.as_deref()).await?.to_string());
                 Ok(())
             }
         }
@@ -208,6 +208,18 @@ fn kurrent_not_built(url: &str) -> String {
         "cannot use the event log at {}: this tally was built without KurrentDB support (cargo build --features kurrentdb)",
         redact(url)
     )
+}
+
+/// Prints a command's output. A reader that went away (`tally bench | head -1`) ends the output quietly,
+/// as with other Unix tools, instead of a panic in `println!`.
+fn emit(text: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    if let Err(error) = writeln!(out, "{text}").and_then(|()| out.flush())
+        && error.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        eprintln!("error: cannot write the output: {error}");
+    }
 }
 
 /// Starts the projections the settings ask for, each following the log into its read model.
