@@ -73,6 +73,11 @@ impl Router {
         Arc::clone(&self.view.borrow().placement)
     }
 
+    /// Whether this node owns tenant `tenant`'s wallet `wallet` by its view now (no channel looked up).
+    pub fn owns(&self, tenant: &str, wallet: &str) -> bool {
+        self.view.borrow().placement.owner_of(tenant, wallet) == Some(self.node_id.as_str())
+    }
+
     /// Waits until the placement is no longer `seen`, at most `limit`: after a peer said it does not own a
     /// wallet `seen` placed there. Returns at once if it changed already.
     pub async fn changed_since(&self, seen: &Arc<Placement>, limit: Duration) {

@@ -142,6 +142,94 @@ async fn setup(args: &BenchArgs, clients: &[WalletServiceClient<Authed>]) -> Res
     Ok(())
 }
 
+impl BenchReport {
+    fn empty() -> Self {
+        Self { elapsed: Duration::ZERO, mutations: histogram(), reads: histogram(), errors: BTreeMap::new(), by_node: BTreeMap::new() }
+    }
+
+    /// One call that took `micros`: its latency, or its error code.
+    fn record(&mut self, result: Result<Option<String>, tonic::Status>, mutating: bool, micros: u64) {
+        match result {
+            Ok(node) => {
+                let calls = if mutating { &mut self.mutations } else { &mut self.reads };
+                calls.saturating_record(micros);
+                if let Some(node) = node {
+                    self.by_node.entry(node).or_insert_with(histogram).saturating_record(micros);
+                }
+            }
+            Err(status) => *self.errors.entry(format!("{:?}", status.code())).or_default() += 1,
+        }
+    }
+
+    fn merge(&mut self, other: BenchReport) {
+        self.mutations.add(&other.mutations).expect("same bounds");
+        self.reads.add(&other.reads).expect("same bounds");
+        for (code, count) in other.errors {
+            *self.errors.entry(code).or_default() += count;
+        }
+        for (node, calls) in other.by_node {
+            self.by_node.entry(node).or_insert_with(histogram).add(&calls).expect("same bounds");
+        }
+    }
+}
+
+/// One call of the mix on `wallet` (a read, an earn or a redemption, keyed `key`): the node that
+/// decided it, and whether it was mutating.
+async fn one_call(
+    client: &mut WalletServiceClient<Authed>,
+    args: &BenchArgs,
+    rng: &mut SmallRng,
+    wallet: String,
+    key: String,
+) -> (Result<Option<String>, tonic::Status>, bool) {
+    let tenant_id = args.tenant.clone();
+    if rng.random_range(0..100) < args.read_percent {
+        (client.get_wallet(GetWalletRequest { tenant_id, wallet_id: wallet }).await.map(decided_by), false)
+    } else if rng.random_range(0..7) < 5 {
+        let points = rng.random_range(1..500);
+        let request = EarnRequest {
+            tenant_id,
+            wallet_id: wallet,
+            idempotency_key: key.clone(),
+            points,
+            reason: "order".into(),
+            source_ref: key,
+            order_amount: None,
+        };
+        (client.earn(request).await.map(decided_by), true)
+    } else {
+        let points = rng.random_range(1..200);
+        let request = RedeemRequest { tenant_id, wallet_id: wallet, idempotency_key: key, points, reward_ref: "reward".into() };
+        (client.redeem(request).await.map(decided_by), true)
+    }
+}
+
+/// One caller's calls until `deadline` or its `budget`, measured into a report of its own.
+async fn drive(
+    mut client: WalletServiceClient<Authed>,
+    args: BenchArgs,
+    caller: usize,
+    run_id: String,
+    deadline: Instant,
+    budget: Option<u64>,
+) -> BenchReport {
+    let mut rng = SmallRng::seed_from_u64(caller as u64);
+    let mut report = BenchReport::empty();
+    let mut n = 0u64;
+    while Instant::now() < deadline && budget.is_none_or(|b| n < b) {
+        n += 1;
+        let wallet = if args.hot_wallets > 0 && rng.random_range(0..100) < args.hot_percent {
+            wallet_id(rng.random_range(0..args.hot_wallets))
+        } else {
+            wallet_id(rng.random_range(0..args.wallets))
+        };
+        let call_started = Instant::now();
+        let (result, mutating) = one_call(&mut client, &args, &mut rng, wallet, format!("{run_id}-{caller}-{n}")).await;
+        report.record(result, mutating, u64::try_from(call_started.elapsed().as_micros()).unwrap_or(u64::MAX).max(1));
+    }
+    report
+}
+
 pub async fn run(args: BenchArgs) -> Result<BenchReport, BenchError> {
     if args.wallets == 0 || args.hot_wallets > args.wallets || args.concurrency == 0 {
         return Err(BenchError::Settings("need wallets > 0, hot-wallets <= wallets, concurrency > 0"));
@@ -154,82 +242,14 @@ pub async fn run(args: BenchArgs) -> Result<BenchReport, BenchError> {
     let started = Instant::now();
     let callers: Vec<_> = (0..args.concurrency)
         .map(|caller| {
-            let mut client = clients[caller % clients.len()].clone();
-            let args = args.clone();
-            let run_id = run_id.clone();
-            tokio::spawn(async move {
-                let mut rng = SmallRng::seed_from_u64(caller as u64);
-                let (mut mutations, mut reads) = (histogram(), histogram());
-                let mut by_node: BTreeMap<String, Histogram<u64>> = BTreeMap::new();
-                let mut errors: BTreeMap<String, u64> = BTreeMap::new();
-                let mut n = 0u64;
-                while Instant::now() < deadline && budget.is_none_or(|b| n < b) {
-                    n += 1;
-                    let wallet = if args.hot_wallets > 0 && rng.random_range(0..100) < args.hot_percent {
-                        wallet_id(rng.random_range(0..args.hot_wallets))
-                    } else {
-                        wallet_id(rng.random_range(0..args.wallets))
-                    };
-                    let key = format!("{run_id}-{caller}-{n}");
-                    let roll = rng.random_range(0..100);
-                    let call_started = Instant::now();
-                    let (result, histogram) = if roll < args.read_percent {
-                        (
-                            client.get_wallet(GetWalletRequest { tenant_id: args.tenant.clone(), wallet_id: wallet }).await.map(decided_by),
-                            &mut reads,
-                        )
-                    } else if rng.random_range(0..7) < 5 {
-                        let request = EarnRequest {
-                            tenant_id: args.tenant.clone(),
-                            wallet_id: wallet,
-                            idempotency_key: key.clone(),
-                            points: rng.random_range(1..500),
-                            reason: "order".into(),
-                            source_ref: key,
-                            order_amount: None,
-                        };
-                        (client.earn(request).await.map(decided_by), &mut mutations)
-                    } else {
-                        let request = RedeemRequest {
-                            tenant_id: args.tenant.clone(),
-                            wallet_id: wallet,
-                            idempotency_key: key,
-                            points: rng.random_range(1..200),
-                            reward_ref: "reward".into(),
-                        };
-                        (client.redeem(request).await.map(decided_by), &mut mutations)
-                    };
-                    let micros = u64::try_from(call_started.elapsed().as_micros()).unwrap_or(u64::MAX).max(1);
-                    match result {
-                        Ok(node) => {
-                            histogram.saturating_record(micros);
-                            if let Some(node) = node {
-                                by_node.entry(node).or_insert_with(self::histogram).saturating_record(micros);
-                            }
-                        }
-                        Err(status) => *errors.entry(format!("{:?}", status.code())).or_default() += 1,
-                    }
-                }
-                (mutations, reads, errors, by_node)
-            })
+            let client = clients[caller % clients.len()].clone();
+            tokio::spawn(drive(client, args.clone(), caller, run_id.clone(), deadline, budget))
         })
         .collect();
-    let mut report = BenchReport {
-        elapsed: Duration::ZERO,
-        mutations: histogram(),
-        reads: histogram(),
-        errors: BTreeMap::new(),
-        by_node: BTreeMap::new(),
-    };
+    let mut report = BenchReport::empty();
     for caller in callers {
-        let Ok((mutations, reads, errors, by_node)) = caller.await else { continue };
-        for (node, calls) in by_node {
-            report.by_node.entry(node).or_insert_with(histogram).add(&calls).expect("same bounds");
-        }
-        report.mutations.add(&mutations).expect("same bounds");
-        report.reads.add(&reads).expect("same bounds");
-        for (code, count) in errors {
-            *report.errors.entry(code).or_default() += count;
+        if let Ok(measured) = caller.await {
+            report.merge(measured);
         }
     }
     report.elapsed = started.elapsed();

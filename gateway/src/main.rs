@@ -15,7 +15,7 @@ use clap::Parser;
 use std::path::Path;
 
 use tally_cluster::membership::{GOSSIP_INTERVAL, Membership, MembershipConfig};
-use tally_cluster::{Node, Route, Router};
+use tally_cluster::{Node, Router};
 use tally_engine::actors::{
     CommandMeta, KeyBook, NoSnapshots, Owns, ProgramBook, Programs, Snapshots, WalletKey, WalletRegistry, WalletTimers,
 };
@@ -249,11 +249,7 @@ async fn start_read_side(
 
 async fn serve(settings: ServeSettings) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(address) = settings.metrics_listen {
-        metrics_exporter_prometheus::PrometheusBuilder::new()
-            .with_http_listener(address)
-            .install()
-            .map_err(|e| format!("cannot serve metrics on {address}: {e}"))?;
-        tracing::info!(%address, "serving Prometheus metrics at /metrics");
+        serve_metrics(address)?;
     }
     let (backends, store, snapshots) = Backends::open(&settings).await?;
     let clock = steady_clock(&store, &settings).await?;
@@ -287,15 +283,7 @@ async fn serve(settings: ServeSettings) -> Result<(), Box<dyn std::error::Error>
         Some(cluster) => Some(join_cluster(cluster, address, &log_id).await?),
         None => None,
     };
-    let timers = match &cluster {
-        Some(node) => {
-            let router = Arc::clone(&node.router);
-            let owns: Owns =
-                Arc::new(move |key: &WalletKey| matches!(router.route(key.tenant.as_str(), key.wallet.as_str()), Route::Local));
-            WalletTimers::spawn_for(Arc::clone(&store), registry.clone(), clock, owns)
-        }
-        None => WalletTimers::spawn(Arc::clone(&store), registry.clone(), clock),
-    };
+    let timers = spawn_timers(cluster.as_ref(), &store, &registry, clock);
     tracing::info!(%address, tenants = ?tenants, "serving gRPC");
     let log = match &settings.store {
         StoreUrl::Embedded(dir) => format!("data in {}", dir.display()),
@@ -306,28 +294,8 @@ async fn serve(settings: ServeSettings) -> Result<(), Box<dyn std::error::Error>
     }
     let scheme = if tls.is_some() { "https" } else { "http" };
     println!("tally listening on {scheme}://{address} ({log}, tenants: {})", tenants.join(", "));
-    // A log that can no longer be written stops the server as a signal would: health goes NOT_SERVING,
-    // calls in flight finish, and the process exits non-zero instead of serving reads beside dead writes.
     let broken = Arc::new(std::sync::Mutex::new(None::<String>));
-    let shutdown = {
-        let (store, broken) = (Arc::clone(&store), Arc::clone(&broken));
-        let membership = cluster.as_ref().map(|node| Arc::clone(&node.membership));
-        async move {
-            tokio::select! {
-                () = shutdown => {}
-                reason = log_broken(store) => {
-                    tracing::error!(%reason, "the event log can no longer be written; stopping");
-                    metrics::gauge!("tally_log_broken").set(1.0);
-                    *broken.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(reason);
-                }
-            }
-            // A graceful leave: the others route this node's wallets elsewhere before it stops serving.
-            if let Some(membership) = membership {
-                tracing::info!("leaving the cluster: peers take over this node's wallets");
-                membership.announce_leaving().await;
-            }
-        }
-    };
+    let shutdown = stop_when(shutdown, Arc::clone(&store), Arc::clone(&broken), cluster.as_ref().map(|node| Arc::clone(&node.membership)));
     let engine = Engine { registry: registry.clone(), store, programs: program_book, keys };
     let hand_off = cluster.as_ref().map(|node| routing::spawn_hand_off(node.membership.view(), Arc::clone(&node.router), registry.clone()));
     let edge = tally_gateway::server::Edge { access, rates: settings.rates, tls, cluster: cluster.clone() };
@@ -356,6 +324,48 @@ async fn serve(settings: ServeSettings) -> Result<(), Box<dyn std::error::Error>
     }
     tracing::info!("stopped cleanly: every acknowledged call is durable");
     Ok(())
+}
+
+/// Serves Prometheus metrics at `http://<address>/metrics`.
+fn serve_metrics(address: SocketAddr) -> Result<(), String> {
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(address)
+        .install()
+        .map_err(|e| format!("cannot serve metrics on {address}: {e}"))?;
+    tracing::info!(%address, "serving Prometheus metrics at /metrics");
+    Ok(())
+}
+
+/// The wallets' timers: on a cluster node, only for the wallets it owns.
+fn spawn_timers(cluster: Option<&Node>, store: &Arc<dyn EventStore>, registry: &WalletRegistry, clock: Arc<dyn Clock>) -> WalletTimers {
+    let Some(node) = cluster else { return WalletTimers::spawn(Arc::clone(store), registry.clone(), clock) };
+    let router = Arc::clone(&node.router);
+    let owns: Owns = Arc::new(move |key: &WalletKey| router.owns(key.tenant.as_str(), key.wallet.as_str()));
+    WalletTimers::spawn_for(Arc::clone(store), registry.clone(), clock, owns)
+}
+
+/// Resolves when the server should stop: on `signal`, or when the log can no longer be written (the
+/// reason kept in `broken`), which stops the server as a signal would — health NOT_SERVING, calls in
+/// flight finished, a non-zero exit instead of reads served beside dead writes. A cluster node first
+/// leaves gracefully: the others route its wallets elsewhere before it stops serving.
+async fn stop_when(
+    signal: impl Future<Output = ()>,
+    store: Arc<dyn EventStore>,
+    broken: Arc<std::sync::Mutex<Option<String>>>,
+    membership: Option<Arc<Membership>>,
+) {
+    tokio::select! {
+        () = signal => {}
+        reason = log_broken(store) => {
+            tracing::error!(%reason, "the event log can no longer be written; stopping");
+            metrics::gauge!("tally_log_broken").set(1.0);
+            *broken.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(reason);
+        }
+    }
+    if let Some(membership) = membership {
+        tracing::info!("leaving the cluster: peers take over this node's wallets");
+        membership.announce_leaving().await;
+    }
 }
 
 /// Starts gossiping as `cluster` says, this node serving gRPC at `address` on the log `log_id`: its membership (status

@@ -61,6 +61,28 @@ async fn until_converged(clients: &mut [WalletServiceClient<Authed>], nodes: usi
     }
 }
 
+/// Three nodes on `database`, two joining through the first, and a client of each with the platform key,
+/// once every node places wallets alike.
+async fn three_nodes(dir: &Path, database: &TestDatabase) -> (Vec<TallyServer>, Vec<WalletServiceClient<Authed>>) {
+    let gossip = [free_udp_port(), free_udp_port(), free_udp_port()];
+    let nodes = vec![
+        node(dir, database, "one", gossip[0], None),
+        node(dir, database, "two", gossip[1], Some(gossip[0])),
+        node(dir, database, "three", gossip[2], Some(gossip[0])),
+    ];
+    let key = nodes[0].platform_key();
+    let mut clients = Vec::new();
+    for server in &nodes {
+        clients.push(WalletServiceClient::new(server.channel_with(Key::new(&key)).await));
+    }
+    until_converged(&mut clients, 3).await;
+    (nodes, clients)
+}
+
+fn enrollment(wallet: &str) -> EnrollRequest {
+    EnrollRequest { tenant_id: "acme".into(), wallet_id: wallet.into(), idempotency_key: "e".into(), ..Default::default() }
+}
+
 fn earn(wallet: &str, key: &str, points: i64) -> EarnRequest {
     EarnRequest {
         tenant_id: "acme".into(),
@@ -76,24 +98,12 @@ fn earn(wallet: &str, key: &str, points: i64) -> EarnRequest {
 async fn calls_to_any_node_are_decided_by_the_wallets_owner_once() {
     let dir = tempfile::tempdir().unwrap();
     let database = TestDatabase::create().await;
-    let gossip = [free_udp_port(), free_udp_port(), free_udp_port()];
-    let one = node(dir.path(), &database, "one", gossip[0], None);
-    let two = node(dir.path(), &database, "two", gossip[1], Some(gossip[0]));
-    let three = node(dir.path(), &database, "three", gossip[2], Some(gossip[0]));
-    let key = one.platform_key();
-    let mut clients = Vec::new();
-    for server in [&one, &two, &three] {
-        clients.push(WalletServiceClient::new(server.channel_with(Key::new(&key)).await));
-    }
-    until_converged(&mut clients, 3).await;
-
+    let (nodes, mut clients) = three_nodes(dir.path(), &database).await;
     // 30 wallets, each enrolled and earned on through every node in turn.
     let mut deciders: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for w in 0..30 {
         let wallet = format!("c-{w}");
-        let enroll =
-            EnrollRequest { tenant_id: "acme".into(), wallet_id: wallet.clone(), idempotency_key: "e".into(), ..Default::default() };
-        let answer = clients[w % 3].enroll(enroll).await;
+        let answer = clients[w % 3].enroll(enrollment(&wallet)).await;
         deciders.entry(wallet.clone()).or_default().insert(decided_by(&answer));
         answer.unwrap();
         for e in 0..6 {
@@ -113,7 +123,7 @@ async fn calls_to_any_node_are_decided_by_the_wallets_owner_once() {
         assert_eq!(nodes.len(), 1, "{wallet} was decided on {nodes:?}");
     }
     // `tally cluster status`, asked of node two: the members, their shards, and where c-7 lives.
-    let output = one.cli().args(["cluster", "status", "--json", "--wallet", "acme/c-7", "--server", &two.url]).output().unwrap();
+    let output = nodes[0].cli().args(["cluster", "status", "--json", "--wallet", "acme/c-7", "--server", &nodes[1].url]).output().unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let status: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(status["node_id"], "two");
@@ -123,7 +133,7 @@ async fn calls_to_any_node_are_decided_by_the_wallets_owner_once() {
     let shards: u64 = members.iter().map(|m| m["shards_owned"].as_u64().unwrap()).sum();
     assert_eq!(shards, status["shards"].as_u64().unwrap(), "every shard has one owner");
     assert_eq!(status["wallet"]["owner"].as_str().unwrap(), deciders["c-7"].first().unwrap(), "the owner shown decided its calls");
-    let text = one.cli().args(["cluster", "status", "--server", &one.url]).output().unwrap();
+    let text = nodes[0].cli().args(["cluster", "status", "--server", &nodes[0].url]).output().unwrap();
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains("as node one sees it: 3 members, 262144 shards"), "{text}");
     let used: BTreeSet<_> = deciders.values().flatten().collect();
@@ -174,9 +184,7 @@ async fn a_node_that_joins_and_leaves_under_load_hands_wallets_over_and_no_call_
     // c-0..c-9 take load through the leave; c-10..c-29 are earned on only while both nodes are up, so
     // those that moved to node two and back are read afterwards with nothing in between to refresh them.
     for w in 0..30 {
-        let enroll =
-            EnrollRequest { tenant_id: "acme".into(), wallet_id: format!("c-{w}"), idempotency_key: "e".into(), ..Default::default() };
-        clients[0].enroll(enroll).await.unwrap();
+        clients[0].enroll(enrollment(&format!("c-{w}"))).await.unwrap();
         clients[0].earn(earn(&format!("c-{w}"), "first", 100)).await.unwrap();
     }
     let mut two = node(dir.path(), &database, "two", gossip[1], Some(gossip[0]));
@@ -281,27 +289,16 @@ async fn keep_earning(mut client: WalletServiceClient<Authed>, caller: usize, un
 async fn a_node_killed_under_load_loses_nothing_and_its_wallets_come_back() {
     let dir = tempfile::tempdir().unwrap();
     let database = TestDatabase::create().await;
-    let gossip = [free_udp_port(), free_udp_port(), free_udp_port()];
-    let one = node(dir.path(), &database, "one", gossip[0], None);
-    let two = node(dir.path(), &database, "two", gossip[1], Some(gossip[0]));
-    let mut three = node(dir.path(), &database, "three", gossip[2], Some(gossip[0]));
-    let key = one.platform_key();
-    let mut clients = Vec::new();
-    for server in [&one, &two, &three] {
-        clients.push(WalletServiceClient::new(server.channel_with(Key::new(&key)).await));
-    }
-    until_converged(&mut clients, 3).await;
+    let (mut nodes, mut clients) = three_nodes(dir.path(), &database).await;
     for w in 0..40 {
-        let enroll =
-            EnrollRequest { tenant_id: "acme".into(), wallet_id: format!("c-{w}"), idempotency_key: "e".into(), ..Default::default() };
-        clients[w % 3].enroll(enroll).await.unwrap();
+        clients[w % 3].enroll(enrollment(&format!("c-{w}"))).await.unwrap();
     }
     // 32 callers on the two nodes that stay; node three owns about a third of the wallets.
     let until = Instant::now() + Duration::from_secs(12);
     let callers: Vec<_> = (0..32).map(|c| tokio::spawn(keep_earning(clients[c % 2].clone(), c, until))).collect();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let killed = Instant::now();
-    three.kill_9();
+    nodes[2].kill_9();
     let mut acknowledged = Vec::new();
     let mut failures = Vec::new();
     for caller in callers {
@@ -352,22 +349,11 @@ async fn a_hold_times_out_exactly_once_even_when_its_owner_died() {
     use tally_proto::v1::AuthorizeRedemptionRequest;
     let dir = tempfile::tempdir().unwrap();
     let database = TestDatabase::create().await;
-    let gossip = [free_udp_port(), free_udp_port(), free_udp_port()];
-    let one = node(dir.path(), &database, "one", gossip[0], None);
-    let two = node(dir.path(), &database, "two", gossip[1], Some(gossip[0]));
-    let mut three = node(dir.path(), &database, "three", gossip[2], Some(gossip[0]));
-    let key = one.platform_key();
-    let mut clients = Vec::new();
-    for server in [&one, &two, &three] {
-        clients.push(WalletServiceClient::new(server.channel_with(Key::new(&key)).await));
-    }
-    until_converged(&mut clients, 3).await;
+    let (mut nodes, mut clients) = three_nodes(dir.path(), &database).await;
     let mut owned_by_three = 0;
     for w in 0..24 {
         let wallet = format!("h-{w}");
-        let enroll =
-            EnrollRequest { tenant_id: "acme".into(), wallet_id: wallet.clone(), idempotency_key: "e".into(), ..Default::default() };
-        clients[0].enroll(enroll).await.unwrap();
+        clients[0].enroll(enrollment(&wallet)).await.unwrap();
         clients[0].earn(earn(&wallet, "seed", 100)).await.unwrap();
         let hold = AuthorizeRedemptionRequest {
             tenant_id: "acme".into(),
@@ -382,7 +368,7 @@ async fn a_hold_times_out_exactly_once_even_when_its_owner_died() {
         answer.unwrap();
     }
     assert!(owned_by_three > 0, "node three owns some of the held wallets");
-    three.kill_9();
+    nodes[2].kill_9();
 
     let (pg, connection) = tokio_postgres::connect(&database.url, tokio_postgres::NoTls).await.unwrap();
     tokio::spawn(connection);
