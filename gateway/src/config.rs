@@ -241,6 +241,14 @@ serve_options! {
         /// address of --listen, which must then not be 0.0.0.0.
         #[arg(long, env = "TALLY_ADVERTISE", value_name = "IP")]
         pub advertise: Option<std::net::IpAddr>,
+        /// Where the other nodes send gossip to reach this one, when that is not --advertise with
+        /// --cluster-listen's port (port mapping, NAT, a proxy).
+        #[arg(long, env = "TALLY_ADVERTISE_GOSSIP", value_name = "ADDR")]
+        pub advertise_gossip: Option<SocketAddr>,
+        /// Where the other nodes forward calls to this one, when that is not --advertise with --listen's
+        /// port (port mapping, NAT, a proxy).
+        #[arg(long, env = "TALLY_ADVERTISE_GRPC", value_name = "ADDR")]
+        pub advertise_grpc: Option<SocketAddr>,
     }
 }
 
@@ -380,6 +388,10 @@ pub struct ClusterSettings {
     pub listen: SocketAddr,
     /// The IP other nodes reach it at (gossip and gRPC).
     pub advertise: std::net::IpAddr,
+    /// Where peers send gossip, if not `advertise` with the gossip port.
+    pub advertise_gossip: Option<SocketAddr>,
+    /// Where peers forward calls, if not `advertise` with the served port.
+    pub advertise_grpc: Option<SocketAddr>,
     /// Gossip addresses of nodes to join through.
     pub seeds: Vec<String>,
 }
@@ -449,7 +461,20 @@ fn cluster(
     if advertise.is_unspecified() {
         return Err(("advertise", unsafe_(&format!("other nodes cannot reach {advertise}; give --advertise IP"))));
     }
-    Ok(Some(ClusterSettings { node_id, listen: gossip, advertise, seeds: set.join.clone().unwrap_or_default() }))
+    for (name, address) in [("advertise_gossip", set.advertise_gossip), ("advertise_grpc", set.advertise_grpc)] {
+        if address.is_some_and(|a| a.ip().is_unspecified() || a.port() == 0) {
+            let flag = name.replace('_', "-");
+            return Err((name, unsafe_(&format!("--{flag} must be an address other nodes can reach: an IP and a port"))));
+        }
+    }
+    Ok(Some(ClusterSettings {
+        node_id,
+        listen: gossip,
+        advertise,
+        advertise_gossip: set.advertise_gossip,
+        advertise_grpc: set.advertise_grpc,
+        seeds: set.join.clone().unwrap_or_default(),
+    }))
 }
 
 fn read_file(path: &Path) -> Result<ServeOptions, ConfigError> {
@@ -475,6 +500,8 @@ impl ServeSettings {
             cluster_listen: set.cluster_listen,
             join: set.join.clone(),
             advertise: set.advertise,
+            advertise_gossip: set.advertise_gossip,
+            advertise_grpc: set.advertise_grpc,
             ..ServeOptions::default()
         };
         let data = set.data.expect(DEFAULTED);
@@ -809,6 +836,8 @@ mod tests {
             ("cluster_listen", "--cluster-listen", "TALLY_CLUSTER_LISTEN"),
             ("join", "--join", "TALLY_JOIN"),
             ("advertise", "--advertise", "TALLY_ADVERTISE"),
+            ("advertise_gossip", "--advertise-gossip", "TALLY_ADVERTISE_GOSSIP"),
+            ("advertise_grpc", "--advertise-grpc", "TALLY_ADVERTISE_GRPC"),
         ];
         assert_eq!(ServeOptions::NAMES, spellings.map(|(key, _, _)| key));
         let mut cli = <crate::cli::Cli as clap::CommandFactory>::command();

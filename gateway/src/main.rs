@@ -376,9 +376,9 @@ async fn join_cluster(cluster: &ClusterSettings, address: SocketAddr, log_id: &s
         // Nodes gossip only with nodes on the same log: two clusters on one network never merge.
         cluster_id: format!("tally-{log_id}"),
         listen: cluster.listen,
-        advertise: SocketAddr::new(cluster.advertise, cluster.listen.port()),
+        advertise: cluster.advertise_gossip.unwrap_or(SocketAddr::new(cluster.advertise, cluster.listen.port())),
         seeds: cluster.seeds.clone(),
-        grpc_url: format!("http://{}", SocketAddr::new(cluster.advertise, address.port())),
+        grpc_url: format!("http://{}", cluster.advertise_grpc.unwrap_or(SocketAddr::new(cluster.advertise, address.port()))),
         gossip_interval: GOSSIP_INTERVAL,
     };
     let membership = Membership::start(config).await?;

@@ -1,6 +1,8 @@
 //! Black-box tests of Tally: real processes, real clients, crashes. The tests live in `tests/`; this
 //! library holds what they share, and `src/bin/` the helper processes they start and kill.
 
+pub mod network;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};

@@ -1,15 +1,20 @@
 //! Issue 17 against real processes: three `tally serve` nodes on loopback sharing one PostgreSQL log.
 //! Calls sent to every node are decided by each wallet's owner (`x-tally-node`), balances are right,
 //! a retry on another node is answered from the first outcome, and the log holds each command once. A
-//! node that leaves gracefully hands its wallets over; a cluster on a node's own embedded log is refused.
+//! node that leaves gracefully hands its wallets over; one killed loses nothing; a partition costs
+//! retries, never a balance; a cluster on a node's own embedded log is refused.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use tally_proto::v1::cluster_service_client::ClusterServiceClient;
 use tally_proto::v1::wallet_service_client::WalletServiceClient;
-use tally_proto::v1::{EarnRequest, EnrollRequest, GetWalletRequest};
+use tally_proto::v1::{EarnRequest, EnrollRequest, GetClusterStatusRequest, GetWalletRequest};
+use tally_tests::network::Network;
 use tally_tests::{Authed, Key, TallyServer, TestDatabase, tally_binary};
 
 fn free_udp_port() -> SocketAddr {
@@ -404,5 +409,161 @@ async fn a_hold_times_out_exactly_once_even_when_its_owner_died() {
     for w in 0..24 {
         let wallet = clients[0].get_wallet(read(&format!("h-{w}"))).await.unwrap().into_inner();
         assert_eq!((wallet.held_points, wallet.available_points), (0, 100), "h-{w}");
+    }
+}
+
+/// Node `i` of a cluster whose nodes reach each other only through `network`'s proxies.
+fn node_behind(dir: &Path, database: &TestDatabase, network: &Network, i: usize) -> TallyServer {
+    let name = ["one", "two", "three"][i];
+    let store = format!("--store={}", database.postgres_url);
+    let (listen, gossip, grpc) = (network.gossip_listen(i).to_string(), network.gossip(i).to_string(), network.grpc(i).to_string());
+    let seed = network.gossip(0).to_string();
+    let mut args = vec![store.as_str(), "--tenant", "acme", "--node-id", name, "--cluster-listen", listen.as_str()];
+    args.extend(["--advertise-gossip", gossip.as_str(), "--advertise-grpc", grpc.as_str()]);
+    if i > 0 {
+        args.extend(["--join", seed.as_str()]);
+    }
+    let server = TallyServer::start(&dir.join(name), &args);
+    network.serves(i, server.url.trim_start_matches("http://").parse().unwrap());
+    server
+}
+
+/// The members node `server` sees, by name.
+async fn members_seen(server: &TallyServer, key: &str) -> Vec<String> {
+    let mut client = ClusterServiceClient::new(server.channel_with(Key::new(key)).await);
+    let status = client.get_cluster_status(GetClusterStatusRequest::default()).await.unwrap().into_inner();
+    status.members.into_iter().map(|m| m.node_id).collect()
+}
+
+/// Waits until node `server` sees exactly `members`.
+async fn until_sees(server: &TallyServer, key: &str, members: &[&str]) -> Duration {
+    let started = Instant::now();
+    loop {
+        let seen = members_seen(server, key).await;
+        if seen == members {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < Duration::from_secs(15), "after 15 s a node sees {seen:?}, not {members:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One caller's earns through one node, each retried with the same key until acknowledged; with
+/// `deadline` none, the caller trusts the cluster to fail a call whose owner went silent. What it got
+/// acknowledged, and the longest an acknowledged earn took from its first attempt.
+async fn earn_through_partition(
+    mut client: WalletServiceClient<Authed>,
+    caller: usize,
+    deadline: Option<Duration>,
+    stop: Arc<AtomicBool>,
+) -> (Vec<(String, String)>, Duration) {
+    let (mut acknowledged, mut slowest) = (Vec::new(), Duration::ZERO);
+    let mut n = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let (wallet, key) = (format!("p-{}", (caller * 5 + n) % 30), format!("caller-{caller}-{n}"));
+        let started = Instant::now();
+        loop {
+            let mut request = tonic::Request::new(earn(&wallet, &key, 1));
+            if let Some(deadline) = deadline {
+                request.set_timeout(deadline);
+            }
+            match client.earn(request).await {
+                Ok(_) => break,
+                Err(status) => {
+                    assert!(
+                        // CANCELLED: the caller's own deadline passed in tonic's client.
+                        matches!(
+                            status.code(),
+                            tonic::Code::Unavailable | tonic::Code::Aborted | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+                        ),
+                        "{status:?}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        slowest = slowest.max(started.elapsed());
+        acknowledged.push((wallet, key));
+        n += 1;
+    }
+    (acknowledged, slowest)
+}
+
+/// A partition: node three's cluster traffic is cut while clients keep calling every node. Both sides go
+/// on serving (each thinks it owns the other's wallets: the log's version check keeps one writer per
+/// version), no call waits on the silent side for long — deadline or not — and once the cut heals the
+/// nodes agree again, every acknowledged earn is in the log once, and every node reads the same balances.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_costs_retries_never_a_wrong_balance_and_heals() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = TestDatabase::create().await;
+    let network = Network::new(3).await;
+    let nodes: Vec<_> = (0..3).map(|i| node_behind(dir.path(), &database, &network, i)).collect();
+    let key = nodes[0].platform_key();
+    let mut clients = Vec::new();
+    for server in &nodes {
+        clients.push(WalletServiceClient::new(server.channel_with(Key::new(&key)).await));
+    }
+    until_converged(&mut clients, 3).await;
+    for w in 0..30 {
+        clients[w % 3].enroll(enrollment(&format!("p-{w}"))).await.unwrap();
+    }
+    // Twelve callers, four on each node; every other one without a deadline.
+    let stop = Arc::new(AtomicBool::new(false));
+    let callers: Vec<_> = (0..12)
+        .map(|c| {
+            let deadline = (c % 2 == 0).then_some(Duration::from_secs(3));
+            tokio::spawn(earn_through_partition(clients[c % 3].clone(), c, deadline, Arc::clone(&stop)))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    network.cut(2);
+    let apart = until_sees(&nodes[2], &key, &["three"]).await;
+    until_sees(&nodes[0], &key, &["one", "two"]).await;
+    eprintln!("partition seen from both sides {apart:?} after the cut");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    // The calls stop before the heal: what each wallet had last was written while the cluster was split,
+    // and nothing after the heal refreshes a node's copy of it before it is read.
+    stop.store(true, Ordering::Relaxed);
+    let (mut acknowledged, mut slowest) = (Vec::new(), Duration::ZERO);
+    for caller in callers {
+        // Bounded: a call that hung on the silent node would otherwise hold the test until the heal.
+        let finished = tokio::time::timeout(Duration::from_secs(15), caller).await;
+        let (acked, slow) = finished.expect("a caller still waits on a node cut off 15 s ago").unwrap();
+        acknowledged.extend(acked);
+        slowest = slowest.max(slow);
+    }
+    network.heal();
+    let healed = Instant::now();
+    until_converged(&mut clients.clone(), 3).await;
+    eprintln!("one view again {:?} after healing", healed.elapsed());
+    eprintln!("{} earns acknowledged; the slowest took {slowest:?} with its retries", acknowledged.len());
+    assert!(slowest < Duration::from_secs(10), "an earn waited {slowest:?} on a silent node");
+
+    let (pg, connection) = tokio_postgres::connect(&database.url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let rows = pg
+        .query(
+            "SELECT stream_id, idempotency_key, count(*) FROM tally_events WHERE idempotency_key LIKE 'caller-%' \
+             GROUP BY stream_id, idempotency_key",
+            &[],
+        )
+        .await
+        .unwrap();
+    let logged: BTreeMap<(String, String), i64> = rows.iter().map(|r| ((r.get(0), r.get(1)), r.get(2))).collect();
+    assert!(logged.values().all(|&n| n == 1), "an earn recorded twice");
+    assert_eq!(logged.len(), acknowledged.len(), "the log holds exactly the acknowledged earns");
+    let mut expected: BTreeMap<String, i64> = BTreeMap::new();
+    for (wallet, key) in &acknowledged {
+        assert!(logged.contains_key(&(format!("acme/wallet/{wallet}"), key.clone())), "{wallet} {key} acknowledged, not logged");
+        *expected.entry(wallet.clone()).or_default() += 1;
+    }
+    // Every node reads every wallet's balance as its log has it: no side kept a state from before the heal.
+    for w in 0..30 {
+        let wallet = format!("p-{w}");
+        for client in &mut clients {
+            let balance = client.get_wallet(read(&wallet)).await.unwrap().into_inner().balance;
+            assert_eq!(balance, expected.get(&wallet).copied().unwrap_or_default(), "{wallet}");
+        }
     }
 }
