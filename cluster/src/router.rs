@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::membership::View;
 use crate::placement::Placement;
@@ -33,8 +33,10 @@ pub struct Peer {
 pub struct Router {
     node_id: String,
     view: watch::Receiver<View>,
-    /// One lazily connected channel per peer address.
-    channels: parking_lot::Mutex<HashMap<String, Channel>>,
+    /// One lazily connected channel per peer address (none: the address cannot be called; said once).
+    channels: parking_lot::Mutex<HashMap<String, Option<Channel>>>,
+    /// How peers are verified when they serve TLS (`https://` addresses).
+    tls: Option<ClientTlsConfig>,
 }
 
 /// How long a forwarded call may take to connect to its peer.
@@ -46,8 +48,9 @@ const PING_INTERVAL: Duration = Duration::from_secs(1);
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Router {
-    pub fn new(node_id: impl Into<String>, view: watch::Receiver<View>) -> Self {
-        Self { node_id: node_id.into(), view, channels: parking_lot::Mutex::default() }
+    /// A router for node `node_id`; `tls` verifies peers that serve TLS (none: peers serve plaintext).
+    pub fn new(node_id: impl Into<String>, view: watch::Receiver<View>, tls: Option<ClientTlsConfig>) -> Self {
+        Self { node_id: node_id.into(), view, channels: parking_lot::Mutex::default(), tls }
     }
 
     pub fn node_id(&self) -> &str {
@@ -94,21 +97,31 @@ impl Router {
     fn channel(&self, url: &str) -> Option<Channel> {
         let mut channels = self.channels.lock();
         if let Some(channel) = channels.get(url) {
-            return Some(channel.clone());
+            return channel.clone();
         }
-        let endpoint = match Endpoint::from_shared(url.to_string()) {
-            Ok(endpoint) => endpoint
-                .connect_timeout(CONNECT_TIMEOUT)
-                .tcp_nodelay(true)
-                .http2_keep_alive_interval(PING_INTERVAL)
-                .keep_alive_timeout(PING_TIMEOUT),
+        let channel = match self.endpoint(url) {
+            Ok(endpoint) => Some(endpoint.connect_lazy()),
             Err(error) => {
-                tracing::error!(%url, %error, "a peer gossips an address that is not a URL; its wallets cannot be reached");
-                return None;
+                tracing::error!(%url, %error, "a peer gossips an address this node cannot call; its wallets cannot be reached");
+                None
             }
         };
-        let channel = endpoint.connect_lazy();
         channels.insert(url.to_string(), channel.clone());
-        Some(channel)
+        channel
+    }
+
+    fn endpoint(&self, url: &str) -> Result<Endpoint, String> {
+        let endpoint = Endpoint::from_shared(url.to_string())
+            .map_err(|e| e.to_string())?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(PING_INTERVAL)
+            .keep_alive_timeout(PING_TIMEOUT);
+        match (&self.tls, url.starts_with("https://")) {
+            (Some(tls), true) => endpoint.tls_config(tls.clone()).map_err(|e| e.to_string()),
+            (None, false) => Ok(endpoint),
+            (Some(_), false) => Err("this node verifies its peers over TLS; the peer serves plaintext".into()),
+            (None, true) => Err("the peer serves TLS; this node has no --cluster-ca to verify it with".into()),
+        }
     }
 }

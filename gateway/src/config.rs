@@ -249,6 +249,11 @@ serve_options! {
         /// port (port mapping, NAT, a proxy).
         #[arg(long, env = "TALLY_ADVERTISE_GRPC", value_name = "ADDR")]
         pub advertise_grpc: Option<SocketAddr>,
+        /// PEM certificates of the CA the nodes' --tls-cert chain to. With --tls-cert a node forwards
+        /// calls only to a peer whose certificate chains to it and names the address the peer is
+        /// reached at (--advertise or --advertise-grpc, as an IP address SAN).
+        #[arg(long, env = "TALLY_CLUSTER_CA", value_name = "FILE")]
+        pub cluster_ca: Option<PathBuf>,
     }
 }
 
@@ -392,6 +397,8 @@ pub struct ClusterSettings {
     pub advertise_gossip: Option<SocketAddr>,
     /// Where peers forward calls, if not `advertise` with the served port.
     pub advertise_grpc: Option<SocketAddr>,
+    /// With TLS: the CA the peers' certificates must chain to.
+    pub ca: Option<PathBuf>,
     /// Gossip addresses of nodes to join through.
     pub seeds: Vec<String>,
 }
@@ -447,9 +454,20 @@ fn cluster(
         );
         return Err(("store", ConfigError::Unsafe(reason)));
     }
-    if tls {
-        // Peers would have to trust the node's certificate to forward calls: not built yet.
-        return Err(("node_id", unsafe_("a cluster with --tls-cert is not supported yet; terminate TLS in front of each node")));
+    match (tls, &set.cluster_ca) {
+        (true, None) => {
+            let reason = "a cluster with --tls-cert needs --cluster-ca FILE: the CA the nodes' certificates chain to, so that a \
+                          node verifies a peer before it forwards callers' keys to it";
+            return Err(("cluster_ca", unsafe_(reason)));
+        }
+        (false, Some(_)) => return Err(("cluster_ca", unsafe_("--cluster-ca needs --tls-cert: without TLS peers are not verified"))),
+        _ => {}
+    }
+    if set.tls_client_ca.is_some() {
+        // The owner would see the forwarding node's certificate, not the caller's.
+        let reason = "mutual TLS (--tls-client-ca) in a cluster is not supported yet: a call authenticated by a client \
+                      certificate could not be forwarded to its wallet's node";
+        return Err(("tls_client_ca", unsafe_(reason)));
     }
     let Some(gossip) = set.cluster_listen else {
         return Err(("cluster_listen", unsafe_("--node-id needs --cluster-listen ADDR: where this node gossips with the others")));
@@ -473,6 +491,7 @@ fn cluster(
         advertise,
         advertise_gossip: set.advertise_gossip,
         advertise_grpc: set.advertise_grpc,
+        ca: set.cluster_ca.clone(),
         seeds: set.join.clone().unwrap_or_default(),
     }))
 }
@@ -502,6 +521,8 @@ impl ServeSettings {
             advertise: set.advertise,
             advertise_gossip: set.advertise_gossip,
             advertise_grpc: set.advertise_grpc,
+            cluster_ca: set.cluster_ca.clone(),
+            tls_client_ca: set.tls_client_ca.clone(),
             ..ServeOptions::default()
         };
         let data = set.data.expect(DEFAULTED);
@@ -805,6 +826,28 @@ mod tests {
         assert!(resolve(&["--tls-client-ca", "ca.pem"]).unwrap_err().to_string().contains("needs --tls-cert"));
     }
 
+    #[test]
+    fn cluster_settings_are_checked_together() {
+        let resolve =
+            |argv: &[&str]| ServeSettings::resolve(&serve_args(&[&["tally", "serve", "--store", "postgres://db/tally"], argv].concat()));
+        let node = ["--node-id", "n1", "--cluster-listen", "127.0.0.1:7946"];
+        let cluster = resolve(&node).unwrap().cluster.unwrap();
+        assert_eq!((cluster.node_id.as_str(), cluster.advertise.to_string(), cluster.ca), ("n1", "127.0.0.1".into(), None));
+        let err = |argv: &[&str]| resolve(&[&node[..], argv].concat()).unwrap_err().to_string();
+        let named = |id: &str, gossip: &str| resolve(&["--node-id", id, "--cluster-listen", gossip]).unwrap_err().to_string();
+        assert!(named("n 1", "127.0.0.1:7946").contains("use 1-64 of"));
+        assert!(named("n1", "127.0.0.1:0").contains("needs a fixed port"));
+        assert!(err(&["--advertise-grpc", "0.0.0.0:50051"]).contains("--advertise-grpc must be an address other nodes can reach"));
+        let tls = ["--tls-cert", "c.pem", "--tls-key", "k.pem"];
+        assert!(err(&tls).contains("needs --cluster-ca FILE"), "peers must be verified before keys are forwarded to them");
+        assert!(err(&["--cluster-ca", "ca.pem"]).contains("--cluster-ca needs --tls-cert"));
+        assert!(err(&[&tls[..], &["--cluster-ca", "ca.pem", "--tls-client-ca", "ca.pem"]].concat()).contains("mutual TLS"));
+        let cluster = resolve(&[&node[..], &tls, &["--cluster-ca", "ca.pem"]].concat()).unwrap().cluster.unwrap();
+        assert_eq!(cluster.ca, Some(PathBuf::from("ca.pem")));
+        let refused = ServeSettings::resolve(&serve_args(&["tally", "serve", "--join", "10.0.0.1:7946"])).unwrap_err().to_string();
+        assert!(refused.contains("need --node-id"), "{refused}");
+    }
+
     /// Flags, variables and file keys are a public interface: scripts and deployments spell them.
     #[test]
     fn every_setting_keeps_its_flag_variable_and_key_and_is_in_the_help() {
@@ -838,6 +881,7 @@ mod tests {
             ("advertise", "--advertise", "TALLY_ADVERTISE"),
             ("advertise_gossip", "--advertise-gossip", "TALLY_ADVERTISE_GOSSIP"),
             ("advertise_grpc", "--advertise-grpc", "TALLY_ADVERTISE_GRPC"),
+            ("cluster_ca", "--cluster-ca", "TALLY_CLUSTER_CA"),
         ];
         assert_eq!(ServeOptions::NAMES, spellings.map(|(key, _, _)| key));
         let mut cli = <crate::cli::Cli as clap::CommandFactory>::command();

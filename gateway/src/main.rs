@@ -35,7 +35,7 @@ use tally_gateway::routing;
 use tally_gateway::service::Engine;
 use tally_projections::{PostgresReadModel, Projection, ReadModel, RunnerOptions, SledReadModel};
 use tally_snapshots::{PostgresSnapshotStore, SledSnapshotStore, SnapshotStore, Snapshotter};
-use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -378,11 +378,22 @@ async fn join_cluster(cluster: &ClusterSettings, address: SocketAddr, log_id: &s
         listen: cluster.listen,
         advertise: cluster.advertise_gossip.unwrap_or(SocketAddr::new(cluster.advertise, cluster.listen.port())),
         seeds: cluster.seeds.clone(),
-        grpc_url: format!("http://{}", cluster.advertise_grpc.unwrap_or(SocketAddr::new(cluster.advertise, address.port()))),
+        grpc_url: format!(
+            "{}://{}",
+            if cluster.ca.is_some() { "https" } else { "http" },
+            cluster.advertise_grpc.unwrap_or(SocketAddr::new(cluster.advertise, address.port()))
+        ),
         gossip_interval: GOSSIP_INTERVAL,
     };
     let membership = Membership::start(config).await?;
-    let router = Arc::new(Router::new(cluster.node_id.clone(), membership.view()));
+    let tls = match &cluster.ca {
+        Some(ca) => {
+            let pem = std::fs::read(ca).map_err(|e| format!("cannot read --cluster-ca {}: {e}", ca.display()))?;
+            Some(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))
+        }
+        None => None,
+    };
+    let router = Arc::new(Router::new(cluster.node_id.clone(), membership.view(), tls));
     tracing::info!(node = %cluster.node_id, gossip = %cluster.listen, seeds = ?cluster.seeds, "joined the cluster's gossip");
     Ok(Node { membership: Arc::new(membership), router })
 }

@@ -23,12 +23,18 @@ fn free_udp_port() -> SocketAddr {
 
 /// A node of the cluster on `database`, joining through `seed` (none: the first node).
 fn node(dir: &Path, database: &TestDatabase, name: &str, gossip: SocketAddr, seed: Option<SocketAddr>) -> TallyServer {
+    node_with(dir, database, name, gossip, seed, &[])
+}
+
+/// [`node`] with `extra` settings.
+fn node_with(dir: &Path, database: &TestDatabase, name: &str, gossip: SocketAddr, seed: Option<SocketAddr>, extra: &[&str]) -> TallyServer {
     let (store, gossip) = (format!("--store={}", database.postgres_url), gossip.to_string());
     let mut args = vec![store.as_str(), "--tenant", "acme", "--node-id", name, "--cluster-listen", gossip.as_str()];
     let seed = seed.map(|s| s.to_string());
     if let Some(seed) = &seed {
         args.extend(["--join", seed.as_str()]);
     }
+    args.extend(extra);
     TallyServer::start(&dir.join(name), &args)
 }
 
@@ -566,4 +572,116 @@ async fn a_partition_costs_retries_never_a_wrong_balance_and_heals() {
             assert_eq!(balance, expected.get(&wallet).copied().unwrap_or_default(), "{wallet}");
         }
     }
+}
+
+/// Certificate and key files (PEM) for a node on loopback, signed by a fresh CA (written as `ca.pem`
+/// beside them) under `prefix`.
+fn node_certificate(dir: &Path, prefix: &str) -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap().signed_by(&key, &ca).unwrap();
+    let write = |name: &str, contents: String| {
+        let path = dir.join(format!("{prefix}-{name}"));
+        std::fs::write(&path, contents).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    (write("ca.pem", ca.pem()), write("node.pem", cert.pem()), write("node.key", key.serialize_pem()))
+}
+
+async fn tls_client(server: &TallyServer, ca: &str, key: &str) -> WalletServiceClient<Authed> {
+    use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+    let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(std::fs::read(ca).unwrap())).domain_name("localhost");
+    let channel = Channel::from_shared(server.url.clone()).unwrap().tls_config(tls).unwrap().connect().await.unwrap();
+    WalletServiceClient::new(tonic::service::interceptor::InterceptedService::new(channel, Key::new(key)))
+}
+
+/// Nodes that serve TLS forward over TLS, each verifying its peer against `--cluster-ca` first; a node
+/// that announces itself by gossip (which is not authenticated) with a certificate of another CA is sent
+/// no call — its wallets answer UNAVAILABLE through the others — so the callers' keys never reach it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_serving_tls_verify_each_other_before_forwarding() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = TestDatabase::create().await;
+    let (ca, cert, cert_key) = node_certificate(dir.path(), "cluster");
+    let tls = ["--tls-cert", cert.as_str(), "--tls-key", cert_key.as_str(), "--cluster-ca", ca.as_str()];
+    let gossip = [free_udp_port(), free_udp_port(), free_udp_port(), free_udp_port()];
+    let mut nodes = vec![node_with(dir.path(), &database, "one", gossip[0], None, &tls)];
+    for (i, name) in [(1, "two"), (2, "three")] {
+        nodes.push(node_with(dir.path(), &database, name, gossip[i], Some(gossip[0]), &tls));
+    }
+    assert!(nodes.iter().all(|n| n.url.starts_with("https://")));
+    let key = nodes[0].platform_key();
+    let mut clients = Vec::new();
+    for server in &nodes {
+        clients.push(tls_client(server, &ca, &key).await);
+    }
+    until_converged(&mut clients, 3).await;
+    let mut deciders: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for w in 0..12 {
+        let wallet = format!("t-{w}");
+        clients[w % 3].enroll(enrollment(&wallet)).await.unwrap();
+        for e in 0..3 {
+            let answer = clients[(w + e) % 3].earn(earn(&wallet, &format!("earn-{e}"), 10)).await;
+            deciders.entry(wallet.clone()).or_default().insert(decided_by(&answer));
+            answer.unwrap();
+        }
+        assert_eq!(clients[(w + 1) % 3].get_wallet(read(&wallet)).await.unwrap().into_inner().balance, 30, "{wallet}");
+    }
+    assert!(deciders.values().all(|d| d.len() == 1), "each wallet decided on one node: {deciders:?}");
+    assert_eq!(deciders.values().flatten().collect::<BTreeSet<_>>().len(), 3, "over TLS, every node decided some");
+
+    // A node with a certificate of another CA joins by gossip and is given shards by placement ...
+    let (rogue_ca, rogue_cert, rogue_key) = node_certificate(dir.path(), "rogue");
+    let rogue_tls = ["--tls-cert", rogue_cert.as_str(), "--tls-key", rogue_key.as_str(), "--cluster-ca", rogue_ca.as_str()];
+    let rogue = node_with(dir.path(), &database, "rogue", gossip[3], Some(gossip[0]), &rogue_tls);
+    assert_eq!(tls_client(&rogue, &rogue_ca, &key).await.get_wallet(read("t-0")).await.unwrap().into_inner().balance, 30, "it serves");
+    let started = Instant::now();
+    for node in &nodes {
+        while members_seen_tls(node, &ca, &key).await.len() < 4 {
+            assert!(started.elapsed() < Duration::from_secs(20), "the rogue node was never given shards");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    // ... but no node forwards to it: its wallets answer UNAVAILABLE through the others, nothing applied.
+    let (pg, connection) = tokio_postgres::connect(&database.url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let mut refused = 0;
+    for w in 0..12 {
+        let wallet = format!("t-{w}");
+        if owner_by(&nodes[0], &ca, &key, &wallet).await != "rogue" {
+            continue;
+        }
+        let answer = clients[0].earn(earn(&wallet, "after-rogue", 5)).await;
+        let status = answer.expect_err("a call for the rogue node's wallet is not forwarded to it");
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+        refused += 1;
+    }
+    assert!(refused > 0, "the rogue node was placed some of the 12 wallets");
+    let applied: i64 = pg.query_one("SELECT count(*) FROM tally_events WHERE idempotency_key = 'after-rogue'", &[]).await.unwrap().get(0);
+    assert_eq!(applied, 0, "no call reached the rogue node");
+}
+
+/// Node `server`'s view (it serves TLS), and where it places `wallet`.
+async fn cluster_status_tls(server: &TallyServer, ca: &str, key: &str, wallet: &str) -> tally_proto::v1::ClusterStatus {
+    use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+    let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(std::fs::read(ca).unwrap())).domain_name("localhost");
+    let channel = Channel::from_shared(server.url.clone()).unwrap().tls_config(tls).unwrap().connect().await.unwrap();
+    let mut client = ClusterServiceClient::with_interceptor(channel, Key::new(key));
+    let tenant = if wallet.is_empty() { "" } else { "acme" };
+    let request = GetClusterStatusRequest { tenant_id: tenant.into(), wallet_id: wallet.into() };
+    client.get_cluster_status(request).await.unwrap().into_inner()
+}
+
+/// The members node `server` sees owning shards.
+async fn members_seen_tls(server: &TallyServer, ca: &str, key: &str) -> Vec<String> {
+    let status = cluster_status_tls(server, ca, key, "").await;
+    status.members.into_iter().filter(|m| m.shards_owned > 0).map(|m| m.node_id).collect()
+}
+
+/// The node `server` places `wallet` on.
+async fn owner_by(server: &TallyServer, ca: &str, key: &str, wallet: &str) -> String {
+    cluster_status_tls(server, ca, key, wallet).await.wallet.unwrap().owner
 }
