@@ -29,6 +29,10 @@ const LEAVE_ROUNDS: u32 = 4;
 
 const KEY_GRPC: &str = "grpc";
 const KEY_STATUS: &str = "status";
+/// How many times the node's own view of who is up has changed: each time it may have begun serving
+/// wallets another node kept (its view lost members) or stopped (it gained some), so the others re-read
+/// theirs from the log — also when their own views did not change (gossip lost one way only).
+const KEY_VIEWS: &str = "views";
 
 /// Where a node is in its life, as it tells the others.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +90,15 @@ pub struct Member {
     pub status: NodeStatus,
     /// When the node started (ns since the epoch): a restart is a higher generation.
     pub generation: u64,
+    /// How many times its view of the members has changed.
+    pub views: u64,
+}
+
+impl Member {
+    /// The member without what it says of its own view.
+    fn node(&self) -> (&str, &str, NodeStatus, u64) {
+        (&self.node_id, &self.grpc_url, self.status, self.generation)
+    }
 }
 
 /// The cluster as this node sees it now.
@@ -168,7 +181,7 @@ impl Membership {
         let live = handle.chitchat().lock().await.live_nodes_watcher();
         let (publish, view) = watch::channel(View::of(members_of(&live.borrow())));
         let publish = Arc::new(publish);
-        tokio::spawn(follow(live, Arc::clone(&publish), config.node_id.clone()));
+        tokio::spawn(follow(live, Arc::clone(&publish), config.node_id.clone(), handle.chitchat()));
         // Gossip that stopped by itself (a socket error) leaves this node blind: it would go on owning
         // shards the others gave away. It owns nothing from then on, and says so.
         let stopped = handle.termination_watcher();
@@ -246,7 +259,13 @@ impl Membership {
 
 /// Republishes the view when the live nodes change, gathering the changes of the next 100 ms (they come
 /// in bursts); the placement is computed off the async workers (~100 ms for 100 nodes).
-async fn follow(mut live: watch::Receiver<BTreeMap<ChitchatId, NodeState>>, publish: Arc<watch::Sender<View>>, me: String) {
+async fn follow(
+    mut live: watch::Receiver<BTreeMap<ChitchatId, NodeState>>,
+    publish: Arc<watch::Sender<View>>,
+    me: String,
+    chitchat: Arc<tokio::sync::Mutex<chitchat::Chitchat>>,
+) {
+    let mut views: u64 = 0;
     while live.changed().await.is_ok() {
         tokio::time::sleep(COALESCE).await;
         let members = {
@@ -257,6 +276,11 @@ async fn follow(mut live: watch::Receiver<BTreeMap<ChitchatId, NodeState>>, publ
             }
             members_of(&live)
         };
+        let nodes_changed = !publish.borrow().members.iter().map(Member::node).eq(members.iter().map(Member::node));
+        if nodes_changed {
+            views += 1;
+            chitchat.lock().await.self_node_state().set(KEY_VIEWS, views.to_string());
+        }
         if publish.borrow().members != members {
             let Ok(view) = tokio::task::spawn_blocking(move || View::of(members)).await else { return };
             tracing::info!(
@@ -277,7 +301,9 @@ fn members_of(live: &BTreeMap<ChitchatId, NodeState>) -> Vec<Member> {
         let (Some(grpc_url), Some(status)) = (state.get(KEY_GRPC), state.get(KEY_STATUS).and_then(NodeStatus::parse)) else {
             continue;
         };
-        let member = Member { node_id: id.node_id.to_string(), grpc_url: grpc_url.to_string(), status, generation: id.generation_id };
+        let views = state.get(KEY_VIEWS).and_then(|v| v.parse().ok()).unwrap_or(0);
+        let member =
+            Member { node_id: id.node_id.to_string(), grpc_url: grpc_url.to_string(), status, generation: id.generation_id, views };
         match newest.get(&*id.node_id) {
             Some(known) if known.generation >= member.generation => {}
             _ => {

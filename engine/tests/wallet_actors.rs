@@ -180,6 +180,27 @@ async fn two_registries_on_one_store_never_lose_a_write() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_makes_every_live_wallet_read_what_another_node_wrote() {
+    // A read is answered from memory until something says another writer may have been at work (a
+    // cluster's view changed); then every live wallet catches up first, without being stopped.
+    let store = InMemoryStore::new();
+    let node_a = registry(store.clone(), RegistryConfig::default()).await;
+    let node_b = registry(store.clone(), RegistryConfig::default()).await;
+    let wallets = [key("acme", "w-1"), key("acme", "w-2")];
+    for wallet in &wallets {
+        node_a.execute(wallet, enroll(), CommandMeta::default()).await.unwrap();
+        assert_eq!(node_b.summary(wallet).await.unwrap().balance, 0);
+        node_a.execute(wallet, earn("o-1", 10), CommandMeta::default()).await.unwrap();
+        assert_eq!(node_b.summary(wallet).await.unwrap().balance, 0, "served from memory");
+    }
+    node_b.refresh_all();
+    for wallet in &wallets {
+        assert_eq!(node_b.summary(wallet).await.unwrap().balance, 10, "caught up after the refresh");
+    }
+    assert_eq!(node_b.stats().passivations, 0, "nothing was stopped");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_append_whose_outcome_is_unknown_is_settled_by_retrying_with_the_same_key() {
     let faults = FaultPlan { seed: 7, fail_before_write_per_mille: 0, fail_after_write_per_mille: 1000 };
     let store = Arc::new(InMemoryStore::with_faults(faults));

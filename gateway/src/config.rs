@@ -438,8 +438,15 @@ fn cluster(
 ) -> Result<Option<ClusterSettings>, (&'static str, ConfigError)> {
     let unsafe_ = |reason: &str| ConfigError::Unsafe(reason.to_owned());
     let Some(node_id) = set.node_id.clone() else {
-        if set.cluster_listen.is_some() || set.join.as_ref().is_some_and(|j| !j.is_empty()) {
-            return Err(("node_id", unsafe_("--cluster-listen and --join need --node-id: the name this node has in the cluster")));
+        let clustered = set.cluster_listen.is_some()
+            || set.join.as_ref().is_some_and(|j| !j.is_empty())
+            || set.advertise.is_some()
+            || set.advertise_gossip.is_some()
+            || set.advertise_grpc.is_some()
+            || set.cluster_ca.is_some();
+        if clustered {
+            let reason = "--cluster-listen, --join, --advertise* and --cluster-ca need --node-id: the name this node has in the cluster";
+            return Err(("node_id", unsafe_(reason)));
         }
         return Ok(None);
     };
@@ -485,6 +492,15 @@ fn cluster(
             return Err((name, unsafe_(&format!("--{flag} must be an address other nodes can reach: an IP and a port"))));
         }
     }
+    // Peers send callers' keys to the advertised address: in clear only on loopback, or when told.
+    let peers_dial = set.advertise_grpc.map_or(advertise, |a| a.ip());
+    if !tls && !peers_dial.is_loopback() && !set.insecure_plaintext.unwrap_or(false) {
+        let reason = format!(
+            "peers would forward callers' keys to {peers_dial} in clear; give --tls-cert, --tls-key and --cluster-ca, or \
+             --insecure-plaintext if the network between the nodes is private"
+        );
+        return Err(("advertise", unsafe_(&reason)));
+    }
     Ok(Some(ClusterSettings {
         node_id,
         listen: gossip,
@@ -523,6 +539,7 @@ impl ServeSettings {
             advertise_grpc: set.advertise_grpc,
             cluster_ca: set.cluster_ca.clone(),
             tls_client_ca: set.tls_client_ca.clone(),
+            insecure_plaintext: set.insecure_plaintext,
             ..ServeOptions::default()
         };
         let data = set.data.expect(DEFAULTED);
@@ -844,8 +861,13 @@ mod tests {
         assert!(err(&[&tls[..], &["--cluster-ca", "ca.pem", "--tls-client-ca", "ca.pem"]].concat()).contains("mutual TLS"));
         let cluster = resolve(&[&node[..], &tls, &["--cluster-ca", "ca.pem"]].concat()).unwrap().cluster.unwrap();
         assert_eq!(cluster.ca, Some(PathBuf::from("ca.pem")));
-        let refused = ServeSettings::resolve(&serve_args(&["tally", "serve", "--join", "10.0.0.1:7946"])).unwrap_err().to_string();
-        assert!(refused.contains("need --node-id"), "{refused}");
+        for alone in [&["--join", "10.0.0.1:7946"][..], &["--cluster-ca", "ca.pem"], &["--advertise-grpc", "10.0.0.2:50051"]] {
+            let refused = ServeSettings::resolve(&serve_args(&[&["tally", "serve"], alone].concat())).unwrap_err().to_string();
+            assert!(refused.contains("need --node-id"), "{alone:?}: {refused}");
+        }
+        // A proxy's address on the network: keys would travel there in clear unless told.
+        assert!(err(&["--advertise-grpc", "10.0.0.2:50051"]).contains("in clear"));
+        assert!(resolve(&[&node[..], &["--advertise-grpc", "10.0.0.2:50051", "--insecure-plaintext"]].concat()).is_ok());
     }
 
     /// Flags, variables and file keys are a public interface: scripts and deployments spell them.

@@ -389,7 +389,12 @@ async fn join_cluster(cluster: &ClusterSettings, address: SocketAddr, log_id: &s
     let tls = match &cluster.ca {
         Some(ca) => {
             let pem = std::fs::read(ca).map_err(|e| format!("cannot read --cluster-ca {}: {e}", ca.display()))?;
-            Some(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))
+            // tonic skips what it cannot parse: with no certificate, every peer would be refused.
+            if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+                return Err(format!("--cluster-ca {} holds no PEM certificate", ca.display()).into());
+            }
+            // A peer that accepts the connection and then says nothing must not hold calls forever.
+            Some(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)).timeout(Duration::from_secs(2)))
         }
         None => None,
     };

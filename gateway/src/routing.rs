@@ -5,7 +5,6 @@
 //! Forwarded calls take a place at this node's gate like local ones, so a draining node waits for them.
 //! Without a cluster, every call is served here.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use tally_cluster::membership::{GOSSIP_INTERVAL, View};
@@ -214,42 +213,28 @@ routed! {
 /// (passivated, each offered a snapshot, so a shard that comes back is recovered from the log, never
 /// served from a state another node has moved past), and reports members, shards owned and shards moved.
 ///
-/// A member that comes back in the generation it had before it was declared dead was cut off, not
-/// restarted: on its side of the partition it owned shards this node kept, and may have written any of
-/// their wallets. Every live wallet here is given up then, so none is read from a state older than its log.
+/// Every other live wallet catches up from the log before its next call (one read, nothing stopped):
+/// views that differed — a partition, gossip lost one way, a node restarted while cut off — may have let
+/// another node serve any of them meanwhile. A peer's own view changing counts too (its `views` count
+/// rises), as when only that node lost sight of the others and served their wallets.
 pub fn spawn_hand_off(mut view: watch::Receiver<View>, router: Arc<Router>, registry: WalletRegistry) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut before = view.borrow_and_update().clone();
-        let mut seen: HashSet<(String, u64)> = HashSet::new();
-        report(&before, router.node_id(), None);
+        let mut before = Arc::clone(&view.borrow_and_update().placement);
+        report(&view.borrow(), router.node_id(), None);
         while view.changed().await.is_ok() {
             let now = view.borrow_and_update().clone();
-            report(&now, router.node_id(), Some(&before.placement));
-            seen.extend(before.members.iter().map(|m| (m.node_id.clone(), m.generation)));
-            let returned: Vec<&str> = now
-                .members
-                .iter()
-                .filter(|m| before.member(&m.node_id).is_none() && seen.contains(&(m.node_id.clone(), m.generation)))
-                .map(|m| m.node_id.as_str())
-                .collect();
-            let moved: Owns = if returned.is_empty() {
-                // Lost shards, and gained ones too: a wallet still live here from before a shard left (or
-                // started by a call that raced the change) would serve a state the other owner moved past.
-                let (me, was, is) = (router.node_id().to_owned(), Arc::clone(&before.placement), Arc::clone(&now.placement));
-                Arc::new(move |key: &WalletKey| {
-                    let (tenant, wallet) = (key.tenant.as_str(), key.wallet.as_str());
-                    is.owner_of(tenant, wallet) != Some(me.as_str()) || was.owner_of(tenant, wallet) != Some(me.as_str())
-                })
-            } else {
-                tracing::warn!(
-                    ?returned,
-                    "nodes declared dead are back in the same generation (a partition healed); every live wallet is recovered from the log"
-                );
-                Arc::new(|_: &WalletKey| true)
-            };
+            report(&now, router.node_id(), Some(&before));
+            registry.refresh_all();
+            // Lost shards, and gained ones too: a wallet still live here from before a shard left (or
+            // started by a call that raced the change) would serve a state the other owner moved past.
+            let (me, was, is) = (router.node_id().to_owned(), Arc::clone(&before), Arc::clone(&now.placement));
+            let moved: Owns = Arc::new(move |key: &WalletKey| {
+                let (tenant, wallet) = (key.tenant.as_str(), key.wallet.as_str());
+                is.owner_of(tenant, wallet) != Some(me.as_str()) || was.owner_of(tenant, wallet) != Some(me.as_str())
+            });
             let passivated = registry.passivate_where(moved).await;
-            tracing::info!(passivated, "wallets of shards that moved given up; their owner recovers them from the log");
-            before = now;
+            tracing::info!(passivated, "wallets of shards that moved given up; the others re-read from the log at their next call");
+            before = now.placement;
         }
     })
 }

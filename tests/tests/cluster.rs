@@ -599,8 +599,9 @@ async fn tls_client(server: &TallyServer, ca: &str, key: &str) -> WalletServiceC
 }
 
 /// Nodes that serve TLS forward over TLS, each verifying its peer against `--cluster-ca` first; a node
-/// that announces itself by gossip (which is not authenticated) with a certificate of another CA is sent
-/// no call — its wallets answer UNAVAILABLE through the others — so the callers' keys never reach it.
+/// that announces itself by gossip (which is not authenticated) with a certificate of another CA, or
+/// serving plaintext, is sent no call — its wallets answer UNAVAILABLE through the others — so the
+/// callers' keys never reach it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_serving_tls_verify_each_other_before_forwarding() {
     let dir = tempfile::tempdir().unwrap();
@@ -637,10 +638,13 @@ async fn nodes_serving_tls_verify_each_other_before_forwarding() {
     let (rogue_ca, rogue_cert, rogue_key) = node_certificate(dir.path(), "rogue");
     let rogue_tls = ["--tls-cert", rogue_cert.as_str(), "--tls-key", rogue_key.as_str(), "--cluster-ca", rogue_ca.as_str()];
     let rogue = node_with(dir.path(), &database, "rogue", gossip[3], Some(gossip[0]), &rogue_tls);
-    assert_eq!(tls_client(&rogue, &rogue_ca, &key).await.get_wallet(read("t-0")).await.unwrap().into_inner().balance, 30, "it serves");
+    assert!(rogue.url.starts_with("https://"));
+    // ... and so does one that serves plaintext (a downgrade: the others must not call it in clear).
+    let plain = node(dir.path(), &database, "plain", free_udp_port(), Some(gossip[0]));
+    assert!(plain.url.starts_with("http://"));
     let started = Instant::now();
     for node in &nodes {
-        while members_seen_tls(node, &ca, &key).await.len() < 4 {
+        while members_seen_tls(node, &ca, &key).await.len() < 5 {
             assert!(started.elapsed() < Duration::from_secs(20), "the rogue node was never given shards");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -651,7 +655,7 @@ async fn nodes_serving_tls_verify_each_other_before_forwarding() {
     let mut refused = 0;
     for w in 0..12 {
         let wallet = format!("t-{w}");
-        if owner_by(&nodes[0], &ca, &key, &wallet).await != "rogue" {
+        if !["rogue", "plain"].contains(&owner_by(&nodes[0], &ca, &key, &wallet).await.as_str()) {
             continue;
         }
         let answer = clients[0].earn(earn(&wallet, "after-rogue", 5)).await;
@@ -659,7 +663,7 @@ async fn nodes_serving_tls_verify_each_other_before_forwarding() {
         assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
         refused += 1;
     }
-    assert!(refused > 0, "the rogue node was placed some of the 12 wallets");
+    assert!(refused > 0, "the rogue nodes were placed some of the 12 wallets");
     let applied: i64 = pg.query_one("SELECT count(*) FROM tally_events WHERE idempotency_key = 'after-rogue'", &[]).await.unwrap().get(0);
     assert_eq!(applied, 0, "no call reached the rogue node");
 }

@@ -138,7 +138,7 @@ impl WalletRegistry {
             answered_without_actor: AtomicU64::new(0),
             wallet_queue_max: config.wallet_queue_max,
         });
-        let deps = Arc::new(Deps { store, programs, clock, snapshots });
+        let deps = Arc::new(Deps { store, programs, clock, snapshots, refresh: AtomicU64::new(0) });
         let args = SupervisorArgs { shared: Arc::downgrade(&shared), deps: Arc::clone(&deps), config };
         let (supervisor, _) = Actor::spawn(None, Supervisor, args).await?;
         Ok(Self { shared, deps, supervisor })
@@ -269,6 +269,13 @@ impl WalletRegistry {
     /// Runs an idle/LRU sweep now instead of waiting for the timer (operators, tests).
     pub async fn sweep(&self) {
         let _ = self.supervisor.call(SupervisorMsg::SweepNow, None).await;
+    }
+
+    /// Makes every live wallet catch up from the log before its next command or read (one read of the
+    /// stream's tail, nothing stopped): another writer may have appended to any of them — a cluster node
+    /// calls it when its view changes, as nodes that could not see each other may both have served them.
+    pub fn refresh_all(&self) {
+        self.deps.refresh.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Passivates every live wallet `leave` picks (each offered a snapshot, its queued calls answered

@@ -25,6 +25,9 @@ pub(super) struct Deps {
     pub(super) programs: Arc<dyn Programs>,
     pub(super) clock: Arc<dyn Clock>,
     pub(super) snapshots: Arc<dyn Snapshots>,
+    /// Raised by [`super::WalletRegistry::refresh_all`]: a wallet whose state was last checked against
+    /// the log under a lower value catches up before its next command or read.
+    pub(super) refresh: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -160,6 +163,8 @@ pub(super) struct Wallet {
     state: Option<WalletState>,
     /// An append failed with an unknown outcome: catch up from the store before deciding again.
     stale: bool,
+    /// The registry's refresh count when the state was last brought up to the log.
+    refreshed: u64,
     /// Stream version of the last snapshot loaded or saved.
     snapshot_version: u64,
     mailbox: Arc<Mailbox>,
@@ -180,6 +185,7 @@ impl Actor for WalletActor {
             deps: args.deps,
             state: None,
             stale: false,
+            refreshed: 0,
             snapshot_version: 0,
             mailbox: args.mailbox,
             passivating: false,
@@ -222,6 +228,11 @@ impl Actor for WalletActor {
 
 impl Wallet {
     async fn current(&mut self) -> Result<&mut WalletState, WalletError> {
+        // Read before catching up: a refresh asked for meanwhile is honoured at the next call.
+        let refresh = self.deps.refresh.load(Ordering::Acquire);
+        if refresh != self.refreshed {
+            self.stale = true;
+        }
         if self.state.is_none() {
             let started = std::time::Instant::now();
             let mut state = self.start_state().await?;
@@ -235,6 +246,7 @@ impl Wallet {
             result?;
         }
         self.stale = false;
+        self.refreshed = refresh;
         Ok(self.state.as_mut().expect("recovered above"))
     }
 
