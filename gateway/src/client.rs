@@ -21,10 +21,10 @@ pub enum ClientError {
     /// Work done on the log directly (`--store`) that failed.
     #[error("{0}")]
     Direct(String),
-    #[error("{}: {}", code_name(.0.code()), .0.message())]
+    #[error("{}: {}", crate::telemetry::code_name(.0.code()), .0.message())]
     Call(tonic::Status),
     /// A change that may or may not have been applied: sending it again with the same key is safe.
-    #[error("{}: {} (idempotency key {key}; to try again: --key {key})", code_name(.status.code()), .status.message())]
+    #[error("{}: {} (idempotency key {key}; to try again: --key {key})", crate::telemetry::code_name(.status.code()), .status.message())]
     Change { status: tonic::Status, key: String },
     #[error("cannot reach {server}: {source} (nothing was sent; idempotency key {key})")]
     ChangeNotSent { server: String, source: tonic::transport::Error, key: String },
@@ -63,24 +63,6 @@ where
             }
             _ => return Err(error),
         }
-    }
-}
-
-fn code_name(code: tonic::Code) -> &'static str {
-    use tonic::Code::*;
-    match code {
-        InvalidArgument => "INVALID_ARGUMENT",
-        NotFound => "NOT_FOUND",
-        AlreadyExists => "ALREADY_EXISTS",
-        FailedPrecondition => "FAILED_PRECONDITION",
-        Aborted => "ABORTED",
-        Unavailable => "UNAVAILABLE",
-        ResourceExhausted => "RESOURCE_EXHAUSTED",
-        DataLoss => "DATA_LOSS",
-        Internal => "INTERNAL",
-        DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Cancelled => "CANCELLED",
-        _ => "ERROR",
     }
 }
 

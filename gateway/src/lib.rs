@@ -28,4 +28,5 @@ pub mod routing;
 pub mod server;
 pub mod service;
 pub mod status;
+pub mod telemetry;
 mod transactions;

@@ -298,12 +298,13 @@ async fn serve(settings: ServeSettings) -> Result<(), Box<dyn std::error::Error>
     let shutdown = stop_when(shutdown, Arc::clone(&store), Arc::clone(&broken), cluster.as_ref().map(|node| Arc::clone(&node.membership)));
     let engine = Engine { registry: registry.clone(), store, programs: program_book, keys };
     let hand_off = cluster.as_ref().map(|node| routing::spawn_hand_off(node.membership.view(), Arc::clone(&node.router), registry.clone()));
+    let registry_metrics = settings.metrics_listen.map(|_| tally_gateway::telemetry::spawn_registry_metrics(registry.clone()));
     let edge = tally_gateway::server::Edge { access, rates: settings.rates, tls, cluster: cluster.clone() };
     tally_gateway::server::run(listener, engine, read.clone(), edge, shutdown).await?;
     keys_refresher.abort();
     timers.stop();
-    if let Some(hand_off) = hand_off {
-        hand_off.abort();
+    for task in [hand_off, registry_metrics].into_iter().flatten() {
+        task.abort();
     }
     registry.shutdown().await;
     if let Some(node) = cluster
@@ -328,8 +329,12 @@ async fn serve(settings: ServeSettings) -> Result<(), Box<dyn std::error::Error>
 
 /// Serves Prometheus metrics at `http://<address>/metrics`.
 fn serve_metrics(address: SocketAddr) -> Result<(), String> {
+    // Latencies as histograms (summaries cannot be aggregated across nodes): 0.5 ms to 10 s.
+    const SECONDS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
     metrics_exporter_prometheus::PrometheusBuilder::new()
         .with_http_listener(address)
+        .set_buckets_for_metric(metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()), SECONDS)
+        .map_err(|e| format!("cannot set the latency buckets: {e}"))?
         .install()
         .map_err(|e| format!("cannot serve metrics on {address}: {e}"))?;
     tracing::info!(%address, "serving Prometheus metrics at /metrics");

@@ -30,6 +30,7 @@ use crate::quota::{Quotas, RateLimits};
 use crate::reporting::{ProjectionsApi, ReadSide, ReportingApi};
 use crate::routing::RoutedWallets;
 use crate::service::{Engine, Gate, WalletApi};
+use crate::telemetry::RpcMetricsLayer;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -103,6 +104,8 @@ pub async fn run(
         server = server.tls_config(tls)?;
     }
     let serve = server
+        // Counted and timed outermost: refusals by the layers below count as their callers saw them.
+        .layer(RpcMetricsLayer)
         // Deadlines are ours (DEADLINE_EXCEEDED, carried into the wallets), not `Server::timeout`'s.
         .layer(DeadlineLayer)
         // Who is calling and whether it is within its rates, before anything else is done for the call.

@@ -402,3 +402,19 @@ where
     let path = tonic::codegen::http::uri::PathAndQuery::from_maybe_shared(format!("/{rpc}")).expect("a valid path");
     grpc.unary(tonic::Request::new(body), path, Raw).await.map(|_| ())
 }
+
+/// A free loopback TCP port (bound, then released for a server to take).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a TCP port on loopback").port()
+}
+
+/// The text `GET /metrics` answers at `address` (a server's `--metrics-listen`).
+pub async fn scrape_metrics(address: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut body = String::new();
+    let mut stream = tokio::net::TcpStream::connect(address).await.expect("the metrics listener accepts");
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: tally\r\nConnection: close\r\n\r\n").await.expect("request sent");
+    stream.read_to_string(&mut body).await.expect("answer read");
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    body
+}

@@ -215,27 +215,17 @@ async fn without_a_reporting_database_reporting_says_how_to_get_one() {
     assert!(list.projections.is_empty());
 }
 
-/// A free loopback port (bound, then released for the server to take).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 #[tokio::test]
 async fn projection_lag_is_a_prometheus_metric() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = tempfile::tempdir().unwrap();
-    let metrics = format!("127.0.0.1:{}", free_port());
+    let metrics = format!("127.0.0.1:{}", tally_tests::free_port());
     let server = TallyServer::start(dir.path(), &["--metrics-listen", &metrics]);
     let mut client = server.client().await;
     let enroll =
         EnrollRequest { tenant_id: "demo".into(), wallet_id: "m-1".into(), idempotency_key: "e".into(), customer_ref: String::new() };
     let position = client.enroll(enroll).await.unwrap().into_inner().position;
     caught_up(&mut ProjectionsServiceClient::new(server.channel().await), position, 1).await;
-    let mut body = String::new();
-    let mut stream = tokio::net::TcpStream::connect(&metrics).await.unwrap();
-    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: tally\r\nConnection: close\r\n\r\n").await.unwrap();
-    stream.read_to_string(&mut body).await.unwrap();
-    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    let body = tally_tests::scrape_metrics(&metrics).await;
     // The log holds the `demo` program's creation and the enrolment.
     for metric in [
         "tally_projection_lag_events{projection=\"wallet_activity\"} 0".to_owned(),

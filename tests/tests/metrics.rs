@@ -1,0 +1,88 @@
+//! Issue 18: the metrics an SRE reads, from a real `tally serve` after a scripted workload — each call
+//! counted under its RPC and status code (edge refusals and unknown paths too) and timed; the wallet
+//! registry's figures.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use tally_proto::v1::wallet_service_client::WalletServiceClient;
+use tally_proto::v1::{EarnRequest, EnrollRequest, GetWalletRequest};
+use tally_tests::{TallyServer, free_port, raw_call, scrape_metrics};
+
+/// The value of the series `name` whose labels are exactly `labels`.
+fn value(body: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    body.lines().filter(|line| !line.starts_with('#')).find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let (series_name, rest) = series.split_once('{').unwrap_or((series, "}"));
+        if series_name != name {
+            return None;
+        }
+        let found: BTreeMap<&str, &str> = rest
+            .trim_end_matches('}')
+            .split(',')
+            .filter(|pair| !pair.is_empty())
+            .filter_map(|pair| pair.split_once('=').map(|(k, v)| (k, v.trim_matches('"'))))
+            .collect();
+        (found == labels.iter().copied().collect()).then(|| value.parse().unwrap())
+    })
+}
+
+#[tokio::test]
+async fn calls_and_wallets_are_counted_and_timed() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let server = TallyServer::start(dir.path(), &["--metrics-listen", &metrics]);
+    let mut client = server.client().await;
+    let enroll = EnrollRequest { tenant_id: "demo".into(), wallet_id: "m-1".into(), idempotency_key: "e".into(), ..Default::default() };
+    client.enroll(enroll).await.unwrap();
+    for n in 0..3 {
+        let earn = EarnRequest {
+            tenant_id: "demo".into(),
+            wallet_id: "m-1".into(),
+            idempotency_key: format!("k-{n}"),
+            source_ref: format!("o-{n}"),
+            points: 10,
+            ..Default::default()
+        };
+        client.earn(earn).await.unwrap();
+    }
+    let missing = client.get_wallet(GetWalletRequest { tenant_id: "demo".into(), wallet_id: "nobody".into() }).await;
+    assert_eq!(missing.unwrap_err().code(), tonic::Code::NotFound);
+    // Refused at the edge: no key.
+    let mut anonymous = WalletServiceClient::new(server.raw_channel().await);
+    let refused = anonymous.get_wallet(GetWalletRequest { tenant_id: "demo".into(), wallet_id: "m-1".into() }).await;
+    assert_eq!(refused.unwrap_err().code(), tonic::Code::Unauthenticated);
+    // A path no service serves, twice under different names: one series, not two.
+    let mut grpc = tonic::client::Grpc::new(server.channel().await);
+    for path in ["/tally.v1.Nope/One", "/x/Two"] {
+        let status = raw_call(&mut grpc, path, Vec::new()).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::PermissionDenied, "no role may call what is not in the policy");
+    }
+
+    let wallets = ("service", "tally.v1.WalletService");
+    let started = Instant::now();
+    let body = loop {
+        // The registry's figures are published every second.
+        let body = scrape_metrics(&metrics).await;
+        if value(&body, "tally_wallets_active", &[]).is_some_and(|n| n > 0.0) || started.elapsed() > Duration::from_secs(10) {
+            break body;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let count = |method: &str, code: &str| value(&body, "tally_rpc_requests_total", &[wallets, ("method", method), ("code", code)]);
+    assert_eq!(count("Enroll", "OK"), Some(1.0), "{body}");
+    assert_eq!(count("Earn", "OK"), Some(3.0), "{body}");
+    assert_eq!(count("GetWallet", "NOT_FOUND"), Some(1.0), "{body}");
+    assert_eq!(count("GetWallet", "UNAUTHENTICATED"), Some(1.0), "{body}");
+    let unknown = [("service", "unknown"), ("method", "unknown"), ("code", "PERMISSION_DENIED")];
+    assert_eq!(value(&body, "tally_rpc_requests_total", &unknown), Some(2.0), "{body}");
+    let timed = value(&body, "tally_rpc_duration_seconds_count", &[wallets, ("method", "Earn")]);
+    assert_eq!(timed, Some(3.0), "{body}");
+    let under_ten_seconds = value(&body, "tally_rpc_duration_seconds_bucket", &[wallets, ("method", "Earn"), ("le", "10")]);
+    assert_eq!(under_ten_seconds, Some(3.0), "a histogram with buckets, not a summary: {body}");
+    assert_eq!(value(&body, "tally_wallets_active", &[]), Some(1.0), "{body}");
+    assert!(value(&body, "tally_wallet_activations_total", &[]).is_some_and(|n| n >= 1.0), "{body}");
+    for counter in ["tally_wallet_passivations_total", "tally_wallet_crashes_total"] {
+        assert_eq!(value(&body, counter, &[]), Some(0.0), "{counter} in {body}");
+    }
+}
