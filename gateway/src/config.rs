@@ -173,6 +173,11 @@ serve_options! {
         /// Serve Prometheus metrics over HTTP on this address (GET /metrics) [default: off].
         #[arg(long, env = "TALLY_METRICS_LISTEN", value_name = "ADDR")]
         pub metrics_listen: Option<SocketAddr>,
+        /// Export traces over OTLP/gRPC to this collector (e.g. http://127.0.0.1:4317) [default: the
+        /// standard OTEL_EXPORTER_OTLP_ENDPOINT, else off]. OTEL_TRACES_SAMPLER(_ARG), OTEL_SERVICE_NAME
+        /// and OTEL_RESOURCE_ATTRIBUTES apply.
+        #[arg(long, env = "TALLY_OTLP_ENDPOINT", value_name = "URL")]
+        pub otlp_endpoint: Option<String>,
         /// Largest gap, in hours, between the system clock at start and the log's latest event; beyond it
         /// (or with the clock behind the log) the server does not start, since points would expire and
         /// holds time out by a wrong clock — unless --accept-clock-jump confirms the clock is right.
@@ -367,6 +372,8 @@ pub struct ServeSettings {
     /// Whether to keep the sled wallet-activity read model in `<data>/read-models`.
     pub local_read_model: bool,
     pub metrics_listen: Option<SocketAddr>,
+    /// Where traces are exported, if set here (the OTEL_ variables are read when traces are set up).
+    pub otlp_endpoint: Option<String>,
     /// Largest gap between the system clock at start and the log's latest event, in milliseconds.
     pub clock_jump_max_ms: i64,
     /// The operator confirmed the clock is right although it disagrees with the log.
@@ -587,6 +594,7 @@ impl ServeSettings {
             local_read_model: set.local_read_model.unwrap_or(matches!(store, StoreUrl::Embedded(_))),
             store,
             metrics_listen: set.metrics_listen,
+            otlp_endpoint: set.otlp_endpoint,
             clock_jump_max_ms: i64::try_from(set.clock_jump_max_hours.expect(DEFAULTED)).unwrap_or(i64::MAX).saturating_mul(3_600_000),
             accept_clock_jump: set.accept_clock_jump.unwrap_or(false),
             insecure_no_auth,
@@ -885,6 +893,7 @@ mod tests {
             ("reporting_db", "--reporting-db", "TALLY_REPORTING_DB"),
             ("local_read_model", "--local-read-model", "TALLY_LOCAL_READ_MODEL"),
             ("metrics_listen", "--metrics-listen", "TALLY_METRICS_LISTEN"),
+            ("otlp_endpoint", "--otlp-endpoint", "TALLY_OTLP_ENDPOINT"),
             ("clock_jump_max_hours", "--clock-jump-max-hours", "TALLY_CLOCK_JUMP_MAX_HOURS"),
             ("accept_clock_jump", "--accept-clock-jump", "TALLY_ACCEPT_CLOCK_JUMP"),
             ("insecure_no_auth", "--insecure-no-auth", "TALLY_INSECURE_NO_AUTH"),

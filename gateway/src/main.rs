@@ -33,18 +33,13 @@ use tally_gateway::redact::redact;
 use tally_gateway::reporting::ReadSide;
 use tally_gateway::routing;
 use tally_gateway::service::Engine;
+use tally_gateway::telemetry::Telemetry;
 use tally_projections::{PostgresReadModel, Projection, ReadModel, RunnerOptions, SledReadModel};
 use tally_snapshots::{PostgresSnapshotStore, SledSnapshotStore, SnapshotStore, Snapshotter};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
-use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -52,9 +47,33 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // The trace exporter's connection lives on the runtime.
+    let _inside = runtime.enter();
+    let mut serving = None;
+    let telemetry = match &cli.command {
+        Command::Serve(args) => match ServeSettings::resolve(args) {
+            Ok(settings) => {
+                let telemetry = Telemetry::install(settings.otlp_endpoint.as_deref());
+                serving = Some(settings);
+                telemetry
+            }
+            Err(error) => {
+                eprintln!("error: {error}");
+                return ExitCode::FAILURE;
+            }
+        },
+        _ => Ok(Telemetry::logs_only()),
+    };
+    let telemetry = match telemetry {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => serve(ServeSettings::resolve(&args)?).await,
+            Command::Serve(_) => serve(serving.take().expect("resolved above")).await,
             Command::Wallet(command) => {
                 emit(&tally_gateway::client::run(command).await?.to_string());
                 Ok(())
@@ -87,6 +106,7 @@ fn main() -> ExitCode {
             }
         }
     });
+    telemetry.shutdown();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -80,6 +80,19 @@ fn hop<T: Clone>(metadata: &MetadataMap, message: &T, deadline: Option<Instant>,
             request.metadata_mut().append(*name, value.clone());
         }
     }
+    // Traces exported: the owner's span is a child of this node's.
+    if let Some((traceparent, tracestate)) = crate::telemetry::current_trace_context() {
+        for (name, value) in [("traceparent", traceparent), ("tracestate", tracestate)] {
+            match MetadataValue::try_from(value.as_str()) {
+                Ok(value) if !value.is_empty() => {
+                    request.metadata_mut().insert(name, value);
+                }
+                _ => {
+                    request.metadata_mut().remove(name);
+                }
+            }
+        }
+    }
     let node = MetadataValue::try_from(node_id).map_err(|_| Status::internal("node id is not a header value"))?;
     request.metadata_mut().insert(FORWARDED_HEADER, node);
     if let Some(deadline) = deadline {

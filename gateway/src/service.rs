@@ -153,13 +153,17 @@ pub(crate) fn command_meta(metadata: &MetadataMap, extensions: &Extensions) -> R
         }
         Ok(value.to_owned())
     };
-    let traceparent = Some(get("traceparent")).filter(|t| is_traceparent(t)).unwrap_or_default();
-    let tracestate = Some(get("tracestate")).filter(|t| !traceparent.is_empty() && t.len() <= TRACESTATE_BYTES_MAX && t.is_ascii());
+    // Traces exported: the events name this call's own span, so they can be found from the trace.
+    let (traceparent, tracestate) = crate::telemetry::current_trace_context().unwrap_or_else(|| {
+        let traceparent = Some(get("traceparent")).filter(|t| is_traceparent(t)).unwrap_or_default();
+        let tracestate = Some(get("tracestate")).filter(|t| !traceparent.is_empty() && t.len() <= TRACESTATE_BYTES_MAX && t.is_ascii());
+        (traceparent.to_owned(), tracestate.unwrap_or_default().to_owned())
+    });
     Ok(CommandMeta {
         causation_id: id("x-request-id")?,
         correlation_id: id("x-correlation-id")?,
-        traceparent: traceparent.to_owned(),
-        tracestate: tracestate.unwrap_or_default().to_owned(),
+        traceparent,
+        tracestate,
         staff_id: id("x-staff-id")?,
         ..access::recorded_principal(extensions)
     })

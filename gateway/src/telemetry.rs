@@ -1,4 +1,7 @@
-//! What an SRE sees of the calls: per RPC and status code a request count, and per RPC a latency
+//! What an SRE sees of the calls — traces and metrics. When an OTLP endpoint is set, each call's span
+//! (OpenTelemetry's RPC conventions) continues the caller's W3C trace and is exported; the engine's spans
+//! (the wallet actor, the store append) are its descendants, and the events a call records carry its
+//! context. Metrics: per RPC and status code a request count, and per RPC a latency
 //! histogram (`tally_rpc_requests_total{service,method,code}`, `tally_rpc_duration_seconds{service,method}`),
 //! measured outermost, so calls the edge refuses (keys, rates, deadlines) count as their callers saw them.
 //! Only the RPCs this server has (those of [`crate::access::POLICY`], health and reflection) are named;
@@ -7,8 +10,22 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
+
+use opentelemetry::propagation::Extractor;
+use opentelemetry::trace::{TraceContextExt, TracerProvider};
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing::{Instrument, Level, Span};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 use tally_engine::actors::WalletRegistry;
 use tokio::time::Instant;
@@ -16,7 +33,7 @@ use tonic::Code;
 use tonic::body::Body;
 use tonic::codegen::{Service, http};
 
-/// Counts and times every call.
+/// Traces, counts and times every call.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RpcMetricsLayer;
 
@@ -50,21 +67,28 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let (service, method) = rpc_of(request.uri().path());
+        let span = server_span(request.headers(), service, method);
         let started = Instant::now();
-        let call = self.inner.call(request);
-        Box::pin(async move {
-            let response = call.await;
-            // A unary answer that is not OK comes as headers only, its status among them; the others
-            // carry theirs in trailers, after this point: OK unless a stream fails midway.
-            let code = match &response {
-                Ok(response) => status_of(response.headers()),
-                Err(_) => Code::Internal,
-            };
-            metrics::histogram!("tally_rpc_duration_seconds", "service" => service, "method" => method)
-                .record(started.elapsed().as_secs_f64());
-            metrics::counter!("tally_rpc_requests_total", "service" => service, "method" => method, "code" => code_name(code)).increment(1);
-            response
-        })
+        let call = span.in_scope(|| self.inner.call(request));
+        let outcome = span.clone();
+        Box::pin(
+            async move {
+                let response = call.await;
+                // A unary answer that is not OK comes as headers only, its status among them; the others
+                // carry theirs in trailers, after this point: OK unless a stream fails midway.
+                let code = match &response {
+                    Ok(response) => status_of(response.headers()),
+                    Err(_) => Code::Internal,
+                };
+                record_outcome(&outcome, code);
+                metrics::histogram!("tally_rpc_duration_seconds", "service" => service, "method" => method)
+                    .record(started.elapsed().as_secs_f64());
+                metrics::counter!("tally_rpc_requests_total", "service" => service, "method" => method, "code" => code_name(code))
+                    .increment(1);
+                response
+            }
+            .instrument(span),
+        )
     }
 }
 
@@ -124,4 +148,150 @@ pub fn spawn_registry_metrics(registry: WalletRegistry) -> tokio::task::JoinHand
             metrics::counter!("tally_wallet_crashes_total").absolute(stats.crashes);
         }
     })
+}
+
+/// Whether spans are exported: set once at start, read on every call (nothing is built when off).
+static TRACING: AtomicBool = AtomicBool::new(false);
+
+/// Whether this process exports traces.
+pub fn tracing_on() -> bool {
+    TRACING.load(Ordering::Relaxed)
+}
+
+/// Logging to stderr and, with an OTLP endpoint, trace export; [`Telemetry::shutdown`] sends what is
+/// still buffered.
+#[derive(Debug, Default)]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+/// Where traces go, if anywhere: `endpoint` (a `tally serve` setting), else the standard variables
+/// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` / `OTEL_EXPORTER_OTLP_ENDPOINT`; `OTEL_SDK_DISABLED=true` turns
+/// export off whatever is set.
+fn otlp_endpoint(endpoint: Option<&str>) -> Option<String> {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    if var("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+        return None;
+    }
+    endpoint.map(str::to_owned).or_else(|| var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")).or_else(|| var("OTEL_EXPORTER_OTLP_ENDPOINT"))
+}
+
+impl Telemetry {
+    /// Installs the process's subscriber: log lines filtered by `RUST_LOG` (default `info`) and, when an
+    /// OTLP endpoint is known (see [`otlp_endpoint`]), spans exported over gRPC in batches — sampled by
+    /// `OTEL_TRACES_SAMPLER`/`_ARG`, named by `OTEL_SERVICE_NAME` (default `tally`) and
+    /// `OTEL_RESOURCE_ATTRIBUTES`, an incoming W3C `traceparent` continued. Must run inside the runtime.
+    pub fn install(endpoint: Option<&str>) -> Result<Self, String> {
+        let Some(endpoint) = otlp_endpoint(endpoint) else { return Ok(Self::logs_only()) };
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(endpoint.clone())
+            .build()
+            .map_err(|e| format!("cannot export traces to {endpoint}: {e}"))?;
+        let mut resource = Resource::builder();
+        if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+            resource = resource.with_service_name("tally");
+        }
+        let provider = SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource.build()).build();
+        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+        // Spans of Tally's crates only, the engine's finer ones (the store's append) included.
+        let spans = Targets::new()
+            .with_target("tally_gateway", Level::INFO)
+            .with_target("tally_cluster", Level::INFO)
+            .with_target("tally_engine", Level::DEBUG)
+            .with_target("tally_projections", Level::INFO);
+        let traces = tracing_opentelemetry::layer().with_tracer(provider.tracer("tally")).with_filter(spans);
+        tracing_subscriber::registry().with(log_lines()).with(traces).init();
+        TRACING.store(true, Ordering::Relaxed);
+        tracing::info!(%endpoint, "exporting traces over OTLP/gRPC");
+        Ok(Self { provider: Some(provider) })
+    }
+
+    /// Log lines only (the CLI's commands, and a server without an OTLP endpoint).
+    pub fn logs_only() -> Self {
+        tracing_subscriber::registry().with(log_lines()).init();
+        Self::default()
+    }
+
+    /// Sends the spans still buffered (at most a few seconds).
+    pub fn shutdown(self) {
+        if let Some(provider) = self.provider
+            && let Err(error) = provider.shutdown()
+        {
+            tracing::warn!(%error, "traces still buffered could not all be sent");
+        }
+    }
+}
+
+/// Log lines on stderr, filtered by `RUST_LOG` (default `info`).
+fn log_lines<S>() -> impl Layer<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+}
+
+/// Reads a W3C trace context from a call's headers.
+struct Headers<'a>(&'a http::HeaderMap);
+
+impl Extractor for Headers<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(http::HeaderName::as_str).collect()
+    }
+}
+
+/// The span of a call this server serves (OpenTelemetry's RPC conventions), continuing the caller's
+/// trace if its headers carry one; `Span::none()` when traces are not exported.
+fn server_span(headers: &http::HeaderMap, service: &'static str, method: &'static str) -> Span {
+    if !tracing_on() {
+        return Span::none();
+    }
+    let span = tracing::info_span!(
+        "rpc",
+        otel.name = %format_args!("{service}/{method}"),
+        otel.kind = "server",
+        rpc.system = "grpc",
+        rpc.service = service,
+        rpc.method = method,
+        rpc.grpc.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    let parent = opentelemetry::global::get_text_map_propagator(|propagator| propagator.extract(&Headers(headers)));
+    let _ = span.set_parent(parent);
+    span
+}
+
+/// Records a call's outcome on its span: server faults (as OpenTelemetry's gRPC conventions list them)
+/// are errors; a caller's mistakes are not the server's.
+fn record_outcome(span: &Span, code: Code) {
+    if span.is_none() {
+        return;
+    }
+    span.record("rpc.grpc.status_code", code as i32);
+    if matches!(code, Code::Unknown | Code::DeadlineExceeded | Code::Unimplemented | Code::Internal | Code::Unavailable | Code::DataLoss) {
+        span.record("otel.status_code", "error");
+    }
+}
+
+/// The W3C `traceparent` (and `tracestate`) of the current span, when traces are exported: what a
+/// command records in its events and a forwarded call carries, so both join this call's trace.
+pub fn current_trace_context() -> Option<(String, String)> {
+    if !tracing_on() {
+        return None;
+    }
+    let context = Span::current().context();
+    let span = context.span();
+    let span_context = span.span_context();
+    if !span_context.is_valid() {
+        return None;
+    }
+    let traceparent = format!("00-{}-{}-{:02x}", span_context.trace_id(), span_context.span_id(), span_context.trace_flags().to_u8());
+    Some((traceparent, span_context.trace_state().header()))
 }

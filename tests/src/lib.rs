@@ -96,10 +96,16 @@ impl TallyServer {
     /// Starts `tally serve` on `data` and waits until it listens. The server logs at `warn` (or as
     /// `TALLY_TEST_SERVE_LOG` says, e.g. `info,tally_engine=debug`); its stderr shows with a failing test.
     pub fn start(data: &Path, extra: &[&str]) -> Self {
+        Self::start_with_env(data, extra, &[])
+    }
+
+    /// [`TallyServer::start`] with environment variables `env` set for the process.
+    pub fn start_with_env(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(tally_binary())
             .args(["serve", "--listen", "127.0.0.1:0", "--data"])
             .arg(data)
             .args(extra)
+            .envs(env.iter().copied())
             .env("RUST_LOG", std::env::var("TALLY_TEST_SERVE_LOG").unwrap_or_else(|_| "warn".to_owned()))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

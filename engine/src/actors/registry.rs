@@ -167,7 +167,14 @@ impl WalletRegistry {
         }
         // Shared rather than cloned: a re-delivery after a crash sends the same allocation.
         let command = Arc::new((command, meta));
-        self.call(key, |reply| WalletMsg::Execute { command: Arc::clone(&command), deadline, reply }).await
+        self.call(key, |reply| WalletMsg::Execute {
+            command: Arc::clone(&command),
+            deadline,
+            reply,
+            caller: tracing::Span::current(),
+            sent: Instant::now(),
+        })
+        .await
     }
 
     /// The wallet's current figures.

@@ -37,6 +37,10 @@ pub(super) enum WalletMsg {
         /// When the caller stops waiting: a command still queued then is skipped, never decided.
         deadline: Option<Instant>,
         reply: RpcReplyPort<Result<CommandOutcome, WalletError>>,
+        /// The caller's span (its call's trace): the command's span is its child.
+        caller: tracing::Span,
+        /// When it was sent, for the time it waited in the mailbox.
+        sent: Instant,
     },
     Summary {
         reply: RpcReplyPort<Result<WalletSummary, WalletError>>,
@@ -194,11 +198,17 @@ impl Actor for WalletActor {
 
     async fn handle(&self, myself: ActorRef<WalletMsg>, message: WalletMsg, wallet: &mut Wallet) -> Result<(), ActorProcessingErr> {
         match message {
-            WalletMsg::Execute { command, deadline, reply } => {
+            WalletMsg::Execute { command, deadline, reply, caller, sent } => {
                 wallet.mailbox.take();
                 let (command, meta) = &*command;
-                let span =
-                    tracing::info_span!("wallet.command", tenant = %wallet.key.tenant, wallet = %wallet.key.wallet, kind = command.kind());
+                let span = tracing::info_span!(
+                    parent: &caller,
+                    "wallet.command",
+                    tenant = %wallet.key.tenant,
+                    wallet = %wallet.key.wallet,
+                    kind = command.kind(),
+                    queued_us = sent.elapsed().as_micros() as u64,
+                );
                 // A caller that stopped waiting (its reply port closed: cancelled, or its server deadline
                 // passed) gets no decision: the command is skipped before `decide`, so it is not applied.
                 let abandoned = || reply.is_closed() || deadline.is_some_and(|d| Instant::now() >= d);

@@ -1,0 +1,190 @@
+//! Issue 18: traces from a real `tally serve` reach a real OTLP receiver (the collector's TraceService,
+//! served in the test): a call's incoming `traceparent` is continued by the server span, the wallet
+//! actor's and the store append's spans are its descendants, the events record the server span's
+//! context; a call without one starts its own trace; sampling off sends nothing.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use tally_proto::v1::{EarnRequest, EnrollRequest, GetWalletRequest};
+use tally_tests::{TallyServer, TestDatabase};
+
+/// What the receiver got: each span with its service name.
+#[derive(Debug, Clone, Default)]
+struct Received(Arc<Mutex<Vec<(String, Span)>>>);
+
+#[tonic::async_trait]
+impl TraceService for Received {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let mut spans = self.0.lock().unwrap();
+        for resource in request.into_inner().resource_spans {
+            let service = resource
+                .resource
+                .iter()
+                .flat_map(|r| &r.attributes)
+                .find(|a| a.key == "service.name")
+                .and_then(|a| a.value.as_ref()?.value.clone())
+                .map(|v| match v {
+                    Value::StringValue(s) => s,
+                    other => format!("{other:?}"),
+                })
+                .unwrap_or_default();
+            for scope in resource.scope_spans {
+                spans.extend(scope.spans.into_iter().map(|span| (service.clone(), span)));
+            }
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+impl Received {
+    /// Serves the collector's trace service on a free loopback port; its URL.
+    async fn serve(&self) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let service = TraceServiceServer::new(self.clone());
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        format!("http://{address}")
+    }
+
+    fn spans(&self) -> Vec<(String, Span)> {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// Waits (at most 10 s) until a span satisfies `found`.
+    async fn until(&self, what: &str, found: impl Fn(&Span) -> bool) -> Span {
+        let started = Instant::now();
+        loop {
+            if let Some((_, span)) = self.spans().into_iter().find(|(_, s)| found(s)) {
+                return span;
+            }
+            assert!(started.elapsed() < Duration::from_secs(10), "no {what} within 10 s; received {:#?}", self.spans());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Whether `span` is `ancestor` or below it, by parent links among `spans`.
+fn descends(spans: &[(String, Span)], span: &Span, ancestor: &Span) -> bool {
+    let mut current = span.clone();
+    for _ in 0..16 {
+        if current.span_id == ancestor.span_id {
+            return true;
+        }
+        match spans.iter().find(|(_, s)| s.span_id == current.parent_span_id) {
+            Some((_, parent)) => current = parent.clone(),
+            None => return false,
+        }
+    }
+    false
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn attributes(span: &Span) -> BTreeMap<String, String> {
+    span.attributes
+        .iter()
+        .filter_map(|a| {
+            let value = match a.value.as_ref()?.value.as_ref()? {
+                Value::StringValue(s) => s.clone(),
+                Value::IntValue(i) => i.to_string(),
+                Value::BoolValue(b) => b.to_string(),
+                other => format!("{other:?}"),
+            };
+            Some((a.key.clone(), value))
+        })
+        .collect()
+}
+
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const PARENT_ID: &str = "00f067aa0ba902b7";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_calls_trace_is_continued_through_the_actor_and_the_store_into_its_events() {
+    let receiver = Received::default();
+    let endpoint = receiver.serve().await;
+    let database = TestDatabase::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("--store={}", database.postgres_url);
+    let env =
+        [("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()), ("OTEL_SERVICE_NAME", "tally-under-test"), ("OTEL_BSP_SCHEDULE_DELAY", "100")];
+    let server = TallyServer::start_with_env(dir.path(), &[&store, "--tenant", "acme"], &env);
+    let mut client = server.client().await;
+    let enroll = EnrollRequest { tenant_id: "acme".into(), wallet_id: "t-1".into(), idempotency_key: "e".into(), ..Default::default() };
+    client.enroll(enroll).await.unwrap();
+
+    let mut earn = tonic::Request::new(EarnRequest {
+        tenant_id: "acme".into(),
+        wallet_id: "t-1".into(),
+        idempotency_key: "k-1".into(),
+        source_ref: "o-1".into(),
+        points: 10,
+        ..Default::default()
+    });
+    earn.metadata_mut().insert("traceparent", format!("00-{TRACE_ID}-{PARENT_ID}-01").parse().unwrap());
+    client.earn(earn).await.unwrap();
+
+    let in_trace = |s: &Span| hex(&s.trace_id) == TRACE_ID;
+    let server_span = receiver.until("server span of Earn", |s| in_trace(s) && s.name == "tally.v1.WalletService/Earn").await;
+    assert_eq!(hex(&server_span.parent_span_id), PARENT_ID, "the caller's span is the parent");
+    assert_eq!(server_span.kind, SpanKind::Server as i32);
+    let rpc = attributes(&server_span);
+    assert_eq!(rpc.get("rpc.system").map(String::as_str), Some("grpc"), "{rpc:?}");
+    assert_eq!(rpc.get("rpc.service").map(String::as_str), Some("tally.v1.WalletService"));
+    assert_eq!(rpc.get("rpc.method").map(String::as_str), Some("Earn"));
+    assert_eq!(rpc.get("rpc.grpc.status_code").map(String::as_str), Some("0"));
+    let command = receiver.until("the wallet actor's span", |s| in_trace(s) && s.name == "wallet.command").await;
+    assert!(descends(&receiver.spans(), &command, &server_span), "the actor's span is in the call's");
+    assert!(attributes(&command).contains_key("queued_us"), "time queued in the mailbox: {:?}", attributes(&command));
+    let append = receiver.until("the store append's span", |s| in_trace(s) && s.name == "store.append").await;
+    assert_eq!(append.parent_span_id, command.span_id, "the append is the command's child");
+    assert!(receiver.spans().iter().all(|(service, _)| service == "tally-under-test"), "OTEL_SERVICE_NAME names the service");
+
+    // The event records the server span's context: a projection or an auditor finds the call's trace.
+    let (pg, connection) = tokio_postgres::connect(&database.url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let row = pg.query_one("SELECT traceparent FROM tally_events WHERE idempotency_key = 'k-1'", &[]).await.unwrap();
+    assert_eq!(row.get::<_, String>(0), format!("00-{TRACE_ID}-{}-01", hex(&server_span.span_id)));
+
+    // A call without a traceparent starts a trace of its own; a caller's mistake is not a server error.
+    let missing = client.get_wallet(GetWalletRequest { tenant_id: "acme".into(), wallet_id: "nobody".into() }).await;
+    assert_eq!(missing.unwrap_err().code(), tonic::Code::NotFound);
+    let own = receiver.until("a span of GetWallet", |s| s.name == "tally.v1.WalletService/GetWallet").await;
+    assert_ne!(hex(&own.trace_id), TRACE_ID);
+    assert!(own.parent_span_id.is_empty(), "a root span");
+    assert_eq!(attributes(&own).get("rpc.grpc.status_code").map(String::as_str), Some("5"));
+    assert_ne!(own.status.as_ref().map(|s| s.code), Some(2), "NOT_FOUND is not the server's error");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sampling_off_sends_nothing() {
+    let receiver = Received::default();
+    let endpoint = receiver.serve().await;
+    let dir = tempfile::tempdir().unwrap();
+    let env =
+        [("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()), ("OTEL_TRACES_SAMPLER", "always_off"), ("OTEL_BSP_SCHEDULE_DELAY", "100")];
+    let server = TallyServer::start_with_env(dir.path(), &[], &env);
+    let mut client = server.client().await;
+    for n in 0..5 {
+        let enroll =
+            EnrollRequest { tenant_id: "demo".into(), wallet_id: format!("s-{n}"), idempotency_key: "e".into(), ..Default::default() };
+        client.enroll(enroll).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(receiver.spans().is_empty(), "{:#?}", receiver.spans());
+}
