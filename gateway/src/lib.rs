@@ -16,6 +16,7 @@ pub mod config;
 pub mod copy;
 pub mod credentials;
 pub mod derived;
+pub mod health;
 pub mod keyctl;
 pub mod keys;
 pub mod limits;

@@ -66,6 +66,8 @@ pub async fn run(
     health.set_serving::<AdminServiceServer<AdminApi>>().await;
     health.set_serving::<KeysServiceServer<KeysApi>>().await;
     health.set_serving::<ClusterServiceServer<ClusterApi>>().await;
+    // From here on health follows the log and the read side; it stops with this function.
+    let monitor = AbortOnDrop(crate::health::spawn(health.clone(), Arc::clone(&engine.store), read.clone()));
     // Both reflection versions: older grpcurl and Python's grpcio-reflection speak only v1alpha.
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -132,7 +134,9 @@ pub async fn run(
         () = shutdown => {}
     }
     tracing::info!("shutting down: refusing new calls, finishing the ones in flight");
+    monitor.0.abort();
     health.set_not_serving::<WalletServiceServer<RoutedWallets>>().await;
+    health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
     drain([&gate, &reporting_gate, &admin_gate], stop_accepting).await;
     // Let the last responses reach their clients; idle client connections do not hold us up.
     if let Ok(result) = tokio::time::timeout(Duration::from_millis(RESPONSE_FLUSH_MS), &mut serve).await {

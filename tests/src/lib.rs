@@ -273,6 +273,16 @@ pub struct TestDatabase {
 }
 
 impl TestDatabase {
+    /// The database's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A connection to the server's administrative database (for what a test does to this one).
+    pub async fn admin(&self) -> tokio_postgres::Client {
+        connect(&self.admin_url).await
+    }
+
     /// Creates `tally_test_<uuid>`. Fails the test with a clear message if no server can be reached.
     pub async fn create() -> Self {
         let admin_url = std::env::var(TEST_PG_URL_VAR).unwrap_or_else(|_| test_pg_url_default());

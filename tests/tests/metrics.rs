@@ -85,4 +85,27 @@ async fn calls_and_wallets_are_counted_and_timed() {
     for counter in ["tally_wallet_passivations_total", "tally_wallet_crashes_total"] {
         assert_eq!(value(&body, counter, &[]), Some(0.0), "{counter} in {body}");
     }
+    // The log: four appends (the demo program's creation, the enrolment and its count, three earns: at
+    // least four group commits), their events and bytes; health's view of it.
+    let embedded = [("store", "embedded")];
+    assert!(value(&body, "tally_store_commit_seconds_count", &embedded).is_some_and(|n| n >= 4.0), "{body}");
+    assert!(value(&body, "tally_store_batch_appends_bucket", &[("store", "embedded"), ("le", "1024")]).is_some_and(|n| n >= 4.0), "{body}");
+    assert!(value(&body, "tally_store_appended_events_total", &embedded).is_some_and(|n| n >= 4.0), "{body}");
+    assert!(value(&body, "tally_store_appended_bytes_total", &embedded).is_some_and(|n| n > 100.0), "{body}");
+    assert_eq!(value(&body, "tally_log_writable", &[]), Some(1.0), "{body}");
+
+    // Every series the Grafana dashboard in docs/ draws is one this server serves (cluster series only
+    // exist on cluster nodes, the reporting projection's only with --reporting-db).
+    let dashboard = include_str!("../../docs/grafana/tally-dashboard.json");
+    let json: serde_json::Value = serde_json::from_str(dashboard).expect("the dashboard is JSON");
+    assert!(json["panels"].as_array().is_some_and(|p| p.len() >= 6), "the dashboard has its panels");
+    let used: std::collections::BTreeSet<&str> = dashboard
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|word| word.starts_with("tally_") && !word.starts_with("tally_cluster_"))
+        .collect();
+    for name in &used {
+        let served = body.lines().any(|line| !line.starts_with('#') && line.starts_with(name));
+        assert!(served, "the dashboard uses {name}, which /metrics does not serve:\n{body}");
+    }
+    assert!(used.len() >= 8, "{used:?}");
 }

@@ -168,6 +168,18 @@ impl StoreError {
     }
 }
 
+/// What one group commit did, for the metrics an SRE reads: `tally_store_commit_seconds` (the write and
+/// its fsync, or the transaction), `tally_store_batch_appends` (appends committed together),
+/// `tally_store_appended_events_total` and, where the store knows them, `tally_store_appended_bytes_total`.
+pub(crate) fn record_commit(store: &'static str, took: std::time::Duration, appends: usize, events: u64, bytes: Option<usize>) {
+    metrics::histogram!("tally_store_commit_seconds", "store" => store).record(took.as_secs_f64());
+    metrics::histogram!("tally_store_batch_appends", "store" => store).record(appends as f64);
+    metrics::counter!("tally_store_appended_events_total", "store" => store).increment(events);
+    if let Some(bytes) = bytes {
+        metrics::counter!("tally_store_appended_bytes_total", "store" => store).increment(bytes as u64);
+    }
+}
+
 /// The event log. Every backend passes [`conformance`]'s suite.
 #[async_trait]
 pub trait EventStore: Send + Sync + fmt::Debug + 'static {

@@ -196,6 +196,8 @@ async fn write_loop(pool: Pool, mut queue: mpsc::Receiver<AppendRequest>, head: 
 /// One transaction for every append in `batch`; each append's version check stays exact.
 async fn commit(pool: &Pool, batch: &mut Vec<AppendRequest>, head: &watch::Sender<u64>) {
     let mut accepted: Vec<(oneshot::Sender<Result<AppendOutcome, StoreError>>, AppendOutcome)> = Vec::new();
+    let started = std::time::Instant::now();
+    let mut first = 0;
     let result: Result<u64, StoreError> = async {
         let mut client = pool.get().await.map_err(pg)?;
         let tx = client.transaction().await.map_err(pg)?;
@@ -217,6 +219,7 @@ async fn commit(pool: &Pool, batch: &mut Vec<AppendRequest>, head: &watch::Sende
         let mut versions: HashMap<String, u64> =
             rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, Option<i64>>(1).map_or(0, to_u64))).collect();
         let mut position = to_u64(last);
+        first = position;
         let mut columns = Columns::default();
         for request in batch.drain(..) {
             let actual = versions.get(request.stream.as_str()).copied().unwrap_or(0);
@@ -288,6 +291,9 @@ async fn commit(pool: &Pool, batch: &mut Vec<AppendRequest>, head: &watch::Sende
     .await;
     match result {
         Ok(position) => {
+            if !accepted.is_empty() {
+                super::record_commit("postgres", started.elapsed(), accepted.len(), position - first, None);
+            }
             head.send_if_modified(|h| std::mem::replace(h, (*h).max(position)) < position);
             for (reply, outcome) in accepted {
                 let _ = reply.send(Ok(outcome));

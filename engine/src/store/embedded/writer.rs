@@ -144,6 +144,7 @@ impl Writer {
         if staged.is_empty() {
             return;
         }
+        let (started, bytes) = (std::time::Instant::now(), self.buf.len());
         if let Err(error) = self.write_and_sync() {
             let reason = format!("log write failed, restart to recover: {error}");
             tracing::error!(%error, "log write failed; refusing further appends");
@@ -174,6 +175,7 @@ impl Writer {
                 }
             }
         }
+        super::super::record_commit("embedded", started.elapsed(), staged.len(), position - self.next_position, Some(bytes));
         self.next_position = position;
         self.head_tx.send_replace(position - 1);
         for s in staged {
