@@ -34,6 +34,9 @@ pub enum ConfigError {
     /// A combination of settings that would expose the server.
     #[error("{0}")]
     Unsafe(String),
+    /// A value the setting does not take.
+    #[error("{0}")]
+    Invalid(String),
     /// A setting's value is wrong; `origin` says where it was written (`--store`, `TALLY_STORE`, `store in
     /// FILE`), since with four layers the value alone does not tell a person where to fix it.
     #[error("{error} (set by {origin})")]
@@ -178,6 +181,10 @@ serve_options! {
         /// and OTEL_RESOURCE_ATTRIBUTES apply.
         #[arg(long, env = "TALLY_OTLP_ENDPOINT", value_name = "URL")]
         pub otlp_endpoint: Option<String>,
+        /// How log lines are written on stderr: text, or json (one object per line, with trace_id and
+        /// span_id inside an exported trace) [default: text].
+        #[arg(long, env = "TALLY_LOG_FORMAT", value_name = "FORMAT")]
+        pub log_format: Option<String>,
         /// Largest gap, in hours, between the system clock at start and the log's latest event; beyond it
         /// (or with the clock behind the log) the server does not start, since points would expire and
         /// holds time out by a wrong clock — unless --accept-clock-jump confirms the clock is right.
@@ -374,6 +381,7 @@ pub struct ServeSettings {
     pub metrics_listen: Option<SocketAddr>,
     /// Where traces are exported, if set here (the OTEL_ variables are read when traces are set up).
     pub otlp_endpoint: Option<String>,
+    pub log_format: crate::telemetry::LogFormat,
     /// Largest gap between the system clock at start and the log's latest event, in milliseconds.
     pub clock_jump_max_ms: i64,
     /// The operator confirmed the clock is right although it disagrees with the log.
@@ -537,6 +545,8 @@ impl ServeSettings {
         let file = &file;
         let at = |name: &'static str| move |error| ConfigError::Setting { origin: args.origin(name, file), error: Box::new(error) };
         let tenants = set.tenants.expect(DEFAULTED).iter().map(tenant).collect::<Result<Vec<_>, _>>().map_err(at("tenants"))?;
+        let log_format = set.log_format.as_deref().map(str::parse).transpose().map_err(|e| at("log_format")(ConfigError::Invalid(e)))?;
+        let log_format = log_format.unwrap_or_default();
         let cluster_set = ServeOptions {
             node_id: set.node_id.clone(),
             cluster_listen: set.cluster_listen,
@@ -595,6 +605,7 @@ impl ServeSettings {
             store,
             metrics_listen: set.metrics_listen,
             otlp_endpoint: set.otlp_endpoint,
+            log_format,
             clock_jump_max_ms: i64::try_from(set.clock_jump_max_hours.expect(DEFAULTED)).unwrap_or(i64::MAX).saturating_mul(3_600_000),
             accept_clock_jump: set.accept_clock_jump.unwrap_or(false),
             insecure_no_auth,
@@ -894,6 +905,7 @@ mod tests {
             ("local_read_model", "--local-read-model", "TALLY_LOCAL_READ_MODEL"),
             ("metrics_listen", "--metrics-listen", "TALLY_METRICS_LISTEN"),
             ("otlp_endpoint", "--otlp-endpoint", "TALLY_OTLP_ENDPOINT"),
+            ("log_format", "--log-format", "TALLY_LOG_FORMAT"),
             ("clock_jump_max_hours", "--clock-jump-max-hours", "TALLY_CLOCK_JUMP_MAX_HOURS"),
             ("accept_clock_jump", "--accept-clock-jump", "TALLY_ACCEPT_CLOCK_JUMP"),
             ("insecure_no_auth", "--insecure-no-auth", "TALLY_INSECURE_NO_AUTH"),

@@ -33,7 +33,7 @@ use tally_gateway::redact::redact;
 use tally_gateway::reporting::ReadSide;
 use tally_gateway::routing;
 use tally_gateway::service::Engine;
-use tally_gateway::telemetry::Telemetry;
+use tally_gateway::telemetry::{LogFormat, Telemetry};
 use tally_projections::{PostgresReadModel, Projection, ReadModel, RunnerOptions, SledReadModel};
 use tally_snapshots::{PostgresSnapshotStore, SledSnapshotStore, SnapshotStore, Snapshotter};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
@@ -53,7 +53,7 @@ fn main() -> ExitCode {
     let telemetry = match &cli.command {
         Command::Serve(args) => match ServeSettings::resolve(args) {
             Ok(settings) => {
-                let telemetry = Telemetry::install(settings.otlp_endpoint.as_deref());
+                let telemetry = Telemetry::install(settings.otlp_endpoint.as_deref(), settings.log_format);
                 serving = Some(settings);
                 telemetry
             }
@@ -62,7 +62,7 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         },
-        _ => Ok(Telemetry::logs_only()),
+        _ => Ok(Telemetry::logs_only(LogFormat::Text)),
     };
     let telemetry = match telemetry {
         Ok(telemetry) => telemetry,

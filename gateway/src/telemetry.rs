@@ -23,7 +23,10 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing::{Instrument, Level, Span};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::filter::Targets;
+use tracing_subscriber::fmt::FmtContext;
+use tracing_subscriber::fmt::format::{self, FormatEvent, FormatFields};
 use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
@@ -181,8 +184,8 @@ impl Telemetry {
     /// OTLP endpoint is known (see [`otlp_endpoint`]), spans exported over gRPC in batches — sampled by
     /// `OTEL_TRACES_SAMPLER`/`_ARG`, named by `OTEL_SERVICE_NAME` (default `tally`) and
     /// `OTEL_RESOURCE_ATTRIBUTES`, an incoming W3C `traceparent` continued. Must run inside the runtime.
-    pub fn install(endpoint: Option<&str>) -> Result<Self, String> {
-        let Some(endpoint) = otlp_endpoint(endpoint) else { return Ok(Self::logs_only()) };
+    pub fn install(endpoint: Option<&str>, format: LogFormat) -> Result<Self, String> {
+        let Some(endpoint) = otlp_endpoint(endpoint) else { return Ok(Self::logs_only(format)) };
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
             .with_endpoint(endpoint.clone())
@@ -201,15 +204,15 @@ impl Telemetry {
             .with_target("tally_engine", Level::DEBUG)
             .with_target("tally_projections", Level::INFO);
         let traces = tracing_opentelemetry::layer().with_tracer(provider.tracer("tally")).with_filter(spans);
-        tracing_subscriber::registry().with(log_lines()).with(traces).init();
+        tracing_subscriber::registry().with(log_lines(format)).with(traces).init();
         TRACING.store(true, Ordering::Relaxed);
         tracing::info!(%endpoint, "exporting traces over OTLP/gRPC");
         Ok(Self { provider: Some(provider) })
     }
 
     /// Log lines only (the CLI's commands, and a server without an OTLP endpoint).
-    pub fn logs_only() -> Self {
-        tracing_subscriber::registry().with(log_lines()).init();
+    pub fn logs_only(format: LogFormat) -> Self {
+        tracing_subscriber::registry().with(log_lines(format)).init();
         Self::default()
     }
 
@@ -223,15 +226,17 @@ impl Telemetry {
     }
 }
 
-/// Log lines on stderr, filtered by `RUST_LOG` (default `info`).
-fn log_lines<S>() -> impl Layer<S>
+/// Log lines on stderr in `format`, filtered by `RUST_LOG` (default `info`).
+fn log_lines<S>(format: LogFormat) -> Box<dyn Layer<S> + Send + Sync>
 where
-    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
 {
-    tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let lines = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => lines.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).with_filter(filter).boxed(),
+        LogFormat::Json => lines.with_ansi(false).event_format(JsonLines).with_filter(filter).boxed(),
+    }
 }
 
 /// Reads a W3C trace context from a call's headers.
@@ -294,4 +299,85 @@ pub fn current_trace_context() -> Option<(String, String)> {
     }
     let traceparent = format!("00-{}-{}-{:02x}", span_context.trace_id(), span_context.span_id(), span_context.trace_flags().to_u8());
     Some((traceparent, span_context.trace_state().header()))
+}
+
+/// How log lines are written on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// For people: one readable line per event.
+    #[default]
+    Text,
+    /// For log pipelines: one JSON object per line, with the trace and span ids of the span it was
+    /// written in when traces are exported, so logs and traces join.
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "text" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            other => Err(format!("unknown log format {other:?}; use text or json")),
+        }
+    }
+}
+
+/// One JSON object per event: `timestamp` (RFC 3339, UTC), `level`, `target`, the event's fields
+/// (`message` among them), `span` (the innermost span's name) and, inside an exported trace,
+/// `trace_id` and `span_id`.
+struct JsonLines;
+
+impl<S, N> FormatEvent<S, N> for JsonLines
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: format::Writer<'_>, event: &tracing::Event<'_>) -> std::fmt::Result {
+        let mut line = serde_json::Map::new();
+        let now = time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+        line.insert("timestamp".into(), now.into());
+        line.insert("level".into(), event.metadata().level().as_str().into());
+        line.insert("target".into(), event.metadata().target().into());
+        event.record(&mut JsonFields(&mut line));
+        if let Some(span) = ctx.lookup_current() {
+            line.insert("span".into(), span.name().into());
+            if tracing_on() {
+                let context = Span::current().context();
+                let span = context.span();
+                let ids = span.span_context();
+                if ids.is_valid() {
+                    line.insert("trace_id".into(), ids.trace_id().to_string().into());
+                    line.insert("span_id".into(), ids.span_id().to_string().into());
+                }
+            }
+        }
+        writeln!(writer, "{}", serde_json::Value::Object(line))
+    }
+}
+
+/// An event's fields as JSON values.
+struct JsonFields<'a>(&'a mut serde_json::Map<String, serde_json::Value>);
+
+impl tracing::field::Visit for JsonFields<'_> {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.0.insert(field.name().into(), value.into());
+    }
+
+    fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+
+    fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
+        self.0.insert(field.name().into(), value.into());
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0.insert(field.name().into(), format!("{value:?}").into());
+    }
 }

@@ -99,14 +99,14 @@ impl TallyServer {
         Self::start_with_env(data, extra, &[])
     }
 
-    /// [`TallyServer::start`] with environment variables `env` set for the process.
+    /// [`TallyServer::start`] with environment variables `env` set for the process (`RUST_LOG` too).
     pub fn start_with_env(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(tally_binary())
             .args(["serve", "--listen", "127.0.0.1:0", "--data"])
             .arg(data)
             .args(extra)
-            .envs(env.iter().copied())
             .env("RUST_LOG", std::env::var("TALLY_TEST_SERVE_LOG").unwrap_or_else(|_| "warn".to_owned()))
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

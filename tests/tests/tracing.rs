@@ -188,3 +188,41 @@ async fn sampling_off_sends_nothing() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(receiver.spans().is_empty(), "{:#?}", receiver.spans());
 }
+
+/// `--log-format json`: every line a JSON object; a line written inside a call's trace names its trace
+/// and span, so logs and traces join.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_log_lines_carry_the_trace_they_were_written_in() {
+    let receiver = Received::default();
+    let endpoint = receiver.serve().await;
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()), ("RUST_LOG", "warn,tally_engine::actors=debug")];
+    let server = TallyServer::start_with_env(dir.path(), &["--log-format", "json"], &env);
+    let mut client = server.client().await;
+    let mut enroll = tonic::Request::new(EnrollRequest {
+        tenant_id: "demo".into(),
+        wallet_id: "j-1".into(),
+        idempotency_key: "e".into(),
+        ..Default::default()
+    });
+    enroll.metadata_mut().insert("traceparent", format!("00-{TRACE_ID}-{PARENT_ID}-01").parse().unwrap());
+    client.enroll(enroll).await.unwrap();
+    let started = Instant::now();
+    let recovered = loop {
+        let lines: Vec<serde_json::Value> = server
+            .stderr()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}")))
+            .collect();
+        if let Some(line) = lines.into_iter().find(|l| l["message"] == "wallet recovered") {
+            break line;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "no 'wallet recovered' line in {}", server.stderr());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(recovered["trace_id"], TRACE_ID, "{recovered}");
+    assert_eq!(recovered["span"], "wallet.command");
+    assert_eq!(recovered["level"], "DEBUG");
+    assert_eq!(recovered["span_id"].as_str().map(str::len), Some(16), "{recovered}");
+    assert!(recovered["stream"].as_str().is_some_and(|s| s.ends_with("j-1")), "the event's own fields: {recovered}");
+}
