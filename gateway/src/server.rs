@@ -134,9 +134,13 @@ pub async fn run(
         () = shutdown => {}
     }
     tracing::info!("shutting down: refusing new calls, finishing the ones in flight");
+    // Stopped before we speak, so a check it was running cannot say SERVING after us.
+    let mut monitor = monitor;
     monitor.0.abort();
-    health.set_not_serving::<WalletServiceServer<RoutedWallets>>().await;
-    health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+    let _ = (&mut monitor.0).await;
+    for service in ["", "tally.v1.WalletService", "tally.v1.AdminService", "tally.v1.KeysService", "tally.v1.ReportingService"] {
+        health.set_service_status(service, tonic_health::ServingStatus::NotServing).await;
+    }
     drain([&gate, &reporting_gate, &admin_gate], stop_accepting).await;
     // Let the last responses reach their clients; idle client connections do not hold us up.
     if let Ok(result) = tokio::time::timeout(Duration::from_millis(RESPONSE_FLUSH_MS), &mut serve).await {

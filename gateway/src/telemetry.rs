@@ -31,6 +31,8 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
 use tally_engine::actors::WalletRegistry;
+
+use crate::limits::TRACESTATE_BYTES_MAX;
 use tokio::time::Instant;
 use tonic::Code;
 use tonic::body::Body;
@@ -176,7 +178,8 @@ fn otlp_endpoint(endpoint: Option<&str>) -> Option<String> {
     if var("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
         return None;
     }
-    endpoint.map(str::to_owned).or_else(|| var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")).or_else(|| var("OTEL_EXPORTER_OTLP_ENDPOINT"))
+    let endpoint = endpoint.map(str::trim).filter(|e| !e.is_empty()).map(str::to_owned);
+    endpoint.or_else(|| var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")).or_else(|| var("OTEL_EXPORTER_OTLP_ENDPOINT"))
 }
 
 impl Telemetry {
@@ -216,7 +219,7 @@ impl Telemetry {
             .with_filter(spans);
         tracing_subscriber::registry().with(log_lines(format)).with(traces).init();
         TRACING.store(true, Ordering::Relaxed);
-        tracing::info!(%endpoint, "exporting traces over OTLP/gRPC");
+        tracing::info!(endpoint = %crate::redact::redact(&endpoint), "exporting traces over OTLP/gRPC");
         Ok(Self { provider: Some(provider) })
     }
 
@@ -253,8 +256,11 @@ where
 struct Headers<'a>(&'a http::HeaderMap);
 
 impl Extractor for Headers<'_> {
+    /// An oversized `tracestate` is dropped, as W3C Trace Context allows: it would be stored in every
+    /// event the call records and copied into every span.
     fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|v| v.to_str().ok())
+        let value = self.0.get(key).and_then(|v| v.to_str().ok())?;
+        (key != "tracestate" || value.len() <= TRACESTATE_BYTES_MAX).then_some(value)
     }
 
     fn keys(&self) -> Vec<&str> {
@@ -309,7 +315,8 @@ pub fn current_trace_context() -> Option<(String, String)> {
         return None;
     }
     let traceparent = format!("00-{}-{}-{:02x}", span_context.trace_id(), span_context.span_id(), span_context.trace_flags().to_u8());
-    Some((traceparent, span_context.trace_state().header()))
+    let tracestate = span_context.trace_state().header();
+    Some((traceparent, if tracestate.len() <= TRACESTATE_BYTES_MAX { tracestate } else { String::new() }))
 }
 
 /// How log lines are written on stderr.
@@ -354,14 +361,16 @@ where
         event.record(&mut JsonFields(&mut line));
         if let Some(span) = ctx.lookup_current() {
             line.insert("span".into(), span.name().into());
-            if tracing_on() {
-                let context = Span::current().context();
-                let span = context.span();
-                let ids = span.span_context();
-                if ids.is_valid() {
-                    line.insert("trace_id".into(), ids.trace_id().to_string().into());
-                    line.insert("span_id".into(), ids.span_id().to_string().into());
-                }
+        }
+        // From the span current for the whole process, not for this layer: with RUST_LOG=warn the log
+        // layer sees no span, and warnings are the lines that most need their trace.
+        if tracing_on() {
+            let context = Span::current().context();
+            let span = context.span();
+            let ids = span.span_context();
+            if ids.is_valid() {
+                line.insert("trace_id".into(), ids.trace_id().to_string().into());
+                line.insert("span_id".into(), ids.span_id().to_string().into());
             }
         }
         writeln!(writer, "{}", serde_json::Value::Object(line))

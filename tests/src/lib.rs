@@ -101,7 +101,14 @@ impl TallyServer {
 
     /// [`TallyServer::start`] with environment variables `env` set for the process (`RUST_LOG` too).
     pub fn start_with_env(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut child = Command::new(tally_binary())
+        let mut command = Command::new(tally_binary());
+        // The test's own OpenTelemetry settings only: none inherited from the machine running it.
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("OTEL_") {
+                command.env_remove(name);
+            }
+        }
+        let mut child = command
             .args(["serve", "--listen", "127.0.0.1:0", "--data"])
             .arg(data)
             .args(extra)

@@ -161,6 +161,22 @@ async fn a_calls_trace_is_continued_through_the_actor_and_the_store_into_its_eve
     let row = pg.query_one("SELECT traceparent FROM tally_events WHERE idempotency_key = 'k-1'", &[]).await.unwrap();
     assert_eq!(row.get::<_, String>(0), format!("00-{TRACE_ID}-{}-01", hex(&server_span.span_id)));
 
+    // A `tracestate` over 512 bytes (three valid members of 200) is not kept in the log.
+    let mut oversized = tonic::Request::new(EarnRequest {
+        tenant_id: "acme".into(),
+        wallet_id: "t-1".into(),
+        idempotency_key: "k-2".into(),
+        source_ref: "o-2".into(),
+        points: 1,
+        ..Default::default()
+    });
+    oversized.metadata_mut().insert("traceparent", format!("00-{TRACE_ID}-{PARENT_ID}-01").parse().unwrap());
+    let state = ["a", "b", "c"].map(|k| format!("{k}={}", "x".repeat(200))).join(",");
+    oversized.metadata_mut().insert("tracestate", state.parse().unwrap());
+    client.earn(oversized).await.unwrap();
+    let row = pg.query_one("SELECT tracestate FROM tally_events WHERE idempotency_key = 'k-2'", &[]).await.unwrap();
+    assert_eq!(row.get::<_, String>(0), "", "an oversized tracestate is dropped");
+
     // A call without a traceparent starts a trace of its own; a caller's mistake is not a server error.
     let missing = client.get_wallet(GetWalletRequest { tenant_id: "acme".into(), wallet_id: "nobody".into() }).await;
     assert_eq!(missing.unwrap_err().code(), tonic::Code::NotFound);
