@@ -140,8 +140,19 @@ pub fn code_name(code: Code) -> &'static str {
 }
 
 /// Publishes the wallet registry's figures every second: `tally_wallets_active`, and the counters
-/// `tally_wallet_activations_total`, `tally_wallet_passivations_total`, `tally_wallet_crashes_total`.
+/// `tally_wallet_activations_total`, `tally_wallet_passivations_total`, `tally_wallet_crashes_total`;
+/// and makes the snapshot counters (`tally_snapshots_{loaded,saved}_total`,
+/// `tally_snapshots_rejected_total{reason}`, `tally_snapshot_store_errors_total{op}`) visible from zero.
 pub fn spawn_registry_metrics(registry: WalletRegistry) -> tokio::task::JoinHandle<()> {
+    // Snapshot outcomes are counted where they happen; every series is shown from the start, at zero.
+    metrics::counter!("tally_snapshots_loaded_total").increment(0);
+    metrics::counter!("tally_snapshots_saved_total").increment(0);
+    for reason in ["wrong_version", "unreadable", "ahead_of_log"] {
+        metrics::counter!("tally_snapshots_rejected_total", "reason" => reason).increment(0);
+    }
+    for op in ["read", "write"] {
+        metrics::counter!("tally_snapshot_store_errors_total", "op" => op).increment(0);
+    }
     tokio::spawn(async move {
         let mut every = tokio::time::interval(Duration::from_secs(1));
         loop {

@@ -76,6 +76,7 @@ impl Snapshots for Snapshotter {
             Ok(stored) => stored?,
             Err(error) => {
                 self.counters.store_errors.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("tally_snapshot_store_errors_total", "op" => "read").increment(1);
                 tracing::warn!(%stream, %error, "cannot read snapshot; replaying the stream");
                 return None;
             }
@@ -83,15 +84,18 @@ impl Snapshots for Snapshotter {
         match format::decode(&stored.bytes) {
             Ok(state) if state.version == stored.version => {
                 self.counters.loaded.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("tally_snapshots_loaded_total").increment(1);
                 Some(state)
             }
             Ok(state) => {
                 self.counters.rejected.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("tally_snapshots_rejected_total", "reason" => "wrong_version").increment(1);
                 tracing::warn!(%stream, key = stored.version, state = state.version, "snapshot stored under the wrong version; replaying");
                 None
             }
             Err(error) => {
                 self.counters.rejected.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("tally_snapshots_rejected_total", "reason" => "unreadable").increment(1);
                 tracing::warn!(%stream, version = stored.version, %error, "ignoring unusable snapshot; replaying the stream");
                 None
             }
@@ -113,9 +117,13 @@ impl Snapshots for Snapshotter {
             }
             .await;
             match result {
-                Ok(_) => counters.saved.fetch_add(1, Ordering::Relaxed),
+                Ok(_) => {
+                    metrics::counter!("tally_snapshots_saved_total").increment(1);
+                    counters.saved.fetch_add(1, Ordering::Relaxed)
+                }
                 Err(error) => {
                     tracing::warn!(%stream, %error, "snapshot write failed; the wallet still recovers from the log");
+                    metrics::counter!("tally_snapshot_store_errors_total", "op" => "write").increment(1);
                     counters.store_errors.fetch_add(1, Ordering::Relaxed)
                 }
             };

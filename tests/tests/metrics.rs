@@ -31,7 +31,7 @@ fn value(body: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
 async fn calls_and_wallets_are_counted_and_timed() {
     let dir = tempfile::tempdir().unwrap();
     let metrics = format!("127.0.0.1:{}", free_port());
-    let server = TallyServer::start(dir.path(), &["--metrics-listen", &metrics]);
+    let server = TallyServer::start(dir.path(), &["--metrics-listen", &metrics, "--snapshot-every-events", "2"]);
     let mut client = server.client().await;
     let enroll = EnrollRequest { tenant_id: "demo".into(), wallet_id: "m-1".into(), idempotency_key: "e".into(), ..Default::default() };
     client.enroll(enroll).await.unwrap();
@@ -93,6 +93,11 @@ async fn calls_and_wallets_are_counted_and_timed() {
     assert!(value(&body, "tally_store_appended_events_total", &embedded).is_some_and(|n| n >= 4.0), "{body}");
     assert!(value(&body, "tally_store_appended_bytes_total", &embedded).is_some_and(|n| n > 100.0), "{body}");
     assert_eq!(value(&body, "tally_log_writable", &[]), Some(1.0), "{body}");
+    // Snapshots every two events: some taken; none rejected, each reason shown at zero.
+    assert!(value(&body, "tally_snapshots_saved_total", &[]).is_some_and(|n| n >= 1.0), "{body}");
+    for reason in ["wrong_version", "unreadable", "ahead_of_log"] {
+        assert_eq!(value(&body, "tally_snapshots_rejected_total", &[("reason", reason)]), Some(0.0), "{body}");
+    }
 
     // Every series the Grafana dashboard in docs/ draws is one this server serves (cluster series only
     // exist on cluster nodes, the reporting projection's only with --reporting-db).

@@ -266,6 +266,7 @@ impl Wallet {
         let logged = self.deps.store.stream_version(&self.stream).await?;
         if snapshot.version > logged {
             tracing::warn!(stream = %self.stream, snapshot = snapshot.version, log = logged, "snapshot is ahead of the log; replaying instead");
+            metrics::counter!("tally_snapshots_rejected_total", "reason" => "ahead_of_log").increment(1);
             return Ok(WalletState::default());
         }
         self.snapshot_version = snapshot.version;
