@@ -544,24 +544,12 @@ impl ServeSettings {
         let set = args.flags.clone().or(args.env.clone()).or(file.clone()).or(args.defaults.clone());
         let file = &file;
         let at = |name: &'static str| move |error| ConfigError::Setting { origin: args.origin(name, file), error: Box::new(error) };
-        let tenants = set.tenants.expect(DEFAULTED).iter().map(tenant).collect::<Result<Vec<_>, _>>().map_err(at("tenants"))?;
+        let tenants = set.tenants.as_deref().expect(DEFAULTED).iter().map(tenant).collect::<Result<Vec<_>, _>>().map_err(at("tenants"))?;
         let log_format = set.log_format.as_deref().map(str::parse).transpose().map_err(|e| at("log_format")(ConfigError::Invalid(e)))?;
         let log_format = log_format.unwrap_or_default();
-        let cluster_set = ServeOptions {
-            node_id: set.node_id.clone(),
-            cluster_listen: set.cluster_listen,
-            join: set.join.clone(),
-            advertise: set.advertise,
-            advertise_gossip: set.advertise_gossip,
-            advertise_grpc: set.advertise_grpc,
-            cluster_ca: set.cluster_ca.clone(),
-            tls_client_ca: set.tls_client_ca.clone(),
-            insecure_plaintext: set.insecure_plaintext,
-            ..ServeOptions::default()
-        };
-        let data = set.data.expect(DEFAULTED);
-        let store = match set.store {
-            Some(url) => StoreUrl::parse(&url).map_err(at("store"))?,
+        let data = set.data.clone().expect(DEFAULTED);
+        let store = match &set.store {
+            Some(url) => StoreUrl::parse(url).map_err(at("store"))?,
             None => StoreUrl::Embedded(data.clone()),
         };
         let listen = set.listen.expect(DEFAULTED);
@@ -574,7 +562,7 @@ impl ServeSettings {
             return Err(at("insecure_no_auth")(ConfigError::Unsafe(reason)));
         }
         let serves_tls = set.tls_cert.is_some() || set.tls_key.is_some();
-        let cluster = cluster(&cluster_set, &store, listen, serves_tls).map_err(|(name, error)| at(name)(error))?;
+        let cluster = cluster(&set, &store, listen, serves_tls).map_err(|(name, error)| at(name)(error))?;
         let tls = match (set.tls_cert, set.tls_key) {
             (Some(cert), Some(key)) => Some(TlsFiles { cert, key, client_ca: set.tls_client_ca }),
             (None, None) if set.tls_client_ca.is_some() => {

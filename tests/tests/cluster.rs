@@ -16,6 +16,7 @@ use tally_proto::v1::wallet_service_client::WalletServiceClient;
 use tally_proto::v1::{EarnRequest, EnrollRequest, GetClusterStatusRequest, GetWalletRequest};
 use tally_tests::network::Network;
 use tally_tests::{Authed, Key, TallyServer, TestDatabase, tally_binary};
+use tonic::transport::Channel;
 
 fn free_udp_port() -> SocketAddr {
     UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
@@ -263,35 +264,67 @@ fn a_cluster_on_a_nodes_own_embedded_log_is_refused() {
     assert!(stderr.contains("--store"), "{stderr}");
 }
 
-/// One caller's earns: each retried with the same key until it is acknowledged (a real client's way);
-/// what it got acknowledged, and when its calls failed.
-async fn keep_earning(mut client: WalletServiceClient<Authed>, caller: usize, until: Instant) -> (Vec<(String, String)>, Vec<Instant>) {
-    let (mut acknowledged, mut failures) = (Vec::new(), Vec::new());
+/// What one caller got acknowledged, when its attempts failed, and the longest an acknowledged earn
+/// took from its first attempt.
+#[derive(Debug, Default)]
+struct Earned {
+    acknowledged: Vec<(String, String)>,
+    failures: Vec<Instant>,
+    slowest: Duration,
+}
+
+/// One caller's earns on `wallets` wallets named `prefix-N`, until `stop`: each retried with the same key
+/// until it is acknowledged (a real client's way); with `deadline` none, the caller trusts the cluster to
+/// fail a call whose owner went silent.
+async fn keep_earning(
+    mut client: WalletServiceClient<Authed>,
+    caller: usize,
+    (prefix, wallets): (&str, usize),
+    deadline: Option<Duration>,
+    stop: Arc<AtomicBool>,
+) -> Earned {
+    let mut earned = Earned::default();
     let mut n = 0;
-    while Instant::now() < until {
-        let (wallet, key) = (format!("c-{}", (caller * 7 + n) % 40), format!("caller-{caller}-{n}"));
+    while !stop.load(Ordering::Relaxed) {
+        let (wallet, key) = (format!("{prefix}-{}", (caller * 7 + n) % wallets), format!("caller-{caller}-{n}"));
+        let started = Instant::now();
         loop {
             let mut request = tonic::Request::new(earn(&wallet, &key, 1));
-            request.set_timeout(Duration::from_secs(3));
+            if let Some(deadline) = deadline {
+                request.set_timeout(deadline);
+            }
             match client.earn(request).await {
                 Ok(_) => break,
                 Err(status) => {
                     assert!(
+                        // CANCELLED: the caller's own deadline passed in tonic's client.
                         matches!(
                             status.code(),
                             tonic::Code::Unavailable | tonic::Code::Aborted | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
                         ),
                         "{status:?}"
                     );
-                    failures.push(Instant::now());
+                    earned.failures.push(Instant::now());
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
         }
-        acknowledged.push((wallet, key));
+        earned.slowest = earned.slowest.max(started.elapsed());
+        earned.acknowledged.push((wallet, key));
         n += 1;
     }
-    (acknowledged, failures)
+    earned
+}
+
+/// A flag that is set `after` from now.
+fn stop_after(after: Duration) -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let set = Arc::clone(&stop);
+    tokio::spawn(async move {
+        tokio::time::sleep(after).await;
+        set.store(true, Ordering::Relaxed);
+    });
+    stop
 }
 
 /// kill -9 of one node of three under load from 32 callers: within detection time every wallet is served
@@ -305,17 +338,19 @@ async fn a_node_killed_under_load_loses_nothing_and_its_wallets_come_back() {
         clients[w % 3].enroll(enrollment(&format!("c-{w}"))).await.unwrap();
     }
     // 32 callers on the two nodes that stay; node three owns about a third of the wallets.
-    let until = Instant::now() + Duration::from_secs(12);
-    let callers: Vec<_> = (0..32).map(|c| tokio::spawn(keep_earning(clients[c % 2].clone(), c, until))).collect();
+    let stop = stop_after(Duration::from_secs(12));
+    let deadline = Some(Duration::from_secs(3));
+    let callers: Vec<_> =
+        (0..32).map(|c| tokio::spawn(keep_earning(clients[c % 2].clone(), c, ("c", 40), deadline, Arc::clone(&stop)))).collect();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let killed = Instant::now();
     nodes[2].kill_9();
     let mut acknowledged = Vec::new();
     let mut failures = Vec::new();
     for caller in callers {
-        let (acked, failed) = caller.await.unwrap();
-        acknowledged.extend(acked);
-        failures.extend(failed);
+        let earned = caller.await.unwrap();
+        acknowledged.extend(earned.acknowledged);
+        failures.extend(earned.failures);
     }
     let window = failures.iter().max().map(|last| last.saturating_duration_since(killed));
     eprintln!(
@@ -434,11 +469,17 @@ fn node_behind(dir: &Path, database: &TestDatabase, network: &Network, i: usize)
     server
 }
 
+/// The cluster as the node at the other end of `channel` sees it, and where it places `wallet` (if named).
+async fn cluster_status(channel: Channel, key: &str, wallet: &str) -> tally_proto::v1::ClusterStatus {
+    let mut client = ClusterServiceClient::with_interceptor(channel, Key::new(key));
+    let tenant = if wallet.is_empty() { "" } else { "acme" };
+    let request = GetClusterStatusRequest { tenant_id: tenant.into(), wallet_id: wallet.into() };
+    client.get_cluster_status(request).await.unwrap().into_inner()
+}
+
 /// The members node `server` sees, by name.
 async fn members_seen(server: &TallyServer, key: &str) -> Vec<String> {
-    let mut client = ClusterServiceClient::new(server.channel_with(Key::new(key)).await);
-    let status = client.get_cluster_status(GetClusterStatusRequest::default()).await.unwrap().into_inner();
-    status.members.into_iter().map(|m| m.node_id).collect()
+    cluster_status(server.raw_channel().await, key, "").await.members.into_iter().map(|m| m.node_id).collect()
 }
 
 /// Waits until node `server` sees exactly `members`.
@@ -452,47 +493,6 @@ async fn until_sees(server: &TallyServer, key: &str, members: &[&str]) -> Durati
         assert!(started.elapsed() < Duration::from_secs(15), "after 15 s a node sees {seen:?}, not {members:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// One caller's earns through one node, each retried with the same key until acknowledged; with
-/// `deadline` none, the caller trusts the cluster to fail a call whose owner went silent. What it got
-/// acknowledged, and the longest an acknowledged earn took from its first attempt.
-async fn earn_through_partition(
-    mut client: WalletServiceClient<Authed>,
-    caller: usize,
-    deadline: Option<Duration>,
-    stop: Arc<AtomicBool>,
-) -> (Vec<(String, String)>, Duration) {
-    let (mut acknowledged, mut slowest) = (Vec::new(), Duration::ZERO);
-    let mut n = 0;
-    while !stop.load(Ordering::Relaxed) {
-        let (wallet, key) = (format!("p-{}", (caller * 5 + n) % 30), format!("caller-{caller}-{n}"));
-        let started = Instant::now();
-        loop {
-            let mut request = tonic::Request::new(earn(&wallet, &key, 1));
-            if let Some(deadline) = deadline {
-                request.set_timeout(deadline);
-            }
-            match client.earn(request).await {
-                Ok(_) => break,
-                Err(status) => {
-                    assert!(
-                        // CANCELLED: the caller's own deadline passed in tonic's client.
-                        matches!(
-                            status.code(),
-                            tonic::Code::Unavailable | tonic::Code::Aborted | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
-                        ),
-                        "{status:?}"
-                    );
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
-        slowest = slowest.max(started.elapsed());
-        acknowledged.push((wallet, key));
-        n += 1;
-    }
-    (acknowledged, slowest)
 }
 
 /// A partition: node three's cluster traffic is cut while clients keep calling every node. Both sides go
@@ -519,7 +519,7 @@ async fn a_partition_costs_retries_never_a_wrong_balance_and_heals() {
     let callers: Vec<_> = (0..12)
         .map(|c| {
             let deadline = (c % 2 == 0).then_some(Duration::from_secs(3));
-            tokio::spawn(earn_through_partition(clients[c % 3].clone(), c, deadline, Arc::clone(&stop)))
+            tokio::spawn(keep_earning(clients[c % 3].clone(), c, ("p", 30), deadline, Arc::clone(&stop)))
         })
         .collect();
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -535,9 +535,9 @@ async fn a_partition_costs_retries_never_a_wrong_balance_and_heals() {
     for caller in callers {
         // Bounded: a call that hung on the silent node would otherwise hold the test until the heal.
         let finished = tokio::time::timeout(Duration::from_secs(15), caller).await;
-        let (acked, slow) = finished.expect("a caller still waits on a node cut off 15 s ago").unwrap();
-        acknowledged.extend(acked);
-        slowest = slowest.max(slow);
+        let earned = finished.expect("a caller still waits on a node cut off 15 s ago").unwrap();
+        acknowledged.extend(earned.acknowledged);
+        slowest = slowest.max(earned.slowest);
     }
     network.heal();
     let healed = Instant::now();
@@ -591,11 +591,15 @@ fn node_certificate(dir: &Path, prefix: &str) -> (String, String, String) {
     (write("ca.pem", ca.pem()), write("node.pem", cert.pem()), write("node.key", key.serialize_pem()))
 }
 
-async fn tls_client(server: &TallyServer, ca: &str, key: &str) -> WalletServiceClient<Authed> {
-    use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+/// A connection to `server` (serving TLS), trusting the CA in the file `ca`.
+async fn tls_channel(server: &TallyServer, ca: &str) -> Channel {
+    use tonic::transport::{Certificate, ClientTlsConfig};
     let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(std::fs::read(ca).unwrap())).domain_name("localhost");
-    let channel = Channel::from_shared(server.url.clone()).unwrap().tls_config(tls).unwrap().connect().await.unwrap();
-    WalletServiceClient::new(tonic::service::interceptor::InterceptedService::new(channel, Key::new(key)))
+    Channel::from_shared(server.url.clone()).unwrap().tls_config(tls).unwrap().connect().await.unwrap()
+}
+
+async fn tls_client(server: &TallyServer, ca: &str, key: &str) -> WalletServiceClient<Authed> {
+    WalletServiceClient::new(tonic::service::interceptor::InterceptedService::new(tls_channel(server, ca).await, Key::new(key)))
 }
 
 /// Nodes that serve TLS forward over TLS, each verifying its peer against `--cluster-ca` first; a node
@@ -668,24 +672,13 @@ async fn nodes_serving_tls_verify_each_other_before_forwarding() {
     assert_eq!(applied, 0, "no call reached the rogue node");
 }
 
-/// Node `server`'s view (it serves TLS), and where it places `wallet`.
-async fn cluster_status_tls(server: &TallyServer, ca: &str, key: &str, wallet: &str) -> tally_proto::v1::ClusterStatus {
-    use tonic::transport::{Certificate, Channel, ClientTlsConfig};
-    let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(std::fs::read(ca).unwrap())).domain_name("localhost");
-    let channel = Channel::from_shared(server.url.clone()).unwrap().tls_config(tls).unwrap().connect().await.unwrap();
-    let mut client = ClusterServiceClient::with_interceptor(channel, Key::new(key));
-    let tenant = if wallet.is_empty() { "" } else { "acme" };
-    let request = GetClusterStatusRequest { tenant_id: tenant.into(), wallet_id: wallet.into() };
-    client.get_cluster_status(request).await.unwrap().into_inner()
-}
-
 /// The members node `server` sees owning shards.
 async fn members_seen_tls(server: &TallyServer, ca: &str, key: &str) -> Vec<String> {
-    let status = cluster_status_tls(server, ca, key, "").await;
+    let status = cluster_status(tls_channel(server, ca).await, key, "").await;
     status.members.into_iter().filter(|m| m.shards_owned > 0).map(|m| m.node_id).collect()
 }
 
 /// The node `server` places `wallet` on.
 async fn owner_by(server: &TallyServer, ca: &str, key: &str, wallet: &str) -> String {
-    cluster_status_tls(server, ca, key, wallet).await.wallet.unwrap().owner
+    cluster_status(tls_channel(server, ca).await, key, wallet).await.wallet.unwrap().owner
 }
