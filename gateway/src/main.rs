@@ -242,6 +242,11 @@ fn emit(text: &str) {
     }
 }
 
+/// How projections run here: joined to the calls' traces when traces are exported.
+fn runner_options() -> RunnerOptions {
+    RunnerOptions { trace_calls: tally_gateway::telemetry::tracing_on(), ..RunnerOptions::default() }
+}
+
 /// Starts the projections the settings ask for, each following the log into its read model.
 async fn start_read_side(
     settings: &ServeSettings,
@@ -253,7 +258,7 @@ async fn start_read_side(
         let dir = settings.data.join("read-models");
         let model = derived::open_or_reset("the local read model", &dir, |d| SledReadModel::open(d))?;
         follow_this_log(&model, "the local read model", log_id, store).await?;
-        read.projections.push(Arc::new(Projection::spawn(Arc::clone(store), Arc::new(model), RunnerOptions::default())));
+        read.projections.push(Arc::new(Projection::spawn(Arc::clone(store), Arc::new(model), runner_options())));
     }
     if let Some(url) = &settings.reporting_db {
         let model = Arc::new(
@@ -262,7 +267,7 @@ async fn start_read_side(
         follow_this_log(model.as_ref(), "the reporting read model", log_id, store).await?;
         tracing::info!(database = %redact(url), "reporting read model ready");
         read.reporting = Some(Arc::clone(&model));
-        read.projections.push(Arc::new(Projection::spawn(Arc::clone(store), model, RunnerOptions::default())));
+        read.projections.push(Arc::new(Projection::spawn(Arc::clone(store), model, runner_options())));
     }
     Ok(read)
 }

@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Request, Response, Status};
+use tracing::{Instrument, Span};
 
 use crate::access;
 use crate::admission::deadline;
@@ -140,7 +141,29 @@ fn unreachable(status: Status, node_id: &str) -> Status {
     ))
 }
 
-fn record_forward(started: Instant, answer: &Result<impl Sized, Status>) {
+/// The client span of a forward (inside a traced call only): the owner's server span is its child.
+fn forward_span(peer: &str) -> Span {
+    if Span::current().is_none() {
+        return Span::none();
+    }
+    tracing::info_span!(
+        "cluster.forward",
+        otel.kind = "client",
+        rpc.system = "grpc",
+        tally.peer = peer,
+        rpc.grpc.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    )
+}
+
+fn record_forward(started: Instant, span: &Span, answer: &Result<impl Sized, Status>) {
+    if !span.is_none() {
+        let code = answer.as_ref().err().map_or(tonic::Code::Ok, Status::code);
+        span.record("rpc.grpc.status_code", code as i32);
+        if code != tonic::Code::Ok {
+            span.record("otel.status_code", "error");
+        }
+    }
     let outcome = match answer {
         Ok(_) => "ok",
         Err(status) if is_not_owner(status) => "not_owner",
@@ -177,13 +200,15 @@ macro_rules! routed {
                         for attempt in 0..2 {
                             let Route::Remote(peer) = route else { break };
                             let started = Instant::now();
-                            let call = hop(&metadata, &message, deadline, router.node_id())?;
+                            let span = forward_span(&peer.node_id);
+                            let call = span.in_scope(|| hop(&metadata, &message, deadline, router.node_id()))?;
                             let answer = WalletServiceClient::new(peer.channel)
                             .max_decoding_message_size(REPLY_BYTES_MAX)
                             .max_encoding_message_size(MESSAGE_BYTES_MAX)
                             .$method(call)
+                            .instrument(span.clone())
                             .await;
-                            record_forward(started, &answer);
+                            record_forward(started, &span, &answer);
                             match answer.map_err(|status| unreachable(status, &peer.node_id)) {
                                 Err(status) if is_not_owner(&status) && attempt == 0 => {
                                     router.changed_since(&placement, GOSSIP_INTERVAL * 2).await;

@@ -22,7 +22,6 @@ use tokio::time::Instant;
 use tonic::Extensions;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
-use tracing::Instrument;
 
 use crate::access;
 use crate::admission::deadline;
@@ -129,14 +128,8 @@ impl WalletApi {
         }
         access::staff_named(extensions, &meta.staff_id)?;
         let _permit = self.admit()?;
-        let span = tracing::info_span!("grpc.mutate", tenant = %key.tenant, wallet = %key.wallet, kind = command.kind());
-        let outcome = self
-            .engine
-            .registry
-            .execute_before(&key, command, meta, deadline)
-            .instrument(span)
-            .await
-            .map_err(|e| status::from_wallet_error(&e))?;
+        let outcome =
+            self.engine.registry.execute_before(&key, command, meta, deadline).await.map_err(|e| status::from_wallet_error(&e))?;
         Ok(Response::new(mutation(&key, outcome)))
     }
 }

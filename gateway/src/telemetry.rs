@@ -139,8 +139,11 @@ pub fn code_name(code: Code) -> &'static str {
     }
 }
 
-/// Publishes the wallet registry's figures every second: `tally_wallets_active`, and the counters
-/// `tally_wallet_activations_total`, `tally_wallet_passivations_total`, `tally_wallet_crashes_total`;
+/// Publishes the wallet registry's figures every second: `tally_wallets_active`, the counters
+/// `tally_wallet_activations_total`, `tally_wallet_passivations_total`, `tally_wallet_crashes_total`,
+/// `tally_wallet_quarantines_total` (wallets put in quarantine) and `tally_wallet_quarantine_refusals_total`
+/// (calls refused for it), and the messages waiting in mailboxes (`tally_wallet_mailbox_messages`, all
+/// live wallets; `tally_wallet_mailbox_deepest_messages`, the fullest one);
 /// and makes the snapshot counters (`tally_snapshots_{loaded,saved}_total`,
 /// `tally_snapshots_rejected_total{reason}`, `tally_snapshot_store_errors_total{op}`) visible from zero.
 pub fn spawn_registry_metrics(registry: WalletRegistry) -> tokio::task::JoinHandle<()> {
@@ -162,6 +165,10 @@ pub fn spawn_registry_metrics(registry: WalletRegistry) -> tokio::task::JoinHand
             metrics::counter!("tally_wallet_activations_total").absolute(stats.activations);
             metrics::counter!("tally_wallet_passivations_total").absolute(stats.passivations);
             metrics::counter!("tally_wallet_crashes_total").absolute(stats.crashes);
+            metrics::counter!("tally_wallet_quarantines_total").absolute(stats.quarantines);
+            metrics::counter!("tally_wallet_quarantine_refusals_total").absolute(stats.quarantine_refusals);
+            metrics::gauge!("tally_wallet_mailbox_messages").set(stats.queued as f64);
+            metrics::gauge!("tally_wallet_mailbox_deepest_messages").set(stats.queued_deepest as f64);
         }
     })
 }
@@ -217,7 +224,7 @@ impl Telemetry {
             .with_target("tally_gateway", Level::INFO)
             .with_target("tally_cluster", Level::INFO)
             .with_target("tally_engine", Level::DEBUG)
-            .with_target("tally_projections", Level::INFO);
+            .with_target("tally_projections", Level::DEBUG);
         let spans = targets.and(tracing_subscriber::filter::filter_fn(|meta: &tracing::Metadata<'_>| meta.is_span()));
         // What each span costs is kept small: no code locations, thread ids or busy/idle timings as
         // attributes, no OpenTelemetry context switched on every enter (nothing else here reads it).
@@ -227,6 +234,7 @@ impl Telemetry {
             .with_threads(false)
             .with_tracked_inactivity(false)
             .with_context_activation(false)
+            .with_target(false)
             .with_filter(spans);
         tracing_subscriber::registry().with(log_lines(format)).with(traces).init();
         TRACING.store(true, Ordering::Relaxed);
@@ -280,7 +288,8 @@ impl Extractor for Headers<'_> {
 }
 
 /// The span of a call this server serves (OpenTelemetry's RPC conventions), continuing the caller's
-/// trace if its headers carry one; `Span::none()` when traces are not exported.
+/// trace if its headers carry one; `Span::none()` when traces are not exported or the sampler leaves
+/// the call out.
 fn server_span(headers: &http::HeaderMap, service: &'static str, method: &'static str) -> Span {
     if !tracing_on() {
         return Span::none();
@@ -297,7 +306,9 @@ fn server_span(headers: &http::HeaderMap, service: &'static str, method: &'stati
     );
     let parent = opentelemetry::global::get_text_map_propagator(|propagator| propagator.extract(&Headers(headers)));
     let _ = span.set_parent(parent);
-    span
+    // The sampler decides here, once per call: a call it leaves out builds no span below this one
+    // (the engine's spans open only inside a live parent), so unsampled calls cost one span, not five.
+    if span.context().span().span_context().is_sampled() { span } else { Span::none() }
 }
 
 /// Records a call's outcome on its span: server faults (as OpenTelemetry's gRPC conventions list them)

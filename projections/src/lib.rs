@@ -28,6 +28,7 @@ pub mod quarantine;
 pub mod replay;
 pub mod runner;
 pub mod sled_model;
+pub mod traces;
 
 pub use movement::{Movement, MovementKind};
 pub use postgres::PostgresReadModel;

@@ -13,6 +13,7 @@ use std::any::Any;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use opentelemetry::trace::SpanContext;
 use parking_lot::Mutex;
 use tally_engine::store::{EventStore, Follower, RecordedEvent};
 use tokio::sync::Notify;
@@ -39,6 +40,8 @@ pub struct DecodedBatch {
     pub movements: Arc<[Movement]>,
     /// Its poison events (undecodable, or with out-of-range figures): quarantined when it is applied.
     pub poisoned: Arc<[QuarantinedEvent]>,
+    /// The sampled calls that recorded its events, when traces are exported (see [`crate::traces`]).
+    pub calls: Vec<SpanContext>,
 }
 
 /// The log after a position, read and decoded ahead of whoever consumes it.
@@ -57,17 +60,18 @@ impl Replay {
     /// Reads the log after `after` in batches of `batch_size` events, until a read finds nothing more;
     /// a failed read is retried a few times.
     pub fn spawn(store: Arc<dyn EventStore>, after: u64, batch_size: usize) -> Self {
-        Self::start(Source::ToEnd { store, next: after + 1 }, batch_size, 2)
+        Self::start(Source::ToEnd { store, next: after + 1 }, batch_size, 2, false)
     }
 
-    /// Follows the log after `after` as it grows, until the store shuts down or a read fails.
-    pub fn follow(store: Arc<dyn EventStore>, after: u64, batch_size: usize) -> Self {
-        Self::start(Source::Follow(Follower::new(store, after)), batch_size, 1)
+    /// Follows the log after `after` as it grows, until the store shuts down or a read fails; with
+    /// `trace_calls`, each batch names the sampled calls that recorded it.
+    pub fn follow(store: Arc<dyn EventStore>, after: u64, batch_size: usize, trace_calls: bool) -> Self {
+        Self::start(Source::Follow(Follower::new(store, after)), batch_size, 1, trace_calls)
     }
 
-    fn start(source: Source, batch_size: usize, batches_ahead: usize) -> Self {
+    fn start(source: Source, batch_size: usize, batches_ahead: usize, trace_calls: bool) -> Self {
         let shared = Arc::new(Shared::default());
-        let task = tokio::spawn(read_ahead(source, Arc::clone(&shared), batch_size.max(1), batches_ahead));
+        let task = tokio::spawn(read_ahead(source, Arc::clone(&shared), batch_size.max(1), batches_ahead, trace_calls));
         Self { shared, task }
     }
 
@@ -172,6 +176,7 @@ struct Pending {
     events: usize,
     movements: Movements,
     poisoned: Vec<QuarantinedEvent>,
+    calls: Vec<SpanContext>,
 }
 
 enum Movements {
@@ -193,6 +198,7 @@ impl Pending {
             first_recorded_ms: self.first_recorded_ms,
             movements,
             poisoned: self.poisoned.into(),
+            calls: self.calls,
         }
     }
 }
@@ -217,6 +223,8 @@ impl State {
         {
             open.extend(more);
             back.poisoned.extend(read.poisoned);
+            let room = crate::traces::LINKS_MAX.saturating_sub(back.calls.len());
+            back.calls.extend(read.calls.into_iter().take(room));
             back.through = read.through;
             back.events += read.events;
         } else {
@@ -225,7 +233,7 @@ impl State {
     }
 }
 
-async fn read_ahead(mut source: Source, shared: Arc<Shared>, batch_size: usize, batches_ahead: usize) {
+async fn read_ahead(mut source: Source, shared: Arc<Shared>, batch_size: usize, batches_ahead: usize, trace_calls: bool) {
     loop {
         let room = loop {
             let taken = shared.taken.notified();
@@ -236,7 +244,7 @@ async fn read_ahead(mut source: Source, shared: Arc<Shared>, batch_size: usize, 
             taken.await;
         };
         let end = match source.read(room).await {
-            Ok(Some(events)) => match decode(events, batch_size).await {
+            Ok(Some(events)) => match decode(events, batch_size, trace_calls).await {
                 Ok(read) => {
                     shared.state.lock().push(read, batch_size);
                     shared.ready.notify_one();
@@ -254,10 +262,11 @@ async fn read_ahead(mut source: Source, shared: Arc<Shared>, batch_size: usize, 
 }
 
 /// Decodes a read off the async workers (decoding is the CPU-heavy part), beside the apply.
-async fn decode(events: Vec<RecordedEvent>, batch_size: usize) -> Result<Pending, End> {
+async fn decode(events: Vec<RecordedEvent>, batch_size: usize, trace_calls: bool) -> Result<Pending, End> {
     let (Some(first), Some(last)) = (events.first(), events.last()) else { unreachable!("a read holds events") };
     let (from, through, first_recorded_ms, count) =
         (first.global_position - 1, last.global_position, first.data.recorded_at_ms, events.len());
+    let calls = if trace_calls { crate::traces::sampled_calls(&events) } else { Vec::new() };
     let decoded = tokio::task::spawn_blocking(move || {
         let decoded = decode_events(events);
         let movements = if count >= batch_size { Movements::Sealed(decoded.movements.into()) } else { Movements::Open(decoded.movements) };
@@ -265,7 +274,7 @@ async fn decode(events: Vec<RecordedEvent>, batch_size: usize) -> Result<Pending
     })
     .await;
     match decoded {
-        Ok((movements, poisoned)) => Ok(Pending { from, through, first_recorded_ms, events: count, movements, poisoned }),
+        Ok((movements, poisoned)) => Ok(Pending { from, through, first_recorded_ms, events: count, movements, poisoned, calls }),
         Err(failed) if failed.is_panic() => Err(End::Panicked(failed.into_panic())),
         Err(_) => Err(End::Failed(ProjectionError::Stopped { model: "replay" })),
     }

@@ -39,7 +39,7 @@ async fn reopen(dir: &std::path::Path) -> SledReadModel {
 }
 
 fn options(batch_size: usize) -> RunnerOptions {
-    RunnerOptions { batch_size, rebuild_batch_size: batch_size * 3, retry_max: Duration::from_millis(100) }
+    RunnerOptions { batch_size, rebuild_batch_size: batch_size * 3, retry_max: Duration::from_millis(100), trace_calls: false }
 }
 
 /// A plain connection to the test database, to look at (or tamper with) what the read model wrote.
@@ -513,7 +513,7 @@ async fn one_tenants_unstorable_events_are_quarantined_and_other_tenants_keep_fo
     let postgres = Arc::new(PostgresReadModel::connect(&db.url).await.unwrap());
     let sled = Arc::new(SledReadModel::open(dir.path()).unwrap());
     // Large rebuild batches, so a batch's in-memory sums would pass i64 too.
-    let options = RunnerOptions { batch_size: 500, rebuild_batch_size: 50_000, retry_max: Duration::from_millis(100) };
+    let options = RunnerOptions { batch_size: 500, rebuild_batch_size: 50_000, retry_max: Duration::from_millis(100), trace_calls: false };
     for (model, quarantined) in [(postgres.clone() as Arc<dyn ReadModel>, vec![nul_id, nul_id + 1, too_big]), (sled.clone(), vec![too_big])]
     {
         let projection = Projection::spawn(Arc::clone(&store), model, options);

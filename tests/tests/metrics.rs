@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use tally_proto::v1::wallet_service_client::WalletServiceClient;
-use tally_proto::v1::{EarnRequest, EnrollRequest, GetWalletRequest};
+use tally_proto::v1::{AuthorizeRedemptionRequest, EarnRequest, EnrollRequest, GetWalletRequest};
 use tally_tests::{TallyServer, free_port, raw_call, scrape_metrics};
 
 /// The value of the series `name` whose labels are exactly `labels`.
@@ -59,12 +59,25 @@ async fn calls_and_wallets_are_counted_and_timed() {
         assert_eq!(status.code(), tonic::Code::PermissionDenied, "no role may call what is not in the policy");
     }
 
+    // A hold of one second, which the timers release when it is due.
+    let hold = AuthorizeRedemptionRequest {
+        tenant_id: "demo".into(),
+        wallet_id: "m-1".into(),
+        hold_id: "h-1".into(),
+        points: 5,
+        timeout_seconds: 1,
+        ..Default::default()
+    };
+    client.authorize_redemption(hold).await.unwrap();
+
     let wallets = ("service", "tally.v1.WalletService");
     let started = Instant::now();
     let body = loop {
-        // The registry's figures are published every second.
+        // The registry's figures are published every second; the timers' once the hold was released.
         let body = scrape_metrics(&metrics).await;
-        if value(&body, "tally_wallets_active", &[]).is_some_and(|n| n > 0.0) || started.elapsed() > Duration::from_secs(10) {
+        let published = value(&body, "tally_wallets_active", &[]).is_some_and(|n| n > 0.0)
+            && value(&body, "tally_timers_lateness_seconds_count", &[]).is_some_and(|n| n >= 1.0);
+        if published || started.elapsed() > Duration::from_secs(10) {
             break body;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -82,9 +95,17 @@ async fn calls_and_wallets_are_counted_and_timed() {
     assert_eq!(under_ten_seconds, Some(3.0), "a histogram with buckets, not a summary: {body}");
     assert_eq!(value(&body, "tally_wallets_active", &[]), Some(1.0), "{body}");
     assert!(value(&body, "tally_wallet_activations_total", &[]).is_some_and(|n| n >= 1.0), "{body}");
-    for counter in ["tally_wallet_passivations_total", "tally_wallet_crashes_total"] {
+    for counter in ["tally_wallet_passivations_total", "tally_wallet_crashes_total", "tally_wallet_quarantines_total", "tally_wallet_quarantine_refusals_total"] {
         assert_eq!(value(&body, counter, &[]), Some(0.0), "{counter} in {body}");
     }
+    // Every command's wait in its wallet's mailbox is timed; nothing is waiting now.
+    assert!(value(&body, "tally_wallet_queue_seconds_count", &[]).is_some_and(|n| n >= 4.0), "{body}");
+    for gauge in ["tally_wallet_mailbox_messages", "tally_wallet_mailbox_deepest_messages", "tally_timers_due_wallets"] {
+        assert_eq!(value(&body, gauge, &[]), Some(0.0), "{gauge} in {body}");
+    }
+    assert!(value(&body, "tally_timers_wallets_scheduled", &[]).is_some(), "{body}");
+    let late_under_ten_seconds = value(&body, "tally_timers_lateness_seconds_bucket", &[("le", "10")]);
+    assert_eq!(late_under_ten_seconds, value(&body, "tally_timers_lateness_seconds_count", &[]), "{body}");
     // The log: four appends (the demo program's creation, the enrolment and its count, three earns: at
     // least four group commits), their events and bytes; health's view of it.
     let embedded = [("store", "embedded")];

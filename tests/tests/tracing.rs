@@ -1,7 +1,9 @@
 //! Issue 18: traces from a real `tally serve` reach a real OTLP receiver (the collector's TraceService,
 //! served in the test): a call's incoming `traceparent` is continued by the server span, the wallet
-//! actor's and the store append's spans are its descendants, the events record the server span's
-//! context; a call without one starts its own trace; sampling off sends nothing.
+//! actor's and the store append's spans are its descendants, the group commit and the read models'
+//! apply are joined to it (child and links), the events record the server span's context; a caller's
+//! unsampled trace stays unsampled; a call without one starts its own trace; the timers' `RunDue`
+//! traces its command; sampling off sends nothing.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -12,7 +14,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
-use tally_proto::v1::{EarnRequest, EnrollRequest, GetWalletRequest};
+use tally_proto::v1::{AuthorizeRedemptionRequest, EarnRequest, EnrollRequest, GetWalletRequest};
 use tally_tests::{TallyServer, TestDatabase};
 
 /// What the receiver got: each span with its service name.
@@ -123,7 +125,8 @@ async fn a_calls_trace_is_continued_through_the_actor_and_the_store_into_its_eve
     let store = format!("--store={}", database.postgres_url);
     let env =
         [("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()), ("OTEL_SERVICE_NAME", "tally-under-test"), ("OTEL_BSP_SCHEDULE_DELAY", "100")];
-    let server = TallyServer::start_with_env(dir.path(), &[&store, "--tenant", "acme"], &env);
+    let args = [&store, "--reporting-db", &database.postgres_url, "--local-read-model=true", "--tenant", "acme"];
+    let server = TallyServer::start_with_env(dir.path(), &args, &env);
     let mut client = server.client().await;
     let enroll = EnrollRequest { tenant_id: "acme".into(), wallet_id: "t-1".into(), idempotency_key: "e".into(), ..Default::default() };
     client.enroll(enroll).await.unwrap();
@@ -153,6 +156,17 @@ async fn a_calls_trace_is_continued_through_the_actor_and_the_store_into_its_eve
     assert!(attributes(&command).contains_key("queued_us"), "time queued in the mailbox: {:?}", attributes(&command));
     let append = receiver.until("the store append's span", |s| in_trace(s) && s.name == "store.append").await;
     assert_eq!(append.parent_span_id, command.span_id, "the append is the command's child");
+    // The group commit that made it durable: the (first traced) append's child, linked to every append.
+    let commit = receiver.until("the group commit's span", |s| in_trace(s) && s.name == "store.commit").await;
+    assert_eq!(commit.parent_span_id, append.span_id, "the commit is the append's child");
+    assert!(commit.links.iter().any(|l| l.span_id == append.span_id), "linked to the appends it carried: {:?}", commit.links);
+    let commit_attributes = attributes(&commit);
+    assert!(["appends", "events", "write_us"].iter().all(|k| commit_attributes.contains_key(*k)), "{commit_attributes:?}");
+    // Each read model's apply of the call's event is linked to the call (the context in the event).
+    let linked = |s: &Span| s.name == "projection.apply" && s.links.iter().any(|l| l.span_id == server_span.span_id);
+    let applied = receiver.until("a read model's apply of the call's event", linked).await;
+    assert!(applied.links.iter().any(|l| l.span_id == applied.parent_span_id), "a child of a call it applies: {applied:?}");
+    assert_eq!(applied.kind, SpanKind::Consumer as i32);
     assert!(receiver.spans().iter().all(|(service, _)| service == "tally-under-test"), "OTEL_SERVICE_NAME names the service");
 
     // The event records the server span's context: a projection or an auditor finds the call's trace.
@@ -177,10 +191,52 @@ async fn a_calls_trace_is_continued_through_the_actor_and_the_store_into_its_eve
     let row = pg.query_one("SELECT tracestate FROM tally_events WHERE idempotency_key = 'k-2'", &[]).await.unwrap();
     assert_eq!(row.get::<_, String>(0), "", "an oversized tracestate is dropped");
 
+    // A caller that did not sample its trace is not sampled here (the default sampler follows the
+    // parent): nothing of the call is sent, and its event records the caller's context as it came.
+    const UNSAMPLED: &str = "0af7651916cd43dd8448eb211c80319c";
+    let mut unsampled = tonic::Request::new(EarnRequest {
+        tenant_id: "acme".into(),
+        wallet_id: "t-1".into(),
+        idempotency_key: "k-3".into(),
+        source_ref: "o-3".into(),
+        points: 1,
+        ..Default::default()
+    });
+    unsampled.metadata_mut().insert("traceparent", format!("00-{UNSAMPLED}-{PARENT_ID}-00").parse().unwrap());
+    client.earn(unsampled).await.unwrap();
+    let row = pg.query_one("SELECT traceparent FROM tally_events WHERE idempotency_key = 'k-3'", &[]).await.unwrap();
+    assert_eq!(row.get::<_, String>(0), format!("00-{UNSAMPLED}-{PARENT_ID}-00"));
+
+    // A read crosses the mailbox in the call's trace too.
+    let mut read = tonic::Request::new(GetWalletRequest { tenant_id: "acme".into(), wallet_id: "t-1".into() });
+    read.metadata_mut().insert("traceparent", format!("00-{TRACE_ID}-{PARENT_ID}-01").parse().unwrap());
+    client.get_wallet(read).await.unwrap();
+    let read_span = receiver.until("server span of GetWallet", |s| in_trace(s) && s.name == "tally.v1.WalletService/GetWallet").await;
+    let summary = receiver.until("the wallet actor's read", |s| in_trace(s) && s.name == "wallet.summary").await;
+    assert!(descends(&receiver.spans(), &summary, &read_span), "the actor's read is in the call's trace");
+
+    // The timers' run of a due hold is a trace of its own, with the command it sent.
+    let hold = AuthorizeRedemptionRequest {
+        tenant_id: "acme".into(),
+        wallet_id: "t-1".into(),
+        hold_id: "h-1".into(),
+        points: 5,
+        timeout_seconds: 1,
+        ..Default::default()
+    };
+    client.authorize_redemption(hold).await.unwrap();
+    let run_due = receiver.until("the timers' run of the due hold", |s| s.name == "timers.run_due").await;
+    assert!(run_due.parent_span_id.is_empty(), "a root span");
+    assert!(attributes(&run_due).contains_key("late_ms"), "{:?}", attributes(&run_due));
+    let ran = receiver.until("the due command", |s| s.name == "wallet.command" && s.trace_id == run_due.trace_id).await;
+    assert_eq!(attributes(&ran).get("kind").map(String::as_str), Some("run_due"));
+    assert!(descends(&receiver.spans(), &ran, &run_due));
+    assert!(receiver.spans().iter().all(|(_, s)| hex(&s.trace_id) != UNSAMPLED), "an unsampled call sent spans");
+
     // A call without a traceparent starts a trace of its own; a caller's mistake is not a server error.
     let missing = client.get_wallet(GetWalletRequest { tenant_id: "acme".into(), wallet_id: "nobody".into() }).await;
     assert_eq!(missing.unwrap_err().code(), tonic::Code::NotFound);
-    let own = receiver.until("a span of GetWallet", |s| s.name == "tally.v1.WalletService/GetWallet").await;
+    let own = receiver.until("a span of GetWallet", |s| !in_trace(s) && s.name == "tally.v1.WalletService/GetWallet").await;
     assert_ne!(hex(&own.trace_id), TRACE_ID);
     assert!(own.parent_span_id.is_empty(), "a root span");
     assert_eq!(attributes(&own).get("rpc.grpc.status_code").map(String::as_str), Some("5"));
@@ -237,7 +293,7 @@ async fn json_log_lines_carry_the_trace_they_were_written_in() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(recovered["trace_id"], TRACE_ID, "{recovered}");
-    assert_eq!(recovered["span"], "wallet.command");
+    assert_eq!(recovered["span"], "wallet.command", "{recovered}");
     assert_eq!(recovered["level"], "DEBUG");
     assert_eq!(recovered["span_id"].as_str().map(str::len), Some(16), "{recovered}");
     assert!(recovered["stream"].as_str().is_some_and(|s| s.ends_with("j-1")), "the event's own fields: {recovered}");

@@ -61,6 +61,13 @@ pub struct RegistryStats {
     pub crashes: u64,
     /// Calls answered without an actor: reads and commands for wallets whose stream is empty.
     pub answered_without_actor: u64,
+    /// Wallets put in quarantine (their crashes reached `WALLET_CRASHES_MAX` within the window).
+    pub quarantines: u64,
+    /// Calls refused because their wallet was in quarantine.
+    pub quarantine_refusals: u64,
+    /// Messages waiting in live wallets' mailboxes, all together and in the fullest one.
+    pub queued: u64,
+    pub queued_deepest: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -79,6 +86,8 @@ struct Shared {
     passivations: AtomicU64,
     crashes: AtomicU64,
     answered_without_actor: AtomicU64,
+    quarantines: AtomicU64,
+    quarantine_refusals: AtomicU64,
     wallet_queue_max: u64,
 }
 
@@ -97,6 +106,19 @@ impl Shared {
 
     fn active(&self) -> usize {
         self.shards.iter().map(|s| s.read().len()).sum()
+    }
+
+    /// Messages queued in live wallets' mailboxes: the sum, and the deepest.
+    fn queued(&self) -> (u64, u64) {
+        let (mut sum, mut deepest) = (0, 0);
+        for shard in &self.shards {
+            for entry in shard.read().values() {
+                let depth = entry.handle.mailbox.queued();
+                sum += depth;
+                deepest = deepest.max(depth);
+            }
+        }
+        (sum, deepest)
     }
 }
 
@@ -136,6 +158,8 @@ impl WalletRegistry {
             passivations: AtomicU64::new(0),
             crashes: AtomicU64::new(0),
             answered_without_actor: AtomicU64::new(0),
+            quarantines: AtomicU64::new(0),
+            quarantine_refusals: AtomicU64::new(0),
             wallet_queue_max: config.wallet_queue_max,
         });
         let deps = Arc::new(Deps { store, programs, clock, snapshots, refresh: AtomicU64::new(0) });
@@ -182,7 +206,7 @@ impl WalletRegistry {
         if self.shared.lookup(key).is_none() && self.stream_is_empty(key).await? {
             return Err(Rejection::WalletNotFound.into());
         }
-        self.call(key, |reply| WalletMsg::Summary { reply }).await
+        self.call(key, |reply| WalletMsg::Summary { reply, caller: tracing::Span::current(), sent: Instant::now() }).await
     }
 
     /// Whether the wallet's stream holds nothing, from the log's index: a wallet that does not exist is
@@ -264,12 +288,17 @@ impl WalletRegistry {
     }
 
     pub fn stats(&self) -> RegistryStats {
+        let (queued, queued_deepest) = self.shared.queued();
         RegistryStats {
             active: self.shared.active(),
             activations: self.shared.activations.load(Ordering::Relaxed),
             passivations: self.shared.passivations.load(Ordering::Relaxed),
             crashes: self.shared.crashes.load(Ordering::Relaxed),
             answered_without_actor: self.shared.answered_without_actor.load(Ordering::Relaxed),
+            quarantines: self.shared.quarantines.load(Ordering::Relaxed),
+            quarantine_refusals: self.shared.quarantine_refusals.load(Ordering::Relaxed),
+            queued,
+            queued_deepest,
         }
     }
 
@@ -454,6 +483,9 @@ impl Actor for Supervisor {
             }
             crashes.count += 1;
             crashes.last_ms = now;
+            if crashes.count == WALLET_CRASHES_MAX {
+                shared.quarantines.fetch_add(1, Ordering::Relaxed);
+            }
             tracing::error!(tenant = %key.tenant, wallet = %key.wallet, crashes = crashes.count, %error, "wallet actor crashed");
         } else {
             shared.passivations.fetch_add(1, Ordering::Relaxed);
@@ -496,6 +528,7 @@ impl SupervisorState {
         if let Some(crashes) = self.crashes.get(&key).copied() {
             let since_window = now.saturating_sub(crashes.window_start_ms);
             if crashes.count >= WALLET_CRASHES_MAX && since_window <= WALLET_CRASH_WINDOW_MS {
+                shared.quarantine_refusals.fetch_add(1, Ordering::Relaxed);
                 let _ = reply.send(Err(WalletError::Quarantined { retry_after_ms: WALLET_CRASH_WINDOW_MS - since_window }));
                 return;
             }

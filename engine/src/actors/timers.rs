@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use super::{CommandMeta, WalletError, WalletKey, WalletRegistry};
 use crate::clock::Clock;
@@ -165,17 +166,27 @@ async fn run(mut rx: mpsc::Receiver<Due>, registry: WalletRegistry, clock: Arc<d
 }
 
 /// Runs the transitions of every wallet due by `now_ms`; one that fails for a reason that may pass is
-/// tried again later.
+/// tried again later. Publishes `tally_timers_wallets_scheduled` (wallets with something due some day),
+/// `tally_timers_due_wallets` (due now, not yet run: the backlog) and, per wallet run,
+/// `tally_timers_lateness_seconds` (from its due time until its run starts).
 async fn run_due(index: &mut Index, registry: &WalletRegistry, now_ms: i64, owns: &Owns) {
-    let due: Vec<WalletKey> = index.by_time.iter().take_while(|(at, _)| *at <= now_ms).map(|(_, key)| key.clone()).collect();
-    for key in due {
+    metrics::gauge!("tally_timers_wallets_scheduled").set(index.by_wallet.len() as f64);
+    let due: Vec<(i64, WalletKey)> = index.by_time.iter().take_while(|(at, _)| *at <= now_ms).cloned().collect();
+    let started = tokio::time::Instant::now();
+    let backlog = metrics::gauge!("tally_timers_due_wallets");
+    backlog.set(due.len() as f64);
+    for (at_ms, key) in due {
+        backlog.decrement(1.0);
         if !owns(&key) {
             index.set(key, Some(now_ms + NOT_OWNED_RECHECK_MS));
             continue;
         }
+        let late = Duration::from_millis(u64::try_from(now_ms - at_ms).unwrap_or(0)) + started.elapsed();
+        metrics::histogram!("tally_timers_lateness_seconds").record(late.as_secs_f64());
+        let span = tracing::debug_span!("timers.run_due", tenant = %key.tenant, wallet = %key.wallet, late_ms = late.as_millis() as u64);
         // A wallet with nothing due records nothing; the key tells the log which clock acted.
         let command = Command::run_due(now_ms);
-        match registry.execute(&key, command, CommandMeta::default()).await {
+        match registry.execute(&key, command, CommandMeta::default()).instrument(span).await {
             // The events it recorded bring the wallet's next due time through the reader.
             Ok(_) | Err(WalletError::Rejected(Rejection::WalletClosed | Rejection::WalletNotFound)) => index.set(key, None),
             // The index was stale, or the wallet's clock is a hair behind: look again when it says.

@@ -44,6 +44,8 @@ pub(super) enum WalletMsg {
     },
     Summary {
         reply: RpcReplyPort<Result<WalletSummary, WalletError>>,
+        caller: tracing::Span,
+        sent: Instant,
     },
     /// A [`Ticket`] was given up without a message: the place it held in the queue is free.
     Release,
@@ -89,6 +91,11 @@ impl Mailbox {
                 Err(observed) => state = observed,
             }
         }
+    }
+
+    /// Messages admitted and not yet taken up.
+    pub(super) fn queued(&self) -> u64 {
+        self.state.load(Ordering::Relaxed) & !MAILBOX_CLOSED
     }
 
     /// The actor took up a message sent under a ticket.
@@ -201,14 +208,17 @@ impl Actor for WalletActor {
             WalletMsg::Execute { command, deadline, reply, caller, sent } => {
                 wallet.mailbox.take();
                 let (command, meta) = &*command;
-                let span = tracing::info_span!(
-                    parent: &caller,
-                    "wallet.command",
-                    tenant = %wallet.key.tenant,
-                    wallet = %wallet.key.wallet,
-                    kind = command.kind(),
-                    queued_us = sent.elapsed().as_micros() as u64,
-                );
+                let queued = queued(sent);
+                let span = child_of(&caller, || {
+                    tracing::info_span!(
+                        parent: &caller,
+                        "wallet.command",
+                        tenant = %wallet.key.tenant,
+                        wallet = %wallet.key.wallet,
+                        kind = command.kind(),
+                        queued_us = queued.as_micros() as u64,
+                    )
+                });
                 // A caller that stopped waiting (its reply port closed: cancelled, or its server deadline
                 // passed) gets no decision: the command is skipped before `decide`, so it is not applied.
                 let abandoned = || reply.is_closed() || deadline.is_some_and(|d| Instant::now() >= d);
@@ -216,10 +226,13 @@ impl Actor for WalletActor {
                 let _ = reply.send(result);
                 wallet.snapshot_if_due(false);
             }
-            WalletMsg::Summary { reply } => {
+            WalletMsg::Summary { reply, caller, sent } => {
                 wallet.mailbox.take();
+                let queued = queued(sent);
                 if !reply.is_closed() {
-                    let _ = reply.send(wallet.summary().await);
+                    let span =
+                        child_of(&caller, || tracing::info_span!(parent: &caller, "wallet.summary", queued_us = queued.as_micros() as u64));
+                    let _ = reply.send(wallet.summary().instrument(span).await);
                 }
             }
             WalletMsg::Release => wallet.mailbox.take(),
@@ -234,6 +247,19 @@ impl Actor for WalletActor {
         }
         Ok(())
     }
+}
+
+/// A span for work inside a call, made only when `parent` is live: a call that is not traced (traces off,
+/// or not sampled) builds no spans below its own.
+fn child_of(parent: &tracing::Span, make: impl FnOnce() -> tracing::Span) -> tracing::Span {
+    if parent.is_none() { tracing::Span::none() } else { make() }
+}
+
+/// How long a message waited in the mailbox (`tally_wallet_queue_seconds`).
+fn queued(sent: Instant) -> std::time::Duration {
+    let queued = sent.elapsed();
+    metrics::histogram!("tally_wallet_queue_seconds").record(queued.as_secs_f64());
+    queued
 }
 
 impl Wallet {
@@ -348,7 +374,12 @@ impl Wallet {
             let state = self.state.as_ref().expect("current() recovered it");
             let expected = ExpectedVersion::Exact(state.version);
             let data = events.iter().map(|event| codec::encode(event, meta)).collect();
-            let appended = self.deps.store.append(&self.stream, expected, data).instrument(tracing::debug_span!("store.append")).await;
+            let appended = self
+                .deps
+                .store
+                .append(&self.stream, expected, data)
+                .instrument(child_of(&tracing::Span::current(), || tracing::debug_span!("store.append")))
+                .await;
             match appended {
                 Ok(outcome) => {
                     let state = self.state.as_mut().expect("current() recovered it");
@@ -398,7 +429,13 @@ impl Wallet {
             wallet_id: self.key.wallet.as_str().to_owned(),
         };
         let data = vec![codec::encode_claim(&claim, command, now_ms, meta)];
-        match self.deps.store.append(&stream, ExpectedVersion::Exact(0), data).instrument(tracing::debug_span!("store.claim")).await {
+        match self
+            .deps
+            .store
+            .append(&stream, ExpectedVersion::Exact(0), data)
+            .instrument(child_of(&tracing::Span::current(), || tracing::debug_span!("store.claim")))
+            .await
+        {
             Ok(_) => Ok(()),
             Err(StoreError::VersionConflict { .. }) => {
                 let first = self.deps.store.read_stream(&stream, 1, 1).await?.into_iter().next();
@@ -418,7 +455,11 @@ impl Wallet {
         let state = self.state.as_mut().expect("current() recovered it");
         let data = events.iter().map(|event| codec::encode(event, meta)).collect();
         let expected = ExpectedVersion::Exact(state.version);
-        self.deps.store.append(&self.stream, expected, data).instrument(tracing::debug_span!("store.append.catch_up")).await?;
+        self.deps
+            .store
+            .append(&self.stream, expected, data)
+            .instrument(child_of(&tracing::Span::current(), || tracing::debug_span!("store.append.catch_up")))
+            .await?;
         events.iter().for_each(|event| apply(state, event));
         Ok(())
     }

@@ -235,6 +235,24 @@ pub(crate) struct AppendRequest {
     pub(crate) expected: ExpectedVersion,
     pub(crate) events: Vec<EventData>,
     pub(crate) reply: oneshot::Sender<Result<AppendOutcome, StoreError>>,
+    /// The span the append was made in (none outside a traced call): the group commit links to it.
+    pub(crate) caller: tracing::Span,
+}
+
+/// The span of one group commit (`store.commit`): a child of the first traced append it carries and
+/// linked to every one, so each command's trace shows the commit that made it durable; none when no
+/// append in the batch is traced. Its `events`, `bytes` and `write_us` are recorded by the writer.
+pub(crate) fn commit_span(store: &'static str, batch: &[AppendRequest]) -> tracing::Span {
+    let mut traced = batch.iter().map(|request| &request.caller).filter(|span| !span.is_none());
+    let Some(first) = traced.next() else { return tracing::Span::none() };
+    let empty = tracing::field::Empty;
+    let span =
+        tracing::debug_span!(parent: first, "store.commit", store, appends = batch.len(), events = empty, bytes = empty, write_us = empty);
+    span.follows_from(first);
+    for caller in traced {
+        span.follows_from(caller);
+    }
+    span
 }
 
 /// The writer's queue, as a backend holds it: `None` once the log is closed.
@@ -250,7 +268,8 @@ async fn enqueue(
 ) -> Result<oneshot::Receiver<Result<AppendOutcome, StoreError>>, StoreError> {
     check_append(&append.events)?;
     let (reply, outcome) = oneshot::channel();
-    let request = AppendRequest { stream: append.stream, expected: append.expected, events: append.events, reply };
+    let request =
+        AppendRequest { stream: append.stream, expected: append.expected, events: append.events, reply, caller: tracing::Span::current() };
     sender.send(request).await.map_err(|_| StoreError::Unavailable { reason: "the log writer has stopped".into() })?;
     Ok(outcome)
 }

@@ -17,6 +17,7 @@ use futures::StreamExt;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_postgres::{AsyncMessage, Row};
+use tracing::Instrument;
 
 use super::{
     Append, AppendOutcome, AppendRequest, EventData, EventMetadata, EventStore, ExpectedVersion, RecordedEvent, StoreError, StreamId,
@@ -198,6 +199,7 @@ async fn commit(pool: &Pool, batch: &mut Vec<AppendRequest>, head: &watch::Sende
     let mut accepted: Vec<(oneshot::Sender<Result<AppendOutcome, StoreError>>, AppendOutcome)> = Vec::new();
     let started = std::time::Instant::now();
     let mut first = 0;
+    let span = super::commit_span("postgres", batch);
     let result: Result<u64, StoreError> = async {
         let mut client = pool.get().await.map_err(pg)?;
         let tx = client.transaction().await.map_err(pg)?;
@@ -288,11 +290,14 @@ async fn commit(pool: &Pool, batch: &mut Vec<AppendRequest>, head: &watch::Sende
         tx.commit().await.map_err(pg)?;
         Ok(position)
     }
+    .instrument(span.clone())
     .await;
     match result {
         Ok(position) => {
             if !accepted.is_empty() {
-                super::record_commit("postgres", started.elapsed(), accepted.len(), position - first, None);
+                let took = started.elapsed();
+                span.record("events", position - first).record("write_us", took.as_micros() as u64);
+                super::record_commit("postgres", took, accepted.len(), position - first, None);
             }
             head.send_if_modified(|h| std::mem::replace(h, (*h).max(position)) < position);
             for (reply, outcome) in accepted {

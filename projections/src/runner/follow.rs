@@ -10,6 +10,7 @@ use tally_engine::clock::{Clock, SystemClock};
 use tally_engine::store::EventStore;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use super::lag::LagWindow;
 use super::rebuild::Rebuild;
@@ -216,7 +217,7 @@ impl Runner {
     }
 
     async fn follow(&mut self, checkpoint: u64) -> Exit {
-        let mut reader = Replay::follow(Arc::clone(&self.store), checkpoint, self.options.batch_size);
+        let mut reader = Replay::follow(Arc::clone(&self.store), checkpoint, self.options.batch_size, self.options.trace_calls);
         let mut head = self.store.head();
         let mut head_open = true;
         let mut lease_check = tokio::time::interval(LEASE_POLL);
@@ -229,7 +230,7 @@ impl Runner {
                     Some(Control::Swap { generation, checkpoint, reply }) => match self.swap(generation, checkpoint).await {
                         Ok(live_checkpoint) => {
                             let _ = reply.send(Ok(()));
-                            reader = Replay::follow(Arc::clone(&self.store), live_checkpoint, self.options.batch_size);
+                            reader = Replay::follow(Arc::clone(&self.store), live_checkpoint, self.options.batch_size, self.options.trace_calls);
                         }
                         Err(error) => {
                             // Whatever happened, the live generation is what the model says it is now.
@@ -283,12 +284,13 @@ impl Runner {
 
     /// Applies one batch to the live generation, retrying transient failures. `Some` ends following.
     async fn apply_live(&mut self, batch: DecodedBatch) -> Option<Exit> {
-        let DecodedBatch { from, through, first_recorded_ms, movements, poisoned } = batch;
+        let DecodedBatch { from, through, first_recorded_ms, movements, poisoned, calls } = batch;
         self.status.send_modify(|s| s.behind_since_ms = Some(first_recorded_ms));
         let generation = self.status.borrow().generation;
         let mut backoff = self.backoff();
+        let span = crate::traces::apply_span(self.model.name(), through - from, &calls);
         loop {
-            match apply_quarantining(&*self.model, generation, from, through, &movements, &poisoned).await {
+            match apply_quarantining(&*self.model, generation, from, through, &movements, &poisoned).instrument(span.clone()).await {
                 Ok(quarantined) => {
                     self.quarantined(&quarantined);
                     break;

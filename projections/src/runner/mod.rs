@@ -46,11 +46,14 @@ pub struct RunnerOptions {
     pub rebuild_batch_size: usize,
     /// Longest wait between retries of a failing batch.
     pub retry_max: Duration,
+    /// Joins each batch applied while following to the traces of the sampled calls that recorded it (a
+    /// `projection.apply` span, see [`crate::traces`]): for a process that exports traces.
+    pub trace_calls: bool,
 }
 
 impl Default for RunnerOptions {
     fn default() -> Self {
-        Self { batch_size: 2_000, rebuild_batch_size: 50_000, retry_max: Duration::from_secs(5) }
+        Self { batch_size: 2_000, rebuild_batch_size: 50_000, retry_max: Duration::from_secs(5), trace_calls: false }
     }
 }
 

@@ -103,7 +103,8 @@ impl Writer {
             }
             return;
         }
-        let _span = tracing::debug_span!("group_commit", appends = batch.len()).entered();
+        let span = super::super::commit_span("embedded", batch);
+        let _entered = span.enter();
         self.buf.clear();
         let mut staged = Vec::with_capacity(batch.len());
         let mut batch_versions: FastMap<StreamId, u64> = FastMap::default();
@@ -175,7 +176,9 @@ impl Writer {
                 }
             }
         }
-        super::super::record_commit("embedded", started.elapsed(), staged.len(), position - self.next_position, Some(bytes));
+        let took = started.elapsed();
+        span.record("events", position - self.next_position).record("bytes", bytes).record("write_us", took.as_micros() as u64);
+        super::super::record_commit("embedded", took, staged.len(), position - self.next_position, Some(bytes));
         self.next_position = position;
         self.head_tx.send_replace(position - 1);
         for s in staged {
