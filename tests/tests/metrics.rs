@@ -95,7 +95,12 @@ async fn calls_and_wallets_are_counted_and_timed() {
     assert_eq!(under_ten_seconds, Some(3.0), "a histogram with buckets, not a summary: {body}");
     assert_eq!(value(&body, "tally_wallets_active", &[]), Some(1.0), "{body}");
     assert!(value(&body, "tally_wallet_activations_total", &[]).is_some_and(|n| n >= 1.0), "{body}");
-    for counter in ["tally_wallet_passivations_total", "tally_wallet_crashes_total", "tally_wallet_quarantines_total", "tally_wallet_quarantine_refusals_total"] {
+    for counter in [
+        "tally_wallet_passivations_total",
+        "tally_wallet_crashes_total",
+        "tally_wallet_quarantines_total",
+        "tally_wallet_quarantine_refusals_total",
+    ] {
         assert_eq!(value(&body, counter, &[]), Some(0.0), "{counter} in {body}");
     }
     // Every command's wait in its wallet's mailbox is timed; nothing is waiting now.

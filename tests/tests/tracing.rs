@@ -5,7 +5,7 @@
 //! unsampled trace stays unsampled; a call without one starts its own trace; the timers' `RunDue`
 //! traces its command; sampling off sends nothing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -297,4 +297,80 @@ async fn json_log_lines_carry_the_trace_they_were_written_in() {
     assert_eq!(recovered["level"], "DEBUG");
     assert_eq!(recovered["span_id"].as_str().map(str::len), Some(16), "{recovered}");
     assert!(recovered["stream"].as_str().is_some_and(|s| s.ends_with("j-1")), "the event's own fields: {recovered}");
+}
+
+/// Which node decided a call (`x-tally-node`).
+fn decided_by<T>(answer: &Result<tonic::Response<T>, tonic::Status>) -> String {
+    let metadata = match answer {
+        Ok(response) => response.metadata(),
+        Err(status) => status.metadata(),
+    };
+    metadata.get("x-tally-node").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned()
+}
+
+/// A call forwarded to its wallet's owner stays one trace: the first node's server span, its
+/// `cluster.forward` client span, the owner's server span and the owner's actor, parent to child.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_call_is_one_trace_across_nodes() {
+    let receiver = Received::default();
+    let endpoint = receiver.serve().await;
+    let database = TestDatabase::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("--store={}", database.postgres_url);
+    let gossip: Vec<String> = (0..2).map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string()).collect();
+    let start = |name: &str, own: &str, join: Option<&str>| {
+        let mut args =
+            vec![store.as_str(), "--tenant", "acme", "--node-id", name, "--cluster-listen", own, "--otlp-endpoint", endpoint.as_str()];
+        args.extend(join.map(|seed| ["--join", seed]).into_iter().flatten());
+        let service = format!("tally-{name}");
+        TallyServer::start_with_env(
+            &dir.path().join(name),
+            &args,
+            &[("OTEL_SERVICE_NAME", service.as_str()), ("OTEL_BSP_SCHEDULE_DELAY", "100")],
+        )
+    };
+    let one = start("one", &gossip[0], None);
+    let _two = start("two", &gossip[1], Some(&gossip[0]));
+    let mut client = one.client().await;
+
+    // A wallet node two owns, once node one sees it so.
+    let started = Instant::now();
+    let wallet = 'found: loop {
+        for n in 0..32 {
+            let wallet = format!("f-{n}");
+            let enroll =
+                EnrollRequest { tenant_id: "acme".into(), wallet_id: wallet.clone(), idempotency_key: "e".into(), ..Default::default() };
+            if decided_by(&client.enroll(enroll).await) == "two" {
+                break 'found wallet;
+            }
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "node one forwarded nothing to node two within 20 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+
+    let mut earn = tonic::Request::new(EarnRequest {
+        tenant_id: "acme".into(),
+        wallet_id: wallet,
+        idempotency_key: "k-1".into(),
+        source_ref: "o-1".into(),
+        points: 10,
+        ..Default::default()
+    });
+    earn.metadata_mut().insert("traceparent", format!("00-{TRACE_ID}-{PARENT_ID}-01").parse().unwrap());
+    let answer = client.earn(earn).await;
+    assert_eq!(decided_by(&answer), "two", "{answer:?}");
+
+    let in_trace = |s: &Span| hex(&s.trace_id) == TRACE_ID;
+    let earn_span = |s: &Span| in_trace(s) && s.name == "tally.v1.WalletService/Earn";
+    let first = receiver.until("node one's server span", |s| earn_span(s) && hex(&s.parent_span_id) == PARENT_ID).await;
+    let forward = receiver.until("the forward's client span", |s| in_trace(s) && s.name == "cluster.forward").await;
+    assert_eq!(forward.parent_span_id, first.span_id, "the forward is node one's call's child");
+    assert_eq!(forward.kind, SpanKind::Client as i32);
+    assert_eq!(attributes(&forward).get("tally.peer").map(String::as_str), Some("two"));
+    assert_eq!(attributes(&forward).get("rpc.grpc.status_code").map(String::as_str), Some("0"));
+    let owner = receiver.until("node two's server span", |s| earn_span(s) && s.parent_span_id == forward.span_id).await;
+    let command = receiver.until("node two's actor span", |s| in_trace(s) && s.name == "wallet.command").await;
+    assert!(descends(&receiver.spans(), &command, &owner), "the owner's actor is in the owner's call");
+    let services: BTreeSet<String> = receiver.spans().into_iter().filter(|(_, s)| in_trace(s)).map(|(service, _)| service).collect();
+    assert_eq!(services, BTreeSet::from(["tally-one".to_owned(), "tally-two".to_owned()]), "both nodes sent their part");
 }
