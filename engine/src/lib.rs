@@ -10,6 +10,7 @@ pub mod codec;
 pub mod domain;
 pub mod limits;
 pub mod store;
+pub mod traces;
 
 /// Hash map for hot paths: foldhash is several times faster than SipHash on short keys and still seeded
 /// per process, so crafted keys cannot force collisions.

@@ -357,10 +357,15 @@ fn serve_metrics(address: SocketAddr) -> Result<(), String> {
     // Latencies as histograms (summaries cannot be aggregated across nodes): 0.5 ms to 10 s.
     const SECONDS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
     const BATCH: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
+    // A due wallet runs within a second or two, or hours late after a downtime: 10 ms to a day.
+    const LATENESS: &[f64] = &[0.01, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 21600.0, 86400.0];
     metrics_exporter_prometheus::PrometheusBuilder::new()
         .with_http_listener(address)
         .set_buckets_for_metric(metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()), SECONDS)
         .and_then(|b| b.set_buckets_for_metric(metrics_exporter_prometheus::Matcher::Full("tally_store_batch_appends".into()), BATCH))
+        .and_then(|b| {
+            b.set_buckets_for_metric(metrics_exporter_prometheus::Matcher::Full("tally_timers_lateness_seconds".into()), LATENESS)
+        })
         .map_err(|e| format!("cannot set the histogram buckets: {e}"))?
         .install()
         .map_err(|e| format!("cannot serve metrics on {address}: {e}"))?;

@@ -156,14 +156,17 @@ fn forward_span(peer: &str) -> Span {
     )
 }
 
-fn record_forward(started: Instant, span: &Span, answer: &Result<impl Sized, Status>) {
+fn record_forward_span(span: &Span, code: tonic::Code) {
     if !span.is_none() {
-        let code = answer.as_ref().err().map_or(tonic::Code::Ok, Status::code);
         span.record("rpc.grpc.status_code", code as i32);
         if code != tonic::Code::Ok {
             span.record("otel.status_code", "error");
         }
     }
+}
+
+fn record_forward(started: Instant, span: &Span, answer: &Result<impl Sized, Status>) {
+    record_forward_span(span, answer.as_ref().err().map_or(tonic::Code::Ok, Status::code));
     let outcome = match answer {
         Ok(_) => "ok",
         Err(status) if is_not_owner(status) => "not_owner",
@@ -201,7 +204,7 @@ macro_rules! routed {
                             let Route::Remote(peer) = route else { break };
                             let started = Instant::now();
                             let span = forward_span(&peer.node_id);
-                            let call = span.in_scope(|| hop(&metadata, &message, deadline, router.node_id()))?;
+                            let call = span.in_scope(|| hop(&metadata, &message, deadline, router.node_id())).inspect_err(|status| record_forward_span(&span, status.code()))?;
                             let answer = WalletServiceClient::new(peer.channel)
                             .max_decoding_message_size(REPLY_BYTES_MAX)
                             .max_encoding_message_size(MESSAGE_BYTES_MAX)

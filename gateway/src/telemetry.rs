@@ -308,7 +308,7 @@ fn server_span(headers: &http::HeaderMap, service: &'static str, method: &'stati
     let _ = span.set_parent(parent);
     // The sampler decides here, once per call: a call it leaves out builds no span below this one
     // (the engine's spans open only inside a live parent), so unsampled calls cost one span, not five.
-    if span.context().span().span_context().is_sampled() { span } else { Span::none() }
+    tally_engine::traces::sampled(span)
 }
 
 /// Records a call's outcome on its span: server faults (as OpenTelemetry's gRPC conventions list them)
@@ -329,15 +329,8 @@ pub fn current_trace_context() -> Option<(String, String)> {
     if !tracing_on() {
         return None;
     }
-    let context = Span::current().context();
-    let span = context.span();
-    let span_context = span.span_context();
     // Unsampled: the caller's own context is recorded, as without export.
-    if !span_context.is_valid() || !span_context.is_sampled() {
-        return None;
-    }
-    let traceparent = format!("00-{}-{}-{:02x}", span_context.trace_id(), span_context.span_id(), span_context.trace_flags().to_u8());
-    let tracestate = span_context.trace_state().header();
+    let (traceparent, tracestate) = tally_engine::traces::trace_context(&Span::current())?;
     Some((traceparent, if tracestate.len() <= TRACESTATE_BYTES_MAX { tracestate } else { String::new() }))
 }
 

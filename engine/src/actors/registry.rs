@@ -195,7 +195,7 @@ impl WalletRegistry {
             command: Arc::clone(&command),
             deadline,
             reply,
-            caller: tracing::Span::current(),
+            caller: crate::traces::call_span(),
             sent: Instant::now(),
         })
         .await
@@ -206,7 +206,7 @@ impl WalletRegistry {
         if self.shared.lookup(key).is_none() && self.stream_is_empty(key).await? {
             return Err(Rejection::WalletNotFound.into());
         }
-        self.call(key, |reply| WalletMsg::Summary { reply, caller: tracing::Span::current(), sent: Instant::now() }).await
+        self.call(key, |reply| WalletMsg::Summary { reply, caller: crate::traces::call_span(), sent: Instant::now() }).await
     }
 
     /// Whether the wallet's stream holds nothing, from the log's index: a wallet that does not exist is

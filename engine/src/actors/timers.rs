@@ -22,6 +22,7 @@ use crate::clock::Clock;
 use crate::codec;
 use crate::domain::{Command, DueView, Rejection};
 use crate::store::{EventStore, Follower, RecordedEvent};
+use crate::traces;
 
 /// Events read per batch while following the log.
 const READ_BATCH_EVENTS: usize = 4_096;
@@ -166,7 +167,8 @@ async fn run(mut rx: mpsc::Receiver<Due>, registry: WalletRegistry, clock: Arc<d
 }
 
 /// Runs the transitions of every wallet due by `now_ms`; one that fails for a reason that may pass is
-/// tried again later. Publishes `tally_timers_wallets_scheduled` (wallets with something due some day),
+/// tried again later. Publishes `tally_timers_wallets_scheduled` (wallets with something due some day,
+/// on a cluster node every node's: the index follows the whole log),
 /// `tally_timers_due_wallets` (due now, not yet run: the backlog) and, per wallet run,
 /// `tally_timers_lateness_seconds` (from its due time until its run starts).
 async fn run_due(index: &mut Index, registry: &WalletRegistry, now_ms: i64, owns: &Owns) {
@@ -183,10 +185,15 @@ async fn run_due(index: &mut Index, registry: &WalletRegistry, now_ms: i64, owns
         }
         let late = Duration::from_millis(u64::try_from(now_ms - at_ms).unwrap_or(0)) + started.elapsed();
         metrics::histogram!("tally_timers_lateness_seconds").record(late.as_secs_f64());
-        let span = tracing::debug_span!("timers.run_due", tenant = %key.tenant, wallet = %key.wallet, late_ms = late.as_millis() as u64);
+        let span = traces::sampled(
+            tracing::debug_span!("timers.run_due", tenant = %key.tenant, wallet = %key.wallet, late_ms = late.as_millis() as u64),
+        );
+        // What it records leads to its trace, as a call's events do.
+        let (traceparent, tracestate) = traces::trace_context(&span).unwrap_or_default();
+        let meta = CommandMeta { traceparent, tracestate, ..CommandMeta::default() };
         // A wallet with nothing due records nothing; the key tells the log which clock acted.
         let command = Command::run_due(now_ms);
-        match registry.execute(&key, command, CommandMeta::default()).instrument(span).await {
+        match registry.execute(&key, command, meta).instrument(span).await {
             // The events it recorded bring the wallet's next due time through the reader.
             Ok(_) | Err(WalletError::Rejected(Rejection::WalletClosed | Rejection::WalletNotFound)) => index.set(key, None),
             // The index was stale, or the wallet's clock is a hair behind: look again when it says.

@@ -17,6 +17,7 @@ use crate::domain::{
 };
 use crate::limits::{CONFLICT_RETRIES_MAX, RECOVERY_READ_BATCH_EVENTS};
 use crate::store::{EventStore, ExpectedVersion, StoreError, StreamId};
+use crate::traces::{call_span, child_of};
 
 /// What every wallet actor of a registry shares.
 #[derive(Debug)]
@@ -249,12 +250,6 @@ impl Actor for WalletActor {
     }
 }
 
-/// A span for work inside a call, made only when `parent` is live: a call that is not traced (traces off,
-/// or not sampled) builds no spans below its own.
-fn child_of(parent: &tracing::Span, make: impl FnOnce() -> tracing::Span) -> tracing::Span {
-    if parent.is_none() { tracing::Span::none() } else { make() }
-}
-
 /// How long a message waited in the mailbox (`tally_wallet_queue_seconds`).
 fn queued(sent: Instant) -> std::time::Duration {
     let queued = sent.elapsed();
@@ -378,7 +373,7 @@ impl Wallet {
                 .deps
                 .store
                 .append(&self.stream, expected, data)
-                .instrument(child_of(&tracing::Span::current(), || tracing::debug_span!("store.append")))
+                .instrument(child_of(&call_span(), || tracing::debug_span!("store.append")))
                 .await;
             match appended {
                 Ok(outcome) => {
@@ -433,7 +428,7 @@ impl Wallet {
             .deps
             .store
             .append(&stream, ExpectedVersion::Exact(0), data)
-            .instrument(child_of(&tracing::Span::current(), || tracing::debug_span!("store.claim")))
+            .instrument(child_of(&call_span(), || tracing::debug_span!("store.claim")))
             .await
         {
             Ok(_) => Ok(()),
@@ -458,7 +453,7 @@ impl Wallet {
         self.deps
             .store
             .append(&self.stream, expected, data)
-            .instrument(child_of(&tracing::Span::current(), || tracing::debug_span!("store.append.catch_up")))
+            .instrument(child_of(&call_span(), || tracing::debug_span!("store.append.catch_up")))
             .await?;
         events.iter().for_each(|event| apply(state, event));
         Ok(())

@@ -241,13 +241,13 @@ pub(crate) struct AppendRequest {
 
 /// The span of one group commit (`store.commit`): a child of the first traced append it carries and
 /// linked to every one, so each command's trace shows the commit that made it durable; none when no
-/// append in the batch is traced. Its `events`, `bytes` and `write_us` are recorded by the writer.
+/// append in the batch is traced. Its `events`, `bytes` and `write_us` are recorded by the writer, and
+/// an error status when the commit failed.
 pub(crate) fn commit_span(store: &'static str, batch: &[AppendRequest]) -> tracing::Span {
     let mut traced = batch.iter().map(|request| &request.caller).filter(|span| !span.is_none());
     let Some(first) = traced.next() else { return tracing::Span::none() };
     let empty = tracing::field::Empty;
-    let span =
-        tracing::debug_span!(parent: first, "store.commit", store, appends = batch.len(), events = empty, bytes = empty, write_us = empty);
+    let span = tracing::debug_span!(parent: first, "store.commit", store, appends = batch.len(), events = empty, bytes = empty, write_us = empty, otel.status_code = empty);
     span.follows_from(first);
     for caller in traced {
         span.follows_from(caller);
@@ -268,8 +268,13 @@ async fn enqueue(
 ) -> Result<oneshot::Receiver<Result<AppendOutcome, StoreError>>, StoreError> {
     check_append(&append.events)?;
     let (reply, outcome) = oneshot::channel();
-    let request =
-        AppendRequest { stream: append.stream, expected: append.expected, events: append.events, reply, caller: tracing::Span::current() };
+    let request = AppendRequest {
+        stream: append.stream,
+        expected: append.expected,
+        events: append.events,
+        reply,
+        caller: crate::traces::call_span(),
+    };
     sender.send(request).await.map_err(|_| StoreError::Unavailable { reason: "the log writer has stopped".into() })?;
     Ok(outcome)
 }

@@ -306,6 +306,7 @@ async fn commit(pool: &Pool, batch: &mut Vec<AppendRequest>, head: &watch::Sende
         }
         Err(error) => {
             tracing::warn!(%error, appends = accepted.len() + batch.len(), "postgres append batch failed");
+            span.record("otel.status_code", "error");
             // Whether the commit happened is unknown: callers retry with the same idempotency key.
             for (reply, _) in accepted {
                 let _ = reply.send(Err(StoreError::Unavailable { reason: format!("{error}; the outcome is unknown") }));

@@ -149,6 +149,7 @@ impl Writer {
         if let Err(error) = self.write_and_sync() {
             let reason = format!("log write failed, restart to recover: {error}");
             tracing::error!(%error, "log write failed; refusing further appends");
+            span.record("otel.status_code", "error");
             for s in staged {
                 let _ = s.reply.send(Err(StoreError::Unavailable { reason: reason.clone() }));
             }
