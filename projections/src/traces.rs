@@ -32,7 +32,7 @@ fn sampled(traceparent: &str) -> Option<SpanContext> {
 /// The span of applying a batch of `events` to `projection`, recorded by `calls`.
 pub(crate) fn apply_span(projection: &'static str, events: u64, calls: &[SpanContext]) -> Span {
     let Some(first) = calls.first() else { return Span::none() };
-    let span = tracing::debug_span!("projection.apply", otel.kind = "consumer", projection, events);
+    let span = tracing::info_span!("projection.apply", otel.kind = "consumer", projection, events);
     let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(first.clone()));
     for call in calls {
         span.add_link(call.clone());

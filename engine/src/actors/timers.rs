@@ -186,7 +186,7 @@ async fn run_due(index: &mut Index, registry: &WalletRegistry, now_ms: i64, owns
         let late = Duration::from_millis(u64::try_from(now_ms - at_ms).unwrap_or(0)) + started.elapsed();
         metrics::histogram!("tally_timers_lateness_seconds").record(late.as_secs_f64());
         let span = traces::sampled(
-            tracing::debug_span!("timers.run_due", tenant = %key.tenant, wallet = %key.wallet, late_ms = late.as_millis() as u64),
+            tracing::info_span!("timers.run_due", tenant = %key.tenant, wallet = %key.wallet, late_ms = late.as_millis() as u64),
         );
         // What it records leads to its trace, as a call's events do.
         let (traceparent, tracestate) = traces::trace_context(&span).unwrap_or_default();

@@ -373,7 +373,7 @@ impl Wallet {
                 .deps
                 .store
                 .append(&self.stream, expected, data)
-                .instrument(child_of(&call_span(), || tracing::debug_span!("store.append")))
+                .instrument(child_of(&call_span(), || tracing::info_span!("store.append")))
                 .await;
             match appended {
                 Ok(outcome) => {
@@ -428,7 +428,7 @@ impl Wallet {
             .deps
             .store
             .append(&stream, ExpectedVersion::Exact(0), data)
-            .instrument(child_of(&call_span(), || tracing::debug_span!("store.claim")))
+            .instrument(child_of(&call_span(), || tracing::info_span!("store.claim")))
             .await
         {
             Ok(_) => Ok(()),
@@ -453,7 +453,7 @@ impl Wallet {
         self.deps
             .store
             .append(&self.stream, expected, data)
-            .instrument(child_of(&call_span(), || tracing::debug_span!("store.append.catch_up")))
+            .instrument(child_of(&call_span(), || tracing::info_span!("store.append.catch_up")))
             .await?;
         events.iter().for_each(|event| apply(state, event));
         Ok(())

@@ -247,7 +247,7 @@ pub(crate) fn commit_span(store: &'static str, batch: &[AppendRequest]) -> traci
     let mut traced = batch.iter().map(|request| &request.caller).filter(|span| !span.is_none());
     let Some(first) = traced.next() else { return tracing::Span::none() };
     let empty = tracing::field::Empty;
-    let span = tracing::debug_span!(parent: first, "store.commit", store, appends = batch.len(), events = empty, bytes = empty, write_us = empty, otel.status_code = empty);
+    let span = tracing::info_span!(parent: first, "store.commit", store, appends = batch.len(), events = empty, bytes = empty, write_us = empty, otel.status_code = empty);
     span.follows_from(first);
     for caller in traced {
         span.follows_from(caller);
