@@ -22,10 +22,10 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing::{Instrument, Level, Span};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::filter::{FilterExt, Targets};
+use tracing_subscriber::filter::{FilterExt, LevelFilter, Targets};
 use tracing_subscriber::fmt::FmtContext;
 use tracing_subscriber::fmt::format::{self, FormatEvent, FormatFields};
-use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::layer::{Filter, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -71,8 +71,8 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let (service, method) = rpc_of(request.uri().path());
-        let span = server_span(request.headers(), service, method);
+        let (rpc, service, method) = rpc_of(request.uri().path());
+        let span = server_span(request.headers(), rpc, service, method);
         let started = Instant::now();
         let call = span.in_scope(|| self.inner.call(request));
         let outcome = span.clone();
@@ -105,11 +105,14 @@ const STANDARD_RPCS: &[&str] = &[
     "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
 ];
 
-/// The service and method a path names, if this server has them; else `unknown` twice.
-fn rpc_of(path: &str) -> (&'static str, &'static str) {
+/// The RPC (`service/method`), service and method a path names, if this server has them; else
+/// `unknown` thrice.
+fn rpc_of(path: &str) -> (&'static str, &'static str, &'static str) {
     let rpc = path.strip_prefix('/').unwrap_or(path);
     let known = crate::access::POLICY.iter().map(|(name, _)| *name).chain(STANDARD_RPCS.iter().copied()).find(|name| *name == rpc);
-    known.and_then(|name| name.split_once('/')).unwrap_or(("unknown", "unknown"))
+    known
+        .and_then(|name| name.split_once('/').map(|(service, method)| (name, service, method)))
+        .unwrap_or(("unknown", "unknown", "unknown"))
 }
 
 fn status_of(headers: &http::HeaderMap) -> Code {
@@ -228,8 +231,8 @@ impl Telemetry {
             .with_target("tally_engine", Level::INFO)
             .with_target("tally_projections", Level::INFO);
         // The hint keeps the maximum at INFO: a filter without one counts as "anything may pass".
-        let spans_only = tracing_subscriber::filter::filter_fn(|meta: &tracing::Metadata<'_>| meta.is_span())
-            .with_max_level_hint(tracing_subscriber::filter::LevelFilter::INFO);
+        let spans_only =
+            tracing_subscriber::filter::filter_fn(|meta: &tracing::Metadata<'_>| meta.is_span()).with_max_level_hint(LevelFilter::INFO);
         let spans = targets.and(spans_only);
         // What each span costs is kept small: no code locations, thread ids or busy/idle timings as
         // attributes, no OpenTelemetry context switched on every enter (nothing else here reads it).
@@ -269,12 +272,21 @@ where
     S: tracing::Subscriber + for<'a> LookupSpan<'a>,
 {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // The server span is for traces only: formatting its fields for the log layer on every call, sampled
+    // or not, cost more than the span itself. The hint keeps the log layer's own maximum level.
+    let hint = Filter::<S>::max_level_hint(&filter).unwrap_or(LevelFilter::TRACE);
+    let not_server_span =
+        tracing_subscriber::filter::filter_fn(|meta: &tracing::Metadata<'_>| meta.target() != SERVER_SPAN_TARGET).with_max_level_hint(hint);
+    let filter = filter.and(not_server_span);
     let lines = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     match format {
         LogFormat::Text => lines.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).with_filter(filter).boxed(),
         LogFormat::Json => lines.with_ansi(false).event_format(JsonLines).with_filter(filter).boxed(),
     }
 }
+
+/// The target of the server span, which log lines leave out.
+const SERVER_SPAN_TARGET: &str = "tally_gateway::calls";
 
 /// Reads a W3C trace context from a call's headers.
 struct Headers<'a>(&'a http::HeaderMap);
@@ -295,25 +307,29 @@ impl Extractor for Headers<'_> {
 /// The span of a call this server serves (OpenTelemetry's RPC conventions), continuing the caller's
 /// trace if its headers carry one; `Span::none()` when traces are not exported or the sampler leaves
 /// the call out.
-fn server_span(headers: &http::HeaderMap, service: &'static str, method: &'static str) -> Span {
+fn server_span(headers: &http::HeaderMap, rpc: &'static str, service: &'static str, method: &'static str) -> Span {
     if !tracing_on() {
         return Span::none();
     }
     let span = tracing::info_span!(
+        target: SERVER_SPAN_TARGET,
         "rpc",
-        otel.name = %format_args!("{service}/{method}"),
+        otel.name = rpc,
         otel.kind = "server",
-        rpc.system = "grpc",
-        rpc.service = service,
-        rpc.method = method,
+        rpc.system = tracing::field::Empty,
+        rpc.service = tracing::field::Empty,
+        rpc.method = tracing::field::Empty,
         rpc.grpc.status_code = tracing::field::Empty,
         otel.status_code = tracing::field::Empty,
     );
     let parent = opentelemetry::global::get_text_map_propagator(|propagator| propagator.extract(&Headers(headers)));
     let _ = span.set_parent(parent);
     // The sampler decides here, once per call: a call it leaves out builds no span below this one
-    // (the engine's spans open only inside a live parent), so unsampled calls cost one span, not five.
-    tally_engine::traces::sampled(span)
+    // (the engine's spans open only inside a live parent), so unsampled calls cost one span, not five,
+    // and its attributes are written only once it is kept.
+    let span = tally_engine::traces::sampled(span);
+    span.record("rpc.system", "grpc").record("rpc.service", service).record("rpc.method", method);
+    span
 }
 
 /// Records a call's outcome on its span: server faults (as OpenTelemetry's gRPC conventions list them)

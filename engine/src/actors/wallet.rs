@@ -369,12 +369,9 @@ impl Wallet {
             let state = self.state.as_ref().expect("current() recovered it");
             let expected = ExpectedVersion::Exact(state.version);
             let data = events.iter().map(|event| codec::encode(event, meta)).collect();
-            let appended = self
-                .deps
-                .store
-                .append(&self.stream, expected, data)
-                .instrument(child_of(&call_span(), || tracing::info_span!("store.append")))
-                .await;
+            // No span of its own: the group commit's `store.commit` (a child of this command's span) says
+            // how the append went, one span per commit rather than one more per command.
+            let appended = self.deps.store.append(&self.stream, expected, data).await;
             match appended {
                 Ok(outcome) => {
                     let state = self.state.as_mut().expect("current() recovered it");

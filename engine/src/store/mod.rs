@@ -239,7 +239,7 @@ pub(crate) struct AppendRequest {
     pub(crate) caller: tracing::Span,
 }
 
-/// The span of one group commit (`store.commit`): a child of the first traced append it carries and
+/// The span of one group commit (`store.commit`): a child of the first traced command it carries and
 /// linked to every one, so each command's trace shows the commit that made it durable; none when no
 /// append in the batch is traced. Its `events`, `bytes` and `write_us` are recorded by the writer, and
 /// an error status when the commit failed.
