@@ -73,27 +73,50 @@ where
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let (rpc, service, method) = rpc_of(request.uri().path());
         let span = server_span(request.headers(), rpc, service, method);
-        let started = Instant::now();
         let call = span.in_scope(|| self.inner.call(request));
-        let outcome = span.clone();
+        let mut outcome = Outcome { span: span.clone(), service, method, started: Instant::now(), recorded: false };
         Box::pin(
             async move {
                 let response = call.await;
                 // A unary answer that is not OK comes as headers only, its status among them; the others
                 // carry theirs in trailers, after this point: OK unless a stream fails midway.
-                let code = match &response {
+                outcome.record(match &response {
                     Ok(response) => status_of(response.headers()),
                     Err(_) => Code::Internal,
-                };
-                record_outcome(&outcome, code);
-                metrics::histogram!("tally_rpc_duration_seconds", "service" => service, "method" => method)
-                    .record(started.elapsed().as_secs_f64());
-                metrics::counter!("tally_rpc_requests_total", "service" => service, "method" => method, "code" => code_name(code))
-                    .increment(1);
+                });
                 response
             }
             .instrument(span),
         )
+    }
+}
+
+/// A call's outcome, recorded once: when its answer is ready, or as CANCELLED when the call is dropped
+/// before (the caller reset the stream or went away), so calls given up on are counted too.
+struct Outcome {
+    span: Span,
+    service: &'static str,
+    method: &'static str,
+    started: Instant,
+    recorded: bool,
+}
+
+impl Outcome {
+    fn record(&mut self, code: Code) {
+        if std::mem::replace(&mut self.recorded, true) {
+            return;
+        }
+        record_outcome(&self.span, code);
+        let (service, method) = (self.service, self.method);
+        metrics::histogram!("tally_rpc_duration_seconds", "service" => service, "method" => method)
+            .record(self.started.elapsed().as_secs_f64());
+        metrics::counter!("tally_rpc_requests_total", "service" => service, "method" => method, "code" => code_name(code)).increment(1);
+    }
+}
+
+impl Drop for Outcome {
+    fn drop(&mut self) {
+        self.record(Code::Cancelled);
     }
 }
 
@@ -435,5 +458,48 @@ impl tracing::field::Visit for JsonFields<'_> {
 
     fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
         self.0.insert(field.name().into(), format!("{value:?}").into());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use futures::FutureExt;
+
+    use super::*;
+
+    /// A service whose calls never answer.
+    struct Never;
+
+    impl Service<http::Request<()>> for Never {
+        type Response = http::Response<Body>;
+        type Error = Infallible;
+        type Future = std::future::Pending<Result<http::Response<Body>, Infallible>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: http::Request<()>) -> Self::Future {
+            std::future::pending()
+        }
+    }
+
+    #[test]
+    fn a_call_dropped_before_its_answer_counts_as_cancelled() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            let mut service = tower_layer::Layer::layer(&RpcMetricsLayer, Never);
+            let request = http::Request::builder().uri("/tally.v1.WalletService/Earn").body(()).unwrap();
+            let mut call = service.call(request);
+            assert!((&mut call).now_or_never().is_none(), "still waiting for its answer");
+            drop(call);
+        });
+        let text = handle.render();
+        let line = "tally_rpc_requests_total{service=\"tally.v1.WalletService\",method=\"Earn\",code=\"CANCELLED\"} 1";
+        assert!(text.lines().any(|l| l == line), "{text}");
+        assert!(text.contains("tally_rpc_duration_seconds_count{service=\"tally.v1.WalletService\",method=\"Earn\"} 1"), "{text}");
     }
 }
