@@ -5,6 +5,7 @@
 //! others; the store knows envelopes and bytes, never wallets.
 
 pub mod actors;
+pub mod audit;
 pub mod clock;
 pub mod codec;
 pub mod domain;
