@@ -16,7 +16,7 @@ use crate::domain::{
     Command, CommandBody, Context, Decision, Event, ProgramSettings, Receipt, Rejection, WalletState, WalletStatus, apply, decide, tiers,
 };
 use crate::limits::{CONFLICT_RETRIES_MAX, RECOVERY_READ_BATCH_EVENTS};
-use crate::store::{EventStore, ExpectedVersion, StoreError, StreamId};
+use crate::store::{AppendOutcome, EventStore, ExpectedVersion, StoreError, StreamId};
 use crate::traces::{call_span, child_of};
 
 /// What every wallet actor of a registry shares.
@@ -373,30 +373,7 @@ impl Wallet {
             // how the append went, one span per commit rather than one more per command.
             let appended = self.deps.store.append(&self.stream, expected, data).await;
             match appended {
-                Ok(outcome) => {
-                    let state = self.state.as_mut().expect("current() recovered it");
-                    for event in &events {
-                        apply(state, event);
-                    }
-                    debug_assert_eq!(state.version, outcome.last_version);
-                    let events = events
-                        .into_iter()
-                        .zip(0..)
-                        .map(|(event, i)| StoredWalletEvent {
-                            version: outcome.first_version + i,
-                            position: outcome.first_position + i,
-                            event,
-                        })
-                        .collect();
-                    return Ok(CommandOutcome {
-                        events,
-                        balance: state.balance,
-                        version: state.version,
-                        position: outcome.last_position,
-                        replayed: false,
-                        wallet: WalletSummary::of(state, now_ms, &program),
-                    });
-                }
+                Ok(outcome) => return Ok(self.applied(events, outcome, now_ms, &program)),
                 Err(StoreError::VersionConflict { .. }) if attempt < CONFLICT_RETRIES_MAX => {
                     // Another writer got there first (a second node, or a stale actor): catch up, decide again.
                     attempt += 1;
@@ -407,6 +384,27 @@ impl Wallet {
                     return Err(error.into());
                 }
             }
+        }
+    }
+
+    /// Applies `events`, appended as `outcome` says, to the state; what the caller is told.
+    fn applied(&mut self, events: Vec<Event>, outcome: AppendOutcome, now_ms: i64, program: &ProgramSettings) -> CommandOutcome {
+        let state = self.state.as_mut().expect("current() recovered it");
+        for event in &events {
+            apply(state, event);
+        }
+        debug_assert_eq!(state.version, outcome.last_version);
+        let events = (0..)
+            .zip(events)
+            .map(|(i, event)| StoredWalletEvent { version: outcome.first_version + i, position: outcome.first_position + i, event })
+            .collect();
+        CommandOutcome {
+            events,
+            balance: state.balance,
+            version: state.version,
+            position: outcome.last_position,
+            replayed: false,
+            wallet: WalletSummary::of(state, now_ms, program),
         }
     }
 

@@ -161,6 +161,44 @@ struct Columns {
 }
 
 impl Columns {
+    /// Inserts every event staged, in one statement.
+    async fn insert(&self, tx: &deadpool_postgres::Transaction<'_>) -> Result<(), StoreError> {
+        let c = self;
+        let insert = tx
+            .prepare_cached(&format!(
+                "INSERT INTO tally_events ({COLUMNS}) SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::int[], \
+                 $6::bigint[], $7::text[], $8::bigint[], $9::text[], $10::text[], $11::text[], $12::text[], $13::bytea[], $14::bytea[], $15::text[], \
+                 $16::text[], $17::text[])"
+            ))
+            .await
+            .map_err(pg)?;
+        tx.execute(
+            &insert,
+            &[
+                &c.stream_id,
+                &c.stream_version,
+                &c.global_position,
+                &c.event_type,
+                &c.schema_version,
+                &c.recorded_at_ms,
+                &c.idempotency_key,
+                &c.command_fingerprint,
+                &c.causation_id,
+                &c.correlation_id,
+                &c.traceparent,
+                &c.tracestate,
+                &c.payload,
+                &c.command_digest,
+                &c.principal,
+                &c.principal_roles,
+                &c.staff_id,
+            ],
+        )
+        .await
+        .map_err(pg)?;
+        Ok(())
+    }
+
     fn push(&mut self, stream: &StreamId, version: u64, position: u64, event: EventData) {
         self.stream_id.push(stream.as_str().to_owned());
         self.stream_version.push(to_i64(version));
@@ -248,39 +286,7 @@ async fn commit(pool: &Pool, batch: &mut Vec<AppendRequest>, head: &watch::Sende
         if accepted.is_empty() {
             return Ok(to_u64(last));
         }
-        let c = &columns;
-        let insert = tx
-            .prepare_cached(&format!(
-                "INSERT INTO tally_events ({COLUMNS}) SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::int[], \
-                 $6::bigint[], $7::text[], $8::bigint[], $9::text[], $10::text[], $11::text[], $12::text[], $13::bytea[], $14::bytea[], $15::text[], \
-                 $16::text[], $17::text[])"
-            ))
-            .await
-            .map_err(pg)?;
-        tx.execute(
-            &insert,
-            &[
-                &c.stream_id,
-                &c.stream_version,
-                &c.global_position,
-                &c.event_type,
-                &c.schema_version,
-                &c.recorded_at_ms,
-                &c.idempotency_key,
-                &c.command_fingerprint,
-                &c.causation_id,
-                &c.correlation_id,
-                &c.traceparent,
-                &c.tracestate,
-                &c.payload,
-                &c.command_digest,
-                &c.principal,
-                &c.principal_roles,
-                &c.staff_id,
-            ],
-        )
-        .await
-        .map_err(pg)?;
+        columns.insert(&tx).await?;
         let new_head = to_i64(position);
         let advance = tx.prepare_cached("UPDATE tally_log_head SET position = $1").await.map_err(pg)?;
         tx.execute(&advance, &[&new_head]).await.map_err(pg)?;
