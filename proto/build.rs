@@ -13,6 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "tally/v1/admin.proto",
         "tally/v1/keys.proto",
         "tally/v1/cluster.proto",
+        "tally/v1/audit.proto",
     ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");

@@ -2,12 +2,14 @@
 //! domain's `apply` — the same fold recovery uses, so an auditor sees exactly what the engine saw then.
 //! Reads only: nothing is decided, caught up or written (what time would have brought after the last
 //! event is not invented; a summary of the state at the instant shows it, as `WalletSummary::of` does).
-//! The first increment of issue 19; the RPC and the CLI build on it.
+//! A program's settings as of an instant are folded the same way from its own stream, so an auditor
+//! sees which rules were in force. `AuditService` and `tally audit replay` are built on these.
 
 use crate::codec::{self, CodecError};
-use crate::domain::{WalletState, apply};
+use crate::domain::program::{ProgramState, apply_program};
+use crate::domain::{TenantId, WalletState, apply};
 use crate::limits::RECOVERY_READ_BATCH_EVENTS;
-use crate::store::{EventStore, StoreError, StreamId};
+use crate::store::{EventStore, RecordedEvent, StoreError, StreamId};
 
 /// Where a replay stops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,27 +56,63 @@ pub enum AuditError {
     Codec(#[from] CodecError),
 }
 
+/// A program as of an instant or position: its settings then, and the event it stopped at (`None`: not
+/// created yet).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProgramAsOf {
+    pub state: ProgramState,
+    pub stopped_at: Option<StoppedAt>,
+}
+
 /// Replays `stream` (a wallet's) up to `as_of`.
 pub async fn wallet_as_of(store: &dyn EventStore, stream: &StreamId, as_of: AsOf) -> Result<WalletAsOf, AuditError> {
-    let mut replay = WalletAsOf { state: WalletState::default(), stopped_at: None };
+    let mut state = WalletState::default();
+    let stopped_at = fold_until(store, stream, as_of, |recorded| {
+        apply(&mut state, &codec::decode(recorded)?);
+        Ok(())
+    })
+    .await?;
+    Ok(WalletAsOf { state, stopped_at })
+}
+
+/// Replays `tenant`'s program up to `as_of`.
+pub async fn program_as_of(store: &dyn EventStore, tenant: &TenantId, as_of: AsOf) -> Result<ProgramAsOf, AuditError> {
+    let mut state = ProgramState::default();
+    let stopped_at = fold_until(store, &codec::program_stream(tenant), as_of, |recorded| {
+        apply_program(&mut state, &codec::decode_program(recorded)?);
+        Ok(())
+    })
+    .await?;
+    Ok(ProgramAsOf { state, stopped_at })
+}
+
+/// Hands `apply_one` every event of `stream` up to `as_of`, oldest first; answers the last one.
+async fn fold_until(
+    store: &dyn EventStore,
+    stream: &StreamId,
+    as_of: AsOf,
+    mut apply_one: impl FnMut(RecordedEvent) -> Result<(), CodecError>,
+) -> Result<Option<StoppedAt>, AuditError> {
+    let (mut next, mut stopped_at) = (1, None);
     loop {
-        let events = store.read_stream(stream, replay.state.version + 1, RECOVERY_READ_BATCH_EVENTS).await?;
+        let events = store.read_stream(stream, next, RECOVERY_READ_BATCH_EVENTS).await?;
         let read = events.len();
         for recorded in events {
             if !as_of.includes(recorded.global_position, recorded.data.recorded_at_ms) {
-                return Ok(replay);
+                return Ok(stopped_at);
             }
-            let stopped_at = StoppedAt {
+            let at = StoppedAt {
                 stream_version: recorded.stream_version,
                 global_position: recorded.global_position,
                 recorded_at_ms: recorded.data.recorded_at_ms,
                 event_type: recorded.data.event_type.clone(),
             };
-            apply(&mut replay.state, &codec::decode(recorded)?);
-            replay.stopped_at = Some(stopped_at);
+            apply_one(recorded)?;
+            next = at.stream_version + 1;
+            stopped_at = Some(at);
         }
         if read < RECOVERY_READ_BATCH_EVENTS {
-            return Ok(replay);
+            return Ok(stopped_at);
         }
     }
 }

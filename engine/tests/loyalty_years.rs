@@ -4,7 +4,8 @@
 //! due. Checked as it runs and at the end: the points add up (available + pending + held == the live
 //! lots and pending credits, less any debt), nothing matures or expires early or later than one tick,
 //! tiers move down only at their reviews and up only with an earn, refunds never take back more than was
-//! earned, full cards pay exactly their rewards, and every wallet's log replays to the same state.
+//! earned, full cards pay exactly their rewards, and every wallet's log replays to the same state — and,
+//! for a sample of wallets, to the state it had at random instants along the way (`audit::wallet_as_of`).
 //!
 //! A failure prints its seed; replay it with `TALLY_YEARS_SEED=<seed> cargo test -p tally-engine --test loyalty_years`
 //! (`TALLY_YEARS_DEBUG=1` prints every refused command).
@@ -15,6 +16,7 @@ use std::time::Instant;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use tally_engine::audit::{AsOf, wallet_as_of};
 use tally_engine::codec;
 use tally_engine::domain::program::RuleVersion;
 use tally_engine::domain::rules::{Order, OrderLine, parse_rules};
@@ -23,12 +25,14 @@ use tally_engine::domain::{
     Change, Command, CommandBody, Context, CreditPackageDefined, Decision, Event, Money, ProgramSettings, Rejection, ReturnPolicy,
     StampCardDefined, TenantId, TierMove, WalletId, WalletState, WalletStatus, apply, decide,
 };
-use tally_engine::limits::{RECEIPT_RETENTION_MS, RETENTION_SWEEP_INTERVAL_MS};
-use tally_engine::store::{EventMetadata, RecordedEvent, StreamId};
+use tally_engine::limits::{APPEND_EVENTS_MAX, RECEIPT_RETENTION_MS, RETENTION_SWEEP_INTERVAL_MS};
+use tally_engine::store::{EventMetadata, EventStore, ExpectedVersion, InMemoryStore, RecordedEvent, StreamId};
 use tally_proto::v1::expiry_policy::Rule;
 use tally_proto::v1::{ExpireAfter, ExpiryPolicy, TierDefinition, TierWindow};
 
 const WALLETS: usize = 2_000;
+/// Wallets whose past states are sampled and replayed as of their instants.
+const AUDITED_WALLETS: usize = 50;
 const YEARS: i64 = 3;
 const HOUR: i64 = 3_600_000;
 const DAY: i64 = 24 * HOUR;
@@ -266,6 +270,7 @@ fn simulate(seed: u64) {
     let mut due: BTreeSet<(i64, usize)> = BTreeSet::new();
     let mut due_of: HashMap<usize, i64> = HashMap::new();
     let mut stats = Stats::default();
+    let (mut samples, mut sampler) = (Vec::new(), StdRng::seed_from_u64(seed ^ 0xa0d1));
     let mut now = START;
     let mut ticks = 0u64;
     while now < START + YEARS * 365 * DAY {
@@ -297,7 +302,14 @@ fn simulate(seed: u64) {
                 due_of.insert(w, at);
             }
         }
+        // What a sampled wallet was at an instant before the next tick (at least an hour away).
+        // (Drawn from a generator of its own, so the simulation's own draws stay as they were.)
+        if sampler.random_bool(0.25) {
+            let w = sampler.random_range(0..AUDITED_WALLETS);
+            samples.push((w, now + sampler.random_range(0..HOUR), lives[w].state.clone()));
+        }
     }
+    audit_samples(&lives[..AUDITED_WALLETS], &samples);
 
     // Refunds never take back more than an order earned; every wallet's log replays to its state.
     for (w, life) in lives.iter().enumerate() {
@@ -355,6 +367,27 @@ fn simulate(seed: u64) {
             && stats.refunds_too_late > 10
             && stats.refunds_forgotten > 100
     );
+}
+
+/// Every sampled `(wallet, instant, state)`: the wallet replayed from a log as of the instant is that state.
+fn audit_samples(lives: &[Life], samples: &[(usize, i64, WalletState)]) {
+    let store = InMemoryStore::new();
+    let streams: Vec<StreamId> = (0..lives.len()).map(|w| StreamId::new(&format!("sim/wallet/w{w}")).unwrap()).collect();
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    runtime.block_on(async {
+        for (life, stream) in lives.iter().zip(&streams) {
+            for (chunk, events) in life.log.chunks(APPEND_EVENTS_MAX).enumerate() {
+                let data = events.iter().map(|e| codec::encode(e, &EventMetadata::default())).collect();
+                store.append(stream, ExpectedVersion::Exact((chunk * APPEND_EVENTS_MAX) as u64), data).await.unwrap();
+            }
+        }
+        for (w, at_ms, state) in samples {
+            let replay = wallet_as_of(&*store, &streams[*w], AsOf::Instant(*at_ms)).await.unwrap();
+            assert!(replay.state == *state, "wallet {w} as of {at_ms} replays to another state than it had then");
+            assert_eq!(replay.stopped_at.map_or(0, |s| s.stream_version), state.version);
+        }
+    });
+    assert!(samples.len() > 1_000 && samples.iter().filter(|(_, _, s)| s.version > 20).count() > 100, "{} samples", samples.len());
 }
 
 #[test]

@@ -64,6 +64,9 @@ pub const POLICY: &[(&str, &[Role])] = &[
     ("tally.v1.KeysService/ListKeys", &[Operator, Platform]),
     ("tally.v1.KeysService/RevokeKey", &[Operator, Platform]),
     ("tally.v1.ClusterService/GetClusterStatus", &[Platform]),
+    ("tally.v1.AuditService/WalletAsOf", &[Auditor, Platform]),
+    ("tally.v1.AuditService/ProgramAsOf", &[Auditor, Platform]),
+    ("tally.v1.AuditService/WalletChanges", &[Auditor, Platform]),
 ];
 
 /// Services anyone may call: load balancers' health checks, and reflection (the schema is public).

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use tally_engine::actors::{ProgramBook, ProgramError, ProgramOutcome};
-use tally_engine::domain::program::{ProgramCommand, ProgramCommandBody, ProgramRejection, ProgramState};
+use tally_engine::domain::program::{ProgramCommand, ProgramCommandBody, ProgramRejection, ProgramState, RuleVersion};
 use tally_engine::domain::{ReturnPolicy, TenantId};
 use tally_proto::v1 as pb;
 use tally_proto::v1::admin_service_server::AdminService;
@@ -56,7 +56,8 @@ fn from_program_error(error: &ProgramError) -> Status {
     }
 }
 
-fn response(tenant: &TenantId, state: &ProgramState, replayed: Option<u32>) -> pb::ProgramResponse {
+/// A program as the wire shows it; `replayed`: the rules version a repeated request's first call left.
+pub(crate) fn program_response(tenant: &TenantId, state: &ProgramState, replayed: Option<u32>) -> pb::ProgramResponse {
     pb::ProgramResponse {
         tenant_id: tenant.as_str().to_owned(),
         name: state.name.clone(),
@@ -86,6 +87,15 @@ fn response(tenant: &TenantId, state: &ProgramState, replayed: Option<u32>) -> p
     }
 }
 
+pub(crate) fn rule_version(v: &RuleVersion) -> pb::RuleVersion {
+    pb::RuleVersion {
+        version: v.version,
+        effective_from: Some(status::timestamp(v.effective_from_ms)),
+        published_by: v.published_by.clone(),
+        rules_json: v.rules_json.to_string(),
+    }
+}
+
 impl AdminApi {
     async fn execute(
         &self,
@@ -97,7 +107,7 @@ impl AdminApi {
         let command = ProgramCommand { idempotency_key: key, body };
         let ProgramOutcome { state, replayed } =
             self.programs.execute(&tenant, &command, &meta).await.map_err(|e| from_program_error(&e))?;
-        Ok(Response::new(response(&tenant, &state, replayed)))
+        Ok(Response::new(program_response(&tenant, &state, replayed)))
     }
 
     async fn existing(&self, tenant: TenantId) -> Result<(TenantId, ProgramState), Status> {
@@ -199,7 +209,7 @@ impl AdminService for AdminApi {
     async fn get_program(&self, request: Request<pb::GetProgramRequest>) -> Result<Response<pb::ProgramResponse>, Status> {
         let (_, extensions, r) = request.into_parts();
         let (tenant, state) = self.existing(access::acting_tenant(&extensions, &r.tenant_id)?).await?;
-        Ok(Response::new(response(&tenant, &state, None)))
+        Ok(Response::new(program_response(&tenant, &state, None)))
     }
 
     async fn list_rule_versions(
@@ -220,12 +230,7 @@ impl AdminService for AdminApi {
         let page_size = if r.page_size == 0 { usize::MAX } else { r.page_size as usize };
         let (mut versions, mut bytes, mut next_page_token) = (Vec::new(), 0, String::new());
         for v in state.rule_versions.iter().filter(|v| v.version >= from) {
-            let version = pb::RuleVersion {
-                version: v.version,
-                effective_from: Some(status::timestamp(v.effective_from_ms)),
-                published_by: v.published_by.clone(),
-                rules_json: v.rules_json.to_string(),
-            };
+            let version = rule_version(v);
             bytes += prost::Message::encoded_len(&version);
             if versions.len() == page_size || (bytes > RULE_VERSIONS_PAGE_BYTES_MAX && !versions.is_empty()) {
                 next_page_token = format!("v{}", v.version);

@@ -47,6 +47,50 @@ pub enum Command {
     /// The cluster as a node sees it (with a platform key).
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Wallets and programs as they were at any instant, replayed from the log (with an auditor or
+    /// platform key).
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// A wallet as it was: its figures, lots, holds and pending credits, and the event the replay stopped
+    /// at. With --diff, the wallet at a second instant too, every event between, and what changed.
+    Replay {
+        #[command(flatten)]
+        wallet: WalletRef,
+        #[command(flatten)]
+        when: AsOfArgs,
+        /// A second instant (same forms as --as-of), later or earlier.
+        #[arg(long, value_name = "TIME", value_parser = crate::auditctl::parse_instant)]
+        diff: Option<i64>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// A program as it was: its settings and the rules version in force, with its document.
+    Program {
+        /// Program (tenant) id.
+        #[arg(long, env = "TALLY_TENANT", default_value = "demo")]
+        tenant: String,
+        #[command(flatten)]
+        when: AsOfArgs,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+/// Where a replay stops: an instant or a log position.
+#[derive(Debug, Clone, Args)]
+#[group(required = true, multiple = false)]
+pub struct AsOfArgs {
+    /// Every event recorded at or before this instant: RFC 3339 (2026-03-01T00:00:00Z,
+    /// 2026-03-01T01:00:00+01:00), without seconds (2026-03-01T00:00Z), or a date (its midnight, UTC).
+    #[arg(long, value_name = "TIME", value_parser = crate::auditctl::parse_instant)]
+    pub as_of: Option<i64>,
+    /// Every event at or before this global log position (what a reply's `position` names).
+    #[arg(long, value_name = "POSITION")]
+    pub position: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]

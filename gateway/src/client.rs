@@ -67,7 +67,7 @@ where
 }
 
 #[derive(Debug, Serialize)]
-struct WalletView {
+pub(crate) struct WalletView {
     tenant_id: String,
     wallet_id: String,
     status: &'static str,
@@ -83,9 +83,27 @@ struct WalletView {
     lifetime_adjusted: i64,
     lifetime_expired: i64,
     upcoming_expiries: Vec<ExpiryView>,
+    tier: Option<TierView>,
+    stamp_cards: Vec<StampCardView>,
     enrolled_at: Option<String>,
     last_activity_at: Option<String>,
     version: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct TierView {
+    tier_id: String,
+    name: String,
+    qualifying_points: i64,
+    next_review_at: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct StampCardView {
+    card_id: String,
+    stamps: i64,
+    stamps_required: i64,
+    completed: i64,
 }
 
 #[derive(Debug, Serialize)]
@@ -95,7 +113,7 @@ struct ExpiryView {
 }
 
 #[derive(Debug, Serialize)]
-struct TransactionView {
+pub(crate) struct TransactionView {
     version: u64,
     position: u64,
     recorded_at: Option<String>,
@@ -164,7 +182,7 @@ fn kind_name(kind: i32) -> &'static str {
     }
 }
 
-fn wallet_view(w: Wallet) -> WalletView {
+pub(crate) fn wallet_view(w: Wallet) -> WalletView {
     WalletView {
         tenant_id: w.tenant_id,
         wallet_id: w.wallet_id,
@@ -185,13 +203,24 @@ fn wallet_view(w: Wallet) -> WalletView {
             .into_iter()
             .map(|e| ExpiryView { expires_at: e.expires_at.map(|t| t.to_string()), points: e.points })
             .collect(),
+        tier: w.tier.map(|t| TierView {
+            tier_id: t.tier_id,
+            name: t.name,
+            qualifying_points: t.qualifying_points,
+            next_review_at: t.next_review_at.map(|t| t.to_string()),
+        }),
+        stamp_cards: w
+            .stamp_cards
+            .into_iter()
+            .map(|c| StampCardView { card_id: c.card_id, stamps: c.stamps, stamps_required: c.stamps_required, completed: c.completed })
+            .collect(),
         enrolled_at: w.enrolled_at.map(|t| t.to_string()),
         last_activity_at: w.last_activity_at.map(|t| t.to_string()),
         version: w.version,
     }
 }
 
-fn transaction_view(t: Transaction) -> TransactionView {
+pub(crate) fn transaction_view(t: Transaction) -> TransactionView {
     TransactionView {
         version: t.version,
         position: t.position,
@@ -207,7 +236,7 @@ fn transaction_view(t: Transaction) -> TransactionView {
     }
 }
 
-fn render_wallet(w: &WalletView) -> String {
+pub(crate) fn render_wallet(w: &WalletView) -> String {
     let mut out = format!(
         "{}/{} ({}, customer {:?})\n  balance   {}\n  held      {}\n  pending   {}\n  available {}\n  earned    {}\n  purchased {}\n  redeemed  {}\n  reversed  {}\n  adjusted  {}\n  expired   {}\n  enrolled  {}\n  last move {}\n  version   {}",
         w.tenant_id,
@@ -231,10 +260,18 @@ fn render_wallet(w: &WalletView) -> String {
     for expiry in &w.upcoming_expiries {
         let _ = write!(out, "\n  expiring  {} on {}", expiry.points, expiry.expires_at.as_deref().unwrap_or("-"));
     }
+    if let Some(tier) = &w.tier {
+        let tier_name = if tier.tier_id.is_empty() { "below the first tier" } else { tier.name.as_str() };
+        let _ = write!(out, "\n  tier      {tier_name} ({} qualifying points)", tier.qualifying_points);
+    }
+    for card in &w.stamp_cards {
+        let _ =
+            write!(out, "\n  card      {}: {} of {} stamps, {} completed", card.card_id, card.stamps, card.stamps_required, card.completed);
+    }
     out
 }
 
-fn render_transaction(t: &TransactionView) -> String {
+pub(crate) fn render_transaction(t: &TransactionView) -> String {
     let mut line =
         format!("v{:<5} {:<24} {:<9} {:>+8}  {}", t.version, t.recorded_at.as_deref().unwrap_or("-"), t.kind, t.points, t.reference);
     if !t.reason.is_empty() {
@@ -259,7 +296,7 @@ fn render_mutation(m: &MutationView) -> String {
     out
 }
 
-fn output<T: Serialize>(json: bool, value: &T, text: impl FnOnce(&T) -> String) -> String {
+pub(crate) fn output<T: Serialize>(json: bool, value: &T, text: impl FnOnce(&T) -> String) -> String {
     if json { serde_json::to_string_pretty(value).expect("views serialize") } else { text(value) }
 }
 

@@ -7,6 +7,8 @@
 pub mod access;
 pub mod admin;
 pub mod admission;
+pub mod audit;
+pub mod auditctl;
 pub mod bench;
 pub mod cli;
 pub mod client;

@@ -28,6 +28,9 @@ pub const REQUEST_TIMEOUT_MS: u64 = 10_000;
 /// Default and largest page of `ListTransactions`.
 pub const PAGE_SIZE_DEFAULT: u32 = 50;
 pub const PAGE_SIZE_MAX: u32 = 500;
+/// Default and largest page of `AuditService.WalletChanges` (a page also stops at `PAGE_BYTES_MAX`).
+pub const AUDIT_PAGE_SIZE_DEFAULT: u32 = 100;
+pub const AUDIT_PAGE_SIZE_MAX: u32 = 500;
 /// Longest a graceful shutdown waits for in-flight calls, in milliseconds.
 pub const SHUTDOWN_GRACE_MS: u64 = 30_000;
 /// After the last call finished, how long shutdown waits for responses to reach clients, in milliseconds.

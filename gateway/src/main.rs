@@ -92,6 +92,10 @@ fn main() -> ExitCode {
                 emit(&tally_gateway::ops::rebuild(name, target).await?.to_string());
                 Ok(())
             }
+            Command::Audit(command) => {
+                emit(&tally_gateway::auditctl::run(command).await?.to_string());
+                Ok(())
+            }
             Command::Cluster(ClusterCommand::Status { wallet, target }) => {
                 emit(&tally_gateway::clusterctl::status(wallet.as_deref(), target).await?.to_string());
                 Ok(())

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tally_cluster::Node;
 use tally_proto::v1::admin_service_server::AdminServiceServer;
+use tally_proto::v1::audit_service_server::AuditServiceServer;
 use tally_proto::v1::cluster_service_server::ClusterServiceServer;
 use tally_proto::v1::keys_service_server::KeysServiceServer;
 use tally_proto::v1::projections_service_server::ProjectionsServiceServer;
@@ -20,6 +21,7 @@ use tonic::transport::{Server, ServerTlsConfig};
 use crate::access::{Access, AuthLayer};
 use crate::admin::AdminApi;
 use crate::admission::{Admitted, DeadlineLayer};
+use crate::audit::AuditApi;
 use crate::cluster_status::ClusterApi;
 use crate::keys::KeysApi;
 use crate::limits::{
@@ -66,6 +68,7 @@ pub async fn run(
     health.set_serving::<AdminServiceServer<AdminApi>>().await;
     health.set_serving::<KeysServiceServer<KeysApi>>().await;
     health.set_serving::<ClusterServiceServer<ClusterApi>>().await;
+    health.set_serving::<AuditServiceServer<AuditApi>>().await;
     // From here on health follows the log and the read side; it stops with this function.
     let monitor = AbortOnDrop(crate::health::spawn(health.clone(), Arc::clone(&engine.store), read.clone()));
     // Both reflection versions: older grpcurl and Python's grpcio-reflection speak only v1alpha.
@@ -85,6 +88,11 @@ pub async fn run(
     .max_encoding_message_size(MESSAGE_BYTES_MAX);
     let reporting = Admitted::new(reporting, Arc::clone(&reporting_gate));
     let projections = Admitted::new(ProjectionsServiceServer::new(ProjectionsApi::new(&read)), Arc::clone(&reporting_gate));
+    // Replays read the log, not a read model: they share the read side's gate.
+    let audit = Admitted::new(
+        AuditServiceServer::new(AuditApi::new(Arc::clone(&engine.store))).max_encoding_message_size(REPLY_BYTES_MAX),
+        Arc::clone(&reporting_gate),
+    );
     let admin = AdminServiceServer::new(AdminApi::new(Arc::clone(&engine.programs)))
         .max_decoding_message_size(ADMIN_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(ADMIN_MESSAGE_BYTES_MAX);
@@ -122,6 +130,7 @@ pub async fn run(
         .add_service(admin)
         .add_service(keys)
         .add_service(cluster_status)
+        .add_service(audit)
         // Without TCP_NODELAY on accepted sockets, small replies wait for delayed ACKs (~40 ms).
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async {
             let _ = stopped.await;
@@ -138,7 +147,14 @@ pub async fn run(
     let mut monitor = monitor;
     monitor.0.abort();
     let _ = (&mut monitor.0).await;
-    for service in ["", "tally.v1.WalletService", "tally.v1.AdminService", "tally.v1.KeysService", "tally.v1.ReportingService"] {
+    for service in [
+        "",
+        "tally.v1.WalletService",
+        "tally.v1.AdminService",
+        "tally.v1.KeysService",
+        "tally.v1.ReportingService",
+        "tally.v1.AuditService",
+    ] {
         health.set_service_status(service, tonic_health::ServingStatus::NotServing).await;
     }
     drain([&gate, &reporting_gate, &admin_gate], stop_accepting).await;

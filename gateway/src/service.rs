@@ -181,7 +181,7 @@ pub(crate) fn timestamp(ms: i64) -> Option<prost_types::Timestamp> {
     (ms != 0).then(|| status::timestamp(ms))
 }
 
-fn wallet(key: &WalletKey, summary: &WalletSummary) -> Wallet {
+pub(crate) fn wallet(key: &WalletKey, summary: &WalletSummary) -> Wallet {
     let status = match summary.status {
         WalletStatus::Active => tally_proto::v1::WalletStatus::Active,
         WalletStatus::Closed => tally_proto::v1::WalletStatus::Closed,

@@ -1,0 +1,207 @@
+//! `AuditService`: a wallet or a program as it was at an instant or log position, and a wallet's events
+//! between two versions, all read from the event log itself (`tally_engine::audit`), never from a read
+//! model. For auditors (their own tenant) and the platform; `tally audit` (`auditctl.rs`) calls it.
+
+use std::sync::Arc;
+
+use tally_engine::actors::{StoredWalletEvent, WalletKey, WalletSummary};
+use tally_engine::audit::{self, AsOf, AuditError, ProgramAsOf, StoppedAt, WalletAsOf};
+use tally_engine::codec;
+use tally_engine::domain::{Rejection, TenantId, WalletId, WalletState};
+use tally_engine::store::{EventStore, StreamId};
+use tally_proto::v1 as pb;
+use tally_proto::v1::audit_service_server::AuditService;
+use tonic::{Extensions, Request, Response, Status};
+
+use crate::limits::{AUDIT_PAGE_SIZE_DEFAULT, AUDIT_PAGE_SIZE_MAX, PAGE_BYTES_MAX};
+use crate::service::{timestamp, wallet};
+use crate::transactions::transaction;
+use crate::{access, admin, orders, status};
+
+#[derive(Debug, Clone)]
+pub struct AuditApi {
+    store: Arc<dyn EventStore>,
+}
+
+impl AuditApi {
+    pub fn new(store: Arc<dyn EventStore>) -> Self {
+        Self { store }
+    }
+
+    /// The tenant the call acts on, if its program was ever created.
+    async fn tenant(&self, extensions: &Extensions, named: &str) -> Result<TenantId, Status> {
+        let tenant = access::acting_tenant(extensions, named)?;
+        let created = self.store.stream_version(&codec::program_stream(&tenant)).await.map_err(|e| status::from_store_error(&e))?;
+        if created == 0 {
+            return Err(status::unknown_tenant(tenant.as_str()));
+        }
+        Ok(tenant)
+    }
+
+    /// The wallet, its stream and its last version, if it has any event.
+    async fn wallet(&self, tenant: &TenantId, wallet_id: &str) -> Result<(WalletKey, StreamId, u64), Status> {
+        let wallet = WalletId::parse(wallet_id).map_err(|e| status::from_field_error(&e))?;
+        let stream = codec::wallet_stream(tenant, &wallet);
+        let head = self.store.stream_version(&stream).await.map_err(|e| status::from_store_error(&e))?;
+        if head == 0 {
+            return Err(status::from_rejection(&Rejection::WalletNotFound));
+        }
+        Ok((WalletKey::new(tenant.clone(), wallet), stream, head))
+    }
+}
+
+/// The request's instant or position.
+fn as_of(at: Option<&prost_types::Timestamp>, position: Option<u64>) -> Result<AsOf, Status> {
+    match (at, position) {
+        (Some(at), _) => Ok(AsOf::Instant(orders::millis("at", at)?)),
+        (None, Some(position)) => Ok(AsOf::Position(position)),
+        (None, None) => Err(status::invalid("as_of", "is required: an instant (at) or a log position (position)")),
+    }
+}
+
+/// The instant time-dependent figures are computed at: the one asked for, or the last event's time.
+fn evaluated_at(as_of: AsOf, stopped_at: Option<&StoppedAt>) -> i64 {
+    match as_of {
+        AsOf::Instant(at_ms) => at_ms,
+        AsOf::Position(_) => stopped_at.map_or(0, |s| s.recorded_at_ms),
+    }
+}
+
+fn from_audit_error(error: &AuditError) -> Status {
+    match error {
+        AuditError::Store(store) => status::from_store_error(store),
+        AuditError::Codec(codec) => {
+            tracing::error!(error = %codec, "stored event cannot be decoded");
+            Status::data_loss(format!("the log cannot be replayed: {codec}"))
+        }
+    }
+}
+
+fn stopped_at(s: &StoppedAt) -> pb::StoppedAt {
+    pb::StoppedAt {
+        stream_version: s.stream_version,
+        global_position: s.global_position,
+        recorded_at: Some(status::timestamp(s.recorded_at_ms)),
+        event_type: s.event_type.clone(),
+    }
+}
+
+/// What `WalletAsOf` answers: the summary as `GetWallet` builds it, then where the points sit.
+fn wallet_as_of(key: &WalletKey, replay: &WalletAsOf, program: &ProgramAsOf, at_ms: i64) -> pb::WalletAsOfResponse {
+    let state: &WalletState = &replay.state;
+    let summary = WalletSummary::of(state, at_ms, &program.state.settings());
+    pb::WalletAsOfResponse {
+        wallet: Some(wallet(key, &summary)),
+        stopped_at: replay.stopped_at.as_ref().map(stopped_at),
+        evaluated_at: timestamp(at_ms),
+        lots: state
+            .lots()
+            .map(|(lot, l)| pb::LotStatus {
+                lot,
+                points: l.points,
+                held: l.held,
+                expires_at: l.expires_at_ms.and_then(timestamp),
+                on_inactivity: l.on_inactivity,
+            })
+            .collect(),
+        holds: state
+            .holds()
+            .map(|(id, h)| pb::HoldStatus {
+                hold_id: id.to_owned(),
+                points: h.points,
+                reward_ref: h.reward_ref.clone(),
+                expires_at: timestamp(h.expires_at_ms),
+            })
+            .collect(),
+        pending: state
+            .pending()
+            .map(|(version, p)| pb::PendingCredit {
+                version,
+                points: p.points,
+                source_ref: p.source_ref.clone(),
+                available_at: timestamp(p.available_at_ms),
+                expires_at: p.expires_at_ms.and_then(timestamp),
+            })
+            .collect(),
+        debt: state.debt,
+        orders_placed: state.orders_placed,
+        inactivity_expires_at: state.inactivity_expires_at_ms.and_then(timestamp),
+        rules_version: program.state.rules_at(at_ms).map_or(0, |v| v.version),
+    }
+}
+
+#[tonic::async_trait]
+impl AuditService for AuditApi {
+    async fn wallet_as_of(&self, request: Request<pb::WalletAsOfRequest>) -> Result<Response<pb::WalletAsOfResponse>, Status> {
+        let (_, extensions, r) = request.into_parts();
+        let tenant = self.tenant(&extensions, &r.tenant_id).await?;
+        let as_of = match r.as_of {
+            Some(pb::wallet_as_of_request::AsOf::At(at)) => as_of(Some(&at), None)?,
+            Some(pb::wallet_as_of_request::AsOf::Position(position)) => as_of(None, Some(position))?,
+            None => as_of(None, None)?,
+        };
+        let (key, stream, _) = self.wallet(&tenant, &r.wallet_id).await?;
+        let replay = audit::wallet_as_of(self.store.as_ref(), &stream, as_of).await.map_err(|e| from_audit_error(&e))?;
+        let at_ms = evaluated_at(as_of, replay.stopped_at.as_ref());
+        // The program as it stood then: its tiers and cards label the figures, its rules were in force.
+        let program_as_of = match as_of {
+            AsOf::Instant(_) => AsOf::Instant(at_ms),
+            position @ AsOf::Position(_) => position,
+        };
+        let program = audit::program_as_of(self.store.as_ref(), &tenant, program_as_of).await.map_err(|e| from_audit_error(&e))?;
+        Ok(Response::new(wallet_as_of(&key, &replay, &program, at_ms)))
+    }
+
+    async fn program_as_of(&self, request: Request<pb::ProgramAsOfRequest>) -> Result<Response<pb::ProgramAsOfResponse>, Status> {
+        let (_, extensions, r) = request.into_parts();
+        let tenant = self.tenant(&extensions, &r.tenant_id).await?;
+        let as_of = match r.as_of {
+            Some(pb::program_as_of_request::AsOf::At(at)) => as_of(Some(&at), None)?,
+            Some(pb::program_as_of_request::AsOf::Position(position)) => as_of(None, Some(position))?,
+            None => as_of(None, None)?,
+        };
+        let replay = audit::program_as_of(self.store.as_ref(), &tenant, as_of).await.map_err(|e| from_audit_error(&e))?;
+        let at_ms = evaluated_at(as_of, replay.stopped_at.as_ref());
+        let in_force = replay.state.rules_at(at_ms);
+        let mut program = admin::program_response(&tenant, &replay.state, None);
+        program.rules_version = in_force.map_or(0, |v| v.version);
+        Ok(Response::new(pb::ProgramAsOfResponse {
+            program: Some(program),
+            rules_in_force: in_force.map(admin::rule_version),
+            stopped_at: replay.stopped_at.as_ref().map(stopped_at),
+            evaluated_at: timestamp(at_ms),
+        }))
+    }
+
+    async fn wallet_changes(&self, request: Request<pb::WalletChangesRequest>) -> Result<Response<pb::WalletChangesResponse>, Status> {
+        let (_, extensions, r) = request.into_parts();
+        let tenant = self.tenant(&extensions, &r.tenant_id).await?;
+        let (_, stream, head) = self.wallet(&tenant, &r.wallet_id).await?;
+        if r.up_to_version != 0 && r.up_to_version < r.after_version {
+            return Err(status::invalid("up_to_version", "must not be below after_version (0: up to the last event)"));
+        }
+        let page_size = match r.page_size {
+            0 => AUDIT_PAGE_SIZE_DEFAULT,
+            n => n.min(AUDIT_PAGE_SIZE_MAX),
+        };
+        let up_to = if r.up_to_version == 0 { head } else { r.up_to_version.min(head) };
+        let count = usize::try_from(u64::from(page_size).min(up_to.saturating_sub(r.after_version))).unwrap_or(usize::MAX);
+        let recorded =
+            self.store.read_stream(&stream, r.after_version.saturating_add(1), count).await.map_err(|e| status::from_store_error(&e))?;
+        // A page is bounded by bytes as well as by count (at least one transaction is sent).
+        let (mut transactions, mut bytes) = (Vec::with_capacity(recorded.len()), 0);
+        for r in recorded {
+            let (version, position) = (r.stream_version, r.global_position);
+            let event = codec::decode(r).map_err(|e| from_audit_error(&AuditError::Codec(e)))?;
+            let transaction = transaction(&StoredWalletEvent { version, position, event });
+            bytes += prost::Message::encoded_len(&transaction);
+            if bytes > PAGE_BYTES_MAX && !transactions.is_empty() {
+                break;
+            }
+            transactions.push(transaction);
+        }
+        let last = transactions.last().map_or(up_to, |t| t.version);
+        let next_after_version = if last < up_to { last } else { 0 };
+        Ok(Response::new(pb::WalletChangesResponse { transactions, next_after_version }))
+    }
+}

@@ -1,0 +1,402 @@
+//! `tally audit replay|program`: wallets and programs as they were, through `AuditService`, as text for a
+//! person or `--json` for a script. `--diff` shows a wallet at two instants, every event between them
+//! and the figures that changed.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+use tally_proto::v1::audit_service_client::AuditServiceClient;
+use tally_proto::v1::{
+    ProgramAsOfRequest, ProgramAsOfResponse, StoppedAt, WalletAsOfRequest, WalletAsOfResponse, WalletChangesRequest, program_as_of_request,
+    wallet_as_of_request,
+};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::cli::{AsOfArgs, AuditCommand, Target, WalletRef};
+use crate::client::{ClientError, TransactionView, WalletView, output, render_transaction, render_wallet, transaction_view, wallet_view};
+use crate::credentials::{self, Authed};
+
+/// Milliseconds since the epoch of `text`: RFC 3339, RFC 3339 without seconds, or a date (its midnight,
+/// UTC).
+pub fn parse_instant(text: &str) -> Result<i64, String> {
+    let full = match text.len() {
+        // 2026-03-01
+        10 => format!("{text}T00:00:00Z"),
+        // 2026-03-01T00:00Z, 2026-03-01T00:00+01:00: seconds left out
+        _ if text.get(13..14) == Some(":") && text.get(16..17).is_none_or(|c| c != ":") => {
+            format!("{}:00{}", text.get(..16).unwrap_or(text), text.get(16..).unwrap_or(""))
+        }
+        _ => text.to_owned(),
+    };
+    let at = OffsetDateTime::parse(&full, &Rfc3339)
+        .map_err(|_| format!("{text:?} is not a time: use 2026-03-01T00:00:00Z, 2026-03-01T00:00Z or 2026-03-01"))?;
+    i64::try_from(at.unix_timestamp_nanos() / 1_000_000).map_err(|_| format!("{text:?} is out of range"))
+}
+
+fn timestamp(ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds: ms.div_euclid(1000), nanos: i32::try_from(ms.rem_euclid(1000) * 1_000_000).unwrap_or(0) }
+}
+
+#[derive(Debug, Serialize)]
+struct StoppedAtView {
+    stream_version: u64,
+    global_position: u64,
+    recorded_at: Option<String>,
+    event_type: String,
+}
+
+#[derive(Debug, Serialize)]
+struct LotView {
+    lot: u64,
+    points: i64,
+    held: i64,
+    expires_at: Option<String>,
+    on_inactivity: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct HoldView {
+    hold_id: String,
+    points: i64,
+    reward_ref: String,
+    expires_at: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct PendingView {
+    version: u64,
+    points: i64,
+    source_ref: String,
+    available_at: Option<String>,
+    expires_at: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct AsOfView {
+    evaluated_at: Option<String>,
+    stopped_at: Option<StoppedAtView>,
+    rules_version: u32,
+    wallet: Option<WalletView>,
+    lots: Vec<LotView>,
+    holds: Vec<HoldView>,
+    pending: Vec<PendingView>,
+    debt: i64,
+    orders_placed: u64,
+}
+
+/// A figure that differs between the two instants.
+#[derive(Debug, Serialize)]
+struct Difference {
+    field: String,
+    before: serde_json::Value,
+    after: serde_json::Value,
+}
+
+#[derive(Debug, Serialize)]
+struct DiffView {
+    from: AsOfView,
+    to: AsOfView,
+    /// Every event after `from`'s last up to `to`'s, oldest first.
+    changes: Vec<TransactionView>,
+    differences: Vec<Difference>,
+}
+
+fn stopped_at_view(s: StoppedAt) -> StoppedAtView {
+    StoppedAtView {
+        stream_version: s.stream_version,
+        global_position: s.global_position,
+        recorded_at: s.recorded_at.map(|t| t.to_string()),
+        event_type: s.event_type,
+    }
+}
+
+fn as_of_view(r: WalletAsOfResponse) -> AsOfView {
+    let text = |t: Option<prost_types::Timestamp>| t.map(|t| t.to_string());
+    AsOfView {
+        evaluated_at: text(r.evaluated_at),
+        stopped_at: r.stopped_at.map(stopped_at_view),
+        rules_version: r.rules_version,
+        wallet: r.wallet.map(wallet_view),
+        lots: r
+            .lots
+            .into_iter()
+            .map(|l| LotView { lot: l.lot, points: l.points, held: l.held, expires_at: text(l.expires_at), on_inactivity: l.on_inactivity })
+            .collect(),
+        holds: r
+            .holds
+            .into_iter()
+            .map(|h| HoldView { hold_id: h.hold_id, points: h.points, reward_ref: h.reward_ref, expires_at: text(h.expires_at) })
+            .collect(),
+        pending: r
+            .pending
+            .into_iter()
+            .map(|p| PendingView {
+                version: p.version,
+                points: p.points,
+                source_ref: p.source_ref,
+                available_at: text(p.available_at),
+                expires_at: text(p.expires_at),
+            })
+            .collect(),
+        debt: r.debt,
+        orders_placed: r.orders_placed,
+    }
+}
+
+fn render_as_of(v: &AsOfView) -> String {
+    let mut out = format!("as of {}", v.evaluated_at.as_deref().unwrap_or("the beginning"));
+    match &v.stopped_at {
+        Some(s) => {
+            let _ = write!(
+                out,
+                ": {} events, the last v{} at position {}, {} ({})",
+                s.stream_version,
+                s.stream_version,
+                s.global_position,
+                s.recorded_at.as_deref().unwrap_or("-"),
+                s.event_type
+            );
+        }
+        None => out.push_str(": no event yet"),
+    }
+    let _ = write!(out, "; rules version {}", v.rules_version);
+    if let Some(wallet) = &v.wallet
+        && v.stopped_at.is_some()
+    {
+        let _ = write!(out, "\n{}", render_wallet(wallet));
+    }
+    for l in &v.lots {
+        let expiry = match (&l.expires_at, l.on_inactivity) {
+            (Some(at), _) => format!("expires {at}"),
+            (None, true) => "expires on inactivity".to_owned(),
+            (None, false) => "never expires".to_owned(),
+        };
+        let _ = write!(out, "\n  lot v{:<6} {:>8} points, {:>6} held, {expiry}", l.lot, l.points, l.held);
+    }
+    for h in &v.holds {
+        let _ = write!(
+            out,
+            "\n  hold {:?}: {} points for {:?} until {}",
+            h.hold_id,
+            h.points,
+            h.reward_ref,
+            h.expires_at.as_deref().unwrap_or("-")
+        );
+    }
+    for p in &v.pending {
+        let _ = write!(
+            out,
+            "\n  pending v{}: {} points for {:?}, available {}",
+            p.version,
+            p.points,
+            p.source_ref,
+            p.available_at.as_deref().unwrap_or("-")
+        );
+    }
+    if v.debt != 0 {
+        let _ = write!(out, "\n  debt      {}", v.debt);
+    }
+    out
+}
+
+/// The wallet's figures that differ between two views, in the order the view lists them.
+fn differences(from: &AsOfView, to: &AsOfView) -> Vec<Difference> {
+    let figures = |v: &AsOfView| match serde_json::to_value(&v.wallet) {
+        Ok(serde_json::Value::Object(map)) => map,
+        _ => serde_json::Map::new(),
+    };
+    let (before, after) = (figures(from), figures(to));
+    let mut fields: Vec<&String> = after.keys().collect();
+    fields.extend(before.keys().filter(|k| !after.contains_key(*k)));
+    fields
+        .into_iter()
+        .filter_map(|field| {
+            let (b, a) = (before.get(field).cloned().unwrap_or_default(), after.get(field).cloned().unwrap_or_default());
+            (b != a).then(|| Difference { field: field.clone(), before: b, after: a })
+        })
+        .chain([("debt", from.debt, to.debt)].into_iter().filter(|(_, b, a)| b != a).map(|(field, b, a)| Difference {
+            field: field.to_owned(),
+            before: b.into(),
+            after: a.into(),
+        }))
+        .collect()
+}
+
+fn render_diff(d: &DiffView) -> String {
+    let mut out = render_as_of(&d.from);
+    let _ = write!(out, "\n\n{} events after it:", d.changes.len());
+    for t in &d.changes {
+        let _ = write!(out, "\n{}", render_transaction(t));
+    }
+    let _ = write!(out, "\n\n{}", render_as_of(&d.to));
+    out.push_str("\n\nchanged:");
+    if d.differences.is_empty() {
+        out.push_str(" nothing");
+    }
+    for difference in &d.differences {
+        let _ = write!(out, "\n  {:<20} {} -> {}", difference.field, difference.before, difference.after);
+    }
+    out
+}
+
+async fn connect(target: &Target) -> Result<AuditServiceClient<Authed>, ClientError> {
+    credentials::connect(&target.server, target.key.bearer_for(&target.server)?)
+        .await
+        .map(AuditServiceClient::new)
+        .map_err(|source| ClientError::Connect { server: target.server.clone(), source })
+}
+
+async fn wallet_as_of(
+    client: &mut AuditServiceClient<Authed>,
+    wallet: &WalletRef,
+    when: &AsOfArgs,
+) -> Result<WalletAsOfResponse, ClientError> {
+    let as_of = match (when.as_of, when.position) {
+        (Some(at), _) => wallet_as_of_request::AsOf::At(timestamp(at)),
+        (None, position) => wallet_as_of_request::AsOf::Position(position.unwrap_or(u64::MAX)),
+    };
+    let request = WalletAsOfRequest { tenant_id: wallet.tenant.clone(), wallet_id: wallet.wallet.clone(), as_of: Some(as_of) };
+    Ok(client.wallet_as_of(request).await.map_err(ClientError::Call)?.into_inner())
+}
+
+/// Every transaction after version `after` up to `up_to`, oldest first, page by page.
+async fn changes(
+    client: &mut AuditServiceClient<Authed>,
+    wallet: &WalletRef,
+    after: u64,
+    up_to: u64,
+) -> Result<Vec<TransactionView>, ClientError> {
+    let (mut changes, mut after_version) = (Vec::new(), after);
+    while after_version < up_to {
+        let request = WalletChangesRequest {
+            tenant_id: wallet.tenant.clone(),
+            wallet_id: wallet.wallet.clone(),
+            after_version,
+            up_to_version: up_to,
+            page_size: 0,
+        };
+        let page = client.wallet_changes(request).await.map_err(ClientError::Call)?.into_inner();
+        changes.extend(page.transactions.into_iter().map(transaction_view));
+        if page.next_after_version <= after_version {
+            break;
+        }
+        after_version = page.next_after_version;
+    }
+    Ok(changes)
+}
+
+fn version(r: &WalletAsOfResponse) -> u64 {
+    r.stopped_at.as_ref().map_or(0, |s| s.stream_version)
+}
+
+async fn replay(wallet: WalletRef, when: AsOfArgs, diff: Option<i64>, target: &Target) -> Result<String, ClientError> {
+    let mut client = connect(target).await?;
+    let first = wallet_as_of(&mut client, &wallet, &when).await?;
+    let Some(second_at) = diff else {
+        return Ok(output(target.json, &as_of_view(first), render_as_of));
+    };
+    let second = wallet_as_of(&mut client, &wallet, &AsOfArgs { as_of: Some(second_at), position: None }).await?;
+    let (from, to) = if version(&second) < version(&first) { (second, first) } else { (first, second) };
+    let changes = changes(&mut client, &wallet, version(&from), version(&to)).await?;
+    let (from, to) = (as_of_view(from), as_of_view(to));
+    let differences = differences(&from, &to);
+    Ok(output(target.json, &DiffView { from, to, changes, differences }, render_diff))
+}
+
+async fn program(tenant: String, when: AsOfArgs, target: &Target) -> Result<String, ClientError> {
+    let as_of = match (when.as_of, when.position) {
+        (Some(at), _) => program_as_of_request::AsOf::At(timestamp(at)),
+        (None, position) => program_as_of_request::AsOf::Position(position.unwrap_or(u64::MAX)),
+    };
+    let reply: ProgramAsOfResponse = connect(target)
+        .await?
+        .program_as_of(ProgramAsOfRequest { tenant_id: tenant, as_of: Some(as_of) })
+        .await
+        .map_err(ClientError::Call)?
+        .into_inner();
+    if target.json {
+        return Ok(serde_json::to_string_pretty(&program_json(&reply)).expect("views serialize"));
+    }
+    let mut out = format!("as of {}", reply.evaluated_at.map_or_else(|| "the beginning".to_owned(), |t| t.to_string()));
+    match (&reply.stopped_at, &reply.program) {
+        (Some(s), Some(p)) => {
+            let _ = write!(out, ": {} events, the last at position {} ({})", s.stream_version, s.global_position, s.event_type);
+            let _ = write!(
+                out,
+                "\n{:?} (UTC{:+} min), pending {} days, refund window {} days, {} tiers, {} stamp cards, {} credit packages",
+                p.name,
+                p.utc_offset_minutes,
+                p.pending_days,
+                p.refund_window_days,
+                p.tiers.len(),
+                p.stamp_cards.len(),
+                p.credit_packages.len()
+            );
+        }
+        _ => out.push_str(": not created yet"),
+    }
+    match &reply.rules_in_force {
+        Some(rules) => {
+            let from = rules.effective_from.map_or_else(|| "-".to_owned(), |t| t.to_string());
+            let _ = write!(
+                out,
+                "\nrules version {} in force since {from}, published by {:?}:\n{}",
+                rules.version, rules.published_by, rules.rules_json
+            );
+        }
+        None => out.push_str("\nno rules in force"),
+    }
+    Ok(out)
+}
+
+/// The program answer as JSON: the protobuf fields, names as in the `.proto`.
+fn program_json(reply: &ProgramAsOfResponse) -> serde_json::Value {
+    let text = |t: &Option<prost_types::Timestamp>| t.map(|t| t.to_string());
+    serde_json::json!({
+        "evaluated_at": text(&reply.evaluated_at),
+        "stopped_at": reply.stopped_at.clone().map(stopped_at_view),
+        "program": reply.program.as_ref().map(|p| serde_json::json!({
+            "name": p.name,
+            "utc_offset_minutes": p.utc_offset_minutes,
+            "rules_version": p.rules_version,
+            "pending_days": p.pending_days,
+            "refund_window_days": p.refund_window_days,
+            "tiers": p.tiers.iter().map(|t| t.tier_id.clone()).collect::<Vec<_>>(),
+            "stamp_cards": p.stamp_cards.iter().map(|c| c.card_id.clone()).collect::<Vec<_>>(),
+            "credit_packages": p.credit_packages.iter().map(|c| c.package_id.clone()).collect::<Vec<_>>(),
+        })),
+        "rules_in_force": reply.rules_in_force.as_ref().map(|r| serde_json::json!({
+            "version": r.version,
+            "effective_from": text(&r.effective_from),
+            "published_by": r.published_by,
+            "rules_json": r.rules_json,
+        })),
+    })
+}
+
+/// Runs one `tally audit` subcommand; returns what to print.
+pub async fn run(command: AuditCommand) -> Result<String, ClientError> {
+    match command {
+        AuditCommand::Replay { wallet, when, diff, target } => replay(wallet, when, diff, &target).await,
+        AuditCommand::Program { tenant, when, target } => program(tenant, when, &target).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_instant;
+
+    #[test]
+    fn instants_are_read_in_the_forms_an_auditor_types() {
+        let march = 1_772_323_200_000; // 2026-03-01T00:00:00Z
+        assert_eq!(parse_instant("2026-03-01"), Ok(march));
+        assert_eq!(parse_instant("2026-03-01T00:00Z"), Ok(march));
+        assert_eq!(parse_instant("2026-03-01T00:00:00Z"), Ok(march));
+        assert_eq!(parse_instant("2026-03-01T01:00+01:00"), Ok(march));
+        assert_eq!(parse_instant("2026-03-01T00:00:00.250Z"), Ok(march + 250));
+        for bad in ["", "2026-13-01", "yesterday", "2026-03-01T00Z", "1772323200000"] {
+            assert!(parse_instant(bad).is_err(), "{bad:?} is refused");
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! Issue 19: `AuditService` and `tally audit` against the real `tally` process. Every answer a change
+//! gave (its wallet, version and position) is what a replay as of that change's recorded instant, or
+//! its log position, gives back; the instant before it gives the state before it; the events between two
+//! answers are the changes' own; the program's rules in force follow their publication.
+
+use std::time::Duration;
+
+use tally_proto::v1::admin_service_client::AdminServiceClient;
+use tally_proto::v1::audit_service_client::AuditServiceClient;
+use tally_proto::v1::keys_service_client::KeysServiceClient;
+use tally_proto::v1::wallet_service_client::WalletServiceClient;
+use tally_proto::v1::{
+    AuthorizeRedemptionRequest, CreateKeyRequest, EarnRequest, EnrollRequest, ListRuleVersionsRequest, ProgramAsOfRequest,
+    PublishRulesRequest, RedeemRequest, Role, WalletAsOfRequest, WalletAsOfResponse, WalletChangesRequest, WalletMutation,
+    program_as_of_request, wallet_as_of_request,
+};
+use tally_tests::{Authed, Key, TallyServer};
+use tonic::Code;
+use tonic_types::StatusExt;
+
+fn ms(t: &prost_types::Timestamp) -> i64 {
+    t.seconds * 1000 + i64::from(t.nanos / 1_000_000)
+}
+
+fn at(ms: i64) -> Option<wallet_as_of_request::AsOf> {
+    Some(wallet_as_of_request::AsOf::At(prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }))
+}
+
+fn iso(ms: i64) -> String {
+    prost_types::Timestamp { seconds: ms.div_euclid(1000), nanos: (ms.rem_euclid(1000) * 1_000_000) as i32 }.to_string()
+}
+
+async fn as_of(audit: &mut AuditServiceClient<Authed>, as_of: Option<wallet_as_of_request::AsOf>) -> WalletAsOfResponse {
+    let request = WalletAsOfRequest { tenant_id: "demo".into(), wallet_id: "c-1".into(), as_of };
+    audit.wallet_as_of(request).await.unwrap().into_inner()
+}
+
+/// The instant a change was recorded at (all its events share it).
+fn recorded_ms(m: &WalletMutation) -> i64 {
+    ms(m.transactions.last().unwrap().recorded_at.as_ref().unwrap())
+}
+
+async fn auditor_key(server: &TallyServer) -> Key {
+    let mut keys = KeysServiceClient::new(server.channel().await);
+    let request =
+        CreateKeyRequest { tenant_id: "demo".into(), roles: vec![Role::Auditor as i32], label: "audit".into(), ..Default::default() };
+    Key::new(&keys.create_key(request).await.unwrap().into_inner().token)
+}
+
+/// Makes a wallet's history: enrolment, earns, a hold, a redemption, a few milliseconds apart.
+async fn history(wallets: &mut WalletServiceClient<Authed>) -> Vec<WalletMutation> {
+    let (tenant_id, wallet_id) = (String::from("demo"), String::from("c-1"));
+    let mut changes = Vec::new();
+    let enroll = EnrollRequest {
+        tenant_id: tenant_id.clone(),
+        wallet_id: wallet_id.clone(),
+        idempotency_key: "e".into(),
+        customer_ref: "cust-1".into(),
+    };
+    changes.push(wallets.enroll(enroll).await.unwrap().into_inner());
+    for (key, points) in [("o-1", 100), ("o-2", 50)] {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let earn = EarnRequest {
+            tenant_id: tenant_id.clone(),
+            wallet_id: wallet_id.clone(),
+            idempotency_key: key.into(),
+            points,
+            source_ref: key.into(),
+            ..Default::default()
+        };
+        changes.push(wallets.earn(earn).await.unwrap().into_inner());
+    }
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let hold = AuthorizeRedemptionRequest {
+        tenant_id: tenant_id.clone(),
+        wallet_id: wallet_id.clone(),
+        hold_id: "pos-1".into(),
+        points: 30,
+        reward_ref: "coffee".into(),
+        timeout_seconds: 3600,
+    };
+    changes.push(wallets.authorize_redemption(hold).await.unwrap().into_inner());
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let redeem = RedeemRequest { tenant_id, wallet_id, idempotency_key: "r-1".into(), points: 20, reward_ref: "mug".into() };
+    changes.push(wallets.redeem(redeem).await.unwrap().into_inner());
+    changes
+}
+
+#[tokio::test]
+async fn a_wallet_as_of_each_change_is_what_the_change_answered_and_the_changes_between_are_its_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TallyServer::start(dir.path(), &[]);
+    let mut wallets = server.client().await;
+    let changes = history(&mut wallets).await;
+    let mut audit = AuditServiceClient::new(server.channel_with(auditor_key(&server).await).await);
+
+    let before = as_of(&mut audit, at(recorded_ms(&changes[0]) - 1)).await;
+    assert!(before.stopped_at.is_none(), "nothing before the enrolment: {before:?}");
+    assert_eq!(before.wallet.as_ref().map(|w| (w.status, w.version, w.balance)), Some((0, 0, 0)));
+
+    for (i, change) in changes.iter().enumerate() {
+        let answered = change.wallet.as_ref().unwrap();
+        for reply in [
+            as_of(&mut audit, at(recorded_ms(change))).await,
+            as_of(&mut audit, Some(wallet_as_of_request::AsOf::Position(change.position))).await,
+        ] {
+            let stopped = reply.stopped_at.as_ref().unwrap();
+            assert_eq!((stopped.stream_version, stopped.global_position), (change.version, change.position), "change {i}");
+            let w = reply.wallet.as_ref().unwrap();
+            assert_eq!(
+                (w.balance, w.held_points, w.available_points, w.lifetime_earned, w.lifetime_redeemed, w.version, w.customer_ref.as_str()),
+                (
+                    answered.balance,
+                    answered.held_points,
+                    answered.available_points,
+                    answered.lifetime_earned,
+                    answered.lifetime_redeemed,
+                    answered.version,
+                    answered.customer_ref.as_str()
+                ),
+                "change {i}"
+            );
+            // Where the points sit adds up to the balance.
+            let in_lots: i64 =
+                reply.lots.iter().map(|l| l.points + l.held).sum::<i64>() + reply.pending.iter().map(|p| p.points).sum::<i64>();
+            assert_eq!(in_lots - reply.debt, w.balance, "change {i}: {reply:?}");
+            assert_eq!(reply.holds.iter().map(|h| h.points).sum::<i64>(), w.held_points, "change {i}");
+        }
+        // A millisecond before it, the wallet is as the change before left it.
+        if i > 0 && recorded_ms(&changes[i - 1]) < recorded_ms(change) {
+            let earlier = as_of(&mut audit, at(recorded_ms(change) - 1)).await;
+            assert_eq!(earlier.wallet.unwrap().version, changes[i - 1].version, "just before change {i}");
+        }
+    }
+    let hold = as_of(&mut audit, at(recorded_ms(&changes[3]))).await;
+    assert_eq!(
+        hold.holds.iter().map(|h| (h.hold_id.as_str(), h.points, h.reward_ref.as_str())).collect::<Vec<_>>(),
+        [("pos-1", 30, "coffee")]
+    );
+
+    // The events between the enrolment and the redemption, a page of one at a time, are the changes' own.
+    let (mut after_version, mut seen) = (changes[0].version, Vec::new());
+    loop {
+        let request = WalletChangesRequest {
+            tenant_id: "demo".into(),
+            wallet_id: "c-1".into(),
+            after_version,
+            up_to_version: changes[4].version,
+            page_size: 1,
+        };
+        let page = audit.wallet_changes(request).await.unwrap().into_inner();
+        assert!(page.transactions.len() <= 1);
+        seen.extend(page.transactions);
+        if page.next_after_version == 0 {
+            break;
+        }
+        after_version = page.next_after_version;
+    }
+    let expected: Vec<_> = changes[1..].iter().flat_map(|c| c.transactions.clone()).collect();
+    assert_eq!(seen, expected);
+
+    // Precise refusals.
+    let field = |status: tonic::Status| (status.code(), status.get_details_bad_request().map(|b| b.field_violations[0].field.clone()));
+    let missing = WalletAsOfRequest { tenant_id: "demo".into(), wallet_id: "c-1".into(), as_of: None };
+    assert_eq!(field(audit.wallet_as_of(missing).await.unwrap_err()), (Code::InvalidArgument, Some("as_of".into())));
+    let bad_time = prost_types::Timestamp { seconds: 1, nanos: 2_000_000_000 };
+    let bad =
+        WalletAsOfRequest { tenant_id: "demo".into(), wallet_id: "c-1".into(), as_of: Some(wallet_as_of_request::AsOf::At(bad_time)) };
+    assert_eq!(field(audit.wallet_as_of(bad).await.unwrap_err()), (Code::InvalidArgument, Some("at".into())));
+    let nobody = WalletAsOfRequest { tenant_id: "demo".into(), wallet_id: "nobody".into(), as_of: at(recorded_ms(&changes[4])) };
+    assert_eq!(audit.wallet_as_of(nobody).await.unwrap_err().code(), Code::NotFound);
+    let bad_id = WalletAsOfRequest { tenant_id: "demo".into(), wallet_id: "no/pe".into(), as_of: at(0) };
+    assert_eq!(field(audit.wallet_as_of(bad_id).await.unwrap_err()), (Code::InvalidArgument, Some("wallet_id".into())));
+    let backwards =
+        WalletChangesRequest { tenant_id: "demo".into(), wallet_id: "c-1".into(), after_version: 3, up_to_version: 2, page_size: 0 };
+    assert_eq!(field(audit.wallet_changes(backwards).await.unwrap_err()), (Code::InvalidArgument, Some("up_to_version".into())));
+    let mut platform = AuditServiceClient::new(server.channel().await);
+    let unknown = WalletAsOfRequest { tenant_id: "nope".into(), wallet_id: "c-1".into(), as_of: at(0) };
+    assert_eq!(platform.wallet_as_of(unknown).await.unwrap_err().code(), Code::NotFound);
+    // A point-of-sale key reads wallets, but not their past.
+    let pos = {
+        let mut keys = KeysServiceClient::new(server.channel().await);
+        let request =
+            CreateKeyRequest { tenant_id: "demo".into(), roles: vec![Role::Pos as i32], label: "till".into(), ..Default::default() };
+        Key::new(&keys.create_key(request).await.unwrap().into_inner().token)
+    };
+    let mut till = AuditServiceClient::new(server.channel_with(pos).await);
+    let request = WalletAsOfRequest { tenant_id: "demo".into(), wallet_id: "c-1".into(), as_of: at(recorded_ms(&changes[4])) };
+    assert_eq!(till.wallet_as_of(request).await.unwrap_err().code(), Code::PermissionDenied);
+
+    // The command line: the wallet between the first earn and the redemption, as JSON and as text.
+    let (from, to) = (iso(recorded_ms(&changes[1])), iso(recorded_ms(&changes[4])));
+    let run = |json: bool| {
+        let mut command = std::process::Command::new(tally_tests::tally_binary());
+        command.args(["audit", "replay", "--tenant", "demo", "--wallet", "c-1", "--as-of", &from, "--diff", &to, "--server", &server.url]);
+        command.env("TALLY_API_KEY", server.platform_key());
+        if json {
+            command.arg("--json");
+        }
+        let output = command.output().unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let diff: serde_json::Value = serde_json::from_str(&run(true)).unwrap();
+    assert_eq!(diff["from"]["wallet"]["balance"], 100);
+    assert_eq!(diff["to"]["wallet"]["balance"], 130);
+    assert_eq!(diff["changes"].as_array().unwrap().len(), 3, "{diff}");
+    let balance = diff["differences"].as_array().unwrap().iter().find(|d| d["field"] == "balance").unwrap().clone();
+    assert_eq!((balance["before"].clone(), balance["after"].clone()), (100.into(), 130.into()));
+    let text = run(false);
+    let changed = text.lines().any(|l| l.trim_start().starts_with("balance ") && l.ends_with("100 -> 130"));
+    assert!(text.contains("3 events after it") && changed, "{text}");
+}
+
+#[tokio::test]
+async fn a_program_as_of_an_instant_has_the_rules_then_in_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TallyServer::start(dir.path(), &[]);
+    let mut admin = AdminServiceClient::new(server.channel().await);
+    for (key, points) in [("v1", 1), ("v2", 2)] {
+        let rules_json =
+            format!(r#"[{{"id":"base","actions":[{{"type":"points_per_currency_unit","points":{points},"unit_minor":100}}]}}]"#);
+        let publish = PublishRulesRequest { tenant_id: "demo".into(), idempotency_key: key.into(), rules_json, published_by: "ops".into() };
+        admin.publish_rules(publish).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let versions = admin.list_rule_versions(ListRuleVersionsRequest { tenant_id: "demo".into(), ..Default::default() }).await.unwrap();
+    let versions = versions.into_inner().versions;
+    let published: Vec<(u32, i64)> = versions.iter().map(|v| (v.version, ms(v.effective_from.as_ref().unwrap()))).collect();
+    let (first, second) = (published[published.len() - 2], published[published.len() - 1]);
+    let mut audit = AuditServiceClient::new(server.channel_with(auditor_key(&server).await).await);
+    let mut in_force = async |instant: i64| {
+        let as_of = program_as_of_request::AsOf::At(prost_types::Timestamp {
+            seconds: instant.div_euclid(1000),
+            nanos: (instant.rem_euclid(1000) * 1_000_000) as i32,
+        });
+        let reply = audit.program_as_of(ProgramAsOfRequest { tenant_id: "demo".into(), as_of: Some(as_of) }).await.unwrap().into_inner();
+        let program = reply.program.unwrap().rules_version;
+        assert_eq!(program, reply.rules_in_force.as_ref().map_or(0, |r| r.version));
+        (program, reply.rules_in_force.map(|r| r.rules_json).unwrap_or_default())
+    };
+    let (version, json) = in_force(first.1).await;
+    assert_eq!(version, first.0);
+    assert!(json.contains(r#""points":1"#), "{json}");
+    if first.1 < second.1 - 1 {
+        assert_eq!(in_force(second.1 - 1).await.0, first.0);
+    }
+    let (version, json) = in_force(second.1).await;
+    assert_eq!(version, second.0);
+    assert!(json.contains(r#""points":2"#), "{json}");
+    assert_eq!(in_force(0).await, (0, String::new()), "nothing was in force in 1970");
+
+    // `tally audit program` says the same.
+    let output =
+        server.cli().args(["audit", "program", "--tenant", "demo", "--as-of", &iso(first.1), "--server", &server.url]).output().unwrap();
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(output.status.success() && text.contains(&format!("rules version {} in force", first.0)), "{text}");
+}
