@@ -14,8 +14,10 @@ use crate::store::{EventStore, RecordedEvent, StoreError, StreamId};
 /// Where a replay stops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AsOf {
-    /// Every event recorded at or before this instant (milliseconds since the epoch). A wallet's events
-    /// are recorded in non-decreasing time (ADR 0008), so these are a prefix of its stream.
+    /// Every event recorded at or before this instant (milliseconds since the epoch): the stream up to
+    /// its first event recorded later. A wallet's events are recorded in non-decreasing time (ADR 0008),
+    /// so that is all of them; a program's may step back with a node's clock, and the replay keeps the
+    /// order of the log (as `effective_from` of rules versions does).
     Instant(i64),
     /// Every event at or before this global log position.
     Position(u64),
@@ -98,6 +100,13 @@ async fn fold_until(
         let events = store.read_stream(stream, next, RECOVERY_READ_BATCH_EVENTS).await?;
         let read = events.len();
         for recorded in events {
+            if recorded.stream_version != next {
+                return Err(AuditError::Store(StoreError::Corrupt {
+                    file: stream.as_str().into(),
+                    offset: recorded.global_position,
+                    reason: format!("stream version {} where {next} was expected", recorded.stream_version),
+                }));
+            }
             if !as_of.includes(recorded.global_position, recorded.data.recorded_at_ms) {
                 return Ok(stopped_at);
             }

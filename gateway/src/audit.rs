@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use tally_engine::actors::{StoredWalletEvent, WalletKey, WalletSummary};
 use tally_engine::audit::{self, AsOf, AuditError, ProgramAsOf, StoppedAt, WalletAsOf};
+use tally_engine::clock::Clock;
 use tally_engine::codec;
 use tally_engine::domain::{Rejection, TenantId, WalletId, WalletState};
 use tally_engine::store::{EventStore, StreamId};
@@ -13,7 +14,7 @@ use tally_proto::v1 as pb;
 use tally_proto::v1::audit_service_server::AuditService;
 use tonic::{Extensions, Request, Response, Status};
 
-use crate::limits::{AUDIT_PAGE_SIZE_DEFAULT, AUDIT_PAGE_SIZE_MAX, PAGE_BYTES_MAX};
+use crate::limits::{AUDIT_PAGE_SIZE_DEFAULT, AUDIT_PAGE_SIZE_MAX, AUDIT_SETTLE_MS, PAGE_BYTES_MAX};
 use crate::service::{timestamp, wallet};
 use crate::transactions::transaction;
 use crate::{access, admin, orders, status};
@@ -21,11 +22,37 @@ use crate::{access, admin, orders, status};
 #[derive(Debug, Clone)]
 pub struct AuditApi {
     store: Arc<dyn EventStore>,
+    clock: Arc<dyn Clock>,
 }
 
 impl AuditApi {
-    pub fn new(store: Arc<dyn EventStore>) -> Self {
-        Self { store }
+    pub fn new(store: Arc<dyn EventStore>, clock: Arc<dyn Clock>) -> Self {
+        Self { store, clock }
+    }
+
+    /// The request's instant or position, if settled: an instant at least `AUDIT_SETTLE_MS` ago (events
+    /// decided before a later one may still be on their way), a position the log has reached.
+    fn as_of(&self, at: Option<&prost_types::Timestamp>, position: Option<u64>) -> Result<AsOf, Status> {
+        match (at, position) {
+            (Some(at), _) => {
+                let at_ms = orders::millis("at", at)?;
+                let settled_ms = self.clock.now_ms() - AUDIT_SETTLE_MS;
+                if at_ms > settled_ms {
+                    let latest = status::timestamp(settled_ms);
+                    let reason = format!("must be at least {} s ago (the latest now is {latest})", AUDIT_SETTLE_MS / 1000);
+                    return Err(status::invalid("at", &reason));
+                }
+                Ok(AsOf::Instant(at_ms))
+            }
+            (None, Some(position)) => {
+                let head = *self.store.head().borrow();
+                if position > head {
+                    return Err(status::invalid("position", &format!("is beyond the log's last position, {head}")));
+                }
+                Ok(AsOf::Position(position))
+            }
+            (None, None) => Err(status::invalid("as_of", "is required: an instant (at) or a log position (position)")),
+        }
     }
 
     /// The tenant the call acts on, if its program was ever created.
@@ -50,21 +77,19 @@ impl AuditApi {
     }
 }
 
-/// The request's instant or position.
-fn as_of(at: Option<&prost_types::Timestamp>, position: Option<u64>) -> Result<AsOf, Status> {
-    match (at, position) {
-        (Some(at), _) => Ok(AsOf::Instant(orders::millis("at", at)?)),
-        (None, Some(position)) => Ok(AsOf::Position(position)),
-        (None, None) => Err(status::invalid("as_of", "is required: an instant (at) or a log position (position)")),
-    }
-}
-
 /// The instant time-dependent figures are computed at: the one asked for, or the last event's time.
 fn evaluated_at(as_of: AsOf, stopped_at: Option<&StoppedAt>) -> i64 {
     match as_of {
         AsOf::Instant(at_ms) => at_ms,
         AsOf::Position(_) => stopped_at.map_or(0, |s| s.recorded_at_ms),
     }
+}
+
+/// Open holds by hold id (the state keeps them unordered).
+fn holds(state: &WalletState) -> Vec<(&str, &tally_engine::domain::Hold)> {
+    let mut holds: Vec<_> = state.holds().collect();
+    holds.sort_unstable_by_key(|(id, _)| *id);
+    holds
 }
 
 fn from_audit_error(error: &AuditError) -> Status {
@@ -104,8 +129,8 @@ fn wallet_as_of(key: &WalletKey, replay: &WalletAsOf, program: &ProgramAsOf, at_
                 on_inactivity: l.on_inactivity,
             })
             .collect(),
-        holds: state
-            .holds()
+        holds: holds(state)
+            .into_iter()
             .map(|(id, h)| pb::HoldStatus {
                 hold_id: id.to_owned(),
                 points: h.points,
@@ -136,17 +161,18 @@ impl AuditService for AuditApi {
         let (_, extensions, r) = request.into_parts();
         let tenant = self.tenant(&extensions, &r.tenant_id).await?;
         let as_of = match r.as_of {
-            Some(pb::wallet_as_of_request::AsOf::At(at)) => as_of(Some(&at), None)?,
-            Some(pb::wallet_as_of_request::AsOf::Position(position)) => as_of(None, Some(position))?,
-            None => as_of(None, None)?,
+            Some(pb::wallet_as_of_request::AsOf::At(at)) => self.as_of(Some(&at), None)?,
+            Some(pb::wallet_as_of_request::AsOf::Position(position)) => self.as_of(None, Some(position))?,
+            None => self.as_of(None, None)?,
         };
         let (key, stream, _) = self.wallet(&tenant, &r.wallet_id).await?;
         let replay = audit::wallet_as_of(self.store.as_ref(), &stream, as_of).await.map_err(|e| from_audit_error(&e))?;
         let at_ms = evaluated_at(as_of, replay.stopped_at.as_ref());
         // The program as it stood then: its tiers and cards label the figures, its rules were in force.
+        // As of a position, "then" is the wallet's last event, where its figures are computed.
         let program_as_of = match as_of {
             AsOf::Instant(_) => AsOf::Instant(at_ms),
-            position @ AsOf::Position(_) => position,
+            AsOf::Position(_) => AsOf::Position(replay.stopped_at.as_ref().map_or(0, |s| s.global_position)),
         };
         let program = audit::program_as_of(self.store.as_ref(), &tenant, program_as_of).await.map_err(|e| from_audit_error(&e))?;
         Ok(Response::new(wallet_as_of(&key, &replay, &program, at_ms)))
@@ -156,9 +182,9 @@ impl AuditService for AuditApi {
         let (_, extensions, r) = request.into_parts();
         let tenant = self.tenant(&extensions, &r.tenant_id).await?;
         let as_of = match r.as_of {
-            Some(pb::program_as_of_request::AsOf::At(at)) => as_of(Some(&at), None)?,
-            Some(pb::program_as_of_request::AsOf::Position(position)) => as_of(None, Some(position))?,
-            None => as_of(None, None)?,
+            Some(pb::program_as_of_request::AsOf::At(at)) => self.as_of(Some(&at), None)?,
+            Some(pb::program_as_of_request::AsOf::Position(position)) => self.as_of(None, Some(position))?,
+            None => self.as_of(None, None)?,
         };
         let replay = audit::program_as_of(self.store.as_ref(), &tenant, as_of).await.map_err(|e| from_audit_error(&e))?;
         let at_ms = evaluated_at(as_of, replay.stopped_at.as_ref());

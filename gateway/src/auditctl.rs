@@ -16,6 +16,7 @@ use time::format_description::well_known::Rfc3339;
 use crate::cli::{AsOfArgs, AuditCommand, Target, WalletRef};
 use crate::client::{ClientError, TransactionView, WalletView, output, render_transaction, render_wallet, transaction_view, wallet_view};
 use crate::credentials::{self, Authed};
+use crate::limits::REPLY_BYTES_MAX;
 
 /// Milliseconds since the epoch of `text`: RFC 3339, RFC 3339 without seconds, or a date (its midnight,
 /// UTC).
@@ -83,6 +84,7 @@ struct AsOfView {
     pending: Vec<PendingView>,
     debt: i64,
     orders_placed: u64,
+    inactivity_expires_at: Option<String>,
 }
 
 /// A figure that differs between the two instants.
@@ -141,6 +143,7 @@ fn as_of_view(r: WalletAsOfResponse) -> AsOfView {
             .collect(),
         debt: r.debt,
         orders_placed: r.orders_placed,
+        inactivity_expires_at: text(r.inactivity_expires_at),
     }
 }
 
@@ -197,6 +200,9 @@ fn render_as_of(v: &AsOfView) -> String {
     if v.debt != 0 {
         let _ = write!(out, "\n  debt      {}", v.debt);
     }
+    if let Some(at) = &v.inactivity_expires_at {
+        let _ = write!(out, "\n  inactive  points expire {at} unless the customer acts");
+    }
     out
 }
 
@@ -215,11 +221,19 @@ fn differences(from: &AsOfView, to: &AsOfView) -> Vec<Difference> {
             let (b, a) = (before.get(field).cloned().unwrap_or_default(), after.get(field).cloned().unwrap_or_default());
             (b != a).then(|| Difference { field: field.clone(), before: b, after: a })
         })
-        .chain([("debt", from.debt, to.debt)].into_iter().filter(|(_, b, a)| b != a).map(|(field, b, a)| Difference {
-            field: field.to_owned(),
-            before: b.into(),
-            after: a.into(),
-        }))
+        .chain(
+            [
+                ("debt", from.debt.into(), to.debt.into()),
+                ("orders_placed", from.orders_placed.into(), to.orders_placed.into()),
+                ("rules_version", from.rules_version.into(), to.rules_version.into()),
+                ("lots", from.lots.len().into(), to.lots.len().into()),
+                ("holds", from.holds.len().into(), to.holds.len().into()),
+                ("pending", from.pending.len().into(), to.pending.len().into()),
+            ]
+            .into_iter()
+            .filter(|(_, b, a): &(&str, serde_json::Value, serde_json::Value)| b != a)
+            .map(|(field, before, after)| Difference { field: field.to_owned(), before, after }),
+        )
         .collect()
 }
 
@@ -243,7 +257,7 @@ fn render_diff(d: &DiffView) -> String {
 async fn connect(target: &Target) -> Result<AuditServiceClient<Authed>, ClientError> {
     credentials::connect(&target.server, target.key.bearer_for(&target.server)?)
         .await
-        .map(AuditServiceClient::new)
+        .map(|channel| AuditServiceClient::new(channel).max_decoding_message_size(REPLY_BYTES_MAX))
         .map_err(|source| ClientError::Connect { server: target.server.clone(), source })
 }
 
@@ -297,7 +311,10 @@ async fn replay(wallet: WalletRef, when: AsOfArgs, diff: Option<i64>, target: &T
         return Ok(output(target.json, &as_of_view(first), render_as_of));
     };
     let second = wallet_as_of(&mut client, &wallet, &AsOfArgs { as_of: Some(second_at), position: None }).await?;
-    let (from, to) = if version(&second) < version(&first) { (second, first) } else { (first, second) };
+    // Earlier first: by the last event applied, then by the instant (no event between the two).
+    let instant = |r: &WalletAsOfResponse| r.evaluated_at.map_or(0, |t| t.seconds);
+    let (from, to) =
+        if (version(&second), instant(&second)) < (version(&first), instant(&first)) { (second, first) } else { (first, second) };
     let changes = changes(&mut client, &wallet, version(&from), version(&to)).await?;
     let (from, to) = (as_of_view(from), as_of_view(to));
     let differences = differences(&from, &to);
@@ -324,14 +341,18 @@ async fn program(tenant: String, when: AsOfArgs, target: &Target) -> Result<Stri
             let _ = write!(out, ": {} events, the last at position {} ({})", s.stream_version, s.global_position, s.event_type);
             let _ = write!(
                 out,
-                "\n{:?} (UTC{:+} min), pending {} days, refund window {} days, {} tiers, {} stamp cards, {} credit packages",
+                "\n{:?} (UTC{:+} min), {}, pending {} days, refund window {} days, {} tiers ({}, grace {} days), {} stamp cards, {} credit packages\nexpiry: {}",
                 p.name,
                 p.utc_offset_minutes,
+                p.return_policy().as_str_name(),
                 p.pending_days,
                 p.refund_window_days,
                 p.tiers.len(),
+                p.tier_window().as_str_name(),
+                p.tier_grace_days,
                 p.stamp_cards.len(),
-                p.credit_packages.len()
+                p.credit_packages.len(),
+                p.expiry_policy.as_ref().map_or_else(|| "never".to_owned(), |e| format!("{e:?}"))
             );
         }
         _ => out.push_str(": not created yet"),
@@ -359,6 +380,10 @@ fn program_json(reply: &ProgramAsOfResponse) -> serde_json::Value {
         "program": reply.program.as_ref().map(|p| serde_json::json!({
             "name": p.name,
             "utc_offset_minutes": p.utc_offset_minutes,
+            "return_policy": p.return_policy().as_str_name(),
+            "expiry_policy": p.expiry_policy.as_ref().map(|e| format!("{e:?}")),
+            "tier_window": p.tier_window().as_str_name(),
+            "tier_grace_days": p.tier_grace_days,
             "rules_version": p.rules_version,
             "pending_days": p.pending_days,
             "refund_window_days": p.refund_window_days,

@@ -1,6 +1,6 @@
 //! Health that tells the truth. The standard gRPC health service answers NOT_SERVING for the server as
 //! a whole (`""`) and for the services that write the log — WalletService, AdminService, KeysService —
-//! while the log cannot be reached or written, and for ReportingService while its projection has
+//! or read it (AuditService) while the log cannot be reached or written, and for ReportingService while its projection has
 //! failed; SERVING again once they recover. Each change is a log line with its reason and a gauge
 //! (`tally_log_writable`, `tally_reporting_serving`), so a load balancer, an SRE and a dashboard see the
 //! same thing. A log that broke for good (a failed fsync) also stops the server (see `main.rs`).
@@ -15,8 +15,8 @@ use tonic_health::server::HealthReporter;
 
 use crate::reporting::ReadSide;
 
-/// The services whose calls write the log, and the server as a whole.
-const LOG_WRITERS: &[&str] = &["", "tally.v1.WalletService", "tally.v1.AdminService", "tally.v1.KeysService"];
+/// The services whose calls write or replay the log, and the server as a whole.
+const LOG_WRITERS: &[&str] = &["", "tally.v1.WalletService", "tally.v1.AdminService", "tally.v1.KeysService", "tally.v1.AuditService"];
 const REPORTING: &str = "tally.v1.ReportingService";
 /// How often the log and the read side are checked.
 const EVERY: Duration = Duration::from_secs(1);

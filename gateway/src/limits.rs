@@ -20,6 +20,12 @@ pub const ADMIN_REQUESTS_IN_FLIGHT_MAX: usize = 64;
 /// `ReportingService` and `ProjectionsService` calls handled at once (each is a read-model query);
 /// beyond it RESOURCE_EXHAUSTED.
 pub const REPORTING_REQUESTS_IN_FLIGHT_MAX: usize = 256;
+/// `AuditService` calls handled at once (each replays a stream from the log, a 100,000-event wallet in
+/// about 75 ms of a core); beyond it RESOURCE_EXHAUSTED, so audits never crowd out the read side.
+pub const AUDIT_REQUESTS_IN_FLIGHT_MAX: usize = 8;
+/// An instant this close to now (or later) is refused by `AuditService`: events decided before it may
+/// still be on their way to the log, so the answer could change. In milliseconds.
+pub const AUDIT_SETTLE_MS: i64 = 5_000;
 /// Concurrent streams one HTTP/2 connection may open.
 pub const STREAMS_PER_CONNECTION_MAX: u32 = 1024;
 /// Longest a request may take, in milliseconds: then it is answered DEADLINE_EXCEEDED (sooner if the

@@ -312,7 +312,7 @@ async fn serve(settings: ServeSettings) -> Result<(), Box<dyn std::error::Error>
         Some(cluster) => Some(join_cluster(cluster, address, &log_id).await?),
         None => None,
     };
-    let timers = spawn_timers(cluster.as_ref(), &store, &registry, clock);
+    let timers = spawn_timers(cluster.as_ref(), &store, &registry, clock.clone());
     tracing::info!(%address, tenants = ?tenants, "serving gRPC");
     let log = match &settings.store {
         StoreUrl::Embedded(dir) => format!("data in {}", dir.display()),
@@ -325,7 +325,7 @@ async fn serve(settings: ServeSettings) -> Result<(), Box<dyn std::error::Error>
     println!("tally listening on {scheme}://{address} ({log}, tenants: {})", tenants.join(", "));
     let broken = Arc::new(std::sync::Mutex::new(None::<String>));
     let shutdown = stop_when(shutdown, Arc::clone(&store), Arc::clone(&broken), cluster.as_ref().map(|node| Arc::clone(&node.membership)));
-    let engine = Engine { registry: registry.clone(), store, programs: program_book, keys };
+    let engine = Engine { registry: registry.clone(), store, programs: program_book, keys, clock };
     let hand_off = cluster.as_ref().map(|node| routing::spawn_hand_off(node.membership.view(), Arc::clone(&node.router), registry.clone()));
     let registry_metrics = settings.metrics_listen.map(|_| tally_gateway::telemetry::spawn_registry_metrics(registry.clone()));
     let edge = tally_gateway::server::Edge { access, rates: settings.rates, tls, cluster: cluster.clone() };

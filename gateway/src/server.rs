@@ -25,8 +25,8 @@ use crate::audit::AuditApi;
 use crate::cluster_status::ClusterApi;
 use crate::keys::KeysApi;
 use crate::limits::{
-    ADMIN_MESSAGE_BYTES_MAX, ADMIN_REQUESTS_IN_FLIGHT_MAX, MESSAGE_BYTES_MAX, RATE_LIMITER_SWEEP_MS, REPLY_BYTES_MAX,
-    REPORTING_REQUESTS_IN_FLIGHT_MAX, RESPONSE_FLUSH_MS, SHUTDOWN_GRACE_MS, STREAMS_PER_CONNECTION_MAX,
+    ADMIN_MESSAGE_BYTES_MAX, ADMIN_REQUESTS_IN_FLIGHT_MAX, AUDIT_REQUESTS_IN_FLIGHT_MAX, MESSAGE_BYTES_MAX, RATE_LIMITER_SWEEP_MS,
+    REPLY_BYTES_MAX, REPORTING_REQUESTS_IN_FLIGHT_MAX, RESPONSE_FLUSH_MS, SHUTDOWN_GRACE_MS, STREAMS_PER_CONNECTION_MAX,
 };
 use crate::quota::{Quotas, RateLimits};
 use crate::reporting::{ProjectionsApi, ReadSide, ReportingApi};
@@ -88,10 +88,13 @@ pub async fn run(
     .max_encoding_message_size(MESSAGE_BYTES_MAX);
     let reporting = Admitted::new(reporting, Arc::clone(&reporting_gate));
     let projections = Admitted::new(ProjectionsServiceServer::new(ProjectionsApi::new(&read)), Arc::clone(&reporting_gate));
-    // Replays read the log, not a read model: they share the read side's gate.
+    // Replays are a core's work each: a small gate of their own, so they never crowd out reports.
+    let audit_gate = Arc::new(Gate::new(AUDIT_REQUESTS_IN_FLIGHT_MAX));
     let audit = Admitted::new(
-        AuditServiceServer::new(AuditApi::new(Arc::clone(&engine.store))).max_encoding_message_size(REPLY_BYTES_MAX),
-        Arc::clone(&reporting_gate),
+        AuditServiceServer::new(AuditApi::new(Arc::clone(&engine.store), Arc::clone(&engine.clock)))
+            .max_decoding_message_size(MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(REPLY_BYTES_MAX),
+        Arc::clone(&audit_gate),
     );
     let admin = AdminServiceServer::new(AdminApi::new(Arc::clone(&engine.programs)))
         .max_decoding_message_size(ADMIN_MESSAGE_BYTES_MAX)
@@ -157,7 +160,7 @@ pub async fn run(
     ] {
         health.set_service_status(service, tonic_health::ServingStatus::NotServing).await;
     }
-    drain([&gate, &reporting_gate, &admin_gate], stop_accepting).await;
+    drain([&gate, &reporting_gate, &admin_gate, &audit_gate], stop_accepting).await;
     // Let the last responses reach their clients; idle client connections do not hold us up.
     if let Ok(result) = tokio::time::timeout(Duration::from_millis(RESPONSE_FLUSH_MS), &mut serve).await {
         result?;
@@ -167,7 +170,7 @@ pub async fn run(
 
 /// Closes the gates, stops accepting connections, and waits up to `SHUTDOWN_GRACE_MS` for the calls in
 /// flight.
-async fn drain(gates: [&Gate; 3], stop_accepting: oneshot::Sender<()>) {
+async fn drain(gates: [&Gate; 4], stop_accepting: oneshot::Sender<()>) {
     for gate in gates {
         gate.close();
     }

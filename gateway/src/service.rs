@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tally_engine::actors::{
     CommandMeta, CommandOutcome, KeyBook, ProgramBook, Programs, StoredWalletEvent, WalletKey, WalletRegistry, WalletSummary,
 };
+use tally_engine::clock::Clock;
 use tally_engine::codec;
 use tally_engine::domain::{Command, CommandBody, Rejection, WalletId, WalletStatus};
 use tally_engine::store::EventStore;
@@ -39,6 +40,8 @@ pub struct Engine {
     pub programs: Arc<ProgramBook>,
     /// The log's API keys: what `KeysService` changes.
     pub keys: Arc<KeyBook>,
+    /// The engine's clock (what audits take "now" from).
+    pub clock: Arc<dyn Clock>,
 }
 
 /// Admission to a service: bounds the calls in flight and lets shutdown wait for them.

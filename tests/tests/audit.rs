@@ -84,8 +84,27 @@ async fn history(wallets: &mut WalletServiceClient<Authed>) -> Vec<WalletMutatio
     };
     changes.push(wallets.authorize_redemption(hold).await.unwrap().into_inner());
     tokio::time::sleep(Duration::from_millis(5)).await;
-    let redeem = RedeemRequest { tenant_id, wallet_id, idempotency_key: "r-1".into(), points: 20, reward_ref: "mug".into() };
+    let redeem = RedeemRequest {
+        tenant_id: tenant_id.clone(),
+        wallet_id: wallet_id.clone(),
+        idempotency_key: "r-1".into(),
+        points: 20,
+        reward_ref: "mug".into(),
+    };
     changes.push(wallets.redeem(redeem).await.unwrap().into_inner());
+    // A hold that times out a second later: as of its instant it still counts, as of now it would not.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let short = AuthorizeRedemptionRequest {
+        tenant_id,
+        wallet_id,
+        hold_id: "pos-2".into(),
+        points: 7,
+        reward_ref: "tea".into(),
+        timeout_seconds: 1,
+    };
+    changes.push(wallets.authorize_redemption(short).await.unwrap().into_inner());
+    // Instants are answered once settled (5 s); the test asks up to 1.5 s after the last change.
+    tokio::time::sleep(Duration::from_millis(6_800)).await;
     changes
 }
 
@@ -107,6 +126,9 @@ async fn a_wallet_as_of_each_change_is_what_the_change_answered_and_the_changes_
             as_of(&mut audit, at(recorded_ms(change))).await,
             as_of(&mut audit, Some(wallet_as_of_request::AsOf::Position(change.position))).await,
         ] {
+            // Time-dependent figures are computed at the instant (as of a position: the last event's).
+            assert_eq!(reply.evaluated_at.as_ref().map(ms), Some(recorded_ms(change)), "change {i}");
+            assert_eq!(reply.rules_version, 0, "no rules were published");
             let stopped = reply.stopped_at.as_ref().unwrap();
             assert_eq!((stopped.stream_version, stopped.global_position), (change.version, change.position), "change {i}");
             let w = reply.wallet.as_ref().unwrap();
@@ -140,6 +162,13 @@ async fn a_wallet_as_of_each_change_is_what_the_change_answered_and_the_changes_
         hold.holds.iter().map(|h| (h.hold_id.as_str(), h.points, h.reward_ref.as_str())).collect::<Vec<_>>(),
         [("pos-1", 30, "coffee")]
     );
+    let last = as_of(&mut audit, at(recorded_ms(&changes[5]))).await;
+    assert_eq!(last.holds.iter().map(|h| h.hold_id.as_str()).collect::<Vec<_>>(), ["pos-1", "pos-2"], "by hold id");
+    assert_eq!(last.wallet.as_ref().unwrap().available_points, 130 - 30 - 7, "the short hold still counts as of its instant");
+    // The timers released it when it timed out; as of then, the log says so.
+    let later = as_of(&mut audit, at(recorded_ms(&changes[5]) + 1_500)).await;
+    assert_eq!(later.wallet.as_ref().unwrap().available_points, 130 - 30);
+    assert_eq!(later.stopped_at.as_ref().map(|s| s.event_type.as_str()), Some("tally.v1.HoldReleased"));
 
     // The events between the enrolment and the redemption, a page of one at a time, are the changes' own.
     let (mut after_version, mut seen) = (changes[0].version, Vec::new());
@@ -159,8 +188,25 @@ async fn a_wallet_as_of_each_change_is_what_the_change_answered_and_the_changes_
         }
         after_version = page.next_after_version;
     }
-    let expected: Vec<_> = changes[1..].iter().flat_map(|c| c.transactions.clone()).collect();
+    let expected: Vec<_> = changes[1..5].iter().flat_map(|c| c.transactions.clone()).collect();
     assert_eq!(seen, expected);
+    let page = |after_version, up_to_version| WalletChangesRequest {
+        tenant_id: "demo".into(),
+        wallet_id: "c-1".into(),
+        after_version,
+        up_to_version,
+        page_size: 0,
+    };
+    let everything = audit.wallet_changes(page(0, 0)).await.unwrap().into_inner();
+    let head = later.stopped_at.as_ref().unwrap().stream_version;
+    assert_eq!((everything.transactions.len() as u64, everything.next_after_version), (head, 0), "up_to 0: to the last event");
+    let first_two = audit.wallet_changes(page(0, 2)).await.unwrap().into_inner();
+    assert_eq!(first_two.transactions.iter().map(|t| t.version).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(first_two.next_after_version, 0);
+    for after in [head, head + 1, u64::MAX] {
+        let none = audit.wallet_changes(page(after, 0)).await.unwrap().into_inner();
+        assert_eq!((none.transactions.len(), none.next_after_version), (0, 0), "after {after}");
+    }
 
     // Precise refusals.
     let field = |status: tonic::Status| (status.code(), status.get_details_bad_request().map(|b| b.field_violations[0].field.clone()));
@@ -172,6 +218,18 @@ async fn a_wallet_as_of_each_change_is_what_the_change_answered_and_the_changes_
     assert_eq!(field(audit.wallet_as_of(bad).await.unwrap_err()), (Code::InvalidArgument, Some("at".into())));
     let nobody = WalletAsOfRequest { tenant_id: "demo".into(), wallet_id: "nobody".into(), as_of: at(recorded_ms(&changes[4])) };
     assert_eq!(audit.wallet_as_of(nobody).await.unwrap_err().code(), Code::NotFound);
+    let unsettled = WalletAsOfRequest {
+        tenant_id: "demo".into(),
+        wallet_id: "c-1".into(),
+        as_of: at(i64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()).unwrap() - 1_000),
+    };
+    assert_eq!(field(audit.wallet_as_of(unsettled).await.unwrap_err()), (Code::InvalidArgument, Some("at".into())), "not settled yet");
+    let beyond = WalletAsOfRequest {
+        tenant_id: "demo".into(),
+        wallet_id: "c-1".into(),
+        as_of: Some(wallet_as_of_request::AsOf::Position(later.stopped_at.as_ref().unwrap().global_position + 1_000)),
+    };
+    assert_eq!(field(audit.wallet_as_of(beyond).await.unwrap_err()), (Code::InvalidArgument, Some("position".into())));
     let bad_id = WalletAsOfRequest { tenant_id: "demo".into(), wallet_id: "no/pe".into(), as_of: at(0) };
     assert_eq!(field(audit.wallet_as_of(bad_id).await.unwrap_err()), (Code::InvalidArgument, Some("wallet_id".into())));
     let backwards =
@@ -193,9 +251,9 @@ async fn a_wallet_as_of_each_change_is_what_the_change_answered_and_the_changes_
 
     // The command line: the wallet between the first earn and the redemption, as JSON and as text.
     let (from, to) = (iso(recorded_ms(&changes[1])), iso(recorded_ms(&changes[4])));
-    let run = |json: bool| {
+    let run = |from: &str, to: &str, json: bool| {
         let mut command = std::process::Command::new(tally_tests::tally_binary());
-        command.args(["audit", "replay", "--tenant", "demo", "--wallet", "c-1", "--as-of", &from, "--diff", &to, "--server", &server.url]);
+        command.args(["audit", "replay", "--tenant", "demo", "--wallet", "c-1", "--as-of", from, "--diff", to, "--server", &server.url]);
         command.env("TALLY_API_KEY", server.platform_key());
         if json {
             command.arg("--json");
@@ -204,13 +262,17 @@ async fn a_wallet_as_of_each_change_is_what_the_change_answered_and_the_changes_
         assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
         String::from_utf8(output.stdout).unwrap()
     };
-    let diff: serde_json::Value = serde_json::from_str(&run(true)).unwrap();
+    let diff: serde_json::Value = serde_json::from_str(&run(&from, &to, true)).unwrap();
     assert_eq!(diff["from"]["wallet"]["balance"], 100);
     assert_eq!(diff["to"]["wallet"]["balance"], 130);
     assert_eq!(diff["changes"].as_array().unwrap().len(), 3, "{diff}");
     let balance = diff["differences"].as_array().unwrap().iter().find(|d| d["field"] == "balance").unwrap().clone();
     assert_eq!((balance["before"].clone(), balance["after"].clone()), (100.into(), 130.into()));
-    let text = run(false);
+    // The second instant may come first: the earlier is "from".
+    let reversed: serde_json::Value = serde_json::from_str(&run(&to, &from, true)).unwrap();
+    assert_eq!((reversed["from"]["wallet"]["balance"].clone(), reversed["to"]["wallet"]["balance"].clone()), (100.into(), 130.into()));
+    assert_eq!(reversed["changes"], diff["changes"]);
+    let text = run(&from, &to, false);
     let changed = text.lines().any(|l| l.trim_start().starts_with("balance ") && l.ends_with("100 -> 130"));
     assert!(text.contains("3 events after it") && changed, "{text}");
 }
@@ -220,13 +282,24 @@ async fn a_program_as_of_an_instant_has_the_rules_then_in_force() {
     let dir = tempfile::tempdir().unwrap();
     let server = TallyServer::start(dir.path(), &[]);
     let mut admin = AdminServiceClient::new(server.channel().await);
+    let mut wallets = server.client().await;
+    // A change of a wallet after each publication: its position is a point in the log after it.
+    let mut positions = Vec::new();
     for (key, points) in [("v1", 1), ("v2", 2)] {
         let rules_json =
             format!(r#"[{{"id":"base","actions":[{{"type":"points_per_currency_unit","points":{points},"unit_minor":100}}]}}]"#);
         let publish = PublishRulesRequest { tenant_id: "demo".into(), idempotency_key: key.into(), rules_json, published_by: "ops".into() };
         admin.publish_rules(publish).await.unwrap();
+        let enroll = EnrollRequest {
+            tenant_id: "demo".into(),
+            wallet_id: format!("c-{key}"),
+            idempotency_key: "e".into(),
+            customer_ref: String::new(),
+        };
+        positions.push(wallets.enroll(enroll).await.unwrap().into_inner().position);
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    tokio::time::sleep(Duration::from_millis(5_200)).await;
     let versions = admin.list_rule_versions(ListRuleVersionsRequest { tenant_id: "demo".into(), ..Default::default() }).await.unwrap();
     let versions = versions.into_inner().versions;
     let published: Vec<(u32, i64)> = versions.iter().map(|v| (v.version, ms(v.effective_from.as_ref().unwrap()))).collect();
@@ -252,6 +325,17 @@ async fn a_program_as_of_an_instant_has_the_rules_then_in_force() {
     assert_eq!(version, second.0);
     assert!(json.contains(r#""points":2"#), "{json}");
     assert_eq!(in_force(0).await, (0, String::new()), "nothing was in force in 1970");
+
+    // As of a log position: the program, and a wallet's rules in force, as they were there.
+    for (position, version) in positions.iter().zip([first.0, second.0]) {
+        let as_of = Some(program_as_of_request::AsOf::Position(*position));
+        let reply = audit.program_as_of(ProgramAsOfRequest { tenant_id: "demo".into(), as_of }).await.unwrap().into_inner();
+        assert_eq!(reply.program.unwrap().rules_version, version, "as of position {position}");
+        let wallet_id = format!("c-v{}", if version == first.0 { 1 } else { 2 });
+        let as_of = Some(wallet_as_of_request::AsOf::Position(*position));
+        let wallet = audit.wallet_as_of(WalletAsOfRequest { tenant_id: "demo".into(), wallet_id, as_of }).await.unwrap().into_inner();
+        assert_eq!(wallet.rules_version, version, "the wallet as of position {position}");
+    }
 
     // `tally audit program` says the same.
     let output =
