@@ -38,6 +38,7 @@ fn recorded(event_type: String, schema_version: u32, payload: Vec<u8>) -> Record
             metadata: EventMetadata::default(),
             payload,
         },
+        links: None,
     }
 }
 

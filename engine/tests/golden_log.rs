@@ -352,6 +352,11 @@ async fn the_golden_log_opens_and_replays_to_the_states_it_was_written_with() {
             diff.map(|(i, (a, e))| (i + 1, a.to_owned(), e.to_owned()))
         );
     }
+    // The log chain over the golden log (written before the chains, so computed): pinned, so the chain
+    // algorithm and the canonical encoding never drift (proto/README.md documents both).
+    let verified = tally_engine::audit::verify::verify_log(&store, |_| {}).await.unwrap().unwrap();
+    let head = verified.head.map(|(position, hash)| (position, hash.iter().map(|b| format!("{b:02x}")).collect::<String>()));
+    assert_eq!(head, Some((79, "822cedc4e1a9a3cc438542660da3364bbe3b0983254b2911dae74bdcd8dee422".to_owned())));
     // The script covers every kind of wallet event the engine records.
     let kinds: std::collections::BTreeSet<&str> =
         replayed["events"].as_array().unwrap().iter().filter_map(|e| e.as_str()?.split(' ').next()).collect();

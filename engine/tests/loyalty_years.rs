@@ -330,6 +330,7 @@ fn simulate(seed: u64) {
                 stream_version: i as u64 + 1,
                 global_position: i as u64 + 1,
                 data: codec::encode(event, &EventMetadata::default()),
+                links: None,
             };
             apply(&mut replayed, &codec::decode(recorded).unwrap());
         }

@@ -119,7 +119,7 @@ fn stored(event: &ProgramEvent, fnv64: u64, digest: Option<[u8; 16]>) -> Program
     let mut data = codec::encode_program(event, &EventMetadata::default());
     (data.command_fingerprint, data.command_digest) = (fnv64, digest);
     let stream_id = codec::program_stream(&TenantId::parse("acme").unwrap());
-    codec::decode_program(RecordedEvent { stream_id, stream_version: 1, global_position: 1, data }).unwrap()
+    codec::decode_program(RecordedEvent { stream_id, stream_version: 1, global_position: 1, data, links: None }).unwrap()
 }
 
 /// What a build before the digest recorded for `create(_)`: FNV-1a 64 of its layout.

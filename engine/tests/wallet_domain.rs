@@ -397,7 +397,7 @@ fn stored_before_the_digest(events: Vec<Event>, fnv64: u64) -> Vec<Event> {
         .map(|event| {
             let mut data = codec::encode(&event, &EventMetadata::default());
             (data.command_fingerprint, data.command_digest) = (fnv64, None);
-            codec::decode(RecordedEvent { stream_id: stream.clone(), stream_version: 1, global_position: 1, data }).unwrap()
+            codec::decode(RecordedEvent { stream_id: stream.clone(), stream_version: 1, global_position: 1, data, links: None }).unwrap()
         })
         .collect()
 }
@@ -446,7 +446,9 @@ fn a_new_receipt_is_compared_by_all_128_bits_of_its_digest() {
         for event in events {
             let mut data = codec::encode(&event, &EventMetadata::default());
             (data.command_fingerprint, data.command_digest) = (EARN_10_ORDER_1_FNV64, Some(forged));
-            let event = codec::decode(RecordedEvent { stream_id: stream.clone(), stream_version: 1, global_position: 1, data }).unwrap();
+            let event =
+                codec::decode(RecordedEvent { stream_id: stream.clone(), stream_version: 1, global_position: 1, data, links: None })
+                    .unwrap();
             apply(&mut forged_log.state, &event);
         }
         assert_eq!(forged_log.state.receipt("o-1").unwrap().command_fingerprint, CommandFingerprint::Blake3(forged));

@@ -449,6 +449,7 @@ proptest! {
                 stream_version: i as u64 + 1,
                 global_position: i as u64 + 1,
                 data: codec::encode(event, &EventMetadata::default()),
+                links: None,
             };
             let decoded = codec::decode(recorded).unwrap();
             prop_assert_eq!(&decoded, event);

@@ -4,7 +4,10 @@
 
 use std::fmt::Write as _;
 
+use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
+use tally_engine::audit::verify;
+use tally_engine::store::{EventStore, StreamId};
 use tally_proto::v1::audit_service_client::AuditServiceClient;
 use tally_proto::v1::{
     ProgramAsOfRequest, ProgramAsOfResponse, StoppedAt, WalletAsOfRequest, WalletAsOfResponse, WalletChangesRequest, program_as_of_request,
@@ -13,7 +16,7 @@ use tally_proto::v1::{
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::cli::{AsOfArgs, AuditCommand, Target, WalletRef};
+use crate::cli::{AsOfArgs, AuditCommand, Target, VerifyArgs, WalletRef};
 use crate::client::{ClientError, TransactionView, WalletView, output, render_transaction, render_wallet, transaction_view, wallet_view};
 use crate::credentials::{self, Authed};
 use crate::limits::REPLY_BYTES_MAX;
@@ -400,11 +403,132 @@ fn program_json(reply: &ProgramAsOfResponse) -> serde_json::Value {
     })
 }
 
-/// Runs one `tally audit` subcommand; returns what to print.
+/// Runs one `tally audit` subcommand that asks a server; returns what to print.
 pub async fn run(command: AuditCommand) -> Result<String, ClientError> {
     match command {
         AuditCommand::Replay { wallet, when, diff, target } => replay(wallet, when, diff, &target).await,
         AuditCommand::Program { tenant, when, target } => program(tenant, when, &target).await,
+        AuditCommand::Verify(_) => Err(ClientError::Direct("tally audit verify reads the log itself (--store), not a server".into())),
+    }
+}
+
+/// What `tally audit verify` found, and whether the log is intact.
+#[derive(Debug)]
+pub struct VerifyReport {
+    pub intact: bool,
+    pub text: String,
+}
+
+#[derive(Debug, Serialize)]
+struct VerifyView {
+    intact: bool,
+    stream: Option<String>,
+    events: u64,
+    linked: u64,
+    head_position: Option<u64>,
+    /// The log chain's link at the head (whole log), or the stream chain's last link (one stream), hex.
+    head_hash: Option<String>,
+    broken: Option<BrokenView>,
+    /// Why the check could not be made (the log could not be read).
+    error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct BrokenView {
+    position: u64,
+    stream: String,
+    stream_version: u64,
+    reason: String,
+}
+
+fn hex(hash: &[u8]) -> String {
+    hash.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Checks `store` against its hash chains: the whole log, or one stream.
+pub async fn verify(store: &dyn EventStore, args: &VerifyArgs) -> VerifyReport {
+    let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) { ProgressBar::new_spinner() } else { ProgressBar::hidden() };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {pos} events checked  {per_sec}").unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    let outcome = match &args.stream {
+        None => verify::verify_log(store, |position| bar.set_position(position)).await,
+        Some(name) => match StreamId::new(name) {
+            Ok(stream) => verify::verify_stream(store, &stream).await,
+            Err(error) => Err(error),
+        },
+    };
+    bar.finish_and_clear();
+    let mut view = VerifyView {
+        intact: false,
+        stream: args.stream.clone(),
+        events: 0,
+        linked: 0,
+        head_position: None,
+        head_hash: None,
+        broken: None,
+        error: None,
+    };
+    let verified = match outcome {
+        Err(error) => {
+            view.error = Some(error.to_string());
+            None
+        }
+        Ok(Ok(verified)) if verified.events == 0 && args.stream.is_some() => {
+            view.error = Some("the stream has no events".into());
+            None
+        }
+        Ok(Ok(verified)) => {
+            view.intact = true;
+            Some(verified)
+        }
+        Ok(Err((broken, verified))) => {
+            view.broken = Some(BrokenView {
+                position: broken.position,
+                stream: broken.stream,
+                stream_version: broken.stream_version,
+                reason: broken.reason,
+            });
+            Some(verified)
+        }
+    };
+    if let Some(v) = verified {
+        (view.events, view.linked) = (v.events, v.linked);
+        view.head_position = v.head.map(|(position, _)| position);
+        view.head_hash = v.head.map(|(_, hash)| hex(&hash)).or_else(|| v.stream_head.map(|hash| hex(&hash)));
+    }
+    let text = if args.json { serde_json::to_string_pretty(&view).expect("views serialize") } else { render_verify(&view) };
+    VerifyReport { intact: view.intact, text }
+}
+
+fn render_verify(v: &VerifyView) -> String {
+    let what = v.stream.as_deref().map_or_else(|| "the log".to_owned(), |s| format!("stream {s}"));
+    let mut checked = format!("{} events checked, {} with stored links", v.events, v.linked);
+    if v.linked < v.events && v.broken.is_none() {
+        checked.push_str(" (the others were written before the chains: their links were computed)");
+    }
+    if let Some(error) = &v.error {
+        return format!("{what} could not be checked: {error}");
+    }
+    match &v.broken {
+        None => {
+            let head = match (v.head_position, &v.head_hash) {
+                (Some(position), Some(hash)) => format!("; log hash at position {position}: {hash}"),
+                (None, Some(hash)) => format!("; the stream's last link: {hash}"),
+                _ => String::new(),
+            };
+            format!("{what} is intact: {checked}{head}")
+        }
+        Some(b) if b.stream.is_empty() => format!(
+            "{what} is BROKEN at position {}: {}
+({checked} before it)",
+            b.position, b.reason
+        ),
+        Some(b) => format!(
+            "{what} is BROKEN at position {} ({} version {}): {}
+({checked} before it)",
+            b.position, b.stream, b.stream_version, b.reason
+        ),
     }
 }
 

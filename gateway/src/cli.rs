@@ -68,6 +68,10 @@ pub enum AuditCommand {
         #[command(flatten)]
         target: Target,
     },
+    /// Checks the log against its hash chains and names the first broken link (position, stream,
+    /// version); exits non-zero if there is one. Works on the log itself: stop the server first for the
+    /// embedded log (file://DIR); a postgres://… log can be checked while nodes use it.
+    Verify(VerifyArgs),
     /// A program as it was: its settings and the rules version in force, with its document.
     Program {
         /// Program (tenant) id.
@@ -78,6 +82,19 @@ pub enum AuditCommand {
         #[command(flatten)]
         target: Target,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The log: file://DIR (the embedded log) or postgres://…
+    #[arg(long, env = "TALLY_STORE", value_name = "URL")]
+    pub store: String,
+    /// Only this stream's chain, e.g. acme/wallet/c-42 (its log links need the whole log).
+    #[arg(long, value_name = "STREAM")]
+    pub stream: Option<String>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Where a replay stops: an instant or a log position.

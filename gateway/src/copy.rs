@@ -188,6 +188,7 @@ mod tests {
                 metadata,
                 payload: vec![1, 2, 3],
             },
+            links: None,
         };
         let sum = |e: &RecordedEvent| event_checksum(0, e);
         type Change = fn(&mut RecordedEvent);

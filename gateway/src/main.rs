@@ -92,6 +92,12 @@ fn main() -> ExitCode {
                 emit(&tally_gateway::ops::rebuild(name, target).await?.to_string());
                 Ok(())
             }
+            Command::Audit(tally_gateway::cli::AuditCommand::Verify(args)) => {
+                let store = open_store(&args.store).await?;
+                let report = tally_gateway::auditctl::verify(store.as_ref(), &args).await;
+                emit(&report.text);
+                if report.intact { Ok(()) } else { Err("the log does not match its hash chains".into()) }
+            }
             Command::Audit(command) => {
                 emit(&tally_gateway::auditctl::run(command).await?.to_string());
                 Ok(())

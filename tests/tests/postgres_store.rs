@@ -403,3 +403,82 @@ async fn the_log_connects_over_verified_tls_when_the_url_requires_it() {
     let refused = PostgresStore::connect(&format!("{over_tcp} sslmode=require sslrootcert={}", wrong_root.display())).await.unwrap_err();
     assert!(refused.to_string().to_lowercase().contains("certificate"), "{refused}");
 }
+
+/// Issue 19 item 2: rows changed behind the engine's back — a payload updated, a row deleted, two rows'
+/// payloads swapped, a whole stream removed — are each named by `verify`: the first broken link's
+/// position, stream and version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_names_the_first_row_changed_deleted_or_swapped_behind_the_log() {
+    use tally_engine::audit::verify::verify_log;
+    let database = TestDatabase::create().await;
+    let log = store(&database).await;
+    // Positions 1..=12: streams a, b, c in turn, four events each.
+    for v in 0..4 {
+        for name in ["t/wallet/a", "t/wallet/b", "t/wallet/c"] {
+            log.append(&stream(name), ExpectedVersion::Exact(v), vec![event(&format!("{name}-{v}"))]).await.unwrap();
+        }
+    }
+    let verified = verify_log(log.as_ref(), |_| {}).await.unwrap().unwrap();
+    assert_eq!((verified.events, verified.linked), (12, 12));
+    let sql = client(&database.url).await;
+    sql.batch_execute("CREATE TABLE pristine AS SELECT * FROM tally_events").await.unwrap();
+    let restore = "DELETE FROM tally_events; INSERT INTO tally_events SELECT * FROM pristine";
+    let cases = [
+        ("an UPDATE of a payload", "UPDATE tally_events SET payload = 'forged' WHERE global_position = 5", (5, "t/wallet/b", 2)),
+        ("a DELETE of a row", "DELETE FROM tally_events WHERE global_position = 7", (7, "", 0)),
+        (
+            "two rows' payloads swapped",
+            "UPDATE tally_events e SET payload = p.payload FROM pristine p
+             WHERE (e.global_position, p.global_position) IN ((4, 10), (10, 4))",
+            (4, "t/wallet/a", 2),
+        ),
+        ("a whole stream removed", "DELETE FROM tally_events WHERE stream_id = 't/wallet/c'", (3, "", 0)),
+    ];
+    for (what, change, (position, stream_id, version)) in cases {
+        sql.batch_execute(change).await.unwrap();
+        let (broken, _) = verify_log(log.as_ref(), |_| {}).await.unwrap().unwrap_err();
+        assert_eq!((broken.position, broken.stream.as_str(), broken.stream_version), (position, stream_id, version), "{what}: {broken}");
+        sql.batch_execute(restore).await.unwrap();
+        assert!(verify_log(log.as_ref(), |_| {}).await.unwrap().is_ok(), "restored after {what}");
+    }
+}
+
+/// A PostgreSQL log written before the chains (its link columns empty), and events appended later by a
+/// node that predates them: the next node links them from their contents, and new events chain on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_written_without_links_are_linked_by_the_next_node() {
+    use tally_engine::audit::verify::verify_log;
+    let database = TestDatabase::create().await;
+    let sql = client(&database.url).await;
+    {
+        let log = store(&database).await;
+        for v in 0..3 {
+            log.append(&stream("t/wallet/old"), ExpectedVersion::Exact(v), vec![event(&format!("old-{v}"))]).await.unwrap();
+        }
+        log.close();
+    }
+    let linked = verify_log(store(&database).await.as_ref(), |_| {}).await.unwrap().unwrap().head;
+    // As a build before the chains left it.
+    sql.batch_execute(
+        "UPDATE tally_events SET stream_hash = NULL, log_hash = NULL; UPDATE tally_log_head SET log_hash = NULL, log_hash_position = 0",
+    )
+    .await
+    .unwrap();
+    let log = store(&database).await;
+    let unlinked = verify_log(log.as_ref(), |_| {}).await.unwrap().unwrap();
+    assert_eq!((unlinked.linked, unlinked.head), (0, linked), "the links are computed from the contents alone");
+    log.append(&stream("t/wallet/old"), ExpectedVersion::Exact(3), vec![event("new-3")]).await.unwrap();
+    // An older node appends without links, behind this node's back.
+    sql.batch_execute(
+        "INSERT INTO tally_events (global_position, stream_id, stream_version, event_type, schema_version, recorded_at_ms, idempotency_key,
+           command_fingerprint, causation_id, correlation_id, traceparent, tracestate, payload)
+         VALUES (5, 't/wallet/other', 1, 'tally.test.Event', 1, 1, 'k', 0, '', '', '', '', 'from an old node');
+         UPDATE tally_log_head SET position = 5",
+    )
+    .await
+    .unwrap();
+    log.append(&stream("t/wallet/other"), ExpectedVersion::Exact(1), vec![event("other-2")]).await.unwrap();
+    log.append(&stream("t/wallet/old"), ExpectedVersion::Exact(4), vec![event("new-4")]).await.unwrap();
+    let verified = verify_log(log.as_ref(), |_| {}).await.unwrap().unwrap();
+    assert_eq!((verified.events, verified.linked), (7, 3));
+}

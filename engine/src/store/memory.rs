@@ -8,7 +8,8 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
-use super::{AppendOutcome, EventData, EventStore, ExpectedVersion, RecordedEvent, StoreError, StreamId, check_append};
+use super::embedded::record::into_envelope;
+use super::{AppendOutcome, EventData, EventStore, ExpectedVersion, RecordedEvent, StoreError, StreamId, chain, check_append};
 
 /// Seeded append faults. Per-mille rates; the same seed gives the same faults for the same sequence of
 /// appends.
@@ -26,6 +27,7 @@ struct Log {
     events: Vec<RecordedEvent>,
     /// Stream → global positions of its events, in version order.
     streams: HashMap<StreamId, Vec<u64>>,
+    heads: chain::Heads,
     rng: u64,
 }
 
@@ -89,12 +91,10 @@ impl EventStore for InMemoryStore {
         let count = events.len() as u64;
         for (i, data) in events.into_iter().enumerate() {
             let i = i as u64;
-            log.events.push(RecordedEvent {
-                stream_id: stream.clone(),
-                stream_version: actual + i + 1,
-                global_position: first_position + i,
-                data,
-            });
+            let (stream_version, global_position) = (actual + i + 1, first_position + i);
+            let mut envelope = into_envelope(stream, stream_version, global_position, data.clone());
+            let links = Some(log.heads.link(stream, &mut envelope));
+            log.events.push(RecordedEvent { stream_id: stream.clone(), stream_version, global_position, data, links });
         }
         log.streams.entry(stream.clone()).or_default().extend(first_position..first_position + count);
         let last_position = first_position + count - 1;

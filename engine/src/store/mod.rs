@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::limits::{APPEND_BYTES_MAX, APPEND_EVENTS_MAX, COMMAND_DIGEST_BYTES, EVENT_PAYLOAD_BYTES_MAX, STREAM_ID_BYTES_MAX};
 
+pub mod chain;
 #[cfg(any(test, feature = "testing"))]
 pub mod conformance;
 pub mod embedded;
@@ -125,6 +126,9 @@ pub struct RecordedEvent {
     /// 1-based, dense in the global log.
     pub global_position: u64,
     pub data: EventData,
+    /// Its links in the hash chains, as stored beside it (`chain`); `None` for an event written before
+    /// the chains, or by a backend that keeps none.
+    pub links: Option<chain::Links>,
 }
 
 /// Where an append landed.

@@ -19,11 +19,14 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_postgres::{AsyncMessage, Row};
 use tracing::Instrument;
 
+use super::chain::{self, Hash, Heads};
+use super::embedded::record::into_envelope;
 use super::{
     Append, AppendOutcome, AppendRequest, EventData, EventMetadata, EventStore, ExpectedVersion, RecordedEvent, StoreError, StreamId,
     WriterQueue, command_digest,
 };
 use crate::limits::{APPEND_QUEUE_DEPTH_MAX, GROUP_COMMIT_APPENDS_MAX};
+use tally_proto::v1::EventEnvelope;
 
 mod embedded {
     refinery::embed_migrations!("migrations");
@@ -36,7 +39,7 @@ const POOL_SIZE_MAX: usize = 16;
 const HEAD_POLL_MS: u64 = 500;
 const COLUMNS: &str = "stream_id, stream_version, global_position, event_type, schema_version, recorded_at_ms, idempotency_key, \
                        command_fingerprint, causation_id, correlation_id, traceparent, tracestate, payload, command_digest, \
-                       principal, principal_roles, staff_id";
+                       principal, principal_roles, staff_id, stream_hash, log_hash";
 
 /// The error with its causes (a pool's "error performing TLS handshake" says why only in its source).
 fn pg(error: impl std::error::Error) -> StoreError {
@@ -82,6 +85,11 @@ impl PostgresStore {
         let mut client = pool.get().await.map_err(pg)?;
         embedded::migrations::runner().set_migration_table_name("tally_event_log_migrations").run_async(&mut **client).await.map_err(pg)?;
         let head: i64 = client.query_one("SELECT position FROM tally_log_head", &[]).await.map_err(pg)?.get(0);
+        // Events written before the chains (or by an older node since) are linked once, here, rather
+        // than inside the first append's transaction.
+        let tx = client.transaction().await.map_err(pg)?;
+        log_head(&tx).await?;
+        tx.commit().await.map_err(pg)?;
         drop(client);
         let (head_tx, head_rx) = watch::channel(to_u64(head));
         let head_tx = Arc::new(head_tx);
@@ -108,11 +116,10 @@ impl PostgresStore {
 fn recorded(row: &Row) -> Result<RecordedEvent, StoreError> {
     let global_position = to_u64(row.get(2));
     // The column's CHECK keeps other lengths out; a row that has one anyway is not guessed at.
-    let command_digest = command_digest(row.get::<_, Option<&[u8]>>(13).unwrap_or_default()).map_err(|reason| StoreError::Corrupt {
-        file: "tally_events".into(),
-        offset: global_position,
-        reason,
-    })?;
+    let corrupt = |reason| StoreError::Corrupt { file: "tally_events".into(), offset: global_position, reason };
+    let bytes = |i: usize| row.get::<_, Option<&[u8]>>(i).unwrap_or_default();
+    let command_digest = command_digest(bytes(13)).map_err(corrupt)?;
+    let links = chain::stored_links(bytes(17), bytes(18)).map_err(corrupt)?;
     Ok(RecordedEvent {
         stream_id: StreamId::new(row.get(0))?,
         stream_version: to_u64(row.get(1)),
@@ -135,6 +142,72 @@ fn recorded(row: &Row) -> Result<RecordedEvent, StoreError> {
             },
             payload: row.get(12),
         },
+        links,
+    })
+}
+
+/// The log chain's head under the head row's lock (taken here if not yet), caught up with any event
+/// appended without links (before the chains, or by an older node) and saved.
+async fn log_head(tx: &deadpool_postgres::Transaction<'_>) -> Result<Option<Hash>, StoreError> {
+    let lock_head = tx.prepare_cached("SELECT position, log_hash, log_hash_position FROM tally_log_head FOR UPDATE").await.map_err(pg)?;
+    let row = tx.query_one(&lock_head, &[]).await.map_err(pg)?;
+    let (position, linked_to) = (to_u64(row.get(0)), to_u64(row.get(2)));
+    let stored: Option<Vec<u8>> = row.get(1);
+    let mut heads = Heads { log: stored.map(|h| to_hash(&h)).transpose()?, ..Heads::default() };
+    if linked_to >= position {
+        return Ok(heads.log);
+    }
+    let started = std::time::Instant::now();
+    let page = format!(
+        "SELECT {COLUMNS} FROM tally_events WHERE global_position > $1 AND global_position <= $2 ORDER BY global_position LIMIT 10000"
+    );
+    let page = tx.prepare_cached(&page).await.map_err(pg)?;
+    let mut at = linked_to;
+    while at < position {
+        let rows = tx.query(&page, &[&to_i64(at), &to_i64(position)]).await.map_err(pg)?;
+        if rows.is_empty() {
+            return Err(StoreError::Corrupt { file: "tally_events".into(), offset: at + 1, reason: "missing from the log".into() });
+        }
+        for row in &rows {
+            let event = recorded(row)?;
+            if event.global_position != at + 1 {
+                return Err(StoreError::Corrupt { file: "tally_events".into(), offset: at + 1, reason: "missing from the log".into() });
+            }
+            // A stream first met past its start: its link so far, from its own events.
+            if event.links.is_none() && event.stream_version > 1 && !heads.streams.contains_key(&event.stream_id) {
+                let link = stream_link_at(tx, &event.stream_id, event.stream_version - 1).await?;
+                heads.streams.insert(event.stream_id.clone(), link);
+            }
+            heads.follow_recorded(&event);
+            at = event.global_position;
+        }
+    }
+    let save = tx.prepare_cached("UPDATE tally_log_head SET log_hash = $1, log_hash_position = $2").await.map_err(pg)?;
+    tx.execute(&save, &[&heads.log.map(Vec::from), &to_i64(position)]).await.map_err(pg)?;
+    tracing::info!(
+        events = position - linked_to,
+        took_ms = started.elapsed().as_millis() as u64,
+        "linked events written without hash links"
+    );
+    Ok(heads.log)
+}
+
+/// The link of `stream`'s event at `version`: stored, or computed from the stream's events.
+async fn stream_link_at(tx: &deadpool_postgres::Transaction<'_>, stream: &StreamId, version: u64) -> Result<Hash, StoreError> {
+    let sql = format!("SELECT {COLUMNS} FROM tally_events WHERE stream_id = $1 AND stream_version <= $2 ORDER BY stream_version");
+    let read = tx.prepare_cached(&sql).await.map_err(pg)?;
+    let mut heads = Heads::default();
+    for row in tx.query(&read, &[&stream.as_str(), &to_i64(version)]).await.map_err(pg)? {
+        heads.follow_recorded(&recorded(&row)?);
+    }
+    Ok(heads.streams.get(stream).copied().unwrap_or(chain::GENESIS))
+}
+
+fn to_hash(bytes: &[u8]) -> Result<Hash, StoreError> {
+    bytes.try_into().map_err(|_| StoreError::Corrupt {
+        file: "tally_log_head".into(),
+        offset: 0,
+        reason: format!("a hash link of {} bytes (expected 32)", bytes.len()),
     })
 }
 
@@ -158,6 +231,8 @@ struct Columns {
     principal: Vec<String>,
     principal_roles: Vec<String>,
     staff_id: Vec<String>,
+    stream_hash: Vec<Vec<u8>>,
+    log_hash: Vec<Vec<u8>>,
 }
 
 impl Columns {
@@ -168,7 +243,7 @@ impl Columns {
             .prepare_cached(&format!(
                 "INSERT INTO tally_events ({COLUMNS}) SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::int[], \
                  $6::bigint[], $7::text[], $8::bigint[], $9::text[], $10::text[], $11::text[], $12::text[], $13::bytea[], $14::bytea[], $15::text[], \
-                 $16::text[], $17::text[])"
+                 $16::text[], $17::text[], $18::bytea[], $19::bytea[])"
             ))
             .await
             .map_err(pg)?;
@@ -192,6 +267,8 @@ impl Columns {
                 &c.principal,
                 &c.principal_roles,
                 &c.staff_id,
+                &c.stream_hash,
+                &c.log_hash,
             ],
         )
         .await
@@ -199,24 +276,27 @@ impl Columns {
         Ok(())
     }
 
-    fn push(&mut self, stream: &StreamId, version: u64, position: u64, event: EventData) {
-        self.stream_id.push(stream.as_str().to_owned());
-        self.stream_version.push(to_i64(version));
-        self.global_position.push(to_i64(position));
-        self.event_type.push(event.event_type);
-        self.schema_version.push(i32::try_from(event.schema_version).unwrap_or(i32::MAX));
-        self.recorded_at_ms.push(event.recorded_at_ms);
-        self.idempotency_key.push(event.idempotency_key);
-        self.command_fingerprint.push(i64::from_ne_bytes(event.command_fingerprint.to_ne_bytes()));
-        self.causation_id.push(event.metadata.causation_id);
-        self.correlation_id.push(event.metadata.correlation_id);
-        self.traceparent.push(event.metadata.traceparent);
-        self.tracestate.push(event.metadata.tracestate);
-        self.principal.push(event.metadata.principal);
-        self.principal_roles.push(event.metadata.principal_roles);
-        self.staff_id.push(event.metadata.staff_id);
-        self.payload.push(event.payload);
-        self.command_digest.push(event.command_digest.map(Vec::from));
+    /// Stages one linked envelope (every field of the event is in it).
+    fn push(&mut self, e: EventEnvelope) {
+        self.stream_id.push(e.stream_id);
+        self.stream_version.push(to_i64(e.stream_version));
+        self.global_position.push(to_i64(e.global_position));
+        self.event_type.push(e.event_type);
+        self.schema_version.push(i32::try_from(e.schema_version).unwrap_or(i32::MAX));
+        self.recorded_at_ms.push(e.recorded_at.map_or(0, |t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000));
+        self.idempotency_key.push(e.idempotency_key);
+        self.command_fingerprint.push(i64::from_ne_bytes(e.command_fingerprint.to_ne_bytes()));
+        self.causation_id.push(e.causation_id);
+        self.correlation_id.push(e.correlation_id);
+        self.traceparent.push(e.traceparent);
+        self.tracestate.push(e.tracestate);
+        self.principal.push(e.principal);
+        self.principal_roles.push(e.principal_roles);
+        self.staff_id.push(e.staff_id);
+        self.payload.push(e.payload);
+        self.command_digest.push((!e.command_digest.is_empty()).then_some(e.command_digest));
+        self.stream_hash.push(e.stream_hash);
+        self.log_hash.push(e.log_hash);
     }
 }
 
@@ -245,19 +325,30 @@ async fn commit(pool: &Pool, batch: &mut Vec<AppendRequest>, head: &watch::Sende
         // Statements are prepared once per pooled connection, not parsed again for every batch.
         let lock_head = tx.prepare_cached("SELECT position FROM tally_log_head FOR UPDATE").await.map_err(pg)?;
         let last: i64 = tx.query_one(&lock_head, &[]).await.map_err(pg)?.get(0);
+        let mut heads = Heads { log: log_head(&tx).await?, ..Heads::default() };
         let streams: Vec<&str> = batch.iter().map(|r| r.stream.as_str()).collect();
         let current = tx
             // One index probe per stream (the unique (stream_id, stream_version) index, read backwards),
             // whatever plan the prepared statement settles on.
             .prepare_cached(
-                "SELECT s.id, (SELECT e.stream_version FROM tally_events e WHERE e.stream_id = s.id ORDER BY e.stream_version DESC LIMIT 1)
-                 FROM unnest($1::text[]) AS s(id)",
+                "SELECT s.id, e.stream_version, e.stream_hash FROM unnest($1::text[]) AS s(id) LEFT JOIN LATERAL
+                 (SELECT stream_version, stream_hash FROM tally_events WHERE stream_id = s.id ORDER BY stream_version DESC LIMIT 1) e ON true",
             )
             .await
             .map_err(pg)?;
         let rows = tx.query(&current, &[&streams]).await.map_err(pg)?;
-        let mut versions: HashMap<String, u64> =
-            rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, Option<i64>>(1).map_or(0, to_u64))).collect();
+        let mut versions: HashMap<String, u64> = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let (id, version) = (row.get::<_, String>(0), row.get::<_, Option<i64>>(1).map_or(0, to_u64));
+            let stream = StreamId::new(&id)?;
+            let link = match row.get::<_, Option<Vec<u8>>>(2) {
+                Some(stored) => to_hash(&stored)?,
+                None if version > 0 => stream_link_at(&tx, &stream, version).await?,
+                None => chain::GENESIS,
+            };
+            heads.streams.insert(stream, link);
+            versions.insert(id, version);
+        }
         let mut position = to_u64(last);
         first = position;
         let mut columns = Columns::default();
@@ -277,7 +368,9 @@ async fn commit(pool: &Pool, batch: &mut Vec<AppendRequest>, head: &watch::Sende
                 last_position: position + count,
             };
             for (i, event) in (0..).zip(request.events) {
-                columns.push(&request.stream, actual + 1 + i, position + 1 + i, event);
+                let mut envelope = into_envelope(&request.stream, actual + 1 + i, position + 1 + i, event);
+                heads.link(&request.stream, &mut envelope);
+                columns.push(envelope);
             }
             versions.insert(request.stream.as_str().to_owned(), actual + count);
             position += count;
@@ -288,8 +381,9 @@ async fn commit(pool: &Pool, batch: &mut Vec<AppendRequest>, head: &watch::Sende
         }
         columns.insert(&tx).await?;
         let new_head = to_i64(position);
-        let advance = tx.prepare_cached("UPDATE tally_log_head SET position = $1").await.map_err(pg)?;
-        tx.execute(&advance, &[&new_head]).await.map_err(pg)?;
+        let advance =
+            tx.prepare_cached("UPDATE tally_log_head SET position = $1, log_hash = $2, log_hash_position = $1").await.map_err(pg)?;
+        tx.execute(&advance, &[&new_head, &heads.log.map(Vec::from)]).await.map_err(pg)?;
         // Delivered to every listener when (and only if) the transaction commits.
         let notify = tx.prepare_cached("SELECT pg_notify($1, $2)").await.map_err(pg)?;
         tx.execute(&notify, &[&CHANNEL, &new_head.to_string()]).await.map_err(pg)?;

@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, watch};
 
 use self::record::Frame;
 use self::writer::Writer;
-use super::{Append, AppendOutcome, EventData, EventStore, ExpectedVersion, RecordedEvent, StoreError, StreamId, WriterQueue};
+use super::{Append, AppendOutcome, EventData, EventStore, ExpectedVersion, RecordedEvent, StoreError, StreamId, WriterQueue, chain};
 use crate::FastMap;
 use crate::limits::{APPEND_QUEUE_DEPTH_MAX, SEGMENT_BYTES_MAX};
 
@@ -71,6 +71,8 @@ pub(super) struct Index {
     locs: Vec<Loc>,
     /// Stream → global positions of its events, in version order.
     streams: FastMap<StreamId, Vec<u64>>,
+    /// The hash chains' heads as the scan leaves them; handed to the writer at open.
+    heads: chain::Heads,
 }
 
 impl Index {
@@ -171,6 +173,7 @@ impl EmbeddedStore {
         report.streams = index.streams.len();
 
         let head = index.locs.len() as u64;
+        let heads = std::mem::take(&mut index.heads);
         let (head_tx, head_rx) = watch::channel(head);
         let active = Arc::clone(segments.last().expect("at least one segment"));
         let active_len = active.file.metadata().map_err(|e| StoreError::io(&active.path, e))?.len();
@@ -179,7 +182,7 @@ impl EmbeddedStore {
         let active_first = names.last().map_or(1, |(first, _)| *first);
         let note_path = dir.join(Acknowledged::FILE);
         let note = File::options().create(true).truncate(false).write(true).open(&note_path).map_err(|e| StoreError::io(&note_path, e))?;
-        let writer = Writer::new(Arc::clone(&shared), log_dir, active, active_len, head + 1, head_tx, options, active_first, note);
+        let writer = Writer::new(Arc::clone(&shared), log_dir, active, active_len, head + 1, head_tx, options, active_first, note, heads);
         let handle = std::thread::Builder::new()
             .name("tally-log-writer".into())
             .spawn(move || writer.run(receiver))
@@ -306,6 +309,8 @@ fn scan_segment(path: &Path, segment: u32, tail: Option<u64>, index: &mut Index)
                             envelope.global_position, envelope.stream_version
                         )));
                     }
+                    let stored = chain::stored_links(&envelope.stream_hash, &envelope.log_hash).map_err(corrupt)?;
+                    index.heads.follow(&stream, stored, || chain::canonical_envelope(envelope));
                     index.locs.push(loc);
                     index.streams.entry(stream).or_default().push(position);
                 }

@@ -6,7 +6,7 @@
 use prost::Message;
 use tally_proto::v1::{EventEnvelope, LogRecord};
 
-use crate::store::{EventData, EventMetadata, RecordedEvent, StreamId, command_digest};
+use crate::store::{EventData, EventMetadata, RecordedEvent, StreamId, chain, command_digest};
 
 /// "TLY1" read as a little-endian u32.
 pub(super) const MAGIC: u32 = u32::from_le_bytes(*b"TLY1");
@@ -82,6 +82,8 @@ pub(in crate::store) fn into_envelope(stream: &StreamId, version: u64, position:
         principal_roles: data.metadata.principal_roles,
         staff_id: data.metadata.staff_id,
         payload: data.payload,
+        stream_hash: Vec::new(),
+        log_hash: Vec::new(),
     }
 }
 
@@ -89,6 +91,7 @@ pub(in crate::store) fn from_envelope(envelope: EventEnvelope) -> Result<Recorde
     let stream_id = StreamId::new(&envelope.stream_id).map_err(|e| e.to_string())?;
     let recorded_at_ms = envelope.recorded_at.map_or(0, |t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000);
     let command_digest = command_digest(&envelope.command_digest)?;
+    let links = chain::stored_links(&envelope.stream_hash, &envelope.log_hash)?;
     Ok(RecordedEvent {
         stream_id,
         stream_version: envelope.stream_version,
@@ -111,6 +114,7 @@ pub(in crate::store) fn from_envelope(envelope: EventEnvelope) -> Result<Recorde
             },
             payload: envelope.payload,
         },
+        links,
     })
 }
 

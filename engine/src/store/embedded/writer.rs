@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::{Acknowledged, EmbeddedOptions, Loc, Segment, Shared, record, segment_path};
 use crate::FastMap;
 use crate::limits::{GROUP_COMMIT_APPENDS_MAX, GROUP_COMMIT_BYTES_MAX};
-use crate::store::{AppendOutcome, AppendRequest, ExpectedVersion, StoreError, StreamId};
+use crate::store::{AppendOutcome, AppendRequest, ExpectedVersion, StoreError, StreamId, chain};
 
 /// An append written into the batch buffer, waiting for the fsync.
 #[derive(Debug)]
@@ -51,6 +51,8 @@ pub(super) struct Writer {
     /// The first position of the active segment (its name), and the note of how far it is acknowledged.
     active_first: u64,
     acknowledged: File,
+    /// The hash chains' heads: each stream's last link and the log's (`store::chain`).
+    heads: chain::Heads,
 }
 
 impl Writer {
@@ -65,6 +67,7 @@ impl Writer {
         options: EmbeddedOptions,
         active_first: u64,
         acknowledged: File,
+        heads: chain::Heads,
     ) -> Self {
         Self {
             shared,
@@ -78,6 +81,7 @@ impl Writer {
             buf: Vec::new(),
             active_first,
             acknowledged,
+            heads,
         }
     }
 
@@ -123,11 +127,16 @@ impl Writer {
                     continue;
                 }
                 let count = request.events.len() as u64;
+                // Linked in position order: the chains follow the log as readers will see it.
                 let envelopes = request
                     .events
                     .into_iter()
                     .zip(0..)
-                    .map(|(data, i)| record::into_envelope(&request.stream, actual + 1 + i, position + i, data))
+                    .map(|(data, i)| {
+                        let mut envelope = record::into_envelope(&request.stream, actual + 1 + i, position + i, data);
+                        self.heads.link(&request.stream, &mut envelope);
+                        envelope
+                    })
                     .collect();
                 let offset = self.buf.len();
                 let len = record::frame(&mut self.buf, &LogRecord { events: envelopes });

@@ -5,6 +5,8 @@
 //! A program's settings as of an instant are folded the same way from its own stream, so an auditor
 //! sees which rules were in force. `AuditService` and `tally audit replay` are built on these.
 
+pub mod verify;
+
 use crate::codec::{self, CodecError};
 use crate::domain::program::{ProgramState, apply_program};
 use crate::domain::{TenantId, WalletState, apply};

@@ -1,0 +1,150 @@
+//! Issue 19 item 2: the embedded log's hash chains. An event changed on disk with its record checksum
+//! recomputed (so the log still opens) is named by `verify` — position, stream, version; re-hashing the
+//! changed event alone breaks the next link; the chains carry on across a restart; and a log written
+//! before the chains (the golden log) is linked from position 1, its first stored links chaining onto
+//! the computed ones.
+
+use std::path::Path;
+
+use prost::Message;
+use tally_engine::audit::verify::{verify_log, verify_stream};
+use tally_engine::store::chain;
+use tally_engine::store::conformance::{event, stream};
+use tally_engine::store::{EmbeddedStore, EventStore, ExpectedVersion};
+use tally_proto::v1::LogRecord;
+
+/// Writes three streams, five single-event appends each, interleaved: positions 1..=15.
+async fn write_log(dir: &Path) {
+    let store = EmbeddedStore::open(dir).unwrap();
+    for v in 0..5 {
+        for name in ["t/wallet/a", "t/wallet/b", "t/wallet/c"] {
+            store.append(&stream(name), ExpectedVersion::Exact(v), vec![event(&format!("{name}-{v}"))]).await.unwrap();
+        }
+    }
+    store.close().await;
+}
+
+/// The only segment of the log in `dir`.
+fn segment(dir: &Path) -> std::path::PathBuf {
+    let mut files: Vec<_> = std::fs::read_dir(dir.join("log")).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    files.pop().unwrap()
+}
+
+/// Rewrites the record holding `position` with `change` applied to its envelopes, and a checksum that
+/// matches again: what someone with write access to the files could do.
+fn tamper(dir: &Path, position: u64, change: impl Fn(&mut tally_proto::v1::EventEnvelope)) {
+    let path = segment(dir);
+    let bytes = std::fs::read(&path).unwrap();
+    let (mut out, mut at) = (Vec::new(), 0);
+    while at < bytes.len() {
+        let len = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap()) as usize;
+        let body = &bytes[at + 12..at + 12 + len];
+        let mut record = LogRecord::decode(body).unwrap();
+        let mut touched = false;
+        for envelope in &mut record.events {
+            if envelope.global_position == position {
+                change(envelope);
+                touched = true;
+            }
+        }
+        let body = if touched { record.encode_to_vec() } else { body.to_vec() };
+        out.extend_from_slice(&bytes[at..at + 4]);
+        out.extend_from_slice(&u32::try_from(body.len()).unwrap().to_le_bytes());
+        out.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+        out.extend_from_slice(&body);
+        at += 12 + len;
+    }
+    std::fs::write(&path, out).unwrap();
+}
+
+#[tokio::test]
+async fn an_event_changed_on_disk_is_named_by_verify_even_with_its_checksum_recomputed() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path()).await;
+    {
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let verified = verify_log(&store, |_| {}).await.unwrap().unwrap();
+        assert_eq!((verified.events, verified.linked), (15, 15));
+    }
+    // Position 8 is stream b's version 3: its payload changed, its checksum made right.
+    tamper(dir.path(), 8, |e| e.payload = b"t/wallet/b-2 but more".to_vec());
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    assert_eq!(store.report().torn_tail, None, "the log opens: the checksum matches");
+    let (broken, before) = verify_log(&store, |_| {}).await.unwrap().unwrap_err();
+    assert_eq!((broken.position, broken.stream.as_str(), broken.stream_version), (8, "t/wallet/b", 3));
+    assert!(broken.reason.contains("stream hash"), "{broken}");
+    assert_eq!(before.events, 7, "everything before it checked out");
+    let (in_stream, _) = verify_stream(&store, &stream("t/wallet/b")).await.unwrap().unwrap_err();
+    assert_eq!((in_stream.position, in_stream.stream_version), (8, 3));
+    assert!(verify_stream(&store, &stream("t/wallet/a")).await.unwrap().is_ok(), "another stream is intact");
+}
+
+#[tokio::test]
+async fn rehashing_a_changed_event_alone_breaks_the_next_link() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path()).await;
+    // The tamperer changes position 4 (stream a, version 2) and recomputes its own two links correctly.
+    let events = EmbeddedStore::open(dir.path()).unwrap().read_all(1, 100).await.unwrap();
+    let (previous_in_stream, previous_in_log) = (events[0].links.unwrap().stream, events[2].links.unwrap().log);
+    tamper(dir.path(), 4, |e| {
+        e.idempotency_key = "key-forged".into();
+        e.stream_hash.clear();
+        e.log_hash.clear();
+        chain::link(e, &previous_in_stream, &previous_in_log);
+    });
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let (broken, _) = verify_log(&store, |_| {}).await.unwrap().unwrap_err();
+    assert_eq!(broken.position, 5, "position 4 now checks out, and position 5's log link no longer does: {broken}");
+    assert!(broken.reason.contains("log hash"), "{broken}");
+    let (in_stream, _) = verify_stream(&store, &stream("t/wallet/a")).await.unwrap().unwrap_err();
+    assert_eq!((in_stream.position, in_stream.stream_version), (7, 3), "and the stream's next event");
+}
+
+#[tokio::test]
+async fn the_chains_carry_on_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path()).await;
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    store.append(&stream("t/wallet/a"), ExpectedVersion::Exact(5), vec![event("after")]).await.unwrap();
+    store.append(&stream("t/wallet/d"), ExpectedVersion::Exact(0), vec![event("new")]).await.unwrap();
+    let verified = verify_log(&store, |_| {}).await.unwrap().unwrap();
+    assert_eq!((verified.events, verified.linked), (17, 17));
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &to.join(entry.file_name()));
+        } else {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_log_written_before_the_chains_is_linked_from_its_first_event() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/log-v1"), dir.path());
+    let legacy = {
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let verified = verify_log(&store, |_| {}).await.unwrap().unwrap();
+        assert_eq!(verified.linked, 0, "the golden log predates the chains");
+        // New events chain onto the links computed for the old ones.
+        let old = stream("golden/wallet/carol");
+        let version = store.stream_version(&old).await.unwrap();
+        store.append(&old, ExpectedVersion::Exact(version), vec![event("carol-after")]).await.unwrap();
+        store.append(&stream("golden/wallet/dave"), ExpectedVersion::Exact(0), vec![event("dave")]).await.unwrap();
+        let after = verify_log(&store, |_| {}).await.unwrap().unwrap();
+        assert_eq!((after.events, after.linked), (verified.events + 2, 2));
+        store.close().await;
+        verified.events
+    };
+    // An old event changed: it has no link of its own to break, so the first stored link after it does.
+    tamper(dir.path(), 3, |e| e.payload.push(0));
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let (broken, _) = verify_log(&store, |_| {}).await.unwrap().unwrap_err();
+    assert_eq!(broken.position, legacy + 1, "{broken}");
+}
