@@ -148,3 +148,51 @@ async fn a_log_written_before_the_chains_is_linked_from_its_first_event() {
     let (broken, _) = verify_log(&store, |_| {}).await.unwrap().unwrap_err();
     assert_eq!(broken.position, legacy + 1, "{broken}");
 }
+
+/// Runs the auditor's own checker, `docs/verify_chain.py`, on a data directory: its one line, and
+/// whether it found the log intact.
+fn python_verifier(dir: &Path) -> (bool, String) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/verify_chain.py");
+    let output = std::process::Command::new("python3").arg(&script).arg(dir).output().expect("python3 runs (the machine has CPython 3.11)");
+    (output.status.success(), String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+fn hex(hash: &[u8]) -> String {
+    hash.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test]
+async fn the_python_verifier_agrees_with_verify() {
+    // Old events and new ones: the same head, computed independently from the files.
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/log-v1"), dir.path());
+    {
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        store.append(&stream("golden/wallet/erin"), ExpectedVersion::Exact(0), vec![event("erin-1"), event("erin-2")]).await.unwrap();
+        let verified = verify_log(&store, |_| {}).await.unwrap().unwrap();
+        store.close().await;
+        let (position, head) = verified.head.unwrap();
+        let (intact, line) = python_verifier(dir.path());
+        assert!(intact, "{line}");
+        assert_eq!(line, format!("intact: {position} events, 2 with stored links, log hash at position {position}: {}", hex(&head)));
+    }
+    // A changed event, its checksum recomputed: both name the same position.
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path()).await;
+    tamper(dir.path(), 8, |e| e.payload = b"forged".to_vec());
+    let (intact, line) = python_verifier(dir.path());
+    assert!(!intact && line.starts_with("BROKEN at position 8 (t/wallet/b version 3): its stream hash"), "{line}");
+    // The changed event rehashed: both name the next link.
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path()).await;
+    let events = EmbeddedStore::open(dir.path()).unwrap().read_all(1, 100).await.unwrap();
+    let (previous_in_stream, previous_in_log) = (events[0].links.unwrap().stream, events[2].links.unwrap().log);
+    tamper(dir.path(), 4, |e| {
+        e.idempotency_key = "key-forged".into();
+        e.stream_hash.clear();
+        e.log_hash.clear();
+        chain::link(e, &previous_in_stream, &previous_in_log);
+    });
+    let (intact, line) = python_verifier(dir.path());
+    assert!(!intact && line.starts_with("BROKEN at position 5 (t/wallet/b version 2): its log hash"), "{line}");
+}

@@ -113,6 +113,18 @@ impl Heads {
         links
     }
 
+    /// Links a new event given its canonical bytes, and moves the heads on.
+    pub fn link_canonical(&mut self, stream: &StreamId, canonical: &[u8]) -> Links {
+        let stream_hash = stream_link(self.stream(stream), canonical);
+        let links = Links { stream: stream_hash, log: log_link(&self.log.unwrap_or(GENESIS), &stream_hash) };
+        match self.streams.get_mut(stream) {
+            Some(head) => *head = links.stream,
+            None => _ = self.streams.insert(stream.clone(), links.stream),
+        }
+        self.log = Some(links.log);
+        links
+    }
+
     fn stream(&self, stream: &StreamId) -> &Hash {
         self.streams.get(stream).unwrap_or(&GENESIS)
     }

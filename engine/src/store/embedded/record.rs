@@ -12,17 +12,55 @@ use crate::store::{EventData, EventMetadata, RecordedEvent, StreamId, chain, com
 pub(super) const MAGIC: u32 = u32::from_le_bytes(*b"TLY1");
 pub(super) const HEADER_BYTES: usize = 12;
 
-/// Appends one framed record to `buf`; returns its length including the header.
-pub(super) fn frame(buf: &mut Vec<u8>, record: &LogRecord) -> usize {
+/// Starts a record at the end of `buf`: room for its header, which [`seal`] fills once the body (an
+/// encoded `LogRecord`) follows it. Returns where the record starts.
+pub(super) fn open_record(buf: &mut Vec<u8>) -> usize {
     let start = buf.len();
-    let len = record.encoded_len();
-    buf.extend_from_slice(&MAGIC.to_le_bytes());
-    buf.extend_from_slice(&u32::try_from(len).expect("records are bounded by APPEND_BYTES_MAX").to_le_bytes());
-    buf.extend_from_slice(&[0; 4]);
-    record.encode(buf).expect("a Vec grows as needed");
+    buf.extend_from_slice(&[0; HEADER_BYTES]);
+    start
+}
+
+/// Writes the header of the record that starts at `start` and runs to the end of `buf`; returns its
+/// length including the header.
+pub(super) fn seal(buf: &mut [u8], start: usize) -> usize {
+    let body_len = buf.len() - start - HEADER_BYTES;
     let crc = crc32c::crc32c(&buf[start + HEADER_BYTES..]);
+    buf[start..start + 4].copy_from_slice(&MAGIC.to_le_bytes());
+    buf[start + 4..start + 8].copy_from_slice(&u32::try_from(body_len).expect("records are bounded by APPEND_BYTES_MAX").to_le_bytes());
     buf[start + 8..start + HEADER_BYTES].copy_from_slice(&crc.to_le_bytes());
     buf.len() - start
+}
+
+/// Appends one framed record of `body` (an encoded `LogRecord`) to `buf`; returns its length including
+/// the header.
+#[cfg(test)]
+fn frame_body(buf: &mut Vec<u8>, body: &[u8]) -> usize {
+    let start = open_record(buf);
+    buf.extend_from_slice(body);
+    seal(buf, start)
+}
+
+/// `EventEnvelope.stream_hash` (field 18) and `log_hash` (19) as prost writes them: key, length 32.
+const STREAM_HASH_KEY: [u8; 3] = [0x92, 0x01, 0x20];
+const LOG_HASH_KEY: [u8; 3] = [0x9a, 0x01, 0x20];
+/// What the two link fields add to an envelope's encoding.
+const LINK_FIELDS_BYTES: usize = 2 * (3 + 32);
+
+/// Appends `envelope` (its hash fields empty) to `body`, an encoded `LogRecord` being built, linked by
+/// `link` from its canonical bytes: the encoding prost gives the envelope with both links set (they are
+/// its last fields), with the envelope encoded once.
+pub(super) fn push_linked(body: &mut Vec<u8>, envelope: &EventEnvelope, link: impl FnOnce(&[u8]) -> chain::Links) {
+    debug_assert!(envelope.stream_hash.is_empty() && envelope.log_hash.is_empty());
+    let len = envelope.encoded_len();
+    body.push(0x0a); // LogRecord.events, length-delimited
+    prost::encoding::encode_varint((len + LINK_FIELDS_BYTES) as u64, body);
+    let start = body.len();
+    envelope.encode(body).expect("a Vec grows as needed");
+    let links = link(&body[start..]);
+    body.extend_from_slice(&STREAM_HASH_KEY);
+    body.extend_from_slice(&links.stream);
+    body.extend_from_slice(&LOG_HASH_KEY);
+    body.extend_from_slice(&links.log);
 }
 
 /// What is at the start of a byte slice.
@@ -130,7 +168,7 @@ mod tests {
     fn frames_round_trip_and_damage_is_detected() {
         let record = LogRecord { events: vec![EventEnvelope { stream_id: "s".into(), stream_version: 1, ..Default::default() }] };
         let mut buf = Vec::new();
-        let len = frame(&mut buf, &record);
+        let len = frame_body(&mut buf, &record.encode_to_vec());
         assert_eq!(len, buf.len());
         let Frame::Valid { body, len: parsed } = parse(&buf) else { panic!("valid frame expected") };
         assert_eq!(parsed, len);
@@ -141,6 +179,27 @@ mod tests {
         assert_eq!(parse(&flipped), Frame::Invalid("record checksum mismatch"));
         assert!(any_valid_frame(&[&[0u8; 7][..], &buf].concat()));
         assert!(!any_valid_frame(&flipped));
+    }
+
+    #[test]
+    fn a_linked_envelope_written_by_hand_is_what_prost_writes() {
+        let stream = StreamId::new("t/wallet/d").unwrap();
+        let mut heads = chain::Heads::default();
+        let mut body = Vec::new();
+        let mut expected = LogRecord::default();
+        for (version, tag) in [(1, "a"), (2, "a rather longer payload to move the length past one varint byte".repeat(3).as_str())] {
+            let envelope = into_envelope(&stream, version, version, crate::store::conformance::event(tag));
+            push_linked(&mut body, &envelope, |canonical| heads.link_canonical(&stream, canonical));
+            let mut linked = envelope.clone();
+            chain::link(
+                &mut linked,
+                expected.events.last().map_or(&chain::GENESIS, |e| e.stream_hash.as_slice().try_into().unwrap()),
+                &expected.events.last().map_or(chain::GENESIS, |e| e.log_hash.as_slice().try_into().unwrap()),
+            );
+            expected.events.push(linked);
+        }
+        assert_eq!(body, expected.encode_to_vec());
+        assert_eq!(decode(&body).unwrap(), expected);
     }
 
     #[test]

@@ -10,7 +10,6 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tally_proto::v1::LogRecord;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{Acknowledged, EmbeddedOptions, Loc, Segment, Shared, record, segment_path};
@@ -128,18 +127,12 @@ impl Writer {
                 }
                 let count = request.events.len() as u64;
                 // Linked in position order: the chains follow the log as readers will see it.
-                let envelopes = request
-                    .events
-                    .into_iter()
-                    .zip(0..)
-                    .map(|(data, i)| {
-                        let mut envelope = record::into_envelope(&request.stream, actual + 1 + i, position + i, data);
-                        self.heads.link(&request.stream, &mut envelope);
-                        envelope
-                    })
-                    .collect();
-                let offset = self.buf.len();
-                let len = record::frame(&mut self.buf, &LogRecord { events: envelopes });
+                let offset = record::open_record(&mut self.buf);
+                for (data, i) in request.events.into_iter().zip(0..) {
+                    let envelope = record::into_envelope(&request.stream, actual + 1 + i, position + i, data);
+                    record::push_linked(&mut self.buf, &envelope, |canonical| self.heads.link_canonical(&request.stream, canonical));
+                }
+                let len = record::seal(&mut self.buf, offset);
                 let outcome = AppendOutcome {
                     first_version: actual + 1,
                     last_version: actual + count,
