@@ -146,16 +146,16 @@ fn recorded(row: &Row) -> Result<RecordedEvent, StoreError> {
     })
 }
 
-/// The log chain's head under the head row's lock (taken here if not yet), caught up with any event
-/// appended without links (before the chains, or by an older node) and saved.
-async fn log_head(tx: &deadpool_postgres::Transaction<'_>) -> Result<Option<Hash>, StoreError> {
+/// Takes the head row's lock; answers the last position and the log chain's link there, caught up with
+/// any event appended without links (before the chains, or by an older node) and saved.
+async fn log_head(tx: &deadpool_postgres::Transaction<'_>) -> Result<(u64, Option<Hash>), StoreError> {
     let lock_head = tx.prepare_cached("SELECT position, log_hash, log_hash_position FROM tally_log_head FOR UPDATE").await.map_err(pg)?;
     let row = tx.query_one(&lock_head, &[]).await.map_err(pg)?;
     let (position, linked_to) = (to_u64(row.get(0)), to_u64(row.get(2)));
     let stored: Option<Vec<u8>> = row.get(1);
     let mut heads = Heads { log: stored.map(|h| to_hash(&h)).transpose()?, ..Heads::default() };
     if linked_to >= position {
-        return Ok(heads.log);
+        return Ok((position, heads.log));
     }
     let started = std::time::Instant::now();
     let page = format!(
@@ -189,7 +189,7 @@ async fn log_head(tx: &deadpool_postgres::Transaction<'_>) -> Result<Option<Hash
         took_ms = started.elapsed().as_millis() as u64,
         "linked events written without hash links"
     );
-    Ok(heads.log)
+    Ok((position, heads.log))
 }
 
 /// The link of `stream`'s event at `version`: stored, or computed from the stream's events.
@@ -323,9 +323,9 @@ async fn commit(pool: &Pool, batch: &mut Vec<AppendRequest>, head: &watch::Sende
         let tx = client.transaction().await.map_err(pg)?;
         // Taking this row lock first serialises appenders across every process sharing the log.
         // Statements are prepared once per pooled connection, not parsed again for every batch.
-        let lock_head = tx.prepare_cached("SELECT position FROM tally_log_head FOR UPDATE").await.map_err(pg)?;
-        let last: i64 = tx.query_one(&lock_head, &[]).await.map_err(pg)?.get(0);
-        let mut heads = Heads { log: log_head(&tx).await?, ..Heads::default() };
+        let (last, log) = log_head(&tx).await?;
+        let last = to_i64(last);
+        let mut heads = Heads { log, ..Heads::default() };
         let streams: Vec<&str> = batch.iter().map(|r| r.stream.as_str()).collect();
         let current = tx
             // One index probe per stream (the unique (stream_id, stream_version) index, read backwards),
