@@ -6,8 +6,10 @@ use std::fmt::Write as _;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
+use tally_engine::audit::checkpoint::{self, Checkpoint};
 use tally_engine::audit::verify;
-use tally_engine::store::{EventStore, StreamId};
+use tally_engine::store::chain::Hash;
+use tally_engine::store::{EventStore, StreamId, existing_log_identity};
 use tally_proto::v1::audit_service_client::AuditServiceClient;
 use tally_proto::v1::{
     ProgramAsOfRequest, ProgramAsOfResponse, StoppedAt, WalletAsOfRequest, WalletAsOfResponse, WalletChangesRequest, program_as_of_request,
@@ -16,7 +18,7 @@ use tally_proto::v1::{
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::cli::{AsOfArgs, AuditCommand, Target, VerifyArgs, WalletRef};
+use crate::cli::{AsOfArgs, AuditCommand, CheckpointArgs, Target, VerifyArgs, WalletRef};
 use crate::client::{ClientError, TransactionView, WalletView, output, render_transaction, render_wallet, transaction_view, wallet_view};
 use crate::credentials::{self, Authed};
 use crate::limits::REPLY_BYTES_MAX;
@@ -408,7 +410,9 @@ pub async fn run(command: AuditCommand) -> Result<String, ClientError> {
     match command {
         AuditCommand::Replay { wallet, when, diff, target } => replay(wallet, when, diff, &target).await,
         AuditCommand::Program { tenant, when, target } => program(tenant, when, &target).await,
-        AuditCommand::Verify(_) => Err(ClientError::Direct("tally audit verify reads the log itself (--store), not a server".into())),
+        AuditCommand::Verify(_) | AuditCommand::Checkpoint(_) | AuditCommand::Keygen { .. } => Err(ClientError::Direct(
+            "tally audit verify, checkpoint and keygen work on the log and key files directly, not through a server".into(),
+        )),
     }
 }
 
@@ -431,6 +435,17 @@ struct VerifyView {
     broken: Option<BrokenView>,
     /// Why the check could not be made (the log could not be read).
     error: Option<String>,
+    /// What the checkpoint said, if one was given.
+    checkpoint: Option<CheckpointView>,
+}
+
+#[derive(Debug, Serialize)]
+struct CheckpointView {
+    position: u64,
+    signed_at: String,
+    log_hash: String,
+    /// Whether the log up to the checkpoint's position is the one signed.
+    matches: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -445,30 +460,44 @@ fn hex(hash: &[u8]) -> String {
     hash.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Checks `store` against its hash chains: the whole log, or one stream.
+/// The checkpoint given to `verify`, its signature checked with the key the auditor holds, and the log
+/// it names checked to be this one.
+async fn trusted_checkpoint(store: &dyn EventStore, args: &VerifyArgs) -> Result<Option<(Checkpoint, Hash)>, String> {
+    let (Some(path), Some(key)) = (&args.checkpoint, &args.public_key) else { return Ok(None) };
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let checkpoint: Checkpoint = serde_json::from_str(&text).map_err(|e| format!("{} is not a checkpoint: {e}", path.display()))?;
+    let key = std::fs::read_to_string(key).unwrap_or_else(|_| key.clone());
+    let trusted = checkpoint::verifying_key(&key).map_err(|e| e.to_string())?;
+    let signed = checkpoint.verify(&trusted).map_err(|e| e.to_string())?;
+    let log_id = existing_log_identity(store).await.map_err(|e| e.to_string())?.unwrap_or_default();
+    if log_id != checkpoint.log_id {
+        return Err(format!("the checkpoint is of log {:?}, this log is {log_id:?}", checkpoint.log_id));
+    }
+    Ok(Some((checkpoint, signed)))
+}
+
+/// Checks `store` against its hash chains: the whole log, or one stream; and against a checkpoint.
 pub async fn verify(store: &dyn EventStore, args: &VerifyArgs) -> VerifyReport {
     let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) { ProgressBar::new_spinner() } else { ProgressBar::hidden() };
     bar.set_style(
         ProgressStyle::with_template("{spinner} {pos} events checked  {per_sec}").unwrap_or_else(|_| ProgressStyle::default_spinner()),
     );
+    let trusted = match trusted_checkpoint(store, args).await {
+        Ok(trusted) => trusted,
+        Err(error) => {
+            let view = VerifyView { error: Some(error), ..VerifyView::empty(args) };
+            return VerifyReport { intact: false, text: verify_text(args.json, &view) };
+        }
+    };
     let outcome = match &args.stream {
-        None => verify::verify_log(store, |position| bar.set_position(position)).await,
+        None => verify::verify_log_at(store, trusted.as_ref().map(|(c, _)| c.position), |position| bar.set_position(position)).await,
         Some(name) => match StreamId::new(name) {
             Ok(stream) => verify::verify_stream(store, &stream).await,
             Err(error) => Err(error),
         },
     };
     bar.finish_and_clear();
-    let mut view = VerifyView {
-        intact: false,
-        stream: args.stream.clone(),
-        events: 0,
-        linked: 0,
-        head_position: None,
-        head_hash: None,
-        broken: None,
-        error: None,
-    };
+    let mut view = VerifyView::empty(args);
     let verified = match outcome {
         Err(error) => {
             view.error = Some(error.to_string());
@@ -496,9 +525,86 @@ pub async fn verify(store: &dyn EventStore, args: &VerifyArgs) -> VerifyReport {
         (view.events, view.linked) = (v.events, v.linked);
         view.head_position = v.head.map(|(position, _)| position);
         view.head_hash = v.head.map(|(_, hash)| hex(&hash)).or_else(|| v.stream_head.map(|hash| hex(&hash)));
+        if let Some((checkpoint, signed)) = trusted
+            && view.broken.is_none()
+            && view.error.is_none()
+        {
+            let matches = v.link_at == Some(signed);
+            view.intact &= matches;
+            view.checkpoint = Some(CheckpointView {
+                position: checkpoint.position,
+                signed_at: checkpoint.signed_at,
+                log_hash: checkpoint.log_hash,
+                matches,
+            });
+        }
     }
-    let text = if args.json { serde_json::to_string_pretty(&view).expect("views serialize") } else { render_verify(&view) };
-    VerifyReport { intact: view.intact, text }
+    VerifyReport { intact: view.intact, text: verify_text(args.json, &view) }
+}
+
+fn verify_text(json: bool, view: &VerifyView) -> String {
+    if json { serde_json::to_string_pretty(view).expect("views serialize") } else { render_verify(view) }
+}
+
+impl VerifyView {
+    fn empty(args: &VerifyArgs) -> Self {
+        Self {
+            intact: false,
+            stream: args.stream.clone(),
+            events: 0,
+            linked: 0,
+            head_position: None,
+            head_hash: None,
+            broken: None,
+            error: None,
+            checkpoint: None,
+        }
+    }
+}
+
+/// Signs the head of `store`'s log chain with the key in `args.key`, once the log checks out.
+pub async fn checkpoint(store: &dyn EventStore, args: &CheckpointArgs) -> Result<String, ClientError> {
+    let seed = std::fs::read_to_string(&args.key).map_err(|e| ClientError::Direct(format!("cannot read {}: {e}", args.key.display())))?;
+    let key = checkpoint::signing_key(&seed).map_err(|e| ClientError::Direct(e.to_string()))?;
+    let verdict = verify::verify_log(store, |_| {}).await.map_err(|e| ClientError::Direct(format!("the log cannot be read: {e}")))?;
+    let verified = verdict.map_err(|(broken, _)| ClientError::Direct(format!("not signing a log that does not check out: {broken}")))?;
+    let Some((position, head)) = verified.head else {
+        return Err(ClientError::Direct("the log is empty: nothing to sign".into()));
+    };
+    let log_id = existing_log_identity(store).await.map_err(|e| ClientError::Direct(e.to_string()))?.unwrap_or_default();
+    let signed_at = OffsetDateTime::now_utc().format(&Rfc3339).map_err(|e| ClientError::Direct(e.to_string()))?;
+    let signed = Checkpoint::sign(&key, &log_id, position, &head, &signed_at);
+    let json = serde_json::to_string_pretty(&signed).expect("checkpoints serialize");
+    match &args.out {
+        Some(path) => {
+            std::fs::write(path, format!("{json}\n")).map_err(|e| ClientError::Direct(format!("cannot write {}: {e}", path.display())))?;
+            Ok(format!("signed the log up to position {position} (log hash {}) into {}", signed.log_hash, path.display()))
+        }
+        None => Ok(json),
+    }
+}
+
+/// Makes a checkpoint signing key: its seed into `out` (created, never overwritten, mode 0600); answers
+/// the public key.
+pub fn keygen(out: &std::path::Path) -> Result<String, ClientError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let seed: [u8; 32] = rand::random();
+    let key = ed25519_dalek::SigningKey::from_bytes(&seed);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(out)
+        .map_err(|e| ClientError::Direct(format!("cannot create {}: {e}", out.display())))?;
+    writeln!(file, "{}", hex(&seed))
+        .and_then(|()| file.sync_all())
+        .map_err(|e| ClientError::Direct(format!("cannot write {}: {e}", out.display())))?;
+    Ok(format!(
+        "public key: {}\n(the signing key is in {}: keep it off the log's hosts; give auditors the public key)",
+        hex(key.verifying_key().as_bytes()),
+        out.display()
+    ))
 }
 
 fn render_verify(v: &VerifyView) -> String {
@@ -517,7 +623,23 @@ fn render_verify(v: &VerifyView) -> String {
                 (None, Some(hash)) => format!("; the stream's last link: {hash}"),
                 _ => String::new(),
             };
-            format!("{what} is intact: {checked}{head}")
+            match &v.checkpoint {
+                None => format!("{what} is intact: {checked}{head}"),
+                Some(c) if c.matches => {
+                    format!(
+                        "{what} is intact and matches the checkpoint signed {} at position {}: {checked}{head}",
+                        c.signed_at, c.position
+                    )
+                }
+                Some(c) if v.events < c.position => format!(
+                    "{what} is BROKEN: it ends at position {}, before the checkpoint signed {} at position {}: events were removed",
+                    v.events, c.signed_at, c.position
+                ),
+                Some(c) => format!(
+                    "{what} is BROKEN: up to position {} it is not the log signed {} (log hash {}): it was rewritten and its links recomputed\n({checked})",
+                    c.position, c.signed_at, c.log_hash
+                ),
+            }
         }
         Some(b) if b.stream.is_empty() => format!(
             "{what} is BROKEN at position {}: {}

@@ -72,6 +72,16 @@ pub enum AuditCommand {
     /// version); exits non-zero if there is one. Works on the log itself: stop the server first for the
     /// embedded log (file://DIR); a postgres://… log can be checked while nodes use it.
     Verify(VerifyArgs),
+    /// Signs the log chain's head with an Ed25519 key held outside the log, after checking the log:
+    /// later, `verify --checkpoint` proves the log up to here was not rewritten, even by someone who
+    /// recomputed every link.
+    Checkpoint(CheckpointArgs),
+    /// Makes an Ed25519 key for signing checkpoints: writes its secret seed to FILE (mode 0600; keep it
+    /// off the log's hosts) and prints the public key, which auditors keep to verify with.
+    Keygen {
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
     /// A program as it was: its settings and the rules version in force, with its document.
     Program {
         /// Program (tenant) id.
@@ -90,11 +100,31 @@ pub struct VerifyArgs {
     #[arg(long, env = "TALLY_STORE", value_name = "URL")]
     pub store: String,
     /// Only this stream's chain, e.g. acme/wallet/c-42 (its log links need the whole log).
-    #[arg(long, value_name = "STREAM")]
+    #[arg(long, value_name = "STREAM", conflicts_with = "checkpoint")]
     pub stream: Option<String>,
+    /// A checkpoint made by `tally audit checkpoint`: the log up to its position must be the one signed.
+    #[arg(long, value_name = "FILE", requires = "public_key")]
+    pub checkpoint: Option<PathBuf>,
+    /// The checkpoint signer's public key you hold (64 hex digits, or a file holding them) — never the
+    /// one written in the checkpoint.
+    #[arg(long, value_name = "HEX|FILE")]
+    pub public_key: Option<String>,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckpointArgs {
+    /// The log: file://DIR (the embedded log) or postgres://…
+    #[arg(long, env = "TALLY_STORE", value_name = "URL")]
+    pub store: String,
+    /// The signing key's file (from `tally audit keygen`).
+    #[arg(long, value_name = "FILE")]
+    pub key: PathBuf,
+    /// Where to write the checkpoint (JSON) [default: print it].
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
 }
 
 /// Where a replay stops: an instant or a log position.

@@ -96,7 +96,16 @@ fn main() -> ExitCode {
                 let store = open_store(&args.store).await?;
                 let report = tally_gateway::auditctl::verify(store.as_ref(), &args).await;
                 emit(&report.text);
-                if report.intact { Ok(()) } else { Err("the log does not match its hash chains".into()) }
+                if report.intact { Ok(()) } else { Err("the log does not match its hash chains or checkpoint".into()) }
+            }
+            Command::Audit(tally_gateway::cli::AuditCommand::Checkpoint(args)) => {
+                let store = open_store(&args.store).await?;
+                emit(&tally_gateway::auditctl::checkpoint(store.as_ref(), &args).await?);
+                Ok(())
+            }
+            Command::Audit(tally_gateway::cli::AuditCommand::Keygen { out }) => {
+                emit(&tally_gateway::auditctl::keygen(&out)?);
+                Ok(())
             }
             Command::Audit(command) => {
                 emit(&tally_gateway::auditctl::run(command).await?.to_string());

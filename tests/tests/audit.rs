@@ -3,6 +3,7 @@
 //! its log position, gives back; the instant before it gives the state before it; the events between two
 //! answers are the changes' own; the program's rules in force follow their publication.
 
+use std::os::unix::fs::PermissionsExt as _;
 use std::time::Duration;
 
 use tally_proto::v1::admin_service_client::AdminServiceClient;
@@ -342,4 +343,98 @@ async fn a_program_as_of_an_instant_has_the_rules_then_in_force() {
         server.cli().args(["audit", "program", "--tenant", "demo", "--as-of", &iso(first.1), "--server", &server.url]).output().unwrap();
     let text = String::from_utf8(output.stdout).unwrap();
     assert!(output.status.success() && text.contains(&format!("rules version {} in force", first.0)), "{text}");
+}
+
+/// Issue 19 item 2: a checkpoint signed with a key held outside the log proves the log up to its position
+/// is the one signed — even against a log rewritten with every link recomputed (which `verify` alone
+/// finds intact), or one whose last events were cut off.
+#[tokio::test]
+async fn a_signed_checkpoint_catches_a_log_rewritten_with_its_links_recomputed() {
+    use tally_engine::store::{EmbeddedStore, EventStore, ExpectedVersion, log_identity};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    {
+        let store = EmbeddedStore::open(&data).unwrap();
+        log_identity(&store, 1).await.unwrap();
+        for v in 0..4 {
+            for name in ["t/wallet/a", "t/wallet/b"] {
+                let event = tally_engine::store::conformance::event(&format!("{name}-{v}"));
+                store.append(&tally_engine::store::conformance::stream(name), ExpectedVersion::Exact(v), vec![event]).await.unwrap();
+            }
+        }
+        store.close().await;
+    }
+    let tally = |args: &[&str]| {
+        let output = std::process::Command::new(tally_tests::tally_binary()).args(args).output().unwrap();
+        (output.status.success(), String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr))
+    };
+    let store_url = |dir: &std::path::Path| format!("file://{}", dir.display());
+    let (key, checkpoint) = (dir.path().join("signing.key"), dir.path().join("checkpoint.json"));
+    let (ok, out) = tally(&["audit", "keygen", "--out", key.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    let public = out.lines().next().unwrap().strip_prefix("public key: ").unwrap().to_owned();
+    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+    let (ok, out) = tally(&[
+        "audit",
+        "checkpoint",
+        "--store",
+        &store_url(&data),
+        "--key",
+        key.to_str().unwrap(),
+        "--out",
+        checkpoint.to_str().unwrap(),
+    ]);
+    assert!(ok && out.contains("signed the log up to position 9"), "{out}");
+    let verify = |dir: &std::path::Path, public: &str| {
+        tally(&["audit", "verify", "--store", &store_url(dir), "--checkpoint", checkpoint.to_str().unwrap(), "--public-key", public])
+    };
+    let (ok, out) = verify(&data, &public);
+    assert!(ok && out.contains("matches the checkpoint"), "{out}");
+
+    // Rewritten: the same events, one payload changed, re-appended in order, so every link is recomputed.
+    let events = {
+        let store = EmbeddedStore::open(&data).unwrap();
+        let events = store.read_all(1, 100).await.unwrap();
+        store.close().await;
+        events
+    };
+    let rewrite = |to: std::path::PathBuf, keep: usize, forge: Option<u64>| {
+        let events = events.clone();
+        async move {
+            let store = EmbeddedStore::open(&to).unwrap();
+            for mut event in events.into_iter().take(keep) {
+                if Some(event.global_position) == forge {
+                    event.data.payload = b"forged".to_vec();
+                }
+                store.append(&event.stream_id, ExpectedVersion::Exact(event.stream_version - 1), vec![event.data]).await.unwrap();
+            }
+            store.close().await;
+        }
+    };
+    let forged = dir.path().join("forged");
+    rewrite(forged.clone(), events.len(), Some(4)).await;
+    let (ok, out) = tally(&["audit", "verify", "--store", &store_url(&forged)]);
+    assert!(ok && out.contains("is intact"), "its links alone check out: {out}");
+    let (ok, out) = verify(&forged, &public);
+    assert!(!ok && out.contains("BROKEN: up to position 9 it is not the log signed"), "{out}");
+    // Cut short: the last two events gone.
+    let short = dir.path().join("short");
+    rewrite(short.clone(), events.len() - 2, None).await;
+    let (ok, out) = verify(&short, &public);
+    assert!(!ok && out.contains("BROKEN: it ends at position 7, before the checkpoint"), "{out}");
+    // A key the auditor does not hold proves nothing.
+    let (ok, out) = tally(&["audit", "keygen", "--out", dir.path().join("other.key").to_str().unwrap()]);
+    assert!(ok);
+    let other = out.lines().next().unwrap().strip_prefix("public key: ").unwrap().to_owned();
+    let (ok, out) = verify(&data, &other);
+    assert!(!ok && out.contains("does not verify with the public key given"), "{out}");
+    // Events after the checkpoint leave it valid: the log up to its position is unchanged.
+    {
+        let store = EmbeddedStore::open(&data).unwrap();
+        let event = tally_engine::store::conformance::event("later");
+        store.append(&tally_engine::store::conformance::stream("t/wallet/a"), ExpectedVersion::Exact(4), vec![event]).await.unwrap();
+        store.close().await;
+    }
+    let (ok, out) = verify(&data, &public);
+    assert!(ok && out.contains("matches the checkpoint"), "{out}");
 }

@@ -5,6 +5,7 @@
 //! A program's settings as of an instant are folded the same way from its own stream, so an auditor
 //! sees which rules were in force. `AuditService` and `tally audit replay` are built on these.
 
+pub mod checkpoint;
 pub mod verify;
 
 use crate::codec::{self, CodecError};

@@ -22,6 +22,8 @@ pub struct Verified {
     pub head: Option<(u64, Hash)>,
     /// The stream chain's last link (for one stream).
     pub stream_head: Option<Hash>,
+    /// The log chain's link at the position asked for ([`verify_log_at`]), if the log reaches it.
+    pub link_at: Option<Hash>,
 }
 
 /// The first place the log disagrees with its chains.
@@ -49,7 +51,12 @@ impl std::fmt::Display for BrokenLink {
 pub type Verdict = Result<Verified, (BrokenLink, Verified)>;
 
 /// Checks the whole log. `progress` hears the last position checked after every batch.
-pub async fn verify_log(store: &dyn EventStore, mut progress: impl FnMut(u64)) -> Result<Verdict, StoreError> {
+pub async fn verify_log(store: &dyn EventStore, progress: impl FnMut(u64)) -> Result<Verdict, StoreError> {
+    verify_log_at(store, None, progress).await
+}
+
+/// [`verify_log`], noting the log chain's link at position `at` (a checkpoint's).
+pub async fn verify_log_at(store: &dyn EventStore, at: Option<u64>, mut progress: impl FnMut(u64)) -> Result<Verdict, StoreError> {
     let mut verified = Verified::default();
     let (mut links, mut versions, mut log) = (HashMap::<StreamId, Hash>::new(), HashMap::<StreamId, u64>::new(), GENESIS);
     loop {
@@ -82,6 +89,9 @@ pub async fn verify_log(store: &dyn EventStore, mut progress: impl FnMut(u64)) -
             versions.insert(event.stream_id.clone(), version);
             links.insert(event.stream_id, stream_link);
             log = log_link;
+            if at == Some(expected_position) {
+                verified.link_at = Some(log);
+            }
             verified.events = expected_position;
             verified.head = Some((expected_position, log));
         }

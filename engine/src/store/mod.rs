@@ -336,17 +336,8 @@ pub const LOG_STREAM: &str = "$log";
 pub async fn log_identity(store: &dyn EventStore, now_ms: i64) -> Result<String, StoreError> {
     use prost::Message;
     let stream = StreamId::new(LOG_STREAM)?;
-    let existing = |events: Vec<RecordedEvent>| {
-        events.into_iter().next().map(|e| {
-            tally_proto::v1::LogCreated::decode(e.data.payload.as_slice()).map(|c| c.log_id).map_err(|error| StoreError::Corrupt {
-                file: LOG_STREAM.into(),
-                offset: e.global_position,
-                reason: format!("the log's identity cannot be read: {error}"),
-            })
-        })
-    };
-    if let Some(id) = existing(store.read_stream(&stream, 1, 1).await?) {
-        return id;
+    if let Some(id) = existing_log_identity(store).await? {
+        return Ok(id);
     }
     let log_id = uuid::Uuid::new_v4().to_string();
     let event = EventData {
@@ -362,10 +353,26 @@ pub async fn log_identity(store: &dyn EventStore, now_ms: i64) -> Result<String,
     match store.append(&stream, ExpectedVersion::Exact(0), vec![event]).await {
         Ok(_) => Ok(log_id),
         // Another process made it first: theirs is the log's.
-        Err(StoreError::VersionConflict { .. }) => existing(store.read_stream(&stream, 1, 1).await?)
-            .unwrap_or_else(|| Err(StoreError::Unavailable { reason: "the log's identity vanished".into() })),
+        Err(StoreError::VersionConflict { .. }) => {
+            existing_log_identity(store).await?.ok_or_else(|| StoreError::Unavailable { reason: "the log's identity vanished".into() })
+        }
         Err(error) => Err(error),
     }
+}
+
+/// This log's identity if it has one yet (reads only).
+pub async fn existing_log_identity(store: &dyn EventStore) -> Result<Option<String>, StoreError> {
+    use prost::Message;
+    let first = store.read_stream(&StreamId::new(LOG_STREAM)?, 1, 1).await?.into_iter().next();
+    first
+        .map(|e| {
+            tally_proto::v1::LogCreated::decode(e.data.payload.as_slice()).map(|c| c.log_id).map_err(|error| StoreError::Corrupt {
+                file: LOG_STREAM.into(),
+                offset: e.global_position,
+                reason: format!("the log's identity cannot be read: {error}"),
+            })
+        })
+        .transpose()
 }
 
 /// Checks an append against the limits; every backend calls it first so they all refuse alike.
