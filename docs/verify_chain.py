@@ -13,8 +13,9 @@ or names the first broken link and exits 1:
     BROKEN at position P (STREAM version V): REASON
 
 The algorithm is the one proto/README.md ("The hash chains") documents; the record framing is the one
-proto/tally/v1/events.proto (LogRecord) documents. Needs nothing but Python 3.8 or later. The records'
-CRC-32C (which guards against torn writes, not edits) is not checked here.
+proto/tally/v1/events.proto (LogRecord) documents, each record's CRC-32C checked too. Needs nothing but
+Python 3.8 or later. An incomplete last write at the very end of the last file (a crash mid-write, which
+Tally cuts off when it opens the log) is reported on stderr and left out; anywhere else it is damage.
 """
 
 import hashlib
@@ -28,6 +29,30 @@ STREAM_TAG = b"tally.stream.v1"
 LOG_TAG = b"tally.log.v1"
 # EventEnvelope fields: stream_id, stream_version, global_position, stream_hash, log_hash.
 STREAM_ID, STREAM_VERSION, GLOBAL_POSITION, STREAM_HASH, LOG_HASH = 1, 2, 3, 18, 19
+
+
+def _crc32c_table():
+    table = []
+    for n in range(256):
+        c = n
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+        table.append(c)
+    return table
+
+
+CRC32C_TABLE = _crc32c_table()
+
+
+def crc32c(data):
+    c = 0xFFFFFFFF
+    for byte in data:
+        c = CRC32C_TABLE[(c ^ byte) & 0xFF] ^ (c >> 8)
+    return c ^ 0xFFFFFFFF
+
+
+class Damaged(Exception):
+    """A record that cannot be read: not a hash-chain question, the files themselves are damaged."""
 
 
 def varint(buf, i):
@@ -65,17 +90,21 @@ def fields(buf):
 def envelopes(data_dir):
     """Every EventEnvelope of the log, in the order of its files and records."""
     log_dir = os.path.join(data_dir, "log")
-    for name in sorted(n for n in os.listdir(log_dir) if n.endswith(".seg")):
+    names = sorted(n for n in os.listdir(log_dir) if n.endswith(".seg"))
+    for index, name in enumerate(names):
         with open(os.path.join(log_dir, name), "rb") as f:
             data = f.read()
         at = 0
-        while at + 12 <= len(data):
-            if data[at:at + 4] != MAGIC:
-                raise ValueError("%s at byte %d: not a record" % (name, at))
-            (length,) = struct.unpack_from("<I", data, at + 4)
+        while at < len(data):
+            (length,) = struct.unpack_from("<I", data, at + 4) if at + 8 <= len(data) else (len(data),)
             body = data[at + 12:at + 12 + length]
-            if len(body) < length:
-                return  # a torn last write: Tally cuts it off when it opens the log
+            if at + 12 + length > len(data) and index == len(names) - 1:
+                sys.stderr.write("left out an incomplete last write of %d bytes at the end of %s\n" % (len(data) - at, name))
+                return
+            if data[at:at + 4] != MAGIC or at + 12 + length > len(data):
+                raise Damaged("%s at byte %d: not a whole record" % (name, at))
+            if crc32c(body) != struct.unpack_from("<I", data, at + 8)[0]:
+                raise Damaged("%s at byte %d: the record fails its checksum" % (name, at))
             for number, envelope, _ in fields(body):
                 if number == 1:  # LogRecord.events
                     yield envelope
@@ -105,6 +134,8 @@ def verify(data_dir):
             if stored_log != next_log_link:
                 return False, "BROKEN at %s: its log hash does not match" % where
             linked += 1
+        elif linked:
+            return False, "BROKEN at %s: it carries no hash links though events before it do" % where
         stream_links[stream], versions[stream], log_link = stream_link, version, next_log_link
         events += 1
     return True, "intact: %d events, %d with stored links, log hash at position %d: %s" % (events, linked, events, log_link.hex())
@@ -113,6 +144,9 @@ def verify(data_dir):
 if __name__ == "__main__":
     if len(sys.argv) != 2:
         sys.exit(__doc__)
-    ok, line = verify(sys.argv[1])
+    try:
+        ok, line = verify(sys.argv[1])
+    except (Damaged, ValueError, IndexError) as damage:
+        ok, line = False, "BROKEN: %s" % damage
     print(line)
     sys.exit(0 if ok else 1)

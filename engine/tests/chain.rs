@@ -55,6 +55,11 @@ fn tamper(dir: &Path, position: u64, change: impl Fn(&mut tally_proto::v1::Event
         out.extend_from_slice(&body);
         at += 12 + len;
     }
+    // And the note of how far the log was acknowledged, which a shorter file would otherwise contradict.
+    let note = dir.join("log.acknowledged");
+    let mut acknowledged = std::fs::read(&note).unwrap();
+    acknowledged[8..16].copy_from_slice(&(out.len() as u64).to_le_bytes());
+    std::fs::write(&note, acknowledged).unwrap();
     std::fs::write(&path, out).unwrap();
 }
 
@@ -195,4 +200,60 @@ async fn the_python_verifier_agrees_with_verify() {
     });
     let (intact, line) = python_verifier(dir.path());
     assert!(!intact && line.starts_with("BROKEN at position 5 (t/wallet/b version 2): its log hash"), "{line}");
+    // Links taken away: both name the first event without them.
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path()).await;
+    for position in 11..=15 {
+        tamper(dir.path(), position, |e| {
+            e.stream_hash.clear();
+            e.log_hash.clear();
+        });
+    }
+    let (intact, line) = python_verifier(dir.path());
+    assert!(!intact && line.starts_with("BROKEN at position 11 (t/wallet/b version 4): it carries no hash links"), "{line}");
+    // A byte flipped without fixing the checksum: the files themselves are damaged.
+    let path = segment(dir.path());
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[40] ^= 0x01;
+    std::fs::write(&path, bytes).unwrap();
+    let (intact, line) = python_verifier(dir.path());
+    assert!(!intact && line.contains("fails its checksum"), "{line}");
+}
+
+#[tokio::test]
+async fn links_taken_away_or_events_cut_off_the_end_are_found() {
+    // Links stripped from position 8 on (and the event at 8 changed): the first event without links
+    // after linked ones is the break.
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path()).await;
+    for position in 8..=15 {
+        tamper(dir.path(), position, |e| {
+            e.stream_hash.clear();
+            e.log_hash.clear();
+            if e.global_position == 8 {
+                e.payload = b"forged".to_vec();
+            }
+        });
+    }
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let (broken, _) = verify_log(&store, |_| {}).await.unwrap().unwrap_err();
+    assert_eq!((broken.position, broken.stream.as_str()), (8, "t/wallet/b"), "{broken}");
+    assert!(broken.reason.contains("no hash links"), "{broken}");
+    let (in_stream, _) = verify_stream(&store, &stream("t/wallet/b")).await.unwrap().unwrap_err();
+    assert_eq!(in_stream.position, 8, "{in_stream}");
+    drop(store);
+
+    // The last records cut off at a record's end: the note of what was acknowledged says otherwise.
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path()).await;
+    let path = segment(dir.path());
+    let bytes = std::fs::read(&path).unwrap();
+    let (mut at, mut ends) = (0, Vec::new());
+    while at < bytes.len() {
+        at += 12 + u32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap()) as usize;
+        ends.push(at);
+    }
+    std::fs::write(&path, &bytes[..ends[ends.len() - 3]]).unwrap();
+    let refused = EmbeddedStore::open(dir.path()).unwrap_err().to_string();
+    assert!(refused.contains("acknowledged events are missing"), "{refused}");
 }

@@ -416,9 +416,10 @@ pub async fn run(command: AuditCommand) -> Result<String, ClientError> {
     }
 }
 
-/// What `tally audit verify` found, and whether the log is intact.
+/// What `tally audit verify` found: whether the log could be checked, and whether it is intact.
 #[derive(Debug)]
 pub struct VerifyReport {
+    pub checked: bool,
     pub intact: bool,
     pub text: String,
 }
@@ -486,7 +487,7 @@ pub async fn verify(store: &dyn EventStore, args: &VerifyArgs) -> VerifyReport {
         Ok(trusted) => trusted,
         Err(error) => {
             let view = VerifyView { error: Some(error), ..VerifyView::empty(args) };
-            return VerifyReport { intact: false, text: verify_text(args.json, &view) };
+            return VerifyReport { checked: false, intact: false, text: verify_text(args.json, &view) };
         }
     };
     let outcome = match &args.stream {
@@ -503,8 +504,8 @@ pub async fn verify(store: &dyn EventStore, args: &VerifyArgs) -> VerifyReport {
             view.error = Some(error.to_string());
             None
         }
-        Ok(Ok(verified)) if verified.events == 0 && args.stream.is_some() => {
-            view.error = Some("the stream has no events".into());
+        Ok(Ok(verified)) if verified.events == 0 => {
+            view.error = Some(if args.stream.is_some() { "the stream has no events" } else { "the log has no events" }.into());
             None
         }
         Ok(Ok(verified)) => {
@@ -539,7 +540,7 @@ pub async fn verify(store: &dyn EventStore, args: &VerifyArgs) -> VerifyReport {
             });
         }
     }
-    VerifyReport { intact: view.intact, text: verify_text(args.json, &view) }
+    VerifyReport { checked: view.error.is_none(), intact: view.intact, text: verify_text(args.json, &view) }
 }
 
 fn verify_text(json: bool, view: &VerifyView) -> String {

@@ -44,6 +44,27 @@ fn same_event(a: &RecordedEvent, b: &RecordedEvent) -> bool {
     a.stream_id == b.stream_id && a.stream_version == b.stream_version && a.global_position == b.global_position && a.data == b.data
 }
 
+/// Where the source carries hash links, the destination — which linked the same events itself — must
+/// have the same ones: otherwise the source was changed after it was written, and a copy would make the
+/// change look intact.
+async fn links_agree(source: &dyn EventStore, destination: &dyn EventStore) -> Result<(), CopyError> {
+    let mut from = 1;
+    loop {
+        let (ours, theirs) =
+            (source.read_all(from, COPY_READ_BATCH_EVENTS).await?, destination.read_all(from, COPY_READ_BATCH_EVENTS).await?);
+        let Some(last) = ours.last() else { return Ok(()) };
+        from = last.global_position + 1;
+        if let Some((s, _)) = ours.iter().zip(&theirs).find(|(s, d)| s.links.is_some() && s.links != d.links) {
+            return Err(CopyError::Diverged {
+                position: s.global_position,
+                reason: "the source's stored hash links do not match its contents: it was changed after it was written \
+                         (tally audit verify --store SOURCE names where)"
+                    .into(),
+            });
+        }
+    }
+}
+
 /// Count and CRC-32C over every event in global order: its position, stream and version and every field
 /// of its envelope (the command's key, fingerprint and digest included), so a copy that dropped or
 /// changed any of them fails verification.
@@ -162,6 +183,7 @@ pub async fn copy(source: Arc<dyn EventStore>, destination: Arc<dyn EventStore>,
     if (source_events, source_crc) != (destination_events, destination_crc) {
         return Err(CopyError::Verification { source_events, source_crc, destination_events, destination_crc });
     }
+    links_agree(source.as_ref(), destination.as_ref()).await?;
     Ok(CopyReport { resumed_after, copied, total: source_events, checksum: source_crc, seconds: started.elapsed().as_secs_f64() })
 }
 

@@ -93,13 +93,25 @@ fn main() -> ExitCode {
                 Ok(())
             }
             Command::Audit(tally_gateway::cli::AuditCommand::Verify(args)) => {
-                let store = open_store(&args.store).await?;
+                // Exit 1: the log is broken; exit 2: it could not be checked.
+                let store = match open_existing_store(&args.store).await {
+                    Ok(store) => store,
+                    Err(error) => {
+                        eprintln!("error: {error}");
+                        std::process::exit(2);
+                    }
+                };
                 let report = tally_gateway::auditctl::verify(store.as_ref(), &args).await;
                 emit(&report.text);
-                if report.intact { Ok(()) } else { Err("the log does not match its hash chains or checkpoint".into()) }
+                match (report.intact, report.checked) {
+                    (true, _) => Ok(()),
+                    (false, true) => Err("the log does not match its hash chains or checkpoint".into()),
+                    // Could not be checked: told apart from a broken log by the exit code.
+                    (false, false) => std::process::exit(2),
+                }
             }
             Command::Audit(tally_gateway::cli::AuditCommand::Checkpoint(args)) => {
-                let store = open_store(&args.store).await?;
+                let store = open_existing_store(&args.store).await?;
                 emit(&tally_gateway::auditctl::checkpoint(store.as_ref(), &args).await?);
                 Ok(())
             }
@@ -644,6 +656,16 @@ async fn open_store(url: &str) -> Result<Arc<dyn EventStore>, Box<dyn std::error
         #[cfg(not(feature = "kurrentdb"))]
         StoreUrl::Kurrent(url) => return Err(kurrent_not_built(&url).into()),
     })
+}
+
+/// [`open_store`] for a log that must exist already: an embedded one is not created where there is none.
+async fn open_existing_store(url: &str) -> Result<Arc<dyn EventStore>, Box<dyn std::error::Error>> {
+    if let StoreUrl::Embedded(dir) = StoreUrl::parse(url)?
+        && !dir.join("log").is_dir()
+    {
+        return Err(format!("there is no embedded log in {} (its log/ directory is missing)", dir.display()).into());
+    }
+    open_store(url).await
 }
 
 async fn store_copy(from: &str, to: &str) -> Result<(), Box<dyn std::error::Error>> {

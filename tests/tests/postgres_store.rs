@@ -434,6 +434,7 @@ async fn verify_names_the_first_row_changed_deleted_or_swapped_behind_the_log() 
         ),
         ("a whole stream removed", "DELETE FROM tally_events WHERE stream_id = 't/wallet/c'", (3, "", 0)),
     ];
+    let cases = cases.into_iter().chain([("the last rows deleted", "DELETE FROM tally_events WHERE global_position > 10", (11, "", 0))]);
     for (what, change, (position, stream_id, version)) in cases {
         sql.batch_execute(change).await.unwrap();
         let (broken, _) = verify_log(log.as_ref(), |_| {}).await.unwrap().unwrap_err();
@@ -441,10 +442,17 @@ async fn verify_names_the_first_row_changed_deleted_or_swapped_behind_the_log() 
         sql.batch_execute(restore).await.unwrap();
         assert!(verify_log(log.as_ref(), |_| {}).await.unwrap().is_ok(), "restored after {what}");
     }
+    // A copy of a changed log does not launder the change: the destination's own links disagree with
+    // the source's stored ones, and the copy says so.
+    sql.batch_execute("UPDATE tally_events SET payload = 'forged' WHERE global_position = 5").await.unwrap();
+    let copy = tempfile::tempdir().unwrap();
+    let (ok, out) = tally_copy(&database.postgres_url, &format!("file://{}", copy.path().display()));
+    assert!(!ok && out.contains("position 5") && out.contains("stored hash links do not match"), "{out}");
 }
 
 /// A PostgreSQL log written before the chains (its link columns empty), and events appended later by a
-/// node that predates them: the next node links them from their contents, and new events chain on.
+/// node that predates them, at a new stream and in the middle of one: the next chaining node links them
+/// from their contents, in place, and new events chain on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_written_without_links_are_linked_by_the_next_node() {
     use tally_engine::audit::verify::verify_log;
@@ -465,20 +473,21 @@ async fn events_written_without_links_are_linked_by_the_next_node() {
     .await
     .unwrap();
     let log = store(&database).await;
-    let unlinked = verify_log(log.as_ref(), |_| {}).await.unwrap().unwrap();
-    assert_eq!((unlinked.linked, unlinked.head), (0, linked), "the links are computed from the contents alone");
+    let relinked = verify_log(log.as_ref(), |_| {}).await.unwrap().unwrap();
+    assert_eq!((relinked.linked, relinked.head), (3, linked), "linked in place, from the contents alone, to the same links");
     log.append(&stream("t/wallet/old"), ExpectedVersion::Exact(3), vec![event("new-3")]).await.unwrap();
-    // An older node appends without links, behind this node's back.
+    // An older node appends without links, behind this node's back: a new stream, and one mid-stream.
     sql.batch_execute(
         "INSERT INTO tally_events (global_position, stream_id, stream_version, event_type, schema_version, recorded_at_ms, idempotency_key,
            command_fingerprint, causation_id, correlation_id, traceparent, tracestate, payload)
-         VALUES (5, 't/wallet/other', 1, 'tally.test.Event', 1, 1, 'k', 0, '', '', '', '', 'from an old node');
-         UPDATE tally_log_head SET position = 5",
+         VALUES (5, 't/wallet/other', 1, 'tally.test.Event', 1, 1, 'k5', 0, '', '', '', '', 'from an old node'),
+                (6, 't/wallet/old', 5, 'tally.test.Event', 1, 1, 'k6', 0, '', '', '', '', 'from an old node too');
+         UPDATE tally_log_head SET position = 6",
     )
     .await
     .unwrap();
     log.append(&stream("t/wallet/other"), ExpectedVersion::Exact(1), vec![event("other-2")]).await.unwrap();
-    log.append(&stream("t/wallet/old"), ExpectedVersion::Exact(4), vec![event("new-4")]).await.unwrap();
+    log.append(&stream("t/wallet/old"), ExpectedVersion::Exact(5), vec![event("new-6")]).await.unwrap();
     let verified = verify_log(log.as_ref(), |_| {}).await.unwrap().unwrap();
-    assert_eq!((verified.events, verified.linked), (7, 3));
+    assert_eq!((verified.events, verified.linked), (8, 8));
 }

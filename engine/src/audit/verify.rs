@@ -80,11 +80,18 @@ pub async fn verify_log_at(store: &dyn EventStore, at: Option<u64>, mut progress
             }
             let stream_link = chain::stream_link(links.get(&event.stream_id).unwrap_or(&GENESIS), &chain::canonical(&event));
             let log_link = chain::log_link(&log, &stream_link);
-            if let Some(stored) = event.links {
-                if let Err(reason) = compare(stored, stream_link, log_link) {
-                    return Ok(Err((broken(reason.into()), verified)));
+            match event.links {
+                Some(stored) => {
+                    if let Err(reason) = compare(stored, stream_link, log_link) {
+                        return Ok(Err((broken(reason.into()), verified)));
+                    }
+                    verified.linked += 1;
                 }
-                verified.linked += 1;
+                // Every chaining writer links every event it writes (PostgreSQL also links, in place,
+                // what an older node wrote meanwhile), so an event without links after one with them had
+                // its links taken away.
+                None if verified.linked > 0 => return Ok(Err((broken(STRIPPED.into()), verified))),
+                None => {}
             }
             versions.insert(event.stream_id.clone(), version);
             links.insert(event.stream_id, stream_link);
@@ -97,6 +104,18 @@ pub async fn verify_log_at(store: &dyn EventStore, at: Option<u64>, mut progress
         }
         progress(verified.events);
         if read < RECOVERY_READ_BATCH_EVENTS {
+            // The log's own record of its last position (PostgreSQL's head row, the embedded index):
+            // events cut off its end leave it behind.
+            let head = *store.head().borrow();
+            if head > verified.events {
+                let link = BrokenLink {
+                    position: verified.events + 1,
+                    stream: String::new(),
+                    stream_version: 0,
+                    reason: format!("missing: the log's head is at position {head}, its events end at {}", verified.events),
+                };
+                return Ok(Err((link, verified)));
+            }
             return Ok(Ok(verified));
         }
     }
@@ -121,10 +140,10 @@ pub async fn verify_stream(store: &dyn EventStore, stream: &StreamId) -> Result<
                 return Ok(Err((broken(format!("missing: the stream goes on at version {}", event.stream_version)), verified)));
             }
             let stream_link = chain::stream_link(&link, &chain::canonical(&event));
-            if let Some(stored) = event.links
-                && stored.stream != stream_link
-            {
-                return Ok(Err((broken(STREAM_MISMATCH.into()), verified)));
+            match event.links {
+                Some(stored) if stored.stream != stream_link => return Ok(Err((broken(STREAM_MISMATCH.into()), verified))),
+                None if verified.linked > 0 => return Ok(Err((broken(STRIPPED.into()), verified))),
+                _ => {}
             }
             verified.linked += u64::from(event.links.is_some());
             link = stream_link;
@@ -138,6 +157,7 @@ pub async fn verify_stream(store: &dyn EventStore, stream: &StreamId) -> Result<
 }
 
 const STREAM_MISMATCH: &str = "its stream hash does not match: the event, or an earlier event of its stream, was changed";
+const STRIPPED: &str = "it carries no hash links though events before it do: its links were taken away";
 const LOG_MISMATCH: &str = "its log hash does not match: an event before it in the log was changed, removed or reordered";
 
 fn compare(stored: chain::Links, stream_link: Hash, log_link: Hash) -> Result<(), &'static str> {

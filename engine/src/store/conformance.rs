@@ -70,9 +70,14 @@ pub async fn chains_link_every_event(store: Arc<dyn EventStore>) {
     store.append(&a, ExpectedVersion::Exact(0), vec![event("a1"), event("a2")]).await.unwrap();
     store.append(&b, ExpectedVersion::Exact(0), vec![event("b1")]).await.unwrap();
     store.append(&a, ExpectedVersion::Exact(2), vec![event("a3")]).await.unwrap();
-    let bulk =
-        (0..20).map(|i| Append { stream: b.clone(), expected: ExpectedVersion::Exact(1 + i), events: vec![event(&format!("b{i}"))] });
-    assert!(store.append_in_order(bulk.collect()).await.iter().all(Result::is_ok));
+    let mut bulk: Vec<Append> = (0..20)
+        .map(|i| Append { stream: b.clone(), expected: ExpectedVersion::Exact(1 + i), events: vec![event(&format!("b{i}"))] })
+        .collect();
+    // A refused append amid the batch links nothing: the chains go on from the one before it.
+    bulk.insert(10, Append { stream: a.clone(), expected: ExpectedVersion::Exact(0), events: vec![event("stale")] });
+    let outcomes = store.append_in_order(bulk).await;
+    assert_eq!(outcomes.iter().filter(|o| o.is_err()).count(), 1);
+    assert!(matches!(outcomes[10], Err(StoreError::VersionConflict { .. })));
     let all = store.read_all(1, 1_000).await.unwrap();
     assert_eq!(all.len(), 24);
     let mut log = GENESIS;

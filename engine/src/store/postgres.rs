@@ -147,7 +147,8 @@ fn recorded(row: &Row) -> Result<RecordedEvent, StoreError> {
 }
 
 /// Takes the head row's lock; answers the last position and the log chain's link there, caught up with
-/// any event appended without links (before the chains, or by an older node) and saved.
+/// any event appended without links (before the chains, or by an older node): their links are computed
+/// and written into their rows, so after this every event of the log carries its links.
 async fn log_head(tx: &deadpool_postgres::Transaction<'_>) -> Result<(u64, Option<Hash>), StoreError> {
     let lock_head = tx.prepare_cached("SELECT position, log_hash, log_hash_position FROM tally_log_head FOR UPDATE").await.map_err(pg)?;
     let row = tx.query_one(&lock_head, &[]).await.map_err(pg)?;
@@ -162,8 +163,16 @@ async fn log_head(tx: &deadpool_postgres::Transaction<'_>) -> Result<(u64, Optio
         "SELECT {COLUMNS} FROM tally_events WHERE global_position > $1 AND global_position <= $2 ORDER BY global_position LIMIT 10000"
     );
     let page = tx.prepare_cached(&page).await.map_err(pg)?;
+    let fill = tx
+        .prepare_cached(
+            "UPDATE tally_events e SET stream_hash = u.s, log_hash = u.l FROM unnest($1::bigint[], $2::bytea[], $3::bytea[]) AS u(p, s, l)
+             WHERE e.global_position = u.p",
+        )
+        .await
+        .map_err(pg)?;
     let mut at = linked_to;
     while at < position {
+        let (mut positions, mut stream_links, mut log_links) = (Vec::new(), Vec::new(), Vec::new());
         let rows = tx.query(&page, &[&to_i64(at), &to_i64(position)]).await.map_err(pg)?;
         if rows.is_empty() {
             return Err(StoreError::Corrupt { file: "tally_events".into(), offset: at + 1, reason: "missing from the log".into() });
@@ -178,9 +187,15 @@ async fn log_head(tx: &deadpool_postgres::Transaction<'_>) -> Result<(u64, Optio
                 let link = stream_link_at(tx, &event.stream_id, event.stream_version - 1).await?;
                 heads.streams.insert(event.stream_id.clone(), link);
             }
-            heads.follow_recorded(&event);
+            let links = heads.follow_recorded(&event);
+            if event.links.is_none() {
+                positions.push(to_i64(event.global_position));
+                stream_links.push(links.stream.to_vec());
+                log_links.push(links.log.to_vec());
+            }
             at = event.global_position;
         }
+        tx.execute(&fill, &[&positions, &stream_links, &log_links]).await.map_err(pg)?;
     }
     let save = tx.prepare_cached("UPDATE tally_log_head SET log_hash = $1, log_hash_position = $2").await.map_err(pg)?;
     tx.execute(&save, &[&heads.log.map(Vec::from), &to_i64(position)]).await.map_err(pg)?;
@@ -192,15 +207,28 @@ async fn log_head(tx: &deadpool_postgres::Transaction<'_>) -> Result<(u64, Optio
     Ok((position, heads.log))
 }
 
-/// The link of `stream`'s event at `version`: stored, or computed from the stream's events.
+/// The link of `stream`'s event at `version`: from its last stored link at or before it, then computed
+/// from the events after that.
 async fn stream_link_at(tx: &deadpool_postgres::Transaction<'_>, stream: &StreamId, version: u64) -> Result<Hash, StoreError> {
-    let sql = format!("SELECT {COLUMNS} FROM tally_events WHERE stream_id = $1 AND stream_version <= $2 ORDER BY stream_version");
+    let last_linked = tx
+        .prepare_cached(
+            "SELECT stream_version, stream_hash FROM tally_events WHERE stream_id = $1 AND stream_version <= $2 AND stream_hash IS NOT NULL
+             ORDER BY stream_version DESC LIMIT 1",
+        )
+        .await
+        .map_err(pg)?;
+    let (from, mut link) = match tx.query_opt(&last_linked, &[&stream.as_str(), &to_i64(version)]).await.map_err(pg)? {
+        Some(row) => (to_u64(row.get(0)), to_hash(row.get::<_, &[u8]>(1))?),
+        None => (0, chain::GENESIS),
+    };
+    let sql = format!(
+        "SELECT {COLUMNS} FROM tally_events WHERE stream_id = $1 AND stream_version > $2 AND stream_version <= $3 ORDER BY stream_version"
+    );
     let read = tx.prepare_cached(&sql).await.map_err(pg)?;
-    let mut heads = Heads::default();
-    for row in tx.query(&read, &[&stream.as_str(), &to_i64(version)]).await.map_err(pg)? {
-        heads.follow_recorded(&recorded(&row)?);
+    for row in tx.query(&read, &[&stream.as_str(), &to_i64(from), &to_i64(version)]).await.map_err(pg)? {
+        link = chain::stream_link(&link, &chain::canonical(&recorded(&row)?));
     }
-    Ok(heads.streams.get(stream).copied().unwrap_or(chain::GENESIS))
+    Ok(link)
 }
 
 fn to_hash(bytes: &[u8]) -> Result<Hash, StoreError> {

@@ -141,6 +141,17 @@ impl EmbeddedStore {
         names.sort();
 
         let acknowledged = Acknowledged::read(dir);
+        // The note names the segment being written; a log whose segments stop before it lost some.
+        if let Some(note) = acknowledged
+            && note.bytes > 0
+            && names.last().is_none_or(|(first, _)| *first < note.first_position)
+        {
+            return Err(StoreError::Corrupt {
+                file: segment_path(&log_dir, note.first_position),
+                offset: 0,
+                reason: "the segment the log acknowledged appends in is missing: acknowledged events are gone".into(),
+            });
+        }
         let mut index = Index::default();
         let mut segments = Vec::new();
         let mut report = OpenReport::default();
@@ -335,6 +346,18 @@ fn scan_segment(path: &Path, segment: u32, tail: Option<u64>, index: &mut Index)
             }
             Frame::Invalid(reason) => return Err(corrupt(reason.into())),
         }
+    }
+    // The note is written after the fsync it reports, so it is never ahead of what was durable: a file
+    // shorter than it lost acknowledged events (cut off at a record's end, it would read as whole).
+    if let Some(acknowledged) = tail.filter(|acknowledged| *acknowledged > bytes.len() as u64) {
+        return Err(StoreError::Corrupt {
+            file: path.to_owned(),
+            offset: bytes.len() as u64,
+            reason: format!(
+                "the segment ends at byte {} but {acknowledged} bytes of it were acknowledged: acknowledged events are missing",
+                bytes.len()
+            ),
+        });
     }
     Ok(None)
 }
