@@ -4,6 +4,8 @@
 //! before the chains (the golden log) is linked from position 1, its first stored links chaining onto
 //! the computed ones.
 
+mod common;
+
 use std::path::Path;
 
 use prost::Message;
@@ -85,19 +87,24 @@ async fn an_event_changed_on_disk_is_named_by_verify_even_with_its_checksum_reco
     assert!(verify_stream(&store, &stream("t/wallet/a")).await.unwrap().is_ok(), "another stream is intact");
 }
 
-#[tokio::test]
-async fn rehashing_a_changed_event_alone_breaks_the_next_link() {
-    let dir = tempfile::tempdir().unwrap();
-    write_log(dir.path()).await;
-    // The tamperer changes position 4 (stream a, version 2) and recomputes its own two links correctly.
-    let events = EmbeddedStore::open(dir.path()).unwrap().read_all(1, 100).await.unwrap();
+/// Changes position 4 (stream a, version 2) and recomputes its own two links correctly, as a tamperer
+/// who knows the algorithm would.
+async fn forge_and_relink_position_4(dir: &Path) {
+    let events = EmbeddedStore::open(dir).unwrap().read_all(1, 100).await.unwrap();
     let (previous_in_stream, previous_in_log) = (events[0].links.unwrap().stream, events[2].links.unwrap().log);
-    tamper(dir.path(), 4, |e| {
+    tamper(dir, 4, |e| {
         e.idempotency_key = "key-forged".into();
         e.stream_hash.clear();
         e.log_hash.clear();
         chain::link(e, &previous_in_stream, &previous_in_log);
     });
+}
+
+#[tokio::test]
+async fn rehashing_a_changed_event_alone_breaks_the_next_link() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path()).await;
+    forge_and_relink_position_4(dir.path()).await;
     let store = EmbeddedStore::open(dir.path()).unwrap();
     let (broken, _) = verify_log(&store, |_| {}).await.unwrap().unwrap_err();
     assert_eq!(broken.position, 5, "position 4 now checks out, and position 5's log link no longer does: {broken}");
@@ -117,22 +124,10 @@ async fn the_chains_carry_on_across_a_restart() {
     assert_eq!((verified.events, verified.linked), (17, 17));
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &to.join(entry.file_name()));
-        } else {
-            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
-        }
-    }
-}
-
 #[tokio::test]
 async fn a_log_written_before_the_chains_is_linked_from_its_first_event() {
     let dir = tempfile::tempdir().unwrap();
-    copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/log-v1"), dir.path());
+    common::copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/log-v1"), dir.path());
     let legacy = {
         let store = EmbeddedStore::open(dir.path()).unwrap();
         let verified = verify_log(&store, |_| {}).await.unwrap().unwrap();
@@ -170,7 +165,7 @@ fn hex(hash: &[u8]) -> String {
 async fn the_python_verifier_agrees_with_verify() {
     // Old events and new ones: the same head, computed independently from the files.
     let dir = tempfile::tempdir().unwrap();
-    copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/log-v1"), dir.path());
+    common::copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/log-v1"), dir.path());
     {
         let store = EmbeddedStore::open(dir.path()).unwrap();
         store.append(&stream("golden/wallet/erin"), ExpectedVersion::Exact(0), vec![event("erin-1"), event("erin-2")]).await.unwrap();
@@ -190,14 +185,7 @@ async fn the_python_verifier_agrees_with_verify() {
     // The changed event rehashed: both name the next link.
     let dir = tempfile::tempdir().unwrap();
     write_log(dir.path()).await;
-    let events = EmbeddedStore::open(dir.path()).unwrap().read_all(1, 100).await.unwrap();
-    let (previous_in_stream, previous_in_log) = (events[0].links.unwrap().stream, events[2].links.unwrap().log);
-    tamper(dir.path(), 4, |e| {
-        e.idempotency_key = "key-forged".into();
-        e.stream_hash.clear();
-        e.log_hash.clear();
-        chain::link(e, &previous_in_stream, &previous_in_log);
-    });
+    forge_and_relink_position_4(dir.path()).await;
     let (intact, line) = python_verifier(dir.path());
     assert!(!intact && line.starts_with("BROKEN at position 5 (t/wallet/b version 2): its log hash"), "{line}");
     // Links taken away: both name the first event without them.

@@ -9,6 +9,8 @@
 //! (`TALLY_GOLDEN_EXPECTED=write`), and the review of that diff must show additions only. When the
 //! persisted format grows, a new fixture (`log-v2`, written with `TALLY_GOLDEN_WRITE=DIR`) joins this one.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -311,18 +313,6 @@ fn program_view(p: &ProgramState) -> Value {
     })
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap_or_else(|e| panic!("{}: {e}", from.display())) {
-        let entry = entry.unwrap();
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &to.join(entry.file_name()));
-        } else {
-            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
-        }
-    }
-}
-
 #[tokio::test]
 async fn the_golden_log_opens_and_replays_to_the_states_it_was_written_with() {
     if let Ok(dir) = std::env::var("TALLY_GOLDEN_WRITE") {
@@ -336,7 +326,7 @@ async fn the_golden_log_opens_and_replays_to_the_states_it_was_written_with() {
     }
     // A copy: opening a log may write to it (a torn tail cut, the acknowledged mark), the fixture never.
     let copy = tempfile::tempdir().unwrap();
-    copy_dir(&fixture(), copy.path());
+    common::copy_dir(&fixture(), copy.path());
     let store = EmbeddedStore::open(copy.path()).unwrap();
     assert_eq!(store.report().torn_tail, None, "the golden log is whole");
     let replayed = replay(&store).await;

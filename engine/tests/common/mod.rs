@@ -93,3 +93,16 @@ pub fn order(id: &str, euros: i64, category: &str, placed_at_ms: Option<i64>) ->
     };
     Command::new(id, CommandBody::EarnForOrder { order })
 }
+
+/// Copies a directory tree (a data directory, to open a fixture without touching it).
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap_or_else(|e| panic!("{}: {e}", from.display())) {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &to.join(entry.file_name()));
+        } else {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}
