@@ -30,20 +30,22 @@ impl AuditApi {
         Self { store, clock }
     }
 
+    /// Milliseconds of the instant in `field`, if it is at least `AUDIT_SETTLE_MS` ago.
+    fn settled(&self, field: &str, at: &prost_types::Timestamp) -> Result<i64, Status> {
+        let at_ms = orders::millis(field, at)?;
+        let settled_ms = self.clock.now_ms() - AUDIT_SETTLE_MS;
+        if at_ms > settled_ms {
+            let latest = status::timestamp(settled_ms);
+            return Err(status::invalid(field, &format!("must be at least {} s ago (the latest now is {latest})", AUDIT_SETTLE_MS / 1000)));
+        }
+        Ok(at_ms)
+    }
+
     /// The request's instant or position, if settled: an instant at least `AUDIT_SETTLE_MS` ago (events
     /// decided before a later one may still be on their way), a position the log has reached.
     fn as_of(&self, at: Option<&prost_types::Timestamp>, position: Option<u64>) -> Result<AsOf, Status> {
         match (at, position) {
-            (Some(at), _) => {
-                let at_ms = orders::millis("at", at)?;
-                let settled_ms = self.clock.now_ms() - AUDIT_SETTLE_MS;
-                if at_ms > settled_ms {
-                    let latest = status::timestamp(settled_ms);
-                    let reason = format!("must be at least {} s ago (the latest now is {latest})", AUDIT_SETTLE_MS / 1000);
-                    return Err(status::invalid("at", &reason));
-                }
-                Ok(AsOf::Instant(at_ms))
-            }
+            (Some(at), _) => Ok(AsOf::Instant(self.settled("at", at)?)),
             (None, Some(position)) => {
                 let head = *self.store.head().borrow();
                 if position > head {
@@ -155,8 +157,102 @@ fn wallet_as_of(key: &WalletKey, replay: &WalletAsOf, program: &ProgramAsOf, at_
     }
 }
 
+type LedgerStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::ExportLedgerResponse, Status>> + Send>>;
+
+/// Rows of an export in flight waiting for a slow client, at most.
+const EXPORT_CHANNEL_ROWS: usize = 1024;
+
+fn ledger_row(m: tally_projections::Movement) -> pb::ExportLedgerResponse {
+    pb::ExportLedgerResponse {
+        item: Some(pb::export_ledger_response::Item::Row(pb::LedgerRow {
+            position: m.position,
+            wallet_id: m.wallet.to_string(),
+            stream_version: m.stream_version,
+            recorded_at: Some(status::timestamp(m.recorded_at_ms)),
+            kind: m.kind.as_str().to_owned(),
+            points: m.points,
+            reference: m.reference,
+            reason: m.reason,
+            idempotency_key: m.idempotency_key,
+            principal: m.principal,
+            event_type: m.event_type.to_owned(),
+        })),
+    }
+}
+
+fn reconciliation(r: &tally_projections::export::Reconciliation) -> pb::ExportLedgerResponse {
+    let p = &r.period;
+    pb::ExportLedgerResponse {
+        item: Some(pb::export_ledger_response::Item::Reconciliation(pb::LedgerReconciliation {
+            as_of_position: r.as_of_position,
+            opening_liability: r.opening_liability,
+            issued: p.points_issued,
+            purchased: p.points_purchased,
+            redeemed: p.points_redeemed,
+            reversed: p.points_reversed,
+            adjusted: p.points_adjusted,
+            forfeited: p.points_forfeited,
+            expired: p.points_expired,
+            closing_liability: r.closing_liability,
+            rows: r.rows,
+            wallets: r.wallets,
+        })),
+    }
+}
+
+/// Runs an export into `out`, a batch at a time; stops when the client goes away.
+async fn export(
+    store: Arc<dyn EventStore>,
+    tenant: TenantId,
+    from_ms: i64,
+    to_ms: i64,
+    out: tokio::sync::mpsc::Sender<Result<pb::ExportLedgerResponse, Status>>,
+) {
+    let mut export = tally_projections::export::LedgerExport::new(store.as_ref(), tenant.as_str(), from_ms, to_ms);
+    loop {
+        match export.next_rows().await {
+            Ok(Some(rows)) => {
+                for row in rows {
+                    if out.send(Ok(ledger_row(row))).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Ok(None) => break,
+            Err(error) => {
+                tracing::error!(%error, "ledger export failed");
+                let _ = out.send(Err(Status::data_loss(format!("the log cannot be exported: {error}")))).await;
+                return;
+            }
+        }
+    }
+    for (wallet_id, opening_balance, closing_balance) in export.balances() {
+        let wallet = pb::WalletBalance { wallet_id: wallet_id.to_owned(), opening_balance, closing_balance };
+        if out.send(Ok(pb::ExportLedgerResponse { item: Some(pb::export_ledger_response::Item::Wallet(wallet)) })).await.is_err() {
+            return;
+        }
+    }
+    let _ = out.send(Ok(reconciliation(&export.reconciliation()))).await;
+}
+
 #[tonic::async_trait]
 impl AuditService for AuditApi {
+    type ExportLedgerStream = LedgerStream;
+
+    async fn export_ledger(&self, request: Request<pb::ExportLedgerRequest>) -> Result<Response<LedgerStream>, Status> {
+        let (_, extensions, r) = request.into_parts();
+        let tenant = self.tenant(&extensions, &r.tenant_id).await?;
+        let to = r.to.ok_or_else(|| status::invalid("to", "is required: the end of the period (exclusive)"))?;
+        let to_ms = self.settled("to", &to)?;
+        let from_ms = r.from.as_ref().map(|from| orders::millis("from", from)).transpose()?.unwrap_or(i64::MIN);
+        if from_ms > to_ms {
+            return Err(status::invalid("from", "must not be after to"));
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(EXPORT_CHANNEL_ROWS);
+        tokio::spawn(export(Arc::clone(&self.store), tenant, from_ms, to_ms, tx));
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
     async fn wallet_as_of(&self, request: Request<pb::WalletAsOfRequest>) -> Result<Response<pb::WalletAsOfResponse>, Status> {
         let (_, extensions, r) = request.into_parts();
         let tenant = self.tenant(&extensions, &r.tenant_id).await?;

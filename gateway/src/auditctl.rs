@@ -410,6 +410,9 @@ pub async fn run(command: AuditCommand) -> Result<String, ClientError> {
     match command {
         AuditCommand::Replay { wallet, when, diff, target } => replay(wallet, when, diff, &target).await,
         AuditCommand::Program { tenant, when, target } => program(tenant, when, &target).await,
+        AuditCommand::Export { tenant, from, to, format, out, target } => {
+            crate::exportctl::export(tenant, from, to, format, out.as_deref(), &target).await
+        }
         AuditCommand::Verify(_) | AuditCommand::Checkpoint(_) | AuditCommand::Keygen { .. } => Err(ClientError::Direct(
             "tally audit verify, checkpoint and keygen work on the log and key files directly, not through a server".into(),
         )),

@@ -82,6 +82,28 @@ pub enum AuditCommand {
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
     },
+    /// The tenant's ledger for finance, from the log: every points movement between two instants, each
+    /// wallet's opening and closing balance, and a reconciliation that must balance.
+    Export {
+        /// Program (tenant) id.
+        #[arg(long, env = "TALLY_TENANT", default_value = "demo")]
+        tenant: String,
+        /// Movements recorded at or after this instant [default: from the beginning].
+        #[arg(long, value_name = "TIME", value_parser = crate::auditctl::parse_instant)]
+        from: Option<i64>,
+        /// Movements recorded before this instant (at least 5 s ago).
+        #[arg(long, value_name = "TIME", value_parser = crate::auditctl::parse_instant)]
+        to: i64,
+        /// csv: three sections (movements, wallets, reconciliation), each with its header; jsonl: one
+        /// object a line, with "record": "movement" | "wallet" | "reconciliation".
+        #[arg(long, value_enum, default_value = "csv")]
+        format: ExportFormat,
+        /// Write here instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        target: Target,
+    },
     /// A program as it was: its settings and the rules version in force, with its document.
     Program {
         /// Program (tenant) id.
@@ -125,6 +147,12 @@ pub struct CheckpointArgs {
     /// Where to write the checkpoint (JSON) [default: print it].
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    Csv,
+    Jsonl,
 }
 
 /// Where a replay stops: an instant or a log position.

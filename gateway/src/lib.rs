@@ -18,6 +18,7 @@ pub mod config;
 pub mod copy;
 pub mod credentials;
 pub mod derived;
+pub mod exportctl;
 pub mod health;
 pub mod keyctl;
 pub mod keys;

@@ -119,6 +119,11 @@ fn main() -> ExitCode {
                 emit(&tally_gateway::auditctl::keygen(&out)?);
                 Ok(())
             }
+            Command::Audit(command @ tally_gateway::cli::AuditCommand::Export { .. }) => {
+                // The export itself goes to --out or standard output; what it came to, to standard error.
+                eprintln!("{}", tally_gateway::auditctl::run(command).await?);
+                Ok(())
+            }
             Command::Audit(command) => {
                 emit(&tally_gateway::auditctl::run(command).await?.to_string());
                 Ok(())

@@ -232,6 +232,7 @@ mod tests {
             reason: String::new(),
             reference: format!("ref-{position}"),
             idempotency_key: format!("k-{position}"),
+            principal: String::new(),
         }
     }
 

@@ -91,6 +91,8 @@ pub struct Movement {
     /// (adjust) or the shop's customer reference (enroll).
     pub reference: String,
     pub idempotency_key: String,
+    /// The API key that made it (`EventMetadata::principal`); empty for what the engine did itself.
+    pub principal: String,
 }
 
 /// 9999-12-31T23:59:59.999Z: read models keep calendar dates, which end there.
@@ -161,8 +163,9 @@ pub fn decode_events(events: Vec<RecordedEvent>) -> Decoded {
 }
 
 /// Decodes one wallet event of `tenant`'s `wallet`.
-fn decode_one(recorded: RecordedEvent, tenant: Arc<str>, wallet: Arc<str>) -> Result<Movement, QuarantinedEvent> {
+fn decode_one(mut recorded: RecordedEvent, tenant: Arc<str>, wallet: Arc<str>) -> Result<Movement, QuarantinedEvent> {
     let (position, stream_version) = (recorded.global_position, recorded.stream_version);
+    let principal = std::mem::take(&mut recorded.data.metadata.principal);
     let stream = recorded.stream_id.clone();
     let event_type = recorded.data.event_type.clone();
     let event = codec::decode(recorded).map_err(|error| QuarantinedEvent {
@@ -222,6 +225,7 @@ fn decode_one(recorded: RecordedEvent, tenant: Arc<str>, wallet: Arc<str>) -> Re
         reason: into_storable(reason),
         reference: into_storable(reference),
         idempotency_key: into_storable(event.idempotency_key),
+        principal: into_storable(principal),
     })
 }
 

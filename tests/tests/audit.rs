@@ -236,6 +236,14 @@ async fn a_wallet_as_of_each_change_is_what_the_change_answered_and_the_changes_
     let backwards =
         WalletChangesRequest { tenant_id: "demo".into(), wallet_id: "c-1".into(), after_version: 3, up_to_version: 2, page_size: 0 };
     assert_eq!(field(audit.wallet_changes(backwards).await.unwrap_err()), (Code::InvalidArgument, Some("up_to_version".into())));
+    let no_end = tally_proto::v1::ExportLedgerRequest { tenant_id: "demo".into(), from: None, to: None };
+    assert_eq!(field(audit.export_ledger(no_end).await.unwrap_err()), (Code::InvalidArgument, Some("to".into())));
+    let backwards = tally_proto::v1::ExportLedgerRequest {
+        tenant_id: "demo".into(),
+        from: Some(prost_types::Timestamp { seconds: 2_000, nanos: 0 }),
+        to: Some(prost_types::Timestamp { seconds: 1_000, nanos: 0 }),
+    };
+    assert_eq!(field(audit.export_ledger(backwards).await.unwrap_err()), (Code::InvalidArgument, Some("from".into())));
     let mut platform = AuditServiceClient::new(server.channel().await);
     let unknown = WalletAsOfRequest { tenant_id: "nope".into(), wallet_id: "c-1".into(), as_of: at(0) };
     assert_eq!(platform.wallet_as_of(unknown).await.unwrap_err().code(), Code::NotFound);
@@ -276,6 +284,48 @@ async fn a_wallet_as_of_each_change_is_what_the_change_answered_and_the_changes_
     let text = run(&from, &to, false);
     let changed = text.lines().any(|l| l.trim_start().starts_with("balance ") && l.ends_with("100 -> 130"));
     assert!(text.contains("3 events after it") && changed, "{text}");
+
+    // The ledger for finance: the movements, the wallet's balances, a reconciliation that balances.
+    let export = |format: &str| {
+        let output = std::process::Command::new(tally_tests::tally_binary())
+            .args([
+                "audit",
+                "export",
+                "--tenant",
+                "demo",
+                "--to",
+                &iso(recorded_ms(&changes[5]) + 1),
+                "--format",
+                format,
+                "--server",
+                &server.url,
+            ])
+            .env("TALLY_API_KEY", server.platform_key())
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        (String::from_utf8(output.stdout).unwrap(), String::from_utf8(output.stderr).unwrap())
+    };
+    let (jsonl, summary) = export("jsonl");
+    let records: Vec<serde_json::Value> = jsonl.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let movements: Vec<(&str, i64)> = records
+        .iter()
+        .filter(|r| r["record"] == "movement")
+        .map(|r| (r["kind"].as_str().unwrap(), r["points"].as_i64().unwrap()))
+        .collect();
+    assert_eq!(movements, [("earn", 100), ("earn", 50), ("redeem", -20)], "{jsonl}");
+    let wallet = records.iter().find(|r| r["record"] == "wallet").unwrap();
+    assert_eq!(
+        (wallet["wallet_id"].clone(), wallet["opening_balance"].clone(), wallet["closing_balance"].clone()),
+        ("c-1".into(), 0.into(), 130.into())
+    );
+    let reconciliation = records.last().unwrap();
+    assert_eq!((reconciliation["record"].clone(), reconciliation["closing_liability"].clone()), ("reconciliation".into(), 130.into()));
+    assert!(summary.contains("3 movements of 1 wallets") && summary.contains("the books balance"), "{summary}");
+    let (csv, _) = export("csv");
+    let lines: Vec<&str> = csv.lines().collect();
+    assert!(lines[0].starts_with("record,position,recorded_at,wallet_id") && lines[1].starts_with("movement,"), "{csv}");
+    assert!(lines.iter().any(|l| l.starts_with("wallet,c-1,0,130")) && lines.last().unwrap().starts_with("reconciliation,"), "{csv}");
 }
 
 #[tokio::test]
