@@ -78,6 +78,19 @@ async fn read_only(store: &Arc<dyn EventStore>) -> Duration {
     started.elapsed()
 }
 
+/// The ledger export of tenant `acme` over the whole log (half the log's wallets); answers its rows.
+async fn export(store: &Arc<dyn EventStore>) -> (Duration, u64) {
+    let started = Instant::now();
+    let mut export = tally_projections::export::LedgerExport::new(store.as_ref(), "acme", i64::MIN, i64::MAX);
+    let mut rows = 0;
+    while let Some(batch) = export.next_rows().await.unwrap() {
+        rows += batch.len() as u64;
+        std::hint::black_box(batch);
+    }
+    std::hint::black_box(export.reconciliation());
+    (started.elapsed(), rows)
+}
+
 fn rebuild(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let events: u64 = std::env::var("TALLY_BENCH_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
@@ -89,6 +102,13 @@ fn rebuild(c: &mut Criterion) {
     let db = runtime.block_on(TestDatabase::create());
     let postgres = runtime.block_on(PostgresReadModel::connect(&db.url)).unwrap();
 
+    let rows = runtime.block_on(export(&store)).1;
+    let mut export_group = c.benchmark_group("ledger_export");
+    export_group.sample_size(10).measurement_time(Duration::from_secs(20)).throughput(Throughput::Elements(rows));
+    export_group.bench_function(format!("tenant_of_{events}_events/{rows}_rows"), |b| {
+        b.iter_custom(|iterations| (0..iterations).map(|_| runtime.block_on(export(&store)).0).sum())
+    });
+    export_group.finish();
     let mut group = c.benchmark_group("rebuild");
     group.sample_size(10).measurement_time(Duration::from_secs(30)).throughput(Throughput::Elements(events));
     group.bench_function(format!("read_and_decode_only/{events}_events"), |b| {
