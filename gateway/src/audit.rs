@@ -14,7 +14,7 @@ use tally_proto::v1 as pb;
 use tally_proto::v1::audit_service_server::AuditService;
 use tonic::{Extensions, Request, Response, Status};
 
-use crate::limits::{AUDIT_PAGE_SIZE_DEFAULT, AUDIT_PAGE_SIZE_MAX, AUDIT_SETTLE_MS, PAGE_BYTES_MAX};
+use crate::limits::{AUDIT_EXPORTS_IN_FLIGHT_MAX, AUDIT_PAGE_SIZE_DEFAULT, AUDIT_PAGE_SIZE_MAX, AUDIT_SETTLE_MS, PAGE_BYTES_MAX};
 use crate::service::{timestamp, wallet};
 use crate::transactions::transaction;
 use crate::{access, admin, orders, status};
@@ -23,11 +23,13 @@ use crate::{access, admin, orders, status};
 pub struct AuditApi {
     store: Arc<dyn EventStore>,
     clock: Arc<dyn Clock>,
+    /// Exports streaming now: each holds a permit until its stream ends, not just until it starts.
+    exports: Arc<tokio::sync::Semaphore>,
 }
 
 impl AuditApi {
     pub fn new(store: Arc<dyn EventStore>, clock: Arc<dyn Clock>) -> Self {
-        Self { store, clock }
+        Self { store, clock, exports: Arc::new(tokio::sync::Semaphore::new(AUDIT_EXPORTS_IN_FLIGHT_MAX)) }
     }
 
     /// Milliseconds of the instant in `field`, if it is at least `AUDIT_SETTLE_MS` ago.
@@ -204,12 +206,16 @@ fn reconciliation(r: &tally_projections::export::Reconciliation) -> pb::ExportLe
 async fn export(
     store: Arc<dyn EventStore>,
     tenant: TenantId,
-    from_ms: i64,
-    to_ms: i64,
+    (from_ms, to_ms): (i64, i64),
     out: tokio::sync::mpsc::Sender<Result<pb::ExportLedgerResponse, Status>>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
 ) {
     let mut export = tally_projections::export::LedgerExport::new(store.as_ref(), tenant.as_str(), from_ms, to_ms);
     loop {
+        // A client gone away stops the export at the next batch, rows or none.
+        if out.is_closed() {
+            return;
+        }
         match export.next_rows().await {
             Ok(Some(rows)) => {
                 for row in rows {
@@ -248,8 +254,13 @@ impl AuditService for AuditApi {
         if from_ms > to_ms {
             return Err(status::invalid("from", "must not be after to"));
         }
+        let permit = Arc::clone(&self.exports).try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "{AUDIT_EXPORTS_IN_FLIGHT_MAX} ledger exports are running on this node, the most it runs at once; try again when one ends"
+            ))
+        })?;
         let (tx, rx) = tokio::sync::mpsc::channel(EXPORT_CHANNEL_ROWS);
-        tokio::spawn(export(Arc::clone(&self.store), tenant, from_ms, to_ms, tx));
+        tokio::spawn(export(Arc::clone(&self.store), tenant, (from_ms, to_ms), tx, permit));
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 

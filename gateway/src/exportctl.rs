@@ -21,7 +21,14 @@ pub async fn export(
     use tally_proto::v1::export_ledger_response::Item;
     let request = tally_proto::v1::ExportLedgerRequest { tenant_id: tenant, from: from.map(timestamp), to: Some(timestamp(to)) };
     let mut stream = connect(target).await?.export_ledger(request).await.map_err(ClientError::Call)?.into_inner();
-    let sink: Box<dyn std::io::Write> = match out {
+    // A file is written beside its name and renamed once complete: an interrupted export leaves
+    // `<out>.partial`, never a file that looks whole.
+    let partial = out.map(|path| {
+        let mut name = path.as_os_str().to_owned();
+        name.push(".partial");
+        std::path::PathBuf::from(name)
+    });
+    let sink: Box<dyn std::io::Write> = match &partial {
         Some(path) => {
             Box::new(std::fs::File::create(path).map_err(|e| ClientError::Direct(format!("cannot create {}: {e}", path.display())))?)
         }
@@ -44,9 +51,15 @@ pub async fn export(
     }
     writer.finish().map_err(|e| ClientError::Direct(format!("cannot write the export: {e}")))?;
     let r = last.ok_or_else(|| ClientError::Direct("the export ended before its reconciliation: it is incomplete".into()))?;
-    let net = r.issued + r.purchased - r.redeemed - r.reversed + r.adjusted - r.forfeited - r.expired;
-    let verdict = if r.opening_liability + net == r.closing_liability { "the books balance" } else { "THE BOOKS DO NOT BALANCE" };
-    Ok(format!(
+    let figures = [r.issued, r.purchased, -r.redeemed, -r.reversed, r.adjusted, -r.forfeited, -r.expired];
+    let balances =
+        i128::from(r.opening_liability) + figures.iter().map(|f| i128::from(*f)).sum::<i128>() == i128::from(r.closing_liability);
+    if let (Some(partial), Some(out)) = (&partial, out) {
+        std::fs::rename(partial, out)
+            .map_err(|e| ClientError::Direct(format!("cannot rename {} to {}: {e}", partial.display(), out.display())))?;
+    }
+    let verdict = if balances { "the books balance" } else { "THE BOOKS DO NOT BALANCE" };
+    let summary = format!(
         "{} movements of {} wallets, to log position {}; {verdict}: opening {} + issued {} + purchased {} - redeemed {} - reversed {} + adjusted {} - forfeited {} - expired {} = closing {}",
         r.rows,
         r.wallets,
@@ -60,7 +73,14 @@ pub async fn export(
         r.forfeited,
         r.expired,
         r.closing_liability
-    ))
+    );
+    if balances { Ok(summary) } else { Err(ClientError::Direct(summary)) }
+}
+
+/// A text field as a spreadsheet will show it: one that starts like a formula (`=`, `+`, `-`, `@`, a tab
+/// or a carriage return) gets a leading `'`, so opening the file runs nothing a client typed.
+fn cell(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.starts_with(['=', '+', '-', '@', '\t', '\r']) { format!("'{text}").into() } else { text.into() }
 }
 
 /// Writes an export as CSV (each record's first column names its kind; a header line starts each kind)
@@ -136,14 +156,14 @@ impl<W: std::io::Write> LedgerWriter<W> {
             "movement",
             &position,
             &at,
-            &r.wallet_id,
+            &cell(&r.wallet_id),
             &version,
             &r.kind,
             &points,
-            &r.reference,
-            &r.reason,
-            &r.idempotency_key,
-            &r.principal,
+            &cell(&r.reference),
+            &cell(&r.reason),
+            &cell(&r.idempotency_key),
+            &cell(&r.principal),
             &r.event_type,
         ])
     }
@@ -155,7 +175,7 @@ impl<W: std::io::Write> LedgerWriter<W> {
             }));
         }
         self.header("wallet", &["wallet_id", "opening_balance", "closing_balance"])?;
-        self.record(["wallet", &w.wallet_id, &w.opening_balance.to_string(), &w.closing_balance.to_string()])
+        self.record(["wallet", &cell(&w.wallet_id), &w.opening_balance.to_string(), &w.closing_balance.to_string()])
     }
 
     fn reconciliation(&mut self, r: &tally_proto::v1::LedgerReconciliation) -> std::io::Result<()> {
@@ -206,4 +226,19 @@ async fn connect(target: &Target) -> Result<AuditServiceClient<credentials::Auth
         .await
         .map(|channel| AuditServiceClient::new(channel).max_decoding_message_size(REPLY_BYTES_MAX))
         .map_err(|source| ClientError::Connect { server: target.server.clone(), source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cell;
+
+    #[test]
+    fn text_that_starts_like_a_formula_is_not_one_in_a_spreadsheet() {
+        assert_eq!(cell("=HYPERLINK(\"x\")"), "'=HYPERLINK(\"x\")");
+        assert_eq!(cell("+1"), "'+1");
+        assert_eq!(cell("-5 points, sorry"), "'-5 points, sorry");
+        assert_eq!(cell("@sum"), "'@sum");
+        assert_eq!(cell("order-1"), "order-1");
+        assert_eq!(cell(""), "");
+    }
 }

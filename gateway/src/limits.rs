@@ -24,8 +24,14 @@ pub const REPORTING_REQUESTS_IN_FLIGHT_MAX: usize = 256;
 /// about 75 ms of a core); beyond it RESOURCE_EXHAUSTED, so audits never crowd out the read side.
 pub const AUDIT_REQUESTS_IN_FLIGHT_MAX: usize = 8;
 /// An instant this close to now (or later) is refused by `AuditService`: events decided before it may
-/// still be on their way to the log, so the answer could change. In milliseconds.
-pub const AUDIT_SETTLE_MS: i64 = 5_000;
+/// still be on their way to the log, so the answer could change. Longer than a call may take
+/// (`REQUEST_TIMEOUT_MS`) with room to spare: an append slower than this is an outage of the log, which
+/// health reports. In milliseconds.
+pub const AUDIT_SETTLE_MS: i64 = 12_000;
+const _: () = assert!(AUDIT_SETTLE_MS > REQUEST_TIMEOUT_MS as i64);
+/// `AuditService.ExportLedger` streams running at once per node (each reads the whole log); beyond it
+/// RESOURCE_EXHAUSTED.
+pub const AUDIT_EXPORTS_IN_FLIGHT_MAX: usize = 2;
 /// Concurrent streams one HTTP/2 connection may open.
 pub const STREAMS_PER_CONNECTION_MAX: u32 = 1024;
 /// Longest a request may take, in milliseconds: then it is answered DEADLINE_EXCEEDED (sooner if the

@@ -104,8 +104,8 @@ async fn history(wallets: &mut WalletServiceClient<Authed>) -> Vec<WalletMutatio
         timeout_seconds: 1,
     };
     changes.push(wallets.authorize_redemption(short).await.unwrap().into_inner());
-    // Instants are answered once settled (5 s); the test asks up to 1.5 s after the last change.
-    tokio::time::sleep(Duration::from_millis(6_800)).await;
+    // Instants are answered once settled (12 s); the test asks up to 1.5 s after the last change.
+    tokio::time::sleep(Duration::from_millis(13_800)).await;
     changes
 }
 
@@ -222,7 +222,7 @@ async fn a_wallet_as_of_each_change_is_what_the_change_answered_and_the_changes_
     let unsettled = WalletAsOfRequest {
         tenant_id: "demo".into(),
         wallet_id: "c-1".into(),
-        as_of: at(i64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()).unwrap() - 1_000),
+        as_of: at(i64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()).unwrap() - 8_000),
     };
     assert_eq!(field(audit.wallet_as_of(unsettled).await.unwrap_err()), (Code::InvalidArgument, Some("at".into())), "not settled yet");
     let beyond = WalletAsOfRequest {
@@ -350,7 +350,7 @@ async fn a_program_as_of_an_instant_has_the_rules_then_in_force() {
         positions.push(wallets.enroll(enroll).await.unwrap().into_inner().position);
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    tokio::time::sleep(Duration::from_millis(5_200)).await;
+    tokio::time::sleep(Duration::from_millis(12_200)).await;
     let versions = admin.list_rule_versions(ListRuleVersionsRequest { tenant_id: "demo".into(), ..Default::default() }).await.unwrap();
     let versions = versions.into_inner().versions;
     let published: Vec<(u32, i64)> = versions.iter().map(|v| (v.version, ms(v.effective_from.as_ref().unwrap()))).collect();

@@ -368,7 +368,7 @@ impl Wallet {
             }
             let state = self.state.as_ref().expect("current() recovered it");
             let expected = ExpectedVersion::Exact(state.version);
-            let data = events.iter().map(|event| codec::encode(event, meta)).collect();
+            let data = events.iter().map(|event| codec::encode(event, recorded_meta(event, meta).as_ref())).collect();
             // No span of its own: the group commit's `store.commit` (a child of this command's span) says
             // how the append went, one span per commit rather than one more per command.
             let appended = self.deps.store.append(&self.stream, expected, data).await;
@@ -443,7 +443,7 @@ impl Wallet {
     /// Appends and applies a chunk of what time brought, ahead of a command.
     async fn record_catch_up(&mut self, events: Vec<Event>, meta: &CommandMeta) -> Result<(), StoreError> {
         let state = self.state.as_mut().expect("current() recovered it");
-        let data = events.iter().map(|event| codec::encode(event, meta)).collect();
+        let data = events.iter().map(|event| codec::encode(event, recorded_meta(event, meta).as_ref())).collect();
         let expected = ExpectedVersion::Exact(state.version);
         self.deps
             .store
@@ -477,6 +477,22 @@ impl Wallet {
             return Err(Rejection::WalletNotFound.into());
         }
         Ok(WalletSummary::of(state, now_ms, &program))
+    }
+}
+
+/// What an event records of the command it came with: all of it, but for a change time brought (an
+/// expiry recorded ahead of a command) no key or staff member — the engine made it, not the caller —
+/// while the trace and correlation still say which call recorded it.
+fn recorded_meta<'a>(event: &Event, meta: &'a CommandMeta) -> std::borrow::Cow<'a, CommandMeta> {
+    if event.change.by_time() && !(meta.principal.is_empty() && meta.principal_roles.is_empty() && meta.staff_id.is_empty()) {
+        std::borrow::Cow::Owned(CommandMeta {
+            principal: String::new(),
+            principal_roles: String::new(),
+            staff_id: String::new(),
+            ..meta.clone()
+        })
+    } else {
+        std::borrow::Cow::Borrowed(meta)
     }
 }
 

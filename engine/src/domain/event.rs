@@ -112,12 +112,34 @@ impl Change {
             Change::CardCompleted(e) => e.reward_points,
         }
     }
+
+    /// Whether time brought this change rather than the command it was recorded with (an expiry, a
+    /// maturity, a notice, a review, a hold that timed out): no caller made it, so the log names none.
+    pub fn by_time(&self) -> bool {
+        match self {
+            Change::Expired(_) | Change::Matured(_) | Change::ExpiringSoon(_) | Change::TierReviewed(_) => true,
+            Change::TierChanged(e) => e.r#move == tally_proto::v1::TierMove::Down as i32,
+            Change::Released(e) => e.reason == tally_proto::v1::HoldEnd::Expired as i32,
+            _ => false,
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::Change;
     use crate::domain::program::ProgramChange;
+
+    #[test]
+    fn what_time_brought_is_told_from_what_a_caller_did() {
+        use tally_proto::v1::{HoldEnd, HoldReleased, PointsExpired, PointsRedeemed, TierChanged, TierMove};
+        assert!(Change::Expired(PointsExpired::default()).by_time());
+        assert!(!Change::Redeemed(PointsRedeemed::default()).by_time());
+        let released = |reason: HoldEnd| Change::Released(HoldReleased { reason: reason as i32, ..HoldReleased::default() });
+        assert!(released(HoldEnd::Expired).by_time() && !released(HoldEnd::Voided).by_time());
+        let tier = |to: TierMove| Change::TierChanged(TierChanged { r#move: to as i32, ..TierChanged::default() });
+        assert!(tier(TierMove::Down).by_time() && !tier(TierMove::Up).by_time());
+    }
 
     #[test]
     fn every_kind_in_the_tables_decodes_under_its_own_name() {
