@@ -43,18 +43,21 @@ impl AuditApi {
         Ok(at_ms)
     }
 
+    /// `position`, if the log has reached it.
+    fn reached(&self, field: &str, position: u64) -> Result<u64, Status> {
+        let head = *self.store.head().borrow();
+        if position > head {
+            return Err(status::invalid(field, &format!("is beyond the log's last position, {head}")));
+        }
+        Ok(position)
+    }
+
     /// The request's instant or position, if settled: an instant at least `AUDIT_SETTLE_MS` ago (events
     /// decided before a later one may still be on their way), a position the log has reached.
     fn as_of(&self, at: Option<&prost_types::Timestamp>, position: Option<u64>) -> Result<AsOf, Status> {
         match (at, position) {
             (Some(at), _) => Ok(AsOf::Instant(self.settled("at", at)?)),
-            (None, Some(position)) => {
-                let head = *self.store.head().borrow();
-                if position > head {
-                    return Err(status::invalid("position", &format!("is beyond the log's last position, {head}")));
-                }
-                Ok(AsOf::Position(position))
-            }
+            (None, Some(position)) => Ok(AsOf::Position(self.reached("position", position)?)),
             (None, None) => Err(status::invalid("as_of", "is required: an instant (at) or a log position (position)")),
         }
     }
@@ -206,11 +209,11 @@ fn reconciliation(r: &tally_projections::export::Reconciliation) -> pb::ExportLe
 async fn export(
     store: Arc<dyn EventStore>,
     tenant: TenantId,
-    (from_ms, to_ms): (i64, i64),
+    (from_ms, to_ms, up_to_position): (i64, i64, u64),
     out: tokio::sync::mpsc::Sender<Result<pb::ExportLedgerResponse, Status>>,
     _permit: tokio::sync::OwnedSemaphorePermit,
 ) {
-    let mut export = tally_projections::export::LedgerExport::new(store.as_ref(), tenant.as_str(), from_ms, to_ms);
+    let mut export = tally_projections::export::LedgerExport::up_to(store.as_ref(), tenant.as_str(), from_ms, to_ms, up_to_position);
     loop {
         // A client gone away stops the export at the next batch, rows or none.
         if out.is_closed() {
@@ -248,8 +251,11 @@ impl AuditService for AuditApi {
     async fn export_ledger(&self, request: Request<pb::ExportLedgerRequest>) -> Result<Response<LedgerStream>, Status> {
         let (_, extensions, r) = request.into_parts();
         let tenant = self.tenant(&extensions, &r.tenant_id).await?;
-        let to = r.to.ok_or_else(|| status::invalid("to", "is required: the end of the period (exclusive)"))?;
-        let to_ms = self.settled("to", &to)?;
+        let (to_ms, up_to_position) = match r.end {
+            Some(pb::export_ledger_request::End::To(to)) => (self.settled("to", &to)?, u64::MAX),
+            Some(pb::export_ledger_request::End::UpToPosition(position)) => (i64::MAX, self.reached("up_to_position", position)?),
+            None => return Err(status::invalid("to", "is required (or up_to_position): the end of the period")),
+        };
         let from_ms = r.from.as_ref().map(|from| orders::millis("from", from)).transpose()?.unwrap_or(i64::MIN);
         if from_ms > to_ms {
             return Err(status::invalid("from", "must not be after to"));
@@ -260,7 +266,7 @@ impl AuditService for AuditApi {
             ))
         })?;
         let (tx, rx) = tokio::sync::mpsc::channel(EXPORT_CHANNEL_ROWS);
-        tokio::spawn(export(Arc::clone(&self.store), tenant, (from_ms, to_ms), tx, permit));
+        tokio::spawn(export(Arc::clone(&self.store), tenant, (from_ms, to_ms, up_to_position), tx, permit));
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 

@@ -410,8 +410,13 @@ pub async fn run(command: AuditCommand) -> Result<String, ClientError> {
     match command {
         AuditCommand::Replay { wallet, when, diff, target } => replay(wallet, when, diff, &target).await,
         AuditCommand::Program { tenant, when, target } => program(tenant, when, &target).await,
-        AuditCommand::Export { tenant, from, to, format, out, target } => {
-            crate::exportctl::export(tenant, from, to, format, out.as_deref(), &target).await
+        AuditCommand::Export { tenant, from, to, up_to_position, format, out, target } => {
+            let end = match (to, up_to_position) {
+                (_, Some(position)) => tally_proto::v1::export_ledger_request::End::UpToPosition(position),
+                (Some(to), None) => tally_proto::v1::export_ledger_request::End::To(timestamp(to)),
+                (None, None) => return Err(ClientError::Direct("--to or --up-to-position is required".into())),
+            };
+            crate::exportctl::export(tenant, from, end, format, out.as_deref(), &target).await
         }
         AuditCommand::Verify(_) | AuditCommand::Checkpoint(_) | AuditCommand::Keygen { .. } => Err(ClientError::Direct(
             "tally audit verify, checkpoint and keygen work on the log and key files directly, not through a server".into(),

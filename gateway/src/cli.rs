@@ -91,9 +91,13 @@ pub enum AuditCommand {
         /// Movements recorded at or after this instant [default: from the beginning].
         #[arg(long, value_name = "TIME", value_parser = crate::auditctl::parse_instant)]
         from: Option<i64>,
-        /// Movements recorded before this instant (at least 5 s ago).
-        #[arg(long, value_name = "TIME", value_parser = crate::auditctl::parse_instant)]
-        to: i64,
+        /// Movements recorded before this instant (at least 12 s ago).
+        #[arg(long, value_name = "TIME", value_parser = crate::auditctl::parse_instant, required_unless_present = "up_to_position")]
+        to: Option<i64>,
+        /// Instead of --to: every movement at or before this log position (the closing liability is then
+        /// ReportingService.Liability's at that position).
+        #[arg(long, value_name = "POSITION", conflicts_with = "to")]
+        up_to_position: Option<u64>,
         /// csv: three sections (movements, wallets, reconciliation), each with its header; jsonl: one
         /// object a line, with "record": "movement" | "wallet" | "reconciliation".
         #[arg(long, value_enum, default_value = "csv")]

@@ -13,13 +13,13 @@ use crate::limits::REPLY_BYTES_MAX;
 pub async fn export(
     tenant: String,
     from: Option<i64>,
-    to: i64,
+    end: tally_proto::v1::export_ledger_request::End,
     format: ExportFormat,
     out: Option<&std::path::Path>,
     target: &Target,
 ) -> Result<String, ClientError> {
     use tally_proto::v1::export_ledger_response::Item;
-    let request = tally_proto::v1::ExportLedgerRequest { tenant_id: tenant, from: from.map(timestamp), to: Some(timestamp(to)) };
+    let request = tally_proto::v1::ExportLedgerRequest { tenant_id: tenant, from: from.map(timestamp), end: Some(end) };
     let mut stream = connect(target).await?.export_ledger(request).await.map_err(ClientError::Call)?.into_inner();
     // A file is written beside its name and renamed once complete: an interrupted export leaves
     // `<out>.partial`, never a file that looks whole.

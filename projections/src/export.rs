@@ -68,7 +68,12 @@ fn moves_points(kind: MovementKind) -> bool {
 
 impl<'a> LedgerExport<'a> {
     pub fn new(store: &'a dyn EventStore, tenant: &str, from_ms: i64, to_ms: i64) -> Self {
-        let head = *store.head().borrow();
+        Self::up_to(store, tenant, from_ms, to_ms, u64::MAX)
+    }
+
+    /// [`LedgerExport::new`], reading the log no further than `position`.
+    pub fn up_to(store: &'a dyn EventStore, tenant: &str, from_ms: i64, to_ms: i64, position: u64) -> Self {
+        let head = (*store.head().borrow()).min(position);
         Self {
             store,
             tenant: tenant.to_owned(),

@@ -236,12 +236,24 @@ async fn a_wallet_as_of_each_change_is_what_the_change_answered_and_the_changes_
     let backwards =
         WalletChangesRequest { tenant_id: "demo".into(), wallet_id: "c-1".into(), after_version: 3, up_to_version: 2, page_size: 0 };
     assert_eq!(field(audit.wallet_changes(backwards).await.unwrap_err()), (Code::InvalidArgument, Some("up_to_version".into())));
-    let no_end = tally_proto::v1::ExportLedgerRequest { tenant_id: "demo".into(), from: None, to: None };
+    let no_end = tally_proto::v1::ExportLedgerRequest { tenant_id: "demo".into(), from: None, end: None };
     assert_eq!(field(audit.export_ledger(no_end).await.unwrap_err()), (Code::InvalidArgument, Some("to".into())));
     let backwards = tally_proto::v1::ExportLedgerRequest {
         tenant_id: "demo".into(),
         from: Some(prost_types::Timestamp { seconds: 2_000, nanos: 0 }),
-        to: Some(prost_types::Timestamp { seconds: 1_000, nanos: 0 }),
+        end: Some(tally_proto::v1::export_ledger_request::End::To(prost_types::Timestamp { seconds: 1_000, nanos: 0 })),
+    };
+    assert_eq!(field(audit.export_ledger(backwards).await.unwrap_err()), (Code::InvalidArgument, Some("from".into())));
+    let beyond = tally_proto::v1::ExportLedgerRequest {
+        tenant_id: "demo".into(),
+        from: None,
+        end: Some(tally_proto::v1::export_ledger_request::End::UpToPosition(1_000_000)),
+    };
+    assert_eq!(field(audit.export_ledger(beyond).await.unwrap_err()), (Code::InvalidArgument, Some("up_to_position".into())));
+    let backwards = tally_proto::v1::ExportLedgerRequest {
+        tenant_id: "demo".into(),
+        from: Some(prost_types::Timestamp { seconds: 2_000, nanos: 0 }),
+        end: Some(tally_proto::v1::export_ledger_request::End::To(prost_types::Timestamp { seconds: 1_000, nanos: 0 })),
     };
     assert_eq!(field(audit.export_ledger(backwards).await.unwrap_err()), (Code::InvalidArgument, Some("from".into())));
     let mut platform = AuditServiceClient::new(server.channel().await);

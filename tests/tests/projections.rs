@@ -151,6 +151,25 @@ async fn read_models_survive_kill_9_mid_load_and_a_rebuild_over_grpc() {
     let before_rebuild = all_wallets(&mut reporting).await;
     let liability = reporting.liability(LiabilityRequest { tenant_id: TENANT.into() }).await.unwrap().into_inner();
     assert_eq!(liability.as_of_position, head);
+    // The ledger export for finance, read from the log up to the same position, closes at the same
+    // liability, and balances (issue 19 item 3).
+    let export = tally_proto::v1::ExportLedgerRequest {
+        tenant_id: TENANT.into(),
+        from: None,
+        end: Some(tally_proto::v1::export_ledger_request::End::UpToPosition(head)),
+    };
+    let mut stream =
+        tally_proto::v1::audit_service_client::AuditServiceClient::new(channel.clone()).export_ledger(export).await.unwrap().into_inner();
+    let mut last = None;
+    while let Some(message) = stream.message().await.unwrap() {
+        last = message.item;
+    }
+    let Some(tally_proto::v1::export_ledger_response::Item::Reconciliation(r)) = last else {
+        panic!("the export ends with its reconciliation")
+    };
+    assert_eq!((r.as_of_position, r.closing_liability), (head, liability.outstanding_points + liability.negative_points));
+    let net = r.issued + r.purchased - r.redeemed - r.reversed + r.adjusted - r.forfeited - r.expired;
+    assert_eq!(r.opening_liability + net, r.closing_liability, "{r:?}");
     let stats = reporting
         .program_stats(ProgramStatsRequest { tenant_id: TENANT.into(), from_day: "2000-01-01".into(), to_day: "2000-12-31".into() })
         .await
