@@ -181,6 +181,8 @@ fn ledger_row(m: tally_projections::Movement) -> pb::ExportLedgerResponse {
             idempotency_key: m.idempotency_key,
             principal: m.principal,
             event_type: m.event_type.to_owned(),
+            lots: m.lots.iter().map(|&(lot, points)| pb::LotPoints { lot, points }).collect(),
+            expires_at: m.expires_at_ms.map(status::timestamp),
         })),
     }
 }

@@ -128,11 +128,16 @@ impl<W: std::io::Write> LedgerWriter<W> {
 
     fn row(&mut self, r: &tally_proto::v1::LedgerRow) -> std::io::Result<()> {
         let at = r.recorded_at.map(|t| t.to_string()).unwrap_or_default();
+        let expires = r.expires_at.map(|t| t.to_string()).unwrap_or_default();
+        // "lot:points" pairs, `;` between them.
+        let lots = r.lots.iter().map(|l| format!("{}:{}", l.lot, l.points)).collect::<Vec<_>>().join(";");
         if self.format == ExportFormat::Jsonl {
             return self.json(&serde_json::json!({
                 "record": "movement", "position": r.position, "recorded_at": at, "wallet_id": r.wallet_id,
                 "stream_version": r.stream_version, "kind": r.kind, "points": r.points, "reference": r.reference,
                 "reason": r.reason, "idempotency_key": r.idempotency_key, "principal": r.principal, "event_type": r.event_type,
+                "lots": r.lots.iter().map(|l| serde_json::json!({"lot": l.lot, "points": l.points})).collect::<Vec<_>>(),
+                "expires_at": r.expires_at.map(|t| t.to_string()),
             }));
         }
         self.header(
@@ -149,6 +154,8 @@ impl<W: std::io::Write> LedgerWriter<W> {
                 "idempotency_key",
                 "principal",
                 "event_type",
+                "lots",
+                "expires_at",
             ],
         )?;
         let (position, version, points) = (r.position.to_string(), r.stream_version.to_string(), r.points.to_string());
@@ -165,6 +172,8 @@ impl<W: std::io::Write> LedgerWriter<W> {
             &cell(&r.idempotency_key),
             &cell(&r.principal),
             &r.event_type,
+            &lots,
+            &expires,
         ])
     }
 

@@ -233,6 +233,8 @@ mod tests {
             reference: format!("ref-{position}"),
             idempotency_key: format!("k-{position}"),
             principal: String::new(),
+            lots: Vec::new(),
+            expires_at_ms: None,
         }
     }
 

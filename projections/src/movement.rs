@@ -93,6 +93,10 @@ pub struct Movement {
     pub idempotency_key: String,
     /// The API key that made it (`EventMetadata::principal`); empty for what the engine did itself.
     pub principal: String,
+    /// The lots it moved points in or out of, `(lot, points)`, and when a lot it opened expires
+    /// (`Change::lots`): for the ledger export.
+    pub lots: Vec<(u64, i64)>,
+    pub expires_at_ms: Option<i64>,
 }
 
 /// 9999-12-31T23:59:59.999Z: read models keep calendar dates, which end there.
@@ -189,6 +193,7 @@ fn decode_one(mut recorded: RecordedEvent, tenant: Arc<str>, wallet: Arc<str>) -
         return Err(out_of_range(format!("{points} points is outside the ledger's range")));
     }
     let event_type = event.change.event_type();
+    let (lots, expires_at_ms) = event.change.lots();
     let (kind, reason, reference) = match event.change {
         Change::Enrolled(e) => (MovementKind::Enroll, String::new(), e.customer_ref),
         Change::Earned(e) => (MovementKind::Earn, e.reason, e.source_ref),
@@ -226,6 +231,8 @@ fn decode_one(mut recorded: RecordedEvent, tenant: Arc<str>, wallet: Arc<str>) -
         reference: into_storable(reference),
         idempotency_key: into_storable(event.idempotency_key),
         principal: into_storable(principal),
+        lots,
+        expires_at_ms,
     })
 }
 

@@ -326,6 +326,12 @@ async fn a_wallet_as_of_each_change_is_what_the_change_answered_and_the_changes_
         .map(|r| (r["kind"].as_str().unwrap(), r["points"].as_i64().unwrap()))
         .collect();
     assert_eq!(movements, [("earn", 100), ("earn", 50), ("redeem", -20)], "{jsonl}");
+    let lots: Vec<i64> = records
+        .iter()
+        .filter(|r| r["record"] == "movement")
+        .map(|r| r["lots"].as_array().unwrap().iter().map(|l| l["points"].as_i64().unwrap()).sum())
+        .collect();
+    assert_eq!(lots, [100, 50, 20], "each movement names the lots its points went into or came from: {jsonl}");
     let wallet = records.iter().find(|r| r["record"] == "wallet").unwrap();
     assert_eq!(
         (wallet["wallet_id"].clone(), wallet["opening_balance"].clone(), wallet["closing_balance"].clone()),
@@ -336,7 +342,12 @@ async fn a_wallet_as_of_each_change_is_what_the_change_answered_and_the_changes_
     assert!(summary.contains("3 movements of 1 wallets") && summary.contains("the books balance"), "{summary}");
     let (csv, _) = export("csv");
     let lines: Vec<&str> = csv.lines().collect();
-    assert!(lines[0].starts_with("record,position,recorded_at,wallet_id") && lines[1].starts_with("movement,"), "{csv}");
+    assert!(
+        lines[0].starts_with("record,position,recorded_at,wallet_id")
+            && lines[0].ends_with(",lots,expires_at")
+            && lines[1].starts_with("movement,"),
+        "{csv}"
+    );
     assert!(lines.iter().any(|l| l.starts_with("wallet,c-1,0,130")) && lines.last().unwrap().starts_with("reconciliation,"), "{csv}");
 }
 

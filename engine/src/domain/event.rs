@@ -113,6 +113,39 @@ impl Change {
         }
     }
 
+    /// The lots this change moved points in or out of, `(lot, points)` — the one a credit opened, those
+    /// a debit, hold or expiry took from or gave back to (a refund's pending credits by the version of the
+    /// earn that made them) — and when a lot it opened expires (`None`: it opened none, or one that never
+    /// expires). What finance's ledger shows of where points sat.
+    pub fn lots(&self) -> (Vec<(u64, i64)>, Option<i64>) {
+        use tally_proto::v1::{LotOpened, LotPoints};
+        let listed = |lots: &[LotPoints]| lots.iter().map(|l| (l.lot, l.points)).collect::<Vec<_>>();
+        let opened = |lot: Option<&LotOpened>| match lot.filter(|l| l.points != 0) {
+            Some(l) => (vec![(l.lot, l.points)], (l.expires_at_ms != 0).then_some(l.expires_at_ms)),
+            None => (Vec::new(), None),
+        };
+        match self {
+            Change::Earned(e) => match (&e.lot, &e.pending) {
+                (_, Some(pending)) => (Vec::new(), (pending.expires_at_ms != 0).then_some(pending.expires_at_ms)),
+                (lot, None) => opened(lot.as_ref()),
+            },
+            Change::Purchased(e) => opened(e.lot.as_ref()),
+            Change::CardCompleted(e) => opened(e.lot.as_ref()),
+            Change::Matured(e) => opened(e.lot.as_ref()),
+            Change::Adjusted(e) if e.points > 0 => opened(e.lot.as_ref()),
+            Change::Adjusted(e) => (listed(&e.lots), None),
+            Change::Redeemed(e) => (listed(&e.lots), None),
+            Change::Reversed(e) => (e.pending.iter().chain(&e.lots).map(|l| (l.lot, l.points)).collect(), None),
+            Change::Closed(e) => (listed(&e.lots), None),
+            Change::Held(e) => (listed(&e.lots), None),
+            Change::Captured(e) => (listed(&e.lots), None),
+            Change::Released(e) => (listed(&e.lots), None),
+            Change::Expired(e) => (vec![(e.lot, e.points)], Some(e.expired_at_ms)),
+            Change::ExpiringSoon(e) => (vec![(e.lot, e.points)], Some(e.expires_at_ms)),
+            Change::Enrolled(_) | Change::TierChanged(_) | Change::TierReviewed(_) | Change::Stamped(_) => (Vec::new(), None),
+        }
+    }
+
     /// Whether time brought this change rather than the command it was recorded with (an expiry, a
     /// maturity, a notice, a review, a hold that timed out): no caller made it, so the log names none.
     pub fn by_time(&self) -> bool {
