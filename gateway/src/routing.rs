@@ -68,6 +68,12 @@ fn not_owner(router: &Router) -> Status {
     status
 }
 
+/// A W3C `traceparent` for a call this node decided not to sample: new ids, the sampled flag off.
+fn unsampled_traceparent() -> MetadataValue<tonic::metadata::Ascii> {
+    let (trace_id, span_id) = (rand::random::<u128>().max(1), rand::random::<u64>().max(1));
+    MetadataValue::try_from(format!("00-{trace_id:032x}-{span_id:016x}-00")).expect("hex digits and dashes are a header value")
+}
+
 fn is_not_owner(status: &Status) -> bool {
     status.code() == tonic::Code::Unavailable && status.metadata().contains_key(NOT_OWNER_HEADER)
 }
@@ -93,6 +99,10 @@ fn hop<T: Clone>(metadata: &MetadataMap, message: &T, deadline: Option<Instant>,
                 }
             }
         }
+    } else if crate::telemetry::tracing_on() && !metadata.contains_key("traceparent") {
+        // Not sampled here, and the caller said nothing: tell the owner so, or it decides afresh and
+        // traces the second half of a call whose first half nobody traced.
+        request.metadata_mut().insert("traceparent", unsampled_traceparent());
     }
     let node = MetadataValue::try_from(node_id).map_err(|_| Status::internal("node id is not a header value"))?;
     request.metadata_mut().insert(FORWARDED_HEADER, node);

@@ -330,10 +330,17 @@ async fn a_forwarded_call_is_one_trace_across_nodes() {
             vec![store.as_str(), "--tenant", "acme", "--node-id", name, "--cluster-listen", own, "--otlp-endpoint", endpoint.as_str()];
         args.extend(join.map(|seed| ["--join", seed]).into_iter().flatten());
         let service = format!("tally-{name}");
+        // Node one samples only calls whose caller sampled them; node two, every call it starts.
+        let ratio = if name == "one" { "0" } else { "1" };
         TallyServer::start_with_env(
             &dir.path().join(name),
             &args,
-            &[("OTEL_SERVICE_NAME", service.as_str()), ("OTEL_BSP_SCHEDULE_DELAY", "100")],
+            &[
+                ("OTEL_SERVICE_NAME", service.as_str()),
+                ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+                ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+                ("OTEL_TRACES_SAMPLER_ARG", ratio),
+            ],
         )
     };
     let one = start("one", &gossip[0], None);
@@ -354,6 +361,17 @@ async fn a_forwarded_call_is_one_trace_across_nodes() {
         assert!(started.elapsed() < Duration::from_secs(20), "node one forwarded nothing to node two within 20 s");
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
+
+    // A call node one does not sample, forwarded: node two does not start a trace of its second half.
+    let unsampled = EarnRequest {
+        tenant_id: "acme".into(),
+        wallet_id: wallet.clone(),
+        idempotency_key: "k-0".into(),
+        source_ref: "o-0".into(),
+        points: 10,
+        ..Default::default()
+    };
+    assert_eq!(decided_by(&client.earn(unsampled).await), "two");
 
     let mut earn = tonic::Request::new(EarnRequest {
         tenant_id: "acme".into(),
@@ -381,4 +399,12 @@ async fn a_forwarded_call_is_one_trace_across_nodes() {
     assert!(descends(&receiver.spans(), &command, &owner), "the owner's actor is in the owner's call");
     let services: BTreeSet<String> = receiver.spans().into_iter().filter(|(_, s)| in_trace(s)).map(|(service, _)| service).collect();
     assert_eq!(services, BTreeSet::from(["tally-one".to_owned(), "tally-two".to_owned()]), "both nodes sent their part");
+    // The unsampled call went first, so its spans, had node two made any, were exported by now.
+    let strays: Vec<String> = receiver
+        .spans()
+        .into_iter()
+        .filter(|(service, s)| service == "tally-two" && s.name == "tally.v1.WalletService/Earn" && !in_trace(s))
+        .map(|(_, s)| hex(&s.trace_id))
+        .collect();
+    assert!(strays.is_empty(), "node two traced the second half of calls node one did not sample: {strays:?}");
 }
