@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
-use tally_engine::audit::checkpoint::{self, Checkpoint};
+use tally_engine::audit::checkpoint::{self, Checkpoint, hex};
 use tally_engine::audit::verify;
 use tally_engine::store::chain::Hash;
 use tally_engine::store::{EventStore, StreamId, existing_log_identity};
@@ -38,10 +38,6 @@ pub fn parse_instant(text: &str) -> Result<i64, String> {
     let at = OffsetDateTime::parse(&full, &Rfc3339)
         .map_err(|_| format!("{text:?} is not a time: use 2026-03-01T00:00:00Z, 2026-03-01T00:00Z or 2026-03-01"))?;
     i64::try_from(at.unix_timestamp_nanos() / 1_000_000).map_err(|_| format!("{text:?} is out of range"))
-}
-
-fn timestamp(ms: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: ms.div_euclid(1000), nanos: i32::try_from(ms.rem_euclid(1000) * 1_000_000).unwrap_or(0) }
 }
 
 #[derive(Debug, Serialize)]
@@ -259,7 +255,7 @@ fn render_diff(d: &DiffView) -> String {
     out
 }
 
-async fn connect(target: &Target) -> Result<AuditServiceClient<Authed>, ClientError> {
+pub(crate) async fn connect(target: &Target) -> Result<AuditServiceClient<Authed>, ClientError> {
     credentials::connect(&target.server, target.key.bearer_for(&target.server)?)
         .await
         .map(|channel| AuditServiceClient::new(channel).max_decoding_message_size(REPLY_BYTES_MAX))
@@ -272,7 +268,7 @@ async fn wallet_as_of(
     when: &AsOfArgs,
 ) -> Result<WalletAsOfResponse, ClientError> {
     let as_of = match (when.as_of, when.position) {
-        (Some(at), _) => wallet_as_of_request::AsOf::At(timestamp(at)),
+        (Some(at), _) => wallet_as_of_request::AsOf::At(crate::status::timestamp(at)),
         (None, position) => wallet_as_of_request::AsOf::Position(position.unwrap_or(u64::MAX)),
     };
     let request = WalletAsOfRequest { tenant_id: wallet.tenant.clone(), wallet_id: wallet.wallet.clone(), as_of: Some(as_of) };
@@ -328,7 +324,7 @@ async fn replay(wallet: WalletRef, when: AsOfArgs, diff: Option<i64>, target: &T
 
 async fn program(tenant: String, when: AsOfArgs, target: &Target) -> Result<String, ClientError> {
     let as_of = match (when.as_of, when.position) {
-        (Some(at), _) => program_as_of_request::AsOf::At(timestamp(at)),
+        (Some(at), _) => program_as_of_request::AsOf::At(crate::status::timestamp(at)),
         (None, position) => program_as_of_request::AsOf::Position(position.unwrap_or(u64::MAX)),
     };
     let reply: ProgramAsOfResponse = connect(target)
@@ -413,7 +409,7 @@ pub async fn run(command: AuditCommand) -> Result<String, ClientError> {
         AuditCommand::Export { tenant, from, to, up_to_position, format, out, target } => {
             let end = match (to, up_to_position) {
                 (_, Some(position)) => tally_proto::v1::export_ledger_request::End::UpToPosition(position),
-                (Some(to), None) => tally_proto::v1::export_ledger_request::End::To(timestamp(to)),
+                (Some(to), None) => tally_proto::v1::export_ledger_request::End::To(crate::status::timestamp(to)),
                 (None, None) => return Err(ClientError::Direct("--to or --up-to-position is required".into())),
             };
             crate::exportctl::export(tenant, from, end, format, out.as_deref(), &target).await
@@ -463,10 +459,6 @@ struct BrokenView {
     stream: String,
     stream_version: u64,
     reason: String,
-}
-
-fn hex(hash: &[u8]) -> String {
-    hash.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The checkpoint given to `verify`, its signature checked with the key the auditor holds, and the log

@@ -2,12 +2,8 @@
 //! record's first column names its kind, a header line starting each kind) or JSON lines, and what it came
 //! to — whether the books balance — for standard error.
 
-use tally_proto::v1::audit_service_client::AuditServiceClient;
-
 use crate::cli::{ExportFormat, Target};
 use crate::client::ClientError;
-use crate::credentials;
-use crate::limits::REPLY_BYTES_MAX;
 
 /// What `tally audit export` wrote: a line for standard error.
 pub async fn export(
@@ -19,8 +15,8 @@ pub async fn export(
     target: &Target,
 ) -> Result<String, ClientError> {
     use tally_proto::v1::export_ledger_response::Item;
-    let request = tally_proto::v1::ExportLedgerRequest { tenant_id: tenant, from: from.map(timestamp), end: Some(end) };
-    let mut stream = connect(target).await?.export_ledger(request).await.map_err(ClientError::Call)?.into_inner();
+    let request = tally_proto::v1::ExportLedgerRequest { tenant_id: tenant, from: from.map(crate::status::timestamp), end: Some(end) };
+    let mut stream = crate::auditctl::connect(target).await?.export_ledger(request).await.map_err(ClientError::Call)?.into_inner();
     // A file is written beside its name and renamed once complete: an interrupted export leaves
     // `<out>.partial`, never a file that looks whole.
     let partial = out.map(|path| {
@@ -224,17 +220,6 @@ impl<W: std::io::Write> LedgerWriter<W> {
             (None, None) => Ok(()),
         }
     }
-}
-
-fn timestamp(ms: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: ms.div_euclid(1000), nanos: i32::try_from(ms.rem_euclid(1000) * 1_000_000).unwrap_or(0) }
-}
-
-async fn connect(target: &Target) -> Result<AuditServiceClient<credentials::Authed>, ClientError> {
-    credentials::connect(&target.server, target.key.bearer_for(&target.server)?)
-        .await
-        .map(|channel| AuditServiceClient::new(channel).max_decoding_message_size(REPLY_BYTES_MAX))
-        .map_err(|source| ClientError::Connect { server: target.server.clone(), source })
 }
 
 #[cfg(test)]

@@ -92,42 +92,7 @@ fn main() -> ExitCode {
                 emit(&tally_gateway::ops::rebuild(name, target).await?.to_string());
                 Ok(())
             }
-            Command::Audit(tally_gateway::cli::AuditCommand::Verify(args)) => {
-                // Exit 1: the log is broken; exit 2: it could not be checked.
-                let store = match open_existing_store(&args.store).await {
-                    Ok(store) => store,
-                    Err(error) => {
-                        eprintln!("error: {error}");
-                        std::process::exit(2);
-                    }
-                };
-                let report = tally_gateway::auditctl::verify(store.as_ref(), &args).await;
-                emit(&report.text);
-                match (report.intact, report.checked) {
-                    (true, _) => Ok(()),
-                    (false, true) => Err("the log does not match its hash chains or checkpoint".into()),
-                    // Could not be checked: told apart from a broken log by the exit code.
-                    (false, false) => std::process::exit(2),
-                }
-            }
-            Command::Audit(tally_gateway::cli::AuditCommand::Checkpoint(args)) => {
-                let store = open_existing_store(&args.store).await?;
-                emit(&tally_gateway::auditctl::checkpoint(store.as_ref(), &args).await?);
-                Ok(())
-            }
-            Command::Audit(tally_gateway::cli::AuditCommand::Keygen { out }) => {
-                emit(&tally_gateway::auditctl::keygen(&out)?);
-                Ok(())
-            }
-            Command::Audit(command @ tally_gateway::cli::AuditCommand::Export { .. }) => {
-                // The export itself goes to --out or standard output; what it came to, to standard error.
-                eprintln!("{}", tally_gateway::auditctl::run(command).await?);
-                Ok(())
-            }
-            Command::Audit(command) => {
-                emit(&tally_gateway::auditctl::run(command).await?.to_string());
-                Ok(())
-            }
+            Command::Audit(command) => audit(command).await,
             Command::Cluster(ClusterCommand::Status { wallet, target }) => {
                 emit(&tally_gateway::clusterctl::status(wallet.as_deref(), target).await?.to_string());
                 Ok(())
@@ -661,6 +626,50 @@ async fn open_store(url: &str) -> Result<Arc<dyn EventStore>, Box<dyn std::error
         #[cfg(not(feature = "kurrentdb"))]
         StoreUrl::Kurrent(url) => return Err(kurrent_not_built(&url).into()),
     })
+}
+
+/// `tally audit …`: the commands that work on the log and key files directly here, the others through
+/// a server (`auditctl`).
+async fn audit(command: tally_gateway::cli::AuditCommand) -> Result<(), Box<dyn std::error::Error>> {
+    use tally_gateway::cli::AuditCommand;
+    match command {
+        AuditCommand::Verify(args) => {
+            // Exit 1: the log is broken; exit 2: it could not be checked.
+            let store = match open_existing_store(&args.store).await {
+                Ok(store) => store,
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    std::process::exit(2);
+                }
+            };
+            let report = tally_gateway::auditctl::verify(store.as_ref(), &args).await;
+            emit(&report.text);
+            match (report.intact, report.checked) {
+                (true, _) => Ok(()),
+                (false, true) => Err("the log does not match its hash chains or checkpoint".into()),
+                // Could not be checked: told apart from a broken log by the exit code.
+                (false, false) => std::process::exit(2),
+            }
+        }
+        AuditCommand::Checkpoint(args) => {
+            let store = open_existing_store(&args.store).await?;
+            emit(&tally_gateway::auditctl::checkpoint(store.as_ref(), &args).await?);
+            Ok(())
+        }
+        AuditCommand::Keygen { out } => {
+            emit(&tally_gateway::auditctl::keygen(&out)?);
+            Ok(())
+        }
+        command @ AuditCommand::Export { .. } => {
+            // The export itself goes to --out or standard output; what it came to, to standard error.
+            eprintln!("{}", tally_gateway::auditctl::run(command).await?);
+            Ok(())
+        }
+        command => {
+            emit(&tally_gateway::auditctl::run(command).await?.to_string());
+            Ok(())
+        }
+    }
 }
 
 /// [`open_store`] for a log that must exist already: an embedded one is not created where there is none.

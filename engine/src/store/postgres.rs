@@ -207,6 +207,38 @@ async fn log_head(tx: &deadpool_postgres::Transaction<'_>) -> Result<(u64, Optio
     Ok((position, heads.log))
 }
 
+/// The last version of every stream `batch` appends to, and its last link into `heads`.
+async fn stream_heads(
+    tx: &deadpool_postgres::Transaction<'_>,
+    batch: &[AppendRequest],
+    heads: &mut Heads,
+) -> Result<HashMap<String, u64>, StoreError> {
+    let streams: Vec<&str> = batch.iter().map(|r| r.stream.as_str()).collect();
+    let current = tx
+        // One index probe per stream (the unique (stream_id, stream_version) index, read backwards),
+        // whatever plan the prepared statement settles on.
+        .prepare_cached(
+            "SELECT s.id, e.stream_version, e.stream_hash FROM unnest($1::text[]) AS s(id) LEFT JOIN LATERAL
+             (SELECT stream_version, stream_hash FROM tally_events WHERE stream_id = s.id ORDER BY stream_version DESC LIMIT 1) e ON true",
+        )
+        .await
+        .map_err(pg)?;
+    let rows = tx.query(&current, &[&streams]).await.map_err(pg)?;
+    let mut versions: HashMap<String, u64> = HashMap::with_capacity(rows.len());
+    for row in &rows {
+        let (id, version) = (row.get::<_, String>(0), row.get::<_, Option<i64>>(1).map_or(0, to_u64));
+        let stream = StreamId::new(&id)?;
+        let link = match row.get::<_, Option<Vec<u8>>>(2) {
+            Some(stored) => to_hash(&stored)?,
+            None if version > 0 => stream_link_at(tx, &stream, version).await?,
+            None => chain::GENESIS,
+        };
+        heads.streams.insert(stream, link);
+        versions.insert(id, version);
+    }
+    Ok(versions)
+}
+
 /// The link of `stream`'s event at `version`: from its last stored link at or before it, then computed
 /// from the events after that.
 async fn stream_link_at(tx: &deadpool_postgres::Transaction<'_>, stream: &StreamId, version: u64) -> Result<Hash, StoreError> {
@@ -354,29 +386,7 @@ async fn commit(pool: &Pool, batch: &mut Vec<AppendRequest>, head: &watch::Sende
         let (last, log) = log_head(&tx).await?;
         let last = to_i64(last);
         let mut heads = Heads { log, ..Heads::default() };
-        let streams: Vec<&str> = batch.iter().map(|r| r.stream.as_str()).collect();
-        let current = tx
-            // One index probe per stream (the unique (stream_id, stream_version) index, read backwards),
-            // whatever plan the prepared statement settles on.
-            .prepare_cached(
-                "SELECT s.id, e.stream_version, e.stream_hash FROM unnest($1::text[]) AS s(id) LEFT JOIN LATERAL
-                 (SELECT stream_version, stream_hash FROM tally_events WHERE stream_id = s.id ORDER BY stream_version DESC LIMIT 1) e ON true",
-            )
-            .await
-            .map_err(pg)?;
-        let rows = tx.query(&current, &[&streams]).await.map_err(pg)?;
-        let mut versions: HashMap<String, u64> = HashMap::with_capacity(rows.len());
-        for row in &rows {
-            let (id, version) = (row.get::<_, String>(0), row.get::<_, Option<i64>>(1).map_or(0, to_u64));
-            let stream = StreamId::new(&id)?;
-            let link = match row.get::<_, Option<Vec<u8>>>(2) {
-                Some(stored) => to_hash(&stored)?,
-                None if version > 0 => stream_link_at(&tx, &stream, version).await?,
-                None => chain::GENESIS,
-            };
-            heads.streams.insert(stream, link);
-            versions.insert(id, version);
-        }
+        let mut versions = stream_heads(&tx, batch, &mut heads).await?;
         let mut position = to_u64(last);
         first = position;
         let mut columns = Columns::default();
