@@ -81,7 +81,7 @@ fn bench(c: &mut Criterion) {
             .map(|i| {
                 let registry = registry.clone();
                 tokio::spawn(async move {
-                    let enroll = Command::new("enroll", CommandBody::Enroll { customer_ref: "crm".into() });
+                    let enroll = Command::new("enroll", CommandBody::enroll("crm"));
                     registry.execute(&key(i), enroll, CommandMeta::default()).await.unwrap();
                 })
             })
@@ -135,7 +135,7 @@ fn bench(c: &mut Criterion) {
                 let registry = registry.clone();
                 tokio::spawn(async move {
                     let k = WalletKey::new(TenantId::parse("history").unwrap(), WalletId::parse(&format!("h-{w}")).unwrap());
-                    let enroll = Command::new("enroll", CommandBody::Enroll { customer_ref: "crm".into() });
+                    let enroll = Command::new("enroll", CommandBody::enroll("crm"));
                     registry.execute(&k, enroll, CommandMeta::default()).await.unwrap();
                     for n in 0..999 {
                         registry.execute(&k, earn(format!("o-{n}")), CommandMeta::default()).await.unwrap();

@@ -39,7 +39,7 @@ fn command(n: u64) -> Command {
 fn write_wallet(runtime: &tokio::runtime::Runtime, store: &EmbeddedStore, stream: &tally_engine::store::StreamId) -> i64 {
     let (tenant, wallet, program) = (TenantId::parse("acme").unwrap(), WalletId::parse("c-1").unwrap(), ProgramSettings::default());
     let (mut state, mut batch, mut now_ms, mut n) = (WalletState::default(), Vec::new(), START_MS, 0);
-    let mut next = Command::new("enroll", CommandBody::Enroll { customer_ref: "crm".into() });
+    let mut next = Command::new("enroll", CommandBody::enroll(""));
     let metadata = EventMetadata::default();
     while state.version < EVENTS {
         let ctx = Context { tenant: &tenant, wallet: &wallet, now_ms, program: &program };

@@ -14,7 +14,7 @@ fn enrolled(history: usize) -> WalletState {
     let program = ProgramSettings::default();
     let ctx = Context { tenant: &tenant, wallet: &wallet, now_ms: 1, program: &program };
     let mut state = WalletState::default();
-    let mut commands = vec![Command::new("enroll", CommandBody::Enroll { customer_ref: "crm".into() })];
+    let mut commands = vec![Command::new("enroll", CommandBody::enroll(""))];
     commands.extend((0..history).map(|i| earn(&format!("h-{i}"), 10)));
     for command in commands {
         let Ok(Decision::Append(events)) = decide(&state, &command, &ctx) else { panic!("setup refused") };

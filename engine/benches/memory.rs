@@ -74,7 +74,7 @@ fn main() {
         let store: Arc<dyn EventStore> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
         let writer = WalletRegistry::start(config, Arc::clone(&store), programs, Arc::new(SystemClock)).await.unwrap();
         let started = Instant::now();
-        drive(&writer, |_| Some(Command::new("enroll", CommandBody::Enroll { customer_ref: "crm".into() }))).await;
+        drive(&writer, |_| Some(Command::new("enroll", CommandBody::enroll("crm")))).await;
         drive(&writer, |i| {
             let k = format!("order-{i}");
             Some(Command::new(k.clone(), CommandBody::Earn { points: 100, reason: "order".into(), source_ref: k, order_amount: None }))

@@ -1,7 +1,8 @@
 //! Between the domain and the store: wallet stream names, and domain events to and from the persisted
 //! envelope (`tally.v1` protobuf payloads).
 
-use tally_proto::v1::OrderClaimed;
+use tally_proto::v1::wallet_enrolled_v2::Customer;
+use tally_proto::v1::{OrderClaimed, PersonalData, WalletEnrolled, WalletEnrolledV2};
 
 use crate::domain::access::{KEYS_STREAM, KeyChange};
 use crate::domain::program::{ProgramChange, ProgramEvent};
@@ -218,13 +219,41 @@ fn fingerprint(data: &EventData) -> CommandFingerprint {
     data.command_digest.map_or(CommandFingerprint::Fnv64(data.command_fingerprint), CommandFingerprint::Blake3)
 }
 
+/// The persisted name of version 1 of `WalletEnrolled` (the customer's reference in clear).
+pub const ENROLLED_V1: &str = "tally.v1.WalletEnrolled";
+
+/// The upcaster of `WalletEnrolled` (version 1) to `WalletEnrolledV2`: the reference the old event holds
+/// in clear becomes the new one's `clear` customer data, so the domain knows one enrolment. Nothing
+/// writes version 1 any more; its events stay in the log as written.
+fn upcast_enrolled_v1(position: u64, data: &EventData) -> Result<Change, CodecError> {
+    let v1 = <WalletEnrolled as prost::Message>::decode(data.payload.as_slice()).map_err(|e| CodecError::Undecodable {
+        position,
+        event_type: data.event_type.clone(),
+        reason: e.to_string(),
+    })?;
+    let customer = (!v1.customer_ref.is_empty()).then_some(Customer::Clear(PersonalData { customer_ref: v1.customer_ref }));
+    Ok(Change::Enrolled(WalletEnrolledV2 { tenant_id: v1.tenant_id, wallet_id: v1.wallet_id, customer }))
+}
+
 /// Decodes a stored wallet event, taking it apart without copying its strings.
 pub fn decode(recorded: RecordedEvent) -> Result<Event, CodecError> {
     let RecordedEvent { global_position: position, data, .. } = recorded;
     if data.schema_version != WALLET_SCHEMA_VERSION {
         return Err(CodecError::UnsupportedSchemaVersion { position, event_type: data.event_type, schema_version: data.schema_version });
     }
-    let change = payload(position, &data, Change::decode_payload)?;
+    let change = match data.event_type.as_str() {
+        ENROLLED_V1 => upcast_enrolled_v1(position, &data)?,
+        _ => payload(position, &data, Change::decode_payload)?,
+    };
+    if let Change::Enrolled(WalletEnrolledV2 { customer: Some(Customer::Clear(_)), .. }) = &change
+        && data.event_type != ENROLLED_V1
+    {
+        return Err(CodecError::Undecodable {
+            position,
+            event_type: data.event_type,
+            reason: "customer data in clear, which only the upcaster of a version 1 enrolment makes".into(),
+        });
+    }
     Ok(Event {
         command_fingerprint: fingerprint(&data),
         idempotency_key: data.idempotency_key,

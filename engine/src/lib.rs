@@ -10,6 +10,7 @@ pub mod clock;
 pub mod codec;
 pub mod domain;
 pub mod limits;
+pub mod personal;
 pub mod store;
 pub mod traces;
 

@@ -46,10 +46,7 @@ async fn a_wallet_as_of_any_instant_or_position_is_the_fold_of_what_was_recorded
     let key = WalletKey::new(TenantId::parse("acme").unwrap(), WalletId::parse("c-1").unwrap());
     let other = WalletKey::new(TenantId::parse("acme").unwrap(), WalletId::parse("c-2").unwrap());
     for wallet in [&key, &other] {
-        registry
-            .execute(wallet, Command::new("enroll", CommandBody::Enroll { customer_ref: "crm".into() }), CommandMeta::default())
-            .await
-            .unwrap();
+        registry.execute(wallet, Command::new("enroll", CommandBody::enroll("crm")), CommandMeta::default()).await.unwrap();
     }
     for n in 0..60 {
         clock.advance_ms(HOUR_MS * i64::from(1 + n % 3));

@@ -111,7 +111,7 @@ async fn a_wallet_with_more_due_than_one_append_holds_still_serves_its_callers()
     let registry = WalletRegistry::start(RegistryConfig::default(), store.clone(), programs, clock.clone()).await.unwrap();
     let key = WalletKey::new(TenantId::parse("acme").unwrap(), WalletId::parse("c-1").unwrap());
     let meta = CommandMeta::default;
-    registry.execute(&key, Command::new("e", CommandBody::Enroll { customer_ref: String::new() }), meta()).await.unwrap();
+    registry.execute(&key, Command::new("e", CommandBody::enroll(String::new())), meta()).await.unwrap();
     for (step, command) in commands() {
         clock.advance_ms(step);
         registry.execute(&key, command, meta()).await.unwrap();

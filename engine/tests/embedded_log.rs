@@ -209,3 +209,37 @@ async fn a_log_keeps_its_identity() {
     let another = EmbeddedStore::open(other.path()).unwrap();
     assert_ne!(tally_engine::store::log_identity(&another, 1_000).await.unwrap(), first, "each log its own");
 }
+
+/// Issue 19 item 4: the embedded log's personal data keys live in `keys/` beside `log/`, survive a
+/// reopen, and an erased one leaves no file behind, nor does a copy a crash left half-kept.
+#[tokio::test]
+async fn personal_data_keys_survive_a_reopen_and_an_erased_one_leaves_no_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (kept, erased) = (stream("t/wallet/kept"), stream("t/wallet/erased"));
+    let key = |byte| tally_engine::store::PersonalKey::from_bytes(&[byte; 32]).unwrap();
+    let files = |dir: &Path| -> Vec<PathBuf> {
+        let mut found = Vec::new();
+        for folder in fs::read_dir(dir.join("keys")).unwrap() {
+            for file in fs::read_dir(folder.unwrap().path()).unwrap() {
+                found.push(file.unwrap().path());
+            }
+        }
+        found
+    };
+    {
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        store.keep_personal_key(&kept, &key(1)).await.unwrap();
+        store.keep_personal_key(&erased, &key(2)).await.unwrap();
+        assert_eq!(files(dir.path()).len(), 2, "one file per key");
+        assert!(store.erase_personal_key(&erased).await.unwrap());
+        store.close().await;
+    }
+    let [only] = files(dir.path()).try_into().unwrap();
+    assert_eq!(fs::read(&only).unwrap(), [1; 32]);
+    // A crash between writing a key and linking it into place leaves a temporary copy: opening removes it.
+    let stray = only.with_extension("123.tmp");
+    fs::write(&stray, [2; 32]).unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    assert!(!stray.exists(), "a half-kept key is removed at open");
+    assert_eq!(store.personal_keys(&[kept, erased]).await.unwrap(), vec![Some(key(1)), None]);
+}

@@ -259,7 +259,7 @@ async fn the_timers_expire_a_lot_on_their_own_and_after_a_restart() {
     let registry = WalletRegistry::start(RegistryConfig::default(), store.clone(), programs.clone(), clock.clone()).await.unwrap();
     let key = WalletKey::new(TenantId::parse("acme").unwrap(), WalletId::parse("c-1").unwrap());
     let meta = CommandMeta::default;
-    registry.execute(&key, Command::new("e", CommandBody::Enroll { customer_ref: String::new() }), meta()).await.unwrap();
+    registry.execute(&key, Command::new("e", CommandBody::enroll(String::new())), meta()).await.unwrap();
     registry.execute(&key, earn("o-1", 100), meta()).await.unwrap();
     registry.execute(&key, redeem("r-1", 30), meta()).await.unwrap();
     clock.advance_ms(DAY);

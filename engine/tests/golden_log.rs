@@ -147,7 +147,7 @@ enum Step {
 /// Each wallet's script: between them every kind of wallet event.
 fn wallet_scripts() -> Vec<(&'static str, Vec<Step>)> {
     use Step::{Do, Publish, Wait};
-    let enroll = |customer: &str| Command::new("enroll", CommandBody::Enroll { customer_ref: customer.into() });
+    let enroll = |customer: &str| Command::new("enroll", CommandBody::enroll(customer));
     vec![
         (
             "alice",

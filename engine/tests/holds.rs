@@ -160,7 +160,7 @@ async fn the_timers_expire_an_uncaptured_hold_on_their_own_and_after_a_restart()
     let registry = WalletRegistry::start(RegistryConfig::default(), store.clone(), programs.clone(), clock.clone()).await.unwrap();
     let key = WalletKey::new(TenantId::parse("acme").unwrap(), WalletId::parse("c-1").unwrap());
     let meta = CommandMeta::default;
-    registry.execute(&key, Command::new("e", CommandBody::Enroll { customer_ref: String::new() }), meta()).await.unwrap();
+    registry.execute(&key, Command::new("e", CommandBody::enroll(String::new())), meta()).await.unwrap();
     let earn = CommandBody::Earn { points: 100, reason: String::new(), source_ref: "o".into(), order_amount: None };
     registry.execute(&key, Command::new("o", earn), meta()).await.unwrap();
     registry.execute(&key, authorize("pos-1", 40), meta()).await.unwrap();

@@ -107,7 +107,7 @@ fn random_command(rng: &mut StdRng, life: &mut Life) -> Command {
     life.keys += 1;
     let key = format!("k{}", life.keys);
     if life.state.status == WalletStatus::NotEnrolled {
-        return Command::new(key, CommandBody::Enroll { customer_ref: "crm".into() });
+        return Command::new(key, CommandBody::enroll(""));
     }
     match rng.random_range(0..100) {
         0..=44 => {

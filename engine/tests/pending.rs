@@ -148,7 +148,7 @@ async fn the_timers_mature_pending_points_on_their_own() {
     let programs = Arc::new(StaticPrograms::open(program()));
     let registry = WalletRegistry::start(RegistryConfig::default(), store.clone(), programs.clone(), clock.clone()).await.unwrap();
     let key = WalletKey::new(TenantId::parse("acme").unwrap(), WalletId::parse("c-1").unwrap());
-    registry.execute(&key, Command::new("e", CommandBody::Enroll { customer_ref: String::new() }), CommandMeta::default()).await.unwrap();
+    registry.execute(&key, Command::new("e", CommandBody::enroll(String::new())), CommandMeta::default()).await.unwrap();
     registry.execute(&key, order("o-1", 40, "home", None), CommandMeta::default()).await.unwrap();
     let timers = WalletTimers::spawn(store.clone(), registry.clone(), clock.clone() as Arc<dyn Clock>);
     tokio::time::sleep(Duration::from_millis(200)).await;

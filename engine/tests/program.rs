@@ -226,7 +226,7 @@ async fn wallets_earn_by_the_rules_their_program_publishes() {
     let book = Arc::new(ProgramBook::new(store.clone(), clock.clone() as Arc<dyn Clock>, Duration::from_secs(3600)));
     let registry = WalletRegistry::start(RegistryConfig::default(), store.clone(), book.clone(), clock.clone()).await.unwrap();
     let key = WalletKey::new(TenantId::parse("acme").unwrap(), WalletId::parse("c-1").unwrap());
-    let enroll = Command::new("enroll", CommandBody::Enroll { customer_ref: String::new() });
+    let enroll = Command::new("enroll", CommandBody::enroll(String::new()));
     let tenant = key.tenant.clone();
     let meta = EventMetadata::default();
 
@@ -247,7 +247,7 @@ async fn wallets_earn_by_the_rules_their_program_publishes() {
     let other = Arc::new(ProgramBook::new(store.clone(), clock.clone() as Arc<dyn Clock>, Duration::from_millis(50)));
     let other_registry = WalletRegistry::start(RegistryConfig::default(), store.clone(), other.clone(), clock.clone()).await.unwrap();
     let key2 = WalletKey::new(tenant.clone(), WalletId::parse("c-2").unwrap());
-    let enroll2 = Command::new("enroll", CommandBody::Enroll { customer_ref: String::new() });
+    let enroll2 = Command::new("enroll", CommandBody::enroll(String::new()));
     other_registry.execute(&key2, enroll2, CommandMeta::default()).await.unwrap();
     other.execute(&tenant, &publish("v2", 5), &meta).await.unwrap();
     clock.advance_ms(60_000);
@@ -352,7 +352,7 @@ async fn nodes_sharing_a_log_open_no_more_wallets_than_the_bound() {
         .unwrap();
     let enroll = |registry: WalletRegistry, tenant: &TenantId, i: usize| {
         let key = WalletKey::new(tenant.clone(), WalletId::parse(&format!("c-{i}")).unwrap());
-        let command = Command::new(format!("enroll-{i}"), CommandBody::Enroll { customer_ref: String::new() });
+        let command = Command::new(format!("enroll-{i}"), CommandBody::enroll(String::new()));
         async move { registry.execute(&key, command, CommandMeta::default()).await }
     };
 
@@ -425,7 +425,7 @@ async fn a_burst_of_enrollments_is_counted_in_few_appends() {
     let registry = WalletRegistry::start(RegistryConfig::default(), store.clone(), book.clone(), clock.clone()).await.unwrap();
     let calls = (0..500).map(|i| {
         let key = WalletKey::new(acme.clone(), WalletId::parse(&format!("c-{i}")).unwrap());
-        let command = Command::new("enroll", CommandBody::Enroll { customer_ref: String::new() });
+        let command = Command::new("enroll", CommandBody::enroll(String::new()));
         let registry = registry.clone();
         async move { registry.execute(&key, command, CommandMeta::default()).await }
     });
@@ -476,11 +476,7 @@ async fn three_nodes_enrolling_one_tenants_wallets_at_once_all_get_counted() {
     let calls = (0..600).map(|i| {
         let key = WalletKey::new(acme.clone(), WalletId::parse(&format!("c-{i}")).unwrap());
         let registry = nodes[i % 3].clone();
-        async move {
-            registry
-                .execute(&key, Command::new("enroll", CommandBody::Enroll { customer_ref: String::new() }), CommandMeta::default())
-                .await
-        }
+        async move { registry.execute(&key, Command::new("enroll", CommandBody::enroll(String::new())), CommandMeta::default()).await }
     });
     for (i, result) in futures::future::join_all(calls).await.into_iter().enumerate() {
         result.unwrap_or_else(|e| panic!("c-{i}: {e}"));

@@ -39,7 +39,8 @@ use tally_engine::domain::{
     WalletState, WalletStatus, apply,
 };
 use tally_engine::limits::RECEIPT_RETENTION_MS;
-use tally_engine::store::{FaultPlan, InMemoryStore, StreamId};
+use tally_engine::personal;
+use tally_engine::store::{EventStore, FaultPlan, InMemoryStore, StreamId};
 use tally_proto::v1::expiry_policy::Rule;
 use tally_proto::v1::{ExpireAfter, ExpireAfterInactivity, ExpiryPolicy, HoldEnd, PointsEarned, TierDefinition, TierWindow};
 
@@ -273,7 +274,12 @@ impl Client {
                 } else {
                     self.late[rng.random_range(0..self.late.len())].clone()
                 };
-                (wallet, Command::new(key, CommandBody::Enroll { customer_ref: "crm".into() }))
+                // Now and then the customer asks to be forgotten instead (erasure meets everything else).
+                if rng.random_bool(0.2) {
+                    return (wallet, Command::new(key, CommandBody::EraseCustomer { reason: "art. 17".into() }));
+                }
+                let customer_ref = format!("crm-{}", wallet.wallet);
+                (wallet, Command::new(key, CommandBody::enroll(customer_ref)))
             }
             3..16 => {
                 self.sources.push((wallet.clone(), key.clone()));
@@ -418,12 +424,31 @@ impl Snapshots for SimSnapshots {
 }
 
 /// What the wallet's actor must answer, from the fold of its log, at `now_ms`: the actor's own summary
-/// of the folded state (the states are what is compared).
-fn expected_summary(state: &WalletState, now_ms: i64, program: &ProgramSettings) -> WalletSummary {
-    WalletSummary::of(state, now_ms, program)
+/// of the folded state (the states are what is compared), with the customer as the wallet's key shows
+/// it: its own reference while it has one, nothing once erased, and an erased wallet's key gone.
+async fn expected_summary(
+    store: &dyn EventStore,
+    stream: &StreamId,
+    state: &WalletState,
+    now_ms: i64,
+    program: &ProgramSettings,
+) -> WalletSummary {
+    let key = store.personal_keys(std::slice::from_ref(stream)).await.unwrap().pop().flatten();
+    assert!(!(state.customer_erased && key.is_some()), "{stream}: erased, and its key is still there");
+    let (customer_ref, customer_erased) = personal::shown_customer(state, stream.as_str(), key.as_ref()).unwrap();
+    if !customer_erased && !state.customer_sealed.is_empty() {
+        assert_eq!(customer_ref, format!("crm-{}", stream.as_str().rsplit('/').next().unwrap()), "{stream}: opens to its own");
+    }
+    WalletSummary { customer_ref, customer_erased, ..WalletSummary::of(state, now_ms, program) }
 }
 
-async fn check_views(seed: u64, registry: &WalletRegistry, wallets: &[WalletKey], folded: &HashMap<String, WalletState>, now_ms: i64) {
+async fn check_views(
+    seed: u64,
+    (store, registry): (&dyn EventStore, &WalletRegistry),
+    wallets: &[WalletKey],
+    folded: &HashMap<String, WalletState>,
+    now_ms: i64,
+) {
     let settings: HashMap<TenantId, ProgramSettings> = program_settings().into_iter().collect();
     for wallet in wallets {
         let stream = codec::wallet_stream(&wallet.tenant, &wallet.wallet);
@@ -431,7 +456,8 @@ async fn check_views(seed: u64, registry: &WalletRegistry, wallets: &[WalletKey]
         match registry.summary(wallet).await {
             Ok(summary) => {
                 let expected = expected.expect("a wallet with a summary has events");
-                assert_eq!(summary, expected_summary(expected, now_ms, &settings[&wallet.tenant]), "seed {seed}: {stream}");
+                let expected = expected_summary(store, &stream, expected, now_ms, &settings[&wallet.tenant]).await;
+                assert_eq!(summary, expected, "seed {seed}: {stream}");
             }
             Err(WalletError::Rejected(_)) => {
                 assert!(expected.is_none_or(|s| s.status == WalletStatus::NotEnrolled), "seed {seed}: {stream}")
@@ -506,7 +532,7 @@ async fn run(seed: u64) -> Stats {
 
     let (early, late): (Vec<WalletKey>, Vec<WalletKey>) = wallets.iter().cloned().partition(|_| rng.random_bool(0.85));
     for wallet in &early {
-        let enroll = Command::new("enroll", CommandBody::Enroll { customer_ref: "crm".into() });
+        let enroll = Command::new("enroll", CommandBody::enroll(format!("crm-{}", wallet.wallet)));
         while let Err(WalletError::Store(_)) = registry.execute(wallet, enroll.clone(), CommandMeta::default()).await {}
     }
     let mut clients: Vec<Client> = (0..CLIENTS)
@@ -645,6 +671,9 @@ async fn run(seed: u64) -> Stats {
         let last = events[stream].last().unwrap().recorded_at_ms;
         assert!(state.next_due_ms().is_none_or(|due| due > last), "seed {seed}: {stream} left something due");
     }
+    // Erasures met everything else: some customers were forgotten, others kept their sealed reference.
+    assert!(folded.values().any(|s| s.customer_erased), "seed {seed}: no customer was erased");
+    assert!(folded.values().any(|s| !s.customer_erased && !s.customer_sealed.is_empty()), "seed {seed}: none kept their data");
     // Snapshot + tail == full replay, at random points of every wallet's log.
     for (stream, stream_events) in &events {
         for _ in 0..SNAPSHOT_CUTS {
@@ -662,21 +691,21 @@ async fn run(seed: u64) -> Stats {
     // The actors' view equals the fold of the log, live and after restarts: from the snapshots taken
     // during the run (snapshot + tail), then from scratch.
     let now_ms = clock.now_ms();
-    check_views(seed, &registry, &wallets, &folded, now_ms).await;
+    check_views(seed, (store.as_ref(), &registry), &wallets, &folded, now_ms).await;
     registry.shutdown().await;
     let loaded_live = snapshots.loaded.load(Ordering::Relaxed);
     let restarted =
         WalletRegistry::start_with_snapshots(RegistryConfig::default(), store.clone(), programs(), clock.clone(), snapshots.clone())
             .await
             .unwrap();
-    check_views(seed, &restarted, &wallets, &folded, now_ms).await;
+    check_views(seed, (store.as_ref(), &restarted), &wallets, &folded, now_ms).await;
     restarted.shutdown().await;
     stats.snapshot_loads = snapshots.loaded.load(Ordering::Relaxed);
     assert!(loaded_live > 0 && stats.snapshot_loads > loaded_live, "seed {seed}: wallets recovered from snapshots");
     let replayed = WalletRegistry::start_with_snapshots(RegistryConfig::default(), store.clone(), programs(), clock, Arc::new(NoSnapshots))
         .await
         .unwrap();
-    check_views(seed, &replayed, &wallets, &folded, now_ms).await;
+    check_views(seed, (store.as_ref(), &replayed), &wallets, &folded, now_ms).await;
     replayed.shutdown().await;
     let days = (now_ms - START_MS) / DAY;
     eprintln!("seed {seed}: {days} days in {rounds} rounds, simulated in {:.1?}, {registry_stats:?}, {stats:?}", started.elapsed());

@@ -13,7 +13,7 @@ fn key(tenant: &str, wallet: &str) -> WalletKey {
     WalletKey::new(TenantId::parse(tenant).unwrap(), WalletId::parse(wallet).unwrap())
 }
 fn enroll() -> Command {
-    Command::new("enroll", CommandBody::Enroll { customer_ref: "crm".into() })
+    Command::new("enroll", CommandBody::enroll("crm"))
 }
 fn earn(k: &str, points: i64) -> Command {
     Command::new(k, CommandBody::Earn { points, reason: "order".into(), source_ref: k.into(), order_amount: None })

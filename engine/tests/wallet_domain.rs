@@ -6,8 +6,14 @@ use tally_engine::domain::{
     Change, Command, CommandBody, CommandFingerprint, Context, Decision, Event, FieldError, Money, ProgramSettings, Rejection,
     ReturnPolicy, TenantId, WalletId, WalletState, WalletStatus, apply, decide,
 };
+use tally_engine::personal;
+use tally_engine::store::PersonalKey;
 use tally_engine::store::{EventMetadata, RecordedEvent};
-use tally_proto::v1::{EarnReversed, LotOpened, LotPoints, PointsAdjusted, PointsEarned, PointsRedeemed, WalletClosed, WalletEnrolled};
+use tally_proto::v1::wallet_enrolled_v2::Customer;
+use tally_proto::v1::{
+    CustomerErased, EarnReversed, LotOpened, LotPoints, PersonalData, PointsAdjusted, PointsEarned, PointsRedeemed, SealedPersonalData,
+    WalletClosed, WalletEnrolledV2,
+};
 
 const NOW: i64 = 1_767_225_600_000;
 
@@ -69,8 +75,13 @@ impl Scenario {
 fn cmd(key: &str, body: CommandBody) -> Command {
     Command::new(key, body)
 }
+/// The customer's reference as the wallet's actor seals it before `decide` (under a test key).
+fn sealed(customer_ref: &str) -> SealedPersonalData {
+    let key = PersonalKey::from_bytes(&[9; 32]).unwrap();
+    personal::seal(&key, "acme/wallet/c-1", &PersonalData { customer_ref: customer_ref.into() })
+}
 fn enroll() -> Command {
-    cmd("enroll-1", CommandBody::Enroll { customer_ref: "crm-77".into() })
+    cmd("enroll-1", CommandBody::Enroll { customer_ref: "crm-77".into(), sealed: Some(sealed("crm-77")) })
 }
 fn earn(key: &str, points: i64, source: &str) -> Command {
     cmd(key, CommandBody::Earn { points, reason: "order".into(), source_ref: source.into(), order_amount: None })
@@ -99,14 +110,47 @@ fn field(field: &'static str, reason: &str) -> Rejection {
 fn enroll_opens_the_wallet() {
     let state = given(&[]).then_changes(
         enroll(),
-        &[Change::Enrolled(WalletEnrolled { tenant_id: "acme".into(), wallet_id: "c-1".into(), customer_ref: "crm-77".into() })],
+        &[Change::Enrolled(WalletEnrolledV2 {
+            tenant_id: "acme".into(),
+            wallet_id: "c-1".into(),
+            customer: Some(Customer::Sealed(sealed("crm-77"))),
+        })],
     );
     assert_eq!((state.status, state.version, state.enrolled_at_ms), (WalletStatus::Active, 1, NOW));
+    assert_eq!((state.customer_ref.as_str(), state.customer_sealed.is_empty()), ("", false), "only sealed");
+}
+
+#[test]
+fn a_customer_reference_left_unsealed_is_refused_never_recorded() {
+    given(&[]).then_rejects(
+        cmd("enroll-1", CommandBody::enroll("crm-77")),
+        field("customer_ref", "is personal data and was not sealed under the wallet's key"),
+    );
+    // Nothing to seal: nothing personal is recorded.
+    let state = given(&[cmd("enroll-1", CommandBody::enroll(""))]).state;
+    assert!(state.customer_sealed.is_empty() && state.customer_ref.is_empty());
+}
+
+#[test]
+fn an_erasure_is_recorded_once_for_an_enrolled_wallet_open_or_closed() {
+    let erase = |key: &str| cmd(key, CommandBody::EraseCustomer { reason: "ticket 7".into() });
+    given(&[]).then_rejects(erase("x-1"), Rejection::WalletNotFound);
+    given(&[enroll()]).then_rejects(
+        cmd("x-1", CommandBody::EraseCustomer { reason: String::new() }),
+        field("reason", "must not be empty: say why (a ticket, the request)"),
+    );
+    let state = given(&[enroll()])
+        .then_changes(erase("x-1"), &[Change::CustomerErased(CustomerErased { reason: "ticket 7".into(), log_holds_clear_data: false })]);
+    assert!(state.customer_erased && state.customer_sealed.is_empty());
+    given(&[enroll(), erase("x-1")]).then_rejects(erase("x-2"), Rejection::CustomerAlreadyErased);
+    let closed = given(&[enroll(), cmd("close", CommandBody::Close { reason: "moved".into() })])
+        .then_changes(erase("x-1"), &[Change::CustomerErased(CustomerErased { reason: "ticket 7".into(), log_holds_clear_data: false })]);
+    assert_eq!((closed.status, closed.customer_erased), (WalletStatus::Closed, true));
 }
 
 #[test]
 fn enroll_twice_with_another_key_is_already_enrolled() {
-    given(&[enroll()]).then_rejects(cmd("enroll-2", CommandBody::Enroll { customer_ref: "crm-77".into() }), Rejection::AlreadyEnrolled);
+    given(&[enroll()]).then_rejects(cmd("enroll-2", CommandBody::enroll("crm-77")), Rejection::AlreadyEnrolled);
 }
 
 #[test]
@@ -158,10 +202,7 @@ fn fields_are_validated_by_name() {
     given(&[enroll()]).then_rejects(earn("", 10, "order-1"), field("idempotency_key", "must not be empty"));
     given(&[enroll()]).then_rejects(earn("o-1", 10, ""), field("source_ref", "must not be empty"));
     given(&[enroll()]).then_rejects(earn(&"k".repeat(129), 10, "o"), field("idempotency_key", "must be at most 128 bytes"));
-    given(&[]).then_rejects(
-        cmd("e", CommandBody::Enroll { customer_ref: "a\nb".into() }),
-        field("customer_ref", "must not contain control characters"),
-    );
+    given(&[]).then_rejects(cmd("e", CommandBody::enroll("a\nb")), field("customer_ref", "must not contain control characters"));
     let bad_currency = CommandBody::Earn {
         points: 1,
         reason: String::new(),
@@ -304,7 +345,7 @@ fn close_forfeits_the_balance_and_refuses_everything_after() {
     assert_eq!((state.status, state.balance), (WalletStatus::Closed, 0));
     let closed = || given(&[enroll(), earn("o-1", 40, "order-1"), cmd("close-1", CommandBody::Close { reason: "gdpr".into() })]);
     closed().then_rejects(earn("o-2", 1, "order-2"), Rejection::WalletClosed);
-    closed().then_rejects(cmd("enroll-9", CommandBody::Enroll { customer_ref: "x".into() }), Rejection::WalletClosed);
+    closed().then_rejects(cmd("enroll-9", CommandBody::enroll("x")), Rejection::WalletClosed);
 }
 
 #[test]

@@ -104,7 +104,7 @@ use tally_proto::v1::{StampCardCompleted, StampCardDefined, TierDefinition, Tier
 fn body() -> impl Strategy<Value = CommandBody> {
     let source = (0..4u8).prop_map(|s| format!("order-{s}"));
     prop_oneof![
-        1 => Just(CommandBody::Enroll { customer_ref: "crm-1".into() }),
+        1 => Just(CommandBody::enroll("")),
         6 => (1..500i64, source.clone()).prop_map(|(points, source_ref)| CommandBody::Earn {
             points,
             reason: "order".into(),
@@ -231,7 +231,7 @@ proptest! {
         let mut due_view: Option<DueView> = None;
         let mut log: Vec<Event> = Vec::new();
         let mut accepted: Vec<(Command, WalletState, i64)> = Vec::new();
-        let enrolled_first = Command::new("enroll", CommandBody::Enroll { customer_ref: "crm-1".into() });
+        let enrolled_first = Command::new("enroll", CommandBody::enroll(""));
         let mut sent = vec![enrolled_first];
         for (resend, key, body) in steps {
             let command = match resend {

@@ -106,6 +106,10 @@ fn from_audit_error(error: &AuditError) -> Status {
             tracing::error!(error = %codec, "stored event cannot be decoded");
             Status::data_loss(format!("the log cannot be replayed: {codec}"))
         }
+        AuditError::PersonalData(_) => {
+            tracing::error!(%error, "sealed personal data does not open");
+            Status::data_loss(error.to_string())
+        }
     }
 }
 
@@ -119,9 +123,16 @@ fn stopped_at(s: &StoppedAt) -> pb::StoppedAt {
 }
 
 /// What `WalletAsOf` answers: the summary as `GetWallet` builds it, then where the points sit.
-fn wallet_as_of(key: &WalletKey, replay: &WalletAsOf, program: &ProgramAsOf, at_ms: i64) -> pb::WalletAsOfResponse {
+/// The customer as `audit::customer_now` shows it: erased now, erased in every answer.
+fn wallet_as_of(
+    key: &WalletKey,
+    replay: &WalletAsOf,
+    program: &ProgramAsOf,
+    at_ms: i64,
+    (customer_ref, customer_erased): (String, bool),
+) -> pb::WalletAsOfResponse {
     let state: &WalletState = &replay.state;
-    let summary = WalletSummary::of(state, at_ms, &program.state.settings());
+    let summary = WalletSummary { customer_ref, customer_erased, ..WalletSummary::of(state, at_ms, &program.state.settings()) };
     pb::WalletAsOfResponse {
         wallet: Some(wallet(key, &summary)),
         stopped_at: replay.stopped_at.as_ref().map(stopped_at),
@@ -290,7 +301,8 @@ impl AuditService for AuditApi {
             AsOf::Position(_) => AsOf::Position(replay.stopped_at.as_ref().map_or(0, |s| s.global_position)),
         };
         let program = audit::program_as_of(self.store.as_ref(), &tenant, program_as_of).await.map_err(|e| from_audit_error(&e))?;
-        Ok(Response::new(wallet_as_of(&key, &replay, &program, at_ms)))
+        let customer = audit::customer_now(self.store.as_ref(), &stream, &replay).await.map_err(|e| from_audit_error(&e))?;
+        Ok(Response::new(wallet_as_of(&key, &replay, &program, at_ms, customer)))
     }
 
     async fn program_as_of(&self, request: Request<pb::ProgramAsOfRequest>) -> Result<Response<pb::ProgramAsOfResponse>, Status> {

@@ -6,13 +6,17 @@
 //! commits many appends per fsync or transaction), and each outcome must land at the source's positions —
 //! anything else stops the copy with the position named. Nothing else may write to the destination
 //! meanwhile. At the end both logs are read in full and their event counts and CRC-32C checksums compared.
+//!
+//! The keys that seal customers' personal data live beside the log, not in it: each enrolment's key is
+//! kept in the destination before the enrolment is appended there (a wallet whose key the source erased
+//! has none to copy), so a copied log opens every customer the source could.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use tally_engine::limits::{APPEND_BYTES_MAX, APPEND_EVENTS_MAX};
-use tally_engine::store::{Append, EventStore, ExpectedVersion, RecordedEvent, StoreError, append_bytes};
+use tally_engine::store::{Append, EventStore, ExpectedVersion, RecordedEvent, StoreError, StreamId, append_bytes};
 
 /// Events read from the source per round.
 const COPY_READ_BATCH_EVENTS: usize = 4096;
@@ -35,6 +39,8 @@ pub struct CopyReport {
     /// Events already in the destination when the copy started (a resumed copy).
     pub resumed_after: u64,
     pub copied: u64,
+    /// Personal data keys kept in the destination (its enrolments' in this run).
+    pub keys: u64,
     pub total: u64,
     pub checksum: u32,
     pub seconds: f64,
@@ -147,12 +153,13 @@ pub async fn copy(source: Arc<dyn EventStore>, destination: Arc<dyn EventStore>,
     );
     bar.set_position(resumed_after);
     let mut next = resumed_after + 1;
-    let mut copied = 0u64;
+    let (mut copied, mut keys) = (0u64, 0u64);
     loop {
         let events = source.read_all(next, COPY_READ_BATCH_EVENTS).await?;
         if events.is_empty() {
             break;
         }
+        keys += copy_keys(source.as_ref(), destination.as_ref(), &events).await?;
         let runs = runs(&events);
         let appends = runs
             .iter()
@@ -184,8 +191,30 @@ pub async fn copy(source: Arc<dyn EventStore>, destination: Arc<dyn EventStore>,
         return Err(CopyError::Verification { source_events, source_crc, destination_events, destination_crc });
     }
     links_agree(source.as_ref(), destination.as_ref()).await?;
-    Ok(CopyReport { resumed_after, copied, total: source_events, checksum: source_crc, seconds: started.elapsed().as_secs_f64() })
+    Ok(CopyReport { resumed_after, copied, keys, total: source_events, checksum: source_crc, seconds: started.elapsed().as_secs_f64() })
 }
+
+/// Keeps in `destination` the personal data keys `source` holds for the enrolments among `events`; a
+/// destination holding another key for one of those wallets stops the copy.
+async fn copy_keys(source: &dyn EventStore, destination: &dyn EventStore, events: &[RecordedEvent]) -> Result<u64, CopyError> {
+    let streams: Vec<StreamId> = events.iter().filter(|e| e.data.event_type == ENROLLED_V2).map(|e| e.stream_id.clone()).collect();
+    if streams.is_empty() {
+        return Ok(0);
+    }
+    let mut kept = 0;
+    for (stream, key) in streams.iter().zip(source.personal_keys(&streams).await?) {
+        let Some(key) = key else { continue };
+        if destination.keep_personal_key(stream, &key).await? != key {
+            let position = events.iter().find(|e| e.stream_id == *stream).map_or(0, |e| e.global_position);
+            return Err(CopyError::Diverged { position, reason: format!("the destination holds another personal data key for {stream}") });
+        }
+        kept += 1;
+    }
+    Ok(kept)
+}
+
+/// The persisted name of the enrolment whose customer data is sealed under a key.
+const ENROLLED_V2: &str = "tally.v1.WalletEnrolledV2";
 
 #[cfg(test)]
 mod tests {

@@ -687,9 +687,10 @@ async fn store_copy(from: &str, to: &str) -> Result<(), Box<dyn std::error::Erro
     let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let report = tally_gateway::copy::copy(source, destination, progress).await?;
     println!(
-        "copied {} events ({} were already there) in {:.1} s ({:.0} events/s); verified {} events on both sides, checksum {:08x}",
+        "copied {} events ({} were already there) and {} personal data keys in {:.1} s ({:.0} events/s); verified {} events on both sides, checksum {:08x}",
         report.copied,
         report.resumed_after,
+        report.keys,
         report.seconds,
         report.copied as f64 / report.seconds.max(1e-9),
         report.total,

@@ -153,6 +153,7 @@ impl ReportingService for ReportingApi {
                     pb::WalletSummary {
                         wallet_id: row.wallet_id,
                         customer_ref: s.customer_ref,
+                        customer_erased: s.customer_erased,
                         closed: s.closed,
                         balance: s.balance,
                         lifetime_earned: s.lifetime_earned,

@@ -14,8 +14,8 @@ use tally_engine::store::EventStore;
 use tally_proto::v1::wallet_service_server::WalletService;
 use tally_proto::v1::{
     AdjustRequest, AuthorizeRedemptionRequest, CaptureRedemptionRequest, CloseRequest, EarnForOrderRequest, EarnRequest, EnrollRequest,
-    GetWalletRequest, ListTransactionsRequest, ListTransactionsResponse, PurchaseCreditsRequest, RedeemRequest, RefundOrderRequest,
-    ReverseRequest, VoidRedemptionRequest, Wallet, WalletMutation,
+    EraseCustomerRequest, GetWalletRequest, ListTransactionsRequest, ListTransactionsResponse, PurchaseCreditsRequest, RedeemRequest,
+    RefundOrderRequest, ReverseRequest, VoidRedemptionRequest, Wallet, WalletMutation,
 };
 
 use tokio::sync::{Semaphore, SemaphorePermit};
@@ -195,6 +195,7 @@ pub(crate) fn wallet(key: &WalletKey, summary: &WalletSummary) -> Wallet {
         wallet_id: key.wallet.to_string(),
         status: status as i32,
         customer_ref: summary.customer_ref.clone(),
+        customer_erased: summary.customer_erased,
         balance: summary.balance,
         lifetime_earned: summary.lifetime_earned,
         lifetime_redeemed: summary.lifetime_redeemed,
@@ -267,12 +268,7 @@ impl WalletService for WalletApi {
         let deadline = deadline(&request);
         let (metadata, extensions, r) = request.into_parts();
         let key = self.wallet_key(&extensions, &r.tenant_id, &r.wallet_id).await?;
-        self.mutate(
-            (&metadata, &extensions, deadline),
-            key,
-            Command::new(r.idempotency_key, CommandBody::Enroll { customer_ref: r.customer_ref }),
-        )
-        .await
+        self.mutate((&metadata, &extensions, deadline), key, Command::new(r.idempotency_key, CommandBody::enroll(r.customer_ref))).await
     }
 
     async fn earn(&self, request: Request<EarnRequest>) -> Result<Response<WalletMutation>, Status> {
@@ -374,6 +370,14 @@ impl WalletService for WalletApi {
         let (metadata, extensions, r) = request.into_parts();
         let key = self.wallet_key(&extensions, &r.tenant_id, &r.wallet_id).await?;
         self.mutate((&metadata, &extensions, deadline), key, Command::new(r.idempotency_key, CommandBody::Close { reason: r.reason })).await
+    }
+
+    async fn erase_customer(&self, request: Request<EraseCustomerRequest>) -> Result<Response<WalletMutation>, Status> {
+        let deadline = deadline(&request);
+        let (metadata, extensions, r) = request.into_parts();
+        let key = self.wallet_key(&extensions, &r.tenant_id, &r.wallet_id).await?;
+        let body = CommandBody::EraseCustomer { reason: r.reason };
+        self.mutate((&metadata, &extensions, deadline), key, Command::new(r.idempotency_key, body)).await
     }
 
     async fn get_wallet(&self, request: Request<GetWalletRequest>) -> Result<Response<Wallet>, Status> {

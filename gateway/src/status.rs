@@ -55,6 +55,7 @@ pub fn from_rejection(rejection: &Rejection) -> Status {
         }
         Rejection::WalletClosed => precondition("WALLET_CLOSED", "wallet", message),
         Rejection::AlreadyEnrolled => Status::already_exists(message),
+        Rejection::CustomerAlreadyErased => precondition("CUSTOMER_ALREADY_ERASED", "wallet_id", message),
         Rejection::InsufficientPoints { .. } => precondition("INSUFFICIENT_POINTS", "balance", message),
         Rejection::ReversalExceedsEarned { .. } => precondition("REVERSAL_EXCEEDS_EARNED", "source_ref", message),
         Rejection::IdempotencyKeyReused { .. } => Status::already_exists(message),
@@ -93,6 +94,10 @@ pub fn from_wallet_error(error: &WalletError) -> Status {
             tracing::error!(error = %codec, "stored event cannot be decoded");
             Status::data_loss(format!("wallet history cannot be read: {codec}"))
         }
+        WalletError::PersonalData(_) => {
+            tracing::error!(%error, "sealed personal data does not open");
+            Status::data_loss(error.to_string())
+        }
         // The actor died with the command queued or in hand: it may have been decided before, so the
         // same key answers a retry with the first outcome.
         WalletError::Crashed { .. } => {
@@ -127,6 +132,7 @@ pub fn from_store_error(error: &StoreError) -> Status {
             Status::invalid_argument(error.to_string())
         }
         StoreError::InvalidStreamId { .. } | StoreError::EmptyAppend => Status::internal(error.to_string()),
+        StoreError::Unsupported { .. } => Status::failed_precondition(error.to_string()),
     }
 }
 

@@ -20,7 +20,9 @@ pub(crate) fn transaction(stored: &StoredWalletEvent) -> Transaction {
     let kind = |kind: TransactionKind| kind as i32;
     let expires = |lot: Option<&LotOpened>| lot.and_then(|lot| timestamp(lot.expires_at_ms));
     match change {
-        Change::Enrolled(e) => Transaction { kind: kind(TransactionKind::Enrolled), reference: e.customer_ref.clone(), ..base },
+        // The customer's reference is personal data: on the Wallet (while not erased), never in a history.
+        Change::Enrolled(_) => Transaction { kind: kind(TransactionKind::Enrolled), ..base },
+        Change::CustomerErased(e) => Transaction { kind: kind(TransactionKind::CustomerErased), reason: e.reason.clone(), ..base },
         Change::Earned(e) => {
             let pending = e.pending.as_ref();
             let order = e.order.as_ref();

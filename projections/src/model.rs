@@ -17,6 +17,7 @@ pub fn day_of(ms: i64) -> i64 {
 /// One wallet's figures. Applied to `Default`, the same type is the delta a batch adds to a stored row.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WalletSummary {
+    /// The customer's reference (opened from its sealed form); empty if none was given or it was erased.
     pub customer_ref: String,
     pub closed: bool,
     pub balance: i64,
@@ -34,6 +35,9 @@ pub struct WalletSummary {
     /// Time of the wallet's latest event.
     pub last_activity_ms: i64,
     pub last_position: u64,
+    /// The customer's personal data was erased (`CustomerErased`); `customer_ref` is empty for good.
+    /// Last, so a row stored before it decodes with `false` appended (see `sled_model::decode_summary`).
+    pub customer_erased: bool,
 }
 
 impl WalletSummary {
@@ -41,8 +45,12 @@ impl WalletSummary {
         let points = movement.points;
         match movement.kind {
             MovementKind::Enroll => {
-                self.customer_ref.clone_from(&movement.reference);
+                self.customer_ref.clone_from(&movement.customer_ref);
                 self.enrolled_at_ms = Some(movement.recorded_at_ms);
+            }
+            MovementKind::Erase => {
+                self.customer_ref = String::new();
+                self.customer_erased = true;
             }
             MovementKind::Earn => self.lifetime_earned += points,
             MovementKind::Redeem => self.lifetime_redeemed -= points,
@@ -74,6 +82,10 @@ impl WalletSummary {
         if delta.enrolled_at_ms.is_some() {
             self.customer_ref.clone_from(&delta.customer_ref);
             self.enrolled_at_ms = delta.enrolled_at_ms;
+        }
+        if delta.customer_erased {
+            self.customer_ref = String::new();
+            self.customer_erased = true;
         }
         self.closed |= delta.closed;
         self.balance += delta.balance;
@@ -126,7 +138,8 @@ impl DayStats {
             | MovementKind::Mature
             | MovementKind::Tier
             | MovementKind::Stamp
-            | MovementKind::Notice => {}
+            | MovementKind::Notice
+            | MovementKind::Erase => {}
         }
     }
 
@@ -235,6 +248,8 @@ mod tests {
             principal: String::new(),
             lots: Vec::new(),
             expires_at_ms: None,
+            customer_ref: String::new(),
+            sealed_customer: Vec::new(),
         }
     }
 

@@ -15,7 +15,9 @@ use serde::{Deserialize, Serialize};
 use tally_engine::codec;
 use tally_engine::domain::Change;
 use tally_engine::limits::BALANCE_ABS_MAX;
-use tally_engine::store::RecordedEvent;
+use tally_engine::personal;
+use tally_engine::store::{EventStore, RecordedEvent, StreamId};
+use tally_proto::v1::wallet_enrolled_v2::Customer;
 
 use crate::ProjectionError;
 use crate::quarantine::QuarantinedEvent;
@@ -49,6 +51,9 @@ pub enum MovementKind {
     Stamp,
     /// A lot's points expire soon (the reference is the lot); no points move.
     Notice,
+    /// The customer's personal data was erased (the reason is the operator's); no points move. Read
+    /// models drop the customer's reference when they apply it.
+    Erase,
 }
 
 impl MovementKind {
@@ -69,6 +74,7 @@ impl MovementKind {
             Self::Tier => "tier",
             Self::Stamp => "stamp",
             Self::Notice => "notice",
+            Self::Erase => "erase",
         }
     }
 }
@@ -88,8 +94,14 @@ pub struct Movement {
     pub points: i64,
     pub reason: String,
     /// What the movement refers to: the order (earn, reverse), the reward (redeem), the staff member
-    /// (adjust) or the shop's customer reference (enroll).
+    /// (adjust); empty for an enrolment (the customer's reference is personal data: see `customer_ref`).
     pub reference: String,
+    /// An enrolment's customer reference: as a version 1 event recorded it in clear, or opened from its
+    /// sealed form with the wallet's key by [`open_customers`] (empty until then, and for good once the
+    /// key is erased). Only wallet rows keep it, never a history row or an export.
+    pub customer_ref: String,
+    /// An enrolment's sealed customer data (`SealedPersonalData`, encoded), for [`open_customers`].
+    pub sealed_customer: Vec<u8>,
     pub idempotency_key: String,
     /// The API key that made it (`EventMetadata::principal`); empty for what the engine did itself.
     pub principal: String,
@@ -146,7 +158,7 @@ pub fn decode_batch(events: Vec<RecordedEvent>) -> Result<Vec<Movement>, Project
 /// and type.
 pub fn decode_events(events: Vec<RecordedEvent>) -> Decoded {
     let mut decoded = Decoded { movements: Vec::with_capacity(events.len()), poisoned: Vec::new() };
-    let mut names: Option<(Arc<str>, Arc<str>, tally_engine::store::StreamId)> = None;
+    let mut names: Option<(Arc<str>, Arc<str>, StreamId)> = None;
     for recorded in events {
         let Some((tenant, wallet)) = parse_wallet_stream(recorded.stream_id.as_str()) else { continue };
         // Consecutive events of one stream (one append) share their name strings.
@@ -194,8 +206,17 @@ fn decode_one(mut recorded: RecordedEvent, tenant: Arc<str>, wallet: Arc<str>) -
     }
     let event_type = event.change.event_type();
     let (lots, expires_at_ms) = event.change.lots();
+    let (mut customer_ref, mut sealed_customer) = (String::new(), Vec::new());
     let (kind, reason, reference) = match event.change {
-        Change::Enrolled(e) => (MovementKind::Enroll, String::new(), e.customer_ref),
+        Change::Enrolled(e) => {
+            match e.customer {
+                Some(Customer::Clear(clear)) => customer_ref = into_storable(clear.customer_ref),
+                Some(Customer::Sealed(sealed)) => sealed_customer = prost::Message::encode_to_vec(&sealed),
+                None => {}
+            }
+            (MovementKind::Enroll, String::new(), String::new())
+        }
+        Change::CustomerErased(e) => (MovementKind::Erase, e.reason, String::new()),
         Change::Earned(e) => (MovementKind::Earn, e.reason, e.source_ref),
         Change::Redeemed(e) => (MovementKind::Redeem, String::new(), e.reward_ref),
         Change::Adjusted(e) => (MovementKind::Adjust, e.reason, e.staff_ref),
@@ -233,7 +254,47 @@ fn decode_one(mut recorded: RecordedEvent, tenant: Arc<str>, wallet: Arc<str>) -
         principal: into_storable(principal),
         lots,
         expires_at_ms,
+        customer_ref,
+        sealed_customer,
     })
+}
+
+/// Opens the sealed customer data of the enrolments among `movements` with their wallets' keys (one
+/// read of the store's keys for the lot): a wallet whose key is gone gets no reference. Data that does
+/// not open under its wallet's key is poison: its movement is taken out and returned, to be
+/// quarantined like any event that cannot be read.
+pub async fn open_customers(store: &dyn EventStore, movements: &mut Vec<Movement>) -> Result<Vec<QuarantinedEvent>, ProjectionError> {
+    let sealed: Vec<usize> = (0..movements.len()).filter(|&i| !movements[i].sealed_customer.is_empty()).collect();
+    if sealed.is_empty() {
+        return Ok(Vec::new());
+    }
+    let streams: Vec<StreamId> = sealed.iter().map(|&i| codec_stream(&movements[i])).collect::<Result<_, _>>()?;
+    let keys = store.personal_keys(&streams).await?;
+    let mut poisoned = Vec::new();
+    for ((&i, stream), key) in sealed.iter().zip(&streams).zip(keys) {
+        let movement = &mut movements[i];
+        let Some(key) = key else { continue };
+        let opened = prost::Message::decode(movement.sealed_customer.as_slice())
+            .map_err(|e| e.to_string())
+            .and_then(|sealed| personal::open(&key, stream.as_str(), &sealed).map_err(|e| e.to_string()));
+        match opened {
+            Ok(data) => movement.customer_ref = into_storable(data.customer_ref),
+            Err(reason) => poisoned.push(QuarantinedEvent {
+                position: movement.position,
+                stream: stream.to_string(),
+                event_type: movement.event_type.to_owned(),
+                reason: format!("the customer's personal data cannot be read: {reason}"),
+            }),
+        }
+    }
+    if !poisoned.is_empty() {
+        movements.retain(|m| !poisoned.iter().any(|p| p.position == m.position));
+    }
+    Ok(poisoned)
+}
+
+fn codec_stream(movement: &Movement) -> Result<StreamId, ProjectionError> {
+    Ok(StreamId::new(&format!("{}/wallet/{}", movement.tenant, movement.wallet))?)
 }
 
 #[cfg(test)]

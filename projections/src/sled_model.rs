@@ -86,6 +86,43 @@ fn history_prefix(tenant: &str, wallet: &str) -> Vec<u8> {
     format!("m/{tenant}/{wallet}/").into_bytes()
 }
 
+/// Wallet summaries are stored as version 2 since they keep `customer_erased` (their last field); a
+/// version 1 row, written before, is the same encoding without it, read as not erased.
+const SUMMARY_FORMAT_VERSION: u8 = 2;
+
+fn encode_summary(summary: &WalletSummary) -> Vec<u8> {
+    postcard::to_extend(summary, vec![SUMMARY_FORMAT_VERSION]).expect("serializing to a Vec cannot fail")
+}
+
+fn decode_summary(key: &[u8], bytes: &[u8]) -> Result<WalletSummary, ProjectionError> {
+    match bytes.split_first() {
+        Some((&SUMMARY_FORMAT_VERSION, rest)) => postcard::from_bytes(rest)
+            .map_err(|e| ProjectionError::Corrupt { key: String::from_utf8_lossy(key).into_owned(), reason: e.to_string() }),
+        // postcard writes `false` as one zero byte, appended where version 1 ended.
+        Some((&FORMAT_VERSION, rest)) => decode(key, &[&[FORMAT_VERSION], rest, &[0]].concat()),
+        _ => decode(key, bytes),
+    }
+}
+
+/// Rewrites the stored history of a wallet whose customer was erased without the customer reference
+/// that enrolment entries written before sealing held (new ones hold none): the read model keeps no
+/// copy of erased personal data.
+fn scrub_history(tree: &sled::Tree, prefix: &[u8], batch: &mut sled::Batch) -> Result<(), ProjectionError> {
+    for item in tree.scan_prefix(prefix) {
+        let (key, value) = item?;
+        let mut chunk: Vec<HistoryEntry> = decode(&key, &value)?;
+        let mut scrubbed = false;
+        for entry in chunk.iter_mut().filter(|e| e.kind == MovementKind::Enroll && !e.reference.is_empty()) {
+            entry.reference = String::new();
+            scrubbed = true;
+        }
+        if scrubbed {
+            batch.insert(key, encode(&chunk));
+        }
+    }
+    Ok(())
+}
+
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     let bytes = vec![FORMAT_VERSION];
     postcard::to_extend(value, bytes).expect("serializing to a Vec cannot fail")
@@ -158,7 +195,7 @@ impl SledReadModel {
         let tree = self.live_tree();
         let as_of = read_u64(&tree, CHECKPOINT_KEY)?.unwrap_or(0);
         let key = wallet_key(tenant, wallet);
-        let summary = tree.get(&key)?.map(|value| decode(&key, &value)).transpose()?;
+        let summary = tree.get(&key)?.map(|value| decode_summary(&key, &value)).transpose()?;
         Ok((summary, as_of))
     }
 
@@ -245,7 +282,7 @@ fn apply_batch(
         let (summary, _, history) = match wallets.get_mut(&key) {
             Some(wallet) => wallet,
             None => {
-                let stored = tree.get(&key)?.map(|value| decode(&key, &value)).transpose()?.unwrap_or_default();
+                let stored = tree.get(&key)?.map(|value| decode_summary(&key, &value)).transpose()?.unwrap_or_default();
                 wallets.entry(key).or_insert((stored, history_prefix(&movement.tenant, &movement.wallet), Vec::new()))
             }
         };
@@ -263,13 +300,16 @@ fn apply_batch(
         });
     }
     let mut batch = sled::Batch::default();
+    for movement in movements.iter().filter(|m| m.kind == MovementKind::Erase) {
+        scrub_history(tree, &history_prefix(&movement.tenant, &movement.wallet), &mut batch)?;
+    }
     for (key, (summary, prefix, history)) in wallets {
         for chunk in history.chunks(CHUNK_ENTRIES_MAX) {
             let mut chunk_key = prefix.clone();
             chunk_key.extend_from_slice(&chunk[chunk.len() - 1].position.to_be_bytes());
             batch.insert(chunk_key, encode(&chunk));
         }
-        batch.insert(key, encode(&summary));
+        batch.insert(key, encode_summary(&summary));
     }
     for event in poisoned {
         batch.insert(quarantine_key(event.position), encode(event));
@@ -384,5 +424,46 @@ impl ReadModel for SledReadModel {
             self.db.drop_tree(tree_name(generation).as_bytes())?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A summary stored before `customer_erased` (format 1) reads as not erased; an erasure scrubs the
+    /// customer reference that enrolment entries written before sealing held.
+    #[test]
+    fn summaries_from_before_erasure_read_and_erasure_scrubs_old_enrolment_entries() {
+        let summary = WalletSummary { customer_ref: "cust-1".into(), balance: 42, events: 3, ..WalletSummary::default() };
+        let current = encode_summary(&summary);
+        assert_eq!((current[0], current.last()), (SUMMARY_FORMAT_VERSION, Some(&0)));
+        let before = [&[FORMAT_VERSION], &current[1..current.len() - 1]].concat();
+        assert_eq!(decode_summary(b"w/t/w", &before).unwrap(), summary);
+        assert_eq!(decode_summary(b"w/t/w", &current).unwrap(), summary);
+        assert!(decode_summary(b"w/t/w", &[9, 0]).is_err(), "an unknown version is reported");
+
+        let dir = tempfile::tempdir().unwrap();
+        let tree = sled::open(dir.path()).unwrap().open_tree("t").unwrap();
+        let entry = |position, kind, reference: &str| HistoryEntry {
+            position,
+            stream_version: position,
+            kind,
+            points: 0,
+            balance_after: 0,
+            reason: String::new(),
+            reference: reference.to_owned(),
+            idempotency_key: "k".to_owned(),
+            recorded_at_ms: 0,
+        };
+        let prefix = history_prefix("t", "w");
+        let chunk = vec![entry(1, MovementKind::Enroll, "cust-1"), entry(2, MovementKind::Earn, "order-1")];
+        tree.insert([prefix.as_slice(), &2u64.to_be_bytes()].concat(), encode(&chunk)).unwrap();
+        let mut batch = sled::Batch::default();
+        scrub_history(&tree, &prefix, &mut batch).unwrap();
+        tree.apply_batch(batch).unwrap();
+        let (key, value) = tree.scan_prefix(&prefix).next().unwrap().unwrap();
+        let scrubbed: Vec<HistoryEntry> = decode(&key, &value).unwrap();
+        assert_eq!(scrubbed, vec![entry(1, MovementKind::Enroll, ""), entry(2, MovementKind::Earn, "order-1")]);
     }
 }

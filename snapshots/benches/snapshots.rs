@@ -41,7 +41,7 @@ fn history(events: usize, lifetime_ms: i64, program: &ProgramSettings) -> (Vec<E
     let mut n = 0;
     while log.len() < events {
         let body = match n {
-            0 => CommandBody::Enroll { customer_ref: "crm".into() },
+            0 => CommandBody::enroll(""),
             n if n % 4 == 3 => CommandBody::Redeem { points: 5, reward_ref: "coffee".into() },
             n => CommandBody::Earn { points: 10, reason: "order".into(), source_ref: format!("order-{n}"), order_amount: None },
         };

@@ -16,7 +16,7 @@ fn history(bodies: &[CommandBody]) -> Vec<Event> {
     let program = program();
     let mut state = WalletState::default();
     let mut events = Vec::new();
-    let enroll = CommandBody::Enroll { customer_ref: "crm-1".into() };
+    let enroll = CommandBody::enroll("");
     for (i, body) in std::iter::once(&enroll).chain(bodies).enumerate() {
         let ctx = Context { tenant: &tenant, wallet: &wallet, now_ms: 1_767_225_600_000 + i as i64, program: &program };
         let key = match body {

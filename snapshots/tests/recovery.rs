@@ -59,10 +59,7 @@ impl World {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wallet_recovers_from_its_snapshot_and_the_tail() {
     let w = world().await;
-    w.registry
-        .execute(&w.key, Command::new("enroll", CommandBody::Enroll { customer_ref: "crm".into() }), CommandMeta::default())
-        .await
-        .unwrap();
+    w.registry.execute(&w.key, Command::new("enroll", CommandBody::enroll("crm")), CommandMeta::default()).await.unwrap();
     let before = w.earn_many(0, 24).await; // versions 2..=25: snapshots at 10 and 20, then 25 on passivation
     w.passivate(3).await;
     assert_eq!(w.snapshotter.counters().saved.load(Ordering::Relaxed), 3);
@@ -80,10 +77,7 @@ async fn a_wallet_recovers_from_its_snapshot_and_the_tail() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_ahead_of_the_log_is_not_trusted() {
     let w = world().await;
-    w.registry
-        .execute(&w.key, Command::new("enroll", CommandBody::Enroll { customer_ref: "crm".into() }), CommandMeta::default())
-        .await
-        .unwrap();
+    w.registry.execute(&w.key, Command::new("enroll", CommandBody::enroll("crm")), CommandMeta::default()).await.unwrap();
     let before = w.earn_many(0, 2).await;
     w.passivate(1).await;
     // A snapshot claiming 1,000 events, e.g. left over from a log that was since replaced.
@@ -96,10 +90,7 @@ async fn a_snapshot_ahead_of_the_log_is_not_trusted() {
 
 async fn damaged(change: impl FnOnce(&mut Vec<u8>)) {
     let w = world().await;
-    w.registry
-        .execute(&w.key, Command::new("enroll", CommandBody::Enroll { customer_ref: "crm".into() }), CommandMeta::default())
-        .await
-        .unwrap();
+    w.registry.execute(&w.key, Command::new("enroll", CommandBody::enroll("crm")), CommandMeta::default()).await.unwrap();
     let before = w.earn_many(0, 4).await;
     w.passivate(1).await;
     w.snapshots.tamper(&wallet_stream(&w.key.tenant, &w.key.wallet), change);

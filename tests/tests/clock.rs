@@ -8,7 +8,7 @@ use std::process::Command;
 use tally_engine::codec;
 use tally_engine::domain::{Change, CommandFingerprint, Event, TenantId, WalletId};
 use tally_engine::store::{EmbeddedStore, EventMetadata, EventStore, ExpectedVersion};
-use tally_proto::v1::{GetWalletRequest, WalletEnrolled};
+use tally_proto::v1::{GetWalletRequest, WalletEnrolledV2};
 use tally_tests::{TallyServer, tally_binary};
 
 const DAY_MS: i64 = 86_400_000;
@@ -19,7 +19,7 @@ async fn log_recorded_at(offset_ms: i64) -> tempfile::TempDir {
     let now = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
     let store = EmbeddedStore::open(dir.path()).unwrap();
     let (tenant, wallet) = (TenantId::parse("demo").unwrap(), WalletId::parse("c-1").unwrap());
-    let enrolled = WalletEnrolled { tenant_id: "demo".into(), wallet_id: "c-1".into(), customer_ref: String::new() };
+    let enrolled = WalletEnrolledV2 { tenant_id: "demo".into(), wallet_id: "c-1".into(), customer: None };
     let event = Event {
         idempotency_key: "e".into(),
         command_fingerprint: CommandFingerprint::Fnv64(1),

@@ -430,6 +430,7 @@ async fn random_requests_to_every_rpc_get_an_actionable_status() {
         "tally.v1.WalletService/PurchaseCredits",
         "tally.v1.WalletService/AddStamps",
         "tally.v1.WalletService/Close",
+        "tally.v1.WalletService/EraseCustomer",
         "tally.v1.WalletService/GetWallet",
         "tally.v1.WalletService/ListTransactions",
         "tally.v1.AdminService/CreateProgram",

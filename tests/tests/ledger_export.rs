@@ -110,10 +110,7 @@ async fn the_ledger_export_balances_and_agrees_with_the_wallets_and_the_read_mod
     program(&book, &tenant).await;
     let keys: Vec<WalletKey> = (0..WALLETS).map(|w| WalletKey::new(tenant.clone(), WalletId::parse(&format!("w-{w}")).unwrap())).collect();
     for key in &keys {
-        registry
-            .execute(key, Command::new("enroll", CommandBody::Enroll { customer_ref: String::new() }), CommandMeta::default())
-            .await
-            .unwrap();
+        registry.execute(key, Command::new("enroll", CommandBody::enroll(String::new())), CommandMeta::default()).await.unwrap();
     }
     let mut rng = StdRng::seed_from_u64(20_261_201);
     let mut holds = Vec::new();

@@ -299,6 +299,22 @@ mod tests {
         fn head(&self) -> tokio::sync::watch::Receiver<u64> {
             self.log.head()
         }
+
+        async fn personal_keys(&self, subjects: &[StreamId]) -> Result<Vec<Option<crate::store::PersonalKey>>, StoreError> {
+            self.log.personal_keys(subjects).await
+        }
+
+        async fn keep_personal_key(
+            &self,
+            subject: &StreamId,
+            key: &crate::store::PersonalKey,
+        ) -> Result<crate::store::PersonalKey, StoreError> {
+            self.log.keep_personal_key(subject, key).await
+        }
+
+        async fn erase_personal_key(&self, subject: &StreamId) -> Result<bool, StoreError> {
+            self.log.erase_personal_key(subject).await
+        }
     }
 
     const SECRET: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";

@@ -146,7 +146,10 @@ pub struct CommandOutcome {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WalletSummary {
     pub status: WalletStatus,
+    /// The customer's reference (opened from its sealed form by the wallet's actor); empty once erased.
     pub customer_ref: String,
+    /// The customer's personal data was erased.
+    pub customer_erased: bool,
     pub balance: i64,
     pub lifetime_earned: i64,
     pub lifetime_redeemed: i64,
@@ -184,6 +187,10 @@ pub enum WalletError {
     /// A stored event could not be decoded: the wallet cannot be recovered until this is fixed.
     #[error("wallet history cannot be read: {0}")]
     Codec(#[from] CodecError),
+    /// The customer's sealed personal data does not open under the wallet's key (altered, or a key that
+    /// is not this wallet's): reported, never shown as empty.
+    #[error("the customer's personal data cannot be read: {0}")]
+    PersonalData(String),
     /// The wallet's actor stopped or crashed before answering, `attempts` times in a row.
     #[error("wallet actor failed {attempts} times while handling this command")]
     Crashed { attempts: u32 },

@@ -13,11 +13,14 @@ use super::{CommandMeta, CommandOutcome, Programs, Snapshots, StoredWalletEvent,
 use crate::clock::Clock;
 use crate::codec;
 use crate::domain::{
-    Command, CommandBody, Context, Decision, Event, ProgramSettings, Receipt, Rejection, WalletState, WalletStatus, apply, decide, tiers,
+    Change, Command, CommandBody, Context, Decision, Event, ProgramSettings, Receipt, Rejection, WalletState, WalletStatus, apply, decide,
+    tiers,
 };
 use crate::limits::{CONFLICT_RETRIES_MAX, RECOVERY_READ_BATCH_EVENTS};
-use crate::store::{AppendOutcome, EventStore, ExpectedVersion, StoreError, StreamId};
+use crate::personal;
+use crate::store::{AppendOutcome, EventStore, ExpectedVersion, PersonalKey, StoreError, StreamId};
 use crate::traces::{call_span, child_of};
+use tally_proto::v1::PersonalData;
 
 /// What every wallet actor of a registry shares.
 #[derive(Debug)]
@@ -182,6 +185,8 @@ pub(super) struct Wallet {
     mailbox: Arc<Mailbox>,
     /// Unlisted by the supervisor: stop as soon as no caller holds a ticket.
     passivating: bool,
+    /// The key of the customer's personal data, once read (or made); dropped when it is erased.
+    personal_key: Option<PersonalKey>,
 }
 
 impl Actor for WalletActor {
@@ -201,6 +206,7 @@ impl Actor for WalletActor {
             snapshot_version: 0,
             mailbox: args.mailbox,
             passivating: false,
+            personal_key: None,
         })
     }
 
@@ -329,6 +335,8 @@ impl Wallet {
     ) -> Result<CommandOutcome, WalletError> {
         let program =
             self.deps.programs.settings(&self.key.tenant).await?.ok_or_else(|| WalletError::UnknownTenant(self.key.tenant.clone()))?;
+        let sealed = self.sealed(command).await?;
+        let command = sealed.as_ref().unwrap_or(command);
         let mut attempt = 0;
         loop {
             self.current().await?;
@@ -342,7 +350,14 @@ impl Wallet {
             let ctx = Context { tenant: &self.key.tenant, wallet: &self.key.wallet, now_ms, program: &program };
             let events = match decide(state, command, &ctx)? {
                 Decision::Append(events) => events,
-                Decision::AlreadyApplied(receipt) => return self.replay(receipt, &program).await,
+                Decision::AlreadyApplied(receipt) => {
+                    // A retried erasure finishes what the first may not have (its key is erased first).
+                    if matches!(command.body, CommandBody::EraseCustomer { .. }) {
+                        self.erase_key().await?;
+                    }
+                    let outcome = self.replay(receipt, &program).await?;
+                    return self.with_customer(outcome).await;
+                }
                 Decision::CatchUp(events) => {
                     // Each chunk records at least one transition, so this ends; then the command.
                     match self.record_catch_up(events, meta).await {
@@ -366,6 +381,11 @@ impl Wallet {
             if state.version == 0 && matches!(command.body, CommandBody::Enroll { .. }) {
                 self.deps.programs.admit_wallet(&self.key.tenant, &self.key.wallet, meta).await?;
             }
+            // The key goes before the event is recorded: a crash between the two leaves the data unreadable
+            // and the erasure to be recorded by a retry, never an erasure on record with its key alive.
+            if events.iter().any(|e| matches!(e.change, Change::CustomerErased(_))) {
+                self.erase_key().await?;
+            }
             let state = self.state.as_ref().expect("current() recovered it");
             let expected = ExpectedVersion::Exact(state.version);
             let data = events.iter().map(|event| codec::encode(event, recorded_meta(event, meta).as_ref())).collect();
@@ -373,7 +393,10 @@ impl Wallet {
             // how the append went, one span per commit rather than one more per command.
             let appended = self.deps.store.append(&self.stream, expected, data).await;
             match appended {
-                Ok(outcome) => return Ok(self.applied(events, outcome, now_ms, &program)),
+                Ok(outcome) => {
+                    let outcome = self.applied(events, outcome, now_ms, &program);
+                    return self.with_customer(outcome).await;
+                }
                 Err(StoreError::VersionConflict { .. }) if attempt < CONFLICT_RETRIES_MAX => {
                     // Another writer got there first (a second node, or a stale actor): catch up, decide again.
                     attempt += 1;
@@ -476,7 +499,60 @@ impl Wallet {
         if state.status == WalletStatus::NotEnrolled {
             return Err(Rejection::WalletNotFound.into());
         }
-        Ok(WalletSummary::of(state, now_ms, &program))
+        let mut summary = WalletSummary::of(state, now_ms, &program);
+        (summary.customer_ref, summary.customer_erased) = self.customer().await?;
+        Ok(summary)
+    }
+
+    /// Seals an enrolment's customer reference under the wallet's key before it is decided: a key made
+    /// (durably) here for a wallet not enrolled yet; the wallet's own for one enrolled already, so a
+    /// retry's sealed bytes equal the recorded ones. With no key left (erased, or a wallet enrolled
+    /// before sealing) it stays unsealed, and decides to the receipt or the refusal that wallet gets.
+    async fn sealed(&mut self, command: &Command) -> Result<Option<Command>, WalletError> {
+        let CommandBody::Enroll { customer_ref, sealed: None } = &command.body else { return Ok(None) };
+        if customer_ref.is_empty() {
+            return Ok(None);
+        }
+        let key = if self.current().await?.status == WalletStatus::NotEnrolled {
+            Some(self.deps.store.keep_personal_key(&self.stream, &PersonalKey::generate()?).await?)
+        } else {
+            self.key().await?
+        };
+        let Some(key) = key else { return Ok(None) };
+        let sealed = personal::seal(&key, self.stream.as_str(), &PersonalData { customer_ref: customer_ref.clone() });
+        self.personal_key = Some(key);
+        let body = CommandBody::Enroll { customer_ref: customer_ref.clone(), sealed: Some(sealed) };
+        Ok(Some(Command { idempotency_key: command.idempotency_key.clone(), body }))
+    }
+
+    /// The wallet's personal data key, read once; `None` if it has none.
+    async fn key(&mut self) -> Result<Option<PersonalKey>, WalletError> {
+        if self.personal_key.is_none() {
+            self.personal_key = self.deps.store.personal_keys(std::slice::from_ref(&self.stream)).await?.pop().flatten();
+        }
+        Ok(self.personal_key.clone())
+    }
+
+    /// Destroys the wallet's personal data key, durably.
+    async fn erase_key(&mut self) -> Result<(), WalletError> {
+        self.personal_key = None;
+        let erased = self.deps.store.erase_personal_key(&self.stream).await?;
+        tracing::info!(stream = %self.stream, had_key = erased, "customer's personal data key erased");
+        Ok(())
+    }
+
+    /// `outcome` with the customer as the wallet may show it now.
+    async fn with_customer(&mut self, mut outcome: CommandOutcome) -> Result<CommandOutcome, WalletError> {
+        (outcome.wallet.customer_ref, outcome.wallet.customer_erased) = self.customer().await?;
+        Ok(outcome)
+    }
+
+    /// The customer's reference as it may be shown now, and whether it was erased
+    /// (`personal::shown_customer`).
+    async fn customer(&mut self) -> Result<(String, bool), WalletError> {
+        let key = if personal::needs_key(self.state.as_ref().expect("a recovered state")) { self.key().await? } else { None };
+        let state = self.state.as_ref().expect("a recovered state");
+        personal::shown_customer(state, self.stream.as_str(), key.as_ref()).map_err(|e| WalletError::PersonalData(e.to_string()))
     }
 }
 
@@ -506,6 +582,7 @@ impl WalletSummary {
         Self {
             status: state.status,
             customer_ref: state.customer_ref.clone(),
+            customer_erased: state.customer_erased,
             balance: state.balance,
             lifetime_earned: state.lifetime_earned,
             lifetime_redeemed: state.lifetime_redeemed,

@@ -12,6 +12,7 @@ use crate::codec::{self, CodecError};
 use crate::domain::program::{ProgramState, apply_program};
 use crate::domain::{TenantId, WalletState, apply};
 use crate::limits::RECOVERY_READ_BATCH_EVENTS;
+use crate::personal;
 use crate::store::{EventStore, RecordedEvent, StoreError, StreamId};
 
 /// Where a replay stops.
@@ -59,6 +60,9 @@ pub enum AuditError {
     /// An event of the stream cannot be read: the replay stops and says which, never skips it.
     #[error(transparent)]
     Codec(#[from] CodecError),
+    /// The customer's sealed personal data does not open under the wallet's key.
+    #[error("the customer's personal data cannot be read: {0}")]
+    PersonalData(String),
 }
 
 /// A program as of an instant or position: its settings then, and the event it stopped at (`None`: not
@@ -79,6 +83,34 @@ pub async fn wallet_as_of(store: &dyn EventStore, stream: &StreamId, as_of: AsOf
     .await?;
     Ok(WalletAsOf { state, stopped_at })
 }
+
+/// The customer's reference an audit may show of a wallet replayed to `replay`, and whether it was
+/// erased: what is erased now reads as erased in every past state too (an erasure destroys the key of
+/// sealed data; a version 1 enrolment's reference, which the log holds in clear, is hidden once any
+/// later event of the stream erased it). Sealed data that does not open under the wallet's key is an
+/// error.
+pub async fn customer_now(store: &dyn EventStore, stream: &StreamId, replay: &WalletAsOf) -> Result<(String, bool), AuditError> {
+    let state = &replay.state;
+    let key = if personal::needs_key(state) { store.personal_keys(std::slice::from_ref(stream)).await?.pop().flatten() } else { None };
+    let shown = personal::shown_customer(state, stream.as_str(), key.as_ref()).map_err(|e| AuditError::PersonalData(e.to_string()))?;
+    if shown.1 || state.customer_ref.is_empty() {
+        return Ok(shown);
+    }
+    let mut next = replay.stopped_at.as_ref().map_or(1, |s| s.stream_version + 1);
+    loop {
+        let events = store.read_stream(stream, next, RECOVERY_READ_BATCH_EVENTS).await?;
+        if events.iter().any(|e| e.data.event_type == ERASED) {
+            return Ok((String::new(), true));
+        }
+        match events.last() {
+            Some(last) if events.len() == RECOVERY_READ_BATCH_EVENTS => next = last.stream_version + 1,
+            _ => return Ok(shown),
+        }
+    }
+}
+
+/// The persisted name of `CustomerErased`.
+const ERASED: &str = "tally.v1.CustomerErased";
 
 /// Replays `tenant`'s program up to `as_of`.
 pub async fn program_as_of(store: &dyn EventStore, tenant: &TenantId, as_of: AsOf) -> Result<ProgramAsOf, AuditError> {

@@ -3,6 +3,8 @@
 use super::fingerprint::{CommandFingerprint, Layout};
 use super::rules::Order;
 
+pub use tally_proto::v1::SealedPersonalData;
+
 pub use tally_proto::v1::Money;
 
 /// A command for one wallet, with the client's idempotency key (POS transaction id, order id, ...).
@@ -17,8 +19,13 @@ pub struct Command {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum CommandBody {
-    /// Open the wallet for a customer.
-    Enroll { customer_ref: String },
+    /// Open the wallet for a customer. `customer_ref` is personal data: the wallet's actor seals it under
+    /// the wallet's own key into `sealed` before the command is decided (`crate::personal`), and only
+    /// `sealed` is recorded and fingerprinted. A reference left unsealed is refused, never recorded.
+    Enroll { customer_ref: String, sealed: Option<SealedPersonalData> },
+    /// Erase the customer's personal data for good (the actor destroys the wallet's key once this is
+    /// decided, before its event is recorded). Points and history stay.
+    EraseCustomer { reason: String },
     /// Credit points, usually for an order (`source_ref` is the order id).
     Earn { points: i64, reason: String, source_ref: String, order_amount: Option<Money> },
     /// Spend points on a reward.
@@ -75,6 +82,13 @@ pub fn is_due_key(key: &str) -> bool {
     key.strip_prefix(ENGINE_KEY_PREFIX).is_some_and(|rest| rest.starts_with("due:"))
 }
 
+impl CommandBody {
+    /// Enrolment of a customer known as `customer_ref` (empty: none), to be sealed by the wallet's actor.
+    pub fn enroll(customer_ref: impl Into<String>) -> Self {
+        Self::Enroll { customer_ref: customer_ref.into(), sealed: None }
+    }
+}
+
 impl Command {
     pub fn new(idempotency_key: impl Into<String>, body: CommandBody) -> Self {
         Self { idempotency_key: idempotency_key.into(), body }
@@ -117,7 +131,12 @@ impl Command {
     /// The body's bytes as the fingerprints read them; a permanent format (see `fingerprint.rs`).
     fn layout(&self) -> Layout {
         match &self.body {
-            CommandBody::Enroll { customer_ref } => Layout::new(1).str(customer_ref),
+            // The sealed bytes, never the reference: the log keeps no digest of personal data that a
+            // guess could be checked against once the key is gone. Unsealed (nothing to seal, or a
+            // wallet enrolled before sealing, whose receipt was made so): the original layout.
+            CommandBody::Enroll { sealed: Some(sealed), .. } => Layout::new(16).u64(u64::from(sealed.algorithm)).bytes(&sealed.ciphertext),
+            CommandBody::Enroll { customer_ref, sealed: None } => Layout::new(1).str(customer_ref),
+            CommandBody::EraseCustomer { reason } => Layout::new(17).str(reason),
             CommandBody::Earn { points, reason, source_ref, order_amount } => {
                 let layout = Layout::new(2).i64(*points).str(reason).str(source_ref);
                 match order_amount {
@@ -180,6 +199,7 @@ impl Command {
     pub fn kind(&self) -> &'static str {
         match self.body {
             CommandBody::Enroll { .. } => "enroll",
+            CommandBody::EraseCustomer { .. } => "erase_customer",
             CommandBody::Earn { .. } => "earn",
             CommandBody::Redeem { .. } => "redeem",
             CommandBody::Adjust { .. } => "adjust",

@@ -3,8 +3,9 @@
 //! messages themselves, so the persisted schema and the domain cannot drift apart.
 
 use tally_proto::v1::{
-    EarnReversed, HoldCaptured, HoldReleased, PointsAdjusted, PointsEarned, PointsExpired, PointsExpiringSoon, PointsHeld, PointsMatured,
-    PointsPurchased, PointsRedeemed, StampCardCompleted, StampsAdded, TierChanged, TierReviewed, WalletClosed, WalletEnrolled,
+    CustomerErased, EarnReversed, HoldCaptured, HoldReleased, PointsAdjusted, PointsEarned, PointsExpired, PointsExpiringSoon, PointsHeld,
+    PointsMatured, PointsPurchased, PointsRedeemed, StampCardCompleted, StampsAdded, TierChanged, TierReviewed, WalletClosed,
+    WalletEnrolledV2,
 };
 
 #[derive(Debug, Clone, PartialEq)]
@@ -62,7 +63,9 @@ pub(crate) use event_table;
 event_table! {
     /// What happened to the wallet.
     Change {
-        Enrolled(WalletEnrolled),
+        /// Version 2 (the customer's data sealed); version 1's `WalletEnrolled` is read through
+        /// `codec::decode`'s upcaster into this.
+        Enrolled(WalletEnrolledV2),
         Earned(PointsEarned),
         Redeemed(PointsRedeemed),
         Adjusted(PointsAdjusted),
@@ -90,6 +93,8 @@ event_table! {
         Stamped(StampsAdded),
         /// A stamp card filled up; its reward points are credited.
         CardCompleted(StampCardCompleted),
+        /// The customer's personal data was erased: their key is gone.
+        CustomerErased(CustomerErased),
     }
 }
 
@@ -108,7 +113,12 @@ impl Change {
             Change::Captured(e) => e.points.saturating_neg(),
             Change::Purchased(e) => e.points,
             Change::Expired(e) => e.points.saturating_neg(),
-            Change::Matured(_) | Change::TierChanged(_) | Change::TierReviewed(_) | Change::Stamped(_) | Change::ExpiringSoon(_) => 0,
+            Change::Matured(_)
+            | Change::TierChanged(_)
+            | Change::TierReviewed(_)
+            | Change::Stamped(_)
+            | Change::ExpiringSoon(_)
+            | Change::CustomerErased(_) => 0,
             Change::CardCompleted(e) => e.reward_points,
         }
     }
@@ -142,7 +152,9 @@ impl Change {
             Change::Released(e) => (listed(&e.lots), None),
             Change::Expired(e) => (vec![(e.lot, e.points)], Some(e.expired_at_ms)),
             Change::ExpiringSoon(e) => (vec![(e.lot, e.points)], Some(e.expires_at_ms)),
-            Change::Enrolled(_) | Change::TierChanged(_) | Change::TierReviewed(_) | Change::Stamped(_) => (Vec::new(), None),
+            Change::Enrolled(_) | Change::TierChanged(_) | Change::TierReviewed(_) | Change::Stamped(_) | Change::CustomerErased(_) => {
+                (Vec::new(), None)
+            }
         }
     }
 
@@ -185,7 +197,7 @@ mod tests {
             let change = ProgramChange::decode_payload(event_type, &[]).expect("a listed name").expect("an empty payload decodes");
             assert_eq!(change.event_type(), *event_type);
         }
-        assert_eq!(Change::EVENT_TYPES.len(), 17);
+        assert_eq!(Change::EVENT_TYPES.len(), 18);
         assert!(Change::decode_payload("tally.v1.ProgramCreated", &[]).is_none(), "tables do not mix");
     }
 }

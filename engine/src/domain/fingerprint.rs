@@ -39,6 +39,12 @@ impl Layout {
         layout
     }
 
+    pub(crate) fn bytes(self, value: &[u8]) -> Self {
+        let mut layout = self.u64(value.len() as u64);
+        layout.0.extend_from_slice(value);
+        layout
+    }
+
     pub(crate) fn u64(mut self, value: u64) -> Self {
         self.0.extend_from_slice(&value.to_le_bytes());
         self

@@ -26,6 +26,10 @@ pub enum Rejection {
     /// Enroll on a wallet that already exists (with another idempotency key). Maps to ALREADY_EXISTS.
     #[error("wallet already enrolled")]
     AlreadyEnrolled,
+    /// EraseCustomer on a wallet whose customer was erased already (under another idempotency key).
+    /// Maps to FAILED_PRECONDITION.
+    #[error("the customer's personal data was erased already")]
+    CustomerAlreadyErased,
     /// Not enough available points. Maps to FAILED_PRECONDITION.
     #[error("insufficient points: {available} available, {requested} requested")]
     InsufficientPoints { available: i64, requested: i64 },

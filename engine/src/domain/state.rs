@@ -147,7 +147,14 @@ pub struct Receipt {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct WalletState {
     pub status: WalletStatus,
+    /// The customer's reference in clear: only from a version 1 enrolment (`WalletEnrolled`, written
+    /// before personal data was sealed); empty otherwise.
     pub customer_ref: String,
+    /// The customer's `SealedPersonalData` (encoded) from a version 2 enrolment; what it holds reads only
+    /// with the wallet's key (`crate::personal`). Empty if none.
+    pub customer_sealed: Vec<u8>,
+    /// The customer's personal data was erased (`CustomerErased`).
+    pub customer_erased: bool,
     /// Available points; may be negative under the ALLOW_NEGATIVE return policy.
     pub balance: i64,
     pub lifetime_earned: i64,

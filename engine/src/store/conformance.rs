@@ -41,7 +41,29 @@ where
     Fut: Future<Output = Arc<dyn EventStore>>,
 {
     chains_link_every_event(make().await).await;
+    personal_keys_are_kept_once_and_erased_for_good(make().await).await;
     run_without_chains(make).await;
+}
+
+/// A wallet's personal data key is kept once (a second keep answers the first key), read back in
+/// batches with `None` where there is none, and erased for good: a keep after the erasure makes a new
+/// key, never the old one.
+pub async fn personal_keys_are_kept_once_and_erased_for_good(store: Arc<dyn EventStore>) {
+    use super::PersonalKey;
+    let (a, b, none) = (stream("t/wallet/a"), stream("t/wallet/b"), stream("t/wallet/none"));
+    let first = PersonalKey::from_bytes(&[1; 32]).expect("32 bytes");
+    let second = PersonalKey::from_bytes(&[2; 32]).expect("32 bytes");
+    assert_eq!(store.keep_personal_key(&a, &first).await.expect("keep"), first);
+    assert_eq!(store.keep_personal_key(&a, &second).await.expect("keep again"), first, "the first key stays");
+    assert_eq!(store.keep_personal_key(&b, &second).await.expect("keep"), second);
+    let keys = store.personal_keys(&[b.clone(), none.clone(), a.clone()]).await.expect("read");
+    assert_eq!(keys, vec![Some(second.clone()), None, Some(first.clone())]);
+    assert!(store.erase_personal_key(&a).await.expect("erase"), "it had a key");
+    assert!(!store.erase_personal_key(&a).await.expect("erase again"), "it has none now");
+    assert!(!store.erase_personal_key(&none).await.expect("erase"), "never had one");
+    assert_eq!(store.personal_keys(&[a.clone(), b.clone()]).await.expect("read"), vec![None, Some(second.clone())]);
+    assert_eq!(store.keep_personal_key(&a, &second).await.expect("keep anew"), second, "a new key, not the erased one");
+    assert_eq!(store.personal_keys(&[]).await.expect("read nothing"), Vec::new());
 }
 
 /// Every case but the hash chains, for a backend that keeps none (KurrentDB).

@@ -33,7 +33,7 @@ use tally_proto::v1::EventEnvelope;
 use tokio::sync::watch;
 
 use super::embedded::record::{from_envelope, into_envelope};
-use super::{AppendOutcome, EventData, EventStore, ExpectedVersion, RecordedEvent, StoreError, StreamId, check_append};
+use super::{AppendOutcome, EventData, EventStore, ExpectedVersion, PersonalKey, RecordedEvent, StoreError, StreamId, check_append};
 
 /// What every tally stream's name starts with in KurrentDB, unless a deployment sets its own.
 pub const STREAM_PREFIX: &str = "tally-";
@@ -426,5 +426,22 @@ impl EventStore for KurrentStore {
 
     fn head(&self) -> watch::Receiver<u64> {
         self.head_rx.clone()
+    }
+
+    /// KurrentDB keeps no personal data keys (a key erased there would live on until a scavenge): none
+    /// is ever found, and none can be kept, so a customer reference cannot be enrolled on this backend.
+    async fn personal_keys(&self, subjects: &[StreamId]) -> Result<Vec<Option<PersonalKey>>, StoreError> {
+        Ok(vec![None; subjects.len()])
+    }
+
+    async fn keep_personal_key(&self, _subject: &StreamId, _key: &PersonalKey) -> Result<PersonalKey, StoreError> {
+        Err(StoreError::Unsupported {
+            what: "the KurrentDB log keeps no personal data keys: enroll without a customer_ref, or use the embedded or PostgreSQL log"
+                .into(),
+        })
+    }
+
+    async fn erase_personal_key(&self, _subject: &StreamId) -> Result<bool, StoreError> {
+        Ok(false)
     }
 }

@@ -9,7 +9,7 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 
 use super::embedded::record::into_envelope;
-use super::{AppendOutcome, EventData, EventStore, ExpectedVersion, RecordedEvent, StoreError, StreamId, chain, check_append};
+use super::{AppendOutcome, EventData, EventStore, ExpectedVersion, PersonalKey, RecordedEvent, StoreError, StreamId, chain, check_append};
 
 /// Seeded append faults. Per-mille rates; the same seed gives the same faults for the same sequence of
 /// appends.
@@ -29,6 +29,8 @@ struct Log {
     streams: HashMap<StreamId, Vec<u64>>,
     heads: chain::Heads,
     rng: u64,
+    /// Personal data keys by stream (`EventStore::personal_keys`).
+    keys: HashMap<StreamId, PersonalKey>,
 }
 
 #[derive(Debug)]
@@ -126,5 +128,18 @@ impl EventStore for InMemoryStore {
 
     fn head(&self) -> watch::Receiver<u64> {
         self.head_tx.subscribe()
+    }
+
+    async fn personal_keys(&self, subjects: &[StreamId]) -> Result<Vec<Option<PersonalKey>>, StoreError> {
+        let log = self.log.lock();
+        Ok(subjects.iter().map(|s| log.keys.get(s).cloned()).collect())
+    }
+
+    async fn keep_personal_key(&self, subject: &StreamId, key: &PersonalKey) -> Result<PersonalKey, StoreError> {
+        Ok(self.log.lock().keys.entry(subject.clone()).or_insert_with(|| key.clone()).clone())
+    }
+
+    async fn erase_personal_key(&self, subject: &StreamId) -> Result<bool, StoreError> {
+        Ok(self.log.lock().keys.remove(subject).is_some())
     }
 }

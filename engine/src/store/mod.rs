@@ -18,6 +18,7 @@ pub mod chain;
 #[cfg(any(test, feature = "testing"))]
 pub mod conformance;
 pub mod embedded;
+pub mod keys;
 #[cfg(feature = "kurrentdb")]
 pub mod kurrentdb;
 pub mod memory;
@@ -27,6 +28,7 @@ pub mod pg_tls;
 pub mod postgres;
 
 pub use embedded::{EmbeddedOptions, EmbeddedStore, OpenReport, TornTail};
+pub use keys::PersonalKey;
 #[cfg(feature = "kurrentdb")]
 pub use kurrentdb::KurrentStore;
 pub use memory::{FaultPlan, InMemoryStore};
@@ -164,6 +166,9 @@ pub enum StoreError {
     /// append that failed this way is unknown: it may or may not be in the log.
     #[error("store unavailable: {reason}")]
     Unavailable { reason: String },
+    /// The backend cannot do this at all (reopening will not help).
+    #[error("{what}")]
+    Unsupported { what: String },
 }
 
 impl StoreError {
@@ -221,6 +226,16 @@ pub trait EventStore: Send + Sync + fmt::Debug + 'static {
         }
         outcomes
     }
+
+    /// The keys that seal these streams' personal data (`crate::personal`), in order; `None` where a
+    /// stream has none (never made, or erased). Kept beside the log, never in it.
+    async fn personal_keys(&self, subjects: &[StreamId]) -> Result<Vec<Option<PersonalKey>>, StoreError>;
+
+    /// Keeps `key` as `subject`'s unless it has one already; resolves, once durable, to the key it has.
+    async fn keep_personal_key(&self, subject: &StreamId, key: &PersonalKey) -> Result<PersonalKey, StoreError>;
+
+    /// Destroys `subject`'s key for good; resolves once that is durable, true if it had one.
+    async fn erase_personal_key(&self, subject: &StreamId) -> Result<bool, StoreError>;
 }
 
 /// One append of a batch given to [`EventStore::append_in_order`].
@@ -431,5 +446,10 @@ impl Follower {
     /// The position the next batch starts at.
     pub fn next_position(&self) -> u64 {
         self.next_position
+    }
+
+    /// The log it follows.
+    pub fn store(&self) -> &Arc<dyn EventStore> {
+        &self.store
     }
 }

@@ -22,8 +22,8 @@ use tracing::Instrument;
 use super::chain::{self, Hash, Heads};
 use super::embedded::record::into_envelope;
 use super::{
-    Append, AppendOutcome, AppendRequest, EventData, EventMetadata, EventStore, ExpectedVersion, RecordedEvent, StoreError, StreamId,
-    WriterQueue, command_digest,
+    Append, AppendOutcome, AppendRequest, EventData, EventMetadata, EventStore, ExpectedVersion, PersonalKey, RecordedEvent, StoreError,
+    StreamId, WriterQueue, command_digest,
 };
 use crate::limits::{APPEND_QUEUE_DEPTH_MAX, GROUP_COMMIT_APPENDS_MAX};
 use tally_proto::v1::EventEnvelope;
@@ -539,5 +539,41 @@ impl EventStore for PostgresStore {
 
     fn head(&self) -> watch::Receiver<u64> {
         self.head_rx.clone()
+    }
+
+    async fn personal_keys(&self, subjects: &[StreamId]) -> Result<Vec<Option<PersonalKey>>, StoreError> {
+        let client = self.pool.get().await.map_err(pg)?;
+        let ids: Vec<&str> = subjects.iter().map(StreamId::as_str).collect();
+        let rows = client.query("SELECT stream_id, key FROM tally_personal_keys WHERE stream_id = ANY($1)", &[&ids]).await.map_err(pg)?;
+        let mut found = HashMap::with_capacity(rows.len());
+        for row in rows {
+            let (id, bytes): (String, Vec<u8>) = (row.get(0), row.get(1));
+            let key = PersonalKey::from_bytes(&bytes).ok_or_else(|| StoreError::Unavailable {
+                reason: format!("tally_personal_keys holds a key of {} bytes for {id}, not 32", bytes.len()),
+            })?;
+            found.insert(id, key);
+        }
+        Ok(ids.iter().map(|id| found.get(*id).cloned()).collect())
+    }
+
+    async fn keep_personal_key(&self, subject: &StreamId, key: &PersonalKey) -> Result<PersonalKey, StoreError> {
+        let client = self.pool.get().await.map_err(pg)?;
+        // Inserted unless there is one (committed at once), then read back: the key that won.
+        client
+            .execute(
+                "INSERT INTO tally_personal_keys (stream_id, key) VALUES ($1, $2) ON CONFLICT (stream_id) DO NOTHING",
+                &[&subject.as_str(), &key.as_bytes().as_slice()],
+            )
+            .await
+            .map_err(pg)?;
+        let row = client.query_one("SELECT key FROM tally_personal_keys WHERE stream_id = $1", &[&subject.as_str()]).await.map_err(pg)?;
+        let bytes: Vec<u8> = row.get(0);
+        PersonalKey::from_bytes(&bytes).ok_or_else(|| StoreError::Unavailable { reason: format!("a kept key of {} bytes", bytes.len()) })
+    }
+
+    async fn erase_personal_key(&self, subject: &StreamId) -> Result<bool, StoreError> {
+        let client = self.pool.get().await.map_err(pg)?;
+        let deleted = client.execute("DELETE FROM tally_personal_keys WHERE stream_id = $1", &[&subject.as_str()]).await.map_err(pg)?;
+        Ok(deleted > 0)
     }
 }

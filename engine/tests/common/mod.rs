@@ -28,7 +28,7 @@ impl Wallet {
             state: WalletState::default(),
             now: NOW,
         };
-        wallet.run(Command::new("enroll", CommandBody::Enroll { customer_ref: "crm-1".into() })).unwrap();
+        wallet.run(Command::new("enroll", CommandBody::enroll(""))).unwrap();
         wallet
     }
 

@@ -35,13 +35,15 @@ const fn column(name: &'static str, ty: Type, merge: Merge) -> Column {
 }
 
 /// The columns, in the order [`WalletColumns::values`] and [`WalletArrays::params`] give them.
-const COLUMNS: [Column; 14] = [
+const COLUMNS: [Column; 15] = [
     column("tenant_id", Type::TEXT, Merge::Key),
     column("wallet_id", Type::TEXT, Merge::Key),
     column(
         "customer_ref",
         Type::TEXT,
-        Merge::Sql("CASE WHEN EXCLUDED.enrolled_at IS NULL THEN w.customer_ref ELSE EXCLUDED.customer_ref END"),
+        Merge::Sql(
+            "CASE WHEN EXCLUDED.customer_erased THEN '' WHEN EXCLUDED.enrolled_at IS NULL THEN w.customer_ref ELSE EXCLUDED.customer_ref END",
+        ),
     ),
     column("status", Type::TEXT, Merge::Sql("CASE WHEN EXCLUDED.status = 'closed' THEN 'closed' ELSE w.status END")),
     column("balance", Type::INT8, Merge::Add),
@@ -54,6 +56,7 @@ const COLUMNS: [Column; 14] = [
     column("last_position", Type::INT8, Merge::Latest),
     column("enrolled_at", Type::TIMESTAMPTZ, Merge::Sql("coalesce(EXCLUDED.enrolled_at, w.enrolled_at)")),
     column("last_activity_at", Type::TIMESTAMPTZ, Merge::Latest),
+    column("customer_erased", Type::BOOL, Merge::Sql("w.customer_erased OR EXCLUDED.customer_erased")),
 ];
 
 const CLOSED: &str = "closed";
@@ -107,6 +110,7 @@ pub(super) fn read(row: &Row) -> Result<(String, WalletSummary), ProjectionError
     let enrolled_at: Option<OffsetDateTime> = row.get("enrolled_at");
     let summary = WalletSummary {
         customer_ref: row.get("customer_ref"),
+        customer_erased: row.get("customer_erased"),
         closed: status == CLOSED,
         balance: row.get("balance"),
         lifetime_earned: row.get("lifetime_earned"),
@@ -134,6 +138,7 @@ pub(super) struct WalletColumns<'a> {
     figures: [i64; 8],
     enrolled_at: Option<OffsetDateTime>,
     last_activity_at: OffsetDateTime,
+    customer_erased: bool,
 }
 
 impl<'a> WalletColumns<'a> {
@@ -155,11 +160,12 @@ impl<'a> WalletColumns<'a> {
             ],
             enrolled_at: s.enrolled_at_ms.map(timestamp),
             last_activity_at: timestamp(s.last_activity_ms),
+            customer_erased: s.customer_erased,
         })
     }
 
     /// The row's values in [`COLUMNS`] order, for the COPY.
-    pub(super) fn values(&self) -> [&(dyn ToSql + Sync); 14] {
+    pub(super) fn values(&self) -> [&(dyn ToSql + Sync); 15] {
         let [balance, earned, redeemed, reversed, adjusted, forfeited, events, position] = &self.figures;
         [
             &self.tenant_id,
@@ -176,6 +182,7 @@ impl<'a> WalletColumns<'a> {
             position,
             &self.enrolled_at,
             &self.last_activity_at,
+            &self.customer_erased,
         ]
     }
 }
@@ -190,6 +197,7 @@ pub(super) struct WalletArrays<'a> {
     figures: [Vec<i64>; 8],
     enrolled_at: Vec<Option<OffsetDateTime>>,
     last_activity_at: Vec<OffsetDateTime>,
+    customer_erased: Vec<bool>,
 }
 
 impl<'a> WalletArrays<'a> {
@@ -203,10 +211,11 @@ impl<'a> WalletArrays<'a> {
         }
         self.enrolled_at.push(row.enrolled_at);
         self.last_activity_at.push(row.last_activity_at);
+        self.customer_erased.push(row.customer_erased);
     }
 
     /// The arrays in [`COLUMNS`] order.
-    pub(super) fn params(&self) -> [&(dyn ToSql + Sync); 14] {
+    pub(super) fn params(&self) -> [&(dyn ToSql + Sync); 15] {
         let [balance, earned, redeemed, reversed, adjusted, forfeited, events, position] = &self.figures;
         [
             &self.tenant_id,
@@ -223,6 +232,7 @@ impl<'a> WalletArrays<'a> {
             position,
             &self.enrolled_at,
             &self.last_activity_at,
+            &self.customer_erased,
         ]
     }
 }
@@ -235,7 +245,7 @@ mod tests {
     fn statements_name_every_column_once() {
         let upsert = upsert_sql("g");
         assert!(upsert.contains("unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[]"), "{upsert}");
-        assert!(upsert.contains("$13::timestamptz[], $14::timestamptz[])"), "{upsert}");
+        assert!(upsert.contains("$13::timestamptz[], $14::timestamptz[], $15::bool[])"), "{upsert}");
         assert!(upsert.contains("balance = w.balance + EXCLUDED.balance") && upsert.contains("last_position = EXCLUDED.last_position"));
         assert!(!upsert.contains("tenant_id = "), "the key is not updated: {upsert}");
         assert!(copy_sql("g").starts_with("COPY g.wallets (tenant_id, wallet_id, customer_ref, status, balance,"));

@@ -12,10 +12,11 @@ use tally_engine::domain::{
     Command, CommandBody, Context, CreditPackageDefined, Decision, ExpiryPolicy, Money, ProgramSettings, ReturnPolicy, TenantId, WalletId,
     WalletState, apply, decide,
 };
-use tally_engine::store::{EventMetadata, EventStore, ExpectedVersion};
+use tally_engine::personal;
+use tally_engine::store::{EventMetadata, EventStore, ExpectedVersion, PersonalKey, StreamId};
 use tally_projections::model::Fold;
-use tally_projections::movement::decode_batch;
-use tally_proto::v1::{ExpireAfter, expiry_policy};
+use tally_projections::movement::{decode_batch, open_customers};
+use tally_proto::v1::{ExpireAfter, PersonalData, expiry_policy};
 
 /// 2026-01-01T00:00:00Z.
 pub const START_MS: i64 = 1_767_225_600_000;
@@ -53,9 +54,16 @@ pub struct Workload {
     now_ms: i64,
     programs: [ProgramSettings; 2],
     commands: u64,
+    erasures: bool,
 }
 
 impl Workload {
+    /// A workload whose customers never ask to be erased.
+    pub fn without_erasures(mut self) -> Self {
+        self.erasures = false;
+        self
+    }
+
     pub fn new(seed: u64, wallets: usize) -> Self {
         Self::named(seed, wallets, "w")
     }
@@ -77,6 +85,7 @@ impl Workload {
             now_ms: START_MS,
             programs: [program(ReturnPolicy::AllowNegative), program(ReturnPolicy::CapAtZero)],
             commands: 0,
+            erasures: true,
         }
     }
 
@@ -86,7 +95,7 @@ impl Workload {
         let rng = &mut self.rng;
         let wallet = &self.wallets[index];
         let body = if wallet.state.version == 0 {
-            CommandBody::Enroll { customer_ref: format!("cust-{index}") }
+            CommandBody::enroll(format!("cust-{index}"))
         } else {
             match rng.random_range(0..100) {
                 0..50 => CommandBody::Earn {
@@ -108,7 +117,9 @@ impl Workload {
                 },
                 94..96 => CommandBody::PurchaseCredits { purchase_id: key.clone(), package_id: "p-100".to_owned() },
                 // What the engine's timers do: record what came due (here, expired points).
-                96..99 => CommandBody::RunDue,
+                96..98 => CommandBody::RunDue,
+                // A customer asks to be forgotten: the read models drop their reference.
+                98 if self.erasures => CommandBody::EraseCustomer { reason: "art. 17".to_owned() },
                 99 => CommandBody::Close { reason: "customer asked".to_owned() },
                 _ => CommandBody::Earn {
                     points: 10,
@@ -128,11 +139,16 @@ impl Workload {
             let index = self.rng.random_range(0..self.wallets.len());
             let command = self.command(index);
             let wallet = &mut self.wallets[index];
+            let stream = codec::wallet_stream(&wallet.tenant, &wallet.id);
+            let command = sealed(store, &stream, command).await;
             let program = &self.programs[usize::from(wallet.tenant.as_str() == "globex")];
             let ctx = Context { tenant: &wallet.tenant, wallet: &wallet.id, now_ms: self.now_ms, program };
             let Ok(Decision::Append(events)) = decide(&wallet.state, &command, &ctx) else { continue };
+            // As the wallet's actor does: the key goes before the erasure is recorded.
+            if matches!(command.body, CommandBody::EraseCustomer { .. }) {
+                store.erase_personal_key(&stream).await.expect("erase key");
+            }
             let data = events.iter().map(|e| codec::encode(e, &EventMetadata::default())).collect();
-            let stream = codec::wallet_stream(&wallet.tenant, &wallet.id);
             store.append(&stream, ExpectedVersion::Exact(wallet.state.version), data).await.expect("append");
             for event in &events {
                 apply(&mut wallet.state, event);
@@ -144,6 +160,14 @@ impl Workload {
     }
 }
 
+/// An enrolment's customer reference sealed under a key kept in `store`, as the wallet's actor seals it.
+async fn sealed(store: &dyn EventStore, stream: &StreamId, command: Command) -> Command {
+    let CommandBody::Enroll { customer_ref, sealed: None } = &command.body else { return command };
+    let key = store.keep_personal_key(stream, &PersonalKey::generate().unwrap()).await.expect("keep key");
+    let sealed = personal::seal(&key, stream.as_str(), &PersonalData { customer_ref: customer_ref.clone() });
+    Command::new(command.idempotency_key, CommandBody::Enroll { customer_ref: customer_ref.clone(), sealed: Some(sealed) })
+}
+
 /// The reference: every read model computed in memory from the whole log.
 pub async fn fold_log(store: &Arc<dyn EventStore>) -> Fold {
     let mut fold = Fold::default();
@@ -151,7 +175,10 @@ pub async fn fold_log(store: &Arc<dyn EventStore>) -> Fold {
     loop {
         let events = store.read_all(position, 10_000).await.expect("read log");
         let Some(last) = events.last().map(|e| e.global_position) else { break };
-        for movement in decode_batch(events).expect("decodable log") {
+        let mut movements = decode_batch(events).expect("decodable log");
+        let poisoned = open_customers(store.as_ref(), &mut movements).await.expect("keys");
+        assert!(poisoned.is_empty(), "{poisoned:?}");
+        for movement in movements {
             fold.apply(&movement);
         }
         fold.position = last;

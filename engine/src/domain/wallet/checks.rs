@@ -58,7 +58,13 @@ pub(super) fn checked_balance(value: Option<i64>, field: &'static str, points: i
 
 pub(super) fn validate(body: &CommandBody) -> Result<(), Rejection> {
     match body {
-        CommandBody::Enroll { customer_ref } => check_ref("customer_ref", customer_ref, false),
+        CommandBody::Enroll { customer_ref, .. } => check_ref("customer_ref", customer_ref, false),
+        CommandBody::EraseCustomer { reason } => {
+            if reason.is_empty() {
+                return Err(FieldError::new("reason", "must not be empty: say why (a ticket, the request)").into());
+            }
+            check_reason(reason)
+        }
         CommandBody::Earn { points, reason, source_ref, order_amount } => {
             check_positive("points", *points)?;
             check_reason(reason)?;

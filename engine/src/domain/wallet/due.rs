@@ -40,6 +40,7 @@ impl DueView {
         state.version = version.saturating_sub(1);
         apply(state, event);
         state.customer_ref = String::new();
+        state.customer_sealed = Vec::new();
         state.receipts = Default::default();
         state.sources = Default::default();
         state.rule_usage = Default::default();

@@ -2,8 +2,10 @@
 
 use std::collections::hash_map::Entry;
 
+use tally_proto::v1::wallet_enrolled_v2::Customer;
 use tally_proto::v1::{
-    CapPeriod, EarnReversed, HoldEnd, LotPoints, PointsAdjusted, PointsEarned, PointsRedeemed, ReturnPolicy, WalletClosed, WalletEnrolled,
+    CapPeriod, CustomerErased, EarnReversed, HoldEnd, LotPoints, PointsAdjusted, PointsEarned, PointsRedeemed, ReturnPolicy,
+    SealedPersonalData, WalletClosed, WalletEnrolledV2,
 };
 
 use super::checks::checked_balance;
@@ -14,16 +16,33 @@ use super::tier::count_qualifying;
 use crate::domain::Context;
 use crate::domain::command::Money;
 use crate::domain::event::Change;
+use crate::domain::ids::FieldError;
 use crate::domain::rejection::Rejection;
 use crate::domain::rules::{self, Period};
 use crate::domain::state::{Hold, Pending, SourceLedger, WalletState, WalletStatus};
 
-pub(super) fn enroll(customer_ref: &str, ctx: &Context<'_>) -> Change {
-    Change::Enrolled(WalletEnrolled {
+/// Enrols the customer: their reference is recorded only sealed (`sealed`, made by the wallet's actor);
+/// one left unsealed is refused rather than recorded in clear.
+pub(super) fn enroll(customer_ref: &str, sealed: Option<&SealedPersonalData>, ctx: &Context<'_>) -> Result<Change, Rejection> {
+    let customer = match sealed {
+        Some(sealed) => Some(Customer::Sealed(sealed.clone())),
+        None if customer_ref.is_empty() => None,
+        None => return Err(FieldError::new("customer_ref", "is personal data and was not sealed under the wallet's key").into()),
+    };
+    Ok(Change::Enrolled(WalletEnrolledV2 {
         tenant_id: ctx.tenant.as_str().to_owned(),
         wallet_id: ctx.wallet.as_str().to_owned(),
-        customer_ref: customer_ref.to_owned(),
-    })
+        customer,
+    }))
+}
+
+/// Erases the customer's personal data: recorded once (a second request is refused, so the log says
+/// when it happened and on whose word), naming a reference the log itself still holds in clear.
+pub(super) fn erase(state: &WalletState, reason: &str) -> Result<Change, Rejection> {
+    if state.customer_erased {
+        return Err(Rejection::CustomerAlreadyErased);
+    }
+    Ok(Change::CustomerErased(CustomerErased { reason: reason.to_owned(), log_holds_clear_data: !state.customer_ref.is_empty() }))
 }
 
 pub(super) fn earn(
@@ -225,10 +244,20 @@ pub(super) fn holds_a_refund_ends(state: &WalletState, ctx: &Context<'_>, source
     ended
 }
 
-pub(super) fn apply_enrolled(state: &mut WalletState, e: &WalletEnrolled, at_ms: i64) {
+pub(super) fn apply_enrolled(state: &mut WalletState, e: &WalletEnrolledV2, at_ms: i64) {
     state.status = WalletStatus::Active;
-    state.customer_ref.clone_from(&e.customer_ref);
+    match &e.customer {
+        Some(Customer::Sealed(sealed)) => state.customer_sealed = prost::Message::encode_to_vec(sealed),
+        Some(Customer::Clear(clear)) => state.customer_ref.clone_from(&clear.customer_ref),
+        None => {}
+    }
     state.enrolled_at_ms = at_ms;
+}
+
+pub(super) fn apply_customer_erased(state: &mut WalletState) {
+    state.customer_ref = String::new();
+    state.customer_sealed = Vec::new();
+    state.customer_erased = true;
 }
 
 pub(super) fn apply_earned(state: &mut WalletState, e: &PointsEarned, at_ms: i64) {

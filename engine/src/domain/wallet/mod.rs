@@ -100,11 +100,14 @@ fn decide_change(state: &WalletState, body: &CommandBody, ctx: &Context<'_>) -> 
     use CommandBody as C;
     let alone = |change: Result<Change, Rejection>| change.map(|change| (Vec::new(), change));
     match (state.status, body) {
-        (WalletStatus::NotEnrolled, C::Enroll { customer_ref }) => Ok((Vec::new(), ledger::enroll(customer_ref, ctx))),
+        (WalletStatus::NotEnrolled, C::Enroll { customer_ref, sealed }) => alone(ledger::enroll(customer_ref, sealed.as_ref(), ctx)),
         (WalletStatus::NotEnrolled, _) => Err(Rejection::WalletNotFound),
+        // A closed wallet's customer may still ask to be forgotten.
+        (WalletStatus::Active | WalletStatus::Closed, C::EraseCustomer { reason }) => alone(ledger::erase(state, reason)),
         (WalletStatus::Closed, _) => Err(Rejection::WalletClosed),
         (WalletStatus::Active, body) => match body {
             C::Enroll { .. } => Err(Rejection::AlreadyEnrolled),
+            C::EraseCustomer { .. } => unreachable!("decided above for every enrolled wallet"),
             C::Earn { points, reason, source_ref, order_amount } => {
                 alone(ledger::earn(state, ctx, *points, reason, source_ref, order_amount.as_ref()))
             }
@@ -154,6 +157,7 @@ pub fn apply(state: &mut WalletState, event: &Event) {
         Change::CardCompleted(e) => stamps::apply_card_completed(state, e),
         Change::TierChanged(e) => tier::apply_tier_changed(state, e),
         Change::TierReviewed(e) => tier::apply_tier_reviewed(state, e),
+        Change::CustomerErased(_) => ledger::apply_customer_erased(state),
     }
     state.balance += event.change.points_delta();
     state.last_activity_ms = event.recorded_at_ms;

@@ -24,7 +24,10 @@ use tokio::sync::{mpsc, watch};
 
 use self::record::Frame;
 use self::writer::Writer;
-use super::{Append, AppendOutcome, EventData, EventStore, ExpectedVersion, RecordedEvent, StoreError, StreamId, WriterQueue, chain};
+use super::keys::KeysDir;
+use super::{
+    Append, AppendOutcome, EventData, EventStore, ExpectedVersion, PersonalKey, RecordedEvent, StoreError, StreamId, WriterQueue, chain,
+};
 use crate::FastMap;
 use crate::limits::{APPEND_QUEUE_DEPTH_MAX, SEGMENT_BYTES_MAX};
 
@@ -102,6 +105,8 @@ pub struct EmbeddedStore {
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     head_rx: watch::Receiver<u64>,
     report: OpenReport,
+    /// Personal data keys, in `keys/` beside `log/` (under the same lock).
+    keys: Arc<KeysDir>,
     _lock: File,
 }
 
@@ -125,6 +130,7 @@ impl EmbeddedStore {
             reason: format!("{} is locked: another tally process is using this data directory", lock_path.display()),
         })?;
 
+        let keys = Arc::new(KeysDir::open(dir.join("keys"))?);
         let mut names: Vec<(u64, PathBuf)> = Vec::new();
         for entry in fs::read_dir(&log_dir).map_err(|e| StoreError::io(&log_dir, e))? {
             let path = entry.map_err(|e| StoreError::io(&log_dir, e))?.path();
@@ -199,7 +205,7 @@ impl EmbeddedStore {
             .spawn(move || writer.run(receiver))
             .map_err(|e| StoreError::io(dir, e))?;
         tracing::info!(dir = %dir.display(), events = report.events, streams = report.streams, segments = report.segments, "embedded log opened");
-        Ok(Self { shared, sender: Mutex::new(Some(sender)), writer: Mutex::new(Some(handle)), head_rx, report, _lock: lock })
+        Ok(Self { shared, sender: Mutex::new(Some(sender)), writer: Mutex::new(Some(handle)), head_rx, report, keys, _lock: lock })
     }
 
     pub fn report(&self) -> &OpenReport {
@@ -412,4 +418,24 @@ impl EventStore for EmbeddedStore {
     fn head(&self) -> watch::Receiver<u64> {
         self.head_rx.clone()
     }
+
+    async fn personal_keys(&self, subjects: &[StreamId]) -> Result<Vec<Option<PersonalKey>>, StoreError> {
+        let (keys, subjects) = (Arc::clone(&self.keys), subjects.to_vec());
+        blocking(move || subjects.iter().map(|s| keys.get(s)).collect()).await
+    }
+
+    async fn keep_personal_key(&self, subject: &StreamId, key: &PersonalKey) -> Result<PersonalKey, StoreError> {
+        let (keys, subject, key) = (Arc::clone(&self.keys), subject.clone(), key.clone());
+        blocking(move || keys.keep(&subject, &key)).await
+    }
+
+    async fn erase_personal_key(&self, subject: &StreamId) -> Result<bool, StoreError> {
+        let (keys, subject) = (Arc::clone(&self.keys), subject.clone());
+        blocking(move || keys.erase(&subject)).await
+    }
+}
+
+/// Runs file work (reads, fsyncs) off the async threads.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T, StoreError> + Send + 'static) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| StoreError::Unavailable { reason: format!("key file work failed: {e}") })?
 }
