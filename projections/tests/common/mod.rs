@@ -184,5 +184,12 @@ pub async fn fold_log(store: &Arc<dyn EventStore>) -> Fold {
         fold.position = last;
         position = last + 1;
     }
+    // What the workload recorded, independently of the fold's own code: an erased customer's reference
+    // is gone, every other enrolled customer's is their own.
+    for ((_, wallet), summary) in &fold.wallets {
+        let index = wallet.rsplit('-').next().unwrap();
+        let expected = if summary.customer_erased { String::new() } else { format!("cust-{index}") };
+        assert_eq!(summary.customer_ref, expected, "{wallet}");
+    }
     fold
 }
