@@ -231,7 +231,8 @@ fn upcast_enrolled_v1(position: u64, data: &EventData) -> Result<Change, CodecEr
         event_type: data.event_type.clone(),
         reason: e.to_string(),
     })?;
-    let customer = (!v1.customer_ref.is_empty()).then_some(Customer::Clear(PersonalData { customer_ref: v1.customer_ref }));
+    let customer =
+        (!v1.customer_ref.is_empty()).then_some(Customer::Clear(PersonalData { customer_ref: v1.customer_ref, ..Default::default() }));
     Ok(Change::Enrolled(WalletEnrolledV2 { tenant_id: v1.tenant_id, wallet_id: v1.wallet_id, customer }))
 }
 

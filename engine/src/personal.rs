@@ -63,9 +63,17 @@ fn cipher(key: &PersonalKey) -> Aes256GcmSiv {
     Aes256GcmSiv::new_from_slice(key.as_bytes()).expect("a 32-byte key is an AES-256 key")
 }
 
-/// `data` sealed under `key` for the wallet whose stream is `subject`.
+/// What every sealed `PersonalData` is padded to (`PersonalData.padding`): the sealed bytes are then
+/// 336 long (with the tag) whatever they hold, so they say nothing of the data's length.
+pub const PADDED_BYTES: usize = 320;
+
+/// `data` sealed under `key` for the wallet whose stream is `subject`, padded to [`PADDED_BYTES`].
 pub fn seal(key: &PersonalKey, subject: &str, data: &PersonalData) -> SealedPersonalData {
-    let plaintext = data.encode_to_vec();
+    let unpadded = PersonalData { padding: Vec::new(), ..data.clone() }.encoded_len();
+    // The padding field costs a tag byte and a two-byte length (the padding is 128 bytes or more).
+    let padding = PADDED_BYTES.checked_sub(unpadded + 3).filter(|p| (128..16_384).contains(p)).expect("personal data fits the padding");
+    let plaintext = PersonalData { padding: vec![0; padding], ..data.clone() }.encode_to_vec();
+    debug_assert_eq!(plaintext.len(), PADDED_BYTES);
     let ciphertext = cipher(key)
         .encrypt(&Nonce::default(), Payload { msg: &plaintext, aad: &aad(subject) })
         .expect("AES-GCM-SIV seals any message shorter than 2^36 bytes");
@@ -79,15 +87,17 @@ pub fn open(key: &PersonalKey, subject: &str, sealed: &SealedPersonalData) -> Re
     }
     let plaintext =
         cipher(key).decrypt(&Nonce::default(), Payload { msg: &sealed.ciphertext, aad: &aad(subject) }).map_err(|_| OpenError::Forged)?;
-    PersonalData::decode(plaintext.as_slice()).map_err(|e| OpenError::Undecodable(e.to_string()))
+    let data = PersonalData::decode(plaintext.as_slice()).map_err(|e| OpenError::Undecodable(e.to_string()))?;
+    Ok(PersonalData { padding: Vec::new(), ..data })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::limits::REF_BYTES_MAX;
 
     fn data(customer_ref: &str) -> PersonalData {
-        PersonalData { customer_ref: customer_ref.into() }
+        PersonalData { customer_ref: customer_ref.into(), padding: Vec::new() }
     }
 
     #[test]
@@ -96,6 +106,10 @@ mod tests {
         let (wallet, neighbour) = ("t/wallet/a", "t/wallet/b");
         let sealed = seal(&key, wallet, &data("crm-alice"));
         assert!(!sealed.ciphertext.windows(9).any(|w| w == b"crm-alice"), "sealed, not encoded");
+        // Padded: the longest reference the API takes seals to as many bytes as the shortest.
+        assert_eq!(sealed.ciphertext.len(), PADDED_BYTES + 16);
+        assert_eq!(seal(&key, wallet, &data(&"x".repeat(REF_BYTES_MAX))).ciphertext.len(), PADDED_BYTES + 16);
+        assert_eq!(seal(&key, wallet, &data("")).ciphertext.len(), PADDED_BYTES + 16);
         assert_eq!(open(&key, wallet, &sealed), Ok(data("crm-alice")));
         assert_eq!(open(&other, wallet, &sealed), Err(OpenError::Forged));
         assert_eq!(open(&key, neighbour, &sealed), Err(OpenError::Forged), "bound to its wallet");
@@ -115,11 +129,12 @@ mod tests {
     /// AES-GCM-SIV) gives for the same key, message and associated data.
     #[test]
     fn the_documented_algorithm_is_pinned() {
+        use sha2::{Digest, Sha256};
         let key = PersonalKey::from_bytes(&[7; 32]).unwrap();
         let sealed = seal(&key, "shop/wallet/w-1", &data("crm-1"));
-        let hex: String = sealed.ciphertext.iter().map(|b| format!("{b:02x}")).collect();
-        assert_eq!(hex, PINNED);
+        let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        assert_eq!((sealed.ciphertext.len(), hex(&Sha256::digest(&sealed.ciphertext))), (336, PINNED_SHA256.to_owned()));
     }
 
-    const PINNED: &str = "480fe54a0e0a214c6efe8958fa667197729a6569de1c21";
+    const PINNED_SHA256: &str = "86caf0f468c5c3f8296ca119143219e97158d3f68d54ec5a49944773ba8277d3";
 }

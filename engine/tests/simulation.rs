@@ -711,9 +711,10 @@ async fn run(seed: u64) -> Stats {
     eprintln!("seed {seed}: {days} days in {rounds} rounds, simulated in {:.1?}, {registry_stats:?}, {stats:?}", started.elapsed());
     // The run exercised what it checks: every command accepted, time's every transition recorded.
     let kinds = ["enroll", "earn", "redeem", "adjust", "reverse", "close", "earn_for_order", "refund_order", "authorize_redemption"];
-    let kinds = kinds.into_iter().chain(["capture_redemption", "void_redemption", "run_due", "add_stamps", "purchase_credits"]);
+    let kinds =
+        kinds.into_iter().chain(["capture_redemption", "void_redemption", "run_due", "add_stamps", "purchase_credits", "erase_customer"]);
     // (Every wallet may have been enrolled by the set-up: then no drawn Enroll can be accepted.)
-    let enrolled_by_setup = |kind: &&str| *kind == "enroll" && stats.events.contains_key("WalletEnrolled");
+    let enrolled_by_setup = |kind: &&str| *kind == "enroll" && stats.events.contains_key("WalletEnrolledV2");
     let missing: Vec<&str> = kinds.filter(|kind| !stats.accepted.contains_key(kind) && !enrolled_by_setup(kind)).collect();
     assert!(missing.is_empty(), "seed {seed}: no {missing:?} accepted");
     let happened = ["PointsExpired", "PointsExpiringSoon", "PointsMatured", "TierChanged", "TierReviewed", "StampCardCompleted"];

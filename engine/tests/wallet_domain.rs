@@ -78,7 +78,7 @@ fn cmd(key: &str, body: CommandBody) -> Command {
 /// The customer's reference as the wallet's actor seals it before `decide` (under a test key).
 fn sealed(customer_ref: &str) -> SealedPersonalData {
     let key = PersonalKey::from_bytes(&[9; 32]).unwrap();
-    personal::seal(&key, "acme/wallet/c-1", &PersonalData { customer_ref: customer_ref.into() })
+    personal::seal(&key, "acme/wallet/c-1", &PersonalData { customer_ref: customer_ref.into(), ..Default::default() })
 }
 fn enroll() -> Command {
     cmd("enroll-1", CommandBody::Enroll { customer_ref: "crm-77".into(), sealed: Some(sealed("crm-77")) })
@@ -122,10 +122,12 @@ fn enroll_opens_the_wallet() {
 
 #[test]
 fn a_customer_reference_left_unsealed_is_refused_never_recorded() {
-    given(&[]).then_rejects(
-        cmd("enroll-1", CommandBody::enroll("crm-77")),
-        field("customer_ref", "is personal data and was not sealed under the wallet's key"),
-    );
+    given(&[]).then_rejects(cmd("enroll-1", CommandBody::enroll("crm-77")), Rejection::PersonalDataNotSealed);
+    // Checked after everything else: an invalid reference is refused as such, before any key is made.
+    given(&[]).then_rejects(cmd("enroll-1", CommandBody::enroll("a\nb")), field("customer_ref", "must not contain control characters"));
+    // Retried once the customer was erased: there is no key to seal it with.
+    let erase = cmd("x-1", CommandBody::EraseCustomer { reason: "ticket 7".into() });
+    given(&[enroll(), erase]).then_rejects(cmd("enroll-1", CommandBody::enroll("crm-77")), Rejection::CustomerAlreadyErased);
     // Nothing to seal: nothing personal is recorded.
     let state = given(&[cmd("enroll-1", CommandBody::enroll(""))]).state;
     assert!(state.customer_sealed.is_empty() && state.customer_ref.is_empty());

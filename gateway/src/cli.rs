@@ -420,6 +420,19 @@ pub enum WalletCommand {
         #[command(flatten)]
         target: Target,
     },
+    /// Erase the customer's personal data for good (GDPR art. 17): their key is destroyed; points and
+    /// history stay. Needs an operator or platform key.
+    EraseCustomer {
+        #[command(flatten)]
+        wallet: WalletRef,
+        #[command(flatten)]
+        key: Key,
+        /// Why (a ticket number, the request); kept in the log, so never the personal data itself.
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Close the wallet; a positive balance is forfeited.
     Close {
         #[command(flatten)]

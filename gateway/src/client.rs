@@ -8,8 +8,8 @@ use crate::credentials::{self, Authed, CredentialError};
 use serde::Serialize;
 use tally_proto::v1::wallet_service_client::WalletServiceClient;
 use tally_proto::v1::{
-    AdjustRequest, CloseRequest, EarnRequest, EnrollRequest, GetWalletRequest, ListTransactionsRequest, Money, RedeemRequest,
-    ReverseRequest, Transaction, TransactionKind, Wallet, WalletMutation, WalletStatus,
+    AdjustRequest, CloseRequest, EarnRequest, EnrollRequest, EraseCustomerRequest, GetWalletRequest, ListTransactionsRequest, Money,
+    RedeemRequest, ReverseRequest, Transaction, TransactionKind, Wallet, WalletMutation, WalletStatus,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +72,7 @@ pub(crate) struct WalletView {
     wallet_id: String,
     status: &'static str,
     customer_ref: String,
+    customer_erased: bool,
     balance: i64,
     held_points: i64,
     pending_points: i64,
@@ -178,6 +179,7 @@ fn kind_name(kind: i32) -> &'static str {
         Ok(TransactionKind::Stamped) => "stamped",
         Ok(TransactionKind::CardCompleted) => "card full",
         Ok(TransactionKind::ExpiringSoon) => "expiring",
+        Ok(TransactionKind::CustomerErased) => "customer erased",
         _ => "unknown",
     }
 }
@@ -188,6 +190,7 @@ pub(crate) fn wallet_view(w: Wallet) -> WalletView {
         wallet_id: w.wallet_id,
         status: status_name(w.status),
         customer_ref: w.customer_ref,
+        customer_erased: w.customer_erased,
         balance: w.balance,
         held_points: w.held_points,
         pending_points: w.pending_points,
@@ -238,11 +241,11 @@ pub(crate) fn transaction_view(t: Transaction) -> TransactionView {
 
 pub(crate) fn render_wallet(w: &WalletView) -> String {
     let mut out = format!(
-        "{}/{} ({}, customer {:?})\n  balance   {}\n  held      {}\n  pending   {}\n  available {}\n  earned    {}\n  purchased {}\n  redeemed  {}\n  reversed  {}\n  adjusted  {}\n  expired   {}\n  enrolled  {}\n  last move {}\n  version   {}",
+        "{}/{} ({}, customer {})\n  balance   {}\n  held      {}\n  pending   {}\n  available {}\n  earned    {}\n  purchased {}\n  redeemed  {}\n  reversed  {}\n  adjusted  {}\n  expired   {}\n  enrolled  {}\n  last move {}\n  version   {}",
         w.tenant_id,
         w.wallet_id,
         w.status,
-        w.customer_ref,
+        if w.customer_erased { "erased".to_owned() } else { format!("{:?}", w.customer_ref) },
         w.balance,
         w.held_points,
         w.pending_points,
@@ -409,6 +412,16 @@ pub async fn run(command: WalletCommand) -> Result<String, ClientError> {
             let reply = change(&target, &key, |mut client| {
                 let request = request.clone();
                 async move { client.reverse(request).await }
+            })
+            .await?;
+            Ok(mutation_output(target.json, key, reply))
+        }
+        WalletCommand::EraseCustomer { wallet, key: k, reason, target } => {
+            let key = key(k);
+            let request = EraseCustomerRequest { tenant_id: wallet.tenant, wallet_id: wallet.wallet, idempotency_key: key.clone(), reason };
+            let reply = change(&target, &key, |mut client| {
+                let request = request.clone();
+                async move { client.erase_customer(request).await }
             })
             .await?;
             Ok(mutation_output(target.json, key, reply))

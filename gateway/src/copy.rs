@@ -194,9 +194,13 @@ pub async fn copy(source: Arc<dyn EventStore>, destination: Arc<dyn EventStore>,
     Ok(CopyReport { resumed_after, copied, keys, total: source_events, checksum: source_crc, seconds: started.elapsed().as_secs_f64() })
 }
 
-/// Keeps in `destination` the personal data keys `source` holds for the enrolments among `events`; a
-/// destination holding another key for one of those wallets stops the copy.
+/// Keeps in `destination` the personal data keys `source` holds for the enrolments among `events`, and
+/// erases there the keys of the erasures among them (a copy resumed after the source erased a customer
+/// whose key the first run copied); a destination holding another key for a wallet stops the copy.
 async fn copy_keys(source: &dyn EventStore, destination: &dyn EventStore, events: &[RecordedEvent]) -> Result<u64, CopyError> {
+    for erased in events.iter().filter(|e| e.data.event_type == ERASED) {
+        destination.erase_personal_key(&erased.stream_id).await?;
+    }
     let streams: Vec<StreamId> = events.iter().filter(|e| e.data.event_type == ENROLLED_V2).map(|e| e.stream_id.clone()).collect();
     if streams.is_empty() {
         return Ok(0);
@@ -215,6 +219,9 @@ async fn copy_keys(source: &dyn EventStore, destination: &dyn EventStore, events
 
 /// The persisted name of the enrolment whose customer data is sealed under a key.
 const ENROLLED_V2: &str = "tally.v1.WalletEnrolledV2";
+
+/// The persisted name of an erasure.
+const ERASED: &str = "tally.v1.CustomerErased";
 
 #[cfg(test)]
 mod tests {

@@ -56,6 +56,10 @@ pub fn from_rejection(rejection: &Rejection) -> Status {
         Rejection::WalletClosed => precondition("WALLET_CLOSED", "wallet", message),
         Rejection::AlreadyEnrolled => Status::already_exists(message),
         Rejection::CustomerAlreadyErased => precondition("CUSTOMER_ALREADY_ERASED", "wallet_id", message),
+        Rejection::PersonalDataNotSealed => {
+            tracing::error!(%rejection, "an enrolment reached decide unsealed");
+            Status::internal(message)
+        }
         Rejection::InsufficientPoints { .. } => precondition("INSUFFICIENT_POINTS", "balance", message),
         Rejection::ReversalExceedsEarned { .. } => precondition("REVERSAL_EXCEEDS_EARNED", "source_ref", message),
         Rejection::IdempotencyKeyReused { .. } => Status::already_exists(message),

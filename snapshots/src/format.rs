@@ -13,6 +13,8 @@ use tally_engine::domain::WalletState;
 /// and sources carry their time (`recorded_at_ms`, `refundable_until_ms`) and the state when it last
 /// forgot the old ones (`swept_at_ms`). 5: a receipt's fingerprint is a `CommandFingerprint` — the
 /// 128-bit BLAKE3 digest new events record, or an old event's 64-bit FNV-1a (issue 15 item 18).
+/// 6: the customer's sealed personal data and whether it was erased (`customer_sealed`,
+/// `customer_erased`; issue 19 item 4).
 pub const FORMAT_VERSION: u16 = 6;
 const HEADER_BYTES: usize = 2 + 8 + 4;
 

@@ -16,7 +16,11 @@ fn history(bodies: &[CommandBody]) -> Vec<Event> {
     let program = program();
     let mut state = WalletState::default();
     let mut events = Vec::new();
-    let enroll = CommandBody::enroll("");
+    // Sealed as the wallet's actor seals it, under a fixed key: the golden bytes hold the sealed data.
+    let key = tally_engine::store::PersonalKey::from_bytes(&[3; 32]).unwrap();
+    let customer = tally_proto::v1::PersonalData { customer_ref: "crm-1".into(), ..Default::default() };
+    let sealed = tally_engine::personal::seal(&key, "acme/wallet/c-1", &customer);
+    let enroll = CommandBody::Enroll { customer_ref: "crm-1".into(), sealed: Some(sealed) };
     for (i, body) in std::iter::once(&enroll).chain(bodies).enumerate() {
         let ctx = Context { tenant: &tenant, wallet: &wallet, now_ms: 1_767_225_600_000 + i as i64, program: &program };
         let key = match body {
@@ -124,7 +128,7 @@ fn golden_history() -> Vec<Event> {
 
 #[test]
 fn the_format_matches_its_golden_file() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/wallet_state_v5.bin");
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/wallet_state_v6.bin");
     let state = fold(&golden_history());
     // Lots: January's earnings (month end), the purchase (never), part of January's held.
     assert_eq!(state.lots().map(|(_, lot)| (lot.expires_at_ms, lot.held)).collect::<Vec<_>>(), [(Some(1_769_904_000_000), 20), (None, 0)]);
@@ -153,7 +157,13 @@ fn the_format_matches_its_golden_file() {
 
 #[test]
 fn snapshots_of_an_older_format_are_refused() {
-    let files = [(1, "wallet_state_v1.bin"), (2, "wallet_state_v2.bin"), (3, "wallet_state_v3.bin"), (4, "wallet_state_v4.bin")];
+    let files = [
+        (1, "wallet_state_v1.bin"),
+        (2, "wallet_state_v2.bin"),
+        (3, "wallet_state_v3.bin"),
+        (4, "wallet_state_v4.bin"),
+        (5, "wallet_state_v5.bin"),
+    ];
     for (version, file) in files {
         let old = std::fs::read(format!("{}/tests/golden/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap();
         assert_eq!(format::decode(&old), Err(FormatError::UnknownVersion(version)), "the wallet then replays its stream");

@@ -60,7 +60,7 @@ fn code(result: &Result<(), tonic::Status>) -> Code {
 #[tokio::test]
 async fn every_rpc_answers_every_role_as_the_readme_says() {
     let table = readme_table();
-    assert_eq!(table.len(), 39, "every RPC of the protos is in the README's table");
+    assert_eq!(table.len(), 40, "every RPC of the protos is in the README's table");
     let dir = tempfile::tempdir().unwrap();
     let server = TallyServer::start(dir.path(), &["--tenant", "acme,globex"]);
     // A wallet in the other tenant, so that "it exists" could leak if anything were read first.
@@ -324,7 +324,7 @@ async fn the_log_records_which_key_made_each_change() {
             .map(|r| (r.2.clone(), r.3.clone()))
             .unwrap_or_else(|| panic!("{stream} {event_type} in {recorded:?}"))
     };
-    assert_eq!(by("acme/wallet/c-1", "tally.v1.WalletEnrolled"), (id(&pos), "pos".to_owned()));
+    assert_eq!(by("acme/wallet/c-1", "tally.v1.WalletEnrolledV2"), (id(&pos), "pos".to_owned()));
     assert_eq!(by("acme/wallet/c-1", "tally.v1.PointsEarned"), (id(&pos), "pos".to_owned()));
     assert_eq!(by("acme/program", "tally.v1.RulesPublished"), (id(&operator), "operator,auditor".to_owned()));
     assert_eq!(by("$keys", "tally.v1.KeyCreated"), (String::new(), String::new()), "the first key, made by the start itself");

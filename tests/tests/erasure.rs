@@ -126,10 +126,15 @@ async fn an_erased_customer_reads_as_erased_everywhere_while_the_wallet_replays_
     assert_eq!((again.replayed, again.position), (true, erased.position));
     let twice = operator.erase_customer(erase("c-1", "x-2", "ticket 8")).await.unwrap_err();
     assert_eq!(twice.code(), Code::FailedPrecondition, "{twice:?}");
-    // An enrolment retried after the erasure finds no key to seal with: refused, nothing re-created.
+    // An enrolment retried after the erasure finds no key to seal with: refused as such, nothing re-created.
     let late =
         EnrollRequest { tenant_id: "demo".into(), wallet_id: "c-1".into(), idempotency_key: "e".into(), customer_ref: SECRET.into() };
-    assert!(wallets.enroll(late).await.is_err(), "the erased reference is not enrolled again");
+    let refused = wallets.enroll(late).await.unwrap_err();
+    assert_eq!((refused.code(), refused.message().contains("erased")), (Code::FailedPrecondition, true), "{refused:?}");
+    // Nor does an enrolment refused for anything else leave a key behind.
+    let bad =
+        EnrollRequest { tenant_id: "demo".into(), wallet_id: "c-3".into(), idempotency_key: "e".into(), customer_ref: "a\u{7}b".into() };
+    assert_eq!(field(wallets.enroll(bad).await.unwrap_err()), (Code::InvalidArgument, Some("customer_ref".into())));
 
     // Every read path: the wallet, its history, the read model, the audit API, the ledger export.
     let now = get(&mut wallets, "c-1").await;

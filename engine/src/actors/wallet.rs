@@ -270,6 +270,10 @@ impl Wallet {
         if refresh != self.refreshed {
             self.stale = true;
         }
+        if self.stale {
+            // Another node may have erased the customer meanwhile: the key is read again when needed.
+            self.personal_key = None;
+        }
         if self.state.is_none() {
             let started = std::time::Instant::now();
             let mut state = self.start_state().await?;
@@ -335,10 +339,10 @@ impl Wallet {
     ) -> Result<CommandOutcome, WalletError> {
         let program =
             self.deps.programs.settings(&self.key.tenant).await?.ok_or_else(|| WalletError::UnknownTenant(self.key.tenant.clone()))?;
-        let sealed = self.sealed(command).await?;
-        let command = sealed.as_ref().unwrap_or(command);
-        let mut attempt = 0;
+        let mut sealed = self.seal_retry(command).await?;
+        let (mut attempt, mut admitted) = (0, false);
         loop {
+            let command = sealed.as_ref().unwrap_or(command);
             self.current().await?;
             let state = self.state.as_ref().expect("current() recovered it");
             // Event times never go backwards within a stream, whatever a clock says (invariant 10).
@@ -348,7 +352,27 @@ impl Wallet {
                 return Err(WalletError::DeadlineExceeded);
             }
             let ctx = Context { tenant: &self.key.tenant, wallet: &self.key.wallet, now_ms, program: &program };
-            let events = match decide(state, command, &ctx)? {
+            let events = match decide(state, command, &ctx) {
+                // Everything else about the enrolment holds: the wallet is admitted (counted against its
+                // tenant's bound), then its key made and the reference sealed, and it is decided again.
+                Err(Rejection::PersonalDataNotSealed) if attempt < CONFLICT_RETRIES_MAX => {
+                    if !admitted {
+                        self.deps.programs.admit_wallet(&self.key.tenant, &self.key.wallet, meta).await?;
+                        admitted = true;
+                    }
+                    sealed = match self.seal_new(command).await? {
+                        Some(sealed) => Some(sealed),
+                        // Enrolled elsewhere meanwhile: as a retry of that enrolment, if it was this one.
+                        None => {
+                            attempt += 1;
+                            self.seal_retry(command).await?
+                        }
+                    };
+                    continue;
+                }
+                decided => decided?,
+            };
+            let events = match events {
                 Decision::Append(events) => events,
                 Decision::AlreadyApplied(receipt) => {
                     // A retried erasure finishes what the first may not have (its key is erased first).
@@ -378,7 +402,7 @@ impl Wallet {
                 self.claim_order(&order.order_id, command, now_ms, meta).await?;
             }
             // A new wallet is one more of its tenant's: counted (and bounded) before its first event.
-            if state.version == 0 && matches!(command.body, CommandBody::Enroll { .. }) {
+            if state.version == 0 && matches!(command.body, CommandBody::Enroll { .. }) && !admitted {
                 self.deps.programs.admit_wallet(&self.key.tenant, &self.key.wallet, meta).await?;
             }
             // The key goes before the event is recorded: a crash between the two leaves the data unreadable
@@ -504,25 +528,36 @@ impl Wallet {
         Ok(summary)
     }
 
-    /// Seals an enrolment's customer reference under the wallet's key before it is decided: a key made
-    /// (durably) here for a wallet not enrolled yet; the wallet's own for one enrolled already, so a
-    /// retry's sealed bytes equal the recorded ones. With no key left (erased, or a wallet enrolled
-    /// before sealing) it stays unsealed, and decides to the receipt or the refusal that wallet gets.
-    async fn sealed(&mut self, command: &Command) -> Result<Option<Command>, WalletError> {
-        let CommandBody::Enroll { customer_ref, sealed: None } = &command.body else { return Ok(None) };
-        if customer_ref.is_empty() {
+    /// A retried enrolment of a wallet enrolled already, sealed under the wallet's own key so its bytes
+    /// equal the recorded ones (and its receipt answers it). With no key (erased, or a wallet enrolled
+    /// before sealing) it stays unsealed and decides to the refusal or receipt that wallet gets.
+    async fn seal_retry(&mut self, command: &Command) -> Result<Option<Command>, WalletError> {
+        if !unsealed_enrolment(command) || self.current().await?.status == WalletStatus::NotEnrolled {
             return Ok(None);
         }
-        let key = if self.current().await?.status == WalletStatus::NotEnrolled {
-            Some(self.deps.store.keep_personal_key(&self.stream, &PersonalKey::generate()?).await?)
-        } else {
-            self.key().await?
-        };
-        let Some(key) = key else { return Ok(None) };
-        let sealed = personal::seal(&key, self.stream.as_str(), &PersonalData { customer_ref: customer_ref.clone() });
+        Ok(self.key().await?.map(|key| self.seal(command, &key)))
+    }
+
+    /// A new wallet's enrolment, sealed under a key made for it (durably) — once `decide` found nothing
+    /// else wrong with it, so a refused enrolment leaves no key. `None` when the log holds events this
+    /// actor has not seen (another node enrolled it): it catches up rather than make a second key.
+    async fn seal_new(&mut self, command: &Command) -> Result<Option<Command>, WalletError> {
+        let seen = self.state.as_ref().map_or(0, |state| state.version);
+        if self.deps.store.stream_version(&self.stream).await? != seen {
+            self.stale = true;
+            return Ok(None);
+        }
+        let key = self.deps.store.keep_personal_key(&self.stream, &PersonalKey::generate()?).await?;
+        let sealed = self.seal(command, &key);
         self.personal_key = Some(key);
-        let body = CommandBody::Enroll { customer_ref: customer_ref.clone(), sealed: Some(sealed) };
-        Ok(Some(Command { idempotency_key: command.idempotency_key.clone(), body }))
+        Ok(Some(sealed))
+    }
+
+    fn seal(&self, command: &Command, key: &PersonalKey) -> Command {
+        let CommandBody::Enroll { customer_ref, .. } = &command.body else { unreachable!("only enrolments are sealed") };
+        let data = PersonalData { customer_ref: customer_ref.clone(), ..Default::default() };
+        let sealed = personal::seal(key, self.stream.as_str(), &data);
+        Command::new(command.idempotency_key.clone(), CommandBody::Enroll { customer_ref: customer_ref.clone(), sealed: Some(sealed) })
     }
 
     /// The wallet's personal data key, read once; `None` if it has none.
@@ -554,6 +589,11 @@ impl Wallet {
         let state = self.state.as_ref().expect("a recovered state");
         personal::shown_customer(state, self.stream.as_str(), key.as_ref()).map_err(|e| WalletError::PersonalData(e.to_string()))
     }
+}
+
+/// An enrolment with a customer reference not sealed yet.
+fn unsealed_enrolment(command: &Command) -> bool {
+    matches!(&command.body, CommandBody::Enroll { customer_ref, sealed: None } if !customer_ref.is_empty())
 }
 
 /// What an event records of the command it came with: all of it, but for a change time brought (an

@@ -26,6 +26,11 @@ pub enum Rejection {
     /// Enroll on a wallet that already exists (with another idempotency key). Maps to ALREADY_EXISTS.
     #[error("wallet already enrolled")]
     AlreadyEnrolled,
+    /// An enrolment's customer reference reached `decide` unsealed. The wallet's actor answers it by
+    /// sealing the reference (once the rest of the enrolment is known to hold) and deciding again; it
+    /// reaches a caller only through a bug. Maps to INTERNAL.
+    #[error("the customer's reference is personal data and was not sealed under the wallet's key")]
+    PersonalDataNotSealed,
     /// EraseCustomer on a wallet whose customer was erased already (under another idempotency key).
     /// Maps to FAILED_PRECONDITION.
     #[error("the customer's personal data was erased already")]

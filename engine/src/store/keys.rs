@@ -50,10 +50,12 @@ pub struct KeysDir {
 }
 
 impl KeysDir {
-    /// Opens (or creates) the folder, removing what a crash left of a key being kept: a temporary copy
-    /// would otherwise outlive the key's erasure.
+    /// Opens the folder (made with the first key kept), removing what a crash left of a key being kept:
+    /// a temporary copy would otherwise outlive the key's erasure.
     pub fn open(dir: PathBuf) -> Result<Self, StoreError> {
-        fs::create_dir_all(&dir).map_err(|e| StoreError::io(&dir, e))?;
+        if !dir.exists() {
+            return Ok(Self { dir });
+        }
         for folder in fs::read_dir(&dir).map_err(|e| StoreError::io(&dir, e))? {
             let folder = folder.map_err(|e| StoreError::io(&dir, e))?.path();
             if !folder.is_dir() {
@@ -99,13 +101,18 @@ impl KeysDir {
         }
         let path = self.path(subject);
         let folder = path.parent().expect("a key's path has its folder");
+        if !self.dir.exists() {
+            fs::create_dir_all(&self.dir).map_err(|e| StoreError::io(&self.dir, e))?;
+            sync_dir(self.dir.parent().unwrap_or(Path::new(".")))?;
+        }
         fs::create_dir_all(folder).map_err(|e| StoreError::io(folder, e))?;
-        let temporary = path.with_extension(format!("{}.{}", std::process::id(), TEMPORARY));
-        let written = File::options()
-            .write(true)
-            .create_new(true)
-            .open(&temporary)
-            .and_then(|mut file| file.write_all(key.as_bytes()).and_then(|()| file.sync_all()));
+        // A name of this call's own: two callers never share a temporary file.
+        let mut nonce = [0; 8];
+        getrandom::fill(&mut nonce).map_err(|e| StoreError::Unavailable { reason: format!("no random bytes for a file name: {e}") })?;
+        let temporary = path.with_extension(format!("{:016x}.{TEMPORARY}", u64::from_le_bytes(nonce)));
+        let mut file = File::options().write(true).create_new(true).open(&temporary).map_err(|e| StoreError::io(&temporary, e))?;
+        let written = file.write_all(key.as_bytes()).and_then(|()| file.sync_all());
+        drop(file);
         // A hard link never replaces: a key another caller kept meanwhile wins, and is the one returned.
         let linked = written.and_then(|()| fs::hard_link(&temporary, &path));
         let removed = fs::remove_file(&temporary);

@@ -548,8 +548,10 @@ impl EventStore for PostgresStore {
         let mut found = HashMap::with_capacity(rows.len());
         for row in rows {
             let (id, bytes): (String, Vec<u8>) = (row.get(0), row.get(1));
-            let key = PersonalKey::from_bytes(&bytes).ok_or_else(|| StoreError::Unavailable {
-                reason: format!("tally_personal_keys holds a key of {} bytes for {id}, not 32", bytes.len()),
+            let key = PersonalKey::from_bytes(&bytes).ok_or_else(|| StoreError::Corrupt {
+                file: "tally_personal_keys".into(),
+                offset: 0,
+                reason: format!("a key of {} bytes for {id}, not 32", bytes.len()),
             })?;
             found.insert(id, key);
         }
@@ -568,7 +570,11 @@ impl EventStore for PostgresStore {
             .map_err(pg)?;
         let row = client.query_one("SELECT key FROM tally_personal_keys WHERE stream_id = $1", &[&subject.as_str()]).await.map_err(pg)?;
         let bytes: Vec<u8> = row.get(0);
-        PersonalKey::from_bytes(&bytes).ok_or_else(|| StoreError::Unavailable { reason: format!("a kept key of {} bytes", bytes.len()) })
+        PersonalKey::from_bytes(&bytes).ok_or_else(|| StoreError::Corrupt {
+            file: "tally_personal_keys".into(),
+            offset: 0,
+            reason: format!("a key of {} bytes for {subject}, not 32", bytes.len()),
+        })
     }
 
     async fn erase_personal_key(&self, subject: &StreamId) -> Result<bool, StoreError> {

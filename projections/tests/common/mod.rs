@@ -164,7 +164,7 @@ impl Workload {
 async fn sealed(store: &dyn EventStore, stream: &StreamId, command: Command) -> Command {
     let CommandBody::Enroll { customer_ref, sealed: None } = &command.body else { return command };
     let key = store.keep_personal_key(stream, &PersonalKey::generate().unwrap()).await.expect("keep key");
-    let sealed = personal::seal(&key, stream.as_str(), &PersonalData { customer_ref: customer_ref.clone() });
+    let sealed = personal::seal(&key, stream.as_str(), &PersonalData { customer_ref: customer_ref.clone(), ..Default::default() });
     Command::new(command.idempotency_key, CommandBody::Enroll { customer_ref: customer_ref.clone(), sealed: Some(sealed) })
 }
 

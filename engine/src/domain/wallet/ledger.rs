@@ -16,7 +16,6 @@ use super::tier::count_qualifying;
 use crate::domain::Context;
 use crate::domain::command::Money;
 use crate::domain::event::Change;
-use crate::domain::ids::FieldError;
 use crate::domain::rejection::Rejection;
 use crate::domain::rules::{self, Period};
 use crate::domain::state::{Hold, Pending, SourceLedger, WalletState, WalletStatus};
@@ -27,7 +26,7 @@ pub(super) fn enroll(customer_ref: &str, sealed: Option<&SealedPersonalData>, ct
     let customer = match sealed {
         Some(sealed) => Some(Customer::Sealed(sealed.clone())),
         None if customer_ref.is_empty() => None,
-        None => return Err(FieldError::new("customer_ref", "is personal data and was not sealed under the wallet's key").into()),
+        None => return Err(Rejection::PersonalDataNotSealed),
     };
     Ok(Change::Enrolled(WalletEnrolledV2 {
         tenant_id: ctx.tenant.as_str().to_owned(),

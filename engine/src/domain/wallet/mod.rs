@@ -50,6 +50,13 @@ pub enum Decision {
 /// Decides `command` against `state`. Pure: the same inputs always give the same answer.
 pub fn decide(state: &WalletState, command: &Command, ctx: &Context<'_>) -> Result<Decision, Rejection> {
     checks::check_key(command)?;
+    // An enrolment retried after its customer was erased has no key left to seal with.
+    if let CommandBody::Enroll { customer_ref, sealed: None } = &command.body
+        && !customer_ref.is_empty()
+        && state.customer_erased
+    {
+        return Err(Rejection::CustomerAlreadyErased);
+    }
     if let Some(receipt) = state.receipts.get(&command.idempotency_key) {
         if command.matches(&receipt.command_fingerprint) {
             return Ok(Decision::AlreadyApplied(*receipt));
