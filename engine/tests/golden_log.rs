@@ -7,7 +7,10 @@
 //!
 //! The fixture is never rewritten. When the engine's state grows a field, the expected file may gain it
 //! (`TALLY_GOLDEN_EXPECTED=write`), and the review of that diff must show additions only. When the
-//! persisted format grows, a new fixture (`log-v2`, written with `TALLY_GOLDEN_WRITE=DIR`) joins this one.
+//! persisted format grows, a new fixture (written with `TALLY_GOLDEN_WRITE=DIR`) joins this one:
+//! `log-v2` (also 2026-12-01) has sealed enrolments (`WalletEnrolledV2`, their keys in its `keys/`
+//! folder) and an erasure (`CustomerErased`, that key gone), while `log-v1`'s enrolments are version 1,
+//! read through the upcaster.
 
 mod common;
 
@@ -25,7 +28,8 @@ use tally_engine::domain::rules::{Order, OrderLine};
 use tally_engine::domain::{
     Command, CommandBody, ExpiryPolicy, Money, ReturnPolicy, StampCardDefined, TenantId, WalletId, WalletState, apply,
 };
-use tally_engine::store::{EmbeddedStore, EventMetadata, EventStore};
+use tally_engine::personal;
+use tally_engine::store::{EmbeddedStore, EventMetadata, EventStore, StreamId};
 use tally_proto::v1::expiry_policy::Rule;
 use tally_proto::v1::{ExpireAfter, TierDefinition, TierWindow};
 
@@ -34,12 +38,12 @@ const START_MS: i64 = 1_767_603_600_000;
 const HOUR_MS: i64 = 3_600_000;
 const DAY_MS: i64 = 24 * HOUR_MS;
 
-fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/log-v1")
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name)
 }
 
-fn expected_file() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/log-v1.expected.json")
+fn expected_file(name: &str) -> PathBuf {
+    fixture(name).with_extension("expected.json")
 }
 
 const RULES_V1: &str = r#"[{"id":"base","actions":[{"type":"points_per_currency_unit","points":1,"unit_minor":100}]},
@@ -228,6 +232,8 @@ fn wallet_scripts() -> Vec<(&'static str, Vec<Step>)> {
                 }),
                 Wait(DAY_MS),
                 Do("carol", order("o-5", 2_000, 1)),
+                Wait(DAY_MS),
+                Do("carol", Command::new("forget", CommandBody::EraseCustomer { reason: "GDPR art. 17, ticket 9".into() })),
             ],
         ),
     ]
@@ -270,8 +276,9 @@ async fn script(dir: &Path) {
     store.close().await;
 }
 
-/// Every stream of the log replayed: wallets to their state, the program to its settings, the rest as
-/// decoded; and every event's type, in log order.
+/// Every stream of the log replayed: wallets to their state and their customer as answers show it (opened
+/// with the keys kept beside the log), the program to its settings, the rest as decoded; and every
+/// event's type, in log order.
 async fn replay(store: &dyn EventStore) -> Value {
     let events = store.read_all(1, 1_000_000).await.unwrap();
     let mut wallets: BTreeMap<String, WalletState> = BTreeMap::new();
@@ -294,7 +301,12 @@ async fn replay(store: &dyn EventStore) -> Value {
         }
     }
     let programs: BTreeMap<String, Value> = programs.into_iter().map(|(stream, p)| (stream, program_view(&p))).collect();
-    json!({ "events": types, "wallets": wallets, "programs": programs, "others": others })
+    let mut customers = BTreeMap::new();
+    for (stream, state) in &wallets {
+        let key = store.personal_keys(&[StreamId::new(stream).unwrap()]).await.unwrap().pop().flatten();
+        customers.insert(stream.clone(), personal::shown_customer(state, stream, key.as_ref()).unwrap());
+    }
+    json!({ "events": types, "wallets": wallets, "customers": customers, "programs": programs, "others": others })
 }
 
 fn program_view(p: &ProgramState) -> Value {
@@ -313,6 +325,55 @@ fn program_view(p: &ProgramState) -> Value {
     })
 }
 
+/// Opens the golden log `name` (a copy: opening may write to a log, the fixture never changes), replays
+/// it, and compares with what the build that wrote it replayed; its log chain's head is pinned.
+async fn check(name: &str, head: (u64, &str)) -> Value {
+    let copy = tempfile::tempdir().unwrap();
+    common::copy_dir(&fixture(name), copy.path());
+    let store = EmbeddedStore::open(copy.path()).unwrap();
+    assert_eq!(store.report().torn_tail, None, "the golden log is whole");
+    let replayed = replay(&store).await;
+    let actual = serde_json::to_string_pretty(&replayed).unwrap() + "\n";
+    if std::env::var("TALLY_GOLDEN_EXPECTED").as_deref() == Ok("write") {
+        std::fs::write(expected_file(name), &actual).unwrap();
+    }
+    let expected = std::fs::read_to_string(expected_file(name)).unwrap();
+    if actual != expected {
+        let diff = actual.lines().zip(expected.lines()).enumerate().find(|(_, (a, e))| a != e);
+        panic!("{name} replays differently; first difference at line {:?}", diff.map(|(i, (a, e))| (i + 1, a.to_owned(), e.to_owned())));
+    }
+    // The log chain, pinned, so the chain algorithm and the canonical encoding never drift
+    // (proto/README.md documents both).
+    let verified = tally_engine::audit::verify::verify_log(&store, |_| {}).await.unwrap().unwrap();
+    let hex = |hash: [u8; 32]| hash.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    assert_eq!(verified.head.map(|(position, hash)| (position, hex(hash))), Some((head.0, head.1.to_owned())), "{name}");
+    replayed
+}
+
+/// The kinds of wallet event a golden log's replay holds.
+fn kinds(replayed: &Value) -> std::collections::BTreeSet<String> {
+    replayed["events"].as_array().unwrap().iter().filter_map(|e| Some(e.as_str()?.split(' ').next()?.to_owned())).collect()
+}
+
+const EVERY_LATER_KIND: [&str; 16] = [
+    "tally.v1.PointsEarned",
+    "tally.v1.PointsRedeemed",
+    "tally.v1.PointsAdjusted",
+    "tally.v1.EarnReversed",
+    "tally.v1.WalletClosed",
+    "tally.v1.PointsHeld",
+    "tally.v1.HoldCaptured",
+    "tally.v1.HoldReleased",
+    "tally.v1.PointsPurchased",
+    "tally.v1.PointsExpired",
+    "tally.v1.PointsMatured",
+    "tally.v1.PointsExpiringSoon",
+    "tally.v1.TierChanged",
+    "tally.v1.TierReviewed",
+    "tally.v1.StampsAdded",
+    "tally.v1.StampCardCompleted",
+];
+
 #[tokio::test]
 async fn the_golden_log_opens_and_replays_to_the_states_it_was_written_with() {
     if let Ok(dir) = std::env::var("TALLY_GOLDEN_WRITE") {
@@ -323,52 +384,30 @@ async fn the_golden_log_opens_and_replays_to_the_states_it_was_written_with() {
         let written = serde_json::to_string_pretty(&replay(&store).await).unwrap();
         std::fs::write(dir.with_extension("expected.json"), written + "\n").unwrap();
         eprintln!("wrote a golden log to {} and its states beside it", dir.display());
+        return;
     }
-    // A copy: opening a log may write to it (a torn tail cut, the acknowledged mark), the fixture never.
-    let copy = tempfile::tempdir().unwrap();
-    common::copy_dir(&fixture(), copy.path());
-    let store = EmbeddedStore::open(copy.path()).unwrap();
-    assert_eq!(store.report().torn_tail, None, "the golden log is whole");
-    let replayed = replay(&store).await;
-    let actual = serde_json::to_string_pretty(&replayed).unwrap() + "\n";
-    if std::env::var("TALLY_GOLDEN_EXPECTED").as_deref() == Ok("write") {
-        std::fs::write(expected_file(), &actual).unwrap();
+    // Written by the build of 2026-12-01, before personal data was sealed: its enrolments are version 1
+    // (the reference in clear), read through the upcaster.
+    let v1 = check("log-v1", (79, "822cedc4e1a9a3cc438542660da3364bbe3b0983254b2911dae74bdcd8dee422")).await;
+    let kinds = kinds(&v1);
+    for kind in EVERY_LATER_KIND.iter().chain(&["tally.v1.WalletEnrolled"]) {
+        assert!(kinds.contains(*kind), "log-v1 has no {kind}: {kinds:?}");
     }
-    let expected = std::fs::read_to_string(expected_file()).unwrap();
-    if actual != expected {
-        let diff = actual.lines().zip(expected.lines()).enumerate().find(|(_, (a, e))| a != e);
-        panic!(
-            "the golden log replays differently; first difference at line {:?}",
-            diff.map(|(i, (a, e))| (i + 1, a.to_owned(), e.to_owned()))
-        );
-    }
-    // The log chain over the golden log (written before the chains, so computed): pinned, so the chain
-    // algorithm and the canonical encoding never drift (proto/README.md documents both).
-    let verified = tally_engine::audit::verify::verify_log(&store, |_| {}).await.unwrap().unwrap();
-    let head = verified.head.map(|(position, hash)| (position, hash.iter().map(|b| format!("{b:02x}")).collect::<String>()));
-    assert_eq!(head, Some((79, "822cedc4e1a9a3cc438542660da3364bbe3b0983254b2911dae74bdcd8dee422".to_owned())));
-    // The script covers every kind of wallet event the engine records.
-    let kinds: std::collections::BTreeSet<&str> =
-        replayed["events"].as_array().unwrap().iter().filter_map(|e| e.as_str()?.split(' ').next()).collect();
-    for kind in [
-        "tally.v1.WalletEnrolled",
-        "tally.v1.PointsEarned",
-        "tally.v1.PointsRedeemed",
-        "tally.v1.PointsAdjusted",
-        "tally.v1.EarnReversed",
-        "tally.v1.WalletClosed",
-        "tally.v1.PointsHeld",
-        "tally.v1.HoldCaptured",
-        "tally.v1.HoldReleased",
-        "tally.v1.PointsPurchased",
-        "tally.v1.PointsExpired",
-        "tally.v1.PointsMatured",
-        "tally.v1.PointsExpiringSoon",
-        "tally.v1.TierChanged",
-        "tally.v1.TierReviewed",
-        "tally.v1.StampsAdded",
-        "tally.v1.StampCardCompleted",
-    ] {
-        assert!(kinds.contains(kind), "the golden log has no {kind}: {kinds:?}");
-    }
+    assert_eq!(v1["customers"]["golden/wallet/alice"], json!(["crm-alice", false]), "version 1, in clear");
 }
+
+/// Written by the build of 2026-12-01 that seals personal data: version 2 enrolments, their keys in the
+/// fixture's `keys/` folder, and one customer erased (their key gone).
+#[tokio::test]
+async fn the_golden_log_v2_opens_and_replays_to_the_states_it_was_written_with() {
+    let v2 = check("log-v2", GOLDEN_V2_HEAD).await;
+    let kinds = kinds(&v2);
+    for kind in EVERY_LATER_KIND.iter().chain(&["tally.v1.WalletEnrolledV2", "tally.v1.CustomerErased"]) {
+        assert!(kinds.contains(*kind), "log-v2 has no {kind}: {kinds:?}");
+    }
+    assert!(!kinds.contains("tally.v1.WalletEnrolled"), "nothing writes version 1 any more");
+    assert_eq!(v2["customers"]["golden/wallet/alice"], json!(["crm-alice", false]), "sealed, opened with its key");
+    assert_eq!(v2["customers"]["golden/wallet/carol"], json!(["", true]), "erased");
+}
+
+const GOLDEN_V2_HEAD: (u64, &str) = (80, "4132ce3d671c56d7453a013dbb10033fe5fc706ad74a6bfbcbfea3ab35446a7b");
