@@ -494,3 +494,30 @@ async fn event_times_never_go_backwards_within_a_wallet() {
     let times: Vec<i64> = store.read_stream(&stream, 1, 10).await.unwrap().iter().map(|e| e.data.recorded_at_ms).collect();
     assert_eq!(times, [1_000_000, 1_000_000, 1_000_000], "the stepped-back clock recorded nothing earlier");
 }
+
+/// Issue 19 item 4, the crash window of an erasure: the key is destroyed, the call fails before
+/// `CustomerErased` is recorded. Every answer already shows the customer as erased; the retry (same key)
+/// records the erasure; and a wallet another registry erased drops its cached key when it catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erasure_cut_off_after_its_key_went_shows_erased_and_its_retry_records_it() {
+    let store = InMemoryStore::new();
+    let (one, two) = (registry(store.clone(), RegistryConfig::default()).await, registry(store.clone(), RegistryConfig::default()).await);
+    let wallet = key("acme", "c-1");
+    let enrolled = one.execute(&wallet, enroll(), CommandMeta::default()).await.unwrap();
+    assert_eq!((enrolled.wallet.customer_ref.as_str(), enrolled.wallet.customer_erased), ("crm", false));
+    assert_eq!(two.summary(&wallet).await.unwrap().customer_ref, "crm", "the second registry has read the key");
+    // The key is gone, the event not recorded (as after a crash between the two: a node restarted).
+    let stream = tally_engine::codec::wallet_stream(&wallet.tenant, &wallet.wallet);
+    assert!(store.erase_personal_key(&stream).await.unwrap());
+    one.shutdown().await;
+    let restarted = registry(store.clone(), RegistryConfig::default()).await;
+    let shown = restarted.summary(&wallet).await.unwrap();
+    assert_eq!((shown.customer_ref.as_str(), shown.customer_erased), ("", true), "no key: erased in every answer");
+    // The other registry still holds the key it read; catching up with the log drops it.
+    two.refresh_all();
+    let there = two.summary(&wallet).await.unwrap();
+    assert_eq!((there.customer_ref.as_str(), there.customer_erased), ("", true));
+    let erase = Command::new("x-1", CommandBody::EraseCustomer { reason: "ticket 7".into() });
+    let erased = restarted.execute(&wallet, erase, CommandMeta::default()).await.unwrap();
+    assert_eq!((erased.replayed, erased.wallet.customer_erased, erased.events.len()), (false, true, 1), "the retry records it");
+}

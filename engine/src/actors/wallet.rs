@@ -186,7 +186,9 @@ pub(super) struct Wallet {
     /// Unlisted by the supervisor: stop as soon as no caller holds a ticket.
     passivating: bool,
     /// The key of the customer's personal data, once read (or made); dropped when it is erased.
-    personal_key: Option<PersonalKey>,
+    /// The key of the customer's personal data once read (`Some(None)`: the store has none), or made;
+    /// forgotten when the wallet catches up with the log, `Some(None)` once erased here.
+    personal_key: Option<Option<PersonalKey>>,
 }
 
 impl Actor for WalletActor {
@@ -549,7 +551,7 @@ impl Wallet {
         }
         let key = self.deps.store.keep_personal_key(&self.stream, &PersonalKey::generate()?).await?;
         let sealed = self.seal(command, &key);
-        self.personal_key = Some(key);
+        self.personal_key = Some(Some(key));
         Ok(Some(sealed))
     }
 
@@ -562,15 +564,23 @@ impl Wallet {
 
     /// The wallet's personal data key, read once; `None` if it has none.
     async fn key(&mut self) -> Result<Option<PersonalKey>, WalletError> {
-        if self.personal_key.is_none() {
-            self.personal_key = self.deps.store.personal_keys(std::slice::from_ref(&self.stream)).await?.pop().flatten();
+        if let Some(known) = &self.personal_key {
+            return Ok(known.clone());
         }
-        Ok(self.personal_key.clone())
+        let key = self.deps.store.personal_keys(std::slice::from_ref(&self.stream)).await?.pop().flatten();
+        if key.is_none() && self.state.as_ref().is_some_and(personal::needs_key) {
+            // Sealed data whose key is gone, with no erasure recorded: an erasure whose call failed and
+            // was not retried yet, or keys lost (a log restored without them). Shown as erased either way.
+            tracing::warn!(stream = %self.stream, "the customer's data is sealed but its key is missing; no erasure is recorded");
+            metrics::counter!("tally_personal_keys_missing_total").increment(1);
+        }
+        self.personal_key = Some(key.clone());
+        Ok(key)
     }
 
     /// Destroys the wallet's personal data key, durably.
     async fn erase_key(&mut self) -> Result<(), WalletError> {
-        self.personal_key = None;
+        self.personal_key = Some(None);
         let erased = self.deps.store.erase_personal_key(&self.stream).await?;
         tracing::info!(stream = %self.stream, had_key = erased, "customer's personal data key erased");
         Ok(())
