@@ -7,6 +7,7 @@ use std::sync::Arc;
 use futures::Stream;
 use tally_engine::actors::Programs;
 use tally_engine::domain::TenantId;
+use tally_engine::store::EventStore;
 use tally_projections::postgres::{ProgramStats, WalletCursor, WalletOrder};
 use tally_projections::runner::RunState;
 use tally_projections::{PostgresReadModel, Projection, ProjectionError, RebuildPhase, RebuildProgress};
@@ -34,11 +35,13 @@ pub struct ReadSide {
 pub struct ReportingApi {
     read: ReadSide,
     programs: Arc<dyn Programs>,
+    /// The log, whose keys open the customers' sealed data as rows are read.
+    store: Arc<dyn EventStore>,
 }
 
 impl ReportingApi {
-    pub fn new(read: ReadSide, programs: Arc<dyn Programs>) -> Self {
-        Self { read, programs }
+    pub fn new(read: ReadSide, programs: Arc<dyn Programs>, store: Arc<dyn EventStore>) -> Self {
+        Self { read, programs, store }
     }
 
     fn model(&self) -> Result<&PostgresReadModel, Status> {
@@ -67,6 +70,7 @@ fn from_projection_error(error: &ProjectionError) -> Status {
             tracing::error!(%error, "read model corrupt");
             Status::data_loss(format!("{error}; rebuild it with `tally projections rebuild`"))
         }
+        ProjectionError::Store(store) => status::from_store_error(store),
         ProjectionError::RebuildRunning { .. } | ProjectionError::Standby { .. } => Status::failed_precondition(error.to_string()),
         ProjectionError::OutOfRange(_) => Status::out_of_range(error.to_string()),
         ProjectionError::Stopped { .. } => Status::unavailable(error.to_string()),
@@ -143,7 +147,10 @@ impl ReportingService for ReportingApi {
         };
         let after = decode_token(order, &request.page_token)?;
         let model = self.model()?;
-        let page = model.list_wallets(tenant.as_str(), order, page_size, after.as_ref()).await.map_err(|e| from_projection_error(&e))?;
+        let mut page =
+            model.list_wallets(tenant.as_str(), order, page_size, after.as_ref()).await.map_err(|e| from_projection_error(&e))?;
+        let mut rows: Vec<_> = page.wallets.iter_mut().map(|row| (tenant.as_str(), row.wallet_id.as_str(), &mut row.summary)).collect();
+        tally_projections::customers::reveal(self.store.as_ref(), &mut rows).await.map_err(|e| from_projection_error(&e))?;
         Ok(Response::new(pb::ListWalletsResponse {
             wallets: page
                 .wallets

@@ -84,6 +84,7 @@ pub async fn run(
     let reporting = ReportingServiceServer::new(ReportingApi::new(
         read.clone(),
         Arc::clone(&engine.programs) as Arc<dyn tally_engine::actors::Programs>,
+        Arc::clone(&engine.store),
     ))
     .max_encoding_message_size(MESSAGE_BYTES_MAX);
     let reporting = Admitted::new(reporting, Arc::clone(&reporting_gate));

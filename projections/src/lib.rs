@@ -21,6 +21,7 @@ use async_trait::async_trait;
 use tally_engine::store::StoreError;
 
 mod backoff;
+pub mod customers;
 pub mod export;
 pub mod model;
 pub mod movement;

@@ -17,7 +17,8 @@ pub fn day_of(ms: i64) -> i64 {
 /// One wallet's figures. Applied to `Default`, the same type is the delta a batch adds to a stored row.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WalletSummary {
-    /// The customer's reference (opened from its sealed form); empty if none was given or it was erased.
+    /// The customer's reference: in clear only for a wallet enrolled before sealing (version 1); for a
+    /// sealed one filled in when the row is read (`customers::reveal`); empty once erased.
     pub customer_ref: String,
     pub closed: bool,
     pub balance: i64,
@@ -36,8 +37,13 @@ pub struct WalletSummary {
     pub last_activity_ms: i64,
     pub last_position: u64,
     /// The customer's personal data was erased (`CustomerErased`); `customer_ref` is empty for good.
-    /// Last, so a row stored before it decodes with `false` appended (see `sled_model::decode_summary`).
+    /// After the fields of the first format, so older rows decode with it appended (see
+    /// `sled_model::decode_summary`).
     pub customer_erased: bool,
+    /// The customer's sealed personal data (`SealedPersonalData`, encoded), as enrolled: kept sealed, and
+    /// opened only when a row is read (`customers::reveal`), so destroying the wallet's key erases it from
+    /// the read model too. Empty once erased.
+    pub customer_sealed: Vec<u8>,
 }
 
 impl WalletSummary {
@@ -46,10 +52,12 @@ impl WalletSummary {
         match movement.kind {
             MovementKind::Enroll => {
                 self.customer_ref.clone_from(&movement.customer_ref);
+                self.customer_sealed.clone_from(&movement.sealed_customer);
                 self.enrolled_at_ms = Some(movement.recorded_at_ms);
             }
             MovementKind::Erase => {
                 self.customer_ref = String::new();
+                self.customer_sealed = Vec::new();
                 self.customer_erased = true;
             }
             MovementKind::Earn => self.lifetime_earned += points,
@@ -81,10 +89,12 @@ impl WalletSummary {
     pub fn add(&mut self, delta: &WalletSummary) {
         if delta.enrolled_at_ms.is_some() {
             self.customer_ref.clone_from(&delta.customer_ref);
+            self.customer_sealed.clone_from(&delta.customer_sealed);
             self.enrolled_at_ms = delta.enrolled_at_ms;
         }
         if delta.customer_erased {
             self.customer_ref = String::new();
+            self.customer_sealed = Vec::new();
             self.customer_erased = true;
         }
         self.closed |= delta.closed;

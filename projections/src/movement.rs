@@ -15,8 +15,7 @@ use serde::{Deserialize, Serialize};
 use tally_engine::codec;
 use tally_engine::domain::Change;
 use tally_engine::limits::BALANCE_ABS_MAX;
-use tally_engine::personal;
-use tally_engine::store::{EventStore, RecordedEvent, StreamId};
+use tally_engine::store::{RecordedEvent, StreamId};
 use tally_proto::v1::wallet_enrolled_v2::Customer;
 
 use crate::ProjectionError;
@@ -96,11 +95,11 @@ pub struct Movement {
     /// What the movement refers to: the order (earn, reverse), the reward (redeem), the staff member
     /// (adjust); empty for an enrolment (the customer's reference is personal data: see `customer_ref`).
     pub reference: String,
-    /// An enrolment's customer reference: as a version 1 event recorded it in clear, or opened from its
-    /// sealed form with the wallet's key by [`open_customers`] (empty until then, and for good once the
-    /// key is erased). Only wallet rows keep it, never a history row or an export.
+    /// An enrolment's customer reference as a version 1 event recorded it in clear (empty for a sealed
+    /// one). Only wallet rows keep it, never a history row or an export.
     pub customer_ref: String,
-    /// An enrolment's sealed customer data (`SealedPersonalData`, encoded), for [`open_customers`].
+    /// An enrolment's sealed customer data (`SealedPersonalData`, encoded): what wallet rows keep, opened
+    /// only when read (`customers::reveal`), so destroying the key erases it from them too.
     pub sealed_customer: Vec<u8>,
     pub idempotency_key: String,
     /// The API key that made it (`EventMetadata::principal`); empty for what the engine did itself.
@@ -257,44 +256,6 @@ fn decode_one(mut recorded: RecordedEvent, tenant: Arc<str>, wallet: Arc<str>) -
         customer_ref,
         sealed_customer,
     })
-}
-
-/// Opens the sealed customer data of the enrolments among `movements` with their wallets' keys (one
-/// read of the store's keys for the lot): a wallet whose key is gone gets no reference. Data that does
-/// not open under its wallet's key is poison: its movement is taken out and returned, to be
-/// quarantined like any event that cannot be read.
-pub async fn open_customers(store: &dyn EventStore, movements: &mut Vec<Movement>) -> Result<Vec<QuarantinedEvent>, ProjectionError> {
-    let sealed: Vec<usize> = (0..movements.len()).filter(|&i| !movements[i].sealed_customer.is_empty()).collect();
-    if sealed.is_empty() {
-        return Ok(Vec::new());
-    }
-    let streams: Vec<StreamId> = sealed.iter().map(|&i| codec_stream(&movements[i])).collect::<Result<_, _>>()?;
-    let keys = store.personal_keys(&streams).await?;
-    let mut poisoned = Vec::new();
-    for ((&i, stream), key) in sealed.iter().zip(&streams).zip(keys) {
-        let movement = &mut movements[i];
-        let Some(key) = key else { continue };
-        let opened = prost::Message::decode(movement.sealed_customer.as_slice())
-            .map_err(|e| e.to_string())
-            .and_then(|sealed| personal::open(&key, stream.as_str(), &sealed).map_err(|e| e.to_string()));
-        match opened {
-            Ok(data) => movement.customer_ref = into_storable(data.customer_ref),
-            Err(reason) => poisoned.push(QuarantinedEvent {
-                position: movement.position,
-                stream: stream.to_string(),
-                event_type: movement.event_type.to_owned(),
-                reason: format!("the customer's personal data cannot be read: {reason}"),
-            }),
-        }
-    }
-    if !poisoned.is_empty() {
-        movements.retain(|m| !poisoned.iter().any(|p| p.position == m.position));
-    }
-    Ok(poisoned)
-}
-
-fn codec_stream(movement: &Movement) -> Result<StreamId, ProjectionError> {
-    Ok(StreamId::new(&format!("{}/wallet/{}", movement.tenant, movement.wallet))?)
 }
 
 #[cfg(test)]

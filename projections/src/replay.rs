@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 
 use crate::ProjectionError;
 use crate::backoff::Backoff;
-use crate::movement::{Movement, decode_events, open_customers};
+use crate::movement::{Movement, decode_events};
 use crate::quarantine::QuarantinedEvent;
 
 /// Attempts at a replay's read before it gives up: a replay can be long, and one network blip should
@@ -118,13 +118,6 @@ enum Source {
 }
 
 impl Source {
-    fn store(&self) -> Arc<dyn EventStore> {
-        match self {
-            Self::Follow(follower) => Arc::clone(follower.store()),
-            Self::ToEnd { store, .. } => Arc::clone(store),
-        }
-    }
-
     /// At most `limit` events; `None` at the end.
     async fn read(&mut self, limit: usize) -> Result<Option<Vec<RecordedEvent>>, ProjectionError> {
         match self {
@@ -251,7 +244,7 @@ async fn read_ahead(mut source: Source, shared: Arc<Shared>, batch_size: usize, 
             taken.await;
         };
         let end = match source.read(room).await {
-            Ok(Some(events)) => match decode(source.store(), events, batch_size, trace_calls).await {
+            Ok(Some(events)) => match decode(events, batch_size, trace_calls).await {
                 Ok(read) => {
                     shared.state.lock().push(read, batch_size);
                     shared.ready.notify_one();
@@ -268,9 +261,8 @@ async fn read_ahead(mut source: Source, shared: Arc<Shared>, batch_size: usize, 
     }
 }
 
-/// Decodes a read off the async workers (decoding is the CPU-heavy part), beside the apply, and opens
-/// its enrolments' sealed customer data with the store's keys.
-async fn decode(store: Arc<dyn EventStore>, events: Vec<RecordedEvent>, batch_size: usize, trace_calls: bool) -> Result<Pending, End> {
+/// Decodes a read off the async workers (decoding is the CPU-heavy part), beside the apply.
+async fn decode(events: Vec<RecordedEvent>, batch_size: usize, trace_calls: bool) -> Result<Pending, End> {
     let (Some(first), Some(last)) = (events.first(), events.last()) else { unreachable!("a read holds events") };
     let (from, through, first_recorded_ms, count) =
         (first.global_position - 1, last.global_position, first.data.recorded_at_ms, events.len());
@@ -280,9 +272,7 @@ async fn decode(store: Arc<dyn EventStore>, events: Vec<RecordedEvent>, batch_si
         Err(failed) if failed.is_panic() => return Err(End::Panicked(failed.into_panic())),
         Err(_) => return Err(End::Failed(ProjectionError::Stopped { model: "replay" })),
     };
-    let (mut movements, mut poisoned) = (decoded.movements, decoded.poisoned);
-    poisoned.extend(open_customers(store.as_ref(), &mut movements).await.map_err(End::Failed)?);
-    poisoned.sort_by_key(|p| p.position);
+    let (movements, poisoned) = (decoded.movements, decoded.poisoned);
     let movements = if count >= batch_size { Movements::Sealed(movements.into()) } else { Movements::Open(movements) };
     Ok(Pending { from, through, first_recorded_ms, events: count, movements, poisoned, calls })
 }

@@ -86,9 +86,10 @@ fn history_prefix(tenant: &str, wallet: &str) -> Vec<u8> {
     format!("m/{tenant}/{wallet}/").into_bytes()
 }
 
-/// Wallet summaries are stored as version 2 since they keep `customer_erased` (their last field); a
-/// version 1 row, written before, is the same encoding without it, read as not erased.
-const SUMMARY_FORMAT_VERSION: u8 = 2;
+/// Wallet summaries are stored as version 3 since they keep `customer_erased` and `customer_sealed` (their
+/// last fields); rows written before are the same encoding without them (version 1: neither; version 2:
+/// no sealed data), read as not erased with nothing sealed.
+const SUMMARY_FORMAT_VERSION: u8 = 3;
 
 fn encode_summary(summary: &WalletSummary) -> Vec<u8> {
     postcard::to_extend(summary, vec![SUMMARY_FORMAT_VERSION]).expect("serializing to a Vec cannot fail")
@@ -98,8 +99,10 @@ fn decode_summary(key: &[u8], bytes: &[u8]) -> Result<WalletSummary, ProjectionE
     match bytes.split_first() {
         Some((&SUMMARY_FORMAT_VERSION, rest)) => postcard::from_bytes(rest)
             .map_err(|e| ProjectionError::Corrupt { key: String::from_utf8_lossy(key).into_owned(), reason: e.to_string() }),
-        // postcard writes `false` as one zero byte, appended where version 1 ended.
-        Some((&FORMAT_VERSION, rest)) => decode(key, &[&[FORMAT_VERSION], rest, &[0]].concat()),
+        // postcard writes `false` and an empty byte string as one zero byte each, appended where the
+        // older versions ended.
+        Some((&FORMAT_VERSION, rest)) => decode(key, &[&[FORMAT_VERSION], rest, &[0, 0]].concat()),
+        Some((&2, rest)) => decode(key, &[&[FORMAT_VERSION], rest, &[0]].concat()),
         _ => decode(key, bytes),
     }
 }
@@ -437,9 +440,11 @@ mod tests {
     fn summaries_from_before_erasure_read_and_erasure_scrubs_old_enrolment_entries() {
         let summary = WalletSummary { customer_ref: "cust-1".into(), balance: 42, events: 3, ..WalletSummary::default() };
         let current = encode_summary(&summary);
-        assert_eq!((current[0], current.last()), (SUMMARY_FORMAT_VERSION, Some(&0)));
-        let before = [&[FORMAT_VERSION], &current[1..current.len() - 1]].concat();
-        assert_eq!(decode_summary(b"w/t/w", &before).unwrap(), summary);
+        assert_eq!((current[0], &current[current.len() - 2..]), (SUMMARY_FORMAT_VERSION, &[0, 0][..]));
+        let first = [&[FORMAT_VERSION], &current[1..current.len() - 2]].concat();
+        assert_eq!(decode_summary(b"w/t/w", &first).unwrap(), summary);
+        let second = [&[2], &current[1..current.len() - 1]].concat();
+        assert_eq!(decode_summary(b"w/t/w", &second).unwrap(), summary);
         assert_eq!(decode_summary(b"w/t/w", &current).unwrap(), summary);
         assert!(decode_summary(b"w/t/w", &[9, 0]).is_err(), "an unknown version is reported");
 

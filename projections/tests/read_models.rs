@@ -579,9 +579,7 @@ async fn fold_skipping_tenant(store: &Arc<dyn EventStore>, skipped: &[u64], tena
     let events = store.read_all(1, usize::MAX).await.unwrap();
     let last = events.last().map_or(0, |e| e.global_position);
     let mut fold = Fold::default();
-    let mut movements = tally_projections::movement::decode_events(events).movements;
-    tally_projections::movement::open_customers(store.as_ref(), &mut movements).await.unwrap();
-    for m in movements.iter().filter(|m| !skipped.contains(&m.position)) {
+    for m in tally_projections::movement::decode_events(events).movements.iter().filter(|m| !skipped.contains(&m.position)) {
         if &*m.tenant != tenant {
             fold.apply(m);
         } else if m.kind != MovementKind::Enroll {
@@ -641,9 +639,8 @@ async fn a_node_following_the_old_generation_moves_to_the_one_another_node_promo
             Err(tally_projections::ProjectionError::Behind { .. }) => {
                 let events = store.read_all(checkpoint + 1, 1_000).await.unwrap();
                 let through = events.last().unwrap().global_position;
-                let mut movements = tally_projections::movement::decode_batch(events).unwrap();
-                tally_projections::movement::open_customers(store.as_ref(), &mut movements).await.unwrap();
-                first.apply(generation, checkpoint, through, movements.into()).await.unwrap();
+                let movements = tally_projections::movement::decode_batch(events).unwrap().into();
+                first.apply(generation, checkpoint, through, movements).await.unwrap();
                 checkpoint = through;
             }
             Err(other) => panic!("{other}"),
@@ -715,8 +712,8 @@ async fn following_a_postgres_log_under_steady_writes_keeps_up() {
 async fn a_live_generation_from_before_numeric_sums_is_migrated_and_its_views_keep_their_grants() {
     let db = TestDatabase::create().await;
     let store = store();
-    // Nobody was erased before erasures existed.
-    Workload::new(13, 10).without_erasures().run(&*store, 200).await;
+    // Nothing was sealed nor erased before either existed.
+    Workload::new(13, 10).before_sealing().run(&*store, 200).await;
     let model = Arc::new(PostgresReadModel::connect(&db.url).await.unwrap());
     let projection = Projection::spawn(Arc::clone(&store), model.clone(), options(50));
     caught_up(&projection, &store).await;
@@ -728,7 +725,7 @@ async fn a_live_generation_from_before_numeric_sums_is_migrated_and_its_views_ke
     client
         .batch_execute(&format!(
             "DROP VIEW tally_read.program_daily_stats, tally_read.tenant_liability, tally_read.quarantined_events, tally_read.wallets;
-             ALTER TABLE tally_read_g1.wallets DROP COLUMN customer_erased;
+             ALTER TABLE tally_read_g1.wallets DROP COLUMN customer_erased, DROP COLUMN customer_sealed;
              ALTER TABLE tally_read_g1.program_daily_stats ALTER COLUMN points_issued TYPE BIGINT, ALTER COLUMN points_expired TYPE BIGINT;
              ALTER TABLE tally_read_g1.tenant_liability ALTER COLUMN outstanding_points TYPE BIGINT;
              DROP TABLE tally_read_g1.quarantined_events;

@@ -103,10 +103,19 @@ async fn an_erased_customer_reads_as_erased_everywhere_while_the_wallet_replays_
     assert_eq!(get(&mut wallets, "c-1").await.customer_ref, SECRET);
     let channel = server.channel().await;
     let mut reporting = ReportingServiceClient::new(channel.clone());
-    assert_eq!(reported(&mut reporting, "c-1", false).await.customer_ref, SECRET, "the read model opened it");
-    // Sealed: the log never held it in clear; the keys beside it are not the data either.
-    assert_eq!(files_holding(&data.join("log"), SECRET.as_bytes()), Vec::<PathBuf>::new());
-    assert_eq!(files_holding(&data.join("keys"), SECRET.as_bytes()), Vec::<PathBuf>::new());
+    assert_eq!(reported(&mut reporting, "c-1", false).await.customer_ref, SECRET, "opened as the row is read");
+    // Sealed: neither the log, nor the keys beside it, nor either read model ever holds it in clear.
+    let (pg, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let in_clear = async || -> i64 {
+        let sql =
+            "SELECT count(*) FROM tally_read.wallets WHERE customer_ref = $1 OR position(convert_to($1, 'UTF8') in customer_sealed) > 0";
+        pg.query_one(sql, &[&SECRET]).await.unwrap().get(0)
+    };
+    assert_eq!(in_clear().await, 0, "the reporting read model keeps it sealed");
+    for folder in ["log", "keys", "read-models"] {
+        assert_eq!(files_holding(&data.join(folder), SECRET.as_bytes()), Vec::<PathBuf>::new(), "{folder}");
+    }
 
     // Precise refusals: a reason is required; a POS key may not erase; an unknown wallet is not found.
     let field = |status: tonic::Status| (status.code(), status.get_details_bad_request().map(|b| b.field_violations[0].field.clone()));
@@ -147,6 +156,7 @@ async fn an_erased_customer_reads_as_erased_everywhere_while_the_wallet_replays_
     assert!(!history.contains(SECRET), "{history}");
     let row = reported(&mut reporting, "c-1", true).await;
     assert_eq!((row.customer_ref.as_str(), row.balance), ("", 120));
+    assert_eq!(in_clear().await, 0);
     assert_eq!(reported(&mut reporting, "c-2", false).await.customer_ref, NEIGHBOUR);
     let mut audit = AuditServiceClient::new(server.channel_with(key(&server, Role::Auditor).await).await);
     // As of its enrolment, long before the erasure, the customer reads as erased too.

@@ -447,9 +447,4 @@ impl Follower {
     pub fn next_position(&self) -> u64 {
         self.next_position
     }
-
-    /// The log it follows.
-    pub fn store(&self) -> &Arc<dyn EventStore> {
-        &self.store
-    }
 }

@@ -35,7 +35,7 @@ const fn column(name: &'static str, ty: Type, merge: Merge) -> Column {
 }
 
 /// The columns, in the order [`WalletColumns::values`] and [`WalletArrays::params`] give them.
-const COLUMNS: [Column; 15] = [
+const COLUMNS: [Column; 16] = [
     column("tenant_id", Type::TEXT, Merge::Key),
     column("wallet_id", Type::TEXT, Merge::Key),
     column(
@@ -57,6 +57,13 @@ const COLUMNS: [Column; 15] = [
     column("enrolled_at", Type::TIMESTAMPTZ, Merge::Sql("coalesce(EXCLUDED.enrolled_at, w.enrolled_at)")),
     column("last_activity_at", Type::TIMESTAMPTZ, Merge::Latest),
     column("customer_erased", Type::BOOL, Merge::Sql("w.customer_erased OR EXCLUDED.customer_erased")),
+    column(
+        "customer_sealed",
+        Type::BYTEA,
+        Merge::Sql(
+            "CASE WHEN EXCLUDED.customer_erased THEN '\\x'::bytea WHEN EXCLUDED.enrolled_at IS NULL THEN w.customer_sealed ELSE EXCLUDED.customer_sealed END",
+        ),
+    ),
 ];
 
 const CLOSED: &str = "closed";
@@ -111,6 +118,7 @@ pub(super) fn read(row: &Row) -> Result<(String, WalletSummary), ProjectionError
     let summary = WalletSummary {
         customer_ref: row.get("customer_ref"),
         customer_erased: row.get("customer_erased"),
+        customer_sealed: row.get("customer_sealed"),
         closed: status == CLOSED,
         balance: row.get("balance"),
         lifetime_earned: row.get("lifetime_earned"),
@@ -139,6 +147,7 @@ pub(super) struct WalletColumns<'a> {
     enrolled_at: Option<OffsetDateTime>,
     last_activity_at: OffsetDateTime,
     customer_erased: bool,
+    customer_sealed: &'a [u8],
 }
 
 impl<'a> WalletColumns<'a> {
@@ -161,11 +170,12 @@ impl<'a> WalletColumns<'a> {
             enrolled_at: s.enrolled_at_ms.map(timestamp),
             last_activity_at: timestamp(s.last_activity_ms),
             customer_erased: s.customer_erased,
+            customer_sealed: &s.customer_sealed,
         })
     }
 
     /// The row's values in [`COLUMNS`] order, for the COPY.
-    pub(super) fn values(&self) -> [&(dyn ToSql + Sync); 15] {
+    pub(super) fn values(&self) -> [&(dyn ToSql + Sync); 16] {
         let [balance, earned, redeemed, reversed, adjusted, forfeited, events, position] = &self.figures;
         [
             &self.tenant_id,
@@ -183,6 +193,7 @@ impl<'a> WalletColumns<'a> {
             &self.enrolled_at,
             &self.last_activity_at,
             &self.customer_erased,
+            &self.customer_sealed,
         ]
     }
 }
@@ -198,6 +209,7 @@ pub(super) struct WalletArrays<'a> {
     enrolled_at: Vec<Option<OffsetDateTime>>,
     last_activity_at: Vec<OffsetDateTime>,
     customer_erased: Vec<bool>,
+    customer_sealed: Vec<&'a [u8]>,
 }
 
 impl<'a> WalletArrays<'a> {
@@ -212,10 +224,11 @@ impl<'a> WalletArrays<'a> {
         self.enrolled_at.push(row.enrolled_at);
         self.last_activity_at.push(row.last_activity_at);
         self.customer_erased.push(row.customer_erased);
+        self.customer_sealed.push(row.customer_sealed);
     }
 
     /// The arrays in [`COLUMNS`] order.
-    pub(super) fn params(&self) -> [&(dyn ToSql + Sync); 15] {
+    pub(super) fn params(&self) -> [&(dyn ToSql + Sync); 16] {
         let [balance, earned, redeemed, reversed, adjusted, forfeited, events, position] = &self.figures;
         [
             &self.tenant_id,
@@ -233,6 +246,7 @@ impl<'a> WalletArrays<'a> {
             &self.enrolled_at,
             &self.last_activity_at,
             &self.customer_erased,
+            &self.customer_sealed,
         ]
     }
 }
@@ -245,7 +259,7 @@ mod tests {
     fn statements_name_every_column_once() {
         let upsert = upsert_sql("g");
         assert!(upsert.contains("unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[]"), "{upsert}");
-        assert!(upsert.contains("$13::timestamptz[], $14::timestamptz[], $15::bool[])"), "{upsert}");
+        assert!(upsert.contains("$13::timestamptz[], $14::timestamptz[], $15::bool[], $16::bytea[])"), "{upsert}");
         assert!(upsert.contains("balance = w.balance + EXCLUDED.balance") && upsert.contains("last_position = EXCLUDED.last_position"));
         assert!(!upsert.contains("tenant_id = "), "the key is not updated: {upsert}");
         assert!(copy_sql("g").starts_with("COPY g.wallets (tenant_id, wallet_id, customer_ref, status, balance,"));
