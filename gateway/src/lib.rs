@@ -29,6 +29,7 @@ pub mod quota;
 pub mod redact;
 pub mod reporting;
 pub mod routing;
+mod sampling;
 pub mod server;
 pub mod service;
 pub mod status;

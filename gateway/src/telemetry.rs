@@ -242,7 +242,14 @@ impl Telemetry {
         if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
             resource = resource.with_service_name("tally");
         }
-        let provider = SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource.build()).build();
+        // The sampler the variables name, given to the SDK and kept for the server's decision before a
+        // span exists (`sampling`); new traces take the trace id that decision was made for.
+        let provider = SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(resource.build())
+            .with_sampler(crate::sampling::install_from_env())
+            .with_id_generator(crate::sampling::PresetIds::default())
+            .build();
         opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
         // Spans of Tally's crates only, no log events (they would become span events on every call).
         // INFO, as Tally's spans are: a DEBUG target would raise the process's maximum level, and every
@@ -334,6 +341,11 @@ fn server_span(headers: &http::HeaderMap, rpc: &'static str, service: &'static s
     if !tracing_on() {
         return Span::none();
     }
+    let parent = opentelemetry::global::get_text_map_propagator(|propagator| propagator.extract(&Headers(headers)));
+    // The sampler decides first, once per call: a call it leaves out builds no span at all.
+    if !crate::sampling::decide(&parent, rpc) {
+        return Span::none();
+    }
     let span = tracing::info_span!(
         target: SERVER_SPAN_TARGET,
         "rpc",
@@ -345,12 +357,11 @@ fn server_span(headers: &http::HeaderMap, rpc: &'static str, service: &'static s
         rpc.grpc.status_code = tracing::field::Empty,
         otel.status_code = tracing::field::Empty,
     );
-    let parent = opentelemetry::global::get_text_map_propagator(|propagator| propagator.extract(&Headers(headers)));
     let _ = span.set_parent(parent);
-    // The sampler decides here, once per call: a call it leaves out builds no span below this one
-    // (the engine's spans open only inside a live parent), so unsampled calls cost one span, not five,
-    // and its attributes are written only once it is kept.
+    // The span starts here, with the trace id the decision was made for, so the SDK's sampler keeps it
+    // too (the engine's spans open only inside a live parent).
     let span = tally_engine::traces::sampled(span);
+    crate::sampling::forget();
     span.record("rpc.system", "grpc").record("rpc.service", service).record("rpc.method", method);
     span
 }
