@@ -77,14 +77,23 @@ where
         let mut outcome = Outcome { span: span.clone(), service, method, started: Instant::now(), recorded: false };
         Box::pin(
             async move {
-                let response = call.await;
-                // A unary answer that is not OK comes as headers only, its status among them; the others
-                // carry theirs in trailers, after this point: OK unless a stream fails midway.
-                outcome.record(match &response {
-                    Ok(response) => status_of(response.headers()),
-                    Err(_) => Code::Internal,
-                });
-                response
+                match call.await {
+                    // An answer that is not OK at once comes as headers only, its status among them.
+                    Ok(response) if response.headers().contains_key("grpc-status") => {
+                        outcome.record(status_of(response.headers()));
+                        Ok(response)
+                    }
+                    // The others carry their status in trailers, after the body: read there, so a stream
+                    // that fails midway counts with its failure, and its time includes the streaming.
+                    Ok(response) => {
+                        let (parts, inner) = response.into_parts();
+                        Ok(http::Response::from_parts(parts, Body::new(Watched { inner, outcome })))
+                    }
+                    Err(error) => {
+                        outcome.record(Code::Internal);
+                        Err(error)
+                    }
+                }
             }
             .instrument(span),
         )
@@ -117,6 +126,42 @@ impl Outcome {
 impl Drop for Outcome {
     fn drop(&mut self) {
         self.record(Code::Cancelled);
+    }
+}
+
+/// A response body whose trailers carry its call's status: the outcome is recorded as they pass, as the
+/// error's code if the body fails, as UNKNOWN if it ends without them, and as CANCELLED if it is dropped
+/// before (the caller went away mid-stream).
+struct Watched {
+    inner: Body,
+    outcome: Outcome,
+}
+
+impl http_body::Body for Watched {
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, tonic::Status>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(trailers) = frame.trailers_ref() {
+                    self.outcome.record(status_of(trailers));
+                }
+            }
+            Poll::Ready(Some(Err(status))) => self.outcome.record(status.code()),
+            Poll::Ready(None) => self.outcome.record(Code::Unknown),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -494,6 +539,68 @@ mod tests {
 
         fn call(&mut self, _: http::Request<()>) -> Self::Future {
             std::future::pending()
+        }
+    }
+
+    /// A streamed answer: a message, then trailers with `status` (none: the body just ends).
+    struct Streamed(Option<&'static str>);
+
+    struct Frames(std::collections::VecDeque<http_body::Frame<bytes::Bytes>>);
+
+    impl http_body::Body for Frames {
+        type Data = bytes::Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, Infallible>>> {
+            Poll::Ready(self.0.pop_front().map(Ok))
+        }
+    }
+
+    impl Service<http::Request<()>> for Streamed {
+        type Response = http::Response<Body>;
+        type Error = Infallible;
+        type Future = std::future::Ready<Result<http::Response<Body>, Infallible>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: http::Request<()>) -> Self::Future {
+            let mut frames = std::collections::VecDeque::from([http_body::Frame::data(bytes::Bytes::from_static(b"row"))]);
+            if let Some(status) = self.0 {
+                let mut trailers = http::HeaderMap::new();
+                trailers.insert("grpc-status", http::HeaderValue::from_static(status));
+                frames.push_back(http_body::Frame::trailers(trailers));
+            }
+            std::future::ready(Ok(http::Response::new(Body::new(Frames(frames)))))
+        }
+    }
+
+    /// Issue 18: a streamed call counts with the status its trailers carry — a stream that fails midway
+    /// with its failure — and one its caller drops mid-stream as CANCELLED.
+    #[test]
+    fn a_streamed_call_counts_with_the_status_of_its_trailers() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            for (status, drain) in [(Some("0"), true), (Some("14"), true), (None, true), (Some("0"), false)] {
+                let mut service = tower_layer::Layer::layer(&RpcMetricsLayer, Streamed(status));
+                let request = http::Request::builder().uri("/tally.v1.AuditService/ExportLedger").body(()).unwrap();
+                let response = service.call(request).now_or_never().expect("answered at once").unwrap();
+                let mut body = response.into_body();
+                let mut next =
+                    || std::future::poll_fn(|cx| http_body::Body::poll_frame(Pin::new(&mut body), cx)).now_or_never().expect("ready");
+                assert!(next().is_some_and(|frame| frame.is_ok_and(|f| f.is_data())), "the row");
+                if drain {
+                    while next().is_some() {}
+                }
+            }
+        });
+        let text = handle.render();
+        for (code, count) in [("OK", 1), ("UNAVAILABLE", 1), ("UNKNOWN", 1), ("CANCELLED", 1)] {
+            let line =
+                format!("tally_rpc_requests_total{{service=\"tally.v1.AuditService\",method=\"ExportLedger\",code=\"{code}\"}} {count}");
+            assert!(text.lines().any(|l| l == line), "{code}: {text}");
         }
     }
 
