@@ -70,7 +70,10 @@ fn from_projection_error(error: &ProjectionError) -> Status {
             tracing::error!(%error, "read model corrupt");
             Status::data_loss(format!("{error}; rebuild it with `tally projections rebuild`"))
         }
-        ProjectionError::Store(store) => status::from_store_error(store),
+        ProjectionError::Store(store) => {
+            tracing::warn!(%error, "the keys to open customers' data cannot be read");
+            Status::unavailable(format!("the log's keys cannot be read now: {store}"))
+        }
         ProjectionError::RebuildRunning { .. } | ProjectionError::Standby { .. } => Status::failed_precondition(error.to_string()),
         ProjectionError::OutOfRange(_) => Status::out_of_range(error.to_string()),
         ProjectionError::Stopped { .. } => Status::unavailable(error.to_string()),

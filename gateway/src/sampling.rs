@@ -41,15 +41,19 @@ pub(crate) fn install_from_env() -> Sampler {
     sampler
 }
 
-/// Whether a server span named `name`, under `parent` (the caller's context, perhaps empty), is kept —
-/// and if it is a new trace, its trace id is set aside for the span about to be built on this thread.
+/// Whether a server span named `name`, under `parent` (the caller's context, perhaps empty), is kept; for
+/// a new trace, the trace id it was decided for is set aside for the span built next on this thread
+/// (the caller [`forget`]s it once that span started, or when none is built).
 /// Always true when no sampler was installed (the span then decides as it starts).
 pub(crate) fn decide(parent: &Context, name: &str) -> bool {
-    let Some(sampler) = SAMPLER.get() else { return true };
+    SAMPLER.get().is_none_or(|sampler| decide_with(sampler, parent, name))
+}
+
+fn decide_with(sampler: &Sampler, parent: &Context, name: &str) -> bool {
     let remote = parent.span().span_context().clone();
     let trace_id = if remote.is_valid() { remote.trace_id() } else { RandomIdGenerator::default().new_trace_id() };
     let kept = sampler.should_sample(Some(parent), trace_id, name, &SpanKind::Server, &[], &[]).decision != SamplingDecision::Drop;
-    NEXT_TRACE_ID.set((kept && !remote.is_valid()).then_some(trace_id));
+    NEXT_TRACE_ID.set((!remote.is_valid()).then_some(trace_id));
     kept
 }
 
@@ -76,8 +80,37 @@ impl IdGenerator for PresetIds {
 mod tests {
     use super::*;
 
-    /// A ratio sampler's decision depends on the trace id alone, so the id set aside is the one the span
-    /// takes, and the SDK's decision as the span starts is the one made here.
+    /// The decision made before a span exists is the SDK's own as the span then starts: for new traces
+    /// under a ratio (the span takes the trace id decided for) and under remote parents, sampled or not.
+    #[test]
+    fn the_decision_before_the_span_is_the_sdks_as_it_starts() {
+        use opentelemetry::trace::{SpanContext, TraceFlags, TraceState, Tracer, TracerProvider};
+        let sampler = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(0.5)));
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+            .with_sampler(sampler.clone())
+            .with_id_generator(PresetIds::default())
+            .build();
+        let tracer = provider.tracer("test");
+        let remote = |sampled: bool| {
+            let flags = if sampled { TraceFlags::SAMPLED } else { TraceFlags::default() };
+            let span = SpanContext::new(TraceId::from(7u128), opentelemetry::trace::SpanId::from(9u64), flags, true, TraceState::default());
+            Context::new().with_remote_span_context(span)
+        };
+        let (mut kept, mut dropped) = (0, 0);
+        for parent in (0..200).map(|_| Context::new()).chain([remote(true), remote(false)]) {
+            let decided = decide_with(&sampler, &parent, "rpc");
+            let started = tracer.start_with_context("rpc", &parent);
+            assert_eq!(decided, opentelemetry::trace::Span::span_context(&started).is_sampled(), "{parent:?}");
+            if decided {
+                kept += 1
+            } else {
+                dropped += 1
+            }
+            forget();
+        }
+        assert!(kept > 50 && dropped > 50, "both ways: {kept} kept, {dropped} dropped");
+    }
+
     #[test]
     fn a_preset_trace_id_is_taken_once_by_the_next_new_trace() {
         let ids = PresetIds::default();
@@ -85,10 +118,5 @@ mod tests {
         NEXT_TRACE_ID.set(Some(chosen));
         assert_eq!(ids.new_trace_id(), chosen);
         assert_ne!(ids.new_trace_id(), chosen, "taken once");
-        let ratio = Sampler::TraceIdRatioBased(0.5);
-        let decide = |id: u128| ratio.should_sample(None, TraceId::from(id), "x", &SpanKind::Server, &[], &[]).decision;
-        for id in [1u128, u128::MAX, 1 << 70, 12_345_678_901_234_567_890] {
-            assert_eq!(decide(id), decide(id), "the same id, the same decision");
-        }
     }
 }

@@ -85,6 +85,11 @@ where
                     }
                     // The others carry their status in trailers, after the body: read there, so a stream
                     // that fails midway counts with its failure, and its time includes the streaming.
+                    // An empty body is never polled: nothing would read its end.
+                    Ok(response) if http_body::Body::is_end_stream(response.body()) => {
+                        outcome.record(status_of(response.headers()));
+                        Ok(response)
+                    }
                     Ok(response) => {
                         let (parts, inner) = response.into_parts();
                         Ok(http::Response::from_parts(parts, Body::new(Watched { inner, outcome })))
@@ -146,7 +151,8 @@ impl http_body::Body for Watched {
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(trailers) = frame.trailers_ref() {
-                    self.outcome.record(status_of(trailers));
+                    // Trailers without a status break the protocol: the caller sees UNKNOWN.
+                    self.outcome.record(if trailers.contains_key("grpc-status") { status_of(trailers) } else { Code::Unknown });
                 }
             }
             Poll::Ready(Some(Err(status))) => self.outcome.record(status.code()),
@@ -389,10 +395,13 @@ fn server_span(headers: &http::HeaderMap, rpc: &'static str, service: &'static s
     let parent = opentelemetry::global::get_text_map_propagator(|propagator| propagator.extract(&Headers(headers)));
     // The sampler decides first, once per call: a call it leaves out builds no span at all.
     if !crate::sampling::decide(&parent, rpc) {
+        crate::sampling::forget();
         return Span::none();
     }
+    // A root (whatever span is current): its start may take only the trace id the decision was made for.
     let span = tracing::info_span!(
         target: SERVER_SPAN_TARGET,
+        parent: None,
         "rpc",
         otel.name = rpc,
         otel.kind = "server",
