@@ -69,6 +69,7 @@ pub const POLICY: &[(&str, &[Role])] = &[
     ("tally.v1.AuditService/ProgramAsOf", &[Auditor, Platform]),
     ("tally.v1.AuditService/WalletChanges", &[Auditor, Platform]),
     ("tally.v1.AuditService/ExportLedger", &[Auditor, Platform]),
+    ("tally.v1.AuditService/VerifyLog", &[Auditor, Platform]),
 ];
 
 /// Services anyone may call: load balancers' health checks, and reflection (the schema is public).

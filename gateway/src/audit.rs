@@ -5,9 +5,10 @@
 use std::sync::Arc;
 
 use tally_engine::actors::{StoredWalletEvent, WalletKey, WalletSummary};
-use tally_engine::audit::{self, AsOf, AuditError, ProgramAsOf, StoppedAt, WalletAsOf};
+use tally_engine::audit::{self, AsOf, AuditError, ProgramAsOf, StoppedAt, WalletAsOf, verify};
 use tally_engine::clock::Clock;
 use tally_engine::codec;
+use tally_engine::domain::access::Scope;
 use tally_engine::domain::{Rejection, TenantId, WalletId, WalletState};
 use tally_engine::store::{EventStore, StreamId};
 use tally_proto::v1 as pb;
@@ -81,6 +82,33 @@ impl AuditApi {
             return Err(status::from_rejection(&Rejection::WalletNotFound));
         }
         Ok((WalletKey::new(tenant.clone(), wallet), stream, head))
+    }
+}
+
+/// What `VerifyLog` answers of a verdict: the head it reached, or the first broken link.
+fn verdict_of(verdict: verify::Verdict) -> pb::VerifyLogResponse {
+    let (verified, broken) = match verdict {
+        Ok(verified) => (verified, None),
+        Err((broken, verified)) => (verified, Some(broken)),
+    };
+    let hex = |hash: &[u8; 32]| hash.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let (head_position, head_hash) = match (verified.head, verified.stream_head) {
+        (Some((position, hash)), _) => (position, hex(&hash)),
+        (None, Some(hash)) => (verified.stream_head_position, hex(&hash)),
+        (None, None) => (0, String::new()),
+    };
+    pb::VerifyLogResponse {
+        intact: broken.is_none(),
+        events_checked: verified.events,
+        events_linked: verified.linked,
+        head_position,
+        head_hash,
+        broken: broken.map(|b| pb::BrokenLink {
+            position: b.position,
+            stream: b.stream,
+            stream_version: b.stream_version,
+            reason: b.reason,
+        }),
     }
 }
 
@@ -281,6 +309,36 @@ impl AuditService for AuditApi {
         let (tx, rx) = tokio::sync::mpsc::channel(EXPORT_CHANNEL_ROWS);
         tokio::spawn(export(Arc::clone(&self.store), tenant, (from_ms, to_ms, up_to_position), tx, permit));
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn verify_log(&self, request: Request<pb::VerifyLogRequest>) -> Result<Response<pb::VerifyLogResponse>, Status> {
+        let (_, extensions, r) = request.into_parts();
+        let whole_log = r.wallet_id.is_empty();
+        let stream = if whole_log {
+            if access::principal(&extensions)?.scope != Scope::Platform {
+                // Another tenant's name is refused as such first, as for every call.
+                access::acting_tenant(&extensions, &r.tenant_id)?;
+                return Err(status::invalid(
+                    "wallet_id",
+                    "is required: the whole log holds every tenant's events, and only a platform key verifies it",
+                ));
+            }
+            None
+        } else {
+            let tenant = self.tenant(&extensions, &r.tenant_id).await?;
+            Some(self.wallet(&tenant, &r.wallet_id).await?.1)
+        };
+        let _permit = Arc::clone(&self.exports).try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "{AUDIT_EXPORTS_IN_FLIGHT_MAX} exports and verifications are running on this node, the most it runs at once; try again when one ends"
+            ))
+        })?;
+        let verdict = match &stream {
+            None => verify::verify_log(self.store.as_ref(), |_| {}).await,
+            Some(stream) => verify::verify_stream(self.store.as_ref(), stream).await,
+        }
+        .map_err(|e| status::from_store_error(&e))?;
+        Ok(Response::new(verdict_of(verdict)))
     }
 
     async fn wallet_as_of(&self, request: Request<pb::WalletAsOfRequest>) -> Result<Response<pb::WalletAsOfResponse>, Status> {

@@ -511,3 +511,62 @@ async fn a_signed_checkpoint_catches_a_log_rewritten_with_its_links_recomputed()
     let (ok, out) = verify(&data, &public);
     assert!(ok && out.contains("matches the checkpoint"), "{out}");
 }
+
+/// Issue 19: `AuditService.VerifyLog` checks the log where it lives, while the server runs: a wallet's
+/// stream chain for its tenant's auditor, the whole log for a platform key; an `UPDATE` of a payload in
+/// PostgreSQL behind the server's back is named by position, stream and version.
+#[tokio::test]
+async fn verify_log_checks_the_running_servers_log_and_names_a_payload_changed_behind_its_back() {
+    let database = tally_tests::TestDatabase::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = TallyServer::start(dir.path(), &["--store", &database.postgres_url]);
+    let mut wallets = server.client().await;
+    let changes = history_of(&mut wallets, 3).await;
+    let verify = |wallet: &str| tally_proto::v1::VerifyLogRequest { tenant_id: "demo".into(), wallet_id: wallet.into() };
+    let mut platform = AuditServiceClient::new(server.channel().await);
+    let whole = platform.verify_log(verify("")).await.unwrap().into_inner();
+    assert!(whole.intact && whole.broken.is_none(), "{whole:?}");
+    assert_eq!((whole.events_checked, whole.head_position, whole.head_hash.len()), (whole.head_position, whole.head_position, 64));
+    assert!(whole.head_position >= changes.last().unwrap().position);
+    let mut auditor = AuditServiceClient::new(server.channel_with(auditor_key(&server).await).await);
+    let own = auditor.verify_log(verify("c-1")).await.unwrap().into_inner();
+    let last = changes.last().unwrap();
+    assert_eq!((own.intact, own.events_checked, own.head_position), (true, last.version, last.position), "{own:?}");
+    let refused = auditor.verify_log(verify("")).await.unwrap_err();
+    assert_eq!(
+        (refused.code(), refused.get_details_bad_request().map(|b| b.field_violations[0].field.clone())),
+        (Code::InvalidArgument, Some("wallet_id".into())),
+        "the whole log holds every tenant's events"
+    );
+
+    let (sql, connection) = tokio_postgres::connect(&database.url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let forged = changes[1].position;
+    sql.execute("UPDATE tally_events SET payload = 'forged' WHERE global_position = $1", &[&i64::try_from(forged).unwrap()]).await.unwrap();
+    for (who, reply) in [("platform", platform.verify_log(verify("")).await), ("auditor", auditor.verify_log(verify("c-1")).await)] {
+        let reply = reply.unwrap().into_inner();
+        assert!(!reply.intact, "{who}: {reply:?}");
+        let broken = reply.broken.expect("the broken link is named");
+        assert_eq!((broken.position, broken.stream.as_str(), broken.stream_version), (forged, "demo/wallet/c-1", 2), "{who}: {broken:?}");
+    }
+    server.terminate();
+}
+
+/// An enrolment and `earns` earns of wallet c-1.
+async fn history_of(wallets: &mut WalletServiceClient<Authed>, earns: usize) -> Vec<WalletMutation> {
+    let enroll =
+        EnrollRequest { tenant_id: "demo".into(), wallet_id: "c-1".into(), idempotency_key: "e".into(), customer_ref: "cust-1".into() };
+    let mut changes = vec![wallets.enroll(enroll).await.unwrap().into_inner()];
+    for n in 0..earns {
+        let earn = EarnRequest {
+            tenant_id: "demo".into(),
+            wallet_id: "c-1".into(),
+            idempotency_key: format!("o-{n}"),
+            points: 10,
+            source_ref: format!("o-{n}"),
+            ..Default::default()
+        };
+        changes.push(wallets.earn(earn).await.unwrap().into_inner());
+    }
+    changes
+}

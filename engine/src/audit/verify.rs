@@ -20,8 +20,9 @@ pub struct Verified {
     pub linked: u64,
     /// The last position checked and the log chain's link there (for a whole log).
     pub head: Option<(u64, Hash)>,
-    /// The stream chain's last link (for one stream).
+    /// The stream chain's last link (for one stream), and the log position of the event it belongs to.
     pub stream_head: Option<Hash>,
+    pub stream_head_position: u64,
     /// The log chain's link at the position asked for ([`verify_log_at`]), if the log reaches it.
     pub link_at: Option<Hash>,
 }
@@ -149,6 +150,7 @@ pub async fn verify_stream(store: &dyn EventStore, stream: &StreamId) -> Result<
             link = stream_link;
             verified.events = version;
             verified.stream_head = Some(link);
+            verified.stream_head_position = event.global_position;
         }
         if read < RECOVERY_READ_BATCH_EVENTS {
             return Ok(Ok(verified));
