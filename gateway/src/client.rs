@@ -334,18 +334,24 @@ fn mutation_output(json: bool, key: String, m: WalletMutation) -> String {
 }
 
 /// Runs one `tally wallet` subcommand; returns what to print.
+/// Sends a change with `send` (retried as [`change`] retries) and renders its answer.
+async fn mutation<R, F, Fut>(target: &Target, key: String, request: R, send: F) -> Result<String, ClientError>
+where
+    R: Clone,
+    F: Fn(WalletServiceClient<Authed>, R) -> Fut,
+    Fut: Future<Output = Result<tonic::Response<WalletMutation>, tonic::Status>>,
+{
+    let reply = change(target, &key, |client| send(client, request.clone())).await?;
+    Ok(mutation_output(target.json, key, reply))
+}
+
 pub async fn run(command: WalletCommand) -> Result<String, ClientError> {
     match command {
         WalletCommand::Enroll { wallet, key: k, customer, target } => {
             let key = key(k);
             let request =
                 EnrollRequest { tenant_id: wallet.tenant, wallet_id: wallet.wallet, idempotency_key: key.clone(), customer_ref: customer };
-            let reply = change(&target, &key, |mut client| {
-                let request = request.clone();
-                async move { client.enroll(request).await }
-            })
-            .await?;
-            Ok(mutation_output(target.json, key, reply))
+            mutation(&target, key, request, |mut client, request| async move { client.enroll(request).await }).await
         }
         WalletCommand::Earn { wallet, key: k, points, source, reason, amount_minor, currency, target } => {
             let key = key(k);
@@ -359,12 +365,7 @@ pub async fn run(command: WalletCommand) -> Result<String, ClientError> {
                 source_ref: source.unwrap_or_else(|| key.clone()),
                 order_amount,
             };
-            let reply = change(&target, &key, |mut client| {
-                let request = request.clone();
-                async move { client.earn(request).await }
-            })
-            .await?;
-            Ok(mutation_output(target.json, key, reply))
+            mutation(&target, key, request, |mut client, request| async move { client.earn(request).await }).await
         }
         WalletCommand::Redeem { wallet, key: k, points, reward, target } => {
             let key = key(k);
@@ -375,12 +376,7 @@ pub async fn run(command: WalletCommand) -> Result<String, ClientError> {
                 points,
                 reward_ref: reward,
             };
-            let reply = change(&target, &key, |mut client| {
-                let request = request.clone();
-                async move { client.redeem(request).await }
-            })
-            .await?;
-            Ok(mutation_output(target.json, key, reply))
+            mutation(&target, key, request, |mut client, request| async move { client.redeem(request).await }).await
         }
         WalletCommand::Adjust { wallet, key: k, points, reason, staff, target } => {
             let key = key(k);
@@ -392,12 +388,7 @@ pub async fn run(command: WalletCommand) -> Result<String, ClientError> {
                 reason,
                 staff_ref: staff,
             };
-            let reply = change(&target, &key, |mut client| {
-                let request = request.clone();
-                async move { client.adjust(request).await }
-            })
-            .await?;
-            Ok(mutation_output(target.json, key, reply))
+            mutation(&target, key, request, |mut client, request| async move { client.adjust(request).await }).await
         }
         WalletCommand::Reverse { wallet, key: k, source, points, reason, target } => {
             let key = key(k);
@@ -409,32 +400,17 @@ pub async fn run(command: WalletCommand) -> Result<String, ClientError> {
                 points,
                 reason,
             };
-            let reply = change(&target, &key, |mut client| {
-                let request = request.clone();
-                async move { client.reverse(request).await }
-            })
-            .await?;
-            Ok(mutation_output(target.json, key, reply))
+            mutation(&target, key, request, |mut client, request| async move { client.reverse(request).await }).await
         }
         WalletCommand::EraseCustomer { wallet, key: k, reason, target } => {
             let key = key(k);
             let request = EraseCustomerRequest { tenant_id: wallet.tenant, wallet_id: wallet.wallet, idempotency_key: key.clone(), reason };
-            let reply = change(&target, &key, |mut client| {
-                let request = request.clone();
-                async move { client.erase_customer(request).await }
-            })
-            .await?;
-            Ok(mutation_output(target.json, key, reply))
+            mutation(&target, key, request, |mut client, request| async move { client.erase_customer(request).await }).await
         }
         WalletCommand::Close { wallet, key: k, reason, target } => {
             let key = key(k);
             let request = CloseRequest { tenant_id: wallet.tenant, wallet_id: wallet.wallet, idempotency_key: key.clone(), reason };
-            let reply = change(&target, &key, |mut client| {
-                let request = request.clone();
-                async move { client.close(request).await }
-            })
-            .await?;
-            Ok(mutation_output(target.json, key, reply))
+            mutation(&target, key, request, |mut client, request| async move { client.close(request).await }).await
         }
         WalletCommand::Show { wallet, target } => {
             let request = GetWalletRequest { tenant_id: wallet.tenant, wallet_id: wallet.wallet };
@@ -443,18 +419,23 @@ pub async fn run(command: WalletCommand) -> Result<String, ClientError> {
         }
         WalletCommand::History { wallet, page_size, page_token, target } => {
             let request = ListTransactionsRequest { tenant_id: wallet.tenant, wallet_id: wallet.wallet, page_size, page_token };
-            let reply = connect(&target).await?.list_transactions(request).await.map_err(ClientError::Call)?.into_inner();
-            let view = HistoryView {
-                transactions: reply.transactions.into_iter().map(transaction_view).collect(),
-                next_page_token: reply.next_page_token,
-            };
-            Ok(output(target.json, &view, |v| {
-                let mut text: Vec<String> = v.transactions.iter().map(render_transaction).collect();
-                if !v.next_page_token.is_empty() {
-                    text.push(format!("more: --page-token {}", v.next_page_token));
-                }
-                text.join("\n")
-            }))
+            history(&target, request).await
         }
     }
+}
+
+/// A page of a wallet's history, rendered.
+async fn history(target: &Target, request: ListTransactionsRequest) -> Result<String, ClientError> {
+    let reply = connect(target).await?.list_transactions(request).await.map_err(ClientError::Call)?.into_inner();
+    let view = HistoryView {
+        transactions: reply.transactions.into_iter().map(transaction_view).collect(),
+        next_page_token: reply.next_page_token,
+    };
+    Ok(output(target.json, &view, |v| {
+        let mut text: Vec<String> = v.transactions.iter().map(render_transaction).collect();
+        if !v.next_page_token.is_empty() {
+            text.push(format!("more: --page-token {}", v.next_page_token));
+        }
+        text.join("\n")
+    }))
 }

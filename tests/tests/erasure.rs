@@ -196,6 +196,15 @@ async fn an_erased_customer_reads_as_erased_everywhere_while_the_wallet_replays_
     let replayed = get(&mut wallets, "c-1").await;
     assert_eq!((replayed.customer_ref.as_str(), replayed.customer_erased, replayed.balance), ("", true, 120));
     assert_eq!(get(&mut wallets, "c-2").await.customer_ref, NEIGHBOUR);
+    // The CLI erases too (the platform key here), and shows the wallet as erased.
+    let tally = |args: &[&str]| {
+        let output = server.cli().args(args).args(["--server", &server.url]).output().unwrap();
+        assert!(output.status.success(), "tally {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap()
+    };
+    tally(&["wallet", "erase-customer", "--wallet", "c-2", "--key", "x-9", "--reason", "ticket 9"]);
+    let shown = tally(&["wallet", "show", "--wallet", "c-2"]);
+    assert!(shown.contains("customer erased") && !shown.contains(NEIGHBOUR), "{shown}");
     // Stopped before the test database is dropped, which waits for its connections to close.
     server.terminate();
 }
