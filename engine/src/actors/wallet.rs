@@ -362,28 +362,14 @@ impl Wallet {
                         self.deps.programs.admit_wallet(&self.key.tenant, &self.key.wallet, meta).await?;
                         admitted = true;
                     }
-                    sealed = match self.seal_new(command).await? {
-                        Some(sealed) => Some(sealed),
-                        // Enrolled elsewhere meanwhile: as a retry of that enrolment, if it was this one.
-                        None => {
-                            attempt += 1;
-                            self.seal_retry(command).await?
-                        }
-                    };
+                    (sealed, attempt) = self.seal_enrolment(command, attempt).await?;
                     continue;
                 }
                 decided => decided?,
             };
             let events = match events {
                 Decision::Append(events) => events,
-                Decision::AlreadyApplied(receipt) => {
-                    // A retried erasure finishes what the first may not have (its key is erased first).
-                    if matches!(command.body, CommandBody::EraseCustomer { .. }) {
-                        self.erase_key().await?;
-                    }
-                    let outcome = self.replay(receipt, &program).await?;
-                    return self.with_customer(outcome).await;
-                }
+                Decision::AlreadyApplied(receipt) => return self.answer_again(command, receipt, &program).await,
                 Decision::CatchUp(events) => {
                     // Each chunk records at least one transition, so this ends; then the command.
                     match self.record_catch_up(events, meta).await {
@@ -400,18 +386,8 @@ impl Wallet {
                     }
                 }
             };
-            if let CommandBody::EarnForOrder { order } = &command.body {
-                self.claim_order(&order.order_id, command, now_ms, meta).await?;
-            }
-            // A new wallet is one more of its tenant's: counted (and bounded) before its first event.
-            if state.version == 0 && matches!(command.body, CommandBody::Enroll { .. }) && !admitted {
-                self.deps.programs.admit_wallet(&self.key.tenant, &self.key.wallet, meta).await?;
-            }
-            // The key goes before the event is recorded: a crash between the two leaves the data unreadable
-            // and the erasure to be recorded by a retry, never an erasure on record with its key alive.
-            if events.iter().any(|e| matches!(e.change, Change::CustomerErased(_))) {
-                self.erase_key().await?;
-            }
+            let first = state.version == 0 && !admitted;
+            self.before_append(command, &events, (now_ms, first), meta).await?;
             let state = self.state.as_ref().expect("current() recovered it");
             let expected = ExpectedVersion::Exact(state.version);
             let data = events.iter().map(|event| codec::encode(event, recorded_meta(event, meta).as_ref())).collect();
@@ -433,6 +409,54 @@ impl Wallet {
                     return Err(error.into());
                 }
             }
+        }
+    }
+
+    /// What must hold before `events` of `command` are appended: an order claimed for this wallet; a new
+    /// wallet (`first`) admitted — one more of its tenant's, counted and bounded before its first event;
+    /// an erased customer's key gone — before the event is recorded, so a crash between the two leaves
+    /// the data unreadable and the erasure to be recorded by a retry, never an erasure on record with
+    /// its key alive.
+    async fn before_append(
+        &mut self,
+        command: &Command,
+        events: &[Event],
+        (now_ms, first): (i64, bool),
+        meta: &CommandMeta,
+    ) -> Result<(), WalletError> {
+        if let CommandBody::EarnForOrder { order } = &command.body {
+            self.claim_order(&order.order_id, command, now_ms, meta).await?;
+        }
+        if first && matches!(command.body, CommandBody::Enroll { .. }) {
+            self.deps.programs.admit_wallet(&self.key.tenant, &self.key.wallet, meta).await?;
+        }
+        if events.iter().any(|e| matches!(e.change, Change::CustomerErased(_))) {
+            self.erase_key().await?;
+        }
+        Ok(())
+    }
+
+    /// The recorded outcome of `command` decided before, answered again; a retried erasure finishes what
+    /// the first may not have (its key is erased first).
+    async fn answer_again(
+        &mut self,
+        command: &Command,
+        receipt: Receipt,
+        program: &ProgramSettings,
+    ) -> Result<CommandOutcome, WalletError> {
+        if matches!(command.body, CommandBody::EraseCustomer { .. }) {
+            self.erase_key().await?;
+        }
+        let outcome = self.replay(receipt, program).await?;
+        self.with_customer(outcome).await
+    }
+
+    /// An enrolment sealed under a key made for it (`seal_new`); if another node enrolled the wallet
+    /// meanwhile, sealed as a retry of that enrolment (with its key), counted as one more attempt.
+    async fn seal_enrolment(&mut self, command: &Command, attempt: u32) -> Result<(Option<Command>, u32), WalletError> {
+        match self.seal_new(command).await? {
+            Some(sealed) => Ok((Some(sealed), attempt)),
+            None => Ok((self.seal_retry(command).await?, attempt + 1)),
         }
     }
 

@@ -110,6 +110,25 @@ pub struct EmbeddedStore {
     _lock: File,
 }
 
+/// The log's segment files with the position each starts at, in order.
+fn segment_names(log_dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
+    let mut names: Vec<(u64, PathBuf)> = Vec::new();
+    for entry in fs::read_dir(log_dir).map_err(|e| StoreError::io(log_dir, e))? {
+        let path = entry.map_err(|e| StoreError::io(log_dir, e))?.path();
+        let Some(stem) = path.extension().filter(|x| *x == "seg").and(path.file_stem()).and_then(|s| s.to_str()) else {
+            continue;
+        };
+        let first = stem.parse::<u64>().map_err(|_| StoreError::Corrupt {
+            file: path.clone(),
+            offset: 0,
+            reason: "segment name is not a position".into(),
+        })?;
+        names.push((first, path));
+    }
+    names.sort();
+    Ok(names)
+}
+
 fn segment_path(log_dir: &Path, first_position: u64) -> PathBuf {
     log_dir.join(format!("{first_position:020}.seg"))
 }
@@ -131,20 +150,7 @@ impl EmbeddedStore {
         })?;
 
         let keys = Arc::new(KeysDir::open(dir.join("keys"))?);
-        let mut names: Vec<(u64, PathBuf)> = Vec::new();
-        for entry in fs::read_dir(&log_dir).map_err(|e| StoreError::io(&log_dir, e))? {
-            let path = entry.map_err(|e| StoreError::io(&log_dir, e))?.path();
-            let Some(stem) = path.extension().filter(|x| *x == "seg").and(path.file_stem()).and_then(|s| s.to_str()) else {
-                continue;
-            };
-            let first = stem.parse::<u64>().map_err(|_| StoreError::Corrupt {
-                file: path.clone(),
-                offset: 0,
-                reason: "segment name is not a position".into(),
-            })?;
-            names.push((first, path));
-        }
-        names.sort();
+        let names = segment_names(&log_dir)?;
 
         let acknowledged = Acknowledged::read(dir);
         // The note names the segment being written; a log whose segments stop before it lost some.
