@@ -5,7 +5,9 @@ use tally_proto::v1::wallet_enrolled_v2::Customer;
 use tally_proto::v1::{OrderClaimed, PersonalData, WalletEnrolled, WalletEnrolledV2};
 
 use crate::domain::access::{KEYS_STREAM, KeyChange};
+use crate::domain::flows::{FlowChange, FlowEvent};
 use crate::domain::program::{ProgramChange, ProgramEvent};
+use crate::domain::rewards::{StockChange, StockEvent};
 use crate::domain::{Change, CommandFingerprint, Event, TenantId, WalletId};
 use crate::store::{EventData, EventMetadata, RecordedEvent, StreamId};
 
@@ -81,6 +83,64 @@ pub fn decode_program(recorded: RecordedEvent) -> Result<ProgramEvent, CodecErro
         recorded_at_ms: data.recorded_at_ms,
         change,
     })
+}
+
+/// The stock of a tenant's limited reward: `"<tenant>/reward/<reward id>"`.
+pub fn reward_stream(tenant: &TenantId, reward_id: &str) -> Result<StreamId, crate::store::StoreError> {
+    StreamId::new(&format!("{tenant}/reward/{reward_id}"))
+}
+
+/// A flow of a tenant's: `"<tenant>/flow/<flow id>"`.
+pub fn flow_stream(tenant: &TenantId, flow_id: &str) -> Result<StreamId, crate::store::StoreError> {
+    StreamId::new(&format!("{tenant}/flow/{flow_id}"))
+}
+
+/// The tenant and flow id of a flow stream.
+pub fn flow_of(stream: &str) -> Option<(TenantId, &str)> {
+    let (tenant, rest) = stream.split_once('/')?;
+    let flow = rest.strip_prefix("flow/")?;
+    Some((TenantId::parse(tenant).ok()?, flow))
+}
+
+/// Schema version written for every stock and flow event today.
+pub const FLOW_SCHEMA_VERSION: u32 = 1;
+
+pub fn encode_stock(event: &StockEvent, metadata: &EventMetadata) -> EventData {
+    let facts = CommandFacts { key: &event.idempotency_key, fingerprint: event.command_fingerprint, recorded_at_ms: event.recorded_at_ms };
+    envelope(event.change.event_type(), FLOW_SCHEMA_VERSION, facts, metadata, event.change.encode_payload())
+}
+
+/// Decodes a stored stock event.
+pub fn decode_stock(recorded: RecordedEvent) -> Result<StockEvent, CodecError> {
+    let RecordedEvent { global_position: position, data, .. } = recorded;
+    if data.schema_version != FLOW_SCHEMA_VERSION {
+        return Err(CodecError::UnsupportedSchemaVersion { position, event_type: data.event_type, schema_version: data.schema_version });
+    }
+    let change = payload(position, &data, StockChange::decode_payload)?;
+    Ok(StockEvent {
+        command_fingerprint: fingerprint(&data),
+        idempotency_key: data.idempotency_key,
+        recorded_at_ms: data.recorded_at_ms,
+        change,
+    })
+}
+
+/// A flow event, keyed by the flow's stream and its version (the flow's own steps are never retried
+/// under one key: the version check orders them).
+pub fn encode_flow(event: &FlowEvent, version: u64, metadata: &EventMetadata) -> EventData {
+    let key = format!("tally:flow:{version}");
+    let facts = CommandFacts { key: &key, fingerprint: CommandFingerprint::Fnv64(0), recorded_at_ms: event.recorded_at_ms };
+    envelope(event.change.event_type(), FLOW_SCHEMA_VERSION, facts, metadata, event.change.encode_payload())
+}
+
+/// Decodes a stored flow event.
+pub fn decode_flow(recorded: RecordedEvent) -> Result<FlowEvent, CodecError> {
+    let RecordedEvent { global_position: position, data, .. } = recorded;
+    if data.schema_version != FLOW_SCHEMA_VERSION {
+        return Err(CodecError::UnsupportedSchemaVersion { position, event_type: data.event_type, schema_version: data.schema_version });
+    }
+    let change = payload(position, &data, FlowChange::decode_payload)?;
+    Ok(FlowEvent { recorded_at_ms: data.recorded_at_ms, change })
 }
 
 /// The platform's stream of tenants, `$tenants`: one `TenantRegistered` per tenant.

@@ -124,6 +124,23 @@ pub const QUALIFYING_MONTHS_MAX: usize = 24;
 pub const STAMPS_PER_CARD_MAX: i64 = 1_000;
 const _: () = assert!(DUE_EVENTS_PER_APPEND_MAX + HOLDS_PER_WALLET_MAX + 16 < APPEND_EVENTS_MAX);
 
+/// Most stock one restock adds to a reward.
+pub const RESTOCK_QUANTITY_MAX: i64 = 1_000_000_000;
+/// Most stock a reward holds on hand.
+pub const STOCK_ON_HAND_MAX: i64 = 1_000_000_000_000;
+/// Highest per-customer limit a reward may set (0: none).
+pub const REWARD_PER_CUSTOMER_MAX: i64 = 1_000_000;
+/// How long a flow may go without progress before any node that follows the log drives it on (the
+/// node that started it crashed, or lost its caller): longer than a call's deadline, so a flow being
+/// driven by its caller is not driven twice at once in the ordinary case (twice is safe, only wasteful).
+pub const FLOW_RESUME_AFTER_MS: i64 = 15_000;
+/// A flow without progress for this long is listed as stuck (`tally flows list --stuck`).
+pub const FLOW_STUCK_AFTER_MS: i64 = 60_000;
+/// A redemption whose debit is not recorded within this long after it started is not debited any more
+/// (it stays stuck for an operator): the wallet remembers the debit's key for `RECEIPT_RETENTION_MS`
+/// after it, and a debit after its receipt was forgotten could be a second one.
+pub const FLOW_DEBIT_WITHIN_MS: i64 = RECEIPT_RETENTION_MS - 2 * RETENTION_SWEEP_INTERVAL_MS;
+
 /// Most tenants on the platform unless `tally serve --tenants-max` says otherwise.
 pub const TENANTS_DEFAULT_MAX: usize = 10_000;
 

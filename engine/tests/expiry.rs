@@ -101,7 +101,8 @@ fn redemptions_spend_the_soonest_expiring_points_first() {
             inactivity_expires_at_ms: 0,
             points: 120,
             reward_ref: "mug".into(),
-            lots: vec![lot(2, 100), lot(3, 20)]
+            lots: vec![lot(2, 100), lot(3, 20)],
+            redemption_id: String::new(),
         })]
     );
     assert_eq!(wallet.state.lots().map(|(id, l)| (id, l.points)).collect::<Vec<_>>(), [(3, 30)], "an emptied lot is gone");
@@ -200,7 +201,8 @@ fn purchased_points_never_expire_and_are_spent_last() {
             inactivity_expires_at_ms: 0,
             points: 15,
             reward_ref: "mug".into(),
-            lots: vec![lot(3, 10), lot(2, 5)]
+            lots: vec![lot(3, 10), lot(2, 5)],
+            redemption_id: String::new(),
         })]
     );
     wallet.now += 3_650 * DAY;

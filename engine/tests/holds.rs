@@ -103,7 +103,13 @@ fn any_command_records_an_expired_hold_first() {
     wallet.run(authorize("pos-1", 30)).unwrap();
     wallet.now += 15 * MINUTE;
     let changes = wallet.run(redeem("r-1", 100)).unwrap();
-    let redeemed = Change::Redeemed(PointsRedeemed { inactivity_expires_at_ms: 0, points: 100, reward_ref: "mug".into(), lots: lot2(100) });
+    let redeemed = Change::Redeemed(PointsRedeemed {
+        inactivity_expires_at_ms: 0,
+        points: 100,
+        reward_ref: "mug".into(),
+        redemption_id: String::new(),
+        lots: lot2(100),
+    });
     assert_eq!(changes, [released("pos-1", 30, HoldEnd::Expired), redeemed]);
     assert_eq!((wallet.state.balance, wallet.state.held_points), (0, 0));
 }

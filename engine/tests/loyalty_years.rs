@@ -88,6 +88,7 @@ fn program() -> ProgramSettings {
             grace_days: 7,
         },
         stamp_cards: Arc::new([("coffee".to_owned(), coffee)].into_iter().collect()),
+        rewards: Arc::default(),
     }
 }
 

@@ -220,7 +220,13 @@ fn fields_are_validated_by_name() {
 fn redeem_spends_points() {
     let state = given(&[enroll(), earn("o-1", 100, "order-1")]).then_changes(
         redeem("r-1", 60),
-        &[Change::Redeemed(PointsRedeemed { inactivity_expires_at_ms: 0, points: 60, reward_ref: "coffee".into(), lots: from_lot(2, 60) })],
+        &[Change::Redeemed(PointsRedeemed {
+            inactivity_expires_at_ms: 0,
+            points: 60,
+            reward_ref: "coffee".into(),
+            redemption_id: String::new(),
+            lots: from_lot(2, 60),
+        })],
     );
     assert_eq!((state.balance, state.lifetime_redeemed), (40, 60));
 }
@@ -507,7 +513,13 @@ fn apply_is_only_bookkeeping() {
         |change| Event { idempotency_key: "k".into(), command_fingerprint: CommandFingerprint::Fnv64(1), recorded_at_ms: NOW, change };
     apply(
         &mut state,
-        &event(Change::Redeemed(PointsRedeemed { inactivity_expires_at_ms: 0, points: 5, reward_ref: String::new(), lots: vec![] })),
+        &event(Change::Redeemed(PointsRedeemed {
+            inactivity_expires_at_ms: 0,
+            points: 5,
+            reward_ref: String::new(),
+            lots: vec![],
+            redemption_id: String::new(),
+        })),
     );
     assert_eq!((state.balance, state.version), (-5, 1));
 }

@@ -10,7 +10,7 @@ use tally_engine::domain::{
     Change, Command, CommandBody, Context, Decision, DueView, Event, ProgramSettings, ReturnPolicy, TenantId, WalletId, WalletState,
     WalletStatus, apply, decide,
 };
-use tally_engine::domain::{capture_key, due_key, void_key};
+use tally_engine::domain::{capture_key, due_key, reward_debit_key, void_key};
 use tally_engine::limits::RECEIPT_RETENTION_MS;
 
 const MINUTE: i64 = 60_000;
@@ -48,7 +48,36 @@ fn program(return_policy: ReturnPolicy, expiry: ExpiryPolicy, pending_days: u32,
         refund_window_days,
         tiers,
         stamp_cards: std::sync::Arc::new([("coffee".to_owned(), coffee_card())].into_iter().collect()),
+        rewards: std::sync::Arc::new(rewards()),
     }
+}
+
+/// A catalogue drawn across its checks: a plain one, one limited to two per customer, one for the top
+/// tier only, one inactive, one whose window closed.
+fn rewards() -> std::collections::BTreeMap<String, tally_engine::domain::RewardDefined> {
+    let reward = |id: &str, points, per_customer_max, min_tier_id: &str, active, available_until_ms| {
+        let reward = tally_engine::domain::RewardDefined {
+            reward_id: id.into(),
+            name: id.into(),
+            points,
+            limited_stock: true,
+            per_customer_max,
+            available_from_ms: 0,
+            available_until_ms,
+            min_tier_id: min_tier_id.into(),
+            active,
+        };
+        (id.to_owned(), reward)
+    };
+    [
+        reward("mug", 120, 0, "", true, 0),
+        reward("tote", 60, 2, "", true, 0),
+        reward("lounge", 90, 0, "gold", true, 0),
+        reward("retired", 10, 0, "", false, 0),
+        reward("summer", 30, 0, "", true, 1),
+    ]
+    .into_iter()
+    .collect()
 }
 
 fn coffee_card() -> StampCardDefined {
@@ -134,6 +163,8 @@ fn body() -> impl Strategy<Value = CommandBody> {
         2 => (0..4u8, proptest::option::of(1..300i64)).prop_map(|(id, points)| CommandBody::CaptureRedemption { hold_id: format!("hold-{id}"), points }),
         1 => (0..4u8).prop_map(|id| CommandBody::VoidRedemption { hold_id: format!("hold-{id}") }),
         1 => Just(CommandBody::RunDue),
+        3 => (0..6u8, prop_oneof![Just("mug"), Just("tote"), Just("lounge"), Just("retired"), Just("summer"), Just("none")])
+            .prop_map(|(id, reward)| CommandBody::RedeemReward { redemption_id: format!("red-{id}"), reward_id: reward.into() }),
         2 => (1..12i64).prop_map(|count| CommandBody::AddStamps { card_id: "coffee".into(), count, reason: "pos".into() }),
         2 => (0..6u8, prop_oneof![Just("p-on"), Just("p-off"), Just("p-none")]).prop_map(|(id, package)| CommandBody::PurchaseCredits {
             purchase_id: format!("pay-{id}"),
@@ -151,6 +182,7 @@ fn command(key: u8, body: CommandBody) -> Command {
         CommandBody::CaptureRedemption { hold_id, .. } => capture_key(hold_id),
         CommandBody::VoidRedemption { hold_id } => void_key(hold_id),
         CommandBody::RunDue => due_key(i64::from(key)),
+        CommandBody::RedeemReward { redemption_id, .. } => reward_debit_key(redemption_id),
         _ => format!("k{key}"),
     };
     Command::new(key, body)

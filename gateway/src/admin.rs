@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use tally_engine::actors::{ProgramBook, ProgramError, ProgramOutcome};
+use tally_engine::actors::{Flows, ProgramBook, ProgramError, ProgramOutcome};
 use tally_engine::domain::program::{ProgramCommand, ProgramCommandBody, ProgramRejection, ProgramState, RuleVersion};
 use tally_engine::domain::{ReturnPolicy, TenantId};
 use tally_proto::v1 as pb;
@@ -14,16 +14,17 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::limits::RULE_VERSIONS_PAGE_BYTES_MAX;
 use crate::service::command_meta;
-use crate::{access, orders, status};
+use crate::{access, orders, rewards, status};
 
 #[derive(Debug, Clone)]
 pub struct AdminApi {
     programs: Arc<ProgramBook>,
+    flows: Flows,
 }
 
 impl AdminApi {
-    pub fn new(programs: Arc<ProgramBook>) -> Self {
-        Self { programs }
+    pub fn new(programs: Arc<ProgramBook>, flows: Flows) -> Self {
+        Self { programs, flows }
     }
 }
 
@@ -84,6 +85,7 @@ pub(crate) fn program_response(tenant: &TenantId, state: &ProgramState, replayed
         tier_window: state.tiers.window as i32,
         tier_grace_days: state.tiers.grace_days,
         stamp_cards: state.stamp_cards.values().cloned().collect(),
+        rewards: state.rewards.values().cloned().collect(),
     }
 }
 
@@ -204,6 +206,32 @@ impl AdminService for AdminApi {
         let tenant = access::acting_tenant(&extensions, &r.tenant_id)?;
         let card = r.card.ok_or_else(|| status::invalid("card", "is required"))?;
         self.execute((tenant, &metadata, &extensions), r.idempotency_key, ProgramCommandBody::DefineStampCard { card }).await
+    }
+
+    async fn define_reward(&self, request: Request<pb::DefineRewardRequest>) -> Result<Response<pb::ProgramResponse>, Status> {
+        let (metadata, extensions, r) = request.into_parts();
+        let tenant = access::acting_tenant(&extensions, &r.tenant_id)?;
+        let reward = r.reward.ok_or_else(|| status::invalid("reward", "is required"))?;
+        self.execute((tenant, &metadata, &extensions), r.idempotency_key, ProgramCommandBody::DefineReward { reward }).await
+    }
+
+    async fn restock_reward(&self, request: Request<pb::RestockRewardRequest>) -> Result<Response<pb::RewardStock>, Status> {
+        let (metadata, extensions, r) = request.into_parts();
+        let (tenant, _) = self.existing(access::acting_tenant(&extensions, &r.tenant_id)?).await?;
+        let meta = command_meta(&metadata, &extensions)?;
+        Ok(Response::new(rewards::restock(&self.flows, &self.programs, &tenant, r, meta).await?))
+    }
+
+    async fn list_rewards(&self, request: Request<pb::ListRewardsRequest>) -> Result<Response<pb::ListRewardsResponse>, Status> {
+        let (_, extensions, r) = request.into_parts();
+        let (tenant, _) = self.existing(access::acting_tenant(&extensions, &r.tenant_id)?).await?;
+        Ok(Response::new(rewards::list(&self.flows, &self.programs, &tenant).await?))
+    }
+
+    async fn list_flows(&self, request: Request<pb::ListFlowsRequest>) -> Result<Response<pb::ListFlowsResponse>, Status> {
+        let (_, extensions, r) = request.into_parts();
+        let tenant = access::acting_tenant(&extensions, &r.tenant_id)?;
+        Ok(Response::new(rewards::list_flows(&self.flows, &tenant, r.stuck_only)))
     }
 
     async fn get_program(&self, request: Request<pb::GetProgramRequest>) -> Result<Response<pb::ProgramResponse>, Status> {

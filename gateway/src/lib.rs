@@ -28,6 +28,7 @@ pub mod orders;
 pub mod quota;
 pub mod redact;
 pub mod reporting;
+pub mod rewards;
 pub mod routing;
 mod sampling;
 pub mod server;

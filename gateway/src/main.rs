@@ -17,7 +17,8 @@ use std::path::Path;
 use tally_cluster::membership::{GOSSIP_INTERVAL, Membership, MembershipConfig};
 use tally_cluster::{Node, Router};
 use tally_engine::actors::{
-    CommandMeta, KeyBook, NoSnapshots, Owns, ProgramBook, Programs, Snapshots, WalletKey, WalletRegistry, WalletTimers,
+    CRASH_POINTS, CommandMeta, CrashPoint, Flows, KeyBook, NoSnapshots, Owns, ProgramBook, Programs, Snapshots, WalletKey, WalletRegistry,
+    WalletTimers,
 };
 use tally_engine::clock::{Clock, SteadyClock, SystemClock};
 use tally_engine::domain::program::{ProgramCommand, ProgramCommandBody};
@@ -310,6 +311,7 @@ async fn serve(settings: ServeSettings) -> Result<(), Box<dyn std::error::Error>
         None => None,
     };
     let timers = spawn_timers(cluster.as_ref(), &store, &registry, clock.clone());
+    let flows = start_flows(cluster.as_ref(), &store, &registry, Arc::clone(&program_book) as Arc<dyn Programs>, clock.clone());
     tracing::info!(%address, tenants = ?tenants, "serving gRPC");
     let log = match &settings.store {
         StoreUrl::Embedded(dir) => format!("data in {}", dir.display()),
@@ -322,13 +324,14 @@ async fn serve(settings: ServeSettings) -> Result<(), Box<dyn std::error::Error>
     println!("tally listening on {scheme}://{address} ({log}, tenants: {})", tenants.join(", "));
     let broken = Arc::new(std::sync::Mutex::new(None::<String>));
     let shutdown = stop_when(shutdown, Arc::clone(&store), Arc::clone(&broken), cluster.as_ref().map(|node| Arc::clone(&node.membership)));
-    let engine = Engine { registry: registry.clone(), store, programs: program_book, keys, clock };
+    let engine = Engine { registry: registry.clone(), store, programs: program_book, keys, clock, flows: flows.clone() };
     let hand_off = cluster.as_ref().map(|node| routing::spawn_hand_off(node.membership.view(), Arc::clone(&node.router), registry.clone()));
     let registry_metrics = settings.metrics_listen.map(|_| tally_gateway::telemetry::spawn_registry_metrics(registry.clone()));
     let edge = tally_gateway::server::Edge { access, rates: settings.rates, tls, cluster: cluster.clone() };
     tally_gateway::server::run(listener, engine, read.clone(), edge, shutdown).await?;
     keys_refresher.abort();
     timers.stop();
+    flows.stop();
     for task in [hand_off, registry_metrics].into_iter().flatten() {
         task.abort();
     }
@@ -374,12 +377,40 @@ fn serve_metrics(address: SocketAddr) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether this node runs a wallet's background work (all of them off a cluster).
+fn owns(cluster: Option<&Node>) -> Owns {
+    let Some(node) = cluster else { return Arc::new(|_: &WalletKey| true) };
+    let router = Arc::clone(&node.router);
+    Arc::new(move |key: &WalletKey| router.owns(key.tenant.as_str(), key.wallet.as_str()))
+}
+
 /// The wallets' timers: on a cluster node, only for the wallets it owns.
 fn spawn_timers(cluster: Option<&Node>, store: &Arc<dyn EventStore>, registry: &WalletRegistry, clock: Arc<dyn Clock>) -> WalletTimers {
-    let Some(node) = cluster else { return WalletTimers::spawn(Arc::clone(store), registry.clone(), clock) };
-    let router = Arc::clone(&node.router);
-    let owns: Owns = Arc::new(move |key: &WalletKey| router.owns(key.tenant.as_str(), key.wallet.as_str()));
-    WalletTimers::spawn_for(Arc::clone(store), registry.clone(), clock, owns)
+    WalletTimers::spawn_for(Arc::clone(store), registry.clone(), clock, owns(cluster))
+}
+
+/// Flows across aggregates, resumed on the node that owns their wallet. `TALLY_TEST_CRASH_AT=<point>`
+/// (one of `CRASH_POINTS`) aborts the process the first time a flow reaches that point: how the tests
+/// kill a server between two steps of a redemption.
+fn start_flows(
+    cluster: Option<&Node>,
+    store: &Arc<dyn EventStore>,
+    registry: &WalletRegistry,
+    programs: Arc<dyn Programs>,
+    clock: Arc<dyn Clock>,
+) -> Flows {
+    let crash_at = std::env::var("TALLY_TEST_CRASH_AT").ok().filter(|point| CRASH_POINTS.contains(&point.as_str()));
+    if let Some(point) = &crash_at {
+        tracing::warn!(point, "TALLY_TEST_CRASH_AT is set: the process aborts when a flow reaches this point");
+    }
+    let crash: CrashPoint = Arc::new(move |point: &str| {
+        if crash_at.as_deref() == Some(point) {
+            eprintln!("TALLY_TEST_CRASH_AT: aborting at {point}");
+            std::process::abort();
+        }
+        false
+    });
+    Flows::start_with(Arc::clone(store), clock, registry.clone(), programs, owns(cluster), crash)
 }
 
 /// Resolves when the server should stop: on `signal`, or when the log can no longer be written (the

@@ -255,6 +255,7 @@ routed! {
     capture_redemption(CaptureRedemptionRequest) -> WalletMutation;
     void_redemption(VoidRedemptionRequest) -> WalletMutation;
     purchase_credits(PurchaseCreditsRequest) -> WalletMutation;
+    redeem_reward(RedeemRewardRequest) -> RedeemRewardResponse;
     close(CloseRequest) -> WalletMutation;
     erase_customer(EraseCustomerRequest) -> WalletMutation;
     get_wallet(GetWalletRequest) -> Wallet;

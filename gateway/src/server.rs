@@ -97,7 +97,7 @@ pub async fn run(
             .max_encoding_message_size(REPLY_BYTES_MAX),
         Arc::clone(&audit_gate),
     );
-    let admin = AdminServiceServer::new(AdminApi::new(Arc::clone(&engine.programs)))
+    let admin = AdminServiceServer::new(AdminApi::new(Arc::clone(&engine.programs), engine.flows.clone()))
         .max_decoding_message_size(ADMIN_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(ADMIN_MESSAGE_BYTES_MAX);
     let admin = Admitted::new(admin, Arc::clone(&admin_gate));

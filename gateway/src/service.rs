@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use tally_engine::actors::{
-    CommandMeta, CommandOutcome, KeyBook, ProgramBook, Programs, StoredWalletEvent, WalletKey, WalletRegistry, WalletSummary,
+    CommandMeta, CommandOutcome, Flows, KeyBook, ProgramBook, Programs, StoredWalletEvent, WalletKey, WalletRegistry, WalletSummary,
 };
 use tally_engine::clock::Clock;
 use tally_engine::codec;
@@ -15,7 +15,7 @@ use tally_proto::v1::wallet_service_server::WalletService;
 use tally_proto::v1::{
     AdjustRequest, AuthorizeRedemptionRequest, CaptureRedemptionRequest, CloseRequest, EarnForOrderRequest, EarnRequest, EnrollRequest,
     EraseCustomerRequest, GetWalletRequest, ListTransactionsRequest, ListTransactionsResponse, PurchaseCreditsRequest, RedeemRequest,
-    RefundOrderRequest, ReverseRequest, VoidRedemptionRequest, Wallet, WalletMutation,
+    RedeemRewardRequest, RedeemRewardResponse, RefundOrderRequest, ReverseRequest, VoidRedemptionRequest, Wallet, WalletMutation,
 };
 
 use tokio::sync::{Semaphore, SemaphorePermit};
@@ -42,6 +42,8 @@ pub struct Engine {
     pub keys: Arc<KeyBook>,
     /// The engine's clock (what audits take "now" from).
     pub clock: Arc<dyn Clock>,
+    /// Flows across aggregates (reward redemptions).
+    pub flows: Flows,
 }
 
 /// Admission to a service: bounds the calls in flight and lets shutdown wait for them.
@@ -363,6 +365,14 @@ impl WalletService for WalletApi {
         let key = self.wallet_key(&extensions, &r.tenant_id, &r.wallet_id).await?;
         let body = CommandBody::PurchaseCredits { purchase_id: r.purchase_id.clone(), package_id: r.package_id };
         self.mutate((&metadata, &extensions, deadline), key, Command::new(r.purchase_id, body)).await
+    }
+
+    async fn redeem_reward(&self, request: Request<RedeemRewardRequest>) -> Result<Response<RedeemRewardResponse>, Status> {
+        let (metadata, extensions, r) = request.into_parts();
+        let key = self.wallet_key(&extensions, &r.tenant_id, &r.wallet_id).await?;
+        let meta = command_meta(&metadata, &extensions)?;
+        let _permit = self.admit()?;
+        Ok(Response::new(crate::rewards::redeem(&self.engine.flows, &key.tenant, &key.wallet, r, meta).await?))
     }
 
     async fn close(&self, request: Request<CloseRequest>) -> Result<Response<WalletMutation>, Status> {

@@ -23,7 +23,7 @@ pub fn from_field_error(error: &FieldError) -> Status {
     invalid(&error.field, &error.reason)
 }
 
-fn precondition(kind: &str, subject: &str, message: String) -> Status {
+pub fn precondition(kind: &str, subject: &str, message: String) -> Status {
     Status::with_error_details(
         Code::FailedPrecondition,
         message.clone(),
@@ -86,6 +86,26 @@ pub fn from_rejection(rejection: &Rejection) -> Status {
             tracing::error!(%rejection, "a stored rules version no longer reads");
             Status::data_loss(message)
         }
+        Rejection::UnknownReward { .. } => {
+            Status::with_error_details(Code::NotFound, message.clone(), ErrorDetails::with_bad_request_violation("reward_id", message))
+        }
+        Rejection::RewardInactive { .. } => precondition("REWARD_INACTIVE", "reward_id", message),
+        Rejection::RewardNotAvailable { .. } => precondition("REWARD_NOT_AVAILABLE", "reward_id", message),
+        Rejection::RewardLimitReached { .. } => precondition("REWARD_LIMIT_REACHED", "reward_id", message),
+        Rejection::TierTooLow { .. } => precondition("TIER_TOO_LOW", "reward_id", message),
+    }
+}
+
+/// The answer to a redemption a step refused: the recorded code, as the wallet's own refusal would be.
+pub fn from_refusal(code: &str, message: String) -> Status {
+    match code {
+        "WALLET_NOT_FOUND" => Status::not_found(message),
+        "UNKNOWN_REWARD" => {
+            Status::with_error_details(Code::NotFound, message.clone(), ErrorDetails::with_bad_request_violation("reward_id", message))
+        }
+        "INSUFFICIENT_POINTS" => precondition(code, "balance", message),
+        "WALLET_CLOSED" => precondition(code, "wallet", message),
+        _ => precondition(code, "reward_id", message),
     }
 }
 

@@ -14,8 +14,9 @@ use tally_engine::domain::WalletState;
 /// forgot the old ones (`swept_at_ms`). 5: a receipt's fingerprint is a `CommandFingerprint` — the
 /// 128-bit BLAKE3 digest new events record, or an old event's 64-bit FNV-1a (issue 15 item 18).
 /// 6: the customer's sealed personal data and whether it was erased (`customer_sealed`,
-/// `customer_erased`; issue 19 item 4).
-pub const FORMAT_VERSION: u16 = 6;
+/// `customer_erased`; issue 19 item 4). 7: catalogue rewards redeemed per reward (`rewards_redeemed`,
+/// for per-customer limits; issue 20).
+pub const FORMAT_VERSION: u16 = 7;
 const HEADER_BYTES: usize = 2 + 8 + 4;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -27,6 +27,7 @@ fn history(bodies: &[CommandBody]) -> Vec<Event> {
             CommandBody::EarnForOrder { order } => order.order_id.clone(),
             CommandBody::AuthorizeRedemption { hold_id, .. } => hold_id.clone(),
             CommandBody::PurchaseCredits { purchase_id, .. } => purchase_id.clone(),
+            CommandBody::RedeemReward { redemption_id, .. } => tally_engine::domain::reward_debit_key(redemption_id),
             _ => format!("k-{i}"),
         };
         if let Ok(Decision::Append(new)) = decide(&state, &Command::new(key, body.clone()), &ctx) {
@@ -77,6 +78,15 @@ fn program() -> ProgramSettings {
         active: true,
     };
     let stamp_cards = Arc::new([("coffee".to_owned(), coffee)].into_iter().collect());
+    let mug = tally_engine::domain::RewardDefined {
+        reward_id: "mug".into(),
+        name: "Mug".into(),
+        points: 30,
+        limited_stock: true,
+        per_customer_max: 3,
+        ..Default::default()
+    };
+    let mug = tally_engine::domain::RewardDefined { active: true, ..mug };
     ProgramSettings {
         rule_versions: Arc::new([version]),
         packages,
@@ -84,6 +94,7 @@ fn program() -> ProgramSettings {
         pending_days: 30,
         tiers,
         stamp_cards,
+        rewards: Arc::new([("mug".to_owned(), mug)].into_iter().collect()),
         ..ProgramSettings::default()
     }
 }
@@ -123,12 +134,13 @@ fn golden_history() -> Vec<Event> {
         CommandBody::AuthorizeRedemption { hold_id: "pos-1".into(), points: 20, reward_ref: "cake".into(), timeout_ms: 60_000 },
         CommandBody::PurchaseCredits { purchase_id: "pay-1".into(), package_id: "p-500".into() },
         CommandBody::AddStamps { card_id: "coffee".into(), count: 7, reason: "pos".into() },
+        CommandBody::RedeemReward { redemption_id: "red-1".into(), reward_id: "mug".into() },
     ])
 }
 
 #[test]
 fn the_format_matches_its_golden_file() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/wallet_state_v6.bin");
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/wallet_state_v7.bin");
     let state = fold(&golden_history());
     // Lots: January's earnings (month end), the purchase (never), part of January's held.
     assert_eq!(state.lots().map(|(_, lot)| (lot.expires_at_ms, lot.held)).collect::<Vec<_>>(), [(Some(1_769_904_000_000), 20), (None, 0)]);
@@ -138,6 +150,7 @@ fn the_format_matches_its_golden_file() {
     assert_eq!(state.stamp_cards().map(|(id, c)| (id, c.stamps, c.completed)).collect::<Vec<_>>(), [("coffee", 2, 1)]);
     assert_eq!((state.orders_placed, state.source("order-3").unwrap().refunded_minor), (2, 1_000), "every command was accepted");
     assert_eq!((state.held_points, state.lifetime_purchased), (20, 500));
+    assert_eq!(state.rewards_redeemed("mug"), 1, "the catalogue redemption was accepted");
     assert_eq!(
         state.rule_points(
             "weekly",
@@ -163,6 +176,7 @@ fn snapshots_of_an_older_format_are_refused() {
         (3, "wallet_state_v3.bin"),
         (4, "wallet_state_v4.bin"),
         (5, "wallet_state_v5.bin"),
+        (6, "wallet_state_v6.bin"),
     ];
     for (version, file) in files {
         let old = std::fs::read(format!("{}/tests/golden/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap();

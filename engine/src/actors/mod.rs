@@ -9,9 +9,11 @@
 //! Architecture Invariant: at most one live actor per wallet per registry; across registries (nodes),
 //! the store's expected-version check keeps a single writer.
 
+mod flows;
 mod keys;
 mod programs;
 mod registry;
+mod stock;
 mod timers;
 mod wallet;
 mod wallet_roll;
@@ -20,9 +22,11 @@ use std::collections::HashMap;
 use std::fmt::Debug;
 use std::sync::Arc;
 
+pub use flows::{CRASH_POINTS, CrashPoint, FlowError, Flows, OpenFlow, Redemption};
 pub use keys::{KeyBook, KeysError, Unauthenticated};
 pub use programs::{ProgramBook, ProgramError, ProgramOutcome};
 pub use registry::{RegistryConfig, RegistryStats, WalletRegistry};
+pub use stock::{StockAnswer, StockError, StockFigures};
 pub use timers::{Owns, WalletTimers};
 
 use crate::codec::CodecError;

@@ -57,6 +57,9 @@ pub enum CommandBody {
     PurchaseCredits { purchase_id: String, package_id: String },
     /// Give `count` stamps on the program's stamp card `card_id` (by hand, at a POS).
     AddStamps { card_id: String, count: i64, reason: String },
+    /// Spend the point cost of the program's catalogue reward `reward_id`, as the debit step of
+    /// redemption `redemption_id` (`crate::domain::flows`); keyed [`reward_debit_key`].
+    RedeemReward { redemption_id: String, reward_id: String },
 }
 
 /// Keys the engine makes itself start with this; a client's key may not, so the two never meet.
@@ -70,6 +73,12 @@ pub fn capture_key(hold_id: &str) -> String {
 /// The key of the void of hold `hold_id`.
 pub fn void_key(hold_id: &str) -> String {
     format!("{ENGINE_KEY_PREFIX}void:{hold_id}")
+}
+
+/// The key of the debit step of reward redemption `redemption_id`: one per redemption, so the flow's
+/// retries of it find its outcome.
+pub fn reward_debit_key(redemption_id: &str) -> String {
+    format!("{ENGINE_KEY_PREFIX}reward:{redemption_id}:debit")
 }
 
 /// The key of a `RunDue` sent at `now_ms` (the log shows which clock acted).
@@ -104,6 +113,12 @@ impl Command {
     pub fn void_redemption(hold_id: impl Into<String>) -> Self {
         let hold_id = hold_id.into();
         Self::new(void_key(&hold_id), CommandBody::VoidRedemption { hold_id })
+    }
+
+    /// The debit of reward redemption `redemption_id`, under its engine key.
+    pub fn redeem_reward(redemption_id: impl Into<String>, reward_id: impl Into<String>) -> Self {
+        let redemption_id = redemption_id.into();
+        Self::new(reward_debit_key(&redemption_id), CommandBody::RedeemReward { redemption_id, reward_id: reward_id.into() })
     }
 
     /// Records what is due at `now_ms`, under an engine key.
@@ -192,6 +207,7 @@ impl Command {
             CommandBody::RunDue => Layout::new(14),
             CommandBody::AddStamps { card_id, count, reason } => Layout::new(15).str(card_id).i64(*count).str(reason),
             CommandBody::PurchaseCredits { purchase_id, package_id } => Layout::new(13).str(purchase_id).str(package_id),
+            CommandBody::RedeemReward { redemption_id, reward_id } => Layout::new(18).str(redemption_id).str(reward_id),
         }
     }
 
@@ -213,6 +229,7 @@ impl Command {
             CommandBody::RunDue => "run_due",
             CommandBody::AddStamps { .. } => "add_stamps",
             CommandBody::PurchaseCredits { .. } => "purchase_credits",
+            CommandBody::RedeemReward { .. } => "redeem_reward",
         }
     }
 }

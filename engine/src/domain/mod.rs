@@ -13,21 +13,23 @@ mod command;
 mod event;
 pub mod expiry;
 mod fingerprint;
+pub mod flows;
 mod ids;
 pub mod program;
 mod rejection;
+pub mod rewards;
 pub mod rules;
 mod state;
 pub mod tiers;
 mod wallet;
 
-pub use command::{Command, CommandBody, ENGINE_KEY_PREFIX, Money, capture_key, due_key, void_key};
+pub use command::{Command, CommandBody, ENGINE_KEY_PREFIX, Money, capture_key, due_key, reward_debit_key, void_key};
 pub use event::{Change, Event};
 pub use fingerprint::CommandFingerprint;
 pub use ids::{FieldError, TenantId, WalletId};
 pub use rejection::Rejection;
 pub use state::{Hold, Lot, Pending, Receipt, RuleUsage, SourceLedger, StampCard, TierState, WalletState, WalletStatus};
-pub use tally_proto::v1::{CreditPackageDefined, ExpiryPolicy, ReturnPolicy, StampCardDefined, TierMove};
+pub use tally_proto::v1::{CreditPackageDefined, ExpiryPolicy, ReturnPolicy, RewardDefined, StampCardDefined, TierMove};
 pub use wallet::{Decision, DueView, OrderQuote, apply, decide, quote_order};
 
 /// What the wallet domain needs of its tenant's program (see [`program::ProgramState::settings`]).
@@ -51,6 +53,8 @@ pub struct ProgramSettings {
     pub tiers: tiers::Tiers,
     /// Stamp cards by id, as last defined.
     pub stamp_cards: std::sync::Arc<std::collections::BTreeMap<String, StampCardDefined>>,
+    /// The rewards catalogue by id, as last defined.
+    pub rewards: std::sync::Arc<std::collections::BTreeMap<String, RewardDefined>>,
 }
 
 impl ProgramSettings {
@@ -74,6 +78,7 @@ impl Default for ProgramSettings {
             refund_window_days: program::REFUND_WINDOW_DEFAULT_DAYS,
             tiers: tiers::Tiers::default(),
             stamp_cards: std::sync::Arc::default(),
+            rewards: std::sync::Arc::default(),
         }
     }
 }

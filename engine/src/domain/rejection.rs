@@ -100,6 +100,22 @@ pub enum Rejection {
     /// it may have now, from before the limit, being closed). Maps to FAILED_PRECONDITION.
     #[error("the command would record {events} events, more than the {max} one append holds; void open holds first")]
     CommandTooLarge { events: usize, max: usize },
+    /// The program's catalogue has no reward with this id. Maps to NOT_FOUND.
+    #[error("no reward {reward_id:?} in this program's catalogue")]
+    UnknownReward { reward_id: String },
+    /// The reward is not offered. Maps to FAILED_PRECONDITION (REWARD_INACTIVE).
+    #[error("reward {reward_id:?} is inactive")]
+    RewardInactive { reward_id: String },
+    /// Outside the reward's availability window. Maps to FAILED_PRECONDITION (REWARD_NOT_AVAILABLE).
+    #[error("reward {reward_id:?} cannot be redeemed now: {why}")]
+    RewardNotAvailable { reward_id: String, why: String },
+    /// The wallet redeemed the reward as often as one customer may. Maps to FAILED_PRECONDITION
+    /// (REWARD_LIMIT_REACHED).
+    #[error("reward {reward_id:?} may be redeemed {max} times per customer, and this wallet has")]
+    RewardLimitReached { reward_id: String, max: i64 },
+    /// The wallet's tier is below the reward's lowest. Maps to FAILED_PRECONDITION (TIER_TOO_LOW).
+    #[error("reward {reward_id:?} is for tier {min_tier_id:?} and above")]
+    TierTooLow { reward_id: String, min_tier_id: String },
     /// The idempotency key was already used for a different command. Maps to ALREADY_EXISTS.
     #[error("idempotency key {key:?} was already used for a different command")]
     IdempotencyKeyReused { key: String },

@@ -203,6 +203,8 @@ pub struct WalletState {
     pub(crate) receipts: FastMap<String, Receipt>,
     /// The recorded time receipts and sources past their time were last forgotten at.
     pub(crate) swept_at_ms: i64,
+    /// Catalogue rewards redeemed, by reward id (for per-customer limits).
+    pub(crate) rewards_redeemed: BTreeMap<String, i64>,
 }
 
 impl WalletState {
@@ -217,6 +219,11 @@ impl WalletState {
     /// Points `rule_id` gave this wallet in the cap period `(period, key)`.
     pub fn rule_points(&self, rule_id: &str, period: i32, key: i64) -> i64 {
         self.rule_usage.get(rule_id).map_or(0, |usage| usage.points_in(period, key))
+    }
+
+    /// How often the wallet redeemed catalogue reward `reward_id`.
+    pub fn rewards_redeemed(&self, reward_id: &str) -> i64 {
+        self.rewards_redeemed.get(reward_id).copied().unwrap_or(0)
     }
 
     pub fn hold(&self, hold_id: &str) -> Option<&Hold> {

@@ -45,6 +45,10 @@ pub fn decide_program(
         C::SetRefundWindow { days, set_by } => set_refund_window(*days, set_by)?,
         C::DefineStampCard { card } => define_stamp_card(card)?,
         C::DefineTiers { tiers, window, grace_days, set_by } => define_tiers(tiers, *window, *grace_days, set_by)?,
+        C::DefineReward { reward } => {
+            crate::domain::rewards::check_definition(reward, &state.tiers)?;
+            ProgramChange::RewardDefined(reward.clone())
+        }
     };
     Ok(ProgramDecision::Append(vec![ProgramEvent {
         idempotency_key: command.idempotency_key.clone(),

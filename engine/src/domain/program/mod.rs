@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use tally_proto::v1::{
-    CreditPackageDefined, ExpiryPolicy, ExpiryPolicySet, Money, PendingPeriodSet, ProgramCreated, RefundWindowSet, RulesPublished,
-    StampCardDefined, TierDefinition, TierWindow, TiersDefined,
+    CreditPackageDefined, ExpiryPolicy, ExpiryPolicySet, Money, PendingPeriodSet, ProgramCreated, RefundWindowSet, RewardDefined,
+    RulesPublished, StampCardDefined, TierDefinition, TierWindow, TiersDefined,
 };
 
 mod decide;
@@ -70,6 +70,10 @@ pub enum ProgramCommandBody {
     /// Defines a stamp card, or replaces its definition.
     DefineStampCard {
         card: StampCardDefined,
+    },
+    /// Defines a reward of the catalogue, or replaces its definition.
+    DefineReward {
+        reward: RewardDefined,
     },
     /// Defines the tiers (the whole set).
     DefineTiers {
@@ -135,6 +139,16 @@ impl ProgramCommand {
                 .str(&card.reward_ref)
                 .i64(card.reward_points)
                 .u64(u64::from(card.active)),
+            ProgramCommandBody::DefineReward { reward } => Layout::new(109)
+                .str(&reward.reward_id)
+                .str(&reward.name)
+                .i64(reward.points)
+                .u64(u64::from(reward.limited_stock))
+                .i64(reward.per_customer_max)
+                .i64(reward.available_from_ms)
+                .i64(reward.available_until_ms)
+                .str(&reward.min_tier_id)
+                .u64(u64::from(reward.active)),
             ProgramCommandBody::DefineTiers { tiers, window, grace_days, set_by } => {
                 let layout = Layout::new(106).u64(tiers.len() as u64);
                 let layout = tiers.iter().fold(layout, |layout, t| {
@@ -157,6 +171,7 @@ crate::domain::event::event_table! {
         RefundWindowSet(RefundWindowSet),
         TiersDefined(TiersDefined),
         StampCardDefined(StampCardDefined),
+        RewardDefined(RewardDefined),
     }
 }
 
@@ -204,6 +219,8 @@ pub struct ProgramState {
     pub tiers: crate::domain::tiers::Tiers,
     /// Stamp cards by id, as last defined.
     pub stamp_cards: BTreeMap<String, StampCardDefined>,
+    /// The rewards catalogue by id, as last defined.
+    pub rewards: BTreeMap<String, RewardDefined>,
     /// Idempotency keys of accepted commands: their fingerprint and the rules version after them.
     receipts: BTreeMap<String, (CommandFingerprint, u32)>,
 }
@@ -226,6 +243,7 @@ impl ProgramState {
             refund_window_days: self.refund_window_days(),
             tiers: self.tiers.clone(),
             stamp_cards: Arc::new(self.stamp_cards.clone()),
+            rewards: Arc::new(self.rewards.clone()),
         }
     }
 
@@ -281,7 +299,7 @@ pub(super) fn check_package_id(id: &str) -> Result<(), FieldError> {
 }
 
 /// Ids of things a program defines (packages, stamp cards): 1 to 64 bytes of A-Z a-z 0-9 - _ . :
-pub(crate) fn check_id(field: &'static str, id: &str) -> Result<(), FieldError> {
+pub fn check_id(field: &'static str, id: &str) -> Result<(), FieldError> {
     let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':');
     if id.is_empty() || id.len() > 64 || !id.chars().all(allowed) {
         return Err(FieldError::new(field, "must be 1 to 64 bytes of A-Z a-z 0-9 - _ . :"));
@@ -325,6 +343,9 @@ pub fn apply_program(state: &mut ProgramState, event: &ProgramEvent) {
         ProgramChange::RefundWindowSet(e) => state.refund_window_days = e.days,
         ProgramChange::StampCardDefined(e) => {
             state.stamp_cards.insert(e.card_id.clone(), e.clone());
+        }
+        ProgramChange::RewardDefined(e) => {
+            state.rewards.insert(e.reward_id.clone(), e.clone());
         }
         ProgramChange::TiersDefined(e) => {
             state.tiers = crate::domain::tiers::Tiers {

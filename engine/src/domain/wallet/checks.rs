@@ -31,6 +31,7 @@ pub(super) fn check_key(command: &Command) -> Result<(), Rejection> {
     let engine_key = match &command.body {
         CommandBody::CaptureRedemption { hold_id, .. } => Some(capture_key(hold_id)),
         CommandBody::VoidRedemption { hold_id } => Some(void_key(hold_id)),
+        CommandBody::RedeemReward { redemption_id, .. } => Some(crate::domain::reward_debit_key(redemption_id)),
         CommandBody::RunDue => None,
         _ if command.idempotency_key.starts_with(ENGINE_KEY_PREFIX) => {
             return Err(FieldError::new(
@@ -115,6 +116,10 @@ pub(super) fn validate(body: &CommandBody) -> Result<(), Rejection> {
                 return Err(FieldError::new("count", format!("must be within 1..={STAMPS_PER_CARD_MAX}")).into());
             }
             check_reason(reason)
+        }
+        CommandBody::RedeemReward { redemption_id, reward_id } => {
+            crate::domain::program::check_id("redemption_id", redemption_id)?;
+            Ok(crate::domain::program::check_id("reward_id", reward_id)?)
         }
         CommandBody::PurchaseCredits { purchase_id, package_id } => {
             check_ref("purchase_id", purchase_id, true)?;

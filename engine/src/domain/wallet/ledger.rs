@@ -76,7 +76,13 @@ pub(super) fn redeem(state: &WalletState, ctx: &Context<'_>, points: i64, reward
     checked_balance(state.lifetime_redeemed.checked_add(points), "points", points)?;
     let (lots, _) = take_lots(state, points, &[]);
     let inactivity_expires_at_ms = inactivity_deadline(ctx);
-    Ok(Change::Redeemed(PointsRedeemed { points, reward_ref: reward_ref.to_owned(), lots, inactivity_expires_at_ms }))
+    Ok(Change::Redeemed(PointsRedeemed {
+        points,
+        reward_ref: reward_ref.to_owned(),
+        lots,
+        inactivity_expires_at_ms,
+        redemption_id: String::new(),
+    }))
 }
 
 pub(super) fn adjust(state: &WalletState, ctx: &Context<'_>, points: i64, reason: &str, staff_ref: &str) -> Result<Change, Rejection> {
@@ -305,6 +311,9 @@ pub(super) fn apply_redeemed(state: &mut WalletState, e: &PointsRedeemed) {
     active(state, e.inactivity_expires_at_ms);
     state.lifetime_redeemed += e.points;
     debit(state, e.points, &e.lots);
+    if !e.redemption_id.is_empty() {
+        *state.rewards_redeemed.entry(e.reward_ref.clone()).or_default() += 1;
+    }
 }
 
 pub(super) fn apply_adjusted(state: &mut WalletState, e: &PointsAdjusted) {

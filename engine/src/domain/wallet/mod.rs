@@ -7,6 +7,7 @@
 //! | [`orders`] | `EarnForOrder`, `RefundOrder` | (orders earn and reverse through the ledger's events) |
 //! | [`holds`] | `AuthorizeRedemption`, `CaptureRedemption`, `VoidRedemption` | held, captured, released |
 //! | [`credits`] | `PurchaseCredits` | purchased |
+//! | [`rewards`] | `RedeemReward` (a catalogue reward's debit) | (redeemed, through the ledger) |
 //! | [`stamps`] | `AddStamps`, and the cards a change fills | stamped, card completed |
 //! | [`tier`] | the tier an earn reaches, a due review | tier changed, tier reviewed |
 //! | [`due`] | `RunDue`, and what time brought before any command | matured, expired, expiring soon |
@@ -22,6 +23,7 @@ mod ledger;
 mod lots;
 mod orders;
 mod receipts;
+mod rewards;
 mod stamps;
 mod tier;
 
@@ -136,6 +138,7 @@ fn decide_change(state: &WalletState, body: &CommandBody, ctx: &Context<'_>) -> 
             C::CaptureRedemption { hold_id, points } => alone(holds::capture(state, ctx, hold_id, *points)),
             C::VoidRedemption { hold_id } => alone(holds::void(state, hold_id)),
             C::PurchaseCredits { purchase_id, package_id } => alone(credits::purchase(state, ctx, purchase_id, package_id)),
+            C::RedeemReward { redemption_id, reward_id } => alone(rewards::redeem(state, ctx, redemption_id, reward_id)),
             C::EarnForOrder { order } => alone(orders::earn_for_order(state, order, ctx)),
             C::AddStamps { card_id, count, reason } => alone(stamps::add(ctx, card_id, *count, reason)),
             C::RefundOrder { order_id, amount_minor, reason } => orders::refund(state, ctx, order_id, *amount_minor, reason),

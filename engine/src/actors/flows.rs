@@ -1,0 +1,508 @@
+//! The process manager: drives flows across aggregates (`crate::domain::flows`) to their end.
+//!
+//! A flow is started by its caller (`Flows::redeem_reward`), who then drives it step by step: each step a
+//! command to the aggregate it changes (a reward's stock through [`StockBook`], a wallet through the
+//! registry), keyed by the flow and the step, and each outcome that decides what follows recorded on the
+//! flow's stream, with the version it expects, before anything follows it. A caller that goes away, a
+//! crash, a store outage leaves the flow open in the log; a reader task follows the log, keeps the open
+//! flows (only those) and, once one has made no progress for `FLOW_RESUME_AFTER_MS`, drives it on from
+//! where the log says it is, retrying with a growing pause until it ends. Open flows are listed
+//! (`list`), the stuck ones first among them, so none is ever lost silently.
+//!
+//! One driver per flow on a node (a lock per flow); drivers on two nodes are safe too — every step is
+//! idempotent and every record of the flow's carries its expected version — only wasteful.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tally_proto::v1::{FlowEnded, FlowStepRecorded, RewardRedemptionFlow};
+use tokio::task::JoinHandle;
+
+use super::stock::{StockAnswer, StockBook, StockError, StockFigures};
+use super::{CommandMeta, Owns, Programs, WalletError, WalletKey, WalletRegistry};
+use crate::clock::Clock;
+use crate::codec::{self, CodecError};
+use crate::domain::flows::{
+    self, FlowChange, FlowEvent, FlowState, OUT_OF_STOCK, RedemptionStep, STEP_DEBIT_WALLET, apply_flow, next_step,
+};
+use crate::domain::rewards::{StockOp, StockRejection};
+use crate::domain::{Change, Command, Rejection, TenantId, WalletId};
+use crate::limits::{FLOW_DEBIT_WITHIN_MS, FLOW_RESUME_AFTER_MS, FLOW_STUCK_AFTER_MS};
+use crate::store::{EventStore, ExpectedVersion, Follower, StoreError, StreamId};
+
+/// Events read per batch while following the log.
+const READ_BATCH_EVENTS: usize = 4_096;
+/// How often the open flows are looked at.
+const SCAN_INTERVAL_MS: u64 = 1_000;
+/// Longest pause between two tries of a flow that cannot go on.
+const RETRY_PAUSE_MAX_MS: i64 = 60_000;
+/// Flows driven on at once by the resumer.
+const RESUMING_MAX: usize = 64;
+
+/// The points between two steps of a redemption, in order: after the flow's start is recorded, after
+/// the stock is reserved, after the wallet's debit, after the debit's outcome is recorded, after the
+/// stock is taken or released, after the end is recorded.
+pub const CRASH_POINTS: [&str; 6] = ["started", "reserved", "debited", "debit_recorded", "stock_settled", "ended"];
+
+/// Called at each point between two steps with the point's name; `true` stops the flow there as if the
+/// process had died (tests). The product's hook (`tally serve` with `TALLY_TEST_CRASH_AT`) aborts the
+/// process instead.
+pub type CrashPoint = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FlowError {
+    /// Refused before the flow started (an unknown reward): nothing was recorded.
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+    /// The redemption id was used for another wallet or reward.
+    #[error("redemption id {redemption_id:?} was already used for another redemption")]
+    RedemptionIdReused { redemption_id: String },
+    /// The flow is recorded and open, and a step could not be done for a reason that may pass; it is
+    /// driven on in the background. A retry with the same id learns its outcome.
+    #[error(
+        "the redemption is recorded but could not finish yet ({reason}); it is retried in the background: retry with the same redemption id to learn its outcome"
+    )]
+    Unfinished { reason: String },
+    /// A test's crash point stopped the flow.
+    #[error("stopped at crash point {point}")]
+    Interrupted { point: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the flow cannot be read: {0}")]
+    Codec(#[from] CodecError),
+}
+
+/// How a redemption ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Redemption {
+    pub ended: FlowEnded,
+    /// The global position of the flow's last event.
+    pub position: u64,
+    /// The redemption had ended before this call.
+    pub replayed: bool,
+}
+
+/// An open flow, as listed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpenFlow {
+    pub tenant: TenantId,
+    pub flow_id: String,
+    pub redemption: RewardRedemptionFlow,
+    pub started_at_ms: i64,
+    pub progress_at_ms: i64,
+    /// The step it is at.
+    pub step: &'static str,
+    /// What kept it from going on, the last time this node tried.
+    pub last_error: Option<String>,
+    pub attempts: u32,
+    /// No progress for `FLOW_STUCK_AFTER_MS`.
+    pub stuck: bool,
+}
+
+/// An open flow as the reader keeps it.
+#[derive(Debug, Clone)]
+struct Watched {
+    state: FlowState,
+    last_error: Option<String>,
+    attempts: u32,
+    next_try_ms: i64,
+}
+
+/// The flows of this node; cloning shares them.
+#[derive(Clone)]
+pub struct Flows {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Flows {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Flows").field("open", &self.inner.open.lock().len()).finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    store: Arc<dyn EventStore>,
+    clock: Arc<dyn Clock>,
+    registry: WalletRegistry,
+    programs: Arc<dyn Programs>,
+    stock: StockBook,
+    /// One driver per flow on this node.
+    driving: parking_lot::Mutex<HashMap<StreamId, Arc<tokio::sync::Mutex<()>>>>,
+    /// Open flows, from the log.
+    open: parking_lot::Mutex<BTreeMap<StreamId, Watched>>,
+    crash: CrashPoint,
+    owns: Owns,
+    /// The log position the reader has folded the open flows to.
+    read_to: std::sync::atomic::AtomicU64,
+    tasks: parking_lot::Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        for task in self.tasks.lock().drain(..) {
+            task.abort();
+        }
+    }
+}
+
+impl Flows {
+    /// Flows on `store`, driving wallets through `registry`, with the reader and resumer running.
+    pub fn start(store: Arc<dyn EventStore>, clock: Arc<dyn Clock>, registry: WalletRegistry, programs: Arc<dyn Programs>) -> Self {
+        Self::start_with(store, clock, registry, programs, Arc::new(|_: &WalletKey| true), Arc::new(|_: &str| false))
+    }
+
+    /// As [`Self::start`], resuming only the flows of wallets `owns` says are this node's, with a crash
+    /// point hook.
+    pub fn start_with(
+        store: Arc<dyn EventStore>,
+        clock: Arc<dyn Clock>,
+        registry: WalletRegistry,
+        programs: Arc<dyn Programs>,
+        owns: Owns,
+        crash: CrashPoint,
+    ) -> Self {
+        let inner = Arc::new(Inner {
+            stock: StockBook::new(Arc::clone(&store), Arc::clone(&clock)),
+            store,
+            clock,
+            registry,
+            programs,
+            driving: parking_lot::Mutex::default(),
+            open: parking_lot::Mutex::default(),
+            crash,
+            owns,
+            read_to: std::sync::atomic::AtomicU64::new(0),
+            tasks: parking_lot::Mutex::default(),
+        });
+        let weak = Arc::downgrade(&inner);
+        let reader = tokio::spawn(read(Arc::clone(&inner.store), weak.clone()));
+        let resumer = tokio::spawn(resume(weak));
+        inner.tasks.lock().extend([reader, resumer]);
+        Self { inner }
+    }
+
+    /// Stops the reader and the resumer; flows being driven by callers go on.
+    pub fn stop(&self) {
+        for task in self.inner.tasks.lock().drain(..) {
+            task.abort();
+        }
+    }
+
+    /// The log position up to which the open flows are known (`list`).
+    pub fn read_to(&self) -> u64 {
+        self.inner.read_to.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Redeems one of reward `reward_id` for `wallet`: starts the flow `redemption_id` (or finds it) and
+    /// drives it to its end.
+    pub async fn redeem_reward(
+        &self,
+        tenant: &TenantId,
+        wallet: &WalletId,
+        reward_id: &str,
+        redemption_id: &str,
+        meta: CommandMeta,
+    ) -> Result<Redemption, FlowError> {
+        let stream = codec::flow_stream(tenant, redemption_id)?;
+        let wanted = |limited_stock| RewardRedemptionFlow {
+            redemption_id: redemption_id.to_owned(),
+            wallet_id: wallet.to_string(),
+            reward_id: reward_id.to_owned(),
+            limited_stock,
+        };
+        let lock = self.inner.lock_for(&stream);
+        let _driving = lock.lock().await;
+        let mut state = self.inner.load(&stream).await?;
+        if state.version == 0 {
+            let settings = self.inner.programs.settings(tenant).await.map_err(|e| FlowError::Unfinished { reason: e.to_string() })?;
+            let reward = settings.as_ref().and_then(|s| s.rewards.get(reward_id).cloned());
+            let reward = reward.ok_or_else(|| Rejection::UnknownReward { reward_id: reward_id.to_owned() })?;
+            let started = flows::redemption_started(wanted(reward.limited_stock));
+            match self.inner.record(&stream, &mut state, started, &meta).await {
+                Ok(_) => self.inner.crash_point("started")?,
+                // Started by another call meanwhile (another node): it is what the log says.
+                Err(FlowError::Store(StoreError::VersionConflict { .. })) => state = self.inner.load(&stream).await?,
+                Err(error) => return Err(error),
+            }
+        }
+        match &state.redemption {
+            Some(r) if r.wallet_id == wallet.as_str() && r.reward_id == reward_id => {}
+            _ => return Err(FlowError::RedemptionIdReused { redemption_id: redemption_id.to_owned() }),
+        }
+        let replayed = state.ended.is_some();
+        let (ended, position) = self.inner.drive(tenant, &stream, state, &meta).await?;
+        Ok(Redemption { ended, position, replayed })
+    }
+
+    /// Open flows of `tenant` (all tenants: `None`), oldest first; `stuck_only`: those without progress
+    /// for `FLOW_STUCK_AFTER_MS`.
+    pub fn list(&self, tenant: Option<&TenantId>, stuck_only: bool) -> Vec<OpenFlow> {
+        let now_ms = self.inner.clock.now_ms();
+        let open = self.inner.open.lock();
+        let mut flows: Vec<OpenFlow> = open
+            .iter()
+            .filter_map(|(stream, watched)| {
+                let (flow_tenant, flow_id) = codec::flow_of(stream.as_str())?;
+                let redemption = watched.state.redemption.clone()?;
+                let stuck = now_ms - watched.state.progress_at_ms >= FLOW_STUCK_AFTER_MS;
+                let wanted = tenant.is_none_or(|t| *t == flow_tenant) && (stuck || !stuck_only);
+                wanted.then(|| OpenFlow {
+                    flow_id: flow_id.to_owned(),
+                    tenant: flow_tenant,
+                    redemption,
+                    started_at_ms: watched.state.started_at_ms,
+                    progress_at_ms: watched.state.progress_at_ms,
+                    step: next_step(&watched.state).map_or("end", |s| s.name()),
+                    last_error: watched.last_error.clone(),
+                    attempts: watched.attempts,
+                    stuck,
+                })
+            })
+            .collect();
+        flows.sort_by_key(|f| (f.started_at_ms, f.flow_id.clone()));
+        flows
+    }
+
+    /// Adds stock to reward `reward_id` (which must be limited in the program's catalogue).
+    pub async fn restock(&self, tenant: &TenantId, reward_id: &str, op: StockOp, meta: CommandMeta) -> Result<StockAnswer, StockError> {
+        self.inner.stock.run(&codec::reward_stream(tenant, reward_id)?, op, meta).await
+    }
+
+    /// Reward `reward_id`'s stock now.
+    pub async fn stock(&self, tenant: &TenantId, reward_id: &str) -> Result<StockFigures, StockError> {
+        self.inner.stock.figures(&codec::reward_stream(tenant, reward_id)?).await
+    }
+}
+
+impl Inner {
+    fn lock_for(&self, stream: &StreamId) -> Arc<tokio::sync::Mutex<()>> {
+        let mut driving = self.driving.lock();
+        // Locks nobody holds or waits for are dropped as new ones are made: the map stays the size of
+        // the flows being driven.
+        driving.retain(|_, lock| Arc::strong_count(lock) > 1);
+        Arc::clone(driving.entry(stream.clone()).or_default())
+    }
+
+    async fn load(&self, stream: &StreamId) -> Result<FlowState, FlowError> {
+        let mut state = FlowState::default();
+        loop {
+            let events = self.store.read_stream(stream, state.version + 1, 64).await?;
+            if events.is_empty() {
+                return Ok(state);
+            }
+            for recorded in events {
+                apply_flow(&mut state, &codec::decode_flow(recorded)?);
+            }
+        }
+    }
+
+    /// Appends `change` to the flow with the version it expects, and applies it; the event's position.
+    async fn record(&self, stream: &StreamId, state: &mut FlowState, change: FlowChange, meta: &CommandMeta) -> Result<u64, FlowError> {
+        let event = FlowEvent { recorded_at_ms: self.clock.now_ms().max(state.progress_at_ms), change };
+        let data = codec::encode_flow(&event, state.version + 1, meta);
+        let outcome = self.store.append(stream, ExpectedVersion::Exact(state.version), vec![data]).await?;
+        apply_flow(state, &event);
+        Ok(outcome.last_position)
+    }
+
+    fn crash_point(&self, point: &str) -> Result<(), FlowError> {
+        if (self.crash)(point) { Err(FlowError::Interrupted { point: point.to_owned() }) } else { Ok(()) }
+    }
+
+    /// Drives a redemption from where `state` is to its end: how it ended, and the position of its end.
+    async fn drive(
+        &self,
+        tenant: &TenantId,
+        stream: &StreamId,
+        mut state: FlowState,
+        meta: &CommandMeta,
+    ) -> Result<(FlowEnded, u64), FlowError> {
+        let mut position = 0;
+        loop {
+            let Some(redemption) = state.redemption.clone() else {
+                return Err(
+                    CodecError::Undecodable { position, event_type: "tally.v1.FlowStarted".into(), reason: "no flow".into() }.into()
+                );
+            };
+            let Some(step) = next_step(&state) else {
+                let ended = state.ended.clone().expect("a started flow with no next step has ended");
+                if position == 0 {
+                    position = self.store.read_stream(stream, state.version, 1).await?.first().map_or(0, |e| e.global_position);
+                }
+                return Ok((ended, position));
+            };
+            let reward_stream = codec::reward_stream(tenant, &redemption.reward_id)?;
+            let id = redemption.redemption_id.clone();
+            let (change, points) = match step {
+                RedemptionStep::Debit { reserve_first } => {
+                    if self.clock.now_ms() - state.started_at_ms > FLOW_DEBIT_WITHIN_MS {
+                        return Err(FlowError::Unfinished {
+                            reason: "the debit is older than the wallet's memory of its key; an operator must settle it".into(),
+                        });
+                    }
+                    if reserve_first {
+                        let reserve = StockOp::Reserve { redemption_id: id.clone(), wallet_id: redemption.wallet_id.clone() };
+                        match self.stock.run(&reward_stream, reserve, meta.clone()).await {
+                            Ok(_) => {}
+                            Err(StockError::Rejected(StockRejection::OutOfStock)) => {
+                                let message = format!("reward {:?} is out of stock", redemption.reward_id);
+                                position =
+                                    self.record(stream, &mut state, FlowChange::Ended(flows::refused(OUT_OF_STOCK, message)), meta).await?;
+                                continue;
+                            }
+                            Err(error) => return Err(FlowError::Unfinished { reason: error.to_string() }),
+                        }
+                        self.crash_point("reserved")?;
+                    }
+                    (FlowChange::StepRecorded(self.debit(tenant, &redemption, meta).await?), ("debited", "debit_recorded"))
+                }
+                RedemptionStep::Complete { take_stock } => {
+                    if take_stock {
+                        self.stock_step(&reward_stream, StockOp::Take { redemption_id: id }, meta).await?;
+                    }
+                    (FlowChange::Ended(flows::ending(&state).expect("a debit was recorded")), ("stock_settled", "ended"))
+                }
+                RedemptionStep::Refuse { release_stock } => {
+                    if release_stock {
+                        let reason = state.debit.as_ref().and_then(|d| d.refusal.as_ref()).map(|r| r.code.clone()).unwrap_or_default();
+                        self.stock_step(&reward_stream, StockOp::Release { redemption_id: id, reason }, meta).await?;
+                    }
+                    (FlowChange::Ended(flows::ending(&state).expect("a debit was recorded")), ("stock_settled", "ended"))
+                }
+            };
+            self.crash_point(points.0)?;
+            position = self.record(stream, &mut state, change, meta).await?;
+            self.crash_point(points.1)?;
+        }
+    }
+
+    async fn stock_step(&self, stream: &StreamId, op: StockOp, meta: &CommandMeta) -> Result<(), FlowError> {
+        self.stock.run(stream, op, meta.clone()).await.map(drop).map_err(|e| FlowError::Unfinished { reason: e.to_string() })
+    }
+
+    /// The wallet's debit and its outcome: paid, or refused for good (a rejection). Anything else (the
+    /// store, a crashed or busy wallet) leaves the flow where it is.
+    async fn debit(&self, tenant: &TenantId, redemption: &RewardRedemptionFlow, meta: &CommandMeta) -> Result<FlowStepRecorded, FlowError> {
+        let wallet = WalletId::parse(&redemption.wallet_id).map_err(|e| FlowError::Unfinished { reason: e.to_string() })?;
+        let key = WalletKey::new(tenant.clone(), wallet);
+        let command = Command::redeem_reward(&redemption.redemption_id, &redemption.reward_id);
+        let step = STEP_DEBIT_WALLET.to_owned();
+        match self.registry.execute(&key, command, meta.clone()).await {
+            Ok(outcome) => {
+                let points = outcome.events.iter().find_map(|e| match &e.event.change {
+                    Change::Redeemed(r) if r.redemption_id == redemption.redemption_id => Some(r.points),
+                    _ => None,
+                });
+                Ok(FlowStepRecorded {
+                    step,
+                    ok: true,
+                    refusal: None,
+                    points: points.unwrap_or(0),
+                    position: outcome.position,
+                    balance: outcome.balance,
+                })
+            }
+            Err(WalletError::Rejected(rejection)) => {
+                Ok(FlowStepRecorded { step, ok: false, refusal: Some(flows::refusal(&rejection)), ..Default::default() })
+            }
+            Err(error) => Err(FlowError::Unfinished { reason: error.to_string() }),
+        }
+    }
+}
+
+/// Follows the log, keeping the open flows.
+async fn read(store: Arc<dyn EventStore>, inner: std::sync::Weak<Inner>) {
+    let mut follower = Follower::new(store, 0);
+    loop {
+        let batch = follower.next_batch(READ_BATCH_EVENTS).await;
+        let Some(inner) = inner.upgrade() else { return };
+        match batch {
+            Ok(Some(events)) => {
+                let mut open = inner.open.lock();
+                for recorded in events {
+                    if codec::flow_of(recorded.stream_id.as_str()).is_none() {
+                        continue;
+                    }
+                    let stream = recorded.stream_id.clone();
+                    match codec::decode_flow(recorded) {
+                        Ok(event) => {
+                            let watched = open.entry(stream.clone()).or_insert_with(|| Watched {
+                                state: FlowState::default(),
+                                last_error: None,
+                                attempts: 0,
+                                next_try_ms: 0,
+                            });
+                            apply_flow(&mut watched.state, &event);
+                            if watched.state.ended.is_some() {
+                                open.remove(&stream);
+                            }
+                        }
+                        Err(error) => tracing::error!(%stream, %error, "a flow's event cannot be read; the flow waits for a repair"),
+                    }
+                }
+                metrics::gauge!("tally_flows_open").set(open.len() as f64);
+                inner.read_to.store(follower.next_position() - 1, std::sync::atomic::Ordering::Release);
+            }
+            Ok(None) => return,
+            Err(error) => {
+                tracing::warn!(%error, at = follower.next_position(), "flows cannot read the log; retrying");
+                drop(inner);
+                tokio::time::sleep(Duration::from_millis(SCAN_INTERVAL_MS)).await;
+            }
+        }
+    }
+}
+
+/// Drives on the open flows that made no progress for `FLOW_RESUME_AFTER_MS`.
+async fn resume(inner: std::sync::Weak<Inner>) {
+    let running = Arc::new(tokio::sync::Semaphore::new(RESUMING_MAX));
+    loop {
+        tokio::time::sleep(Duration::from_millis(SCAN_INTERVAL_MS)).await;
+        let Some(inner) = inner.upgrade() else { return };
+        let now_ms = inner.clock.now_ms();
+        let due: Vec<(StreamId, FlowState)> = {
+            let open = inner.open.lock();
+            metrics::gauge!("tally_flows_stuck")
+                .set(open.values().filter(|w| now_ms - w.state.progress_at_ms >= FLOW_STUCK_AFTER_MS).count() as f64);
+            open.iter()
+                .filter(|(_, w)| now_ms - w.state.progress_at_ms >= FLOW_RESUME_AFTER_MS && w.next_try_ms <= now_ms)
+                .map(|(stream, w)| (stream.clone(), w.state.clone()))
+                .collect()
+        };
+        for (stream, state) in due {
+            let Some((tenant, _)) = codec::flow_of(stream.as_str()) else { continue };
+            let owned = state
+                .redemption
+                .as_ref()
+                .and_then(|r| WalletId::parse(&r.wallet_id).ok())
+                .is_some_and(|wallet| (inner.owns)(&WalletKey::new(tenant.clone(), wallet)));
+            let Ok(permit) = Arc::clone(&running).try_acquire_owned() else { break };
+            if !owned {
+                continue;
+            }
+            let lock = inner.lock_for(&stream);
+            let Ok(guard) = lock.try_lock_owned() else { continue };
+            let inner = Arc::clone(&inner);
+            tokio::spawn(async move {
+                let _permit = permit;
+                let _guard = guard;
+                // The log, not the reader's copy, says where the flow is.
+                let result = match inner.load(&stream).await {
+                    Ok(state) => inner.drive(&tenant, &stream, state, &CommandMeta::default()).await.map(drop),
+                    Err(error) => Err(error),
+                };
+                if let Err(error) = result {
+                    metrics::counter!("tally_flows_retries_total").increment(1);
+                    tracing::warn!(%stream, %error, "a flow cannot go on yet; retrying");
+                    if let Some(watched) = inner.open.lock().get_mut(&stream) {
+                        watched.attempts += 1;
+                        let pause = (1_000_i64 << watched.attempts.min(6)).min(RETRY_PAUSE_MAX_MS);
+                        watched.next_try_ms = inner.clock.now_ms() + pause;
+                        watched.last_error = Some(error.to_string());
+                    }
+                }
+            });
+        }
+    }
+}

@@ -1,0 +1,43 @@
+//! Catalogue rewards: the wallet's part of a redemption (`RedeemReward`), the debit step of the flow in
+//! `crate::domain::flows`. The wallet decides whether its customer may have the reward — it is active,
+//! within its window, their tier reaches it, they are under its per-customer limit — and what it costs
+//! (the definition in force now), and spends the points like any redemption.
+
+use super::ledger;
+use crate::domain::Context;
+use crate::domain::event::Change;
+use crate::domain::rejection::Rejection;
+use crate::domain::state::WalletState;
+
+pub(super) fn redeem(state: &WalletState, ctx: &Context<'_>, redemption_id: &str, reward_id: &str) -> Result<Change, Rejection> {
+    let reward = ctx.program.rewards.get(reward_id).ok_or_else(|| Rejection::UnknownReward { reward_id: reward_id.to_owned() })?;
+    let unavailable = |why: &str| Err(Rejection::RewardNotAvailable { reward_id: reward_id.to_owned(), why: why.to_owned() });
+    if !reward.active {
+        return Err(Rejection::RewardInactive { reward_id: reward_id.to_owned() });
+    }
+    if reward.available_from_ms != 0 && ctx.now_ms < reward.available_from_ms {
+        return unavailable("its availability window has not opened yet");
+    }
+    if reward.available_until_ms != 0 && ctx.now_ms >= reward.available_until_ms {
+        return unavailable("its availability window has closed");
+    }
+    if !reward.min_tier_id.is_empty() {
+        let needed = ctx.program.tiers.find(&reward.min_tier_id).map(|(level, _)| level);
+        let has = state.tier.as_ref().and_then(|t| ctx.program.tiers.find(&t.tier_id)).map(|(level, _)| level);
+        // A tier no longer defined is reached by nobody: the reward waits for the program to be fixed.
+        if needed.is_none() || has < needed {
+            return Err(Rejection::TierTooLow { reward_id: reward_id.to_owned(), min_tier_id: reward.min_tier_id.clone() });
+        }
+    }
+    let redeemed = state.rewards_redeemed.get(reward_id).copied().unwrap_or(0);
+    if reward.per_customer_max > 0 && redeemed >= reward.per_customer_max {
+        return Err(Rejection::RewardLimitReached { reward_id: reward_id.to_owned(), max: reward.per_customer_max });
+    }
+    match ledger::redeem(state, ctx, reward.points, reward_id)? {
+        Change::Redeemed(mut redeemed) => {
+            redeemed.redemption_id = redemption_id.to_owned();
+            Ok(Change::Redeemed(redeemed))
+        }
+        other => Ok(other),
+    }
+}

@@ -1,0 +1,310 @@
+//! The process manager through its front door (`Flows`) on a real registry: reward redemptions end once,
+//! whatever stops them on the way. A crash is a crash point that stops the flow where it is, then a new
+//! registry and a new `Flows` on the same log, whose resumer must finish it — or compensate it — exactly
+//! once: no points and no stock created or lost.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use proptest::prelude::*;
+use tally_engine::actors::{CRASH_POINTS, CommandMeta, FlowError, Flows, RegistryConfig, StaticPrograms, WalletKey, WalletRegistry};
+use tally_engine::clock::{Clock, ManualClock};
+use tally_engine::domain::rewards::StockOp;
+use tally_engine::domain::{Command, CommandBody, ProgramSettings, RewardDefined, TenantId, WalletId};
+use tally_engine::limits::FLOW_RESUME_AFTER_MS;
+use tally_engine::store::{EventStore, InMemoryStore};
+use tally_proto::v1::FlowOutcome;
+
+const START_MS: i64 = 1_700_000_000_000;
+
+fn tenant() -> TenantId {
+    TenantId::parse("acme").unwrap()
+}
+
+fn wallet(id: &str) -> WalletId {
+    WalletId::parse(id).unwrap()
+}
+
+fn reward(id: &str, points: i64, limited_stock: bool, per_customer_max: i64) -> (String, RewardDefined) {
+    let reward = RewardDefined {
+        reward_id: id.into(),
+        name: id.into(),
+        points,
+        limited_stock,
+        per_customer_max,
+        available_from_ms: 0,
+        available_until_ms: 0,
+        min_tier_id: String::new(),
+        active: true,
+    };
+    (id.to_owned(), reward)
+}
+
+fn program() -> ProgramSettings {
+    let rewards = [reward("mug", 120, true, 0), reward("tote", 50, false, 2), reward("cap", 70, true, 1)].into_iter().collect();
+    ProgramSettings { rewards: Arc::new(rewards), ..ProgramSettings::default() }
+}
+
+/// A node: a registry and its flows, on `store`, crashing where `crash_at` says (once).
+struct Node {
+    registry: WalletRegistry,
+    flows: Flows,
+}
+
+async fn node(store: &Arc<dyn EventStore>, clock: &Arc<ManualClock>, crash_at: Option<&'static str>) -> Node {
+    let programs = Arc::new(StaticPrograms::open(program()));
+    let clock: Arc<dyn Clock> = clock.clone();
+    let registry = WalletRegistry::start(RegistryConfig::default(), Arc::clone(store), programs.clone(), Arc::clone(&clock)).await.unwrap();
+    let crash = Arc::new(move |point: &str| Some(point) == crash_at);
+    let flows = Flows::start_with(Arc::clone(store), clock, registry.clone(), programs, Arc::new(|_: &WalletKey| true), crash);
+    Node { registry, flows }
+}
+
+impl Node {
+    async fn stop(self) {
+        self.flows.stop();
+        self.registry.shutdown().await;
+    }
+
+    async fn open_wallet(&self, id: &str, points: i64) {
+        let key = WalletKey::new(tenant(), wallet(id));
+        self.registry.execute(&key, Command::new("enroll", CommandBody::enroll("")), CommandMeta::default()).await.unwrap();
+        if points > 0 {
+            let earn = CommandBody::Earn { points, reason: "order".into(), source_ref: "o-1".into(), order_amount: None };
+            self.registry.execute(&key, Command::new("o-1", earn), CommandMeta::default()).await.unwrap();
+        }
+    }
+
+    async fn restock(&self, reward_id: &str, quantity: i64) {
+        let op = StockOp::Restock {
+            idempotency_key: format!("restock-{quantity}"),
+            quantity,
+            restocked_by: "ops".into(),
+            reason: String::new(),
+        };
+        self.flows.restock(&tenant(), reward_id, op, CommandMeta::default()).await.unwrap();
+    }
+
+    async fn balance(&self, id: &str) -> i64 {
+        self.registry.summary(&WalletKey::new(tenant(), wallet(id))).await.unwrap().balance
+    }
+
+    async fn redeem(&self, wallet_id: &str, reward_id: &str, redemption_id: &str) -> Result<tally_engine::actors::Redemption, FlowError> {
+        self.flows.redeem_reward(&tenant(), &wallet(wallet_id), reward_id, redemption_id, CommandMeta::default()).await
+    }
+
+    /// Waits until the resumer has ended every open flow.
+    async fn settled(&self, store: &Arc<dyn EventStore>) {
+        for _ in 0..200 {
+            let head = *store.head().borrow();
+            if self.flows.read_to() >= head && self.flows.list(None, false).is_empty() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("flows still open: {:?}", self.flows.list(None, false));
+    }
+}
+
+fn completed(redemption: &tally_engine::actors::Redemption) -> bool {
+    redemption.ended.outcome == FlowOutcome::Completed as i32
+}
+
+fn refusal(redemption: &tally_engine::actors::Redemption) -> String {
+    redemption.ended.refusal.as_ref().map(|r| r.code.clone()).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redemption_debits_and_takes_stock_once_and_a_retry_answers_the_same() {
+    let store: Arc<dyn EventStore> = InMemoryStore::new();
+    let clock = Arc::new(ManualClock::new(START_MS));
+    let node = node(&store, &clock, None).await;
+    node.open_wallet("ann", 300).await;
+    node.restock("mug", 2).await;
+
+    let first = node.redeem("ann", "mug", "r-1").await.unwrap();
+    assert!(completed(&first) && !first.replayed, "{first:?}");
+    assert_eq!((first.ended.points, first.ended.balance), (120, 180));
+    let again = node.redeem("ann", "mug", "r-1").await.unwrap();
+    assert!(again.replayed && again.ended == first.ended && again.position == first.position);
+    assert_eq!(node.balance("ann").await, 180);
+    let stock = node.flows.stock(&tenant(), "mug").await.unwrap();
+    assert_eq!((stock.on_hand, stock.reserved, stock.taken), (1, 0, 1));
+
+    // The same id for another wallet or reward is refused; an unknown reward records nothing.
+    assert!(matches!(node.redeem("ann", "tote", "r-1").await, Err(FlowError::RedemptionIdReused { .. })));
+    assert!(matches!(node.redeem("ann", "nothing", "r-2").await, Err(FlowError::Rejected(_))));
+    assert_eq!(store.stream_version(&tally_engine::codec::flow_stream(&tenant(), "r-2").unwrap()).await.unwrap(), 0);
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_takes_nothing() {
+    let store: Arc<dyn EventStore> = InMemoryStore::new();
+    let clock = Arc::new(ManualClock::new(START_MS));
+    let node = node(&store, &clock, None).await;
+    node.open_wallet("ann", 100).await;
+    node.open_wallet("bob", 1_000).await;
+    node.restock("mug", 1).await;
+    node.restock("cap", 5).await;
+
+    let poor = node.redeem("ann", "mug", "r-1").await.unwrap();
+    assert_eq!(refusal(&poor), "INSUFFICIENT_POINTS");
+    let stock = node.flows.stock(&tenant(), "mug").await.unwrap();
+    assert_eq!((stock.on_hand, stock.reserved, stock.taken), (1, 0, 0), "the reservation was released");
+    assert!(completed(&node.redeem("bob", "mug", "r-2").await.unwrap()));
+    let out = node.redeem("bob", "mug", "r-3").await.unwrap();
+    assert_eq!(refusal(&out), "OUT_OF_STOCK");
+    assert_eq!(node.balance("bob").await, 880, "only the completed redemption was paid");
+    // Per customer: one cap each.
+    assert!(completed(&node.redeem("bob", "cap", "r-4").await.unwrap()));
+    assert_eq!(refusal(&node.redeem("bob", "cap", "r-5").await.unwrap()), "REWARD_LIMIT_REACHED");
+    let caps = node.flows.stock(&tenant(), "cap").await.unwrap();
+    assert_eq!((caps.on_hand, caps.reserved, caps.taken), (4, 0, 1));
+    // An unlimited reward has no stock to reserve.
+    assert!(completed(&node.redeem("bob", "tote", "r-6").await.unwrap()));
+    assert_eq!(refusal(&node.redeem("nobody", "tote", "r-7").await.unwrap()), "WALLET_NOT_FOUND");
+    assert_eq!(node.balance("ann").await, 100);
+    node.stop().await;
+}
+
+/// Stops a redemption at `point`, restarts the node, lets the resumer end it; what it cost and what
+/// stock it took, read back.
+async fn crash_and_resume(point: &'static str, points: i64) -> (bool, i64, (i64, i64, i64), usize) {
+    let store: Arc<dyn EventStore> = InMemoryStore::new();
+    let clock = Arc::new(ManualClock::new(START_MS));
+    let first = node(&store, &clock, Some(point)).await;
+    first.open_wallet("ann", points).await;
+    first.restock("mug", 3).await;
+    let stopped = first.redeem("ann", "mug", "r-1").await;
+    first.stop().await;
+    let interrupted = matches!(stopped, Err(FlowError::Interrupted { .. }));
+
+    clock.advance_ms(FLOW_RESUME_AFTER_MS);
+    let second = node(&store, &clock, None).await;
+    second.settled(&store).await;
+    let ended = second.redeem("ann", "mug", "r-1").await.unwrap();
+    assert!(ended.replayed, "{point}: the resumer ended it");
+    let stock = second.flows.stock(&tenant(), "mug").await.unwrap();
+    let balance = second.balance("ann").await;
+    let debits = store.read_stream(&tally_engine::codec::wallet_stream(&tenant(), &wallet("ann")), 1, 100).await.unwrap();
+    let redeemed = debits.iter().filter(|e| e.data.event_type == "tally.v1.PointsRedeemed").count();
+    second.stop().await;
+    assert!(interrupted, "{point}: the crash point was reached");
+    (completed(&ended), balance, (stock.on_hand, stock.reserved, stock.taken), redeemed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_any_two_steps_ends_the_redemption_exactly_once() {
+    // Paid (enough points), and refused (too few: the stock comes back, nothing is debited).
+    let runs: Vec<_> = [500, 100]
+        .into_iter()
+        .flat_map(|points| CRASH_POINTS.iter().map(move |point| (points, *point, tokio::spawn(crash_and_resume(point, points)))))
+        .collect();
+    for (points, point, run) in runs {
+        let expected = if points == 500 { (true, 380, (2, 0, 1), 1) } else { (false, 100, (3, 0, 0), 0) };
+        assert_eq!(run.await.unwrap(), expected, "{points} points, crashed at {point}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_redemptions_of_a_hundred_in_stock_take_exactly_a_hundred() {
+    let store: Arc<dyn EventStore> = InMemoryStore::new();
+    let clock = Arc::new(ManualClock::new(START_MS));
+    let node = Arc::new(node(&store, &clock, None).await);
+    for i in 0..50 {
+        node.open_wallet(&format!("w-{i}"), 100_000).await;
+    }
+    node.restock("mug", 100).await;
+    let calls = (0..1_000).map(|i| {
+        let node = Arc::clone(&node);
+        tokio::spawn(async move { node.redeem(&format!("w-{}", i % 50), "mug", &format!("r-{i}")).await.unwrap() })
+    });
+    let mut ended = Vec::new();
+    for call in calls.collect::<Vec<_>>() {
+        ended.push(call.await.unwrap());
+    }
+    assert_eq!(ended.iter().filter(|r| completed(r)).count(), 100);
+    assert!(ended.iter().filter(|r| !completed(r)).all(|r| refusal(r) == "OUT_OF_STOCK"));
+    let stock = node.flows.stock(&tenant(), "mug").await.unwrap();
+    assert_eq!((stock.on_hand, stock.reserved, stock.taken), (0, 0, 100));
+    let mut spent = 0;
+    for i in 0..50 {
+        spent += 100_000 - node.balance(&format!("w-{i}")).await;
+    }
+    assert_eq!(spent, 100 * 120, "every completed redemption paid once, no refused one paid");
+}
+
+/// One redemption of a random run: who, what, and where (if anywhere) the node dies during it.
+#[derive(Debug, Clone)]
+struct Step {
+    wallet: usize,
+    reward: &'static str,
+    crash: Option<&'static str>,
+}
+
+fn steps() -> impl Strategy<Value = Vec<Step>> {
+    let step = (
+        0..3usize,
+        prop_oneof![Just("mug"), Just("tote"), Just("cap")],
+        proptest::option::weighted(0.4, proptest::sample::select(CRASH_POINTS.to_vec())),
+    )
+        .prop_map(|(wallet, reward, crash)| Step { wallet, reward, crash });
+    proptest::collection::vec(step, 1..12)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+
+    /// Random redemptions of three wallets and three rewards, the node dying during some of them: once
+    /// everything settled, every redemption ended once, each wallet paid exactly what its completed
+    /// redemptions cost, and each limited reward's stock adds up (nothing reserved is left behind).
+    #[test]
+    fn random_redemptions_with_crashes_conserve_points_and_stock(steps in steps()) {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        runtime.block_on(async move {
+            let store: Arc<dyn EventStore> = InMemoryStore::new();
+            let clock = Arc::new(ManualClock::new(START_MS));
+            let costs: BTreeMap<&str, i64> = [("mug", 120), ("tote", 50), ("cap", 70)].into_iter().collect();
+            let funds = [400, 150, 1_000];
+            let setup = node(&store, &clock, None).await;
+            for (i, funds) in funds.iter().enumerate() {
+                setup.open_wallet(&format!("w-{i}"), *funds).await;
+            }
+            setup.restock("mug", 3).await;
+            setup.restock("cap", 2).await;
+            setup.stop().await;
+            for (i, step) in steps.iter().enumerate() {
+                let node = node(&store, &clock, step.crash).await;
+                let _ = node.redeem(&format!("w-{}", step.wallet), step.reward, &format!("r-{i}")).await;
+                node.stop().await;
+            }
+            clock.advance_ms(FLOW_RESUME_AFTER_MS);
+            let last = node(&store, &clock, None).await;
+            last.settled(&store).await;
+            let mut paid = [0i64; 3];
+            let mut taken: BTreeMap<&str, i64> = BTreeMap::new();
+            for (i, step) in steps.iter().enumerate() {
+                let ended = last.redeem(&format!("w-{}", step.wallet), step.reward, &format!("r-{i}")).await.unwrap();
+                prop_assert!(ended.replayed, "redemption {} ended before its retry", i);
+                if completed(&ended) {
+                    prop_assert_eq!(ended.ended.points, costs[step.reward]);
+                    paid[step.wallet] += costs[step.reward];
+                    *taken.entry(step.reward).or_default() += 1;
+                }
+            }
+            for (i, funds) in funds.iter().enumerate() {
+                prop_assert_eq!(last.balance(&format!("w-{i}")).await, funds - paid[i], "wallet {}", i);
+            }
+            for (reward, restocked) in [("mug", 3), ("cap", 2)] {
+                let stock = last.flows.stock(&tenant(), reward).await.unwrap();
+                prop_assert_eq!(stock.reserved, 0);
+                prop_assert_eq!(stock.taken, taken.get(reward).copied().unwrap_or(0));
+                prop_assert_eq!(stock.on_hand + stock.taken, restocked);
+            }
+            last.stop().await;
+            Ok(())
+        })?;
+    }
+}

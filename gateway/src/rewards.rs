@@ -1,0 +1,128 @@
+//! The rewards catalogue on the wire: `WalletService.RedeemReward` (a redemption flow, driven by the
+//! engine's `Flows`) and the catalogue's side of `AdminService` (`RestockReward`, `ListRewards`,
+//! `ListFlows`); `DefineReward` is a program command like the others (`admin.rs`).
+
+use tally_engine::actors::{CommandMeta, FlowError, Flows, OpenFlow, ProgramBook, StockError, StockFigures};
+use tally_engine::domain::rewards::{StockOp, StockRejection};
+use tally_engine::domain::{Rejection, TenantId, WalletId};
+use tally_proto::v1 as pb;
+use tally_proto::v1::FlowOutcome;
+use tonic::Status;
+
+use crate::status;
+
+/// Redeems `r.reward_id` for the wallet: the flow's outcome, or the status of its refusal.
+pub(crate) async fn redeem(
+    flows: &Flows,
+    tenant: &TenantId,
+    wallet: &WalletId,
+    r: pb::RedeemRewardRequest,
+    meta: CommandMeta,
+) -> Result<pb::RedeemRewardResponse, Status> {
+    tally_engine::domain::program::check_id("redemption_id", &r.redemption_id).map_err(|e| status::from_field_error(&e))?;
+    tally_engine::domain::program::check_id("reward_id", &r.reward_id).map_err(|e| status::from_field_error(&e))?;
+    let redemption = flows.redeem_reward(tenant, wallet, &r.reward_id, &r.redemption_id, meta).await.map_err(|e| from_flow_error(&e))?;
+    let ended = redemption.ended;
+    if ended.outcome != FlowOutcome::Completed as i32 {
+        let refusal = ended.refusal.unwrap_or_default();
+        return Err(status::from_refusal(&refusal.code, refusal.message));
+    }
+    Ok(pb::RedeemRewardResponse {
+        redemption_id: r.redemption_id,
+        reward_id: r.reward_id,
+        points: ended.points,
+        balance: ended.balance,
+        replayed: redemption.replayed,
+        position: redemption.position,
+    })
+}
+
+fn from_flow_error(error: &FlowError) -> Status {
+    match error {
+        FlowError::Rejected(rejection) => status::from_rejection(rejection),
+        FlowError::RedemptionIdReused { .. } => Status::already_exists(error.to_string()),
+        FlowError::Unfinished { .. } | FlowError::Interrupted { .. } => Status::unavailable(error.to_string()),
+        FlowError::Store(store) => status::from_store_error(store),
+        FlowError::Codec(codec) => {
+            tracing::error!(error = %codec, "a flow's events cannot be decoded");
+            Status::data_loss(error.to_string())
+        }
+    }
+}
+
+fn from_stock_error(error: &StockError) -> Status {
+    match error {
+        StockError::Rejected(StockRejection::InvalidField(field)) => status::from_field_error(field),
+        StockError::Rejected(StockRejection::IdempotencyKeyReused { .. }) => Status::already_exists(error.to_string()),
+        StockError::Rejected(StockRejection::TooMuchStock { .. }) => status::invalid("quantity", &error.to_string()),
+        StockError::Rejected(StockRejection::OutOfStock) => Status::failed_precondition(error.to_string()),
+        StockError::Store(store) => status::from_store_error(store),
+        StockError::Codec(codec) => {
+            tracing::error!(error = %codec, "a reward's stock cannot be decoded");
+            Status::data_loss(error.to_string())
+        }
+    }
+}
+
+fn stock(reward_id: &str, figures: StockFigures, replayed: bool) -> pb::RewardStock {
+    pb::RewardStock {
+        reward_id: reward_id.to_owned(),
+        on_hand: figures.on_hand,
+        reserved: figures.reserved,
+        taken: figures.taken,
+        replayed,
+    }
+}
+
+/// Adds stock to a limited reward of the tenant's catalogue.
+pub(crate) async fn restock(
+    flows: &Flows,
+    programs: &ProgramBook,
+    tenant: &TenantId,
+    r: pb::RestockRewardRequest,
+    meta: CommandMeta,
+) -> Result<pb::RewardStock, Status> {
+    let state = programs.get(tenant).await.map_err(|e| Status::unavailable(e.to_string()))?;
+    let reward = state
+        .rewards
+        .get(&r.reward_id)
+        .ok_or_else(|| status::from_rejection(&Rejection::UnknownReward { reward_id: r.reward_id.clone() }))?;
+    if !reward.limited_stock {
+        let message = format!("reward {:?} has unlimited stock", r.reward_id);
+        return Err(status::precondition("STOCK_UNLIMITED", "reward_id", message));
+    }
+    let restocked_by = if meta.principal.is_empty() { "platform".to_owned() } else { meta.principal.clone() };
+    let op = StockOp::Restock { idempotency_key: r.idempotency_key, quantity: r.quantity, restocked_by, reason: r.reason };
+    let answer = flows.restock(tenant, &r.reward_id, op, meta).await.map_err(|e| from_stock_error(&e))?;
+    Ok(stock(&r.reward_id, answer.figures, !answer.changed))
+}
+
+/// The tenant's catalogue, each limited reward with its stock.
+pub(crate) async fn list(flows: &Flows, programs: &ProgramBook, tenant: &TenantId) -> Result<pb::ListRewardsResponse, Status> {
+    let state = programs.get(tenant).await.map_err(|e| Status::unavailable(e.to_string()))?;
+    let mut rewards = Vec::with_capacity(state.rewards.len());
+    for reward in state.rewards.values() {
+        let stock = match reward.limited_stock {
+            true => Some(stock(&reward.reward_id, flows.stock(tenant, &reward.reward_id).await.map_err(|e| from_stock_error(&e))?, false)),
+            false => None,
+        };
+        rewards.push(pb::CatalogueReward { reward: Some(reward.clone()), stock });
+    }
+    Ok(pb::ListRewardsResponse { rewards })
+}
+
+/// The tenant's open flows as this node follows them.
+pub(crate) fn list_flows(flows: &Flows, tenant: &TenantId, stuck_only: bool) -> pb::ListFlowsResponse {
+    let view = |f: OpenFlow| pb::FlowView {
+        flow_id: f.flow_id,
+        kind: "reward_redemption".into(),
+        wallet_id: f.redemption.wallet_id,
+        reward_id: f.redemption.reward_id,
+        started_at: Some(status::timestamp(f.started_at_ms)),
+        last_progress_at: Some(status::timestamp(f.progress_at_ms)),
+        step: f.step.to_owned(),
+        last_error: f.last_error.unwrap_or_default(),
+        attempts: f.attempts,
+    };
+    pb::ListFlowsResponse { flows: flows.list(Some(tenant), stuck_only).into_iter().map(view).collect() }
+}
