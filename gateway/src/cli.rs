@@ -47,6 +47,13 @@ pub enum Command {
     /// The cluster as a node sees it (with a platform key).
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Flows across aggregates (reward redemptions) that have not ended (with an operator or platform
+    /// key).
+    #[command(subcommand)]
+    Flows(FlowsCommand),
+    /// The rewards catalogue and its stock.
+    #[command(subcommand)]
+    Rewards(RewardsCommand),
     /// Wallets and programs as they were at any instant, replayed from the log (with an auditor or
     /// platform key).
     #[command(subcommand)]
@@ -251,6 +258,34 @@ impl KeysCommand {
             }
         }
     }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FlowsCommand {
+    /// Open flows, oldest first: the step each is at, its attempts and what keeps it from ending. Each is
+    /// retried in the background until it ends; `--stuck` lists those without progress for a minute.
+    List {
+        /// Program (tenant) id.
+        #[arg(long, env = "TALLY_TENANT", default_value = "demo")]
+        tenant: String,
+        /// Only flows without progress for a minute or more.
+        #[arg(long)]
+        stuck: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RewardsCommand {
+    /// The catalogue: each reward's cost and, for limited ones, stock on hand, reserved and taken.
+    List {
+        /// Program (tenant) id.
+        #[arg(long, env = "TALLY_TENANT", default_value = "demo")]
+        tenant: String,
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 #[derive(Debug, Subcommand)]

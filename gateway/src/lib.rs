@@ -19,6 +19,7 @@ pub mod copy;
 pub mod credentials;
 pub mod derived;
 pub mod exportctl;
+pub mod flowsctl;
 pub mod health;
 pub mod keyctl;
 pub mod keys;

@@ -26,7 +26,9 @@ use tally_engine::domain::{ProgramSettings, TenantId};
 use tally_engine::limits::{KEYS_REFRESH_MS, PROGRAM_SETTINGS_REFRESH_MS};
 use tally_engine::store::{EmbeddedStore, EventStore, PostgresStore, log_identity};
 use tally_gateway::access::Access;
-use tally_gateway::cli::{Cli, ClusterCommand, Command, ProjectionsCommand, SnapshotsCommand, SnapshotsTarget, StoreCommand};
+use tally_gateway::cli::{
+    Cli, ClusterCommand, Command, FlowsCommand, ProjectionsCommand, RewardsCommand, SnapshotsCommand, SnapshotsTarget, StoreCommand,
+};
 use tally_gateway::config::{ClusterSettings, ServeSettings, StoreUrl, TlsFiles};
 use tally_gateway::derived::{self, DerivedError};
 use tally_gateway::keys::PLATFORM_KEY_FILE;
@@ -94,6 +96,14 @@ fn main() -> ExitCode {
                 Ok(())
             }
             Command::Audit(command) => audit(command).await,
+            Command::Flows(FlowsCommand::List { tenant, stuck, target }) => {
+                emit(&tally_gateway::flowsctl::list_flows(tenant, stuck, target).await?);
+                Ok(())
+            }
+            Command::Rewards(RewardsCommand::List { tenant, target }) => {
+                emit(&tally_gateway::flowsctl::list_rewards(tenant, target).await?);
+                Ok(())
+            }
             Command::Cluster(ClusterCommand::Status { wallet, target }) => {
                 emit(&tally_gateway::clusterctl::status(wallet.as_deref(), target).await?.to_string());
                 Ok(())

@@ -141,6 +141,17 @@ async fn a_redemption_takes_stock_and_points_once_and_a_refusal_takes_nothing() 
     assert_eq!(reason(&unlimited), "STOCK_UNLIMITED");
     let open = admin.list_flows(ListFlowsRequest { tenant_id: "demo".into(), stuck_only: false }).await.unwrap().into_inner();
     assert!(open.flows.is_empty(), "every redemption ended: {open:?}");
+
+    // The operator's command line.
+    let run = |args: &[&str]| {
+        let out = server.cli().args(args).args(["--tenant", "demo", "--server", server.url.as_str()]).output().unwrap();
+        assert!(out.status.success(), "tally {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let catalogue = run(&["rewards", "list"]);
+    assert!(catalogue.lines().any(|l| l.starts_with("mug") && l.contains("120") && l.contains('1')), "{catalogue}");
+    assert!(catalogue.lines().any(|l| l.starts_with("cap") && l.contains("unlimited")), "{catalogue}");
+    assert_eq!(run(&["flows", "list", "--stuck"]).trim(), "no stuck flows for demo");
 }
 
 #[tokio::test]

@@ -1,0 +1,142 @@
+//! `tally flows list [--stuck]` and `tally rewards list`: an operator's view of a running server's flows
+//! across aggregates (reward redemptions not yet ended) and of the rewards catalogue with its stock.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+use tally_proto::v1::admin_service_client::AdminServiceClient;
+use tally_proto::v1::{ListFlowsRequest, ListRewardsRequest};
+
+use crate::cli::Target;
+use crate::client::ClientError;
+use crate::credentials::{self, Authed};
+
+async fn connect(target: &Target) -> Result<AdminServiceClient<Authed>, ClientError> {
+    credentials::connect(&target.server, target.key.bearer_for(&target.server)?)
+        .await
+        .map(AdminServiceClient::new)
+        .map_err(|source| ClientError::Connect { server: target.server.clone(), source })
+}
+
+/// A timestamp as RFC 3339 (empty: none).
+fn rfc3339(timestamp: Option<prost_types::Timestamp>) -> String {
+    timestamp.map(|t| t.to_string()).unwrap_or_default()
+}
+
+#[derive(Debug, Serialize)]
+struct FlowLine {
+    flow_id: String,
+    kind: String,
+    wallet_id: String,
+    reward_id: String,
+    started_at: String,
+    last_progress_at: String,
+    step: String,
+    attempts: u32,
+    last_error: String,
+}
+
+/// The tenant's open flows (`stuck`: only those without progress for a minute), oldest first.
+pub async fn list_flows(tenant: String, stuck: bool, target: Target) -> Result<String, ClientError> {
+    let request = ListFlowsRequest { tenant_id: tenant.clone(), stuck_only: stuck };
+    let flows = connect(&target).await?.list_flows(request).await.map_err(ClientError::Call)?.into_inner().flows;
+    let lines: Vec<FlowLine> = flows
+        .into_iter()
+        .map(|f| FlowLine {
+            flow_id: f.flow_id,
+            kind: f.kind,
+            wallet_id: f.wallet_id,
+            reward_id: f.reward_id,
+            started_at: rfc3339(f.started_at),
+            last_progress_at: rfc3339(f.last_progress_at),
+            step: f.step,
+            attempts: f.attempts,
+            last_error: f.last_error,
+        })
+        .collect();
+    if target.json {
+        return Ok(serde_json::to_string_pretty(&lines).expect("lines serialize"));
+    }
+    if lines.is_empty() {
+        return Ok(format!("no {} flows for {tenant}", if stuck { "stuck" } else { "open" }));
+    }
+    let mut out =
+        format!("{:<24} {:<18} {:<16} {:<12} {:<15} {:<24} {:>8}", "FLOW", "KIND", "WALLET", "REWARD", "STEP", "LAST PROGRESS", "ATTEMPTS");
+    for l in &lines {
+        // Ids are validated, errors are text from the server: shown escaped, never as terminal controls.
+        let _ = write!(
+            out,
+            "\n{:<24} {:<18} {:<16} {:<12} {:<15} {:<24} {:>8}",
+            l.flow_id, l.kind, l.wallet_id, l.reward_id, l.step, l.last_progress_at, l.attempts
+        );
+        if !l.last_error.is_empty() {
+            let _ = write!(out, "\n  {}", l.last_error.escape_debug());
+        }
+    }
+    Ok(out)
+}
+
+#[derive(Debug, Serialize)]
+struct RewardLine {
+    reward_id: String,
+    name: String,
+    points: i64,
+    active: bool,
+    per_customer_max: i64,
+    min_tier_id: String,
+    /// `None`: unlimited.
+    on_hand: Option<i64>,
+    reserved: Option<i64>,
+    taken: Option<i64>,
+}
+
+/// The tenant's catalogue with each limited reward's stock.
+pub async fn list_rewards(tenant: String, target: Target) -> Result<String, ClientError> {
+    let rewards = connect(&target)
+        .await?
+        .list_rewards(ListRewardsRequest { tenant_id: tenant.clone() })
+        .await
+        .map_err(ClientError::Call)?
+        .into_inner()
+        .rewards;
+    let lines: Vec<RewardLine> = rewards
+        .into_iter()
+        .filter_map(|r| {
+            let reward = r.reward?;
+            Some(RewardLine {
+                reward_id: reward.reward_id,
+                name: reward.name,
+                points: reward.points,
+                active: reward.active,
+                per_customer_max: reward.per_customer_max,
+                min_tier_id: reward.min_tier_id,
+                on_hand: r.stock.as_ref().map(|s| s.on_hand),
+                reserved: r.stock.as_ref().map(|s| s.reserved),
+                taken: r.stock.as_ref().map(|s| s.taken),
+            })
+        })
+        .collect();
+    if target.json {
+        return Ok(serde_json::to_string_pretty(&lines).expect("lines serialize"));
+    }
+    if lines.is_empty() {
+        return Ok(format!("{tenant} has no rewards in its catalogue"));
+    }
+    let count = |n: Option<i64>| n.map_or_else(|| "unlimited".to_owned(), |n| n.to_string());
+    let mut out =
+        format!("{:<16} {:<24} {:>10} {:>8} {:>10} {:>9} {:>9}", "REWARD", "NAME", "POINTS", "ACTIVE", "ON HAND", "RESERVED", "TAKEN");
+    for l in &lines {
+        let _ = write!(
+            out,
+            "\n{:<16} {:<24} {:>10} {:>8} {:>10} {:>9} {:>9}",
+            l.reward_id,
+            l.name.escape_debug().to_string(),
+            l.points,
+            if l.active { "yes" } else { "no" },
+            count(l.on_hand),
+            l.reserved.map_or_else(String::new, |n| n.to_string()),
+            l.taken.map_or_else(String::new, |n| n.to_string()),
+        );
+    }
+    Ok(out)
+}
