@@ -164,7 +164,8 @@ async fn a_refusal_takes_nothing() {
     assert_eq!((caps.on_hand, caps.reserved, caps.taken), (4, 0, 1));
     // An unlimited reward has no stock to reserve.
     assert!(completed(&node.redeem("bob", "tote", "r-6").await.unwrap()));
-    assert_eq!(refusal(&node.redeem("nobody", "tote", "r-7").await.unwrap()), "WALLET_NOT_FOUND");
+    let nobody = node.redeem("nobody", "tote", "r-7").await;
+    assert!(matches!(nobody, Err(FlowError::Rejected(tally_engine::domain::Rejection::WalletNotFound))), "nothing started: {nobody:?}");
     assert_eq!(node.balance("ann").await, 100);
     node.stop().await;
 }
@@ -234,6 +235,76 @@ async fn a_thousand_redemptions_of_a_hundred_in_stock_take_exactly_a_hundred() {
         spent += 100_000 - node.balance(&format!("w-{i}")).await;
     }
     assert_eq!(spent, 100 * 120, "every completed redemption paid once, no refused one paid");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_driving_the_same_redemptions_at_once_agree_with_the_wallet() {
+    let store: Arc<dyn EventStore> = InMemoryStore::new();
+    let clock = Arc::new(ManualClock::new(START_MS));
+    let (a, b) = (Arc::new(node(&store, &clock, None).await), Arc::new(node(&store, &clock, None).await));
+    // Each wallet can pay for one mug and a half: whether a second one is paid depends on an earn that
+    // lands while both nodes drive the redemptions.
+    for w in 0..6 {
+        a.open_wallet(&format!("w-{w}"), 180).await;
+    }
+    a.restock("mug", 20).await;
+    let mut calls = Vec::new();
+    for i in 0..24 {
+        let wallet = format!("w-{}", i % 6);
+        let id = format!("r-{i}");
+        for node in [&a, &b] {
+            let (node, wallet, id) = (Arc::clone(node), wallet.clone(), id.clone());
+            calls.push(tokio::spawn(async move { node.redeem(&wallet, "mug", &id).await }));
+        }
+        if i % 6 == 5 {
+            let earner = Arc::clone(if i % 12 == 5 { &a } else { &b });
+            let key = WalletKey::new(tenant(), format!("w-{}", i / 6).parse_wallet());
+            let earn = CommandBody::Earn { points: 60, reason: "late order".into(), source_ref: format!("late-{i}"), order_amount: None };
+            calls.push(tokio::spawn(async move {
+                earner.registry.execute(&key, Command::new(format!("late-{i}"), earn), CommandMeta::default()).await.unwrap();
+                Err(FlowError::NotStarted { reason: "an earn, not a redemption".into() })
+            }));
+        }
+    }
+    for call in calls {
+        let _ = call.await.unwrap();
+    }
+    // Whatever each node heard, the log holds one answer per redemption, and it is the wallet's.
+    let mut completed = 0;
+    for i in 0..24 {
+        let wallet = format!("w-{}", i % 6);
+        let ended = a.redeem(&wallet, "mug", &format!("r-{i}")).await.unwrap();
+        let again = b.redeem(&wallet, "mug", &format!("r-{i}")).await.unwrap();
+        assert_eq!(ended.ended, again.ended, "both nodes answer the same");
+        let events =
+            store.read_stream(&tally_engine::codec::wallet_stream(&tenant(), &wallet.clone().parse_wallet()), 1, 1_000).await.unwrap();
+        let key = tally_engine::domain::reward_debit_key(&format!("r-{i}"));
+        let answers: Vec<_> = events.iter().filter(|e| e.data.idempotency_key == key).map(|e| e.data.event_type.clone()).collect();
+        let paid = completed_flow(&ended);
+        assert_eq!(answers, [if paid { "tally.v1.PointsRedeemed" } else { "tally.v1.RewardRedemptionRefused" }], "r-{i}");
+        completed += usize::from(paid);
+    }
+    let stock = a.flows.stock(&tenant(), "mug").await.unwrap();
+    assert_eq!((stock.reserved, stock.taken, stock.on_hand), (0, completed as i64, 20 - completed as i64));
+    let mut spent = 0;
+    for w in 0..6 {
+        spent += 180 + 60 * i64::from(w < 4) - a.balance(&format!("w-{w}")).await;
+    }
+    assert_eq!(spent, 120 * completed as i64, "every paid redemption paid once");
+}
+
+fn completed_flow(redemption: &tally_engine::actors::Redemption) -> bool {
+    completed(redemption)
+}
+
+trait ParseWallet {
+    fn parse_wallet(self) -> WalletId;
+}
+
+impl ParseWallet for String {
+    fn parse_wallet(self) -> WalletId {
+        WalletId::parse(&self).unwrap()
+    }
 }
 
 /// One redemption of a random run: who, what, and where (if anywhere) the node dies during it.

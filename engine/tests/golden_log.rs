@@ -306,8 +306,25 @@ async fn replay(store: &dyn EventStore) -> Value {
         let key = store.personal_keys(&[StreamId::new(stream).unwrap()]).await.unwrap().pop().flatten();
         customers.insert(stream.clone(), personal::shown_customer(state, stream, key.as_ref()).unwrap());
     }
+    let mut wallets = serde_json::to_value(&wallets).unwrap();
+    for state in wallets.as_object_mut().unwrap().values_mut() {
+        let state = state.as_object_mut().unwrap();
+        // Fields later builds added to the state are compared only where they differ from their default:
+        // the fixtures' expected states were written before them, and the past must replay the same.
+        for (field, default) in ADDED_AFTER_THE_FIXTURES {
+            if state.get(*field).is_some_and(|value| *value == default()) {
+                state.remove(*field);
+            }
+        }
+    }
     json!({ "events": types, "wallets": wallets, "customers": customers, "programs": programs, "others": others })
 }
+
+/// A state field and its default.
+type Added = (&'static str, fn() -> Value);
+
+/// `WalletState` fields added after the fixtures were written, with their default.
+const ADDED_AFTER_THE_FIXTURES: &[Added] = &[("rewards_redeemed", || json!({}))];
 
 fn program_view(p: &ProgramState) -> Value {
     json!({

@@ -23,9 +23,16 @@ pub(crate) async fn redeem(
     tally_engine::domain::program::check_id("reward_id", &r.reward_id).map_err(|e| status::from_field_error(&e))?;
     let redemption = flows.redeem_reward(tenant, wallet, &r.reward_id, &r.redemption_id, meta).await.map_err(|e| from_flow_error(&e))?;
     let ended = redemption.ended;
-    if ended.outcome != FlowOutcome::Completed as i32 {
-        let refusal = ended.refusal.unwrap_or_default();
-        return Err(status::from_refusal(&refusal.code, refusal.message));
+    match FlowOutcome::try_from(ended.outcome) {
+        Ok(FlowOutcome::Completed) => {}
+        Ok(FlowOutcome::Refused) => {
+            let refusal = ended.refusal.unwrap_or_default();
+            return Err(status::from_refusal(&refusal.code, refusal.message));
+        }
+        _ => {
+            tracing::error!(redemption = %r.redemption_id, outcome = ended.outcome, "a redemption ended with an outcome this build does not know");
+            return Err(Status::data_loss(format!("redemption {:?} ended with an unknown outcome {}", r.redemption_id, ended.outcome)));
+        }
     }
     Ok(pb::RedeemRewardResponse {
         redemption_id: r.redemption_id,
@@ -41,7 +48,10 @@ fn from_flow_error(error: &FlowError) -> Status {
     match error {
         FlowError::Rejected(rejection) => status::from_rejection(rejection),
         FlowError::RedemptionIdReused { .. } => Status::already_exists(error.to_string()),
-        FlowError::Unfinished { .. } | FlowError::Interrupted { .. } => Status::unavailable(error.to_string()),
+        FlowError::Unfinished { .. } | FlowError::NotStarted { .. } | FlowError::Interrupted { .. } => {
+            Status::unavailable(error.to_string())
+        }
+        FlowError::NeedsOperator { .. } => status::precondition("NEEDS_OPERATOR", "redemption_id", error.to_string()),
         FlowError::Store(store) => status::from_store_error(store),
         FlowError::Codec(codec) => {
             tracing::error!(error = %codec, "a flow's events cannot be decoded");
@@ -55,7 +65,7 @@ fn from_stock_error(error: &StockError) -> Status {
         StockError::Rejected(StockRejection::InvalidField(field)) => status::from_field_error(field),
         StockError::Rejected(StockRejection::IdempotencyKeyReused { .. }) => Status::already_exists(error.to_string()),
         StockError::Rejected(StockRejection::TooMuchStock { .. }) => status::invalid("quantity", &error.to_string()),
-        StockError::Rejected(StockRejection::OutOfStock) => Status::failed_precondition(error.to_string()),
+        StockError::Rejected(StockRejection::OutOfStock { .. }) => Status::failed_precondition(error.to_string()),
         StockError::Store(store) => status::from_store_error(store),
         StockError::Codec(codec) => {
             tracing::error!(error = %codec, "a reward's stock cannot be decoded");

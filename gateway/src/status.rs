@@ -104,6 +104,7 @@ pub fn from_refusal(code: &str, message: String) -> Status {
             Status::with_error_details(Code::NotFound, message.clone(), ErrorDetails::with_bad_request_violation("reward_id", message))
         }
         "INSUFFICIENT_POINTS" => precondition(code, "balance", message),
+        "POINTS_OUT_OF_RANGE" => invalid("points", &message),
         "WALLET_CLOSED" => precondition(code, "wallet", message),
         _ => precondition(code, "reward_id", message),
     }

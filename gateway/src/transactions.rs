@@ -115,6 +115,12 @@ pub(crate) fn transaction(stored: &StoredWalletEvent) -> Transaction {
             stamps: vec![StampAward { card: e.card_id.clone(), count: e.count }],
             ..base
         },
+        Change::RewardRefused(e) => Transaction {
+            kind: kind(TransactionKind::RewardRefused),
+            reason: format!("{}: {}", e.code, e.message),
+            reference: e.reward_id.clone(),
+            ..base
+        },
         Change::ExpiringSoon(e) => {
             Transaction { kind: kind(TransactionKind::ExpiringSoon), lots: vec![LotPoints { lot: e.lot, points: e.points }], ..base }
         }

@@ -77,7 +77,8 @@ impl WalletSummary {
             | MovementKind::Mature
             | MovementKind::Tier
             | MovementKind::Stamp
-            | MovementKind::Notice => {}
+            | MovementKind::Notice
+            | MovementKind::Refused => {}
         }
         self.balance += points;
         self.events += 1;
@@ -149,7 +150,8 @@ impl DayStats {
             | MovementKind::Tier
             | MovementKind::Stamp
             | MovementKind::Notice
-            | MovementKind::Erase => {}
+            | MovementKind::Erase
+            | MovementKind::Refused => {}
         }
     }
 

@@ -53,6 +53,8 @@ pub enum MovementKind {
     /// The customer's personal data was erased (the reason is the operator's); no points move. Read
     /// models drop the customer's reference when they apply it.
     Erase,
+    /// A catalogue reward's redemption was refused (the reference is the reward); no points move.
+    Refused,
 }
 
 impl MovementKind {
@@ -74,6 +76,7 @@ impl MovementKind {
             Self::Stamp => "stamp",
             Self::Notice => "notice",
             Self::Erase => "erase",
+            Self::Refused => "refused",
         }
     }
 }
@@ -237,6 +240,7 @@ fn decode_one(mut recorded: RecordedEvent, tenant: Arc<str>, wallet: Arc<str>) -
         Change::ExpiringSoon(e) => (MovementKind::Notice, format!("{} points expire soon", e.points), format!("lot:{}", e.lot)),
         // A full card's reward points are earned points.
         Change::CardCompleted(e) => (MovementKind::Earn, e.reward_ref, format!("card:{}", e.card_id)),
+        Change::RewardRefused(e) => (MovementKind::Refused, format!("{}: {}", e.code, e.message), e.reward_id),
     };
     Ok(Movement {
         position,

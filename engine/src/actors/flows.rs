@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tally_proto::v1::{FlowEnded, FlowStepRecorded, RewardRedemptionFlow};
+use tally_proto::v1::{FlowEnded, FlowRefusal, FlowStepRecorded, RewardRedemptionFlow};
 use tokio::task::JoinHandle;
 
 use super::stock::{StockAnswer, StockBook, StockError, StockFigures};
@@ -39,6 +39,9 @@ const SCAN_INTERVAL_MS: u64 = 1_000;
 const RETRY_PAUSE_MAX_MS: i64 = 60_000;
 /// Flows driven on at once by the resumer.
 const RESUMING_MAX: usize = 64;
+/// How long a reservation waits for units that redemptions in progress hold, and between looks.
+const RESERVE_WAIT_MS: u64 = 2_000;
+const RESERVE_RETRY_MS: u64 = 10;
 
 /// The points between two steps of a redemption, in order: after the flow's start is recorded, after
 /// the stock is reserved, after the wallet's debit, after the debit's outcome is recorded, after the
@@ -64,6 +67,12 @@ pub enum FlowError {
         "the redemption is recorded but could not finish yet ({reason}); it is retried in the background: retry with the same redemption id to learn its outcome"
     )]
     Unfinished { reason: String },
+    /// Nothing was recorded: the redemption did not start (a retry starts it).
+    #[error("the redemption could not start ({reason}); nothing was recorded, retry with the same redemption id")]
+    NotStarted { reason: String },
+    /// The flow cannot go on by itself: an operator must settle it.
+    #[error("the redemption cannot go on by itself: {reason}")]
+    NeedsOperator { reason: String },
     /// A test's crash point stopped the flow.
     #[error("stopped at crash point {point}")]
     Interrupted { point: String },
@@ -107,6 +116,8 @@ struct Watched {
     last_error: Option<String>,
     attempts: u32,
     next_try_ms: i64,
+    /// It needs an operator: not retried by itself.
+    parked: bool,
 }
 
 /// The flows of this node; cloning shares them.
@@ -215,9 +226,17 @@ impl Flows {
         let _driving = lock.lock().await;
         let mut state = self.inner.load(&stream).await?;
         if state.version == 0 {
-            let settings = self.inner.programs.settings(tenant).await.map_err(|e| FlowError::Unfinished { reason: e.to_string() })?;
+            let not_started = |e: WalletError| FlowError::NotStarted { reason: e.to_string() };
+            let settings = self.inner.programs.settings(tenant).await.map_err(not_started)?;
             let reward = settings.as_ref().and_then(|s| s.rewards.get(reward_id).cloned());
             let reward = reward.ok_or_else(|| Rejection::UnknownReward { reward_id: reward_id.to_owned() })?;
+            // A wallet that does not exist could exist later, so its refusal would not be the wallet's
+            // answer for good: nothing is started for it.
+            match self.inner.registry.summary(&WalletKey::new(tenant.clone(), wallet.clone())).await {
+                Ok(_) => {}
+                Err(WalletError::Rejected(rejection)) => return Err(rejection.into()),
+                Err(error) => return Err(not_started(error)),
+            }
             let started = flows::redemption_started(wanted(reward.limited_stock));
             match self.inner.record(&stream, &mut state, started, &meta).await {
                 Ok(_) => self.inner.crash_point("started")?,
@@ -245,7 +264,7 @@ impl Flows {
             .filter_map(|(stream, watched)| {
                 let (flow_tenant, flow_id) = codec::flow_of(stream.as_str())?;
                 let redemption = watched.state.redemption.clone()?;
-                let stuck = now_ms - watched.state.progress_at_ms >= FLOW_STUCK_AFTER_MS;
+                let stuck = now_ms.saturating_sub(watched.state.progress_at_ms) >= FLOW_STUCK_AFTER_MS;
                 let wanted = tenant.is_none_or(|t| *t == flow_tenant) && (stuck || !stuck_only);
                 wanted.then(|| OpenFlow {
                     flow_id: flow_id.to_owned(),
@@ -311,6 +330,9 @@ impl Inner {
     }
 
     /// Drives a redemption from where `state` is to its end: how it ended, and the position of its end.
+    /// When another driver recorded first (a version conflict), the log says where the flow is now and
+    /// this driver goes on from there: every answer it could get is the one the other got (the wallet
+    /// records its refusal too; the stock remembers settled redemptions).
     async fn drive(
         &self,
         tenant: &TenantId,
@@ -321,59 +343,106 @@ impl Inner {
         let mut position = 0;
         loop {
             let Some(redemption) = state.redemption.clone() else {
-                return Err(
-                    CodecError::Undecodable { position, event_type: "tally.v1.FlowStarted".into(), reason: "no flow".into() }.into()
-                );
+                let reason = "a flow stream without its start".to_owned();
+                return Err(CodecError::Undecodable { position, event_type: "tally.v1.FlowStarted".into(), reason }.into());
             };
             let Some(step) = next_step(&state) else {
-                let ended = state.ended.clone().expect("a started flow with no next step has ended");
+                let Some(ended) = state.ended.clone() else { unreachable!("a started flow with no next step has ended") };
                 if position == 0 {
                     position = self.store.read_stream(stream, state.version, 1).await?.first().map_or(0, |e| e.global_position);
                 }
                 return Ok((ended, position));
             };
-            let reward_stream = codec::reward_stream(tenant, &redemption.reward_id)?;
-            let id = redemption.redemption_id.clone();
-            let (change, points) = match step {
-                RedemptionStep::Debit { reserve_first } => {
-                    if self.clock.now_ms() - state.started_at_ms > FLOW_DEBIT_WITHIN_MS {
-                        return Err(FlowError::Unfinished {
-                            reason: "the debit is older than the wallet's memory of its key; an operator must settle it".into(),
-                        });
-                    }
-                    if reserve_first {
-                        let reserve = StockOp::Reserve { redemption_id: id.clone(), wallet_id: redemption.wallet_id.clone() };
-                        match self.stock.run(&reward_stream, reserve, meta.clone()).await {
-                            Ok(_) => {}
-                            Err(StockError::Rejected(StockRejection::OutOfStock)) => {
-                                let message = format!("reward {:?} is out of stock", redemption.reward_id);
-                                position =
-                                    self.record(stream, &mut state, FlowChange::Ended(flows::refused(OUT_OF_STOCK, message)), meta).await?;
-                                continue;
-                            }
-                            Err(error) => return Err(FlowError::Unfinished { reason: error.to_string() }),
-                        }
-                        self.crash_point("reserved")?;
-                    }
-                    (FlowChange::StepRecorded(self.debit(tenant, &redemption, meta).await?), ("debited", "debit_recorded"))
-                }
-                RedemptionStep::Complete { take_stock } => {
-                    if take_stock {
-                        self.stock_step(&reward_stream, StockOp::Take { redemption_id: id }, meta).await?;
-                    }
-                    (FlowChange::Ended(flows::ending(&state).expect("a debit was recorded")), ("stock_settled", "ended"))
-                }
-                RedemptionStep::Refuse { release_stock } => {
-                    if release_stock {
-                        let reason = state.debit.as_ref().and_then(|d| d.refusal.as_ref()).map(|r| r.code.clone()).unwrap_or_default();
-                        self.stock_step(&reward_stream, StockOp::Release { redemption_id: id, reason }, meta).await?;
-                    }
-                    (FlowChange::Ended(flows::ending(&state).expect("a debit was recorded")), ("stock_settled", "ended"))
-                }
-            };
+            let (change, points) = self.step(tenant, &redemption, &state, &step, meta).await?;
             self.crash_point(points.0)?;
-            position = self.record(stream, &mut state, change, meta).await?;
+            match self.record(stream, &mut state, change, meta).await {
+                Ok(at) => position = at,
+                Err(FlowError::Store(StoreError::VersionConflict { .. })) => {
+                    metrics::counter!("tally_flows_conflicts_total").increment(1);
+                    state = self.load(stream).await?;
+                    position = 0;
+                    continue;
+                }
+                Err(error) => return Err(error),
+            }
             self.crash_point(points.1)?;
+        }
+    }
+
+    /// Does `step` and says what to record of it, with the crash points before and after the record.
+    async fn step(
+        &self,
+        tenant: &TenantId,
+        redemption: &RewardRedemptionFlow,
+        state: &FlowState,
+        step: &RedemptionStep,
+        meta: &CommandMeta,
+    ) -> Result<(FlowChange, (&'static str, &'static str)), FlowError> {
+        let reward_stream = codec::reward_stream(tenant, &redemption.reward_id)?;
+        let id = redemption.redemption_id.clone();
+        let ending = || flows::ending(state).ok_or_else(|| FlowError::Unfinished { reason: "no debit recorded".into() });
+        Ok(match *step {
+            RedemptionStep::Debit { reserve_first } => {
+                if self.clock.now_ms().saturating_sub(state.started_at_ms) > FLOW_DEBIT_WITHIN_MS {
+                    return Err(FlowError::NeedsOperator {
+                        reason: "the redemption was not debited within the time the wallet remembers a debit's key; \
+                                 an operator must settle it"
+                            .into(),
+                    });
+                }
+                if reserve_first && let Some(out) = self.reserve(&reward_stream, redemption, meta).await? {
+                    return Ok((FlowChange::Ended(out), ("out_of_stock", "ended")));
+                }
+                (FlowChange::StepRecorded(self.debit(tenant, redemption, meta).await?), ("debited", "debit_recorded"))
+            }
+            RedemptionStep::Complete { take_stock } => {
+                if take_stock {
+                    self.stock_step(&reward_stream, StockOp::Take { redemption_id: id }, meta).await?;
+                }
+                (FlowChange::Ended(ending()?), ("stock_settled", "ended"))
+            }
+            RedemptionStep::Refuse { release_stock } => {
+                if release_stock {
+                    let reason = state.debit.as_ref().and_then(|d| d.refusal.as_ref()).map(|r| r.code.clone()).unwrap_or_default();
+                    self.stock_step(&reward_stream, StockOp::Release { redemption_id: id, reason }, meta).await?;
+                }
+                (FlowChange::Ended(ending()?), ("stock_settled", "ended"))
+            }
+        })
+    }
+
+    /// Reserves one of the reward's stock; `Some(end)` when there is none to reserve. While the last units
+    /// are reserved by redemptions in progress (which may give theirs back), waits up to
+    /// `RESERVE_WAIT_MS` for them before saying so, and then says the flow could not go on yet rather than
+    /// refuse it for good.
+    async fn reserve(
+        &self,
+        stream: &StreamId,
+        redemption: &RewardRedemptionFlow,
+        meta: &CommandMeta,
+    ) -> Result<Option<FlowEnded>, FlowError> {
+        let reserve = StockOp::Reserve { redemption_id: redemption.redemption_id.clone(), wallet_id: redemption.wallet_id.clone() };
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(RESERVE_WAIT_MS);
+        loop {
+            match self.stock.run(stream, reserve.clone(), meta.clone()).await {
+                Ok(_) => {
+                    self.crash_point("reserved")?;
+                    return Ok(None);
+                }
+                Err(StockError::Rejected(StockRejection::OutOfStock { reserved: 0 })) => {
+                    return Ok(Some(flows::refused(OUT_OF_STOCK, format!("reward {:?} is out of stock", redemption.reward_id))));
+                }
+                Err(StockError::Rejected(StockRejection::OutOfStock { reserved })) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(reserved, "the last units are reserved by redemptions in progress; waiting");
+                    tokio::time::sleep(Duration::from_millis(RESERVE_RETRY_MS)).await;
+                }
+                Err(StockError::Rejected(StockRejection::OutOfStock { reserved })) => {
+                    return Err(FlowError::Unfinished {
+                        reason: format!("the reward's last {reserved} units are reserved by redemptions in progress"),
+                    });
+                }
+                Err(error) => return Err(FlowError::Unfinished { reason: error.to_string() }),
+            }
         }
     }
 
@@ -381,33 +450,41 @@ impl Inner {
         self.stock.run(stream, op, meta.clone()).await.map(drop).map_err(|e| FlowError::Unfinished { reason: e.to_string() })
     }
 
-    /// The wallet's debit and its outcome: paid, or refused for good (a rejection). Anything else (the
+    /// The wallet's debit and its answer, which the wallet gives once for good: paid (its `PointsRedeemed`)
+    /// or refused (its `RewardRedemptionRefused`, or a wallet that is closed for good). Anything else (the
     /// store, a crashed or busy wallet) leaves the flow where it is.
     async fn debit(&self, tenant: &TenantId, redemption: &RewardRedemptionFlow, meta: &CommandMeta) -> Result<FlowStepRecorded, FlowError> {
         let wallet = WalletId::parse(&redemption.wallet_id).map_err(|e| FlowError::Unfinished { reason: e.to_string() })?;
         let key = WalletKey::new(tenant.clone(), wallet);
         let command = Command::redeem_reward(&redemption.redemption_id, &redemption.reward_id);
         let step = STEP_DEBIT_WALLET.to_owned();
-        match self.registry.execute(&key, command, meta.clone()).await {
-            Ok(outcome) => {
-                let points = outcome.events.iter().find_map(|e| match &e.event.change {
-                    Change::Redeemed(r) if r.redemption_id == redemption.redemption_id => Some(r.points),
-                    _ => None,
-                });
-                Ok(FlowStepRecorded {
-                    step,
-                    ok: true,
-                    refusal: None,
-                    points: points.unwrap_or(0),
-                    position: outcome.position,
-                    balance: outcome.balance,
-                })
+        let refused = |refusal| FlowStepRecorded { step: step.clone(), ok: false, refusal: Some(refusal), ..Default::default() };
+        let outcome = match self.registry.execute(&key, command, meta.clone()).await {
+            Ok(outcome) => outcome,
+            Err(WalletError::Rejected(rejection @ (Rejection::WalletClosed | Rejection::WalletNotFound))) => {
+                return Ok(refused(flows::refusal(&rejection)));
             }
-            Err(WalletError::Rejected(rejection)) => {
-                Ok(FlowStepRecorded { step, ok: false, refusal: Some(flows::refusal(&rejection)), ..Default::default() })
+            Err(error) => return Err(FlowError::Unfinished { reason: error.to_string() }),
+        };
+        for stored in &outcome.events {
+            match &stored.event.change {
+                Change::Redeemed(r) if r.redemption_id == redemption.redemption_id => {
+                    return Ok(FlowStepRecorded {
+                        step,
+                        ok: true,
+                        refusal: None,
+                        points: r.points,
+                        position: stored.position,
+                        balance: outcome.balance,
+                    });
+                }
+                Change::RewardRefused(r) if r.redemption_id == redemption.redemption_id => {
+                    return Ok(refused(FlowRefusal { code: r.code.clone(), message: r.message.clone() }));
+                }
+                _ => {}
             }
-            Err(error) => Err(FlowError::Unfinished { reason: error.to_string() }),
         }
+        Err(FlowError::Unfinished { reason: "the wallet's answer names neither a debit nor a refusal of this redemption".into() })
     }
 }
 
@@ -432,9 +509,13 @@ async fn read(store: Arc<dyn EventStore>, inner: std::sync::Weak<Inner>) {
                                 last_error: None,
                                 attempts: 0,
                                 next_try_ms: 0,
+                                parked: false,
                             });
                             apply_flow(&mut watched.state, &event);
                             if watched.state.ended.is_some() {
+                                open.remove(&stream);
+                            } else if watched.state.redemption.is_none() {
+                                tracing::error!(%stream, "a flow stream does not start with what it is to do; it is left alone");
                                 open.remove(&stream);
                             }
                         }
@@ -464,9 +545,11 @@ async fn resume(inner: std::sync::Weak<Inner>) {
         let due: Vec<(StreamId, FlowState)> = {
             let open = inner.open.lock();
             metrics::gauge!("tally_flows_stuck")
-                .set(open.values().filter(|w| now_ms - w.state.progress_at_ms >= FLOW_STUCK_AFTER_MS).count() as f64);
+                .set(open.values().filter(|w| now_ms.saturating_sub(w.state.progress_at_ms) >= FLOW_STUCK_AFTER_MS).count() as f64);
             open.iter()
-                .filter(|(_, w)| now_ms - w.state.progress_at_ms >= FLOW_RESUME_AFTER_MS && w.next_try_ms <= now_ms)
+                .filter(|(_, w)| {
+                    !w.parked && now_ms.saturating_sub(w.state.progress_at_ms) >= FLOW_RESUME_AFTER_MS && w.next_try_ms <= now_ms
+                })
                 .map(|(stream, w)| (stream.clone(), w.state.clone()))
                 .collect()
         };
@@ -496,6 +579,7 @@ async fn resume(inner: std::sync::Weak<Inner>) {
                     metrics::counter!("tally_flows_retries_total").increment(1);
                     tracing::warn!(%stream, %error, "a flow cannot go on yet; retrying");
                     if let Some(watched) = inner.open.lock().get_mut(&stream) {
+                        watched.parked = matches!(error, FlowError::NeedsOperator { .. });
                         watched.attempts += 1;
                         let pause = (1_000_i64 << watched.attempts.min(6)).min(RETRY_PAUSE_MAX_MS);
                         watched.next_try_ms = inner.clock.now_ms() + pause;

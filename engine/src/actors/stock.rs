@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::oneshot;
 
@@ -19,6 +20,7 @@ use crate::store::{EventStore, ExpectedVersion, StoreError, StreamId};
 
 /// Attempts at one batch while other nodes append to the same stock.
 const CONFLICT_ATTEMPTS: u32 = 32;
+const CONFLICT_WAIT_MAX_MS: u64 = 32;
 /// Events read per call while catching a stock up.
 const READ_BATCH_EVENTS: usize = 1_000;
 
@@ -65,6 +67,8 @@ pub(crate) struct StockBook {
 struct Room {
     state: tokio::sync::Mutex<StockState>,
     waiting: parking_lot::Mutex<Vec<Waiter>>,
+    /// A task is serving the waiting operations.
+    serving: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -79,98 +83,122 @@ impl StockBook {
         Self { store, clock, rewards: parking_lot::Mutex::default() }
     }
 
-    /// Runs `op` on the stock of `stream`, in a batch with whatever else waits for it.
+    fn room(&self, stream: &StreamId) -> Arc<Room> {
+        Arc::clone(self.rewards.lock().entry(stream.clone()).or_default())
+    }
+
+    /// Runs `op` on the stock of `stream`, in a batch with whatever else waits for it. The batches are
+    /// served by a task of their own, not by a caller: a caller that goes away (its deadline passed)
+    /// abandons only its own answer, never the batch it is in.
     pub(crate) async fn run(&self, stream: &StreamId, op: StockOp, meta: CommandMeta) -> Result<StockAnswer, StockError> {
-        let room = Arc::clone(self.rewards.lock().entry(stream.clone()).or_default());
+        let room = self.room(stream);
         let (reply, answer) = oneshot::channel();
         room.waiting.lock().push(Waiter { op, meta, reply });
-        {
-            // Whoever holds the stock serves everyone waiting, batch by batch; a caller that gets it after
-            // its own batch was served finds nothing to do.
-            let mut state = room.state.lock().await;
-            loop {
-                let batch: Vec<Waiter> = {
-                    let mut waiting = room.waiting.lock();
-                    let take = waiting.len().min(APPEND_EVENTS_MAX);
-                    waiting.drain(..take).collect()
-                };
-                if batch.is_empty() {
-                    break;
-                }
-                self.serve(stream, &mut state, batch).await;
-            }
+        if !room.serving.swap(true, Ordering::AcqRel) {
+            let (store, clock, stream) = (Arc::clone(&self.store), Arc::clone(&self.clock), stream.clone());
+            tokio::spawn(serve_room(room, store, clock, stream));
         }
         answer.await.unwrap_or_else(|_| Err(StoreError::Unavailable { reason: "the stock's batch was abandoned".into() }.into()))
     }
 
     /// The stock's figures now (read up to the log's latest).
     pub(crate) async fn figures(&self, stream: &StreamId) -> Result<StockFigures, StockError> {
-        let room = Arc::clone(self.rewards.lock().entry(stream.clone()).or_default());
+        let room = self.room(stream);
         let mut state = room.state.lock().await;
-        self.catch_up(stream, &mut state).await?;
+        catch_up(self.store.as_ref(), stream, &mut state).await?;
         Ok(StockFigures::of(&state))
     }
+}
 
-    async fn catch_up(&self, stream: &StreamId, state: &mut StockState) -> Result<(), StockError> {
-        loop {
-            let events = self.store.read_stream(stream, state.version + 1, READ_BATCH_EVENTS).await?;
-            if events.is_empty() {
-                return Ok(());
+/// Serves a room's waiting operations, batch by batch, until none is left.
+async fn serve_room(room: Arc<Room>, store: Arc<dyn EventStore>, clock: Arc<dyn Clock>, stream: StreamId) {
+    let mut state = room.state.lock().await;
+    loop {
+        let batch: Vec<Waiter> = {
+            let mut waiting = room.waiting.lock();
+            let take = waiting.len().min(APPEND_EVENTS_MAX);
+            if take == 0 {
+                // Under the queue's lock: an operation queued after this sees `serving` false and starts
+                // a server of its own.
+                room.serving.store(false, Ordering::Release);
+                return;
             }
-            for recorded in events {
-                apply_stock(state, &codec::decode_stock(recorded)?);
-            }
+            waiting.drain(..take).collect()
+        };
+        serve(store.as_ref(), clock.as_ref(), &stream, &mut state, batch).await;
+    }
+}
+
+async fn catch_up(store: &dyn EventStore, stream: &StreamId, state: &mut StockState) -> Result<(), StockError> {
+    loop {
+        let events = store.read_stream(stream, state.version + 1, READ_BATCH_EVENTS).await?;
+        if events.is_empty() {
+            return Ok(());
+        }
+        for recorded in events {
+            apply_stock(state, &codec::decode_stock(recorded)?);
         }
     }
+}
 
-    /// Decides the batch in order, appends what it changed in one append, and answers every waiter.
-    async fn serve(&self, stream: &StreamId, state: &mut StockState, batch: Vec<Waiter>) {
-        let mut attempt = 0;
-        let answers = loop {
-            attempt += 1;
-            if let Err(error) = self.catch_up(stream, state).await {
-                break Err(error);
-            }
-            let now_ms = self.clock.now_ms();
-            let mut next = state.clone();
-            let mut events = Vec::new();
-            let mut answers = Vec::with_capacity(batch.len());
-            for waiter in &batch {
-                answers.push(match decide_stock(&next, &waiter.op, now_ms) {
-                    Ok(Some(event)) => {
-                        apply_stock(&mut next, &event);
-                        events.push(codec::encode_stock(&event, &waiter.meta));
-                        Ok(StockAnswer { changed: true, figures: StockFigures::of(&next) })
-                    }
-                    Ok(None) => Ok(StockAnswer { changed: false, figures: StockFigures::of(&next) }),
-                    Err(rejection) => Err(rejection),
-                });
-            }
-            if events.is_empty() {
+/// Decides the batch in order, appends what it changed in one append, and answers every waiter.
+async fn serve(store: &dyn EventStore, clock: &dyn Clock, stream: &StreamId, state: &mut StockState, batch: Vec<Waiter>) {
+    let mut attempt = 0;
+    let answers = loop {
+        attempt += 1;
+        if let Err(error) = catch_up(store, stream, state).await {
+            break Err(error);
+        }
+        let now_ms = clock.now_ms();
+        let mut next = state.clone();
+        let mut events = Vec::new();
+        let mut answers = Vec::with_capacity(batch.len());
+        for waiter in &batch {
+            answers.push(match decide_stock(&next, &waiter.op, now_ms) {
+                Ok(Some(event)) => {
+                    apply_stock(&mut next, &event);
+                    events.push(codec::encode_stock(&event, &waiter.meta));
+                    Ok(StockAnswer { changed: true, figures: StockFigures::of(&next) })
+                }
+                Ok(None) => Ok(StockAnswer { changed: false, figures: StockFigures::of(&next) }),
+                Err(rejection) => Err(rejection),
+            });
+        }
+        if events.is_empty() {
+            break Ok(answers);
+        }
+        match store.append(stream, ExpectedVersion::Exact(state.version), events).await {
+            Ok(_) => {
+                *state = next;
                 break Ok(answers);
             }
-            match self.store.append(stream, ExpectedVersion::Exact(state.version), events).await {
-                Ok(outcome) => {
-                    debug_assert_eq!(outcome.last_version, next.version);
-                    *state = next;
-                    break Ok(answers);
-                }
-                // Another node moved the stock: read it and decide the batch again.
-                Err(StoreError::VersionConflict { .. }) if attempt < CONFLICT_ATTEMPTS => {}
-                Err(error) => break Err(error.into()),
+            // Another node moved the stock: read it and decide the batch again, after a random wait of
+            // up to `CONFLICT_WAIT_MAX_MS` (doubling) so the nodes fall out of step.
+            Err(StoreError::VersionConflict { .. }) if attempt < CONFLICT_ATTEMPTS => {
+                let ceiling = CONFLICT_WAIT_MAX_MS.min(1 << attempt.min(6));
+                let wait = std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), attempt) % (ceiling + 1);
+                tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
             }
-        };
-        match answers {
-            Ok(answers) => {
-                for (waiter, answer) in batch.into_iter().zip(answers) {
-                    let _ = waiter.reply.send(answer.map_err(StockError::from));
-                }
+            Err(error) => break Err(StockError::Store(error)),
+        }
+    };
+    match answers {
+        Ok(answers) => {
+            for (waiter, answer) in batch.into_iter().zip(answers) {
+                let _ = waiter.reply.send(answer.map_err(StockError::from));
             }
-            Err(error) => {
-                let reason = error.to_string();
-                for waiter in batch {
-                    let _ = waiter.reply.send(Err(StoreError::Unavailable { reason: format!("the reward's stock: {reason}") }.into()));
-                }
+        }
+        Err(error) => {
+            // The outcome of a failed append is unknown: every waiter learns it may retry (each op is
+            // idempotent); a stock that cannot be read is reported as such.
+            let corrupt = matches!(error, StockError::Codec(_));
+            let reason = error.to_string();
+            for waiter in batch {
+                let answer = match (&error, corrupt) {
+                    (StockError::Codec(codec), true) => StockError::Codec(codec.clone()),
+                    _ => StoreError::Unavailable { reason: format!("the reward's stock: {reason}") }.into(),
+                };
+                let _ = waiter.reply.send(Err(answer));
             }
         }
     }

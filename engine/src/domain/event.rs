@@ -4,8 +4,8 @@
 
 use tally_proto::v1::{
     CustomerErased, EarnReversed, HoldCaptured, HoldReleased, PointsAdjusted, PointsEarned, PointsExpired, PointsExpiringSoon, PointsHeld,
-    PointsMatured, PointsPurchased, PointsRedeemed, StampCardCompleted, StampsAdded, TierChanged, TierReviewed, WalletClosed,
-    WalletEnrolledV2,
+    PointsMatured, PointsPurchased, PointsRedeemed, RewardRedemptionRefused, StampCardCompleted, StampsAdded, TierChanged, TierReviewed,
+    WalletClosed, WalletEnrolledV2,
 };
 
 #[derive(Debug, Clone, PartialEq)]
@@ -95,6 +95,8 @@ event_table! {
         CardCompleted(StampCardCompleted),
         /// The customer's personal data was erased: their key is gone.
         CustomerErased(CustomerErased),
+        /// A catalogue reward's debit was refused (no points moved): the redemption's answer for good.
+        RewardRefused(RewardRedemptionRefused),
     }
 }
 
@@ -118,7 +120,8 @@ impl Change {
             | Change::TierReviewed(_)
             | Change::Stamped(_)
             | Change::ExpiringSoon(_)
-            | Change::CustomerErased(_) => 0,
+            | Change::CustomerErased(_)
+            | Change::RewardRefused(_) => 0,
             Change::CardCompleted(e) => e.reward_points,
         }
     }
@@ -152,9 +155,12 @@ impl Change {
             Change::Released(e) => (listed(&e.lots), None),
             Change::Expired(e) => (vec![(e.lot, e.points)], Some(e.expired_at_ms)),
             Change::ExpiringSoon(e) => (vec![(e.lot, e.points)], Some(e.expires_at_ms)),
-            Change::Enrolled(_) | Change::TierChanged(_) | Change::TierReviewed(_) | Change::Stamped(_) | Change::CustomerErased(_) => {
-                (Vec::new(), None)
-            }
+            Change::Enrolled(_)
+            | Change::TierChanged(_)
+            | Change::TierReviewed(_)
+            | Change::Stamped(_)
+            | Change::CustomerErased(_)
+            | Change::RewardRefused(_) => (Vec::new(), None),
         }
     }
 
@@ -197,7 +203,7 @@ mod tests {
             let change = ProgramChange::decode_payload(event_type, &[]).expect("a listed name").expect("an empty payload decodes");
             assert_eq!(change.event_type(), *event_type);
         }
-        assert_eq!(Change::EVENT_TYPES.len(), 18);
+        assert_eq!(Change::EVENT_TYPES.len(), 19);
         assert!(Change::decode_payload("tally.v1.ProgramCreated", &[]).is_none(), "tables do not mix");
     }
 }

@@ -4,10 +4,13 @@
 //!
 //! Stock moves in three steps that a redemption flow drives (`crate::domain::flows`): a redemption
 //! **reserves** one (refused when none is on hand), then either **takes** it (the points were debited) or
-//! **releases** it (they were not). Each step names its redemption, and each is idempotent on it: reserving
-//! a redemption that holds a reservation, or taking or releasing one that holds none, changes nothing. The
-//! state keeps only the reservations open now, so it stays the size of the redemptions in progress.
-//! Concurrency is the log's version check on the stream, never a lock.
+//! **releases** it (they were not). Each step names its redemption, and each is idempotent on it:
+//! reserving a redemption that holds a reservation or that was settled (taken or released) within
+//! `RECEIPT_RETENTION_MS`, or taking or releasing one that holds none, changes nothing. So a driver of a
+//! redemption that is behind the log (another node drove it on meanwhile) can neither book a second unit
+//! nor take one twice. The state keeps the open reservations and the recently settled ids (forgotten by
+//! event time, as wallets forget receipts; a flow reserves only within `FLOW_DEBIT_WITHIN_MS` of its
+//! start, well inside that). Concurrency is the log's version check on the stream, never a lock.
 //!
 //! `on_hand + Σ reserved + taken == Σ restocked`, always.
 
@@ -20,7 +23,8 @@ use super::ids::FieldError;
 use super::program::check_id;
 use super::tiers::Tiers;
 use crate::limits::{
-    POINTS_PER_COMMAND_MAX, REASON_BYTES_MAX, REF_BYTES_MAX, RESTOCK_QUANTITY_MAX, REWARD_PER_CUSTOMER_MAX, STOCK_ON_HAND_MAX,
+    POINTS_PER_COMMAND_MAX, REASON_BYTES_MAX, RECEIPT_RETENTION_MS, REF_BYTES_MAX, RESTOCK_QUANTITY_MAX, RETENTION_SWEEP_INTERVAL_MS,
+    REWARD_PER_CUSTOMER_MAX, STOCK_ON_HAND_MAX,
 };
 
 /// Checks a reward's definition against the program's tiers.
@@ -85,14 +89,18 @@ pub struct StockState {
     pub taken: i64,
     /// Open reservations: quantity by redemption id.
     pub reserved: BTreeMap<String, i64>,
-    /// Restocks by idempotency key, with their fingerprints (a retry adds nothing).
-    restocks: BTreeMap<String, CommandFingerprint>,
+    /// Redemptions whose reservation was taken or released, with when: a late reserve of one is void.
+    settled: BTreeMap<String, i64>,
+    /// Restocks by idempotency key, with their fingerprints and when (a retry adds nothing).
+    restocks: BTreeMap<String, (CommandFingerprint, i64)>,
+    /// The recorded time settled ids and restocks past `RECEIPT_RETENTION_MS` were last forgotten at.
+    swept_at_ms: i64,
 }
 
 impl StockState {
     /// Set aside by redemptions in progress.
     pub fn reserved_total(&self) -> i64 {
-        self.reserved.values().sum()
+        self.reserved.values().fold(0, |total, quantity| total.saturating_add(*quantity))
     }
 }
 
@@ -130,9 +138,10 @@ impl StockOp {
 pub enum StockRejection {
     #[error("invalid {0}")]
     InvalidField(#[from] FieldError),
-    /// Nothing on hand to reserve.
+    /// Nothing on hand to reserve; `reserved` are set aside by redemptions in progress, which may still
+    /// give theirs back.
     #[error("the reward is out of stock")]
-    OutOfStock,
+    OutOfStock { reserved: i64 },
     /// A restock would take the stock on hand past its bound.
     #[error("a reward holds at most {max} on hand")]
     TooMuchStock { max: i64 },
@@ -145,11 +154,11 @@ pub enum StockRejection {
 pub fn decide_stock(state: &StockState, op: &StockOp, now_ms: i64) -> Result<Option<StockEvent>, StockRejection> {
     let change = match op {
         StockOp::Reserve { redemption_id, wallet_id } => {
-            if state.reserved.contains_key(redemption_id) {
+            if state.reserved.contains_key(redemption_id) || state.settled.contains_key(redemption_id) {
                 return Ok(None);
             }
             if state.on_hand < 1 {
-                return Err(StockRejection::OutOfStock);
+                return Err(StockRejection::OutOfStock { reserved: state.reserved_total() });
             }
             StockChange::Reserved(RewardStockReserved { redemption_id: redemption_id.clone(), wallet_id: wallet_id.clone(), quantity: 1 })
         }
@@ -161,7 +170,7 @@ pub fn decide_stock(state: &StockState, op: &StockOp, now_ms: i64) -> Result<Opt
         }
         StockOp::Take { .. } | StockOp::Release { .. } => return Ok(None),
         StockOp::Restock { idempotency_key, quantity, restocked_by, reason } => {
-            if let Some(seen) = state.restocks.get(idempotency_key) {
+            if let Some((seen, _)) = state.restocks.get(idempotency_key) {
                 return if op.layout().matches(seen) {
                     Ok(None)
                 } else {
@@ -170,6 +179,10 @@ pub fn decide_stock(state: &StockState, op: &StockOp, now_ms: i64) -> Result<Opt
             }
             if idempotency_key.is_empty() || idempotency_key.len() > REF_BYTES_MAX {
                 return Err(FieldError::new("idempotency_key", format!("must be 1 to {REF_BYTES_MAX} bytes")).into());
+            }
+            if idempotency_key.starts_with(crate::domain::ENGINE_KEY_PREFIX) {
+                let reason = format!("must not start with {:?}: such keys are the engine's", crate::domain::ENGINE_KEY_PREFIX);
+                return Err(FieldError::new("idempotency_key", reason).into());
             }
             if !(1..=RESTOCK_QUANTITY_MAX).contains(quantity) {
                 return Err(FieldError::new("quantity", format!("must be within 1..={RESTOCK_QUANTITY_MAX}")).into());
@@ -185,27 +198,39 @@ pub fn decide_stock(state: &StockState, op: &StockOp, now_ms: i64) -> Result<Opt
     Ok(Some(StockEvent { idempotency_key: op.key(), command_fingerprint: op.layout().fingerprint(), recorded_at_ms: now_ms, change }))
 }
 
-/// Folds one event into the stock. Holds no business rule: it records what was decided.
+/// Folds one event into the stock. Holds no business rule: it records what was decided. Amounts a
+/// hostile log could make negative or huge are clamped, never trusted to overflow.
 pub fn apply_stock(state: &mut StockState, event: &StockEvent) {
+    let at_ms = event.recorded_at_ms;
     match &event.change {
         StockChange::Restocked(e) => {
-            state.on_hand = state.on_hand.saturating_add(e.quantity);
-            state.restocks.insert(event.idempotency_key.clone(), event.command_fingerprint);
+            state.on_hand = state.on_hand.saturating_add(e.quantity.max(0));
+            state.restocks.insert(event.idempotency_key.clone(), (event.command_fingerprint, at_ms));
         }
         StockChange::Reserved(e) => {
-            state.on_hand = state.on_hand.saturating_sub(e.quantity);
-            *state.reserved.entry(e.redemption_id.clone()).or_default() += e.quantity;
+            let quantity = e.quantity.max(0);
+            state.on_hand = state.on_hand.saturating_sub(quantity);
+            let held = state.reserved.entry(e.redemption_id.clone()).or_default();
+            *held = held.saturating_add(quantity);
         }
         StockChange::Released(e) => {
             let quantity = state.reserved.remove(&e.redemption_id).unwrap_or(0);
             state.on_hand = state.on_hand.saturating_add(quantity);
+            state.settled.insert(e.redemption_id.clone(), at_ms);
         }
         StockChange::Taken(e) => {
             let quantity = state.reserved.remove(&e.redemption_id).unwrap_or(0);
             state.taken = state.taken.saturating_add(quantity);
+            state.settled.insert(e.redemption_id.clone(), at_ms);
         }
     }
     state.version += 1;
+    if at_ms.saturating_sub(state.swept_at_ms) >= RETENTION_SWEEP_INTERVAL_MS {
+        let horizon = at_ms.saturating_sub(RECEIPT_RETENTION_MS);
+        state.settled.retain(|_, settled_at| *settled_at > horizon);
+        state.restocks.retain(|_, (_, restocked_at)| *restocked_at > horizon);
+        state.swept_at_ms = at_ms;
+    }
 }
 
 #[cfg(test)]
@@ -232,20 +257,44 @@ mod tests {
     #[test]
     fn every_step_is_idempotent_on_its_redemption_and_stock_is_conserved() {
         let mut stock = StockState::default();
-        assert_eq!(run(&mut stock, reserve("r1")), Err(StockRejection::OutOfStock));
+        assert_eq!(run(&mut stock, reserve("r1")), Err(StockRejection::OutOfStock { reserved: 0 }));
         assert_eq!(run(&mut stock, restock("k1", 2)), Ok(true));
         assert_eq!(run(&mut stock, restock("k1", 2)), Ok(false), "a retried restock adds nothing");
         assert!(matches!(run(&mut stock, restock("k1", 3)), Err(StockRejection::IdempotencyKeyReused { .. })));
         assert_eq!(run(&mut stock, reserve("r1")), Ok(true));
         assert_eq!(run(&mut stock, reserve("r1")), Ok(false), "a held reservation is not made twice");
         assert_eq!(run(&mut stock, reserve("r2")), Ok(true));
-        assert_eq!(run(&mut stock, reserve("r3")), Err(StockRejection::OutOfStock));
+        assert_eq!(run(&mut stock, reserve("r3")), Err(StockRejection::OutOfStock { reserved: 2 }));
         assert_eq!(run(&mut stock, StockOp::Take { redemption_id: "r1".into() }), Ok(true));
         assert_eq!(run(&mut stock, StockOp::Take { redemption_id: "r1".into() }), Ok(false));
         assert_eq!(run(&mut stock, StockOp::Release { redemption_id: "r1".into(), reason: String::new() }), Ok(false), "taken stays taken");
         assert_eq!(run(&mut stock, StockOp::Release { redemption_id: "r2".into(), reason: String::new() }), Ok(true));
         assert_eq!((stock.on_hand, stock.reserved_total(), stock.taken), (1, 0, 1));
         assert_eq!(stock.on_hand + stock.reserved_total() + stock.taken, 2);
+        // A driver behind the log reserving a settled redemption again books nothing.
+        assert_eq!(run(&mut stock, reserve("r1")), Ok(false), "taken: not booked again");
+        assert_eq!(run(&mut stock, reserve("r2")), Ok(false), "released: not booked again");
+        assert_eq!((stock.on_hand, stock.reserved_total(), stock.taken), (1, 0, 1));
+    }
+
+    #[test]
+    fn settled_redemptions_and_restocks_are_forgotten_by_event_time() {
+        let mut stock = StockState::default();
+        let at = |ms: i64, op: StockOp, stock: &mut StockState| {
+            let event = decide_stock(stock, &op, ms).unwrap().expect("a change");
+            apply_stock(stock, &event);
+        };
+        at(1, restock("k", 5), &mut stock);
+        at(2, reserve("r1"), &mut stock);
+        at(3, StockOp::Take { redemption_id: "r1".into() }, &mut stock);
+        at(4 + RECEIPT_RETENTION_MS + RETENTION_SWEEP_INTERVAL_MS, reserve("r2"), &mut stock);
+        assert!(stock.settled.is_empty() && stock.restocks.is_empty(), "forgotten after the retention");
+    }
+
+    #[test]
+    fn a_restock_key_may_not_be_the_engines() {
+        let op = StockOp::Restock { idempotency_key: "tally:x".into(), quantity: 1, restocked_by: "ops".into(), reason: String::new() };
+        assert!(matches!(decide_stock(&StockState::default(), &op, 1), Err(StockRejection::InvalidField(_))));
     }
 
     #[test]

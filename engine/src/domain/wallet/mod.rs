@@ -7,7 +7,7 @@
 //! | [`orders`] | `EarnForOrder`, `RefundOrder` | (orders earn and reverse through the ledger's events) |
 //! | [`holds`] | `AuthorizeRedemption`, `CaptureRedemption`, `VoidRedemption` | held, captured, released |
 //! | [`credits`] | `PurchaseCredits` | purchased |
-//! | [`rewards`] | `RedeemReward` (a catalogue reward's debit) | (redeemed, through the ledger) |
+//! | [`rewards`] | `RedeemReward` (a catalogue reward's debit) | (redeemed, through the ledger), reward refused |
 //! | [`stamps`] | `AddStamps`, and the cards a change fills | stamped, card completed |
 //! | [`tier`] | the tier an earn reaches, a due review | tier changed, tier reviewed |
 //! | [`due`] | `RunDue`, and what time brought before any command | matured, expired, expiring soon |
@@ -138,7 +138,7 @@ fn decide_change(state: &WalletState, body: &CommandBody, ctx: &Context<'_>) -> 
             C::CaptureRedemption { hold_id, points } => alone(holds::capture(state, ctx, hold_id, *points)),
             C::VoidRedemption { hold_id } => alone(holds::void(state, hold_id)),
             C::PurchaseCredits { purchase_id, package_id } => alone(credits::purchase(state, ctx, purchase_id, package_id)),
-            C::RedeemReward { redemption_id, reward_id } => alone(rewards::redeem(state, ctx, redemption_id, reward_id)),
+            C::RedeemReward { redemption_id, reward_id } => alone(Ok(rewards::redeem_or_refuse(state, ctx, redemption_id, reward_id))),
             C::EarnForOrder { order } => alone(orders::earn_for_order(state, order, ctx)),
             C::AddStamps { card_id, count, reason } => alone(stamps::add(ctx, card_id, *count, reason)),
             C::RefundOrder { order_id, amount_minor, reason } => orders::refund(state, ctx, order_id, *amount_minor, reason),
@@ -168,6 +168,8 @@ pub fn apply(state: &mut WalletState, event: &Event) {
         Change::TierChanged(e) => tier::apply_tier_changed(state, e),
         Change::TierReviewed(e) => tier::apply_tier_reviewed(state, e),
         Change::CustomerErased(_) => ledger::apply_customer_erased(state),
+        // Only its receipt: the redemption's answer.
+        Change::RewardRefused(_) => {}
     }
     state.balance += event.change.points_delta();
     state.last_activity_ms = event.recorded_at_ms;

@@ -3,13 +3,29 @@
 //! within its window, their tier reaches it, they are under its per-customer limit — and what it costs
 //! (the definition in force now), and spends the points like any redemption.
 
+use tally_proto::v1::RewardRedemptionRefused;
+
 use super::ledger;
 use crate::domain::Context;
 use crate::domain::event::Change;
 use crate::domain::rejection::Rejection;
 use crate::domain::state::WalletState;
 
-pub(super) fn redeem(state: &WalletState, ctx: &Context<'_>, redemption_id: &str, reward_id: &str) -> Result<Change, Rejection> {
+/// The debit, or the refusal recorded in its place: either way the wallet's answer to the redemption for
+/// good (a retry under the debit's key gets it back from the receipt), so two drivers of one redemption
+/// can never hear different answers.
+pub(super) fn redeem_or_refuse(state: &WalletState, ctx: &Context<'_>, redemption_id: &str, reward_id: &str) -> Change {
+    redeem(state, ctx, redemption_id, reward_id).unwrap_or_else(|rejection| {
+        Change::RewardRefused(RewardRedemptionRefused {
+            redemption_id: redemption_id.to_owned(),
+            reward_id: reward_id.to_owned(),
+            code: crate::domain::flows::refusal_code(&rejection).to_owned(),
+            message: rejection.to_string(),
+        })
+    })
+}
+
+fn redeem(state: &WalletState, ctx: &Context<'_>, redemption_id: &str, reward_id: &str) -> Result<Change, Rejection> {
     let reward = ctx.program.rewards.get(reward_id).ok_or_else(|| Rejection::UnknownReward { reward_id: reward_id.to_owned() })?;
     let unavailable = |why: &str| Err(Rejection::RewardNotAvailable { reward_id: reward_id.to_owned(), why: why.to_owned() });
     if !reward.active {

@@ -1,0 +1,108 @@
+//! Reward redemptions end to end on the embedded log with real fsyncs (issue 20's target: one hot reward,
+//! 64 callers, ≥ 5k completed redemptions/s): each redemption is a flow of its own — its start, a stock
+//! reservation, the wallet's debit, the debit's outcome, the stock taken, its end — and the hot reward's
+//! stream is where they all meet, so its reservations and takes go in batches.
+
+// The allocator the `tally` binary uses, so the figures are the product's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use tally_engine::actors::{CommandMeta, Flows, RegistryConfig, StaticPrograms, WalletKey, WalletRegistry};
+use tally_engine::clock::SystemClock;
+use tally_engine::domain::rewards::StockOp;
+use tally_engine::domain::{Command, CommandBody, ProgramSettings, RewardDefined, TenantId, WalletId};
+use tally_engine::store::{EmbeddedStore, EventStore};
+use tally_proto::v1::FlowOutcome;
+
+const WALLETS: usize = 2_000;
+
+fn tenant() -> TenantId {
+    TenantId::parse("acme").unwrap()
+}
+
+fn wallet(i: usize) -> WalletId {
+    WalletId::parse(&format!("c-{i}")).unwrap()
+}
+
+fn program() -> ProgramSettings {
+    let mug =
+        RewardDefined { reward_id: "mug".into(), name: "Mug".into(), points: 1, limited_stock: true, active: true, ..Default::default() };
+    ProgramSettings { rewards: Arc::new([("mug".to_owned(), mug)].into_iter().collect()), ..ProgramSettings::default() }
+}
+
+fn bench(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn EventStore> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+    let flows = runtime.block_on(async {
+        let programs = Arc::new(StaticPrograms::open(program()));
+        let registry =
+            WalletRegistry::start(RegistryConfig::default(), Arc::clone(&store), programs.clone(), Arc::new(SystemClock)).await.unwrap();
+        let opens: Vec<_> = (0..WALLETS)
+            .map(|i| {
+                let registry = registry.clone();
+                tokio::spawn(async move {
+                    let key = WalletKey::new(tenant(), wallet(i));
+                    registry.execute(&key, Command::new("enroll", CommandBody::enroll("")), CommandMeta::default()).await.unwrap();
+                    let earn = CommandBody::Earn { points: 1_000_000, reason: "bench".into(), source_ref: "o".into(), order_amount: None };
+                    registry.execute(&key, Command::new("o", earn), CommandMeta::default()).await.unwrap();
+                })
+            })
+            .collect();
+        for open in opens {
+            open.await.unwrap();
+        }
+        let flows = Flows::start(Arc::clone(&store), Arc::new(SystemClock), registry, programs);
+        let op = StockOp::Restock {
+            idempotency_key: "all".into(),
+            quantity: 1_000_000_000,
+            restocked_by: "bench".into(),
+            reason: String::new(),
+        };
+        flows.restock(&tenant(), "mug", op, CommandMeta::default()).await.unwrap();
+        flows
+    });
+
+    let mut group = c.benchmark_group("flows");
+    group.throughput(Throughput::Elements(1)).measurement_time(Duration::from_secs(10)).sample_size(10);
+    let mut round = 0u64;
+    {
+        let callers = 64usize;
+        group.bench_function(format!("redeem_reward, one hot reward, {callers} callers, {WALLETS} wallets, durable"), |b| {
+            b.iter_custom(|iters| {
+                round += 1;
+                let round = round;
+                runtime.block_on(async {
+                    let per_caller = iters.div_ceil(callers as u64);
+                    let started = Instant::now();
+                    let tasks: Vec<_> = (0..callers)
+                        .map(|caller| {
+                            let flows = flows.clone();
+                            tokio::spawn(async move {
+                                for n in 0..per_caller {
+                                    let w = (caller * 7919 + n as usize * 104_729) % WALLETS;
+                                    let id = format!("r{round}-c{caller}-{n}");
+                                    let redemption =
+                                        flows.redeem_reward(&tenant(), &wallet(w), "mug", &id, CommandMeta::default()).await.unwrap();
+                                    assert_eq!(redemption.ended.outcome, FlowOutcome::Completed as i32);
+                                }
+                            })
+                        })
+                        .collect();
+                    for task in tasks {
+                        task.await.unwrap();
+                    }
+                    started.elapsed().mul_f64(iters as f64 / (per_caller * callers as u64) as f64)
+                })
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
