@@ -262,7 +262,7 @@ impl KeysCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum FlowsCommand {
-    /// Open flows, oldest first: the step each is at, its attempts and what keeps it from ending. Each is
+    /// Open flows, oldest first: what is left of each, its attempts and what keeps it from ending. Each is
     /// retried in the background until it ends; `--stuck` lists those without progress for a minute.
     List {
         /// Program (tenant) id.

@@ -2,30 +2,28 @@
 //!
 //! A flow is started by its caller (`Flows::redeem_reward`), who then drives it step by step: each step a
 //! command to the aggregate it changes (a reward's stock through [`StockBook`], a wallet through the
-//! registry), keyed by the flow and the step, and each outcome that decides what follows recorded on the
-//! flow's stream, with the version it expects, before anything follows it. A caller that goes away, a
-//! crash, a store outage leaves the flow open in the log; a reader task follows the log, keeps the open
-//! flows (only those) and, once one has made no progress for `FLOW_RESUME_AFTER_MS`, drives it on from
-//! where the log says it is, retrying with a growing pause until it ends. Open flows are listed
-//! (`list`), the stuck ones first among them, so none is ever lost silently.
+//! registry), keyed by the flow and the step and answered the same every time; its start and its end are
+//! recorded on the flow's stream with the version they expect. A caller that goes away, a crash, a store
+//! outage leaves the flow open in the log; a reader task follows the log, keeps the open flows (only
+//! those) and, once one has made no progress for `FLOW_RESUME_AFTER_MS`, drives it again from the start,
+//! retrying with a growing pause until it ends. Open flows are listed (`list`), so none is ever lost
+//! silently.
 //!
-//! One driver per flow on a node (a lock per flow); drivers on two nodes are safe too — every step is
-//! idempotent and every record of the flow's carries its expected version — only wasteful.
+//! One driver per flow on a node (a lock per flow); drivers on two nodes are safe too — every step
+//! answers them the same, and the end recorded first is the end — only wasteful.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tally_proto::v1::{FlowEnded, FlowRefusal, FlowStepRecorded, RewardRedemptionFlow};
+use tally_proto::v1::{FlowEnded, FlowRefusal, RewardRedemptionFlow};
 use tokio::task::JoinHandle;
 
 use super::stock::{StockAnswer, StockBook, StockError, StockFigures};
 use super::{CommandMeta, Owns, Programs, WalletError, WalletKey, WalletRegistry};
 use crate::clock::Clock;
 use crate::codec::{self, CodecError};
-use crate::domain::flows::{
-    self, FlowChange, FlowEvent, FlowState, OUT_OF_STOCK, RedemptionStep, STEP_DEBIT_WALLET, apply_flow, next_step,
-};
+use crate::domain::flows::{self, DebitAnswer, FlowChange, FlowEvent, FlowState, OUT_OF_STOCK, apply_flow};
 use crate::domain::rewards::{StockOp, StockRejection};
 use crate::domain::{Change, Command, Rejection, TenantId, WalletId};
 use crate::limits::{FLOW_DEBIT_WITHIN_MS, FLOW_RESUME_AFTER_MS, FLOW_STUCK_AFTER_MS};
@@ -44,9 +42,9 @@ const RESERVE_WAIT_MS: u64 = 2_000;
 const RESERVE_RETRY_MS: u64 = 10;
 
 /// The points between two steps of a redemption, in order: after the flow's start is recorded, after
-/// the stock is reserved, after the wallet's debit, after the debit's outcome is recorded, after the
-/// stock is taken or released, after the end is recorded.
-pub const CRASH_POINTS: [&str; 6] = ["started", "reserved", "debited", "debit_recorded", "stock_settled", "ended"];
+/// the stock is reserved, after the wallet's debit, after the stock is taken or released, after the end
+/// is recorded.
+pub const CRASH_POINTS: [&str; 5] = ["started", "reserved", "debited", "stock_settled", "ended"];
 
 /// Called at each point between two steps with the point's name; `true` stops the flow there as if the
 /// process had died (tests). The product's hook (`tally serve` with `TALLY_TEST_CRASH_AT`) aborts the
@@ -100,7 +98,7 @@ pub struct OpenFlow {
     pub redemption: RewardRedemptionFlow,
     pub started_at_ms: i64,
     pub progress_at_ms: i64,
-    /// The step it is at.
+    /// What is left: `redeeming` (a redemption's steps are redone from the start).
     pub step: &'static str,
     /// What kept it from going on, the last time this node tried.
     pub last_error: Option<String>,
@@ -231,11 +229,12 @@ impl Flows {
             let reward = settings.as_ref().and_then(|s| s.rewards.get(reward_id).cloned());
             let reward = reward.ok_or_else(|| Rejection::UnknownReward { reward_id: reward_id.to_owned() })?;
             // A wallet that does not exist could exist later, so its refusal would not be the wallet's
-            // answer for good: nothing is started for it.
-            match self.inner.registry.summary(&WalletKey::new(tenant.clone(), wallet.clone())).await {
+            // answer for good: nothing is started for it. (Its stream is empty until it is enrolled.)
+            let enrolled = self.inner.store.stream_version(&codec::wallet_stream(tenant, wallet)).await;
+            match enrolled {
+                Ok(0) => return Err(Rejection::WalletNotFound.into()),
                 Ok(_) => {}
-                Err(WalletError::Rejected(rejection)) => return Err(rejection.into()),
-                Err(error) => return Err(not_started(error)),
+                Err(error) => return Err(FlowError::NotStarted { reason: error.to_string() }),
             }
             let started = flows::redemption_started(wanted(reward.limited_stock));
             match self.inner.record(&stream, &mut state, started, &meta).await {
@@ -272,7 +271,7 @@ impl Flows {
                     redemption,
                     started_at_ms: watched.state.started_at_ms,
                     progress_at_ms: watched.state.progress_at_ms,
-                    step: next_step(&watched.state).map_or("end", |s| s.name()),
+                    step: "redeeming",
                     last_error: watched.last_error.clone(),
                     attempts: watched.attempts,
                     stuck,
@@ -329,10 +328,9 @@ impl Inner {
         if (self.crash)(point) { Err(FlowError::Interrupted { point: point.to_owned() }) } else { Ok(()) }
     }
 
-    /// Drives a redemption from where `state` is to its end: how it ended, and the position of its end.
-    /// When another driver recorded first (a version conflict), the log says where the flow is now and
-    /// this driver goes on from there: every answer it could get is the one the other got (the wallet
-    /// records its refusal too; the stock remembers settled redemptions).
+    /// Drives a redemption to its end: how it ended, and the position of its end. Every step answers the
+    /// same however often it is done, so a driver resuming a redemption does them all from the start;
+    /// when another driver recorded the end first (a version conflict), that end is the answer.
     async fn drive(
         &self,
         tenant: &TenantId,
@@ -340,75 +338,64 @@ impl Inner {
         mut state: FlowState,
         meta: &CommandMeta,
     ) -> Result<(FlowEnded, u64), FlowError> {
-        let mut position = 0;
         loop {
             let Some(redemption) = state.redemption.clone() else {
                 let reason = "a flow stream without its start".to_owned();
-                return Err(CodecError::Undecodable { position, event_type: "tally.v1.FlowStarted".into(), reason }.into());
+                return Err(CodecError::Undecodable { position: 0, event_type: "tally.v1.FlowStarted".into(), reason }.into());
             };
-            let Some(step) = next_step(&state) else {
-                let Some(ended) = state.ended.clone() else { unreachable!("a started flow with no next step has ended") };
-                if position == 0 {
-                    position = self.store.read_stream(stream, state.version, 1).await?.first().map_or(0, |e| e.global_position);
-                }
+            if let Some(ended) = state.ended.clone() {
+                let position = self.store.read_stream(stream, state.version, 1).await?.first().map_or(0, |e| e.global_position);
                 return Ok((ended, position));
-            };
-            let (change, points) = self.step(tenant, &redemption, &state, &step, meta).await?;
-            self.crash_point(points.0)?;
-            match self.record(stream, &mut state, change, meta).await {
-                Ok(at) => position = at,
+            }
+            let ended = self.redeem(tenant, &redemption, &state, meta).await?;
+            match self.record(stream, &mut state, FlowChange::Ended(ended.clone()), meta).await {
+                Ok(position) => {
+                    self.crash_point("ended")?;
+                    return Ok((ended, position));
+                }
                 Err(FlowError::Store(StoreError::VersionConflict { .. })) => {
                     metrics::counter!("tally_flows_conflicts_total").increment(1);
                     state = self.load(stream).await?;
-                    position = 0;
-                    continue;
                 }
                 Err(error) => return Err(error),
             }
-            self.crash_point(points.1)?;
         }
     }
 
-    /// Does `step` and says what to record of it, with the crash points before and after the record.
-    async fn step(
+    /// The redemption's steps, from the start: reserve (a limited reward), debit, then take or release;
+    /// how it ends.
+    async fn redeem(
         &self,
         tenant: &TenantId,
         redemption: &RewardRedemptionFlow,
         state: &FlowState,
-        step: &RedemptionStep,
         meta: &CommandMeta,
-    ) -> Result<(FlowChange, (&'static str, &'static str)), FlowError> {
+    ) -> Result<FlowEnded, FlowError> {
+        if self.clock.now_ms().saturating_sub(state.started_at_ms) > FLOW_DEBIT_WITHIN_MS {
+            return Err(FlowError::NeedsOperator {
+                reason: "the redemption did not end within the time the wallet and the stock remember its steps; \
+                         an operator must settle it"
+                    .into(),
+            });
+        }
         let reward_stream = codec::reward_stream(tenant, &redemption.reward_id)?;
-        let id = redemption.redemption_id.clone();
-        let ending = || flows::ending(state).ok_or_else(|| FlowError::Unfinished { reason: "no debit recorded".into() });
-        Ok(match *step {
-            RedemptionStep::Debit { reserve_first } => {
-                if self.clock.now_ms().saturating_sub(state.started_at_ms) > FLOW_DEBIT_WITHIN_MS {
-                    return Err(FlowError::NeedsOperator {
-                        reason: "the redemption was not debited within the time the wallet remembers a debit's key; \
-                                 an operator must settle it"
-                            .into(),
-                    });
-                }
-                if reserve_first && let Some(out) = self.reserve(&reward_stream, redemption, meta).await? {
-                    return Ok((FlowChange::Ended(out), ("out_of_stock", "ended")));
-                }
-                (FlowChange::StepRecorded(self.debit(tenant, redemption, meta).await?), ("debited", "debit_recorded"))
-            }
-            RedemptionStep::Complete { take_stock } => {
-                if take_stock {
-                    self.stock_step(&reward_stream, StockOp::Take { redemption_id: id }, meta).await?;
-                }
-                (FlowChange::Ended(ending()?), ("stock_settled", "ended"))
-            }
-            RedemptionStep::Refuse { release_stock } => {
-                if release_stock {
-                    let reason = state.debit.as_ref().and_then(|d| d.refusal.as_ref()).map(|r| r.code.clone()).unwrap_or_default();
-                    self.stock_step(&reward_stream, StockOp::Release { redemption_id: id, reason }, meta).await?;
-                }
-                (FlowChange::Ended(ending()?), ("stock_settled", "ended"))
-            }
-        })
+        if redemption.limited_stock
+            && let Some(out) = self.reserve(&reward_stream, redemption, meta).await?
+        {
+            return Ok(out);
+        }
+        let answer = self.debit(tenant, redemption, meta).await?;
+        self.crash_point("debited")?;
+        if redemption.limited_stock {
+            let redemption_id = redemption.redemption_id.clone();
+            let op = match &answer {
+                DebitAnswer::Paid { .. } => StockOp::Take { redemption_id },
+                DebitAnswer::Refused(refusal) => StockOp::Release { redemption_id, reason: refusal.code.clone() },
+            };
+            self.stock.run(&reward_stream, op, meta.clone()).await.map_err(|e| FlowError::Unfinished { reason: e.to_string() })?;
+            self.crash_point("stock_settled")?;
+        }
+        Ok(flows::ending(&answer))
     }
 
     /// Reserves one of the reward's stock; `Some(end)` when there is none to reserve. While the last units
@@ -446,40 +433,25 @@ impl Inner {
         }
     }
 
-    async fn stock_step(&self, stream: &StreamId, op: StockOp, meta: &CommandMeta) -> Result<(), FlowError> {
-        self.stock.run(stream, op, meta.clone()).await.map(drop).map_err(|e| FlowError::Unfinished { reason: e.to_string() })
-    }
-
     /// The wallet's debit and its answer, which the wallet gives once for good: paid (its `PointsRedeemed`)
     /// or refused (its `RewardRedemptionRefused`, or a wallet that is closed for good). Anything else (the
     /// store, a crashed or busy wallet) leaves the flow where it is.
-    async fn debit(&self, tenant: &TenantId, redemption: &RewardRedemptionFlow, meta: &CommandMeta) -> Result<FlowStepRecorded, FlowError> {
+    async fn debit(&self, tenant: &TenantId, redemption: &RewardRedemptionFlow, meta: &CommandMeta) -> Result<DebitAnswer, FlowError> {
         let wallet = WalletId::parse(&redemption.wallet_id).map_err(|e| FlowError::Unfinished { reason: e.to_string() })?;
         let key = WalletKey::new(tenant.clone(), wallet);
         let command = Command::redeem_reward(&redemption.redemption_id, &redemption.reward_id);
-        let step = STEP_DEBIT_WALLET.to_owned();
-        let refused = |refusal| FlowStepRecorded { step: step.clone(), ok: false, refusal: Some(refusal), ..Default::default() };
         let outcome = match self.registry.execute(&key, command, meta.clone()).await {
             Ok(outcome) => outcome,
-            Err(WalletError::Rejected(rejection @ (Rejection::WalletClosed | Rejection::WalletNotFound))) => {
-                return Ok(refused(flows::refusal(&rejection)));
-            }
+            Err(WalletError::Rejected(rejection @ Rejection::WalletClosed)) => return Ok(DebitAnswer::Refused(flows::refusal(&rejection))),
             Err(error) => return Err(FlowError::Unfinished { reason: error.to_string() }),
         };
         for stored in &outcome.events {
             match &stored.event.change {
                 Change::Redeemed(r) if r.redemption_id == redemption.redemption_id => {
-                    return Ok(FlowStepRecorded {
-                        step,
-                        ok: true,
-                        refusal: None,
-                        points: r.points,
-                        position: stored.position,
-                        balance: outcome.balance,
-                    });
+                    return Ok(DebitAnswer::Paid { points: r.points, balance: outcome.balance });
                 }
                 Change::RewardRefused(r) if r.redemption_id == redemption.redemption_id => {
-                    return Ok(refused(FlowRefusal { code: r.code.clone(), message: r.message.clone() }));
+                    return Ok(DebitAnswer::Refused(FlowRefusal { code: r.code.clone(), message: r.message.clone() }));
                 }
                 _ => {}
             }

@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 use super::CommandMeta;
 use crate::clock::Clock;
 use crate::codec::{self, CodecError};
-use crate::domain::rewards::{StockOp, StockRejection, StockState, apply_stock, decide_stock};
+use crate::domain::rewards::{StockOp, StockRejection, StockState, apply_stock, decide_stock, forget_past, revert_stock};
 use crate::limits::APPEND_EVENTS_MAX;
 use crate::store::{EventStore, ExpectedVersion, StoreError, StreamId};
 
@@ -136,7 +136,9 @@ async fn catch_up(store: &dyn EventStore, stream: &StreamId, state: &mut StockSt
             return Ok(());
         }
         for recorded in events {
-            apply_stock(state, &codec::decode_stock(recorded)?);
+            let event = codec::decode_stock(recorded)?;
+            apply_stock(state, &event);
+            forget_past(state, event.recorded_at_ms);
         }
     }
 }
@@ -150,26 +152,34 @@ async fn serve(store: &dyn EventStore, clock: &dyn Clock, stream: &StreamId, sta
             break Err(error);
         }
         let now_ms = clock.now_ms();
-        let mut next = state.clone();
+        let expected = state.version;
+        // Decided in order against the stock as each earlier op left it, applied as decided, and taken
+        // back if the append fails.
+        let mut decided = Vec::new();
         let mut events = Vec::new();
         let mut answers = Vec::with_capacity(batch.len());
         for waiter in &batch {
-            answers.push(match decide_stock(&next, &waiter.op, now_ms) {
+            answers.push(match decide_stock(state, &waiter.op, now_ms) {
                 Ok(Some(event)) => {
-                    apply_stock(&mut next, &event);
+                    apply_stock(state, &event);
                     events.push(codec::encode_stock(&event, &waiter.meta));
-                    Ok(StockAnswer { changed: true, figures: StockFigures::of(&next) })
+                    decided.push(event);
+                    Ok(StockAnswer { changed: true, figures: StockFigures::of(state) })
                 }
-                Ok(None) => Ok(StockAnswer { changed: false, figures: StockFigures::of(&next) }),
+                Ok(None) => Ok(StockAnswer { changed: false, figures: StockFigures::of(state) }),
                 Err(rejection) => Err(rejection),
             });
         }
         if events.is_empty() {
             break Ok(answers);
         }
-        match store.append(stream, ExpectedVersion::Exact(state.version), events).await {
+        let appended = store.append(stream, ExpectedVersion::Exact(expected), events).await;
+        if appended.is_err() {
+            decided.iter().rev().for_each(|event| revert_stock(state, event));
+        }
+        match appended {
             Ok(_) => {
-                *state = next;
+                forget_past(state, now_ms);
                 break Ok(answers);
             }
             // Another node moved the stock: read it and decide the batch again, after a random wait of

@@ -162,11 +162,11 @@ pub fn decide_stock(state: &StockState, op: &StockOp, now_ms: i64) -> Result<Opt
             }
             StockChange::Reserved(RewardStockReserved { redemption_id: redemption_id.clone(), wallet_id: wallet_id.clone(), quantity: 1 })
         }
-        StockOp::Take { redemption_id } if state.reserved.contains_key(redemption_id) => {
-            StockChange::Taken(RewardStockTaken { redemption_id: redemption_id.clone() })
+        StockOp::Take { redemption_id } if let Some(quantity) = state.reserved.get(redemption_id) => {
+            StockChange::Taken(RewardStockTaken { redemption_id: redemption_id.clone(), quantity: *quantity })
         }
-        StockOp::Release { redemption_id, reason } if state.reserved.contains_key(redemption_id) => {
-            StockChange::Released(RewardStockReleased { redemption_id: redemption_id.clone(), reason: reason.clone() })
+        StockOp::Release { redemption_id, reason } if let Some(quantity) = state.reserved.get(redemption_id) => {
+            StockChange::Released(RewardStockReleased { redemption_id: redemption_id.clone(), reason: reason.clone(), quantity: *quantity })
         }
         StockOp::Take { .. } | StockOp::Release { .. } => return Ok(None),
         StockOp::Restock { idempotency_key, quantity, restocked_by, reason } => {
@@ -225,12 +225,43 @@ pub fn apply_stock(state: &mut StockState, event: &StockEvent) {
         }
     }
     state.version += 1;
+}
+
+/// Forgets the settled redemptions and restocks `RECEIPT_RETENTION_MS` older than `at_ms` (a recorded
+/// time), at most once per `RETENTION_SWEEP_INTERVAL_MS` of it; after each event applied.
+pub fn forget_past(state: &mut StockState, at_ms: i64) {
     if at_ms.saturating_sub(state.swept_at_ms) >= RETENTION_SWEEP_INTERVAL_MS {
         let horizon = at_ms.saturating_sub(RECEIPT_RETENTION_MS);
         state.settled.retain(|_, settled_at| *settled_at > horizon);
         state.restocks.retain(|_, (_, restocked_at)| *restocked_at > horizon);
         state.swept_at_ms = at_ms;
     }
+}
+
+/// Undoes `apply_stock` of `event`, the last event applied, decided by `decide_stock` against the state
+/// before it (a batch whose append failed is taken back this way, without copying the state for each).
+pub fn revert_stock(state: &mut StockState, event: &StockEvent) {
+    match &event.change {
+        StockChange::Restocked(e) => {
+            state.on_hand = state.on_hand.saturating_sub(e.quantity.max(0));
+            state.restocks.remove(&event.idempotency_key);
+        }
+        StockChange::Reserved(e) => {
+            state.on_hand = state.on_hand.saturating_add(e.quantity.max(0));
+            state.reserved.remove(&e.redemption_id);
+        }
+        StockChange::Released(e) => {
+            state.on_hand = state.on_hand.saturating_sub(e.quantity);
+            state.reserved.insert(e.redemption_id.clone(), e.quantity);
+            state.settled.remove(&e.redemption_id);
+        }
+        StockChange::Taken(e) => {
+            state.taken = state.taken.saturating_sub(e.quantity);
+            state.reserved.insert(e.redemption_id.clone(), e.quantity);
+            state.settled.remove(&e.redemption_id);
+        }
+    }
+    state.version -= 1;
 }
 
 #[cfg(test)]
@@ -241,7 +272,11 @@ mod tests {
         let event = decide_stock(state, &op, 1)?;
         let changed = event.is_some();
         if let Some(event) = event {
+            let before = state.clone();
             apply_stock(state, &event);
+            let mut reverted = state.clone();
+            revert_stock(&mut reverted, &event);
+            assert_eq!(reverted, before, "{op:?} reverts to the state before it");
         }
         Ok(changed)
     }
@@ -283,6 +318,7 @@ mod tests {
         let at = |ms: i64, op: StockOp, stock: &mut StockState| {
             let event = decide_stock(stock, &op, ms).unwrap().expect("a change");
             apply_stock(stock, &event);
+            forget_past(stock, ms);
         };
         at(1, restock("k", 5), &mut stock);
         at(2, reserve("r1"), &mut stock);
