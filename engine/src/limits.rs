@@ -124,6 +124,11 @@ pub const QUALIFYING_MONTHS_MAX: usize = 24;
 pub const STAMPS_PER_CARD_MAX: i64 = 1_000;
 const _: () = assert!(DUE_EVENTS_PER_APPEND_MAX + HOLDS_PER_WALLET_MAX + 16 < APPEND_EVENTS_MAX);
 
+/// Longest cancellation window a reward may give its redemptions, in days.
+pub const REDEMPTION_CANCEL_WINDOW_DAYS_MAX: u32 = 90;
+/// How long a wallet remembers a catalogue redemption (what it cost, where its points came from) for its
+/// cancellation: the longest window, and the sweep's slack.
+pub const CATALOGUE_REDEMPTION_MEMORY_MS: i64 = (REDEMPTION_CANCEL_WINDOW_DAYS_MAX as i64 + 2) * 86_400_000;
 /// Most stock one restock adds to a reward.
 pub const RESTOCK_QUANTITY_MAX: i64 = 1_000_000_000;
 /// Most stock a reward holds on hand.

@@ -37,13 +37,20 @@ fn reward(id: &str, points: i64, limited_stock: bool, per_customer_max: i64) -> 
         available_until_ms: 0,
         min_tier_id: String::new(),
         active: true,
+        // Mugs can be brought back within a week; the rest cannot.
+        cancel_window_days: if id == "mug" { 7 } else { 0 },
     };
     (id.to_owned(), reward)
 }
 
 fn program() -> ProgramSettings {
     let rewards = [reward("mug", 120, true, 0), reward("tote", 50, false, 2), reward("cap", 70, true, 1)].into_iter().collect();
-    ProgramSettings { rewards: Arc::new(rewards), ..ProgramSettings::default() }
+    // Earned points expire 30 days after they were earned, at the end of that day's month.
+    let expiry = tally_engine::domain::ExpiryPolicy {
+        rule: Some(tally_proto::v1::expiry_policy::Rule::After(tally_proto::v1::ExpireAfter { months: 0, days: 30, at_month_end: false })),
+        notice_days: 0,
+    };
+    ProgramSettings { rewards: Arc::new(rewards), expiry, ..ProgramSettings::default() }
 }
 
 /// A node: a registry and its flows, on `store`, crashing where `crash_at` says (once).
@@ -92,6 +99,10 @@ impl Node {
 
     async fn redeem(&self, wallet_id: &str, reward_id: &str, redemption_id: &str) -> Result<tally_engine::actors::Redemption, FlowError> {
         self.flows.redeem_reward(&tenant(), &wallet(wallet_id), reward_id, redemption_id, CommandMeta::default()).await
+    }
+
+    async fn cancel(&self, wallet_id: &str, redemption_id: &str) -> Result<tally_engine::actors::Redemption, FlowError> {
+        self.flows.cancel_redemption(&tenant(), &wallet(wallet_id), redemption_id, "returned", CommandMeta::default()).await
     }
 
     /// Waits until the resumer has ended every open flow.
@@ -168,6 +179,100 @@ async fn a_refusal_takes_nothing() {
     assert!(matches!(nobody, Err(FlowError::Rejected(tally_engine::domain::Rejection::WalletNotFound))), "nothing started: {nobody:?}");
     assert_eq!(node.balance("ann").await, 100);
     node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completed_redemption_is_cancelled_once_within_its_window() {
+    use tally_engine::domain::flows::CancelRefusal;
+    let store: Arc<dyn EventStore> = InMemoryStore::new();
+    let clock = Arc::new(ManualClock::new(START_MS));
+    let node = node(&store, &clock, None).await;
+    node.open_wallet("ann", 300).await;
+    node.restock("mug", 1).await;
+    let earned_lot_expiry = || async {
+        let summary = node.registry.summary(&WalletKey::new(tenant(), wallet("ann"))).await.unwrap();
+        summary.upcoming_expiries.clone()
+    };
+    let before = earned_lot_expiry().await;
+    assert!(completed(&node.redeem("ann", "mug", "r-1").await.unwrap()));
+    clock.advance_ms(86_400_000);
+
+    let cancelled = node.cancel("ann", "r-1").await.unwrap();
+    assert_eq!(cancelled.ended.outcome, FlowOutcome::Cancelled as i32);
+    assert_eq!((cancelled.ended.points, cancelled.ended.balance, cancelled.replayed), (120, 300, false));
+    assert_eq!(earned_lot_expiry().await, before, "the points came back expiring when they would have");
+    let again = node.cancel("ann", "r-1").await.unwrap();
+    assert!(again.replayed && again.ended == cancelled.ended);
+    let stock = node.flows.stock(&tenant(), "mug").await.unwrap();
+    assert_eq!((stock.on_hand, stock.reserved, stock.taken), (1, 0, 0), "the mug is back on the shelf");
+    let redeemed = node.redeem("ann", "mug", "r-1").await.unwrap();
+    assert!(redeemed.replayed && completed(&redeemed), "the redemption's own answer stays");
+
+    // The mug can be redeemed again, and that redemption not cancelled after a week.
+    assert!(completed(&node.redeem("ann", "mug", "r-2").await.unwrap()));
+    clock.advance_ms(7 * 86_400_000);
+    assert!(matches!(node.cancel("ann", "r-2").await, Err(FlowError::Cancel(CancelRefusal::WindowClosed { .. }))));
+    // Nothing else can be cancelled: another wallet's, a refused one, a reward that allows none, none.
+    node.open_wallet("bob", 10).await;
+    assert!(matches!(node.cancel("bob", "r-2").await, Err(FlowError::Cancel(CancelRefusal::NotFound(_)))));
+    assert!(!completed(&node.redeem("bob", "tote", "r-3").await.unwrap()));
+    assert!(matches!(node.cancel("bob", "r-3").await, Err(FlowError::Cancel(CancelRefusal::NotCompleted(_)))));
+    assert!(completed(&node.redeem("ann", "tote", "r-4").await.unwrap()));
+    assert!(matches!(node.cancel("ann", "r-4").await, Err(FlowError::Cancel(CancelRefusal::NotCancellable))));
+    assert!(matches!(node.cancel("ann", "r-9").await, Err(FlowError::Cancel(CancelRefusal::NotFound(_)))));
+    assert_eq!(node.balance("ann").await, 300 - 120 - 50);
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn points_given_back_after_their_time_expire_with_the_cancellation() {
+    let store: Arc<dyn EventStore> = InMemoryStore::new();
+    let clock = Arc::new(ManualClock::new(START_MS));
+    let node = node(&store, &clock, None).await;
+    node.open_wallet("ann", 300).await;
+    node.restock("mug", 1).await;
+    clock.advance_ms(28 * 86_400_000);
+    assert!(completed(&node.redeem("ann", "mug", "r-1").await.unwrap()));
+    clock.advance_ms(3 * 86_400_000);
+    // The rest of the lot expired meanwhile; the 120 given back are past their time too.
+    let cancelled = node.cancel("ann", "r-1").await.unwrap();
+    assert_eq!(cancelled.ended.outcome, FlowOutcome::Cancelled as i32);
+    let summary = node.registry.summary(&WalletKey::new(tenant(), wallet("ann"))).await.unwrap();
+    assert_eq!((summary.balance, summary.lifetime_expired, summary.lifetime_redeemed), (0, 300, 0), "{summary:?}");
+    node.stop().await;
+}
+
+/// Cancels a completed redemption, stopping at `point`, restarts the node and lets the resumer end it;
+/// the balance and the stock after.
+async fn cancel_crash_and_resume(point: &'static str) -> (i64, (i64, i64, i64), usize) {
+    let store: Arc<dyn EventStore> = InMemoryStore::new();
+    let clock = Arc::new(ManualClock::new(START_MS));
+    let first = node(&store, &clock, Some(point)).await;
+    first.open_wallet("ann", 500).await;
+    first.restock("mug", 3).await;
+    assert!(completed(&first.redeem("ann", "mug", "r-1").await.unwrap()));
+    let stopped = first.cancel("ann", "r-1").await;
+    first.stop().await;
+    assert!(matches!(stopped, Err(FlowError::Interrupted { .. })), "{point}: {stopped:?}");
+    clock.advance_ms(FLOW_RESUME_AFTER_MS);
+    let second = node(&store, &clock, None).await;
+    second.settled(&store).await;
+    let again = second.cancel("ann", "r-1").await.unwrap();
+    assert!(again.replayed, "{point}: the resumer ended it");
+    let stock = second.flows.stock(&tenant(), "mug").await.unwrap();
+    let events = store.read_stream(&tally_engine::codec::wallet_stream(&tenant(), &wallet("ann")), 1, 100).await.unwrap();
+    let refunds = events.iter().filter(|e| e.data.event_type == "tally.v1.RewardRedemptionCancelled").count();
+    let balance = second.balance("ann").await;
+    second.stop().await;
+    (balance, (stock.on_hand, stock.reserved, stock.taken), refunds)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_any_two_steps_of_a_cancellation_ends_it_exactly_once() {
+    let runs: Vec<_> = tally_engine::actors::CANCEL_CRASH_POINTS.iter().map(|point| (*point, tokio::spawn(cancel_crash_and_resume(point)))).collect();
+    for (point, run) in runs {
+        assert_eq!(run.await.unwrap(), (500, (3, 0, 0), 1), "crashed at {point}");
+    }
 }
 
 /// Stops a redemption at `point`, restarts the node, lets the resumer end it; what it cost and what

@@ -10,7 +10,7 @@ use tally_engine::domain::{
     Change, Command, CommandBody, Context, Decision, DueView, Event, ProgramSettings, ReturnPolicy, TenantId, WalletId, WalletState,
     WalletStatus, apply, decide,
 };
-use tally_engine::domain::{capture_key, due_key, reward_debit_key, void_key};
+use tally_engine::domain::{capture_key, due_key, reward_cancel_key, reward_debit_key, void_key};
 use tally_engine::limits::RECEIPT_RETENTION_MS;
 
 const MINUTE: i64 = 60_000;
@@ -165,6 +165,7 @@ fn body() -> impl Strategy<Value = CommandBody> {
         1 => Just(CommandBody::RunDue),
         3 => (0..6u8, prop_oneof![Just("mug"), Just("tote"), Just("lounge"), Just("retired"), Just("summer"), Just("none")])
             .prop_map(|(id, reward)| CommandBody::RedeemReward { redemption_id: format!("red-{id}"), reward_id: reward.into() }),
+        2 => (0..6u8).prop_map(|id| CommandBody::CancelRewardRedemption { redemption_id: format!("red-{id}"), reason: "returned".into() }),
         2 => (1..12i64).prop_map(|count| CommandBody::AddStamps { card_id: "coffee".into(), count, reason: "pos".into() }),
         2 => (0..6u8, prop_oneof![Just("p-on"), Just("p-off"), Just("p-none")]).prop_map(|(id, package)| CommandBody::PurchaseCredits {
             purchase_id: format!("pay-{id}"),
@@ -183,6 +184,7 @@ fn command(key: u8, body: CommandBody) -> Command {
         CommandBody::VoidRedemption { hold_id } => void_key(hold_id),
         CommandBody::RunDue => due_key(i64::from(key)),
         CommandBody::RedeemReward { redemption_id, .. } => reward_debit_key(redemption_id),
+        CommandBody::CancelRewardRedemption { redemption_id, .. } => reward_cancel_key(redemption_id),
         _ => format!("k{key}"),
     };
     Command::new(key, body)

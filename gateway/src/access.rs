@@ -42,6 +42,7 @@ pub const POLICY: &[(&str, &[Role])] = &[
     ("tally.v1.WalletService/PurchaseCredits", &[Pos, Storefront, Platform]),
     ("tally.v1.WalletService/AddStamps", &[Pos, Storefront, Platform]),
     ("tally.v1.WalletService/RedeemReward", &[Pos, Storefront, Platform]),
+    ("tally.v1.WalletService/CancelRedemption", &[Pos, Storefront, Staff, Platform]),
     ("tally.v1.WalletService/Close", &[Staff, Platform]),
     ("tally.v1.WalletService/EraseCustomer", &[Operator, Platform]),
     ("tally.v1.WalletService/GetWallet", &[Pos, Storefront, Staff, Auditor, Platform]),

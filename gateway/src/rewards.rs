@@ -3,6 +3,7 @@
 //! `ListFlows`); `DefineReward` is a program command like the others (`admin.rs`).
 
 use tally_engine::actors::{CommandMeta, FlowError, Flows, OpenFlow, ProgramBook, StockError, StockFigures};
+use tally_engine::domain::flows::CancelRefusal;
 use tally_engine::domain::rewards::{StockOp, StockRejection};
 use tally_engine::domain::{Rejection, TenantId, WalletId};
 use tally_proto::v1 as pb;
@@ -44,8 +45,45 @@ pub(crate) async fn redeem(
     })
 }
 
+/// Cancels the wallet's completed redemption `r.redemption_id`: the points and stock given back, or the
+/// status of why not.
+pub(crate) async fn cancel(
+    flows: &Flows,
+    tenant: &TenantId,
+    wallet: &WalletId,
+    r: pb::CancelRedemptionRequest,
+    meta: CommandMeta,
+) -> Result<pb::CancelRedemptionResponse, Status> {
+    tally_engine::domain::program::check_id("redemption_id", &r.redemption_id).map_err(|e| status::from_field_error(&e))?;
+    if r.reason.len() > tally_engine::limits::REASON_BYTES_MAX || r.reason.chars().any(char::is_control) {
+        return Err(status::invalid("reason", &format!("must be at most {} bytes without control characters", tally_engine::limits::REASON_BYTES_MAX)));
+    }
+    let cancelled =
+        flows.cancel_redemption(tenant, wallet, &r.redemption_id, &r.reason, meta).await.map_err(|e| from_flow_error(&e))?;
+    let ended = cancelled.ended;
+    if ended.outcome != FlowOutcome::Cancelled as i32 {
+        let refusal = ended.refusal.unwrap_or_default();
+        return Err(status::from_refusal(&refusal.code, refusal.message));
+    }
+    Ok(pb::CancelRedemptionResponse {
+        redemption_id: r.redemption_id,
+        reward_id: cancelled.reward_id,
+        points: ended.points,
+        balance: ended.balance,
+        replayed: cancelled.replayed,
+        position: cancelled.position,
+    })
+}
+
 fn from_flow_error(error: &FlowError) -> Status {
     match error {
+        FlowError::Cancel(refusal) => match refusal {
+            CancelRefusal::NotFound(_) => Status::not_found(error.to_string()),
+            CancelRefusal::InProgress => Status::unavailable(format!("{error}; retry with the same redemption id")),
+            CancelRefusal::NotCompleted(_) => status::precondition("REDEMPTION_NOT_COMPLETED", "redemption_id", error.to_string()),
+            CancelRefusal::NotCancellable => status::precondition("NOT_CANCELLABLE", "redemption_id", error.to_string()),
+            CancelRefusal::WindowClosed { .. } => status::precondition("CANCEL_WINDOW_CLOSED", "redemption_id", error.to_string()),
+        },
         FlowError::Rejected(rejection) => status::from_rejection(rejection),
         FlowError::RedemptionIdReused { .. } => Status::already_exists(error.to_string()),
         FlowError::Unfinished { .. } | FlowError::NotStarted { .. } | FlowError::Interrupted { .. } => {

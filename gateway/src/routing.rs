@@ -256,6 +256,7 @@ routed! {
     void_redemption(VoidRedemptionRequest) -> WalletMutation;
     purchase_credits(PurchaseCreditsRequest) -> WalletMutation;
     redeem_reward(RedeemRewardRequest) -> RedeemRewardResponse;
+    cancel_redemption(CancelRedemptionRequest) -> CancelRedemptionResponse;
     close(CloseRequest) -> WalletMutation;
     erase_customer(EraseCustomerRequest) -> WalletMutation;
     get_wallet(GetWalletRequest) -> Wallet;

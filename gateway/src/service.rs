@@ -15,7 +15,7 @@ use tally_proto::v1::wallet_service_server::WalletService;
 use tally_proto::v1::{
     AdjustRequest, AuthorizeRedemptionRequest, CaptureRedemptionRequest, CloseRequest, EarnForOrderRequest, EarnRequest, EnrollRequest,
     EraseCustomerRequest, GetWalletRequest, ListTransactionsRequest, ListTransactionsResponse, PurchaseCreditsRequest, RedeemRequest,
-    RedeemRewardRequest, RedeemRewardResponse, RefundOrderRequest, ReverseRequest, VoidRedemptionRequest, Wallet, WalletMutation,
+    CancelRedemptionRequest, CancelRedemptionResponse, RedeemRewardRequest, RedeemRewardResponse, RefundOrderRequest, ReverseRequest, VoidRedemptionRequest, Wallet, WalletMutation,
 };
 
 use tokio::sync::{Semaphore, SemaphorePermit};
@@ -373,6 +373,14 @@ impl WalletService for WalletApi {
         let meta = command_meta(&metadata, &extensions)?;
         let _permit = self.admit()?;
         Ok(Response::new(crate::rewards::redeem(&self.engine.flows, &key.tenant, &key.wallet, r, meta).await?))
+    }
+
+    async fn cancel_redemption(&self, request: Request<CancelRedemptionRequest>) -> Result<Response<CancelRedemptionResponse>, Status> {
+        let (metadata, extensions, r) = request.into_parts();
+        let key = self.wallet_key(&extensions, &r.tenant_id, &r.wallet_id).await?;
+        let meta = command_meta(&metadata, &extensions)?;
+        let _permit = self.admit()?;
+        Ok(Response::new(crate::rewards::cancel(&self.engine.flows, &key.tenant, &key.wallet, r, meta).await?))
     }
 
     async fn close(&self, request: Request<CloseRequest>) -> Result<Response<WalletMutation>, Status> {

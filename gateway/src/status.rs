@@ -93,13 +93,14 @@ pub fn from_rejection(rejection: &Rejection) -> Status {
         Rejection::RewardNotAvailable { .. } => precondition("REWARD_NOT_AVAILABLE", "reward_id", message),
         Rejection::RewardLimitReached { .. } => precondition("REWARD_LIMIT_REACHED", "reward_id", message),
         Rejection::TierTooLow { .. } => precondition("TIER_TOO_LOW", "reward_id", message),
+        Rejection::UnknownRedemption { .. } => Status::not_found(message),
     }
 }
 
 /// The answer to a redemption a step refused: the recorded code, as the wallet's own refusal would be.
 pub fn from_refusal(code: &str, message: String) -> Status {
     match code {
-        "WALLET_NOT_FOUND" => Status::not_found(message),
+        "WALLET_NOT_FOUND" | "REDEMPTION_UNKNOWN" => Status::not_found(message),
         "UNKNOWN_REWARD" => {
             Status::with_error_details(Code::NotFound, message.clone(), ErrorDetails::with_bad_request_violation("reward_id", message))
         }

@@ -115,6 +115,14 @@ pub(crate) fn transaction(stored: &StoredWalletEvent) -> Transaction {
             stamps: vec![StampAward { card: e.card_id.clone(), count: e.count }],
             ..base
         },
+        Change::RewardCancelled(e) => Transaction {
+            kind: kind(TransactionKind::RedemptionCancelled),
+            reason: e.reason.clone(),
+            reference: e.reward_id.clone(),
+            expires_at: expires(e.lot.as_ref()),
+            lots: e.lot.iter().filter(|l| l.points != 0).map(|l| LotPoints { lot: l.lot, points: l.points }).collect(),
+            ..base
+        },
         Change::RewardRefused(e) => Transaction {
             kind: kind(TransactionKind::RewardRefused),
             reason: format!("{}: {}", e.code, e.message),

@@ -241,6 +241,8 @@ fn decode_one(mut recorded: RecordedEvent, tenant: Arc<str>, wallet: Arc<str>) -
         // A full card's reward points are earned points.
         Change::CardCompleted(e) => (MovementKind::Earn, e.reward_ref, format!("card:{}", e.card_id)),
         Change::RewardRefused(e) => (MovementKind::Refused, format!("{}: {}", e.code, e.message), e.reward_id),
+        // A cancelled redemption is a redemption of negative points: finance's redemptions are net.
+        Change::RewardCancelled(e) => (MovementKind::Redeem, e.reason, e.reward_id),
     };
     Ok(Movement {
         position,

@@ -15,7 +15,8 @@ use tally_engine::domain::WalletState;
 /// 128-bit BLAKE3 digest new events record, or an old event's 64-bit FNV-1a (issue 15 item 18).
 /// 6: the customer's sealed personal data and whether it was erased (`customer_sealed`,
 /// `customer_erased`; issue 19 item 4). 7: catalogue rewards redeemed per reward (`rewards_redeemed`,
-/// for per-customer limits; issue 20).
+/// for per-customer limits) and recent catalogue redemptions (`catalogue_redemptions`, for their
+/// cancellation; issue 20).
 pub const FORMAT_VERSION: u16 = 7;
 const HEADER_BYTES: usize = 2 + 8 + 4;
 

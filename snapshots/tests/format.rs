@@ -28,6 +28,7 @@ fn history(bodies: &[CommandBody]) -> Vec<Event> {
             CommandBody::AuthorizeRedemption { hold_id, .. } => hold_id.clone(),
             CommandBody::PurchaseCredits { purchase_id, .. } => purchase_id.clone(),
             CommandBody::RedeemReward { redemption_id, .. } => tally_engine::domain::reward_debit_key(redemption_id),
+            CommandBody::CancelRewardRedemption { redemption_id, .. } => tally_engine::domain::reward_cancel_key(redemption_id),
             _ => format!("k-{i}"),
         };
         if let Ok(Decision::Append(new)) = decide(&state, &Command::new(key, body.clone()), &ctx) {
@@ -135,6 +136,8 @@ fn golden_history() -> Vec<Event> {
         CommandBody::PurchaseCredits { purchase_id: "pay-1".into(), package_id: "p-500".into() },
         CommandBody::AddStamps { card_id: "coffee".into(), count: 7, reason: "pos".into() },
         CommandBody::RedeemReward { redemption_id: "red-1".into(), reward_id: "mug".into() },
+        CommandBody::RedeemReward { redemption_id: "red-2".into(), reward_id: "mug".into() },
+        CommandBody::CancelRewardRedemption { redemption_id: "red-2".into(), reason: "returned".into() },
     ])
 }
 
@@ -150,7 +153,8 @@ fn the_format_matches_its_golden_file() {
     assert_eq!(state.stamp_cards().map(|(id, c)| (id, c.stamps, c.completed)).collect::<Vec<_>>(), [("coffee", 2, 1)]);
     assert_eq!((state.orders_placed, state.source("order-3").unwrap().refunded_minor), (2, 1_000), "every command was accepted");
     assert_eq!((state.held_points, state.lifetime_purchased), (20, 500));
-    assert_eq!(state.rewards_redeemed("mug"), 1, "the catalogue redemption was accepted");
+    assert_eq!(state.rewards_redeemed("mug"), 1, "two catalogue redemptions, one cancelled");
+    assert!(state.catalogue_redemption("red-2").is_some_and(|r| r.cancelled));
     assert_eq!(
         state.rule_points(
             "weekly",

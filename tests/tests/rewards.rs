@@ -11,7 +11,7 @@ use std::time::Duration;
 use tally_proto::v1::admin_service_client::AdminServiceClient;
 use tally_proto::v1::wallet_service_client::WalletServiceClient;
 use tally_proto::v1::{
-    DefineRewardRequest, EarnRequest, EnrollRequest, GetWalletRequest, ListFlowsRequest, ListRewardsRequest, RedeemRewardRequest,
+    CancelRedemptionRequest, DefineRewardRequest, EarnRequest, EnrollRequest, GetWalletRequest, ListFlowsRequest, ListRewardsRequest, RedeemRewardRequest,
     RestockRewardRequest, RewardDefined, RewardStock,
 };
 use tally_tests::{Authed, TallyServer};
@@ -29,6 +29,7 @@ fn reward(id: &str, points: i64, limited_stock: bool, per_customer_max: i64) -> 
         limited_stock,
         per_customer_max,
         active: true,
+        cancel_window_days: 7,
         ..Default::default()
     }
 }
@@ -139,6 +140,31 @@ async fn a_redemption_takes_stock_and_points_once_and_a_refusal_takes_nothing() 
         .await
         .unwrap_err();
     assert_eq!(reason(&unlimited), "STOCK_UNLIMITED");
+
+    // A mug brought back: its points and the mug itself return, once.
+    let cancel = |wallet: &str, id: &str| CancelRedemptionRequest {
+        tenant_id: "demo".into(),
+        wallet_id: wallet.into(),
+        redemption_id: id.into(),
+        reason: "brought back".into(),
+    };
+    let cancelled = wallets.cancel_redemption(cancel("ann", "r-1")).await.unwrap().into_inner();
+    assert_eq!((cancelled.points, cancelled.balance, cancelled.replayed, cancelled.reward_id.as_str()), (120, 260, false, "mug"));
+    assert!(wallets.cancel_redemption(cancel("ann", "r-1")).await.unwrap().into_inner().replayed);
+    let mug = stock(&mut admin, "mug").await;
+    assert_eq!((mug.on_hand, mug.reserved, mug.taken), (1, 0, 0));
+    let refused = wallets.cancel_redemption(cancel("bob", "r-3")).await.unwrap_err();
+    assert_eq!((refused.code(), reason(&refused).as_str()), (Code::FailedPrecondition, "REDEMPTION_NOT_COMPLETED"));
+    assert_eq!(wallets.cancel_redemption(cancel("bob", "r-1")).await.unwrap_err().code(), Code::NotFound, "another wallet's");
+    assert_eq!(wallets.cancel_redemption(cancel("ann", "r-404")).await.unwrap_err().code(), Code::NotFound);
+    let history = wallets
+        .list_transactions(tally_proto::v1::ListTransactionsRequest { tenant_id: "demo".into(), wallet_id: "ann".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .transactions;
+    let newest = &history[0];
+    assert_eq!((newest.kind(), newest.points, newest.reference.as_str()), (tally_proto::v1::TransactionKind::RedemptionCancelled, 120, "mug"));
     let open = admin.list_flows(ListFlowsRequest { tenant_id: "demo".into(), stuck_only: false }).await.unwrap().into_inner();
     assert!(open.flows.is_empty(), "every redemption ended: {open:?}");
 

@@ -23,7 +23,7 @@ use super::stock::{StockAnswer, StockBook, StockError, StockFigures};
 use super::{CommandMeta, Owns, Programs, WalletError, WalletKey, WalletRegistry};
 use crate::clock::Clock;
 use crate::codec::{self, CodecError};
-use crate::domain::flows::{self, DebitAnswer, FlowChange, FlowEvent, FlowState, OUT_OF_STOCK, apply_flow};
+use crate::domain::flows::{self, CancelRefusal, DebitAnswer, FlowChange, FlowEvent, FlowState, OUT_OF_STOCK, apply_flow};
 use crate::domain::rewards::{StockOp, StockRejection};
 use crate::domain::{Change, Command, Rejection, TenantId, WalletId};
 use crate::limits::{FLOW_DEBIT_WITHIN_MS, FLOW_RESUME_AFTER_MS, FLOW_STUCK_AFTER_MS};
@@ -45,6 +45,9 @@ const RESERVE_RETRY_MS: u64 = 10;
 /// the stock is reserved, after the wallet's debit, after the stock is taken or released, after the end
 /// is recorded.
 pub const CRASH_POINTS: [&str; 5] = ["started", "reserved", "debited", "stock_settled", "ended"];
+/// The same for a cancellation: after its request is recorded, after the wallet gave the points back,
+/// after the stock was returned, after its end is recorded.
+pub const CANCEL_CRASH_POINTS: [&str; 4] = ["cancel_requested", "refunded", "stock_returned", "cancelled"];
 
 /// Called at each point between two steps with the point's name; `true` stops the flow there as if the
 /// process had died (tests). The product's hook (`tally serve` with `TALLY_TEST_CRASH_AT`) aborts the
@@ -71,6 +74,9 @@ pub enum FlowError {
     /// The flow cannot go on by itself: an operator must settle it.
     #[error("the redemption cannot go on by itself: {reason}")]
     NeedsOperator { reason: String },
+    /// The redemption cannot be cancelled.
+    #[error(transparent)]
+    Cancel(#[from] CancelRefusal),
     /// A test's crash point stopped the flow.
     #[error("stopped at crash point {point}")]
     Interrupted { point: String },
@@ -86,8 +92,9 @@ pub struct Redemption {
     pub ended: FlowEnded,
     /// The global position of the flow's last event.
     pub position: u64,
-    /// The redemption had ended before this call.
+    /// The redemption (or its cancellation) had ended before this call.
     pub replayed: bool,
+    pub reward_id: String,
 }
 
 /// An open flow, as listed.
@@ -214,11 +221,12 @@ impl Flows {
         meta: CommandMeta,
     ) -> Result<Redemption, FlowError> {
         let stream = codec::flow_stream(tenant, redemption_id)?;
-        let wanted = |limited_stock| RewardRedemptionFlow {
+        let wanted = |reward: &tally_proto::v1::RewardDefined| RewardRedemptionFlow {
             redemption_id: redemption_id.to_owned(),
             wallet_id: wallet.to_string(),
             reward_id: reward_id.to_owned(),
-            limited_stock,
+            limited_stock: reward.limited_stock,
+            cancel_window_days: reward.cancel_window_days,
         };
         let lock = self.inner.lock_for(&stream);
         let _driving = lock.lock().await;
@@ -236,7 +244,7 @@ impl Flows {
                 Ok(_) => {}
                 Err(error) => return Err(FlowError::NotStarted { reason: error.to_string() }),
             }
-            let started = flows::redemption_started(wanted(reward.limited_stock));
+            let started = flows::redemption_started(wanted(&reward));
             match self.inner.record(&stream, &mut state, started, &meta).await {
                 Ok(_) => self.inner.crash_point("started")?,
                 // Started by another call meanwhile (another node): it is what the log says.
@@ -249,8 +257,46 @@ impl Flows {
             _ => return Err(FlowError::RedemptionIdReused { redemption_id: redemption_id.to_owned() }),
         }
         let replayed = state.ended.is_some();
-        let (ended, position) = self.inner.drive(tenant, &stream, state, &meta).await?;
-        Ok(Redemption { ended, position, replayed })
+        let (state, position) = self.inner.drive(tenant, &stream, state, &meta).await?;
+        let reward_id = state.redemption.map(|r| r.reward_id).unwrap_or_default();
+        let Some(ended) = state.ended else { unreachable!("a flow driven to its end has ended") };
+        Ok(Redemption { ended, position, replayed, reward_id })
+    }
+
+    /// Cancels the completed redemption `redemption_id` of `wallet`: records the request (or finds it)
+    /// and drives the cancellation to its end — the points back in the wallet, the stock back on hand.
+    /// The answer is the cancellation's end: CANCELLED, or COMPLETED with the wallet's refusal.
+    pub async fn cancel_redemption(
+        &self,
+        tenant: &TenantId,
+        wallet: &WalletId,
+        redemption_id: &str,
+        reason: &str,
+        meta: CommandMeta,
+    ) -> Result<Redemption, FlowError> {
+        let stream = codec::flow_stream(tenant, redemption_id)?;
+        let lock = self.inner.lock_for(&stream);
+        let _driving = lock.lock().await;
+        let mut state = self.inner.load(&stream).await?;
+        let replayed = loop {
+            match flows::decide_cancel(&state, wallet.as_str(), reason, self.inner.clock.now_ms()) {
+                Err(CancelRefusal::NotFound(_)) => return Err(CancelRefusal::NotFound(redemption_id.to_owned()).into()),
+                Err(refusal) => return Err(refusal.into()),
+                Ok(None) => break state.cancelled.is_some(),
+                Ok(Some(request)) => match self.inner.record(&stream, &mut state, request, &meta).await {
+                    Ok(_) => {
+                        self.inner.crash_point("cancel_requested")?;
+                        break false;
+                    }
+                    Err(FlowError::Store(StoreError::VersionConflict { .. })) => state = self.inner.load(&stream).await?,
+                    Err(error) => return Err(error),
+                },
+            }
+        };
+        let (state, position) = self.inner.drive(tenant, &stream, state, &meta).await?;
+        let reward_id = state.redemption.map(|r| r.reward_id).unwrap_or_default();
+        let Some(cancelled) = state.cancelled else { unreachable!("a cancellation driven to its end has ended") };
+        Ok(Redemption { ended: cancelled, position, replayed, reward_id })
     }
 
     /// Open flows of `tenant` (all tenants: `None`), oldest first; `stuck_only`: those without progress
@@ -271,7 +317,7 @@ impl Flows {
                     redemption,
                     started_at_ms: watched.state.started_at_ms,
                     progress_at_ms: watched.state.progress_at_ms,
-                    step: "redeeming",
+                    step: if watched.state.ended.is_none() { "redeeming" } else { "cancelling" },
                     last_error: watched.last_error.clone(),
                     attempts: watched.attempts,
                     stuck,
@@ -328,30 +374,36 @@ impl Inner {
         if (self.crash)(point) { Err(FlowError::Interrupted { point: point.to_owned() }) } else { Ok(()) }
     }
 
-    /// Drives a redemption to its end: how it ended, and the position of its end. Every step answers the
-    /// same however often it is done, so a driver resuming a redemption does them all from the start;
-    /// when another driver recorded the end first (a version conflict), that end is the answer.
+    /// Drives a redemption, and a cancellation asked for after it, to their ends: the flow then, and the
+    /// position of its last event. Every step answers the same however often it is done, so a driver
+    /// resuming either does all its steps from the start; when another driver recorded an end first (a
+    /// version conflict), that end is the answer.
     async fn drive(
         &self,
         tenant: &TenantId,
         stream: &StreamId,
         mut state: FlowState,
         meta: &CommandMeta,
-    ) -> Result<(FlowEnded, u64), FlowError> {
+    ) -> Result<(FlowState, u64), FlowError> {
         loop {
             let Some(redemption) = state.redemption.clone() else {
                 let reason = "a flow stream without its start".to_owned();
                 return Err(CodecError::Undecodable { position: 0, event_type: "tally.v1.FlowStarted".into(), reason }.into());
             };
-            if let Some(ended) = state.ended.clone() {
+            let (end, crash_point) = if state.ended.is_none() {
+                (self.redeem(tenant, &redemption, &state, meta).await?, "ended")
+            } else if state.cancel.is_some() && state.cancelled.is_none() {
+                (self.cancel(tenant, &redemption, &state, meta).await?, "cancelled")
+            } else {
                 let position = self.store.read_stream(stream, state.version, 1).await?.first().map_or(0, |e| e.global_position);
-                return Ok((ended, position));
-            }
-            let ended = self.redeem(tenant, &redemption, &state, meta).await?;
-            match self.record(stream, &mut state, FlowChange::Ended(ended.clone()), meta).await {
+                return Ok((state, position));
+            };
+            match self.record(stream, &mut state, FlowChange::Ended(end), meta).await {
                 Ok(position) => {
-                    self.crash_point("ended")?;
-                    return Ok((ended, position));
+                    self.crash_point(crash_point)?;
+                    if !state.is_open() {
+                        return Ok((state, position));
+                    }
                 }
                 Err(FlowError::Store(StoreError::VersionConflict { .. })) => {
                     metrics::counter!("tally_flows_conflicts_total").increment(1);
@@ -360,6 +412,49 @@ impl Inner {
                 Err(error) => return Err(error),
             }
         }
+    }
+
+    /// A cancellation's steps, from the start: the wallet gives the points back, then (a limited reward)
+    /// the stock goes back on hand; how it ends.
+    async fn cancel(
+        &self,
+        tenant: &TenantId,
+        redemption: &RewardRedemptionFlow,
+        state: &FlowState,
+        meta: &CommandMeta,
+    ) -> Result<FlowEnded, FlowError> {
+        if self.clock.now_ms().saturating_sub(state.cancel_requested_at_ms) > FLOW_DEBIT_WITHIN_MS {
+            return Err(FlowError::NeedsOperator {
+                reason: "the cancellation did not end within the time the wallet and the stock remember its steps; \
+                         an operator must settle it"
+                    .into(),
+            });
+        }
+        let wallet = WalletId::parse(&redemption.wallet_id).map_err(|e| FlowError::Unfinished { reason: e.to_string() })?;
+        let reason = state.cancel.as_ref().map(|c| c.reason.clone()).unwrap_or_default();
+        let command = Command::cancel_reward_redemption(&redemption.redemption_id, reason);
+        let answer = match self.registry.execute(&WalletKey::new(tenant.clone(), wallet), command, meta.clone()).await {
+            Ok(outcome) => outcome.events.iter().find_map(|stored| match &stored.event.change {
+                Change::RewardCancelled(c) if c.redemption_id == redemption.redemption_id => {
+                    Some(DebitAnswer::Paid { points: c.points, balance: outcome.balance })
+                }
+                _ => None,
+            }),
+            // Both for good: a closed wallet stays closed, a forgotten redemption stays forgotten.
+            Err(WalletError::Rejected(rejection @ (Rejection::WalletClosed | Rejection::UnknownRedemption { .. }))) => {
+                Some(DebitAnswer::Refused(flows::refusal(&rejection)))
+            }
+            Err(error) => return Err(FlowError::Unfinished { reason: error.to_string() }),
+        };
+        let answer = answer.ok_or_else(|| FlowError::Unfinished { reason: "the wallet's answer names no cancellation".into() })?;
+        self.crash_point("refunded")?;
+        if redemption.limited_stock && matches!(answer, DebitAnswer::Paid { .. }) {
+            let reward_stream = codec::reward_stream(tenant, &redemption.reward_id)?;
+            let op = StockOp::Return { redemption_id: redemption.redemption_id.clone() };
+            self.stock.run(&reward_stream, op, meta.clone()).await.map_err(|e| FlowError::Unfinished { reason: e.to_string() })?;
+            self.crash_point("stock_returned")?;
+        }
+        Ok(flows::cancellation_ending(&answer))
     }
 
     /// The redemption's steps, from the start: reserve (a limited reward), debit, then take or release;
@@ -468,33 +563,19 @@ async fn read(store: Arc<dyn EventStore>, inner: std::sync::Weak<Inner>) {
         let Some(inner) = inner.upgrade() else { return };
         match batch {
             Ok(Some(events)) => {
-                let mut open = inner.open.lock();
-                for recorded in events {
-                    if codec::flow_of(recorded.stream_id.as_str()).is_none() {
-                        continue;
-                    }
-                    let stream = recorded.stream_id.clone();
-                    match codec::decode_flow(recorded) {
-                        Ok(event) => {
-                            let watched = open.entry(stream.clone()).or_insert_with(|| Watched {
-                                state: FlowState::default(),
-                                last_error: None,
-                                attempts: 0,
-                                next_try_ms: 0,
-                                parked: false,
-                            });
-                            apply_flow(&mut watched.state, &event);
-                            if watched.state.ended.is_some() {
-                                open.remove(&stream);
-                            } else if watched.state.redemption.is_none() {
-                                tracing::error!(%stream, "a flow stream does not start with what it is to do; it is left alone");
-                                open.remove(&stream);
-                            }
+                let reopened = fold(&mut inner.open.lock(), events);
+                // A cancellation asked for after its redemption ended reopens a flow the reader let go
+                // of: its state comes from the log (later events it holds are skipped when they come).
+                for stream in reopened {
+                    match inner.load(&stream).await {
+                        Ok(state) if state.is_open() => {
+                            inner.open.lock().insert(stream, Watched { state, last_error: None, attempts: 0, next_try_ms: 0, parked: false });
                         }
-                        Err(error) => tracing::error!(%stream, %error, "a flow's event cannot be read; the flow waits for a repair"),
+                        Ok(_) => {}
+                        Err(error) => tracing::error!(%stream, %error, "a reopened flow cannot be read; it waits for its caller"),
                     }
                 }
-                metrics::gauge!("tally_flows_open").set(open.len() as f64);
+                metrics::gauge!("tally_flows_open").set(inner.open.lock().len() as f64);
                 inner.read_to.store(follower.next_position() - 1, std::sync::atomic::Ordering::Release);
             }
             Ok(None) => return,
@@ -505,6 +586,50 @@ async fn read(store: Arc<dyn EventStore>, inner: std::sync::Weak<Inner>) {
             }
         }
     }
+}
+
+/// Folds a batch of the log into the open flows: the flows it leaves open stay, the others go; the
+/// streams of flows it reopens (not kept, and not starting here) are returned, to be read whole.
+fn fold(open: &mut BTreeMap<StreamId, Watched>, events: Vec<crate::store::RecordedEvent>) -> Vec<StreamId> {
+    let mut reopened = Vec::new();
+    for recorded in events {
+        if codec::flow_of(recorded.stream_id.as_str()).is_none() {
+            continue;
+        }
+        let (stream, version) = (recorded.stream_id.clone(), recorded.stream_version);
+        if !open.contains_key(&stream) && version > 1 {
+            if !reopened.contains(&stream) {
+                reopened.push(stream);
+            }
+            continue;
+        }
+        let event = match codec::decode_flow(recorded) {
+            Ok(event) => event,
+            Err(error) => {
+                tracing::error!(%stream, %error, "a flow's event cannot be read; the flow waits for a repair");
+                continue;
+            }
+        };
+        let watched = open.entry(stream.clone()).or_insert_with(|| Watched {
+            state: FlowState::default(),
+            last_error: None,
+            attempts: 0,
+            next_try_ms: 0,
+            parked: false,
+        });
+        // Already in a state read whole from the log.
+        if version <= watched.state.version {
+            continue;
+        }
+        apply_flow(&mut watched.state, &event);
+        if watched.state.redemption.is_none() {
+            tracing::error!(%stream, "a flow stream does not start with what it is to do; it is left alone");
+            open.remove(&stream);
+        } else if !watched.state.is_open() {
+            open.remove(&stream);
+        }
+    }
+    reopened
 }
 
 /// Drives on the open flows that made no progress for `FLOW_RESUME_AFTER_MS`.

@@ -60,6 +60,9 @@ pub enum CommandBody {
     /// Spend the point cost of the program's catalogue reward `reward_id`, as the debit step of
     /// redemption `redemption_id` (`crate::domain::flows`); keyed [`reward_debit_key`].
     RedeemReward { redemption_id: String, reward_id: String },
+    /// Give a catalogue redemption's points back, as the cancellation's step of its flow; keyed
+    /// [`reward_cancel_key`].
+    CancelRewardRedemption { redemption_id: String, reason: String },
 }
 
 /// Keys the engine makes itself start with this; a client's key may not, so the two never meet.
@@ -79,6 +82,11 @@ pub fn void_key(hold_id: &str) -> String {
 /// retries of it find its outcome.
 pub fn reward_debit_key(redemption_id: &str) -> String {
     format!("{ENGINE_KEY_PREFIX}reward:{redemption_id}:debit")
+}
+
+/// The key of the wallet's step of the cancellation of reward redemption `redemption_id`.
+pub fn reward_cancel_key(redemption_id: &str) -> String {
+    format!("{ENGINE_KEY_PREFIX}reward:{redemption_id}:cancel")
 }
 
 /// The key of a `RunDue` sent at `now_ms` (the log shows which clock acted).
@@ -119,6 +127,12 @@ impl Command {
     pub fn redeem_reward(redemption_id: impl Into<String>, reward_id: impl Into<String>) -> Self {
         let redemption_id = redemption_id.into();
         Self::new(reward_debit_key(&redemption_id), CommandBody::RedeemReward { redemption_id, reward_id: reward_id.into() })
+    }
+
+    /// The cancellation of reward redemption `redemption_id` in its wallet, under its engine key.
+    pub fn cancel_reward_redemption(redemption_id: impl Into<String>, reason: impl Into<String>) -> Self {
+        let redemption_id = redemption_id.into();
+        Self::new(reward_cancel_key(&redemption_id), CommandBody::CancelRewardRedemption { redemption_id, reason: reason.into() })
     }
 
     /// Records what is due at `now_ms`, under an engine key.
@@ -208,6 +222,7 @@ impl Command {
             CommandBody::AddStamps { card_id, count, reason } => Layout::new(15).str(card_id).i64(*count).str(reason),
             CommandBody::PurchaseCredits { purchase_id, package_id } => Layout::new(13).str(purchase_id).str(package_id),
             CommandBody::RedeemReward { redemption_id, reward_id } => Layout::new(18).str(redemption_id).str(reward_id),
+            CommandBody::CancelRewardRedemption { redemption_id, reason } => Layout::new(19).str(redemption_id).str(reason),
         }
     }
 
@@ -230,6 +245,7 @@ impl Command {
             CommandBody::AddStamps { .. } => "add_stamps",
             CommandBody::PurchaseCredits { .. } => "purchase_credits",
             CommandBody::RedeemReward { .. } => "redeem_reward",
+            CommandBody::CancelRewardRedemption { .. } => "cancel_reward_redemption",
         }
     }
 }

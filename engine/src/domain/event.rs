@@ -4,7 +4,7 @@
 
 use tally_proto::v1::{
     CustomerErased, EarnReversed, HoldCaptured, HoldReleased, PointsAdjusted, PointsEarned, PointsExpired, PointsExpiringSoon, PointsHeld,
-    PointsMatured, PointsPurchased, PointsRedeemed, RewardRedemptionRefused, StampCardCompleted, StampsAdded, TierChanged, TierReviewed,
+    PointsMatured, PointsPurchased, PointsRedeemed, RewardRedemptionCancelled, RewardRedemptionRefused, StampCardCompleted, StampsAdded, TierChanged, TierReviewed,
     WalletClosed, WalletEnrolledV2,
 };
 
@@ -97,6 +97,8 @@ event_table! {
         CustomerErased(CustomerErased),
         /// A catalogue reward's debit was refused (no points moved): the redemption's answer for good.
         RewardRefused(RewardRedemptionRefused),
+        /// A catalogue redemption was cancelled: its points came back.
+        RewardCancelled(RewardRedemptionCancelled),
     }
 }
 
@@ -123,6 +125,7 @@ impl Change {
             | Change::CustomerErased(_)
             | Change::RewardRefused(_) => 0,
             Change::CardCompleted(e) => e.reward_points,
+            Change::RewardCancelled(e) => e.points,
         }
     }
 
@@ -144,6 +147,7 @@ impl Change {
             },
             Change::Purchased(e) => opened(e.lot.as_ref()),
             Change::CardCompleted(e) => opened(e.lot.as_ref()),
+            Change::RewardCancelled(e) => opened(e.lot.as_ref()),
             Change::Matured(e) => opened(e.lot.as_ref()),
             Change::Adjusted(e) if e.points > 0 => opened(e.lot.as_ref()),
             Change::Adjusted(e) => (listed(&e.lots), None),
@@ -203,7 +207,7 @@ mod tests {
             let change = ProgramChange::decode_payload(event_type, &[]).expect("a listed name").expect("an empty payload decodes");
             assert_eq!(change.event_type(), *event_type);
         }
-        assert_eq!(Change::EVENT_TYPES.len(), 19);
+        assert_eq!(Change::EVENT_TYPES.len(), 20);
         assert!(Change::decode_payload("tally.v1.ProgramCreated", &[]).is_none(), "tables do not mix");
     }
 }

@@ -44,16 +44,84 @@ pub struct FlowState {
     /// When its last event was recorded.
     pub progress_at_ms: i64,
     pub ended: Option<FlowEnded>,
+    pub ended_at_ms: i64,
+    /// A cancellation asked for after a completed redemption, and when.
+    pub cancel: Option<FlowStepRecorded>,
+    pub cancel_requested_at_ms: i64,
+    /// How the cancellation ended: CANCELLED, or COMPLETED with the wallet's refusal.
+    pub cancelled: Option<FlowEnded>,
 }
 
 impl FlowState {
-    /// Started and not ended: something is left to do.
+    /// Something is left to do: started and not ended, or a cancellation asked for and not ended.
     pub fn is_open(&self) -> bool {
-        self.redemption.is_some() && self.ended.is_none()
+        self.redemption.is_some() && (self.ended.is_none() || (self.cancel.is_some() && self.cancelled.is_none()))
     }
 }
 
-/// The wallet's answer to a redemption's debit: the same every time it is asked.
+/// The step a cancellation's request is recorded as.
+pub const STEP_CANCEL_REQUESTED: &str = "cancel_requested";
+
+/// Why a redemption cannot be cancelled.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CancelRefusal {
+    /// No such redemption of this wallet.
+    #[error("no redemption {0:?} of this wallet")]
+    NotFound(String),
+    /// Still being redeemed.
+    #[error("the redemption has not ended yet")]
+    InProgress,
+    /// It was refused: nothing to give back.
+    #[error("the redemption was refused ({0}): nothing was taken")]
+    NotCompleted(String),
+    /// Its reward allowed no cancellation when it was redeemed.
+    #[error("the reward's redemptions cannot be cancelled")]
+    NotCancellable,
+    /// Its window closed.
+    #[error("the cancellation window closed at {closed_at_ms} (ms since the Unix epoch)")]
+    WindowClosed { closed_at_ms: i64 },
+}
+
+/// A cancellation of the redemption `state` holds for `wallet_id` at `now_ms`: the request to record, or
+/// `None` when one was recorded already (it is driven on, or answered). Pure.
+pub fn decide_cancel(state: &FlowState, wallet_id: &str, reason: &str, now_ms: i64) -> Result<Option<FlowChange>, CancelRefusal> {
+    let redemption = state.redemption.as_ref().filter(|r| r.wallet_id == wallet_id);
+    let Some(redemption) = redemption else { return Err(CancelRefusal::NotFound(String::new())) };
+    let Some(ended) = &state.ended else { return Err(CancelRefusal::InProgress) };
+    if state.cancel.is_some() {
+        return Ok(None);
+    }
+    if ended.outcome != FlowOutcome::Completed as i32 {
+        return Err(CancelRefusal::NotCompleted(ended.refusal.as_ref().map(|r| r.code.clone()).unwrap_or_default()));
+    }
+    if redemption.cancel_window_days == 0 {
+        return Err(CancelRefusal::NotCancellable);
+    }
+    let closed_at_ms = state.ended_at_ms.saturating_add(i64::from(redemption.cancel_window_days) * 86_400_000);
+    if now_ms >= closed_at_ms {
+        return Err(CancelRefusal::WindowClosed { closed_at_ms });
+    }
+    Ok(Some(FlowChange::StepRecorded(FlowStepRecorded {
+        step: STEP_CANCEL_REQUESTED.to_owned(),
+        ok: true,
+        reason: reason.to_owned(),
+        ..FlowStepRecorded::default()
+    })))
+}
+
+/// How a cancellation ends from the wallet's answer: CANCELLED with the points given back and the balance
+/// after, or — refused — the redemption stands (COMPLETED, with the refusal).
+pub fn cancellation_ending(answer: &DebitAnswer) -> FlowEnded {
+    match answer {
+        DebitAnswer::Paid { points, balance } => {
+            FlowEnded { outcome: FlowOutcome::Cancelled as i32, refusal: None, points: *points, balance: *balance }
+        }
+        DebitAnswer::Refused(refusal) => FlowEnded { outcome: FlowOutcome::Completed as i32, refusal: Some(refusal.clone()), points: 0, balance: 0 },
+    }
+}
+
+/// The wallet's answer to a redemption's debit (or to its cancellation: points given back): the same every
+/// time it is asked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DebitAnswer {
     Paid { points: i64, balance: i64 },
@@ -91,10 +159,18 @@ pub fn apply_flow(state: &mut FlowState, event: &FlowEvent) {
             }
             state.started_at_ms = event.recorded_at_ms;
         }
-        // No step of a redemption is recorded (its steps answer the same every time); kept for flows whose
-        // steps do not.
+        // A cancellation's request is a caller's, not a step's answer: it is recorded. No other step of a
+        // redemption is (each answers the same every time).
+        FlowChange::StepRecorded(e) if e.step == STEP_CANCEL_REQUESTED => {
+            state.cancel = Some(e.clone());
+            state.cancel_requested_at_ms = event.recorded_at_ms;
+        }
         FlowChange::StepRecorded(_) => {}
-        FlowChange::Ended(e) => state.ended = Some(e.clone()),
+        FlowChange::Ended(e) if state.ended.is_none() => {
+            state.ended = Some(e.clone());
+            state.ended_at_ms = event.recorded_at_ms;
+        }
+        FlowChange::Ended(e) => state.cancelled = Some(e.clone()),
     }
     state.progress_at_ms = event.recorded_at_ms;
     state.version += 1;
@@ -112,6 +188,7 @@ pub fn refusal_code(rejection: &Rejection) -> &'static str {
         Rejection::RewardLimitReached { .. } => "REWARD_LIMIT_REACHED",
         Rejection::TierTooLow { .. } => "TIER_TOO_LOW",
         Rejection::PointsOutOfRange { .. } => "POINTS_OUT_OF_RANGE",
+        Rejection::UnknownRedemption { .. } => "REDEMPTION_UNKNOWN",
         _ => "REFUSED",
     }
 }
@@ -131,7 +208,13 @@ mod tests {
 
     fn started(limited_stock: bool) -> FlowState {
         let mut state = FlowState::default();
-        let redemption = RewardRedemptionFlow { redemption_id: "r".into(), wallet_id: "w".into(), reward_id: "mug".into(), limited_stock };
+        let redemption = RewardRedemptionFlow {
+            redemption_id: "r".into(),
+            wallet_id: "w".into(),
+            reward_id: "mug".into(),
+            limited_stock,
+            cancel_window_days: 0,
+        };
         apply_flow(&mut state, &event(redemption_started(redemption)));
         state
     }
@@ -147,5 +230,24 @@ mod tests {
         let refused = ending(&DebitAnswer::Refused(refusal(&Rejection::InsufficientPoints { available: 1, requested: 50 })));
         assert_eq!(refused.refusal.map(|r| r.code), Some("INSUFFICIENT_POINTS".to_owned()));
         assert!(!FlowState::default().is_open(), "nothing started");
+    }
+
+    #[test]
+    fn a_completed_redemption_is_cancelled_within_its_window_once() {
+        let mut state = started(true);
+        assert_eq!(decide_cancel(&state, "w", "", 8), Err(CancelRefusal::InProgress));
+        apply_flow(&mut state, &event(FlowChange::Ended(ending(&DebitAnswer::Paid { points: 50, balance: 10 }))));
+        assert_eq!(decide_cancel(&state, "w", "", 8), Err(CancelRefusal::NotCancellable), "a window of 0 days");
+        state.redemption.as_mut().unwrap().cancel_window_days = 1;
+        assert_eq!(decide_cancel(&state, "x", "", 8), Err(CancelRefusal::NotFound(String::new())), "another wallet's");
+        assert_eq!(decide_cancel(&state, "w", "", 7 + 86_400_000), Err(CancelRefusal::WindowClosed { closed_at_ms: 7 + 86_400_000 }));
+        let request = decide_cancel(&state, "w", "returned", 8).unwrap().expect("a request");
+        apply_flow(&mut state, &event(request));
+        assert!(state.is_open(), "the cancellation is to be done");
+        assert_eq!(decide_cancel(&state, "w", "again", 9), Ok(None), "asked for already");
+        apply_flow(&mut state, &event(FlowChange::Ended(cancellation_ending(&DebitAnswer::Paid { points: 50, balance: 60 }))));
+        assert!(!state.is_open());
+        assert_eq!(state.cancelled.as_ref().map(|e| e.outcome), Some(FlowOutcome::Cancelled as i32));
+        assert_eq!(state.ended.as_ref().map(|e| e.outcome), Some(FlowOutcome::Completed as i32), "the redemption's own end stays");
     }
 }

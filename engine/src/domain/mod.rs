@@ -23,12 +23,14 @@ mod state;
 pub mod tiers;
 mod wallet;
 
-pub use command::{Command, CommandBody, ENGINE_KEY_PREFIX, Money, capture_key, due_key, reward_debit_key, void_key};
+pub use command::{Command, CommandBody, ENGINE_KEY_PREFIX, Money, capture_key, due_key, reward_cancel_key, reward_debit_key, void_key};
 pub use event::{Change, Event};
 pub use fingerprint::CommandFingerprint;
 pub use ids::{FieldError, TenantId, WalletId};
 pub use rejection::Rejection;
-pub use state::{Hold, Lot, Pending, Receipt, RuleUsage, SourceLedger, StampCard, TierState, WalletState, WalletStatus};
+pub use state::{
+    CatalogueRedemption, Hold, Lot, Pending, Receipt, RuleUsage, SourceLedger, StampCard, TierState, WalletState, WalletStatus,
+};
 pub use tally_proto::v1::{CreditPackageDefined, ExpiryPolicy, ReturnPolicy, RewardDefined, StampCardDefined, TierMove};
 pub use wallet::{Decision, DueView, OrderQuote, apply, decide, quote_order};
 

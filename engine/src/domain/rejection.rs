@@ -116,6 +116,9 @@ pub enum Rejection {
     /// The wallet's tier is below the reward's lowest. Maps to FAILED_PRECONDITION (TIER_TOO_LOW).
     #[error("reward {reward_id:?} is for tier {min_tier_id:?} and above")]
     TierTooLow { reward_id: String, min_tier_id: String },
+    /// No catalogue redemption with this id in this wallet (never, or too long ago). Maps to NOT_FOUND.
+    #[error("no redemption {redemption_id:?} this wallet could cancel")]
+    UnknownRedemption { redemption_id: String },
     /// The idempotency key was already used for a different command. Maps to ALREADY_EXISTS.
     #[error("idempotency key {key:?} was already used for a different command")]
     IdempotencyKeyReused { key: String },

@@ -16,14 +16,14 @@
 
 use std::collections::BTreeMap;
 
-use tally_proto::v1::{RewardDefined, RewardRestocked, RewardStockReleased, RewardStockReserved, RewardStockTaken};
+use tally_proto::v1::{RewardDefined, RewardRestocked, RewardStockReleased, RewardStockReserved, RewardStockReturned, RewardStockTaken};
 
 use super::fingerprint::{CommandFingerprint, Layout};
 use super::ids::FieldError;
 use super::program::check_id;
 use super::tiers::Tiers;
 use crate::limits::{
-    POINTS_PER_COMMAND_MAX, REASON_BYTES_MAX, RECEIPT_RETENTION_MS, REF_BYTES_MAX, RESTOCK_QUANTITY_MAX, RETENTION_SWEEP_INTERVAL_MS,
+    POINTS_PER_COMMAND_MAX, REASON_BYTES_MAX, RECEIPT_RETENTION_MS, REDEMPTION_CANCEL_WINDOW_DAYS_MAX, REF_BYTES_MAX, RESTOCK_QUANTITY_MAX, RETENTION_SWEEP_INTERVAL_MS,
     REWARD_PER_CUSTOMER_MAX, STOCK_ON_HAND_MAX,
 };
 
@@ -42,6 +42,10 @@ pub fn check_definition(reward: &RewardDefined, tiers: &Tiers) -> Result<(), Fie
     }
     if reward.available_until_ms != 0 && reward.available_until_ms <= reward.available_from_ms {
         return Err(FieldError::new("reward.available_until", "must be 0 (no end) or after available_from"));
+    }
+    if reward.cancel_window_days > REDEMPTION_CANCEL_WINDOW_DAYS_MAX {
+        let reason = format!("must be at most {REDEMPTION_CANCEL_WINDOW_DAYS_MAX} (0: redemptions cannot be cancelled)");
+        return Err(FieldError::new("reward.cancel_window_days", reason));
     }
     if !reward.min_tier_id.is_empty() && tiers.find(&reward.min_tier_id).is_none() {
         return Err(FieldError::new("reward.min_tier_id", "must be empty or one of the program's tiers"));
@@ -66,6 +70,7 @@ crate::domain::event::event_table! {
         Reserved(RewardStockReserved),
         Released(RewardStockReleased),
         Taken(RewardStockTaken),
+        Returned(RewardStockReturned),
     }
 }
 
@@ -91,6 +96,8 @@ pub struct StockState {
     pub reserved: BTreeMap<String, i64>,
     /// Redemptions whose reservation was taken or released, with when: a late reserve of one is void.
     settled: BTreeMap<String, i64>,
+    /// Cancelled redemptions whose stock was returned, with when: a second return of one is void.
+    returned: BTreeMap<String, i64>,
     /// Restocks by idempotency key, with their fingerprints and when (a retry adds nothing).
     restocks: BTreeMap<String, (CommandFingerprint, i64)>,
     /// The recorded time settled ids and restocks past `RECEIPT_RETENTION_MS` were last forgotten at.
@@ -110,6 +117,8 @@ pub enum StockOp {
     Reserve { redemption_id: String, wallet_id: String },
     Take { redemption_id: String },
     Release { redemption_id: String, reason: String },
+    /// A cancelled redemption's stock back on hand.
+    Return { redemption_id: String },
     Restock { idempotency_key: String, quantity: i64, restocked_by: String, reason: String },
 }
 
@@ -119,6 +128,7 @@ impl StockOp {
             StockOp::Reserve { redemption_id, wallet_id } => Layout::new(111).str(redemption_id).str(wallet_id),
             StockOp::Take { redemption_id } => Layout::new(112).str(redemption_id),
             StockOp::Release { redemption_id, reason } => Layout::new(113).str(redemption_id).str(reason),
+            StockOp::Return { redemption_id } => Layout::new(114).str(redemption_id),
             StockOp::Restock { quantity, restocked_by, reason, .. } => Layout::new(110).i64(*quantity).str(restocked_by).str(reason),
         }
     }
@@ -129,6 +139,7 @@ impl StockOp {
             StockOp::Reserve { redemption_id, .. } => format!("{P}reward:{redemption_id}:reserve"),
             StockOp::Take { redemption_id } => format!("{P}reward:{redemption_id}:take"),
             StockOp::Release { redemption_id, .. } => format!("{P}reward:{redemption_id}:release"),
+            StockOp::Return { redemption_id } => format!("{P}reward:{redemption_id}:return"),
             StockOp::Restock { idempotency_key, .. } => idempotency_key.clone(),
         }
     }
@@ -169,6 +180,10 @@ pub fn decide_stock(state: &StockState, op: &StockOp, now_ms: i64) -> Result<Opt
             StockChange::Released(RewardStockReleased { redemption_id: redemption_id.clone(), reason: reason.clone(), quantity: *quantity })
         }
         StockOp::Take { .. } | StockOp::Release { .. } => return Ok(None),
+        // The flow returns only what a completed redemption took, once; a repeat within the window is
+        // void.
+        StockOp::Return { redemption_id } if state.returned.contains_key(redemption_id) => return Ok(None),
+        StockOp::Return { redemption_id } => StockChange::Returned(RewardStockReturned { redemption_id: redemption_id.clone(), quantity: 1 }),
         StockOp::Restock { idempotency_key, quantity, restocked_by, reason } => {
             if let Some((seen, _)) = state.restocks.get(idempotency_key) {
                 return if op.layout().matches(seen) {
@@ -223,6 +238,12 @@ pub fn apply_stock(state: &mut StockState, event: &StockEvent) {
             state.taken = state.taken.saturating_add(quantity);
             state.settled.insert(e.redemption_id.clone(), at_ms);
         }
+        StockChange::Returned(e) => {
+            let quantity = e.quantity.max(0);
+            state.taken = state.taken.saturating_sub(quantity);
+            state.on_hand = state.on_hand.saturating_add(quantity);
+            state.returned.insert(e.redemption_id.clone(), at_ms);
+        }
     }
     state.version += 1;
 }
@@ -233,6 +254,7 @@ pub fn forget_past(state: &mut StockState, at_ms: i64) {
     if at_ms.saturating_sub(state.swept_at_ms) >= RETENTION_SWEEP_INTERVAL_MS {
         let horizon = at_ms.saturating_sub(RECEIPT_RETENTION_MS);
         state.settled.retain(|_, settled_at| *settled_at > horizon);
+        state.returned.retain(|_, returned_at| *returned_at > horizon);
         state.restocks.retain(|_, (_, restocked_at)| *restocked_at > horizon);
         state.swept_at_ms = at_ms;
     }
@@ -259,6 +281,11 @@ pub fn revert_stock(state: &mut StockState, event: &StockEvent) {
             state.taken = state.taken.saturating_sub(e.quantity);
             state.reserved.insert(e.redemption_id.clone(), e.quantity);
             state.settled.remove(&e.redemption_id);
+        }
+        StockChange::Returned(e) => {
+            state.taken = state.taken.saturating_add(e.quantity);
+            state.on_hand = state.on_hand.saturating_sub(e.quantity);
+            state.returned.remove(&e.redemption_id);
         }
     }
     state.version -= 1;
@@ -310,6 +337,10 @@ mod tests {
         assert_eq!(run(&mut stock, reserve("r1")), Ok(false), "taken: not booked again");
         assert_eq!(run(&mut stock, reserve("r2")), Ok(false), "released: not booked again");
         assert_eq!((stock.on_hand, stock.reserved_total(), stock.taken), (1, 0, 1));
+        // A cancelled redemption's unit comes back once.
+        assert_eq!(run(&mut stock, StockOp::Return { redemption_id: "r1".into() }), Ok(true));
+        assert_eq!(run(&mut stock, StockOp::Return { redemption_id: "r1".into() }), Ok(false));
+        assert_eq!((stock.on_hand, stock.reserved_total(), stock.taken), (2, 0, 0));
     }
 
     #[test]

@@ -205,6 +205,22 @@ pub struct WalletState {
     pub(crate) swept_at_ms: i64,
     /// Catalogue rewards redeemed, by reward id (for per-customer limits).
     pub(crate) rewards_redeemed: BTreeMap<String, i64>,
+    /// Recent catalogue redemptions by redemption id, for their cancellation (forgotten
+    /// `CATALOGUE_REDEMPTION_MEMORY_MS` after them).
+    pub(crate) catalogue_redemptions: BTreeMap<String, CatalogueRedemption>,
+}
+
+/// What a catalogue redemption took, as its cancellation gives it back.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct CatalogueRedemption {
+    pub reward_id: String,
+    pub points: i64,
+    /// The soonest expiry of the lots its points came from (`None`: none of them expired).
+    pub expires_at_ms: Option<i64>,
+    /// Some of its points expired with the wallet's inactivity.
+    pub on_inactivity: bool,
+    pub redeemed_at_ms: i64,
+    pub cancelled: bool,
 }
 
 impl WalletState {
@@ -219,6 +235,11 @@ impl WalletState {
     /// Points `rule_id` gave this wallet in the cap period `(period, key)`.
     pub fn rule_points(&self, rule_id: &str, period: i32, key: i64) -> i64 {
         self.rule_usage.get(rule_id).map_or(0, |usage| usage.points_in(period, key))
+    }
+
+    /// A recent catalogue redemption of this wallet's.
+    pub fn catalogue_redemption(&self, redemption_id: &str) -> Option<&CatalogueRedemption> {
+        self.catalogue_redemptions.get(redemption_id)
     }
 
     /// How often the wallet redeemed catalogue reward `reward_id`.

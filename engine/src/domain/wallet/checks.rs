@@ -32,6 +32,7 @@ pub(super) fn check_key(command: &Command) -> Result<(), Rejection> {
         CommandBody::CaptureRedemption { hold_id, .. } => Some(capture_key(hold_id)),
         CommandBody::VoidRedemption { hold_id } => Some(void_key(hold_id)),
         CommandBody::RedeemReward { redemption_id, .. } => Some(crate::domain::reward_debit_key(redemption_id)),
+        CommandBody::CancelRewardRedemption { redemption_id, .. } => Some(crate::domain::reward_cancel_key(redemption_id)),
         CommandBody::RunDue => None,
         _ if command.idempotency_key.starts_with(ENGINE_KEY_PREFIX) => {
             return Err(FieldError::new(
@@ -120,6 +121,10 @@ pub(super) fn validate(body: &CommandBody) -> Result<(), Rejection> {
         CommandBody::RedeemReward { redemption_id, reward_id } => {
             crate::domain::program::check_id("redemption_id", redemption_id)?;
             Ok(crate::domain::program::check_id("reward_id", reward_id)?)
+        }
+        CommandBody::CancelRewardRedemption { redemption_id, reason } => {
+            crate::domain::program::check_id("redemption_id", redemption_id)?;
+            check_reason(reason)
         }
         CommandBody::PurchaseCredits { purchase_id, package_id } => {
             check_ref("purchase_id", purchase_id, true)?;

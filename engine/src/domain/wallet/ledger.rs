@@ -307,13 +307,14 @@ pub(super) fn apply_earned(state: &mut WalletState, e: &PointsEarned, at_ms: i64
     }
 }
 
-pub(super) fn apply_redeemed(state: &mut WalletState, e: &PointsRedeemed) {
+pub(super) fn apply_redeemed(state: &mut WalletState, e: &PointsRedeemed, at_ms: i64) {
     active(state, e.inactivity_expires_at_ms);
     state.lifetime_redeemed += e.points;
-    debit(state, e.points, &e.lots);
     if !e.redemption_id.is_empty() {
-        *state.rewards_redeemed.entry(e.reward_ref.clone()).or_default() += 1;
+        // Before the debit: where the points came from, while the lots are still there.
+        super::rewards::remember(state, e, at_ms);
     }
+    debit(state, e.points, &e.lots);
 }
 
 pub(super) fn apply_adjusted(state: &mut WalletState, e: &PointsAdjusted) {

@@ -7,7 +7,7 @@
 //! | [`orders`] | `EarnForOrder`, `RefundOrder` | (orders earn and reverse through the ledger's events) |
 //! | [`holds`] | `AuthorizeRedemption`, `CaptureRedemption`, `VoidRedemption` | held, captured, released |
 //! | [`credits`] | `PurchaseCredits` | purchased |
-//! | [`rewards`] | `RedeemReward` (a catalogue reward's debit) | (redeemed, through the ledger), reward refused |
+//! | [`rewards`] | `RedeemReward` (a catalogue reward's debit), `CancelRewardRedemption` | (redeemed, through the ledger), reward refused, redemption cancelled |
 //! | [`stamps`] | `AddStamps`, and the cards a change fills | stamped, card completed |
 //! | [`tier`] | the tier an earn reaches, a due review | tier changed, tier reviewed |
 //! | [`due`] | `RunDue`, and what time brought before any command | matured, expired, expiring soon |
@@ -139,6 +139,7 @@ fn decide_change(state: &WalletState, body: &CommandBody, ctx: &Context<'_>) -> 
             C::VoidRedemption { hold_id } => alone(holds::void(state, hold_id)),
             C::PurchaseCredits { purchase_id, package_id } => alone(credits::purchase(state, ctx, purchase_id, package_id)),
             C::RedeemReward { redemption_id, reward_id } => alone(Ok(rewards::redeem_or_refuse(state, ctx, redemption_id, reward_id))),
+            C::CancelRewardRedemption { redemption_id, reason } => alone(rewards::cancel(state, ctx, redemption_id, reason)),
             C::EarnForOrder { order } => alone(orders::earn_for_order(state, order, ctx)),
             C::AddStamps { card_id, count, reason } => alone(stamps::add(ctx, card_id, *count, reason)),
             C::RefundOrder { order_id, amount_minor, reason } => orders::refund(state, ctx, order_id, *amount_minor, reason),
@@ -152,7 +153,7 @@ pub fn apply(state: &mut WalletState, event: &Event) {
     match &event.change {
         Change::Enrolled(e) => ledger::apply_enrolled(state, e, at_ms),
         Change::Earned(e) => ledger::apply_earned(state, e, at_ms),
-        Change::Redeemed(e) => ledger::apply_redeemed(state, e),
+        Change::Redeemed(e) => ledger::apply_redeemed(state, e, at_ms),
         Change::Adjusted(e) => ledger::apply_adjusted(state, e),
         Change::Reversed(e) => ledger::apply_reversed(state, e),
         Change::Closed(e) => ledger::apply_closed(state, e),
@@ -170,6 +171,7 @@ pub fn apply(state: &mut WalletState, event: &Event) {
         Change::CustomerErased(_) => ledger::apply_customer_erased(state),
         // Only its receipt: the redemption's answer.
         Change::RewardRefused(_) => {}
+        Change::RewardCancelled(e) => rewards::apply_cancelled(state, e),
     }
     state.balance += event.change.points_delta();
     state.last_activity_ms = event.recorded_at_ms;

@@ -36,4 +36,6 @@ pub(super) fn forget_past(state: &mut WalletState, now_ms: i64) {
     let receipts_from = now_ms.saturating_sub(RECEIPT_RETENTION_MS);
     state.receipts.retain(|_, receipt| receipt.recorded_at_ms >= receipts_from);
     state.sources.retain(|_, source| source.refundable_at(now_ms));
+    let redemptions_from = now_ms.saturating_sub(crate::limits::CATALOGUE_REDEMPTION_MEMORY_MS);
+    state.catalogue_redemptions.retain(|_, redemption| redemption.redeemed_at_ms >= redemptions_from);
 }

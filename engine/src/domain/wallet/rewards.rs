@@ -3,13 +3,62 @@
 //! within its window, their tier reaches it, they are under its per-customer limit — and what it costs
 //! (the definition in force now), and spends the points like any redemption.
 
-use tally_proto::v1::RewardRedemptionRefused;
+use tally_proto::v1::{PointsRedeemed, RewardRedemptionCancelled, RewardRedemptionRefused};
 
+use super::checks::checked_balance;
 use super::ledger;
+use super::lots::{credit, open_lot};
 use crate::domain::Context;
 use crate::domain::event::Change;
 use crate::domain::rejection::Rejection;
-use crate::domain::state::WalletState;
+use crate::domain::state::{CatalogueRedemption, WalletState};
+
+/// Gives a catalogue redemption's points back (its cancellation's step in the wallet): into a lot that
+/// expires as the soonest of the lots they came from did, so a cancellation never lengthens nor shortens
+/// their life (one already past its time expires with the cancellation).
+pub(super) fn cancel(state: &WalletState, ctx: &Context<'_>, redemption_id: &str, reason: &str) -> Result<Change, Rejection> {
+    let unknown = || Rejection::UnknownRedemption { redemption_id: redemption_id.to_owned() };
+    let redemption = state.catalogue_redemptions.get(redemption_id).filter(|r| !r.cancelled).ok_or_else(unknown)?;
+    checked_balance(state.balance.checked_add(redemption.points), "points", redemption.points)?;
+    // Earned points without a date expire with the wallet's inactivity if some of them did.
+    let earned = redemption.expires_at_ms.is_some() || redemption.on_inactivity;
+    let lot = open_lot(state, redemption.points, redemption.expires_at_ms, earned, ctx);
+    Ok(Change::RewardCancelled(RewardRedemptionCancelled {
+        redemption_id: redemption_id.to_owned(),
+        reward_id: redemption.reward_id.clone(),
+        points: redemption.points,
+        reason: reason.to_owned(),
+        lot: Some(lot),
+    }))
+}
+
+/// Remembers a catalogue redemption before its debit is applied: where its points came from.
+pub(super) fn remember(state: &mut WalletState, e: &PointsRedeemed, at_ms: i64) {
+    let taken = e.lots.iter().filter_map(|l| state.lots.get(&l.lot));
+    let expires_at_ms = taken.clone().filter_map(|lot| lot.expires_at_ms).min();
+    let on_inactivity = taken.clone().any(|lot| lot.on_inactivity);
+    *state.rewards_redeemed.entry(e.reward_ref.clone()).or_default() += 1;
+    let redemption = CatalogueRedemption {
+        reward_id: e.reward_ref.clone(),
+        points: e.points,
+        expires_at_ms,
+        on_inactivity,
+        redeemed_at_ms: at_ms,
+        cancelled: false,
+    };
+    state.catalogue_redemptions.insert(e.redemption_id.clone(), redemption);
+}
+
+pub(super) fn apply_cancelled(state: &mut WalletState, e: &RewardRedemptionCancelled) {
+    state.lifetime_redeemed -= e.points;
+    credit(state, e.points, e.lot.as_ref());
+    if let Some(count) = state.rewards_redeemed.get_mut(&e.reward_id) {
+        *count = (*count - 1).max(0);
+    }
+    if let Some(redemption) = state.catalogue_redemptions.get_mut(&e.redemption_id) {
+        redemption.cancelled = true;
+    }
+}
 
 /// The debit, or the refusal recorded in its place: either way the wallet's answer to the redemption for
 /// good (a retry under the debit's key gets it back from the receipt), so two drivers of one redemption
