@@ -269,7 +269,8 @@ async fn cancel_crash_and_resume(point: &'static str) -> (i64, (i64, i64, i64), 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_between_any_two_steps_of_a_cancellation_ends_it_exactly_once() {
-    let runs: Vec<_> = tally_engine::actors::CANCEL_CRASH_POINTS.iter().map(|point| (*point, tokio::spawn(cancel_crash_and_resume(point)))).collect();
+    let runs: Vec<_> =
+        tally_engine::actors::CANCEL_CRASH_POINTS.iter().map(|point| (*point, tokio::spawn(cancel_crash_and_resume(point)))).collect();
     for (point, run) in runs {
         assert_eq!(run.await.unwrap(), (500, (3, 0, 0), 1), "crashed at {point}");
     }

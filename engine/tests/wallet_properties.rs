@@ -66,6 +66,7 @@ fn rewards() -> std::collections::BTreeMap<String, tally_engine::domain::RewardD
             available_until_ms,
             min_tier_id: min_tier_id.into(),
             active,
+            cancel_window_days: 7,
         };
         (id.to_owned(), reward)
     };
@@ -312,6 +313,13 @@ proptest! {
                                 prop_assert_eq!(expires, lot.expires_at_ms, "points join only a lot that expires with them");
                                 prop_assert!(lot.expires_at_ms == 0 || lot.expires_at_ms > now_ms);
                             }
+                            // Points a cancellation gives back join only a lot that expires with them, and may be
+                            // past their time already (they expire with it).
+                            Change::RewardCancelled(c) if c.lot.as_ref().is_some_and(|lot| lot.points > 0) => {
+                                let lot = c.lot.as_ref().expect("checked");
+                                let expires = *lot_expiry.entry(lot.lot).or_insert(lot.expires_at_ms);
+                                prop_assert_eq!(expires, lot.expires_at_ms, "points given back join only a lot that expires with them");
+                            }
                             Change::Earned(PointsEarned { pending: Some(p), source_ref, .. }) if p.points > 0 => {
                                 prop_assert!(p.available_at_ms > now_ms, "pending only while the window is open");
                                 pending_credits.insert(state.version, (source_ref.clone(), p.available_at_ms));
@@ -445,10 +453,20 @@ proptest! {
             .map(|e| match &e.change {
                 Change::Redeemed(r) => r.points,
                 Change::Captured(c) => c.points,
+                // A cancelled catalogue redemption is a redemption of negative points.
+                Change::RewardCancelled(c) => -c.points,
                 _ => 0,
             })
             .sum();
         prop_assert_eq!(state.lifetime_redeemed, redeemed);
+        // A catalogue redemption is cancelled at most once, and only one the wallet paid.
+        let cancelled: Vec<&str> =
+            log.iter().filter_map(|e| if let Change::RewardCancelled(c) = &e.change { Some(c.redemption_id.as_str()) } else { None }).collect();
+        let paid: Vec<&str> =
+            log.iter().filter_map(|e| if let Change::Redeemed(r) = &e.change { Some(r.redemption_id.as_str()) } else { None }).collect();
+        prop_assert!(cancelled.iter().all(|id| paid.contains(id)), "cancelled {:?}, paid {:?}", cancelled, paid);
+        let distinct: std::collections::BTreeSet<&&str> = cancelled.iter().collect();
+        prop_assert_eq!(distinct.len(), cancelled.len(), "cancelled twice: {:?}", cancelled);
         // Purchases: only active packages, at their points, and kept apart from earnings.
         let purchased: Vec<_> = log.iter().filter_map(|e| if let Change::Purchased(p) = &e.change { Some(p) } else { None }).collect();
         prop_assert!(purchased.iter().all(|p| p.package_id == "p-on" && p.points == 150));

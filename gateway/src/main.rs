@@ -17,8 +17,8 @@ use std::path::Path;
 use tally_cluster::membership::{GOSSIP_INTERVAL, Membership, MembershipConfig};
 use tally_cluster::{Node, Router};
 use tally_engine::actors::{
-    CANCEL_CRASH_POINTS, CRASH_POINTS, CommandMeta, CrashPoint, Flows, KeyBook, NoSnapshots, Owns, ProgramBook, Programs, Snapshots, WalletKey, WalletRegistry,
-    WalletTimers,
+    CANCEL_CRASH_POINTS, CRASH_POINTS, CommandMeta, CrashPoint, Flows, KeyBook, NoSnapshots, Owns, ProgramBook, Programs, Snapshots,
+    WalletKey, WalletRegistry, WalletTimers,
 };
 use tally_engine::clock::{Clock, SteadyClock, SystemClock};
 use tally_engine::domain::program::{ProgramCommand, ProgramCommandBody};
@@ -409,7 +409,8 @@ fn start_flows(
     programs: Arc<dyn Programs>,
     clock: Arc<dyn Clock>,
 ) -> Flows {
-    let crash_at = std::env::var("TALLY_TEST_CRASH_AT").ok().filter(|point| CRASH_POINTS.iter().chain(&CANCEL_CRASH_POINTS).any(|p| p == point));
+    let crash_at =
+        std::env::var("TALLY_TEST_CRASH_AT").ok().filter(|point| CRASH_POINTS.iter().chain(&CANCEL_CRASH_POINTS).any(|p| p == point));
     if let Some(point) = &crash_at {
         tracing::warn!(point, "TALLY_TEST_CRASH_AT is set: the process aborts when a flow reaches this point");
     }

@@ -56,10 +56,12 @@ pub(crate) async fn cancel(
 ) -> Result<pb::CancelRedemptionResponse, Status> {
     tally_engine::domain::program::check_id("redemption_id", &r.redemption_id).map_err(|e| status::from_field_error(&e))?;
     if r.reason.len() > tally_engine::limits::REASON_BYTES_MAX || r.reason.chars().any(char::is_control) {
-        return Err(status::invalid("reason", &format!("must be at most {} bytes without control characters", tally_engine::limits::REASON_BYTES_MAX)));
+        return Err(status::invalid(
+            "reason",
+            &format!("must be at most {} bytes without control characters", tally_engine::limits::REASON_BYTES_MAX),
+        ));
     }
-    let cancelled =
-        flows.cancel_redemption(tenant, wallet, &r.redemption_id, &r.reason, meta).await.map_err(|e| from_flow_error(&e))?;
+    let cancelled = flows.cancel_redemption(tenant, wallet, &r.redemption_id, &r.reason, meta).await.map_err(|e| from_flow_error(&e))?;
     let ended = cancelled.ended;
     if ended.outcome != FlowOutcome::Cancelled as i32 {
         let refusal = ended.refusal.unwrap_or_default();

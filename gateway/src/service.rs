@@ -13,9 +13,10 @@ use tally_engine::domain::{Command, CommandBody, Rejection, WalletId, WalletStat
 use tally_engine::store::EventStore;
 use tally_proto::v1::wallet_service_server::WalletService;
 use tally_proto::v1::{
-    AdjustRequest, AuthorizeRedemptionRequest, CaptureRedemptionRequest, CloseRequest, EarnForOrderRequest, EarnRequest, EnrollRequest,
-    EraseCustomerRequest, GetWalletRequest, ListTransactionsRequest, ListTransactionsResponse, PurchaseCreditsRequest, RedeemRequest,
-    CancelRedemptionRequest, CancelRedemptionResponse, RedeemRewardRequest, RedeemRewardResponse, RefundOrderRequest, ReverseRequest, VoidRedemptionRequest, Wallet, WalletMutation,
+    AdjustRequest, AuthorizeRedemptionRequest, CancelRedemptionRequest, CancelRedemptionResponse, CaptureRedemptionRequest, CloseRequest,
+    EarnForOrderRequest, EarnRequest, EnrollRequest, EraseCustomerRequest, GetWalletRequest, ListTransactionsRequest,
+    ListTransactionsResponse, PurchaseCreditsRequest, RedeemRequest, RedeemRewardRequest, RedeemRewardResponse, RefundOrderRequest,
+    ReverseRequest, VoidRedemptionRequest, Wallet, WalletMutation,
 };
 
 use tokio::sync::{Semaphore, SemaphorePermit};

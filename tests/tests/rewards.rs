@@ -4,15 +4,16 @@
 //! between every pair of steps; after a restart the same call finishes the redemption exactly once, and
 //! the tenant's books balance: every wallet paid exactly what its completed redemptions cost, and the
 //! stock restocked is what is on hand plus what was taken, nothing left reserved. 1,000 concurrent
-//! redemptions of a reward with 100 in stock complete exactly 100.
+//! redemptions of a reward with 100 in stock complete exactly 100. Cancellations the same: killed between
+//! every two of their steps, each gives its points and its unit back exactly once.
 
 use std::time::Duration;
 
 use tally_proto::v1::admin_service_client::AdminServiceClient;
 use tally_proto::v1::wallet_service_client::WalletServiceClient;
 use tally_proto::v1::{
-    CancelRedemptionRequest, DefineRewardRequest, EarnRequest, EnrollRequest, GetWalletRequest, ListFlowsRequest, ListRewardsRequest, RedeemRewardRequest,
-    RestockRewardRequest, RewardDefined, RewardStock,
+    CancelRedemptionRequest, DefineRewardRequest, EarnRequest, EnrollRequest, GetWalletRequest, ListFlowsRequest, ListRewardsRequest,
+    RedeemRewardRequest, RestockRewardRequest, RewardDefined, RewardStock,
 };
 use tally_tests::{Authed, TallyServer};
 use tonic::Code;
@@ -20,6 +21,8 @@ use tonic_types::StatusExt;
 
 /// The points between two steps of a redemption, as the engine names them (`CRASH_POINTS`).
 const CRASH_POINTS: [&str; 5] = ["started", "reserved", "debited", "stock_settled", "ended"];
+/// The same for a cancellation (`CANCEL_CRASH_POINTS`).
+const CANCEL_CRASH_POINTS: [&str; 4] = ["cancel_requested", "refunded", "stock_returned", "cancelled"];
 
 fn reward(id: &str, points: i64, limited_stock: bool, per_customer_max: i64) -> RewardDefined {
     RewardDefined {
@@ -158,13 +161,20 @@ async fn a_redemption_takes_stock_and_points_once_and_a_refusal_takes_nothing() 
     assert_eq!(wallets.cancel_redemption(cancel("bob", "r-1")).await.unwrap_err().code(), Code::NotFound, "another wallet's");
     assert_eq!(wallets.cancel_redemption(cancel("ann", "r-404")).await.unwrap_err().code(), Code::NotFound);
     let history = wallets
-        .list_transactions(tally_proto::v1::ListTransactionsRequest { tenant_id: "demo".into(), wallet_id: "ann".into(), ..Default::default() })
+        .list_transactions(tally_proto::v1::ListTransactionsRequest {
+            tenant_id: "demo".into(),
+            wallet_id: "ann".into(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()
         .transactions;
     let newest = &history[0];
-    assert_eq!((newest.kind(), newest.points, newest.reference.as_str()), (tally_proto::v1::TransactionKind::RedemptionCancelled, 120, "mug"));
+    assert_eq!(
+        (newest.kind(), newest.points, newest.reference.as_str()),
+        (tally_proto::v1::TransactionKind::RedemptionCancelled, 120, "mug")
+    );
     let open = admin.list_flows(ListFlowsRequest { tenant_id: "demo".into(), stuck_only: false }).await.unwrap().into_inner();
     assert!(open.flows.is_empty(), "every redemption ended: {open:?}");
 
@@ -220,13 +230,37 @@ async fn a_server_killed_between_any_two_steps_finishes_the_redemption_exactly_o
             server.terminate();
         }
     }
+    // The same for cancellations: four of the rich wallet's mugs brought back, the server dying at each
+    // point between the cancellation's steps.
+    for (i, point) in CANCEL_CRASH_POINTS.iter().enumerate() {
+        let request = CancelRedemptionRequest {
+            tenant_id: "demo".into(),
+            wallet_id: "rich".into(),
+            redemption_id: format!("r-{i}-rich"),
+            reason: "brought back".into(),
+        };
+        let mut dying = TallyServer::start_with_env(&data, &["--tenant", "demo"], &[("TALLY_TEST_CRASH_AT", point)]);
+        let mut wallets = dying.client().await;
+        assert!(wallets.cancel_redemption(request.clone()).await.is_err(), "{point}: the server died before answering");
+        assert!(!dying.wait_exit(Duration::from_secs(30)).expect("the server aborted itself").success());
+        let mut server = TallyServer::start(&data, &["--tenant", "demo"]);
+        let mut wallets = server.client().await;
+        let cancelled = wallets.cancel_redemption(request).await.unwrap_or_else(|e| panic!("{point}: {e:?}")).into_inner();
+        assert_eq!(cancelled.points, 100, "{point}");
+        expected_paid -= 100;
+        server.terminate();
+    }
     let server = TallyServer::start(&data, &["--tenant", "demo"]);
     let mut admin = AdminServiceClient::new(server.channel().await);
     let mut wallets = server.client().await;
-    assert_eq!(balance(&mut wallets, "rich").await, 10_000 - expected_paid, "each completed redemption paid once");
+    assert_eq!(
+        balance(&mut wallets, "rich").await,
+        10_000 - expected_paid,
+        "each completed redemption paid once, each cancelled one given back once"
+    );
     assert_eq!(balance(&mut wallets, "poor").await, 60, "no refused redemption paid");
     let mug = stock(&mut admin, "mug").await;
-    assert_eq!((mug.on_hand, mug.reserved, mug.taken), (20 - 5, 0, 5), "stock conserved: {mug:?}");
+    assert_eq!((mug.on_hand, mug.reserved, mug.taken), (20 - 5 + 4, 0, 5 - 4), "stock conserved: {mug:?}");
     let open = admin.list_flows(ListFlowsRequest { tenant_id: "demo".into(), stuck_only: false }).await.unwrap().into_inner();
     assert!(open.flows.is_empty(), "{open:?}");
     assert_eq!(redemptions.len(), 10);

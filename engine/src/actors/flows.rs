@@ -569,7 +569,10 @@ async fn read(store: Arc<dyn EventStore>, inner: std::sync::Weak<Inner>) {
                 for stream in reopened {
                     match inner.load(&stream).await {
                         Ok(state) if state.is_open() => {
-                            inner.open.lock().insert(stream, Watched { state, last_error: None, attempts: 0, next_try_ms: 0, parked: false });
+                            inner
+                                .open
+                                .lock()
+                                .insert(stream, Watched { state, last_error: None, attempts: 0, next_try_ms: 0, parked: false });
                         }
                         Ok(_) => {}
                         Err(error) => tracing::error!(%stream, %error, "a reopened flow cannot be read; it waits for its caller"),

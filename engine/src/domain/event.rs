@@ -4,8 +4,8 @@
 
 use tally_proto::v1::{
     CustomerErased, EarnReversed, HoldCaptured, HoldReleased, PointsAdjusted, PointsEarned, PointsExpired, PointsExpiringSoon, PointsHeld,
-    PointsMatured, PointsPurchased, PointsRedeemed, RewardRedemptionCancelled, RewardRedemptionRefused, StampCardCompleted, StampsAdded, TierChanged, TierReviewed,
-    WalletClosed, WalletEnrolledV2,
+    PointsMatured, PointsPurchased, PointsRedeemed, RewardRedemptionCancelled, RewardRedemptionRefused, StampCardCompleted, StampsAdded,
+    TierChanged, TierReviewed, WalletClosed, WalletEnrolledV2,
 };
 
 #[derive(Debug, Clone, PartialEq)]

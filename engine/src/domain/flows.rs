@@ -116,7 +116,9 @@ pub fn cancellation_ending(answer: &DebitAnswer) -> FlowEnded {
         DebitAnswer::Paid { points, balance } => {
             FlowEnded { outcome: FlowOutcome::Cancelled as i32, refusal: None, points: *points, balance: *balance }
         }
-        DebitAnswer::Refused(refusal) => FlowEnded { outcome: FlowOutcome::Completed as i32, refusal: Some(refusal.clone()), points: 0, balance: 0 },
+        DebitAnswer::Refused(refusal) => {
+            FlowEnded { outcome: FlowOutcome::Completed as i32, refusal: Some(refusal.clone()), points: 0, balance: 0 }
+        }
     }
 }
 

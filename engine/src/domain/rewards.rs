@@ -23,8 +23,8 @@ use super::ids::FieldError;
 use super::program::check_id;
 use super::tiers::Tiers;
 use crate::limits::{
-    POINTS_PER_COMMAND_MAX, REASON_BYTES_MAX, RECEIPT_RETENTION_MS, REDEMPTION_CANCEL_WINDOW_DAYS_MAX, REF_BYTES_MAX, RESTOCK_QUANTITY_MAX, RETENTION_SWEEP_INTERVAL_MS,
-    REWARD_PER_CUSTOMER_MAX, STOCK_ON_HAND_MAX,
+    POINTS_PER_COMMAND_MAX, REASON_BYTES_MAX, RECEIPT_RETENTION_MS, REDEMPTION_CANCEL_WINDOW_DAYS_MAX, REF_BYTES_MAX, RESTOCK_QUANTITY_MAX,
+    RETENTION_SWEEP_INTERVAL_MS, REWARD_PER_CUSTOMER_MAX, STOCK_ON_HAND_MAX,
 };
 
 /// Checks a reward's definition against the program's tiers.
@@ -114,12 +114,27 @@ impl StockState {
 /// What is asked of a reward's stock.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StockOp {
-    Reserve { redemption_id: String, wallet_id: String },
-    Take { redemption_id: String },
-    Release { redemption_id: String, reason: String },
+    Reserve {
+        redemption_id: String,
+        wallet_id: String,
+    },
+    Take {
+        redemption_id: String,
+    },
+    Release {
+        redemption_id: String,
+        reason: String,
+    },
     /// A cancelled redemption's stock back on hand.
-    Return { redemption_id: String },
-    Restock { idempotency_key: String, quantity: i64, restocked_by: String, reason: String },
+    Return {
+        redemption_id: String,
+    },
+    Restock {
+        idempotency_key: String,
+        quantity: i64,
+        restocked_by: String,
+        reason: String,
+    },
 }
 
 impl StockOp {
@@ -183,7 +198,9 @@ pub fn decide_stock(state: &StockState, op: &StockOp, now_ms: i64) -> Result<Opt
         // The flow returns only what a completed redemption took, once; a repeat within the window is
         // void.
         StockOp::Return { redemption_id } if state.returned.contains_key(redemption_id) => return Ok(None),
-        StockOp::Return { redemption_id } => StockChange::Returned(RewardStockReturned { redemption_id: redemption_id.clone(), quantity: 1 }),
+        StockOp::Return { redemption_id } => {
+            StockChange::Returned(RewardStockReturned { redemption_id: redemption_id.clone(), quantity: 1 })
+        }
         StockOp::Restock { idempotency_key, quantity, restocked_by, reason } => {
             if let Some((seen, _)) = state.restocks.get(idempotency_key) {
                 return if op.layout().matches(seen) {

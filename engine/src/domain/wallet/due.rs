@@ -167,8 +167,9 @@ pub(super) fn expire_returned(
     ctx: &Context<'_>,
     event: &dyn Fn(Change) -> Event,
 ) -> Vec<Change> {
-    let returns_points =
-        changes.iter().any(|c| matches!(c, Change::Released(_) | Change::Captured(HoldCaptured { released_points: 1.., .. }) | Change::RewardCancelled(_)));
+    let returns_points = changes.iter().any(|c| {
+        matches!(c, Change::Released(_) | Change::Captured(HoldCaptured { released_points: 1.., .. }) | Change::RewardCancelled(_))
+    });
     if returns_points {
         let mut after = current.clone();
         changes.iter().for_each(|c| apply(&mut after, &event(c.clone())));
