@@ -127,8 +127,11 @@ const _: () = assert!(DUE_EVENTS_PER_APPEND_MAX + HOLDS_PER_WALLET_MAX + 16 < AP
 /// Longest cancellation window a reward may give its redemptions, in days.
 pub const REDEMPTION_CANCEL_WINDOW_DAYS_MAX: u32 = 90;
 /// How long a wallet remembers a catalogue redemption (what it cost, where its points came from) for its
-/// cancellation: the longest window, and the sweep's slack.
-pub const CATALOGUE_REDEMPTION_MEMORY_MS: i64 = (REDEMPTION_CANCEL_WINDOW_DAYS_MAX as i64 + 2) * 86_400_000;
+/// cancellation, from its debit: the redemption may end up to `FLOW_DEBIT_WITHIN_MS` after the debit, the
+/// window runs from the end, and the cancellation's wallet step may come up to `FLOW_DEBIT_WITHIN_MS`
+/// after its request; two days of the sweep's and clocks' slack.
+pub const CATALOGUE_REDEMPTION_MEMORY_MS: i64 =
+    REDEMPTION_CANCEL_WINDOW_DAYS_MAX as i64 * 86_400_000 + 2 * FLOW_DEBIT_WITHIN_MS + 2 * RETENTION_SWEEP_INTERVAL_MS;
 /// Most stock one restock adds to a reward.
 pub const RESTOCK_QUANTITY_MAX: i64 = 1_000_000_000;
 /// Most stock a reward holds on hand.

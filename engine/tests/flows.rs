@@ -50,7 +50,15 @@ fn program() -> ProgramSettings {
         rule: Some(tally_proto::v1::expiry_policy::Rule::After(tally_proto::v1::ExpireAfter { months: 0, days: 30, at_month_end: false })),
         notice_days: 0,
     };
-    ProgramSettings { rewards: Arc::new(rewards), expiry, ..ProgramSettings::default() }
+    let package = tally_engine::domain::CreditPackageDefined {
+        package_id: "p-100".into(),
+        name: "100 points".into(),
+        price: Some(tally_engine::domain::Money { amount_minor: 100, currency: "EUR".into() }),
+        points: 100,
+        active: true,
+    };
+    let packages = Arc::new([("p-100".to_owned(), package)].into_iter().collect());
+    ProgramSettings { rewards: Arc::new(rewards), expiry, packages, ..ProgramSettings::default() }
 }
 
 /// A node: a registry and its flows, on `store`, crashing where `crash_at` says (once).
@@ -240,6 +248,65 @@ async fn points_given_back_after_their_time_expire_with_the_cancellation() {
     let summary = node.registry.summary(&WalletKey::new(tenant(), wallet("ann"))).await.unwrap();
     assert_eq!((summary.balance, summary.lifetime_expired, summary.lifetime_redeemed), (0, 300, 0), "{summary:?}");
     node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purchased_points_given_back_stay_purchased() {
+    let store: Arc<dyn EventStore> = InMemoryStore::new();
+    let clock = Arc::new(ManualClock::new(START_MS));
+    let node = node(&store, &clock, None).await;
+    node.open_wallet("ann", 50).await;
+    let key = WalletKey::new(tenant(), wallet("ann"));
+    let purchase = Command::new("pay-1", CommandBody::PurchaseCredits { purchase_id: "pay-1".into(), package_id: "p-100".into() });
+    node.registry.execute(&key, purchase, CommandMeta::default()).await.unwrap();
+    node.restock("mug", 1).await;
+    // The mug takes the 50 earned points (they expire first) and 70 purchased ones.
+    assert!(completed(&node.redeem("ann", "mug", "r-1").await.unwrap()));
+    let cancelled = node.cancel("ann", "r-1").await.unwrap();
+    assert_eq!((cancelled.ended.outcome, cancelled.ended.points), (FlowOutcome::Cancelled as i32, 120));
+    let summary = node.registry.summary(&key).await.unwrap();
+    assert_eq!(summary.upcoming_expiries, [(START_MS + 30 * 86_400_000, 50)], "only the earned points expire, when they would have");
+    clock.advance_ms(31 * 86_400_000);
+    node.registry.execute(&key, Command::run_due(clock.now_ms()), CommandMeta::default()).await.unwrap();
+    let summary = node.registry.summary(&key).await.unwrap();
+    assert_eq!((summary.balance, summary.lifetime_expired), (100, 50), "the purchased points stayed purchased: {summary:?}");
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_cancelling_one_redemption_at_once_give_it_back_once() {
+    let store: Arc<dyn EventStore> = InMemoryStore::new();
+    let clock = Arc::new(ManualClock::new(START_MS));
+    let (a, b) = (Arc::new(node(&store, &clock, None).await), Arc::new(node(&store, &clock, None).await));
+    a.open_wallet("ann", 500).await;
+    a.restock("mug", 4).await;
+    for i in 0..4 {
+        assert!(completed(&a.redeem("ann", "mug", &format!("r-{i}")).await.unwrap()));
+    }
+    let mut calls = Vec::new();
+    for i in 0..4 {
+        for node in [&a, &b] {
+            let node = Arc::clone(node);
+            calls.push(tokio::spawn(async move { node.cancel("ann", &format!("r-{i}")).await }));
+        }
+    }
+    for call in calls {
+        let _ = call.await.unwrap();
+    }
+    for i in 0..4 {
+        let (x, y) = (a.cancel("ann", &format!("r-{i}")).await.unwrap(), b.cancel("ann", &format!("r-{i}")).await.unwrap());
+        assert_eq!((x.ended.outcome, x.ended.points), (FlowOutcome::Cancelled as i32, 120));
+        assert_eq!(x.ended, y.ended, "both nodes answer the same");
+    }
+    let events = store.read_stream(&tally_engine::codec::wallet_stream(&tenant(), &wallet("ann")), 1, 1_000).await.unwrap();
+    let given: i64 = events
+        .into_iter()
+        .map(|e| tally_engine::codec::decode(e).unwrap())
+        .filter_map(|e| if let tally_engine::domain::Change::RewardCancelled(c) = e.change { Some(c.points) } else { None })
+        .sum();
+    assert_eq!(given, 4 * 120, "each redemption given back once");
+    let stock = a.flows.stock(&tenant(), "mug").await.unwrap();
+    assert_eq!((stock.on_hand, stock.reserved, stock.taken), (4, 0, 0));
 }
 
 /// Cancels a completed redemption, stopping at `point`, restarts the node and lets the resumer end it;

@@ -86,6 +86,14 @@ pub enum FlowError {
     Codec(#[from] CodecError),
 }
 
+/// How far a driver takes a flow: a redemption's caller to the redemption's end (a cancellation asked for
+/// since is its own caller's, and the resumer's); everyone else to nothing left to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Until {
+    Redeemed,
+    Settled,
+}
+
 /// How a redemption ended.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Redemption {
@@ -257,7 +265,7 @@ impl Flows {
             _ => return Err(FlowError::RedemptionIdReused { redemption_id: redemption_id.to_owned() }),
         }
         let replayed = state.ended.is_some();
-        let (state, position) = self.inner.drive(tenant, &stream, state, &meta).await?;
+        let (state, position) = self.inner.drive(tenant, &stream, state, &meta, Until::Redeemed).await?;
         let reward_id = state.redemption.map(|r| r.reward_id).unwrap_or_default();
         let Some(ended) = state.ended else { unreachable!("a flow driven to its end has ended") };
         Ok(Redemption { ended, position, replayed, reward_id })
@@ -274,6 +282,10 @@ impl Flows {
         reason: &str,
         meta: CommandMeta,
     ) -> Result<Redemption, FlowError> {
+        if reason.len() > crate::limits::REASON_BYTES_MAX || reason.chars().any(char::is_control) {
+            let message = format!("must be at most {} bytes without control characters", crate::limits::REASON_BYTES_MAX);
+            return Err(Rejection::InvalidField(crate::domain::FieldError::new("reason", message)).into());
+        }
         let stream = codec::flow_stream(tenant, redemption_id)?;
         let lock = self.inner.lock_for(&stream);
         let _driving = lock.lock().await;
@@ -293,7 +305,7 @@ impl Flows {
                 },
             }
         };
-        let (state, position) = self.inner.drive(tenant, &stream, state, &meta).await?;
+        let (state, position) = self.inner.drive(tenant, &stream, state, &meta, Until::Settled).await?;
         let reward_id = state.redemption.map(|r| r.reward_id).unwrap_or_default();
         let Some(cancelled) = state.cancelled else { unreachable!("a cancellation driven to its end has ended") };
         Ok(Redemption { ended: cancelled, position, replayed, reward_id })
@@ -384,6 +396,7 @@ impl Inner {
         stream: &StreamId,
         mut state: FlowState,
         meta: &CommandMeta,
+        until: Until,
     ) -> Result<(FlowState, u64), FlowError> {
         loop {
             let Some(redemption) = state.redemption.clone() else {
@@ -392,7 +405,7 @@ impl Inner {
             };
             let (end, crash_point) = if state.ended.is_none() {
                 (self.redeem(tenant, &redemption, &state, meta).await?, "ended")
-            } else if state.cancel.is_some() && state.cancelled.is_none() {
+            } else if until == Until::Settled && state.cancel.is_some() && state.cancelled.is_none() {
                 (self.cancel(tenant, &redemption, &state, meta).await?, "cancelled")
             } else {
                 let position = self.store.read_stream(stream, state.version, 1).await?.first().map_or(0, |e| e.global_position);
@@ -401,7 +414,7 @@ impl Inner {
             match self.record(stream, &mut state, FlowChange::Ended(end), meta).await {
                 Ok(position) => {
                     self.crash_point(crash_point)?;
-                    if !state.is_open() {
+                    if !state.is_open() || until == Until::Redeemed {
                         return Ok((state, position));
                     }
                 }
@@ -434,15 +447,26 @@ impl Inner {
         let reason = state.cancel.as_ref().map(|c| c.reason.clone()).unwrap_or_default();
         let command = Command::cancel_reward_redemption(&redemption.redemption_id, reason);
         let answer = match self.registry.execute(&WalletKey::new(tenant.clone(), wallet), command, meta.clone()).await {
-            Ok(outcome) => outcome.events.iter().find_map(|stored| match &stored.event.change {
-                Change::RewardCancelled(c) if c.redemption_id == redemption.redemption_id => {
-                    Some(DebitAnswer::Paid { points: c.points, balance: outcome.balance })
-                }
-                _ => None,
-            }),
-            // Both for good: a closed wallet stays closed, a forgotten redemption stays forgotten.
-            Err(WalletError::Rejected(rejection @ (Rejection::WalletClosed | Rejection::UnknownRedemption { .. }))) => {
-                Some(DebitAnswer::Refused(flows::refusal(&rejection)))
+            // The points come back in one part per kind of lot they came from.
+            Ok(outcome) => {
+                let given: Vec<i64> = outcome
+                    .events
+                    .iter()
+                    .filter_map(|stored| match &stored.event.change {
+                        Change::RewardCancelled(c) if c.redemption_id == redemption.redemption_id => Some(c.points),
+                        _ => None,
+                    })
+                    .collect();
+                (!given.is_empty()).then(|| DebitAnswer::Paid { points: given.iter().sum(), balance: outcome.balance })
+            }
+            // For good: a closed wallet stays closed.
+            Err(WalletError::Rejected(rejection @ Rejection::WalletClosed)) => Some(DebitAnswer::Refused(flows::refusal(&rejection))),
+            // The wallet no longer knows the redemption (or knows it cancelled, its receipt gone): the
+            // points may or may not have come back, which only an operator can tell.
+            Err(WalletError::Rejected(Rejection::UnknownRedemption { .. })) => {
+                return Err(FlowError::NeedsOperator {
+                    reason: "the wallet no longer remembers the redemption; an operator must settle its cancellation".into(),
+                });
             }
             Err(error) => return Err(FlowError::Unfinished { reason: error.to_string() }),
         };
@@ -567,15 +591,18 @@ async fn read(store: Arc<dyn EventStore>, inner: std::sync::Weak<Inner>) {
                 // A cancellation asked for after its redemption ended reopens a flow the reader let go
                 // of: its state comes from the log (later events it holds are skipped when they come).
                 for stream in reopened {
-                    match inner.load(&stream).await {
-                        Ok(state) if state.is_open() => {
-                            inner
-                                .open
-                                .lock()
-                                .insert(stream, Watched { state, last_error: None, attempts: 0, next_try_ms: 0, parked: false });
+                    // Until it reads: a cancellation the reader lost track of would wait for its caller.
+                    let state = loop {
+                        match inner.load(&stream).await {
+                            Ok(state) => break state,
+                            Err(error) => {
+                                tracing::warn!(%stream, %error, "a reopened flow cannot be read yet; retrying");
+                                tokio::time::sleep(Duration::from_millis(SCAN_INTERVAL_MS)).await;
+                            }
                         }
-                        Ok(_) => {}
-                        Err(error) => tracing::error!(%stream, %error, "a reopened flow cannot be read; it waits for its caller"),
+                    };
+                    if state.is_open() {
+                        inner.open.lock().insert(stream, Watched { state, last_error: None, attempts: 0, next_try_ms: 0, parked: false });
                     }
                 }
                 metrics::gauge!("tally_flows_open").set(inner.open.lock().len() as f64);
@@ -672,7 +699,7 @@ async fn resume(inner: std::sync::Weak<Inner>) {
                 let _guard = guard;
                 // The log, not the reader's copy, says where the flow is.
                 let result = match inner.load(&stream).await {
-                    Ok(state) => inner.drive(&tenant, &stream, state, &CommandMeta::default()).await.map(drop),
+                    Ok(state) => inner.drive(&tenant, &stream, state, &CommandMeta::default(), Until::Settled).await.map(drop),
                     Err(error) => Err(error),
                 };
                 if let Err(error) = result {

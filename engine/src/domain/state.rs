@@ -215,10 +215,10 @@ pub struct WalletState {
 pub struct CatalogueRedemption {
     pub reward_id: String,
     pub points: i64,
-    /// The soonest expiry of the lots its points came from (`None`: none of them expired).
-    pub expires_at_ms: Option<i64>,
-    /// Some of its points expired with the wallet's inactivity.
-    pub on_inactivity: bool,
+    /// Its points by the kind of lot they came from: `(points, expiry, expiring with the wallet's
+    /// inactivity)` — earned points with a date, earned points on inactivity, and points that never expire
+    /// (purchased ones, or earned under no expiry), each given back into a lot of its own kind.
+    pub parts: Vec<(i64, Option<i64>, bool)>,
     pub redeemed_at_ms: i64,
     pub cancelled: bool,
 }

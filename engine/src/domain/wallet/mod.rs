@@ -139,7 +139,7 @@ fn decide_change(state: &WalletState, body: &CommandBody, ctx: &Context<'_>) -> 
             C::VoidRedemption { hold_id } => alone(holds::void(state, hold_id)),
             C::PurchaseCredits { purchase_id, package_id } => alone(credits::purchase(state, ctx, purchase_id, package_id)),
             C::RedeemReward { redemption_id, reward_id } => alone(Ok(rewards::redeem_or_refuse(state, ctx, redemption_id, reward_id))),
-            C::CancelRewardRedemption { redemption_id, reason } => alone(rewards::cancel(state, ctx, redemption_id, reason)),
+            C::CancelRewardRedemption { redemption_id, reason } => rewards::cancel(state, ctx, redemption_id, reason),
             C::EarnForOrder { order } => alone(orders::earn_for_order(state, order, ctx)),
             C::AddStamps { card_id, count, reason } => alone(stamps::add(ctx, card_id, *count, reason)),
             C::RefundOrder { order_id, amount_minor, reason } => orders::refund(state, ctx, order_id, *amount_minor, reason),

@@ -9,54 +9,81 @@ use super::checks::checked_balance;
 use super::ledger;
 use super::lots::{credit, open_lot};
 use crate::domain::Context;
-use crate::domain::event::Change;
+use crate::domain::event::{Change, Event};
+use crate::domain::fingerprint::CommandFingerprint;
 use crate::domain::rejection::Rejection;
 use crate::domain::state::{CatalogueRedemption, WalletState};
 
-/// Gives a catalogue redemption's points back (its cancellation's step in the wallet): into a lot that
-/// expires as the soonest of the lots they came from did, so a cancellation never lengthens nor shortens
-/// their life (one already past its time expires with the cancellation).
-pub(super) fn cancel(state: &WalletState, ctx: &Context<'_>, redemption_id: &str, reason: &str) -> Result<Change, Rejection> {
+/// Gives a catalogue redemption's points back (its cancellation's step in the wallet): each part into a
+/// lot of the kind it came from — dated points at their own date, points on inactivity with the wallet's
+/// inactivity, points that never expire (purchased) never — so a cancellation neither lengthens nor
+/// shortens their life (points past their time expire with it). One event per part, numbered as they
+/// will be recorded.
+pub(super) fn cancel(state: &WalletState, ctx: &Context<'_>, redemption_id: &str, reason: &str) -> Result<(Vec<Change>, Change), Rejection> {
     let unknown = || Rejection::UnknownRedemption { redemption_id: redemption_id.to_owned() };
     let redemption = state.catalogue_redemptions.get(redemption_id).filter(|r| !r.cancelled).ok_or_else(unknown)?;
     checked_balance(state.balance.checked_add(redemption.points), "points", redemption.points)?;
-    // Earned points without a date expire with the wallet's inactivity if some of them did.
-    let earned = redemption.expires_at_ms.is_some() || redemption.on_inactivity;
-    let lot = open_lot(state, redemption.points, redemption.expires_at_ms, earned, ctx);
-    Ok(Change::RewardCancelled(RewardRedemptionCancelled {
-        redemption_id: redemption_id.to_owned(),
-        reward_id: redemption.reward_id.clone(),
-        points: redemption.points,
-        reason: reason.to_owned(),
-        lot: Some(lot),
-    }))
+    let mut after = state.clone();
+    let mut changes = Vec::with_capacity(redemption.parts.len());
+    for (points, expires_at_ms, on_inactivity) in &redemption.parts {
+        let earned = expires_at_ms.is_some() || *on_inactivity;
+        let lot = open_lot(&after, *points, *expires_at_ms, earned, ctx);
+        let change = Change::RewardCancelled(RewardRedemptionCancelled {
+            redemption_id: redemption_id.to_owned(),
+            reward_id: redemption.reward_id.clone(),
+            points: *points,
+            reason: reason.to_owned(),
+            lot: Some(lot),
+        });
+        let numbered = Event { idempotency_key: String::new(), command_fingerprint: CommandFingerprint::Fnv64(0), recorded_at_ms: ctx.now_ms, change };
+        super::apply(&mut after, &numbered);
+        changes.push(numbered.change);
+    }
+    let last = changes.pop().ok_or_else(unknown)?;
+    Ok((changes, last))
 }
 
-/// Remembers a catalogue redemption before its debit is applied: where its points came from.
+/// Remembers a catalogue redemption before its debit is applied: its points by the kind of lot they came
+/// from (what the debit's lots hold now, before it).
 pub(super) fn remember(state: &mut WalletState, e: &PointsRedeemed, at_ms: i64) {
-    let taken = e.lots.iter().filter_map(|l| state.lots.get(&l.lot));
-    let expires_at_ms = taken.clone().filter_map(|lot| lot.expires_at_ms).min();
-    let on_inactivity = taken.clone().any(|lot| lot.on_inactivity);
+    let mut parts: Vec<(i64, Option<i64>, bool)> = Vec::new();
+    for taken in &e.lots {
+        let (expires_at_ms, on_inactivity) = state.lots.get(&taken.lot).map_or((None, false), |lot| (lot.expires_at_ms, lot.on_inactivity));
+        match parts.iter_mut().find(|(_, at, inactive)| *at == expires_at_ms && *inactive == on_inactivity) {
+            Some(part) => part.0 += taken.points,
+            None => parts.push((taken.points, expires_at_ms, on_inactivity)),
+        }
+    }
+    // At most `CANCEL_PARTS_MAX` parts (one event each): dated points beyond them join the latest date
+    // kept, sooner than their own (never later).
+    parts.sort_by_key(|(_, at, inactive)| (at.is_none(), *at, *inactive));
+    while parts.len() > CANCEL_PARTS_MAX && parts[CANCEL_PARTS_MAX - 1].1.is_some() && parts[CANCEL_PARTS_MAX].1.is_some() {
+        let (points, _, _) = parts.remove(CANCEL_PARTS_MAX);
+        parts[CANCEL_PARTS_MAX - 1].0 += points;
+    }
+    let covered: i64 = parts.iter().map(|(points, _, _)| points).sum();
+    if covered < e.points {
+        parts.push((e.points - covered, None, false));
+    }
     *state.rewards_redeemed.entry(e.reward_ref.clone()).or_default() += 1;
-    let redemption = CatalogueRedemption {
-        reward_id: e.reward_ref.clone(),
-        points: e.points,
-        expires_at_ms,
-        on_inactivity,
-        redeemed_at_ms: at_ms,
-        cancelled: false,
-    };
+    let redemption = CatalogueRedemption { reward_id: e.reward_ref.clone(), points: e.points, parts, redeemed_at_ms: at_ms, cancelled: false };
     state.catalogue_redemptions.insert(e.redemption_id.clone(), redemption);
 }
+
+/// Most parts a cancellation gives back in (an event each): dates, and the two undated kinds.
+const CANCEL_PARTS_MAX: usize = 32;
 
 pub(super) fn apply_cancelled(state: &mut WalletState, e: &RewardRedemptionCancelled) {
     state.lifetime_redeemed -= e.points;
     credit(state, e.points, e.lot.as_ref());
-    if let Some(count) = state.rewards_redeemed.get_mut(&e.reward_id) {
-        *count = (*count - 1).max(0);
-    }
-    if let Some(redemption) = state.catalogue_redemptions.get_mut(&e.redemption_id) {
+    // A cancellation of several parts is one: counted back with its first.
+    if let Some(redemption) = state.catalogue_redemptions.get_mut(&e.redemption_id)
+        && !redemption.cancelled
+    {
         redemption.cancelled = true;
+        if let Some(count) = state.rewards_redeemed.get_mut(&e.reward_id) {
+            *count = (*count - 1).max(0);
+        }
     }
 }
 
