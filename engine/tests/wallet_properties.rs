@@ -459,14 +459,29 @@ proptest! {
             })
             .sum();
         prop_assert_eq!(state.lifetime_redeemed, redeemed);
-        // A catalogue redemption is cancelled at most once, and only one the wallet paid.
-        let cancelled: Vec<&str> =
-            log.iter().filter_map(|e| if let Change::RewardCancelled(c) = &e.change { Some(c.redemption_id.as_str()) } else { None }).collect();
-        let paid: Vec<&str> =
-            log.iter().filter_map(|e| if let Change::Redeemed(r) = &e.change { Some(r.redemption_id.as_str()) } else { None }).collect();
-        prop_assert!(cancelled.iter().all(|id| paid.contains(id)), "cancelled {:?}, paid {:?}", cancelled, paid);
-        let distinct: std::collections::BTreeSet<&&str> = cancelled.iter().collect();
-        prop_assert_eq!(distinct.len(), cancelled.len(), "cancelled twice: {:?}", cancelled);
+        // A catalogue redemption is cancelled at most once, and only one the wallet paid: its cancellation
+        // (in parts, consecutive events) gives back exactly what it cost.
+        let mut outstanding: HashMap<&str, i64> = HashMap::new();
+        for (i, e) in log.iter().enumerate() {
+            match &e.change {
+                Change::Redeemed(r) if !r.redemption_id.is_empty() => {
+                    outstanding.insert(r.redemption_id.as_str(), r.points);
+                }
+                Change::RewardCancelled(c) => {
+                    let left = outstanding.get_mut(c.redemption_id.as_str());
+                    prop_assert!(left.is_some(), "{} given back without being paid", c.redemption_id);
+                    let left = left.expect("checked");
+                    *left -= c.points;
+                    prop_assert!(*left >= 0, "{} given back more than it cost", c.redemption_id);
+                    let next_part = matches!(log.get(i + 1).map(|n| &n.change), Some(Change::RewardCancelled(n)) if n.redemption_id == c.redemption_id);
+                    if !next_part {
+                        prop_assert_eq!(*left, 0, "{} given back whole", c.redemption_id);
+                        outstanding.remove(c.redemption_id.as_str());
+                    }
+                }
+                _ => {}
+            }
+        }
         // Purchases: only active packages, at their points, and kept apart from earnings.
         let purchased: Vec<_> = log.iter().filter_map(|e| if let Change::Purchased(p) = &e.change { Some(p) } else { None }).collect();
         prop_assert!(purchased.iter().all(|p| p.package_id == "p-on" && p.points == 150));

@@ -19,7 +19,12 @@ use crate::domain::state::{CatalogueRedemption, WalletState};
 /// inactivity, points that never expire (purchased) never — so a cancellation neither lengthens nor
 /// shortens their life (points past their time expire with it). One event per part, numbered as they
 /// will be recorded.
-pub(super) fn cancel(state: &WalletState, ctx: &Context<'_>, redemption_id: &str, reason: &str) -> Result<(Vec<Change>, Change), Rejection> {
+pub(super) fn cancel(
+    state: &WalletState,
+    ctx: &Context<'_>,
+    redemption_id: &str,
+    reason: &str,
+) -> Result<(Vec<Change>, Change), Rejection> {
     let unknown = || Rejection::UnknownRedemption { redemption_id: redemption_id.to_owned() };
     let redemption = state.catalogue_redemptions.get(redemption_id).filter(|r| !r.cancelled).ok_or_else(unknown)?;
     checked_balance(state.balance.checked_add(redemption.points), "points", redemption.points)?;
@@ -35,7 +40,8 @@ pub(super) fn cancel(state: &WalletState, ctx: &Context<'_>, redemption_id: &str
             reason: reason.to_owned(),
             lot: Some(lot),
         });
-        let numbered = Event { idempotency_key: String::new(), command_fingerprint: CommandFingerprint::Fnv64(0), recorded_at_ms: ctx.now_ms, change };
+        let numbered =
+            Event { idempotency_key: String::new(), command_fingerprint: CommandFingerprint::Fnv64(0), recorded_at_ms: ctx.now_ms, change };
         super::apply(&mut after, &numbered);
         changes.push(numbered.change);
     }
@@ -66,7 +72,8 @@ pub(super) fn remember(state: &mut WalletState, e: &PointsRedeemed, at_ms: i64) 
         parts.push((e.points - covered, None, false));
     }
     *state.rewards_redeemed.entry(e.reward_ref.clone()).or_default() += 1;
-    let redemption = CatalogueRedemption { reward_id: e.reward_ref.clone(), points: e.points, parts, redeemed_at_ms: at_ms, cancelled: false };
+    let redemption =
+        CatalogueRedemption { reward_id: e.reward_ref.clone(), points: e.points, parts, redeemed_at_ms: at_ms, cancelled: false };
     state.catalogue_redemptions.insert(e.redemption_id.clone(), redemption);
 }
 
