@@ -77,36 +77,21 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve(_) => serve(serving.take().expect("resolved above")).await,
-            Command::Wallet(command) => {
-                emit(&tally_gateway::client::run(command).await?.to_string());
-                Ok(())
-            }
-            Command::Bench(args) => {
-                emit(&tally_gateway::bench::run(args).await?.to_string());
-                Ok(())
-            }
+            Command::Wallet(command) => shown(tally_gateway::client::run(command).await?),
+            Command::Bench(args) => shown(tally_gateway::bench::run(args).await?),
             Command::Snapshots(command) => snapshots(command).await,
             Command::Store(StoreCommand::Copy { from, to }) => store_copy(&from, &to).await,
-            Command::Projections(ProjectionsCommand::Status(target)) => {
-                emit(&tally_gateway::ops::status(target).await?.to_string());
-                Ok(())
-            }
-            Command::Projections(ProjectionsCommand::Rebuild { name, target }) => {
-                emit(&tally_gateway::ops::rebuild(name, target).await?.to_string());
-                Ok(())
-            }
+            Command::Projections(ProjectionsCommand::Status(target)) => shown(tally_gateway::ops::status(target).await?),
+            Command::Projections(ProjectionsCommand::Rebuild { name, target }) => shown(tally_gateway::ops::rebuild(name, target).await?),
             Command::Audit(command) => audit(command).await,
             Command::Flows(FlowsCommand::List { tenant, stuck, target }) => {
-                emit(&tally_gateway::flowsctl::list_flows(tenant, stuck, target).await?);
-                Ok(())
+                shown(tally_gateway::flowsctl::list_flows(tenant, stuck, target).await?)
             }
             Command::Rewards(RewardsCommand::List { tenant, target }) => {
-                emit(&tally_gateway::flowsctl::list_rewards(tenant, target).await?);
-                Ok(())
+                shown(tally_gateway::flowsctl::list_rewards(tenant, target).await?)
             }
             Command::Cluster(ClusterCommand::Status { wallet, target }) => {
-                emit(&tally_gateway::clusterctl::status(wallet.as_deref(), target).await?.to_string());
-                Ok(())
+                shown(tally_gateway::clusterctl::status(wallet.as_deref(), target).await?)
             }
             Command::Keys(command) => {
                 let direct = match command.store() {
@@ -244,6 +229,12 @@ fn kurrent_not_built(url: &str) -> String {
 
 /// Prints a command's output. A reader that went away (`tally bench | head -1`) ends the output quietly,
 /// as with other Unix tools, instead of a panic in `println!`.
+/// Prints a command's answer; the command succeeded.
+fn shown(text: impl std::fmt::Display) -> Result<(), Box<dyn std::error::Error>> {
+    emit(&text.to_string());
+    Ok(())
+}
+
 fn emit(text: &str) {
     use std::io::Write as _;
     let mut out = std::io::stdout().lock();
@@ -320,8 +311,7 @@ async fn serve(settings: ServeSettings) -> Result<(), Box<dyn std::error::Error>
         Some(cluster) => Some(join_cluster(cluster, address, &log_id).await?),
         None => None,
     };
-    let timers = spawn_timers(cluster.as_ref(), &store, &registry, clock.clone());
-    let flows = start_flows(cluster.as_ref(), &store, &registry, Arc::clone(&program_book) as Arc<dyn Programs>, clock.clone());
+    let (timers, flows) = background(cluster.as_ref(), &store, &registry, Arc::clone(&program_book) as Arc<dyn Programs>, clock.clone());
     tracing::info!(%address, tenants = ?tenants, "serving gRPC");
     let log = match &settings.store {
         StoreUrl::Embedded(dir) => format!("data in {}", dir.display()),
@@ -394,9 +384,17 @@ fn owns(cluster: Option<&Node>) -> Owns {
     Arc::new(move |key: &WalletKey| router.owns(key.tenant.as_str(), key.wallet.as_str()))
 }
 
-/// The wallets' timers: on a cluster node, only for the wallets it owns.
-fn spawn_timers(cluster: Option<&Node>, store: &Arc<dyn EventStore>, registry: &WalletRegistry, clock: Arc<dyn Clock>) -> WalletTimers {
-    WalletTimers::spawn_for(Arc::clone(store), registry.clone(), clock, owns(cluster))
+/// What runs by itself beside the calls: the wallets' timers and the flows' resumer, on a cluster node
+/// only for the wallets it owns.
+fn background(
+    cluster: Option<&Node>,
+    store: &Arc<dyn EventStore>,
+    registry: &WalletRegistry,
+    programs: Arc<dyn Programs>,
+    clock: Arc<dyn Clock>,
+) -> (WalletTimers, Flows) {
+    let timers = WalletTimers::spawn_for(Arc::clone(store), registry.clone(), Arc::clone(&clock), owns(cluster));
+    (timers, start_flows(cluster, store, registry, programs, clock))
 }
 
 /// Flows across aggregates, resumed on the node that owns their wallet. `TALLY_TEST_CRASH_AT=<point>`

@@ -115,20 +115,7 @@ pub(crate) fn transaction(stored: &StoredWalletEvent) -> Transaction {
             stamps: vec![StampAward { card: e.card_id.clone(), count: e.count }],
             ..base
         },
-        Change::RewardCancelled(e) => Transaction {
-            kind: kind(TransactionKind::RedemptionCancelled),
-            reason: e.reason.clone(),
-            reference: e.reward_id.clone(),
-            expires_at: expires(e.lot.as_ref()),
-            lots: e.lot.iter().filter(|l| l.points != 0).map(|l| LotPoints { lot: l.lot, points: l.points }).collect(),
-            ..base
-        },
-        Change::RewardRefused(e) => Transaction {
-            kind: kind(TransactionKind::RewardRefused),
-            reason: format!("{}: {}", e.code, e.message),
-            reference: e.reward_id.clone(),
-            ..base
-        },
+        Change::RewardCancelled(_) | Change::RewardRefused(_) => catalogue(change, base),
         Change::ExpiringSoon(e) => {
             Transaction { kind: kind(TransactionKind::ExpiringSoon), lots: vec![LotPoints { lot: e.lot, points: e.points }], ..base }
         }
@@ -139,5 +126,26 @@ pub(crate) fn transaction(stored: &StoredWalletEvent) -> Transaction {
             expires_at: expires(e.lot.as_ref()),
             ..base
         },
+    }
+}
+
+/// A catalogue redemption's refusal or cancellation (its debit is a `REDEEMED`).
+fn catalogue(change: &Change, base: Transaction) -> Transaction {
+    match change {
+        Change::RewardCancelled(e) => Transaction {
+            kind: TransactionKind::RedemptionCancelled as i32,
+            reason: e.reason.clone(),
+            reference: e.reward_id.clone(),
+            expires_at: e.lot.as_ref().and_then(|lot| timestamp(lot.expires_at_ms)),
+            lots: e.lot.iter().filter(|l| l.points != 0).map(|l| LotPoints { lot: l.lot, points: l.points }).collect(),
+            ..base
+        },
+        Change::RewardRefused(e) => Transaction {
+            kind: TransactionKind::RewardRefused as i32,
+            reason: format!("{}: {}", e.code, e.message),
+            reference: e.reward_id.clone(),
+            ..base
+        },
+        _ => base,
     }
 }

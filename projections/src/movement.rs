@@ -27,6 +27,8 @@ pub enum MovementKind {
     /// The wallet was opened; no points move.
     Enroll,
     Earn,
+    /// Points spent (a cancelled catalogue redemption: a redemption of negative points, so finance's
+    /// redemptions are net).
     Redeem,
     /// A signed manual correction.
     Adjust,
@@ -241,7 +243,6 @@ fn decode_one(mut recorded: RecordedEvent, tenant: Arc<str>, wallet: Arc<str>) -
         // A full card's reward points are earned points.
         Change::CardCompleted(e) => (MovementKind::Earn, e.reward_ref, format!("card:{}", e.card_id)),
         Change::RewardRefused(e) => (MovementKind::Refused, format!("{}: {}", e.code, e.message), e.reward_id),
-        // A cancelled redemption is a redemption of negative points: finance's redemptions are net.
         Change::RewardCancelled(e) => (MovementKind::Redeem, e.reason, e.reward_id),
     };
     Ok(Movement {

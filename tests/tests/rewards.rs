@@ -143,6 +143,21 @@ async fn a_redemption_takes_stock_and_points_once_and_a_refusal_takes_nothing() 
         .await
         .unwrap_err();
     assert_eq!(reason(&unlimited), "STOCK_UNLIMITED");
+}
+
+#[tokio::test]
+async fn a_redemption_brought_back_returns_its_points_and_its_unit_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TallyServer::start(&dir.path().join("data"), &["--tenant", "demo"]);
+    let mut admin = AdminServiceClient::new(server.channel().await);
+    let mut wallets = server.client().await;
+    define(&mut admin, reward("mug", 120, true, 0), 1).await;
+    define(&mut admin, reward("cap", 40, false, 1), 0).await;
+    open(&mut wallets, "ann", 300).await;
+    open(&mut wallets, "bob", 30).await;
+    wallets.redeem_reward(redeem("ann", "mug", "r-1")).await.unwrap();
+    wallets.redeem_reward(redeem("bob", "cap", "r-3")).await.unwrap_err();
+    wallets.redeem_reward(redeem("ann", "cap", "r-4")).await.unwrap();
 
     // A mug brought back: its points and the mug itself return, once.
     let cancel = |wallet: &str, id: &str| CancelRedemptionRequest {

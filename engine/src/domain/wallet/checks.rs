@@ -51,6 +51,15 @@ pub(super) fn check_key(command: &Command) -> Result<(), Rejection> {
     }
 }
 
+/// A catalogue redemption's id, with its reward's id (`Ok`) or a cancellation's reason (`Err`).
+fn check_redemption(redemption_id: &str, reward_or_reason: Result<&String, &String>) -> Result<(), Rejection> {
+    crate::domain::program::check_id("redemption_id", redemption_id)?;
+    match reward_or_reason {
+        Ok(reward_id) => Ok(crate::domain::program::check_id("reward_id", reward_id)?),
+        Err(reason) => check_reason(reason),
+    }
+}
+
 pub(super) fn checked_balance(value: Option<i64>, field: &'static str, points: i64) -> Result<i64, Rejection> {
     match value {
         Some(v) if v.abs() <= BALANCE_ABS_MAX => Ok(v),
@@ -118,14 +127,8 @@ pub(super) fn validate(body: &CommandBody) -> Result<(), Rejection> {
             }
             check_reason(reason)
         }
-        CommandBody::RedeemReward { redemption_id, reward_id } => {
-            crate::domain::program::check_id("redemption_id", redemption_id)?;
-            Ok(crate::domain::program::check_id("reward_id", reward_id)?)
-        }
-        CommandBody::CancelRewardRedemption { redemption_id, reason } => {
-            crate::domain::program::check_id("redemption_id", redemption_id)?;
-            check_reason(reason)
-        }
+        CommandBody::RedeemReward { redemption_id, reward_id } => check_redemption(redemption_id, Ok(reward_id)),
+        CommandBody::CancelRewardRedemption { redemption_id, reason } => check_redemption(redemption_id, Err(reason)),
         CommandBody::PurchaseCredits { purchase_id, package_id } => {
             check_ref("purchase_id", purchase_id, true)?;
             check_ref("package_id", package_id, true)

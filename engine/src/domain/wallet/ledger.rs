@@ -307,13 +307,9 @@ pub(super) fn apply_earned(state: &mut WalletState, e: &PointsEarned, at_ms: i64
     }
 }
 
-pub(super) fn apply_redeemed(state: &mut WalletState, e: &PointsRedeemed, at_ms: i64) {
+pub(super) fn apply_redeemed(state: &mut WalletState, e: &PointsRedeemed) {
     active(state, e.inactivity_expires_at_ms);
     state.lifetime_redeemed += e.points;
-    if !e.redemption_id.is_empty() {
-        // Before the debit: where the points came from, while the lots are still there.
-        super::rewards::remember(state, e, at_ms);
-    }
     debit(state, e.points, &e.lots);
 }
 

@@ -153,7 +153,13 @@ pub fn apply(state: &mut WalletState, event: &Event) {
     match &event.change {
         Change::Enrolled(e) => ledger::apply_enrolled(state, e, at_ms),
         Change::Earned(e) => ledger::apply_earned(state, e, at_ms),
-        Change::Redeemed(e) => ledger::apply_redeemed(state, e, at_ms),
+        Change::Redeemed(e) => {
+            // A catalogue redemption is remembered before its debit, while its lots still hold the points.
+            if !e.redemption_id.is_empty() {
+                rewards::remember(state, e, at_ms);
+            }
+            ledger::apply_redeemed(state, e);
+        }
         Change::Adjusted(e) => ledger::apply_adjusted(state, e),
         Change::Reversed(e) => ledger::apply_reversed(state, e),
         Change::Closed(e) => ledger::apply_closed(state, e),
