@@ -9,8 +9,12 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+use tally_proto::v1::admin_service_client::AdminServiceClient;
 use tally_proto::v1::wallet_service_client::WalletServiceClient;
-use tally_proto::v1::{EarnRequest, EnrollRequest, GetWalletRequest, RedeemRequest};
+use tally_proto::v1::{
+    DefineRewardRequest, EarnRequest, EnrollRequest, GetWalletRequest, RedeemRequest, RedeemRewardRequest, RestockRewardRequest,
+    RewardDefined,
+};
 use tonic::transport::Endpoint;
 
 use crate::cli::BenchArgs;
@@ -142,6 +146,33 @@ async fn setup(args: &BenchArgs, clients: &[WalletServiceClient<Authed>]) -> Res
     Ok(())
 }
 
+/// Defines `reward_id` (1 point, limited stock; a second run reuses the definition) and adds 10^9 to its
+/// stock, enough for any run.
+async fn stock_reward(args: &BenchArgs, reward_id: &str) -> Result<(), BenchError> {
+    let endpoint = Endpoint::from_shared(args.server.clone()).map_err(|_| BenchError::Url(args.server.clone()))?;
+    let channel = endpoint.connect().await.map_err(|source| BenchError::Connect { server: args.server.clone(), source })?;
+    let mut admin = AdminServiceClient::with_interceptor(channel, args.key.bearer_for(&args.server)?);
+    let reward = RewardDefined {
+        reward_id: reward_id.to_owned(),
+        name: "bench reward".into(),
+        points: 1,
+        limited_stock: true,
+        active: true,
+        ..RewardDefined::default()
+    };
+    let define = DefineRewardRequest { tenant_id: args.tenant.clone(), idempotency_key: format!("bench-define-{reward_id}"), reward: Some(reward) };
+    admin.define_reward(define).await.map_err(BenchError::Setup)?;
+    let restock = RestockRewardRequest {
+        tenant_id: args.tenant.clone(),
+        idempotency_key: format!("bench-restock-{}", uuid::Uuid::new_v4().simple()),
+        reward_id: reward_id.to_owned(),
+        quantity: 1_000_000_000,
+        reason: "tally bench".into(),
+    };
+    admin.restock_reward(restock).await.map_err(BenchError::Setup)?;
+    Ok(())
+}
+
 impl BenchReport {
     fn empty() -> Self {
         Self { elapsed: Duration::ZERO, mutations: histogram(), reads: histogram(), errors: BTreeMap::new(), by_node: BTreeMap::new() }
@@ -185,6 +216,9 @@ async fn one_call(
     let tenant_id = args.tenant.clone();
     if rng.random_range(0..100) < args.read_percent {
         (client.get_wallet(GetWalletRequest { tenant_id, wallet_id: wallet }).await.map(decided_by), false)
+    } else if let Some(reward_id) = &args.reward {
+        let request = RedeemRewardRequest { tenant_id, wallet_id: wallet, redemption_id: key, reward_id: reward_id.clone() };
+        (client.redeem_reward(request).await.map(decided_by), true)
     } else if rng.random_range(0..7) < 5 {
         let points = rng.random_range(1..500);
         let request = EarnRequest {
@@ -236,6 +270,9 @@ pub async fn run(args: BenchArgs) -> Result<BenchReport, BenchError> {
     }
     let clients = channels(&args).await?;
     setup(&args, &clients).await?;
+    if let Some(reward_id) = &args.reward {
+        stock_reward(&args, reward_id).await?;
+    }
     let run_id = uuid::Uuid::new_v4().simple().to_string();
     let deadline = Instant::now() + Duration::from_secs(args.duration_secs);
     let budget = args.requests.map(|r| r.div_ceil(args.concurrency as u64));

@@ -535,4 +535,9 @@ pub struct BenchArgs {
     /// Percentage of calls that are reads (GetWallet); the rest are earns and redeems (5:2).
     #[arg(long, default_value_t = 30)]
     pub read_percent: u32,
+    /// Every mutating call redeems this catalogue reward instead (WalletService.RedeemReward, a flow of
+    /// its own): the bench defines it (1 point, limited stock) and stocks it first, which needs an
+    /// operator or platform key. One reward for every caller: the hot-reward case.
+    #[arg(long)]
+    pub reward: Option<String>,
 }
