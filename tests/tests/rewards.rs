@@ -319,3 +319,22 @@ async fn a_thousand_concurrent_redemptions_of_a_hundred_in_stock_complete_exactl
     }
     assert_eq!(spent, 100 * 10);
 }
+
+#[tokio::test]
+async fn tally_bench_redeems_one_hot_reward_over_grpc() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TallyServer::start(&dir.path().join("data"), &["--tenant", "demo"]);
+    let args = ["bench", "--reward", "mug", "--requests", "200", "--concurrency", "8", "--wallets", "16", "--hot-wallets", "2"];
+    let out = server.cli().args(args).args(["--read-percent", "0", "--tenant", "demo", "--server", server.url.as_str()]).output().unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{report}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!report.contains("errors"), "every redemption completed: {report}");
+    let redeemed: i64 = report
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("mutating").and_then(|rest| rest.split_whitespace().next()).and_then(|n| n.parse().ok()))
+        .expect("a count of mutating calls");
+    let mut admin = AdminServiceClient::new(server.channel().await);
+    let mug = stock(&mut admin, "mug").await;
+    assert_eq!((mug.taken, mug.reserved), (redeemed, 0), "{report}");
+    assert!(redeemed >= 200, "{report}");
+}
