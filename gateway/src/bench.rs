@@ -160,7 +160,8 @@ async fn stock_reward(args: &BenchArgs, reward_id: &str) -> Result<(), BenchErro
         active: true,
         ..RewardDefined::default()
     };
-    let define = DefineRewardRequest { tenant_id: args.tenant.clone(), idempotency_key: format!("bench-define-{reward_id}"), reward: Some(reward) };
+    let define =
+        DefineRewardRequest { tenant_id: args.tenant.clone(), idempotency_key: format!("bench-define-{reward_id}"), reward: Some(reward) };
     admin.define_reward(define).await.map_err(BenchError::Setup)?;
     let restock = RestockRewardRequest {
         tenant_id: args.tenant.clone(),
