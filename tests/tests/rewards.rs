@@ -219,6 +219,7 @@ async fn a_server_killed_between_any_two_steps_finishes_the_redemption_exactly_o
     }
     server.terminate();
     let mut expected_paid = 0;
+    let mut last_position = 0;
     let mut redemptions = Vec::new();
     for (i, point) in CRASH_POINTS.iter().enumerate() {
         for wallet in ["rich", "poor"] {
@@ -262,6 +263,7 @@ async fn a_server_killed_between_any_two_steps_finishes_the_redemption_exactly_o
         let mut wallets = server.client().await;
         let cancelled = wallets.cancel_redemption(request).await.unwrap_or_else(|e| panic!("{point}: {e:?}")).into_inner();
         assert_eq!(cancelled.points, 100, "{point}");
+        last_position = cancelled.position;
         expected_paid -= 100;
         server.terminate();
     }
@@ -276,6 +278,16 @@ async fn a_server_killed_between_any_two_steps_finishes_the_redemption_exactly_o
     assert_eq!(balance(&mut wallets, "poor").await, 60, "no refused redemption paid");
     let mug = stock(&mut admin, "mug").await;
     assert_eq!((mug.on_hand, mug.reserved, mug.taken), (20 - 5 + 4, 0, 5 - 4), "stock conserved: {mug:?}");
+    // The whole tenant's books, from the log: opening + issued − redeemed (cancellations net) … = closing.
+    let out = server
+        .cli()
+        .args(["audit", "export", "--tenant", "demo", "--up-to-position", &last_position.to_string(), "--server", server.url.as_str()])
+        .args(["--out", dir.path().join("ledger.csv").to_str().unwrap()])
+        .output()
+        .unwrap();
+    let verdict = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && verdict.contains("the books balance"), "{verdict}");
+    assert!(verdict.contains(&format!("redeemed {}", 100)), "one mug's points net of the four given back: {verdict}");
     let open = admin.list_flows(ListFlowsRequest { tenant_id: "demo".into(), stuck_only: false }).await.unwrap().into_inner();
     assert!(open.flows.is_empty(), "{open:?}");
     assert_eq!(redemptions.len(), 10);
