@@ -182,6 +182,80 @@ async fn calls_to_any_node_are_decided_by_the_wallets_owner_once() {
     }
 }
 
+/// Issue 20 on a cluster: reward redemptions sent to any node run where the wallet lives (the flow is
+/// driven by the wallet's owner), all nodes meet at one reward's stock in the shared PostgreSQL log (its
+/// batches conflict across nodes and are decided again), a retry on another node is the first answer,
+/// and exactly the stock there was is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redemptions_sent_to_any_node_take_one_rewards_stock_exactly() {
+    use tally_proto::v1::admin_service_client::AdminServiceClient;
+    use tally_proto::v1::{DefineRewardRequest, ListRewardsRequest, RedeemRewardRequest, RestockRewardRequest, RewardDefined};
+    let dir = tempfile::tempdir().unwrap();
+    let database = TestDatabase::create().await;
+    let (nodes, mut clients) = three_nodes(dir.path(), &database).await;
+    let mut admin = AdminServiceClient::new(nodes[0].channel_with(Key::new(&nodes[0].platform_key())).await);
+    let mug =
+        RewardDefined { reward_id: "mug".into(), name: "Mug".into(), points: 10, limited_stock: true, active: true, ..Default::default() };
+    admin.define_reward(DefineRewardRequest { tenant_id: "acme".into(), idempotency_key: "mug".into(), reward: Some(mug) }).await.unwrap();
+    let restock = RestockRewardRequest {
+        tenant_id: "acme".into(),
+        idempotency_key: "r".into(),
+        reward_id: "mug".into(),
+        quantity: 20,
+        reason: String::new(),
+    };
+    admin.restock_reward(restock).await.unwrap();
+    for w in 0..12 {
+        let wallet = format!("m-{w}");
+        clients[w % 3].enroll(enrollment(&wallet)).await.unwrap();
+        clients[w % 3].earn(earn(&wallet, "seed", 100)).await.unwrap();
+    }
+    // 36 redemptions of 20 mugs, three per wallet, each sent to a node in turn, all at once.
+    let calls: Vec<_> = (0..36)
+        .map(|i| {
+            let mut client = clients[i % 3].clone();
+            tokio::spawn(async move {
+                let request = RedeemRewardRequest {
+                    tenant_id: "acme".into(),
+                    wallet_id: format!("m-{}", i % 12),
+                    redemption_id: format!("red-{i}"),
+                    reward_id: "mug".into(),
+                };
+                let answer = client.redeem_reward(request).await;
+                (decided_by(&answer), answer.map(|a| a.into_inner().points).map_err(|s| s.code()))
+            })
+        })
+        .collect();
+    let mut paid = 0;
+    for (i, call) in calls.into_iter().enumerate() {
+        let (decider, answer) = call.await.unwrap();
+        let owner = decided_by(&clients[0].get_wallet(read(&format!("m-{}", i % 12))).await);
+        assert_eq!(decider, owner, "red-{i} was driven by its wallet's owner");
+        match answer {
+            Ok(points) => paid += points,
+            Err(code) => assert_eq!(code, tonic::Code::FailedPrecondition, "red-{i}: out of stock, nothing else"),
+        }
+        // A retry on the next node answers the same, without a second redemption.
+        let retry = RedeemRewardRequest {
+            tenant_id: "acme".into(),
+            wallet_id: format!("m-{}", i % 12),
+            redemption_id: format!("red-{i}"),
+            reward_id: "mug".into(),
+        };
+        let again = clients[(i + 1) % 3].redeem_reward(retry).await;
+        assert_eq!(again.as_ref().map(|a| a.get_ref().replayed).map_err(tonic::Status::code), answer.map(|_| true), "red-{i}");
+    }
+    assert_eq!(paid, 20 * 10, "exactly the twenty mugs there were");
+    let rewards = admin.list_rewards(ListRewardsRequest { tenant_id: "acme".into() }).await.unwrap().into_inner().rewards;
+    let stock = rewards[0].stock.clone().unwrap();
+    assert_eq!((stock.on_hand, stock.reserved, stock.taken), (0, 0, 20));
+    let mut balances = 0;
+    for w in 0..12 {
+        balances += clients[(w + 1) % 3].get_wallet(read(&format!("m-{w}"))).await.unwrap().into_inner().balance;
+    }
+    assert_eq!(balances, 12 * 100 - 200, "the points paid are the mugs taken");
+}
+
 /// A node joins (its wallets move to it: the first node gives them up) and then leaves under load (they
 /// come back, recovered from the log rather than from what the first node held before).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

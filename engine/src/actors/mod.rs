@@ -54,6 +54,11 @@ impl WalletKey {
 pub trait Programs: Send + Sync + Debug + 'static {
     /// The tenant's settings, or `None` if no such program exists.
     async fn settings(&self, tenant: &TenantId) -> Result<Option<Arc<ProgramSettings>>, WalletError>;
+    /// The tenant's settings as the log has them now, for a caller that found what it needs missing from
+    /// [`Self::settings`] (defined on another node a moment ago). Programs known up front: the same.
+    async fn fresh_settings(&self, tenant: &TenantId) -> Result<Option<Arc<ProgramSettings>>, WalletError> {
+        self.settings(tenant).await
+    }
     /// Counts `wallet` as one more of `tenant`'s before its first event, or refuses it
     /// ([`WalletError::TooManyWallets`]) when the tenant has opened as many as it may.
     async fn admit_wallet(&self, tenant: &TenantId, wallet: &WalletId, meta: &CommandMeta) -> Result<(), WalletError>;

@@ -256,6 +256,14 @@ impl Programs for ProgramBook {
         })
     }
 
+    async fn fresh_settings(&self, tenant: &TenantId) -> Result<Option<Arc<ProgramSettings>>, WalletError> {
+        // Catching the program up publishes its settings to the cache.
+        if let Err(error) = self.get(tenant).await {
+            tracing::warn!(%tenant, %error, "cannot read the program afresh; answering from the cache");
+        }
+        self.settings(tenant).await
+    }
+
     async fn admit_wallet(&self, tenant: &TenantId, wallet: &WalletId, meta: &CommandMeta) -> Result<(), WalletError> {
         self.wallets.admit(tenant, wallet, meta).await
     }

@@ -248,7 +248,12 @@ impl Flows {
         if state.version == 0 {
             let not_started = |e: WalletError| FlowError::NotStarted { reason: e.to_string() };
             let settings = self.inner.programs.settings(tenant).await.map_err(not_started)?;
-            let reward = settings.as_ref().and_then(|s| s.rewards.get(reward_id).cloned());
+            let mut reward = settings.as_ref().and_then(|s| s.rewards.get(reward_id).cloned());
+            if reward.is_none() {
+                // Defined on another node a moment ago, perhaps: the program as the log has it now.
+                let settings = self.inner.programs.fresh_settings(tenant).await.map_err(not_started)?;
+                reward = settings.as_ref().and_then(|s| s.rewards.get(reward_id).cloned());
+            }
             let reward = reward.ok_or_else(|| Rejection::UnknownReward { reward_id: reward_id.to_owned() })?;
             // A wallet that does not exist could exist later, so its refusal would not be the wallet's
             // answer for good: nothing is started for it. (Its stream is empty until it is enrolled.)
