@@ -227,8 +227,7 @@ fn decode_one(mut recorded: RecordedEvent, tenant: Arc<str>, wallet: Arc<str>) -
         Change::Reversed(e) => (MovementKind::Reverse, e.reason, e.source_ref),
         Change::Closed(e) => (MovementKind::Close, e.reason, String::new()),
         Change::Held(e) => (MovementKind::Hold, String::new(), e.hold_id),
-        // A captured hold is a redemption: finance sees it as one.
-        Change::Captured(e) => (MovementKind::Redeem, String::new(), e.reward_ref),
+        Change::Captured(e) => (MovementKind::Redeem, String::new(), e.reward_ref), // a redemption for finance
         Change::Released(e) => (MovementKind::Release, String::new(), e.hold_id),
         Change::Purchased(e) => (MovementKind::Purchase, e.package_id, e.purchase_id),
         // The reference names the lot: the stream version of the event that opened it.
@@ -240,7 +239,7 @@ fn decode_one(mut recorded: RecordedEvent, tenant: Arc<str>, wallet: Arc<str>) -
         Change::TierReviewed(e) => (MovementKind::Tier, "kept".to_owned(), e.tier),
         Change::Stamped(e) => (MovementKind::Stamp, e.reason, e.card_id),
         Change::ExpiringSoon(e) => (MovementKind::Notice, format!("{} points expire soon", e.points), format!("lot:{}", e.lot)),
-        // A full card's reward points are earned points.
+        // A full card's reward points are earned points; a refused redemption moves none.
         Change::CardCompleted(e) => (MovementKind::Earn, e.reward_ref, format!("card:{}", e.card_id)),
         Change::RewardRefused(e) => (MovementKind::Refused, format!("{}: {}", e.code, e.message), e.reward_id),
         Change::RewardCancelled(e) => (MovementKind::Redeem, e.reason, e.reward_id),

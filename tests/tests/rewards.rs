@@ -91,8 +91,9 @@ fn reason(status: &tonic::Status) -> String {
     status.get_details_precondition_failure().and_then(|f| f.violations.first().map(|v| v.r#type.clone())).unwrap_or_default()
 }
 
-#[tokio::test]
-async fn a_redemption_takes_stock_and_points_once_and_a_refusal_takes_nothing() {
+/// A shop: one mug in stock (120 points), an unlimited cap (40 points, one per customer); Ann has 300
+/// points, Bob 30.
+async fn shop() -> (tempfile::TempDir, TallyServer, AdminServiceClient<Authed>, WalletServiceClient<Authed>) {
     let dir = tempfile::tempdir().unwrap();
     let server = TallyServer::start(&dir.path().join("data"), &["--tenant", "demo"]);
     let mut admin = AdminServiceClient::new(server.channel().await);
@@ -101,6 +102,12 @@ async fn a_redemption_takes_stock_and_points_once_and_a_refusal_takes_nothing() 
     define(&mut admin, reward("cap", 40, false, 1), 0).await;
     open(&mut wallets, "ann", 300).await;
     open(&mut wallets, "bob", 30).await;
+    (dir, server, admin, wallets)
+}
+
+#[tokio::test]
+async fn a_redemption_takes_stock_and_points_once_and_a_refusal_takes_nothing() {
+    let (_dir, _server, mut admin, mut wallets) = shop().await;
 
     let paid = wallets.redeem_reward(redeem("ann", "mug", "r-1")).await.unwrap().into_inner();
     assert_eq!((paid.points, paid.balance, paid.replayed), (120, 180, false));
@@ -147,14 +154,7 @@ async fn a_redemption_takes_stock_and_points_once_and_a_refusal_takes_nothing() 
 
 #[tokio::test]
 async fn a_redemption_brought_back_returns_its_points_and_its_unit_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = TallyServer::start(&dir.path().join("data"), &["--tenant", "demo"]);
-    let mut admin = AdminServiceClient::new(server.channel().await);
-    let mut wallets = server.client().await;
-    define(&mut admin, reward("mug", 120, true, 0), 1).await;
-    define(&mut admin, reward("cap", 40, false, 1), 0).await;
-    open(&mut wallets, "ann", 300).await;
-    open(&mut wallets, "bob", 30).await;
+    let (_dir, server, mut admin, mut wallets) = shop().await;
     wallets.redeem_reward(redeem("ann", "mug", "r-1")).await.unwrap();
     wallets.redeem_reward(redeem("bob", "cap", "r-3")).await.unwrap_err();
     wallets.redeem_reward(redeem("ann", "cap", "r-4")).await.unwrap();

@@ -29,9 +29,11 @@ impl Inner {
         Err(FlowError::NeedsOperator { reason })
     }
 
-    /// A stock step that answers the same every time: a failure leaves the flow to be driven on.
-    async fn settle(&self, stream: &StreamId, op: StockOp, meta: &CommandMeta) -> Result<(), FlowError> {
-        self.stock.run(stream, op, meta.clone()).await.map(drop).map_err(|e| FlowError::Unfinished { reason: e.to_string() })
+    /// A stock step that answers the same every time, then the crash point after it: a failure leaves the
+    /// flow to be driven on.
+    async fn settle(&self, stream: &StreamId, op: StockOp, meta: &CommandMeta, crash_point: &str) -> Result<(), FlowError> {
+        self.stock.run(stream, op, meta.clone()).await.map_err(|e| FlowError::Unfinished { reason: e.to_string() })?;
+        self.crash_point(crash_point)
     }
 
     pub(super) fn lock_for(&self, stream: &StreamId) -> Arc<tokio::sync::Mutex<()>> {
@@ -157,8 +159,7 @@ impl Inner {
         if redemption.limited_stock && matches!(answer, DebitAnswer::Paid { .. }) {
             let reward_stream = codec::reward_stream(tenant, &redemption.reward_id)?;
             let op = StockOp::Return { redemption_id: redemption.redemption_id.clone() };
-            self.settle(&reward_stream, op, meta).await?;
-            self.crash_point("stock_returned")?;
+            self.settle(&reward_stream, op, meta, "stock_returned").await?;
         }
         Ok(flows::cancellation_ending(&answer))
     }
@@ -187,8 +188,7 @@ impl Inner {
                 DebitAnswer::Paid { .. } => StockOp::Take { redemption_id },
                 DebitAnswer::Refused(refusal) => StockOp::Release { redemption_id, reason: refusal.code.clone() },
             };
-            self.settle(&reward_stream, op, meta).await?;
-            self.crash_point("stock_settled")?;
+            self.settle(&reward_stream, op, meta, "stock_settled").await?;
         }
         Ok(flows::ending(&answer))
     }
