@@ -286,6 +286,62 @@ pub enum RewardsCommand {
         #[command(flatten)]
         target: Target,
     },
+    /// Define a reward, or replace its definition (with an operator or platform key).
+    Define(Box<DefineRewardArgs>),
+    /// Add stock to a limited reward; the key makes a retry add nothing.
+    Restock {
+        /// Program (tenant) id.
+        #[arg(long, env = "TALLY_TENANT", default_value = "demo")]
+        tenant: String,
+        #[arg(long)]
+        reward: String,
+        /// How many to add (1 to 10^9).
+        #[arg(long)]
+        quantity: i64,
+        /// The idempotency key (a delivery note's number).
+        #[arg(long)]
+        key: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+/// `tally rewards define`.
+#[derive(Debug, Args)]
+pub struct DefineRewardArgs {
+    /// Program (tenant) id.
+    #[arg(long, env = "TALLY_TENANT", default_value = "demo")]
+    pub tenant: String,
+    /// The reward's id (1 to 64 bytes of A-Z a-z 0-9 - _ . :).
+    #[arg(long)]
+    pub reward: String,
+    #[arg(long, default_value = "")]
+    pub name: String,
+    /// What one costs, in points.
+    #[arg(long)]
+    pub points: i64,
+    /// Limited stock (add it with `tally rewards restock`); without: unlimited.
+    #[arg(long)]
+    pub limited: bool,
+    /// At most this many per customer (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    pub per_customer: i64,
+    /// Only for this tier and above.
+    #[arg(long, default_value = "")]
+    pub min_tier: String,
+    /// Redemptions can be cancelled within this many days (0: never).
+    #[arg(long, default_value_t = 0)]
+    pub cancel_days: u32,
+    /// Defined but not offered.
+    #[arg(long)]
+    pub inactive: bool,
+    /// The idempotency key [default: derived from the definition, so the same definition again is a retry].
+    #[arg(long)]
+    pub key: Option<String>,
+    #[command(flatten)]
+    pub target: Target,
 }
 
 #[derive(Debug, Subcommand)]

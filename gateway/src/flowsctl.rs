@@ -140,3 +140,63 @@ pub async fn list_rewards(tenant: String, target: Target) -> Result<String, Clie
     }
     Ok(out)
 }
+
+/// `tally rewards define`: the reward as the program now has it.
+pub async fn define_reward(args: crate::cli::DefineRewardArgs) -> Result<String, ClientError> {
+    use tally_proto::v1::{DefineRewardRequest, RewardDefined};
+    let reward = RewardDefined {
+        reward_id: args.reward.clone(),
+        name: args.name,
+        points: args.points,
+        limited_stock: args.limited,
+        per_customer_max: args.per_customer,
+        min_tier_id: args.min_tier,
+        active: !args.inactive,
+        cancel_window_days: args.cancel_days,
+        ..RewardDefined::default()
+    };
+    // The same definition again is a retry of it; another is a new definition.
+    let key = args.key.unwrap_or_else(|| format!("define-{}-{:016x}", args.reward, fnv(&prost::Message::encode_to_vec(&reward))));
+    let request = DefineRewardRequest { tenant_id: args.tenant, idempotency_key: key, reward: Some(reward) };
+    let program = connect(&args.target).await?.define_reward(request).await.map_err(ClientError::Call)?.into_inner();
+    let defined = program.rewards.into_iter().find(|r| r.reward_id == args.reward);
+    let Some(r) = defined else {
+        return Err(ClientError::Direct(format!("the program does not list {:?} after defining it", args.reward)));
+    };
+    if args.target.json {
+        let line = serde_json::json!({ "reward_id": r.reward_id, "points": r.points, "limited_stock": r.limited_stock, "active": r.active, "replayed": program.replayed });
+        return Ok(line.to_string());
+    }
+    let stock = if r.limited_stock { "limited stock" } else { "unlimited" };
+    Ok(format!(
+        "{}: {} points, {stock}{}",
+        r.reward_id,
+        r.points,
+        if program.replayed { " (unchanged: the same definition again)" } else { "" }
+    ))
+}
+
+/// `tally rewards restock`: the stock after it.
+pub async fn restock(
+    tenant: String,
+    reward: String,
+    quantity: i64,
+    key: String,
+    reason: String,
+    target: Target,
+) -> Result<String, ClientError> {
+    use tally_proto::v1::RestockRewardRequest;
+    let request = RestockRewardRequest { tenant_id: tenant, idempotency_key: key, reward_id: reward, quantity, reason };
+    let stock = connect(&target).await?.restock_reward(request).await.map_err(ClientError::Call)?.into_inner();
+    if target.json {
+        let line = serde_json::json!({ "reward_id": stock.reward_id, "on_hand": stock.on_hand, "reserved": stock.reserved, "taken": stock.taken, "replayed": stock.replayed });
+        return Ok(line.to_string());
+    }
+    let retry = if stock.replayed { " (a retry: nothing added)" } else { "" };
+    Ok(format!("{}: {} on hand, {} reserved, {} taken{retry}", stock.reward_id, stock.on_hand, stock.reserved, stock.taken))
+}
+
+/// 64-bit FNV-1a, for a definition's default key.
+fn fnv(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |hash, b| (hash ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3))
+}

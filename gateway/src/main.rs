@@ -87,6 +87,10 @@ fn main() -> ExitCode {
             Command::Flows(FlowsCommand::List { tenant, stuck, target }) => {
                 shown(tally_gateway::flowsctl::list_flows(tenant, stuck, target).await?)
             }
+            Command::Rewards(RewardsCommand::Define(args)) => shown(tally_gateway::flowsctl::define_reward(*args).await?),
+            Command::Rewards(RewardsCommand::Restock { tenant, reward, quantity, key, reason, target }) => {
+                shown(tally_gateway::flowsctl::restock(tenant, reward, quantity, key, reason, target).await?)
+            }
             Command::Rewards(RewardsCommand::List { tenant, target }) => {
                 shown(tally_gateway::flowsctl::list_rewards(tenant, target).await?)
             }

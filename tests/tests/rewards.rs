@@ -350,3 +350,33 @@ async fn tally_bench_redeems_one_hot_reward_over_grpc() {
     assert_eq!((mug.taken, mug.reserved), (redeemed, 0), "{report}");
     assert!(redeemed >= 200, "{report}");
 }
+
+#[tokio::test]
+async fn an_operator_defines_and_stocks_a_reward_from_the_command_line() {
+    let (_dir, server, mut admin, _) = shop().await;
+    let run = |args: &[&str]| {
+        let out = server.cli().arg("rewards").args(args).args(["--tenant", "demo", "--server", server.url.as_str()]).output().unwrap();
+        assert!(out.status.success(), "tally rewards {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let define = ["define", "--reward", "vase", "--name", "Vase", "--points", "50", "--limited", "--cancel-days", "3"];
+    assert_eq!(run(&define).trim(), "vase: 50 points, limited stock");
+    assert!(run(&define).contains("unchanged"), "the same definition again is a retry");
+    assert_eq!(
+        run(&["restock", "--reward", "vase", "--quantity", "5", "--key", "delivery-1"]).trim(),
+        "vase: 5 on hand, 0 reserved, 0 taken"
+    );
+    assert!(run(&["restock", "--reward", "vase", "--quantity", "5", "--key", "delivery-1"]).contains("a retry: nothing added"));
+    let vase = stock(&mut admin, "vase").await;
+    assert_eq!((vase.on_hand, vase.reserved, vase.taken), (5, 0, 0));
+    let refused = server
+        .cli()
+        .args(["rewards", "restock", "--reward", "cap", "--quantity", "1", "--key", "k"])
+        .args(["--tenant", "demo", "--server", server.url.as_str()])
+        .output()
+        .unwrap();
+    assert!(
+        !refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("unlimited"),
+        "an unlimited reward has no stock"
+    );
+}
