@@ -1,4 +1,5 @@
-//! One wallet event as the wire's `Transaction`: one arm per event kind, so a new kind is one arm here.
+//! One wallet event as the wire's `Transaction`: `transaction` sends each kind to its family's room (ledger, holds,
+//! what time brought, stamp cards, the catalogue), one arm per kind there; a new kind is a line in `transaction` and an arm in its room.
 
 use tally_engine::actors::StoredWalletEvent;
 use tally_engine::domain::{Change, Event};
@@ -17,12 +18,34 @@ pub(crate) fn transaction(stored: &StoredWalletEvent) -> Transaction {
         idempotency_key: idempotency_key.clone(),
         ..Transaction::default()
     };
-    let kind = |kind: TransactionKind| kind as i32;
-    let expires = |lot: Option<&LotOpened>| lot.and_then(|lot| timestamp(lot.expires_at_ms));
     match change {
         // The customer's reference is personal data: on the Wallet (while not erased), never in a history.
         Change::Enrolled(_) => Transaction { kind: kind(TransactionKind::Enrolled), ..base },
         Change::CustomerErased(e) => Transaction { kind: kind(TransactionKind::CustomerErased), reason: e.reason.clone(), ..base },
+        Change::Earned(_) | Change::Redeemed(_) | Change::Adjusted(_) | Change::Reversed(_) | Change::Closed(_) | Change::Purchased(_) => {
+            ledger(change, base)
+        }
+        Change::Held(_) | Change::Captured(_) | Change::Released(_) => holds(change, base),
+        Change::Expired(_) | Change::Matured(_) | Change::ExpiringSoon(_) | Change::TierChanged(_) | Change::TierReviewed(_) => {
+            by_time(change, base)
+        }
+        Change::Stamped(_) | Change::CardCompleted(_) => cards(change, base),
+        Change::RewardCancelled(_) | Change::RewardRefused(_) => catalogue(change, base),
+    }
+}
+
+fn kind(kind: TransactionKind) -> i32 {
+    kind as i32
+}
+
+/// When the lot a change opened expires.
+fn expires(lot: Option<&LotOpened>) -> Option<prost_types::Timestamp> {
+    lot.and_then(|lot| timestamp(lot.expires_at_ms))
+}
+
+/// Credits and debits: earned, redeemed, adjusted, reversed, closed, purchased.
+fn ledger(change: &Change, base: Transaction) -> Transaction {
+    match change {
         Change::Earned(e) => {
             let pending = e.pending.as_ref();
             let order = e.order.as_ref();
@@ -60,6 +83,21 @@ pub(crate) fn transaction(stored: &StoredWalletEvent) -> Transaction {
             ..base
         },
         Change::Closed(e) => Transaction { kind: kind(TransactionKind::Closed), reason: e.reason.clone(), lots: e.lots.clone(), ..base },
+        Change::Purchased(e) => Transaction {
+            kind: kind(TransactionKind::Purchased),
+            reason: e.package_id.clone(),
+            reference: e.purchase_id.clone(),
+            order_amount: e.price.clone(),
+            expires_at: expires(e.lot.as_ref()),
+            ..base
+        },
+        _ => base,
+    }
+}
+
+/// A POS hold's life: held, captured, released.
+fn holds(change: &Change, base: Transaction) -> Transaction {
+    match change {
         Change::Held(e) => Transaction {
             kind: kind(TransactionKind::Held),
             reference: e.hold_id.clone(),
@@ -81,14 +119,13 @@ pub(crate) fn transaction(stored: &StoredWalletEvent) -> Transaction {
             lots: e.lots.clone(),
             ..base
         },
-        Change::Purchased(e) => Transaction {
-            kind: kind(TransactionKind::Purchased),
-            reason: e.package_id.clone(),
-            reference: e.purchase_id.clone(),
-            order_amount: e.price.clone(),
-            expires_at: expires(e.lot.as_ref()),
-            ..base
-        },
+        _ => base,
+    }
+}
+
+/// What time brought: expiries, maturities, notices, tier moves.
+fn by_time(change: &Change, base: Transaction) -> Transaction {
+    match change {
         Change::Expired(e) => {
             Transaction { kind: kind(TransactionKind::Expired), lots: vec![LotPoints { lot: e.lot, points: e.points }], ..base }
         }
@@ -99,6 +136,9 @@ pub(crate) fn transaction(stored: &StoredWalletEvent) -> Transaction {
             lots: e.lot.iter().map(|lot| LotPoints { lot: lot.lot, points: lot.points }).collect(),
             ..base
         },
+        Change::ExpiringSoon(e) => {
+            Transaction { kind: kind(TransactionKind::ExpiringSoon), lots: vec![LotPoints { lot: e.lot, points: e.points }], ..base }
+        }
         Change::TierChanged(e) => Transaction {
             kind: kind(TransactionKind::TierChanged),
             reason: if e.r#move == TierMove::Down as i32 { "down" } else { "up" }.to_owned(),
@@ -108,6 +148,13 @@ pub(crate) fn transaction(stored: &StoredWalletEvent) -> Transaction {
         Change::TierReviewed(e) => {
             Transaction { kind: kind(TransactionKind::TierReviewed), reason: "kept".to_owned(), reference: e.tier.clone(), ..base }
         }
+        _ => base,
+    }
+}
+
+/// Stamp cards: stamps given, a card completed.
+fn cards(change: &Change, base: Transaction) -> Transaction {
+    match change {
         Change::Stamped(e) => Transaction {
             kind: kind(TransactionKind::Stamped),
             reason: e.reason.clone(),
@@ -115,10 +162,6 @@ pub(crate) fn transaction(stored: &StoredWalletEvent) -> Transaction {
             stamps: vec![StampAward { card: e.card_id.clone(), count: e.count }],
             ..base
         },
-        Change::RewardCancelled(_) | Change::RewardRefused(_) => catalogue(change, base),
-        Change::ExpiringSoon(e) => {
-            Transaction { kind: kind(TransactionKind::ExpiringSoon), lots: vec![LotPoints { lot: e.lot, points: e.points }], ..base }
-        }
         Change::CardCompleted(e) => Transaction {
             kind: kind(TransactionKind::CardCompleted),
             reason: e.reward_ref.clone(),
@@ -126,6 +169,7 @@ pub(crate) fn transaction(stored: &StoredWalletEvent) -> Transaction {
             expires_at: expires(e.lot.as_ref()),
             ..base
         },
+        _ => base,
     }
 }
 
@@ -133,15 +177,15 @@ pub(crate) fn transaction(stored: &StoredWalletEvent) -> Transaction {
 fn catalogue(change: &Change, base: Transaction) -> Transaction {
     match change {
         Change::RewardCancelled(e) => Transaction {
-            kind: TransactionKind::RedemptionCancelled as i32,
+            kind: kind(TransactionKind::RedemptionCancelled),
             reason: e.reason.clone(),
             reference: e.reward_id.clone(),
-            expires_at: e.lot.as_ref().and_then(|lot| timestamp(lot.expires_at_ms)),
+            expires_at: expires(e.lot.as_ref()),
             lots: e.lot.iter().filter(|l| l.points != 0).map(|l| LotPoints { lot: l.lot, points: l.points }).collect(),
             ..base
         },
         Change::RewardRefused(e) => Transaction {
-            kind: TransactionKind::RewardRefused as i32,
+            kind: kind(TransactionKind::RewardRefused),
             reason: format!("{}: {}", e.code, e.message),
             reference: e.reward_id.clone(),
             ..base
