@@ -148,6 +148,9 @@ pub const FLOW_STUCK_AFTER_MS: i64 = 60_000;
 /// (it stays stuck for an operator): the wallet remembers the debit's key for `RECEIPT_RETENTION_MS`
 /// after it, and a debit after its receipt was forgotten could be a second one.
 pub const FLOW_DEBIT_WITHIN_MS: i64 = RECEIPT_RETENTION_MS - 2 * RETENTION_SWEEP_INTERVAL_MS;
+/// The window of a program's daily transfer cap (`TransferPolicySet.max_points_per_day`): any 24 hours
+/// of recorded time.
+pub const TRANSFER_DAY_MS: i64 = 86_400_000;
 
 /// Most tenants on the platform unless `tally serve --tenants-max` says otherwise.
 pub const TENANTS_DEFAULT_MAX: usize = 10_000;

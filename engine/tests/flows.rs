@@ -152,7 +152,7 @@ async fn a_redemption_debits_and_takes_stock_once_and_a_retry_answers_the_same()
     assert_eq!((stock.on_hand, stock.reserved, stock.taken), (1, 0, 1));
 
     // The same id for another wallet or reward is refused; an unknown reward records nothing.
-    assert!(matches!(node.redeem("ann", "tote", "r-1").await, Err(FlowError::RedemptionIdReused { .. })));
+    assert!(matches!(node.redeem("ann", "tote", "r-1").await, Err(FlowError::FlowIdReused { .. })));
     assert!(matches!(node.redeem("ann", "nothing", "r-2").await, Err(FlowError::Rejected(_))));
     assert_eq!(store.stream_version(&tally_engine::codec::flow_stream(&tenant(), "r-2").unwrap()).await.unwrap(), 0);
     node.stop().await;

@@ -89,6 +89,7 @@ fn program() -> ProgramSettings {
         },
         stamp_cards: Arc::new([("coffee".to_owned(), coffee)].into_iter().collect()),
         rewards: Arc::default(),
+        transfers: tally_engine::domain::TransferPolicySet::default(),
     }
 }
 

@@ -10,7 +10,9 @@ use tally_engine::domain::{
     Change, Command, CommandBody, Context, Decision, DueView, Event, ProgramSettings, ReturnPolicy, TenantId, WalletId, WalletState,
     WalletStatus, apply, decide,
 };
-use tally_engine::domain::{capture_key, due_key, reward_cancel_key, reward_debit_key, void_key};
+use tally_engine::domain::{
+    TransferPart, TransferPolicySet, TransferStep, capture_key, due_key, reward_cancel_key, reward_debit_key, transfer_key, void_key,
+};
 use tally_engine::limits::RECEIPT_RETENTION_MS;
 
 const MINUTE: i64 = 60_000;
@@ -49,7 +51,30 @@ fn program(return_policy: ReturnPolicy, expiry: ExpiryPolicy, pending_days: u32,
         tiers,
         stamp_cards: std::sync::Arc::new([("coffee".to_owned(), coffee_card())].into_iter().collect()),
         rewards: std::sync::Arc::new(rewards()),
+        transfers: TransferPolicySet::default(),
     }
+}
+
+/// Transfers not allowed, allowed without caps, or with a cap per transfer and per day.
+fn transfer_policy() -> impl Strategy<Value = TransferPolicySet> {
+    let allowed = |max_points_per_transfer, max_points_per_day| TransferPolicySet {
+        allowed: true,
+        max_points_per_transfer,
+        max_points_per_day,
+        set_by: "p".into(),
+    };
+    prop_oneof![Just(TransferPolicySet::default()), Just(allowed(0, 0)), Just(allowed(250, 400))]
+}
+
+/// What a transfer may bring in: points without a date (earned, on inactivity; or purchased, never
+/// expiring) or with one, before or after the history's start (points past their time expire at once).
+fn transfer_parts() -> impl Strategy<Value = Vec<TransferPart>> {
+    let start = 1_772_636_400_000;
+    let part =
+        (1..200i64, prop_oneof![Just(0i64), Just(start - DAY), Just(start + 10 * DAY), Just(start + 90 * DAY)], any::<bool>()).prop_map(
+            |(points, expires_at_ms, inactive)| TransferPart { points, expires_at_ms, on_inactivity: inactive && expires_at_ms == 0 },
+        );
+    prop::collection::vec(part, 1..4)
 }
 
 /// A catalogue drawn across its checks: a plain one, one limited to two per customer, one for the top
@@ -127,7 +152,7 @@ use tally_engine::store::{EventMetadata, RecordedEvent, StreamId};
 use tally_proto::v1::expiry_policy::Rule;
 use tally_proto::v1::{
     CreditPackageDefined, ExpireAfter, ExpireAfterInactivity, ExpireOnDate, ExpiryPolicy, LotPoints, PointsAdjusted, PointsEarned,
-    PointsPurchased,
+    PointsPurchased, PointsTransferReturned, PointsTransferredIn, RewardRedemptionCancelled,
 };
 use tally_proto::v1::{StampCardCompleted, StampCardDefined, TierDefinition, TierMove, TierWindow};
 
@@ -172,6 +197,23 @@ fn body() -> impl Strategy<Value = CommandBody> {
             purchase_id: format!("pay-{id}"),
             package_id: package.into()
         }),
+        3 => (0..6u8, 1..400i64, prop_oneof![4 => Just("w2"), 1 => Just("w")]).prop_map(|(id, points, to)| CommandBody::TransferOut {
+            transfer_id: format!("tr-{id}"),
+            to_wallet_id: to.into(),
+            points,
+            reason: "gift".into()
+        }),
+        2 => (0..6u8, transfer_parts()).prop_map(|(id, parts)| CommandBody::TransferIn {
+            transfer_id: format!("in-{id}"),
+            from_wallet_id: "w2".into(),
+            parts,
+            reason: "gift".into()
+        }),
+        1 => (0..6u8, transfer_parts()).prop_map(|(id, parts)| CommandBody::ReturnTransfer {
+            transfer_id: format!("tr-{id}"),
+            parts,
+            code: "WALLET_CLOSED".into()
+        }),
     ]
 }
 
@@ -186,6 +228,9 @@ fn command(key: u8, body: CommandBody) -> Command {
         CommandBody::RunDue => due_key(i64::from(key)),
         CommandBody::RedeemReward { redemption_id, .. } => reward_debit_key(redemption_id),
         CommandBody::CancelRewardRedemption { redemption_id, .. } => reward_cancel_key(redemption_id),
+        CommandBody::TransferOut { transfer_id, .. } => transfer_key(transfer_id, TransferStep::Out),
+        CommandBody::TransferIn { transfer_id, .. } => transfer_key(transfer_id, TransferStep::In),
+        CommandBody::ReturnTransfer { transfer_id, .. } => transfer_key(transfer_id, TransferStep::Return),
         _ => format!("k{key}"),
     };
     Command::new(key, body)
@@ -252,11 +297,11 @@ proptest! {
     #[test]
     fn random_histories_keep_every_invariant(
         steps in steps(), policy in policy(), expiry in expiry(), pending_days in prop_oneof![Just(0u32), Just(2), Just(10)], ticks in ticks(),
-        tiers in tiers(), refund_window_days in prop_oneof![Just(1u32), Just(5), Just(365)]
+        tiers in tiers(), refund_window_days in prop_oneof![Just(1u32), Just(5), Just(365)], transfers in transfer_policy()
     ) {
         let tenant = TenantId::parse("t").unwrap();
         let wallet = WalletId::parse("w").unwrap();
-        let program = program(policy, expiry, pending_days, refund_window_days, tiers);
+        let program = ProgramSettings { transfers: transfers.clone(), ..program(policy, expiry, pending_days, refund_window_days, tiers) };
         let level = |state: &WalletState| state.tier.as_ref().and_then(|t| program.tiers.find(&t.tier_id)).map_or(0, |(level, _)| level);
         let mut pending_credits: HashMap<u64, (String, i64)> = HashMap::new();
         let mut lot_expiry: HashMap<u64, i64> = HashMap::new();
@@ -290,6 +335,19 @@ proptest! {
                             Change::Redeemed(e) => prop_assert_eq!(&e.lots, &soonest_first(&state, e.points)),
                             Change::Held(e) => prop_assert_eq!(&e.lots, &soonest_first(&state, e.points)),
                             Change::Adjusted(e) if e.points < 0 => prop_assert_eq!(&e.lots, &soonest_first(&state, -e.points)),
+                            // A transfer takes available points soonest expiry first, and records them by kind.
+                            Change::TransferredOut(e) => {
+                                prop_assert_eq!(&e.lots, &soonest_first(&state, e.points));
+                                prop_assert_eq!(e.parts.iter().map(|p| p.points).sum::<i64>(), e.points);
+                                prop_assert!(transfers.allowed && e.to_wallet_id != "w", "a transfer the program or its target forbids");
+                                prop_assert!(transfers.max_points_per_transfer == 0 || e.points <= transfers.max_points_per_transfer);
+                                for part in &e.parts {
+                                    let kind_held = state.lots().any(|(_, lot)| {
+                                        lot.points > 0 && lot.expires_at_ms.unwrap_or(0) == part.expires_at_ms && lot.on_inactivity == part.on_inactivity
+                                    });
+                                    prop_assert!(kind_held, "a part of a kind the wallet did not hold: {:?}", part);
+                                }
+                            }
                             _ => {}
                         }
                         let before_tier = state.tier.clone();
@@ -313,10 +371,13 @@ proptest! {
                                 prop_assert_eq!(expires, lot.expires_at_ms, "points join only a lot that expires with them");
                                 prop_assert!(lot.expires_at_ms == 0 || lot.expires_at_ms > now_ms);
                             }
-                            // Points a cancellation gives back join only a lot that expires with them, and may be
-                            // past their time already (they expire with it).
-                            Change::RewardCancelled(c) if c.lot.as_ref().is_some_and(|lot| lot.points > 0) => {
-                                let lot = c.lot.as_ref().expect("checked");
+                            // Points a cancellation or a transfer brings join only a lot that expires with them, and
+                            // may be past their time already (they expire with it).
+                            Change::RewardCancelled(RewardRedemptionCancelled { lot: Some(lot), .. })
+                            | Change::TransferredIn(PointsTransferredIn { lot: Some(lot), .. })
+                            | Change::TransferReturned(PointsTransferReturned { lot: Some(lot), .. })
+                                if lot.points > 0 =>
+                            {
                                 let expires = *lot_expiry.entry(lot.lot).or_insert(lot.expires_at_ms);
                                 prop_assert_eq!(expires, lot.expires_at_ms, "points given back join only a lot that expires with them");
                             }
@@ -375,11 +436,14 @@ proptest! {
                     log.extend(events);
                     accepted.push((command.clone(), state.clone(), now_ms));
                     // Nothing expires late: once a command is decided, no lot past its expiry keeps points,
-                    // and no hold past its timeout stays open.
+                    // and no hold past its timeout stays open. (Nothing more comes due in a closed wallet,
+                    // which keeps no lots, holds nor pending points.)
                     prop_assert!(state.lots().all(|(_, lot)| lot.points == 0 || state.lot_expiry(lot).is_none_or(|at| at > now_ms)));
                     prop_assert!(state.holds().all(|(_, hold)| hold.expires_at_ms > now_ms));
                     prop_assert!(state.pending().all(|(_, p)| p.available_at_ms > now_ms));
-                    prop_assert!(state.tier.as_ref().is_none_or(|t| t.next_review_at_ms == 0 || t.next_review_at_ms > now_ms));
+                    let closed = state.status == WalletStatus::Closed;
+                    prop_assert!(closed || state.tier.as_ref().is_none_or(|t| t.next_review_at_ms == 0 || t.next_review_at_ms > now_ms));
+                    prop_assert!(!closed || (state.lots().next().is_none() && state.holds().next().is_none() && state.pending_points == 0));
                     // Upgrades are immediate: the tier is never below what the window's points reach.
                     let reached = program.tiers.reached(program.tiers.qualifying_points(&state, now_ms, 0)).map_or(0, |(level, _)| level);
                     prop_assert!(level(&state) >= reached, "tier {:?} below level {reached}", state.tier);
@@ -500,6 +564,25 @@ proptest! {
         prop_assert_eq!(card.stamps + 5 * card.completed, given);
         let rewarded: i64 = log.iter().map(|e| if let Change::CardCompleted(c) = &e.change { c.reward_points } else { 0 }).sum();
         prop_assert_eq!(rewarded, 50 * card.completed);
+        // No more leaves in any 24 hours than the daily cap (a transfer given back not counted).
+        if transfers.max_points_per_day > 0 {
+            let returned: std::collections::HashSet<&str> = log
+                .iter()
+                .filter_map(|e| if let Change::TransferReturned(r) = &e.change { Some(r.transfer_id.as_str()) } else { None })
+                .collect();
+            let out: Vec<(i64, &str, i64)> = log
+                .iter()
+                .filter_map(|e| match &e.change {
+                    Change::TransferredOut(o) => Some((e.recorded_at_ms, o.transfer_id.as_str(), o.points)),
+                    _ => None,
+                })
+                .collect();
+            for (at, _, _) in &out {
+                let day: i64 =
+                    out.iter().filter(|(t, id, _)| *t <= *at && *t > at - DAY && !returned.contains(id)).map(|(_, _, points)| points).sum();
+                prop_assert!(day <= transfers.max_points_per_day, "{day} points out in the day before {at}");
+            }
+        }
         let expired: i64 = log.iter().map(|e| if let Change::Expired(x) = &e.change { x.points } else { 0 }).sum();
         prop_assert_eq!(state.lifetime_expired, expired);
         if state.status == WalletStatus::Closed {

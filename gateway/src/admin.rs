@@ -86,6 +86,7 @@ pub(crate) fn program_response(tenant: &TenantId, state: &ProgramState, replayed
         tier_grace_days: state.tiers.grace_days,
         stamp_cards: state.stamp_cards.values().cloned().collect(),
         rewards: state.rewards.values().cloned().collect(),
+        transfer_policy: Some(state.transfers.clone()),
     }
 }
 
@@ -191,6 +192,18 @@ impl AdminService for AdminApi {
             ProgramCommandBody::SetRefundWindow { days: r.days, set_by: r.set_by },
         )
         .await
+    }
+
+    async fn set_transfer_policy(&self, request: Request<pb::SetTransferPolicyRequest>) -> Result<Response<pb::ProgramResponse>, Status> {
+        let (metadata, extensions, r) = request.into_parts();
+        let tenant = access::acting_tenant(&extensions, &r.tenant_id)?;
+        let policy = pb::TransferPolicySet {
+            allowed: r.allowed,
+            max_points_per_transfer: r.max_points_per_transfer,
+            max_points_per_day: r.max_points_per_day,
+            set_by: r.set_by,
+        };
+        self.execute((tenant, &metadata, &extensions), r.idempotency_key, ProgramCommandBody::SetTransferPolicy { policy }).await
     }
 
     async fn define_tiers(&self, request: Request<pb::DefineTiersRequest>) -> Result<Response<pb::ProgramResponse>, Status> {

@@ -1,5 +1,5 @@
 //! `tally flows list [--stuck]` and `tally rewards list`: an operator's view of a running server's flows
-//! across aggregates (reward redemptions not yet ended) and of the rewards catalogue with its stock.
+//! across aggregates (reward redemptions and points transfers not yet ended) and of the rewards catalogue with its stock.
 
 use std::fmt::Write as _;
 
@@ -29,6 +29,8 @@ struct FlowLine {
     kind: String,
     wallet_id: String,
     reward_id: String,
+    to_wallet_id: String,
+    points: i64,
     started_at: String,
     last_progress_at: String,
     step: String,
@@ -47,6 +49,8 @@ pub async fn list_flows(tenant: String, stuck: bool, target: Target) -> Result<S
             kind: f.kind,
             wallet_id: f.wallet_id,
             reward_id: f.reward_id,
+            to_wallet_id: f.to_wallet_id,
+            points: f.points,
             started_at: rfc3339(f.started_at),
             last_progress_at: rfc3339(f.last_progress_at),
             step: f.step,
@@ -61,13 +65,15 @@ pub async fn list_flows(tenant: String, stuck: bool, target: Target) -> Result<S
         return Ok(format!("no {} flows for {tenant}", if stuck { "stuck" } else { "open" }));
     }
     let mut out =
-        format!("{:<24} {:<18} {:<16} {:<12} {:<15} {:<24} {:>8}", "FLOW", "KIND", "WALLET", "REWARD", "STEP", "LAST PROGRESS", "ATTEMPTS");
+        format!("{:<24} {:<18} {:<16} {:<24} {:<15} {:<24} {:>8}", "FLOW", "KIND", "WALLET", "WHAT", "STEP", "LAST PROGRESS", "ATTEMPTS");
     for l in &lines {
+        // A redemption's reward, or a transfer's points and target.
+        let what = if l.to_wallet_id.is_empty() { l.reward_id.clone() } else { format!("{} to {}", l.points, l.to_wallet_id) };
         // Ids are validated, errors are text from the server: shown escaped, never as terminal controls.
         let _ = write!(
             out,
-            "\n{:<24} {:<18} {:<16} {:<12} {:<15} {:<24} {:>8}",
-            l.flow_id, l.kind, l.wallet_id, l.reward_id, l.step, l.last_progress_at, l.attempts
+            "\n{:<24} {:<18} {:<16} {:<24} {:<15} {:<24} {:>8}",
+            l.flow_id, l.kind, l.wallet_id, what, l.step, l.last_progress_at, l.attempts
         );
         if !l.last_error.is_empty() {
             let _ = write!(out, "\n  {}", l.last_error.escape_debug());

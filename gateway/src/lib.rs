@@ -37,3 +37,4 @@ pub mod service;
 pub mod status;
 pub mod telemetry;
 mod transactions;
+mod transfers;

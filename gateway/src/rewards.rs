@@ -8,7 +8,9 @@ use tally_engine::domain::rewards::{StockOp, StockRejection};
 use tally_engine::domain::{Rejection, TenantId, WalletId};
 use tally_proto::v1 as pb;
 use tally_proto::v1::FlowOutcome;
-use tonic::Status;
+use tally_proto::v1::flow_started::Flow;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::status;
 
@@ -77,7 +79,7 @@ pub(crate) async fn cancel(
     })
 }
 
-fn from_flow_error(error: &FlowError) -> Status {
+pub(crate) fn from_flow_error(error: &FlowError) -> Status {
     match error {
         FlowError::Cancel(refusal) => match refusal {
             CancelRefusal::NotFound(_) => Status::not_found(error.to_string()),
@@ -87,7 +89,12 @@ fn from_flow_error(error: &FlowError) -> Status {
             CancelRefusal::WindowClosed { .. } => status::precondition("CANCEL_WINDOW_CLOSED", "redemption_id", error.to_string()),
         },
         FlowError::Rejected(rejection) => status::from_rejection(rejection),
-        FlowError::RedemptionIdReused { .. } => Status::already_exists(error.to_string()),
+        FlowError::FlowIdReused { .. } => Status::already_exists(error.to_string()),
+        FlowError::WalletNotFound { field, .. } => Status::with_error_details(
+            Code::NotFound,
+            error.to_string(),
+            ErrorDetails::with_bad_request_violation(*field, error.to_string()),
+        ),
         FlowError::Unfinished { .. } | FlowError::NotStarted { .. } | FlowError::Interrupted { .. } => {
             Status::unavailable(error.to_string())
         }
@@ -163,16 +170,28 @@ pub(crate) async fn list(flows: &Flows, programs: &ProgramBook, tenant: &TenantI
 
 /// The tenant's open flows as this node follows them.
 pub(crate) fn list_flows(flows: &Flows, tenant: &TenantId, stuck_only: bool) -> pb::ListFlowsResponse {
-    let view = |f: OpenFlow| pb::FlowView {
-        flow_id: f.flow_id,
-        kind: "reward_redemption".into(),
-        wallet_id: f.redemption.wallet_id,
-        reward_id: f.redemption.reward_id,
-        started_at: Some(status::timestamp(f.started_at_ms)),
-        last_progress_at: Some(status::timestamp(f.progress_at_ms)),
-        step: f.step.to_owned(),
-        last_error: f.last_error.unwrap_or_default(),
-        attempts: f.attempts,
+    let view = |f: OpenFlow| {
+        let base = pb::FlowView {
+            flow_id: f.flow_id,
+            started_at: Some(status::timestamp(f.started_at_ms)),
+            last_progress_at: Some(status::timestamp(f.progress_at_ms)),
+            step: f.step.to_owned(),
+            last_error: f.last_error.unwrap_or_default(),
+            attempts: f.attempts,
+            ..pb::FlowView::default()
+        };
+        match f.flow {
+            Flow::RewardRedemption(r) => {
+                pb::FlowView { kind: "reward_redemption".into(), wallet_id: r.wallet_id, reward_id: r.reward_id, ..base }
+            }
+            Flow::PointsTransfer(t) => pb::FlowView {
+                kind: "points_transfer".into(),
+                wallet_id: t.from_wallet_id,
+                to_wallet_id: t.to_wallet_id,
+                points: t.points,
+                ..base
+            },
+        }
     };
     pb::ListFlowsResponse { flows: flows.list(Some(tenant), stuck_only).into_iter().map(view).collect() }
 }

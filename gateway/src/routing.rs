@@ -257,6 +257,7 @@ routed! {
     purchase_credits(PurchaseCreditsRequest) -> WalletMutation;
     redeem_reward(RedeemRewardRequest) -> RedeemRewardResponse;
     cancel_redemption(CancelRedemptionRequest) -> CancelRedemptionResponse;
+    transfer_points(TransferPointsRequest) -> TransferPointsResponse;
     close(CloseRequest) -> WalletMutation;
     erase_customer(EraseCustomerRequest) -> WalletMutation;
     get_wallet(GetWalletRequest) -> Wallet;

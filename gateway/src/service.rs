@@ -16,7 +16,7 @@ use tally_proto::v1::{
     AdjustRequest, AuthorizeRedemptionRequest, CancelRedemptionRequest, CancelRedemptionResponse, CaptureRedemptionRequest, CloseRequest,
     EarnForOrderRequest, EarnRequest, EnrollRequest, EraseCustomerRequest, GetWalletRequest, ListTransactionsRequest,
     ListTransactionsResponse, PurchaseCreditsRequest, RedeemRequest, RedeemRewardRequest, RedeemRewardResponse, RefundOrderRequest,
-    ReverseRequest, VoidRedemptionRequest, Wallet, WalletMutation,
+    ReverseRequest, TransferPointsRequest, TransferPointsResponse, VoidRedemptionRequest, Wallet, WalletMutation,
 };
 
 use tokio::sync::{Semaphore, SemaphorePermit};
@@ -382,6 +382,14 @@ impl WalletService for WalletApi {
         let meta = command_meta(&metadata, &extensions)?;
         let _permit = self.admit()?;
         Ok(Response::new(crate::rewards::cancel(&self.engine.flows, &key.tenant, &key.wallet, r, meta).await?))
+    }
+
+    async fn transfer_points(&self, request: Request<TransferPointsRequest>) -> Result<Response<TransferPointsResponse>, Status> {
+        let (metadata, extensions, r) = request.into_parts();
+        let key = self.wallet_key(&extensions, &r.tenant_id, &r.wallet_id).await?;
+        let meta = command_meta(&metadata, &extensions)?;
+        let _permit = self.admit()?;
+        Ok(Response::new(crate::transfers::transfer(&self.engine.flows, &key.tenant, &key.wallet, r, meta).await?))
     }
 
     async fn close(&self, request: Request<CloseRequest>) -> Result<Response<WalletMutation>, Status> {

@@ -94,6 +94,9 @@ pub fn from_rejection(rejection: &Rejection) -> Status {
         Rejection::RewardLimitReached { .. } => precondition("REWARD_LIMIT_REACHED", "reward_id", message),
         Rejection::TierTooLow { .. } => precondition("TIER_TOO_LOW", "reward_id", message),
         Rejection::UnknownRedemption { .. } => Status::not_found(message),
+        Rejection::TransfersNotAllowed => precondition("TRANSFERS_NOT_ALLOWED", "tenant_id", message),
+        Rejection::TransferCapExceeded { .. } => precondition("TRANSFER_CAP_EXCEEDED", "points", message),
+        Rejection::TransferDailyCapExceeded { .. } => precondition("TRANSFER_DAILY_CAP_EXCEEDED", "points", message),
     }
 }
 

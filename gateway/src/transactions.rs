@@ -1,5 +1,5 @@
 //! One wallet event as the wire's `Transaction`: `transaction` sends each kind to its family's room (ledger, holds,
-//! what time brought, stamp cards, the catalogue), one arm per kind there; a new kind is a line in `transaction` and an arm in its room.
+//! what time brought, stamp cards, the catalogue, transfers), one arm per kind there; a new kind is a line in `transaction` and an arm in its room.
 
 use tally_engine::actors::StoredWalletEvent;
 use tally_engine::domain::{Change, Event};
@@ -31,6 +31,9 @@ pub(crate) fn transaction(stored: &StoredWalletEvent) -> Transaction {
         }
         Change::Stamped(_) | Change::CardCompleted(_) => cards(change, base),
         Change::RewardCancelled(_) | Change::RewardRefused(_) => catalogue(change, base),
+        Change::TransferredOut(_) | Change::TransferredIn(_) | Change::TransferReturned(_) | Change::TransferRefused(_) => {
+            transfers(change, base)
+        }
     }
 }
 
@@ -188,6 +191,46 @@ fn catalogue(change: &Change, base: Transaction) -> Transaction {
             kind: kind(TransactionKind::RewardRefused),
             reason: format!("{}: {}", e.code, e.message),
             reference: e.reward_id.clone(),
+            ..base
+        },
+        _ => base,
+    }
+}
+
+/// A transfer's steps in this wallet: sent, received, returned, refused.
+fn transfers(change: &Change, base: Transaction) -> Transaction {
+    let opened =
+        |lot: Option<&LotOpened>| lot.iter().filter(|l| l.points != 0).map(|l| LotPoints { lot: l.lot, points: l.points }).collect();
+    match change {
+        Change::TransferredOut(e) => Transaction {
+            kind: kind(TransactionKind::TransferSent),
+            reason: e.reason.clone(),
+            reference: e.transfer_id.clone(),
+            counterpart_wallet_id: e.to_wallet_id.clone(),
+            lots: e.lots.clone(),
+            ..base
+        },
+        Change::TransferredIn(e) => Transaction {
+            kind: kind(TransactionKind::TransferReceived),
+            reason: e.reason.clone(),
+            reference: e.transfer_id.clone(),
+            counterpart_wallet_id: e.from_wallet_id.clone(),
+            expires_at: expires(e.lot.as_ref()),
+            lots: opened(e.lot.as_ref()),
+            ..base
+        },
+        Change::TransferReturned(e) => Transaction {
+            kind: kind(TransactionKind::TransferReturned),
+            reason: e.code.clone(),
+            reference: e.transfer_id.clone(),
+            expires_at: expires(e.lot.as_ref()),
+            lots: opened(e.lot.as_ref()),
+            ..base
+        },
+        Change::TransferRefused(e) => Transaction {
+            kind: kind(TransactionKind::TransferRefused),
+            reason: format!("{}: {}", e.code, e.message),
+            reference: e.transfer_id.clone(),
             ..base
         },
         _ => base,

@@ -78,7 +78,8 @@ impl WalletSummary {
             | MovementKind::Tier
             | MovementKind::Stamp
             | MovementKind::Notice
-            | MovementKind::Refused => {}
+            | MovementKind::Refused
+            | MovementKind::Transfer => {}
         }
         self.balance += points;
         self.events += 1;
@@ -151,7 +152,8 @@ impl DayStats {
             | MovementKind::Stamp
             | MovementKind::Notice
             | MovementKind::Erase
-            | MovementKind::Refused => {}
+            | MovementKind::Refused
+            | MovementKind::Transfer => {}
         }
     }
 

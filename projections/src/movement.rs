@@ -55,8 +55,13 @@ pub enum MovementKind {
     /// The customer's personal data was erased (the reason is the operator's); no points move. Read
     /// models drop the customer's reference when they apply it.
     Erase,
-    /// A catalogue reward's redemption was refused (the reference is the reward); no points move.
+    /// A catalogue reward's redemption (the reference is the reward) or a step of a transfer (the
+    /// reference is the transfer) was refused; no points move.
     Refused,
+    /// Points moved between two wallets of the tenant (the reference is the transfer): out of the source
+    /// (negative), into the target, or back to the source when the target refused (positive). A
+    /// tenant's transfers sum to zero once each has ended.
+    Transfer,
 }
 
 impl MovementKind {
@@ -79,6 +84,7 @@ impl MovementKind {
             Self::Notice => "notice",
             Self::Erase => "erase",
             Self::Refused => "refused",
+            Self::Transfer => "transfer",
         }
     }
 }
@@ -243,6 +249,10 @@ fn decode_one(mut recorded: RecordedEvent, tenant: Arc<str>, wallet: Arc<str>) -
         Change::CardCompleted(e) => (MovementKind::Earn, e.reward_ref, format!("card:{}", e.card_id)),
         Change::RewardRefused(e) => (MovementKind::Refused, format!("{}: {}", e.code, e.message), e.reward_id),
         Change::RewardCancelled(e) => (MovementKind::Redeem, e.reason, e.reward_id),
+        Change::TransferredOut(e) => (MovementKind::Transfer, format!("to {}: {}", e.to_wallet_id, e.reason), e.transfer_id),
+        Change::TransferredIn(e) => (MovementKind::Transfer, format!("from {}: {}", e.from_wallet_id, e.reason), e.transfer_id),
+        Change::TransferReturned(e) => (MovementKind::Transfer, format!("returned: {}", e.code), e.transfer_id),
+        Change::TransferRefused(e) => (MovementKind::Refused, format!("{}: {}", e.code, e.message), e.transfer_id),
     };
     Ok(Movement {
         position,

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use tally_engine::domain::program::RuleVersion;
 use tally_engine::domain::rules::{Order, OrderLine, parse_rules};
 use tally_engine::domain::{
-    Command, CommandBody, Context, Decision, Event, ProgramSettings, TenantId, WalletId, WalletState, apply, decide,
+    Command, CommandBody, Context, Decision, Event, ProgramSettings, TenantId, TransferStep, WalletId, WalletState, apply, decide,
+    transfer_key,
 };
 use tally_snapshots::format::{self, FORMAT_VERSION, FormatError};
 
@@ -29,6 +30,8 @@ fn history(bodies: &[CommandBody]) -> Vec<Event> {
             CommandBody::PurchaseCredits { purchase_id, .. } => purchase_id.clone(),
             CommandBody::RedeemReward { redemption_id, .. } => tally_engine::domain::reward_debit_key(redemption_id),
             CommandBody::CancelRewardRedemption { redemption_id, .. } => tally_engine::domain::reward_cancel_key(redemption_id),
+            CommandBody::TransferOut { transfer_id, .. } => transfer_key(transfer_id, TransferStep::Out),
+            CommandBody::TransferIn { transfer_id, .. } => transfer_key(transfer_id, TransferStep::In),
             _ => format!("k-{i}"),
         };
         if let Ok(Decision::Append(new)) = decide(&state, &Command::new(key, body.clone()), &ctx) {
@@ -96,6 +99,7 @@ fn program() -> ProgramSettings {
         tiers,
         stamp_cards,
         rewards: Arc::new([("mug".to_owned(), mug)].into_iter().collect()),
+        transfers: tally_engine::domain::TransferPolicySet { allowed: true, max_points_per_day: 500, ..Default::default() },
         ..ProgramSettings::default()
     }
 }
@@ -138,15 +142,26 @@ fn golden_history() -> Vec<Event> {
         CommandBody::RedeemReward { redemption_id: "red-1".into(), reward_id: "mug".into() },
         CommandBody::RedeemReward { redemption_id: "red-2".into(), reward_id: "mug".into() },
         CommandBody::CancelRewardRedemption { redemption_id: "red-2".into(), reason: "returned".into() },
+        CommandBody::TransferOut { transfer_id: "tr-1".into(), to_wallet_id: "c-2".into(), points: 40, reason: "gift".into() },
+        CommandBody::TransferIn {
+            transfer_id: "tr-2".into(),
+            from_wallet_id: "c-3".into(),
+            parts: vec![tally_engine::domain::TransferPart { points: 15, expires_at_ms: 1_798_761_600_000, on_inactivity: false }],
+            reason: "gift".into(),
+        },
     ])
 }
 
 #[test]
 fn the_format_matches_its_golden_file() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/wallet_state_v7.bin");
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/wallet_state_v8.bin");
     let state = fold(&golden_history());
-    // Lots: January's earnings (month end), the purchase (never), part of January's held.
-    assert_eq!(state.lots().map(|(_, lot)| (lot.expires_at_ms, lot.held)).collect::<Vec<_>>(), [(Some(1_769_904_000_000), 20), (None, 0)]);
+    // Lots: January's earnings (month end), the purchase (never), part of January's held; the points a
+    // transfer brought, at their own date.
+    assert_eq!(
+        state.lots().map(|(_, lot)| (lot.expires_at_ms, lot.held)).collect::<Vec<_>>(),
+        [(Some(1_769_904_000_000), 20), (None, 0), (Some(1_798_761_600_000), 0)]
+    );
     // The orders' points wait out the return window (order-3 less its refund).
     assert_eq!(state.pending().map(|(_, p)| p.points).collect::<Vec<_>>(), [55, 48]);
     assert_eq!(state.tier.as_ref().map(|t| t.tier_id.as_str()), Some("silver"));
@@ -155,6 +170,7 @@ fn the_format_matches_its_golden_file() {
     assert_eq!((state.held_points, state.lifetime_purchased), (20, 500));
     assert_eq!(state.rewards_redeemed("mug"), 1, "two catalogue redemptions, one cancelled");
     assert!(state.catalogue_redemption("red-2").is_some_and(|r| r.cancelled));
+    assert_eq!(state.transferred_out_since(1_767_225_600_100), 40, "a transfer out is remembered for the daily cap");
     assert_eq!(
         state.rule_points(
             "weekly",
@@ -181,6 +197,7 @@ fn snapshots_of_an_older_format_are_refused() {
         (4, "wallet_state_v4.bin"),
         (5, "wallet_state_v5.bin"),
         (6, "wallet_state_v6.bin"),
+        (7, "wallet_state_v7.bin"),
     ];
     for (version, file) in files {
         let old = std::fs::read(format!("{}/tests/golden/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap();

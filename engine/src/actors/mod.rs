@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::fmt::Debug;
 use std::sync::Arc;
 
-pub use flows::{CANCEL_CRASH_POINTS, CRASH_POINTS, CrashPoint, FlowError, Flows, OpenFlow, Redemption};
+pub use flows::{CANCEL_CRASH_POINTS, CRASH_POINTS, CrashPoint, FlowError, Flows, OpenFlow, Redemption, TRANSFER_CRASH_POINTS, Transfer};
 pub use keys::{KeyBook, KeysError, Unauthenticated};
 pub use programs::{ProgramBook, ProgramError, ProgramOutcome};
 pub use registry::{RegistryConfig, RegistryStats, WalletRegistry};

@@ -63,6 +63,41 @@ pub enum CommandBody {
     /// Give a catalogue redemption's points back, as the cancellation's step of its flow; keyed
     /// [`reward_cancel_key`].
     CancelRewardRedemption { redemption_id: String, reason: String },
+    /// Move `points` of this wallet to wallet `to_wallet_id` of the tenant: the source's step of transfer
+    /// `transfer_id` (`crate::domain::flows`), the debit or its refusal; keyed [`transfer_key`] `out`.
+    TransferOut { transfer_id: String, to_wallet_id: String, points: i64, reason: String },
+    /// Take in what transfer `transfer_id` moved out of wallet `from_wallet_id`, part by part (each into
+    /// a lot of its kind), or record the refusal; keyed [`transfer_key`] `in`.
+    TransferIn { transfer_id: String, from_wallet_id: String, parts: Vec<TransferPart>, reason: String },
+    /// Give back what transfer `transfer_id` moved out of this wallet, the target having refused it with
+    /// `code`; keyed [`transfer_key`] `return`.
+    ReturnTransfer { transfer_id: String, parts: Vec<TransferPart>, code: String },
+}
+
+pub use tally_proto::v1::TransferPart;
+
+/// The wallet steps of a transfer: the source's debit, the target's credit, the source's refund.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransferStep {
+    Out,
+    In,
+    Return,
+}
+
+impl TransferStep {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Out => "out",
+            Self::In => "in",
+            Self::Return => "return",
+        }
+    }
+}
+
+/// The key of a wallet's step of transfer `transfer_id`: one per transfer and step, so the flow's
+/// retries of it find its outcome.
+pub fn transfer_key(transfer_id: &str, step: TransferStep) -> String {
+    format!("{ENGINE_KEY_PREFIX}transfer:{transfer_id}:{}", step.as_str())
 }
 
 /// Keys the engine makes itself start with this; a client's key may not, so the two never meet.
@@ -133,6 +168,34 @@ impl Command {
     pub fn cancel_reward_redemption(redemption_id: impl Into<String>, reason: impl Into<String>) -> Self {
         let redemption_id = redemption_id.into();
         Self::new(reward_cancel_key(&redemption_id), CommandBody::CancelRewardRedemption { redemption_id, reason: reason.into() })
+    }
+
+    /// The source's step of transfer `transfer_id`, under its engine key.
+    pub fn transfer_out(transfer_id: &str, to_wallet_id: &str, points: i64, reason: &str) -> Self {
+        let body = CommandBody::TransferOut {
+            transfer_id: transfer_id.to_owned(),
+            to_wallet_id: to_wallet_id.to_owned(),
+            points,
+            reason: reason.to_owned(),
+        };
+        Self::new(transfer_key(transfer_id, TransferStep::Out), body)
+    }
+
+    /// The target's step of transfer `transfer_id`, under its engine key.
+    pub fn transfer_in(transfer_id: &str, from_wallet_id: &str, parts: Vec<TransferPart>, reason: &str) -> Self {
+        let body = CommandBody::TransferIn {
+            transfer_id: transfer_id.to_owned(),
+            from_wallet_id: from_wallet_id.to_owned(),
+            parts,
+            reason: reason.to_owned(),
+        };
+        Self::new(transfer_key(transfer_id, TransferStep::In), body)
+    }
+
+    /// The source's refund of transfer `transfer_id` the target refused with `code`, under its engine key.
+    pub fn return_transfer(transfer_id: &str, parts: Vec<TransferPart>, code: &str) -> Self {
+        let body = CommandBody::ReturnTransfer { transfer_id: transfer_id.to_owned(), parts, code: code.to_owned() };
+        Self::new(transfer_key(transfer_id, TransferStep::Return), body)
     }
 
     /// Records what is due at `now_ms`, under an engine key.
@@ -223,6 +286,13 @@ impl Command {
             CommandBody::PurchaseCredits { purchase_id, package_id } => Layout::new(13).str(purchase_id).str(package_id),
             CommandBody::RedeemReward { redemption_id, reward_id } => Layout::new(18).str(redemption_id).str(reward_id),
             CommandBody::CancelRewardRedemption { redemption_id, reason } => Layout::new(19).str(redemption_id).str(reason),
+            CommandBody::TransferOut { transfer_id, to_wallet_id, points, reason } => {
+                Layout::new(20).str(transfer_id).str(to_wallet_id).i64(*points).str(reason)
+            }
+            CommandBody::TransferIn { transfer_id, from_wallet_id, parts, reason } => {
+                parts_layout(Layout::new(21).str(transfer_id).str(from_wallet_id), parts).str(reason)
+            }
+            CommandBody::ReturnTransfer { transfer_id, parts, code } => parts_layout(Layout::new(22).str(transfer_id), parts).str(code),
         }
     }
 
@@ -246,6 +316,13 @@ impl Command {
             CommandBody::PurchaseCredits { .. } => "purchase_credits",
             CommandBody::RedeemReward { .. } => "redeem_reward",
             CommandBody::CancelRewardRedemption { .. } => "cancel_reward_redemption",
+            CommandBody::TransferOut { .. } => "transfer_out",
+            CommandBody::TransferIn { .. } => "transfer_in",
+            CommandBody::ReturnTransfer { .. } => "return_transfer",
         }
     }
+}
+
+fn parts_layout(layout: Layout, parts: &[TransferPart]) -> Layout {
+    parts.iter().fold(layout.u64(parts.len() as u64), |layout, p| layout.i64(p.points).i64(p.expires_at_ms).u64(u64::from(p.on_inactivity)))
 }

@@ -4,8 +4,9 @@
 
 use tally_proto::v1::{
     CustomerErased, EarnReversed, HoldCaptured, HoldReleased, PointsAdjusted, PointsEarned, PointsExpired, PointsExpiringSoon, PointsHeld,
-    PointsMatured, PointsPurchased, PointsRedeemed, RewardRedemptionCancelled, RewardRedemptionRefused, StampCardCompleted, StampsAdded,
-    TierChanged, TierReviewed, WalletClosed, WalletEnrolledV2,
+    PointsMatured, PointsPurchased, PointsRedeemed, PointsTransferRefused, PointsTransferReturned, PointsTransferredIn,
+    PointsTransferredOut, RewardRedemptionCancelled, RewardRedemptionRefused, StampCardCompleted, StampsAdded, TierChanged, TierReviewed,
+    WalletClosed, WalletEnrolledV2,
 };
 
 #[derive(Debug, Clone, PartialEq)]
@@ -99,6 +100,14 @@ event_table! {
         RewardRefused(RewardRedemptionRefused),
         /// A catalogue redemption was cancelled: its points came back.
         RewardCancelled(RewardRedemptionCancelled),
+        /// Points left for another wallet of the tenant (a transfer's debit).
+        TransferredOut(PointsTransferredOut),
+        /// Points came in from another wallet (a transfer's credit, one event per kind of lot).
+        TransferredIn(PointsTransferredIn),
+        /// The wallet refused its step of a transfer (no points moved): its answer for good.
+        TransferRefused(PointsTransferRefused),
+        /// A transfer the target refused came back (one event per kind of lot).
+        TransferReturned(PointsTransferReturned),
     }
 }
 
@@ -123,9 +132,13 @@ impl Change {
             | Change::Stamped(_)
             | Change::ExpiringSoon(_)
             | Change::CustomerErased(_)
-            | Change::RewardRefused(_) => 0,
+            | Change::RewardRefused(_)
+            | Change::TransferRefused(_) => 0,
             Change::CardCompleted(e) => e.reward_points,
             Change::RewardCancelled(e) => e.points,
+            Change::TransferredOut(e) => e.points.saturating_neg(),
+            Change::TransferredIn(e) => e.points,
+            Change::TransferReturned(e) => e.points,
         }
     }
 
@@ -148,6 +161,9 @@ impl Change {
             Change::Purchased(e) => opened(e.lot.as_ref()),
             Change::CardCompleted(e) => opened(e.lot.as_ref()),
             Change::RewardCancelled(e) => opened(e.lot.as_ref()),
+            Change::TransferredIn(e) => opened(e.lot.as_ref()),
+            Change::TransferReturned(e) => opened(e.lot.as_ref()),
+            Change::TransferredOut(e) => (listed(&e.lots), None),
             Change::Matured(e) => opened(e.lot.as_ref()),
             Change::Adjusted(e) if e.points > 0 => opened(e.lot.as_ref()),
             Change::Adjusted(e) => (listed(&e.lots), None),
@@ -164,7 +180,8 @@ impl Change {
             | Change::TierReviewed(_)
             | Change::Stamped(_)
             | Change::CustomerErased(_)
-            | Change::RewardRefused(_) => (Vec::new(), None),
+            | Change::RewardRefused(_)
+            | Change::TransferRefused(_) => (Vec::new(), None),
         }
     }
 
@@ -207,7 +224,7 @@ mod tests {
             let change = ProgramChange::decode_payload(event_type, &[]).expect("a listed name").expect("an empty payload decodes");
             assert_eq!(change.event_type(), *event_type);
         }
-        assert_eq!(Change::EVENT_TYPES.len(), 20);
+        assert_eq!(Change::EVENT_TYPES.len(), 24);
         assert!(Change::decode_payload("tally.v1.ProgramCreated", &[]).is_none(), "tables do not mix");
     }
 }

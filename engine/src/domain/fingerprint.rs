@@ -50,6 +50,12 @@ impl Layout {
         self
     }
 
+    /// A field added to a command after its layout was fixed: nothing while it holds its default, so a
+    /// command that does not use it keeps the fingerprint it always had.
+    pub(crate) fn u64_unless_zero(self, value: u64) -> Self {
+        if value == 0 { self } else { self.u64(value) }
+    }
+
     pub(crate) fn i64(mut self, value: i64) -> Self {
         self.0.extend_from_slice(&value.to_le_bytes());
         self

@@ -10,9 +10,13 @@
 //! step in between answers the same however often it is done (the wallet records its refusal as well as
 //! its debit; the stock remembers the redemptions it settled), so a redemption resumed after a crash
 //! redoes them all from the start to no effect, and ends as it would have.
+//!
+//! The points transfer: debit the source (or record its refusal), credit the target (or record its
+//! refusal), and if the target refused, give the points back to the source. The same: start and end
+//! recorded, every step answered the same every time by the wallet it changes.
 
 use tally_proto::v1::flow_started::Flow;
-use tally_proto::v1::{FlowEnded, FlowOutcome, FlowRefusal, FlowStarted, FlowStepRecorded, RewardRedemptionFlow};
+use tally_proto::v1::{FlowEnded, FlowOutcome, FlowRefusal, FlowStarted, FlowStepRecorded, PointsTransferFlow, RewardRedemptionFlow};
 
 use super::Rejection;
 
@@ -40,6 +44,8 @@ pub struct FlowState {
     /// Events applied: the stream's version.
     pub version: u64,
     pub redemption: Option<RewardRedemptionFlow>,
+    /// A points transfer.
+    pub transfer: Option<PointsTransferFlow>,
     pub started_at_ms: i64,
     /// When its last event was recorded.
     pub progress_at_ms: i64,
@@ -55,7 +61,26 @@ pub struct FlowState {
 impl FlowState {
     /// Something is left to do: started and not ended, or a cancellation asked for and not ended.
     pub fn is_open(&self) -> bool {
-        self.redemption.is_some() && (self.ended.is_none() || (self.cancel.is_some() && self.cancelled.is_none()))
+        self.wallet_id().is_some() && (self.ended.is_none() || (self.cancel.is_some() && self.cancelled.is_none()))
+    }
+
+    /// The wallet whose node drives the flow: the redeeming one, a transfer's source. `None`: the stream
+    /// does not start with what the flow is to do.
+    pub fn wallet_id(&self) -> Option<&str> {
+        match (&self.redemption, &self.transfer) {
+            (Some(r), _) => Some(&r.wallet_id),
+            (None, Some(t)) => Some(&t.from_wallet_id),
+            (None, None) => None,
+        }
+    }
+
+    /// What the flow is to do.
+    pub fn flow(&self) -> Option<Flow> {
+        match (&self.redemption, &self.transfer) {
+            (Some(r), _) => Some(Flow::RewardRedemption(r.clone())),
+            (None, Some(t)) => Some(Flow::PointsTransfer(t.clone())),
+            (None, None) => None,
+        }
     }
 }
 
@@ -147,6 +172,25 @@ pub fn refused(code: &str, message: String) -> FlowEnded {
     ending(&DebitAnswer::Refused(FlowRefusal { code: code.to_owned(), message }))
 }
 
+/// The start of a points transfer.
+pub fn transfer_started(transfer: PointsTransferFlow) -> FlowChange {
+    FlowChange::Started(FlowStarted { flow: Some(Flow::PointsTransfer(transfer)) })
+}
+
+/// How a transfer ends from the source's answer (`sent`) and, if it sent the points, the target's refusal
+/// (`None`: it took them in): COMPLETED with the points and the source's balance after, REFUSED with the
+/// source's refusal (nothing moved), or REFUSED with the target's refusal, its code after `TARGET_` —
+/// the points went back to the source.
+pub fn transfer_ending(sent: &DebitAnswer, refused_by_target: Option<&FlowRefusal>) -> FlowEnded {
+    match (sent, refused_by_target) {
+        (DebitAnswer::Paid { .. }, Some(refusal)) => {
+            let refusal = FlowRefusal { code: format!("TARGET_{}", refusal.code), message: refusal.message.clone() };
+            ending(&DebitAnswer::Refused(refusal))
+        }
+        (answer, _) => ending(answer),
+    }
+}
+
 /// The start of a reward redemption.
 pub fn redemption_started(redemption: RewardRedemptionFlow) -> FlowChange {
     FlowChange::Started(FlowStarted { flow: Some(Flow::RewardRedemption(redemption)) })
@@ -156,8 +200,10 @@ pub fn redemption_started(redemption: RewardRedemptionFlow) -> FlowChange {
 pub fn apply_flow(state: &mut FlowState, event: &FlowEvent) {
     match &event.change {
         FlowChange::Started(e) => {
-            if let Some(Flow::RewardRedemption(r)) = &e.flow {
-                state.redemption = Some(r.clone());
+            match &e.flow {
+                Some(Flow::RewardRedemption(r)) => state.redemption = Some(r.clone()),
+                Some(Flow::PointsTransfer(t)) => state.transfer = Some(t.clone()),
+                None => {}
             }
             state.started_at_ms = event.recorded_at_ms;
         }
@@ -191,6 +237,9 @@ pub fn refusal_code(rejection: &Rejection) -> &'static str {
         Rejection::TierTooLow { .. } => "TIER_TOO_LOW",
         Rejection::PointsOutOfRange { .. } => "POINTS_OUT_OF_RANGE",
         Rejection::UnknownRedemption { .. } => "REDEMPTION_UNKNOWN",
+        Rejection::TransfersNotAllowed => "TRANSFERS_NOT_ALLOWED",
+        Rejection::TransferCapExceeded { .. } => "TRANSFER_CAP_EXCEEDED",
+        Rejection::TransferDailyCapExceeded { .. } => "TRANSFER_DAILY_CAP_EXCEEDED",
         _ => "REFUSED",
     }
 }

@@ -23,7 +23,10 @@ mod state;
 pub mod tiers;
 mod wallet;
 
-pub use command::{Command, CommandBody, ENGINE_KEY_PREFIX, Money, capture_key, due_key, reward_cancel_key, reward_debit_key, void_key};
+pub use command::{
+    Command, CommandBody, ENGINE_KEY_PREFIX, Money, TransferPart, TransferStep, capture_key, due_key, reward_cancel_key, reward_debit_key,
+    transfer_key, void_key,
+};
 pub use event::{Change, Event};
 pub use fingerprint::CommandFingerprint;
 pub use ids::{FieldError, TenantId, WalletId};
@@ -31,7 +34,7 @@ pub use rejection::Rejection;
 pub use state::{
     CatalogueRedemption, Hold, Lot, Pending, Receipt, RuleUsage, SourceLedger, StampCard, TierState, WalletState, WalletStatus,
 };
-pub use tally_proto::v1::{CreditPackageDefined, ExpiryPolicy, ReturnPolicy, RewardDefined, StampCardDefined, TierMove};
+pub use tally_proto::v1::{CreditPackageDefined, ExpiryPolicy, ReturnPolicy, RewardDefined, StampCardDefined, TierMove, TransferPolicySet};
 pub use wallet::{Decision, DueView, OrderQuote, apply, decide, quote_order};
 
 /// What the wallet domain needs of its tenant's program (see [`program::ProgramState::settings`]).
@@ -57,6 +60,8 @@ pub struct ProgramSettings {
     pub stamp_cards: std::sync::Arc<std::collections::BTreeMap<String, StampCardDefined>>,
     /// The rewards catalogue by id, as last defined.
     pub rewards: std::sync::Arc<std::collections::BTreeMap<String, RewardDefined>>,
+    /// Whether points may move between wallets, and how many (none set: not allowed).
+    pub transfers: TransferPolicySet,
 }
 
 impl ProgramSettings {
@@ -81,6 +86,7 @@ impl Default for ProgramSettings {
             tiers: tiers::Tiers::default(),
             stamp_cards: std::sync::Arc::default(),
             rewards: std::sync::Arc::default(),
+            transfers: TransferPolicySet::default(),
         }
     }
 }

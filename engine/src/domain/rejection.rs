@@ -119,6 +119,18 @@ pub enum Rejection {
     /// No catalogue redemption with this id in this wallet (never, or too long ago). Maps to NOT_FOUND.
     #[error("no redemption {redemption_id:?} this wallet could cancel")]
     UnknownRedemption { redemption_id: String },
+    /// The program does not allow points to move between wallets (`AdminService.SetTransferPolicy`).
+    /// Maps to FAILED_PRECONDITION (TRANSFERS_NOT_ALLOWED).
+    #[error("this program does not allow points to be transferred between wallets")]
+    TransfersNotAllowed,
+    /// More points than the program lets one transfer move. Maps to FAILED_PRECONDITION
+    /// (TRANSFER_CAP_EXCEEDED).
+    #[error("a transfer may move at most {max} points; {requested} requested")]
+    TransferCapExceeded { max: i64, requested: i64 },
+    /// The transfer would take the wallet past the points the program lets it move out in 24 hours.
+    /// Maps to FAILED_PRECONDITION (TRANSFER_DAILY_CAP_EXCEEDED).
+    #[error("a wallet may move at most {max} points out in 24 hours; {used} moved already, {requested} requested")]
+    TransferDailyCapExceeded { max: i64, used: i64, requested: i64 },
     /// The idempotency key was already used for a different command. Maps to ALREADY_EXISTS.
     #[error("idempotency key {key:?} was already used for a different command")]
     IdempotencyKeyReused { key: String },

@@ -208,6 +208,9 @@ pub struct WalletState {
     /// Recent catalogue redemptions by redemption id, for their cancellation (forgotten
     /// `CATALOGUE_REDEMPTION_MEMORY_MS` after them).
     pub(crate) catalogue_redemptions: BTreeMap<String, CatalogueRedemption>,
+    /// Transfers out of this wallet in the last 24 hours of recorded time, by transfer id: when, and how
+    /// many points (for the program's daily cap; a transfer given back leaves).
+    pub(crate) transfers_out: BTreeMap<String, (i64, i64)>,
 }
 
 /// What a catalogue redemption took, as its cancellation gives it back.
@@ -240,6 +243,13 @@ impl WalletState {
     /// A recent catalogue redemption of this wallet's.
     pub fn catalogue_redemption(&self, redemption_id: &str) -> Option<&CatalogueRedemption> {
         self.catalogue_redemptions.get(redemption_id)
+    }
+
+    /// Points moved out of this wallet by transfers in the 24 hours before `now_ms` (those given back
+    /// not counted).
+    pub fn transferred_out_since(&self, now_ms: i64) -> i64 {
+        let from = now_ms.saturating_sub(crate::limits::TRANSFER_DAY_MS);
+        self.transfers_out.values().filter(|(at, _)| *at > from).map(|(_, points)| points).sum()
     }
 
     /// How often the wallet redeemed catalogue reward `reward_id`.

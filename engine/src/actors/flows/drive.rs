@@ -20,7 +20,7 @@ impl Inner {
     /// Whether the steps of a flow (or of its cancellation) that began at `since_ms` may still be done:
     /// within `FLOW_DEBIT_WITHIN_MS`, while the wallet and the stock remember them; after it, only an
     /// operator can tell what was done.
-    fn remembered_since(&self, since_ms: i64, what: &str) -> Result<(), FlowError> {
+    pub(super) fn remembered_since(&self, since_ms: i64, what: &str) -> Result<(), FlowError> {
         if self.clock.now_ms().saturating_sub(since_ms) <= FLOW_DEBIT_WITHIN_MS {
             return Ok(());
         }
@@ -76,7 +76,7 @@ impl Inner {
         if (self.crash)(point) { Err(FlowError::Interrupted { point: point.to_owned() }) } else { Ok(()) }
     }
 
-    /// Drives a redemption, and a cancellation asked for after it, to their ends: the flow then, and the
+    /// Drives a redemption, and a cancellation asked for after it, or a transfer, to their ends: the flow then, and the
     /// position of its last event. Every step answers the same however often it is done, so a driver
     /// resuming either does all its steps from the start; when another driver recorded an end first (a
     /// version conflict), that end is the answer.
@@ -89,17 +89,22 @@ impl Inner {
         until: Until,
     ) -> Result<(FlowState, u64), FlowError> {
         loop {
-            let Some(redemption) = state.redemption.clone() else {
-                let reason = "a flow stream without its start".to_owned();
-                return Err(CodecError::Undecodable { position: 0, event_type: "tally.v1.FlowStarted".into(), reason }.into());
-            };
-            let (end, crash_point) = if state.ended.is_none() {
-                (self.redeem(tenant, &redemption, &state, meta).await?, "ended")
-            } else if until == Until::Settled && state.cancel.is_some() && state.cancelled.is_none() {
-                (self.cancel(tenant, &redemption, &state, meta).await?, "cancelled")
-            } else {
-                let position = self.store.read_stream(stream, state.version, 1).await?.first().map_or(0, |e| e.global_position);
-                return Ok((state, position));
+            let (end, crash_point) = match (state.redemption.clone(), state.transfer.clone()) {
+                (None, None) => {
+                    let reason = "a flow stream without its start".to_owned();
+                    return Err(CodecError::Undecodable { position: 0, event_type: "tally.v1.FlowStarted".into(), reason }.into());
+                }
+                (Some(redemption), _) if state.ended.is_none() => (self.redeem(tenant, &redemption, &state, meta).await?, "ended"),
+                (None, Some(transfer)) if state.ended.is_none() => {
+                    (self.transfer(tenant, &transfer, &state, meta).await?, "transfer_ended")
+                }
+                (Some(redemption), _) if until == Until::Settled && state.cancel.is_some() && state.cancelled.is_none() => {
+                    (self.cancel(tenant, &redemption, &state, meta).await?, "cancelled")
+                }
+                _ => {
+                    let position = self.store.read_stream(stream, state.version, 1).await?.first().map_or(0, |e| e.global_position);
+                    return Ok((state, position));
+                }
             };
             match self.record(stream, &mut state, FlowChange::Ended(end), meta).await {
                 Ok(position) => {

@@ -17,6 +17,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use tally_proto::v1::flow_started::Flow;
 use tally_proto::v1::{FlowEnded, RewardRedemptionFlow};
 use tokio::task::JoinHandle;
 
@@ -32,6 +33,9 @@ use crate::store::{EventStore, StoreError, StreamId};
 
 mod drive;
 mod reader;
+mod transfer;
+
+pub use transfer::{TRANSFER_CRASH_POINTS, Transfer};
 
 use reader::{read, resume};
 
@@ -65,9 +69,12 @@ pub enum FlowError {
     /// Refused before the flow started (an unknown reward): nothing was recorded.
     #[error(transparent)]
     Rejected(#[from] Rejection),
-    /// The redemption id was used for another wallet or reward.
-    #[error("redemption id {redemption_id:?} was already used for another redemption")]
-    RedemptionIdReused { redemption_id: String },
+    /// The flow's id (a redemption's, a transfer's) was used for another flow.
+    #[error("id {flow_id:?} was already used for another redemption or transfer")]
+    FlowIdReused { flow_id: String },
+    /// A wallet the flow names does not exist (`field` names it): nothing was recorded.
+    #[error("{field}: no wallet {wallet_id:?} in this tenant")]
+    WalletNotFound { field: &'static str, wallet_id: String },
     /// The flow is recorded and open, and a step could not be done for a reason that may pass; it is
     /// driven on in the background. A retry with the same id learns its outcome.
     #[error(
@@ -116,10 +123,12 @@ pub struct Redemption {
 pub struct OpenFlow {
     pub tenant: TenantId,
     pub flow_id: String,
-    pub redemption: RewardRedemptionFlow,
+    /// What it is to do: a reward redemption, a points transfer.
+    pub flow: Flow,
     pub started_at_ms: i64,
     pub progress_at_ms: i64,
-    /// What is left: `redeeming` (a redemption's steps are redone from the start).
+    /// What is left: `redeeming` (a redemption's steps are redone from the start), `cancelling`,
+    /// `transferring`.
     pub step: &'static str,
     /// What kept it from going on, the last time this node tried.
     pub last_error: Option<String>,
@@ -273,7 +282,7 @@ impl Flows {
         }
         match &state.redemption {
             Some(r) if r.wallet_id == wallet.as_str() && r.reward_id == reward_id => {}
-            _ => return Err(FlowError::RedemptionIdReused { redemption_id: redemption_id.to_owned() }),
+            _ => return Err(FlowError::FlowIdReused { flow_id: redemption_id.to_owned() }),
         }
         let replayed = state.ended.is_some();
         let (state, position) = self.inner.drive(tenant, &stream, state, &meta, Until::Redeemed).await?;
@@ -331,16 +340,20 @@ impl Flows {
             .iter()
             .filter_map(|(stream, watched)| {
                 let (flow_tenant, flow_id) = codec::flow_of(stream.as_str())?;
-                let redemption = watched.state.redemption.clone()?;
+                let flow = watched.state.flow()?;
                 let stuck = now_ms.saturating_sub(watched.state.progress_at_ms) >= FLOW_STUCK_AFTER_MS;
                 let wanted = tenant.is_none_or(|t| *t == flow_tenant) && (stuck || !stuck_only);
                 wanted.then(|| OpenFlow {
                     flow_id: flow_id.to_owned(),
                     tenant: flow_tenant,
-                    redemption,
+                    step: match (&flow, watched.state.ended.is_none()) {
+                        (Flow::PointsTransfer(_), _) => "transferring",
+                        (_, true) => "redeeming",
+                        (_, false) => "cancelling",
+                    },
+                    flow,
                     started_at_ms: watched.state.started_at_ms,
                     progress_at_ms: watched.state.progress_at_ms,
-                    step: if watched.state.ended.is_none() { "redeeming" } else { "cancelling" },
                     last_error: watched.last_error.clone(),
                     attempts: watched.attempts,
                     stuck,

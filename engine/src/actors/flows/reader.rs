@@ -86,7 +86,7 @@ fn fold(open: &mut BTreeMap<StreamId, Watched>, events: Vec<crate::store::Record
             continue;
         }
         apply_flow(&mut watched.state, &event);
-        if watched.state.redemption.is_none() {
+        if watched.state.wallet_id().is_none() {
             tracing::error!(%stream, "a flow stream does not start with what it is to do; it is left alone");
             open.remove(&stream);
         } else if !watched.state.is_open() {
@@ -117,9 +117,8 @@ pub(super) async fn resume(inner: std::sync::Weak<Inner>) {
         for (stream, state) in due {
             let Some((tenant, _)) = codec::flow_of(stream.as_str()) else { continue };
             let owned = state
-                .redemption
-                .as_ref()
-                .and_then(|r| WalletId::parse(&r.wallet_id).ok())
+                .wallet_id()
+                .and_then(|wallet| WalletId::parse(wallet).ok())
                 .is_some_and(|wallet| (inner.owns)(&WalletKey::new(tenant.clone(), wallet)));
             let Ok(permit) = Arc::clone(&running).try_acquire_owned() else { break };
             if !owned {

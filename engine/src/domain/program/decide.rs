@@ -2,7 +2,7 @@
 
 use tally_proto::v1::{
     CreditPackageDefined, ExpiryPolicy, ExpiryPolicySet, Money, PendingPeriodSet, ProgramCreated, RefundWindowSet, RulesPublished,
-    StampCardDefined, TierDefinition, TierWindow, TiersDefined,
+    StampCardDefined, TierDefinition, TierWindow, TiersDefined, TransferPolicySet,
 };
 
 use super::{
@@ -13,8 +13,8 @@ use crate::domain::ReturnPolicy;
 use crate::domain::ids::{FieldError, TenantId};
 use crate::domain::rules::parse_rules;
 use crate::limits::{
-    MONEY_MINOR_ABS_MAX, POINTS_PER_COMMAND_MAX, REASON_BYTES_MAX, REF_BYTES_MAX, RULES_VERSIONS_PER_WINDOW_MAX, RULES_VERSIONS_WINDOW_MS,
-    STAMPS_PER_CARD_MAX,
+    BALANCE_ABS_MAX, MONEY_MINOR_ABS_MAX, POINTS_PER_COMMAND_MAX, REASON_BYTES_MAX, REF_BYTES_MAX, RULES_VERSIONS_PER_WINDOW_MAX,
+    RULES_VERSIONS_WINDOW_MS, STAMPS_PER_CARD_MAX,
 };
 
 /// Decides a program command at `now_ms`. Pure.
@@ -45,6 +45,7 @@ pub fn decide_program(
         C::SetRefundWindow { days, set_by } => set_refund_window(*days, set_by)?,
         C::DefineStampCard { card } => define_stamp_card(card)?,
         C::DefineTiers { tiers, window, grace_days, set_by } => define_tiers(tiers, *window, *grace_days, set_by)?,
+        C::SetTransferPolicy { policy } => set_transfer_policy(policy)?,
         C::DefineReward { reward } => {
             crate::domain::rewards::check_definition(reward, &state.tiers)?;
             ProgramChange::RewardDefined(reward.clone())
@@ -146,6 +147,17 @@ fn set_refund_window(days: u32, set_by: &str) -> Result<ProgramChange, ProgramRe
     }
     check_text("set_by", set_by, REF_BYTES_MAX)?;
     Ok(ProgramChange::RefundWindowSet(RefundWindowSet { days, set_by: set_by.to_owned() }))
+}
+
+fn set_transfer_policy(policy: &TransferPolicySet) -> Result<ProgramChange, ProgramRejection> {
+    if !(0..=POINTS_PER_COMMAND_MAX).contains(&policy.max_points_per_transfer) {
+        return Err(FieldError::new("max_points_per_transfer", format!("must be 0 (no cap) to {POINTS_PER_COMMAND_MAX}")).into());
+    }
+    if !(0..=BALANCE_ABS_MAX).contains(&policy.max_points_per_day) {
+        return Err(FieldError::new("max_points_per_day", format!("must be 0 (no cap) to {BALANCE_ABS_MAX}")).into());
+    }
+    check_text("set_by", &policy.set_by, REF_BYTES_MAX)?;
+    Ok(ProgramChange::TransferPolicySet(policy.clone()))
 }
 
 fn define_stamp_card(card: &StampCardDefined) -> Result<ProgramChange, ProgramRejection> {

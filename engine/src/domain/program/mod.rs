@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use tally_proto::v1::{
     CreditPackageDefined, ExpiryPolicy, ExpiryPolicySet, Money, PendingPeriodSet, ProgramCreated, RefundWindowSet, RewardDefined,
-    RulesPublished, StampCardDefined, TierDefinition, TierWindow, TiersDefined,
+    RulesPublished, StampCardDefined, TierDefinition, TierWindow, TiersDefined, TransferPolicySet,
 };
 
 mod decide;
@@ -74,6 +74,10 @@ pub enum ProgramCommandBody {
     /// Defines a reward of the catalogue, or replaces its definition.
     DefineReward {
         reward: RewardDefined,
+    },
+    /// Sets whether points may move between wallets, and how many (the whole policy).
+    SetTransferPolicy {
+        policy: TransferPolicySet,
     },
     /// Defines the tiers (the whole set).
     DefineTiers {
@@ -148,7 +152,14 @@ impl ProgramCommand {
                 .i64(reward.available_from_ms)
                 .i64(reward.available_until_ms)
                 .str(&reward.min_tier_id)
-                .u64(u64::from(reward.active)),
+                .u64(u64::from(reward.active))
+                // After the fields it was made with, so their fingerprints stay as they were.
+                .u64_unless_zero(u64::from(reward.cancel_window_days)),
+            ProgramCommandBody::SetTransferPolicy { policy } => Layout::new(110)
+                .u64(u64::from(policy.allowed))
+                .i64(policy.max_points_per_transfer)
+                .i64(policy.max_points_per_day)
+                .str(&policy.set_by),
             ProgramCommandBody::DefineTiers { tiers, window, grace_days, set_by } => {
                 let layout = Layout::new(106).u64(tiers.len() as u64);
                 let layout = tiers.iter().fold(layout, |layout, t| {
@@ -172,6 +183,7 @@ crate::domain::event::event_table! {
         TiersDefined(TiersDefined),
         StampCardDefined(StampCardDefined),
         RewardDefined(RewardDefined),
+        TransferPolicySet(TransferPolicySet),
     }
 }
 
@@ -221,6 +233,8 @@ pub struct ProgramState {
     pub stamp_cards: BTreeMap<String, StampCardDefined>,
     /// The rewards catalogue by id, as last defined.
     pub rewards: BTreeMap<String, RewardDefined>,
+    /// Whether points may move between wallets (none set: not allowed).
+    pub transfers: TransferPolicySet,
     /// Idempotency keys of accepted commands: their fingerprint and the rules version after them.
     receipts: BTreeMap<String, (CommandFingerprint, u32)>,
 }
@@ -244,6 +258,7 @@ impl ProgramState {
             tiers: self.tiers.clone(),
             stamp_cards: Arc::new(self.stamp_cards.clone()),
             rewards: Arc::new(self.rewards.clone()),
+            transfers: self.transfers.clone(),
         }
     }
 
@@ -347,6 +362,7 @@ pub fn apply_program(state: &mut ProgramState, event: &ProgramEvent) {
         ProgramChange::RewardDefined(e) => {
             state.rewards.insert(e.reward_id.clone(), e.clone());
         }
+        ProgramChange::TransferPolicySet(e) => state.transfers = e.clone(),
         ProgramChange::TiersDefined(e) => {
             state.tiers = crate::domain::tiers::Tiers {
                 levels: e.tiers.clone().into(),

@@ -1,6 +1,8 @@
 //! Input checks: what a command must look like before it is decided, and the ledger's range check.
 
-use crate::domain::command::{Command, CommandBody, ENGINE_KEY_PREFIX, Money, capture_key, is_due_key, void_key};
+use crate::domain::command::{
+    Command, CommandBody, ENGINE_KEY_PREFIX, Money, TransferPart, TransferStep, capture_key, is_due_key, transfer_key, void_key,
+};
 use crate::domain::ids::FieldError;
 use crate::domain::rejection::Rejection;
 use crate::limits::{
@@ -33,6 +35,9 @@ pub(super) fn check_key(command: &Command) -> Result<(), Rejection> {
         CommandBody::VoidRedemption { hold_id } => Some(void_key(hold_id)),
         CommandBody::RedeemReward { redemption_id, .. } => Some(crate::domain::reward_debit_key(redemption_id)),
         CommandBody::CancelRewardRedemption { redemption_id, .. } => Some(crate::domain::reward_cancel_key(redemption_id)),
+        CommandBody::TransferOut { transfer_id, .. } => Some(transfer_key(transfer_id, TransferStep::Out)),
+        CommandBody::TransferIn { transfer_id, .. } => Some(transfer_key(transfer_id, TransferStep::In)),
+        CommandBody::ReturnTransfer { transfer_id, .. } => Some(transfer_key(transfer_id, TransferStep::Return)),
         CommandBody::RunDue => None,
         _ if command.idempotency_key.starts_with(ENGINE_KEY_PREFIX) => {
             return Err(FieldError::new(
@@ -129,6 +134,23 @@ pub(super) fn validate(body: &CommandBody) -> Result<(), Rejection> {
         }
         CommandBody::RedeemReward { redemption_id, reward_id } => check_redemption(redemption_id, Ok(reward_id)),
         CommandBody::CancelRewardRedemption { redemption_id, reason } => check_redemption(redemption_id, Err(reason)),
+        CommandBody::TransferOut { transfer_id, to_wallet_id, points, reason } => {
+            crate::domain::program::check_id("transfer_id", transfer_id)?;
+            crate::domain::WalletId::parse(to_wallet_id).map_err(|e| FieldError::new("to_wallet_id", e.reason))?;
+            check_positive("points", *points)?;
+            check_reason(reason)
+        }
+        CommandBody::TransferIn { transfer_id, from_wallet_id, parts, reason } => {
+            crate::domain::program::check_id("transfer_id", transfer_id)?;
+            crate::domain::WalletId::parse(from_wallet_id).map_err(|e| FieldError::new("from_wallet_id", e.reason))?;
+            check_parts(parts)?;
+            check_reason(reason)
+        }
+        CommandBody::ReturnTransfer { transfer_id, parts, code } => {
+            crate::domain::program::check_id("transfer_id", transfer_id)?;
+            check_parts(parts)?;
+            check_ref("code", code, true)
+        }
         CommandBody::PurchaseCredits { purchase_id, package_id } => {
             check_ref("purchase_id", purchase_id, true)?;
             check_ref("package_id", package_id, true)
@@ -143,6 +165,23 @@ pub(super) fn validate(body: &CommandBody) -> Result<(), Rejection> {
             check_reason(reason)
         }
     }
+}
+
+/// A transfer's parts: at least one, each of positive points, at most one per kind of lot a debit can
+/// take from, within one command's points.
+fn check_parts(parts: &[TransferPart]) -> Result<(), Rejection> {
+    if parts.is_empty() || parts.len() > super::lots::PARTS_MAX + 2 {
+        return Err(FieldError::new("parts", format!("must be 1 to {}", super::lots::PARTS_MAX + 2)).into());
+    }
+    let mut total: i64 = 0;
+    for part in parts {
+        check_positive("parts.points", part.points)?;
+        if part.expires_at_ms < 0 || (part.expires_at_ms != 0 && part.on_inactivity) {
+            return Err(FieldError::new("parts.expires_at_ms", "must be 0 or an instant, and 0 for points on inactivity").into());
+        }
+        total = total.saturating_add(part.points);
+    }
+    check_positive("points", total)
 }
 
 pub(super) fn check_positive(field: &'static str, points: i64) -> Result<(), Rejection> {

@@ -168,7 +168,14 @@ pub(super) fn expire_returned(
     event: &dyn Fn(Change) -> Event,
 ) -> Vec<Change> {
     let returns_points = changes.iter().any(|c| {
-        matches!(c, Change::Released(_) | Change::Captured(HoldCaptured { released_points: 1.., .. }) | Change::RewardCancelled(_))
+        matches!(
+            c,
+            Change::Released(_)
+                | Change::Captured(HoldCaptured { released_points: 1.., .. })
+                | Change::RewardCancelled(_)
+                | Change::TransferredIn(_)
+                | Change::TransferReturned(_)
+        )
     });
     if returns_points {
         let mut after = current.clone();

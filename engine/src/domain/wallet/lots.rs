@@ -4,7 +4,69 @@
 use tally_proto::v1::{LotOpened, LotPoints};
 
 use crate::domain::Context;
+use crate::domain::event::{Change, Event};
+use crate::domain::fingerprint::CommandFingerprint;
 use crate::domain::state::{Lot, SourceLedger, WalletState};
+
+/// Points of one kind of lot: `(points, expiry, expiring with the wallet's inactivity)` — earned points
+/// with a date, earned points on inactivity, and points that never expire (purchased ones, or earned
+/// under no expiry). What a cancellation gives back and what a transfer moves, each into a lot of its
+/// own kind.
+pub(crate) type Part = (i64, Option<i64>, bool);
+
+/// Most parts points are moved in (an event each): dates, and the two undated kinds.
+pub(super) const PARTS_MAX: usize = 32;
+
+/// `points` taken from `lots` (before the debit is applied) by the kind of lot they come from, dates
+/// first. At most [`PARTS_MAX`] parts: dated points beyond them join the latest date kept, sooner than
+/// their own (never later). What the lots did not cover (a debt) is a part that never expires.
+pub(super) fn parts_of(state: &WalletState, lots: &[LotPoints], points: i64) -> Vec<Part> {
+    let mut parts: Vec<Part> = Vec::new();
+    for taken in lots {
+        let (expires_at_ms, on_inactivity) = state.lots.get(&taken.lot).map_or((None, false), |lot| (lot.expires_at_ms, lot.on_inactivity));
+        match parts.iter_mut().find(|(_, at, inactive)| *at == expires_at_ms && *inactive == on_inactivity) {
+            Some(part) => part.0 += taken.points,
+            None => parts.push((taken.points, expires_at_ms, on_inactivity)),
+        }
+    }
+    parts.sort_by_key(|(_, at, inactive)| (at.is_none(), *at, *inactive));
+    while parts.len() > PARTS_MAX && parts[PARTS_MAX - 1].1.is_some() && parts[PARTS_MAX].1.is_some() {
+        let (points, _, _) = parts.remove(PARTS_MAX);
+        parts[PARTS_MAX - 1].0 += points;
+    }
+    let covered: i64 = parts.iter().map(|(points, _, _)| points).sum();
+    if covered < points {
+        parts.push((points - covered, None, false));
+    }
+    parts
+}
+
+/// Credits `parts`, each into a lot of its own kind — dated points at their own date, points on
+/// inactivity with the wallet's inactivity, points that never expire never — one change each, made by
+/// `change` from the part's points, its lot and whether it is the first; numbered as they will be
+/// recorded (each lot is opened on the wallet as the ones before left it); and the wallet after them.
+pub(super) fn credit_parts(
+    state: &WalletState,
+    ctx: &Context<'_>,
+    parts: &[Part],
+    mut change: impl FnMut(i64, LotOpened, bool) -> Change,
+) -> (Vec<Change>, WalletState) {
+    let mut after = state.clone();
+    let mut changes = Vec::with_capacity(parts.len());
+    for (i, (points, expires_at_ms, on_inactivity)) in parts.iter().enumerate() {
+        let earned = expires_at_ms.is_some() || *on_inactivity;
+        let lot = open_lot(&after, *points, *expires_at_ms, earned, ctx);
+        let numbered = Event {
+            idempotency_key: String::new(),
+            command_fingerprint: CommandFingerprint::Fnv64(0),
+            recorded_at_ms: ctx.now_ms,
+            change: change(*points, lot, i == 0),
+        };
+        super::apply(&mut after, &numbered);
+        changes.push(numbered.change);
+    }
+    (changes, after)
+}
 
 pub(super) fn lot_points(lots: &[(u64, i64)]) -> Vec<LotPoints> {
     lots.iter().map(|(lot, points)| LotPoints { lot: *lot, points: *points }).collect()

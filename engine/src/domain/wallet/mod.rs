@@ -8,6 +8,7 @@
 //! | [`holds`] | `AuthorizeRedemption`, `CaptureRedemption`, `VoidRedemption` | held, captured, released |
 //! | [`credits`] | `PurchaseCredits` | purchased |
 //! | [`rewards`] | `RedeemReward` (a catalogue reward's debit), `CancelRewardRedemption` | (redeemed, through the ledger), reward refused, redemption cancelled |
+//! | [`transfers`] | `TransferOut` (the source's debit), `TransferIn` (the target's credit), `ReturnTransfer` (a refused transfer back) | transferred out, in, refused, returned |
 //! | [`stamps`] | `AddStamps`, and the cards a change fills | stamped, card completed |
 //! | [`tier`] | the tier an earn reaches, a due review | tier changed, tier reviewed |
 //! | [`due`] | `RunDue`, and what time brought before any command | matured, expired, expiring soon |
@@ -26,6 +27,7 @@ mod receipts;
 mod rewards;
 mod stamps;
 mod tier;
+mod transfers;
 
 pub use due::DueView;
 pub use orders::{OrderQuote, quote_order};
@@ -113,6 +115,10 @@ fn decide_change(state: &WalletState, body: &CommandBody, ctx: &Context<'_>) -> 
         (WalletStatus::NotEnrolled, _) => Err(Rejection::WalletNotFound),
         // A closed wallet's customer may still ask to be forgotten.
         (WalletStatus::Active | WalletStatus::Closed, C::EraseCustomer { reason }) => alone(ledger::erase(state, reason)),
+        // What a closed wallet sent out and its target refused comes back to it, and is forfeited.
+        (WalletStatus::Closed, C::ReturnTransfer { transfer_id, parts, code }) => {
+            transfers::give_back(state, ctx, transfer_id, parts, code)
+        }
         (WalletStatus::Closed, _) => Err(Rejection::WalletClosed),
         (WalletStatus::Active, body) => match body {
             C::Enroll { .. } => Err(Rejection::AlreadyEnrolled),
@@ -140,6 +146,16 @@ fn decide_change(state: &WalletState, body: &CommandBody, ctx: &Context<'_>) -> 
             C::PurchaseCredits { purchase_id, package_id } => alone(credits::purchase(state, ctx, purchase_id, package_id)),
             C::RedeemReward { redemption_id, reward_id } => alone(Ok(rewards::redeem_or_refuse(state, ctx, redemption_id, reward_id))),
             C::CancelRewardRedemption { redemption_id, reason } => rewards::cancel(state, ctx, redemption_id, reason),
+            C::TransferOut { to_wallet_id, .. } if to_wallet_id == ctx.wallet.as_str() => {
+                Err(crate::domain::FieldError::new("to_wallet_id", "must be another wallet than the source").into())
+            }
+            C::TransferOut { transfer_id, to_wallet_id, points, reason } => {
+                alone(Ok(transfers::send_or_refuse(state, ctx, transfer_id, to_wallet_id, *points, reason)))
+            }
+            C::TransferIn { transfer_id, from_wallet_id, parts, reason } => {
+                transfers::receive_or_refuse(state, ctx, transfer_id, from_wallet_id, parts, reason)
+            }
+            C::ReturnTransfer { transfer_id, parts, code } => transfers::give_back(state, ctx, transfer_id, parts, code),
             C::EarnForOrder { order } => alone(orders::earn_for_order(state, order, ctx)),
             C::AddStamps { card_id, count, reason } => alone(stamps::add(ctx, card_id, *count, reason)),
             C::RefundOrder { order_id, amount_minor, reason } => orders::refund(state, ctx, order_id, *amount_minor, reason),
@@ -178,6 +194,11 @@ pub fn apply(state: &mut WalletState, event: &Event) {
         // Only its receipt: the redemption's answer.
         Change::RewardRefused(_) => {}
         Change::RewardCancelled(e) => rewards::apply_cancelled(state, e),
+        Change::TransferredOut(e) => transfers::apply_out(state, e, at_ms),
+        Change::TransferredIn(e) => transfers::apply_in(state, e),
+        Change::TransferReturned(e) => transfers::apply_returned(state, e),
+        // Only its receipt: the transfer's answer.
+        Change::TransferRefused(_) => {}
     }
     state.balance += event.change.points_delta();
     state.last_activity_ms = event.recorded_at_ms;

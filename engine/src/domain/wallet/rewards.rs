@@ -7,10 +7,9 @@ use tally_proto::v1::{PointsRedeemed, RewardRedemptionCancelled, RewardRedemptio
 
 use super::checks::checked_balance;
 use super::ledger;
-use super::lots::{credit, open_lot};
+use super::lots::{credit, credit_parts, parts_of};
 use crate::domain::Context;
-use crate::domain::event::{Change, Event};
-use crate::domain::fingerprint::CommandFingerprint;
+use crate::domain::event::Change;
 use crate::domain::rejection::Rejection;
 use crate::domain::state::{CatalogueRedemption, WalletState};
 
@@ -28,23 +27,15 @@ pub(super) fn cancel(
     let unknown = || Rejection::UnknownRedemption { redemption_id: redemption_id.to_owned() };
     let redemption = state.catalogue_redemptions.get(redemption_id).filter(|r| !r.cancelled).ok_or_else(unknown)?;
     checked_balance(state.balance.checked_add(redemption.points), "points", redemption.points)?;
-    let mut after = state.clone();
-    let mut changes = Vec::with_capacity(redemption.parts.len());
-    for (points, expires_at_ms, on_inactivity) in &redemption.parts {
-        let earned = expires_at_ms.is_some() || *on_inactivity;
-        let lot = open_lot(&after, *points, *expires_at_ms, earned, ctx);
-        let change = Change::RewardCancelled(RewardRedemptionCancelled {
+    let (mut changes, _) = credit_parts(state, ctx, &redemption.parts, |points, lot, _| {
+        Change::RewardCancelled(RewardRedemptionCancelled {
             redemption_id: redemption_id.to_owned(),
             reward_id: redemption.reward_id.clone(),
-            points: *points,
+            points,
             reason: reason.to_owned(),
             lot: Some(lot),
-        });
-        let numbered =
-            Event { idempotency_key: String::new(), command_fingerprint: CommandFingerprint::Fnv64(0), recorded_at_ms: ctx.now_ms, change };
-        super::apply(&mut after, &numbered);
-        changes.push(numbered.change);
-    }
+        })
+    });
     let last = changes.pop().ok_or_else(unknown)?;
     Ok((changes, last))
 }
@@ -52,33 +43,12 @@ pub(super) fn cancel(
 /// Remembers a catalogue redemption before its debit is applied: its points by the kind of lot they came
 /// from (what the debit's lots hold now, before it).
 pub(super) fn remember(state: &mut WalletState, e: &PointsRedeemed, at_ms: i64) {
-    let mut parts: Vec<(i64, Option<i64>, bool)> = Vec::new();
-    for taken in &e.lots {
-        let (expires_at_ms, on_inactivity) = state.lots.get(&taken.lot).map_or((None, false), |lot| (lot.expires_at_ms, lot.on_inactivity));
-        match parts.iter_mut().find(|(_, at, inactive)| *at == expires_at_ms && *inactive == on_inactivity) {
-            Some(part) => part.0 += taken.points,
-            None => parts.push((taken.points, expires_at_ms, on_inactivity)),
-        }
-    }
-    // At most `CANCEL_PARTS_MAX` parts (one event each): dated points beyond them join the latest date
-    // kept, sooner than their own (never later).
-    parts.sort_by_key(|(_, at, inactive)| (at.is_none(), *at, *inactive));
-    while parts.len() > CANCEL_PARTS_MAX && parts[CANCEL_PARTS_MAX - 1].1.is_some() && parts[CANCEL_PARTS_MAX].1.is_some() {
-        let (points, _, _) = parts.remove(CANCEL_PARTS_MAX);
-        parts[CANCEL_PARTS_MAX - 1].0 += points;
-    }
-    let covered: i64 = parts.iter().map(|(points, _, _)| points).sum();
-    if covered < e.points {
-        parts.push((e.points - covered, None, false));
-    }
+    let parts = parts_of(state, &e.lots, e.points);
     *state.rewards_redeemed.entry(e.reward_ref.clone()).or_default() += 1;
     let redemption =
         CatalogueRedemption { reward_id: e.reward_ref.clone(), points: e.points, parts, redeemed_at_ms: at_ms, cancelled: false };
     state.catalogue_redemptions.insert(e.redemption_id.clone(), redemption);
 }
-
-/// Most parts a cancellation gives back in (an event each): dates, and the two undated kinds.
-const CANCEL_PARTS_MAX: usize = 32;
 
 pub(super) fn apply_cancelled(state: &mut WalletState, e: &RewardRedemptionCancelled) {
     state.lifetime_redeemed -= e.points;
