@@ -239,6 +239,7 @@ fn reconciliation(r: &tally_projections::export::Reconciliation) -> pb::ExportLe
             adjusted: p.points_adjusted,
             forfeited: p.points_forfeited,
             expired: p.points_expired,
+            transferred: p.points_transferred,
             closing_liability: r.closing_liability,
             rows: r.rows,
             wallets: r.wallets,

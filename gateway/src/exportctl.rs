@@ -47,7 +47,7 @@ pub async fn export(
     }
     writer.finish().map_err(|e| ClientError::Direct(format!("cannot write the export: {e}")))?;
     let r = last.ok_or_else(|| ClientError::Direct("the export ended before its reconciliation: it is incomplete".into()))?;
-    let figures = [r.issued, r.purchased, -r.redeemed, -r.reversed, r.adjusted, -r.forfeited, -r.expired];
+    let figures = [r.issued, r.purchased, -r.redeemed, -r.reversed, r.adjusted, -r.forfeited, -r.expired, r.transferred];
     let balances =
         i128::from(r.opening_liability) + figures.iter().map(|f| i128::from(*f)).sum::<i128>() == i128::from(r.closing_liability);
     if let (Some(partial), Some(out)) = (&partial, out) {
@@ -56,7 +56,7 @@ pub async fn export(
     }
     let verdict = if balances { "the books balance" } else { "THE BOOKS DO NOT BALANCE" };
     let summary = format!(
-        "{} movements of {} wallets, to log position {}; {verdict}: opening {} + issued {} + purchased {} - redeemed {} - reversed {} + adjusted {} - forfeited {} - expired {} = closing {}",
+        "{} movements of {} wallets, to log position {}; {verdict}: opening {} + issued {} + purchased {} - redeemed {} - reversed {} + adjusted {} - forfeited {} - expired {} + transferred {} = closing {}",
         r.rows,
         r.wallets,
         r.as_of_position,
@@ -68,6 +68,7 @@ pub async fn export(
         r.adjusted,
         r.forfeited,
         r.expired,
+        r.transferred,
         r.closing_liability
     );
     if balances { Ok(summary) } else { Err(ClientError::Direct(summary)) }
@@ -194,6 +195,7 @@ impl<W: std::io::Write> LedgerWriter<W> {
             ("adjusted", r.adjusted.into()),
             ("forfeited", r.forfeited.into()),
             ("expired", r.expired.into()),
+            ("transferred", r.transferred.into()),
             ("closing_liability", r.closing_liability.into()),
             ("rows", r.rows.into()),
             ("wallets", r.wallets.into()),

@@ -130,6 +130,7 @@ fn day_stats(day: String, s: &tally_projections::model::DayStats) -> pb::DayStat
         active_wallets: s.active_wallets,
         points_purchased: s.points_purchased,
         points_expired: s.points_expired,
+        points_transferred: s.points_transferred,
     }
 }
 

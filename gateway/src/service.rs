@@ -372,6 +372,8 @@ impl WalletService for WalletApi {
         let (metadata, extensions, r) = request.into_parts();
         let key = self.wallet_key(&extensions, &r.tenant_id, &r.wallet_id).await?;
         let meta = command_meta(&metadata, &extensions)?;
+        // A staff key's flows name the staff member, as its other changes do.
+        access::staff_named(&extensions, &meta.staff_id)?;
         let _permit = self.admit()?;
         Ok(Response::new(crate::rewards::redeem(&self.engine.flows, &key.tenant, &key.wallet, r, meta).await?))
     }
@@ -380,6 +382,8 @@ impl WalletService for WalletApi {
         let (metadata, extensions, r) = request.into_parts();
         let key = self.wallet_key(&extensions, &r.tenant_id, &r.wallet_id).await?;
         let meta = command_meta(&metadata, &extensions)?;
+        // A staff key's flows name the staff member, as its other changes do.
+        access::staff_named(&extensions, &meta.staff_id)?;
         let _permit = self.admit()?;
         Ok(Response::new(crate::rewards::cancel(&self.engine.flows, &key.tenant, &key.wallet, r, meta).await?))
     }
@@ -388,6 +392,8 @@ impl WalletService for WalletApi {
         let (metadata, extensions, r) = request.into_parts();
         let key = self.wallet_key(&extensions, &r.tenant_id, &r.wallet_id).await?;
         let meta = command_meta(&metadata, &extensions)?;
+        // A staff key's flows name the staff member, as its other changes do.
+        access::staff_named(&extensions, &meta.staff_id)?;
         let _permit = self.admit()?;
         Ok(Response::new(crate::transfers::transfer(&self.engine.flows, &key.tenant, &key.wallet, r, meta).await?))
     }

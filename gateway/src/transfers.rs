@@ -1,7 +1,7 @@
 //! Points transfers on the wire: `WalletService.TransferPoints`, a flow driven by the engine's `Flows`
 //! (its policy is a program command, `AdminService.SetTransferPolicy`, in `admin.rs`).
 
-use tally_engine::actors::{CommandMeta, Flows};
+use tally_engine::actors::{CommandMeta, FlowError, Flows};
 use tally_engine::domain::{TenantId, WalletId};
 use tally_proto::v1 as pb;
 use tally_proto::v1::FlowOutcome;
@@ -18,10 +18,10 @@ pub(crate) async fn transfer(
     meta: CommandMeta,
 ) -> Result<pb::TransferPointsResponse, Status> {
     let to = WalletId::parse(&r.to_wallet_id).map_err(|e| status::invalid("to_wallet_id", &e.reason))?;
-    let transfer = flows
-        .transfer_points(tenant, wallet, &to, r.points, &r.transfer_id, &r.reason, meta)
-        .await
-        .map_err(|e| crate::rewards::from_flow_error(&e))?;
+    let transfer = flows.transfer_points(tenant, wallet, &to, r.points, &r.transfer_id, &r.reason, meta).await.map_err(|e| match &e {
+        FlowError::NeedsOperator { .. } => status::precondition("NEEDS_OPERATOR", "transfer_id", e.to_string()),
+        _ => crate::rewards::from_flow_error(&e),
+    })?;
     let ended = transfer.ended;
     match FlowOutcome::try_from(ended.outcome) {
         Ok(FlowOutcome::Completed) => {}

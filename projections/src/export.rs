@@ -1,7 +1,8 @@
 //! The ledger for finance, read straight from the log (`AuditService.ExportLedger`, issue 19): a
 //! tenant's points movements between two instants, in log order, with each wallet's opening and closing
 //! balance and a reconciliation that must balance — opening liability + issued + purchased − redeemed −
-//! reversed ± adjusted − forfeited − expired = closing liability. Movements are decoded and classified
+//! reversed ± adjusted − forfeited − expired ± transferred = closing liability (transfers net to zero once
+//! each has ended; what is in transit at the end is less). Movements are decoded and classified
 //! exactly as the read models do (`movement.rs`, `model::DayStats`), so the figures are ReportingService's.
 
 use std::collections::BTreeMap;
@@ -63,6 +64,7 @@ fn moves_points(kind: MovementKind) -> bool {
             | MovementKind::Close
             | MovementKind::Purchase
             | MovementKind::Expire
+            | MovementKind::Transfer
     )
 }
 

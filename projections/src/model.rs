@@ -126,6 +126,10 @@ pub struct DayStats {
     pub points_purchased: i64,
     /// Points that expired.
     pub points_expired: i64,
+    /// Net of transfers between the tenant's wallets: 0 once every transfer of the period has ended,
+    /// less by what is in transit (out of one wallet, not yet in the other nor back).
+    #[serde(default)]
+    pub points_transferred: i64,
     pub enrolments: i64,
     /// Wallets with at least one event that day.
     pub active_wallets: i64,
@@ -145,6 +149,7 @@ impl DayStats {
             MovementKind::Close => self.points_forfeited -= points,
             MovementKind::Purchase => self.points_purchased += points,
             MovementKind::Expire => self.points_expired -= points,
+            MovementKind::Transfer => self.points_transferred += points,
             MovementKind::Hold
             | MovementKind::Release
             | MovementKind::Mature
@@ -152,8 +157,7 @@ impl DayStats {
             | MovementKind::Stamp
             | MovementKind::Notice
             | MovementKind::Erase
-            | MovementKind::Refused
-            | MovementKind::Transfer => {}
+            | MovementKind::Refused => {}
         }
     }
 
@@ -164,6 +168,7 @@ impl DayStats {
         self.points_adjusted += other.points_adjusted;
         self.points_forfeited += other.points_forfeited;
         self.points_purchased += other.points_purchased;
+        self.points_transferred += other.points_transferred;
         self.points_expired += other.points_expired;
         self.enrolments += other.enrolments;
         self.active_wallets += other.active_wallets;
@@ -174,6 +179,7 @@ impl DayStats {
         self.points_issued + self.points_purchased - self.points_redeemed - self.points_reversed + self.points_adjusted
             - self.points_forfeited
             - self.points_expired
+            + self.points_transferred
     }
 }
 

@@ -188,7 +188,15 @@ async fn postgres_read_model_equals_a_fold_of_the_log_after_random_workloads() {
         caught_up(&projection, &store).await;
         let fold = fold_log(&store).await;
         // The workload covers every kind of movement that changes a balance.
-        for kind in [MovementKind::Earn, MovementKind::Redeem, MovementKind::Reverse, MovementKind::Purchase, MovementKind::Expire] {
+        let kinds = [
+            MovementKind::Earn,
+            MovementKind::Redeem,
+            MovementKind::Reverse,
+            MovementKind::Purchase,
+            MovementKind::Expire,
+            MovementKind::Transfer,
+        ];
+        for kind in kinds {
             assert!(fold.ledger.iter().any(|m| m.kind == kind), "no {kind:?} in the workload");
         }
         assert_postgres_matches(&model, &db, &fold).await;
@@ -726,7 +734,8 @@ async fn a_live_generation_from_before_numeric_sums_is_migrated_and_its_views_ke
         .batch_execute(&format!(
             "DROP VIEW tally_read.program_daily_stats, tally_read.tenant_liability, tally_read.quarantined_events, tally_read.wallets;
              ALTER TABLE tally_read_g1.wallets DROP COLUMN customer_erased, DROP COLUMN customer_sealed;
-             ALTER TABLE tally_read_g1.program_daily_stats ALTER COLUMN points_issued TYPE BIGINT, ALTER COLUMN points_expired TYPE BIGINT;
+             ALTER TABLE tally_read_g1.program_daily_stats ALTER COLUMN points_issued TYPE BIGINT, ALTER COLUMN points_expired TYPE BIGINT,
+                 DROP COLUMN points_transferred;
              ALTER TABLE tally_read_g1.tenant_liability ALTER COLUMN outstanding_points TYPE BIGINT;
              DROP TABLE tally_read_g1.quarantined_events;
              DELETE FROM tally_read_g1.reporting_migrations WHERE version >= 3;

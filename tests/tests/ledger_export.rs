@@ -46,6 +46,12 @@ async fn program(book: &ProgramBook, tenant: &TenantId) {
             },
         ),
         command(
+            "transfers",
+            ProgramCommandBody::SetTransferPolicy {
+                policy: tally_engine::domain::TransferPolicySet { allowed: true, set_by: "ops".into(), ..Default::default() },
+            },
+        ),
+        command(
             "package",
             ProgramCommandBody::DefinePackage {
                 package_id: "p-100".into(),
@@ -114,6 +120,7 @@ async fn the_ledger_export_balances_and_agrees_with_the_wallets_and_the_read_mod
     }
     let mut rng = StdRng::seed_from_u64(20_261_201);
     let mut holds = Vec::new();
+    let mut in_transit = 0;
     for n in 0..1_500u32 {
         clock.advance_ms(rng.random_range(0..DAY_MS / 4));
         let key = &keys[rng.random_range(0..WALLETS)];
@@ -130,6 +137,10 @@ async fn the_ledger_export_balances_and_agrees_with_the_wallets_and_the_read_mod
             && let Some(hold) = hold
         {
             holds.push((key.clone(), hold));
+        }
+        // Transfers, as their flow's steps: most arrive, some come back, some are still on their way at the end.
+        if n % 11 == 5 {
+            transfer(&registry, &keys, &mut rng, n, &mut in_transit).await;
         }
         // Half the holds are captured, some voided, the rest time out.
         if n % 7 == 0
@@ -167,7 +178,7 @@ async fn the_ledger_export_balances_and_agrees_with_the_wallets_and_the_read_mod
     assert_eq!(reconciliation.closing_liability, liability.outstanding_points + liability.negative_points, "the read models' liability");
     assert_eq!(rows.iter().map(|m| m.points).sum::<i64>(), reconciliation.closing_liability);
     // Each total, from the events' own types (not through the read models' classification).
-    let mut by_type = [0i64; 7]; // issued, purchased, redeemed, reversed, adjusted, forfeited, expired
+    let mut by_type = [0i64; 8]; // issued, purchased, redeemed, reversed, adjusted, forfeited, expired, transferred
     for recorded in events.iter().filter(|e| codec::wallet_of(e.stream_id.as_str()).is_some()) {
         match codec::decode(recorded.clone()).unwrap().change {
             Change::Earned(e) => by_type[0] += e.points,
@@ -179,6 +190,9 @@ async fn the_ledger_export_balances_and_agrees_with_the_wallets_and_the_read_mod
             Change::Adjusted(e) => by_type[4] += e.points,
             Change::Closed(e) => by_type[5] += e.forfeited_points,
             Change::Expired(e) => by_type[6] += e.points,
+            Change::TransferredOut(e) => by_type[7] -= e.points,
+            Change::TransferredIn(e) => by_type[7] += e.points,
+            Change::TransferReturned(e) => by_type[7] += e.points,
             _ => {}
         }
     }
@@ -191,9 +205,12 @@ async fn the_ledger_export_balances_and_agrees_with_the_wallets_and_the_read_mod
         p.points_adjusted,
         p.points_forfeited,
         p.points_expired,
+        p.points_transferred,
     ];
-    assert_eq!(totals, by_type, "issued, purchased, redeemed, reversed, adjusted, forfeited, expired");
+    assert_eq!(totals, by_type, "issued, purchased, redeemed, reversed, adjusted, forfeited, expired, transferred");
+    assert_eq!(p.points_transferred, -in_transit, "transfers net to what is still on its way");
     assert!(by_type.iter().all(|t| *t != 0), "every kind of movement happened: {by_type:?}");
+    assert!(rows.iter().any(|m| m.kind.as_str() == "transfer"), "transfers are ledger rows");
     // Who made each: the key that sent the command, none for what the engine did by itself.
     assert!(rows.iter().filter(|m| m.kind.as_str() == "expire").all(|m| m.principal.is_empty()));
     assert!(rows.iter().filter(|m| m.kind.as_str() == "purchase").all(|m| m.principal == "00000000000000aa"));
@@ -231,4 +248,35 @@ async fn export(
         rows.extend(batch);
     }
     (rows, export.reconciliation())
+}
+
+/// One transfer's wallet steps between two random wallets: the source's debit, then the target's credit
+/// (most), the points back (some) or nothing yet (some: in transit, counted into `in_transit`).
+async fn transfer(registry: &WalletRegistry, keys: &[WalletKey], rng: &mut StdRng, n: u32, in_transit: &mut i64) {
+    let (from, to) = (&keys[rng.random_range(0..WALLETS)], &keys[rng.random_range(0..WALLETS)]);
+    let id = format!("tr-{n}");
+    let out = Command::transfer_out(&id, to.wallet.as_str(), rng.random_range(1..200), "gift");
+    let Ok(outcome) = registry.execute(from, out, CommandMeta::default()).await else { return };
+    let Some((points, parts)) = outcome.events.iter().find_map(|s| match &s.event.change {
+        Change::TransferredOut(e) => Some((e.points, e.parts.clone())),
+        _ => None,
+    }) else {
+        return;
+    };
+    match rng.random_range(0..6) {
+        0 => *in_transit += points,
+        1 => {
+            registry.execute(from, Command::return_transfer(&id, parts, "WALLET_CLOSED"), CommandMeta::default()).await.unwrap();
+        }
+        _ => {
+            match registry.execute(to, Command::transfer_in(&id, from.wallet.as_str(), parts.clone(), "gift"), CommandMeta::default()).await
+            {
+                Ok(_) => {}
+                // The closed wallet: back to the source, as the flow does.
+                Err(_) => {
+                    registry.execute(from, Command::return_transfer(&id, parts, "WALLET_CLOSED"), CommandMeta::default()).await.unwrap();
+                }
+            }
+        }
+    }
 }

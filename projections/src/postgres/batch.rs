@@ -372,7 +372,7 @@ async fn write_days(
     days: &BTreeMap<(String, Date), DayStats>,
 ) -> Result<(), ProjectionError> {
     let (mut tenants, mut dates) = (Vec::new(), Vec::new());
-    let mut columns: [Vec<i64>; 9] = Default::default();
+    let mut columns: [Vec<i64>; 10] = Default::default();
     for ((tenant, day), s) in days {
         tenants.push(tenant.as_str());
         dates.push(*day);
@@ -386,15 +386,16 @@ async fn write_days(
             s.active_wallets,
             s.points_purchased,
             s.points_expired,
+            s.points_transferred,
         ]) {
             column.push(value);
         }
     }
     let sql = format!(
         "INSERT INTO {schema}.program_daily_stats AS d (tenant_id, day, points_issued, points_redeemed, points_reversed,
-             points_adjusted, points_forfeited, enrolments, active_wallets, points_purchased, points_expired)
+             points_adjusted, points_forfeited, enrolments, active_wallets, points_purchased, points_expired, points_transferred)
          SELECT * FROM unnest($1::text[], $2::date[], $3::int8[], $4::int8[], $5::int8[], $6::int8[], $7::int8[], $8::int8[], $9::int8[],
-                              $10::int8[], $11::int8[])
+                              $10::int8[], $11::int8[], $12::int8[])
          ON CONFLICT (tenant_id, day) DO UPDATE SET
              points_issued = d.points_issued + EXCLUDED.points_issued,
              points_redeemed = d.points_redeemed + EXCLUDED.points_redeemed,
@@ -404,12 +405,14 @@ async fn write_days(
              enrolments = d.enrolments + EXCLUDED.enrolments,
              active_wallets = d.active_wallets + EXCLUDED.active_wallets,
              points_purchased = d.points_purchased + EXCLUDED.points_purchased,
-             points_expired = d.points_expired + EXCLUDED.points_expired"
+             points_expired = d.points_expired + EXCLUDED.points_expired,
+             points_transferred = d.points_transferred + EXCLUDED.points_transferred"
     );
     let statement = tx.prepare_cached(&sql).await?;
-    let [issued, redeemed, reversed, adjusted, forfeited, enrolments, active, purchased, expired] = &columns;
-    tx.execute(&statement, &[&tenants, &dates, issued, redeemed, reversed, adjusted, forfeited, enrolments, active, purchased, expired])
-        .await?;
+    let [issued, redeemed, reversed, adjusted, forfeited, enrolments, active, purchased, expired, transferred] = &columns;
+    let values: [&(dyn tokio_postgres::types::ToSql + Sync); 12] =
+        [&tenants, &dates, issued, redeemed, reversed, adjusted, forfeited, enrolments, active, purchased, expired, transferred];
+    tx.execute(&statement, &values).await?;
     Ok(())
 }
 

@@ -124,7 +124,8 @@ impl PostgresReadModel {
         let rows = tx
             .query(
                 "SELECT day, points_issued::int8, points_redeemed::int8, points_reversed::int8, points_adjusted::int8,
-                        points_forfeited::int8, enrolments, active_wallets, points_purchased::int8, points_expired::int8
+                        points_forfeited::int8, enrolments, active_wallets, points_purchased::int8, points_expired::int8,
+                        points_transferred::int8
                  FROM tally_read.program_daily_stats WHERE tenant_id = $1 AND day BETWEEN $2 AND $3 ORDER BY day",
                 &[&tenant, &from, &to],
             )
@@ -152,6 +153,7 @@ impl PostgresReadModel {
                     active_wallets: row.get(7),
                     points_purchased: row.get(8),
                     points_expired: row.get(9),
+                    points_transferred: row.get(10),
                 };
                 totals = checked_sum(&totals, &stats)
                     .ok_or_else(|| ProjectionError::OutOfRange(format!("a total of tenant {tenant} from {from} to {to}")))?;
@@ -199,6 +201,7 @@ fn checked_sum(a: &DayStats, b: &DayStats) -> Option<DayStats> {
         points_forfeited: a.points_forfeited.checked_add(b.points_forfeited)?,
         points_purchased: a.points_purchased.checked_add(b.points_purchased)?,
         points_expired: a.points_expired.checked_add(b.points_expired)?,
+        points_transferred: a.points_transferred.checked_add(b.points_transferred)?,
         enrolments: a.enrolments.checked_add(b.enrolments)?,
         active_wallets: a.active_wallets.checked_add(b.active_wallets)?,
     })

@@ -45,6 +45,7 @@ fn program(return_policy: ReturnPolicy) -> ProgramSettings {
         return_policy,
         packages: Arc::new([("p-100".to_owned(), package)].into_iter().collect()),
         expiry: ExpiryPolicy { rule: Some(expiry_policy::Rule::After(after)), notice_days: 0 },
+        transfers: tally_engine::domain::TransferPolicySet { allowed: true, ..Default::default() },
         ..ProgramSettings::default()
     }
 }
@@ -119,7 +120,13 @@ impl Workload {
                 },
                 94..96 => CommandBody::PurchaseCredits { purchase_id: key.clone(), package_id: "p-100".to_owned() },
                 // What the engine's timers do: record what came due (here, expired points).
-                96..98 => CommandBody::RunDue,
+                96 => CommandBody::RunDue,
+                // A transfer's first step (the flow's later steps are not run here: the points stay in
+                // transit, which the daily figures count). Not before sealing: no build then knew it.
+                97 if self.erasures => {
+                    return Command::transfer_out(&format!("tr-{}", self.commands), "somebody-else", rng.random_range(1..100), "gift");
+                }
+                97 => CommandBody::RunDue,
                 // A customer asks to be forgotten: the read models drop their reference.
                 98 if self.erasures => CommandBody::EraseCustomer { reason: "art. 17".to_owned() },
                 99 => CommandBody::Close { reason: "customer asked".to_owned() },

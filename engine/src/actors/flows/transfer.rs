@@ -73,7 +73,7 @@ impl Flows {
             }
         }
         match &state.transfer {
-            Some(t) if t.from_wallet_id == from.as_str() && t.to_wallet_id == to.as_str() && t.points == points => {}
+            Some(t) if t.from_wallet_id == from.as_str() && t.to_wallet_id == to.as_str() && t.points == points && t.reason == reason => {}
             _ => return Err(FlowError::FlowIdReused { flow_id: transfer_id.to_owned() }),
         }
         let replayed = state.ended.is_some();

@@ -107,7 +107,13 @@ impl ProgramCommand {
 
     /// Whether a receipt's fingerprint is this command's payload, by the function that recorded it.
     pub fn matches(&self, recorded: &CommandFingerprint) -> bool {
-        self.layout().matches(recorded)
+        if self.layout().matches(recorded) {
+            return true;
+        }
+        // A reward defined before its layout held the cancellation window (issue 20's first build)
+        // recorded the layout without it: a retry of such a definition is still the same command.
+        matches!(&self.body, ProgramCommandBody::DefineReward { reward } if reward.cancel_window_days != 0
+            && reward_layout(reward).matches(recorded))
     }
 
     /// The body's bytes as the fingerprints read them; a permanent format (see `fingerprint.rs`).
@@ -143,18 +149,8 @@ impl ProgramCommand {
                 .str(&card.reward_ref)
                 .i64(card.reward_points)
                 .u64(u64::from(card.active)),
-            ProgramCommandBody::DefineReward { reward } => Layout::new(109)
-                .str(&reward.reward_id)
-                .str(&reward.name)
-                .i64(reward.points)
-                .u64(u64::from(reward.limited_stock))
-                .i64(reward.per_customer_max)
-                .i64(reward.available_from_ms)
-                .i64(reward.available_until_ms)
-                .str(&reward.min_tier_id)
-                .u64(u64::from(reward.active))
-                // After the fields it was made with, so their fingerprints stay as they were.
-                .u64_unless_zero(u64::from(reward.cancel_window_days)),
+            // The window after the fields the layout was made with, so their fingerprints stay as they were.
+            ProgramCommandBody::DefineReward { reward } => reward_layout(reward).u64_unless_zero(u64::from(reward.cancel_window_days)),
             ProgramCommandBody::SetTransferPolicy { policy } => Layout::new(110)
                 .u64(u64::from(policy.allowed))
                 .i64(policy.max_points_per_transfer)
@@ -169,6 +165,20 @@ impl ProgramCommand {
             }
         }
     }
+}
+
+/// A reward definition's layout as its first build made it (without the cancellation window).
+fn reward_layout(reward: &RewardDefined) -> Layout {
+    Layout::new(109)
+        .str(&reward.reward_id)
+        .str(&reward.name)
+        .i64(reward.points)
+        .u64(u64::from(reward.limited_stock))
+        .i64(reward.per_customer_max)
+        .i64(reward.available_from_ms)
+        .i64(reward.available_until_ms)
+        .str(&reward.min_tier_id)
+        .u64(u64::from(reward.active))
 }
 
 crate::domain::event::event_table! {
