@@ -1,7 +1,8 @@
 //! Reward redemptions end to end on the embedded log with real fsyncs (issue 20's target: one hot reward,
 //! 64 callers, ≥ 5k completed redemptions/s): each redemption is a flow of its own — its start, a stock
 //! reservation, the wallet's debit, the debit's outcome, the stock taken, its end — and the hot reward's
-//! stream is where they all meet, so its reservations and takes go in batches.
+//! stream is where they all meet, so its reservations and takes go in batches. Beside them, transfers
+//! between two wallets (ADR 0014): start, the source's debit, the target's credit, end.
 
 // The allocator the `tally` binary uses, so the figures are the product's.
 #[global_allocator]
@@ -31,7 +32,8 @@ fn wallet(i: usize) -> WalletId {
 fn program() -> ProgramSettings {
     let mug =
         RewardDefined { reward_id: "mug".into(), name: "Mug".into(), points: 1, limited_stock: true, active: true, ..Default::default() };
-    ProgramSettings { rewards: Arc::new([("mug".to_owned(), mug)].into_iter().collect()), ..ProgramSettings::default() }
+    let transfers = tally_engine::domain::TransferPolicySet { allowed: true, ..Default::default() };
+    ProgramSettings { rewards: Arc::new([("mug".to_owned(), mug)].into_iter().collect()), transfers, ..ProgramSettings::default() }
 }
 
 fn bench(c: &mut Criterion) {
@@ -89,6 +91,38 @@ fn bench(c: &mut Criterion) {
                                     let redemption =
                                         flows.redeem_reward(&tenant(), &wallet(w), "mug", &id, CommandMeta::default()).await.unwrap();
                                     assert_eq!(redemption.ended.outcome, FlowOutcome::Completed as i32);
+                                }
+                            })
+                        })
+                        .collect();
+                    for task in tasks {
+                        task.await.unwrap();
+                    }
+                    started.elapsed().mul_f64(iters as f64 / (per_caller * callers as u64) as f64)
+                })
+            })
+        });
+    }
+    {
+        let callers = 64usize;
+        group.bench_function(format!("transfer_points, {callers} callers, {WALLETS} wallets, durable"), |b| {
+            b.iter_custom(|iters| {
+                round += 1;
+                let round = round;
+                runtime.block_on(async {
+                    let per_caller = iters.div_ceil(callers as u64);
+                    let started = Instant::now();
+                    let tasks: Vec<_> = (0..callers)
+                        .map(|caller| {
+                            let flows = flows.clone();
+                            tokio::spawn(async move {
+                                for n in 0..per_caller {
+                                    let w = (caller * 7919 + n as usize * 104_729) % WALLETS;
+                                    let (from, to) = (wallet(w), wallet((w + 1) % WALLETS));
+                                    let id = format!("t{round}-c{caller}-{n}");
+                                    let transfer =
+                                        flows.transfer_points(&tenant(), &from, &to, 1, &id, "", CommandMeta::default()).await.unwrap();
+                                    assert_eq!(transfer.ended.outcome, FlowOutcome::Completed as i32);
                                 }
                             })
                         })
