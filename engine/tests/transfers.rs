@@ -281,6 +281,33 @@ async fn two_nodes_driving_the_same_transfers_at_once_move_each_once() {
     assert_eq!((logged_balance(&store, "ann").await, logged_balance(&store, "bob").await), (400, 600));
 }
 
+/// A transfer is driven on the source's node, which writes the target's credit too: the target's own
+/// node, where it is live, catches up rather than keep answering its balance without the points.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_live_on_another_node_shows_the_points_it_received() {
+    let store: Arc<dyn EventStore> = InMemoryStore::new();
+    let clock = Arc::new(ManualClock::new(START_MS));
+    let (a, b) = (node(&store, &clock, None).await, node(&store, &clock, None).await);
+    a.open_wallet("ann", 500).await;
+    b.open_wallet("bob", 0).await;
+    assert_eq!(b.summary("bob").await.balance, 0, "bob is live on b");
+    assert_eq!(outcome(&a.transfer("ann", "bob", 200, "t-1").await.unwrap()).0, FlowOutcome::Completed as i32);
+    let mut seen = 0;
+    for _ in 0..100 {
+        seen = b.summary("bob").await.balance;
+        if seen == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(seen, 200, "b's bob caught up with the credit a wrote");
+    // And b decides on the caught-up state: bob can pass the points on.
+    b.open_wallet("cy", 0).await;
+    assert_eq!(outcome(&b.transfer("bob", "cy", 200, "t-2").await.unwrap()).0, FlowOutcome::Completed as i32);
+    a.stop().await;
+    b.stop().await;
+}
+
 /// One transfer of a random run: between which of four wallets (the last one closed), how many points,
 /// and where (if anywhere) the node dies during it.
 #[derive(Debug, Clone)]

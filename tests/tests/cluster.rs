@@ -256,6 +256,73 @@ async fn redemptions_sent_to_any_node_take_one_rewards_stock_exactly() {
     assert_eq!(balances, 12 * 100 - 200, "the points paid are the mugs taken");
 }
 
+/// Issue 20 item 3 on a cluster: transfers between wallets that live on different nodes. Each runs on its
+/// source's owner, which writes the target's credit too; the target's owner, where the target is live,
+/// catches up, so the points show there; a retry on another node is the first answer; every point that
+/// left a wallet is in another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfers_between_wallets_of_different_nodes_show_where_the_target_lives() {
+    use tally_proto::v1::SetTransferPolicyRequest;
+    use tally_proto::v1::admin_service_client::AdminServiceClient;
+    let dir = tempfile::tempdir().unwrap();
+    let database = TestDatabase::create().await;
+    let (nodes, mut clients) = three_nodes(dir.path(), &database).await;
+    let mut admin = AdminServiceClient::new(nodes[0].channel_with(Key::new(&nodes[0].platform_key())).await);
+    let policy = SetTransferPolicyRequest {
+        tenant_id: "acme".into(),
+        idempotency_key: "transfers".into(),
+        allowed: true,
+        set_by: "ops".into(),
+        ..Default::default()
+    };
+    admin.set_transfer_policy(policy).await.unwrap();
+    for w in 0..9 {
+        let wallet = format!("t-{w}");
+        clients[w % 3].enroll(enrollment(&wallet)).await.unwrap();
+        clients[w % 3].earn(earn(&wallet, "seed", 1_000)).await.unwrap();
+        // Live on its owner: read there before anything moves.
+        assert_eq!(clients[(w + 1) % 3].get_wallet(read(&wallet)).await.unwrap().into_inner().balance, 1_000);
+    }
+    let mut received = [0i64; 9];
+    let mut sent = [0i64; 9];
+    for i in 0..18 {
+        let (from, to) = (i % 9, (i * 4 + 1) % 9);
+        if from == to {
+            continue;
+        }
+        let request = tally_proto::v1::TransferPointsRequest {
+            tenant_id: "acme".into(),
+            wallet_id: format!("t-{from}"),
+            to_wallet_id: format!("t-{to}"),
+            points: 10 + i as i64,
+            transfer_id: format!("tr-{i}"),
+            reason: String::new(),
+        };
+        let answer = clients[i % 3].transfer_points(request.clone()).await;
+        let owner = decided_by(&clients[0].get_wallet(read(&format!("t-{from}"))).await);
+        assert_eq!(decided_by(&answer), owner, "tr-{i} runs on its source's owner");
+        assert_eq!(answer.unwrap().into_inner().points, 10 + i as i64);
+        let again = clients[(i + 1) % 3].transfer_points(request).await.unwrap().into_inner();
+        assert!(again.replayed, "tr-{i}: a retry elsewhere is the first answer");
+        sent[from] += 10 + i as i64;
+        received[to] += 10 + i as i64;
+    }
+    // The targets' owners show what they received (within the log follower's lag).
+    let started = Instant::now();
+    loop {
+        let mut balances = Vec::new();
+        for w in 0..9 {
+            balances.push(clients[w % 3].get_wallet(read(&format!("t-{w}"))).await.unwrap().into_inner().balance);
+        }
+        let expected: Vec<i64> = (0..9).map(|w| 1_000 - sent[w] + received[w]).collect();
+        if balances == expected {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "the targets' owners still show {balances:?}, not {expected:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A node joins (its wallets move to it: the first node gives them up) and then leaves under load (they
 /// come back, recovered from the log rather than from what the first node held before).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -314,6 +314,14 @@ impl WalletRegistry {
         self.deps.refresh.fetch_add(1, Ordering::AcqRel);
     }
 
+    /// Makes `key`'s wallet, if it is live here, catch up from the log before its next command or read:
+    /// another node appended to it (a transfer's credit, written where the transfer is driven).
+    pub fn refresh(&self, key: &WalletKey) {
+        if let Some(entry) = self.shared.lookup(key) {
+            entry.handle.mailbox.mark_behind();
+        }
+    }
+
     /// Passivates every live wallet `leave` picks (each offered a snapshot, its queued calls answered
     /// first): a cluster node that lost a shard gives its wallets up, so that if the shard comes back the
     /// wallets are recovered from the log, not served from a state another node has since moved past.

@@ -67,6 +67,8 @@ pub(super) enum WalletMsg {
 #[derive(Debug, Default)]
 pub(super) struct Mailbox {
     state: AtomicU64,
+    /// Another node appended to the wallet (a transfer's credit): catch up before the next call.
+    behind: std::sync::atomic::AtomicBool,
 }
 
 const MAILBOX_CLOSED: u64 = 1 << 63;
@@ -106,6 +108,11 @@ impl Mailbox {
     fn take(&self) {
         let before = self.state.fetch_sub(1, Ordering::AcqRel);
         debug_assert!(before & !MAILBOX_CLOSED > 0, "a message taken up without a ticket");
+    }
+
+    /// The wallet's stream has events the actor has not seen: it catches up before its next call.
+    pub(super) fn mark_behind(&self) {
+        self.behind.store(true, Ordering::Release);
     }
 
     /// Closes admission if nothing is queued or promised.
@@ -269,7 +276,7 @@ impl Wallet {
     async fn current(&mut self) -> Result<&mut WalletState, WalletError> {
         // Read before catching up: a refresh asked for meanwhile is honoured at the next call.
         let refresh = self.deps.refresh.load(Ordering::Acquire);
-        if refresh != self.refreshed {
+        if refresh != self.refreshed || self.mailbox.behind.swap(false, Ordering::AcqRel) {
             self.stale = true;
         }
         if self.stale {

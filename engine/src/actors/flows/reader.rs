@@ -21,6 +21,7 @@ pub(super) async fn read(store: Arc<dyn EventStore>, inner: std::sync::Weak<Inne
         let Some(inner) = inner.upgrade() else { return };
         match batch {
             Ok(Some(events)) => {
+                refresh_credited(&inner, &events);
                 let reopened = fold(&mut inner.open.lock(), events);
                 // A cancellation asked for after its redemption ended reopens a flow the reader let go
                 // of: its state comes from the log (later events it holds are skipped when they come).
@@ -49,6 +50,17 @@ pub(super) async fn read(store: Arc<dyn EventStore>, inner: std::sync::Weak<Inne
                 tokio::time::sleep(Duration::from_millis(SCAN_INTERVAL_MS)).await;
             }
         }
+    }
+}
+
+/// A transfer's credit is written where the transfer is driven (the source's node), so a target live on
+/// another node (its owner) is behind the log: it catches up before its next call rather than answer
+/// from what it held (a balance without the points).
+fn refresh_credited(inner: &Inner, events: &[crate::store::RecordedEvent]) {
+    let credit = crate::domain::Change::TransferredIn(Default::default()).event_type();
+    let credited = events.iter().filter(|e| e.data.event_type == credit).filter_map(|e| codec::wallet_of(e.stream_id.as_str()));
+    for (tenant, wallet) in credited {
+        inner.registry.refresh(&WalletKey::new(tenant, wallet));
     }
 }
 
