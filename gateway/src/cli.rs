@@ -535,6 +535,24 @@ pub enum WalletCommand {
         #[command(flatten)]
         target: Target,
     },
+    /// Move points to another wallet of the tenant, as the program allows (WalletService.TransferPoints);
+    /// the key is the transfer id.
+    Transfer {
+        #[command(flatten)]
+        wallet: WalletRef,
+        #[command(flatten)]
+        key: Key,
+        /// The wallet that receives them.
+        #[arg(long)]
+        to: String,
+        /// Points to move (positive).
+        #[arg(long, allow_hyphen_values = true)]
+        points: i64,
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Show the balance and totals.
     Show {
         #[command(flatten)]

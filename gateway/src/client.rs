@@ -9,7 +9,7 @@ use serde::Serialize;
 use tally_proto::v1::wallet_service_client::WalletServiceClient;
 use tally_proto::v1::{
     AdjustRequest, CloseRequest, EarnRequest, EnrollRequest, EraseCustomerRequest, GetWalletRequest, ListTransactionsRequest, Money,
-    RedeemRequest, ReverseRequest, Transaction, TransactionKind, Wallet, WalletMutation, WalletStatus,
+    RedeemRequest, ReverseRequest, Transaction, TransactionKind, TransferPointsRequest, Wallet, WalletMutation, WalletStatus,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -35,10 +35,10 @@ const CHANGE_ATTEMPTS: u32 = 5;
 
 /// Sends a change, retrying UNAVAILABLE and ABORTED (and a server that cannot be reached) with the same
 /// idempotency key: a retry is answered with the first outcome, so a change never applies twice.
-async fn change<F, Fut>(target: &Target, key: &str, call: F) -> Result<WalletMutation, ClientError>
+async fn change<T, F, Fut>(target: &Target, key: &str, call: F) -> Result<T, ClientError>
 where
     F: Fn(WalletServiceClient<Authed>) -> Fut,
-    Fut: Future<Output = Result<tonic::Response<WalletMutation>, tonic::Status>>,
+    Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 {
     let mut schedule = exponential_backoff::Backoff::new(CHANGE_ATTEMPTS, Duration::from_millis(200), Duration::from_secs(3));
     schedule.set_jitter(0.0);
@@ -180,6 +180,12 @@ fn kind_name(kind: i32) -> &'static str {
         Ok(TransactionKind::CardCompleted) => "card full",
         Ok(TransactionKind::ExpiringSoon) => "expiring",
         Ok(TransactionKind::CustomerErased) => "customer erased",
+        Ok(TransactionKind::RewardRefused) => "reward refused",
+        Ok(TransactionKind::RedemptionCancelled) => "redemption cancelled",
+        Ok(TransactionKind::TransferSent) => "transfer sent",
+        Ok(TransactionKind::TransferReceived) => "transfer received",
+        Ok(TransactionKind::TransferReturned) => "transfer returned",
+        Ok(TransactionKind::TransferRefused) => "transfer refused",
         _ => "unknown",
     }
 }
@@ -411,6 +417,29 @@ pub async fn run(command: WalletCommand) -> Result<String, ClientError> {
             let key = key(k);
             let request = CloseRequest { tenant_id: wallet.tenant, wallet_id: wallet.wallet, idempotency_key: key.clone(), reason };
             mutation(&target, key, request, |mut client, request| async move { client.close(request).await }).await
+        }
+        WalletCommand::Transfer { wallet, key: k, to, points, reason, target } => {
+            let key = key(k);
+            let request = TransferPointsRequest {
+                tenant_id: wallet.tenant,
+                wallet_id: wallet.wallet,
+                to_wallet_id: to,
+                points,
+                transfer_id: key.clone(),
+                reason,
+            };
+            let sent = change(&target, &key, |mut client| {
+                let request = request.clone();
+                async move { client.transfer_points(request).await }
+            })
+            .await?;
+            if target.json {
+                let view = serde_json::json!({ "transfer_id": sent.transfer_id, "to_wallet_id": sent.to_wallet_id, "points": sent.points,
+                    "balance": sent.balance, "replayed": sent.replayed, "position": sent.position });
+                return Ok(serde_json::to_string_pretty(&view).expect("a view serializes"));
+            }
+            let again = if sent.replayed { " (answered before: nothing new)" } else { "" };
+            Ok(format!("sent {} points to {}; balance {}{again}", sent.points, sent.to_wallet_id, sent.balance))
         }
         WalletCommand::Show { wallet, target } => {
             let request = GetWalletRequest { tenant_id: wallet.tenant, wallet_id: wallet.wallet };
