@@ -72,70 +72,53 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("flows");
     group.throughput(Throughput::Elements(1)).measurement_time(Duration::from_secs(10)).sample_size(10);
     let mut round = 0u64;
-    {
-        let callers = 64usize;
-        group.bench_function(format!("redeem_reward, one hot reward, {callers} callers, {WALLETS} wallets, durable"), |b| {
-            b.iter_custom(|iters| {
-                round += 1;
-                let round = round;
-                runtime.block_on(async {
-                    let per_caller = iters.div_ceil(callers as u64);
-                    let started = Instant::now();
-                    let tasks: Vec<_> = (0..callers)
-                        .map(|caller| {
-                            let flows = flows.clone();
-                            tokio::spawn(async move {
-                                for n in 0..per_caller {
-                                    let w = (caller * 7919 + n as usize * 104_729) % WALLETS;
-                                    let id = format!("r{round}-c{caller}-{n}");
-                                    let redemption =
-                                        flows.redeem_reward(&tenant(), &wallet(w), "mug", &id, CommandMeta::default()).await.unwrap();
-                                    assert_eq!(redemption.ended.outcome, FlowOutcome::Completed as i32);
-                                }
-                            })
-                        })
-                        .collect();
-                    for task in tasks {
-                        task.await.unwrap();
-                    }
-                    started.elapsed().mul_f64(iters as f64 / (per_caller * callers as u64) as f64)
-                })
-            })
-        });
-    }
-    {
-        let callers = 64usize;
-        group.bench_function(format!("transfer_points, {callers} callers, {WALLETS} wallets, durable"), |b| {
-            b.iter_custom(|iters| {
-                round += 1;
-                let round = round;
-                runtime.block_on(async {
-                    let per_caller = iters.div_ceil(callers as u64);
-                    let started = Instant::now();
-                    let tasks: Vec<_> = (0..callers)
-                        .map(|caller| {
-                            let flows = flows.clone();
-                            tokio::spawn(async move {
-                                for n in 0..per_caller {
-                                    let w = (caller * 7919 + n as usize * 104_729) % WALLETS;
-                                    let (from, to) = (wallet(w), wallet((w + 1) % WALLETS));
-                                    let id = format!("t{round}-c{caller}-{n}");
-                                    let transfer =
-                                        flows.transfer_points(&tenant(), &from, &to, 1, &id, "", CommandMeta::default()).await.unwrap();
-                                    assert_eq!(transfer.ended.outcome, FlowOutcome::Completed as i32);
-                                }
-                            })
-                        })
-                        .collect();
-                    for task in tasks {
-                        task.await.unwrap();
-                    }
-                    started.elapsed().mul_f64(iters as f64 / (per_caller * callers as u64) as f64)
-                })
-            })
-        });
-    }
+    let callers = 64usize;
+    group.bench_function(format!("redeem_reward, one hot reward, {callers} callers, {WALLETS} wallets, durable"), |b| {
+        b.iter_custom(|iters| {
+            round += 1;
+            runtime.block_on(each_caller(&flows, callers, iters, move |flows, w, id| async move {
+                let redemption = flows.redeem_reward(&tenant(), &wallet(w), "mug", &format!("r{round}-{id}"), CommandMeta::default()).await;
+                assert_eq!(redemption.unwrap().ended.outcome, FlowOutcome::Completed as i32);
+            }))
+        })
+    });
+    group.bench_function(format!("transfer_points, {callers} callers, {WALLETS} wallets, durable"), |b| {
+        b.iter_custom(|iters| {
+            round += 1;
+            runtime.block_on(each_caller(&flows, callers, iters, move |flows, w, id| async move {
+                let (from, to) = (wallet(w), wallet((w + 1) % WALLETS));
+                let transfer = flows.transfer_points(&tenant(), &from, &to, 1, &format!("t{round}-{id}"), "", CommandMeta::default()).await;
+                assert_eq!(transfer.unwrap().ended.outcome, FlowOutcome::Completed as i32);
+            }))
+        })
+    });
     group.finish();
+}
+
+/// `callers` tasks sharing `iters` flows, each flow `one(flows, a wallet, an id)` (the wallets spread);
+/// the time `iters` of them took.
+async fn each_caller<F, Fut>(flows: &Flows, callers: usize, iters: u64, one: F) -> Duration
+where
+    F: Fn(Flows, usize, String) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let per_caller = iters.div_ceil(callers as u64);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..callers)
+        .map(|caller| {
+            let (flows, one) = (flows.clone(), one.clone());
+            tokio::spawn(async move {
+                for n in 0..per_caller {
+                    let w = (caller * 7919 + n as usize * 104_729) % WALLETS;
+                    one(flows.clone(), w, format!("c{caller}-{n}")).await;
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    started.elapsed().mul_f64(iters as f64 / (per_caller * callers as u64) as f64)
 }
 
 criterion_group!(benches, bench);

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use flow_node::{Node, tenant, wallet};
 use proptest::prelude::*;
 use tally_engine::actors::{CRASH_POINTS, CommandMeta, FlowError, Flows, RegistryConfig, StaticPrograms, WalletKey, WalletRegistry};
 use tally_engine::clock::{Clock, ManualClock};
@@ -16,15 +17,9 @@ use tally_engine::limits::FLOW_RESUME_AFTER_MS;
 use tally_engine::store::{EventStore, InMemoryStore};
 use tally_proto::v1::FlowOutcome;
 
+mod flow_node;
+
 const START_MS: i64 = 1_700_000_000_000;
-
-fn tenant() -> TenantId {
-    TenantId::parse("acme").unwrap()
-}
-
-fn wallet(id: &str) -> WalletId {
-    WalletId::parse(id).unwrap()
-}
 
 fn reward(id: &str, points: i64, limited_stock: bool, per_customer_max: i64) -> (String, RewardDefined) {
     let reward = RewardDefined {
@@ -61,69 +56,8 @@ fn program() -> ProgramSettings {
     ProgramSettings { rewards: Arc::new(rewards), expiry, packages, ..ProgramSettings::default() }
 }
 
-/// A node: a registry and its flows, on `store`, crashing where `crash_at` says (once).
-struct Node {
-    registry: WalletRegistry,
-    flows: Flows,
-}
-
 async fn node(store: &Arc<dyn EventStore>, clock: &Arc<ManualClock>, crash_at: Option<&'static str>) -> Node {
-    let programs = Arc::new(StaticPrograms::open(program()));
-    let clock: Arc<dyn Clock> = clock.clone();
-    let registry = WalletRegistry::start(RegistryConfig::default(), Arc::clone(store), programs.clone(), Arc::clone(&clock)).await.unwrap();
-    let crash = Arc::new(move |point: &str| Some(point) == crash_at);
-    let flows = Flows::start_with(Arc::clone(store), clock, registry.clone(), programs, Arc::new(|_: &WalletKey| true), crash);
-    Node { registry, flows }
-}
-
-impl Node {
-    async fn stop(self) {
-        self.flows.stop();
-        self.registry.shutdown().await;
-    }
-
-    async fn open_wallet(&self, id: &str, points: i64) {
-        let key = WalletKey::new(tenant(), wallet(id));
-        self.registry.execute(&key, Command::new("enroll", CommandBody::enroll("")), CommandMeta::default()).await.unwrap();
-        if points > 0 {
-            let earn = CommandBody::Earn { points, reason: "order".into(), source_ref: "o-1".into(), order_amount: None };
-            self.registry.execute(&key, Command::new("o-1", earn), CommandMeta::default()).await.unwrap();
-        }
-    }
-
-    async fn restock(&self, reward_id: &str, quantity: i64) {
-        let op = StockOp::Restock {
-            idempotency_key: format!("restock-{quantity}"),
-            quantity,
-            restocked_by: "ops".into(),
-            reason: String::new(),
-        };
-        self.flows.restock(&tenant(), reward_id, op, CommandMeta::default()).await.unwrap();
-    }
-
-    async fn balance(&self, id: &str) -> i64 {
-        self.registry.summary(&WalletKey::new(tenant(), wallet(id))).await.unwrap().balance
-    }
-
-    async fn redeem(&self, wallet_id: &str, reward_id: &str, redemption_id: &str) -> Result<tally_engine::actors::Redemption, FlowError> {
-        self.flows.redeem_reward(&tenant(), &wallet(wallet_id), reward_id, redemption_id, CommandMeta::default()).await
-    }
-
-    async fn cancel(&self, wallet_id: &str, redemption_id: &str) -> Result<tally_engine::actors::Redemption, FlowError> {
-        self.flows.cancel_redemption(&tenant(), &wallet(wallet_id), redemption_id, "returned", CommandMeta::default()).await
-    }
-
-    /// Waits until the resumer has ended every open flow.
-    async fn settled(&self, store: &Arc<dyn EventStore>) {
-        for _ in 0..200 {
-            let head = *store.head().borrow();
-            if self.flows.read_to() >= head && self.flows.list(None, false).is_empty() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("flows still open: {:?}", self.flows.list(None, false));
-    }
+    flow_node::start(store, clock, crash_at, program()).await
 }
 
 fn completed(redemption: &tally_engine::actors::Redemption) -> bool {

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use flow_node::{Node, tenant, wallet};
 use proptest::prelude::*;
 use tally_engine::actors::{
     CommandMeta, FlowError, Flows, RegistryConfig, StaticPrograms, TRANSFER_CRASH_POINTS, Transfer, WalletKey, WalletRegistry,
@@ -17,16 +18,10 @@ use tally_engine::limits::FLOW_RESUME_AFTER_MS;
 use tally_engine::store::{EventStore, InMemoryStore};
 use tally_proto::v1::FlowOutcome;
 
+mod flow_node;
+
 const START_MS: i64 = 1_700_000_000_000;
 const DAY_MS: i64 = 86_400_000;
-
-fn tenant() -> TenantId {
-    TenantId::parse("acme").unwrap()
-}
-
-fn wallet(id: &str) -> WalletId {
-    WalletId::parse(id).unwrap()
-}
 
 /// Earned points expire 30 days after they were earned; transfers of at most 1,000 points, 1,500 a day.
 fn program(allowed: bool) -> ProgramSettings {
@@ -60,64 +55,12 @@ fn program(allowed: bool) -> ProgramSettings {
     }
 }
 
-struct Node {
-    registry: WalletRegistry,
-    flows: Flows,
-}
-
 async fn node_with(store: &Arc<dyn EventStore>, clock: &Arc<ManualClock>, crash_at: Option<&'static str>, allowed: bool) -> Node {
-    let programs = Arc::new(StaticPrograms::open(program(allowed)));
-    let clock: Arc<dyn Clock> = clock.clone();
-    let registry = WalletRegistry::start(RegistryConfig::default(), Arc::clone(store), programs.clone(), Arc::clone(&clock)).await.unwrap();
-    let crash = Arc::new(move |point: &str| Some(point) == crash_at);
-    let flows = Flows::start_with(Arc::clone(store), clock, registry.clone(), programs, Arc::new(|_: &WalletKey| true), crash);
-    Node { registry, flows }
+    flow_node::start(store, clock, crash_at, program(allowed)).await
 }
 
 async fn node(store: &Arc<dyn EventStore>, clock: &Arc<ManualClock>, crash_at: Option<&'static str>) -> Node {
     node_with(store, clock, crash_at, true).await
-}
-
-impl Node {
-    async fn stop(self) {
-        self.flows.stop();
-        self.registry.shutdown().await;
-    }
-
-    async fn run(&self, id: &str, key: &str, body: CommandBody) {
-        self.registry.execute(&WalletKey::new(tenant(), wallet(id)), Command::new(key, body), CommandMeta::default()).await.unwrap();
-    }
-
-    async fn open_wallet(&self, id: &str, points: i64) {
-        self.run(id, "enroll", CommandBody::enroll("")).await;
-        if points > 0 {
-            self.run(id, "o-1", CommandBody::Earn { points, reason: "order".into(), source_ref: "o-1".into(), order_amount: None }).await;
-        }
-    }
-
-    async fn close(&self, id: &str) {
-        self.run(id, "close", CommandBody::Close { reason: "left".into() }).await;
-    }
-
-    async fn transfer(&self, from: &str, to: &str, points: i64, id: &str) -> Result<Transfer, FlowError> {
-        self.flows.transfer_points(&tenant(), &wallet(from), &wallet(to), points, id, "for a friend", CommandMeta::default()).await
-    }
-
-    async fn summary(&self, id: &str) -> tally_engine::actors::WalletSummary {
-        self.registry.summary(&WalletKey::new(tenant(), wallet(id))).await.unwrap()
-    }
-
-    /// Waits until the resumer has ended every open flow.
-    async fn settled(&self, store: &Arc<dyn EventStore>) {
-        for _ in 0..200 {
-            let head = *store.head().borrow();
-            if self.flows.read_to() >= head && self.flows.list(None, false).is_empty() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("flows still open: {:?}", self.flows.list(None, false));
-    }
 }
 
 fn outcome(transfer: &Transfer) -> (i32, String) {
