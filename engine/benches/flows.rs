@@ -100,7 +100,7 @@ fn bench(c: &mut Criterion) {
 async fn each_caller<F, Fut>(flows: &Flows, callers: usize, iters: u64, one: F) -> Duration
 where
     F: Fn(Flows, usize, String) -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
+    Fut: Future<Output = ()> + Send,
 {
     let per_caller = iters.div_ceil(callers as u64);
     let started = Instant::now();

@@ -5,14 +5,12 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use flow_node::{Node, tenant, wallet};
 use proptest::prelude::*;
-use tally_engine::actors::{CRASH_POINTS, CommandMeta, FlowError, Flows, RegistryConfig, StaticPrograms, WalletKey, WalletRegistry};
+use tally_engine::actors::{CRASH_POINTS, CommandMeta, FlowError, WalletKey};
 use tally_engine::clock::{Clock, ManualClock};
-use tally_engine::domain::rewards::StockOp;
-use tally_engine::domain::{Command, CommandBody, ProgramSettings, RewardDefined, TenantId, WalletId};
+use tally_engine::domain::{Command, CommandBody, ProgramSettings, RewardDefined, WalletId};
 use tally_engine::limits::FLOW_RESUME_AFTER_MS;
 use tally_engine::store::{EventStore, InMemoryStore};
 use tally_proto::v1::FlowOutcome;

@@ -8,12 +8,10 @@ use std::time::Duration;
 
 use flow_node::{Node, tenant, wallet};
 use proptest::prelude::*;
-use tally_engine::actors::{
-    CommandMeta, FlowError, Flows, RegistryConfig, StaticPrograms, TRANSFER_CRASH_POINTS, Transfer, WalletKey, WalletRegistry,
-};
-use tally_engine::clock::{Clock, ManualClock};
+use tally_engine::actors::{CommandMeta, FlowError, TRANSFER_CRASH_POINTS, Transfer};
+use tally_engine::clock::ManualClock;
 use tally_engine::codec;
-use tally_engine::domain::{Change, Command, CommandBody, ProgramSettings, Rejection, TenantId, TransferPolicySet, WalletId};
+use tally_engine::domain::{Change, CommandBody, ProgramSettings, Rejection, TransferPolicySet};
 use tally_engine::limits::FLOW_RESUME_AFTER_MS;
 use tally_engine::store::{EventStore, InMemoryStore};
 use tally_proto::v1::FlowOutcome;

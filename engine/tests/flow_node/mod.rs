@@ -29,7 +29,12 @@ pub struct Node {
 }
 
 /// A node of `program` on `store`, stopping any flow at `crash_at`.
-pub async fn start(store: &Arc<dyn EventStore>, clock: &Arc<ManualClock>, crash_at: Option<&'static str>, program: ProgramSettings) -> Node {
+pub async fn start(
+    store: &Arc<dyn EventStore>,
+    clock: &Arc<ManualClock>,
+    crash_at: Option<&'static str>,
+    program: ProgramSettings,
+) -> Node {
     let programs = Arc::new(StaticPrograms::open(program));
     let clock: Arc<dyn Clock> = clock.clone();
     let registry = WalletRegistry::start(RegistryConfig::default(), Arc::clone(store), programs.clone(), Arc::clone(&clock)).await.unwrap();
