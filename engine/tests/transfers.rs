@@ -398,6 +398,9 @@ proptest! {
             };
             setup.flows.restock(&tenant(), "mug", restock, CommandMeta::default()).await.unwrap();
             setup.stop().await;
+            // Each run has at least a redemption and a transfer that complete, before what was drawn.
+            let sure = [(Act::Redeem { wallet: 0 }, None), (Act::Transfer { from: 0, to: 1, points: 50 }, None)];
+            let acts: Vec<(Act, Option<&'static str>)> = sure.into_iter().chain(acts).collect();
             for (i, (act, crash)) in acts.iter().enumerate() {
                 let node = node(&store, &clock, *crash).await;
                 let meta = CommandMeta::default;
@@ -413,19 +416,25 @@ proptest! {
             last.settled(&store).await;
             last.stop().await;
             // From the log: every wallet's balance, and what redemptions cost net of cancellations.
-            let (mut held, mut spent) = (0, 0);
+            let (mut held, mut spent, mut redeemed) = (0, 0, 0);
             for name in names {
                 for e in store.read_stream(&codec::wallet_stream(&tenant(), &wallet(name)), 1, 10_000).await.unwrap() {
                     let change = codec::decode(e).unwrap().change;
                     held += change.points_delta();
                     match change {
-                        Change::Redeemed(r) => spent += r.points,
+                        Change::Redeemed(r) => {
+                            spent += r.points;
+                            redeemed += 1;
+                        }
                         Change::RewardCancelled(c) => spent -= c.points,
                         _ => {}
                     }
                 }
             }
             prop_assert_eq!(held + spent, 3 * 500, "no point created or lost");
+            prop_assert!(redeemed >= 1, "the first redemption completed");
+            let arrived = store.read_stream(&codec::wallet_stream(&tenant(), &wallet("w-1")), 1, 10_000).await.unwrap();
+            prop_assert!(arrived.iter().any(|e| e.data.idempotency_key == "tally:transfer:t-1:in"), "the first transfer arrived");
             let stock = {
                 let node = node(&store, &clock, None).await;
                 let stock = node.flows.stock(&tenant(), "mug").await.unwrap();

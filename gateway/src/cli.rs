@@ -550,6 +550,9 @@ pub enum WalletCommand {
         points: i64,
         #[arg(long, default_value = "")]
         reason: String,
+        /// The staff member making it (sent as `x-staff-id`; a staff key's changes must name one).
+        #[arg(long)]
+        staff: Option<String>,
         #[command(flatten)]
         target: Target,
     },

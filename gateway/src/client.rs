@@ -418,7 +418,9 @@ pub async fn run(command: WalletCommand) -> Result<String, ClientError> {
             let request = CloseRequest { tenant_id: wallet.tenant, wallet_id: wallet.wallet, idempotency_key: key.clone(), reason };
             mutation(&target, key, request, |mut client, request| async move { client.close(request).await }).await
         }
-        WalletCommand::Transfer { wallet, key: k, to, points, reason, target } => {
+        WalletCommand::Transfer { wallet, key: k, to, points, reason, staff, target } => {
+            let staff: Option<tonic::metadata::AsciiMetadataValue> =
+                staff.map(|s| s.parse()).transpose().map_err(|_| ClientError::Direct("--staff: must be printable ASCII".into()))?;
             let key = key(k);
             let request = TransferPointsRequest {
                 tenant_id: wallet.tenant,
@@ -429,7 +431,10 @@ pub async fn run(command: WalletCommand) -> Result<String, ClientError> {
                 reason,
             };
             let sent = change(&target, &key, |mut client| {
-                let request = request.clone();
+                let mut request = tonic::Request::new(request.clone());
+                if let Some(staff) = &staff {
+                    request.metadata_mut().insert("x-staff-id", staff.clone());
+                }
                 async move { client.transfer_points(request).await }
             })
             .await?;

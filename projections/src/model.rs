@@ -126,8 +126,9 @@ pub struct DayStats {
     pub points_purchased: i64,
     /// Points that expired.
     pub points_expired: i64,
-    /// Net of transfers between the tenant's wallets: 0 once every transfer of the period has ended,
-    /// less by what is in transit (out of one wallet, not yet in the other nor back).
+    /// Net of transfers between the tenant's wallets: what was in transit (out of one wallet, not yet in
+    /// the other nor back) at the start less what is in transit at the end — 0 when nothing is in transit
+    /// at either; a transfer that crosses midnight is −N one day and +N the next.
     #[serde(default)]
     pub points_transferred: i64,
     pub enrolments: i64,

@@ -216,6 +216,8 @@ async fn a_server_killed_between_any_two_steps_ends_the_transfer_exactly_once() 
 
 #[tokio::test]
 async fn staff_move_points_from_the_command_line_and_see_them_in_both_histories() {
+    use tally_proto::v1::keys_service_client::KeysServiceClient;
+    use tally_proto::v1::{CreateKeyRequest, Role};
     let dir = tempfile::tempdir().unwrap();
     let server = TallyServer::start(&dir.path().join("data"), &["--tenant", "demo"]);
     let mut admin = AdminServiceClient::new(server.channel().await);
@@ -223,16 +225,30 @@ async fn staff_move_points_from_the_command_line_and_see_them_in_both_histories(
     allow(&mut admin, "transfers-v1", true, 0, 0).await;
     open(&mut wallets, "ann", 500).await;
     open(&mut wallets, "bob", 0).await;
-    let run =
-        |args: &[&str]| server.cli().arg("wallet").args(args).args(["--tenant", "demo", "--server", server.url.as_str()]).output().unwrap();
+    let mut keys = KeysServiceClient::new(server.channel().await);
+    let request =
+        CreateKeyRequest { tenant_id: "demo".into(), roles: vec![Role::Staff as i32], label: "desk".into(), ..Default::default() };
+    let staff_key = keys.create_key(request).await.unwrap().into_inner().token;
+    // A staff key, as the help desk holds it.
+    let run = |args: &[&str]| {
+        let mut command = server.cli();
+        command.env_remove("TALLY_KEY_FILE").env("TALLY_API_KEY", &staff_key);
+        command.arg("wallet").args(args).args(["--tenant", "demo", "--server", server.url.as_str()]).output().unwrap()
+    };
     let send = ["transfer", "--wallet", "ann", "--to", "bob", "--points", "120", "--key", "gift-1", "--reason", "birthday"];
+    let unnamed = run(&send);
+    assert!(
+        !unnamed.status.success() && String::from_utf8_lossy(&unnamed.stderr).contains("x-staff-id"),
+        "a staff key names its staff member"
+    );
+    let send = [&send[..], &["--staff", "s-7"]].concat();
     let out = run(&send);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "sent 120 points to bob; balance 380");
     assert!(String::from_utf8_lossy(&run(&send).stdout).contains("answered before"), "the same key again is a retry");
     let history = run(&["history", "--wallet", "bob"]);
     assert!(String::from_utf8_lossy(&history.stdout).contains("transfer received"), "{}", String::from_utf8_lossy(&history.stdout));
-    let poor = run(&["transfer", "--wallet", "bob", "--to", "ann", "--points", "121", "--key", "gift-2"]);
+    let poor = run(&["transfer", "--wallet", "bob", "--to", "ann", "--points", "121", "--key", "gift-2", "--staff", "s-7"]);
     let refused = String::from_utf8_lossy(&poor.stderr);
     assert!(!poor.status.success() && refused.contains("insufficient points"), "{refused}");
     assert_eq!((balance(&mut wallets, "ann").await, balance(&mut wallets, "bob").await), (380, 120));

@@ -22,7 +22,7 @@ pub fn wallet(id: &str) -> WalletId {
     WalletId::parse(id).unwrap()
 }
 
-/// A node: a registry and its flows, on `store`, crashing where `crash_at` says (once).
+/// A node: a registry and its flows, on a shared log, stopping any flow that reaches its crash point.
 pub struct Node {
     pub registry: WalletRegistry,
     pub flows: Flows,

@@ -85,7 +85,7 @@ pub enum FlowError {
     #[error("the redemption could not start ({reason}); nothing was recorded, retry with the same redemption id")]
     NotStarted { reason: String },
     /// The flow cannot go on by itself: an operator must settle it.
-    #[error("the redemption cannot go on by itself: {reason}")]
+    #[error("the flow cannot go on by itself: {reason}")]
     NeedsOperator { reason: String },
     /// The redemption cannot be cancelled.
     #[error(transparent)]

@@ -57,8 +57,13 @@ pub(super) async fn read(store: Arc<dyn EventStore>, inner: std::sync::Weak<Inne
 /// another node (its owner) is behind the log: it catches up before its next call rather than answer
 /// from what it held (a balance without the points).
 fn refresh_credited(inner: &Inner, events: &[crate::store::RecordedEvent]) {
+    // What the driving node writes to a target: the credit, or the target's refusal.
     let credit = crate::domain::Change::TransferredIn(Default::default()).event_type();
-    let credited = events.iter().filter(|e| e.data.event_type == credit).filter_map(|e| codec::wallet_of(e.stream_id.as_str()));
+    let refusal = crate::domain::Change::TransferRefused(Default::default()).event_type();
+    let credited = events
+        .iter()
+        .filter(|e| e.data.event_type == credit || e.data.event_type == refusal)
+        .filter_map(|e| codec::wallet_of(e.stream_id.as_str()));
     for (tenant, wallet) in credited {
         inner.registry.refresh(&WalletKey::new(tenant, wallet));
     }

@@ -107,13 +107,7 @@ impl ProgramCommand {
 
     /// Whether a receipt's fingerprint is this command's payload, by the function that recorded it.
     pub fn matches(&self, recorded: &CommandFingerprint) -> bool {
-        if self.layout().matches(recorded) {
-            return true;
-        }
-        // A reward defined before its layout held the cancellation window (issue 20's first build)
-        // recorded the layout without it: a retry of such a definition is still the same command.
-        matches!(&self.body, ProgramCommandBody::DefineReward { reward } if reward.cancel_window_days != 0
-            && reward_layout(reward).matches(recorded))
+        self.layout().matches(recorded)
     }
 
     /// The body's bytes as the fingerprints read them; a permanent format (see `fingerprint.rs`).
@@ -167,7 +161,9 @@ impl ProgramCommand {
     }
 }
 
-/// A reward definition's layout as its first build made it (without the cancellation window).
+/// A reward definition's layout as its first build made it (without the cancellation window, which
+/// follows it when it is not 0: a definition with a window recorded by that build, a day before this
+/// one, is answered ALREADY_EXISTS on a retry rather than let a change of window pass for a retry).
 fn reward_layout(reward: &RewardDefined) -> Layout {
     Layout::new(109)
         .str(&reward.reward_id)
