@@ -259,6 +259,25 @@ async fn a_target_live_on_another_node_shows_the_points_it_received() {
     b.stop().await;
 }
 
+/// A read that names the position a transfer answered with sees it on any node at once, whatever its
+/// node's flow reader has read (here: nothing, it is stopped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_at_the_transfers_position_sees_it_on_the_targets_node() {
+    let store: Arc<dyn EventStore> = InMemoryStore::new();
+    let clock = Arc::new(ManualClock::new(START_MS));
+    let (a, b) = (node(&store, &clock, None).await, node(&store, &clock, None).await);
+    b.flows.stop();
+    a.open_wallet("ann", 500).await;
+    b.open_wallet("bob", 0).await;
+    assert_eq!(b.balance("bob").await, 0, "bob is live on b");
+    let sent = a.transfer("ann", "bob", 200, "t-1").await.unwrap();
+    let key = tally_engine::actors::WalletKey::new(tenant(), wallet("bob"));
+    assert_eq!(b.registry.summary_at_least(&key, sent.position).await.unwrap().balance, 200, "read at the transfer's position");
+    assert_eq!(b.balance("bob").await, 200, "and from then on");
+    a.stop().await;
+    b.stop().await;
+}
+
 /// One transfer of a random run: between which of four wallets (the last one closed), how many points,
 /// and where (if anywhere) the node dies during it.
 #[derive(Debug, Clone)]

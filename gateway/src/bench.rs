@@ -216,7 +216,7 @@ async fn one_call(
 ) -> (Result<Option<String>, tonic::Status>, bool) {
     let tenant_id = args.tenant.clone();
     if rng.random_range(0..100) < args.read_percent {
-        (client.get_wallet(GetWalletRequest { tenant_id, wallet_id: wallet }).await.map(decided_by), false)
+        (client.get_wallet(GetWalletRequest { tenant_id, wallet_id: wallet, ..Default::default() }).await.map(decided_by), false)
     } else if let Some(reward_id) = &args.reward {
         let request = RedeemRewardRequest { tenant_id, wallet_id: wallet, redemption_id: key, reward_id: reward_id.clone() };
         (client.redeem_reward(request).await.map(decided_by), true)

@@ -447,7 +447,7 @@ pub async fn run(command: WalletCommand) -> Result<String, ClientError> {
             Ok(format!("sent {} points to {}; balance {}{again}", sent.points, sent.to_wallet_id, sent.balance))
         }
         WalletCommand::Show { wallet, target } => {
-            let request = GetWalletRequest { tenant_id: wallet.tenant, wallet_id: wallet.wallet };
+            let request = GetWalletRequest { tenant_id: wallet.tenant, wallet_id: wallet.wallet, ..Default::default() };
             let reply = connect(&target).await?.get_wallet(request).await.map_err(ClientError::Call)?;
             Ok(output(target.json, &wallet_view(reply.into_inner()), render_wallet))
         }

@@ -417,7 +417,7 @@ impl WalletService for WalletApi {
         let _permit = self.admit()?;
         let (_, extensions, r) = request.into_parts();
         let key = self.wallet_key(&extensions, &r.tenant_id, &r.wallet_id).await?;
-        let summary = self.engine.registry.summary(&key).await.map_err(|e| status::from_wallet_error(&e))?;
+        let summary = self.engine.registry.summary_at_least(&key, r.min_position).await.map_err(|e| status::from_wallet_error(&e))?;
         Ok(Response::new(wallet(&key, &summary)))
     }
 

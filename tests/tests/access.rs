@@ -147,11 +147,11 @@ async fn a_tenant_key_acts_for_its_tenant_only_and_operators_manage_their_own_ke
         ..Default::default()
     };
     assert_eq!(till.earn(earn).await.unwrap().into_inner().balance, 10);
-    let other = GetWalletRequest { tenant_id: "globex".into(), wallet_id: "c-1".into() };
+    let other = GetWalletRequest { tenant_id: "globex".into(), wallet_id: "c-1".into(), ..Default::default() };
     assert_eq!(till.get_wallet(other).await.unwrap_err().code(), Code::PermissionDenied);
     // A platform key must say which tenant.
     let mut platform = server.client().await;
-    let unnamed = GetWalletRequest { tenant_id: String::new(), wallet_id: "c-1".into() };
+    let unnamed = GetWalletRequest { tenant_id: String::new(), wallet_id: "c-1".into(), ..Default::default() };
     assert_eq!(platform.get_wallet(unnamed).await.unwrap_err().code(), Code::InvalidArgument);
 
     let operator = create_key(&mut keys, "acme", &[Role::Operator], None).await;
@@ -195,7 +195,7 @@ async fn a_tenant_key_acts_for_its_tenant_only_and_operators_manage_their_own_ke
     let revoked = acme_keys.revoke_key(RevokeKeyRequest { key_id: cashier_id.clone(), reason: "left".into() }).await.unwrap().into_inner();
     assert!(revoked.revoked_at.is_some());
     let mut gone = WalletServiceClient::new(server.channel_with(Key::new(&cashier)).await);
-    let read = GetWalletRequest { tenant_id: "acme".into(), wallet_id: "c-1".into() };
+    let read = GetWalletRequest { tenant_id: "acme".into(), wallet_id: "c-1".into(), ..Default::default() };
     assert_eq!(gone.get_wallet(read).await.unwrap_err().code(), Code::Unauthenticated);
 
     // Secrets never reach the server's log.
@@ -221,7 +221,7 @@ async fn a_key_revoked_on_one_node_stops_working_on_another_within_the_bound() {
     let enroll = EnrollRequest { tenant_id: "demo".into(), wallet_id: "c-1".into(), idempotency_key: "e".into(), ..Default::default() };
     WalletServiceClient::new(a.channel().await).enroll(enroll).await.unwrap();
     let mut on_b = WalletServiceClient::new(b.channel_with(Key::new(&token)).await);
-    let read = GetWalletRequest { tenant_id: "demo".into(), wallet_id: "c-1".into() };
+    let read = GetWalletRequest { tenant_id: "demo".into(), wallet_id: "c-1".into(), ..Default::default() };
     let until = |want: Code| {
         let mut on_b = on_b.clone();
         let read = read.clone();
@@ -417,7 +417,7 @@ async fn the_cli_manages_keys_through_the_server_and_on_the_log() {
     assert!(listed.lines().any(|l| l.starts_with(lost_id) && l.contains("REVOKED") && l.contains("by offline")), "{listed}");
 
     let server = TallyServer::start(dir.path(), &[]);
-    let read = GetWalletRequest { tenant_id: "demo".into(), wallet_id: "nobody".into() };
+    let read = GetWalletRequest { tenant_id: "demo".into(), wallet_id: "nobody".into(), ..Default::default() };
     let mut with_fresh = WalletServiceClient::new(server.channel_with(Key::new(&fresh)).await);
     assert_eq!(with_fresh.get_wallet(read.clone()).await.unwrap_err().code(), Code::NotFound);
     let mut with_lost = WalletServiceClient::new(server.channel_with(Key::new(&lost)).await);

@@ -48,7 +48,7 @@ fn decided_by<T>(answer: &Result<tonic::Response<T>, tonic::Status>) -> String {
 }
 
 fn read(wallet: &str) -> GetWalletRequest {
-    GetWalletRequest { tenant_id: "acme".into(), wallet_id: wallet.into() }
+    GetWalletRequest { tenant_id: "acme".into(), wallet_id: wallet.into(), ..Default::default() }
 }
 
 /// Waits until every node sends each of a few wallets to the same owner, and the owners are `nodes` many.
@@ -301,11 +301,16 @@ async fn transfers_between_wallets_of_different_nodes_show_where_the_target_live
         let answer = clients[i % 3].transfer_points(request.clone()).await;
         let owner = decided_by(&clients[0].get_wallet(read(&format!("t-{from}"))).await);
         assert_eq!(decided_by(&answer), owner, "tr-{i} runs on its source's owner");
-        assert_eq!(answer.unwrap().into_inner().points, 10 + i as i64);
+        let answer = answer.unwrap().into_inner();
+        assert_eq!(answer.points, 10 + i as i64);
         let again = clients[(i + 1) % 3].transfer_points(request).await.unwrap().into_inner();
         assert!(again.replayed, "tr-{i}: a retry elsewhere is the first answer");
         sent[from] += 10 + i as i64;
         received[to] += 10 + i as i64;
+        // Read your writes: the target's owner, asked at the transfer's position, has it at once.
+        let at = GetWalletRequest { min_position: answer.position, ..read(&format!("t-{to}")) };
+        let target = clients[(i + 2) % 3].get_wallet(at).await.unwrap().into_inner().balance;
+        assert_eq!(target, 1_000 - sent[to] + received[to], "tr-{i}: t-{to} read at the transfer's position");
     }
     // The targets' owners show what they received (within the log follower's lag).
     let started = Instant::now();

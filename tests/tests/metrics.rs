@@ -46,11 +46,11 @@ async fn calls_and_wallets_are_counted_and_timed() {
         };
         client.earn(earn).await.unwrap();
     }
-    let missing = client.get_wallet(GetWalletRequest { tenant_id: "demo".into(), wallet_id: "nobody".into() }).await;
+    let missing = client.get_wallet(GetWalletRequest { tenant_id: "demo".into(), wallet_id: "nobody".into(), ..Default::default() }).await;
     assert_eq!(missing.unwrap_err().code(), tonic::Code::NotFound);
     // Refused at the edge: no key.
     let mut anonymous = WalletServiceClient::new(server.raw_channel().await);
-    let refused = anonymous.get_wallet(GetWalletRequest { tenant_id: "demo".into(), wallet_id: "m-1".into() }).await;
+    let refused = anonymous.get_wallet(GetWalletRequest { tenant_id: "demo".into(), wallet_id: "m-1".into(), ..Default::default() }).await;
     assert_eq!(refused.unwrap_err().code(), tonic::Code::Unauthenticated);
     // A path no service serves, twice under different names: one series, not two.
     let mut grpc = tonic::client::Grpc::new(server.channel().await);

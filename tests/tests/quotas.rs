@@ -30,7 +30,7 @@ async fn enroll(server: &TallyServer, tenant: &str, wallet: &str) {
 }
 
 fn read(tenant: &str, wallet: &str) -> GetWalletRequest {
-    GetWalletRequest { tenant_id: tenant.into(), wallet_id: wallet.into() }
+    GetWalletRequest { tenant_id: tenant.into(), wallet_id: wallet.into(), ..Default::default() }
 }
 
 /// Reads `c-1` until a call is refused; the refusal and the calls answered before it.

@@ -37,7 +37,7 @@ async fn snapshots_are_taken_used_and_purged_without_losing_anything() {
     let stats = tally(&["snapshots", "stats", "--data", data]);
     assert!(stats.starts_with("2 snapshots of 1 wallets"), "{stats}");
 
-    let get = GetWalletRequest { tenant_id: "demo".into(), wallet_id: "c-1".into() };
+    let get = GetWalletRequest { tenant_id: "demo".into(), wallet_id: "c-1".into(), ..Default::default() };
     let mut server = TallyServer::start(dir.path(), &[]);
     let wallet = server.client().await.get_wallet(get.clone()).await.unwrap().into_inner();
     assert_eq!((wallet.balance, wallet.version), (66, 23), "recovered from snapshot + tail");
@@ -86,7 +86,7 @@ async fn damaged_derived_stores_are_set_aside_and_the_server_serves() {
     damage("read-models");
 
     let mut server = TallyServer::start(dir.path(), &["--snapshot-every-events", "5"]);
-    let get = GetWalletRequest { tenant_id: "demo".into(), wallet_id: "c-1".into() };
+    let get = GetWalletRequest { tenant_id: "demo".into(), wallet_id: "c-1".into(), ..Default::default() };
     let wallet = server.client().await.get_wallet(get.clone()).await.unwrap().into_inner();
     assert_eq!((wallet.balance, wallet.version), (24, 13), "served from the log");
     assert!(server.terminate().success());
@@ -144,7 +144,7 @@ async fn snapshots_of_another_log_are_purged_at_start() {
     std::fs::copy(a.path().join("snapshots.log"), b.path().join("snapshots.log")).unwrap();
 
     let mut server = TallyServer::start(b.path(), &args);
-    let get = GetWalletRequest { tenant_id: "demo".into(), wallet_id: "c-1".into() };
+    let get = GetWalletRequest { tenant_id: "demo".into(), wallet_id: "c-1".into(), ..Default::default() };
     let wallet = server.client().await.get_wallet(get).await.unwrap().into_inner();
     assert_eq!((wallet.balance, wallet.version), (105, 16), "b's own log, not a's snapshot plus b's tail");
     assert!(server.terminate().success());

@@ -56,7 +56,7 @@ async fn connect(url: &str, ca: &str, identity: Option<&(String, String)>) -> Re
 
 async fn read(channel: Channel, server: &TallyServer) -> tonic::Code {
     let mut wallets = WalletServiceClient::with_interceptor(channel, Key::new(&server.platform_key()));
-    let request = GetWalletRequest { tenant_id: "demo".into(), wallet_id: "c-1".into() };
+    let request = GetWalletRequest { tenant_id: "demo".into(), wallet_id: "c-1".into(), ..Default::default() };
     wallets.get_wallet(request).await.map_or_else(|s| s.code(), |_| tonic::Code::Ok)
 }
 
@@ -99,7 +99,7 @@ async fn tls_and_mutual_tls_handshakes() {
     let bound = keys.create_key(bind.clone()).await.unwrap().into_inner().key.unwrap();
     assert_eq!(bound.client_cert_sha256.len(), 64);
     assert_eq!(keys.create_key(bind).await.unwrap_err().code(), tonic::Code::AlreadyExists, "one certificate, one key");
-    let request = || GetWalletRequest { tenant_id: "demo".into(), wallet_id: "c-1".into() };
+    let request = || GetWalletRequest { tenant_id: "demo".into(), wallet_id: "c-1".into(), ..Default::default() };
     let mut till = WalletServiceClient::new(connect(&server.url, &pki.ca, Some(&pki.client)).await.unwrap());
     assert_eq!(till.get_wallet(request()).await.unwrap_err().code(), tonic::Code::NotFound, "authenticated as the till's key");
     let mut other = WalletServiceClient::new(connect(&server.url, &pki.ca, Some(&pki.colleague)).await.unwrap());

@@ -211,7 +211,7 @@ async fn a_calls_trace_is_continued_through_the_actor_and_the_store_into_its_eve
     assert_eq!(row.get::<_, String>(0), format!("00-{UNSAMPLED}-{PARENT_ID}-00"));
 
     // A read crosses the mailbox in the call's trace too.
-    let mut read = tonic::Request::new(GetWalletRequest { tenant_id: "acme".into(), wallet_id: "t-1".into() });
+    let mut read = tonic::Request::new(GetWalletRequest { tenant_id: "acme".into(), wallet_id: "t-1".into(), ..Default::default() });
     read.metadata_mut().insert("traceparent", format!("00-{TRACE_ID}-{PARENT_ID}-01").parse().unwrap());
     client.get_wallet(read).await.unwrap();
     let read_span = receiver.until("server span of GetWallet", |s| in_trace(s) && s.name == "tally.v1.WalletService/GetWallet").await;
@@ -241,7 +241,7 @@ async fn a_calls_trace_is_continued_through_the_actor_and_the_store_into_its_eve
     assert!(roots.iter().all(|name| name.contains('/') || name == "timers.run_due"), "{roots:?}");
 
     // A call without a traceparent starts a trace of its own; a caller's mistake is not a server error.
-    let missing = client.get_wallet(GetWalletRequest { tenant_id: "acme".into(), wallet_id: "nobody".into() }).await;
+    let missing = client.get_wallet(GetWalletRequest { tenant_id: "acme".into(), wallet_id: "nobody".into(), ..Default::default() }).await;
     assert_eq!(missing.unwrap_err().code(), tonic::Code::NotFound);
     let own = receiver.until("a span of GetWallet", |s| !in_trace(s) && s.name == "tally.v1.WalletService/GetWallet").await;
     assert_ne!(hex(&own.trace_id), TRACE_ID);

@@ -203,10 +203,16 @@ impl WalletRegistry {
 
     /// The wallet's current figures.
     pub async fn summary(&self, key: &WalletKey) -> Result<WalletSummary, WalletError> {
+        self.summary_at_least(key, 0).await
+    }
+
+    /// The wallet's figures with every event of its stream up to log position `at_least` in them (a
+    /// position an earlier answer gave, perhaps another node's): read your writes on any node.
+    pub async fn summary_at_least(&self, key: &WalletKey, at_least: u64) -> Result<WalletSummary, WalletError> {
         if self.shared.lookup(key).is_none() && self.stream_is_empty(key).await? {
             return Err(Rejection::WalletNotFound.into());
         }
-        self.call(key, |reply| WalletMsg::Summary { reply, caller: crate::traces::call_span(), sent: Instant::now() }).await
+        self.call(key, |reply| WalletMsg::Summary { at_least, reply, caller: crate::traces::call_span(), sent: Instant::now() }).await
     }
 
     /// Whether the wallet's stream holds nothing, from the log's index: a wallet that does not exist is

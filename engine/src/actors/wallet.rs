@@ -47,6 +47,9 @@ pub(super) enum WalletMsg {
         sent: Instant,
     },
     Summary {
+        /// Answer only with every event of the wallet's stream up to this log position applied (0: what
+        /// the actor holds).
+        at_least: u64,
         reply: RpcReplyPort<Result<WalletSummary, WalletError>>,
         caller: tracing::Span,
         sent: Instant,
@@ -189,6 +192,9 @@ pub(super) struct Wallet {
     refreshed: u64,
     /// Stream version of the last snapshot loaded or saved.
     snapshot_version: u64,
+    /// A log position up to which every event of the wallet's stream is applied: its own last append's,
+    /// or one a read was asked to reach (see `summary`).
+    seen_position: u64,
     mailbox: Arc<Mailbox>,
     /// Unlisted by the supervisor: stop as soon as no caller holds a ticket.
     passivating: bool,
@@ -213,6 +219,7 @@ impl Actor for WalletActor {
             stale: false,
             refreshed: 0,
             snapshot_version: 0,
+            seen_position: 0,
             mailbox: args.mailbox,
             passivating: false,
             personal_key: None,
@@ -242,13 +249,13 @@ impl Actor for WalletActor {
                 let _ = reply.send(result);
                 wallet.snapshot_if_due(false);
             }
-            WalletMsg::Summary { reply, caller, sent } => {
+            WalletMsg::Summary { at_least, reply, caller, sent } => {
                 wallet.mailbox.take();
                 let queued = queued(sent);
                 if !reply.is_closed() {
                     let span =
                         child_of(&caller, || tracing::info_span!(parent: &caller, "wallet.summary", queued_us = queued.as_micros() as u64));
-                    let _ = reply.send(wallet.summary().instrument(span).await);
+                    let _ = reply.send(wallet.summary(at_least).instrument(span).await);
                 }
             }
             WalletMsg::Release => wallet.mailbox.take(),
@@ -474,6 +481,7 @@ impl Wallet {
             apply(state, event);
         }
         debug_assert_eq!(state.version, outcome.last_version);
+        self.seen_position = self.seen_position.max(outcome.last_position);
         let events = (0..)
             .zip(events)
             .map(|(i, event)| StoredWalletEvent { version: outcome.first_version + i, position: outcome.first_position + i, event })
@@ -549,10 +557,17 @@ impl Wallet {
         Ok(CommandOutcome { events, balance: receipt.balance_after, version: receipt.last_version, position, replayed: true, wallet })
     }
 
-    async fn summary(&mut self) -> Result<WalletSummary, WalletError> {
+    async fn summary(&mut self, at_least: u64) -> Result<WalletSummary, WalletError> {
         let program = self.deps.programs.settings(&self.key.tenant).await?.unwrap_or_default();
         let now_ms = self.deps.clock.now_ms();
-        let state = self.current().await?;
+        // A position this actor may not have seen (another node wrote it): the stream's tail is read
+        // first. Asked after that position was acknowledged, the read holds every event at or before it.
+        if at_least > self.seen_position {
+            self.stale = true;
+        }
+        self.current().await?;
+        self.seen_position = self.seen_position.max(at_least);
+        let state = self.state.as_mut().expect("current() recovered it");
         if state.status == WalletStatus::NotEnrolled {
             return Err(Rejection::WalletNotFound.into());
         }
