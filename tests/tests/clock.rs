@@ -45,7 +45,11 @@ async fn a_clock_far_ahead_of_the_log_stops_the_start_until_the_operator_confirm
     let stderr = refused_start(&dir);
     assert!(stderr.contains("hours ahead of the log's latest event") && stderr.contains("--accept-clock-jump"), "{stderr}");
     let server = TallyServer::start(dir.path(), &["--accept-clock-jump"]);
-    let wallet = server.client().await.get_wallet(GetWalletRequest { tenant_id: "demo".into(), wallet_id: "c-1".into(), ..Default::default() }).await;
+    let wallet = server
+        .client()
+        .await
+        .get_wallet(GetWalletRequest { tenant_id: "demo".into(), wallet_id: "c-1".into(), ..Default::default() })
+        .await;
     assert_eq!(wallet.unwrap().into_inner().version, 1);
 }
 

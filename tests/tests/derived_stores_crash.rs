@@ -140,7 +140,10 @@ async fn check_serves(server: &TallyServer, cycle: usize, acked: &HashMap<String
             };
             // The wallet as its actor recovers it — from a snapshot written before the kill, if one
             // survived, plus the log after it — is exactly its log.
-            let got = client.get_wallet(GetWalletRequest { tenant_id: TENANT.into(), wallet_id: wallet.clone(), ..Default::default() }).await.unwrap();
+            let got = client
+                .get_wallet(GetWalletRequest { tenant_id: TENANT.into(), wallet_id: wallet.clone(), ..Default::default() })
+                .await
+                .unwrap();
             let got = got.into_inner();
             assert!(
                 log.iter().all(|t| t.kind == TransactionKind::Enrolled as i32 || t.points == POINTS_PER_EARN),

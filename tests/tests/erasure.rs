@@ -33,7 +33,11 @@ fn erase(wallet: &str, key: &str, reason: &str) -> EraseCustomerRequest {
 }
 
 async fn get(wallets: &mut WalletServiceClient<Authed>, wallet: &str) -> tally_proto::v1::Wallet {
-    wallets.get_wallet(GetWalletRequest { tenant_id: "demo".into(), wallet_id: wallet.into(), ..Default::default() }).await.unwrap().into_inner()
+    wallets
+        .get_wallet(GetWalletRequest { tenant_id: "demo".into(), wallet_id: wallet.into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
 }
 
 /// Every file under `dir` whose bytes hold `needle`.

@@ -77,7 +77,11 @@ async fn the_programs_expiry_policy_dates_every_credit_and_survives_a_restart() 
     let program = admin.get_program(GetProgramRequest { tenant_id: "demo".into() }).await.unwrap().into_inner();
     assert_eq!(program.expiry_policy, Some(policy));
     let mut wallets = server.client().await;
-    let wallet = wallets.get_wallet(GetWalletRequest { tenant_id: "demo".into(), wallet_id: "c-1".into(), ..Default::default() }).await.unwrap().into_inner();
+    let wallet = wallets
+        .get_wallet(GetWalletRequest { tenant_id: "demo".into(), wallet_id: "c-1".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(wallet.upcoming_expiries.len(), 1);
     assert_eq!((wallet.upcoming_expiries[0].expires_at, wallet.upcoming_expiries[0].points), (Some(expires), 100));
     assert_eq!((wallet.balance, wallet.available_points, wallet.lifetime_expired), (100, 100, 0));

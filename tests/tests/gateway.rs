@@ -80,7 +80,11 @@ async fn enroll_earn_redeem_history() {
         .into_inner();
     assert_eq!(reversed.balance, 80);
 
-    let wallet = client.get_wallet(GetWalletRequest { tenant_id: TENANT.into(), wallet_id: "c-1".into(), ..Default::default() }).await.unwrap().into_inner();
+    let wallet = client
+        .get_wallet(GetWalletRequest { tenant_id: TENANT.into(), wallet_id: "c-1".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!((wallet.balance, wallet.lifetime_earned, wallet.lifetime_reversed, wallet.version), (80, 120, 20, 4));
 
     let page = client.list_transactions(history("c-1", 3, "")).await.unwrap().into_inner();
@@ -134,7 +138,10 @@ async fn bad_calls_get_a_status_naming_the_problem() {
     let mut unknown_tenant = earn("c-1", "k", 5);
     unknown_tenant.tenant_id = "nope".into();
     assert_field_error(&client.earn(unknown_tenant).await.unwrap_err(), Code::NotFound, "tenant_id");
-    let missing = client.get_wallet(GetWalletRequest { tenant_id: TENANT.into(), wallet_id: "nobody".into(), ..Default::default() }).await.unwrap_err();
+    let missing = client
+        .get_wallet(GetWalletRequest { tenant_id: TENANT.into(), wallet_id: "nobody".into(), ..Default::default() })
+        .await
+        .unwrap_err();
     assert_eq!(missing.code(), Code::NotFound);
     assert_eq!(client.list_transactions(history("nobody", 10, "")).await.unwrap_err().code(), Code::NotFound);
     assert_field_error(&client.list_transactions(history("c-1", 10, "garbage")).await.unwrap_err(), Code::InvalidArgument, "page_token");
@@ -148,7 +155,8 @@ async fn bad_calls_get_a_status_naming_the_problem() {
     huge.reason = "x".repeat(200 * 1024);
     let refused = client.earn(huge).await.unwrap_err();
     assert!(matches!(refused.code(), Code::OutOfRange | Code::ResourceExhausted | Code::InvalidArgument), "{refused:?}");
-    let still = client.get_wallet(GetWalletRequest { tenant_id: TENANT.into(), wallet_id: "c-1".into(), ..Default::default() }).await.unwrap();
+    let still =
+        client.get_wallet(GetWalletRequest { tenant_id: TENANT.into(), wallet_id: "c-1".into(), ..Default::default() }).await.unwrap();
     assert_eq!(still.into_inner().balance, 10);
     // A reason that fits the message limit but not the domain's limit names the field.
     let mut long = earn("c-1", "long", 1);
@@ -271,7 +279,11 @@ async fn kill_9_mid_load_loses_no_acknowledged_call() {
         *entry = (*entry).max(*version);
     }
     for (wallet, version) in &highest {
-        let now = client.get_wallet(GetWalletRequest { tenant_id: TENANT.into(), wallet_id: wallet.clone(), ..Default::default() }).await.unwrap().into_inner();
+        let now = client
+            .get_wallet(GetWalletRequest { tenant_id: TENANT.into(), wallet_id: wallet.clone(), ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner();
         assert!(now.version >= *version, "{wallet}: acknowledged version {version}, after restart {}", now.version);
     }
     // Every acknowledged earn is found again: a retry with its key is answered as already done.
@@ -296,7 +308,11 @@ async fn sigterm_exits_cleanly_with_everything_on_disk() {
 
     let server = TallyServer::start(dir.path(), &[]);
     let mut client = server.client().await;
-    let wallet = client.get_wallet(GetWalletRequest { tenant_id: TENANT.into(), wallet_id: "c-1".into(), ..Default::default() }).await.unwrap().into_inner();
+    let wallet = client
+        .get_wallet(GetWalletRequest { tenant_id: TENANT.into(), wallet_id: "c-1".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!((wallet.balance, wallet.version), (100, 21));
 }
 
@@ -361,7 +377,10 @@ async fn wallets_that_do_not_exist_are_not_found_for_reads_and_commands() {
     let mut client = server.client().await;
     for i in 0..50 {
         let ghost = format!("ghost-{i}");
-        let read = client.get_wallet(GetWalletRequest { tenant_id: TENANT.into(), wallet_id: ghost.clone(), ..Default::default() }).await.unwrap_err();
+        let read = client
+            .get_wallet(GetWalletRequest { tenant_id: TENANT.into(), wallet_id: ghost.clone(), ..Default::default() })
+            .await
+            .unwrap_err();
         assert_eq!(read.code(), Code::NotFound, "{read:?}");
         let earned = client.earn(earn(&ghost, "k", 1)).await.unwrap_err();
         assert_eq!(earned.code(), Code::NotFound, "{earned:?}");

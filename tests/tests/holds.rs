@@ -28,7 +28,11 @@ fn capture(hold: &str, points: Option<i64>) -> CaptureRedemptionRequest {
 }
 
 async fn wallet(client: &mut WalletServiceClient<Authed>) -> Wallet {
-    client.get_wallet(GetWalletRequest { tenant_id: "demo".into(), wallet_id: "c-1".into(), ..Default::default() }).await.unwrap().into_inner()
+    client
+        .get_wallet(GetWalletRequest { tenant_id: "demo".into(), wallet_id: "c-1".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
 }
 
 /// Waits until the wallet holds nothing (the timers run once a second).

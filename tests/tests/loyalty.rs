@@ -68,7 +68,11 @@ async fn customers_climb_tiers_and_see_their_progress() {
     let mut admin = AdminServiceClient::new(server.channel().await);
     assert_eq!(admin.get_program(GetProgramRequest { tenant_id: "demo".into() }).await.unwrap().into_inner().tiers.len(), 2);
     let mut wallets = server.client().await;
-    let wallet = wallets.get_wallet(GetWalletRequest { tenant_id: "demo".into(), wallet_id: "c-1".into(), ..Default::default() }).await.unwrap().into_inner();
+    let wallet = wallets
+        .get_wallet(GetWalletRequest { tenant_id: "demo".into(), wallet_id: "c-1".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
     let t = wallet.tier.unwrap();
     assert_eq!((t.tier_id.as_str(), t.name.as_str(), t.level, t.qualifying_points), ("silver", "Silver", 1, 600));
     assert_eq!((t.next_tier_id.as_str(), t.next_tier_min_points, t.progress_percent), ("gold", 1_000, 20));

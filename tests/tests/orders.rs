@@ -123,7 +123,11 @@ async fn orders_earn_by_the_rules_and_refunds_take_back_in_proportion() {
     assert!(replay.replayed);
     let second = wallets.earn_for_order(earn(order("order-2", 1_000))).await.unwrap().into_inner();
     assert_eq!(second.transactions[0].points, 10, "no welcome bonus on the second order");
-    let wallet = wallets.get_wallet(GetWalletRequest { tenant_id: "acme".into(), wallet_id: "c-1".into(), ..Default::default() }).await.unwrap().into_inner();
+    let wallet = wallets
+        .get_wallet(GetWalletRequest { tenant_id: "acme".into(), wallet_id: "c-1".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!((wallet.balance, wallet.lifetime_earned, wallet.lifetime_reversed), (10, 140, 130));
     let history = wallets
         .list_transactions(ListTransactionsRequest {

@@ -76,7 +76,11 @@ async fn a_burst_on_one_wallet_is_answered_usefully_and_retries_apply_each_call_
             }
         }
     }
-    let wallet = client.get_wallet(GetWalletRequest { tenant_id: "demo".into(), wallet_id: "hot".into(), ..Default::default() }).await.unwrap().into_inner();
+    let wallet = client
+        .get_wallet(GetWalletRequest { tenant_id: "demo".into(), wallet_id: "hot".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(wallet.balance, CALLS as i64, "every call applied exactly once after the retries");
     assert_eq!(wallet.version, CALLS as u64 + 1, "one earn event per call, and the enrolment");
 }

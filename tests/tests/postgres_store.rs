@@ -164,7 +164,12 @@ async fn tally_serve_runs_on_postgres_and_loses_nothing_to_kill_9() {
     }
     server.kill_9();
     let server = tally_tests::TallyServer::start(dir.path(), &[&store]);
-    let wallet = server.client().await.get_wallet(GetWalletRequest { tenant_id: "demo".into(), wallet_id: "c-1".into(), ..Default::default() }).await.unwrap();
+    let wallet = server
+        .client()
+        .await
+        .get_wallet(GetWalletRequest { tenant_id: "demo".into(), wallet_id: "c-1".into(), ..Default::default() })
+        .await
+        .unwrap();
     assert_eq!((wallet.get_ref().balance, wallet.get_ref().version), (70, 11));
     let local: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(local, ["platform.key"], "nothing but the first start's key was written to the local data directory");

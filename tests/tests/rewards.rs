@@ -77,7 +77,12 @@ fn redeem(wallet: &str, reward: &str, redemption: &str) -> RedeemRewardRequest {
 }
 
 async fn balance(wallets: &mut WalletServiceClient<Authed>, wallet: &str) -> i64 {
-    wallets.get_wallet(GetWalletRequest { tenant_id: "demo".into(), wallet_id: wallet.into(), ..Default::default() }).await.unwrap().into_inner().balance
+    wallets
+        .get_wallet(GetWalletRequest { tenant_id: "demo".into(), wallet_id: wallet.into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .balance
 }
 
 async fn stock(admin: &mut AdminServiceClient<Authed>, reward: &str) -> RewardStock {

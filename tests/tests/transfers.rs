@@ -75,7 +75,12 @@ fn transfer(from: &str, to: &str, points: i64, id: &str) -> TransferPointsReques
 }
 
 async fn balance(wallets: &mut WalletServiceClient<Authed>, wallet: &str) -> i64 {
-    wallets.get_wallet(GetWalletRequest { tenant_id: "demo".into(), wallet_id: wallet.into(), ..Default::default() }).await.unwrap().into_inner().balance
+    wallets
+        .get_wallet(GetWalletRequest { tenant_id: "demo".into(), wallet_id: wallet.into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .balance
 }
 
 /// The reason a FAILED_PRECONDITION names in its PreconditionFailure, and the field it is about.
