@@ -385,3 +385,29 @@ async fn an_operator_defines_and_stocks_a_reward_from_the_command_line() {
         "an unlimited reward has no stock"
     );
 }
+
+/// A staff key's cancellations name the staff member, as its other changes do.
+#[tokio::test]
+async fn a_staff_key_names_its_staff_member_when_it_cancels_a_redemption() {
+    use tally_proto::v1::keys_service_client::KeysServiceClient;
+    use tally_proto::v1::{CreateKeyRequest, Role};
+    let (_dir, server, _admin, mut wallets) = shop().await;
+    wallets.redeem_reward(redeem("ann", "mug", "r-1")).await.unwrap();
+    let mut keys = KeysServiceClient::new(server.channel().await);
+    let request =
+        CreateKeyRequest { tenant_id: "demo".into(), roles: vec![Role::Staff as i32], label: "desk".into(), ..Default::default() };
+    let token = keys.create_key(request).await.unwrap().into_inner().token;
+    let mut desk = WalletServiceClient::new(server.channel_with(tally_tests::Key::new(&token)).await);
+    let cancel = CancelRedemptionRequest {
+        tenant_id: "demo".into(),
+        wallet_id: "ann".into(),
+        redemption_id: "r-1".into(),
+        reason: "brought back".into(),
+    };
+    let unnamed = desk.cancel_redemption(cancel.clone()).await.unwrap_err();
+    assert_eq!(unnamed.code(), Code::InvalidArgument);
+    assert!(unnamed.message().contains("x-staff-id"), "{}", unnamed.message());
+    let mut named = tonic::Request::new(cancel);
+    named.metadata_mut().insert("x-staff-id", "s-3".parse().unwrap());
+    assert_eq!(desk.cancel_redemption(named).await.unwrap().into_inner().points, 120);
+}
