@@ -13,7 +13,7 @@ use tally_proto::v1::admin_service_client::AdminServiceClient;
 use tally_proto::v1::wallet_service_client::WalletServiceClient;
 use tally_proto::v1::{
     DefineRewardRequest, EarnRequest, EnrollRequest, GetWalletRequest, RedeemRequest, RedeemRewardRequest, RestockRewardRequest,
-    RewardDefined,
+    RewardDefined, SetTransferPolicyRequest, TransferPointsRequest,
 };
 use tonic::transport::Endpoint;
 
@@ -174,6 +174,23 @@ async fn stock_reward(args: &BenchArgs, reward_id: &str) -> Result<(), BenchErro
     Ok(())
 }
 
+/// Allows transfers in the program, without caps (a second run repeats the same request).
+async fn allow_transfers(args: &BenchArgs) -> Result<(), BenchError> {
+    let endpoint = Endpoint::from_shared(args.server.clone()).map_err(|_| BenchError::Url(args.server.clone()))?;
+    let channel = endpoint.connect().await.map_err(|source| BenchError::Connect { server: args.server.clone(), source })?;
+    let mut admin = AdminServiceClient::with_interceptor(channel, args.key.bearer_for(&args.server)?);
+    let policy = SetTransferPolicyRequest {
+        tenant_id: args.tenant.clone(),
+        idempotency_key: "bench-transfers".into(),
+        allowed: true,
+        max_points_per_transfer: 0,
+        max_points_per_day: 0,
+        set_by: "tally bench".into(),
+    };
+    admin.set_transfer_policy(policy).await.map_err(BenchError::Setup)?;
+    Ok(())
+}
+
 impl BenchReport {
     fn empty() -> Self {
         Self { elapsed: Duration::ZERO, mutations: histogram(), reads: histogram(), errors: BTreeMap::new(), by_node: BTreeMap::new() }
@@ -205,21 +222,26 @@ impl BenchReport {
     }
 }
 
-/// One call of the mix on `wallet` (a read, an earn or a redemption, keyed `key`): the node that
+/// One call of the mix on wallet `index` (a read, an earn or a redemption, keyed `key`): the node that
 /// decided it, and whether it was mutating.
 async fn one_call(
     client: &mut WalletServiceClient<Authed>,
     args: &BenchArgs,
     rng: &mut SmallRng,
-    wallet: String,
+    index: usize,
     key: String,
 ) -> (Result<Option<String>, tonic::Status>, bool) {
-    let tenant_id = args.tenant.clone();
+    let (tenant_id, wallet) = (args.tenant.clone(), wallet_id(index));
     if rng.random_range(0..100) < args.read_percent {
         (client.get_wallet(GetWalletRequest { tenant_id, wallet_id: wallet, ..Default::default() }).await.map(decided_by), false)
     } else if let Some(reward_id) = &args.reward {
         let request = RedeemRewardRequest { tenant_id, wallet_id: wallet, redemption_id: key, reward_id: reward_id.clone() };
         (client.redeem_reward(request).await.map(decided_by), true)
+    } else if args.transfer {
+        let to_wallet_id = wallet_id((index + 1) % args.wallets);
+        let request =
+            TransferPointsRequest { tenant_id, wallet_id: wallet, to_wallet_id, points: 1, transfer_id: key, reason: String::new() };
+        (client.transfer_points(request).await.map(decided_by), true)
     } else if rng.random_range(0..7) < 5 {
         let points = rng.random_range(1..500);
         let request = EarnRequest {
@@ -254,9 +276,9 @@ async fn drive(
     while Instant::now() < deadline && budget.is_none_or(|b| n < b) {
         n += 1;
         let wallet = if args.hot_wallets > 0 && rng.random_range(0..100) < args.hot_percent {
-            wallet_id(rng.random_range(0..args.hot_wallets))
+            rng.random_range(0..args.hot_wallets)
         } else {
-            wallet_id(rng.random_range(0..args.wallets))
+            rng.random_range(0..args.wallets)
         };
         let call_started = Instant::now();
         let (result, mutating) = one_call(&mut client, &args, &mut rng, wallet, format!("{run_id}-{caller}-{n}")).await;
@@ -273,6 +295,9 @@ pub async fn run(args: BenchArgs) -> Result<BenchReport, BenchError> {
     setup(&args, &clients).await?;
     if let Some(reward_id) = &args.reward {
         stock_reward(&args, reward_id).await?;
+    }
+    if args.transfer {
+        allow_transfers(&args).await?;
     }
     let run_id = uuid::Uuid::new_v4().simple().to_string();
     let deadline = Instant::now() + Duration::from_secs(args.duration_secs);

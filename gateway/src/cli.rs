@@ -617,4 +617,9 @@ pub struct BenchArgs {
     /// operator or platform key. One reward for every caller: the hot-reward case.
     #[arg(long)]
     pub reward: Option<String>,
+    /// Every mutating call transfers a point to the next wallet instead (WalletService.TransferPoints, a
+    /// flow of its own): the bench allows transfers in the program first, which needs an operator or
+    /// platform key.
+    #[arg(long, conflicts_with = "reward")]
+    pub transfer: bool,
 }

@@ -258,3 +258,26 @@ async fn staff_move_points_from_the_command_line_and_see_them_in_both_histories(
     assert!(!poor.status.success() && refused.contains("insufficient points"), "{refused}");
     assert_eq!((balance(&mut wallets, "ann").await, balance(&mut wallets, "bob").await), (380, 120));
 }
+
+#[tokio::test]
+async fn tally_bench_transfers_points_over_grpc() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TallyServer::start(&dir.path().join("data"), &["--tenant", "demo"]);
+    let args = ["bench", "--transfer", "--requests", "200", "--concurrency", "8", "--wallets", "16"];
+    let out = server.cli().args(args).args(["--read-percent", "0", "--tenant", "demo", "--server", server.url.as_str()]).output().unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{report}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!report.contains("errors"), "every transfer completed: {report}");
+    let moved: i64 = report
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("mutating").and_then(|rest| rest.split_whitespace().next()).and_then(|n| n.parse().ok()))
+        .expect("a count of mutating calls");
+    assert!(moved >= 200, "{report}");
+    // A point each, between the bench's own wallets: what they hold together is what they were given.
+    let mut wallets = server.client().await;
+    let mut total = 0;
+    for w in 0..16 {
+        total += balance(&mut wallets, &format!("bench-{w}")).await;
+    }
+    assert_eq!(total, 16 * 1_000_000_000, "{report}");
+}
