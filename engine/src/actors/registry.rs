@@ -320,11 +320,12 @@ impl WalletRegistry {
         self.deps.refresh.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// Makes `key`'s wallet, if it is live here, catch up from the log before its next command or read:
-    /// another node appended to it (a transfer's credit, written where the transfer is driven).
-    pub fn refresh(&self, key: &WalletKey) {
+    /// Makes `key`'s wallet, if it is live here and has not seen its stream's `version`, catch up from
+    /// the log before its next command or read: another node appended to it (a transfer's credit,
+    /// written where the transfer is driven). The node that wrote it has seen it: nothing to do there.
+    pub fn refresh(&self, key: &WalletKey, version: u64) {
         if let Some(entry) = self.shared.lookup(key) {
-            entry.handle.mailbox.mark_behind();
+            entry.handle.mailbox.mark_behind(version);
         }
     }
 

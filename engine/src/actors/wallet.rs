@@ -70,8 +70,9 @@ pub(super) enum WalletMsg {
 #[derive(Debug, Default)]
 pub(super) struct Mailbox {
     state: AtomicU64,
-    /// Another node appended to the wallet (a transfer's credit): catch up before the next call.
-    behind: std::sync::atomic::AtomicBool,
+    /// A stream version the log is known to hold (another node appended it: a transfer's credit): an
+    /// actor whose state is older catches up before its next call.
+    behind: AtomicU64,
 }
 
 const MAILBOX_CLOSED: u64 = 1 << 63;
@@ -113,9 +114,10 @@ impl Mailbox {
         debug_assert!(before & !MAILBOX_CLOSED > 0, "a message taken up without a ticket");
     }
 
-    /// The wallet's stream has events the actor has not seen: it catches up before its next call.
-    pub(super) fn mark_behind(&self) {
-        self.behind.store(true, Ordering::Release);
+    /// The wallet's stream holds version `version`: an actor that has not seen it catches up before its
+    /// next call.
+    pub(super) fn mark_behind(&self, version: u64) {
+        self.behind.fetch_max(version, Ordering::AcqRel);
     }
 
     /// Closes admission if nothing is queued or promised.
@@ -283,7 +285,8 @@ impl Wallet {
     async fn current(&mut self) -> Result<&mut WalletState, WalletError> {
         // Read before catching up: a refresh asked for meanwhile is honoured at the next call.
         let refresh = self.deps.refresh.load(Ordering::Acquire);
-        if refresh != self.refreshed || self.mailbox.behind.swap(false, Ordering::AcqRel) {
+        let seen = self.state.as_ref().map_or(0, |state| state.version);
+        if refresh != self.refreshed || self.mailbox.behind.load(Ordering::Acquire) > seen {
             self.stale = true;
         }
         if self.stale {

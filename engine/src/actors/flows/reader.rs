@@ -63,9 +63,9 @@ fn refresh_credited(inner: &Inner, events: &[crate::store::RecordedEvent]) {
     let credited = events
         .iter()
         .filter(|e| e.data.event_type == credit || e.data.event_type == refusal)
-        .filter_map(|e| codec::wallet_of(e.stream_id.as_str()));
-    for (tenant, wallet) in credited {
-        inner.registry.refresh(&WalletKey::new(tenant, wallet));
+        .filter_map(|e| codec::wallet_of(e.stream_id.as_str()).map(|key| (key, e.stream_version)));
+    for ((tenant, wallet), version) in credited {
+        inner.registry.refresh(&WalletKey::new(tenant, wallet), version);
     }
 }
 
