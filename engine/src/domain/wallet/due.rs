@@ -2,7 +2,7 @@
 //! expiry notices, tier reviews. `decide` records these before any command (`catch_up`); `RunDue` is
 //! that step alone.
 
-use tally_proto::v1::{HoldCaptured, HoldEnd, LotPoints, PointsExpired, PointsExpiringSoon, PointsMatured};
+use tally_proto::v1::{HoldCaptured, HoldEnd, LotOpened, LotPoints, PointsExpired, PointsExpiringSoon, PointsMatured};
 
 use super::holds::release;
 use super::lots::{credit, debit, open_lot, remember_lot, take_pending};
@@ -167,15 +167,30 @@ pub(super) fn expire_returned(
     ctx: &Context<'_>,
     event: &dyn Fn(Change) -> Event,
 ) -> Vec<Change> {
-    let returns_points = changes.iter().any(|c| {
-        matches!(
-            c,
-            Change::Released(_)
-                | Change::Captured(HoldCaptured { released_points: 1.., .. })
-                | Change::RewardCancelled(_)
-                | Change::TransferredIn(_)
-                | Change::TransferReturned(_)
-        )
+    // Points back into lots whose time may have passed (a hold's), or credited into lots already due (a
+    // cancellation's or a transfer's, of a date gone by or a lapsed wallet): only then is time looked at
+    // again — a copy of the wallet is not made for every credit.
+    let deadline = changes
+        .iter()
+        .rev()
+        .find_map(|c| match c {
+            Change::TransferredIn(e) if e.inactivity_expires_at_ms != 0 => Some(e.inactivity_expires_at_ms),
+            Change::TransferReturned(e) if e.inactivity_expires_at_ms != 0 => Some(e.inactivity_expires_at_ms),
+            _ => None,
+        })
+        .or(current.inactivity_expires_at_ms);
+    let due = |lot: Option<&LotOpened>| {
+        lot.is_some_and(|l| {
+            l.points > 0
+                && ((l.expires_at_ms != 0 && l.expires_at_ms <= ctx.now_ms) || (l.on_inactivity && deadline.is_some_and(|d| d <= ctx.now_ms)))
+        })
+    };
+    let returns_points = changes.iter().any(|c| match c {
+        Change::Released(_) | Change::Captured(HoldCaptured { released_points: 1.., .. }) => true,
+        Change::RewardCancelled(e) => due(e.lot.as_ref()),
+        Change::TransferredIn(e) => due(e.lot.as_ref()),
+        Change::TransferReturned(e) => due(e.lot.as_ref()),
+        _ => false,
     });
     if returns_points {
         let mut after = current.clone();

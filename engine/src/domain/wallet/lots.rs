@@ -44,13 +44,18 @@ pub(super) fn parts_of(state: &WalletState, lots: &[LotPoints], points: i64) -> 
 /// Credits `parts`, each into a lot of its own kind — dated points at their own date, points on
 /// inactivity with the wallet's inactivity, points that never expire never — one change each, made by
 /// `change` from the part's points, its lot and whether it is the first; numbered as they will be
-/// recorded (each lot is opened on the wallet as the ones before left it); and the wallet after them.
+/// recorded (each lot is opened on the wallet as the ones before left it). One part (the common case)
+/// opens its lot on the wallet as it is: no copy of it.
 pub(super) fn credit_parts(
     state: &WalletState,
     ctx: &Context<'_>,
     parts: &[Part],
     mut change: impl FnMut(i64, LotOpened, bool) -> Change,
-) -> (Vec<Change>, WalletState) {
+) -> Vec<Change> {
+    if let [(points, expires_at_ms, on_inactivity)] = parts {
+        let earned = expires_at_ms.is_some() || *on_inactivity;
+        return vec![change(*points, open_lot(state, *points, *expires_at_ms, earned, ctx), true)];
+    }
     let mut after = state.clone();
     let mut changes = Vec::with_capacity(parts.len());
     for (i, (points, expires_at_ms, on_inactivity)) in parts.iter().enumerate() {
@@ -65,7 +70,7 @@ pub(super) fn credit_parts(
         super::apply(&mut after, &numbered);
         changes.push(numbered.change);
     }
-    (changes, after)
+    changes
 }
 
 pub(super) fn lot_points(lots: &[(u64, i64)]) -> Vec<LotPoints> {

@@ -27,7 +27,7 @@ pub(super) fn cancel(
     let unknown = || Rejection::UnknownRedemption { redemption_id: redemption_id.to_owned() };
     let redemption = state.catalogue_redemptions.get(redemption_id).filter(|r| !r.cancelled).ok_or_else(unknown)?;
     checked_balance(state.balance.checked_add(redemption.points), "points", redemption.points)?;
-    let (mut changes, _) = credit_parts(state, ctx, &redemption.parts, |points, lot, _| {
+    let mut changes = credit_parts(state, ctx, &redemption.parts, |points, lot, _| {
         Change::RewardCancelled(RewardRedemptionCancelled {
             redemption_id: redemption_id.to_owned(),
             reward_id: redemption.reward_id.clone(),

@@ -16,7 +16,8 @@ use super::checks::checked_balance;
 use super::lots::{self, Part, credit, credit_parts, debit, inactivity_deadline, take_lots};
 use crate::domain::Context;
 use crate::domain::command::TransferStep;
-use crate::domain::event::Change;
+use crate::domain::event::{Change, Event};
+use crate::domain::fingerprint::CommandFingerprint;
 use crate::domain::rejection::Rejection;
 use crate::domain::state::{WalletState, WalletStatus};
 use crate::limits::TRANSFER_DAY_MS;
@@ -105,7 +106,7 @@ pub(super) fn receive_or_refuse(
             inactivity_expires_at_ms: if first { deadline } else { 0 },
         })
     });
-    last_apart(changes.0)
+    last_apart(changes)
 }
 
 /// The source takes back what a transfer the target refused (with `code`) moved out of it. A source closed
@@ -119,7 +120,7 @@ pub(super) fn give_back(
 ) -> Result<(Vec<Change>, Change), Rejection> {
     let closed = state.status == WalletStatus::Closed;
     let deadline = if closed { 0 } else { restarted_clock(state, ctx) };
-    let (mut changes, after) = credit_parts(state, ctx, &from_wire(parts), |points, lot, first| {
+    let mut changes = credit_parts(state, ctx, &from_wire(parts), |points, lot, first| {
         Change::TransferReturned(PointsTransferReturned {
             transfer_id: transfer_id.to_owned(),
             points,
@@ -130,6 +131,16 @@ pub(super) fn give_back(
         })
     });
     if closed {
+        let mut after = state.clone();
+        for change in &changes {
+            let event = Event {
+                idempotency_key: String::new(),
+                command_fingerprint: CommandFingerprint::Fnv64(0),
+                recorded_at_ms: ctx.now_ms,
+                change: change.clone(),
+            };
+            super::apply(&mut after, &event);
+        }
         changes.extend(super::ledger::close(&after, "a transfer came back to the closed wallet"));
     }
     last_apart(changes)
