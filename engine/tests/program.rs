@@ -378,7 +378,9 @@ async fn nodes_sharing_a_log_open_no_more_wallets_than_the_bound() {
     assert!(opened.len() as u64 <= counted, "{} wallets opened, {counted} counted", opened.len());
     assert!(refused > 0);
     let enrolled = (0..60).filter(|i| opened.contains(i)).count();
-    assert!(enrolled >= 30, "two nodes racing for one wallet count it at most twice: {enrolled}");
+    // Each wallet counted at most twice (once by each node, before it saw the other's count): at least half
+    // the bound opens, however the race goes (30 or more is usual; 29 was seen on a loaded machine).
+    assert!(enrolled as u64 >= MAX / 2, "two nodes racing for one wallet count it at most twice: {enrolled}");
 
     // At the bound, nothing more opens, on either node, but enrolled wallets are answered again.
     let extra = || enroll(one.clone(), &acme, 1_000);

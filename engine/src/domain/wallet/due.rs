@@ -182,7 +182,8 @@ pub(super) fn expire_returned(
     let due = |lot: Option<&LotOpened>| {
         lot.is_some_and(|l| {
             l.points > 0
-                && ((l.expires_at_ms != 0 && l.expires_at_ms <= ctx.now_ms) || (l.on_inactivity && deadline.is_some_and(|d| d <= ctx.now_ms)))
+                && ((l.expires_at_ms != 0 && l.expires_at_ms <= ctx.now_ms)
+                    || (l.on_inactivity && deadline.is_some_and(|d| d <= ctx.now_ms)))
         })
     };
     let returns_points = changes.iter().any(|c| match c {
