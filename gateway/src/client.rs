@@ -351,6 +351,39 @@ where
     Ok(mutation_output(target.json, key, reply))
 }
 
+/// `tally wallet transfer`: the key is the transfer id; a staff member named is sent as `x-staff-id`.
+async fn transfer(command: WalletCommand) -> Result<String, ClientError> {
+    let WalletCommand::Transfer { wallet, key: k, to, points, reason, staff, target } = command else {
+        unreachable!("called for `tally wallet transfer` only")
+    };
+    let staff: Option<tonic::metadata::AsciiMetadataValue> =
+        staff.map(|s| s.parse()).transpose().map_err(|_| ClientError::Direct("--staff: must be printable ASCII".into()))?;
+    let key = key(k);
+    let request = TransferPointsRequest {
+        tenant_id: wallet.tenant,
+        wallet_id: wallet.wallet,
+        to_wallet_id: to,
+        points,
+        transfer_id: key.clone(),
+        reason,
+    };
+    let sent = change(&target, &key, |mut client| {
+        let mut request = tonic::Request::new(request.clone());
+        if let Some(staff) = &staff {
+            request.metadata_mut().insert("x-staff-id", staff.clone());
+        }
+        async move { client.transfer_points(request).await }
+    })
+    .await?;
+    if target.json {
+        let view = serde_json::json!({ "transfer_id": sent.transfer_id, "to_wallet_id": sent.to_wallet_id, "points": sent.points,
+            "balance": sent.balance, "replayed": sent.replayed, "position": sent.position });
+        return Ok(serde_json::to_string_pretty(&view).expect("a view serializes"));
+    }
+    let again = if sent.replayed { " (answered before: nothing new)" } else { "" };
+    Ok(format!("sent {} points to {}; balance {}{again}", sent.points, sent.to_wallet_id, sent.balance))
+}
+
 pub async fn run(command: WalletCommand) -> Result<String, ClientError> {
     match command {
         WalletCommand::Enroll { wallet, key: k, customer, target } => {
@@ -418,34 +451,7 @@ pub async fn run(command: WalletCommand) -> Result<String, ClientError> {
             let request = CloseRequest { tenant_id: wallet.tenant, wallet_id: wallet.wallet, idempotency_key: key.clone(), reason };
             mutation(&target, key, request, |mut client, request| async move { client.close(request).await }).await
         }
-        WalletCommand::Transfer { wallet, key: k, to, points, reason, staff, target } => {
-            let staff: Option<tonic::metadata::AsciiMetadataValue> =
-                staff.map(|s| s.parse()).transpose().map_err(|_| ClientError::Direct("--staff: must be printable ASCII".into()))?;
-            let key = key(k);
-            let request = TransferPointsRequest {
-                tenant_id: wallet.tenant,
-                wallet_id: wallet.wallet,
-                to_wallet_id: to,
-                points,
-                transfer_id: key.clone(),
-                reason,
-            };
-            let sent = change(&target, &key, |mut client| {
-                let mut request = tonic::Request::new(request.clone());
-                if let Some(staff) = &staff {
-                    request.metadata_mut().insert("x-staff-id", staff.clone());
-                }
-                async move { client.transfer_points(request).await }
-            })
-            .await?;
-            if target.json {
-                let view = serde_json::json!({ "transfer_id": sent.transfer_id, "to_wallet_id": sent.to_wallet_id, "points": sent.points,
-                    "balance": sent.balance, "replayed": sent.replayed, "position": sent.position });
-                return Ok(serde_json::to_string_pretty(&view).expect("a view serializes"));
-            }
-            let again = if sent.replayed { " (answered before: nothing new)" } else { "" };
-            Ok(format!("sent {} points to {}; balance {}{again}", sent.points, sent.to_wallet_id, sent.balance))
-        }
+        transfer_command @ WalletCommand::Transfer { .. } => transfer(transfer_command).await,
         WalletCommand::Show { wallet, target } => {
             let request = GetWalletRequest { tenant_id: wallet.tenant, wallet_id: wallet.wallet, ..Default::default() };
             let reply = connect(&target).await?.get_wallet(request).await.map_err(ClientError::Call)?;

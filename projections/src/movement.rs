@@ -249,10 +249,9 @@ fn decode_one(mut recorded: RecordedEvent, tenant: Arc<str>, wallet: Arc<str>) -
         Change::CardCompleted(e) => (MovementKind::Earn, e.reward_ref, format!("card:{}", e.card_id)),
         Change::RewardRefused(e) => (MovementKind::Refused, format!("{}: {}", e.code, e.message), e.reward_id),
         Change::RewardCancelled(e) => (MovementKind::Redeem, e.reason, e.reward_id),
-        Change::TransferredOut(e) => (MovementKind::Transfer, format!("to {}: {}", e.to_wallet_id, e.reason), e.transfer_id),
-        Change::TransferredIn(e) => (MovementKind::Transfer, format!("from {}: {}", e.from_wallet_id, e.reason), e.transfer_id),
-        Change::TransferReturned(e) => (MovementKind::Transfer, format!("returned: {}", e.code), e.transfer_id),
-        Change::TransferRefused(e) => (MovementKind::Refused, format!("{}: {}", e.code, e.message), e.transfer_id),
+        change @ (Change::TransferredOut(_) | Change::TransferredIn(_) | Change::TransferReturned(_) | Change::TransferRefused(_)) => {
+            transfer(change)
+        }
     };
     Ok(Movement {
         position,
@@ -272,6 +271,17 @@ fn decode_one(mut recorded: RecordedEvent, tenant: Arc<str>, wallet: Arc<str>) -
         customer_ref,
         sealed_customer,
     })
+}
+
+/// A transfer's step as a movement: its kind, its reason (with the other wallet) and the transfer id.
+fn transfer(change: Change) -> (MovementKind, String, String) {
+    match change {
+        Change::TransferredOut(e) => (MovementKind::Transfer, format!("to {}: {}", e.to_wallet_id, e.reason), e.transfer_id),
+        Change::TransferredIn(e) => (MovementKind::Transfer, format!("from {}: {}", e.from_wallet_id, e.reason), e.transfer_id),
+        Change::TransferReturned(e) => (MovementKind::Transfer, format!("returned: {}", e.code), e.transfer_id),
+        Change::TransferRefused(e) => (MovementKind::Refused, format!("{}: {}", e.code, e.message), e.transfer_id),
+        _ => unreachable!("called for a transfer's steps only"),
+    }
 }
 
 #[cfg(test)]

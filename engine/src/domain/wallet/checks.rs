@@ -134,23 +134,7 @@ pub(super) fn validate(body: &CommandBody) -> Result<(), Rejection> {
         }
         CommandBody::RedeemReward { redemption_id, reward_id } => check_redemption(redemption_id, Ok(reward_id)),
         CommandBody::CancelRewardRedemption { redemption_id, reason } => check_redemption(redemption_id, Err(reason)),
-        CommandBody::TransferOut { transfer_id, to_wallet_id, points, reason } => {
-            crate::domain::program::check_id("transfer_id", transfer_id)?;
-            crate::domain::WalletId::parse(to_wallet_id).map_err(|e| FieldError::new("to_wallet_id", e.reason))?;
-            check_positive("points", *points)?;
-            check_reason(reason)
-        }
-        CommandBody::TransferIn { transfer_id, from_wallet_id, parts, reason } => {
-            crate::domain::program::check_id("transfer_id", transfer_id)?;
-            crate::domain::WalletId::parse(from_wallet_id).map_err(|e| FieldError::new("from_wallet_id", e.reason))?;
-            check_parts(parts)?;
-            check_reason(reason)
-        }
-        CommandBody::ReturnTransfer { transfer_id, parts, code } => {
-            crate::domain::program::check_id("transfer_id", transfer_id)?;
-            check_parts(parts)?;
-            check_ref("code", code, true)
-        }
+        CommandBody::TransferOut { .. } | CommandBody::TransferIn { .. } | CommandBody::ReturnTransfer { .. } => check_transfer(body),
         CommandBody::PurchaseCredits { purchase_id, package_id } => {
             check_ref("purchase_id", purchase_id, true)?;
             check_ref("package_id", package_id, true)
@@ -164,6 +148,31 @@ pub(super) fn validate(body: &CommandBody) -> Result<(), Rejection> {
             }
             check_reason(reason)
         }
+    }
+}
+
+/// A transfer's steps: its id, the other wallet, the points (by part) and the text.
+fn check_transfer(body: &CommandBody) -> Result<(), Rejection> {
+    let wallet = |field: &'static str, id: &str| crate::domain::WalletId::parse(id).map(drop).map_err(|e| FieldError::new(field, e.reason));
+    match body {
+        CommandBody::TransferOut { transfer_id, to_wallet_id, points, reason } => {
+            crate::domain::program::check_id("transfer_id", transfer_id)?;
+            wallet("to_wallet_id", to_wallet_id)?;
+            check_positive("points", *points)?;
+            check_reason(reason)
+        }
+        CommandBody::TransferIn { transfer_id, from_wallet_id, parts, reason } => {
+            crate::domain::program::check_id("transfer_id", transfer_id)?;
+            wallet("from_wallet_id", from_wallet_id)?;
+            check_parts(parts)?;
+            check_reason(reason)
+        }
+        CommandBody::ReturnTransfer { transfer_id, parts, code } => {
+            crate::domain::program::check_id("transfer_id", transfer_id)?;
+            check_parts(parts)?;
+            check_ref("code", code, true)
+        }
+        _ => Ok(()),
     }
 }
 
