@@ -2,7 +2,7 @@
 //! envelope (`tally.v1` protobuf payloads).
 
 use tally_proto::v1::wallet_enrolled_v2::Customer;
-use tally_proto::v1::{OrderClaimed, PersonalData, WalletEnrolled, WalletEnrolledV2};
+use tally_proto::v1::{IdentifierClaimed, IdentifierReleased, OrderClaimed, PersonalData, WalletEnrolled, WalletEnrolledV2};
 
 use crate::domain::access::{KEYS_STREAM, KeyChange};
 use crate::domain::flows::{FlowChange, FlowEvent};
@@ -60,6 +60,64 @@ pub fn decode_claim(recorded: RecordedEvent) -> Result<OrderClaimed, CodecError>
 
 const CLAIM_EVENT_TYPE: &str = "tally.v1.OrderClaimed";
 const CLAIM_SCHEMA_VERSION: u32 = 1;
+
+/// The stream that settles which wallet of `tenant` an identifier belongs to:
+/// `"<tenant>/identifier/<lookup>"` (`crate::domain::identifiers::lookup`).
+pub fn identifier_stream(tenant: &TenantId, lookup: &str) -> Result<StreamId, crate::store::StoreError> {
+    StreamId::new(&format!("{tenant}/identifier/{lookup}"))
+}
+
+/// The subject the tenant's identifier lookup key is kept under (beside the wallets' personal keys).
+pub fn identifier_key_subject(tenant: &TenantId) -> StreamId {
+    StreamId::new(&format!("{tenant}/identifiers")).expect("validated ids always make a valid stream id")
+}
+
+/// An event of an identifier's stream.
+#[derive(Debug, Clone, PartialEq)]
+pub enum IdentifierClaim {
+    Claimed(IdentifierClaimed),
+    Released(IdentifierReleased),
+}
+
+const IDENTIFIER_CLAIMED: &str = "tally.v1.IdentifierClaimed";
+const IDENTIFIER_RELEASED: &str = "tally.v1.IdentifierReleased";
+
+/// An identifier's claim or release, under the wallet command that made it.
+pub fn encode_identifier(
+    claim: &IdentifierClaim,
+    command: &crate::domain::Command,
+    recorded_at_ms: i64,
+    metadata: &EventMetadata,
+) -> EventData {
+    let facts = CommandFacts { key: &command.idempotency_key, fingerprint: command.fingerprint(), recorded_at_ms };
+    let (event_type, payload) = match claim {
+        IdentifierClaim::Claimed(e) => (IDENTIFIER_CLAIMED, prost::Message::encode_to_vec(e)),
+        IdentifierClaim::Released(e) => (IDENTIFIER_RELEASED, prost::Message::encode_to_vec(e)),
+    };
+    envelope(event_type, CLAIM_SCHEMA_VERSION, facts, metadata, payload)
+}
+
+/// A stored event of an identifier's stream.
+pub fn decode_identifier(recorded: RecordedEvent) -> Result<IdentifierClaim, CodecError> {
+    let RecordedEvent { global_position: position, data, .. } = recorded;
+    if data.schema_version != CLAIM_SCHEMA_VERSION {
+        return Err(CodecError::UnsupportedSchemaVersion { position, event_type: data.event_type, schema_version: data.schema_version });
+    }
+    let undecodable = |e: prost::DecodeError, event_type: &str| CodecError::Undecodable {
+        position,
+        event_type: event_type.to_owned(),
+        reason: e.to_string(),
+    };
+    match data.event_type.as_str() {
+        IDENTIFIER_CLAIMED => <IdentifierClaimed as prost::Message>::decode(data.payload.as_slice())
+            .map(IdentifierClaim::Claimed)
+            .map_err(|e| undecodable(e, IDENTIFIER_CLAIMED)),
+        IDENTIFIER_RELEASED => <IdentifierReleased as prost::Message>::decode(data.payload.as_slice())
+            .map(IdentifierClaim::Released)
+            .map_err(|e| undecodable(e, IDENTIFIER_RELEASED)),
+        _ => Err(CodecError::UnknownEventType { position, event_type: data.event_type }),
+    }
+}
 
 /// Schema version written for every program event today.
 pub const PROGRAM_SCHEMA_VERSION: u32 = 1;

@@ -324,8 +324,12 @@ async fn replay(store: &dyn EventStore) -> Value {
 type Added = (&'static str, fn() -> Value);
 
 /// `WalletState` fields added after the fixtures were written, with their default.
-const ADDED_AFTER_THE_FIXTURES: &[Added] =
-    &[("rewards_redeemed", || json!({})), ("catalogue_redemptions", || json!({})), ("transfers_out", || json!({}))];
+const ADDED_AFTER_THE_FIXTURES: &[Added] = &[
+    ("rewards_redeemed", || json!({})),
+    ("catalogue_redemptions", || json!({})),
+    ("transfers_out", || json!({})),
+    ("identifiers", || json!({})),
+];
 
 fn program_view(p: &ProgramState) -> Value {
     json!({

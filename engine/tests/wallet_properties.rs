@@ -4,6 +4,7 @@ use std::collections::HashMap;
 
 use proptest::prelude::*;
 use tally_engine::codec;
+use tally_engine::domain::identifiers::{IDENTIFIERS_PER_WALLET_MAX, IdentifierKind};
 use tally_engine::domain::program::RuleVersion;
 use tally_engine::domain::rules::{Order, OrderLine, parse_rules};
 use tally_engine::domain::{
@@ -174,6 +175,7 @@ fn body() -> impl Strategy<Value = CommandBody> {
             reason: "refund".into()
         }),
         1 => Just(CommandBody::Close { reason: "bye".into() }),
+        1 => Just(CommandBody::EraseCustomer { reason: "asked".into() }),
         4 => (0..4u8, 0..20_000i64).prop_map(|(id, total)| CommandBody::EarnForOrder { order: order(id, total) }),
         3 => (0..4u8, proptest::option::of(1..8_000i64)).prop_map(|(id, amount_minor)| CommandBody::RefundOrder {
             order_id: format!("order-{id}"),
@@ -213,6 +215,14 @@ fn body() -> impl Strategy<Value = CommandBody> {
             transfer_id: format!("tr-{id}"),
             parts,
             code: "WALLET_CLOSED".into()
+        }),
+        2 => (0..20u8, any::<bool>()).prop_map(|(n, attach)| {
+            let lookup = format!("{n:064x}");
+            if attach {
+                CommandBody::AttachIdentifier { kind: IdentifierKind::Card, lookup }
+            } else {
+                CommandBody::DetachIdentifier { kind: IdentifierKind::Card, lookup, reason: "lost".into() }
+            }
         }),
     ]
 }
@@ -444,6 +454,9 @@ proptest! {
                     let closed = state.status == WalletStatus::Closed;
                     prop_assert!(closed || state.tier.as_ref().is_none_or(|t| t.next_review_at_ms == 0 || t.next_review_at_ms > now_ms));
                     prop_assert!(!closed || (state.lots().next().is_none() && state.holds().next().is_none() && state.pending_points == 0));
+                    // A closed wallet or an erased customer is found by nothing; no wallet carries more than it may.
+                    prop_assert!(!(closed || state.customer_erased) || state.identifiers().next().is_none());
+                    prop_assert!(state.identifiers().count() <= IDENTIFIERS_PER_WALLET_MAX);
                     // Upgrades are immediate: the tier is never below what the window's points reach.
                     let reached = program.tiers.reached(program.tiers.qualifying_points(&state, now_ms, 0)).map_or(0, |(level, _)| level);
                     prop_assert!(level(&state) >= reached, "tier {:?} below level {reached}", state.tier);
@@ -467,6 +480,16 @@ proptest! {
 
         // The balance is the sum of the recorded movements.
         prop_assert_eq!(state.balance, log.iter().map(|e| e.change.points_delta()).sum::<i64>());
+        // The identifiers carried are those the log attached and did not detach, each detached only once attached.
+        let mut carried = std::collections::BTreeMap::new();
+        for event in &log {
+            match &event.change {
+                Change::IdentifierAttached(e) => prop_assert!(carried.insert(e.lookup.clone(), e.kind).is_none(), "attached twice"),
+                Change::IdentifierDetached(e) => prop_assert!(carried.remove(&e.lookup).is_some(), "detached unattached"),
+                _ => {}
+            }
+        }
+        prop_assert_eq!(state.identifiers().map(|(l, k)| (l.to_owned(), k)).collect::<Vec<_>>(), carried.into_iter().collect::<Vec<_>>());
         // No source ever gives back more than it earned.
         let mut per_source: HashMap<&str, (i64, i64)> = HashMap::new();
         for event in &log {
@@ -587,7 +610,9 @@ proptest! {
         prop_assert_eq!(state.lifetime_expired, expired);
         if state.status == WalletStatus::Closed {
             prop_assert_eq!(state.held_points, 0, "closing releases every hold");
-            prop_assert!(matches!(log.last().map(|e| &e.change), Some(Change::Closed(_))), "nothing after close");
+            // Nothing after close but its customer's erasure, which a closed wallet still records.
+            let last = log.iter().rev().find(|e| !matches!(e.change, Change::CustomerErased(_)));
+            prop_assert!(matches!(last.map(|e| &e.change), Some(Change::Closed(_))), "nothing after close");
         }
 
         // Replaying the persisted form from scratch gives the same state as live handling.

@@ -556,6 +556,41 @@ pub enum WalletCommand {
         #[command(flatten)]
         target: Target,
     },
+    /// Let the wallet be found by a card number, phone number, e-mail address or CRM id
+    /// (WalletService.AttachIdentifier).
+    AttachIdentifier {
+        #[command(flatten)]
+        wallet: WalletRef,
+        #[command(flatten)]
+        key: Key,
+        #[command(flatten)]
+        identifier: IdentifierRef,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Stop the wallet being found by an identifier (WalletService.DetachIdentifier).
+    DetachIdentifier {
+        #[command(flatten)]
+        wallet: WalletRef,
+        #[command(flatten)]
+        key: Key,
+        #[command(flatten)]
+        identifier: IdentifierRef,
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Show the wallet an identifier is attached to (WalletService.FindWallet).
+    Find {
+        /// Program (tenant) id.
+        #[arg(long, env = "TALLY_TENANT", default_value = "demo")]
+        tenant: String,
+        #[command(flatten)]
+        identifier: IdentifierRef,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Show the balance and totals.
     Show {
         #[command(flatten)]
@@ -576,6 +611,38 @@ pub enum WalletCommand {
         #[command(flatten)]
         target: Target,
     },
+}
+
+/// An identifier a wallet can be found by.
+#[derive(Debug, Clone, Args)]
+pub struct IdentifierRef {
+    #[arg(long, value_enum)]
+    pub kind: IdentifierKindArg,
+    /// The card number, phone number (E.164: +44 20 7946 0000), e-mail address or CRM id.
+    #[arg(long)]
+    pub value: String,
+}
+
+/// The kinds of identifier a wallet can be found by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum IdentifierKindArg {
+    Card,
+    Phone,
+    Email,
+    CrmId,
+}
+
+impl IdentifierKindArg {
+    /// The wire's `IdentifierKind`.
+    pub fn wire(self) -> i32 {
+        use tally_proto::v1::IdentifierKind as K;
+        (match self {
+            Self::Card => K::Card,
+            Self::Phone => K::Phone,
+            Self::Email => K::Email,
+            Self::CrmId => K::CrmId,
+        }) as i32
+    }
 }
 
 #[derive(Debug, Clone, Args)]

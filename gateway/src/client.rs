@@ -8,8 +8,9 @@ use crate::credentials::{self, Authed, CredentialError};
 use serde::Serialize;
 use tally_proto::v1::wallet_service_client::WalletServiceClient;
 use tally_proto::v1::{
-    AdjustRequest, CloseRequest, EarnRequest, EnrollRequest, EraseCustomerRequest, GetWalletRequest, ListTransactionsRequest, Money,
-    RedeemRequest, ReverseRequest, Transaction, TransactionKind, TransferPointsRequest, Wallet, WalletMutation, WalletStatus,
+    AdjustRequest, AttachIdentifierRequest, CloseRequest, DetachIdentifierRequest, EarnRequest, EnrollRequest, EraseCustomerRequest,
+    FindWalletRequest, GetWalletRequest, ListTransactionsRequest, Money, RedeemRequest, ReverseRequest, Transaction, TransactionKind,
+    TransferPointsRequest, Wallet, WalletMutation, WalletStatus,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +87,8 @@ pub(crate) struct WalletView {
     upcoming_expiries: Vec<ExpiryView>,
     tier: Option<TierView>,
     stamp_cards: Vec<StampCardView>,
+    /// The kinds of identifier the wallet can be found by (their values are kept nowhere).
+    identifiers: Vec<&'static str>,
     enrolled_at: Option<String>,
     last_activity_at: Option<String>,
     version: u64,
@@ -186,6 +189,8 @@ fn kind_name(kind: i32) -> &'static str {
         Ok(TransactionKind::TransferReceived) => "transfer received",
         Ok(TransactionKind::TransferReturned) => "transfer returned",
         Ok(TransactionKind::TransferRefused) => "transfer refused",
+        Ok(TransactionKind::IdentifierAttached) => "identifier attached",
+        Ok(TransactionKind::IdentifierDetached) => "identifier detached",
         _ => "unknown",
     }
 }
@@ -212,6 +217,7 @@ pub(crate) fn wallet_view(w: Wallet) -> WalletView {
             .into_iter()
             .map(|e| ExpiryView { expires_at: e.expires_at.map(|t| t.to_string()), points: e.points })
             .collect(),
+        identifiers: w.identifiers.iter().map(|i| tally_engine::domain::identifiers::kind_name(i.kind)).collect(),
         tier: w.tier.map(|t| TierView {
             tier_id: t.tier_id,
             name: t.name,
@@ -276,6 +282,9 @@ pub(crate) fn render_wallet(w: &WalletView) -> String {
     for card in &w.stamp_cards {
         let _ =
             write!(out, "\n  card      {}: {} of {} stamps, {} completed", card.card_id, card.stamps, card.stamps_required, card.completed);
+    }
+    if !w.identifiers.is_empty() {
+        let _ = write!(out, "\n  found by  {}", w.identifiers.join(", "));
     }
     out
 }
@@ -349,6 +358,41 @@ where
 {
     let reply = change(target, &key, |client| send(client, request.clone())).await?;
     Ok(mutation_output(target.json, key, reply))
+}
+
+/// `tally wallet attach-identifier | detach-identifier | find`.
+async fn identifiers(command: WalletCommand) -> Result<String, ClientError> {
+    match command {
+        WalletCommand::AttachIdentifier { wallet, key: k, identifier, target } => {
+            let key = key(k);
+            let request = AttachIdentifierRequest {
+                tenant_id: wallet.tenant,
+                wallet_id: wallet.wallet,
+                kind: identifier.kind.wire(),
+                value: identifier.value,
+                idempotency_key: key.clone(),
+            };
+            mutation(&target, key, request, |mut client, request| async move { client.attach_identifier(request).await }).await
+        }
+        WalletCommand::DetachIdentifier { wallet, key: k, identifier, reason, target } => {
+            let key = key(k);
+            let request = DetachIdentifierRequest {
+                tenant_id: wallet.tenant,
+                wallet_id: wallet.wallet,
+                kind: identifier.kind.wire(),
+                value: identifier.value,
+                idempotency_key: key.clone(),
+                reason,
+            };
+            mutation(&target, key, request, |mut client, request| async move { client.detach_identifier(request).await }).await
+        }
+        WalletCommand::Find { tenant, identifier, target } => {
+            let request = FindWalletRequest { tenant_id: tenant, kind: identifier.kind.wire(), value: identifier.value };
+            let reply = connect(&target).await?.find_wallet(request).await.map_err(ClientError::Call)?;
+            Ok(output(target.json, &wallet_view(reply.into_inner()), render_wallet))
+        }
+        _ => unreachable!("called for the identifier commands only"),
+    }
 }
 
 /// `tally wallet transfer`: the key is the transfer id; a staff member named is sent as `x-staff-id`.
@@ -452,6 +496,9 @@ pub async fn run(command: WalletCommand) -> Result<String, ClientError> {
             mutation(&target, key, request, |mut client, request| async move { client.close(request).await }).await
         }
         transfer_command @ WalletCommand::Transfer { .. } => transfer(transfer_command).await,
+        command @ (WalletCommand::AttachIdentifier { .. } | WalletCommand::DetachIdentifier { .. } | WalletCommand::Find { .. }) => {
+            identifiers(command).await
+        }
         WalletCommand::Show { wallet, target } => {
             let request = GetWalletRequest { tenant_id: wallet.tenant, wallet_id: wallet.wallet, ..Default::default() };
             let reply = connect(&target).await?.get_wallet(request).await.map_err(ClientError::Call)?;

@@ -21,6 +21,7 @@ pub mod derived;
 pub mod exportctl;
 pub mod flowsctl;
 pub mod health;
+mod identifiers;
 pub mod keyctl;
 pub mod keys;
 pub mod limits;

@@ -328,7 +328,8 @@ async fn serve(settings: ServeSettings) -> Result<(), Box<dyn std::error::Error>
     println!("tally listening on {scheme}://{address} ({log}, tenants: {})", tenants.join(", "));
     let broken = Arc::new(std::sync::Mutex::new(None::<String>));
     let shutdown = stop_when(shutdown, Arc::clone(&store), Arc::clone(&broken), cluster.as_ref().map(|node| Arc::clone(&node.membership)));
-    let engine = Engine { registry: registry.clone(), store, programs: program_book, keys, clock, flows: flows.clone() };
+    let identifiers = Arc::new(tally_engine::actors::IdentifierBook::new(Arc::clone(&store)));
+    let engine = Engine { registry: registry.clone(), store, programs: program_book, keys, clock, flows: flows.clone(), identifiers };
     let hand_off = cluster.as_ref().map(|node| routing::spawn_hand_off(node.membership.view(), Arc::clone(&node.router), registry.clone()));
     let registry_metrics = settings.metrics_listen.map(|_| tally_gateway::telemetry::spawn_registry_metrics(registry.clone()));
     let edge = tally_gateway::server::Edge { access, rates: settings.rates, tls, cluster: cluster.clone() };

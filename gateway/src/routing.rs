@@ -189,7 +189,7 @@ fn record_forward(started: Instant, span: &Span, answer: &Result<impl Sized, Sta
 /// Each RPC: served here, or forwarded to its owner and, if the owner had just lost it, once more to the
 /// owner after the view changed.
 macro_rules! routed {
-    ($($method:ident($request:ty) -> $response:ty;)*) => {
+    (served_here { $($here:tt)* } $($method:ident($request:ty) -> $response:ty;)*) => {
         #[tonic::async_trait]
         impl WalletService for RoutedWallets {
             $(
@@ -238,11 +238,27 @@ macro_rules! routed {
                     stamp(answer, router.node_id())
                 }
             )*
+            $($here)*
         }
     };
 }
 
 routed! {
+    served_here {
+        /// The identifier's holder is read here (the log is shared), its wallet from the wallet's owner
+        /// (a routed GetWallet as of the claim, which the caller's key may make: FindWallet's roles are
+        /// among GetWallet's), and answered only if it shows the identifier.
+        async fn find_wallet(&self, request: Request<FindWalletRequest>) -> Result<Response<Wallet>, Status> {
+            if self.cluster.is_none() {
+                return self.local.find_wallet(request).await;
+            }
+            let (metadata, extensions, r) = request.into_parts();
+            let found = self.local.identifier_holder(&extensions, &r).await?;
+            let get = GetWalletRequest { tenant_id: r.tenant_id, wallet_id: found.wallet_id.clone(), min_position: found.position };
+            let wallet = self.get_wallet(Request::from_parts(metadata, extensions, get)).await;
+            crate::identifiers::shown(&found, wallet.map(Response::into_inner)).map(Response::new)
+        }
+    }
     enroll(EnrollRequest) -> WalletMutation;
     earn(EarnRequest) -> WalletMutation;
     redeem(RedeemRequest) -> WalletMutation;
@@ -262,6 +278,8 @@ routed! {
     erase_customer(EraseCustomerRequest) -> WalletMutation;
     get_wallet(GetWalletRequest) -> Wallet;
     list_transactions(ListTransactionsRequest) -> ListTransactionsResponse;
+    attach_identifier(AttachIdentifierRequest) -> WalletMutation;
+    detach_identifier(DetachIdentifierRequest) -> WalletMutation;
 }
 
 /// Follows the cluster's view: on every change, gives up the live wallets this node no longer owns

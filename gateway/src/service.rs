@@ -5,18 +5,20 @@ use std::sync::Arc;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use tally_engine::actors::{
-    CommandMeta, CommandOutcome, Flows, KeyBook, ProgramBook, Programs, StoredWalletEvent, WalletKey, WalletRegistry, WalletSummary,
+    CommandMeta, CommandOutcome, Flows, IdentifierBook, KeyBook, ProgramBook, Programs, StoredWalletEvent, WalletKey, WalletRegistry,
+    WalletSummary,
 };
 use tally_engine::clock::Clock;
 use tally_engine::codec;
-use tally_engine::domain::{Command, CommandBody, Rejection, WalletId, WalletStatus};
+use tally_engine::domain::{Command, CommandBody, Rejection, TenantId, WalletId, WalletStatus};
 use tally_engine::store::EventStore;
 use tally_proto::v1::wallet_service_server::WalletService;
 use tally_proto::v1::{
-    AdjustRequest, AuthorizeRedemptionRequest, CancelRedemptionRequest, CancelRedemptionResponse, CaptureRedemptionRequest, CloseRequest,
-    EarnForOrderRequest, EarnRequest, EnrollRequest, EraseCustomerRequest, GetWalletRequest, ListTransactionsRequest,
-    ListTransactionsResponse, PurchaseCreditsRequest, RedeemRequest, RedeemRewardRequest, RedeemRewardResponse, RefundOrderRequest,
-    ReverseRequest, TransferPointsRequest, TransferPointsResponse, VoidRedemptionRequest, Wallet, WalletMutation,
+    AdjustRequest, AttachIdentifierRequest, AuthorizeRedemptionRequest, CancelRedemptionRequest, CancelRedemptionResponse,
+    CaptureRedemptionRequest, CloseRequest, DetachIdentifierRequest, EarnForOrderRequest, EarnRequest, EnrollRequest, EraseCustomerRequest,
+    FindWalletRequest, GetWalletRequest, ListTransactionsRequest, ListTransactionsResponse, PurchaseCreditsRequest, RedeemRequest,
+    RedeemRewardRequest, RedeemRewardResponse, RefundOrderRequest, ReverseRequest, TransferPointsRequest, TransferPointsResponse,
+    VoidRedemptionRequest, Wallet, WalletMutation,
 };
 
 use tokio::sync::{Semaphore, SemaphorePermit};
@@ -27,6 +29,7 @@ use tonic::{Request, Response, Status};
 
 use crate::access;
 use crate::admission::deadline;
+use crate::identifiers::Found;
 use crate::limits::{PAGE_BYTES_MAX, PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX, REQUEST_ID_BYTES_MAX, REQUESTS_IN_FLIGHT_MAX, TRACESTATE_BYTES_MAX};
 use crate::transactions::transaction;
 use crate::{orders, status};
@@ -45,6 +48,8 @@ pub struct Engine {
     pub clock: Arc<dyn Clock>,
     /// Flows across aggregates (reward redemptions).
     pub flows: Flows,
+    /// The tenants' identifier lookup keys, and who holds an identifier (customer lookup).
+    pub identifiers: Arc<IdentifierBook>,
 }
 
 /// Admission to a service: bounds the calls in flight and lets shutdown wait for them.
@@ -113,10 +118,22 @@ impl WalletApi {
     async fn wallet_key(&self, extensions: &Extensions, tenant_id: &str, wallet_id: &str) -> Result<WalletKey, Status> {
         let tenant = access::acting_tenant(extensions, tenant_id)?;
         let wallet = WalletId::parse(wallet_id).map_err(|e| status::from_field_error(&e))?;
-        if self.engine.programs.settings(&tenant).await.map_err(|e| status::from_wallet_error(&e))?.is_none() {
-            return Err(status::unknown_tenant(tenant.as_str()));
-        }
+        self.known(&tenant).await?;
         Ok(WalletKey::new(tenant, wallet))
+    }
+
+    async fn known(&self, tenant: &TenantId) -> Result<(), Status> {
+        match self.engine.programs.settings(tenant).await.map_err(|e| status::from_wallet_error(&e))? {
+            Some(_) => Ok(()),
+            None => Err(status::unknown_tenant(tenant.as_str())),
+        }
+    }
+
+    /// Who claims the identifier a FindWallet names (the tenant as the caller's key allows it).
+    pub(crate) async fn identifier_holder(&self, extensions: &Extensions, r: &FindWalletRequest) -> Result<Found, Status> {
+        let tenant = access::acting_tenant(extensions, &r.tenant_id)?;
+        self.known(&tenant).await?;
+        crate::identifiers::holder(&self.engine.identifiers, &tenant, r).await
     }
 
     async fn mutate(
@@ -233,6 +250,11 @@ pub(crate) fn wallet(key: &WalletKey, summary: &WalletSummary) -> Wallet {
             progress_percent: t.progress_percent,
             next_review_at: timestamp(t.next_review_at_ms),
         }),
+        identifiers: summary
+            .identifiers
+            .iter()
+            .map(|(lookup, kind)| tally_proto::v1::WalletIdentifier { kind: *kind, lookup: lookup.clone() })
+            .collect(),
         upcoming_expiries: summary
             .upcoming_expiries
             .iter()
@@ -411,6 +433,32 @@ impl WalletService for WalletApi {
         let key = self.wallet_key(&extensions, &r.tenant_id, &r.wallet_id).await?;
         let body = CommandBody::EraseCustomer { reason: r.reason };
         self.mutate((&metadata, &extensions, deadline), key, Command::new(r.idempotency_key, body)).await
+    }
+
+    async fn attach_identifier(&self, request: Request<AttachIdentifierRequest>) -> Result<Response<WalletMutation>, Status> {
+        let deadline = deadline(&request);
+        let (metadata, extensions, r) = request.into_parts();
+        let key = self.wallet_key(&extensions, &r.tenant_id, &r.wallet_id).await?;
+        let body = crate::identifiers::attach(&self.engine.identifiers, &key.tenant, &r).await?;
+        self.mutate((&metadata, &extensions, deadline), key, Command::new(r.idempotency_key, body)).await
+    }
+
+    async fn detach_identifier(&self, request: Request<DetachIdentifierRequest>) -> Result<Response<WalletMutation>, Status> {
+        let deadline = deadline(&request);
+        let (metadata, extensions, r) = request.into_parts();
+        let key = self.wallet_key(&extensions, &r.tenant_id, &r.wallet_id).await?;
+        let idempotency_key = r.idempotency_key.clone();
+        let body = crate::identifiers::detach(&self.engine.identifiers, &key.tenant, r).await?;
+        self.mutate((&metadata, &extensions, deadline), key, Command::new(idempotency_key, body)).await
+    }
+
+    async fn find_wallet(&self, request: Request<FindWalletRequest>) -> Result<Response<Wallet>, Status> {
+        let _permit = self.admit()?;
+        let (_, extensions, r) = request.into_parts();
+        let found = self.identifier_holder(&extensions, &r).await?;
+        let key = self.wallet_key(&extensions, &r.tenant_id, &found.wallet_id).await?;
+        let summary = self.engine.registry.summary_at_least(&key, found.position).await.map_err(|e| status::from_wallet_error(&e));
+        crate::identifiers::shown(&found, summary.map(|summary| wallet(&key, &summary))).map(Response::new)
     }
 
     async fn get_wallet(&self, request: Request<GetWalletRequest>) -> Result<Response<Wallet>, Status> {

@@ -31,6 +31,13 @@ pub fn precondition(kind: &str, subject: &str, message: String) -> Status {
     )
 }
 
+/// `code` with the reason a client branches on in a `google.rpc.ErrorInfo` (domain `tally.v1`), and
+/// `metadata` beside it (e.g. the wallet that holds an identifier).
+pub fn with_reason(code: Code, reason: &str, message: String, metadata: &[(&str, &str)]) -> Status {
+    let metadata: std::collections::HashMap<String, String> = metadata.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    Status::with_error_details(code, message, ErrorDetails::with_error_info(reason, "tally.v1", metadata))
+}
+
 /// RESOURCE_EXHAUSTED for a quota `subject` is over: `retry-after` metadata in whole seconds (rounded up,
 /// at least 1), a `google.rpc.RetryInfo` with the exact wait and a `QuotaFailure` naming the subject.
 pub fn quota_exhausted(message: String, subject: &str, retry_after: Duration) -> Status {
@@ -97,6 +104,12 @@ pub fn from_rejection(rejection: &Rejection) -> Status {
         Rejection::TransfersNotAllowed => precondition("TRANSFERS_NOT_ALLOWED", "tenant_id", message),
         Rejection::TransferCapExceeded { .. } => precondition("TRANSFER_CAP_EXCEEDED", "points", message),
         Rejection::TransferDailyCapExceeded { .. } => precondition("TRANSFER_DAILY_CAP_EXCEEDED", "points", message),
+        Rejection::IdentifierAlreadyAttached => with_reason(Code::AlreadyExists, "IDENTIFIER_ALREADY_ATTACHED", message, &[]),
+        Rejection::IdentifierTaken { wallet_id } => {
+            with_reason(Code::AlreadyExists, "IDENTIFIER_TAKEN", message, &[("wallet_id", wallet_id.as_str())])
+        }
+        Rejection::IdentifierNotAttached => with_reason(Code::NotFound, "IDENTIFIER_NOT_ATTACHED", message, &[]),
+        Rejection::TooManyIdentifiers { .. } => precondition("TOO_MANY_IDENTIFIERS", "value", message),
     }
 }
 

@@ -2,7 +2,7 @@
 //! what time brought, stamp cards, the catalogue, transfers), one arm per kind there; a new kind is a line in `transaction` and an arm in its room.
 
 use tally_engine::actors::StoredWalletEvent;
-use tally_engine::domain::{Change, Event};
+use tally_engine::domain::{Change, Event, identifiers};
 use tally_proto::v1::{LotOpened, LotPoints, StampAward, TierMove, Transaction, TransactionKind};
 
 use crate::orders;
@@ -34,6 +34,16 @@ pub(crate) fn transaction(stored: &StoredWalletEvent) -> Transaction {
         Change::TransferredOut(_) | Change::TransferredIn(_) | Change::TransferReturned(_) | Change::TransferRefused(_) => {
             transfers(change, base)
         }
+        // The kind only: the identifier's value is kept nowhere.
+        Change::IdentifierAttached(e) => {
+            Transaction { kind: kind(TransactionKind::IdentifierAttached), reference: identifiers::kind_name(e.kind).to_owned(), ..base }
+        }
+        Change::IdentifierDetached(e) => Transaction {
+            kind: kind(TransactionKind::IdentifierDetached),
+            reference: identifiers::kind_name(e.kind).to_owned(),
+            reason: e.reason.clone(),
+            ..base
+        },
     }
 }
 

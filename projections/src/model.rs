@@ -79,6 +79,7 @@ impl WalletSummary {
             | MovementKind::Stamp
             | MovementKind::Notice
             | MovementKind::Refused
+            | MovementKind::Identifier
             | MovementKind::Transfer => {}
         }
         self.balance += points;
@@ -158,6 +159,7 @@ impl DayStats {
             | MovementKind::Stamp
             | MovementKind::Notice
             | MovementKind::Erase
+            | MovementKind::Identifier
             | MovementKind::Refused => {}
         }
     }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use tally_engine::codec;
-use tally_engine::domain::Change;
+use tally_engine::domain::{Change, identifiers};
 use tally_engine::limits::BALANCE_ABS_MAX;
 use tally_engine::store::{RecordedEvent, StreamId};
 use tally_proto::v1::wallet_enrolled_v2::Customer;
@@ -62,6 +62,9 @@ pub enum MovementKind {
     /// (negative), into the target, or back to the source when the target refused (positive). A
     /// tenant's transfers sum to zero once each has ended.
     Transfer,
+    /// An identifier the wallet can be found by was attached or detached (the reference is its kind:
+    /// card, phone, email, crm_id — never its value, which the log does not hold); no points move.
+    Identifier,
 }
 
 impl MovementKind {
@@ -85,6 +88,7 @@ impl MovementKind {
             Self::Erase => "erase",
             Self::Refused => "refused",
             Self::Transfer => "transfer",
+            Self::Identifier => "identifier",
         }
     }
 }
@@ -251,6 +255,10 @@ fn decode_one(mut recorded: RecordedEvent, tenant: Arc<str>, wallet: Arc<str>) -
         Change::RewardCancelled(e) => (MovementKind::Redeem, e.reason, e.reward_id),
         change @ (Change::TransferredOut(_) | Change::TransferredIn(_) | Change::TransferReturned(_) | Change::TransferRefused(_)) => {
             transfer(change)
+        }
+        Change::IdentifierAttached(e) => (MovementKind::Identifier, "attached".to_owned(), identifiers::kind_name(e.kind).to_owned()),
+        Change::IdentifierDetached(e) => {
+            (MovementKind::Identifier, format!("detached: {}", e.reason), identifiers::kind_name(e.kind).to_owned())
         }
     };
     Ok(Movement {

@@ -17,8 +17,9 @@ use tally_engine::domain::WalletState;
 /// `customer_erased`; issue 19 item 4). 7: catalogue rewards redeemed per reward (`rewards_redeemed`,
 /// for per-customer limits) and recent catalogue redemptions (`catalogue_redemptions`, for their
 /// cancellation; issue 20). 8: transfers out in the last 24 hours (`transfers_out`, for the program's
-/// daily transfer cap; issue 20 item 3).
-pub const FORMAT_VERSION: u16 = 8;
+/// daily transfer cap; issue 20 item 3). 9: the identifiers a wallet can be found by (`identifiers`;
+/// issue 20 item 6).
+pub const FORMAT_VERSION: u16 = 9;
 const HEADER_BYTES: usize = 2 + 8 + 4;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

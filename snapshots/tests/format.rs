@@ -3,6 +3,7 @@
 use proptest::prelude::*;
 use std::sync::Arc;
 
+use tally_engine::domain::identifiers::IdentifierKind;
 use tally_engine::domain::program::RuleVersion;
 use tally_engine::domain::rules::{Order, OrderLine, parse_rules};
 use tally_engine::domain::{
@@ -149,12 +150,15 @@ fn golden_history() -> Vec<Event> {
             parts: vec![tally_engine::domain::TransferPart { points: 15, expires_at_ms: 1_798_761_600_000, on_inactivity: false }],
             reason: "gift".into(),
         },
+        CommandBody::AttachIdentifier { kind: IdentifierKind::Phone, lookup: "ab".repeat(32) },
+        CommandBody::AttachIdentifier { kind: IdentifierKind::Card, lookup: "cd".repeat(32) },
+        CommandBody::DetachIdentifier { kind: IdentifierKind::Card, lookup: "cd".repeat(32), reason: "card lost".into() },
     ])
 }
 
 #[test]
 fn the_format_matches_its_golden_file() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/wallet_state_v8.bin");
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/wallet_state_v9.bin");
     let state = fold(&golden_history());
     // Lots: January's earnings (month end), the purchase (never), part of January's held; the points a
     // transfer brought, at their own date.
@@ -171,6 +175,7 @@ fn the_format_matches_its_golden_file() {
     assert_eq!(state.rewards_redeemed("mug"), 1, "two catalogue redemptions, one cancelled");
     assert!(state.catalogue_redemption("red-2").is_some_and(|r| r.cancelled));
     assert_eq!(state.transferred_out_since(1_767_225_600_100), 40, "a transfer out is remembered for the daily cap");
+    assert_eq!(state.identifiers().collect::<Vec<_>>(), [("ab".repeat(32).as_str(), IdentifierKind::Phone as i32)]);
     assert_eq!(
         state.rule_points(
             "weekly",
@@ -198,6 +203,7 @@ fn snapshots_of_an_older_format_are_refused() {
         (5, "wallet_state_v5.bin"),
         (6, "wallet_state_v6.bin"),
         (7, "wallet_state_v7.bin"),
+        (8, "wallet_state_v8.bin"),
     ];
     for (version, file) in files {
         let old = std::fs::read(format!("{}/tests/golden/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap();

@@ -10,6 +10,7 @@
 //! the store's expected-version check keeps a single writer.
 
 mod flows;
+mod identifiers;
 mod keys;
 mod programs;
 mod registry;
@@ -23,6 +24,7 @@ use std::fmt::Debug;
 use std::sync::Arc;
 
 pub use flows::{CANCEL_CRASH_POINTS, CRASH_POINTS, CrashPoint, FlowError, Flows, OpenFlow, Redemption, TRANSFER_CRASH_POINTS, Transfer};
+pub use identifiers::{Holder, IdentifierBook};
 pub use keys::{KeyBook, KeysError, Unauthenticated};
 pub use programs::{ProgramBook, ProgramError, ProgramOutcome};
 pub use registry::{RegistryConfig, RegistryStats, WalletRegistry};
@@ -181,6 +183,8 @@ pub struct WalletSummary {
     pub stamp_cards: Vec<(String, i64, i64, i64)>,
     /// Where the customer stands in the program's tiers; `None` if it has none.
     pub tier: Option<crate::domain::tiers::TierView>,
+    /// `(lookup, kind)` of the identifiers the wallet can be found by, in lookup order.
+    pub identifiers: Vec<(String, i32)>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -9,6 +9,7 @@ use tally_proto::v1::OrderClaimed;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use super::identifiers::{self, ClaimStep};
 use super::{CommandMeta, CommandOutcome, Programs, Snapshots, StoredWalletEvent, WalletError, WalletKey, WalletSummary};
 use crate::clock::Clock;
 use crate::codec;
@@ -382,6 +383,10 @@ impl Wallet {
                     (sealed, attempt) = self.seal_enrolment(command, attempt).await?;
                     continue;
                 }
+                Err(rejection) if identifiers::named_by(command).is_some() => {
+                    self.settle_identifier(command, now_ms, meta).await?;
+                    return Err(rejection.into());
+                }
                 decided => decided?,
             };
             let events = match events {
@@ -444,6 +449,14 @@ impl Wallet {
         if let CommandBody::EarnForOrder { order } = &command.body {
             self.claim_order(&order.order_id, command, now_ms, meta).await?;
         }
+        let step = ClaimStep { store: &*self.deps.store, wallet: &self.key, command, now_ms, meta };
+        for event in events {
+            match &event.change {
+                Change::IdentifierAttached(e) => step.claim(e.kind, &e.lookup).await?,
+                Change::IdentifierDetached(e) => step.release(&e.lookup).await?,
+                _ => {}
+            }
+        }
         if first && matches!(command.body, CommandBody::Enroll { .. }) {
             self.deps.programs.admit_wallet(&self.key.tenant, &self.key.wallet, meta).await?;
         }
@@ -451,6 +464,18 @@ impl Wallet {
             self.erase_key().await?;
         }
         Ok(())
+    }
+
+    /// After a refused command about an identifier the wallet does not carry: a claim of this wallet's on
+    /// it that no attach followed (a crash between the two, an attach refused after its claim) is
+    /// released, so the identifier is free for the wallet that asks next.
+    async fn settle_identifier(&self, command: &Command, now_ms: i64, meta: &CommandMeta) -> Result<(), WalletError> {
+        let Some(lookup) = identifiers::named_by(command) else { return Ok(()) };
+        let carried = self.state.as_ref().is_some_and(|state| state.identifiers().any(|(l, _)| l == lookup));
+        if carried || !crate::domain::identifiers::is_lookup(lookup) {
+            return Ok(());
+        }
+        ClaimStep { store: &*self.deps.store, wallet: &self.key, command, now_ms, meta }.release(lookup).await
     }
 
     /// The recorded outcome of `command` decided before, answered again; a retried erasure finishes what
@@ -704,6 +729,7 @@ impl WalletSummary {
                     (id.to_owned(), card.stamps, required, card.completed)
                 })
                 .collect(),
+            identifiers: state.identifiers().map(|(lookup, kind)| (lookup.to_owned(), kind)).collect(),
         }
     }
 }

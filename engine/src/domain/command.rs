@@ -72,7 +72,14 @@ pub enum CommandBody {
     /// Give back what transfer `transfer_id` moved out of this wallet, the target having refused it with
     /// `code`; keyed [`transfer_key`] `return`.
     ReturnTransfer { transfer_id: String, parts: Vec<TransferPart>, code: String },
+    /// Make the wallet findable by an identifier known as `lookup` (its keyed hash,
+    /// [`crate::domain::identifiers`]); the wallet's actor claims it for this wallet before it is recorded.
+    AttachIdentifier { kind: IdentifierKind, lookup: String },
+    /// Stop the wallet being found by the identifier `lookup`; its claim is released first.
+    DetachIdentifier { kind: IdentifierKind, lookup: String, reason: String },
 }
+
+pub use super::identifiers::IdentifierKind;
 
 pub use tally_proto::v1::TransferPart;
 
@@ -293,6 +300,10 @@ impl Command {
                 parts_layout(Layout::new(21).str(transfer_id).str(from_wallet_id), parts).str(reason)
             }
             CommandBody::ReturnTransfer { transfer_id, parts, code } => parts_layout(Layout::new(22).str(transfer_id), parts).str(code),
+            CommandBody::AttachIdentifier { kind, lookup } => Layout::new(23).u64(u64::from((*kind as i32).unsigned_abs())).str(lookup),
+            CommandBody::DetachIdentifier { kind, lookup, reason } => {
+                Layout::new(24).u64(u64::from((*kind as i32).unsigned_abs())).str(lookup).str(reason)
+            }
         }
     }
 
@@ -319,6 +330,8 @@ impl Command {
             CommandBody::TransferOut { .. } => "transfer_out",
             CommandBody::TransferIn { .. } => "transfer_in",
             CommandBody::ReturnTransfer { .. } => "return_transfer",
+            CommandBody::AttachIdentifier { .. } => "attach_identifier",
+            CommandBody::DetachIdentifier { .. } => "detach_identifier",
         }
     }
 }

@@ -3,10 +3,10 @@
 //! messages themselves, so the persisted schema and the domain cannot drift apart.
 
 use tally_proto::v1::{
-    CustomerErased, EarnReversed, HoldCaptured, HoldReleased, PointsAdjusted, PointsEarned, PointsExpired, PointsExpiringSoon, PointsHeld,
-    PointsMatured, PointsPurchased, PointsRedeemed, PointsTransferRefused, PointsTransferReturned, PointsTransferredIn,
-    PointsTransferredOut, RewardRedemptionCancelled, RewardRedemptionRefused, StampCardCompleted, StampsAdded, TierChanged, TierReviewed,
-    WalletClosed, WalletEnrolledV2,
+    CustomerErased, EarnReversed, HoldCaptured, HoldReleased, IdentifierAttached, IdentifierDetached, PointsAdjusted, PointsEarned,
+    PointsExpired, PointsExpiringSoon, PointsHeld, PointsMatured, PointsPurchased, PointsRedeemed, PointsTransferRefused,
+    PointsTransferReturned, PointsTransferredIn, PointsTransferredOut, RewardRedemptionCancelled, RewardRedemptionRefused,
+    StampCardCompleted, StampsAdded, TierChanged, TierReviewed, WalletClosed, WalletEnrolledV2,
 };
 
 #[derive(Debug, Clone, PartialEq)]
@@ -108,6 +108,10 @@ event_table! {
         TransferRefused(PointsTransferRefused),
         /// A transfer the target refused came back (one event per kind of lot).
         TransferReturned(PointsTransferReturned),
+        /// The wallet can be found by an identifier (its lookup hash only).
+        IdentifierAttached(IdentifierAttached),
+        /// The wallet can no longer be found by an identifier.
+        IdentifierDetached(IdentifierDetached),
     }
 }
 
@@ -133,7 +137,9 @@ impl Change {
             | Change::ExpiringSoon(_)
             | Change::CustomerErased(_)
             | Change::RewardRefused(_)
-            | Change::TransferRefused(_) => 0,
+            | Change::TransferRefused(_)
+            | Change::IdentifierAttached(_)
+            | Change::IdentifierDetached(_) => 0,
             Change::CardCompleted(e) => e.reward_points,
             Change::RewardCancelled(e) => e.points,
             Change::TransferredOut(e) => e.points.saturating_neg(),
@@ -181,7 +187,9 @@ impl Change {
             | Change::Stamped(_)
             | Change::CustomerErased(_)
             | Change::RewardRefused(_)
-            | Change::TransferRefused(_) => (Vec::new(), None),
+            | Change::TransferRefused(_)
+            | Change::IdentifierAttached(_)
+            | Change::IdentifierDetached(_) => (Vec::new(), None),
         }
     }
 
@@ -224,7 +232,7 @@ mod tests {
             let change = ProgramChange::decode_payload(event_type, &[]).expect("a listed name").expect("an empty payload decodes");
             assert_eq!(change.event_type(), *event_type);
         }
-        assert_eq!(Change::EVENT_TYPES.len(), 24);
+        assert_eq!(Change::EVENT_TYPES.len(), 26);
         assert!(Change::decode_payload("tally.v1.ProgramCreated", &[]).is_none(), "tables do not mix");
     }
 }

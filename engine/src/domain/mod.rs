@@ -14,6 +14,7 @@ mod event;
 pub mod expiry;
 mod fingerprint;
 pub mod flows;
+pub mod identifiers;
 mod ids;
 pub mod program;
 mod rejection;

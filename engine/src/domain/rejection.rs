@@ -131,6 +131,20 @@ pub enum Rejection {
     /// Maps to FAILED_PRECONDITION (TRANSFER_DAILY_CAP_EXCEEDED).
     #[error("a wallet may move at most {max} points out in 24 hours; {used} moved already, {requested} requested")]
     TransferDailyCapExceeded { max: i64, used: i64, requested: i64 },
+    /// The identifier is attached to this wallet already (under another idempotency key). Maps to
+    /// ALREADY_EXISTS (IDENTIFIER_ALREADY_ATTACHED).
+    #[error("the identifier is attached to this wallet already")]
+    IdentifierAlreadyAttached,
+    /// Another wallet of the tenant holds the identifier. Maps to ALREADY_EXISTS (IDENTIFIER_TAKEN).
+    #[error("the identifier is attached to wallet {wallet_id:?}")]
+    IdentifierTaken { wallet_id: String },
+    /// The wallet does not carry the identifier. Maps to NOT_FOUND (IDENTIFIER_NOT_ATTACHED).
+    #[error("the identifier is not attached to this wallet")]
+    IdentifierNotAttached,
+    /// A wallet carries at most `max` identifiers; detach one first. Maps to FAILED_PRECONDITION
+    /// (TOO_MANY_IDENTIFIERS).
+    #[error("the wallet carries {max} identifiers, the most it may; detach one first")]
+    TooManyIdentifiers { max: usize },
     /// The idempotency key was already used for a different command. Maps to ALREADY_EXISTS.
     #[error("idempotency key {key:?} was already used for a different command")]
     IdempotencyKeyReused { key: String },

@@ -211,6 +211,8 @@ pub struct WalletState {
     /// Transfers out of this wallet in the last 24 hours of recorded time, by transfer id: when, and how
     /// many points (for the program's daily cap; a transfer given back leaves).
     pub(crate) transfers_out: BTreeMap<String, (i64, i64)>,
+    /// Identifiers the wallet can be found by: kind (`IdentifierKind` as a number) by lookup hash.
+    pub(crate) identifiers: BTreeMap<String, i32>,
 }
 
 /// What a catalogue redemption took, as its cancellation gives it back.
@@ -250,6 +252,11 @@ impl WalletState {
     pub fn transferred_out_since(&self, now_ms: i64) -> i64 {
         let from = now_ms.saturating_sub(crate::limits::TRANSFER_DAY_MS);
         self.transfers_out.values().filter(|(at, _)| *at > from).map(|(_, points)| points).sum()
+    }
+
+    /// The identifiers the wallet can be found by: `(lookup, kind)`, in lookup order.
+    pub fn identifiers(&self) -> impl Iterator<Item = (&str, i32)> {
+        self.identifiers.iter().map(|(lookup, kind)| (lookup.as_str(), *kind))
     }
 
     /// How often the wallet redeemed catalogue reward `reward_id`.

@@ -135,6 +135,11 @@ pub(super) fn validate(body: &CommandBody) -> Result<(), Rejection> {
         CommandBody::RedeemReward { redemption_id, reward_id } => check_redemption(redemption_id, Ok(reward_id)),
         CommandBody::CancelRewardRedemption { redemption_id, reason } => check_redemption(redemption_id, Err(reason)),
         CommandBody::TransferOut { .. } | CommandBody::TransferIn { .. } | CommandBody::ReturnTransfer { .. } => check_transfer(body),
+        CommandBody::AttachIdentifier { kind, lookup } => check_identifier(*kind, lookup),
+        CommandBody::DetachIdentifier { kind, lookup, reason } => {
+            check_identifier(*kind, lookup)?;
+            check_reason(reason)
+        }
         CommandBody::PurchaseCredits { purchase_id, package_id } => {
             check_ref("purchase_id", purchase_id, true)?;
             check_ref("package_id", package_id, true)
@@ -221,6 +226,17 @@ pub(super) fn check_hold_id(hold_id: &str) -> Result<(), Rejection> {
         return Err(FieldError::new("hold_id", format!("must be at most {HOLD_ID_BYTES_MAX} bytes")).into());
     }
     check_ref("hold_id", hold_id, true)
+}
+
+/// An identifier's kind is one, and its lookup one the engine made (a value never reaches a wallet).
+fn check_identifier(kind: crate::domain::identifiers::IdentifierKind, lookup: &str) -> Result<(), Rejection> {
+    if kind == crate::domain::identifiers::IdentifierKind::Unspecified {
+        return Err(FieldError::new("kind", "must be CARD, PHONE, EMAIL or CRM_ID").into());
+    }
+    if !crate::domain::identifiers::is_lookup(lookup) {
+        return Err(FieldError::new("lookup", "must be 64 lower-case hex digits: an identifier's keyed hash").into());
+    }
+    Ok(())
 }
 
 /// Free text (a reason) fits its limit and holds no control character (NUL, CR, LF, ESC, …): it is shown

@@ -222,7 +222,8 @@ pub(super) fn close(state: &WalletState, reason: &str) -> Vec<Change> {
     let lots = state.lots().map(|(id, lot)| LotPoints { lot: id, points: lot.points + lot.held }).filter(|l| l.points > 0).collect();
     let pending = state.pending().map(|(id, p)| LotPoints { lot: id, points: p.points }).collect();
     let closed = Change::Closed(WalletClosed { reason: reason.to_owned(), forfeited_points: state.balance.max(0), lots, pending });
-    released.chain(std::iter::once(closed)).collect()
+    let detached = super::identifiers::detach_all(state, "wallet closed");
+    released.chain(detached).chain(std::iter::once(closed)).collect()
 }
 
 /// The holds a refund of `requested` points of `source_ref` must end first: when what is available (and

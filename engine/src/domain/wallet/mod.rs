@@ -9,6 +9,7 @@
 //! | [`credits`] | `PurchaseCredits` | purchased |
 //! | [`rewards`] | `RedeemReward` (a catalogue reward's debit), `CancelRewardRedemption` | (redeemed, through the ledger), reward refused, redemption cancelled |
 //! | [`transfers`] | `TransferOut` (the source's debit), `TransferIn` (the target's credit), `ReturnTransfer` (a refused transfer back) | transferred out, in, refused, returned |
+//! | [`identifiers`] | `AttachIdentifier`, `DetachIdentifier`, and those a closure or an erasure ends | identifier attached, detached |
 //! | [`stamps`] | `AddStamps`, and the cards a change fills | stamped, card completed |
 //! | [`tier`] | the tier an earn reaches, a due review | tier changed, tier reviewed |
 //! | [`due`] | `RunDue`, and what time brought before any command | matured, expired, expiring soon |
@@ -20,6 +21,7 @@ mod checks;
 mod credits;
 mod due;
 mod holds;
+mod identifiers;
 mod ledger;
 mod lots;
 mod orders;
@@ -114,7 +116,10 @@ fn decide_change(state: &WalletState, body: &CommandBody, ctx: &Context<'_>) -> 
         (WalletStatus::NotEnrolled, C::Enroll { customer_ref, sealed }) => alone(ledger::enroll(customer_ref, sealed.as_ref(), ctx)),
         (WalletStatus::NotEnrolled, _) => Err(Rejection::WalletNotFound),
         // A closed wallet's customer may still ask to be forgotten.
-        (WalletStatus::Active | WalletStatus::Closed, C::EraseCustomer { reason }) => alone(ledger::erase(state, reason)),
+        // Identifiers are the customer's too: they go with the key.
+        (WalletStatus::Active | WalletStatus::Closed, C::EraseCustomer { reason }) => {
+            ledger::erase(state, reason).map(|erased| (identifiers::detach_all(state, "customer erased"), erased))
+        }
         // What a closed wallet sent out and its target refused comes back to it, and is forfeited.
         (WalletStatus::Closed, C::ReturnTransfer { transfer_id, parts, code }) => {
             transfers::give_back(state, ctx, transfer_id, parts, code)
@@ -159,6 +164,8 @@ fn decide_change(state: &WalletState, body: &CommandBody, ctx: &Context<'_>) -> 
             C::EarnForOrder { order } => alone(orders::earn_for_order(state, order, ctx)),
             C::AddStamps { card_id, count, reason } => alone(stamps::add(ctx, card_id, *count, reason)),
             C::RefundOrder { order_id, amount_minor, reason } => orders::refund(state, ctx, order_id, *amount_minor, reason),
+            C::AttachIdentifier { kind, lookup } => alone(identifiers::attach(state, *kind, lookup)),
+            C::DetachIdentifier { lookup, reason, .. } => alone(identifiers::detach(state, lookup, reason)),
         },
     }
 }
@@ -199,6 +206,8 @@ pub fn apply(state: &mut WalletState, event: &Event) {
         Change::TransferReturned(e) => transfers::apply_returned(state, e),
         // Only its receipt: the transfer's answer.
         Change::TransferRefused(_) => {}
+        Change::IdentifierAttached(e) => identifiers::apply_attached(state, e),
+        Change::IdentifierDetached(e) => identifiers::apply_detached(state, e),
     }
     state.balance += event.change.points_delta();
     state.last_activity_ms = event.recorded_at_ms;

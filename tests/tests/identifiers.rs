@@ -1,0 +1,185 @@
+//! Issue 20 item 6: customer lookup against the real `tally` process. A POS attaches a phone number or a
+//! card to a wallet and finds the wallet by it, however the number is written; one identifier is one
+//! wallet's; a refusal says why (the reason in an ErrorInfo, the field of a malformed value); what was
+//! acknowledged survives `kill -9`; closing a wallet lets its identifiers go; the log and the history keep
+//! the kind, never the value.
+
+use tally_proto::v1::wallet_service_client::WalletServiceClient;
+use tally_proto::v1::{
+    AttachIdentifierRequest, CloseRequest, DetachIdentifierRequest, EnrollRequest, FindWalletRequest, IdentifierKind,
+    ListTransactionsRequest, TransactionKind, WalletMutation,
+};
+use tally_tests::{Authed, TallyServer};
+use tonic::Code;
+use tonic_types::StatusExt;
+
+async fn enroll(wallets: &mut WalletServiceClient<Authed>, wallet: &str) {
+    let request = EnrollRequest {
+        tenant_id: "demo".into(),
+        wallet_id: wallet.into(),
+        idempotency_key: format!("enroll-{wallet}"),
+        ..Default::default()
+    };
+    wallets.enroll(request).await.unwrap();
+}
+
+async fn attach(
+    wallets: &mut WalletServiceClient<Authed>,
+    wallet: &str,
+    kind: IdentifierKind,
+    value: &str,
+    key: &str,
+) -> Result<WalletMutation, tonic::Status> {
+    let request = AttachIdentifierRequest {
+        tenant_id: "demo".into(),
+        wallet_id: wallet.into(),
+        kind: kind as i32,
+        value: value.into(),
+        idempotency_key: key.into(),
+    };
+    wallets.attach_identifier(request).await.map(tonic::Response::into_inner)
+}
+
+async fn find(wallets: &mut WalletServiceClient<Authed>, kind: IdentifierKind, value: &str) -> Result<String, tonic::Status> {
+    let request = FindWalletRequest { tenant_id: "demo".into(), kind: kind as i32, value: value.into() };
+    wallets.find_wallet(request).await.map(|r| r.into_inner().wallet_id)
+}
+
+/// The reason of an ErrorInfo, with its metadata's `wallet_id`.
+fn reason(status: &tonic::Status) -> (String, String) {
+    status.get_details_error_info().map_or_else(Default::default, |info| {
+        assert_eq!(info.domain, "tally.v1");
+        (info.reason, info.metadata.get("wallet_id").cloned().unwrap_or_default())
+    })
+}
+
+fn field(status: &tonic::Status) -> String {
+    status.get_details_bad_request().and_then(|b| b.field_violations.first().map(|v| v.field.clone())).unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_pos_finds_a_wallet_by_what_the_customer_carries() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut server = TallyServer::start(&data, &["--tenant", "demo"]);
+    let mut wallets = server.client().await;
+    for wallet in ["ann", "bob"] {
+        enroll(&mut wallets, wallet).await;
+    }
+    let attached = attach(&mut wallets, "ann", IdentifierKind::Phone, "+44 20 7946 0000", "pos-1").await.unwrap();
+    let t = &attached.transactions[0];
+    assert_eq!((t.kind, t.reference.as_str(), t.points), (TransactionKind::IdentifierAttached as i32, "phone", 0));
+    let shown = attached.wallet.unwrap().identifiers;
+    assert_eq!(shown.len(), 1);
+    assert_eq!(shown[0].kind, IdentifierKind::Phone as i32);
+    assert_eq!(shown[0].lookup.len(), 64, "its hash, not its value");
+    attach(&mut wallets, "ann", IdentifierKind::Card, "4000 1234 5678", "pos-2").await.unwrap();
+
+    // Found however the number is written.
+    for written in ["+442079460000", "0044 (20) 7946-0000"] {
+        assert_eq!(find(&mut wallets, IdentifierKind::Phone, written).await.unwrap(), "ann", "{written}");
+    }
+    assert_eq!(find(&mut wallets, IdentifierKind::Card, "400012345678").await.unwrap(), "ann");
+    let unknown = find(&mut wallets, IdentifierKind::Phone, "+33 1 23 45 67 89").await.unwrap_err();
+    assert_eq!((unknown.code(), reason(&unknown).0.as_str()), (Code::NotFound, "IDENTIFIER_NOT_FOUND"));
+    let card_as_crm = find(&mut wallets, IdentifierKind::CrmId, "400012345678").await.unwrap_err();
+    assert_eq!(card_as_crm.code(), Code::NotFound, "a kind is part of the identifier");
+
+    // One wallet's at a time; refusals say why.
+    let taken = attach(&mut wallets, "bob", IdentifierKind::Phone, "+442079460000", "pos-3").await.unwrap_err();
+    assert_eq!((taken.code(), reason(&taken)), (Code::AlreadyExists, ("IDENTIFIER_TAKEN".into(), "ann".into())));
+    let again = attach(&mut wallets, "ann", IdentifierKind::Phone, "+442079460000", "pos-4").await.unwrap_err();
+    assert_eq!((again.code(), reason(&again).0.as_str()), (Code::AlreadyExists, "IDENTIFIER_ALREADY_ATTACHED"));
+    assert!(attach(&mut wallets, "ann", IdentifierKind::Phone, "+44 20 7946 0000", "pos-1").await.unwrap().replayed);
+    let national = attach(&mut wallets, "bob", IdentifierKind::Phone, "020 7946 0000", "pos-5").await.unwrap_err();
+    assert_eq!((national.code(), field(&national).as_str()), (Code::InvalidArgument, "value"));
+    let no_kind = attach(&mut wallets, "bob", IdentifierKind::Unspecified, "x", "pos-6").await.unwrap_err();
+    assert_eq!((no_kind.code(), field(&no_kind).as_str()), (Code::InvalidArgument, "kind"));
+    let no_wallet = attach(&mut wallets, "zed", IdentifierKind::Email, "zed@example.org", "pos-7").await.unwrap_err();
+    assert_eq!(no_wallet.code(), Code::NotFound);
+
+    // What was acknowledged survives kill -9.
+    server.kill_9();
+    let server = TallyServer::start(&data, &["--tenant", "demo"]);
+    let mut wallets = server.client().await;
+    assert_eq!(find(&mut wallets, IdentifierKind::Phone, "+442079460000").await.unwrap(), "ann");
+
+    // Detached, or its wallet closed: free for another.
+    let detach = DetachIdentifierRequest {
+        tenant_id: "demo".into(),
+        wallet_id: "ann".into(),
+        kind: IdentifierKind::Phone as i32,
+        value: "0044 20 7946 0000".into(),
+        idempotency_key: "desk-1".into(),
+        reason: "new number".into(),
+    };
+    wallets.detach_identifier(detach.clone()).await.unwrap();
+    let gone = wallets.detach_identifier(DetachIdentifierRequest { idempotency_key: "desk-2".into(), ..detach }).await.unwrap_err();
+    assert_eq!((gone.code(), reason(&gone).0.as_str()), (Code::NotFound, "IDENTIFIER_NOT_ATTACHED"));
+    assert_eq!(find(&mut wallets, IdentifierKind::Phone, "+442079460000").await.unwrap_err().code(), Code::NotFound);
+    attach(&mut wallets, "bob", IdentifierKind::Phone, "+442079460000", "pos-8").await.unwrap();
+    assert_eq!(find(&mut wallets, IdentifierKind::Phone, "+442079460000").await.unwrap(), "bob");
+    let close =
+        CloseRequest { tenant_id: "demo".into(), wallet_id: "ann".into(), idempotency_key: "close-ann".into(), reason: "left".into() };
+    wallets.close(close).await.unwrap();
+    assert_eq!(find(&mut wallets, IdentifierKind::Card, "400012345678").await.unwrap_err().code(), Code::NotFound);
+    attach(&mut wallets, "bob", IdentifierKind::Card, "400012345678", "pos-9").await.unwrap();
+
+    // The history names kinds and reasons, never a value; nor does the log.
+    let history = ListTransactionsRequest { tenant_id: "demo".into(), wallet_id: "ann".into(), page_size: 50, page_token: String::new() };
+    let history = wallets.list_transactions(history).await.unwrap().into_inner().transactions;
+    let detached: Vec<_> = history
+        .iter()
+        .filter(|t| t.kind == TransactionKind::IdentifierDetached as i32)
+        .map(|t| (t.reference.as_str(), t.reason.as_str()))
+        .collect();
+    assert_eq!(detached, [("card", "wallet closed"), ("phone", "new number")]);
+    drop(wallets);
+    let mut server = server;
+    server.terminate();
+    let mut log = Vec::new();
+    for entry in walkdir(&data) {
+        log.extend(std::fs::read(entry).unwrap_or_default());
+    }
+    for value in [&b"2079460000"[..], b"400012345678", b"4000 1234"] {
+        assert!(!log.windows(value.len()).any(|w| w == value), "{} is in the data folder", String::from_utf8_lossy(value));
+    }
+}
+
+/// Every file under `dir`.
+fn walkdir(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().map(Result::unwrap) {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walkdir(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
+#[tokio::test]
+async fn the_command_line_attaches_and_finds() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TallyServer::start(&dir.path().join("data"), &["--tenant", "demo"]);
+    let mut wallets = server.client().await;
+    enroll(&mut wallets, "ann").await;
+    let run = |args: &[&str]| {
+        let out = server.cli().args(["wallet"]).args(args).args(["--server", server.url.as_str()]).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let attached = run(&["attach-identifier", "--wallet", "ann", "--kind", "email", "--value", "Ann@Example.org", "--key", "web-1"]);
+    assert!(attached.contains("identifier attached"), "{attached}");
+    let found = run(&["find", "--kind", "email", "--value", "ann@example.ORG"]);
+    assert!(found.contains("demo/ann") && found.contains("found by  email"), "{found}");
+    let history = run(&["history", "--wallet", "ann"]);
+    assert!(history.contains("identifier attached") && history.contains("email"), "{history}");
+    run(&["detach-identifier", "--wallet", "ann", "--kind", "email", "--value", "ann@example.org", "--key", "web-2"]);
+    let out =
+        server.cli().args(["wallet", "find", "--kind", "email", "--value", "ann@example.org", "--server", server.url.as_str()]).output();
+    let out = out.unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no wallet"), "{out:?}");
+}
