@@ -72,6 +72,13 @@ pub fn identifier_key_subject(tenant: &TenantId) -> StreamId {
     StreamId::new(&format!("{tenant}/identifiers")).expect("validated ids always make a valid stream id")
 }
 
+/// The subject of the lookup key of the tenant whose identifier stream `stream` is, if it is one.
+pub fn identifier_key_subject_of(stream: &str) -> Option<StreamId> {
+    let (tenant, rest) = stream.split_once('/')?;
+    rest.starts_with("identifier/").then_some(())?;
+    Some(identifier_key_subject(&TenantId::parse(tenant).ok()?))
+}
+
 /// An event of an identifier's stream.
 #[derive(Debug, Clone, PartialEq)]
 pub enum IdentifierClaim {

@@ -122,7 +122,12 @@ pub const TIER_GRACE_DAYS_MAX: u32 = 365;
 pub const QUALIFYING_MONTHS_MAX: usize = 24;
 /// Most stamps a card needs, and most stamps given at once.
 pub const STAMPS_PER_CARD_MAX: i64 = 1_000;
+// One append carries the due transitions and a command's own events: a few, or a closure's released holds,
+// detached identifiers and the closure itself.
 const _: () = assert!(DUE_EVENTS_PER_APPEND_MAX + HOLDS_PER_WALLET_MAX + 16 < APPEND_EVENTS_MAX);
+const _: () = assert!(
+    DUE_EVENTS_PER_APPEND_MAX + HOLDS_PER_WALLET_MAX + crate::domain::identifiers::IDENTIFIERS_PER_WALLET_MAX + 1 < APPEND_EVENTS_MAX
+);
 
 /// Longest cancellation window a reward may give its redemptions, in days.
 pub const REDEMPTION_CANCEL_WINDOW_DAYS_MAX: u32 = 90;

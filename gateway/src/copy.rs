@@ -194,14 +194,21 @@ pub async fn copy(source: Arc<dyn EventStore>, destination: Arc<dyn EventStore>,
     Ok(CopyReport { resumed_after, copied, keys, total: source_events, checksum: source_crc, seconds: started.elapsed().as_secs_f64() })
 }
 
-/// Keeps in `destination` the personal data keys `source` holds for the enrolments among `events`, and
-/// erases there the keys of the erasures among them (a copy resumed after the source erased a customer
-/// whose key the first run copied); a destination holding another key for a wallet stops the copy.
+/// Keeps in `destination` the personal data keys `source` holds for the enrolments among `events` (and
+/// the identifier lookup keys of the tenants whose identifiers they claim: every lookup would change
+/// without them), and erases there the keys of the erasures among them (a copy resumed after the source
+/// erased a customer whose key the first run copied); a destination holding another key stops the copy.
 async fn copy_keys(source: &dyn EventStore, destination: &dyn EventStore, events: &[RecordedEvent]) -> Result<u64, CopyError> {
     for erased in events.iter().filter(|e| e.data.event_type == ERASED) {
         destination.erase_personal_key(&erased.stream_id).await?;
     }
-    let streams: Vec<StreamId> = events.iter().filter(|e| e.data.event_type == ENROLLED_V2).map(|e| e.stream_id.clone()).collect();
+    let lookup_keys: std::collections::BTreeSet<StreamId> = events
+        .iter()
+        .filter(|e| e.data.event_type == IDENTIFIER_CLAIMED)
+        .filter_map(|e| tally_engine::codec::identifier_key_subject_of(e.stream_id.as_str()))
+        .collect();
+    let streams: Vec<StreamId> =
+        events.iter().filter(|e| e.data.event_type == ENROLLED_V2).map(|e| e.stream_id.clone()).chain(lookup_keys).collect();
     if streams.is_empty() {
         return Ok(0);
     }
@@ -219,6 +226,9 @@ async fn copy_keys(source: &dyn EventStore, destination: &dyn EventStore, events
 
 /// The persisted name of the enrolment whose customer data is sealed under a key.
 const ENROLLED_V2: &str = "tally.v1.WalletEnrolledV2";
+
+/// The persisted name of an identifier's claim (`codec::IdentifierClaim`).
+const IDENTIFIER_CLAIMED: &str = "tally.v1.IdentifierClaimed";
 
 /// The persisted name of an erasure.
 const ERASED: &str = "tally.v1.CustomerErased";

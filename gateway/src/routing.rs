@@ -249,14 +249,20 @@ routed! {
         /// (a routed GetWallet as of the claim, which the caller's key may make: FindWallet's roles are
         /// among GetWallet's), and answered only if it shows the identifier.
         async fn find_wallet(&self, request: Request<FindWalletRequest>) -> Result<Response<Wallet>, Status> {
-            if self.cluster.is_none() {
-                return self.local.find_wallet(request).await;
+            let Some(router) = &self.cluster else { return self.local.find_wallet(request).await };
+            let answer = async {
+                let _permit = self.gate.admit()?;
+                let (metadata, extensions, r) = request.into_parts();
+                let found = self.local.identifier_holder(&extensions, &r).await?;
+                let get = GetWalletRequest { tenant_id: r.tenant_id, wallet_id: found.wallet_id.clone(), min_position: found.position };
+                // The owner's answer as it came (the node that decided it named), if it shows the identifier.
+                match self.get_wallet(Request::from_parts(metadata, extensions, get)).await {
+                    Ok(response) => crate::identifiers::shown(&found, Ok(response.get_ref().clone())).map(|_| response),
+                    Err(status) => crate::identifiers::shown(&found, Err(status)).map(Response::new),
+                }
             }
-            let (metadata, extensions, r) = request.into_parts();
-            let found = self.local.identifier_holder(&extensions, &r).await?;
-            let get = GetWalletRequest { tenant_id: r.tenant_id, wallet_id: found.wallet_id.clone(), min_position: found.position };
-            let wallet = self.get_wallet(Request::from_parts(metadata, extensions, get)).await;
-            crate::identifiers::shown(&found, wallet.map(Response::into_inner)).map(Response::new)
+            .await;
+            stamp(answer, router.node_id())
         }
     }
     enroll(EnrollRequest) -> WalletMutation;

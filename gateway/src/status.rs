@@ -109,7 +109,7 @@ pub fn from_rejection(rejection: &Rejection) -> Status {
             with_reason(Code::AlreadyExists, "IDENTIFIER_TAKEN", message, &[("wallet_id", wallet_id.as_str())])
         }
         Rejection::IdentifierNotAttached => with_reason(Code::NotFound, "IDENTIFIER_NOT_ATTACHED", message, &[]),
-        Rejection::TooManyIdentifiers { .. } => precondition("TOO_MANY_IDENTIFIERS", "value", message),
+        Rejection::TooManyIdentifiers { .. } => precondition("TOO_MANY_IDENTIFIERS", "wallet_id", message),
     }
 }
 

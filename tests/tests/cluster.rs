@@ -828,3 +828,46 @@ async fn members_seen_tls(server: &TallyServer, ca: &str, key: &str) -> Vec<Stri
 async fn owner_by(server: &TallyServer, ca: &str, key: &str, wallet: &str) -> String {
     cluster_status(tls_channel(server, ca).await, key, wallet).await.wallet.unwrap().owner
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identifier_attached_on_one_node_is_found_from_every_node() {
+    use tally_proto::v1::{AttachIdentifierRequest, FindWalletRequest, IdentifierKind};
+    let dir = tempfile::tempdir().unwrap();
+    let database = TestDatabase::create().await;
+    let (_nodes, mut clients) = three_nodes(dir.path(), &database).await;
+    let card = |w: usize| format!("CARD-{w:04}");
+    for w in 0..6 {
+        let wallet = format!("c-{w}");
+        clients[w % 3].enroll(enrollment(&wallet)).await.unwrap();
+        let attach = AttachIdentifierRequest {
+            tenant_id: "acme".into(),
+            wallet_id: wallet.clone(),
+            kind: IdentifierKind::Card as i32,
+            value: card(w),
+            idempotency_key: format!("card-{w}"),
+        };
+        let attached = clients[(w + 1) % 3].attach_identifier(attach).await;
+        let owner = decided_by(&clients[0].get_wallet(read(&wallet)).await);
+        assert_eq!(decided_by(&attached), owner, "c-{w}: attached by its owner");
+    }
+    for w in 0..6 {
+        for client in clients.iter_mut() {
+            let find = FindWalletRequest { tenant_id: "acme".into(), kind: IdentifierKind::Card as i32, value: card(w).to_lowercase() };
+            let found = client.find_wallet(find).await.unwrap().into_inner();
+            assert_eq!(found.wallet_id, format!("c-{w}"));
+            assert_eq!(found.identifiers.len(), 1, "as its owner shows it");
+        }
+    }
+    // One wallet's, whichever node is asked to give it to another.
+    let steal = AttachIdentifierRequest {
+        tenant_id: "acme".into(),
+        wallet_id: "c-1".into(),
+        kind: IdentifierKind::Card as i32,
+        value: card(0),
+        idempotency_key: "steal".into(),
+    };
+    for client in clients.iter_mut() {
+        let refused = client.attach_identifier(steal.clone()).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::AlreadyExists);
+    }
+}

@@ -4,12 +4,14 @@
 //! acknowledged survives `kill -9`; closing a wallet lets its identifiers go; the log and the history keep
 //! the kind, never the value.
 
+use tally_proto::v1::keys_service_client::KeysServiceClient;
 use tally_proto::v1::wallet_service_client::WalletServiceClient;
 use tally_proto::v1::{
     AttachIdentifierRequest, CloseRequest, DetachIdentifierRequest, EnrollRequest, FindWalletRequest, IdentifierKind,
     ListTransactionsRequest, TransactionKind, WalletMutation,
 };
-use tally_tests::{Authed, TallyServer};
+use tally_proto::v1::{CreateKeyRequest, Role};
+use tally_tests::{Authed, Key, TallyServer};
 use tonic::Code;
 use tonic_types::StatusExt;
 
@@ -62,10 +64,16 @@ async fn a_pos_finds_a_wallet_by_what_the_customer_carries() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let mut server = TallyServer::start(&data, &["--tenant", "demo"]);
-    let mut wallets = server.client().await;
+    let mut platform = server.client().await;
     for wallet in ["ann", "bob"] {
-        enroll(&mut wallets, wallet).await;
+        enroll(&mut platform, wallet).await;
     }
+    // The till's own key, as a POS holds it.
+    let mut keys = KeysServiceClient::new(server.channel().await);
+    let request =
+        CreateKeyRequest { tenant_id: "demo".into(), roles: vec![Role::Pos as i32], label: "till-7".into(), ..Default::default() };
+    let pos_key = keys.create_key(request).await.unwrap().into_inner().token;
+    let mut wallets = WalletServiceClient::new(server.channel_with(Key::new(&pos_key)).await);
     let attached = attach(&mut wallets, "ann", IdentifierKind::Phone, "+44 20 7946 0000", "pos-1").await.unwrap();
     let t = &attached.transactions[0];
     assert_eq!((t.kind, t.reference.as_str(), t.points), (TransactionKind::IdentifierAttached as i32, "phone", 0));
@@ -99,6 +107,7 @@ async fn a_pos_finds_a_wallet_by_what_the_customer_carries() {
     assert_eq!(no_wallet.code(), Code::NotFound);
 
     // What was acknowledged survives kill -9.
+    drop(platform);
     server.kill_9();
     let server = TallyServer::start(&data, &["--tenant", "demo"]);
     let mut wallets = server.client().await;
@@ -158,6 +167,31 @@ fn walkdir(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     files
+}
+
+#[tokio::test]
+async fn a_copied_log_finds_what_its_source_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, copy) = (dir.path().join("data"), dir.path().join("copy"));
+    let mut server = TallyServer::start(&data, &["--tenant", "demo"]);
+    let mut wallets = server.client().await;
+    enroll(&mut wallets, "ann").await;
+    attach(&mut wallets, "ann", IdentifierKind::Phone, "+44 20 7946 0000", "pos-1").await.unwrap();
+    drop(wallets);
+    server.terminate();
+    let out = server
+        .cli()
+        .args(["store", "copy", "--from", &format!("file://{}", data.display()), "--to", &format!("file://{}", copy.display())])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::copy(data.join("platform.key"), copy.join("platform.key")).unwrap();
+    let moved = TallyServer::start(&copy, &["--tenant", "demo"]);
+    let mut wallets = moved.client().await;
+    assert_eq!(find(&mut wallets, IdentifierKind::Phone, "+442079460000").await.unwrap(), "ann", "the tenant's lookup key came along");
+    enroll(&mut wallets, "bob").await;
+    let taken = attach(&mut wallets, "bob", IdentifierKind::Phone, "+442079460000", "pos-2").await.unwrap_err();
+    assert_eq!((taken.code(), reason(&taken)), (Code::AlreadyExists, ("IDENTIFIER_TAKEN".into(), "ann".into())), "still one wallet's");
 }
 
 #[tokio::test]

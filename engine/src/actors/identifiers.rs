@@ -1,7 +1,9 @@
 //! Which wallet an identifier from outside Tally belongs to (ADR 0015). The truth is the identifier's
 //! own stream `<tenant>/identifier/<lookup>`: a wallet's actor claims it there (appended at the version
 //! it read, so two wallets never both succeed) before it records `IdentifierAttached`, and releases it
-//! before it records `IdentifierDetached`. A finder trusts a claim only if the wallet shows it too.
+//! once its `IdentifierDetached` is recorded — so a wallet shows only identifiers it holds, and a claim
+//! may outlive what it was for (a crash in between): a finder trusts a claim only if the wallet shows
+//! it too, and the wallet lets such a claim go at its next word on the identifier.
 //!
 //! The lookup is a keyed hash under the tenant's lookup key, kept beside the wallets' personal keys (never
 //! in the log), made when the tenant's first identifier is attached.
@@ -131,8 +133,7 @@ impl ClaimStep<'_> {
         .await
     }
 
-    /// Releases the wallet's claim on `lookup`, if it holds one (none: released already, perhaps by a
-    /// detach that crashed before it was recorded).
+    /// Releases the wallet's claim on `lookup`, if it holds one (none: released already).
     pub async fn release(&self, lookup: &str) -> Result<(), WalletError> {
         let release = IdentifierClaim::Released(IdentifierReleased {
             tenant_id: self.wallet.tenant.as_str().to_owned(),

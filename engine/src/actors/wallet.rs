@@ -369,6 +369,10 @@ impl Wallet {
             let now_ms = self.deps.clock.now_ms().max(state.last_activity_ms);
             if abandoned() {
                 tracing::debug!(stream = %self.stream, kind = command.kind(), "caller gone or deadline passed; command skipped, not decided");
+                // An attach whose append lost a race claimed its identifier already: let it go.
+                if attempt > 0 {
+                    self.settle_identifier(command, now_ms, meta).await?;
+                }
                 return Err(WalletError::DeadlineExceeded);
             }
             let ctx = Context { tenant: &self.key.tenant, wallet: &self.key.wallet, now_ms, program: &program };
@@ -391,7 +395,7 @@ impl Wallet {
             };
             let events = match events {
                 Decision::Append(events) => events,
-                Decision::AlreadyApplied(receipt) => return self.answer_again(command, receipt, &program).await,
+                Decision::AlreadyApplied(receipt) => return self.answer_again(command, receipt, &program, meta).await,
                 Decision::CatchUp(events) => {
                     // Each chunk records at least one transition, so this ends; then the command.
                     match self.record_catch_up(events, meta).await {
@@ -418,7 +422,9 @@ impl Wallet {
             let appended = self.deps.store.append(&self.stream, expected, data).await;
             match appended {
                 Ok(outcome) => {
+                    let detached = detached(events.iter().map(|e| &e.change));
                     let outcome = self.applied(events, outcome, now_ms, &program);
+                    self.release_detached(&detached, command, now_ms, meta).await;
                     return self.with_customer(outcome).await;
                 }
                 Err(StoreError::VersionConflict { .. }) if attempt < CONFLICT_RETRIES_MAX => {
@@ -451,10 +457,8 @@ impl Wallet {
         }
         let step = ClaimStep { store: &*self.deps.store, wallet: &self.key, command, now_ms, meta };
         for event in events {
-            match &event.change {
-                Change::IdentifierAttached(e) => step.claim(e.kind, &e.lookup).await?,
-                Change::IdentifierDetached(e) => step.release(&e.lookup).await?,
-                _ => {}
+            if let Change::IdentifierAttached(e) = &event.change {
+                step.claim(e.kind, &e.lookup).await?;
             }
         }
         if first && matches!(command.body, CommandBody::Enroll { .. }) {
@@ -471,11 +475,28 @@ impl Wallet {
     /// released, so the identifier is free for the wallet that asks next.
     async fn settle_identifier(&self, command: &Command, now_ms: i64, meta: &CommandMeta) -> Result<(), WalletError> {
         let Some(lookup) = identifiers::named_by(command) else { return Ok(()) };
-        let carried = self.state.as_ref().is_some_and(|state| state.identifiers().any(|(l, _)| l == lookup));
-        if carried || !crate::domain::identifiers::is_lookup(lookup) {
+        if self.carries(lookup) || !crate::domain::identifiers::is_lookup(lookup) {
             return Ok(());
         }
         ClaimStep { store: &*self.deps.store, wallet: &self.key, command, now_ms, meta }.release(lookup).await
+    }
+
+    fn carries(&self, lookup: &str) -> bool {
+        self.state.as_ref().is_some_and(|state| state.identifiers().any(|(l, _)| l == lookup))
+    }
+
+    /// The claims of identifiers that recorded events detached, released once the detach is durable —
+    /// so the wallet never shows an identifier it does not hold. Best effort: the detach is on record
+    /// whatever happens here, and a claim left behind (the wallet does not show it) is ignored by
+    /// `FindWallet` and let go at the wallet's next word on it, or at this command's retry.
+    async fn release_detached(&self, lookups: &[String], command: &Command, now_ms: i64, meta: &CommandMeta) {
+        let step = ClaimStep { store: &*self.deps.store, wallet: &self.key, command, now_ms, meta };
+        for lookup in lookups.iter().filter(|lookup| !self.carries(lookup)) {
+            if let Err(error) = step.release(lookup).await {
+                tracing::warn!(stream = %self.stream, %error, "a detached identifier's claim could not be released yet");
+                metrics::counter!("tally_identifier_releases_failed_total").increment(1);
+            }
+        }
     }
 
     /// The recorded outcome of `command` decided before, answered again; a retried erasure finishes what
@@ -485,11 +506,15 @@ impl Wallet {
         command: &Command,
         receipt: Receipt,
         program: &ProgramSettings,
+        meta: &CommandMeta,
     ) -> Result<CommandOutcome, WalletError> {
         if matches!(command.body, CommandBody::EraseCustomer { .. }) {
             self.erase_key().await?;
         }
         let outcome = self.replay(receipt, program).await?;
+        // What the first attempt detached may not have been released (a crash after the append).
+        let detached = detached(outcome.events.iter().map(|e| &e.event.change));
+        self.release_detached(&detached, command, self.deps.clock.now_ms(), meta).await;
         self.with_customer(outcome).await
     }
 
@@ -673,6 +698,16 @@ impl Wallet {
         let state = self.state.as_ref().expect("a recovered state");
         personal::shown_customer(state, self.stream.as_str(), key.as_ref()).map_err(|e| WalletError::PersonalData(e.to_string()))
     }
+}
+
+/// The lookups of the identifiers `changes` detach.
+fn detached<'a>(changes: impl Iterator<Item = &'a Change>) -> Vec<String> {
+    changes
+        .filter_map(|change| match change {
+            Change::IdentifierDetached(e) => Some(e.lookup.clone()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// An enrolment with a customer reference not sealed yet.

@@ -24,8 +24,8 @@ pub fn normalise(kind: IdentifierKind, raw: &str) -> Result<String, FieldError> 
     if value.len() > IDENTIFIER_VALUE_BYTES_MAX {
         return Err(FieldError::new("value", format!("must be at most {IDENTIFIER_VALUE_BYTES_MAX} bytes")));
     }
-    if value.chars().any(char::is_control) {
-        return Err(FieldError::new("value", "must not contain control characters"));
+    if value.chars().any(|c| c.is_control() || invisible(c)) {
+        return Err(FieldError::new("value", "must not contain control or invisible characters"));
     }
     match kind {
         IdentifierKind::Unspecified => Err(FieldError::new("kind", "must be CARD, PHONE, EMAIL or CRM_ID")),
@@ -36,11 +36,19 @@ pub fn normalise(kind: IdentifierKind, raw: &str) -> Result<String, FieldError> 
     }
 }
 
+/// Characters that show as nothing (zero-width spaces and joiners, direction marks, the soft hyphen, the
+/// byte-order mark): two values differing only by them would read alike and be two identifiers.
+fn invisible(c: char) -> bool {
+    matches!(c, '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}' | '\u{1160}' | '\u{17B4}' | '\u{17B5}' | '\u{180B}'..='\u{180F}'
+        | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{206F}' | '\u{3164}' | '\u{FE00}'..='\u{FE0F}'
+        | '\u{FEFF}' | '\u{FFA0}' | '\u{FFF0}'..='\u{FFF8}')
+}
+
 /// Letters and digits, upper case; spaces and dashes between groups dropped.
 fn card(value: &str) -> Result<String, FieldError> {
     let kept: String = value.chars().filter(|c| !matches!(c, ' ' | '-')).collect();
-    if let Some(bad) = kept.chars().find(|c| !c.is_ascii_alphanumeric()) {
-        return Err(FieldError::new("value", format!("a card number holds letters and digits only, not {bad:?}")));
+    if !kept.chars().all(|c| c.is_ascii_alphanumeric()) {
+        return Err(FieldError::new("value", "a card number holds letters A-Z and digits only (spaces and dashes between groups)"));
     }
     if !(4..=64).contains(&kept.len()) {
         return Err(FieldError::new("value", "a card number has 4 to 64 letters and digits"));
@@ -48,9 +56,10 @@ fn card(value: &str) -> Result<String, FieldError> {
     Ok(kept.to_ascii_uppercase())
 }
 
-/// E.164: `+` and 8 to 15 digits; spaces, dashes, dots and parentheses dropped, a leading `00` read as `+`.
+/// E.164: `+` and 8 to 15 digits; spaces, dashes, dots and parentheses dropped, a leading `00` read as `+`,
+/// and the national trunk prefix written after the country code in parentheses (`+44 (0)20 …`) dropped.
 fn phone(value: &str) -> Result<String, FieldError> {
-    let kept: String = value.chars().filter(|c| !matches!(c, ' ' | '-' | '.' | '(' | ')')).collect();
+    let kept: String = value.replace("(0)", "").chars().filter(|c| !matches!(c, ' ' | '-' | '.' | '(' | ')')).collect();
     let digits = kept.strip_prefix('+').or_else(|| kept.strip_prefix("00"));
     match digits {
         Some(digits) if (8..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()) && !digits.starts_with('0') => {
@@ -60,9 +69,12 @@ fn phone(value: &str) -> Result<String, FieldError> {
     }
 }
 
-/// `local@domain`, lower case.
+/// `local@domain`, ASCII (an internationalised domain in its `xn--` form), lower case.
 fn email(value: &str) -> Result<String, FieldError> {
-    let lower = value.to_lowercase();
+    if !value.is_ascii() {
+        return Err(FieldError::new("value", "an e-mail address is ASCII here: write an internationalised domain in its xn-- form"));
+    }
+    let lower = value.to_ascii_lowercase();
     let well_formed = lower.split_once('@').is_some_and(|(local, domain)| {
         !local.is_empty()
             && !domain.contains('@')
@@ -113,6 +125,7 @@ mod tests {
         assert_eq!(normalise(IdentifierKind::Card, " 4000-1234 5678 abcd ").unwrap(), "400012345678ABCD");
         assert_eq!(normalise(IdentifierKind::Phone, "+44 (20) 7946-0000").unwrap(), "+442079460000");
         assert_eq!(normalise(IdentifierKind::Phone, "0044 20 7946 0000").unwrap(), "+442079460000");
+        assert_eq!(normalise(IdentifierKind::Phone, "+44 (0)20 7946 0000").unwrap(), "+442079460000", "the trunk prefix");
         assert_eq!(normalise(IdentifierKind::Email, "Ada.Lovelace@Example.ORG").unwrap(), "ada.lovelace@example.org");
         assert_eq!(normalise(IdentifierKind::CrmId, " CRM-0001 ").unwrap(), "CRM-0001");
     }
@@ -131,6 +144,10 @@ mod tests {
         assert_eq!(field(IdentifierKind::Email, "a@b@example.org"), "value");
         assert_eq!(field(IdentifierKind::CrmId, "   "), "value");
         assert_eq!(field(IdentifierKind::CrmId, "a\u{0}b"), "value");
+        assert_eq!(field(IdentifierKind::Email, "ann\u{200B}@example.org"), "value", "a zero-width space");
+        assert_eq!(field(IdentifierKind::CrmId, "CRM\u{FEFF}1"), "value");
+        assert_eq!(field(IdentifierKind::Email, "zoë@example.org"), "value", "ASCII only");
+        assert_eq!(field(IdentifierKind::Card, "１２３４"), "value", "full-width digits are not a card number");
         assert_eq!(field(IdentifierKind::CrmId, &"x".repeat(255)), "value");
     }
 

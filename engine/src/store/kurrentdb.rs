@@ -436,7 +436,8 @@ impl EventStore for KurrentStore {
 
     async fn keep_personal_key(&self, _subject: &StreamId, _key: &PersonalKey) -> Result<PersonalKey, StoreError> {
         Err(StoreError::Unsupported {
-            what: "the KurrentDB log keeps no personal data keys: enroll without a customer_ref, or use the embedded or PostgreSQL log"
+            what: "the KurrentDB log keeps no personal data keys: enroll without a customer_ref and attach no identifiers, or use the \
+                   embedded or PostgreSQL log"
                 .into(),
         })
     }
