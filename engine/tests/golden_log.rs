@@ -329,6 +329,7 @@ const ADDED_AFTER_THE_FIXTURES: &[Added] = &[
     ("catalogue_redemptions", || json!({})),
     ("transfers_out", || json!({})),
     ("identifiers", || json!({})),
+    ("referred_by", || json!("")),
 ];
 
 fn program_view(p: &ProgramState) -> Value {

@@ -229,3 +229,33 @@ async fn malformed_identifiers_are_refused_naming_the_field() {
     assert_eq!(acme, shop.lookup(IdentifierKind::Phone, PHONE).await, "one key per tenant, kept");
     shop.node.stop().await;
 }
+
+#[tokio::test]
+async fn a_referral_is_recorded_once_before_the_first_order_and_never_by_the_wallet_itself() {
+    use tally_engine::domain::rules::{Order, OrderLine};
+    let shop = shop().await;
+    let refer = |id: &'static str, referrer: &'static str| shop.send(id, &tally_engine::domain::referral_key(), CommandBody::RecordReferral { referrer_wallet_id: referrer.into() });
+    match rejection(refer("ann", "ann").await) {
+        Rejection::InvalidField(e) => assert_eq!(e.field, "referral_code"),
+        other => panic!("{other:?}"),
+    }
+    shop.node.open_wallet("cy", 0).await;
+    assert!(!refer("cy", "ann").await.unwrap().replayed);
+    assert_eq!(shop.node.summary("cy").await.referred_by, "ann");
+    assert!(refer("cy", "ann").await.unwrap().replayed, "a retried enrolment records it once");
+    assert!(matches!(rejection(refer("cy", "bob").await), Rejection::IdempotencyKeyReused { .. }), "nor another referrer");
+    // A customer with an order behind them is no new customer.
+    let line = OrderLine { sku: "tea".into(), category: "drinks".into(), quantity: 1, amount_minor: 500 };
+    let order = Order {
+        order_id: "o-9".into(),
+        total_minor: 500,
+        currency: "EUR".into(),
+        channel: "pos".into(),
+        store: "s-1".into(),
+        lines: vec![line],
+        placed_at_ms: None,
+    };
+    shop.send("bob", "o-9", CommandBody::EarnForOrder { order }).await.unwrap();
+    assert_eq!(rejection(refer("bob", "ann").await), Rejection::ReferralTooLate);
+    shop.node.stop().await;
+}

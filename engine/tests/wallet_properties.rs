@@ -216,6 +216,7 @@ fn body() -> impl Strategy<Value = CommandBody> {
             parts,
             code: "WALLET_CLOSED".into()
         }),
+        1 => prop_oneof![Just("w"), Just("w2"), Just("w3")].prop_map(|referrer| CommandBody::RecordReferral { referrer_wallet_id: referrer.into() }),
         2 => (0..20u8, any::<bool>()).prop_map(|(n, attach)| {
             let lookup = format!("{n:064x}");
             if attach {
@@ -241,6 +242,7 @@ fn command(key: u8, body: CommandBody) -> Command {
         CommandBody::TransferOut { transfer_id, .. } => transfer_key(transfer_id, TransferStep::Out),
         CommandBody::TransferIn { transfer_id, .. } => transfer_key(transfer_id, TransferStep::In),
         CommandBody::ReturnTransfer { transfer_id, .. } => transfer_key(transfer_id, TransferStep::Return),
+        CommandBody::RecordReferral { .. } => tally_engine::domain::referral_key(),
         _ => format!("k{key}"),
     };
     Command::new(key, body)
@@ -480,6 +482,16 @@ proptest! {
 
         // The balance is the sum of the recorded movements.
         prop_assert_eq!(state.balance, log.iter().map(|e| e.change.points_delta()).sum::<i64>());
+        // A referral is recorded once, before the first order, by another wallet.
+        let referrals: Vec<&str> = log
+            .iter()
+            .filter_map(|e| if let Change::ReferralRecorded(r) = &e.change { Some(r.referrer_wallet_id.as_str()) } else { None })
+            .collect();
+        prop_assert!(referrals.len() <= 1 && !referrals.contains(&"w"), "{referrals:?}");
+        prop_assert_eq!(state.referred_by.as_str(), referrals.first().copied().unwrap_or_default());
+        if let Some(at) = log.iter().position(|e| matches!(e.change, Change::ReferralRecorded(_))) {
+            prop_assert!(!log[..at].iter().any(|e| matches!(&e.change, Change::Earned(x) if x.order.is_some())), "referred after an order");
+        }
         // The identifiers carried are those the log attached and did not detach, each detached only once attached.
         let mut carried = std::collections::BTreeMap::new();
         for event in &log {

@@ -435,6 +435,9 @@ pub enum WalletCommand {
         /// The shop's own id for the customer (an id, not an e-mail address).
         #[arg(long, default_value = "")]
         customer: String,
+        /// A friend's referral code: the customer is recorded as referred by its holder.
+        #[arg(long, default_value = "")]
+        referral_code: String,
         #[command(flatten)]
         target: Target,
     },
@@ -630,6 +633,7 @@ pub enum IdentifierKindArg {
     Phone,
     Email,
     CrmId,
+    ReferralCode,
 }
 
 impl IdentifierKindArg {
@@ -641,6 +645,7 @@ impl IdentifierKindArg {
             Self::Phone => K::Phone,
             Self::Email => K::Email,
             Self::CrmId => K::CrmId,
+            Self::ReferralCode => K::ReferralCode,
         }) as i32
     }
 }

@@ -191,6 +191,7 @@ fn kind_name(kind: i32) -> &'static str {
         Ok(TransactionKind::TransferRefused) => "transfer refused",
         Ok(TransactionKind::IdentifierAttached) => "identifier attached",
         Ok(TransactionKind::IdentifierDetached) => "identifier detached",
+        Ok(TransactionKind::ReferralRecorded) => "referred",
         _ => "unknown",
     }
 }
@@ -430,10 +431,15 @@ async fn transfer(command: WalletCommand) -> Result<String, ClientError> {
 
 pub async fn run(command: WalletCommand) -> Result<String, ClientError> {
     match command {
-        WalletCommand::Enroll { wallet, key: k, customer, target } => {
+        WalletCommand::Enroll { wallet, key: k, customer, referral_code, target } => {
             let key = key(k);
-            let request =
-                EnrollRequest { tenant_id: wallet.tenant, wallet_id: wallet.wallet, idempotency_key: key.clone(), customer_ref: customer };
+            let request = EnrollRequest {
+                tenant_id: wallet.tenant,
+                wallet_id: wallet.wallet,
+                idempotency_key: key.clone(),
+                customer_ref: customer,
+                referral_code,
+            };
             mutation(&target, key, request, |mut client, request| async move { client.enroll(request).await }).await
         }
         WalletCommand::Earn { wallet, key: k, points, source, reason, amount_minor, currency, target } => {

@@ -4,7 +4,8 @@
 //! stream (on any node: the log is shared) and answers the holder's wallet only if it shows the
 //! identifier too — as its owner node sees it, on a cluster.
 
-use tally_engine::actors::IdentifierBook;
+use tally_engine::actors::{IdentifierBook, WalletKey};
+use tonic_types::StatusExt;
 use tally_engine::domain::identifiers::IdentifierKind;
 use tally_engine::domain::{CommandBody, TenantId};
 use tally_proto::v1 as pb;
@@ -23,7 +24,7 @@ pub(crate) struct Found {
 
 pub(crate) fn kind(kind: i32) -> Result<IdentifierKind, Status> {
     match IdentifierKind::try_from(kind) {
-        Ok(IdentifierKind::Unspecified) | Err(_) => Err(status::invalid("kind", "must be CARD, PHONE, EMAIL or CRM_ID")),
+        Ok(IdentifierKind::Unspecified) | Err(_) => Err(status::invalid("kind", "must be CARD, PHONE, EMAIL, CRM_ID or REFERRAL_CODE")),
         Ok(kind) => Ok(kind),
     }
 }
@@ -43,6 +44,42 @@ pub(crate) async fn detach(book: &IdentifierBook, tenant: &TenantId, r: pb::Deta
         Some(lookup) => Ok(CommandBody::DetachIdentifier { kind, lookup, reason: r.reason }),
         None => Err(status::from_rejection(&tally_engine::domain::Rejection::IdentifierNotAttached)),
     }
+}
+
+/// The wallet holding referral code `code` of `key`'s tenant, for `key`'s enrolment: never `key` itself.
+/// (Its claim, not its wallet's view of it, is what names the referrer: the claim is only ever made by a
+/// wallet asking for that code.)
+pub(crate) async fn referrer(book: &IdentifierBook, key: &WalletKey, code: &str) -> Result<String, Status> {
+    let lookup = book
+        .lookup(&key.tenant, IdentifierKind::ReferralCode, code)
+        .await
+        .map_err(|e| renamed(status::from_wallet_error(&e), "referral_code"))?;
+    let holder = match lookup {
+        Some(lookup) => book.holder(&key.tenant, &lookup).await.map_err(|e| status::from_wallet_error(&e))?,
+        None => None,
+    };
+    let holder = holder.ok_or_else(|| {
+        status::with_reason(Code::NotFound, "REFERRAL_CODE_NOT_FOUND", "no wallet of this tenant has this referral code".to_owned(), &[])
+    })?;
+    if holder.wallet_id == key.wallet.as_str() {
+        return Err(status::invalid("referral_code", "is this wallet's own: a customer cannot refer themselves"));
+    }
+    Ok(holder.wallet_id)
+}
+
+/// An INVALID_ARGUMENT about an identifier's `value` as one about `field` (the request's own name for it).
+fn renamed(status: Status, field: &str) -> Status {
+    match status.get_details_bad_request().and_then(|b| b.field_violations.into_iter().next()) {
+        Some(violation) if status.code() == Code::InvalidArgument => status::invalid(field, &violation.description),
+        _ => status,
+    }
+}
+
+/// One answer for an enrolment and its referral: both calls' transactions, the wallet as it is after both.
+pub(crate) fn enrolled_with_referral(enrolled: pb::WalletMutation, referred: pb::WalletMutation) -> pb::WalletMutation {
+    let mut transactions = enrolled.transactions;
+    transactions.extend(referred.transactions);
+    pb::WalletMutation { transactions, replayed: enrolled.replayed && referred.replayed, ..referred }
 }
 
 /// Who claims the identifier of a FindWallet request.

@@ -255,6 +255,7 @@ pub(crate) fn wallet(key: &WalletKey, summary: &WalletSummary) -> Wallet {
             .iter()
             .map(|(lookup, kind)| tally_proto::v1::WalletIdentifier { kind: *kind, lookup: lookup.clone() })
             .collect(),
+        referred_by: summary.referred_by.clone(),
         upcoming_expiries: summary
             .upcoming_expiries
             .iter()
@@ -293,7 +294,17 @@ impl WalletService for WalletApi {
         let deadline = deadline(&request);
         let (metadata, extensions, r) = request.into_parts();
         let key = self.wallet_key(&extensions, &r.tenant_id, &r.wallet_id).await?;
-        self.mutate((&metadata, &extensions, deadline), key, Command::new(r.idempotency_key, CommandBody::enroll(r.customer_ref))).await
+        // A referral code names its holder before anything is recorded: an unknown one enrols nobody.
+        let referrer = match r.referral_code.as_str() {
+            "" => None,
+            code => Some(crate::identifiers::referrer(&self.engine.identifiers, &key, code).await?),
+        };
+        let call = (&metadata, &extensions, deadline);
+        let enrolled = self.mutate(call, key.clone(), Command::new(r.idempotency_key, CommandBody::enroll(r.customer_ref))).await?;
+        let Some(referrer) = referrer else { return Ok(enrolled) };
+        // Keyed once per wallet: a retried enrolment records it once, or answers it again.
+        let referred = self.mutate(call, key, Command::record_referral(&referrer)).await?;
+        Ok(Response::new(crate::identifiers::enrolled_with_referral(enrolled.into_inner(), referred.into_inner())))
     }
 
     async fn earn(&self, request: Request<EarnRequest>) -> Result<Response<WalletMutation>, Status> {

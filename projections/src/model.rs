@@ -80,6 +80,7 @@ impl WalletSummary {
             | MovementKind::Notice
             | MovementKind::Refused
             | MovementKind::Identifier
+            | MovementKind::Referral
             | MovementKind::Transfer => {}
         }
         self.balance += points;
@@ -160,6 +161,7 @@ impl DayStats {
             | MovementKind::Notice
             | MovementKind::Erase
             | MovementKind::Identifier
+            | MovementKind::Referral
             | MovementKind::Refused => {}
         }
     }

@@ -65,6 +65,8 @@ pub enum MovementKind {
     /// An identifier the wallet can be found by was attached or detached (the reference is its kind:
     /// card, phone, email, crm_id — never its value, which the log does not hold); no points move.
     Identifier,
+    /// The customer was recorded as referred (the reference is the referrer's wallet); no points move.
+    Referral,
 }
 
 impl MovementKind {
@@ -89,6 +91,7 @@ impl MovementKind {
             Self::Refused => "refused",
             Self::Transfer => "transfer",
             Self::Identifier => "identifier",
+            Self::Referral => "referral",
         }
     }
 }
@@ -257,6 +260,7 @@ fn decode_one(mut recorded: RecordedEvent, tenant: Arc<str>, wallet: Arc<str>) -
             transfer(change)
         }
         Change::IdentifierAttached(e) => (MovementKind::Identifier, "attached".to_owned(), identifiers::kind_name(e.kind).to_owned()),
+        Change::ReferralRecorded(e) => (MovementKind::Referral, String::new(), e.referrer_wallet_id),
         Change::IdentifierDetached(e) => {
             (MovementKind::Identifier, format!("detached: {}", e.reason), identifiers::kind_name(e.kind).to_owned())
         }

@@ -33,6 +33,7 @@ fn history(bodies: &[CommandBody]) -> Vec<Event> {
             CommandBody::CancelRewardRedemption { redemption_id, .. } => tally_engine::domain::reward_cancel_key(redemption_id),
             CommandBody::TransferOut { transfer_id, .. } => transfer_key(transfer_id, TransferStep::Out),
             CommandBody::TransferIn { transfer_id, .. } => transfer_key(transfer_id, TransferStep::In),
+            CommandBody::RecordReferral { .. } => tally_engine::domain::referral_key(),
             _ => format!("k-{i}"),
         };
         if let Ok(Decision::Append(new)) = decide(&state, &Command::new(key, body.clone()), &ctx) {
@@ -129,6 +130,7 @@ fn fold(events: &[Event]) -> WalletState {
 fn golden_history() -> Vec<Event> {
     let earn = |points, source: &str| CommandBody::Earn { points, reason: "order".into(), source_ref: source.into(), order_amount: None };
     history(&[
+        CommandBody::RecordReferral { referrer_wallet_id: "c-9".into() },
         earn(120, "order-1"),
         earn(80, "order-2"),
         CommandBody::Redeem { points: 50, reward_ref: "mug".into() },
@@ -176,6 +178,7 @@ fn the_format_matches_its_golden_file() {
     assert!(state.catalogue_redemption("red-2").is_some_and(|r| r.cancelled));
     assert_eq!(state.transferred_out_since(1_767_225_600_100), 40, "a transfer out is remembered for the daily cap");
     assert_eq!(state.identifiers().collect::<Vec<_>>(), [("ab".repeat(32).as_str(), IdentifierKind::Phone as i32)]);
+    assert_eq!(state.referred_by, "c-9");
     assert_eq!(
         state.rule_points(
             "weekly",

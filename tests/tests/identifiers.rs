@@ -217,3 +217,46 @@ async fn the_command_line_attaches_and_finds() {
     let out = out.unwrap();
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no wallet"), "{out:?}");
 }
+
+#[tokio::test]
+async fn a_customer_enrolled_with_a_friends_code_is_recorded_as_referred() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TallyServer::start(&dir.path().join("data"), &["--tenant", "demo"]);
+    let mut wallets = server.client().await;
+    enroll(&mut wallets, "ann").await;
+    attach(&mut wallets, "ann", IdentifierKind::ReferralCode, "ann-2026", "code-1").await.unwrap();
+    let with_code = |wallet: &str, code: &str| EnrollRequest {
+        tenant_id: "demo".into(),
+        wallet_id: wallet.into(),
+        idempotency_key: format!("enroll-{wallet}"),
+        referral_code: code.into(),
+        ..Default::default()
+    };
+    let bob = wallets.enroll(with_code("bob", "ANN-2026")).await.unwrap().into_inner();
+    let kinds: Vec<i32> = bob.transactions.iter().map(|t| t.kind).collect();
+    assert_eq!(kinds, [TransactionKind::Enrolled as i32, TransactionKind::ReferralRecorded as i32]);
+    assert_eq!(bob.transactions[1].counterpart_wallet_id, "ann");
+    assert_eq!((bob.wallet.unwrap().referred_by.as_str(), bob.replayed), ("ann", false));
+    let again = wallets.enroll(with_code("bob", "ann-2026")).await.unwrap().into_inner();
+    assert!(again.replayed && again.transactions.len() == 2, "a retry answers both, records nothing");
+
+    // An enrolment that landed without its referral (the call cut off in between) gets it on its retry.
+    enroll(&mut wallets, "dan").await;
+    let dan = wallets.enroll(with_code("dan", "ann-2026")).await.unwrap().into_inner();
+    assert_eq!(dan.wallet.unwrap().referred_by, "ann");
+
+    // Refusals name what is wrong, and enrol nobody.
+    let unknown = wallets.enroll(with_code("cy", "NOBODY-1")).await.unwrap_err();
+    assert_eq!((unknown.code(), reason(&unknown).0.as_str()), (Code::NotFound, "REFERRAL_CODE_NOT_FOUND"));
+    let malformed = wallets.enroll(with_code("cy", "a b")).await.unwrap_err();
+    assert_eq!((malformed.code(), field(&malformed).as_str()), (Code::InvalidArgument, "referral_code"));
+    let cy = tally_proto::v1::GetWalletRequest { tenant_id: "demo".into(), wallet_id: "cy".into(), ..Default::default() };
+    assert_eq!(wallets.get_wallet(cy).await.unwrap_err().code(), Code::NotFound, "cy was not enrolled");
+    let own = wallets.enroll(EnrollRequest { idempotency_key: "again".into(), ..with_code("ann", "ann-2026") }).await.unwrap_err();
+    assert_eq!((own.code(), field(&own).as_str()), (Code::InvalidArgument, "referral_code"));
+    let other = wallets.enroll(with_code("bob", "BOB-2026")).await.unwrap_err();
+    assert_eq!(other.code(), Code::NotFound, "an unknown code, whatever else");
+    attach(&mut wallets, "dan", IdentifierKind::ReferralCode, "dan-2026", "code-2").await.unwrap();
+    let switched = wallets.enroll(with_code("bob", "dan-2026")).await.unwrap_err();
+    assert_eq!(switched.code(), Code::AlreadyExists, "one referral per customer");
+}

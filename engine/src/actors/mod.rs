@@ -185,6 +185,8 @@ pub struct WalletSummary {
     pub tier: Option<crate::domain::tiers::TierView>,
     /// `(lookup, kind)` of the identifiers the wallet can be found by, in lookup order.
     pub identifiers: Vec<(String, i32)>,
+    /// The wallet whose referral code the customer enrolled with (empty: none).
+    pub referred_by: String,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -77,6 +77,14 @@ pub enum CommandBody {
     AttachIdentifier { kind: IdentifierKind, lookup: String },
     /// Stop the wallet being found by the identifier `lookup`; its claim is released first.
     DetachIdentifier { kind: IdentifierKind, lookup: String, reason: String },
+    /// Record that the customer was referred by wallet `referrer_wallet_id` (the holder of the referral
+    /// code they enrolled with), right after the enrolment; keyed [`referral_key`].
+    RecordReferral { referrer_wallet_id: String },
+}
+
+/// The key of a wallet's referral: one per wallet, so a retried enrolment records it once.
+pub fn referral_key() -> String {
+    format!("{ENGINE_KEY_PREFIX}referral")
 }
 
 pub use super::identifiers::IdentifierKind;
@@ -205,6 +213,11 @@ impl Command {
         Self::new(transfer_key(transfer_id, TransferStep::Return), body)
     }
 
+    /// The record that the customer was referred by `referrer_wallet_id`, under the wallet's referral key.
+    pub fn record_referral(referrer_wallet_id: &str) -> Self {
+        Self::new(referral_key(), CommandBody::RecordReferral { referrer_wallet_id: referrer_wallet_id.to_owned() })
+    }
+
     /// Records what is due at `now_ms`, under an engine key.
     pub fn run_due(now_ms: i64) -> Self {
         Self::new(due_key(now_ms), CommandBody::RunDue)
@@ -304,6 +317,7 @@ impl Command {
             CommandBody::DetachIdentifier { kind, lookup, reason } => {
                 Layout::new(24).u64(u64::from((*kind as i32).unsigned_abs())).str(lookup).str(reason)
             }
+            CommandBody::RecordReferral { referrer_wallet_id } => Layout::new(25).str(referrer_wallet_id),
         }
     }
 
@@ -332,6 +346,7 @@ impl Command {
             CommandBody::ReturnTransfer { .. } => "return_transfer",
             CommandBody::AttachIdentifier { .. } => "attach_identifier",
             CommandBody::DetachIdentifier { .. } => "detach_identifier",
+            CommandBody::RecordReferral { .. } => "record_referral",
         }
     }
 }

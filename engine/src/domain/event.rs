@@ -5,7 +5,7 @@
 use tally_proto::v1::{
     CustomerErased, EarnReversed, HoldCaptured, HoldReleased, IdentifierAttached, IdentifierDetached, PointsAdjusted, PointsEarned,
     PointsExpired, PointsExpiringSoon, PointsHeld, PointsMatured, PointsPurchased, PointsRedeemed, PointsTransferRefused,
-    PointsTransferReturned, PointsTransferredIn, PointsTransferredOut, RewardRedemptionCancelled, RewardRedemptionRefused,
+    PointsTransferReturned, PointsTransferredIn, PointsTransferredOut, ReferralRecorded, RewardRedemptionCancelled, RewardRedemptionRefused,
     StampCardCompleted, StampsAdded, TierChanged, TierReviewed, WalletClosed, WalletEnrolledV2,
 };
 
@@ -112,6 +112,8 @@ event_table! {
         IdentifierAttached(IdentifierAttached),
         /// The wallet can no longer be found by an identifier.
         IdentifierDetached(IdentifierDetached),
+        /// The customer was referred by another wallet's holder.
+        ReferralRecorded(ReferralRecorded),
     }
 }
 
@@ -139,7 +141,8 @@ impl Change {
             | Change::RewardRefused(_)
             | Change::TransferRefused(_)
             | Change::IdentifierAttached(_)
-            | Change::IdentifierDetached(_) => 0,
+            | Change::IdentifierDetached(_)
+            | Change::ReferralRecorded(_) => 0,
             Change::CardCompleted(e) => e.reward_points,
             Change::RewardCancelled(e) => e.points,
             Change::TransferredOut(e) => e.points.saturating_neg(),
@@ -189,7 +192,8 @@ impl Change {
             | Change::RewardRefused(_)
             | Change::TransferRefused(_)
             | Change::IdentifierAttached(_)
-            | Change::IdentifierDetached(_) => (Vec::new(), None),
+            | Change::IdentifierDetached(_)
+            | Change::ReferralRecorded(_) => (Vec::new(), None),
         }
     }
 
@@ -232,7 +236,7 @@ mod tests {
             let change = ProgramChange::decode_payload(event_type, &[]).expect("a listed name").expect("an empty payload decodes");
             assert_eq!(change.event_type(), *event_type);
         }
-        assert_eq!(Change::EVENT_TYPES.len(), 26);
+        assert_eq!(Change::EVENT_TYPES.len(), 27);
         assert!(Change::decode_payload("tally.v1.ProgramCreated", &[]).is_none(), "tables do not mix");
     }
 }

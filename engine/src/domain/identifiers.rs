@@ -28,11 +28,12 @@ pub fn normalise(kind: IdentifierKind, raw: &str) -> Result<String, FieldError> 
         return Err(FieldError::new("value", "must not contain control or invisible characters"));
     }
     match kind {
-        IdentifierKind::Unspecified => Err(FieldError::new("kind", "must be CARD, PHONE, EMAIL or CRM_ID")),
+        IdentifierKind::Unspecified => Err(FieldError::new("kind", "must be CARD, PHONE, EMAIL, CRM_ID or REFERRAL_CODE")),
         IdentifierKind::Card => card(value),
         IdentifierKind::Phone => phone(value),
         IdentifierKind::Email => email(value),
         IdentifierKind::CrmId => Ok(value.to_owned()),
+        IdentifierKind::ReferralCode => referral_code(value),
     }
 }
 
@@ -54,6 +55,14 @@ fn card(value: &str) -> Result<String, FieldError> {
         return Err(FieldError::new("value", "a card number has 4 to 64 letters and digits"));
     }
     Ok(kept.to_ascii_uppercase())
+}
+
+/// 4 to 32 letters, digits and dashes, upper case (a code read out loud is written either way).
+fn referral_code(value: &str) -> Result<String, FieldError> {
+    if !(4..=32).contains(&value.len()) || !value.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        return Err(FieldError::new("value", "a referral code is 4 to 32 letters A-Z, digits and dashes"));
+    }
+    Ok(value.to_ascii_uppercase())
 }
 
 /// E.164: `+` and 8 to 15 digits; spaces, dashes, dots and parentheses dropped, a leading `00` read as `+`,
@@ -112,6 +121,7 @@ pub fn kind_name(kind: i32) -> &'static str {
         Ok(IdentifierKind::Phone) => "phone",
         Ok(IdentifierKind::Email) => "email",
         Ok(IdentifierKind::CrmId) => "crm_id",
+        Ok(IdentifierKind::ReferralCode) => "referral_code",
         _ => "unknown",
     }
 }
@@ -128,6 +138,8 @@ mod tests {
         assert_eq!(normalise(IdentifierKind::Phone, "+44 (0)20 7946 0000").unwrap(), "+442079460000", "the trunk prefix");
         assert_eq!(normalise(IdentifierKind::Email, "Ada.Lovelace@Example.ORG").unwrap(), "ada.lovelace@example.org");
         assert_eq!(normalise(IdentifierKind::CrmId, " CRM-0001 ").unwrap(), "CRM-0001");
+        assert_eq!(normalise(IdentifierKind::ReferralCode, "ann-2026").unwrap(), "ANN-2026");
+        assert!(normalise(IdentifierKind::ReferralCode, "A 1").is_err() && normalise(IdentifierKind::ReferralCode, "abc").is_err());
     }
 
     #[test]

@@ -213,6 +213,8 @@ pub struct WalletState {
     pub(crate) transfers_out: BTreeMap<String, (i64, i64)>,
     /// Identifiers the wallet can be found by: kind (`IdentifierKind` as a number) by lookup hash.
     pub(crate) identifiers: BTreeMap<String, i32>,
+    /// The wallet whose referral code the customer enrolled with (empty: none).
+    pub referred_by: String,
 }
 
 /// What a catalogue redemption took, as its cancellation gives it back.

@@ -38,6 +38,7 @@ pub(super) fn check_key(command: &Command) -> Result<(), Rejection> {
         CommandBody::TransferOut { transfer_id, .. } => Some(transfer_key(transfer_id, TransferStep::Out)),
         CommandBody::TransferIn { transfer_id, .. } => Some(transfer_key(transfer_id, TransferStep::In)),
         CommandBody::ReturnTransfer { transfer_id, .. } => Some(transfer_key(transfer_id, TransferStep::Return)),
+        CommandBody::RecordReferral { .. } => Some(crate::domain::referral_key()),
         CommandBody::RunDue => None,
         _ if command.idempotency_key.starts_with(ENGINE_KEY_PREFIX) => {
             return Err(FieldError::new(
@@ -136,6 +137,10 @@ pub(super) fn validate(body: &CommandBody) -> Result<(), Rejection> {
         CommandBody::CancelRewardRedemption { redemption_id, reason } => check_redemption(redemption_id, Err(reason)),
         CommandBody::TransferOut { .. } | CommandBody::TransferIn { .. } | CommandBody::ReturnTransfer { .. } => check_transfer(body),
         CommandBody::AttachIdentifier { kind, lookup } => check_identifier(*kind, lookup),
+        CommandBody::RecordReferral { referrer_wallet_id } => {
+            crate::domain::WalletId::parse(referrer_wallet_id).map_err(|e| FieldError::new("referrer_wallet_id", e.reason))?;
+            Ok(())
+        }
         CommandBody::DetachIdentifier { kind, lookup, reason } => {
             check_identifier(*kind, lookup)?;
             check_reason(reason)
@@ -231,7 +236,7 @@ pub(super) fn check_hold_id(hold_id: &str) -> Result<(), Rejection> {
 /// An identifier's kind is one, and its lookup one the engine made (a value never reaches a wallet).
 fn check_identifier(kind: crate::domain::identifiers::IdentifierKind, lookup: &str) -> Result<(), Rejection> {
     if kind == crate::domain::identifiers::IdentifierKind::Unspecified {
-        return Err(FieldError::new("kind", "must be CARD, PHONE, EMAIL or CRM_ID").into());
+        return Err(FieldError::new("kind", "must be CARD, PHONE, EMAIL, CRM_ID or REFERRAL_CODE").into());
     }
     if !crate::domain::identifiers::is_lookup(lookup) {
         return Err(FieldError::new("lookup", "must be 64 lower-case hex digits: an identifier's keyed hash").into());

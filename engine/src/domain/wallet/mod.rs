@@ -10,6 +10,7 @@
 //! | [`rewards`] | `RedeemReward` (a catalogue reward's debit), `CancelRewardRedemption` | (redeemed, through the ledger), reward refused, redemption cancelled |
 //! | [`transfers`] | `TransferOut` (the source's debit), `TransferIn` (the target's credit), `ReturnTransfer` (a refused transfer back) | transferred out, in, refused, returned |
 //! | [`identifiers`] | `AttachIdentifier`, `DetachIdentifier`, and those a closure or an erasure ends | identifier attached, detached |
+//! | [`referrals`] | `RecordReferral` (once, before the first order, never the wallet itself) | referral recorded |
 //! | [`stamps`] | `AddStamps`, and the cards a change fills | stamped, card completed |
 //! | [`tier`] | the tier an earn reaches, a due review | tier changed, tier reviewed |
 //! | [`due`] | `RunDue`, and what time brought before any command | matured, expired, expiring soon |
@@ -26,6 +27,7 @@ mod ledger;
 mod lots;
 mod orders;
 mod receipts;
+mod referrals;
 mod rewards;
 mod stamps;
 mod tier;
@@ -166,6 +168,7 @@ fn decide_change(state: &WalletState, body: &CommandBody, ctx: &Context<'_>) -> 
             C::RefundOrder { order_id, amount_minor, reason } => orders::refund(state, ctx, order_id, *amount_minor, reason),
             C::AttachIdentifier { kind, lookup } => alone(identifiers::attach(state, *kind, lookup)),
             C::DetachIdentifier { lookup, reason, .. } => alone(identifiers::detach(state, lookup, reason)),
+            C::RecordReferral { referrer_wallet_id } => alone(referrals::record(state, ctx, referrer_wallet_id)),
         },
     }
 }
@@ -208,6 +211,7 @@ pub fn apply(state: &mut WalletState, event: &Event) {
         Change::TransferRefused(_) => {}
         Change::IdentifierAttached(e) => identifiers::apply_attached(state, e),
         Change::IdentifierDetached(e) => identifiers::apply_detached(state, e),
+        Change::ReferralRecorded(e) => state.referred_by.clone_from(&e.referrer_wallet_id),
     }
     state.balance += event.change.points_delta();
     state.last_activity_ms = event.recorded_at_ms;
