@@ -234,7 +234,9 @@ async fn malformed_identifiers_are_refused_naming_the_field() {
 async fn a_referral_is_recorded_once_before_the_first_order_and_never_by_the_wallet_itself() {
     use tally_engine::domain::rules::{Order, OrderLine};
     let shop = shop().await;
-    let refer = |id: &'static str, referrer: &'static str| shop.send(id, &tally_engine::domain::referral_key(), CommandBody::RecordReferral { referrer_wallet_id: referrer.into() });
+    let key = tally_engine::domain::referral_key();
+    let refer =
+        |id: &'static str, referrer: &'static str| shop.send(id, &key, CommandBody::RecordReferral { referrer_wallet_id: referrer.into() });
     match rejection(refer("ann", "ann").await) {
         Rejection::InvalidField(e) => assert_eq!(e.field, "referral_code"),
         other => panic!("{other:?}"),

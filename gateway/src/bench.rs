@@ -123,6 +123,7 @@ async fn setup(args: &BenchArgs, clients: &[WalletServiceClient<Authed>]) -> Res
                         wallet_id: wallet.clone(),
                         idempotency_key: "bench-enroll".into(),
                         customer_ref: wallet.clone(),
+                        ..Default::default()
                     };
                     client.enroll(enroll).await?;
                     let seed = EarnRequest {

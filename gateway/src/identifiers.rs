@@ -5,11 +5,11 @@
 //! identifier too — as its owner node sees it, on a cluster.
 
 use tally_engine::actors::{IdentifierBook, WalletKey};
-use tonic_types::StatusExt;
 use tally_engine::domain::identifiers::IdentifierKind;
 use tally_engine::domain::{CommandBody, TenantId};
 use tally_proto::v1 as pb;
 use tonic::{Code, Status};
+use tonic_types::StatusExt;
 
 use crate::status;
 

@@ -38,11 +38,9 @@ pub(crate) fn transaction(stored: &StoredWalletEvent) -> Transaction {
         Change::IdentifierAttached(e) => {
             Transaction { kind: kind(TransactionKind::IdentifierAttached), reference: identifiers::kind_name(e.kind).to_owned(), ..base }
         }
-        Change::ReferralRecorded(e) => Transaction {
-            kind: kind(TransactionKind::ReferralRecorded),
-            counterpart_wallet_id: e.referrer_wallet_id.clone(),
-            ..base
-        },
+        Change::ReferralRecorded(e) => {
+            Transaction { kind: kind(TransactionKind::ReferralRecorded), counterpart_wallet_id: e.referrer_wallet_id.clone(), ..base }
+        }
         Change::IdentifierDetached(e) => Transaction {
             kind: kind(TransactionKind::IdentifierDetached),
             reference: identifiers::kind_name(e.kind).to_owned(),

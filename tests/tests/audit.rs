@@ -60,6 +60,7 @@ async fn history(wallets: &mut WalletServiceClient<Authed>) -> Vec<WalletMutatio
         wallet_id: wallet_id.clone(),
         idempotency_key: "e".into(),
         customer_ref: "cust-1".into(),
+        ..Default::default()
     };
     changes.push(wallets.enroll(enroll).await.unwrap().into_inner());
     for (key, points) in [("o-1", 100), ("o-2", 50)] {
@@ -364,12 +365,8 @@ async fn a_program_as_of_an_instant_has_the_rules_then_in_force() {
             format!(r#"[{{"id":"base","actions":[{{"type":"points_per_currency_unit","points":{points},"unit_minor":100}}]}}]"#);
         let publish = PublishRulesRequest { tenant_id: "demo".into(), idempotency_key: key.into(), rules_json, published_by: "ops".into() };
         admin.publish_rules(publish).await.unwrap();
-        let enroll = EnrollRequest {
-            tenant_id: "demo".into(),
-            wallet_id: format!("c-{key}"),
-            idempotency_key: "e".into(),
-            customer_ref: String::new(),
-        };
+        let enroll =
+            EnrollRequest { tenant_id: "demo".into(), wallet_id: format!("c-{key}"), idempotency_key: "e".into(), ..Default::default() };
         positions.push(wallets.enroll(enroll).await.unwrap().into_inner().position);
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -554,8 +551,13 @@ async fn verify_log_checks_the_running_servers_log_and_names_a_payload_changed_b
 
 /// An enrolment and `earns` earns of wallet c-1.
 async fn history_of(wallets: &mut WalletServiceClient<Authed>, earns: usize) -> Vec<WalletMutation> {
-    let enroll =
-        EnrollRequest { tenant_id: "demo".into(), wallet_id: "c-1".into(), idempotency_key: "e".into(), customer_ref: "cust-1".into() };
+    let enroll = EnrollRequest {
+        tenant_id: "demo".into(),
+        wallet_id: "c-1".into(),
+        idempotency_key: "e".into(),
+        customer_ref: "cust-1".into(),
+        ..Default::default()
+    };
     let mut changes = vec![wallets.enroll(enroll).await.unwrap().into_inner()];
     for n in 0..earns {
         let earn = EarnRequest {

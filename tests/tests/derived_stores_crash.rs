@@ -61,7 +61,7 @@ async fn load(channel: Authed, cycle: usize, acked: Acked, count: tokio::sync::w
                         wallet_id: wallet.clone(),
                         // The same key every cycle: enrolled once, then answered as a retry.
                         idempotency_key: format!("enroll-{wallet}"),
-                        customer_ref: String::new(),
+                        ..Default::default()
                     };
                     if client.enroll(enroll).await.is_err() {
                         return; // the server died

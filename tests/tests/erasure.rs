@@ -87,6 +87,7 @@ async fn an_erased_customer_reads_as_erased_everywhere_while_the_wallet_replays_
             wallet_id: wallet.into(),
             idempotency_key: "e".into(),
             customer_ref: customer_ref.into(),
+            ..Default::default()
         };
         let enrolled = wallets.enroll(enroll.clone()).await.unwrap().into_inner();
         assert_eq!(enrolled.wallet.as_ref().unwrap().customer_ref, customer_ref, "the enrolment answers the reference");
@@ -140,13 +141,23 @@ async fn an_erased_customer_reads_as_erased_everywhere_while_the_wallet_replays_
     let twice = operator.erase_customer(erase("c-1", "x-2", "ticket 8")).await.unwrap_err();
     assert_eq!(twice.code(), Code::FailedPrecondition, "{twice:?}");
     // An enrolment retried after the erasure finds no key to seal with: refused as such, nothing re-created.
-    let late =
-        EnrollRequest { tenant_id: "demo".into(), wallet_id: "c-1".into(), idempotency_key: "e".into(), customer_ref: SECRET.into() };
+    let late = EnrollRequest {
+        tenant_id: "demo".into(),
+        wallet_id: "c-1".into(),
+        idempotency_key: "e".into(),
+        customer_ref: SECRET.into(),
+        ..Default::default()
+    };
     let refused = wallets.enroll(late).await.unwrap_err();
     assert_eq!((refused.code(), refused.message().contains("erased")), (Code::FailedPrecondition, true), "{refused:?}");
     // Nor does an enrolment refused for anything else leave a key behind.
-    let bad =
-        EnrollRequest { tenant_id: "demo".into(), wallet_id: "c-3".into(), idempotency_key: "e".into(), customer_ref: "a\u{7}b".into() };
+    let bad = EnrollRequest {
+        tenant_id: "demo".into(),
+        wallet_id: "c-3".into(),
+        idempotency_key: "e".into(),
+        customer_ref: "a\u{7}b".into(),
+        ..Default::default()
+    };
     assert_eq!(field(wallets.enroll(bad).await.unwrap_err()), (Code::InvalidArgument, Some("customer_ref".into())));
 
     // Every read path: the wallet, its history, the read model, the audit API, the ledger export.

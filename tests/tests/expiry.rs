@@ -41,8 +41,7 @@ async fn the_programs_expiry_policy_dates_every_credit_and_survives_a_restart() 
     let program = admin.set_expiry_policy(set("x1", policy)).await.unwrap().into_inner();
     assert_eq!(program.expiry_policy.as_ref(), Some(&policy));
 
-    let enroll =
-        EnrollRequest { tenant_id: "demo".into(), wallet_id: "c-1".into(), idempotency_key: "e".into(), customer_ref: String::new() };
+    let enroll = EnrollRequest { tenant_id: "demo".into(), wallet_id: "c-1".into(), idempotency_key: "e".into(), ..Default::default() };
     wallets.enroll(enroll).await.unwrap();
     let earn = EarnRequest {
         tenant_id: "demo".into(),
@@ -112,8 +111,7 @@ async fn points_from_orders_wait_out_the_pending_period_and_a_refund_cancels_the
     let period = SetPendingPeriodRequest { tenant_id: "demo".into(), idempotency_key: "p1".into(), days: 14, set_by: "ops".into() };
     assert_eq!(admin.set_pending_period(period).await.unwrap().into_inner().pending_days, 14);
 
-    let enroll =
-        EnrollRequest { tenant_id: "demo".into(), wallet_id: "c-2".into(), idempotency_key: "e".into(), customer_ref: String::new() };
+    let enroll = EnrollRequest { tenant_id: "demo".into(), wallet_id: "c-2".into(), idempotency_key: "e".into(), ..Default::default() };
     wallets.enroll(enroll).await.unwrap();
     let order = Order {
         order_id: "o-1".into(),

@@ -21,6 +21,7 @@ fn enroll(wallet: &str) -> EnrollRequest {
         wallet_id: wallet.into(),
         idempotency_key: format!("enroll-{wallet}"),
         customer_ref: "crm-1".into(),
+        ..Default::default()
     }
 }
 

@@ -52,8 +52,7 @@ async fn holds_are_captured_voided_or_expire_even_across_a_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = TallyServer::start(dir.path(), &[]);
     let mut client = server.client().await;
-    let enroll =
-        EnrollRequest { tenant_id: "demo".into(), wallet_id: "c-1".into(), idempotency_key: "e".into(), customer_ref: String::new() };
+    let enroll = EnrollRequest { tenant_id: "demo".into(), wallet_id: "c-1".into(), idempotency_key: "e".into(), ..Default::default() };
     client.enroll(enroll).await.unwrap();
     let earn = EarnRequest {
         tenant_id: "demo".into(),

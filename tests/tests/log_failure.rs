@@ -32,8 +32,7 @@ async fn a_full_disk_stops_the_server_with_a_reason_and_a_failed_exit() {
     let mount = Mount::tmpfs("1m");
     let mut server = TallyServer::start(mount.0.path(), &["--snapshot-every-events", "0", "--local-read-model", "false"]);
     let mut client = server.client().await;
-    let enroll =
-        EnrollRequest { tenant_id: "demo".into(), wallet_id: "c-1".into(), idempotency_key: "e".into(), customer_ref: String::new() };
+    let enroll = EnrollRequest { tenant_id: "demo".into(), wallet_id: "c-1".into(), idempotency_key: "e".into(), ..Default::default() };
     client.enroll(enroll).await.unwrap();
     let mut acknowledged = 0;
     let mut refused = None;

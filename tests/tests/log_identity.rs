@@ -14,8 +14,7 @@ async fn a_read_model_built_from_one_log_refuses_another() {
     let args = ["--reporting-db", db.postgres_url.as_str()];
     let mut server = TallyServer::start(first.path(), &args);
     let mut client = server.client().await;
-    let enroll =
-        EnrollRequest { tenant_id: "demo".into(), wallet_id: "c-1".into(), idempotency_key: "e".into(), customer_ref: String::new() };
+    let enroll = EnrollRequest { tenant_id: "demo".into(), wallet_id: "c-1".into(), idempotency_key: "e".into(), ..Default::default() };
     client.enroll(enroll).await.unwrap();
     let earn = EarnRequest {
         tenant_id: "demo".into(),

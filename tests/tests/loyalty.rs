@@ -43,8 +43,7 @@ async fn customers_climb_tiers_and_see_their_progress() {
     let program = admin.define_tiers(define("t1", tiers.clone())).await.unwrap().into_inner();
     assert_eq!((program.tiers, program.tier_window, program.tier_grace_days), (tiers, TierWindow::CalendarYear as i32, 30));
 
-    let enroll =
-        EnrollRequest { tenant_id: "demo".into(), wallet_id: "c-1".into(), idempotency_key: "e".into(), customer_ref: String::new() };
+    let enroll = EnrollRequest { tenant_id: "demo".into(), wallet_id: "c-1".into(), idempotency_key: "e".into(), ..Default::default() };
     wallets.enroll(enroll).await.unwrap();
     let earn = |key: &str, points| EarnRequest {
         tenant_id: "demo".into(),
@@ -118,8 +117,7 @@ async fn a_pos_stamps_a_card_and_a_full_card_pays_its_reward() {
     let define = DefineStampCardRequest { tenant_id: "demo".into(), idempotency_key: "c1".into(), card: Some(card.clone()) };
     assert_eq!(admin.define_stamp_card(define).await.unwrap().into_inner().stamp_cards, [card]);
 
-    let enroll =
-        EnrollRequest { tenant_id: "demo".into(), wallet_id: "c-9".into(), idempotency_key: "e".into(), customer_ref: String::new() };
+    let enroll = EnrollRequest { tenant_id: "demo".into(), wallet_id: "c-9".into(), idempotency_key: "e".into(), ..Default::default() };
     wallets.enroll(enroll).await.unwrap();
     let stamp = |key: &str, card: &str, count| AddStampsRequest {
         tenant_id: "demo".into(),

@@ -75,8 +75,13 @@ async fn orders_earn_by_the_rules_and_refunds_take_back_in_proportion() {
     let mut wallets = WalletServiceClient::new(channel);
 
     // No program, no wallets.
-    let enroll =
-        EnrollRequest { tenant_id: "acme".into(), wallet_id: "c-1".into(), idempotency_key: "e".into(), customer_ref: "crm".into() };
+    let enroll = EnrollRequest {
+        tenant_id: "acme".into(),
+        wallet_id: "c-1".into(),
+        idempotency_key: "e".into(),
+        customer_ref: "crm".into(),
+        ..Default::default()
+    };
     assert_eq!(wallets.enroll(enroll.clone()).await.unwrap_err().code(), Code::NotFound);
     create_acme(&mut admin).await;
     wallets.enroll(enroll).await.unwrap();
@@ -85,8 +90,13 @@ async fn orders_earn_by_the_rules_and_refunds_take_back_in_proportion() {
     let earned = wallets.earn_for_order(earn(order("order-1", 3_000))).await.unwrap().into_inner();
     assert_eq!((earned.balance, earned.replayed), (130, false));
     // Issue 15, item 9: the same order id on another wallet of the tenant is refused, naming the wallet.
-    let other =
-        EnrollRequest { tenant_id: "acme".into(), wallet_id: "c-2".into(), idempotency_key: "e".into(), customer_ref: "crm".into() };
+    let other = EnrollRequest {
+        tenant_id: "acme".into(),
+        wallet_id: "c-2".into(),
+        idempotency_key: "e".into(),
+        customer_ref: "crm".into(),
+        ..Default::default()
+    };
     wallets.enroll(other).await.unwrap();
     let elsewhere = EarnForOrderRequest { wallet_id: "c-2".into(), ..earn(order("order-1", 3_000)) };
     let refused = wallets.earn_for_order(elsewhere).await.unwrap_err();
@@ -186,8 +196,7 @@ async fn credit_packages_are_bought_at_the_programs_definition() {
     let status = admin.define_credit_package(bad).await.unwrap_err();
     assert_eq!(status.get_details_bad_request().unwrap().field_violations[0].field, "package.points");
 
-    let enroll =
-        EnrollRequest { tenant_id: "acme".into(), wallet_id: "c-1".into(), idempotency_key: "e".into(), customer_ref: String::new() };
+    let enroll = EnrollRequest { tenant_id: "acme".into(), wallet_id: "c-1".into(), idempotency_key: "e".into(), ..Default::default() };
     wallets.enroll(enroll).await.unwrap();
     let buy = |purchase: &str, package: &str| PurchaseCreditsRequest {
         tenant_id: "acme".into(),
@@ -226,8 +235,13 @@ async fn refund_windows_are_set_per_program_and_run_from_when_the_order_arrived(
     let program = admin.get_program(GetProgramRequest { tenant_id: "acme".into() }).await.unwrap().into_inner();
     assert_eq!(program.refund_window_days, 2);
 
-    let enroll =
-        EnrollRequest { tenant_id: "acme".into(), wallet_id: "c-1".into(), idempotency_key: "e".into(), customer_ref: "crm".into() };
+    let enroll = EnrollRequest {
+        tenant_id: "acme".into(),
+        wallet_id: "c-1".into(),
+        idempotency_key: "e".into(),
+        customer_ref: "crm".into(),
+        ..Default::default()
+    };
     wallets.enroll(enroll).await.unwrap();
     // Placed by an offline POS three days ago: its two-day window runs from when it arrived.
     let mut old = order("order-old", 2_000);

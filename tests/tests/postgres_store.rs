@@ -142,12 +142,7 @@ async fn tally_serve_runs_on_postgres_and_loses_nothing_to_kill_9() {
     let mut server = tally_tests::TallyServer::start(dir.path(), &[&store]);
     let mut client = server.client().await;
     client
-        .enroll(EnrollRequest {
-            tenant_id: "demo".into(),
-            wallet_id: "c-1".into(),
-            idempotency_key: "e".into(),
-            customer_ref: String::new(),
-        })
+        .enroll(EnrollRequest { tenant_id: "demo".into(), wallet_id: "c-1".into(), idempotency_key: "e".into(), ..Default::default() })
         .await
         .unwrap();
     for n in 0..10 {

@@ -37,6 +37,7 @@ async fn load(channel: Authed, callers: usize, acked: Arc<AtomicU64>) {
                     wallet_id: wallet.clone(),
                     idempotency_key: format!("{wallet}-enroll"),
                     customer_ref: format!("cust-{c}"),
+                    ..Default::default()
                 };
                 if client.enroll(enroll).await.is_err() {
                     return;
@@ -240,8 +241,7 @@ async fn projection_lag_is_a_prometheus_metric() {
     let metrics = format!("127.0.0.1:{}", tally_tests::free_port());
     let server = TallyServer::start(dir.path(), &["--metrics-listen", &metrics]);
     let mut client = server.client().await;
-    let enroll =
-        EnrollRequest { tenant_id: "demo".into(), wallet_id: "m-1".into(), idempotency_key: "e".into(), customer_ref: String::new() };
+    let enroll = EnrollRequest { tenant_id: "demo".into(), wallet_id: "m-1".into(), idempotency_key: "e".into(), ..Default::default() };
     let position = client.enroll(enroll).await.unwrap().into_inner().position;
     caught_up(&mut ProjectionsServiceClient::new(server.channel().await), position, 1).await;
     let body = tally_tests::scrape_metrics(&metrics).await;

@@ -18,8 +18,7 @@ async fn snapshots_are_taken_used_and_purged_without_losing_anything() {
     let data = dir.path().to_str().unwrap();
     let mut server = TallyServer::start(dir.path(), &["--snapshot-every-events", "5"]);
     let mut client = server.client().await;
-    let enroll =
-        EnrollRequest { tenant_id: "demo".into(), wallet_id: "c-1".into(), idempotency_key: "e".into(), customer_ref: String::new() };
+    let enroll = EnrollRequest { tenant_id: "demo".into(), wallet_id: "c-1".into(), idempotency_key: "e".into(), ..Default::default() };
     client.enroll(enroll).await.unwrap();
     for n in 0..22 {
         let earn = EarnRequest {
@@ -59,8 +58,7 @@ async fn damaged_derived_stores_are_set_aside_and_the_server_serves() {
     let data = dir.path().to_str().unwrap();
     let mut server = TallyServer::start(dir.path(), &["--snapshot-every-events", "5"]);
     let mut client = server.client().await;
-    let enroll =
-        EnrollRequest { tenant_id: "demo".into(), wallet_id: "c-1".into(), idempotency_key: "e".into(), customer_ref: String::new() };
+    let enroll = EnrollRequest { tenant_id: "demo".into(), wallet_id: "c-1".into(), idempotency_key: "e".into(), ..Default::default() };
     client.enroll(enroll).await.unwrap();
     for n in 0..12 {
         let key = format!("o-{n}");
@@ -111,8 +109,7 @@ async fn damaged_derived_stores_are_set_aside_and_the_server_serves() {
 async fn snapshots_of_another_log_are_purged_at_start() {
     async fn fill(server: &TallyServer, earns: u32, points: i64) {
         let mut client = server.client().await;
-        let enroll =
-            EnrollRequest { tenant_id: "demo".into(), wallet_id: "c-1".into(), idempotency_key: "e".into(), customer_ref: String::new() };
+        let enroll = EnrollRequest { tenant_id: "demo".into(), wallet_id: "c-1".into(), idempotency_key: "e".into(), ..Default::default() };
         client.enroll(enroll).await.unwrap();
         for n in 0..earns {
             let key = format!("o-{n}");

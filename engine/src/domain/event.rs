@@ -5,8 +5,8 @@
 use tally_proto::v1::{
     CustomerErased, EarnReversed, HoldCaptured, HoldReleased, IdentifierAttached, IdentifierDetached, PointsAdjusted, PointsEarned,
     PointsExpired, PointsExpiringSoon, PointsHeld, PointsMatured, PointsPurchased, PointsRedeemed, PointsTransferRefused,
-    PointsTransferReturned, PointsTransferredIn, PointsTransferredOut, ReferralRecorded, RewardRedemptionCancelled, RewardRedemptionRefused,
-    StampCardCompleted, StampsAdded, TierChanged, TierReviewed, WalletClosed, WalletEnrolledV2,
+    PointsTransferReturned, PointsTransferredIn, PointsTransferredOut, ReferralRecorded, RewardRedemptionCancelled,
+    RewardRedemptionRefused, StampCardCompleted, StampsAdded, TierChanged, TierReviewed, WalletClosed, WalletEnrolledV2,
 };
 
 #[derive(Debug, Clone, PartialEq)]
