@@ -381,7 +381,10 @@ impl Wallet {
                 // tenant's bound), then its key made and the reference sealed, and it is decided again.
                 Err(Rejection::PersonalDataNotSealed) if attempt < CONFLICT_RETRIES_MAX => {
                     if !admitted {
-                        self.deps.programs.admit_wallet(&self.key.tenant, &self.key.wallet, meta).await?;
+                        if !self.admit(meta, attempt).await? {
+                            attempt += 1;
+                            continue;
+                        }
                         admitted = true;
                     }
                     (sealed, attempt) = self.seal_enrolment(command, attempt).await?;
@@ -412,8 +415,14 @@ impl Wallet {
                     }
                 }
             };
-            let first = state.version == 0 && !admitted;
-            self.before_append(command, &events, (now_ms, first), meta).await?;
+            if state.version == 0 && !admitted && matches!(command.body, CommandBody::Enroll { .. }) {
+                if !self.admit(meta, attempt).await? {
+                    attempt += 1;
+                    continue;
+                }
+                admitted = true;
+            }
+            self.before_append(command, &events, now_ms, meta).await?;
             let state = self.state.as_ref().expect("current() recovered it");
             let expected = ExpectedVersion::Exact(state.version);
             let data = events.iter().map(|event| codec::encode(event, recorded_meta(event, meta).as_ref())).collect();
@@ -440,18 +449,27 @@ impl Wallet {
         }
     }
 
-    /// What must hold before `events` of `command` are appended: an order claimed for this wallet; a new
-    /// wallet (`first`) admitted — one more of its tenant's, counted and bounded before its first event;
-    /// an erased customer's key gone — before the event is recorded, so a crash between the two leaves
-    /// the data unreadable and the erasure to be recorded by a retry, never an erasure on record with
-    /// its key alive.
-    async fn before_append(
-        &mut self,
-        command: &Command,
-        events: &[Event],
-        (now_ms, first): (i64, bool),
-        meta: &CommandMeta,
-    ) -> Result<(), WalletError> {
+    /// Admits this wallet as a new one of its tenant (counted and bounded before its first event): `true`
+    /// once admitted; `false` when the tenant is full but the wallet's stream holds events this actor has
+    /// not seen — another node enrolled it — so it catches up and answers that enrolment rather than
+    /// refuse it (while attempts last).
+    async fn admit(&mut self, meta: &CommandMeta, attempt: u32) -> Result<bool, WalletError> {
+        match self.deps.programs.admit_wallet(&self.key.tenant, &self.key.wallet, meta).await {
+            Err(WalletError::TooManyWallets { .. })
+                if attempt < CONFLICT_RETRIES_MAX && self.deps.store.stream_version(&self.stream).await? > 0 =>
+            {
+                self.stale = true;
+                Ok(false)
+            }
+            admitted => admitted.map(|()| true),
+        }
+    }
+
+    /// What must hold before `events` of `command` are appended: an order claimed for this wallet; an
+    /// identifier claimed for it; an erased customer's key gone — before the event is recorded, so a
+    /// crash between the two leaves the data unreadable and the erasure to be recorded by a retry, never
+    /// an erasure on record with its key alive.
+    async fn before_append(&mut self, command: &Command, events: &[Event], now_ms: i64, meta: &CommandMeta) -> Result<(), WalletError> {
         if let CommandBody::EarnForOrder { order } = &command.body {
             self.claim_order(&order.order_id, command, now_ms, meta).await?;
         }
@@ -460,9 +478,6 @@ impl Wallet {
             if let Change::IdentifierAttached(e) = &event.change {
                 step.claim(e.kind, &e.lookup).await?;
             }
-        }
-        if first && matches!(command.body, CommandBody::Enroll { .. }) {
-            self.deps.programs.admit_wallet(&self.key.tenant, &self.key.wallet, meta).await?;
         }
         if events.iter().any(|e| matches!(e.change, Change::CustomerErased(_))) {
             self.erase_key().await?;
