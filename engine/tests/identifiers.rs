@@ -231,33 +231,21 @@ async fn malformed_identifiers_are_refused_naming_the_field() {
 }
 
 #[tokio::test]
-async fn a_referral_is_recorded_once_before_the_first_order_and_never_by_the_wallet_itself() {
-    use tally_engine::domain::rules::{Order, OrderLine};
+async fn a_referral_is_recorded_with_the_enrolment_and_never_by_the_wallet_itself() {
     let shop = shop().await;
-    let key = tally_engine::domain::referral_key();
-    let refer =
-        |id: &'static str, referrer: &'static str| shop.send(id, &key, CommandBody::RecordReferral { referrer_wallet_id: referrer.into() });
-    match rejection(refer("ann", "ann").await) {
+    let enroll = |referrer: &str| CommandBody::Enroll { customer_ref: String::new(), sealed: None, referrer_wallet_id: referrer.into() };
+    let cy = shop.send("cy", "enroll-cy", enroll("ann")).await.unwrap();
+    let changes: Vec<&str> = cy.events.iter().map(|e| e.event.change.event_type()).collect();
+    assert_eq!(changes, ["tally.v1.WalletEnrolledV2", "tally.v1.ReferralRecorded"], "one append");
+    assert_eq!(shop.node.summary("cy").await.referred_by, "ann");
+    assert!(shop.send("cy", "enroll-cy", enroll("ann")).await.unwrap().replayed, "a retry records it once");
+    assert!(matches!(rejection(shop.send("cy", "enroll-cy", enroll("bob")).await), Rejection::IdempotencyKeyReused { .. }));
+    assert!(matches!(rejection(shop.send("cy", "enroll-cy", enroll("")).await), Rejection::IdempotencyKeyReused { .. }));
+    assert_eq!(rejection(shop.send("bob", "enroll-again", enroll("ann")).await), Rejection::AlreadyEnrolled, "only a new customer");
+    match rejection(shop.send("dee", "enroll-dee", enroll("dee")).await) {
         Rejection::InvalidField(e) => assert_eq!(e.field, "referral_code"),
         other => panic!("{other:?}"),
     }
-    shop.node.open_wallet("cy", 0).await;
-    assert!(!refer("cy", "ann").await.unwrap().replayed);
-    assert_eq!(shop.node.summary("cy").await.referred_by, "ann");
-    assert!(refer("cy", "ann").await.unwrap().replayed, "a retried enrolment records it once");
-    assert!(matches!(rejection(refer("cy", "bob").await), Rejection::IdempotencyKeyReused { .. }), "nor another referrer");
-    // A customer with an order behind them is no new customer.
-    let line = OrderLine { sku: "tea".into(), category: "drinks".into(), quantity: 1, amount_minor: 500 };
-    let order = Order {
-        order_id: "o-9".into(),
-        total_minor: 500,
-        currency: "EUR".into(),
-        channel: "pos".into(),
-        store: "s-1".into(),
-        lines: vec![line],
-        placed_at_ms: None,
-    };
-    shop.send("bob", "o-9", CommandBody::EarnForOrder { order }).await.unwrap();
-    assert_eq!(rejection(refer("bob", "ann").await), Rejection::ReferralTooLate);
+    assert!(shop.node.registry.summary(&WalletKey::new(tenant(), wallet("dee"))).await.is_err(), "a refused enrolment records nothing");
     shop.node.stop().await;
 }

@@ -81,7 +81,10 @@ fn sealed(customer_ref: &str) -> SealedPersonalData {
     personal::seal(&key, "acme/wallet/c-1", &PersonalData { customer_ref: customer_ref.into(), ..Default::default() })
 }
 fn enroll() -> Command {
-    cmd("enroll-1", CommandBody::Enroll { customer_ref: "crm-77".into(), sealed: Some(sealed("crm-77")) })
+    cmd(
+        "enroll-1",
+        CommandBody::Enroll { customer_ref: "crm-77".into(), sealed: Some(sealed("crm-77")), referrer_wallet_id: String::new() },
+    )
 }
 fn earn(key: &str, points: i64, source: &str) -> Command {
     cmd(key, CommandBody::Earn { points, reason: "order".into(), source_ref: source.into(), order_amount: None })

@@ -216,7 +216,11 @@ fn body() -> impl Strategy<Value = CommandBody> {
             parts,
             code: "WALLET_CLOSED".into()
         }),
-        1 => prop_oneof![Just("w"), Just("w2"), Just("w3")].prop_map(|referrer| CommandBody::RecordReferral { referrer_wallet_id: referrer.into() }),
+        1 => prop_oneof![Just("w"), Just("w2"), Just("w3")].prop_map(|referrer| CommandBody::Enroll {
+            customer_ref: String::new(),
+            sealed: None,
+            referrer_wallet_id: referrer.into()
+        }),
         2 => (0..20u8, any::<bool>()).prop_map(|(n, attach)| {
             let lookup = format!("{n:064x}");
             if attach {
@@ -242,7 +246,6 @@ fn command(key: u8, body: CommandBody) -> Command {
         CommandBody::TransferOut { transfer_id, .. } => transfer_key(transfer_id, TransferStep::Out),
         CommandBody::TransferIn { transfer_id, .. } => transfer_key(transfer_id, TransferStep::In),
         CommandBody::ReturnTransfer { transfer_id, .. } => transfer_key(transfer_id, TransferStep::Return),
-        CommandBody::RecordReferral { .. } => tally_engine::domain::referral_key(),
         _ => format!("k{key}"),
     };
     Command::new(key, body)

@@ -12,8 +12,8 @@ use rand::{Rng, SeedableRng};
 use tally_proto::v1::admin_service_client::AdminServiceClient;
 use tally_proto::v1::wallet_service_client::WalletServiceClient;
 use tally_proto::v1::{
-    DefineRewardRequest, EarnRequest, EnrollRequest, GetWalletRequest, RedeemRequest, RedeemRewardRequest, RestockRewardRequest,
-    RewardDefined, SetTransferPolicyRequest, TransferPointsRequest,
+    AttachIdentifierRequest, DefineRewardRequest, EarnRequest, EnrollRequest, FindWalletRequest, GetWalletRequest, IdentifierKind,
+    RedeemRequest, RedeemRewardRequest, RestockRewardRequest, RewardDefined, SetTransferPolicyRequest, TransferPointsRequest,
 };
 use tonic::transport::Endpoint;
 
@@ -109,12 +109,17 @@ fn wallet_id(i: usize) -> String {
     format!("bench-{i}")
 }
 
+/// The card number `--find` attaches to wallet `i`.
+fn card(i: usize) -> String {
+    format!("BENCH{i:08}")
+}
+
 /// Enrolls every wallet and gives it points to spend. Idempotent: a second run reuses them.
 async fn setup(args: &BenchArgs, clients: &[WalletServiceClient<Authed>]) -> Result<(), BenchError> {
     let tasks: Vec<_> = (0..args.concurrency.clamp(1, 256))
         .map(|t| {
             let mut client = clients[t % clients.len()].clone();
-            let (tenant, wallets, step) = (args.tenant.clone(), args.wallets, args.concurrency.clamp(1, 256));
+            let (tenant, wallets, step, find) = (args.tenant.clone(), args.wallets, args.concurrency.clamp(1, 256), args.find);
             tokio::spawn(async move {
                 for i in (t..wallets).step_by(step) {
                     let wallet = wallet_id(i);
@@ -136,6 +141,17 @@ async fn setup(args: &BenchArgs, clients: &[WalletServiceClient<Authed>]) -> Res
                         order_amount: None,
                     };
                     client.earn(seed).await?;
+                    if find {
+                        let card = AttachIdentifierRequest {
+                            tenant_id: tenant.clone(),
+                            wallet_id: wallet_id(i),
+                            kind: IdentifierKind::Card as i32,
+                            value: card(i),
+                            idempotency_key: "bench-card".into(),
+                        };
+                        // A second run finds it attached already (under the same key: answered again).
+                        client.attach_identifier(card).await?;
+                    }
                 }
                 Ok::<(), tonic::Status>(())
             })
@@ -233,7 +249,11 @@ async fn one_call(
     key: String,
 ) -> (Result<Option<String>, tonic::Status>, bool) {
     let (tenant_id, wallet) = (args.tenant.clone(), wallet_id(index));
-    if rng.random_range(0..100) < args.read_percent {
+    let read = rng.random_range(0..100) < args.read_percent;
+    if read && args.find {
+        let request = FindWalletRequest { tenant_id, kind: IdentifierKind::Card as i32, value: card(index) };
+        (client.find_wallet(request).await.map(decided_by), false)
+    } else if read {
         (client.get_wallet(GetWalletRequest { tenant_id, wallet_id: wallet, ..Default::default() }).await.map(decided_by), false)
     } else if let Some(reward_id) = &args.reward {
         let request = RedeemRewardRequest { tenant_id, wallet_id: wallet, redemption_id: key, reward_id: reward_id.clone() };

@@ -694,4 +694,8 @@ pub struct BenchArgs {
     /// platform key.
     #[arg(long, conflicts_with = "reward")]
     pub transfer: bool,
+    /// Every read finds its wallet by a card number instead (WalletService.FindWallet): the bench attaches
+    /// a card to every wallet first.
+    #[arg(long)]
+    pub find: bool,
 }

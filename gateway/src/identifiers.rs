@@ -75,13 +75,6 @@ fn renamed(status: Status, field: &str) -> Status {
     }
 }
 
-/// One answer for an enrolment and its referral: both calls' transactions, the wallet as it is after both.
-pub(crate) fn enrolled_with_referral(enrolled: pb::WalletMutation, referred: pb::WalletMutation) -> pb::WalletMutation {
-    let mut transactions = enrolled.transactions;
-    transactions.extend(referred.transactions);
-    pb::WalletMutation { transactions, replayed: enrolled.replayed && referred.replayed, ..referred }
-}
-
 /// Who claims the identifier of a FindWallet request.
 pub(crate) async fn holder(book: &IdentifierBook, tenant: &TenantId, r: &pb::FindWalletRequest) -> Result<Found, Status> {
     let kind = kind(r.kind)?;

@@ -299,12 +299,9 @@ impl WalletService for WalletApi {
             "" => None,
             code => Some(crate::identifiers::referrer(&self.engine.identifiers, &key, code).await?),
         };
-        let call = (&metadata, &extensions, deadline);
-        let enrolled = self.mutate(call, key.clone(), Command::new(r.idempotency_key, CommandBody::enroll(r.customer_ref))).await?;
-        let Some(referrer) = referrer else { return Ok(enrolled) };
-        // Keyed once per wallet: a retried enrolment records it once, or answers it again.
-        let referred = self.mutate(call, key, Command::record_referral(&referrer)).await?;
-        Ok(Response::new(crate::identifiers::enrolled_with_referral(enrolled.into_inner(), referred.into_inner())))
+        // Recorded with the enrolment, in its append: the referrer is part of what a retry must repeat.
+        let body = CommandBody::Enroll { customer_ref: r.customer_ref, sealed: None, referrer_wallet_id: referrer.unwrap_or_default() };
+        self.mutate((&metadata, &extensions, deadline), key, Command::new(r.idempotency_key, body)).await
     }
 
     async fn earn(&self, request: Request<EarnRequest>) -> Result<Response<WalletMutation>, Status> {

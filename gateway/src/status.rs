@@ -109,8 +109,6 @@ pub fn from_rejection(rejection: &Rejection) -> Status {
             with_reason(Code::AlreadyExists, "IDENTIFIER_TAKEN", message, &[("wallet_id", wallet_id.as_str())])
         }
         Rejection::IdentifierNotAttached => with_reason(Code::NotFound, "IDENTIFIER_NOT_ATTACHED", message, &[]),
-        Rejection::ReferralAlreadyRecorded { .. } => with_reason(Code::AlreadyExists, "REFERRAL_ALREADY_RECORDED", message, &[]),
-        Rejection::ReferralTooLate => precondition("REFERRAL_TOO_LATE", "referral_code", message),
         Rejection::TooManyIdentifiers { .. } => precondition("TOO_MANY_IDENTIFIERS", "wallet_id", message),
     }
 }

@@ -63,7 +63,7 @@ pub enum MovementKind {
     /// tenant's transfers sum to zero once each has ended.
     Transfer,
     /// An identifier the wallet can be found by was attached or detached (the reference is its kind:
-    /// card, phone, email, crm_id — never its value, which the log does not hold); no points move.
+    /// card, phone, email, crm_id, referral_code — never its value, which the log does not hold); no points move.
     Identifier,
     /// The customer was recorded as referred (the reference is the referrer's wallet); no points move.
     Referral,

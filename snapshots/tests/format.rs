@@ -22,7 +22,8 @@ fn history(bodies: &[CommandBody]) -> Vec<Event> {
     let key = tally_engine::store::PersonalKey::from_bytes(&[3; 32]).unwrap();
     let customer = tally_proto::v1::PersonalData { customer_ref: "crm-1".into(), ..Default::default() };
     let sealed = tally_engine::personal::seal(&key, "acme/wallet/c-1", &customer);
-    let enroll = CommandBody::Enroll { customer_ref: "crm-1".into(), sealed: Some(sealed) };
+    // Referred by c-9's code, in the enrolment's own append.
+    let enroll = CommandBody::Enroll { customer_ref: "crm-1".into(), sealed: Some(sealed), referrer_wallet_id: "c-9".into() };
     for (i, body) in std::iter::once(&enroll).chain(bodies).enumerate() {
         let ctx = Context { tenant: &tenant, wallet: &wallet, now_ms: 1_767_225_600_000 + i as i64, program: &program };
         let key = match body {
@@ -33,7 +34,6 @@ fn history(bodies: &[CommandBody]) -> Vec<Event> {
             CommandBody::CancelRewardRedemption { redemption_id, .. } => tally_engine::domain::reward_cancel_key(redemption_id),
             CommandBody::TransferOut { transfer_id, .. } => transfer_key(transfer_id, TransferStep::Out),
             CommandBody::TransferIn { transfer_id, .. } => transfer_key(transfer_id, TransferStep::In),
-            CommandBody::RecordReferral { .. } => tally_engine::domain::referral_key(),
             _ => format!("k-{i}"),
         };
         if let Ok(Decision::Append(new)) = decide(&state, &Command::new(key, body.clone()), &ctx) {
@@ -130,7 +130,6 @@ fn fold(events: &[Event]) -> WalletState {
 fn golden_history() -> Vec<Event> {
     let earn = |points, source: &str| CommandBody::Earn { points, reason: "order".into(), source_ref: source.into(), order_amount: None };
     history(&[
-        CommandBody::RecordReferral { referrer_wallet_id: "c-9".into() },
         earn(120, "order-1"),
         earn(80, "order-2"),
         CommandBody::Redeem { points: 50, reward_ref: "mug".into() },

@@ -240,10 +240,12 @@ async fn a_customer_enrolled_with_a_friends_code_is_recorded_as_referred() {
     let again = wallets.enroll(with_code("bob", "ann-2026")).await.unwrap().into_inner();
     assert!(again.replayed && again.transactions.len() == 2, "a retry answers both, records nothing");
 
-    // An enrolment that landed without its referral (the call cut off in between) gets it on its retry.
+    // The code is part of the enrolment: the same key with another code, or with none, is another request.
+    let switched = wallets.enroll(with_code("bob", "")).await.unwrap_err();
+    assert_eq!(switched.code(), Code::AlreadyExists);
     enroll(&mut wallets, "dan").await;
-    let dan = wallets.enroll(with_code("dan", "ann-2026")).await.unwrap().into_inner();
-    assert_eq!(dan.wallet.unwrap().referred_by, "ann");
+    let late = wallets.enroll(with_code("dan", "ann-2026")).await.unwrap_err();
+    assert_eq!(late.code(), Code::AlreadyExists, "a customer enrolled without a code is not referred later");
 
     // Refusals name what is wrong, and enrol nobody.
     let unknown = wallets.enroll(with_code("cy", "NOBODY-1")).await.unwrap_err();
@@ -257,6 +259,27 @@ async fn a_customer_enrolled_with_a_friends_code_is_recorded_as_referred() {
     let other = wallets.enroll(with_code("bob", "BOB-2026")).await.unwrap_err();
     assert_eq!(other.code(), Code::NotFound, "an unknown code, whatever else");
     attach(&mut wallets, "dan", IdentifierKind::ReferralCode, "dan-2026", "code-2").await.unwrap();
-    let switched = wallets.enroll(with_code("bob", "dan-2026")).await.unwrap_err();
-    assert_eq!(switched.code(), Code::AlreadyExists, "one referral per customer");
+    let other_referrer = wallets.enroll(with_code("bob", "dan-2026")).await.unwrap_err();
+    assert_eq!(other_referrer.code(), Code::AlreadyExists, "one referral per customer");
+    let bob = tally_proto::v1::GetWalletRequest { tenant_id: "demo".into(), wallet_id: "bob".into(), ..Default::default() };
+    assert_eq!(wallets.get_wallet(bob).await.unwrap().into_inner().referred_by, "ann");
+}
+
+#[tokio::test]
+async fn tally_bench_finds_wallets_by_their_cards() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TallyServer::start(&dir.path().join("data"), &["--tenant", "demo"]);
+    let args = ["bench", "--find", "--read-percent", "100", "--requests", "100", "--concurrency", "4", "--wallets", "12"];
+    let out = server.cli().args(args).args(["--tenant", "demo", "--server", server.url.as_str()]).output().unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{report}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!report.contains("errors"), "every wallet was found: {report}");
+    let reads: i64 = report
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("reads").and_then(|rest| rest.split_whitespace().next()).and_then(|n| n.parse().ok()))
+        .expect("a count of reads");
+    assert!(reads >= 100, "{report}");
+    // The cards the bench attached are there, each once.
+    let mut wallets = server.client().await;
+    assert_eq!(find(&mut wallets, IdentifierKind::Card, "BENCH00000011").await.unwrap(), "bench-11");
 }

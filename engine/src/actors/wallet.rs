@@ -670,10 +670,17 @@ impl Wallet {
     }
 
     fn seal(&self, command: &Command, key: &PersonalKey) -> Command {
-        let CommandBody::Enroll { customer_ref, .. } = &command.body else { unreachable!("only enrolments are sealed") };
+        let CommandBody::Enroll { customer_ref, referrer_wallet_id, .. } = &command.body else {
+            unreachable!("only enrolments are sealed")
+        };
         let data = PersonalData { customer_ref: customer_ref.clone(), ..Default::default() };
         let sealed = personal::seal(key, self.stream.as_str(), &data);
-        Command::new(command.idempotency_key.clone(), CommandBody::Enroll { customer_ref: customer_ref.clone(), sealed: Some(sealed) })
+        let body = CommandBody::Enroll {
+            customer_ref: customer_ref.clone(),
+            sealed: Some(sealed),
+            referrer_wallet_id: referrer_wallet_id.clone(),
+        };
+        Command::new(command.idempotency_key.clone(), body)
     }
 
     /// The wallet's personal data key, read once; `None` if it has none.
@@ -727,7 +734,7 @@ fn detached<'a>(changes: impl Iterator<Item = &'a Change>) -> Vec<String> {
 
 /// An enrolment with a customer reference not sealed yet.
 fn unsealed_enrolment(command: &Command) -> bool {
-    matches!(&command.body, CommandBody::Enroll { customer_ref, sealed: None } if !customer_ref.is_empty())
+    matches!(&command.body, CommandBody::Enroll { customer_ref, sealed: None, .. } if !customer_ref.is_empty())
 }
 
 /// What an event records of the command it came with: all of it, but for a change time brought (an

@@ -22,7 +22,9 @@ pub enum CommandBody {
     /// Open the wallet for a customer. `customer_ref` is personal data: the wallet's actor seals it under
     /// the wallet's own key into `sealed` before the command is decided (`crate::personal`), and only
     /// `sealed` is recorded and fingerprinted. A reference left unsealed is refused, never recorded.
-    Enroll { customer_ref: String, sealed: Option<SealedPersonalData> },
+    /// `referrer_wallet_id` (empty: none) is the wallet whose referral code the customer enrolled with:
+    /// the referral is recorded with the enrolment, in the same append.
+    Enroll { customer_ref: String, sealed: Option<SealedPersonalData>, referrer_wallet_id: String },
     /// Erase the customer's personal data for good (the actor destroys the wallet's key once this is
     /// decided, before its event is recorded). Points and history stay.
     EraseCustomer { reason: String },
@@ -77,14 +79,6 @@ pub enum CommandBody {
     AttachIdentifier { kind: IdentifierKind, lookup: String },
     /// Stop the wallet being found by the identifier `lookup`; its claim is released first.
     DetachIdentifier { kind: IdentifierKind, lookup: String, reason: String },
-    /// Record that the customer was referred by wallet `referrer_wallet_id` (the holder of the referral
-    /// code they enrolled with), right after the enrolment; keyed [`referral_key`].
-    RecordReferral { referrer_wallet_id: String },
-}
-
-/// The key of a wallet's referral: one per wallet, so a retried enrolment records it once.
-pub fn referral_key() -> String {
-    format!("{ENGINE_KEY_PREFIX}referral")
 }
 
 pub use super::identifiers::IdentifierKind;
@@ -152,7 +146,7 @@ pub fn is_due_key(key: &str) -> bool {
 impl CommandBody {
     /// Enrolment of a customer known as `customer_ref` (empty: none), to be sealed by the wallet's actor.
     pub fn enroll(customer_ref: impl Into<String>) -> Self {
-        Self::Enroll { customer_ref: customer_ref.into(), sealed: None }
+        Self::Enroll { customer_ref: customer_ref.into(), sealed: None, referrer_wallet_id: String::new() }
     }
 }
 
@@ -213,11 +207,6 @@ impl Command {
         Self::new(transfer_key(transfer_id, TransferStep::Return), body)
     }
 
-    /// The record that the customer was referred by `referrer_wallet_id`, under the wallet's referral key.
-    pub fn record_referral(referrer_wallet_id: &str) -> Self {
-        Self::new(referral_key(), CommandBody::RecordReferral { referrer_wallet_id: referrer_wallet_id.to_owned() })
-    }
-
     /// Records what is due at `now_ms`, under an engine key.
     pub fn run_due(now_ms: i64) -> Self {
         Self::new(due_key(now_ms), CommandBody::RunDue)
@@ -246,8 +235,19 @@ impl Command {
             // The sealed bytes, never the reference: the log keeps no digest of personal data that a
             // guess could be checked against once the key is gone. Unsealed (nothing to seal, or a
             // wallet enrolled before sealing, whose receipt was made so): the original layout.
-            CommandBody::Enroll { sealed: Some(sealed), .. } => Layout::new(16).u64(u64::from(sealed.algorithm)).bytes(&sealed.ciphertext),
-            CommandBody::Enroll { customer_ref, sealed: None } => Layout::new(1).str(customer_ref),
+            CommandBody::Enroll { sealed: Some(sealed), referrer_wallet_id, .. } if referrer_wallet_id.is_empty() => {
+                Layout::new(16).u64(u64::from(sealed.algorithm)).bytes(&sealed.ciphertext)
+            }
+            CommandBody::Enroll { customer_ref, sealed: None, referrer_wallet_id } if referrer_wallet_id.is_empty() => {
+                Layout::new(1).str(customer_ref)
+            }
+            // Referred: the referrer is part of what a retry must repeat.
+            CommandBody::Enroll { sealed: Some(sealed), referrer_wallet_id, .. } => {
+                Layout::new(26).str(referrer_wallet_id).u64(u64::from(sealed.algorithm)).bytes(&sealed.ciphertext)
+            }
+            CommandBody::Enroll { customer_ref, sealed: None, referrer_wallet_id } => {
+                Layout::new(27).str(referrer_wallet_id).str(customer_ref)
+            }
             CommandBody::EraseCustomer { reason } => Layout::new(17).str(reason),
             CommandBody::Earn { points, reason, source_ref, order_amount } => {
                 let layout = Layout::new(2).i64(*points).str(reason).str(source_ref);
@@ -317,7 +317,6 @@ impl Command {
             CommandBody::DetachIdentifier { kind, lookup, reason } => {
                 Layout::new(24).u64(u64::from((*kind as i32).unsigned_abs())).str(lookup).str(reason)
             }
-            CommandBody::RecordReferral { referrer_wallet_id } => Layout::new(25).str(referrer_wallet_id),
         }
     }
 
@@ -346,7 +345,6 @@ impl Command {
             CommandBody::ReturnTransfer { .. } => "return_transfer",
             CommandBody::AttachIdentifier { .. } => "attach_identifier",
             CommandBody::DetachIdentifier { .. } => "detach_identifier",
-            CommandBody::RecordReferral { .. } => "record_referral",
         }
     }
 }

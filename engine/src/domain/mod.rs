@@ -25,8 +25,8 @@ pub mod tiers;
 mod wallet;
 
 pub use command::{
-    Command, CommandBody, ENGINE_KEY_PREFIX, Money, TransferPart, TransferStep, capture_key, due_key, referral_key, reward_cancel_key,
-    reward_debit_key, transfer_key, void_key,
+    Command, CommandBody, ENGINE_KEY_PREFIX, Money, TransferPart, TransferStep, capture_key, due_key, reward_cancel_key, reward_debit_key,
+    transfer_key, void_key,
 };
 pub use event::{Change, Event};
 pub use fingerprint::CommandFingerprint;

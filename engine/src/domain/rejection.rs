@@ -145,14 +145,6 @@ pub enum Rejection {
     /// (TOO_MANY_IDENTIFIERS).
     #[error("the wallet carries {max} identifiers, the most it may; detach one first")]
     TooManyIdentifiers { max: usize },
-    /// The wallet was recorded as referred already (by another referrer). Maps to ALREADY_EXISTS
-    /// (REFERRAL_ALREADY_RECORDED).
-    #[error("the customer was referred by wallet {referrer_wallet_id:?} already")]
-    ReferralAlreadyRecorded { referrer_wallet_id: String },
-    /// A referral is recorded at enrolment, before the first order. Maps to FAILED_PRECONDITION
-    /// (REFERRAL_TOO_LATE).
-    #[error("a referral is recorded when the customer enrols, before their first order")]
-    ReferralTooLate,
     /// The idempotency key was already used for a different command. Maps to ALREADY_EXISTS.
     #[error("idempotency key {key:?} was already used for a different command")]
     IdempotencyKeyReused { key: String },

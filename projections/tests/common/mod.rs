@@ -171,13 +171,16 @@ impl Workload {
 
 /// An enrolment's customer reference sealed under a key kept in `store`, as the wallet's actor seals it.
 async fn sealed(store: &dyn EventStore, stream: &StreamId, command: Command) -> Command {
-    let CommandBody::Enroll { customer_ref, sealed: None } = &command.body else { return command };
+    let CommandBody::Enroll { customer_ref, sealed: None, .. } = &command.body else { return command };
     if customer_ref.is_empty() {
         return command;
     }
     let key = store.keep_personal_key(stream, &PersonalKey::generate().unwrap()).await.expect("keep key");
     let sealed = personal::seal(&key, stream.as_str(), &PersonalData { customer_ref: customer_ref.clone(), ..Default::default() });
-    Command::new(command.idempotency_key, CommandBody::Enroll { customer_ref: customer_ref.clone(), sealed: Some(sealed) })
+    Command::new(
+        command.idempotency_key,
+        CommandBody::Enroll { customer_ref: customer_ref.clone(), sealed: Some(sealed), referrer_wallet_id: String::new() },
+    )
 }
 
 /// The reference: every read model computed in memory from the whole log.

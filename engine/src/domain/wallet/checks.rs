@@ -38,7 +38,6 @@ pub(super) fn check_key(command: &Command) -> Result<(), Rejection> {
         CommandBody::TransferOut { transfer_id, .. } => Some(transfer_key(transfer_id, TransferStep::Out)),
         CommandBody::TransferIn { transfer_id, .. } => Some(transfer_key(transfer_id, TransferStep::In)),
         CommandBody::ReturnTransfer { transfer_id, .. } => Some(transfer_key(transfer_id, TransferStep::Return)),
-        CommandBody::RecordReferral { .. } => Some(crate::domain::referral_key()),
         CommandBody::RunDue => None,
         _ if command.idempotency_key.starts_with(ENGINE_KEY_PREFIX) => {
             return Err(FieldError::new(
@@ -75,7 +74,12 @@ pub(super) fn checked_balance(value: Option<i64>, field: &'static str, points: i
 
 pub(super) fn validate(body: &CommandBody) -> Result<(), Rejection> {
     match body {
-        CommandBody::Enroll { customer_ref, .. } => check_ref("customer_ref", customer_ref, false),
+        CommandBody::Enroll { customer_ref, referrer_wallet_id, .. } => {
+            if !referrer_wallet_id.is_empty() {
+                crate::domain::WalletId::parse(referrer_wallet_id).map_err(|e| FieldError::new("referrer_wallet_id", e.reason))?;
+            }
+            check_ref("customer_ref", customer_ref, false)
+        }
         CommandBody::EraseCustomer { reason } => {
             if reason.is_empty() {
                 return Err(FieldError::new("reason", "must not be empty: say why (a ticket, the request)").into());
@@ -137,10 +141,6 @@ pub(super) fn validate(body: &CommandBody) -> Result<(), Rejection> {
         CommandBody::CancelRewardRedemption { redemption_id, reason } => check_redemption(redemption_id, Err(reason)),
         CommandBody::TransferOut { .. } | CommandBody::TransferIn { .. } | CommandBody::ReturnTransfer { .. } => check_transfer(body),
         CommandBody::AttachIdentifier { kind, lookup } => check_identifier(*kind, lookup),
-        CommandBody::RecordReferral { referrer_wallet_id } => {
-            crate::domain::WalletId::parse(referrer_wallet_id).map_err(|e| FieldError::new("referrer_wallet_id", e.reason))?;
-            Ok(())
-        }
         CommandBody::DetachIdentifier { kind, lookup, reason } => {
             check_identifier(*kind, lookup)?;
             check_reason(reason)

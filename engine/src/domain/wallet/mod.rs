@@ -10,7 +10,7 @@
 //! | [`rewards`] | `RedeemReward` (a catalogue reward's debit), `CancelRewardRedemption` | (redeemed, through the ledger), reward refused, redemption cancelled |
 //! | [`transfers`] | `TransferOut` (the source's debit), `TransferIn` (the target's credit), `ReturnTransfer` (a refused transfer back) | transferred out, in, refused, returned |
 //! | [`identifiers`] | `AttachIdentifier`, `DetachIdentifier`, and those a closure or an erasure ends | identifier attached, detached |
-//! | [`referrals`] | `RecordReferral` (once, before the first order, never the wallet itself) | referral recorded |
+//! | [`referrals`] | the referral an `Enroll` carries (never the wallet itself) | referral recorded |
 //! | [`stamps`] | `AddStamps`, and the cards a change fills | stamped, card completed |
 //! | [`tier`] | the tier an earn reaches, a due review | tier changed, tier reviewed |
 //! | [`due`] | `RunDue`, and what time brought before any command | matured, expired, expiring soon |
@@ -59,7 +59,7 @@ pub enum Decision {
 pub fn decide(state: &WalletState, command: &Command, ctx: &Context<'_>) -> Result<Decision, Rejection> {
     checks::check_key(command)?;
     // An enrolment retried after its customer was erased has no key left to seal with.
-    if let CommandBody::Enroll { customer_ref, sealed: None } = &command.body
+    if let CommandBody::Enroll { customer_ref, sealed: None, .. } = &command.body
         && !customer_ref.is_empty()
         && state.customer_erased
     {
@@ -115,7 +115,13 @@ fn decide_change(state: &WalletState, body: &CommandBody, ctx: &Context<'_>) -> 
     use CommandBody as C;
     let alone = |change: Result<Change, Rejection>| change.map(|change| (Vec::new(), change));
     match (state.status, body) {
-        (WalletStatus::NotEnrolled, C::Enroll { customer_ref, sealed }) => alone(ledger::enroll(customer_ref, sealed.as_ref(), ctx)),
+        (WalletStatus::NotEnrolled, C::Enroll { customer_ref, sealed, referrer_wallet_id }) => {
+            let enrolled = ledger::enroll(customer_ref, sealed.as_ref(), ctx);
+            match referrer_wallet_id.as_str() {
+                "" => alone(enrolled),
+                referrer => Ok((vec![enrolled?], referrals::referred(ctx, referrer)?)),
+            }
+        }
         (WalletStatus::NotEnrolled, _) => Err(Rejection::WalletNotFound),
         // A closed wallet's customer may still ask to be forgotten.
         // Identifiers are the customer's too: they go with the key.
@@ -168,7 +174,6 @@ fn decide_change(state: &WalletState, body: &CommandBody, ctx: &Context<'_>) -> 
             C::RefundOrder { order_id, amount_minor, reason } => orders::refund(state, ctx, order_id, *amount_minor, reason),
             C::AttachIdentifier { kind, lookup } => alone(identifiers::attach(state, *kind, lookup)),
             C::DetachIdentifier { lookup, reason, .. } => alone(identifiers::detach(state, lookup, reason)),
-            C::RecordReferral { referrer_wallet_id } => alone(referrals::record(state, ctx, referrer_wallet_id)),
         },
     }
 }
