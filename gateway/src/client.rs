@@ -361,6 +361,22 @@ where
     Ok(mutation_output(target.json, key, reply))
 }
 
+/// `tally wallet enroll`.
+async fn enroll(command: WalletCommand) -> Result<String, ClientError> {
+    let WalletCommand::Enroll { wallet, key: k, customer, referral_code, target } = command else {
+        unreachable!("called for `tally wallet enroll` only")
+    };
+    let key = key(k);
+    let request = EnrollRequest {
+        tenant_id: wallet.tenant,
+        wallet_id: wallet.wallet,
+        idempotency_key: key.clone(),
+        customer_ref: customer,
+        referral_code,
+    };
+    mutation(&target, key, request, |mut client, request| async move { client.enroll(request).await }).await
+}
+
 /// `tally wallet attach-identifier | detach-identifier | find`.
 async fn identifiers(command: WalletCommand) -> Result<String, ClientError> {
     match command {
@@ -431,17 +447,7 @@ async fn transfer(command: WalletCommand) -> Result<String, ClientError> {
 
 pub async fn run(command: WalletCommand) -> Result<String, ClientError> {
     match command {
-        WalletCommand::Enroll { wallet, key: k, customer, referral_code, target } => {
-            let key = key(k);
-            let request = EnrollRequest {
-                tenant_id: wallet.tenant,
-                wallet_id: wallet.wallet,
-                idempotency_key: key.clone(),
-                customer_ref: customer,
-                referral_code,
-            };
-            mutation(&target, key, request, |mut client, request| async move { client.enroll(request).await }).await
-        }
+        command @ WalletCommand::Enroll { .. } => enroll(command).await,
         WalletCommand::Earn { wallet, key: k, points, source, reason, amount_minor, currency, target } => {
             let key = key(k);
             let order_amount = amount_minor.zip(currency).map(|(amount_minor, currency)| Money { amount_minor, currency });

@@ -401,18 +401,10 @@ impl Wallet {
                 Decision::AlreadyApplied(receipt) => return self.answer_again(command, receipt, &program, meta).await,
                 Decision::CatchUp(events) => {
                     // Each chunk records at least one transition, so this ends; then the command.
-                    match self.record_catch_up(events, meta).await {
-                        Ok(()) => continue,
-                        Err(StoreError::VersionConflict { .. }) if attempt < CONFLICT_RETRIES_MAX => {
-                            attempt += 1;
-                            self.stale = true;
-                            continue;
-                        }
-                        Err(error) => {
-                            self.stale = true;
-                            return Err(error.into());
-                        }
+                    if self.record_due(events, meta, attempt < CONFLICT_RETRIES_MAX).await? {
+                        attempt += 1;
                     }
+                    continue;
                 }
             };
             if state.version == 0 && !admitted && matches!(command.body, CommandBody::Enroll { .. }) {
@@ -422,29 +414,60 @@ impl Wallet {
                 }
                 admitted = true;
             }
-            self.before_append(command, &events, now_ms, meta).await?;
-            let state = self.state.as_ref().expect("current() recovered it");
-            let expected = ExpectedVersion::Exact(state.version);
-            let data = events.iter().map(|event| codec::encode(event, recorded_meta(event, meta).as_ref())).collect();
-            // No span of its own: the group commit's `store.commit` (a child of this command's span) says
-            // how the append went, one span per commit rather than one more per command.
-            let appended = self.deps.store.append(&self.stream, expected, data).await;
-            match appended {
-                Ok(outcome) => {
-                    let detached = detached(events.iter().map(|e| &e.change));
-                    let outcome = self.applied(events, outcome, now_ms, &program);
-                    self.release_detached(&detached, command, now_ms, meta).await;
-                    return self.with_customer(outcome).await;
-                }
-                Err(StoreError::VersionConflict { .. }) if attempt < CONFLICT_RETRIES_MAX => {
-                    // Another writer got there first (a second node, or a stale actor): catch up, decide again.
-                    attempt += 1;
-                    self.stale = true;
-                }
-                Err(error) => {
-                    self.stale = true;
-                    return Err(error.into());
-                }
+            match self.record(command, events, (now_ms, meta), &program, attempt < CONFLICT_RETRIES_MAX).await? {
+                Some(outcome) => return Ok(outcome),
+                // Another writer got there first (a second node, or a stale actor): catch up, decide again.
+                None => attempt += 1,
+            }
+        }
+    }
+
+    /// Records `events` of `command` — what must hold first, then the append — and applies them: the
+    /// outcome, or `None` when another writer got there first and `retry` says to decide again.
+    async fn record(
+        &mut self,
+        command: &Command,
+        events: Vec<Event>,
+        (now_ms, meta): (i64, &CommandMeta),
+        program: &ProgramSettings,
+        retry: bool,
+    ) -> Result<Option<CommandOutcome>, WalletError> {
+        self.before_append(command, &events, now_ms, meta).await?;
+        let state = self.state.as_ref().expect("current() recovered it");
+        let expected = ExpectedVersion::Exact(state.version);
+        let data = events.iter().map(|event| codec::encode(event, recorded_meta(event, meta).as_ref())).collect();
+        // No span of its own: the group commit's `store.commit` (a child of this command's span) says
+        // how the append went, one span per commit rather than one more per command.
+        match self.deps.store.append(&self.stream, expected, data).await {
+            Ok(outcome) => {
+                let detached = detached(events.iter().map(|e| &e.change));
+                let outcome = self.applied(events, outcome, now_ms, program);
+                self.release_detached(&detached, command, now_ms, meta).await;
+                self.with_customer(outcome).await.map(Some)
+            }
+            Err(StoreError::VersionConflict { .. }) if retry => {
+                self.stale = true;
+                Ok(None)
+            }
+            Err(error) => {
+                self.stale = true;
+                Err(error.into())
+            }
+        }
+    }
+
+    /// Records a chunk of what time brought ahead of a command: `true` when another writer got there first
+    /// and `retry` says to decide again (an attempt spent).
+    async fn record_due(&mut self, events: Vec<Event>, meta: &CommandMeta, retry: bool) -> Result<bool, WalletError> {
+        match self.record_catch_up(events, meta).await {
+            Ok(()) => Ok(false),
+            Err(StoreError::VersionConflict { .. }) if retry => {
+                self.stale = true;
+                Ok(true)
+            }
+            Err(error) => {
+                self.stale = true;
+                Err(error.into())
             }
         }
     }

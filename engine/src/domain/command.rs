@@ -232,21 +232,8 @@ impl Command {
     /// The body's bytes as the fingerprints read them; a permanent format (see `fingerprint.rs`).
     fn layout(&self) -> Layout {
         match &self.body {
-            // The sealed bytes, never the reference: the log keeps no digest of personal data that a
-            // guess could be checked against once the key is gone. Unsealed (nothing to seal, or a
-            // wallet enrolled before sealing, whose receipt was made so): the original layout.
-            CommandBody::Enroll { sealed: Some(sealed), referrer_wallet_id, .. } if referrer_wallet_id.is_empty() => {
-                Layout::new(16).u64(u64::from(sealed.algorithm)).bytes(&sealed.ciphertext)
-            }
-            CommandBody::Enroll { customer_ref, sealed: None, referrer_wallet_id } if referrer_wallet_id.is_empty() => {
-                Layout::new(1).str(customer_ref)
-            }
-            // Referred: the referrer is part of what a retry must repeat.
-            CommandBody::Enroll { sealed: Some(sealed), referrer_wallet_id, .. } => {
-                Layout::new(26).str(referrer_wallet_id).u64(u64::from(sealed.algorithm)).bytes(&sealed.ciphertext)
-            }
-            CommandBody::Enroll { customer_ref, sealed: None, referrer_wallet_id } => {
-                Layout::new(27).str(referrer_wallet_id).str(customer_ref)
+            CommandBody::Enroll { customer_ref, sealed, referrer_wallet_id } => {
+                enroll_layout(customer_ref, sealed.as_ref(), referrer_wallet_id)
             }
             CommandBody::EraseCustomer { reason } => Layout::new(17).str(reason),
             CommandBody::Earn { points, reason, source_ref, order_amount } => {
@@ -313,10 +300,8 @@ impl Command {
                 parts_layout(Layout::new(21).str(transfer_id).str(from_wallet_id), parts).str(reason)
             }
             CommandBody::ReturnTransfer { transfer_id, parts, code } => parts_layout(Layout::new(22).str(transfer_id), parts).str(code),
-            CommandBody::AttachIdentifier { kind, lookup } => Layout::new(23).u64(u64::from((*kind as i32).unsigned_abs())).str(lookup),
-            CommandBody::DetachIdentifier { kind, lookup, reason } => {
-                Layout::new(24).u64(u64::from((*kind as i32).unsigned_abs())).str(lookup).str(reason)
-            }
+            CommandBody::AttachIdentifier { kind, lookup } => Layout::new(23).u64(kind_number(*kind)).str(lookup),
+            CommandBody::DetachIdentifier { kind, lookup, reason } => Layout::new(24).u64(kind_number(*kind)).str(lookup).str(reason),
         }
     }
 
@@ -346,6 +331,23 @@ impl Command {
             CommandBody::AttachIdentifier { .. } => "attach_identifier",
             CommandBody::DetachIdentifier { .. } => "detach_identifier",
         }
+    }
+}
+
+fn kind_number(kind: IdentifierKind) -> u64 {
+    u64::from((kind as i32).unsigned_abs())
+}
+
+/// An enrolment's layout: the sealed bytes, never the reference (the log keeps no digest of personal
+/// data that a guess could be checked against once the key is gone); unsealed (nothing to seal, or a
+/// wallet enrolled before sealing, whose receipt was made so), the original layout; referred, the
+/// referrer first (part of what a retry must repeat), under a kind of its own.
+fn enroll_layout(customer_ref: &str, sealed: Option<&SealedPersonalData>, referrer_wallet_id: &str) -> Layout {
+    match (sealed, referrer_wallet_id) {
+        (Some(sealed), "") => Layout::new(16).u64(u64::from(sealed.algorithm)).bytes(&sealed.ciphertext),
+        (None, "") => Layout::new(1).str(customer_ref),
+        (Some(sealed), referrer) => Layout::new(26).str(referrer).u64(u64::from(sealed.algorithm)).bytes(&sealed.ciphertext),
+        (None, referrer) => Layout::new(27).str(referrer).str(customer_ref),
     }
 }
 

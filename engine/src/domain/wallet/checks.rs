@@ -74,18 +74,11 @@ pub(super) fn checked_balance(value: Option<i64>, field: &'static str, points: i
 
 pub(super) fn validate(body: &CommandBody) -> Result<(), Rejection> {
     match body {
-        CommandBody::Enroll { customer_ref, referrer_wallet_id, .. } => {
-            if !referrer_wallet_id.is_empty() {
-                crate::domain::WalletId::parse(referrer_wallet_id).map_err(|e| FieldError::new("referrer_wallet_id", e.reason))?;
-            }
-            check_ref("customer_ref", customer_ref, false)
+        CommandBody::Enroll { customer_ref, referrer_wallet_id, .. } => check_enrolment(customer_ref, referrer_wallet_id),
+        CommandBody::EraseCustomer { reason } if reason.is_empty() => {
+            Err(FieldError::new("reason", "must not be empty: say why (a ticket, the request)").into())
         }
-        CommandBody::EraseCustomer { reason } => {
-            if reason.is_empty() {
-                return Err(FieldError::new("reason", "must not be empty: say why (a ticket, the request)").into());
-            }
-            check_reason(reason)
-        }
+        CommandBody::EraseCustomer { reason } => check_reason(reason),
         CommandBody::Earn { points, reason, source_ref, order_amount } => {
             check_positive("points", *points)?;
             check_reason(reason)?;
@@ -141,10 +134,7 @@ pub(super) fn validate(body: &CommandBody) -> Result<(), Rejection> {
         CommandBody::CancelRewardRedemption { redemption_id, reason } => check_redemption(redemption_id, Err(reason)),
         CommandBody::TransferOut { .. } | CommandBody::TransferIn { .. } | CommandBody::ReturnTransfer { .. } => check_transfer(body),
         CommandBody::AttachIdentifier { kind, lookup } => check_identifier(*kind, lookup),
-        CommandBody::DetachIdentifier { kind, lookup, reason } => {
-            check_identifier(*kind, lookup)?;
-            check_reason(reason)
-        }
+        CommandBody::DetachIdentifier { kind, lookup, reason } => check_identifier(*kind, lookup).and_then(|()| check_reason(reason)),
         CommandBody::PurchaseCredits { purchase_id, package_id } => {
             check_ref("purchase_id", purchase_id, true)?;
             check_ref("package_id", package_id, true)
@@ -231,6 +221,14 @@ pub(super) fn check_hold_id(hold_id: &str) -> Result<(), Rejection> {
         return Err(FieldError::new("hold_id", format!("must be at most {HOLD_ID_BYTES_MAX} bytes")).into());
     }
     check_ref("hold_id", hold_id, true)
+}
+
+/// An enrolment's customer reference, and the referrer's wallet id if it names one.
+fn check_enrolment(customer_ref: &str, referrer_wallet_id: &str) -> Result<(), Rejection> {
+    if !referrer_wallet_id.is_empty() {
+        crate::domain::WalletId::parse(referrer_wallet_id).map_err(|e| FieldError::new("referrer_wallet_id", e.reason))?;
+    }
+    check_ref("customer_ref", customer_ref, false)
 }
 
 /// An identifier's kind is one, and its lookup one the engine made (a value never reaches a wallet).
