@@ -476,21 +476,7 @@ fn cluster(
         );
         return Err(("store", ConfigError::Unsafe(reason)));
     }
-    match (tls, &set.cluster_ca) {
-        (true, None) => {
-            let reason = "a cluster with --tls-cert needs --cluster-ca FILE: the CA the nodes' certificates chain to, so that a \
-                          node verifies a peer before it forwards callers' keys to it";
-            return Err(("cluster_ca", unsafe_(reason)));
-        }
-        (false, Some(_)) => return Err(("cluster_ca", unsafe_("--cluster-ca needs --tls-cert: without TLS peers are not verified"))),
-        _ => {}
-    }
-    if set.tls_client_ca.is_some() {
-        // The owner would see the forwarding node's certificate, not the caller's.
-        let reason = "mutual TLS (--tls-client-ca) in a cluster is not supported yet: a call authenticated by a client \
-                      certificate could not be forwarded to its wallet's node";
-        return Err(("tls_client_ca", unsafe_(reason)));
-    }
+    cluster_tls(set, tls)?;
     let Some(gossip) = set.cluster_listen else {
         return Err(("cluster_listen", unsafe_("--node-id needs --cluster-listen ADDR: where this node gossips with the others")));
     };
@@ -525,6 +511,27 @@ fn cluster(
         ca: set.cluster_ca.clone(),
         seeds: set.join.clone().unwrap_or_default(),
     }))
+}
+
+/// A cluster's TLS settings hold together: a CA to verify peers by with TLS, none without; no mutual TLS.
+fn cluster_tls(set: &ServeOptions, tls: bool) -> Result<(), (&'static str, ConfigError)> {
+    let unsafe_ = |reason: &str| ConfigError::Unsafe(reason.to_owned());
+    match (tls, &set.cluster_ca) {
+        (true, None) => {
+            let reason = "a cluster with --tls-cert needs --cluster-ca FILE: the CA the nodes' certificates chain to, so that a \
+                          node verifies a peer before it forwards callers' keys to it";
+            return Err(("cluster_ca", unsafe_(reason)));
+        }
+        (false, Some(_)) => return Err(("cluster_ca", unsafe_("--cluster-ca needs --tls-cert: without TLS peers are not verified"))),
+        _ => {}
+    }
+    if set.tls_client_ca.is_some() {
+        // The owner would see the forwarding node's certificate, not the caller's.
+        let reason = "mutual TLS (--tls-client-ca) in a cluster is not supported yet: a call authenticated by a client \
+                      certificate could not be forwarded to its wallet's node";
+        return Err(("tls_client_ca", unsafe_(reason)));
+    }
+    Ok(())
 }
 
 fn read_file(path: &Path) -> Result<ServeOptions, ConfigError> {

@@ -317,10 +317,7 @@ async fn serve(settings: ServeSettings) -> Result<(), Box<dyn std::error::Error>
     };
     let (timers, flows) = background(cluster.as_ref(), &store, &registry, Arc::clone(&program_book) as Arc<dyn Programs>, clock.clone());
     tracing::info!(%address, tenants = ?tenants, "serving gRPC");
-    let log = match &settings.store {
-        StoreUrl::Embedded(dir) => format!("data in {}", dir.display()),
-        StoreUrl::Postgres(url) | StoreUrl::Kurrent(url) => format!("log in {}", redact(url)),
-    };
+    let log = log_place(&settings.store);
     if let Some(node) = &cluster {
         node.membership.become_ready().await;
     }
@@ -359,6 +356,14 @@ async fn serve(settings: ServeSettings) -> Result<(), Box<dyn std::error::Error>
     }
     tracing::info!("stopped cleanly: every acknowledged call is durable");
     Ok(())
+}
+
+/// Where the log is, as the readiness line says it (a database URL without its password).
+fn log_place(store: &StoreUrl) -> String {
+    match store {
+        StoreUrl::Embedded(dir) => format!("data in {}", dir.display()),
+        StoreUrl::Postgres(url) | StoreUrl::Kurrent(url) => format!("log in {}", redact(url)),
+    }
 }
 
 /// Serves Prometheus metrics at `http://<address>/metrics`.

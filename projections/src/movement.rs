@@ -226,11 +226,7 @@ fn decode_one(mut recorded: RecordedEvent, tenant: Arc<str>, wallet: Arc<str>) -
     let (mut customer_ref, mut sealed_customer) = (String::new(), Vec::new());
     let (kind, reason, reference) = match event.change {
         Change::Enrolled(e) => {
-            match e.customer {
-                Some(Customer::Clear(clear)) => customer_ref = into_storable(clear.customer_ref),
-                Some(Customer::Sealed(sealed)) => sealed_customer = prost::Message::encode_to_vec(&sealed),
-                None => {}
-            }
+            (customer_ref, sealed_customer) = customer(e.customer);
             (MovementKind::Enroll, String::new(), String::new())
         }
         Change::CustomerErased(e) => (MovementKind::Erase, e.reason, String::new()),
@@ -259,11 +255,7 @@ fn decode_one(mut recorded: RecordedEvent, tenant: Arc<str>, wallet: Arc<str>) -
         change @ (Change::TransferredOut(_) | Change::TransferredIn(_) | Change::TransferReturned(_) | Change::TransferRefused(_)) => {
             transfer(change)
         }
-        Change::IdentifierAttached(e) => (MovementKind::Identifier, "attached".to_owned(), identifiers::kind_name(e.kind).to_owned()),
-        Change::ReferralRecorded(e) => (MovementKind::Referral, String::new(), e.referrer_wallet_id),
-        Change::IdentifierDetached(e) => {
-            (MovementKind::Identifier, format!("detached: {}", e.reason), identifiers::kind_name(e.kind).to_owned())
-        }
+        change @ (Change::ReferralRecorded(_) | Change::IdentifierAttached(_) | Change::IdentifierDetached(_)) => who(change),
     };
     Ok(Movement {
         position,
@@ -283,6 +275,27 @@ fn decode_one(mut recorded: RecordedEvent, tenant: Arc<str>, wallet: Arc<str>) -
         customer_ref,
         sealed_customer,
     })
+}
+
+/// An enrolment's customer: a version 1 enrolment's reference in clear, or a version 2 one's sealed bytes.
+fn customer(customer: Option<Customer>) -> (String, Vec<u8>) {
+    match customer {
+        Some(Customer::Clear(clear)) => (into_storable(clear.customer_ref), Vec::new()),
+        Some(Customer::Sealed(sealed)) => (String::new(), prost::Message::encode_to_vec(&sealed)),
+        None => (String::new(), Vec::new()),
+    }
+}
+
+/// Who the customer is (an identifier attached or detached: its kind, never its value) or who referred
+/// them, as a movement: its kind, its reason and its reference.
+fn who(change: Change) -> (MovementKind, String, String) {
+    let kind = |kind: i32| identifiers::kind_name(kind).to_owned();
+    match change {
+        Change::ReferralRecorded(e) => (MovementKind::Referral, String::new(), e.referrer_wallet_id),
+        Change::IdentifierAttached(e) => (MovementKind::Identifier, "attached".to_owned(), kind(e.kind)),
+        Change::IdentifierDetached(e) => (MovementKind::Identifier, format!("detached: {}", e.reason), kind(e.kind)),
+        _ => unreachable!("called for identifiers and referrals only"),
+    }
 }
 
 /// A transfer's step as a movement: its kind, its reason (with the other wallet) and the transfer id.
