@@ -330,6 +330,7 @@ const ADDED_AFTER_THE_FIXTURES: &[Added] = &[
     ("transfers_out", || json!({})),
     ("identifiers", || json!({})),
     ("referred_by", || json!("")),
+    ("referral_converted", || json!(false)),
 ];
 
 fn program_view(p: &ProgramState) -> Value {

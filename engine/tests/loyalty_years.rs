@@ -90,6 +90,7 @@ fn program() -> ProgramSettings {
         stamp_cards: Arc::new([("coffee".to_owned(), coffee)].into_iter().collect()),
         rewards: Arc::default(),
         transfers: tally_engine::domain::TransferPolicySet::default(),
+        referrals: tally_engine::domain::ReferralPolicySet::default(),
     }
 }
 

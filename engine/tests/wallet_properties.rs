@@ -12,7 +12,8 @@ use tally_engine::domain::{
     WalletStatus, apply, decide,
 };
 use tally_engine::domain::{
-    TransferPart, TransferPolicySet, TransferStep, capture_key, due_key, reward_cancel_key, reward_debit_key, transfer_key, void_key,
+    ReferralPolicySet, TransferPart, TransferPolicySet, TransferStep, capture_key, due_key, referral_reward_key, reward_cancel_key,
+    reward_debit_key, transfer_key, void_key,
 };
 use tally_engine::limits::RECEIPT_RETENTION_MS;
 
@@ -53,7 +54,21 @@ fn program(return_policy: ReturnPolicy, expiry: ExpiryPolicy, pending_days: u32,
         stamp_cards: std::sync::Arc::new([("coffee".to_owned(), coffee_card())].into_iter().collect()),
         rewards: std::sync::Arc::new(rewards()),
         transfers: TransferPolicySet::default(),
+        referrals: ReferralPolicySet::default(),
     }
+}
+
+/// Referrals rewarding nobody, both sides on any order, or on an order of 50 EUR or more, the referee only.
+fn referral_policy() -> impl Strategy<Value = ReferralPolicySet> {
+    let on = |referrer_points, referee_points, min_order_minor, currency: &str| ReferralPolicySet {
+        enabled: true,
+        referrer_points,
+        referee_points,
+        min_order_minor,
+        currency: currency.into(),
+        set_by: "p".into(),
+    };
+    prop_oneof![Just(ReferralPolicySet::default()), Just(on(50, 25, 0, "")), Just(on(0, 40, 5_000, "EUR"))]
 }
 
 /// Transfers not allowed, allowed without caps, or with a cap per transfer and per day.
@@ -153,7 +168,7 @@ use tally_engine::store::{EventMetadata, RecordedEvent, StreamId};
 use tally_proto::v1::expiry_policy::Rule;
 use tally_proto::v1::{
     CreditPackageDefined, ExpireAfter, ExpireAfterInactivity, ExpireOnDate, ExpiryPolicy, LotPoints, PointsAdjusted, PointsEarned,
-    PointsPurchased, PointsTransferReturned, PointsTransferredIn, RewardRedemptionCancelled,
+    PointsPurchased, PointsTransferReturned, PointsTransferredIn, ReferralConverted, ReferralRewarded, RewardRedemptionCancelled,
 };
 use tally_proto::v1::{StampCardCompleted, StampCardDefined, TierDefinition, TierMove, TierWindow};
 
@@ -216,6 +231,11 @@ fn body() -> impl Strategy<Value = CommandBody> {
             parts,
             code: "WALLET_CLOSED".into()
         }),
+        1 => (prop_oneof![4 => Just("w2"), 1 => Just("w")], 1..100i64).prop_map(|(referee, points)| CommandBody::RewardReferral {
+            referee_wallet_id: referee.into(),
+            order_id: "o-9".into(),
+            points
+        }),
         1 => prop_oneof![Just("w"), Just("w2"), Just("w3")].prop_map(|referrer| CommandBody::Enroll {
             customer_ref: String::new(),
             sealed: None,
@@ -246,6 +266,7 @@ fn command(key: u8, body: CommandBody) -> Command {
         CommandBody::TransferOut { transfer_id, .. } => transfer_key(transfer_id, TransferStep::Out),
         CommandBody::TransferIn { transfer_id, .. } => transfer_key(transfer_id, TransferStep::In),
         CommandBody::ReturnTransfer { transfer_id, .. } => transfer_key(transfer_id, TransferStep::Return),
+        CommandBody::RewardReferral { referee_wallet_id, .. } => referral_reward_key(referee_wallet_id),
         _ => format!("k{key}"),
     };
     Command::new(key, body)
@@ -312,11 +333,16 @@ proptest! {
     #[test]
     fn random_histories_keep_every_invariant(
         steps in steps(), policy in policy(), expiry in expiry(), pending_days in prop_oneof![Just(0u32), Just(2), Just(10)], ticks in ticks(),
-        tiers in tiers(), refund_window_days in prop_oneof![Just(1u32), Just(5), Just(365)], transfers in transfer_policy()
+        tiers in tiers(), refund_window_days in prop_oneof![Just(1u32), Just(5), Just(365)], transfers in transfer_policy(),
+        referral in referral_policy(), referred in any::<bool>()
     ) {
         let tenant = TenantId::parse("t").unwrap();
         let wallet = WalletId::parse("w").unwrap();
-        let program = ProgramSettings { transfers: transfers.clone(), ..program(policy, expiry, pending_days, refund_window_days, tiers) };
+        let program = ProgramSettings {
+            transfers: transfers.clone(),
+            referrals: referral.clone(),
+            ..program(policy, expiry, pending_days, refund_window_days, tiers)
+        };
         let level = |state: &WalletState| state.tier.as_ref().and_then(|t| program.tiers.find(&t.tier_id)).map_or(0, |(level, _)| level);
         let mut pending_credits: HashMap<u64, (String, i64)> = HashMap::new();
         let mut lot_expiry: HashMap<u64, i64> = HashMap::new();
@@ -326,7 +352,9 @@ proptest! {
         let mut due_view: Option<DueView> = None;
         let mut log: Vec<Event> = Vec::new();
         let mut accepted: Vec<(Command, WalletState, i64)> = Vec::new();
-        let enrolled_first = Command::new("enroll", CommandBody::enroll(""));
+        let referrer = if referred { "w3" } else { "" };
+        let enrolled_first =
+            Command::new("enroll", CommandBody::Enroll { customer_ref: String::new(), sealed: None, referrer_wallet_id: referrer.into() });
         let mut sent = vec![enrolled_first];
         for (resend, key, body) in steps {
             let command = match resend {
@@ -380,6 +408,8 @@ proptest! {
                             | Change::Adjusted(PointsAdjusted { lot: Some(lot), .. })
                             | Change::Purchased(PointsPurchased { lot: Some(lot), .. })
                             | Change::CardCompleted(StampCardCompleted { lot: Some(lot), .. })
+                            | Change::ReferralConverted(ReferralConverted { lot: Some(lot), .. })
+                            | Change::ReferralRewarded(ReferralRewarded { lot: Some(lot), .. })
                                 if lot.points > 0 =>
                             {
                                 let expires = *lot_expiry.entry(lot.lot).or_insert(lot.expires_at_ms);
@@ -495,6 +525,42 @@ proptest! {
         if let Some(at) = log.iter().position(|e| matches!(e.change, Change::ReferralRecorded(_))) {
             prop_assert!(!log[..at].iter().any(|e| matches!(&e.change, Change::Earned(x) if x.order.is_some())), "referred after an order");
         }
+        // A referral converts once, with the first order the policy counts (its Earned in the same
+        // append, before it), for the referrer it was recorded with, giving the referee the policy's bonus.
+        let orders = |upto: usize| {
+            log[..upto].iter().filter(|e| matches!(&e.change, Change::Earned(x) if x.order.is_some())).cloned().collect::<Vec<_>>()
+        };
+        let conversions: Vec<usize> =
+            log.iter().enumerate().filter(|(_, e)| matches!(e.change, Change::ReferralConverted(_))).map(|(i, _)| i).collect();
+        prop_assert!(conversions.len() <= 1, "converted {} times", conversions.len());
+        prop_assert_eq!(state.referral_converted, conversions.len() == 1);
+        let counts = |e: &Event| match &e.change {
+            Change::Earned(PointsEarned { order: Some(_), order_amount: Some(m), .. }) => {
+                m.amount_minor >= referral.min_order_minor && (referral.currency.is_empty() || referral.currency == m.currency)
+            }
+            _ => false,
+        };
+        match conversions.first() {
+            Some(&at) => {
+                let Change::ReferralConverted(c) = &log[at].change else { unreachable!() };
+                prop_assert!(referral.enabled && referred && c.referrer_wallet_id == "w3");
+                prop_assert_eq!((c.referee_points, c.referrer_points), (referral.referee_points, referral.referrer_points));
+                let order = log[..at].iter().rev().find(|e| matches!(&e.change, Change::Earned(x) if x.order.is_some())).unwrap();
+                prop_assert!(counts(order) && order.idempotency_key == log[at].idempotency_key, "converted by another command's order");
+                prop_assert!(orders(at).iter().filter(|e| counts(e)).count() == 1, "an earlier order counted already");
+            }
+            None => prop_assert!(!referral.enabled || !referred || !orders(log.len()).iter().any(counts), "a counted order converted nothing"),
+        }
+        // The referrer's reward: once per referee while its receipt is kept, never for the wallet itself.
+        let rewarded: Vec<(&str, i64)> = log
+            .iter()
+            .filter_map(|e| match &e.change {
+                Change::ReferralRewarded(r) => Some((r.referee_wallet_id.as_str(), e.recorded_at_ms)),
+                _ => None,
+            })
+            .collect();
+        prop_assert!(rewarded.iter().all(|(referee, _)| *referee == "w2"), "{rewarded:?}");
+        prop_assert!(rewarded.windows(2).all(|w| w[1].1 - w[0].1 > RECEIPT_RETENTION_MS), "rewarded twice: {rewarded:?}");
         // The identifiers carried are those the log attached and did not detach, each detached only once attached.
         let mut carried = std::collections::BTreeMap::new();
         for event in &log {

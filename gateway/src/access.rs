@@ -67,6 +67,7 @@ pub const POLICY: &[(&str, &[Role])] = &[
     ("tally.v1.AdminService/ListRewards", &[Pos, Storefront, Operator, Auditor, Platform]),
     ("tally.v1.AdminService/ListFlows", &[Operator, Platform]),
     ("tally.v1.AdminService/SetTransferPolicy", &[Operator, Platform]),
+    ("tally.v1.AdminService/SetReferralPolicy", &[Operator, Platform]),
     ("tally.v1.ReportingService/ListWallets", &[Operator, Auditor, Platform]),
     ("tally.v1.ReportingService/ProgramStats", &[Operator, Auditor, Platform]),
     ("tally.v1.ReportingService/Liability", &[Operator, Auditor, Platform]),

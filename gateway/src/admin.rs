@@ -87,6 +87,7 @@ pub(crate) fn program_response(tenant: &TenantId, state: &ProgramState, replayed
         stamp_cards: state.stamp_cards.values().cloned().collect(),
         rewards: state.rewards.values().cloned().collect(),
         transfer_policy: Some(state.transfers.clone()),
+        referral_policy: Some(state.referrals.clone()),
     }
 }
 
@@ -204,6 +205,20 @@ impl AdminService for AdminApi {
             set_by: r.set_by,
         };
         self.execute((tenant, &metadata, &extensions), r.idempotency_key, ProgramCommandBody::SetTransferPolicy { policy }).await
+    }
+
+    async fn set_referral_policy(&self, request: Request<pb::SetReferralPolicyRequest>) -> Result<Response<pb::ProgramResponse>, Status> {
+        let (metadata, extensions, r) = request.into_parts();
+        let tenant = access::acting_tenant(&extensions, &r.tenant_id)?;
+        let policy = pb::ReferralPolicySet {
+            enabled: r.enabled,
+            referrer_points: r.referrer_points,
+            referee_points: r.referee_points,
+            min_order_minor: r.min_order_minor,
+            currency: r.currency,
+            set_by: r.set_by,
+        };
+        self.execute((tenant, &metadata, &extensions), r.idempotency_key, ProgramCommandBody::SetReferralPolicy { policy }).await
     }
 
     async fn define_tiers(&self, request: Request<pb::DefineTiersRequest>) -> Result<Response<pb::ProgramResponse>, Status> {

@@ -192,6 +192,8 @@ fn kind_name(kind: i32) -> &'static str {
         Ok(TransactionKind::IdentifierAttached) => "identifier attached",
         Ok(TransactionKind::IdentifierDetached) => "identifier detached",
         Ok(TransactionKind::ReferralRecorded) => "referred",
+        Ok(TransactionKind::ReferralConverted) => "referral bonus",
+        Ok(TransactionKind::ReferralRewarded) => "referral reward",
         _ => "unknown",
     }
 }

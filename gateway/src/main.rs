@@ -17,8 +17,8 @@ use std::path::Path;
 use tally_cluster::membership::{GOSSIP_INTERVAL, Membership, MembershipConfig};
 use tally_cluster::{Node, Router};
 use tally_engine::actors::{
-    CANCEL_CRASH_POINTS, CRASH_POINTS, CommandMeta, CrashPoint, Flows, KeyBook, NoSnapshots, Owns, ProgramBook, Programs, Snapshots,
-    TRANSFER_CRASH_POINTS, WalletKey, WalletRegistry, WalletTimers,
+    CANCEL_CRASH_POINTS, CRASH_POINTS, CommandMeta, CrashPoint, Flows, KeyBook, NoSnapshots, Owns, ProgramBook, Programs,
+    REFERRAL_CRASH_POINTS, Snapshots, TRANSFER_CRASH_POINTS, WalletKey, WalletRegistry, WalletTimers,
 };
 use tally_engine::clock::{Clock, SteadyClock, SystemClock};
 use tally_engine::domain::program::{ProgramCommand, ProgramCommandBody};
@@ -408,7 +408,7 @@ fn background(
 }
 
 /// Flows across aggregates, resumed on the node that owns their wallet. `TALLY_TEST_CRASH_AT=<point>`
-/// (one of `CRASH_POINTS`, `CANCEL_CRASH_POINTS`, `TRANSFER_CRASH_POINTS`) aborts the process the first time a flow reaches that point: how the tests
+/// (one of `CRASH_POINTS`, `CANCEL_CRASH_POINTS`, `TRANSFER_CRASH_POINTS`, `REFERRAL_CRASH_POINTS`) aborts the process the first time a flow reaches that point: how the tests
 /// kill a server between two steps of a redemption.
 fn start_flows(
     cluster: Option<&Node>,
@@ -417,9 +417,9 @@ fn start_flows(
     programs: Arc<dyn Programs>,
     clock: Arc<dyn Clock>,
 ) -> Flows {
-    let crash_at = std::env::var("TALLY_TEST_CRASH_AT")
-        .ok()
-        .filter(|point| CRASH_POINTS.iter().chain(&CANCEL_CRASH_POINTS).chain(&TRANSFER_CRASH_POINTS).any(|p| p == point));
+    let crash_at = std::env::var("TALLY_TEST_CRASH_AT").ok().filter(|point| {
+        CRASH_POINTS.iter().chain(&CANCEL_CRASH_POINTS).chain(&TRANSFER_CRASH_POINTS).chain(&REFERRAL_CRASH_POINTS).any(|p| p == point)
+    });
     if let Some(point) = &crash_at {
         tracing::warn!(point, "TALLY_TEST_CRASH_AT is set: the process aborts when a flow reaches this point");
     }

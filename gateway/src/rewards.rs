@@ -191,6 +191,13 @@ pub(crate) fn list_flows(flows: &Flows, tenant: &TenantId, stuck_only: bool) -> 
                 points: t.points,
                 ..base
             },
+            Flow::ReferralReward(r) => pb::FlowView {
+                kind: "referral_reward".into(),
+                wallet_id: r.referee_wallet_id,
+                to_wallet_id: r.referrer_wallet_id,
+                points: r.points,
+                ..base
+            },
         }
     };
     pb::ListFlowsResponse { flows: flows.list(Some(tenant), stuck_only).into_iter().map(view).collect() }

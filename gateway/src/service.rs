@@ -151,8 +151,14 @@ impl WalletApi {
         }
         access::staff_named(extensions, &meta.staff_id)?;
         let _permit = self.admit()?;
+        // An order may convert a referral: its reward's flow starts before the order is answered (and,
+        // should this node die first, from the log).
+        let follow = matches!(command.body, CommandBody::EarnForOrder { .. }).then(|| meta.clone());
         let outcome =
             self.engine.registry.execute_before(&key, command, meta, deadline).await.map_err(|e| status::from_wallet_error(&e))?;
+        if let Some(meta) = follow {
+            self.engine.flows.follow(&key, &outcome, &meta).await;
+        }
         Ok(Response::new(mutation(&key, outcome)))
     }
 }
@@ -256,6 +262,7 @@ pub(crate) fn wallet(key: &WalletKey, summary: &WalletSummary) -> Wallet {
             .map(|(lookup, kind)| tally_proto::v1::WalletIdentifier { kind: *kind, lookup: lookup.clone() })
             .collect(),
         referred_by: summary.referred_by.clone(),
+        referral_converted: summary.referral_converted,
         upcoming_expiries: summary
             .upcoming_expiries
             .iter()

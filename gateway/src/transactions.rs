@@ -38,15 +38,37 @@ pub(crate) fn transaction(stored: &StoredWalletEvent) -> Transaction {
         Change::IdentifierAttached(e) => {
             Transaction { kind: kind(TransactionKind::IdentifierAttached), reference: identifiers::kind_name(e.kind).to_owned(), ..base }
         }
-        Change::ReferralRecorded(e) => {
-            Transaction { kind: kind(TransactionKind::ReferralRecorded), counterpart_wallet_id: e.referrer_wallet_id.clone(), ..base }
-        }
+        Change::ReferralRecorded(_) | Change::ReferralConverted(_) | Change::ReferralRewarded(_) => referrals(change, base),
         Change::IdentifierDetached(e) => Transaction {
             kind: kind(TransactionKind::IdentifierDetached),
             reference: identifiers::kind_name(e.kind).to_owned(),
             reason: e.reason.clone(),
             ..base
         },
+    }
+}
+
+/// A referral: recorded at enrolment, converted by the referee's order (its bonus), the referrer's reward.
+fn referrals(change: &Change, base: Transaction) -> Transaction {
+    match change {
+        Change::ReferralRecorded(e) => {
+            Transaction { kind: kind(TransactionKind::ReferralRecorded), counterpart_wallet_id: e.referrer_wallet_id.clone(), ..base }
+        }
+        Change::ReferralConverted(e) => Transaction {
+            kind: kind(TransactionKind::ReferralConverted),
+            counterpart_wallet_id: e.referrer_wallet_id.clone(),
+            reference: e.order_id.clone(),
+            expires_at: expires(e.lot.as_ref()),
+            ..base
+        },
+        Change::ReferralRewarded(e) => Transaction {
+            kind: kind(TransactionKind::ReferralRewarded),
+            counterpart_wallet_id: e.referee_wallet_id.clone(),
+            reference: e.order_id.clone(),
+            expires_at: expires(e.lot.as_ref()),
+            ..base
+        },
+        _ => unreachable!("called for referrals only"),
     }
 }
 

@@ -65,7 +65,9 @@ pub enum MovementKind {
     /// An identifier the wallet can be found by was attached or detached (the reference is its kind:
     /// card, phone, email, crm_id, referral_code — never its value, which the log does not hold); no points move.
     Identifier,
-    /// The customer was recorded as referred (the reference is the referrer's wallet); no points move.
+    /// The customer was recorded as referred (the reference is the referrer's wallet), or their referral
+    /// converted without a bonus for them (the reference is the order); no points move. (A bonus is an
+    /// `Earn`: the referee's referenced by its order, the referrer's by `referral:<referee>`.)
     Referral,
 }
 
@@ -256,6 +258,14 @@ fn decode_one(mut recorded: RecordedEvent, tenant: Arc<str>, wallet: Arc<str>) -
             transfer(change)
         }
         change @ (Change::ReferralRecorded(_) | Change::IdentifierAttached(_) | Change::IdentifierDetached(_)) => who(change),
+        // A referral's bonuses are earned points: the referee's with its order, the referrer's after it.
+        Change::ReferralConverted(e) => {
+            let kind = if e.referee_points == 0 { MovementKind::Referral } else { MovementKind::Earn };
+            (kind, format!("referral converted (referred by {})", e.referrer_wallet_id), e.order_id)
+        }
+        Change::ReferralRewarded(e) => {
+            (MovementKind::Earn, format!("referral reward (referred {})", e.referee_wallet_id), format!("referral:{}", e.referee_wallet_id))
+        }
     };
     Ok(Movement {
         position,

@@ -18,8 +18,9 @@ use tally_engine::domain::WalletState;
 /// for per-customer limits) and recent catalogue redemptions (`catalogue_redemptions`, for their
 /// cancellation; issue 20). 8: transfers out in the last 24 hours (`transfers_out`, for the program's
 /// daily transfer cap; issue 20 item 3). 9: the identifiers a wallet can be found by (`identifiers`;
-/// issue 20 item 6) and the wallet that referred the customer (`referred_by`; item 4).
-pub const FORMAT_VERSION: u16 = 9;
+/// issue 20 item 6) and the wallet that referred the customer (`referred_by`; item 4). 10: whether the
+/// customer's referral was converted by a qualifying order (`referral_converted`; item 4).
+pub const FORMAT_VERSION: u16 = 10;
 const HEADER_BYTES: usize = 2 + 8 + 4;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -34,6 +34,7 @@ fn history(bodies: &[CommandBody]) -> Vec<Event> {
             CommandBody::CancelRewardRedemption { redemption_id, .. } => tally_engine::domain::reward_cancel_key(redemption_id),
             CommandBody::TransferOut { transfer_id, .. } => transfer_key(transfer_id, TransferStep::Out),
             CommandBody::TransferIn { transfer_id, .. } => transfer_key(transfer_id, TransferStep::In),
+            CommandBody::RewardReferral { referee_wallet_id, .. } => tally_engine::domain::referral_reward_key(referee_wallet_id),
             _ => format!("k-{i}"),
         };
         if let Ok(Decision::Append(new)) = decide(&state, &Command::new(key, body.clone()), &ctx) {
@@ -102,6 +103,14 @@ fn program() -> ProgramSettings {
         stamp_cards,
         rewards: Arc::new([("mug".to_owned(), mug)].into_iter().collect()),
         transfers: tally_engine::domain::TransferPolicySet { allowed: true, max_points_per_day: 500, ..Default::default() },
+        referrals: tally_engine::domain::ReferralPolicySet {
+            enabled: true,
+            referrer_points: 50,
+            referee_points: 25,
+            min_order_minor: 1_000,
+            currency: "EUR".into(),
+            set_by: "ops".into(),
+        },
         ..ProgramSettings::default()
     }
 }
@@ -154,12 +163,13 @@ fn golden_history() -> Vec<Event> {
         CommandBody::AttachIdentifier { kind: IdentifierKind::Phone, lookup: "ab".repeat(32) },
         CommandBody::AttachIdentifier { kind: IdentifierKind::Card, lookup: "cd".repeat(32) },
         CommandBody::DetachIdentifier { kind: IdentifierKind::Card, lookup: "cd".repeat(32), reason: "card lost".into() },
+        CommandBody::RewardReferral { referee_wallet_id: "c-4".into(), order_id: "o-77".into(), points: 50 },
     ])
 }
 
 #[test]
 fn the_format_matches_its_golden_file() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/wallet_state_v9.bin");
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/wallet_state_v10.bin");
     let state = fold(&golden_history());
     // Lots: January's earnings (month end), the purchase (never), part of January's held; the points a
     // transfer brought, at their own date.
@@ -178,6 +188,9 @@ fn the_format_matches_its_golden_file() {
     assert_eq!(state.transferred_out_since(1_767_225_600_100), 40, "a transfer out is remembered for the daily cap");
     assert_eq!(state.identifiers().collect::<Vec<_>>(), [("ab".repeat(32).as_str(), IdentifierKind::Phone as i32)]);
     assert_eq!(state.referred_by, "c-9");
+    assert!(state.referral_converted, "the first order of 10 EUR or more converted the referral");
+    let kinds: Vec<&str> = golden_history().iter().map(|e| e.change.event_type()).collect();
+    assert!(kinds.contains(&"tally.v1.ReferralConverted") && kinds.contains(&"tally.v1.ReferralRewarded"), "{kinds:?}");
     assert_eq!(
         state.rule_points(
             "weekly",
@@ -206,6 +219,7 @@ fn snapshots_of_an_older_format_are_refused() {
         (6, "wallet_state_v6.bin"),
         (7, "wallet_state_v7.bin"),
         (8, "wallet_state_v8.bin"),
+        (9, "wallet_state_v9.bin"),
     ];
     for (version, file) in files {
         let old = std::fs::read(format!("{}/tests/golden/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap();

@@ -23,7 +23,10 @@ use std::collections::HashMap;
 use std::fmt::Debug;
 use std::sync::Arc;
 
-pub use flows::{CANCEL_CRASH_POINTS, CRASH_POINTS, CrashPoint, FlowError, Flows, OpenFlow, Redemption, TRANSFER_CRASH_POINTS, Transfer};
+pub use flows::{
+    CANCEL_CRASH_POINTS, CRASH_POINTS, CrashPoint, FlowError, Flows, OpenFlow, REFERRAL_CRASH_POINTS, Redemption, TRANSFER_CRASH_POINTS,
+    Transfer,
+};
 pub use identifiers::{Holder, IdentifierBook};
 pub use keys::{KeyBook, KeysError, Unauthenticated};
 pub use programs::{ProgramBook, ProgramError, ProgramOutcome};
@@ -187,6 +190,8 @@ pub struct WalletSummary {
     pub identifiers: Vec<(String, i32)>,
     /// The wallet whose referral code the customer enrolled with (empty: none).
     pub referred_by: String,
+    /// The referral was converted by the customer's first qualifying order.
+    pub referral_converted: bool,
 }
 
 #[derive(Debug, thiserror::Error)]

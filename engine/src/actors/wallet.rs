@@ -811,6 +811,7 @@ impl WalletSummary {
                 .collect(),
             identifiers: state.identifiers().map(|(lookup, kind)| (lookup.to_owned(), kind)).collect(),
             referred_by: state.referred_by.clone(),
+            referral_converted: state.referral_converted,
         }
     }
 }

@@ -79,6 +79,10 @@ pub enum CommandBody {
     AttachIdentifier { kind: IdentifierKind, lookup: String },
     /// Stop the wallet being found by the identifier `lookup`; its claim is released first.
     DetachIdentifier { kind: IdentifierKind, lookup: String, reason: String },
+    /// Give this wallet, the referrer, its reward for the referral of wallet `referee_wallet_id`, which
+    /// that wallet's order `order_id` converted: the step of the referral's flow; keyed
+    /// [`referral_reward_key`].
+    RewardReferral { referee_wallet_id: String, order_id: String, points: i64 },
 }
 
 pub use super::identifiers::IdentifierKind;
@@ -131,6 +135,12 @@ pub fn reward_debit_key(redemption_id: &str) -> String {
 /// The key of the wallet's step of the cancellation of reward redemption `redemption_id`.
 pub fn reward_cancel_key(redemption_id: &str) -> String {
     format!("{ENGINE_KEY_PREFIX}reward:{redemption_id}:cancel")
+}
+
+/// The key of the referrer's reward for the referral of wallet `referee_wallet_id`: one per referee, so
+/// the flow's retries of it find its outcome.
+pub fn referral_reward_key(referee_wallet_id: &str) -> String {
+    format!("{ENGINE_KEY_PREFIX}referral:{referee_wallet_id}:reward")
 }
 
 /// The key of a `RunDue` sent at `now_ms` (the log shows which clock acted).
@@ -205,6 +215,12 @@ impl Command {
     pub fn return_transfer(transfer_id: &str, parts: Vec<TransferPart>, code: &str) -> Self {
         let body = CommandBody::ReturnTransfer { transfer_id: transfer_id.to_owned(), parts, code: code.to_owned() };
         Self::new(transfer_key(transfer_id, TransferStep::Return), body)
+    }
+
+    /// The referrer's reward for the referral of `referee_wallet_id`, under its engine key.
+    pub fn reward_referral(referee_wallet_id: &str, order_id: &str, points: i64) -> Self {
+        let body = CommandBody::RewardReferral { referee_wallet_id: referee_wallet_id.to_owned(), order_id: order_id.to_owned(), points };
+        Self::new(referral_reward_key(referee_wallet_id), body)
     }
 
     /// Records what is due at `now_ms`, under an engine key.
@@ -302,6 +318,9 @@ impl Command {
             CommandBody::ReturnTransfer { transfer_id, parts, code } => parts_layout(Layout::new(22).str(transfer_id), parts).str(code),
             CommandBody::AttachIdentifier { kind, lookup } => Layout::new(23).u64(kind_number(*kind)).str(lookup),
             CommandBody::DetachIdentifier { kind, lookup, reason } => Layout::new(24).u64(kind_number(*kind)).str(lookup).str(reason),
+            CommandBody::RewardReferral { referee_wallet_id, order_id, points } => {
+                Layout::new(28).str(referee_wallet_id).str(order_id).i64(*points)
+            }
         }
     }
 
@@ -330,6 +349,7 @@ impl Command {
             CommandBody::ReturnTransfer { .. } => "return_transfer",
             CommandBody::AttachIdentifier { .. } => "attach_identifier",
             CommandBody::DetachIdentifier { .. } => "detach_identifier",
+            CommandBody::RewardReferral { .. } => "reward_referral",
         }
     }
 }

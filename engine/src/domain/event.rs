@@ -5,8 +5,9 @@
 use tally_proto::v1::{
     CustomerErased, EarnReversed, HoldCaptured, HoldReleased, IdentifierAttached, IdentifierDetached, PointsAdjusted, PointsEarned,
     PointsExpired, PointsExpiringSoon, PointsHeld, PointsMatured, PointsPurchased, PointsRedeemed, PointsTransferRefused,
-    PointsTransferReturned, PointsTransferredIn, PointsTransferredOut, ReferralRecorded, RewardRedemptionCancelled,
-    RewardRedemptionRefused, StampCardCompleted, StampsAdded, TierChanged, TierReviewed, WalletClosed, WalletEnrolledV2,
+    PointsTransferReturned, PointsTransferredIn, PointsTransferredOut, ReferralConverted, ReferralRecorded, ReferralRewarded,
+    RewardRedemptionCancelled, RewardRedemptionRefused, StampCardCompleted, StampsAdded, TierChanged, TierReviewed, WalletClosed,
+    WalletEnrolledV2,
 };
 
 #[derive(Debug, Clone, PartialEq)]
@@ -114,6 +115,10 @@ event_table! {
         IdentifierDetached(IdentifierDetached),
         /// The customer was referred by another wallet's holder.
         ReferralRecorded(ReferralRecorded),
+        /// The referee's first qualifying order converted the referral: the referee's bonus.
+        ReferralConverted(ReferralConverted),
+        /// The referrer's reward for a converted referral.
+        ReferralRewarded(ReferralRewarded),
     }
 }
 
@@ -148,6 +153,8 @@ impl Change {
             Change::TransferredOut(e) => e.points.saturating_neg(),
             Change::TransferredIn(e) => e.points,
             Change::TransferReturned(e) => e.points,
+            Change::ReferralConverted(e) => e.referee_points,
+            Change::ReferralRewarded(e) => e.points,
         }
     }
 
@@ -172,6 +179,8 @@ impl Change {
             Change::RewardCancelled(e) => opened(e.lot.as_ref()),
             Change::TransferredIn(e) => opened(e.lot.as_ref()),
             Change::TransferReturned(e) => opened(e.lot.as_ref()),
+            Change::ReferralConverted(e) => opened(e.lot.as_ref()),
+            Change::ReferralRewarded(e) => opened(e.lot.as_ref()),
             Change::TransferredOut(e) => (listed(&e.lots), None),
             Change::Matured(e) => opened(e.lot.as_ref()),
             Change::Adjusted(e) if e.points > 0 => opened(e.lot.as_ref()),
@@ -236,7 +245,7 @@ mod tests {
             let change = ProgramChange::decode_payload(event_type, &[]).expect("a listed name").expect("an empty payload decodes");
             assert_eq!(change.event_type(), *event_type);
         }
-        assert_eq!(Change::EVENT_TYPES.len(), 27);
+        assert_eq!(Change::EVENT_TYPES.len(), 29);
         assert!(Change::decode_payload("tally.v1.ProgramCreated", &[]).is_none(), "tables do not mix");
     }
 }

@@ -14,9 +14,14 @@
 //! The points transfer: debit the source (or record its refusal), credit the target (or record its
 //! refusal), and if the target refused, give the points back to the source. The same: start and end
 //! recorded, every step answered the same every time by the wallet it changes.
+//!
+//! The referral reward: credit the referrer of a referral the referee's order converted (or learn it is
+//! closed). One step, one flow per referee (`referral/<referee>`: an id no client's can be).
 
 use tally_proto::v1::flow_started::Flow;
-use tally_proto::v1::{FlowEnded, FlowOutcome, FlowRefusal, FlowStarted, FlowStepRecorded, PointsTransferFlow, RewardRedemptionFlow};
+use tally_proto::v1::{
+    FlowEnded, FlowOutcome, FlowRefusal, FlowStarted, FlowStepRecorded, PointsTransferFlow, ReferralRewardFlow, RewardRedemptionFlow,
+};
 
 use super::Rejection;
 
@@ -46,6 +51,8 @@ pub struct FlowState {
     pub redemption: Option<RewardRedemptionFlow>,
     /// A points transfer.
     pub transfer: Option<PointsTransferFlow>,
+    /// A referral's reward to its referrer.
+    pub referral: Option<ReferralRewardFlow>,
     pub started_at_ms: i64,
     /// When its last event was recorded.
     pub progress_at_ms: i64,
@@ -64,22 +71,24 @@ impl FlowState {
         self.wallet_id().is_some() && (self.ended.is_none() || (self.cancel.is_some() && self.cancelled.is_none()))
     }
 
-    /// The wallet whose node drives the flow: the redeeming one, a transfer's source. `None`: the stream
-    /// does not start with what the flow is to do.
+    /// The wallet whose node drives the flow: the redeeming one, a transfer's source, a referral's
+    /// referee. `None`: the stream does not start with what the flow is to do.
     pub fn wallet_id(&self) -> Option<&str> {
-        match (&self.redemption, &self.transfer) {
-            (Some(r), _) => Some(&r.wallet_id),
-            (None, Some(t)) => Some(&t.from_wallet_id),
-            (None, None) => None,
+        match (&self.redemption, &self.transfer, &self.referral) {
+            (Some(r), _, _) => Some(&r.wallet_id),
+            (None, Some(t), _) => Some(&t.from_wallet_id),
+            (None, None, Some(r)) => Some(&r.referee_wallet_id),
+            (None, None, None) => None,
         }
     }
 
     /// What the flow is to do.
     pub fn flow(&self) -> Option<Flow> {
-        match (&self.redemption, &self.transfer) {
-            (Some(r), _) => Some(Flow::RewardRedemption(r.clone())),
-            (None, Some(t)) => Some(Flow::PointsTransfer(t.clone())),
-            (None, None) => None,
+        match (&self.redemption, &self.transfer, &self.referral) {
+            (Some(r), _, _) => Some(Flow::RewardRedemption(r.clone())),
+            (None, Some(t), _) => Some(Flow::PointsTransfer(t.clone())),
+            (None, None, Some(r)) => Some(Flow::ReferralReward(r.clone())),
+            (None, None, None) => None,
         }
     }
 }
@@ -191,6 +200,26 @@ pub fn transfer_ending(sent: &DebitAnswer, refused_by_target: Option<&FlowRefusa
     }
 }
 
+/// The id of the flow that rewards the referrer of wallet `referee_wallet_id`: one per referee, with a
+/// `/` no client's redemption or transfer id can hold.
+pub fn referral_flow_id(referee_wallet_id: &str) -> String {
+    format!("referral/{referee_wallet_id}")
+}
+
+/// The start of a referral's reward.
+pub fn referral_started(referral: ReferralRewardFlow) -> FlowChange {
+    FlowChange::Started(FlowStarted { flow: Some(Flow::ReferralReward(referral)) })
+}
+
+/// How a referral's reward ends from the referrer's answer: COMPLETED with the points given (the
+/// referrer's balance is not the referee's business: 0), or REFUSED with the referrer's refusal.
+pub fn referral_ending(answer: &DebitAnswer) -> FlowEnded {
+    match answer {
+        DebitAnswer::Paid { points, .. } => ending(&DebitAnswer::Paid { points: *points, balance: 0 }),
+        refused @ DebitAnswer::Refused(_) => ending(refused),
+    }
+}
+
 /// The start of a reward redemption.
 pub fn redemption_started(redemption: RewardRedemptionFlow) -> FlowChange {
     FlowChange::Started(FlowStarted { flow: Some(Flow::RewardRedemption(redemption)) })
@@ -203,6 +232,7 @@ pub fn apply_flow(state: &mut FlowState, event: &FlowEvent) {
             match &e.flow {
                 Some(Flow::RewardRedemption(r)) => state.redemption = Some(r.clone()),
                 Some(Flow::PointsTransfer(t)) => state.transfer = Some(t.clone()),
+                Some(Flow::ReferralReward(r)) => state.referral = Some(r.clone()),
                 None => {}
             }
             state.started_at_ms = event.recorded_at_ms;

@@ -25,8 +25,8 @@ pub mod tiers;
 mod wallet;
 
 pub use command::{
-    Command, CommandBody, ENGINE_KEY_PREFIX, Money, TransferPart, TransferStep, capture_key, due_key, reward_cancel_key, reward_debit_key,
-    transfer_key, void_key,
+    Command, CommandBody, ENGINE_KEY_PREFIX, Money, TransferPart, TransferStep, capture_key, due_key, referral_reward_key,
+    reward_cancel_key, reward_debit_key, transfer_key, void_key,
 };
 pub use event::{Change, Event};
 pub use fingerprint::CommandFingerprint;
@@ -35,7 +35,9 @@ pub use rejection::Rejection;
 pub use state::{
     CatalogueRedemption, Hold, Lot, Pending, Receipt, RuleUsage, SourceLedger, StampCard, TierState, WalletState, WalletStatus,
 };
-pub use tally_proto::v1::{CreditPackageDefined, ExpiryPolicy, ReturnPolicy, RewardDefined, StampCardDefined, TierMove, TransferPolicySet};
+pub use tally_proto::v1::{
+    CreditPackageDefined, ExpiryPolicy, ReferralPolicySet, ReturnPolicy, RewardDefined, StampCardDefined, TierMove, TransferPolicySet,
+};
 pub use wallet::{Decision, DueView, OrderQuote, apply, decide, quote_order};
 
 /// What the wallet domain needs of its tenant's program (see [`program::ProgramState::settings`]).
@@ -63,6 +65,8 @@ pub struct ProgramSettings {
     pub rewards: std::sync::Arc<std::collections::BTreeMap<String, RewardDefined>>,
     /// Whether points may move between wallets, and how many (none set: not allowed).
     pub transfers: TransferPolicySet,
+    /// What a referral earns its two customers (none set: nothing).
+    pub referrals: ReferralPolicySet,
 }
 
 impl ProgramSettings {
@@ -88,6 +92,7 @@ impl Default for ProgramSettings {
             stamp_cards: std::sync::Arc::default(),
             rewards: std::sync::Arc::default(),
             transfers: TransferPolicySet::default(),
+            referrals: ReferralPolicySet::default(),
         }
     }
 }

@@ -215,6 +215,8 @@ pub struct WalletState {
     pub(crate) identifiers: BTreeMap<String, i32>,
     /// The wallet whose referral code the customer enrolled with (empty: none).
     pub referred_by: String,
+    /// The referral was converted by the customer's first qualifying order (`ReferralConverted`).
+    pub referral_converted: bool,
 }
 
 /// What a catalogue redemption took, as its cancellation gives it back.

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tally_proto::v1::flow_started::Flow;
 use tally_proto::v1::{FlowEnded, FlowRefusal, RewardRedemptionFlow};
 
 use super::{FlowError, Inner, RESERVE_RETRY_MS, RESERVE_WAIT_MS, Until};
@@ -89,16 +90,23 @@ impl Inner {
         until: Until,
     ) -> Result<(FlowState, u64), FlowError> {
         loop {
-            let (end, crash_point) = match (state.redemption.clone(), state.transfer.clone()) {
-                (None, None) => {
+            let (end, crash_point) = match state.flow() {
+                None => {
                     let reason = "a flow stream without its start".to_owned();
                     return Err(CodecError::Undecodable { position: 0, event_type: "tally.v1.FlowStarted".into(), reason }.into());
                 }
-                (Some(redemption), _) if state.ended.is_none() => (self.redeem(tenant, &redemption, &state, meta).await?, "ended"),
-                (None, Some(transfer)) if state.ended.is_none() => {
+                Some(Flow::RewardRedemption(redemption)) if state.ended.is_none() => {
+                    (self.redeem(tenant, &redemption, &state, meta).await?, "ended")
+                }
+                Some(Flow::PointsTransfer(transfer)) if state.ended.is_none() => {
                     (self.transfer(tenant, &transfer, &state, meta).await?, "transfer_ended")
                 }
-                (Some(redemption), _) if until == Until::Settled && state.cancel.is_some() && state.cancelled.is_none() => {
+                Some(Flow::ReferralReward(referral)) if state.ended.is_none() => {
+                    (self.referral(tenant, &referral, &state, meta).await?, "referral_ended")
+                }
+                Some(Flow::RewardRedemption(redemption))
+                    if until == Until::Settled && state.cancel.is_some() && state.cancelled.is_none() =>
+                {
                     (self.cancel(tenant, &redemption, &state, meta).await?, "cancelled")
                 }
                 _ => {

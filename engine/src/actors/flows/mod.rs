@@ -33,8 +33,10 @@ use crate::store::{EventStore, StoreError, StreamId};
 
 mod drive;
 mod reader;
+mod referral;
 mod transfer;
 
+pub use referral::REFERRAL_CRASH_POINTS;
 pub use transfer::{TRANSFER_CRASH_POINTS, Transfer};
 
 use reader::{read, resume};
@@ -128,7 +130,8 @@ pub struct OpenFlow {
     pub started_at_ms: i64,
     pub progress_at_ms: i64,
     /// What is left: `redeeming` (a redemption's steps are redone from the start), `cancelling`,
-    /// `transferring`.
+    /// `transferring`, `rewarding` (a referral's reward), `starting` (called for by the log, not started
+    /// yet: the call that should have started it did not).
     pub step: &'static str,
     /// What kept it from going on, the last time this node tried.
     pub last_error: Option<String>,
@@ -146,6 +149,20 @@ struct Watched {
     next_try_ms: i64,
     /// It needs an operator: not retried by itself.
     parked: bool,
+}
+
+/// A flow the log calls for and does not show started yet.
+#[derive(Debug, Clone)]
+struct Unstarted {
+    tenant: TenantId,
+    referral: tally_proto::v1::ReferralRewardFlow,
+    /// When the event that calls for it was recorded.
+    called_at_ms: i64,
+    /// When to try starting it next (this node).
+    next_try_ms: i64,
+    /// What kept it from starting, the last time this node tried, and how often it tried.
+    last_error: Option<String>,
+    attempts: u32,
 }
 
 /// The flows of this node; cloning shares them.
@@ -170,6 +187,11 @@ struct Inner {
     driving: parking_lot::Mutex<HashMap<StreamId, Arc<tokio::sync::Mutex<()>>>>,
     /// Open flows, from the log.
     open: parking_lot::Mutex<BTreeMap<StreamId, Watched>>,
+    /// Flows the log calls for that it does not show started yet (a referral converted, its reward's
+    /// flow to come): the flow's stream, its tenant, what it is to do, and when the call was recorded.
+    unstarted: parking_lot::Mutex<BTreeMap<StreamId, Unstarted>>,
+    /// The reader has reached the log's end once: what it does not show started was not.
+    caught_up: std::sync::atomic::AtomicBool,
     crash: CrashPoint,
     owns: Owns,
     /// The log position the reader has folded the open flows to.
@@ -209,6 +231,8 @@ impl Flows {
             programs,
             driving: parking_lot::Mutex::default(),
             open: parking_lot::Mutex::default(),
+            unstarted: parking_lot::Mutex::default(),
+            caught_up: std::sync::atomic::AtomicBool::new(false),
             crash,
             owns,
             read_to: std::sync::atomic::AtomicU64::new(0),
@@ -348,6 +372,7 @@ impl Flows {
                     tenant: flow_tenant,
                     step: match (&flow, watched.state.ended.is_none()) {
                         (Flow::PointsTransfer(_), _) => "transferring",
+                        (Flow::ReferralReward(_), _) => "rewarding",
                         (_, true) => "redeeming",
                         (_, false) => "cancelling",
                     },
@@ -360,6 +385,23 @@ impl Flows {
                 })
             })
             .collect();
+        drop(open);
+        flows.extend(self.inner.unstarted.lock().iter().filter_map(|(stream, u)| {
+            let (flow_tenant, flow_id) = codec::flow_of(stream.as_str())?;
+            let stuck = now_ms.saturating_sub(u.called_at_ms) >= FLOW_STUCK_AFTER_MS;
+            let wanted = tenant.is_none_or(|t| *t == flow_tenant) && (stuck || !stuck_only);
+            wanted.then(|| OpenFlow {
+                flow_id: flow_id.to_owned(),
+                tenant: flow_tenant,
+                step: "starting",
+                flow: Flow::ReferralReward(u.referral.clone()),
+                started_at_ms: u.called_at_ms,
+                progress_at_ms: u.called_at_ms,
+                last_error: u.last_error.clone(),
+                attempts: u.attempts,
+                stuck,
+            })
+        }));
         flows.sort_by_key(|f| (f.started_at_ms, f.flow_id.clone()));
         flows
     }

@@ -5,11 +5,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{FlowError, Inner, READ_BATCH_EVENTS, RESUMING_MAX, RETRY_PAUSE_MAX_MS, SCAN_INTERVAL_MS, Until, Watched};
+use super::{FlowError, Inner, READ_BATCH_EVENTS, RESUMING_MAX, RETRY_PAUSE_MAX_MS, SCAN_INTERVAL_MS, Unstarted, Until, Watched};
 use crate::actors::{CommandMeta, WalletKey};
 use crate::codec;
 use crate::domain::WalletId;
-use crate::domain::flows::{FlowState, apply_flow};
+use crate::domain::flows::{self, FlowState, apply_flow};
 use crate::limits::{FLOW_RESUME_AFTER_MS, FLOW_STUCK_AFTER_MS};
 use crate::store::{EventStore, Follower, StreamId};
 
@@ -22,6 +22,12 @@ pub(super) async fn read(store: Arc<dyn EventStore>, inner: std::sync::Weak<Inne
         match batch {
             Ok(Some(events)) => {
                 refresh_credited(&inner, &events);
+                note_unstarted(&inner, &events);
+                // A short batch: the reader has reached the log's end (what it does not show started now
+                // was not started before).
+                if events.len() < READ_BATCH_EVENTS {
+                    inner.caught_up.store(true, std::sync::atomic::Ordering::Release);
+                }
                 let reopened = fold(&mut inner.open.lock(), events);
                 // A cancellation asked for after its redemption ended reopens a flow the reader let go
                 // of: its state comes from the log (later events it holds are skipped when they come).
@@ -58,14 +64,90 @@ pub(super) async fn read(store: Arc<dyn EventStore>, inner: std::sync::Weak<Inne
 /// from what it held (a balance without the points).
 fn refresh_credited(inner: &Inner, events: &[crate::store::RecordedEvent]) {
     // What the driving node writes to a target: the credit, or the target's refusal.
-    let credit = crate::domain::Change::TransferredIn(Default::default()).event_type();
-    let refusal = crate::domain::Change::TransferRefused(Default::default()).event_type();
+    // A referral's reward is written where the referee lives, to the referrer: the same.
+    let written = [
+        crate::domain::Change::TransferredIn(Default::default()).event_type(),
+        crate::domain::Change::TransferRefused(Default::default()).event_type(),
+        crate::domain::Change::ReferralRewarded(Default::default()).event_type(),
+    ];
     let credited = events
         .iter()
-        .filter(|e| e.data.event_type == credit || e.data.event_type == refusal)
+        .filter(|e| written.contains(&e.data.event_type.as_str()))
         .filter_map(|e| codec::wallet_of(e.stream_id.as_str()).map(|key| (key, e.stream_version)));
     for ((tenant, wallet), version) in credited {
         inner.registry.refresh(&WalletKey::new(tenant, wallet), version);
+    }
+}
+
+/// Notes the flows the batch calls for (a converted referral's reward) and lets go of those it shows
+/// started, in log order: a flow is always started after the event that calls for it.
+fn note_unstarted(inner: &Inner, events: &[crate::store::RecordedEvent]) {
+    let converted = crate::domain::Change::ReferralConverted(Default::default()).event_type();
+    let mut unstarted = inner.unstarted.lock();
+    for recorded in events {
+        if recorded.data.event_type == converted
+            && let Some((tenant, referee)) = codec::wallet_of(recorded.stream_id.as_str())
+        {
+            let called = match codec::decode(recorded.clone()).map(|e| e.change) {
+                Ok(crate::domain::Change::ReferralConverted(converted)) => super::referral::referral_flow(&referee, &converted),
+                Ok(_) => None,
+                Err(error) => {
+                    tracing::error!(stream = %recorded.stream_id, %error, "a referral's conversion cannot be read; its reward waits for a repair");
+                    None
+                }
+            };
+            let stream = codec::flow_stream(&tenant, &flows::referral_flow_id(referee.as_str()));
+            if let (Some(referral), Ok(stream)) = (called, stream) {
+                let called_at_ms = recorded.data.recorded_at_ms;
+                let unstarted_flow = Unstarted { tenant, referral, called_at_ms, next_try_ms: 0, last_error: None, attempts: 0 };
+                unstarted.insert(stream, unstarted_flow);
+            }
+        } else if recorded.stream_version == 1 && codec::flow_of(recorded.stream_id.as_str()).is_some() {
+            unstarted.remove(&recorded.stream_id);
+        }
+    }
+    metrics::gauge!("tally_flows_unstarted").set(unstarted.len() as f64);
+}
+
+/// Starts the flows the log called for `FLOW_RESUME_AFTER_MS` ago and does not show started (their
+/// caller died first), for wallets this node owns.
+fn start_unstarted(inner: &Arc<Inner>, running: &Arc<tokio::sync::Semaphore>, now_ms: i64) {
+    if !inner.caught_up.load(std::sync::atomic::Ordering::Acquire) {
+        return;
+    }
+    let due: Vec<(StreamId, Unstarted)> = inner
+        .unstarted
+        .lock()
+        .iter_mut()
+        .filter(|(_, u)| now_ms.saturating_sub(u.called_at_ms) >= FLOW_RESUME_AFTER_MS && u.next_try_ms <= now_ms)
+        .map(|(stream, u)| {
+            // Not again while this try runs.
+            u.next_try_ms = now_ms + FLOW_RESUME_AFTER_MS;
+            (stream.clone(), u.clone())
+        })
+        .collect();
+    for (stream, unstarted) in due {
+        let owned = WalletId::parse(&unstarted.referral.referee_wallet_id)
+            .is_ok_and(|referee| (inner.owns)(&WalletKey::new(unstarted.tenant.clone(), referee)));
+        if !owned {
+            continue;
+        }
+        let Ok(permit) = Arc::clone(running).try_acquire_owned() else { break };
+        let inner = Arc::clone(inner);
+        tokio::spawn(async move {
+            let _permit = permit;
+            let result = inner.reward_referral(&unstarted.tenant, unstarted.referral, &CommandMeta::default()).await;
+            if let Err(error) = result {
+                metrics::counter!("tally_flows_retries_total").increment(1);
+                tracing::warn!(%stream, %error, "a flow the log calls for cannot start yet; retrying");
+                if let Some(u) = inner.unstarted.lock().get_mut(&stream) {
+                    u.attempts += 1;
+                    let pause = (1_000_i64 << u.attempts.min(6)).min(RETRY_PAUSE_MAX_MS);
+                    u.next_try_ms = inner.clock.now_ms() + pause;
+                    u.last_error = Some(error.to_string());
+                }
+            }
+        });
     }
 }
 
@@ -120,6 +202,7 @@ pub(super) async fn resume(inner: std::sync::Weak<Inner>) {
         tokio::time::sleep(Duration::from_millis(SCAN_INTERVAL_MS)).await;
         let Some(inner) = inner.upgrade() else { return };
         let now_ms = inner.clock.now_ms();
+        start_unstarted(&inner, &running, now_ms);
         let due: Vec<(StreamId, FlowState)> = {
             let open = inner.open.lock();
             metrics::gauge!("tally_flows_stuck")

@@ -1,8 +1,8 @@
 //! `decide_program`: a program command's checks and the one event it records, a function per command.
 
 use tally_proto::v1::{
-    CreditPackageDefined, ExpiryPolicy, ExpiryPolicySet, Money, PendingPeriodSet, ProgramCreated, RefundWindowSet, RulesPublished,
-    StampCardDefined, TierDefinition, TierWindow, TiersDefined, TransferPolicySet,
+    CreditPackageDefined, ExpiryPolicy, ExpiryPolicySet, Money, PendingPeriodSet, ProgramCreated, ReferralPolicySet, RefundWindowSet,
+    RulesPublished, StampCardDefined, TierDefinition, TierWindow, TiersDefined, TransferPolicySet,
 };
 
 use super::{
@@ -46,6 +46,7 @@ pub fn decide_program(
         C::DefineStampCard { card } => define_stamp_card(card)?,
         C::DefineTiers { tiers, window, grace_days, set_by } => define_tiers(tiers, *window, *grace_days, set_by)?,
         C::SetTransferPolicy { policy } => set_transfer_policy(policy)?,
+        C::SetReferralPolicy { policy } => set_referral_policy(policy)?,
         C::DefineReward { reward } => {
             crate::domain::rewards::check_definition(reward, &state.tiers)?;
             ProgramChange::RewardDefined(reward.clone())
@@ -158,6 +159,25 @@ fn set_transfer_policy(policy: &TransferPolicySet) -> Result<ProgramChange, Prog
     }
     check_text("set_by", &policy.set_by, REF_BYTES_MAX)?;
     Ok(ProgramChange::TransferPolicySet(policy.clone()))
+}
+
+fn set_referral_policy(policy: &ReferralPolicySet) -> Result<ProgramChange, ProgramRejection> {
+    for (field, points) in [("referrer_points", policy.referrer_points), ("referee_points", policy.referee_points)] {
+        if !(0..=POINTS_PER_COMMAND_MAX).contains(&points) {
+            return Err(FieldError::new(field, format!("must be within 0..={POINTS_PER_COMMAND_MAX}")).into());
+        }
+    }
+    if policy.enabled && policy.referrer_points == 0 && policy.referee_points == 0 {
+        return Err(FieldError::new("referrer_points", "an enabled policy gives points to the referrer, the referee or both").into());
+    }
+    if !(0..=MONEY_MINOR_ABS_MAX).contains(&policy.min_order_minor) {
+        return Err(FieldError::new("min_order_minor", format!("must be within 0..={MONEY_MINOR_ABS_MAX}")).into());
+    }
+    if !policy.currency.is_empty() && (policy.currency.len() != 3 || !policy.currency.bytes().all(|b| b.is_ascii_uppercase())) {
+        return Err(FieldError::new("currency", "must be empty (any) or an ISO 4217 code such as EUR").into());
+    }
+    check_text("set_by", &policy.set_by, REF_BYTES_MAX)?;
+    Ok(ProgramChange::ReferralPolicySet(policy.clone()))
 }
 
 fn define_stamp_card(card: &StampCardDefined) -> Result<ProgramChange, ProgramRejection> {

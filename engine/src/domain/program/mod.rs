@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use tally_proto::v1::{
-    CreditPackageDefined, ExpiryPolicy, ExpiryPolicySet, Money, PendingPeriodSet, ProgramCreated, RefundWindowSet, RewardDefined,
-    RulesPublished, StampCardDefined, TierDefinition, TierWindow, TiersDefined, TransferPolicySet,
+    CreditPackageDefined, ExpiryPolicy, ExpiryPolicySet, Money, PendingPeriodSet, ProgramCreated, ReferralPolicySet, RefundWindowSet,
+    RewardDefined, RulesPublished, StampCardDefined, TierDefinition, TierWindow, TiersDefined, TransferPolicySet,
 };
 
 mod decide;
@@ -78,6 +78,10 @@ pub enum ProgramCommandBody {
     /// Sets whether points may move between wallets, and how many (the whole policy).
     SetTransferPolicy {
         policy: TransferPolicySet,
+    },
+    /// Sets what a referral earns its two customers (the whole policy).
+    SetReferralPolicy {
+        policy: ReferralPolicySet,
     },
     /// Defines the tiers (the whole set).
     DefineTiers {
@@ -150,6 +154,13 @@ impl ProgramCommand {
                 .i64(policy.max_points_per_transfer)
                 .i64(policy.max_points_per_day)
                 .str(&policy.set_by),
+            ProgramCommandBody::SetReferralPolicy { policy } => Layout::new(111)
+                .u64(u64::from(policy.enabled))
+                .i64(policy.referrer_points)
+                .i64(policy.referee_points)
+                .i64(policy.min_order_minor)
+                .str(&policy.currency)
+                .str(&policy.set_by),
             ProgramCommandBody::DefineTiers { tiers, window, grace_days, set_by } => {
                 let layout = Layout::new(106).u64(tiers.len() as u64);
                 let layout = tiers.iter().fold(layout, |layout, t| {
@@ -190,6 +201,7 @@ crate::domain::event::event_table! {
         StampCardDefined(StampCardDefined),
         RewardDefined(RewardDefined),
         TransferPolicySet(TransferPolicySet),
+        ReferralPolicySet(ReferralPolicySet),
     }
 }
 
@@ -241,6 +253,8 @@ pub struct ProgramState {
     pub rewards: BTreeMap<String, RewardDefined>,
     /// Whether points may move between wallets (none set: not allowed).
     pub transfers: TransferPolicySet,
+    /// What a referral earns (none set: nothing).
+    pub referrals: ReferralPolicySet,
     /// Idempotency keys of accepted commands: their fingerprint and the rules version after them.
     receipts: BTreeMap<String, (CommandFingerprint, u32)>,
 }
@@ -265,6 +279,7 @@ impl ProgramState {
             stamp_cards: Arc::new(self.stamp_cards.clone()),
             rewards: Arc::new(self.rewards.clone()),
             transfers: self.transfers.clone(),
+            referrals: self.referrals.clone(),
         }
     }
 
@@ -369,6 +384,7 @@ pub fn apply_program(state: &mut ProgramState, event: &ProgramEvent) {
             state.rewards.insert(e.reward_id.clone(), e.clone());
         }
         ProgramChange::TransferPolicySet(e) => state.transfers = e.clone(),
+        ProgramChange::ReferralPolicySet(e) => state.referrals = e.clone(),
         ProgramChange::TiersDefined(e) => {
             state.tiers = crate::domain::tiers::Tiers {
                 levels: e.tiers.clone().into(),

@@ -38,6 +38,7 @@ pub(super) fn check_key(command: &Command) -> Result<(), Rejection> {
         CommandBody::TransferOut { transfer_id, .. } => Some(transfer_key(transfer_id, TransferStep::Out)),
         CommandBody::TransferIn { transfer_id, .. } => Some(transfer_key(transfer_id, TransferStep::In)),
         CommandBody::ReturnTransfer { transfer_id, .. } => Some(transfer_key(transfer_id, TransferStep::Return)),
+        CommandBody::RewardReferral { referee_wallet_id, .. } => Some(crate::domain::referral_reward_key(referee_wallet_id)),
         CommandBody::RunDue => None,
         _ if command.idempotency_key.starts_with(ENGINE_KEY_PREFIX) => {
             return Err(FieldError::new(
@@ -134,6 +135,11 @@ pub(super) fn validate(body: &CommandBody) -> Result<(), Rejection> {
         CommandBody::CancelRewardRedemption { redemption_id, reason } => check_redemption(redemption_id, Err(reason)),
         CommandBody::TransferOut { .. } | CommandBody::TransferIn { .. } | CommandBody::ReturnTransfer { .. } => check_transfer(body),
         CommandBody::AttachIdentifier { kind, lookup } => check_identifier(*kind, lookup),
+        CommandBody::RewardReferral { referee_wallet_id, order_id, points } => {
+            crate::domain::WalletId::parse(referee_wallet_id).map_err(|e| FieldError::new("referee_wallet_id", e.reason))?;
+            check_ref("order_id", order_id, true)?;
+            check_positive("points", *points)
+        }
         CommandBody::DetachIdentifier { kind, lookup, reason } => check_identifier(*kind, lookup).and_then(|()| check_reason(reason)),
         CommandBody::PurchaseCredits { purchase_id, package_id } => {
             check_ref("purchase_id", purchase_id, true)?;

@@ -125,6 +125,13 @@ pub(super) fn earned_expiry(ctx: &Context<'_>) -> Option<i64> {
     crate::domain::expiry::expires_at(&ctx.program.expiry, ctx.now_ms, ctx.program.utc_offset_minutes)
 }
 
+/// Under an inactivity policy, points credited to a wallet that has lapsed restart its clock rather than
+/// land already past their time (as a staff credit does); 0: the deadline stays.
+pub(super) fn restarted_clock(state: &WalletState, ctx: &Context<'_>) -> i64 {
+    let lapsed = state.inactivity_expires_at_ms.is_none_or(|at| at <= ctx.now_ms);
+    if lapsed { inactivity_deadline(ctx) } else { 0 }
+}
+
 /// The customer did something: under an inactivity policy, the event carries the wallet's new deadline.
 pub(super) fn active(state: &mut WalletState, inactivity_expires_at_ms: i64) {
     state.inactivity_expires_at_ms = (inactivity_expires_at_ms != 0).then_some(inactivity_expires_at_ms);

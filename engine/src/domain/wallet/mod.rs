@@ -10,7 +10,7 @@
 //! | [`rewards`] | `RedeemReward` (a catalogue reward's debit), `CancelRewardRedemption` | (redeemed, through the ledger), reward refused, redemption cancelled |
 //! | [`transfers`] | `TransferOut` (the source's debit), `TransferIn` (the target's credit), `ReturnTransfer` (a refused transfer back) | transferred out, in, refused, returned |
 //! | [`identifiers`] | `AttachIdentifier`, `DetachIdentifier`, and those a closure or an erasure ends | identifier attached, detached |
-//! | [`referrals`] | the referral an `Enroll` carries (never the wallet itself) | referral recorded |
+//! | [`referrals`] | the referral an `Enroll` carries (never the wallet itself), its conversion by the first qualifying order, `RewardReferral` (the referrer's reward) | referral recorded, converted, rewarded |
 //! | [`stamps`] | `AddStamps`, and the cards a change fills | stamped, card completed |
 //! | [`tier`] | the tier an earn reaches, a due review | tier changed, tier reviewed |
 //! | [`due`] | `RunDue`, and what time brought before any command | matured, expired, expiring soon |
@@ -174,6 +174,9 @@ fn decide_change(state: &WalletState, body: &CommandBody, ctx: &Context<'_>) -> 
             C::RefundOrder { order_id, amount_minor, reason } => orders::refund(state, ctx, order_id, *amount_minor, reason),
             C::AttachIdentifier { kind, lookup } => alone(identifiers::attach(state, *kind, lookup)),
             C::DetachIdentifier { lookup, reason, .. } => alone(identifiers::detach(state, lookup, reason)),
+            C::RewardReferral { referee_wallet_id, order_id, points } => {
+                alone(referrals::reward(state, ctx, referee_wallet_id, order_id, *points))
+            }
         },
     }
 }
@@ -217,6 +220,8 @@ pub fn apply(state: &mut WalletState, event: &Event) {
         Change::IdentifierAttached(e) => identifiers::apply_attached(state, e),
         Change::IdentifierDetached(e) => identifiers::apply_detached(state, e),
         Change::ReferralRecorded(e) => state.referred_by.clone_from(&e.referrer_wallet_id),
+        Change::ReferralConverted(e) => referrals::apply_converted(state, e),
+        Change::ReferralRewarded(e) => referrals::apply_rewarded(state, e),
     }
     state.balance += event.change.points_delta();
     state.last_activity_ms = event.recorded_at_ms;

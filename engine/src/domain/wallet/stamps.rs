@@ -25,7 +25,8 @@ pub(super) fn add(ctx: &Context<'_>, card_id: &str, count: i64, reason: &str) ->
     }))
 }
 
-/// A change and what follows from it in the same command: stamp cards it filled, then a tier it reached.
+/// A change and what follows from it in the same command: stamp cards it filled, then the referral an
+/// order converts, then a tier it reached.
 pub(super) fn with_follow_ups(
     state: &WalletState,
     change: Change,
@@ -45,14 +46,20 @@ pub(super) fn with_follow_ups(
         })
         .collect();
     let upgrade = tier_upgrade(state, &change, ctx);
+    let converts = super::referrals::converts(state, &change, ctx);
     let mut changes = vec![change];
-    if !filled.is_empty() {
+    // Each follow-up is decided on the wallet with what came before it applied (its lot numbered right).
+    if !filled.is_empty() || converts {
         let mut after = state.clone();
         apply(&mut after, &event(changes[0].clone()));
         for card in filled {
             let completed = card_completed(&after, card, ctx)?;
             apply(&mut after, &event(completed.clone()));
             changes.push(completed);
+        }
+        if let (true, Change::Earned(earned)) = (converts, &changes[0]) {
+            let converted = super::referrals::converted(&after, &earned.source_ref, ctx)?;
+            changes.push(converted);
         }
     }
     changes.extend(upgrade);

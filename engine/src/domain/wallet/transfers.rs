@@ -95,7 +95,7 @@ pub(super) fn receive_or_refuse(
     if let Err(rejection) = checked_balance(state.balance.checked_add(points), "points", points) {
         return Ok((Vec::new(), refused(transfer_id, TransferStep::In, &rejection)));
     }
-    let deadline = restarted_clock(state, ctx);
+    let deadline = lots::restarted_clock(state, ctx);
     let changes = credit_parts(state, ctx, &from_wire(parts), |points, lot, first| {
         Change::TransferredIn(PointsTransferredIn {
             transfer_id: transfer_id.to_owned(),
@@ -119,7 +119,7 @@ pub(super) fn give_back(
     code: &str,
 ) -> Result<(Vec<Change>, Change), Rejection> {
     let closed = state.status == WalletStatus::Closed;
-    let deadline = if closed { 0 } else { restarted_clock(state, ctx) };
+    let deadline = if closed { 0 } else { lots::restarted_clock(state, ctx) };
     let mut changes = credit_parts(state, ctx, &from_wire(parts), |points, lot, first| {
         Change::TransferReturned(PointsTransferReturned {
             transfer_id: transfer_id.to_owned(),
@@ -149,13 +149,6 @@ pub(super) fn give_back(
 fn last_apart(mut changes: Vec<Change>) -> Result<(Vec<Change>, Change), Rejection> {
     let last = changes.pop().ok_or_else(|| crate::domain::FieldError::new("parts", "must not be empty"))?;
     Ok((changes, last))
-}
-
-/// Under an inactivity policy, points credited to a wallet that has lapsed restart its clock rather than
-/// land already past their time (as a staff credit does); 0: the deadline stays.
-fn restarted_clock(state: &WalletState, ctx: &Context<'_>) -> i64 {
-    let lapsed = state.inactivity_expires_at_ms.is_none_or(|at| at <= ctx.now_ms);
-    if lapsed { inactivity_deadline(ctx) } else { 0 }
 }
 
 fn to_wire((points, expires_at_ms, on_inactivity): Part) -> TransferPart {
