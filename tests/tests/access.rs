@@ -60,7 +60,7 @@ fn code(result: &Result<(), tonic::Status>) -> Code {
 #[tokio::test]
 async fn every_rpc_answers_every_role_as_the_readme_says() {
     let table = readme_table();
-    assert_eq!(table.len(), 52, "every RPC of the protos is in the README's table");
+    assert_eq!(table.len(), 53, "every RPC of the protos is in the README's table");
     let dir = tempfile::tempdir().unwrap();
     let server = TallyServer::start(dir.path(), &["--tenant", "acme,globex"]);
     // A wallet in the other tenant, so that "it exists" could leak if anything were read first.
