@@ -331,6 +331,7 @@ const ADDED_AFTER_THE_FIXTURES: &[Added] = &[
     ("identifiers", || json!({})),
     ("referred_by", || json!("")),
     ("referral_converted", || json!(false)),
+    ("referral_due", || json!({})),
 ];
 
 fn program_view(p: &ProgramState) -> Value {

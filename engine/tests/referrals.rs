@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use flow_node::{Node, tenant, wallet};
 use tally_engine::actors::{CommandMeta, CommandOutcome, REFERRAL_CRASH_POINTS, WalletKey};
-use tally_engine::clock::ManualClock;
+use tally_engine::clock::{Clock, ManualClock};
 use tally_engine::codec;
 use tally_engine::domain::rules::{Order, OrderLine};
 use tally_engine::domain::{Change, Command, CommandBody, ProgramSettings, ReferralPolicySet};
@@ -103,13 +103,13 @@ async fn the_first_order_that_counts_rewards_both_sides_once() {
     let first = order(&node, "o-2", 2_000).await;
     assert!(converted(&first), "{:?}", first.events);
     assert_eq!((first.balance, node.summary("bob").await.referral_converted), (40, true));
-    node.flows.follow(&key("bob"), &first, &CommandMeta::default()).await;
+    node.flows.follow(&key("bob"), &first, &CommandMeta::default(), Duration::from_secs(5)).await;
     assert_eq!(node.balance("ann").await, 100, "the referrer's reward before the order is answered");
 
     // A retried order, a second follow and a later order change nothing.
     let again = order(&node, "o-2", 2_000).await;
     assert!(again.replayed && converted(&again), "a retry answers the same");
-    node.flows.follow(&key("bob"), &again, &CommandMeta::default()).await;
+    node.flows.follow(&key("bob"), &again, &CommandMeta::default(), Duration::from_secs(5)).await;
     assert!(!converted(&order(&node, "o-3", 5_000).await), "a referral converts once");
     assert_eq!((node.balance("ann").await, node.balance("bob").await), (100, 40));
     assert_eq!(logged(&store, "ann", REWARD_KEY).await, (100, 1));
@@ -126,7 +126,7 @@ async fn a_closed_referrer_is_refused_and_the_referee_keeps_its_bonus() {
     ann_refers_bob(&node).await;
     node.close("ann").await;
     let first = order(&node, "o-1", 2_500).await;
-    node.flows.follow(&key("bob"), &first, &CommandMeta::default()).await;
+    node.flows.follow(&key("bob"), &first, &CommandMeta::default(), Duration::from_secs(5)).await;
     assert_eq!(flow_end(&store).await, Some((FlowOutcome::Refused as i32, "WALLET_CLOSED".into(), 0)));
     assert_eq!((logged(&store, "ann", REWARD_KEY).await, node.balance("bob").await), ((0, 0), 40));
     node.stop().await;
@@ -140,7 +140,7 @@ async fn crash_and_resume(point: &'static str) -> (i64, usize) {
     let first = node(&store, &clock, Some(point)).await;
     ann_refers_bob(&first).await;
     let outcome = order(&first, "o-1", 3_000).await;
-    first.flows.follow(&key("bob"), &outcome, &CommandMeta::default()).await;
+    first.flows.follow(&key("bob"), &outcome, &CommandMeta::default(), Duration::from_secs(5)).await;
     first.stop().await;
 
     clock.advance_ms(FLOW_RESUME_AFTER_MS);
@@ -192,4 +192,39 @@ async fn a_conversion_whose_caller_died_is_rewarded_from_the_log() {
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     assert_eq!(logged(&store, "ann", REWARD_KEY).await, (100, 1));
     later.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_a_pending_period_an_order_converts_when_it_ends_unless_it_was_refunded() {
+    const DAY_MS: i64 = 86_400_000;
+    let store: Arc<dyn EventStore> = InMemoryStore::new();
+    let clock = Arc::new(ManualClock::new(START_MS));
+    let node = flow_node::start(&store, &clock, None, ProgramSettings { pending_days: 10, ..program() }).await;
+    ann_refers_bob(&node).await;
+    // The first order that counts waits out the period; refunded below the smallest order, it lapses.
+    assert!(!converted(&order(&node, "o-1", 3_000).await), "not before the order's period ends");
+    let refund = CommandBody::RefundOrder { order_id: "o-1".into(), amount_minor: Some(1_500), reason: "returned".into() };
+    node.run("bob", "refund-1", refund).await;
+    clock.advance_ms(5 * DAY_MS);
+    assert!(!converted(&order(&node, "o-2", 2_500).await));
+    clock.advance_ms(5 * DAY_MS);
+    let due = |at: i64| Command::new(tally_engine::domain::due_key(at), CommandBody::RunDue);
+    let lapsed = node.registry.execute(&key("bob"), due(clock.now_ms()), CommandMeta::default()).await.unwrap();
+    let lapsed: Vec<_> = lapsed
+        .events
+        .iter()
+        .filter_map(|s| if let Change::ReferralLapsed(l) = &s.event.change { Some(l.order_id.as_str()) } else { None })
+        .collect();
+    assert_eq!(lapsed, ["o-1"]);
+    assert!(!node.summary("bob").await.referral_converted);
+
+    // The second order's period ends: time converts the referral, and the log starts the reward's flow.
+    clock.advance_ms(5 * DAY_MS);
+    let matured = node.registry.execute(&key("bob"), due(clock.now_ms()), CommandMeta::default()).await.unwrap();
+    assert!(matured.events.iter().any(|s| matches!(&s.event.change, Change::ReferralConverted(c) if c.on_maturity && c.order_id == "o-2")));
+    assert!(node.summary("bob").await.referral_converted);
+    clock.advance_ms(FLOW_RESUME_AFTER_MS);
+    node.settled(&store).await;
+    assert_eq!(logged(&store, "ann", REWARD_KEY).await, (100, 1));
+    node.stop().await;
 }

@@ -180,6 +180,7 @@ fn earn_credits_points_and_remembers_the_source() {
             qualifying_month: 672,
             // The default refund window: a year.
             refundable_until_ms: NOW + 365 * 86_400_000,
+            referral_converts_at_ms: 0,
         })],
     );
     assert_eq!((state.balance, state.lifetime_earned), (120, 120));

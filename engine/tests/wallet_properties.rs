@@ -544,12 +544,35 @@ proptest! {
             Some(&at) => {
                 let Change::ReferralConverted(c) = &log[at].change else { unreachable!() };
                 prop_assert!(referral.enabled && referred && c.referrer_wallet_id == "w3");
-                prop_assert_eq!((c.referee_points, c.referrer_points), (referral.referee_points, referral.referrer_points));
-                let order = log[..at].iter().rev().find(|e| matches!(&e.change, Change::Earned(x) if x.order.is_some())).unwrap();
-                prop_assert!(counts(order) && order.idempotency_key == log[at].idempotency_key, "converted by another command's order");
-                prop_assert!(orders(at).iter().filter(|e| counts(e)).count() == 1, "an earlier order counted already");
+                prop_assert_eq!(c.referrer_points, referral.referrer_points);
+                prop_assert!(c.referee_points == referral.referee_points || c.referee_points == 0, "{c:?}");
+                let order = log[..at]
+                    .iter()
+                    .rev()
+                    .find(|e| matches!(&e.change, Change::Earned(x) if x.order.is_some() && x.source_ref == c.order_id))
+                    .expect("the converting order");
+                prop_assert!(counts(order), "converted by an order the policy does not count");
+                let Change::Earned(earned) = &order.change else { unreachable!() };
+                if c.on_maturity {
+                    // Under a pending period: once the order's period ended, never before.
+                    prop_assert!(pending_days > 0 && earned.referral_converts_at_ms != 0);
+                    prop_assert!(earned.referral_converts_at_ms <= log[at].recorded_at_ms);
+                } else {
+                    prop_assert!(pending_days == 0 && order.idempotency_key == log[at].idempotency_key, "converted by another command's order");
+                    prop_assert!(orders(at).iter().filter(|e| counts(e)).count() == 1, "an earlier order counted already");
+                }
             }
-            None => prop_assert!(!referral.enabled || !referred || !orders(log.len()).iter().any(counts), "a counted order converted nothing"),
+            None if pending_days == 0 => {
+                prop_assert!(!referral.enabled || !referred || !orders(log.len()).iter().any(counts), "a counted order converted nothing")
+            }
+            None => {}
+        }
+        // An order waits under a pending period only: it converts, lapses or is still waiting, once.
+        for event in &log {
+            if let Change::ReferralLapsed(l) = &event.change {
+                let waited = log.iter().any(|e| matches!(&e.change, Change::Earned(x) if x.source_ref == l.order_id && x.referral_converts_at_ms != 0));
+                prop_assert!(waited && pending_days > 0, "lapsed an order that did not wait: {l:?}");
+            }
         }
         // The referrer's reward: once per referee while its receipt is kept, never for the wallet itself.
         let rewarded: Vec<(&str, i64)> = log

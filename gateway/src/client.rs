@@ -194,6 +194,7 @@ fn kind_name(kind: i32) -> &'static str {
         Ok(TransactionKind::ReferralRecorded) => "referred",
         Ok(TransactionKind::ReferralConverted) => "referral bonus",
         Ok(TransactionKind::ReferralRewarded) => "referral reward",
+        Ok(TransactionKind::ReferralLapsed) => "referral lapsed",
         _ => "unknown",
     }
 }

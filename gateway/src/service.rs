@@ -157,11 +157,16 @@ impl WalletApi {
         let outcome =
             self.engine.registry.execute_before(&key, command, meta, deadline).await.map_err(|e| status::from_wallet_error(&e))?;
         if let Some(meta) = follow {
-            self.engine.flows.follow(&key, &outcome, &meta).await;
+            // Within the call's deadline (or a few seconds): the order is answered either way.
+            let within = deadline.map_or(FOLLOW_WITHIN, |d| d.saturating_duration_since(Instant::now()).min(FOLLOW_WITHIN));
+            self.engine.flows.follow(&key, &outcome, &meta, within).await;
         }
         Ok(Response::new(mutation(&key, outcome)))
     }
 }
+
+/// How long an order's answer waits for the flows it starts (a referral's reward) at most.
+const FOLLOW_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Who made the call (its key), and trace and causality ids from the call's metadata, bounded: they are
 /// stored in every event the call records. A request or correlation id that is too long or not printable ASCII is the caller's error; a

@@ -38,7 +38,9 @@ pub(crate) fn transaction(stored: &StoredWalletEvent) -> Transaction {
         Change::IdentifierAttached(e) => {
             Transaction { kind: kind(TransactionKind::IdentifierAttached), reference: identifiers::kind_name(e.kind).to_owned(), ..base }
         }
-        Change::ReferralRecorded(_) | Change::ReferralConverted(_) | Change::ReferralRewarded(_) => referrals(change, base),
+        Change::ReferralRecorded(_) | Change::ReferralConverted(_) | Change::ReferralRewarded(_) | Change::ReferralLapsed(_) => {
+            referrals(change, base)
+        }
         Change::IdentifierDetached(e) => Transaction {
             kind: kind(TransactionKind::IdentifierDetached),
             reference: identifiers::kind_name(e.kind).to_owned(),
@@ -63,11 +65,15 @@ fn referrals(change: &Change, base: Transaction) -> Transaction {
         },
         Change::ReferralRewarded(e) => Transaction {
             kind: kind(TransactionKind::ReferralRewarded),
+            reason: e.refused.clone(),
             counterpart_wallet_id: e.referee_wallet_id.clone(),
             reference: e.order_id.clone(),
             expires_at: expires(e.lot.as_ref()),
             ..base
         },
+        Change::ReferralLapsed(e) => {
+            Transaction { kind: kind(TransactionKind::ReferralLapsed), reference: e.order_id.clone(), reason: e.reason.clone(), ..base }
+        }
         _ => unreachable!("called for referrals only"),
     }
 }

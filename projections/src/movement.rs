@@ -263,6 +263,10 @@ fn decode_one(mut recorded: RecordedEvent, tenant: Arc<str>, wallet: Arc<str>) -
             let kind = if e.referee_points == 0 { MovementKind::Referral } else { MovementKind::Earn };
             (kind, format!("referral converted (referred by {})", e.referrer_wallet_id), e.order_id)
         }
+        Change::ReferralLapsed(e) => (MovementKind::Referral, format!("referral lapsed: {}", e.reason), e.order_id),
+        Change::ReferralRewarded(e) if !e.refused.is_empty() => {
+            (MovementKind::Refused, format!("{}: referral reward", e.refused), format!("referral:{}", e.referee_wallet_id))
+        }
         Change::ReferralRewarded(e) => {
             (MovementKind::Earn, format!("referral reward (referred {})", e.referee_wallet_id), format!("referral:{}", e.referee_wallet_id))
         }

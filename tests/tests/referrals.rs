@@ -128,7 +128,7 @@ async fn a_server_killed_between_the_rewards_steps_rewards_the_referrer_once() {
     {
         let server = TallyServer::start(&data, &["--tenant", "demo"]);
         let mut admin = AdminServiceClient::new(server.channel().await);
-        admin.set_referral_policy(policy("p-1", true, 100, 40, "")).await.unwrap();
+        admin.set_referral_policy(policy("p-1", true, 100, 40, "EUR")).await.unwrap();
         let mut wallets = server.client().await;
         ann_refers(&mut wallets, "bob-0").await;
         for (i, _) in REFERRAL_CRASH_POINTS.iter().enumerate().skip(1) {

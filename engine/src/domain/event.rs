@@ -5,9 +5,9 @@
 use tally_proto::v1::{
     CustomerErased, EarnReversed, HoldCaptured, HoldReleased, IdentifierAttached, IdentifierDetached, PointsAdjusted, PointsEarned,
     PointsExpired, PointsExpiringSoon, PointsHeld, PointsMatured, PointsPurchased, PointsRedeemed, PointsTransferRefused,
-    PointsTransferReturned, PointsTransferredIn, PointsTransferredOut, ReferralConverted, ReferralRecorded, ReferralRewarded,
-    RewardRedemptionCancelled, RewardRedemptionRefused, StampCardCompleted, StampsAdded, TierChanged, TierReviewed, WalletClosed,
-    WalletEnrolledV2,
+    PointsTransferReturned, PointsTransferredIn, PointsTransferredOut, ReferralConverted, ReferralLapsed, ReferralRecorded,
+    ReferralRewarded, RewardRedemptionCancelled, RewardRedemptionRefused, StampCardCompleted, StampsAdded, TierChanged, TierReviewed,
+    WalletClosed, WalletEnrolledV2,
 };
 
 #[derive(Debug, Clone, PartialEq)]
@@ -119,6 +119,8 @@ event_table! {
         ReferralConverted(ReferralConverted),
         /// The referrer's reward for a converted referral.
         ReferralRewarded(ReferralRewarded),
+        /// The order that was to convert the referral no longer counts.
+        ReferralLapsed(ReferralLapsed),
     }
 }
 
@@ -147,7 +149,8 @@ impl Change {
             | Change::TransferRefused(_)
             | Change::IdentifierAttached(_)
             | Change::IdentifierDetached(_)
-            | Change::ReferralRecorded(_) => 0,
+            | Change::ReferralRecorded(_)
+            | Change::ReferralLapsed(_) => 0,
             Change::CardCompleted(e) => e.reward_points,
             Change::RewardCancelled(e) => e.points,
             Change::TransferredOut(e) => e.points.saturating_neg(),
@@ -202,7 +205,8 @@ impl Change {
             | Change::TransferRefused(_)
             | Change::IdentifierAttached(_)
             | Change::IdentifierDetached(_)
-            | Change::ReferralRecorded(_) => (Vec::new(), None),
+            | Change::ReferralRecorded(_)
+            | Change::ReferralLapsed(_) => (Vec::new(), None),
         }
     }
 
@@ -210,7 +214,8 @@ impl Change {
     /// maturity, a notice, a review, a hold that timed out): no caller made it, so the log names none.
     pub fn by_time(&self) -> bool {
         match self {
-            Change::Expired(_) | Change::Matured(_) | Change::ExpiringSoon(_) | Change::TierReviewed(_) => true,
+            Change::Expired(_) | Change::Matured(_) | Change::ExpiringSoon(_) | Change::TierReviewed(_) | Change::ReferralLapsed(_) => true,
+            Change::ReferralConverted(e) => e.on_maturity,
             Change::TierChanged(e) => e.r#move == tally_proto::v1::TierMove::Down as i32,
             Change::Released(e) => e.reason == tally_proto::v1::HoldEnd::Expired as i32,
             _ => false,
@@ -245,7 +250,7 @@ mod tests {
             let change = ProgramChange::decode_payload(event_type, &[]).expect("a listed name").expect("an empty payload decodes");
             assert_eq!(change.event_type(), *event_type);
         }
-        assert_eq!(Change::EVENT_TYPES.len(), 29);
+        assert_eq!(Change::EVENT_TYPES.len(), 30);
         assert!(Change::decode_payload("tally.v1.ProgramCreated", &[]).is_none(), "tables do not mix");
     }
 }

@@ -217,6 +217,9 @@ pub struct WalletState {
     pub referred_by: String,
     /// The referral was converted by the customer's first qualifying order (`ReferralConverted`).
     pub referral_converted: bool,
+    /// Orders that count for the referral, waiting out the pending period: when each converts it, by
+    /// order id (`PointsEarned.referral_converts_at_ms`; emptied when the referral converts).
+    pub(crate) referral_due: BTreeMap<String, i64>,
 }
 
 /// What a catalogue redemption took, as its cancellation gives it back.
@@ -256,6 +259,11 @@ impl WalletState {
     pub fn transferred_out_since(&self, now_ms: i64) -> i64 {
         let from = now_ms.saturating_sub(crate::limits::TRANSFER_DAY_MS);
         self.transfers_out.values().filter(|(at, _)| *at > from).map(|(_, points)| points).sum()
+    }
+
+    /// Orders waiting out their pending period to convert the referral: `(order id, when)`.
+    pub fn referral_due(&self) -> impl Iterator<Item = (&str, i64)> {
+        self.referral_due.iter().map(|(order_id, at)| (order_id.as_str(), *at))
     }
 
     /// The identifiers the wallet can be found by: `(lookup, kind)`, in lookup order.
@@ -340,7 +348,8 @@ impl WalletState {
         let notices = self.lots.values().filter(|lot| lot.points + lot.held > 0).filter_map(|lot| lot.notify_at_ms);
         let lots = lots.chain(notices);
         let review = self.tier.as_ref().map(|t| t.next_review_at_ms).filter(|at| *at != 0);
-        holds.chain(pending).chain(lots).chain(review).min()
+        let referral = self.referral_due.values().copied();
+        holds.chain(pending).chain(lots).chain(review).chain(referral).min()
     }
 
     /// `(when, points)` of the soonest expiries after `now_ms`, held and pending points included, at most

@@ -386,7 +386,9 @@ impl Flows {
             })
             .collect();
         drop(open);
-        flows.extend(self.inner.unstarted.lock().iter().filter_map(|(stream, u)| {
+        // Until the reader reaches the log's end, what it notes may have started later in the log.
+        let caught_up = self.inner.caught_up.load(std::sync::atomic::Ordering::Acquire);
+        flows.extend(self.inner.unstarted.lock().iter().filter(|_| caught_up).filter_map(|(stream, u)| {
             let (flow_tenant, flow_id) = codec::flow_of(stream.as_str())?;
             let stuck = now_ms.saturating_sub(u.called_at_ms) >= FLOW_STUCK_AFTER_MS;
             let wanted = tenant.is_none_or(|t| *t == flow_tenant) && (stuck || !stuck_only);

@@ -6,7 +6,9 @@
 //! ([`Flows::follow`], before it answers) and, should that call die first, by the reader of this node,
 //! which notes every conversion whose flow has not started (`reader.rs`).
 
-use tally_proto::v1::{FlowEnded, ReferralConverted, ReferralRewardFlow};
+use std::time::Duration;
+
+use tally_proto::v1::{FlowEnded, FlowRefusal, ReferralConverted, ReferralRewardFlow};
 
 use super::{FlowError, Flows, Inner, Until};
 use crate::actors::{CommandMeta, CommandOutcome, WalletError, WalletKey};
@@ -21,13 +23,18 @@ pub const REFERRAL_CRASH_POINTS: [&str; 3] = ["referral_started", "rewarded", "r
 
 impl Flows {
     /// Starts the flows a wallet's outcome calls for (a referral its order converted) and drives them
-    /// to their ends. What cannot be done now is left to the reader and the resumer, which find it in
-    /// the log: the outcome itself stands, so this never fails its caller.
-    pub async fn follow(&self, key: &WalletKey, outcome: &CommandOutcome, meta: &CommandMeta) {
+    /// to their ends, for at most `within`. What cannot be done by then is left to the reader and the
+    /// resumer, which find it in the log (every step answers the same however often it is done): the
+    /// outcome itself stands, so this never fails its caller.
+    pub async fn follow(&self, key: &WalletKey, outcome: &CommandOutcome, meta: &CommandMeta, within: Duration) {
         for stored in &outcome.events {
-            if let Change::ReferralConverted(converted) = &stored.event.change
-                && let Err(error) = self.reward_referral(&key.tenant, &key.wallet, converted, meta.clone()).await
-            {
+            if let Change::ReferralConverted(converted) = &stored.event.change {
+                let reward = self.reward_referral(&key.tenant, &key.wallet, converted, meta.clone());
+                let error = match tokio::time::timeout(within, reward).await {
+                    Ok(Ok(_)) => continue,
+                    Ok(Err(error)) => error.to_string(),
+                    Err(_) => format!("not done within {within:?}"),
+                };
                 tracing::warn!(wallet = %key.wallet, %error, "a referral's reward could not finish yet; it is resumed in the background");
             }
         }
@@ -101,16 +108,20 @@ impl Inner {
         let answer = match self.registry.execute(&WalletKey::new(tenant.clone(), referrer), command, meta.clone()).await {
             Ok(outcome) => {
                 let rewarded = outcome.events.iter().find_map(|stored| match &stored.event.change {
-                    Change::ReferralRewarded(e) if e.referee_wallet_id == referral.referee_wallet_id => Some(e.points),
+                    Change::ReferralRewarded(e) if e.referee_wallet_id == referral.referee_wallet_id => Some(e.clone()),
                     _ => None,
                 });
-                let points = rewarded.ok_or_else(|| FlowError::Unfinished { reason: "the referrer's answer names no reward".into() })?;
-                DebitAnswer::Paid { points, balance: outcome.balance }
+                match rewarded.ok_or_else(|| FlowError::Unfinished { reason: "the referrer's answer names no reward".into() })? {
+                    e if e.refused.is_empty() => DebitAnswer::Paid { points: e.points, balance: outcome.balance },
+                    e => DebitAnswer::Refused(FlowRefusal {
+                        message: format!("the referrer's wallet refused the reward: {}", e.refused),
+                        code: e.refused,
+                    }),
+                }
             }
-            // For good: a closed wallet stays closed; a referrer that never was one will not become one.
-            Err(WalletError::Rejected(rejection @ (Rejection::WalletClosed | Rejection::WalletNotFound))) => {
-                DebitAnswer::Refused(flows::refusal(&rejection))
-            }
+            // For good: a closed wallet stays closed. (A referrer not found is not an answer: its code was
+            // claimed by an enrolled wallet, so an actor that does not know it yet is behind the log.)
+            Err(WalletError::Rejected(rejection @ Rejection::WalletClosed)) => DebitAnswer::Refused(flows::refusal(&rejection)),
             Err(error) => return Err(FlowError::Unfinished { reason: error.to_string() }),
         };
         self.crash_point("rewarded")?;

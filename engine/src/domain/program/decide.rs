@@ -176,6 +176,10 @@ fn set_referral_policy(policy: &ReferralPolicySet) -> Result<ProgramChange, Prog
     if !policy.currency.is_empty() && (policy.currency.len() != 3 || !policy.currency.bytes().all(|b| b.is_ascii_uppercase())) {
         return Err(FieldError::new("currency", "must be empty (any) or an ISO 4217 code such as EUR").into());
     }
+    // 20 of what: minor units of two currencies are not one amount.
+    if policy.min_order_minor > 0 && policy.currency.is_empty() {
+        return Err(FieldError::new("currency", "must name the currency of min_order_minor").into());
+    }
     check_text("set_by", &policy.set_by, REF_BYTES_MAX)?;
     Ok(ProgramChange::ReferralPolicySet(policy.clone()))
 }

@@ -77,14 +77,15 @@ impl DueView {
                 && state.lots.is_empty()
                 && state.pending.is_empty()
                 && state.tier.is_none()
+                && state.referral_due.is_empty()
                 && state.inactivity_expires_at_ms.is_none())
     }
 }
 
 /// What happened by itself up to `now_ms`, one transition at a time, each seeing the ones before: holds
 /// past their timeout are released (by timeout, then hold id), pending points past their time mature
-/// (by time, then credit), then lots past their expiry expire (by expiry, then lot) — points given back
-/// or matured included. The changes, and the state after them if there were any.
+/// (by time, then credit), an order past its pending period converts the referral (or lapses), then lots
+/// past their expiry expire (by expiry, then lot) — points given back or matured included. The changes, and the state after them if there were any.
 pub(super) fn catch_up(
     state: &WalletState,
     ctx: &Context<'_>,
@@ -122,6 +123,11 @@ pub(super) fn next_transition(state: &WalletState, ctx: &Context<'_>) -> Option<
             available_at_ms: pending.available_at_ms,
             lot: Some(open_lot(state, pending.points, pending.expires_at_ms, true, ctx)),
         }));
+    }
+    // An order that waited out its pending period converts the referral (after its own points matured).
+    let referral = state.referral_due.iter().filter(|(_, at)| **at <= now_ms).min_by_key(|(order_id, at)| (**at, order_id.as_str()));
+    if let Some((order_id, _)) = referral {
+        return Some(super::referrals::on_maturity(state, order_id, ctx));
     }
     let lot = state.expired_lots(now_ms).filter(|(_, lot)| lot.points > 0).min_by_key(|(id, lot)| lot.spending_order(*id));
     if let Some((id, lot)) = lot {

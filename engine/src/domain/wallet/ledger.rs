@@ -65,6 +65,7 @@ pub(super) fn earn(
         qualifying_month: rules::period_key(Period::Month, ctx.now_ms, ctx.program.utc_offset_minutes),
         inactivity_expires_at_ms: inactivity_deadline(ctx),
         refundable_until_ms: refund_deadline(ctx, ctx.now_ms),
+        referral_converts_at_ms: 0,
     }))
 }
 
@@ -278,6 +279,9 @@ pub(super) fn apply_earned(state: &mut WalletState, e: &PointsEarned, at_ms: i64
         state.pending.insert(state.version + 1, Pending { points: pending.points, source_ref, available_at_ms, expires_at_ms });
     }
     count_qualifying(state, e.qualifying_month, e.points);
+    if e.referral_converts_at_ms != 0 {
+        state.referral_due.insert(e.source_ref.clone(), e.referral_converts_at_ms);
+    }
     for stamp in e.order.iter().flat_map(|o| &o.awards).flat_map(|a| &a.stamps) {
         state.stamp_cards.entry(stamp.card.clone()).or_default().stamps += stamp.count;
     }

@@ -10,7 +10,7 @@
 //! | [`rewards`] | `RedeemReward` (a catalogue reward's debit), `CancelRewardRedemption` | (redeemed, through the ledger), reward refused, redemption cancelled |
 //! | [`transfers`] | `TransferOut` (the source's debit), `TransferIn` (the target's credit), `ReturnTransfer` (a refused transfer back) | transferred out, in, refused, returned |
 //! | [`identifiers`] | `AttachIdentifier`, `DetachIdentifier`, and those a closure or an erasure ends | identifier attached, detached |
-//! | [`referrals`] | the referral an `Enroll` carries (never the wallet itself), its conversion by the first qualifying order, `RewardReferral` (the referrer's reward) | referral recorded, converted, rewarded |
+//! | [`referrals`] | the referral an `Enroll` carries (never the wallet itself), its conversion by the first order that counts (at once, or when its pending period ends), `RewardReferral` (the referrer's reward) | referral recorded, converted, lapsed, rewarded |
 //! | [`stamps`] | `AddStamps`, and the cards a change fills | stamped, card completed |
 //! | [`tier`] | the tier an earn reaches, a due review | tier changed, tier reviewed |
 //! | [`due`] | `RunDue`, and what time brought before any command | matured, expired, expiring soon |
@@ -222,6 +222,7 @@ pub fn apply(state: &mut WalletState, event: &Event) {
         Change::ReferralRecorded(e) => state.referred_by.clone_from(&e.referrer_wallet_id),
         Change::ReferralConverted(e) => referrals::apply_converted(state, e),
         Change::ReferralRewarded(e) => referrals::apply_rewarded(state, e),
+        Change::ReferralLapsed(e) => referrals::apply_lapsed(state, e),
     }
     state.balance += event.change.points_delta();
     state.last_activity_ms = event.recorded_at_ms;

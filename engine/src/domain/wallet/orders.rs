@@ -98,6 +98,9 @@ pub(super) fn earn_for_order(state: &WalletState, order: &Order, ctx: &Context<'
         inactivity_expires_at_ms: inactivity_deadline(ctx),
         // Pending points can always be cancelled by a refund until they mature.
         refundable_until_ms: refund_deadline(ctx, ctx.now_ms).max(available_at_ms),
+        // Under a pending period, the referral the order counts for converts once it ends (a refund
+        // meanwhile can undo the order: the referral's bonuses are not given for an order taken back).
+        referral_converts_at_ms: super::referrals::waits(state, order, available_at_ms, ctx),
     }))
 }
 

@@ -58,8 +58,7 @@ pub(super) fn with_follow_ups(
             changes.push(completed);
         }
         if let (true, Change::Earned(earned)) = (converts, &changes[0]) {
-            let converted = super::referrals::converted(&after, &earned.source_ref, ctx)?;
-            changes.push(converted);
+            changes.push(super::referrals::converted(&after, &earned.source_ref, false, ctx));
         }
     }
     changes.extend(upgrade);
