@@ -572,6 +572,10 @@ proptest! {
             if let Change::ReferralLapsed(l) = &event.change {
                 let waited = log.iter().any(|e| matches!(&e.change, Change::Earned(x) if x.source_ref == l.order_id && x.referral_converts_at_ms != 0));
                 prop_assert!(waited && pending_days > 0, "lapsed an order that did not wait: {l:?}");
+                // Only a refund makes a waiting order lapse (the policy stays on here), whatever the
+                // refund window: the order is still known when its wait ends.
+                let refunded = log.iter().any(|e| matches!(&e.change, Change::Reversed(r) if r.source_ref == l.order_id));
+                prop_assert!(refunded && l.reason.starts_with("refunded"), "lapsed without a refund: {l:?}");
             }
         }
         // The referrer's reward: once per referee while its receipt is kept, never for the wallet itself.

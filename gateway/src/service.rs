@@ -158,7 +158,9 @@ impl WalletApi {
             self.engine.registry.execute_before(&key, command, meta, deadline).await.map_err(|e| status::from_wallet_error(&e))?;
         if let Some(meta) = follow {
             // Within the call's deadline (or a few seconds): the order is answered either way.
-            let within = deadline.map_or(FOLLOW_WITHIN, |d| d.saturating_duration_since(Instant::now()).min(FOLLOW_WITHIN));
+            // A margin is left for the answer itself.
+            let left = |d: Instant| d.saturating_duration_since(Instant::now()).saturating_sub(std::time::Duration::from_millis(200));
+            let within = deadline.map_or(FOLLOW_WITHIN, |d| left(d).min(FOLLOW_WITHIN));
             self.engine.flows.follow(&key, &outcome, &meta, within).await;
         }
         Ok(Response::new(mutation(&key, outcome)))

@@ -217,9 +217,10 @@ pub struct WalletState {
     pub referred_by: String,
     /// The referral was converted by the customer's first qualifying order (`ReferralConverted`).
     pub referral_converted: bool,
-    /// Orders that count for the referral, waiting out the pending period: when each converts it, by
-    /// order id (`PointsEarned.referral_converts_at_ms`; emptied when the referral converts).
-    pub(crate) referral_due: BTreeMap<String, i64>,
+    /// Orders that count for the referral, waiting out the pending period: when each converts it and the
+    /// order's currency, by order id (`PointsEarned.referral_converts_at_ms`; emptied when the referral
+    /// converts). Their sources are kept until then, past any refund window.
+    pub(crate) referral_due: BTreeMap<String, (i64, String)>,
 }
 
 /// What a catalogue redemption took, as its cancellation gives it back.
@@ -263,7 +264,7 @@ impl WalletState {
 
     /// Orders waiting out their pending period to convert the referral: `(order id, when)`.
     pub fn referral_due(&self) -> impl Iterator<Item = (&str, i64)> {
-        self.referral_due.iter().map(|(order_id, at)| (order_id.as_str(), *at))
+        self.referral_due.iter().map(|(order_id, (at, _))| (order_id.as_str(), *at))
     }
 
     /// The identifiers the wallet can be found by: `(lookup, kind)`, in lookup order.
@@ -348,7 +349,7 @@ impl WalletState {
         let notices = self.lots.values().filter(|lot| lot.points + lot.held > 0).filter_map(|lot| lot.notify_at_ms);
         let lots = lots.chain(notices);
         let review = self.tier.as_ref().map(|t| t.next_review_at_ms).filter(|at| *at != 0);
-        let referral = self.referral_due.values().copied();
+        let referral = self.referral_due.values().map(|(at, _)| *at);
         holds.chain(pending).chain(lots).chain(review).chain(referral).min()
     }
 

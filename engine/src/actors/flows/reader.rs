@@ -118,13 +118,9 @@ fn start_unstarted(inner: &Arc<Inner>, running: &Arc<tokio::sync::Semaphore>, no
     let due: Vec<(StreamId, Unstarted)> = inner
         .unstarted
         .lock()
-        .iter_mut()
+        .iter()
         .filter(|(_, u)| now_ms.saturating_sub(u.called_at_ms) >= FLOW_RESUME_AFTER_MS && u.next_try_ms <= now_ms)
-        .map(|(stream, u)| {
-            // Not again while this try runs.
-            u.next_try_ms = now_ms + FLOW_RESUME_AFTER_MS;
-            (stream.clone(), u.clone())
-        })
+        .map(|(stream, u)| (stream.clone(), u.clone()))
         .collect();
     for (stream, unstarted) in due {
         let owned = WalletId::parse(&unstarted.referral.referee_wallet_id)
@@ -133,6 +129,10 @@ fn start_unstarted(inner: &Arc<Inner>, running: &Arc<tokio::sync::Semaphore>, no
             continue;
         }
         let Ok(permit) = Arc::clone(running).try_acquire_owned() else { break };
+        // Not again while this try runs.
+        if let Some(u) = inner.unstarted.lock().get_mut(&stream) {
+            u.next_try_ms = now_ms + FLOW_RESUME_AFTER_MS;
+        }
         let inner = Arc::clone(inner);
         tokio::spawn(async move {
             let _permit = permit;

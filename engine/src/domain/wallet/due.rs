@@ -125,9 +125,10 @@ pub(super) fn next_transition(state: &WalletState, ctx: &Context<'_>) -> Option<
         }));
     }
     // An order that waited out its pending period converts the referral (after its own points matured).
-    let referral = state.referral_due.iter().filter(|(_, at)| **at <= now_ms).min_by_key(|(order_id, at)| (**at, order_id.as_str()));
-    if let Some((order_id, _)) = referral {
-        return Some(super::referrals::on_maturity(state, order_id, ctx));
+    let referral =
+        state.referral_due.iter().filter(|(_, (at, _))| *at <= now_ms).min_by_key(|(order_id, (at, _))| (*at, order_id.as_str()));
+    if let Some((order_id, (_, currency))) = referral {
+        return Some(super::referrals::on_maturity(state, order_id, currency, ctx));
     }
     let lot = state.expired_lots(now_ms).filter(|(_, lot)| lot.points > 0).min_by_key(|(id, lot)| lot.spending_order(*id));
     if let Some((id, lot)) = lot {

@@ -280,7 +280,8 @@ pub(super) fn apply_earned(state: &mut WalletState, e: &PointsEarned, at_ms: i64
     }
     count_qualifying(state, e.qualifying_month, e.points);
     if e.referral_converts_at_ms != 0 {
-        state.referral_due.insert(e.source_ref.clone(), e.referral_converts_at_ms);
+        let currency = e.order_amount.as_ref().map(|m| m.currency.clone()).unwrap_or_default();
+        state.referral_due.insert(e.source_ref.clone(), (e.referral_converts_at_ms, currency));
     }
     for stamp in e.order.iter().flat_map(|o| &o.awards).flat_map(|a| &a.stamps) {
         state.stamp_cards.entry(stamp.card.clone()).or_default().stamps += stamp.count;

@@ -35,7 +35,9 @@ pub(super) fn forget_past(state: &mut WalletState, now_ms: i64) {
     state.swept_at_ms = now_ms;
     let receipts_from = now_ms.saturating_sub(RECEIPT_RETENTION_MS);
     state.receipts.retain(|_, receipt| receipt.recorded_at_ms >= receipts_from);
-    state.sources.retain(|_, source| source.refundable_at(now_ms));
+    // An order waiting to convert the referral is looked at when its wait ends, refunds included.
+    let waiting = &state.referral_due;
+    state.sources.retain(|id, source| source.refundable_at(now_ms) || waiting.contains_key(id));
     let redemptions_from = now_ms.saturating_sub(crate::limits::CATALOGUE_REDEMPTION_MEMORY_MS);
     state.catalogue_redemptions.retain(|_, redemption| redemption.redeemed_at_ms >= redemptions_from);
 }

@@ -24,7 +24,9 @@ pub(super) fn referred(ctx: &Context<'_>, referrer_wallet_id: &str) -> Result<Ch
     Ok(Change::ReferralRecorded(ReferralRecorded { referrer_wallet_id: referrer_wallet_id.to_owned() }))
 }
 
-/// At most this many orders wait out their pending period to convert one wallet's referral at once.
+/// At most this many orders wait out their pending period to convert one wallet's referral at once (one
+/// more that counts meanwhile does not wait: if all of them lapse, the next order after them may convert
+/// it).
 const REFERRAL_DUE_MAX: usize = 4;
 
 /// Whether an order of `amount_minor` in `currency` counts for the wallet's referral now: the wallet was
@@ -54,14 +56,15 @@ pub(super) fn converts(state: &WalletState, change: &Change, ctx: &Context<'_>) 
     ctx.program.pending_days == 0 && counts(state, amount.amount_minor, &amount.currency, ctx)
 }
 
-/// An order that waited out its pending period: it converts the referral if what is left of it after
-/// refunds still counts (by the policy now), or lapses.
-pub(super) fn on_maturity(state: &WalletState, order_id: &str, ctx: &Context<'_>) -> Change {
+/// An order (in `currency`) that waited out its pending period: it converts the referral if what is
+/// left of it after refunds still counts (by the policy now), or lapses.
+pub(super) fn on_maturity(state: &WalletState, order_id: &str, currency: &str, ctx: &Context<'_>) -> Change {
     let policy = &ctx.program.referrals;
     let left = state.sources.get(order_id).and_then(|s| s.order_minor.map(|total| total - s.refunded_minor));
     let reason = match left {
         _ if !policy.enabled => "the referral policy is off",
         _ if state.referral_converted => "the referral converted already",
+        _ if !policy.currency.is_empty() && policy.currency != currency => "the order is not in the policy's currency",
         None => "the order is no longer known",
         Some(left) if left < policy.min_order_minor => "refunded below the smallest order that counts",
         Some(_) => return converted(state, order_id, true, ctx),
