@@ -330,6 +330,87 @@ async fn transfers_between_wallets_of_different_nodes_show_where_the_target_live
 
 /// A node joins (its wallets move to it: the first node gives them up) and then leaves under load (they
 /// come back, recovered from the log rather than from what the first node held before).
+/// Issue 20 item 4 on a cluster: referrals between wallets that live on different nodes. An order
+/// converts its referee's referral on the referee's owner, which writes the referrer's reward too; the
+/// referrer's owner, where the referrer is live, catches up and shows it; each reward is given once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn referral_rewards_show_where_the_referrer_lives() {
+    use tally_proto::v1::admin_service_client::AdminServiceClient;
+    use tally_proto::v1::{AttachIdentifierRequest, EarnForOrderRequest, IdentifierKind, Money, Order, SetReferralPolicyRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let database = TestDatabase::create().await;
+    let (nodes, mut clients) = three_nodes(dir.path(), &database).await;
+    let mut admin = AdminServiceClient::new(nodes[0].channel_with(Key::new(&nodes[0].platform_key())).await);
+    let policy = SetReferralPolicyRequest {
+        tenant_id: "acme".into(),
+        idempotency_key: "referrals".into(),
+        enabled: true,
+        referrer_points: 100,
+        referee_points: 40,
+        set_by: "ops".into(),
+        ..Default::default()
+    };
+    admin.set_referral_policy(policy).await.unwrap();
+    // Every node's program settings show it within a second (PROGRAM_SETTINGS_REFRESH_MS).
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    for r in 0..3 {
+        let referrer = format!("r-{r}");
+        clients[r].enroll(enrollment(&referrer)).await.unwrap();
+        let code = AttachIdentifierRequest {
+            tenant_id: "acme".into(),
+            wallet_id: referrer.clone(),
+            kind: IdentifierKind::ReferralCode as i32,
+            value: format!("CODE-{r}"),
+            idempotency_key: "code".into(),
+        };
+        clients[(r + 1) % 3].attach_identifier(code).await.unwrap();
+        // Live on its owner before anything is given.
+        assert_eq!(clients[(r + 2) % 3].get_wallet(read(&referrer)).await.unwrap().into_inner().balance, 0);
+    }
+    for f in 0..9 {
+        let referee = format!("f-{f}");
+        let enrol = EnrollRequest { referral_code: format!("code-{}", f % 3), ..enrollment(&referee) };
+        clients[f % 3].enroll(enrol).await.unwrap();
+        let order = EarnForOrderRequest {
+            tenant_id: "acme".into(),
+            wallet_id: referee.clone(),
+            order: Some(Order {
+                order_id: format!("o-{f}"),
+                total: Some(Money { amount_minor: 2_500, currency: "EUR".into() }),
+                ..Default::default()
+            }),
+        };
+        let answer = clients[(f + 1) % 3].earn_for_order(order.clone()).await.unwrap().into_inner();
+        assert!(answer.wallet.unwrap().referral_converted, "f-{f}");
+        let again = clients[(f + 2) % 3].earn_for_order(order).await.unwrap().into_inner();
+        assert!(again.replayed, "f-{f}: a retry elsewhere is the first answer");
+    }
+    // Each referrer's owner shows three rewards (within the log follower's lag), given once each.
+    let started = Instant::now();
+    loop {
+        let mut balances = Vec::new();
+        for r in 0..3 {
+            balances.push(clients[r].get_wallet(read(&format!("r-{r}"))).await.unwrap().into_inner().balance);
+        }
+        if balances == [300, 300, 300] {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "the referrers' owners still show {balances:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for r in 0..3 {
+        let request = tally_proto::v1::ListTransactionsRequest {
+            tenant_id: "acme".into(),
+            wallet_id: format!("r-{r}"),
+            page_size: 100,
+            ..Default::default()
+        };
+        let page = clients[(r + 1) % 3].list_transactions(request).await.unwrap().into_inner();
+        let rewarded = page.transactions.iter().filter(|t| t.kind == tally_proto::v1::TransactionKind::ReferralRewarded as i32).count();
+        assert_eq!(rewarded, 3, "r-{r}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_joins_and_leaves_under_load_hands_wallets_over_and_no_call_fails() {
     let dir = tempfile::tempdir().unwrap();
