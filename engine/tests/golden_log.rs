@@ -332,6 +332,7 @@ const ADDED_AFTER_THE_FIXTURES: &[Added] = &[
     ("referred_by", || json!("")),
     ("referral_converted", || json!(false)),
     ("referral_due", || json!({})),
+    ("referrals_rewarded", || json!(0)),
 ];
 
 fn program_view(p: &ProgramState) -> Value {

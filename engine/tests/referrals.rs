@@ -30,6 +30,7 @@ fn program() -> ProgramSettings {
         min_order_minor: 2_000,
         currency: "EUR".into(),
         set_by: "ops".into(),
+        ..ReferralPolicySet::default()
     };
     ProgramSettings { referrals, ..ProgramSettings::default() }
 }
@@ -226,5 +227,49 @@ async fn under_a_pending_period_an_order_converts_when_it_ends_unless_it_was_ref
     clock.advance_ms(FLOW_RESUME_AFTER_MS);
     node.settled(&store).await;
     assert_eq!(logged(&store, "ann", REWARD_KEY).await, (100, 1));
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_programs_window_and_cap_bound_what_referrals_earn() {
+    const DAY_MS: i64 = 86_400_000;
+    let store: Arc<dyn EventStore> = InMemoryStore::new();
+    let clock = Arc::new(ManualClock::new(START_MS));
+    let bounded = ReferralPolicySet { convert_within_days: 30, max_rewards_per_referrer: 1, ..program().referrals };
+    let node = flow_node::start(&store, &clock, None, ProgramSettings { referrals: bounded, ..program() }).await;
+    ann_refers_bob(&node).await;
+    for referee in ["cy", "dan"] {
+        let referred = CommandBody::Enroll { customer_ref: String::new(), sealed: None, referrer_wallet_id: "ann".into() };
+        node.run(referee, "enroll", referred).await;
+    }
+    let order_of = |wallet: &'static str, order_id: &'static str| {
+        let line = OrderLine { sku: "latte".into(), category: "drinks".into(), quantity: 1, amount_minor: 3_000 };
+        let order = Order {
+            order_id: order_id.into(),
+            total_minor: 3_000,
+            currency: "EUR".into(),
+            channel: "pos".into(),
+            store: "s-1".into(),
+            lines: vec![line],
+            placed_at_ms: None,
+        };
+        (key(wallet), Command::new(order_id, CommandBody::EarnForOrder { order }))
+    };
+    // Bob and cy convert; ann is rewarded once — cy's reward is recorded refused — and cy keeps its bonus.
+    for (wallet, order_id) in [("bob", "o-1"), ("cy", "o-2")] {
+        let (key, command) = order_of(wallet, order_id);
+        let outcome = node.registry.execute(&key, command, CommandMeta::default()).await.unwrap();
+        assert!(converted(&outcome), "{wallet}");
+        node.flows.follow(&key, &outcome, &CommandMeta::default(), Duration::from_secs(5)).await;
+    }
+    assert_eq!((node.balance("ann").await, node.balance("cy").await), (100, 40));
+    let capped = codec::flow_stream(&tenant(), "referral/cy").unwrap();
+    let ended = store.read_stream(&capped, 1, 10).await.unwrap().into_iter().last().unwrap();
+    let tally_engine::domain::flows::FlowChange::Ended(end) = codec::decode_flow(ended).unwrap().change else { panic!("not ended") };
+    assert_eq!(end.refusal.map(|r| r.code), Some("REFERRAL_CAP_REACHED".to_owned()));
+    // Dan's first order comes after the window: it converts nothing.
+    clock.advance_ms(31 * DAY_MS);
+    let (key, command) = order_of("dan", "o-3");
+    assert!(!converted(&node.registry.execute(&key, command, CommandMeta::default()).await.unwrap()));
     node.stop().await;
 }

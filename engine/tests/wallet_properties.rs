@@ -67,8 +67,11 @@ fn referral_policy() -> impl Strategy<Value = ReferralPolicySet> {
         min_order_minor,
         currency: currency.into(),
         set_by: "p".into(),
+        ..ReferralPolicySet::default()
     };
-    prop_oneof![Just(ReferralPolicySet::default()), Just(on(50, 25, 0, "")), Just(on(0, 40, 5_000, "EUR"))]
+    // Within 3 days of the enrolment; one reward per referrer.
+    let bounded = ReferralPolicySet { convert_within_days: 3, max_rewards_per_referrer: 1, ..on(50, 25, 0, "") };
+    prop_oneof![Just(ReferralPolicySet::default()), Just(on(50, 25, 0, "")), Just(on(0, 40, 5_000, "EUR")), Just(bounded)]
 }
 
 /// Transfers not allowed, allowed without caps, or with a cap per transfer and per day.
@@ -231,7 +234,7 @@ fn body() -> impl Strategy<Value = CommandBody> {
             parts,
             code: "WALLET_CLOSED".into()
         }),
-        1 => (prop_oneof![4 => Just("w2"), 1 => Just("w")], 1..100i64).prop_map(|(referee, points)| CommandBody::RewardReferral {
+        1 => (prop_oneof![2 => Just("w2"), 2 => Just("w4"), 1 => Just("w")], 1..100i64).prop_map(|(referee, points)| CommandBody::RewardReferral {
             referee_wallet_id: referee.into(),
             order_id: "o-9".into(),
             points
@@ -534,8 +537,11 @@ proptest! {
             log.iter().enumerate().filter(|(_, e)| matches!(e.change, Change::ReferralConverted(_))).map(|(i, _)| i).collect();
         prop_assert!(conversions.len() <= 1, "converted {} times", conversions.len());
         prop_assert_eq!(state.referral_converted, conversions.len() == 1);
+        let window = i64::from(referral.convert_within_days) * DAY;
         let counts = |e: &Event| match &e.change {
-            Change::Earned(PointsEarned { order: Some(_), order_amount: Some(m), .. }) => {
+            Change::Earned(PointsEarned { order: Some(_), order_amount: Some(m), .. })
+                if window == 0 || e.recorded_at_ms <= log[0].recorded_at_ms + window =>
+            {
                 m.amount_minor >= referral.min_order_minor && (referral.currency.is_empty() || referral.currency == m.currency)
             }
             _ => false,
@@ -552,6 +558,8 @@ proptest! {
                     .find(|e| matches!(&e.change, Change::Earned(x) if x.order.is_some() && x.source_ref == c.order_id))
                     .expect("the converting order");
                 prop_assert!(counts(order), "converted by an order the policy does not count");
+                // Within the window from the enrolment (an order that waited: when it landed).
+                prop_assert!(window == 0 || order.recorded_at_ms <= log[0].recorded_at_ms + window, "converted after the window");
                 let Change::Earned(earned) = &order.change else { unreachable!() };
                 if c.on_maturity {
                     // Under a pending period: once the order's period ended, never before.
@@ -586,8 +594,15 @@ proptest! {
                 _ => None,
             })
             .collect();
-        prop_assert!(rewarded.iter().all(|(referee, _)| *referee == "w2"), "{rewarded:?}");
-        prop_assert!(rewarded.windows(2).all(|w| w[1].1 - w[0].1 > RECEIPT_RETENTION_MS), "rewarded twice: {rewarded:?}");
+        prop_assert!(rewarded.iter().all(|(referee, _)| *referee != "w"), "{rewarded:?}");
+        for referee in ["w2", "w4"] {
+            let times: Vec<i64> = rewarded.iter().filter(|(r, _)| *r == referee).map(|(_, at)| *at).collect();
+            prop_assert!(times.windows(2).all(|w| w[1] - w[0] > RECEIPT_RETENTION_MS), "rewarded twice: {rewarded:?}");
+        }
+        // The program's cap: refused, recorded so, beyond it.
+        let given = log.iter().filter(|e| matches!(&e.change, Change::ReferralRewarded(r) if r.refused.is_empty())).count() as i64;
+        prop_assert!(referral.max_rewards_per_referrer == 0 || given <= referral.max_rewards_per_referrer, "{given} rewards");
+        prop_assert_eq!(state.referrals_rewarded, given);
         // The identifiers carried are those the log attached and did not detach, each detached only once attached.
         let mut carried = std::collections::BTreeMap::new();
         for event in &log {

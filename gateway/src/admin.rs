@@ -217,6 +217,8 @@ impl AdminService for AdminApi {
             min_order_minor: r.min_order_minor,
             currency: r.currency,
             set_by: r.set_by,
+            convert_within_days: r.convert_within_days,
+            max_rewards_per_referrer: r.max_rewards_per_referrer,
         };
         self.execute((tenant, &metadata, &extensions), r.idempotency_key, ProgramCommandBody::SetReferralPolicy { policy }).await
     }

@@ -110,6 +110,7 @@ fn program() -> ProgramSettings {
             min_order_minor: 1_000,
             currency: "EUR".into(),
             set_by: "ops".into(),
+            ..Default::default()
         },
         ..ProgramSettings::default()
     }

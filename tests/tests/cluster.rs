@@ -389,8 +389,8 @@ async fn referral_rewards_show_where_the_referrer_lives() {
     let started = Instant::now();
     loop {
         let mut balances = Vec::new();
-        for r in 0..3 {
-            balances.push(clients[r].get_wallet(read(&format!("r-{r}"))).await.unwrap().into_inner().balance);
+        for (r, client) in clients.iter_mut().enumerate() {
+            balances.push(client.get_wallet(read(&format!("r-{r}"))).await.unwrap().into_inner().balance);
         }
         if balances == [300, 300, 300] {
             break;

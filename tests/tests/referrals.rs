@@ -29,6 +29,8 @@ fn policy(key: &str, enabled: bool, referrer_points: i64, referee_points: i64, c
         min_order_minor: 2_000,
         currency: currency.into(),
         set_by: "ops".into(),
+        convert_within_days: 30,
+        max_rewards_per_referrer: 10,
     }
 }
 
@@ -100,7 +102,12 @@ async fn a_referrals_first_counted_order_rewards_both_customers_once() {
     let set = admin.set_referral_policy(policy("p-1", true, 100, 40, "EUR")).await.unwrap().into_inner();
     assert_eq!(set.referral_policy.map(|p| (p.enabled, p.referrer_points, p.referee_points)), Some((true, 100, 40)));
     let program = admin.get_program(GetProgramRequest { tenant_id: "demo".into() }).await.unwrap().into_inner();
-    assert_eq!(program.referral_policy.map(|p| p.min_order_minor), Some(2_000));
+    assert_eq!(
+        program.referral_policy.map(|p| (p.min_order_minor, p.convert_within_days, p.max_rewards_per_referrer)),
+        Some((2_000, 30, 10))
+    );
+    let long = admin.set_referral_policy(SetReferralPolicyRequest { convert_within_days: 3_651, ..policy("p-2", true, 1, 1, "EUR") }).await;
+    assert_eq!(field(&long.unwrap_err()), "convert_within_days");
 
     ann_refers(&mut wallets, "bob").await;
     let small = wallets.earn_for_order(order("bob", "o-1", 1_999)).await.unwrap().into_inner();

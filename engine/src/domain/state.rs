@@ -221,6 +221,8 @@ pub struct WalletState {
     /// order's currency, by order id (`PointsEarned.referral_converts_at_ms`; emptied when the referral
     /// converts). Their sources are kept until then, past any refund window.
     pub(crate) referral_due: BTreeMap<String, (i64, String)>,
+    /// Rewards this wallet was given as a referrer (for the program's cap).
+    pub referrals_rewarded: i64,
 }
 
 /// What a catalogue redemption took, as its cancellation gives it back.

@@ -161,6 +161,11 @@ fn set_transfer_policy(policy: &TransferPolicySet) -> Result<ProgramChange, Prog
     Ok(ProgramChange::TransferPolicySet(policy.clone()))
 }
 
+/// The longest a referral may wait for its converting order, in days.
+const REFERRAL_WINDOW_DAYS_MAX: u32 = 3_650;
+/// The largest cap of rewards per referrer.
+const REFERRAL_REWARDS_MAX: i64 = 1_000_000;
+
 fn set_referral_policy(policy: &ReferralPolicySet) -> Result<ProgramChange, ProgramRejection> {
     for (field, points) in [("referrer_points", policy.referrer_points), ("referee_points", policy.referee_points)] {
         if !(0..=POINTS_PER_COMMAND_MAX).contains(&points) {
@@ -175,6 +180,12 @@ fn set_referral_policy(policy: &ReferralPolicySet) -> Result<ProgramChange, Prog
     }
     if !policy.currency.is_empty() && (policy.currency.len() != 3 || !policy.currency.bytes().all(|b| b.is_ascii_uppercase())) {
         return Err(FieldError::new("currency", "must be empty (any) or an ISO 4217 code such as EUR").into());
+    }
+    if policy.convert_within_days > REFERRAL_WINDOW_DAYS_MAX {
+        return Err(FieldError::new("convert_within_days", format!("must be 0 (no limit) to {REFERRAL_WINDOW_DAYS_MAX}")).into());
+    }
+    if !(0..=REFERRAL_REWARDS_MAX).contains(&policy.max_rewards_per_referrer) {
+        return Err(FieldError::new("max_rewards_per_referrer", format!("must be 0 (no limit) to {REFERRAL_REWARDS_MAX}")).into());
     }
     // 20 of what: minor units of two currencies are not one amount.
     if policy.min_order_minor > 0 && policy.currency.is_empty() {

@@ -160,7 +160,9 @@ impl ProgramCommand {
                 .i64(policy.referee_points)
                 .i64(policy.min_order_minor)
                 .str(&policy.currency)
-                .str(&policy.set_by),
+                .str(&policy.set_by)
+                .u64(u64::from(policy.convert_within_days))
+                .i64(policy.max_rewards_per_referrer),
             ProgramCommandBody::DefineTiers { tiers, window, grace_days, set_by } => {
                 let layout = Layout::new(106).u64(tiers.len() as u64);
                 let layout = tiers.iter().fold(layout, |layout, t| {

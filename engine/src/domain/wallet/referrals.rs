@@ -34,9 +34,11 @@ const REFERRAL_DUE_MAX: usize = 4;
 /// currency.
 fn counts(state: &WalletState, amount_minor: i64, currency: &str, ctx: &Context<'_>) -> bool {
     let policy = &ctx.program.referrals;
+    let window_ms = i64::from(policy.convert_within_days) * super::lots::DAY_MS;
     policy.enabled
         && !state.referred_by.is_empty()
         && !state.referral_converted
+        && (window_ms == 0 || ctx.now_ms <= state.enrolled_at_ms.saturating_add(window_ms))
         && amount_minor >= policy.min_order_minor
         && (policy.currency.is_empty() || policy.currency == currency)
 }
@@ -112,6 +114,10 @@ pub(super) fn reward(
     if in_range.is_err() {
         return Ok(Change::ReferralRewarded(ReferralRewarded { refused: POINTS_OUT_OF_RANGE.to_owned(), ..base }));
     }
+    let cap = ctx.program.referrals.max_rewards_per_referrer;
+    if cap > 0 && state.referrals_rewarded >= cap {
+        return Ok(Change::ReferralRewarded(ReferralRewarded { refused: REFERRAL_CAP_REACHED.to_owned(), ..base }));
+    }
     Ok(Change::ReferralRewarded(ReferralRewarded {
         points,
         lot: Some(open_lot(state, points, earned_expiry(ctx), true, ctx)),
@@ -120,8 +126,10 @@ pub(super) fn reward(
     }))
 }
 
-/// The code a refused reward is recorded with.
+/// The codes a refused reward is recorded with: it would take the balance out of range; the referrer had
+/// as many rewards as the program allows.
 pub const POINTS_OUT_OF_RANGE: &str = "POINTS_OUT_OF_RANGE";
+pub const REFERRAL_CAP_REACHED: &str = "REFERRAL_CAP_REACHED";
 
 pub(super) fn apply_converted(state: &mut WalletState, e: &ReferralConverted) {
     state.referral_converted = true;
@@ -135,6 +143,9 @@ pub(super) fn apply_lapsed(state: &mut WalletState, e: &ReferralLapsed) {
 }
 
 pub(super) fn apply_rewarded(state: &mut WalletState, e: &ReferralRewarded) {
+    if e.refused.is_empty() {
+        state.referrals_rewarded += 1;
+    }
     if e.inactivity_expires_at_ms != 0 {
         active(state, e.inactivity_expires_at_ms);
     }
