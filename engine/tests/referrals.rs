@@ -48,6 +48,11 @@ async fn ann_refers_bob(node: &Node) {
 
 /// Bob's order `order_id` of `total_minor` EUR cents, recorded; what the wallet answered.
 async fn order(node: &Node, order_id: &str, total_minor: i64) -> CommandOutcome {
+    order_of(node, "bob", order_id, total_minor).await
+}
+
+/// `wallet`'s order `order_id` of `total_minor` EUR cents, recorded; what the wallet answered.
+async fn order_of(node: &Node, wallet: &str, order_id: &str, total_minor: i64) -> CommandOutcome {
     let line = OrderLine { sku: "latte".into(), category: "drinks".into(), quantity: 1, amount_minor: total_minor };
     let order = Order {
         order_id: order_id.into(),
@@ -59,7 +64,7 @@ async fn order(node: &Node, order_id: &str, total_minor: i64) -> CommandOutcome 
         placed_at_ms: None,
     };
     let command = Command::new(order_id, CommandBody::EarnForOrder { order });
-    node.registry.execute(&key("bob"), command, CommandMeta::default()).await.unwrap()
+    node.registry.execute(&key(wallet), command, CommandMeta::default()).await.unwrap()
 }
 
 fn key(id: &str) -> WalletKey {
@@ -242,25 +247,11 @@ async fn the_programs_window_and_cap_bound_what_referrals_earn() {
         let referred = CommandBody::Enroll { customer_ref: String::new(), sealed: None, referrer_wallet_id: "ann".into() };
         node.run(referee, "enroll", referred).await;
     }
-    let order_of = |wallet: &'static str, order_id: &'static str| {
-        let line = OrderLine { sku: "latte".into(), category: "drinks".into(), quantity: 1, amount_minor: 3_000 };
-        let order = Order {
-            order_id: order_id.into(),
-            total_minor: 3_000,
-            currency: "EUR".into(),
-            channel: "pos".into(),
-            store: "s-1".into(),
-            lines: vec![line],
-            placed_at_ms: None,
-        };
-        (key(wallet), Command::new(order_id, CommandBody::EarnForOrder { order }))
-    };
     // Bob and cy convert; ann is rewarded once — cy's reward is recorded refused — and cy keeps its bonus.
     for (wallet, order_id) in [("bob", "o-1"), ("cy", "o-2")] {
-        let (key, command) = order_of(wallet, order_id);
-        let outcome = node.registry.execute(&key, command, CommandMeta::default()).await.unwrap();
+        let outcome = order_of(&node, wallet, order_id, 3_000).await;
         assert!(converted(&outcome), "{wallet}");
-        node.flows.follow(&key, &outcome, &CommandMeta::default(), Duration::from_secs(5)).await;
+        node.flows.follow(&key(wallet), &outcome, &CommandMeta::default(), Duration::from_secs(5)).await;
     }
     assert_eq!((node.balance("ann").await, node.balance("cy").await), (100, 40));
     let capped = codec::flow_stream(&tenant(), "referral/cy").unwrap();
@@ -269,7 +260,6 @@ async fn the_programs_window_and_cap_bound_what_referrals_earn() {
     assert_eq!(end.refusal.map(|r| r.code), Some("REFERRAL_CAP_REACHED".to_owned()));
     // Dan's first order comes after the window: it converts nothing.
     clock.advance_ms(31 * DAY_MS);
-    let (key, command) = order_of("dan", "o-3");
-    assert!(!converted(&node.registry.execute(&key, command, CommandMeta::default()).await.unwrap()));
+    assert!(!converted(&order_of(&node, "dan", "o-3", 3_000).await));
     node.stop().await;
 }

@@ -258,18 +258,7 @@ fn decode_one(mut recorded: RecordedEvent, tenant: Arc<str>, wallet: Arc<str>) -
             transfer(change)
         }
         change @ (Change::ReferralRecorded(_) | Change::IdentifierAttached(_) | Change::IdentifierDetached(_)) => who(change),
-        // A referral's bonuses are earned points: the referee's with its order, the referrer's after it.
-        Change::ReferralConverted(e) => {
-            let kind = if e.referee_points == 0 { MovementKind::Referral } else { MovementKind::Earn };
-            (kind, format!("referral converted (referred by {})", e.referrer_wallet_id), e.order_id)
-        }
-        Change::ReferralLapsed(e) => (MovementKind::Referral, format!("referral lapsed: {}", e.reason), e.order_id),
-        Change::ReferralRewarded(e) if !e.refused.is_empty() => {
-            (MovementKind::Refused, format!("{}: referral reward", e.refused), format!("referral:{}", e.referee_wallet_id))
-        }
-        Change::ReferralRewarded(e) => {
-            (MovementKind::Earn, format!("referral reward (referred {})", e.referee_wallet_id), format!("referral:{}", e.referee_wallet_id))
-        }
+        change @ (Change::ReferralConverted(_) | Change::ReferralLapsed(_) | Change::ReferralRewarded(_)) => referral(change),
     };
     Ok(Movement {
         position,
@@ -309,6 +298,25 @@ fn who(change: Change) -> (MovementKind, String, String) {
         Change::IdentifierAttached(e) => (MovementKind::Identifier, "attached".to_owned(), kind(e.kind)),
         Change::IdentifierDetached(e) => (MovementKind::Identifier, format!("detached: {}", e.reason), kind(e.kind)),
         _ => unreachable!("called for identifiers and referrals only"),
+    }
+}
+
+/// A referral's conversion, lapse or reward as a movement. Its bonuses are earned points: the referee's
+/// with its order, the referrer's after it.
+fn referral(change: Change) -> (MovementKind, String, String) {
+    match change {
+        Change::ReferralConverted(e) => {
+            let kind = if e.referee_points == 0 { MovementKind::Referral } else { MovementKind::Earn };
+            (kind, format!("referral converted (referred by {})", e.referrer_wallet_id), e.order_id)
+        }
+        Change::ReferralLapsed(e) => (MovementKind::Referral, format!("referral lapsed: {}", e.reason), e.order_id),
+        Change::ReferralRewarded(e) if !e.refused.is_empty() => {
+            (MovementKind::Refused, format!("{}: referral reward", e.refused), format!("referral:{}", e.referee_wallet_id))
+        }
+        Change::ReferralRewarded(e) => {
+            (MovementKind::Earn, format!("referral reward (referred {})", e.referee_wallet_id), format!("referral:{}", e.referee_wallet_id))
+        }
+        _ => unreachable!("called for a referral's conversion, lapse or reward only"),
     }
 }
 

@@ -135,11 +135,7 @@ pub(super) fn validate(body: &CommandBody) -> Result<(), Rejection> {
         CommandBody::CancelRewardRedemption { redemption_id, reason } => check_redemption(redemption_id, Err(reason)),
         CommandBody::TransferOut { .. } | CommandBody::TransferIn { .. } | CommandBody::ReturnTransfer { .. } => check_transfer(body),
         CommandBody::AttachIdentifier { kind, lookup } => check_identifier(*kind, lookup),
-        CommandBody::RewardReferral { referee_wallet_id, order_id, points } => {
-            crate::domain::WalletId::parse(referee_wallet_id).map_err(|e| FieldError::new("referee_wallet_id", e.reason))?;
-            check_ref("order_id", order_id, true)?;
-            check_positive("points", *points)
-        }
+        CommandBody::RewardReferral { referee_wallet_id, order_id, points } => check_reward_referral(referee_wallet_id, order_id, *points),
         CommandBody::DetachIdentifier { kind, lookup, reason } => check_identifier(*kind, lookup).and_then(|()| check_reason(reason)),
         CommandBody::PurchaseCredits { purchase_id, package_id } => {
             check_ref("purchase_id", purchase_id, true)?;
@@ -155,6 +151,13 @@ pub(super) fn validate(body: &CommandBody) -> Result<(), Rejection> {
             check_reason(reason)
         }
     }
+}
+
+/// A referral's reward: the referee, its order, the points.
+fn check_reward_referral(referee_wallet_id: &str, order_id: &str, points: i64) -> Result<(), Rejection> {
+    crate::domain::WalletId::parse(referee_wallet_id).map_err(|e| FieldError::new("referee_wallet_id", e.reason))?;
+    check_ref("order_id", order_id, true)?;
+    check_positive("points", points)
 }
 
 /// A transfer's steps: its id, the other wallet, the points (by part) and the text.
