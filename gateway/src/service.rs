@@ -151,23 +151,22 @@ impl WalletApi {
         }
         access::staff_named(extensions, &meta.staff_id)?;
         let _permit = self.admit()?;
-        // An order may convert a referral: its reward's flow starts before the order is answered (and,
-        // should this node die first, from the log).
-        let follow = matches!(command.body, CommandBody::EarnForOrder { .. }).then(|| meta.clone());
+        // An order may convert a referral (and any command may record a conversion time brought, before
+        // it): the reward's flow starts before the call is answered (and, should this node die first,
+        // from the log).
+        let follow = meta.clone();
         let outcome =
             self.engine.registry.execute_before(&key, command, meta, deadline).await.map_err(|e| status::from_wallet_error(&e))?;
-        if let Some(meta) = follow {
-            // Within the call's deadline (or a few seconds): the order is answered either way.
-            // A margin is left for the answer itself.
-            let left = |d: Instant| d.saturating_duration_since(Instant::now()).saturating_sub(std::time::Duration::from_millis(200));
-            let within = deadline.map_or(FOLLOW_WITHIN, |d| left(d).min(FOLLOW_WITHIN));
-            self.engine.flows.follow(&key, &outcome, &meta, within).await;
-        }
+        // Within the call's deadline, less a margin for the answer itself (or a few seconds): the call is
+        // answered either way.
+        let left = |d: Instant| d.saturating_duration_since(Instant::now()).saturating_sub(std::time::Duration::from_millis(200));
+        let within = deadline.map_or(FOLLOW_WITHIN, |d| left(d).min(FOLLOW_WITHIN));
+        self.engine.flows.follow(&key, &outcome, &follow, within).await;
         Ok(Response::new(mutation(&key, outcome)))
     }
 }
 
-/// How long an order's answer waits for the flows it starts (a referral's reward) at most.
+/// How long a call's answer waits for the flows it starts (a referral's reward) at most.
 const FOLLOW_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Who made the call (its key), and trace and causality ids from the call's metadata, bounded: they are
