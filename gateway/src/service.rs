@@ -151,17 +151,18 @@ impl WalletApi {
         }
         access::staff_named(extensions, &meta.staff_id)?;
         let _permit = self.admit()?;
-        // An order may convert a referral (and any command may record a conversion time brought, before
-        // it): the reward's flow starts before the call is answered (and, should this node die first,
-        // from the log).
-        let follow = meta.clone();
         let outcome =
             self.engine.registry.execute_before(&key, command, meta, deadline).await.map_err(|e| status::from_wallet_error(&e))?;
-        // Within the call's deadline, less a margin for the answer itself (or a few seconds): the call is
-        // answered either way.
-        let left = |d: Instant| d.saturating_duration_since(Instant::now()).saturating_sub(std::time::Duration::from_millis(200));
-        let within = deadline.map_or(FOLLOW_WITHIN, |d| left(d).min(FOLLOW_WITHIN));
-        self.engine.flows.follow(&key, &outcome, &follow, within).await;
+        // An order may convert a referral (and any command may record a conversion time brought, before
+        // it): the reward's flow starts before the call is answered (and, should this node die first,
+        // from the log) — within the call's deadline less a margin for the answer, or a few seconds.
+        if Flows::calls_for(&outcome) {
+            // As the command was made (it was accepted with it: this cannot fail now).
+            let follow = command_meta(metadata, extensions).unwrap_or_default();
+            let left = |d: Instant| d.saturating_duration_since(Instant::now()).saturating_sub(std::time::Duration::from_millis(200));
+            let within = deadline.map_or(FOLLOW_WITHIN, |d| left(d).min(FOLLOW_WITHIN));
+            self.engine.flows.follow(&key, &outcome, &follow, within).await;
+        }
         Ok(Response::new(mutation(&key, outcome)))
     }
 }

@@ -197,6 +197,16 @@ pub fn decode_events(events: Vec<RecordedEvent>) -> Decoded {
     decoded
 }
 
+/// Why an event's time or points are outside what the ledger holds (`None`: inside). The domain never
+/// writes such events; a log that holds them was written by something else.
+fn outside_the_ledger(event: &tally_engine::domain::Event) -> Option<String> {
+    if !(0..=RECORDED_AT_MS_MAX).contains(&event.recorded_at_ms) {
+        return Some(format!("recorded time {} ms is outside 1970..9999", event.recorded_at_ms));
+    }
+    let points = event.change.points_delta();
+    points.checked_abs().is_none_or(|p| p > BALANCE_ABS_MAX).then(|| format!("{points} points is outside the ledger's range"))
+}
+
 /// Decodes one wallet event of `tenant`'s `wallet`.
 fn decode_one(mut recorded: RecordedEvent, tenant: Arc<str>, wallet: Arc<str>) -> Result<Movement, QuarantinedEvent> {
     let (position, stream_version) = (recorded.global_position, recorded.stream_version);
@@ -215,14 +225,10 @@ fn decode_one(mut recorded: RecordedEvent, tenant: Arc<str>, wallet: Arc<str>) -
         event_type: event.change.event_type().to_owned(),
         reason: what,
     };
-    // The domain never writes these; a log that holds them was written by something else.
-    if !(0..=RECORDED_AT_MS_MAX).contains(&event.recorded_at_ms) {
-        return Err(out_of_range(format!("recorded time {} ms is outside 1970..9999", event.recorded_at_ms)));
+    if let Some(what) = outside_the_ledger(&event) {
+        return Err(out_of_range(what));
     }
     let points = event.change.points_delta();
-    if points.checked_abs().is_none_or(|p| p > BALANCE_ABS_MAX) {
-        return Err(out_of_range(format!("{points} points is outside the ledger's range")));
-    }
     let event_type = event.change.event_type();
     let (lots, expires_at_ms) = event.change.lots();
     let (mut customer_ref, mut sealed_customer) = (String::new(), Vec::new());
@@ -257,8 +263,10 @@ fn decode_one(mut recorded: RecordedEvent, tenant: Arc<str>, wallet: Arc<str>) -
         change @ (Change::TransferredOut(_) | Change::TransferredIn(_) | Change::TransferReturned(_) | Change::TransferRefused(_)) => {
             transfer(change)
         }
-        change @ (Change::ReferralRecorded(_) | Change::IdentifierAttached(_) | Change::IdentifierDetached(_)) => who(change),
-        change @ (Change::ReferralConverted(_) | Change::ReferralLapsed(_) | Change::ReferralRewarded(_)) => referral(change),
+        change @ (Change::IdentifierAttached(_) | Change::IdentifierDetached(_)) => who(change),
+        change @ (Change::ReferralRecorded(_) | Change::ReferralConverted(_) | Change::ReferralLapsed(_) | Change::ReferralRewarded(_)) => {
+            referral(change)
+        }
     };
     Ok(Movement {
         position,
@@ -289,22 +297,22 @@ fn customer(customer: Option<Customer>) -> (String, Vec<u8>) {
     }
 }
 
-/// Who the customer is (an identifier attached or detached: its kind, never its value) or who referred
-/// them, as a movement: its kind, its reason and its reference.
+/// Who the customer is (an identifier attached or detached: its kind, never its value), as a movement: its
+/// kind, its reason and its reference.
 fn who(change: Change) -> (MovementKind, String, String) {
     let kind = |kind: i32| identifiers::kind_name(kind).to_owned();
     match change {
-        Change::ReferralRecorded(e) => (MovementKind::Referral, String::new(), e.referrer_wallet_id),
         Change::IdentifierAttached(e) => (MovementKind::Identifier, "attached".to_owned(), kind(e.kind)),
         Change::IdentifierDetached(e) => (MovementKind::Identifier, format!("detached: {}", e.reason), kind(e.kind)),
-        _ => unreachable!("called for identifiers and referrals only"),
+        _ => unreachable!("called for identifiers only"),
     }
 }
 
-/// A referral's conversion, lapse or reward as a movement. Its bonuses are earned points: the referee's
-/// with its order, the referrer's after it.
+/// A referral — recorded, converted, lapsed, rewarded — as a movement. Its bonuses are earned points: the
+/// referee's with its order, the referrer's after it.
 fn referral(change: Change) -> (MovementKind, String, String) {
     match change {
+        Change::ReferralRecorded(e) => (MovementKind::Referral, String::new(), e.referrer_wallet_id),
         Change::ReferralConverted(e) => {
             let kind = if e.referee_points == 0 { MovementKind::Referral } else { MovementKind::Earn };
             (kind, format!("referral converted (referred by {})", e.referrer_wallet_id), e.order_id)
@@ -316,7 +324,7 @@ fn referral(change: Change) -> (MovementKind, String, String) {
         Change::ReferralRewarded(e) => {
             (MovementKind::Earn, format!("referral reward (referred {})", e.referee_wallet_id), format!("referral:{}", e.referee_wallet_id))
         }
-        _ => unreachable!("called for a referral's conversion, lapse or reward only"),
+        _ => unreachable!("called for referrals only"),
     }
 }
 

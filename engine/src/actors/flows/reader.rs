@@ -97,6 +97,9 @@ fn note_unstarted(inner: &Inner, events: &[crate::store::RecordedEvent]) {
                 }
             };
             let stream = codec::flow_stream(&tenant, &flows::referral_flow_id(referee.as_str()));
+            if let (Some(_), Err(error)) = (&called, &stream) {
+                tracing::error!(%error, "a referral's reward has no stream it can be driven on; it waits for a repair");
+            }
             if let (Some(referral), Ok(stream)) = (called, stream) {
                 let called_at_ms = recorded.data.recorded_at_ms;
                 let unstarted_flow = Unstarted { tenant, referral, called_at_ms, next_try_ms: 0, last_error: None, attempts: 0 };

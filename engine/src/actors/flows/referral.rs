@@ -22,6 +22,11 @@ use crate::store::StoreError;
 pub const REFERRAL_CRASH_POINTS: [&str; 3] = ["referral_started", "rewarded", "referral_ended"];
 
 impl Flows {
+    /// Whether a wallet's outcome calls for a flow ([`Self::follow`] would start one).
+    pub fn calls_for(outcome: &CommandOutcome) -> bool {
+        outcome.events.iter().any(|stored| matches!(&stored.event.change, Change::ReferralConverted(c) if c.referrer_points > 0))
+    }
+
     /// Starts the flows a wallet's outcome calls for (a referral its order converted) and drives them
     /// to their ends, for at most `within`. What cannot be done by then is left to the reader and the
     /// resumer, which find it in the log (every step answers the same however often it is done): the

@@ -65,7 +65,6 @@ pub(super) fn on_maturity(state: &WalletState, order_id: &str, currency: &str, c
     let left = state.sources.get(order_id).and_then(|s| s.order_minor.map(|total| total - s.refunded_minor));
     let reason = match left {
         _ if !policy.enabled => "the referral policy is off",
-        _ if state.referral_converted => "the referral converted already",
         _ if !policy.currency.is_empty() && policy.currency != currency => "the order is not in the policy's currency",
         None => "the order is no longer known",
         Some(left) if left < policy.min_order_minor => "refunded below the smallest order that counts",
